@@ -1,0 +1,1 @@
+//! Cross-crate examples, benches and tests live in this package.

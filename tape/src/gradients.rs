@@ -1,0 +1,120 @@
+//! [`Gradients`]: gradients keyed by tensor id, as the backward pass produces them. Any crate can
+//! read and accumulate here; together with [`crate::Tape::record`] this is the engine's whole
+//! extension surface (the checkpoint crate needs nothing else).
+
+use crate::error::{Error, Result};
+use crate::ops::add_assign;
+use crate::tensor::{Tensor, TensorId};
+use std::collections::HashMap;
+
+/// What a backward closure needs to know about an op input to hand it a gradient: its id, whether
+/// it wants one and its shape. Holding a key does not keep the tensor's buffer alive.
+#[derive(Clone, Debug)]
+pub struct GradKey {
+    id: TensorId,
+    requires_grad: bool,
+    shape: Vec<usize>,
+}
+
+impl GradKey {
+    /// The key of `t`.
+    pub fn of(t: &Tensor) -> Self {
+        GradKey {
+            id: t.id(),
+            requires_grad: t.requires_grad(),
+            shape: t.shape().to_vec(),
+        }
+    }
+
+    /// The tensor's id.
+    pub fn id(&self) -> TensorId {
+        self.id
+    }
+
+    /// Whether the tensor wants a gradient.
+    pub fn requires_grad(&self) -> bool {
+        self.requires_grad
+    }
+
+    /// The tensor's shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+/// Gradients by tensor id.
+#[derive(Default, Debug)]
+pub struct Gradients {
+    map: HashMap<TensorId, Tensor>,
+}
+
+impl Gradients {
+    /// No gradients.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The gradient of `t`, if one was computed.
+    pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
+        self.map.get(&t.id())
+    }
+
+    /// The gradient of the tensor with id `id`.
+    pub fn get_id(&self, id: TensorId) -> Option<&Tensor> {
+        self.map.get(&id)
+    }
+
+    /// Removes and returns the gradient of `id`.
+    pub fn take(&mut self, id: TensorId) -> Option<Tensor> {
+        self.map.remove(&id)
+    }
+
+    /// Adds `grad` into the gradient of the tensor behind `key` (ignored if it wants none).
+    pub fn accumulate(&mut self, key: &GradKey, grad: Tensor) -> Result<()> {
+        if !key.requires_grad {
+            return Ok(());
+        }
+        if grad.shape() != key.shape() {
+            return Err(Error::Backward(format!(
+                "gradient of shape {:?} for a tensor of shape {:?}",
+                grad.shape(),
+                key.shape()
+            )));
+        }
+        self.accumulate_id(key.id, grad)
+    }
+
+    /// Adds `grad` into the gradient stored under `id`; the first one is stored as it is.
+    pub fn accumulate_id(&mut self, id: TensorId, grad: Tensor) -> Result<()> {
+        match self.map.get_mut(&id) {
+            Some(existing) => add_assign(existing, &grad),
+            None => {
+                self.map.insert(id, grad);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds every gradient of `other` into `self`.
+    pub fn merge(&mut self, other: Gradients) -> Result<()> {
+        for (id, g) in other.map {
+            self.accumulate_id(id, g)?;
+        }
+        Ok(())
+    }
+
+    /// Number of stored gradients.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no gradient is stored.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The stored (id, gradient) pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&TensorId, &Tensor)> {
+        self.map.iter()
+    }
+}

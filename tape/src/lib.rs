@@ -1,0 +1,54 @@
+//! `tape`: the engine of the workspace. Tensors with run-time shapes, dtypes and devices; a
+//! recording autodiff [`Tape`] of backward closures with gradients keyed by tensor id; the ops a
+//! CNN needs ([`ops`]), optimizers ([`optim`]) and exact per-device memory accounting
+//! ([`MemoryStats`]).
+//!
+//! ```
+//! use tape::{ops, DType, Device, Tape, Tensor};
+//! let dev = Device::cpu();
+//! let x = Tensor::randn(&[2, 3], DType::F32, &dev, 0).unwrap().with_requires_grad(true);
+//! let mut tape = Tape::recording();
+//! let y = ops::relu(&mut tape, &x).unwrap();
+//! let loss = ops::sum(&mut tape, &y).unwrap();
+//! let grads = tape.backward(&loss).unwrap();
+//! assert_eq!(grads.get(&x).unwrap().shape(), &[2, 3]);
+//! ```
+
+/// Runs `$body` with `$T` bound to the Rust element type of `$dtype`.
+macro_rules! dispatch_float {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::dtype::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::dtype::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+        }
+    };
+}
+
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod gradcheck;
+pub mod gradients;
+pub mod memory;
+pub mod ops;
+pub mod optim;
+pub mod param;
+pub mod rng;
+mod storage;
+pub mod tape;
+pub mod tensor;
+
+pub use device::{Device, DeviceKind};
+pub use dtype::{DType, Elem};
+pub use error::{Error, Result};
+pub use gradients::{GradKey, Gradients};
+pub use memory::{MemoryStats, Reservation};
+pub use param::Parameter;
+pub use tape::{Context, Phase, Tape};
+pub use tensor::{Tensor, TensorId};

@@ -1,0 +1,113 @@
+//! Exact memory accounting. Every buffer and every kernel workspace a device hands out is charged
+//! here while it lives, so `peak()` is the high-water mark of bytes the engine held: the number
+//! the memory benchmarks and tests use.
+
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Current and peak bytes of one device, with an optional limit that makes allocations fail with
+/// [`Error::OutOfMemory`] (a real limit on a GPU, a simulated one on the CPU).
+#[derive(Debug)]
+pub struct MemoryStats {
+    name: String,
+    current: AtomicUsize,
+    peak: AtomicUsize,
+    limit: AtomicUsize,
+    allocations: AtomicUsize,
+}
+
+impl MemoryStats {
+    pub(crate) fn new(name: String) -> Self {
+        MemoryStats {
+            name,
+            current: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+            allocations: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes held right now.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    /// The most bytes held at once since creation or the last [`MemoryStats::reset_peak`].
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Starts a new peak measurement from the bytes held now.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.current(), Ordering::SeqCst);
+    }
+
+    /// Number of allocations made so far (buffers and workspaces).
+    pub fn allocations(&self) -> usize {
+        self.allocations.load(Ordering::SeqCst)
+    }
+
+    /// Sets (or with `None` clears) the most bytes this device may hold at once.
+    pub fn set_limit(&self, limit: Option<usize>) {
+        self.limit.store(limit.unwrap_or(usize::MAX), Ordering::SeqCst);
+    }
+
+    /// The limit set by [`MemoryStats::set_limit`], if any.
+    pub fn limit(&self) -> Option<usize> {
+        match self.limit.load(Ordering::SeqCst) {
+            usize::MAX => None,
+            l => Some(l),
+        }
+    }
+
+    /// Charges `bytes`, failing without side effect if that would pass the limit.
+    pub(crate) fn charge(&self, bytes: usize) -> Result<()> {
+        let before = self.current.fetch_add(bytes, Ordering::SeqCst);
+        let now = before + bytes;
+        let limit = self.limit.load(Ordering::SeqCst);
+        if now > limit {
+            self.current.fetch_sub(bytes, Ordering::SeqCst);
+            return Err(Error::OutOfMemory {
+                device: self.name.clone(),
+                requested: bytes,
+                in_use: before,
+                limit,
+            });
+        }
+        self.allocations.fetch_add(1, Ordering::SeqCst);
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Returns `bytes` charged earlier.
+    pub(crate) fn release(&self, bytes: usize) {
+        self.current.fetch_sub(bytes, Ordering::SeqCst);
+    }
+}
+
+/// Bytes held against a device's accounting until dropped: kernels use it for workspaces
+/// (im2col columns, ...) that are not tensors but still count.
+#[derive(Debug)]
+pub struct Reservation {
+    stats: Arc<MemoryStats>,
+    bytes: usize,
+}
+
+impl Reservation {
+    pub(crate) fn new(stats: Arc<MemoryStats>, bytes: usize) -> Result<Self> {
+        stats.charge(bytes)?;
+        Ok(Reservation { stats, bytes })
+    }
+
+    /// The reserved byte count.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.stats.release(self.bytes);
+    }
+}

@@ -1,0 +1,65 @@
+//! The ops a CNN needs, forward and backward, one folder each: `mod.rs` holds the API and the
+//! backward rule, `cpu.rs` the CPU kernels. Every op takes the tape explicitly and records its
+//! backward closure only when the tape records and an input wants a gradient.
+
+mod batch_norm;
+mod concat;
+mod conv2d;
+mod cross_entropy;
+mod dropout;
+mod elementwise;
+mod linear;
+mod pool;
+mod reduce;
+mod relu;
+mod reshape;
+
+// conv2d, linear, pooling:
+
+// batch norm, dropout, concat, cross-entropy:
+
+pub use elementwise::{add, mul, scale};
+pub(crate) use elementwise::{add_assign, add_detached, scale_detached};
+pub use reduce::{mean, sum};
+pub use relu::relu;
+pub use reshape::reshape;
+
+use crate::dtype::Elem;
+use crate::error::Result;
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// Below this many elements, element-wise kernels stay on one thread.
+const PAR_MIN: usize = 1 << 15;
+
+/// `out[i] = f(x[i])` as a new tensor on `x`'s device.
+pub(crate) fn map_unary<T: Elem>(x: &Tensor, f: impl Fn(T) -> T + Sync) -> Result<Tensor> {
+    let xs = x.as_slice::<T>()?;
+    let out: Vec<T> = if xs.len() >= PAR_MIN {
+        xs.par_iter().map(|&v| f(v)).collect()
+    } else {
+        xs.iter().map(|&v| f(v)).collect()
+    };
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// `out[i] = f(a[i], b[i])` as a new tensor shaped like `a` (shapes checked by the caller).
+pub(crate) fn map_binary<T: Elem>(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(T, T) -> T + Sync,
+) -> Result<Tensor> {
+    let (xs, ys) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
+    let out: Vec<T> = if xs.len() >= PAR_MIN {
+        xs.par_iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
+    } else {
+        xs.iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
+    };
+    Tensor::from_vec(out, a.shape(), a.device())
+}
+
+/// Fails unless `a` and `b` share dtype, device and shape.
+pub(crate) fn check_pair(a: &Tensor, b: &Tensor, op: &'static str) -> Result<()> {
+    a.check_compatible(b, op)?;
+    a.check_same_shape(b, op)
+}

@@ -1,0 +1,19 @@
+//! ReLU. Backward uses the saved output: the gradient passes where the output is positive.
+
+use super::{map_binary, map_unary};
+use crate::error::Result;
+use crate::gradients::GradKey;
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+
+/// `max(x, 0)`.
+pub fn relu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    let out = dispatch_float!(x.dtype(), T => map_unary::<T>(x, |v| if v > 0.0 { v } else { 0.0 }))?;
+    let kx = GradKey::of(x);
+    let saved = tape.needs_grad(&[x]).then(|| out.clone());
+    Ok(tape.record(&[x], out, move |g, grads| {
+        let y = saved.expect("saved when recording");
+        let gx = dispatch_float!(g.dtype(), T => map_binary::<T>(g, &y, |g, y| if y > 0.0 { g } else { 0.0 }))?;
+        grads.accumulate(&kx, gx)
+    }))
+}

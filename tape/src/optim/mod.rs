@@ -1,0 +1,1 @@
+//! Optimizers over named [`crate::Parameter`]s with run-time shapes.

@@ -1,0 +1,67 @@
+//! Named trainable parameters. A [`Parameter`] keeps its tensor id for life, so gradients and
+//! optimizer state stay keyed to it across updates and weight loads.
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// A named tensor that requires a gradient (torchvision-style names such as
+/// `features.denseblock1.denselayer1.norm1.weight`).
+#[derive(Clone, Debug)]
+pub struct Parameter {
+    name: String,
+    tensor: Tensor,
+}
+
+impl Parameter {
+    /// Wraps `tensor` as a trainable parameter called `name`.
+    pub fn new(name: impl Into<String>, tensor: Tensor) -> Self {
+        Parameter {
+            name: name.into(),
+            tensor: tensor.with_requires_grad(true),
+        }
+    }
+
+    /// The parameter's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current value.
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// The current value for in-place updates (optimizers); copy-on-write keeps the id.
+    #[allow(dead_code)]
+    pub(crate) fn tensor_mut(&mut self) -> &mut Tensor {
+        &mut self.tensor
+    }
+
+    /// Overwrites the value with `values` (same shape, any dtype; converted), keeping the id.
+    pub fn assign(&mut self, values: &Tensor) -> Result<()> {
+        if values.shape() != self.tensor.shape() {
+            return Err(Error::shape(
+                "Parameter::assign",
+                format!(
+                    "{}: expected shape {:?}, got {:?}",
+                    self.name,
+                    self.tensor.shape(),
+                    values.shape()
+                ),
+            ));
+        }
+        assign_values(&mut self.tensor, values)
+    }
+}
+
+/// Copies `values` (converted to `dst`'s dtype) into `dst` in place, keeping its id.
+pub(crate) fn assign_values(dst: &mut Tensor, values: &Tensor) -> Result<()> {
+    let src = values.to_f64_vec();
+    dispatch_float!(dst.dtype(), T => {
+        let d = dst.make_mut::<T>()?;
+        for (o, &v) in d.iter_mut().zip(&src) {
+            *o = <T as crate::Elem>::of(v);
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The autodiff [`Tape`]. A recording tape keeps one boxed backward closure per op (dfdx's
+//! design); a no-grad tape keeps nothing. The tape also carries the step's context: training or
+//! eval, forward or recompute phase, and the dropout random stream.
+//!
+//! `backward` runs the closures in reverse. Each closure (and the tensors it saved) is freed as it
+//! runs, and the gradient of an op's output is removed from the map when that op's closure takes
+//! it, so a non-leaf gradient lives only until its last consumer has run. Leaf gradients
+//! (parameters, inputs) are what remain in the returned [`Gradients`].
+
+use crate::error::{Error, Result};
+use crate::gradients::Gradients;
+use crate::tensor::{Tensor, TensorId};
+
+/// Which pass of a training step an op runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The step's one real forward pass: batch norm updates its running statistics here.
+    Forward,
+    /// A checkpointed segment re-run inside backward: batch norm leaves running statistics alone
+    /// and dropout replays its mask.
+    Recompute,
+}
+
+/// The step's context, carried by the tape and copied into nested tapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    /// Training (batch statistics, dropout on) or eval (running statistics, dropout off).
+    pub training: bool,
+    /// Forward or recompute phase.
+    pub phase: Phase,
+    /// Seed of the dropout random stream.
+    pub seed: u64,
+    /// Next counter of the dropout random stream; each dropout call takes one.
+    pub counter: u64,
+}
+
+type BackwardFn<'a> = Box<dyn FnOnce(&Tensor, &mut Gradients) -> Result<()> + 'a>;
+
+struct Node<'a> {
+    output: TensorId,
+    backward: BackwardFn<'a>,
+}
+
+/// Records ops for backward (or, as a no-grad tape, records nothing). Closures may borrow for `'a`
+/// (a model's parameters, say).
+pub struct Tape<'a> {
+    recording: bool,
+    ctx: Context,
+    nodes: Vec<Node<'a>>,
+}
+
+impl<'a> Tape<'a> {
+    /// A recording tape for a training step (training, forward phase, seed 0).
+    pub fn recording() -> Self {
+        Self::with_context(
+            true,
+            Context {
+                training: true,
+                phase: Phase::Forward,
+                seed: 0,
+                counter: 0,
+            },
+        )
+    }
+
+    /// A tape that records nothing, in eval mode (inference).
+    pub fn no_grad() -> Self {
+        Self::with_context(
+            false,
+            Context {
+                training: false,
+                phase: Phase::Forward,
+                seed: 0,
+                counter: 0,
+            },
+        )
+    }
+
+    /// A tape with an explicit context.
+    pub fn with_context(recording: bool, ctx: Context) -> Self {
+        Tape {
+            recording,
+            ctx,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Sets training (batch statistics, dropout on) or eval mode.
+    pub fn training(mut self, training: bool) -> Self {
+        self.ctx.training = training;
+        self
+    }
+
+    /// Sets the seed of the dropout stream (and restarts its counter).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.ctx.seed = seed;
+        self.ctx.counter = 0;
+        self
+    }
+
+    /// Whether ops are recorded.
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    /// Whether this is a training step.
+    pub fn is_training(&self) -> bool {
+        self.ctx.training
+    }
+
+    /// The phase ops run in.
+    pub fn phase(&self) -> Phase {
+        self.ctx.phase
+    }
+
+    /// The current context (mode, phase, random stream position).
+    pub fn context(&self) -> Context {
+        self.ctx
+    }
+
+    /// Replaces the context (used by checkpointing to move the random stream on).
+    pub fn set_context(&mut self, ctx: Context) {
+        self.ctx = ctx;
+    }
+
+    /// Takes the next (seed, counter) pair of the dropout stream.
+    pub fn next_random_stream(&mut self) -> (u64, u64) {
+        let c = self.ctx.counter;
+        self.ctx.counter += 1;
+        (self.ctx.seed, c)
+    }
+
+    /// Whether an op over `inputs` must record: the tape records and some input wants a gradient.
+    pub fn needs_grad(&self, inputs: &[&Tensor]) -> bool {
+        self.recording && inputs.iter().any(|t| t.requires_grad())
+    }
+
+    /// Records `backward` for `output` if an op over `inputs` needs a gradient, and returns the
+    /// output (marked as requiring a gradient when recorded). `backward` receives the gradient of
+    /// `output` and accumulates the gradients of the inputs; it runs at most once and is dropped
+    /// unrun if `output` gets no gradient.
+    pub fn record(
+        &mut self,
+        inputs: &[&Tensor],
+        output: Tensor,
+        backward: impl FnOnce(&Tensor, &mut Gradients) -> Result<()> + 'a,
+    ) -> Tensor {
+        if !self.needs_grad(inputs) {
+            return output;
+        }
+        let output = output.with_requires_grad(true);
+        self.nodes.push(Node {
+            output: output.id(),
+            backward: Box::new(backward),
+        });
+        output
+    }
+
+    /// Number of recorded ops.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Backpropagates from a scalar loss (seed 1).
+    pub fn backward(self, loss: &Tensor) -> Result<Gradients> {
+        if loss.numel() != 1 {
+            return Err(Error::Backward(format!(
+                "the loss must have one element, got shape {:?}",
+                loss.shape()
+            )));
+        }
+        let seed = Tensor::ones(loss.shape(), loss.dtype(), loss.device())?;
+        self.backward_from(loss, seed)
+    }
+
+    /// Backpropagates from `output` with the given gradient of it (a segment's outer gradient).
+    pub fn backward_from(mut self, output: &Tensor, seed: Tensor) -> Result<Gradients> {
+        if seed.shape() != output.shape() {
+            return Err(Error::Backward(format!(
+                "seed gradient of shape {:?} for an output of shape {:?}",
+                seed.shape(),
+                output.shape()
+            )));
+        }
+        output.check_compatible(&seed, "backward")?;
+        let mut grads = Gradients::new();
+        grads.accumulate_id(output.id(), seed)?;
+        while let Some(node) = self.nodes.pop() {
+            if let Some(g) = grads.take(node.output) {
+                (node.backward)(&g, &mut grads)?;
+            }
+        }
+        Ok(grads)
+    }
+}

@@ -1,0 +1,281 @@
+//! [`Tensor`]: a run-time shaped, run-time typed array on a [`Device`]. Clones are cheap and share
+//! the buffer; every tensor has a unique [`TensorId`] by which the tape keys gradients.
+
+use crate::device::Device;
+use crate::dtype::{DType, Elem};
+use crate::error::{Error, Result};
+use crate::rng;
+use crate::storage::{Buffer, CpuData};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Identifies a tensor for gradient bookkeeping. Reshapes and recomputations get new ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(u64);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl TensorId {
+    /// A fresh, never used id.
+    pub fn fresh() -> Self {
+        TensorId(NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// An n-dimensional array (images are NCHW). Immutable once made, except through the engine's
+/// copy-on-write updates (optimizers), which keep the id.
+#[derive(Clone)]
+pub struct Tensor {
+    id: TensorId,
+    shape: Vec<usize>,
+    buf: Arc<Buffer>,
+    requires_grad: bool,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Tensor({:?}, {:?}, {:?}, {}{})",
+            self.id,
+            self.shape,
+            self.dtype(),
+            self.device(),
+            if self.requires_grad { ", grad" } else { "" }
+        )
+    }
+}
+
+fn numel_of(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    pub(crate) fn from_data(data: CpuData, shape: &[usize], device: &Device) -> Result<Self> {
+        if data.len() != numel_of(shape) {
+            return Err(Error::shape(
+                "tensor",
+                format!("{} elements do not fill shape {:?}", data.len(), shape),
+            ));
+        }
+        Ok(Tensor {
+            id: TensorId::fresh(),
+            shape: shape.to_vec(),
+            buf: Arc::new(Buffer::new(device, data)?),
+            requires_grad: false,
+        })
+    }
+
+    /// A tensor from a vector of elements; `data.len()` must equal the shape's element count.
+    pub fn from_vec<T: Elem>(data: Vec<T>, shape: &[usize], device: &Device) -> Result<Self> {
+        Self::from_data(T::wrap(data), shape, device)
+    }
+
+    /// A tensor of the given dtype from `f64` values (rounded for `f32`).
+    pub fn from_f64(data: &[f64], shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
+        dispatch_float!(dtype, T => Self::from_vec(data.iter().map(|&v| T::of(v)).collect::<Vec<T>>(), shape, device))
+    }
+
+    /// A tensor filled with `value`.
+    pub fn full(shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Self> {
+        dispatch_float!(dtype, T => Self::from_vec(vec![T::of(value); numel_of(shape)], shape, device))
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
+        Self::full(shape, 0.0, dtype, device)
+    }
+
+    /// A tensor of ones.
+    pub fn ones(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
+        Self::full(shape, 1.0, dtype, device)
+    }
+
+    /// Standard normal values, reproducible from `seed`.
+    pub fn randn(shape: &[usize], dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        let v: Vec<f64> = (0..numel_of(shape) as u64)
+            .map(|i| rng::normal(seed, 0, i))
+            .collect();
+        Self::from_f64(&v, shape, dtype, device)
+    }
+
+    /// Uniform values in [lo, hi), reproducible from `seed`.
+    pub fn rand_uniform(
+        shape: &[usize],
+        lo: f64,
+        hi: f64,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let v: Vec<f64> = (0..numel_of(shape) as u64)
+            .map(|i| lo + (hi - lo) * rng::uniform(seed, 1, i))
+            .collect();
+        Self::from_f64(&v, shape, dtype, device)
+    }
+
+    /// The tensor's id.
+    pub fn id(&self) -> TensorId {
+        self.id
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        numel_of(&self.shape)
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.buf.data.dtype()
+    }
+
+    /// The device holding the buffer.
+    pub fn device(&self) -> &Device {
+        &self.buf.device
+    }
+
+    /// Bytes of the buffer.
+    pub fn size_in_bytes(&self) -> usize {
+        self.numel() * self.dtype().size_in_bytes()
+    }
+
+    /// Whether the tape computes a gradient for this tensor.
+    pub fn requires_grad(&self) -> bool {
+        self.requires_grad
+    }
+
+    /// Marks this tensor (a leaf such as a parameter or an input) as needing a gradient.
+    pub fn with_requires_grad(mut self, requires_grad: bool) -> Self {
+        self.requires_grad = requires_grad;
+        self
+    }
+
+    /// The same data as a new leaf: new id, no gradient, shared buffer.
+    pub fn detach(&self) -> Self {
+        Tensor {
+            id: TensorId::fresh(),
+            shape: self.shape.clone(),
+            buf: self.buf.clone(),
+            requires_grad: false,
+        }
+    }
+
+    /// Whether two tensors share one buffer.
+    pub fn shares_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
+
+    /// The same buffer under another shape (same element count), with a new id; used by the
+    /// `reshape` op, which also records the gradient's way back.
+    pub(crate) fn view_as(&self, shape: &[usize]) -> Result<Self> {
+        if numel_of(shape) != self.numel() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot view {:?} as {:?}", self.shape, shape),
+            ));
+        }
+        Ok(Tensor {
+            id: TensorId::fresh(),
+            shape: shape.to_vec(),
+            buf: self.buf.clone(),
+            requires_grad: false,
+        })
+    }
+
+    /// The dimensions of a rank-4 (NCHW) tensor.
+    pub fn dims4(&self, op: &'static str) -> Result<[usize; 4]> {
+        match self.shape[..] {
+            [n, c, h, w] => Ok([n, c, h, w]),
+            _ => Err(Error::shape(
+                op,
+                format!("expected an NCHW tensor, got shape {:?}", self.shape),
+            )),
+        }
+    }
+
+    /// The elements, if the dtype is `T`.
+    pub fn as_slice<T: Elem>(&self) -> Result<&[T]> {
+        T::slice(&self.buf.data).ok_or(Error::DType {
+            op: "as_slice",
+            expected: T::DTYPE,
+            got: self.dtype(),
+        })
+    }
+
+    /// Mutable elements, copying the buffer first if it is shared (the id stays).
+    pub(crate) fn make_mut<T: Elem>(&mut self) -> Result<&mut [T]> {
+        if Arc::get_mut(&mut self.buf).is_none() {
+            self.buf = Arc::new(self.buf.try_clone()?);
+        }
+        let got = self.dtype();
+        let buf = Arc::get_mut(&mut self.buf).expect("buffer was made unique above");
+        T::slice_mut(&mut buf.data).ok_or(Error::DType {
+            op: "make_mut",
+            expected: T::DTYPE,
+            got,
+        })
+    }
+
+    /// A copy of the elements, if the dtype is `T`.
+    pub fn to_vec<T: Elem>(&self) -> Result<Vec<T>> {
+        Ok(self.as_slice::<T>()?.to_vec())
+    }
+
+    /// The elements converted to `f64`, whatever the dtype.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match &self.buf.data {
+            CpuData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            CpuData::F64(v) => v.clone(),
+        }
+    }
+
+    /// The value of a one-element tensor.
+    pub fn scalar(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            return Err(Error::shape(
+                "scalar",
+                format!("expected one element, got shape {:?}", self.shape),
+            ));
+        }
+        Ok(self.to_f64_vec()[0])
+    }
+
+    /// A copy in another dtype (a new leaf).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Self::from_f64(&self.to_f64_vec(), &self.shape, dtype, self.device())
+    }
+
+    /// Fails with a shape error unless `self` and `other` have equal shapes.
+    pub fn check_same_shape(&self, other: &Tensor, op: &'static str) -> Result<()> {
+        if self.shape != other.shape {
+            return Err(Error::shape(
+                op,
+                format!("shapes differ: {:?} vs {:?}", self.shape, other.shape),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fails unless `self` and `other` share dtype and device.
+    pub fn check_compatible(&self, other: &Tensor, op: &'static str) -> Result<()> {
+        if self.dtype() != other.dtype() {
+            return Err(Error::DType {
+                op,
+                expected: self.dtype(),
+                got: other.dtype(),
+            });
+        }
+        self.device().check_same(other.device(), op)
+    }
+}

@@ -148,6 +148,19 @@ impl<'a> Tape<'a> {
         if !self.needs_grad(inputs) {
             return output;
         }
+        self.record_always(output, backward)
+    }
+
+    /// Records `backward` for `output` whenever the tape records, whatever its inputs: for
+    /// composite ops (a checkpointed segment) whose parameters the tape cannot see.
+    pub fn record_always(
+        &mut self,
+        output: Tensor,
+        backward: impl FnOnce(&Tensor, &mut Gradients) -> Result<()> + 'a,
+    ) -> Tensor {
+        if !self.recording {
+            return output;
+        }
         let output = output.with_requires_grad(true);
         self.nodes.push(Node {
             output: output.id(),

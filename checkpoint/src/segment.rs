@@ -1,0 +1,116 @@
+//! The segment-recompute combinator.
+//!
+//! First pass: the segment runs on a no-grad tape with the caller's context (so batch norm updates
+//! its running statistics once, and dropout draws its masks); only the inputs are kept. Backward:
+//! the segment re-runs on a recording tape in [`Phase::Recompute`] from the same context (same
+//! dropout masks, running statistics untouched), is seeded with the outer gradient of its output,
+//! and the gradients of its inputs and of every parameter it used are added into the outer
+//! gradients. The inner tape and everything it saved die right after.
+
+use std::hash::{Hash, Hasher};
+use tape::{Error, Phase, Result, Tape, Tensor};
+
+/// Options of [`checkpoint_with`].
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointOptions {
+    /// A name for error messages.
+    pub name: Option<String>,
+    /// Debug check: fail if the recomputed output differs (bitwise) from the first pass.
+    pub verify_determinism: bool,
+    /// A deliberate fault, for negative-control tests only.
+    #[doc(hidden)]
+    pub fault: Fault,
+}
+
+/// Deliberately broken behaviours, so tests can show that the equivalence properties detect
+/// them. Never set outside tests.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    /// Correct behaviour.
+    #[default]
+    None,
+    /// Hand back only the inputs' gradients, dropping the parameters'.
+    DropParameterGrads,
+    /// Recompute in the forward phase (batch norm updates running statistics twice, as the seed
+    /// project's code does).
+    RecomputeInForwardPhase,
+    /// Recompute from another random stream position (dropout draws a different mask).
+    FreshRandomStream,
+}
+
+/// Runs `segment` on `inputs` with recompute-in-backward (see the module docs). On a no-grad
+/// tape, or in eval mode, it is a plain call.
+pub fn checkpoint<'a, F>(tape: &mut Tape<'a>, inputs: &[&Tensor], segment: F) -> Result<Tensor>
+where
+    F: Fn(&mut Tape<'a>, &[Tensor]) -> Result<Tensor> + 'a,
+{
+    checkpoint_with(tape, inputs, CheckpointOptions::default(), segment)
+}
+
+/// [`checkpoint`] with options (a name, the determinism check).
+pub fn checkpoint_with<'a, F>(
+    tape: &mut Tape<'a>,
+    inputs: &[&Tensor],
+    options: CheckpointOptions,
+    segment: F,
+) -> Result<Tensor>
+where
+    F: Fn(&mut Tape<'a>, &[Tensor]) -> Result<Tensor> + 'a,
+{
+    let saved: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+    if !tape.is_recording() || !tape.is_training() {
+        return segment(tape, &saved);
+    }
+    let start = tape.context();
+    let mut first = Tape::with_context(false, start);
+    let out = segment(&mut first, &saved)?;
+    tape.set_context(first.context());
+    let fingerprint = options.verify_determinism.then(|| fingerprint(&out));
+
+    Ok(tape.record_always(out, move |grad_out, grads| {
+        let mut ctx = start;
+        ctx.phase = Phase::Recompute;
+        match options.fault {
+            Fault::RecomputeInForwardPhase => ctx.phase = Phase::Forward,
+            Fault::FreshRandomStream => ctx.counter += 1000,
+            Fault::None | Fault::DropParameterGrads => {}
+        }
+        let mut inner = Tape::with_context(true, ctx);
+        let out = segment(&mut inner, &saved)?;
+        if let Some(expected) = fingerprint {
+            if fingerprint(&out) != expected {
+                return Err(Error::Backward(format!(
+                    "checkpoint segment '{}': the recomputed output differs from the first pass \
+                     (the segment is not deterministic: check for state changed between passes)",
+                    options.name.as_deref().unwrap_or("<unnamed>")
+                )));
+            }
+        }
+        let out_id = out.id();
+        let mut inner_grads = inner.backward_from(&out, grad_out.clone())?;
+        if !saved.iter().any(|t| t.id() == out_id) {
+            // The seed stays behind when the output was produced by no recorded op.
+            inner_grads.take(out_id);
+        }
+        if options.fault == Fault::DropParameterGrads {
+            for t in &saved {
+                if let Some(g) = inner_grads.take(t.id()) {
+                    grads.accumulate_id(t.id(), g)?;
+                }
+            }
+            return Ok(());
+        }
+        grads.merge(inner_grads)
+    }))
+}
+
+/// A hash of the shape and the exact bits of every element.
+fn fingerprint(t: &Tensor) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.shape().hash(&mut h);
+    for v in t.to_f64_vec() {
+        v.to_bits().hash(&mut h);
+    }
+    h.finish()
+}

@@ -1,0 +1,151 @@
+//! Chains of layers: [`checkpoint_sequential`] (equal segments, like PyTorch's), [`run_plan`]
+//! (segments chosen by the planner) and [`run_with_policy`] (a per-op policy such as "keep conv
+//! outputs, recompute batch norm, ReLU and concat").
+
+use crate::planner::Plan;
+use crate::segment::checkpoint;
+use tape::{Error, Result, Tape, Tensor};
+
+/// What a layer computes, for per-op policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// Convolution (compute-bound: worth keeping).
+    Conv,
+    /// Fully connected layer (compute-bound).
+    Linear,
+    /// Batch normalisation (memory-bound: cheap to recompute).
+    BatchNorm,
+    /// ReLU (memory-bound).
+    Relu,
+    /// Concatenation (memory-bound).
+    Concat,
+    /// Pooling (memory-bound).
+    Pool,
+    /// Dropout (memory-bound; replays its mask when recomputed).
+    Dropout,
+    /// Anything else, e.g. a whole block.
+    Other,
+}
+
+type LayerFn<'a> = dyn Fn(&mut Tape<'a>, &Tensor) -> Result<Tensor> + 'a;
+
+/// One step of a chain: a name, its kind and its forward function.
+pub struct Layer<'a> {
+    name: String,
+    kind: OpKind,
+    forward: Box<LayerFn<'a>>,
+}
+
+impl<'a> Layer<'a> {
+    /// A layer called `name` of kind `kind` computing `forward`.
+    pub fn new(
+        name: impl Into<String>,
+        kind: OpKind,
+        forward: impl Fn(&mut Tape<'a>, &Tensor) -> Result<Tensor> + 'a,
+    ) -> Self {
+        Layer {
+            name: name.into(),
+            kind,
+            forward: Box::new(forward),
+        }
+    }
+
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The layer's kind.
+    pub fn kind(&self) -> OpKind {
+        self.kind
+    }
+
+    /// Runs the layer.
+    pub fn forward(&self, tape: &mut Tape<'a>, x: &Tensor) -> Result<Tensor> {
+        (self.forward)(tape, x)
+    }
+}
+
+/// Which layer outputs a chain keeps; the others are recomputed in backward.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Record everything (no recompute).
+    KeepAll,
+    /// Keep the outputs of layers of these kinds; each run of other layers up to and including a
+    /// kept layer is one checkpointed segment. `Keep(vec![OpKind::Conv])` is "keep conv outputs,
+    /// recompute batch norm, ReLU and concat".
+    Keep(Vec<OpKind>),
+    /// Keep only the chain's input and output: the whole chain is one segment.
+    RecomputeAll,
+}
+
+fn run_range<'a>(
+    tape: &mut Tape<'a>,
+    layers: &'a [Layer<'a>],
+    range: std::ops::Range<usize>,
+    checkpointed: bool,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let seg = &layers[range];
+    if !checkpointed {
+        let mut h = x.clone();
+        for l in seg {
+            h = l.forward(tape, &h)?;
+        }
+        return Ok(h);
+    }
+    checkpoint(tape, &[x], move |t, xs| {
+        let mut h = xs[0].clone();
+        for l in seg {
+            h = l.forward(t, &h)?;
+        }
+        Ok(h)
+    })
+}
+
+/// Splits `layers` into `segments` nearly equal segments and checkpoints each but the last (whose
+/// activations backward needs first anyway), as PyTorch's `checkpoint_sequential` does.
+pub fn checkpoint_sequential<'a>(
+    tape: &mut Tape<'a>,
+    layers: &'a [Layer<'a>],
+    segments: usize,
+    x: &Tensor,
+) -> Result<Tensor> {
+    if segments == 0 || segments > layers.len().max(1) {
+        return Err(Error::invalid(
+            "checkpoint_sequential",
+            format!(
+                "segments must be in 1..={}, got {segments}",
+                layers.len().max(1)
+            ),
+        ));
+    }
+    let plan = Plan::equal_segments(layers.len(), segments);
+    run_plan(tape, layers, &plan, x)
+}
+
+/// Runs `layers` as `plan` says: each segment either recorded normally or checkpointed.
+pub fn run_plan<'a>(
+    tape: &mut Tape<'a>,
+    layers: &'a [Layer<'a>],
+    plan: &Plan,
+    x: &Tensor,
+) -> Result<Tensor> {
+    plan.check_covers(layers.len())?;
+    let mut h = x.clone();
+    for seg in plan.segments() {
+        h = run_range(tape, layers, seg.range.clone(), seg.checkpointed, &h)?;
+    }
+    Ok(h)
+}
+
+/// Runs `layers` under a per-op [`Policy`].
+pub fn run_with_policy<'a>(
+    tape: &mut Tape<'a>,
+    layers: &'a [Layer<'a>],
+    policy: &Policy,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let plan = Plan::from_policy(layers.iter().map(|l| l.kind()), policy);
+    run_plan(tape, layers, &plan, x)
+}

@@ -1,0 +1,241 @@
+//! The engine's core: tensors, the tape's memory behaviour during backward, typed errors, and
+//! finite-difference checks of the element-wise ops.
+
+use proptest::prelude::*;
+use tape::gradcheck::check_gradients;
+use tape::{ops, Context, DType, Device, Error, Phase, Tape, Tensor};
+
+const N: usize = 1000;
+
+fn train_ctx() -> Context {
+    Tape::recording().context()
+}
+
+#[test]
+fn creation_and_readback() {
+    let dev = Device::cpu();
+    let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], &dev).unwrap();
+    assert_eq!(t.shape(), &[2, 3]);
+    assert_eq!(t.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(Tensor::ones(&[2], DType::F64, &dev).unwrap().to_vec::<f64>().unwrap(), vec![1.0, 1.0]);
+    let a = Tensor::randn(&[64], DType::F64, &dev, 3).unwrap();
+    let b = Tensor::randn(&[64], DType::F64, &dev, 3).unwrap();
+    let c = Tensor::randn(&[64], DType::F64, &dev, 4).unwrap();
+    assert_eq!(a.to_f64_vec(), b.to_f64_vec());
+    assert_ne!(a.to_f64_vec(), c.to_f64_vec());
+    assert_ne!(a.id(), b.id());
+    let clone = a.clone();
+    assert_eq!(clone.id(), a.id());
+    assert!(clone.shares_buffer(&a));
+    let mut tape = Tape::no_grad();
+    let r = ops::reshape(&mut tape, &t, &[3, 2]).unwrap();
+    assert_eq!(r.shape(), &[3, 2]);
+    assert!(r.shares_buffer(&t));
+    assert_ne!(r.id(), t.id());
+}
+
+#[test]
+fn buffers_are_charged_while_alive_and_shared_by_clones() {
+    let dev = Device::cpu();
+    assert_eq!(dev.memory().current(), 0);
+    let a = Tensor::zeros(&[N], DType::F32, &dev).unwrap();
+    assert_eq!(dev.memory().current(), 4 * N);
+    let b = a.clone();
+    assert_eq!(dev.memory().current(), 4 * N, "a clone shares the buffer");
+    let c = Tensor::zeros(&[N], DType::F64, &dev).unwrap();
+    assert_eq!(dev.memory().current(), 12 * N);
+    drop((a, b, c));
+    assert_eq!(dev.memory().current(), 0);
+    assert_eq!(dev.memory().peak(), 12 * N);
+    dev.memory().reset_peak();
+    assert_eq!(dev.memory().peak(), 0);
+}
+
+#[test]
+fn forward_chain_holds_exactly_the_saved_outputs() {
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[N], DType::F32, &dev, 1).unwrap().with_requires_grad(true);
+    let k = 6;
+    let mut tape = Tape::recording();
+    let mut h = x.clone();
+    for _ in 0..k {
+        h = ops::relu(&mut tape, &h).unwrap(); // each relu saves its output
+    }
+    let loss = ops::sum(&mut tape, &h).unwrap();
+    drop(h);
+    // x + k relu outputs + the 1-element loss.
+    assert_eq!(dev.memory().current(), 4 * N * (k + 1) + 4);
+    let grads = tape.backward(&loss).unwrap();
+    // Saved outputs are gone with the tape; x, the loss and x's gradient remain.
+    assert_eq!(dev.memory().current(), 4 * N * 2 + 4);
+    assert_eq!(grads.len(), 1);
+}
+
+#[test]
+fn backward_frees_intermediate_gradients_as_it_goes() {
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[N], DType::F32, &dev, 1).unwrap().with_requires_grad(true);
+    let k = 10;
+    let mut tape = Tape::recording();
+    let mut h = x.clone();
+    for _ in 0..k {
+        h = ops::scale(&mut tape, &h, 0.5).unwrap(); // scale saves nothing
+    }
+    let loss = ops::sum(&mut tape, &h).unwrap();
+    drop(h);
+    assert_eq!(dev.memory().current(), 4 * N + 4);
+    dev.memory().reset_peak();
+    let grads = tape.backward(&loss).unwrap();
+    // At most two gradients live at once: the one consumed and the one produced.
+    let expected_peak = 4 * N + 4 + 2 * 4 * N;
+    let keep_everything = 4 * N + 4 + k * 4 * N;
+    assert_eq!(dev.memory().peak(), expected_peak);
+    assert!(dev.memory().peak() < keep_everything);
+    let g = grads.get(&x).unwrap().to_vec::<f32>().unwrap();
+    assert!(g.iter().all(|&v| v == 0.5f32.powi(k as i32)));
+}
+
+#[test]
+fn gradients_accumulate_over_consumers() {
+    let dev = Device::cpu();
+    let x = Tensor::from_vec(vec![1.0f64, -2.0, 3.0], &[3], &dev).unwrap().with_requires_grad(true);
+    let mut tape = Tape::recording();
+    let a = ops::scale(&mut tape, &x, 2.0).unwrap();
+    let b = ops::mul(&mut tape, &x, &x).unwrap();
+    let c = ops::add(&mut tape, &a, &b).unwrap();
+    let loss = ops::sum(&mut tape, &c).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    assert_eq!(grads.get(&x).unwrap().to_vec::<f64>().unwrap(), vec![4.0, -2.0, 8.0]);
+}
+
+#[test]
+fn no_grad_tape_records_nothing_and_leaves_nothing() {
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[N], DType::F32, &dev, 1).unwrap().with_requires_grad(true);
+    let mut tape = Tape::no_grad();
+    let y = ops::relu(&mut tape, &x).unwrap();
+    assert!(tape.is_empty());
+    assert!(!y.requires_grad());
+    assert!(!tape.is_training());
+    let mut rec = Tape::recording();
+    let z = ops::relu(&mut rec, &x.detach()).unwrap();
+    assert!(rec.is_empty(), "nothing requires a gradient");
+    assert!(!z.requires_grad());
+}
+
+#[test]
+fn context_carries_mode_phase_and_random_stream() {
+    let mut tape = Tape::recording().with_seed(9);
+    assert!(tape.is_training());
+    assert_eq!(tape.phase(), Phase::Forward);
+    assert_eq!(tape.next_random_stream(), (9, 0));
+    assert_eq!(tape.next_random_stream(), (9, 1));
+    let mut ctx = tape.context();
+    ctx.phase = Phase::Recompute;
+    let inner = Tape::with_context(true, ctx);
+    assert_eq!(inner.phase(), Phase::Recompute);
+    assert_eq!(inner.context().counter, 2);
+}
+
+#[test]
+fn error_paths() {
+    let dev = Device::cpu();
+    let other = Device::cpu();
+    let a = Tensor::zeros(&[2, 3], DType::F32, &dev).unwrap();
+    let b = Tensor::zeros(&[3, 2], DType::F32, &dev).unwrap();
+    let c = Tensor::zeros(&[2, 3], DType::F64, &dev).unwrap();
+    let d = Tensor::zeros(&[2, 3], DType::F32, &other).unwrap();
+    let mut tape = Tape::recording();
+    assert!(matches!(ops::add(&mut tape, &a, &b), Err(Error::Shape { .. })));
+    assert!(matches!(ops::add(&mut tape, &a, &c), Err(Error::DType { .. })));
+    assert!(matches!(ops::add(&mut tape, &a, &d), Err(Error::Device { .. })));
+    assert!(matches!(ops::mul(&mut tape, &a, &b), Err(Error::Shape { .. })));
+    assert!(matches!(ops::reshape(&mut tape, &a, &[4]), Err(Error::Shape { .. })));
+    assert!(matches!(Tensor::from_vec(vec![1.0f32; 5], &[2, 3], &dev), Err(Error::Shape { .. })));
+    assert!(matches!(a.to_vec::<f64>(), Err(Error::DType { .. })));
+    assert!(matches!(a.dims4("test"), Err(Error::Shape { .. })));
+    assert!(matches!(a.scalar(), Err(Error::Shape { .. })));
+    let x = a.clone().with_requires_grad(true);
+    let y = ops::relu(&mut tape, &x).unwrap();
+    assert!(matches!(tape.backward(&y), Err(Error::Backward(_))));
+    let tape = Tape::recording();
+    let seed = Tensor::zeros(&[3], DType::F32, &dev).unwrap();
+    assert!(matches!(tape.backward_from(&y, seed), Err(Error::Backward(_))));
+}
+
+#[test]
+fn memory_limit_gives_out_of_memory() {
+    let dev = Device::cpu();
+    dev.memory().set_limit(Some(4 * N));
+    let a = Tensor::zeros(&[N], DType::F32, &dev).unwrap();
+    let err = Tensor::zeros(&[1], DType::F32, &dev).unwrap_err();
+    match err {
+        Error::OutOfMemory { requested, in_use, limit, .. } => {
+            assert_eq!((requested, in_use, limit), (4, 4 * N, 4 * N));
+        }
+        e => panic!("expected OutOfMemory, got {e:?}"),
+    }
+    assert!(err_text_mentions_mode(&Tensor::zeros(&[1], DType::F32, &dev).unwrap_err()));
+    assert_eq!(dev.memory().current(), 4 * N, "a failed allocation charges nothing");
+    drop(a);
+    dev.memory().set_limit(None);
+    assert!(dev.reserve(1 << 30).is_ok());
+}
+
+fn err_text_mentions_mode(e: &Error) -> bool {
+    e.to_string().contains("memory-efficient mode")
+}
+
+fn elementwise_inputs(len: usize, seed: u64) -> (Tensor, Tensor) {
+    let dev = Device::cpu();
+    (
+        Tensor::randn(&[len], DType::F64, &dev, seed).unwrap(),
+        Tensor::randn(&[len], DType::F64, &dev, seed + 1).unwrap(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn gradcheck_add_mul(len in 1usize..20, seed in 0u64..1000) {
+        let (a, b) = elementwise_inputs(len, seed);
+        let r = check_gradients(&[a.clone(), b.clone()], train_ctx(), |t, xs| ops::add(t, &xs[0], &xs[1])).unwrap();
+        prop_assert!(r.max_rel_error <= 1e-6, "add {:?}", r);
+        let r = check_gradients(&[a, b], train_ctx(), |t, xs| ops::mul(t, &xs[0], &xs[1])).unwrap();
+        prop_assert!(r.max_rel_error <= 1e-6, "mul {:?}", r);
+    }
+
+    #[test]
+    fn gradcheck_scale_relu_reduce_reshape(len in 1usize..20, s in -3.0f64..3.0, seed in 0u64..1000) {
+        let (a, _) = elementwise_inputs(len, seed);
+        let cases: Vec<(&str, Box<dyn Fn(&mut Tape, &[Tensor]) -> tape::Result<Tensor>>)> = vec![
+            ("scale", Box::new(move |t, xs| ops::scale(t, &xs[0], s))),
+            ("relu", Box::new(|t, xs| ops::relu(t, &xs[0]))),
+            ("sum", Box::new(|t, xs| ops::sum(t, &xs[0]))),
+            ("mean", Box::new(|t, xs| ops::mean(t, &xs[0]))),
+            ("reshape", Box::new(|t, xs| ops::reshape(t, &xs[0], &[1, xs[0].numel()]))),
+        ];
+        for (name, f) in cases {
+            let r = check_gradients(std::slice::from_ref(&a), train_ctx(), f).unwrap();
+            prop_assert!(r.max_rel_error <= 1e-6, "{} {:?}", name, r);
+        }
+    }
+}
+
+#[test]
+fn gradcheck_detects_a_wrong_gradient() {
+    // A deliberately wrong backward (twice the true gradient) must be caught.
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[5], DType::F64, &dev, 1).unwrap();
+    let r = check_gradients(&[x], train_ctx(), |t, xs| {
+        let y = ops::scale(t, &xs[0], 1.0)?;
+        let wrong = y.detach();
+        let k = tape::GradKey::of(&xs[0]);
+        Ok(t.record(&[&xs[0]], wrong, move |g, grads| {
+            grads.accumulate(&k, ops::scale(&mut Tape::no_grad(), g, 2.0)?)
+        }))
+    })
+    .unwrap();
+    assert!(r.max_rel_error > 0.5);
+}

@@ -66,7 +66,7 @@ where
     let mut first = Tape::with_context(false, start);
     let out = segment(&mut first, &saved)?;
     tape.set_context(first.context());
-    let fingerprint = options.verify_determinism.then(|| fingerprint(&out));
+    let first_pass = options.verify_determinism.then(|| fingerprint(&out));
 
     Ok(tape.record_always(out, move |grad_out, grads| {
         let mut ctx = start;
@@ -78,7 +78,7 @@ where
         }
         let mut inner = Tape::with_context(true, ctx);
         let out = segment(&mut inner, &saved)?;
-        if let Some(expected) = fingerprint {
+        if let Some(expected) = first_pass {
             if fingerprint(&out) != expected {
                 return Err(Error::Backward(format!(
                     "checkpoint segment '{}': the recomputed output differs from the first pass \

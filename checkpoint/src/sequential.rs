@@ -27,7 +27,8 @@ pub enum OpKind {
     Other,
 }
 
-type LayerFn<'a> = dyn Fn(&mut Tape<'a>, &Tensor) -> Result<Tensor> + 'a;
+/// A layer's forward: works on a tape of any lifetime (the ops it records own what they save).
+type LayerFn<'a> = dyn for<'t> Fn(&mut Tape<'t>, &Tensor) -> Result<Tensor> + 'a;
 
 /// One step of a chain: a name, its kind and its forward function.
 pub struct Layer<'a> {
@@ -41,7 +42,7 @@ impl<'a> Layer<'a> {
     pub fn new(
         name: impl Into<String>,
         kind: OpKind,
-        forward: impl Fn(&mut Tape<'a>, &Tensor) -> Result<Tensor> + 'a,
+        forward: impl for<'t> Fn(&mut Tape<'t>, &Tensor) -> Result<Tensor> + 'a,
     ) -> Self {
         Layer {
             name: name.into(),
@@ -61,7 +62,7 @@ impl<'a> Layer<'a> {
     }
 
     /// Runs the layer.
-    pub fn forward(&self, tape: &mut Tape<'a>, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, tape: &mut Tape<'_>, x: &Tensor) -> Result<Tensor> {
         (self.forward)(tape, x)
     }
 }

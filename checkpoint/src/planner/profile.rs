@@ -7,9 +7,11 @@ use std::time::Instant;
 use tape::{Phase, Result, Tape, Tensor};
 
 /// Runs `layers` once on `x` with a recording tape and measures, per layer, the bytes it adds
-/// (output plus what its backward saves) and its forward time. The run uses the recompute phase,
-/// so batch norm running statistics are not touched. `base_bytes` is what stays allocated
-/// whatever the plan (parameters, input, parameter gradients).
+/// (output plus what its backward saves) and its forward time; then runs backward from the output
+/// and takes the bytes it needed above the stored activations (gradients in flight, kernel
+/// workspaces) as the model's `grad_bytes`. The run uses the recompute phase, so batch norm
+/// running statistics are not touched; it resets the device's peak counter. `base_bytes` is what
+/// stays allocated whatever the plan (parameters, input, parameter gradients).
 pub fn profile_chain<'a>(
     tape_context: &Tape<'a>,
     layers: &'a [Layer<'a>],
@@ -23,7 +25,6 @@ pub fn profile_chain<'a>(
     let memory = x.device().memory();
     let mut h = x.clone();
     let mut profiles = Vec::with_capacity(layers.len());
-    let mut largest = x.size_in_bytes() as u64;
     for l in layers {
         let before = memory.current();
         let t0 = Instant::now();
@@ -31,7 +32,6 @@ pub fn profile_chain<'a>(
         let cost = t0.elapsed().as_secs_f64();
         let after = memory.current();
         let output_bytes = y.size_in_bytes() as u64;
-        largest = largest.max(output_bytes);
         profiles.push(LayerProfile {
             name: l.name().to_string(),
             saved_bytes: (after.saturating_sub(before)) as u64,
@@ -40,9 +40,15 @@ pub fn profile_chain<'a>(
         });
         h = y;
     }
+    let stored = memory.current();
+    memory.reset_peak();
+    let seed = Tensor::ones(h.shape(), h.dtype(), h.device())?;
+    let grads = tape.backward_from(&h, seed)?;
+    let grad_bytes = memory.peak().saturating_sub(stored) as u64;
+    drop(grads);
     Ok(ChainModel {
         layers: profiles,
         base_bytes,
-        grad_bytes: 2 * largest,
+        grad_bytes,
     })
 }

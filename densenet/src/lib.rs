@@ -1,1 +1,18 @@
-//! placeholder
+//! `densenet`: DenseNet-BC on the `tape` engine, naive or memory-efficient through the
+//! `checkpoint` crate.
+//!
+//! - [`DenseNetConfig`]: the seed project's parameters, an [`Efficiency`] mode, presets.
+//! - [`DenseNet`]: the model; torchvision parameter names; [`weights`] saves and loads
+//!   safetensors.
+//! - [`train`]: one training step; [`data`]: CIFAR-10 and synthetic data.
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod train;
+pub mod weights;
+
+pub use config::{DenseNetConfig, Efficiency};
+pub use error::{DenseNetError, Result};
+pub use model::{DenseNet, LayerMode};

@@ -32,7 +32,6 @@ impl Parameter {
     }
 
     /// The current value for in-place updates (optimizers); copy-on-write keeps the id.
-    #[allow(dead_code)]
     pub(crate) fn tensor_mut(&mut self) -> &mut Tensor {
         &mut self.tensor
     }

@@ -15,8 +15,15 @@ mod relu;
 mod reshape;
 
 // conv2d, linear, pooling:
+pub use conv2d::{conv2d, Conv2dOptions};
+pub use linear::linear;
+pub use pool::{avg_pool2d, global_avg_pool, max_pool2d};
 
 // batch norm, dropout, concat, cross-entropy:
+pub use batch_norm::{batch_norm2d, BatchNormOptions, RunningStats};
+pub use concat::concat;
+pub use cross_entropy::cross_entropy;
+pub use dropout::dropout;
 
 pub use elementwise::{add, mul, scale};
 pub(crate) use elementwise::{add_assign, add_detached, scale_detached};

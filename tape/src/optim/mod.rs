@@ -1,1 +1,84 @@
-//! Optimizers over named [`crate::Parameter`]s with run-time shapes.
+//! Optimizers over named [`crate::Parameter`]s with run-time shapes: [`Sgd`] and [`Adam`], both
+//! PyTorch's update rules exactly. Parameters are updated in place (they keep their id), state
+//! is keyed by the parameter's [`crate::TensorId`] and lives on the parameter's device, so it
+//! counts in that device's memory accounting.
+
+use crate::error::{Error, Result};
+use crate::gradients::Gradients;
+use crate::param::Parameter;
+use crate::tensor::Tensor;
+
+mod adam;
+mod sgd;
+
+pub use adam::{Adam, AdamConfig};
+pub use sgd::{Sgd, SgdConfig};
+
+/// Updates parameters from their gradients.
+pub trait Optimizer {
+    /// One update of every parameter that has a gradient in `grads` (the others are skipped).
+    fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()>;
+    /// The learning rate.
+    fn lr(&self) -> f64;
+    /// Sets the learning rate (a schedule); a negative or non-finite one fails at the next step.
+    fn set_lr(&mut self, lr: f64);
+}
+
+/// Fails unless `value` is finite and `>= 0`.
+fn check_non_negative(op: &'static str, name: &str, value: f64) -> Result<()> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            format!("{name} must be finite and >= 0, got {value}"),
+        ))
+    }
+}
+
+/// The gradient of `p` in `grads`, checked against the parameter (shape, dtype, device).
+fn grad_of<'g>(
+    op: &'static str,
+    p: &Parameter,
+    grads: &'g Gradients,
+) -> Result<Option<&'g Tensor>> {
+    let Some(g) = grads.get(p.tensor()) else {
+        return Ok(None);
+    };
+    p.tensor().check_compatible(g, op)?;
+    if g.shape() != p.tensor().shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{}: gradient of shape {:?} for a parameter of shape {:?}",
+                p.name(),
+                g.shape(),
+                p.tensor().shape()
+            ),
+        ));
+    }
+    Ok(Some(g))
+}
+
+/// A zero state tensor like `p` (same shape, dtype and device).
+fn zeros_like(p: &Tensor) -> Result<Tensor> {
+    Tensor::zeros(p.shape(), p.dtype(), p.device())
+}
+
+/// Fails unless the state tensor `s` still fits the parameter `p`.
+fn check_state(op: &'static str, p: &Parameter, s: &Tensor) -> Result<()> {
+    if s.shape() != p.tensor().shape() || s.dtype() != p.tensor().dtype() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{}: optimizer state of shape {:?} ({:?}) for a parameter of shape {:?} ({:?})",
+                p.name(),
+                s.shape(),
+                s.dtype(),
+                p.tensor().shape(),
+                p.tensor().dtype()
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,1 +1,36 @@
-//! (to be written)
+//! Dropout. The mask is a pure function of the tape's random stream `(seed, counter)` and the
+//! element index ([`crate::rng::uniform`]), so a recompute under the same context replays it and
+//! backward regenerates it instead of keeping it in memory: the closure saves no buffer.
+
+use crate::error::{Error, Result};
+use crate::gradients::GradKey;
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+
+mod cpu;
+
+/// Zeroes each element of `x` with probability `p` and scales the kept ones by `1 / (1 - p)`.
+///
+/// In training, takes the next stream `(seed, counter)` of the tape and keeps element `i` iff
+/// `uniform(seed, counter, i) >= p`. In eval mode or with `p == 0` it is the identity (a view of
+/// `x` with a new id) and takes no stream. `p` outside `[0, 1)` is an
+/// [`Error::InvalidArgument`].
+pub fn dropout(tape: &mut Tape, x: &Tensor, p: f64) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::invalid(
+            "dropout",
+            format!("p must lie in [0, 1), got {p}"),
+        ));
+    }
+    let kx = GradKey::of(x);
+    if !tape.is_training() || p == 0.0 {
+        let out = x.view_as(x.shape())?;
+        return Ok(tape.record(&[x], out, move |g, grads| grads.accumulate(&kx, g.clone())));
+    }
+    let (seed, counter) = tape.next_random_stream();
+    let out = dispatch_float!(x.dtype(), T => Tensor::from_vec(cpu::apply_mask::<T>(x.as_slice::<T>()?, seed, counter, p), x.shape(), x.device()))?;
+    Ok(tape.record(&[x], out, move |g, grads| {
+        let gx = dispatch_float!(g.dtype(), T => Tensor::from_vec(cpu::apply_mask::<T>(g.as_slice::<T>()?, seed, counter, p), g.shape(), g.device()))?;
+        grads.accumulate(&kx, gx)
+    }))
+}

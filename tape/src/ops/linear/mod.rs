@@ -1,1 +1,92 @@
-//! (to be written)
+//! Fully connected layer: `y = x w^T + b` with PyTorch's weight layout (`[out, in]`), the
+//! classifier head of a CNN. Its `cpu` module also holds the GEMM wrapper `conv2d` uses.
+
+pub(crate) mod cpu;
+
+use crate::error::{Error, Result};
+use crate::gradients::GradKey;
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+
+const OP: &str = "linear";
+
+/// `x w^T + bias`: `x` is `[n, in]`, `weight` is `[out, in]`, `bias` is `[out]`; the result is
+/// `[n, out]`. Gradients flow to each input that requires one.
+pub fn linear(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let dims = check(x, weight, bias)?;
+    let (n, _, o) = dims;
+    let mut out = Tensor::zeros(&[n, o], x.dtype(), x.device())?;
+    dispatch_float!(x.dtype(), T => cpu::forward::<T>(
+        out.make_mut::<T>()?,
+        x.as_slice::<T>()?,
+        weight.as_slice::<T>()?,
+        bias.map(|b| b.as_slice::<T>()).transpose()?,
+        dims,
+    ));
+
+    let (kx, kw) = (GradKey::of(x), GradKey::of(weight));
+    let kb = bias.map(GradKey::of);
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    let record = tape.needs_grad(&inputs);
+    let saved_x = (record && weight.requires_grad()).then(|| x.clone());
+    let saved_w = (record && x.requires_grad()).then(|| weight.clone());
+    Ok(tape.record(&inputs, out, move |g, grads| {
+        if g.shape() != [n, o] {
+            return Err(Error::Backward(format!("{OP}: output gradient {:?}, expected [{n}, {o}]", g.shape())));
+        }
+        let (dtype, dev) = (g.dtype(), g.device().clone());
+        if let Some(w) = saved_w {
+            let mut gx = Tensor::zeros(kx.shape(), dtype, &dev)?;
+            dispatch_float!(dtype, T => cpu::grad_input::<T>(gx.make_mut::<T>()?, g.as_slice::<T>()?, w.as_slice::<T>()?, dims));
+            grads.accumulate(&kx, gx)?;
+        }
+        if let Some(x) = saved_x {
+            let mut gw = Tensor::zeros(kw.shape(), dtype, &dev)?;
+            dispatch_float!(dtype, T => cpu::grad_weight::<T>(gw.make_mut::<T>()?, g.as_slice::<T>()?, x.as_slice::<T>()?, dims));
+            grads.accumulate(&kw, gw)?;
+        }
+        if let Some(kb) = kb.filter(|k| k.requires_grad()) {
+            let mut gb = Tensor::zeros(kb.shape(), dtype, &dev)?;
+            dispatch_float!(dtype, T => cpu::grad_bias::<T>(gb.make_mut::<T>()?, g.as_slice::<T>()?, o));
+            grads.accumulate(&kb, gb)?;
+        }
+        Ok(())
+    }))
+}
+
+/// Checks ranks, dtypes, devices and sizes; returns `(n, in, out)`.
+fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<(usize, usize, usize)> {
+    x.check_compatible(weight, OP)?;
+    let (n, i) = match x.shape() {
+        &[n, i] => (n, i),
+        s => return Err(Error::shape(OP, format!("x must be [n, in], got {s:?}"))),
+    };
+    let o = match weight.shape() {
+        &[o, wi] if wi == i => o,
+        s => {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "weight must be [out, {i}] for x of shape {:?}, got {s:?}",
+                    x.shape()
+                ),
+            ))
+        }
+    };
+    if let Some(b) = bias {
+        x.check_compatible(b, OP)?;
+        if b.shape() != [o] {
+            return Err(Error::shape(
+                OP,
+                format!("bias must be [{o}], got {:?}", b.shape()),
+            ));
+        }
+    }
+    Ok((n, i, o))
+}

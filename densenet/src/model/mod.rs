@@ -1,0 +1,256 @@
+//! [`DenseNet`]: DenseNet-BC on the tape engine, with every efficiency mode of
+//! [`crate::Efficiency`]. Parameter and buffer names are torchvision's, so a torchvision
+//! `state_dict` converts.
+
+mod budget;
+mod dense;
+mod layers;
+
+pub use budget::{layer_costs, plan_layer_modes, LayerCost};
+pub use dense::{DenseLayer, LayerMode, Transition};
+pub use layers::{BatchNorm, Conv, Linear};
+
+use crate::config::{DenseNetConfig, Efficiency};
+use crate::error::{DenseNetError, Result};
+use checkpoint::checkpoint;
+use layers::{concat_features, Init};
+use tape::{ops, DType, Device, Parameter, Tape, Tensor};
+
+/// A dense block: its layers in order.
+pub struct DenseBlock {
+    /// The block's layers.
+    pub layers: Vec<DenseLayer>,
+}
+
+/// DenseNet-BC.
+pub struct DenseNet {
+    config: DenseNetConfig,
+    dtype: DType,
+    device: Device,
+    /// Stem convolution (`features.conv0`).
+    pub conv0: Conv,
+    /// Stem batch norm of the ImageNet stem (`features.norm0`).
+    pub norm0: Option<BatchNorm>,
+    /// Dense blocks (`features.denseblockN`).
+    pub blocks: Vec<DenseBlock>,
+    /// Transitions between blocks (`features.transitionN`).
+    pub transitions: Vec<Transition>,
+    /// Final batch norm (`features.norm5`).
+    pub norm_final: BatchNorm,
+    /// Classifier (`classifier`).
+    pub classifier: Linear,
+}
+
+impl DenseNet {
+    /// Builds a DenseNet from `config`, initialised as the seed project does, reproducibly from
+    /// `seed`, with parameters of `dtype` on `device`.
+    pub fn new(config: DenseNetConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut init = Init { dtype, device, seed };
+        let c0 = config.num_init_features;
+        let (conv0, norm0) = if config.small_inputs {
+            (Conv::new("features.conv0", config.in_channels, c0, 3, 1, 1, &mut init)?, None)
+        } else {
+            (
+                Conv::new("features.conv0", config.in_channels, c0, 7, 2, 3, &mut init)?,
+                Some(BatchNorm::new("features.norm0", c0, &mut init)?),
+            )
+        };
+        let (block_in, c_final) = config.block_channels();
+        let mut blocks = Vec::new();
+        let mut transitions = Vec::new();
+        for (b, &n) in config.block_config.iter().enumerate() {
+            let layers = (0..n)
+                .map(|l| {
+                    DenseLayer::new(
+                        &format!("features.denseblock{}.denselayer{}", b + 1, l + 1),
+                        block_in[b] + l * config.growth_rate,
+                        config.growth_rate,
+                        config.bn_size,
+                        config.drop_rate,
+                        &mut init,
+                    )
+                })
+                .collect::<tape::Result<Vec<_>>>()?;
+            blocks.push(DenseBlock { layers });
+            if b + 1 < config.block_config.len() {
+                let cout = block_in[b + 1];
+                let cin = block_in[b] + n * config.growth_rate;
+                transitions.push(Transition::new(&format!("features.transition{}", b + 1), cin, cout, &mut init)?);
+            }
+        }
+        let norm_final = BatchNorm::new("features.norm5", c_final, &mut init)?;
+        let classifier = Linear::new("classifier", c_final, config.num_classes, &mut init)?;
+        Ok(DenseNet {
+            config,
+            dtype,
+            device: device.clone(),
+            conv0,
+            norm0,
+            blocks,
+            transitions,
+            norm_final,
+            classifier,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DenseNetConfig {
+        &self.config
+    }
+
+    /// Parameter dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device holding the parameters.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Switches the efficiency mode (the weights stay).
+    pub fn set_efficiency(&mut self, efficiency: Efficiency) {
+        self.config.efficiency = efficiency;
+    }
+
+    fn batch_norms(&self) -> Vec<&BatchNorm> {
+        let mut v: Vec<&BatchNorm> = self.norm0.iter().collect();
+        for (b, block) in self.blocks.iter().enumerate() {
+            for l in &block.layers {
+                v.push(&l.norm1);
+                v.push(&l.norm2);
+            }
+            if let Some(t) = self.transitions.get(b) {
+                v.push(&t.norm);
+            }
+        }
+        v.push(&self.norm_final);
+        v
+    }
+
+    /// Every parameter, in torchvision's order.
+    pub fn parameters(&self) -> Vec<&Parameter> {
+        let mut v = vec![&self.conv0.weight];
+        if let Some(n) = &self.norm0 {
+            v.extend([&n.weight, &n.bias]);
+        }
+        for (b, block) in self.blocks.iter().enumerate() {
+            for l in &block.layers {
+                v.extend([&l.norm1.weight, &l.norm1.bias, &l.conv1.weight]);
+                v.extend([&l.norm2.weight, &l.norm2.bias, &l.conv2.weight]);
+            }
+            if let Some(t) = self.transitions.get(b) {
+                v.extend([&t.norm.weight, &t.norm.bias, &t.conv.weight]);
+            }
+        }
+        v.extend([&self.norm_final.weight, &self.norm_final.bias]);
+        v.extend([&self.classifier.weight, &self.classifier.bias]);
+        v
+    }
+
+    /// Every parameter, mutably (for optimizers and weight loading).
+    pub fn parameters_mut(&mut self) -> Vec<&mut Parameter> {
+        let mut v = vec![&mut self.conv0.weight];
+        if let Some(n) = &mut self.norm0 {
+            v.extend([&mut n.weight, &mut n.bias]);
+        }
+        let mut transitions = self.transitions.iter_mut();
+        for block in self.blocks.iter_mut() {
+            for l in &mut block.layers {
+                v.extend([&mut l.norm1.weight, &mut l.norm1.bias, &mut l.conv1.weight]);
+                v.extend([&mut l.norm2.weight, &mut l.norm2.bias, &mut l.conv2.weight]);
+            }
+            if let Some(t) = transitions.next() {
+                v.extend([&mut t.norm.weight, &mut t.norm.bias, &mut t.conv.weight]);
+            }
+        }
+        v.extend([&mut self.norm_final.weight, &mut self.norm_final.bias]);
+        v.extend([&mut self.classifier.weight, &mut self.classifier.bias]);
+        v
+    }
+
+    /// Number of trainable scalars (PyTorch's `sum(p.numel() for p in model.parameters())`).
+    pub fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(|p| p.tensor().numel()).sum()
+    }
+
+    /// Bytes of all parameters.
+    pub fn parameter_bytes(&self) -> usize {
+        self.parameters().iter().map(|p| p.tensor().size_in_bytes()).sum()
+    }
+
+    /// Every batch norm's running statistics, by torchvision buffer prefix.
+    pub fn running_stats(&self) -> Vec<(&str, &tape::ops::RunningStats)> {
+        self.batch_norms().into_iter().map(|b| (b.name.as_str(), &b.running)).collect()
+    }
+
+    /// The mode of every dense layer for an input of this shape (fixed modes, or the planner's
+    /// choice under a budget).
+    pub fn layer_modes(&self, input_shape: [usize; 4]) -> Result<Vec<Vec<LayerMode>>> {
+        let uniform = |m| Ok(self.blocks.iter().map(|b| vec![m; b.layers.len()]).collect());
+        match self.config.efficiency {
+            Efficiency::Naive => uniform(LayerMode::Naive),
+            Efficiency::Bottleneck => uniform(LayerMode::Bottleneck),
+            Efficiency::Layer => uniform(LayerMode::Layer),
+            Efficiency::Budget(bytes) => {
+                let fixed = self.device.memory().current() as u64;
+                plan_layer_modes(self, input_shape, bytes, fixed)
+            }
+        }
+    }
+
+    /// Logits `[n, num_classes]` for a batch `[n, in_channels, h, w]`.
+    pub fn forward<'a>(&'a self, tape: &mut Tape<'a>, x: &Tensor) -> Result<Tensor> {
+        let [n, c, h, w] = x.dims4("densenet")?;
+        if c != self.config.in_channels {
+            return Err(DenseNetError::Config(format!(
+                "input has {c} channels, the model expects {}",
+                self.config.in_channels
+            )));
+        }
+        if n == 0 {
+            return Err(DenseNetError::Config("empty batch".into()));
+        }
+        self.config.validate_image(h, w)?;
+        let modes = self.layer_modes([n, c, h, w])?;
+        let recompute_glue = !matches!(self.config.efficiency, Efficiency::Naive | Efficiency::Bottleneck);
+
+        let mut feat = self.conv0.forward(tape, x)?;
+        if let Some(norm0) = &self.norm0 {
+            let h = norm0.forward_relu(tape, &feat)?;
+            feat = ops::max_pool2d(tape, &h, 3, 2, 1)?;
+        }
+        let last = self.blocks.len() - 1;
+        let mut pooled = None;
+        for (b, block) in self.blocks.iter().enumerate() {
+            let mut features = vec![feat.clone()];
+            for (layer, &mode) in block.layers.iter().zip(&modes[b]) {
+                let y = layer.forward(tape, &features, mode)?;
+                features.push(y);
+            }
+            if b < last {
+                feat = self.transitions[b].forward(tape, &features, recompute_glue)?;
+            } else {
+                pooled = Some(self.head_features(tape, &features, recompute_glue)?);
+            }
+        }
+        let pooled = pooled.expect("a validated config has at least one block");
+        Ok(self.classifier.forward(tape, &pooled)?)
+    }
+
+    /// concat -> norm5 -> ReLU -> global average pool.
+    fn head_features<'a>(&'a self, tape: &mut Tape<'a>, features: &[Tensor], recompute: bool) -> tape::Result<Tensor> {
+        let run = move |t: &mut Tape<'a>, xs: &[Tensor]| -> tape::Result<Tensor> {
+            let x = concat_features(t, xs)?;
+            let h = self.norm_final.forward_relu(t, &x)?;
+            ops::global_avg_pool(t, &h)
+        };
+        if recompute {
+            let refs: Vec<&Tensor> = features.iter().collect();
+            checkpoint(tape, &refs, run)
+        } else {
+            run(tape, features)
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! CPU kernel of dropout: the mask is recomputed from the counter-based generator, never stored.
+
+use super::super::PAR_MIN;
+use crate::dtype::Elem;
+use crate::rng;
+use rayon::prelude::*;
+
+/// `out[i] = xs[i] / (1 - p)` where `uniform(seed, counter, i) >= p`, else 0.
+pub(super) fn apply_mask<T: Elem>(xs: &[T], seed: u64, counter: u64, p: f64) -> Vec<T> {
+    let scale = T::of(1.0 / (1.0 - p));
+    let f = |(i, &x): (usize, &T)| {
+        if rng::uniform(seed, counter, i as u64) >= p {
+            x * scale
+        } else {
+            T::zero()
+        }
+    };
+    if xs.len() >= PAR_MIN {
+        xs.par_iter().enumerate().map(f).collect()
+    } else {
+        xs.iter().enumerate().map(f).collect()
+    }
+}

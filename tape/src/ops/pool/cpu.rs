@@ -1,0 +1,136 @@
+//! CPU kernels of the pooling ops. Every (image, channel) plane is independent; large batches
+//! run their planes in parallel.
+
+use super::Window;
+use crate::dtype::Elem;
+use crate::ops::PAR_MIN;
+use rayon::prelude::*;
+
+/// Runs `f(out_plane, in_plane)` over matching planes, in parallel when the work is large.
+fn per_plane<T: Elem>(
+    out: &mut [T],
+    out_len: usize,
+    inp: &[T],
+    in_len: usize,
+    f: impl Fn(&mut [T], &[T]) + Sync,
+) {
+    let (ol, il) = (out_len.max(1), in_len.max(1));
+    if out.len() + inp.len() >= PAR_MIN {
+        out.par_chunks_mut(ol)
+            .zip(inp.par_chunks(il))
+            .for_each(|(o, i)| f(o, i));
+    } else {
+        out.chunks_mut(ol)
+            .zip(inp.chunks(il))
+            .for_each(|(o, i)| f(o, i));
+    }
+}
+
+impl Window {
+    /// The input rows (or columns) `[lo, hi)` of output `o` along an axis of length `len`.
+    fn span(&self, o: usize, len: usize) -> (usize, usize) {
+        let start = (o * self.stride) as isize - self.padding as isize;
+        let lo = start.max(0) as usize;
+        let hi = ((start + self.kernel as isize).max(0) as usize).min(len);
+        (lo.min(hi), hi)
+    }
+
+    /// Index in the plane of the window's largest element (first on ties; NaN wins).
+    fn argmax<T: Elem>(&self, plane: &[T], oy: usize, ox: usize) -> usize {
+        let ((y0, y1), (x0, x1)) = (self.span(oy, self.h), self.span(ox, self.w));
+        let mut best = y0 * self.w + x0;
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let i = y * self.w + x;
+                let (v, b) = (plane[i], plane[best]);
+                if v > b || (v.is_nan() && !b.is_nan()) {
+                    best = i;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// Average pooling, zero padding counted in the divisor (`kernel^2`).
+pub(crate) fn avg_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
+    let div = T::of((win.kernel * win.kernel) as f64);
+    per_plane(out, win.hout * win.wout, x, win.h * win.w, |o, plane| {
+        for (oy, row) in o.chunks_exact_mut(win.wout).enumerate() {
+            let (y0, y1) = win.span(oy, win.h);
+            for (ox, v) in row.iter_mut().enumerate() {
+                let (x0, x1) = win.span(ox, win.w);
+                let s: T = (y0..y1)
+                    .flat_map(|y| &plane[y * win.w + x0..y * win.w + x1])
+                    .copied()
+                    .sum();
+                *v = s / div;
+            }
+        }
+    });
+}
+
+/// Grad input of average pooling: each output's gradient spread evenly over its window.
+pub(crate) fn avg_backward<T: Elem>(win: &Window, g: &[T], gx: &mut [T]) {
+    let div = T::of((win.kernel * win.kernel) as f64);
+    per_plane(gx, win.h * win.w, g, win.hout * win.wout, |plane, go| {
+        for (oy, row) in go.chunks_exact(win.wout).enumerate() {
+            let (y0, y1) = win.span(oy, win.h);
+            for (ox, &gv) in row.iter().enumerate() {
+                let (x0, x1) = win.span(ox, win.w);
+                let share = gv / div;
+                for y in y0..y1 {
+                    plane[y * win.w + x0..y * win.w + x1]
+                        .iter_mut()
+                        .for_each(|v| *v += share);
+                }
+            }
+        }
+    });
+}
+
+/// Max pooling (padding never wins).
+pub(crate) fn max_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
+    per_plane(out, win.hout * win.wout, x, win.h * win.w, |o, plane| {
+        for (oy, row) in o.chunks_exact_mut(win.wout).enumerate() {
+            for (ox, v) in row.iter_mut().enumerate() {
+                *v = plane[win.argmax(plane, oy, ox)];
+            }
+        }
+    });
+}
+
+/// Grad input of max pooling: each output's gradient goes to its window's argmax in `x`.
+pub(crate) fn max_backward<T: Elem>(win: &Window, x: &[T], g: &[T], gx: &mut [T]) {
+    let (il, ol) = (win.h * win.w, win.hout * win.wout);
+    let job = |(plane_gx, (plane_x, go)): (&mut [T], (&[T], &[T]))| {
+        for (oy, row) in go.chunks_exact(win.wout).enumerate() {
+            for (ox, &gv) in row.iter().enumerate() {
+                plane_gx[win.argmax(plane_x, oy, ox)] += gv;
+            }
+        }
+    };
+    if gx.len() >= PAR_MIN {
+        gx.par_chunks_mut(il)
+            .zip(x.par_chunks(il).zip(g.par_chunks(ol)))
+            .for_each(job);
+    } else {
+        gx.chunks_mut(il)
+            .zip(x.chunks(il).zip(g.chunks(ol)))
+            .for_each(job);
+    }
+}
+
+/// Mean of each plane: `x` is `planes x hw`, `out` has one value per plane.
+pub(crate) fn global_avg_forward<T: Elem>(x: &[T], hw: usize, out: &mut [T]) {
+    let div = T::of(hw as f64);
+    per_plane(out, 1, x, hw, |o, plane| {
+        o[0] = plane.iter().copied().sum::<T>() / div
+    });
+}
+
+/// Grad input of the plane means: each plane gets its gradient divided by `hw`.
+pub(crate) fn global_avg_backward<T: Elem>(g: &[T], hw: usize, gx: &mut [T]) {
+    let div = T::of(hw as f64);
+    per_plane(gx, hw, g, 1, |plane, go| plane.fill(go[0] / div));
+}

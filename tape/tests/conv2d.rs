@@ -1,0 +1,319 @@
+//! conv2d: finite-difference gradient checks over random geometries, known values, an f32
+//! comparison with a naive direct convolution (forward and backward), every error path, and the
+//! memory accounting of the im2col workspace and of saved tensors.
+
+use proptest::prelude::*;
+use tape::gradcheck::check_gradients;
+use tape::ops::{self, conv2d, Conv2dOptions};
+use tape::{DType, Device, Error, Tape, Tensor};
+
+fn opts(stride: usize, padding: usize) -> Conv2dOptions {
+    Conv2dOptions { stride, padding }
+}
+
+fn t(data: &[f64], shape: &[usize], dev: &Device) -> Tensor {
+    Tensor::from_f64(data, shape, DType::F64, dev).unwrap()
+}
+
+/// Geometry of one random case.
+#[derive(Debug, Clone)]
+struct Case {
+    n: usize,
+    cin: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+    h: usize,
+    w: usize,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1..=3usize, 1..=3usize, 1..=3usize, 1..=3usize, 1..=3usize, 1..=3usize, 0..=2usize)
+        .prop_flat_map(|(n, cin, cout, kh, kw, stride, padding)| {
+            let min = |k: usize| k.saturating_sub(2 * padding).max(1);
+            (min(kh)..=min(kh) + 4, min(kw)..=min(kw) + 4, any::<u64>()).prop_map(
+                move |(h, w, seed)| Case { n, cin, cout, kh, kw, stride, padding, h, w, seed },
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn gradcheck_x_weight_bias(c in case()) {
+        let dev = Device::cpu();
+        let x = Tensor::randn(&[c.n, c.cin, c.h, c.w], DType::F64, &dev, c.seed).unwrap();
+        let w = Tensor::randn(&[c.cout, c.cin, c.kh, c.kw], DType::F64, &dev, c.seed ^ 1).unwrap();
+        let b = Tensor::randn(&[c.cout], DType::F64, &dev, c.seed ^ 2).unwrap();
+        let o = opts(c.stride, c.padding);
+        let report = check_gradients(&[x, w, b], Tape::recording().context(), |tape, i| {
+            conv2d(tape, &i[0], &i[1], Some(&i[2]), o)
+        })
+        .unwrap();
+        prop_assert!(report.max_rel_error <= 1e-6, "{:?} for {:?}", report, c);
+    }
+
+    #[test]
+    fn gradcheck_without_bias(c in case()) {
+        let dev = Device::cpu();
+        let x = Tensor::randn(&[c.n, c.cin, c.h, c.w], DType::F64, &dev, c.seed).unwrap();
+        let w = Tensor::randn(&[c.cout, c.cin, c.kh, c.kw], DType::F64, &dev, c.seed ^ 1).unwrap();
+        let o = opts(c.stride, c.padding);
+        let report = check_gradients(&[x, w], Tape::recording().context(), |tape, i| {
+            conv2d(tape, &i[0], &i[1], None, o)
+        })
+        .unwrap();
+        prop_assert!(report.max_rel_error <= 1e-6, "{:?} for {:?}", report, c);
+    }
+
+    /// Gradients asked of one input alone equal those of the full backward.
+    #[test]
+    fn partial_gradients_match_full(c in case()) {
+        let dev = Device::cpu();
+        let x = Tensor::randn(&[c.n, c.cin, c.h, c.w], DType::F64, &dev, c.seed).unwrap();
+        let w = Tensor::randn(&[c.cout, c.cin, c.kh, c.kw], DType::F64, &dev, c.seed ^ 1).unwrap();
+        let o = opts(c.stride, c.padding);
+        let grads_of = |x: &Tensor, w: &Tensor| {
+            let mut tape = Tape::recording();
+            let y = conv2d(&mut tape, x, w, None, o).unwrap();
+            let loss = ops::sum(&mut tape, &y).unwrap();
+            tape.backward(&loss).unwrap()
+        };
+        let (xg, wg) = (x.clone().with_requires_grad(true), w.clone().with_requires_grad(true));
+        let full = grads_of(&xg, &wg);
+        let only_x = grads_of(&xg, &w);
+        let only_w = grads_of(&x, &wg);
+        prop_assert!(only_x.get(&w).is_none() && only_w.get(&x).is_none());
+        prop_assert_eq!(only_x.get(&xg).unwrap().to_f64_vec(), full.get(&xg).unwrap().to_f64_vec());
+        prop_assert_eq!(only_w.get(&wg).unwrap().to_f64_vec(), full.get(&wg).unwrap().to_f64_vec());
+    }
+}
+
+#[test]
+fn hand_computed_2x2_kernel() {
+    let dev = Device::cpu();
+    let xs: Vec<f64> = (1..=9).map(f64::from).collect();
+    let x = t(&xs, &[1, 1, 3, 3], &dev).with_requires_grad(true);
+    let w = t(&[1.0, 2.0, 3.0, 4.0], &[1, 1, 2, 2], &dev).with_requires_grad(true);
+    let b = t(&[0.5], &[1], &dev).with_requires_grad(true);
+    let mut tape = Tape::recording();
+    let y = conv2d(&mut tape, &x, &w, Some(&b), Conv2dOptions::default()).unwrap();
+    assert_eq!(y.shape(), &[1, 1, 2, 2]);
+    assert_eq!(y.to_f64_vec(), vec![37.5, 47.5, 67.5, 77.5]);
+    let loss = ops::sum(&mut tape, &y).unwrap();
+    let g = tape.backward(&loss).unwrap();
+    let gx = [1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0];
+    assert_eq!(g.get(&x).unwrap().to_f64_vec(), gx);
+    assert_eq!(g.get(&w).unwrap().to_f64_vec(), vec![12.0, 16.0, 24.0, 28.0]);
+    assert_eq!(g.get(&b).unwrap().to_f64_vec(), vec![4.0]);
+}
+
+#[test]
+fn hand_computed_stride_and_padding() {
+    let dev = Device::cpu();
+    let xs: Vec<f64> = (1..=9).map(f64::from).collect();
+    let x = t(&xs, &[1, 1, 3, 3], &dev);
+    let w = t(&[1.0, 2.0, 3.0, 4.0], &[1, 1, 2, 2], &dev);
+    let y = conv2d(&mut Tape::no_grad(), &x, &w, None, opts(2, 1)).unwrap();
+    assert_eq!(y.shape(), &[1, 1, 2, 2]);
+    assert_eq!(y.to_f64_vec(), vec![4.0, 18.0, 36.0, 77.0]);
+}
+
+#[test]
+fn default_options_are_stride_1_padding_0() {
+    assert_eq!(Conv2dOptions::default(), opts(1, 0));
+}
+
+/// Naive direct convolution and its gradients (of `sum(y * gy)`), in f64.
+fn reference(
+    x: &[f64],
+    w: &[f64],
+    gy: &[f64],
+    [n, ci, h, wd]: [usize; 4],
+    [co, _, kh, kw]: [usize; 4],
+    (s, p): (usize, usize),
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (ho, wo) = ((h + 2 * p - kh) / s + 1, (wd + 2 * p - kw) / s + 1);
+    let mut y = vec![0.0; n * co * ho * wo];
+    let (mut gx, mut gw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+    for b in 0..n {
+        for o in 0..co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let yi = ((b * co + o) * ho + oy) * wo + ox;
+                    for c in 0..ci {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let (iy, ix) = ((oy * s + i) as isize - p as isize, (ox * s + j) as isize - p as isize);
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xi = ((b * ci + c) * h + iy as usize) * wd + ix as usize;
+                                let wi = ((o * ci + c) * kh + i) * kw + j;
+                                y[yi] += x[xi] * w[wi];
+                                gx[xi] += gy[yi] * w[wi];
+                                gw[wi] += gy[yi] * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, gx, gw)
+}
+
+fn assert_close(got: &[f64], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 1e-4 * scale, "{what}[{i}]: {g} vs {w}");
+    }
+}
+
+#[test]
+fn f32_matches_naive_reference() {
+    // (x shape, weight shape, stride, padding): pointwise, DenseNet-like 3x3 with cout < cin
+    // (flipped grad-input path) and cout > cin (col2im path), strided, rectangular kernels.
+    let cases: [([usize; 4], [usize; 4], usize, usize); 6] = [
+        ([5, 8, 6, 6], [4, 8, 1, 1], 1, 0),
+        ([5, 8, 7, 7], [4, 8, 3, 3], 1, 1),
+        ([3, 3, 9, 8], [6, 3, 3, 3], 1, 1),
+        ([4, 3, 9, 9], [5, 3, 3, 3], 2, 1),
+        ([2, 4, 8, 7], [3, 4, 2, 3], 3, 2),
+        ([3, 4, 5, 5], [2, 4, 1, 1], 2, 0),
+    ];
+    for (seed, (xs, ws, s, p)) in cases.into_iter().enumerate() {
+        let dev = Device::cpu();
+        let x = Tensor::randn(&xs, DType::F32, &dev, seed as u64).unwrap().with_requires_grad(true);
+        let w = Tensor::randn(&ws, DType::F32, &dev, 100 + seed as u64).unwrap().with_requires_grad(true);
+        let mut tape = Tape::recording();
+        let y = conv2d(&mut tape, &x, &w, None, opts(s, p)).unwrap();
+        let gy = Tensor::randn(y.shape(), DType::F32, &dev, 200 + seed as u64).unwrap();
+        let weighted = ops::mul(&mut tape, &y, &gy).unwrap();
+        let loss = ops::sum(&mut tape, &weighted).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let (ry, rgx, rgw) = reference(&x.to_f64_vec(), &w.to_f64_vec(), &gy.to_f64_vec(), xs, ws, (s, p));
+        let what = format!("{xs:?} * {ws:?} s{s} p{p}");
+        assert_close(&y.to_f64_vec(), &ry, &format!("y of {what}"));
+        assert_close(&grads.get(&x).unwrap().to_f64_vec(), &rgx, &format!("gx of {what}"));
+        assert_close(&grads.get(&w).unwrap().to_f64_vec(), &rgw, &format!("gw of {what}"));
+    }
+}
+
+#[test]
+fn empty_batch_gives_empty_output_and_zero_grads() {
+    let dev = Device::cpu();
+    let x = Tensor::zeros(&[0, 2, 4, 4], DType::F64, &dev).unwrap().with_requires_grad(true);
+    let w = Tensor::ones(&[3, 2, 3, 3], DType::F64, &dev).unwrap().with_requires_grad(true);
+    let mut tape = Tape::recording();
+    let y = conv2d(&mut tape, &x, &w, None, opts(1, 1)).unwrap();
+    assert_eq!(y.shape(), &[0, 3, 4, 4]);
+    let loss = ops::sum(&mut tape, &y).unwrap();
+    let g = tape.backward(&loss).unwrap();
+    assert!(g.get(&w).unwrap().to_f64_vec().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn error_paths() {
+    let dev = Device::cpu();
+    let z = |s: &[usize]| Tensor::zeros(s, DType::F64, &dev).unwrap();
+    let (x, w, b) = (z(&[1, 2, 4, 4]), z(&[3, 2, 3, 3]), z(&[3]));
+    let mut tp = Tape::no_grad();
+    let d = Conv2dOptions::default();
+    let shape = |r| matches!(r, Err(Error::Shape { op: "conv2d", .. }));
+    let invalid = |r| matches!(r, Err(Error::InvalidArgument { op: "conv2d", .. }));
+    assert!(invalid(conv2d(&mut tp, &x, &w, None, opts(0, 0))));
+    assert!(invalid(conv2d(&mut tp, &x, &z(&[3, 2, 0, 3]), None, d)));
+    assert!(invalid(conv2d(&mut tp, &x, &z(&[3, 2, 3, 0]), None, d)));
+    assert!(shape(conv2d(&mut tp, &z(&[2, 4, 4]), &w, None, d)));
+    assert!(shape(conv2d(&mut tp, &x, &z(&[3, 2, 3]), None, d)));
+    assert!(shape(conv2d(&mut tp, &x, &z(&[3, 1, 3, 3]), None, d)));
+    assert!(shape(conv2d(&mut tp, &x, &w, Some(&z(&[2])), d)));
+    assert!(shape(conv2d(&mut tp, &x, &w, Some(&z(&[3, 1])), d)));
+    assert!(shape(conv2d(&mut tp, &x, &z(&[3, 2, 5, 3]), None, d)));
+    assert!(shape(conv2d(&mut tp, &x, &z(&[3, 2, 3, 7]), None, opts(1, 1))));
+    assert!(shape(conv2d(&mut tp, &x, &w, None, opts(1, usize::MAX))));
+    // A kernel that fits only thanks to the padding is fine.
+    assert!(conv2d(&mut tp, &x, &z(&[3, 2, 6, 6]), Some(&b), opts(1, 1)).is_ok());
+    let x32 = Tensor::zeros(&[1, 2, 4, 4], DType::F32, &dev).unwrap();
+    assert!(matches!(conv2d(&mut tp, &x32, &w, None, d), Err(Error::DType { .. })));
+    let b32 = Tensor::zeros(&[3], DType::F32, &dev).unwrap();
+    assert!(matches!(conv2d(&mut tp, &x, &w, Some(&b32), d), Err(Error::DType { .. })));
+    let other = Device::cpu();
+    let w_other = Tensor::zeros(&[3, 2, 3, 3], DType::F64, &other).unwrap();
+    assert!(matches!(conv2d(&mut tp, &x, &w_other, None, d), Err(Error::Device { .. })));
+    let b_other = Tensor::zeros(&[3], DType::F64, &other).unwrap();
+    assert!(matches!(conv2d(&mut tp, &x, &w, Some(&b_other), d), Err(Error::Device { .. })));
+}
+
+/// An upper bound on rayon's thread count, which sets how many column buffers live at once.
+fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let env = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok());
+    env.unwrap_or(0).max(cores)
+}
+
+#[test]
+fn im2col_workspace_is_counted_and_released() {
+    let dev = Device::cpu();
+    let (n, cin, cout, hw) = (8, 16, 4, 12);
+    let x = Tensor::randn(&[n, cin, hw, hw], DType::F32, &dev, 1).unwrap();
+    let w = Tensor::randn(&[cout, cin, 3, 3], DType::F32, &dev, 2).unwrap();
+    let live = dev.memory().current();
+    assert_eq!(live, x.size_in_bytes() + w.size_in_bytes());
+    dev.memory().reset_peak();
+    let y = conv2d(&mut Tape::no_grad(), &x, &w, None, opts(1, 1)).unwrap();
+    let after = live + y.size_in_bytes();
+    assert_eq!(dev.memory().current(), after, "workspace released after the forward");
+    let workspace = dev.memory().peak() - after;
+    let one_image = cin * 9 * hw * hw * 4;
+    assert!(workspace >= one_image, "im2col columns counted: {workspace} < {one_image}");
+    assert!(workspace <= n.min(max_threads()) * one_image, "batch chunked: {workspace}");
+    drop(y);
+
+    // Backward: its workspace is counted and released too.
+    let (x, w) = (x.with_requires_grad(true), w.with_requires_grad(true));
+    let mut tape = Tape::recording();
+    let y = conv2d(&mut tape, &x, &w, None, opts(1, 1)).unwrap();
+    let loss = ops::sum(&mut tape, &y).unwrap();
+    drop(y);
+    let before = dev.memory().current();
+    dev.memory().reset_peak();
+    let grads = tape.backward(&loss).unwrap();
+    let grad_bytes = grads.get(&x).unwrap().size_in_bytes() + grads.get(&w).unwrap().size_in_bytes();
+    assert!(dev.memory().peak() > before + grad_bytes, "backward workspace counted");
+    drop(loss);
+    assert_eq!(dev.memory().current(), live + grad_bytes, "everything else released");
+}
+
+/// Bytes the device still holds once the caller has dropped its own `x` and `w` handles after a
+/// forward, given which of them want a gradient and whether the tape records.
+fn held_after_forward(x_grad: bool, w_grad: bool, recording: bool) -> (usize, [usize; 3]) {
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[2, 3, 5, 5], DType::F64, &dev, 1).unwrap().with_requires_grad(x_grad);
+    let w = Tensor::randn(&[4, 3, 3, 3], DType::F64, &dev, 2).unwrap().with_requires_grad(w_grad);
+    let sizes = [x.size_in_bytes(), w.size_in_bytes(), 2 * 4 * 5 * 5 * 8];
+    let mut tape = if recording { Tape::recording() } else { Tape::no_grad() };
+    let y = conv2d(&mut tape, &x, &w, None, opts(1, 1)).unwrap();
+    drop((x, w));
+    let held = dev.memory().current();
+    drop((tape, y));
+    (held, sizes)
+}
+
+#[test]
+fn backward_saves_only_what_it_needs() {
+    let (held, [xb, wb, yb]) = held_after_forward(true, false, true);
+    assert_eq!(held, wb + yb, "grad of x needs only the weight");
+    let (held, _) = held_after_forward(false, true, true);
+    assert_eq!(held, xb + yb, "grad of the weight needs only the input");
+    let (held, _) = held_after_forward(true, true, true);
+    assert_eq!(held, xb + wb + yb);
+    let (held, _) = held_after_forward(true, true, false);
+    assert_eq!(held, yb, "a tape that does not record keeps nothing");
+}

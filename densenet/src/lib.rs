@@ -6,10 +6,12 @@
 //!   safetensors.
 //! - [`train`]: one training step; [`data`]: CIFAR-10 and synthetic data.
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod model;
+pub mod one_step;
 pub mod train;
 pub mod weights;
 

@@ -1,0 +1,123 @@
+//! Every efficiency mode computes what Naive computes: loss, every parameter gradient and the
+//! running statistics after the step, over random DenseNet configs.
+
+use densenet::model::plan_layer_modes;
+use densenet::train::forward_backward;
+use densenet::{DenseNet, DenseNetConfig, Efficiency, LayerMode};
+use proptest::prelude::*;
+use tape::{DType, Device, Tensor};
+
+struct Outcome {
+    loss: f64,
+    grads: Vec<Vec<f64>>,
+    running: Vec<Vec<f64>>,
+}
+
+fn run(config: &DenseNetConfig, mode: Efficiency, dtype: DType, batch: usize, image: usize, seed: u64) -> Outcome {
+    let dev = Device::cpu();
+    let mut model = DenseNet::new(config.clone(), dtype, &dev, seed).unwrap();
+    let x = Tensor::randn(&[batch, 3, image, image], dtype, &dev, seed + 1).unwrap();
+    let labels: Vec<usize> = (0..batch).map(|i| (i + seed as usize) % config.num_classes).collect();
+    let mode = match mode {
+        Efficiency::Budget(0) => Efficiency::Budget(mixed_budget(&model, [batch, 3, image, image])),
+        m => m,
+    };
+    model.set_efficiency(mode);
+    let out = forward_backward(&model, &x, &labels, seed).unwrap();
+    Outcome {
+        loss: out.loss,
+        grads: model.parameters().iter().map(|p| out.grads.get(p.tensor()).unwrap().to_f64_vec()).collect(),
+        running: model
+            .running_stats()
+            .iter()
+            .flat_map(|(_, rs)| [rs.mean().to_f64_vec(), rs.var().to_f64_vec()])
+            .collect(),
+    }
+}
+
+/// A budget under which the planner mixes modes (or, failing that, the smallest that fits).
+fn mixed_budget(model: &DenseNet, shape: [usize; 4]) -> u64 {
+    let held = model.device().memory().current() as u64;
+    let mut budget = 1u64 << 34;
+    let mut last_ok = budget;
+    while let Ok(modes) = plan_layer_modes(model, shape, budget, held) {
+        last_ok = budget;
+        let flat: Vec<LayerMode> = modes.into_iter().flatten().collect();
+        if flat.iter().any(|&m| m != flat[0]) {
+            return budget;
+        }
+        budget = budget * 9 / 10;
+    }
+    last_ok
+}
+
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn assert_same(a: &Outcome, b: &Outcome, tol: f64, what: &str) -> Result<(), TestCaseError> {
+    prop_assert!(rel(&[a.loss], &[b.loss]) <= tol, "{} loss {} vs {}", what, a.loss, b.loss);
+    for (i, (x, y)) in a.grads.iter().zip(&b.grads).enumerate() {
+        let d = rel(x, y);
+        prop_assert!(d <= tol, "{} grad of parameter {}: {:e}", what, i, d);
+    }
+    for (i, (x, y)) in a.running.iter().zip(&b.running).enumerate() {
+        let d = rel(x, y);
+        prop_assert!(d <= tol, "{} running stat {}: {:e}", what, i, d);
+    }
+    Ok(())
+}
+
+fn configs() -> impl Strategy<Value = (DenseNetConfig, usize, usize, u64)> {
+    (
+        1usize..5,
+        prop::collection::vec(1usize..4, 1..4),
+        1usize..4,
+        prop::sample::select(vec![0.5, 0.75, 1.0]),
+        any::<bool>(),
+        prop::sample::select(vec![0.0, 0.0, 0.3]),
+        2usize..4,
+        0usize..3,
+        0u64..1000,
+    )
+        .prop_map(|(growth, blocks, bn_size, compression, small, drop, batch, extra, seed)| {
+            let config = DenseNetConfig {
+                growth_rate: growth,
+                block_config: blocks,
+                bn_size,
+                compression,
+                num_init_features: 2 * growth,
+                drop_rate: drop,
+                num_classes: 3,
+                small_inputs: small,
+                ..DenseNetConfig::default()
+            };
+            let image = config.min_image_size() + extra;
+            (config, batch, image, seed)
+        })
+}
+
+const MODES: [Efficiency; 4] = [Efficiency::Bottleneck, Efficiency::Layer, Efficiency::Budget(0), Efficiency::Budget(1 << 40)];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn every_mode_matches_naive_f64((config, batch, image, seed) in configs()) {
+        let naive = run(&config, Efficiency::Naive, DType::F64, batch, image, seed);
+        for mode in MODES {
+            let other = run(&config, mode, DType::F64, batch, image, seed);
+            assert_same(&other, &naive, 1e-12, &format!("{mode} f64"))?;
+        }
+    }
+
+    #[test]
+    fn every_mode_matches_naive_f32((config, batch, image, seed) in configs()) {
+        let naive = run(&config, Efficiency::Naive, DType::F32, batch, image, seed);
+        for mode in MODES {
+            let other = run(&config, mode, DType::F32, batch, image, seed);
+            assert_same(&other, &naive, 1e-5, &format!("{mode} f32"))?;
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Peak memory against depth, from the engine's accounting: Naive grows superlinearly,
+//! Bottleneck and Layer about linearly, and Layer < Bottleneck < Naive at the largest depth.
+//! A planner budget between Layer and Naive holds.
+
+use densenet::train::forward_backward;
+use densenet::{DenseNet, DenseNetConfig, Efficiency};
+use tape::{DType, Device, Tensor};
+
+const BATCH: usize = 4;
+const IMAGE: usize = 16;
+
+fn config(depth: usize) -> DenseNetConfig {
+    DenseNetConfig {
+        bn_size: 2,
+        ..DenseNetConfig::densenet_bc_cifar(depth, 12).unwrap()
+    }
+}
+
+/// Peak bytes of one forward+backward above what was held before it (parameters, input).
+fn peak(depth: usize, mode: Efficiency) -> u64 {
+    let dev = Device::cpu();
+    let model = DenseNet::new(config(depth).with_efficiency(mode), DType::F32, &dev, 1).unwrap();
+    let x = Tensor::randn(&[BATCH, 3, IMAGE, IMAGE], DType::F32, &dev, 2).unwrap();
+    let labels: Vec<usize> = (0..BATCH).collect();
+    let before = dev.memory().current();
+    dev.memory().reset_peak();
+    let out = forward_backward(&model, &x, &labels, 0).unwrap();
+    drop(out);
+    (dev.memory().peak() - before) as u64
+}
+
+/// Least-squares slope of log(peak) against log(depth).
+fn fitted_exponent(points: &[(usize, u64)]) -> f64 {
+    let xs: Vec<f64> = points.iter().map(|p| (p.0 as f64).ln()).collect();
+    let ys: Vec<f64> = points.iter().map(|p| (p.1 as f64).ln()).collect();
+    let (mx, my) = (xs.iter().sum::<f64>() / xs.len() as f64, ys.iter().sum::<f64>() / ys.len() as f64);
+    let num: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let den: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    num / den
+}
+
+#[test]
+fn memory_grows_quadratically_naive_and_linearly_efficient() {
+    let depths = [16, 28, 40, 52];
+    let mut exps = Vec::new();
+    let mut at_max = Vec::new();
+    for mode in [Efficiency::Naive, Efficiency::Bottleneck, Efficiency::Layer] {
+        let points: Vec<(usize, u64)> = depths.iter().map(|&d| (d, peak(d, mode))).collect();
+        let e = fitted_exponent(&points);
+        println!("{mode}: {points:?} exponent {e:.3}");
+        exps.push(e);
+        at_max.push(points.last().unwrap().1);
+    }
+    assert!(exps[0] >= 1.5, "naive exponent {}", exps[0]);
+    assert!(exps[1] <= 1.15, "bottleneck exponent {}", exps[1]);
+    assert!(exps[2] <= 1.15, "layer exponent {}", exps[2]);
+    assert!(at_max[2] < at_max[1] && at_max[1] < at_max[0], "peaks at depth 52: {at_max:?}");
+}
+
+#[test]
+fn a_budget_between_layer_and_naive_holds() {
+    let depth = 40;
+    let (naive, layer) = (peak(depth, Efficiency::Naive), peak(depth, Efficiency::Layer));
+    let dev = Device::cpu();
+    let model = DenseNet::new(config(depth), DType::F32, &dev, 1).unwrap();
+    let x = Tensor::randn(&[BATCH, 3, IMAGE, IMAGE], DType::F32, &dev, 2).unwrap();
+    let held = dev.memory().current() as u64;
+    for frac in [0.3, 0.6] {
+        let budget = held + layer + ((naive - layer) as f64 * frac) as u64;
+        let mut model = DenseNet::new(config(depth), DType::F32, &dev, 1).unwrap();
+        model.set_efficiency(Efficiency::Budget(budget));
+        dev.memory().reset_peak();
+        let out = forward_backward(&model, &x, &[0, 1, 2, 3], 0).unwrap();
+        drop(out);
+        let measured = dev.memory().peak() as u64;
+        println!("budget {budget}: measured peak {measured} (naive {}, layer {})", held + naive, held + layer);
+        assert!(measured <= budget, "peak {measured} over budget {budget}");
+    }
+    drop(model);
+}

@@ -1,0 +1,161 @@
+//! The main job: the seed project's Performance table for this engine. DenseNet-BC-100, naive vs
+//! each memory-efficient mode: peak bytes (the engine's accounting, process peak RSS beside it)
+//! and median seconds per training step (forward + backward + SGD); then a depth sweep with the
+//! fitted growth exponent of memory against depth, and an SVG chart of memory vs depth.
+//!
+//! `cargo run --release --example benchmark` (CPU); `-- --quick` finishes in about a minute on
+//! two cores; `-- --json` prints one JSON object per case.
+
+use clap::Parser;
+use densenet::bench::{fitted_exponent, measure_training_step, svg_chart, CaseResult};
+use densenet::{DenseNetConfig, Efficiency};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(about = "Naive vs memory-efficient DenseNet: peak memory and step time")]
+struct Args {
+    /// Device: cpu, or cuda (needs a build with the `cuda` feature and an NVIDIA GPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Batch size of the main table.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Square image size.
+    #[arg(long, default_value_t = 32)]
+    image: usize,
+    /// Measured steps per case (after one warm-up step).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Small batch and sweep: finishes in about a minute on two CPU cores.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object per case instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Modes of the main table (naive, bottleneck, layer, budget:BYTES).
+    #[arg(long, value_delimiter = ',', default_value = "naive,bottleneck,layer")]
+    modes: Vec<String>,
+    /// Depths of the sweep (CIFAR DenseNet-BC, k=12).
+    #[arg(long, value_delimiter = ',')]
+    depths: Option<Vec<usize>>,
+    /// Batch size of the depth sweep.
+    #[arg(long)]
+    sweep_batch: Option<usize>,
+    /// Where to write the memory-vs-depth chart.
+    #[arg(long, default_value = "target/benchmark/memory_vs_depth.svg")]
+    svg: PathBuf,
+    /// Skip the depth sweep.
+    #[arg(long)]
+    no_sweep: bool,
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn print_case(r: &CaseResult, json: bool, naive: Option<&CaseResult>) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let (mem_ratio, time_ratio) = naive
+        .map(|n| (r.peak_bytes as f64 / n.peak_bytes as f64, r.median_s / n.median_s))
+        .unwrap_or((1.0, 1.0));
+    println!(
+        "{:<22} {:<12} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3}",
+        r.model,
+        r.mode,
+        r.batch,
+        mb(r.peak_bytes),
+        mem_ratio,
+        r.rss_peak_bytes.map(mb).unwrap_or_else(|| "-".into()),
+        r.median_s,
+        time_ratio
+    );
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    if args.device != "cpu" {
+        return Err(format!(
+            "device '{}' is not available: this build has the CPU backend only (the CUDA backend \
+             is a cargo feature of a later release)",
+            args.device
+        ));
+    }
+    let batch = args.batch.unwrap_or(if args.quick { 8 } else { 64 });
+    let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
+    let modes: Vec<Efficiency> = args
+        .modes
+        .iter()
+        .map(|m| m.parse::<Efficiency>().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if !args.json {
+        println!("DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {cpus} CPU threads", args.image, args.image);
+        println!(
+            "{:<22} {:<12} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7}",
+            "model", "mode", "batch", "peak(eng)", "x naive", "peak RSS", "median s", "x naive"
+        );
+    }
+    let config = DenseNetConfig::densenet_bc_100_k12();
+    let mut naive: Option<CaseResult> = None;
+    for &mode in &modes {
+        let r = measure_training_step("densenet_bc_100_k12", &config, mode, batch, args.image, 1, iters)
+            .map_err(|e| e.to_string())?;
+        print_case(&r, args.json, naive.as_ref());
+        if mode == Efficiency::Naive {
+            naive = Some(r);
+        }
+    }
+    if args.no_sweep {
+        return Ok(());
+    }
+
+    let depths = args.depths.clone().unwrap_or(if args.quick { vec![40, 70, 100] } else { vec![40, 100, 190, 250] });
+    let sweep_batch = args.sweep_batch.unwrap_or(if args.quick { 2 } else { 4 });
+    if !args.json {
+        println!("\ndepth sweep: DenseNet-BC k=12, batch {sweep_batch}, one measured step each");
+    }
+    let sweep_modes = [Efficiency::Naive, Efficiency::Bottleneck, Efficiency::Layer];
+    let mut series = Vec::new();
+    for mode in sweep_modes {
+        let mut points = Vec::new();
+        let mut first: Option<CaseResult> = None;
+        for &d in &depths {
+            let config = DenseNetConfig::densenet_bc_cifar(d, 12).map_err(|e| e.to_string())?;
+            let r = measure_training_step(&format!("bc-{d}-k12"), &config, mode, sweep_batch, args.image, 1, 1)
+                .map_err(|e| e.to_string())?;
+            points.push((d as f64, r.peak_bytes as f64 / 1e6));
+            print_case(&r, args.json, None);
+            first.get_or_insert(r);
+        }
+        let e = fitted_exponent(&points);
+        if args.json {
+            println!(r#"{{"fit":"memory_vs_depth","mode":"{mode}","exponent":{e:.4}}}"#);
+        } else {
+            println!("  {mode}: peak memory grows as depth^{e:.2}");
+        }
+        series.push((format!("{mode} (depth^{e:.2})"), points));
+    }
+    let svg = svg_chart("Peak training memory vs depth (DenseNet-BC, k=12)", "depth", "peak MB", &series);
+    if let Some(dir) = args.svg.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    densenet::weights::write_atomic(&args.svg, svg.as_bytes()).map_err(|e| e.to_string())?;
+    if !args.json {
+        println!("chart written to {}", args.svg.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

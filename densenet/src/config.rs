@@ -129,7 +129,7 @@ impl DenseNetConfig {
     }
     /// A CIFAR DenseNet-BC of any depth `6n + 4` with growth `k` (e.g. depth 40 for quick runs).
     pub fn densenet_bc_cifar(depth: usize, growth: usize) -> Result<Self> {
-        if depth < 10 || (depth - 4) % 6 != 0 {
+        if depth < 10 || !(depth - 4).is_multiple_of(6) {
             return Err(DenseNetError::Config(format!(
                 "a CIFAR DenseNet-BC has depth 6n+4 with n >= 1, got {depth}"
             )));

@@ -1,1 +1,0 @@
-//! Datasets (to be written).

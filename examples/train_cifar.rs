@@ -38,9 +38,9 @@ const SYNTH_GROWTH: usize = 6;
 #[derive(Parser, Debug)]
 #[command(
     name = "train_cifar",
-    after_help = "The SGD momentum buffers are NOT saved: --resume restores the weights, the batch \
-                  norm statistics and the epoch (so the learning-rate schedule), and restarts \
-                  momentum from zero. Without --data the run uses a SYNTHETIC dataset (not \
+    after_help = "--resume restores the weights, the batch norm statistics, the SGD momentum \
+                  buffers (DIR/optimizer.safetensors) and the epoch (so the learning-rate \
+                  schedule). Without --data the run uses a SYNTHETIC dataset (not \
                   CIFAR-10): 512 train / 128 test images, depth 16 / growth 6, 2 epochs unless \
                   given."
 )]
@@ -83,8 +83,8 @@ struct Args {
     /// Save DIR/model.safetensors and DIR/state.json after every epoch.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Continue from --out DIR's model.safetensors and state.json at the next epoch (momentum
-    /// restarts from zero: it is not saved).
+    /// Continue from --out DIR's model.safetensors, optimizer.safetensors and state.json at the
+    /// next epoch.
     #[arg(long, requires = "out")]
     resume: bool,
     /// Use only the first N training images.
@@ -121,7 +121,7 @@ struct TrainState {
     train_accuracy: f64,
     test_loss: f64,
     test_accuracy: f64,
-    /// Always false: SGD momentum is not saved, a resumed run restarts it from zero.
+    /// Whether DIR/optimizer.safetensors holds the SGD momentum buffers.
     optimizer_state_saved: bool,
     config: DenseNetConfig,
 }
@@ -298,6 +298,14 @@ fn run(args: Args) -> AnyResult<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("--out: cannot create {}: {e}", dir.display()))?;
     }
+    let nesterov = args.momentum > 0.0;
+    let mut opt = Sgd::new(SgdConfig {
+        lr: args.lr,
+        momentum: args.momentum,
+        dampening: 0.0,
+        nesterov,
+        weight_decay: args.wd,
+    })?;
     let mut start_epoch = 0;
     if args.resume {
         let dir = out.as_ref().ok_or("--resume needs --out DIR")?;
@@ -311,9 +319,21 @@ fn run(args: Args) -> AnyResult<()> {
             .into());
         }
         weights::load(&mut model, &dir.join("model.safetensors"))?;
+        let opt_path = dir.join("optimizer.safetensors");
+        let momentum = if state.optimizer_state_saved && opt_path.exists() {
+            let stored = weights::load_tensors(&opt_path)?;
+            let tensors = stored
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.to_tensor(tape::DType::F64, model.device())?)))
+                .collect::<Result<Vec<_>, tape::Error>>()?;
+            opt.load_state_dict(&model.parameters(), &tensors)?;
+            "SGD momentum restored"
+        } else {
+            "no optimizer state saved: SGD momentum restarts from zero"
+        };
         start_epoch = state.epoch;
         println!(
-            "resumed from {} after epoch {} (test accuracy {:.2}%); SGD momentum restarts from zero",
+            "resumed from {} after epoch {} (test accuracy {:.2}%); {momentum}",
             dir.display(),
             state.epoch,
             100.0 * state.test_accuracy
@@ -324,14 +344,6 @@ fn run(args: Args) -> AnyResult<()> {
         }
     }
 
-    let nesterov = args.momentum > 0.0;
-    let mut opt = Sgd::new(SgdConfig {
-        lr: args.lr,
-        momentum: args.momentum,
-        dampening: 0.0,
-        nesterov,
-        weight_decay: args.wd,
-    })?;
     // 1-based epochs where the schedule divides the learning rate by 10.
     let drops: Vec<String> = (1..epochs)
         .filter(|&e| lr_at(1.0, e, epochs) < lr_at(1.0, e - 1, epochs))
@@ -436,6 +448,7 @@ fn run(args: Args) -> AnyResult<()> {
         );
         if let Some(dir) = &out {
             weights::save(&model, &dir.join("model.safetensors"))?;
+            weights::save_tensors(&dir.join("optimizer.safetensors"), &opt.state_dict(&model.parameters()))?;
             let state = TrainState {
                 epoch: epoch + 1,
                 epochs,
@@ -446,7 +459,7 @@ fn run(args: Args) -> AnyResult<()> {
                 train_accuracy: train_acc,
                 test_loss,
                 test_accuracy: test_acc,
-                optimizer_state_saved: false,
+                optimizer_state_saved: true,
                 config: config.clone(),
             };
             weights::write_atomic(&dir.join("state.json"), &serde_json::to_vec_pretty(&state)?)?;

@@ -11,7 +11,7 @@ const IMAGE: usize = 16;
 
 fn config(depth: usize) -> DenseNetConfig {
     DenseNetConfig {
-        bn_size: 2,
+        bn_size: 1,
         ..DenseNetConfig::densenet_bc_cifar(depth, 12).unwrap()
     }
 }

@@ -151,4 +151,46 @@ impl Optimizer for Adam {
     fn set_lr(&mut self, lr: f64) {
         self.cfg.lr = lr;
     }
+
+    fn state_dict(&self, params: &[&Parameter]) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for p in params {
+            let Some(s) = self.state.get(&p.tensor().id()) else {
+                continue;
+            };
+            let step = Tensor::from_f64(&[s.step as f64], &[1], crate::DType::F64, p.tensor().device());
+            out.push((format!("{}.exp_avg", p.name()), s.exp_avg.clone()));
+            out.push((format!("{}.exp_avg_sq", p.name()), s.exp_avg_sq.clone()));
+            if let Ok(step) = step {
+                out.push((format!("{}.step", p.name()), step));
+            }
+        }
+        out
+    }
+
+    fn load_state_dict(&mut self, params: &[&Parameter], state: &[(String, Tensor)]) -> Result<()> {
+        let mut loaded = Vec::new();
+        for p in params {
+            let slots = (
+                super::saved_slot(OP, p, "exp_avg", state)?,
+                super::saved_slot(OP, p, "exp_avg_sq", state)?,
+                super::saved_slot(OP, p, "step", state)?,
+            );
+            match slots {
+                (Some(exp_avg), Some(exp_avg_sq), Some(step)) => {
+                    let step = step.scalar()? as u64;
+                    loaded.push((p.tensor().id(), State { step, exp_avg, exp_avg_sq }));
+                }
+                (None, None, None) => {}
+                _ => {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("{}: saved Adam state is incomplete", p.name()),
+                    ))
+                }
+            }
+        }
+        self.state.extend(loaded);
+        Ok(())
+    }
 }

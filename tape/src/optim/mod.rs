@@ -22,6 +22,38 @@ pub trait Optimizer {
     fn lr(&self) -> f64;
     /// Sets the learning rate (a schedule); a negative or non-finite one fails at the next step.
     fn set_lr(&mut self, lr: f64);
+    /// The state of every parameter in `params` that has any, named `<parameter>.<slot>`
+    /// (PyTorch's slot names: `momentum_buffer`, `exp_avg`, `exp_avg_sq`, `step`), for training
+    /// checkpoints.
+    fn state_dict(&self, params: &[&Parameter]) -> Vec<(String, Tensor)>;
+    /// Restores state saved by [`Optimizer::state_dict`] for `params` (matched by name, values
+    /// converted to each parameter's dtype); parameters without saved state start fresh.
+    fn load_state_dict(&mut self, params: &[&Parameter], state: &[(String, Tensor)]) -> Result<()>;
+}
+
+/// Finds `<name>.<slot>` in `state` and converts it to a tensor like `p` (checked shape).
+fn saved_slot(
+    op: &'static str,
+    p: &Parameter,
+    slot: &str,
+    state: &[(String, Tensor)],
+) -> Result<Option<Tensor>> {
+    let key = format!("{}.{slot}", p.name());
+    let Some((_, t)) = state.iter().find(|(k, _)| *k == key) else {
+        return Ok(None);
+    };
+    if slot != "step" && t.shape() != p.tensor().shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{key}: saved state of shape {:?} for a parameter of shape {:?}",
+                t.shape(),
+                p.tensor().shape()
+            ),
+        ));
+    }
+    let t = Tensor::from_f64(&t.to_f64_vec(), t.shape(), p.tensor().dtype(), p.tensor().device())?;
+    Ok(Some(t))
 }
 
 /// Fails unless `value` is finite and `>= 0`.

@@ -151,4 +151,25 @@ impl Optimizer for Sgd {
     fn set_lr(&mut self, lr: f64) {
         self.cfg.lr = lr;
     }
+
+    fn state_dict(&self, params: &[&Parameter]) -> Vec<(String, Tensor)> {
+        params
+            .iter()
+            .filter_map(|p| {
+                let buf = self.buffers.get(&p.tensor().id())?;
+                Some((format!("{}.momentum_buffer", p.name()), buf.clone()))
+            })
+            .collect()
+    }
+
+    fn load_state_dict(&mut self, params: &[&Parameter], state: &[(String, Tensor)]) -> Result<()> {
+        let mut loaded = Vec::new();
+        for p in params {
+            if let Some(buf) = super::saved_slot(OP, p, "momentum_buffer", state)? {
+                loaded.push((p.tensor().id(), buf));
+            }
+        }
+        self.buffers.extend(loaded);
+        Ok(())
+    }
 }

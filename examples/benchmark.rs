@@ -60,7 +60,12 @@ fn print_case(r: &CaseResult, json: bool, naive: Option<&CaseResult>) {
         return;
     }
     let (mem_ratio, time_ratio) = naive
-        .map(|n| (r.peak_bytes as f64 / n.peak_bytes as f64, r.median_s / n.median_s))
+        .map(|n| {
+            (
+                r.peak_bytes as f64 / n.peak_bytes as f64,
+                r.median_s / n.median_s,
+            )
+        })
         .unwrap_or((1.0, 1.0));
     println!(
         "{:<22} {:<12} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3}",
@@ -90,9 +95,14 @@ fn run(args: &Args) -> Result<(), String> {
         .iter()
         .map(|m| m.parse::<Efficiency>().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     if !args.json {
-        println!("DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {cpus} CPU threads", args.image, args.image);
+        println!(
+            "DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {cpus} CPU threads",
+            args.image, args.image
+        );
         println!(
             "{:<22} {:<12} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7}",
             "model", "mode", "batch", "peak(eng)", "x naive", "peak RSS", "median s", "x naive"
@@ -101,8 +111,16 @@ fn run(args: &Args) -> Result<(), String> {
     let config = DenseNetConfig::densenet_bc_100_k12();
     let mut naive: Option<CaseResult> = None;
     for &mode in &modes {
-        let r = measure_training_step("densenet_bc_100_k12", &config, mode, batch, args.image, 1, iters)
-            .map_err(|e| e.to_string())?;
+        let r = measure_training_step(
+            "densenet_bc_100_k12",
+            &config,
+            mode,
+            batch,
+            args.image,
+            1,
+            iters,
+        )
+        .map_err(|e| e.to_string())?;
         print_case(&r, args.json, naive.as_ref());
         if mode == Efficiency::Naive {
             naive = Some(r);
@@ -112,7 +130,11 @@ fn run(args: &Args) -> Result<(), String> {
         return Ok(());
     }
 
-    let depths = args.depths.clone().unwrap_or(if args.quick { vec![40, 70, 100] } else { vec![40, 100, 190, 250] });
+    let depths = args.depths.clone().unwrap_or(if args.quick {
+        vec![40, 70, 100]
+    } else {
+        vec![40, 100, 190, 250]
+    });
     let sweep_batch = args.sweep_batch.unwrap_or(if args.quick { 2 } else { 4 });
     if !args.json {
         println!("\ndepth sweep: DenseNet-BC k=12, batch {sweep_batch}, one measured step each");
@@ -124,8 +146,16 @@ fn run(args: &Args) -> Result<(), String> {
         let mut first: Option<CaseResult> = None;
         for &d in &depths {
             let config = DenseNetConfig::densenet_bc_cifar(d, 12).map_err(|e| e.to_string())?;
-            let r = measure_training_step(&format!("bc-{d}-k12"), &config, mode, sweep_batch, args.image, 1, 1)
-                .map_err(|e| e.to_string())?;
+            let r = measure_training_step(
+                &format!("bc-{d}-k12"),
+                &config,
+                mode,
+                sweep_batch,
+                args.image,
+                1,
+                1,
+            )
+            .map_err(|e| e.to_string())?;
             points.push((d as f64, r.peak_bytes as f64 / 1e6));
             print_case(&r, args.json, None);
             first.get_or_insert(r);
@@ -138,7 +168,12 @@ fn run(args: &Args) -> Result<(), String> {
         }
         series.push((format!("{mode} (depth^{e:.2})"), points));
     }
-    let svg = svg_chart("Peak training memory vs depth (DenseNet-BC, k=12)", "depth", "peak MB", &series);
+    let svg = svg_chart(
+        "Peak training memory vs depth (DenseNet-BC, k=12)",
+        "depth",
+        "peak MB",
+        &series,
+    );
     if let Some(dir) = args.svg.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

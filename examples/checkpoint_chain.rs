@@ -39,11 +39,19 @@ fn main() -> tape::Result<()> {
     let a = Args::parse();
     let dev = Device::cpu();
     let c = a.channels;
-    let mut p = Params { convs: Vec::new(), bns: Vec::new() };
+    let mut p = Params {
+        convs: Vec::new(),
+        bns: Vec::new(),
+    };
     for i in 0..a.layers {
         let std = (2.0 / (9 * c) as f64).sqrt();
         let w = Tensor::randn(&[c, c, 3, 3], DType::F32, &dev, i as u64)?;
-        let w = Tensor::from_f64(&w.to_f64_vec().iter().map(|v| v * std).collect::<Vec<_>>(), w.shape(), DType::F32, &dev)?;
+        let w = Tensor::from_f64(
+            &w.to_f64_vec().iter().map(|v| v * std).collect::<Vec<_>>(),
+            w.shape(),
+            DType::F32,
+            &dev,
+        )?;
         p.convs.push(w.with_requires_grad(true));
         p.bns.push((
             Tensor::ones(&[c], DType::F32, &dev)?.with_requires_grad(true),
@@ -55,7 +63,16 @@ fn main() -> tape::Result<()> {
         .map(|i| {
             let (w, (g, b, rs)) = (&p.convs[i], &p.bns[i]);
             Layer::new(format!("layer{i}"), OpKind::Other, move |t, x| {
-                let h = ops::conv2d(t, x, w, None, Conv2dOptions { stride: 1, padding: 1 })?;
+                let h = ops::conv2d(
+                    t,
+                    x,
+                    w,
+                    None,
+                    Conv2dOptions {
+                        stride: 1,
+                        padding: 1,
+                    },
+                )?;
                 let h = ops::batch_norm2d(t, &h, g, b, rs, BatchNormOptions::default())?;
                 ops::relu(t, &h)
             })
@@ -63,13 +80,21 @@ fn main() -> tape::Result<()> {
         .collect();
     let x = Tensor::randn(&[a.batch, c, a.image, a.image], DType::F32, &dev, 7)?;
     let param_bytes: usize = p.convs.iter().map(|t| t.size_in_bytes()).sum::<usize>() * 2;
-    let model = profile_chain(&Tape::recording(), &layers, &x, (dev.memory().current() + param_bytes) as u64)?;
+    let model = profile_chain(
+        &Tape::recording(),
+        &layers,
+        &x,
+        (dev.memory().current() + param_bytes) as u64,
+    )?;
     let n = a.layers;
     let naive_pred = model.predict(&Plan::keep_all(n)).peak;
     let mut plans = vec![
         ("naive".to_string(), Plan::keep_all(n)),
         ("per-layer".to_string(), Plan::equal_segments(n, n)),
-        (format!("sqrt(n)={}", (n as f64).sqrt().round()), Plan::equal_segments(n, (n as f64).sqrt().round() as usize)),
+        (
+            format!("sqrt(n)={}", (n as f64).sqrt().round()),
+            Plan::equal_segments(n, (n as f64).sqrt().round() as usize),
+        ),
     ];
     for frac in [0.5, 0.25] {
         let budget = (naive_pred as f64 * frac) as u64;
@@ -82,7 +107,10 @@ fn main() -> tape::Result<()> {
         "{} conv3x3/BN/ReLU layers, {} channels, batch {}, {}x{}, f32",
         n, c, a.batch, a.image, a.image
     );
-    println!("{:<18} {:>9} {:>13} {:>15} {:>10} {:>8}", "plan", "segments", "peak (MB)", "predicted (MB)", "median s", "x naive");
+    println!(
+        "{:<18} {:>9} {:>13} {:>15} {:>10} {:>8}",
+        "plan", "segments", "peak (MB)", "predicted (MB)", "median s", "x naive"
+    );
     let mut naive_time = None;
     for (name, plan) in &plans {
         let mut times = Vec::new();

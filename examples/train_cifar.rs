@@ -448,7 +448,10 @@ fn run(args: Args) -> AnyResult<()> {
         );
         if let Some(dir) = &out {
             weights::save(&model, &dir.join("model.safetensors"))?;
-            weights::save_tensors(&dir.join("optimizer.safetensors"), &opt.state_dict(&model.parameters()))?;
+            weights::save_tensors(
+                &dir.join("optimizer.safetensors"),
+                &opt.state_dict(&model.parameters()),
+            )?;
             let state = TrainState {
                 epoch: epoch + 1,
                 epochs,

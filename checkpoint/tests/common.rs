@@ -10,13 +10,33 @@ use tape::{DType, Device, Gradients, Result, Tape, Tensor};
 /// One step of a random program; `src` indices refer to the tensors available in the block.
 #[derive(Clone, Debug)]
 pub enum Item {
-    Conv { src: usize, conv: usize },
-    Bn { src: usize, bn: usize },
-    Relu { src: usize },
-    Concat { srcs: Vec<usize> },
-    Dropout { src: usize, p: f64 },
-    Pool { src: usize, max: bool },
-    Block { srcs: Vec<usize>, checkpointed: bool, body: Vec<Item> },
+    Conv {
+        src: usize,
+        conv: usize,
+    },
+    Bn {
+        src: usize,
+        bn: usize,
+    },
+    Relu {
+        src: usize,
+    },
+    Concat {
+        srcs: Vec<usize>,
+    },
+    Dropout {
+        src: usize,
+        p: f64,
+    },
+    Pool {
+        src: usize,
+        max: bool,
+    },
+    Block {
+        srcs: Vec<usize>,
+        checkpointed: bool,
+        body: Vec<Item>,
+    },
 }
 
 /// A random program with the shapes of its parameters.
@@ -77,7 +97,8 @@ impl Program {
     ) -> Vec<Item> {
         let mut items = Vec::new();
         for _ in 0..len {
-            let pick = |rng: &mut Rng, avail: &Vec<usize>| avail.len() - 1 - rng.below(avail.len().min(3));
+            let pick =
+                |rng: &mut Rng, avail: &Vec<usize>| avail.len() - 1 - rng.below(avail.len().min(3));
             let roll = rng.below(if depth < 3 { 8 } else { 6 });
             let (item, ch) = match roll {
                 0 => {
@@ -85,12 +106,24 @@ impl Program {
                     let cout = 1 + rng.below(4);
                     let k = [1, 3][rng.below(2)];
                     self.convs.push((cout, avail[src], k, rng.chance(0.5)));
-                    (Item::Conv { src, conv: self.convs.len() - 1 }, cout)
+                    (
+                        Item::Conv {
+                            src,
+                            conv: self.convs.len() - 1,
+                        },
+                        cout,
+                    )
                 }
                 1 => {
                     let src = pick(rng, avail);
                     self.bns.push(avail[src]);
-                    (Item::Bn { src, bn: self.bns.len() - 1 }, avail[src])
+                    (
+                        Item::Bn {
+                            src,
+                            bn: self.bns.len() - 1,
+                        },
+                        avail[src],
+                    )
                 }
                 2 => {
                     let src = pick(rng, avail);
@@ -104,11 +137,23 @@ impl Program {
                 }
                 4 => {
                     let src = pick(rng, avail);
-                    (Item::Dropout { src, p: [0.2, 0.5][rng.below(2)] }, avail[src])
+                    (
+                        Item::Dropout {
+                            src,
+                            p: [0.2, 0.5][rng.below(2)],
+                        },
+                        avail[src],
+                    )
                 }
                 5 => {
                     let src = pick(rng, avail);
-                    (Item::Pool { src, max: rng.chance(0.5) }, avail[src])
+                    (
+                        Item::Pool {
+                            src,
+                            max: rng.chance(0.5),
+                        },
+                        avail[src],
+                    )
                 }
                 _ => {
                     let k = 1 + rng.below(avail.len().min(3));
@@ -118,7 +163,11 @@ impl Program {
                     let body = self.gen_block(rng, &mut inner, depth + 1, n);
                     let ch = *inner.last().unwrap();
                     (
-                        Item::Block { srcs, checkpointed: rng.chance(0.7), body },
+                        Item::Block {
+                            srcs,
+                            checkpointed: rng.chance(0.7),
+                            body,
+                        },
                         ch,
                     )
                 }
@@ -133,7 +182,9 @@ impl Program {
     pub fn has_checkpoint(&self) -> bool {
         fn any(items: &[Item]) -> bool {
             items.iter().any(|i| match i {
-                Item::Block { checkpointed, body, .. } => *checkpointed || any(body),
+                Item::Block {
+                    checkpointed, body, ..
+                } => *checkpointed || any(body),
                 _ => false,
             })
         }
@@ -167,13 +218,19 @@ impl Params {
         }
         let mut bns = Vec::new();
         for &c in &p.bns {
-            let w = Tensor::rand_uniform(&[c], 0.5, 1.5, dtype, dev, next())?.with_requires_grad(true);
+            let w =
+                Tensor::rand_uniform(&[c], 0.5, 1.5, dtype, dev, next())?.with_requires_grad(true);
             let b = Tensor::randn(&[c], dtype, dev, next())?.with_requires_grad(true);
             bns.push((w, b, RunningStats::new(c, dtype, dev)?));
         }
-        let fw = Tensor::randn(&[p.classes, p.head_in], dtype, dev, next())?.with_requires_grad(true);
+        let fw =
+            Tensor::randn(&[p.classes, p.head_in], dtype, dev, next())?.with_requires_grad(true);
         let fb = Tensor::randn(&[p.classes], dtype, dev, next())?.with_requires_grad(true);
-        Ok(Params { convs, bns, fc: (fw, fb) })
+        Ok(Params {
+            convs,
+            bns,
+            fc: (fw, fb),
+        })
     }
 
     /// Every trainable tensor, in a fixed order.
@@ -216,7 +273,10 @@ pub fn run_items<'a>(
             Item::Conv { src, conv } => {
                 let (w, b) = &params.convs[*conv];
                 let k = w.shape()[2];
-                let opts = Conv2dOptions { stride: 1, padding: k / 2 };
+                let opts = Conv2dOptions {
+                    stride: 1,
+                    padding: k / 2,
+                };
                 ops::conv2d(tape, &avail[*src], w, b.as_ref(), opts)?
             }
             Item::Bn { src, bn } => {
@@ -236,7 +296,11 @@ pub fn run_items<'a>(
                     ops::avg_pool2d(tape, &avail[*src], 3, 1, 1)?
                 }
             }
-            Item::Block { srcs, checkpointed, body } => {
+            Item::Block {
+                srcs,
+                checkpointed,
+                body,
+            } => {
                 let inputs: Vec<Tensor> = srcs.iter().map(|&s| avail[s].clone()).collect();
                 if *checkpointed && mode.recompute {
                     let refs: Vec<&Tensor> = inputs.iter().collect();
@@ -267,9 +331,16 @@ pub struct StepResult {
 pub fn step(p: &Program, dtype: DType, mode: &RunMode, seed: u64) -> Result<StepResult> {
     let dev = Device::cpu();
     let params = Params::new(p, dtype, &dev, seed)?;
-    let x = Tensor::randn(&[p.batch, p.in_channels, p.image, p.image], dtype, &dev, seed ^ 77)?
-        .with_requires_grad(true);
-    let labels: Vec<usize> = (0..p.batch).map(|i| (i * 7 + seed as usize) % p.classes).collect();
+    let x = Tensor::randn(
+        &[p.batch, p.in_channels, p.image, p.image],
+        dtype,
+        &dev,
+        seed ^ 77,
+    )?
+    .with_requires_grad(true);
+    let labels: Vec<usize> = (0..p.batch)
+        .map(|i| (i * 7 + seed as usize) % p.classes)
+        .collect();
     dev.memory().reset_peak();
     let (loss, logits, grads): (Tensor, Tensor, Gradients) = {
         let mut tape = Tape::recording().with_seed(seed);
@@ -283,7 +354,12 @@ pub fn step(p: &Program, dtype: DType, mode: &RunMode, seed: u64) -> Result<Step
     let param_grads = params
         .trainable()
         .iter()
-        .map(|t| grads.get(t).map(|g| g.to_f64_vec()).unwrap_or_else(|| vec![0.0; t.numel()]))
+        .map(|t| {
+            grads
+                .get(t)
+                .map(|g| g.to_f64_vec())
+                .unwrap_or_else(|| vec![0.0; t.numel()])
+        })
         .collect();
     Ok(StepResult {
         loss: loss.to_f64_vec(),
@@ -305,7 +381,10 @@ pub fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
         return f64::INFINITY;
     }
     let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 /// The first difference beyond `tol` between two step results, if any.

@@ -23,8 +23,10 @@ fn mode(recompute: bool, fault: Fault) -> RunMode {
 
 fn check(seed: u64, dtype: DType, tol: f64) -> Result<(), TestCaseError> {
     let p = Program::random(seed);
-    let naive = step(&p, dtype, &mode(false, Fault::None), seed).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let ckpt = step(&p, dtype, &mode(true, Fault::None), seed).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let naive = step(&p, dtype, &mode(false, Fault::None), seed)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let ckpt = step(&p, dtype, &mode(true, Fault::None), seed)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     if let Some(diff) = compare(&ckpt, &naive, tol) {
         return Err(TestCaseError::fail(format!("{diff}\nprogram: {p:#?}")));
     }

@@ -26,8 +26,12 @@ fn params(n: usize, dev: &Device) -> ChainParams {
     let bns = (0..n)
         .map(|_| {
             (
-                Tensor::ones(&[CH], DType::F32, dev).unwrap().with_requires_grad(true),
-                Tensor::zeros(&[CH], DType::F32, dev).unwrap().with_requires_grad(true),
+                Tensor::ones(&[CH], DType::F32, dev)
+                    .unwrap()
+                    .with_requires_grad(true),
+                Tensor::zeros(&[CH], DType::F32, dev)
+                    .unwrap()
+                    .with_requires_grad(true),
                 RunningStats::new(CH, DType::F32, dev).unwrap(),
             )
         })
@@ -37,7 +41,10 @@ fn params(n: usize, dev: &Device) -> ChainParams {
 
 /// One layer per conv/BN/ReLU triple, or one layer per op (`fine`).
 fn layers(p: &ChainParams, fine: bool) -> Vec<Layer<'_>> {
-    let conv_opts = Conv2dOptions { stride: 1, padding: 1 };
+    let conv_opts = Conv2dOptions {
+        stride: 1,
+        padding: 1,
+    };
     let mut out = Vec::new();
     for i in 0..p.convs.len() {
         let w = &p.convs[i];
@@ -46,16 +53,24 @@ fn layers(p: &ChainParams, fine: bool) -> Vec<Layer<'_>> {
             out.push(Layer::new(format!("conv{i}"), OpKind::Conv, move |t, x| {
                 ops::conv2d(t, x, w, None, conv_opts)
             }));
-            out.push(Layer::new(format!("bn{i}"), OpKind::BatchNorm, move |t, x| {
-                ops::batch_norm2d(t, x, g, b, rs, BatchNormOptions::default())
+            out.push(Layer::new(
+                format!("bn{i}"),
+                OpKind::BatchNorm,
+                move |t, x| ops::batch_norm2d(t, x, g, b, rs, BatchNormOptions::default()),
+            ));
+            out.push(Layer::new(format!("relu{i}"), OpKind::Relu, |t, x| {
+                ops::relu(t, x)
             }));
-            out.push(Layer::new(format!("relu{i}"), OpKind::Relu, |t, x| ops::relu(t, x)));
         } else {
-            out.push(Layer::new(format!("layer{i}"), OpKind::Other, move |t, x| {
-                let h = ops::conv2d(t, x, w, None, conv_opts)?;
-                let h = ops::batch_norm2d(t, &h, g, b, rs, BatchNormOptions::default())?;
-                ops::relu(t, &h)
-            }));
+            out.push(Layer::new(
+                format!("layer{i}"),
+                OpKind::Other,
+                move |t, x| {
+                    let h = ops::conv2d(t, x, w, None, conv_opts)?;
+                    let h = ops::batch_norm2d(t, &h, g, b, rs, BatchNormOptions::default())?;
+                    ops::relu(t, &h)
+                },
+            ));
         }
     }
     out
@@ -88,7 +103,11 @@ fn exponent(small: (usize, usize), large: (usize, usize)) -> f64 {
 
 #[test]
 fn naive_grows_linearly_and_sqrt_segments_grow_with_sqrt_n() {
-    let naive = |n| step_peak(n, |t, ls, x| run_plan(t, ls, &checkpoint::planner::Plan::keep_all(ls.len()), x));
+    let naive = |n| {
+        step_peak(n, |t, ls, x| {
+            run_plan(t, ls, &checkpoint::planner::Plan::keep_all(ls.len()), x)
+        })
+    };
     let sqrt = |n: usize| {
         step_peak(n, move |t, ls, x| {
             checkpoint_sequential(t, ls, (n as f64).sqrt().round() as usize, x)
@@ -102,7 +121,10 @@ fn naive_grows_linearly_and_sqrt_segments_grow_with_sqrt_n() {
     println!("naive: {a1} -> {a2} bytes (exponent {e_naive:.2}); sqrt(n): {s1} -> {s2} (exponent {e_sqrt:.2})");
     assert!((0.9..=1.1).contains(&e_naive), "naive exponent {e_naive}");
     assert!((0.3..=0.7).contains(&e_sqrt), "sqrt(n) exponent {e_sqrt}");
-    assert!(s2 * 3 < a2, "sqrt(n) segments must save memory: {s2} vs {a2}");
+    assert!(
+        s2 * 3 < a2,
+        "sqrt(n) segments must save memory: {s2} vs {a2}"
+    );
 }
 
 #[test]
@@ -113,13 +135,20 @@ fn planner_budget_holds_on_the_real_chain() {
     let ls = layers(&p, false);
     let x = Tensor::randn(&[BATCH, CH, IMG, IMG], DType::F32, &dev, 99).unwrap();
     let param_bytes: usize = p.convs.iter().map(|t| t.size_in_bytes()).sum::<usize>()
-        + p.bns.iter().map(|(g, b, _)| g.size_in_bytes() + b.size_in_bytes()).sum::<usize>();
+        + p.bns
+            .iter()
+            .map(|(g, b, _)| g.size_in_bytes() + b.size_in_bytes())
+            .sum::<usize>();
     let before = dev.memory().current();
     let model = {
         let tape = Tape::recording();
         profile_chain(&tape, &ls, &x, (before + param_bytes) as u64).unwrap()
     };
-    assert_eq!(dev.memory().current(), before, "the dry run frees everything");
+    assert_eq!(
+        dev.memory().current(),
+        before,
+        "the dry run frees everything"
+    );
     let naive_pred = model.predict(&checkpoint::planner::Plan::keep_all(n)).peak;
     for frac in [0.6, 0.4] {
         let budget = (naive_pred as f64 * frac) as u64;
@@ -134,11 +163,17 @@ fn planner_budget_holds_on_the_real_chain() {
             let _grads = tape.backward(&loss).unwrap();
         }
         let peak = dev.memory().peak() as u64;
-        println!("budget {budget}: measured peak {peak}, predicted {}", model.predict(&plan).peak);
+        println!(
+            "budget {budget}: measured peak {peak}, predicted {}",
+            model.predict(&plan).peak
+        );
         assert!(peak <= budget, "peak {peak} over budget {budget}");
     }
     let too_small = (naive_pred as f64 * 0.2) as u64;
-    assert!(model.plan(too_small).is_err(), "an infeasible budget is an error");
+    assert!(
+        model.plan(too_small).is_err(),
+        "an infeasible budget is an error"
+    );
 }
 
 #[test]
@@ -148,7 +183,11 @@ fn keep_conv_policy_saves_memory_over_naive() {
     let fine = layers(&p, true);
     let x = Tensor::randn(&[BATCH, CH, IMG, IMG], DType::F32, &dev, 99).unwrap();
     let mut peaks = Vec::new();
-    for policy in [Policy::KeepAll, Policy::Keep(vec![OpKind::Conv]), Policy::RecomputeAll] {
+    for policy in [
+        Policy::KeepAll,
+        Policy::Keep(vec![OpKind::Conv]),
+        Policy::RecomputeAll,
+    ] {
         dev.memory().reset_peak();
         let before = dev.memory().current();
         let mut tape = Tape::recording();
@@ -158,8 +197,14 @@ fn keep_conv_policy_saves_memory_over_naive() {
         let _g = tape.backward(&loss).unwrap();
         peaks.push(dev.memory().peak() - before);
     }
-    println!("keep all {}, keep conv {}, recompute all {}", peaks[0], peaks[1], peaks[2]);
-    assert!(peaks[1] < peaks[0], "keeping only conv outputs must save memory");
+    println!(
+        "keep all {}, keep conv {}, recompute all {}",
+        peaks[0], peaks[1], peaks[2]
+    );
+    assert!(
+        peaks[1] < peaks[0],
+        "keeping only conv outputs must save memory"
+    );
     // One segment over the whole chain recomputes everything at once: no saving at the peak.
     assert!(peaks[2] >= peaks[1]);
 }

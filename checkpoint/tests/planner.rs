@@ -114,12 +114,22 @@ proptest! {
 #[test]
 fn equal_segments_and_policy_plans() {
     let p = Plan::equal_segments(10, 3);
-    let ranges: Vec<_> = p.segments().iter().map(|s| (s.range.clone(), s.checkpointed)).collect();
+    let ranges: Vec<_> = p
+        .segments()
+        .iter()
+        .map(|s| (s.range.clone(), s.checkpointed))
+        .collect();
     assert_eq!(ranges, vec![(0..3, true), (3..6, true), (6..10, false)]);
     assert!(p.check_covers(10).is_ok());
     assert!(p.check_covers(11).is_err());
     let whole = Plan::equal_segments(4, 1);
-    assert_eq!(whole.segments(), &[Segment { range: 0..4, checkpointed: true }]);
+    assert_eq!(
+        whole.segments(),
+        &[Segment {
+            range: 0..4,
+            checkpointed: true
+        }]
+    );
 }
 
 #[test]

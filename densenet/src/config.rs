@@ -196,13 +196,25 @@ impl DenseNetConfig {
             return bad(format!("block {} has no layers", i + 1));
         }
         if !(self.compression > 0.0 && self.compression <= 1.0) {
-            return bad(format!("compression must be in (0, 1], got {}", self.compression));
+            return bad(format!(
+                "compression must be in (0, 1], got {}",
+                self.compression
+            ));
         }
-        if self.num_init_features == 0 || self.bn_size == 0 || self.num_classes == 0 || self.in_channels == 0 {
-            return bad("num_init_features, bn_size, num_classes and in_channels must be at least 1".into());
+        if self.num_init_features == 0
+            || self.bn_size == 0
+            || self.num_classes == 0
+            || self.in_channels == 0
+        {
+            return bad(
+                "num_init_features, bn_size, num_classes and in_channels must be at least 1".into(),
+            );
         }
         if !(0.0..1.0).contains(&self.drop_rate) {
-            return bad(format!("drop_rate must be in [0, 1), got {}", self.drop_rate));
+            return bad(format!(
+                "drop_rate must be in [0, 1), got {}",
+                self.drop_rate
+            ));
         }
         let mut c = self.num_init_features;
         for (i, &n) in self.block_config.iter().enumerate() {
@@ -236,7 +248,11 @@ impl DenseNetConfig {
             return Err(DenseNetError::Config(format!(
                 "a {h}x{w} image is too small for {} blocks{}: need at least {min}x{min}",
                 self.block_config.len(),
-                if self.small_inputs { "" } else { " and the ImageNet stem" }
+                if self.small_inputs {
+                    ""
+                } else {
+                    " and the ImageNet stem"
+                }
             )));
         }
         Ok(())

@@ -36,7 +36,12 @@ pub fn count_correct(logits: &Tensor, labels: &[usize]) -> usize {
 }
 
 /// Forward and backward of one batch in training mode; `seed` drives dropout.
-pub fn forward_backward(model: &DenseNet, x: &Tensor, labels: &[usize], seed: u64) -> Result<StepOutput> {
+pub fn forward_backward(
+    model: &DenseNet,
+    x: &Tensor,
+    labels: &[usize],
+    seed: u64,
+) -> Result<StepOutput> {
     let mut tape = Tape::recording().with_seed(seed);
     let logits = model.forward(&mut tape, x)?;
     let loss = ops::cross_entropy(&mut tape, &logits, labels)?;

@@ -54,9 +54,18 @@ fn blob_of(t: &Tensor) -> Blob {
     let (dtype, bytes) = match t.dtype() {
         DType::F32 => (
             Dtype::F32,
-            t.to_f64_vec().iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+            t.to_f64_vec()
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect(),
         ),
-        DType::F64 => (Dtype::F64, t.to_f64_vec().iter().flat_map(|v| v.to_le_bytes()).collect()),
+        DType::F64 => (
+            Dtype::F64,
+            t.to_f64_vec()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
     };
     Blob {
         dtype,
@@ -94,7 +103,9 @@ pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
                 Blob {
                     dtype: Dtype::I64,
                     shape: vec![],
-                    bytes: (t.to_f64_vec().first().copied().unwrap_or(0.0) as i64).to_le_bytes().to_vec(),
+                    bytes: (t.to_f64_vec().first().copied().unwrap_or(0.0) as i64)
+                        .to_le_bytes()
+                        .to_vec(),
                 }
             } else {
                 blob_of(t)
@@ -102,19 +113,26 @@ pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
             (name.clone(), blob)
         })
         .collect();
-    let bytes = safetensors::serialize(blobs.iter().map(|(k, v)| (k.clone(), v)), None).map_err(|e| {
-        DenseNetError::Weights {
-            path: path.display().to_string(),
-            msg: e.to_string(),
-        }
-    })?;
+    let bytes =
+        safetensors::serialize(blobs.iter().map(|(k, v)| (k.clone(), v)), None).map_err(|e| {
+            DenseNetError::Weights {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            }
+        })?;
     write_atomic(path, &bytes)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
@@ -131,7 +149,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn decode(view: &TensorView<'_>, name: &str, path: &Path) -> Result<Stored> {
     let data = view.data();
     let values: Vec<f64> = match view.dtype() {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
         Dtype::F64 => data
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -178,7 +199,11 @@ fn find<'s>(stored: &'s BTreeMap<String, Stored>, name: &str) -> Option<&'s Stor
         .or_else(|| stored.get(&name.replace("features.norm5.", "features.norm_final.")))
 }
 
-fn expect<'s>(stored: &'s BTreeMap<String, Stored>, name: &str, shape: &[usize]) -> Result<&'s Stored> {
+fn expect<'s>(
+    stored: &'s BTreeMap<String, Stored>,
+    name: &str,
+    shape: &[usize],
+) -> Result<&'s Stored> {
     let s = find(stored, name).ok_or_else(|| DenseNetError::MissingTensor(name.to_string()))?;
     // PyTorch stores 0-d scalars; the model's per-channel tensors must match exactly.
     if s.shape != shape {
@@ -210,8 +235,10 @@ pub fn load_state(model: &mut DenseNet, stored: &BTreeMap<String, Stored>) -> Re
     }
     for (name, rs) in model.running_stats() {
         let shape = rs.mean().shape().to_vec();
-        let mean = expect(stored, &format!("{name}.running_mean"), &shape)?.to_tensor(dtype, &device)?;
-        let var = expect(stored, &format!("{name}.running_var"), &shape)?.to_tensor(dtype, &device)?;
+        let mean =
+            expect(stored, &format!("{name}.running_mean"), &shape)?.to_tensor(dtype, &device)?;
+        let var =
+            expect(stored, &format!("{name}.running_var"), &shape)?.to_tensor(dtype, &device)?;
         rs.set(&mean, &var)?;
         if let Some(n) = find(stored, &format!("{name}.num_batches_tracked")) {
             rs.set_num_batches_tracked(n.values.first().copied().unwrap_or(0.0) as u64);

@@ -4,7 +4,9 @@ use densenet::{DenseNet, DenseNetConfig, DenseNetError, Efficiency};
 use tape::{DType, Device, Tape, Tensor};
 
 fn count(config: DenseNetConfig) -> usize {
-    DenseNet::new(config, DType::F32, &Device::cpu(), 0).unwrap().num_parameters()
+    DenseNet::new(config, DType::F32, &Device::cpu(), 0)
+        .unwrap()
+        .num_parameters()
 }
 
 #[test]
@@ -17,47 +19,103 @@ fn parameter_counts_match_pytorch() {
 #[test]
 fn presets_have_the_published_shapes() {
     let c = DenseNetConfig::densenet_bc_190_k40();
-    assert_eq!((c.growth_rate, c.block_config.clone(), c.num_init_features), (40, vec![31, 31, 31], 80));
+    assert_eq!(
+        (c.growth_rate, c.block_config.clone(), c.num_init_features),
+        (40, vec![31, 31, 31], 80)
+    );
     assert_eq!(c.depth(), 190);
     let c = DenseNetConfig::densenet_bc_250_k24();
-    assert_eq!((c.growth_rate, c.block_config.clone()), (24, vec![41, 41, 41]));
+    assert_eq!(
+        (c.growth_rate, c.block_config.clone()),
+        (24, vec![41, 41, 41])
+    );
     assert_eq!(c.depth(), 250);
     assert_eq!(DenseNetConfig::densenet_bc_100_k12().depth(), 100);
     assert_eq!(DenseNetConfig::densenet161().growth_rate, 48);
-    assert_eq!(DenseNetConfig::densenet169().block_config, vec![6, 12, 32, 32]);
-    assert_eq!(DenseNetConfig::densenet201().block_config, vec![6, 12, 48, 32]);
-    assert_eq!(DenseNetConfig::densenet264().block_config, vec![6, 12, 64, 48]);
+    assert_eq!(
+        DenseNetConfig::densenet169().block_config,
+        vec![6, 12, 32, 32]
+    );
+    assert_eq!(
+        DenseNetConfig::densenet201().block_config,
+        vec![6, 12, 48, 32]
+    );
+    assert_eq!(
+        DenseNetConfig::densenet264().block_config,
+        vec![6, 12, 64, 48]
+    );
     for name in ["densenet_bc_100_k12", "densenet121", "densenet264"] {
         assert!(DenseNetConfig::preset(name).is_ok());
     }
-    assert!(matches!(DenseNetConfig::preset("resnet50"), Err(DenseNetError::Config(_))));
-    assert_eq!(DenseNetConfig::default(), DenseNetConfig::densenet_bc_100_k12());
+    assert!(matches!(
+        DenseNetConfig::preset("resnet50"),
+        Err(DenseNetError::Config(_))
+    ));
+    assert_eq!(
+        DenseNetConfig::default(),
+        DenseNetConfig::densenet_bc_100_k12()
+    );
 }
 
 #[test]
 fn invalid_configs_are_rejected_with_a_reason() {
     let base = DenseNetConfig::default();
     let cases = [
-        DenseNetConfig { growth_rate: 0, ..base.clone() },
-        DenseNetConfig { block_config: vec![], ..base.clone() },
-        DenseNetConfig { block_config: vec![4, 0], ..base.clone() },
-        DenseNetConfig { compression: 0.0, ..base.clone() },
-        DenseNetConfig { compression: 1.5, ..base.clone() },
-        DenseNetConfig { drop_rate: 1.0, ..base.clone() },
-        DenseNetConfig { num_classes: 0, ..base.clone() },
-        DenseNetConfig { bn_size: 0, ..base.clone() },
+        DenseNetConfig {
+            growth_rate: 0,
+            ..base.clone()
+        },
+        DenseNetConfig {
+            block_config: vec![],
+            ..base.clone()
+        },
+        DenseNetConfig {
+            block_config: vec![4, 0],
+            ..base.clone()
+        },
+        DenseNetConfig {
+            compression: 0.0,
+            ..base.clone()
+        },
+        DenseNetConfig {
+            compression: 1.5,
+            ..base.clone()
+        },
+        DenseNetConfig {
+            drop_rate: 1.0,
+            ..base.clone()
+        },
+        DenseNetConfig {
+            num_classes: 0,
+            ..base.clone()
+        },
+        DenseNetConfig {
+            bn_size: 0,
+            ..base.clone()
+        },
     ];
     for c in cases {
-        let err = DenseNet::new(c.clone(), DType::F32, &Device::cpu(), 0).err().expect("must fail");
+        let err = DenseNet::new(c.clone(), DType::F32, &Device::cpu(), 0)
+            .err()
+            .expect("must fail");
         assert!(matches!(err, DenseNetError::Config(_)), "{c:?}: {err}");
     }
     assert!(DenseNetConfig::densenet_bc_cifar(41, 12).is_err());
-    assert_eq!(DenseNetConfig::densenet_bc_cifar(40, 12).unwrap().block_config, vec![6, 6, 6]);
+    assert_eq!(
+        DenseNetConfig::densenet_bc_cifar(40, 12)
+            .unwrap()
+            .block_config,
+        vec![6, 6, 6]
+    );
 }
 
 #[test]
 fn image_too_small_for_the_pooling_stack_is_an_error() {
-    let config = DenseNetConfig { growth_rate: 2, block_config: vec![1, 1, 1], ..DenseNetConfig::default() };
+    let config = DenseNetConfig {
+        growth_rate: 2,
+        block_config: vec![1, 1, 1],
+        ..DenseNetConfig::default()
+    };
     assert_eq!(config.min_image_size(), 4);
     let dev = Device::cpu();
     let model = DenseNet::new(config, DType::F32, &dev, 0).unwrap();
@@ -65,10 +123,19 @@ fn image_too_small_for_the_pooling_stack_is_an_error() {
     let err = model.forward(&mut Tape::no_grad(), &x).unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
     let x = Tensor::zeros(&[1, 2, 8, 8], DType::F32, &dev).unwrap();
-    assert!(matches!(model.forward(&mut Tape::no_grad(), &x), Err(DenseNetError::Config(_))));
+    assert!(matches!(
+        model.forward(&mut Tape::no_grad(), &x),
+        Err(DenseNetError::Config(_))
+    ));
     let x = Tensor::zeros(&[3, 8, 8], DType::F32, &dev).unwrap();
-    assert!(matches!(model.forward(&mut Tape::no_grad(), &x), Err(DenseNetError::Engine(_))));
-    let imagenet = DenseNetConfig { small_inputs: false, ..DenseNetConfig::densenet121() };
+    assert!(matches!(
+        model.forward(&mut Tape::no_grad(), &x),
+        Err(DenseNetError::Engine(_))
+    ));
+    let imagenet = DenseNetConfig {
+        small_inputs: false,
+        ..DenseNetConfig::densenet121()
+    };
     assert_eq!(imagenet.min_image_size(), 32);
 }
 
@@ -84,17 +151,25 @@ fn efficiency_modes_parse_and_print() {
         assert_eq!(e.to_string(), s);
     }
     assert!("fast".parse::<Efficiency>().is_err());
-    let json = serde_json::to_string(&DenseNetConfig::default().with_efficiency(Efficiency::Budget(5))).unwrap();
+    let json =
+        serde_json::to_string(&DenseNetConfig::default().with_efficiency(Efficiency::Budget(5)))
+            .unwrap();
     let back: DenseNetConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back.efficiency, Efficiency::Budget(5));
-    let partial: DenseNetConfig = serde_json::from_str(r#"{"growth_rate": 4, "block_config": [2, 3]}"#).unwrap();
+    let partial: DenseNetConfig =
+        serde_json::from_str(r#"{"growth_rate": 4, "block_config": [2, 3]}"#).unwrap();
     assert_eq!(partial.bn_size, 4);
 }
 
 #[test]
 fn a_budget_below_the_fixed_bytes_is_an_error() {
     let dev = Device::cpu();
-    let config = DenseNetConfig { growth_rate: 4, block_config: vec![2, 2], efficiency: Efficiency::Budget(10), ..DenseNetConfig::default() };
+    let config = DenseNetConfig {
+        growth_rate: 4,
+        block_config: vec![2, 2],
+        efficiency: Efficiency::Budget(10),
+        ..DenseNetConfig::default()
+    };
     let model = DenseNet::new(config, DType::F32, &dev, 0).unwrap();
     let x = Tensor::zeros(&[2, 3, 8, 8], DType::F32, &dev).unwrap();
     let err = model.forward(&mut Tape::recording(), &x).unwrap_err();

@@ -13,11 +13,20 @@ struct Outcome {
     running: Vec<Vec<f64>>,
 }
 
-fn run(config: &DenseNetConfig, mode: Efficiency, dtype: DType, batch: usize, image: usize, seed: u64) -> Outcome {
+fn run(
+    config: &DenseNetConfig,
+    mode: Efficiency,
+    dtype: DType,
+    batch: usize,
+    image: usize,
+    seed: u64,
+) -> Outcome {
     let dev = Device::cpu();
     let mut model = DenseNet::new(config.clone(), dtype, &dev, seed).unwrap();
     let x = Tensor::randn(&[batch, 3, image, image], dtype, &dev, seed + 1).unwrap();
-    let labels: Vec<usize> = (0..batch).map(|i| (i + seed as usize) % config.num_classes).collect();
+    let labels: Vec<usize> = (0..batch)
+        .map(|i| (i + seed as usize) % config.num_classes)
+        .collect();
     let mode = match mode {
         Efficiency::Budget(0) => Efficiency::Budget(mixed_budget(&model, [batch, 3, image, image])),
         m => m,
@@ -26,7 +35,11 @@ fn run(config: &DenseNetConfig, mode: Efficiency, dtype: DType, batch: usize, im
     let out = forward_backward(&model, &x, &labels, seed).unwrap();
     Outcome {
         loss: out.loss,
-        grads: model.parameters().iter().map(|p| out.grads.get(p.tensor()).unwrap().to_f64_vec()).collect(),
+        grads: model
+            .parameters()
+            .iter()
+            .map(|p| out.grads.get(p.tensor()).unwrap().to_f64_vec())
+            .collect(),
         running: model
             .running_stats()
             .iter()
@@ -53,11 +66,20 @@ fn mixed_budget(model: &DenseNet, shape: [usize; 4]) -> u64 {
 
 fn rel(a: &[f64], b: &[f64]) -> f64 {
     let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 fn assert_same(a: &Outcome, b: &Outcome, tol: f64, what: &str) -> Result<(), TestCaseError> {
-    prop_assert!(rel(&[a.loss], &[b.loss]) <= tol, "{} loss {} vs {}", what, a.loss, b.loss);
+    prop_assert!(
+        rel(&[a.loss], &[b.loss]) <= tol,
+        "{} loss {} vs {}",
+        what,
+        a.loss,
+        b.loss
+    );
     for (i, (x, y)) in a.grads.iter().zip(&b.grads).enumerate() {
         let d = rel(x, y);
         prop_assert!(d <= tol, "{} grad of parameter {}: {:e}", what, i, d);
@@ -81,24 +103,31 @@ fn configs() -> impl Strategy<Value = (DenseNetConfig, usize, usize, u64)> {
         0usize..3,
         0u64..1000,
     )
-        .prop_map(|(growth, blocks, bn_size, compression, small, drop, batch, extra, seed)| {
-            let config = DenseNetConfig {
-                growth_rate: growth,
-                block_config: blocks,
-                bn_size,
-                compression,
-                num_init_features: 2 * growth,
-                drop_rate: drop,
-                num_classes: 3,
-                small_inputs: small,
-                ..DenseNetConfig::default()
-            };
-            let image = config.min_image_size() + extra;
-            (config, batch, image, seed)
-        })
+        .prop_map(
+            |(growth, blocks, bn_size, compression, small, drop, batch, extra, seed)| {
+                let config = DenseNetConfig {
+                    growth_rate: growth,
+                    block_config: blocks,
+                    bn_size,
+                    compression,
+                    num_init_features: 2 * growth,
+                    drop_rate: drop,
+                    num_classes: 3,
+                    small_inputs: small,
+                    ..DenseNetConfig::default()
+                };
+                let image = config.min_image_size() + extra;
+                (config, batch, image, seed)
+            },
+        )
 }
 
-const MODES: [Efficiency; 4] = [Efficiency::Bottleneck, Efficiency::Layer, Efficiency::Budget(0), Efficiency::Budget(1 << 40)];
+const MODES: [Efficiency; 4] = [
+    Efficiency::Bottleneck,
+    Efficiency::Layer,
+    Efficiency::Budget(0),
+    Efficiency::Budget(1 << 40),
+];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]

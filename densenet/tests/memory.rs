@@ -33,7 +33,10 @@ fn peak(depth: usize, mode: Efficiency) -> u64 {
 fn fitted_exponent(points: &[(usize, u64)]) -> f64 {
     let xs: Vec<f64> = points.iter().map(|p| (p.0 as f64).ln()).collect();
     let ys: Vec<f64> = points.iter().map(|p| (p.1 as f64).ln()).collect();
-    let (mx, my) = (xs.iter().sum::<f64>() / xs.len() as f64, ys.iter().sum::<f64>() / ys.len() as f64);
+    let (mx, my) = (
+        xs.iter().sum::<f64>() / xs.len() as f64,
+        ys.iter().sum::<f64>() / ys.len() as f64,
+    );
     let num: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
     let den: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
     num / den
@@ -54,13 +57,19 @@ fn memory_grows_quadratically_naive_and_linearly_efficient() {
     assert!(exps[0] >= 1.5, "naive exponent {}", exps[0]);
     assert!(exps[1] <= 1.15, "bottleneck exponent {}", exps[1]);
     assert!(exps[2] <= 1.15, "layer exponent {}", exps[2]);
-    assert!(at_max[2] < at_max[1] && at_max[1] < at_max[0], "peaks at depth 52: {at_max:?}");
+    assert!(
+        at_max[2] < at_max[1] && at_max[1] < at_max[0],
+        "peaks at depth 52: {at_max:?}"
+    );
 }
 
 #[test]
 fn a_budget_between_layer_and_naive_holds() {
     let depth = 40;
-    let (naive, layer) = (peak(depth, Efficiency::Naive), peak(depth, Efficiency::Layer));
+    let (naive, layer) = (
+        peak(depth, Efficiency::Naive),
+        peak(depth, Efficiency::Layer),
+    );
     let dev = Device::cpu();
     let model = DenseNet::new(config(depth), DType::F32, &dev, 1).unwrap();
     let x = Tensor::randn(&[BATCH, 3, IMAGE, IMAGE], DType::F32, &dev, 2).unwrap();
@@ -73,7 +82,11 @@ fn a_budget_between_layer_and_naive_holds() {
         let out = forward_backward(&model, &x, &[0, 1, 2, 3], 0).unwrap();
         drop(out);
         let measured = dev.memory().peak() as u64;
-        println!("budget {budget}: measured peak {measured} (naive {}, layer {})", held + naive, held + layer);
+        println!(
+            "budget {budget}: measured peak {measured} (naive {}, layer {})",
+            held + naive,
+            held + layer
+        );
         assert!(measured <= budget, "peak {measured} over budget {budget}");
     }
     drop(model);

@@ -30,12 +30,22 @@ struct Problem {
 impl Problem {
     fn new(cin: usize, cout: usize, k: usize, padding: usize) -> Self {
         let dev = Device::cpu();
-        let x = Tensor::randn(&[BATCH, cin, HW, HW], DType::F32, &dev, 1).unwrap().with_requires_grad(true);
-        let w = Tensor::randn(&[cout, cin, k, k], DType::F32, &dev, 2).unwrap().with_requires_grad(true);
+        let x = Tensor::randn(&[BATCH, cin, HW, HW], DType::F32, &dev, 1)
+            .unwrap()
+            .with_requires_grad(true);
+        let w = Tensor::randn(&[cout, cin, k, k], DType::F32, &dev, 2)
+            .unwrap()
+            .with_requires_grad(true);
         let gy = Tensor::randn(&[BATCH, cout, HW, HW], DType::F32, &dev, 3).unwrap();
         let flops = 3 * 2 * (BATCH * cout * cin * k * k * HW * HW) as u64;
         let opts = Conv2dOptions { stride: 1, padding };
-        Problem { x, w, gy, opts, flops }
+        Problem {
+            x,
+            w,
+            gy,
+            opts,
+            flops,
+        }
     }
 
     /// One forward and backward; returns the gradients so nothing is optimised away.
@@ -43,13 +53,19 @@ impl Problem {
         let mut tape = Tape::recording();
         let y = conv2d(&mut tape, &self.x, &self.w, None, self.opts).unwrap();
         let grads = tape.backward_from(&y, self.gy.clone()).unwrap();
-        (grads.get(&self.x).unwrap().clone(), grads.get(&self.w).unwrap().clone())
+        (
+            grads.get(&self.x).unwrap().clone(),
+            grads.get(&self.w).unwrap().clone(),
+        )
     }
 }
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv2d_fwd_bwd_b64_f32");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
     for (name, cin, cout, k, pad) in SHAPES {
         let p = Problem::new(cin, cout, k, pad);
         group.throughput(Throughput::Elements(p.flops));
@@ -61,7 +77,11 @@ fn bench(c: &mut Criterion) {
             black_box(p.step());
         }
         let secs = start.elapsed().as_secs_f64() / iters as f64;
-        println!("{name}: {:.1} ms per fwd+bwd, {:.1} GFLOP/s", secs * 1e3, p.flops as f64 / secs / 1e9);
+        println!(
+            "{name}: {:.1} ms per fwd+bwd, {:.1} GFLOP/s",
+            secs * 1e3,
+            p.flops as f64 / secs / 1e9
+        );
     }
     group.finish();
 }

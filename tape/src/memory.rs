@@ -50,7 +50,8 @@ impl MemoryStats {
 
     /// Sets (or with `None` clears) the most bytes this device may hold at once.
     pub fn set_limit(&self, limit: Option<usize>) {
-        self.limit.store(limit.unwrap_or(usize::MAX), Ordering::SeqCst);
+        self.limit
+            .store(limit.unwrap_or(usize::MAX), Ordering::SeqCst);
     }
 
     /// The limit set by [`MemoryStats::set_limit`], if any.

@@ -31,11 +31,30 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (1..=3usize, 1..=3usize, 1..=3usize, 1..=3usize, 1..=3usize, 1..=3usize, 0..=2usize)
+    (
+        1..=3usize,
+        1..=3usize,
+        1..=3usize,
+        1..=3usize,
+        1..=3usize,
+        1..=3usize,
+        0..=2usize,
+    )
         .prop_flat_map(|(n, cin, cout, kh, kw, stride, padding)| {
             let min = |k: usize| k.saturating_sub(2 * padding).max(1);
             (min(kh)..=min(kh) + 4, min(kw)..=min(kw) + 4, any::<u64>()).prop_map(
-                move |(h, w, seed)| Case { n, cin, cout, kh, kw, stride, padding, h, w, seed },
+                move |(h, w, seed)| Case {
+                    n,
+                    cin,
+                    cout,
+                    kh,
+                    kw,
+                    stride,
+                    padding,
+                    h,
+                    w,
+                    seed,
+                },
             )
         })
 }
@@ -108,7 +127,10 @@ fn hand_computed_2x2_kernel() {
     let g = tape.backward(&loss).unwrap();
     let gx = [1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0];
     assert_eq!(g.get(&x).unwrap().to_f64_vec(), gx);
-    assert_eq!(g.get(&w).unwrap().to_f64_vec(), vec![12.0, 16.0, 24.0, 28.0]);
+    assert_eq!(
+        g.get(&w).unwrap().to_f64_vec(),
+        vec![12.0, 16.0, 24.0, 28.0]
+    );
     assert_eq!(g.get(&b).unwrap().to_f64_vec(), vec![4.0]);
 }
 
@@ -148,7 +170,10 @@ fn reference(
                     for c in 0..ci {
                         for i in 0..kh {
                             for j in 0..kw {
-                                let (iy, ix) = ((oy * s + i) as isize - p as isize, (ox * s + j) as isize - p as isize);
+                                let (iy, ix) = (
+                                    (oy * s + i) as isize - p as isize,
+                                    (ox * s + j) as isize - p as isize,
+                                );
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
                                     continue;
                                 }
@@ -178,44 +203,105 @@ fn assert_close(got: &[f64], want: &[f64], what: &str) {
 #[test]
 fn f32_matches_naive_reference() {
     // (x shape, weight shape, stride, padding): pointwise, DenseNet-like 3x3 with cout < cin
-    // (flipped grad-input path) and cout > cin (col2im path), strided, rectangular kernels.
-    let cases: [([usize; 4], [usize; 4], usize, usize); 6] = [
+    // (flipped grad-input path) and cout > cin (col2im path), strided, rectangular kernels; the
+    // last three have columns wider than one cache block (256 KiB), so im2col runs in several
+    // blocks of output rows on each path.
+    let cases: [([usize; 4], [usize; 4], usize, usize); 9] = [
         ([5, 8, 6, 6], [4, 8, 1, 1], 1, 0),
         ([5, 8, 7, 7], [4, 8, 3, 3], 1, 1),
         ([3, 3, 9, 8], [6, 3, 3, 3], 1, 1),
         ([4, 3, 9, 9], [5, 3, 3, 3], 2, 1),
         ([2, 4, 8, 7], [3, 4, 2, 3], 3, 2),
         ([3, 4, 5, 5], [2, 4, 1, 1], 2, 0),
+        ([1, 64, 6, 64], [2, 64, 3, 3], 1, 1),
+        ([1, 64, 7, 64], [70, 64, 3, 3], 2, 1),
+        ([1, 40, 3, 256], [32, 40, 3, 3], 1, 1),
     ];
     for (seed, (xs, ws, s, p)) in cases.into_iter().enumerate() {
         let dev = Device::cpu();
-        let x = Tensor::randn(&xs, DType::F32, &dev, seed as u64).unwrap().with_requires_grad(true);
-        let w = Tensor::randn(&ws, DType::F32, &dev, 100 + seed as u64).unwrap().with_requires_grad(true);
+        let x = Tensor::randn(&xs, DType::F32, &dev, seed as u64)
+            .unwrap()
+            .with_requires_grad(true);
+        let w = Tensor::randn(&ws, DType::F32, &dev, 100 + seed as u64)
+            .unwrap()
+            .with_requires_grad(true);
         let mut tape = Tape::recording();
         let y = conv2d(&mut tape, &x, &w, None, opts(s, p)).unwrap();
         let gy = Tensor::randn(y.shape(), DType::F32, &dev, 200 + seed as u64).unwrap();
         let weighted = ops::mul(&mut tape, &y, &gy).unwrap();
         let loss = ops::sum(&mut tape, &weighted).unwrap();
         let grads = tape.backward(&loss).unwrap();
-        let (ry, rgx, rgw) = reference(&x.to_f64_vec(), &w.to_f64_vec(), &gy.to_f64_vec(), xs, ws, (s, p));
+        let (ry, rgx, rgw) = reference(
+            &x.to_f64_vec(),
+            &w.to_f64_vec(),
+            &gy.to_f64_vec(),
+            xs,
+            ws,
+            (s, p),
+        );
         let what = format!("{xs:?} * {ws:?} s{s} p{p}");
         assert_close(&y.to_f64_vec(), &ry, &format!("y of {what}"));
-        assert_close(&grads.get(&x).unwrap().to_f64_vec(), &rgx, &format!("gx of {what}"));
-        assert_close(&grads.get(&w).unwrap().to_f64_vec(), &rgw, &format!("gw of {what}"));
+        assert_close(
+            &grads.get(&x).unwrap().to_f64_vec(),
+            &rgx,
+            &format!("gx of {what}"),
+        );
+        assert_close(
+            &grads.get(&w).unwrap().to_f64_vec(),
+            &rgw,
+            &format!("gw of {what}"),
+        );
     }
 }
 
 #[test]
 fn empty_batch_gives_empty_output_and_zero_grads() {
     let dev = Device::cpu();
-    let x = Tensor::zeros(&[0, 2, 4, 4], DType::F64, &dev).unwrap().with_requires_grad(true);
-    let w = Tensor::ones(&[3, 2, 3, 3], DType::F64, &dev).unwrap().with_requires_grad(true);
+    let x = Tensor::zeros(&[0, 2, 4, 4], DType::F64, &dev)
+        .unwrap()
+        .with_requires_grad(true);
+    let w = Tensor::ones(&[3, 2, 3, 3], DType::F64, &dev)
+        .unwrap()
+        .with_requires_grad(true);
     let mut tape = Tape::recording();
     let y = conv2d(&mut tape, &x, &w, None, opts(1, 1)).unwrap();
     assert_eq!(y.shape(), &[0, 3, 4, 4]);
     let loss = ops::sum(&mut tape, &y).unwrap();
     let g = tape.backward(&loss).unwrap();
     assert!(g.get(&w).unwrap().to_f64_vec().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn zero_channels_give_bias_and_zero_grads() {
+    let dev = Device::cpu();
+    // No input channels: the output is the bias alone.
+    let x = Tensor::zeros(&[2, 0, 4, 4], DType::F64, &dev)
+        .unwrap()
+        .with_requires_grad(true);
+    let w = Tensor::zeros(&[3, 0, 3, 3], DType::F64, &dev)
+        .unwrap()
+        .with_requires_grad(true);
+    let b = t(&[1.0, 2.0, 3.0], &[3], &dev).with_requires_grad(true);
+    let mut tape = Tape::recording();
+    let y = conv2d(&mut tape, &x, &w, Some(&b), opts(1, 1)).unwrap();
+    assert_eq!(y.shape(), &[2, 3, 4, 4]);
+    assert_eq!(y.to_f64_vec()[..16], [1.0; 16]);
+    let loss = ops::sum(&mut tape, &y).unwrap();
+    let g = tape.backward(&loss).unwrap();
+    assert_eq!(g.get(&b).unwrap().to_f64_vec(), vec![32.0; 3]);
+    // No output channels: an empty output.
+    let x = Tensor::ones(&[2, 3, 4, 4], DType::F64, &dev)
+        .unwrap()
+        .with_requires_grad(true);
+    let w = Tensor::zeros(&[0, 3, 3, 3], DType::F64, &dev)
+        .unwrap()
+        .with_requires_grad(true);
+    let mut tape = Tape::recording();
+    let y = conv2d(&mut tape, &x, &w, None, opts(2, 1)).unwrap();
+    assert_eq!(y.shape(), &[2, 0, 2, 2]);
+    let loss = ops::sum(&mut tape, &y).unwrap();
+    let g = tape.backward(&loss).unwrap();
+    assert!(g.get(&x).unwrap().to_f64_vec().iter().all(|&v| v == 0.0));
 }
 
 #[test]
@@ -236,25 +322,45 @@ fn error_paths() {
     assert!(shape(conv2d(&mut tp, &x, &w, Some(&z(&[2])), d)));
     assert!(shape(conv2d(&mut tp, &x, &w, Some(&z(&[3, 1])), d)));
     assert!(shape(conv2d(&mut tp, &x, &z(&[3, 2, 5, 3]), None, d)));
-    assert!(shape(conv2d(&mut tp, &x, &z(&[3, 2, 3, 7]), None, opts(1, 1))));
+    assert!(shape(conv2d(
+        &mut tp,
+        &x,
+        &z(&[3, 2, 3, 7]),
+        None,
+        opts(1, 1)
+    )));
     assert!(shape(conv2d(&mut tp, &x, &w, None, opts(1, usize::MAX))));
     // A kernel that fits only thanks to the padding is fine.
     assert!(conv2d(&mut tp, &x, &z(&[3, 2, 6, 6]), Some(&b), opts(1, 1)).is_ok());
     let x32 = Tensor::zeros(&[1, 2, 4, 4], DType::F32, &dev).unwrap();
-    assert!(matches!(conv2d(&mut tp, &x32, &w, None, d), Err(Error::DType { .. })));
+    assert!(matches!(
+        conv2d(&mut tp, &x32, &w, None, d),
+        Err(Error::DType { .. })
+    ));
     let b32 = Tensor::zeros(&[3], DType::F32, &dev).unwrap();
-    assert!(matches!(conv2d(&mut tp, &x, &w, Some(&b32), d), Err(Error::DType { .. })));
+    assert!(matches!(
+        conv2d(&mut tp, &x, &w, Some(&b32), d),
+        Err(Error::DType { .. })
+    ));
     let other = Device::cpu();
     let w_other = Tensor::zeros(&[3, 2, 3, 3], DType::F64, &other).unwrap();
-    assert!(matches!(conv2d(&mut tp, &x, &w_other, None, d), Err(Error::Device { .. })));
+    assert!(matches!(
+        conv2d(&mut tp, &x, &w_other, None, d),
+        Err(Error::Device { .. })
+    ));
     let b_other = Tensor::zeros(&[3], DType::F64, &other).unwrap();
-    assert!(matches!(conv2d(&mut tp, &x, &w, Some(&b_other), d), Err(Error::Device { .. })));
+    assert!(matches!(
+        conv2d(&mut tp, &x, &w, Some(&b_other), d),
+        Err(Error::Device { .. })
+    ));
 }
 
 /// An upper bound on rayon's thread count, which sets how many column buffers live at once.
 fn max_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let env = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok());
+    let env = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     env.unwrap_or(0).max(cores)
 }
 
@@ -269,11 +375,21 @@ fn im2col_workspace_is_counted_and_released() {
     dev.memory().reset_peak();
     let y = conv2d(&mut Tape::no_grad(), &x, &w, None, opts(1, 1)).unwrap();
     let after = live + y.size_in_bytes();
-    assert_eq!(dev.memory().current(), after, "workspace released after the forward");
+    assert_eq!(
+        dev.memory().current(),
+        after,
+        "workspace released after the forward"
+    );
     let workspace = dev.memory().peak() - after;
     let one_image = cin * 9 * hw * hw * 4;
-    assert!(workspace >= one_image, "im2col columns counted: {workspace} < {one_image}");
-    assert!(workspace <= n.min(max_threads()) * one_image, "batch chunked: {workspace}");
+    assert!(
+        workspace >= one_image,
+        "im2col columns counted: {workspace} < {one_image}"
+    );
+    assert!(
+        workspace <= n.min(max_threads()) * one_image,
+        "batch chunked: {workspace}"
+    );
     drop(y);
 
     // Backward: its workspace is counted and released too.
@@ -285,20 +401,36 @@ fn im2col_workspace_is_counted_and_released() {
     let before = dev.memory().current();
     dev.memory().reset_peak();
     let grads = tape.backward(&loss).unwrap();
-    let grad_bytes = grads.get(&x).unwrap().size_in_bytes() + grads.get(&w).unwrap().size_in_bytes();
-    assert!(dev.memory().peak() > before + grad_bytes, "backward workspace counted");
+    let grad_bytes =
+        grads.get(&x).unwrap().size_in_bytes() + grads.get(&w).unwrap().size_in_bytes();
+    assert!(
+        dev.memory().peak() > before + grad_bytes,
+        "backward workspace counted"
+    );
     drop(loss);
-    assert_eq!(dev.memory().current(), live + grad_bytes, "everything else released");
+    assert_eq!(
+        dev.memory().current(),
+        live + grad_bytes,
+        "everything else released"
+    );
 }
 
 /// Bytes the device still holds once the caller has dropped its own `x` and `w` handles after a
 /// forward, given which of them want a gradient and whether the tape records.
 fn held_after_forward(x_grad: bool, w_grad: bool, recording: bool) -> (usize, [usize; 3]) {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[2, 3, 5, 5], DType::F64, &dev, 1).unwrap().with_requires_grad(x_grad);
-    let w = Tensor::randn(&[4, 3, 3, 3], DType::F64, &dev, 2).unwrap().with_requires_grad(w_grad);
+    let x = Tensor::randn(&[2, 3, 5, 5], DType::F64, &dev, 1)
+        .unwrap()
+        .with_requires_grad(x_grad);
+    let w = Tensor::randn(&[4, 3, 3, 3], DType::F64, &dev, 2)
+        .unwrap()
+        .with_requires_grad(w_grad);
     let sizes = [x.size_in_bytes(), w.size_in_bytes(), 2 * 4 * 5 * 5 * 8];
-    let mut tape = if recording { Tape::recording() } else { Tape::no_grad() };
+    let mut tape = if recording {
+        Tape::recording()
+    } else {
+        Tape::no_grad()
+    };
     let y = conv2d(&mut tape, &x, &w, None, opts(1, 1)).unwrap();
     drop((x, w));
     let held = dev.memory().current();

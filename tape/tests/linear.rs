@@ -27,7 +27,9 @@ proptest! {
 }
 
 fn t(data: &[f64], shape: &[usize], dev: &Device) -> Tensor {
-    Tensor::from_f64(data, shape, DType::F64, dev).unwrap().with_requires_grad(true)
+    Tensor::from_f64(data, shape, DType::F64, dev)
+        .unwrap()
+        .with_requires_grad(true)
 }
 
 #[test]
@@ -43,7 +45,10 @@ fn hand_computed_values_and_gradients() {
     let loss = ops::sum(&mut tape, &y).unwrap();
     let g = tape.backward(&loss).unwrap();
     assert_eq!(g.get(&x).unwrap().to_f64_vec(), vec![2.0; 4]);
-    assert_eq!(g.get(&w).unwrap().to_f64_vec(), vec![4.0, 6.0, 4.0, 6.0, 4.0, 6.0]);
+    assert_eq!(
+        g.get(&w).unwrap().to_f64_vec(),
+        vec![4.0, 6.0, 4.0, 6.0, 4.0, 6.0]
+    );
     assert_eq!(g.get(&b).unwrap().to_f64_vec(), vec![2.0; 3]);
 }
 
@@ -68,12 +73,18 @@ fn f32_matches_naive_product() {
     let x = Tensor::randn(&[n, i], DType::F32, &dev, 1).unwrap();
     let w = Tensor::randn(&[o, i], DType::F32, &dev, 2).unwrap();
     let b = Tensor::randn(&[o], DType::F32, &dev, 3).unwrap();
-    let y = linear(&mut Tape::no_grad(), &x, &w, Some(&b)).unwrap().to_f64_vec();
+    let y = linear(&mut Tape::no_grad(), &x, &w, Some(&b))
+        .unwrap()
+        .to_f64_vec();
     let (xs, ws, bs) = (x.to_f64_vec(), w.to_f64_vec(), b.to_f64_vec());
     for r in 0..n {
         for c in 0..o {
             let want: f64 = bs[c] + (0..i).map(|k| xs[r * i + k] * ws[c * i + k]).sum::<f64>();
-            assert!((y[r * o + c] - want).abs() < 1e-3, "[{r}, {c}]: {} vs {want}", y[r * o + c]);
+            assert!(
+                (y[r * o + c] - want).abs() < 1e-3,
+                "[{r}, {c}]: {} vs {want}",
+                y[r * o + c]
+            );
         }
     }
 }
@@ -92,12 +103,24 @@ fn error_paths() {
     assert!(shape(linear(&mut tp, &x, &w, Some(&z(&[3])))));
     assert!(shape(linear(&mut tp, &x, &w, Some(&z(&[4, 1])))));
     let w32 = Tensor::zeros(&[4, 3], DType::F32, &dev).unwrap();
-    assert!(matches!(linear(&mut tp, &x, &w32, None), Err(Error::DType { .. })));
+    assert!(matches!(
+        linear(&mut tp, &x, &w32, None),
+        Err(Error::DType { .. })
+    ));
     let b32 = Tensor::zeros(&[4], DType::F32, &dev).unwrap();
-    assert!(matches!(linear(&mut tp, &x, &w, Some(&b32)), Err(Error::DType { .. })));
+    assert!(matches!(
+        linear(&mut tp, &x, &w, Some(&b32)),
+        Err(Error::DType { .. })
+    ));
     let other = Device::cpu();
     let w_other = Tensor::zeros(&[4, 3], DType::F64, &other).unwrap();
-    assert!(matches!(linear(&mut tp, &x, &w_other, None), Err(Error::Device { .. })));
+    assert!(matches!(
+        linear(&mut tp, &x, &w_other, None),
+        Err(Error::Device { .. })
+    ));
     let b_other = Tensor::zeros(&[4], DType::F64, &other).unwrap();
-    assert!(matches!(linear(&mut tp, &x, &w, Some(&b_other)), Err(Error::Device { .. })));
+    assert!(matches!(
+        linear(&mut tp, &x, &w, Some(&b_other)),
+        Err(Error::Device { .. })
+    ));
 }

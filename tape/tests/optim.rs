@@ -367,7 +367,13 @@ fn optimizer_state_round_trips_by_parameter_name() {
     let make: [Box<dyn Fn() -> Box<dyn Optimizer>>; 2] = [
         Box::new(|| {
             Box::new(
-                Sgd::new(SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, ..SgdConfig::default() }).unwrap(),
+                Sgd::new(SgdConfig {
+                    lr: 0.1,
+                    momentum: 0.9,
+                    nesterov: true,
+                    ..SgdConfig::default()
+                })
+                .unwrap(),
             )
         }),
         Box::new(|| Box::new(Adam::new(AdamConfig::default()).unwrap())),
@@ -384,14 +390,23 @@ fn optimizer_state_round_trips_by_parameter_name() {
         assert!(!saved.is_empty());
         assert!(saved.iter().all(|(k, _)| k.starts_with("w.")));
         // A fresh parameter (new id) with the same name and values, and a fresh optimizer.
-        let mut b = Parameter::new("w", Tensor::from_vec(a.tensor().to_vec::<f64>().unwrap(), &[3], &dev).unwrap());
+        let mut b = Parameter::new(
+            "w",
+            Tensor::from_vec(a.tensor().to_vec::<f64>().unwrap(), &[3], &dev).unwrap(),
+        );
         let mut restored = make();
         restored.load_state_dict(&[&b], &saved).unwrap();
         let (ga, gb) = (grads_of(&a), grads_of(&b));
         opt.step(&mut [&mut a], &ga).unwrap();
         restored.step(&mut [&mut b], &gb).unwrap();
-        assert_eq!(a.tensor().to_vec::<f64>().unwrap(), b.tensor().to_vec::<f64>().unwrap());
-        let bad = vec![(saved[0].0.clone(), Tensor::zeros(&[4], DType::F64, &dev).unwrap())];
+        assert_eq!(
+            a.tensor().to_vec::<f64>().unwrap(),
+            b.tensor().to_vec::<f64>().unwrap()
+        );
+        let bad = vec![(
+            saved[0].0.clone(),
+            Tensor::zeros(&[4], DType::F64, &dev).unwrap(),
+        )];
         assert!(make().load_state_dict(&[&b], &bad).is_err());
     }
 }

@@ -60,8 +60,12 @@ proptest! {
 }
 
 fn seq(shape: &[usize], dev: &Device) -> Tensor {
-    let v: Vec<f64> = (1..=shape.iter().product::<usize>()).map(|i| i as f64).collect();
-    Tensor::from_f64(&v, shape, DType::F64, dev).unwrap().with_requires_grad(true)
+    let v: Vec<f64> = (1..=shape.iter().product::<usize>())
+        .map(|i| i as f64)
+        .collect();
+    Tensor::from_f64(&v, shape, DType::F64, dev)
+        .unwrap()
+        .with_requires_grad(true)
 }
 
 /// Output and gradient of `sum(op(x))`.
@@ -82,10 +86,15 @@ fn avg_pool_hand_values() {
     assert_eq!(g, vec![0.25; 16]);
     // Padding counts in the divisor: every window divides by 9.
     let (y, g) = run(&seq(&[1, 1, 3, 3], &dev), |t, x| avg_pool2d(t, x, 3, 2, 1));
-    assert_eq!(y.to_f64_vec(), vec![12.0 / 9.0, 16.0 / 9.0, 24.0 / 9.0, 28.0 / 9.0]);
+    assert_eq!(
+        y.to_f64_vec(),
+        vec![12.0 / 9.0, 16.0 / 9.0, 24.0 / 9.0, 28.0 / 9.0]
+    );
     let ninth = 1.0 / 9.0;
     let want = [1.0, 2.0, 1.0, 2.0, 4.0, 2.0, 1.0, 2.0, 1.0].map(|c| c * ninth);
-    g.iter().zip(want).for_each(|(g, w)| assert!((g - w).abs() < 1e-15));
+    g.iter()
+        .zip(want)
+        .for_each(|(g, w)| assert!((g - w).abs() < 1e-15));
 }
 
 #[test]
@@ -97,9 +106,14 @@ fn max_pool_hand_values() {
     let (y, _) = run(&seq(&[1, 1, 3, 3], &dev), |t, x| max_pool2d(t, x, 3, 2, 1));
     assert_eq!(y.to_f64_vec(), vec![5.0, 6.0, 8.0, 9.0]);
     // Padding acts as -inf: all-negative inputs keep their own maxima.
-    let neg = Tensor::from_f64(&(1..=9).map(|i| -f64::from(i)).collect::<Vec<_>>(), &[1, 1, 3, 3], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let neg = Tensor::from_f64(
+        &(1..=9).map(|i| -f64::from(i)).collect::<Vec<_>>(),
+        &[1, 1, 3, 3],
+        DType::F64,
+        &dev,
+    )
+    .unwrap()
+    .with_requires_grad(true);
     let (y, g) = run(&neg, |t, x| max_pool2d(t, x, 3, 2, 1));
     assert_eq!(y.to_f64_vec(), vec![-1.0, -2.0, -4.0, -5.0]);
     assert_eq!(g, vec![1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
@@ -108,7 +122,9 @@ fn max_pool_hand_values() {
 #[test]
 fn max_pool_routes_ties_to_the_first_maximum() {
     let dev = Device::cpu();
-    let x = Tensor::ones(&[1, 1, 2, 4], DType::F64, &dev).unwrap().with_requires_grad(true);
+    let x = Tensor::ones(&[1, 1, 2, 4], DType::F64, &dev)
+        .unwrap()
+        .with_requires_grad(true);
     let (y, g) = run(&x, |t, x| max_pool2d(t, x, 2, 2, 0));
     assert_eq!(y.to_f64_vec(), vec![1.0, 1.0]);
     assert_eq!(g, vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
@@ -117,7 +133,7 @@ fn max_pool_routes_ties_to_the_first_maximum() {
 #[test]
 fn global_avg_pool_hand_values() {
     let dev = Device::cpu();
-    let (y, g) = run(&seq(&[2, 2, 2, 2], &dev), |t, x| global_avg_pool(t, x));
+    let (y, g) = run(&seq(&[2, 2, 2, 2], &dev), global_avg_pool);
     assert_eq!(y.shape(), &[2, 2]);
     assert_eq!(y.to_f64_vec(), vec![2.5, 6.5, 10.5, 14.5]);
     assert_eq!(g, vec![0.25; 16]);
@@ -133,10 +149,18 @@ fn f32_large_batch_runs_in_parallel_and_matches() {
         for max in [false, true] {
             let f = |x: &Tensor| {
                 let mut tape = Tape::no_grad();
-                if max { max_pool2d(&mut tape, x, k, s, p) } else { avg_pool2d(&mut tape, x, k, s, p) }.unwrap().to_f64_vec()
+                if max {
+                    max_pool2d(&mut tape, x, k, s, p)
+                } else {
+                    avg_pool2d(&mut tape, x, k, s, p)
+                }
+                .unwrap()
+                .to_f64_vec()
             };
             let (a, b) = (f(&x64), f(&x32));
-            a.iter().zip(&b).for_each(|(a, b)| assert!((a - b).abs() < 1e-5));
+            a.iter()
+                .zip(&b)
+                .for_each(|(a, b)| assert!((a - b).abs() < 1e-5));
         }
     }
 }
@@ -147,23 +171,54 @@ fn error_paths() {
     let x = Tensor::zeros(&[1, 2, 4, 4], DType::F64, &dev).unwrap();
     let mut tp = Tape::no_grad();
     for (name, pool) in [
-        ("avg_pool2d", avg_pool2d as fn(&mut Tape, &Tensor, usize, usize, usize) -> tape::Result<Tensor>),
+        (
+            "avg_pool2d",
+            avg_pool2d as fn(&mut Tape, &Tensor, usize, usize, usize) -> tape::Result<Tensor>,
+        ),
         ("max_pool2d", max_pool2d),
     ] {
         let invalid = |r: tape::Result<Tensor>| matches!(r, Err(Error::InvalidArgument { op, .. }) if op == name);
-        let shape = |r: tape::Result<Tensor>| matches!(r, Err(Error::Shape { op, .. }) if op == name);
+        let shape =
+            |r: tape::Result<Tensor>| matches!(r, Err(Error::Shape { op, .. }) if op == name);
         assert!(invalid(pool(&mut tp, &x, 0, 1, 0)), "{name}: kernel 0");
         assert!(invalid(pool(&mut tp, &x, 2, 0, 0)), "{name}: stride 0");
-        assert!(invalid(pool(&mut tp, &x, 3, 1, 2)), "{name}: padding > kernel/2");
-        assert!(invalid(pool(&mut tp, &x, 2, 1, 2)), "{name}: padding > kernel/2");
-        assert!(shape(pool(&mut tp, &x, 5, 1, 0)), "{name}: kernel larger than the input");
-        assert!(shape(pool(&mut tp, &x, 7, 1, 1)), "{name}: kernel larger than the padded input");
+        assert!(
+            invalid(pool(&mut tp, &x, 3, 1, 2)),
+            "{name}: padding > kernel/2"
+        );
+        assert!(
+            invalid(pool(&mut tp, &x, 2, 1, 2)),
+            "{name}: padding > kernel/2"
+        );
+        assert!(
+            shape(pool(&mut tp, &x, 5, 1, 0)),
+            "{name}: kernel larger than the input"
+        );
+        assert!(
+            shape(pool(&mut tp, &x, 7, 1, 1)),
+            "{name}: kernel larger than the padded input"
+        );
         let x3 = Tensor::zeros(&[2, 4, 4], DType::F64, &dev).unwrap();
         assert!(shape(pool(&mut tp, &x3, 2, 2, 0)), "{name}: rank 3");
-        assert!(pool(&mut tp, &x, 6, 1, 1).is_ok(), "{name}: fits thanks to padding");
+        assert!(
+            pool(&mut tp, &x, 6, 1, 1).is_ok(),
+            "{name}: fits thanks to padding"
+        );
     }
     let x3 = Tensor::zeros(&[2, 4, 4], DType::F64, &dev).unwrap();
-    assert!(matches!(global_avg_pool(&mut tp, &x3), Err(Error::Shape { op: "global_avg_pool", .. })));
+    assert!(matches!(
+        global_avg_pool(&mut tp, &x3),
+        Err(Error::Shape {
+            op: "global_avg_pool",
+            ..
+        })
+    ));
     let empty = Tensor::zeros(&[2, 4, 0, 3], DType::F64, &dev).unwrap();
-    assert!(matches!(global_avg_pool(&mut tp, &empty), Err(Error::Shape { op: "global_avg_pool", .. })));
+    assert!(matches!(
+        global_avg_pool(&mut tp, &empty),
+        Err(Error::Shape {
+            op: "global_avg_pool",
+            ..
+        })
+    ));
 }

@@ -7,6 +7,9 @@ use tape::{ops, Context, DType, Device, Error, Phase, Tape, Tensor};
 
 const N: usize = 1000;
 
+/// An op under a gradient check.
+type OpFn = dyn Fn(&mut Tape, &[Tensor]) -> tape::Result<Tensor>;
+
 fn train_ctx() -> Context {
     Tape::recording().context()
 }
@@ -16,8 +19,17 @@ fn creation_and_readback() {
     let dev = Device::cpu();
     let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3], &dev).unwrap();
     assert_eq!(t.shape(), &[2, 3]);
-    assert_eq!(t.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    assert_eq!(Tensor::ones(&[2], DType::F64, &dev).unwrap().to_vec::<f64>().unwrap(), vec![1.0, 1.0]);
+    assert_eq!(
+        t.to_vec::<f32>().unwrap(),
+        vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    );
+    assert_eq!(
+        Tensor::ones(&[2], DType::F64, &dev)
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap(),
+        vec![1.0, 1.0]
+    );
     let a = Tensor::randn(&[64], DType::F64, &dev, 3).unwrap();
     let b = Tensor::randn(&[64], DType::F64, &dev, 3).unwrap();
     let c = Tensor::randn(&[64], DType::F64, &dev, 4).unwrap();
@@ -54,7 +66,9 @@ fn buffers_are_charged_while_alive_and_shared_by_clones() {
 #[test]
 fn forward_chain_holds_exactly_the_saved_outputs() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[N], DType::F32, &dev, 1).unwrap().with_requires_grad(true);
+    let x = Tensor::randn(&[N], DType::F32, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
     let k = 6;
     let mut tape = Tape::recording();
     let mut h = x.clone();
@@ -74,7 +88,9 @@ fn forward_chain_holds_exactly_the_saved_outputs() {
 #[test]
 fn backward_frees_intermediate_gradients_as_it_goes() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[N], DType::F32, &dev, 1).unwrap().with_requires_grad(true);
+    let x = Tensor::randn(&[N], DType::F32, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
     let k = 10;
     let mut tape = Tape::recording();
     let mut h = x.clone();
@@ -98,20 +114,27 @@ fn backward_frees_intermediate_gradients_as_it_goes() {
 #[test]
 fn gradients_accumulate_over_consumers() {
     let dev = Device::cpu();
-    let x = Tensor::from_vec(vec![1.0f64, -2.0, 3.0], &[3], &dev).unwrap().with_requires_grad(true);
+    let x = Tensor::from_vec(vec![1.0f64, -2.0, 3.0], &[3], &dev)
+        .unwrap()
+        .with_requires_grad(true);
     let mut tape = Tape::recording();
     let a = ops::scale(&mut tape, &x, 2.0).unwrap();
     let b = ops::mul(&mut tape, &x, &x).unwrap();
     let c = ops::add(&mut tape, &a, &b).unwrap();
     let loss = ops::sum(&mut tape, &c).unwrap();
     let grads = tape.backward(&loss).unwrap();
-    assert_eq!(grads.get(&x).unwrap().to_vec::<f64>().unwrap(), vec![4.0, -2.0, 8.0]);
+    assert_eq!(
+        grads.get(&x).unwrap().to_vec::<f64>().unwrap(),
+        vec![4.0, -2.0, 8.0]
+    );
 }
 
 #[test]
 fn no_grad_tape_records_nothing_and_leaves_nothing() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[N], DType::F32, &dev, 1).unwrap().with_requires_grad(true);
+    let x = Tensor::randn(&[N], DType::F32, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
     let mut tape = Tape::no_grad();
     let y = ops::relu(&mut tape, &x).unwrap();
     assert!(tape.is_empty());
@@ -146,12 +169,30 @@ fn error_paths() {
     let c = Tensor::zeros(&[2, 3], DType::F64, &dev).unwrap();
     let d = Tensor::zeros(&[2, 3], DType::F32, &other).unwrap();
     let mut tape = Tape::recording();
-    assert!(matches!(ops::add(&mut tape, &a, &b), Err(Error::Shape { .. })));
-    assert!(matches!(ops::add(&mut tape, &a, &c), Err(Error::DType { .. })));
-    assert!(matches!(ops::add(&mut tape, &a, &d), Err(Error::Device { .. })));
-    assert!(matches!(ops::mul(&mut tape, &a, &b), Err(Error::Shape { .. })));
-    assert!(matches!(ops::reshape(&mut tape, &a, &[4]), Err(Error::Shape { .. })));
-    assert!(matches!(Tensor::from_vec(vec![1.0f32; 5], &[2, 3], &dev), Err(Error::Shape { .. })));
+    assert!(matches!(
+        ops::add(&mut tape, &a, &b),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        ops::add(&mut tape, &a, &c),
+        Err(Error::DType { .. })
+    ));
+    assert!(matches!(
+        ops::add(&mut tape, &a, &d),
+        Err(Error::Device { .. })
+    ));
+    assert!(matches!(
+        ops::mul(&mut tape, &a, &b),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        ops::reshape(&mut tape, &a, &[4]),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        Tensor::from_vec(vec![1.0f32; 5], &[2, 3], &dev),
+        Err(Error::Shape { .. })
+    ));
     assert!(matches!(a.to_vec::<f64>(), Err(Error::DType { .. })));
     assert!(matches!(a.dims4("test"), Err(Error::Shape { .. })));
     assert!(matches!(a.scalar(), Err(Error::Shape { .. })));
@@ -160,7 +201,10 @@ fn error_paths() {
     assert!(matches!(tape.backward(&y), Err(Error::Backward(_))));
     let tape = Tape::recording();
     let seed = Tensor::zeros(&[3], DType::F32, &dev).unwrap();
-    assert!(matches!(tape.backward_from(&y, seed), Err(Error::Backward(_))));
+    assert!(matches!(
+        tape.backward_from(&y, seed),
+        Err(Error::Backward(_))
+    ));
 }
 
 #[test]
@@ -170,13 +214,24 @@ fn memory_limit_gives_out_of_memory() {
     let a = Tensor::zeros(&[N], DType::F32, &dev).unwrap();
     let err = Tensor::zeros(&[1], DType::F32, &dev).unwrap_err();
     match err {
-        Error::OutOfMemory { requested, in_use, limit, .. } => {
+        Error::OutOfMemory {
+            requested,
+            in_use,
+            limit,
+            ..
+        } => {
             assert_eq!((requested, in_use, limit), (4, 4 * N, 4 * N));
         }
         e => panic!("expected OutOfMemory, got {e:?}"),
     }
-    assert!(err_text_mentions_mode(&Tensor::zeros(&[1], DType::F32, &dev).unwrap_err()));
-    assert_eq!(dev.memory().current(), 4 * N, "a failed allocation charges nothing");
+    assert!(err_text_mentions_mode(
+        &Tensor::zeros(&[1], DType::F32, &dev).unwrap_err()
+    ));
+    assert_eq!(
+        dev.memory().current(),
+        4 * N,
+        "a failed allocation charges nothing"
+    );
     drop(a);
     dev.memory().set_limit(None);
     assert!(dev.reserve(1 << 30).is_ok());
@@ -209,7 +264,7 @@ proptest! {
     #[test]
     fn gradcheck_scale_relu_reduce_reshape(len in 1usize..20, s in -3.0f64..3.0, seed in 0u64..1000) {
         let (a, _) = elementwise_inputs(len, seed);
-        let cases: Vec<(&str, Box<dyn Fn(&mut Tape, &[Tensor]) -> tape::Result<Tensor>>)> = vec![
+        let cases: Vec<(&str, Box<OpFn>)> = vec![
             ("scale", Box::new(move |t, xs| ops::scale(t, &xs[0], s))),
             ("relu", Box::new(|t, xs| ops::relu(t, &xs[0]))),
             ("sum", Box::new(|t, xs| ops::sum(t, &xs[0]))),

@@ -159,7 +159,11 @@ impl ChainModel {
                 "  layers {:>3}..{:<3} ({first} .. {last}): {:<10} keeps {:>12} bytes{}",
                 seg.range.start,
                 seg.range.end,
-                if seg.checkpointed { "recompute" } else { "keep" },
+                if seg.checkpointed {
+                    "recompute"
+                } else {
+                    "keep"
+                },
                 e.stored,
                 if seg.checkpointed {
                     format!(", recompute holds {} bytes", e.transient)
@@ -180,7 +184,11 @@ impl ChainModel {
             s,
             "extra forward cost {:.4} ({:.1}% of one forward)",
             p.extra_cost,
-            if total > 0.0 { 100.0 * p.extra_cost / total } else { 0.0 }
+            if total > 0.0 {
+                100.0 * p.extra_cost / total
+            } else {
+                0.0
+            }
         );
         s
     }
@@ -202,7 +210,10 @@ pub struct Choice {
 /// at most `free` bytes. Exact.
 pub fn plan_choices(units: &[Vec<Choice>], free: u64) -> Result<Vec<usize>> {
     if let Some(i) = units.iter().position(|u| u.is_empty()) {
-        return Err(Error::invalid("plan_choices", format!("unit {i} has no options")));
+        return Err(Error::invalid(
+            "plan_choices",
+            format!("unit {i} has no options"),
+        ));
     }
     let path = cheapest_path(units.len(), free, |p| {
         units[p]

@@ -47,10 +47,17 @@ fn block_sizes(config: &DenseNetConfig, h: usize, w: usize) -> Vec<(usize, usize
 
 /// Per block, per layer: what each mode costs for an input of `input_shape` with elements of
 /// `elem_bytes` bytes.
-pub fn layer_costs(config: &DenseNetConfig, input_shape: [usize; 4], elem_bytes: usize) -> Vec<Vec<LayerCost>> {
+pub fn layer_costs(
+    config: &DenseNetConfig,
+    input_shape: [usize; 4],
+    elem_bytes: usize,
+) -> Vec<Vec<LayerCost>> {
     let [n, _, h, w] = input_shape;
     let (block_in, _) = config.block_channels();
-    let (k, b) = (config.growth_rate as u64, (config.bn_size * config.growth_rate) as u64);
+    let (k, b) = (
+        config.growth_rate as u64,
+        (config.bn_size * config.growth_rate) as u64,
+    );
     block_sizes(config, h, w)
         .iter()
         .zip(&config.block_config)
@@ -130,7 +137,12 @@ pub fn plan_layer_modes(
         .collect();
     let picks = plan_choices(&units, free).map_err(|_| {
         let floor: u64 = costs.iter().flatten().map(|c| c.stored[2]).sum::<u64>()
-            + costs.iter().flatten().map(|c| c.transient[2]).max().unwrap_or(0);
+            + costs
+                .iter()
+                .flatten()
+                .map(|c| c.transient[2])
+                .max()
+                .unwrap_or(0);
         DenseNetError::Config(format!(
             "memory budget {budget} bytes cannot be met: recomputing every layer predicts {} bytes",
             fixed + floor
@@ -139,6 +151,11 @@ pub fn plan_layer_modes(
     let mut it = picks.into_iter();
     Ok(costs
         .iter()
-        .map(|block| block.iter().map(|_| MODES[it.next().unwrap_or(2)]).collect())
+        .map(|block| {
+            block
+                .iter()
+                .map(|_| MODES[it.next().unwrap_or(2)])
+                .collect()
+        })
         .collect())
 }

@@ -112,7 +112,12 @@ impl Transition {
     }
 
     /// The next block's input from all features of this block; `recompute` checkpoints it.
-    pub fn forward<'a>(&'a self, tape: &mut Tape<'a>, features: &[Tensor], recompute: bool) -> Result<Tensor> {
+    pub fn forward<'a>(
+        &'a self,
+        tape: &mut Tape<'a>,
+        features: &[Tensor],
+        recompute: bool,
+    ) -> Result<Tensor> {
         if recompute {
             let refs: Vec<&Tensor> = features.iter().collect();
             checkpoint(tape, &refs, move |t, xs| self.run(t, xs))

@@ -37,7 +37,12 @@ impl Conv {
         init: &mut Init,
     ) -> Result<Self> {
         let std = (2.0 / (k * k * cout) as f64).sqrt();
-        let w = Tensor::randn(&[cout, cin, k, k], DType::F64, init.device, init.next_seed())?;
+        let w = Tensor::randn(
+            &[cout, cin, k, k],
+            DType::F64,
+            init.device,
+            init.next_seed(),
+        )?;
         let w = Tensor::from_f64(
             &w.to_f64_vec().iter().map(|v| v * std).collect::<Vec<_>>(),
             w.shape(),
@@ -72,8 +77,14 @@ impl BatchNorm {
     pub(crate) fn new(name: &str, c: usize, init: &mut Init) -> Result<Self> {
         Ok(BatchNorm {
             name: name.to_string(),
-            weight: Parameter::new(format!("{name}.weight"), Tensor::ones(&[c], init.dtype, init.device)?),
-            bias: Parameter::new(format!("{name}.bias"), Tensor::zeros(&[c], init.dtype, init.device)?),
+            weight: Parameter::new(
+                format!("{name}.weight"),
+                Tensor::ones(&[c], init.dtype, init.device)?,
+            ),
+            bias: Parameter::new(
+                format!("{name}.bias"),
+                Tensor::zeros(&[c], init.dtype, init.device)?,
+            ),
             running: RunningStats::new(c, init.dtype, init.device)?,
         })
     }
@@ -109,10 +120,20 @@ impl Linear {
     /// Weights uniform in +-1/sqrt(in) (PyTorch's default bound), bias 0.
     pub(crate) fn new(name: &str, cin: usize, cout: usize, init: &mut Init) -> Result<Self> {
         let bound = 1.0 / (cin as f64).sqrt();
-        let w = Tensor::rand_uniform(&[cout, cin], -bound, bound, init.dtype, init.device, init.next_seed())?;
+        let w = Tensor::rand_uniform(
+            &[cout, cin],
+            -bound,
+            bound,
+            init.dtype,
+            init.device,
+            init.next_seed(),
+        )?;
         Ok(Linear {
             weight: Parameter::new(format!("{name}.weight"), w),
-            bias: Parameter::new(format!("{name}.bias"), Tensor::zeros(&[cout], init.dtype, init.device)?),
+            bias: Parameter::new(
+                format!("{name}.bias"),
+                Tensor::zeros(&[cout], init.dtype, init.device)?,
+            ),
         })
     }
 

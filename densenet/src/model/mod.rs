@@ -46,10 +46,17 @@ impl DenseNet {
     /// `seed`, with parameters of `dtype` on `device`.
     pub fn new(config: DenseNetConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
         config.validate()?;
-        let mut init = Init { dtype, device, seed };
+        let mut init = Init {
+            dtype,
+            device,
+            seed,
+        };
         let c0 = config.num_init_features;
         let (conv0, norm0) = if config.small_inputs {
-            (Conv::new("features.conv0", config.in_channels, c0, 3, 1, 1, &mut init)?, None)
+            (
+                Conv::new("features.conv0", config.in_channels, c0, 3, 1, 1, &mut init)?,
+                None,
+            )
         } else {
             (
                 Conv::new("features.conv0", config.in_channels, c0, 7, 2, 3, &mut init)?,
@@ -76,7 +83,12 @@ impl DenseNet {
             if b + 1 < config.block_config.len() {
                 let cout = block_in[b + 1];
                 let cin = block_in[b] + n * config.growth_rate;
-                transitions.push(Transition::new(&format!("features.transition{}", b + 1), cin, cout, &mut init)?);
+                transitions.push(Transition::new(
+                    &format!("features.transition{}", b + 1),
+                    cin,
+                    cout,
+                    &mut init,
+                )?);
             }
         }
         let norm_final = BatchNorm::new("features.norm5", c_final, &mut init)?;
@@ -177,18 +189,30 @@ impl DenseNet {
 
     /// Bytes of all parameters.
     pub fn parameter_bytes(&self) -> usize {
-        self.parameters().iter().map(|p| p.tensor().size_in_bytes()).sum()
+        self.parameters()
+            .iter()
+            .map(|p| p.tensor().size_in_bytes())
+            .sum()
     }
 
     /// Every batch norm's running statistics, by torchvision buffer prefix.
     pub fn running_stats(&self) -> Vec<(&str, &tape::ops::RunningStats)> {
-        self.batch_norms().into_iter().map(|b| (b.name.as_str(), &b.running)).collect()
+        self.batch_norms()
+            .into_iter()
+            .map(|b| (b.name.as_str(), &b.running))
+            .collect()
     }
 
     /// The mode of every dense layer for an input of this shape (fixed modes, or the planner's
     /// choice under a budget).
     pub fn layer_modes(&self, input_shape: [usize; 4]) -> Result<Vec<Vec<LayerMode>>> {
-        let uniform = |m| Ok(self.blocks.iter().map(|b| vec![m; b.layers.len()]).collect());
+        let uniform = |m| {
+            Ok(self
+                .blocks
+                .iter()
+                .map(|b| vec![m; b.layers.len()])
+                .collect())
+        };
         match self.config.efficiency {
             Efficiency::Naive => uniform(LayerMode::Naive),
             Efficiency::Bottleneck => uniform(LayerMode::Bottleneck),
@@ -214,7 +238,10 @@ impl DenseNet {
         }
         self.config.validate_image(h, w)?;
         let modes = self.layer_modes([n, c, h, w])?;
-        let recompute_glue = !matches!(self.config.efficiency, Efficiency::Naive | Efficiency::Bottleneck);
+        let recompute_glue = !matches!(
+            self.config.efficiency,
+            Efficiency::Naive | Efficiency::Bottleneck
+        );
 
         let mut feat = self.conv0.forward(tape, x)?;
         if let Some(norm0) = &self.norm0 {
@@ -240,7 +267,12 @@ impl DenseNet {
     }
 
     /// concat -> norm5 -> ReLU -> global average pool.
-    fn head_features<'a>(&'a self, tape: &mut Tape<'a>, features: &[Tensor], recompute: bool) -> tape::Result<Tensor> {
+    fn head_features<'a>(
+        &'a self,
+        tape: &mut Tape<'a>,
+        features: &[Tensor],
+        recompute: bool,
+    ) -> tape::Result<Tensor> {
         let run = move |t: &mut Tape<'a>, xs: &[Tensor]| -> tape::Result<Tensor> {
             let x = concat_features(t, xs)?;
             let h = self.norm_final.forward_relu(t, &x)?;

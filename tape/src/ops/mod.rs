@@ -25,8 +25,8 @@ pub use concat::concat;
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 
+pub(crate) use elementwise::add_assign;
 pub use elementwise::{add, mul, scale};
-pub(crate) use elementwise::{add_assign, add_detached, scale_detached};
 pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;

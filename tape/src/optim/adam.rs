@@ -158,7 +158,12 @@ impl Optimizer for Adam {
             let Some(s) = self.state.get(&p.tensor().id()) else {
                 continue;
             };
-            let step = Tensor::from_f64(&[s.step as f64], &[1], crate::DType::F64, p.tensor().device());
+            let step = Tensor::from_f64(
+                &[s.step as f64],
+                &[1],
+                crate::DType::F64,
+                p.tensor().device(),
+            );
             out.push((format!("{}.exp_avg", p.name()), s.exp_avg.clone()));
             out.push((format!("{}.exp_avg_sq", p.name()), s.exp_avg_sq.clone()));
             if let Ok(step) = step {
@@ -179,7 +184,14 @@ impl Optimizer for Adam {
             match slots {
                 (Some(exp_avg), Some(exp_avg_sq), Some(step)) => {
                     let step = step.scalar()? as u64;
-                    loaded.push((p.tensor().id(), State { step, exp_avg, exp_avg_sq }));
+                    loaded.push((
+                        p.tensor().id(),
+                        State {
+                            step,
+                            exp_avg,
+                            exp_avg_sq,
+                        },
+                    ));
                 }
                 (None, None, None) => {}
                 _ => {

@@ -52,7 +52,12 @@ fn saved_slot(
             ),
         ));
     }
-    let t = Tensor::from_f64(&t.to_f64_vec(), t.shape(), p.tensor().dtype(), p.tensor().device())?;
+    let t = Tensor::from_f64(
+        &t.to_f64_vec(),
+        t.shape(),
+        p.tensor().dtype(),
+        p.tensor().device(),
+    )?;
     Ok(Some(t))
 }
 

@@ -1,18 +1,22 @@
 //! CPU kernels of `conv2d`. The batch is split into one contiguous group of images per thread; a
-//! thread runs single-threaded GEMMs image by image with its own column buffer, so the im2col
-//! workspace is one image's columns per thread, whatever the batch size.
+//! thread runs single-threaded GEMMs image by image with its own column buffer. Columns are built
+//! a block of output rows at a time, sized to stay in a core's L2 cache, so the im2col workspace
+//! is one block per thread, whatever the batch and image size.
 //!
 //! Per image, with `K = cin*kh*kw` and `P = hout*wout` (the big, contiguous dimension):
 //! - forward: `out (cout x P) = W (cout x K) * col(x) (K x P)`; a pointwise conv uses `x` itself;
-//! - grad weight: `gW (cout x K) += gout (cout x P) * col(x)^T`;
+//! - grad weight: `gW^T (K x cout) += col(x) * gout^T`, summed over thread groups at the end;
 //! - grad input, stride 1: `gx (cin x HW) = W' (cin x cout*kh*kw) * col(gout)` with `W'` the
 //!   flipped, transposed kernel, when that column matrix is the smaller one; otherwise
 //!   `gcol (K x P) = W^T * gout` scattered back by col2im.
 
 use super::Geometry;
 use crate::dtype::Elem;
-use crate::ops::linear::cpu::{gemm, Mat};
+use crate::ops::linear::cpu::{gemm, gemm_ld, Mat};
 use rayon::prelude::*;
+
+/// Target size of one column block: well inside a core's L2 cache, next to the GEMM's packing.
+const BLOCK_BYTES: usize = 256 << 10;
 
 /// Ranges of a row or column: `(in_len, out_len, stride, pad)`; `pad` may be negative (a crop).
 #[derive(Clone, Copy)]
@@ -93,14 +97,30 @@ impl Cols {
         self.c * self.kh * self.kw
     }
 
-    fn p(&self) -> usize {
-        self.y.output * self.x.output
+    /// Output rows per column block: as many as keep a block within [`BLOCK_BYTES`].
+    fn block_rows(&self, elem: usize) -> usize {
+        let per_row = (self.rows() * self.x.output * elem).max(1);
+        (BLOCK_BYTES / per_row).clamp(1, self.y.output.max(1))
     }
 
-    /// Fills `col` (`rows() x p()`) from one image `src` (`c x input_y x input_x`).
-    fn im2col<T: Elem>(&self, src: &[T], col: &mut [T]) {
+    /// Elements of one column block.
+    fn block_len(&self, elem: usize) -> usize {
+        self.rows() * self.block_rows(elem) * self.x.output
+    }
+
+    /// The output-row blocks `[y0, y1)` covering all output rows.
+    fn blocks(&self, elem: usize) -> impl Iterator<Item = (usize, usize)> {
+        let (step, end) = (self.block_rows(elem), self.y.output);
+        (0..end)
+            .step_by(step)
+            .map(move |y0| (y0, (y0 + step).min(end)))
+    }
+
+    /// Fills `col` (`rows() x (y1-y0)*wout`) with the columns of output rows `[y0, y1)` of one
+    /// image `src` (`c x input_y x input_x`).
+    fn im2col<T: Elem>(&self, src: &[T], col: &mut [T], (y0, y1): (usize, usize)) {
         let (wi, wo, plane) = (self.x.input, self.x.output, self.y.input * self.x.input);
-        let mut rows = col.chunks_exact_mut(self.p().max(1));
+        let mut rows = col.chunks_exact_mut(((y1 - y0) * wo).max(1));
         for ci in 0..self.c {
             let img = &src[ci * plane..(ci + 1) * plane];
             for i in 0..self.kh {
@@ -108,7 +128,7 @@ impl Cols {
                 for j in 0..self.kw {
                     let Some(row) = rows.next() else { return };
                     let (xlo, xhi) = self.x.valid(j);
-                    for (oy, out) in row.chunks_exact_mut(wo.max(1)).enumerate() {
+                    for (oy, out) in (y0..y1).zip(row.chunks_exact_mut(wo.max(1))) {
                         if oy < ylo || oy >= yhi || xlo >= xhi {
                             out.fill(T::zero());
                             continue;
@@ -129,10 +149,11 @@ impl Cols {
         }
     }
 
-    /// Adds the columns `col` back into one image `dst` (the adjoint of `im2col`).
-    fn col2im<T: Elem>(&self, col: &[T], dst: &mut [T]) {
+    /// Adds the columns `col` of output rows `[y0, y1)` back into one image `dst` (the adjoint of
+    /// `im2col`).
+    fn col2im<T: Elem>(&self, col: &[T], dst: &mut [T], (y0, y1): (usize, usize)) {
         let (wi, wo, plane) = (self.x.input, self.x.output, self.y.input * self.x.input);
-        let mut rows = col.chunks_exact(self.p().max(1));
+        let mut rows = col.chunks_exact(((y1 - y0) * wo).max(1));
         for ci in 0..self.c {
             let img = &mut dst[ci * plane..(ci + 1) * plane];
             for i in 0..self.kh {
@@ -144,9 +165,9 @@ impl Cols {
                         continue;
                     }
                     let x0 = self.x.input_of(xlo, j);
-                    for oy in ylo..yhi {
+                    for oy in ylo.max(y0)..yhi.min(y1) {
                         let line = &mut img[self.y.input_of(oy, i) * wi..][..wi];
-                        let src = &row[oy * wo + xlo..oy * wo + xhi];
+                        let src = &row[(oy - y0) * wo..][xlo..xhi];
                         let dst = line[x0..].iter_mut().step_by(self.x.stride);
                         dst.zip(src).for_each(|(d, &v)| *d += v);
                     }
@@ -156,15 +177,13 @@ impl Cols {
     }
 }
 
-/// Images per thread group: the batch split evenly over rayon's threads.
-fn group_size(n: usize) -> usize {
-    n.div_ceil(rayon::current_num_threads().clamp(1, n.max(1)))
-        .max(1)
-}
-
-/// Number of thread groups (and so of per-thread workspaces) for a batch of `n`.
+/// Number of thread groups (and so of per-thread workspaces) for a batch of `n`: one per rayon
+/// thread, at most one per image. Callers size the workspaces and run the kernel with one value.
 pub(crate) fn groups(n: usize) -> usize {
-    n.div_ceil(group_size(n))
+    n.div_ceil(
+        n.div_ceil(rayon::current_num_threads().clamp(1, n.max(1)))
+            .max(1),
+    )
 }
 
 /// Which gradients a backward computes.
@@ -176,23 +195,27 @@ pub(crate) struct Needs {
     pub(crate) w: bool,
 }
 
-/// Elements of forward workspace per thread group.
-pub(crate) fn forward_workspace(g: &Geometry) -> usize {
+/// Elements of forward workspace per thread group, for elements of `elem` bytes.
+pub(crate) fn forward_workspace(g: &Geometry, elem: usize) -> usize {
     if g.pointwise() {
         0
     } else {
-        g.k() * g.p()
+        Cols::from_geo(g).block_len(elem)
     }
 }
 
-/// Elements of backward workspace: (per thread group: columns and a partial grad weight, shared:
-/// the flipped kernel).
-pub(crate) fn backward_workspace(g: &Geometry, needs: Needs) -> (usize, usize) {
-    let wcols = if needs.w { forward_workspace(g) } else { 0 };
+/// Elements of backward workspace, for elements of `elem` bytes: (per thread group: a column
+/// block and a partial grad weight; shared: the flipped kernel).
+pub(crate) fn backward_workspace(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize) {
+    let wcols = if needs.w {
+        forward_workspace(g, elem)
+    } else {
+        0
+    };
     let xcols = match (needs.x && !g.pointwise(), flipped_path(g)) {
         (false, _) => 0,
-        (true, true) => Cols::of_output_grad(g).rows() * g.h * g.w,
-        (true, false) => g.k() * g.p(),
+        (true, true) => Cols::of_output_grad(g).block_len(elem),
+        (true, false) => Cols::from_geo(g).block_len(elem),
     };
     let partial = if needs.w { g.cout * g.k() } else { 0 };
     let flipped = if needs.x && !g.pointwise() && flipped_path(g) {
@@ -209,7 +232,7 @@ fn flipped_path(g: &Geometry) -> bool {
 }
 
 /// Cuts `buf` into consecutive pieces of the given lengths (`buf` must hold them all).
-fn split<'a, T>(mut buf: &'a mut [T], lens: impl Iterator<Item = usize>) -> Vec<&'a mut [T]> {
+fn split<T>(mut buf: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
     lens.map(|len| {
         let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
         buf = tail;
@@ -218,29 +241,31 @@ fn split<'a, T>(mut buf: &'a mut [T], lens: impl Iterator<Item = usize>) -> Vec<
     .collect()
 }
 
-/// `(first image, image count)` of each thread group.
-fn group_ranges(n: usize) -> Vec<(usize, usize)> {
-    let gs = group_size(n);
-    (0..groups(n))
-        .map(|i| (i * gs, gs.min(n - i * gs)))
+/// `(first image, image count)` of each of `groups` thread groups, splitting the batch evenly.
+fn group_ranges(n: usize, groups: usize) -> Vec<(usize, usize)> {
+    let gs = n.div_ceil(groups.max(1));
+    (0..groups)
+        .map(|i| (i * gs, gs.min(n.saturating_sub(i * gs))))
         .collect()
 }
 
-/// `out = conv(x, w) + bias` for the whole batch; `ws` holds `groups(n)` forward workspaces.
+/// `out = conv(x, w) + bias` for the whole batch; `ws` holds `groups` forward workspaces.
 pub(crate) fn forward<T: Elem>(
     g: &Geometry,
+    groups: usize,
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
     out: &mut [T],
     ws: &mut [T],
 ) {
-    let (xs, os, p) = (g.cin * g.h * g.w, g.cout * g.p(), g.p());
-    let ranges = group_ranges(g.n);
+    let (xs, os, p, k) = (g.cin * g.h * g.w, g.cout * g.p(), g.p(), g.k());
+    let elem = std::mem::size_of::<T>();
+    let ranges = group_ranges(g.n, groups);
     let single = ranges.len() == 1;
     let cols = Cols::from_geo(g);
     let outs = split(out, ranges.iter().map(|r| r.1 * os));
-    let wss = split(ws, ranges.iter().map(|_| forward_workspace(g)));
+    let wss = split(ws, ranges.iter().map(|_| forward_workspace(g, elem)));
     let jobs: Vec<_> = ranges.into_iter().zip(outs).zip(wss).collect();
     jobs.into_par_iter()
         .for_each(|(((first, count), out), col)| {
@@ -251,24 +276,28 @@ pub(crate) fn forward<T: Elem>(
                         row.fill(bv);
                     }
                 }
-                let rhs = if g.pointwise() {
-                    xi
-                } else {
-                    cols.im2col(xi, col);
-                    &*col
-                };
-                let dims = (g.cout, p, g.k());
-                gemm(o, Mat::n(w), Mat::n(rhs), dims, bias.is_some(), single);
+                let acc = bias.is_some();
+                if g.pointwise() {
+                    gemm(o, Mat::n(w), Mat::n(xi), (g.cout, p, k), acc, single);
+                    continue;
+                }
+                for (y0, y1) in cols.blocks(elem) {
+                    let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
+                    cols.im2col(xi, col, (y0, y1));
+                    let dims = (g.cout, nb, k);
+                    gemm_ld(&mut o[at..], p, Mat::n(w), Mat::n(col), dims, acc, single);
+                }
             }
         });
 }
 
-/// The gradients of a conv whose output gradient is `gout`: grad input into `gx` (needs `w`),
-/// grad weight into `gw` (needs `x`), each if `needs` says so. `ws` holds `groups(n)` backward
-/// workspaces and `flip` the flipped kernel (sizes from [`backward_workspace`]).
+/// The gradients of a conv whose output gradient is `gout`: grad input into `gx` (needs `w`;
+/// `gx` must hold zeros), grad weight into `gw` (needs `x`), each if `needs` says so. `ws` holds
+/// `groups` backward workspaces and `flip` the flipped kernel (sizes from [`backward_workspace`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<T: Elem>(
     g: &Geometry,
+    groups: usize,
     needs: Needs,
     gout: &[T],
     x: &[T],
@@ -278,8 +307,9 @@ pub(crate) fn backward<T: Elem>(
     ws: &mut [T],
     flip: &mut [T],
 ) {
-    let (xs, os, k, p) = (g.cin * g.h * g.w, g.cout * g.p(), g.k(), g.p());
-    let ranges = group_ranges(g.n);
+    let (xs, os, k, p, hw) = (g.cin * g.h * g.w, g.cout * g.p(), g.k(), g.p(), g.h * g.w);
+    let elem = std::mem::size_of::<T>();
+    let ranges = group_ranges(g.n, groups);
     let single = ranges.len() == 1;
     let (xcols, gcols, flipped) = (Cols::from_geo(g), Cols::of_output_grad(g), flipped_path(g));
     if needs.x && flipped && !g.pointwise() {
@@ -295,12 +325,10 @@ pub(crate) fn backward<T: Elem>(
         }
     }
     let flip = &*flip;
-    let (per, _) = backward_workspace(g, needs);
+    let (per, _) = backward_workspace(g, needs, elem);
     let partial_len = if needs.w { g.cout * k } else { 0 };
-    let gxs = split(
-        gx,
-        ranges.iter().map(|r| if needs.x { r.1 * xs } else { 0 }),
-    );
+    let gx_lens = ranges.iter().map(|r| if needs.x { r.1 * xs } else { 0 });
+    let gxs = split(gx, gx_lens);
     let wss = split(&mut *ws, ranges.iter().map(|_| per));
     let jobs: Vec<_> = ranges.into_iter().zip(gxs).zip(wss).collect();
     jobs.into_par_iter().for_each(|(((first, count), gx), ws)| {
@@ -308,35 +336,42 @@ pub(crate) fn backward<T: Elem>(
         for (idx, i) in (first..first + count).enumerate() {
             let go = &gout[i * os..(i + 1) * os];
             if needs.w {
+                // gW^T (K x cout) += col (K x P) * gout^T: the long output dimension first runs
+                // the GEMM kernel at nearly twice the speed when cout is small.
                 let xi = &x[i * xs..(i + 1) * xs];
-                let rhs = if g.pointwise() {
-                    xi
+                if g.pointwise() {
+                    let dims = (k, g.cout, p);
+                    gemm(partial, Mat::n(xi), Mat::t(go), dims, idx > 0, single);
                 } else {
-                    xcols.im2col(xi, col);
-                    &*col
-                };
-                let dims = (g.cout, k, p);
-                gemm(partial, Mat::n(go), Mat::t(rhs), dims, idx > 0, single);
+                    for (b, (y0, y1)) in xcols.blocks(elem).enumerate() {
+                        let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
+                        xcols.im2col(xi, col, (y0, y1));
+                        let gt = Mat::t(&go[at..]).ld(p);
+                        let acc = idx > 0 || b > 0;
+                        gemm(partial, Mat::n(col), gt, (k, g.cout, nb), acc, single);
+                    }
+                }
             }
             if needs.x {
                 let gxi = &mut gx[idx * xs..(idx + 1) * xs];
                 if g.pointwise() {
-                    gemm(
-                        gxi,
-                        Mat::t(w),
-                        Mat::n(go),
-                        (g.cin, p, g.cout),
-                        false,
-                        single,
-                    );
+                    let dims = (g.cin, p, g.cout);
+                    gemm(gxi, Mat::t(w), Mat::n(go), dims, false, single);
                 } else if flipped {
-                    gcols.im2col(go, col);
-                    let dims = (g.cin, g.h * g.w, gcols.rows());
-                    gemm(gxi, Mat::n(flip), Mat::n(col), dims, false, single);
+                    for (y0, y1) in gcols.blocks(elem) {
+                        let (at, nb) = (y0 * g.w, (y1 - y0) * g.w);
+                        gcols.im2col(go, col, (y0, y1));
+                        let dims = (g.cin, nb, gcols.rows());
+                        let (a, b) = (Mat::n(flip), Mat::n(&*col));
+                        gemm_ld(&mut gxi[at..], hw, a, b, dims, false, single);
+                    }
                 } else {
-                    gemm(col, Mat::t(w), Mat::n(go), (k, p, g.cout), false, single);
-                    gxi.fill(T::zero());
-                    xcols.col2im(col, gxi);
+                    for (y0, y1) in xcols.blocks(elem) {
+                        let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
+                        let (a, b) = (Mat::t(w), Mat::n(&go[at..]).ld(p));
+                        gemm(col, a, b, (k, nb, g.cout), false, single);
+                        xcols.col2im(col, gxi, (y0, y1));
+                    }
                 }
             }
         }
@@ -344,8 +379,11 @@ pub(crate) fn backward<T: Elem>(
     if needs.w {
         gw.fill(T::zero());
         for part in ws.chunks_exact(per.max(1)) {
-            let part = &part[per - partial_len..];
-            gw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
+            let part_t = &part[per - partial_len..];
+            for (co, row) in gw.chunks_exact_mut(k.max(1)).enumerate() {
+                let column = part_t[co..].iter().step_by(g.cout);
+                row.iter_mut().zip(column).for_each(|(a, &b)| *a += b);
+            }
         }
     }
 }

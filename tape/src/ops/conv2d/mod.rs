@@ -163,9 +163,10 @@ pub fn conv2d(
         x.device(),
     )?;
     dispatch_float!(x.dtype(), T => {
-        let (mut ws, _reserved) = workspace::<T>(x, cpu::groups(geo.n) * cpu::forward_workspace(&geo))?;
+        let groups = cpu::groups(geo.n);
+        let (mut ws, _reserved) = workspace::<T>(x, groups * cpu::forward_workspace(&geo, std::mem::size_of::<T>()))?;
         let b = bias.map(|b| b.as_slice::<T>()).transpose()?;
-        cpu::forward::<T>(&geo, x.as_slice::<T>()?, weight.as_slice::<T>()?, b, out.make_mut::<T>()?, &mut ws);
+        cpu::forward::<T>(&geo, groups, x.as_slice::<T>()?, weight.as_slice::<T>()?, b, out.make_mut::<T>()?, &mut ws);
     });
 
     let (kx, kw) = (GradKey::of(x), GradKey::of(weight));
@@ -224,14 +225,15 @@ fn backward(
         false => None,
     };
     dispatch_float!(dtype, T => {
-        let (per, flip_len) = cpu::backward_workspace(geo, needs);
-        let (mut ws, _r1) = workspace::<T>(g, cpu::groups(geo.n) * per)?;
+        let (per, flip_len) = cpu::backward_workspace(geo, needs, std::mem::size_of::<T>());
+        let groups = cpu::groups(geo.n);
+        let (mut ws, _r1) = workspace::<T>(g, groups * per)?;
         let (mut flip, _r2) = workspace::<T>(g, flip_len)?;
         let xs = match x { Some(x) => x.as_slice::<T>()?, None => &[] };
         let ws_ = match w { Some(w) => w.as_slice::<T>()?, None => &[] };
         let gxs = match gx.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
         let gws = match gw.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
-        cpu::backward::<T>(geo, needs, g.as_slice::<T>()?, xs, ws_, gxs, gws, &mut ws, &mut flip);
+        cpu::backward::<T>(geo, groups, needs, g.as_slice::<T>()?, xs, ws_, gxs, gws, &mut ws, &mut flip);
     });
     Ok((gx, gw))
 }

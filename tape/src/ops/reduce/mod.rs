@@ -17,7 +17,8 @@ pub fn mean(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
 }
 
 fn reduce(tape: &mut Tape, x: &Tensor, factor: f64) -> Result<Tensor> {
-    let total: f64 = dispatch_float!(x.dtype(), T => x.as_slice::<T>()?.iter().map(|v| v.f64()).sum());
+    let total: f64 =
+        dispatch_float!(x.dtype(), T => x.as_slice::<T>()?.iter().map(|v| v.f64()).sum());
     let out = Tensor::full(&[1], total * factor, x.dtype(), x.device())?;
     let kx = GradKey::of(x);
     Ok(tape.record(&[x], out, move |g, grads| {

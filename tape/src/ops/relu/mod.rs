@@ -8,7 +8,8 @@ use crate::tensor::Tensor;
 
 /// `max(x, 0)`.
 pub fn relu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
-    let out = dispatch_float!(x.dtype(), T => map_unary::<T>(x, |v| if v > 0.0 { v } else { 0.0 }))?;
+    let out =
+        dispatch_float!(x.dtype(), T => map_unary::<T>(x, |v| if v > 0.0 { v } else { 0.0 }))?;
     let kx = GradKey::of(x);
     let saved = tape.needs_grad(&[x]).then(|| out.clone());
     Ok(tape.record(&[x], out, move |g, grads| {

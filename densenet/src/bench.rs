@@ -38,8 +38,20 @@ pub struct CaseResult {
 
 /// The process's resident-set high-water mark (Linux: VmHWM, resettable through clear_refs).
 pub mod rss {
-    /// Restarts the peak-RSS measurement; false where the OS does not allow it.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    extern "C" {
+        /// glibc: returns free heap pages to the OS.
+        fn malloc_trim(pad: usize) -> i32;
+    }
+
+    /// Returns freed heap memory to the OS (glibc keeps it otherwise), then restarts the
+    /// peak-RSS measurement from the current resident set; false where the OS does not allow it.
     pub fn reset_peak() -> bool {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases unused pages of glibc's own heap; no pointer is passed.
+        unsafe {
+            malloc_trim(0);
+        }
         std::fs::write("/proc/self/clear_refs", "5").is_ok()
     }
 

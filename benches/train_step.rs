@@ -1,0 +1,47 @@
+//! Criterion bench: one DenseNet training step (forward, backward, SGD) naive vs each efficient
+//! mode on a small config, with the engine's peak bytes printed beside the times.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use densenet::bench::measure_training_step;
+use densenet::train::train_step;
+use densenet::{DenseNet, DenseNetConfig, Efficiency};
+use tape::optim::{Sgd, SgdConfig};
+use tape::{DType, Device, Tensor};
+
+const BATCH: usize = 16;
+const IMAGE: usize = 32;
+
+fn config() -> DenseNetConfig {
+    DenseNetConfig::densenet_bc_cifar(40, 12).expect("depth 40 is 6n+4")
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("train_step_bc40_k12_b16");
+    group.sample_size(10);
+    for mode in [Efficiency::Naive, Efficiency::Bottleneck, Efficiency::Layer] {
+        let peak = measure_training_step("bc-40-k12", &config(), mode, BATCH, IMAGE, 1, 1)
+            .map(|r| r.peak_bytes)
+            .unwrap_or(0);
+        println!("{mode}: engine peak {:.2} MB per step", peak as f64 / 1e6);
+        let dev = Device::cpu();
+        let mut model =
+            DenseNet::new(config().with_efficiency(mode), DType::F32, &dev, 0).expect("model");
+        let mut opt = Sgd::new(SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            ..SgdConfig::default()
+        })
+        .expect("sgd");
+        let x = Tensor::randn(&[BATCH, 3, IMAGE, IMAGE], DType::F32, &dev, 1).expect("input");
+        let labels: Vec<usize> = (0..BATCH).map(|i| i % 10).collect();
+        group.bench_function(BenchmarkId::from_parameter(mode), |b| {
+            b.iter(|| train_step(&mut model, &mut opt, &x, &labels, 0).expect("step"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

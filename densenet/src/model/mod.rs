@@ -14,6 +14,7 @@ use crate::config::{DenseNetConfig, Efficiency};
 use crate::error::{DenseNetError, Result};
 use checkpoint::checkpoint;
 use layers::{concat_features, Init};
+use std::sync::Mutex;
 use tape::{ops, DType, Device, Parameter, Tape, Tensor};
 
 /// A dense block: its layers in order.
@@ -39,7 +40,14 @@ pub struct DenseNet {
     pub norm_final: BatchNorm,
     /// Classifier (`classifier`).
     pub classifier: Linear,
+    /// The last budget plan, by (input shape, budget, bytes held): planning is exact but not
+    /// free, and a training loop asks for the same plan every step.
+    plan_cache: Mutex<Option<(PlanKey, LayerModes)>>,
 }
+
+/// Modes of every dense layer, per block.
+type LayerModes = Vec<Vec<LayerMode>>;
+type PlanKey = ([usize; 4], u64, u64);
 
 impl DenseNet {
     /// Builds a DenseNet from `config`, initialised as the seed project does, reproducibly from
@@ -103,6 +111,7 @@ impl DenseNet {
             transitions,
             norm_final,
             classifier,
+            plan_cache: Mutex::new(None),
         })
     }
 
@@ -205,7 +214,7 @@ impl DenseNet {
 
     /// The mode of every dense layer for an input of this shape (fixed modes, or the planner's
     /// choice under a budget).
-    pub fn layer_modes(&self, input_shape: [usize; 4]) -> Result<Vec<Vec<LayerMode>>> {
+    pub fn layer_modes(&self, input_shape: [usize; 4]) -> Result<LayerModes> {
         let uniform = |m| {
             Ok(self
                 .blocks
@@ -218,8 +227,16 @@ impl DenseNet {
             Efficiency::Bottleneck => uniform(LayerMode::Bottleneck),
             Efficiency::Layer => uniform(LayerMode::Layer),
             Efficiency::Budget(bytes) => {
-                let fixed = self.device.memory().current() as u64;
-                plan_layer_modes(self, input_shape, bytes, fixed)
+                let key = (input_shape, bytes, self.device.memory().current() as u64);
+                let mut cache = self.plan_cache.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((k, modes)) = cache.as_ref() {
+                    if *k == key {
+                        return Ok(modes.clone());
+                    }
+                }
+                let modes = plan_layer_modes(self, input_shape, bytes, key.2)?;
+                *cache = Some((key, modes.clone()));
+                Ok(modes)
             }
         }
     }

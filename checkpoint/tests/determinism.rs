@@ -1,0 +1,98 @@
+//! The debug determinism check names the segment whose recomputation differs from its first
+//! pass; a deterministic segment passes it. Checkpoint is a plain call on no-grad tapes and in
+//! eval mode.
+
+use checkpoint::{checkpoint, checkpoint_with, CheckpointOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tape::{ops, DType, Device, Error, Tape, Tensor};
+
+#[test]
+fn a_segment_that_changes_between_passes_is_named_in_the_error() {
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[8], DType::F64, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
+    let calls = AtomicU64::new(0);
+    let options = CheckpointOptions {
+        name: Some("drifting block".into()),
+        verify_determinism: true,
+        ..CheckpointOptions::default()
+    };
+    let mut tape = Tape::recording();
+    let y = checkpoint_with(&mut tape, &[&x], options, |t, xs| {
+        // Scales by a different factor every time it runs: not deterministic.
+        let k = calls.fetch_add(1, Ordering::SeqCst) as f64;
+        ops::scale(t, &xs[0], 1.0 + k)
+    })
+    .unwrap();
+    let loss = ops::sum(&mut tape, &y).unwrap();
+    match tape.backward(&loss) {
+        Err(Error::Backward(msg)) => assert!(msg.contains("drifting block"), "{msg}"),
+        other => panic!("expected a determinism error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_deterministic_segment_passes_the_check() {
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[8], DType::F64, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
+    let options = CheckpointOptions {
+        name: Some("steady".into()),
+        verify_determinism: true,
+        ..CheckpointOptions::default()
+    };
+    let mut tape = Tape::recording().with_seed(3);
+    let y = checkpoint_with(&mut tape, &[&x], options, |t, xs| {
+        let h = ops::dropout(t, &xs[0], 0.5)?;
+        ops::relu(t, &h)
+    })
+    .unwrap();
+    let loss = ops::sum(&mut tape, &y).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    assert!(grads.get(&x).is_some());
+}
+
+#[test]
+fn no_grad_and_eval_tapes_make_it_a_plain_call() {
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[8], DType::F64, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
+    let mut no_grad = Tape::no_grad();
+    let y = checkpoint(&mut no_grad, &[&x], |t, xs| ops::relu(t, &xs[0])).unwrap();
+    assert!(no_grad.is_empty() && !y.requires_grad());
+    // Eval mode on a recording tape: the ops record as usual, no checkpoint node.
+    let mut eval = Tape::recording().training(false);
+    let y = checkpoint(&mut eval, &[&x], |t, xs| {
+        let h = ops::relu(t, &xs[0])?;
+        ops::scale(t, &h, 2.0)
+    })
+    .unwrap();
+    assert_eq!(eval.len(), 2);
+    let loss = ops::sum(&mut eval, &y).unwrap();
+    let g = eval.backward(&loss).unwrap();
+    assert!(g.get(&x).is_some());
+}
+
+#[test]
+fn a_checkpointed_training_forward_records_one_node_and_keeps_only_inputs() {
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[1000], DType::F32, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
+    let mut tape = Tape::recording();
+    let before = dev.memory().current();
+    let y = checkpoint(&mut tape, &[&x], |t, xs| {
+        let mut h = xs[0].clone();
+        for _ in 0..5 {
+            h = ops::relu(t, &h)?; // each would save its output if recorded
+        }
+        Ok(h)
+    })
+    .unwrap();
+    assert_eq!(tape.len(), 1);
+    // Only the output is new: the five intermediate outputs were not kept.
+    assert_eq!(dev.memory().current() - before, y.size_in_bytes());
+}

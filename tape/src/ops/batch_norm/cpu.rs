@@ -78,30 +78,61 @@ fn map_planes<T: Elem>(
     out
 }
 
+/// Independent `f64` accumulators per reduction: lets the compiler vectorise the sums while
+/// every sum is still taken in `f64`.
+const LANES: usize = 8;
+
+/// `sum f(v)` over `xs`, in `f64` with [`LANES`] partial sums.
+fn lane_sum<T: Elem>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v.f64())).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v.f64());
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// `sum f(a, b)` over paired elements, in `f64` with [`LANES`] partial sums.
+fn lane_sum2<T: Elem>(xs: &[T], ys: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let (cx, cy) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    let tail: f64 = cx
+        .remainder()
+        .iter()
+        .zip(cy.remainder())
+        .map(|(&a, &b)| f(a.f64(), b.f64()))
+        .sum();
+    for (a8, b8) in cx.zip(cy) {
+        for ((acc, &a), &b) in acc.iter_mut().zip(a8).zip(b8) {
+            *acc += f(a.f64(), b.f64());
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Per channel `(mean, biased variance)` of `xs` (two passes in `f64`).
 pub(super) fn channel_stats<T: Elem>(xs: &[T], l: Layout) -> Vec<(f64, f64)> {
     let m = l.count().max(1) as f64;
     per_channel(l, |ch| {
-        let sum: f64 = l.planes(xs, ch).flatten().map(|v| v.f64()).sum();
+        let sum: f64 = l.planes(xs, ch).map(|p| lane_sum(p, |v| v)).sum();
         let mean = sum / m;
         let sq: f64 = l
             .planes(xs, ch)
-            .flatten()
-            .map(|v| {
-                let d = v.f64() - mean;
-                d * d
-            })
+            .map(|p| lane_sum(p, |v| (v - mean) * (v - mean)))
             .sum();
         (mean, sq / m)
     })
 }
 
-/// `out = xs * scale[ch] + shift[ch]` per channel.
+/// `out = xs * scale[ch] + shift[ch]` per channel, in the tensor's precision.
 pub(super) fn affine<T: Elem>(xs: &[T], l: Layout, scale: &[f64], shift: &[f64]) -> Vec<T> {
     map_planes(l, xs, xs, |ch, o, x, _| {
-        let (a, b) = (scale[ch], shift[ch]);
+        let (a, b) = (T::of(scale[ch]), T::of(shift[ch]));
         for (o, &x) in o.iter_mut().zip(x) {
-            *o = T::of(x.f64() * a + b);
+            *o = x * a + b;
         }
     })
 }
@@ -116,14 +147,16 @@ pub(super) fn grad_sums<T: Elem>(
     invstd: &[f64],
 ) -> Vec<(f64, f64)> {
     per_channel(l, |ch| {
-        let sum_g: f64 = l.planes(g, ch).flatten().map(|v| v.f64()).sum();
+        let sum_g: f64 = l.planes(g, ch).map(|p| lane_sum(p, |v| v)).sum();
         let sum_gx = match xs {
-            Some(xs) => l
-                .planes(g, ch)
-                .flatten()
-                .zip(l.planes(xs, ch).flatten())
-                .map(|(g, x)| g.f64() * (x.f64() - mean[ch]) * invstd[ch])
-                .sum(),
+            Some(xs) => {
+                let (m, k) = (mean[ch], invstd[ch]);
+                l.planes(g, ch)
+                    .zip(l.planes(xs, ch))
+                    .map(|(gp, xp)| lane_sum2(gp, xp, |g, x| g * (x - m)))
+                    .sum::<f64>()
+                    * k
+            }
             None => 0.0,
         };
         (sum_g, sum_gx)
@@ -145,7 +178,8 @@ pub(super) struct InputGradCoef {
     pub(super) mean_gx: f64,
 }
 
-/// Training-mode input gradient: `scale * (g - mean_g - xhat * mean_gx)`.
+/// Training-mode input gradient: `scale * (g - mean_g - xhat * mean_gx)`, evaluated in the
+/// tensor's precision as `scale * g - scale * mean_g - (scale * invstd * mean_gx) * (x - mean)`.
 pub(super) fn train_grad_input<T: Elem>(
     g: &[T],
     xs: &[T],
@@ -154,9 +188,12 @@ pub(super) fn train_grad_input<T: Elem>(
 ) -> Vec<T> {
     map_planes(l, g, xs, |ch, o, g, x| {
         let k = coef[ch];
+        let a = T::of(k.scale);
+        let c = T::of(-k.scale * k.mean_g);
+        let b = T::of(-k.scale * k.invstd * k.mean_gx);
+        let mean = T::of(k.mean);
         for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
-            let xhat = (x.f64() - k.mean) * k.invstd;
-            *o = T::of(k.scale * (g.f64() - k.mean_g - xhat * k.mean_gx));
+            *o = a * g + c + b * (x - mean);
         }
     })
 }

@@ -19,9 +19,18 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step_bc40_k12_b16");
     group.sample_size(10);
     for mode in [Efficiency::Naive, Efficiency::Bottleneck, Efficiency::Layer] {
-        let peak = measure_training_step("bc-40-k12", &config(), mode, BATCH, IMAGE, 1, 1)
-            .map(|r| r.peak_bytes)
-            .unwrap_or(0);
+        let peak = measure_training_step(
+            &Device::cpu(),
+            "bc-40-k12",
+            &config(),
+            mode,
+            BATCH,
+            IMAGE,
+            1,
+            1,
+        )
+        .map(|r| r.peak_bytes)
+        .unwrap_or(0);
         println!("{mode}: engine peak {:.2} MB per step", peak as f64 / 1e6);
         let dev = Device::cpu();
         let mut model =

@@ -4,20 +4,26 @@
 //! fitted growth exponent of memory against depth, and an SVG chart of memory vs depth.
 //!
 //! `cargo run --release --example benchmark` (CPU); `-- --quick` finishes in about a minute on
-//! two cores; `-- --json` prints one JSON object per case.
+//! two cores; `-- --json` prints one JSON object per case. On a GPU (a build with
+//! `--features cuda`): `-- --device cuda`; the GPU's used bytes (`cuMemGetInfo`) are printed beside
+//! the engine's peak. `-- --imagenet` adds DenseNet-121 on 224x224 images (batch 64).
 
 use clap::Parser;
 use densenet::bench::{fitted_exponent, measure_training_step, svg_chart, CaseResult};
 use densenet::{DenseNetConfig, Efficiency};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tape::Device;
 
 #[derive(Parser, Debug)]
 #[command(about = "Naive vs memory-efficient DenseNet: peak memory and step time")]
 struct Args {
-    /// Device: cpu, or cuda (needs a build with the `cuda` feature and an NVIDIA GPU).
+    /// Device: cpu, cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// On a GPU, allow TF32 tensor-core math (default: strict fp32).
+    #[arg(long)]
+    tf32: bool,
     /// Batch size of the main table.
     #[arg(long)]
     batch: Option<usize>,
@@ -48,6 +54,46 @@ struct Args {
     /// Skip the depth sweep.
     #[arg(long)]
     no_sweep: bool,
+    /// Skip the main table (DenseNet-BC-100).
+    #[arg(long)]
+    no_main: bool,
+    /// Also measure the ImageNet case: DenseNet-121 on 224x224 images, same modes as the main
+    /// table.
+    #[arg(long)]
+    imagenet: bool,
+    /// Batch size of the ImageNet case.
+    #[arg(long, default_value_t = 64)]
+    imagenet_batch: usize,
+}
+
+/// A fresh device (its own memory accounting) of the kind `--device` names.
+fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
+    if spec == "cpu" {
+        return Ok(Device::cpu());
+    }
+    let ordinal = match spec {
+        "cuda" => 0,
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|o| o.parse::<usize>().ok())
+            .ok_or_else(|| format!("unknown device '{s}': use cpu, cuda or cuda:N"))?,
+    };
+    #[cfg(feature = "cuda")]
+    {
+        let options = tape::CudaOptions {
+            tf32,
+            ..tape::CudaOptions::default()
+        };
+        Device::cuda_with(ordinal, options).map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (ordinal, tf32);
+        Err(format!(
+            "device '{spec}' needs the CUDA backend: build with `--features cuda` \
+             (cargo run --release --features cuda --example benchmark -- --device {spec})"
+        ))
+    }
 }
 
 fn mb(bytes: u64) -> String {
@@ -74,20 +120,21 @@ fn print_case(r: &CaseResult, json: bool, naive: Option<&CaseResult>) {
         r.batch,
         mb(r.peak_bytes),
         mem_ratio,
-        r.rss_peak_bytes.map(mb).unwrap_or_else(|| "-".into()),
+        r.device_used_bytes
+            .or(r.rss_peak_bytes)
+            .map(mb)
+            .unwrap_or_else(|| "-".into()),
         r.median_s,
         time_ratio
     );
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.device != "cpu" {
-        return Err(format!(
-            "device '{}' is not available: this build has the CPU backend only (the CUDA backend \
-             is a cargo feature of a later release)",
-            args.device
-        ));
-    }
+    // Opened once up front so a missing GPU or library fails before any work.
+    let probe = open_device(&args.device, args.tf32)?;
+    let gpu = probe.is_cuda();
+    drop(probe);
+    let device = || open_device(&args.device, args.tf32);
     let batch = args.batch.unwrap_or(if args.quick { 8 } else { 64 });
     let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
     let modes: Vec<Efficiency> = args
@@ -98,32 +145,81 @@ fn run(args: &Args) -> Result<(), String> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    if !args.json {
-        println!(
-            "DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {cpus} CPU threads",
-            args.image, args.image
-        );
+    let third = if gpu { "GPU used" } else { "peak RSS" };
+    let header = || {
         println!(
             "{:<22} {:<12} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7}",
-            "model", "mode", "batch", "peak(eng)", "x naive", "peak RSS", "median s", "x naive"
+            "model", "mode", "batch", "peak(eng)", "x naive", third, "median s", "x naive"
         );
+    };
+    if !args.json && !args.no_main {
+        if gpu {
+            println!(
+                "DenseNet-BC-100 (k=12), {}x{} images, {}, one SGD step; {}",
+                args.image,
+                args.image,
+                if args.tf32 {
+                    "fp32 with TF32"
+                } else {
+                    "strict fp32"
+                },
+                args.device
+            );
+        } else {
+            println!(
+                "DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {cpus} CPU threads",
+                args.image, args.image
+            );
+        }
+        header();
     }
-    let config = DenseNetConfig::densenet_bc_100_k12();
-    let mut naive: Option<CaseResult> = None;
-    for &mode in &modes {
-        let r = measure_training_step(
-            "densenet_bc_100_k12",
-            &config,
-            mode,
-            batch,
-            args.image,
-            1,
-            iters,
-        )
-        .map_err(|e| e.to_string())?;
-        print_case(&r, args.json, naive.as_ref());
-        if mode == Efficiency::Naive {
-            naive = Some(r);
+    if !args.no_main {
+        let config = DenseNetConfig::densenet_bc_100_k12();
+        let mut naive: Option<CaseResult> = None;
+        for &mode in &modes {
+            let r = measure_training_step(
+                &device()?,
+                "densenet_bc_100_k12",
+                &config,
+                mode,
+                batch,
+                args.image,
+                1,
+                iters,
+            )
+            .map_err(|e| e.to_string())?;
+            print_case(&r, args.json, naive.as_ref());
+            if mode == Efficiency::Naive {
+                naive = Some(r);
+            }
+        }
+    }
+    if args.imagenet {
+        if !args.json {
+            println!(
+                "\nImageNet: DenseNet-121 (k=32), 224x224 images, batch {}",
+                args.imagenet_batch
+            );
+            header();
+        }
+        let config = DenseNetConfig::densenet121();
+        let mut naive: Option<CaseResult> = None;
+        for &mode in &modes {
+            let r = measure_training_step(
+                &device()?,
+                "densenet121",
+                &config,
+                mode,
+                args.imagenet_batch,
+                224,
+                1,
+                iters,
+            )
+            .map_err(|e| e.to_string())?;
+            print_case(&r, args.json, naive.as_ref());
+            if mode == Efficiency::Naive {
+                naive = Some(r);
+            }
         }
     }
     if args.no_sweep {
@@ -147,6 +243,7 @@ fn run(args: &Args) -> Result<(), String> {
         for &d in &depths {
             let config = DenseNetConfig::densenet_bc_cifar(d, 12).map_err(|e| e.to_string())?;
             let r = measure_training_step(
+                &device()?,
                 &format!("bc-{d}-k12"),
                 &config,
                 mode,

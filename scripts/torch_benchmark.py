@@ -20,8 +20,15 @@ leak between cases. Output: one JSON line per case on stdout:
   taken after model, optimizer and batch creation (so it counts activations, gradients, optimizer
   state and allocator workspaces, like the Rust engine's peak minus its parameters);
 - CUDA (`--device cuda`): `peak_cuda_bytes` = `torch.cuda.max_memory_allocated()` over the steps
-  minus the memory allocated before the first step; TF32 is disabled (strict fp32), cuDNN benchmark
-  off; time is measured with `torch.cuda.synchronize()` around each step.
+  minus the memory allocated before the first step, and `peak_cuda_abs_bytes` =
+  `max_memory_allocated()` itself (parameters, input, optimizer state, activations, gradients and
+  the workspaces PyTorch allocates: the counterpart of the Rust engine's peak); TF32 is disabled
+  (strict fp32), cuDNN benchmark off; time is measured with `torch.cuda.synchronize()` around
+  each step. `--in-process` runs every case in this one process (peak statistics reset and the
+  cache emptied between cases), which saves a CUDA start-up per case.
+
+Models: `bc40`, `bc100`, `bc190` (k=40), `bc250` (k=24), any CIFAR DenseNet-BC as `bc-DEPTH-kGROWTH`
+(e.g. `bc-190-k12`), and `densenet121` (ImageNet stem, 1000 classes; use `--image 224`).
 
 Examples:
 
@@ -30,12 +37,15 @@ Examples:
     python3 scripts/torch_benchmark.py --sweep --batch 16 --iters 3
     python3 scripts/torch_benchmark.py --device cuda --batch 64 --iters 20 --warmup 5
     python3 scripts/torch_benchmark.py --models bc100 bc190 --modes efficient
+    python3 scripts/torch_benchmark.py --device cuda --in-process --models densenet121 --image 224
 """
 
 import argparse
+import gc
 import json
 import math
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -52,9 +62,29 @@ MODELS = {
 }
 SWEEP = ["bc40", "bc100", "bc190", "bc250"]
 MODES = ["naive", "efficient"]
+# ImageNet DenseNets (torchvision's): growth rate, layers per block, stem width.
+IMAGENET = {
+    "densenet121": dict(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64),
+}
 
 
-def build_model(name, num_classes=10):
+def model_spec(name):
+    """The spec of a model name, or None: MODELS, IMAGENET or `bc-DEPTH-kGROWTH`."""
+    if name in MODELS:
+        return dict(MODELS[name])
+    if name in IMAGENET:
+        return dict(IMAGENET[name], imagenet=True)
+    m = re.fullmatch(r"bc-(\d+)-k(\d+)", name)
+    if m and (int(m.group(1)) - 4) % 6 == 0 and int(m.group(1)) >= 10:
+        return dict(depth=int(m.group(1)), growth_rate=int(m.group(2)))
+    return None
+
+
+def num_classes(name):
+    return 1000 if model_spec(name).get("imagenet") else 10
+
+
+def build_model(name):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -102,17 +132,26 @@ def build_model(name, num_classes=10):
             self.add_module("pool", nn.AvgPool2d(kernel_size=2, stride=2))
 
     class DenseNet(nn.Module):
-        def __init__(self, depth, growth_rate, efficient, compression=0.5, bn_size=4):
+        def __init__(self, growth_rate, block_config, num_init_features, small_inputs, num_classes,
+                     efficient, compression=0.5, bn_size=4):
             super().__init__()
-            n = (depth - 4) // 6
-            c = 2 * growth_rate
-            self.features = nn.Sequential(OrderedDict([
-                ("conv0", nn.Conv2d(3, c, kernel_size=3, stride=1, padding=1, bias=False)),
-            ]))
-            for i in range(3):
+            c = num_init_features
+            if small_inputs:
+                self.features = nn.Sequential(OrderedDict([
+                    ("conv0", nn.Conv2d(3, c, kernel_size=3, stride=1, padding=1, bias=False)),
+                ]))
+            else:
+                self.features = nn.Sequential(OrderedDict([
+                    ("conv0", nn.Conv2d(3, c, kernel_size=7, stride=2, padding=3, bias=False)),
+                    ("norm0", nn.BatchNorm2d(c)),
+                    ("relu0", nn.ReLU(inplace=True)),
+                    ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=False)),
+                ]))
+            last = len(block_config) - 1
+            for i, n in enumerate(block_config):
                 self.features.add_module("denseblock%d" % (i + 1), DenseBlock(n, c, growth_rate, bn_size, efficient))
                 c += n * growth_rate
-                if i != 2:
+                if i != last:
                     out = int(math.floor(c * compression))
                     self.features.add_module("transition%d" % (i + 1), Transition(c, out))
                     c = out
@@ -134,8 +173,13 @@ def build_model(name, num_classes=10):
             out = F.adaptive_avg_pool2d(out, (1, 1))
             return self.classifier(torch.flatten(out, 1))
 
-    spec = MODELS[name]
-    return lambda efficient: DenseNet(spec["depth"], spec["growth_rate"], efficient)
+    spec = model_spec(name)
+    k = spec["growth_rate"]
+    if spec.get("imagenet"):
+        return lambda efficient: DenseNet(k, spec["block_config"], spec["num_init_features"], False, 1000,
+                                          efficient)
+    n = (spec["depth"] - 4) // 6
+    return lambda efficient: DenseNet(k, (n, n, n), 2 * k, True, 10, efficient)
 
 
 def run_case(args):
@@ -153,7 +197,7 @@ def run_case(args):
     model = build_model(args.model)(args.mode == "efficient").to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     x = torch.randn(args.batch, 3, args.image, args.image, device=dev)
-    y = torch.randint(0, 10, (args.batch,), device=dev)
+    y = torch.randint(0, num_classes(args.model), (args.batch,), device=dev)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -168,7 +212,7 @@ def run_case(args):
 
     sync()
     if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
@@ -187,6 +231,7 @@ def run_case(args):
     )
     if dev.type == "cuda":
         rec["peak_cuda_bytes"] = torch.cuda.max_memory_allocated() - base
+        rec["peak_cuda_abs_bytes"] = torch.cuda.max_memory_allocated()
         rec["gpu"] = torch.cuda.get_device_name(dev)
     else:
         rec["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
@@ -198,8 +243,12 @@ def run_case(args):
 def main():
     ap = argparse.ArgumentParser(description="PyTorch DenseNet-BC benchmark: naive vs checkpointed bottleneck",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None,
-                    help="models to run (default: bc100; with --sweep: bc40 bc100 bc190 bc250)")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="models to run: %s, bc-DEPTH-kGROWTH or %s (default: bc100; with --sweep: "
+                         "bc40 bc100 bc190 bc250)" % (" ".join(sorted(MODELS)), " ".join(sorted(IMAGENET))))
+    ap.add_argument("--in-process", action="store_true",
+                    help="run every case in this process (GPU: peak statistics reset between cases) "
+                         "instead of one subprocess per case")
     ap.add_argument("--sweep", action="store_true", help="depth sweep: BC-40/100/190/250")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -233,7 +282,27 @@ def main():
         if "--warmup" not in given:
             args.warmup = 1
     models = args.models or (SWEEP if args.sweep else ["bc100"])
+    unknown = [m for m in models if model_spec(m) is None]
+    if unknown:
+        ap.error("unknown model(s) %s: use %s, bc-DEPTH-kGROWTH or %s"
+                 % (" ".join(unknown), " ".join(sorted(MODELS)), " ".join(sorted(IMAGENET))))
     failed = 0
+    if args.in_process:
+        for model in models:
+            for mode in args.modes:
+                case = argparse.Namespace(**vars(args))
+                case.model, case.mode = model, mode
+                try:
+                    run_case(case)
+                except Exception as e:  # one failing case (e.g. out of memory) does not stop the rest
+                    print(json.dumps(dict(model=model, mode=mode, device=args.device, batch=args.batch,
+                                          image=args.image, error="%s: %s" % (type(e).__name__, e))), flush=True)
+                    failed += 1
+                gc.collect()
+                if args.device.startswith("cuda"):
+                    import torch
+                    torch.cuda.empty_cache()
+        sys.exit(1 if failed else 0)
     for model in models:
         for mode in args.modes:
             cmd = [sys.executable, os.path.abspath(__file__), "--case", "--model", model, "--mode", mode,

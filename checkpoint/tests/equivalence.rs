@@ -52,7 +52,7 @@ proptest! {
     // within 1e-6); the f64 property above, 1e-12 with random cases, is the sharp one.
     #![proptest_config(ProptestConfig {
         cases: 256,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_f32),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x05ee_df32),
         ..ProptestConfig::default()
     })]
 

@@ -1,6 +1,7 @@
 //! Measurement helpers shared by the benchmark example and the criterion bench: one training
-//! step's peak bytes (the engine's accounting, with the process's peak RSS beside it) and median
-//! time, the fitted growth exponent of memory against depth, and an SVG chart.
+//! step's peak bytes (the engine's accounting, with the process's peak RSS beside it, and on a
+//! GPU the driver's used bytes) and median time, the fitted growth exponent of memory against
+//! depth, and an SVG chart.
 
 use crate::config::{DenseNetConfig, Efficiency};
 use crate::error::Result;
@@ -30,6 +31,11 @@ pub struct CaseResult {
     pub peak_bytes: u64,
     /// The process's peak resident set over the measured steps, if the OS tells.
     pub rss_peak_bytes: Option<u64>,
+    /// On a GPU: bytes in use on the whole GPU after the measured steps, as `cuMemGetInfo` tells
+    /// (total - free: includes the CUDA context, library workspaces and the memory pool's cached
+    /// blocks, so it is at least the pool's high-water mark). Absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_used_bytes: Option<u64>,
     /// Median seconds per training step (forward + backward + SGD).
     pub median_s: f64,
     /// Every measured step time.
@@ -76,8 +82,11 @@ pub fn median(xs: &[f64]) -> f64 {
 }
 
 /// Measures `iters` SGD training steps (after `warmup` unmeasured ones) of `config` in `mode` on
-/// a fresh CPU device.
+/// `dev` (pass a fresh device, e.g. `Device::cpu()`, so the accounting holds this case alone).
+/// On a GPU every step is timed to its completion (the device is synchronised).
+#[allow(clippy::too_many_arguments)]
 pub fn measure_training_step(
+    dev: &Device,
     name: &str,
     config: &DenseNetConfig,
     mode: Efficiency,
@@ -86,8 +95,7 @@ pub fn measure_training_step(
     warmup: usize,
     iters: usize,
 ) -> Result<CaseResult> {
-    let dev = Device::cpu();
-    let mut model = DenseNet::new(config.clone().with_efficiency(mode), DType::F32, &dev, 0)?;
+    let mut model = DenseNet::new(config.clone().with_efficiency(mode), DType::F32, dev, 0)?;
     let mut opt = Sgd::new(SgdConfig {
         lr: 0.1,
         momentum: 0.9,
@@ -98,21 +106,26 @@ pub fn measure_training_step(
     let x = Tensor::randn(
         &[batch, config.in_channels, image, image],
         DType::F32,
-        &dev,
+        dev,
         1,
     )?;
     let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
     for i in 0..warmup {
         train_step(&mut model, &mut opt, &x, &labels, i as u64)?;
     }
+    dev.synchronize()?;
     dev.memory().reset_peak();
     let rss_ok = rss::reset_peak();
     let mut times = Vec::with_capacity(iters);
     for i in 0..iters.max(1) {
         let t0 = Instant::now();
         train_step(&mut model, &mut opt, &x, &labels, (warmup + i) as u64)?;
+        dev.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
     }
+    let device_used_bytes = dev
+        .mem_get_info()?
+        .map(|(free, total)| total.saturating_sub(free) as u64);
     Ok(CaseResult {
         model: name.to_string(),
         mode: mode.to_string(),
@@ -122,6 +135,7 @@ pub fn measure_training_step(
         depth: config.depth(),
         peak_bytes: dev.memory().peak() as u64,
         rss_peak_bytes: if rss_ok { rss::peak_bytes() } else { None },
+        device_used_bytes,
         median_s: median(&times),
         times_s: times,
     })

@@ -3,6 +3,10 @@
 //! CNN needs ([`ops`]), optimizers ([`optim`]) and exact per-device memory accounting
 //! ([`MemoryStats`]).
 //!
+//! With the cargo feature `cuda`, `Device::cuda(0)` runs every op on an NVIDIA GPU (cuDNN,
+//! cuBLAS and NVRTC kernels, loaded at run time; see `device::cuda`); tensors move between
+//! devices with [`Tensor::to_device`].
+//!
 //! ```
 //! use tape::{ops, DType, Device, Tape, Tensor};
 //! let dev = Device::cpu();
@@ -44,6 +48,8 @@ mod storage;
 pub mod tape;
 pub mod tensor;
 
+#[cfg(feature = "cuda")]
+pub use device::CudaOptions;
 pub use device::{Device, DeviceKind};
 pub use dtype::{DType, Elem};
 pub use error::{Error, Result};

@@ -55,12 +55,6 @@ impl Parameter {
 
 /// Copies `values` (converted to `dst`'s dtype) into `dst` in place, keeping its id.
 pub(crate) fn assign_values(dst: &mut Tensor, values: &Tensor) -> Result<()> {
-    let src = values.to_f64_vec();
-    dispatch_float!(dst.dtype(), T => {
-        let d = dst.make_mut::<T>()?;
-        for (o, &v) in d.iter_mut().zip(&src) {
-            *o = <T as crate::Elem>::of(v);
-        }
-    });
-    Ok(())
+    let src = values.try_to_f64_vec()?;
+    dst.overwrite_from_f64(&src)
 }

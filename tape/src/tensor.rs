@@ -5,7 +5,10 @@ use crate::device::Device;
 use crate::dtype::{DType, Elem};
 use crate::error::{Error, Result};
 use crate::rng;
-use crate::storage::{Buffer, CpuData};
+use crate::storage::{Buffer, CpuData, Storage};
+
+#[cfg(feature = "cuda")]
+use crate::device::cuda::CudaElem;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,6 +82,10 @@ impl Tensor {
 
     /// A tensor filled with `value`.
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if device.is_cuda() {
+            return crate::ops::cuda_full(shape, value, dtype, device);
+        }
         dispatch_float!(dtype, T => Self::from_vec(vec![T::of(value); numel_of(shape)], shape, device))
     }
 
@@ -204,40 +211,156 @@ impl Tensor {
         }
     }
 
-    /// The elements, if the dtype is `T`.
+    /// The error of host access to a tensor that lives on a GPU.
+    fn not_on_host(&self, op: &'static str) -> Error {
+        Error::invalid(
+            op,
+            format!(
+                "the tensor lives on {}, not in host memory: copy it with to_vec, to_f64_vec or \
+                 to_device(&Device::cpu()) first",
+                self.device()
+            ),
+        )
+    }
+
+    /// The elements, if the dtype is `T` and the tensor is in host memory (a CUDA tensor is an
+    /// [`Error::InvalidArgument`]: use [`Tensor::to_vec`] or [`Tensor::to_device`]).
     pub fn as_slice<T: Elem>(&self) -> Result<&[T]> {
-        T::slice(&self.buf.data).ok_or(Error::DType {
+        let data = self
+            .buf
+            .data
+            .cpu()
+            .ok_or_else(|| self.not_on_host("as_slice"))?;
+        T::slice(data).ok_or(Error::DType {
             op: "as_slice",
             expected: T::DTYPE,
             got: self.dtype(),
         })
     }
 
-    /// Mutable elements, copying the buffer first if it is shared (the id stays).
+    /// Mutable elements, copying the buffer first if it is shared (the id stays). Host
+    /// tensors only.
     pub(crate) fn make_mut<T: Elem>(&mut self) -> Result<&mut [T]> {
+        if self.device().is_cuda() {
+            return Err(self.not_on_host("make_mut"));
+        }
         if Arc::get_mut(&mut self.buf).is_none() {
             self.buf = Arc::new(self.buf.try_clone()?);
         }
         let got = self.dtype();
         let buf = Arc::get_mut(&mut self.buf).expect("buffer was made unique above");
-        T::slice_mut(&mut buf.data).ok_or(Error::DType {
+        let data = buf.data.cpu_mut().ok_or(Error::InvalidArgument {
+            op: "make_mut",
+            msg: "the tensor is not in host memory".into(),
+        })?;
+        T::slice_mut(data).ok_or(Error::DType {
             op: "make_mut",
             expected: T::DTYPE,
             got,
         })
     }
 
-    /// A copy of the elements, if the dtype is `T`.
+    /// A copy of the elements, if the dtype is `T` (from the GPU for a CUDA tensor).
     pub fn to_vec<T: Elem>(&self) -> Result<Vec<T>> {
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            if self.dtype() != T::DTYPE {
+                return Err(Error::DType {
+                    op: "to_vec",
+                    expected: T::DTYPE,
+                    got: self.dtype(),
+                });
+            }
+            let v = self.try_to_f64_vec()?;
+            return Ok(v.into_iter().map(T::of).collect());
+        }
         Ok(self.as_slice::<T>()?.to_vec())
     }
 
-    /// The elements converted to `f64`, whatever the dtype.
+    /// The elements converted to `f64`, whatever the dtype and device.
+    ///
+    /// For a CUDA tensor this is a device-to-host copy, which can only fail if the GPU itself
+    /// failed (a sticky CUDA error from an earlier kernel): then every element is NaN, so the
+    /// failure cannot pass unnoticed, and the next op reports the error. Use
+    /// [`Tensor::try_to_f64_vec`] to get the error itself.
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.buf.data {
-            CpuData::F32(v) => v.iter().map(|&x| x as f64).collect(),
-            CpuData::F64(v) => v.clone(),
+            Storage::Cpu(CpuData::F32(v)) => v.iter().map(|&x| x as f64).collect(),
+            Storage::Cpu(CpuData::F64(v)) => v.clone(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => self
+                .try_to_f64_vec()
+                .unwrap_or_else(|_| vec![f64::NAN; self.numel()]),
         }
+    }
+
+    /// The elements converted to `f64`, whatever the dtype and device; a failed copy from a GPU
+    /// is an error.
+    pub fn try_to_f64_vec(&self) -> Result<Vec<f64>> {
+        match &self.buf.data {
+            Storage::Cpu(_) => Ok(self.to_f64_vec()),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(d) => {
+                let n = self.numel();
+                let mut v = match d {
+                    crate::device::cuda::CudaData::F32(_) => self
+                        .buf
+                        .cuda_to_host::<f32>()?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect::<Vec<f64>>(),
+                    crate::device::cuda::CudaData::F64(_) => self.buf.cuda_to_host::<f64>()?,
+                };
+                v.truncate(n);
+                Ok(v)
+            }
+        }
+    }
+
+    /// A copy on `device` (host to GPU, GPU to host, or between devices), as a new leaf: new
+    /// id, no gradient, same shape and dtype.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        let data = match &self.buf.data {
+            Storage::Cpu(d) => d.clone(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(crate::device::cuda::CudaData::F32(_)) => {
+                CpuData::F32(self.buf.cuda_to_host::<f32>()?)
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(crate::device::cuda::CudaData::F64(_)) => {
+                CpuData::F64(self.buf.cuda_to_host::<f64>()?)
+            }
+        };
+        Self::from_data(data, &self.shape, device)
+    }
+
+    /// Overwrites the elements in place with `values` (converted to this dtype; as many as the
+    /// tensor has), copying a shared buffer first; the id stays. Any device.
+    pub(crate) fn overwrite_from_f64(&mut self, values: &[f64]) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let n = self.numel().min(values.len());
+            return dispatch_float!(self.dtype(), T => {
+                let host: Vec<T> = values[..n].iter().map(|&v| T::of(v)).collect();
+                let device = self.device().clone();
+                let cu = device.cuda_handle("overwrite")?;
+                let dst = self.cuda_slice_mut::<T>()?;
+                if n > 0 {
+                    cu.backend
+                        .stream
+                        .memcpy_htod(&host, &mut dst.slice_mut(0..n))
+                        .map_err(|e| crate::device::cuda::driver_err("cuMemcpyHtoDAsync", e))?;
+                }
+                Ok(())
+            });
+        }
+        dispatch_float!(self.dtype(), T => {
+            let d = self.make_mut::<T>()?;
+            for (o, &v) in d.iter_mut().zip(values) {
+                *o = T::of(v);
+            }
+        });
+        Ok(())
     }
 
     /// The value of a one-element tensor.
@@ -248,12 +371,12 @@ impl Tensor {
                 format!("expected one element, got shape {:?}", self.shape),
             ));
         }
-        Ok(self.to_f64_vec()[0])
+        Ok(self.try_to_f64_vec()?[0])
     }
 
     /// A copy in another dtype (a new leaf).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        Self::from_f64(&self.to_f64_vec(), &self.shape, dtype, self.device())
+        Self::from_f64(&self.try_to_f64_vec()?, &self.shape, dtype, self.device())
     }
 
     /// Fails with a shape error unless `self` and `other` have equal shapes.
@@ -277,5 +400,51 @@ impl Tensor {
             });
         }
         self.device().check_same(other.device(), op)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Tensor {
+    /// A new tensor of `shape` on a CUDA device whose elements are not initialised: the caller's
+    /// kernel must write every one of them.
+    pub(crate) fn cuda_uninit<T: CudaElem>(shape: &[usize], device: &Device) -> Result<Self> {
+        Ok(Tensor {
+            id: TensorId::fresh(),
+            shape: shape.to_vec(),
+            buf: Arc::new(Buffer::cuda_uninit::<T>(device, numel_of(shape))?),
+            requires_grad: false,
+        })
+    }
+
+    /// The device slice of a CUDA tensor of `T` (at least one element long, whatever the shape).
+    pub(crate) fn cuda_slice<T: CudaElem>(&self) -> Result<&cudarc::driver::CudaSlice<T>> {
+        self.buf.cuda_slice::<T>().ok_or_else(|| {
+            if self.device().is_cuda() {
+                Error::DType {
+                    op: "cuda_slice",
+                    expected: T::DTYPE,
+                    got: self.dtype(),
+                }
+            } else {
+                Error::Device {
+                    op: "cuda_slice",
+                    lhs: self.device().to_string(),
+                    rhs: "a CUDA device".into(),
+                }
+            }
+        })
+    }
+
+    /// The mutable device slice of a CUDA tensor, copying the buffer first if it is shared (the
+    /// id stays).
+    pub(crate) fn cuda_slice_mut<T: CudaElem>(
+        &mut self,
+    ) -> Result<&mut cudarc::driver::CudaSlice<T>> {
+        if Arc::get_mut(&mut self.buf).is_none() {
+            self.buf = Arc::new(self.buf.try_clone()?);
+        }
+        Arc::get_mut(&mut self.buf)
+            .expect("buffer was made unique above")
+            .cuda_slice_mut::<T>()
     }
 }

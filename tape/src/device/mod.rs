@@ -1,6 +1,16 @@
 //! Devices. A [`Device`] is a run-time value (a flag picks it, not a type parameter); each one owns
 //! its memory accounting. Every `Device::cpu()` call makes a new accounting domain, so tests and
 //! benchmarks measure their own bytes even when they run side by side.
+//!
+//! With the cargo feature `cuda`, `Device::cuda(ordinal)` (and `Device::cuda_with` for options)
+//! opens an NVIDIA GPU: every call is again a new accounting domain, while the CUDA context,
+//! stream, library handles and compiled kernels of one GPU are shared by all of them.
+
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+
+#[cfg(feature = "cuda")]
+pub use cuda::CudaOptions;
 
 use crate::error::{Error, Result};
 use crate::memory::{MemoryStats, Reservation};
@@ -13,6 +23,9 @@ use std::sync::Arc;
 pub enum DeviceKind {
     /// Host memory and CPU kernels (`gemm` + `rayon`).
     Cpu,
+    /// An NVIDIA GPU by ordinal: cuDNN, cuBLAS and NVRTC kernels (cargo feature `cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
 }
 
 #[derive(Debug)]
@@ -20,6 +33,8 @@ struct Inner {
     kind: DeviceKind,
     serial: u64,
     memory: Arc<MemoryStats>,
+    #[cfg(feature = "cuda")]
+    cuda: Option<cuda::CudaHandle>,
 }
 
 /// A device handle; cheap to clone. Two handles are the same device when they come from the same
@@ -38,12 +53,80 @@ impl Device {
             kind: DeviceKind::Cpu,
             serial,
             memory,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         }))
+    }
+
+    /// GPU `ordinal` with the default [`CudaOptions`] (strict fp32, no TF32), as a new accounting
+    /// domain. Fails with [`Error::Backend`] (never a panic) when the NVIDIA driver or a CUDA
+    /// library (cuBLAS, cuDNN, NVRTC) cannot be loaded or there is no such GPU; the message names
+    /// what is missing and how to point the loader at it.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(ordinal: usize) -> Result<Self> {
+        Self::cuda_with(ordinal, CudaOptions::default())
+    }
+
+    /// GPU `ordinal` with explicit options (TF32, cuDNN workspace limit).
+    #[cfg(feature = "cuda")]
+    pub fn cuda_with(ordinal: usize, options: CudaOptions) -> Result<Self> {
+        let backend = cuda::Backend::get(ordinal)?;
+        backend.bind()?;
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let memory = Arc::new(MemoryStats::new(format!("cuda:{ordinal}#{serial}")));
+        Ok(Device(Arc::new(Inner {
+            kind: DeviceKind::Cuda(ordinal),
+            serial,
+            memory,
+            cuda: Some(cuda::CudaHandle { backend, options }),
+        })))
     }
 
     /// The kind of hardware.
     pub fn kind(&self) -> DeviceKind {
         self.0.kind
+    }
+
+    /// Whether this is a CUDA device (always false without the `cuda` feature).
+    pub fn is_cuda(&self) -> bool {
+        !matches!(self.0.kind, DeviceKind::Cpu)
+    }
+
+    /// The options of a CUDA device (`None` on the CPU).
+    #[cfg(feature = "cuda")]
+    pub fn cuda_options(&self) -> Option<CudaOptions> {
+        self.0.cuda.as_ref().map(|c| c.options)
+    }
+
+    /// The CUDA plumbing of this device, or an error naming `op` for a CPU device.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_handle(&self, op: &'static str) -> Result<&cuda::CudaHandle> {
+        self.0.cuda.as_ref().ok_or_else(|| Error::Device {
+            op,
+            lhs: self.to_string(),
+            rhs: "a CUDA device".into(),
+        })
+    }
+
+    /// Waits until all work queued on the device has finished (a no-op on the CPU, where every
+    /// op is synchronous). Timing a GPU step needs it; reading a tensor back synchronises too.
+    pub fn synchronize(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(c) = &self.0.cuda {
+            return c.backend.synchronize();
+        }
+        Ok(())
+    }
+
+    /// The GPU's `(free, total)` bytes as the driver reports them (`cuMemGetInfo`), for printing
+    /// beside the engine's own accounting; `None` on the CPU. The driver's numbers include the
+    /// CUDA context, library workspaces and the memory pool's cached blocks.
+    pub fn mem_get_info(&self) -> Result<Option<(usize, usize)>> {
+        #[cfg(feature = "cuda")]
+        if let Some(c) = &self.0.cuda {
+            return c.backend.mem_get_info().map(Some);
+        }
+        Ok(None)
     }
 
     /// This device's memory accounting.
@@ -85,6 +168,8 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0.kind {
             DeviceKind::Cpu => write!(f, "cpu#{}", self.0.serial),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda(ordinal) => write!(f, "cuda:{ordinal}#{}", self.0.serial),
         }
     }
 }

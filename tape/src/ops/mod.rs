@@ -31,6 +31,17 @@ pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
+/// A CUDA tensor filled with `value` (the CUDA path of [`Tensor::full`]).
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_full(
+    shape: &[usize],
+    value: f64,
+    dtype: crate::DType,
+    device: &crate::Device,
+) -> Result<Tensor> {
+    elementwise::cuda::full(shape, value, dtype, device)
+}
+
 use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;

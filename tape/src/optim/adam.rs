@@ -132,6 +132,18 @@ impl Optimizer for Adam {
             check_state(OP, p, &s.exp_avg_sq)?;
             s.step += 1;
             let cfg = self.cfg;
+            #[cfg(feature = "cuda")]
+            if g.device().is_cuda() {
+                dispatch_float!(g.dtype(), T => super::cuda::adam::<T>(
+                    &cfg,
+                    s.step,
+                    p.tensor_mut(),
+                    g,
+                    &mut s.exp_avg,
+                    &mut s.exp_avg_sq,
+                ))?;
+                continue;
+            }
             dispatch_float!(g.dtype(), T => update::<T>(
                 &cfg,
                 s.step,

@@ -9,6 +9,8 @@ use crate::param::Parameter;
 use crate::tensor::Tensor;
 
 mod adam;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
@@ -53,7 +55,7 @@ fn saved_slot(
         ));
     }
     let t = Tensor::from_f64(
-        &t.to_f64_vec(),
+        &t.try_to_f64_vec()?,
         t.shape(),
         p.tensor().dtype(),
         p.tensor().device(),

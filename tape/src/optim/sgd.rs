@@ -132,6 +132,11 @@ impl Optimizer for Sgd {
                 None
             };
             let cfg = self.cfg;
+            #[cfg(feature = "cuda")]
+            if g.device().is_cuda() {
+                dispatch_float!(g.dtype(), T => super::cuda::sgd::<T>(&cfg, p.tensor_mut(), g, buf))?;
+                continue;
+            }
             dispatch_float!(g.dtype(), T => {
                 let gs = g.as_slice::<T>()?;
                 let buf = match buf {

@@ -15,6 +15,8 @@ use cpu::{InputGradCoef, Layout};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 const OP: &str = "batch_norm2d";
 
@@ -212,6 +214,10 @@ pub fn batch_norm2d(
         ));
     }
     x.device().check_same(running.device(), OP)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return cuda::batch_norm2d(tape, x, weight, bias, running, opts);
+    }
     let l = Layout { n, c, hw: h * w };
     let training = tape.is_training();
     let update_running = training && tape.phase() == Phase::Forward;

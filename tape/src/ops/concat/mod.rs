@@ -7,6 +7,8 @@ use crate::tape::Tape;
 use crate::tensor::Tensor;
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 const OP: &str = "concat";
 
@@ -43,6 +45,29 @@ pub fn concat(tape: &mut Tape, xs: &[&Tensor]) -> Result<Tensor> {
     let widths: Vec<usize> = xs.iter().map(|x| x.shape()[1] * inner).collect();
     let mut shape = first.shape().to_vec();
     shape[1] = xs.iter().map(|x| x.shape()[1]).sum();
+    #[cfg(feature = "cuda")]
+    if first.device().is_cuda() {
+        let out = cuda::concat(xs, &widths, outer, &shape)?;
+        let keys: Vec<GradKey> = xs.iter().map(|x| GradKey::of(x)).collect();
+        return Ok(tape.record(xs, out, move |g, grads| {
+            if g.shape() != shape {
+                return Err(Error::Backward(format!(
+                    "concat: gradient of shape {:?} for an output of shape {:?}",
+                    g.shape(),
+                    shape
+                )));
+            }
+            let shapes: Vec<&[usize]> = keys.iter().map(|k| k.shape()).collect();
+            let wanted: Vec<bool> = keys.iter().map(|k| k.requires_grad()).collect();
+            let pieces = cuda::split(g, outer, &widths, &shapes, &wanted)?;
+            for (key, piece) in keys.iter().zip(pieces) {
+                if let Some(gx) = piece {
+                    grads.accumulate(key, gx)?;
+                }
+            }
+            Ok(())
+        }));
+    }
     let out = dispatch_float!(first.dtype(), T => {
         let parts = xs.iter().map(|x| x.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
         Tensor::from_vec(cpu::concat::<T>(&parts, &widths, outer), &shape, first.device())

@@ -3,6 +3,8 @@
 //! while they live, and backward keeps only the tensors the requested gradients need.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -157,6 +159,10 @@ pub fn conv2d(
     opts: Conv2dOptions,
 ) -> Result<Tensor> {
     let geo = Geometry::new(x, weight, bias, opts)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return conv2d_cuda(tape, x, weight, bias, geo);
+    }
     let mut out = Tensor::zeros(
         &[geo.n, geo.cout, geo.hout, geo.wout],
         x.dtype(),
@@ -183,6 +189,49 @@ pub fn conv2d(
             grads.accumulate(&kb, gb)?;
         }
         let (gx, gw) = backward(&geo, g, saved_x.as_ref(), saved_w.as_ref())?;
+        if let Some(gx) = gx {
+            grads.accumulate(&kx, gx)?;
+        }
+        if let Some(gw) = gw {
+            grads.accumulate(&kw, gw)?;
+        }
+        Ok(())
+    }))
+}
+
+/// The CUDA path of [`conv2d`]: the same recording, cuDNN kernels.
+#[cfg(feature = "cuda")]
+fn conv2d_cuda(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geo: Geometry,
+) -> Result<Tensor> {
+    let out = cuda::forward(&geo, x, weight, bias)?;
+    let (kx, kw) = (GradKey::of(x), GradKey::of(weight));
+    let kb = bias.map(GradKey::of);
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    let record = tape.needs_grad(&inputs);
+    let saved_x = (record && weight.requires_grad()).then(|| x.clone());
+    let saved_w = (record && x.requires_grad()).then(|| weight.clone());
+    Ok(tape.record(&inputs, out, move |g, grads| {
+        let expected = [geo.n, geo.cout, geo.hout, geo.wout];
+        if g.shape() != expected {
+            return Err(Error::Backward(format!(
+                "{OP}: output gradient {:?}, expected {expected:?}",
+                g.shape()
+            )));
+        }
+        for t in saved_x.iter().chain(saved_w.iter()) {
+            t.check_compatible(g, OP)?;
+        }
+        let want_bias = kb.as_ref().is_some_and(|k| k.requires_grad());
+        let (gx, gw, gb) = cuda::backward(&geo, g, saved_x.as_ref(), saved_w.as_ref(), want_bias)?;
+        if let (Some(kb), Some(gb)) = (kb, gb) {
+            grads.accumulate(&kb, gb)?;
+        }
         if let Some(gx) = gx {
             grads.accumulate(&kx, gx)?;
         }

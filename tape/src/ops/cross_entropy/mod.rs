@@ -7,6 +7,8 @@ use crate::tape::Tape;
 use crate::tensor::Tensor;
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 const OP: &str = "cross_entropy";
 
@@ -36,6 +38,10 @@ pub fn cross_entropy(tape: &mut Tape, logits: &Tensor, labels: &[usize]) -> Resu
             OP,
             format!("label {y} (row {i}) is out of range for {classes} classes"),
         ));
+    }
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() {
+        return cuda::cross_entropy(tape, logits, labels, n, classes);
     }
     let total = dispatch_float!(logits.dtype(), T => cpu::total_loss::<T>(logits.as_slice::<T>()?, classes, labels));
     let out = Tensor::full(&[1], total / n as f64, logits.dtype(), logits.device())?;

@@ -8,6 +8,8 @@ use crate::tape::Tape;
 use crate::tensor::Tensor;
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 /// Zeroes each element of `x` with probability `p` and scales the kept ones by `1 / (1 - p)`.
 ///
@@ -28,9 +30,18 @@ pub fn dropout(tape: &mut Tape, x: &Tensor, p: f64) -> Result<Tensor> {
         return Ok(tape.record(&[x], out, move |g, grads| grads.accumulate(&kx, g.clone())));
     }
     let (seed, counter) = tape.next_random_stream();
-    let out = dispatch_float!(x.dtype(), T => Tensor::from_vec(cpu::apply_mask::<T>(x.as_slice::<T>()?, seed, counter, p), x.shape(), x.device()))?;
+    let out = apply_mask(x, seed, counter, p)?;
     Ok(tape.record(&[x], out, move |g, grads| {
-        let gx = dispatch_float!(g.dtype(), T => Tensor::from_vec(cpu::apply_mask::<T>(g.as_slice::<T>()?, seed, counter, p), g.shape(), g.device()))?;
+        let gx = apply_mask(g, seed, counter, p)?;
         grads.accumulate(&kx, gx)
     }))
+}
+
+/// `x` with the mask of stream (`seed`, `counter`) applied, on `x`'s device.
+fn apply_mask(x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return cuda::apply_mask(x, seed, counter, p);
+    }
+    dispatch_float!(x.dtype(), T => Tensor::from_vec(cpu::apply_mask::<T>(x.as_slice::<T>()?, seed, counter, p), x.shape(), x.device()))
 }

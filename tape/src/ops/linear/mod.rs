@@ -2,6 +2,8 @@
 //! classifier head of a CNN. Its `cpu` module also holds the GEMM wrapper `conv2d` uses.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -20,6 +22,10 @@ pub fn linear(
 ) -> Result<Tensor> {
     let dims = check(x, weight, bias)?;
     let (n, _, o) = dims;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return linear_cuda(tape, x, weight, bias, dims);
+    }
     let mut out = Tensor::zeros(&[n, o], x.dtype(), x.device())?;
     dispatch_float!(x.dtype(), T => cpu::forward::<T>(
         out.make_mut::<T>()?,
@@ -55,6 +61,46 @@ pub fn linear(
             let mut gb = Tensor::zeros(kb.shape(), dtype, &dev)?;
             dispatch_float!(dtype, T => cpu::grad_bias::<T>(gb.make_mut::<T>()?, g.as_slice::<T>()?, o));
             grads.accumulate(&kb, gb)?;
+        }
+        Ok(())
+    }))
+}
+
+/// The CUDA path of [`linear`]: the same recording, cuBLAS kernels.
+#[cfg(feature = "cuda")]
+fn linear_cuda(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    dims: (usize, usize, usize),
+) -> Result<Tensor> {
+    let (n, _, o) = dims;
+    let out = cuda::forward(x, weight, bias, dims)?;
+    let (kx, kw) = (GradKey::of(x), GradKey::of(weight));
+    let kb = bias.map(GradKey::of);
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    let record = tape.needs_grad(&inputs);
+    let saved_x = (record && weight.requires_grad()).then(|| x.clone());
+    let saved_w = (record && x.requires_grad()).then(|| weight.clone());
+    Ok(tape.record(&inputs, out, move |g, grads| {
+        if g.shape() != [n, o] {
+            return Err(Error::Backward(format!(
+                "{OP}: output gradient {:?}, expected [{n}, {o}]",
+                g.shape()
+            )));
+        }
+        if let Some(w) = saved_w {
+            w.check_compatible(g, OP)?;
+            grads.accumulate(&kx, cuda::grad_input(g, &w, dims)?)?;
+        }
+        if let Some(x) = saved_x {
+            x.check_compatible(g, OP)?;
+            grads.accumulate(&kw, cuda::grad_weight(g, &x, dims)?)?;
+        }
+        if let Some(kb) = kb.filter(|k| k.requires_grad()) {
+            grads.accumulate(&kb, cuda::grad_bias(g, dims)?)?;
         }
         Ok(())
     }))

@@ -3,6 +3,8 @@
 //! average counting the zero padding).
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -72,6 +74,16 @@ pub fn avg_pool2d(
 ) -> Result<Tensor> {
     let dims = x.dims4("avg_pool2d")?;
     let win = Window::new("avg_pool2d", dims, kernel, stride, padding)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        use crate::device::cuda::PoolMode;
+        let out = cuda::forward("avg_pool2d", PoolMode::Avg, x, &win)?;
+        let kx = GradKey::of(x);
+        return Ok(tape.record(&[x], out, move |g, grads| {
+            let gx = cuda::backward("avg_pool2d", PoolMode::Avg, None, g, &win, kx.shape())?;
+            grads.accumulate(&kx, gx)
+        }));
+    }
     let mut out = Tensor::zeros(
         &[dims[0], dims[1], win.hout, win.wout],
         x.dtype(),
@@ -98,6 +110,27 @@ pub fn max_pool2d(
 ) -> Result<Tensor> {
     let dims = x.dims4("max_pool2d")?;
     let win = Window::new("max_pool2d", dims, kernel, stride, padding)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        // cuDNN's backward takes the output as well as the input: both are kept.
+        use crate::device::cuda::PoolMode;
+        let out = cuda::forward("max_pool2d", PoolMode::Max, x, &win)?;
+        let kx = GradKey::of(x);
+        let saved = tape.needs_grad(&[x]).then(|| (x.clone(), out.clone()));
+        return Ok(tape.record(&[x], out, move |g, grads| {
+            let (x, y) = saved
+                .ok_or_else(|| crate::Error::Backward("max_pool2d: input not saved".into()))?;
+            let gx = cuda::backward(
+                "max_pool2d",
+                PoolMode::Max,
+                Some((&x, &y)),
+                g,
+                &win,
+                kx.shape(),
+            )?;
+            grads.accumulate(&kx, gx)
+        }));
+    }
     let mut out = Tensor::zeros(
         &[dims[0], dims[1], win.hout, win.wout],
         x.dtype(),
@@ -122,6 +155,21 @@ pub fn global_avg_pool(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
             "global_avg_pool",
             format!("empty planes in {:?}", x.shape()),
         ));
+    }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let out = cuda::global_avg_forward(x, h * w, &[n, c])?;
+        let kx = GradKey::of(x);
+        return Ok(tape.record(&[x], out, move |g, grads| {
+            if g.shape() != [n, c] {
+                return Err(Error::Backward(format!(
+                    "global_avg_pool: gradient of shape {:?}, expected [{n}, {c}]",
+                    g.shape()
+                )));
+            }
+            let gx = cuda::global_avg_backward(g, h * w, kx.shape())?;
+            grads.accumulate(&kx, gx)
+        }));
     }
     let mut out = Tensor::zeros(&[n, c], x.dtype(), x.device())?;
     dispatch_float!(x.dtype(), T => cpu::global_avg_forward::<T>(x.as_slice::<T>()?, h * w, out.make_mut::<T>()?));

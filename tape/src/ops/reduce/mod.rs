@@ -6,6 +6,9 @@ use crate::gradients::GradKey;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 /// The sum of all elements, as a tensor of shape `[1]`.
 pub fn sum(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     reduce(tape, x, 1.0)
@@ -17,6 +20,10 @@ pub fn mean(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
 }
 
 fn reduce(tape: &mut Tape, x: &Tensor, factor: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return cuda::reduce(tape, x, factor);
+    }
     let total: f64 =
         dispatch_float!(x.dtype(), T => x.as_slice::<T>()?.iter().map(|v| v.f64()).sum());
     let out = Tensor::full(&[1], total * factor, x.dtype(), x.device())?;

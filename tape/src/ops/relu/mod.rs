@@ -6,8 +6,15 @@ use crate::gradients::GradKey;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 /// `max(x, 0)`.
 pub fn relu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return cuda::relu(tape, x);
+    }
     let out =
         dispatch_float!(x.dtype(), T => map_unary::<T>(x, |v| if v > 0.0 { v } else { 0.0 }))?;
     let kx = GradKey::of(x);

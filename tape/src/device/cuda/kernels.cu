@@ -1,0 +1,338 @@
+// The engine's own CUDA kernels, compiled at run time by NVRTC (once per GPU) with --fmad=false,
+// so that element-wise arithmetic rounds exactly like the CPU kernels (no fused multiply-adds).
+// Every kernel exists for float (suffix _f32) and double (_f64); the Rust side (kernels.rs) lists
+// them by name and launches them with the argument lists documented here.
+//
+// Element counts are unsigned 64-bit; loops are grid-stride, so any grid size covers any n.
+// Reductions accumulate in double in a fixed order (deterministic from run to run).
+
+typedef unsigned long long u64;
+
+#define GRID_STRIDE(i, n) \
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
+
+// Threads per block of every reduction kernel (a power of two).
+#define RBLOCK 256
+
+// ---------------------------------------------------------------------------------------------
+// Counter-based random numbers: a port of tape/src/rng.rs (SplitMix64 finaliser), bit for bit.
+
+__device__ __forceinline__ u64 mix64(u64 z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+// rng::uniform(seed, counter, index): a double in [0, 1) with 53 random bits.
+__device__ __forceinline__ double uniform01(u64 seed, u64 counter, u64 index) {
+    u64 key = mix64(seed ^ mix64(counter + 0x632BE59BD9B4E019ULL));
+    u64 bits = mix64(key ^ (index * 0xD6E8FEB86659FD93ULL));
+    return (double)(bits >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block-wide sum of one double per thread (blockDim.x == RBLOCK); the result is valid in thread 0.
+
+__device__ __forceinline__ double block_sum(double v, double* shared) {
+    shared[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = RBLOCK / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+        __syncthreads();
+    }
+    double r = shared[0];
+    __syncthreads();
+    return r;
+}
+
+// Block-wide max (NaN-ignoring like f64::max); valid in every thread.
+__device__ __forceinline__ double block_max(double v, double* shared) {
+    shared[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = RBLOCK / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) shared[threadIdx.x] = fmax(shared[threadIdx.x], shared[threadIdx.x + s]);
+        __syncthreads();
+    }
+    double r = shared[0];
+    __syncthreads();
+    return r;
+}
+
+// Up to 32 tensors of a concatenation along dim 1: device addresses, row widths (elements per
+// outer index) and column offsets in the concatenated rows. Mirrors `PartList` in kernels.rs.
+#define MAX_PARTS 32
+struct PartList {
+    u64 ptr[MAX_PARTS];
+    u64 width[MAX_PARTS];
+    u64 offset[MAX_PARTS];
+};
+
+// ---------------------------------------------------------------------------------------------
+// Template bodies.
+
+template <typename T> __device__ void fill_impl(T* out, T v, u64 n) {
+    GRID_STRIDE(i, n) out[i] = v;
+}
+
+// out[i] = (T)((double)s[0] * mul / div): a gradient that is a scalar times a constant.
+template <typename T> __device__ void fill_scalar_impl(T* out, const T* s, double mul, double div, u64 n) {
+    double v = (double)s[0] * mul / div;
+    GRID_STRIDE(i, n) out[i] = (T)v;
+}
+
+template <typename T> __device__ void relu_fwd_impl(T* y, const T* x, u64 n) {
+    GRID_STRIDE(i, n) { T v = x[i]; y[i] = v > (T)0 ? v : (T)0; }
+}
+
+template <typename T> __device__ void relu_bwd_impl(T* gx, const T* g, const T* y, u64 n) {
+    GRID_STRIDE(i, n) gx[i] = y[i] > (T)0 ? g[i] : (T)0;
+}
+
+template <typename T> __device__ void add_impl(T* out, const T* a, const T* b, u64 n) {
+    GRID_STRIDE(i, n) out[i] = a[i] + b[i];
+}
+
+template <typename T> __device__ void mul_impl(T* out, const T* a, const T* b, u64 n) {
+    GRID_STRIDE(i, n) out[i] = a[i] * b[i];
+}
+
+template <typename T> __device__ void scale_impl(T* out, const T* x, T s, u64 n) {
+    GRID_STRIDE(i, n) out[i] = x[i] * s;
+}
+
+template <typename T> __device__ void add_assign_impl(T* acc, const T* g, u64 n) {
+    GRID_STRIDE(i, n) acc[i] += g[i];
+}
+
+// blockIdx.y picks the part: out[o * total + offset + j] = part[o * width + j].
+template <typename T> __device__ void concat_impl(T* out, PartList parts, u64 outer, u64 total) {
+    unsigned p = blockIdx.y;
+    const T* src = (const T*)parts.ptr[p];
+    u64 w = parts.width[p], off = parts.offset[p];
+    if (w == 0) return;
+    GRID_STRIDE(i, outer * w) {
+        u64 o = i / w, j = i - o * w;
+        out[o * total + off + j] = src[i];
+    }
+}
+
+// The inverse: part[o * width + j] = g[o * total + offset + j].
+template <typename T> __device__ void split_impl(const T* g, PartList parts, u64 outer, u64 total) {
+    unsigned p = blockIdx.y;
+    T* dst = (T*)parts.ptr[p];
+    u64 w = parts.width[p], off = parts.offset[p];
+    if (w == 0) return;
+    GRID_STRIDE(i, outer * w) {
+        u64 o = i / w, j = i - o * w;
+        dst[i] = g[o * total + off + j];
+    }
+}
+
+// First stage of a full sum: partials[blockIdx.x] = sum of this block's grid-stride share.
+template <typename T> __device__ void sum_partial_impl(const T* x, u64 n, double* partials) {
+    __shared__ double sh[RBLOCK];
+    double acc = 0.0;
+    GRID_STRIDE(i, n) acc += (double)x[i];
+    double s = block_sum(acc, sh);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+// Second stage (one block): out[0] = (T)(sum(partials) * mul / div).
+template <typename T> __device__ void sum_final_impl(const double* partials, u64 count, double mul, double div, T* out) {
+    __shared__ double sh[RBLOCK];
+    double acc = 0.0;
+    for (u64 i = threadIdx.x; i < count; i += RBLOCK) acc += partials[i];
+    double s = block_sum(acc, sh);
+    if (threadIdx.x == 0) out[0] = (T)(s * mul / div);
+}
+
+// Dropout: keep element i iff uniform(seed, counter, i) >= p; kept ones are scaled.
+template <typename T> __device__ void dropout_impl(T* out, const T* x, u64 n, u64 seed, u64 counter, double p, T scale) {
+    GRID_STRIDE(i, n) out[i] = uniform01(seed, counter, i) >= p ? x[i] * scale : (T)0;
+}
+
+// One block per row: row_loss[row] = logsumexp(row) - row[label].
+template <typename T> __device__ void ce_loss_rows_impl(const T* logits, const int* labels, u64 classes, double* row_loss) {
+    __shared__ double sh[RBLOCK];
+    u64 row = blockIdx.x;
+    const T* r = logits + row * classes;
+    double m = __longlong_as_double(0xFFF0000000000000LL);
+    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) m = fmax(m, (double)r[j]);
+    double mx = block_max(m, sh);
+    double acc = 0.0;
+    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) acc += exp((double)r[j] - mx);
+    double sum = block_sum(acc, sh);
+    if (threadIdx.x == 0) row_loss[row] = mx + log(sum) - (double)r[labels[row]];
+}
+
+// One block per row: out = (g[0] / n) * (softmax(row) - onehot(label)).
+template <typename T> __device__ void ce_grad_impl(const T* logits, const int* labels, const T* g, u64 classes, double n, T* out) {
+    __shared__ double sh[RBLOCK];
+    u64 row = blockIdx.x;
+    const T* r = logits + row * classes;
+    T* o = out + row * classes;
+    double factor = (double)g[0] / n;
+    double m = __longlong_as_double(0xFFF0000000000000LL);
+    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) m = fmax(m, (double)r[j]);
+    double mx = block_max(m, sh);
+    double acc = 0.0;
+    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) acc += exp((double)r[j] - mx);
+    double lse = log(block_sum(acc, sh));
+    int y = labels[row];
+    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) {
+        double p = exp((double)r[j] - mx - lse);
+        o[j] = (T)(factor * (p - ((u64)y == j ? 1.0 : 0.0)));
+    }
+}
+
+// One block per channel of an NCHW tensor (n images, c channels, hw per plane):
+// sum_g[ch] = sum g, sum_gx[ch] = sum g * (x - mean[ch]) * invstd[ch]. Null pointers skip a sum
+// (x null: sum_gx is not computed).
+template <typename T> __device__ void bn_sums_impl(const T* g, const T* x, const T* mean, const T* invstd,
+                                                   u64 n, u64 c, u64 hw, T* sum_g, T* sum_gx) {
+    __shared__ double sh[RBLOCK];
+    u64 ch = blockIdx.x;
+    double mu = x ? (double)mean[ch] : 0.0, is = x ? (double)invstd[ch] : 0.0;
+    double ag = 0.0, agx = 0.0;
+    for (u64 k = threadIdx.x; k < n * hw; k += RBLOCK) {
+        u64 img = k / hw, pos = k - img * hw;
+        u64 idx = (img * c + ch) * hw + pos;
+        double gv = (double)g[idx];
+        ag += gv;
+        if (x) agx += gv * (((double)x[idx] - mu) * is);
+    }
+    double sg = block_sum(ag, sh);
+    double sgx = block_sum(agx, sh);
+    if (threadIdx.x == 0) {
+        if (sum_g) sum_g[ch] = (T)sg;
+        if (sum_gx) sum_gx[ch] = (T)sgx;
+    }
+}
+
+// Eval-mode input gradient of batch norm: gx = g * (weight[ch] * invstd[ch]).
+template <typename T> __device__ void bn_scale_grad_impl(T* gx, const T* g, const T* weight, const T* invstd,
+                                                         u64 c, u64 hw, u64 n) {
+    GRID_STRIDE(i, n) {
+        u64 ch = (i / hw) % c;
+        double a = (double)weight[ch] * (double)invstd[ch];
+        gx[i] = (T)((double)g[i] * a + 0.0);
+    }
+}
+
+// invstd = 1 / sqrt(var + eps), per channel.
+template <typename T> __device__ void bn_invstd_impl(const T* var, double eps, u64 c, T* out) {
+    GRID_STRIDE(i, c) out[i] = (T)(1.0 / sqrt((double)var[i] + eps));
+}
+
+// Global average pooling: one thread per plane, summed in T in order (like the CPU kernel).
+template <typename T> __device__ void gap_fwd_impl(const T* x, T* out, u64 planes, u64 hw) {
+    GRID_STRIDE(p, planes) {
+        const T* src = x + p * hw;
+        T s = (T)-0.0;
+        for (u64 k = 0; k < hw; ++k) s += src[k];
+        out[p] = s / (T)hw;
+    }
+}
+
+template <typename T> __device__ void gap_bwd_impl(const T* g, T* gx, u64 planes, u64 hw) {
+    GRID_STRIDE(i, planes * hw) gx[i] = g[i / hw] / (T)hw;
+}
+
+// out[r * o + j] = b[j] for n rows (a linear layer's bias, before the GEMM accumulates).
+template <typename T> __device__ void bias_rows_impl(T* out, const T* b, u64 n, u64 o) {
+    GRID_STRIDE(i, n * o) out[i] = b[i % o];
+}
+
+// gb[j] = sum over the n rows of g[r * o + j], in row order (like the CPU kernel).
+template <typename T> __device__ void col_sum_impl(const T* g, T* gb, u64 n, u64 o) {
+    GRID_STRIDE(j, o) {
+        T acc = (T)0;
+        for (u64 r = 0; r < n; ++r) acc += g[r * o + j];
+        gb[j] = acc;
+    }
+}
+
+// torch.optim.SGD, step for step (see optim/sgd.rs); buf is null without momentum.
+template <typename T> __device__ void sgd_impl(T* p, const T* g, T* buf, u64 n, double lr, double momentum,
+                                               double dampening, double wd, int nesterov, int first) {
+    GRID_STRIDE(i, n) {
+        double d = (double)g[i];
+        if (wd != 0.0) d += wd * (double)p[i];
+        if (buf) {
+            double b = first ? d : momentum * (double)buf[i] + (1.0 - dampening) * d;
+            buf[i] = (T)b;
+            b = (double)buf[i];
+            d = nesterov ? d + momentum * b : b;
+        }
+        p[i] = (T)((double)p[i] - lr * d);
+    }
+}
+
+// torch.optim.Adam, step for step (see optim/adam.rs).
+template <typename T> __device__ void adam_impl(T* p, const T* g, T* m, T* v, u64 n, double beta1, double beta2,
+                                                double eps, double wd, double step_size, double bc2_sqrt) {
+    GRID_STRIDE(i, n) {
+        double gd = (double)g[i];
+        if (wd != 0.0) gd += wd * (double)p[i];
+        m[i] = (T)(beta1 * (double)m[i] + (1.0 - beta1) * gd);
+        v[i] = (T)(beta2 * (double)v[i] + (1.0 - beta2) * gd * gd);
+        double denom = sqrt((double)v[i]) / bc2_sqrt + eps;
+        p[i] = (T)((double)p[i] - step_size * ((double)m[i] / denom));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// extern "C" entry points, one per (kernel, type).
+
+#define KERNELS(T, S)                                                                                   \
+extern "C" __global__ void fill_##S(T* out, T v, u64 n) { fill_impl<T>(out, v, n); }                    \
+extern "C" __global__ void fill_scalar_##S(T* out, const T* s, double mul, double div, u64 n) {          \
+    fill_scalar_impl<T>(out, s, mul, div, n); }                                                         \
+extern "C" __global__ void relu_fwd_##S(T* y, const T* x, u64 n) { relu_fwd_impl<T>(y, x, n); }         \
+extern "C" __global__ void relu_bwd_##S(T* gx, const T* g, const T* y, u64 n) {                         \
+    relu_bwd_impl<T>(gx, g, y, n); }                                                                    \
+extern "C" __global__ void add_##S(T* out, const T* a, const T* b, u64 n) { add_impl<T>(out, a, b, n); } \
+extern "C" __global__ void mul_##S(T* out, const T* a, const T* b, u64 n) { mul_impl<T>(out, a, b, n); } \
+extern "C" __global__ void scale_##S(T* out, const T* x, T s, u64 n) { scale_impl<T>(out, x, s, n); }   \
+extern "C" __global__ void add_assign_##S(T* acc, const T* g, u64 n) { add_assign_impl<T>(acc, g, n); } \
+extern "C" __global__ void concat_##S(T* out, PartList parts, u64 outer, u64 total) {                   \
+    concat_impl<T>(out, parts, outer, total); }                                                         \
+extern "C" __global__ void split_##S(const T* g, PartList parts, u64 outer, u64 total) {                \
+    split_impl<T>(g, parts, outer, total); }                                                            \
+extern "C" __global__ void sum_partial_##S(const T* x, u64 n, double* partials) {                       \
+    sum_partial_impl<T>(x, n, partials); }                                                              \
+extern "C" __global__ void sum_final_##S(const double* partials, u64 count, double mul, double div,     \
+                                         T* out) { sum_final_impl<T>(partials, count, mul, div, out); } \
+extern "C" __global__ void dropout_##S(T* out, const T* x, u64 n, u64 seed, u64 counter, double p,      \
+                                       T scale) { dropout_impl<T>(out, x, n, seed, counter, p, scale); } \
+extern "C" __global__ void ce_loss_rows_##S(const T* logits, const int* labels, u64 classes,            \
+                                            double* row_loss) {                                         \
+    ce_loss_rows_impl<T>(logits, labels, classes, row_loss); }                                          \
+extern "C" __global__ void ce_grad_##S(const T* logits, const int* labels, const T* g, u64 classes,     \
+                                       double n, T* out) {                                              \
+    ce_grad_impl<T>(logits, labels, g, classes, n, out); }                                              \
+extern "C" __global__ void bn_sums_##S(const T* g, const T* x, const T* mean, const T* invstd, u64 n,   \
+                                       u64 c, u64 hw, T* sum_g, T* sum_gx) {                            \
+    bn_sums_impl<T>(g, x, mean, invstd, n, c, hw, sum_g, sum_gx); }                                     \
+extern "C" __global__ void bn_scale_grad_##S(T* gx, const T* g, const T* weight, const T* invstd,       \
+                                             u64 c, u64 hw, u64 n) {                                    \
+    bn_scale_grad_impl<T>(gx, g, weight, invstd, c, hw, n); }                                           \
+extern "C" __global__ void bn_invstd_##S(const T* var, double eps, u64 c, T* out) {                     \
+    bn_invstd_impl<T>(var, eps, c, out); }                                                              \
+extern "C" __global__ void gap_fwd_##S(const T* x, T* out, u64 planes, u64 hw) {                        \
+    gap_fwd_impl<T>(x, out, planes, hw); }                                                              \
+extern "C" __global__ void gap_bwd_##S(const T* g, T* gx, u64 planes, u64 hw) {                         \
+    gap_bwd_impl<T>(g, gx, planes, hw); }                                                               \
+extern "C" __global__ void bias_rows_##S(T* out, const T* b, u64 n, u64 o) {                            \
+    bias_rows_impl<T>(out, b, n, o); }                                                                  \
+extern "C" __global__ void col_sum_##S(const T* g, T* gb, u64 n, u64 o) { col_sum_impl<T>(g, gb, n, o); } \
+extern "C" __global__ void sgd_##S(T* p, const T* g, T* buf, u64 n, double lr, double momentum,         \
+                                   double dampening, double wd, int nesterov, int first) {              \
+    sgd_impl<T>(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first); }                          \
+extern "C" __global__ void adam_##S(T* p, const T* g, T* m, T* v, u64 n, double beta1, double beta2,   \
+                                    double eps, double wd, double step_size, double bc2_sqrt) {         \
+    adam_impl<T>(p, g, m, v, n, beta1, beta2, eps, wd, step_size, bc2_sqrt); }
+
+KERNELS(float, f32)
+KERNELS(double, f64)

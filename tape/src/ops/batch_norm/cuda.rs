@@ -1,0 +1,387 @@
+//! CUDA path of batch normalisation: cuDNN spatial batch norm for the forward pass (training:
+//! batch statistics with the biased variance, running statistics updated in place with the
+//! unbiased variance and `momentum` as cuDNN's exponential average factor, in
+//! [`Phase::Forward`] only (null running-stat pointers otherwise); eval: the running statistics)
+//! and for the training backward pass; NVRTC kernels for the eval-mode backward and for the
+//! parameter gradients when the input needs none.
+
+use super::{BatchNormOptions, RunningStats, OP};
+use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, per_row, CudaElem, K};
+use crate::error::{Error, Result};
+use crate::gradients::{GradKey, Gradients};
+use crate::tape::{Phase, Tape};
+use crate::tensor::Tensor;
+use cudarc::cudnn::sys;
+use std::ffi::c_void;
+
+const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+
+/// What the backward closure keeps (as on the CPU: the input only when `xhat` is needed, the
+/// per-channel mean and `invstd`, the weight only for the input gradient).
+struct Saved {
+    x: Option<Tensor>,
+    mean: Tensor,
+    invstd: Tensor,
+    weight: Option<Tensor>,
+}
+
+fn void<T>(v: &T) -> *const c_void {
+    v as *const T as *const c_void
+}
+
+/// [`super::batch_norm2d`] on a CUDA device (arguments checked by the caller).
+pub(super) fn batch_norm2d(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: &RunningStats,
+    opts: BatchNormOptions,
+) -> Result<Tensor> {
+    let dims = x.dims4(OP)?;
+    let [n, _, h, w] = dims;
+    let training = tape.is_training();
+    let update_running = training && tape.phase() == Phase::Forward;
+    if training && n * h * w < 2 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "training needs more than one value per channel, got input shape {:?}",
+                x.shape()
+            ),
+        ));
+    }
+    {
+        let st = running.lock();
+        for t in [&st.mean, &st.var] {
+            if t.dtype() != x.dtype() {
+                return Err(Error::DType {
+                    op: "batch_norm2d (CUDA: running statistics must have the input's dtype)",
+                    expected: x.dtype(),
+                    got: t.dtype(),
+                });
+            }
+        }
+    }
+    let record = tape.needs_grad(&[x, weight, bias]);
+    let (out, stats) = dispatch_float!(x.dtype(), T => if training {
+        forward_train::<T>(x, weight, bias, running, opts, update_running, record)
+    } else {
+        forward_eval::<T>(x, weight, bias, running, opts, record)
+    })?;
+    let saved = match (record, stats) {
+        (true, Some((mean, invstd))) => {
+            let needs_xhat = weight.requires_grad() || (training && x.requires_grad());
+            Some(Saved {
+                x: needs_xhat.then(|| x.clone()),
+                mean,
+                invstd,
+                weight: x.requires_grad().then(|| weight.clone()),
+            })
+        }
+        _ => None,
+    };
+    let keys = [GradKey::of(x), GradKey::of(weight), GradKey::of(bias)];
+    let eps = opts.eps;
+    Ok(tape.record(&[x, weight, bias], out, move |g, grads| {
+        let saved = saved.ok_or_else(|| Error::Backward("batch_norm2d saved nothing".into()))?;
+        if g.shape() != keys[0].shape() {
+            return Err(Error::Backward(format!(
+                "batch_norm2d: gradient of shape {:?} does not fit the output",
+                g.shape()
+            )));
+        }
+        saved.mean.check_compatible(g, OP)?;
+        dispatch_float!(g.dtype(), T => backward::<T>(g, grads, &keys, saved, dims, training, eps))
+    }))
+}
+
+type Stats = Option<(Tensor, Tensor)>;
+
+fn forward_train<T: CudaElem>(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: &RunningStats,
+    opts: BatchNormOptions,
+    update_running: bool,
+    record: bool,
+) -> Result<(Tensor, Stats)> {
+    let dims = x.dims4(OP)?;
+    let c = dims[1];
+    let dev = x.device();
+    let be = &dev.cuda_handle(OP)?.backend;
+    let mut out = Tensor::cuda_uninit::<T>(x.shape(), dev)?;
+    let mut stats = if record {
+        Some((
+            Tensor::cuda_uninit::<T>(&[c], dev)?,
+            Tensor::cuda_uninit::<T>(&[c], dev)?,
+        ))
+    } else {
+        None
+    };
+    be.bind()?;
+    let mut guard = running.lock();
+    let st = &mut *guard;
+    let (rm, rv, factor) = if update_running {
+        (
+            mptr(be, st.mean.cuda_slice_mut::<T>()?),
+            mptr(be, st.var.cuda_slice_mut::<T>()?),
+            opts.momentum,
+        )
+    } else {
+        (std::ptr::null_mut(), std::ptr::null_mut(), 0.0)
+    };
+    let (sm, si) = match stats.as_mut() {
+        Some((m, i)) => (
+            mptr(be, m.cuda_slice_mut::<T>()?),
+            mptr(be, i.cuda_slice_mut::<T>()?),
+        ),
+        None => (std::ptr::null_mut(), std::ptr::null_mut()),
+    };
+    let mut dnn = be.dnn();
+    let xd = dnn.tensor(OP, T::DTYPE, dims)?;
+    let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
+    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let (xp, wp, bp) = (
+        cptr(be, x.cuda_slice::<T>()?),
+        cptr(be, weight.cuda_slice::<T>()?),
+        cptr(be, bias.cuda_slice::<T>()?),
+    );
+    let yp = mptr(be, out.cuda_slice_mut::<T>()?);
+    // SAFETY: x and y are NCHW buffers described by `xd`; weight, bias, the running statistics
+    // and the saved statistics are `[C]` buffers of the same dtype described by `bnd`; the
+    // running pointers are both null or both valid, and so are the saved ones; the handle is
+    // locked; alpha/beta point to scalars of the data type.
+    unsafe {
+        sys::cudnnBatchNormalizationForwardTraining(
+            dnn.handle,
+            MODE,
+            void(&one),
+            void(&zero),
+            xd.0,
+            xp,
+            xd.0,
+            yp,
+            bnd.0,
+            wp,
+            bp,
+            factor,
+            rm,
+            rv,
+            opts.eps,
+            sm,
+            si,
+        )
+    }
+    .result()
+    .map_err(|e| cudnn_err("cudnnBatchNormalizationForwardTraining", e))?;
+    if update_running {
+        st.num_batches_tracked += 1;
+    }
+    Ok((out, stats))
+}
+
+fn forward_eval<T: CudaElem>(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: &RunningStats,
+    opts: BatchNormOptions,
+    record: bool,
+) -> Result<(Tensor, Stats)> {
+    let dims = x.dims4(OP)?;
+    let c = dims[1];
+    let dev = x.device();
+    let be = &dev.cuda_handle(OP)?.backend;
+    let (mean, var) = (running.mean(), running.var());
+    let mut out = Tensor::cuda_uninit::<T>(x.shape(), dev)?;
+    be.bind()?;
+    {
+        let mut dnn = be.dnn();
+        let xd = dnn.tensor(OP, T::DTYPE, dims)?;
+        let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
+        let (one, zero) = (T::of(1.0), T::of(0.0));
+        let (xp, wp, bp) = (
+            cptr(be, x.cuda_slice::<T>()?),
+            cptr(be, weight.cuda_slice::<T>()?),
+            cptr(be, bias.cuda_slice::<T>()?),
+        );
+        let (mp, vp) = (
+            cptr(be, mean.cuda_slice::<T>()?),
+            cptr(be, var.cuda_slice::<T>()?),
+        );
+        let yp = mptr(be, out.cuda_slice_mut::<T>()?);
+        // SAFETY: as in `forward_train`; the running statistics are read only.
+        unsafe {
+            sys::cudnnBatchNormalizationForwardInference(
+                dnn.handle,
+                MODE,
+                void(&one),
+                void(&zero),
+                xd.0,
+                xp,
+                xd.0,
+                yp,
+                bnd.0,
+                wp,
+                bp,
+                mp,
+                vp,
+                opts.eps,
+            )
+        }
+        .result()
+        .map_err(|e| cudnn_err("cudnnBatchNormalizationForwardInference", e))?;
+    }
+    if !record {
+        return Ok((out, None));
+    }
+    let mut invstd = Tensor::cuda_uninit::<T>(&[c], dev)?;
+    let cu = c as u64;
+    if c > 0 {
+        let vs = var.cuda_slice::<T>()?;
+        let is = invstd.cuda_slice_mut::<T>()?;
+        launch!(be, K::BnInvstd, T::DTYPE, grid(c); vs, &opts.eps, &cu, is)?;
+    }
+    Ok((out, Some((mean, invstd))))
+}
+
+/// The gradients of `x`, `weight` and `bias` from the output gradient `g`.
+fn backward<T: CudaElem>(
+    g: &Tensor,
+    grads: &mut Gradients,
+    [kx, kw, kb]: &[GradKey; 3],
+    saved: Saved,
+    dims: [usize; 4],
+    training: bool,
+    eps: f64,
+) -> Result<()> {
+    let [n, c, h, w] = dims;
+    let dev = g.device();
+    let be = &dev.cuda_handle(OP)?.backend;
+    let missing =
+        || Error::Backward("batch_norm2d did not save what the input gradient needs".into());
+    if training && kx.requires_grad() {
+        // cuDNN: all three gradients in one pass from the saved batch statistics.
+        let x = saved.x.as_ref().ok_or_else(missing)?;
+        let weight = saved.weight.as_ref().ok_or_else(missing)?;
+        let mut gx = Tensor::cuda_uninit::<T>(g.shape(), dev)?;
+        let mut gw = Tensor::cuda_uninit::<T>(&[c], dev)?;
+        let mut gb = Tensor::cuda_uninit::<T>(&[c], dev)?;
+        be.bind()?;
+        {
+            let mut dnn = be.dnn();
+            let xd = dnn.tensor(OP, T::DTYPE, dims)?;
+            let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
+            let (one, zero) = (T::of(1.0), T::of(0.0));
+            let (xp, gp, wp) = (
+                cptr(be, x.cuda_slice::<T>()?),
+                cptr(be, g.cuda_slice::<T>()?),
+                cptr(be, weight.cuda_slice::<T>()?),
+            );
+            let (mp, ip) = (
+                cptr(be, saved.mean.cuda_slice::<T>()?),
+                cptr(be, saved.invstd.cuda_slice::<T>()?),
+            );
+            let gxp = mptr(be, gx.cuda_slice_mut::<T>()?);
+            let gwp = mptr(be, gw.cuda_slice_mut::<T>()?);
+            let gbp = mptr(be, gb.cuda_slice_mut::<T>()?);
+            // SAFETY: as in `forward_train`; x, weight and the saved statistics are those of
+            // the forward pass (unchanged since); every output is a distinct new buffer.
+            unsafe {
+                sys::cudnnBatchNormalizationBackward(
+                    dnn.handle,
+                    MODE,
+                    void(&one),
+                    void(&zero),
+                    void(&one),
+                    void(&zero),
+                    xd.0,
+                    xp,
+                    xd.0,
+                    gp,
+                    xd.0,
+                    gxp,
+                    bnd.0,
+                    wp,
+                    gwp,
+                    gbp,
+                    eps,
+                    mp,
+                    ip,
+                )
+            }
+            .result()
+            .map_err(|e| cudnn_err("cudnnBatchNormalizationBackward", e))?;
+        }
+        if kw.requires_grad() {
+            grads.accumulate(kw, gw)?;
+        }
+        if kb.requires_grad() {
+            grads.accumulate(kb, gb)?;
+        }
+        return grads.accumulate(kx, gx);
+    }
+    // Parameter gradients from per-channel sums: sum g, and sum g * xhat when x was kept.
+    if kw.requires_grad() || kb.requires_grad() {
+        let mut gw = match &saved.x {
+            Some(_) if kw.requires_grad() => Some(Tensor::cuda_uninit::<T>(&[c], dev)?),
+            _ => None,
+        };
+        if kw.requires_grad() && gw.is_none() {
+            return Err(missing());
+        }
+        let mut gb = match kb.requires_grad() {
+            true => Some(Tensor::cuda_uninit::<T>(&[c], dev)?),
+            false => None,
+        };
+        if c > 0 {
+            let null = 0u64;
+            let (nu, cu, hwu) = (n as u64, c as u64, (h * w) as u64);
+            let gs = g.cuda_slice::<T>()?;
+            let (ms, is) = (
+                saved.mean.cuda_slice::<T>()?,
+                saved.invstd.cuda_slice::<T>()?,
+            );
+            let xp = match &saved.x {
+                Some(x) => be.ptr(x.cuda_slice::<T>()?),
+                None => null,
+            };
+            let gbp = match gb.as_mut() {
+                Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
+                None => null,
+            };
+            let gwp = match gw.as_mut() {
+                Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
+                None => null,
+            };
+            launch!(be, K::BnSums, T::DTYPE, per_row(c);
+                gs, &xp, ms, is, &nu, &cu, &hwu, &gbp, &gwp)?;
+        }
+        if let Some(gw) = gw {
+            grads.accumulate(kw, gw)?;
+        }
+        if let Some(gb) = gb {
+            grads.accumulate(kb, gb)?;
+        }
+    }
+    if !kx.requires_grad() {
+        return Ok(());
+    }
+    // Eval mode: gx = g * weight * invstd (the running statistics are constants).
+    let weight = saved.weight.as_ref().ok_or_else(missing)?;
+    let mut gx = Tensor::cuda_uninit::<T>(g.shape(), dev)?;
+    let total = g.numel();
+    if total > 0 {
+        let (cu, hwu, nu) = (c as u64, (h * w) as u64, total as u64);
+        let (gs, ws, is) = (
+            g.cuda_slice::<T>()?,
+            weight.cuda_slice::<T>()?,
+            saved.invstd.cuda_slice::<T>()?,
+        );
+        let o = gx.cuda_slice_mut::<T>()?;
+        launch!(be, K::BnScaleGrad, T::DTYPE, grid(total); o, gs, ws, is, &cu, &hwu, &nu)?;
+    }
+    grads.accumulate(kx, gx)
+}

@@ -1,0 +1,112 @@
+//! CUDA kernels of channel concatenation: one launch per 32 inputs (their addresses, row widths
+//! and offsets passed by value), and the same for the backward split.
+
+use crate::device::cuda::{grid, launch, CudaElem, PartList, K, MAX_PARTS};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// Concatenates `xs` into a new tensor of `shape`: row `o` of the output is row `o` of every
+/// input in turn, the rows of input `k` having `widths[k]` elements.
+pub(super) fn concat(
+    xs: &[&Tensor],
+    widths: &[usize],
+    outer: usize,
+    shape: &[usize],
+) -> Result<Tensor> {
+    dispatch_float!(xs[0].dtype(), T => concat_t::<T>(xs, widths, outer, shape))
+}
+
+fn concat_t<T: CudaElem>(
+    xs: &[&Tensor],
+    widths: &[usize],
+    outer: usize,
+    shape: &[usize],
+) -> Result<Tensor> {
+    let dev = xs[0].device();
+    let be = &dev.cuda_handle("concat")?.backend;
+    let mut out = Tensor::cuda_uninit::<T>(shape, dev)?;
+    let total: usize = widths.iter().sum();
+    if outer * total == 0 {
+        return Ok(out);
+    }
+    let (outer_u, total_u) = (outer as u64, total as u64);
+    let mut offset = 0usize;
+    let mut parts = Vec::with_capacity(xs.len());
+    for (x, &w) in xs.iter().zip(widths) {
+        parts.push((be.ptr(x.cuda_slice::<T>()?), w, offset));
+        offset += w;
+    }
+    let o = out.cuda_slice_mut::<T>()?;
+    for chunk in parts.chunks(MAX_PARTS) {
+        let mut list = PartList::default();
+        let mut widest = 0usize;
+        for (i, &(p, w, off)) in chunk.iter().enumerate() {
+            list.ptr[i] = p;
+            list.width[i] = w as u64;
+            list.offset[i] = off as u64;
+            widest = widest.max(w);
+        }
+        if widest == 0 {
+            continue;
+        }
+        let mut cfg = grid(outer * widest);
+        cfg.grid_dim.1 = chunk.len() as u32;
+        launch!(be, K::Concat, T::DTYPE, cfg; &mut *o, &list, &outer_u, &total_u)?;
+    }
+    Ok(out)
+}
+
+/// The pieces of `g` (rows of `total` elements) for the inputs marked in `wanted`: columns
+/// `offsets[k]..offsets[k] + widths[k]` of each row, shaped `shapes[k]`.
+pub(super) fn split(
+    g: &Tensor,
+    outer: usize,
+    widths: &[usize],
+    shapes: &[&[usize]],
+    wanted: &[bool],
+) -> Result<Vec<Option<Tensor>>> {
+    dispatch_float!(g.dtype(), T => split_t::<T>(g, outer, widths, shapes, wanted))
+}
+
+fn split_t<T: CudaElem>(
+    g: &Tensor,
+    outer: usize,
+    widths: &[usize],
+    shapes: &[&[usize]],
+    wanted: &[bool],
+) -> Result<Vec<Option<Tensor>>> {
+    let dev = g.device();
+    let be = &dev.cuda_handle("concat")?.backend;
+    let total: usize = widths.iter().sum();
+    let mut outs: Vec<Option<Tensor>> = Vec::with_capacity(widths.len());
+    let mut parts = Vec::new();
+    let mut offset = 0usize;
+    for ((&w, shape), &want) in widths.iter().zip(shapes).zip(wanted) {
+        if want {
+            let mut t = Tensor::cuda_uninit::<T>(shape, dev)?;
+            if outer * w > 0 {
+                parts.push((be.ptr(t.cuda_slice_mut::<T>()?), w, offset));
+            }
+            outs.push(Some(t));
+        } else {
+            outs.push(None);
+        }
+        offset += w;
+    }
+    let (outer_u, total_u) = (outer as u64, total as u64);
+    let gs = g.cuda_slice::<T>()?;
+    for chunk in parts.chunks(MAX_PARTS) {
+        let mut list = PartList::default();
+        let mut widest = 0usize;
+        for (i, &(p, w, off)) in chunk.iter().enumerate() {
+            list.ptr[i] = p;
+            list.width[i] = w as u64;
+            list.offset[i] = off as u64;
+            widest = widest.max(w);
+        }
+        let mut cfg = grid(outer * widest);
+        cfg.grid_dim.1 = chunk.len() as u32;
+        launch!(be, K::Split, T::DTYPE, cfg; gs, &list, &outer_u, &total_u)?;
+    }
+    Ok(outs)
+}

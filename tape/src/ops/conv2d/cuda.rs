@@ -1,0 +1,256 @@
+//! CUDA path of `conv2d`: cuDNN forward, backward-data and backward-filter convolutions with the
+//! algorithm of each direction chosen once per shape (cuDNN's heuristics, within the device's
+//! workspace limit; strict fp32 FMA math unless TF32 was allowed), the bias added and its
+//! gradient taken by cuDNN. Each workspace is charged to the device while the call holds it.
+
+use super::{Geometry, OP};
+use crate::device::cuda::{
+    cptr, cudnn_err, mptr, workspace, ws_ptr, ConvKey, CudaElem, CudaHandle,
+};
+use crate::error::Result;
+use crate::tensor::Tensor;
+use cudarc::cudnn::sys;
+use std::ffi::c_void;
+
+fn void<T>(v: &T) -> *const c_void {
+    v as *const T as *const c_void
+}
+
+fn key(cu: &CudaHandle, geo: &Geometry, dtype: crate::DType) -> ConvKey {
+    ConvKey {
+        dtype,
+        x: [geo.n, geo.cin, geo.h, geo.w],
+        w: [geo.cout, geo.cin, geo.kh, geo.kw],
+        y: [geo.n, geo.cout, geo.hout, geo.wout],
+        stride: geo.stride,
+        padding: geo.padding,
+        tf32: cu.options.tf32,
+        workspace_limit: cu.options.workspace_limit_bytes,
+    }
+}
+
+/// Whether cuDNN can take the shapes (it rejects empty dimensions).
+fn degenerate(geo: &Geometry) -> bool {
+    [geo.n, geo.cin, geo.h, geo.w, geo.cout, geo.hout, geo.wout].contains(&0)
+}
+
+/// The convolution of `x` with `weight` plus `bias`.
+pub(super) fn forward(
+    geo: &Geometry,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    dispatch_float!(x.dtype(), T => forward_t::<T>(geo, x, weight, bias))
+}
+
+fn forward_t<T: CudaElem>(
+    geo: &Geometry,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let dev = x.device();
+    let cu = dev.cuda_handle(OP)?;
+    let be = &cu.backend;
+    let yshape = [geo.n, geo.cout, geo.hout, geo.wout];
+    let (one, zero) = (T::of(1.0), T::of(0.0));
+    if degenerate(geo) {
+        // No products: the output is the bias (or zeros).
+        let mut out = crate::ops::cuda_full(&yshape, 0.0, T::DTYPE, dev)?;
+        if let (Some(b), true) = (bias, out.numel() > 0) {
+            be.bind()?;
+            let mut dnn = be.dnn();
+            let yd = dnn.tensor(OP, T::DTYPE, yshape)?;
+            let bd = dnn.tensor(OP, T::DTYPE, [1, geo.cout, 1, 1])?;
+            let bp = cptr(be, b.cuda_slice::<T>()?);
+            let yp = mptr(be, out.cuda_slice_mut::<T>()?);
+            // SAFETY: descriptors match the buffers; the handle is locked.
+            unsafe { sys::cudnnAddTensor(dnn.handle, void(&one), bd.0, bp, void(&one), yd.0, yp) }
+                .result()
+                .map_err(|e| cudnn_err("cudnnAddTensor", e))?;
+        }
+        return Ok(out);
+    }
+    let mut out = Tensor::cuda_uninit::<T>(&yshape, dev)?;
+    be.bind()?;
+    let mut dnn = be.dnn();
+    let plan = dnn.conv(key(cu, geo, T::DTYPE))?;
+    let mut ws = workspace(dev, plan.fwd.workspace)?;
+    let (wsp, wss) = ws_ptr(be, &mut ws);
+    plan.set_math(plan.fwd.math)?;
+    let (xp, wp) = (
+        cptr(be, x.cuda_slice::<T>()?),
+        cptr(be, weight.cuda_slice::<T>()?),
+    );
+    let yp = mptr(be, out.cuda_slice_mut::<T>()?);
+    // SAFETY: the plan's descriptors were made from these shapes; the workspace has the size
+    // the chosen algorithm asked for; the handle is locked; y is written with beta = 0.
+    unsafe {
+        sys::cudnnConvolutionForward(
+            dnn.handle,
+            void(&one),
+            plan.x.0,
+            xp,
+            plan.w.0,
+            wp,
+            plan.conv.0,
+            plan.fwd.algo,
+            wsp,
+            wss,
+            void(&zero),
+            plan.y.0,
+            yp,
+        )
+    }
+    .result()
+    .map_err(|e| cudnn_err("cudnnConvolutionForward", e))?;
+    if let Some(b) = bias {
+        let bp = cptr(be, b.cuda_slice::<T>()?);
+        // SAFETY: `[1, cout, 1, 1]` broadcast over y; handle locked.
+        unsafe {
+            sys::cudnnAddTensor(
+                dnn.handle,
+                void(&one),
+                plan.bias.0,
+                bp,
+                void(&one),
+                plan.y.0,
+                yp,
+            )
+        }
+        .result()
+        .map_err(|e| cudnn_err("cudnnAddTensor", e))?;
+    }
+    Ok(out)
+}
+
+/// Grad input (when the weight was saved), grad weight (when the input was saved) and grad bias
+/// (when asked for) from the output gradient `g` (its shape checked by the caller).
+pub(super) fn backward(
+    geo: &Geometry,
+    g: &Tensor,
+    x: Option<&Tensor>,
+    w: Option<&Tensor>,
+    want_bias: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    dispatch_float!(g.dtype(), T => backward_t::<T>(geo, g, x, w, want_bias))
+}
+
+type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+fn backward_t<T: CudaElem>(
+    geo: &Geometry,
+    g: &Tensor,
+    x: Option<&Tensor>,
+    w: Option<&Tensor>,
+    want_bias: bool,
+) -> Result<Grads> {
+    let dev = g.device();
+    let cu = dev.cuda_handle(OP)?;
+    let be = &cu.backend;
+    let xshape = [geo.n, geo.cin, geo.h, geo.w];
+    let wshape = [geo.cout, geo.cin, geo.kh, geo.kw];
+    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let gp = cptr(be, g.cuda_slice::<T>()?);
+    be.bind()?;
+    let mut dnn = be.dnn();
+    let gb = match (want_bias, g.numel() > 0) {
+        (false, _) => None,
+        (true, false) => Some(crate::ops::cuda_full(&[geo.cout], 0.0, T::DTYPE, dev)?),
+        (true, true) => {
+            let yd = dnn.tensor(OP, T::DTYPE, [geo.n, geo.cout, geo.hout, geo.wout])?;
+            let bd = dnn.tensor(OP, T::DTYPE, [1, geo.cout, 1, 1])?;
+            let mut gb = Tensor::cuda_uninit::<T>(&[geo.cout], dev)?;
+            let bp = mptr(be, gb.cuda_slice_mut::<T>()?);
+            // SAFETY: dy is described by `yd`, db by `bd`; handle locked.
+            unsafe {
+                sys::cudnnConvolutionBackwardBias(
+                    dnn.handle,
+                    void(&one),
+                    yd.0,
+                    gp,
+                    void(&zero),
+                    bd.0,
+                    bp,
+                )
+            }
+            .result()
+            .map_err(|e| cudnn_err("cudnnConvolutionBackwardBias", e))?;
+            Some(gb)
+        }
+    };
+    if degenerate(geo) {
+        // No products: zero gradients for the input and the weight.
+        let zeros = |s: &[usize]| crate::ops::cuda_full(s, 0.0, T::DTYPE, dev);
+        let gx = w.map(|_| zeros(&xshape)).transpose()?;
+        let gw = x.map(|_| zeros(&wshape)).transpose()?;
+        return Ok((gx, gw, gb));
+    }
+    let plan = dnn.conv(key(cu, geo, T::DTYPE))?;
+    let gx = match w {
+        Some(w) => {
+            let mut gx = Tensor::cuda_uninit::<T>(&xshape, dev)?;
+            let mut ws = workspace(dev, plan.bwd_data.workspace)?;
+            let (wsp, wss) = ws_ptr(be, &mut ws);
+            plan.set_math(plan.bwd_data.math)?;
+            let wp = cptr(be, w.cuda_slice::<T>()?);
+            let dxp = mptr(be, gx.cuda_slice_mut::<T>()?);
+            // SAFETY: as in `forward_t`; dx is written with beta = 0.
+            unsafe {
+                sys::cudnnConvolutionBackwardData(
+                    dnn.handle,
+                    void(&one),
+                    plan.w.0,
+                    wp,
+                    plan.y.0,
+                    gp,
+                    plan.conv.0,
+                    plan.bwd_data.algo,
+                    wsp,
+                    wss,
+                    void(&zero),
+                    plan.x.0,
+                    dxp,
+                )
+            }
+            .result()
+            .map_err(|e| cudnn_err("cudnnConvolutionBackwardData", e))?;
+            Some(gx)
+        }
+        None => None,
+    };
+    let gw = match x {
+        Some(x) => {
+            let mut gw = Tensor::cuda_uninit::<T>(&wshape, dev)?;
+            let mut ws = workspace(dev, plan.bwd_filter.workspace)?;
+            let (wsp, wss) = ws_ptr(be, &mut ws);
+            plan.set_math(plan.bwd_filter.math)?;
+            let xp = cptr(be, x.cuda_slice::<T>()?);
+            let dwp = mptr(be, gw.cuda_slice_mut::<T>()?);
+            // SAFETY: as in `forward_t`; dw is written with beta = 0.
+            unsafe {
+                sys::cudnnConvolutionBackwardFilter(
+                    dnn.handle,
+                    void(&one),
+                    plan.x.0,
+                    xp,
+                    plan.y.0,
+                    gp,
+                    plan.conv.0,
+                    plan.bwd_filter.algo,
+                    wsp,
+                    wss,
+                    void(&zero),
+                    plan.w.0,
+                    dwp,
+                )
+            }
+            .result()
+            .map_err(|e| cudnn_err("cudnnConvolutionBackwardFilter", e))?;
+            Some(gw)
+        }
+        None => None,
+    };
+    Ok((gx, gw, gb))
+}

@@ -1,0 +1,82 @@
+//! CUDA kernels of softmax cross-entropy: one block per row (log-sum-exp in `f64`), the row
+//! losses summed by the deterministic final-sum kernel; the labels live on the device as `i32`.
+
+use crate::device::cuda::{launch, per_row, scratch, scratch_from_host, CudaElem, Scratch, K};
+use crate::error::{Error, Result};
+use crate::gradients::GradKey;
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+
+/// The mean cross-entropy of `logits` (`[n, classes]`, checked by the caller) on a CUDA device.
+pub(super) fn cross_entropy(
+    tape: &mut Tape,
+    logits: &Tensor,
+    labels: &[usize],
+    n: usize,
+    classes: usize,
+) -> Result<Tensor> {
+    let dev = logits.device();
+    let as_i32: Vec<i32> = labels
+        .iter()
+        .map(|&y| {
+            i32::try_from(y)
+                .map_err(|_| Error::invalid("cross_entropy", format!("label {y} exceeds i32")))
+        })
+        .collect::<Result<_>>()?;
+    let labels_d = scratch_from_host::<i32>(dev, &as_i32)?;
+    let out = dispatch_float!(logits.dtype(), T => loss::<T>(logits, &labels_d, n, classes))?;
+    let key = GradKey::of(logits);
+    let saved = tape
+        .needs_grad(&[logits])
+        .then(|| (logits.clone(), labels_d));
+    Ok(tape.record(&[logits], out, move |g, grads| {
+        let (logits, labels_d) =
+            saved.ok_or_else(|| Error::Backward("cross_entropy saved nothing".into()))?;
+        if g.numel() != 1 {
+            return Err(Error::Backward(format!(
+                "cross_entropy: gradient of shape {:?} for a one-element loss",
+                g.shape()
+            )));
+        }
+        logits.check_compatible(g, "cross_entropy")?;
+        let gx =
+            dispatch_float!(logits.dtype(), T => grad::<T>(&logits, &labels_d, g, n, classes))?;
+        grads.accumulate(&key, gx)
+    }))
+}
+
+fn loss<T: CudaElem>(
+    logits: &Tensor,
+    labels: &Scratch<i32>,
+    n: usize,
+    classes: usize,
+) -> Result<Tensor> {
+    let dev = logits.device();
+    let be = &dev.cuda_handle("cross_entropy")?.backend;
+    let mut rows = scratch::<f64>(dev, n)?;
+    let classes_u = classes as u64;
+    let xs = logits.cuda_slice::<T>()?;
+    launch!(be, K::CeLossRows, T::DTYPE, per_row(n); xs, &labels.buf, &classes_u, &mut rows.buf)?;
+    let mut out = Tensor::cuda_uninit::<T>(&[1], dev)?;
+    let (count, mul, div) = (n as u64, 1.0f64, n as f64);
+    let o = out.cuda_slice_mut::<T>()?;
+    launch!(be, K::SumFinal, T::DTYPE, per_row(1); &rows.buf, &count, &mul, &div, o)?;
+    Ok(out)
+}
+
+fn grad<T: CudaElem>(
+    logits: &Tensor,
+    labels: &Scratch<i32>,
+    g: &Tensor,
+    n: usize,
+    classes: usize,
+) -> Result<Tensor> {
+    let dev = logits.device();
+    let be = &dev.cuda_handle("cross_entropy")?.backend;
+    let mut gx = Tensor::cuda_uninit::<T>(logits.shape(), dev)?;
+    let (classes_u, nf) = (classes as u64, n as f64);
+    let (xs, gs) = (logits.cuda_slice::<T>()?, g.cuda_slice::<T>()?);
+    let o = gx.cuda_slice_mut::<T>()?;
+    launch!(be, K::CeGrad, T::DTYPE, per_row(n); xs, &labels.buf, gs, &classes_u, &nf, o)?;
+    Ok(gx)
+}

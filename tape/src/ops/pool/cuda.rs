@@ -1,0 +1,168 @@
+//! CUDA kernels of pooling: average and max pooling with cuDNN (forward and backward), global
+//! average pooling with NVRTC kernels (per plane, summed in order like the CPU kernel).
+
+use super::Window;
+use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, scratch, CudaElem, PoolMode, K};
+use crate::error::Result;
+use crate::tensor::Tensor;
+use cudarc::cudnn::sys;
+
+/// Pooling of NCHW `x` with window `win` on a CUDA device (cuDNN).
+pub(super) fn forward(
+    op: &'static str,
+    mode: PoolMode,
+    x: &Tensor,
+    win: &Window,
+) -> Result<Tensor> {
+    dispatch_float!(x.dtype(), T => forward_t::<T>(op, mode, x, win))
+}
+
+fn forward_t<T: CudaElem>(
+    op: &'static str,
+    mode: PoolMode,
+    x: &Tensor,
+    win: &Window,
+) -> Result<Tensor> {
+    let [n, c, _, _] = x.dims4(op)?;
+    let dev = x.device();
+    let be = &dev.cuda_handle(op)?.backend;
+    let yshape = [n, c, win.hout, win.wout];
+    if x.numel() == 0 || yshape.contains(&0) {
+        return crate::ops::cuda_full(&yshape, 0.0, T::DTYPE, dev);
+    }
+    let mut out = Tensor::cuda_uninit::<T>(&yshape, dev)?;
+    be.bind()?;
+    let mut dnn = be.dnn();
+    let pd = dnn.pool(op, mode, win.kernel, win.stride, win.padding)?;
+    let xd = dnn.tensor(op, T::DTYPE, [n, c, win.h, win.w])?;
+    let yd = dnn.tensor(op, T::DTYPE, yshape)?;
+    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let xp = cptr(be, x.cuda_slice::<T>()?);
+    let yp = mptr(be, out.cuda_slice_mut::<T>()?);
+    // SAFETY: descriptors describe the buffers (shapes from the checked window); the handle is
+    // locked; alpha/beta point to scalars of the data type, as cuDNN requires for float/double.
+    unsafe {
+        sys::cudnnPoolingForward(
+            dnn.handle,
+            pd.0,
+            &one as *const T as *const std::ffi::c_void,
+            xd.0,
+            xp,
+            &zero as *const T as *const std::ffi::c_void,
+            yd.0,
+            yp,
+        )
+    }
+    .result()
+    .map_err(|e| cudnn_err("cudnnPoolingForward", e))?;
+    Ok(out)
+}
+
+/// Grad input of pooling (cuDNN). Max pooling needs the input `x` and output `y`; average
+/// pooling reads neither, so the gradients stand in for them (cuDNN's API asks for both).
+pub(super) fn backward(
+    op: &'static str,
+    mode: PoolMode,
+    saved: Option<(&Tensor, &Tensor)>,
+    g: &Tensor,
+    win: &Window,
+    xshape: &[usize],
+) -> Result<Tensor> {
+    dispatch_float!(g.dtype(), T => backward_t::<T>(op, mode, saved, g, win, xshape))
+}
+
+fn backward_t<T: CudaElem>(
+    op: &'static str,
+    mode: PoolMode,
+    saved: Option<(&Tensor, &Tensor)>,
+    g: &Tensor,
+    win: &Window,
+    xshape: &[usize],
+) -> Result<Tensor> {
+    let dev = g.device();
+    let be = &dev.cuda_handle(op)?.backend;
+    let [n, c] = [xshape[0], xshape[1]];
+    let expected = [n, c, win.hout, win.wout];
+    if g.shape() != expected {
+        return Err(crate::Error::Backward(format!(
+            "{op}: gradient of shape {:?}, expected {expected:?}",
+            g.shape()
+        )));
+    }
+    if g.numel() == 0 {
+        return crate::ops::cuda_full(xshape, 0.0, T::DTYPE, dev);
+    }
+    let mut gx = Tensor::cuda_uninit::<T>(xshape, dev)?;
+    be.bind()?;
+    let mut dnn = be.dnn();
+    let pd = dnn.pool(op, mode, win.kernel, win.stride, win.padding)?;
+    let xd = dnn.tensor(op, T::DTYPE, [n, c, win.h, win.w])?;
+    let yd = dnn.tensor(op, T::DTYPE, expected)?;
+    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let gp = cptr(be, g.cuda_slice::<T>()?);
+    let gxp = mptr(be, gx.cuda_slice_mut::<T>()?);
+    let (xp, yp) = match saved {
+        Some((x, y)) => (
+            cptr(be, x.cuda_slice::<T>()?),
+            cptr(be, y.cuda_slice::<T>()?),
+        ),
+        None => (gxp as *const std::ffi::c_void, gp),
+    };
+    let call = |xp: *const std::ffi::c_void, yp: *const std::ffi::c_void| {
+        // SAFETY: as in `forward_t`; `dx` is written with beta = 0. For average pooling `x`
+        // and `y` only satisfy the signature (their values do not enter the result).
+        unsafe {
+            sys::cudnnPoolingBackward(
+                dnn.handle,
+                pd.0,
+                &one as *const T as *const std::ffi::c_void,
+                yd.0,
+                yp,
+                yd.0,
+                gp,
+                xd.0,
+                xp,
+                &zero as *const T as *const std::ffi::c_void,
+                xd.0,
+                gxp,
+            )
+        }
+        .result()
+    };
+    match call(xp, yp) {
+        Ok(()) => Ok(gx),
+        // Should cuDNN refuse `x` aliasing `dx` for average pooling: a separate stand-in.
+        Err(_) if saved.is_none() => {
+            let stand_in = scratch::<T>(dev, gx.numel())?;
+            call(cptr(be, &stand_in.buf), gp).map_err(|e| cudnn_err("cudnnPoolingBackward", e))?;
+            Ok(gx)
+        }
+        Err(e) => Err(cudnn_err("cudnnPoolingBackward", e)),
+    }
+}
+
+/// The mean of each plane of `x` (`planes x hw`), as `out_shape`.
+pub(super) fn global_avg_forward(x: &Tensor, hw: usize, out_shape: &[usize]) -> Result<Tensor> {
+    dispatch_float!(x.dtype(), T => gap_t::<T>(K::GapFwd, x, hw, out_shape))
+}
+
+/// Each plane of the result gets its gradient divided by `hw`.
+pub(super) fn global_avg_backward(g: &Tensor, hw: usize, x_shape: &[usize]) -> Result<Tensor> {
+    dispatch_float!(g.dtype(), T => gap_t::<T>(K::GapBwd, g, hw, x_shape))
+}
+
+fn gap_t<T: CudaElem>(k: K, src: &Tensor, hw: usize, out_shape: &[usize]) -> Result<Tensor> {
+    let dev = src.device();
+    let be = &dev.cuda_handle("global_avg_pool")?.backend;
+    let mut out = Tensor::cuda_uninit::<T>(out_shape, dev)?;
+    let planes = out_shape[0] * out_shape[1];
+    let (planes_u, hw_u) = (planes as u64, hw as u64);
+    let n = if k == K::GapFwd { planes } else { planes * hw };
+    if n == 0 {
+        return Ok(out);
+    }
+    let s = src.cuda_slice::<T>()?;
+    let o = out.cuda_slice_mut::<T>()?;
+    launch!(be, k, T::DTYPE, grid(n); s, o, &planes_u, &hw_u)?;
+    Ok(out)
+}

@@ -72,6 +72,11 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
         / scale
 }
 
+/// Loss and running statistics are compared value by value (relative to each tensor's largest
+/// value); gradients relative to the step's largest gradient (the infinity-norm relative error of
+/// the whole gradient vector). Some gradients are analytically zero (a batch norm over two values
+/// per channel outputs +-1 whatever its input) and are then pure rounding noise, which the modes
+/// compute in different orders.
 fn assert_same(a: &Outcome, b: &Outcome, tol: f64, what: &str) -> Result<(), TestCaseError> {
     prop_assert!(
         rel(&[a.loss], &[b.loss]) <= tol,
@@ -80,9 +85,24 @@ fn assert_same(a: &Outcome, b: &Outcome, tol: f64, what: &str) -> Result<(), Tes
         a.loss,
         b.loss
     );
+    let scale = b
+        .grads
+        .iter()
+        .flatten()
+        .fold(1e-30f64, |m, v| m.max(v.abs()));
     for (i, (x, y)) in a.grads.iter().zip(&b.grads).enumerate() {
-        let d = rel(x, y);
-        prop_assert!(d <= tol, "{} grad of parameter {}: {:e}", what, i, d);
+        let d = x
+            .iter()
+            .zip(y)
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()))
+            / scale;
+        prop_assert!(
+            d <= tol,
+            "{} grad of parameter {}: {:e} of the largest gradient",
+            what,
+            i,
+            d
+        );
     }
     for (i, (x, y)) in a.running.iter().zip(&b.running).enumerate() {
         let d = rel(x, y);

@@ -5,8 +5,8 @@
 //! feature map, `n * h * w * dtype bytes`): with `c` input channels, `b = bn_size * k` bottleneck
 //! channels and `k` growth channels, a naive layer keeps concat (`c`, none for a single input),
 //! ReLU1 (`c`), conv1 (`b`), ReLU2 (`b`) and its output (`k`); Bottleneck keeps `2b + k` and
-//! holds `concat + c + b` while recomputing; Layer keeps `k` and holds the naive set while
-//! recomputing. Fixed bytes: what the device holds when forward starts, parameter gradients, the
+//! holds `c + b` while recomputing (its fused concat-BN-ReLU writes only the activation); Layer
+//! keeps `k` and holds `c + 2b + k` (plus `b` of slack) while recomputing. Fixed bytes: what the device holds when forward starts, parameter gradients, the
 //! stem output and the gradients in flight (about two block-sized tensors).
 
 use super::{DenseNet, LayerMode};
@@ -75,7 +75,9 @@ pub fn layer_costs(
                     let tail = px * (2.0 * 9.0 * (b * k) as f64 + 8.0 * b as f64);
                     LayerCost {
                         stored: [naive * unit, (2 * b + k) * unit, k * unit],
-                        transient: [0, (concat + c + b) * unit, (naive + b) * unit],
+                        // The efficient modes fuse concat, BN and ReLU: no concat buffer and no
+                        // pre-activation while recomputing (one `b` of slack for gradients).
+                        transient: [0, (c + b) * unit, (c + 3 * b + k) * unit],
                         flops: [0.0, head, head + tail],
                     }
                 })

@@ -1,6 +1,6 @@
 //! Dense layers and transitions, each runnable naive or with recompute.
 
-use super::layers::{concat_features, BatchNorm, Conv, Init};
+use super::layers::{BatchNorm, Conv, Init};
 use checkpoint::checkpoint;
 use tape::{ops, Result, Tape, Tensor};
 
@@ -47,14 +47,15 @@ impl DenseLayer {
         })
     }
 
-    fn bottleneck(&self, tape: &mut Tape, features: &[Tensor]) -> Result<Tensor> {
-        let x = concat_features(tape, features)?;
-        let h = self.norm1.forward_relu(tape, &x)?;
+    fn bottleneck(&self, tape: &mut Tape, features: &[Tensor], fused: bool) -> Result<Tensor> {
+        let h = self.norm1.concat_forward_relu(tape, features, fused)?;
         self.conv1.forward(tape, &h)
     }
 
-    fn rest(&self, tape: &mut Tape, bottleneck: &Tensor) -> Result<Tensor> {
-        let h = self.norm2.forward_relu(tape, bottleneck)?;
+    fn rest(&self, tape: &mut Tape, bottleneck: &Tensor, fused: bool) -> Result<Tensor> {
+        let h = self
+            .norm2
+            .concat_forward_relu(tape, std::slice::from_ref(bottleneck), fused)?;
         let h = self.conv2.forward(tape, &h)?;
         if self.drop_rate > 0.0 {
             ops::dropout(tape, &h, self.drop_rate)
@@ -63,7 +64,8 @@ impl DenseLayer {
         }
     }
 
-    /// The layer's `growth` new channels from all previous features of the block.
+    /// The layer's `growth` new channels from all previous features of the block. The naive mode
+    /// runs concat, batch norm and ReLU as separate ops; the others use the fused op.
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
@@ -73,16 +75,16 @@ impl DenseLayer {
         let refs: Vec<&Tensor> = features.iter().collect();
         match mode {
             LayerMode::Naive => {
-                let b = self.bottleneck(tape, features)?;
-                self.rest(tape, &b)
+                let b = self.bottleneck(tape, features, false)?;
+                self.rest(tape, &b, false)
             }
             LayerMode::Bottleneck => {
-                let b = checkpoint(tape, &refs, move |t, xs| self.bottleneck(t, xs))?;
-                self.rest(tape, &b)
+                let b = checkpoint(tape, &refs, move |t, xs| self.bottleneck(t, xs, true))?;
+                self.rest(tape, &b, true)
             }
             LayerMode::Layer => checkpoint(tape, &refs, move |t, xs| {
-                let b = self.bottleneck(t, xs)?;
-                self.rest(t, &b)
+                let b = self.bottleneck(t, xs, true)?;
+                self.rest(t, &b, true)
             }),
         }
     }
@@ -104,25 +106,26 @@ impl Transition {
         })
     }
 
-    fn run(&self, tape: &mut Tape, features: &[Tensor]) -> Result<Tensor> {
-        let x = concat_features(tape, features)?;
-        let h = self.norm.forward_relu(tape, &x)?;
+    fn run(&self, tape: &mut Tape, features: &[Tensor], fused: bool) -> Result<Tensor> {
+        let h = self.norm.concat_forward_relu(tape, features, fused)?;
         let h = self.conv.forward(tape, &h)?;
         ops::avg_pool2d(tape, &h, 2, 2, 0)
     }
 
-    /// The next block's input from all features of this block; `recompute` checkpoints it.
+    /// The next block's input from all features of this block; `recompute` checkpoints it,
+    /// `fused` runs concat, batch norm and ReLU as one op.
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
         features: &[Tensor],
         recompute: bool,
+        fused: bool,
     ) -> Result<Tensor> {
         if recompute {
             let refs: Vec<&Tensor> = features.iter().collect();
-            checkpoint(tape, &refs, move |t, xs| self.run(t, xs))
+            checkpoint(tape, &refs, move |t, xs| self.run(t, xs, fused))
         } else {
-            self.run(tape, features)
+            self.run(tape, features, fused)
         }
     }
 }

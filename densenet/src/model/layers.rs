@@ -101,10 +101,39 @@ impl BatchNorm {
         )
     }
 
-    /// Batch norm then ReLU.
+    /// Batch norm then ReLU, as two ops (the textbook composition: the naive mode's).
     pub fn forward_relu(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
         let h = self.forward(tape, x)?;
         ops::relu(tape, &h)
+    }
+
+    /// ReLU of the batch norm of the channel-concatenation of `parts`, as one fused op that
+    /// materialises neither the concatenation nor the pre-activation.
+    pub fn forward_relu_fused(&self, tape: &mut Tape, parts: &[Tensor]) -> Result<Tensor> {
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        ops::batch_norm_relu(
+            tape,
+            &refs,
+            self.weight.tensor(),
+            self.bias.tensor(),
+            &self.running,
+            BatchNormOptions::default(),
+        )
+    }
+
+    /// concat -> batch norm -> ReLU over `parts`: fused, or as three ops.
+    pub fn concat_forward_relu(
+        &self,
+        tape: &mut Tape,
+        parts: &[Tensor],
+        fused: bool,
+    ) -> Result<Tensor> {
+        if fused {
+            self.forward_relu_fused(tape, parts)
+        } else {
+            let x = concat_features(tape, parts)?;
+            self.forward_relu(tape, &x)
+        }
     }
 }
 

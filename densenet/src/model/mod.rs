@@ -13,7 +13,7 @@ pub use layers::{BatchNorm, Conv, Linear};
 use crate::config::{DenseNetConfig, Efficiency};
 use crate::error::{DenseNetError, Result};
 use checkpoint::checkpoint;
-use layers::{concat_features, Init};
+use layers::Init;
 use std::sync::Mutex;
 use tape::{ops, DType, Device, Parameter, Tape, Tensor};
 
@@ -259,6 +259,7 @@ impl DenseNet {
             self.config.efficiency,
             Efficiency::Naive | Efficiency::Bottleneck
         );
+        let fused = self.config.efficiency != Efficiency::Naive;
 
         let mut feat = self.conv0.forward(tape, x)?;
         if let Some(norm0) = &self.norm0 {
@@ -274,9 +275,9 @@ impl DenseNet {
                 features.push(y);
             }
             if b < last {
-                feat = self.transitions[b].forward(tape, &features, recompute_glue)?;
+                feat = self.transitions[b].forward(tape, &features, recompute_glue, fused)?;
             } else {
-                pooled = Some(self.head_features(tape, &features, recompute_glue)?);
+                pooled = Some(self.head_features(tape, &features, recompute_glue, fused)?);
             }
         }
         let pooled = pooled.expect("a validated config has at least one block");
@@ -289,10 +290,10 @@ impl DenseNet {
         tape: &mut Tape<'a>,
         features: &[Tensor],
         recompute: bool,
+        fused: bool,
     ) -> tape::Result<Tensor> {
         let run = move |t: &mut Tape<'a>, xs: &[Tensor]| -> tape::Result<Tensor> {
-            let x = concat_features(t, xs)?;
-            let h = self.norm_final.forward_relu(t, &x)?;
+            let h = self.norm_final.concat_forward_relu(t, xs, fused)?;
             ops::global_avg_pool(t, &h)
         };
         if recompute {

@@ -3,11 +3,13 @@
 //! backward closure only when the tape records and an input wants a gradient.
 
 mod batch_norm;
+mod batch_norm_relu;
 mod concat;
 mod conv2d;
 mod cross_entropy;
 mod dropout;
 mod elementwise;
+mod lanes;
 mod linear;
 mod pool;
 mod reduce;
@@ -21,6 +23,7 @@ pub use pool::{avg_pool2d, global_avg_pool, max_pool2d};
 
 // batch norm, dropout, concat, cross-entropy:
 pub use batch_norm::{batch_norm2d, BatchNormOptions, RunningStats};
+pub use batch_norm_relu::batch_norm_relu;
 pub use concat::concat;
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;

@@ -1,21 +1,22 @@
 //! CPU kernels of batch normalisation over NCHW tensors. Per-channel sums are accumulated in `f64`
 //! (statistics in two passes), so `f32` inputs get accurate means and variances.
 
+use super::super::lanes::{lane_sum, lane_sum2};
 use super::super::PAR_MIN;
 use crate::dtype::Elem;
 use rayon::prelude::*;
 
 /// An NCHW tensor as the kernels see it: `n` planes of `hw` elements for each of `c` channels.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Layout {
-    pub(super) n: usize,
-    pub(super) c: usize,
-    pub(super) hw: usize,
+pub(crate) struct Layout {
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) hw: usize,
 }
 
 impl Layout {
     /// Elements per channel (`N*H*W`).
-    pub(super) fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.n * self.hw
     }
 
@@ -78,43 +79,8 @@ fn map_planes<T: Elem>(
     out
 }
 
-/// Independent `f64` accumulators per reduction: lets the compiler vectorise the sums while
-/// every sum is still taken in `f64`.
-const LANES: usize = 8;
-
-/// `sum f(v)` over `xs`, in `f64` with [`LANES`] partial sums.
-fn lane_sum<T: Elem>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail: f64 = chunks.remainder().iter().map(|&v| f(v.f64())).sum();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v.f64());
-        }
-    }
-    acc.iter().sum::<f64>() + tail
-}
-
-/// `sum f(a, b)` over paired elements, in `f64` with [`LANES`] partial sums.
-fn lane_sum2<T: Elem>(xs: &[T], ys: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let (cx, cy) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
-    let tail: f64 = cx
-        .remainder()
-        .iter()
-        .zip(cy.remainder())
-        .map(|(&a, &b)| f(a.f64(), b.f64()))
-        .sum();
-    for (a8, b8) in cx.zip(cy) {
-        for ((acc, &a), &b) in acc.iter_mut().zip(a8).zip(b8) {
-            *acc += f(a.f64(), b.f64());
-        }
-    }
-    acc.iter().sum::<f64>() + tail
-}
-
 /// Per channel `(mean, biased variance)` of `xs` (two passes in `f64`).
-pub(super) fn channel_stats<T: Elem>(xs: &[T], l: Layout) -> Vec<(f64, f64)> {
+pub(crate) fn channel_stats<T: Elem>(xs: &[T], l: Layout) -> Vec<(f64, f64)> {
     let m = l.count().max(1) as f64;
     per_channel(l, |ch| {
         let sum: f64 = l.planes(xs, ch).map(|p| lane_sum(p, |v| v)).sum();

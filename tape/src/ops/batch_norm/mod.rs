@@ -14,7 +14,7 @@ use crate::tensor::Tensor;
 use cpu::{InputGradCoef, Layout};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
@@ -39,7 +39,7 @@ impl Default for BatchNormOptions {
 }
 
 impl BatchNormOptions {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !(self.eps.is_finite() && self.eps >= 0.0) {
             return Err(Error::invalid(
                 OP,
@@ -152,7 +152,12 @@ impl RunningStats {
     }
 
     /// Folds a batch in: `r = (1 - m) * r + m * batch` for the mean and the unbiased variance.
-    fn update(&self, batch_mean: &[f64], batch_var_unbiased: &[f64], momentum: f64) -> Result<()> {
+    pub(crate) fn update(
+        &self,
+        batch_mean: &[f64],
+        batch_var_unbiased: &[f64],
+        momentum: f64,
+    ) -> Result<()> {
         let mut guard = self.lock();
         let s = &mut *guard;
         for (t, batch) in [(&mut s.mean, batch_mean), (&mut s.var, batch_var_unbiased)] {

@@ -1,0 +1,172 @@
+//! CPU kernels of the fused concat -> batch norm -> ReLU. Every output plane `(image, channel)`
+//! is computed straight from the part that holds the channel; gradients are written per part.
+
+use super::super::batch_norm::cpu::{channel_stats, Layout};
+use super::super::lanes::{lane_sum2, lane_sum3};
+use super::super::PAR_MIN;
+use crate::dtype::Elem;
+use rayon::prelude::*;
+
+/// The parts as the kernels see them: each part's data and channel count; planes are `hw` long
+/// and there are `n` images.
+pub(super) struct Parts<'a, T> {
+    pub(super) data: Vec<&'a [T]>,
+    pub(super) channels: Vec<usize>,
+    pub(super) n: usize,
+    pub(super) hw: usize,
+    /// For each output channel: (part, channel within the part).
+    owner: Vec<(usize, usize)>,
+}
+
+impl<'a, T: Elem> Parts<'a, T> {
+    pub(super) fn new(data: Vec<&'a [T]>, channels: Vec<usize>, n: usize, hw: usize) -> Self {
+        let owner = channels
+            .iter()
+            .enumerate()
+            .flat_map(|(p, &c)| (0..c).map(move |lc| (p, lc)))
+            .collect();
+        Parts {
+            data,
+            channels,
+            n,
+            hw,
+            owner,
+        }
+    }
+
+    /// Total channels.
+    pub(super) fn c(&self) -> usize {
+        self.owner.len()
+    }
+
+    /// The input plane of output channel `ch` in image `i`.
+    fn plane(&self, i: usize, ch: usize) -> &'a [T] {
+        let (p, lc) = self.owner[ch];
+        let start = (i * self.channels[p] + lc) * self.hw;
+        &self.data[p][start..start + self.hw]
+    }
+
+    fn parallel(&self) -> bool {
+        self.n * self.c() * self.hw >= PAR_MIN
+    }
+}
+
+/// Per output channel `(mean, biased variance)`, part by part.
+pub(super) fn channel_stats_parts<T: Elem>(parts: &Parts<'_, T>) -> Vec<(f64, f64)> {
+    parts
+        .data
+        .iter()
+        .zip(&parts.channels)
+        .flat_map(|(xs, &c)| {
+            let l = Layout {
+                n: parts.n,
+                c,
+                hw: parts.hw,
+            };
+            channel_stats(xs, l)
+        })
+        .collect()
+}
+
+/// `out[i, ch] = max(x[i, ch] * scale[ch] + shift[ch], 0)` in the tensor's precision.
+pub(super) fn forward<T: Elem>(parts: &Parts<'_, T>, scale: &[f64], shift: &[f64]) -> Vec<T> {
+    let (c, hw) = (parts.c(), parts.hw);
+    let mut out = vec![T::zero(); parts.n * c * hw];
+    if hw == 0 {
+        return out;
+    }
+    let body = |(p, o): (usize, &mut [T])| {
+        let (i, ch) = (p / c, p % c);
+        let (a, b) = (T::of(scale[ch]), T::of(shift[ch]));
+        for (o, &x) in o.iter_mut().zip(parts.plane(i, ch)) {
+            let v = x * a + b;
+            *o = if v > T::zero() { v } else { T::zero() };
+        }
+    };
+    if parts.parallel() {
+        out.par_chunks_mut(hw).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(hw).enumerate().for_each(body);
+    }
+    out
+}
+
+/// Per output channel `(sum g', sum g' * (x - mean))` with `g' = g` where the output is positive
+/// and 0 elsewhere; `(x - mean)` sums only when `with_x`.
+pub(super) fn grad_sums<T: Elem>(
+    parts: &Parts<'_, T>,
+    g: &[T],
+    y: &[T],
+    mean: &[f64],
+    with_x: bool,
+) -> Vec<(f64, f64)> {
+    let (c, hw) = (parts.c(), parts.hw);
+    let per = |ch: usize| {
+        let m = mean[ch];
+        let (mut sg, mut sgx) = (0.0, 0.0);
+        for i in 0..parts.n {
+            let at = (i * c + ch) * hw;
+            let (gp, yp) = (&g[at..at + hw], &y[at..at + hw]);
+            sg += lane_sum2(gp, yp, |g, y| if y > 0.0 { g } else { 0.0 });
+            if with_x {
+                let xp = parts.plane(i, ch);
+                sgx += lane_sum3(
+                    gp,
+                    yp,
+                    xp,
+                    |g, y, x| if y > 0.0 { g * (x - m) } else { 0.0 },
+                );
+            }
+        }
+        (sg, sgx)
+    };
+    if parts.parallel() {
+        (0..c).into_par_iter().map(per).collect()
+    } else {
+        (0..c).map(per).collect()
+    }
+}
+
+/// Per output channel: the input gradient is `a * g' + b * (x - mean) + k` with `g'` the masked
+/// output gradient (`b = k = 0` in eval mode).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct InputCoef {
+    pub(super) a: f64,
+    pub(super) b: f64,
+    pub(super) k: f64,
+    pub(super) mean: f64,
+}
+
+/// The input gradient of part `p`, shaped like the part.
+pub(super) fn grad_part<T: Elem>(
+    parts: &Parts<'_, T>,
+    p: usize,
+    g: &[T],
+    y: &[T],
+    coef: &[InputCoef],
+) -> Vec<T> {
+    let (c, hw, cp) = (parts.c(), parts.hw, parts.channels[p]);
+    let offset: usize = parts.channels[..p].iter().sum();
+    let mut out = vec![T::zero(); parts.n * cp * hw];
+    if hw == 0 {
+        return out;
+    }
+    let body = |(q, o): (usize, &mut [T])| {
+        let (i, lc) = (q / cp, q % cp);
+        let ch = offset + lc;
+        let at = (i * c + ch) * hw;
+        let (gp, yp, xp) = (&g[at..at + hw], &y[at..at + hw], parts.plane(i, ch));
+        let k = coef[ch];
+        let (a, b, kk, mean) = (T::of(k.a), T::of(k.b), T::of(k.k), T::of(k.mean));
+        for (((o, &g), &y), &x) in o.iter_mut().zip(gp).zip(yp).zip(xp) {
+            let gm = if y > T::zero() { g } else { T::zero() };
+            *o = a * gm + kk + b * (x - mean);
+        }
+    };
+    if parts.n * cp * hw >= PAR_MIN {
+        out.par_chunks_mut(hw).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(hw).enumerate().for_each(body);
+    }
+    out
+}

@@ -100,6 +100,30 @@ impl TensorDesc {
         .map_err(|e| cudnn_err("cudnnSetTensor4dDescriptor", e))?;
         Ok(d)
     }
+
+    /// A 4-d descriptor of `dims` with explicit element `strides` (a view into a larger buffer).
+    fn strided(
+        op: &'static str,
+        dtype: DType,
+        dims: [usize; 4],
+        strides: [usize; 4],
+    ) -> Result<Self> {
+        let d = TensorDesc(
+            result::create_tensor_descriptor()
+                .map_err(|e| cudnn_err("cudnnCreateTensorDescriptor", e))?,
+        );
+        // SAFETY: `d.0` was just created.
+        unsafe {
+            result::set_tensor4d_descriptor_ex(
+                d.0,
+                data_type(dtype),
+                dims4(op, dims)?,
+                dims4(op, strides)?,
+            )
+        }
+        .map_err(|e| cudnn_err("cudnnSetTensor4dDescriptorEx", e))?;
+        Ok(d)
+    }
 }
 
 impl FilterDesc {
@@ -206,6 +230,7 @@ fn pick<A: Copy>(
 pub(crate) struct Dnn {
     pub(crate) handle: sys::cudnnHandle_t,
     tensors: HashMap<(DType, [usize; 4]), Arc<TensorDesc>>,
+    strided: HashMap<(DType, [usize; 4], [usize; 4]), Arc<TensorDesc>>,
     bn: HashMap<(DType, [usize; 4]), Arc<TensorDesc>>,
     pools: HashMap<(PoolMode, usize, usize, usize), Arc<PoolDesc>>,
     convs: HashMap<ConvKey, Arc<ConvPlan>>,
@@ -232,6 +257,7 @@ impl Dnn {
         let dnn = Dnn {
             handle,
             tensors: HashMap::new(),
+            strided: HashMap::new(),
             bn: HashMap::new(),
             pools: HashMap::new(),
             convs: HashMap::new(),
@@ -254,6 +280,25 @@ impl Dnn {
         }
         let d = Arc::new(TensorDesc::new(op, dtype, dims)?);
         self.tensors.insert((dtype, dims), d.clone());
+        Ok(d)
+    }
+
+    /// The descriptor of a strided 4-d view: `dims` with element `strides` (for example a
+    /// channel slice `[n, c, h, w]` of an NCHW buffer of `C` channels: strides
+    /// `[C*h*w, h*w, w, 1]`).
+    pub(crate) fn tensor_strided(
+        &mut self,
+        op: &'static str,
+        dtype: DType,
+        dims: [usize; 4],
+        strides: [usize; 4],
+    ) -> Result<Arc<TensorDesc>> {
+        let key = (dtype, dims, strides);
+        if let Some(d) = self.strided.get(&key) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(TensorDesc::strided(op, dtype, dims, strides)?);
+        self.strided.insert(key, d.clone());
         Ok(d)
     }
 

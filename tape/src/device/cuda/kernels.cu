@@ -129,6 +129,17 @@ template <typename T> __device__ void split_impl(const T* g, PartList parts, u64
     }
 }
 
+// The ReLU backward of one part of the fused concat -> batch norm -> ReLU, written packed: with
+// at = o * total + offset + j, out[o * width + j] = y[at] > 0 ? g[at] : 0 (o < outer, j < width).
+template <typename T> __device__ void relu_mask_part_impl(T* out, const T* g, const T* y, u64 outer, u64 width,
+                                                          u64 total, u64 offset) {
+    GRID_STRIDE(i, outer * width) {
+        u64 o = i / width, j = i - o * width;
+        u64 at = o * total + offset + j;
+        out[i] = y[at] > (T)0 ? g[at] : (T)0;
+    }
+}
+
 // First stage of a full sum: partials[blockIdx.x] = sum of this block's grid-stride share.
 template <typename T> __device__ void sum_partial_impl(const T* x, u64 n, double* partials) {
     __shared__ double sh[RBLOCK];
@@ -300,6 +311,9 @@ extern "C" __global__ void concat_##S(T* out, PartList parts, u64 outer, u64 tot
     concat_impl<T>(out, parts, outer, total); }                                                         \
 extern "C" __global__ void split_##S(const T* g, PartList parts, u64 outer, u64 total) {                \
     split_impl<T>(g, parts, outer, total); }                                                            \
+extern "C" __global__ void relu_mask_part_##S(T* out, const T* g, const T* y, u64 outer, u64 width,     \
+                                              u64 total, u64 offset) {                                  \
+    relu_mask_part_impl<T>(out, g, y, outer, width, total, offset); }                                   \
 extern "C" __global__ void sum_partial_##S(const T* x, u64 n, double* partials) {                       \
     sum_partial_impl<T>(x, n, partials); }                                                              \
 extern "C" __global__ void sum_final_##S(const double* partials, u64 count, double mul, double div,     \

@@ -385,3 +385,41 @@ fn backward<T: CudaElem>(
     }
     grads.accumulate(kx, gx)
 }
+
+/// Device access to the running statistics for other CUDA ops that normalise with them (the
+/// fused concat -> batch norm -> ReLU).
+impl RunningStats {
+    /// Fails with [`Error::DType`] (naming `op`) unless the running statistics have `dtype`:
+    /// cuDNN reads and writes them in the data's type.
+    pub(crate) fn check_cuda_dtype(&self, dtype: crate::DType, op: &'static str) -> Result<()> {
+        let st = self.lock();
+        for t in [&st.mean, &st.var] {
+            if t.dtype() != dtype {
+                return Err(Error::DType {
+                    op,
+                    expected: dtype,
+                    got: t.dtype(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// With the statistics locked, calls `update` with the device addresses of the running mean
+    /// and variance (each made unique first, so snapshots taken with [`RunningStats::mean`] and
+    /// [`RunningStats::var`] keep their values), which it may update in place; counts one batch
+    /// when `update` succeeds.
+    pub(crate) fn update_on_device<T: CudaElem>(
+        &self,
+        update: impl FnOnce(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let be = st.mean.device().cuda_handle(OP)?.backend.clone();
+        let mean = be.ptr(&*st.mean.cuda_slice_mut::<T>()?);
+        let var = be.ptr(&*st.var.cuda_slice_mut::<T>()?);
+        update(mean, var)?;
+        st.num_batches_tracked += 1;
+        Ok(())
+    }
+}

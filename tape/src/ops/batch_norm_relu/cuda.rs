@@ -1,13 +1,141 @@
-//! CUDA path of the fused concat -> batch norm -> ReLU: for now the composition of the three
-//! CUDA ops (same values and gradients; it materialises the concatenation and the
-//! pre-activation, so the fused op's memory saving is CPU-only until a fused kernel lands).
+//! CUDA path of the fused concat -> batch norm -> ReLU, with the CPU op's semantics and memory
+//! behaviour: neither the concatenation nor the pre-activation is ever allocated.
+//!
+//! - Forward: one output buffer `[n, C, h, w]`. For each part (channels `off..off + c` of the
+//!   output), cuDNN spatial batch norm over the part, its parameters and statistics addressed
+//!   as the part's slice of the `[C]` buffers (pointer offsets). Training: batch statistics,
+//!   running statistics updated in place in [`Phase::Forward`] only (null pointers otherwise,
+//!   as in `batch_norm2d`), the batch mean and `invstd` saved into slices of two `[C]` buffers.
+//!   Eval: the running statistics. cuDNN writes the part's result straight into its channel
+//!   slice of the output through a strided descriptor (dims `[n, c, h, w]`, strides
+//!   `[C*h*w, h*w, w, 1]`: packed within each plane, as cuDNN's batch norm prefers); should
+//!   cuDNN reject that, the part goes through a part-sized scratch buffer and a copy kernel
+//!   instead (from then on, for the process). Then ReLU in place over the whole output.
+//! - Backward, part by part: the ReLU-masked gradient of the part's channels, packed into one
+//!   part-sized scratch buffer (or straight into the part's input gradient in eval mode); then
+//!   cuDNN's batch-norm backward from the saved statistics (training, input gradient wanted:
+//!   input, weight and bias gradients in one pass, the latter two into slices of `[C]` buffers),
+//!   or NVRTC kernels (eval mode: `g' * weight * invstd`; parameter gradients alone: per-channel
+//!   sums). Only the gradients whose inputs want one are produced.
+//! - Saved for backward: the parts (clones), the output (the ReLU mask), the per-channel mean
+//!   and `invstd` (`[C]`, the input dtype) and the weight; nothing else.
 
-use crate::error::Result;
-use crate::ops::{batch_norm2d, concat, relu, BatchNormOptions, RunningStats};
-use crate::tape::Tape;
+use super::{check_parts, OP};
+use crate::device::cuda::{
+    cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem, Dnn, PartList, Scratch, K,
+};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::gradients::{GradKey, Gradients};
+use crate::ops::{BatchNormOptions, RunningStats};
+use crate::tape::{Phase, Tape};
 use crate::tensor::Tensor;
+use cudarc::cudnn::sys;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// `relu(batch_norm2d(concat(parts)))` with the CUDA ops.
+const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+
+/// Whether cuDNN writes each part's batch norm straight into the part's channel slice of the
+/// output (a strided output descriptor). Cleared for the rest of the process the first time
+/// cuDNN rejects such a descriptor while accepting the packed one.
+static STRIDED_Y: AtomicBool = AtomicBool::new(true);
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: take the scratch-buffer path even where cuDNN accepts a strided output.
+    static FORCE_SCRATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn strided_y() -> bool {
+    #[cfg(test)]
+    if FORCE_SCRATCH.with(|f| f.get()) {
+        return false;
+    }
+    STRIDED_Y.load(Ordering::Relaxed)
+}
+
+/// The shapes: `n` images of `h x w`, each part's channel count and first output channel.
+#[derive(Clone, Debug)]
+struct Layout {
+    n: usize,
+    h: usize,
+    w: usize,
+    channels: Vec<usize>,
+    offsets: Vec<usize>,
+    /// Total channels.
+    c: usize,
+}
+
+impl Layout {
+    fn new(n: usize, channels: Vec<usize>, h: usize, w: usize) -> Self {
+        let offsets = channels
+            .iter()
+            .scan(0, |acc, &c| {
+                let off = *acc;
+                *acc += c;
+                Some(off)
+            })
+            .collect();
+        let c = channels.iter().sum();
+        Layout {
+            n,
+            h,
+            w,
+            channels,
+            offsets,
+            c,
+        }
+    }
+
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn out_dims(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
+    }
+
+    /// Part `k` as a packed NCHW tensor.
+    fn part_dims(&self, k: usize) -> [usize; 4] {
+        [self.n, self.channels[k], self.h, self.w]
+    }
+
+    /// Elements of part `k`.
+    fn part_len(&self, k: usize) -> usize {
+        self.n * self.channels[k] * self.hw()
+    }
+
+    /// Element strides of a part's channel slice of the output.
+    fn slice_strides(&self) -> [usize; 4] {
+        [self.c * self.hw(), self.hw(), self.w, 1]
+    }
+}
+
+/// What backward keeps.
+struct Saved {
+    parts: Vec<Tensor>,
+    out: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    weight: Tensor,
+}
+
+/// The address `elems` elements of `T` past `base`; null stays null.
+fn at<T>(base: u64, elems: usize) -> u64 {
+    if base == 0 {
+        0
+    } else {
+        base + (elems * std::mem::size_of::<T>()) as u64
+    }
+}
+
+fn void<T>(v: &T) -> *const c_void {
+    v as *const T as *const c_void
+}
+
+/// [`super::batch_norm_relu`] on a CUDA device (arguments checked by the caller, except what
+/// only the CUDA path needs).
 pub(super) fn batch_norm_relu(
     tape: &mut Tape,
     parts: &[&Tensor],
@@ -16,10 +144,605 @@ pub(super) fn batch_norm_relu(
     running: &RunningStats,
     opts: BatchNormOptions,
 ) -> Result<Tensor> {
-    let x = match parts {
-        [x] => (*x).clone(),
-        _ => concat(tape, parts)?,
+    let (n, channels, h, w) = check_parts(parts)?;
+    let l = Layout::new(n, channels, h, w);
+    let training = tape.is_training();
+    if training && n * h * w < 2 {
+        return Err(Error::invalid(
+            OP,
+            format!("training needs more than one value per channel, got {n}x{h}x{w}"),
+        ));
+    }
+    let dtype = parts[0].dtype();
+    running.check_cuda_dtype(
+        dtype,
+        "batch_norm_relu (CUDA: running statistics must have the inputs' dtype)",
+    )?;
+    let update_running = training && tape.phase() == Phase::Forward;
+    let mut inputs: Vec<&Tensor> = parts.to_vec();
+    inputs.extend([weight, bias]);
+    let record = tape.needs_grad(&inputs);
+    let args = Forward {
+        parts,
+        weight,
+        bias,
+        running,
+        opts,
+        l: &l,
+        training,
+        update_running,
+        record,
     };
-    let h = batch_norm2d(tape, &x, weight, bias, running, opts)?;
-    relu(tape, &h)
+    let (out, stats) = dispatch_float!(dtype, T => forward::<T>(&args))?;
+    let (mean, invstd) = match stats {
+        Some(s) if record => s,
+        _ => return Ok(out),
+    };
+    let saved = Saved {
+        parts: parts.iter().map(|&p| p.clone()).collect(),
+        out: out.clone(),
+        mean,
+        invstd,
+        weight: weight.clone(),
+    };
+    let part_keys: Vec<GradKey> = parts.iter().map(|p| GradKey::of(p)).collect();
+    let (kw, kb) = (GradKey::of(weight), GradKey::of(bias));
+    let eps = opts.eps;
+    Ok(tape.record(&inputs, out, move |g, grads| {
+        if g.shape() != saved.out.shape() {
+            return Err(Error::Backward(format!(
+                "{OP}: gradient of shape {:?} for an output of shape {:?}",
+                g.shape(),
+                saved.out.shape()
+            )));
+        }
+        saved.out.check_compatible(g, OP)?;
+        let keys = Keys {
+            parts: &part_keys,
+            weight: &kw,
+            bias: &kb,
+        };
+        dispatch_float!(g.dtype(), T => backward::<T>(g, grads, &keys, &saved, &l, training, eps))
+    }))
+}
+
+/// The arguments of the forward pass.
+struct Forward<'a> {
+    parts: &'a [&'a Tensor],
+    weight: &'a Tensor,
+    bias: &'a Tensor,
+    running: &'a RunningStats,
+    opts: BatchNormOptions,
+    l: &'a Layout,
+    training: bool,
+    update_running: bool,
+    record: bool,
+}
+
+/// The per-channel statistics backward needs: mean and `invstd`.
+type Stats = Option<(Tensor, Tensor)>;
+
+/// Which statistics the per-part cuDNN calls use (device addresses; 0 is null).
+#[derive(Clone, Copy, Debug)]
+enum Norm {
+    /// Batch statistics: running ones updated with `factor` when not null, batch mean and
+    /// `invstd` saved when not null.
+    Train {
+        running_mean: u64,
+        running_var: u64,
+        factor: f64,
+        save_mean: u64,
+        save_invstd: u64,
+    },
+    /// The running statistics.
+    Eval { mean: u64, var: u64 },
+}
+
+fn forward<T: CudaElem>(a: &Forward<'_>) -> Result<(Tensor, Stats)> {
+    let l = a.l;
+    let dev = a.parts[0].device();
+    let be: &Backend = &dev.cuda_handle(OP)?.backend;
+    let mut out = Tensor::cuda_uninit::<T>(&l.out_dims(), dev)?;
+    let out_ptr = be.ptr(&*out.cuda_slice_mut::<T>()?);
+    let xs = a
+        .parts
+        .iter()
+        .map(|p| Ok(be.ptr(p.cuda_slice::<T>()?)))
+        .collect::<Result<Vec<u64>>>()?;
+    let ptrs = Ptrs {
+        xs,
+        out: out_ptr,
+        weight: be.ptr(a.weight.cuda_slice::<T>()?),
+        bias: be.ptr(a.bias.cuda_slice::<T>()?),
+    };
+    be.bind()?;
+    let stats = if a.training {
+        let mut stats = if a.record {
+            Some((
+                Tensor::cuda_uninit::<T>(&[l.c], dev)?,
+                Tensor::cuda_uninit::<T>(&[l.c], dev)?,
+            ))
+        } else {
+            None
+        };
+        let (save_mean, save_invstd) = match stats.as_mut() {
+            Some((m, i)) => (
+                be.ptr(&*m.cuda_slice_mut::<T>()?),
+                be.ptr(&*i.cuda_slice_mut::<T>()?),
+            ),
+            None => (0, 0),
+        };
+        let train = |running_mean: u64, running_var: u64, factor: f64| {
+            let norm = Norm::Train {
+                running_mean,
+                running_var,
+                factor,
+                save_mean,
+                save_invstd,
+            };
+            normalize_parts::<T>(be, dev, l, &ptrs, norm, a.opts.eps)
+        };
+        if a.update_running {
+            a.running
+                .update_on_device::<T>(|rm, rv| train(rm, rv, a.opts.momentum))?;
+        } else {
+            train(0, 0, 0.0)?;
+        }
+        stats
+    } else {
+        let (mean, var) = (a.running.mean(), a.running.var());
+        let norm = Norm::Eval {
+            mean: be.ptr(mean.cuda_slice::<T>()?),
+            var: be.ptr(var.cuda_slice::<T>()?),
+        };
+        normalize_parts::<T>(be, dev, l, &ptrs, norm, a.opts.eps)?;
+        if a.record {
+            let mut invstd = Tensor::cuda_uninit::<T>(&[l.c], dev)?;
+            if l.c > 0 {
+                let cu = l.c as u64;
+                let vs = var.cuda_slice::<T>()?;
+                let is = invstd.cuda_slice_mut::<T>()?;
+                launch!(be, K::BnInvstd, T::DTYPE, grid(l.c); vs, &a.opts.eps, &cu, is)?;
+            }
+            Some((mean, invstd))
+        } else {
+            None
+        }
+    };
+    let total = out.numel();
+    if total > 0 {
+        // In place: the kernel reads and writes element i in the same thread.
+        let nu = total as u64;
+        launch!(be, K::ReluFwd, T::DTYPE, grid(total); &out_ptr, &out_ptr, &nu)?;
+    }
+    Ok((out, stats))
+}
+
+/// Device addresses of a forward pass: each part, the output, weight and bias.
+struct Ptrs {
+    xs: Vec<u64>,
+    out: u64,
+    weight: u64,
+    bias: u64,
+}
+
+/// Batch norm of every part into its channel slice of the output (before the ReLU).
+fn normalize_parts<T: CudaElem>(
+    be: &Backend,
+    dev: &Device,
+    l: &Layout,
+    p: &Ptrs,
+    norm: Norm,
+    eps: f64,
+) -> Result<()> {
+    if l.n * l.hw() == 0 {
+        return Ok(());
+    }
+    let mut tmp: Option<Scratch<T>> = None;
+    let (one, zero) = (T::of(1.0), T::of(0.0));
+    for k in 0..l.channels.len() {
+        if l.channels[k] == 0 {
+            continue;
+        }
+        let off = l.offsets[k];
+        let dims = l.part_dims(k);
+        let mut dnn = be.dnn();
+        let xd = dnn.tensor(OP, T::DTYPE, dims)?;
+        let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
+        let x = p.xs[k] as *const c_void;
+        let w = at::<T>(p.weight, off) as *const c_void;
+        let b = at::<T>(p.bias, off) as *const c_void;
+        match norm {
+            Norm::Train {
+                running_mean,
+                running_var,
+                factor,
+                save_mean,
+                save_invstd,
+            } => {
+                let rm = at::<T>(running_mean, off) as *mut c_void;
+                let rv = at::<T>(running_var, off) as *mut c_void;
+                let sm = at::<T>(save_mean, off) as *mut c_void;
+                let si = at::<T>(save_invstd, off) as *mut c_void;
+                into_slice::<T, _>(
+                    be,
+                    &mut dnn,
+                    dev,
+                    l,
+                    k,
+                    p.out,
+                    &mut tmp,
+                    "cudnnBatchNormalizationForwardTraining",
+                    // SAFETY: x is the part (a packed NCHW buffer described by `xd`); y is the
+                    // buffer `yd` describes (see `into_slice`); weight, bias and the running and
+                    // saved statistics point `off` elements into `[C]` buffers of the data type,
+                    // so each covers the part's `c` channels as `bnd` describes; the running
+                    // pointers are both null or both valid, and so are the saved ones; the
+                    // handle is locked; alpha/beta point to scalars of the data type.
+                    |h, yd, y| unsafe {
+                        sys::cudnnBatchNormalizationForwardTraining(
+                            h,
+                            MODE,
+                            void(&one),
+                            void(&zero),
+                            xd.0,
+                            x,
+                            yd,
+                            y,
+                            bnd.0,
+                            w,
+                            b,
+                            factor,
+                            rm,
+                            rv,
+                            eps,
+                            sm,
+                            si,
+                        )
+                    },
+                )?;
+            }
+            Norm::Eval { mean, var } => {
+                let m = at::<T>(mean, off) as *const c_void;
+                let v = at::<T>(var, off) as *const c_void;
+                into_slice::<T, _>(
+                    be,
+                    &mut dnn,
+                    dev,
+                    l,
+                    k,
+                    p.out,
+                    &mut tmp,
+                    "cudnnBatchNormalizationForwardInference",
+                    // SAFETY: as for training; the running statistics are read only.
+                    |h, yd, y| unsafe {
+                        sys::cudnnBatchNormalizationForwardInference(
+                            h,
+                            MODE,
+                            void(&one),
+                            void(&zero),
+                            xd.0,
+                            x,
+                            yd,
+                            y,
+                            bnd.0,
+                            w,
+                            b,
+                            m,
+                            v,
+                            eps,
+                        )
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one part's cuDNN batch norm `bn(handle, y descriptor, y)` so that its result lands in
+/// part `k`'s channel slice of the output at `out`: straight through a strided descriptor or,
+/// where cuDNN rejects that, into `tmp` (a scratch buffer of the largest part, made on first
+/// use and reused) and then copied into the slice.
+#[allow(clippy::too_many_arguments)]
+fn into_slice<T: CudaElem, F>(
+    be: &Backend,
+    dnn: &mut Dnn,
+    dev: &Device,
+    l: &Layout,
+    k: usize,
+    out: u64,
+    tmp: &mut Option<Scratch<T>>,
+    call: &'static str,
+    bn: F,
+) -> Result<()>
+where
+    F: Fn(sys::cudnnHandle_t, sys::cudnnTensorDescriptor_t, *mut c_void) -> sys::cudnnStatus_t,
+{
+    let dims = l.part_dims(k);
+    let mut rejected = None;
+    if strided_y() {
+        let yd = dnn.tensor_strided(OP, T::DTYPE, dims, l.slice_strides())?;
+        let y = at::<T>(out, l.offsets[k] * l.hw()) as *mut c_void;
+        match bn(dnn.handle, yd.0, y).result() {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.0,
+                    sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED
+                        | sys::cudnnStatus_t::CUDNN_STATUS_BAD_PARAM
+                ) =>
+            {
+                rejected = Some(e.0);
+            }
+            Err(e) => return Err(cudnn_err(call, e)),
+        }
+    }
+    if tmp.is_none() {
+        let longest = (0..l.channels.len())
+            .map(|j| l.part_len(j))
+            .max()
+            .unwrap_or(0);
+        *tmp = Some(scratch::<T>(dev, longest)?);
+    }
+    let t = tmp.as_ref().map(|t| be.ptr(&t.buf)).unwrap_or(0);
+    let yd = dnn.tensor(OP, T::DTYPE, dims)?;
+    bn(dnn.handle, yd.0, t as *mut c_void)
+        .result()
+        .map_err(|e| cudnn_err(call, e))?;
+    if let Some(status) = rejected {
+        // Rejected strided while accepting packed: stop trying strided.
+        if STRIDED_Y.swap(false, Ordering::Relaxed) {
+            eprintln!(
+                "tape: note: {call} rejected a strided output descriptor ({status:?}); \
+                 batch_norm_relu writes each part through a scratch buffer from now on"
+            );
+        }
+    }
+    // Copy the packed part into its channel slice: rows of c*h*w elements at offset off*h*w in
+    // rows of C*h*w.
+    let hw = l.hw();
+    let width = l.channels[k] * hw;
+    let mut list = PartList::default();
+    list.ptr[0] = t;
+    list.width[0] = width as u64;
+    list.offset[0] = (l.offsets[k] * hw) as u64;
+    let (outer, total) = (l.n as u64, (l.c * hw) as u64);
+    launch!(be, K::Concat, T::DTYPE, grid(l.n * width); &out, &list, &outer, &total)
+}
+
+/// The gradient keys of the op's inputs.
+struct Keys<'a> {
+    parts: &'a [GradKey],
+    weight: &'a GradKey,
+    bias: &'a GradKey,
+}
+
+/// The gradients of the parts, weight and bias that want one, from the output gradient `g`.
+fn backward<T: CudaElem>(
+    g: &Tensor,
+    grads: &mut Gradients,
+    keys: &Keys<'_>,
+    saved: &Saved,
+    l: &Layout,
+    training: bool,
+    eps: f64,
+) -> Result<()> {
+    let (kw, kb) = (keys.weight, keys.bias);
+    let need_params = kw.requires_grad() || kb.requires_grad();
+    let count = l.channels.len();
+    let dev = g.device();
+    let be: &Backend = &dev.cuda_handle(OP)?.backend;
+    // cuDNN's backward (training, input gradient wanted) always writes weight and bias
+    // gradients; everything else computes only what is wanted.
+    let cudnn = |k: usize| training && keys.parts[k].requires_grad() && l.part_len(k) > 0;
+    let any_cudnn = (0..count).any(cudnn);
+    // Parts whose masked gradient goes to scratch (eval mode writes it into the input gradient).
+    let via_scratch = |k: usize| {
+        let dx = keys.parts[k].requires_grad();
+        (training && dx) || (!dx && need_params)
+    };
+    let scratch_len = (0..count)
+        .filter(|&k| via_scratch(k))
+        .map(|k| l.part_len(k))
+        .max()
+        .unwrap_or(0);
+    let new_c = |wanted: bool| -> Result<Option<Tensor>> {
+        match wanted {
+            true => Tensor::cuda_uninit::<T>(&[l.c], dev).map(Some),
+            false => Ok(None),
+        }
+    };
+    let mut gw = new_c(kw.requires_grad() || any_cudnn)?;
+    let mut gb = new_c(kb.requires_grad() || any_cudnn)?;
+    let gw_ptr = match gw.as_mut() {
+        Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
+        None => 0,
+    };
+    let gb_ptr = match gb.as_mut() {
+        Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
+        None => 0,
+    };
+    let tmp = match scratch_len {
+        0 => None,
+        len => Some(scratch::<T>(dev, len)?),
+    };
+    let tmp_ptr = tmp.as_ref().map(|t| be.ptr(&t.buf)).unwrap_or(0);
+    let (gp, yp) = (
+        be.ptr(g.cuda_slice::<T>()?),
+        be.ptr(saved.out.cuda_slice::<T>()?),
+    );
+    let (mp, ip, wp) = (
+        be.ptr(saved.mean.cuda_slice::<T>()?),
+        be.ptr(saved.invstd.cuda_slice::<T>()?),
+        be.ptr(saved.weight.cuda_slice::<T>()?),
+    );
+    let hw = l.hw();
+    let (nu, hwu, totalu) = (l.n as u64, hw as u64, (l.c * hw) as u64);
+    be.bind()?;
+    for (k, key) in keys.parts.iter().enumerate() {
+        let need_dx = key.requires_grad();
+        if !need_dx && !need_params {
+            continue;
+        }
+        let (ck, off, len) = (l.channels[k], l.offsets[k], l.part_len(k));
+        let mut dx = match need_dx {
+            true => Some(Tensor::cuda_uninit::<T>(key.shape(), dev)?),
+            false => None,
+        };
+        if ck > 0 {
+            let dx_ptr = match dx.as_mut() {
+                Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
+                None => 0,
+            };
+            // g' = g where the output is positive, else 0: the part's channels, packed.
+            let masked = if via_scratch(k) { tmp_ptr } else { dx_ptr };
+            if len > 0 {
+                let (width, offset) = ((ck * hw) as u64, (off * hw) as u64);
+                launch!(be, K::ReluMaskPart, T::DTYPE, grid(len);
+                    &masked, &gp, &yp, &nu, &width, &totalu, &offset)?;
+            }
+            let xp = be.ptr(saved.parts[k].cuda_slice::<T>()?);
+            let (m, i) = (at::<T>(mp, off), at::<T>(ip, off));
+            if cudnn(k) {
+                let dims = l.part_dims(k);
+                let mut dnn = be.dnn();
+                let xd = dnn.tensor(OP, T::DTYPE, dims)?;
+                let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
+                let (one, zero) = (T::of(1.0), T::of(0.0));
+                // SAFETY: x (the saved part), dy (the masked gradient in scratch) and dx (the new
+                // input gradient) are packed NCHW buffers of the part's shape, described by
+                // `xd`; the weight, the saved mean and invstd (from the forward pass, unchanged
+                // since) and the weight and bias gradients point `off` elements into `[C]`
+                // buffers of the data type, covering the part's channels as `bnd` describes;
+                // the outputs are distinct from every input; the handle is locked.
+                unsafe {
+                    sys::cudnnBatchNormalizationBackward(
+                        dnn.handle,
+                        MODE,
+                        void(&one),
+                        void(&zero),
+                        void(&one),
+                        void(&zero),
+                        xd.0,
+                        xp as *const c_void,
+                        xd.0,
+                        masked as *const c_void,
+                        xd.0,
+                        dx_ptr as *mut c_void,
+                        bnd.0,
+                        at::<T>(wp, off) as *const c_void,
+                        at::<T>(gw_ptr, off) as *mut c_void,
+                        at::<T>(gb_ptr, off) as *mut c_void,
+                        eps,
+                        m as *const c_void,
+                        i as *const c_void,
+                    )
+                }
+                .result()
+                .map_err(|e| cudnn_err("cudnnBatchNormalizationBackward", e))?;
+            } else {
+                if need_params {
+                    // sum g' and sum g' * xhat per channel (xhat only for the weight).
+                    let x = if kw.requires_grad() { xp } else { 0 };
+                    let sum_g = if kb.requires_grad() {
+                        at::<T>(gb_ptr, off)
+                    } else {
+                        0
+                    };
+                    let sum_gx = if kw.requires_grad() {
+                        at::<T>(gw_ptr, off)
+                    } else {
+                        0
+                    };
+                    let cu = ck as u64;
+                    launch!(be, K::BnSums, T::DTYPE, per_row(ck);
+                        &masked, &x, &m, &i, &nu, &cu, &hwu, &sum_g, &sum_gx)?;
+                }
+                if need_dx && len > 0 {
+                    // Eval mode: dx = g' * weight * invstd, in place.
+                    let (cu, lu) = (ck as u64, len as u64);
+                    let wk = at::<T>(wp, off);
+                    launch!(be, K::BnScaleGrad, T::DTYPE, grid(len);
+                        &dx_ptr, &dx_ptr, &wk, &i, &cu, &hwu, &lu)?;
+                }
+            }
+        }
+        if let Some(dx) = dx {
+            grads.accumulate(key, dx)?;
+        }
+    }
+    drop(tmp);
+    if let Some(gw) = gw.filter(|_| kw.requires_grad()) {
+        grads.accumulate(kw, gw)?;
+    }
+    if let Some(gb) = gb.filter(|_| kb.requires_grad()) {
+        grads.accumulate(kb, gb)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    /// The scratch-buffer path (taken where cuDNN rejects a strided output) gives the strided
+    /// path's output and running statistics; skipped without a usable GPU.
+    #[test]
+    fn scratch_path_matches_strided_path() {
+        let dev = match Device::cuda(0) {
+            Ok(d) => d,
+            Err(e) => {
+                println!("skipping: no usable CUDA GPU: {e}");
+                return;
+            }
+        };
+        for dtype in [DType::F32, DType::F64] {
+            for training in [true, false] {
+                let run = |force: bool| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+                    FORCE_SCRATCH.with(|f| f.set(force));
+                    let parts: Vec<Tensor> = [3usize, 1, 5]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &c)| Tensor::randn(&[2, c, 3, 5], dtype, &dev, i as u64).unwrap())
+                        .collect();
+                    let refs: Vec<&Tensor> = parts.iter().collect();
+                    let w = Tensor::randn(&[9], dtype, &dev, 10).unwrap();
+                    let b = Tensor::randn(&[9], dtype, &dev, 11).unwrap();
+                    let rs = RunningStats::new(9, dtype, &dev).unwrap();
+                    let mut tape = Tape::recording().training(training);
+                    let y = super::super::batch_norm_relu(
+                        &mut tape,
+                        &refs,
+                        &w,
+                        &b,
+                        &rs,
+                        BatchNormOptions::default(),
+                    )
+                    .unwrap();
+                    FORCE_SCRATCH.with(|f| f.set(false));
+                    (
+                        y.try_to_f64_vec().unwrap(),
+                        rs.mean().try_to_f64_vec().unwrap(),
+                        rs.var().try_to_f64_vec().unwrap(),
+                    )
+                };
+                let (a, b) = (run(false), run(true));
+                let tol = match dtype {
+                    DType::F32 => 1e-6,
+                    DType::F64 => 1e-13,
+                };
+                for (x, y) in [(&a.0, &b.0), (&a.1, &b.1), (&a.2, &b.2)] {
+                    let d = x
+                        .iter()
+                        .zip(y)
+                        .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+                    assert!(d <= tol, "{dtype:?} training {training}: differs by {d:e}");
+                }
+                assert!(a.0.iter().any(|&v| v > 0.0));
+                assert_eq!(a.0.len(), 2 * 9 * 15);
+            }
+        }
+    }
 }

@@ -37,23 +37,28 @@ pub(crate) fn lane_sum2<T: Elem>(xs: &[T], ys: &[T], f: impl Fn(f64, f64) -> f64
     acc.iter().sum::<f64>() + tail
 }
 
-/// `sum f(a, b, c)` over element triples.
-pub(crate) fn lane_sum3<T: Elem>(
-    xs: &[T],
-    ys: &[T],
-    zs: &[T],
-    f: impl Fn(f64, f64, f64) -> f64,
-) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let n = xs.len().min(ys.len()).min(zs.len());
+/// `(sum g', sum g' * (x - mean))` where `g' = g` at positions with `y > 0` and 0 elsewhere:
+/// both sums of batch norm + ReLU backward in one pass.
+pub(crate) fn masked_sums<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64) {
+    let n = g.len().min(y.len()).min(x.len());
+    let (mut sg, mut sgx) = ([0.0f64; LANES], [0.0f64; LANES]);
     let full = n - n % LANES;
-    for i in (0..full).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(xs[i + l].f64(), ys[i + l].f64(), zs[i + l].f64());
+    for ((gc, yc), xc) in g[..full]
+        .chunks_exact(LANES)
+        .zip(y[..full].chunks_exact(LANES))
+        .zip(x[..full].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let gm = if yc[l] > T::zero() { gc[l].f64() } else { 0.0 };
+            sg[l] += gm;
+            sgx[l] += gm * (xc[l].f64() - mean);
         }
     }
-    let tail: f64 = (full..n)
-        .map(|i| f(xs[i].f64(), ys[i].f64(), zs[i].f64()))
-        .sum();
-    acc.iter().sum::<f64>() + tail
+    let (mut tg, mut tgx) = (0.0, 0.0);
+    for i in full..n {
+        let gm = if y[i] > T::zero() { g[i].f64() } else { 0.0 };
+        tg += gm;
+        tgx += gm * (x[i].f64() - mean);
+    }
+    (sg.iter().sum::<f64>() + tg, sgx.iter().sum::<f64>() + tgx)
 }

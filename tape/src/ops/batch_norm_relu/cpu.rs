@@ -2,7 +2,7 @@
 //! is computed straight from the part that holds the channel; gradients are written per part.
 
 use super::super::batch_norm::cpu::{channel_stats, Layout};
-use super::super::lanes::{lane_sum2, lane_sum3};
+use super::super::lanes::{lane_sum2, masked_sums};
 use super::super::PAR_MIN;
 use crate::dtype::Elem;
 use rayon::prelude::*;
@@ -107,15 +107,12 @@ pub(super) fn grad_sums<T: Elem>(
         for i in 0..parts.n {
             let at = (i * c + ch) * hw;
             let (gp, yp) = (&g[at..at + hw], &y[at..at + hw]);
-            sg += lane_sum2(gp, yp, |g, y| if y > 0.0 { g } else { 0.0 });
             if with_x {
-                let xp = parts.plane(i, ch);
-                sgx += lane_sum3(
-                    gp,
-                    yp,
-                    xp,
-                    |g, y, x| if y > 0.0 { g * (x - m) } else { 0.0 },
-                );
+                let (a, b) = masked_sums(gp, yp, parts.plane(i, ch), m);
+                sg += a;
+                sgx += b;
+            } else {
+                sg += lane_sum2(gp, yp, |g, y| if y > 0.0 { g } else { 0.0 });
             }
         }
         (sg, sgx)

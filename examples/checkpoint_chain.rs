@@ -108,8 +108,8 @@ fn main() -> tape::Result<()> {
         n, c, a.batch, a.image, a.image
     );
     println!(
-        "{:<18} {:>9} {:>13} {:>15} {:>10} {:>8}",
-        "plan", "segments", "peak (MB)", "predicted (MB)", "median s", "x naive"
+        "{:<18} {:>9} {:>11} {:>13} {:>15} {:>10} {:>8}",
+        "plan", "segments", "recomputed", "peak (MB)", "predicted (MB)", "median s", "x naive"
     );
     let mut naive_time = None;
     for (name, plan) in &plans {
@@ -127,10 +127,17 @@ fn main() -> tape::Result<()> {
         }
         let t = median(&times);
         let base = *naive_time.get_or_insert(t);
+        let recomputed: usize = plan
+            .segments()
+            .iter()
+            .filter(|s| s.checkpointed)
+            .map(|s| s.range.len())
+            .sum();
         println!(
-            "{:<18} {:>9} {:>13.2} {:>15.2} {:>10.4} {:>8.2}",
+            "{:<18} {:>9} {:>11} {:>13.2} {:>15.2} {:>10.4} {:>8.2}",
             name,
             plan.segments().len(),
+            recomputed,
             dev.memory().peak() as f64 / 1e6,
             model.predict(plan).peak as f64 / 1e6,
             t,

@@ -172,6 +172,107 @@ impl RunningStats {
     }
 }
 
+/// Checks that `weight` and `bias` have shape `[c]` and `x`'s dtype and device, and that
+/// `running` has `c` channels on `x`'s device.
+pub(crate) fn check_affine(
+    op: &'static str,
+    x: &Tensor,
+    c: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: &RunningStats,
+) -> Result<()> {
+    for (name, p) in [("weight", weight), ("bias", bias)] {
+        x.check_compatible(p, op)?;
+        if p.shape() != [c] {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{name} must have shape [{c}] for {c} input channels, got {:?}",
+                    p.shape()
+                ),
+            ));
+        }
+    }
+    if running.channels() != c {
+        return Err(Error::shape(
+            op,
+            format!(
+                "running statistics have {} channels, the input has {c}",
+                running.channels()
+            ),
+        ));
+    }
+    x.device().check_same(running.device(), op)
+}
+
+/// One step's per-channel normalisation: `y = x * scale + shift`.
+pub(crate) struct Normalization {
+    /// The mean used (batch or running).
+    pub(crate) mean: Vec<f64>,
+    /// The unbiased batch variance, for the running update (empty in eval mode).
+    pub(crate) unbiased: Vec<f64>,
+    /// `1 / sqrt(var + eps)`.
+    pub(crate) invstd: Vec<f64>,
+    /// `weight * invstd`.
+    pub(crate) scale: Vec<f64>,
+    /// `bias - mean * scale`.
+    pub(crate) shift: Vec<f64>,
+}
+
+/// The normalisation of a step: in training from `batch_stats` (per channel `(mean, biased
+/// variance)` over `m` values each, which must exceed 1), in eval from `running`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn normalization(
+    op: &'static str,
+    training: bool,
+    m: usize,
+    running: &RunningStats,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    batch_stats: impl FnOnce() -> Result<Vec<(f64, f64)>>,
+) -> Result<Normalization> {
+    let (mean, var, unbiased) = if training {
+        if m < 2 {
+            return Err(Error::invalid(
+                op,
+                format!("training needs more than one value per channel, got {m}"),
+            ));
+        }
+        let (mean, var): (Vec<f64>, Vec<f64>) = batch_stats()?.into_iter().unzip();
+        let corr = m as f64 / (m - 1) as f64;
+        let unbiased = var.iter().map(|v| v * corr).collect();
+        (mean, var, unbiased)
+    } else {
+        (
+            running.mean().try_to_f64_vec()?,
+            running.var().try_to_f64_vec()?,
+            Vec::new(),
+        )
+    };
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let scale: Vec<f64> = weight
+        .try_to_f64_vec()?
+        .iter()
+        .zip(&invstd)
+        .map(|(w, s)| w * s)
+        .collect();
+    let shift = bias
+        .try_to_f64_vec()?
+        .iter()
+        .zip(scale.iter().zip(&mean))
+        .map(|(b, (a, m))| b - m * a)
+        .collect();
+    Ok(Normalization {
+        mean,
+        unbiased,
+        invstd,
+        scale,
+        shift,
+    })
+}
+
 /// What the backward closure keeps: the input (when a gradient needs `xhat`), the per-channel
 /// mean and `invstd` (`f64`, on the input's device) and the weight (for the input gradient).
 struct Saved {
@@ -196,29 +297,7 @@ pub fn batch_norm2d(
 ) -> Result<Tensor> {
     let [n, c, h, w] = x.dims4(OP)?;
     opts.validate()?;
-    for (name, p) in [("weight", weight), ("bias", bias)] {
-        x.check_compatible(p, OP)?;
-        if p.shape() != [c] {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "{name} must have shape [{c}] for input {:?}, got {:?}",
-                    x.shape(),
-                    p.shape()
-                ),
-            ));
-        }
-    }
-    if running.channels() != c {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "running statistics have {} channels, input has {c}",
-                running.channels()
-            ),
-        ));
-    }
-    x.device().check_same(running.device(), OP)?;
+    check_affine(OP, x, c, weight, bias, running)?;
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
         return cuda::batch_norm2d(tape, x, weight, bias, running, opts);
@@ -227,42 +306,22 @@ pub fn batch_norm2d(
     let training = tape.is_training();
     let update_running = training && tape.phase() == Phase::Forward;
 
-    let (mean, var, unbiased) = if training {
-        let m = l.count();
-        if m < 2 {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "training needs more than one value per channel, got input shape {:?}",
-                    x.shape()
-                ),
-            ));
-        }
-        let stats = dispatch_float!(x.dtype(), T => cpu::channel_stats::<T>(x.as_slice::<T>()?, l));
-        let (mean, var): (Vec<f64>, Vec<f64>) = stats.into_iter().unzip();
-        let corr = m as f64 / (m - 1) as f64;
-        let unbiased: Vec<f64> = var.iter().map(|v| v * corr).collect();
-        (mean, var, unbiased)
-    } else {
-        (
-            running.mean().to_f64_vec(),
-            running.var().to_f64_vec(),
-            Vec::new(),
-        )
-    };
-    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + opts.eps).sqrt()).collect();
-    let scale: Vec<f64> = weight
-        .to_f64_vec()
-        .iter()
-        .zip(&invstd)
-        .map(|(w, s)| w * s)
-        .collect();
-    let shift: Vec<f64> = bias
-        .to_f64_vec()
-        .iter()
-        .zip(scale.iter().zip(&mean))
-        .map(|(b, (a, m))| b - m * a)
-        .collect();
+    let Normalization {
+        mean,
+        unbiased,
+        invstd,
+        scale,
+        shift,
+    } = normalization(
+        OP,
+        training,
+        l.count(),
+        running,
+        weight,
+        bias,
+        opts.eps,
+        || Ok(dispatch_float!(x.dtype(), T => cpu::channel_stats::<T>(x.as_slice::<T>()?, l))),
+    )?;
     let out = dispatch_float!(x.dtype(), T => Tensor::from_vec(cpu::affine::<T>(x.as_slice::<T>()?, l, &scale, &shift), x.shape(), x.device()))?;
 
     let saved = if tape.needs_grad(&[x, weight, bias]) {

@@ -4,7 +4,9 @@
 //! only the parts (which a DenseNet keeps anyway), per-channel statistics, the weight and the
 //! output (the ReLU mask, which the following convolution keeps anyway).
 
-use super::batch_norm::{BatchNormOptions, RunningStats};
+use super::batch_norm::{
+    check_affine, normalization, BatchNormOptions, Normalization, RunningStats,
+};
 use crate::error::{Error, Result};
 use crate::gradients::{GradKey, Gradients};
 use crate::tape::{Phase, Tape};
@@ -65,63 +67,34 @@ pub fn batch_norm_relu(
     opts.validate()?;
     let c: usize = channels.iter().sum();
     let x0 = parts[0];
-    for (name, p) in [("weight", weight), ("bias", bias)] {
-        x0.check_compatible(p, OP)?;
-        if p.shape() != [c] {
-            return Err(Error::shape(
-                OP,
-                format!("{name} must have shape [{c}], got {:?}", p.shape()),
-            ));
-        }
-    }
-    if running.channels() != c {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "running statistics have {} channels, inputs have {c}",
-                running.channels()
-            ),
-        ));
-    }
-    x0.device().check_same(running.device(), OP)?;
+    check_affine(OP, x0, c, weight, bias, running)?;
     #[cfg(feature = "cuda")]
     if x0.device().is_cuda() {
         return cuda::batch_norm_relu(tape, parts, weight, bias, running, opts);
     }
     let hw = h * w;
     let training = tape.is_training();
-    let (mean, var, unbiased) = if training {
-        let m = n * hw;
-        if m < 2 {
-            return Err(Error::invalid(
-                OP,
-                format!("training needs more than one value per channel, got {n}x{h}x{w}"),
-            ));
-        }
-        let stats = dispatch_float!(x0.dtype(), T => {
-            let data = parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-            cpu::channel_stats_parts(&Parts::new(data, channels.clone(), n, hw))
-        });
-        let (mean, var): (Vec<f64>, Vec<f64>) = stats.into_iter().unzip();
-        let corr = m as f64 / (m - 1) as f64;
-        let unbiased = var.iter().map(|v| v * corr).collect();
-        (mean, var, unbiased)
-    } else {
-        (
-            running.mean().to_f64_vec(),
-            running.var().to_f64_vec(),
-            Vec::new(),
-        )
-    };
-    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + opts.eps).sqrt()).collect();
-    let weight_v = weight.to_f64_vec();
-    let scale: Vec<f64> = weight_v.iter().zip(&invstd).map(|(w, s)| w * s).collect();
-    let shift: Vec<f64> = bias
-        .to_f64_vec()
-        .iter()
-        .zip(scale.iter().zip(&mean))
-        .map(|(b, (a, m))| b - m * a)
-        .collect();
+    let Normalization {
+        mean,
+        unbiased,
+        invstd,
+        scale,
+        shift,
+    } = normalization(
+        OP,
+        training,
+        n * hw,
+        running,
+        weight,
+        bias,
+        opts.eps,
+        || {
+            Ok(dispatch_float!(x0.dtype(), T => {
+                let data = parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
+                cpu::channel_stats_parts(&Parts::new(data, channels.clone(), n, hw))
+            }))
+        },
+    )?;
     let out = dispatch_float!(x0.dtype(), T => {
         let data = parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
         let v = cpu::forward(&Parts::new(data, channels.clone(), n, hw), &scale, &shift);
@@ -140,7 +113,7 @@ pub fn batch_norm_relu(
         out: out.clone(),
         mean,
         invstd,
-        weight: weight_v,
+        weight: weight.try_to_f64_vec()?,
     };
     let part_keys: Vec<GradKey> = parts.iter().map(|p| GradKey::of(p)).collect();
     let (kw, kb) = (GradKey::of(weight), GradKey::of(bias));

@@ -2,6 +2,7 @@
 //! Bottleneck and Layer about linearly, and Layer < Bottleneck < Naive at the largest depth.
 //! A planner budget between Layer and Naive holds.
 
+use densenet::bench::fitted_exponent;
 use densenet::train::forward_backward;
 use densenet::{DenseNet, DenseNetConfig, Efficiency};
 use tape::{DType, Device, Tensor};
@@ -29,19 +30,6 @@ fn peak(depth: usize, mode: Efficiency) -> u64 {
     (dev.memory().peak() - before) as u64
 }
 
-/// Least-squares slope of log(peak) against log(depth).
-fn fitted_exponent(points: &[(usize, u64)]) -> f64 {
-    let xs: Vec<f64> = points.iter().map(|p| (p.0 as f64).ln()).collect();
-    let ys: Vec<f64> = points.iter().map(|p| (p.1 as f64).ln()).collect();
-    let (mx, my) = (
-        xs.iter().sum::<f64>() / xs.len() as f64,
-        ys.iter().sum::<f64>() / ys.len() as f64,
-    );
-    let num: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let den: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-    num / den
-}
-
 #[test]
 fn memory_grows_quadratically_naive_and_linearly_efficient() {
     let depths = [16, 28, 40, 52];
@@ -49,7 +37,8 @@ fn memory_grows_quadratically_naive_and_linearly_efficient() {
     let mut at_max = Vec::new();
     for mode in [Efficiency::Naive, Efficiency::Bottleneck, Efficiency::Layer] {
         let points: Vec<(usize, u64)> = depths.iter().map(|&d| (d, peak(d, mode))).collect();
-        let e = fitted_exponent(&points);
+        let xy: Vec<(f64, f64)> = points.iter().map(|&(d, p)| (d as f64, p as f64)).collect();
+        let e = fitted_exponent(&xy);
         println!("{mode}: {points:?} exponent {e:.3}");
         exps.push(e);
         at_max.push(points.last().unwrap().1);

@@ -39,8 +39,13 @@ struct Args {
     /// Print one JSON object per case instead of tables.
     #[arg(long)]
     json: bool,
-    /// Modes of the main table (naive, bottleneck, layer, budget:BYTES).
-    #[arg(long, value_delimiter = ',', default_value = "naive,bottleneck,layer")]
+    /// Modes of the main table: naive, bottleneck, layer, budget:BYTES, or budget:auto (the
+    /// planner with a budget halfway between the layer and bottleneck peaks measured before it).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "naive,bottleneck,layer,budget:auto"
+    )]
     modes: Vec<String>,
     /// Depths of the sweep (CIFAR DenseNet-BC, k=12).
     #[arg(long, value_delimiter = ',')]
@@ -114,7 +119,7 @@ fn print_case(r: &CaseResult, json: bool, naive: Option<&CaseResult>) {
         })
         .unwrap_or((1.0, 1.0));
     println!(
-        "{:<22} {:<12} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3}",
+        "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3}",
         r.model,
         r.mode,
         r.batch,
@@ -129,6 +134,72 @@ fn print_case(r: &CaseResult, json: bool, naive: Option<&CaseResult>) {
     );
 }
 
+/// A mode of the main table.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// A fixed efficiency mode.
+    Fixed(Efficiency),
+    /// The planner, with a budget halfway between the layer and bottleneck peaks measured
+    /// earlier in the same table.
+    AutoBudget,
+}
+
+/// One model's table: every mode, one training step each.
+struct Table<'c> {
+    name: &'static str,
+    config: &'c DenseNetConfig,
+    batch: usize,
+    image: usize,
+}
+
+impl Table<'_> {
+    fn run(
+        &self,
+        modes: &[Mode],
+        iters: usize,
+        json: bool,
+        device: &dyn Fn() -> Result<Device, String>,
+    ) -> Result<(), String> {
+        let mut done: Vec<CaseResult> = Vec::new();
+        for &mode in modes {
+            let mode = match mode {
+                Mode::Fixed(m) => m,
+                Mode::AutoBudget => {
+                    let peak = |m: Efficiency| {
+                        done.iter()
+                            .find(|r| r.mode == m.to_string())
+                            .map(|r| r.peak_bytes)
+                    };
+                    match (peak(Efficiency::Layer), peak(Efficiency::Bottleneck)) {
+                        (Some(l), Some(b)) => Efficiency::Budget((l + b) / 2),
+                        _ => return Err(
+                            "budget:auto needs the layer and bottleneck modes measured before it"
+                                .into(),
+                        ),
+                    }
+                }
+            };
+            let r = measure_training_step(
+                &device()?,
+                self.name,
+                self.config,
+                mode,
+                self.batch,
+                self.image,
+                1,
+                iters,
+            )
+            .map_err(|e| e.to_string())?;
+            let naive = done
+                .iter()
+                .find(|r| r.mode == Efficiency::Naive.to_string());
+            print_case(&r, json, naive);
+            done.push(r);
+        }
+        Ok(())
+    }
+}
+
 fn run(args: &Args) -> Result<(), String> {
     // Opened once up front so a missing GPU or library fails before any work.
     let probe = open_device(&args.device, args.tf32)?;
@@ -137,10 +208,16 @@ fn run(args: &Args) -> Result<(), String> {
     let device = || open_device(&args.device, args.tf32);
     let batch = args.batch.unwrap_or(if args.quick { 8 } else { 64 });
     let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
-    let modes: Vec<Efficiency> = args
+    let modes: Vec<Mode> = args
         .modes
         .iter()
-        .map(|m| m.parse::<Efficiency>().map_err(|e| e.to_string()))
+        .map(|m| match m.as_str() {
+            "budget:auto" => Ok(Mode::AutoBudget),
+            m => m
+                .parse::<Efficiency>()
+                .map(Mode::Fixed)
+                .map_err(|e| e.to_string()),
+        })
         .collect::<Result<_, _>>()?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -148,7 +225,7 @@ fn run(args: &Args) -> Result<(), String> {
     let third = if gpu { "GPU used" } else { "peak RSS" };
     let header = || {
         println!(
-            "{:<22} {:<12} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7}",
+            "{:<22} {:<16} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7}",
             "model", "mode", "batch", "peak(eng)", "x naive", third, "median s", "x naive"
         );
     };
@@ -175,24 +252,13 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if !args.no_main {
         let config = DenseNetConfig::densenet_bc_100_k12();
-        let mut naive: Option<CaseResult> = None;
-        for &mode in &modes {
-            let r = measure_training_step(
-                &device()?,
-                "densenet_bc_100_k12",
-                &config,
-                mode,
-                batch,
-                args.image,
-                1,
-                iters,
-            )
-            .map_err(|e| e.to_string())?;
-            print_case(&r, args.json, naive.as_ref());
-            if mode == Efficiency::Naive {
-                naive = Some(r);
-            }
-        }
+        let table = Table {
+            name: "densenet_bc_100_k12",
+            config: &config,
+            batch,
+            image: args.image,
+        };
+        table.run(&modes, iters, args.json, &device)?;
     }
     if args.imagenet {
         if !args.json {
@@ -203,24 +269,13 @@ fn run(args: &Args) -> Result<(), String> {
             header();
         }
         let config = DenseNetConfig::densenet121();
-        let mut naive: Option<CaseResult> = None;
-        for &mode in &modes {
-            let r = measure_training_step(
-                &device()?,
-                "densenet121",
-                &config,
-                mode,
-                args.imagenet_batch,
-                224,
-                1,
-                iters,
-            )
-            .map_err(|e| e.to_string())?;
-            print_case(&r, args.json, naive.as_ref());
-            if mode == Efficiency::Naive {
-                naive = Some(r);
-            }
-        }
+        let table = Table {
+            name: "densenet121",
+            config: &config,
+            batch: args.imagenet_batch,
+            image: 224,
+        };
+        table.run(&modes, iters, args.json, &device)?;
     }
     if args.no_sweep {
         return Ok(());

@@ -79,6 +79,25 @@ pub(crate) fn map_binary<T: Elem>(
     Tensor::from_vec(out, a.shape(), a.device())
 }
 
+/// Fails unless `v` (a bias, a batch-norm weight...) shares `x`'s dtype and device and has
+/// shape `[len]`.
+pub(crate) fn check_vector(
+    op: &'static str,
+    name: &str,
+    x: &Tensor,
+    v: &Tensor,
+    len: usize,
+) -> Result<()> {
+    x.check_compatible(v, op)?;
+    if v.shape() != [len] {
+        return Err(crate::Error::shape(
+            op,
+            format!("{name} must have shape [{len}], got {:?}", v.shape()),
+        ));
+    }
+    Ok(())
+}
+
 /// Fails unless `a` and `b` share dtype, device and shape.
 pub(crate) fn check_pair(a: &Tensor, b: &Tensor, op: &'static str) -> Result<()> {
     a.check_compatible(b, op)?;

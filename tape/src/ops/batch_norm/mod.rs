@@ -183,16 +183,7 @@ pub(crate) fn check_affine(
     running: &RunningStats,
 ) -> Result<()> {
     for (name, p) in [("weight", weight), ("bias", bias)] {
-        x.check_compatible(p, op)?;
-        if p.shape() != [c] {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "{name} must have shape [{c}] for {c} input channels, got {:?}",
-                    p.shape()
-                ),
-            ));
-        }
+        super::check_vector(op, name, x, p, c)?;
     }
     if running.channels() != c {
         return Err(Error::shape(

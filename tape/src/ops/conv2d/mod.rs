@@ -85,13 +85,7 @@ impl Geometry {
             ));
         }
         if let Some(b) = bias {
-            x.check_compatible(b, OP)?;
-            if b.shape() != [cout] {
-                return Err(Error::shape(
-                    OP,
-                    format!("bias must be [{cout}], got {:?}", b.shape()),
-                ));
-            }
+            super::check_vector(OP, "bias", x, b, cout)?;
         }
         let out_len = |len: usize, k: usize| -> Result<usize> {
             let padded = opts

@@ -126,13 +126,7 @@ fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<(usize, u
         }
     };
     if let Some(b) = bias {
-        x.check_compatible(b, OP)?;
-        if b.shape() != [o] {
-            return Err(Error::shape(
-                OP,
-                format!("bias must be [{o}], got {:?}", b.shape()),
-            ));
-        }
+        super::check_vector(OP, "bias", x, b, o)?;
     }
     Ok((n, i, o))
 }

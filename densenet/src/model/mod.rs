@@ -280,7 +280,8 @@ impl DenseNet {
                 pooled = Some(self.head_features(tape, &features, recompute_glue, fused)?);
             }
         }
-        let pooled = pooled.expect("a validated config has at least one block");
+        let pooled =
+            pooled.ok_or_else(|| DenseNetError::Config("the model has no dense block".into()))?;
         Ok(self.classifier.forward(tape, &pooled)?)
     }
 

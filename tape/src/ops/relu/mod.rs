@@ -20,7 +20,7 @@ pub fn relu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     let kx = GradKey::of(x);
     let saved = tape.needs_grad(&[x]).then(|| out.clone());
     Ok(tape.record(&[x], out, move |g, grads| {
-        let y = saved.expect("saved when recording");
+        let y = saved.ok_or_else(|| crate::Error::Backward("relu: output not saved".into()))?;
         let gx = dispatch_float!(g.dtype(), T => map_binary::<T>(g, &y, |g, y| if y > 0.0 { g } else { 0.0 }))?;
         grads.accumulate(&kx, gx)
     }))

@@ -38,27 +38,36 @@ pub(crate) fn lane_sum2<T: Elem>(xs: &[T], ys: &[T], f: impl Fn(f64, f64) -> f64
 }
 
 /// `(sum g', sum g' * (x - mean))` where `g' = g` at positions with `y > 0` and 0 elsewhere:
-/// both sums of batch norm + ReLU backward in one pass.
+/// both sums of batch norm + ReLU backward in one pass. The mask is applied as a multiplication
+/// (no branch), in the elements' own precision, so the loop vectorises.
 pub(crate) fn masked_sums<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64) {
     let n = g.len().min(y.len()).min(x.len());
     let (mut sg, mut sgx) = ([0.0f64; LANES], [0.0f64; LANES]);
     let full = n - n % LANES;
+    let (mean_t, one, zero) = (T::of(mean), T::one(), T::zero());
+    let mask = |y: T| if y > zero { one } else { zero };
     for ((gc, yc), xc) in g[..full]
         .chunks_exact(LANES)
         .zip(y[..full].chunks_exact(LANES))
         .zip(x[..full].chunks_exact(LANES))
     {
+        let mut gm = [zero; LANES];
+        let mut dx = [zero; LANES];
+        for l in 0..LANES.min(gc.len()).min(yc.len()).min(xc.len()) {
+            gm[l] = gc[l] * mask(yc[l]);
+            dx[l] = xc[l] - mean_t;
+        }
         for l in 0..LANES {
-            let gm = if yc[l] > T::zero() { gc[l].f64() } else { 0.0 };
-            sg[l] += gm;
-            sgx[l] += gm * (xc[l].f64() - mean);
+            let gv = gm[l].f64();
+            sg[l] += gv;
+            sgx[l] += gv * dx[l].f64();
         }
     }
     let (mut tg, mut tgx) = (0.0, 0.0);
     for i in full..n {
-        let gm = if y[i] > T::zero() { g[i].f64() } else { 0.0 };
-        tg += gm;
-        tgx += gm * (x[i].f64() - mean);
+        let gv = (g[i] * mask(y[i])).f64();
+        tg += gv;
+        tgx += gv * (x[i] - mean_t).f64();
     }
     (sg.iter().sum::<f64>() + tg, sgx.iter().sum::<f64>() + tgx)
 }

@@ -39,12 +39,13 @@ pub(crate) fn lane_sum2<T: Elem>(xs: &[T], ys: &[T], f: impl Fn(f64, f64) -> f64
 
 /// `(sum g', sum g' * (x - mean))` where `g' = g` at positions with `y > 0` and 0 elsewhere:
 /// both sums of batch norm + ReLU backward in one pass. The mask is applied as a multiplication
-/// (no branch), in the elements' own precision, so the loop vectorises.
+/// (no branch) in the elements' own precision; `x - mean` is taken in `f64` (in `f32` it would
+/// lose the digits that distinguish `x` from a large mean).
 pub(crate) fn masked_sums<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64) {
     let n = g.len().min(y.len()).min(x.len());
     let (mut sg, mut sgx) = ([0.0f64; LANES], [0.0f64; LANES]);
     let full = n - n % LANES;
-    let (mean_t, one, zero) = (T::of(mean), T::one(), T::zero());
+    let (one, zero) = (T::one(), T::zero());
     let mask = |y: T| if y > zero { one } else { zero };
     for ((gc, yc), xc) in g[..full]
         .chunks_exact(LANES)
@@ -52,22 +53,20 @@ pub(crate) fn masked_sums<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64
         .zip(x[..full].chunks_exact(LANES))
     {
         let mut gm = [zero; LANES];
-        let mut dx = [zero; LANES];
-        for l in 0..LANES.min(gc.len()).min(yc.len()).min(xc.len()) {
+        for l in 0..LANES.min(gc.len()).min(yc.len()) {
             gm[l] = gc[l] * mask(yc[l]);
-            dx[l] = xc[l] - mean_t;
         }
-        for l in 0..LANES {
+        for (l, &xv) in xc.iter().enumerate().take(LANES) {
             let gv = gm[l].f64();
             sg[l] += gv;
-            sgx[l] += gv * dx[l].f64();
+            sgx[l] += gv * (xv.f64() - mean);
         }
     }
     let (mut tg, mut tgx) = (0.0, 0.0);
     for i in full..n {
         let gv = (g[i] * mask(y[i])).f64();
         tg += gv;
-        tgx += gv * (x[i] - mean_t).f64();
+        tgx += gv * (x[i].f64() - mean);
     }
     (sg.iter().sum::<f64>() + tg, sgx.iter().sum::<f64>() + tgx)
 }

@@ -14,12 +14,22 @@
 #    fp32, TF32 off), if a python with CUDA-enabled torch is found (TORCH_PYTHON overrides);
 # 5. prints one comparison table (ours vs PyTorch: peak GB and ms per step, per case).
 #
-# Everything goes under "$OUT" if set, else ./gpu-results. Exits non-zero if a test failed or a
-# benchmark could not run.
+# Results go to "$OUT" if set, else ./gpu-results: at most seven files (summary.txt,
+# gpu-check.log, the two test logs, ours.jsonl, torch.jsonl, and all.tar.gz with every log and
+# the SVG chart). Exits non-zero if a test failed or a benchmark could not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RESULTS=${OUT:-./gpu-results}
-mkdir -p "$RESULTS"
+DEST=${OUT:-./gpu-results}
+mkdir -p "$DEST"
+RESULTS=$(mktemp -d)
+publish() {
+  cat "$RESULTS/torch_cifar.jsonl" "$RESULTS/torch_imagenet.jsonl" >"$RESULTS/torch.jsonl" 2>/dev/null
+  tar czf "$DEST/all.tar.gz" -C "$RESULTS" . 2>/dev/null
+  for f in summary.txt gpu-check.log cuda_ops.log cuda_modes.log ours.jsonl torch.jsonl; do
+    [ -f "$RESULTS/$f" ] && cp "$RESULTS/$f" "$DEST/"
+  done
+}
+trap publish EXIT
 BIN=.gpu-bin
 SCRIPTS=scripts
 [ -f "$SCRIPTS/cuda-env.sh" ] || SCRIPTS=$BIN/scripts
@@ -103,7 +113,7 @@ else
 fi
 grep '"fit"' "$RESULTS/ours.jsonl" | tee -a "$RESULTS/summary.txt"
 
-note "done; results in $RESULTS"
+note "done; results in $DEST"
 if [ ${#failures[@]} -gt 0 ]; then
   note "FAILED: ${failures[*]}"
   exit 1

@@ -98,6 +98,38 @@ pub(crate) fn check_vector(
     Ok(())
 }
 
+/// What an op `y = f(x, weight) + bias` records: its inputs and grad keys, and what its
+/// backward keeps: `x` only if the weight wants a gradient, the weight only if `x` does.
+pub(crate) struct WeightedOp<'t> {
+    pub(crate) inputs: Vec<&'t Tensor>,
+    pub(crate) kx: crate::GradKey,
+    pub(crate) kw: crate::GradKey,
+    pub(crate) kb: Option<crate::GradKey>,
+    pub(crate) saved_x: Option<Tensor>,
+    pub(crate) saved_w: Option<Tensor>,
+}
+
+impl<'t> WeightedOp<'t> {
+    pub(crate) fn new(
+        tape: &crate::Tape,
+        x: &'t Tensor,
+        weight: &'t Tensor,
+        bias: Option<&'t Tensor>,
+    ) -> Self {
+        let mut inputs = vec![x, weight];
+        inputs.extend(bias);
+        let record = tape.needs_grad(&inputs);
+        WeightedOp {
+            kx: crate::GradKey::of(x),
+            kw: crate::GradKey::of(weight),
+            kb: bias.map(crate::GradKey::of),
+            saved_x: (record && weight.requires_grad()).then(|| x.clone()),
+            saved_w: (record && x.requires_grad()).then(|| weight.clone()),
+            inputs,
+        }
+    }
+}
+
 /// Fails unless `a` and `b` share dtype, device and shape.
 pub(crate) fn check_pair(a: &Tensor, b: &Tensor, op: &'static str) -> Result<()> {
     a.check_compatible(b, op)?;

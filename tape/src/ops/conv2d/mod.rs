@@ -6,8 +6,8 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+use super::WeightedOp;
 use crate::error::{Error, Result};
-use crate::gradients::GradKey;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use crate::Elem;
@@ -169,13 +169,14 @@ pub fn conv2d(
         cpu::forward::<T>(&geo, groups, x.as_slice::<T>()?, weight.as_slice::<T>()?, b, out.make_mut::<T>()?, &mut ws);
     });
 
-    let (kx, kw) = (GradKey::of(x), GradKey::of(weight));
-    let kb = bias.map(GradKey::of);
-    let mut inputs = vec![x, weight];
-    inputs.extend(bias);
-    let record = tape.needs_grad(&inputs);
-    let saved_x = (record && weight.requires_grad()).then(|| x.clone());
-    let saved_w = (record && x.requires_grad()).then(|| weight.clone());
+    let WeightedOp {
+        inputs,
+        kx,
+        kw,
+        kb,
+        saved_x,
+        saved_w,
+    } = WeightedOp::new(tape, x, weight, bias);
     Ok(tape.record(&inputs, out, move |g, grads| {
         if let Some(kb) = kb.filter(|k| k.requires_grad()) {
             let mut gb = Tensor::zeros(kb.shape(), g.dtype(), g.device())?;
@@ -203,13 +204,14 @@ fn conv2d_cuda(
     geo: Geometry,
 ) -> Result<Tensor> {
     let out = cuda::forward(&geo, x, weight, bias)?;
-    let (kx, kw) = (GradKey::of(x), GradKey::of(weight));
-    let kb = bias.map(GradKey::of);
-    let mut inputs = vec![x, weight];
-    inputs.extend(bias);
-    let record = tape.needs_grad(&inputs);
-    let saved_x = (record && weight.requires_grad()).then(|| x.clone());
-    let saved_w = (record && x.requires_grad()).then(|| weight.clone());
+    let WeightedOp {
+        inputs,
+        kx,
+        kw,
+        kb,
+        saved_x,
+        saved_w,
+    } = WeightedOp::new(tape, x, weight, bias);
     Ok(tape.record(&inputs, out, move |g, grads| {
         let expected = [geo.n, geo.cout, geo.hout, geo.wout];
         if g.shape() != expected {

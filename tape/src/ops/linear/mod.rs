@@ -5,8 +5,8 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+use super::WeightedOp;
 use crate::error::{Error, Result};
-use crate::gradients::GradKey;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
@@ -35,13 +35,14 @@ pub fn linear(
         dims,
     ));
 
-    let (kx, kw) = (GradKey::of(x), GradKey::of(weight));
-    let kb = bias.map(GradKey::of);
-    let mut inputs = vec![x, weight];
-    inputs.extend(bias);
-    let record = tape.needs_grad(&inputs);
-    let saved_x = (record && weight.requires_grad()).then(|| x.clone());
-    let saved_w = (record && x.requires_grad()).then(|| weight.clone());
+    let WeightedOp {
+        inputs,
+        kx,
+        kw,
+        kb,
+        saved_x,
+        saved_w,
+    } = WeightedOp::new(tape, x, weight, bias);
     Ok(tape.record(&inputs, out, move |g, grads| {
         if g.shape() != [n, o] {
             return Err(Error::Backward(format!("{OP}: output gradient {:?}, expected [{n}, {o}]", g.shape())));
@@ -77,13 +78,14 @@ fn linear_cuda(
 ) -> Result<Tensor> {
     let (n, _, o) = dims;
     let out = cuda::forward(x, weight, bias, dims)?;
-    let (kx, kw) = (GradKey::of(x), GradKey::of(weight));
-    let kb = bias.map(GradKey::of);
-    let mut inputs = vec![x, weight];
-    inputs.extend(bias);
-    let record = tape.needs_grad(&inputs);
-    let saved_x = (record && weight.requires_grad()).then(|| x.clone());
-    let saved_w = (record && x.requires_grad()).then(|| weight.clone());
+    let WeightedOp {
+        inputs,
+        kx,
+        kw,
+        kb,
+        saved_x,
+        saved_w,
+    } = WeightedOp::new(tape, x, weight, bias);
     Ok(tape.record(&inputs, out, move |g, grads| {
         if g.shape() != [n, o] {
             return Err(Error::Backward(format!(

@@ -3,9 +3,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use densenet::bench::measure_training_step;
-use densenet::train::train_step;
+use densenet::train::{seed_sgd_config, train_step};
 use densenet::{DenseNet, DenseNetConfig, Efficiency};
-use tape::optim::{Sgd, SgdConfig};
+use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
 const BATCH: usize = 16;
@@ -35,14 +35,7 @@ fn bench(c: &mut Criterion) {
         let dev = Device::cpu();
         let mut model =
             DenseNet::new(config().with_efficiency(mode), DType::F32, &dev, 0).expect("model");
-        let mut opt = Sgd::new(SgdConfig {
-            lr: 0.1,
-            momentum: 0.9,
-            nesterov: true,
-            weight_decay: 1e-4,
-            ..SgdConfig::default()
-        })
-        .expect("sgd");
+        let mut opt = Sgd::new(seed_sgd_config()).expect("sgd");
         let x = Tensor::randn(&[BATCH, 3, IMAGE, IMAGE], DType::F32, &dev, 1).expect("input");
         let labels: Vec<usize> = (0..BATCH).map(|i| i % 10).collect();
         group.bench_function(BenchmarkId::from_parameter(mode), |b| {

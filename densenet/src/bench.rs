@@ -6,9 +6,9 @@
 use crate::config::{DenseNetConfig, Efficiency};
 use crate::error::Result;
 use crate::model::DenseNet;
-use crate::train::train_step;
+use crate::train::{seed_sgd_config, train_step};
 use std::time::Instant;
-use tape::optim::{Sgd, SgdConfig};
+use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
 /// One measured case.
@@ -96,13 +96,7 @@ pub fn measure_training_step(
     iters: usize,
 ) -> Result<CaseResult> {
     let mut model = DenseNet::new(config.clone().with_efficiency(mode), DType::F32, dev, 0)?;
-    let mut opt = Sgd::new(SgdConfig {
-        lr: 0.1,
-        momentum: 0.9,
-        nesterov: true,
-        weight_decay: 1e-4,
-        ..SgdConfig::default()
-    })?;
+    let mut opt = Sgd::new(seed_sgd_config())?;
     let x = Tensor::randn(
         &[batch, config.in_channels, image, image],
         DType::F32,

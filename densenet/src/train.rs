@@ -2,8 +2,19 @@
 
 use crate::error::Result;
 use crate::model::DenseNet;
-use tape::optim::Optimizer;
+use tape::optim::{Optimizer, SgdConfig};
 use tape::{ops, Gradients, Tape, Tensor};
+
+/// The seed project's optimizer: SGD, lr 0.1, Nesterov momentum 0.9, weight decay 1e-4.
+pub fn seed_sgd_config() -> SgdConfig {
+    SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        dampening: 0.0,
+        nesterov: true,
+        weight_decay: 1e-4,
+    }
+}
 
 /// What a forward + backward pass produced.
 pub struct StepOutput {

@@ -1,7 +1,6 @@
 //! Element types. Tensors carry their dtype at run time; kernels are written once, generic over
 //! [`Elem`], and instantiated for `f32` (training) and `f64` (gradient checks).
 
-use crate::storage::CpuData;
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{AddAssign, MulAssign, SubAssign};
@@ -25,8 +24,33 @@ impl DType {
     }
 }
 
+/// Host data of one buffer, tagged by dtype.
+#[derive(Clone, Debug)]
+pub enum CpuData {
+    /// `f32` elements.
+    F32(Vec<f32>),
+    /// `f64` elements.
+    F64(Vec<f64>),
+}
+
+impl CpuData {
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            CpuData::F32(_) => DType::F32,
+            CpuData::F64(_) => DType::F64,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            CpuData::F32(v) => v.len(),
+            CpuData::F64(v) => v.len(),
+        }
+    }
+}
+
 pub(crate) mod sealed {
-    use crate::storage::CpuData;
+    use super::CpuData;
 
     /// Ties an element type to its storage variant; sealed so only the engine adds dtypes.
     pub trait Storable: Sized {

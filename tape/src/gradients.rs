@@ -2,8 +2,8 @@
 //! read and accumulate here; together with [`crate::Tape::record`] this is the engine's whole
 //! extension surface (the checkpoint crate needs nothing else).
 
+use crate::backend::kernels;
 use crate::error::{Error, Result};
-use crate::ops::add_assign;
 use crate::tensor::{Tensor, TensorId};
 use std::collections::HashMap;
 
@@ -87,7 +87,11 @@ impl Gradients {
     /// Adds `grad` into the gradient stored under `id`; the first one is stored as it is.
     pub fn accumulate_id(&mut self, id: TensorId, grad: Tensor) -> Result<()> {
         match self.map.get_mut(&id) {
-            Some(existing) => add_assign(existing, &grad),
+            Some(existing) => {
+                existing.check_compatible(&grad, "accumulate")?;
+                existing.check_same_shape(&grad, "accumulate")?;
+                kernels(existing.device())?.add_assign(existing, &grad)
+            }
             None => {
                 self.map.insert(id, grad);
                 Ok(())

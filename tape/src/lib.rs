@@ -4,8 +4,9 @@
 //! ([`MemoryStats`]).
 //!
 //! With the cargo feature `cuda`, `Device::cuda(0)` runs every op on an NVIDIA GPU (cuDNN,
-//! cuBLAS and NVRTC kernels, loaded at run time; see `device::cuda`); tensors move between
-//! devices with [`Tensor::to_device`].
+//! cuBLAS and NVRTC kernels, loaded at run time); without it, `Device::cuda` returns an error
+//! saying so. Ops reach device kernels through one interface (see the `backend` module);
+//! tensors move between devices with [`Tensor::to_device`].
 //!
 //! ```
 //! use tape::{ops, DType, Device, Tape, Tensor};
@@ -34,6 +35,7 @@ macro_rules! dispatch_float {
     };
 }
 
+mod backend;
 pub mod device;
 pub mod dtype;
 pub mod error;
@@ -48,9 +50,7 @@ mod storage;
 pub mod tape;
 pub mod tensor;
 
-#[cfg(feature = "cuda")]
-pub use device::CudaOptions;
-pub use device::{Device, DeviceKind};
+pub use device::{CudaOptions, Device, DeviceKind};
 pub use dtype::{DType, Elem};
 pub use error::{Error, Result};
 pub use gradients::{GradKey, Gradients};

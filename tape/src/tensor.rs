@@ -1,14 +1,12 @@
 //! [`Tensor`]: a run-time shaped, run-time typed array on a [`Device`]. Clones are cheap and share
 //! the buffer; every tensor has a unique [`TensorId`] by which the tape keys gradients.
 
+use crate::backend;
 use crate::device::Device;
-use crate::dtype::{DType, Elem};
+use crate::dtype::{CpuData, DType, Elem};
 use crate::error::{Error, Result};
 use crate::rng;
-use crate::storage::{Buffer, CpuData, Storage};
-
-#[cfg(feature = "cuda")]
-use crate::device::cuda::CudaElem;
+use crate::storage::Buffer;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,11 +60,32 @@ impl Tensor {
                 format!("{} elements do not fill shape {:?}", data.len(), shape),
             ));
         }
-        Ok(Tensor {
+        Ok(Self::from_buffer(Buffer::new(device, data)?, shape))
+    }
+
+    /// A new tensor (fresh id, no gradient) over `buf`, which holds at least `shape`'s elements.
+    pub(crate) fn from_buffer(buf: Buffer, shape: &[usize]) -> Self {
+        Tensor {
             id: TensorId::fresh(),
             shape: shape.to_vec(),
-            buf: Arc::new(Buffer::new(device, data)?),
+            buf: Arc::new(buf),
             requires_grad: false,
+        }
+    }
+
+    /// The buffer (for device kernels).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn buffer(&self) -> &Buffer {
+        &self.buf
+    }
+
+    /// The buffer for writing in place, copied first if it is shared (the id stays).
+    pub(crate) fn buffer_mut(&mut self) -> Result<&mut Buffer> {
+        if Arc::get_mut(&mut self.buf).is_none() {
+            self.buf = Arc::new(self.buf.try_clone()?);
+        }
+        Arc::get_mut(&mut self.buf).ok_or_else(|| {
+            Error::Backward("a buffer made unique was shared again (engine bug)".into())
         })
     }
 
@@ -82,11 +101,7 @@ impl Tensor {
 
     /// A tensor filled with `value`.
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if device.is_cuda() {
-            return crate::ops::cuda_full(shape, value, dtype, device);
-        }
-        dispatch_float!(dtype, T => Self::from_vec(vec![T::of(value); numel_of(shape)], shape, device))
+        backend::kernels(device)?.full(shape, value, dtype, device)
     }
 
     /// A tensor of zeros.
@@ -244,15 +259,15 @@ impl Tensor {
         if self.device().is_cuda() {
             return Err(self.not_on_host("make_mut"));
         }
-        if Arc::get_mut(&mut self.buf).is_none() {
-            self.buf = Arc::new(self.buf.try_clone()?);
-        }
         let got = self.dtype();
-        let buf = Arc::get_mut(&mut self.buf).expect("buffer was made unique above");
-        let data = buf.data.cpu_mut().ok_or(Error::InvalidArgument {
-            op: "make_mut",
-            msg: "the tensor is not in host memory".into(),
-        })?;
+        let data = self
+            .buffer_mut()?
+            .data
+            .cpu_mut()
+            .ok_or(Error::InvalidArgument {
+                op: "make_mut",
+                msg: "the tensor is not in host memory".into(),
+            })?;
         T::slice_mut(data).ok_or(Error::DType {
             op: "make_mut",
             expected: T::DTYPE,
@@ -262,19 +277,20 @@ impl Tensor {
 
     /// A copy of the elements, if the dtype is `T` (from the GPU for a CUDA tensor).
     pub fn to_vec<T: Elem>(&self) -> Result<Vec<T>> {
-        #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            if self.dtype() != T::DTYPE {
-                return Err(Error::DType {
-                    op: "to_vec",
-                    expected: T::DTYPE,
-                    got: self.dtype(),
-                });
-            }
-            let v = self.try_to_f64_vec()?;
-            return Ok(v.into_iter().map(T::of).collect());
+        if self.dtype() != T::DTYPE {
+            return Err(Error::DType {
+                op: "to_vec",
+                expected: T::DTYPE,
+                got: self.dtype(),
+            });
         }
-        Ok(self.as_slice::<T>()?.to_vec())
+        match self.buf.data.cpu() {
+            Some(d) => Ok(T::slice(d).unwrap_or_default()[..self.numel()].to_vec()),
+            None => {
+                let host = self.buf.to_host()?;
+                Ok(T::slice(&host).unwrap_or_default()[..self.numel()].to_vec())
+            }
+        }
     }
 
     /// The elements converted to `f64`, whatever the dtype and device.
@@ -284,75 +300,43 @@ impl Tensor {
     /// failure cannot pass unnoticed, and the next op reports the error. Use
     /// [`Tensor::try_to_f64_vec`] to get the error itself.
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        match &self.buf.data {
-            Storage::Cpu(CpuData::F32(v)) => v.iter().map(|&x| x as f64).collect(),
-            Storage::Cpu(CpuData::F64(v)) => v.clone(),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => self
-                .try_to_f64_vec()
-                .unwrap_or_else(|_| vec![f64::NAN; self.numel()]),
-        }
+        self.try_to_f64_vec()
+            .unwrap_or_else(|_| vec![f64::NAN; self.numel()])
     }
 
     /// The elements converted to `f64`, whatever the dtype and device; a failed copy from a GPU
     /// is an error.
     pub fn try_to_f64_vec(&self) -> Result<Vec<f64>> {
-        match &self.buf.data {
-            Storage::Cpu(_) => Ok(self.to_f64_vec()),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(d) => {
-                let n = self.numel();
-                let mut v = match d {
-                    crate::device::cuda::CudaData::F32(_) => self
-                        .buf
-                        .cuda_to_host::<f32>()?
-                        .into_iter()
-                        .map(f64::from)
-                        .collect::<Vec<f64>>(),
-                    crate::device::cuda::CudaData::F64(_) => self.buf.cuda_to_host::<f64>()?,
-                };
-                v.truncate(n);
-                Ok(v)
+        let widen = |d: &CpuData| -> Vec<f64> {
+            match d {
+                CpuData::F32(v) => v[..self.numel()].iter().map(|&x| x as f64).collect(),
+                CpuData::F64(v) => v[..self.numel()].to_vec(),
             }
+        };
+        match self.buf.data.cpu() {
+            Some(d) => Ok(widen(d)),
+            None => Ok(widen(&self.buf.to_host()?)),
         }
     }
 
     /// A copy on `device` (host to GPU, GPU to host, or between devices), as a new leaf: new
     /// id, no gradient, same shape and dtype.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
-        let data = match &self.buf.data {
-            Storage::Cpu(d) => d.clone(),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(crate::device::cuda::CudaData::F32(_)) => {
-                CpuData::F32(self.buf.cuda_to_host::<f32>()?)
-            }
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(crate::device::cuda::CudaData::F64(_)) => {
-                CpuData::F64(self.buf.cuda_to_host::<f64>()?)
-            }
-        };
+        let mut data = self.buf.to_host()?;
+        match &mut data {
+            CpuData::F32(v) => v.truncate(self.numel()),
+            CpuData::F64(v) => v.truncate(self.numel()),
+        }
         Self::from_data(data, &self.shape, device)
     }
 
     /// Overwrites the elements in place with `values` (converted to this dtype; as many as the
     /// tensor has), copying a shared buffer first; the id stays. Any device.
     pub(crate) fn overwrite_from_f64(&mut self, values: &[f64]) -> Result<()> {
-        #[cfg(feature = "cuda")]
         if self.device().is_cuda() {
             let n = self.numel().min(values.len());
-            return dispatch_float!(self.dtype(), T => {
-                let host: Vec<T> = values[..n].iter().map(|&v| T::of(v)).collect();
-                let device = self.device().clone();
-                let cu = device.cuda_handle("overwrite")?;
-                let dst = self.cuda_slice_mut::<T>()?;
-                if n > 0 {
-                    cu.backend
-                        .stream
-                        .memcpy_htod(&host, &mut dst.slice_mut(0..n))
-                        .map_err(|e| crate::device::cuda::driver_err("cuMemcpyHtoDAsync", e))?;
-                }
-                Ok(())
-            });
+            let device = self.device().clone();
+            return backend::cuda::overwrite(&device, self.buffer_mut()?, &values[..n]);
         }
         dispatch_float!(self.dtype(), T => {
             let d = self.make_mut::<T>()?;
@@ -400,51 +384,5 @@ impl Tensor {
             });
         }
         self.device().check_same(other.device(), op)
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl Tensor {
-    /// A new tensor of `shape` on a CUDA device whose elements are not initialised: the caller's
-    /// kernel must write every one of them.
-    pub(crate) fn cuda_uninit<T: CudaElem>(shape: &[usize], device: &Device) -> Result<Self> {
-        Ok(Tensor {
-            id: TensorId::fresh(),
-            shape: shape.to_vec(),
-            buf: Arc::new(Buffer::cuda_uninit::<T>(device, numel_of(shape))?),
-            requires_grad: false,
-        })
-    }
-
-    /// The device slice of a CUDA tensor of `T` (at least one element long, whatever the shape).
-    pub(crate) fn cuda_slice<T: CudaElem>(&self) -> Result<&cudarc::driver::CudaSlice<T>> {
-        self.buf.cuda_slice::<T>().ok_or_else(|| {
-            if self.device().is_cuda() {
-                Error::DType {
-                    op: "cuda_slice",
-                    expected: T::DTYPE,
-                    got: self.dtype(),
-                }
-            } else {
-                Error::Device {
-                    op: "cuda_slice",
-                    lhs: self.device().to_string(),
-                    rhs: "a CUDA device".into(),
-                }
-            }
-        })
-    }
-
-    /// The mutable device slice of a CUDA tensor, copying the buffer first if it is shared (the
-    /// id stays).
-    pub(crate) fn cuda_slice_mut<T: CudaElem>(
-        &mut self,
-    ) -> Result<&mut cudarc::driver::CudaSlice<T>> {
-        if Arc::get_mut(&mut self.buf).is_none() {
-            self.buf = Arc::new(self.buf.try_clone()?);
-        }
-        Arc::get_mut(&mut self.buf)
-            .expect("buffer was made unique above")
-            .cuda_slice_mut::<T>()
     }
 }

@@ -294,3 +294,41 @@ fn gradcheck_detects_a_wrong_gradient() {
     .unwrap();
     assert!(r.max_rel_error > 0.5);
 }
+
+/// Without the `cuda` feature a GPU cannot be opened, and the error says why; with it, the
+/// error (on a machine without a GPU) names what is missing.
+#[test]
+fn opening_a_gpu_fails_with_a_clear_error_or_succeeds() {
+    match Device::cuda(0) {
+        Ok(dev) => assert!(dev.is_cuda()),
+        Err(e) => {
+            let msg = e.to_string();
+            if cfg!(feature = "cuda") {
+                assert!(msg.contains("CUDA"), "{msg}");
+            } else {
+                assert!(msg.contains("without the cargo feature `cuda`"), "{msg}");
+            }
+            // A failed open is cached: the second attempt gives the same error at once.
+            assert_eq!(Device::cuda(0).unwrap_err(), e);
+        }
+    }
+}
+
+/// ReLU propagates NaN as PyTorch does, forward; backward passes no gradient through it.
+#[test]
+fn relu_propagates_nan() {
+    let dev = Device::cpu();
+    for dtype in [DType::F32, DType::F64] {
+        let x = Tensor::from_f64(&[f64::NAN, -1.0, 2.0, 0.0], &[4], dtype, &dev)
+            .unwrap()
+            .with_requires_grad(true);
+        let mut tape = Tape::recording();
+        let y = ops::relu(&mut tape, &x).unwrap();
+        let v = y.to_f64_vec();
+        assert!(v[0].is_nan(), "{dtype:?}: relu(NaN) = {}", v[0]);
+        assert_eq!(&v[1..], &[0.0, 2.0, 0.0]);
+        let loss = ops::sum(&mut tape, &y).unwrap();
+        let g = tape.backward(&loss).unwrap().get(&x).unwrap().to_f64_vec();
+        assert_eq!(g, vec![0.0, 0.0, 1.0, 0.0]);
+    }
+}

@@ -2,6 +2,7 @@
 //! for step.
 
 use super::{check_non_negative, check_state, grad_of, zeros_like, Optimizer};
+use crate::backend::kernels;
 use crate::dtype::Elem;
 use crate::error::{Error, Result};
 use crate::gradients::Gradients;
@@ -92,7 +93,14 @@ impl Adam {
 }
 
 /// One Adam update of `p` in place at step `t` (1-based).
-fn update<T: Elem>(cfg: &AdamConfig, t: u64, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+pub(super) fn update<T: Elem>(
+    cfg: &AdamConfig,
+    t: u64,
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+) {
     let bc1 = 1.0 - cfg.beta1.powf(t as f64);
     let bc2_sqrt = (1.0 - cfg.beta2.powf(t as f64)).sqrt();
     let step_size = cfg.lr / bc1;
@@ -131,27 +139,14 @@ impl Optimizer for Adam {
             check_state(OP, p, &s.exp_avg)?;
             check_state(OP, p, &s.exp_avg_sq)?;
             s.step += 1;
-            let cfg = self.cfg;
-            #[cfg(feature = "cuda")]
-            if g.device().is_cuda() {
-                dispatch_float!(g.dtype(), T => super::cuda::adam::<T>(
-                    &cfg,
-                    s.step,
-                    p.tensor_mut(),
-                    g,
-                    &mut s.exp_avg,
-                    &mut s.exp_avg_sq,
-                ))?;
-                continue;
-            }
-            dispatch_float!(g.dtype(), T => update::<T>(
-                &cfg,
+            kernels(g.device())?.adam_update(
+                &self.cfg,
                 s.step,
-                p.tensor_mut().make_mut::<T>()?,
-                g.as_slice::<T>()?,
-                s.exp_avg.make_mut::<T>()?,
-                s.exp_avg_sq.make_mut::<T>()?,
-            ));
+                p.tensor_mut(),
+                g,
+                &mut s.exp_avg,
+                &mut s.exp_avg_sq,
+            )?;
         }
         Ok(())
     }

@@ -1,13 +1,13 @@
 //! CUDA kernels of the optimizer updates (NVRTC, `kernels.cu`): PyTorch's rules in `f64` per
 //! element, compiled without FMA contraction, so they round exactly like the CPU updates.
 
-use super::{AdamConfig, SgdConfig};
-use crate::device::cuda::{grid, launch, CudaElem, K};
+use super::{AdamConfig, OptimKernels, SgdConfig};
+use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, K};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// One SGD update of `p` in place; `buf` is the momentum buffer and whether it is new.
-pub(super) fn sgd<T: CudaElem>(
+fn sgd<T: CudaElem>(
     cfg: &SgdConfig,
     p: &mut Tensor,
     g: &Tensor,
@@ -31,7 +31,7 @@ pub(super) fn sgd<T: CudaElem>(
 }
 
 /// One Adam update of `p` in place at step `t` (1-based).
-pub(super) fn adam<T: CudaElem>(
+fn adam<T: CudaElem>(
     cfg: &AdamConfig,
     t: u64,
     p: &mut Tensor,
@@ -54,4 +54,28 @@ pub(super) fn adam<T: CudaElem>(
     let ps = p.cuda_slice_mut::<T>()?;
     launch!(be, K::Adam, T::DTYPE, grid(n as usize);
         ps, gs, ms, vs, &n, &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay, &step_size, &bc2_sqrt)
+}
+
+impl OptimKernels for CudaKernels {
+    fn sgd_update(
+        &self,
+        cfg: &SgdConfig,
+        p: &mut Tensor,
+        g: &Tensor,
+        buf: Option<(&mut Tensor, bool)>,
+    ) -> Result<()> {
+        dispatch_float!(g.dtype(), T => sgd::<T>(cfg, p, g, buf))
+    }
+
+    fn adam_update(
+        &self,
+        cfg: &AdamConfig,
+        t: u64,
+        p: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+    ) -> Result<()> {
+        dispatch_float!(g.dtype(), T => adam::<T>(cfg, t, p, g, m, v))
+    }
 }

@@ -9,12 +9,35 @@ use crate::param::Parameter;
 use crate::tensor::Tensor;
 
 mod adam;
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
 pub use sgd::{Sgd, SgdConfig};
+
+/// Device kernels of the optimizer updates: one parameter updated in place (its id stays).
+pub(crate) trait OptimKernels {
+    /// One SGD update of `p` from `g`; `buf` is the momentum buffer and whether it is new.
+    fn sgd_update(
+        &self,
+        cfg: &SgdConfig,
+        p: &mut Tensor,
+        g: &Tensor,
+        buf: Option<(&mut Tensor, bool)>,
+    ) -> Result<()>;
+    /// One Adam update of `p` from `g` at step `t` (1-based), with moments `m` and `v`.
+    fn adam_update(
+        &self,
+        cfg: &AdamConfig,
+        t: u64,
+        p: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+    ) -> Result<()>;
+}
 
 /// Updates parameters from their gradients.
 pub trait Optimizer {

@@ -2,6 +2,7 @@
 //! following `torch.optim.SGD` step for step.
 
 use super::{check_non_negative, check_state, grad_of, zeros_like, Optimizer};
+use crate::backend::kernels;
 use crate::dtype::Elem;
 use crate::error::{Error, Result};
 use crate::gradients::Gradients;
@@ -85,7 +86,12 @@ impl Sgd {
 }
 
 /// One SGD update of `p` in place; `buf` is the momentum buffer and whether it is new.
-fn update<T: Elem>(cfg: &SgdConfig, p: &mut [T], g: &[T], mut buf: Option<(&mut [T], bool)>) {
+pub(super) fn update<T: Elem>(
+    cfg: &SgdConfig,
+    p: &mut [T],
+    g: &[T],
+    mut buf: Option<(&mut [T], bool)>,
+) {
     for (i, (p, &g)) in p.iter_mut().zip(g).enumerate() {
         let mut d = g.f64();
         if cfg.weight_decay != 0.0 {
@@ -131,20 +137,7 @@ impl Optimizer for Sgd {
             } else {
                 None
             };
-            let cfg = self.cfg;
-            #[cfg(feature = "cuda")]
-            if g.device().is_cuda() {
-                dispatch_float!(g.dtype(), T => super::cuda::sgd::<T>(&cfg, p.tensor_mut(), g, buf))?;
-                continue;
-            }
-            dispatch_float!(g.dtype(), T => {
-                let gs = g.as_slice::<T>()?;
-                let buf = match buf {
-                    Some((b, first)) => Some((b.make_mut::<T>()?, first)),
-                    None => None,
-                };
-                update::<T>(&cfg, p.tensor_mut().make_mut::<T>()?, gs, buf);
-            });
+            kernels(g.device())?.sgd_update(&self.cfg, p.tensor_mut(), g, buf)?;
         }
         Ok(())
     }

@@ -1,9 +1,15 @@
 //! CPU kernels of batch normalisation over NCHW tensors. Per-channel sums are accumulated in `f64`
 //! (statistics in two passes), so `f32` inputs get accurate means and variances.
 
-use super::super::lanes::{lane_sum, lane_sum2};
-use super::super::PAR_MIN;
+use super::super::cpu_lanes::{lane_sum, lane_sum2};
+use super::super::cpu_map::PAR_MIN;
+use super::{
+    normalization, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats, Normalization, OP,
+};
+use crate::backend::Cpu;
 use crate::dtype::Elem;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// An NCHW tensor as the kernels see it: `n` planes of `hw` elements for each of `c` channels.
@@ -94,7 +100,7 @@ pub(crate) fn channel_stats<T: Elem>(xs: &[T], l: Layout) -> Vec<(f64, f64)> {
 }
 
 /// `out = xs * scale[ch] + shift[ch]` per channel, in the tensor's precision.
-pub(super) fn affine<T: Elem>(xs: &[T], l: Layout, scale: &[f64], shift: &[f64]) -> Vec<T> {
+fn affine<T: Elem>(xs: &[T], l: Layout, scale: &[f64], shift: &[f64]) -> Vec<T> {
     map_planes(l, xs, xs, |ch, o, x, _| {
         let (a, b) = (T::of(scale[ch]), T::of(shift[ch]));
         for (o, &x) in o.iter_mut().zip(x) {
@@ -105,7 +111,7 @@ pub(super) fn affine<T: Elem>(xs: &[T], l: Layout, scale: &[f64], shift: &[f64])
 
 /// Per channel `(sum g, sum g * xhat)` with `xhat = (x - mean) * invstd`; without `xs` only the
 /// first sum is computed (the second is 0).
-pub(super) fn grad_sums<T: Elem>(
+fn grad_sums<T: Elem>(
     g: &[T],
     xs: Option<&[T]>,
     l: Layout,
@@ -146,12 +152,7 @@ pub(super) struct InputGradCoef {
 
 /// Training-mode input gradient: `scale * (g - mean_g - xhat * mean_gx)`, evaluated in the
 /// tensor's precision as `scale * g - scale * mean_g - (scale * invstd * mean_gx) * (x - mean)`.
-pub(super) fn train_grad_input<T: Elem>(
-    g: &[T],
-    xs: &[T],
-    l: Layout,
-    coef: &[InputGradCoef],
-) -> Vec<T> {
+fn train_grad_input<T: Elem>(g: &[T], xs: &[T], l: Layout, coef: &[InputGradCoef]) -> Vec<T> {
     map_planes(l, g, xs, |ch, o, g, x| {
         let k = coef[ch];
         let a = T::of(k.scale);
@@ -162,4 +163,92 @@ pub(super) fn train_grad_input<T: Elem>(
             *o = a * g + c + b * (x - mean);
         }
     })
+}
+
+impl BatchNormKernels for Cpu {
+    fn batch_norm_forward(&self, a: &BnForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
+        let x = a.x;
+        let [n, c, h, w] = x.dims4(OP)?;
+        let l = Layout { n, c, hw: h * w };
+        let Normalization {
+            mean,
+            unbiased,
+            invstd,
+            scale,
+            shift,
+        } = normalization(
+            OP,
+            a.training,
+            l.count(),
+            a.running,
+            a.weight,
+            a.bias,
+            a.opts.eps,
+            || Ok(dispatch_float!(x.dtype(), T => channel_stats::<T>(x.as_slice::<T>()?, l))),
+        )?;
+        let out = dispatch_float!(x.dtype(), T => Tensor::from_vec(affine::<T>(x.as_slice::<T>()?, l, &scale, &shift), x.shape(), x.device()))?;
+        if a.update_running {
+            a.running.update(&mean, &unbiased, a.opts.momentum)?;
+        }
+        let stats = match a.want_stats {
+            true => Some(BnStats {
+                mean: Tensor::from_vec(mean, &[c], x.device())?,
+                invstd: Tensor::from_vec(invstd, &[c], x.device())?,
+            }),
+            false => None,
+        };
+        Ok((out, stats))
+    }
+
+    fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads> {
+        let g = a.g;
+        let [n, c, h, w] = g.dims4(OP)?;
+        let l = Layout { n, c, hw: h * w };
+        let [want_x, want_w, want_b] = a.want;
+        let (mean, invstd) = (a.stats.mean.to_f64_vec(), a.stats.invstd.to_f64_vec());
+        let need_sums = want_w || want_b || (a.training && want_x);
+        let sums = if !need_sums {
+            Vec::new()
+        } else {
+            dispatch_float!(g.dtype(), T => {
+                let xs = a.x.map(|x| x.as_slice::<T>()).transpose()?;
+                grad_sums::<T>(g.as_slice::<T>()?, xs, l, &mean, &invstd)
+            })
+        };
+        let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
+        let vector = |v: &[f64]| Tensor::from_f64(v, &[c], g.dtype(), g.device());
+        let gw = want_w.then(|| vector(&sum_gx)).transpose()?;
+        let gb = want_b.then(|| vector(&sum_g)).transpose()?;
+        if !want_x {
+            return Ok((None, gw, gb));
+        }
+        let missing =
+            || Error::Backward("batch_norm2d: the input gradient needs the weight".into());
+        let weight = a.weight.ok_or_else(missing)?.try_to_f64_vec()?;
+        let scale: Vec<f64> = weight.iter().zip(&invstd).map(|(w, s)| w * s).collect();
+        let gx = match (a.training, a.x) {
+            (true, Some(x)) => {
+                let m = l.count() as f64;
+                let coef: Vec<InputGradCoef> = (0..l.c)
+                    .map(|ch| InputGradCoef {
+                        scale: scale[ch],
+                        mean: mean[ch],
+                        invstd: invstd[ch],
+                        mean_g: sum_g[ch] / m,
+                        mean_gx: sum_gx[ch] / m,
+                    })
+                    .collect();
+                dispatch_float!(g.dtype(), T => {
+                    let v = train_grad_input::<T>(g.as_slice::<T>()?, x.as_slice::<T>()?, l, &coef);
+                    Tensor::from_vec(v, g.shape(), g.device())
+                })?
+            }
+            (true, None) => return Err(missing()),
+            (false, _) => {
+                let zero = vec![0.0; l.c];
+                dispatch_float!(g.dtype(), T => Tensor::from_vec(affine::<T>(g.as_slice::<T>()?, l, &scale, &zero), g.shape(), g.device()))?
+            }
+        };
+        Ok((Some(gx), gw, gb))
+    }
 }

@@ -5,95 +5,41 @@
 //! and for the training backward pass; NVRTC kernels for the eval-mode backward and for the
 //! parameter gradients when the input needs none.
 
-use super::{BatchNormOptions, RunningStats, OP};
-use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, per_row, CudaElem, K};
+use super::{
+    BatchNormKernels, BatchNormOptions, BnBackward, BnForward, BnGrads, BnStats, RunningStats, OP,
+};
+use crate::backend::cuda::{
+    cptr, cudnn_err, grid, launch, mptr, per_row, CudaElem, CudaKernels, K,
+};
 use crate::error::{Error, Result};
-use crate::gradients::{GradKey, Gradients};
-use crate::tape::{Phase, Tape};
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
 use std::ffi::c_void;
 
 const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
 
-/// What the backward closure keeps (as on the CPU: the input only when `xhat` is needed, the
-/// per-channel mean and `invstd`, the weight only for the input gradient).
-struct Saved {
-    x: Option<Tensor>,
-    mean: Tensor,
-    invstd: Tensor,
-    weight: Option<Tensor>,
-}
-
 fn void<T>(v: &T) -> *const c_void {
     v as *const T as *const c_void
 }
 
-/// [`super::batch_norm2d`] on a CUDA device (arguments checked by the caller).
-pub(super) fn batch_norm2d(
-    tape: &mut Tape,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    running: &RunningStats,
-    opts: BatchNormOptions,
-) -> Result<Tensor> {
-    let dims = x.dims4(OP)?;
-    let [n, _, h, w] = dims;
-    let training = tape.is_training();
-    let update_running = training && tape.phase() == Phase::Forward;
-    if training && n * h * w < 2 {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "training needs more than one value per channel, got input shape {:?}",
-                x.shape()
-            ),
-        ));
+impl BatchNormKernels for CudaKernels {
+    fn batch_norm_forward(&self, a: &BnForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
+        // cuDNN reads and writes the running statistics in the data's type.
+        a.running.check_cuda_dtype(
+            a.x.dtype(),
+            "batch_norm2d (CUDA: running statistics must have the input's dtype)",
+        )?;
+        let (out, stats) = dispatch_float!(a.x.dtype(), T => if a.training {
+            forward_train::<T>(a.x, a.weight, a.bias, a.running, a.opts, a.update_running, a.want_stats)
+        } else {
+            forward_eval::<T>(a.x, a.weight, a.bias, a.running, a.opts, a.want_stats)
+        })?;
+        Ok((out, stats.map(|(mean, invstd)| BnStats { mean, invstd })))
     }
-    {
-        let st = running.lock();
-        for t in [&st.mean, &st.var] {
-            if t.dtype() != x.dtype() {
-                return Err(Error::DType {
-                    op: "batch_norm2d (CUDA: running statistics must have the input's dtype)",
-                    expected: x.dtype(),
-                    got: t.dtype(),
-                });
-            }
-        }
+
+    fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads> {
+        dispatch_float!(a.g.dtype(), T => backward::<T>(a))
     }
-    let record = tape.needs_grad(&[x, weight, bias]);
-    let (out, stats) = dispatch_float!(x.dtype(), T => if training {
-        forward_train::<T>(x, weight, bias, running, opts, update_running, record)
-    } else {
-        forward_eval::<T>(x, weight, bias, running, opts, record)
-    })?;
-    let saved = match (record, stats) {
-        (true, Some((mean, invstd))) => {
-            let needs_xhat = weight.requires_grad() || (training && x.requires_grad());
-            Some(Saved {
-                x: needs_xhat.then(|| x.clone()),
-                mean,
-                invstd,
-                weight: x.requires_grad().then(|| weight.clone()),
-            })
-        }
-        _ => None,
-    };
-    let keys = [GradKey::of(x), GradKey::of(weight), GradKey::of(bias)];
-    let eps = opts.eps;
-    Ok(tape.record(&[x, weight, bias], out, move |g, grads| {
-        let saved = saved.ok_or_else(|| Error::Backward("batch_norm2d saved nothing".into()))?;
-        if g.shape() != keys[0].shape() {
-            return Err(Error::Backward(format!(
-                "batch_norm2d: gradient of shape {:?} does not fit the output",
-                g.shape()
-            )));
-        }
-        saved.mean.check_compatible(g, OP)?;
-        dispatch_float!(g.dtype(), T => backward::<T>(g, grads, &keys, saved, dims, training, eps))
-    }))
 }
 
 type Stats = Option<(Tensor, Tensor)>;
@@ -248,24 +194,20 @@ fn forward_eval<T: CudaElem>(
 }
 
 /// The gradients of `x`, `weight` and `bias` from the output gradient `g`.
-fn backward<T: CudaElem>(
-    g: &Tensor,
-    grads: &mut Gradients,
-    [kx, kw, kb]: &[GradKey; 3],
-    saved: Saved,
-    dims: [usize; 4],
-    training: bool,
-    eps: f64,
-) -> Result<()> {
+fn backward<T: CudaElem>(a: &BnBackward<'_>) -> Result<BnGrads> {
+    let g = a.g;
+    let dims = g.dims4(OP)?;
     let [n, c, h, w] = dims;
+    let [want_x, want_w, want_b] = a.want;
+    let training = a.training;
     let dev = g.device();
     let be = &dev.cuda_handle(OP)?.backend;
     let missing =
         || Error::Backward("batch_norm2d did not save what the input gradient needs".into());
-    if training && kx.requires_grad() {
+    if training && want_x {
         // cuDNN: all three gradients in one pass from the saved batch statistics.
-        let x = saved.x.as_ref().ok_or_else(missing)?;
-        let weight = saved.weight.as_ref().ok_or_else(missing)?;
+        let x = a.x.ok_or_else(missing)?;
+        let weight = a.weight.ok_or_else(missing)?;
         let mut gx = Tensor::cuda_uninit::<T>(g.shape(), dev)?;
         let mut gw = Tensor::cuda_uninit::<T>(&[c], dev)?;
         let mut gb = Tensor::cuda_uninit::<T>(&[c], dev)?;
@@ -281,8 +223,8 @@ fn backward<T: CudaElem>(
                 cptr(be, weight.cuda_slice::<T>()?),
             );
             let (mp, ip) = (
-                cptr(be, saved.mean.cuda_slice::<T>()?),
-                cptr(be, saved.invstd.cuda_slice::<T>()?),
+                cptr(be, a.stats.mean.cuda_slice::<T>()?),
+                cptr(be, a.stats.invstd.cuda_slice::<T>()?),
             );
             let gxp = mptr(be, gx.cuda_slice_mut::<T>()?);
             let gwp = mptr(be, gw.cuda_slice_mut::<T>()?);
@@ -307,7 +249,7 @@ fn backward<T: CudaElem>(
                     wp,
                     gwp,
                     gbp,
-                    eps,
+                    a.eps,
                     mp,
                     ip,
                 )
@@ -315,24 +257,19 @@ fn backward<T: CudaElem>(
             .result()
             .map_err(|e| cudnn_err("cudnnBatchNormalizationBackward", e))?;
         }
-        if kw.requires_grad() {
-            grads.accumulate(kw, gw)?;
-        }
-        if kb.requires_grad() {
-            grads.accumulate(kb, gb)?;
-        }
-        return grads.accumulate(kx, gx);
+        return Ok((Some(gx), want_w.then_some(gw), want_b.then_some(gb)));
     }
     // Parameter gradients from per-channel sums: sum g, and sum g * xhat when x was kept.
-    if kw.requires_grad() || kb.requires_grad() {
-        let mut gw = match &saved.x {
-            Some(_) if kw.requires_grad() => Some(Tensor::cuda_uninit::<T>(&[c], dev)?),
+    let (mut gw, mut gb) = (None, None);
+    if want_w || want_b {
+        gw = match a.x {
+            Some(_) if want_w => Some(Tensor::cuda_uninit::<T>(&[c], dev)?),
             _ => None,
         };
-        if kw.requires_grad() && gw.is_none() {
+        if want_w && gw.is_none() {
             return Err(missing());
         }
-        let mut gb = match kb.requires_grad() {
+        gb = match want_b {
             true => Some(Tensor::cuda_uninit::<T>(&[c], dev)?),
             false => None,
         };
@@ -341,10 +278,10 @@ fn backward<T: CudaElem>(
             let (nu, cu, hwu) = (n as u64, c as u64, (h * w) as u64);
             let gs = g.cuda_slice::<T>()?;
             let (ms, is) = (
-                saved.mean.cuda_slice::<T>()?,
-                saved.invstd.cuda_slice::<T>()?,
+                a.stats.mean.cuda_slice::<T>()?,
+                a.stats.invstd.cuda_slice::<T>()?,
             );
-            let xp = match &saved.x {
+            let xp = match a.x {
                 Some(x) => be.ptr(x.cuda_slice::<T>()?),
                 None => null,
             };
@@ -359,18 +296,12 @@ fn backward<T: CudaElem>(
             launch!(be, K::BnSums, T::DTYPE, per_row(c);
                 gs, &xp, ms, is, &nu, &cu, &hwu, &gbp, &gwp)?;
         }
-        if let Some(gw) = gw {
-            grads.accumulate(kw, gw)?;
-        }
-        if let Some(gb) = gb {
-            grads.accumulate(kb, gb)?;
-        }
     }
-    if !kx.requires_grad() {
-        return Ok(());
+    if !want_x {
+        return Ok((None, gw, gb));
     }
     // Eval mode: gx = g * weight * invstd (the running statistics are constants).
-    let weight = saved.weight.as_ref().ok_or_else(missing)?;
+    let weight = a.weight.ok_or_else(missing)?;
     let mut gx = Tensor::cuda_uninit::<T>(g.shape(), dev)?;
     let total = g.numel();
     if total > 0 {
@@ -378,12 +309,12 @@ fn backward<T: CudaElem>(
         let (gs, ws, is) = (
             g.cuda_slice::<T>()?,
             weight.cuda_slice::<T>()?,
-            saved.invstd.cuda_slice::<T>()?,
+            a.stats.invstd.cuda_slice::<T>()?,
         );
         let o = gx.cuda_slice_mut::<T>()?;
         launch!(be, K::BnScaleGrad, T::DTYPE, grid(total); o, gs, ws, is, &cu, &hwu, &nu)?;
     }
-    grads.accumulate(kx, gx)
+    Ok((Some(gx), gw, gb))
 }
 
 /// Device access to the running statistics for other CUDA ops that normalise with them (the

@@ -4,6 +4,8 @@
 //! recomputed); eval normalises with the running statistics. Backward saves only `x`, the
 //! per-channel mean and `invstd` and (for the input gradient) the weight.
 
+use super::checks::check_grad;
+use crate::backend::kernels;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -11,7 +13,6 @@ use crate::gradients::GradKey;
 use crate::param::assign_values;
 use crate::tape::{Phase, Tape};
 use crate::tensor::Tensor;
-use cpu::{InputGradCoef, Layout};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub(crate) mod cpu;
@@ -19,6 +20,68 @@ pub(crate) mod cpu;
 mod cuda;
 
 const OP: &str = "batch_norm2d";
+
+/// The per-channel statistics a batch norm's backward reads: the mean used and
+/// `invstd = 1 / sqrt(var + eps)`, each `[C]` (in `f64` on the CPU, in the data's dtype on CUDA,
+/// where cuDNN keeps them).
+pub(crate) struct BnStats {
+    pub(crate) mean: Tensor,
+    pub(crate) invstd: Tensor,
+}
+
+/// The arguments of a batch-norm forward kernel (checked by the caller).
+pub(crate) struct BnForward<'a> {
+    pub(crate) x: &'a Tensor,
+    pub(crate) weight: &'a Tensor,
+    pub(crate) bias: &'a Tensor,
+    pub(crate) running: &'a RunningStats,
+    pub(crate) opts: BatchNormOptions,
+    /// Batch statistics (training) or the running ones (eval).
+    pub(crate) training: bool,
+    /// Fold the batch into `running` (training, forward phase only).
+    pub(crate) update_running: bool,
+    /// Return the statistics backward needs.
+    pub(crate) want_stats: bool,
+}
+
+/// The arguments of a batch-norm backward kernel.
+pub(crate) struct BnBackward<'a> {
+    /// The output gradient.
+    pub(crate) g: &'a Tensor,
+    /// The input, when a gradient needs `xhat`.
+    pub(crate) x: Option<&'a Tensor>,
+    /// The weight, when the input gradient is wanted.
+    pub(crate) weight: Option<&'a Tensor>,
+    pub(crate) stats: &'a BnStats,
+    pub(crate) training: bool,
+    /// The forward pass's `eps` (cuDNN asks for it again).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) eps: f64,
+    /// Which gradients are wanted: input, weight, bias.
+    pub(crate) want: [bool; 3],
+}
+
+/// The gradients of a batch norm's input, weight and bias (each when wanted).
+pub(crate) type BnGrads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+/// Device kernels of batch normalisation.
+pub(crate) trait BatchNormKernels {
+    /// The normalised output and, when asked, the statistics backward needs.
+    fn batch_norm_forward(&self, a: &BnForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
+    /// The wanted gradients from the output gradient.
+    fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads>;
+}
+
+/// Fails unless training has more than one value per channel (`m` of them).
+pub(crate) fn check_batch(op: &'static str, training: bool, m: usize) -> Result<()> {
+    if training && m < 2 {
+        return Err(Error::invalid(
+            op,
+            format!("training needs more than one value per channel, got {m}"),
+        ));
+    }
+    Ok(())
+}
 
 /// Options of [`batch_norm2d`] (PyTorch's defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -183,7 +246,7 @@ pub(crate) fn check_affine(
     running: &RunningStats,
 ) -> Result<()> {
     for (name, p) in [("weight", weight), ("bias", bias)] {
-        super::check_vector(op, name, x, p, c)?;
+        super::checks::check_vector(op, name, x, p, c)?;
     }
     if running.channels() != c {
         return Err(Error::shape(
@@ -225,12 +288,7 @@ pub(crate) fn normalization(
     batch_stats: impl FnOnce() -> Result<Vec<(f64, f64)>>,
 ) -> Result<Normalization> {
     let (mean, var, unbiased) = if training {
-        if m < 2 {
-            return Err(Error::invalid(
-                op,
-                format!("training needs more than one value per channel, got {m}"),
-            ));
-        }
+        check_batch(op, training, m)?;
         let (mean, var): (Vec<f64>, Vec<f64>) = batch_stats()?.into_iter().unzip();
         let corr = m as f64 / (m - 1) as f64;
         let unbiased = var.iter().map(|v| v * corr).collect();
@@ -264,12 +322,11 @@ pub(crate) fn normalization(
     })
 }
 
-/// What the backward closure keeps: the input (when a gradient needs `xhat`), the per-channel
-/// mean and `invstd` (`f64`, on the input's device) and the weight (for the input gradient).
+/// What the backward closure keeps, on every device: the input (when a gradient needs `xhat`),
+/// the per-channel statistics and the weight (for the input gradient).
 struct Saved {
     x: Option<Tensor>,
-    mean: Tensor,
-    invstd: Tensor,
+    stats: BnStats,
     weight: Option<Tensor>,
 }
 
@@ -289,115 +346,63 @@ pub fn batch_norm2d(
     let [n, c, h, w] = x.dims4(OP)?;
     opts.validate()?;
     check_affine(OP, x, c, weight, bias, running)?;
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return cuda::batch_norm2d(tape, x, weight, bias, running, opts);
-    }
-    let l = Layout { n, c, hw: h * w };
     let training = tape.is_training();
-    let update_running = training && tape.phase() == Phase::Forward;
-
-    let Normalization {
-        mean,
-        unbiased,
-        invstd,
-        scale,
-        shift,
-    } = normalization(
-        OP,
-        training,
-        l.count(),
-        running,
+    check_batch(OP, training, n * h * w)?;
+    let record = tape.needs_grad(&[x, weight, bias]);
+    let k = kernels(x.device())?;
+    let (out, stats) = k.batch_norm_forward(&BnForward {
+        x,
         weight,
         bias,
-        opts.eps,
-        || Ok(dispatch_float!(x.dtype(), T => cpu::channel_stats::<T>(x.as_slice::<T>()?, l))),
-    )?;
-    let out = dispatch_float!(x.dtype(), T => Tensor::from_vec(cpu::affine::<T>(x.as_slice::<T>()?, l, &scale, &shift), x.shape(), x.device()))?;
-
-    let saved = if tape.needs_grad(&[x, weight, bias]) {
-        let needs_xhat = weight.requires_grad() || (training && x.requires_grad());
-        Some(Saved {
-            x: needs_xhat.then(|| x.clone()),
-            mean: Tensor::from_vec(mean.clone(), &[c], x.device())?,
-            invstd: Tensor::from_vec(invstd, &[c], x.device())?,
-            weight: x.requires_grad().then(|| weight.clone()),
-        })
-    } else {
-        None
+        running,
+        opts,
+        training,
+        update_running: training && tape.phase() == Phase::Forward,
+        want_stats: record,
+    })?;
+    let saved = match stats {
+        Some(stats) if record => {
+            let needs_xhat = weight.requires_grad() || (training && x.requires_grad());
+            Some(Saved {
+                x: needs_xhat.then(|| x.clone()),
+                stats,
+                weight: x.requires_grad().then(|| weight.clone()),
+            })
+        }
+        _ => None,
     };
-    if update_running {
-        running.update(&mean, &unbiased, opts.momentum)?;
-    }
     let keys = [GradKey::of(x), GradKey::of(weight), GradKey::of(bias)];
     Ok(tape.record(&[x, weight, bias], out, move |g, grads| {
         let saved = saved.ok_or_else(|| Error::Backward("batch_norm2d saved nothing".into()))?;
-        backward(g, grads, &keys, saved, l, training)
+        check_grad(
+            OP,
+            g,
+            keys[0].shape(),
+            saved.x.as_ref().or(saved.weight.as_ref()),
+        )?;
+        let want = [0, 1, 2].map(|i| keys[i].requires_grad());
+        let missing =
+            || Error::Backward("batch_norm2d did not save what the gradients need".into());
+        if (want[1] && saved.x.is_none()) || (want[0] && saved.weight.is_none()) {
+            return Err(missing());
+        }
+        if want[0] && training && saved.x.is_none() {
+            return Err(missing());
+        }
+        let (gx, gw, gb) = k.batch_norm_backward(&BnBackward {
+            g,
+            x: saved.x.as_ref(),
+            weight: saved.weight.as_ref(),
+            stats: &saved.stats,
+            training,
+            eps: opts.eps,
+            want,
+        })?;
+        for (key, grad) in keys.iter().zip([gx, gw, gb]) {
+            if let Some(grad) = grad {
+                grads.accumulate(key, grad)?;
+            }
+        }
+        Ok(())
     }))
-}
-
-/// The gradients of `x`, `weight` and `bias` from the output gradient `g`.
-fn backward(
-    g: &Tensor,
-    grads: &mut crate::Gradients,
-    [kx, kw, kb]: &[GradKey; 3],
-    saved: Saved,
-    l: Layout,
-    training: bool,
-) -> Result<()> {
-    if g.shape() != kx.shape() {
-        return Err(Error::Backward(format!(
-            "batch_norm2d: gradient of shape {:?} does not fit the output",
-            g.shape()
-        )));
-    }
-    let (mean, invstd) = (saved.mean.to_f64_vec(), saved.invstd.to_f64_vec());
-    let need_sums = kw.requires_grad() || kb.requires_grad() || training;
-    let sums = if !need_sums {
-        Vec::new()
-    } else {
-        dispatch_float!(g.dtype(), T => {
-        let xs = match &saved.x {
-            Some(x) => Some(x.as_slice::<T>()?),
-            None => None,
-        };
-        cpu::grad_sums::<T>(g.as_slice::<T>()?, xs, l, &mean, &invstd)
-        })
-    };
-    let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
-    let c = [l.c];
-    if kw.requires_grad() {
-        grads.accumulate(kw, Tensor::from_f64(&sum_gx, &c, g.dtype(), g.device())?)?;
-    }
-    if kb.requires_grad() {
-        grads.accumulate(kb, Tensor::from_f64(&sum_g, &c, g.dtype(), g.device())?)?;
-    }
-    if !kx.requires_grad() {
-        return Ok(());
-    }
-    let missing =
-        || Error::Backward("batch_norm2d did not save what the input gradient needs".into());
-    let weight = saved.weight.as_ref().ok_or_else(missing)?.to_f64_vec();
-    let scale: Vec<f64> = weight.iter().zip(&invstd).map(|(w, s)| w * s).collect();
-    let gx = if training {
-        let x = saved.x.as_ref().ok_or_else(missing)?;
-        let m = l.count() as f64;
-        let coef: Vec<InputGradCoef> = (0..l.c)
-            .map(|ch| InputGradCoef {
-                scale: scale[ch],
-                mean: mean[ch],
-                invstd: invstd[ch],
-                mean_g: sum_g[ch] / m,
-                mean_gx: sum_gx[ch] / m,
-            })
-            .collect();
-        dispatch_float!(g.dtype(), T => {
-            let v = cpu::train_grad_input::<T>(g.as_slice::<T>()?, x.as_slice::<T>()?, l, &coef);
-            Tensor::from_vec(v, g.shape(), g.device())
-        })?
-    } else {
-        let zero = vec![0.0; l.c];
-        dispatch_float!(g.dtype(), T => Tensor::from_vec(cpu::affine::<T>(g.as_slice::<T>()?, l, &scale, &zero), g.shape(), g.device()))?
-    };
-    grads.accumulate(kx, gx)
 }

@@ -2,24 +2,29 @@
 //! is computed straight from the part that holds the channel; gradients are written per part.
 
 use super::super::batch_norm::cpu::{channel_stats, Layout};
-use super::super::lanes::{lane_sum2, masked_sums};
-use super::super::PAR_MIN;
+use super::super::batch_norm::{normalization, BnStats, Normalization};
+use super::super::cpu_lanes::{lane_sum2, masked_sums};
+use super::super::cpu_map::PAR_MIN;
+use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
+use crate::backend::Cpu;
 use crate::dtype::Elem;
+use crate::error::Result;
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// The parts as the kernels see them: each part's data and channel count; planes are `hw` long
 /// and there are `n` images.
-pub(super) struct Parts<'a, T> {
-    pub(super) data: Vec<&'a [T]>,
-    pub(super) channels: Vec<usize>,
-    pub(super) n: usize,
-    pub(super) hw: usize,
+struct Parts<'a, T> {
+    data: Vec<&'a [T]>,
+    channels: Vec<usize>,
+    n: usize,
+    hw: usize,
     /// For each output channel: (part, channel within the part).
     owner: Vec<(usize, usize)>,
 }
 
 impl<'a, T: Elem> Parts<'a, T> {
-    pub(super) fn new(data: Vec<&'a [T]>, channels: Vec<usize>, n: usize, hw: usize) -> Self {
+    fn new(data: Vec<&'a [T]>, channels: Vec<usize>, n: usize, hw: usize) -> Self {
         let owner = channels
             .iter()
             .enumerate()
@@ -35,7 +40,7 @@ impl<'a, T: Elem> Parts<'a, T> {
     }
 
     /// Total channels.
-    pub(super) fn c(&self) -> usize {
+    fn c(&self) -> usize {
         self.owner.len()
     }
 
@@ -52,7 +57,7 @@ impl<'a, T: Elem> Parts<'a, T> {
 }
 
 /// Per output channel `(mean, biased variance)`, part by part.
-pub(super) fn channel_stats_parts<T: Elem>(parts: &Parts<'_, T>) -> Vec<(f64, f64)> {
+fn channel_stats_parts<T: Elem>(parts: &Parts<'_, T>) -> Vec<(f64, f64)> {
     parts
         .data
         .iter()
@@ -68,8 +73,8 @@ pub(super) fn channel_stats_parts<T: Elem>(parts: &Parts<'_, T>) -> Vec<(f64, f6
         .collect()
 }
 
-/// `out[i, ch] = max(x[i, ch] * scale[ch] + shift[ch], 0)` in the tensor's precision.
-pub(super) fn forward<T: Elem>(parts: &Parts<'_, T>, scale: &[f64], shift: &[f64]) -> Vec<T> {
+/// `out[i, ch] = max(x[i, ch] * scale[ch] + shift[ch], 0)` in the tensor's precision (NaN passes).
+fn forward<T: Elem>(parts: &Parts<'_, T>, scale: &[f64], shift: &[f64]) -> Vec<T> {
     let (c, hw) = (parts.c(), parts.hw);
     let mut out = vec![T::zero(); parts.n * c * hw];
     if hw == 0 {
@@ -80,7 +85,7 @@ pub(super) fn forward<T: Elem>(parts: &Parts<'_, T>, scale: &[f64], shift: &[f64
         let (a, b) = (T::of(scale[ch]), T::of(shift[ch]));
         for (o, &x) in o.iter_mut().zip(parts.plane(i, ch)) {
             let v = x * a + b;
-            *o = if v > T::zero() { v } else { T::zero() };
+            *o = if v <= T::zero() { T::zero() } else { v }; // NaN passes, as in PyTorch
         }
     };
     if parts.parallel() {
@@ -93,7 +98,7 @@ pub(super) fn forward<T: Elem>(parts: &Parts<'_, T>, scale: &[f64], shift: &[f64
 
 /// Per output channel `(sum g', sum g' * (x - mean))` with `g' = g` where the output is positive
 /// and 0 elsewhere; `(x - mean)` sums only when `with_x`.
-pub(super) fn grad_sums<T: Elem>(
+fn grad_sums<T: Elem>(
     parts: &Parts<'_, T>,
     g: &[T],
     y: &[T],
@@ -135,7 +140,7 @@ pub(super) struct InputCoef {
 }
 
 /// The input gradient of part `p`, shaped like the part.
-pub(super) fn grad_part<T: Elem>(
+fn grad_part<T: Elem>(
     parts: &Parts<'_, T>,
     p: usize,
     g: &[T],
@@ -166,4 +171,103 @@ pub(super) fn grad_part<T: Elem>(
         out.chunks_mut(hw).enumerate().for_each(body);
     }
     out
+}
+
+impl BatchNormReluKernels for Cpu {
+    fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
+        let x0 = a.parts[0];
+        let [n, _, h, w] = x0.dims4(OP)?;
+        let (hw, c) = (h * w, a.channels.iter().sum::<usize>());
+        let Normalization {
+            mean,
+            unbiased,
+            invstd,
+            scale,
+            shift,
+        } = normalization(
+            OP,
+            a.training,
+            n * hw,
+            a.running,
+            a.weight,
+            a.bias,
+            a.opts.eps,
+            || {
+                Ok(dispatch_float!(x0.dtype(), T => {
+                    let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
+                    channel_stats_parts(&Parts::new(data, a.channels.to_vec(), n, hw))
+                }))
+            },
+        )?;
+        let out = dispatch_float!(x0.dtype(), T => {
+            let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
+            let v = forward(&Parts::new(data, a.channels.to_vec(), n, hw), &scale, &shift);
+            Tensor::from_vec(v, &[n, c, h, w], x0.device())
+        })?;
+        if a.update_running {
+            a.running.update(&mean, &unbiased, a.opts.momentum)?;
+        }
+        let stats = match a.want_stats {
+            true => Some(BnStats {
+                mean: Tensor::from_vec(mean, &[c], x0.device())?,
+                invstd: Tensor::from_vec(invstd, &[c], x0.device())?,
+            }),
+            false => None,
+        };
+        Ok((out, stats))
+    }
+
+    fn bn_relu_backward(&self, a: &BnReluBackward<'_>) -> Result<BnReluGrads> {
+        let g = a.g;
+        let [n, c, h, w] = g.dims4(OP)?;
+        let hw = h * w;
+        let (mean, invstd) = (
+            a.stats.mean.try_to_f64_vec()?,
+            a.stats.invstd.try_to_f64_vec()?,
+        );
+        let weight = a.weight.try_to_f64_vec()?;
+        let any_x = a.want_parts.iter().any(|&b| b);
+        let mut gparts: Vec<Option<Tensor>> = vec![None; a.parts.len()];
+        let (mut gw, mut gb) = (None, None);
+        dispatch_float!(g.dtype(), T => {
+            let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
+            let parts = Parts::new(data, a.channels.to_vec(), n, hw);
+            let (gs, ys) = (g.as_slice::<T>()?, a.out.as_slice::<T>()?);
+            let with_x = a.want_weight || (a.training && any_x);
+            let sums = grad_sums(&parts, gs, ys, &mean, with_x);
+            let sum_g: Vec<f64> = sums.iter().map(|s| s.0).collect();
+            let sum_gx: Vec<f64> = sums.iter().zip(&invstd).map(|(s, k)| s.1 * k).collect();
+            if a.want_weight {
+                gw = Some(Tensor::from_f64(&sum_gx, &[c], g.dtype(), g.device())?);
+            }
+            if a.want_bias {
+                gb = Some(Tensor::from_f64(&sum_g, &[c], g.dtype(), g.device())?);
+            }
+            if any_x {
+                let m = (n * hw) as f64;
+                let coef: Vec<InputCoef> = (0..c)
+                    .map(|ch| {
+                        let a_ = weight[ch] * invstd[ch];
+                        if a.training {
+                            InputCoef {
+                                a: a_,
+                                b: -a_ * invstd[ch] * sum_gx[ch] / m,
+                                k: -a_ * sum_g[ch] / m,
+                                mean: mean[ch],
+                            }
+                        } else {
+                            InputCoef { a: a_, b: 0.0, k: 0.0, mean: 0.0 }
+                        }
+                    })
+                    .collect();
+                for (p, want) in a.want_parts.iter().enumerate() {
+                    if *want {
+                        let v = grad_part(&parts, p, gs, ys, &coef);
+                        gparts[p] = Some(Tensor::from_vec(v, a.parts[p].shape(), g.device())?);
+                    }
+                }
+            }
+        });
+        Ok((gparts, gw, gb))
+    }
 }

@@ -20,15 +20,15 @@
 //! - Saved for backward: the parts (clones), the output (the ReLU mask), the per-channel mean
 //!   and `invstd` (`[C]`, the input dtype) and the weight; nothing else.
 
-use super::{check_parts, OP};
-use crate::device::cuda::{
-    cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem, Dnn, PartList, Scratch, K,
+use super::super::batch_norm::BnStats;
+use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
+use crate::backend::cuda::{
+    cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem, CudaKernels, Dnn, PartList,
+    Scratch, K,
 };
 use crate::device::Device;
-use crate::error::{Error, Result};
-use crate::gradients::{GradKey, Gradients};
+use crate::error::Result;
 use crate::ops::{BatchNormOptions, RunningStats};
-use crate::tape::{Phase, Tape};
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
 use std::ffi::c_void;
@@ -38,8 +38,26 @@ const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNO
 
 /// Whether cuDNN writes each part's batch norm straight into the part's channel slice of the
 /// output (a strided output descriptor). Cleared for the rest of the process the first time
-/// cuDNN rejects such a descriptor while accepting the packed one.
+/// cuDNN rejects such a descriptor while accepting the packed one, or from the start when the
+/// environment variable [`FORCE_SCRATCH_ENV`] is `1`.
 static STRIDED_Y: AtomicBool = AtomicBool::new(true);
+
+/// Set to `1` to make every part go through the scratch buffer (no strided descriptors), so a
+/// rerun can switch paths without a rebuild.
+pub(crate) const FORCE_SCRATCH_ENV: &str = "TAPE_BN_RELU_SCRATCH";
+
+/// Whether the environment forces the scratch path (read once).
+fn scratch_forced_by_env() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var(FORCE_SCRATCH_ENV).is_ok_and(|v| v == "1"))
+}
+
+/// Whether a cuDNN status is in the "bad parameter" (2000-2999) or "not supported"
+/// (3000-3999) category: cuDNN 9 returns sub-codes of both (e.g. 2002, 3007) where older
+/// versions returned the plain codes.
+fn rejects_descriptor(status: sys::cudnnStatus_t) -> bool {
+    (2000..4000).contains(&(status as u32))
+}
 
 #[cfg(test)]
 thread_local! {
@@ -52,7 +70,7 @@ fn strided_y() -> bool {
     if FORCE_SCRATCH.with(|f| f.get()) {
         return false;
     }
-    STRIDED_Y.load(Ordering::Relaxed)
+    !scratch_forced_by_env() && STRIDED_Y.load(Ordering::Relaxed)
 }
 
 /// The shapes: `n` images of `h x w`, each part's channel count and first output channel.
@@ -112,15 +130,6 @@ impl Layout {
     }
 }
 
-/// What backward keeps.
-struct Saved {
-    parts: Vec<Tensor>,
-    out: Tensor,
-    mean: Tensor,
-    invstd: Tensor,
-    weight: Tensor,
-}
-
 /// The address `elems` elements of `T` past `base`; null stays null.
 fn at<T>(base: u64, elems: usize) -> u64 {
     if base == 0 {
@@ -134,76 +143,35 @@ fn void<T>(v: &T) -> *const c_void {
     v as *const T as *const c_void
 }
 
-/// [`super::batch_norm_relu`] on a CUDA device (arguments checked by the caller, except what
-/// only the CUDA path needs).
-pub(super) fn batch_norm_relu(
-    tape: &mut Tape,
-    parts: &[&Tensor],
-    weight: &Tensor,
-    bias: &Tensor,
-    running: &RunningStats,
-    opts: BatchNormOptions,
-) -> Result<Tensor> {
-    let (n, channels, h, w) = check_parts(parts)?;
-    let l = Layout::new(n, channels, h, w);
-    let training = tape.is_training();
-    if training && n * h * w < 2 {
-        return Err(Error::invalid(
-            OP,
-            format!("training needs more than one value per channel, got {n}x{h}x{w}"),
-        ));
-    }
-    let dtype = parts[0].dtype();
-    running.check_cuda_dtype(
-        dtype,
-        "batch_norm_relu (CUDA: running statistics must have the inputs' dtype)",
-    )?;
-    let update_running = training && tape.phase() == Phase::Forward;
-    let mut inputs: Vec<&Tensor> = parts.to_vec();
-    inputs.extend([weight, bias]);
-    let record = tape.needs_grad(&inputs);
-    let args = Forward {
-        parts,
-        weight,
-        bias,
-        running,
-        opts,
-        l: &l,
-        training,
-        update_running,
-        record,
-    };
-    let (out, stats) = dispatch_float!(dtype, T => forward::<T>(&args))?;
-    let (mean, invstd) = match stats {
-        Some(s) if record => s,
-        _ => return Ok(out),
-    };
-    let saved = Saved {
-        parts: parts.iter().map(|&p| p.clone()).collect(),
-        out: out.clone(),
-        mean,
-        invstd,
-        weight: weight.clone(),
-    };
-    let part_keys: Vec<GradKey> = parts.iter().map(|p| GradKey::of(p)).collect();
-    let (kw, kb) = (GradKey::of(weight), GradKey::of(bias));
-    let eps = opts.eps;
-    Ok(tape.record(&inputs, out, move |g, grads| {
-        if g.shape() != saved.out.shape() {
-            return Err(Error::Backward(format!(
-                "{OP}: gradient of shape {:?} for an output of shape {:?}",
-                g.shape(),
-                saved.out.shape()
-            )));
-        }
-        saved.out.check_compatible(g, OP)?;
-        let keys = Keys {
-            parts: &part_keys,
-            weight: &kw,
-            bias: &kb,
+impl BatchNormReluKernels for CudaKernels {
+    fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
+        let [n, _, h, w] = a.parts[0].dims4(OP)?;
+        let dtype = a.parts[0].dtype();
+        a.running.check_cuda_dtype(
+            dtype,
+            "batch_norm_relu (CUDA: running statistics must have the inputs' dtype)",
+        )?;
+        let l = Layout::new(n, a.channels.to_vec(), h, w);
+        let args = Forward {
+            parts: a.parts,
+            weight: a.weight,
+            bias: a.bias,
+            running: a.running,
+            opts: a.opts,
+            l: &l,
+            training: a.training,
+            update_running: a.update_running,
+            record: a.want_stats,
         };
-        dispatch_float!(g.dtype(), T => backward::<T>(g, grads, &keys, &saved, &l, training, eps))
-    }))
+        let (out, stats) = dispatch_float!(dtype, T => forward::<T>(&args))?;
+        Ok((out, stats.map(|(mean, invstd)| BnStats { mean, invstd })))
+    }
+
+    fn bn_relu_backward(&self, a: &BnReluBackward<'_>) -> Result<BnReluGrads> {
+        let [n, _, h, w] = a.g.dims4(OP)?;
+        let l = Layout::new(n, a.channels.to_vec(), h, w);
+        dispatch_float!(a.g.dtype(), T => backward::<T>(a, &l))
+    }
 }
 
 /// The arguments of the forward pass.
@@ -466,13 +434,7 @@ where
         let y = at::<T>(out, l.offsets[k] * l.hw()) as *mut c_void;
         match bn(dnn.handle, yd.0, y).result() {
             Ok(()) => return Ok(()),
-            Err(e)
-                if matches!(
-                    e.0,
-                    sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED
-                        | sys::cudnnStatus_t::CUDNN_STATUS_BAD_PARAM
-                ) =>
-            {
+            Err(e) if rejects_descriptor(e.0) => {
                 rejected = Some(e.0);
             }
             Err(e) => return Err(cudnn_err(call, e)),
@@ -511,35 +473,21 @@ where
     launch!(be, K::Concat, T::DTYPE, grid(l.n * width); &out, &list, &outer, &total)
 }
 
-/// The gradient keys of the op's inputs.
-struct Keys<'a> {
-    parts: &'a [GradKey],
-    weight: &'a GradKey,
-    bias: &'a GradKey,
-}
-
-/// The gradients of the parts, weight and bias that want one, from the output gradient `g`.
-fn backward<T: CudaElem>(
-    g: &Tensor,
-    grads: &mut Gradients,
-    keys: &Keys<'_>,
-    saved: &Saved,
-    l: &Layout,
-    training: bool,
-    eps: f64,
-) -> Result<()> {
-    let (kw, kb) = (keys.weight, keys.bias);
-    let need_params = kw.requires_grad() || kb.requires_grad();
+/// The gradients of the parts, weight and bias that want one, from the output gradient.
+fn backward<T: CudaElem>(a: &BnReluBackward<'_>, l: &Layout) -> Result<BnReluGrads> {
+    let (g, training, eps) = (a.g, a.training, a.eps);
+    let (want_w, want_b) = (a.want_weight, a.want_bias);
+    let need_params = want_w || want_b;
     let count = l.channels.len();
     let dev = g.device();
     let be: &Backend = &dev.cuda_handle(OP)?.backend;
     // cuDNN's backward (training, input gradient wanted) always writes weight and bias
     // gradients; everything else computes only what is wanted.
-    let cudnn = |k: usize| training && keys.parts[k].requires_grad() && l.part_len(k) > 0;
+    let cudnn = |k: usize| training && a.want_parts[k] && l.part_len(k) > 0;
     let any_cudnn = (0..count).any(cudnn);
     // Parts whose masked gradient goes to scratch (eval mode writes it into the input gradient).
     let via_scratch = |k: usize| {
-        let dx = keys.parts[k].requires_grad();
+        let dx = a.want_parts[k];
         (training && dx) || (!dx && need_params)
     };
     let scratch_len = (0..count)
@@ -553,8 +501,8 @@ fn backward<T: CudaElem>(
             false => Ok(None),
         }
     };
-    let mut gw = new_c(kw.requires_grad() || any_cudnn)?;
-    let mut gb = new_c(kb.requires_grad() || any_cudnn)?;
+    let mut gw = new_c(want_w || any_cudnn)?;
+    let mut gb = new_c(want_b || any_cudnn)?;
     let gw_ptr = match gw.as_mut() {
         Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
         None => 0,
@@ -570,24 +518,26 @@ fn backward<T: CudaElem>(
     let tmp_ptr = tmp.as_ref().map(|t| be.ptr(&t.buf)).unwrap_or(0);
     let (gp, yp) = (
         be.ptr(g.cuda_slice::<T>()?),
-        be.ptr(saved.out.cuda_slice::<T>()?),
+        be.ptr(a.out.cuda_slice::<T>()?),
     );
     let (mp, ip, wp) = (
-        be.ptr(saved.mean.cuda_slice::<T>()?),
-        be.ptr(saved.invstd.cuda_slice::<T>()?),
-        be.ptr(saved.weight.cuda_slice::<T>()?),
+        be.ptr(a.stats.mean.cuda_slice::<T>()?),
+        be.ptr(a.stats.invstd.cuda_slice::<T>()?),
+        be.ptr(a.weight.cuda_slice::<T>()?),
     );
     let hw = l.hw();
     let (nu, hwu, totalu) = (l.n as u64, hw as u64, (l.c * hw) as u64);
     be.bind()?;
-    for (k, key) in keys.parts.iter().enumerate() {
-        let need_dx = key.requires_grad();
+    let mut gparts = Vec::with_capacity(count);
+    for k in 0..count {
+        let need_dx = a.want_parts[k];
         if !need_dx && !need_params {
+            gparts.push(None);
             continue;
         }
         let (ck, off, len) = (l.channels[k], l.offsets[k], l.part_len(k));
         let mut dx = match need_dx {
-            true => Some(Tensor::cuda_uninit::<T>(key.shape(), dev)?),
+            true => Some(Tensor::cuda_uninit::<T>(a.parts[k].shape(), dev)?),
             false => None,
         };
         if ck > 0 {
@@ -602,7 +552,7 @@ fn backward<T: CudaElem>(
                 launch!(be, K::ReluMaskPart, T::DTYPE, grid(len);
                     &masked, &gp, &yp, &nu, &width, &totalu, &offset)?;
             }
-            let xp = be.ptr(saved.parts[k].cuda_slice::<T>()?);
+            let xp = be.ptr(a.parts[k].cuda_slice::<T>()?);
             let (m, i) = (at::<T>(mp, off), at::<T>(ip, off));
             if cudnn(k) {
                 let dims = l.part_dims(k);
@@ -644,17 +594,9 @@ fn backward<T: CudaElem>(
             } else {
                 if need_params {
                     // sum g' and sum g' * xhat per channel (xhat only for the weight).
-                    let x = if kw.requires_grad() { xp } else { 0 };
-                    let sum_g = if kb.requires_grad() {
-                        at::<T>(gb_ptr, off)
-                    } else {
-                        0
-                    };
-                    let sum_gx = if kw.requires_grad() {
-                        at::<T>(gw_ptr, off)
-                    } else {
-                        0
-                    };
+                    let x = if want_w { xp } else { 0 };
+                    let sum_g = if want_b { at::<T>(gb_ptr, off) } else { 0 };
+                    let sum_gx = if want_w { at::<T>(gw_ptr, off) } else { 0 };
                     let cu = ck as u64;
                     launch!(be, K::BnSums, T::DTYPE, per_row(ck);
                         &masked, &x, &m, &i, &nu, &cu, &hwu, &sum_g, &sum_gx)?;
@@ -668,24 +610,16 @@ fn backward<T: CudaElem>(
                 }
             }
         }
-        if let Some(dx) = dx {
-            grads.accumulate(key, dx)?;
-        }
+        gparts.push(dx);
     }
     drop(tmp);
-    if let Some(gw) = gw.filter(|_| kw.requires_grad()) {
-        grads.accumulate(kw, gw)?;
-    }
-    if let Some(gb) = gb.filter(|_| kb.requires_grad()) {
-        grads.accumulate(kb, gb)?;
-    }
-    Ok(())
+    Ok((gparts, gw.filter(|_| want_w), gb.filter(|_| want_b)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DType;
+    use crate::{DType, Tape};
 
     /// The scratch-buffer path (taken where cuDNN rejects a strided output) gives the strided
     /// path's output and running statistics; skipped without a usable GPU.

@@ -4,14 +4,13 @@
 //! only the parts (which a DenseNet keeps anyway), per-channel statistics, the weight and the
 //! output (the ReLU mask, which the following convolution keeps anyway).
 
-use super::batch_norm::{
-    check_affine, normalization, BatchNormOptions, Normalization, RunningStats,
-};
+use super::batch_norm::{check_affine, check_batch, BatchNormOptions, BnStats, RunningStats};
+use super::checks::check_grad;
+use crate::backend::kernels;
 use crate::error::{Error, Result};
-use crate::gradients::{GradKey, Gradients};
+use crate::gradients::GradKey;
 use crate::tape::{Phase, Tape};
 use crate::tensor::Tensor;
-use cpu::{InputCoef, Parts};
 
 mod cpu;
 #[cfg(feature = "cuda")]
@@ -19,13 +18,58 @@ mod cuda;
 
 const OP: &str = "batch_norm_relu";
 
-/// What backward keeps.
+/// The arguments of the fused forward kernel (checked by the caller).
+pub(crate) struct BnReluForward<'a> {
+    /// The parts, `[n, channels[k], h, w]` each.
+    pub(crate) parts: &'a [&'a Tensor],
+    pub(crate) channels: &'a [usize],
+    pub(crate) weight: &'a Tensor,
+    pub(crate) bias: &'a Tensor,
+    pub(crate) running: &'a RunningStats,
+    pub(crate) opts: BatchNormOptions,
+    /// Batch statistics (training) or the running ones (eval).
+    pub(crate) training: bool,
+    /// Fold the batch into `running` (training, forward phase only).
+    pub(crate) update_running: bool,
+    /// Return the statistics backward needs.
+    pub(crate) want_stats: bool,
+}
+
+/// The arguments of the fused backward kernel: what the op saved, and which gradients it wants.
+pub(crate) struct BnReluBackward<'a> {
+    pub(crate) g: &'a Tensor,
+    pub(crate) parts: &'a [Tensor],
+    pub(crate) channels: &'a [usize],
+    /// The output (its positive elements are the ReLU mask).
+    pub(crate) out: &'a Tensor,
+    pub(crate) stats: &'a BnStats,
+    pub(crate) weight: &'a Tensor,
+    pub(crate) training: bool,
+    /// The forward pass's `eps` (cuDNN asks for it again).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) eps: f64,
+    pub(crate) want_parts: &'a [bool],
+    pub(crate) want_weight: bool,
+    pub(crate) want_bias: bool,
+}
+
+/// The gradients of the parts, the weight and the bias (each when wanted).
+pub(crate) type BnReluGrads = (Vec<Option<Tensor>>, Option<Tensor>, Option<Tensor>);
+
+/// Device kernels of the fused concat -> batch norm -> ReLU.
+pub(crate) trait BatchNormReluKernels {
+    /// The output `[n, C, h, w]` and, when asked, the statistics backward needs.
+    fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
+    /// The wanted gradients from the output gradient.
+    fn bn_relu_backward(&self, a: &BnReluBackward<'_>) -> Result<BnReluGrads>;
+}
+
+/// What backward keeps, on every device.
 struct Saved {
     parts: Vec<Tensor>,
     out: Tensor,
-    mean: Vec<f64>,
-    invstd: Vec<f64>,
-    weight: Vec<f64>,
+    stats: BnStats,
+    weight: Tensor,
 }
 
 /// Shapes of the parts: `(n, channels of each part, h, w)`, checked to agree.
@@ -66,121 +110,62 @@ pub fn batch_norm_relu(
     let (n, channels, h, w) = check_parts(parts)?;
     opts.validate()?;
     let c: usize = channels.iter().sum();
-    let x0 = parts[0];
-    check_affine(OP, x0, c, weight, bias, running)?;
-    #[cfg(feature = "cuda")]
-    if x0.device().is_cuda() {
-        return cuda::batch_norm_relu(tape, parts, weight, bias, running, opts);
-    }
-    let hw = h * w;
+    check_affine(OP, parts[0], c, weight, bias, running)?;
     let training = tape.is_training();
-    let Normalization {
-        mean,
-        unbiased,
-        invstd,
-        scale,
-        shift,
-    } = normalization(
-        OP,
-        training,
-        n * hw,
-        running,
-        weight,
-        bias,
-        opts.eps,
-        || {
-            Ok(dispatch_float!(x0.dtype(), T => {
-                let data = parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-                cpu::channel_stats_parts(&Parts::new(data, channels.clone(), n, hw))
-            }))
-        },
-    )?;
-    let out = dispatch_float!(x0.dtype(), T => {
-        let data = parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-        let v = cpu::forward(&Parts::new(data, channels.clone(), n, hw), &scale, &shift);
-        Tensor::from_vec(v, &[n, c, h, w], x0.device())
-    })?;
-    if training && tape.phase() == Phase::Forward {
-        running.update(&mean, &unbiased, opts.momentum)?;
-    }
+    check_batch(OP, training, n * h * w)?;
     let mut inputs: Vec<&Tensor> = parts.to_vec();
     inputs.extend([weight, bias]);
-    if !tape.needs_grad(&inputs) {
-        return Ok(out);
-    }
+    let record = tape.needs_grad(&inputs);
+    let k = kernels(parts[0].device())?;
+    let (out, stats) = k.bn_relu_forward(&BnReluForward {
+        parts,
+        channels: &channels,
+        weight,
+        bias,
+        running,
+        opts,
+        training,
+        update_running: training && tape.phase() == Phase::Forward,
+        want_stats: record,
+    })?;
+    let stats = match stats {
+        Some(stats) if record => stats,
+        _ => return Ok(out),
+    };
     let saved = Saved {
         parts: parts.iter().map(|&p| p.clone()).collect(),
         out: out.clone(),
-        mean,
-        invstd,
-        weight: weight.try_to_f64_vec()?,
+        stats,
+        weight: weight.clone(),
     };
     let part_keys: Vec<GradKey> = parts.iter().map(|p| GradKey::of(p)).collect();
     let (kw, kb) = (GradKey::of(weight), GradKey::of(bias));
-    let dims = (n, channels, hw);
     Ok(tape.record(&inputs, out, move |g, grads| {
-        backward(g, grads, &part_keys, &kw, &kb, saved, dims, training)
-    }))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward(
-    g: &Tensor,
-    grads: &mut Gradients,
-    part_keys: &[GradKey],
-    kw: &GradKey,
-    kb: &GradKey,
-    saved: Saved,
-    (n, channels, hw): (usize, Vec<usize>, usize),
-    training: bool,
-) -> Result<()> {
-    if g.shape() != saved.out.shape() {
-        return Err(Error::Backward(format!(
-            "{OP}: gradient of shape {:?} for an output of shape {:?}",
-            g.shape(),
-            saved.out.shape()
-        )));
-    }
-    let c: usize = channels.iter().sum();
-    let any_x = part_keys.iter().any(GradKey::requires_grad);
-    dispatch_float!(g.dtype(), T => {
-        let data = saved.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-        let parts = Parts::new(data, channels.clone(), n, hw);
-        let (gs, ys) = (g.as_slice::<T>()?, saved.out.as_slice::<T>()?);
-        let with_x = kw.requires_grad() || (training && any_x);
-        let sums = cpu::grad_sums(&parts, gs, ys, &saved.mean, with_x);
-        let sum_g: Vec<f64> = sums.iter().map(|s| s.0).collect();
-        let sum_gx: Vec<f64> = sums.iter().zip(&saved.invstd).map(|(s, k)| s.1 * k).collect();
-        if kw.requires_grad() {
-            grads.accumulate(kw, Tensor::from_f64(&sum_gx, &[c], g.dtype(), g.device())?)?;
-        }
-        if kb.requires_grad() {
-            grads.accumulate(kb, Tensor::from_f64(&sum_g, &[c], g.dtype(), g.device())?)?;
-        }
-        if any_x {
-            let m = (n * hw) as f64;
-            let coef: Vec<InputCoef> = (0..c)
-                .map(|ch| {
-                    let a = saved.weight[ch] * saved.invstd[ch];
-                    if training {
-                        InputCoef {
-                            a,
-                            b: -a * saved.invstd[ch] * sum_gx[ch] / m,
-                            k: -a * sum_g[ch] / m,
-                            mean: saved.mean[ch],
-                        }
-                    } else {
-                        InputCoef { a, b: 0.0, k: 0.0, mean: 0.0 }
-                    }
-                })
-                .collect();
-            for (p, key) in part_keys.iter().enumerate() {
-                if key.requires_grad() {
-                    let v = cpu::grad_part(&parts, p, gs, ys, &coef);
-                    grads.accumulate(key, Tensor::from_vec(v, key.shape(), g.device())?)?;
-                }
+        check_grad(OP, g, saved.out.shape(), Some(&saved.out))?;
+        let want_parts: Vec<bool> = part_keys.iter().map(GradKey::requires_grad).collect();
+        let (gparts, gw, gb) = k.bn_relu_backward(&BnReluBackward {
+            g,
+            parts: &saved.parts,
+            channels: &channels,
+            out: &saved.out,
+            stats: &saved.stats,
+            weight: &saved.weight,
+            training,
+            eps: opts.eps,
+            want_parts: &want_parts,
+            want_weight: kw.requires_grad(),
+            want_bias: kb.requires_grad(),
+        })?;
+        for (key, gx) in part_keys.iter().zip(gparts) {
+            if let Some(gx) = gx {
+                grads.accumulate(key, gx)?;
             }
         }
-    });
-    Ok(())
+        for (key, grad) in [(&kw, gw), (&kb, gb)] {
+            if let Some(grad) = grad {
+                grads.accumulate(key, grad)?;
+            }
+        }
+        Ok(())
+    }))
 }

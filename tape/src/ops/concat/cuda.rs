@@ -1,19 +1,32 @@
 //! CUDA kernels of channel concatenation: one launch per 32 inputs (their addresses, row widths
 //! and offsets passed by value), and the same for the backward split.
 
-use crate::device::cuda::{grid, launch, CudaElem, PartList, K, MAX_PARTS};
+use super::ConcatKernels;
+use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, PartList, K, MAX_PARTS};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// Concatenates `xs` into a new tensor of `shape`: row `o` of the output is row `o` of every
-/// input in turn, the rows of input `k` having `widths[k]` elements.
-pub(super) fn concat(
-    xs: &[&Tensor],
-    widths: &[usize],
-    outer: usize,
-    shape: &[usize],
-) -> Result<Tensor> {
-    dispatch_float!(xs[0].dtype(), T => concat_t::<T>(xs, widths, outer, shape))
+impl ConcatKernels for CudaKernels {
+    fn concat(
+        &self,
+        xs: &[&Tensor],
+        widths: &[usize],
+        outer: usize,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        dispatch_float!(xs[0].dtype(), T => concat_t::<T>(xs, widths, outer, shape))
+    }
+
+    fn concat_split(
+        &self,
+        g: &Tensor,
+        outer: usize,
+        widths: &[usize],
+        shapes: &[&[usize]],
+        wanted: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        dispatch_float!(g.dtype(), T => split_t::<T>(g, outer, widths, shapes, wanted))
+    }
 }
 
 fn concat_t<T: CudaElem>(
@@ -54,18 +67,6 @@ fn concat_t<T: CudaElem>(
         launch!(be, K::Concat, T::DTYPE, cfg; &mut *o, &list, &outer_u, &total_u)?;
     }
     Ok(out)
-}
-
-/// The pieces of `g` (rows of `total` elements) for the inputs marked in `wanted`: columns
-/// `offsets[k]..offsets[k] + widths[k]` of each row, shaped `shapes[k]`.
-pub(super) fn split(
-    g: &Tensor,
-    outer: usize,
-    widths: &[usize],
-    shapes: &[&[usize]],
-    wanted: &[bool],
-) -> Result<Vec<Option<Tensor>>> {
-    dispatch_float!(g.dtype(), T => split_t::<T>(g, outer, widths, shapes, wanted))
 }
 
 fn split_t<T: CudaElem>(

@@ -1,6 +1,8 @@
 //! Concatenation along dim 1 (channels). Backward slices the incoming gradient back into one
 //! piece per input; the closure saves only the inputs' keys (no buffers).
 
+use super::checks::check_grad;
+use crate::backend::kernels;
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -11,6 +13,29 @@ mod cpu;
 mod cuda;
 
 const OP: &str = "concat";
+
+/// Device kernels of concatenation. Rows: the inputs and the output are `outer` rows each; a
+/// row of input `k` has `widths[k]` elements and a row of the output their sum.
+pub(crate) trait ConcatKernels {
+    /// The inputs' rows side by side, as a new tensor of `shape`.
+    fn concat(
+        &self,
+        xs: &[&Tensor],
+        widths: &[usize],
+        outer: usize,
+        shape: &[usize],
+    ) -> Result<Tensor>;
+    /// The pieces of `g` (the output's gradient) for the inputs marked in `wanted`, shaped
+    /// `shapes[k]`; `None` for the others.
+    fn concat_split(
+        &self,
+        g: &Tensor,
+        outer: usize,
+        widths: &[usize],
+        shapes: &[&[usize]],
+        wanted: &[bool],
+    ) -> Result<Vec<Option<Tensor>>>;
+}
 
 /// Concatenates `xs` (at least one, rank >= 2, equal in every dim but dim 1, one dtype and
 /// device) along dim 1.
@@ -45,50 +70,18 @@ pub fn concat(tape: &mut Tape, xs: &[&Tensor]) -> Result<Tensor> {
     let widths: Vec<usize> = xs.iter().map(|x| x.shape()[1] * inner).collect();
     let mut shape = first.shape().to_vec();
     shape[1] = xs.iter().map(|x| x.shape()[1]).sum();
-    #[cfg(feature = "cuda")]
-    if first.device().is_cuda() {
-        let out = cuda::concat(xs, &widths, outer, &shape)?;
-        let keys: Vec<GradKey> = xs.iter().map(|x| GradKey::of(x)).collect();
-        return Ok(tape.record(xs, out, move |g, grads| {
-            if g.shape() != shape {
-                return Err(Error::Backward(format!(
-                    "concat: gradient of shape {:?} for an output of shape {:?}",
-                    g.shape(),
-                    shape
-                )));
-            }
-            let shapes: Vec<&[usize]> = keys.iter().map(|k| k.shape()).collect();
-            let wanted: Vec<bool> = keys.iter().map(|k| k.requires_grad()).collect();
-            let pieces = cuda::split(g, outer, &widths, &shapes, &wanted)?;
-            for (key, piece) in keys.iter().zip(pieces) {
-                if let Some(gx) = piece {
-                    grads.accumulate(key, gx)?;
-                }
-            }
-            Ok(())
-        }));
-    }
-    let out = dispatch_float!(first.dtype(), T => {
-        let parts = xs.iter().map(|x| x.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-        Tensor::from_vec(cpu::concat::<T>(&parts, &widths, outer), &shape, first.device())
-    })?;
+    let k = kernels(first.device())?;
+    let out = k.concat(xs, &widths, outer, &shape)?;
     let keys: Vec<GradKey> = xs.iter().map(|x| GradKey::of(x)).collect();
     Ok(tape.record(xs, out, move |g, grads| {
-        if g.shape() != shape {
-            return Err(Error::Backward(format!(
-                "concat: gradient of shape {:?} for an output of shape {:?}",
-                g.shape(),
-                shape
-            )));
-        }
-        let total: usize = widths.iter().sum();
-        let mut offset = 0;
-        for (key, &width) in keys.iter().zip(&widths) {
-            if key.requires_grad() {
-                let gx = dispatch_float!(g.dtype(), T => Tensor::from_vec(cpu::slice::<T>(g.as_slice::<T>()?, outer, total, offset, width), key.shape(), g.device()))?;
+        check_grad(OP, g, &shape, None)?;
+        let shapes: Vec<&[usize]> = keys.iter().map(|k| k.shape()).collect();
+        let wanted: Vec<bool> = keys.iter().map(|k| k.requires_grad()).collect();
+        let pieces = k.concat_split(g, outer, &widths, &shapes, &wanted)?;
+        for (key, piece) in keys.iter().zip(pieces) {
+            if let Some(gx) = piece {
                 grads.accumulate(key, gx)?;
             }
-            offset += width;
         }
         Ok(())
     }))

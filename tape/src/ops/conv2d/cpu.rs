@@ -10,9 +10,12 @@
 //!   flipped, transposed kernel, when that column matrix is the smaller one; otherwise
 //!   `gcol (K x P) = W^T * gout` scattered back by col2im.
 
-use super::Geometry;
+use super::{Conv2dGrads, Conv2dKernels, Geometry};
+use crate::backend::Cpu;
 use crate::dtype::Elem;
-use crate::ops::linear::cpu::{gemm, gemm_ld, Mat};
+use crate::error::Result;
+use crate::ops::cpu_gemm::{gemm, gemm_ld, Mat};
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// Target size of one column block: well inside a core's L2 cache, next to the GEMM's packing.
@@ -179,7 +182,7 @@ impl Cols {
 
 /// Number of thread groups (and so of per-thread workspaces) for a batch of `n`: one per rayon
 /// thread, at most one per image. Callers size the workspaces and run the kernel with one value.
-pub(crate) fn groups(n: usize) -> usize {
+fn groups(n: usize) -> usize {
     n.div_ceil(
         n.div_ceil(rayon::current_num_threads().clamp(1, n.max(1)))
             .max(1),
@@ -188,7 +191,7 @@ pub(crate) fn groups(n: usize) -> usize {
 
 /// Which gradients a backward computes.
 #[derive(Clone, Copy)]
-pub(crate) struct Needs {
+struct Needs {
     /// Grad input (needs the weight).
     pub(crate) x: bool,
     /// Grad weight (needs the input).
@@ -196,7 +199,7 @@ pub(crate) struct Needs {
 }
 
 /// Elements of forward workspace per thread group, for elements of `elem` bytes.
-pub(crate) fn forward_workspace(g: &Geometry, elem: usize) -> usize {
+fn forward_workspace(g: &Geometry, elem: usize) -> usize {
     if g.pointwise() {
         0
     } else {
@@ -206,7 +209,7 @@ pub(crate) fn forward_workspace(g: &Geometry, elem: usize) -> usize {
 
 /// Elements of backward workspace, for elements of `elem` bytes: (per thread group: a column
 /// block and a partial grad weight; shared: the flipped kernel).
-pub(crate) fn backward_workspace(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize) {
+fn backward_workspace(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize) {
     let wcols = if needs.w {
         forward_workspace(g, elem)
     } else {
@@ -250,7 +253,7 @@ fn group_ranges(n: usize, groups: usize) -> Vec<(usize, usize)> {
 }
 
 /// `out = conv(x, w) + bias` for the whole batch; `ws` holds `groups` forward workspaces.
-pub(crate) fn forward<T: Elem>(
+fn forward<T: Elem>(
     g: &Geometry,
     groups: usize,
     x: &[T],
@@ -295,7 +298,7 @@ pub(crate) fn forward<T: Elem>(
 /// `gx` must hold zeros), grad weight into `gw` (needs `x`), each if `needs` says so. `ws` holds
 /// `groups` backward workspaces and `flip` the flipped kernel (sizes from [`backward_workspace`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward<T: Elem>(
+fn backward<T: Elem>(
     g: &Geometry,
     groups: usize,
     needs: Needs,
@@ -389,12 +392,87 @@ pub(crate) fn backward<T: Elem>(
 }
 
 /// `gb[co] = sum over images and positions of gout[., co, ., .]`.
-pub(crate) fn grad_bias<T: Elem>(g: &Geometry, gout: &[T], gb: &mut [T]) {
+fn grad_bias<T: Elem>(g: &Geometry, gout: &[T], gb: &mut [T]) {
     let p = g.p().max(1);
     gb.fill(T::zero());
     for img in gout.chunks_exact((g.cout * g.p()).max(1)) {
         for (b, plane) in gb.iter_mut().zip(img.chunks_exact(p)) {
             *b += plane.iter().copied().sum::<T>();
         }
+    }
+}
+
+/// Zero-filled `len` elements of workspace, charged to `x`'s device while the reservation lives.
+fn workspace<T: Elem>(x: &Tensor, len: usize) -> Result<(Vec<T>, crate::Reservation)> {
+    let r = x.device().reserve(len * std::mem::size_of::<T>())?;
+    Ok((vec![T::zero(); len], r))
+}
+
+impl Conv2dKernels for Cpu {
+    fn conv2d_forward(
+        &self,
+        geo: &Geometry,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut out = Tensor::zeros(
+            &[geo.n, geo.cout, geo.hout, geo.wout],
+            x.dtype(),
+            x.device(),
+        )?;
+        dispatch_float!(x.dtype(), T => {
+            let groups = groups(geo.n);
+            let (mut ws, _reserved) = workspace::<T>(x, groups * forward_workspace(geo, std::mem::size_of::<T>()))?;
+            let b = bias.map(|b| b.as_slice::<T>()).transpose()?;
+            forward::<T>(geo, groups, x.as_slice::<T>()?, weight.as_slice::<T>()?, b, out.make_mut::<T>()?, &mut ws);
+        });
+        Ok(out)
+    }
+
+    fn conv2d_backward(
+        &self,
+        geo: &Geometry,
+        g: &Tensor,
+        x: Option<&Tensor>,
+        w: Option<&Tensor>,
+        want_bias: bool,
+    ) -> Result<Conv2dGrads> {
+        let (dtype, dev) = (g.dtype(), g.device());
+        let gb = if want_bias {
+            let mut gb = Tensor::zeros(&[geo.cout], dtype, dev)?;
+            dispatch_float!(dtype, T => grad_bias::<T>(geo, g.as_slice::<T>()?, gb.make_mut::<T>()?));
+            Some(gb)
+        } else {
+            None
+        };
+        let needs = Needs {
+            x: w.is_some(),
+            w: x.is_some(),
+        };
+        let mut gx = match needs.x {
+            true => Some(Tensor::zeros(&[geo.n, geo.cin, geo.h, geo.w], dtype, dev)?),
+            false => None,
+        };
+        let mut gw = match needs.w {
+            true => Some(Tensor::zeros(
+                &[geo.cout, geo.cin, geo.kh, geo.kw],
+                dtype,
+                dev,
+            )?),
+            false => None,
+        };
+        dispatch_float!(dtype, T => {
+            let (per, flip_len) = backward_workspace(geo, needs, std::mem::size_of::<T>());
+            let groups = groups(geo.n);
+            let (mut ws, _r1) = workspace::<T>(g, groups * per)?;
+            let (mut flip, _r2) = workspace::<T>(g, flip_len)?;
+            let xs = match x { Some(x) => x.as_slice::<T>()?, None => &[] };
+            let ws_ = match w { Some(w) => w.as_slice::<T>()?, None => &[] };
+            let gxs = match gx.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
+            let gws = match gw.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
+            backward::<T>(geo, groups, needs, g.as_slice::<T>()?, xs, ws_, gxs, gws, &mut ws, &mut flip);
+        });
+        Ok((gx, gw, gb))
     }
 }

@@ -3,9 +3,9 @@
 //! workspace limit; strict fp32 FMA math unless TF32 was allowed), the bias added and its
 //! gradient taken by cuDNN. Each workspace is charged to the device while the call holds it.
 
-use super::{Geometry, OP};
-use crate::device::cuda::{
-    cptr, cudnn_err, mptr, workspace, ws_ptr, ConvKey, CudaElem, CudaHandle,
+use super::{Conv2dGrads, Conv2dKernels, Geometry, OP};
+use crate::backend::cuda::{
+    cptr, cudnn_err, mptr, workspace, ws_ptr, ConvKey, CudaElem, CudaHandle, CudaKernels,
 };
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -34,16 +34,30 @@ fn degenerate(geo: &Geometry) -> bool {
     [geo.n, geo.cin, geo.h, geo.w, geo.cout, geo.hout, geo.wout].contains(&0)
 }
 
-/// The convolution of `x` with `weight` plus `bias`.
-pub(super) fn forward(
-    geo: &Geometry,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    dispatch_float!(x.dtype(), T => forward_t::<T>(geo, x, weight, bias))
+impl Conv2dKernels for CudaKernels {
+    fn conv2d_forward(
+        &self,
+        geo: &Geometry,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        dispatch_float!(x.dtype(), T => forward_t::<T>(geo, x, weight, bias))
+    }
+
+    fn conv2d_backward(
+        &self,
+        geo: &Geometry,
+        g: &Tensor,
+        x: Option<&Tensor>,
+        w: Option<&Tensor>,
+        want_bias: bool,
+    ) -> Result<Conv2dGrads> {
+        dispatch_float!(g.dtype(), T => backward_t::<T>(geo, g, x, w, want_bias))
+    }
 }
 
+/// The convolution of `x` with `weight` plus `bias`.
 fn forward_t<T: CudaElem>(
     geo: &Geometry,
     x: &Tensor,
@@ -57,7 +71,7 @@ fn forward_t<T: CudaElem>(
     let (one, zero) = (T::of(1.0), T::of(0.0));
     if degenerate(geo) {
         // No products: the output is the bias (or zeros).
-        let mut out = crate::ops::cuda_full(&yshape, 0.0, T::DTYPE, dev)?;
+        let mut out = Tensor::zeros(&yshape, T::DTYPE, dev)?;
         if let (Some(b), true) = (bias, out.numel() > 0) {
             be.bind()?;
             let mut dnn = be.dnn();
@@ -127,25 +141,13 @@ fn forward_t<T: CudaElem>(
 
 /// Grad input (when the weight was saved), grad weight (when the input was saved) and grad bias
 /// (when asked for) from the output gradient `g` (its shape checked by the caller).
-pub(super) fn backward(
-    geo: &Geometry,
-    g: &Tensor,
-    x: Option<&Tensor>,
-    w: Option<&Tensor>,
-    want_bias: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    dispatch_float!(g.dtype(), T => backward_t::<T>(geo, g, x, w, want_bias))
-}
-
-type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
-
 fn backward_t<T: CudaElem>(
     geo: &Geometry,
     g: &Tensor,
     x: Option<&Tensor>,
     w: Option<&Tensor>,
     want_bias: bool,
-) -> Result<Grads> {
+) -> Result<Conv2dGrads> {
     let dev = g.device();
     let cu = dev.cuda_handle(OP)?;
     let be = &cu.backend;
@@ -157,7 +159,7 @@ fn backward_t<T: CudaElem>(
     let mut dnn = be.dnn();
     let gb = match (want_bias, g.numel() > 0) {
         (false, _) => None,
-        (true, false) => Some(crate::ops::cuda_full(&[geo.cout], 0.0, T::DTYPE, dev)?),
+        (true, false) => Some(Tensor::zeros(&[geo.cout], T::DTYPE, dev)?),
         (true, true) => {
             let yd = dnn.tensor(OP, T::DTYPE, [geo.n, geo.cout, geo.hout, geo.wout])?;
             let bd = dnn.tensor(OP, T::DTYPE, [1, geo.cout, 1, 1])?;
@@ -182,7 +184,7 @@ fn backward_t<T: CudaElem>(
     };
     if degenerate(geo) {
         // No products: zero gradients for the input and the weight.
-        let zeros = |s: &[usize]| crate::ops::cuda_full(s, 0.0, T::DTYPE, dev);
+        let zeros = |s: &[usize]| Tensor::zeros(s, T::DTYPE, dev);
         let gx = w.map(|_| zeros(&xshape)).transpose()?;
         let gw = x.map(|_| zeros(&wshape)).transpose()?;
         return Ok((gx, gw, gb));

@@ -6,14 +6,39 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use super::WeightedOp;
+use super::checks::{accumulate_weighted, check_grad, WeightedOp};
+use crate::backend::kernels;
 use crate::error::{Error, Result};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
-use crate::Elem;
-use cpu::Needs;
 
 const OP: &str = "conv2d";
+
+/// The gradients of a convolution's input, weight and bias (each when asked for).
+pub(crate) type Conv2dGrads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+/// Device kernels of `conv2d` (shapes checked by the caller). Kernel workspaces are charged to
+/// the device while they live.
+pub(crate) trait Conv2dKernels {
+    /// The convolution of `x` with `weight`, plus `bias`: `[n, cout, hout, wout]`.
+    fn conv2d_forward(
+        &self,
+        geo: &Geometry,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor>;
+    /// From the output gradient `g`: the input gradient when `w` (the weight) is given, the
+    /// weight gradient when `x` (the input) is given, the bias gradient when `want_bias`.
+    fn conv2d_backward(
+        &self,
+        geo: &Geometry,
+        g: &Tensor,
+        x: Option<&Tensor>,
+        w: Option<&Tensor>,
+        want_bias: bool,
+    ) -> Result<Conv2dGrads>;
+}
 
 /// Stride and zero padding of a [`conv2d`], the same along height and width.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,7 +110,7 @@ impl Geometry {
             ));
         }
         if let Some(b) = bias {
-            super::check_vector(OP, "bias", x, b, cout)?;
+            super::checks::check_vector(OP, "bias", x, b, cout)?;
         }
         let out_len = |len: usize, k: usize| -> Result<usize> {
             let padded = opts
@@ -136,15 +161,10 @@ impl Geometry {
     }
 }
 
-/// Zero-filled `len` elements of workspace, charged to `x`'s device while the reservation lives.
-fn workspace<T: Elem>(x: &Tensor, len: usize) -> Result<(Vec<T>, crate::Reservation)> {
-    let r = x.device().reserve(len * std::mem::size_of::<T>())?;
-    Ok((vec![T::zero(); len], r))
-}
-
 /// 2-D convolution of `x` (`[n, cin, h, w]`) with `weight` (`[cout, cin, kh, kw]`) plus an
 /// optional `bias` (`[cout]`), giving `[n, cout, (h + 2p - kh)/s + 1, (w + 2p - kw)/s + 1]`.
-/// Gradients flow to each of `x`, `weight` and `bias` that requires one.
+/// Gradients flow to each of `x`, `weight` and `bias` that requires one; backward keeps `x` only
+/// if the weight wants a gradient and the weight only if `x` does.
 pub fn conv2d(
     tape: &mut Tape,
     x: &Tensor,
@@ -153,22 +173,10 @@ pub fn conv2d(
     opts: Conv2dOptions,
 ) -> Result<Tensor> {
     let geo = Geometry::new(x, weight, bias, opts)?;
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return conv2d_cuda(tape, x, weight, bias, geo);
-    }
-    let mut out = Tensor::zeros(
-        &[geo.n, geo.cout, geo.hout, geo.wout],
-        x.dtype(),
-        x.device(),
-    )?;
-    dispatch_float!(x.dtype(), T => {
-        let groups = cpu::groups(geo.n);
-        let (mut ws, _reserved) = workspace::<T>(x, groups * cpu::forward_workspace(&geo, std::mem::size_of::<T>()))?;
-        let b = bias.map(|b| b.as_slice::<T>()).transpose()?;
-        cpu::forward::<T>(&geo, groups, x.as_slice::<T>()?, weight.as_slice::<T>()?, b, out.make_mut::<T>()?, &mut ws);
-    });
-
+    let k = kernels(x.device())?;
+    let out = k.conv2d_forward(&geo, x, weight, bias)?;
+    let op = WeightedOp::new(tape, x, weight, bias);
+    let want_bias = op.wants_bias_grad();
     let WeightedOp {
         inputs,
         kx,
@@ -176,109 +184,12 @@ pub fn conv2d(
         kb,
         saved_x,
         saved_w,
-    } = WeightedOp::new(tape, x, weight, bias);
-    Ok(tape.record(&inputs, out, move |g, grads| {
-        if let Some(kb) = kb.filter(|k| k.requires_grad()) {
-            let mut gb = Tensor::zeros(kb.shape(), g.dtype(), g.device())?;
-            dispatch_float!(g.dtype(), T => cpu::grad_bias::<T>(&geo, g.as_slice::<T>()?, gb.make_mut::<T>()?));
-            grads.accumulate(&kb, gb)?;
-        }
-        let (gx, gw) = backward(&geo, g, saved_x.as_ref(), saved_w.as_ref())?;
-        if let Some(gx) = gx {
-            grads.accumulate(&kx, gx)?;
-        }
-        if let Some(gw) = gw {
-            grads.accumulate(&kw, gw)?;
-        }
-        Ok(())
-    }))
-}
-
-/// The CUDA path of [`conv2d`]: the same recording, cuDNN kernels.
-#[cfg(feature = "cuda")]
-fn conv2d_cuda(
-    tape: &mut Tape,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    geo: Geometry,
-) -> Result<Tensor> {
-    let out = cuda::forward(&geo, x, weight, bias)?;
-    let WeightedOp {
-        inputs,
-        kx,
-        kw,
-        kb,
-        saved_x,
-        saved_w,
-    } = WeightedOp::new(tape, x, weight, bias);
+    } = op;
     Ok(tape.record(&inputs, out, move |g, grads| {
         let expected = [geo.n, geo.cout, geo.hout, geo.wout];
-        if g.shape() != expected {
-            return Err(Error::Backward(format!(
-                "{OP}: output gradient {:?}, expected {expected:?}",
-                g.shape()
-            )));
-        }
-        for t in saved_x.iter().chain(saved_w.iter()) {
-            t.check_compatible(g, OP)?;
-        }
-        let want_bias = kb.as_ref().is_some_and(|k| k.requires_grad());
-        let (gx, gw, gb) = cuda::backward(&geo, g, saved_x.as_ref(), saved_w.as_ref(), want_bias)?;
-        if let (Some(kb), Some(gb)) = (kb, gb) {
-            grads.accumulate(&kb, gb)?;
-        }
-        if let Some(gx) = gx {
-            grads.accumulate(&kx, gx)?;
-        }
-        if let Some(gw) = gw {
-            grads.accumulate(&kw, gw)?;
-        }
-        Ok(())
+        check_grad(OP, g, &expected, saved_x.as_ref().or(saved_w.as_ref()))?;
+        let grads_out =
+            k.conv2d_backward(&geo, g, saved_x.as_ref(), saved_w.as_ref(), want_bias)?;
+        accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), grads_out)
     }))
-}
-
-/// Grad input (when the weight was saved) and grad weight (when the input was saved).
-fn backward(
-    geo: &Geometry,
-    g: &Tensor,
-    x: Option<&Tensor>,
-    w: Option<&Tensor>,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let expected = [geo.n, geo.cout, geo.hout, geo.wout];
-    if g.shape() != expected {
-        return Err(Error::Backward(format!(
-            "{OP}: output gradient {:?}, expected {expected:?}",
-            g.shape()
-        )));
-    }
-    let needs = Needs {
-        x: w.is_some(),
-        w: x.is_some(),
-    };
-    let (dtype, dev) = (g.dtype(), g.device());
-    let mut gx = match needs.x {
-        true => Some(Tensor::zeros(&[geo.n, geo.cin, geo.h, geo.w], dtype, dev)?),
-        false => None,
-    };
-    let mut gw = match needs.w {
-        true => Some(Tensor::zeros(
-            &[geo.cout, geo.cin, geo.kh, geo.kw],
-            dtype,
-            dev,
-        )?),
-        false => None,
-    };
-    dispatch_float!(dtype, T => {
-        let (per, flip_len) = cpu::backward_workspace(geo, needs, std::mem::size_of::<T>());
-        let groups = cpu::groups(geo.n);
-        let (mut ws, _r1) = workspace::<T>(g, groups * per)?;
-        let (mut flip, _r2) = workspace::<T>(g, flip_len)?;
-        let xs = match x { Some(x) => x.as_slice::<T>()?, None => &[] };
-        let ws_ = match w { Some(w) => w.as_slice::<T>()?, None => &[] };
-        let gxs = match gx.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
-        let gws = match gw.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
-        cpu::backward::<T>(geo, groups, needs, g.as_slice::<T>()?, xs, ws_, gxs, gws, &mut ws, &mut flip);
-    });
-    Ok((gx, gw))
 }

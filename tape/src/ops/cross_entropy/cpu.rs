@@ -1,6 +1,10 @@
 //! CPU kernels of softmax cross-entropy, row by row in `f64` with the log-sum-exp shift.
 
+use super::CrossEntropyKernels;
+use crate::backend::Cpu;
 use crate::dtype::Elem;
+use crate::error::Result;
+use crate::tensor::Tensor;
 
 /// `(max, log(sum(exp(row - max))))` of one row: `max + second` is the row's log-sum-exp.
 fn shifted_lse<T: Elem>(row: &[T]) -> (f64, f64) {
@@ -10,7 +14,7 @@ fn shifted_lse<T: Elem>(row: &[T]) -> (f64, f64) {
 }
 
 /// The sum over rows of `logsumexp(row) - row[label]`.
-pub(super) fn total_loss<T: Elem>(logits: &[T], classes: usize, labels: &[usize]) -> f64 {
+fn total_loss<T: Elem>(logits: &[T], classes: usize, labels: &[usize]) -> f64 {
     logits
         .chunks(classes)
         .zip(labels)
@@ -22,7 +26,7 @@ pub(super) fn total_loss<T: Elem>(logits: &[T], classes: usize, labels: &[usize]
 }
 
 /// `factor * (softmax(row) - onehot(label))` for every row.
-pub(super) fn grad<T: Elem>(logits: &[T], classes: usize, labels: &[usize], factor: f64) -> Vec<T> {
+fn grad<T: Elem>(logits: &[T], classes: usize, labels: &[usize], factor: f64) -> Vec<T> {
     let mut out = Vec::with_capacity(logits.len());
     for (row, &y) in logits.chunks(classes).zip(labels) {
         let (max, lse) = shifted_lse(row);
@@ -32,4 +36,28 @@ pub(super) fn grad<T: Elem>(logits: &[T], classes: usize, labels: &[usize], fact
         }));
     }
     out
+}
+
+impl CrossEntropyKernels for Cpu {
+    fn cross_entropy_forward(&self, logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+        let classes = logits.shape()[1];
+        let total = dispatch_float!(logits.dtype(), T => total_loss::<T>(logits.as_slice::<T>()?, classes, labels));
+        Tensor::full(
+            &[1],
+            total / labels.len() as f64,
+            logits.dtype(),
+            logits.device(),
+        )
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        labels: &[usize],
+        g: &Tensor,
+    ) -> Result<Tensor> {
+        let classes = logits.shape()[1];
+        let factor = g.scalar()? / labels.len() as f64;
+        dispatch_float!(logits.dtype(), T => Tensor::from_vec(grad::<T>(logits.as_slice::<T>()?, classes, labels, factor), logits.shape(), logits.device()))
+    }
 }

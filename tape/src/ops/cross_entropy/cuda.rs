@@ -1,21 +1,15 @@
 //! CUDA kernels of softmax cross-entropy: one block per row (log-sum-exp in `f64`), the row
 //! losses summed by the deterministic final-sum kernel; the labels live on the device as `i32`.
 
-use crate::device::cuda::{launch, per_row, scratch, scratch_from_host, CudaElem, Scratch, K};
+use super::CrossEntropyKernels;
+use crate::backend::cuda::{
+    launch, per_row, scratch, scratch_from_host, CudaElem, CudaKernels, Scratch, K,
+};
 use crate::error::{Error, Result};
-use crate::gradients::GradKey;
-use crate::tape::Tape;
 use crate::tensor::Tensor;
 
-/// The mean cross-entropy of `logits` (`[n, classes]`, checked by the caller) on a CUDA device.
-pub(super) fn cross_entropy(
-    tape: &mut Tape,
-    logits: &Tensor,
-    labels: &[usize],
-    n: usize,
-    classes: usize,
-) -> Result<Tensor> {
-    let dev = logits.device();
+/// The labels as `i32` in a device buffer.
+fn device_labels(logits: &Tensor, labels: &[usize]) -> Result<Scratch<i32>> {
     let as_i32: Vec<i32> = labels
         .iter()
         .map(|&y| {
@@ -23,26 +17,26 @@ pub(super) fn cross_entropy(
                 .map_err(|_| Error::invalid("cross_entropy", format!("label {y} exceeds i32")))
         })
         .collect::<Result<_>>()?;
-    let labels_d = scratch_from_host::<i32>(dev, &as_i32)?;
-    let out = dispatch_float!(logits.dtype(), T => loss::<T>(logits, &labels_d, n, classes))?;
-    let key = GradKey::of(logits);
-    let saved = tape
-        .needs_grad(&[logits])
-        .then(|| (logits.clone(), labels_d));
-    Ok(tape.record(&[logits], out, move |g, grads| {
-        let (logits, labels_d) =
-            saved.ok_or_else(|| Error::Backward("cross_entropy saved nothing".into()))?;
-        if g.numel() != 1 {
-            return Err(Error::Backward(format!(
-                "cross_entropy: gradient of shape {:?} for a one-element loss",
-                g.shape()
-            )));
-        }
-        logits.check_compatible(g, "cross_entropy")?;
-        let gx =
-            dispatch_float!(logits.dtype(), T => grad::<T>(&logits, &labels_d, g, n, classes))?;
-        grads.accumulate(&key, gx)
-    }))
+    scratch_from_host::<i32>(logits.device(), &as_i32)
+}
+
+impl CrossEntropyKernels for CudaKernels {
+    fn cross_entropy_forward(&self, logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+        let labels_d = device_labels(logits, labels)?;
+        let (n, classes) = (labels.len(), logits.shape()[1]);
+        dispatch_float!(logits.dtype(), T => loss::<T>(logits, &labels_d, n, classes))
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        labels: &[usize],
+        g: &Tensor,
+    ) -> Result<Tensor> {
+        let labels_d = device_labels(logits, labels)?;
+        let (n, classes) = (labels.len(), logits.shape()[1]);
+        dispatch_float!(logits.dtype(), T => grad::<T>(logits, &labels_d, g, n, classes))
+    }
 }
 
 fn loss<T: CudaElem>(

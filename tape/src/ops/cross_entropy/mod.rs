@@ -1,6 +1,8 @@
 //! Softmax cross-entropy over class logits, averaged over the batch. Numerically stable
 //! (log-sum-exp); backward saves the logits (no new buffer) and the labels.
 
+use super::checks::check_grad;
+use crate::backend::kernels;
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -9,6 +11,19 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// Device kernels of softmax cross-entropy (labels checked by the caller).
+pub(crate) trait CrossEntropyKernels {
+    /// The mean over rows of `-log softmax(logits)[label]`, as a `[1]` tensor.
+    fn cross_entropy_forward(&self, logits: &Tensor, labels: &[usize]) -> Result<Tensor>;
+    /// `g[0] / n * (softmax(logits) - onehot(labels))`.
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        labels: &[usize],
+        g: &Tensor,
+    ) -> Result<Tensor>;
+}
 
 const OP: &str = "cross_entropy";
 
@@ -39,12 +54,8 @@ pub fn cross_entropy(tape: &mut Tape, logits: &Tensor, labels: &[usize]) -> Resu
             format!("label {y} (row {i}) is out of range for {classes} classes"),
         ));
     }
-    #[cfg(feature = "cuda")]
-    if logits.device().is_cuda() {
-        return cuda::cross_entropy(tape, logits, labels, n, classes);
-    }
-    let total = dispatch_float!(logits.dtype(), T => cpu::total_loss::<T>(logits.as_slice::<T>()?, classes, labels));
-    let out = Tensor::full(&[1], total / n as f64, logits.dtype(), logits.device())?;
+    let k = kernels(logits.device())?;
+    let out = k.cross_entropy_forward(logits, labels)?;
     let key = GradKey::of(logits);
     let saved = tape
         .needs_grad(&[logits])
@@ -52,8 +63,7 @@ pub fn cross_entropy(tape: &mut Tape, logits: &Tensor, labels: &[usize]) -> Resu
     Ok(tape.record(&[logits], out, move |g, grads| {
         let (logits, labels) =
             saved.ok_or_else(|| Error::Backward("cross_entropy saved nothing".into()))?;
-        let factor = g.scalar()? / n as f64;
-        let gx = dispatch_float!(logits.dtype(), T => Tensor::from_vec(cpu::grad::<T>(logits.as_slice::<T>()?, classes, &labels, factor), logits.shape(), logits.device()))?;
-        grads.accumulate(&key, gx)
+        check_grad(OP, g, &[1], Some(&logits))?;
+        grads.accumulate(&key, k.cross_entropy_backward(&logits, &labels, g)?)
     }))
 }

@@ -1,12 +1,16 @@
 //! CPU kernel of dropout: the mask is recomputed from the counter-based generator, never stored.
 
-use super::super::PAR_MIN;
+use super::super::cpu_map::PAR_MIN;
+use super::DropoutKernels;
+use crate::backend::Cpu;
 use crate::dtype::Elem;
+use crate::error::Result;
 use crate::rng;
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// `out[i] = xs[i] / (1 - p)` where `uniform(seed, counter, i) >= p`, else 0.
-pub(super) fn apply_mask<T: Elem>(xs: &[T], seed: u64, counter: u64, p: f64) -> Vec<T> {
+fn apply_mask<T: Elem>(xs: &[T], seed: u64, counter: u64, p: f64) -> Vec<T> {
     let scale = T::of(1.0 / (1.0 - p));
     let f = |(i, &x): (usize, &T)| {
         if rng::uniform(seed, counter, i as u64) >= p {
@@ -19,5 +23,11 @@ pub(super) fn apply_mask<T: Elem>(xs: &[T], seed: u64, counter: u64, p: f64) -> 
         xs.par_iter().enumerate().map(f).collect()
     } else {
         xs.iter().enumerate().map(f).collect()
+    }
+}
+
+impl DropoutKernels for Cpu {
+    fn dropout_mask(&self, x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor> {
+        dispatch_float!(x.dtype(), T => Tensor::from_vec(apply_mask::<T>(x.as_slice::<T>()?, seed, counter, p), x.shape(), x.device()))
     }
 }

@@ -1,14 +1,15 @@
 //! CUDA kernel of dropout: the same counter-based hash as `crate::rng` (a bit-exact port of
 //! `mix64` / `uniform` in `kernels.cu`), so a GPU mask equals the CPU mask element for element.
 
-use crate::device::cuda::{grid, launch, CudaElem, K};
+use super::DropoutKernels;
+use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, K};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// `out[i] = x[i] * (1 / (1 - p))` (the factor rounded to the dtype first) where
-/// `uniform(seed, counter, i) >= p`, else 0.
-pub(super) fn apply_mask(x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor> {
-    dispatch_float!(x.dtype(), T => apply::<T>(x, seed, counter, p))
+impl DropoutKernels for CudaKernels {
+    fn dropout_mask(&self, x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor> {
+        dispatch_float!(x.dtype(), T => apply::<T>(x, seed, counter, p))
+    }
 }
 
 fn apply<T: CudaElem>(x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor> {

@@ -2,6 +2,7 @@
 //! element index ([`crate::rng::uniform`]), so a recompute under the same context replays it and
 //! backward regenerates it instead of keeping it in memory: the closure saves no buffer.
 
+use crate::backend::kernels;
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -10,6 +11,13 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// Device kernels of dropout.
+pub(crate) trait DropoutKernels {
+    /// `x` with the mask of stream (`seed`, `counter`) applied: `out[i] = x[i] / (1 - p)` where
+    /// `uniform(seed, counter, i) >= p` (the factor rounded to the dtype first), else 0.
+    fn dropout_mask(&self, x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor>;
+}
 
 /// Zeroes each element of `x` with probability `p` and scales the kept ones by `1 / (1 - p)`.
 ///
@@ -30,18 +38,9 @@ pub fn dropout(tape: &mut Tape, x: &Tensor, p: f64) -> Result<Tensor> {
         return Ok(tape.record(&[x], out, move |g, grads| grads.accumulate(&kx, g.clone())));
     }
     let (seed, counter) = tape.next_random_stream();
-    let out = apply_mask(x, seed, counter, p)?;
+    let k = kernels(x.device())?;
+    let out = k.dropout_mask(x, seed, counter, p)?;
     Ok(tape.record(&[x], out, move |g, grads| {
-        let gx = apply_mask(g, seed, counter, p)?;
-        grads.accumulate(&kx, gx)
+        grads.accumulate(&kx, k.dropout_mask(g, seed, counter, p)?)
     }))
-}
-
-/// `x` with the mask of stream (`seed`, `counter`) applied, on `x`'s device.
-fn apply_mask(x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return cuda::apply_mask(x, seed, counter, p);
-    }
-    dispatch_float!(x.dtype(), T => Tensor::from_vec(cpu::apply_mask::<T>(x.as_slice::<T>()?, seed, counter, p), x.shape(), x.device()))
 }

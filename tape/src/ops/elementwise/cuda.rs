@@ -1,14 +1,33 @@
 //! CUDA kernels of the element-wise ops and of fills (NVRTC, `kernels.cu`).
 
-use crate::device::cuda::{grid, launch, CudaElem, K};
+use super::ElementwiseKernels;
+use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, K};
 use crate::device::Device;
 use crate::dtype::{DType, Elem};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// A tensor of `shape` filled with `value` on a CUDA device (no host copy).
-pub(crate) fn full(shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
-    dispatch_float!(dtype, T => full_t::<T>(shape, T::of(value), device))
+impl ElementwiseKernels for CudaKernels {
+    /// A fill kernel (no host copy).
+    fn full(&self, shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
+        dispatch_float!(dtype, T => full_t::<T>(shape, T::of(value), device))
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        dispatch_float!(a.dtype(), T => binary_t::<T>(K::Add, a, b))
+    }
+
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        dispatch_float!(a.dtype(), T => binary_t::<T>(K::Mul, a, b))
+    }
+
+    fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor> {
+        dispatch_float!(x.dtype(), T => scale_t::<T>(x, T::of(s)))
+    }
+
+    fn add_assign(&self, acc: &mut Tensor, g: &Tensor) -> Result<()> {
+        dispatch_float!(g.dtype(), T => add_assign_t::<T>(acc, g))
+    }
 }
 
 fn full_t<T: CudaElem>(shape: &[usize], value: T, device: &Device) -> Result<Tensor> {
@@ -22,12 +41,7 @@ fn full_t<T: CudaElem>(shape: &[usize], value: T, device: &Device) -> Result<Ten
     Ok(out)
 }
 
-/// `k(a, b)` element-wise (`add`, `mul`) into a new tensor shaped like `a` (shapes, dtypes and
-/// devices checked by the caller).
-pub(crate) fn binary(k: K, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    dispatch_float!(a.dtype(), T => binary_t::<T>(k, a, b))
-}
-
+/// `k(a, b)` element-wise (`add`, `mul`) into a new tensor shaped like `a`.
 fn binary_t<T: CudaElem>(k: K, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let cu = a.device().cuda_handle("elementwise")?;
     let mut out = Tensor::cuda_uninit::<T>(a.shape(), a.device())?;
@@ -40,11 +54,7 @@ fn binary_t<T: CudaElem>(k: K, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-/// `s * x` with `s` rounded to the dtype first (as on the CPU).
-pub(crate) fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
-    dispatch_float!(x.dtype(), T => scale_t::<T>(x, T::of(s)))
-}
-
+/// `s * x` with `s` already rounded to the dtype (as on the CPU).
 fn scale_t<T: CudaElem>(x: &Tensor, s: T) -> Result<Tensor> {
     let cu = x.device().cuda_handle("scale")?;
     let mut out = Tensor::cuda_uninit::<T>(x.shape(), x.device())?;
@@ -58,10 +68,6 @@ fn scale_t<T: CudaElem>(x: &Tensor, s: T) -> Result<Tensor> {
 }
 
 /// `acc += g` in place (copy-on-write if `acc`'s buffer is shared).
-pub(crate) fn add_assign(acc: &mut Tensor, g: &Tensor) -> Result<()> {
-    dispatch_float!(g.dtype(), T => add_assign_t::<T>(acc, g))
-}
-
 fn add_assign_t<T: CudaElem>(acc: &mut Tensor, g: &Tensor) -> Result<()> {
     let device = acc.device().clone();
     let cu = device.cuda_handle("accumulate")?;

@@ -1,7 +1,10 @@
-//! Element-wise arithmetic: `add`, `mul`, `scale`, and the untaped helpers gradient accumulation
-//! uses.
+//! Element-wise arithmetic (`add`, `mul`, `scale`), fills and the in-place accumulation that
+//! gradients use. Shapes must match exactly (no broadcasting).
 
-use super::{check_pair, map_binary, map_unary};
+use super::checks::check_pair;
+use crate::backend::kernels;
+use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -9,11 +12,26 @@ use crate::tensor::Tensor;
 
 mod cpu;
 #[cfg(feature = "cuda")]
-pub(crate) mod cuda;
+mod cuda;
 
-/// `a + b` (equal shapes).
+/// Device kernels of the element-wise ops (arguments checked by the caller).
+pub(crate) trait ElementwiseKernels {
+    /// A tensor of `shape` filled with `value` (rounded to `dtype`).
+    fn full(&self, shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor>;
+    /// `a + b`.
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    /// `a * b`.
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    /// `s * x`, with `s` rounded to the dtype first.
+    fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor>;
+    /// `acc += g` in place (copy-on-write if `acc`'s buffer is shared; the id stays).
+    fn add_assign(&self, acc: &mut Tensor, g: &Tensor) -> Result<()>;
+}
+
+/// `a + b` (same shape, dtype and device).
 pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let out = add_detached(a, b)?;
+    check_pair(a, b, "add")?;
+    let out = kernels(a.device())?.add(a, b)?;
     let (ka, kb) = (GradKey::of(a), GradKey::of(b));
     Ok(tape.record(&[a, b], out, move |g, grads| {
         grads.accumulate(&ka, g.clone())?;
@@ -21,9 +39,11 @@ pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }))
 }
 
-/// `a * b` element-wise (equal shapes).
+/// `a * b` element-wise (same shape, dtype and device).
 pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let out = mul_detached(a, b)?;
+    check_pair(a, b, "mul")?;
+    let k = kernels(a.device())?;
+    let out = k.mul(a, b)?;
     let (ka, kb) = (GradKey::of(a), GradKey::of(b));
     let (sa, sb) = (
         b.requires_grad().then(|| a.clone()),
@@ -31,12 +51,12 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     );
     Ok(tape.record(&[a, b], out, move |g, grads| {
         if let Some(b) = sb {
-            let ga = mul_detached(g, &b)?;
-            grads.accumulate(&ka, ga)?;
+            check_pair(g, &b, "mul")?;
+            grads.accumulate(&ka, k.mul(g, &b)?)?;
         }
         if let Some(a) = sa {
-            let gb = mul_detached(g, &a)?;
-            grads.accumulate(&kb, gb)?;
+            check_pair(g, &a, "mul")?;
+            grads.accumulate(&kb, k.mul(g, &a)?)?;
         }
         Ok(())
     }))
@@ -44,49 +64,10 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `s * x`.
 pub fn scale(tape: &mut Tape, x: &Tensor, s: f64) -> Result<Tensor> {
-    let out = scale_detached(x, s)?;
+    let k = kernels(x.device())?;
+    let out = k.scale(x, s)?;
     let kx = GradKey::of(x);
     Ok(tape.record(&[x], out, move |g, grads| {
-        grads.accumulate(&kx, scale_detached(g, s)?)
+        grads.accumulate(&kx, k.scale(g, s)?)
     }))
-}
-
-/// `a + b` without recording.
-pub(crate) fn add_detached(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    check_pair(a, b, "add")?;
-    #[cfg(feature = "cuda")]
-    if a.device().is_cuda() {
-        return cuda::binary(crate::device::cuda::K::Add, a, b);
-    }
-    dispatch_float!(a.dtype(), T => map_binary::<T>(a, b, |x, y| x + y))
-}
-
-/// `a * b` without recording.
-fn mul_detached(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    check_pair(a, b, "mul")?;
-    #[cfg(feature = "cuda")]
-    if a.device().is_cuda() {
-        return cuda::binary(crate::device::cuda::K::Mul, a, b);
-    }
-    dispatch_float!(a.dtype(), T => map_binary::<T>(a, b, |x, y| x * y))
-}
-
-/// `s * x` without recording.
-pub(crate) fn scale_detached(x: &Tensor, s: f64) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return cuda::scale(x, s);
-    }
-    dispatch_float!(x.dtype(), T => { let s = <T as crate::Elem>::of(s); map_unary::<T>(x, |v| v * s) })
-}
-
-/// `acc += g` in place (copy-on-write if `acc`'s buffer is shared).
-pub(crate) fn add_assign(acc: &mut Tensor, g: &Tensor) -> Result<()> {
-    check_pair(acc, g, "accumulate")?;
-    #[cfg(feature = "cuda")]
-    if acc.device().is_cuda() {
-        return cuda::add_assign(acc, g);
-    }
-    dispatch_float!(g.dtype(), T => cpu::add_assign::<T>(acc.make_mut::<T>()?, g.as_slice::<T>()?));
-    Ok(())
 }

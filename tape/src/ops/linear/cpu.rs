@@ -1,158 +1,14 @@
-//! CPU kernels of `linear`, and the safe GEMM wrapper over the `gemm` crate that `conv2d` shares.
+//! CPU kernels of `linear`: GEMMs through [`super::super::cpu_gemm`].
 
+use super::super::cpu_gemm::{gemm, Mat};
+use super::{Dims, LinearKernels};
+use crate::backend::Cpu;
 use crate::dtype::Elem;
-use gemm::Parallelism;
-
-/// Below this many multiply-adds a GEMM stays on one thread.
-const PAR_MIN_MACS: usize = 1 << 18;
-
-/// A row-major matrix operand of `rows x cols`, stored as is or as its transpose, with a row
-/// stride (`ld`) of at least the stored width.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat<'s, T> {
-    data: &'s [T],
-    transposed: bool,
-    ld: Option<usize>,
-}
-
-impl<'s, T> Mat<'s, T> {
-    /// `data` holds the matrix itself, row-major.
-    pub(crate) fn n(data: &'s [T]) -> Self {
-        Mat {
-            data,
-            transposed: false,
-            ld: None,
-        }
-    }
-
-    /// `data` holds the matrix's transpose, row-major.
-    pub(crate) fn t(data: &'s [T]) -> Self {
-        Mat {
-            data,
-            transposed: true,
-            ld: None,
-        }
-    }
-
-    /// The stored rows are `ld` elements apart (a block of a wider matrix).
-    pub(crate) fn ld(self, ld: usize) -> Self {
-        Mat {
-            ld: Some(ld),
-            ..self
-        }
-    }
-
-    /// (stored rows, stored width, row stride) of a `rows x cols` operand.
-    fn stored(&self, rows: usize, cols: usize) -> (usize, usize, usize) {
-        let (r, w) = if self.transposed {
-            (cols, rows)
-        } else {
-            (rows, cols)
-        };
-        (r, w, self.ld.unwrap_or(w))
-    }
-
-    /// (row stride, column stride) of a `rows x cols` operand.
-    fn strides(&self, rows: usize, cols: usize) -> (isize, isize) {
-        let (_, _, ld) = self.stored(rows, cols);
-        if self.transposed {
-            (1, ld as isize)
-        } else {
-            (ld as isize, 1)
-        }
-    }
-
-    /// Whether `data` holds a whole `rows x cols` operand.
-    fn fits(&self, rows: usize, cols: usize) -> bool {
-        let (r, w, ld) = self.stored(rows, cols);
-        ld >= w && (r == 0 || w == 0 || self.data.len() >= (r - 1) * ld + w)
-    }
-}
-
-/// Whether a GEMM of `m x n x k` is worth splitting over threads (callers already inside a
-/// parallel loop pass `false` to `gemm` instead).
-pub(crate) fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
-    m.saturating_mul(n).saturating_mul(k) >= PAR_MIN_MACS
-}
-
-/// `dst (m x n, row-major) = [dst +] a (m x k) * b (k x n)`; `accumulate` keeps `dst`'s old value.
-///
-/// Panics if a slice is shorter than its matrix: callers pass buffers sized from checked shapes.
-pub(crate) fn gemm<T: Elem>(
-    dst: &mut [T],
-    a: Mat<'_, T>,
-    b: Mat<'_, T>,
-    (m, n, k): (usize, usize, usize),
-    accumulate: bool,
-    parallel: bool,
-) {
-    gemm_ld(dst, n, a, b, (m, n, k), accumulate, parallel);
-}
-
-/// [`gemm`] into a block of a wider matrix whose rows are `dst_ld` elements apart.
-pub(crate) fn gemm_ld<T: Elem>(
-    dst: &mut [T],
-    dst_ld: usize,
-    a: Mat<'_, T>,
-    b: Mat<'_, T>,
-    (m, n, k): (usize, usize, usize),
-    accumulate: bool,
-    parallel: bool,
-) {
-    let dst_fits = Mat::n(&*dst).ld(dst_ld).fits(m, n);
-    assert!(
-        dst_fits && a.fits(m, k) && b.fits(k, n),
-        "gemm operands too short"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.chunks_mut(dst_ld)
-                .take(m)
-                .for_each(|row| row[..n].fill(T::zero()));
-        }
-        return;
-    }
-    let (a_rs, a_cs) = a.strides(m, k);
-    let (b_rs, b_cs) = b.strides(k, n);
-    let par = if parallel && worth_parallel(m, n, k) {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: `fits` checked every slice against the strides computed for these dimensions, so
-    // every element the kernel reads or writes lies inside its slice; `dst` is borrowed mutably,
-    // so it aliases neither operand. `T` is f32 or f64 (`Elem` is sealed), which the `gemm` crate
-    // supports.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_ld as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-}
+use crate::error::Result;
+use crate::tensor::Tensor;
 
 /// `out (n x o) = x (n x i) * w^T + bias`, `w` being `o x i`.
-pub(crate) fn forward<T: Elem>(
+fn forward<T: Elem>(
     out: &mut [T],
     x: &[T],
     w: &[T],
@@ -172,31 +28,59 @@ pub(crate) fn forward<T: Elem>(
 }
 
 /// `gx (n x i) = g (n x o) * w`.
-pub(crate) fn grad_input<T: Elem>(
-    gx: &mut [T],
-    g: &[T],
-    w: &[T],
-    (n, i, o): (usize, usize, usize),
-) {
+fn grad_input<T: Elem>(gx: &mut [T], g: &[T], w: &[T], (n, i, o): (usize, usize, usize)) {
     gemm(gx, Mat::n(g), Mat::n(w), (n, i, o), false, true);
 }
 
 /// `gw (o x i) = g^T (o x n) * x (n x i)`.
-pub(crate) fn grad_weight<T: Elem>(
-    gw: &mut [T],
-    g: &[T],
-    x: &[T],
-    (n, i, o): (usize, usize, usize),
-) {
+fn grad_weight<T: Elem>(gw: &mut [T], g: &[T], x: &[T], (n, i, o): (usize, usize, usize)) {
     gemm(gw, Mat::t(g), Mat::n(x), (o, i, n), false, true);
 }
 
 /// `gb[j] = sum over rows of g[., j]`.
-pub(crate) fn grad_bias<T: Elem>(gb: &mut [T], g: &[T], o: usize) {
+fn grad_bias<T: Elem>(gb: &mut [T], g: &[T], o: usize) {
     if o == 0 {
         return;
     }
     for row in g.chunks_exact(o) {
         gb.iter_mut().zip(row).for_each(|(a, &b)| *a += b);
+    }
+}
+
+impl LinearKernels for Cpu {
+    fn linear_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        dims: Dims,
+    ) -> Result<Tensor> {
+        let mut out = Tensor::zeros(&[dims.0, dims.2], x.dtype(), x.device())?;
+        dispatch_float!(x.dtype(), T => forward::<T>(
+            out.make_mut::<T>()?,
+            x.as_slice::<T>()?,
+            w.as_slice::<T>()?,
+            bias.map(|b| b.as_slice::<T>()).transpose()?,
+            dims,
+        ));
+        Ok(out)
+    }
+
+    fn linear_grad_input(&self, g: &Tensor, w: &Tensor, dims: Dims) -> Result<Tensor> {
+        let mut gx = Tensor::zeros(&[dims.0, dims.1], g.dtype(), g.device())?;
+        dispatch_float!(g.dtype(), T => grad_input::<T>(gx.make_mut::<T>()?, g.as_slice::<T>()?, w.as_slice::<T>()?, dims));
+        Ok(gx)
+    }
+
+    fn linear_grad_weight(&self, g: &Tensor, x: &Tensor, dims: Dims) -> Result<Tensor> {
+        let mut gw = Tensor::zeros(&[dims.2, dims.1], g.dtype(), g.device())?;
+        dispatch_float!(g.dtype(), T => grad_weight::<T>(gw.make_mut::<T>()?, g.as_slice::<T>()?, x.as_slice::<T>()?, dims));
+        Ok(gw)
+    }
+
+    fn linear_grad_bias(&self, g: &Tensor, dims: Dims) -> Result<Tensor> {
+        let mut gb = Tensor::zeros(&[dims.2], g.dtype(), g.device())?;
+        dispatch_float!(g.dtype(), T => grad_bias::<T>(gb.make_mut::<T>()?, g.as_slice::<T>()?, dims.2));
+        Ok(gb)
     }
 }

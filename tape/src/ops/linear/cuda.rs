@@ -3,7 +3,8 @@
 //! with NVRTC kernels. Strict fp32 by default (cuBLAS default math); TF32 only when the device
 //! was opened with `CudaOptions { tf32: true, .. }`.
 
-use crate::device::cuda::{cublas_err, grid, launch, CudaElem, CudaHandle, K};
+use super::{Dims, LinearKernels};
+use crate::backend::cuda::{cublas_err, grid, launch, CudaElem, CudaHandle, CudaKernels, K};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};
@@ -69,16 +70,31 @@ where
     unsafe { blas.gemm(cfg, a, b, c) }.map_err(|e| cublas_err("gemm", e))
 }
 
-/// `x w^T + bias` for `x` `[n, i]`, `w` `[o, i]`.
-pub(super) fn forward(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    dims: (usize, usize, usize),
-) -> Result<Tensor> {
-    dispatch_float!(x.dtype(), T => forward_t::<T>(x, w, bias, dims))
+impl LinearKernels for CudaKernels {
+    fn linear_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        dims: Dims,
+    ) -> Result<Tensor> {
+        dispatch_float!(x.dtype(), T => forward_t::<T>(x, w, bias, dims))
+    }
+
+    fn linear_grad_input(&self, g: &Tensor, w: &Tensor, dims: Dims) -> Result<Tensor> {
+        dispatch_float!(g.dtype(), T => grad_input_t::<T>(g, w, dims))
+    }
+
+    fn linear_grad_weight(&self, g: &Tensor, x: &Tensor, dims: Dims) -> Result<Tensor> {
+        dispatch_float!(g.dtype(), T => grad_weight_t::<T>(g, x, dims))
+    }
+
+    fn linear_grad_bias(&self, g: &Tensor, (n, _, o): Dims) -> Result<Tensor> {
+        dispatch_float!(g.dtype(), T => grad_bias_t::<T>(g, n, o))
+    }
 }
 
+/// `x w^T + bias` for `x` `[n, i]`, `w` `[o, i]`.
 fn forward_t<T: CudaElem>(
     x: &Tensor,
     w: &Tensor,
@@ -91,7 +107,7 @@ where
     let dev = x.device();
     let cu = dev.cuda_handle(OP)?;
     if n * o == 0 || (i == 0 && bias.is_none()) {
-        return crate::ops::cuda_full(&[n, o], 0.0, T::DTYPE, dev);
+        return Tensor::zeros(&[n, o], T::DTYPE, dev);
     }
     let mut out = Tensor::cuda_uninit::<T>(&[n, o], dev)?;
     let (nu, ou) = (n as u64, o as u64);
@@ -121,10 +137,6 @@ where
 }
 
 /// `g w`: the input gradient `[n, i]`.
-pub(super) fn grad_input(g: &Tensor, w: &Tensor, dims: (usize, usize, usize)) -> Result<Tensor> {
-    dispatch_float!(g.dtype(), T => grad_input_t::<T>(g, w, dims))
-}
-
 fn grad_input_t<T: CudaElem>(
     g: &Tensor,
     w: &Tensor,
@@ -136,7 +148,7 @@ where
     let dev = g.device();
     let cu = dev.cuda_handle(OP)?;
     if n * i == 0 || o == 0 {
-        return crate::ops::cuda_full(&[n, i], 0.0, T::DTYPE, dev);
+        return Tensor::zeros(&[n, i], T::DTYPE, dev);
     }
     let mut gx = Tensor::cuda_uninit::<T>(&[n, i], dev)?;
     let (gs, ws) = (g.cuda_slice::<T>()?, w.cuda_slice::<T>()?);
@@ -157,10 +169,6 @@ where
 }
 
 /// `g^T x`: the weight gradient `[o, i]`.
-pub(super) fn grad_weight(g: &Tensor, x: &Tensor, dims: (usize, usize, usize)) -> Result<Tensor> {
-    dispatch_float!(g.dtype(), T => grad_weight_t::<T>(g, x, dims))
-}
-
 fn grad_weight_t<T: CudaElem>(
     g: &Tensor,
     x: &Tensor,
@@ -172,7 +180,7 @@ where
     let dev = g.device();
     let cu = dev.cuda_handle(OP)?;
     if o * i == 0 || n == 0 {
-        return crate::ops::cuda_full(&[o, i], 0.0, T::DTYPE, dev);
+        return Tensor::zeros(&[o, i], T::DTYPE, dev);
     }
     let mut gw = Tensor::cuda_uninit::<T>(&[o, i], dev)?;
     let (gs, xs) = (g.cuda_slice::<T>()?, x.cuda_slice::<T>()?);
@@ -193,10 +201,6 @@ where
 }
 
 /// The bias gradient `[o]`: column sums of `g` in row order.
-pub(super) fn grad_bias(g: &Tensor, (n, _, o): (usize, usize, usize)) -> Result<Tensor> {
-    dispatch_float!(g.dtype(), T => grad_bias_t::<T>(g, n, o))
-}
-
 fn grad_bias_t<T: CudaElem>(g: &Tensor, n: usize, o: usize) -> Result<Tensor> {
     let dev = g.device();
     let cu = dev.cuda_handle(OP)?;

@@ -1,19 +1,41 @@
 //! Fully connected layer: `y = x w^T + b` with PyTorch's weight layout (`[out, in]`), the
-//! classifier head of a CNN. Its `cpu` module also holds the GEMM wrapper `conv2d` uses.
+//! classifier head of a CNN.
 
-pub(crate) mod cpu;
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use super::WeightedOp;
+use super::checks::{accumulate_weighted, check_grad, WeightedOp};
+use crate::backend::kernels;
 use crate::error::{Error, Result};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
 const OP: &str = "linear";
 
-/// `x w^T + bias`: `x` is `[n, in]`, `weight` is `[out, in]`, `bias` is `[out]`; the result is
-/// `[n, out]`. Gradients flow to each input that requires one.
+/// `(n, in, out)`: rows, input features, output features.
+pub(crate) type Dims = (usize, usize, usize);
+
+/// Device kernels of `linear` (shapes checked by the caller).
+pub(crate) trait LinearKernels {
+    /// `x w^T + bias` for `x` `[n, in]` and `w` `[out, in]`.
+    fn linear_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        dims: Dims,
+    ) -> Result<Tensor>;
+    /// `g w`: the input gradient `[n, in]`.
+    fn linear_grad_input(&self, g: &Tensor, w: &Tensor, dims: Dims) -> Result<Tensor>;
+    /// `g^T x`: the weight gradient `[out, in]`.
+    fn linear_grad_weight(&self, g: &Tensor, x: &Tensor, dims: Dims) -> Result<Tensor>;
+    /// The bias gradient `[out]`: column sums of `g`, in row order.
+    fn linear_grad_bias(&self, g: &Tensor, dims: Dims) -> Result<Tensor>;
+}
+
+/// `x w^T + bias`: `x` is `[n, in]`, `weight` `[out, in]`, `bias` `[out]`; gives `[n, out]`.
+/// Backward keeps `x` only if the weight wants a gradient and the weight only if `x` does.
 pub fn linear(
     tape: &mut Tape,
     x: &Tensor,
@@ -22,19 +44,10 @@ pub fn linear(
 ) -> Result<Tensor> {
     let dims = check(x, weight, bias)?;
     let (n, _, o) = dims;
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return linear_cuda(tape, x, weight, bias, dims);
-    }
-    let mut out = Tensor::zeros(&[n, o], x.dtype(), x.device())?;
-    dispatch_float!(x.dtype(), T => cpu::forward::<T>(
-        out.make_mut::<T>()?,
-        x.as_slice::<T>()?,
-        weight.as_slice::<T>()?,
-        bias.map(|b| b.as_slice::<T>()).transpose()?,
-        dims,
-    ));
-
+    let k = kernels(x.device())?;
+    let out = k.linear_forward(x, weight, bias, dims)?;
+    let op = WeightedOp::new(tape, x, weight, bias);
+    let want_bias = op.wants_bias_grad();
     let WeightedOp {
         inputs,
         kx,
@@ -42,73 +55,20 @@ pub fn linear(
         kb,
         saved_x,
         saved_w,
-    } = WeightedOp::new(tape, x, weight, bias);
+    } = op;
     Ok(tape.record(&inputs, out, move |g, grads| {
-        if g.shape() != [n, o] {
-            return Err(Error::Backward(format!("{OP}: output gradient {:?}, expected [{n}, {o}]", g.shape())));
-        }
-        let (dtype, dev) = (g.dtype(), g.device().clone());
-        if let Some(w) = saved_w {
-            let mut gx = Tensor::zeros(kx.shape(), dtype, &dev)?;
-            dispatch_float!(dtype, T => cpu::grad_input::<T>(gx.make_mut::<T>()?, g.as_slice::<T>()?, w.as_slice::<T>()?, dims));
-            grads.accumulate(&kx, gx)?;
-        }
-        if let Some(x) = saved_x {
-            let mut gw = Tensor::zeros(kw.shape(), dtype, &dev)?;
-            dispatch_float!(dtype, T => cpu::grad_weight::<T>(gw.make_mut::<T>()?, g.as_slice::<T>()?, x.as_slice::<T>()?, dims));
-            grads.accumulate(&kw, gw)?;
-        }
-        if let Some(kb) = kb.filter(|k| k.requires_grad()) {
-            let mut gb = Tensor::zeros(kb.shape(), dtype, &dev)?;
-            dispatch_float!(dtype, T => cpu::grad_bias::<T>(gb.make_mut::<T>()?, g.as_slice::<T>()?, o));
-            grads.accumulate(&kb, gb)?;
-        }
-        Ok(())
+        check_grad(OP, g, &[n, o], saved_x.as_ref().or(saved_w.as_ref()))?;
+        let gx = saved_w
+            .map(|w| k.linear_grad_input(g, &w, dims))
+            .transpose()?;
+        let gw = saved_x
+            .map(|x| k.linear_grad_weight(g, &x, dims))
+            .transpose()?;
+        let gb = want_bias.then(|| k.linear_grad_bias(g, dims)).transpose()?;
+        accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), (gx, gw, gb))
     }))
 }
 
-/// The CUDA path of [`linear`]: the same recording, cuBLAS kernels.
-#[cfg(feature = "cuda")]
-fn linear_cuda(
-    tape: &mut Tape,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    dims: (usize, usize, usize),
-) -> Result<Tensor> {
-    let (n, _, o) = dims;
-    let out = cuda::forward(x, weight, bias, dims)?;
-    let WeightedOp {
-        inputs,
-        kx,
-        kw,
-        kb,
-        saved_x,
-        saved_w,
-    } = WeightedOp::new(tape, x, weight, bias);
-    Ok(tape.record(&inputs, out, move |g, grads| {
-        if g.shape() != [n, o] {
-            return Err(Error::Backward(format!(
-                "{OP}: output gradient {:?}, expected [{n}, {o}]",
-                g.shape()
-            )));
-        }
-        if let Some(w) = saved_w {
-            w.check_compatible(g, OP)?;
-            grads.accumulate(&kx, cuda::grad_input(g, &w, dims)?)?;
-        }
-        if let Some(x) = saved_x {
-            x.check_compatible(g, OP)?;
-            grads.accumulate(&kw, cuda::grad_weight(g, &x, dims)?)?;
-        }
-        if let Some(kb) = kb.filter(|k| k.requires_grad()) {
-            grads.accumulate(&kb, cuda::grad_bias(g, dims)?)?;
-        }
-        Ok(())
-    }))
-}
-
-/// Checks ranks, dtypes, devices and sizes; returns `(n, in, out)`.
 fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<(usize, usize, usize)> {
     x.check_compatible(weight, OP)?;
     let (n, i) = match x.shape() {
@@ -128,7 +88,7 @@ fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<(usize, u
         }
     };
     if let Some(b) = bias {
-        super::check_vector(OP, "bias", x, b, o)?;
+        super::checks::check_vector(OP, "bias", x, b, o)?;
     }
     Ok((n, i, o))
 }

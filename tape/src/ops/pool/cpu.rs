@@ -1,9 +1,12 @@
 //! CPU kernels of the pooling ops. Every (image, channel) plane is independent; large batches
 //! run their planes in parallel.
 
-use super::Window;
+use super::{PoolKernels, PoolMode, Window};
+use crate::backend::Cpu;
 use crate::dtype::Elem;
-use crate::ops::PAR_MIN;
+use crate::error::{Error, Result};
+use crate::ops::cpu_map::PAR_MIN;
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// Runs `f(out_plane, in_plane)` over matching planes, in parallel when the work is large.
@@ -53,7 +56,7 @@ impl Window {
 }
 
 /// Average pooling, zero padding counted in the divisor (`kernel^2`).
-pub(crate) fn avg_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
+fn avg_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
     let div = T::of((win.kernel * win.kernel) as f64);
     per_plane(out, win.hout * win.wout, x, win.h * win.w, |o, plane| {
         for (oy, row) in o.chunks_exact_mut(win.wout).enumerate() {
@@ -71,7 +74,7 @@ pub(crate) fn avg_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
 }
 
 /// Grad input of average pooling: each output's gradient spread evenly over its window.
-pub(crate) fn avg_backward<T: Elem>(win: &Window, g: &[T], gx: &mut [T]) {
+fn avg_backward<T: Elem>(win: &Window, g: &[T], gx: &mut [T]) {
     let div = T::of((win.kernel * win.kernel) as f64);
     per_plane(gx, win.h * win.w, g, win.hout * win.wout, |plane, go| {
         for (oy, row) in go.chunks_exact(win.wout).enumerate() {
@@ -90,7 +93,7 @@ pub(crate) fn avg_backward<T: Elem>(win: &Window, g: &[T], gx: &mut [T]) {
 }
 
 /// Max pooling (padding never wins).
-pub(crate) fn max_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
+fn max_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
     per_plane(out, win.hout * win.wout, x, win.h * win.w, |o, plane| {
         for (oy, row) in o.chunks_exact_mut(win.wout).enumerate() {
             for (ox, v) in row.iter_mut().enumerate() {
@@ -101,7 +104,7 @@ pub(crate) fn max_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
 }
 
 /// Grad input of max pooling: each output's gradient goes to its window's argmax in `x`.
-pub(crate) fn max_backward<T: Elem>(win: &Window, x: &[T], g: &[T], gx: &mut [T]) {
+fn max_backward<T: Elem>(win: &Window, x: &[T], g: &[T], gx: &mut [T]) {
     let (il, ol) = (win.h * win.w, win.hout * win.wout);
     let job = |(plane_gx, (plane_x, go)): (&mut [T], (&[T], &[T]))| {
         for (oy, row) in go.chunks_exact(win.wout).enumerate() {
@@ -122,7 +125,7 @@ pub(crate) fn max_backward<T: Elem>(win: &Window, x: &[T], g: &[T], gx: &mut [T]
 }
 
 /// Mean of each plane: `x` is `planes x hw`, `out` has one value per plane.
-pub(crate) fn global_avg_forward<T: Elem>(x: &[T], hw: usize, out: &mut [T]) {
+fn global_avg_forward<T: Elem>(x: &[T], hw: usize, out: &mut [T]) {
     let div = T::of(hw as f64);
     per_plane(out, 1, x, hw, |o, plane| {
         o[0] = plane.iter().copied().sum::<T>() / div
@@ -130,7 +133,57 @@ pub(crate) fn global_avg_forward<T: Elem>(x: &[T], hw: usize, out: &mut [T]) {
 }
 
 /// Grad input of the plane means: each plane gets its gradient divided by `hw`.
-pub(crate) fn global_avg_backward<T: Elem>(g: &[T], hw: usize, gx: &mut [T]) {
+fn global_avg_backward<T: Elem>(g: &[T], hw: usize, gx: &mut [T]) {
     let div = T::of(hw as f64);
     per_plane(gx, hw, g, 1, |plane, go| plane.fill(go[0] / div));
+}
+
+impl PoolKernels for Cpu {
+    fn pool_forward(&self, mode: PoolMode, x: &Tensor, win: &Window) -> Result<Tensor> {
+        let [n, c, _, _] = x.dims4(mode.op())?;
+        let mut out = Tensor::zeros(&[n, c, win.hout, win.wout], x.dtype(), x.device())?;
+        dispatch_float!(x.dtype(), T => {
+            let (xs, o) = (x.as_slice::<T>()?, out.make_mut::<T>()?);
+            match mode {
+                PoolMode::Avg => avg_forward::<T>(win, xs, o),
+                PoolMode::Max => max_forward::<T>(win, xs, o),
+            }
+        });
+        Ok(out)
+    }
+
+    fn pool_backward(
+        &self,
+        mode: PoolMode,
+        saved: Option<(&Tensor, &Tensor)>,
+        g: &Tensor,
+        win: &Window,
+        x_shape: &[usize],
+    ) -> Result<Tensor> {
+        let mut gx = Tensor::zeros(x_shape, g.dtype(), g.device())?;
+        dispatch_float!(g.dtype(), T => {
+            let (gs, o) = (g.as_slice::<T>()?, gx.make_mut::<T>()?);
+            match (mode, saved) {
+                (PoolMode::Avg, _) => avg_backward::<T>(win, gs, o),
+                (PoolMode::Max, Some((x, _))) => max_backward::<T>(win, x.as_slice::<T>()?, gs, o),
+                (PoolMode::Max, None) => {
+                    return Err(Error::Backward("max_pool2d: input not saved".into()))
+                }
+            }
+        });
+        Ok(gx)
+    }
+
+    fn global_avg_forward(&self, x: &Tensor, hw: usize) -> Result<Tensor> {
+        let [n, c, _, _] = x.dims4("global_avg_pool")?;
+        let mut out = Tensor::zeros(&[n, c], x.dtype(), x.device())?;
+        dispatch_float!(x.dtype(), T => global_avg_forward::<T>(x.as_slice::<T>()?, hw, out.make_mut::<T>()?));
+        Ok(out)
+    }
+
+    fn global_avg_backward(&self, g: &Tensor, hw: usize, x_shape: &[usize]) -> Result<Tensor> {
+        let mut gx = Tensor::zeros(x_shape, g.dtype(), g.device())?;
+        dispatch_float!(g.dtype(), T => global_avg_backward::<T>(g.as_slice::<T>()?, hw, gx.make_mut::<T>()?));
+        Ok(gx)
+    }
 }

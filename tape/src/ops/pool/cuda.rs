@@ -1,20 +1,38 @@
 //! CUDA kernels of pooling: average and max pooling with cuDNN (forward and backward), global
 //! average pooling with NVRTC kernels (per plane, summed in order like the CPU kernel).
 
-use super::Window;
-use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, scratch, CudaElem, PoolMode, K};
+use super::{PoolKernels, PoolMode, Window};
+use crate::backend::cuda::{
+    cptr, cudnn_err, grid, launch, mptr, scratch, CudaElem, CudaKernels, K,
+};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
 
-/// Pooling of NCHW `x` with window `win` on a CUDA device (cuDNN).
-pub(super) fn forward(
-    op: &'static str,
-    mode: PoolMode,
-    x: &Tensor,
-    win: &Window,
-) -> Result<Tensor> {
-    dispatch_float!(x.dtype(), T => forward_t::<T>(op, mode, x, win))
+impl PoolKernels for CudaKernels {
+    fn pool_forward(&self, mode: PoolMode, x: &Tensor, win: &Window) -> Result<Tensor> {
+        dispatch_float!(x.dtype(), T => forward_t::<T>(mode.op(), mode, x, win))
+    }
+
+    fn pool_backward(
+        &self,
+        mode: PoolMode,
+        saved: Option<(&Tensor, &Tensor)>,
+        g: &Tensor,
+        win: &Window,
+        x_shape: &[usize],
+    ) -> Result<Tensor> {
+        dispatch_float!(g.dtype(), T => backward_t::<T>(mode.op(), mode, saved, g, win, x_shape))
+    }
+
+    fn global_avg_forward(&self, x: &Tensor, hw: usize) -> Result<Tensor> {
+        let out_shape = [x.shape()[0], x.shape()[1]];
+        dispatch_float!(x.dtype(), T => gap_t::<T>(K::GapFwd, x, hw, &out_shape))
+    }
+
+    fn global_avg_backward(&self, g: &Tensor, hw: usize, x_shape: &[usize]) -> Result<Tensor> {
+        dispatch_float!(g.dtype(), T => gap_t::<T>(K::GapBwd, g, hw, x_shape))
+    }
 }
 
 fn forward_t<T: CudaElem>(
@@ -28,7 +46,7 @@ fn forward_t<T: CudaElem>(
     let be = &dev.cuda_handle(op)?.backend;
     let yshape = [n, c, win.hout, win.wout];
     if x.numel() == 0 || yshape.contains(&0) {
-        return crate::ops::cuda_full(&yshape, 0.0, T::DTYPE, dev);
+        return Tensor::zeros(&yshape, T::DTYPE, dev);
     }
     let mut out = Tensor::cuda_uninit::<T>(&yshape, dev)?;
     be.bind()?;
@@ -58,19 +76,10 @@ fn forward_t<T: CudaElem>(
     Ok(out)
 }
 
-/// Grad input of pooling (cuDNN). Max pooling needs the input `x` and output `y`; average
-/// pooling reads neither, so the gradients stand in for them (cuDNN's API asks for both).
-pub(super) fn backward(
-    op: &'static str,
-    mode: PoolMode,
-    saved: Option<(&Tensor, &Tensor)>,
-    g: &Tensor,
-    win: &Window,
-    xshape: &[usize],
-) -> Result<Tensor> {
-    dispatch_float!(g.dtype(), T => backward_t::<T>(op, mode, saved, g, win, xshape))
-}
-
+/// Grad input of pooling (cuDNN). Max pooling passes the saved input `x` and output `y`.
+/// Average pooling reads neither, but cuDNN's API takes both: `y` is stood in for by the output
+/// gradient (same shape, read only) and `x` by a separate scratch buffer of `x`'s shape (never
+/// by `dx`, which cuDNN writes).
 fn backward_t<T: CudaElem>(
     op: &'static str,
     mode: PoolMode,
@@ -90,7 +99,7 @@ fn backward_t<T: CudaElem>(
         )));
     }
     if g.numel() == 0 {
-        return crate::ops::cuda_full(xshape, 0.0, T::DTYPE, dev);
+        return Tensor::zeros(xshape, T::DTYPE, dev);
     }
     let mut gx = Tensor::cuda_uninit::<T>(xshape, dev)?;
     be.bind()?;
@@ -101,56 +110,42 @@ fn backward_t<T: CudaElem>(
     let (one, zero) = (T::of(1.0), T::of(0.0));
     let gp = cptr(be, g.cuda_slice::<T>()?);
     let gxp = mptr(be, gx.cuda_slice_mut::<T>()?);
+    let stand_in;
     let (xp, yp) = match saved {
         Some((x, y)) => (
             cptr(be, x.cuda_slice::<T>()?),
             cptr(be, y.cuda_slice::<T>()?),
         ),
-        None => (gxp as *const std::ffi::c_void, gp),
-    };
-    let call = |xp: *const std::ffi::c_void, yp: *const std::ffi::c_void| {
-        // SAFETY: as in `forward_t`; `dx` is written with beta = 0. For average pooling `x`
-        // and `y` only satisfy the signature (their values do not enter the result).
-        unsafe {
-            sys::cudnnPoolingBackward(
-                dnn.handle,
-                pd.0,
-                &one as *const T as *const std::ffi::c_void,
-                yd.0,
-                yp,
-                yd.0,
-                gp,
-                xd.0,
-                xp,
-                &zero as *const T as *const std::ffi::c_void,
-                xd.0,
-                gxp,
-            )
+        None => {
+            stand_in = scratch::<T>(dev, gx.numel())?;
+            (cptr(be, &stand_in.buf), gp)
         }
-        .result()
     };
-    match call(xp, yp) {
-        Ok(()) => Ok(gx),
-        // Should cuDNN refuse `x` aliasing `dx` for average pooling: a separate stand-in.
-        Err(_) if saved.is_none() => {
-            let stand_in = scratch::<T>(dev, gx.numel())?;
-            call(cptr(be, &stand_in.buf), gp).map_err(|e| cudnn_err("cudnnPoolingBackward", e))?;
-            Ok(gx)
-        }
-        Err(e) => Err(cudnn_err("cudnnPoolingBackward", e)),
+    // SAFETY: as in `forward_t`; `dx` is written with beta = 0 and aliases no input. For
+    // average pooling `x` and `y` only satisfy the signature (their values do not enter the
+    // result).
+    unsafe {
+        sys::cudnnPoolingBackward(
+            dnn.handle,
+            pd.0,
+            &one as *const T as *const std::ffi::c_void,
+            yd.0,
+            yp,
+            yd.0,
+            gp,
+            xd.0,
+            xp,
+            &zero as *const T as *const std::ffi::c_void,
+            xd.0,
+            gxp,
+        )
     }
+    .result()
+    .map_err(|e| cudnn_err("cudnnPoolingBackward", e))?;
+    Ok(gx)
 }
 
-/// The mean of each plane of `x` (`planes x hw`), as `out_shape`.
-pub(super) fn global_avg_forward(x: &Tensor, hw: usize, out_shape: &[usize]) -> Result<Tensor> {
-    dispatch_float!(x.dtype(), T => gap_t::<T>(K::GapFwd, x, hw, out_shape))
-}
-
-/// Each plane of the result gets its gradient divided by `hw`.
-pub(super) fn global_avg_backward(g: &Tensor, hw: usize, x_shape: &[usize]) -> Result<Tensor> {
-    dispatch_float!(g.dtype(), T => gap_t::<T>(K::GapBwd, g, hw, x_shape))
-}
-
+/// The plane means (`GapFwd`) or their gradient (`GapBwd`) of `src`, as `out_shape`.
 fn gap_t<T: CudaElem>(k: K, src: &Tensor, hw: usize, out_shape: &[usize]) -> Result<Tensor> {
     let dev = src.device();
     let be = &dev.cuda_handle("global_avg_pool")?.backend;

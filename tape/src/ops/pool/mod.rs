@@ -6,10 +6,50 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+use super::checks::check_grad;
+use crate::backend::kernels;
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
+
+/// Which pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum PoolMode {
+    /// Average with the zero padding counted (PyTorch's `count_include_pad=True`).
+    Avg,
+    /// Maximum (the first maximum of a window takes the gradient; NaN propagates).
+    Max,
+}
+
+impl PoolMode {
+    fn op(self) -> &'static str {
+        match self {
+            PoolMode::Avg => "avg_pool2d",
+            PoolMode::Max => "max_pool2d",
+        }
+    }
+}
+
+/// Device kernels of pooling (shapes checked by the caller).
+pub(crate) trait PoolKernels {
+    /// Pooling of NCHW `x` over `win`: `[n, c, hout, wout]`.
+    fn pool_forward(&self, mode: PoolMode, x: &Tensor, win: &Window) -> Result<Tensor>;
+    /// The input gradient (shape `x_shape`) from the output gradient `g`. Max pooling gets its
+    /// saved input and output; average pooling reads neither and gets `None`.
+    fn pool_backward(
+        &self,
+        mode: PoolMode,
+        saved: Option<(&Tensor, &Tensor)>,
+        g: &Tensor,
+        win: &Window,
+        x_shape: &[usize],
+    ) -> Result<Tensor>;
+    /// The mean of each plane of `x` (`[n, c, h, w]` with `hw = h * w`) as `[n, c]`.
+    fn global_avg_forward(&self, x: &Tensor, hw: usize) -> Result<Tensor>;
+    /// Each plane of the input gradient (shape `x_shape`) gets its gradient divided by `hw`.
+    fn global_avg_backward(&self, g: &Tensor, hw: usize, x_shape: &[usize]) -> Result<Tensor>;
+}
 
 /// A square pooling window over planes of `h x w`, checked.
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +105,7 @@ impl Window {
 
 /// Average pooling with a `kernel x kernel` window: zero padding is counted in the divisor
 /// (PyTorch's `count_include_pad=true`), output sizes are floored. Needs `padding <= kernel/2`.
+/// Backward saves nothing.
 pub fn avg_pool2d(
     tape: &mut Tape,
     x: &Tensor,
@@ -72,35 +113,12 @@ pub fn avg_pool2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let dims = x.dims4("avg_pool2d")?;
-    let win = Window::new("avg_pool2d", dims, kernel, stride, padding)?;
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        use crate::device::cuda::PoolMode;
-        let out = cuda::forward("avg_pool2d", PoolMode::Avg, x, &win)?;
-        let kx = GradKey::of(x);
-        return Ok(tape.record(&[x], out, move |g, grads| {
-            let gx = cuda::backward("avg_pool2d", PoolMode::Avg, None, g, &win, kx.shape())?;
-            grads.accumulate(&kx, gx)
-        }));
-    }
-    let mut out = Tensor::zeros(
-        &[dims[0], dims[1], win.hout, win.wout],
-        x.dtype(),
-        x.device(),
-    )?;
-    dispatch_float!(x.dtype(), T => cpu::avg_forward::<T>(&win, x.as_slice::<T>()?, out.make_mut::<T>()?));
-    let kx = GradKey::of(x);
-    Ok(tape.record(&[x], out, move |g, grads| {
-        let mut gx = Tensor::zeros(kx.shape(), g.dtype(), g.device())?;
-        dispatch_float!(g.dtype(), T => cpu::avg_backward::<T>(&win, g.as_slice::<T>()?, gx.make_mut::<T>()?));
-        grads.accumulate(&kx, gx)
-    }))
+    pool(tape, PoolMode::Avg, x, kernel, stride, padding)
 }
 
 /// Max pooling with a `kernel x kernel` window: padding acts as `-inf`, output sizes are floored.
-/// Backward routes each gradient to its window's maximum (the first one on ties). Needs
-/// `padding <= kernel/2`.
+/// Backward routes each gradient to its window's maximum (the first one on ties) and saves the
+/// input and the output. Needs `padding <= kernel/2`.
 pub fn max_pool2d(
     tape: &mut Tape,
     x: &Tensor,
@@ -108,41 +126,32 @@ pub fn max_pool2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let dims = x.dims4("max_pool2d")?;
-    let win = Window::new("max_pool2d", dims, kernel, stride, padding)?;
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        // cuDNN's backward takes the output as well as the input: both are kept.
-        use crate::device::cuda::PoolMode;
-        let out = cuda::forward("max_pool2d", PoolMode::Max, x, &win)?;
-        let kx = GradKey::of(x);
-        let saved = tape.needs_grad(&[x]).then(|| (x.clone(), out.clone()));
-        return Ok(tape.record(&[x], out, move |g, grads| {
-            let (x, y) = saved
-                .ok_or_else(|| crate::Error::Backward("max_pool2d: input not saved".into()))?;
-            let gx = cuda::backward(
-                "max_pool2d",
-                PoolMode::Max,
-                Some((&x, &y)),
-                g,
-                &win,
-                kx.shape(),
-            )?;
-            grads.accumulate(&kx, gx)
-        }));
-    }
-    let mut out = Tensor::zeros(
-        &[dims[0], dims[1], win.hout, win.wout],
-        x.dtype(),
-        x.device(),
-    )?;
-    dispatch_float!(x.dtype(), T => cpu::max_forward::<T>(&win, x.as_slice::<T>()?, out.make_mut::<T>()?));
+    pool(tape, PoolMode::Max, x, kernel, stride, padding)
+}
+
+fn pool(
+    tape: &mut Tape,
+    mode: PoolMode,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let op = mode.op();
+    let dims = x.dims4(op)?;
+    let win = Window::new(op, dims, kernel, stride, padding)?;
+    let k = kernels(x.device())?;
+    let out = k.pool_forward(mode, x, &win)?;
     let kx = GradKey::of(x);
-    let saved = tape.needs_grad(&[x]).then(|| x.clone());
+    let saved = (mode == PoolMode::Max && tape.needs_grad(&[x])).then(|| (x.clone(), out.clone()));
+    let out_shape = out.shape().to_vec();
     Ok(tape.record(&[x], out, move |g, grads| {
-        let x = saved.ok_or_else(|| crate::Error::Backward("max_pool2d: input not saved".into()))?;
-        let mut gx = Tensor::zeros(kx.shape(), g.dtype(), g.device())?;
-        dispatch_float!(g.dtype(), T => cpu::max_backward::<T>(&win, x.as_slice::<T>()?, g.as_slice::<T>()?, gx.make_mut::<T>()?));
+        check_grad(op, g, &out_shape, saved.as_ref().map(|s| &s.1))?;
+        if mode == PoolMode::Max && saved.is_none() {
+            return Err(Error::Backward(format!("{op}: input not saved")));
+        }
+        let saved = saved.as_ref().map(|(x, y)| (x, y));
+        let gx = k.pool_backward(mode, saved, g, &win, kx.shape())?;
         grads.accumulate(&kx, gx)
     }))
 }
@@ -156,27 +165,11 @@ pub fn global_avg_pool(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
             format!("empty planes in {:?}", x.shape()),
         ));
     }
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        let out = cuda::global_avg_forward(x, h * w, &[n, c])?;
-        let kx = GradKey::of(x);
-        return Ok(tape.record(&[x], out, move |g, grads| {
-            if g.shape() != [n, c] {
-                return Err(Error::Backward(format!(
-                    "global_avg_pool: gradient of shape {:?}, expected [{n}, {c}]",
-                    g.shape()
-                )));
-            }
-            let gx = cuda::global_avg_backward(g, h * w, kx.shape())?;
-            grads.accumulate(&kx, gx)
-        }));
-    }
-    let mut out = Tensor::zeros(&[n, c], x.dtype(), x.device())?;
-    dispatch_float!(x.dtype(), T => cpu::global_avg_forward::<T>(x.as_slice::<T>()?, h * w, out.make_mut::<T>()?));
+    let k = kernels(x.device())?;
+    let out = k.global_avg_forward(x, h * w)?;
     let kx = GradKey::of(x);
     Ok(tape.record(&[x], out, move |g, grads| {
-        let mut gx = Tensor::zeros(kx.shape(), g.dtype(), g.device())?;
-        dispatch_float!(g.dtype(), T => cpu::global_avg_backward::<T>(g.as_slice::<T>()?, h * w, gx.make_mut::<T>()?));
-        grads.accumulate(&kx, gx)
+        check_grad("global_avg_pool", g, &[n, c], None)?;
+        grads.accumulate(&kx, k.global_avg_backward(g, h * w, kx.shape())?)
     }))
 }

@@ -1,31 +1,27 @@
 //! CUDA kernels of the full reductions: a deterministic two-stage sum accumulated in `f64`
 //! (per-block partial sums, then one block), and the scalar-times-constant gradient fill.
 
-use crate::device::cuda::{grid, launch, per_row, scratch, CudaElem, K, RBLOCK, SUM_BLOCKS};
-use crate::error::{Error, Result};
-use crate::gradients::GradKey;
-use crate::tape::Tape;
+use super::ReduceKernels;
+use crate::backend::cuda::{
+    grid, launch, per_row, scratch, CudaElem, CudaKernels, K, RBLOCK, SUM_BLOCKS,
+};
+use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::driver::LaunchConfig;
 
-/// `sum(x) * factor` as a `[1]` tensor on a CUDA device, recorded like the CPU op.
-pub(super) fn reduce(tape: &mut Tape, x: &Tensor, factor: f64) -> Result<Tensor> {
-    let out = dispatch_float!(x.dtype(), T => total::<T>(x, factor, 1.0))?;
-    let kx = GradKey::of(x);
-    Ok(tape.record(&[x], out, move |g, grads| {
-        if g.numel() != 1 {
-            return Err(Error::Backward(format!(
-                "sum/mean: gradient of shape {:?} for a one-element output",
-                g.shape()
-            )));
-        }
-        let gx = dispatch_float!(g.dtype(), T => fill_scalar::<T>(kx.shape(), g, factor, 1.0))?;
-        grads.accumulate(&kx, gx)
-    }))
+impl ReduceKernels for CudaKernels {
+    fn sum_all(&self, x: &Tensor, factor: f64) -> Result<Tensor> {
+        dispatch_float!(x.dtype(), T => total::<T>(x, factor, 1.0))
+    }
+
+    /// Computed on the device: no synchronisation.
+    fn fill_scaled(&self, shape: &[usize], g: &Tensor, factor: f64) -> Result<Tensor> {
+        dispatch_float!(g.dtype(), T => fill_scalar::<T>(shape, g, factor, 1.0))
+    }
 }
 
 /// `sum(x) * mul / div` (in `f64`, rounded once) as a `[1]` tensor.
-pub(crate) fn total<T: CudaElem>(x: &Tensor, mul: f64, div: f64) -> Result<Tensor> {
+fn total<T: CudaElem>(x: &Tensor, mul: f64, div: f64) -> Result<Tensor> {
     let dev = x.device();
     let cu = dev.cuda_handle("sum")?;
     let n = x.numel() as u64;
@@ -46,12 +42,7 @@ pub(crate) fn total<T: CudaElem>(x: &Tensor, mul: f64, div: f64) -> Result<Tenso
 }
 
 /// A tensor of `shape` filled with `g[0] * mul / div` (computed on the device: no sync).
-pub(crate) fn fill_scalar<T: CudaElem>(
-    shape: &[usize],
-    g: &Tensor,
-    mul: f64,
-    div: f64,
-) -> Result<Tensor> {
+fn fill_scalar<T: CudaElem>(shape: &[usize], g: &Tensor, mul: f64, div: f64) -> Result<Tensor> {
     let dev = g.device();
     let cu = dev.cuda_handle("fill")?;
     let mut out = Tensor::cuda_uninit::<T>(shape, dev)?;

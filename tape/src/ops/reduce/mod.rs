@@ -1,35 +1,46 @@
-//! Full reductions to a one-element tensor: `sum` and `mean`.
+//! Full reductions to a one-element tensor: `sum` and `mean` (the usual way to make a scalar loss
+//! in tests and examples). Sums are taken in `f64`.
 
-use crate::dtype::Elem;
-use crate::error::Result;
+use crate::backend::kernels;
+use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// The sum of all elements, as a tensor of shape `[1]`.
+/// Device kernels of the full reductions.
+pub(crate) trait ReduceKernels {
+    /// `sum(x) * factor` (summed in `f64`, rounded once) as a `[1]` tensor.
+    fn sum_all(&self, x: &Tensor, factor: f64) -> Result<Tensor>;
+    /// A tensor of `shape` filled with `g[0] * factor` (`g` has one element; no host round-trip
+    /// where the device can avoid it).
+    fn fill_scaled(&self, shape: &[usize], g: &Tensor, factor: f64) -> Result<Tensor>;
+}
+
+/// The sum of all elements, as a `[1]` tensor.
 pub fn sum(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     reduce(tape, x, 1.0)
 }
 
-/// The mean of all elements, as a tensor of shape `[1]`.
+/// The mean of all elements, as a `[1]` tensor.
 pub fn mean(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     reduce(tape, x, 1.0 / x.numel().max(1) as f64)
 }
 
 fn reduce(tape: &mut Tape, x: &Tensor, factor: f64) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return cuda::reduce(tape, x, factor);
-    }
-    let total: f64 =
-        dispatch_float!(x.dtype(), T => x.as_slice::<T>()?.iter().map(|v| v.f64()).sum());
-    let out = Tensor::full(&[1], total * factor, x.dtype(), x.device())?;
+    let k = kernels(x.device())?;
+    let out = k.sum_all(x, factor)?;
     let kx = GradKey::of(x);
     Ok(tape.record(&[x], out, move |g, grads| {
-        let gx = Tensor::full(kx.shape(), g.scalar()? * factor, g.dtype(), g.device())?;
-        grads.accumulate(&kx, gx)
+        if g.numel() != 1 {
+            return Err(Error::Backward(format!(
+                "sum/mean: gradient of shape {:?} for a one-element output",
+                g.shape()
+            )));
+        }
+        grads.accumulate(&kx, k.fill_scaled(kx.shape(), g, factor)?)
     }))
 }

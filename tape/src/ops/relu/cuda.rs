@@ -1,29 +1,19 @@
-//! CUDA kernels of ReLU (NVRTC, `kernels.cu`): the same comparisons as the CPU kernel.
+//! CUDA kernels of ReLU (NVRTC, `kernels.cu`): the same comparisons as the CPU kernel
+//! (NaN passes through the forward pass).
 
-use crate::device::cuda::{grid, launch, CudaElem, K};
-use crate::error::{Error, Result};
-use crate::gradients::GradKey;
-use crate::tape::Tape;
+use super::ReluKernels;
+use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, K};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// `max(x, 0)` on a CUDA device; backward keeps the output, as on the CPU.
-pub(super) fn relu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
-    let out = dispatch_float!(x.dtype(), T => forward::<T>(x))?;
-    let kx = GradKey::of(x);
-    let saved = tape.needs_grad(&[x]).then(|| out.clone());
-    Ok(tape.record(&[x], out, move |g, grads| {
-        let y = saved.ok_or_else(|| Error::Backward("relu saved nothing".into()))?;
-        if g.shape() != y.shape() {
-            return Err(Error::Backward(format!(
-                "relu: gradient of shape {:?} for an output of shape {:?}",
-                g.shape(),
-                y.shape()
-            )));
-        }
-        y.check_compatible(g, "relu")?;
-        let gx = dispatch_float!(g.dtype(), T => backward::<T>(g, &y))?;
-        grads.accumulate(&kx, gx)
-    }))
+impl ReluKernels for CudaKernels {
+    fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {
+        dispatch_float!(x.dtype(), T => forward::<T>(x))
+    }
+
+    fn relu_backward(&self, g: &Tensor, y: &Tensor) -> Result<Tensor> {
+        dispatch_float!(g.dtype(), T => backward::<T>(g, y))
+    }
 }
 
 fn forward<T: CudaElem>(x: &Tensor) -> Result<Tensor> {

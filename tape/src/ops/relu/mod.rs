@@ -1,27 +1,36 @@
-//! ReLU. Backward uses the saved output: the gradient passes where the output is positive.
+//! ReLU. NaN propagates as in PyTorch (`max(NaN, 0)` is NaN). Backward uses the saved output:
+//! the gradient passes where the output is positive.
 
-use super::{map_binary, map_unary};
-use crate::error::Result;
+use super::checks::check_grad;
+use crate::backend::kernels;
+use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// `max(x, 0)`.
+const OP: &str = "relu";
+
+/// Device kernels of ReLU.
+pub(crate) trait ReluKernels {
+    /// `y = x > 0 ? x : (x is NaN ? NaN : 0)`.
+    fn relu_forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// `gx = y > 0 ? g : 0` from the saved output `y`.
+    fn relu_backward(&self, g: &Tensor, y: &Tensor) -> Result<Tensor>;
+}
+
+/// `max(x, 0)`, propagating NaN.
 pub fn relu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return cuda::relu(tape, x);
-    }
-    let out =
-        dispatch_float!(x.dtype(), T => map_unary::<T>(x, |v| if v > 0.0 { v } else { 0.0 }))?;
+    let k = kernels(x.device())?;
+    let out = k.relu_forward(x)?;
     let kx = GradKey::of(x);
     let saved = tape.needs_grad(&[x]).then(|| out.clone());
     Ok(tape.record(&[x], out, move |g, grads| {
-        let y = saved.ok_or_else(|| crate::Error::Backward("relu: output not saved".into()))?;
-        let gx = dispatch_float!(g.dtype(), T => map_binary::<T>(g, &y, |g, y| if y > 0.0 { g } else { 0.0 }))?;
-        grads.accumulate(&kx, gx)
+        let y = saved.ok_or_else(|| Error::Backward("relu: output not saved".into()))?;
+        check_grad(OP, g, y.shape(), Some(&y))?;
+        grads.accumulate(&kx, k.relu_backward(g, &y)?)
     }))
 }

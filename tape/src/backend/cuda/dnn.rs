@@ -146,14 +146,7 @@ impl FilterDesc {
     }
 }
 
-/// Which pooling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum PoolMode {
-    /// Average with the zero padding counted (PyTorch's `count_include_pad=True`).
-    Avg,
-    /// Maximum (deterministic backward; NaN propagates).
-    Max,
-}
+use crate::ops::PoolMode;
 
 /// One algorithm choice of a convolution direction: the algorithm, the math type to run it
 /// with, and its workspace bytes.

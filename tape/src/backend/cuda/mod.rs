@@ -16,13 +16,24 @@ mod dnn;
 mod elem;
 mod error;
 mod kernels;
+mod tensor;
 
-pub(crate) use dnn::{ConvKey, Dnn, PoolMode};
+pub(crate) use dnn::{ConvKey, Dnn};
 pub(crate) use elem::{CudaData, CudaElem};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
 pub(crate) use kernels::{grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};
+pub(crate) use tensor::{before_free, copy, download, overwrite, upload};
 
-use crate::device::Device;
+/// The CUDA backend's kernels: each op implements its kernel trait for this type in
+/// `ops/<op>/cuda.rs`.
+pub(crate) struct CudaKernels;
+
+/// The CUDA kernels.
+pub(crate) fn kernels() -> Result<&'static dyn super::Kernels> {
+    Ok(&CudaKernels)
+}
+
+use crate::device::{CudaOptions, Device};
 use crate::error::{Error, Result};
 use crate::memory::Reservation;
 use cudarc::cublas::CudaBlas;
@@ -33,30 +44,6 @@ use cudarc::driver::{
 use kernels::Kernels;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-/// Default cap on one cuDNN convolution workspace: 64 MiB.
-pub const DEFAULT_WORKSPACE_LIMIT: usize = 64 << 20;
-
-/// Options of a CUDA device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CudaOptions {
-    /// Allow TF32 tensor-core math in cuBLAS GEMMs and cuDNN convolutions (faster, about 1e-3
-    /// relative error). Off by default: strict fp32 (cuBLAS default math, cuDNN FMA math).
-    pub tf32: bool,
-    /// Largest workspace one cuDNN convolution may use; the fastest algorithm within it is
-    /// chosen (the smallest-workspace one if none fits). Workspaces count in the device's memory
-    /// accounting while they live.
-    pub workspace_limit_bytes: usize,
-}
-
-impl Default for CudaOptions {
-    fn default() -> Self {
-        CudaOptions {
-            tf32: false,
-            workspace_limit_bytes: DEFAULT_WORKSPACE_LIMIT,
-        }
-    }
-}
 
 /// The default memory pool of a device (a raw driver handle).
 struct Pool(dsys::CUmemoryPool);
@@ -97,7 +84,41 @@ pub(crate) struct CudaHandle {
     pub(crate) options: CudaOptions,
 }
 
-static BACKENDS: Mutex<Vec<Arc<Backend>>> = Mutex::new(Vec::new());
+impl CudaHandle {
+    /// This handle's options.
+    pub(crate) fn options(&self) -> CudaOptions {
+        self.options
+    }
+
+    /// Waits for all queued work on the GPU.
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        self.backend.synchronize()
+    }
+
+    /// `(free, total)` bytes of the GPU.
+    pub(crate) fn mem_get_info(&self) -> Result<(usize, usize)> {
+        self.backend.mem_get_info()
+    }
+}
+
+/// Opens GPU `ordinal` (its shared backend is created on first use) for a new device handle.
+pub(crate) fn open(ordinal: usize, options: CudaOptions) -> Result<CudaHandle> {
+    let backend = Backend::get(ordinal)?;
+    backend.bind()?;
+    Ok(CudaHandle { backend, options })
+}
+
+/// The backends opened so far, and the failed attempts (an initialisation that failed once,
+/// NVRTC compile included, is not retried: every later open returns the same error at once).
+struct Opened {
+    ok: Vec<Arc<Backend>>,
+    failed: Vec<(usize, Error)>,
+}
+
+static BACKENDS: Mutex<Opened> = Mutex::new(Opened {
+    ok: Vec::new(),
+    failed: Vec::new(),
+});
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -164,20 +185,32 @@ impl Backend {
     /// The backend of GPU `ordinal`, created on first use.
     pub(crate) fn get(ordinal: usize) -> Result<Arc<Backend>> {
         let mut all = lock(&BACKENDS);
-        if let Some(b) = all.iter().find(|b| b.ordinal == ordinal) {
+        if let Some(b) = all.ok.iter().find(|b| b.ordinal == ordinal) {
             return Ok(b.clone());
         }
-        check_libraries()?;
-        // A library with a missing symbol still panics inside cudarc's loader: report it.
-        let b = std::panic::catch_unwind(|| Backend::init(ordinal)).map_err(|p| {
-            Error::Backend(format!(
-                "CUDA initialisation of GPU {ordinal} failed: {} ({HINT})",
-                panic_message(p.as_ref())
-            ))
-        })??;
-        let b = Arc::new(b);
-        all.push(b.clone());
-        Ok(b)
+        if let Some((_, e)) = all.failed.iter().find(|(o, _)| *o == ordinal) {
+            return Err(e.clone());
+        }
+        let attempt = check_libraries().and_then(|()| {
+            // A library with a missing symbol still panics inside cudarc's loader: report it.
+            std::panic::catch_unwind(|| Backend::init(ordinal)).map_err(|p| {
+                Error::Backend(format!(
+                    "CUDA initialisation of GPU {ordinal} failed: {} ({HINT})",
+                    panic_message(p.as_ref())
+                ))
+            })?
+        });
+        match attempt {
+            Ok(b) => {
+                let b = Arc::new(b);
+                all.ok.push(b.clone());
+                Ok(b)
+            }
+            Err(e) => {
+                all.failed.push((ordinal, e.clone()));
+                Err(e)
+            }
+        }
     }
 
     fn init(ordinal: usize) -> Result<Backend> {
@@ -421,14 +454,14 @@ pub(crate) fn scratch_from_host<T: DeviceRepr>(
 /// `kernels.cu`, in order and with the same types.
 macro_rules! launch {
     ($be:expr, $k:expr, $dtype:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let be: &$crate::device::cuda::Backend = $be;
+        let be: &$crate::backend::cuda::Backend = $be;
         let cfg: cudarc::driver::LaunchConfig = $cfg;
         let mut b = be.stream.launch_builder(be.kernels.get($k, $dtype));
         $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )*
         // SAFETY: the caller passes the kernel's exact argument list (see kernels.cu); buffers
         // are sized from checked shapes and every kernel bounds its indices by the sizes passed.
         let r = unsafe { b.launch(cfg) };
-        r.map(|_| ()).map_err(|e| $crate::device::cuda::driver_err(concat!("kernel launch ", stringify!($k)), e))
+        r.map(|_| ()).map_err(|e| $crate::backend::cuda::driver_err(concat!("kernel launch ", stringify!($k)), e))
     }};
 }
 pub(crate) use launch;

@@ -82,7 +82,7 @@ template <typename T> __device__ void fill_scalar_impl(T* out, const T* s, doubl
 }
 
 template <typename T> __device__ void relu_fwd_impl(T* y, const T* x, u64 n) {
-    GRID_STRIDE(i, n) { T v = x[i]; y[i] = v > (T)0 ? v : (T)0; }
+    GRID_STRIDE(i, n) { T v = x[i]; y[i] = v <= (T)0 ? (T)0 : v; }  // NaN passes, as in PyTorch
 }
 
 template <typename T> __device__ void relu_bwd_impl(T* gx, const T* g, const T* y, u64 n) {

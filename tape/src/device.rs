@@ -2,16 +2,12 @@
 //! its memory accounting. Every `Device::cpu()` call makes a new accounting domain, so tests and
 //! benchmarks measure their own bytes even when they run side by side.
 //!
-//! With the cargo feature `cuda`, `Device::cuda(ordinal)` (and `Device::cuda_with` for options)
-//! opens an NVIDIA GPU: every call is again a new accounting domain, while the CUDA context,
-//! stream, library handles and compiled kernels of one GPU are shared by all of them.
+//! `Device::cuda(ordinal)` (and `Device::cuda_with` for options) opens an NVIDIA GPU: every call
+//! is again a new accounting domain, while the CUDA context, stream, library handles and compiled
+//! kernels of one GPU are shared by all of them. A build without the cargo feature `cuda` has the
+//! same API; opening a GPU then fails with a clear error (see [`crate::backend`]).
 
-#[cfg(feature = "cuda")]
-pub(crate) mod cuda;
-
-#[cfg(feature = "cuda")]
-pub use cuda::CudaOptions;
-
+use crate::backend::cuda::{self, CudaHandle};
 use crate::error::{Error, Result};
 use crate::memory::{MemoryStats, Reservation};
 use std::fmt;
@@ -24,8 +20,31 @@ pub enum DeviceKind {
     /// Host memory and CPU kernels (`gemm` + `rayon`).
     Cpu,
     /// An NVIDIA GPU by ordinal: cuDNN, cuBLAS and NVRTC kernels (cargo feature `cuda`).
-    #[cfg(feature = "cuda")]
     Cuda(usize),
+}
+
+/// Default cap on one cuDNN convolution workspace: 64 MiB.
+pub const DEFAULT_WORKSPACE_LIMIT: usize = 64 << 20;
+
+/// Options of a CUDA device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Allow TF32 tensor-core math in cuBLAS GEMMs and cuDNN convolutions (faster, about 1e-3
+    /// relative error). Off by default: strict fp32 (cuBLAS default math, cuDNN FMA math).
+    pub tf32: bool,
+    /// Largest workspace one cuDNN convolution may use; the fastest algorithm within it is
+    /// chosen (the smallest-workspace one if none fits). Workspaces count in the device's memory
+    /// accounting while they live.
+    pub workspace_limit_bytes: usize,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            tf32: false,
+            workspace_limit_bytes: DEFAULT_WORKSPACE_LIMIT,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -33,8 +52,8 @@ struct Inner {
     kind: DeviceKind,
     serial: u64,
     memory: Arc<MemoryStats>,
-    #[cfg(feature = "cuda")]
-    cuda: Option<cuda::CudaHandle>,
+    /// The GPU's shared state and this handle's options (`None` on the CPU).
+    cuda: Option<CudaHandle>,
 }
 
 /// A device handle; cheap to clone. Two handles are the same device when they come from the same
@@ -53,32 +72,29 @@ impl Device {
             kind: DeviceKind::Cpu,
             serial,
             memory,
-            #[cfg(feature = "cuda")]
             cuda: None,
         }))
     }
 
     /// GPU `ordinal` with the default [`CudaOptions`] (strict fp32, no TF32), as a new accounting
-    /// domain. Fails with [`Error::Backend`] (never a panic) when the NVIDIA driver or a CUDA
-    /// library (cuBLAS, cuDNN, NVRTC) cannot be loaded or there is no such GPU; the message names
-    /// what is missing and how to point the loader at it.
-    #[cfg(feature = "cuda")]
+    /// domain. Fails with [`Error::Backend`] (never a panic) when the engine was built without
+    /// the cargo feature `cuda`, when the NVIDIA driver or a CUDA library (cuBLAS, cuDNN, NVRTC)
+    /// cannot be loaded, or when there is no such GPU; the message names what is missing and how
+    /// to fix it.
     pub fn cuda(ordinal: usize) -> Result<Self> {
         Self::cuda_with(ordinal, CudaOptions::default())
     }
 
     /// GPU `ordinal` with explicit options (TF32, cuDNN workspace limit).
-    #[cfg(feature = "cuda")]
     pub fn cuda_with(ordinal: usize, options: CudaOptions) -> Result<Self> {
-        let backend = cuda::Backend::get(ordinal)?;
-        backend.bind()?;
+        let handle = cuda::open(ordinal, options)?;
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         let memory = Arc::new(MemoryStats::new(format!("cuda:{ordinal}#{serial}")));
         Ok(Device(Arc::new(Inner {
             kind: DeviceKind::Cuda(ordinal),
             serial,
             memory,
-            cuda: Some(cuda::CudaHandle { backend, options }),
+            cuda: Some(handle),
         })))
     }
 
@@ -93,14 +109,13 @@ impl Device {
     }
 
     /// The options of a CUDA device (`None` on the CPU).
-    #[cfg(feature = "cuda")]
     pub fn cuda_options(&self) -> Option<CudaOptions> {
-        self.0.cuda.as_ref().map(|c| c.options)
+        self.0.cuda.as_ref().map(CudaHandle::options)
     }
 
     /// The CUDA plumbing of this device, or an error naming `op` for a CPU device.
-    #[cfg(feature = "cuda")]
-    pub(crate) fn cuda_handle(&self, op: &'static str) -> Result<&cuda::CudaHandle> {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn cuda_handle(&self, op: &'static str) -> Result<&CudaHandle> {
         self.0.cuda.as_ref().ok_or_else(|| Error::Device {
             op,
             lhs: self.to_string(),
@@ -111,22 +126,20 @@ impl Device {
     /// Waits until all work queued on the device has finished (a no-op on the CPU, where every
     /// op is synchronous). Timing a GPU step needs it; reading a tensor back synchronises too.
     pub fn synchronize(&self) -> Result<()> {
-        #[cfg(feature = "cuda")]
-        if let Some(c) = &self.0.cuda {
-            return c.backend.synchronize();
+        match &self.0.cuda {
+            Some(c) => c.synchronize(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The GPU's `(free, total)` bytes as the driver reports them (`cuMemGetInfo`), for printing
     /// beside the engine's own accounting; `None` on the CPU. The driver's numbers include the
     /// CUDA context, library workspaces and the memory pool's cached blocks.
     pub fn mem_get_info(&self) -> Result<Option<(usize, usize)>> {
-        #[cfg(feature = "cuda")]
-        if let Some(c) = &self.0.cuda {
-            return c.backend.mem_get_info().map(Some);
+        match &self.0.cuda {
+            Some(c) => c.mem_get_info().map(Some),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     /// This device's memory accounting.
@@ -168,7 +181,6 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0.kind {
             DeviceKind::Cpu => write!(f, "cpu#{}", self.0.serial),
-            #[cfg(feature = "cuda")]
             DeviceKind::Cuda(ordinal) => write!(f, "cuda:{ordinal}#{}", self.0.serial),
         }
     }

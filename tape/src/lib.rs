@@ -49,6 +49,7 @@ pub mod rng;
 mod storage;
 pub mod tape;
 pub mod tensor;
+pub mod testing;
 
 pub use device::{CudaOptions, Device, DeviceKind};
 pub use dtype::{DType, Elem};

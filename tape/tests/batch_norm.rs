@@ -425,3 +425,99 @@ fn defaults() {
     let o = BatchNormOptions::default();
     assert_eq!((o.eps, o.momentum), (1e-5, 0.1));
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops::{self, BatchNormOptions};
+    use tape::testing::*;
+    use tape::{Context, Device, Phase, Tape, Tensor};
+
+    /// Batch norm on `dev` in `ctx` from [`running_stats`]'s starting values.
+    fn bn_case(dev: &Device, x: &Tensor, ctx: Context, grad_mask: [bool; 3]) -> BnOutcome {
+        let c = x.shape()[1];
+        let dtype = x.dtype();
+        let running = running_stats(c, dtype, dev);
+        let inputs = [x.clone(), randn(&[c], dtype, 41), randn(&[c], dtype, 42)];
+        let opts = BatchNormOptions::default();
+        let f = |t: &mut Tape, xs: &[Tensor]| {
+            ops::batch_norm2d(t, &xs[0], &xs[1], &xs[2], &running, opts)
+        };
+        bn_outcome(dev, &inputs, &grad_mask, ctx, &running, &f)
+    }
+
+    #[test]
+    fn batch_norm_matches_cpu_with_running_stats() {
+        let Some(dev) = gpu() else { return };
+        let mut p = Pick::new(3);
+        let mut recompute = training();
+        recompute.phase = Phase::Recompute;
+        for case in 0..8 {
+            for dtype in DTYPES {
+                let shape = [p.int(1, 5), p.int(1, 9), p.int(2, 7), p.int(2, 7)];
+                // Per-channel offsets and scales, so the statistics are not trivial (offsets kept
+                // moderate: a float variance of values far from their mean loses digits).
+                let x = randn(&shape, dtype, case + 100);
+                let xv: Vec<f64> = x
+                    .to_f64_vec()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let ch = (i / (shape[2] * shape[3])) % shape[1];
+                        v * (0.5 + 0.3 * ch as f64) + 0.25 * ch as f64 - 1.0
+                    })
+                    .collect();
+                let x = Tensor::from_f64(&xv, &shape, dtype, &Device::cpu()).unwrap();
+                for (ctx, label) in [
+                    (training(), "train"),
+                    (recompute, "recompute"),
+                    (eval_mode(), "eval"),
+                ] {
+                    for mask in [
+                        [true; 3],
+                        [false, true, true],
+                        [false, true, false],
+                        [false, false, true],
+                        [true, false, false],
+                    ] {
+                        let a = bn_case(&Device::cpu(), &x, ctx, mask);
+                        let b = bn_case(&dev, &x, ctx, mask);
+                        let what =
+                            format!("batch_norm2d {label} {shape:?} grads {mask:?} ({dtype:?})");
+                        let t = tol(dtype);
+                        assert!(
+                            rel(&b.0, &a.0) <= t,
+                            "{what}: forward differs by {:e}",
+                            rel(&b.0, &a.0)
+                        );
+                        for (i, (g, h)) in b.1.iter().zip(&a.1).enumerate() {
+                            if let (Some(g), Some(h)) = (g, h) {
+                                assert!(
+                                    rel(g, h) <= t,
+                                    "{what}: gradient {i} differs by {:e}",
+                                    rel(g, h)
+                                );
+                            }
+                        }
+                        assert!(
+                            rel(&b.2, &a.2) <= t,
+                            "{what}: running mean differs by {:e}",
+                            rel(&b.2, &a.2)
+                        );
+                        assert!(
+                            rel(&b.3, &a.3) <= t,
+                            "{what}: running var differs by {:e}",
+                            rel(&b.3, &a.3)
+                        );
+                        assert_eq!(b.4, a.4, "{what}: batch count");
+                        if label != "train" {
+                            // Running statistics untouched outside the forward phase of training.
+                            let (m0, _) = running_start(shape[1]);
+                            assert!(rel(&b.2, &m0) <= t, "{what}: running mean changed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

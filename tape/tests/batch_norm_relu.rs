@@ -240,3 +240,264 @@ fn errors() {
     };
     assert!(ops::batch_norm_relu(&mut tape, &[&a, &a], &w, &b, &rs, bad_opts).is_err());
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops::{self, BatchNormOptions, RunningStats};
+    use tape::testing::*;
+    use tape::{Context, DType, Device, Error, Phase, Result, Tape, Tensor};
+
+    /// The fused concat -> batch norm -> ReLU (or, with `fused` false, the composition of concat,
+    /// batch norm and ReLU) on `dev` in `ctx`, from [`running_stats`]'s starting values; the
+    /// gradients are those of the inputs `grad_mask` marks (the parts, then weight and bias).
+    fn bnr_case(
+        dev: &Device,
+        parts: &[Tensor],
+        ctx: Context,
+        grad_mask: &[bool],
+        fused: bool,
+    ) -> BnOutcome {
+        let c: usize = parts.iter().map(|p| p.shape()[1]).sum();
+        let dtype = parts[0].dtype();
+        let running = running_stats(c, dtype, dev);
+        let k = parts.len();
+        let mut inputs = parts.to_vec();
+        inputs.extend([randn(&[c], dtype, 41), randn(&[c], dtype, 42)]);
+        let opts = BatchNormOptions::default();
+        let f = |t: &mut Tape, xs: &[Tensor]| -> Result<Tensor> {
+            let refs: Vec<&Tensor> = xs[..k].iter().collect();
+            if fused {
+                return ops::batch_norm_relu(t, &refs, &xs[k], &xs[k + 1], &running, opts);
+            }
+            let x = match refs[..] {
+                [x] => x.clone(),
+                _ => ops::concat(t, &refs)?,
+            };
+            let h = ops::batch_norm2d(t, &x, &xs[k], &xs[k + 1], &running, opts)?;
+            ops::relu(t, &h)
+        };
+        bn_outcome(dev, &inputs, grad_mask, ctx, &running, &f)
+    }
+
+    #[test]
+    fn batch_norm_relu_matches_cpu_and_the_gpu_composition() {
+        let Some(dev) = gpu() else { return };
+        let mut p = Pick::new(8);
+        let mut recompute = training();
+        recompute.phase = Phase::Recompute;
+        for case in 0..7u64 {
+            for dtype in DTYPES {
+                // Case 0 is DenseNet-like (a block input and several growth-rate parts); the others
+                // are random, with odd plane sizes so that the parts' slices of the output and of
+                // the parameters start at addresses that are not 16-byte aligned.
+                let (channels, n, h, w) = if case == 0 {
+                    (vec![6, 3, 3, 3, 3, 3], 3, 5, 5)
+                } else {
+                    let k = p.int(1, 4);
+                    let channels: Vec<usize> = (0..k).map(|_| p.int(1, 5)).collect();
+                    let (h, w) = (p.int(1, 6), p.int(1, 6));
+                    // At least 4 values per channel: with 2, the f32 input gradient is rounding
+                    // noise (CPU f32 and f64 differ by 2e-3 relative), whatever the GPU does.
+                    let n = p.int(4usize.div_ceil(h * w), 4);
+                    (channels, n, h, w)
+                };
+                // Per-channel offsets and scales (moderate, as in the batch-norm test), so that the
+                // statistics are not trivial and the ReLU cuts at different places per channel.
+                let mut first = 0;
+                let parts: Vec<Tensor> = channels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| {
+                        let shape = [n, c, h, w];
+                        let x = randn(&shape, dtype, case * 100 + 200 + i as u64);
+                        let xv: Vec<f64> = x
+                            .to_f64_vec()
+                            .iter()
+                            .enumerate()
+                            .map(|(j, v)| {
+                                let ch = (first + (j / (h * w)) % c) as f64;
+                                v * (0.5 + 0.1 * ch) + 0.1 * ch - 0.5
+                            })
+                            .collect();
+                        first += c;
+                        Tensor::from_f64(&xv, &shape, dtype, &Device::cpu()).unwrap()
+                    })
+                    .collect();
+                let k = parts.len();
+                let masks: Vec<Vec<bool>> = vec![
+                    vec![true; k + 2],
+                    (0..k + 2).map(|i| i >= k).collect(),
+                    (0..k + 2).map(|i| i < k).collect(),
+                    (0..k + 2)
+                        .map(|i| (i < k && i % 2 == 0) || i == k)
+                        .collect(),
+                    (0..k + 2).map(|i| i == k + 1).collect(),
+                ];
+                for (ctx, label) in [
+                    (training(), "train"),
+                    (recompute, "recompute"),
+                    (eval_mode(), "eval"),
+                ] {
+                    for mask in &masks {
+                        let what = format!(
+                        "batch_norm_relu {label} parts {channels:?} n{n} {h}x{w} grads {mask:?} \
+                         ({dtype:?})"
+                    );
+                        let cpu = bnr_case(&Device::cpu(), &parts, ctx, mask, true);
+                        let fused = bnr_case(&dev, &parts, ctx, mask, true);
+                        let composed = bnr_case(&dev, &parts, ctx, mask, false);
+                        let t = tol(dtype);
+                        assert_bn_close(&format!("{what} GPU vs CPU"), &fused, &cpu, t);
+                        assert_bn_close(
+                            &format!("{what} GPU vs composition"),
+                            &fused,
+                            &composed,
+                            t,
+                        );
+                        let expected_count = u64::from(label == "train");
+                        assert_eq!(fused.4, expected_count, "{what}: batch count");
+                        if label != "train" {
+                            // Running statistics untouched outside the forward phase of training.
+                            let (m0, v0) = running_start(channels.iter().sum());
+                            assert!(rel(&fused.2, &m0) <= t, "{what}: running mean changed");
+                            assert!(rel(&fused.3, &v0) <= t, "{what}: running var changed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_norm_relu_forward_keeps_only_its_output_and_statistics_on_gpu() {
+        let Some(dev) = gpu() else { return };
+        for dtype in DTYPES {
+            let size = dtype.size_in_bytes();
+            let channels = [8usize, 4, 4, 4];
+            let (n, h, w) = (4, 8, 8);
+            let c: usize = channels.iter().sum();
+            let parts: Vec<Tensor> = channels
+                .iter()
+                .enumerate()
+                .map(|(i, &ci)| {
+                    Tensor::randn(&[n, ci, h, w], dtype, &dev, i as u64)
+                        .unwrap()
+                        .with_requires_grad(true)
+                })
+                .collect();
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            let weight = Tensor::rand_uniform(&[c], 0.5, 1.5, dtype, &dev, 10)
+                .unwrap()
+                .with_requires_grad(true);
+            let bias = Tensor::randn(&[c], dtype, &dev, 11)
+                .unwrap()
+                .with_requires_grad(true);
+            let running = RunningStats::new(c, dtype, &dev).unwrap();
+            let opts = BatchNormOptions::default();
+            let out_bytes = n * c * h * w * size;
+            let stat_bytes = c * size;
+            let largest_part = n * 8 * h * w * size;
+            let base = dev.memory().current();
+
+            // Training, recorded: the output plus the saved per-channel mean and invstd.
+            dev.memory().reset_peak();
+            let mut tape = Tape::recording();
+            let y = ops::batch_norm_relu(&mut tape, &refs, &weight, &bias, &running, opts).unwrap();
+            let fused = dev.memory().current() - base;
+            assert_eq!(
+                fused,
+                out_bytes + 2 * stat_bytes,
+                "{dtype:?}: fused forward"
+            );
+            // Nothing else, even transiently (beyond one part-sized buffer, should cuDNN reject
+            // strided outputs and the op take its scratch path).
+            let peak = dev.memory().peak() - base;
+            assert!(
+                peak <= fused + largest_part,
+                "{dtype:?}: fused forward peaked at {peak} bytes"
+            );
+            drop(y);
+            assert_eq!(
+                dev.memory().current() - base,
+                fused,
+                "{dtype:?}: backward keeps the output (ReLU mask) and the statistics"
+            );
+            // Backward runs, and everything it allocates goes with the tape and the gradients.
+            let y = ops::batch_norm_relu(&mut tape, &refs, &weight, &bias, &running, opts).unwrap();
+            let loss = ops::sum(&mut tape, &y).unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            assert!(refs.iter().all(|p| grads.get(p).is_some()));
+            assert!(grads.get(&weight).is_some() && grads.get(&bias).is_some());
+            drop((y, loss, grads));
+            assert_eq!(dev.memory().current(), base, "{dtype:?}: all released");
+            assert_eq!(running.num_batches_tracked(), 2);
+
+            // The composition keeps the concatenation as well as the output.
+            let mut tape = Tape::recording();
+            let x = ops::concat(&mut tape, &refs).unwrap();
+            let pre = ops::batch_norm2d(&mut tape, &x, &weight, &bias, &running, opts).unwrap();
+            let y = ops::relu(&mut tape, &pre).unwrap();
+            drop((x, pre, y));
+            let composed = dev.memory().current() - base;
+            assert!(
+                composed >= 2 * out_bytes && fused < composed,
+                "{dtype:?}: fused {fused} bytes, composition {composed}"
+            );
+            drop(tape);
+            assert_eq!(dev.memory().current(), base);
+
+            // Eval: the output plus invstd (the saved mean is the running mean's buffer).
+            let mut tape = Tape::recording().training(false);
+            let y = ops::batch_norm_relu(&mut tape, &refs, &weight, &bias, &running, opts).unwrap();
+            assert_eq!(
+                dev.memory().current() - base,
+                out_bytes + stat_bytes,
+                "{dtype:?}: eval forward"
+            );
+            drop((y, tape));
+            // Not recording: the output alone (the running statistics update in place).
+            let mut tape = Tape::with_context(false, training());
+            let y = ops::batch_norm_relu(&mut tape, &refs, &weight, &bias, &running, opts).unwrap();
+            assert_eq!(
+                dev.memory().current() - base,
+                out_bytes,
+                "{dtype:?}: unrecorded forward"
+            );
+            drop(y);
+            assert_eq!(dev.memory().current(), base);
+            assert_eq!(running.num_batches_tracked(), 4);
+        }
+    }
+
+    #[test]
+    fn batch_norm_relu_errors_on_gpu() {
+        let Some(dev) = gpu() else { return };
+        let a = Tensor::zeros(&[2, 2, 3, 3], DType::F32, &dev).unwrap();
+        let (w, b) = (
+            Tensor::ones(&[4], DType::F32, &dev).unwrap(),
+            Tensor::zeros(&[4], DType::F32, &dev).unwrap(),
+        );
+        let opts = BatchNormOptions::default();
+        // Running statistics in another dtype: a typed error (cuDNN takes them in the data's type).
+        let rs64 = RunningStats::new(4, DType::F64, &dev).unwrap();
+        assert!(matches!(
+            ops::batch_norm_relu(&mut Tape::recording(), &[&a, &a], &w, &b, &rs64, opts),
+            Err(Error::DType { .. })
+        ));
+        // Training needs more than one value per channel.
+        let rs = RunningStats::new(4, DType::F32, &dev).unwrap();
+        let one = Tensor::zeros(&[1, 2, 1, 1], DType::F32, &dev).unwrap();
+        assert!(matches!(
+            ops::batch_norm_relu(&mut Tape::recording(), &[&one, &one], &w, &b, &rs, opts),
+            Err(Error::InvalidArgument { .. })
+        ));
+        // Running statistics on the CPU.
+        let rs_cpu = RunningStats::new(4, DType::F32, &Device::cpu()).unwrap();
+        assert!(matches!(
+            ops::batch_norm_relu(&mut Tape::recording(), &[&a, &a], &w, &b, &rs_cpu, opts),
+            Err(Error::Device { .. })
+        ));
+        assert_eq!(rs.num_batches_tracked(), 0);
+    }
+}

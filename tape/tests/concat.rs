@@ -139,3 +139,38 @@ fn errors() {
     ));
     assert_eq!(cat(&[&t(&[2, 0]), &t(&[2, 2])]).unwrap().shape(), &[2, 2]);
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops;
+    use tape::testing::*;
+    use tape::Tensor;
+
+    #[test]
+    fn concat_matches_cpu_including_more_than_32_parts() {
+        let Some(dev) = gpu() else { return };
+        let mut p = Pick::new(5);
+        for case in 0..6 {
+            for dtype in DTYPES {
+                let parts = if case == 0 { 41 } else { p.int(1, 6) };
+                let (n, h, w) = (p.int(1, 4), p.int(1, 5), p.int(1, 5));
+                let inputs: Vec<Tensor> = (0..parts)
+                    .map(|i| randn(&[n, p.int(1, 4), h, w], dtype, case * 100 + i as u64))
+                    .collect();
+                let mask: Vec<bool> = (0..parts).map(|i| i % 3 != 1).collect();
+                compare(
+                    &dev,
+                    &format!("concat of {parts}"),
+                    &inputs,
+                    &mask,
+                    training(),
+                    &|t, x| {
+                        let refs: Vec<&Tensor> = x.iter().collect();
+                        ops::concat(t, &refs)
+                    },
+                );
+            }
+        }
+    }
+}

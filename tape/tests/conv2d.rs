@@ -449,3 +449,78 @@ fn backward_saves_only_what_it_needs() {
     let (held, _) = held_after_forward(true, true, false);
     assert_eq!(held, yb, "a tape that does not record keeps nothing");
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops::{self, Conv2dOptions};
+    use tape::testing::*;
+    use tape::{CudaOptions, DType, Device, Tape, Tensor};
+
+    #[test]
+    fn conv2d_matches_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut p = Pick::new(1);
+        for case in 0..12 {
+            for dtype in DTYPES {
+                let k = [1, 3, 5, 7][p.int(0, 3)];
+                let stride = p.int(1, 2);
+                let padding = p.int(0, k / 2);
+                let (n, cin, cout) = (p.int(1, 4), p.int(1, 9), p.int(1, 9));
+                let h = p.int(k.saturating_sub(2 * padding).max(1), 12);
+                let w = p.int(k.saturating_sub(2 * padding).max(1), 12);
+                let bias = p.bool();
+                let mut inputs = vec![
+                    randn(&[n, cin, h, w], dtype, case * 10 + 1),
+                    randn(&[cout, cin, k, k], dtype, case * 10 + 2),
+                ];
+                if bias {
+                    inputs.push(randn(&[cout], dtype, case * 10 + 3));
+                }
+                let opts = Conv2dOptions { stride, padding };
+                let mask = vec![true; inputs.len()];
+                let f =
+                    move |t: &mut Tape, x: &[Tensor]| ops::conv2d(t, &x[0], &x[1], x.get(2), opts);
+                let what = format!(
+                    "conv2d x{:?} k{k} s{stride} p{padding} cout{cout} bias{bias}",
+                    [n, cin, h, w]
+                );
+                compare(&dev, &what, &inputs, &mask, training(), &f);
+                // Only the weight wants a gradient (grad input skipped), then only the input.
+                let mut only_w = vec![false; inputs.len()];
+                only_w[1] = true;
+                compare(&dev, &what, &inputs, &only_w, training(), &f);
+                let mut only_x = vec![false; inputs.len()];
+                only_x[0] = true;
+                compare(&dev, &what, &inputs, &only_x, training(), &f);
+            }
+        }
+    }
+
+    #[test]
+    fn conv2d_tf32_runs_close() {
+        let Some(dev) = gpu_with(CudaOptions {
+            tf32: true,
+            ..CudaOptions::default()
+        }) else {
+            return;
+        };
+        let x = randn(&[4, 16, 12, 12], DType::F32, 1);
+        let w = randn(&[8, 16, 3, 3], DType::F32, 2);
+        let opts = Conv2dOptions {
+            stride: 1,
+            padding: 1,
+        };
+        let f = |t: &mut Tape, x: &[Tensor]| ops::conv2d(t, &x[0], &x[1], None, opts);
+        let (a, _) = eval(
+            &Device::cpu(),
+            &[x.clone(), w.clone()],
+            &[true, true],
+            training(),
+            &f,
+        );
+        let (b, _) = eval(&dev, &[x, w], &[true, true], training(), &f);
+        let e = rel(&b, &a);
+        assert!(e <= 2e-2, "TF32 conv differs by {e:e}");
+    }
+}

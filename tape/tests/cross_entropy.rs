@@ -149,3 +149,32 @@ fn errors() {
         Err(Error::InvalidArgument { .. })
     ));
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops;
+    use tape::testing::*;
+
+    #[test]
+    fn cross_entropy_matches_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut p = Pick::new(6);
+        for case in 0..6 {
+            for dtype in DTYPES {
+                let (n, classes) = (p.int(1, 9), if case == 0 { 1000 } else { p.int(1, 12) });
+                let logits = randn(&[n, classes], dtype, case + 7);
+                let labels: Vec<usize> =
+                    (0..n).map(|i| (i * 7 + case as usize) % classes).collect();
+                compare(
+                    &dev,
+                    &format!("cross_entropy {n}x{classes}"),
+                    &[logits],
+                    &[true],
+                    training(),
+                    &move |t, x| ops::cross_entropy(t, &x[0], &labels),
+                );
+            }
+        }
+    }
+}

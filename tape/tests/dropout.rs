@@ -171,3 +171,36 @@ fn p_outside_unit_interval_is_invalid() {
         }
     }
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops;
+    use tape::testing::*;
+    use tape::{Device, Tape, Tensor};
+
+    #[test]
+    fn dropout_masks_are_identical() {
+        let Some(dev) = gpu() else { return };
+        for dtype in DTYPES {
+            for (p, seed) in [(0.2, 1u64), (0.5, 99), (0.9, 12345)] {
+                let ones = Tensor::ones(&[3, 5, 7, 11], dtype, &Device::cpu()).unwrap();
+                let run = |d: &Device| {
+                    let mut tape = Tape::recording().with_seed(seed);
+                    tape.next_random_stream(); // a non-zero counter
+                    let x = ones.to_device(d).unwrap();
+                    ops::dropout(&mut tape, &x, p)
+                        .unwrap()
+                        .try_to_f64_vec()
+                        .unwrap()
+                };
+                let (a, b) = (run(&Device::cpu()), run(&dev));
+                assert_eq!(a, b, "dropout mask p={p} seed={seed} {dtype:?}");
+            }
+            let x = randn(&[4, 6, 5], dtype, 3);
+            compare(&dev, "dropout", &[x], &[true], training(), &|t, x| {
+                ops::dropout(t, &x[0], 0.3)
+            });
+        }
+    }
+}

@@ -124,3 +124,40 @@ fn error_paths() {
         Err(Error::Device { .. })
     ));
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops;
+    use tape::testing::*;
+    use tape::{Tape, Tensor};
+
+    #[test]
+    fn linear_matches_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut p = Pick::new(2);
+        for case in 0..10 {
+            for dtype in DTYPES {
+                let (n, i, o) = (p.int(1, 17), p.int(1, 40), p.int(1, 23));
+                let bias = p.bool();
+                let mut inputs = vec![
+                    randn(&[n, i], dtype, case * 10 + 1),
+                    randn(&[o, i], dtype, case * 10 + 2),
+                ];
+                if bias {
+                    inputs.push(randn(&[o], dtype, case * 10 + 3));
+                }
+                let mask = vec![true; inputs.len()];
+                let f = |t: &mut Tape, x: &[Tensor]| ops::linear(t, &x[0], &x[1], x.get(2));
+                compare(
+                    &dev,
+                    &format!("linear {n}x{i}->{o} bias{bias}"),
+                    &inputs,
+                    &mask,
+                    training(),
+                    &f,
+                );
+            }
+        }
+    }
+}

@@ -410,3 +410,91 @@ fn optimizer_state_round_trips_by_parameter_name() {
         assert!(make().load_state_dict(&[&b], &bad).is_err());
     }
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops;
+    use tape::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
+    use tape::testing::*;
+    use tape::{DType, Device, Parameter, Tape};
+
+    /// Three optimizer steps on the CPU and on the GPU from the same parameters and gradients.
+    fn optimizer_case(
+        dev: &Device,
+        dtype: DType,
+        make: &dyn Fn() -> Box<dyn Optimizer>,
+    ) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let mut p = Parameter::new("p", randn(&[5, 7], dtype, 1).to_device(dev).unwrap());
+        let mut opt = make();
+        for step in 0..3u64 {
+            let g = randn(&[5, 7], dtype, 10 + step).to_device(dev).unwrap();
+            let mut tape = Tape::recording();
+            let y = ops::mul(&mut tape, p.tensor(), &g).unwrap();
+            let loss = ops::sum(&mut tape, &y).unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            opt.step(&mut [&mut p], &grads).unwrap();
+        }
+        let state = opt
+            .state_dict(&[&p])
+            .into_iter()
+            .map(|(_, t)| t.try_to_f64_vec().unwrap())
+            .collect();
+        (p.tensor().try_to_f64_vec().unwrap(), state)
+    }
+
+    #[test]
+    fn sgd_and_adam_match_cpu() {
+        let Some(dev) = gpu() else { return };
+        let sgds = [
+            SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 1e-4,
+                ..SgdConfig::default()
+            },
+            SgdConfig {
+                lr: 0.05,
+                momentum: 0.5,
+                dampening: 0.1,
+                ..SgdConfig::default()
+            },
+            SgdConfig {
+                lr: 0.2,
+                ..SgdConfig::default()
+            },
+        ];
+        for dtype in DTYPES {
+            // The updates are the CPU's f64 arithmetic, rounded once: equal up to the last bit.
+            let t = match dtype {
+                DType::F32 => 1e-6,
+                DType::F64 => 1e-12,
+            };
+            for cfg in sgds {
+                let make = move || Box::new(Sgd::new(cfg).unwrap()) as Box<dyn Optimizer>;
+                let (pa, sa) = optimizer_case(&Device::cpu(), dtype, &make);
+                let (pb, sb) = optimizer_case(&dev, dtype, &make);
+                assert!(
+                    rel(&pb, &pa) <= t,
+                    "SGD {cfg:?} {dtype:?}: {:e}",
+                    rel(&pb, &pa)
+                );
+                for (x, y) in sb.iter().zip(&sa) {
+                    assert!(rel(x, y) <= t, "SGD state {cfg:?} {dtype:?}");
+                }
+            }
+            let cfg = AdamConfig {
+                weight_decay: 1e-2,
+                ..AdamConfig::default()
+            };
+            let make = move || Box::new(Adam::new(cfg).unwrap()) as Box<dyn Optimizer>;
+            let (pa, sa) = optimizer_case(&Device::cpu(), dtype, &make);
+            let (pb, sb) = optimizer_case(&dev, dtype, &make);
+            assert!(rel(&pb, &pa) <= t, "Adam {dtype:?}: {:e}", rel(&pb, &pa));
+            for (x, y) in sb.iter().zip(&sa) {
+                assert!(rel(x, y) <= t, "Adam state {dtype:?}");
+            }
+        }
+    }
+}

@@ -222,3 +222,64 @@ fn error_paths() {
         })
     ));
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops;
+    use tape::testing::*;
+    use tape::DType;
+
+    #[test]
+    fn pooling_matches_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut p = Pick::new(7);
+        for case in 0..8 {
+            for dtype in DTYPES {
+                let kernel = p.int(1, 3);
+                let stride = p.int(1, 2);
+                let padding = p.int(0, kernel / 2);
+                let shape = [p.int(1, 3), p.int(1, 4), p.int(kernel, 9), p.int(kernel, 9)];
+                let x = randn(&shape, dtype, case + 11);
+                let what = format!("pool {shape:?} k{kernel} s{stride} p{padding}");
+                compare(
+                    &dev,
+                    &format!("avg_{what}"),
+                    std::slice::from_ref(&x),
+                    &[true],
+                    training(),
+                    &move |t, x| ops::avg_pool2d(t, &x[0], kernel, stride, padding),
+                );
+                compare(
+                    &dev,
+                    &format!("max_{what}"),
+                    std::slice::from_ref(&x),
+                    &[true],
+                    training(),
+                    &move |t, x| ops::max_pool2d(t, &x[0], kernel, stride, padding),
+                );
+                compare(
+                    &dev,
+                    "global_avg_pool",
+                    &[x],
+                    &[true],
+                    training(),
+                    &|t, x| ops::global_avg_pool(t, &x[0]),
+                );
+            }
+        }
+        // DenseNet's shapes: 2x2/2 average (transitions), 3x3/2 pad 1 max (ImageNet stem).
+        let x = randn(&[2, 8, 16, 16], DType::F32, 5);
+        compare(
+            &dev,
+            "avg 2x2/2",
+            std::slice::from_ref(&x),
+            &[true],
+            training(),
+            &|t, x| ops::avg_pool2d(t, &x[0], 2, 2, 0),
+        );
+        compare(&dev, "max 3x3/2 p1", &[x], &[true], training(), &|t, x| {
+            ops::max_pool2d(t, &x[0], 3, 2, 1)
+        });
+    }
+}

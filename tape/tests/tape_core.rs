@@ -332,3 +332,249 @@ fn relu_propagates_nan() {
         assert_eq!(g, vec![0.0, 0.0, 1.0, 0.0]);
     }
 }
+
+/// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
+/// instead under `TAPE_EXPECT_GPU=1`.
+mod on_gpu {
+    use tape::ops::{self, BatchNormOptions, Conv2dOptions, RunningStats};
+    use tape::testing::*;
+    use tape::{DType, Device, Error, Result, Tape, Tensor};
+
+    #[test]
+    fn elementwise_reduce_reshape_match_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut p = Pick::new(4);
+        for case in 0..6 {
+            for dtype in DTYPES {
+                let shape = [p.int(1, 6), p.int(1, 7), p.int(1, 9)];
+                let a = randn(&shape, dtype, case * 10 + 1);
+                let b = randn(&shape, dtype, case * 10 + 2);
+                let two = [a.clone(), b.clone()];
+                let m = [true, true];
+                compare(
+                    &dev,
+                    "relu",
+                    std::slice::from_ref(&a),
+                    &[true],
+                    training(),
+                    &|t, x| ops::relu(t, &x[0]),
+                );
+                compare(&dev, "add", &two, &m, training(), &|t, x| {
+                    ops::add(t, &x[0], &x[1])
+                });
+                compare(&dev, "mul", &two, &m, training(), &|t, x| {
+                    ops::mul(t, &x[0], &x[1])
+                });
+                compare(
+                    &dev,
+                    "scale",
+                    std::slice::from_ref(&a),
+                    &[true],
+                    training(),
+                    &|t, x| ops::scale(t, &x[0], -1.75),
+                );
+                compare(
+                    &dev,
+                    "sum",
+                    std::slice::from_ref(&a),
+                    &[true],
+                    training(),
+                    &|t, x| ops::sum(t, &x[0]),
+                );
+                compare(
+                    &dev,
+                    "mean",
+                    std::slice::from_ref(&a),
+                    &[true],
+                    training(),
+                    &|t, x| ops::mean(t, &x[0]),
+                );
+                let n = a.numel();
+                compare(
+                    &dev,
+                    "reshape",
+                    std::slice::from_ref(&a),
+                    &[true],
+                    training(),
+                    &|t, x| {
+                        let y = ops::reshape(t, &x[0], &[n])?;
+                        ops::relu(t, &y)
+                    },
+                );
+                // The same buffer used twice: gradients accumulate (add_assign on the device).
+                compare(
+                    &dev,
+                    "x*x+x",
+                    std::slice::from_ref(&a),
+                    &[true],
+                    training(),
+                    &|t, x| {
+                        let y = ops::mul(t, &x[0], &x[0])?;
+                        ops::add(t, &y, &x[0])
+                    },
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reshape_shares_the_buffer() {
+        let Some(dev) = gpu() else { return };
+        let x = Tensor::randn(&[4, 6], DType::F32, &dev, 1).unwrap();
+        let before = dev.memory().current();
+        let y = ops::reshape(&mut Tape::no_grad(), &x, &[24]).unwrap();
+        assert!(y.shares_buffer(&x));
+        assert_eq!(
+            dev.memory().current(),
+            before,
+            "a reshape allocates nothing"
+        );
+    }
+
+    #[test]
+    fn memory_accounting_counts_gpu_buffers_and_workspaces() {
+        let Some(dev) = gpu() else { return };
+        assert_eq!(dev.memory().current(), 0);
+        let x = Tensor::zeros(&[8, 16, 32, 32], DType::F32, &dev).unwrap();
+        assert_eq!(dev.memory().current(), 8 * 16 * 32 * 32 * 4);
+        let y = Tensor::ones(&[100], DType::F64, &dev).unwrap();
+        assert_eq!(dev.memory().current(), 8 * 16 * 32 * 32 * 4 + 800);
+        drop(y);
+        assert_eq!(dev.memory().current(), 8 * 16 * 32 * 32 * 4);
+        // A convolution: output plus, while it runs, its cuDNN workspace (if the algorithm has one).
+        dev.memory().reset_peak();
+        let w = Tensor::randn(&[16, 16, 3, 3], DType::F32, &dev, 1).unwrap();
+        let base = dev.memory().current();
+        let out = ops::conv2d(
+            &mut Tape::no_grad(),
+            &x,
+            &w,
+            None,
+            Conv2dOptions {
+                stride: 1,
+                padding: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(dev.memory().current(), base + out.size_in_bytes());
+        assert!(dev.memory().peak() >= base + out.size_in_bytes());
+        drop((x, w, out));
+        assert_eq!(dev.memory().current(), 0, "every GPU buffer is released");
+        // The driver's view is available beside the engine's.
+        let (free, total) = dev
+            .mem_get_info()
+            .unwrap()
+            .expect("a CUDA device reports cuMemGetInfo");
+        assert!(free <= total && total > 0);
+        // A limit makes allocations fail with the typed error, as on the CPU.
+        dev.memory().set_limit(Some(1000));
+        match Tensor::zeros(&[1000], DType::F32, &dev) {
+            Err(Error::OutOfMemory { requested, .. }) => assert_eq!(requested, 4000),
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        dev.memory().set_limit(None);
+    }
+
+    #[test]
+    fn gpu_tensors_copy_and_refuse_host_access() {
+        let Some(dev) = gpu() else { return };
+        let host = randn(&[3, 4], DType::F32, 9);
+        let x = host.to_device(&dev).unwrap();
+        assert_ne!(x.id(), host.id(), "to_device makes a new leaf");
+        assert_eq!(x.to_vec::<f32>().unwrap(), host.to_vec::<f32>().unwrap());
+        assert_eq!(x.to_f64_vec(), host.to_f64_vec());
+        assert!(matches!(
+            x.as_slice::<f32>(),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(matches!(x.to_vec::<f64>(), Err(Error::DType { .. })));
+        let back = x.to_device(&Device::cpu()).unwrap();
+        assert_eq!(
+            back.as_slice::<f32>().unwrap(),
+            host.as_slice::<f32>().unwrap()
+        );
+        // Mixing devices is a typed error, not a crash.
+        let mut tape = Tape::no_grad();
+        assert!(matches!(
+            ops::add(&mut tape, &x, &host),
+            Err(Error::Device { .. })
+        ));
+        // f64 round trip and scalar reads.
+        let s = Tensor::full(&[1], 2.5, DType::F64, &dev).unwrap();
+        assert_eq!(s.scalar().unwrap(), 2.5);
+        assert_eq!(
+            x.to_dtype(DType::F64).unwrap().to_f64_vec(),
+            host.to_f64_vec()
+        );
+    }
+
+    #[test]
+    fn a_conv_bn_relu_pool_linear_chain_matches_cpu() {
+        let Some(dev) = gpu() else { return };
+        for dtype in DTYPES {
+            let running_c = RunningStats::new(6, dtype, &Device::cpu()).unwrap();
+            let running_g = RunningStats::new(6, dtype, &dev).unwrap();
+            let inputs = [
+                randn(&[4, 3, 10, 10], dtype, 1),
+                randn(&[6, 3, 3, 3], dtype, 2),
+                Tensor::ones(&[6], dtype, &Device::cpu()).unwrap(),
+                Tensor::zeros(&[6], dtype, &Device::cpu()).unwrap(),
+                randn(&[5, 6], dtype, 3),
+                randn(&[5], dtype, 4),
+            ];
+            fn chain(
+                running: &RunningStats,
+            ) -> impl Fn(&mut Tape, &[Tensor]) -> Result<Tensor> + '_ {
+                move |t: &mut Tape, x: &[Tensor]| -> Result<Tensor> {
+                    let y = ops::conv2d(
+                        t,
+                        &x[0],
+                        &x[1],
+                        None,
+                        Conv2dOptions {
+                            stride: 1,
+                            padding: 1,
+                        },
+                    )?;
+                    let y = ops::batch_norm2d(
+                        t,
+                        &y,
+                        &x[2],
+                        &x[3],
+                        running,
+                        BatchNormOptions::default(),
+                    )?;
+                    let y = ops::relu(t, &y)?;
+                    let y = ops::avg_pool2d(t, &y, 2, 2, 0)?;
+                    let y = ops::global_avg_pool(t, &y)?;
+                    let logits = ops::linear(t, &y, &x[4], Some(&x[5]))?;
+                    ops::cross_entropy(t, &logits, &[0, 1, 2, 3])
+                }
+            }
+            let mask = [true; 6];
+            let (a, ga) = eval(
+                &Device::cpu(),
+                &inputs,
+                &mask,
+                training(),
+                &chain(&running_c),
+            );
+            let (b, gb) = eval(&dev, &inputs, &mask, training(), &chain(&running_g));
+            let t = tol(dtype);
+            assert!(rel(&b, &a) <= t, "chain loss {dtype:?}");
+            for (i, (x, y)) in gb.iter().zip(&ga).enumerate() {
+                let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+                assert!(
+                    rel(x, y) <= t,
+                    "chain gradient {i} {dtype:?}: {:e}",
+                    rel(x, y)
+                );
+            }
+            let (mc, mg) = (
+                running_c.mean().to_f64_vec(),
+                running_g.mean().try_to_f64_vec().unwrap(),
+            );
+            assert!(rel(&mg, &mc) <= t, "chain running mean {dtype:?}");
+        }
+    }
+}

@@ -625,12 +625,8 @@ mod tests {
     /// path's output and running statistics; skipped without a usable GPU.
     #[test]
     fn scratch_path_matches_strided_path() {
-        let dev = match Device::cuda(0) {
-            Ok(d) => d,
-            Err(e) => {
-                println!("skipping: no usable CUDA GPU: {e}");
-                return;
-            }
+        let Some(dev) = crate::testing::gpu() else {
+            return;
         };
         for dtype in [DType::F32, DType::F64] {
             for training in [true, false] {

@@ -1,0 +1,230 @@
+//! Helpers for tests that run an op on every device: the CPU always, and GPU 0 when one is
+//! present, compared against the CPU (the reference). Used by the engine's own tests and by
+//! crates built on it.
+//!
+//! Without a usable GPU (no NVIDIA driver, no CUDA libraries, or a build without the cargo
+//! feature `cuda`), [`gpu`] prints why and returns `None`, and the test skips its GPU half. With
+//! the environment variable [`EXPECT_GPU_ENV`] set to `1`, it panics instead, so that a broken GPU
+//! set-up can never pass as "skipped".
+
+use crate::ops::{self, RunningStats};
+use crate::{Context, CudaOptions, DType, Device, Result, Tape, Tensor};
+
+/// Set to `1` to make a missing GPU fail the tests that want one instead of skipping them.
+pub const EXPECT_GPU_ENV: &str = "TAPE_EXPECT_GPU";
+
+/// Both float dtypes, in the order tests try them.
+pub const DTYPES: [DType; 2] = [DType::F32, DType::F64];
+
+/// GPU 0 with default options, or `None` (after printing why) when there is none; panics under
+/// [`EXPECT_GPU_ENV`]`=1`.
+pub fn gpu() -> Option<Device> {
+    gpu_with(CudaOptions::default())
+}
+
+/// GPU 0 with `options`; see [`gpu`].
+pub fn gpu_with(options: CudaOptions) -> Option<Device> {
+    match Device::cuda_with(0, options) {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var(EXPECT_GPU_ENV).is_ok_and(|v| v == "1") => {
+            panic!("{EXPECT_GPU_ENV}=1 but no usable CUDA GPU: {e}")
+        }
+        Err(e) => {
+            println!("skipping the GPU half (no usable CUDA GPU): {e}");
+            None
+        }
+    }
+}
+
+/// A small deterministic generator of test sizes.
+pub struct Pick(u64, u64);
+
+impl Pick {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Pick(seed, 0)
+    }
+
+    /// A value in `lo..=hi`.
+    pub fn int(&mut self, lo: usize, hi: usize) -> usize {
+        self.1 += 1;
+        let u = crate::rng::uniform(self.0, 99, self.1);
+        lo + ((hi - lo + 1) as f64 * u) as usize
+    }
+
+    /// A fair coin.
+    pub fn bool(&mut self) -> bool {
+        self.int(0, 1) == 1
+    }
+}
+
+/// `max |a - b| / max |b|`: the error relative to the reference's largest value (0 for two
+/// empty vectors). Panics if the lengths differ.
+pub fn rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// The GPU-vs-CPU tolerance of a dtype (relative to the largest reference value): `1e-4` for
+/// `f32` (different summation orders), `1e-10` for `f64`.
+pub fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-4,
+        DType::F64 => 1e-10,
+    }
+}
+
+/// Standard normal values on the CPU.
+pub fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
+    Tensor::randn(shape, dtype, &Device::cpu(), seed).expect("randn on the CPU")
+}
+
+/// A training context with a fixed dropout seed.
+pub fn training() -> Context {
+    Tape::recording().with_seed(7).context()
+}
+
+/// An eval-mode context.
+pub fn eval_mode() -> Context {
+    Tape::recording().training(false).context()
+}
+
+/// An op under test: inputs in, one output.
+pub type OpFn<'f> = dyn Fn(&mut Tape, &[Tensor]) -> Result<Tensor> + 'f;
+
+/// The output of `f` and the gradient of `sum(f(x) * R)` (a fixed random projection `R`) with
+/// respect to each input that `grad_mask` marks, on `dev` (inputs copied there).
+pub fn eval(
+    dev: &Device,
+    inputs: &[Tensor],
+    grad_mask: &[bool],
+    ctx: Context,
+    f: &OpFn<'_>,
+) -> (Vec<f64>, Vec<Option<Vec<f64>>>) {
+    let xs: Vec<Tensor> = inputs
+        .iter()
+        .zip(grad_mask)
+        .map(|(t, &g)| {
+            t.to_device(dev)
+                .expect("copy to the device")
+                .with_requires_grad(g)
+        })
+        .collect();
+    let mut tape = Tape::with_context(true, ctx);
+    let out = f(&mut tape, &xs).expect("the op under test");
+    let proj = randn(out.shape(), out.dtype(), 0x5eed)
+        .to_device(dev)
+        .expect("copy to the device");
+    let weighted = ops::mul(&mut tape, &out, &proj).expect("mul");
+    let loss = ops::sum(&mut tape, &weighted).expect("sum");
+    let grads = tape.backward(&loss).expect("backward");
+    let gs = xs
+        .iter()
+        .zip(grad_mask)
+        .map(|(x, &g)| {
+            g.then(|| {
+                grads
+                    .get(x)
+                    .map(|t| t.try_to_f64_vec().expect("gradient readback"))
+                    .unwrap_or_else(|| vec![0.0; x.numel()])
+            })
+        })
+        .collect();
+    (out.try_to_f64_vec().expect("output readback"), gs)
+}
+
+/// Runs `f` on the CPU and on `gpu` and asserts that outputs and input gradients agree within
+/// [`tol`] of the inputs' dtype.
+pub fn compare(
+    gpu: &Device,
+    what: &str,
+    inputs: &[Tensor],
+    grad_mask: &[bool],
+    ctx: Context,
+    f: &OpFn<'_>,
+) {
+    let dtype = inputs[0].dtype();
+    let (out_c, g_c) = eval(&Device::cpu(), inputs, grad_mask, ctx, f);
+    let (out_g, g_g) = eval(gpu, inputs, grad_mask, ctx, f);
+    let t = tol(dtype);
+    let e = rel(&out_g, &out_c);
+    assert!(e <= t, "{what} ({dtype:?}): forward differs by {e:e}");
+    for (i, (a, b)) in g_g.iter().zip(&g_c).enumerate() {
+        if let (Some(a), Some(b)) = (a, b) {
+            let e = rel(a, b);
+            assert!(
+                e <= t,
+                "{what} ({dtype:?}): gradient of input {i} differs by {e:e}"
+            );
+        }
+    }
+}
+
+/// What a batch-norm step gives: output, input gradients, running mean, running var, batch
+/// count.
+pub type BnOutcome = (Vec<f64>, Vec<Option<Vec<f64>>>, Vec<f64>, Vec<f64>, u64);
+
+/// Running statistics of `c` channels on `dev` with non-trivial starting values: mean
+/// `0.1 * i`, variance `1 + 0.2 * i` for channel `i`.
+pub fn running_stats(c: usize, dtype: DType, dev: &Device) -> RunningStats {
+    let running = RunningStats::new(c, dtype, dev).expect("running statistics");
+    let (m0, v0) = running_start(c);
+    running
+        .set(
+            &Tensor::from_f64(&m0, &[c], dtype, &Device::cpu()).expect("mean"),
+            &Tensor::from_f64(&v0, &[c], dtype, &Device::cpu()).expect("var"),
+        )
+        .expect("set running statistics");
+    running
+}
+
+/// The starting mean and variance of [`running_stats`].
+pub fn running_start(c: usize) -> (Vec<f64>, Vec<f64>) {
+    (
+        (0..c).map(|i| 0.1 * i as f64).collect(),
+        (0..c).map(|i| 1.0 + 0.2 * i as f64).collect(),
+    )
+}
+
+/// The outcome of `f` (a batch norm over `running`) on `dev`, with the running statistics after.
+pub fn bn_outcome(
+    dev: &Device,
+    inputs: &[Tensor],
+    grad_mask: &[bool],
+    ctx: Context,
+    running: &RunningStats,
+    f: &OpFn<'_>,
+) -> BnOutcome {
+    let (out, grads) = eval(dev, inputs, grad_mask, ctx, f);
+    (
+        out,
+        grads,
+        running.mean().try_to_f64_vec().expect("mean readback"),
+        running.var().try_to_f64_vec().expect("var readback"),
+        running.num_batches_tracked(),
+    )
+}
+
+/// Asserts that two batch-norm outcomes agree within `t` (and on the batch count and which
+/// gradients exist).
+pub fn assert_bn_close(what: &str, got: &BnOutcome, want: &BnOutcome, t: f64) {
+    let e = rel(&got.0, &want.0);
+    assert!(e <= t, "{what}: forward differs by {e:e}");
+    assert_eq!(got.1.len(), want.1.len());
+    for (i, (g, h)) in got.1.iter().zip(&want.1).enumerate() {
+        assert_eq!(g.is_some(), h.is_some(), "{what}: gradient {i} presence");
+        if let (Some(g), Some(h)) = (g, h) {
+            let e = rel(g, h);
+            assert!(e <= t, "{what}: gradient of input {i} differs by {e:e}");
+        }
+    }
+    let e = rel(&got.2, &want.2);
+    assert!(e <= t, "{what}: running mean differs by {e:e}");
+    let e = rel(&got.3, &want.3);
+    assert!(e <= t, "{what}: running var differs by {e:e}");
+    assert_eq!(got.4, want.4, "{what}: batch count");
+}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds everything the GPU check needs, on a build machine (Rust toolchain; no GPU or CUDA
 # needed: the CUDA libraries load at run time), into the git-ignored folder .gpu-bin/:
-#   .gpu-bin/cuda_ops, .gpu-bin/cuda_modes   the GPU test binaries
-#   .gpu-bin/benchmark                       the benchmark example (CUDA-enabled)
-#   .gpu-bin/scripts/                        cuda-env.sh, gpu-check.sh, torch_benchmark.py, gpu_compare.py
+#   .gpu-bin/tests/<name>   every test binary with GPU tests (stripped): the tape library's unit
+#                           tests, each op's test file, DenseNet's equivalence suite
+#   .gpu-bin/benchmark      the benchmark example (CUDA-enabled)
+#   .gpu-bin/STAMP          the commit and a hash of the sources it was built from
+#   .gpu-bin/FILES          the files that hash covers (gpu-check.sh refuses a stale bundle)
 # Then carry the repository (with .gpu-bin/) to a machine with an NVIDIA GPU and run
 # scripts/gpu-check.sh from its root.
 set -euo pipefail
@@ -12,11 +14,16 @@ cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "build-gpu-bundle: python3 is needed to read cargo's JSON" >&2; exit 1; }
 cargo build --release --workspace --features cuda --tests --examples
 rm -rf .gpu-bin
-mkdir -p .gpu-bin/scripts
+mkdir -p .gpu-bin/tests
 # The test executables, as cargo reports them (their file names carry a hash).
 cargo test --release --workspace --features cuda --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, shutil, sys
-want = {"cuda_ops", "cuda_modes"}
+# (package, target) -> bundle name
+want = {("tape", "tape"): "tape_lib"}
+for t in ["batch_norm", "batch_norm_relu", "concat", "conv2d", "cross_entropy", "dropout",
+          "linear", "optim", "pool", "tape_core"]:
+    want[("tape", t)] = t
+want[("densenet", "equivalence")] = "densenet_equivalence"
 found = {}
 for line in sys.stdin:
     line = line.strip()
@@ -24,18 +31,28 @@ for line in sys.stdin:
         continue
     msg = json.loads(line)
     target = msg.get("target") or {}
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and target.get("name") in want \
-            and "test" in target.get("kind", []):
-        found[target["name"]] = msg["executable"]
-missing = sorted(want - set(found))
+    pkg = msg.get("package_id", "")
+    name = target.get("name")
+    if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
+        continue
+    for (p, t), out in want.items():
+        if name == t and ("/%s#" % p in pkg or "/%s)" % p in pkg or pkg.startswith(p + " ") or ("#" + p + "@") in pkg):
+            found[out] = msg["executable"]
+missing = sorted(set(want.values()) - set(found))
 if missing:
     sys.exit("build-gpu-bundle: test binaries not found: %s" % ", ".join(missing))
 for name, path in sorted(found.items()):
-    shutil.copy2(path, ".gpu-bin/" + name)
-    print("build-gpu-bundle: .gpu-bin/%s <- %s" % (name, path))
+    shutil.copy2(path, ".gpu-bin/tests/" + name)
 '
 cp target/release/examples/benchmark .gpu-bin/benchmark
-cp scripts/cuda-env.sh scripts/gpu-check.sh scripts/torch_benchmark.py scripts/gpu_compare.py .gpu-bin/scripts/
-chmod +x .gpu-bin/cuda_ops .gpu-bin/cuda_modes .gpu-bin/benchmark .gpu-bin/scripts/*.sh
+strip .gpu-bin/benchmark .gpu-bin/tests/* 2>/dev/null || true
+chmod +x .gpu-bin/benchmark .gpu-bin/tests/*
+# The stamp: what the bundle was built from.
+git ls-files -- '*.rs' '*.toml' '*.cu' Cargo.lock >.gpu-bin/FILES
+{
+  echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!.gpu-bin' || echo ' (with uncommitted changes)')"
+  echo "sources $(xargs sha256sum <.gpu-bin/FILES | sha256sum | cut -d' ' -f1)"
+} >.gpu-bin/STAMP
+cat .gpu-bin/STAMP
 du -sh .gpu-bin
 echo "build-gpu-bundle: done; on the GPU machine run scripts/gpu-check.sh from the repository root"

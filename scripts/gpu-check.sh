@@ -1,84 +1,141 @@
 #!/usr/bin/env bash
-# Everything the GPU machine has to run, in one go and in under 5 minutes. Run it from the
+# Everything the GPU machine has to run, in one call of at most 6 minutes. Run it from the
 # repository root on a machine with an NVIDIA GPU, after scripts/build-gpu-bundle.sh built the
 # bundle (.gpu-bin/) on a build machine and the repository was carried over:
 #
 #   scripts/gpu-check.sh
 #
-# 1. sources scripts/cuda-env.sh (finds cuDNN, cuBLAS, NVRTC and the driver; sets LD_LIBRARY_PATH);
-# 2. runs the GPU test binaries: cuda_ops (every op, GPU vs CPU) and cuda_modes (every efficiency
-#    mode vs Naive on the GPU, GPU vs CPU);
-# 3. runs the benchmark on the GPU (--device cuda --json): DenseNet-BC-100 batch 64, the depth
-#    sweep (BC k=12, depths 40/100/190/250, batch 64) and DenseNet-121 224px batch 64;
-# 4. runs the PyTorch reference on the same cases in the same run (naive and torch.utils.checkpoint,
-#    fp32, TF32 off), if a python with CUDA-enabled torch is found (TORCH_PYTHON overrides);
-# 5. prints one comparison table (ours vs PyTorch: peak GB and ms per step, per case).
+# Stages, each time-capped, none stopping the next (a failure is reported and the run goes on):
+#   bundle   the bundle exists and was built from these sources (a stale one is refused)
+#   env      scripts/cuda-env.sh finds the CUDA libraries; nvidia-smi
+#   probe    can the engine open GPU 0? (if not, every later GPU stage says "no GPU" and why)
+#   test:*   every test binary's GPU tests, with TAPE_EXPECT_GPU=1 (a missing GPU fails, never
+#            skips); a failing binary is rerun with --test-threads 1 to attribute the first fault
+#   bench:*  the benchmark on the GPU in three separately capped runs: main (DenseNet-BC-100,
+#            batch 64, every mode), imagenet (DenseNet-121, 224px, batch 64), sweep (BC k=12 at
+#            depths 40/100/190/250, batch 64)
+#   torch    PyTorch on the same cases in the same run (naive and torch.utils.checkpoint, fp32,
+#            TF32 off), if a python with CUDA-enabled torch is found (TORCH_PYTHON overrides)
+#   compare  one table, ours vs PyTorch, and a one-line verdict per target
 #
-# Results go to "$OUT" if set, else ./gpu-results: at most seven files (summary.txt,
-# gpu-check.log, the two test logs, ours.jsonl, torch.jsonl, and all.tar.gz with every log and
-# the SVG chart). Exits non-zero if a test failed or a benchmark could not run.
+# Results go to "$OUT" if set, else ./gpu-results, rewritten after every stage (so a run killed
+# part-way still returns what it did): stages.txt (one line per stage), summary.txt (the table
+# and verdicts), tests.log, bench.log, ours.jsonl, torch.jsonl, and all.tar.gz (every log and
+# the SVG chart). Exits non-zero if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST=${OUT:-./gpu-results}
 mkdir -p "$DEST"
-RESULTS=$(mktemp -d)
-publish() {
-  cat "$RESULTS/torch_cifar.jsonl" "$RESULTS/torch_imagenet.jsonl" >"$RESULTS/torch.jsonl" 2>/dev/null
-  tar czf "$DEST/all.tar.gz" -C "$RESULTS" . 2>/dev/null
-  for f in summary.txt gpu-check.log cuda_ops.log cuda_modes.log ours.jsonl torch.jsonl; do
-    [ -f "$RESULTS/$f" ] && cp "$RESULTS/$f" "$DEST/"
-  done
-}
-trap publish EXIT
+WORK=$(mktemp -d)
 BIN=.gpu-bin
-SCRIPTS=scripts
-[ -f "$SCRIPTS/cuda-env.sh" ] || SCRIPTS=$BIN/scripts
+BUDGET=${GPU_CHECK_BUDGET_S:-350}
 start=$(date +%s)
-failures=()
-note() { echo "gpu-check [$(( $(date +%s) - start ))s]: $*" | tee -a "$RESULTS/gpu-check.log"; }
+failed=0
+NO_GPU=""
+: >"$WORK/stages.txt"
+: >"$WORK/tests.log"
+: >"$WORK/bench.log"
+: >"$WORK/ours.jsonl"
+: >"$WORK/torch.jsonl"
+: >"$WORK/summary.txt"
 
-for f in cuda_ops cuda_modes benchmark; do
-  if [ ! -x "$BIN/$f" ]; then
-    echo "gpu-check: $BIN/$f is missing: run scripts/build-gpu-bundle.sh on a build machine first" >&2
-    exit 2
-  fi
-done
+elapsed() { echo $(( $(date +%s) - start )); }
+publish() {
+  for f in stages.txt summary.txt tests.log bench.log ours.jsonl torch.jsonl; do
+    cp "$WORK/$f" "$DEST/$f" 2>/dev/null
+  done
+  tar czf "$DEST/all.tar.gz.tmp" -C "$WORK" . 2>/dev/null && mv "$DEST/all.tar.gz.tmp" "$DEST/all.tar.gz"
+}
+# stage NAME STATUS MESSAGE: records one stage's outcome and publishes everything so far.
+stage() {
+  printf '%-26s %-7s %4ss  %s\n' "$1" "$2" "$(elapsed)" "$3" | tee -a "$WORK/stages.txt"
+  [ "$2" = FAIL ] && failed=1
+  publish
+}
+# left CAP: the seconds a stage may take: CAP, or what is left of the budget if less.
+left() { local l=$(( BUDGET - $(elapsed) )); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
+trap publish EXIT
 
+# --- bundle --------------------------------------------------------------------------------------
+if [ ! -f "$BIN/STAMP" ] || [ ! -f "$BIN/benchmark" ]; then
+  stage bundle FAIL "no bundle in $BIN: run scripts/build-gpu-bundle.sh on a build machine first"
+  exit 1
+fi
+chmod +x "$BIN/benchmark" "$BIN"/tests/* 2>/dev/null
+want=$(grep '^sources ' "$BIN/STAMP" | cut -d' ' -f2)
+have=$(xargs sha256sum <"$BIN/FILES" 2>/dev/null | sha256sum | cut -d' ' -f1)
+if [ "$want" != "$have" ]; then
+  stage bundle FAIL "stale bundle: built from other sources than these ($(head -n1 "$BIN/STAMP")); rebuild it"
+  exit 1
+fi
+stage bundle ok "$(head -n1 "$BIN/STAMP")"
+
+# --- environment ---------------------------------------------------------------------------------
 # shellcheck disable=SC1091
-source "$SCRIPTS/cuda-env.sh" 2>"$RESULTS/cuda-env.log"
-note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+source scripts/cuda-env.sh 2>"$WORK/cuda-env.log"
 if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi >"$RESULTS/nvidia-smi.txt" 2>&1
-  note "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1)"
+  nvidia-smi >"$WORK/nvidia-smi.txt" 2>&1
+  gpu_name=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1)
+  stage env ok "${gpu_name:-nvidia-smi gave no GPU}; $(grep -c . "$WORK/cuda-env.log") cuda-env lines (all.tar.gz)"
+else
+  stage env ok "no nvidia-smi; $(tail -n1 "$WORK/cuda-env.log")"
+fi
+
+# --- probe ---------------------------------------------------------------------------------------
+export TAPE_EXPECT_GPU=1
+timeout "$(left 60)" "$BIN/tests/tape_core" on_gpu::gpu_tensors_copy_and_refuse_host_access \
+  --nocapture >"$WORK/probe.log" 2>&1
+rc=$?
+if grep -q 'no usable CUDA GPU' "$WORK/probe.log"; then
+  NO_GPU=$(grep -o 'no usable CUDA GPU.*' "$WORK/probe.log" | head -n1)
+  stage probe FAIL "no GPU: $NO_GPU"
+elif [ $rc -ne 0 ]; then
+  stage probe FAIL "exit $rc (124: timed out): $(grep -m1 -E 'panicked|error' "$WORK/probe.log")"
+else
+  stage probe ok "the engine opened GPU 0"
 fi
 
 # --- tests ---------------------------------------------------------------------------------------
-for t in cuda_ops cuda_modes; do
-  note "running $t"
-  timeout 40 "$BIN/$t" --nocapture >"$RESULTS/$t.log" 2>&1
+for t in "$BIN"/tests/*; do
+  name=$(basename "$t")
+  if [ -n "$NO_GPU" ]; then stage "test:$name" FAIL "no GPU"; continue; fi
+  cap=$(left 40)
+  if [ "$cap" -le 5 ]; then stage "test:$name" FAIL "not run: the time budget is spent"; continue; fi
+  filter=on_gpu
+  [ "$name" = tape_lib ] && filter=scratch_path
+  echo "===== $name ($filter)" >>"$WORK/tests.log"
+  timeout "$cap" "$t" "$filter" >>"$WORK/tests.log" 2>&1
   rc=$?
-  grep -E "^test result|FAILED|panicked|skipping" "$RESULTS/$t.log" | sort | uniq -c | head -n 20
-  if grep -q "skipping: no usable CUDA GPU" "$RESULTS/$t.log"; then
-    note "$t: the GPU could not be used (see $RESULTS/$t.log)"
-    failures+=("$t: no usable GPU")
-  elif [ $rc -ne 0 ]; then
-    note "$t FAILED (exit $rc; 124 = timed out): see $RESULTS/$t.log"
-    failures+=("$t")
+  summary=$(grep -E '^test result' "$WORK/tests.log" | tail -n1)
+  if [ $rc -eq 0 ]; then
+    stage "test:$name" ok "$summary"
   else
-    note "$t passed"
+    echo "===== $name rerun with --test-threads 1" >>"$WORK/tests.log"
+    timeout "$(left 40)" "$t" "$filter" --test-threads 1 >>"$WORK/tests.log" 2>&1
+    first=$(grep -m1 -E "panicked at|FAILED" "$WORK/tests.log" | tail -n1)
+    stage "test:$name" FAIL "exit $rc (124: timed out); first fault on one thread: $first"
   fi
 done
 
 # --- our benchmark -------------------------------------------------------------------------------
-note "benchmark (ours): BC-100 b64, DenseNet-121 224px b64, depth sweep b64"
-timeout 80 "$BIN/benchmark" --device cuda --json --batch 64 --iters 5 \
-  --imagenet --imagenet-batch 64 --depths 40,100,190,250 --sweep-batch 64 \
-  --svg "$RESULTS/memory_vs_depth.svg" >"$RESULTS/ours.jsonl" 2>"$RESULTS/ours.err"
-rc=$?
-if [ $rc -ne 0 ]; then
-  note "benchmark (ours) FAILED (exit $rc; 124 = timed out): $(tail -n 3 "$RESULTS/ours.err")"
-  failures+=("benchmark")
-fi
+bench() { # NAME CAP ARGS...
+  local name=$1 cap=$2; shift 2
+  if [ -n "$NO_GPU" ]; then stage "bench:$name" FAIL "no GPU"; return; fi
+  cap=$(left "$cap")
+  if [ "$cap" -le 5 ]; then stage "bench:$name" FAIL "not run: the time budget is spent"; return; fi
+  echo "===== bench $name: $*" >>"$WORK/bench.log"
+  timeout "$cap" "$BIN/benchmark" --device cuda --json "$@" >"$WORK/ours_$name.jsonl" 2>>"$WORK/bench.log"
+  local rc=$?
+  cat "$WORK/ours_$name.jsonl" >>"$WORK/ours.jsonl"
+  if [ $rc -eq 0 ]; then
+    stage "bench:$name" ok "$(grep -c '"model"' "$WORK/ours_$name.jsonl") cases"
+  else
+    stage "bench:$name" FAIL "exit $rc (124: timed out after ${cap}s): $(tail -n1 "$WORK/bench.log")"
+  fi
+}
+bench main 70 --batch 64 --iters 5 --no-sweep
+bench imagenet 60 --batch 64 --iters 3 --no-main --no-sweep --imagenet --imagenet-batch 64
+bench sweep 60 --no-main --depths 40,100,190,250 --sweep-batch 64 --iters 3 --svg "$WORK/memory_vs_depth.svg"
 
 # --- PyTorch reference ---------------------------------------------------------------------------
 py=""
@@ -89,32 +146,28 @@ for cand in "${TORCH_PYTHON:-}" /opt/torch/.venv/bin/python python3; do
     break
   fi
 done
-: >"$RESULTS/torch_cifar.jsonl"
-: >"$RESULTS/torch_imagenet.jsonl"
 if [ -z "$py" ]; then
-  note "no python with CUDA-enabled torch found (set TORCH_PYTHON): PyTorch reference skipped"
+  stage torch FAIL "no python with CUDA-enabled torch found (set TORCH_PYTHON)${NO_GPU:+; no GPU}"
 else
-  note "PyTorch reference with $py ($("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null))"
-  timeout 55 "$py" "$SCRIPTS/torch_benchmark.py" --device cuda --in-process --batch 64 --iters 5 --warmup 1 \
-    --models bc100 bc-40-k12 bc-190-k12 bc-250-k12 >"$RESULTS/torch_cifar.jsonl" 2>"$RESULTS/torch_cifar.err" \
-    || note "PyTorch CIFAR cases incomplete (exit $?): $(tail -n 2 "$RESULTS/torch_cifar.err")"
-  timeout 35 "$py" "$SCRIPTS/torch_benchmark.py" --device cuda --in-process --batch 64 --iters 3 --warmup 1 \
-    --image 224 --models densenet121 >"$RESULTS/torch_imagenet.jsonl" 2>"$RESULTS/torch_imagenet.err" \
-    || note "PyTorch ImageNet case incomplete (exit $?): $(tail -n 2 "$RESULTS/torch_imagenet.err")"
+  timeout "$(left 55)" "$py" scripts/torch_benchmark.py --device cuda --in-process --batch 64 --iters 5 \
+    --warmup 1 --models bc100 bc-40-k12 bc-190-k12 bc-250-k12 >>"$WORK/torch.jsonl" 2>"$WORK/torch_cifar.err"
+  rc1=$?
+  timeout "$(left 35)" "$py" scripts/torch_benchmark.py --device cuda --in-process --batch 64 --iters 3 \
+    --warmup 1 --image 224 --models densenet121 >>"$WORK/torch.jsonl" 2>"$WORK/torch_imagenet.err"
+  rc2=$?
+  msg="torch $("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null): $(grep -c '"model"' "$WORK/torch.jsonl") cases"
+  if [ $rc1 -eq 0 ] && [ $rc2 -eq 0 ]; then stage torch ok "$msg"; else stage torch FAIL "$msg; exits $rc1/$rc2 (124: timed out)"; fi
 fi
 
 # --- comparison ----------------------------------------------------------------------------------
 cmp_py=${py:-python3}
 if command -v "$cmp_py" >/dev/null 2>&1; then
-  "$cmp_py" "$SCRIPTS/gpu_compare.py" "$RESULTS/ours.jsonl" "$RESULTS/torch_cifar.jsonl" \
-    "$RESULTS/torch_imagenet.jsonl" | tee "$RESULTS/summary.txt"
+  "$cmp_py" scripts/gpu_compare.py "$WORK/ours.jsonl" "$WORK/torch.jsonl" >"$WORK/summary.txt" 2>&1
+  grep '"fit"' "$WORK/ours.jsonl" >>"$WORK/summary.txt"
+  stage compare ok "$(grep -c '^verdict' "$WORK/summary.txt") verdicts in summary.txt"
 else
-  note "no python to print the comparison table: raw results in $RESULTS/*.jsonl"
+  stage compare FAIL "no python to print the comparison table"
 fi
-grep '"fit"' "$RESULTS/ours.jsonl" | tee -a "$RESULTS/summary.txt"
-
-note "done; results in $DEST"
-if [ ${#failures[@]} -gt 0 ]; then
-  note "FAILED: ${failures[*]}"
-  exit 1
-fi
+cat "$WORK/summary.txt"
+echo "gpu-check: $(elapsed)s; results in $DEST"
+exit $failed

@@ -96,6 +96,42 @@ def main():
     print("ours GB: the engine's peak (parameters, optimizer state, input, activations, gradients, cuDNN")
     print("workspaces); GPU used: cuMemGetInfo total - free after the steps (context, libraries, pool cache);")
     print("torch GB: torch.cuda.max_memory_allocated(); ckpt: torch.utils.checkpoint per dense layer bottleneck.")
+    print()
+    for line in verdicts(ours):
+        print(line)
+
+
+# The targets, for DenseNet-BC-100 (k=12), batch 64, 32px, fp32.
+TARGET_GB, TARGET_MS, TARGET_RATIO = 0.30, 26.0, 1.10
+
+
+def verdicts(ours):
+    """One line per target: PASS, FAIL or NO DATA, with the figure that decides it."""
+    bc100 = [o for o in ours if "error" not in o and canon(o["model"]) == "bc-100-k12"
+             and o.get("batch") == 64 and o.get("image") == 32
+             and isinstance(o.get("peak_bytes"), (int, float)) and isinstance(o.get("median_s"), (int, float))]
+    naive = next((o for o in bc100 if o["mode"] == "naive"), None)
+    eff = [o for o in bc100 if o["mode"] != "naive"]
+    out = []
+    if not eff:
+        return ["verdict: NO DATA for every target (no DenseNet-BC-100 batch-64 efficient row)"]
+    small = min(eff, key=lambda o: o["peak_bytes"])
+    ok = small["peak_bytes"] / 1e9 <= TARGET_GB
+    out.append("verdict efficient peak <= %.2f GB: %s (smallest: %s %.3f GB)"
+               % (TARGET_GB, "PASS" if ok else "FAIL", small["mode"], small["peak_bytes"] / 1e9))
+    fitting = [o for o in eff if o["peak_bytes"] / 1e9 <= TARGET_GB] or [small]
+    fast = min(fitting, key=lambda o: o["median_s"])
+    ok = fast["median_s"] * 1e3 <= TARGET_MS
+    out.append("verdict efficient step <= %.0f ms (within the memory target): %s (%s %.1f ms)"
+               % (TARGET_MS, "PASS" if ok else "FAIL", fast["mode"], fast["median_s"] * 1e3))
+    if naive:
+        r = fast["median_s"] / naive["median_s"]
+        out.append("verdict efficient/naive time <= %.2f: %s (%s %.2f; naive %.1f ms, %.3f GB)"
+                   % (TARGET_RATIO, "PASS" if r <= TARGET_RATIO else "FAIL", fast["mode"], r,
+                      naive["median_s"] * 1e3, naive["peak_bytes"] / 1e9))
+    else:
+        out.append("verdict efficient/naive time <= %.2f: NO DATA (no naive row)" % TARGET_RATIO)
+    return out
 
 
 if __name__ == "__main__":

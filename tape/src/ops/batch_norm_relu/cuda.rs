@@ -19,6 +19,11 @@
 //!   sums). Only the gradients whose inputs want one are produced.
 //! - Saved for backward: the parts (clones), the output (the ReLU mask), the per-channel mean
 //!   and `invstd` (`[C]`, the input dtype) and the weight; nothing else.
+//! - Fallbacks: a strided output rejected by cuDNN (any "bad parameter" or "not supported"
+//!   sub-code) sends parts through the scratch buffer (`TAPE_BN_RELU_SCRATCH=1` forces that from
+//!   the start); per-part parameter slices at odd channel offsets are only element-aligned, and
+//!   should cuDNN answer "misaligned pointer" they are copied to an aligned scratch buffer for
+//!   the call (and the ones it writes copied back).
 
 use super::super::batch_norm::BnStats;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
@@ -30,6 +35,7 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{BatchNormOptions, RunningStats};
 use crate::tensor::Tensor;
+use cudarc::cudnn::result::CudnnError;
 use cudarc::cudnn::sys;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +63,99 @@ fn scratch_forced_by_env() -> bool {
 /// versions returned the plain codes.
 fn rejects_descriptor(status: sys::cudnnStatus_t) -> bool {
     (2000..4000).contains(&(status as u32))
+}
+
+/// cuDNN's answer to a pointer that is not aligned as it wants (`BAD_PARAM_MISALIGNED_POINTER`).
+const MISALIGNED: u32 = 2003;
+
+/// A part's slice of a `[C]` per-channel buffer (weight, bias, running or saved statistics, their
+/// gradients) that a cuDNN call reads and/or writes: its address (0 for null) and direction.
+#[derive(Clone, Copy, Debug)]
+struct ParamSlice {
+    ptr: u64,
+    read: bool,
+    write: bool,
+}
+
+impl ParamSlice {
+    fn input(ptr: u64) -> Self {
+        ParamSlice {
+            ptr,
+            read: true,
+            write: false,
+        }
+    }
+
+    fn output(ptr: u64) -> Self {
+        ParamSlice {
+            ptr,
+            read: false,
+            write: true,
+        }
+    }
+
+    fn in_out(ptr: u64) -> Self {
+        ParamSlice {
+            ptr,
+            read: true,
+            write: true,
+        }
+    }
+}
+
+/// Elements between two aligned slices of the scratch copy (a multiple of 256 bytes for both
+/// dtypes).
+const ALIGNED_STRIDE_BYTES: usize = 256;
+
+/// Runs the cuDNN call `call` with the part's per-channel slices (`len` elements of `T` each,
+/// addressed `off` elements into their `[C]` buffers). A part that starts at an odd channel has
+/// slices that are only element-aligned; should cuDNN answer "misaligned pointer", the slices are
+/// copied into one aligned scratch buffer (those the call reads), the call runs on the copies,
+/// and the slices it writes are copied back.
+fn with_aligned_params<T: CudaElem>(
+    be: &Backend,
+    dev: &Device,
+    len: usize,
+    slices: &[ParamSlice],
+    call: impl Fn(&[u64]) -> sys::cudnnStatus_t,
+) -> std::result::Result<(), sys::cudnnStatus_t> {
+    let direct: Vec<u64> = slices.iter().map(|s| s.ptr).collect();
+    let status = call(&direct);
+    if status as u32 != MISALIGNED || len == 0 {
+        return status.result().map_err(|e| e.0);
+    }
+    let bytes = len * std::mem::size_of::<T>();
+    let stride = bytes.div_ceil(ALIGNED_STRIDE_BYTES) * ALIGNED_STRIDE_BYTES;
+    let Ok(tmp) = scratch::<u8>(dev, stride * slices.len()) else {
+        return Err(status);
+    };
+    let base = be.ptr(&tmp.buf);
+    let cu_stream = be.stream.cu_stream();
+    let copy = |dst: u64, src: u64| {
+        // SAFETY: both ranges are `bytes` long inside live device buffers (a `[C]` buffer from
+        // the slice's channel on, or one aligned slot of `tmp`); the copy is queued on the stream
+        // that every use of them is queued on.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, cu_stream) }
+    };
+    let mut moved = Vec::with_capacity(slices.len());
+    for (k, s) in slices.iter().enumerate() {
+        let slot = base + (k * stride) as u64;
+        if s.ptr == 0 {
+            moved.push(0);
+            continue;
+        }
+        if s.read && copy(slot, s.ptr).is_err() {
+            return Err(status);
+        }
+        moved.push(slot);
+    }
+    call(&moved).result().map_err(|e| e.0)?;
+    for (s, &slot) in slices.iter().zip(&moved) {
+        if s.write && s.ptr != 0 && copy(s.ptr, slot).is_err() {
+            return Err(status);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -318,8 +417,7 @@ fn normalize_parts<T: CudaElem>(
         let xd = dnn.tensor(OP, T::DTYPE, dims)?;
         let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
         let x = p.xs[k] as *const c_void;
-        let w = at::<T>(p.weight, off) as *const c_void;
-        let b = at::<T>(p.bias, off) as *const c_void;
+        let (w, b) = (at::<T>(p.weight, off), at::<T>(p.bias, off));
         match norm {
             Norm::Train {
                 running_mean,
@@ -328,10 +426,14 @@ fn normalize_parts<T: CudaElem>(
                 save_mean,
                 save_invstd,
             } => {
-                let rm = at::<T>(running_mean, off) as *mut c_void;
-                let rv = at::<T>(running_var, off) as *mut c_void;
-                let sm = at::<T>(save_mean, off) as *mut c_void;
-                let si = at::<T>(save_invstd, off) as *mut c_void;
+                let params = [
+                    ParamSlice::input(w),
+                    ParamSlice::input(b),
+                    ParamSlice::in_out(at::<T>(running_mean, off)),
+                    ParamSlice::in_out(at::<T>(running_var, off)),
+                    ParamSlice::output(at::<T>(save_mean, off)),
+                    ParamSlice::output(at::<T>(save_invstd, off)),
+                ];
                 into_slice::<T, _>(
                     be,
                     &mut dnn,
@@ -341,13 +443,15 @@ fn normalize_parts<T: CudaElem>(
                     p.out,
                     &mut tmp,
                     "cudnnBatchNormalizationForwardTraining",
+                    &params,
                     // SAFETY: x is the part (a packed NCHW buffer described by `xd`); y is the
-                    // buffer `yd` describes (see `into_slice`); weight, bias and the running and
-                    // saved statistics point `off` elements into `[C]` buffers of the data type,
-                    // so each covers the part's `c` channels as `bnd` describes; the running
+                    // buffer `yd` describes (see `into_slice`); `p` holds weight, bias and the
+                    // running and saved statistics, each `off` elements into its `[C]` buffer of
+                    // the data type or an aligned copy of that slice, so each covers the part's
+                    // `c` channels as `bnd` describes; the running
                     // pointers are both null or both valid, and so are the saved ones; the
                     // handle is locked; alpha/beta point to scalars of the data type.
-                    |h, yd, y| unsafe {
+                    |h, yd, y, p| unsafe {
                         sys::cudnnBatchNormalizationForwardTraining(
                             h,
                             MODE,
@@ -358,21 +462,25 @@ fn normalize_parts<T: CudaElem>(
                             yd,
                             y,
                             bnd.0,
-                            w,
-                            b,
+                            p[0] as *const c_void,
+                            p[1] as *const c_void,
                             factor,
-                            rm,
-                            rv,
+                            p[2] as *mut c_void,
+                            p[3] as *mut c_void,
                             eps,
-                            sm,
-                            si,
+                            p[4] as *mut c_void,
+                            p[5] as *mut c_void,
                         )
                     },
                 )?;
             }
             Norm::Eval { mean, var } => {
-                let m = at::<T>(mean, off) as *const c_void;
-                let v = at::<T>(var, off) as *const c_void;
+                let params = [
+                    ParamSlice::input(w),
+                    ParamSlice::input(b),
+                    ParamSlice::input(at::<T>(mean, off)),
+                    ParamSlice::input(at::<T>(var, off)),
+                ];
                 into_slice::<T, _>(
                     be,
                     &mut dnn,
@@ -382,8 +490,9 @@ fn normalize_parts<T: CudaElem>(
                     p.out,
                     &mut tmp,
                     "cudnnBatchNormalizationForwardInference",
+                    &params,
                     // SAFETY: as for training; the running statistics are read only.
-                    |h, yd, y| unsafe {
+                    |h, yd, y, p| unsafe {
                         sys::cudnnBatchNormalizationForwardInference(
                             h,
                             MODE,
@@ -394,10 +503,10 @@ fn normalize_parts<T: CudaElem>(
                             yd,
                             y,
                             bnd.0,
-                            w,
-                            b,
-                            m,
-                            v,
+                            p[0] as *const c_void,
+                            p[1] as *const c_void,
+                            p[2] as *const c_void,
+                            p[3] as *const c_void,
                             eps,
                         )
                     },
@@ -422,22 +531,32 @@ fn into_slice<T: CudaElem, F>(
     out: u64,
     tmp: &mut Option<Scratch<T>>,
     call: &'static str,
+    params: &[ParamSlice],
     bn: F,
 ) -> Result<()>
 where
-    F: Fn(sys::cudnnHandle_t, sys::cudnnTensorDescriptor_t, *mut c_void) -> sys::cudnnStatus_t,
+    F: Fn(
+        sys::cudnnHandle_t,
+        sys::cudnnTensorDescriptor_t,
+        *mut c_void,
+        &[u64],
+    ) -> sys::cudnnStatus_t,
 {
     let dims = l.part_dims(k);
+    let h = dnn.handle;
+    let run = |yd: sys::cudnnTensorDescriptor_t, y: *mut c_void| {
+        with_aligned_params::<T>(be, dev, l.channels[k], params, |p| bn(h, yd, y, p))
+    };
     let mut rejected = None;
     if strided_y() {
         let yd = dnn.tensor_strided(OP, T::DTYPE, dims, l.slice_strides())?;
         let y = at::<T>(out, l.offsets[k] * l.hw()) as *mut c_void;
-        match bn(dnn.handle, yd.0, y).result() {
+        match run(yd.0, y) {
             Ok(()) => return Ok(()),
-            Err(e) if rejects_descriptor(e.0) => {
-                rejected = Some(e.0);
+            Err(status) if rejects_descriptor(status) => {
+                rejected = Some(status);
             }
-            Err(e) => return Err(cudnn_err(call, e)),
+            Err(status) => return Err(cudnn_err(call, CudnnError(status))),
         }
     }
     if tmp.is_none() {
@@ -449,9 +568,7 @@ where
     }
     let t = tmp.as_ref().map(|t| be.ptr(&t.buf)).unwrap_or(0);
     let yd = dnn.tensor(OP, T::DTYPE, dims)?;
-    bn(dnn.handle, yd.0, t as *mut c_void)
-        .result()
-        .map_err(|e| cudnn_err(call, e))?;
+    run(yd.0, t as *mut c_void).map_err(|status| cudnn_err(call, CudnnError(status)))?;
     if let Some(status) = rejected {
         // Rejected strided while accepting packed: stop trying strided.
         if STRIDED_Y.swap(false, Ordering::Relaxed) {
@@ -560,15 +677,24 @@ fn backward<T: CudaElem>(a: &BnReluBackward<'_>, l: &Layout) -> Result<BnReluGra
                 let xd = dnn.tensor(OP, T::DTYPE, dims)?;
                 let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
                 let (one, zero) = (T::of(1.0), T::of(0.0));
+                let params = [
+                    ParamSlice::input(at::<T>(wp, off)),
+                    ParamSlice::output(at::<T>(gw_ptr, off)),
+                    ParamSlice::output(at::<T>(gb_ptr, off)),
+                    ParamSlice::input(m),
+                    ParamSlice::input(i),
+                ];
+                let h = dnn.handle;
                 // SAFETY: x (the saved part), dy (the masked gradient in scratch) and dx (the new
                 // input gradient) are packed NCHW buffers of the part's shape, described by
-                // `xd`; the weight, the saved mean and invstd (from the forward pass, unchanged
-                // since) and the weight and bias gradients point `off` elements into `[C]`
-                // buffers of the data type, covering the part's channels as `bnd` describes;
-                // the outputs are distinct from every input; the handle is locked.
-                unsafe {
+                // `xd`; `p` holds the weight, the weight and bias gradients and the saved mean
+                // and invstd (from the forward pass, unchanged since), each `ck` elements of the
+                // data type (`off` elements into its `[C]` buffer, or an aligned copy), covering
+                // the part's channels as `bnd` describes; the outputs are distinct from every
+                // input; the handle is locked.
+                with_aligned_params::<T>(be, dev, ck, &params, |p| unsafe {
                     sys::cudnnBatchNormalizationBackward(
-                        dnn.handle,
+                        h,
                         MODE,
                         void(&one),
                         void(&zero),
@@ -581,16 +707,17 @@ fn backward<T: CudaElem>(a: &BnReluBackward<'_>, l: &Layout) -> Result<BnReluGra
                         xd.0,
                         dx_ptr as *mut c_void,
                         bnd.0,
-                        at::<T>(wp, off) as *const c_void,
-                        at::<T>(gw_ptr, off) as *mut c_void,
-                        at::<T>(gb_ptr, off) as *mut c_void,
+                        p[0] as *const c_void,
+                        p[1] as *mut c_void,
+                        p[2] as *mut c_void,
                         eps,
-                        m as *const c_void,
-                        i as *const c_void,
+                        p[3] as *const c_void,
+                        p[4] as *const c_void,
                     )
-                }
-                .result()
-                .map_err(|e| cudnn_err("cudnnBatchNormalizationBackward", e))?;
+                })
+                .map_err(|status| {
+                    cudnn_err("cudnnBatchNormalizationBackward", CudnnError(status))
+                })?;
             } else {
                 if need_params {
                     // sum g' and sum g' * xhat per channel (xhat only for the weight).

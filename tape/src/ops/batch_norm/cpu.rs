@@ -3,9 +3,7 @@
 
 use super::super::cpu_lanes::{lane_sum, lane_sum2};
 use super::super::cpu_map::PAR_MIN;
-use super::{
-    normalization, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats, Normalization, OP,
-};
+use super::{normalization, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats, OP};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::{Error, Result};
@@ -170,13 +168,7 @@ impl BatchNormKernels for Cpu {
         let x = a.x;
         let [n, c, h, w] = x.dims4(OP)?;
         let l = Layout { n, c, hw: h * w };
-        let Normalization {
-            mean,
-            unbiased,
-            invstd,
-            scale,
-            shift,
-        } = normalization(
+        let norm = normalization(
             OP,
             a.training,
             l.count(),
@@ -186,17 +178,14 @@ impl BatchNormKernels for Cpu {
             a.opts.eps,
             || Ok(dispatch_float!(x.dtype(), T => channel_stats::<T>(x.as_slice::<T>()?, l))),
         )?;
-        let out = dispatch_float!(x.dtype(), T => Tensor::from_vec(affine::<T>(x.as_slice::<T>()?, l, &scale, &shift), x.shape(), x.device()))?;
-        if a.update_running {
-            a.running.update(&mean, &unbiased, a.opts.momentum)?;
-        }
-        let stats = match a.want_stats {
-            true => Some(BnStats {
-                mean: Tensor::from_vec(mean, &[c], x.device())?,
-                invstd: Tensor::from_vec(invstd, &[c], x.device())?,
-            }),
-            false => None,
-        };
+        let out = dispatch_float!(x.dtype(), T => Tensor::from_vec(affine::<T>(x.as_slice::<T>()?, l, &norm.scale, &norm.shift), x.shape(), x.device()))?;
+        let stats = norm.conclude(
+            a.running,
+            a.update_running,
+            a.opts.momentum,
+            a.want_stats,
+            x.device(),
+        )?;
         Ok((out, stats))
     }
 

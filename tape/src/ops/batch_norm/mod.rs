@@ -274,6 +274,31 @@ pub(crate) struct Normalization {
     pub(crate) shift: Vec<f64>,
 }
 
+impl Normalization {
+    /// After a host-computed forward pass: folds the batch into `running` when `update_running`,
+    /// and returns the statistics backward needs (as `f64` tensors on `device`) when asked.
+    pub(crate) fn conclude(
+        self,
+        running: &RunningStats,
+        update_running: bool,
+        momentum: f64,
+        want_stats: bool,
+        device: &Device,
+    ) -> Result<Option<BnStats>> {
+        if update_running {
+            running.update(&self.mean, &self.unbiased, momentum)?;
+        }
+        if !want_stats {
+            return Ok(None);
+        }
+        let c = self.mean.len();
+        Ok(Some(BnStats {
+            mean: Tensor::from_vec(self.mean, &[c], device)?,
+            invstd: Tensor::from_vec(self.invstd, &[c], device)?,
+        }))
+    }
+}
+
 /// The normalisation of a step: in training from `batch_stats` (per channel `(mean, biased
 /// variance)` over `m` values each, which must exceed 1), in eval from `running`.
 #[allow(clippy::too_many_arguments)]

@@ -2,7 +2,7 @@
 //! is computed straight from the part that holds the channel; gradients are written per part.
 
 use super::super::batch_norm::cpu::{channel_stats, Layout};
-use super::super::batch_norm::{normalization, BnStats, Normalization};
+use super::super::batch_norm::{normalization, BnStats};
 use super::super::cpu_lanes::{lane_sum2, masked_sums};
 use super::super::cpu_map::PAR_MIN;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
@@ -178,13 +178,7 @@ impl BatchNormReluKernels for Cpu {
         let x0 = a.parts[0];
         let [n, _, h, w] = x0.dims4(OP)?;
         let (hw, c) = (h * w, a.channels.iter().sum::<usize>());
-        let Normalization {
-            mean,
-            unbiased,
-            invstd,
-            scale,
-            shift,
-        } = normalization(
+        let norm = normalization(
             OP,
             a.training,
             n * hw,
@@ -201,19 +195,16 @@ impl BatchNormReluKernels for Cpu {
         )?;
         let out = dispatch_float!(x0.dtype(), T => {
             let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-            let v = forward(&Parts::new(data, a.channels.to_vec(), n, hw), &scale, &shift);
+            let v = forward(&Parts::new(data, a.channels.to_vec(), n, hw), &norm.scale, &norm.shift);
             Tensor::from_vec(v, &[n, c, h, w], x0.device())
         })?;
-        if a.update_running {
-            a.running.update(&mean, &unbiased, a.opts.momentum)?;
-        }
-        let stats = match a.want_stats {
-            true => Some(BnStats {
-                mean: Tensor::from_vec(mean, &[c], x0.device())?,
-                invstd: Tensor::from_vec(invstd, &[c], x0.device())?,
-            }),
-            false => None,
-        };
+        let stats = norm.conclude(
+            a.running,
+            a.update_running,
+            a.opts.momentum,
+            a.want_stats,
+            x0.device(),
+        )?;
         Ok((out, stats))
     }
 

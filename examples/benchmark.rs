@@ -9,7 +9,9 @@
 //! the engine's peak. `-- --imagenet` adds DenseNet-121 on 224x224 images (batch 64).
 
 use clap::Parser;
-use densenet::bench::{fitted_exponent, measure_training_step, svg_chart, CaseResult};
+use densenet::bench::{
+    fitted_exponent, measure_training_step, profile_training_step, svg_chart, CaseResult,
+};
 use densenet::{DenseNetConfig, Efficiency};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +71,10 @@ struct Args {
     /// Batch size of the ImageNet case.
     #[arg(long, default_value_t = 64)]
     imagenet_batch: usize,
+    /// After each case, profile one more step: time per op kind, split into forward, recompute,
+    /// backward and optimizer, with call counts and share of the step.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// A fresh device (its own memory accounting) of the kind `--device` names.
@@ -83,21 +89,24 @@ fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
             .and_then(|o| o.parse::<usize>().ok())
             .ok_or_else(|| format!("unknown device '{s}': use cpu, cuda or cuda:N"))?,
     };
-    #[cfg(feature = "cuda")]
-    {
-        let options = tape::CudaOptions {
-            tf32,
-            ..tape::CudaOptions::default()
-        };
-        Device::cuda_with(ordinal, options).map_err(|e| e.to_string())
+    let options = tape::CudaOptions {
+        tf32,
+        ..tape::CudaOptions::default()
+    };
+    Device::cuda_with(ordinal, options).map_err(|e| e.to_string())
+}
+
+/// One case's profile: a table, or one JSON object per row.
+fn print_profile(r: &CaseResult, report: &tape::profile::Report, json: bool) {
+    if !json {
+        println!("profile of one {} step ({}):\n{report}\n", r.mode, r.model);
+        return;
     }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (ordinal, tf32);
-        Err(format!(
-            "device '{spec}' needs the CUDA backend: build with `--features cuda` \
-             (cargo run --release --features cuda --example benchmark -- --device {spec})"
-        ))
+    for row in &report.rows {
+        println!(
+            r#"{{"profile":"{}","mode":"{}","op":"{}","pass":"{}","calls":{},"seconds":{:.6}}}"#,
+            r.model, r.mode, row.op, row.pass, row.calls, row.seconds
+        );
     }
 }
 
@@ -158,6 +167,7 @@ impl Table<'_> {
         modes: &[Mode],
         iters: usize,
         json: bool,
+        profile: bool,
         device: &dyn Fn() -> Result<Device, String>,
     ) -> Result<(), String> {
         let mut done: Vec<CaseResult> = Vec::new();
@@ -194,6 +204,12 @@ impl Table<'_> {
                 .iter()
                 .find(|r| r.mode == Efficiency::Naive.to_string());
             print_case(&r, json, naive);
+            if profile {
+                let report =
+                    profile_training_step(&device()?, self.config, mode, self.batch, self.image)
+                        .map_err(|e| e.to_string())?;
+                print_profile(&r, &report, json);
+            }
             done.push(r);
         }
         Ok(())
@@ -258,7 +274,7 @@ fn run(args: &Args) -> Result<(), String> {
             batch,
             image: args.image,
         };
-        table.run(&modes, iters, args.json, &device)?;
+        table.run(&modes, iters, args.json, args.profile, &device)?;
     }
     if args.imagenet {
         if !args.json {
@@ -275,7 +291,7 @@ fn run(args: &Args) -> Result<(), String> {
             batch: args.imagenet_batch,
             image: 224,
         };
-        table.run(&modes, iters, args.json, &device)?;
+        table.run(&modes, iters, args.json, args.profile, &device)?;
     }
     if args.no_sweep {
         return Ok(());

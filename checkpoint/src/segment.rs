@@ -68,41 +68,43 @@ where
     tape.set_context(first.context());
     let first_pass = options.verify_determinism.then(|| fingerprint(&out));
 
-    Ok(tape.record_always(out, move |grad_out, grads| {
-        let mut ctx = start;
-        ctx.phase = Phase::Recompute;
-        match options.fault {
-            Fault::RecomputeInForwardPhase => ctx.phase = Phase::Forward,
-            Fault::FreshRandomStream => ctx.counter += 1000,
-            Fault::None | Fault::DropParameterGrads => {}
-        }
-        let mut inner = Tape::with_context(true, ctx);
-        let out = segment(&mut inner, &saved)?;
-        if let Some(expected) = first_pass {
-            if fingerprint(&out) != expected {
-                return Err(Error::Backward(format!(
+    Ok(
+        tape.record_always("checkpoint", out, move |grad_out, grads| {
+            let mut ctx = start;
+            ctx.phase = Phase::Recompute;
+            match options.fault {
+                Fault::RecomputeInForwardPhase => ctx.phase = Phase::Forward,
+                Fault::FreshRandomStream => ctx.counter += 1000,
+                Fault::None | Fault::DropParameterGrads => {}
+            }
+            let mut inner = Tape::with_context(true, ctx);
+            let out = segment(&mut inner, &saved)?;
+            if let Some(expected) = first_pass {
+                if fingerprint(&out) != expected {
+                    return Err(Error::Backward(format!(
                     "checkpoint segment '{}': the recomputed output differs from the first pass \
                      (the segment is not deterministic: check for state changed between passes)",
                     options.name.as_deref().unwrap_or("<unnamed>")
                 )));
-            }
-        }
-        let out_id = out.id();
-        let mut inner_grads = inner.backward_from(&out, grad_out.clone())?;
-        if !saved.iter().any(|t| t.id() == out_id) {
-            // The seed stays behind when the output was produced by no recorded op.
-            inner_grads.take(out_id);
-        }
-        if options.fault == Fault::DropParameterGrads {
-            for t in &saved {
-                if let Some(g) = inner_grads.take(t.id()) {
-                    grads.accumulate_id(t.id(), g)?;
                 }
             }
-            return Ok(());
-        }
-        grads.merge(inner_grads)
-    }))
+            let out_id = out.id();
+            let mut inner_grads = inner.backward_from(&out, grad_out.clone())?;
+            if !saved.iter().any(|t| t.id() == out_id) {
+                // The seed stays behind when the output was produced by no recorded op.
+                inner_grads.take(out_id);
+            }
+            if options.fault == Fault::DropParameterGrads {
+                for t in &saved {
+                    if let Some(g) = inner_grads.take(t.id()) {
+                        grads.accumulate_id(t.id(), g)?;
+                    }
+                }
+                return Ok(());
+            }
+            grads.merge(inner_grads)
+        }),
+    )
 }
 
 /// A hash of the shape and the exact bits of every element.

@@ -81,6 +81,48 @@ pub fn median(xs: &[f64]) -> f64 {
     }
 }
 
+/// The model (fp32, seed 0), the seed's SGD, one input batch and its labels of a benchmark case.
+fn setup(
+    dev: &Device,
+    config: &DenseNetConfig,
+    mode: Efficiency,
+    batch: usize,
+    image: usize,
+) -> Result<(DenseNet, Sgd, Tensor, Vec<usize>)> {
+    let model = DenseNet::new(config.clone().with_efficiency(mode), DType::F32, dev, 0)?;
+    let opt = Sgd::new(seed_sgd_config())?;
+    let x = Tensor::randn(
+        &[batch, config.in_channels, image, image],
+        DType::F32,
+        dev,
+        1,
+    )?;
+    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
+    Ok((model, opt, x, labels))
+}
+
+/// Profiles one SGD training step of `config` in `mode` on `dev` (after one unprofiled warm-up
+/// step): time per op kind and pass ([`tape::profile`]).
+pub fn profile_training_step(
+    dev: &Device,
+    config: &DenseNetConfig,
+    mode: Efficiency,
+    batch: usize,
+    image: usize,
+) -> Result<tape::profile::Report> {
+    let (mut model, mut opt, x, labels) = setup(dev, config, mode, batch, image)?;
+    train_step(&mut model, &mut opt, &x, &labels, 0)?;
+    dev.synchronize()?;
+    tape::profile::start();
+    let step = train_step(&mut model, &mut opt, &x, &labels, 1);
+    dev.synchronize()?;
+    let report = tape::profile::finish();
+    step?;
+    report.ok_or_else(|| {
+        tape::Error::Backward("the profiler was stopped during the step".into()).into()
+    })
+}
+
 /// Measures `iters` SGD training steps (after `warmup` unmeasured ones) of `config` in `mode` on
 /// `dev` (pass a fresh device, e.g. `Device::cpu()`, so the accounting holds this case alone).
 /// On a GPU every step is timed to its completion (the device is synchronised).
@@ -95,15 +137,7 @@ pub fn measure_training_step(
     warmup: usize,
     iters: usize,
 ) -> Result<CaseResult> {
-    let mut model = DenseNet::new(config.clone().with_efficiency(mode), DType::F32, dev, 0)?;
-    let mut opt = Sgd::new(seed_sgd_config())?;
-    let x = Tensor::randn(
-        &[batch, config.in_channels, image, image],
-        DType::F32,
-        dev,
-        1,
-    )?;
-    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
+    let (mut model, mut opt, x, labels) = setup(dev, config, mode, batch, image)?;
     for i in 0..warmup {
         train_step(&mut model, &mut opt, &x, &labels, i as u64)?;
     }

@@ -45,6 +45,7 @@ pub mod memory;
 pub mod ops;
 pub mod optim;
 pub mod param;
+pub mod profile;
 pub mod rng;
 mod storage;
 pub mod tape;

@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::gradients::Gradients;
+use crate::profile::{self, Pass};
 use crate::tensor::{Tensor, TensorId};
 
 /// Which pass of a training step an op runs in.
@@ -139,8 +140,10 @@ impl<'a> Tape<'a> {
     /// output (marked as requiring a gradient when recorded). `backward` receives the gradient of
     /// `output` and accumulates the gradients of the inputs; it runs at most once and is dropped
     /// unrun if `output` gets no gradient.
+    /// `op` names the op in profiles ([`crate::profile`]).
     pub fn record(
         &mut self,
+        op: &'static str,
         inputs: &[&Tensor],
         output: Tensor,
         backward: impl FnOnce(&Tensor, &mut Gradients) -> Result<()> + 'a,
@@ -148,13 +151,15 @@ impl<'a> Tape<'a> {
         if !self.needs_grad(inputs) {
             return output;
         }
-        self.record_always(output, backward)
+        self.record_always(op, output, backward)
     }
 
     /// Records `backward` for `output` whenever the tape records, whatever its inputs: for
-    /// composite ops (a checkpointed segment) whose parameters the tape cannot see.
+    /// composite ops (a checkpointed segment) whose parameters the tape cannot see. `op` names
+    /// the op in profiles.
     pub fn record_always(
         &mut self,
+        op: &'static str,
         output: Tensor,
         backward: impl FnOnce(&Tensor, &mut Gradients) -> Result<()> + 'a,
     ) -> Tensor {
@@ -164,9 +169,17 @@ impl<'a> Tape<'a> {
         let output = output.with_requires_grad(true);
         self.nodes.push(Node {
             output: output.id(),
-            backward: Box::new(backward),
+            backward: Box::new(move |g: &Tensor, grads: &mut Gradients| {
+                profile::timed(op, Pass::Backward, || backward(g, grads))
+            }),
         });
         output
+    }
+
+    /// Starts timing one forward call of `op` (in this tape's phase) for the profiler; the call
+    /// ends when the returned guard drops.
+    pub(crate) fn profile_op(&self, op: &'static str) -> profile::Scope {
+        profile::scope(op, self.ctx.phase.into())
     }
 
     /// Number of recorded ops.

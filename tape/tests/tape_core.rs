@@ -287,7 +287,7 @@ fn gradcheck_detects_a_wrong_gradient() {
         let y = ops::scale(t, &xs[0], 1.0)?;
         let wrong = y.detach();
         let k = tape::GradKey::of(&xs[0]);
-        Ok(t.record(&[&xs[0]], wrong, move |g, grads| {
+        Ok(t.record("wrong_shape", &[&xs[0]], wrong, move |g, grads| {
             grads.accumulate(&k, ops::scale(&mut Tape::no_grad(), g, 2.0)?)
         }))
     })

@@ -118,6 +118,7 @@ pub(super) fn update<T: Elem>(
 
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()> {
+        let _profile = crate::profile::scope("adam", crate::profile::Pass::Optimizer);
         check_non_negative(OP, "lr", self.cfg.lr)?;
         // Check every gradient first, so a bad one leaves all parameters untouched.
         for p in params.iter() {

@@ -117,6 +117,7 @@ pub(super) fn update<T: Elem>(
 
 impl Optimizer for Sgd {
     fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()> {
+        let _profile = crate::profile::scope("sgd", crate::profile::Pass::Optimizer);
         check_non_negative(OP, "lr", self.cfg.lr)?;
         // Check every gradient first, so a bad one leaves all parameters untouched.
         for p in params.iter() {

@@ -368,6 +368,7 @@ pub fn batch_norm2d(
     running: &RunningStats,
     opts: BatchNormOptions,
 ) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
     let [n, c, h, w] = x.dims4(OP)?;
     opts.validate()?;
     check_affine(OP, x, c, weight, bias, running)?;
@@ -397,7 +398,7 @@ pub fn batch_norm2d(
         _ => None,
     };
     let keys = [GradKey::of(x), GradKey::of(weight), GradKey::of(bias)];
-    Ok(tape.record(&[x, weight, bias], out, move |g, grads| {
+    Ok(tape.record(OP, &[x, weight, bias], out, move |g, grads| {
         let saved = saved.ok_or_else(|| Error::Backward("batch_norm2d saved nothing".into()))?;
         check_grad(
             OP,

@@ -107,6 +107,7 @@ pub fn batch_norm_relu(
     running: &RunningStats,
     opts: BatchNormOptions,
 ) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
     let (n, channels, h, w) = check_parts(parts)?;
     opts.validate()?;
     let c: usize = channels.iter().sum();
@@ -140,7 +141,7 @@ pub fn batch_norm_relu(
     };
     let part_keys: Vec<GradKey> = parts.iter().map(|p| GradKey::of(p)).collect();
     let (kw, kb) = (GradKey::of(weight), GradKey::of(bias));
-    Ok(tape.record(&inputs, out, move |g, grads| {
+    Ok(tape.record(OP, &inputs, out, move |g, grads| {
         check_grad(OP, g, saved.out.shape(), Some(&saved.out))?;
         let want_parts: Vec<bool> = part_keys.iter().map(GradKey::requires_grad).collect();
         let (gparts, gw, gb) = k.bn_relu_backward(&BnReluBackward {

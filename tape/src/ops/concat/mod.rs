@@ -40,6 +40,7 @@ pub(crate) trait ConcatKernels {
 /// Concatenates `xs` (at least one, rank >= 2, equal in every dim but dim 1, one dtype and
 /// device) along dim 1.
 pub fn concat(tape: &mut Tape, xs: &[&Tensor]) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
     let first = xs
         .first()
         .ok_or_else(|| Error::invalid(OP, "needs at least one tensor"))?;
@@ -73,7 +74,7 @@ pub fn concat(tape: &mut Tape, xs: &[&Tensor]) -> Result<Tensor> {
     let k = kernels(first.device())?;
     let out = k.concat(xs, &widths, outer, &shape)?;
     let keys: Vec<GradKey> = xs.iter().map(|x| GradKey::of(x)).collect();
-    Ok(tape.record(xs, out, move |g, grads| {
+    Ok(tape.record(OP, xs, out, move |g, grads| {
         check_grad(OP, g, &shape, None)?;
         let shapes: Vec<&[usize]> = keys.iter().map(|k| k.shape()).collect();
         let wanted: Vec<bool> = keys.iter().map(|k| k.requires_grad()).collect();

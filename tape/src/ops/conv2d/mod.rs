@@ -172,6 +172,7 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     opts: Conv2dOptions,
 ) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
     let geo = Geometry::new(x, weight, bias, opts)?;
     let k = kernels(x.device())?;
     let out = k.conv2d_forward(&geo, x, weight, bias)?;
@@ -185,7 +186,7 @@ pub fn conv2d(
         saved_x,
         saved_w,
     } = op;
-    Ok(tape.record(&inputs, out, move |g, grads| {
+    Ok(tape.record(OP, &inputs, out, move |g, grads| {
         let expected = [geo.n, geo.cout, geo.hout, geo.wout];
         check_grad(OP, g, &expected, saved_x.as_ref().or(saved_w.as_ref()))?;
         let grads_out =

@@ -30,6 +30,7 @@ const OP: &str = "cross_entropy";
 /// `mean_i(-log softmax(logits[i])[labels[i]])` for logits of shape `[n, classes]` (`n >= 1`),
 /// as a tensor of shape `[1]`. One label per row, each `< classes`.
 pub fn cross_entropy(tape: &mut Tape, logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
     let (n, classes) = match logits.shape() {
         &[n, c] => (n, c),
         s => {
@@ -60,7 +61,7 @@ pub fn cross_entropy(tape: &mut Tape, logits: &Tensor, labels: &[usize]) -> Resu
     let saved = tape
         .needs_grad(&[logits])
         .then(|| (logits.clone(), labels.to_vec()));
-    Ok(tape.record(&[logits], out, move |g, grads| {
+    Ok(tape.record(OP, &[logits], out, move |g, grads| {
         let (logits, labels) =
             saved.ok_or_else(|| Error::Backward("cross_entropy saved nothing".into()))?;
         check_grad(OP, g, &[1], Some(&logits))?;

@@ -26,6 +26,7 @@ pub(crate) trait DropoutKernels {
 /// `x` with a new id) and takes no stream. `p` outside `[0, 1)` is an
 /// [`Error::InvalidArgument`].
 pub fn dropout(tape: &mut Tape, x: &Tensor, p: f64) -> Result<Tensor> {
+    let _profile = tape.profile_op("dropout");
     if !(0.0..1.0).contains(&p) {
         return Err(Error::invalid(
             "dropout",
@@ -35,12 +36,14 @@ pub fn dropout(tape: &mut Tape, x: &Tensor, p: f64) -> Result<Tensor> {
     let kx = GradKey::of(x);
     if !tape.is_training() || p == 0.0 {
         let out = x.view_as(x.shape())?;
-        return Ok(tape.record(&[x], out, move |g, grads| grads.accumulate(&kx, g.clone())));
+        return Ok(tape.record("dropout", &[x], out, move |g, grads| {
+            grads.accumulate(&kx, g.clone())
+        }));
     }
     let (seed, counter) = tape.next_random_stream();
     let k = kernels(x.device())?;
     let out = k.dropout_mask(x, seed, counter, p)?;
-    Ok(tape.record(&[x], out, move |g, grads| {
+    Ok(tape.record("dropout", &[x], out, move |g, grads| {
         grads.accumulate(&kx, k.dropout_mask(g, seed, counter, p)?)
     }))
 }

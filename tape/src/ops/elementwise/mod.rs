@@ -30,10 +30,13 @@ pub(crate) trait ElementwiseKernels {
 
 /// `a + b` (same shape, dtype and device).
 pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let _profile = tape.profile_op("scale");
+    let _profile = tape.profile_op("mul");
+    let _profile = tape.profile_op("add");
     check_pair(a, b, "add")?;
     let out = kernels(a.device())?.add(a, b)?;
     let (ka, kb) = (GradKey::of(a), GradKey::of(b));
-    Ok(tape.record(&[a, b], out, move |g, grads| {
+    Ok(tape.record("add", &[a, b], out, move |g, grads| {
         grads.accumulate(&ka, g.clone())?;
         grads.accumulate(&kb, g.clone())
     }))
@@ -49,7 +52,7 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         b.requires_grad().then(|| a.clone()),
         a.requires_grad().then(|| b.clone()),
     );
-    Ok(tape.record(&[a, b], out, move |g, grads| {
+    Ok(tape.record("mul", &[a, b], out, move |g, grads| {
         if let Some(b) = sb {
             check_pair(g, &b, "mul")?;
             grads.accumulate(&ka, k.mul(g, &b)?)?;
@@ -67,7 +70,7 @@ pub fn scale(tape: &mut Tape, x: &Tensor, s: f64) -> Result<Tensor> {
     let k = kernels(x.device())?;
     let out = k.scale(x, s)?;
     let kx = GradKey::of(x);
-    Ok(tape.record(&[x], out, move |g, grads| {
+    Ok(tape.record("scale", &[x], out, move |g, grads| {
         grads.accumulate(&kx, k.scale(g, s)?)
     }))
 }

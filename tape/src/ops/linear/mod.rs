@@ -42,6 +42,7 @@ pub fn linear(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
     let dims = check(x, weight, bias)?;
     let (n, _, o) = dims;
     let k = kernels(x.device())?;
@@ -56,7 +57,7 @@ pub fn linear(
         saved_x,
         saved_w,
     } = op;
-    Ok(tape.record(&inputs, out, move |g, grads| {
+    Ok(tape.record(OP, &inputs, out, move |g, grads| {
         check_grad(OP, g, &[n, o], saved_x.as_ref().or(saved_w.as_ref()))?;
         let gx = saved_w
             .map(|w| k.linear_grad_input(g, &w, dims))

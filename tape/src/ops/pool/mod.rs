@@ -138,6 +138,7 @@ fn pool(
     padding: usize,
 ) -> Result<Tensor> {
     let op = mode.op();
+    let _profile = tape.profile_op(op);
     let dims = x.dims4(op)?;
     let win = Window::new(op, dims, kernel, stride, padding)?;
     let k = kernels(x.device())?;
@@ -145,7 +146,7 @@ fn pool(
     let kx = GradKey::of(x);
     let saved = (mode == PoolMode::Max && tape.needs_grad(&[x])).then(|| (x.clone(), out.clone()));
     let out_shape = out.shape().to_vec();
-    Ok(tape.record(&[x], out, move |g, grads| {
+    Ok(tape.record(op, &[x], out, move |g, grads| {
         check_grad(op, g, &out_shape, saved.as_ref().map(|s| &s.1))?;
         if mode == PoolMode::Max && saved.is_none() {
             return Err(Error::Backward(format!("{op}: input not saved")));
@@ -158,6 +159,7 @@ fn pool(
 
 /// The mean of each channel's plane: `[n, c, h, w]` to `[n, c]` (needs `h, w >= 1`).
 pub fn global_avg_pool(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    let _profile = tape.profile_op("global_avg_pool");
     let [n, c, h, w] = x.dims4("global_avg_pool")?;
     if h == 0 || w == 0 {
         return Err(Error::shape(
@@ -168,7 +170,7 @@ pub fn global_avg_pool(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     let k = kernels(x.device())?;
     let out = k.global_avg_forward(x, h * w)?;
     let kx = GradKey::of(x);
-    Ok(tape.record(&[x], out, move |g, grads| {
+    Ok(tape.record("global_avg_pool", &[x], out, move |g, grads| {
         check_grad("global_avg_pool", g, &[n, c], None)?;
         grads.accumulate(&kx, k.global_avg_backward(g, h * w, kx.shape())?)
     }))

@@ -22,19 +22,20 @@ pub(crate) trait ReduceKernels {
 
 /// The sum of all elements, as a `[1]` tensor.
 pub fn sum(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
-    reduce(tape, x, 1.0)
+    reduce(tape, "sum", x, 1.0)
 }
 
 /// The mean of all elements, as a `[1]` tensor.
 pub fn mean(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
-    reduce(tape, x, 1.0 / x.numel().max(1) as f64)
+    reduce(tape, "mean", x, 1.0 / x.numel().max(1) as f64)
 }
 
-fn reduce(tape: &mut Tape, x: &Tensor, factor: f64) -> Result<Tensor> {
+fn reduce(tape: &mut Tape, op: &'static str, x: &Tensor, factor: f64) -> Result<Tensor> {
+    let _profile = tape.profile_op(op);
     let k = kernels(x.device())?;
     let out = k.sum_all(x, factor)?;
     let kx = GradKey::of(x);
-    Ok(tape.record(&[x], out, move |g, grads| {
+    Ok(tape.record(op, &[x], out, move |g, grads| {
         if g.numel() != 1 {
             return Err(Error::Backward(format!(
                 "sum/mean: gradient of shape {:?} for a one-element output",

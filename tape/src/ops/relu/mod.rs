@@ -24,11 +24,12 @@ pub(crate) trait ReluKernels {
 
 /// `max(x, 0)`, propagating NaN.
 pub fn relu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
     let k = kernels(x.device())?;
     let out = k.relu_forward(x)?;
     let kx = GradKey::of(x);
     let saved = tape.needs_grad(&[x]).then(|| out.clone());
-    Ok(tape.record(&[x], out, move |g, grads| {
+    Ok(tape.record(OP, &[x], out, move |g, grads| {
         let y = saved.ok_or_else(|| Error::Backward("relu: output not saved".into()))?;
         check_grad(OP, g, y.shape(), Some(&y))?;
         grads.accumulate(&kx, k.relu_backward(g, &y)?)

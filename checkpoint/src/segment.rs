@@ -3,7 +3,9 @@
 //! First pass: the segment runs on a no-grad tape with the caller's context (so batch norm updates
 //! its running statistics once, and dropout draws its masks); only the inputs are kept. Backward:
 //! the segment re-runs on a recording tape in [`Phase::Recompute`] from the same context (same
-//! dropout masks, running statistics untouched), is seeded with the outer gradient of its output,
+//! dropout masks, running statistics untouched; its last op takes the first pass's output
+//! instead of computing it again, where the op can), is seeded with the outer gradient of its
+//! output,
 //! and the gradients of its inputs and of every parameter it used are added into the outer
 //! gradients. The inner tape and everything it saved die right after.
 
@@ -67,6 +69,13 @@ where
     let out = segment(&mut first, &saved)?;
     tape.set_context(first.context());
     let first_pass = options.verify_determinism.then(|| fingerprint(&out));
+    // The recompute need not run the segment's last op forward again: its output only seeds
+    // backward, and the first pass has it (kept alive anyway as the next segment's input). Not
+    // under the determinism check, which compares a recomputed output.
+    let known = match (first.ops_started().checked_sub(1), first_pass) {
+        (Some(last), None) => Some((last, out.clone())),
+        _ => None,
+    };
 
     Ok(
         tape.record_always("checkpoint", out, move |grad_out, grads| {
@@ -78,6 +87,9 @@ where
                 Fault::None | Fault::DropParameterGrads => {}
             }
             let mut inner = Tape::with_context(true, ctx);
+            if let Some((last, known)) = known {
+                inner.set_known_output(last, known);
+            }
             let out = segment(&mut inner, &saved)?;
             if let Some(expected) = first_pass {
                 if fingerprint(&out) != expected {

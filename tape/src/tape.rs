@@ -48,6 +48,10 @@ pub struct Tape<'a> {
     recording: bool,
     ctx: Context,
     nodes: Vec<Node<'a>>,
+    /// Forward calls of ops started on this tape so far.
+    ops_started: usize,
+    /// An op's output known in advance: (the op's index among the calls, the output).
+    known_output: Option<(usize, Tensor)>,
 }
 
 impl<'a> Tape<'a> {
@@ -83,6 +87,8 @@ impl<'a> Tape<'a> {
             recording,
             ctx,
             nodes: Vec::new(),
+            ops_started: 0,
+            known_output: None,
         }
     }
 
@@ -176,10 +182,40 @@ impl<'a> Tape<'a> {
         output
     }
 
-    /// Starts timing one forward call of `op` (in this tape's phase) for the profiler; the call
-    /// ends when the returned guard drops.
-    pub(crate) fn profile_op(&self, op: &'static str) -> profile::Scope {
+    /// Starts one forward call of `op`: counts it, and times it (in this tape's phase) for the
+    /// profiler until the returned guard drops.
+    pub(crate) fn profile_op(&mut self, op: &'static str) -> profile::Scope {
+        self.ops_started += 1;
         profile::scope(op, self.ctx.phase.into())
+    }
+
+    /// Forward calls of ops started on this tape so far (each op counts one, whatever it
+    /// records).
+    pub fn ops_started(&self) -> usize {
+        self.ops_started
+    }
+
+    /// Declares the output of the op call at `index` (0-based, counted as
+    /// [`Tape::ops_started`] counts) known in advance: that op, if it can (its backward needs
+    /// nothing its forward computes besides the output: conv2d, linear, ReLU, pooling, dropout,
+    /// add, concat), records its backward as usual but takes `output` (under a new id) instead of
+    /// computing it. For recomputing a checkpointed segment, whose last output the first pass
+    /// already produced: the caller vouches that it is what the op would compute.
+    pub fn set_known_output(&mut self, index: usize, output: Tensor) {
+        self.known_output = Some((index, output));
+    }
+
+    /// The known output of the op call now running, if one was declared for it and has `shape`
+    /// and `like`'s dtype and device.
+    pub(crate) fn take_known_output(&mut self, shape: &[usize], like: &Tensor) -> Option<Tensor> {
+        let fits = matches!(&self.known_output, Some((i, t)) if *i + 1 == self.ops_started
+            && t.shape() == shape
+            && t.dtype() == like.dtype()
+            && t.device().same(like.device()));
+        if !fits {
+            return None;
+        }
+        self.known_output.take().map(|(_, t)| t.detach())
     }
 
     /// Number of recorded ops.

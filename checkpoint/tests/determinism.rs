@@ -96,3 +96,47 @@ fn a_checkpointed_training_forward_records_one_node_and_keeps_only_inputs() {
     // Only the output is new: the five intermediate outputs were not kept.
     assert_eq!(dev.memory().current() - before, y.size_in_bytes());
 }
+
+/// The recompute takes the first pass's output for the segment's last op instead of computing
+/// it again: backward allocates one output fewer than with the determinism check (which must
+/// recompute the output to compare it), and the gradients are the same bits.
+#[test]
+fn the_recompute_reuses_the_first_pass_output_of_the_last_op() {
+    let run = |verify: bool| -> (usize, Vec<f64>, Vec<f64>) {
+        let dev = Device::cpu();
+        let x = Tensor::randn(&[2, 3, 8, 8], DType::F64, &dev, 1)
+            .unwrap()
+            .with_requires_grad(true);
+        let w = Tensor::randn(&[4, 3, 3, 3], DType::F64, &dev, 2)
+            .unwrap()
+            .with_requires_grad(true);
+        let mut tape = Tape::recording();
+        let wc = w.clone();
+        let options = CheckpointOptions {
+            verify_determinism: verify,
+            ..CheckpointOptions::default()
+        };
+        let y = checkpoint_with(&mut tape, &[&x], options, move |t, xs| {
+            let h = ops::relu(t, &xs[0])?;
+            ops::conv2d(t, &h, &wc, None, ops::Conv2dOptions::default())
+        })
+        .unwrap();
+        let loss = ops::sum(&mut tape, &y).unwrap();
+        drop(y);
+        dev.memory().reset_peak();
+        let before = dev.memory().current();
+        let grads = tape.backward(&loss).unwrap();
+        let peak = dev.memory().peak() - before;
+        (
+            peak,
+            grads.get(&x).unwrap().to_f64_vec(),
+            grads.get(&w).unwrap().to_f64_vec(),
+        )
+    };
+    let (reused, gx, gw) = run(false);
+    let (recomputed, gx2, gw2) = run(true);
+    let out_bytes = 2 * 4 * 6 * 6 * 8;
+    assert_eq!(recomputed - reused, out_bytes, "one conv output fewer");
+    assert_eq!(gx, gx2);
+    assert_eq!(gw, gw2);
+}

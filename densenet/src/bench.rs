@@ -36,6 +36,9 @@ pub struct CaseResult {
     /// blocks, so it is at least the pool's high-water mark). Absent on the CPU.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_used_bytes: Option<u64>,
+    /// Bytes the device's allocator holds after the steps, in use or cached for reuse (the host
+    /// cache on the CPU, the memory pool on a GPU; `None` where it cannot say).
+    pub reserved_bytes: Option<u64>,
     /// Median seconds per training step (forward + backward + SGD).
     pub median_s: f64,
     /// Every measured step time.
@@ -44,20 +47,11 @@ pub struct CaseResult {
 
 /// The process's resident-set high-water mark (Linux: VmHWM, resettable through clear_refs).
 pub mod rss {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    extern "C" {
-        /// glibc: returns free heap pages to the OS.
-        fn malloc_trim(pad: usize) -> i32;
-    }
-
-    /// Returns freed heap memory to the OS (glibc keeps it otherwise), then restarts the
-    /// peak-RSS measurement from the current resident set; false where the OS does not allow it.
+    /// Returns the host cache's unused memory to the OS ([`tape::host_cache::release`]), then
+    /// restarts the peak-RSS measurement from the current resident set; false where the OS does
+    /// not allow it.
     pub fn reset_peak() -> bool {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only releases unused pages of glibc's own heap; no pointer is passed.
-        unsafe {
-            malloc_trim(0);
-        }
+        tape::host_cache::release();
         std::fs::write("/proc/self/clear_refs", "5").is_ok()
     }
 
@@ -164,6 +158,7 @@ pub fn measure_training_step(
         peak_bytes: dev.memory().peak() as u64,
         rss_peak_bytes: if rss_ok { rss::peak_bytes() } else { None },
         device_used_bytes,
+        reserved_bytes: dev.reserved_bytes().map(|b| b as u64),
         median_s: median(&times),
         times_s: times,
     })

@@ -66,6 +66,7 @@ static SERIAL: AtomicU64 = AtomicU64::new(0);
 impl Device {
     /// A new CPU device with its own memory accounting.
     pub fn cpu() -> Self {
+        crate::host_cache::configure();
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         let memory = Arc::new(MemoryStats::new(format!("cpu#{serial}")));
         Device(Arc::new(Inner {
@@ -139,6 +140,17 @@ impl Device {
         match &self.0.cuda {
             Some(c) => c.mem_get_info().map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// Bytes the device's allocator holds, in use or cached for reuse (PyTorch's "reserved";
+    /// [`Device::memory`] counts what tensors hold, its "allocated"): on the CPU the process's
+    /// host allocator ([`crate::host_cache`]), on a GPU the stream-ordered pool. `None` where it
+    /// cannot say.
+    pub fn reserved_bytes(&self) -> Option<usize> {
+        match &self.0.cuda {
+            Some(c) => c.reserved_bytes(),
+            None => crate::host_cache::reserved_bytes(),
         }
     }
 

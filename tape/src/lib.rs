@@ -41,6 +41,7 @@ pub mod dtype;
 pub mod error;
 pub mod gradcheck;
 pub mod gradients;
+pub mod host_cache;
 pub mod memory;
 pub mod ops;
 pub mod optim;

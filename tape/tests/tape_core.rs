@@ -578,3 +578,25 @@ mod on_gpu {
         }
     }
 }
+
+/// The host cache: reserved bytes are reported beside the engine's allocated bytes, and
+/// releasing the cache leaves the engine's accounting untouched.
+#[test]
+fn host_cache_reports_reserved_bytes_and_releases() {
+    let dev = Device::cpu();
+    // Ones, so that the pages are touched and resident.
+    let x = Tensor::ones(&[1 << 20], DType::F64, &dev).unwrap();
+    let allocated = dev.memory().current();
+    assert_eq!(allocated, 8 << 20);
+    if let Some(reserved) = dev.reserved_bytes() {
+        assert!(reserved >= allocated, "{reserved} < {allocated}");
+    }
+    drop(x);
+    tape::host_cache::release();
+    assert_eq!(dev.memory().current(), 0);
+    assert_eq!(
+        tape::host_cache::is_enabled(),
+        cfg!(all(target_os = "linux", target_env = "gnu"))
+            && std::env::var("TAPE_HOST_CACHE").map_or(true, |v| v != "0")
+    );
+}

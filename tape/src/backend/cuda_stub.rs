@@ -43,6 +43,10 @@ impl CudaHandle {
     pub(crate) fn mem_get_info(&self) -> Result<(usize, usize)> {
         match *self {}
     }
+
+    pub(crate) fn reserved_bytes(&self) -> Option<usize> {
+        match *self {}
+    }
 }
 
 /// Fails: this build has no CUDA backend.

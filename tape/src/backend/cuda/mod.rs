@@ -99,6 +99,22 @@ impl CudaHandle {
     pub(crate) fn mem_get_info(&self) -> Result<(usize, usize)> {
         self.backend.mem_get_info()
     }
+
+    /// Bytes the GPU's memory pool holds (in use or cached), if it has a pool.
+    pub(crate) fn reserved_bytes(&self) -> Option<usize> {
+        let pool = self.backend.pool.as_ref()?;
+        let mut value: u64 = 0;
+        // SAFETY: the pool is this GPU's default pool; the attribute's value is a u64.
+        unsafe {
+            dres::mem_pool::get_attribute(
+                pool.0,
+                dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+                &mut value as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+        .ok()?;
+        usize::try_from(value).ok()
+    }
 }
 
 /// Opens GPU `ordinal` (its shared backend is created on first use) for a new device handle.

@@ -11,6 +11,7 @@ use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The parts as the kernels see them: each part's data and channel count; planes are `hw` long
 /// and there are `n` images.
@@ -96,20 +97,58 @@ fn forward<T: Elem>(parts: &Parts<'_, T>, scale: &[f64], shift: &[f64]) -> Vec<T
     out
 }
 
-/// Per output channel `(sum g', sum g' * (x - mean))` with `g' = g` where the output is positive
-/// and 0 elsewhere; `(x - mean)` sums only when `with_x`.
-fn grad_sums<T: Elem>(
+/// Per output channel: the input gradient is `a * g' + b * (x - mean) + k` with `g'` the masked
+/// output gradient (`b = k = 0` in eval mode).
+#[derive(Clone, Copy, Debug)]
+struct InputCoef {
+    a: f64,
+    b: f64,
+    k: f64,
+    mean: f64,
+}
+
+/// Per output channel `(sum g', sum g' * (x - mean))`, and each part's input gradient (for the
+/// parts that want one).
+type ChannelBackward<T> = (Vec<(f64, f64)>, Vec<Option<Vec<T>>>);
+
+/// The backward pass, channel by channel: for each output channel, the sums
+/// `(sum g', sum g' * (x - mean))` over its planes (`g' = g` where the output is positive, else 0;
+/// the second sum only when `with_x`) and then, while the channel's planes are still in cache,
+/// the input gradient of that channel for the parts that `want` one, with the coefficients
+/// `coef(channel, sums)`. Reading `g`, the output and `x` once from memory instead of twice is
+/// what makes it faster than sums-then-gradients (the pass is memory-bound). Each channel is one
+/// task, so the sums do not depend on the thread count.
+fn backward_by_channel<T: Elem>(
     parts: &Parts<'_, T>,
     g: &[T],
     y: &[T],
     mean: &[f64],
     with_x: bool,
-) -> Vec<(f64, f64)> {
-    let (c, hw) = (parts.c(), parts.hw);
-    let per = |ch: usize| {
+    want: &[bool],
+    coef: impl Fn(usize, (f64, f64)) -> InputCoef + Sync,
+) -> ChannelBackward<T> {
+    let (c, hw, n) = (parts.c(), parts.hw, parts.n);
+    let lens: Vec<usize> = parts.channels.iter().map(|&cp| n * cp * hw).collect();
+    let mut bufs: Vec<Option<Vec<T>>> = want
+        .iter()
+        .zip(&lens)
+        .map(|(&w, &len)| w.then(|| Vec::with_capacity(len)))
+        .collect();
+    // Each wanted part's planes, by output channel (image order within a channel).
+    let mut planes: Vec<Vec<&mut [MaybeUninit<T>]>> = (0..c).map(|_| Vec::new()).collect();
+    let mut first = 0;
+    for ((buf, &cp), &len) in bufs.iter_mut().zip(&parts.channels).zip(&lens) {
+        if let (Some(buf), true) = (buf.as_mut(), hw > 0) {
+            for (q, plane) in buf.spare_capacity_mut()[..len].chunks_mut(hw).enumerate() {
+                planes[first + q % cp].push(plane);
+            }
+        }
+        first += cp;
+    }
+    let per = |(ch, outs): (usize, Vec<&mut [MaybeUninit<T>]>)| -> (f64, f64) {
         let m = mean[ch];
         let (mut sg, mut sgx) = (0.0, 0.0);
-        for i in 0..parts.n {
+        for i in 0..n {
             let at = (i * c + ch) * hw;
             let (gp, yp) = (&g[at..at + hw], &y[at..at + hw]);
             if with_x {
@@ -120,57 +159,34 @@ fn grad_sums<T: Elem>(
                 sg += lane_sum2(gp, yp, |g, y| if y > 0.0 { g } else { 0.0 });
             }
         }
+        if !outs.is_empty() {
+            let k = coef(ch, (sg, sgx));
+            let (a, b, kk, mean) = (T::of(k.a), T::of(k.b), T::of(k.k), T::of(k.mean));
+            for (i, o) in outs.into_iter().enumerate() {
+                let at = (i * c + ch) * hw;
+                let (gp, yp, xp) = (&g[at..at + hw], &y[at..at + hw], parts.plane(i, ch));
+                for (((o, &g), &y), &x) in o.iter_mut().zip(gp).zip(yp).zip(xp) {
+                    let gm = g * T::of(f64::from(u8::from(y > T::zero())));
+                    o.write(a * gm + kk + b * (x - mean));
+                }
+            }
+        }
         (sg, sgx)
     };
-    if parts.parallel() {
-        (0..c).into_par_iter().map(per).collect()
+    let sums: Vec<(f64, f64)> = if parts.parallel() {
+        planes.into_par_iter().enumerate().map(per).collect()
     } else {
-        (0..c).map(per).collect()
-    }
-}
-
-/// Per output channel: the input gradient is `a * g' + b * (x - mean) + k` with `g'` the masked
-/// output gradient (`b = k = 0` in eval mode).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct InputCoef {
-    pub(super) a: f64,
-    pub(super) b: f64,
-    pub(super) k: f64,
-    pub(super) mean: f64,
-}
-
-/// The input gradient of part `p`, shaped like the part.
-fn grad_part<T: Elem>(
-    parts: &Parts<'_, T>,
-    p: usize,
-    g: &[T],
-    y: &[T],
-    coef: &[InputCoef],
-) -> Vec<T> {
-    let (c, hw, cp) = (parts.c(), parts.hw, parts.channels[p]);
-    let offset: usize = parts.channels[..p].iter().sum();
-    let mut out = vec![T::zero(); parts.n * cp * hw];
-    if hw == 0 {
-        return out;
-    }
-    let body = |(q, o): (usize, &mut [T])| {
-        let (i, lc) = (q / cp, q % cp);
-        let ch = offset + lc;
-        let at = (i * c + ch) * hw;
-        let (gp, yp, xp) = (&g[at..at + hw], &y[at..at + hw], parts.plane(i, ch));
-        let k = coef[ch];
-        let (a, b, kk, mean) = (T::of(k.a), T::of(k.b), T::of(k.k), T::of(k.mean));
-        for (((o, &g), &y), &x) in o.iter_mut().zip(gp).zip(yp).zip(xp) {
-            let gm = if y > T::zero() { g } else { T::zero() };
-            *o = a * gm + kk + b * (x - mean);
-        }
+        planes.into_iter().enumerate().map(per).collect()
     };
-    if parts.n * cp * hw >= PAR_MIN {
-        out.par_chunks_mut(hw).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(hw).enumerate().for_each(body);
+    for (buf, &len) in bufs.iter_mut().zip(&lens) {
+        if let Some(buf) = buf.as_mut() {
+            // SAFETY: every plane of a wanted part belongs to exactly one output channel, and the
+            // channel's task wrote each of its elements (`len` = planes * hw; with hw = 0 there
+            // are no elements).
+            unsafe { buf.set_len(len) };
+        }
     }
-    out
+    (sums, bufs)
 }
 
 impl BatchNormReluKernels for Cpu {
@@ -218,45 +234,46 @@ impl BatchNormReluKernels for Cpu {
         );
         let weight = a.weight.try_to_f64_vec()?;
         let any_x = a.want_parts.iter().any(|&b| b);
-        let mut gparts: Vec<Option<Tensor>> = vec![None; a.parts.len()];
-        let (mut gw, mut gb) = (None, None);
+        let with_x = a.want_weight || (a.training && any_x);
+        let m = (n * hw) as f64;
+        let coef = |ch: usize, (sg, sgx): (f64, f64)| {
+            let a_ = weight[ch] * invstd[ch];
+            if a.training {
+                InputCoef {
+                    a: a_,
+                    b: -a_ * invstd[ch] * (sgx * invstd[ch]) / m,
+                    k: -a_ * sg / m,
+                    mean: mean[ch],
+                }
+            } else {
+                InputCoef {
+                    a: a_,
+                    b: 0.0,
+                    k: 0.0,
+                    mean: 0.0,
+                }
+            }
+        };
+        let (mut gparts, mut gw, mut gb) = (Vec::new(), None, None);
         dispatch_float!(g.dtype(), T => {
             let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
             let parts = Parts::new(data, a.channels.to_vec(), n, hw);
             let (gs, ys) = (g.as_slice::<T>()?, a.out.as_slice::<T>()?);
-            let with_x = a.want_weight || (a.training && any_x);
-            let sums = grad_sums(&parts, gs, ys, &mean, with_x);
-            let sum_g: Vec<f64> = sums.iter().map(|s| s.0).collect();
-            let sum_gx: Vec<f64> = sums.iter().zip(&invstd).map(|(s, k)| s.1 * k).collect();
+            let (sums, bufs) =
+                backward_by_channel(&parts, gs, ys, &mean, with_x, a.want_parts, coef);
             if a.want_weight {
+                let sum_gx: Vec<f64> = sums.iter().zip(&invstd).map(|(s, k)| s.1 * k).collect();
                 gw = Some(Tensor::from_f64(&sum_gx, &[c], g.dtype(), g.device())?);
             }
             if a.want_bias {
+                let sum_g: Vec<f64> = sums.iter().map(|s| s.0).collect();
                 gb = Some(Tensor::from_f64(&sum_g, &[c], g.dtype(), g.device())?);
             }
-            if any_x {
-                let m = (n * hw) as f64;
-                let coef: Vec<InputCoef> = (0..c)
-                    .map(|ch| {
-                        let a_ = weight[ch] * invstd[ch];
-                        if a.training {
-                            InputCoef {
-                                a: a_,
-                                b: -a_ * invstd[ch] * sum_gx[ch] / m,
-                                k: -a_ * sum_g[ch] / m,
-                                mean: mean[ch],
-                            }
-                        } else {
-                            InputCoef { a: a_, b: 0.0, k: 0.0, mean: 0.0 }
-                        }
-                    })
-                    .collect();
-                for (p, want) in a.want_parts.iter().enumerate() {
-                    if *want {
-                        let v = grad_part(&parts, p, gs, ys, &coef);
-                        gparts[p] = Some(Tensor::from_vec(v, a.parts[p].shape(), g.device())?);
-                    }
-                }
+            for (buf, part) in bufs.into_iter().zip(a.parts) {
+                gparts.push(match buf {
+                    Some(v) => Some(Tensor::from_vec(v, part.shape(), g.device())?),
+                    None => None,
+                });
             }
         });
         Ok((gparts, gw, gb))

@@ -58,16 +58,16 @@ proptest! {
         let cost: Vec<f64> = layers.iter().map(|l| l.2 as f64).collect();
         let m = model(&saved, &out, &cost);
         let plans = all_plans(saved.len());
-        let peaks: Vec<u64> = plans.iter().map(|p| m.predict(p).peak).collect();
+        let peaks: Vec<u64> = plans.iter().map(|p| m.predict(p).unwrap().peak).collect();
         let (lo, hi) = (*peaks.iter().min().unwrap(), *peaks.iter().max().unwrap());
         let budget = lo + ((hi - lo) as f64 * budget_frac) as u64;
         let best = plans
             .iter()
-            .filter(|p| m.predict(p).peak <= budget)
-            .map(|p| m.predict(p).extra_cost)
+            .filter(|p| m.predict(p).unwrap().peak <= budget)
+            .map(|p| m.predict(p).unwrap().extra_cost)
             .fold(f64::INFINITY, f64::min);
         let plan = m.plan(budget).unwrap();
-        let pred = m.predict(&plan);
+        let pred = m.predict(&plan).unwrap();
         prop_assert!(pred.peak <= budget);
         prop_assert_eq!(pred.extra_cost, best);
         prop_assert!(m.plan(lo - 1).is_err());
@@ -136,7 +136,7 @@ fn equal_segments_and_policy_plans() {
 fn report_names_kept_and_recomputed_segments() {
     let m = model(&[10, 10, 10, 10], &[5, 5, 5, 5], &[1.0; 4]);
     let plan = m.plan(150).unwrap();
-    let text = m.report(&plan);
+    let text = m.report(&plan).unwrap();
     assert!(text.contains("predicted peak"), "{text}");
     assert!(text.contains("recompute"), "{text}");
     assert!(text.contains("extra forward cost"), "{text}");

@@ -83,8 +83,11 @@ impl ChainModel {
         }
     }
 
-    /// Predicts peak bytes and extra cost of running the chain under `plan`.
-    pub fn predict(&self, plan: &Plan) -> Prediction {
+    /// Predicts peak bytes and extra cost of running the chain under `plan`; fails with
+    /// [`Error::InvalidArgument`] unless the plan covers the chain exactly
+    /// ([`Plan::check_covers`]).
+    pub fn predict(&self, plan: &Plan) -> Result<Prediction> {
+        plan.check_covers(self.layers.len())?;
         let (mut stored, mut transient, mut extra_cost) = (0, 0, 0.0);
         for s in plan.segments() {
             let e = self.segment_edge(s.range.start, s.range.end, s.checkpointed);
@@ -92,17 +95,20 @@ impl ChainModel {
             transient = transient.max(e.transient);
             extra_cost += e.cost;
         }
-        Prediction {
+        Ok(Prediction {
             peak: self.overhead() + stored + transient,
             stored,
             transient,
             extra_cost,
-        }
+        })
     }
 
     /// The plan of least recompute cost whose predicted peak is at most `budget` bytes.
     pub fn plan(&self, budget: u64) -> Result<Plan> {
         let n = self.layers.len();
+        if n == 0 {
+            return Err(Error::invalid("planner", "the chain has no layers"));
+        }
         let free = budget.checked_sub(self.overhead()).ok_or_else(|| {
             Error::invalid(
                 "planner",
@@ -118,7 +124,7 @@ impl ChainModel {
             edges
         })
         .ok_or_else(|| {
-            let floor = self.predict(&Plan::equal_segments(n, 1)).peak;
+            let floor = self.predict(&Plan::equal_segments(n, 1)).map_or(0, |p| p.peak);
             Error::invalid(
                 "planner",
                 format!(
@@ -143,10 +149,10 @@ impl ChainModel {
     }
 
     /// A human-readable account of `plan`: what is kept, what is recomputed, predicted peak and
-    /// extra cost.
-    pub fn report(&self, plan: &Plan) -> String {
+    /// extra cost; fails like [`ChainModel::predict`] for a plan that does not fit the chain.
+    pub fn report(&self, plan: &Plan) -> Result<String> {
         use std::fmt::Write;
-        let p = self.predict(plan);
+        let p = self.predict(plan)?;
         let total: f64 = self.layers.iter().map(|l| l.cost).sum();
         let mut s = String::new();
         let _ = writeln!(s, "plan for {} layers:", self.layers.len());
@@ -190,7 +196,7 @@ impl ChainModel {
                 0.0
             }
         );
-        s
+        Ok(s)
     }
 }
 

@@ -87,6 +87,10 @@ struct Args {
     /// next epoch.
     #[arg(long, requires = "out")]
     resume: bool,
+    /// With --resume: ignore tensors of DIR/model.safetensors that the model does not have (by
+    /// default they are an error naming them). Values are checked either way.
+    #[arg(long, requires = "resume")]
+    lenient: bool,
     /// Use only the first N training images.
     #[arg(long, value_name = "N")]
     limit_train: Option<usize>,
@@ -318,7 +322,13 @@ fn run(args: Args) -> AnyResult<()> {
             )
             .into());
         }
-        weights::load(&mut model, &dir.join("model.safetensors"))?;
+        weights::load_with(
+            &mut model,
+            &dir.join("model.safetensors"),
+            weights::LoadOptions {
+                lenient: args.lenient,
+            },
+        )?;
         let opt_path = dir.join("optimizer.safetensors");
         let momentum = if state.optimizer_state_saved && opt_path.exists() {
             let stored = weights::load_tensors(&opt_path)?;

@@ -14,8 +14,8 @@ use clap::Parser;
 use densenet::data::{
     epoch_batches, load_cifar10, synthetic, Augment, Dataset, CIFAR10_MEAN, CIFAR10_STD,
 };
-use densenet::train::{count_correct, predict, train_step};
-use densenet::{weights, DenseNet, DenseNetConfig, Efficiency};
+use densenet::train::{count_correct, predict, train_step_with, StepOptions};
+use densenet::{weights, DenseNet, DenseNetConfig, DenseNetError, Efficiency};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -405,23 +405,29 @@ fn run(args: Args) -> AnyResult<()> {
         for (b, idx) in batches.iter().enumerate() {
             let batch = train.augmented_batch(idx, &augment, epoch as u64, DType::F32, &device)?;
             let step_seed = mix64(args.seed ^ mix64(((epoch as u64) << 32) | b as u64));
-            let step = train_step(
+            // Steps are numbered from 0 over the whole run; the anomaly check (on by default)
+            // stops at the first non-finite loss, gradient or parameter, before the update.
+            let step_index = (epoch * batches.len() + b) as u64;
+            let step = match train_step_with(
                 &mut model,
                 &mut opt,
                 &batch.images,
                 &batch.labels,
-                step_seed,
-            )?;
-            if !step.loss.is_finite() {
-                pb.abandon();
-                return Err(format!(
-                    "the loss diverged ({}) at epoch {} batch {}: try a lower --lr",
-                    step.loss,
-                    epoch + 1,
-                    b + 1
-                )
-                .into());
-            }
+                StepOptions::new(step_index, step_seed),
+            ) {
+                Ok(step) => step,
+                Err(e @ DenseNetError::NonFinite { .. }) => {
+                    pb.abandon();
+                    return Err(format!(
+                        "epoch {} batch {}: {e} (e.g. --lr below {})",
+                        epoch + 1,
+                        b + 1,
+                        args.lr
+                    )
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            };
             loss_sum += step.loss * idx.len() as f64;
             correct += step.correct;
             seen += idx.len();

@@ -41,6 +41,21 @@ pub enum DenseNetError {
         crate::error::name_list(.0)
     )]
     UnexpectedTensors(Vec<String>),
+    /// A training step met a loss, gradient or parameter that is NaN or infinite (the run
+    /// diverged); the step did not update the parameters.
+    #[error(
+        "training step {step}: {what} is not finite ({value}); the run diverged (try a lower \
+         learning rate) and this step did not update the parameters"
+    )]
+    NonFinite {
+        /// The step's index, as the training loop counts them.
+        step: u64,
+        /// What is not finite: `the loss`, `the gradient of '<parameter>'` or
+        /// `the parameter '<parameter>'`.
+        what: String,
+        /// The offending value (the loss, or the sum of the gradient or parameter).
+        value: f64,
+    },
     /// A weights file is not valid safetensors, or holds an unsupported dtype.
     #[error("bad weights file {path}: {msg}")]
     Weights {

@@ -212,38 +212,68 @@ fn glue_transient(config: &DenseNetConfig, s: &Shape) -> u64 {
     peak.max(c0 * unit1 + 2 * c0 * s.stem_half + after + stem_params)
 }
 
-/// The budget model's predicted peak bytes of one training step of `model` (as
-/// [`crate::Efficiency::Budget`] runs it: transitions and head recomputed, fused
-/// concat-BN-ReLU in the Bottleneck and Layer modes; [`crate::Efficiency::Layer`] runs exactly
-/// as all-Layer) on an input of `input_shape`, with each dense layer in the mode `modes` gives
-/// (per block, per layer), when the device holds `held` bytes as forward starts: fixed bytes
-/// plus every layer's kept bytes plus the largest backward peak (see the module docs).
-/// [`plan_layer_modes`] picks modes whose prediction fits a budget; this says what the model
-/// predicts for any choice.
+/// The budget model of one network for one input shape, in parts: `peak = fixed + sum(kept
+/// bytes of each layer's mode) + max(glue, backward peak of each layer's mode)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetModel {
+    /// Per block, per layer: what each mode costs ([`layer_costs`]).
+    pub layers: Vec<Vec<LayerCost>>,
+    /// Bytes needed whatever the modes: what the device held as forward started, the stem's
+    /// maps, the transition outputs, pooled features and logits.
+    pub fixed: u64,
+    /// The largest backward peak outside the dense layers (head, transitions, stem), with the
+    /// parameter gradients made by then.
+    pub glue: u64,
+}
+
+impl BudgetModel {
+    /// The model of `model` (as [`crate::Efficiency::Budget`] runs it: transitions and head
+    /// recomputed, fused concat-BN-ReLU in the Bottleneck and Layer modes;
+    /// [`crate::Efficiency::Layer`] runs exactly as all-Layer) on an input of `input_shape`,
+    /// when the device holds `held` bytes as forward starts.
+    pub fn new(model: &DenseNet, input_shape: [usize; 4], held: u64) -> Self {
+        let config = model.config();
+        let elem = model.dtype().size_in_bytes();
+        let s = shape_of(config, input_shape, elem);
+        BudgetModel {
+            layers: layer_costs(config, input_shape, elem),
+            fixed: fixed_bytes(config, &s, held),
+            glue: glue_transient(config, &s),
+        }
+    }
+
+    /// Predicted peak bytes with each dense layer in the mode `modes` gives (per block, per
+    /// layer); an error if `modes` does not match the blocks.
+    pub fn predict(&self, modes: &[Vec<LayerMode>]) -> Result<u64> {
+        let (layers, modes_len) = (&self.layers, modes.iter().map(Vec::len));
+        if modes.len() != layers.len() || modes_len.zip(layers).any(|(m, c)| m != c.len()) {
+            return Err(DenseNetError::Config(format!(
+                "layer modes for blocks of {:?} layers, the model has blocks of {:?}",
+                modes.iter().map(Vec::len).collect::<Vec<_>>(),
+                layers.iter().map(Vec::len).collect::<Vec<_>>()
+            )));
+        }
+        let (mut stored, mut transient) = (0u64, self.glue);
+        for (mode, cost) in modes.iter().flatten().zip(layers.iter().flatten()) {
+            let m = MODES.iter().position(|x| x == mode).unwrap_or(2);
+            stored += cost.stored[m];
+            transient = transient.max(cost.transient[m]);
+        }
+        Ok(self.fixed + stored + transient)
+    }
+}
+
+/// The budget model's predicted peak bytes of one training step of `model` on an input of
+/// `input_shape` with each dense layer in the mode `modes` gives, when the device holds `held`
+/// bytes as forward starts ([`BudgetModel::predict`]). [`plan_layer_modes`] picks modes whose
+/// prediction fits a budget; this says what the model predicts for any choice.
 pub fn predicted_peak(
     model: &DenseNet,
     input_shape: [usize; 4],
     modes: &[Vec<LayerMode>],
     held: u64,
 ) -> Result<u64> {
-    let config = model.config();
-    let elem = model.dtype().size_in_bytes();
-    let costs = layer_costs(config, input_shape, elem);
-    if modes.len() != costs.len() || modes.iter().zip(&costs).any(|(m, c)| m.len() != c.len()) {
-        return Err(DenseNetError::Config(format!(
-            "layer modes for blocks of {:?} layers, the model has blocks of {:?}",
-            modes.iter().map(Vec::len).collect::<Vec<_>>(),
-            config.block_config
-        )));
-    }
-    let s = shape_of(config, input_shape, elem);
-    let (mut stored, mut transient) = (0u64, glue_transient(config, &s));
-    for (mode, cost) in modes.iter().flatten().zip(costs.iter().flatten()) {
-        let m = MODES.iter().position(|x| x == mode).unwrap_or(2);
-        stored += cost.stored[m];
-        transient = transient.max(cost.transient[m]);
-    }
-    Ok(fixed_bytes(config, &s, held) + stored + transient)
+    BudgetModel::new(model, input_shape, held).predict(modes)
 }
 
 /// Per block, per layer: the cheapest modes whose predicted peak fits `budget` bytes.
@@ -253,12 +283,11 @@ pub fn plan_layer_modes(
     budget: u64,
     held: u64,
 ) -> Result<Vec<Vec<LayerMode>>> {
-    let config = model.config();
-    let elem = model.dtype().size_in_bytes();
-    let costs = layer_costs(config, input_shape, elem);
-    let s = shape_of(config, input_shape, elem);
-    let fixed = fixed_bytes(config, &s, held);
-    let glue = glue_transient(config, &s);
+    let BudgetModel {
+        layers: costs,
+        fixed,
+        glue,
+    } = BudgetModel::new(model, input_shape, held);
     let free = budget.checked_sub(fixed).ok_or_else(|| {
         DenseNetError::Config(format!(
             "memory budget {budget} bytes is below the {fixed} bytes needed whatever the mode \
@@ -294,7 +323,8 @@ pub fn plan_layer_modes(
                 .unwrap_or(0)
                 .max(glue);
         DenseNetError::Config(format!(
-            "memory budget {budget} bytes cannot be met: {fixed} bytes are needed whatever the              modes, and recomputing every layer predicts {} bytes",
+            "memory budget {budget} bytes cannot be met: {fixed} bytes are needed whatever the \
+             modes, and recomputing every layer predicts {} bytes",
             fixed + all_layer
         ))
     })?;

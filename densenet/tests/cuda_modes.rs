@@ -5,9 +5,10 @@
 //! Needs the `cuda` feature; without a usable GPU every test prints why it skips and passes.
 #![cfg(feature = "cuda")]
 
-use densenet::model::plan_layer_modes;
-use densenet::train::{forward_backward, train_step};
-use densenet::{DenseNet, DenseNetConfig, Efficiency, LayerMode};
+mod support;
+
+use densenet::train::{forward_backward, train_step, train_step_with, StepOptions};
+use densenet::{DenseNet, DenseNetConfig, DenseNetError, Efficiency};
 use tape::optim::{Sgd, SgdConfig};
 use tape::{DType, Device, Tensor};
 
@@ -25,22 +26,6 @@ struct Outcome {
     loss: f64,
     grads: Vec<(String, Vec<f64>)>,
     running: Vec<Vec<f64>>,
-}
-
-/// A budget under which the planner mixes modes (or, failing that, the smallest that fits).
-fn mixed_budget(model: &DenseNet, shape: [usize; 4]) -> u64 {
-    let held = model.device().memory().current() as u64;
-    let mut budget = 1u64 << 34;
-    let mut last_ok = budget;
-    while let Ok(modes) = plan_layer_modes(model, shape, budget, held) {
-        last_ok = budget;
-        let flat: Vec<LayerMode> = modes.into_iter().flatten().collect();
-        if flat.iter().any(|&m| m != flat[0]) {
-            return budget;
-        }
-        budget = budget * 9 / 10;
-    }
-    last_ok
 }
 
 /// One forward + backward of `config` in `mode` on `dev` (inputs made on the host, copied).
@@ -61,11 +46,15 @@ fn run(
     let labels: Vec<usize> = (0..batch)
         .map(|i| (i + seed as usize) % config.num_classes)
         .collect();
-    let mode = match mode {
-        Efficiency::Budget(0) => Efficiency::Budget(mixed_budget(&model, [batch, 3, image, image])),
-        m => m,
-    };
-    model.set_efficiency(mode);
+    let shape = [batch, 3, image, image];
+    if mode == Efficiency::Budget(0) {
+        // A budget under which the planner must mix modes (see `support::mixing_plan`).
+        let (budget, modes) = support::mixing_plan(&model, shape).expect("modes can mix");
+        model.set_efficiency(Efficiency::Budget(budget));
+        assert_eq!(model.layer_modes(shape).unwrap(), modes, "budget {budget}");
+    } else {
+        model.set_efficiency(mode);
+    }
     let out = forward_backward(&model, &x, &labels, seed).unwrap();
     Outcome {
         loss: out.loss,
@@ -277,4 +266,33 @@ fn a_gpu_step_is_accounted_on_the_gpu_device() {
     drop(x);
     drop(model);
     assert_eq!(dev.memory().current(), 0, "everything released");
+}
+
+#[test]
+fn the_anomaly_check_stops_a_gpu_step() {
+    let Some(dev) = gpu() else { return };
+    let (config, batch, image) = small_configs().remove(0);
+    let mut model = DenseNet::new(config.clone(), DType::F32, &dev, 0).unwrap();
+    let x = Tensor::randn(&[batch, 3, image, image], DType::F32, &dev, 1).unwrap();
+    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
+    let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+    train_step_with(&mut model, &mut opt, &x, &labels, StepOptions::new(0, 0)).unwrap();
+    // A NaN in the first batch norm's bias: the ReLU maps it to 0, so only the parameter check
+    // sees it.
+    let name = {
+        let mut params = model.parameters_mut();
+        let p = &mut params[2];
+        let mut v = p.tensor().try_to_f64_vec().unwrap();
+        v[0] = f64::NAN;
+        let t = Tensor::from_f64(&v, p.tensor().shape(), DType::F32, &dev).unwrap();
+        p.assign(&t).unwrap();
+        p.name().to_string()
+    };
+    match train_step_with(&mut model, &mut opt, &x, &labels, StepOptions::new(1, 1)) {
+        Err(DenseNetError::NonFinite { step, what, .. }) => {
+            assert_eq!(step, 1);
+            assert_eq!(what, format!("the parameter '{name}'"));
+        }
+        other => panic!("expected NonFinite, got {:?}", other.err()),
+    }
 }

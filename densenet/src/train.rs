@@ -113,21 +113,19 @@ pub fn check_finite(model: &DenseNet, out: &StepOutput, step: u64) -> Result<()>
         });
     }
     let mut tape = Tape::no_grad();
-    let mut sums = Vec::new();
+    let params = model.parameters();
+    // (parameter index, whether it is the gradient, the sum).
+    let mut sums = Vec::with_capacity(2 * params.len());
     let mut total: Option<Tensor> = None;
-    for p in model.parameters() {
-        let grad = out.grads.get(p.tensor());
-        let named = [
-            grad.map(|g| (format!("the gradient of '{}'", p.name()), g)),
-            Some((format!("the parameter '{}'", p.name()), p.tensor())),
-        ];
-        for (what, t) in named.into_iter().flatten() {
+    for (i, p) in params.iter().enumerate() {
+        let grad = out.grads.get(p.tensor()).map(|g| (true, g));
+        for (is_grad, t) in grad.into_iter().chain([(false, p.tensor())]) {
             let s = ops::sum(&mut tape, t)?;
             total = Some(match total {
                 Some(acc) => ops::add(&mut tape, &acc, &s)?,
                 None => s.clone(),
             });
-            sums.push((what, s));
+            sums.push((i, is_grad, s));
         }
     }
     let total = match total {
@@ -137,9 +135,15 @@ pub fn check_finite(model: &DenseNet, out: &StepOutput, step: u64) -> Result<()>
     if total.is_finite() {
         return Ok(());
     }
-    for (what, s) in sums {
+    for (i, is_grad, s) in sums {
         let value = s.scalar()?;
         if !value.is_finite() {
+            let name = params[i].name();
+            let what = if is_grad {
+                format!("the gradient of '{name}'")
+            } else {
+                format!("the parameter '{name}'")
+            };
             return Err(DenseNetError::NonFinite { step, what, value });
         }
     }

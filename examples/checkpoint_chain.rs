@@ -87,7 +87,7 @@ fn main() -> tape::Result<()> {
         (dev.memory().current() + param_bytes) as u64,
     )?;
     let n = a.layers;
-    let naive_pred = model.predict(&Plan::keep_all(n)).peak;
+    let naive_pred = model.predict(&Plan::keep_all(n))?.peak;
     let mut plans = vec![
         ("naive".to_string(), Plan::keep_all(n)),
         ("per-layer".to_string(), Plan::equal_segments(n, n)),
@@ -139,13 +139,13 @@ fn main() -> tape::Result<()> {
             plan.segments().len(),
             recomputed,
             dev.memory().peak() as f64 / 1e6,
-            model.predict(plan).peak as f64 / 1e6,
+            model.predict(plan)?.peak as f64 / 1e6,
             t,
             t / base
         );
     }
     if let Some((_, plan)) = plans.last() {
-        println!("\nthe tightest plan:\n{}", model.report(plan));
+        println!("\nthe tightest plan:\n{}", model.report(plan)?);
     }
     Ok(())
 }

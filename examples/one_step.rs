@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release --example one_step -- --config cfg.json --weights w.safetensors \
-//!     --batch b.safetensors --mode naive|bottleneck|layer|budget:BYTES --out out.safetensors [--f64]
+//!     --batch b.safetensors --mode naive|bottleneck|layer|budget:BYTES --out out.safetensors \
+//!     [--f64] [--lenient]
 //! ```
 //!
 //! The config is a JSON `DenseNetConfig` (its serde field names; missing fields take the seed's
@@ -11,7 +12,8 @@
 //! `grad.<param>` for every parameter and the running statistics after the step.
 
 use clap::Parser;
-use densenet::one_step::one_step_to_file;
+use densenet::one_step::prepare_with;
+use densenet::weights::LoadOptions;
 use densenet::{DenseNetConfig, Efficiency};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,6 +41,10 @@ struct Args {
     /// Run in f64 instead of f32.
     #[arg(long = "f64")]
     f64: bool,
+    /// Ignore tensors of the weights file that the model does not have (by default they are an
+    /// error naming them). Values are checked either way.
+    #[arg(long)]
+    lenient: bool,
 }
 
 fn parse_mode(s: &str) -> Result<Efficiency, String> {
@@ -63,15 +69,13 @@ fn read_config(path: &Path) -> Result<DenseNetConfig, String> {
 fn run(args: &Args) -> Result<(), String> {
     let config = read_config(&args.config)?;
     let dtype = if args.f64 { DType::F64 } else { DType::F32 };
-    let out = one_step_to_file(
-        &config,
-        &args.weights,
-        &args.batch,
-        args.mode,
-        dtype,
-        &args.out,
-    )
-    .map_err(|e| e.to_string())?;
+    let load = LoadOptions {
+        lenient: args.lenient,
+    };
+    let out = prepare_with(&config, &args.weights, &args.batch, args.mode, dtype, load)
+        .and_then(|prepared| prepared.run())
+        .and_then(|out| out.save(&args.out).map(|()| out))
+        .map_err(|e| e.to_string())?;
     let modes: Vec<String> = out
         .layer_modes
         .iter()

@@ -14,8 +14,8 @@ use clap::Parser;
 use densenet::data::{
     epoch_batches, load_cifar10, synthetic, Augment, Dataset, CIFAR10_MEAN, CIFAR10_STD,
 };
-use densenet::train::{count_correct, predict, train_step};
-use densenet::{weights, DenseNet, DenseNetConfig, Efficiency};
+use densenet::train::{count_correct, predict, train_step_with, StepOptions};
+use densenet::{weights, DenseNet, DenseNetConfig, DenseNetError, Efficiency};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,10 @@ struct Args {
     /// next epoch.
     #[arg(long, requires = "out")]
     resume: bool,
+    /// With --resume: ignore tensors of DIR/model.safetensors that the model does not have (by
+    /// default they are an error naming them). Values are checked either way.
+    #[arg(long, requires = "resume")]
+    lenient: bool,
     /// Use only the first N training images.
     #[arg(long, value_name = "N")]
     limit_train: Option<usize>,
@@ -318,7 +322,13 @@ fn run(args: Args) -> AnyResult<()> {
             )
             .into());
         }
-        weights::load(&mut model, &dir.join("model.safetensors"))?;
+        weights::load_with(
+            &mut model,
+            &dir.join("model.safetensors"),
+            weights::LoadOptions {
+                lenient: args.lenient,
+            },
+        )?;
         let opt_path = dir.join("optimizer.safetensors");
         let momentum = if state.optimizer_state_saved && opt_path.exists() {
             let stored = weights::load_tensors(&opt_path)?;
@@ -395,23 +405,29 @@ fn run(args: Args) -> AnyResult<()> {
         for (b, idx) in batches.iter().enumerate() {
             let batch = train.augmented_batch(idx, &augment, epoch as u64, DType::F32, &device)?;
             let step_seed = mix64(args.seed ^ mix64(((epoch as u64) << 32) | b as u64));
-            let step = train_step(
+            // Steps are numbered from 0 over the whole run; the anomaly check (on by default)
+            // stops at the first non-finite loss, gradient or parameter, before the update.
+            let step_index = (epoch * batches.len() + b) as u64;
+            let step = match train_step_with(
                 &mut model,
                 &mut opt,
                 &batch.images,
                 &batch.labels,
-                step_seed,
-            )?;
-            if !step.loss.is_finite() {
-                pb.abandon();
-                return Err(format!(
-                    "the loss diverged ({}) at epoch {} batch {}: try a lower --lr",
-                    step.loss,
-                    epoch + 1,
-                    b + 1
-                )
-                .into());
-            }
+                StepOptions::new(step_index, step_seed),
+            ) {
+                Ok(step) => step,
+                Err(e @ DenseNetError::NonFinite { .. }) => {
+                    pb.abandon();
+                    return Err(format!(
+                        "epoch {} batch {}: {e} (e.g. --lr below {})",
+                        epoch + 1,
+                        b + 1,
+                        args.lr
+                    )
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            };
             loss_sum += step.loss * idx.len() as f64;
             correct += step.correct;
             seen += idx.len();

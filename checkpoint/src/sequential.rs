@@ -105,27 +105,39 @@ fn run_range<'a>(
 }
 
 /// Splits `layers` into `segments` nearly equal segments and checkpoints each but the last (whose
-/// activations backward needs first anyway), as PyTorch's `checkpoint_sequential` does.
+/// activations backward needs first anyway), as PyTorch's `checkpoint_sequential` does;
+/// `segments = 1` checkpoints the whole chain.
+///
+/// Fails with [`Error::InvalidArgument`] for an empty chain, `segments = 0` or more segments
+/// than layers.
 pub fn checkpoint_sequential<'a>(
     tape: &mut Tape<'a>,
     layers: &'a [Layer<'a>],
     segments: usize,
     x: &Tensor,
 ) -> Result<Tensor> {
-    if segments == 0 || segments > layers.len().max(1) {
+    let n = layers.len();
+    if n == 0 {
         return Err(Error::invalid(
             "checkpoint_sequential",
-            format!(
-                "segments must be in 1..={}, got {segments}",
-                layers.len().max(1)
-            ),
+            "the chain has no layers",
         ));
     }
-    let plan = Plan::equal_segments(layers.len(), segments);
+    if segments == 0 || segments > n {
+        return Err(Error::invalid(
+            "checkpoint_sequential",
+            format!("segments must be in 1..={n} (one per layer at most), got {segments}"),
+        ));
+    }
+    let plan = Plan::equal_segments(n, segments);
     run_plan(tape, layers, &plan, x)
 }
 
 /// Runs `layers` as `plan` says: each segment either recorded normally or checkpointed.
+///
+/// Fails with [`Error::InvalidArgument`] (see [`Plan::check_covers`]) before running anything
+/// unless the plan covers the chain exactly: no gap, overlap, empty segment or segment past the
+/// end, and as many layers as the chain has.
 pub fn run_plan<'a>(
     tape: &mut Tape<'a>,
     layers: &'a [Layer<'a>],

@@ -67,11 +67,20 @@ impl Rng {
     }
 }
 
+/// An op a negative control's fault acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exercise {
+    /// A convolution (parameters whose gradients a checkpoint must hand back).
+    Conv,
+    /// A batch norm (running statistics a recompute must not update again).
+    BatchNorm,
+    /// A dropout (a mask a recompute must replay).
+    Dropout,
+}
+
 impl Program {
-    /// A random program from `seed`.
-    pub fn random(seed: u64) -> Program {
-        let mut rng = Rng(seed);
-        let mut p = Program {
+    fn empty(rng: &mut Rng) -> Program {
+        Program {
             body: Vec::new(),
             batch: 2 + rng.below(2),
             in_channels: 1 + rng.below(3),
@@ -80,11 +89,72 @@ impl Program {
             bns: Vec::new(),
             head_in: 0,
             classes: 2 + rng.below(3),
-        };
+        }
+    }
+
+    /// A random program from `seed`.
+    pub fn random(seed: u64) -> Program {
+        let mut rng = Rng(seed);
+        let mut p = Program::empty(&mut rng);
         let mut avail = vec![p.in_channels];
         let n = 2 + rng.below(5);
         p.body = p.gen_block(&mut rng, &mut avail, 0, n);
         p.head_in = *avail.last().unwrap();
+        p
+    }
+
+    /// A random program from `seed` that ends in a checkpointed block (random items, possibly
+    /// nested blocks, then `op` on the block's output): `op` lies on the path to the loss inside
+    /// a recomputed segment, so a fault acting on it changes what the step computes.
+    pub fn random_exercising(seed: u64, op: Exercise) -> Program {
+        let mut rng = Rng(seed);
+        let mut p = Program::empty(&mut rng);
+        let mut avail = vec![p.in_channels];
+        let n = 1 + rng.below(4);
+        p.body = p.gen_block(&mut rng, &mut avail, 0, n);
+        let src = avail.len() - 1;
+        let mut inner = vec![avail[src]];
+        let n = rng.below(4);
+        let mut body = p.gen_block(&mut rng, &mut inner, 1, n);
+        let last = inner.len() - 1;
+        let (item, ch) = match op {
+            Exercise::Conv => {
+                let cout = 1 + rng.below(4);
+                let k = [1, 3][rng.below(2)];
+                p.convs.push((cout, inner[last], k, rng.chance(0.5)));
+                (
+                    Item::Conv {
+                        src: last,
+                        conv: p.convs.len() - 1,
+                    },
+                    cout,
+                )
+            }
+            Exercise::BatchNorm => {
+                p.bns.push(inner[last]);
+                (
+                    Item::Bn {
+                        src: last,
+                        bn: p.bns.len() - 1,
+                    },
+                    inner[last],
+                )
+            }
+            Exercise::Dropout => (
+                Item::Dropout {
+                    src: last,
+                    p: [0.2, 0.5][rng.below(2)],
+                },
+                inner[last],
+            ),
+        };
+        body.push(item);
+        p.body.push(Item::Block {
+            srcs: vec![src],
+            checkpointed: true,
+            body,
+        });
+        p.head_in = ch;
         p
     }
 

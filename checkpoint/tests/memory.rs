@@ -149,11 +149,14 @@ fn planner_budget_holds_on_the_real_chain() {
         before,
         "the dry run frees everything"
     );
-    let naive_pred = model.predict(&checkpoint::planner::Plan::keep_all(n)).peak;
+    let naive_pred = model
+        .predict(&checkpoint::planner::Plan::keep_all(n))
+        .unwrap()
+        .peak;
     for frac in [0.6, 0.4] {
         let budget = (naive_pred as f64 * frac) as u64;
         let plan = model.plan(budget).unwrap();
-        println!("{}", model.report(&plan));
+        println!("{}", model.report(&plan).unwrap());
         dev.memory().reset_peak();
         {
             let mut tape = Tape::recording();
@@ -165,7 +168,7 @@ fn planner_budget_holds_on_the_real_chain() {
         let peak = dev.memory().peak() as u64;
         println!(
             "budget {budget}: measured peak {peak}, predicted {}",
-            model.predict(&plan).peak
+            model.predict(&plan).unwrap().peak
         );
         assert!(peak <= budget, "peak {peak} over budget {budget}");
     }

@@ -10,14 +10,15 @@
 //! - `<bn>.running_mean` and `<bn>.running_var` of every batch norm after the step.
 //!
 //! [`one_step`] does both; [`one_step_to_file`] also writes the result with
-//! [`crate::weights::save_tensors`] (atomic). Nothing is updated by an optimizer: the parameters
-//! after the call are the loaded ones.
+//! [`crate::weights::save_tensors`] (atomic). Weights load strictly (a tensor the model does not
+//! have is an error); [`prepare_with`] can load them leniently. Nothing is updated by an
+//! optimizer: the parameters after the call are the loaded ones.
 
 use crate::config::{DenseNetConfig, Efficiency};
 use crate::error::{DenseNetError, Result};
 use crate::model::{DenseNet, LayerMode};
 use crate::train::forward_backward;
-use crate::weights::{load_tensors, save_tensors, Stored};
+use crate::weights::{load_tensors, save_tensors, LoadOptions, Stored};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tape::{DType, Device, Tensor};
@@ -143,13 +144,33 @@ pub fn load_batch(
 }
 
 /// Builds the model of `config` in `efficiency` mode with parameters of `dtype` on a new CPU
-/// device, loads `weights` into it and reads `batch`.
+/// device, loads `weights` into it (strictly: a tensor the model does not have is an error) and
+/// reads `batch`.
 pub fn prepare(
     config: &DenseNetConfig,
     weights: &Path,
     batch: &Path,
     efficiency: Efficiency,
     dtype: DType,
+) -> Result<Prepared> {
+    prepare_with(
+        config,
+        weights,
+        batch,
+        efficiency,
+        dtype,
+        LoadOptions::default(),
+    )
+}
+
+/// [`prepare`], loading the weights with `load` (e.g. leniently, ignoring extra tensors).
+pub fn prepare_with(
+    config: &DenseNetConfig,
+    weights: &Path,
+    batch: &Path,
+    efficiency: Efficiency,
+    dtype: DType,
+    load: LoadOptions,
 ) -> Result<Prepared> {
     let device = Device::cpu();
     let mut model = DenseNet::new(
@@ -158,7 +179,7 @@ pub fn prepare(
         &device,
         0,
     )?;
-    crate::weights::load(&mut model, weights)?;
+    crate::weights::load_with(&mut model, weights, load)?;
     let (input, labels) = load_batch(batch, config, dtype, &device)?;
     Ok(Prepared {
         model,

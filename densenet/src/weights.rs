@@ -192,11 +192,22 @@ pub fn save(model: &DenseNet, path: &Path) -> Result<()> {
     save_tensors(path, &state_dict(model)?)
 }
 
-/// Looks `name` up, accepting the seed project's `features.norm_final` for `features.norm5`.
-fn find<'s>(stored: &'s BTreeMap<String, Stored>, name: &str) -> Option<&'s Stored> {
+/// How [`load_with`] and [`load_state_with`] treat a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Ignore tensors the model does not have (e.g. a checkpoint that also holds other
+    /// buffers). Off by default: an extra tensor is a [`DenseNetError::UnexpectedTensors`]
+    /// naming it. The values are checked either way.
+    pub lenient: bool,
+}
+
+/// Looks `name` up, accepting the seed project's `features.norm_final` for `features.norm5`;
+/// returns the name it was found under too.
+fn find<'s>(stored: &'s BTreeMap<String, Stored>, name: &str) -> Option<(&'s str, &'s Stored)> {
     stored
-        .get(name)
-        .or_else(|| stored.get(&name.replace("features.norm5.", "features.norm_final.")))
+        .get_key_value(name)
+        .or_else(|| stored.get_key_value(&name.replace("features.norm5.", "features.norm_final.")))
+        .map(|(k, v)| (k.as_str(), v))
 }
 
 fn expect<'s>(
@@ -204,7 +215,8 @@ fn expect<'s>(
     name: &str,
     shape: &[usize],
 ) -> Result<&'s Stored> {
-    let s = find(stored, name).ok_or_else(|| DenseNetError::MissingTensor(name.to_string()))?;
+    let (_, s) =
+        find(stored, name).ok_or_else(|| DenseNetError::MissingTensor(name.to_string()))?;
     // PyTorch stores 0-d scalars; the model's per-channel tensors must match exactly.
     if s.shape != shape {
         return Err(DenseNetError::TensorShape {
@@ -216,18 +228,110 @@ fn expect<'s>(
     Ok(s)
 }
 
-/// Loads every parameter and running statistic of the model from named tensors; a missing or
-/// mis-shaped tensor is an error naming it, and then nothing has been changed.
+fn bad_value(name: &str, msg: String) -> DenseNetError {
+    DenseNetError::BadValue {
+        name: name.to_string(),
+        msg,
+    }
+}
+
+/// Checks that every value is finite and representable in `dtype` (an f64 file loaded into an
+/// f32 model must not overflow to infinity), and non-negative if `non_negative`.
+fn check_values(name: &str, s: &Stored, dtype: DType, non_negative: bool) -> Result<()> {
+    let max = match dtype {
+        DType::F32 => f32::MAX as f64,
+        DType::F64 => f64::MAX,
+    };
+    for (i, &v) in s.values.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(bad_value(
+                name,
+                format!("element {i} is {v}, not a finite number"),
+            ));
+        }
+        if v.abs() > max {
+            return Err(bad_value(
+                name,
+                format!("element {i} is {v:e}, beyond the range of the model's {dtype:?}"),
+            ));
+        }
+        if non_negative && v < 0.0 {
+            return Err(bad_value(
+                name,
+                format!("element {i} is {v}; a variance cannot be negative"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The count a `num_batches_tracked` tensor holds: one non-negative integer (PyTorch saves a
+/// 0-d int64; `[1]` is accepted too).
+fn batches_tracked(name: &str, s: &Stored) -> Result<u64> {
+    match s.values[..] {
+        [v] if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < u64::MAX as f64 => Ok(v as u64),
+        [v] => Err(bad_value(
+            name,
+            format!("is {v}; a count of batches must be a non-negative integer"),
+        )),
+        _ => Err(bad_value(
+            name,
+            format!(
+                "holds {} values (shape {:?}); a count of batches is one value",
+                s.values.len(),
+                s.shape
+            ),
+        )),
+    }
+}
+
+/// Loads every parameter and running statistic of the model from named tensors (strictly: see
+/// [`load_state_with`]).
 pub fn load_state(model: &mut DenseNet, stored: &BTreeMap<String, Stored>) -> Result<()> {
+    load_state_with(model, stored, LoadOptions::default())
+}
+
+/// Loads every parameter and running statistic of the model from named tensors. Everything is
+/// checked before anything changes, so on any error the model is untouched; each error names
+/// the tensor: a missing or mis-shaped tensor, a value that is NaN, infinite or beyond the
+/// model's dtype, a negative running variance, a `num_batches_tracked` that is not a
+/// non-negative integer, and (unless `options.lenient`) a tensor the model does not have.
+pub fn load_state_with(
+    model: &mut DenseNet,
+    stored: &BTreeMap<String, Stored>,
+    options: LoadOptions,
+) -> Result<()> {
     let (dtype, device) = (model.dtype(), model.device().clone());
     // Check everything first, so a bad file leaves the model untouched.
+    let mut used: Vec<&str> = Vec::new();
     for p in model.parameters() {
-        expect(stored, p.name(), p.tensor().shape())?;
+        let s = expect(stored, p.name(), p.tensor().shape())?;
+        check_values(p.name(), s, dtype, false)?;
+        used.extend(find(stored, p.name()).map(|(k, _)| k));
     }
     for (name, rs) in model.running_stats() {
         let shape = rs.mean().shape().to_vec();
-        expect(stored, &format!("{name}.running_mean"), &shape)?;
-        expect(stored, &format!("{name}.running_var"), &shape)?;
+        for (suffix, non_negative) in [("running_mean", false), ("running_var", true)] {
+            let full = format!("{name}.{suffix}");
+            let s = expect(stored, &full, &shape)?;
+            check_values(&full, s, dtype, non_negative)?;
+            used.extend(find(stored, &full).map(|(k, _)| k));
+        }
+        let full = format!("{name}.num_batches_tracked");
+        if let Some((key, s)) = find(stored, &full) {
+            batches_tracked(&full, s)?;
+            used.push(key);
+        }
+    }
+    if !options.lenient {
+        let extra: Vec<String> = stored
+            .keys()
+            .filter(|k| !used.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        if !extra.is_empty() {
+            return Err(DenseNetError::UnexpectedTensors(extra));
+        }
     }
     for p in model.parameters_mut() {
         let s = expect(stored, p.name(), p.tensor().shape())?;
@@ -240,15 +344,22 @@ pub fn load_state(model: &mut DenseNet, stored: &BTreeMap<String, Stored>) -> Re
         let var =
             expect(stored, &format!("{name}.running_var"), &shape)?.to_tensor(dtype, &device)?;
         rs.set(&mean, &var)?;
-        if let Some(n) = find(stored, &format!("{name}.num_batches_tracked")) {
-            rs.set_num_batches_tracked(n.values.first().copied().unwrap_or(0.0) as u64);
+        let full = format!("{name}.num_batches_tracked");
+        if let Some((_, n)) = find(stored, &full) {
+            rs.set_num_batches_tracked(batches_tracked(&full, n)?);
         }
     }
     Ok(())
 }
 
-/// Loads the model's state from a safetensors file.
+/// Loads the model's state from a safetensors file (strictly: see [`load_state_with`]).
 pub fn load(model: &mut DenseNet, path: &Path) -> Result<()> {
+    load_with(model, path, LoadOptions::default())
+}
+
+/// Loads the model's state from a safetensors file with `options` (see [`load_state_with`] for
+/// what is checked); on any error the model is untouched.
+pub fn load_with(model: &mut DenseNet, path: &Path, options: LoadOptions) -> Result<()> {
     let stored = load_tensors(path)?;
-    load_state(model, &stored)
+    load_state_with(model, &stored, options)
 }

@@ -7,7 +7,9 @@
 //! it is recomputed in backward, holds the saved bytes of all its layers at once. So
 //! `peak = base + gradients + sum(kept) + max(recomputed segment)`. [`ChainModel::plan`] finds the
 //! exact optimum by Pareto dynamic programming ([`pareto`]); [`plan_choices`] does the same for
-//! independent per-unit choices (e.g. an efficiency mode per DenseNet layer).
+//! independent per-unit choices (e.g. an efficiency mode per DenseNet layer), and
+//! [`plan_in_order`] for per-unit choices whose bytes are freed in reverse order, as backward
+//! frees them.
 
 pub mod pareto;
 mod plan;
@@ -83,8 +85,11 @@ impl ChainModel {
         }
     }
 
-    /// Predicts peak bytes and extra cost of running the chain under `plan`.
-    pub fn predict(&self, plan: &Plan) -> Prediction {
+    /// Predicts peak bytes and extra cost of running the chain under `plan`; fails with
+    /// [`Error::InvalidArgument`] unless the plan covers the chain exactly
+    /// ([`Plan::check_covers`]).
+    pub fn predict(&self, plan: &Plan) -> Result<Prediction> {
+        plan.check_covers(self.layers.len())?;
         let (mut stored, mut transient, mut extra_cost) = (0, 0, 0.0);
         for s in plan.segments() {
             let e = self.segment_edge(s.range.start, s.range.end, s.checkpointed);
@@ -92,17 +97,20 @@ impl ChainModel {
             transient = transient.max(e.transient);
             extra_cost += e.cost;
         }
-        Prediction {
+        Ok(Prediction {
             peak: self.overhead() + stored + transient,
             stored,
             transient,
             extra_cost,
-        }
+        })
     }
 
     /// The plan of least recompute cost whose predicted peak is at most `budget` bytes.
     pub fn plan(&self, budget: u64) -> Result<Plan> {
         let n = self.layers.len();
+        if n == 0 {
+            return Err(Error::invalid("planner", "the chain has no layers"));
+        }
         let free = budget.checked_sub(self.overhead()).ok_or_else(|| {
             Error::invalid(
                 "planner",
@@ -118,7 +126,7 @@ impl ChainModel {
             edges
         })
         .ok_or_else(|| {
-            let floor = self.predict(&Plan::equal_segments(n, 1)).peak;
+            let floor = self.predict(&Plan::equal_segments(n, 1)).map_or(0, |p| p.peak);
             Error::invalid(
                 "planner",
                 format!(
@@ -143,10 +151,10 @@ impl ChainModel {
     }
 
     /// A human-readable account of `plan`: what is kept, what is recomputed, predicted peak and
-    /// extra cost.
-    pub fn report(&self, plan: &Plan) -> String {
+    /// extra cost; fails like [`ChainModel::predict`] for a plan that does not fit the chain.
+    pub fn report(&self, plan: &Plan) -> Result<String> {
         use std::fmt::Write;
-        let p = self.predict(plan);
+        let p = self.predict(plan)?;
         let total: f64 = self.layers.iter().map(|l| l.cost).sum();
         let mut s = String::new();
         let _ = writeln!(s, "plan for {} layers:", self.layers.len());
@@ -190,7 +198,7 @@ impl ChainModel {
                 0.0
             }
         );
-        s
+        Ok(s)
     }
 }
 
@@ -235,4 +243,60 @@ pub fn plan_choices(units: &[Vec<Choice>], free: u64) -> Result<Vec<usize>> {
         )
     })?;
     Ok(path.iter().map(|e| e.tag).collect())
+}
+
+/// For units run in order and differentiated in reverse (backward reaches unit `i` after every
+/// later unit has freed what it kept), the option index per unit of least total cost whose peak
+/// `max over i of (stored[0] + ... + stored[i] + transient[i])` is at most `free` bytes: unit
+/// `i`'s backward holds what the units up to it keep plus its own transient bytes. Exact: a
+/// dynamic programming over the units in order keeps, per unit, the (kept bytes so far, cost)
+/// Pareto staircase of the choices that have fitted so far.
+pub fn plan_in_order(units: &[Vec<Choice>], free: u64) -> Result<Vec<usize>> {
+    if let Some(i) = units.iter().position(|u| u.is_empty()) {
+        return Err(Error::invalid(
+            "plan_in_order",
+            format!("unit {i} has no options"),
+        ));
+    }
+    /// (kept bytes so far, cost so far, label in the previous front, option taken).
+    type Label = (u64, f64, usize, usize);
+    let mut fronts: Vec<Vec<Label>> = vec![vec![(0, 0.0, 0, 0)]];
+    for (i, unit) in units.iter().enumerate() {
+        let mut next: Vec<Label> = Vec::new();
+        for (li, &(kept, cost, _, _)) in fronts[i].iter().enumerate() {
+            for (oi, c) in unit.iter().enumerate() {
+                let Some(k) = kept.checked_add(c.stored) else {
+                    continue;
+                };
+                if k.checked_add(c.transient).is_some_and(|peak| peak <= free) {
+                    next.push((k, cost + c.cost, li, oi));
+                }
+            }
+        }
+        next.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut front: Vec<Label> = Vec::new();
+        for l in next {
+            if front.last().is_none_or(|f| l.1 < f.1) {
+                front.push(l);
+            }
+        }
+        if front.is_empty() {
+            return Err(Error::invalid(
+                "plan_in_order",
+                format!("no combination of options fits {free} bytes (unit {i} cannot)"),
+            ));
+        }
+        fronts.push(front);
+    }
+    let last = &fronts[units.len()];
+    let mut li = (0..last.len())
+        .min_by(|&a, &b| last[a].1.total_cmp(&last[b].1))
+        .unwrap_or(0);
+    let mut picks = vec![0; units.len()];
+    for i in (0..units.len()).rev() {
+        let (_, _, back, option) = fronts[i + 1][li];
+        picks[i] = option;
+        li = back;
+    }
+    Ok(picks)
 }

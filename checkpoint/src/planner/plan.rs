@@ -20,12 +20,20 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A plan from its segments (adjacent recorded segments are merged).
+    /// A plan from its segments (adjacent recorded segments that touch are merged; anything
+    /// else, gaps and overlaps included, is kept as given for [`Plan::check_covers`] to judge).
     pub fn new(segments: Vec<Segment>) -> Self {
         let mut merged: Vec<Segment> = Vec::new();
         for s in segments {
             match merged.last_mut() {
-                Some(prev) if !prev.checkpointed && !s.checkpointed => prev.range.end = s.range.end,
+                Some(prev)
+                    if !prev.checkpointed
+                        && !s.checkpointed
+                        && prev.range.end == s.range.start
+                        && s.range.start < s.range.end =>
+                {
+                    prev.range.end = s.range.end
+                }
                 _ => merged.push(s),
             }
         }
@@ -89,22 +97,44 @@ impl Plan {
         self.segments.iter().filter(|s| s.checkpointed).count()
     }
 
-    /// Fails unless the segments cover `0..n` exactly, in order, with none empty.
+    /// Fails with [`Error::InvalidArgument`] unless the segments cover the layers `0..n`
+    /// exactly: in order, none empty, no gap, no overlap, none past the end, the last ending at
+    /// `n`. The message names the offending segment.
     pub fn check_covers(&self, n: usize) -> Result<()> {
+        let bad = |msg: String| Err(Error::invalid("plan", msg));
+        if n == 0 {
+            return bad("the chain has no layers".into());
+        }
+        if self.segments.is_empty() {
+            return bad(format!("the plan has no segment; the chain has {n} layers"));
+        }
         let mut next = 0;
-        for s in &self.segments {
-            if s.range.start != next || s.range.end <= s.range.start {
-                return Err(Error::invalid(
-                    "plan",
-                    format!("segment {:?} does not continue at layer {next}", s.range),
+        for (i, s) in self.segments.iter().enumerate() {
+            let r = &s.range;
+            if r.end <= r.start {
+                return bad(format!("segment {i} ({r:?}) is empty"));
+            }
+            if r.start > next {
+                return bad(format!(
+                    "gap: layers {next}..{} are in no segment (segment {i} starts at {})",
+                    r.start, r.start
                 ));
             }
-            next = s.range.end;
+            if r.start < next {
+                return bad(format!(
+                    "segment {i} ({r:?}) overlaps the previous segment, which ends at layer {next}"
+                ));
+            }
+            if r.end > n {
+                return bad(format!(
+                    "segment {i} ({r:?}) goes past the end of the chain ({n} layers)"
+                ));
+            }
+            next = r.end;
         }
         if next != n {
-            return Err(Error::invalid(
-                "plan",
-                format!("the plan covers {next} layers, the chain has {n}"),
+            return bad(format!(
+                "the plan covers layers 0..{next}, the chain has {n} (layers {next}..{n} are in no segment)"
             ));
         }
         Ok(())

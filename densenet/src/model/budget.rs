@@ -1,26 +1,47 @@
 //! `Efficiency::Budget`: per dense layer, the checkpoint planner picks Naive, Bottleneck or
 //! Layer so that the predicted peak fits the budget at the least recompute FLOPs.
 //!
-//! The memory model follows what each op saves for backward (in units of one channel of one
-//! feature map, `n * h * w * dtype bytes`): with `c` input channels, `b = bn_size * k` bottleneck
-//! channels and `k` growth channels, a naive layer keeps concat (`c`, none for a single input),
-//! ReLU1 (`c`), conv1 (`b`), ReLU2 (`b`) and its output (`k`); Bottleneck keeps `2b + k` and
-//! holds `c + b` while recomputing (its fused concat-BN-ReLU writes only the activation); Layer
-//! keeps `k` and holds `c + 2b + k` (plus `b` of slack) while recomputing. Fixed bytes: what the device holds when forward starts, parameter gradients, the
-//! stem output and the gradients in flight (about two block-sized tensors).
+//! The memory model follows what each op keeps and allocates, in units of one channel of one
+//! feature map of the block (`n * h * w * dtype bytes`), with `c` input channels, `b = bn_size *
+//! k` bottleneck channels and `k` growth channels. Budget mode runs transitions and the head
+//! recomputed, and Bottleneck and Layer layers with the fused concat-BN-ReLU.
+//!
+//! - Kept through forward: a naive layer keeps concat (`c`, none for a single input), ReLU1
+//!   (`c`), conv1 (`b`), ReLU2 (`b`) and its output (`k`); Bottleneck keeps `2b + k`; Layer
+//!   keeps `k`; the stem its maps, a transition its output.
+//! - During a layer's backward (its own kept bytes are then freed as it goes, its output already
+//!   is), besides the gradients of its `c` inputs and of its output (`k`), it holds at most: naive
+//!   `concat + max(c + 4b, 3c)` (e.g. ReLU1's output with its gradient and the batch norm's
+//!   input gradient), Bottleneck `max(4b, 3c + 2b)` and Layer `max(c + 4b + k, 3c + k)` (the
+//!   recomputed concat-BN-ReLU output, its gradient and the gradients of the parts), plus `k`
+//!   with dropout; and the parameter gradients made so far (every parameter from this layer on).
+//!   The head peaks at `3c` of the last block (activation, its gradient, the parts' gradients), a
+//!   transition at `max(3c, 2c + c')` of its block, the stem at its output's gradient (and the
+//!   ImageNet stem's ReLU and batch norm gradients).
+//!
+//! Backward meets the layers in reverse, each after every later one has freed what it kept, so
+//! `peak = fixed + max over the stem, layers, transitions and head of (bytes kept by it and
+//! everything before it + its backward bytes)`, `fixed` being what the device holds as forward
+//! starts, the pooled features and logits, and room for the largest convolution's kernel
+//! workspace (on the CPU a column block of 256 KiB or one output row, and a partial weight
+//! gradient, per thread group; on a GPU cuDNN's workspace limit). [`plan_layer_modes`]
+//! minimises the recompute FLOPs under that exactly ([`checkpoint::planner::plan_in_order`]).
 
 use super::{DenseNet, LayerMode};
 use crate::config::DenseNetConfig;
 use crate::error::{DenseNetError, Result};
-use checkpoint::planner::{plan_choices, Choice};
+use checkpoint::planner::{plan_in_order, Choice};
+use tape::Device;
 
-/// Stored bytes, recompute-time bytes and recompute FLOPs of one dense layer under each mode
+/// Kept bytes, backward-peak bytes and recompute FLOPs of one dense layer under each mode
 /// (indexed Naive, Bottleneck, Layer).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LayerCost {
     /// Bytes kept through forward.
     pub stored: [u64; 3],
-    /// Bytes alive while the layer is recomputed.
+    /// Bytes alive at the peak of the layer's backward beyond what it and everything before it
+    /// keep: gradients of its inputs and output, what it recomputes, the gradients in flight
+    /// inside it, and the parameter gradients made so far.
     pub transient: [u64; 3],
     /// Recompute FLOPs.
     pub flops: [f64; 3],
@@ -28,21 +49,141 @@ pub struct LayerCost {
 
 const MODES: [LayerMode; 3] = [LayerMode::Naive, LayerMode::Bottleneck, LayerMode::Layer];
 
-/// Spatial size after the stem, then per block.
-fn block_sizes(config: &DenseNetConfig, h: usize, w: usize) -> Vec<(usize, usize)> {
-    let (mut h, mut w) = (h, w);
-    if !config.small_inputs {
-        let stem = |s: usize| (((s + 6 - 7) / 2 + 1) + 2 - 3) / 2 + 1;
-        h = stem(h);
-        w = stem(w);
+/// The sizes the model needs, for one input shape and element size.
+struct Shape {
+    /// Per block: bytes of one channel, input channels, layers.
+    blocks: Vec<(u64, u64, u64)>,
+    k: u64,
+    b: u64,
+    /// Bytes of one channel of the ImageNet stem's conv0 output (0 for the CIFAR stem).
+    stem_half: u64,
+    /// Channels of the last block's output.
+    c_final: u64,
+    n: u64,
+    elem: u64,
+    /// Every convolution's shape, for its kernel workspace.
+    convs: Vec<ConvShape>,
+}
+
+/// Input channels, output channels, kernel size and output height and width of a convolution.
+#[derive(Clone, Copy)]
+struct ConvShape {
+    cin: u64,
+    cout: u64,
+    k: u64,
+    hout: u64,
+    wout: u64,
+}
+
+fn shape_of(config: &DenseNetConfig, input_shape: [usize; 4], elem_bytes: usize) -> Shape {
+    let [n, _, h, w] = input_shape;
+    let (block_in, c_final) = config.block_channels();
+    let (n, e) = (n as u64, elem_bytes as u64);
+    let (mut bh, mut bw) = (h, w);
+    let mut stem_half = 0;
+    let (k, b) = (config.growth_rate, config.bn_size * config.growth_rate);
+    let conv = |cin: usize, cout: usize, k: usize, hout: usize, wout: usize| ConvShape {
+        cin: cin as u64,
+        cout: cout as u64,
+        k: k as u64,
+        hout: hout as u64,
+        wout: wout as u64,
+    };
+    let c0 = config.num_init_features;
+    let mut convs = Vec::new();
+    if config.small_inputs {
+        convs.push(conv(config.in_channels, c0, 3, h, w));
+    } else {
+        let half = |s: usize| (s + 6 - 7) / 2 + 1;
+        let pool = |s: usize| (s + 2 - 3) / 2 + 1;
+        stem_half = n * (half(h) * half(w)) as u64 * e;
+        convs.push(conv(config.in_channels, c0, 7, half(h), half(w)));
+        bh = pool(half(h));
+        bw = pool(half(w));
     }
-    let mut sizes = Vec::new();
-    for _ in &config.block_config {
-        sizes.push((h, w));
-        h /= 2;
-        w /= 2;
+    let mut blocks = Vec::new();
+    for (i, (&layers, &c_in)) in config.block_config.iter().zip(&block_in).enumerate() {
+        blocks.push((n * (bh * bw) as u64 * e, c_in as u64, layers as u64));
+        let c_end = c_in + layers * k;
+        convs.push(conv(c_end - k, b, 1, bh, bw));
+        convs.push(conv(b, k, 3, bh, bw));
+        if let Some(&c_next) = block_in.get(i + 1) {
+            convs.push(conv(c_end, c_next, 1, bh, bw));
+        }
+        bh /= 2;
+        bw /= 2;
     }
-    sizes
+    Shape {
+        blocks,
+        k: config.growth_rate as u64,
+        b: (config.bn_size * config.growth_rate) as u64,
+        stem_half,
+        c_final: c_final as u64,
+        n,
+        elem: e,
+        convs,
+    }
+}
+
+/// The CPU convolution kernels' column block: they process as many output rows at a time as fit
+/// in this many bytes (at least one row).
+const CPU_COLUMN_BLOCK: u64 = 256 << 10;
+
+/// Bytes a convolution may hold as kernel workspace while it runs, beyond its tensors, for the
+/// largest convolution of the network. On a GPU: cuDNN's workspace limit. On the CPU, as the
+/// kernels size it: per thread group (one per worker thread, at most one per image) a column
+/// block (`CPU_COLUMN_BLOCK`, at least one output row's columns, at most the whole image's)
+/// and a partial weight gradient, plus one flipped kernel.
+fn workspace_bytes(device: &Device, s: &Shape) -> u64 {
+    #[cfg(feature = "cuda")]
+    if let Some(options) = device.cuda_options() {
+        return options.workspace_limit_bytes as u64;
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get() as u64));
+    let groups = threads.clamp(1, s.n.max(1));
+    let (mut per_group, mut flipped) = (0, 0);
+    for c in &s.convs {
+        let weights = c.cin * c.cout * c.k * c.k * s.elem;
+        let columns = if c.k == 1 {
+            0
+        } else {
+            let row = c.cin * c.k * c.k * c.wout * s.elem;
+            row.max(CPU_COLUMN_BLOCK).min(row * c.hout)
+        };
+        per_group = per_group.max(columns + weights);
+        if c.k > 1 {
+            flipped = flipped.max(weights);
+        }
+    }
+    groups * per_group + flipped
+}
+
+/// Bytes of one dense layer's parameters with `c` input channels.
+fn layer_param_bytes(s: &Shape, c: u64) -> u64 {
+    (2 * c + c * s.b + 2 * s.b + 9 * s.b * s.k) * s.elem
+}
+
+/// Parameter bytes of the transition after block `i` (0 after the last block).
+fn transition_param_bytes(s: &Shape, i: usize) -> u64 {
+    match s.blocks.get(i + 1) {
+        Some(&(_, c_next, _)) => {
+            let (_, c0, layers) = s.blocks[i];
+            let c_end = c0 + layers * s.k;
+            (2 * c_end + c_end * c_next) * s.elem
+        }
+        None => 0,
+    }
+}
+
+/// Parameter bytes of norm5 and the classifier.
+fn head_param_bytes(s: &Shape, classes: u64) -> u64 {
+    (2 * s.c_final + s.c_final * classes + classes) * s.elem
 }
 
 /// Per block, per layer: what each mode costs for an input of `input_shape` with elements of
@@ -52,32 +193,48 @@ pub fn layer_costs(
     input_shape: [usize; 4],
     elem_bytes: usize,
 ) -> Vec<Vec<LayerCost>> {
-    let [n, _, h, w] = input_shape;
-    let (block_in, _) = config.block_channels();
-    let (k, b) = (
-        config.growth_rate as u64,
-        (config.bn_size * config.growth_rate) as u64,
-    );
-    block_sizes(config, h, w)
+    let s = shape_of(config, input_shape, elem_bytes);
+    let (k, b) = (s.k, s.b);
+    let drop = if config.drop_rate > 0.0 { k } else { 0 };
+    // Parameter gradients alive during a layer's backward: its own and everything after it.
+    let mut after = head_param_bytes(&s, config.num_classes as u64);
+    let mut params_from = vec![Vec::new(); s.blocks.len()];
+    for (i, &(_, c0, layers)) in s.blocks.iter().enumerate().rev() {
+        after += transition_param_bytes(&s, i);
+        let mut v = vec![0; layers as usize];
+        for l in (0..layers).rev() {
+            after += layer_param_bytes(&s, c0 + l * k);
+            v[l as usize] = after;
+        }
+        params_from[i] = v;
+    }
+    s.blocks
         .iter()
-        .zip(&config.block_config)
-        .zip(&block_in)
-        .map(|(((bh, bw), &layers), &c0)| {
-            let unit = (n * bh * bw * elem_bytes) as u64;
-            let px = (n * bh * bw) as f64;
+        .zip(&params_from)
+        .map(|(&(unit, c0, layers), params)| {
+            let px = (unit / s.elem) as f64;
             (0..layers)
                 .map(|l| {
-                    let c = (c0 + l * config.growth_rate) as u64;
+                    let c = c0 + l * k;
                     let concat = if l == 0 { 0 } else { c };
-                    let naive = concat + c + 2 * b + k;
+                    let stored = [concat + c + 2 * b + k, 2 * b + k, k];
+                    // Peaks of the layer's own backward (its output is freed by then), then
+                    // what it keeps is subtracted: that part is already in `stored`.
+                    let own = [
+                        (concat + c + 4 * b).max(concat + 3 * c),
+                        (4 * b).max(3 * c + 2 * b),
+                        (c + 4 * b + k).max(3 * c + k),
+                    ];
+                    let transient = std::array::from_fn(|m| {
+                        let alive = c + k + own[m] + drop;
+                        alive.saturating_sub(stored[m]) * unit + params[l as usize]
+                    });
                     // BN and ReLU cost a few FLOPs per element; convs 2 per multiply-add.
                     let head = px * (2.0 * (c * b) as f64 + 8.0 * c as f64);
                     let tail = px * (2.0 * 9.0 * (b * k) as f64 + 8.0 * b as f64);
                     LayerCost {
-                        stored: [naive * unit, (2 * b + k) * unit, k * unit],
-                        // The efficient modes fuse concat, BN and ReLU: no concat buffer and no
-                        // pre-activation while recomputing (one `b` of slack for gradients).
-                        transient: [0, (c + b) * unit, (c + 3 * b + k) * unit],
+                        stored: stored.map(|x| x * unit),
+                        transient,
                         flops: [0.0, head, head + tail],
                     }
                 })
@@ -86,27 +243,162 @@ pub fn layer_costs(
         .collect()
 }
 
-/// Bytes that do not depend on the modes, beyond `held` (what the device holds at the start).
-fn fixed_bytes(model: &DenseNet, input_shape: [usize; 4], held: u64) -> u64 {
-    let config = model.config();
-    let [n, _, h, w] = input_shape;
-    let e = model.dtype().size_in_bytes();
-    let (block_in, c_final) = config.block_channels();
-    let sizes = block_sizes(config, h, w);
-    let stem_maps = if config.small_inputs { 1 } else { 4 };
-    let stem = (n * config.num_init_features * h * w * e * stem_maps) as u64;
-    let grads = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, (bh, bw))| {
-            let c_end = block_in[i] + config.block_config[i] * config.growth_rate;
-            (n * bh * bw * e * (2 * c_end + 2 * config.bn_size * config.growth_rate)) as u64
-        })
-        .max()
-        .unwrap_or(0);
-    let (lh, lw) = sizes.last().copied().unwrap_or((1, 1));
-    let head = (n * c_final * lh * lw * e * 3) as u64;
-    held + model.parameter_bytes() as u64 + stem + grads + head
+/// What the device holds beyond `held` whatever the modes until backward ends: the head's
+/// pooled features, logits and loss.
+fn fixed_bytes(config: &DenseNetConfig, s: &Shape, held: u64) -> u64 {
+    held + s.n * (s.c_final + 2 * config.num_classes as u64) * s.elem + s.elem
+}
+
+/// The parts of the network that have no choice, as planner units: the stem, each transition
+/// (after its block) and the head. Each keeps its outputs through forward and, in its backward,
+/// holds its transient bytes, the parameter gradients made by then included.
+#[derive(Clone, Debug, PartialEq)]
+struct Glue {
+    stem: Choice,
+    transitions: Vec<Choice>,
+    head: Choice,
+}
+
+fn glue(config: &DenseNetConfig, s: &Shape) -> Glue {
+    let fixed_unit = |stored, transient| Choice {
+        stored,
+        transient,
+        cost: 0.0,
+    };
+    let classes = config.num_classes as u64;
+    let mut after = head_param_bytes(s, classes);
+    let &(unit_last, c0_last, layers_last) = s.blocks.last().unwrap_or(&(0, 0, 0));
+    // Recomputed activation, its gradient and the parts' gradients.
+    let head = fixed_unit(0, 3 * (c0_last + layers_last * s.k) * unit_last + after);
+    let mut transitions = vec![fixed_unit(0, 0); s.blocks.len().saturating_sub(1)];
+    for (i, &(unit, c0, layers)) in s.blocks.iter().enumerate().rev() {
+        after += transition_param_bytes(s, i);
+        if let Some(&(unit_next, c_next, _)) = s.blocks.get(i + 1) {
+            // It keeps its output (the next block's input), freed by the time its backward
+            // runs; then it holds the recomputed activation, its gradient and the parts'
+            // gradients, or the conv output's gradient while the activation's is made; the
+            // seed and the recomputed output.
+            let c_end = c0 + layers * s.k;
+            let t = (3 * c_end).max(2 * c_end + c_next) * unit + c_next * unit_next;
+            transitions[i] = fixed_unit(c_next * unit_next, t + after);
+        }
+        after += (0..layers)
+            .map(|l| layer_param_bytes(s, c0 + l * s.k))
+            .sum::<u64>();
+    }
+    // CIFAR stem: conv0's output is block 1's input. ImageNet stem: conv0's output (kept by
+    // norm0), the ReLU's (kept by it and the max pool) and the pooled block input. Its
+    // backward: the block input's gradient, and on the ImageNet stem the gradients of the ReLU
+    // and batch norm outputs; every parameter gradient exists by then.
+    let (unit1, c0, _) = s.blocks[0];
+    let maps = c0 * unit1 + 2 * c0 * s.stem_half;
+    let stem_params = (c0 * config.in_channels as u64 * if config.small_inputs { 9 } else { 49 }
+        + if config.small_inputs { 0 } else { 2 * c0 })
+        * s.elem;
+    Glue {
+        stem: fixed_unit(maps, maps + after + stem_params),
+        transitions,
+        head,
+    }
+}
+
+/// The budget model of one network for one input shape: `peak = fixed + max over the units in
+/// order (stem, each block's layers, its transition, ..., head) of (bytes kept by the units up
+/// to it + its backward bytes)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetModel {
+    /// Per block, per layer: what each mode costs ([`layer_costs`]).
+    pub layers: Vec<Vec<LayerCost>>,
+    /// Bytes held whatever the modes until backward ends: what the device held as forward
+    /// started, pooled features, logits and loss, and `workspace`.
+    pub fixed: u64,
+    /// The part of `fixed` set aside for convolution kernel workspaces (see the module docs).
+    pub workspace: u64,
+    glue: Glue,
+}
+
+impl BudgetModel {
+    /// The model of `model` (as [`crate::Efficiency::Budget`] runs it: transitions and head
+    /// recomputed, fused concat-BN-ReLU in the Bottleneck and Layer modes;
+    /// [`crate::Efficiency::Layer`] runs exactly as all-Layer) on an input of `input_shape`,
+    /// when the device holds `held` bytes as forward starts.
+    pub fn new(model: &DenseNet, input_shape: [usize; 4], held: u64) -> Self {
+        let config = model.config();
+        let elem = model.dtype().size_in_bytes();
+        let s = shape_of(config, input_shape, elem);
+        let workspace = workspace_bytes(model.device(), &s);
+        BudgetModel {
+            layers: layer_costs(config, input_shape, elem),
+            fixed: fixed_bytes(config, &s, held) + workspace,
+            workspace,
+            glue: glue(config, &s),
+        }
+    }
+
+    /// Every unit in order with its options: the stem, each block's layers (Naive, Bottleneck,
+    /// Layer), its transition, ..., the head.
+    fn units(&self) -> Vec<Vec<Choice>> {
+        let mut units = vec![vec![self.glue.stem]];
+        for (i, block) in self.layers.iter().enumerate() {
+            for c in block {
+                units.push(
+                    (0..3)
+                        .map(|m| Choice {
+                            stored: c.stored[m],
+                            transient: c.transient[m],
+                            cost: c.flops[m],
+                        })
+                        .collect(),
+                );
+            }
+            if let Some(t) = self.glue.transitions.get(i) {
+                units.push(vec![*t]);
+            }
+        }
+        units.push(vec![self.glue.head]);
+        units
+    }
+
+    /// Predicted peak bytes with each dense layer in the mode `modes` gives (per block, per
+    /// layer); an error if `modes` does not match the blocks.
+    pub fn predict(&self, modes: &[Vec<LayerMode>]) -> Result<u64> {
+        let (layers, modes_len) = (&self.layers, modes.iter().map(Vec::len));
+        if modes.len() != layers.len() || modes_len.zip(layers).any(|(m, c)| m != c.len()) {
+            return Err(DenseNetError::Config(format!(
+                "layer modes for blocks of {:?} layers, the model has blocks of {:?}",
+                modes.iter().map(Vec::len).collect::<Vec<_>>(),
+                layers.iter().map(Vec::len).collect::<Vec<_>>()
+            )));
+        }
+        let mut picks = modes
+            .iter()
+            .flatten()
+            .map(|mode| MODES.iter().position(|x| x == mode).unwrap_or(2));
+        let (mut kept, mut peak) = (0u64, 0u64);
+        for unit in self.units() {
+            let c = if unit.len() == 1 {
+                unit[0]
+            } else {
+                unit[picks.next().unwrap_or(2)]
+            };
+            kept += c.stored;
+            peak = peak.max(kept + c.transient);
+        }
+        Ok(self.fixed + peak)
+    }
+}
+
+/// The budget model's predicted peak bytes of one training step of `model` on an input of
+/// `input_shape` with each dense layer in the mode `modes` gives, when the device holds `held`
+/// bytes as forward starts ([`BudgetModel::predict`]). [`plan_layer_modes`] picks modes whose
+/// prediction fits a budget; this says what the model predicts for any choice.
+pub fn predicted_peak(
+    model: &DenseNet,
+    input_shape: [usize; 4],
+    modes: &[Vec<LayerMode>],
+    held: u64,
+) -> Result<u64> {
+    BudgetModel::new(model, input_shape, held).predict(modes)
 }
 
 /// Per block, per layer: the cheapest modes whose predicted peak fits `budget` bytes.
@@ -116,47 +408,42 @@ pub fn plan_layer_modes(
     budget: u64,
     held: u64,
 ) -> Result<Vec<Vec<LayerMode>>> {
-    let costs = layer_costs(model.config(), input_shape, model.dtype().size_in_bytes());
-    let fixed = fixed_bytes(model, input_shape, held);
-    let free = budget.checked_sub(fixed).ok_or_else(|| {
+    let bm = BudgetModel::new(model, input_shape, held);
+    let free = budget.checked_sub(bm.fixed).ok_or_else(|| {
         DenseNetError::Config(format!(
-            "memory budget {budget} bytes is below the {fixed} bytes needed whatever the mode \
-             (parameters, their gradients, input, stem, gradients in flight)"
+            "memory budget {budget} bytes is below the {} bytes the device holds and the head \
+             keeps whatever the modes",
+            bm.fixed
         ))
     })?;
-    let units: Vec<Vec<Choice>> = costs
+    let units = bm.units();
+    let picks = plan_in_order(&units, free).map_err(|_| {
+        let all_layer = bm
+            .predict(
+                &bm.layers
+                    .iter()
+                    .map(|b| vec![LayerMode::Layer; b.len()])
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or(0);
+        DenseNetError::Config(format!(
+            "memory budget {budget} bytes cannot be met: recomputing every layer predicts {} \
+             bytes",
+            all_layer
+        ))
+    })?;
+    let mut it = picks
         .iter()
-        .flatten()
-        .map(|c| {
-            (0..3)
-                .map(|m| Choice {
-                    stored: c.stored[m],
-                    transient: c.transient[m],
-                    cost: c.flops[m],
-                })
-                .collect()
-        })
-        .collect();
-    let picks = plan_choices(&units, free).map_err(|_| {
-        let floor: u64 = costs.iter().flatten().map(|c| c.stored[2]).sum::<u64>()
-            + costs
-                .iter()
-                .flatten()
-                .map(|c| c.transient[2])
-                .max()
-                .unwrap_or(0);
-        DenseNetError::Config(format!(
-            "memory budget {budget} bytes cannot be met: recomputing every layer predicts {} bytes",
-            fixed + floor
-        ))
-    })?;
-    let mut it = picks.into_iter();
-    Ok(costs
+        .zip(&units)
+        .filter(|(_, u)| u.len() == 3)
+        .map(|(&p, _)| MODES[p]);
+    Ok(bm
+        .layers
         .iter()
         .map(|block| {
             block
                 .iter()
-                .map(|_| MODES[it.next().unwrap_or(2)])
+                .map(|_| it.next().unwrap_or(LayerMode::Layer))
                 .collect()
         })
         .collect())

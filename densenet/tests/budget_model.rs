@@ -1,0 +1,154 @@
+//! The budget model against the engine: the peak the model predicts for a mode assignment
+//! must match the measured peak of a training step (the engine's exact accounting) under that
+//! assignment, for `Efficiency::Layer` and for every plan the planner picks across a range of
+//! budgets (mixes of Naive, Bottleneck and Layer), on single- and multi-block networks, the
+//! CIFAR and the ImageNet stem, f32 and f64, with and without dropout.
+//!
+//! Tolerance: `measured <= predicted` and `predicted - workspace <= measured * (1 + OVER)`.
+//! - The prediction is an upper bound: it includes room for the largest convolution's kernel
+//!   workspace (at batch 1 one CPU thread group whatever the machine: a 256 KiB column block, a
+//!   partial weight gradient and a flipped kernel, about 300 KiB here), which most backward peaks
+//!   do not reach, so the tightness bound leaves it out.
+//! - Beyond that the model counts every parameter gradient from a layer on as made during its
+//!   backward (they are made as it goes) and the largest of the layer's intermediate moments;
+//!   that slack stays below `OVER` = 6% (measured: at most 4.5%).
+//!
+//! Leaving a third out of the Layer mode's backward peak lowers the all-Layer prediction by
+//! 10-20% of the peak (the workspace room is 2-4% of it here), so `measured <= predicted` fails.
+
+use densenet::model::{plan_layer_modes, predicted_peak, BudgetModel};
+use densenet::train::forward_backward;
+use densenet::{DenseNet, DenseNetConfig, Efficiency, LayerMode};
+use tape::{DType, Device, Tensor};
+
+const OVER: f64 = 0.06;
+
+fn single_block(growth: usize, bn_size: usize, layers: usize, drop_rate: f64) -> DenseNetConfig {
+    DenseNetConfig {
+        growth_rate: growth,
+        bn_size,
+        num_init_features: 2 * growth,
+        block_config: vec![layers],
+        drop_rate,
+        ..DenseNetConfig::default()
+    }
+}
+
+/// Measured peak, predicted peak, the workspace room in it and the layer modes of one training
+/// step of `config` in `mode` on one `image` x `image` input.
+fn measure(
+    config: &DenseNetConfig,
+    mode: Efficiency,
+    dtype: DType,
+    image: usize,
+) -> (u64, u64, u64, String) {
+    let shape = [1, 3, image, image];
+    let dev = Device::cpu();
+    let model = DenseNet::new(config.clone().with_efficiency(mode), dtype, &dev, 1).unwrap();
+    let x = Tensor::randn(&shape, dtype, &dev, 2).unwrap();
+    let held = dev.memory().current() as u64;
+    let modes = model.layer_modes(shape).unwrap();
+    let bm = BudgetModel::new(&model, shape, held);
+    let predicted = bm.predict(&modes).unwrap();
+    dev.memory().reset_peak();
+    drop(forward_backward(&model, &x, &[3], 0).unwrap());
+    let letters = modes
+        .iter()
+        .flatten()
+        .map(|m| match m {
+            LayerMode::Naive => 'N',
+            LayerMode::Bottleneck => 'B',
+            LayerMode::Layer => 'L',
+        })
+        .collect();
+    (dev.memory().peak() as u64, predicted, bm.workspace, letters)
+}
+
+/// `Efficiency::Layer`, then one budget per distinct plan the planner picks between the
+/// all-Layer and the all-Naive predictions (in `steps` steps).
+fn modes_to_try(
+    config: &DenseNetConfig,
+    dtype: DType,
+    image: usize,
+    steps: u64,
+) -> Vec<Efficiency> {
+    let shape = || [1, 3, image, image];
+    let dev = Device::cpu();
+    let model = DenseNet::new(config.clone(), dtype, &dev, 1).unwrap();
+    let _x = Tensor::randn(&shape(), dtype, &dev, 2).unwrap();
+    let held = dev.memory().current() as u64;
+    let uniform =
+        |m| -> Vec<Vec<LayerMode>> { config.block_config.iter().map(|&n| vec![m; n]).collect() };
+    let lo = predicted_peak(&model, shape(), &uniform(LayerMode::Layer), held).unwrap();
+    let hi = predicted_peak(&model, shape(), &uniform(LayerMode::Naive), held).unwrap();
+    let mut modes = vec![Efficiency::Layer];
+    let mut last = None;
+    for i in 0..=steps {
+        let budget = lo + (hi - lo) * i / steps;
+        let plan = plan_layer_modes(&model, shape(), budget, held).unwrap();
+        if last.as_ref() != Some(&plan) {
+            modes.push(Efficiency::Budget(budget));
+            last = Some(plan);
+        }
+    }
+    modes
+}
+
+fn check(config: &DenseNetConfig, dtype: DType, image: usize, steps: u64) -> usize {
+    let mut checked = 0;
+    for mode in modes_to_try(config, dtype, image, steps) {
+        let (measured, predicted, workspace, letters) = measure(config, mode, dtype, image);
+        println!(
+            "{:?} k={} bn={} {}{dtype:?} {mode:<16} {letters:<10} measured {measured:>9} \
+             predicted {predicted:>9} ({:+.2}%, workspace room {workspace})",
+            config.block_config,
+            config.growth_rate,
+            config.bn_size,
+            if config.small_inputs {
+                ""
+            } else {
+                "ImageNet stem "
+            },
+            100.0 * (predicted as f64 / measured as f64 - 1.0)
+        );
+        assert!(
+            measured <= predicted,
+            "{mode} ({letters}): measured {measured} above the prediction {predicted}"
+        );
+        assert!(
+            (predicted - workspace) as f64 <= measured as f64 * (1.0 + OVER),
+            "{mode} ({letters}): predicted {predicted} (workspace room {workspace}) more than \
+             {}% above the measured {measured}",
+            100.0 * OVER
+        );
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn layer_mode_and_planned_mixes_match_the_measured_peak() {
+    let two_blocks = DenseNetConfig {
+        block_config: vec![3, 4],
+        ..single_block(8, 4, 1, 0.0)
+    };
+    let imagenet = DenseNetConfig {
+        block_config: vec![2, 3],
+        small_inputs: false,
+        ..single_block(6, 4, 1, 0.0)
+    };
+    let cases = [
+        (single_block(12, 4, 6, 0.0), DType::F32, 64),
+        (single_block(12, 4, 6, 0.0), DType::F64, 64),
+        (single_block(8, 2, 8, 0.0), DType::F32, 64),
+        (single_block(6, 4, 10, 0.0), DType::F64, 64),
+        (single_block(8, 4, 6, 0.2), DType::F32, 64),
+        (two_blocks.clone(), DType::F32, 64),
+        (two_blocks, DType::F64, 64),
+        (imagenet, DType::F32, 128),
+    ];
+    for (config, dtype, image) in cases {
+        let checked = check(&config, dtype, image, 8);
+        assert!(checked >= 4, "only {checked} plans for {config:?}");
+    }
+}

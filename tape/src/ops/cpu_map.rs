@@ -33,3 +33,45 @@ pub(crate) fn map_binary<T: Elem>(
     };
     Tensor::from_vec(out, a.shape(), a.device())
 }
+
+/// The planes of one channel of an output being written: `n` planes of `hw` elements, in image
+/// order.
+pub(crate) type ChannelPlanes<'a, T> = Vec<&'a mut [std::mem::MaybeUninit<T>]>;
+
+/// A new `n x c x hw` (NCHW) buffer written channel by channel, without a zero fill: `f(ch,
+/// planes)` gets the `n` planes of channel `ch` and returns that channel's result; channels run
+/// in parallel when `parallel`. Returns the buffer and the results, by channel.
+///
+/// # Safety
+/// `f` must write every element of every plane it is given.
+pub(crate) unsafe fn by_channel<T: Send + Sync, R: Send>(
+    (n, c, hw): (usize, usize, usize),
+    parallel: bool,
+    f: impl Fn(usize, ChannelPlanes<'_, T>) -> R + Sync,
+) -> (Vec<T>, Vec<R>) {
+    let len = n * c * hw;
+    let mut buf: Vec<T> = Vec::with_capacity(len);
+    let mut planes: Vec<ChannelPlanes<'_, T>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
+    if hw > 0 {
+        for (q, plane) in buf.spare_capacity_mut()[..len].chunks_mut(hw).enumerate() {
+            planes[q % c].push(plane);
+        }
+    }
+    let results: Vec<R> = if parallel {
+        planes
+            .into_par_iter()
+            .enumerate()
+            .map(|(ch, p)| f(ch, p))
+            .collect()
+    } else {
+        planes
+            .into_iter()
+            .enumerate()
+            .map(|(ch, p)| f(ch, p))
+            .collect()
+    };
+    // SAFETY: every element belongs to exactly one plane, and the caller guarantees that `f`
+    // wrote every element of every plane.
+    unsafe { buf.set_len(len) };
+    (buf, results)
+}

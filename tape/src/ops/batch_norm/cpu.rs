@@ -2,8 +2,11 @@
 //! (statistics in two passes), so `f32` inputs get accurate means and variances.
 
 use super::super::cpu_lanes::{lane_sum, lane_sum2};
+use super::super::cpu_map::by_channel;
 use super::super::cpu_map::PAR_MIN;
-use super::{normalization, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats, OP};
+use super::{
+    channel_affine, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats, Normalization, OP,
+};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::{Error, Result};
@@ -34,7 +37,7 @@ impl Layout {
     }
 
     /// The `n` contiguous planes of channel `ch`.
-    fn planes<'s, T>(&self, xs: &'s [T], ch: usize) -> impl Iterator<Item = &'s [T]> + 's {
+    fn planes<'s, T>(&self, xs: &'s [T], ch: usize) -> impl Iterator<Item = &'s [T]> + Clone + 's {
         let (c, hw) = (self.c, self.hw);
         (0..self.n).map(move |i| {
             let start = (i * c + ch) * hw;
@@ -83,18 +86,69 @@ fn map_planes<T: Elem>(
     out
 }
 
-/// Per channel `(mean, biased variance)` of `xs` (two passes in `f64`).
-pub(crate) fn channel_stats<T: Elem>(xs: &[T], l: Layout) -> Vec<(f64, f64)> {
-    let m = l.count().max(1) as f64;
-    per_channel(l, |ch| {
-        let sum: f64 = l.planes(xs, ch).map(|p| lane_sum(p, |v| v)).sum();
-        let mean = sum / m;
-        let sq: f64 = l
-            .planes(xs, ch)
-            .map(|p| lane_sum(p, |v| (v - mean) * (v - mean)))
-            .sum();
-        (mean, sq / m)
-    })
+/// `(mean, biased variance)` of the values in `planes` (`m` in all), in two passes in `f64`.
+pub(crate) fn moments<'s, T: Elem, P>(planes: P, m: usize) -> (f64, f64)
+where
+    P: Iterator<Item = &'s [T]> + Clone,
+{
+    let m = m.max(1) as f64;
+    let mean = planes.clone().map(|p| lane_sum(p, |v| v)).sum::<f64>() / m;
+    let sq: f64 = planes
+        .map(|p| lane_sum(p, |v| (v - mean) * (v - mean)))
+        .sum();
+    (mean, sq / m)
+}
+
+/// Writes `out = x * scale + shift` (and with `relu`, `max(., 0)`, NaN passing) plane by plane,
+/// in the tensor's precision.
+pub(crate) fn write_affine<'s, T: Elem>(
+    xs: impl Iterator<Item = &'s [T]>,
+    out: Vec<&mut [std::mem::MaybeUninit<T>]>,
+    scale: f64,
+    shift: f64,
+    relu: bool,
+) {
+    let (a, b) = (T::of(scale), T::of(shift));
+    for (o, x) in out.into_iter().zip(xs) {
+        for (o, &x) in o.iter_mut().zip(x) {
+            let v = x * a + b;
+            o.write(if relu && v <= T::zero() { T::zero() } else { v });
+        }
+    }
+}
+
+/// Batch norm of `xs` channel by channel: in training (`batch` given as `(weight, bias, eps)`)
+/// each channel's statistics and then its output while the channel is in cache; in eval
+/// (`batch` `None`) with `norm`'s scale and shift. Returns the output and, in training, each
+/// channel's `(mean, biased variance)`.
+fn normalize<T: Elem>(
+    xs: &[T],
+    l: Layout,
+    batch: Option<(&[f64], &[f64], f64)>,
+    norm: Option<&Normalization>,
+) -> (Vec<T>, Vec<(f64, f64)>) {
+    let (v, stats) = {
+        let f = |ch: usize, out: Vec<&mut [std::mem::MaybeUninit<T>]>| match (batch, norm) {
+            (Some((w, b, eps)), _) => {
+                let (mean, var) = moments(l.planes(xs, ch), l.count());
+                let [_, scale, shift] = channel_affine(mean, var, w[ch], b[ch], eps);
+                write_affine(l.planes(xs, ch), out, scale, shift, false);
+                Some((mean, var))
+            }
+            (None, Some(n)) => {
+                write_affine(l.planes(xs, ch), out, n.scale[ch], n.shift[ch], false);
+                None
+            }
+            (None, None) => {
+                write_affine(l.planes(xs, ch), out, 1.0, 0.0, false);
+                None
+            }
+        };
+        // SAFETY: `write_affine` writes every element of the `n` planes of `hw` elements it gets
+        // (each input plane of channel `ch` is `hw` long, as is each output plane).
+        unsafe { by_channel((l.n, l.c, l.hw), l.parallel(), f) }
+    };
+    (v, stats.into_iter().flatten().collect())
 }
 
 /// `out = xs * scale[ch] + shift[ch]` per channel, in the tensor's precision.
@@ -107,60 +161,63 @@ fn affine<T: Elem>(xs: &[T], l: Layout, scale: &[f64], shift: &[f64]) -> Vec<T> 
     })
 }
 
-/// Per channel `(sum g, sum g * xhat)` with `xhat = (x - mean) * invstd`; without `xs` only the
-/// first sum is computed (the second is 0).
-fn grad_sums<T: Elem>(
+/// Channel `ch`'s `(sum g, sum g * xhat)` with `xhat = (x - mean) * invstd`; without `xs` only
+/// the first sum is computed (the second is 0).
+fn channel_grad_sums<T: Elem>(
     g: &[T],
     xs: Option<&[T]>,
     l: Layout,
-    mean: &[f64],
-    invstd: &[f64],
-) -> Vec<(f64, f64)> {
-    per_channel(l, |ch| {
-        let sum_g: f64 = l.planes(g, ch).map(|p| lane_sum(p, |v| v)).sum();
-        let sum_gx = match xs {
-            Some(xs) => {
-                let (m, k) = (mean[ch], invstd[ch]);
-                l.planes(g, ch)
-                    .zip(l.planes(xs, ch))
-                    .map(|(gp, xp)| lane_sum2(gp, xp, |g, x| g * (x - m)))
-                    .sum::<f64>()
-                    * k
-            }
-            None => 0.0,
-        };
-        (sum_g, sum_gx)
-    })
+    ch: usize,
+    mean: f64,
+    invstd: f64,
+) -> (f64, f64) {
+    let sum_g: f64 = l.planes(g, ch).map(|p| lane_sum(p, |v| v)).sum();
+    let sum_gx = match xs {
+        Some(xs) => {
+            l.planes(g, ch)
+                .zip(l.planes(xs, ch))
+                .map(|(gp, xp)| lane_sum2(gp, xp, |g, x| g * (x - mean)))
+                .sum::<f64>()
+                * invstd
+        }
+        None => 0.0,
+    };
+    (sum_g, sum_gx)
 }
 
 /// Per-channel coefficients of the training-mode input gradient.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct InputGradCoef {
+struct InputGradCoef {
     /// `weight * invstd`.
-    pub(super) scale: f64,
+    scale: f64,
     /// The batch mean.
-    pub(super) mean: f64,
+    mean: f64,
     /// The batch `1 / sqrt(var + eps)`.
-    pub(super) invstd: f64,
+    invstd: f64,
     /// `sum(g) / m`.
-    pub(super) mean_g: f64,
+    mean_g: f64,
     /// `sum(g * xhat) / m`.
-    pub(super) mean_gx: f64,
+    mean_gx: f64,
 }
 
-/// Training-mode input gradient: `scale * (g - mean_g - xhat * mean_gx)`, evaluated in the
-/// tensor's precision as `scale * g - scale * mean_g - (scale * invstd * mean_gx) * (x - mean)`.
-fn train_grad_input<T: Elem>(g: &[T], xs: &[T], l: Layout, coef: &[InputGradCoef]) -> Vec<T> {
-    map_planes(l, g, xs, |ch, o, g, x| {
-        let k = coef[ch];
-        let a = T::of(k.scale);
-        let c = T::of(-k.scale * k.mean_g);
-        let b = T::of(-k.scale * k.invstd * k.mean_gx);
-        let mean = T::of(k.mean);
+/// Writes channel planes of the training-mode input gradient: `scale * (g - mean_g - xhat *
+/// mean_gx)`, evaluated in the tensor's precision as
+/// `scale * g - scale * mean_g - (scale * invstd * mean_gx) * (x - mean)`.
+fn write_train_grad<'s, T: Elem>(
+    g: impl Iterator<Item = &'s [T]>,
+    xs: impl Iterator<Item = &'s [T]>,
+    out: Vec<&mut [std::mem::MaybeUninit<T>]>,
+    k: InputGradCoef,
+) {
+    let a = T::of(k.scale);
+    let c = T::of(-k.scale * k.mean_g);
+    let b = T::of(-k.scale * k.invstd * k.mean_gx);
+    let mean = T::of(k.mean);
+    for ((o, g), x) in out.into_iter().zip(g).zip(xs) {
         for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
-            *o = a * g + c + b * (x - mean);
+            o.write(a * g + c + b * (x - mean));
         }
-    })
+    }
 }
 
 impl BatchNormKernels for Cpu {
@@ -168,17 +225,21 @@ impl BatchNormKernels for Cpu {
         let x = a.x;
         let [n, c, h, w] = x.dims4(OP)?;
         let l = Layout { n, c, hw: h * w };
-        let norm = normalization(
-            OP,
-            a.training,
-            l.count(),
-            a.running,
-            a.weight,
-            a.bias,
-            a.opts.eps,
-            || Ok(dispatch_float!(x.dtype(), T => channel_stats::<T>(x.as_slice::<T>()?, l))),
-        )?;
-        let out = dispatch_float!(x.dtype(), T => Tensor::from_vec(affine::<T>(x.as_slice::<T>()?, l, &norm.scale, &norm.shift), x.shape(), x.device()))?;
+        let (weight, bias) = (a.weight.try_to_f64_vec()?, a.bias.try_to_f64_vec()?);
+        let eps = a.opts.eps;
+        let running = match a.training {
+            true => None,
+            false => Some(Normalization::from_running(a.running, &weight, &bias, eps)?),
+        };
+        let batch = a.training.then_some((&weight[..], &bias[..], eps));
+        let (out, stats) = dispatch_float!(x.dtype(), T => {
+            let (v, stats) = normalize::<T>(x.as_slice::<T>()?, l, batch, running.as_ref());
+            (Tensor::from_vec(v, x.shape(), x.device())?, stats)
+        });
+        let norm = match running {
+            Some(norm) => norm,
+            None => Normalization::from_batch(stats, l.count(), &weight, &bias, eps),
+        };
         let stats = norm.conclude(
             a.running,
             a.update_running,
@@ -189,55 +250,73 @@ impl BatchNormKernels for Cpu {
         Ok((out, stats))
     }
 
+    /// Channel by channel: the sums, then (training) the channel's input gradient while its
+    /// planes are in cache.
     fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads> {
         let g = a.g;
         let [n, c, h, w] = g.dims4(OP)?;
         let l = Layout { n, c, hw: h * w };
         let [want_x, want_w, want_b] = a.want;
         let (mean, invstd) = (a.stats.mean.to_f64_vec(), a.stats.invstd.to_f64_vec());
-        let need_sums = want_w || want_b || (a.training && want_x);
-        let sums = if !need_sums {
-            Vec::new()
-        } else {
-            dispatch_float!(g.dtype(), T => {
-                let xs = a.x.map(|x| x.as_slice::<T>()).transpose()?;
-                grad_sums::<T>(g.as_slice::<T>()?, xs, l, &mean, &invstd)
-            })
-        };
-        let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
-        let vector = |v: &[f64]| Tensor::from_f64(v, &[c], g.dtype(), g.device());
-        let gw = want_w.then(|| vector(&sum_gx)).transpose()?;
-        let gb = want_b.then(|| vector(&sum_g)).transpose()?;
-        if !want_x {
-            return Ok((None, gw, gb));
-        }
         let missing =
             || Error::Backward("batch_norm2d: the input gradient needs the weight".into());
-        let weight = a.weight.ok_or_else(missing)?.try_to_f64_vec()?;
-        let scale: Vec<f64> = weight.iter().zip(&invstd).map(|(w, s)| w * s).collect();
-        let gx = match (a.training, a.x) {
-            (true, Some(x)) => {
-                let m = l.count() as f64;
-                let coef: Vec<InputGradCoef> = (0..l.c)
-                    .map(|ch| InputGradCoef {
-                        scale: scale[ch],
-                        mean: mean[ch],
-                        invstd: invstd[ch],
-                        mean_g: sum_g[ch] / m,
-                        mean_gx: sum_gx[ch] / m,
-                    })
-                    .collect();
-                dispatch_float!(g.dtype(), T => {
-                    let v = train_grad_input::<T>(g.as_slice::<T>()?, x.as_slice::<T>()?, l, &coef);
-                    Tensor::from_vec(v, g.shape(), g.device())
-                })?
-            }
-            (true, None) => return Err(missing()),
-            (false, _) => {
-                let zero = vec![0.0; l.c];
-                dispatch_float!(g.dtype(), T => Tensor::from_vec(affine::<T>(g.as_slice::<T>()?, l, &scale, &zero), g.shape(), g.device()))?
-            }
+        let weight = match want_x {
+            true => a.weight.ok_or_else(missing)?.try_to_f64_vec()?,
+            false => Vec::new(),
         };
-        Ok((Some(gx), gw, gb))
+        let train_x = match (want_x && a.training, a.x) {
+            (true, None) => return Err(missing()),
+            (t, x) => x.filter(|_| t),
+        };
+        let need_sums = want_w || want_b || train_x.is_some();
+        let m = l.count() as f64;
+        let (gx, sums) = dispatch_float!(g.dtype(), T => {
+            let gs = g.as_slice::<T>()?;
+            let xs = a.x.map(|x| x.as_slice::<T>()).transpose()?;
+            match train_x {
+                Some(x) => {
+                    let x = x.as_slice::<T>()?;
+                    let f = |ch: usize, out: Vec<&mut [std::mem::MaybeUninit<T>]>| {
+                        let (sg, sgx) = channel_grad_sums(gs, xs, l, ch, mean[ch], invstd[ch]);
+                        let k = InputGradCoef {
+                            scale: weight[ch] * invstd[ch],
+                            mean: mean[ch],
+                            invstd: invstd[ch],
+                            mean_g: sg / m,
+                            mean_gx: sgx / m,
+                        };
+                        write_train_grad(l.planes(gs, ch), l.planes(x, ch), out, k);
+                        (sg, sgx)
+                    };
+                    // SAFETY: `write_train_grad` writes every element of the `n` planes of `hw`
+                    // elements it gets (the gradient's and the input's planes are `hw` long).
+                    let (v, sums) = unsafe { by_channel((n, c, l.hw), l.parallel(), f) };
+                    (Some(Tensor::from_vec(v, g.shape(), g.device())?), sums)
+                }
+                None => {
+                    let sums = match need_sums {
+                        true => per_channel(l, |ch| channel_grad_sums(gs, xs, l, ch, mean[ch], invstd[ch])),
+                        false => Vec::new(),
+                    };
+                    let gx = match want_x {
+                        // Eval mode: the running statistics are constants, gx = g * weight * invstd.
+                        true => {
+                            let scale: Vec<f64> = weight.iter().zip(&invstd).map(|(w, s)| w * s).collect();
+                            Some(Tensor::from_vec(affine::<T>(gs, l, &scale, &vec![0.0; c]), g.shape(), g.device())?)
+                        }
+                        false => None,
+                    };
+                    (gx, sums)
+                }
+            }
+        });
+        let vector = |v: Vec<f64>| Tensor::from_f64(&v, &[c], g.dtype(), g.device());
+        let gw = want_w
+            .then(|| vector(sums.iter().map(|s| s.1).collect()))
+            .transpose()?;
+        let gb = want_b
+            .then(|| vector(sums.iter().map(|s| s.0).collect()))
+            .transpose()?;
+        Ok((gx, gw, gb))
     }
 }

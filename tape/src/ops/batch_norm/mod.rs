@@ -299,52 +299,70 @@ impl Normalization {
     }
 }
 
-/// The normalisation of a step: in training from `batch_stats` (per channel `(mean, biased
-/// variance)` over `m` values each, which must exceed 1), in eval from `running`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn normalization(
-    op: &'static str,
-    training: bool,
-    m: usize,
-    running: &RunningStats,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-    batch_stats: impl FnOnce() -> Result<Vec<(f64, f64)>>,
-) -> Result<Normalization> {
-    let (mean, var, unbiased) = if training {
-        check_batch(op, training, m)?;
-        let (mean, var): (Vec<f64>, Vec<f64>) = batch_stats()?.into_iter().unzip();
-        let corr = m as f64 / (m - 1) as f64;
+/// `(invstd, scale, shift)` of one channel with mean `mean` and variance `var`:
+/// `invstd = 1 / sqrt(var + eps)`, `scale = weight * invstd`, `shift = bias - mean * scale`.
+pub(crate) fn channel_affine(mean: f64, var: f64, weight: f64, bias: f64, eps: f64) -> [f64; 3] {
+    let invstd = 1.0 / (var + eps).sqrt();
+    let scale = weight * invstd;
+    [invstd, scale, bias - mean * scale]
+}
+
+impl Normalization {
+    /// A training step's normalisation from per-channel batch statistics `(mean, biased
+    /// variance)` over `m > 1` values each.
+    pub(crate) fn from_batch(
+        stats: Vec<(f64, f64)>,
+        m: usize,
+        weight: &[f64],
+        bias: &[f64],
+        eps: f64,
+    ) -> Self {
+        let (mean, var): (Vec<f64>, Vec<f64>) = stats.into_iter().unzip();
+        let corr = m as f64 / (m.max(2) - 1) as f64;
         let unbiased = var.iter().map(|v| v * corr).collect();
-        (mean, var, unbiased)
-    } else {
-        (
+        Self::from_moments(mean, &var, unbiased, weight, bias, eps)
+    }
+
+    /// An eval step's normalisation, from the running statistics.
+    pub(crate) fn from_running(
+        running: &RunningStats,
+        weight: &[f64],
+        bias: &[f64],
+        eps: f64,
+    ) -> Result<Self> {
+        let (mean, var) = (
             running.mean().try_to_f64_vec()?,
             running.var().try_to_f64_vec()?,
+        );
+        Ok(Self::from_moments(
+            mean,
+            &var,
             Vec::new(),
-        )
-    };
-    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let scale: Vec<f64> = weight
-        .try_to_f64_vec()?
-        .iter()
-        .zip(&invstd)
-        .map(|(w, s)| w * s)
-        .collect();
-    let shift = bias
-        .try_to_f64_vec()?
-        .iter()
-        .zip(scale.iter().zip(&mean))
-        .map(|(b, (a, m))| b - m * a)
-        .collect();
-    Ok(Normalization {
-        mean,
-        unbiased,
-        invstd,
-        scale,
-        shift,
-    })
+            weight,
+            bias,
+            eps,
+        ))
+    }
+
+    fn from_moments(
+        mean: Vec<f64>,
+        var: &[f64],
+        unbiased: Vec<f64>,
+        weight: &[f64],
+        bias: &[f64],
+        eps: f64,
+    ) -> Self {
+        let per: Vec<[f64; 3]> = (0..mean.len())
+            .map(|ch| channel_affine(mean[ch], var[ch], weight[ch], bias[ch], eps))
+            .collect();
+        Normalization {
+            invstd: per.iter().map(|p| p[0]).collect(),
+            scale: per.iter().map(|p| p[1]).collect(),
+            shift: per.iter().map(|p| p[2]).collect(),
+            mean,
+            unbiased,
+        }
+    }
 }
 
 /// What the backward closure keeps, on every device: the input (when a gradient needs `xhat`),

@@ -1,9 +1,10 @@
 //! CPU kernels of the fused concat -> batch norm -> ReLU. Every output plane `(image, channel)`
 //! is computed straight from the part that holds the channel; gradients are written per part.
 
-use super::super::batch_norm::cpu::{channel_stats, Layout};
-use super::super::batch_norm::{normalization, BnStats};
+use super::super::batch_norm::cpu::{moments, write_affine};
+use super::super::batch_norm::{channel_affine, BnStats, Normalization};
 use super::super::cpu_lanes::{lane_sum2, masked_sums};
+use super::super::cpu_map::by_channel;
 use super::super::cpu_map::PAR_MIN;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
 use crate::backend::Cpu;
@@ -57,44 +58,43 @@ impl<'a, T: Elem> Parts<'a, T> {
     }
 }
 
-/// Per output channel `(mean, biased variance)`, part by part.
-fn channel_stats_parts<T: Elem>(parts: &Parts<'_, T>) -> Vec<(f64, f64)> {
-    parts
-        .data
-        .iter()
-        .zip(&parts.channels)
-        .flat_map(|(xs, &c)| {
-            let l = Layout {
-                n: parts.n,
-                c,
-                hw: parts.hw,
-            };
-            channel_stats(xs, l)
-        })
-        .collect()
+impl<T: Elem> Parts<'_, T> {
+    /// The `n` input planes of output channel `ch`, in image order.
+    fn planes(&self, ch: usize) -> impl Iterator<Item = &[T]> + Clone + '_ {
+        (0..self.n).map(move |i| self.plane(i, ch))
+    }
 }
 
-/// `out[i, ch] = max(x[i, ch] * scale[ch] + shift[ch], 0)` in the tensor's precision (NaN passes).
-fn forward<T: Elem>(parts: &Parts<'_, T>, scale: &[f64], shift: &[f64]) -> Vec<T> {
-    let (c, hw) = (parts.c(), parts.hw);
-    let mut out = vec![T::zero(); parts.n * c * hw];
-    if hw == 0 {
-        return out;
-    }
-    let body = |(p, o): (usize, &mut [T])| {
-        let (i, ch) = (p / c, p % c);
-        let (a, b) = (T::of(scale[ch]), T::of(shift[ch]));
-        for (o, &x) in o.iter_mut().zip(parts.plane(i, ch)) {
-            let v = x * a + b;
-            *o = if v <= T::zero() { T::zero() } else { v }; // NaN passes, as in PyTorch
+/// `relu(batch norm)` of the parts, channel by channel: in training (`batch` given as
+/// `(weight, bias, eps)`) each channel's statistics and then its output while the channel is in
+/// cache; in eval with `norm`'s scale and shift. Returns the output and, in training, each
+/// channel's `(mean, biased variance)`.
+fn forward<T: Elem>(
+    parts: &Parts<'_, T>,
+    batch: Option<(&[f64], &[f64], f64)>,
+    norm: Option<&Normalization>,
+) -> (Vec<T>, Vec<(f64, f64)>) {
+    let m = parts.n * parts.hw;
+    let f = |ch: usize, out: Vec<&mut [MaybeUninit<T>]>| match (batch, norm) {
+        (Some((w, b, eps)), _) => {
+            let (mean, var) = moments(parts.planes(ch), m);
+            let [_, scale, shift] = channel_affine(mean, var, w[ch], b[ch], eps);
+            write_affine(parts.planes(ch), out, scale, shift, true);
+            Some((mean, var))
+        }
+        (None, Some(n)) => {
+            write_affine(parts.planes(ch), out, n.scale[ch], n.shift[ch], true);
+            None
+        }
+        (None, None) => {
+            write_affine(parts.planes(ch), out, 1.0, 0.0, true);
+            None
         }
     };
-    if parts.parallel() {
-        out.par_chunks_mut(hw).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(hw).enumerate().for_each(body);
-    }
-    out
+    // SAFETY: `write_affine` writes every element of the `n` planes of `hw` elements it gets
+    // (each input plane is `hw` long, as is each output plane).
+    let (v, stats) = unsafe { by_channel((parts.n, parts.c(), parts.hw), parts.parallel(), f) };
+    (v, stats.into_iter().flatten().collect())
 }
 
 /// Per output channel: the input gradient is `a * g' + b * (x - mean) + k` with `g'` the masked
@@ -194,26 +194,23 @@ impl BatchNormReluKernels for Cpu {
         let x0 = a.parts[0];
         let [n, _, h, w] = x0.dims4(OP)?;
         let (hw, c) = (h * w, a.channels.iter().sum::<usize>());
-        let norm = normalization(
-            OP,
-            a.training,
-            n * hw,
-            a.running,
-            a.weight,
-            a.bias,
-            a.opts.eps,
-            || {
-                Ok(dispatch_float!(x0.dtype(), T => {
-                    let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-                    channel_stats_parts(&Parts::new(data, a.channels.to_vec(), n, hw))
-                }))
-            },
-        )?;
-        let out = dispatch_float!(x0.dtype(), T => {
+        let (weight, bias) = (a.weight.try_to_f64_vec()?, a.bias.try_to_f64_vec()?);
+        let eps = a.opts.eps;
+        let running = match a.training {
+            true => None,
+            false => Some(Normalization::from_running(a.running, &weight, &bias, eps)?),
+        };
+        let batch = a.training.then_some((&weight[..], &bias[..], eps));
+        let (out, stats) = dispatch_float!(x0.dtype(), T => {
             let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-            let v = forward(&Parts::new(data, a.channels.to_vec(), n, hw), &norm.scale, &norm.shift);
-            Tensor::from_vec(v, &[n, c, h, w], x0.device())
-        })?;
+            let parts = Parts::new(data, a.channels.to_vec(), n, hw);
+            let (v, stats) = forward(&parts, batch, running.as_ref());
+            (Tensor::from_vec(v, &[n, c, h, w], x0.device())?, stats)
+        });
+        let norm = match running {
+            Some(norm) => norm,
+            None => Normalization::from_batch(stats, n * hw, &weight, &bias, eps),
+        };
         let stats = norm.conclude(
             a.running,
             a.update_running,

@@ -44,8 +44,10 @@ fn masked_sums_body<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64)
     let n = g.len().min(y.len()).min(x.len());
     let (mut sg, mut sgx) = ([0.0f64; LANES], [0.0f64; LANES]);
     let full = n - n % LANES;
-    let (one, zero) = (T::one(), T::zero());
-    let mask = |y: T| if y > zero { one } else { zero };
+    let zero = T::zero();
+    // g' = g where y > 0, else +0 (a NaN or infinite g where the ReLU is off does not reach the
+    // sums, as in PyTorch's threshold backward).
+    let mask = |g: T, y: T| if y > zero { g } else { zero };
     for ((gc, yc), xc) in g[..full]
         .chunks_exact(LANES)
         .zip(y[..full].chunks_exact(LANES))
@@ -53,7 +55,7 @@ fn masked_sums_body<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64)
     {
         let mut gm = [zero; LANES];
         for l in 0..LANES.min(gc.len()).min(yc.len()) {
-            gm[l] = gc[l] * mask(yc[l]);
+            gm[l] = mask(gc[l], yc[l]);
         }
         for (l, &xv) in xc.iter().enumerate().take(LANES) {
             let gv = gm[l].f64();
@@ -63,7 +65,7 @@ fn masked_sums_body<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64)
     }
     let (mut tg, mut tgx) = (0.0, 0.0);
     for i in full..n {
-        let gv = (g[i] * mask(y[i])).f64();
+        let gv = mask(g[i], y[i]).f64();
         tg += gv;
         tgx += gv * (x[i].f64() - mean);
     }
@@ -106,12 +108,84 @@ dispatch_avx2!(
     /// `sum f(a, b)` over paired elements.
     lane_sum2, lane_sum2_avx2, lane_sum2_body, (xs: &[T], ys: &[T]) -> f64, f: impl Fn(f64, f64) -> f64
 );
+/// [`masked_sums_body`] for `f32` in AVX2 registers: 8 lanes of `f32` compared and masked at
+/// once, widened to two 4-lane `f64` halves that accumulate exactly as the portable code's lanes
+/// 0-3 and 4-7 do (separate multiply and add, no fused multiply-add), so the sums are the same
+/// bits. The compiler does not vectorise the portable loop (it turns the mask into branches).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn masked_sums_f32_avx2(g: &[f32], y: &[f32], x: &[f32], mean: f64) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let n = g.len().min(y.len()).min(x.len());
+    let full = n - n % LANES;
+    let mut lanes_g = [0.0f64; LANES];
+    let mut lanes_gx = [0.0f64; LANES];
+    // SAFETY: every load reads 8 elements at `i < full <= len` of each slice; unaligned loads;
+    // AVX2 is enabled for this function and checked at run time by its caller.
+    unsafe {
+        let (zero, m) = (_mm256_setzero_ps(), _mm256_set1_pd(mean));
+        let (mut sg_lo, mut sg_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let (mut sx_lo, mut sx_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i < full {
+            let gv = _mm256_loadu_ps(g.as_ptr().add(i));
+            let yv = _mm256_loadu_ps(y.as_ptr().add(i));
+            let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+            let gm = _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(yv, zero));
+            let g_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(gm));
+            let g_hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(gm));
+            let x_lo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), m);
+            let x_hi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(xv)), m);
+            sg_lo = _mm256_add_pd(sg_lo, g_lo);
+            sg_hi = _mm256_add_pd(sg_hi, g_hi);
+            sx_lo = _mm256_add_pd(sx_lo, _mm256_mul_pd(g_lo, x_lo));
+            sx_hi = _mm256_add_pd(sx_hi, _mm256_mul_pd(g_hi, x_hi));
+            i += LANES;
+        }
+        _mm256_storeu_pd(lanes_g.as_mut_ptr(), sg_lo);
+        _mm256_storeu_pd(lanes_g.as_mut_ptr().add(4), sg_hi);
+        _mm256_storeu_pd(lanes_gx.as_mut_ptr(), sx_lo);
+        _mm256_storeu_pd(lanes_gx.as_mut_ptr().add(4), sx_hi);
+    }
+    let (mut tg, mut tgx) = (0.0, 0.0);
+    for i in full..n {
+        let gv = if y[i] > 0.0 { g[i] as f64 } else { 0.0 };
+        tg += gv;
+        tgx += gv * (x[i] as f64 - mean);
+    }
+    (
+        lanes_g.iter().sum::<f64>() + tg,
+        lanes_gx.iter().sum::<f64>() + tgx,
+    )
+}
+
+/// The elements of an `f32` slice seen as `f32`, when `T` is `f32`.
+fn as_f32<T: Elem>(xs: &[T]) -> Option<&[f32]> {
+    (T::DTYPE == crate::dtype::DType::F32).then(|| {
+        // SAFETY: `Elem` is sealed and `T::DTYPE == F32` only for `f32`, so `xs` is a `[f32]`.
+        unsafe { std::slice::from_raw_parts(xs.as_ptr() as *const f32, xs.len()) }
+    })
+}
+
+/// `(sum g', sum g' * (x - mean))`: [`masked_sums_f32_avx2`] for `f32` on CPUs with AVX2, else
+/// [`masked_sums_portable`].
+pub(crate) fn masked_sums<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        if let (Some(g), Some(y), Some(x)) = (as_f32(g), as_f32(y), as_f32(x)) {
+            // SAFETY: the CPU supports AVX2 (checked at run time above).
+            return unsafe { masked_sums_f32_avx2(g, y, x, mean) };
+        }
+    }
+    masked_sums_portable(g, y, x, mean)
+}
+
 dispatch_avx2!(
     /// `(sum g', sum g' * (x - mean))` where `g' = g` at positions with `y > 0` and 0 elsewhere:
     /// both sums of batch norm + ReLU backward in one pass. The mask is applied as a multiplication
     /// (no branch) in the elements' own precision; `x - mean` is taken in `f64` (in `f32` it would
     /// lose the digits that distinguish `x` from a large mean).
-    masked_sums, masked_sums_avx2, masked_sums_body, (g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64),
+    masked_sums_portable, masked_sums_avx2, masked_sums_body, (g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64),
 );
 
 #[cfg(test)]
@@ -135,8 +209,28 @@ mod tests {
             lane_sum2(&g, &x, prod).to_bits(),
             lane_sum2_body(&g, &x, prod).to_bits()
         );
-        let (a, b) = masked_sums(&g, &y, &x, 0.3);
-        let (c, d) = masked_sums_body(&g, &y, &x, 0.3);
-        assert_eq!((a.to_bits(), b.to_bits()), (c.to_bits(), d.to_bits()));
+        for len in [0, 7, 8, 9, 64, 1003] {
+            let (a, b) = masked_sums(&g[..len], &y[..len], &x[..len], 0.3);
+            let (c, d) = masked_sums_body(&g[..len], &y[..len], &x[..len], 0.3);
+            assert_eq!(
+                (a.to_bits(), b.to_bits()),
+                (c.to_bits(), d.to_bits()),
+                "{len}"
+            );
+            let (a, b) = masked_sums_portable(&g[..len], &y[..len], &x[..len], 0.3);
+            assert_eq!(
+                (a.to_bits(), b.to_bits()),
+                (c.to_bits(), d.to_bits()),
+                "{len}"
+            );
+        }
+        // A NaN or infinite gradient where the ReLU is off does not reach the sums.
+        let (mut g2, mut y2) = (g.clone(), y.clone());
+        g2[3] = f32::NAN;
+        y2[3] = -1.0;
+        g2[11] = f32::INFINITY;
+        y2[11] = 0.0;
+        let (a, b) = masked_sums(&g2, &y2, &x, 0.3);
+        assert!(a.is_finite() && b.is_finite());
     }
 }

@@ -166,7 +166,7 @@ fn backward_by_channel<T: Elem>(
                 let at = (i * c + ch) * hw;
                 let (gp, yp, xp) = (&g[at..at + hw], &y[at..at + hw], parts.plane(i, ch));
                 for (((o, &g), &y), &x) in o.iter_mut().zip(gp).zip(yp).zip(xp) {
-                    let gm = g * T::of(f64::from(u8::from(y > T::zero())));
+                    let gm = if y > T::zero() { g } else { T::zero() };
                     o.write(a * gm + kk + b * (x - mean));
                 }
             }

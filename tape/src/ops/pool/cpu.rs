@@ -55,8 +55,68 @@ impl Window {
     }
 }
 
+impl Window {
+    /// Windows that tile the plane: no padding, stride = kernel (DenseNet's 2x2/2 transitions).
+    fn tiles(&self) -> bool {
+        self.padding == 0 && self.stride == self.kernel
+    }
+}
+
+/// Average pooling over tiling windows: the same sums, in the same order (row by row, left to
+/// right, from `Sum`'s starting value), as [`avg_forward`]'s general path, without its span
+/// arithmetic per output.
+fn avg_forward_tiles<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
+    let (k, w, wout) = (win.kernel, win.w, win.wout);
+    let div = T::of((k * k) as f64);
+    let start: T = std::iter::empty::<T>().sum();
+    per_plane(out, win.hout * wout, x, win.h * w, |o, plane| {
+        for (oy, row) in o.chunks_exact_mut(wout).enumerate() {
+            let rows = &plane[oy * k * w..(oy + 1) * k * w];
+            for (ox, v) in row.iter_mut().enumerate() {
+                let mut s = start;
+                for r in rows.chunks_exact(w) {
+                    for &e in &r[ox * k..ox * k + k] {
+                        s += e;
+                    }
+                }
+                *v = s / div;
+            }
+        }
+    });
+}
+
+/// Grad input of average pooling over tiling windows: each input element gets its window's
+/// share once (`0 + share`, as [`avg_backward`]'s accumulation gives).
+fn avg_backward_tiles<T: Elem>(win: &Window, g: &[T], gx: &mut [T]) {
+    let (k, w, wout) = (win.kernel, win.w, win.wout);
+    let div = T::of((k * k) as f64);
+    per_plane(gx, win.h * w, g, win.hout * wout, |plane, go| {
+        for (oy, grow) in go.chunks_exact(wout).enumerate() {
+            let rows = &mut plane[oy * k * w..(oy + 1) * k * w];
+            for r in rows.chunks_exact_mut(w) {
+                for (ox, &gv) in grow.iter().enumerate() {
+                    let share = T::zero() + gv / div;
+                    r[ox * k..ox * k + k].fill(share);
+                }
+                // Columns past the last window get no gradient.
+                r[wout * k..].fill(T::zero());
+            }
+        }
+        // Rows past the last window get no gradient.
+        plane[win.hout * k * w..].fill(T::zero());
+    });
+}
+
 /// Average pooling, zero padding counted in the divisor (`kernel^2`).
 fn avg_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
+    if win.tiles() {
+        return avg_forward_tiles(win, x, out);
+    }
+    avg_forward_general(win, x, out)
+}
+
+/// [`avg_forward`] for any window.
+fn avg_forward_general<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
     let div = T::of((win.kernel * win.kernel) as f64);
     per_plane(out, win.hout * win.wout, x, win.h * win.w, |o, plane| {
         for (oy, row) in o.chunks_exact_mut(win.wout).enumerate() {
@@ -75,6 +135,14 @@ fn avg_forward<T: Elem>(win: &Window, x: &[T], out: &mut [T]) {
 
 /// Grad input of average pooling: each output's gradient spread evenly over its window.
 fn avg_backward<T: Elem>(win: &Window, g: &[T], gx: &mut [T]) {
+    if win.tiles() {
+        return avg_backward_tiles(win, g, gx);
+    }
+    avg_backward_general(win, g, gx)
+}
+
+/// [`avg_backward`] for any window (`gx` must hold zeros).
+fn avg_backward_general<T: Elem>(win: &Window, g: &[T], gx: &mut [T]) {
     let div = T::of((win.kernel * win.kernel) as f64);
     per_plane(gx, win.h * win.w, g, win.hout * win.wout, |plane, go| {
         for (oy, row) in go.chunks_exact(win.wout).enumerate() {
@@ -185,5 +253,41 @@ impl PoolKernels for Cpu {
         let mut gx = Tensor::zeros(x_shape, g.dtype(), g.device())?;
         dispatch_float!(g.dtype(), T => global_avg_backward::<T>(g.as_slice::<T>()?, hw, gx.make_mut::<T>()?));
         Ok(gx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiling fast paths give the general paths' bits, with odd planes that leave rows and
+    /// columns outside every window.
+    #[test]
+    fn tiling_paths_equal_the_general_ones_bit_for_bit() {
+        for (k, h, w) in [(2, 8, 8), (2, 7, 9), (3, 10, 7), (1, 4, 5)] {
+            let win = Window::new("avg_pool2d", [2, 3, h, w], k, k, 0).unwrap();
+            assert!(win.tiles());
+            let x: Vec<f32> = (0..2 * 3 * h * w)
+                .map(|i| crate::rng::normal(7, 0, i as u64) as f32)
+                .collect();
+            let out_len = 2 * 3 * win.hout * win.wout;
+            let (mut a, mut b) = (vec![0.0f32; out_len], vec![0.0f32; out_len]);
+            avg_forward_tiles(&win, &x, &mut a);
+            avg_forward_general(&win, &x, &mut b);
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            let g: Vec<f32> = (0..out_len)
+                .map(|i| crate::rng::normal(8, 0, i as u64) as f32)
+                .collect();
+            let (mut ga, mut gb) = (vec![1.0f32; x.len()], vec![0.0f32; x.len()]);
+            avg_backward_tiles(&win, &g, &mut ga);
+            avg_backward_general(&win, &g, &mut gb);
+            assert_eq!(
+                ga.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                gb.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
     }
 }

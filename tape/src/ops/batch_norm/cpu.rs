@@ -5,7 +5,8 @@ use super::super::cpu_lanes::{lane_sum, lane_sum2};
 use super::super::cpu_map::by_channel;
 use super::super::cpu_map::PAR_MIN;
 use super::{
-    channel_affine, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats, Normalization, OP,
+    channel_affine, host_forward, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats,
+    HostNorm, OP,
 };
 use crate::backend::Cpu;
 use crate::dtype::Elem;
@@ -117,37 +118,25 @@ pub(crate) fn write_affine<'s, T: Elem>(
     }
 }
 
-/// Batch norm of `xs` channel by channel: in training (`batch` given as `(weight, bias, eps)`)
-/// each channel's statistics and then its output while the channel is in cache; in eval
-/// (`batch` `None`) with `norm`'s scale and shift. Returns the output and, in training, each
-/// channel's `(mean, biased variance)`.
-fn normalize<T: Elem>(
-    xs: &[T],
-    l: Layout,
-    batch: Option<(&[f64], &[f64], f64)>,
-    norm: Option<&Normalization>,
-) -> (Vec<T>, Vec<(f64, f64)>) {
-    let (v, stats) = {
-        let f = |ch: usize, out: Vec<&mut [std::mem::MaybeUninit<T>]>| match (batch, norm) {
-            (Some((w, b, eps)), _) => {
-                let (mean, var) = moments(l.planes(xs, ch), l.count());
-                let [_, scale, shift] = channel_affine(mean, var, w[ch], b[ch], eps);
-                write_affine(l.planes(xs, ch), out, scale, shift, false);
-                Some((mean, var))
-            }
-            (None, Some(n)) => {
-                write_affine(l.planes(xs, ch), out, n.scale[ch], n.shift[ch], false);
-                None
-            }
-            (None, None) => {
-                write_affine(l.planes(xs, ch), out, 1.0, 0.0, false);
-                None
-            }
-        };
-        // SAFETY: `write_affine` writes every element of the `n` planes of `hw` elements it gets
-        // (each input plane of channel `ch` is `hw` long, as is each output plane).
-        unsafe { by_channel((l.n, l.c, l.hw), l.parallel(), f) }
+/// Batch norm of `xs` channel by channel: in training each channel's statistics and then its
+/// output while the channel is in cache; in eval with the running statistics' scale and shift.
+/// Returns the output and, in training, each channel's `(mean, biased variance)`.
+fn normalize<T: Elem>(xs: &[T], l: Layout, how: &HostNorm<'_>) -> (Vec<T>, Vec<(f64, f64)>) {
+    let f = |ch: usize, out: Vec<&mut [std::mem::MaybeUninit<T>]>| match *how {
+        HostNorm::Batch(w, b, eps) => {
+            let (mean, var) = moments(l.planes(xs, ch), l.count());
+            let [_, scale, shift] = channel_affine(mean, var, w[ch], b[ch], eps);
+            write_affine(l.planes(xs, ch), out, scale, shift, false);
+            Some((mean, var))
+        }
+        HostNorm::Running(n) => {
+            write_affine(l.planes(xs, ch), out, n.scale[ch], n.shift[ch], false);
+            None
+        }
     };
+    // SAFETY: `write_affine` writes every element of the `n` planes of `hw` elements it gets
+    // (each input plane of channel `ch` is `hw` long, as is each output plane).
+    let (v, stats) = unsafe { by_channel((l.n, l.c, l.hw), l.parallel(), f) };
     (v, stats.into_iter().flatten().collect())
 }
 
@@ -225,29 +214,22 @@ impl BatchNormKernels for Cpu {
         let x = a.x;
         let [n, c, h, w] = x.dims4(OP)?;
         let l = Layout { n, c, hw: h * w };
-        let (weight, bias) = (a.weight.try_to_f64_vec()?, a.bias.try_to_f64_vec()?);
-        let eps = a.opts.eps;
-        let running = match a.training {
-            true => None,
-            false => Some(Normalization::from_running(a.running, &weight, &bias, eps)?),
-        };
-        let batch = a.training.then_some((&weight[..], &bias[..], eps));
-        let (out, stats) = dispatch_float!(x.dtype(), T => {
-            let (v, stats) = normalize::<T>(x.as_slice::<T>()?, l, batch, running.as_ref());
-            (Tensor::from_vec(v, x.shape(), x.device())?, stats)
-        });
-        let norm = match running {
-            Some(norm) => norm,
-            None => Normalization::from_batch(stats, l.count(), &weight, &bias, eps),
-        };
-        let stats = norm.conclude(
+        let step = (a.training, a.update_running, a.want_stats);
+        host_forward(
+            a.weight,
+            a.bias,
             a.running,
-            a.update_running,
-            a.opts.momentum,
-            a.want_stats,
+            a.opts,
+            step,
+            l.count(),
             x.device(),
-        )?;
-        Ok((out, stats))
+            |how| {
+                Ok(dispatch_float!(x.dtype(), T => {
+                    let (v, stats) = normalize::<T>(x.as_slice::<T>()?, l, &how);
+                    (Tensor::from_vec(v, x.shape(), x.device())?, stats)
+                }))
+            },
+        )
     }
 
     /// Channel by channel: the sums, then (training) the channel's input gradient while its

@@ -299,6 +299,45 @@ impl Normalization {
     }
 }
 
+/// What a host (CPU) forward kernel normalises with: in training each channel's own batch
+/// statistics (with these affine parameters and `eps`), in eval a normalisation from the running
+/// statistics.
+pub(crate) enum HostNorm<'a> {
+    /// Training: per-channel weight, bias and `eps`.
+    Batch(&'a [f64], &'a [f64], f64),
+    /// Eval: the running statistics' scale and shift.
+    Running(&'a Normalization),
+}
+
+/// The shared part of the CPU forward kernels of batch norm and the fused op: `run` normalises
+/// (with [`HostNorm`]) over `m` values per channel and returns the output and, in training,
+/// each channel's `(mean, biased variance)`; then the running statistics are updated (training,
+/// forward phase) and the statistics backward needs are returned when asked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn host_forward(
+    weight: &Tensor,
+    bias: &Tensor,
+    running: &RunningStats,
+    opts: BatchNormOptions,
+    (training, update_running, want_stats): (bool, bool, bool),
+    m: usize,
+    device: &Device,
+    run: impl FnOnce(HostNorm<'_>) -> Result<(Tensor, Vec<(f64, f64)>)>,
+) -> Result<(Tensor, Option<BnStats>)> {
+    let (w, b) = (weight.try_to_f64_vec()?, bias.try_to_f64_vec()?);
+    let eps = opts.eps;
+    let (out, norm) = if training {
+        let (out, stats) = run(HostNorm::Batch(&w, &b, eps))?;
+        (out, Normalization::from_batch(stats, m, &w, &b, eps))
+    } else {
+        let norm = Normalization::from_running(running, &w, &b, eps)?;
+        let (out, _) = run(HostNorm::Running(&norm))?;
+        (out, norm)
+    };
+    let stats = norm.conclude(running, update_running, opts.momentum, want_stats, device)?;
+    Ok((out, stats))
+}
+
 /// `(invstd, scale, shift)` of one channel with mean `mean` and variance `var`:
 /// `invstd = 1 / sqrt(var + eps)`, `scale = weight * invstd`, `shift = bias - mean * scale`.
 pub(crate) fn channel_affine(mean: f64, var: f64, weight: f64, bias: f64, eps: f64) -> [f64; 3] {

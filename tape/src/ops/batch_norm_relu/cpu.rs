@@ -2,7 +2,7 @@
 //! is computed straight from the part that holds the channel; gradients are written per part.
 
 use super::super::batch_norm::cpu::{moments, write_affine};
-use super::super::batch_norm::{channel_affine, BnStats, Normalization};
+use super::super::batch_norm::{channel_affine, host_forward, BnStats, HostNorm};
 use super::super::cpu_lanes::{lane_sum2, masked_sums};
 use super::super::cpu_map::by_channel;
 use super::super::cpu_map::PAR_MIN;
@@ -65,29 +65,21 @@ impl<T: Elem> Parts<'_, T> {
     }
 }
 
-/// `relu(batch norm)` of the parts, channel by channel: in training (`batch` given as
-/// `(weight, bias, eps)`) each channel's statistics and then its output while the channel is in
-/// cache; in eval with `norm`'s scale and shift. Returns the output and, in training, each
-/// channel's `(mean, biased variance)`.
-fn forward<T: Elem>(
-    parts: &Parts<'_, T>,
-    batch: Option<(&[f64], &[f64], f64)>,
-    norm: Option<&Normalization>,
-) -> (Vec<T>, Vec<(f64, f64)>) {
+/// `relu(batch norm)` of the parts, channel by channel: in training each channel's statistics
+/// and then its output while the channel is in cache; in eval with the running statistics'
+/// scale and shift. Returns the output and, in training, each channel's `(mean, biased
+/// variance)`.
+fn forward<T: Elem>(parts: &Parts<'_, T>, how: &HostNorm<'_>) -> (Vec<T>, Vec<(f64, f64)>) {
     let m = parts.n * parts.hw;
-    let f = |ch: usize, out: Vec<&mut [MaybeUninit<T>]>| match (batch, norm) {
-        (Some((w, b, eps)), _) => {
+    let f = |ch: usize, out: Vec<&mut [MaybeUninit<T>]>| match *how {
+        HostNorm::Batch(w, b, eps) => {
             let (mean, var) = moments(parts.planes(ch), m);
             let [_, scale, shift] = channel_affine(mean, var, w[ch], b[ch], eps);
             write_affine(parts.planes(ch), out, scale, shift, true);
             Some((mean, var))
         }
-        (None, Some(n)) => {
+        HostNorm::Running(n) => {
             write_affine(parts.planes(ch), out, n.scale[ch], n.shift[ch], true);
-            None
-        }
-        (None, None) => {
-            write_affine(parts.planes(ch), out, 1.0, 0.0, true);
             None
         }
     };
@@ -194,31 +186,24 @@ impl BatchNormReluKernels for Cpu {
         let x0 = a.parts[0];
         let [n, _, h, w] = x0.dims4(OP)?;
         let (hw, c) = (h * w, a.channels.iter().sum::<usize>());
-        let (weight, bias) = (a.weight.try_to_f64_vec()?, a.bias.try_to_f64_vec()?);
-        let eps = a.opts.eps;
-        let running = match a.training {
-            true => None,
-            false => Some(Normalization::from_running(a.running, &weight, &bias, eps)?),
-        };
-        let batch = a.training.then_some((&weight[..], &bias[..], eps));
-        let (out, stats) = dispatch_float!(x0.dtype(), T => {
-            let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-            let parts = Parts::new(data, a.channels.to_vec(), n, hw);
-            let (v, stats) = forward(&parts, batch, running.as_ref());
-            (Tensor::from_vec(v, &[n, c, h, w], x0.device())?, stats)
-        });
-        let norm = match running {
-            Some(norm) => norm,
-            None => Normalization::from_batch(stats, n * hw, &weight, &bias, eps),
-        };
-        let stats = norm.conclude(
+        let step = (a.training, a.update_running, a.want_stats);
+        host_forward(
+            a.weight,
+            a.bias,
             a.running,
-            a.update_running,
-            a.opts.momentum,
-            a.want_stats,
+            a.opts,
+            step,
+            n * hw,
             x0.device(),
-        )?;
-        Ok((out, stats))
+            |how| {
+                Ok(dispatch_float!(x0.dtype(), T => {
+                    let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
+                    let parts = Parts::new(data, a.channels.to_vec(), n, hw);
+                    let (v, stats) = forward(&parts, &how);
+                    (Tensor::from_vec(v, &[n, c, h, w], x0.device())?, stats)
+                }))
+            },
+        )
     }
 
     fn bn_relu_backward(&self, a: &BnReluBackward<'_>) -> Result<BnReluGrads> {

@@ -1,9 +1,10 @@
 //! Bad arguments are typed errors, found before anything runs: plans that do not cover the chain
 //! exactly (gaps, overlaps, empty segments, segments past the end, too few or too many layers),
 //! nested plans that do not cover their segment or sit on a recorded one,
-//! `checkpoint_sequential` with 0 segments or more segments than layers, and empty chains.
+//! `checkpoint_sequential` with 0 segments or more segments than layers, empty chains, and
+//! layer costs the planner cannot sum.
 
-use checkpoint::planner::{ChainModel, LayerProfile, Plan, Segment};
+use checkpoint::planner::{ChainModel, LayerProfile, Plan, PlanOptions, Segment};
 use checkpoint::{checkpoint_sequential, run_plan, run_with_policy, Layer, OpKind, Policy};
 use std::cell::Cell;
 use tape::ops;
@@ -255,18 +256,32 @@ fn empty_chains_are_errors() {
     }
 }
 
+#[test]
+fn bad_costs_are_errors() {
+    for cost in [f64::NAN, -1.0, f64::INFINITY] {
+        let mut model = profile_model(3);
+        model.layers[1].cost = cost;
+        for result in [
+            model.plan(1 << 30).err(),
+            model.front(PlanOptions::default()).err(),
+        ] {
+            match result {
+                Some(Error::InvalidArgument { op: "planner", msg }) => {
+                    assert!(msg.contains("l1") && msg.contains("cost"), "{msg}")
+                }
+                other => panic!("cost {cost}: expected InvalidArgument, got {other:?}"),
+            }
+        }
+    }
+}
+
 /// A hand-made model of `n` layers (the bytes do not matter here).
 fn profile_model(n: usize) -> ChainModel {
     ChainModel {
         layers: (0..n)
-            .map(|i| LayerProfile {
-                name: format!("l{i}"),
-                saved_bytes: 10,
-                output_bytes: 5,
-                cost: 1.0,
-            })
+            .map(|i| LayerProfile::simple(format!("l{i}"), 5, 5, 1.0))
             .collect(),
         base_bytes: 0,
-        grad_bytes: 0,
+        loss_bytes: 0,
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! - [`checkpoint`] runs a segment without recording (keeping only its inputs) and re-runs it
 //!   inside backward, in the recompute phase, to get its gradients.
-//! - [`checkpoint_sequential`] and [`run_plan`] apply it to a chain of [`Layer`]s; a [`Policy`]
-//!   says which ops' outputs to keep.
-//! - [`planner`] picks what to recompute so that a predicted peak fits a memory budget at the
-//!   least recompute cost (exact dynamic programming).
+//! - [`checkpoint_sequential`] and [`run_plan`] apply it to a chain of [`Layer`]s, a checkpointed
+//!   segment's recompute possibly planned in turn (nested checkpoints); a [`Policy`] says which
+//!   ops' outputs to keep.
+//! - [`planner`] predicts a plan's peak by replaying the step event by event on bytes measured in
+//!   a dry run, and picks what to recompute, at how many levels, so that the peak fits a memory
+//!   budget at the least recompute cost (exact dynamic programming over recursive schedules).
 //!
-//! Only `tape`'s public API is used: `Tape::record_always`, `Tape::backward_from` and
-//! `Gradients::merge`.
+//! Only `tape`'s public API is used: `Tape::record_always`, `Tape::backward_from`,
+//! `Tape::set_known_output`, `Tape::count_ops_run_elsewhere` and `Gradients::merge`.
 
 pub mod planner;
 mod segment;

@@ -68,6 +68,9 @@ where
     let mut first = Tape::with_context(false, start);
     let out = segment(&mut first, &saved)?;
     tape.set_context(first.context());
+    // Inside an enclosing segment's recompute, its known output's index counts this segment's
+    // ops as its own first pass (a plain call on a no-grad tape) counted them.
+    tape.count_ops_run_elsewhere(first.ops_started());
     let first_pass = options.verify_determinism.then(|| fingerprint(&out));
     // The recompute need not run the segment's last op forward again: its output only seeds
     // backward, and the first pass has it (kept alive anyway as the next segment's input). Not

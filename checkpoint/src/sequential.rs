@@ -80,28 +80,45 @@ pub enum Policy {
     RecomputeAll,
 }
 
-fn run_range<'a>(
-    tape: &mut Tape<'a>,
-    layers: &'a [Layer<'a>],
+/// Runs the layers of `range` recorded normally.
+fn run_recorded(
+    tape: &mut Tape<'_>,
+    layers: &[Layer<'_>],
     range: std::ops::Range<usize>,
-    checkpointed: bool,
     x: &Tensor,
 ) -> Result<Tensor> {
-    let seg = &layers[range];
-    if !checkpointed {
-        let mut h = x.clone();
-        for l in seg {
-            h = l.forward(tape, &h)?;
-        }
-        return Ok(h);
+    let mut h = x.clone();
+    for l in &layers[range] {
+        h = l.forward(tape, &h)?;
     }
-    checkpoint(tape, &[x], move |t, xs| {
-        let mut h = xs[0].clone();
-        for l in seg {
-            h = l.forward(t, &h)?;
-        }
-        Ok(h)
-    })
+    Ok(h)
+}
+
+/// Runs `plan`'s segments (already checked) from `x`: a checkpointed segment's recompute runs
+/// its own plan, or records every layer.
+fn run_segments<'a>(
+    tape: &mut Tape<'a>,
+    layers: &'a [Layer<'a>],
+    plan: &Plan,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let mut h = x.clone();
+    for (i, seg) in plan.segments().iter().enumerate() {
+        h = if !seg.checkpointed {
+            run_recorded(tape, layers, seg.range.clone(), &h)?
+        } else if let Some(inner) = plan.inner(i) {
+            let inner = inner.clone();
+            checkpoint(tape, &[&h], move |t, xs| {
+                run_segments(t, layers, &inner, &xs[0])
+            })?
+        } else {
+            let range = seg.range.clone();
+            checkpoint(tape, &[&h], move |t, xs| {
+                run_recorded(t, layers, range.clone(), &xs[0])
+            })?
+        };
+    }
+    Ok(h)
 }
 
 /// Splits `layers` into `segments` nearly equal segments and checkpoints each but the last (whose
@@ -133,11 +150,12 @@ pub fn checkpoint_sequential<'a>(
     run_plan(tape, layers, &plan, x)
 }
 
-/// Runs `layers` as `plan` says: each segment either recorded normally or checkpointed.
+/// Runs `layers` as `plan` says: each segment either recorded normally or checkpointed, and a
+/// checkpointed segment's recompute as its own plan says (nested checkpoints), if it has one.
 ///
 /// Fails with [`Error::InvalidArgument`] (see [`Plan::check_covers`]) before running anything
 /// unless the plan covers the chain exactly: no gap, overlap, empty segment or segment past the
-/// end, and as many layers as the chain has.
+/// end, as many layers as the chain has, and every nested plan covering its segment likewise.
 pub fn run_plan<'a>(
     tape: &mut Tape<'a>,
     layers: &'a [Layer<'a>],
@@ -145,11 +163,7 @@ pub fn run_plan<'a>(
     x: &Tensor,
 ) -> Result<Tensor> {
     plan.check_covers(layers.len())?;
-    let mut h = x.clone();
-    for seg in plan.segments() {
-        h = run_range(tape, layers, seg.range.clone(), seg.checkpointed, &h)?;
-    }
-    Ok(h)
+    run_segments(tape, layers, plan, x)
 }
 
 /// Runs `layers` under a per-op [`Policy`].

@@ -1,8 +1,10 @@
 //! Bad arguments are typed errors, found before anything runs: plans that do not cover the chain
 //! exactly (gaps, overlaps, empty segments, segments past the end, too few or too many layers),
-//! `checkpoint_sequential` with 0 segments or more segments than layers, and empty chains.
+//! nested plans that do not cover their segment or sit on a recorded one,
+//! `checkpoint_sequential` with 0 segments or more segments than layers, empty chains, and
+//! layer costs the planner cannot sum.
 
-use checkpoint::planner::{ChainModel, LayerProfile, Plan, Segment};
+use checkpoint::planner::{ChainModel, LayerProfile, Plan, PlanOptions, Segment};
 use checkpoint::{checkpoint_sequential, run_plan, run_with_policy, Layer, OpKind, Policy};
 use std::cell::Cell;
 use tape::ops;
@@ -94,6 +96,58 @@ fn bad_plans() -> Vec<(&'static str, Plan, &'static str)> {
             "empty",
         ),
         ("no segment", Plan::new(vec![]), "no segment"),
+        (
+            "gap in a nested plan",
+            Plan::nested(vec![
+                (
+                    seg(0..4, true),
+                    Some(Plan::new(vec![seg(0..2, true), seg(3..4, false)])),
+                ),
+                (seg(4..6, false), None),
+            ]),
+            "recompute plan of 0..4: gap",
+        ),
+        (
+            "nested plan past its segment",
+            Plan::nested(vec![
+                (
+                    seg(0..4, true),
+                    Some(Plan::new(vec![seg(0..2, true), seg(2..5, false)])),
+                ),
+                (seg(4..6, false), None),
+            ]),
+            "past the end of the segment",
+        ),
+        (
+            "nested plan too short",
+            Plan::nested(vec![
+                (seg(0..2, false), None),
+                (seg(2..6, true), Some(Plan::new(vec![seg(2..5, true)]))),
+            ]),
+            "covers layers 2..5",
+        ),
+        (
+            "nested plan two levels down",
+            Plan::nested(vec![(
+                seg(0..6, true),
+                Some(Plan::nested(vec![
+                    (
+                        seg(0..3, true),
+                        Some(Plan::new(vec![seg(0..1, true), seg(1..2, false)])),
+                    ),
+                    (seg(3..6, false), None),
+                ])),
+            )]),
+            "recompute plan of 0..6: the recompute plan of 0..3: the plan covers layers 0..2",
+        ),
+        (
+            "nested plan on a recorded segment",
+            Plan::nested(vec![
+                (seg(0..3, false), Some(Plan::new(vec![seg(0..3, true)]))),
+                (seg(3..6, true), None),
+            ]),
+            "recorded but has a recompute plan",
+        ),
     ]
 }
 
@@ -139,6 +193,13 @@ fn valid_plans_run_and_match_the_naive_output() {
         Plan::new(vec![seg(0..1, true), seg(1..4, false), seg(4..6, true)]),
         Plan::equal_segments(N, N),
         Plan::equal_segments(N, 1),
+        Plan::nested(vec![
+            (
+                seg(0..4, true),
+                Some(Plan::new(vec![seg(0..1, true), seg(1..4, false)])),
+            ),
+            (seg(4..6, false), None),
+        ]),
     ] {
         assert!(plan.check_covers(N).is_ok(), "{plan:?}");
         let mut tape = Tape::recording();
@@ -195,18 +256,32 @@ fn empty_chains_are_errors() {
     }
 }
 
+#[test]
+fn bad_costs_are_errors() {
+    for cost in [f64::NAN, -1.0, f64::INFINITY] {
+        let mut model = profile_model(3);
+        model.layers[1].cost = cost;
+        for result in [
+            model.plan(1 << 30).err(),
+            model.front(PlanOptions::default()).err(),
+        ] {
+            match result {
+                Some(Error::InvalidArgument { op: "planner", msg }) => {
+                    assert!(msg.contains("l1") && msg.contains("cost"), "{msg}")
+                }
+                other => panic!("cost {cost}: expected InvalidArgument, got {other:?}"),
+            }
+        }
+    }
+}
+
 /// A hand-made model of `n` layers (the bytes do not matter here).
 fn profile_model(n: usize) -> ChainModel {
     ChainModel {
         layers: (0..n)
-            .map(|i| LayerProfile {
-                name: format!("l{i}"),
-                saved_bytes: 10,
-                output_bytes: 5,
-                cost: 1.0,
-            })
+            .map(|i| LayerProfile::simple(format!("l{i}"), 5, 5, 1.0))
             .collect(),
         base_bytes: 0,
-        grad_bytes: 0,
+        loss_bytes: 0,
     }
 }

@@ -1,10 +1,15 @@
 //! The equivalence suite: random programs (chains and DAGs of conv, batch norm, ReLU, concat,
 //! pooling, dropout, then global pooling, linear and cross-entropy) with random checkpointed and
 //! nested sub-blocks give the same loss, gradients and running statistics as the naive run.
-//! Negative controls show that deliberately broken checkpoints fail the same comparison.
+//! Negative controls show that deliberately broken checkpoints fail the same comparison. Plans
+//! with nested checkpoints (hand-made and the planner's) give the naive run's loss, gradients and
+//! running statistics bit for bit.
 
+mod chains;
 mod common;
 
+use chains::Chain;
+use checkpoint::planner::{Plan, PlanOptions, Segment};
 use checkpoint::{CheckpointOptions, Fault};
 use common::{compare, step, Exercise, Program, RunMode};
 use proptest::prelude::*;
@@ -130,6 +135,61 @@ fn determinism_check_reports_a_fresh_dropout_mask() {
         match step(&p, DType::F64, &mode(true, Fault::FreshRandomStream), seed) {
             Err(e) => assert!(e.to_string().contains("not deterministic"), "{e}"),
             Ok(_) => panic!("seed {seed}: the fresh mask went unnoticed"),
+        }
+    }
+}
+
+fn seg(range: std::ops::Range<usize>, checkpointed: bool) -> Segment {
+    Segment {
+        range,
+        checkpointed,
+    }
+}
+
+/// On the heterogeneous chain (a residual block, pooling, dropout), plans with nested
+/// checkpoints give the naive loss and gradients bit for bit (each recompute replays the same
+/// ops in the same order, its last op takes the first pass's output, and a checkpoint hands its
+/// gradients back without adding them to anything), and the same running statistics (updated
+/// once, in the first pass).
+#[test]
+fn nested_plans_match_naive_bit_for_bit() {
+    for dtype in [DType::F64, DType::F32] {
+        let reference = Chain::heterogeneous(dtype);
+        let layers = reference.layers();
+        let n = layers.len();
+        let model = reference.profile(&layers);
+        let (_, loss, grads) = reference.step(&layers, &Plan::keep_all(n));
+        let stats = reference.running_stats();
+        let least = model.front(PlanOptions::default()).unwrap()[0].peak;
+        let three_levels = Plan::nested(vec![
+            (
+                seg(0..9, true),
+                Some(Plan::nested(vec![
+                    (
+                        seg(0..5, true),
+                        Some(Plan::new(vec![seg(0..2, true), seg(2..5, false)])),
+                    ),
+                    (seg(5..9, false), None),
+                ])),
+            ),
+            (seg(9..n, false), None),
+        ]);
+        for plan in [
+            three_levels,
+            model.plan(least).unwrap(),
+            Plan::equal_segments(n, 1),
+            Plan::equal_segments(n, n),
+        ] {
+            let chain = Chain::heterogeneous(dtype);
+            let layers = chain.layers();
+            let (_, l, g) = chain.step(&layers, &plan);
+            assert_eq!(l.to_bits(), loss.to_bits(), "{dtype:?} {plan}: loss");
+            assert_eq!(g, grads, "{dtype:?} {plan}: gradients");
+            assert_eq!(
+                chain.running_stats(),
+                stats,
+                "{dtype:?} {plan}: running statistics"
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Memory of a chain of n equal conv/BN/ReLU layers, from the engine's accounting: naive grows
-//! ~n, sqrt(n) checkpointed segments ~sqrt(n), and a planner budget holds.
+//! ~n, sqrt(n) checkpointed segments ~sqrt(n), planner budgets hold, down to the least peak of
+//! any plan, which nested checkpoints bring below that of any single-level plan.
 
-use checkpoint::planner::profile_chain;
+use checkpoint::planner::{profile_chain, Plan, PlanOptions};
 use checkpoint::{checkpoint_sequential, run_plan, run_with_policy, Layer, OpKind, Policy};
 use tape::ops::{self, BatchNormOptions, Conv2dOptions, RunningStats};
 use tape::{DType, Device, Result, Tape, Tensor};
@@ -134,27 +135,27 @@ fn planner_budget_holds_on_the_real_chain() {
     let p = params(n, &dev);
     let ls = layers(&p, false);
     let x = Tensor::randn(&[BATCH, CH, IMG, IMG], DType::F32, &dev, 99).unwrap();
-    let param_bytes: usize = p.convs.iter().map(|t| t.size_in_bytes()).sum::<usize>()
-        + p.bns
-            .iter()
-            .map(|(g, b, _)| g.size_in_bytes() + b.size_in_bytes())
-            .sum::<usize>();
     let before = dev.memory().current();
     let model = {
         let tape = Tape::recording();
-        profile_chain(&tape, &ls, &x, (before + param_bytes) as u64).unwrap()
+        profile_chain(&tape, &ls, &x, before as u64).unwrap()
     };
     assert_eq!(
         dev.memory().current(),
         before,
         "the dry run frees everything"
     );
-    let naive_pred = model
-        .predict(&checkpoint::planner::Plan::keep_all(n))
-        .unwrap()
-        .peak;
-    for frac in [0.6, 0.4] {
-        let budget = (naive_pred as f64 * frac) as u64;
+    let naive_pred = model.predict(&Plan::keep_all(n)).unwrap().peak;
+    let least = model.front(PlanOptions::default()).unwrap()[0].peak;
+    let least_flat = model.front(PlanOptions { max_depth: Some(1) }).unwrap()[0].peak;
+    println!("naive {naive_pred}, least single-level {least_flat}, least {least}");
+    assert!(
+        least < least_flat,
+        "nested checkpoints must reach below single-level ones: {least} vs {least_flat}"
+    );
+    let fracs = [0.6, 0.4];
+    let budgets = fracs.map(|f| (naive_pred as f64 * f) as u64);
+    for budget in budgets.into_iter().chain([least]) {
         let plan = model.plan(budget).unwrap();
         println!("{}", model.report(&plan).unwrap());
         dev.memory().reset_peak();
@@ -172,11 +173,13 @@ fn planner_budget_holds_on_the_real_chain() {
         );
         assert!(peak <= budget, "peak {peak} over budget {budget}");
     }
-    let too_small = (naive_pred as f64 * 0.2) as u64;
     assert!(
-        model.plan(too_small).is_err(),
-        "an infeasible budget is an error"
+        model.plan(least - 1).is_err(),
+        "a budget below the least peak of any plan is an error"
     );
+    assert!(model
+        .plan_with(least_flat - 1, PlanOptions { max_depth: Some(1) })
+        .is_err());
 }
 
 #[test]

@@ -1,78 +1,173 @@
-//! The planner's dynamic programming is exact: on small chains it finds the brute-force optimum,
+//! The planner's dynamic programming is exact: on small chains it finds the optimum of a brute
+//! force over every plan (nested ones included), its own peak equals the replayed prediction,
 //! and its report says what is kept and recomputed.
 
 use checkpoint::planner::{
-    plan_choices, plan_in_order, ChainModel, Choice, LayerProfile, Plan, Segment,
+    plan_choices, plan_in_order, ChainModel, Choice, LayerProfile, Plan, PlanOptions, Segment,
 };
 use proptest::prelude::*;
 
-fn model(saved: &[u64], out: &[u64], cost: &[f64]) -> ChainModel {
-    ChainModel {
-        layers: (0..saved.len())
-            .map(|i| LayerProfile {
-                name: format!("l{i}"),
-                saved_bytes: saved[i],
-                output_bytes: out[i],
-                cost: cost[i],
-            })
-            .collect(),
-        base_bytes: 100,
-        grad_bytes: 10,
+fn seg(range: std::ops::Range<usize>, checkpointed: bool) -> Segment {
+    Segment {
+        range,
+        checkpointed,
     }
 }
 
-/// Every plan of an n-layer chain: each composition of n into segments, each segment either
-/// checkpointed or not.
-fn all_plans(n: usize) -> Vec<Plan> {
-    let mut plans = Vec::new();
-    for cuts in 0u32..(1 << (n - 1)) {
-        let mut bounds = vec![0];
-        for i in 1..n {
-            if cuts & (1 << (i - 1)) != 0 {
-                bounds.push(i);
+/// Every plan of the layers `s..t` with at most `depth` levels of checkpoints, as parts for
+/// `Plan::nested`: each layer recorded or in a checkpointed segment, whose recompute is any such
+/// plan of its layers but itself (a segment made of one checkpointed segment of the same
+/// layers).
+fn all_parts(s: usize, t: usize, depth: usize) -> Vec<Vec<(Segment, Option<Plan>)>> {
+    if s == t {
+        return vec![Vec::new()];
+    }
+    let mut out = Vec::new();
+    for rest in all_parts(s + 1, t, depth) {
+        let mut p = vec![(seg(s..s + 1, false), None)];
+        p.extend(rest);
+        out.push(p);
+    }
+    if depth == 0 {
+        return out;
+    }
+    for mid in s + 1..=t {
+        let inner: Vec<Option<Plan>> = all_parts(s, mid, depth - 1)
+            .into_iter()
+            .filter(|p| !(p.len() == 1 && p[0].0.checkpointed && p[0].0.range == (s..mid)))
+            .map(|p| {
+                let plan = Plan::nested(p);
+                plan.segments()
+                    .iter()
+                    .any(|x| x.checkpointed)
+                    .then_some(plan)
+            })
+            .collect();
+        let rests = all_parts(mid, t, depth);
+        for i in &inner {
+            for rest in &rests {
+                let mut p = vec![(seg(s..mid, true), i.clone())];
+                p.extend(rest.iter().cloned());
+                out.push(p);
             }
         }
-        bounds.push(n);
-        let k = bounds.len() - 1;
-        for flags in 0u32..(1 << k) {
-            let segments = (0..k)
-                .map(|s| Segment {
-                    range: bounds[s]..bounds[s + 1],
-                    checkpointed: flags & (1 << s) != 0,
-                })
-                .collect();
-            plans.push(Plan::new(segments));
-        }
     }
-    plans
+    out
+}
+
+/// A random layer whose numbers keep the relations measured profiles have: each peak at least
+/// the bytes its pass leaves, a reusing forward no lower than the recorded one without its
+/// output, a held backward no lower than the free one.
+fn layer(i: usize, v: &[u64; 12], input_bytes: u64) -> LayerProfile {
+    let output = 1 + v[0] % 40;
+    let saved = v[1] % 40;
+    let forward_peak = saved + output + v[2] % 20;
+    let input_grad = if i == 0 && v[3].is_multiple_of(2) {
+        0
+    } else {
+        input_bytes
+    };
+    let param_grad = v[4] % 10;
+    let backward_peak = input_grad + param_grad + v[5] % 30;
+    LayerProfile {
+        name: format!("l{i}"),
+        output_bytes: output,
+        saved_bytes: saved,
+        keeps_input: !v[6].is_multiple_of(3),
+        keeps_output: !v[7].is_multiple_of(3),
+        reuses_output: !v[8].is_multiple_of(3),
+        forward_peak,
+        forward_peak_reusing: forward_peak - output + v[9] % 10,
+        nograd_peak: output + v[10] % 20,
+        backward_peak,
+        backward_peak_held: backward_peak + v[11] % 25,
+        input_grad_bytes: input_grad,
+        param_grad_bytes: param_grad,
+        cost: (1 + v[0] % 9) as f64,
+    }
+}
+
+fn model(raw: &[[u64; 12]]) -> ChainModel {
+    let mut layers: Vec<LayerProfile> = Vec::new();
+    for (i, v) in raw.iter().enumerate() {
+        let input = layers.last().map_or(1 + v[3] % 40, |l| l.output_bytes);
+        layers.push(layer(i, v, input));
+    }
+    ChainModel {
+        layers,
+        base_bytes: 100,
+        loss_bytes: raw[0][2] % 5,
+    }
+}
+
+/// The planner against a brute force over every plan of at most `depth` levels: the plan it
+/// returns fits the budget, costs the least any fitting plan costs and, among those, peaks the
+/// least; its dynamic programming's peak equals the replay's; and it fails exactly when no plan
+/// fits.
+fn check_against_brute_force(
+    m: &ChainModel,
+    depth: Option<usize>,
+    budget_frac: f64,
+) -> Result<(), TestCaseError> {
+    let n = m.layers.len();
+    let plans: Vec<Plan> = all_parts(0, n, depth.unwrap_or(n + 1))
+        .into_iter()
+        .map(Plan::nested)
+        .collect();
+    let preds: Vec<_> = plans.iter().map(|p| m.predict(p).unwrap()).collect();
+    let lo = preds.iter().map(|p| p.peak).min().unwrap();
+    let hi = preds.iter().map(|p| p.peak).max().unwrap();
+    let budget = lo + ((hi - lo) as f64 * budget_frac) as u64;
+    let fits = |p: &&checkpoint::planner::Prediction| p.peak <= budget;
+    let best_cost = preds
+        .iter()
+        .filter(fits)
+        .map(|p| p.extra_cost)
+        .fold(f64::INFINITY, f64::min);
+    let tol = 1e-9 * (1.0 + best_cost);
+    let best_peak = preds
+        .iter()
+        .filter(fits)
+        .filter(|p| p.extra_cost <= best_cost + tol)
+        .map(|p| p.peak)
+        .min()
+        .unwrap();
+    let options = PlanOptions { max_depth: depth };
+    let plan = m.plan_with(budget, options).unwrap();
+    prop_assert!(plan.depth() <= depth.unwrap_or(usize::MAX), "{}", plan);
+    let pred = m.predict(&plan).unwrap();
+    prop_assert!(pred.peak <= budget);
+    prop_assert!(
+        (pred.extra_cost - best_cost).abs() <= tol,
+        "{} costs {} > {}",
+        plan,
+        pred.extra_cost,
+        best_cost
+    );
+    prop_assert_eq!(pred.peak, best_peak, "{}", plan);
+    prop_assert_eq!(m.planned_peak(budget, options).unwrap(), Some(pred.peak));
+    prop_assert!(m.plan_with(lo - 1, options).is_err());
+    prop_assert_eq!(m.front(options).unwrap()[0].peak, lo);
+    Ok(())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
-    fn dp_plan_equals_brute_force_optimum(
-        layers in prop::collection::vec((1u64..50, 1u64..20, 1u32..10), 1..7),
+    fn recursive_plans_equal_brute_force_optimum(
+        raw in prop::collection::vec(any::<[u64; 12]>(), 1..6),
         budget_frac in 0.0f64..1.0,
     ) {
-        let saved: Vec<u64> = layers.iter().map(|l| l.0 + l.1).collect();
-        let out: Vec<u64> = layers.iter().map(|l| l.1).collect();
-        let cost: Vec<f64> = layers.iter().map(|l| l.2 as f64).collect();
-        let m = model(&saved, &out, &cost);
-        let plans = all_plans(saved.len());
-        let peaks: Vec<u64> = plans.iter().map(|p| m.predict(p).unwrap().peak).collect();
-        let (lo, hi) = (*peaks.iter().min().unwrap(), *peaks.iter().max().unwrap());
-        let budget = lo + ((hi - lo) as f64 * budget_frac) as u64;
-        let best = plans
-            .iter()
-            .filter(|p| m.predict(p).unwrap().peak <= budget)
-            .map(|p| m.predict(p).unwrap().extra_cost)
-            .fold(f64::INFINITY, f64::min);
-        let plan = m.plan(budget).unwrap();
-        let pred = m.predict(&plan).unwrap();
-        prop_assert!(pred.peak <= budget);
-        prop_assert_eq!(pred.extra_cost, best);
-        prop_assert!(m.plan(lo - 1).is_err());
+        check_against_brute_force(&model(&raw), None, budget_frac)?;
+    }
+
+    #[test]
+    fn single_level_plans_equal_brute_force_optimum(
+        raw in prop::collection::vec(any::<[u64; 12]>(), 1..7),
+        budget_frac in 0.0f64..1.0,
+    ) {
+        check_against_brute_force(&model(&raw), Some(1), budget_frac)?;
     }
 
     #[test]
@@ -111,6 +206,14 @@ proptest! {
             Err(_) => prop_assert!(best.is_infinite()),
         }
     }
+}
+
+/// The brute force's enumeration is complete: plans of layers 0..n with any nesting, counted by
+/// hand for small n (1 layer: keep, or checkpoint it; 2 layers: 8; 3 layers: 48).
+#[test]
+fn the_brute_force_sees_every_plan() {
+    let counts: Vec<usize> = (1..=3).map(|n| all_parts(0, n, n + 1).len()).collect();
+    assert_eq!(counts, vec![2, 8, 48]);
 }
 
 proptest! {
@@ -207,12 +310,42 @@ fn equal_segments_and_policy_plans() {
 
 #[test]
 fn report_names_kept_and_recomputed_segments() {
-    let m = model(&[10, 10, 10, 10], &[5, 5, 5, 5], &[1.0; 4]);
-    let plan = m.plan(150).unwrap();
+    let m = ChainModel {
+        layers: (0..32)
+            .map(|i| LayerProfile::simple(format!("l{i}"), 10, 5, 1.0))
+            .collect(),
+        base_bytes: 100,
+        loss_bytes: 4,
+    };
+    let naive = m.predict(&Plan::keep_all(32)).unwrap().peak;
+    let least = m.front(PlanOptions::default()).unwrap()[0].peak;
+    let plan = m.plan(least).unwrap();
+    assert!(
+        plan.depth() >= 2,
+        "the least peak needs nested checkpoints here: {plan}"
+    );
     let text = m.report(&plan).unwrap();
-    assert!(text.contains("predicted peak"), "{text}");
-    assert!(text.contains("recompute"), "{text}");
-    assert!(text.contains("extra forward cost"), "{text}");
-    let err = m.plan(50).unwrap_err().to_string();
-    assert!(err.contains("budget"), "{err}");
+    println!("{text}");
+    for word in [
+        "predicted peak",
+        "recompute",
+        "extra forward cost",
+        "levels of checkpoints",
+        "the backward of layer",
+    ] {
+        assert!(text.contains(word), "'{word}' missing from:\n{text}");
+    }
+    let err = m.plan(least - 1).unwrap_err().to_string();
+    assert!(
+        err.contains("budget") && err.contains(&least.to_string()),
+        "{err}"
+    );
+    let flat = m
+        .plan_with(naive, PlanOptions { max_depth: Some(1) })
+        .unwrap();
+    assert_eq!(
+        flat,
+        Plan::keep_all(32),
+        "the naive budget needs no recompute"
+    );
 }

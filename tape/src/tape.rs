@@ -190,9 +190,16 @@ impl<'a> Tape<'a> {
     }
 
     /// Forward calls of ops started on this tape so far (each op counts one, whatever it
-    /// records).
+    /// records), including those counted in by [`Tape::count_ops_run_elsewhere`].
     pub fn ops_started(&self) -> usize {
         self.ops_started
+    }
+
+    /// Counts `calls` op calls that ran on another tape on this one's behalf (a nested
+    /// checkpoint's first pass runs on its own no-grad tape), so that op indices, as
+    /// [`Tape::set_known_output`] takes them, count every op of a segment wherever it ran.
+    pub fn count_ops_run_elsewhere(&mut self, calls: usize) {
+        self.ops_started += calls;
     }
 
     /// Declares the output of the op call at `index` (0-based, counted as

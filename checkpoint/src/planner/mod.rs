@@ -1,37 +1,132 @@
-//! The checkpoint planner: from per-layer memory and cost (measured by a dry run, or given) and a
-//! memory budget, choose what to recompute so that the predicted peak fits the budget at the least
-//! recompute cost.
+//! The checkpoint planner: from per-layer memory and cost (measured by a dry run,
+//! [`profile_chain`], or given) and a memory budget, choose what to recompute, at how many levels,
+//! so that the predicted peak fits the budget at the least recompute cost.
 //!
-//! Memory model of a chain run under a [`Plan`]: a recorded layer keeps `saved_bytes` until its
-//! backward; a checkpointed segment keeps only its output (the next segment's input) and, while
-//! it is recomputed in backward, holds the saved bytes of all its layers at once. So
-//! `peak = base + gradients + sum(kept) + max(recomputed segment)`. [`ChainModel::plan`] finds the
-//! exact optimum by Pareto dynamic programming ([`pareto`]); [`plan_choices`] does the same for
-//! independent per-unit choices (e.g. an efficiency mode per DenseNet layer), and
-//! [`plan_in_order`] for per-unit choices whose bytes are freed in reverse order, as backward
-//! frees them.
+//! # The memory model
+//!
+//! It follows a training step of [`crate::run_plan`] event by event, as the engine frees memory
+//! (a tensor lives while anything holds it: a caller, a recorded op's backward closure, a
+//! checkpoint's closure). With `h_i` the input of layer `i` and `δ_i` its gradient:
+//!
+//! - **Forward**, segment by segment. A recorded layer keeps its [`LayerProfile::saved_bytes`],
+//!   its output (if it [keeps it](LayerProfile::keeps_output)) and its input (if it [keeps
+//!   it](LayerProfile::keeps_input)); an input that nothing keeps dies once the layer has run. A
+//!   checkpointed segment runs once on a no-grad tape, each intermediate output dying as the next
+//!   is made, and keeps only its input and its output.
+//! - The loss: the caller drops the chain's output, keeps the loss value
+//!   ([`ChainModel::loss_bytes`]) and the loss's backward makes `δ_n`.
+//! - **Backward**, segment by segment in reverse. A recorded layer's backward holds what it kept,
+//!   the gradient of its output and its own temporaries ([`LayerProfile::backward_peak`]); then
+//!   frees what it kept and the output's gradient, and leaves its input's gradient and its
+//!   parameters' gradients (these stay to the end of the step). A checkpointed segment's backward
+//!   runs its recompute plan as a step of its own (forward, then backward in reverse), with the
+//!   segment's input, output and output gradient held by the checkpoint throughout; its last
+//!   layer takes the kept output instead of computing it ([`LayerProfile::reuses_output`]) and
+//!   its backward runs with its output and output gradient held
+//!   ([`LayerProfile::backward_peak_held`]). When it is done, the segment's output, its gradient
+//!   and (unless the layer before keeps it) its input die.
+//!
+//! The peak is the most bytes alive at any moment: [`ChainModel::base_bytes`] (what the device
+//! held when the step started: parameters, input) plus the largest of the per-layer peaks over
+//! what is alive around them ([`ChainModel::predict`] says where it happens). Every quantity comes
+//! from the engine's exact accounting in a dry run on the real tensors, so predictions are exact
+//! up to what the dry run cannot see (a loss that keeps more than its value and `δ_n`).
+//!
+//! # The planner
+//!
+//! A plan is a sequence of recorded layers and checkpointed segments, and a checkpointed
+//! segment's recompute may be planned the same way (nested checkpoints: Rotor's and Revolve's
+//! multi-level schedules). Processing layers `s..t` with its input held is either: record layer
+//! `s`, process `s+1..t`, then run layer `s`'s backward; or run `s..s'` without recording, keep
+//! `h_s'`, process `s'..t`, then process `s..s'` again as a recompute. The peak of each choice
+//! is a max over terms that depend only on `(s, s', t)` and on the peaks of the two
+//! sub-problems, so [`ChainModel::front`] computes, for every sub-problem, the exact Pareto
+//! front of (peak, recompute cost) by dynamic programming (`O(n^3)` merges of fronts: about
+//! 0.1 s for 64 layers, 1.5 s for 128, 25 s for 256 on two cores), and [`ChainModel::plan`] takes
+//! the cheapest plan of the whole chain's front that fits a budget (dropping every point above
+//! it on the way). [`PlanOptions::max_depth`] limits the levels (1: single-level segments). Of
+//! plans of equal cost the planner keeps the one of lower peak, so no plan (an equal-segment
+//! schedule included) is as cheap and as low in the model with one of the two strictly better.
+//!
+//! [`plan_choices`] solves independent per-unit choices, and [`plan_in_order`] per-unit choices
+//! whose kept bytes backward frees in reverse (DenseNet's per-layer modes, modelled in order by
+//! `densenet`'s budget mode).
 
+mod optimal;
 pub mod pareto;
 mod plan;
 mod profile;
+mod report;
+mod simulate;
 
+pub use optimal::{FrontPoint, PlanOptions};
 pub use plan::{Plan, Segment};
 pub use profile::profile_chain;
+pub use simulate::{PeakMoment, Prediction, Step};
 
 use pareto::{cheapest_path, Edge};
 use tape::{Error, Result};
 
-/// What one layer of a chain costs in memory and compute.
+/// What one layer of a chain costs in memory and compute, as the model of the module docs uses
+/// it. Bytes are the engine's accounting; "peak" fields are the most bytes held above what was
+/// alive as the pass started.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerProfile {
     /// The layer's name.
     pub name: String,
-    /// Bytes the layer adds when recorded normally (its output and what its backward saves).
-    pub saved_bytes: u64,
-    /// Bytes of its output (kept when a checkpointed segment ends here).
+    /// Bytes of its output.
     pub output_bytes: u64,
+    /// Bytes its recorded forward keeps for backward besides its input and output (tensors its
+    /// ops save, such as a convolution output a batch norm needs).
+    pub saved_bytes: u64,
+    /// Whether its recorded ops keep its input until its backward.
+    pub keeps_input: bool,
+    /// Whether its recorded ops keep its output until its backward.
+    pub keeps_output: bool,
+    /// Whether, recomputed as the last layer of a checkpointed segment, its last op takes the
+    /// output the first pass made instead of allocating it again.
+    pub reuses_output: bool,
+    /// Peak of its recorded forward (output, saved bytes, temporaries, kernel workspaces).
+    pub forward_peak: u64,
+    /// Peak of its recorded forward when it reuses its output.
+    pub forward_peak_reusing: u64,
+    /// Peak of a forward that records nothing (a checkpoint's first pass), output included.
+    pub nograd_peak: u64,
+    /// Peak of its backward above what is alive as it starts (its output's gradient included),
+    /// when nothing else holds its output or that gradient (inside a recorded run).
+    pub backward_peak: u64,
+    /// Peak of its backward when its output and its output's gradient are held by others
+    /// throughout (the last layer of a recomputed segment).
+    pub backward_peak_held: u64,
+    /// Bytes of the gradient of its input (0 if the input needs none).
+    pub input_grad_bytes: u64,
+    /// Bytes of its parameters' gradients.
+    pub param_grad_bytes: u64,
     /// Cost of running its forward once (seconds when measured, or FLOPs when given).
     pub cost: f64,
+}
+
+impl LayerProfile {
+    /// A layer whose input is as large as its output, that keeps both, keeps `saved_bytes`
+    /// besides, reuses its output, has no temporaries and no parameters: for hand-made models.
+    pub fn simple(name: impl Into<String>, output_bytes: u64, saved_bytes: u64, cost: f64) -> Self {
+        LayerProfile {
+            name: name.into(),
+            output_bytes,
+            saved_bytes,
+            keeps_input: true,
+            keeps_output: true,
+            reuses_output: true,
+            forward_peak: saved_bytes + output_bytes,
+            forward_peak_reusing: saved_bytes,
+            nograd_peak: output_bytes,
+            backward_peak: output_bytes,
+            backward_peak_held: output_bytes,
+            input_grad_bytes: output_bytes,
+            param_grad_bytes: 0,
+            cost,
+        }
+    }
 }
 
 /// A chain's layers plus the bytes that do not depend on the plan.
@@ -39,166 +134,26 @@ pub struct LayerProfile {
 pub struct ChainModel {
     /// The layers, in order.
     pub layers: Vec<LayerProfile>,
-    /// Bytes held whatever the plan: parameters, input, parameter gradients.
+    /// Bytes the device holds as the step starts, whatever the plan: parameters, the input,
+    /// anything else allocated before.
     pub base_bytes: u64,
-    /// Working gradients during backward (about two activation-sized tensors).
-    pub grad_bytes: u64,
-}
-
-/// The predicted memory and cost of a plan.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Prediction {
-    /// Predicted peak bytes.
-    pub peak: u64,
-    /// Bytes kept through forward.
-    pub stored: u64,
-    /// The largest recomputed segment's bytes.
-    pub transient: u64,
-    /// Extra cost: the forward cost of everything recomputed.
-    pub extra_cost: f64,
+    /// Bytes of the loss value, held from the loss to the end of backward (and as many again
+    /// for its unit seed while the loss's backward runs): one element for a scalar loss.
+    pub loss_bytes: u64,
 }
 
 impl ChainModel {
-    fn overhead(&self) -> u64 {
-        self.base_bytes + self.grad_bytes
+    /// Fails with [`Error::InvalidArgument`] for a chain without layers.
+    fn check_layers(&self, op: &'static str) -> Result<()> {
+        if self.layers.is_empty() {
+            return Err(Error::invalid(op, "the chain has no layers"));
+        }
+        Ok(())
     }
 
-    fn segment_edge(&self, from: usize, to: usize, checkpointed: bool) -> Edge {
-        let seg = &self.layers[from..to];
-        let saved: u64 = seg.iter().map(|l| l.saved_bytes).sum();
-        if checkpointed {
-            Edge {
-                to,
-                stored: seg.last().map_or(0, |l| l.output_bytes),
-                transient: saved,
-                cost: seg.iter().map(|l| l.cost).sum(),
-                tag: 1,
-            }
-        } else {
-            Edge {
-                to,
-                stored: saved,
-                transient: 0,
-                cost: 0.0,
-                tag: 0,
-            }
-        }
-    }
-
-    /// Predicts peak bytes and extra cost of running the chain under `plan`; fails with
-    /// [`Error::InvalidArgument`] unless the plan covers the chain exactly
-    /// ([`Plan::check_covers`]).
-    pub fn predict(&self, plan: &Plan) -> Result<Prediction> {
-        plan.check_covers(self.layers.len())?;
-        let (mut stored, mut transient, mut extra_cost) = (0, 0, 0.0);
-        for s in plan.segments() {
-            let e = self.segment_edge(s.range.start, s.range.end, s.checkpointed);
-            stored += e.stored;
-            transient = transient.max(e.transient);
-            extra_cost += e.cost;
-        }
-        Ok(Prediction {
-            peak: self.overhead() + stored + transient,
-            stored,
-            transient,
-            extra_cost,
-        })
-    }
-
-    /// The plan of least recompute cost whose predicted peak is at most `budget` bytes.
-    pub fn plan(&self, budget: u64) -> Result<Plan> {
-        let n = self.layers.len();
-        if n == 0 {
-            return Err(Error::invalid("planner", "the chain has no layers"));
-        }
-        let free = budget.checked_sub(self.overhead()).ok_or_else(|| {
-            Error::invalid(
-                "planner",
-                format!(
-                    "budget {budget} bytes is below the fixed {} bytes (parameters, input, gradients)",
-                    self.overhead()
-                ),
-            )
-        })?;
-        let path = cheapest_path(n, free, |p| {
-            let mut edges = vec![self.segment_edge(p, p + 1, false)];
-            edges.extend((p + 1..=n).map(|to| self.segment_edge(p, to, true)));
-            edges
-        })
-        .ok_or_else(|| {
-            let floor = self.predict(&Plan::equal_segments(n, 1)).map_or(0, |p| p.peak);
-            Error::invalid(
-                "planner",
-                format!(
-                    "no plan fits {budget} bytes (recomputing everything in one segment predicts {floor}; \
-                     try a larger budget or a smaller batch)"
-                ),
-            )
-        })?;
-        let mut start = 0;
-        let segments = path
-            .iter()
-            .map(|e| {
-                let s = Segment {
-                    range: start..e.to,
-                    checkpointed: e.tag == 1,
-                };
-                start = e.to;
-                s
-            })
-            .collect();
-        Ok(Plan::new(segments))
-    }
-
-    /// A human-readable account of `plan`: what is kept, what is recomputed, predicted peak and
-    /// extra cost; fails like [`ChainModel::predict`] for a plan that does not fit the chain.
-    pub fn report(&self, plan: &Plan) -> Result<String> {
-        use std::fmt::Write;
-        let p = self.predict(plan)?;
-        let total: f64 = self.layers.iter().map(|l| l.cost).sum();
-        let mut s = String::new();
-        let _ = writeln!(s, "plan for {} layers:", self.layers.len());
-        for seg in plan.segments() {
-            let first = &self.layers[seg.range.start].name;
-            let last = &self.layers[seg.range.end - 1].name;
-            let e = self.segment_edge(seg.range.start, seg.range.end, seg.checkpointed);
-            let _ = writeln!(
-                s,
-                "  layers {:>3}..{:<3} ({first} .. {last}): {:<10} keeps {:>12} bytes{}",
-                seg.range.start,
-                seg.range.end,
-                if seg.checkpointed {
-                    "recompute"
-                } else {
-                    "keep"
-                },
-                e.stored,
-                if seg.checkpointed {
-                    format!(", recompute holds {} bytes", e.transient)
-                } else {
-                    String::new()
-                }
-            );
-        }
-        let _ = writeln!(
-            s,
-            "predicted peak {} bytes = fixed {} + kept {} + largest recompute {}",
-            p.peak,
-            self.overhead(),
-            p.stored,
-            p.transient
-        );
-        let _ = write!(
-            s,
-            "extra forward cost {:.4} ({:.1}% of one forward)",
-            p.extra_cost,
-            if total > 0.0 {
-                100.0 * p.extra_cost / total
-            } else {
-                0.0
-            }
-        );
-        Ok(s)
+    /// The total forward cost of the chain (one forward of every layer).
+    pub fn forward_cost(&self) -> f64 {
+        self.layers.iter().map(|l| l.cost).sum()
     }
 }
 

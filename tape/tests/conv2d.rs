@@ -415,6 +415,117 @@ fn im2col_workspace_is_counted_and_released() {
     );
 }
 
+/// Elements of one im2col column block of `rows` rows over an output of `out_rows x out_cols`,
+/// as `tape/src/ops/conv2d/cpu.rs` sizes it for f32 (`Cols::block_len`): as many whole output
+/// rows as fit in `BLOCK_BYTES` = 256 KiB, at least one, at most all.
+fn column_block(rows: usize, out_rows: usize, out_cols: usize) -> usize {
+    let block_rows = ((256 << 10) / (rows * out_cols * 4)).clamp(1, out_rows);
+    rows * block_rows * out_cols
+}
+
+/// Thread groups for `jobs` jobs on `threads` threads (`groups` in the CPU kernels): as many as
+/// the fewest rounds of one job per thread need.
+fn thread_groups(jobs: usize, threads: usize) -> usize {
+    jobs.div_ceil(jobs.div_ceil(threads.clamp(1, jobs.max(1))).max(1))
+}
+
+/// Bytes of the CPU forward and backward workspaces of an f32 conv of `x` `[n, cin, h, w]` with
+/// a `[cout, cin, k, k]` kernel, both gradients wanted, on `threads` threads. From
+/// `forward_workspace`, `backward_workspace`, `chunk_images` and `groups` in
+/// `tape/src/ops/conv2d/cpu.rs`, with `K = cin*k*k`:
+/// - forward: one group per thread (at most one per image) holding a column block of `x`
+///   (`K` rows; none for a pointwise conv);
+/// - backward: the batch in chunks of `ceil(256 / (hout*wout))` images, one group per thread (at
+///   most one per chunk) holding the larger of the column blocks of grad weight (`x`'s, `K`
+///   rows) and grad input (`gout`'s, `cout*k*k` rows over the input's `h x w`, on the flipped
+///   path: stride 1 and `cout < cin`; else `x`'s again) plus a `cout x K` partial weight
+///   gradient; and one flipped kernel (`cin*cout*k*k`) on the flipped path.
+fn conv_workspace_bytes(
+    [n, cin, h, w]: [usize; 4],
+    cout: usize,
+    k: usize,
+    o: Conv2dOptions,
+    threads: usize,
+) -> (usize, usize) {
+    let (hout, wout) = (
+        (h + 2 * o.padding - k) / o.stride + 1,
+        (w + 2 * o.padding - k) / o.stride + 1,
+    );
+    let kk = cin * k * k;
+    let pointwise = k == 1 && o.stride == 1 && o.padding == 0;
+    let xcols = if pointwise {
+        0
+    } else {
+        column_block(kk, hout, wout)
+    };
+    let flipped = !pointwise && o.stride == 1 && cout < cin;
+    let gcols = if flipped {
+        column_block(cout * k * k, h, w)
+    } else {
+        xcols
+    };
+    let forward = thread_groups(n, threads) * xcols;
+    let chunks = n.div_ceil(256usize.div_ceil(hout * wout).clamp(1, n));
+    let per_group = xcols.max(gcols) + cout * kk;
+    let flip = if flipped { cin * cout * k * k } else { 0 };
+    let backward = thread_groups(chunks, threads) * per_group + flip;
+    (4 * forward, 4 * backward)
+}
+
+/// The peaks of a conv's forward and backward hold, beyond their inputs, outputs and gradients,
+/// exactly the CPU kernels' workspaces, on 1, 2 and 3 threads: a kernel that runs without
+/// charging its workspace (or charges the wrong size) fails here. Cases: the flipped grad-input
+/// path with column blocks of fewer rows than the output (3 and 28 of 32 rows); a strided conv
+/// on the col2im path with several images per work chunk; a pointwise conv.
+#[test]
+fn conv_workspaces_are_charged_exactly() {
+    let cases = [
+        ([3, 64, 32, 32], 8, 3, opts(1, 1)),
+        ([6, 4, 20, 20], 8, 3, opts(2, 1)),
+        ([5, 16, 12, 12], 8, 1, opts(1, 0)),
+    ];
+    for (shape, cout, k, o) in cases {
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (forward, backward) = conv_workspace_bytes(shape, cout, k, o, threads);
+            let what = format!("{shape:?} -> {cout} k{k} {o:?} on {threads} threads");
+            pool.install(|| {
+                let dev = Device::cpu();
+                let x = Tensor::randn(&shape, DType::F32, &dev, 1)
+                    .unwrap()
+                    .with_requires_grad(true);
+                let w = Tensor::randn(&[cout, shape[1], k, k], DType::F32, &dev, 2)
+                    .unwrap()
+                    .with_requires_grad(true);
+                let mut tape = Tape::recording();
+                let before = dev.memory().current();
+                dev.memory().reset_peak();
+                let y = conv2d(&mut tape, &x, &w, None, o).unwrap();
+                let out = y.size_in_bytes();
+                assert_eq!(
+                    dev.memory().peak() - before,
+                    out + forward,
+                    "{what}: forward peak = output + workspace"
+                );
+                let gy = Tensor::randn(y.shape(), DType::F32, &dev, 3).unwrap();
+                let before = dev.memory().current();
+                dev.memory().reset_peak();
+                let grads = tape.backward_from(&y, gy).unwrap();
+                let grad_bytes = x.size_in_bytes() + w.size_in_bytes();
+                assert_eq!(
+                    dev.memory().peak() - before,
+                    grad_bytes + backward,
+                    "{what}: backward peak = gradients + workspace ({backward} bytes)"
+                );
+                drop(grads);
+            });
+        }
+    }
+}
+
 /// Bytes the device still holds once the caller has dropped its own `x` and `w` handles after a
 /// forward, given which of them want a gradient and whether the tape records.
 fn held_after_forward(x_grad: bool, w_grad: bool, recording: bool) -> (usize, [usize; 3]) {

@@ -33,8 +33,8 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (
         1..=3usize,
-        1..=3usize,
-        1..=3usize,
+        1..=4usize,
+        1..=4usize,
         1..=3usize,
         1..=3usize,
         1..=3usize,
@@ -42,7 +42,7 @@ fn case() -> impl Strategy<Value = Case> {
     )
         .prop_flat_map(|(n, cin, cout, kh, kw, stride, padding)| {
             let min = |k: usize| k.saturating_sub(2 * padding).max(1);
-            (min(kh)..=min(kh) + 4, min(kw)..=min(kw) + 4, any::<u64>()).prop_map(
+            (min(kh)..=min(kh) + 6, min(kw)..=min(kw) + 6, any::<u64>()).prop_map(
                 move |(h, w, seed)| Case {
                     n,
                     cin,
@@ -60,7 +60,7 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
     fn gradcheck_x_weight_bias(c in case()) {
@@ -192,6 +192,69 @@ fn reference(
     (y, gx, gw)
 }
 
+/// Geometries of up to 8 images of up to 20x20 with strides 1 and 2: the larger ones span
+/// several backward work chunks (256 output positions each), so the chunks' partial weight
+/// gradients are summed; cout both below and above cin (the two grad-input paths).
+fn larger_case() -> impl Strategy<Value = Case> {
+    (
+        1..=8usize,
+        1..=5usize,
+        1..=5usize,
+        1..=3usize,
+        1..=2usize,
+        0..=1usize,
+    )
+        .prop_flat_map(|(n, cin, cout, k, stride, padding)| {
+            (k..=20usize, k..=20usize, any::<u64>()).prop_map(move |(h, w, seed)| Case {
+                n,
+                cin,
+                cout,
+                kh: k,
+                kw: k,
+                stride,
+                padding,
+                h,
+                w,
+                seed,
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// Output, grad input and grad weight equal the naive direct convolution's in f64 (to 1e-12
+    /// of the largest value), on geometries larger than a finite-difference check affords.
+    #[test]
+    fn f64_matches_naive_reference(c in larger_case()) {
+        let dev = Device::cpu();
+        let (xs, ws) = ([c.n, c.cin, c.h, c.w], [c.cout, c.cin, c.kh, c.kw]);
+        let x = Tensor::randn(&xs, DType::F64, &dev, c.seed).unwrap().with_requires_grad(true);
+        let w = Tensor::randn(&ws, DType::F64, &dev, c.seed ^ 1).unwrap().with_requires_grad(true);
+        let mut tape = Tape::recording();
+        let y = conv2d(&mut tape, &x, &w, None, opts(c.stride, c.padding)).unwrap();
+        let gy = Tensor::randn(y.shape(), DType::F64, &dev, c.seed ^ 2).unwrap();
+        let grads = tape.backward_from(&y, gy.clone()).unwrap();
+        let (ry, rgx, rgw) = reference(
+            &x.to_f64_vec(),
+            &w.to_f64_vec(),
+            &gy.to_f64_vec(),
+            xs,
+            ws,
+            (c.stride, c.padding),
+        );
+        for (name, got, want) in [
+            ("y", y.to_f64_vec(), ry),
+            ("gx", grads.get(&x).unwrap().to_f64_vec(), rgx),
+            ("gw", grads.get(&w).unwrap().to_f64_vec(), rgw),
+        ] {
+            let scale = want.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            prop_assert!(err <= 1e-12 * scale, "{} off by {:e} of {:e} for {:?}", name, err, scale, c);
+        }
+    }
+}
+
 fn assert_close(got: &[f64], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
@@ -204,9 +267,10 @@ fn assert_close(got: &[f64], want: &[f64], what: &str) {
 fn f32_matches_naive_reference() {
     // (x shape, weight shape, stride, padding): pointwise, DenseNet-like 3x3 with cout < cin
     // (flipped grad-input path) and cout > cin (col2im path), strided, rectangular kernels; the
-    // last three have columns wider than one cache block (256 KiB), so im2col runs in several
-    // blocks of output rows on each path.
-    let cases: [([usize; 4], [usize; 4], usize, usize); 9] = [
+    // next three have columns wider than one cache block (256 KiB), so im2col runs in several
+    // blocks of output rows on each path; the last three span 2 or 3 backward work chunks (256
+    // output positions each) on the flipped, pointwise and col2im paths.
+    let cases: [([usize; 4], [usize; 4], usize, usize); 12] = [
         ([5, 8, 6, 6], [4, 8, 1, 1], 1, 0),
         ([5, 8, 7, 7], [4, 8, 3, 3], 1, 1),
         ([3, 3, 9, 8], [6, 3, 3, 3], 1, 1),
@@ -216,6 +280,9 @@ fn f32_matches_naive_reference() {
         ([1, 64, 6, 64], [2, 64, 3, 3], 1, 1),
         ([1, 64, 7, 64], [70, 64, 3, 3], 2, 1),
         ([1, 40, 3, 256], [32, 40, 3, 3], 1, 1),
+        ([6, 4, 12, 12], [3, 4, 3, 3], 1, 1),
+        ([5, 6, 10, 10], [4, 6, 1, 1], 1, 0),
+        ([4, 3, 20, 20], [5, 3, 3, 3], 2, 1),
     ];
     for (seed, (xs, ws, s, p)) in cases.into_iter().enumerate() {
         let dev = Device::cpu();

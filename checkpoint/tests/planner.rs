@@ -48,7 +48,7 @@ fn all_plans(n: usize) -> Vec<Plan> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(8192))]
 
     #[test]
     fn dp_plan_equals_brute_force_optimum(
@@ -114,7 +114,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(8192))]
 
     #[test]
     fn in_order_choices_equal_brute_force_optimum(

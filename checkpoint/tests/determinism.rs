@@ -99,12 +99,14 @@ fn a_checkpointed_training_forward_records_one_node_and_keeps_only_inputs() {
 
 /// The recompute takes the first pass's output for the segment's last op instead of computing
 /// it again: backward allocates one output fewer than with the determinism check (which must
-/// recompute the output to compare it), and the gradients are the same bits.
+/// recompute the output to compare it), and the gradients are the same bits. One image, so that
+/// the conv kernels' workspaces (one per thread, at most one per image or work chunk) are the
+/// same on any machine and the backward, not the recomputed forward, sets both peaks.
 #[test]
 fn the_recompute_reuses_the_first_pass_output_of_the_last_op() {
     let run = |verify: bool| -> (usize, Vec<f64>, Vec<f64>) {
         let dev = Device::cpu();
-        let x = Tensor::randn(&[2, 3, 8, 8], DType::F64, &dev, 1)
+        let x = Tensor::randn(&[1, 3, 8, 8], DType::F64, &dev, 1)
             .unwrap()
             .with_requires_grad(true);
         let w = Tensor::randn(&[4, 3, 3, 3], DType::F64, &dev, 2)
@@ -135,7 +137,7 @@ fn the_recompute_reuses_the_first_pass_output_of_the_last_op() {
     };
     let (reused, gx, gw) = run(false);
     let (recomputed, gx2, gw2) = run(true);
-    let out_bytes = 2 * 4 * 6 * 6 * 8;
+    let out_bytes = 4 * 6 * 6 * 8;
     assert_eq!(recomputed - reused, out_bytes, "one conv output fewer");
     assert_eq!(gx, gx2);
     assert_eq!(gw, gw2);

@@ -152,7 +152,7 @@ fn check_against_brute_force(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
     fn recursive_plans_equal_brute_force_optimum(
@@ -217,7 +217,7 @@ fn the_brute_force_sees_every_plan() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(8192))]
 
     #[test]
     fn in_order_choices_equal_brute_force_optimum(

@@ -118,7 +118,7 @@ fn configs() -> impl Strategy<Value = (DenseNetConfig, usize, usize, u64)> {
         prop::sample::select(vec![0.0, 0.0, 0.3]),
         2usize..4,
         0usize..3,
-        0u64..1000,
+        0u64..1 << 62,
     )
         .prop_map(
             |(growth, blocks, bn_size, compression, small, drop, batch, extra, seed)| {
@@ -147,7 +147,7 @@ const MODES: [Efficiency; 4] = [
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
     fn every_mode_matches_naive_f64((config, batch, image, seed) in configs()) {

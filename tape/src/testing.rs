@@ -3,9 +3,12 @@
 //! crates built on it.
 //!
 //! Without a usable GPU (no NVIDIA driver, no CUDA libraries, or a build without the cargo
-//! feature `cuda`), [`gpu`] prints why and returns `None`, and the test skips its GPU half. With
-//! the environment variable [`EXPECT_GPU_ENV`] set to `1`, it panics instead, so that a broken GPU
-//! set-up can never pass as "skipped".
+//! feature `cuda`), [`gpu`] returns `None` and the test skips its GPU half, after writing a
+//! `SKIPPED (no GPU)` line that names the test straight to the process's stderr ([`skipped`]),
+//! past the test harness's output capture: the line shows in `cargo test`'s output whether the
+//! test passes or not (`cargo test ... 2>&1 | grep SKIPPED` lists them). With the environment
+//! variable [`EXPECT_GPU_ENV`] set to `1`, it panics instead, so that a broken GPU set-up can
+//! never pass as "skipped".
 
 use crate::ops::{self, RunningStats};
 use crate::{Context, CudaOptions, DType, Device, Result, Tape, Tensor};
@@ -30,10 +33,21 @@ pub fn gpu_with(options: CudaOptions) -> Option<Device> {
             panic!("{EXPECT_GPU_ENV}=1 but no usable CUDA GPU: {e}")
         }
         Err(e) => {
-            println!("skipping the GPU half (no usable CUDA GPU): {e}");
+            skipped("no GPU", &format!("no usable CUDA GPU: {e}"));
             None
         }
     }
+}
+
+/// Reports that the running test skips (part of) its work: writes `SKIPPED (<kind>): <test
+/// name>: <why>` to the process's stderr directly, which the test harness does not capture (a
+/// skipped test still passes; this line is how it shows).
+pub fn skipped(kind: &str, why: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    // Nothing to do if stderr is closed.
+    let _ = writeln!(std::io::stderr(), "SKIPPED ({kind}): {test}: {why}");
 }
 
 /// A small deterministic generator of test sizes.

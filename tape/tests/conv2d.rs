@@ -33,8 +33,8 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (
         1..=3usize,
-        1..=3usize,
-        1..=3usize,
+        1..=4usize,
+        1..=4usize,
         1..=3usize,
         1..=3usize,
         1..=3usize,
@@ -42,7 +42,7 @@ fn case() -> impl Strategy<Value = Case> {
     )
         .prop_flat_map(|(n, cin, cout, kh, kw, stride, padding)| {
             let min = |k: usize| k.saturating_sub(2 * padding).max(1);
-            (min(kh)..=min(kh) + 4, min(kw)..=min(kw) + 4, any::<u64>()).prop_map(
+            (min(kh)..=min(kh) + 6, min(kw)..=min(kw) + 6, any::<u64>()).prop_map(
                 move |(h, w, seed)| Case {
                     n,
                     cin,
@@ -60,7 +60,7 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
     fn gradcheck_x_weight_bias(c in case()) {
@@ -192,6 +192,69 @@ fn reference(
     (y, gx, gw)
 }
 
+/// Geometries of up to 8 images of up to 20x20 with strides 1 and 2: the larger ones span
+/// several backward work chunks (256 output positions each), so the chunks' partial weight
+/// gradients are summed; cout both below and above cin (the two grad-input paths).
+fn larger_case() -> impl Strategy<Value = Case> {
+    (
+        1..=8usize,
+        1..=5usize,
+        1..=5usize,
+        1..=3usize,
+        1..=2usize,
+        0..=1usize,
+    )
+        .prop_flat_map(|(n, cin, cout, k, stride, padding)| {
+            (k..=20usize, k..=20usize, any::<u64>()).prop_map(move |(h, w, seed)| Case {
+                n,
+                cin,
+                cout,
+                kh: k,
+                kw: k,
+                stride,
+                padding,
+                h,
+                w,
+                seed,
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// Output, grad input and grad weight equal the naive direct convolution's in f64 (to 1e-12
+    /// of the largest value), on geometries larger than a finite-difference check affords.
+    #[test]
+    fn f64_matches_naive_reference(c in larger_case()) {
+        let dev = Device::cpu();
+        let (xs, ws) = ([c.n, c.cin, c.h, c.w], [c.cout, c.cin, c.kh, c.kw]);
+        let x = Tensor::randn(&xs, DType::F64, &dev, c.seed).unwrap().with_requires_grad(true);
+        let w = Tensor::randn(&ws, DType::F64, &dev, c.seed ^ 1).unwrap().with_requires_grad(true);
+        let mut tape = Tape::recording();
+        let y = conv2d(&mut tape, &x, &w, None, opts(c.stride, c.padding)).unwrap();
+        let gy = Tensor::randn(y.shape(), DType::F64, &dev, c.seed ^ 2).unwrap();
+        let grads = tape.backward_from(&y, gy.clone()).unwrap();
+        let (ry, rgx, rgw) = reference(
+            &x.to_f64_vec(),
+            &w.to_f64_vec(),
+            &gy.to_f64_vec(),
+            xs,
+            ws,
+            (c.stride, c.padding),
+        );
+        for (name, got, want) in [
+            ("y", y.to_f64_vec(), ry),
+            ("gx", grads.get(&x).unwrap().to_f64_vec(), rgx),
+            ("gw", grads.get(&w).unwrap().to_f64_vec(), rgw),
+        ] {
+            let scale = want.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            prop_assert!(err <= 1e-12 * scale, "{} off by {:e} of {:e} for {:?}", name, err, scale, c);
+        }
+    }
+}
+
 fn assert_close(got: &[f64], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
@@ -204,9 +267,10 @@ fn assert_close(got: &[f64], want: &[f64], what: &str) {
 fn f32_matches_naive_reference() {
     // (x shape, weight shape, stride, padding): pointwise, DenseNet-like 3x3 with cout < cin
     // (flipped grad-input path) and cout > cin (col2im path), strided, rectangular kernels; the
-    // last three have columns wider than one cache block (256 KiB), so im2col runs in several
-    // blocks of output rows on each path.
-    let cases: [([usize; 4], [usize; 4], usize, usize); 9] = [
+    // next three have columns wider than one cache block (256 KiB), so im2col runs in several
+    // blocks of output rows on each path; the last three span 2 or 3 backward work chunks (256
+    // output positions each) on the flipped, pointwise and col2im paths.
+    let cases: [([usize; 4], [usize; 4], usize, usize); 12] = [
         ([5, 8, 6, 6], [4, 8, 1, 1], 1, 0),
         ([5, 8, 7, 7], [4, 8, 3, 3], 1, 1),
         ([3, 3, 9, 8], [6, 3, 3, 3], 1, 1),
@@ -216,6 +280,9 @@ fn f32_matches_naive_reference() {
         ([1, 64, 6, 64], [2, 64, 3, 3], 1, 1),
         ([1, 64, 7, 64], [70, 64, 3, 3], 2, 1),
         ([1, 40, 3, 256], [32, 40, 3, 3], 1, 1),
+        ([6, 4, 12, 12], [3, 4, 3, 3], 1, 1),
+        ([5, 6, 10, 10], [4, 6, 1, 1], 1, 0),
+        ([4, 3, 20, 20], [5, 3, 3, 3], 2, 1),
     ];
     for (seed, (xs, ws, s, p)) in cases.into_iter().enumerate() {
         let dev = Device::cpu();
@@ -413,6 +480,117 @@ fn im2col_workspace_is_counted_and_released() {
         live + grad_bytes,
         "everything else released"
     );
+}
+
+/// Elements of one im2col column block of `rows` rows over an output of `out_rows x out_cols`,
+/// as `tape/src/ops/conv2d/cpu.rs` sizes it for f32 (`Cols::block_len`): as many whole output
+/// rows as fit in `BLOCK_BYTES` = 256 KiB, at least one, at most all.
+fn column_block(rows: usize, out_rows: usize, out_cols: usize) -> usize {
+    let block_rows = ((256 << 10) / (rows * out_cols * 4)).clamp(1, out_rows);
+    rows * block_rows * out_cols
+}
+
+/// Thread groups for `jobs` jobs on `threads` threads (`groups` in the CPU kernels): as many as
+/// the fewest rounds of one job per thread need.
+fn thread_groups(jobs: usize, threads: usize) -> usize {
+    jobs.div_ceil(jobs.div_ceil(threads.clamp(1, jobs.max(1))).max(1))
+}
+
+/// Bytes of the CPU forward and backward workspaces of an f32 conv of `x` `[n, cin, h, w]` with
+/// a `[cout, cin, k, k]` kernel, both gradients wanted, on `threads` threads. From
+/// `forward_workspace`, `backward_workspace`, `chunk_images` and `groups` in
+/// `tape/src/ops/conv2d/cpu.rs`, with `K = cin*k*k`:
+/// - forward: one group per thread (at most one per image) holding a column block of `x`
+///   (`K` rows; none for a pointwise conv);
+/// - backward: the batch in chunks of `ceil(256 / (hout*wout))` images, one group per thread (at
+///   most one per chunk) holding the larger of the column blocks of grad weight (`x`'s, `K`
+///   rows) and grad input (`gout`'s, `cout*k*k` rows over the input's `h x w`, on the flipped
+///   path: stride 1 and `cout < cin`; else `x`'s again) plus a `cout x K` partial weight
+///   gradient; and one flipped kernel (`cin*cout*k*k`) on the flipped path.
+fn conv_workspace_bytes(
+    [n, cin, h, w]: [usize; 4],
+    cout: usize,
+    k: usize,
+    o: Conv2dOptions,
+    threads: usize,
+) -> (usize, usize) {
+    let (hout, wout) = (
+        (h + 2 * o.padding - k) / o.stride + 1,
+        (w + 2 * o.padding - k) / o.stride + 1,
+    );
+    let kk = cin * k * k;
+    let pointwise = k == 1 && o.stride == 1 && o.padding == 0;
+    let xcols = if pointwise {
+        0
+    } else {
+        column_block(kk, hout, wout)
+    };
+    let flipped = !pointwise && o.stride == 1 && cout < cin;
+    let gcols = if flipped {
+        column_block(cout * k * k, h, w)
+    } else {
+        xcols
+    };
+    let forward = thread_groups(n, threads) * xcols;
+    let chunks = n.div_ceil(256usize.div_ceil(hout * wout).clamp(1, n));
+    let per_group = xcols.max(gcols) + cout * kk;
+    let flip = if flipped { cin * cout * k * k } else { 0 };
+    let backward = thread_groups(chunks, threads) * per_group + flip;
+    (4 * forward, 4 * backward)
+}
+
+/// The peaks of a conv's forward and backward hold, beyond their inputs, outputs and gradients,
+/// exactly the CPU kernels' workspaces, on 1, 2 and 3 threads: a kernel that runs without
+/// charging its workspace (or charges the wrong size) fails here. Cases: the flipped grad-input
+/// path with column blocks of fewer rows than the output (3 and 28 of 32 rows); a strided conv
+/// on the col2im path with several images per work chunk; a pointwise conv.
+#[test]
+fn conv_workspaces_are_charged_exactly() {
+    let cases = [
+        ([3, 64, 32, 32], 8, 3, opts(1, 1)),
+        ([6, 4, 20, 20], 8, 3, opts(2, 1)),
+        ([5, 16, 12, 12], 8, 1, opts(1, 0)),
+    ];
+    for (shape, cout, k, o) in cases {
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (forward, backward) = conv_workspace_bytes(shape, cout, k, o, threads);
+            let what = format!("{shape:?} -> {cout} k{k} {o:?} on {threads} threads");
+            pool.install(|| {
+                let dev = Device::cpu();
+                let x = Tensor::randn(&shape, DType::F32, &dev, 1)
+                    .unwrap()
+                    .with_requires_grad(true);
+                let w = Tensor::randn(&[cout, shape[1], k, k], DType::F32, &dev, 2)
+                    .unwrap()
+                    .with_requires_grad(true);
+                let mut tape = Tape::recording();
+                let before = dev.memory().current();
+                dev.memory().reset_peak();
+                let y = conv2d(&mut tape, &x, &w, None, o).unwrap();
+                let out = y.size_in_bytes();
+                assert_eq!(
+                    dev.memory().peak() - before,
+                    out + forward,
+                    "{what}: forward peak = output + workspace"
+                );
+                let gy = Tensor::randn(y.shape(), DType::F32, &dev, 3).unwrap();
+                let before = dev.memory().current();
+                dev.memory().reset_peak();
+                let grads = tape.backward_from(&y, gy).unwrap();
+                let grad_bytes = x.size_in_bytes() + w.size_in_bytes();
+                assert_eq!(
+                    dev.memory().peak() - before,
+                    grad_bytes + backward,
+                    "{what}: backward peak = gradients + workspace ({backward} bytes)"
+                );
+                drop(grads);
+            });
+        }
+    }
 }
 
 /// Bytes the device still holds once the caller has dropped its own `x` and `w` handles after a

@@ -7,10 +7,10 @@ use tape::ops::{self, linear};
 use tape::{DType, Device, Error, Tape, Tensor};
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     #[test]
-    fn gradcheck_x_weight_bias(n in 1..=4usize, i in 1..=5usize, o in 1..=5usize, seed in any::<u64>()) {
+    fn gradcheck_x_weight_bias(n in 1..=8usize, i in 1..=8usize, o in 1..=8usize, seed in any::<u64>()) {
         let dev = Device::cpu();
         let x = Tensor::randn(&[n, i], DType::F64, &dev, seed).unwrap();
         let w = Tensor::randn(&[o, i], DType::F64, &dev, seed ^ 1).unwrap();

@@ -250,10 +250,10 @@ fn elementwise_inputs(len: usize, seed: u64) -> (Tensor, Tensor) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     #[test]
-    fn gradcheck_add_mul(len in 1usize..20, seed in 0u64..1000) {
+    fn gradcheck_add_mul(len in 1usize..64, seed in 0u64..1 << 62) {
         let (a, b) = elementwise_inputs(len, seed);
         let r = check_gradients(&[a.clone(), b.clone()], train_ctx(), |t, xs| ops::add(t, &xs[0], &xs[1])).unwrap();
         prop_assert!(r.max_rel_error <= 1e-6, "add {:?}", r);
@@ -262,8 +262,10 @@ proptest! {
     }
 
     #[test]
-    fn gradcheck_scale_relu_reduce_reshape(len in 1usize..20, s in -3.0f64..3.0, seed in 0u64..1000) {
+    fn gradcheck_scale_relu_reduce_reshape(len in 1usize..64, s in -3.0f64..3.0, seed in 0u64..1 << 62) {
         let (a, _) = elementwise_inputs(len, seed);
+        // The ReLU's kink: an input within the finite difference of 0 has no gradient.
+        prop_assume!(a.to_f64_vec().iter().all(|v| v.abs() > 1e-3));
         let cases: Vec<(&str, Box<OpFn>)> = vec![
             ("scale", Box::new(move |t, xs| ops::scale(t, &xs[0], s))),
             ("relu", Box::new(|t, xs| ops::relu(t, &xs[0]))),

@@ -257,7 +257,7 @@ mod tests {
     fn kernels_compile_and_export_every_entry_point() {
         // SAFETY: only tries to dlopen libnvrtc.
         if !unsafe { nvrtc::sys::is_culib_present() } {
-            println!("skipping: libnvrtc cannot be loaded");
+            crate::testing::skipped("no NVRTC", "libnvrtc cannot be loaded");
             return;
         }
         let opts = nvrtc::CompileOptions {

@@ -1,11 +1,16 @@
-//! CPU kernels of `conv2d`. The batch is split into one contiguous group of images per thread; a
-//! thread runs single-threaded GEMMs image by image with its own column buffer. Columns are built
-//! a block of output rows at a time, sized to stay in a core's L2 cache, so the im2col workspace
-//! is one block per thread, whatever the batch and image size.
+//! CPU kernels of `conv2d`. Forward splits the batch into one contiguous group of images per
+//! thread; a thread runs single-threaded GEMMs image by image with its own column buffer.
+//! Backward cuts the batch into work chunks of a fixed number of images (set by the geometry
+//! alone, [`chunk_images`]) and runs them in waves of one chunk per thread group; each chunk sums
+//! its weight gradient over its images into a partial, and the partials are added in chunk order,
+//! so every gradient is the same, bit for bit, whatever the thread count. Columns are built a
+//! block of output rows at a time, sized to stay in a core's L2 cache, so the im2col workspace is
+//! one block per thread group, whatever the batch and image size.
 //!
 //! Per image, with `K = cin*kh*kw` and `P = hout*wout` (the big, contiguous dimension):
 //! - forward: `out (cout x P) = W (cout x K) * col(x) (K x P)`; a pointwise conv uses `x` itself;
-//! - grad weight: `gW^T (K x cout) += col(x) * gout^T`, summed over thread groups at the end;
+//! - grad weight: `gW^T (K x cout) += col(x) * gout^T` per chunk, the chunks' partials summed in
+//!   chunk order;
 //! - grad input, stride 1: `gx (cin x HW) = W' (cin x cout*kh*kw) * col(gout)` with `W'` the
 //!   flipped, transposed kernel, when that column matrix is the smaller one; otherwise
 //!   `gcol (K x P) = W^T * gout` scattered back by col2im.
@@ -15,11 +20,19 @@ use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;
 use crate::ops::cpu_gemm::{gemm, gemm_ld, Mat};
+use crate::ops::cpu_map::PAR_MIN;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// Target size of one column block: well inside a core's L2 cache, next to the GEMM's packing.
 const BLOCK_BYTES: usize = 256 << 10;
+
+/// Output positions (images times `hout * wout`) one backward work chunk covers at least, so
+/// that adding a chunk's partial weight gradient costs little next to computing it.
+const CHUNK_POSITIONS: usize = 256;
+
+/// Elements of a summed buffer each task of [`add_partials`] takes.
+const ADD_CHUNK: usize = 4096;
 
 /// Ranges of a row or column: `(in_len, out_len, stride, pad)`; `pad` may be negative (a crop).
 #[derive(Clone, Copy)]
@@ -180,13 +193,44 @@ impl Cols {
     }
 }
 
-/// Number of thread groups (and so of per-thread workspaces) for a batch of `n`: one per rayon
-/// thread, at most one per image. Callers size the workspaces and run the kernel with one value.
-fn groups(n: usize) -> usize {
-    n.div_ceil(
-        n.div_ceil(rayon::current_num_threads().clamp(1, n.max(1)))
-            .max(1),
-    )
+/// Number of thread groups (and so of per-thread workspaces) for `jobs` independent jobs (the
+/// images of a forward, the work chunks of a backward): at most one per rayon thread and one per
+/// job, and no more than the fewest rounds of one job per thread need. Callers size the
+/// workspaces and run the kernel with one value.
+fn groups(jobs: usize) -> usize {
+    let rounds = jobs.div_ceil(rayon::current_num_threads().clamp(1, jobs.max(1)));
+    jobs.div_ceil(rounds.max(1))
+}
+
+/// Images per backward work chunk: enough for [`CHUNK_POSITIONS`] output positions, at most the
+/// batch. It depends on the geometry alone, never on the thread count.
+fn chunk_images(g: &Geometry) -> usize {
+    CHUNK_POSITIONS.div_ceil(g.p().max(1)).clamp(1, g.n.max(1))
+}
+
+/// `(first image, image count)` of each backward work chunk, in batch order.
+fn chunk_ranges(g: &Geometry) -> Vec<(usize, usize)> {
+    let size = chunk_images(g);
+    (0..g.n)
+        .step_by(size)
+        .map(|first| (first, size.min(g.n - first)))
+        .collect()
+}
+
+/// `acc += parts[0]`, then `+= parts[1]`, ...: every element sums the parts in their order
+/// (split over threads by element when large, which leaves each element's sum unchanged).
+fn add_partials<T: Elem>(acc: &mut [T], parts: &[&[T]]) {
+    let body = |(i, a): (usize, &mut [T])| {
+        for part in parts {
+            let p = &part[i * ADD_CHUNK..];
+            a.iter_mut().zip(p).for_each(|(a, &b)| *a += b);
+        }
+    };
+    if acc.len().saturating_mul(parts.len()) >= PAR_MIN {
+        acc.par_chunks_mut(ADD_CHUNK).enumerate().for_each(body);
+    } else {
+        acc.chunks_mut(ADD_CHUNK).enumerate().for_each(body);
+    }
 }
 
 /// Which gradients a backward computes.
@@ -208,7 +252,7 @@ fn forward_workspace(g: &Geometry, elem: usize) -> usize {
 }
 
 /// Elements of backward workspace, for elements of `elem` bytes: (per thread group: a column
-/// block and a partial grad weight; shared: the flipped kernel).
+/// block and a partial grad weight of one work chunk; shared: the flipped kernel).
 fn backward_workspace(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize) {
     let wcols = if needs.w {
         forward_workspace(g, elem)
@@ -312,8 +356,8 @@ fn backward<T: Elem>(
 ) {
     let (xs, os, k, p, hw) = (g.cin * g.h * g.w, g.cout * g.p(), g.k(), g.p(), g.h * g.w);
     let elem = std::mem::size_of::<T>();
-    let ranges = group_ranges(g.n, groups);
-    let single = ranges.len() == 1;
+    let chunks = chunk_ranges(g);
+    let single = groups <= 1;
     let (xcols, gcols, flipped) = (Cols::from_geo(g), Cols::of_output_grad(g), flipped_path(g));
     if needs.x && flipped && !g.pointwise() {
         // W'[ci][co][i][j] = W[co][ci][kh-1-i][kw-1-j]
@@ -330,63 +374,81 @@ fn backward<T: Elem>(
     let flip = &*flip;
     let (per, _) = backward_workspace(g, needs, elem);
     let partial_len = if needs.w { g.cout * k } else { 0 };
-    let gx_lens = ranges.iter().map(|r| if needs.x { r.1 * xs } else { 0 });
-    let gxs = split(gx, gx_lens);
-    let wss = split(&mut *ws, ranges.iter().map(|_| per));
-    let jobs: Vec<_> = ranges.into_iter().zip(gxs).zip(wss).collect();
-    jobs.into_par_iter().for_each(|(((first, count), gx), ws)| {
-        let (col, partial) = ws.split_at_mut(per - partial_len);
-        for (idx, i) in (first..first + count).enumerate() {
-            let go = &gout[i * os..(i + 1) * os];
+    let gx_lens = chunks.iter().map(|r| if needs.x { r.1 * xs } else { 0 });
+    let mut gxs = split(gx, gx_lens);
+    let mut wss = split(&mut *ws, (0..groups).map(|_| per));
+    // The weight gradient is summed as gW^T (K x cout) in `gw`'s own buffer, transposed at the end.
+    gw.fill(T::zero());
+    let waves = chunks
+        .chunks(groups.max(1))
+        .zip(gxs.chunks_mut(groups.max(1)));
+    // The waves run from a pool thread: a caller outside the pool would hand each wave to the
+    // pool and sleep until it ends, paying a wake-up per wave.
+    rayon::scope(|_| {
+        for (wave, wave_gx) in waves {
+            let jobs: Vec<_> = wave.iter().zip(wave_gx).zip(wss.iter_mut()).collect();
+            jobs.into_par_iter()
+                .for_each(|((&(first, count), gx), ws)| {
+                    let (col, partial) = ws.split_at_mut(per - partial_len);
+                    for (idx, i) in (first..first + count).enumerate() {
+                        let go = &gout[i * os..(i + 1) * os];
+                        if needs.w {
+                            // gW^T (K x cout) += col (K x P) * gout^T: the long output dimension first
+                            // runs the GEMM kernel at nearly twice the speed when cout is small.
+                            let xi = &x[i * xs..(i + 1) * xs];
+                            if g.pointwise() {
+                                let dims = (k, g.cout, p);
+                                gemm(partial, Mat::n(xi), Mat::t(go), dims, idx > 0, single);
+                            } else {
+                                for (b, (y0, y1)) in xcols.blocks(elem).enumerate() {
+                                    let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
+                                    xcols.im2col(xi, col, (y0, y1));
+                                    let gt = Mat::t(&go[at..]).ld(p);
+                                    let acc = idx > 0 || b > 0;
+                                    gemm(partial, Mat::n(col), gt, (k, g.cout, nb), acc, single);
+                                }
+                            }
+                        }
+                        if needs.x {
+                            let gxi = &mut gx[idx * xs..(idx + 1) * xs];
+                            if g.pointwise() {
+                                let dims = (g.cin, p, g.cout);
+                                gemm(gxi, Mat::t(w), Mat::n(go), dims, false, single);
+                            } else if flipped {
+                                for (y0, y1) in gcols.blocks(elem) {
+                                    let (at, nb) = (y0 * g.w, (y1 - y0) * g.w);
+                                    gcols.im2col(go, col, (y0, y1));
+                                    let dims = (g.cin, nb, gcols.rows());
+                                    let (a, b) = (Mat::n(flip), Mat::n(&*col));
+                                    gemm_ld(&mut gxi[at..], hw, a, b, dims, false, single);
+                                }
+                            } else {
+                                for (y0, y1) in xcols.blocks(elem) {
+                                    let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
+                                    let (a, b) = (Mat::t(w), Mat::n(&go[at..]).ld(p));
+                                    gemm(col, a, b, (k, nb, g.cout), false, single);
+                                    xcols.col2im(col, gxi, (y0, y1));
+                                }
+                            }
+                        }
+                    }
+                });
             if needs.w {
-                // gW^T (K x cout) += col (K x P) * gout^T: the long output dimension first runs
-                // the GEMM kernel at nearly twice the speed when cout is small.
-                let xi = &x[i * xs..(i + 1) * xs];
-                if g.pointwise() {
-                    let dims = (k, g.cout, p);
-                    gemm(partial, Mat::n(xi), Mat::t(go), dims, idx > 0, single);
-                } else {
-                    for (b, (y0, y1)) in xcols.blocks(elem).enumerate() {
-                        let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
-                        xcols.im2col(xi, col, (y0, y1));
-                        let gt = Mat::t(&go[at..]).ld(p);
-                        let acc = idx > 0 || b > 0;
-                        gemm(partial, Mat::n(col), gt, (k, g.cout, nb), acc, single);
-                    }
-                }
-            }
-            if needs.x {
-                let gxi = &mut gx[idx * xs..(idx + 1) * xs];
-                if g.pointwise() {
-                    let dims = (g.cin, p, g.cout);
-                    gemm(gxi, Mat::t(w), Mat::n(go), dims, false, single);
-                } else if flipped {
-                    for (y0, y1) in gcols.blocks(elem) {
-                        let (at, nb) = (y0 * g.w, (y1 - y0) * g.w);
-                        gcols.im2col(go, col, (y0, y1));
-                        let dims = (g.cin, nb, gcols.rows());
-                        let (a, b) = (Mat::n(flip), Mat::n(&*col));
-                        gemm_ld(&mut gxi[at..], hw, a, b, dims, false, single);
-                    }
-                } else {
-                    for (y0, y1) in xcols.blocks(elem) {
-                        let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
-                        let (a, b) = (Mat::t(w), Mat::n(&go[at..]).ld(p));
-                        gemm(col, a, b, (k, nb, g.cout), false, single);
-                        xcols.col2im(col, gxi, (y0, y1));
-                    }
-                }
+                let parts: Vec<&[T]> = wss[..wave.len()]
+                    .iter()
+                    .map(|ws| &ws[per - partial_len..])
+                    .collect();
+                add_partials(gw, &parts);
             }
         }
     });
-    if needs.w {
-        gw.fill(T::zero());
-        for part in ws.chunks_exact(per.max(1)) {
-            let part_t = &part[per - partial_len..];
-            for (co, row) in gw.chunks_exact_mut(k.max(1)).enumerate() {
-                let column = part_t[co..].iter().step_by(g.cout);
-                row.iter_mut().zip(column).for_each(|(a, &b)| *a += b);
-            }
+    // gW (cout x K) from gW^T, through the first group's partial, free by now.
+    if let (true, Some(first)) = (needs.w, wss.first_mut()) {
+        let scratch = &mut first[per - partial_len..];
+        scratch.copy_from_slice(gw);
+        for (co, row) in gw.chunks_exact_mut(k.max(1)).enumerate() {
+            let column = scratch[co..].iter().step_by(g.cout);
+            row.iter_mut().zip(column).for_each(|(a, &b)| *a = b);
         }
     }
 }
@@ -464,7 +526,7 @@ impl Conv2dKernels for Cpu {
         };
         dispatch_float!(dtype, T => {
             let (per, flip_len) = backward_workspace(geo, needs, std::mem::size_of::<T>());
-            let groups = groups(geo.n);
+            let groups = groups(chunk_ranges(geo).len());
             let (mut ws, _r1) = workspace::<T>(g, groups * per)?;
             let (mut flip, _r2) = workspace::<T>(g, flip_len)?;
             let xs = match x { Some(x) => x.as_slice::<T>()?, None => &[] };

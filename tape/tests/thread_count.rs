@@ -1,0 +1,194 @@
+//! Every CPU kernel gives the same bits on any number of threads: each op's forward output and
+//! the gradients of all its inputs, computed inside rayon pools of 1 and of 3 threads, are
+//! bitwise equal. The shapes are large enough to take every parallel path: element-wise and
+//! per-plane kernels past `PAR_MIN` (32768 elements), GEMMs past the single-thread limit (2^18
+//! multiply-adds) and the `gemm` crate's own threading threshold (48 * 48 * 256), and
+//! convolution batches of several backward work chunks (at least 256 output positions each), or
+//! of one chunk whose GEMMs run on all threads.
+
+use tape::ops::{self, BatchNormOptions, Conv2dOptions, RunningStats};
+use tape::{DType, Device, Tape, Tensor};
+
+fn bits(t: &Tensor) -> Vec<u64> {
+    t.to_f64_vec().iter().map(|v| v.to_bits()).collect()
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// Runs `f` on 1 and on 3 threads and asserts that the tensors it returns are bitwise equal.
+fn same_on_1_and_3_threads(what: &str, f: impl Fn() -> Vec<Tensor> + Sync) {
+    let one: Vec<Vec<u64>> = in_pool(1, || f().iter().map(bits).collect());
+    let many: Vec<Vec<u64>> = in_pool(3, || f().iter().map(bits).collect());
+    assert_eq!(one.len(), many.len());
+    for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+        let differ = a.iter().zip(b).filter(|(x, y)| x != y).count();
+        assert!(
+            differ == 0 && a.len() == b.len(),
+            "{what}: tensor {i} differs in {differ} of {} elements",
+            a.len()
+        );
+    }
+}
+
+fn leaf(shape: &[usize], dtype: DType, dev: &Device, seed: u64) -> Tensor {
+    Tensor::randn(shape, dtype, dev, seed)
+        .unwrap()
+        .with_requires_grad(true)
+}
+
+/// `op`'s output on `inputs` and the gradients of all inputs for a random output gradient.
+fn forward_backward(
+    inputs: &[&Tensor],
+    op: impl Fn(&mut Tape) -> Tensor,
+    seed: u64,
+) -> Vec<Tensor> {
+    let mut tape = Tape::recording().with_seed(5);
+    let y = op(&mut tape);
+    let gy = Tensor::randn(y.shape(), y.dtype(), y.device(), seed).unwrap();
+    let grads = tape.backward_from(&y, gy).unwrap();
+    let mut out = vec![y];
+    out.extend(inputs.iter().map(|t| grads.get(t).unwrap().clone()));
+    out
+}
+
+#[test]
+fn conv2d() {
+    // (batch, cin, cout, kernel, stride, padding, image): 8 chunks of one 16x16 image on the
+    // flipped grad-input path; pointwise, 3 chunks of two 12x12 images; stride 2 (col2im), 2
+    // chunks of three 10x10 outputs; one 32x32 image whose GEMMs run on all threads; a batch
+    // larger than the thread count times the chunk.
+    let cases = [
+        (8, 16, 8, 3, 1, 1, 16),
+        (6, 32, 16, 1, 1, 0, 12),
+        (6, 4, 8, 3, 2, 1, 20),
+        (1, 64, 64, 3, 1, 1, 32),
+        (16, 8, 4, 3, 1, 1, 8),
+    ];
+    for (n, cin, cout, k, stride, padding, hw) in cases {
+        for dtype in [DType::F32, DType::F64] {
+            same_on_1_and_3_threads(&format!("conv2d {n}x{cin}->{cout} k{k} {dtype:?}"), || {
+                let dev = Device::cpu();
+                let x = leaf(&[n, cin, hw, hw], dtype, &dev, 1);
+                let w = leaf(&[cout, cin, k, k], dtype, &dev, 2);
+                let b = leaf(&[cout], dtype, &dev, 3);
+                let opts = Conv2dOptions { stride, padding };
+                let op = |t: &mut Tape| ops::conv2d(t, &x, &w, Some(&b), opts).unwrap();
+                forward_backward(&[&x, &w, &b], op, 4)
+            });
+        }
+    }
+}
+
+#[test]
+fn linear() {
+    same_on_1_and_3_threads("linear", || {
+        let dev = Device::cpu();
+        let x = leaf(&[256, 512], DType::F32, &dev, 1);
+        let w = leaf(&[384, 512], DType::F32, &dev, 2);
+        let b = leaf(&[384], DType::F32, &dev, 3);
+        forward_backward(
+            &[&x, &w, &b],
+            |t| ops::linear(t, &x, &w, Some(&b)).unwrap(),
+            4,
+        )
+    });
+}
+
+#[test]
+fn batch_norm_and_batch_norm_relu() {
+    for dtype in [DType::F32, DType::F64] {
+        same_on_1_and_3_threads(&format!("batch_norm2d {dtype:?}"), || {
+            let dev = Device::cpu();
+            let x = leaf(&[8, 16, 24, 24], dtype, &dev, 1);
+            let w = leaf(&[16], dtype, &dev, 2);
+            let b = leaf(&[16], dtype, &dev, 3);
+            let rs = RunningStats::new(16, dtype, &dev).unwrap();
+            let opts = BatchNormOptions::default();
+            let op = |t: &mut Tape| ops::batch_norm2d(t, &x, &w, &b, &rs, opts).unwrap();
+            let mut out = forward_backward(&[&x, &w, &b], op, 4);
+            out.extend([rs.mean(), rs.var()]);
+            out
+        });
+        same_on_1_and_3_threads(&format!("batch_norm_relu {dtype:?}"), || {
+            let dev = Device::cpu();
+            let a = leaf(&[8, 10, 24, 24], dtype, &dev, 1);
+            let c = leaf(&[8, 6, 24, 24], dtype, &dev, 5);
+            let w = leaf(&[16], dtype, &dev, 2);
+            let b = leaf(&[16], dtype, &dev, 3);
+            let rs = RunningStats::new(16, dtype, &dev).unwrap();
+            let opts = BatchNormOptions::default();
+            let op = |t: &mut Tape| ops::batch_norm_relu(t, &[&a, &c], &w, &b, &rs, opts).unwrap();
+            let mut out = forward_backward(&[&a, &c, &w, &b], op, 4);
+            out.extend([rs.mean(), rs.var()]);
+            out
+        });
+    }
+}
+
+#[test]
+fn pooling() {
+    same_on_1_and_3_threads("pooling", || {
+        let dev = Device::cpu();
+        let x = leaf(&[8, 16, 32, 32], DType::F32, &dev, 1);
+        let mut out = forward_backward(&[&x], |t| ops::max_pool2d(t, &x, 3, 2, 1).unwrap(), 2);
+        out.extend(forward_backward(
+            &[&x],
+            |t| ops::avg_pool2d(t, &x, 3, 2, 1).unwrap(),
+            3,
+        ));
+        out.extend(forward_backward(
+            &[&x],
+            |t| ops::global_avg_pool(t, &x).unwrap(),
+            4,
+        ));
+        out
+    });
+}
+
+#[test]
+fn losses_and_reductions() {
+    same_on_1_and_3_threads("cross_entropy, sum, mean", || {
+        let dev = Device::cpu();
+        let logits = leaf(&[4096, 10], DType::F32, &dev, 1);
+        let labels: Vec<usize> = (0..4096).map(|i| (7 * i + 3) % 10).collect();
+        let x = leaf(&[8, 16, 32, 32], DType::F32, &dev, 2);
+        let mut tape = Tape::recording();
+        let ce = ops::cross_entropy(&mut tape, &logits, &labels).unwrap();
+        let s = ops::sum(&mut tape, &x).unwrap();
+        let m = ops::mean(&mut tape, &x).unwrap();
+        let sm = ops::add(&mut tape, &s, &m).unwrap();
+        let loss = ops::add(&mut tape, &ce, &sm).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        vec![
+            ce,
+            s,
+            m,
+            grads.get(&logits).unwrap().clone(),
+            grads.get(&x).unwrap().clone(),
+        ]
+    });
+}
+
+#[test]
+fn element_wise_ops() {
+    same_on_1_and_3_threads("dropout, relu, concat, add, mul, scale", || {
+        let dev = Device::cpu();
+        let a = leaf(&[4, 16, 32, 32], DType::F32, &dev, 1);
+        let b = leaf(&[4, 16, 32, 32], DType::F32, &dev, 2);
+        let op = |t: &mut Tape| {
+            let d = ops::dropout(t, &a, 0.3).unwrap();
+            let r = ops::relu(t, &b).unwrap();
+            let c = ops::concat(t, &[&d, &r]).unwrap();
+            let m = ops::mul(t, &c, &c).unwrap();
+            let s = ops::scale(t, &m, 0.5).unwrap();
+            ops::add(t, &s, &c).unwrap()
+        };
+        forward_backward(&[&a, &b], op, 3)
+    });
+}

@@ -13,8 +13,21 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 cargo build -q --release --example benchmark
-RAYON_NUM_THREADS=$threads ./target/release/examples/benchmark --json --no-sweep \
-  --batch "$batch" --iters "$iters" >"$out/ours.jsonl"
+# Each of our modes in a fresh process, as PyTorch's cases are, so that no case's peak RSS
+# carries an earlier case's heap; the budget is the one `budget:auto` would pick (halfway
+# between the layer and bottleneck peaks just measured).
+bench() {
+  RAYON_NUM_THREADS=$threads ./target/release/examples/benchmark --json --no-sweep \
+    --batch "$batch" --iters "$iters" --modes "$1" >>"$out/ours.jsonl"
+}
+for mode in naive bottleneck layer; do bench "$mode"; done
+budget=$(python3 - "$out/ours.jsonl" <<'PY'
+import json, sys
+rows = {r["mode"]: r["peak_bytes"] for r in map(json.loads, open(sys.argv[1])) if "mode" in r}
+print((rows["layer"] + rows["bottleneck"]) // 2)
+PY
+)
+bench "budget:$budget"
 if python3 -c 'import torch' 2>/dev/null; then
   python3 scripts/torch_benchmark.py --models bc100 --batch "$batch" --iters "$iters" \
     --warmup 1 --threads "$threads" >"$out/torch.jsonl"
@@ -39,7 +52,7 @@ for t in torch:
     row(f"pytorch {t['mode']}", None, t.get("peak_rss_bytes"), t["median_s"])
 for o in ours:
     row(f"ours {o['mode']}", o["peak_bytes"], o.get("rss_peak_bytes"), o["median_s"])
-print("peak RSS: PyTorch's is the growth of the process's peak RSS over its model set-up (fresh")
-print("process per case); ours is the process peak RSS over the measured steps, beside the")
-print("engine's exact accounting (parameters, optimizer state, activations, gradients, workspaces).")
+print("peak RSS: PyTorch's is the growth of the process's peak RSS over its model set-up; ours is")
+print("the process peak RSS over the measured steps, beside the engine's exact accounting")
+print("(parameters, optimizer state, activations, gradients, workspaces); a fresh process per case.")
 PY

@@ -1,15 +1,18 @@
-//! The host memory cache. A training step frees and allocates the same large buffers every
-//! step; by default glibc maps large blocks straight from the OS and unmaps them on free, so each
-//! step pays page faults and zeroing for fresh memory (measured at DenseNet-BC-100 batch 64: 18%
-//! of the naive step). On the first `Device::cpu()`, the engine configures glibc's allocator as a
-//! caching allocator: every block comes from its heap (no per-block mappings) and freed memory
-//! stays there for reuse (no trimming), where glibc's size-classed free lists serve the next
-//! step without touching the OS.
+//! The host memory cache. A training step frees and allocates the same buffers every step; by
+//! default glibc maps blocks above a moving threshold straight from the OS and unmaps them on
+//! free, and trims its heap, so each step pays page faults and zeroing for fresh memory. On the
+//! first `Device::cpu()` the engine sets glibc's mmap threshold to its maximum (32 MiB: blocks up
+//! to that size come from the heap and are reused from its size-classed free lists) and turns
+//! heap trimming off (freed memory stays for the next step). Blocks above 32 MiB still get their
+//! own mappings, which keeps fragmentation, and so the resident set, in check: measured at
+//! DenseNet-BC-100 batch 64 (one run), step times naive 1.46 -> 1.19 s, Layer 1.29 -> 1.19 s,
+//! peak RSS within 1% of glibc's defaults or lower. (Taking every block from the heap was as
+//! fast in naive mode but raised Layer mode's peak RSS by 17%.)
 //!
-//! The cost is memory held after a step: [`reserved_bytes`] reports what the process holds
-//! (its resident set: PyTorch's "reserved" beside the engine's "allocated",
-//! [`crate::MemoryStats`]), and [`release`] hands the cache's unused part back to the OS. Set the environment variable
-//! `TAPE_HOST_CACHE=0` to keep glibc's defaults. On other platforms this module does nothing.
+//! [`reserved_bytes`] reports what the process holds (its resident set: PyTorch's "reserved"
+//! beside the engine's "allocated", [`crate::MemoryStats`]), and [`release`] hands the cache's
+//! unused part back to the OS. Set the environment variable `TAPE_HOST_CACHE=0` to keep glibc's
+//! defaults. On other platforms this module does nothing.
 
 use std::sync::Once;
 
@@ -53,10 +56,11 @@ pub fn release() {
 mod platform {
     pub(super) fn cache_everything() {
         // SAFETY: mallopt only changes glibc's allocation policy; it is called once, before the
-        // engine allocates its buffers. M_MMAP_MAX 0: no block gets its own mapping; M_TRIM_THRESHOLD
-        // -1: freed memory at the top of the heap is never returned (both documented values).
+        // engine allocates its buffers. M_MMAP_THRESHOLD 32 MiB (glibc's maximum on 64-bit):
+        // smaller blocks come from the heap; M_TRIM_THRESHOLD -1: freed memory at the top of the
+        // heap is never returned (a documented value).
         unsafe {
-            libc::mallopt(libc::M_MMAP_MAX, 0);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
             libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         }
     }

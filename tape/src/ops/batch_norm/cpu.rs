@@ -88,7 +88,7 @@ fn map_planes<T: Elem>(
 }
 
 /// `(mean, biased variance)` of the values in `planes` (`m` in all), in two passes in `f64`.
-pub(crate) fn moments<'s, T: Elem, P>(planes: P, m: usize) -> (f64, f64)
+fn moments<'s, T: Elem, P>(planes: P, m: usize) -> (f64, f64)
 where
     P: Iterator<Item = &'s [T]> + Clone,
 {
@@ -102,7 +102,7 @@ where
 
 /// Writes `out = x * scale + shift` (and with `relu`, `max(., 0)`, NaN passing) plane by plane,
 /// in the tensor's precision.
-pub(crate) fn write_affine<'s, T: Elem>(
+fn write_affine<'s, T: Elem>(
     xs: impl Iterator<Item = &'s [T]>,
     out: Vec<&mut [std::mem::MaybeUninit<T>]>,
     scale: f64,
@@ -118,25 +118,36 @@ pub(crate) fn write_affine<'s, T: Elem>(
     }
 }
 
-/// Batch norm of `xs` channel by channel: in training each channel's statistics and then its
-/// output while the channel is in cache; in eval with the running statistics' scale and shift.
-/// Returns the output and, in training, each channel's `(mean, biased variance)`.
-fn normalize<T: Elem>(xs: &[T], l: Layout, how: &HostNorm<'_>) -> (Vec<T>, Vec<(f64, f64)>) {
+/// Batch norm (with `relu`, followed by ReLU) channel by channel over `n x c x hw` values whose
+/// channel `ch` is the `n` planes `planes(ch)`: in training each channel's statistics and then
+/// its output while the channel is in cache; in eval with the running statistics' scale and
+/// shift. Returns the output (NCHW) and, in training, each channel's `(mean, biased variance)`.
+/// The plain batch norm and the fused concat -> batch norm -> ReLU differ only in `planes`.
+pub(crate) fn normalize_by_channel<'s, T: Elem, P>(
+    (n, c, hw): (usize, usize, usize),
+    parallel: bool,
+    planes: impl Fn(usize) -> P + Sync,
+    how: &HostNorm<'_>,
+    relu: bool,
+) -> (Vec<T>, Vec<(f64, f64)>)
+where
+    P: Iterator<Item = &'s [T]> + Clone,
+{
     let f = |ch: usize, out: Vec<&mut [std::mem::MaybeUninit<T>]>| match *how {
         HostNorm::Batch(w, b, eps) => {
-            let (mean, var) = moments(l.planes(xs, ch), l.count());
+            let (mean, var) = moments(planes(ch), n * hw);
             let [_, scale, shift] = channel_affine(mean, var, w[ch], b[ch], eps);
-            write_affine(l.planes(xs, ch), out, scale, shift, false);
+            write_affine(planes(ch), out, scale, shift, relu);
             Some((mean, var))
         }
-        HostNorm::Running(n) => {
-            write_affine(l.planes(xs, ch), out, n.scale[ch], n.shift[ch], false);
+        HostNorm::Running(norm) => {
+            write_affine(planes(ch), out, norm.scale[ch], norm.shift[ch], relu);
             None
         }
     };
     // SAFETY: `write_affine` writes every element of the `n` planes of `hw` elements it gets
     // (each input plane of channel `ch` is `hw` long, as is each output plane).
-    let (v, stats) = unsafe { by_channel((l.n, l.c, l.hw), l.parallel(), f) };
+    let (v, stats) = unsafe { by_channel((n, c, hw), parallel, f) };
     (v, stats.into_iter().flatten().collect())
 }
 
@@ -225,7 +236,10 @@ impl BatchNormKernels for Cpu {
             x.device(),
             |how| {
                 Ok(dispatch_float!(x.dtype(), T => {
-                    let (v, stats) = normalize::<T>(x.as_slice::<T>()?, l, &how);
+                    let xs = x.as_slice::<T>()?;
+                    let planes = |ch| l.planes(xs, ch);
+                    let (v, stats) =
+                        normalize_by_channel((n, c, l.hw), l.parallel(), planes, &how, false);
                     (Tensor::from_vec(v, x.shape(), x.device())?, stats)
                 }))
             },

@@ -1,10 +1,9 @@
 //! CPU kernels of the fused concat -> batch norm -> ReLU. Every output plane `(image, channel)`
 //! is computed straight from the part that holds the channel; gradients are written per part.
 
-use super::super::batch_norm::cpu::{moments, write_affine};
-use super::super::batch_norm::{channel_affine, host_forward, BnStats, HostNorm};
+use super::super::batch_norm::cpu::normalize_by_channel;
+use super::super::batch_norm::{host_forward, BnStats};
 use super::super::cpu_lanes::{lane_sum2, masked_sums};
-use super::super::cpu_map::by_channel;
 use super::super::cpu_map::PAR_MIN;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
 use crate::backend::Cpu;
@@ -53,40 +52,14 @@ impl<'a, T: Elem> Parts<'a, T> {
         &self.data[p][start..start + self.hw]
     }
 
+    /// The `n` input planes of output channel `ch`, in image order.
+    fn planes(&self, ch: usize) -> impl Iterator<Item = &'a [T]> + Clone + '_ {
+        (0..self.n).map(move |i| self.plane(i, ch))
+    }
+
     fn parallel(&self) -> bool {
         self.n * self.c() * self.hw >= PAR_MIN
     }
-}
-
-impl<T: Elem> Parts<'_, T> {
-    /// The `n` input planes of output channel `ch`, in image order.
-    fn planes(&self, ch: usize) -> impl Iterator<Item = &[T]> + Clone + '_ {
-        (0..self.n).map(move |i| self.plane(i, ch))
-    }
-}
-
-/// `relu(batch norm)` of the parts, channel by channel: in training each channel's statistics
-/// and then its output while the channel is in cache; in eval with the running statistics'
-/// scale and shift. Returns the output and, in training, each channel's `(mean, biased
-/// variance)`.
-fn forward<T: Elem>(parts: &Parts<'_, T>, how: &HostNorm<'_>) -> (Vec<T>, Vec<(f64, f64)>) {
-    let m = parts.n * parts.hw;
-    let f = |ch: usize, out: Vec<&mut [MaybeUninit<T>]>| match *how {
-        HostNorm::Batch(w, b, eps) => {
-            let (mean, var) = moments(parts.planes(ch), m);
-            let [_, scale, shift] = channel_affine(mean, var, w[ch], b[ch], eps);
-            write_affine(parts.planes(ch), out, scale, shift, true);
-            Some((mean, var))
-        }
-        HostNorm::Running(n) => {
-            write_affine(parts.planes(ch), out, n.scale[ch], n.shift[ch], true);
-            None
-        }
-    };
-    // SAFETY: `write_affine` writes every element of the `n` planes of `hw` elements it gets
-    // (each input plane is `hw` long, as is each output plane).
-    let (v, stats) = unsafe { by_channel((parts.n, parts.c(), parts.hw), parts.parallel(), f) };
-    (v, stats.into_iter().flatten().collect())
 }
 
 /// Per output channel: the input gradient is `a * g' + b * (x - mean) + k` with `g'` the masked
@@ -199,7 +172,9 @@ impl BatchNormReluKernels for Cpu {
                 Ok(dispatch_float!(x0.dtype(), T => {
                     let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
                     let parts = Parts::new(data, a.channels.to_vec(), n, hw);
-                    let (v, stats) = forward(&parts, &how);
+                    let dims = (n, parts.c(), hw);
+                let planes = |ch| parts.planes(ch);
+                let (v, stats) = normalize_by_channel(dims, parts.parallel(), planes, &how, true);
                     (Tensor::from_vec(v, &[n, c, h, w], x0.device())?, stats)
                 }))
             },

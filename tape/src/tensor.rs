@@ -284,12 +284,15 @@ impl Tensor {
                 got: self.dtype(),
             });
         }
+        self.read_host(|d| T::slice(d).unwrap_or_default()[..self.numel()].to_vec())
+    }
+
+    /// `f` of the elements in host memory: the buffer itself on the CPU, a device-to-host copy
+    /// of a GPU buffer (which may hold more elements than the shape: read `numel()` of them).
+    fn read_host<R>(&self, f: impl FnOnce(&CpuData) -> R) -> Result<R> {
         match self.buf.data.cpu() {
-            Some(d) => Ok(T::slice(d).unwrap_or_default()[..self.numel()].to_vec()),
-            None => {
-                let host = self.buf.to_host()?;
-                Ok(T::slice(&host).unwrap_or_default()[..self.numel()].to_vec())
-            }
+            Some(d) => Ok(f(d)),
+            None => Ok(f(&self.buf.to_host()?)),
         }
     }
 
@@ -307,16 +310,10 @@ impl Tensor {
     /// The elements converted to `f64`, whatever the dtype and device; a failed copy from a GPU
     /// is an error.
     pub fn try_to_f64_vec(&self) -> Result<Vec<f64>> {
-        let widen = |d: &CpuData| -> Vec<f64> {
-            match d {
-                CpuData::F32(v) => v[..self.numel()].iter().map(|&x| x as f64).collect(),
-                CpuData::F64(v) => v[..self.numel()].to_vec(),
-            }
-        };
-        match self.buf.data.cpu() {
-            Some(d) => Ok(widen(d)),
-            None => Ok(widen(&self.buf.to_host()?)),
-        }
+        self.read_host(|d| match d {
+            CpuData::F32(v) => v[..self.numel()].iter().map(|&x| x as f64).collect(),
+            CpuData::F64(v) => v[..self.numel()].to_vec(),
+        })
     }
 
     /// A copy on `device` (host to GPU, GPU to host, or between devices), as a new leaf: new

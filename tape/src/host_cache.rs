@@ -18,12 +18,8 @@ use std::sync::Once;
 
 static CONFIGURE: Once = Once::new();
 
-/// Whether the cache was switched on (it is, on glibc, unless `TAPE_HOST_CACHE=0`).
+/// Whether the cache is switched on (it is, on glibc, unless `TAPE_HOST_CACHE=0`).
 pub fn is_enabled() -> bool {
-    enabled()
-}
-
-fn enabled() -> bool {
     cfg!(all(target_os = "linux", target_env = "gnu"))
         && std::env::var("TAPE_HOST_CACHE").map_or(true, |v| v != "0")
 }
@@ -31,7 +27,7 @@ fn enabled() -> bool {
 /// Configures the allocator once per process (called by `Device::cpu()`).
 pub(crate) fn configure() {
     CONFIGURE.call_once(|| {
-        if enabled() {
+        if is_enabled() {
             platform::cache_everything();
         }
     });

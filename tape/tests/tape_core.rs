@@ -514,7 +514,10 @@ mod on_gpu {
     fn a_conv_bn_relu_pool_linear_chain_matches_cpu() {
         let Some(dev) = gpu() else { return };
         for dtype in DTYPES {
-            let running_c = RunningStats::new(6, dtype, &Device::cpu()).unwrap();
+            // The CPU reference runs on one device: the running statistics live where the inputs
+            // are copied (each `Device::cpu()` is a device of its own).
+            let cpu = Device::cpu();
+            let running_c = RunningStats::new(6, dtype, &cpu).unwrap();
             let running_g = RunningStats::new(6, dtype, &dev).unwrap();
             let inputs = [
                 randn(&[4, 3, 10, 10], dtype, 1),
@@ -554,13 +557,7 @@ mod on_gpu {
                 }
             }
             let mask = [true; 6];
-            let (a, ga) = eval(
-                &Device::cpu(),
-                &inputs,
-                &mask,
-                training(),
-                &chain(&running_c),
-            );
+            let (a, ga) = eval(&cpu, &inputs, &mask, training(), &chain(&running_c));
             let (b, gb) = eval(&dev, &inputs, &mask, training(), &chain(&running_g));
             let t = tol(dtype);
             assert!(rel(&b, &a) <= t, "chain loss {dtype:?}");

@@ -69,6 +69,17 @@ impl Gradients {
         self.map.remove(&id)
     }
 
+    /// The stored gradient of the tensor behind `key`, taken out so that a kernel can add the
+    /// next contribution into it in place (no new buffer, no separate add) and hand the sum back
+    /// with [`Gradients::accumulate`], which stores it as it is in the now empty slot. `None`
+    /// when the tensor wants no gradient or has none yet.
+    pub fn take_for_accumulation(&mut self, key: &GradKey) -> Option<Tensor> {
+        if !key.requires_grad {
+            return None;
+        }
+        self.map.remove(&key.id)
+    }
+
     /// Adds `grad` into the gradient of the tensor behind `key` (ignored if it wants none).
     pub fn accumulate(&mut self, key: &GradKey, grad: Tensor) -> Result<()> {
         if !key.requires_grad {

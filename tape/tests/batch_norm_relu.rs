@@ -289,6 +289,39 @@ mod on_gpu {
         bn_outcome(dev, &inputs, grad_mask, ctx, &running, &f)
     }
 
+    /// Parts shared by two fused ops, in training (cuDNN adds into the existing gradient,
+    /// `beta = 1`) and eval mode (a new gradient added afterwards), against the CPU.
+    #[test]
+    fn batch_norm_relu_adds_into_existing_gradients_as_the_cpu_does() {
+        let Some(dev) = gpu() else { return };
+        for dtype in [DType::F32, DType::F64] {
+            for ctx in [training(), eval_mode()] {
+                let inputs = [
+                    randn(&[3, 2, 4, 4], dtype, 1),
+                    randn(&[3, 3, 4, 4], dtype, 2),
+                ];
+                compare(
+                    &dev,
+                    "shared fused parts",
+                    &inputs,
+                    &[true, true],
+                    ctx,
+                    &|t, x| {
+                        let c = 5;
+                        let d = x[0].device();
+                        let w = randn(&[c], dtype, 41).to_device(d)?;
+                        let b = randn(&[c], dtype, 42).to_device(d)?;
+                        let rs = running_stats(c, dtype, d);
+                        let opts = BatchNormOptions::default();
+                        let h1 = ops::batch_norm_relu(t, &[&x[0], &x[1]], &w, &b, &rs, opts)?;
+                        let h2 = ops::batch_norm_relu(t, &[&x[1], &x[0]], &w, &b, &rs, opts)?;
+                        ops::concat(t, &[&h2, &h1])
+                    },
+                );
+            }
+        }
+    }
+
     #[test]
     fn batch_norm_relu_matches_cpu_and_the_gpu_composition() {
         let Some(dev) = gpu() else { return };
@@ -508,5 +541,49 @@ mod on_gpu {
             Err(Error::Device { .. })
         ));
         assert_eq!(rs.num_batches_tracked(), 0);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Parts shared by two fused ops (as a DenseNet's features are by its later layers): the
+    /// second backward adds its input gradients in place into the ones the first left.
+    #[test]
+    fn gradcheck_parts_shared_by_two_fused_ops(
+        c0 in 1usize..4,
+        c1 in 1usize..4,
+        n in 1usize..4,
+        training in any::<bool>(),
+        seed in 0u64..1 << 62,
+    ) {
+        let dev = Device::cpu();
+        let ps = parts(&[c0, c1], n, 3, DType::F64, &dev, seed);
+        let c = c0 + c1;
+        let (w1, b1) = affine(c, DType::F64, &dev, seed + 50);
+        let (w2, b2) = affine(c, DType::F64, &dev, seed + 60);
+        let rs = RunningStats::new(c, DType::F64, &dev).unwrap();
+        let mut inputs = ps.clone();
+        inputs.extend([w1, b1, w2, b2]);
+        let run = |t: &mut Tape, xs: &[Tensor]| {
+            let (x0, x1) = (&xs[0], &xs[1]);
+            let opts = BatchNormOptions::default();
+            let h1 = ops::batch_norm_relu(t, &[x0, x1], &xs[2], &xs[3], &rs, opts)?;
+            let h2 = ops::batch_norm_relu(t, &[x1, x0], &xs[4], &xs[5], &rs, opts)?;
+            ops::concat(t, &[&h2, &h1])
+        };
+        // The ReLU's kink: a pre-activation within the finite difference of 0 has no gradient.
+        let pre = |order: [usize; 2], w: usize| {
+            let mut t = Tape::no_grad().training(training);
+            let x = ops::concat(&mut t, &[&ps[order[0]], &ps[order[1]]]).unwrap();
+            let rs = RunningStats::new(c, DType::F64, &dev).unwrap();
+            let opts = BatchNormOptions::default();
+            ops::batch_norm2d(&mut t, &x, &inputs[w], &inputs[w + 1], &rs, opts).unwrap()
+        };
+        let pres = [pre([0, 1], 2), pre([1, 0], 4)];
+        prop_assume!(pres.iter().all(|p| p.to_f64_vec().iter().all(|v| v.abs() > 1e-3)));
+        let ctx = Tape::recording().training(training).context();
+        let r = check_gradients(&inputs, ctx, run).unwrap();
+        prop_assert!(r.max_rel_error <= 1e-6, "{:?}", r);
     }
 }

@@ -147,6 +147,31 @@ mod on_gpu {
     use tape::testing::*;
     use tape::Tensor;
 
+    /// Inputs shared by several concatenations: the later backwards add their pieces into the
+    /// existing gradients in place (the `split_add` kernel), fresh pieces and added ones mixed.
+    #[test]
+    fn concat_adds_into_existing_gradients_as_the_cpu_does() {
+        let Some(dev) = gpu() else { return };
+        for dtype in DTYPES {
+            let inputs = [
+                randn(&[2, 3, 4, 5], dtype, 1),
+                randn(&[2, 2, 4, 5], dtype, 2),
+            ];
+            compare(
+                &dev,
+                "shared concat inputs",
+                &inputs,
+                &[true, true],
+                training(),
+                &|t, x| {
+                    let a = ops::concat(t, &[&x[0], &x[1]])?;
+                    let b = ops::concat(t, &[&x[1], &x[0], &x[1]])?;
+                    ops::concat(t, &[&b, &a])
+                },
+            );
+        }
+    }
+
     #[test]
     fn concat_matches_cpu_including_more_than_32_parts() {
         let Some(dev) = gpu() else { return };
@@ -172,5 +197,31 @@ mod on_gpu {
                 );
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(512) })]
+
+    /// Inputs consumed by several concatenations (one of them twice): every backward after the
+    /// first adds its piece in place into the gradient the input already has.
+    #[test]
+    fn gradcheck_inputs_shared_by_several_concats(
+        n in 1usize..4,
+        c0 in 1usize..4,
+        c1 in 1usize..4,
+        seed in 0u64..1 << 62,
+    ) {
+        let dev = Device::cpu();
+        let inputs = vec![
+            Tensor::randn(&[n, c0, 3], DType::F64, &dev, seed)?,
+            Tensor::randn(&[n, c1, 3], DType::F64, &dev, seed + 1)?,
+        ];
+        let report = check_gradients(&inputs, TRAIN, |tape, xs| {
+            let a = ops::concat(tape, &[&xs[0], &xs[1]])?;
+            let b = ops::concat(tape, &[&xs[1], &xs[0], &xs[1]])?;
+            ops::concat(tape, &[&b, &a])
+        })?;
+        prop_assert!(report.max_rel_error <= 1e-6, "{:?}", report);
     }
 }

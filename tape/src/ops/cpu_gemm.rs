@@ -2,6 +2,7 @@
 
 use crate::dtype::Elem;
 use gemm::Parallelism;
+use std::mem::MaybeUninit;
 
 /// Below this many multiply-adds a GEMM stays on one thread.
 const PAR_MIN_MACS: usize = 1 << 18;
@@ -95,11 +96,97 @@ pub(crate) fn gemm_ld<T: Elem>(
     dst_ld: usize,
     a: Mat<'_, T>,
     b: Mat<'_, T>,
+    dims: (usize, usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let dst_fits = Mat::n(&*dst).ld(dst_ld).fits(dims.0, dims.1);
+    // SAFETY: `dst` is initialised, fits the `m x n` block (checked) and is borrowed mutably.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            dst_fits,
+            dst_ld,
+            a,
+            b,
+            dims,
+            accumulate,
+            parallel,
+        )
+    }
+}
+
+/// [`gemm_ld`] overwriting a block of not yet initialised elements (no zero fill first): every
+/// element of the `m x n` block is written, the others are left as they are.
+pub(crate) fn gemm_ld_uninit<T: Elem>(
+    dst: &mut [MaybeUninit<T>],
+    dst_ld: usize,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    dims: (usize, usize, usize),
+    parallel: bool,
+) {
+    let (m, n) = (dims.0, dims.1);
+    let dst_fits = dst_ld >= n && (m == 0 || n == 0 || dst.len() >= (m - 1) * dst_ld + n);
+    // SAFETY: `dst` fits the block (checked) and is borrowed mutably; with `accumulate` false
+    // the kernel writes the block without reading it, so its elements need no initial value.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr().cast::<T>(),
+            dst_fits,
+            dst_ld,
+            a,
+            b,
+            dims,
+            false,
+            parallel,
+        )
+    }
+}
+
+/// Where a GEMM's product goes: added into initialised elements, or written into slots that
+/// hold nothing yet.
+pub(crate) enum Dst<'s, T> {
+    /// `dst += a * b`.
+    Add(&'s mut [T]),
+    /// `dst = a * b`, without reading `dst`.
+    Write(&'s mut [MaybeUninit<T>]),
+}
+
+impl<T: Elem> Dst<'_, T> {
+    /// The product into the block starting `at` elements in, rows `ld` apart.
+    pub(crate) fn gemm_at(
+        &mut self,
+        at: usize,
+        ld: usize,
+        a: Mat<'_, T>,
+        b: Mat<'_, T>,
+        dims: (usize, usize, usize),
+        parallel: bool,
+    ) {
+        match self {
+            Dst::Add(d) => gemm_ld(&mut d[at..], ld, a, b, dims, true, parallel),
+            Dst::Write(d) => gemm_ld_uninit(&mut d[at..], ld, a, b, dims, parallel),
+        }
+    }
+}
+
+/// [`gemm`] into `m x n` unsliced elements at `dst`, rows `dst_ld` apart.
+///
+/// # Safety
+/// `dst_fits` must say truthfully that `dst` points to a writable allocation holding the whole
+/// block, which no operand aliases; with `accumulate`, the block must be initialised.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw<T: Elem>(
+    dst: *mut T,
+    dst_fits: bool,
+    dst_ld: usize,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
     parallel: bool,
 ) {
-    let dst_fits = Mat::n(&*dst).ld(dst_ld).fits(m, n);
     assert!(
         dst_fits && a.fits(m, k) && b.fits(k, n),
         "gemm operands too short"
@@ -109,9 +196,10 @@ pub(crate) fn gemm_ld<T: Elem>(
     }
     if k == 0 {
         if !accumulate {
-            dst.chunks_mut(dst_ld)
-                .take(m)
-                .for_each(|row| row[..n].fill(T::zero()));
+            for r in 0..m {
+                // SAFETY: row `r` of the block lies inside `dst` (the caller's contract).
+                unsafe { std::ptr::write_bytes(dst.add(r * dst_ld), 0, n) };
+            }
         }
         return;
     }
@@ -122,16 +210,16 @@ pub(crate) fn gemm_ld<T: Elem>(
     } else {
         Parallelism::None
     };
-    // SAFETY: `fits` checked every slice against the strides computed for these dimensions, so
-    // every element the kernel reads or writes lies inside its slice; `dst` is borrowed mutably,
-    // so it aliases neither operand. `T` is f32 or f64 (`Elem` is sealed), which the `gemm` crate
-    // supports.
+    // SAFETY: `fits` checked both operands against the strides computed for these dimensions and
+    // the caller vouches for `dst`, so every element the kernel reads or writes lies inside its
+    // allocation; `dst` aliases neither operand. `T` is f32 or f64 (`Elem` is sealed), which the
+    // `gemm` crate supports; an all-zero bit pattern is 0.0 in both.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_ld as isize,
             accumulate,

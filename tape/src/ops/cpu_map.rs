@@ -4,6 +4,7 @@ use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Below this many elements, element-wise kernels stay on one thread.
 pub(crate) const PAR_MIN: usize = 1 << 15;
@@ -34,9 +35,51 @@ pub(crate) fn map_binary<T: Elem>(
     Tensor::from_vec(out, a.shape(), a.device())
 }
 
+/// A vector of `len` elements written by `fill`, with no zero fill first (for kernels that
+/// overwrite their whole output).
+///
+/// # Safety
+/// `fill` must write every one of the `len` slots it is given.
+pub(crate) unsafe fn written_vec<T>(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller guarantees that `fill` initialised all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// Writes `src` into the slots `dst` (equal lengths).
+pub(crate) fn write_copy<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
+    debug_assert_eq!(dst.len(), src.len());
+    dst.iter_mut().zip(src).for_each(|(d, &s)| {
+        d.write(s);
+    });
+}
+
+/// Fills the slots `dst` with `value` and returns them as initialised elements.
+pub(crate) fn write_fill<T: Copy>(dst: &mut [MaybeUninit<T>], value: T) -> &mut [T] {
+    dst.iter_mut().for_each(|d| {
+        d.write(value);
+    });
+    // SAFETY: every slot was just written.
+    unsafe { assume_init_mut(dst) }
+}
+
+/// Initialised slots as elements.
+///
+/// # Safety
+/// Every slot of `s` must have been written.
+pub(crate) unsafe fn assume_init_mut<T>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and the caller vouches for every slot.
+    unsafe { &mut *(s as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 /// The planes of one channel of an output being written: `n` planes of `hw` elements, in image
 /// order.
-pub(crate) type ChannelPlanes<'a, T> = Vec<&'a mut [std::mem::MaybeUninit<T>]>;
+pub(crate) type ChannelPlanes<'a, T> = Vec<&'a mut [MaybeUninit<T>]>;
 
 /// A new `n x c x hw` (NCHW) buffer written channel by channel, without a zero fill: `f(ch,
 /// planes)` gets the `n` planes of channel `ch` and returns that channel's result; channels run

@@ -117,15 +117,17 @@ template <typename T> __device__ void concat_impl(T* out, PartList parts, u64 ou
     }
 }
 
-// The inverse: part[o * width + j] = g[o * total + offset + j].
-template <typename T> __device__ void split_impl(const T* g, PartList parts, u64 outer, u64 total) {
+// The inverse: part[o * width + j] = g[o * total + offset + j] (ADD: += into the part's
+// existing gradient).
+template <typename T, bool ADD> __device__ void split_impl(const T* g, PartList parts, u64 outer, u64 total) {
     unsigned p = blockIdx.y;
     T* dst = (T*)parts.ptr[p];
     u64 w = parts.width[p], off = parts.offset[p];
     if (w == 0) return;
     GRID_STRIDE(i, outer * w) {
         u64 o = i / w, j = i - o * w;
-        dst[i] = g[o * total + off + j];
+        T v = g[o * total + off + j];
+        if (ADD) dst[i] += v; else dst[i] = v;
     }
 }
 
@@ -310,7 +312,9 @@ extern "C" __global__ void add_assign_##S(T* acc, const T* g, u64 n) { add_assig
 extern "C" __global__ void concat_##S(T* out, PartList parts, u64 outer, u64 total) {                   \
     concat_impl<T>(out, parts, outer, total); }                                                         \
 extern "C" __global__ void split_##S(const T* g, PartList parts, u64 outer, u64 total) {                \
-    split_impl<T>(g, parts, outer, total); }                                                            \
+    split_impl<T, false>(g, parts, outer, total); }                                                     \
+extern "C" __global__ void split_add_##S(const T* g, PartList parts, u64 outer, u64 total) {            \
+    split_impl<T, true>(g, parts, outer, total); }                                                      \
 extern "C" __global__ void relu_mask_part_##S(T* out, const T* g, const T* y, u64 outer, u64 width,     \
                                               u64 total, u64 offset) {                                  \
     relu_mask_part_impl<T>(out, g, y, outer, width, total, offset); }                                   \

@@ -34,6 +34,7 @@ kernel_ids! {
     AddAssign = "add_assign",
     Concat = "concat",
     Split = "split",
+    SplitAdd = "split_add",
     ReluMaskPart = "relu_mask_part",
     SumPartial = "sum_partial",
     SumFinal = "sum_final",

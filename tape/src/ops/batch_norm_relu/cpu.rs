@@ -72,24 +72,31 @@ struct InputCoef {
     mean: f64,
 }
 
-/// Per output channel `(sum g', sum g' * (x - mean))`, and each part's input gradient (for the
-/// parts that want one).
+/// Per output channel `(sum g', sum g' * (x - mean))`, and each part's new input gradient (for
+/// the parts that want one and had none to add into).
 type ChannelBackward<T> = (Vec<(f64, f64)>, Vec<Option<Vec<T>>>);
+
+/// One plane of a part's input gradient: written fresh, or added into an existing gradient.
+enum PlaneOut<'a, T> {
+    Fresh(&'a mut [MaybeUninit<T>]),
+    Add(&'a mut [T]),
+}
 
 /// The backward pass, channel by channel: for each output channel, the sums
 /// `(sum g', sum g' * (x - mean))` over its planes (`g' = g` where the output is positive, else 0;
 /// the second sum only when `with_x`) and then, while the channel's planes are still in cache,
 /// the input gradient of that channel for the parts that `want` one, with the coefficients
-/// `coef(channel, sums)`. Reading `g`, the output and `x` once from memory instead of twice is
-/// what makes it faster than sums-then-gradients (the pass is memory-bound). Each channel is one
+/// `coef(channel, sums)`: added in place into the part's existing gradient in `adds` where there
+/// is one (no new buffer, no separate add pass), written into a new buffer otherwise. Reading
+/// `g`, the output `y` and `x` once from memory instead of twice is what makes it faster than sums-then-gradients (the pass is memory-bound). Each channel is one
 /// task, so the sums do not depend on the thread count.
 fn backward_by_channel<T: Elem>(
     parts: &Parts<'_, T>,
-    g: &[T],
-    y: &[T],
+    (g, y): (&[T], &[T]),
     mean: &[f64],
     with_x: bool,
     want: &[bool],
+    adds: &mut [Option<&mut [T]>],
     coef: impl Fn(usize, (f64, f64)) -> InputCoef + Sync,
 ) -> ChannelBackward<T> {
     let (c, hw, n) = (parts.c(), parts.hw, parts.n);
@@ -97,20 +104,31 @@ fn backward_by_channel<T: Elem>(
     let mut bufs: Vec<Option<Vec<T>>> = want
         .iter()
         .zip(&lens)
-        .map(|(&w, &len)| w.then(|| Vec::with_capacity(len)))
+        .zip(adds.iter())
+        .map(|((&w, &len), add)| (w && add.is_none()).then(|| Vec::with_capacity(len)))
         .collect();
     // Each wanted part's planes, by output channel (image order within a channel).
-    let mut planes: Vec<Vec<&mut [MaybeUninit<T>]>> = (0..c).map(|_| Vec::new()).collect();
+    let mut planes: Vec<Vec<PlaneOut<'_, T>>> = (0..c).map(|_| Vec::new()).collect();
     let mut first = 0;
-    for ((buf, &cp), &len) in bufs.iter_mut().zip(&parts.channels).zip(&lens) {
-        if let (Some(buf), true) = (buf.as_mut(), hw > 0) {
-            for (q, plane) in buf.spare_capacity_mut()[..len].chunks_mut(hw).enumerate() {
+    let targets = bufs.iter_mut().zip(adds.iter_mut()).zip(want);
+    for (((buf, add), &w), (&cp, &len)) in targets.zip(parts.channels.iter().zip(&lens)) {
+        if hw > 0 {
+            let outs: Box<dyn Iterator<Item = PlaneOut<'_, T>>> = match (buf, add, w) {
+                (Some(buf), _, _) => Box::new(
+                    buf.spare_capacity_mut()[..len]
+                        .chunks_mut(hw)
+                        .map(PlaneOut::Fresh),
+                ),
+                (None, Some(add), true) => Box::new(add[..len].chunks_mut(hw).map(PlaneOut::Add)),
+                _ => Box::new(std::iter::empty()),
+            };
+            for (q, plane) in outs.enumerate() {
                 planes[first + q % cp].push(plane);
             }
         }
         first += cp;
     }
-    let per = |(ch, outs): (usize, Vec<&mut [MaybeUninit<T>]>)| -> (f64, f64) {
+    let per = |(ch, outs): (usize, Vec<PlaneOut<'_, T>>)| -> (f64, f64) {
         let m = mean[ch];
         let (mut sg, mut sgx) = (0.0, 0.0);
         for i in 0..n {
@@ -130,9 +148,16 @@ fn backward_by_channel<T: Elem>(
             for (i, o) in outs.into_iter().enumerate() {
                 let at = (i * c + ch) * hw;
                 let (gp, yp, xp) = (&g[at..at + hw], &y[at..at + hw], parts.plane(i, ch));
-                for (((o, &g), &y), &x) in o.iter_mut().zip(gp).zip(yp).zip(xp) {
+                let grad = |(&g, &y, &x): (&T, &T, &T)| {
                     let gm = if y > T::zero() { g } else { T::zero() };
-                    o.write(a * gm + kk + b * (x - mean));
+                    a * gm + kk + b * (x - mean)
+                };
+                let inputs = gp.iter().zip(yp).zip(xp).map(|((g, y), x)| (g, y, x));
+                match o {
+                    PlaneOut::Fresh(o) => o.iter_mut().zip(inputs).for_each(|(o, v)| {
+                        o.write(grad(v));
+                    }),
+                    PlaneOut::Add(o) => o.iter_mut().zip(inputs).for_each(|(o, v)| *o += grad(v)),
                 }
             }
         }
@@ -181,7 +206,11 @@ impl BatchNormReluKernels for Cpu {
         )
     }
 
-    fn bn_relu_backward(&self, a: &BnReluBackward<'_>) -> Result<BnReluGrads> {
+    fn bn_relu_backward(
+        &self,
+        a: &BnReluBackward<'_>,
+        mut into: Vec<Option<Tensor>>,
+    ) -> Result<BnReluGrads> {
         let g = a.g;
         let [n, c, h, w] = g.dims4(OP)?;
         let hw = h * w;
@@ -216,8 +245,12 @@ impl BatchNormReluKernels for Cpu {
             let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
             let parts = Parts::new(data, a.channels.to_vec(), n, hw);
             let (gs, ys) = (g.as_slice::<T>()?, a.out.as_slice::<T>()?);
+            let mut adds = into
+                .iter_mut()
+                .map(|t| t.as_mut().map(|t| t.make_mut::<T>()).transpose())
+                .collect::<Result<Vec<_>>>()?;
             let (sums, bufs) =
-                backward_by_channel(&parts, gs, ys, &mean, with_x, a.want_parts, coef);
+                backward_by_channel(&parts, (gs, ys), &mean, with_x, a.want_parts, &mut adds, coef);
             if a.want_weight {
                 let sum_gx: Vec<f64> = sums.iter().zip(&invstd).map(|(s, k)| s.1 * k).collect();
                 gw = Some(Tensor::from_f64(&sum_gx, &[c], g.dtype(), g.device())?);
@@ -226,10 +259,10 @@ impl BatchNormReluKernels for Cpu {
                 let sum_g: Vec<f64> = sums.iter().map(|s| s.0).collect();
                 gb = Some(Tensor::from_f64(&sum_g, &[c], g.dtype(), g.device())?);
             }
-            for (buf, part) in bufs.into_iter().zip(a.parts) {
+            for ((buf, part), added) in bufs.into_iter().zip(a.parts).zip(into) {
                 gparts.push(match buf {
                     Some(v) => Some(Tensor::from_vec(v, part.shape(), g.device())?),
-                    None => None,
+                    None => added,
                 });
             }
         });

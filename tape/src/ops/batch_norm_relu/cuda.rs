@@ -266,10 +266,14 @@ impl BatchNormReluKernels for CudaKernels {
         Ok((out, stats.map(|(mean, invstd)| BnStats { mean, invstd })))
     }
 
-    fn bn_relu_backward(&self, a: &BnReluBackward<'_>) -> Result<BnReluGrads> {
+    fn bn_relu_backward(
+        &self,
+        a: &BnReluBackward<'_>,
+        into: Vec<Option<Tensor>>,
+    ) -> Result<BnReluGrads> {
         let [n, _, h, w] = a.g.dims4(OP)?;
         let l = Layout::new(n, a.channels.to_vec(), h, w);
-        dispatch_float!(a.g.dtype(), T => backward::<T>(a, &l))
+        dispatch_float!(a.g.dtype(), T => backward::<T>(a, &l, into))
     }
 }
 
@@ -590,8 +594,14 @@ where
     launch!(be, K::Concat, T::DTYPE, grid(l.n * width); &out, &list, &outer, &total)
 }
 
-/// The gradients of the parts, weight and bias that want one, from the output gradient.
-fn backward<T: CudaElem>(a: &BnReluBackward<'_>, l: &Layout) -> Result<BnReluGrads> {
+/// The gradients of the parts, weight and bias that want one, from the output gradient; a part's
+/// existing gradient in `into` is added into (by cuDNN itself, `beta = 1`, in training; by an
+/// add after the fact in eval mode).
+fn backward<T: CudaElem>(
+    a: &BnReluBackward<'_>,
+    l: &Layout,
+    mut into: Vec<Option<Tensor>>,
+) -> Result<BnReluGrads> {
     let (g, training, eps) = (a.g, a.training, a.eps);
     let (want_w, want_b) = (a.want_weight, a.want_bias);
     let need_params = want_w || want_b;
@@ -653,9 +663,17 @@ fn backward<T: CudaElem>(a: &BnReluBackward<'_>, l: &Layout) -> Result<BnReluGra
             continue;
         }
         let (ck, off, len) = (l.channels[k], l.offsets[k], l.part_len(k));
-        let mut dx = match need_dx {
-            true => Some(Tensor::cuda_uninit::<T>(a.parts[k].shape(), dev)?),
-            false => None,
+        // cuDNN adds into an existing gradient itself; the eval-mode kernels write a new one
+        // that is added afterwards.
+        let existing = into.get_mut(k).and_then(Option::take);
+        let accumulate = cudnn(k) && existing.is_some();
+        let (mut dx, add_after) = match (need_dx, existing) {
+            (true, Some(t)) if accumulate => (Some(t), None),
+            (true, existing) => (
+                Some(Tensor::cuda_uninit::<T>(a.parts[k].shape(), dev)?),
+                existing,
+            ),
+            (false, _) => (None, None),
         };
         if ck > 0 {
             let dx_ptr = match dx.as_mut() {
@@ -677,6 +695,7 @@ fn backward<T: CudaElem>(a: &BnReluBackward<'_>, l: &Layout) -> Result<BnReluGra
                 let xd = dnn.tensor(OP, T::DTYPE, dims)?;
                 let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
                 let (one, zero) = (T::of(1.0), T::of(0.0));
+                let beta_dx = if accumulate { one } else { zero };
                 let params = [
                     ParamSlice::input(at::<T>(wp, off)),
                     ParamSlice::output(at::<T>(gw_ptr, off)),
@@ -685,8 +704,8 @@ fn backward<T: CudaElem>(a: &BnReluBackward<'_>, l: &Layout) -> Result<BnReluGra
                     ParamSlice::input(i),
                 ];
                 let h = dnn.handle;
-                // SAFETY: x (the saved part), dy (the masked gradient in scratch) and dx (the new
-                // input gradient) are packed NCHW buffers of the part's shape, described by
+                // SAFETY: x (the saved part), dy (the masked gradient in scratch) and dx (the
+                // input gradient: new, or the existing one added into) are packed NCHW buffers of the part's shape, described by
                 // `xd`; `p` holds the weight, the weight and bias gradients and the saved mean
                 // and invstd (from the forward pass, unchanged since), each `ck` elements of the
                 // data type (`off` elements into its `[C]` buffer, or an aligned copy), covering
@@ -697,7 +716,7 @@ fn backward<T: CudaElem>(a: &BnReluBackward<'_>, l: &Layout) -> Result<BnReluGra
                         h,
                         MODE,
                         void(&one),
-                        void(&zero),
+                        void(&beta_dx),
                         void(&one),
                         void(&zero),
                         xd.0,
@@ -737,7 +756,14 @@ fn backward<T: CudaElem>(a: &BnReluBackward<'_>, l: &Layout) -> Result<BnReluGra
                 }
             }
         }
-        gparts.push(dx);
+        gparts.push(match (add_after, dx) {
+            (Some(mut acc), Some(dx)) => {
+                acc.check_compatible(&dx, OP)?;
+                crate::backend::kernels(dev)?.add_assign(&mut acc, &dx)?;
+                Some(acc)
+            }
+            (_, dx) => dx,
+        });
     }
     drop(tmp);
     Ok((gparts, gw.filter(|_| want_w), gb.filter(|_| want_b)))

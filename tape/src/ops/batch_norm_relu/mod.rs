@@ -60,8 +60,14 @@ pub(crate) type BnReluGrads = (Vec<Option<Tensor>>, Option<Tensor>, Option<Tenso
 pub(crate) trait BatchNormReluKernels {
     /// The output `[n, C, h, w]` and, when asked, the statistics backward needs.
     fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
-    /// The wanted gradients from the output gradient.
-    fn bn_relu_backward(&self, a: &BnReluBackward<'_>) -> Result<BnReluGrads>;
+    /// The wanted gradients from the output gradient. `into[k]`, when given, is part `k`'s
+    /// existing gradient: its input gradient is added into it in place, and it comes back as
+    /// that part's gradient.
+    fn bn_relu_backward(
+        &self,
+        a: &BnReluBackward<'_>,
+        into: Vec<Option<Tensor>>,
+    ) -> Result<BnReluGrads>;
 }
 
 /// What backward keeps, on every device.
@@ -144,7 +150,12 @@ pub fn batch_norm_relu(
     Ok(tape.record(OP, &inputs, out, move |g, grads| {
         check_grad(OP, g, saved.out.shape(), Some(&saved.out))?;
         let want_parts: Vec<bool> = part_keys.iter().map(GradKey::requires_grad).collect();
-        let (gparts, gw, gb) = k.bn_relu_backward(&BnReluBackward {
+        // Gradients the parts already have are added into in place.
+        let into = part_keys
+            .iter()
+            .map(|key| grads.take_for_accumulation(key))
+            .collect();
+        let backward = BnReluBackward {
             g,
             parts: &saved.parts,
             channels: &channels,
@@ -156,7 +167,8 @@ pub fn batch_norm_relu(
             want_parts: &want_parts,
             want_weight: kw.requires_grad(),
             want_bias: kb.requires_grad(),
-        })?;
+        };
+        let (gparts, gw, gb) = k.bn_relu_backward(&backward, into)?;
         for (key, gx) in part_keys.iter().zip(gparts) {
             if let Some(gx) = gx {
                 grads.accumulate(key, gx)?;

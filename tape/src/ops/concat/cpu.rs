@@ -1,61 +1,79 @@
 //! CPU kernels of channel concatenation: interleaved row copies, in parallel for large outputs.
 
-use super::super::cpu_map::PAR_MIN;
+use super::super::cpu_map::{write_copy, written_vec, PAR_MIN};
 use super::ConcatKernels;
 use crate::backend::Cpu;
+use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Concatenates `outer` rows: row `o` of the output is row `o` of every part in turn, where the
 /// rows of part `k` have `widths[k]` elements.
-fn concat<T: Copy + Default + Send + Sync>(
-    parts: &[&[T]],
-    widths: &[usize],
-    outer: usize,
-) -> Vec<T> {
+fn concat<T: Copy + Send + Sync>(parts: &[&[T]], widths: &[usize], outer: usize) -> Vec<T> {
     let total: usize = widths.iter().sum();
-    let mut out = vec![T::default(); outer * total];
-    if total == 0 {
-        return out;
-    }
-    let fill = |(o, row): (usize, &mut [T])| {
+    let fill = |(o, row): (usize, &mut [MaybeUninit<T>])| {
         let mut at = 0;
         for (part, &w) in parts.iter().zip(widths) {
-            row[at..at + w].copy_from_slice(&part[o * w..(o + 1) * w]);
+            write_copy(&mut row[at..at + w], &part[o * w..(o + 1) * w]);
             at += w;
         }
     };
-    if out.len() >= PAR_MIN {
-        out.par_chunks_mut(total).enumerate().for_each(fill);
-    } else {
-        out.chunks_mut(total).enumerate().for_each(fill);
-    }
-    out
+    // SAFETY: every row is `total` elements, all written by `fill` (the widths add up to it).
+    unsafe { written_vec(outer * total, |out| rows(out, total, fill)) }
 }
 
 /// Columns `offset..offset + width` of each of the `outer` rows (of `total` elements) of `g`.
-fn slice<T: Copy + Default + Send + Sync>(
+fn slice<T: Copy + Send + Sync>(
     g: &[T],
     outer: usize,
     total: usize,
     offset: usize,
     width: usize,
 ) -> Vec<T> {
-    let mut out = vec![T::default(); outer * width];
-    if width == 0 {
-        return out;
-    }
-    let take = |(o, row): (usize, &mut [T])| {
+    let take = |(o, row): (usize, &mut [MaybeUninit<T>])| {
         let start = o * total + offset;
-        row.copy_from_slice(&g[start..start + width]);
+        write_copy(row, &g[start..start + width]);
     };
-    if out.len() >= PAR_MIN {
-        out.par_chunks_mut(width).enumerate().for_each(take);
-    } else {
-        out.chunks_mut(width).enumerate().for_each(take);
+    // SAFETY: every row of `width` elements is written whole by `take`.
+    unsafe { written_vec(outer * width, |out| rows(out, width, take)) }
+}
+
+/// Adds columns `offset..offset + width` of each of the `outer` rows (of `total` elements) of
+/// `g` into `acc` (`outer` rows of `width`).
+fn add_slice<T: Elem>(g: &[T], outer: usize, total: usize, offset: usize, acc: &mut [T]) {
+    let width = acc.len() / outer.max(1);
+    if width == 0 {
+        return;
     }
-    out
+    let add = |(o, row): (usize, &mut [T])| {
+        let start = o * total + offset;
+        row.iter_mut()
+            .zip(&g[start..start + width])
+            .for_each(|(a, &v)| *a += v);
+    };
+    if acc.len() >= PAR_MIN {
+        acc.par_chunks_mut(width).enumerate().for_each(add);
+    } else {
+        acc.chunks_mut(width).enumerate().for_each(add);
+    }
+}
+
+/// `f(index, row)` over the rows of `width` elements of `out`, in parallel when large.
+fn rows<T: Send>(
+    out: &mut [MaybeUninit<T>],
+    width: usize,
+    f: impl Fn((usize, &mut [MaybeUninit<T>])) + Sync + Send,
+) {
+    if width == 0 {
+        return;
+    }
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(width).enumerate().for_each(f);
+    } else {
+        out.chunks_mut(width).enumerate().for_each(f);
+    }
 }
 
 impl ConcatKernels for Cpu {
@@ -79,15 +97,20 @@ impl ConcatKernels for Cpu {
         widths: &[usize],
         shapes: &[&[usize]],
         wanted: &[bool],
+        into: Vec<Option<Tensor>>,
     ) -> Result<Vec<Option<Tensor>>> {
         let total: usize = widths.iter().sum();
         let mut offset = 0;
         let mut pieces = Vec::with_capacity(widths.len());
-        for ((&width, shape), &want) in widths.iter().zip(shapes).zip(wanted) {
-            pieces.push(if want {
-                Some(dispatch_float!(g.dtype(), T => Tensor::from_vec(slice::<T>(g.as_slice::<T>()?, outer, total, offset, width), shape, g.device()))?)
-            } else {
-                None
+        let inputs = widths.iter().zip(shapes).zip(wanted).zip(into);
+        for (((&width, shape), &want), existing) in inputs {
+            pieces.push(match (want, existing) {
+                (false, _) => None,
+                (true, Some(mut acc)) => {
+                    dispatch_float!(g.dtype(), T => add_slice::<T>(g.as_slice::<T>()?, outer, total, offset, acc.make_mut::<T>()?));
+                    Some(acc)
+                }
+                (true, None) => Some(dispatch_float!(g.dtype(), T => Tensor::from_vec(slice::<T>(g.as_slice::<T>()?, outer, total, offset, width), shape, g.device()))?),
             });
             offset += width;
         }

@@ -24,8 +24,9 @@ impl ConcatKernels for CudaKernels {
         widths: &[usize],
         shapes: &[&[usize]],
         wanted: &[bool],
+        into: Vec<Option<Tensor>>,
     ) -> Result<Vec<Option<Tensor>>> {
-        dispatch_float!(g.dtype(), T => split_t::<T>(g, outer, widths, shapes, wanted))
+        dispatch_float!(g.dtype(), T => split_t::<T>(g, outer, widths, shapes, wanted, into))
     }
 }
 
@@ -75,18 +76,23 @@ fn split_t<T: CudaElem>(
     widths: &[usize],
     shapes: &[&[usize]],
     wanted: &[bool],
+    into: Vec<Option<Tensor>>,
 ) -> Result<Vec<Option<Tensor>>> {
     let dev = g.device();
     let be = &dev.cuda_handle("concat")?.backend;
     let total: usize = widths.iter().sum();
     let mut outs: Vec<Option<Tensor>> = Vec::with_capacity(widths.len());
-    let mut parts = Vec::new();
+    // Pieces written fresh, and pieces added into an input's existing gradient.
+    let (mut fresh, mut added) = (Vec::new(), Vec::new());
     let mut offset = 0usize;
-    for ((&w, shape), &want) in widths.iter().zip(shapes).zip(wanted) {
+    for (((&w, shape), &want), existing) in widths.iter().zip(shapes).zip(wanted).zip(into) {
         if want {
-            let mut t = Tensor::cuda_uninit::<T>(shape, dev)?;
+            let (mut t, list) = match existing {
+                Some(t) => (t, &mut added),
+                None => (Tensor::cuda_uninit::<T>(shape, dev)?, &mut fresh),
+            };
             if outer * w > 0 {
-                parts.push((be.ptr(t.cuda_slice_mut::<T>()?), w, offset));
+                list.push((be.ptr(t.cuda_slice_mut::<T>()?), w, offset));
             }
             outs.push(Some(t));
         } else {
@@ -96,7 +102,11 @@ fn split_t<T: CudaElem>(
     }
     let (outer_u, total_u) = (outer as u64, total as u64);
     let gs = g.cuda_slice::<T>()?;
-    for chunk in parts.chunks(MAX_PARTS) {
+    let chunks = fresh
+        .chunks(MAX_PARTS)
+        .map(|c| (K::Split, c))
+        .chain(added.chunks(MAX_PARTS).map(|c| (K::SplitAdd, c)));
+    for (kernel, chunk) in chunks {
         let mut list = PartList::default();
         let mut widest = 0usize;
         for (i, &(p, w, off)) in chunk.iter().enumerate() {
@@ -107,7 +117,7 @@ fn split_t<T: CudaElem>(
         }
         let mut cfg = grid(outer * widest);
         cfg.grid_dim.1 = chunk.len() as u32;
-        launch!(be, K::Split, T::DTYPE, cfg; gs, &list, &outer_u, &total_u)?;
+        launch!(be, kernel, T::DTYPE, cfg; gs, &list, &outer_u, &total_u)?;
     }
     Ok(outs)
 }

@@ -1,5 +1,6 @@
 //! Concatenation along dim 1 (channels). Backward slices the incoming gradient back into one
-//! piece per input; the closure saves only the inputs' keys (no buffers).
+//! piece per input, added in place into the gradient an input already has; the closure saves
+//! only the inputs' keys (no buffers).
 
 use super::checks::check_grad;
 use crate::backend::kernels;
@@ -26,7 +27,8 @@ pub(crate) trait ConcatKernels {
         shape: &[usize],
     ) -> Result<Tensor>;
     /// The pieces of `g` (the output's gradient) for the inputs marked in `wanted`, shaped
-    /// `shapes[k]`; `None` for the others.
+    /// `shapes[k]`; `None` for the others. `into[k]`, when given, is input `k`'s existing
+    /// gradient: its piece is added into it in place, and it comes back as that input's piece.
     fn concat_split(
         &self,
         g: &Tensor,
@@ -34,6 +36,7 @@ pub(crate) trait ConcatKernels {
         widths: &[usize],
         shapes: &[&[usize]],
         wanted: &[bool],
+        into: Vec<Option<Tensor>>,
     ) -> Result<Vec<Option<Tensor>>>;
 }
 
@@ -81,7 +84,12 @@ pub fn concat(tape: &mut Tape, xs: &[&Tensor]) -> Result<Tensor> {
         check_grad(OP, g, &shape, None)?;
         let shapes: Vec<&[usize]> = keys.iter().map(|k| k.shape()).collect();
         let wanted: Vec<bool> = keys.iter().map(|k| k.requires_grad()).collect();
-        let pieces = k.concat_split(g, outer, &widths, &shapes, &wanted)?;
+        // Gradients the inputs already have are added into in place.
+        let into = keys
+            .iter()
+            .map(|k| grads.take_for_accumulation(k))
+            .collect();
+        let pieces = k.concat_split(g, outer, &widths, &shapes, &wanted, into)?;
         for (key, piece) in keys.iter().zip(pieces) {
             if let Some(gx) = piece {
                 grads.accumulate(key, gx)?;

@@ -19,10 +19,11 @@ use super::{Conv2dGrads, Conv2dKernels, Geometry};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;
-use crate::ops::cpu_gemm::{gemm, gemm_ld, Mat};
-use crate::ops::cpu_map::PAR_MIN;
+use crate::ops::cpu_gemm::{gemm, gemm_ld_uninit, Dst, Mat};
+use crate::ops::cpu_map::{assume_init_mut, write_fill, written_vec, PAR_MIN};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Target size of one column block: well inside a core's L2 cache, next to the GEMM's packing.
 const BLOCK_BYTES: usize = 256 << 10;
@@ -296,14 +297,15 @@ fn group_ranges(n: usize, groups: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// `out = conv(x, w) + bias` for the whole batch; `ws` holds `groups` forward workspaces.
+/// `out = conv(x, w) + bias` for the whole batch, every element of `out` written (no zero fill
+/// needed); `ws` holds `groups` forward workspaces.
 fn forward<T: Elem>(
     g: &Geometry,
     groups: usize,
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
     ws: &mut [T],
 ) {
     let (xs, os, p, k) = (g.cin * g.h * g.w, g.cout * g.p(), g.p(), g.k());
@@ -318,28 +320,31 @@ fn forward<T: Elem>(
         .for_each(|(((first, count), out), col)| {
             for (i, o) in (first..first + count).zip(out.chunks_exact_mut(os.max(1))) {
                 let xi = &x[i * xs..(i + 1) * xs];
-                if let Some(b) = bias {
-                    for (row, &bv) in o.chunks_exact_mut(p.max(1)).zip(b) {
-                        row.fill(bv);
+                let mut o = match bias {
+                    Some(b) => {
+                        for (row, &bv) in o.chunks_exact_mut(p.max(1)).zip(b) {
+                            write_fill(row, bv);
+                        }
+                        // SAFETY: every row (one per output channel) was just filled.
+                        Dst::Add(unsafe { assume_init_mut(o) })
                     }
-                }
-                let acc = bias.is_some();
+                    None => Dst::Write(o),
+                };
                 if g.pointwise() {
-                    gemm(o, Mat::n(w), Mat::n(xi), (g.cout, p, k), acc, single);
+                    o.gemm_at(0, p, Mat::n(w), Mat::n(xi), (g.cout, p, k), single);
                     continue;
                 }
                 for (y0, y1) in cols.blocks(elem) {
                     let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
                     cols.im2col(xi, col, (y0, y1));
-                    let dims = (g.cout, nb, k);
-                    gemm_ld(&mut o[at..], p, Mat::n(w), Mat::n(col), dims, acc, single);
+                    o.gemm_at(at, p, Mat::n(w), Mat::n(col), (g.cout, nb, k), single);
                 }
             }
         });
 }
 
 /// The gradients of a conv whose output gradient is `gout`: grad input into `gx` (needs `w`;
-/// `gx` must hold zeros), grad weight into `gw` (needs `x`), each if `needs` says so. `ws` holds
+/// every element written), grad weight into `gw` (needs `x`), each if `needs` says so. `ws` holds
 /// `groups` backward workspaces and `flip` the flipped kernel (sizes from [`backward_workspace`]).
 #[allow(clippy::too_many_arguments)]
 fn backward<T: Elem>(
@@ -349,7 +354,7 @@ fn backward<T: Elem>(
     gout: &[T],
     x: &[T],
     w: &[T],
-    gx: &mut [T],
+    gx: &mut [MaybeUninit<T>],
     gw: &mut [T],
     ws: &mut [T],
     flip: &mut [T],
@@ -413,16 +418,18 @@ fn backward<T: Elem>(
                             let gxi = &mut gx[idx * xs..(idx + 1) * xs];
                             if g.pointwise() {
                                 let dims = (g.cin, p, g.cout);
-                                gemm(gxi, Mat::t(w), Mat::n(go), dims, false, single);
+                                gemm_ld_uninit(gxi, p, Mat::t(w), Mat::n(go), dims, single);
                             } else if flipped {
                                 for (y0, y1) in gcols.blocks(elem) {
                                     let (at, nb) = (y0 * g.w, (y1 - y0) * g.w);
                                     gcols.im2col(go, col, (y0, y1));
                                     let dims = (g.cin, nb, gcols.rows());
                                     let (a, b) = (Mat::n(flip), Mat::n(&*col));
-                                    gemm_ld(&mut gxi[at..], hw, a, b, dims, false, single);
+                                    gemm_ld_uninit(&mut gxi[at..], hw, a, b, dims, single);
                                 }
                             } else {
+                                // col2im adds into the image: it starts from zeros.
+                                let gxi = write_fill(gxi, T::zero());
                                 for (y0, y1) in xcols.blocks(elem) {
                                     let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
                                     let (a, b) = (Mat::t(w), Mat::n(&go[at..]).ld(p));
@@ -478,18 +485,16 @@ impl Conv2dKernels for Cpu {
         weight: &Tensor,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let mut out = Tensor::zeros(
-            &[geo.n, geo.cout, geo.hout, geo.wout],
-            x.dtype(),
-            x.device(),
-        )?;
+        let shape = [geo.n, geo.cout, geo.hout, geo.wout];
         dispatch_float!(x.dtype(), T => {
             let groups = groups(geo.n);
             let (mut ws, _reserved) = workspace::<T>(x, groups * forward_workspace(geo, std::mem::size_of::<T>()))?;
             let b = bias.map(|b| b.as_slice::<T>()).transpose()?;
-            forward::<T>(geo, groups, x.as_slice::<T>()?, weight.as_slice::<T>()?, b, out.make_mut::<T>()?, &mut ws);
-        });
-        Ok(out)
+            let (xs, w) = (x.as_slice::<T>()?, weight.as_slice::<T>()?);
+            // SAFETY: `forward` writes every output element.
+            let out = unsafe { written_vec(shape.iter().product(), |o| forward::<T>(geo, groups, xs, w, b, o, &mut ws)) };
+            Tensor::from_vec(out, &shape, x.device())
+        })
     }
 
     fn conv2d_backward(
@@ -512,10 +517,6 @@ impl Conv2dKernels for Cpu {
             x: w.is_some(),
             w: x.is_some(),
         };
-        let mut gx = match needs.x {
-            true => Some(Tensor::zeros(&[geo.n, geo.cin, geo.h, geo.w], dtype, dev)?),
-            false => None,
-        };
         let mut gw = match needs.w {
             true => Some(Tensor::zeros(
                 &[geo.cout, geo.cin, geo.kh, geo.kw],
@@ -531,10 +532,14 @@ impl Conv2dKernels for Cpu {
             let (mut flip, _r2) = workspace::<T>(g, flip_len)?;
             let xs = match x { Some(x) => x.as_slice::<T>()?, None => &[] };
             let ws_ = match w { Some(w) => w.as_slice::<T>()?, None => &[] };
-            let gxs = match gx.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
             let gws = match gw.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
-            backward::<T>(geo, groups, needs, g.as_slice::<T>()?, xs, ws_, gxs, gws, &mut ws, &mut flip);
-        });
-        Ok((gx, gw, gb))
+            let gs = g.as_slice::<T>()?;
+            let x_shape = [geo.n, geo.cin, geo.h, geo.w];
+            let len = if needs.x { x_shape.iter().product() } else { 0 };
+            // SAFETY: `backward` writes every element of the input gradient when it computes one.
+            let gx = unsafe { written_vec(len, |gxs| backward::<T>(geo, groups, needs, gs, xs, ws_, gxs, gws, &mut ws, &mut flip)) };
+            let gx = needs.x.then(|| Tensor::from_vec(gx, &x_shape, dev)).transpose()?;
+            Ok((gx, gw, gb))
+        })
     }
 }

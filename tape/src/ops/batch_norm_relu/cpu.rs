@@ -88,8 +88,9 @@ enum PlaneOut<'a, T> {
 /// the input gradient of that channel for the parts that `want` one, with the coefficients
 /// `coef(channel, sums)`: added in place into the part's existing gradient in `adds` where there
 /// is one (no new buffer, no separate add pass), written into a new buffer otherwise. Reading
-/// `g`, the output `y` and `x` once from memory instead of twice is what makes it faster than sums-then-gradients (the pass is memory-bound). Each channel is one
-/// task, so the sums do not depend on the thread count.
+/// `g`, the output `y` and `x` once from memory instead of twice is what makes it faster than
+/// sums-then-gradients (the pass is memory-bound). Each channel is one task, so the sums do not
+/// depend on the thread count.
 fn backward_by_channel<T: Elem>(
     parts: &Parts<'_, T>,
     (g, y): (&[T], &[T]),

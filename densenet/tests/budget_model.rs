@@ -152,3 +152,142 @@ fn layer_mode_and_planned_mixes_match_the_measured_peak() {
         assert!(checked >= 4, "only {checked} plans for {config:?}");
     }
 }
+
+/// Workspace bytes one convolution's kernels reserve on the CPU, forward or backward (whichever
+/// is more), measured with the engine's accounting: the peak during the call less what is held
+/// after it (the workspace is the only thing released in between).
+fn conv_workspace(
+    dev: &Device,
+    n: usize,
+    (cin, cout, k): (usize, usize, usize),
+    geo: [usize; 4],
+) -> u64 {
+    let [h, w, stride, padding] = geo;
+    let x = Tensor::randn(&[n, cin, h, w], DType::F32, dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
+    let wt = Tensor::randn(&[cout, cin, k, k], DType::F32, dev, 2)
+        .unwrap()
+        .with_requires_grad(true);
+    let mut tape = tape::Tape::recording();
+    dev.memory().reset_peak();
+    let opts = tape::ops::Conv2dOptions { stride, padding };
+    let y = tape::ops::conv2d(&mut tape, &x, &wt, None, opts).unwrap();
+    let forward = dev.memory().peak() - dev.memory().current();
+    let seed = Tensor::ones(y.shape(), DType::F32, dev).unwrap();
+    dev.memory().reset_peak();
+    let grads = tape.backward_from(&y, seed.clone()).unwrap();
+    let backward = dev.memory().peak() - dev.memory().current();
+    drop(grads);
+    forward.max(backward) as u64
+}
+
+/// The model's workspace room is exactly the largest workspace any convolution of the network
+/// reserves
+/// (the CPU kernels' column blocks, partial weight gradients and flipped kernels), on the CIFAR
+/// and the ImageNet stem, with one and several thread groups: every convolution re-derived here
+/// from the architecture and measured on its own.
+#[test]
+fn workspace_room_is_the_largest_convolution_workspace() {
+    let imagenet = DenseNetConfig {
+        block_config: vec![2, 3],
+        small_inputs: false,
+        ..single_block(6, 4, 1, 0.0)
+    };
+    let cases = [
+        (single_block(12, 4, 6, 0.0), 32, 1),
+        (single_block(12, 4, 6, 0.0), 32, 4),
+        (
+            DenseNetConfig {
+                block_config: vec![3, 4],
+                ..single_block(8, 2, 1, 0.0)
+            },
+            16,
+            3,
+        ),
+        (imagenet.clone(), 64, 1),
+        (imagenet, 64, 4),
+    ];
+    for (config, image, n) in cases {
+        let dev = Device::cpu();
+        let (k, b) = (config.growth_rate, config.bn_size * config.growth_rate);
+        let (ins, _) = config.block_channels();
+        let mut convs = Vec::new();
+        let mut size = image;
+        if config.small_inputs {
+            convs.push(((3, config.num_init_features, 3), [size, size, 1, 1]));
+        } else {
+            convs.push(((3, config.num_init_features, 7), [size, size, 2, 3]));
+            size = (size - 1) / 2 + 1; // conv0: 7x7, stride 2, padding 3
+            size = (size - 1) / 2 + 1; // max pool: 3x3, stride 2, padding 1
+        }
+        for (i, (&layers, &c0)) in config.block_config.iter().zip(&ins).enumerate() {
+            for l in 0..layers {
+                convs.push(((c0 + l * k, b, 1), [size, size, 1, 0]));
+                convs.push(((b, k, 3), [size, size, 1, 1]));
+            }
+            if let Some(&next) = ins.get(i + 1) {
+                convs.push(((c0 + layers * k, next, 1), [size, size, 1, 0]));
+            }
+            size /= 2;
+        }
+        let measured = convs
+            .iter()
+            .map(|&(c, geo)| conv_workspace(&dev, n, c, geo))
+            .max()
+            .unwrap();
+        let model = DenseNet::new(config.clone(), DType::F32, &dev, 1).unwrap();
+        let room = BudgetModel::new(&model, [n, 3, image, image], 0).workspace;
+        println!(
+            "{:?} image {image} batch {n}: room {room}, measured {measured}",
+            config.block_config
+        );
+        assert_eq!(
+            room, measured,
+            "workspace room against the largest measured workspace"
+        );
+    }
+}
+
+/// The kept bytes of each dense layer are counted at its block's resolution: `k` output
+/// channels in Layer mode, `2b + k` in Bottleneck mode, for the CIFAR stem (blocks at the input
+/// size, halved by each transition) and the ImageNet stem (a stride-2 7x7 conv and a stride-2
+/// max pool first), with odd sizes.
+#[test]
+fn kept_bytes_are_counted_at_each_blocks_resolution() {
+    let imagenet = DenseNetConfig {
+        block_config: vec![2, 3],
+        small_inputs: false,
+        ..single_block(6, 4, 1, 0.0)
+    };
+    let cifar = DenseNetConfig {
+        block_config: vec![2, 2, 1],
+        ..single_block(8, 2, 1, 0.0)
+    };
+    for (config, image, first) in [
+        (cifar, 33, 33),
+        (imagenet.clone(), 128, 32),
+        (imagenet, 75, 19),
+    ] {
+        let (n, elem) = (3u64, 4u64);
+        let costs =
+            densenet::model::layer_costs(&config, [n as usize, 3, image, image], elem as usize);
+        let (k, b) = (
+            config.growth_rate as u64,
+            (config.bn_size * config.growth_rate) as u64,
+        );
+        let mut size = first as u64;
+        for block in &costs {
+            let unit = n * size * size * elem;
+            for layer in block {
+                assert_eq!(layer.stored[2], k * unit, "{config:?} at {size}x{size}");
+                assert_eq!(
+                    layer.stored[1],
+                    (2 * b + k) * unit,
+                    "{config:?} at {size}x{size}"
+                );
+            }
+            size /= 2;
+        }
+    }
+}

@@ -23,15 +23,17 @@
 //! `peak = fixed + max over the stem, layers, transitions and head of (bytes kept by it and
 //! everything before it + its backward bytes)`, `fixed` being what the device holds as forward
 //! starts, the pooled features and logits, and room for the largest convolution's kernel
-//! workspace (on the CPU a column block of 256 KiB or one output row, and a partial weight
-//! gradient, per thread group; on a GPU cuDNN's workspace limit). [`plan_layer_modes`]
+//! workspace, as the engine reports it ([`tape::ops::conv2d_workspace_bytes`]: on the CPU column
+//! blocks, a partial weight gradient per thread group and a flipped kernel; on a GPU cuDNN's
+//! workspace limit). [`plan_layer_modes`]
 //! minimises the recompute FLOPs under that exactly ([`checkpoint::planner::plan_in_order`]).
 
 use super::{DenseNet, LayerMode};
 use crate::config::DenseNetConfig;
 use crate::error::{DenseNetError, Result};
 use checkpoint::planner::{plan_in_order, Choice};
-use tape::Device;
+use tape::ops::{conv2d_workspace_bytes, Conv2dOptions};
+use tape::{DType, Device};
 
 /// Kept bytes, backward-peak bytes and recompute FLOPs of one dense layer under each mode
 /// (indexed Naive, Bottleneck, Layer).
@@ -65,39 +67,36 @@ struct Shape {
     convs: Vec<ConvShape>,
 }
 
-/// Input channels, output channels, kernel size and output height and width of a convolution.
+/// A convolution of the network: input shape, weight shape, stride and padding.
 #[derive(Clone, Copy)]
 struct ConvShape {
-    cin: u64,
-    cout: u64,
-    k: u64,
-    hout: u64,
-    wout: u64,
+    x: [usize; 4],
+    w: [usize; 4],
+    opts: Conv2dOptions,
 }
 
 fn shape_of(config: &DenseNetConfig, input_shape: [usize; 4], elem_bytes: usize) -> Shape {
     let [n, _, h, w] = input_shape;
     let (block_in, c_final) = config.block_channels();
+    let batch = n;
     let (n, e) = (n as u64, elem_bytes as u64);
     let (mut bh, mut bw) = (h, w);
     let mut stem_half = 0;
     let (k, b) = (config.growth_rate, config.bn_size * config.growth_rate);
-    let conv = |cin: usize, cout: usize, k: usize, hout: usize, wout: usize| ConvShape {
-        cin: cin as u64,
-        cout: cout as u64,
-        k: k as u64,
-        hout: hout as u64,
-        wout: wout as u64,
+    let conv = |cin: usize, cout: usize, k: usize, (stride, padding), (h, w)| ConvShape {
+        x: [batch, cin, h, w],
+        w: [cout, cin, k, k],
+        opts: Conv2dOptions { stride, padding },
     };
     let c0 = config.num_init_features;
     let mut convs = Vec::new();
     if config.small_inputs {
-        convs.push(conv(config.in_channels, c0, 3, h, w));
+        convs.push(conv(config.in_channels, c0, 3, (1, 1), (h, w)));
     } else {
         let half = |s: usize| (s + 6 - 7) / 2 + 1;
         let pool = |s: usize| (s + 2 - 3) / 2 + 1;
         stem_half = n * (half(h) * half(w)) as u64 * e;
-        convs.push(conv(config.in_channels, c0, 7, half(h), half(w)));
+        convs.push(conv(config.in_channels, c0, 7, (2, 3), (h, w)));
         bh = pool(half(h));
         bw = pool(half(w));
     }
@@ -105,10 +104,10 @@ fn shape_of(config: &DenseNetConfig, input_shape: [usize; 4], elem_bytes: usize)
     for (i, (&layers, &c_in)) in config.block_config.iter().zip(&block_in).enumerate() {
         blocks.push((n * (bh * bw) as u64 * e, c_in as u64, layers as u64));
         let c_end = c_in + layers * k;
-        convs.push(conv(c_end - k, b, 1, bh, bw));
-        convs.push(conv(b, k, 3, bh, bw));
+        convs.push(conv(c_end - k, b, 1, (1, 0), (bh, bw)));
+        convs.push(conv(b, k, 3, (1, 1), (bh, bw)));
         if let Some(&c_next) = block_in.get(i + 1) {
-            convs.push(conv(c_end, c_next, 1, bh, bw));
+            convs.push(conv(c_end, c_next, 1, (1, 0), (bh, bw)));
         }
         bh /= 2;
         bw /= 2;
@@ -125,43 +124,16 @@ fn shape_of(config: &DenseNetConfig, input_shape: [usize; 4], elem_bytes: usize)
     }
 }
 
-/// The CPU convolution kernels' column block: they process as many output rows at a time as fit
-/// in this many bytes (at least one row).
-const CPU_COLUMN_BLOCK: u64 = 256 << 10;
-
-/// Bytes a convolution may hold as kernel workspace while it runs, beyond its tensors, for the
-/// largest convolution of the network. On a GPU: cuDNN's workspace limit. On the CPU, as the
-/// kernels size it: per thread group (one per worker thread, at most one per image) a column
-/// block (`CPU_COLUMN_BLOCK`, at least one output row's columns, at most the whole image's)
-/// and a partial weight gradient, plus one flipped kernel.
-fn workspace_bytes(device: &Device, s: &Shape) -> u64 {
-    #[cfg(feature = "cuda")]
-    if let Some(options) = device.cuda_options() {
-        return options.workspace_limit_bytes as u64;
-    }
-    #[cfg(not(feature = "cuda"))]
-    let _ = device;
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&t| t > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get() as u64));
-    let groups = threads.clamp(1, s.n.max(1));
-    let (mut per_group, mut flipped) = (0, 0);
-    for c in &s.convs {
-        let weights = c.cin * c.cout * c.k * c.k * s.elem;
-        let columns = if c.k == 1 {
-            0
-        } else {
-            let row = c.cin * c.k * c.k * c.wout * s.elem;
-            row.max(CPU_COLUMN_BLOCK).min(row * c.hout)
-        };
-        per_group = per_group.max(columns + weights);
-        if c.k > 1 {
-            flipped = flipped.max(weights);
-        }
-    }
-    groups * per_group + flipped
+/// Bytes a convolution may hold as kernel workspace while it runs, beyond its tensors: the most
+/// any convolution of the network reserves ([`tape::ops::conv2d_workspace_bytes`]: on the CPU
+/// column blocks, partial weight gradients and a flipped kernel, per thread group; on a GPU
+/// cuDNN's workspace limit).
+fn workspace_bytes(device: &Device, s: &Shape, dtype: DType) -> u64 {
+    s.convs
+        .iter()
+        .filter_map(|c| conv2d_workspace_bytes(device, c.x, c.w, c.opts, dtype).ok())
+        .max()
+        .unwrap_or(0) as u64
 }
 
 /// Bytes of one dense layer's parameters with `c` input channels.
@@ -326,7 +298,7 @@ impl BudgetModel {
         let config = model.config();
         let elem = model.dtype().size_in_bytes();
         let s = shape_of(config, input_shape, elem);
-        let workspace = workspace_bytes(model.device(), &s);
+        let workspace = workspace_bytes(model.device(), &s, model.dtype());
         BudgetModel {
             layers: layer_costs(config, input_shape, elem),
             fixed: fixed_bytes(config, &s, held) + workspace,

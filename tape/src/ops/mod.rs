@@ -22,7 +22,7 @@ mod relu;
 mod reshape;
 
 // conv2d, linear, pooling:
-pub use conv2d::{conv2d, Conv2dOptions};
+pub use conv2d::{conv2d, conv2d_workspace_bytes, Conv2dOptions};
 pub use linear::linear;
 pub use pool::{avg_pool2d, global_avg_pool, max_pool2d};
 

@@ -17,6 +17,7 @@
 
 use super::{Conv2dGrads, Conv2dKernels, Geometry};
 use crate::backend::Cpu;
+use crate::device::Device;
 use crate::dtype::Elem;
 use crate::error::Result;
 use crate::ops::cpu_gemm::{gemm, gemm_ld_uninit, Dst, Mat};
@@ -478,6 +479,14 @@ fn workspace<T: Elem>(x: &Tensor, len: usize) -> Result<(Vec<T>, crate::Reservat
 }
 
 impl Conv2dKernels for Cpu {
+    fn conv2d_workspace(&self, geo: &Geometry, elem: usize, _device: &Device) -> usize {
+        let forward = groups(geo.n) * forward_workspace(geo, elem);
+        let needs = Needs { x: true, w: true };
+        let (per, flip) = backward_workspace(geo, needs, elem);
+        let backward = groups(chunk_ranges(geo).len()) * per + flip;
+        forward.max(backward) * elem
+    }
+
     fn conv2d_forward(
         &self,
         geo: &Geometry,

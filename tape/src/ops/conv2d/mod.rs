@@ -8,6 +8,8 @@ mod cuda;
 
 use super::checks::{accumulate_weighted, check_grad, WeightedOp};
 use crate::backend::kernels;
+use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -38,6 +40,9 @@ pub(crate) trait Conv2dKernels {
         w: Option<&Tensor>,
         want_bias: bool,
     ) -> Result<Conv2dGrads>;
+    /// The most workspace bytes a forward or a backward (both gradients wanted) over `geo`
+    /// with elements of `elem` bytes reserves on `device`, beyond its tensors.
+    fn conv2d_workspace(&self, geo: &Geometry, elem: usize, device: &Device) -> usize;
 }
 
 /// Stride and zero padding of a [`conv2d`], the same along height and width.
@@ -83,10 +88,19 @@ impl Geometry {
         opts: Conv2dOptions,
     ) -> Result<Self> {
         x.check_compatible(weight, OP)?;
-        let [n, cin, h, w] = x.dims4(OP)?;
-        let [cout, wcin, kh, kw] = match weight.shape() {
-            &[a, b, c, d] => [a, b, c, d],
-            s => {
+        let geo = Self::of_shapes(x.dims4(OP)?, weight.shape(), opts)?;
+        if let Some(b) = bias {
+            super::checks::check_vector(OP, "bias", x, b, geo.cout)?;
+        }
+        Ok(geo)
+    }
+
+    /// The geometry of an input of `x_shape` and a weight of `w_shape`, checked.
+    fn of_shapes(x_shape: [usize; 4], w_shape: &[usize], opts: Conv2dOptions) -> Result<Self> {
+        let [n, cin, h, w] = x_shape;
+        let [cout, wcin, kh, kw] = match *w_shape {
+            [a, b, c, d] => [a, b, c, d],
+            ref s => {
                 return Err(Error::shape(
                     OP,
                     format!("weight must be [cout, cin, kh, kw], got {s:?}"),
@@ -103,14 +117,9 @@ impl Geometry {
             return Err(Error::shape(
                 OP,
                 format!(
-                    "weight {:?} expects {wcin} input channels, x {:?} has {cin}",
-                    weight.shape(),
-                    x.shape()
+                    "weight {w_shape:?} expects {wcin} input channels, x {x_shape:?} has {cin}"
                 ),
             ));
-        }
-        if let Some(b) = bias {
-            super::checks::check_vector(OP, "bias", x, b, cout)?;
         }
         let out_len = |len: usize, k: usize| -> Result<usize> {
             let padded = opts
@@ -159,6 +168,21 @@ impl Geometry {
     pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
+}
+
+/// The most workspace bytes (im2col columns, partial weight gradients, a flipped kernel on the
+/// CPU; cuDNN's workspace on a GPU, at most its limit) a [`conv2d`] of an input of `x_shape`
+/// with a weight of `w_shape` reserves on `device`, forward or backward, beyond its tensors:
+/// what a memory planner must leave room for. Exact on the CPU for the current thread count.
+pub fn conv2d_workspace_bytes(
+    device: &Device,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    opts: Conv2dOptions,
+    dtype: DType,
+) -> Result<usize> {
+    let geo = Geometry::of_shapes(x_shape, &w_shape, opts)?;
+    Ok(kernels(device)?.conv2d_workspace(&geo, dtype.size_in_bytes(), device))
 }
 
 /// 2-D convolution of `x` (`[n, cin, h, w]`) with `weight` (`[cout, cin, kh, kw]`) plus an

@@ -134,18 +134,26 @@ impl Cols {
             .map(move |y0| (y0, (y0 + step).min(end)))
     }
 
+    /// The valid output ranges of every kernel row and column offset ([`Axis::valid`]), computed
+    /// once per call rather than once per channel.
+    fn valid_ranges(&self) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+        (
+            (0..self.kh).map(|i| self.y.valid(i)).collect(),
+            (0..self.kw).map(|j| self.x.valid(j)).collect(),
+        )
+    }
+
     /// Fills `col` (`rows() x (y1-y0)*wout`) with the columns of output rows `[y0, y1)` of one
     /// image `src` (`c x input_y x input_x`).
     fn im2col<T: Elem>(&self, src: &[T], col: &mut [T], (y0, y1): (usize, usize)) {
         let (wi, wo, plane) = (self.x.input, self.x.output, self.y.input * self.x.input);
         let mut rows = col.chunks_exact_mut(((y1 - y0) * wo).max(1));
+        let (ys, xs) = self.valid_ranges();
         for ci in 0..self.c {
             let img = &src[ci * plane..(ci + 1) * plane];
-            for i in 0..self.kh {
-                let (ylo, yhi) = self.y.valid(i);
-                for j in 0..self.kw {
+            for (i, &(ylo, yhi)) in ys.iter().enumerate() {
+                for (j, &(xlo, xhi)) in xs.iter().enumerate() {
                     let Some(row) = rows.next() else { return };
-                    let (xlo, xhi) = self.x.valid(j);
                     for (oy, out) in (y0..y1).zip(row.chunks_exact_mut(wo.max(1))) {
                         if oy < ylo || oy >= yhi || xlo >= xhi {
                             out.fill(T::zero());
@@ -172,13 +180,12 @@ impl Cols {
     fn col2im<T: Elem>(&self, col: &[T], dst: &mut [T], (y0, y1): (usize, usize)) {
         let (wi, wo, plane) = (self.x.input, self.x.output, self.y.input * self.x.input);
         let mut rows = col.chunks_exact(((y1 - y0) * wo).max(1));
+        let (ys, xs) = self.valid_ranges();
         for ci in 0..self.c {
             let img = &mut dst[ci * plane..(ci + 1) * plane];
-            for i in 0..self.kh {
-                let (ylo, yhi) = self.y.valid(i);
-                for j in 0..self.kw {
+            for (i, &(ylo, yhi)) in ys.iter().enumerate() {
+                for (j, &(xlo, xhi)) in xs.iter().enumerate() {
                     let Some(row) = rows.next() else { return };
-                    let (xlo, xhi) = self.x.valid(j);
                     if xlo >= xhi {
                         continue;
                     }

@@ -72,6 +72,30 @@ fn masked_sums_body<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64, f64)
     (sg.iter().sum::<f64>() + tg, sgx.iter().sum::<f64>() + tgx)
 }
 
+#[inline(always)]
+fn grad_sums_body<T: Elem>(g: &[T], x: &[T], mean: f64) -> (f64, f64) {
+    let (mut sg, mut sgx) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (cg, cx) = (g.chunks_exact(LANES), x.chunks_exact(LANES));
+    let tail_g: f64 = cg.remainder().iter().map(|&v| v.f64()).sum();
+    let tail_gx: f64 = cg
+        .remainder()
+        .iter()
+        .zip(cx.remainder())
+        .map(|(&a, &b)| a.f64() * (b.f64() - mean))
+        .sum();
+    for (g8, x8) in cg.zip(cx) {
+        for (l, (&gv, &xv)) in g8.iter().zip(x8).enumerate() {
+            let gv = gv.f64();
+            sg[l] += gv;
+            sgx[l] += gv * (xv.f64() - mean);
+        }
+    }
+    (
+        sg.iter().sum::<f64>() + tail_g,
+        sgx.iter().sum::<f64>() + tail_gx,
+    )
+}
+
 /// Whether this CPU runs the AVX2 builds of the reductions (checked once).
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
@@ -107,6 +131,11 @@ dispatch_avx2!(
 dispatch_avx2!(
     /// `sum f(a, b)` over paired elements.
     lane_sum2, lane_sum2_avx2, lane_sum2_body, (xs: &[T], ys: &[T]) -> f64, f: impl Fn(f64, f64) -> f64
+);
+dispatch_avx2!(
+    /// `(sum g, sum g * (x - mean))` in one pass, each sum exactly as [`lane_sum`] and
+    /// [`lane_sum2`] take it (same lanes, same order: the same bits).
+    grad_sums, grad_sums_avx2, grad_sums_body, (g: &[T], x: &[T], mean: f64) -> (f64, f64),
 );
 /// [`masked_sums_body`] for `f32` in AVX2 registers: 8 lanes of `f32` compared and masked at
 /// once, widened to two 4-lane `f64` halves that accumulate exactly as the portable code's lanes
@@ -210,6 +239,13 @@ mod tests {
             lane_sum2_body(&g, &x, prod).to_bits()
         );
         for len in [0, 7, 8, 9, 64, 1003] {
+            let (gs, xs) = (&g[..len], &x[..len]);
+            let (a, b) = grad_sums(gs, xs, 0.3);
+            let want = (lane_sum(gs, |v| v), lane_sum2(gs, xs, |g, x| g * (x - 0.3)));
+            assert_eq!(
+                (a.to_bits(), b.to_bits()),
+                (want.0.to_bits(), want.1.to_bits())
+            );
             let (a, b) = masked_sums(&g[..len], &y[..len], &x[..len], 0.3);
             let (c, d) = masked_sums_body(&g[..len], &y[..len], &x[..len], 0.3);
             assert_eq!(

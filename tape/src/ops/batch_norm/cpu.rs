@@ -1,7 +1,7 @@
 //! CPU kernels of batch normalisation over NCHW tensors. Per-channel sums are accumulated in `f64`
 //! (statistics in two passes), so `f32` inputs get accurate means and variances.
 
-use super::super::cpu_lanes::{lane_sum, lane_sum2};
+use super::super::cpu_lanes::{grad_sums, lane_sum};
 use super::super::cpu_map::by_channel;
 use super::super::cpu_map::PAR_MIN;
 use super::{
@@ -171,18 +171,19 @@ fn channel_grad_sums<T: Elem>(
     mean: f64,
     invstd: f64,
 ) -> (f64, f64) {
-    let sum_g: f64 = l.planes(g, ch).map(|p| lane_sum(p, |v| v)).sum();
-    let sum_gx = match xs {
+    match xs {
         Some(xs) => {
-            l.planes(g, ch)
+            // Both sums in one pass over the planes (the same bits as two).
+            let sums: Vec<(f64, f64)> = l
+                .planes(g, ch)
                 .zip(l.planes(xs, ch))
-                .map(|(gp, xp)| lane_sum2(gp, xp, |g, x| g * (x - mean)))
-                .sum::<f64>()
-                * invstd
+                .map(|(gp, xp)| grad_sums(gp, xp, mean))
+                .collect();
+            let sum_g: f64 = sums.iter().map(|s| s.0).sum();
+            (sum_g, sums.iter().map(|s| s.1).sum::<f64>() * invstd)
         }
-        None => 0.0,
-    };
-    (sum_g, sum_gx)
+        None => (l.planes(g, ch).map(|p| lane_sum(p, |v| v)).sum(), 0.0),
+    }
 }
 
 /// Per-channel coefficients of the training-mode input gradient.

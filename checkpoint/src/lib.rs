@@ -16,5 +16,7 @@ pub mod planner;
 mod segment;
 mod sequential;
 
-pub use segment::{checkpoint, checkpoint_with, CheckpointOptions, Fault};
+pub use segment::{
+    checkpoint, checkpoint_with, CheckpointOptions, Fault, KnownOutput, OutputSource,
+};
 pub use sequential::{checkpoint_sequential, run_plan, run_with_policy, Layer, OpKind, Policy};

@@ -9,8 +9,43 @@
 //! and the gradients of its inputs and of every parameter it used are added into the outer
 //! gradients. The inner tape and everything it saved die right after.
 
+use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use tape::{Error, Phase, Result, Tape, Tensor};
+
+/// How a segment's recompute gets the first pass's output, which its last op then takes instead
+/// of computing it again (where the op can).
+#[derive(Clone, Debug, Default)]
+pub enum KnownOutput {
+    /// The segment keeps the output (free when the output lives on anyway, as the next
+    /// segment's input).
+    #[default]
+    Keep,
+    /// The output is read back when the recompute needs it, from where the caller copied it
+    /// (a [`tape::ops::BlockStorage`]), so the segment keeps no second copy.
+    ReadBack(OutputSource),
+    /// The last op is recomputed too (when it is cheap, an average pool, and keeping its output
+    /// is not free).
+    Recompute,
+}
+
+/// A function that gives back a segment's output (see [`KnownOutput::ReadBack`]).
+#[derive(Clone)]
+pub struct OutputSource(Arc<dyn Fn() -> Result<Tensor> + Send + Sync>);
+
+impl OutputSource {
+    /// The output as `read` gives it back at recompute time.
+    pub fn new(read: impl Fn() -> Result<Tensor> + Send + Sync + 'static) -> Self {
+        OutputSource(Arc::new(read))
+    }
+}
+
+impl fmt::Debug for OutputSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OutputSource(..)")
+    }
+}
 
 /// Options of [`checkpoint_with`].
 #[derive(Clone, Debug, Default)]
@@ -19,6 +54,8 @@ pub struct CheckpointOptions {
     pub name: Option<String>,
     /// Debug check: fail if the recomputed output differs (bitwise) from the first pass.
     pub verify_determinism: bool,
+    /// How the recompute gets the first pass's output.
+    pub known_output: KnownOutput,
     /// A deliberate fault, for negative-control tests only.
     #[doc(hidden)]
     pub fault: Fault,
@@ -76,7 +113,11 @@ where
     // backward, and the first pass has it (kept alive anyway as the next segment's input). Not
     // under the determinism check, which compares a recomputed output.
     let known = match (first.ops_started().checked_sub(1), first_pass) {
-        (Some(last), None) => Some((last, out.clone())),
+        (Some(last), None) => match options.known_output.clone() {
+            KnownOutput::Keep => Some((last, Known::Kept(out.clone()))),
+            KnownOutput::ReadBack(source) => Some((last, Known::Later(source))),
+            KnownOutput::Recompute => None,
+        },
         _ => None,
     };
 
@@ -91,7 +132,11 @@ where
             }
             let mut inner = Tape::with_context(true, ctx);
             if let Some((last, known)) = known {
-                inner.set_known_output(last, known);
+                let output = match known {
+                    Known::Kept(t) => t,
+                    Known::Later(source) => (source.0)()?,
+                };
+                inner.set_known_output(last, output);
             }
             let out = segment(&mut inner, &saved)?;
             if let Some(expected) = first_pass {
@@ -120,6 +165,12 @@ where
             grads.merge(inner_grads)
         }),
     )
+}
+
+/// The first pass's output, for the recompute: kept, or read back from where it was copied.
+enum Known {
+    Kept(Tensor),
+    Later(OutputSource),
 }
 
 /// A hash of the shape and the exact bits of every element.

@@ -22,6 +22,7 @@ fn mode(recompute: bool, fault: Fault) -> RunMode {
             name: None,
             verify_determinism: recompute,
             fault,
+            ..CheckpointOptions::default()
         },
     }
 }
@@ -82,6 +83,7 @@ fn detections(fault: Fault, op: Exercise, cases: u64) -> usize {
                 name: None,
                 verify_determinism: false,
                 fault,
+                ..CheckpointOptions::default()
             },
         };
         match step(&p, DType::F64, &faulty, seed) {

@@ -36,10 +36,18 @@ pub struct Context {
 }
 
 type BackwardFn<'a> = Box<dyn FnOnce(&Tensor, &mut Gradients) -> Result<()> + 'a>;
+type EffectFn<'a> = Box<dyn FnOnce(&mut Gradients) -> Result<()> + 'a>;
 
-struct Node<'a> {
-    output: TensorId,
-    backward: BackwardFn<'a>,
+/// One recorded step of backward.
+enum Node<'a> {
+    /// An op's backward: runs with its output's gradient, if that output got one.
+    Op {
+        output: TensorId,
+        backward: BackwardFn<'a>,
+    },
+    /// A backward step that produces no tensor a gradient could reach (a write into shared
+    /// storage): always runs, in its place in reverse order.
+    Effect(EffectFn<'a>),
 }
 
 /// Records ops for backward (or, as a no-grad tape, records nothing). Closures may borrow for `'a`
@@ -173,13 +181,30 @@ impl<'a> Tape<'a> {
             return output;
         }
         let output = output.with_requires_grad(true);
-        self.nodes.push(Node {
+        self.nodes.push(Node::Op {
             output: output.id(),
             backward: Box::new(move |g: &Tensor, grads: &mut Gradients| {
                 profile::timed(op, Pass::Backward, || backward(g, grads))
             }),
         });
         output
+    }
+
+    /// Records a backward step that runs unconditionally when backward reaches it (in reverse
+    /// order of recording, like every op), for an op whose result no tensor id carries: a write
+    /// into [`crate::ops::BlockStorage`], say, whose gradient lives in the storage. Nothing is
+    /// recorded on a tape that does not record. `op` names the step in profiles.
+    pub fn record_effect(
+        &mut self,
+        op: &'static str,
+        backward: impl FnOnce(&mut Gradients) -> Result<()> + 'a,
+    ) {
+        if self.recording {
+            self.nodes
+                .push(Node::Effect(Box::new(move |grads: &mut Gradients| {
+                    profile::timed(op, Pass::Backward, || backward(grads))
+                })));
+        }
     }
 
     /// Starts one forward call of `op`: counts it, and times it (in this tape's phase) for the
@@ -260,8 +285,13 @@ impl<'a> Tape<'a> {
         let mut grads = Gradients::new();
         grads.accumulate_id(output.id(), seed)?;
         while let Some(node) = self.nodes.pop() {
-            if let Some(g) = grads.take(node.output) {
-                (node.backward)(&g, &mut grads)?;
+            match node {
+                Node::Op { output, backward } => {
+                    if let Some(g) = grads.take(output) {
+                        backward(&g, &mut grads)?;
+                    }
+                }
+                Node::Effect(effect) => effect(&mut grads)?,
             }
         }
         Ok(grads)

@@ -14,8 +14,9 @@
 use crate::device::{Device, DeviceKind};
 use crate::error::Result;
 use crate::ops::{
-    BatchNormKernels, BatchNormReluKernels, ConcatKernels, Conv2dKernels, CrossEntropyKernels,
-    DropoutKernels, ElementwiseKernels, LinearKernels, PoolKernels, ReduceKernels, ReluKernels,
+    BatchNormKernels, BatchNormReluKernels, BlockStorageKernels, ConcatKernels, Conv2dKernels,
+    CrossEntropyKernels, DropoutKernels, ElementwiseKernels, LinearKernels, PoolKernels,
+    ReduceKernels, ReluKernels,
 };
 use crate::optim::OptimKernels;
 
@@ -38,6 +39,7 @@ pub(crate) trait Kernels:
     + Conv2dKernels
     + BatchNormKernels
     + BatchNormReluKernels
+    + BlockStorageKernels
     + OptimKernels
     + Sync
 {
@@ -55,6 +57,7 @@ impl<K> Kernels for K where
         + Conv2dKernels
         + BatchNormKernels
         + BatchNormReluKernels
+        + BlockStorageKernels
         + OptimKernels
         + Sync
 {

@@ -6,6 +6,7 @@
 
 mod batch_norm;
 mod batch_norm_relu;
+mod block_storage;
 mod checks;
 mod concat;
 mod conv2d;
@@ -28,7 +29,8 @@ pub use pool::{avg_pool2d, global_avg_pool, max_pool2d};
 
 // batch norm, dropout, concat, cross-entropy:
 pub use batch_norm::{batch_norm2d, BatchNormOptions, RunningStats};
-pub use batch_norm_relu::batch_norm_relu;
+pub use batch_norm_relu::{batch_norm_relu, batch_norm_relu_prefix};
+pub use block_storage::BlockStorage;
 pub use concat::concat;
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
@@ -41,6 +43,7 @@ pub use reshape::reshape;
 // The kernel traits the backends implement.
 pub(crate) use batch_norm::BatchNormKernels;
 pub(crate) use batch_norm_relu::BatchNormReluKernels;
+pub(crate) use block_storage::BlockStorageKernels;
 pub(crate) use concat::ConcatKernels;
 pub(crate) use conv2d::Conv2dKernels;
 pub(crate) use cross_entropy::CrossEntropyKernels;

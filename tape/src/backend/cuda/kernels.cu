@@ -105,15 +105,16 @@ template <typename T> __device__ void add_assign_impl(T* acc, const T* g, u64 n)
     GRID_STRIDE(i, n) acc[i] += g[i];
 }
 
-// blockIdx.y picks the part: out[o * total + offset + j] = part[o * width + j].
-template <typename T> __device__ void concat_impl(T* out, PartList parts, u64 outer, u64 total) {
+// blockIdx.y picks the part: out[o * total + offset + j] = part[o * width + j] (ADD: +=, the
+// gradient of a block storage's channels).
+template <typename T, bool ADD> __device__ void concat_impl(T* out, PartList parts, u64 outer, u64 total) {
     unsigned p = blockIdx.y;
     const T* src = (const T*)parts.ptr[p];
     u64 w = parts.width[p], off = parts.offset[p];
     if (w == 0) return;
     GRID_STRIDE(i, outer * w) {
         u64 o = i / w, j = i - o * w;
-        out[o * total + off + j] = src[i];
+        if (ADD) out[o * total + off + j] += src[i]; else out[o * total + off + j] = src[i];
     }
 }
 
@@ -310,7 +311,9 @@ extern "C" __global__ void mul_##S(T* out, const T* a, const T* b, u64 n) { mul_
 extern "C" __global__ void scale_##S(T* out, const T* x, T s, u64 n) { scale_impl<T>(out, x, s, n); }   \
 extern "C" __global__ void add_assign_##S(T* acc, const T* g, u64 n) { add_assign_impl<T>(acc, g, n); } \
 extern "C" __global__ void concat_##S(T* out, PartList parts, u64 outer, u64 total) {                   \
-    concat_impl<T>(out, parts, outer, total); }                                                         \
+    concat_impl<T, false>(out, parts, outer, total); }                                                  \
+extern "C" __global__ void concat_add_##S(T* out, PartList parts, u64 outer, u64 total) {               \
+    concat_impl<T, true>(out, parts, outer, total); }                                                   \
 extern "C" __global__ void split_##S(const T* g, PartList parts, u64 outer, u64 total) {                \
     split_impl<T, false>(g, parts, outer, total); }                                                     \
 extern "C" __global__ void split_add_##S(const T* g, PartList parts, u64 outer, u64 total) {            \

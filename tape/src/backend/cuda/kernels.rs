@@ -33,6 +33,7 @@ kernel_ids! {
     Scale = "scale",
     AddAssign = "add_assign",
     Concat = "concat",
+    ConcatAdd = "concat_add",
     Split = "split",
     SplitAdd = "split_add",
     ReluMaskPart = "relu_mask_part",

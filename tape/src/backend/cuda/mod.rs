@@ -18,7 +18,7 @@ mod error;
 mod kernels;
 mod tensor;
 
-pub(crate) use dnn::{ConvKey, Dnn};
+pub(crate) use dnn::{ConvKey, Dnn, TensorDesc};
 pub(crate) use elem::{CudaData, CudaElem};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
 pub(crate) use kernels::{grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};

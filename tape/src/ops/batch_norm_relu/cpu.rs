@@ -13,11 +13,13 @@ use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// The parts as the kernels see them: each part's data and channel count; planes are `hw` long
-/// and there are `n` images.
+/// The parts as the kernels see them: each part's data, channel count and width (channels per
+/// image in its buffer: more than its channel count for a channel prefix of a wider buffer);
+/// planes are `hw` long and there are `n` images.
 struct Parts<'a, T> {
     data: Vec<&'a [T]>,
     channels: Vec<usize>,
+    widths: Vec<usize>,
     n: usize,
     hw: usize,
     /// For each output channel: (part, channel within the part).
@@ -25,7 +27,12 @@ struct Parts<'a, T> {
 }
 
 impl<'a, T: Elem> Parts<'a, T> {
-    fn new(data: Vec<&'a [T]>, channels: Vec<usize>, n: usize, hw: usize) -> Self {
+    fn new(
+        data: Vec<&'a [T]>,
+        (channels, widths): (Vec<usize>, Vec<usize>),
+        n: usize,
+        hw: usize,
+    ) -> Self {
         let owner = channels
             .iter()
             .enumerate()
@@ -34,6 +41,7 @@ impl<'a, T: Elem> Parts<'a, T> {
         Parts {
             data,
             channels,
+            widths,
             n,
             hw,
             owner,
@@ -48,7 +56,7 @@ impl<'a, T: Elem> Parts<'a, T> {
     /// The input plane of output channel `ch` in image `i`.
     fn plane(&self, i: usize, ch: usize) -> &'a [T] {
         let (p, lc) = self.owner[ch];
-        let start = (i * self.channels[p] + lc) * self.hw;
+        let start = (i * self.widths[p] + lc) * self.hw;
         &self.data[p][start..start + self.hw]
     }
 
@@ -112,19 +120,28 @@ fn backward_by_channel<T: Elem>(
     let mut planes: Vec<Vec<PlaneOut<'_, T>>> = (0..c).map(|_| Vec::new()).collect();
     let mut first = 0;
     let targets = bufs.iter_mut().zip(adds.iter_mut()).zip(want);
-    for (((buf, add), &w), (&cp, &len)) in targets.zip(parts.channels.iter().zip(&lens)) {
+    let shapes = parts.channels.iter().zip(&parts.widths).zip(&lens);
+    for (((buf, add), &w), ((&cp, &width), &len)) in targets.zip(shapes) {
         if hw > 0 {
-            let outs: Box<dyn Iterator<Item = PlaneOut<'_, T>>> = match (buf, add, w) {
-                (Some(buf), _, _) => Box::new(
-                    buf.spare_capacity_mut()[..len]
-                        .chunks_mut(hw)
-                        .map(PlaneOut::Fresh),
-                ),
-                (None, Some(add), true) => Box::new(add[..len].chunks_mut(hw).map(PlaneOut::Add)),
-                _ => Box::new(std::iter::empty()),
-            };
+            // A new gradient is packed (`cp` planes per image); an existing one has the part's
+            // layout (`width` planes per image, the first `cp` of them the part's channels).
+            let (outs, per_image): (Box<dyn Iterator<Item = PlaneOut<'_, T>>>, usize) =
+                match (buf, add, w) {
+                    (Some(buf), _, _) => {
+                        let fresh = buf.spare_capacity_mut()[..len].chunks_mut(hw);
+                        (Box::new(fresh.map(PlaneOut::Fresh)), cp)
+                    }
+                    (None, Some(add), true) => {
+                        let planes = add.chunks_mut(hw).take(n * width);
+                        (Box::new(planes.map(PlaneOut::Add)), width)
+                    }
+                    _ => (Box::new(std::iter::empty()), cp.max(1)),
+                };
             for (q, plane) in outs.enumerate() {
-                planes[first + q % cp].push(plane);
+                let ch = q % per_image;
+                if ch < cp {
+                    planes[first + ch].push(plane);
+                }
             }
         }
         first += cp;
@@ -197,7 +214,7 @@ impl BatchNormReluKernels for Cpu {
             |how| {
                 Ok(dispatch_float!(x0.dtype(), T => {
                     let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-                    let parts = Parts::new(data, a.channels.to_vec(), n, hw);
+                    let parts = Parts::new(data, (a.channels.to_vec(), a.widths.to_vec()), n, hw);
                     let dims = (n, parts.c(), hw);
                 let planes = |ch| parts.planes(ch);
                 let (v, stats) = normalize_by_channel(dims, parts.parallel(), planes, &how, true);
@@ -244,7 +261,7 @@ impl BatchNormReluKernels for Cpu {
         let (mut gparts, mut gw, mut gb) = (Vec::new(), None, None);
         dispatch_float!(g.dtype(), T => {
             let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-            let parts = Parts::new(data, a.channels.to_vec(), n, hw);
+            let parts = Parts::new(data, (a.channels.to_vec(), a.widths.to_vec()), n, hw);
             let (gs, ys) = (g.as_slice::<T>()?, a.out.as_slice::<T>()?);
             let mut adds = into
                 .iter_mut()

@@ -29,7 +29,7 @@ use super::super::batch_norm::BnStats;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
 use crate::backend::cuda::{
     cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem, CudaKernels, Dnn, PartList,
-    Scratch, K,
+    Scratch, TensorDesc, K,
 };
 use crate::device::Device;
 use crate::error::Result;
@@ -179,13 +179,16 @@ struct Layout {
     h: usize,
     w: usize,
     channels: Vec<usize>,
+    /// Channels per image in each part's buffer (more than its channels for a channel prefix
+    /// of a block storage).
+    widths: Vec<usize>,
     offsets: Vec<usize>,
     /// Total channels.
     c: usize,
 }
 
 impl Layout {
-    fn new(n: usize, channels: Vec<usize>, h: usize, w: usize) -> Self {
+    fn new(n: usize, (channels, widths): (Vec<usize>, Vec<usize>), h: usize, w: usize) -> Self {
         let offsets = channels
             .iter()
             .scan(0, |acc, &c| {
@@ -200,8 +203,31 @@ impl Layout {
             h,
             w,
             channels,
+            widths,
             offsets,
             c,
+        }
+    }
+
+    /// Whether part `k` is a channel prefix of a wider buffer.
+    fn strided(&self, k: usize) -> bool {
+        self.widths[k] != self.channels[k]
+    }
+
+    /// The descriptor of part `k` as it lies in its buffer: packed, or a channel prefix of a
+    /// wider buffer (image stride `width * h * w`).
+    fn part_desc(
+        &self,
+        dnn: &mut Dnn,
+        k: usize,
+        dtype: crate::DType,
+    ) -> Result<std::sync::Arc<TensorDesc>> {
+        let dims = self.part_dims(k);
+        if self.strided(k) {
+            let hw = self.hw();
+            dnn.tensor_strided(OP, dtype, dims, [self.widths[k] * hw, hw, self.w, 1])
+        } else {
+            dnn.tensor(OP, dtype, dims)
         }
     }
 
@@ -250,7 +276,7 @@ impl BatchNormReluKernels for CudaKernels {
             dtype,
             "batch_norm_relu (CUDA: running statistics must have the inputs' dtype)",
         )?;
-        let l = Layout::new(n, a.channels.to_vec(), h, w);
+        let l = Layout::new(n, (a.channels.to_vec(), a.widths.to_vec()), h, w);
         let args = Forward {
             parts: a.parts,
             weight: a.weight,
@@ -272,7 +298,7 @@ impl BatchNormReluKernels for CudaKernels {
         into: Vec<Option<Tensor>>,
     ) -> Result<BnReluGrads> {
         let [n, _, h, w] = a.g.dims4(OP)?;
-        let l = Layout::new(n, a.channels.to_vec(), h, w);
+        let l = Layout::new(n, (a.channels.to_vec(), a.widths.to_vec()), h, w);
         dispatch_float!(a.g.dtype(), T => backward::<T>(a, &l, into))
     }
 }
@@ -418,7 +444,7 @@ fn normalize_parts<T: CudaElem>(
         let off = l.offsets[k];
         let dims = l.part_dims(k);
         let mut dnn = be.dnn();
-        let xd = dnn.tensor(OP, T::DTYPE, dims)?;
+        let xd = l.part_desc(&mut dnn, k, T::DTYPE)?;
         let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
         let x = p.xs[k] as *const c_void;
         let (w, b) = (at::<T>(p.weight, off), at::<T>(p.bias, off));
@@ -615,7 +641,13 @@ fn backward<T: CudaElem>(
     // Parts whose masked gradient goes to scratch (eval mode writes it into the input gradient).
     let via_scratch = |k: usize| {
         let dx = a.want_parts[k];
-        (training && dx) || (!dx && need_params)
+        // A channel prefix's masked gradient goes to scratch: its input gradient is the
+        // storage's (strided), never a packed buffer to write it into.
+        if dx {
+            training || l.strided(k)
+        } else {
+            need_params
+        }
     };
     let scratch_len = (0..count)
         .filter(|&k| via_scratch(k))
@@ -670,7 +702,7 @@ fn backward<T: CudaElem>(
         let (mut dx, add_after) = match (need_dx, existing) {
             (true, Some(t)) if accumulate => (Some(t), None),
             (true, existing) => (
-                Some(Tensor::cuda_uninit::<T>(a.parts[k].shape(), dev)?),
+                Some(Tensor::cuda_uninit::<T>(&l.part_dims(k), dev)?),
                 existing,
             ),
             (false, _) => (None, None),
@@ -691,8 +723,18 @@ fn backward<T: CudaElem>(
             let (m, i) = (at::<T>(mp, off), at::<T>(ip, off));
             if cudnn(k) {
                 let dims = l.part_dims(k);
+                if l.strided(k) && !accumulate {
+                    return Err(crate::Error::Backward(
+                        "batch_norm_relu: a channel prefix's gradient must be added into its \
+                         storage's gradient (engine bug)"
+                            .into(),
+                    ));
+                }
                 let mut dnn = be.dnn();
-                let xd = dnn.tensor(OP, T::DTYPE, dims)?;
+                // x and dx as they lie in their buffers (a channel prefix of a block storage
+                // and of its gradient, or packed parts); dy is the packed masked gradient.
+                let xd = l.part_desc(&mut dnn, k, T::DTYPE)?;
+                let dyd = dnn.tensor(OP, T::DTYPE, dims)?;
                 let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
                 let (one, zero) = (T::of(1.0), T::of(0.0));
                 let beta_dx = if accumulate { one } else { zero };
@@ -704,9 +746,10 @@ fn backward<T: CudaElem>(
                     ParamSlice::input(i),
                 ];
                 let h = dnn.handle;
-                // SAFETY: x (the saved part), dy (the masked gradient in scratch) and dx (the
-                // input gradient: new, or the existing one added into) are packed NCHW buffers of the part's shape, described by
-                // `xd`; `p` holds the weight, the weight and bias gradients and the saved mean
+                // SAFETY: x (the saved part) and dx (the input gradient: new, or the existing
+                // one added into) are NCHW buffers laid out as `xd` describes (packed, or the
+                // first channels of a wider buffer of the same layout), dy (the masked gradient
+                // in scratch) is packed as `dyd` describes; `p` holds the weight, the weight and bias gradients and the saved mean
                 // and invstd (from the forward pass, unchanged since), each `ck` elements of the
                 // data type (`off` elements into its `[C]` buffer, or an aligned copy), covering
                 // the part's channels as `bnd` describes; the outputs are distinct from every
@@ -721,7 +764,7 @@ fn backward<T: CudaElem>(
                         void(&zero),
                         xd.0,
                         xp as *const c_void,
-                        xd.0,
+                        dyd.0,
                         masked as *const c_void,
                         xd.0,
                         dx_ptr as *mut c_void,
@@ -759,7 +802,12 @@ fn backward<T: CudaElem>(
         gparts.push(match (add_after, dx) {
             (Some(mut acc), Some(dx)) => {
                 acc.check_compatible(&dx, OP)?;
-                crate::backend::kernels(dev)?.add_assign(&mut acc, &dx)?;
+                let k = crate::backend::kernels(dev)?;
+                match acc.shape() == dx.shape() {
+                    true => k.add_assign(&mut acc, &dx)?,
+                    // A block storage's gradient: the part is its first channels.
+                    false => k.add_channels(&mut acc, &dx, 0)?,
+                }
                 Some(acc)
             }
             (_, dx) => dx,

@@ -3,8 +3,13 @@
 //! `relu(batch_norm2d(concat(parts)))`, with the same running-statistic semantics; backward saves
 //! only the parts (which a DenseNet keeps anyway), per-channel statistics, the weight and the
 //! output (the ReLU mask, which the following convolution keeps anyway).
+//!
+//! [`batch_norm_relu_prefix`] takes its input as the first channels of a [`BlockStorage`]
+//! instead: read in place as one part (one call however many tensors were appended), its input
+//! gradient added in place into the storage's gradient.
 
 use super::batch_norm::{check_affine, check_batch, BatchNormOptions, BnStats, RunningStats};
+use super::block_storage::BlockStorage;
 use super::checks::check_grad;
 use crate::backend::kernels;
 use crate::error::{Error, Result};
@@ -20,9 +25,11 @@ const OP: &str = "batch_norm_relu";
 
 /// The arguments of the fused forward kernel (checked by the caller).
 pub(crate) struct BnReluForward<'a> {
-    /// The parts, `[n, channels[k], h, w]` each.
+    /// The parts, `[n, widths[k], h, w]` each, of which the first `channels[k]` channels count
+    /// (all of them, except for a channel prefix of a [`BlockStorage`]).
     pub(crate) parts: &'a [&'a Tensor],
     pub(crate) channels: &'a [usize],
+    pub(crate) widths: &'a [usize],
     pub(crate) weight: &'a Tensor,
     pub(crate) bias: &'a Tensor,
     pub(crate) running: &'a RunningStats,
@@ -38,8 +45,9 @@ pub(crate) struct BnReluForward<'a> {
 /// The arguments of the fused backward kernel: what the op saved, and which gradients it wants.
 pub(crate) struct BnReluBackward<'a> {
     pub(crate) g: &'a Tensor,
-    pub(crate) parts: &'a [Tensor],
+    pub(crate) parts: &'a [&'a Tensor],
     pub(crate) channels: &'a [usize],
+    pub(crate) widths: &'a [usize],
     /// The output (its positive elements are the ReLU mask).
     pub(crate) out: &'a Tensor,
     pub(crate) stats: &'a BnStats,
@@ -58,11 +66,12 @@ pub(crate) type BnReluGrads = (Vec<Option<Tensor>>, Option<Tensor>, Option<Tenso
 
 /// Device kernels of the fused concat -> batch norm -> ReLU.
 pub(crate) trait BatchNormReluKernels {
-    /// The output `[n, C, h, w]` and, when asked, the statistics backward needs.
+    /// The output `[n, C, h, w]` (packed) and, when asked, the statistics backward needs.
     fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
     /// The wanted gradients from the output gradient. `into[k]`, when given, is part `k`'s
-    /// existing gradient: its input gradient is added into it in place, and it comes back as
-    /// that part's gradient.
+    /// existing gradient, laid out as the part is (`widths[k]` channels per image): its input
+    /// gradient is added into it in place, and it comes back as that part's gradient. A part
+    /// narrower than its buffer always comes with one.
     fn bn_relu_backward(
         &self,
         a: &BnReluBackward<'_>,
@@ -70,9 +79,18 @@ pub(crate) trait BatchNormReluKernels {
     ) -> Result<BnReluGrads>;
 }
 
+/// Where the op's input channels come from.
+#[derive(Clone)]
+enum Input {
+    /// Separate tensors, concatenated along channels.
+    Parts(Vec<Tensor>),
+    /// The first channels of a block storage, whose gradient takes the input gradient.
+    Prefix(BlockStorage),
+}
+
 /// What backward keeps, on every device.
 struct Saved {
-    parts: Vec<Tensor>,
+    input: Input,
     out: Tensor,
     stats: BnStats,
     weight: Tensor,
@@ -115,18 +133,67 @@ pub fn batch_norm_relu(
 ) -> Result<Tensor> {
     let _profile = tape.profile_op(OP);
     let (n, channels, h, w) = check_parts(parts)?;
+    let owned = Input::Parts(parts.iter().map(|&p| p.clone()).collect());
+    let record = tape.needs_grad(parts) || tape.needs_grad(&[weight, bias]);
+    let widths = channels.clone();
+    let shape = (n, channels, widths, h, w);
+    fused(
+        tape,
+        parts,
+        shape,
+        owned,
+        record,
+        (weight, bias, running, opts),
+    )
+}
+
+/// `relu(batch_norm2d(x))` of the first `channels` channels `x` of `storage`, read in place
+/// (one call however many tensors were appended): a dense layer's input in shared block
+/// storage. The input gradient is added into the storage's gradient. `weight`, `bias` and
+/// `running` cover the `channels` channels.
+pub fn batch_norm_relu_prefix(
+    tape: &mut Tape,
+    storage: &BlockStorage,
+    channels: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: &RunningStats,
+    opts: BatchNormOptions,
+) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
+    let [n, width, h, w] = storage.dims();
+    let input = Input::Prefix(storage.clone());
+    let record =
+        tape.is_recording() && (storage.requires_grad() || tape.needs_grad(&[weight, bias]));
+    storage.with_prefix(channels, |features| {
+        let shape = (n, vec![channels], vec![width], h, w);
+        let affine = (weight, bias, running, opts);
+        fused(tape, &[features], shape, input, record, affine)
+    })
+}
+
+/// The shapes of a fused op's input: `(n, channels, widths, h, w)`.
+type Shape = (usize, Vec<usize>, Vec<usize>, usize, usize);
+
+/// The op over `parts` (from `input`), recording its backward when `record`.
+fn fused(
+    tape: &mut Tape,
+    parts: &[&Tensor],
+    (n, channels, widths, h, w): Shape,
+    input: Input,
+    record: bool,
+    (weight, bias, running, opts): (&Tensor, &Tensor, &RunningStats, BatchNormOptions),
+) -> Result<Tensor> {
     opts.validate()?;
     let c: usize = channels.iter().sum();
     check_affine(OP, parts[0], c, weight, bias, running)?;
     let training = tape.is_training();
     check_batch(OP, training, n * h * w)?;
-    let mut inputs: Vec<&Tensor> = parts.to_vec();
-    inputs.extend([weight, bias]);
-    let record = tape.needs_grad(&inputs);
     let k = kernels(parts[0].device())?;
     let (out, stats) = k.bn_relu_forward(&BnReluForward {
         parts,
         channels: &channels,
+        widths: &widths,
         weight,
         bias,
         running,
@@ -139,41 +206,69 @@ pub fn batch_norm_relu(
         Some(stats) if record => stats,
         _ => return Ok(out),
     };
+    let part_keys: Vec<GradKey> = match &input {
+        Input::Parts(ps) => ps.iter().map(GradKey::of).collect(),
+        Input::Prefix(..) => Vec::new(),
+    };
     let saved = Saved {
-        parts: parts.iter().map(|&p| p.clone()).collect(),
+        input,
         out: out.clone(),
         stats,
         weight: weight.clone(),
     };
-    let part_keys: Vec<GradKey> = parts.iter().map(|p| GradKey::of(p)).collect();
     let (kw, kb) = (GradKey::of(weight), GradKey::of(bias));
-    Ok(tape.record(OP, &inputs, out, move |g, grads| {
+    Ok(tape.record_always(OP, out, move |g, grads| {
         check_grad(OP, g, saved.out.shape(), Some(&saved.out))?;
-        let want_parts: Vec<bool> = part_keys.iter().map(GradKey::requires_grad).collect();
-        // Gradients the parts already have are added into in place.
-        let into = part_keys
-            .iter()
-            .map(|key| grads.take_for_accumulation(key))
-            .collect();
-        let backward = BnReluBackward {
-            g,
-            parts: &saved.parts,
-            channels: &channels,
-            out: &saved.out,
-            stats: &saved.stats,
-            weight: &saved.weight,
-            training,
-            eps: opts.eps,
-            want_parts: &want_parts,
-            want_weight: kw.requires_grad(),
-            want_bias: kb.requires_grad(),
+        let backward = |parts: &[&Tensor], want_parts: &[bool], into| {
+            let args = BnReluBackward {
+                g,
+                parts,
+                channels: &channels,
+                widths: &widths,
+                out: &saved.out,
+                stats: &saved.stats,
+                weight: &saved.weight,
+                training,
+                eps: opts.eps,
+                want_parts,
+                want_weight: kw.requires_grad(),
+                want_bias: kb.requires_grad(),
+            };
+            k.bn_relu_backward(&args, into)
         };
-        let (gparts, gw, gb) = k.bn_relu_backward(&backward, into)?;
-        for (key, gx) in part_keys.iter().zip(gparts) {
-            if let Some(gx) = gx {
-                grads.accumulate(key, gx)?;
+        let (gw, gb) = match &saved.input {
+            Input::Parts(ps) => {
+                let want: Vec<bool> = part_keys.iter().map(GradKey::requires_grad).collect();
+                // Gradients the parts already have are added into in place.
+                let into = part_keys
+                    .iter()
+                    .map(|key| grads.take_for_accumulation(key))
+                    .collect();
+                let refs: Vec<&Tensor> = ps.iter().collect();
+                let (gparts, gw, gb) = backward(&refs, &want, into)?;
+                for (key, gx) in part_keys.iter().zip(gparts) {
+                    if let Some(gx) = gx {
+                        grads.accumulate(key, gx)?;
+                    }
+                }
+                (gw, gb)
             }
-        }
+            Input::Prefix(storage) if storage.requires_grad() => {
+                storage.with_grad(|features, grad| {
+                    let (mut gparts, gw, gb) = backward(&[features], &[true], vec![Some(grad)])?;
+                    let grad = gparts.pop().flatten().ok_or_else(|| {
+                        Error::Backward("batch_norm_relu: the storage gradient was lost".into())
+                    })?;
+                    Ok((grad, (gw, gb)))
+                })?
+            }
+            Input::Prefix(storage) => {
+                let c = channels[0];
+                let (_, gw, gb) = storage
+                    .with_prefix(c, |features| backward(&[features], &[false], vec![None]))?;
+                (gw, gb)
+            }
+        };
         for (key, grad) in [(&kw, gw), (&kb, gb)] {
             if let Some(grad) = grad {
                 grads.accumulate(key, grad)?;

@@ -1,0 +1,99 @@
+//! CPU kernels of [`super::BlockStorage`]: per image, one contiguous run of `k * h * w` elements
+//! at channel `c0` of the wide buffer; images in parallel when large.
+
+use super::super::cpu_map::{write_copy, written_vec, PAR_MIN};
+use super::BlockStorageKernels;
+use crate::backend::Cpu;
+use crate::dtype::Elem;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// `(images, elements per image of the wide buffer, elements per image of the packed one, the
+/// packed run's offset in a wide image)`, checked.
+fn runs(wide: &Tensor, packed: [usize; 4], c0: usize) -> Result<(usize, usize, usize, usize)> {
+    let [n, c, h, w] = wide.dims4("block_storage")?;
+    let [pn, k, ph, pw] = packed;
+    if (pn, ph, pw) != (n, h, w) || c0 + k > c {
+        return Err(Error::shape(
+            "block_storage",
+            format!(
+                "channels {c0}..{} of {:?} for {packed:?}",
+                c0 + k,
+                wide.shape()
+            ),
+        ));
+    }
+    Ok((n, c * h * w, k * h * w, c0 * h * w))
+}
+
+/// `f(wide image, packed image)` for every image, in parallel when large.
+fn per_image<T: Elem>(
+    wide: &mut [T],
+    packed: &[T],
+    (n, wide_len, run, at): (usize, usize, usize, usize),
+    f: impl Fn(&mut [T], &[T]) + Sync,
+) {
+    if run == 0 {
+        return;
+    }
+    let body = |(dst, src): (&mut [T], &[T])| f(&mut dst[at..at + run], src);
+    if n * run >= PAR_MIN {
+        wide.par_chunks_mut(wide_len)
+            .zip(packed.par_chunks(run))
+            .for_each(body);
+    } else {
+        wide.chunks_mut(wide_len)
+            .zip(packed.chunks(run))
+            .for_each(body);
+    }
+}
+
+impl BlockStorageKernels for Cpu {
+    fn write_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
+        let shape = src.dims4("block_storage")?;
+        let r = runs(dst, shape, c0)?;
+        dispatch_float!(src.dtype(), T => {
+            let s = src.as_slice::<T>()?;
+            per_image(dst.make_mut::<T>()?, s, r, |d, s| d.copy_from_slice(s));
+        });
+        Ok(())
+    }
+
+    fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
+        let shape = src.dims4("block_storage")?;
+        let r = runs(dst, shape, c0)?;
+        dispatch_float!(src.dtype(), T => {
+            let s = src.as_slice::<T>()?;
+            per_image(dst.make_mut::<T>()?, s, r, |d, s| {
+                d.iter_mut().zip(s).for_each(|(d, &s)| *d += s)
+            });
+        });
+        Ok(())
+    }
+
+    fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
+        let [n, _, h, w] = src.dims4("block_storage")?;
+        let (n, wide_len, run, at) = runs(src, [n, k, h, w], c0)?;
+        dispatch_float!(src.dtype(), T => {
+            let s = src.as_slice::<T>()?;
+            let fill = |(i, out): (usize, &mut [std::mem::MaybeUninit<T>])| {
+                write_copy(out, &s[i * wide_len + at..][..run]);
+            };
+            // SAFETY: every packed image (`run` elements) is written whole by `fill`.
+            let v = unsafe {
+                written_vec(n * run, |out| {
+                    if run == 0 {
+                        return;
+                    }
+                    if n * run >= PAR_MIN {
+                        out.par_chunks_mut(run).enumerate().for_each(fill);
+                    } else {
+                        out.chunks_mut(run).enumerate().for_each(fill);
+                    }
+                })
+            };
+            Tensor::from_vec(v, &[n, k, h, w], src.device())
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! CUDA kernels of [`super::BlockStorage`]: the concatenation kernels with one part (a packed
+//! `[n, k, h, w]` tensor as rows of `k*h*w` elements at offset `c0*h*w` in rows of `C*h*w`).
+//! Not yet run on a GPU.
+
+use super::BlockStorageKernels;
+use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, PartList, K};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// `(images, wide row, packed row, offset)` in elements, checked.
+fn rows(wide: &Tensor, packed: [usize; 4], c0: usize) -> Result<(usize, usize, usize, usize)> {
+    let [n, c, h, w] = wide.dims4("block_storage")?;
+    let [pn, k, ph, pw] = packed;
+    if (pn, ph, pw) != (n, h, w) || c0 + k > c {
+        return Err(Error::shape(
+            "block_storage",
+            format!(
+                "channels {c0}..{} of {:?} for {packed:?}",
+                c0 + k,
+                wide.shape()
+            ),
+        ));
+    }
+    Ok((n, c * h * w, k * h * w, c0 * h * w))
+}
+
+/// One launch of `kernel` (concat, concat_add or split) between the wide buffer at `wide` and
+/// the packed one at `packed`.
+fn launch_rows<T: CudaElem>(
+    dev: &crate::Device,
+    kernel: K,
+    wide: u64,
+    packed: u64,
+    (n, total, run, at): (usize, usize, usize, usize),
+) -> Result<()> {
+    if n * run == 0 {
+        return Ok(());
+    }
+    let be = &dev.cuda_handle("block_storage")?.backend;
+    let mut list = PartList::default();
+    list.ptr[0] = packed;
+    list.width[0] = run as u64;
+    list.offset[0] = at as u64;
+    let (outer, total) = (n as u64, total as u64);
+    launch!(be, kernel, T::DTYPE, grid(n * run); &wide, &list, &outer, &total)
+}
+
+fn write_t<T: CudaElem>(dst: &mut Tensor, src: &Tensor, c0: usize, kernel: K) -> Result<()> {
+    let r = rows(dst, src.dims4("block_storage")?, c0)?;
+    let dev = src.device().clone();
+    let be = &dev.cuda_handle("block_storage")?.backend;
+    let s = be.ptr(src.cuda_slice::<T>()?);
+    let d = be.ptr(&*dst.cuda_slice_mut::<T>()?);
+    launch_rows::<T>(&dev, kernel, d, s, r)
+}
+
+fn read_t<T: CudaElem>(src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
+    let [n, _, h, w] = src.dims4("block_storage")?;
+    let r = rows(src, [n, k, h, w], c0)?;
+    let dev = src.device();
+    let be = &dev.cuda_handle("block_storage")?.backend;
+    let mut out = Tensor::cuda_uninit::<T>(&[n, k, h, w], dev)?;
+    let o = be.ptr(&*out.cuda_slice_mut::<T>()?);
+    let s = be.ptr(src.cuda_slice::<T>()?);
+    launch_rows::<T>(dev, K::Split, s, o, r)?;
+    Ok(out)
+}
+
+impl BlockStorageKernels for CudaKernels {
+    fn write_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
+        dispatch_float!(src.dtype(), T => write_t::<T>(dst, src, c0, K::Concat))
+    }
+
+    fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
+        dispatch_float!(src.dtype(), T => write_t::<T>(dst, src, c0, K::ConcatAdd))
+    }
+
+    fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
+        dispatch_float!(src.dtype(), T => read_t::<T>(src, c0, k))
+    }
+}

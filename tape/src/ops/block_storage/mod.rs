@@ -1,0 +1,226 @@
+//! [`BlockStorage`]: one buffer holding every feature map of a dense block, the seed paper's
+//! "shared memory allocations". Each layer appends its channels; a layer's input is a channel
+//! prefix of the buffer, which the fused batch norm + ReLU
+//! ([`crate::ops::batch_norm_relu_prefix`]) reads in place as one tensor (no concatenation, one
+//! call however many layers came before) and [`BlockStorage::gather`] copies out for ops that
+//! need a tensor of their own. The gradient of the block's features is one block-sized buffer
+//! of the storage into which every consumer's backward adds its channels in place; an appended
+//! tensor's gradient is read back from its slice of that buffer.
+//!
+//! Backward order does the rest: an append is recorded before every consumer of its channels,
+//! so its backward runs after all of theirs have added into the gradient buffer. The append of
+//! the first channels runs last of all and frees the gradient buffer.
+
+use crate::backend::kernels;
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gradients::GradKey;
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+
+const OP: &str = "block_storage";
+
+/// Device kernels of [`BlockStorage`]: channel ranges of NCHW buffers (`dst`/`src` of the same
+/// batch and image size).
+pub(crate) trait BlockStorageKernels {
+    /// `dst[:, c0 .. c0 + k] = src` with `src` `[n, k, h, w]` (packed).
+    fn write_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()>;
+    /// `dst[:, c0 .. c0 + k] += src` with `src` `[n, k, h, w]` (packed).
+    fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()>;
+    /// A packed copy of `src[:, c0 .. c0 + k]`.
+    fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor>;
+}
+
+/// The features: locked for every access.
+#[derive(Debug)]
+struct Features {
+    /// `[n, capacity, h, w]`; channels past `filled` hold nothing yet.
+    buffer: Tensor,
+    filled: usize,
+    /// Whether an appended tensor wanted a gradient.
+    requires_grad: bool,
+}
+
+/// The gradient of the features (same shape), made by the first backward that adds into it.
+/// Kept apart from the features so that what only touches the gradient (an append's or a
+/// gather's backward) does not keep the features alive.
+type Grad = Arc<Mutex<Option<Tensor>>>;
+
+/// A dense block's feature maps in one `[n, capacity, h, w]` buffer, filled by appending
+/// channels (see the module docs). Clones share the storage.
+#[derive(Clone, Debug)]
+pub struct BlockStorage {
+    features: Arc<Mutex<Features>>,
+    grad: Grad,
+    dims: [usize; 4],
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Adds into the gradient `grad` of a storage of `dims` with `f`, made as zeros on first use.
+fn add_to_grad(
+    grad: &Grad,
+    like: (&[usize], DType, &Device),
+    f: impl FnOnce(&mut Tensor) -> Result<()>,
+) -> Result<()> {
+    let mut g = lock(grad);
+    let mut t = match g.take() {
+        Some(t) => t,
+        None => Tensor::zeros(like.0, like.1, like.2)?,
+    };
+    f(&mut t)?;
+    *g = Some(t);
+    Ok(())
+}
+
+impl BlockStorage {
+    /// Empty storage for `capacity` channels of `n` images of `h x w`, charged to `device` at
+    /// once.
+    pub fn new([n, capacity, h, w]: [usize; 4], dtype: DType, device: &Device) -> Result<Self> {
+        let buffer = Tensor::zeros(&[n, capacity, h, w], dtype, device)?;
+        Ok(BlockStorage {
+            features: Arc::new(Mutex::new(Features {
+                buffer,
+                filled: 0,
+                requires_grad: false,
+            })),
+            grad: Arc::new(Mutex::new(None)),
+            dims: [n, capacity, h, w],
+        })
+    }
+
+    /// `[n, capacity, h, w]`.
+    pub fn dims(&self) -> [usize; 4] {
+        self.dims
+    }
+
+    /// Channels appended so far.
+    pub fn channels(&self) -> usize {
+        lock(&self.features).filled
+    }
+
+    /// Whether an appended tensor wanted a gradient (so its consumers' backward has one to
+    /// make).
+    pub fn requires_grad(&self) -> bool {
+        lock(&self.features).requires_grad
+    }
+
+    /// Copies `x` (`[n, k, h, w]`) into the next `k` channels and returns the first of them.
+    /// When `x` wants a gradient, backward reads it from those channels of the storage's
+    /// gradient.
+    pub fn append(&self, tape: &mut Tape, x: &Tensor) -> Result<usize> {
+        let _profile = tape.profile_op("block_append");
+        let [n, capacity, h, w] = self.dims;
+        let [xn, k, xh, xw] = x.dims4(OP)?;
+        let mut st = lock(&self.features);
+        st.buffer.check_compatible(x, OP)?;
+        let c0 = st.filled;
+        if (xn, xh, xw) != (n, h, w) || c0 + k > capacity {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "cannot append {:?} to storage [{n}, {capacity}, {h}, {w}] holding {c0} \
+                     channels",
+                    x.shape()
+                ),
+            ));
+        }
+        kernels(x.device())?.write_channels(&mut st.buffer, x, c0)?;
+        st.filled = c0 + k;
+        if tape.needs_grad(&[x]) {
+            st.requires_grad = true;
+            let (grad, key) = (self.grad.clone(), GradKey::of(x));
+            tape.record_effect("block_append", move |grads| {
+                let mut slot = lock(&grad);
+                let g = match slot.as_ref() {
+                    Some(g) => Some(kernels(g.device())?.read_channels(g, c0, k)?),
+                    None => None,
+                };
+                if c0 == 0 {
+                    // The first channels' append is the block's last backward step.
+                    *slot = None;
+                }
+                drop(slot);
+                match g {
+                    Some(g) => grads.accumulate(&key, g),
+                    None => Ok(()),
+                }
+            });
+        }
+        Ok(c0)
+    }
+
+    /// A packed copy of the first `c` channels (the concatenation of everything appended up to
+    /// them), for ops that need a tensor of their own; its gradient is added into the storage's.
+    pub fn gather(&self, tape: &mut Tape, c: usize) -> Result<Tensor> {
+        let _profile = tape.profile_op("block_gather");
+        let st = lock(&self.features);
+        check_prefix(&st, c)?;
+        let k = kernels(st.buffer.device())?;
+        let out = k.read_channels(&st.buffer, 0, c)?;
+        if !(tape.is_recording() && st.requires_grad) {
+            return Ok(out);
+        }
+        let (dtype, device) = (st.buffer.dtype(), st.buffer.device().clone());
+        drop(st);
+        let (grad, dims) = (self.grad.clone(), self.dims);
+        Ok(tape.record_always("block_gather", out, move |g, _grads| {
+            add_to_grad(&grad, (&dims, dtype, &device), |t| k.add_channels(t, g, 0))
+        }))
+    }
+
+    /// A packed copy of channels `c0 .. c0 + k`, outside any tape (the output a checkpointed
+    /// segment appended, handed back to its recompute).
+    pub fn read(&self, c0: usize, k: usize) -> Result<Tensor> {
+        let st = lock(&self.features);
+        check_prefix(&st, c0 + k)?;
+        kernels(st.buffer.device())?.read_channels(&st.buffer, c0, k)
+    }
+
+    /// `f(features)` on the buffer, after checking that its first `c` channels are filled.
+    pub(crate) fn with_prefix<R>(
+        &self,
+        c: usize,
+        f: impl FnOnce(&Tensor) -> Result<R>,
+    ) -> Result<R> {
+        let st = lock(&self.features);
+        check_prefix(&st, c)?;
+        f(&st.buffer)
+    }
+
+    /// `f(features, gradient)`: the gradient made (zeros) on first use, handed to `f` to add
+    /// into and kept.
+    pub(crate) fn with_grad<R>(
+        &self,
+        f: impl FnOnce(&Tensor, Tensor) -> Result<(Tensor, R)>,
+    ) -> Result<R> {
+        let st = lock(&self.features);
+        let mut slot = lock(&self.grad);
+        let grad = match slot.take() {
+            Some(g) => g,
+            None => Tensor::zeros(&self.dims, st.buffer.dtype(), st.buffer.device())?,
+        };
+        let (grad, r) = f(&st.buffer, grad)?;
+        *slot = Some(grad);
+        Ok(r)
+    }
+}
+
+/// Fails unless `c` is a non-empty prefix of the filled channels.
+fn check_prefix(st: &Features, c: usize) -> Result<()> {
+    if c == 0 || c > st.filled {
+        return Err(Error::invalid(
+            OP,
+            format!("channels 0..{c} asked of a storage holding {}", st.filled),
+        ));
+    }
+    Ok(())
+}

@@ -36,6 +36,7 @@ macro_rules! dispatch_float {
 }
 
 mod backend;
+pub mod counters;
 pub mod device;
 pub mod dtype;
 pub mod error;
@@ -53,6 +54,7 @@ pub mod tape;
 pub mod tensor;
 pub mod testing;
 
+pub use counters::Counters;
 pub use device::{CudaOptions, Device, DeviceKind};
 pub use dtype::{DType, Elem};
 pub use error::{Error, Result};

@@ -38,17 +38,18 @@ pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
-// The kernel traits the backends implement.
-pub(crate) use batch_norm::BatchNormKernels;
-pub(crate) use batch_norm_relu::BatchNormReluKernels;
+// The kernel traits the backends implement, and the argument types of their methods (the
+// backend's counting wrapper names them).
+pub(crate) use batch_norm::{BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats};
+pub(crate) use batch_norm_relu::{
+    BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads,
+};
 pub(crate) use concat::ConcatKernels;
-pub(crate) use conv2d::Conv2dKernels;
+pub(crate) use conv2d::{Conv2dGrads, Conv2dKernels, Geometry};
 pub(crate) use cross_entropy::CrossEntropyKernels;
 pub(crate) use dropout::DropoutKernels;
 pub(crate) use elementwise::ElementwiseKernels;
-pub(crate) use linear::LinearKernels;
-pub(crate) use pool::PoolKernels;
-#[cfg_attr(not(feature = "cuda"), allow(unused_imports))] // cuDNN pooling descriptors use it
-pub(crate) use pool::PoolMode;
+pub(crate) use linear::{Dims, LinearKernels};
+pub(crate) use pool::{PoolKernels, PoolMode, Window};
 pub(crate) use reduce::ReduceKernels;
 pub(crate) use relu::ReluKernels;

@@ -55,7 +55,11 @@ fn counts_are_deterministic_and_per_device() {
     let before_b = b.counters();
     let second = phases(&a);
     assert_eq!(first, second, "the same work counts the same");
-    assert_eq!(b.counters(), before_b, "work on one device counts nothing on another");
+    assert_eq!(
+        b.counters(),
+        before_b,
+        "work on one device counts nothing on another"
+    );
     assert_eq!(phases(&b), first);
 }
 

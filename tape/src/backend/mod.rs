@@ -26,7 +26,7 @@ use crate::ops::{
     CrossEntropyKernels, Dims, DropoutKernels, ElementwiseKernels, Geometry, LinearKernels,
     PoolKernels, PoolMode, ReduceKernels, ReluKernels, Window,
 };
-use crate::optim::{AdamConfig, OptimKernels, SgdConfig};
+use crate::optim::{AdamConfig, AdamSlot, OptimKernels, SgdConfig, SgdSlot};
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
@@ -190,15 +190,7 @@ counted! {
         fn bn_relu_backward(&self, a: &BnReluBackward<'_>) -> Result<BnReluGrads>;
     }
     OptimKernels {
-        fn sgd_update(&self, cfg: &SgdConfig, p: &mut Tensor, g: &Tensor, buf: Option<(&mut Tensor, bool)>) -> Result<()>;
-        fn adam_update(
-            &self,
-            cfg: &AdamConfig,
-            t: u64,
-            p: &mut Tensor,
-            g: &Tensor,
-            m: &mut Tensor,
-            v: &mut Tensor,
-        ) -> Result<()>;
+        fn sgd_multi(&self, cfg: &SgdConfig, slots: &mut [SgdSlot<'_>], found_inf: Option<&Tensor>) -> Result<()>;
+        fn adam_multi(&self, cfg: &AdamConfig, slots: &mut [AdamSlot<'_>], found_inf: Option<&Tensor>) -> Result<()>;
     }
 }

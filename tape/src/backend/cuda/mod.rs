@@ -21,7 +21,7 @@ mod tensor;
 pub(crate) use dnn::{ConvKey, Dnn};
 pub(crate) use elem::{CudaData, CudaElem};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
-pub(crate) use kernels::{grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};
+pub(crate) use kernels::{grid, multi_grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};
 pub(crate) use tensor::{before_free, copy, download, overwrite, upload};
 
 /// The CUDA backend's kernels: each op implements its kernel trait for this type in

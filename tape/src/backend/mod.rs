@@ -20,11 +20,12 @@ use crate::counters::CounterCells;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::labels::Labels;
 use crate::ops::{
-    BatchNormKernels, BatchNormReluKernels, BnBackward, BnForward, BnGrads, BnReluBackward,
-    BnReluForward, BnReluGrads, BnStats, ConcatKernels, Conv2dGrads, Conv2dKernels,
-    CrossEntropyKernels, Dims, DropoutKernels, ElementwiseKernels, Geometry, LinearKernels,
-    PoolKernels, PoolMode, ReduceKernels, ReluKernels, Window,
+    AccuracyKernels, BatchNormKernels, BatchNormReluKernels, BnBackward, BnForward, BnGrads,
+    BnReluBackward, BnReluForward, BnReluGrads, BnStats, ConcatKernels, Conv2dGrads, Conv2dKernels,
+    CrossEntropyKernels, Dims, DropoutKernels, ElementwiseKernels, FiniteKernels, Geometry,
+    LinearKernels, PoolKernels, PoolMode, ReduceKernels, ReluKernels, Window,
 };
 use crate::optim::{AdamConfig, AdamSlot, OptimKernels, SgdConfig, SgdSlot};
 use crate::tensor::Tensor;
@@ -50,6 +51,8 @@ pub(crate) trait Kernels:
     + BatchNormKernels
     + BatchNormReluKernels
     + OptimKernels
+    + AccuracyKernels
+    + FiniteKernels
     + Send
     + Sync
 {
@@ -68,6 +71,8 @@ impl<K> Kernels for K where
         + BatchNormKernels
         + BatchNormReluKernels
         + OptimKernels
+        + AccuracyKernels
+        + FiniteKernels
         + Send
         + Sync
 {
@@ -148,8 +153,8 @@ counted! {
         ) -> Result<Vec<Option<Tensor>>>;
     }
     CrossEntropyKernels {
-        fn cross_entropy_forward(&self, logits: &Tensor, labels: &[usize]) -> Result<Tensor>;
-        fn cross_entropy_backward(&self, logits: &Tensor, labels: &[usize], g: &Tensor) -> Result<Tensor>;
+        fn cross_entropy_forward(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor>;
+        fn cross_entropy_backward(&self, logits: &Tensor, labels: &Labels, g: &Tensor) -> Result<Tensor>;
     }
     PoolKernels {
         fn pool_forward(&self, mode: PoolMode, x: &Tensor, win: &Window) -> Result<Tensor>;
@@ -192,5 +197,11 @@ counted! {
     OptimKernels {
         fn sgd_multi(&self, cfg: &SgdConfig, slots: &mut [SgdSlot<'_>], found_inf: Option<&Tensor>) -> Result<()>;
         fn adam_multi(&self, cfg: &AdamConfig, slots: &mut [AdamSlot<'_>], found_inf: Option<&Tensor>) -> Result<()>;
+    }
+    AccuracyKernels {
+        fn correct_count(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor>;
+    }
+    FiniteKernels {
+        fn non_finite(&self, xs: &[&Tensor]) -> Result<Tensor>;
     }
 }

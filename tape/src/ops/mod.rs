@@ -4,6 +4,7 @@
 //! CUDA; see [`crate::backend`]). Every op takes the tape explicitly and records its backward
 //! closure only when the tape records and an input wants a gradient.
 
+mod accuracy;
 mod batch_norm;
 mod batch_norm_relu;
 mod checks;
@@ -15,6 +16,7 @@ mod cpu_map;
 mod cross_entropy;
 mod dropout;
 mod elementwise;
+mod finite;
 mod linear;
 mod pool;
 mod reduce;
@@ -30,16 +32,21 @@ pub use pool::{avg_pool2d, global_avg_pool, max_pool2d};
 pub use batch_norm::{batch_norm2d, BatchNormOptions, RunningStats};
 pub use batch_norm_relu::batch_norm_relu;
 pub use concat::concat;
-pub use cross_entropy::cross_entropy;
+pub use cross_entropy::{cross_entropy, cross_entropy_labels};
 pub use dropout::dropout;
 
 pub use elementwise::{add, mul, scale};
+
+// Not differentiable, no tape: the step's accuracy count and anomaly flag, kept on the device.
+pub use accuracy::correct_count;
+pub use finite::non_finite;
 pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
 // The kernel traits the backends implement, and the argument types of their methods (the
 // backend's counting wrapper names them).
+pub(crate) use accuracy::AccuracyKernels;
 pub(crate) use batch_norm::{BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats};
 pub(crate) use batch_norm_relu::{
     BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads,
@@ -49,6 +56,7 @@ pub(crate) use conv2d::{Conv2dGrads, Conv2dKernels, Geometry};
 pub(crate) use cross_entropy::CrossEntropyKernels;
 pub(crate) use dropout::DropoutKernels;
 pub(crate) use elementwise::ElementwiseKernels;
+pub(crate) use finite::FiniteKernels;
 pub(crate) use linear::{Dims, LinearKernels};
 pub(crate) use pool::{PoolKernels, PoolMode, Window};
 pub(crate) use reduce::ReduceKernels;

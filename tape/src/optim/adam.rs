@@ -220,7 +220,7 @@ impl Adam {
             if created {
                 self.state.remove(&id);
             } else if let Some(s) = self.state.get_mut(&id) {
-                s.step -= 1;
+                s.step = s.step.saturating_sub(1);
             }
         }
     }

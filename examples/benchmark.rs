@@ -1,7 +1,8 @@
 //! The main job: the seed project's Performance table for this engine. DenseNet-BC-100, naive vs
-//! each memory-efficient mode: peak bytes (the engine's accounting, process peak RSS beside it)
-//! and median seconds per training step (forward + backward + SGD); then a depth sweep with the
-//! fitted growth exponent of memory against depth, and an SVG chart of memory vs depth.
+//! each memory-efficient mode: peak bytes (the engine's accounting, process peak RSS beside it),
+//! median seconds per training step (forward + backward + SGD) and the step's work counts
+//! (kernel launches, buffers allocated, host syncs); then a depth sweep with the fitted growth
+//! exponent of memory against depth, and an SVG chart of memory vs depth.
 //!
 //! `cargo run --release --example benchmark` (CPU); `-- --quick` finishes in about a minute on
 //! two cores; `-- --json` prints one JSON object per case. On a GPU (a build with
@@ -128,7 +129,7 @@ fn print_case(r: &CaseResult, json: bool, naive: Option<&CaseResult>) {
         })
         .unwrap_or((1.0, 1.0));
     println!(
-        "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3}",
+        "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3} {:>8} {:>7} {:>5}",
         r.model,
         r.mode,
         r.batch,
@@ -139,7 +140,10 @@ fn print_case(r: &CaseResult, json: bool, naive: Option<&CaseResult>) {
             .map(mb)
             .unwrap_or_else(|| "-".into()),
         r.median_s,
-        time_ratio
+        time_ratio,
+        r.launches,
+        r.allocs,
+        r.syncs
     );
 }
 
@@ -241,8 +245,18 @@ fn run(args: &Args) -> Result<(), String> {
     let third = if gpu { "GPU used" } else { "peak RSS" };
     let header = || {
         println!(
-            "{:<22} {:<16} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7}",
-            "model", "mode", "batch", "peak(eng)", "x naive", third, "median s", "x naive"
+            "{:<22} {:<16} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7} {:>8} {:>7} {:>5}",
+            "model",
+            "mode",
+            "batch",
+            "peak(eng)",
+            "x naive",
+            third,
+            "median s",
+            "x naive",
+            "launches",
+            "allocs",
+            "syncs"
         );
     };
     if !args.json && !args.no_main {

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 use tape::optim::{Optimizer, Sgd, SgdConfig};
 use tape::rng::mix64;
-use tape::{DType, Device};
+use tape::{DType, Device, Tensor};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -139,6 +139,24 @@ fn lr_at(lr: f64, epoch: usize, epochs: usize) -> f64 {
     lr * 0.1f64.powi(drops as i32)
 }
 
+/// Running sums of an epoch's training steps: loss times batch size, hits, samples.
+#[derive(Default)]
+struct Tally {
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+}
+
+impl Tally {
+    /// Reads one step's loss and hit count (device tensors) for a batch of `n` samples.
+    fn add(&mut self, (loss, correct, n): (Tensor, Tensor, usize)) -> AnyResult<()> {
+        self.loss_sum += loss.scalar()? * n as f64;
+        self.correct += correct.scalar()? as usize;
+        self.seen += n;
+        Ok(())
+    }
+}
+
 /// Mean cross-entropy and top-1 accuracy of the model (eval mode) on `ds`, in batches.
 fn evaluate(
     model: &DenseNet,
@@ -154,7 +172,7 @@ fn evaluate(
     for idx in all.chunks(batch) {
         let b = ds.batch(idx, DType::F32, device)?;
         let logits = predict(model, &b.images)?;
-        correct += count_correct(&logits, &b.labels);
+        correct += count_correct(&logits, &b.labels)?;
         let classes = logits.shape()[1];
         for (row, &label) in logits.to_f64_vec().chunks(classes).zip(&b.labels) {
             let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -401,7 +419,10 @@ fn run(args: Args) -> AnyResult<()> {
         let pb = progress_bar(train.len() as u64, format!("epoch {}/{epochs}", epoch + 1));
         let log_every = batches.len().div_ceil(10).max(1);
         let t0 = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut tally = Tally::default();
+        // The previous step's loss and hit count (device tensors) and batch size: read after the
+        // next step is queued, so the host never waits for the step it has just queued.
+        let mut pending: Option<(Tensor, Tensor, usize)> = None;
         for (b, idx) in batches.iter().enumerate() {
             let batch = train.augmented_batch(idx, &augment, epoch as u64, DType::F32, &device)?;
             let step_seed = mix64(args.seed ^ mix64(((epoch as u64) << 32) | b as u64));
@@ -428,15 +449,26 @@ fn run(args: Args) -> AnyResult<()> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            loss_sum += step.loss * idx.len() as f64;
-            correct += step.correct;
-            seen += idx.len();
-            let msg = format!(
-                "loss {:.4} acc {:.2}% {:.1} img/s",
-                loss_sum / seen as f64,
-                100.0 * correct as f64 / seen as f64,
-                seen as f64 / t0.elapsed().as_secs_f64()
+            let queued = (
+                step.loss_tensor().clone(),
+                step.correct_tensor().clone(),
+                idx.len(),
             );
+            drop(step);
+            if let Some(p) = pending.replace(queued) {
+                tally.add(p)?;
+            }
+            let seen = tally.seen;
+            let msg = if seen == 0 {
+                "first step queued".to_string()
+            } else {
+                format!(
+                    "loss {:.4} acc {:.2}% {:.1} img/s",
+                    tally.loss_sum / seen as f64,
+                    100.0 * tally.correct as f64 / seen as f64,
+                    seen as f64 / t0.elapsed().as_secs_f64()
+                )
+            };
             pb.inc(idx.len() as u64);
             if pb.is_hidden() && ((b + 1) % log_every == 0 || b + 1 == batches.len()) {
                 println!(
@@ -447,9 +479,16 @@ fn run(args: Args) -> AnyResult<()> {
             }
             pb.set_message(msg);
         }
+        if let Some(p) = pending.take() {
+            tally.add(p)?;
+        }
         pb.finish_and_clear();
         let train_time = t0.elapsed().as_secs_f64();
-        let (train_loss, train_acc) = (loss_sum / seen as f64, correct as f64 / seen as f64);
+        let seen = tally.seen;
+        let (train_loss, train_acc) = (
+            tally.loss_sum / seen as f64,
+            tally.correct as f64 / seen as f64,
+        );
         let (test_loss, test_acc) = evaluate(&model, &test, args.batch, &device)?;
         if test_acc > best.0 {
             best = (test_acc, epoch + 1);

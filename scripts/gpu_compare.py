@@ -63,11 +63,12 @@ def main():
     for t in torch:
         tmap[(canon(t["model"]), t.get("batch"), t.get("image"), t["mode"])] = t
     gpu = next((t.get("gpu") for t in torch if t.get("gpu")), None)
-    head = ("case", "mode", "ours GB", "GPU used", "ours ms", "torch", "torch GB", "torch ms", "GB o/t", "ms o/t")
-    fmt = "%-26s %-12s %8s %9s %8s  %-10s %8s %8s %7s %7s"
+    head = ("case", "mode", "ours GB", "GPU used", "ours ms", "torch", "torch GB", "torch ms", "GB o/t", "ms o/t",
+            "launches", "syncs")
+    fmt = "%-26s %-12s %8s %9s %8s  %-10s %8s %8s %7s %7s %8s %5s"
     print("GPU benchmark: this project vs PyTorch%s (fp32, TF32 off, one SGD step)" % (" on " + gpu if gpu else ""))
     print(fmt % head)
-    print("-" * 112)
+    print("-" * 127)
     errors = []
     seen = set()
     for o in ours:
@@ -83,19 +84,22 @@ def main():
         tmed = t.get("median_s") if t and "error" not in t else None
         print(fmt % (case, o["mode"], gb(o.get("peak_bytes")), gb(o.get("device_used_bytes")), ms(o.get("median_s")),
                      ("torch " + ("ckpt" if tmode == "efficient" else "naive")) if t else "-",
-                     gb(tpeak), ms(tmed), ratio(o.get("peak_bytes"), tpeak), ratio(o.get("median_s"), tmed)))
+                     gb(tpeak), ms(tmed), ratio(o.get("peak_bytes"), tpeak), ratio(o.get("median_s"), tmed),
+                     o.get("launches", "-"), o.get("syncs", "-")))
     for k, t in tmap.items():
         if "error" in t:
             errors.append(("torch", t))
         elif k not in seen:
             case = "%s b%s %spx" % k[:3]
             print(fmt % (case, "-", "-", "-", "-", "torch " + ("ckpt" if t["mode"] == "efficient" else "naive"),
-                         gb(t.get("peak_cuda_abs_bytes", t.get("peak_cuda_bytes"))), ms(t.get("median_s")), "-", "-"))
+                         gb(t.get("peak_cuda_abs_bytes", t.get("peak_cuda_bytes"))), ms(t.get("median_s")), "-", "-",
+                         "-", "-"))
     for who, e in errors:
         print("%s %s %s failed: %s" % (who, e.get("model"), e.get("mode"), e.get("error")))
     print("ours GB: the engine's peak (parameters, optimizer state, input, activations, gradients, cuDNN")
     print("workspaces); GPU used: cuMemGetInfo total - free after the steps (context, libraries, pool cache);")
     print("torch GB: torch.cuda.max_memory_allocated(); ckpt: torch.utils.checkpoint per dense layer bottleneck.")
+    print("launches, syncs: ours per training step (engine kernel calls; reads back to the host).")
     print()
     for line in verdicts(ours):
         print(line)

@@ -1,7 +1,8 @@
 //! Measurement helpers shared by the benchmark example and the criterion bench: one training
 //! step's peak bytes (the engine's accounting, with the process's peak RSS beside it, and on a
-//! GPU the driver's used bytes) and median time, the fitted growth exponent of memory against
-//! depth, and an SVG chart.
+//! GPU the driver's used bytes), median time and work counts (kernel launches, allocations,
+//! host syncs: [`tape::counters`]), the fitted growth exponent of memory against depth, and an
+//! SVG chart.
 
 use crate::config::{DenseNetConfig, Efficiency};
 use crate::error::Result;
@@ -41,6 +42,13 @@ pub struct CaseResult {
     pub reserved_bytes: Option<u64>,
     /// Median seconds per training step (forward + backward + SGD).
     pub median_s: f64,
+    /// Kernel launches of one training step (the last measured one; steady-state steps count
+    /// the same): one per engine kernel call, counted the same way on every device.
+    pub launches: u64,
+    /// Buffers allocated by one training step.
+    pub allocs: u64,
+    /// Host synchronisations (reads of tensor values back to the host) of one training step.
+    pub syncs: u64,
     /// Every measured step time.
     pub times_s: Vec<f64>,
 }
@@ -139,9 +147,12 @@ pub fn measure_training_step(
     dev.memory().reset_peak();
     let rss_ok = rss::reset_peak();
     let mut times = Vec::with_capacity(iters);
+    let mut counts = tape::Counters::default();
     for i in 0..iters.max(1) {
         let t0 = Instant::now();
+        let before = dev.counters();
         train_step(&mut model, &mut opt, &x, &labels, (warmup + i) as u64)?;
+        counts = dev.counters().since(before);
         dev.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
     }
@@ -160,6 +171,9 @@ pub fn measure_training_step(
         device_used_bytes,
         reserved_bytes: dev.reserved_bytes().map(|b| b as u64),
         median_s: median(&times),
+        launches: counts.launches,
+        allocs: counts.allocs,
+        syncs: counts.syncs,
         times_s: times,
     })
 }

@@ -53,7 +53,8 @@ pub enum DenseNetError {
         /// What is not finite: `the loss`, `the gradient of '<parameter>'` or
         /// `the parameter '<parameter>'`.
         what: String,
-        /// The offending value (the loss, or the sum of the gradient or parameter).
+        /// The offending value: the loss, or the first non-finite element of the gradient or
+        /// parameter.
         value: f64,
     },
     /// A weights file is not valid safetensors, or holds an unsupported dtype.

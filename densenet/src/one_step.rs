@@ -199,10 +199,7 @@ impl Prepared {
         let out = forward_backward(model, &self.input, &self.labels, DROPOUT_SEED)?;
         let mut tensors = vec![
             ("logits".to_string(), out.logits.clone()),
-            (
-                "loss".to_string(),
-                Tensor::from_f64(&[out.loss], &[1], model.dtype(), model.device())?,
-            ),
+            ("loss".to_string(), out.loss_tensor().clone()),
         ];
         for p in model.parameters() {
             let g = out.grads.get(p.tensor()).ok_or_else(|| {
@@ -215,7 +212,7 @@ impl Prepared {
             tensors.push((format!("{name}.running_var"), rs.var()));
         }
         Ok(OneStepOutput {
-            loss: out.loss,
+            loss: out.loss()?,
             layer_modes,
             tensors,
         })

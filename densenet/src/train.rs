@@ -1,14 +1,24 @@
-//! One training step: forward, cross-entropy, backward, an anomaly check, optimizer update.
+//! One training step: forward, cross-entropy, backward, an anomaly check, optimizer update,
+//! queued on the model's device without a host round-trip before the update.
 //!
-//! The anomaly check ([`check_finite`], on by default) stops a diverging run at the step where
-//! the loss, a gradient or a parameter stops being finite, with a [`DenseNetError::NonFinite`]
-//! naming the step and what diverged, before the optimizer spreads NaN or infinity through the
-//! parameters.
+//! The labels are copied to the device once per step ([`tape::Labels`]) and serve the loss, its
+//! gradient and the accuracy count. The loss and the correct count stay device tensors in
+//! [`StepOutput`] until the caller reads them ([`StepOutput::loss`], [`StepOutput::correct`]).
+//!
+//! The anomaly check (on by default) is one fused reduction ([`non_finite_flag`]: one kernel
+//! call over the loss, every gradient and every parameter) into a device flag. The optimizer's
+//! update is conditional on that flag on the device ([`Optimizer::step_if_finite`]: the fused
+//! update skips itself when the flag is set, so nothing non-finite is spread and the optimizer
+//! state stays as it was), and the host reads the flag once, after the update is queued. When it
+//! is set, the step fails with a [`DenseNetError::NonFinite`] naming the step and what diverged
+//! (found by reading the tensors one by one, on that failure path only). Per step on any device:
+//! one host sync (the flag) and, for SGD, one optimizer launch.
 
 use crate::error::{DenseNetError, Result};
 use crate::model::DenseNet;
+use std::sync::OnceLock;
 use tape::optim::{Optimizer, SgdConfig};
-use tape::{ops, Gradients, Tape, Tensor};
+use tape::{ops, Gradients, Labels, Tape, Tensor};
 
 /// The seed project's optimizer: SGD, lr 0.1, Nesterov momentum 0.9, weight decay 1e-4.
 pub fn seed_sgd_config() -> SgdConfig {
@@ -21,54 +31,89 @@ pub fn seed_sgd_config() -> SgdConfig {
     }
 }
 
-/// What a forward + backward pass produced.
+/// What a forward + backward pass produced. The loss and the correct count are device tensors,
+/// read (one host sync each, then kept) when asked for.
 pub struct StepOutput {
-    /// Mean cross-entropy of the batch.
-    pub loss: f64,
     /// Logits `[n, classes]`.
     pub logits: Tensor,
     /// Gradients of every parameter (by tensor id).
     pub grads: Gradients,
-    /// Correct top-1 predictions.
-    pub correct: usize,
+    loss: Tensor,
+    correct: Tensor,
+    loss_value: OnceLock<f64>,
+    correct_value: OnceLock<usize>,
 }
 
-/// Top-1 hits of `logits` against `labels`.
-pub fn count_correct(logits: &Tensor, labels: &[usize]) -> usize {
-    let classes = logits.shape().last().copied().unwrap_or(1).max(1);
-    logits
-        .to_f64_vec()
-        .chunks(classes)
-        .zip(labels)
-        .filter(|(row, &label)| {
-            let best = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i);
-            best == Some(label)
-        })
-        .count()
+impl StepOutput {
+    /// The outputs of a step: its loss and correct count are device tensors of one element.
+    pub fn new(loss: Tensor, logits: Tensor, grads: Gradients, correct: Tensor) -> Self {
+        StepOutput {
+            logits,
+            grads,
+            loss,
+            correct,
+            loss_value: OnceLock::new(),
+            correct_value: OnceLock::new(),
+        }
+    }
+
+    /// Mean cross-entropy of the batch: read from the device on the first call (one sync).
+    pub fn loss(&self) -> Result<f64> {
+        if let Some(&v) = self.loss_value.get() {
+            return Ok(v);
+        }
+        let v = self.loss.scalar()?;
+        Ok(*self.loss_value.get_or_init(|| v))
+    }
+
+    /// Correct top-1 predictions: read from the device on the first call (one sync).
+    pub fn correct(&self) -> Result<usize> {
+        if let Some(&v) = self.correct_value.get() {
+            return Ok(v);
+        }
+        let v = self.correct.scalar()?;
+        if !(v >= 0.0 && v.fract() == 0.0) {
+            return Err(tape::Error::Backend(format!(
+                "the correct count read back as {v}, not a count"
+            ))
+            .into());
+        }
+        Ok(*self.correct_value.get_or_init(|| v as usize))
+    }
+
+    /// The loss as the device tensor (`[1]`, the model's dtype), not read.
+    pub fn loss_tensor(&self) -> &Tensor {
+        &self.loss
+    }
+
+    /// The correct count as the device tensor (`[1]`, the model's dtype), not read.
+    pub fn correct_tensor(&self) -> &Tensor {
+        &self.correct
+    }
 }
 
-/// Forward and backward of one batch in training mode; `seed` drives dropout.
+/// Top-1 hits of `logits` against `labels` ([`ops::correct_count`] on the logits' device, then
+/// one read).
+pub fn count_correct(logits: &Tensor, labels: &[usize]) -> Result<usize> {
+    let labels = Labels::new(labels, logits.device())?;
+    Ok(ops::correct_count(logits, &labels)?.scalar()? as usize)
+}
+
+/// Forward and backward of one batch in training mode; `seed` drives dropout. The labels are
+/// copied to the model's device once; nothing is read back.
 pub fn forward_backward(
     model: &DenseNet,
     x: &Tensor,
     labels: &[usize],
     seed: u64,
 ) -> Result<StepOutput> {
+    let labels = Labels::new(labels, x.device())?;
     let mut tape = Tape::recording().with_seed(seed);
     let logits = model.forward(&mut tape, x)?;
-    let loss = ops::cross_entropy(&mut tape, &logits, labels)?;
+    let loss = ops::cross_entropy_labels(&mut tape, &logits, &labels)?;
     let grads = tape.backward(&loss)?;
-    let correct = count_correct(&logits, labels);
-    Ok(StepOutput {
-        loss: loss.scalar()?,
-        logits,
-        grads,
-        correct,
-    })
+    let correct = ops::correct_count(&logits, &labels)?;
+    Ok(StepOutput::new(loss, logits, grads, correct))
 }
 
 /// How [`train_step_with`] runs one step.
@@ -78,7 +123,8 @@ pub struct StepOptions {
     pub seed: u64,
     /// The step's index in the run (named by a [`DenseNetError::NonFinite`] error).
     pub step: u64,
-    /// Run [`check_finite`] before the optimizer update (on in [`StepOptions::new`]).
+    /// Run the anomaly check: the update is conditional on [`non_finite_flag`] (on in
+    /// [`StepOptions::new`]).
     pub check_finite: bool,
 }
 
@@ -93,65 +139,62 @@ impl StepOptions {
     }
 }
 
-/// Fails with [`DenseNetError::NonFinite`] naming `step` if the loss, the gradient of any of
-/// `model`'s parameters or a parameter itself holds a NaN or an infinity (the first such tensor
-/// in [`DenseNet::parameters`] order is named, its gradient before its value). Parameters are
-/// checked too because a NaN weight does not always reach the loss (a ReLU maps a NaN batch-norm
-/// output to 0) and an update with a finite but huge gradient can overflow a weight.
-///
-/// Cheap enough to run every step: the loss is already on the host, and gradients and
-/// parameters are checked through their sums (NaN and infinities propagate into a sum): one pass
-/// over each tensor on its device and a single number brought back; only when that number is not
-/// finite are the sums read one by one to name the culprit. A sum that overflows the dtype counts
-/// as non-finite too (values that large are themselves a divergence).
-pub fn check_finite(model: &DenseNet, out: &StepOutput, step: u64) -> Result<()> {
-    if !out.loss.is_finite() {
-        return Err(DenseNetError::NonFinite {
-            step,
-            what: "the loss".into(),
-            value: out.loss,
-        });
-    }
-    let mut tape = Tape::no_grad();
-    let params = model.parameters();
-    // (parameter index, whether it is the gradient, the sum).
-    let mut sums = Vec::with_capacity(2 * params.len());
-    let mut total: Option<Tensor> = None;
-    for (i, p) in params.iter().enumerate() {
-        let grad = out.grads.get(p.tensor()).map(|g| (true, g));
-        for (is_grad, t) in grad.into_iter().chain([(false, p.tensor())]) {
-            let s = ops::sum(&mut tape, t)?;
-            total = Some(match total {
-                Some(acc) => ops::add(&mut tape, &acc, &s)?,
-                None => s.clone(),
-            });
-            sums.push((i, is_grad, s));
+/// The tensors the anomaly check covers, in the order it names them: the loss, then for each
+/// of `model`'s parameters ([`DenseNet::parameters`] order) its gradient (if any) and its value.
+fn checked<'a>(model: &'a DenseNet, out: &'a StepOutput) -> Vec<(String, &'a Tensor)> {
+    let mut list = vec![("the loss".to_string(), &out.loss)];
+    for p in model.parameters() {
+        if let Some(g) = out.grads.get(p.tensor()) {
+            list.push((format!("the gradient of '{}'", p.name()), g));
         }
+        list.push((format!("the parameter '{}'", p.name()), p.tensor()));
     }
-    let total = match total {
-        Some(t) => t.scalar()?,
-        None => return Ok(()),
-    };
-    if total.is_finite() {
+    list
+}
+
+/// The anomaly check's device flag: a one-element tensor holding 1 if the loss, the gradient of
+/// any of `model`'s parameters or a parameter itself holds a NaN or an infinity, else 0. One
+/// fused kernel call ([`ops::non_finite`]) over all of them; nothing is read back.
+///
+/// Parameters are checked too because a NaN weight does not always reach the loss (a ReLU maps a
+/// NaN batch-norm output to 0) and an update with a finite but huge gradient can overflow a
+/// weight.
+pub fn non_finite_flag(model: &DenseNet, out: &StepOutput) -> Result<Tensor> {
+    let list = checked(model, out);
+    let tensors: Vec<&Tensor> = list.iter().map(|(_, t)| *t).collect();
+    Ok(ops::non_finite(&tensors)?)
+}
+
+/// Fails with [`DenseNetError::NonFinite`] naming `step` if the loss, the gradient of any of
+/// `model`'s parameters or a parameter itself holds a NaN or an infinity: the flag of
+/// [`non_finite_flag`] (one kernel call) read once; only when it is set are the tensors read one
+/// by one to name the first culprit (the loss first, then in [`DenseNet::parameters`] order a
+/// parameter's gradient before its value) and its first non-finite element.
+pub fn check_finite(model: &DenseNet, out: &StepOutput, step: u64) -> Result<()> {
+    if non_finite_flag(model, out)?.scalar()? == 0.0 {
         return Ok(());
     }
-    for (i, is_grad, s) in sums {
-        let value = s.scalar()?;
-        if !value.is_finite() {
-            let name = params[i].name();
-            let what = if is_grad {
-                format!("the gradient of '{name}'")
-            } else {
-                format!("the parameter '{name}'")
-            };
-            return Err(DenseNetError::NonFinite { step, what, value });
+    Err(non_finite_error(model, out, step))
+}
+
+/// The error of a step whose anomaly flag is set: the first non-finite tensor of [`checked`]
+/// and its first non-finite element (reading each tensor back, on this failure path only).
+fn non_finite_error(model: &DenseNet, out: &StepOutput, step: u64) -> DenseNetError {
+    for (what, t) in checked(model, out) {
+        match t.try_to_f64_vec() {
+            Ok(values) => {
+                if let Some(&value) = values.iter().find(|v| !v.is_finite()) {
+                    return DenseNetError::NonFinite { step, what, value };
+                }
+            }
+            Err(e) => return e.into(),
         }
     }
-    Err(DenseNetError::NonFinite {
+    DenseNetError::NonFinite {
         step,
-        what: "the sum of all gradients and parameters".into(),
-        value: total,
-    })
+        what: "a gradient or parameter (the device flagged one; none read back)".into(),
+        value: f64::NAN,
+    }
 }
 
 /// One SGD (or other optimizer) step on a batch; returns the loss and logits. `seed` drives
@@ -167,10 +210,13 @@ pub fn train_step(
     train_step_with(model, optimizer, x, labels, StepOptions::new(seed, seed))
 }
 
-/// One optimizer step on a batch as `options` say. With the anomaly check on, a non-finite loss,
-/// gradient or parameter fails with [`DenseNetError::NonFinite`] before the update: the
-/// parameters keep their values (the batch norm running statistics have already seen the batch
-/// in forward).
+/// One optimizer step on a batch as `options` say, queued with no host read before the update.
+/// With the anomaly check on, the update is conditional on the device flag of
+/// [`non_finite_flag`] ([`Optimizer::step_if_finite`]), which the host reads once, after the
+/// update is queued: a non-finite loss, gradient or parameter fails with
+/// [`DenseNetError::NonFinite`], and the device has skipped the update, so the parameters and
+/// the optimizer state keep their values (the batch norm running statistics have already seen
+/// the batch in forward).
 pub fn train_step_with(
     model: &mut DenseNet,
     optimizer: &mut dyn Optimizer,
@@ -179,12 +225,17 @@ pub fn train_step_with(
     options: StepOptions,
 ) -> Result<StepOutput> {
     let out = forward_backward(model, x, labels, options.seed)?;
-    if options.check_finite {
-        check_finite(model, &out, options.step)?;
+    if !options.check_finite {
+        optimizer.step(&mut model.parameters_mut(), &out.grads)?;
+        return Ok(out);
     }
-    let mut params = model.parameters_mut();
-    optimizer.step(&mut params, &out.grads)?;
-    Ok(out)
+    let flag = non_finite_flag(model, &out)?;
+    let applied = optimizer.step_if_finite(&mut model.parameters_mut(), &out.grads, &flag)?;
+    if applied {
+        Ok(out)
+    } else {
+        Err(non_finite_error(model, &out, options.step))
+    }
 }
 
 /// Logits in eval mode without recording (running statistics, no dropout).

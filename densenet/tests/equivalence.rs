@@ -48,7 +48,7 @@ fn run(
     }
     let out = forward_backward(&model, &x, &labels, seed).unwrap();
     Some(Outcome {
-        loss: out.loss,
+        loss: out.loss().unwrap(),
         grads: model
             .parameters()
             .iter()
@@ -276,7 +276,8 @@ mod on_gpu {
                 l.push(
                     train_step(&mut model, &mut opt, &x, &labels, step)
                         .unwrap()
-                        .loss,
+                        .loss()
+                        .unwrap(),
                 );
             }
             let params: Vec<Vec<f64>> = model
@@ -317,7 +318,7 @@ mod on_gpu {
         dev.memory().reset_peak();
         let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
         let out = forward_backward(&model, &x, &labels, 0).unwrap();
-        assert!(out.loss.is_finite());
+        assert!(out.loss().unwrap().is_finite());
         assert!(
             dev.memory().peak() > before + params,
             "activations and gradients were charged to the GPU device"

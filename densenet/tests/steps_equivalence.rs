@@ -158,7 +158,7 @@ fn train(
         }
         plans.push(modes);
         let out = train_step(&mut model, &mut opt, &x, &labels, step).unwrap();
-        snaps.push(snapshot(&model, out.loss, &out.grads));
+        snaps.push(snapshot(&model, out.loss().unwrap(), &out.grads));
     }
     (model, snaps, plans)
 }

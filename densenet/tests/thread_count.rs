@@ -61,7 +61,7 @@ fn train(
             let out = train_step(&mut model, &mut opt, &x, &labels, 40 + step).unwrap();
             let params = model.parameters();
             Bits {
-                loss: out.loss.to_bits(),
+                loss: out.loss().unwrap().to_bits(),
                 grads: params
                     .iter()
                     .map(|p| bits(out.grads.get(p.tensor()).unwrap()))

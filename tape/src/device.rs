@@ -8,6 +8,8 @@
 //! same API; opening a GPU then fails with a clear error (see [`crate::backend`]).
 
 use crate::backend::cuda::{self, CudaHandle};
+use crate::backend::{self, Kernels};
+use crate::counters::CounterCells;
 use crate::error::{Error, Result};
 use crate::memory::{MemoryStats, Reservation};
 use std::fmt;
@@ -47,13 +49,28 @@ impl Default for CudaOptions {
     }
 }
 
-#[derive(Debug)]
 struct Inner {
     kind: DeviceKind,
     serial: u64,
     memory: Arc<MemoryStats>,
+    /// Launches, allocations and host synchronisations ([`crate::counters`]).
+    counters: Arc<CounterCells>,
+    /// The backend's kernels, counted in `counters`.
+    kernels: Arc<dyn Kernels>,
     /// The GPU's shared state and this handle's options (`None` on the CPU).
     cuda: Option<CudaHandle>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("kind", &self.kind)
+            .field("serial", &self.serial)
+            .field("memory", &self.memory)
+            .field("counters", &self.counters)
+            .field("cuda", &self.cuda)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A device handle; cheap to clone. Two handles are the same device when they come from the same
@@ -69,10 +86,13 @@ impl Device {
         crate::host_cache::configure();
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         let memory = Arc::new(MemoryStats::new(format!("cpu#{serial}")));
+        let counters = Arc::new(CounterCells::default());
         Device(Arc::new(Inner {
             kind: DeviceKind::Cpu,
             serial,
             memory,
+            kernels: backend::cpu_kernels(counters.clone()),
+            counters,
             cuda: None,
         }))
     }
@@ -91,10 +111,13 @@ impl Device {
         let handle = cuda::open(ordinal, options)?;
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         let memory = Arc::new(MemoryStats::new(format!("cuda:{ordinal}#{serial}")));
+        let counters = Arc::new(CounterCells::default());
         Ok(Device(Arc::new(Inner {
             kind: DeviceKind::Cuda(ordinal),
             serial,
             memory,
+            kernels: backend::cuda_kernels(counters.clone())?,
+            counters,
             cuda: Some(handle),
         })))
     }
@@ -157,6 +180,16 @@ impl Device {
     /// This device's memory accounting.
     pub fn memory(&self) -> &MemoryStats {
         &self.0.memory
+    }
+
+    /// This device's work counters (read them with [`Device::counters`]).
+    pub(crate) fn counter_cells(&self) -> &CounterCells {
+        &self.0.counters
+    }
+
+    /// This device's kernels, each call counted ([`crate::backend::kernels`] hands them out).
+    pub(crate) fn kernel_set(&self) -> &Arc<dyn Kernels> {
+        &self.0.kernels
     }
 
     /// Holds `bytes` against this device's accounting until the reservation is dropped.

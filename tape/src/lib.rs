@@ -1,7 +1,8 @@
 //! `tape`: the engine of the workspace. Tensors with run-time shapes, dtypes and devices; a
 //! recording autodiff [`Tape`] of backward closures with gradients keyed by tensor id; the ops a
-//! CNN needs ([`ops`]), optimizers ([`optim`]) and exact per-device memory accounting
-//! ([`MemoryStats`]).
+//! CNN needs ([`ops`]), optimizers ([`optim`]), exact per-device memory accounting
+//! ([`MemoryStats`]) and per-device work counters ([`Counters`]: kernel launches, allocations,
+//! host synchronisations).
 //!
 //! With the cargo feature `cuda`, `Device::cuda(0)` runs every op on an NVIDIA GPU (cuDNN,
 //! cuBLAS and NVRTC kernels, loaded at run time); without it, `Device::cuda` returns an error
@@ -36,12 +37,14 @@ macro_rules! dispatch_float {
 }
 
 mod backend;
+pub mod counters;
 pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod gradcheck;
 pub mod gradients;
 pub mod host_cache;
+pub mod labels;
 pub mod memory;
 pub mod ops;
 pub mod optim;
@@ -53,10 +56,12 @@ pub mod tape;
 pub mod tensor;
 pub mod testing;
 
+pub use counters::Counters;
 pub use device::{CudaOptions, Device, DeviceKind};
 pub use dtype::{DType, Elem};
 pub use error::{Error, Result};
 pub use gradients::{GradKey, Gradients};
+pub use labels::Labels;
 pub use memory::{MemoryStats, Reservation};
 pub use param::Parameter;
 pub use tape::{Context, Phase, Tape};

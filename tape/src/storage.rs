@@ -1,4 +1,5 @@
-//! Counted buffers: the one place memory is charged to and released from a device. A buffer's
+//! Counted buffers: the one place memory is charged to and released from a device, and where
+//! allocations and reads back to the host are counted ([`crate::counters`]). A buffer's
 //! elements live in host memory or on a GPU; the GPU side goes through [`crate::backend::cuda`]
 //! (a stub that cannot be reached without the cargo feature `cuda`, since no CUDA device can
 //! then be opened).
@@ -64,12 +65,15 @@ impl Buffer {
         let bytes = len * dtype.size_in_bytes();
         device.memory().charge(bytes)?;
         match make() {
-            Ok(data) => Ok(Buffer {
-                data,
-                device: device.clone(),
-                len,
-                bytes,
-            }),
+            Ok(data) => {
+                device.counter_cells().alloc();
+                Ok(Buffer {
+                    data,
+                    device: device.clone(),
+                    len,
+                    bytes,
+                })
+            }
             Err(e) => {
                 device.memory().release(bytes);
                 Err(e)
@@ -96,12 +100,27 @@ impl Buffer {
         })
     }
 
-    /// The elements in host memory (a device-to-host copy for a GPU buffer).
+    /// The elements in host memory (a device-to-host copy for a GPU buffer), counted as a sync
+    /// of the buffer's device: every GPU copy, a host copy when host code (no kernel) asks.
     pub(crate) fn to_host(&self) -> Result<CpuData> {
         match &self.data {
-            Storage::Cpu(d) => Ok(d.clone()),
-            Storage::Cuda(d) => cuda::download(&self.device, d, self.len),
+            Storage::Cpu(d) => {
+                self.device.counter_cells().host_read();
+                Ok(d.clone())
+            }
+            Storage::Cuda(d) => {
+                self.device.counter_cells().device_read();
+                cuda::download(&self.device, d, self.len)
+            }
         }
+    }
+
+    /// The host data of a CPU buffer for host code to read, counted as a sync of its device
+    /// unless a kernel reads it; `None` for a GPU buffer (read it with [`Buffer::to_host`]).
+    pub(crate) fn host_read(&self) -> Option<&CpuData> {
+        let d = self.data.cpu()?;
+        self.device.counter_cells().host_read();
+        Some(d)
     }
 }
 

@@ -290,7 +290,7 @@ impl Tensor {
     /// `f` of the elements in host memory: the buffer itself on the CPU, a device-to-host copy
     /// of a GPU buffer (which may hold more elements than the shape: read `numel()` of them).
     fn read_host<R>(&self, f: impl FnOnce(&CpuData) -> R) -> Result<R> {
-        match self.buf.data.cpu() {
+        match self.buf.host_read() {
             Some(d) => Ok(f(d)),
             None => Ok(f(&self.buf.to_host()?)),
         }

@@ -76,3 +76,11 @@ pub(crate) fn overwrite(_device: &Device, _buf: &mut Buffer, _values: &[f64]) ->
 }
 
 pub(crate) fn before_free(_device: &Device) {}
+
+/// Class indices on a GPU: none can exist in this build.
+pub(crate) enum Indices {}
+
+/// Fails: this build has no CUDA backend.
+pub(crate) fn upload_indices(_device: &Device, _values: &[usize]) -> Result<Indices> {
+    Err(not_built())
+}

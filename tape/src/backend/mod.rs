@@ -4,21 +4,32 @@
 //! exactly once, in `ops/<op>/mod.rs`; the arithmetic runs in device kernels behind a small
 //! trait declared beside the op (`ReluKernels`, `Conv2dKernels`, ...). The CPU implements each
 //! trait in `ops/<op>/cpu.rs` for [`Cpu`], CUDA in `ops/<op>/cuda.rs` for
-//! `cuda::CudaKernels`; [`Kernels`] gathers them, and [`kernels`] picks a device's set.
+//! `cuda::CudaKernels`; [`Kernels`] gathers them, and [`kernels`] hands out a device's set.
+//!
+//! A device's set is its backend's kernels wrapped in [`Counted`], which counts every kernel
+//! call as one launch in the device's [`crate::counters`] before passing it on: the one place
+//! launches are counted, so no op counts by hand and a new kernel method only needs a line in
+//! the list at the end of this file.
 //!
 //! The cargo feature `cuda` is decided here alone: with it, [`cuda`] is the real backend
 //! (cuDNN, cuBLAS, NVRTC through `cudarc`, libraries loaded at run time); without it, a stub
 //! with the same names whose `open` fails with "built without the cuda feature", so no CUDA
 //! device, buffer or kernel can ever be reached and the rest of the engine needs no `cfg`.
 
-use crate::device::{Device, DeviceKind};
+use crate::counters::CounterCells;
+use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::Result;
+use crate::labels::Labels;
 use crate::ops::{
-    BatchNormKernels, BatchNormReluKernels, BlockStorageKernels, ConcatKernels, Conv2dKernels,
-    CrossEntropyKernels, DropoutKernels, ElementwiseKernels, LinearKernels, PoolKernels,
-    ReduceKernels, ReluKernels,
+    AccuracyKernels, BatchNormKernels, BatchNormReluKernels, BlockStorageKernels, BnBackward, BnForward, BnGrads,
+    BnReluBackward, BnReluForward, BnReluGrads, BnStats, ConcatKernels, Conv2dGrads, Conv2dKernels,
+    CrossEntropyKernels, Dims, DropoutKernels, ElementwiseKernels, FiniteKernels, Geometry,
+    LinearKernels, PoolKernels, PoolMode, ReduceKernels, ReluKernels, Window,
 };
-use crate::optim::OptimKernels;
+use crate::optim::{AdamConfig, AdamSlot, OptimKernels, SgdConfig, SgdSlot};
+use crate::tensor::Tensor;
+use std::sync::Arc;
 
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
@@ -41,6 +52,9 @@ pub(crate) trait Kernels:
     + BatchNormReluKernels
     + BlockStorageKernels
     + OptimKernels
+    + AccuracyKernels
+    + FiniteKernels
+    + Send
     + Sync
 {
 }
@@ -59,6 +73,9 @@ impl<K> Kernels for K where
         + BatchNormReluKernels
         + BlockStorageKernels
         + OptimKernels
+        + AccuracyKernels
+        + FiniteKernels
+        + Send
         + Sync
 {
 }
@@ -66,10 +83,133 @@ impl<K> Kernels for K where
 /// The CPU backend: host memory, `gemm` + `rayon` kernels.
 pub(crate) struct Cpu;
 
-/// The kernels of `device`'s backend.
-pub(crate) fn kernels(device: &Device) -> Result<&'static dyn Kernels> {
-    match device.kind() {
-        DeviceKind::Cpu => Ok(&Cpu),
-        DeviceKind::Cuda(_) => cuda::kernels(),
+/// The kernels of `device`'s backend, counting each call in the device's counters.
+pub(crate) fn kernels(device: &Device) -> Result<Arc<dyn Kernels>> {
+    Ok(device.kernel_set().clone())
+}
+
+/// The kernel set of a new CPU device: the CPU kernels, counted in `counters`.
+pub(crate) fn cpu_kernels(counters: Arc<CounterCells>) -> Arc<dyn Kernels> {
+    Arc::new(Counted {
+        inner: &Cpu,
+        counters,
+    })
+}
+
+/// The kernel set of a new CUDA device: the CUDA kernels, counted in `counters`.
+pub(crate) fn cuda_kernels(counters: Arc<CounterCells>) -> Result<Arc<dyn Kernels>> {
+    Ok(Arc::new(Counted {
+        inner: cuda::kernels()?,
+        counters,
+    }))
+}
+
+/// A backend's kernels, each call counted as one launch of the device whose counters these are
+/// (a call made inside another kernel call counts nothing: see [`crate::counters`]).
+pub(crate) struct Counted {
+    inner: &'static dyn Kernels,
+    counters: Arc<CounterCells>,
+}
+
+/// Implements kernel traits for [`Counted`]: each method enters a counted kernel scope and
+/// passes the call on to the backend's own implementation.
+macro_rules! counted {
+    ($($tr:ident { $(fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;)* })*) => {
+        $(impl $tr for Counted {
+            $(fn $name(&self $(, $arg: $ty)*) -> $ret {
+                let _scope = self.counters.enter_kernel();
+                self.inner.$name($($arg),*)
+            })*
+        })*
+    };
+}
+
+counted! {
+    ElementwiseKernels {
+        fn full(&self, shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor>;
+        fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+        fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+        fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor>;
+        fn add_assign(&self, acc: &mut Tensor, g: &Tensor) -> Result<()>;
+    }
+    ReluKernels {
+        fn relu_forward(&self, x: &Tensor) -> Result<Tensor>;
+        fn relu_backward(&self, g: &Tensor, y: &Tensor) -> Result<Tensor>;
+    }
+    ReduceKernels {
+        fn sum_all(&self, x: &Tensor, factor: f64) -> Result<Tensor>;
+        fn fill_scaled(&self, shape: &[usize], g: &Tensor, factor: f64) -> Result<Tensor>;
+    }
+    DropoutKernels {
+        fn dropout_mask(&self, x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor>;
+    }
+    ConcatKernels {
+        fn concat(&self, xs: &[&Tensor], widths: &[usize], outer: usize, shape: &[usize]) -> Result<Tensor>;
+        fn concat_split(
+            &self,
+            g: &Tensor,
+            outer: usize,
+            widths: &[usize],
+            shapes: &[&[usize]],
+            wanted: &[bool],
+            into: Vec<Option<Tensor>>,
+        ) -> Result<Vec<Option<Tensor>>>;
+    }
+    CrossEntropyKernels {
+        fn cross_entropy_forward(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor>;
+        fn cross_entropy_backward(&self, logits: &Tensor, labels: &Labels, g: &Tensor) -> Result<Tensor>;
+    }
+    PoolKernels {
+        fn pool_forward(&self, mode: PoolMode, x: &Tensor, win: &Window) -> Result<Tensor>;
+        fn pool_backward(
+            &self,
+            mode: PoolMode,
+            saved: Option<(&Tensor, &Tensor)>,
+            g: &Tensor,
+            win: &Window,
+            x_shape: &[usize],
+        ) -> Result<Tensor>;
+        fn global_avg_forward(&self, x: &Tensor, hw: usize) -> Result<Tensor>;
+        fn global_avg_backward(&self, g: &Tensor, hw: usize, x_shape: &[usize]) -> Result<Tensor>;
+    }
+    LinearKernels {
+        fn linear_forward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, dims: Dims) -> Result<Tensor>;
+        fn linear_grad_input(&self, g: &Tensor, w: &Tensor, dims: Dims) -> Result<Tensor>;
+        fn linear_grad_weight(&self, g: &Tensor, x: &Tensor, dims: Dims) -> Result<Tensor>;
+        fn linear_grad_bias(&self, g: &Tensor, dims: Dims) -> Result<Tensor>;
+    }
+    Conv2dKernels {
+        fn conv2d_forward(&self, geo: &Geometry, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>;
+        fn conv2d_backward(
+            &self,
+            geo: &Geometry,
+            g: &Tensor,
+            x: Option<&Tensor>,
+            w: Option<&Tensor>,
+            want_bias: bool,
+        ) -> Result<Conv2dGrads>;
+    }
+    BatchNormKernels {
+        fn batch_norm_forward(&self, a: &BnForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
+        fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads>;
+    }
+    BatchNormReluKernels {
+        fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
+        fn bn_relu_backward(&self, a: &BnReluBackward<'_>, into: Vec<Option<Tensor>>) -> Result<BnReluGrads>;
+    }
+    BlockStorageKernels {
+        fn write_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()>;
+        fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()>;
+        fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor>;
+    }
+    OptimKernels {
+        fn sgd_multi(&self, cfg: &SgdConfig, slots: &mut [SgdSlot<'_>], found_inf: Option<&Tensor>) -> Result<()>;
+        fn adam_multi(&self, cfg: &AdamConfig, slots: &mut [AdamSlot<'_>], found_inf: Option<&Tensor>) -> Result<()>;
+    }
+    AccuracyKernels {
+        fn correct_count(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor>;
+    }
+    FiniteKernels {
+        fn non_finite(&self, xs: &[&Tensor]) -> Result<Tensor>;
     }
 }

@@ -4,6 +4,7 @@
 //! CUDA; see [`crate::backend`]). Every op takes the tape explicitly and records its backward
 //! closure only when the tape records and an input wants a gradient.
 
+mod accuracy;
 mod batch_norm;
 mod batch_norm_relu;
 mod block_storage;
@@ -16,6 +17,7 @@ mod cpu_map;
 mod cross_entropy;
 mod dropout;
 mod elementwise;
+mod finite;
 mod linear;
 mod pool;
 mod reduce;
@@ -32,26 +34,33 @@ pub use batch_norm::{batch_norm2d, BatchNormOptions, RunningStats};
 pub use batch_norm_relu::{batch_norm_relu, batch_norm_relu_prefix};
 pub use block_storage::BlockStorage;
 pub use concat::concat;
-pub use cross_entropy::cross_entropy;
+pub use cross_entropy::{cross_entropy, cross_entropy_labels};
 pub use dropout::dropout;
 
 pub use elementwise::{add, mul, scale};
+
+// Not differentiable, no tape: the step's accuracy count and anomaly flag, kept on the device.
+pub use accuracy::correct_count;
+pub use finite::non_finite;
 pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
-// The kernel traits the backends implement.
-pub(crate) use batch_norm::BatchNormKernels;
-pub(crate) use batch_norm_relu::BatchNormReluKernels;
+// The kernel traits the backends implement, and the argument types of their methods (the
+// backend's counting wrapper names them).
+pub(crate) use accuracy::AccuracyKernels;
+pub(crate) use batch_norm::{BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats};
+pub(crate) use batch_norm_relu::{
+    BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads,
+};
 pub(crate) use block_storage::BlockStorageKernels;
 pub(crate) use concat::ConcatKernels;
-pub(crate) use conv2d::Conv2dKernels;
+pub(crate) use conv2d::{Conv2dGrads, Conv2dKernels, Geometry};
 pub(crate) use cross_entropy::CrossEntropyKernels;
 pub(crate) use dropout::DropoutKernels;
 pub(crate) use elementwise::ElementwiseKernels;
-pub(crate) use linear::LinearKernels;
-pub(crate) use pool::PoolKernels;
-#[cfg_attr(not(feature = "cuda"), allow(unused_imports))] // cuDNN pooling descriptors use it
-pub(crate) use pool::PoolMode;
+pub(crate) use finite::FiniteKernels;
+pub(crate) use linear::{Dims, LinearKernels};
+pub(crate) use pool::{PoolKernels, PoolMode, Window};
 pub(crate) use reduce::ReduceKernels;
 pub(crate) use relu::ReluKernels;

@@ -1,7 +1,10 @@
 //! Adam with bias correction and L2 weight decay, following `torch.optim.Adam` (no AMSGrad) step
 //! for step.
 
-use super::{check_non_negative, check_state, grad_of, zeros_like, Optimizer};
+use super::{
+    by_device_and_dtype, check_non_negative, check_state, gradients_of, states_mut, zeros_like,
+    AdamSlot, Optimizer,
+};
 use crate::backend::kernels;
 use crate::dtype::Elem;
 use crate::error::{Error, Result};
@@ -116,40 +119,131 @@ pub(super) fn update<T: Elem>(
     }
 }
 
-impl Optimizer for Adam {
-    fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()> {
+impl Adam {
+    /// Queues one fused update of every parameter with a gradient (skipped on the device when
+    /// `found_inf` is set), advancing their step counts. Returns each updated parameter's id
+    /// and whether its state was created this step. On an error nothing was updated and the
+    /// state is as it was.
+    fn update_all(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &Gradients,
+        found_inf: Option<&Tensor>,
+    ) -> Result<Vec<(TensorId, bool)>> {
         let _profile = crate::profile::scope("adam", crate::profile::Pass::Optimizer);
         check_non_negative(OP, "lr", self.cfg.lr)?;
-        // Check every gradient first, so a bad one leaves all parameters untouched.
-        for p in params.iter() {
-            grad_of(OP, p, grads)?;
+        // Check every gradient and existing state first, so a bad one leaves all parameters
+        // untouched.
+        let gs = gradients_of(OP, params, grads, found_inf)?;
+        for (p, _) in params.iter().zip(&gs).filter(|(_, g)| g.is_some()) {
+            if let Some(s) = self.state.get(&p.tensor().id()) {
+                check_state(OP, p, &s.exp_avg)?;
+                check_state(OP, p, &s.exp_avg_sq)?;
+            }
         }
-        for p in params.iter_mut() {
-            let Some(g) = grad_of(OP, p, grads)? else {
-                continue;
-            };
+        let mut touched = Vec::new();
+        for (p, _) in params.iter().zip(&gs).filter(|(_, g)| g.is_some()) {
             let id = p.tensor().id();
-            let s = match self.state.entry(id) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => e.insert(State {
-                    step: 0,
-                    exp_avg: zeros_like(p.tensor())?,
-                    exp_avg_sq: zeros_like(p.tensor())?,
-                }),
+            let created = match self.state.entry(id) {
+                Entry::Occupied(_) => false,
+                Entry::Vacant(e) => {
+                    let fresh =
+                        zeros_like(p.tensor()).and_then(|m| Ok((m, zeros_like(p.tensor())?)));
+                    match fresh {
+                        Ok((exp_avg, exp_avg_sq)) => {
+                            e.insert(State {
+                                step: 0,
+                                exp_avg,
+                                exp_avg_sq,
+                            });
+                            true
+                        }
+                        Err(err) => {
+                            self.undo(&touched);
+                            return Err(err);
+                        }
+                    }
+                }
             };
-            check_state(OP, p, &s.exp_avg)?;
-            check_state(OP, p, &s.exp_avg_sq)?;
-            s.step += 1;
-            kernels(g.device())?.adam_update(
-                &self.cfg,
-                s.step,
-                p.tensor_mut(),
+            if let Some(s) = self.state.get_mut(&id) {
+                s.step += 1;
+            }
+            touched.push((id, created));
+        }
+        match self.launch(params, &gs, found_inf) {
+            Ok(()) => Ok(touched),
+            Err(err) => {
+                self.undo(&touched);
+                Err(err)
+            }
+        }
+    }
+
+    /// One fused kernel call per device and dtype over the parameters with a gradient.
+    fn launch(
+        &mut self,
+        params: &mut [&mut Parameter],
+        gs: &[Option<&Tensor>],
+        found_inf: Option<&Tensor>,
+    ) -> Result<()> {
+        let ids: Vec<TensorId> = params
+            .iter()
+            .zip(gs)
+            .filter(|(_, g)| g.is_some())
+            .map(|(p, _)| p.tensor().id())
+            .collect();
+        let states = states_mut(OP, &mut self.state, &ids)?;
+        let slots: Vec<AdamSlot<'_>> = params
+            .iter_mut()
+            .zip(gs)
+            .filter_map(|(p, g)| g.map(|g| (p, g)))
+            .zip(states)
+            .map(|((p, g), s)| AdamSlot {
+                step: s.step,
+                p: p.tensor_mut(),
                 g,
-                &mut s.exp_avg,
-                &mut s.exp_avg_sq,
-            )?;
+                m: &mut s.exp_avg,
+                v: &mut s.exp_avg_sq,
+            })
+            .collect();
+        for (device, mut group) in
+            by_device_and_dtype(slots, |s| (s.g.device().clone(), s.g.dtype()))
+        {
+            kernels(&device)?.adam_multi(&self.cfg, &mut group, found_inf)?;
         }
         Ok(())
+    }
+
+    /// Takes back a step that did not happen: step counts go back, states it made are dropped.
+    fn undo(&mut self, touched: &[(TensorId, bool)]) {
+        for &(id, created) in touched {
+            if created {
+                self.state.remove(&id);
+            } else if let Some(s) = self.state.get_mut(&id) {
+                s.step = s.step.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()> {
+        self.update_all(params, grads, None).map(|_| ())
+    }
+
+    fn step_if_finite(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &Gradients,
+        found_inf: &Tensor,
+    ) -> Result<bool> {
+        let touched = self.update_all(params, grads, Some(found_inf))?;
+        // The one read, after the update is queued.
+        let applied = found_inf.scalar()? == 0.0;
+        if !applied {
+            self.undo(&touched);
+        }
+        Ok(applied)
     }
 
     fn lr(&self) -> f64 {

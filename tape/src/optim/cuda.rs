@@ -1,81 +1,129 @@
-//! CUDA kernels of the optimizer updates (NVRTC, `kernels.cu`): PyTorch's rules in `f64` per
-//! element, compiled without FMA contraction, so they round exactly like the CPU updates.
+//! CUDA kernels of the fused optimizer updates (NVRTC, `kernels.cu`): one launch per call over
+//! every parameter, which the kernel finds in one device array of addresses, lengths and
+//! per-tensor values (copied to the GPU with the launch, no synchronisation). PyTorch's rules in
+//! `f64` per element, compiled without FMA contraction, so they round exactly like the CPU
+//! updates. Compiled and checked by NVRTC, but not yet run on a GPU.
 
-use super::{AdamConfig, OptimKernels, SgdConfig};
-use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, K};
+use super::{AdamConfig, AdamSlot, OptimKernels, SgdConfig, SgdSlot};
+use crate::backend::cuda::{
+    launch, multi_grid, scratch_from_host, Backend, CudaElem, CudaKernels, K,
+};
+use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// One SGD update of `p` in place; `buf` is the momentum buffer and whether it is new.
-fn sgd<T: CudaElem>(
-    cfg: &SgdConfig,
-    p: &mut Tensor,
-    g: &Tensor,
-    buf: Option<(&mut Tensor, bool)>,
-) -> Result<()> {
-    let dev = p.device().clone();
-    let be = &dev.cuda_handle("Sgd")?.backend;
-    let n = p.numel() as u64;
-    if n == 0 {
-        return Ok(());
-    }
-    let (first, bp) = match buf {
-        Some((b, first)) => (i32::from(first), be.ptr(&*b.cuda_slice_mut::<T>()?)),
-        None => (0, 0u64),
-    };
-    let nesterov = i32::from(cfg.nesterov);
-    let gs = g.cuda_slice::<T>()?;
-    let ps = p.cuda_slice_mut::<T>()?;
-    launch!(be, K::Sgd, T::DTYPE, grid(n as usize);
-        ps, gs, &bp, &n, &cfg.lr, &cfg.momentum, &cfg.dampening, &cfg.weight_decay, &nesterov, &first)
+/// The skip flag as the kernels take it: its address (0 for none) and whether it is `f64`.
+pub(crate) fn flag_arg(be: &Backend, found_inf: Option<&Tensor>) -> Result<(u64, i32)> {
+    Ok(match found_inf {
+        None => (0, 0),
+        Some(f) => match f.dtype() {
+            DType::F32 => (be.ptr(f.cuda_slice::<f32>()?), 0),
+            DType::F64 => (be.ptr(f.cuda_slice::<f64>()?), 1),
+        },
+    })
 }
 
-/// One Adam update of `p` in place at step `t` (1-based).
-fn adam<T: CudaElem>(
-    cfg: &AdamConfig,
-    t: u64,
-    p: &mut Tensor,
-    g: &Tensor,
-    m: &mut Tensor,
-    v: &mut Tensor,
+/// One SGD update of every slot in one launch. The argument list, `count` entries per field:
+/// parameter addresses, gradient addresses, momentum buffer addresses (0: none), lengths,
+/// whether each buffer is new.
+fn sgd<T: CudaElem>(
+    dev: &Device,
+    cfg: &SgdConfig,
+    slots: &mut [SgdSlot<'_>],
+    found_inf: Option<&Tensor>,
 ) -> Result<()> {
-    let dev = p.device().clone();
-    let be = &dev.cuda_handle("Adam")?.backend;
-    let n = p.numel() as u64;
-    if n == 0 {
+    let be = &dev.cuda_handle("Sgd")?.backend;
+    let count = slots.len();
+    let mut meta = vec![0u64; 5 * count];
+    for (i, s) in slots.iter_mut().enumerate() {
+        meta[i] = be.ptr(&*s.p.cuda_slice_mut::<T>()?);
+        meta[count + i] = be.ptr(s.g.cuda_slice::<T>()?);
+        if let Some((b, first)) = s.buf.as_mut() {
+            meta[2 * count + i] = be.ptr(&*b.cuda_slice_mut::<T>()?);
+            meta[4 * count + i] = u64::from(*first);
+        }
+        meta[3 * count + i] = s.p.numel() as u64;
+    }
+    let longest = meta[3 * count..4 * count]
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    if longest == 0 {
         return Ok(());
     }
-    let bc1 = 1.0 - cfg.beta1.powf(t as f64);
-    let bc2_sqrt = (1.0 - cfg.beta2.powf(t as f64)).sqrt();
-    let step_size = cfg.lr / bc1;
-    let gs = g.cuda_slice::<T>()?;
-    let ms = m.cuda_slice_mut::<T>()?;
-    let vs = v.cuda_slice_mut::<T>()?;
-    let ps = p.cuda_slice_mut::<T>()?;
-    launch!(be, K::Adam, T::DTYPE, grid(n as usize);
-        ps, gs, ms, vs, &n, &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay, &step_size, &bc2_sqrt)
+    let list = scratch_from_host::<u64>(dev, &meta)?;
+    let (flag, flag_f64) = flag_arg(be, found_inf)?;
+    let (n, nesterov) = (count as u64, i32::from(cfg.nesterov));
+    launch!(be, K::SgdMulti, T::DTYPE, multi_grid(longest as usize, count);
+        &list.buf, &n, &flag, &flag_f64, &cfg.lr, &cfg.momentum, &cfg.dampening, &cfg.weight_decay,
+        &nesterov)
+}
+
+/// One Adam update of every slot in one launch. The argument list, `count` entries per field:
+/// parameter, gradient, first and second moment addresses, lengths, each tensor's step size
+/// `lr / (1 - beta1^t)` and `sqrt(1 - beta2^t)` (as `f64` bits).
+fn adam<T: CudaElem>(
+    dev: &Device,
+    cfg: &AdamConfig,
+    slots: &mut [AdamSlot<'_>],
+    found_inf: Option<&Tensor>,
+) -> Result<()> {
+    let be = &dev.cuda_handle("Adam")?.backend;
+    let count = slots.len();
+    let mut meta = vec![0u64; 7 * count];
+    for (i, s) in slots.iter_mut().enumerate() {
+        let t = s.step as f64;
+        let bc1 = 1.0 - cfg.beta1.powf(t);
+        let bc2_sqrt = (1.0 - cfg.beta2.powf(t)).sqrt();
+        meta[i] = be.ptr(&*s.p.cuda_slice_mut::<T>()?);
+        meta[count + i] = be.ptr(s.g.cuda_slice::<T>()?);
+        meta[2 * count + i] = be.ptr(&*s.m.cuda_slice_mut::<T>()?);
+        meta[3 * count + i] = be.ptr(&*s.v.cuda_slice_mut::<T>()?);
+        meta[4 * count + i] = s.p.numel() as u64;
+        meta[5 * count + i] = (cfg.lr / bc1).to_bits();
+        meta[6 * count + i] = bc2_sqrt.to_bits();
+    }
+    let longest = meta[4 * count..5 * count]
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    if longest == 0 {
+        return Ok(());
+    }
+    let list = scratch_from_host::<u64>(dev, &meta)?;
+    let (flag, flag_f64) = flag_arg(be, found_inf)?;
+    let n = count as u64;
+    launch!(be, K::AdamMulti, T::DTYPE, multi_grid(longest as usize, count);
+        &list.buf, &n, &flag, &flag_f64, &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay)
 }
 
 impl OptimKernels for CudaKernels {
-    fn sgd_update(
+    fn sgd_multi(
         &self,
         cfg: &SgdConfig,
-        p: &mut Tensor,
-        g: &Tensor,
-        buf: Option<(&mut Tensor, bool)>,
+        slots: &mut [SgdSlot<'_>],
+        found_inf: Option<&Tensor>,
     ) -> Result<()> {
-        dispatch_float!(g.dtype(), T => sgd::<T>(cfg, p, g, buf))
+        let Some(first) = slots.first() else {
+            return Ok(());
+        };
+        let (dev, dtype) = (first.g.device().clone(), first.g.dtype());
+        dispatch_float!(dtype, T => sgd::<T>(&dev, cfg, slots, found_inf))
     }
 
-    fn adam_update(
+    fn adam_multi(
         &self,
         cfg: &AdamConfig,
-        t: u64,
-        p: &mut Tensor,
-        g: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
+        slots: &mut [AdamSlot<'_>],
+        found_inf: Option<&Tensor>,
     ) -> Result<()> {
-        dispatch_float!(g.dtype(), T => adam::<T>(cfg, t, p, g, m, v))
+        let Some(first) = slots.first() else {
+            return Ok(());
+        };
+        let (dev, dtype) = (first.g.device().clone(), first.g.dtype());
+        dispatch_float!(dtype, T => adam::<T>(&dev, cfg, slots, found_inf))
     }
 }

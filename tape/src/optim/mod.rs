@@ -2,11 +2,23 @@
 //! PyTorch's update rules exactly. Parameters are updated in place (they keep their id), state
 //! is keyed by the parameter's [`crate::TensorId`] and lives on the parameter's device, so it
 //! counts in that device's memory accounting.
+//!
+//! A step is fused over all parameters, like PyTorch's `foreach` / `fused` optimizers: one
+//! kernel call updates every parameter of a device and dtype (one launch per step for a model
+//! on one device), on the CPU as one parallel pass over all tensors (split into chunks), on
+//! CUDA as one launch over device arrays of addresses and lengths (the CUDA kernels have not
+//! run on a GPU yet). Results are bit for bit those of updating one tensor at a time: the same
+//! per-element rule runs on every element. [`Optimizer::step_if_finite`] makes the update
+//! conditional on a device flag (the device skips it), so a training step can queue its update
+//! before reading anything back.
 
+use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gradients::Gradients;
 use crate::param::Parameter;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorId};
+use std::collections::{HashMap, HashSet};
 
 mod adam;
 mod cpu;
@@ -17,25 +29,41 @@ mod sgd;
 pub use adam::{Adam, AdamConfig};
 pub use sgd::{Sgd, SgdConfig};
 
-/// Device kernels of the optimizer updates: one parameter updated in place (its id stays).
+/// One parameter of a fused SGD update: the parameter (updated in place, its id stays), its
+/// gradient, and its momentum buffer with whether the buffer is new this step.
+pub(crate) struct SgdSlot<'a> {
+    pub(crate) p: &'a mut Tensor,
+    pub(crate) g: &'a Tensor,
+    pub(crate) buf: Option<(&'a mut Tensor, bool)>,
+}
+
+/// One parameter of a fused Adam update: its step count `step` (1-based, this step included),
+/// the parameter, its gradient and both moments.
+pub(crate) struct AdamSlot<'a> {
+    pub(crate) step: u64,
+    pub(crate) p: &'a mut Tensor,
+    pub(crate) g: &'a Tensor,
+    pub(crate) m: &'a mut Tensor,
+    pub(crate) v: &'a mut Tensor,
+}
+
+/// Device kernels of the optimizer updates: every slot (all on this device, of one dtype)
+/// updated in one kernel call, or none of them when `found_inf` (one element, on this device)
+/// holds a non-zero value. Slots that do not fit (dtype, device) are an error before any update.
 pub(crate) trait OptimKernels {
-    /// One SGD update of `p` from `g`; `buf` is the momentum buffer and whether it is new.
-    fn sgd_update(
+    /// One SGD update of every slot.
+    fn sgd_multi(
         &self,
         cfg: &SgdConfig,
-        p: &mut Tensor,
-        g: &Tensor,
-        buf: Option<(&mut Tensor, bool)>,
+        slots: &mut [SgdSlot<'_>],
+        found_inf: Option<&Tensor>,
     ) -> Result<()>;
-    /// One Adam update of `p` from `g` at step `t` (1-based), with moments `m` and `v`.
-    fn adam_update(
+    /// One Adam update of every slot.
+    fn adam_multi(
         &self,
         cfg: &AdamConfig,
-        t: u64,
-        p: &mut Tensor,
-        g: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
+        slots: &mut [AdamSlot<'_>],
+        found_inf: Option<&Tensor>,
     ) -> Result<()>;
 }
 
@@ -43,6 +71,28 @@ pub(crate) trait OptimKernels {
 pub trait Optimizer {
     /// One update of every parameter that has a gradient in `grads` (the others are skipped).
     fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()>;
+    /// One update like [`Optimizer::step`] that the device skips when `found_inf` holds a
+    /// non-zero value: a one-element tensor on the parameters' device (any dtype), such as
+    /// [`crate::ops::non_finite`] makes from the loss and the gradients. [`Sgd`] and [`Adam`]
+    /// queue the update with no host round-trip before it, then read `found_inf` once (one
+    /// host sync, after the update is queued) and return whether the update was applied; a
+    /// skipped update leaves the parameters and the optimizer state as they were.
+    ///
+    /// The default, for optimizers without such a kernel, reads `found_inf` first and then
+    /// calls [`Optimizer::step`] when it is zero.
+    fn step_if_finite(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &Gradients,
+        found_inf: &Tensor,
+    ) -> Result<bool> {
+        check_found_inf("step_if_finite", found_inf, &[])?;
+        if found_inf.scalar()? != 0.0 {
+            return Ok(false);
+        }
+        self.step(params, grads)?;
+        Ok(true)
+    }
     /// The learning rate.
     fn lr(&self) -> f64;
     /// Sets the learning rate (a schedule); a negative or non-finite one fails at the next step.
@@ -120,6 +170,93 @@ fn grad_of<'g>(
         ));
     }
     Ok(Some(g))
+}
+
+/// The gradient of every parameter (`None`: it has none and is skipped), each checked against
+/// its parameter, no parameter given twice, and `found_inf` (when given) checked against the
+/// parameters' device.
+fn gradients_of<'g>(
+    op: &'static str,
+    params: &[&mut Parameter],
+    grads: &'g Gradients,
+    found_inf: Option<&Tensor>,
+) -> Result<Vec<Option<&'g Tensor>>> {
+    let mut seen = HashSet::with_capacity(params.len());
+    let mut out = Vec::with_capacity(params.len());
+    for p in params {
+        if !seen.insert(p.tensor().id()) {
+            return Err(Error::invalid(
+                op,
+                format!("the parameter '{}' is given twice", p.name()),
+            ));
+        }
+        out.push(grad_of(op, p, grads)?);
+    }
+    if let Some(flag) = found_inf {
+        let devices: Vec<&Device> = out.iter().flatten().map(|g| g.device()).collect();
+        check_found_inf(op, flag, &devices)?;
+    }
+    Ok(out)
+}
+
+/// Fails unless `found_inf` has one element and lives on every one of `devices`.
+fn check_found_inf(op: &'static str, found_inf: &Tensor, devices: &[&Device]) -> Result<()> {
+    if found_inf.numel() != 1 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "found_inf must have one element, got shape {:?}",
+                found_inf.shape()
+            ),
+        ));
+    }
+    for d in devices {
+        found_inf.device().check_same(d, op)?;
+    }
+    Ok(())
+}
+
+/// Mutable references to the states of `ids`, in that order (each id once, present in `states`).
+fn states_mut<'s, S>(
+    op: &'static str,
+    states: &'s mut HashMap<TensorId, S>,
+    ids: &[TensorId],
+) -> Result<Vec<&'s mut S>> {
+    let wanted: HashSet<TensorId> = ids.iter().copied().collect();
+    let mut found: HashMap<TensorId, &'s mut S> = states
+        .iter_mut()
+        .filter(|(id, _)| wanted.contains(id))
+        .map(|(id, s)| (*id, s))
+        .collect();
+    ids.iter()
+        .map(|id| {
+            found.remove(id).ok_or_else(|| {
+                Error::Backward(format!(
+                    "{op}: optimizer state of {id:?} missing (engine bug)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `slots` split by device and dtype (in order of first appearance, each keeping its order):
+/// one fused kernel call per group.
+fn by_device_and_dtype<S>(
+    slots: Vec<S>,
+    key: impl Fn(&S) -> (Device, DType),
+) -> Vec<(Device, Vec<S>)> {
+    let mut groups: Vec<(Device, DType, Vec<S>)> = Vec::new();
+    for s in slots {
+        let (device, dtype) = key(&s);
+        match groups
+            .iter_mut()
+            .find(|(d, t, _)| d.same(&device) && *t == dtype)
+        {
+            Some(group) => group.2.push(s),
+            None => groups.push((device, dtype, vec![s])),
+        }
+    }
+    groups.into_iter().map(|(d, _, s)| (d, s)).collect()
 }
 
 /// A zero state tensor like `p` (same shape, dtype and device).

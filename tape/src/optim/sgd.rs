@@ -1,7 +1,10 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov momentum and L2 weight decay,
 //! following `torch.optim.SGD` step for step.
 
-use super::{check_non_negative, check_state, grad_of, zeros_like, Optimizer};
+use super::{
+    by_device_and_dtype, check_non_negative, check_state, gradients_of, states_mut, zeros_like,
+    Optimizer, SgdSlot,
+};
 use crate::backend::kernels;
 use crate::dtype::Elem;
 use crate::error::{Error, Result};
@@ -115,32 +118,125 @@ pub(super) fn update<T: Elem>(
     }
 }
 
-impl Optimizer for Sgd {
-    fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()> {
+impl Sgd {
+    /// Queues one fused update of every parameter with a gradient (skipped on the device when
+    /// `found_inf` is set). Returns the parameters whose momentum buffer this step created. On
+    /// an error nothing was updated and no buffer was created.
+    fn update_all(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &Gradients,
+        found_inf: Option<&Tensor>,
+    ) -> Result<Vec<TensorId>> {
         let _profile = crate::profile::scope("sgd", crate::profile::Pass::Optimizer);
         check_non_negative(OP, "lr", self.cfg.lr)?;
-        // Check every gradient first, so a bad one leaves all parameters untouched.
-        for p in params.iter() {
-            grad_of(OP, p, grads)?;
+        // Check every gradient and existing state first, so a bad one leaves all parameters
+        // untouched.
+        let gs = gradients_of(OP, params, grads, found_inf)?;
+        let momentum = self.cfg.momentum != 0.0;
+        let mut created = Vec::new();
+        if momentum {
+            for (p, _) in params.iter().zip(&gs).filter(|(_, g)| g.is_some()) {
+                if let Some(buf) = self.buffers.get(&p.tensor().id()) {
+                    check_state(OP, p, buf)?;
+                }
+            }
+            for (p, _) in params.iter().zip(&gs).filter(|(_, g)| g.is_some()) {
+                let id = p.tensor().id();
+                if let Entry::Vacant(e) = self.buffers.entry(id) {
+                    match zeros_like(p.tensor()) {
+                        Ok(z) => {
+                            e.insert(z);
+                            created.push(id);
+                        }
+                        Err(err) => {
+                            self.forget(&created);
+                            return Err(err);
+                        }
+                    }
+                }
+            }
         }
-        for p in params.iter_mut() {
-            let Some(g) = grad_of(OP, p, grads)? else {
-                continue;
-            };
-            let id = p.tensor().id();
-            let buf = if self.cfg.momentum != 0.0 {
-                let (buf, first) = match self.buffers.entry(id) {
-                    Entry::Occupied(e) => (e.into_mut(), false),
-                    Entry::Vacant(e) => (e.insert(zeros_like(p.tensor())?), true),
-                };
-                check_state(OP, p, buf)?;
-                Some((buf, first))
-            } else {
-                None
-            };
-            kernels(g.device())?.sgd_update(&self.cfg, p.tensor_mut(), g, buf)?;
+        match self.launch(params, &gs, &created, found_inf) {
+            Ok(()) => Ok(created),
+            Err(err) => {
+                self.forget(&created);
+                Err(err)
+            }
+        }
+    }
+
+    /// One fused kernel call per device and dtype over the parameters with a gradient.
+    fn launch(
+        &mut self,
+        params: &mut [&mut Parameter],
+        gs: &[Option<&Tensor>],
+        created: &[TensorId],
+        found_inf: Option<&Tensor>,
+    ) -> Result<()> {
+        let ids: Vec<TensorId> = params
+            .iter()
+            .zip(gs)
+            .filter(|(_, g)| g.is_some())
+            .map(|(p, _)| p.tensor().id())
+            .collect();
+        let mut bufs: Vec<Option<&mut Tensor>> = if self.cfg.momentum != 0.0 {
+            states_mut(OP, &mut self.buffers, &ids)?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            ids.iter().map(|_| None).collect()
+        };
+        let slots: Vec<SgdSlot<'_>> = params
+            .iter_mut()
+            .zip(gs)
+            .filter_map(|(p, g)| g.map(|g| (p, g)))
+            .zip(bufs.iter_mut())
+            .map(|((p, g), buf)| {
+                let first = created.contains(&p.tensor().id());
+                SgdSlot {
+                    p: p.tensor_mut(),
+                    g,
+                    buf: buf.take().map(|b| (b, first)),
+                }
+            })
+            .collect();
+        for (device, mut group) in
+            by_device_and_dtype(slots, |s| (s.g.device().clone(), s.g.dtype()))
+        {
+            kernels(&device)?.sgd_multi(&self.cfg, &mut group, found_inf)?;
         }
         Ok(())
+    }
+
+    /// Drops the momentum buffers of `ids` (made by a step that did not happen).
+    fn forget(&mut self, ids: &[TensorId]) {
+        for id in ids {
+            self.buffers.remove(id);
+        }
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()> {
+        self.update_all(params, grads, None).map(|_| ())
+    }
+
+    fn step_if_finite(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &Gradients,
+        found_inf: &Tensor,
+    ) -> Result<bool> {
+        let created = self.update_all(params, grads, Some(found_inf))?;
+        // The one read, after the update is queued.
+        let applied = found_inf.scalar()? == 0.0;
+        if !applied {
+            // The device skipped the update: buffers made for it must start fresh next time.
+            self.forget(&created);
+        }
+        Ok(applied)
     }
 
     fn lr(&self) -> f64 {

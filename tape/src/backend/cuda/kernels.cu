@@ -267,7 +267,8 @@ template <typename T> __device__ void col_sum_impl(const T* g, T* gb, u64 n, u64
     }
 }
 
-// torch.optim.SGD, step for step (see optim/sgd.rs); buf is null without momentum.
+// torch.optim.SGD, step for step (see optim/sgd.rs), over one tensor (the body of sgd_multi);
+// buf is null without momentum.
 template <typename T> __device__ void sgd_impl(T* p, const T* g, T* buf, u64 n, double lr, double momentum,
                                                double dampening, double wd, int nesterov, int first) {
     GRID_STRIDE(i, n) {
@@ -283,7 +284,7 @@ template <typename T> __device__ void sgd_impl(T* p, const T* g, T* buf, u64 n, 
     }
 }
 
-// torch.optim.Adam, step for step (see optim/adam.rs).
+// torch.optim.Adam, step for step (see optim/adam.rs), over one tensor (the body of adam_multi).
 template <typename T> __device__ void adam_impl(T* p, const T* g, T* m, T* v, u64 n, double beta1, double beta2,
                                                 double eps, double wd, double step_size, double bc2_sqrt) {
     GRID_STRIDE(i, n) {
@@ -294,6 +295,88 @@ template <typename T> __device__ void adam_impl(T* p, const T* g, T* m, T* v, u6
         double denom = sqrt((double)v[i]) / bc2_sqrt + eps;
         p[i] = (T)((double)p[i] - step_size * ((double)m[i] / denom));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-tensor kernels (PyTorch's foreach / fused optimizers): one launch over a list of tensors
+// described by one device array `list` of `count` entries per field (addresses, lengths, per-
+// tensor values), laid out field after field as the Rust side (optim/cuda.rs, ops/finite/cuda.rs)
+// writes it. Blocks with blockIdx.y = t, t + gridDim.y, ... work on tensor t; within a tensor
+// the blockIdx.x blocks stride over its elements (GRID_STRIDE).
+
+#define TENSOR_STRIDE(t, count) for (u64 t = blockIdx.y; t < (count); t += gridDim.y)
+
+// Whether a skip flag is set: `flag` is null (no flag) or one float (is_f64 == 0) or double.
+// NaN counts as set.
+__device__ __forceinline__ bool flag_set(const void* flag, int is_f64) {
+    if (!flag) return false;
+    return is_f64 ? !(((const double*)flag)[0] == 0.0) : !(((const float*)flag)[0] == 0.0f);
+}
+
+// SGD over `count` tensors; list = [param ptrs, grad ptrs, momentum buffer ptrs (0: none),
+// lengths, buffer-is-new flags]. Nothing is written when the flag is set.
+template <typename T> __device__ void sgd_multi_impl(const u64* list, u64 count, const void* found_inf, int found_inf_f64,
+                                                     double lr, double momentum, double dampening, double wd,
+                                                     int nesterov) {
+    if (flag_set(found_inf, found_inf_f64)) return;
+    TENSOR_STRIDE(t, count) {
+        sgd_impl<T>((T*)list[t], (const T*)list[count + t], (T*)list[2 * count + t], list[3 * count + t], lr,
+                    momentum, dampening, wd, nesterov, (int)list[4 * count + t]);
+    }
+}
+
+// Adam over `count` tensors; list = [param, grad, exp_avg, exp_avg_sq ptrs, lengths, step sizes
+// (double bits), sqrt(1 - beta2^t) (double bits)]. Nothing is written when the flag is set.
+template <typename T> __device__ void adam_multi_impl(const u64* list, u64 count, const void* found_inf, int found_inf_f64,
+                                                      double beta1, double beta2, double eps, double wd) {
+    if (flag_set(found_inf, found_inf_f64)) return;
+    const double* step_size = (const double*)(list + 5 * count);
+    const double* bc2_sqrt = (const double*)(list + 6 * count);
+    TENSOR_STRIDE(t, count) {
+        adam_impl<T>((T*)list[t], (const T*)list[count + t], (T*)list[2 * count + t], (T*)list[3 * count + t],
+                     list[4 * count + t], beta1, beta2, eps, wd, step_size[t], bc2_sqrt[t]);
+    }
+}
+
+// flag[0] = 1 if any element of the `count` tensors list = [ptrs, lengths] is NaN or infinite
+// (flag is zeroed before the launch; every writer writes the same value).
+template <typename T> __device__ void non_finite_multi_impl(const u64* list, u64 count, T* flag) {
+    TENSOR_STRIDE(t, count) {
+        const T* x = (const T*)list[t];
+        u64 n = list[count + t];
+        GRID_STRIDE(i, n) {
+            if (!isfinite((double)x[i])) flag[0] = (T)1;
+        }
+    }
+}
+
+// The key of f64::total_cmp: integer order of the keys is the total order of the doubles
+// (-NaN < -inf < ... < -0 < +0 < ... < +inf < +NaN).
+__device__ __forceinline__ long long total_key(double x) {
+    long long b = __double_as_longlong(x);
+    return b ^ (long long)(((unsigned long long)(b >> 63)) >> 1);
+}
+
+// One block: out[0] = how many of the n rows have their top-1 class (the last maximum in
+// total_cmp order, as Rust's Iterator::max_by picks it) equal to their label.
+template <typename T> __device__ void correct_count_impl(const T* logits, const int* labels, u64 n, u64 classes, T* out) {
+    __shared__ double sh[RBLOCK];
+    double hits = 0.0;
+    for (u64 r = threadIdx.x; r < n; r += RBLOCK) {
+        const T* row = logits + r * classes;
+        long long best_key = 0;
+        u64 best = 0;
+        for (u64 j = 0; j < classes; ++j) {
+            long long k = total_key((double)row[j]);
+            if (j == 0 || k >= best_key) {
+                best_key = k;
+                best = j;
+            }
+        }
+        if (classes > 0 && labels[r] >= 0 && best == (u64)labels[r]) hits += 1.0;
+    }
+    double total = block_sum(hits, sh);
+    if (threadIdx.x == 0) out[0] = (T)total;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,12 +431,19 @@ extern "C" __global__ void gap_bwd_##S(const T* g, T* gx, u64 planes, u64 hw) { 
 extern "C" __global__ void bias_rows_##S(T* out, const T* b, u64 n, u64 o) {                            \
     bias_rows_impl<T>(out, b, n, o); }                                                                  \
 extern "C" __global__ void col_sum_##S(const T* g, T* gb, u64 n, u64 o) { col_sum_impl<T>(g, gb, n, o); } \
-extern "C" __global__ void sgd_##S(T* p, const T* g, T* buf, u64 n, double lr, double momentum,         \
-                                   double dampening, double wd, int nesterov, int first) {              \
-    sgd_impl<T>(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first); }                          \
-extern "C" __global__ void adam_##S(T* p, const T* g, T* m, T* v, u64 n, double beta1, double beta2,   \
-                                    double eps, double wd, double step_size, double bc2_sqrt) {         \
-    adam_impl<T>(p, g, m, v, n, beta1, beta2, eps, wd, step_size, bc2_sqrt); }
+extern "C" __global__ void sgd_multi_##S(const u64* list, u64 count, const void* found_inf,            \
+                                         int found_inf_f64, double lr, double momentum, double dampening, \
+                                         double wd, int nesterov) {                                     \
+    sgd_multi_impl<T>(list, count, found_inf, found_inf_f64, lr, momentum, dampening, wd, nesterov); }  \
+extern "C" __global__ void adam_multi_##S(const u64* list, u64 count, const void* found_inf,           \
+                                          int found_inf_f64, double beta1, double beta2, double eps,    \
+                                          double wd) {                                                  \
+    adam_multi_impl<T>(list, count, found_inf, found_inf_f64, beta1, beta2, eps, wd); }                 \
+extern "C" __global__ void non_finite_multi_##S(const u64* list, u64 count, T* flag) {                  \
+    non_finite_multi_impl<T>(list, count, flag); }                                                      \
+extern "C" __global__ void correct_count_##S(const T* logits, const int* labels, u64 n, u64 classes,    \
+                                             T* out) {                                                  \
+    correct_count_impl<T>(logits, labels, n, classes, out); }
 
 KERNELS(float, f32)
 KERNELS(double, f64)

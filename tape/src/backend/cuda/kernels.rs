@@ -49,8 +49,10 @@ kernel_ids! {
     GapBwd = "gap_bwd",
     BiasRows = "bias_rows",
     ColSum = "col_sum",
-    Sgd = "sgd",
-    Adam = "adam",
+    SgdMulti = "sgd_multi",
+    AdamMulti = "adam_multi",
+    NonFiniteMulti = "non_finite_multi",
+    CorrectCount = "correct_count",
 }
 
 /// Threads per block of the element-wise kernels.
@@ -67,6 +69,27 @@ pub(crate) fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS);
     LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Most blocks a multi-tensor launch gives one tensor (they stride over its elements).
+const MULTI_BLOCKS_PER_TENSOR: usize = 64;
+/// Most tensors one multi-tensor launch gives their own blocks at once (the grid's y size, at
+/// most 65535; the kernels loop over the rest).
+const MULTI_TENSORS_AT_ONCE: usize = 4096;
+
+/// A multi-tensor launch over `tensors` tensors, the longest `longest` elements: blocks
+/// `(x, t)` work on tensor `t` (and `t + grid.y`, ...), the `x` blocks striding over its
+/// elements (`TENSOR_STRIDE` and `GRID_STRIDE` in `kernels.cu`).
+pub(crate) fn multi_grid(longest: usize, tensors: usize) -> LaunchConfig {
+    let x = longest
+        .div_ceil(BLOCK as usize)
+        .clamp(1, MULTI_BLOCKS_PER_TENSOR);
+    let y = tensors.clamp(1, MULTI_TENSORS_AT_ONCE);
+    LaunchConfig {
+        grid_dim: (x as u32, y as u32, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }

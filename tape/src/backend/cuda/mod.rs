@@ -21,7 +21,7 @@ mod tensor;
 pub(crate) use dnn::{ConvKey, Dnn, TensorDesc};
 pub(crate) use elem::{CudaData, CudaElem};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
-pub(crate) use kernels::{grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};
+pub(crate) use kernels::{grid, multi_grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};
 pub(crate) use tensor::{before_free, copy, download, overwrite, upload};
 
 /// The CUDA backend's kernels: each op implements its kernel trait for this type in
@@ -446,6 +446,20 @@ pub(crate) fn workspace(device: &Device, bytes: usize) -> Result<Option<Scratch<
         return Ok(None);
     }
     scratch::<u8>(device, bytes).map(Some)
+}
+
+/// Class indices (labels) on a GPU, as `i32`, charged to the device while they live.
+pub(crate) struct Indices(pub(crate) Scratch<i32>);
+
+/// `values` (each checked by the caller to fit `i32`) copied to `device`.
+pub(crate) fn upload_indices(device: &Device, values: &[usize]) -> Result<Indices> {
+    let as_i32: Vec<i32> = values
+        .iter()
+        .map(|&y| {
+            i32::try_from(y).map_err(|_| Error::invalid("labels", format!("label {y} exceeds i32")))
+        })
+        .collect::<Result<_>>()?;
+    scratch_from_host::<i32>(device, &as_i32).map(Indices)
 }
 
 /// Copies host values to a new scratch buffer (labels and other small inputs).

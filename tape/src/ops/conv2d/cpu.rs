@@ -17,7 +17,6 @@
 
 use super::{Conv2dGrads, Conv2dKernels, Geometry};
 use crate::backend::Cpu;
-use crate::device::Device;
 use crate::dtype::Elem;
 use crate::error::Result;
 use crate::ops::cpu_gemm::{gemm, gemm_ld_uninit, Dst, Mat};
@@ -482,6 +481,16 @@ fn grad_bias<T: Elem>(g: &Geometry, gout: &[T], gb: &mut [T]) {
     }
 }
 
+/// The most workspace bytes a forward or a backward (both gradients wanted) over `geo` with
+/// elements of `elem` bytes reserves, beyond its tensors.
+pub(super) fn workspace_bytes(geo: &Geometry, elem: usize) -> usize {
+    let forward = groups(geo.n) * forward_workspace(geo, elem);
+    let needs = Needs { x: true, w: true };
+    let (per, flip) = backward_workspace(geo, needs, elem);
+    let backward = groups(chunk_ranges(geo).len()) * per + flip;
+    forward.max(backward) * elem
+}
+
 /// Zero-filled `len` elements of workspace, charged to `x`'s device while the reservation lives.
 fn workspace<T: Elem>(x: &Tensor, len: usize) -> Result<(Vec<T>, crate::Reservation)> {
     let r = x.device().reserve(len * std::mem::size_of::<T>())?;
@@ -489,13 +498,6 @@ fn workspace<T: Elem>(x: &Tensor, len: usize) -> Result<(Vec<T>, crate::Reservat
 }
 
 impl Conv2dKernels for Cpu {
-    fn conv2d_workspace(&self, geo: &Geometry, elem: usize, _device: &Device) -> usize {
-        let forward = groups(geo.n) * forward_workspace(geo, elem);
-        let needs = Needs { x: true, w: true };
-        let (per, flip) = backward_workspace(geo, needs, elem);
-        let backward = groups(chunk_ranges(geo).len()) * per + flip;
-        forward.max(backward) * elem
-    }
 
     fn conv2d_forward(
         &self,

@@ -7,7 +7,6 @@ use super::{Conv2dGrads, Conv2dKernels, Geometry, OP};
 use crate::backend::cuda::{
     cptr, cudnn_err, mptr, workspace, ws_ptr, ConvKey, CudaElem, CudaHandle, CudaKernels,
 };
-use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
@@ -36,12 +35,6 @@ fn degenerate(geo: &Geometry) -> bool {
 }
 
 impl Conv2dKernels for CudaKernels {
-    fn conv2d_workspace(&self, _geo: &Geometry, _elem: usize, device: &Device) -> usize {
-        // The algorithms are chosen within the limit; what they ask for depends on cuDNN.
-        device
-            .cuda_options()
-            .map_or(0, |options| options.workspace_limit_bytes)
-    }
 
     fn conv2d_forward(
         &self,

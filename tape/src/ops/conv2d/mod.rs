@@ -40,9 +40,6 @@ pub(crate) trait Conv2dKernels {
         w: Option<&Tensor>,
         want_bias: bool,
     ) -> Result<Conv2dGrads>;
-    /// The most workspace bytes a forward or a backward (both gradients wanted) over `geo`
-    /// with elements of `elem` bytes reserves on `device`, beyond its tensors.
-    fn conv2d_workspace(&self, geo: &Geometry, elem: usize, device: &Device) -> usize;
 }
 
 /// Stride and zero padding of a [`conv2d`], the same along height and width.
@@ -182,7 +179,11 @@ pub fn conv2d_workspace_bytes(
     dtype: DType,
 ) -> Result<usize> {
     let geo = Geometry::of_shapes(x_shape, &w_shape, opts)?;
-    Ok(kernels(device)?.conv2d_workspace(&geo, dtype.size_in_bytes(), device))
+    Ok(match device.cuda_options() {
+        // cuDNN's algorithms are chosen within the limit; what they ask for depends on cuDNN.
+        Some(options) => options.workspace_limit_bytes,
+        None => cpu::workspace_bytes(&geo, dtype.size_in_bytes()),
+    })
 }
 
 /// 2-D convolution of `x` (`[n, cin, h, w]`) with `weight` (`[cout, cin, kh, kw]`) plus an

@@ -4,6 +4,7 @@ use super::CrossEntropyKernels;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;
+use crate::labels::Labels;
 use crate::tensor::Tensor;
 
 /// `(max, log(sum(exp(row - max))))` of one row: `max + second` is the row's log-sum-exp.
@@ -39,7 +40,8 @@ fn grad<T: Elem>(logits: &[T], classes: usize, labels: &[usize], factor: f64) ->
 }
 
 impl CrossEntropyKernels for Cpu {
-    fn cross_entropy_forward(&self, logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    fn cross_entropy_forward(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor> {
+        let labels = labels.values();
         let classes = logits.shape()[1];
         let total = dispatch_float!(logits.dtype(), T => total_loss::<T>(logits.as_slice::<T>()?, classes, labels));
         Tensor::full(
@@ -53,9 +55,10 @@ impl CrossEntropyKernels for Cpu {
     fn cross_entropy_backward(
         &self,
         logits: &Tensor,
-        labels: &[usize],
+        labels: &Labels,
         g: &Tensor,
     ) -> Result<Tensor> {
+        let labels = labels.values();
         let classes = logits.shape()[1];
         let factor = g.scalar()? / labels.len() as f64;
         dispatch_float!(logits.dtype(), T => Tensor::from_vec(grad::<T>(logits.as_slice::<T>()?, classes, labels, factor), logits.shape(), logits.device()))

@@ -1,43 +1,33 @@
 //! CUDA kernels of softmax cross-entropy: one block per row (log-sum-exp in `f64`), the row
-//! losses summed by the deterministic final-sum kernel; the labels live on the device as `i32`.
+//! losses summed by the deterministic final-sum kernel; the labels live on the device as `i32`
+//! ([`Labels`], copied there once when made).
 
 use super::CrossEntropyKernels;
-use crate::backend::cuda::{
-    launch, per_row, scratch, scratch_from_host, CudaElem, CudaKernels, Scratch, K,
-};
-use crate::error::{Error, Result};
+use crate::backend::cuda::{launch, per_row, scratch, CudaElem, CudaKernels, Scratch, K};
+use crate::error::Result;
+use crate::labels::Labels;
 use crate::tensor::Tensor;
 
-/// The labels as `i32` in a device buffer.
-fn device_labels(logits: &Tensor, labels: &[usize]) -> Result<Scratch<i32>> {
-    let as_i32: Vec<i32> = labels
-        .iter()
-        .map(|&y| {
-            i32::try_from(y)
-                .map_err(|_| Error::invalid("cross_entropy", format!("label {y} exceeds i32")))
-        })
-        .collect::<Result<_>>()?;
-    scratch_from_host::<i32>(logits.device(), &as_i32)
-}
-
 impl CrossEntropyKernels for CudaKernels {
-    fn cross_entropy_forward(&self, logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
-        let labels_d = device_labels(logits, labels)?;
+    fn cross_entropy_forward(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor> {
+        let labels_d = &labels.indices(OP)?.0;
         let (n, classes) = (labels.len(), logits.shape()[1]);
-        dispatch_float!(logits.dtype(), T => loss::<T>(logits, &labels_d, n, classes))
+        dispatch_float!(logits.dtype(), T => loss::<T>(logits, labels_d, n, classes))
     }
 
     fn cross_entropy_backward(
         &self,
         logits: &Tensor,
-        labels: &[usize],
+        labels: &Labels,
         g: &Tensor,
     ) -> Result<Tensor> {
-        let labels_d = device_labels(logits, labels)?;
+        let labels_d = &labels.indices(OP)?.0;
         let (n, classes) = (labels.len(), logits.shape()[1]);
-        dispatch_float!(logits.dtype(), T => grad::<T>(logits, &labels_d, g, n, classes))
+        dispatch_float!(logits.dtype(), T => grad::<T>(logits, labels_d, g, n, classes))
     }
 }
+
+const OP: &str = "cross_entropy";
 
 fn loss<T: CudaElem>(
     logits: &Tensor,

@@ -1,0 +1,232 @@
+//! A training step's work on its device, counted (launches, allocations, host syncs): no host
+//! sync before the optimizer update is queued, one launch for the update, one sync in all (the
+//! anomaly flag, read after the update is queued), the loss and the hit count read only when
+//! asked, and the same counts in every steady-state step.
+
+use densenet::train::{
+    check_finite, forward_backward, seed_sgd_config, train_step, train_step_with, StepOptions,
+};
+use densenet::{DenseNet, DenseNetConfig, Efficiency};
+use tape::optim::{Optimizer, Sgd};
+use tape::{Counters, DType, Device, Gradients, Parameter, Tensor};
+
+fn config(mode: Efficiency) -> DenseNetConfig {
+    DenseNetConfig {
+        growth_rate: 4,
+        block_config: vec![2, 3],
+        num_init_features: 8,
+        bn_size: 2,
+        num_classes: 5,
+        drop_rate: 0.1,
+        efficiency: mode,
+        ..DenseNetConfig::default()
+    }
+}
+
+const MODES: [Efficiency; 3] = [Efficiency::Naive, Efficiency::Bottleneck, Efficiency::Layer];
+
+fn batch(dev: &Device) -> (Tensor, Vec<usize>) {
+    (
+        Tensor::randn(&[4, 3, 8, 8], DType::F32, dev, 5).unwrap(),
+        vec![0, 1, 2, 4],
+    )
+}
+
+/// SGD that notes the device's counters when its conditional update is called and when it
+/// returns.
+struct Spy {
+    inner: Sgd,
+    dev: Device,
+    entry: Option<Counters>,
+    exit: Option<Counters>,
+}
+
+impl Spy {
+    fn new(dev: &Device) -> Self {
+        Spy {
+            inner: Sgd::new(seed_sgd_config()).unwrap(),
+            dev: dev.clone(),
+            entry: None,
+            exit: None,
+        }
+    }
+}
+
+impl Optimizer for Spy {
+    fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> tape::Result<()> {
+        self.inner.step(params, grads)
+    }
+
+    fn step_if_finite(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &Gradients,
+        found_inf: &Tensor,
+    ) -> tape::Result<bool> {
+        self.entry = Some(self.dev.counters());
+        let r = self.inner.step_if_finite(params, grads, found_inf);
+        self.exit = Some(self.dev.counters());
+        r
+    }
+
+    fn lr(&self) -> f64 {
+        self.inner.lr()
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.inner.set_lr(lr)
+    }
+
+    fn state_dict(&self, params: &[&Parameter]) -> Vec<(String, Tensor)> {
+        self.inner.state_dict(params)
+    }
+
+    fn load_state_dict(
+        &mut self,
+        params: &[&Parameter],
+        state: &[(String, Tensor)],
+    ) -> tape::Result<()> {
+        self.inner.load_state_dict(params, state)
+    }
+}
+
+/// Counts of one step: (before the update is queued, the update, the whole step).
+fn one_step(
+    model: &mut DenseNet,
+    opt: &mut Spy,
+    x: &Tensor,
+    labels: &[usize],
+    step: u64,
+) -> (Counters, Counters, Counters, densenet::train::StepOutput) {
+    let dev = model.device().clone();
+    let start = dev.counters();
+    let out = train_step_with(model, opt, x, labels, StepOptions::new(step, step)).unwrap();
+    let end = dev.counters();
+    let (entry, exit) = (opt.entry.take().unwrap(), opt.exit.take().unwrap());
+    (entry - start, exit - entry, end - start, out)
+}
+
+#[test]
+fn a_step_reads_nothing_back_before_its_update_is_queued() {
+    for mode in MODES {
+        let dev = Device::cpu();
+        let mut model = DenseNet::new(config(mode), DType::F32, &dev, 1).unwrap();
+        let (x, labels) = batch(&dev);
+        let mut opt = Spy::new(&dev);
+        for step in 0..3 {
+            let (before, update, whole, out) = one_step(&mut model, &mut opt, &x, &labels, step);
+            assert_eq!(
+                before.syncs, 0,
+                "{mode} step {step}: a host read before the update"
+            );
+            // The update: one fused launch (the first step also makes the momentum buffers),
+            // then the one read of the anomaly flag.
+            assert_eq!(update.syncs, 1, "{mode} step {step}");
+            if step > 0 {
+                assert_eq!(update.launches, 1, "{mode} step {step}");
+                assert_eq!(update.allocs, 0, "{mode} step {step}");
+            }
+            assert_eq!(
+                whole.syncs, 1,
+                "{mode} step {step}: the flag is the step's only read"
+            );
+            // The loss and the hit count are read when asked, once each.
+            let (values, reads) = dev.count(|| {
+                let first = (out.loss().unwrap(), out.correct().unwrap());
+                assert_eq!(first, (out.loss().unwrap(), out.correct().unwrap()));
+                first
+            });
+            assert_eq!(
+                reads,
+                Counters {
+                    launches: 0,
+                    allocs: 0,
+                    syncs: 2
+                },
+                "{mode}"
+            );
+            assert!(
+                values.0.is_finite() && values.1 <= labels.len(),
+                "{mode}: {values:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn steady_state_steps_count_the_same() {
+    for mode in MODES.into_iter().chain([Efficiency::Budget(400_000)]) {
+        let dev = Device::cpu();
+        let mut model = DenseNet::new(config(mode), DType::F32, &dev, 1).unwrap();
+        let (x, labels) = batch(&dev);
+        let mut opt = Sgd::new(seed_sgd_config()).unwrap();
+        let counts: Vec<Counters> = (0..4)
+            .map(|step| {
+                dev.count(|| train_step(&mut model, &mut opt, &x, &labels, step).unwrap())
+                    .1
+            })
+            .collect();
+        assert_eq!(counts[2], counts[1], "{mode}: {counts:?}");
+        assert_eq!(counts[3], counts[1], "{mode}: {counts:?}");
+        // The first step also makes the momentum buffers: one zero fill and one buffer each.
+        let params = model.parameters().len() as u64;
+        assert_eq!(counts[0].launches, counts[1].launches + params, "{mode}");
+        assert_eq!(counts[0].allocs, counts[1].allocs + params, "{mode}");
+        assert_eq!(counts[1].syncs, 1, "{mode}");
+        println!("{mode}: {}", counts[1]);
+    }
+}
+
+#[test]
+fn the_anomaly_check_is_one_launch_and_one_read() {
+    let dev = Device::cpu();
+    let model = DenseNet::new(config(Efficiency::Naive), DType::F32, &dev, 1).unwrap();
+    let (x, labels) = batch(&dev);
+    let (out, c) = dev.count(|| forward_backward(&model, &x, &labels, 0).unwrap());
+    assert_eq!(c.syncs, 0, "forward and backward read nothing back");
+    let (r, c) = dev.count(|| check_finite(&model, &out, 0));
+    r.unwrap();
+    assert_eq!(
+        c,
+        Counters {
+            launches: 1,
+            allocs: 1,
+            syncs: 1
+        }
+    );
+}
+
+#[test]
+fn the_correct_count_is_the_top1_hit_count_of_the_logits() {
+    let dev = Device::cpu();
+    let model = DenseNet::new(config(Efficiency::Layer), DType::F64, &dev, 3).unwrap();
+    let x = Tensor::randn(&[8, 3, 8, 8], DType::F64, &dev, 9).unwrap();
+    let logits = densenet::train::predict(&model, &x).unwrap().to_f64_vec();
+    // Labels that make rows 0, 3 and 5 hits: their arg max; the others some other class.
+    let argmax = |r: usize| {
+        let row = &logits[r * 5..(r + 1) * 5];
+        (0..5).fold(0, |b, j| if row[j] >= row[b] { j } else { b })
+    };
+    let labels: Vec<usize> = (0..8)
+        .map(|r| match r {
+            0 | 3 | 5 => argmax(r),
+            _ => (argmax(r) + 1) % 5,
+        })
+        .collect();
+    let eval_logits = densenet::train::predict(&model, &x).unwrap();
+    assert_eq!(
+        densenet::train::count_correct(&eval_logits, &labels).unwrap(),
+        3
+    );
+    let out = forward_backward(&model, &x, &labels, 0).unwrap();
+    let train_logits = out.logits.to_f64_vec();
+    let hits = (0..8)
+        .filter(|&r| {
+            let row = &train_logits[r * 5..(r + 1) * 5];
+            (0..5).fold(0, |b, j| if row[j] >= row[b] { j } else { b }) == labels[r]
+        })
+        .count();
+    assert_eq!(out.correct().unwrap(), hits);
+    assert_eq!(out.correct_tensor().shape(), &[1]);
+    assert_eq!(out.loss_tensor().shape(), &[1]);
+}

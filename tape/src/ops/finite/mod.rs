@@ -1,0 +1,38 @@
+//! The anomaly check of a training step as one fused reduction: whether any element of a list
+//! of tensors (the loss, every gradient, every parameter) is NaN or infinite, computed in one
+//! kernel call over all of them into a one-element flag that stays on the device: the flag an
+//! optimizer's [`crate::optim::Optimizer::step_if_finite`] reads on the device to skip its
+//! update, and that the host reads once, when it wants to know.
+
+use crate::backend::kernels;
+use crate::error::{Error, Result};
+use crate::profile::{self, Pass};
+use crate::tensor::Tensor;
+
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+
+/// Device kernels of the finiteness check (the inputs checked by the caller).
+pub(crate) trait FiniteKernels {
+    /// A `[1]` tensor of the inputs' dtype: 1 if any element of any of `xs` (at least one
+    /// tensor, all of one dtype, on this device) is NaN or infinite, else 0.
+    fn non_finite(&self, xs: &[&Tensor]) -> Result<Tensor>;
+}
+
+const OP: &str = "non_finite";
+
+/// A one-element tensor (the inputs' dtype, on their device) holding 1 if any element of any of
+/// `xs` is NaN or infinite, else 0: one kernel call over every tensor (a parallel pass on the
+/// CPU, one launch on a GPU), nothing read back. `xs` must be non-empty, of one dtype and on one
+/// device. Not differentiable: it records nothing.
+pub fn non_finite(xs: &[&Tensor]) -> Result<Tensor> {
+    let _profile = profile::scope(OP, Pass::Optimizer);
+    let first = xs
+        .first()
+        .ok_or_else(|| Error::invalid(OP, "no tensor to check"))?;
+    for x in &xs[1..] {
+        first.check_compatible(x, OP)?;
+    }
+    kernels(first.device())?.non_finite(xs)
+}

@@ -66,6 +66,9 @@ impl Axis {
     }
 }
 
+/// A `[lo, hi)` range of output positions.
+type Range = (usize, usize);
+
 /// The geometry of one im2col: `c` channels of `rows x cols` planes, a `kh x kw` kernel.
 #[derive(Clone, Copy)]
 struct Cols {
@@ -136,7 +139,7 @@ impl Cols {
 
     /// The valid output ranges of every kernel row and column offset ([`Axis::valid`]), computed
     /// once per call rather than once per channel.
-    fn valid_ranges(&self) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+    fn valid_ranges(&self) -> (Vec<Range>, Vec<Range>) {
         (
             (0..self.kh).map(|i| self.y.valid(i)).collect(),
             (0..self.kw).map(|j| self.x.valid(j)).collect(),

@@ -17,6 +17,7 @@ use crate::ops::{
     BatchNormKernels, BatchNormReluKernels, ConcatKernels, Conv2dKernels, CrossEntropyKernels,
     DropoutKernels, ElementwiseKernels, LinearKernels, PoolKernels, ReduceKernels, ReluKernels,
 };
+use crate::ops::MatmulKernels;
 use crate::optim::OptimKernels;
 
 #[cfg(feature = "cuda")]
@@ -39,6 +40,7 @@ pub(crate) trait Kernels:
     + BatchNormKernels
     + BatchNormReluKernels
     + OptimKernels
+    + MatmulKernels
     + Sync
 {
 }
@@ -56,6 +58,7 @@ impl<K> Kernels for K where
         + BatchNormKernels
         + BatchNormReluKernels
         + OptimKernels
+        + MatmulKernels
         + Sync
 {
 }

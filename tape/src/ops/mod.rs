@@ -16,6 +16,7 @@ mod cross_entropy;
 mod dropout;
 mod elementwise;
 mod linear;
+mod matmul;
 mod pool;
 mod reduce;
 mod relu;
@@ -38,6 +39,9 @@ pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
+// transformer ops: matmul:
+pub use matmul::{matmul, matmul_with, MatmulOptions};
+
 // The kernel traits the backends implement.
 pub(crate) use batch_norm::BatchNormKernels;
 pub(crate) use batch_norm_relu::BatchNormReluKernels;
@@ -47,6 +51,7 @@ pub(crate) use cross_entropy::CrossEntropyKernels;
 pub(crate) use dropout::DropoutKernels;
 pub(crate) use elementwise::ElementwiseKernels;
 pub(crate) use linear::LinearKernels;
+pub(crate) use matmul::MatmulKernels;
 pub(crate) use pool::PoolKernels;
 #[cfg_attr(not(feature = "cuda"), allow(unused_imports))] // cuDNN pooling descriptors use it
 pub(crate) use pool::PoolMode;

@@ -17,7 +17,7 @@ use crate::ops::{
     BatchNormKernels, BatchNormReluKernels, ConcatKernels, Conv2dKernels, CrossEntropyKernels,
     DropoutKernels, ElementwiseKernels, LinearKernels, PoolKernels, ReduceKernels, ReluKernels,
 };
-use crate::ops::MatmulKernels;
+use crate::ops::{MatmulKernels, SoftmaxKernels};
 use crate::optim::OptimKernels;
 
 #[cfg(feature = "cuda")]
@@ -41,6 +41,7 @@ pub(crate) trait Kernels:
     + BatchNormReluKernels
     + OptimKernels
     + MatmulKernels
+    + SoftmaxKernels
     + Sync
 {
 }
@@ -59,6 +60,7 @@ impl<K> Kernels for K where
         + BatchNormReluKernels
         + OptimKernels
         + MatmulKernels
+        + SoftmaxKernels
         + Sync
 {
 }

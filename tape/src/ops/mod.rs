@@ -21,6 +21,7 @@ mod pool;
 mod reduce;
 mod relu;
 mod reshape;
+mod softmax;
 
 // conv2d, linear, pooling:
 pub use conv2d::{conv2d, conv2d_workspace_bytes, Conv2dOptions};
@@ -39,8 +40,9 @@ pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
-// transformer ops: matmul:
+// transformer ops: matmul, softmax:
 pub use matmul::{matmul, matmul_with, MatmulOptions};
+pub use softmax::{log_softmax, log_softmax_with, softmax, softmax_with, SoftmaxOptions};
 
 // The kernel traits the backends implement.
 pub(crate) use batch_norm::BatchNormKernels;
@@ -57,3 +59,4 @@ pub(crate) use pool::PoolKernels;
 pub(crate) use pool::PoolMode;
 pub(crate) use reduce::ReduceKernels;
 pub(crate) use relu::ReluKernels;
+pub(crate) use softmax::SoftmaxKernels;

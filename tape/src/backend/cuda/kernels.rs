@@ -50,6 +50,8 @@ kernel_ids! {
     ColSum = "col_sum",
     Sgd = "sgd",
     Adam = "adam",
+    SoftmaxFwd = "softmax_fwd",
+    SoftmaxBwd = "softmax_bwd",
 }
 
 /// Threads per block of the element-wise kernels.

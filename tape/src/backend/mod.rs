@@ -17,7 +17,7 @@ use crate::ops::{
     BatchNormKernels, BatchNormReluKernels, ConcatKernels, Conv2dKernels, CrossEntropyKernels,
     DropoutKernels, ElementwiseKernels, LinearKernels, PoolKernels, ReduceKernels, ReluKernels,
 };
-use crate::ops::{MatmulKernels, SoftmaxKernels};
+use crate::ops::{LayerNormKernels, MatmulKernels, SoftmaxKernels};
 use crate::optim::OptimKernels;
 
 #[cfg(feature = "cuda")]
@@ -42,6 +42,7 @@ pub(crate) trait Kernels:
     + OptimKernels
     + MatmulKernels
     + SoftmaxKernels
+    + LayerNormKernels
     + Sync
 {
 }
@@ -61,6 +62,7 @@ impl<K> Kernels for K where
         + OptimKernels
         + MatmulKernels
         + SoftmaxKernels
+        + LayerNormKernels
         + Sync
 {
 }

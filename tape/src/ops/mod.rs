@@ -15,6 +15,7 @@ mod cpu_map;
 mod cross_entropy;
 mod dropout;
 mod elementwise;
+mod layer_norm;
 mod linear;
 mod matmul;
 mod pool;
@@ -40,7 +41,8 @@ pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
-// transformer ops: matmul, softmax:
+// transformer ops: matmul, softmax, layer norm:
+pub use layer_norm::layer_norm;
 pub use matmul::{matmul, matmul_with, MatmulOptions};
 pub use softmax::{log_softmax, log_softmax_with, softmax, softmax_with, SoftmaxOptions};
 
@@ -52,6 +54,7 @@ pub(crate) use conv2d::Conv2dKernels;
 pub(crate) use cross_entropy::CrossEntropyKernels;
 pub(crate) use dropout::DropoutKernels;
 pub(crate) use elementwise::ElementwiseKernels;
+pub(crate) use layer_norm::LayerNormKernels;
 pub(crate) use linear::LinearKernels;
 pub(crate) use matmul::MatmulKernels;
 pub(crate) use pool::PoolKernels;

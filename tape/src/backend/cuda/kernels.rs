@@ -52,6 +52,9 @@ kernel_ids! {
     Adam = "adam",
     SoftmaxFwd = "softmax_fwd",
     SoftmaxBwd = "softmax_bwd",
+    LnFwd = "ln_fwd",
+    LnBwdInput = "ln_bwd_input",
+    LnBwdAffine = "ln_bwd_affine",
 }
 
 /// Threads per block of the element-wise kernels.

@@ -17,7 +17,7 @@ use crate::ops::{
     BatchNormKernels, BatchNormReluKernels, ConcatKernels, Conv2dKernels, CrossEntropyKernels,
     DropoutKernels, ElementwiseKernels, LinearKernels, PoolKernels, ReduceKernels, ReluKernels,
 };
-use crate::ops::{LayerNormKernels, MatmulKernels, SoftmaxKernels};
+use crate::ops::{GeluKernels, LayerNormKernels, MatmulKernels, SoftmaxKernels};
 use crate::optim::OptimKernels;
 
 #[cfg(feature = "cuda")]
@@ -43,6 +43,7 @@ pub(crate) trait Kernels:
     + MatmulKernels
     + SoftmaxKernels
     + LayerNormKernels
+    + GeluKernels
     + Sync
 {
 }
@@ -63,6 +64,7 @@ impl<K> Kernels for K where
         + MatmulKernels
         + SoftmaxKernels
         + LayerNormKernels
+        + GeluKernels
         + Sync
 {
 }

@@ -55,6 +55,8 @@ kernel_ids! {
     LnFwd = "ln_fwd",
     LnBwdInput = "ln_bwd_input",
     LnBwdAffine = "ln_bwd_affine",
+    GeluFwd = "gelu_fwd",
+    GeluBwd = "gelu_bwd",
 }
 
 /// Threads per block of the element-wise kernels.

@@ -17,7 +17,7 @@ use crate::ops::{
     BatchNormKernels, BatchNormReluKernels, ConcatKernels, Conv2dKernels, CrossEntropyKernels,
     DropoutKernels, ElementwiseKernels, LinearKernels, PoolKernels, ReduceKernels, ReluKernels,
 };
-use crate::ops::{GeluKernels, LayerNormKernels, MatmulKernels, SoftmaxKernels};
+use crate::ops::{EmbeddingKernels, GeluKernels, LayerNormKernels, MatmulKernels, SoftmaxKernels};
 use crate::optim::OptimKernels;
 
 #[cfg(feature = "cuda")]
@@ -44,6 +44,7 @@ pub(crate) trait Kernels:
     + SoftmaxKernels
     + LayerNormKernels
     + GeluKernels
+    + EmbeddingKernels
     + Sync
 {
 }
@@ -65,6 +66,7 @@ impl<K> Kernels for K where
         + SoftmaxKernels
         + LayerNormKernels
         + GeluKernels
+        + EmbeddingKernels
         + Sync
 {
 }

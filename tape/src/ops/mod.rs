@@ -15,6 +15,7 @@ mod cpu_map;
 mod cross_entropy;
 mod dropout;
 mod elementwise;
+mod embedding;
 mod gelu;
 mod layer_norm;
 mod linear;
@@ -42,7 +43,8 @@ pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
-// transformer ops: matmul, softmax, layer norm, GELU:
+// transformer ops: matmul, softmax, layer norm, GELU, embedding:
+pub use embedding::embedding;
 pub use gelu::{gelu, gelu_with, GeluApproximation};
 pub use layer_norm::layer_norm;
 pub use matmul::{matmul, matmul_with, MatmulOptions};
@@ -56,6 +58,7 @@ pub(crate) use conv2d::Conv2dKernels;
 pub(crate) use cross_entropy::CrossEntropyKernels;
 pub(crate) use dropout::DropoutKernels;
 pub(crate) use elementwise::ElementwiseKernels;
+pub(crate) use embedding::EmbeddingKernels;
 pub(crate) use gelu::GeluKernels;
 pub(crate) use layer_norm::LayerNormKernels;
 pub(crate) use linear::LinearKernels;

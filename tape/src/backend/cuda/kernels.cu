@@ -435,6 +435,27 @@ template <typename T> __device__ void gelu_bwd_impl(T* gx, const T* g, const T* 
     GRID_STRIDE(i, n) gx[i] = (T)((double)g[i] * gelu_slope((double)x[i], th));
 }
 
+// Embedding gather: out[p * d + j] = w[idx[p] * d + j] for n positions.
+template <typename T> __device__ void embedding_fwd_impl(T* out, const T* w, const u64* idx, u64 n, u64 d) {
+    GRID_STRIDE(i, n * d) {
+        u64 p = i / d, j = i - p * d;
+        out[i] = w[idx[p] * d + j];
+    }
+}
+
+// Embedding scatter-add, one thread per weight-gradient element: gw[v * d + j] is the sum, in
+// double and in order, of g[p * d + j] over the positions p = positions[q] of group v
+// (offsets[v] <= q < offsets[v + 1]); like the CPU kernel, no atomics.
+template <typename T> __device__ void embedding_bwd_impl(T* gw, const T* g, const u64* offsets, const u64* positions,
+                                                         u64 vocab, u64 d) {
+    GRID_STRIDE(i, vocab * d) {
+        u64 v = i / d, j = i - v * d;
+        double acc = 0.0;
+        for (u64 q = offsets[v]; q < offsets[v + 1]; ++q) acc += (double)g[positions[q] * d + j];
+        gw[i] = (T)acc;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // extern "C" entry points, one per (kernel, type).
 
@@ -506,7 +527,12 @@ extern "C" __global__ void ln_bwd_affine_##S(const T* g, const T* x, const T* me
     ln_bwd_affine_impl<T>(g, x, mean, invstd, gw, gb, rows, d); }                                       \
 extern "C" __global__ void gelu_fwd_##S(T* y, const T* x, u64 n, int th) { gelu_fwd_impl<T>(y, x, n, th); } \
 extern "C" __global__ void gelu_bwd_##S(T* gx, const T* g, const T* x, u64 n, int th) {                 \
-    gelu_bwd_impl<T>(gx, g, x, n, th); }
+    gelu_bwd_impl<T>(gx, g, x, n, th); }                                                                \
+extern "C" __global__ void embedding_fwd_##S(T* out, const T* w, const u64* idx, u64 n, u64 d) {        \
+    embedding_fwd_impl<T>(out, w, idx, n, d); }                                                         \
+extern "C" __global__ void embedding_bwd_##S(T* gw, const T* g, const u64* offsets, const u64* positions, \
+                                             u64 vocab, u64 d) {                                        \
+    embedding_bwd_impl<T>(gw, g, offsets, positions, vocab, d); }
 
 KERNELS(float, f32)
 KERNELS(double, f64)

@@ -57,6 +57,8 @@ kernel_ids! {
     LnBwdAffine = "ln_bwd_affine",
     GeluFwd = "gelu_fwd",
     GeluBwd = "gelu_bwd",
+    EmbeddingFwd = "embedding_fwd",
+    EmbeddingBwd = "embedding_bwd",
 }
 
 /// Threads per block of the element-wise kernels.

@@ -17,7 +17,10 @@ use crate::ops::{
     BatchNormKernels, BatchNormReluKernels, ConcatKernels, Conv2dKernels, CrossEntropyKernels,
     DropoutKernels, ElementwiseKernels, LinearKernels, PoolKernels, ReduceKernels, ReluKernels,
 };
-use crate::ops::{EmbeddingKernels, GeluKernels, LayerNormKernels, MatmulKernels, SoftmaxKernels};
+use crate::ops::{
+    EmbeddingKernels, GeluKernels, LayerNormKernels, MatmulKernels, NarrowKernels, PermuteKernels,
+    SoftmaxKernels,
+};
 use crate::optim::OptimKernels;
 
 #[cfg(feature = "cuda")]
@@ -45,6 +48,8 @@ pub(crate) trait Kernels:
     + LayerNormKernels
     + GeluKernels
     + EmbeddingKernels
+    + PermuteKernels
+    + NarrowKernels
     + Sync
 {
 }
@@ -67,6 +72,8 @@ impl<K> Kernels for K where
         + LayerNormKernels
         + GeluKernels
         + EmbeddingKernels
+        + PermuteKernels
+        + NarrowKernels
         + Sync
 {
 }

@@ -20,6 +20,8 @@ mod gelu;
 mod layer_norm;
 mod linear;
 mod matmul;
+mod narrow;
+mod permute;
 mod pool;
 mod reduce;
 mod relu;
@@ -43,11 +45,13 @@ pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
-// transformer ops: matmul, softmax, layer norm, GELU, embedding:
+// transformer ops: matmul, softmax, layer norm, GELU, embedding, permute, narrow:
 pub use embedding::embedding;
 pub use gelu::{gelu, gelu_with, GeluApproximation};
 pub use layer_norm::layer_norm;
 pub use matmul::{matmul, matmul_with, MatmulOptions};
+pub use narrow::{narrow, split};
+pub use permute::{permute, transpose, MAX_PERMUTE_DIMS};
 pub use softmax::{log_softmax, log_softmax_with, softmax, softmax_with, SoftmaxOptions};
 
 // The kernel traits the backends implement.
@@ -63,6 +67,8 @@ pub(crate) use gelu::GeluKernels;
 pub(crate) use layer_norm::LayerNormKernels;
 pub(crate) use linear::LinearKernels;
 pub(crate) use matmul::MatmulKernels;
+pub(crate) use narrow::NarrowKernels;
+pub(crate) use permute::PermuteKernels;
 pub(crate) use pool::PoolKernels;
 #[cfg_attr(not(feature = "cuda"), allow(unused_imports))] // cuDNN pooling descriptors use it
 pub(crate) use pool::PoolMode;

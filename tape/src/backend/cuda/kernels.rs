@@ -59,6 +59,7 @@ kernel_ids! {
     GeluBwd = "gelu_bwd",
     EmbeddingFwd = "embedding_fwd",
     EmbeddingBwd = "embedding_bwd",
+    Permute = "permute",
 }
 
 /// Threads per block of the element-wise kernels.

@@ -1,7 +1,7 @@
 //! `tape`: the engine of the workspace. Tensors with run-time shapes, dtypes and devices; a
 //! recording autodiff [`Tape`] of backward closures with gradients keyed by tensor id; the ops a
-//! CNN needs ([`ops`]), optimizers ([`optim`]) and exact per-device memory accounting
-//! ([`MemoryStats`]).
+//! CNN or a transformer needs ([`ops`]), optimizers ([`optim`]) and exact per-device memory
+//! accounting ([`MemoryStats`]).
 //!
 //! With the cargo feature `cuda`, `Device::cuda(0)` runs every op on an NVIDIA GPU (cuDNN,
 //! cuBLAS and NVRTC kernels, loaded at run time); without it, `Device::cuda` returns an error

@@ -89,3 +89,61 @@ fn a_decoder_block_passes_the_gradient_check() {
     assert_ne!(a[3 * D..4 * D], b[3 * D..4 * D]);
     assert_eq!(a[4 * D..], b[4 * D..]);
 }
+
+#[test]
+fn ops_whose_backward_needs_only_the_output_take_a_known_output() {
+    // matmul, softmax, GELU and embedding take a declared output (a recompute's last output)
+    // instead of computing it, and their gradients stay the same.
+    let dev = Device::cpu();
+    let a = Tensor::randn(&[2, 3, 4], DType::F64, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
+    let b = Tensor::randn(&[2, 4, 5], DType::F64, &dev, 2)
+        .unwrap()
+        .with_requires_grad(true);
+    let w = Tensor::randn(&[3, 5], DType::F64, &dev, 4)
+        .unwrap()
+        .with_requires_grad(true);
+    type Op<'a> = Box<dyn Fn(&mut Tape) -> Tensor + 'a>;
+    let cases: Vec<(&str, Op, Vec<&Tensor>)> = vec![
+        (
+            "matmul",
+            Box::new(|t| ops::matmul(t, &a, &b).unwrap()),
+            vec![&a, &b],
+        ),
+        (
+            "softmax",
+            Box::new(|t| ops::softmax(t, &a).unwrap()),
+            vec![&a],
+        ),
+        ("gelu", Box::new(|t| ops::gelu(t, &a).unwrap()), vec![&a]),
+        (
+            "embedding",
+            Box::new(|t| ops::embedding(t, &w, &[1, 0, 1], &[3]).unwrap()),
+            vec![&w],
+        ),
+    ];
+    for (name, op, inputs) in cases {
+        let grads = |known: Option<&Tensor>| {
+            let mut tape = Tape::recording();
+            if let Some(k) = known {
+                tape.set_known_output(0, k.clone());
+            }
+            let y = op(&mut tape);
+            let seed = Tensor::randn(y.shape(), DType::F64, &dev, 3).unwrap();
+            let g = tape.backward_from(&y, seed).unwrap();
+            let gs: Vec<Vec<f64>> = inputs
+                .iter()
+                .map(|x| g.get(x).unwrap().to_f64_vec())
+                .collect();
+            (y, gs)
+        };
+        let (y, want) = grads(None);
+        let (y2, got) = grads(Some(&y));
+        assert!(
+            y2.shares_buffer(&y),
+            "{name}: the known output was not taken"
+        );
+        assert_eq!(got, want, "{name}");
+    }
+}

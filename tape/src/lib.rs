@@ -1,6 +1,6 @@
 //! `tape`: the engine of the workspace. Tensors with run-time shapes, dtypes and devices; a
 //! recording autodiff [`Tape`] of backward closures with gradients keyed by tensor id; the ops a
-//! CNN needs ([`ops`]), optimizers ([`optim`]), exact per-device memory accounting
+//! CNN or a transformer needs ([`ops`]), optimizers ([`optim`]), exact per-device memory accounting
 //! ([`MemoryStats`]) and per-device work counters ([`Counters`]: kernel launches, allocations,
 //! host synchronisations).
 //!

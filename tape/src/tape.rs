@@ -230,8 +230,8 @@ impl<'a> Tape<'a> {
     /// Declares the output of the op call at `index` (0-based, counted as
     /// [`Tape::ops_started`] counts) known in advance: that op, if it can (its backward needs
     /// nothing its forward computes besides the output: conv2d, linear, ReLU, pooling, dropout,
-    /// add, concat), records its backward as usual but takes `output` (under a new id) instead of
-    /// computing it. For recomputing a checkpointed segment, whose last output the first pass
+    /// add, concat, matmul, softmax, GELU, embedding), records its backward as usual but takes
+    /// `output` (under a new id) instead of computing it. For recomputing a checkpointed segment, whose last output the first pass
     /// already produced: the caller vouches that it is what the op would compute.
     pub fn set_known_output(&mut self, index: usize, output: Tensor) {
         self.known_output = Some((index, output));

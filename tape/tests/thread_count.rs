@@ -192,3 +192,51 @@ fn element_wise_ops() {
         forward_backward(&[&a, &b], op, 3)
     });
 }
+
+#[test]
+fn transformer_ops() {
+    // matmul with many items (items over threads) and with two large ones (each GEMM over
+    // threads); softmax, layer norm, GELU, permute and embedding past PAR_MIN.
+    for (batch, m, k, n) in [(64, 24, 32, 20), (2, 96, 128, 80)] {
+        same_on_1_and_3_threads(&format!("matmul {batch}x{m}x{k}x{n}"), || {
+            let dev = Device::cpu();
+            let a = leaf(&[batch, m, k], DType::F32, &dev, 1);
+            let b = leaf(&[batch, n, k], DType::F32, &dev, 2);
+            let opts = ops::MatmulOptions {
+                transpose_a: false,
+                transpose_b: true,
+            };
+            forward_backward(&[&a, &b], |t| ops::matmul_with(t, &a, &b, opts).unwrap(), 3)
+        });
+    }
+    same_on_1_and_3_threads("softmax, layer_norm, gelu, permute", || {
+        let dev = Device::cpu();
+        let x = leaf(&[8, 64, 96], DType::F32, &dev, 1);
+        let w = leaf(&[96], DType::F32, &dev, 2);
+        let b = leaf(&[96], DType::F32, &dev, 3);
+        let op = |t: &mut Tape| {
+            let causal = ops::SoftmaxOptions { causal: true };
+            let s = ops::softmax_with(t, &x, causal).unwrap();
+            let l = ops::log_softmax(t, &x).unwrap();
+            let n = ops::layer_norm(t, &x, Some(&w), Some(&b), 1e-5).unwrap();
+            let g = ops::gelu(t, &n).unwrap();
+            let p = ops::permute(t, &g, &[2, 0, 1]).unwrap();
+            let p = ops::reshape(t, &p, &[8, 64, 96]).unwrap();
+            let sum = ops::add(t, &s, &l).unwrap();
+            ops::add(t, &sum, &p).unwrap()
+        };
+        forward_backward(&[&x, &w, &b], op, 4)
+    });
+    same_on_1_and_3_threads("embedding", || {
+        let dev = Device::cpu();
+        let w = leaf(&[100, 64], DType::F32, &dev, 1);
+        let indices: Vec<usize> = (0..2048)
+            .map(|i| (i * 37 + i / 5) % 100 % (1 + i % 13))
+            .collect();
+        forward_backward(
+            &[&w],
+            |t| ops::embedding(t, &w, &indices, &[16, 128]).unwrap(),
+            2,
+        )
+    });
+}

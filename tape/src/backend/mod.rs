@@ -22,10 +22,15 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::labels::Labels;
 use crate::ops::{
-    AccuracyKernels, BatchNormKernels, BatchNormReluKernels, BlockStorageKernels, BnBackward, BnForward, BnGrads,
-    BnReluBackward, BnReluForward, BnReluGrads, BnStats, ConcatKernels, Conv2dGrads, Conv2dKernels,
-    CrossEntropyKernels, Dims, DropoutKernels, ElementwiseKernels, FiniteKernels, Geometry,
-    LinearKernels, PoolKernels, PoolMode, ReduceKernels, ReluKernels, Window,
+    AccuracyKernels, BatchNormKernels, BatchNormReluKernels, BlockStorageKernels, BnBackward,
+    BnForward, BnGrads, BnReluBackward, BnReluForward, BnReluGrads, BnStats, ConcatKernels,
+    Conv2dGrads, Conv2dKernels, CrossEntropyKernels, Dims, DropoutKernels, ElementwiseKernels,
+    FiniteKernels, Geometry, LinearKernels, PoolKernels, PoolMode, ReduceKernels, ReluKernels,
+    Window,
+};
+use crate::ops::{
+    EmbeddingKernels, GeluApproximation, GeluKernels, Groups, LayerNormKernels, LnDims, MatmulDims,
+    MatmulKernels, NarrowKernels, PermuteKernels, RowStats, Rows, Slice, SoftmaxKernels,
 };
 use crate::optim::{AdamConfig, AdamSlot, OptimKernels, SgdConfig, SgdSlot};
 use crate::tensor::Tensor;
@@ -54,6 +59,13 @@ pub(crate) trait Kernels:
     + OptimKernels
     + AccuracyKernels
     + FiniteKernels
+    + MatmulKernels
+    + SoftmaxKernels
+    + LayerNormKernels
+    + GeluKernels
+    + EmbeddingKernels
+    + PermuteKernels
+    + NarrowKernels
     + Send
     + Sync
 {
@@ -75,6 +87,13 @@ impl<K> Kernels for K where
         + OptimKernels
         + AccuracyKernels
         + FiniteKernels
+        + MatmulKernels
+        + SoftmaxKernels
+        + LayerNormKernels
+        + GeluKernels
+        + EmbeddingKernels
+        + PermuteKernels
+        + NarrowKernels
         + Send
         + Sync
 {
@@ -211,5 +230,51 @@ counted! {
     }
     FiniteKernels {
         fn non_finite(&self, xs: &[&Tensor]) -> Result<Tensor>;
+    }
+    MatmulKernels {
+        fn matmul_batched(&self, a: &Tensor, b: &Tensor, dims: MatmulDims, out_shape: &[usize]) -> Result<Tensor>;
+    }
+    SoftmaxKernels {
+        fn softmax_forward(&self, x: &Tensor, rows: Rows) -> Result<Tensor>;
+        fn softmax_backward(&self, g: &Tensor, y: &Tensor, rows: Rows) -> Result<Tensor>;
+    }
+    LayerNormKernels {
+        fn layer_norm_forward(
+            &self,
+            x: &Tensor,
+            weight: Option<&Tensor>,
+            bias: Option<&Tensor>,
+            dims: LnDims,
+        ) -> Result<(Tensor, RowStats)>;
+        fn layer_norm_grad_input(
+            &self,
+            g: &Tensor,
+            x: &Tensor,
+            stats: &RowStats,
+            weight: Option<&Tensor>,
+            dims: LnDims,
+        ) -> Result<Tensor>;
+        fn layer_norm_grad_affine(
+            &self,
+            g: &Tensor,
+            x: Option<(&Tensor, &RowStats)>,
+            want_bias: bool,
+            dims: LnDims,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)>;
+    }
+    GeluKernels {
+        fn gelu_forward(&self, x: &Tensor, approx: GeluApproximation) -> Result<Tensor>;
+        fn gelu_backward(&self, g: &Tensor, x: &Tensor, approx: GeluApproximation) -> Result<Tensor>;
+    }
+    EmbeddingKernels {
+        fn embedding_forward(&self, weight: &Tensor, indices: &[usize], out_shape: &[usize]) -> Result<Tensor>;
+        fn embedding_backward(&self, g: &Tensor, groups: &Groups, vocab: usize, d: usize) -> Result<Tensor>;
+    }
+    PermuteKernels {
+        fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor>;
+    }
+    NarrowKernels {
+        fn narrow_forward(&self, x: &Tensor, slice: Slice, shape: &[usize]) -> Result<Tensor>;
+        fn narrow_backward(&self, g: &Tensor, slice: Slice, shape: &[usize]) -> Result<Tensor>;
     }
 }

@@ -17,12 +17,19 @@ mod cpu_map;
 mod cross_entropy;
 mod dropout;
 mod elementwise;
+mod embedding;
 mod finite;
+mod gelu;
+mod layer_norm;
 mod linear;
+mod matmul;
+mod narrow;
+mod permute;
 mod pool;
 mod reduce;
 mod relu;
 mod reshape;
+mod softmax;
 
 // conv2d, linear, pooling:
 pub use conv2d::{conv2d, conv2d_workspace_bytes, Conv2dOptions};
@@ -46,6 +53,15 @@ pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;
 
+// transformer ops: matmul, softmax, layer norm, GELU, embedding, permute, narrow:
+pub use embedding::embedding;
+pub use gelu::{gelu, gelu_with, GeluApproximation};
+pub use layer_norm::layer_norm;
+pub use matmul::{matmul, matmul_with, MatmulOptions};
+pub use narrow::{narrow, split};
+pub use permute::{permute, transpose, MAX_PERMUTE_DIMS};
+pub use softmax::{log_softmax, log_softmax_with, softmax, softmax_with, SoftmaxOptions};
+
 // The kernel traits the backends implement, and the argument types of their methods (the
 // backend's counting wrapper names them).
 pub(crate) use accuracy::AccuracyKernels;
@@ -59,8 +75,15 @@ pub(crate) use conv2d::{Conv2dGrads, Conv2dKernels, Geometry};
 pub(crate) use cross_entropy::CrossEntropyKernels;
 pub(crate) use dropout::DropoutKernels;
 pub(crate) use elementwise::ElementwiseKernels;
+pub(crate) use embedding::{EmbeddingKernels, Groups};
 pub(crate) use finite::FiniteKernels;
+pub(crate) use gelu::GeluKernels;
+pub(crate) use layer_norm::{LayerNormKernels, LnDims, RowStats};
 pub(crate) use linear::{Dims, LinearKernels};
+pub(crate) use matmul::{MatmulDims, MatmulKernels};
+pub(crate) use narrow::{NarrowKernels, Slice};
+pub(crate) use permute::PermuteKernels;
 pub(crate) use pool::{PoolKernels, PoolMode, Window};
 pub(crate) use reduce::ReduceKernels;
 pub(crate) use relu::ReluKernels;
+pub(crate) use softmax::{Rows, SoftmaxKernels};

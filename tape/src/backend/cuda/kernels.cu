@@ -297,6 +297,189 @@ template <typename T> __device__ void adam_impl(T* p, const T* g, T* m, T* v, u6
     }
 }
 
+// One block per row of d elements, rows with causal > 0 keeping their first
+// min(row % causal + 1, d) (a causal mask): softmax (lg == 0) or log-softmax in double, masked
+// entries 0 (or -inf).
+template <typename T> __device__ void softmax_fwd_impl(const T* x, T* y, u64 d, u64 causal, int lg) {
+    __shared__ double sh[RBLOCK];
+    u64 row = blockIdx.x;
+    u64 valid = d;
+    if (causal && row % causal + 1 < d) valid = row % causal + 1;
+    const T* r = x + row * d;
+    T* o = y + row * d;
+    double ninf = __longlong_as_double(0xFFF0000000000000LL);
+    double m = ninf;
+    for (u64 j = threadIdx.x; j < valid; j += RBLOCK) m = fmax(m, (double)r[j]);
+    double mx = block_max(m, sh);
+    double acc = 0.0;
+    for (u64 j = threadIdx.x; j < valid; j += RBLOCK) acc += exp((double)r[j] - mx);
+    double sum = block_sum(acc, sh);
+    double lse = log(sum);
+    for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
+        double s = (double)r[j] - mx;
+        if (j < valid) o[j] = (T)(lg ? s - lse : exp(s) / sum);
+        else o[j] = lg ? (T)ninf : (T)0;
+    }
+}
+
+// The input gradient of softmax_fwd from the output gradient g and the saved output y, one block
+// per row: y (g - sum(g y)), or g - exp(y) sum(g) for log-softmax; 0 at masked entries.
+template <typename T> __device__ void softmax_bwd_impl(const T* g, const T* y, T* gx, u64 d, u64 causal, int lg) {
+    __shared__ double sh[RBLOCK];
+    u64 row = blockIdx.x;
+    u64 valid = d;
+    if (causal && row % causal + 1 < d) valid = row % causal + 1;
+    const T* gr = g + row * d;
+    const T* yr = y + row * d;
+    T* o = gx + row * d;
+    double acc = 0.0;
+    for (u64 j = threadIdx.x; j < valid; j += RBLOCK)
+        acc += lg ? (double)gr[j] : (double)gr[j] * (double)yr[j];
+    double s = block_sum(acc, sh);
+    for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
+        if (j < valid) {
+            double gv = (double)gr[j], yv = (double)yr[j];
+            o[j] = (T)(lg ? gv - exp(yv) * s : yv * (gv - s));
+        } else {
+            o[j] = (T)0;
+        }
+    }
+}
+
+// Layer norm, one block per row of d elements: mean and invstd = 1 / sqrt(var + eps) (biased
+// variance) in double, y = (x - mean) invstd [* w] [+ b]; w and b may be null.
+template <typename T> __device__ void ln_fwd_impl(const T* x, const T* w, const T* b, T* y, T* mean, T* invstd,
+                                                  u64 d, double eps) {
+    __shared__ double sh[RBLOCK];
+    u64 row = blockIdx.x;
+    const T* r = x + row * d;
+    T* o = y + row * d;
+    double acc = 0.0;
+    for (u64 j = threadIdx.x; j < d; j += RBLOCK) acc += (double)r[j];
+    double mu = block_sum(acc, sh) / (double)d;
+    acc = 0.0;
+    for (u64 j = threadIdx.x; j < d; j += RBLOCK) { double c = (double)r[j] - mu; acc += c * c; }
+    double var = block_sum(acc, sh) / (double)d;
+    double is = 1.0 / sqrt(var + eps);
+    for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
+        double h = ((double)r[j] - mu) * is;
+        if (w) h *= (double)w[j];
+        if (b) h += (double)b[j];
+        o[j] = (T)h;
+    }
+    if (threadIdx.x == 0) { mean[row] = (T)mu; invstd[row] = (T)is; }
+}
+
+// Layer norm's input gradient, one block per row: gh = g [* w], xhat = (x - mean) invstd,
+// gx = invstd (gh - mean(gh) - xhat mean(gh xhat)); w may be null.
+template <typename T> __device__ void ln_bwd_input_impl(const T* g, const T* x, const T* mean, const T* invstd,
+                                                        const T* w, T* gx, u64 d) {
+    __shared__ double sh[RBLOCK];
+    u64 row = blockIdx.x;
+    const T* gr = g + row * d;
+    const T* xr = x + row * d;
+    T* o = gx + row * d;
+    double mu = (double)mean[row], is = (double)invstd[row];
+    double a1 = 0.0, a2 = 0.0;
+    for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
+        double gh = w ? (double)gr[j] * (double)w[j] : (double)gr[j];
+        a1 += gh;
+        a2 += gh * (((double)xr[j] - mu) * is);
+    }
+    double a = block_sum(a1, sh) / (double)d;
+    double c = block_sum(a2, sh) / (double)d;
+    for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
+        double gh = w ? (double)gr[j] * (double)w[j] : (double)gr[j];
+        double xh = ((double)xr[j] - mu) * is;
+        o[j] = (T)(is * (gh - a - xh * c));
+    }
+}
+
+// Layer norm's weight and bias gradients, one thread per column, summed over the rows in order
+// (like the CPU kernel): gw[j] = sum g xhat (gw null: skipped, and x, mean, invstd may be null),
+// gb[j] = sum g (gb null: skipped).
+template <typename T> __device__ void ln_bwd_affine_impl(const T* g, const T* x, const T* mean, const T* invstd,
+                                                         T* gw, T* gb, u64 rows, u64 d) {
+    GRID_STRIDE(j, d) {
+        double aw = 0.0, ab = 0.0;
+        for (u64 r = 0; r < rows; ++r) {
+            double gv = (double)g[r * d + j];
+            if (gw) aw += gv * (((double)x[r * d + j] - (double)mean[r]) * (double)invstd[r]);
+            ab += gv;
+        }
+        if (gw) gw[j] = (T)aw;
+        if (gb) gb[j] = (T)ab;
+    }
+}
+
+// GELU in double (the CPU's formulas): exact x Phi(x) with erf, or the tanh form (th != 0).
+__device__ __forceinline__ double gelu_value(double x, int th) {
+    if (th) return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+    return 0.5 * x * (1.0 + erf(x * 0.7071067811865476));
+}
+
+// The slope of gelu_value at x.
+__device__ __forceinline__ double gelu_slope(double x, int th) {
+    if (th) {
+        double t = tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
+    }
+    double cdf = 0.5 * (1.0 + erf(x * 0.7071067811865476));
+    double pdf = exp(-0.5 * x * x) * 0.3989422804014327;
+    return cdf + x * pdf;
+}
+
+template <typename T> __device__ void gelu_fwd_impl(T* y, const T* x, u64 n, int th) {
+    GRID_STRIDE(i, n) y[i] = (T)gelu_value((double)x[i], th);
+}
+
+template <typename T> __device__ void gelu_bwd_impl(T* gx, const T* g, const T* x, u64 n, int th) {
+    GRID_STRIDE(i, n) gx[i] = (T)((double)g[i] * gelu_slope((double)x[i], th));
+}
+
+// Embedding gather: out[p * d + j] = w[idx[p] * d + j] for n positions.
+template <typename T> __device__ void embedding_fwd_impl(T* out, const T* w, const u64* idx, u64 n, u64 d) {
+    GRID_STRIDE(i, n * d) {
+        u64 p = i / d, j = i - p * d;
+        out[i] = w[idx[p] * d + j];
+    }
+}
+
+// Embedding scatter-add, one thread per weight-gradient element: gw[v * d + j] is the sum, in
+// double and in order, of g[p * d + j] over the positions p = positions[q] of group v
+// (offsets[v] <= q < offsets[v + 1]); like the CPU kernel, no atomics.
+template <typename T> __device__ void embedding_bwd_impl(T* gw, const T* g, const u64* offsets, const u64* positions,
+                                                         u64 vocab, u64 d) {
+    GRID_STRIDE(i, vocab * d) {
+        u64 v = i / d, j = i - v * d;
+        double acc = 0.0;
+        for (u64 q = offsets[v]; q < offsets[v + 1]; ++q) acc += (double)g[positions[q] * d + j];
+        gw[i] = (T)acc;
+    }
+}
+
+// The output shape of a permute and the input stride of each output dimension, up to 8
+// dimensions. Mirrors `PermDims` in ops/permute/cuda.rs.
+#define MAX_PERM_DIMS 8
+struct PermDims {
+    u64 shape[MAX_PERM_DIMS];
+    u64 stride[MAX_PERM_DIMS];
+};
+
+// out[i] = x[sum over k of idx_k * stride[k]], idx the row-major multi-index of i in the output
+// shape (rank dimensions).
+template <typename T> __device__ void permute_impl(T* out, const T* x, PermDims dims, u64 rank, u64 n) {
+    GRID_STRIDE(i, n) {
+        u64 rem = i, src = 0;
+        for (u64 k = rank; k-- > 0;) {
+            u64 s = dims.shape[k], q = rem / s;
+            src += (rem - q * s) * dims.stride[k];
+            rem = q;
+        }
+        out[i] = x[src];
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Multi-tensor kernels (PyTorch's foreach / fused optimizers): one launch over a list of tensors
 // described by one device array `list` of `count` entries per field (addresses, lengths, per-
@@ -443,7 +626,30 @@ extern "C" __global__ void non_finite_multi_##S(const u64* list, u64 count, T* f
     non_finite_multi_impl<T>(list, count, flag); }                                                      \
 extern "C" __global__ void correct_count_##S(const T* logits, const int* labels, u64 n, u64 classes,    \
                                              T* out) {                                                  \
-    correct_count_impl<T>(logits, labels, n, classes, out); }
+    correct_count_impl<T>(logits, labels, n, classes, out); }                                           \
+extern "C" __global__ void softmax_fwd_##S(const T* x, T* y, u64 d, u64 causal, int lg) {               \
+    softmax_fwd_impl<T>(x, y, d, causal, lg); }                                                         \
+extern "C" __global__ void softmax_bwd_##S(const T* g, const T* y, T* gx, u64 d, u64 causal, int lg) {  \
+    softmax_bwd_impl<T>(g, y, gx, d, causal, lg); }                                                     \
+extern "C" __global__ void ln_fwd_##S(const T* x, const T* w, const T* b, T* y, T* mean, T* invstd,     \
+                                      u64 d, double eps) {                                              \
+    ln_fwd_impl<T>(x, w, b, y, mean, invstd, d, eps); }                                                 \
+extern "C" __global__ void ln_bwd_input_##S(const T* g, const T* x, const T* mean, const T* invstd,     \
+                                            const T* w, T* gx, u64 d) {                                 \
+    ln_bwd_input_impl<T>(g, x, mean, invstd, w, gx, d); }                                               \
+extern "C" __global__ void ln_bwd_affine_##S(const T* g, const T* x, const T* mean, const T* invstd,    \
+                                             T* gw, T* gb, u64 rows, u64 d) {                           \
+    ln_bwd_affine_impl<T>(g, x, mean, invstd, gw, gb, rows, d); }                                       \
+extern "C" __global__ void gelu_fwd_##S(T* y, const T* x, u64 n, int th) { gelu_fwd_impl<T>(y, x, n, th); } \
+extern "C" __global__ void gelu_bwd_##S(T* gx, const T* g, const T* x, u64 n, int th) {                 \
+    gelu_bwd_impl<T>(gx, g, x, n, th); }                                                                \
+extern "C" __global__ void embedding_fwd_##S(T* out, const T* w, const u64* idx, u64 n, u64 d) {        \
+    embedding_fwd_impl<T>(out, w, idx, n, d); }                                                         \
+extern "C" __global__ void embedding_bwd_##S(T* gw, const T* g, const u64* offsets, const u64* positions, \
+                                             u64 vocab, u64 d) {                                        \
+    embedding_bwd_impl<T>(gw, g, offsets, positions, vocab, d); }                                       \
+extern "C" __global__ void permute_##S(T* out, const T* x, PermDims dims, u64 rank, u64 n) {            \
+    permute_impl<T>(out, x, dims, rank, n); }
 
 KERNELS(float, f32)
 KERNELS(double, f64)

@@ -53,6 +53,16 @@ kernel_ids! {
     AdamMulti = "adam_multi",
     NonFiniteMulti = "non_finite_multi",
     CorrectCount = "correct_count",
+    SoftmaxFwd = "softmax_fwd",
+    SoftmaxBwd = "softmax_bwd",
+    LnFwd = "ln_fwd",
+    LnBwdInput = "ln_bwd_input",
+    LnBwdAffine = "ln_bwd_affine",
+    GeluFwd = "gelu_fwd",
+    GeluBwd = "gelu_bwd",
+    EmbeddingFwd = "embedding_fwd",
+    EmbeddingBwd = "embedding_bwd",
+    Permute = "permute",
 }
 
 /// Threads per block of the element-wise kernels.

@@ -498,7 +498,6 @@ fn workspace<T: Elem>(x: &Tensor, len: usize) -> Result<(Vec<T>, crate::Reservat
 }
 
 impl Conv2dKernels for Cpu {
-
     fn conv2d_forward(
         &self,
         geo: &Geometry,

@@ -35,7 +35,6 @@ fn degenerate(geo: &Geometry) -> bool {
 }
 
 impl Conv2dKernels for CudaKernels {
-
     fn conv2d_forward(
         &self,
         geo: &Geometry,

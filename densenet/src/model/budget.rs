@@ -3,21 +3,28 @@
 //!
 //! The memory model follows what each op keeps and allocates, in units of one channel of one
 //! feature map of the block (`n * h * w * dtype bytes`), with `c` input channels, `b = bn_size *
-//! k` bottleneck channels and `k` growth channels. Budget mode runs transitions and the head
-//! recomputed, and Bottleneck and Layer layers with the fused concat-BN-ReLU.
+//! k` bottleneck channels, `k` growth channels and `C` channels in the whole block. Every block's
+//! features live in one [`tape::ops::BlockStorage`] of `C` channels, allocated (by the stem or
+//! the transition before it) when the block starts; each layer appends its output to it.
+//! Budget mode runs transitions and the head recomputed, and Bottleneck and Layer layers with
+//! the fused batch norm + ReLU reading the storage in place.
 //!
-//! - Kept through forward: a naive layer keeps concat (`c`, none for a single input), ReLU1
-//!   (`c`), conv1 (`b`), ReLU2 (`b`) and its output (`k`); Bottleneck keeps `2b + k`; Layer
-//!   keeps `k`; the stem its maps, a transition its output.
-//! - During a layer's backward (its own kept bytes are then freed as it goes, its output already
-//!   is), besides the gradients of its `c` inputs and of its output (`k`), it holds at most: naive
-//!   `concat + max(c + 4b, 3c)` (e.g. ReLU1's output with its gradient and the batch norm's
-//!   input gradient), Bottleneck `max(4b, 3c + 2b)` and Layer `max(c + 4b + k, 3c + k)` (the
-//!   recomputed concat-BN-ReLU output, its gradient and the gradients of the parts), plus `k`
-//!   with dropout; and the parameter gradients made so far (every parameter from this layer on).
-//!   The head peaks at `3c` of the last block (activation, its gradient, the parts' gradients), a
-//!   transition at `max(3c, 2c + c')` of its block, the stem at its output's gradient (and the
-//!   ImageNet stem's ReLU and batch norm gradients).
+//! - Kept through forward: a naive layer keeps its copy of the storage's first `c` channels
+//!   (`c`), ReLU1 (`c`), conv1 (`b`) and ReLU2 (`b`); Bottleneck keeps `2b`; Layer nothing (its
+//!   recompute reads its output back from the storage); the stem and each transition the next
+//!   block's storage (`C'` of the next block; the ImageNet stem also its maps).
+//! - During a layer's backward, beside the block's gradient buffer (`C`, made by the head's or
+//!   the next transition's backward, added into in place by every consumer), it holds at most:
+//!   naive `max(2c + 3b + k, 2c + 4b, 3c + b, 4c)` (its kept bytes included: the output's
+//!   gradient copied out of the buffer and conv2's input gradient, then ReLU2's, batch norm 2's,
+//!   conv1's, ReLU1's and batch norm 1's gradients in turn), Bottleneck `max(k + 3b, 4b, 2c +
+//!   2b)` and Layer `2k + max(c + 4b, 2c + b)` (the output's gradient and the output read back,
+//!   then the recomputed activations with their gradients), plus `k` with dropout; and the
+//!   parameter gradients made so far (every parameter from this layer on). The head peaks at
+//!   `3C` of the last block (activation, its gradient, the block's gradient buffer), a
+//!   transition at `max(3C, 2C + c')` of its block plus its seed and recomputed output (`2c'`
+//!   of the next block), the stem at block 1's gradient buffer with its input's gradient copied
+//!   out of it (and the ImageNet stem's ReLU and batch norm gradients).
 //!
 //! Backward meets the layers in reverse, each after every later one has freed what it kept, so
 //! `peak = fixed + max over the stem, layers, transitions and head of (bytes kept by it and
@@ -185,20 +192,26 @@ pub fn layer_costs(
         .zip(&params_from)
         .map(|(&(unit, c0, layers), params)| {
             let px = (unit / s.elem) as f64;
+            let c_block = c0 + layers * k;
             (0..layers)
                 .map(|l| {
                     let c = c0 + l * k;
-                    let concat = if l == 0 { 0 } else { c };
-                    let stored = [concat + c + 2 * b + k, 2 * b + k, k];
-                    // Peaks of the layer's own backward (its output is freed by then), then
-                    // what it keeps is subtracted: that part is already in `stored`.
+                    // The layer's output is appended to the block's storage (kept by whoever
+                    // allocated it): a layer keeps only its own intermediates.
+                    let stored = [2 * c + 2 * b, 2 * b, 0];
+                    // Peaks of the layer's backward, what it keeps included, beside the block's
+                    // gradient buffer (every channel, `c_block`): the output's gradient copied
+                    // out of it (`k`), then step by step (see the module docs).
                     let own = [
-                        (concat + c + 4 * b).max(concat + 3 * c),
-                        (4 * b).max(3 * c + 2 * b),
-                        (c + 4 * b + k).max(3 * c + k),
+                        (2 * c + 3 * b + k)
+                            .max(2 * c + 4 * b)
+                            .max(3 * c + b)
+                            .max(4 * c),
+                        (k + 3 * b).max(4 * b).max(2 * c + 2 * b),
+                        2 * k + (c + 4 * b).max(2 * c + b),
                     ];
                     let transient = std::array::from_fn(|m| {
-                        let alive = c + k + own[m] + drop;
+                        let alive = c_block + own[m] + drop;
                         alive.saturating_sub(stored[m]) * unit + params[l as usize]
                     });
                     // BN and ReLU cost a few FLOPs per element; convs 2 per multiply-add.
@@ -245,30 +258,38 @@ fn glue(config: &DenseNetConfig, s: &Shape) -> Glue {
     let mut transitions = vec![fixed_unit(0, 0); s.blocks.len().saturating_sub(1)];
     for (i, &(unit, c0, layers)) in s.blocks.iter().enumerate().rev() {
         after += transition_param_bytes(s, i);
-        if let Some(&(unit_next, c_next, _)) = s.blocks.get(i + 1) {
-            // It keeps its output (the next block's input), freed by the time its backward
-            // runs; then it holds the recomputed activation, its gradient and the parts'
-            // gradients, or the conv output's gradient while the activation's is made; the
-            // seed and the recomputed output.
+        if let Some(&(unit_next, c_next, layers_next)) = s.blocks.get(i + 1) {
+            // It allocates the next block's storage (kept through forward, freed by the time
+            // its backward runs). Its backward holds the seed (its output's gradient, copied
+            // out of the next block's) and the recomputed output, and the recomputed activation,
+            // its gradient and this block's gradient buffer, or the conv output's gradient
+            // while the activation's is made.
             let c_end = c0 + layers * s.k;
-            let t = (3 * c_end).max(2 * c_end + c_next) * unit + c_next * unit_next;
-            transitions[i] = fixed_unit(c_next * unit_next, t + after);
+            let stored = (c_next + layers_next * s.k) * unit_next;
+            let alive = (3 * c_end).max(2 * c_end + c_next) * unit + 2 * c_next * unit_next;
+            transitions[i] = fixed_unit(stored, alive.saturating_sub(stored) + after);
         }
         after += (0..layers)
             .map(|l| layer_param_bytes(s, c0 + l * s.k))
             .sum::<u64>();
     }
-    // CIFAR stem: conv0's output is block 1's input. ImageNet stem: conv0's output (kept by
-    // norm0), the ReLU's (kept by it and the max pool) and the pooled block input. Its
-    // backward: the block input's gradient, and on the ImageNet stem the gradients of the ReLU
-    // and batch norm outputs; every parameter gradient exists by then.
-    let (unit1, c0, _) = s.blocks[0];
+    // It allocates block 1's storage, whose first channels take conv0's output (CIFAR) or the
+    // max pool's (ImageNet, which also keeps conv0's output for norm0, the ReLU's for it and the
+    // max pool, and the pooled map for the max pool). Its backward: the block input's gradient
+    // copied out of block 1's gradient buffer (both alive for a moment), then on the ImageNet
+    // stem the gradients of the ReLU and batch norm outputs; every parameter gradient exists by
+    // then.
+    let (unit1, c0, layers1) = s.blocks[0];
+    let storage = (c0 + layers1 * s.k) * unit1;
     let maps = c0 * unit1 + 2 * c0 * s.stem_half;
+    let kept_maps = if config.small_inputs { 0 } else { maps };
     let stem_params = (c0 * config.in_channels as u64 * if config.small_inputs { 9 } else { 49 }
         + if config.small_inputs { 0 } else { 2 * c0 })
         * s.elem;
+    let stored = storage + kept_maps;
+    let alive = kept_maps + (storage + c0 * unit1).max(maps);
     Glue {
-        stem: fixed_unit(maps, maps + after + stem_params),
+        stem: fixed_unit(stored, alive.saturating_sub(stored) + after + stem_params),
         transitions,
         head,
     }

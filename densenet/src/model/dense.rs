@@ -1,7 +1,8 @@
 //! Dense layers and transitions, each runnable naive or with recompute.
 
 use super::layers::{BatchNorm, Conv, Init};
-use checkpoint::checkpoint;
+use checkpoint::{checkpoint, checkpoint_with, CheckpointOptions, KnownOutput, OutputSource};
+use tape::ops::BlockStorage;
 use tape::{ops, Result, Tape, Tensor};
 
 /// How one dense layer runs.
@@ -9,13 +10,14 @@ use tape::{ops, Result, Tape, Tensor};
 pub enum LayerMode {
     /// Everything recorded.
     Naive,
-    /// concat + BN + ReLU + 1x1 conv recomputed in backward.
+    /// BN + ReLU + 1x1 conv recomputed in backward.
     Bottleneck,
     /// The whole layer recomputed; only its output is kept.
     Layer,
 }
 
-/// concat -> BN -> ReLU -> 1x1 conv -> BN -> ReLU -> 3x3 conv -> dropout.
+/// BN -> ReLU -> 1x1 conv -> BN -> ReLU -> 3x3 conv -> dropout over every feature before it
+/// (a channel prefix of the block's [`BlockStorage`]).
 pub struct DenseLayer {
     /// First batch norm (over all input features).
     pub norm1: BatchNorm,
@@ -47,15 +49,23 @@ impl DenseLayer {
         })
     }
 
-    fn bottleneck(&self, tape: &mut Tape, features: &[Tensor], fused: bool) -> Result<Tensor> {
-        let h = self.norm1.concat_forward_relu(tape, features, fused)?;
+    fn bottleneck(
+        &self,
+        tape: &mut Tape,
+        features: &BlockStorage,
+        c: usize,
+        fused: bool,
+    ) -> Result<Tensor> {
+        let h = self.norm1.prefix_forward_relu(tape, features, c, fused)?;
         self.conv1.forward(tape, &h)
     }
 
     fn rest(&self, tape: &mut Tape, bottleneck: &Tensor, fused: bool) -> Result<Tensor> {
-        let h = self
-            .norm2
-            .concat_forward_relu(tape, std::slice::from_ref(bottleneck), fused)?;
+        let h = if fused {
+            self.norm2.forward_relu_fused(tape, bottleneck)?
+        } else {
+            self.norm2.forward_relu(tape, bottleneck)?
+        };
         let h = self.conv2.forward(tape, &h)?;
         if self.drop_rate > 0.0 {
             ops::dropout(tape, &h, self.drop_rate)
@@ -64,29 +74,49 @@ impl DenseLayer {
         }
     }
 
-    /// The layer's `growth` new channels from all previous features of the block. The naive mode
-    /// runs concat, batch norm and ReLU as separate ops; the others use the fused op.
+    /// The layer's `growth` new channels from the first `c` channels of its block's storage
+    /// (every feature before it), for the caller to append. The naive mode copies the channels
+    /// out ([`BlockStorage::gather`], the concatenation) and runs batch norm and ReLU as separate
+    /// ops; the others read them in place with the fused op. A recomputed layer's output is read
+    /// back from the storage for its recompute, so the segment keeps no copy of it.
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
-        features: &[Tensor],
+        features: &BlockStorage,
+        c: usize,
         mode: LayerMode,
     ) -> Result<Tensor> {
-        let refs: Vec<&Tensor> = features.iter().collect();
+        let features = features.clone();
         match mode {
             LayerMode::Naive => {
-                let b = self.bottleneck(tape, features, false)?;
+                let b = self.bottleneck(tape, &features, c, false)?;
                 self.rest(tape, &b, false)
             }
             LayerMode::Bottleneck => {
-                let b = checkpoint(tape, &refs, move |t, xs| self.bottleneck(t, xs, true))?;
+                let b = checkpoint(tape, &[], move |t, _| {
+                    self.bottleneck(t, &features, c, true)
+                })?;
                 self.rest(tape, &b, true)
             }
-            LayerMode::Layer => checkpoint(tape, &refs, move |t, xs| {
-                let b = self.bottleneck(t, xs, true)?;
-                self.rest(t, &b, true)
-            }),
+            LayerMode::Layer => {
+                let growth = self.conv2.weight.tensor().shape()[0];
+                let options = output_read_back(&features, c, growth);
+                checkpoint_with(tape, &[], options, move |t, _| {
+                    let b = self.bottleneck(t, &features, c, true)?;
+                    self.rest(t, &b, true)
+                })
+            }
         }
+    }
+}
+
+/// Checkpoint options whose recompute reads the segment's output back from channels
+/// `c0 .. c0 + k` of `storage`, where the caller appends it.
+fn output_read_back(storage: &BlockStorage, c0: usize, k: usize) -> CheckpointOptions {
+    let storage = storage.clone();
+    CheckpointOptions {
+        known_output: KnownOutput::ReadBack(OutputSource::new(move || storage.read(c0, k))),
+        ..CheckpointOptions::default()
     }
 }
 
@@ -106,24 +136,33 @@ impl Transition {
         })
     }
 
-    fn run(&self, tape: &mut Tape, features: &[Tensor], fused: bool) -> Result<Tensor> {
-        let h = self.norm.concat_forward_relu(tape, features, fused)?;
+    fn run(&self, tape: &mut Tape, features: &BlockStorage, fused: bool) -> Result<Tensor> {
+        let c = features.channels();
+        let h = self.norm.prefix_forward_relu(tape, features, c, fused)?;
         let h = self.conv.forward(tape, &h)?;
         ops::avg_pool2d(tape, &h, 2, 2, 0)
     }
 
-    /// The next block's input from all features of this block; `recompute` checkpoints it,
-    /// `fused` runs concat, batch norm and ReLU as one op.
+    /// The next block's input from all features of this block, for the caller to append to the
+    /// next block's storage; `recompute` checkpoints it (its recompute runs the cheap average
+    /// pool again rather than keep a second copy of its output), `fused` runs batch norm and
+    /// ReLU as one op reading the features in place.
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
-        features: &[Tensor],
+        features: &BlockStorage,
         recompute: bool,
         fused: bool,
     ) -> Result<Tensor> {
         if recompute {
-            let refs: Vec<&Tensor> = features.iter().collect();
-            checkpoint(tape, &refs, move |t, xs| self.run(t, xs, fused))
+            let features = features.clone();
+            let options = CheckpointOptions {
+                known_output: KnownOutput::Recompute,
+                ..CheckpointOptions::default()
+            };
+            checkpoint_with(tape, &[], options, move |t, _| {
+                self.run(t, &features, fused)
+            })
         } else {
             self.run(tape, features, fused)
         }

@@ -1,7 +1,7 @@
 //! Named building blocks: convolution, batch norm and linear layers holding their parameters
 //! (torchvision names) and, for batch norm, running statistics.
 
-use tape::ops::{self, BatchNormOptions, Conv2dOptions, RunningStats};
+use tape::ops::{self, BatchNormOptions, BlockStorage, Conv2dOptions, RunningStats};
 use tape::{DType, Device, Parameter, Result, Tape, Tensor};
 
 /// Creation context: dtype, device and a seed stream for initialisation.
@@ -107,13 +107,12 @@ impl BatchNorm {
         ops::relu(tape, &h)
     }
 
-    /// ReLU of the batch norm of the channel-concatenation of `parts`, as one fused op that
-    /// materialises neither the concatenation nor the pre-activation.
-    pub fn forward_relu_fused(&self, tape: &mut Tape, parts: &[Tensor]) -> Result<Tensor> {
-        let refs: Vec<&Tensor> = parts.iter().collect();
+    /// ReLU of the batch norm of `x`, as one fused op that does not materialise the
+    /// pre-activation.
+    pub fn forward_relu_fused(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
         ops::batch_norm_relu(
             tape,
-            &refs,
+            &[x],
             self.weight.tensor(),
             self.bias.tensor(),
             &self.running,
@@ -121,17 +120,27 @@ impl BatchNorm {
         )
     }
 
-    /// concat -> batch norm -> ReLU over `parts`: fused, or as three ops.
-    pub fn concat_forward_relu(
+    /// batch norm -> ReLU over the first `c` channels of `features`: fused, reading them in
+    /// place, or as two ops on a copy of them ([`BlockStorage::gather`], the concatenation).
+    pub fn prefix_forward_relu(
         &self,
         tape: &mut Tape,
-        parts: &[Tensor],
+        features: &BlockStorage,
+        c: usize,
         fused: bool,
     ) -> Result<Tensor> {
         if fused {
-            self.forward_relu_fused(tape, parts)
+            ops::batch_norm_relu_prefix(
+                tape,
+                features,
+                c,
+                self.weight.tensor(),
+                self.bias.tensor(),
+                &self.running,
+                BatchNormOptions::default(),
+            )
         } else {
-            let x = concat_features(tape, parts)?;
+            let x = features.gather(tape, c)?;
             self.forward_relu(tape, &x)
         }
     }
@@ -170,13 +179,4 @@ impl Linear {
     pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
         ops::linear(tape, x, self.weight.tensor(), Some(self.bias.tensor()))
     }
-}
-
-/// Concatenates features along channels; a single tensor passes through untouched.
-pub(crate) fn concat_features(tape: &mut Tape, xs: &[Tensor]) -> Result<Tensor> {
-    if let [x] = xs {
-        return Ok(x.clone());
-    }
-    let refs: Vec<&Tensor> = xs.iter().collect();
-    ops::concat(tape, &refs)
 }

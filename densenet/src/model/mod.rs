@@ -15,6 +15,7 @@ use crate::error::{DenseNetError, Result};
 use checkpoint::checkpoint;
 use layers::Init;
 use std::sync::Mutex;
+use tape::ops::BlockStorage;
 use tape::{ops, DType, Device, Parameter, Tape, Tensor};
 
 /// A dense block: its layers in order.
@@ -266,16 +267,38 @@ impl DenseNet {
             let h = norm0.forward_relu(tape, &feat)?;
             feat = ops::max_pool2d(tape, &h, 3, 2, 1)?;
         }
+        // Each block's features live in one storage of its final width: the block input, then
+        // every layer's new channels, appended; the transition's output is appended to the next
+        // block's storage.
+        let growth = self.config.growth_rate;
+        let storage_for = |input: &Tensor, layers: usize| -> tape::Result<BlockStorage> {
+            let [n, c0, h, w] = input.dims4("densenet")?;
+            BlockStorage::new([n, c0 + layers * growth, h, w], self.dtype, &self.device)
+        };
+        let mut features = storage_for(&feat, self.blocks[0].layers.len())?;
+        features.append(tape, &feat)?;
+        drop(feat);
         let last = self.blocks.len() - 1;
         let mut pooled = None;
         for (b, block) in self.blocks.iter().enumerate() {
-            let mut features = vec![feat.clone()];
             for (layer, &mode) in block.layers.iter().zip(&modes[b]) {
-                let y = layer.forward(tape, &features, mode)?;
-                features.push(y);
+                let c = features.channels();
+                let y = layer.forward(tape, &features, c, mode)?;
+                features.append(tape, &y)?;
             }
             if b < last {
-                feat = self.transitions[b].forward(tape, &features, recompute_glue, fused)?;
+                let t = &self.transitions[b];
+                let [n, _, h, w] = features.dims();
+                let c_next = t.conv.weight.tensor().shape()[0];
+                let next_layers = self.blocks[b + 1].layers.len();
+                let next = BlockStorage::new(
+                    [n, c_next + next_layers * growth, h / 2, w / 2],
+                    self.dtype,
+                    &self.device,
+                )?;
+                let out = t.forward(tape, &features, recompute_glue, fused)?;
+                next.append(tape, &out)?;
+                features = next;
             } else {
                 pooled = Some(self.head_features(tape, &features, recompute_glue, fused)?);
             }
@@ -285,23 +308,26 @@ impl DenseNet {
         Ok(self.classifier.forward(tape, &pooled)?)
     }
 
-    /// concat -> norm5 -> ReLU -> global average pool.
+    /// norm5 -> ReLU -> global average pool over every feature of the last block.
     fn head_features<'a>(
         &'a self,
         tape: &mut Tape<'a>,
-        features: &[Tensor],
+        features: &BlockStorage,
         recompute: bool,
         fused: bool,
     ) -> tape::Result<Tensor> {
-        let run = move |t: &mut Tape<'a>, xs: &[Tensor]| -> tape::Result<Tensor> {
-            let h = self.norm_final.concat_forward_relu(t, xs, fused)?;
+        let features = features.clone();
+        let c = features.channels();
+        let run = move |t: &mut Tape<'a>, _: &[Tensor]| -> tape::Result<Tensor> {
+            let h = self
+                .norm_final
+                .prefix_forward_relu(t, &features, c, fused)?;
             ops::global_avg_pool(t, &h)
         };
         if recompute {
-            let refs: Vec<&Tensor> = features.iter().collect();
-            checkpoint(tape, &refs, run)
+            checkpoint(tape, &[], run)
         } else {
-            run(tape, features)
+            run(tape, &[])
         }
     }
 }

@@ -104,6 +104,25 @@ impl Tensor {
         backend::kernels(device)?.full(shape, value, dtype, device)
     }
 
+    /// A tensor of zeros whose host buffer, if large, is taken from and returned to
+    /// [`crate::host_cache`]'s pool (for buffers made again every step at the same size); on a
+    /// GPU a plain [`Tensor::zeros`].
+    pub(crate) fn zeros_pooled(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
+        if device.is_cuda() {
+            return Self::zeros(shape, dtype, device);
+        }
+        let n = numel_of(shape);
+        let mut t = dispatch_float!(dtype, T => {
+            let mut v: Vec<T> = crate::host_cache::vec_with_capacity(n);
+            v.resize(n, T::of(0.0));
+            Self::from_vec(v, shape, device)?
+        });
+        if let Some(buf) = Arc::get_mut(&mut t.buf) {
+            buf.pooled = true;
+        }
+        Ok(t)
+    }
+
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
         Self::full(shape, 0.0, dtype, device)

@@ -40,7 +40,7 @@ pub(crate) fn map_binary<T: Elem>(
 ///
 /// # Safety
 /// `fill` must write every one of the `len` slots it is given.
-pub(crate) unsafe fn written_vec<T>(
+pub(crate) unsafe fn written_vec<T: Elem>(
     len: usize,
     fill: impl FnOnce(&mut [MaybeUninit<T>]),
 ) -> Vec<T> {
@@ -87,7 +87,7 @@ pub(crate) type ChannelPlanes<'a, T> = Vec<&'a mut [MaybeUninit<T>]>;
 ///
 /// # Safety
 /// `f` must write every element of every plane it is given.
-pub(crate) unsafe fn by_channel<T: Send + Sync, R: Send>(
+pub(crate) unsafe fn by_channel<T: Elem, R: Send>(
     (n, c, hw): (usize, usize, usize),
     parallel: bool,
     f: impl Fn(usize, ChannelPlanes<'_, T>) -> R + Sync,

@@ -166,16 +166,22 @@ fn backward_by_channel<T: Elem>(
             for (i, o) in outs.into_iter().enumerate() {
                 let at = (i * c + ch) * hw;
                 let (gp, yp, xp) = (&g[at..at + hw], &y[at..at + hw], parts.plane(i, ch));
-                let grad = |(&g, &y, &x): (&T, &T, &T)| {
-                    let gm = if y > T::zero() { g } else { T::zero() };
-                    a * gm + kk + b * (x - mean)
-                };
-                let inputs = gp.iter().zip(yp).zip(xp).map(|((g, y), x)| (g, y, x));
+                // Straight zipped loops (one per destination kind) that the compiler
+                // vectorises; the value is the same expression in both.
+                let zero = T::zero();
                 match o {
-                    PlaneOut::Fresh(o) => o.iter_mut().zip(inputs).for_each(|(o, v)| {
-                        o.write(grad(v));
-                    }),
-                    PlaneOut::Add(o) => o.iter_mut().zip(inputs).for_each(|(o, v)| *o += grad(v)),
+                    PlaneOut::Fresh(o) => {
+                        for (((o, &g), &y), &x) in o.iter_mut().zip(gp).zip(yp).zip(xp) {
+                            let gm = if y > zero { g } else { zero };
+                            o.write(a * gm + kk + b * (x - mean));
+                        }
+                    }
+                    PlaneOut::Add(o) => {
+                        for (((o, &g), &y), &x) in o.iter_mut().zip(gp).zip(yp).zip(xp) {
+                            let gm = if y > zero { g } else { zero };
+                            *o += a * gm + kk + b * (x - mean);
+                        }
+                    }
                 }
             }
         }

@@ -74,7 +74,7 @@ fn add_to_grad(
     let mut g = lock(grad);
     let mut t = match g.take() {
         Some(t) => t,
-        None => Tensor::zeros(like.0, like.1, like.2)?,
+        None => Tensor::zeros_pooled(like.0, like.1, like.2)?,
     };
     f(&mut t)?;
     *g = Some(t);
@@ -85,7 +85,7 @@ impl BlockStorage {
     /// Empty storage for `capacity` channels of `n` images of `h x w`, charged to `device` at
     /// once.
     pub fn new([n, capacity, h, w]: [usize; 4], dtype: DType, device: &Device) -> Result<Self> {
-        let buffer = Tensor::zeros(&[n, capacity, h, w], dtype, device)?;
+        let buffer = Tensor::zeros_pooled(&[n, capacity, h, w], dtype, device)?;
         Ok(BlockStorage {
             features: Arc::new(Mutex::new(Features {
                 buffer,
@@ -206,7 +206,7 @@ impl BlockStorage {
         let mut slot = lock(&self.grad);
         let grad = match slot.take() {
             Some(g) => g,
-            None => Tensor::zeros(&self.dims, st.buffer.dtype(), st.buffer.device())?,
+            None => Tensor::zeros_pooled(&self.dims, st.buffer.dtype(), st.buffer.device())?,
         };
         let (grad, r) = f(&st.buffer, grad)?;
         *slot = Some(grad);

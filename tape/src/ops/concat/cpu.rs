@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 
 /// Concatenates `outer` rows: row `o` of the output is row `o` of every part in turn, where the
 /// rows of part `k` have `widths[k]` elements.
-fn concat<T: Copy + Send + Sync>(parts: &[&[T]], widths: &[usize], outer: usize) -> Vec<T> {
+fn concat<T: Elem>(parts: &[&[T]], widths: &[usize], outer: usize) -> Vec<T> {
     let total: usize = widths.iter().sum();
     let fill = |(o, row): (usize, &mut [MaybeUninit<T>])| {
         let mut at = 0;
@@ -25,13 +25,7 @@ fn concat<T: Copy + Send + Sync>(parts: &[&[T]], widths: &[usize], outer: usize)
 }
 
 /// Columns `offset..offset + width` of each of the `outer` rows (of `total` elements) of `g`.
-fn slice<T: Copy + Send + Sync>(
-    g: &[T],
-    outer: usize,
-    total: usize,
-    offset: usize,
-    width: usize,
-) -> Vec<T> {
+fn slice<T: Elem>(g: &[T], outer: usize, total: usize, offset: usize, width: usize) -> Vec<T> {
     let take = |(o, row): (usize, &mut [MaybeUninit<T>])| {
         let start = o * total + offset;
         write_copy(row, &g[start..start + width]);

@@ -10,7 +10,7 @@
 //! fast in naive mode but raised Layer mode's peak RSS by 17%.)
 //!
 //! Blocks of 32 MiB and more that come back at the same size every step (a dense block's shared
-//! storage and its gradient) are kept by the engine itself: such a buffer, freed, goes to a
+//! storage) are kept by the engine itself: such a buffer, freed, goes to a
 //! small pool (at most [`POOL_BUFFERS`] buffers, [`POOL_BYTES`] in all) instead of back to the
 //! OS, and the next request of exactly its size takes it from there, so a steady-state step
 //! neither page-faults on them nor pays the cross-core TLB shootdowns of unmapping them. The

@@ -2,30 +2,12 @@
 //! at channel `c0` of the wide buffer; images in parallel when large.
 
 use super::super::cpu_map::{write_copy, written_vec, PAR_MIN};
-use super::BlockStorageKernels;
+use super::{channel_runs, BlockStorageKernels};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
-
-/// `(images, elements per image of the wide buffer, elements per image of the packed one, the
-/// packed run's offset in a wide image)`, checked.
-fn runs(wide: &Tensor, packed: [usize; 4], c0: usize) -> Result<(usize, usize, usize, usize)> {
-    let [n, c, h, w] = wide.dims4("block_storage")?;
-    let [pn, k, ph, pw] = packed;
-    if (pn, ph, pw) != (n, h, w) || c0 + k > c {
-        return Err(Error::shape(
-            "block_storage",
-            format!(
-                "channels {c0}..{} of {:?} for {packed:?}",
-                c0 + k,
-                wide.shape()
-            ),
-        ));
-    }
-    Ok((n, c * h * w, k * h * w, c0 * h * w))
-}
 
 /// `f(wide image, packed image)` for every image, in parallel when large.
 fn per_image<T: Elem>(
@@ -52,7 +34,7 @@ fn per_image<T: Elem>(
 impl BlockStorageKernels for Cpu {
     fn write_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
         let shape = src.dims4("block_storage")?;
-        let r = runs(dst, shape, c0)?;
+        let r = channel_runs(dst, shape, c0)?;
         dispatch_float!(src.dtype(), T => {
             let s = src.as_slice::<T>()?;
             per_image(dst.make_mut::<T>()?, s, r, |d, s| d.copy_from_slice(s));
@@ -62,7 +44,7 @@ impl BlockStorageKernels for Cpu {
 
     fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
         let shape = src.dims4("block_storage")?;
-        let r = runs(dst, shape, c0)?;
+        let r = channel_runs(dst, shape, c0)?;
         dispatch_float!(src.dtype(), T => {
             let s = src.as_slice::<T>()?;
             per_image(dst.make_mut::<T>()?, s, r, |d, s| {
@@ -74,7 +56,7 @@ impl BlockStorageKernels for Cpu {
 
     fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
         let [n, _, h, w] = src.dims4("block_storage")?;
-        let (n, wide_len, run, at) = runs(src, [n, k, h, w], c0)?;
+        let (n, wide_len, run, at) = channel_runs(src, [n, k, h, w], c0)?;
         dispatch_float!(src.dtype(), T => {
             let s = src.as_slice::<T>()?;
             let fill = |(i, out): (usize, &mut [std::mem::MaybeUninit<T>])| {

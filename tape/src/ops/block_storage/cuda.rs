@@ -2,27 +2,10 @@
 //! `[n, k, h, w]` tensor as rows of `k*h*w` elements at offset `c0*h*w` in rows of `C*h*w`).
 //! Not yet run on a GPU.
 
-use super::BlockStorageKernels;
+use super::{channel_runs, BlockStorageKernels};
 use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, PartList, K};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
-
-/// `(images, wide row, packed row, offset)` in elements, checked.
-fn rows(wide: &Tensor, packed: [usize; 4], c0: usize) -> Result<(usize, usize, usize, usize)> {
-    let [n, c, h, w] = wide.dims4("block_storage")?;
-    let [pn, k, ph, pw] = packed;
-    if (pn, ph, pw) != (n, h, w) || c0 + k > c {
-        return Err(Error::shape(
-            "block_storage",
-            format!(
-                "channels {c0}..{} of {:?} for {packed:?}",
-                c0 + k,
-                wide.shape()
-            ),
-        ));
-    }
-    Ok((n, c * h * w, k * h * w, c0 * h * w))
-}
 
 /// One launch of `kernel` (concat, concat_add or split) between the wide buffer at `wide` and
 /// the packed one at `packed`.
@@ -46,7 +29,7 @@ fn launch_rows<T: CudaElem>(
 }
 
 fn write_t<T: CudaElem>(dst: &mut Tensor, src: &Tensor, c0: usize, kernel: K) -> Result<()> {
-    let r = rows(dst, src.dims4("block_storage")?, c0)?;
+    let r = channel_runs(dst, src.dims4("block_storage")?, c0)?;
     let dev = src.device().clone();
     let be = &dev.cuda_handle("block_storage")?.backend;
     let s = be.ptr(src.cuda_slice::<T>()?);
@@ -56,7 +39,7 @@ fn write_t<T: CudaElem>(dst: &mut Tensor, src: &Tensor, c0: usize, kernel: K) ->
 
 fn read_t<T: CudaElem>(src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
     let [n, _, h, w] = src.dims4("block_storage")?;
-    let r = rows(src, [n, k, h, w], c0)?;
+    let r = channel_runs(src, [n, k, h, w], c0)?;
     let dev = src.device();
     let be = &dev.cuda_handle("block_storage")?.backend;
     let mut out = Tensor::cuda_uninit::<T>(&[n, k, h, w], dev)?;

@@ -37,6 +37,29 @@ pub(crate) trait BlockStorageKernels {
     fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor>;
 }
 
+/// `(images, elements per image of the wide buffer, of the packed tensor, offset of the packed
+/// run in a wide image)` for channels `c0 .. c0 + k` of `wide` against a packed `[n, k, h, w]`:
+/// the runs every kernel of the storage copies or adds; fails unless the shapes agree.
+pub(crate) fn channel_runs(
+    wide: &Tensor,
+    packed: [usize; 4],
+    c0: usize,
+) -> Result<(usize, usize, usize, usize)> {
+    let [n, c, h, w] = wide.dims4(OP)?;
+    let [pn, k, ph, pw] = packed;
+    if (pn, ph, pw) != (n, h, w) || c0 + k > c {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "channels {c0}..{} of {:?} for {packed:?}",
+                c0 + k,
+                wide.shape()
+            ),
+        ));
+    }
+    Ok((n, c * h * w, k * h * w, c0 * h * w))
+}
+
 /// The features: locked for every access.
 #[derive(Debug)]
 struct Features {

@@ -77,6 +77,16 @@ pub(crate) fn vec_with_capacity<T: Elem>(len: usize) -> Vec<T> {
     Vec::with_capacity(len)
 }
 
+/// Asks the OS to back a large host buffer with huge pages where it can (Linux's transparent
+/// huge pages in `madvise` mode): a block storage is read and written a plane (a few KiB) per
+/// image at a stride of the whole block, one small page per plane otherwise.
+pub(crate) fn advise_huge_pages<T>(v: &[T]) {
+    let bytes = std::mem::size_of_val(v);
+    if is_enabled() && bytes >= POOL_MIN_BYTES {
+        platform::advise_huge(v.as_ptr() as usize, bytes);
+    }
+}
+
 /// Bytes held by the pool of freed large buffers.
 pub fn pooled_bytes() -> usize {
     pool().iter().map(bytes_of).sum()
@@ -126,6 +136,20 @@ mod platform {
         }
     }
 
+    pub(super) fn advise_huge(addr: usize, bytes: usize) {
+        const HUGE: usize = 2 << 20;
+        let start = addr.next_multiple_of(HUGE);
+        let end = (addr + bytes) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside one live allocation of the caller's; MADV_HUGEPAGE
+            // only changes how the kernel backs it (the contents stay), and a failure is
+            // harmless (small pages stay).
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+
     pub(super) fn release() {
         // SAFETY: malloc_trim only returns free pages of glibc's own heaps to the OS.
         unsafe {
@@ -137,6 +161,8 @@ mod platform {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod platform {
     pub(super) fn cache_everything() {}
+
+    pub(super) fn advise_huge(_addr: usize, _bytes: usize) {}
 
     pub(super) fn release() {}
 }

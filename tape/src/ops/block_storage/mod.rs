@@ -97,7 +97,7 @@ fn add_to_grad(
     let mut g = lock(grad);
     let mut t = match g.take() {
         Some(t) => t,
-        None => Tensor::zeros(like.0, like.1, like.2)?,
+        None => Tensor::zeros_large(like.0, like.1, like.2, false)?,
     };
     f(&mut t)?;
     *g = Some(t);
@@ -232,7 +232,7 @@ impl BlockStorage {
         let mut slot = lock(&self.grad);
         let grad = match slot.take() {
             Some(g) => g,
-            None => Tensor::zeros(&self.dims, st.buffer.dtype(), st.buffer.device())?,
+            None => Tensor::zeros_large(&self.dims, st.buffer.dtype(), st.buffer.device(), false)?,
         };
         let (grad, r) = f(&st.buffer, grad)?;
         *slot = Some(grad);

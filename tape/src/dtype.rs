@@ -57,7 +57,6 @@ pub(crate) mod sealed {
         fn slice(data: &CpuData) -> Option<&[Self]>;
         fn slice_mut(data: &mut CpuData) -> Option<&mut [Self]>;
         fn wrap(v: Vec<Self>) -> CpuData;
-        fn unwrap(data: CpuData) -> Result<Vec<Self>, CpuData>;
     }
 }
 
@@ -100,12 +99,6 @@ macro_rules! impl_elem {
             }
             fn wrap(v: Vec<Self>) -> CpuData {
                 CpuData::$variant(v)
-            }
-            fn unwrap(data: CpuData) -> Result<Vec<Self>, CpuData> {
-                match data {
-                    CpuData::$variant(v) => Ok(v),
-                    other => Err(other),
-                }
             }
         }
         impl Elem for $t {

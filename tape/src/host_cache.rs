@@ -9,87 +9,32 @@
 //! peak RSS within 1% of glibc's defaults or lower. (Taking every block from the heap was as
 //! fast in naive mode but raised Layer mode's peak RSS by 17%.)
 //!
-//! Blocks of 32 MiB and more that come back at the same size every step (a dense block's shared
-//! storage) are kept by the engine itself: such a buffer, freed, goes to a
-//! small pool (at most [`POOL_BUFFERS`] buffers, [`POOL_BYTES`] in all) instead of back to the
-//! OS, and the next request of exactly its size takes it from there, so a steady-state step
-//! neither page-faults on them nor pays the cross-core TLB shootdowns of unmapping them. The
-//! engine's accounting counts a pooled buffer as freed (it is "reserved", not "allocated").
-//! Other large buffers are not pooled: their sizes vary (a naive layer's concatenation), and
-//! keeping them raised the resident set by gigabytes in a trial.
+//! A dense block's shared storage and its gradient (56 MB each at DenseNet-BC-100 batch 64) ask
+//! for transparent huge pages (`advise_huge_pages`): they are read a plane (4 KiB) per image
+//! at the stride of the whole block. Keeping such blocks in a pool of the engine's own, to skip
+//! their page faults, was tried and left out: a pooled block sits idle in the resident set
+//! through the next forward's peak (naive mode frees block 1's storage after block 1).
 //!
 //! [`reserved_bytes`] reports what the process holds (its resident set: PyTorch's "reserved"
 //! beside the engine's "allocated", [`crate::MemoryStats`]), and [`release`] hands the cache's
 //! unused part back to the OS. Set the environment variable `TAPE_HOST_CACHE=0` to keep glibc's
 //! defaults. On other platforms this module does nothing.
 
-use crate::dtype::{CpuData, Elem};
-use std::sync::{Mutex, Once};
+use std::sync::Once;
 
 static CONFIGURE: Once = Once::new();
 
-/// Host buffers of at least this many bytes are pooled when freed (glibc's largest mmap
-/// threshold: smaller ones are reused from its heap).
-pub const POOL_MIN_BYTES: usize = 32 << 20;
-/// Most buffers the pool keeps.
-pub const POOL_BUFFERS: usize = 16;
-/// Most bytes the pool keeps.
-pub const POOL_BYTES: usize = 4 << 30;
-
-/// Freed large host buffers, most recent last.
-static POOL: Mutex<Vec<CpuData>> = Mutex::new(Vec::new());
-
-fn pool() -> std::sync::MutexGuard<'static, Vec<CpuData>> {
-    POOL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn bytes_of(data: &CpuData) -> usize {
-    data.len() * data.dtype().size_in_bytes()
-}
-
-/// Keeps a freed host buffer for reuse if it is large and the pool has room (else it is freed).
-pub(crate) fn recycle(data: CpuData) {
-    if !is_enabled() || bytes_of(&data) < POOL_MIN_BYTES {
-        return;
-    }
-    let mut p = pool();
-    let held: usize = p.iter().map(bytes_of).sum();
-    if p.len() < POOL_BUFFERS && held + bytes_of(&data) <= POOL_BYTES {
-        p.push(data);
-    }
-}
-
-/// An empty vector with room for exactly `len` elements of `T`: a pooled buffer of that size if
-/// there is one, else a new allocation.
-pub(crate) fn vec_with_capacity<T: Elem>(len: usize) -> Vec<T> {
-    if len * std::mem::size_of::<T>() >= POOL_MIN_BYTES {
-        let mut p = pool();
-        let found = p
-            .iter()
-            .rposition(|d| d.dtype() == T::DTYPE && d.len() == len);
-        if let Some(i) = found {
-            if let Ok(mut v) = T::unwrap(p.swap_remove(i)) {
-                v.clear();
-                return v;
-            }
-        }
-    }
-    Vec::with_capacity(len)
-}
+/// Host buffers of at least this many bytes are worth huge pages (glibc maps them on their own).
+pub const LARGE_BYTES: usize = 32 << 20;
 
 /// Asks the OS to back a large host buffer with huge pages where it can (Linux's transparent
 /// huge pages in `madvise` mode): a block storage is read and written a plane (a few KiB) per
 /// image at a stride of the whole block, one small page per plane otherwise.
 pub(crate) fn advise_huge_pages<T>(v: &[T]) {
     let bytes = std::mem::size_of_val(v);
-    if is_enabled() && bytes >= POOL_MIN_BYTES {
+    if is_enabled() && bytes >= LARGE_BYTES {
         platform::advise_huge(v.as_ptr() as usize, bytes);
     }
-}
-
-/// Bytes held by the pool of freed large buffers.
-pub fn pooled_bytes() -> usize {
-    pool().iter().map(bytes_of).sum()
 }
 
 /// Whether the cache is switched on (it is, on glibc, unless `TAPE_HOST_CACHE=0`).
@@ -119,7 +64,6 @@ pub fn reserved_bytes() -> Option<usize> {
 /// Returns the allocator's unused cached memory to the OS; the next steps pay page faults again
 /// until the cache is warm.
 pub fn release() {
-    pool().clear();
     platform::release()
 }
 
@@ -165,42 +109,4 @@ mod platform {
     pub(super) fn advise_huge(_addr: usize, _bytes: usize) {}
 
     pub(super) fn release() {}
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::{DType, Device, Tensor};
-
-    /// A large pooled buffer, freed, comes back for the next request of its size (the same
-    /// allocation, zeroed again), and the engine's accounting counts it as freed meanwhile.
-    #[test]
-    fn large_pooled_buffers_are_reused_and_not_counted_while_pooled() {
-        if !super::is_enabled() {
-            return;
-        }
-        let dev = Device::cpu();
-        // An odd size no other test asks for: 32 MiB and 4 KiB more.
-        let shape = [1, 1, 8 * 1024 + 1, 1024];
-        let before = dev.memory().current();
-        let a = Tensor::zeros_pooled(&shape, DType::F32, &dev).unwrap();
-        let bytes = a.size_in_bytes();
-        assert!(bytes >= super::POOL_MIN_BYTES);
-        let ptr = a.as_slice::<f32>().unwrap().as_ptr();
-        let mut a2 = a;
-        a2.make_mut::<f32>().unwrap()[7] = 3.0;
-        drop(a2);
-        assert_eq!(
-            dev.memory().current(),
-            before,
-            "a pooled buffer is not allocated"
-        );
-        let b = Tensor::zeros_pooled(&shape, DType::F32, &dev).unwrap();
-        assert_eq!(
-            b.as_slice::<f32>().unwrap().as_ptr(),
-            ptr,
-            "the pooled allocation"
-        );
-        assert!(b.as_slice::<f32>().unwrap().iter().all(|&v| v == 0.0));
-        assert_eq!(dev.memory().current(), before + bytes);
-    }
 }

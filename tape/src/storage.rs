@@ -51,9 +51,6 @@ pub(crate) struct Buffer {
     /// Elements (the logical length: a CUDA allocation has at least one element).
     pub(crate) len: usize,
     bytes: usize,
-    /// Whether a host buffer goes back to [`crate::host_cache`]'s pool when freed (buffers of
-    /// the same size every step: a block storage's).
-    pub(crate) pooled: bool,
 }
 
 impl Buffer {
@@ -75,7 +72,6 @@ impl Buffer {
                     device: device.clone(),
                     len,
                     bytes,
-                    pooled: false,
                 })
             }
             Err(e) => {
@@ -131,13 +127,8 @@ impl Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         self.device.memory().release(self.bytes);
-        match &mut self.data {
-            Storage::Cuda(_) => cuda::before_free(&self.device),
-            // A pooled host buffer goes back to the pool for the next step.
-            Storage::Cpu(d) if self.pooled => {
-                crate::host_cache::recycle(std::mem::replace(d, CpuData::F32(Vec::new())))
-            }
-            Storage::Cpu(_) => {}
+        if let Storage::Cuda(_) = self.data {
+            cuda::before_free(&self.device);
         }
     }
 }

@@ -104,38 +104,15 @@ impl Tensor {
         backend::kernels(device)?.full(shape, value, dtype, device)
     }
 
-    /// A tensor of zeros whose host buffer, if large, is taken from and returned to
-    /// [`crate::host_cache`]'s pool (for buffers made again every step at the same size); on a
-    /// GPU a plain [`Tensor::zeros`].
-    pub(crate) fn zeros_pooled(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
-        if device.is_cuda() {
-            return Self::zeros(shape, dtype, device);
-        }
-        let mut t = Self::zeros_large(shape, dtype, device, true)?;
-        if let Some(buf) = Arc::get_mut(&mut t.buf) {
-            buf.pooled = true;
-        }
-        Ok(t)
-    }
-
     /// A tensor of zeros in a host buffer backed by huge pages where the OS allows (see
-    /// [`crate::host_cache`]), taken from the pool of large buffers when `pooled`; on a GPU a
-    /// plain [`Tensor::zeros`].
-    pub(crate) fn zeros_large(
-        shape: &[usize],
-        dtype: DType,
-        device: &Device,
-        pooled: bool,
-    ) -> Result<Self> {
+    /// [`crate::host_cache`]); on a GPU a plain [`Tensor::zeros`].
+    pub(crate) fn zeros_large(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
         if device.is_cuda() {
             return Self::zeros(shape, dtype, device);
         }
         let n = numel_of(shape);
         dispatch_float!(dtype, T => {
-            let mut v: Vec<T> = match pooled {
-                true => crate::host_cache::vec_with_capacity(n),
-                false => Vec::with_capacity(n),
-            };
+            let mut v: Vec<T> = Vec::with_capacity(n);
             crate::host_cache::advise_huge_pages(v.spare_capacity_mut());
             v.resize(n, T::of(0.0));
             Self::from_vec(v, shape, device)

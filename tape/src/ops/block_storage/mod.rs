@@ -97,7 +97,7 @@ fn add_to_grad(
     let mut g = lock(grad);
     let mut t = match g.take() {
         Some(t) => t,
-        None => Tensor::zeros_large(like.0, like.1, like.2, false)?,
+        None => Tensor::zeros_large(like.0, like.1, like.2)?,
     };
     f(&mut t)?;
     *g = Some(t);
@@ -108,10 +108,7 @@ impl BlockStorage {
     /// Empty storage for `capacity` channels of `n` images of `h x w`, charged to `device` at
     /// once.
     pub fn new([n, capacity, h, w]: [usize; 4], dtype: DType, device: &Device) -> Result<Self> {
-        // The features come back at this size every step, in forward: from the host pool. (The
-        // gradient is not pooled: kept from one backward to the next it would sit idle through
-        // the forward's peak.)
-        let buffer = Tensor::zeros_pooled(&[n, capacity, h, w], dtype, device)?;
+        let buffer = Tensor::zeros_large(&[n, capacity, h, w], dtype, device)?;
         Ok(BlockStorage {
             features: Arc::new(Mutex::new(Features {
                 buffer,
@@ -232,7 +229,7 @@ impl BlockStorage {
         let mut slot = lock(&self.grad);
         let grad = match slot.take() {
             Some(g) => g,
-            None => Tensor::zeros_large(&self.dims, st.buffer.dtype(), st.buffer.device(), false)?,
+            None => Tensor::zeros_large(&self.dims, st.buffer.dtype(), st.buffer.device())?,
         };
         let (grad, r) = f(&st.buffer, grad)?;
         *slot = Some(grad);

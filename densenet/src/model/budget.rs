@@ -160,6 +160,33 @@ fn transition_param_bytes(s: &Shape, i: usize) -> u64 {
     }
 }
 
+/// Parameter bytes of the stem: conv0 (3x3 CIFAR, 7x7 ImageNet) and the ImageNet stem's norm0.
+fn stem_param_bytes(config: &DenseNetConfig, s: &Shape) -> u64 {
+    let c0 = config.num_init_features as u64;
+    let (k, norm) = if config.small_inputs {
+        (9, 0)
+    } else {
+        (49, 2 * c0)
+    };
+    (c0 * config.in_channels as u64 * k + norm) * s.elem
+}
+
+/// Bytes of every parameter of a network of `config` with elements of `elem_bytes` bytes, as the
+/// budget model counts them (their gradients are made during backward).
+pub fn parameter_bytes(config: &DenseNetConfig, elem_bytes: usize) -> u64 {
+    let s = shape_of(config, [1, config.in_channels, 64, 64], elem_bytes);
+    let layers: u64 = s
+        .blocks
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, c0, n))| {
+            let own: u64 = (0..n).map(|l| layer_param_bytes(&s, c0 + l * s.k)).sum();
+            own + transition_param_bytes(&s, i)
+        })
+        .sum();
+    stem_param_bytes(config, &s) + layers + head_param_bytes(&s, config.num_classes as u64)
+}
+
 /// Parameter bytes of norm5 and the classifier.
 fn head_param_bytes(s: &Shape, classes: u64) -> u64 {
     (2 * s.c_final + s.c_final * classes + classes) * s.elem
@@ -283,9 +310,7 @@ fn glue(config: &DenseNetConfig, s: &Shape) -> Glue {
     let storage = (c0 + layers1 * s.k) * unit1;
     let maps = c0 * unit1 + 2 * c0 * s.stem_half;
     let kept_maps = if config.small_inputs { 0 } else { maps };
-    let stem_params = (c0 * config.in_channels as u64 * if config.small_inputs { 9 } else { 49 }
-        + if config.small_inputs { 0 } else { 2 * c0 })
-        * s.elem;
+    let stem_params = stem_param_bytes(config, s);
     let stored = storage + kept_maps;
     let alive = kept_maps + (storage + c0 * unit1).max(maps);
     Glue {

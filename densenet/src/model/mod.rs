@@ -6,7 +6,9 @@ mod budget;
 mod dense;
 mod layers;
 
-pub use budget::{layer_costs, plan_layer_modes, predicted_peak, BudgetModel, LayerCost};
+pub use budget::{
+    layer_costs, parameter_bytes, plan_layer_modes, predicted_peak, BudgetModel, LayerCost,
+};
 pub use dense::{DenseLayer, LayerMode, Transition};
 pub use layers::{BatchNorm, Conv, Linear};
 

@@ -201,7 +201,23 @@ fn workspace_room_is_the_largest_convolution_workspace() {
         block_config: vec![6, 2],
         ..single_block(32, 4, 1, 0.0)
     };
+    // Thirty layers of k = 8 into a 2x2 image: the 1x1 convolutions' partial weight gradients
+    // are the largest workspace, the transition's (compression 0.5) or, with 64 bottleneck
+    // channels and a narrow transition (compression 0.1), the last layer's conv1.
+    let deep = DenseNetConfig {
+        block_config: vec![30, 2],
+        ..single_block(8, 8, 1, 0.0)
+    };
     let cases = [
+        (deep.clone(), 2, 2),
+        (
+            DenseNetConfig {
+                compression: 0.1,
+                ..deep
+            },
+            2,
+            2,
+        ),
         // Tiny images: the 1x1 convolutions' partial weight gradients are the largest workspace.
         (wide.clone(), 2, 2),
         (

@@ -15,10 +15,10 @@
 //!   block's storage (`C'` of the next block; the ImageNet stem also its maps).
 //! - During a layer's backward, beside the block's gradient buffer (`C`, made by the head's or
 //!   the next transition's backward, added into in place by every consumer), it holds at most:
-//!   naive `max(2c + 3b + k, 2c + 4b, 3c + b, 4c)` (its kept bytes included: the output's
-//!   gradient copied out of the buffer and conv2's input gradient, then ReLU2's, batch norm 2's,
-//!   conv1's, ReLU1's and batch norm 1's gradients in turn), Bottleneck `max(k + 3b, 4b, 2c +
-//!   2b)` and Layer `2k + max(c + 4b, 2c + b)` (the output's gradient and the output read back,
+//!   naive `max(2c + 4b, 4c)` (its kept bytes included: ReLU2's and batch norm 2's gradients,
+//!   then ReLU1's; the output's gradient with conv2's input gradient and conv1's step stay
+//!   within these), Bottleneck `max(4b, 2c + 2b)` and Layer `2k + max(c + 4b, 2c + b)` (the
+//!   output's gradient and the output read back,
 //!   then the recomputed activations with their gradients), plus `k` with dropout; and the
 //!   parameter gradients made so far (every parameter from this layer on). The head peaks at
 //!   `3C` of the last block (activation, its gradient, the block's gradient buffer), a
@@ -229,12 +229,12 @@ pub fn layer_costs(
                     // Peaks of the layer's backward, what it keeps included, beside the block's
                     // gradient buffer (every channel, `c_block`): the output's gradient copied
                     // out of it (`k`), then step by step (see the module docs).
+                    // (Steps whose bytes another step always reaches are left out: with
+                    // `b >= k`, conv2's backward `2c + 3b + k` and `k + 3b` are within
+                    // `2c + 4b` and `4b`, and conv1's `3c + b` within `max(2c + 4b, 4c)`.)
                     let own = [
-                        (2 * c + 3 * b + k)
-                            .max(2 * c + 4 * b)
-                            .max(3 * c + b)
-                            .max(4 * c),
-                        (k + 3 * b).max(4 * b).max(2 * c + 2 * b),
+                        (2 * c + 4 * b).max(4 * c),
+                        (4 * b).max(2 * c + 2 * b),
                         2 * k + (c + 4 * b).max(2 * c + b),
                     ];
                     let transient = std::array::from_fn(|m| {

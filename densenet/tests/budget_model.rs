@@ -353,3 +353,47 @@ fn the_model_counts_every_parameter() {
         }
     }
 }
+
+/// The recompute cost the planner minimises: per dense layer, Bottleneck recomputes BN + ReLU
+/// over its `c` input channels and the 1x1 conv to `b` channels (2 FLOPs per multiply-add, 8 per
+/// element for BN + ReLU), Layer also BN + ReLU over `b` channels and the 3x3 conv to `k`; Naive
+/// recomputes nothing. Checked against those counts, per pixel of the block's resolution.
+#[test]
+fn recompute_flops_count_what_each_mode_runs_again() {
+    let config = DenseNetConfig {
+        block_config: vec![3, 2],
+        ..single_block(8, 4, 1, 0.0)
+    };
+    let (n, image) = (2usize, 16usize);
+    let costs = densenet::model::layer_costs(&config, [n, 3, image, image], 4);
+    let (k, b) = (8.0, 32.0);
+    let (ins, _) = config.block_channels();
+    for (i, (block, &c0)) in costs.iter().zip(&ins).enumerate() {
+        let side = (image >> i) as f64;
+        let px = n as f64 * side * side;
+        for (l, layer) in block.iter().enumerate() {
+            let c = (c0 + l * 8) as f64;
+            let head = px * (2.0 * c * b + 8.0 * c);
+            let tail = px * (2.0 * 9.0 * b * k + 8.0 * b);
+            assert_eq!(layer.flops, [0.0, head, head + tail], "block {i} layer {l}");
+        }
+    }
+}
+
+/// What the model holds whatever the modes: the bytes held as forward starts, the head's pooled
+/// features and logits (and the logits' gradient), the loss, and the workspace room.
+#[test]
+fn fixed_bytes_are_the_heads_outputs_and_the_workspace_room() {
+    let config = DenseNetConfig {
+        block_config: vec![3, 2],
+        ..single_block(8, 4, 1, 0.0)
+    };
+    let dev = Device::cpu();
+    let model = DenseNet::new(config.clone(), DType::F64, &dev, 1).unwrap();
+    let (n, held) = (3u64, 12345u64);
+    let bm = BudgetModel::new(&model, [n as usize, 3, 16, 16], held);
+    let (_, c_final) = config.block_channels();
+    let classes = config.num_classes as u64;
+    let head = n * (c_final as u64 + 2 * classes) * 8 + 8;
+    assert_eq!(bm.fixed, held + head + bm.workspace);
+}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds everything the GPU check needs, on a build machine (Rust toolchain; no GPU or CUDA
 # needed: the CUDA libraries load at run time), into the git-ignored folder .gpu-bin/:
-#   .gpu-bin/tests/<name>   every test binary with GPU tests (stripped): the tape library's unit
-#                           tests, each op's test file, DenseNet's equivalence suite
-#   .gpu-bin/benchmark      the benchmark example (CUDA-enabled)
+#   .gpu-bin/bin.tar.xz     packed: tests/<name>, every test binary with GPU tests (stripped:
+#                           the tape library's unit tests, each op's test file, DenseNet's
+#                           equivalence suite), and benchmark, the CUDA-enabled benchmark
 #   .gpu-bin/STAMP          the commit and a hash of the sources it was built from
 #   .gpu-bin/FILES          the files that hash covers (gpu-check.sh refuses a stale bundle)
 # Then carry the repository (with .gpu-bin/) to a machine with an NVIDIA GPU and run
@@ -56,5 +56,9 @@ git ls-files -- '*.rs' '*.toml' '*.cu' Cargo.lock >.gpu-bin/FILES
   echo "sources $(xargs sha256sum <.gpu-bin/FILES | sha256sum | cut -d' ' -f1)"
 } >.gpu-bin/STAMP
 cat .gpu-bin/STAMP
+# Packed (xz shares the code the test binaries have in common: 86 MB -> 6 MB), so the bundle
+# travels light; gpu-check.sh unpacks it.
+tar -C .gpu-bin -cf - tests benchmark | xz -9 -T0 >.gpu-bin/bin.tar.xz
+rm -rf .gpu-bin/tests .gpu-bin/benchmark
 du -sh .gpu-bin
 echo "build-gpu-bundle: done; on the GPU machine run scripts/gpu-check.sh from the repository root"

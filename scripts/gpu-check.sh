@@ -57,6 +57,10 @@ left() { local l=$(( BUDGET - $(elapsed) )); [ "$l" -lt "$1" ] && echo "$l" || e
 trap publish EXIT
 
 # --- bundle --------------------------------------------------------------------------------------
+if [ -f "$BIN/bin.tar.xz" ] && [ ! -f "$BIN/benchmark" ]; then
+  xz -dc "$BIN/bin.tar.xz" | tar -C "$BIN" -xf - ||
+    { stage bundle FAIL "could not unpack $BIN/bin.tar.xz"; exit 1; }
+fi
 if [ ! -f "$BIN/STAMP" ] || [ ! -f "$BIN/benchmark" ]; then
   stage bundle FAIL "no bundle in $BIN: run scripts/build-gpu-bundle.sh on a build machine first"
   exit 1

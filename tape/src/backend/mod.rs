@@ -8,8 +8,9 @@
 //!
 //! A device's set is its backend's kernels wrapped in [`Counted`], which counts every kernel
 //! call as one launch in the device's [`crate::counters`] before passing it on: the one place
-//! launches are counted, so no op counts by hand and a new kernel method only needs a line in
-//! the list at the end of this file.
+//! launches are counted, so no op counts by hand. The list at the end of this file names every
+//! kernel trait and method once: it defines [`Kernels`] and the counting wrapper both, so a new
+//! kernel trait or method needs only its lines there.
 //!
 //! The cargo feature `cuda` is decided here alone: with it, [`cuda`] is the real backend
 //! (cuDNN, cuBLAS, NVRTC through `cudarc`, libraries loaded at run time); without it, a stub
@@ -42,63 +43,6 @@ pub(crate) mod cuda;
 #[path = "cuda_stub.rs"]
 pub(crate) mod cuda;
 
-/// Every kernel an op may ask of a device.
-pub(crate) trait Kernels:
-    ElementwiseKernels
-    + ReluKernels
-    + ReduceKernels
-    + DropoutKernels
-    + ConcatKernels
-    + CrossEntropyKernels
-    + PoolKernels
-    + LinearKernels
-    + Conv2dKernels
-    + BatchNormKernels
-    + BatchNormReluKernels
-    + BlockStorageKernels
-    + OptimKernels
-    + AccuracyKernels
-    + FiniteKernels
-    + MatmulKernels
-    + SoftmaxKernels
-    + LayerNormKernels
-    + GeluKernels
-    + EmbeddingKernels
-    + PermuteKernels
-    + NarrowKernels
-    + Send
-    + Sync
-{
-}
-
-impl<K> Kernels for K where
-    K: ElementwiseKernels
-        + ReluKernels
-        + ReduceKernels
-        + DropoutKernels
-        + ConcatKernels
-        + CrossEntropyKernels
-        + PoolKernels
-        + LinearKernels
-        + Conv2dKernels
-        + BatchNormKernels
-        + BatchNormReluKernels
-        + BlockStorageKernels
-        + OptimKernels
-        + AccuracyKernels
-        + FiniteKernels
-        + MatmulKernels
-        + SoftmaxKernels
-        + LayerNormKernels
-        + GeluKernels
-        + EmbeddingKernels
-        + PermuteKernels
-        + NarrowKernels
-        + Send
-        + Sync
-{
-}
-
 /// The CPU backend: host memory, `gemm` + `rayon` kernels.
 pub(crate) struct Cpu;
 
@@ -130,10 +74,17 @@ pub(crate) struct Counted {
     counters: Arc<CounterCells>,
 }
 
-/// Implements kernel traits for [`Counted`]: each method enters a counted kernel scope and
-/// passes the call on to the backend's own implementation.
+/// From one list of every kernel trait with its methods: [`Kernels`] (every kernel an op may ask
+/// of a device: all the traits, implemented by whatever implements them all) and the traits'
+/// implementations for [`Counted`], each method entering a counted kernel scope and passing the
+/// call on to the backend's own implementation.
 macro_rules! counted {
     ($($tr:ident { $(fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;)* })*) => {
+        /// Every kernel an op may ask of a device.
+        pub(crate) trait Kernels: $($tr +)* Send + Sync {}
+
+        impl<K> Kernels for K where K: $($tr +)* Send + Sync {}
+
         $(impl $tr for Counted {
             $(fn $name(&self $(, $arg: $ty)*) -> $ret {
                 let _scope = self.counters.enter_kernel();

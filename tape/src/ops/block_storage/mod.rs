@@ -88,20 +88,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Adds into the gradient `grad` of a storage of `dims` with `f`, made as zeros on first use.
-fn add_to_grad(
+/// `f(gradient)` on the gradient `grad` of a storage (made as zeros of `like` on first use),
+/// which `f` hands back to be kept.
+fn update_grad<R>(
     grad: &Grad,
     like: (&[usize], DType, &Device),
-    f: impl FnOnce(&mut Tensor) -> Result<()>,
-) -> Result<()> {
-    let mut g = lock(grad);
-    let mut t = match g.take() {
+    f: impl FnOnce(Tensor) -> Result<(Tensor, R)>,
+) -> Result<R> {
+    let mut slot = lock(grad);
+    let t = match slot.take() {
         Some(t) => t,
         None => Tensor::zeros_large(like.0, like.1, like.2)?,
     };
-    f(&mut t)?;
-    *g = Some(t);
-    Ok(())
+    let (t, r) = f(t)?;
+    *slot = Some(t);
+    Ok(r)
 }
 
 impl BlockStorage {
@@ -196,7 +197,10 @@ impl BlockStorage {
         drop(st);
         let (grad, dims) = (self.grad.clone(), self.dims);
         Ok(tape.record_always("block_gather", out, move |g, _grads| {
-            add_to_grad(&grad, (&dims, dtype, &device), |t| k.add_channels(t, g, 0))
+            update_grad(&grad, (&dims, dtype, &device), |mut t| {
+                k.add_channels(&mut t, g, 0)?;
+                Ok((t, ()))
+            })
         }))
     }
 
@@ -226,14 +230,8 @@ impl BlockStorage {
         f: impl FnOnce(&Tensor, Tensor) -> Result<(Tensor, R)>,
     ) -> Result<R> {
         let st = lock(&self.features);
-        let mut slot = lock(&self.grad);
-        let grad = match slot.take() {
-            Some(g) => g,
-            None => Tensor::zeros_large(&self.dims, st.buffer.dtype(), st.buffer.device())?,
-        };
-        let (grad, r) = f(&st.buffer, grad)?;
-        *slot = Some(grad);
-        Ok(r)
+        let like = (&self.dims[..], st.buffer.dtype(), st.buffer.device());
+        update_grad(&self.grad, like, |grad| f(&st.buffer, grad))
     }
 }
 

@@ -13,6 +13,7 @@ use densenet::weights::{self, load_tensors, save_tensors, Stored};
 use densenet::{DenseNet, DenseNetConfig, DenseNetError, Efficiency, LayerMode};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use tape::nn::StateError;
 use tape::{DType, Device, Tensor};
 
 const TOL_F64: f64 = 1e-10;
@@ -252,7 +253,7 @@ fn missing_tensor_is_reported_by_name() {
         let mut model = DenseNet::new(config.clone(), DType::F64, &Device::cpu(), 5).unwrap();
         let before = snapshot(&model);
         match weights::load(&mut model, &path) {
-            Err(DenseNetError::MissingTensor(name)) => assert_eq!(name, victim),
+            Err(DenseNetError::State(StateError::MissingTensor(name))) => assert_eq!(name, victim),
             other => panic!("expected MissingTensor({victim}), got {:?}", other.err()),
         }
         assert_eq!(
@@ -264,7 +265,7 @@ fn missing_tensor_is_reported_by_name() {
         let batch = cases()[0].join("batch.safetensors");
         assert!(matches!(
             prepare(&config, &path, &batch, Efficiency::Naive, DType::F64),
-            Err(DenseNetError::MissingTensor(n)) if n == victim
+            Err(DenseNetError::State(StateError::MissingTensor(n))) if n == victim
         ));
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -290,11 +291,11 @@ fn misshaped_tensor_is_reported_with_both_shapes() {
     let mut model = DenseNet::new(config, DType::F32, &Device::cpu(), 5).unwrap();
     let before = snapshot(&model);
     match weights::load(&mut model, &path) {
-        Err(DenseNetError::TensorShape {
+        Err(DenseNetError::State(StateError::TensorShape {
             name,
             expected,
             got,
-        }) => {
+        })) => {
             assert_eq!(name, victim);
             assert_eq!(expected, good.shape);
             assert_eq!(got, vec![n]);
@@ -319,7 +320,7 @@ fn truncated_file_is_a_weights_error() {
         let path = tmp.join("truncated.safetensors");
         std::fs::write(&path, &bytes[..keep]).unwrap();
         match weights::load(&mut model, &path) {
-            Err(DenseNetError::Weights { path: p, msg }) => {
+            Err(DenseNetError::State(StateError::File { path: p, msg })) => {
                 assert!(p.ends_with("truncated.safetensors"), "{p}");
                 assert!(!msg.is_empty());
             }

@@ -9,38 +9,10 @@ pub enum DenseNetError {
     /// The engine refused an operation (shapes, memory, ...).
     #[error(transparent)]
     Engine(#[from] tape::Error),
-    /// A weights file lacks a tensor the model needs.
-    #[error("weights file has no tensor named '{0}'")]
-    MissingTensor(String),
-    /// A weights file has a tensor of the wrong shape.
-    #[error("tensor '{name}' has shape {got:?} in the weights file, the model needs {expected:?}")]
-    TensorShape {
-        /// Tensor name.
-        name: String,
-        /// The model's shape.
-        expected: Vec<usize>,
-        /// The file's shape.
-        got: Vec<usize>,
-    },
-    /// A weights file holds a value the model cannot take: not finite (NaN or infinite), beyond
-    /// the range of the model's dtype, a negative running variance, or a `num_batches_tracked`
-    /// that is not a non-negative integer.
-    #[error("tensor '{name}' in the weights: {msg}")]
-    BadValue {
-        /// Tensor name.
-        name: String,
-        /// What is wrong, with the element's index and value.
-        msg: String,
-    },
-    /// A weights file holds tensors the model does not have (a strict load refuses them, so a
-    /// file for another architecture or with misspelled names is not half-loaded; see
-    /// [`crate::weights::LoadOptions::lenient`]).
-    #[error(
-        "weights file has {} tensor(s) the model does not: {} (a lenient load ignores them)",
-        .0.len(),
-        crate::error::name_list(.0)
-    )]
-    UnexpectedTensors(Vec<String>),
+    /// A weights file is unreadable, or lacks, mis-shapes or holds bad values for a tensor
+    /// the model needs, or holds tensors it does not have (each error names the tensor).
+    #[error(transparent)]
+    State(#[from] tape::nn::StateError),
     /// A training step met a loss, gradient or parameter that is NaN or infinite (the run
     /// diverged); the step did not update the parameters.
     #[error(
@@ -57,14 +29,6 @@ pub enum DenseNetError {
         /// parameter.
         value: f64,
     },
-    /// A weights file is not valid safetensors, or holds an unsupported dtype.
-    #[error("bad weights file {path}: {msg}")]
-    Weights {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        msg: String,
-    },
     /// A dataset file is missing, truncated or malformed.
     #[error("dataset: {0}")]
     Data(String),
@@ -80,15 +44,6 @@ pub enum DenseNetError {
 
 /// Result type of the DenseNet crate.
 pub type Result<T> = std::result::Result<T, DenseNetError>;
-
-/// Up to five quoted names, then how many more.
-pub(crate) fn name_list(names: &[String]) -> String {
-    let mut s: Vec<String> = names.iter().take(5).map(|n| format!("'{n}'")).collect();
-    if names.len() > 5 {
-        s.push(format!("and {} more", names.len() - 5));
-    }
-    s.join(", ")
-}
 
 /// Wraps an I/O error with the path it concerns.
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DenseNetError + '_ {

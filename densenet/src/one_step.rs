@@ -56,7 +56,7 @@ impl OneStepOutput {
 
     /// Writes every result tensor to `path` as safetensors (atomic).
     pub fn save(&self, path: &Path) -> Result<()> {
-        save_tensors(path, &self.tensors)
+        Ok(save_tensors(path, &self.tensors)?)
     }
 }
 

@@ -8,6 +8,7 @@ use densenet::weights::{self, load_state_with, save_tensors, LoadOptions, Stored
 use densenet::{DenseNet, DenseNetConfig, DenseNetError, Efficiency};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use tape::nn::StateError;
 use tape::{DType, Device, Tensor};
 
 fn config() -> DenseNetConfig {
@@ -92,10 +93,10 @@ fn load(file: &Path, dtype: DType, options: LoadOptions) -> densenet::Result<Den
 /// Asserts a `BadValue` error naming `victim` whose message contains `word`.
 fn assert_bad_value(result: densenet::Result<DenseNet>, victim: &str, word: &str) {
     match result {
-        Err(DenseNetError::BadValue { name, msg }) => {
+        Err(DenseNetError::State(StateError::BadValue { name, msg })) => {
             assert_eq!(name, victim);
             assert!(msg.contains(word), "{victim}: '{msg}' lacks '{word}'");
-            let text = DenseNetError::BadValue { name, msg }.to_string();
+            let text = DenseNetError::State(StateError::BadValue { name, msg }).to_string();
             assert!(text.contains(victim), "{text}");
         }
         Err(e) => panic!("{victim}: expected BadValue, got {e:?}"),
@@ -226,7 +227,9 @@ fn bad_num_batches_tracked_is_an_error() {
         s.get_mut(victim).unwrap().values[0] = bad;
         let mut model = DenseNet::new(config(), DType::F64, &Device::cpu(), 99).unwrap();
         match load_state_with(&mut model, &s, LoadOptions::default()) {
-            Err(DenseNetError::BadValue { name, .. }) => assert_eq!(name, victim),
+            Err(DenseNetError::State(StateError::BadValue { name, .. })) => {
+                assert_eq!(name, victim)
+            }
             other => panic!("{bad}: expected BadValue, got {:?}", other.err()),
         }
     }
@@ -262,11 +265,11 @@ fn extra_tensors_are_errors_unless_lenient() {
     let path = dir.join("extra.safetensors");
     write(&path, &s);
     match load(&path, DType::F32, LoadOptions::default()) {
-        Err(DenseNetError::UnexpectedTensors(names)) => {
+        Err(DenseNetError::State(StateError::UnexpectedTensors(names))) => {
             let mut want: Vec<String> = extras.iter().map(|e| e.to_string()).collect();
             want.sort();
             assert_eq!(names, want);
-            let text = DenseNetError::UnexpectedTensors(names).to_string();
+            let text = DenseNetError::State(StateError::UnexpectedTensors(names)).to_string();
             assert!(
                 text.contains("optimizer.momentum") && text.contains("lenient"),
                 "{text}"
@@ -298,7 +301,7 @@ fn extra_tensors_are_errors_unless_lenient() {
     .unwrap();
     assert!(matches!(
         prepare(&config(), &path, &batch, Efficiency::Naive, DType::F64),
-        Err(DenseNetError::UnexpectedTensors(_))
+        Err(DenseNetError::State(StateError::UnexpectedTensors(_)))
     ));
     let prepared = prepare_with(
         &config(),

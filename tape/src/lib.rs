@@ -1,6 +1,7 @@
 //! `tape`: the engine of the workspace. Tensors with run-time shapes, dtypes and devices; a
 //! recording autodiff [`Tape`] of backward closures with gradients keyed by tensor id; the ops a
-//! CNN or a transformer needs ([`ops`]), optimizers ([`optim`]), exact per-device memory accounting
+//! CNN or a transformer needs ([`ops`]), modules with named state and its safetensors I/O
+//! ([`nn`]), optimizers ([`optim`]), exact per-device memory accounting
 //! ([`MemoryStats`]) and per-device work counters ([`Counters`]: kernel launches, allocations,
 //! host synchronisations).
 //!
@@ -46,6 +47,7 @@ pub mod gradients;
 pub mod host_cache;
 pub mod labels;
 pub mod memory;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod param;

@@ -26,6 +26,11 @@ impl Parameter {
         &self.name
     }
 
+    /// Renames the parameter (the module tree names its parameters: [`crate::nn::name_parameters`]).
+    pub(crate) fn set_name(&mut self, name: String) {
+        self.name = name;
+    }
+
     /// The current value.
     pub fn tensor(&self) -> &Tensor {
         &self.tensor

@@ -1,7 +1,7 @@
 //! Dense layers and transitions, each runnable naive or with recompute.
 
-use super::layers::{BatchNorm, Conv, Init};
 use checkpoint::{checkpoint, checkpoint_with, CheckpointOptions, KnownOutput, OutputSource};
+use tape::nn::{BatchNorm2d, Conv2d, Dropout, Init};
 use tape::ops::BlockStorage;
 use tape::{ops, Result, Tape, Tensor};
 
@@ -20,19 +20,25 @@ pub enum LayerMode {
 /// (a channel prefix of the block's [`BlockStorage`]).
 pub struct DenseLayer {
     /// First batch norm (over all input features).
-    pub norm1: BatchNorm,
+    pub norm1: BatchNorm2d,
     /// 1x1 bottleneck conv to `bn_size * growth` channels.
-    pub conv1: Conv,
+    pub conv1: Conv2d,
     /// Second batch norm.
-    pub norm2: BatchNorm,
+    pub norm2: BatchNorm2d,
     /// 3x3 conv to `growth` channels.
-    pub conv2: Conv,
-    drop_rate: f64,
+    pub conv2: Conv2d,
+    /// Dropout after the 3x3 conv (`drop_rate`; none when 0).
+    pub dropout: Dropout,
 }
+tape::module!(DenseLayer {
+    "norm1" => norm1,
+    "conv1" => conv1,
+    "norm2" => norm2,
+    "conv2" => conv2,
+});
 
 impl DenseLayer {
     pub(crate) fn new(
-        name: &str,
         cin: usize,
         growth: usize,
         bn_size: usize,
@@ -41,11 +47,11 @@ impl DenseLayer {
     ) -> Result<Self> {
         let mid = bn_size * growth;
         Ok(DenseLayer {
-            norm1: BatchNorm::new(&format!("{name}.norm1"), cin, init)?,
-            conv1: Conv::new(&format!("{name}.conv1"), cin, mid, 1, 1, 0, init)?,
-            norm2: BatchNorm::new(&format!("{name}.norm2"), mid, init)?,
-            conv2: Conv::new(&format!("{name}.conv2"), mid, growth, 3, 1, 1, init)?,
-            drop_rate,
+            norm1: BatchNorm2d::new(cin, init)?,
+            conv1: Conv2d::new(cin, mid, 1, 1, 0, init)?,
+            norm2: BatchNorm2d::new(mid, init)?,
+            conv2: Conv2d::new(mid, growth, 3, 1, 1, init)?,
+            dropout: Dropout::new(drop_rate)?,
         })
     }
 
@@ -67,11 +73,7 @@ impl DenseLayer {
             self.norm2.forward_relu(tape, bottleneck)?
         };
         let h = self.conv2.forward(tape, &h)?;
-        if self.drop_rate > 0.0 {
-            ops::dropout(tape, &h, self.drop_rate)
-        } else {
-            Ok(h)
-        }
+        self.dropout.forward(tape, &h)
     }
 
     /// The layer's `growth` new channels from the first `c` channels of its block's storage
@@ -123,16 +125,17 @@ fn output_read_back(storage: &BlockStorage, c0: usize, k: usize) -> CheckpointOp
 /// BN -> ReLU -> 1x1 conv (compression) -> 2x2 average pool, between blocks.
 pub struct Transition {
     /// Batch norm over the block's output.
-    pub norm: BatchNorm,
+    pub norm: BatchNorm2d,
     /// 1x1 conv to `floor(c * compression)` channels.
-    pub conv: Conv,
+    pub conv: Conv2d,
 }
+tape::module!(Transition { "norm" => norm, "conv" => conv });
 
 impl Transition {
-    pub(crate) fn new(name: &str, cin: usize, cout: usize, init: &mut Init) -> Result<Self> {
+    pub(crate) fn new(cin: usize, cout: usize, init: &mut Init) -> Result<Self> {
         Ok(Transition {
-            norm: BatchNorm::new(&format!("{name}.norm"), cin, init)?,
-            conv: Conv::new(&format!("{name}.conv"), cin, cout, 1, 1, 0, init)?,
+            norm: BatchNorm2d::new(cin, init)?,
+            conv: Conv2d::new(cin, cout, 1, 1, 0, init)?,
         })
     }
 

@@ -4,27 +4,26 @@
 
 mod budget;
 mod dense;
-mod layers;
 
 pub use budget::{
     layer_costs, parameter_bytes, plan_layer_modes, predicted_peak, BudgetModel, LayerCost,
 };
 pub use dense::{DenseLayer, LayerMode, Transition};
-pub use layers::{BatchNorm, Conv, Linear};
 
 use crate::config::{DenseNetConfig, Efficiency};
 use crate::error::{DenseNetError, Result};
 use checkpoint::checkpoint;
-use layers::Init;
 use std::sync::Mutex;
-use tape::ops::BlockStorage;
+use tape::nn::{self, BatchNorm2d, Conv2d, Init, Linear, Numbered};
+use tape::ops::{BlockStorage, RunningStats};
 use tape::{ops, DType, Device, Parameter, Tape, Tensor};
 
-/// A dense block: its layers in order.
+/// A dense block: its layers in order (`denselayer1`, `denselayer2`, ...).
 pub struct DenseBlock {
     /// The block's layers.
-    pub layers: Vec<DenseLayer>,
+    pub layers: Numbered<DenseLayer>,
 }
+tape::module!(DenseBlock { "" => layers });
 
 /// DenseNet-BC.
 pub struct DenseNet {
@@ -32,21 +31,30 @@ pub struct DenseNet {
     dtype: DType,
     device: Device,
     /// Stem convolution (`features.conv0`).
-    pub conv0: Conv,
+    pub conv0: Conv2d,
     /// Stem batch norm of the ImageNet stem (`features.norm0`).
-    pub norm0: Option<BatchNorm>,
+    pub norm0: Option<BatchNorm2d>,
     /// Dense blocks (`features.denseblockN`).
-    pub blocks: Vec<DenseBlock>,
+    pub blocks: Numbered<DenseBlock>,
     /// Transitions between blocks (`features.transitionN`).
-    pub transitions: Vec<Transition>,
+    pub transitions: Numbered<Transition>,
     /// Final batch norm (`features.norm5`).
-    pub norm_final: BatchNorm,
+    pub norm_final: BatchNorm2d,
     /// Classifier (`classifier`).
     pub classifier: Linear,
     /// The last budget plan, by (input shape, budget, bytes held): planning is exact but not
     /// free, and a training loop asks for the same plan every step.
     plan_cache: Mutex<Option<(PlanKey, LayerModes)>>,
 }
+
+tape::module!(DenseNet {
+    "features.conv0" => conv0,
+    "features.norm0" => norm0,
+    "features" => blocks,
+    "features" => transitions,
+    "features.norm5" => norm_final,
+    "classifier" => classifier,
+});
 
 /// Modes of every dense layer, per block.
 type LayerModes = Vec<Vec<LayerMode>>;
@@ -57,21 +65,17 @@ impl DenseNet {
     /// `seed`, with parameters of `dtype` on `device`.
     pub fn new(config: DenseNetConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
         config.validate()?;
-        let mut init = Init {
-            dtype,
-            device,
-            seed,
-        };
+        let mut init = Init::new(dtype, device, seed);
         let c0 = config.num_init_features;
         let (conv0, norm0) = if config.small_inputs {
             (
-                Conv::new("features.conv0", config.in_channels, c0, 3, 1, 1, &mut init)?,
+                Conv2d::new(config.in_channels, c0, 3, 1, 1, &mut init)?,
                 None,
             )
         } else {
             (
-                Conv::new("features.conv0", config.in_channels, c0, 7, 2, 3, &mut init)?,
-                Some(BatchNorm::new("features.norm0", c0, &mut init)?),
+                Conv2d::new(config.in_channels, c0, 7, 2, 3, &mut init)?,
+                Some(BatchNorm2d::new(c0, &mut init)?),
             )
         };
         let (block_in, c_final) = config.block_channels();
@@ -81,7 +85,6 @@ impl DenseNet {
             let layers = (0..n)
                 .map(|l| {
                     DenseLayer::new(
-                        &format!("features.denseblock{}.denselayer{}", b + 1, l + 1),
                         block_in[b] + l * config.growth_rate,
                         config.growth_rate,
                         config.bn_size,
@@ -90,32 +93,31 @@ impl DenseNet {
                     )
                 })
                 .collect::<tape::Result<Vec<_>>>()?;
-            blocks.push(DenseBlock { layers });
+            blocks.push(DenseBlock {
+                layers: Numbered::new("denselayer", 1, layers),
+            });
             if b + 1 < config.block_config.len() {
                 let cout = block_in[b + 1];
                 let cin = block_in[b] + n * config.growth_rate;
-                transitions.push(Transition::new(
-                    &format!("features.transition{}", b + 1),
-                    cin,
-                    cout,
-                    &mut init,
-                )?);
+                transitions.push(Transition::new(cin, cout, &mut init)?);
             }
         }
-        let norm_final = BatchNorm::new("features.norm5", c_final, &mut init)?;
-        let classifier = Linear::new("classifier", c_final, config.num_classes, &mut init)?;
-        Ok(DenseNet {
+        let norm_final = BatchNorm2d::new(c_final, &mut init)?;
+        let classifier = Linear::new(c_final, config.num_classes, &mut init)?;
+        let mut model = DenseNet {
             config,
             dtype,
             device: device.clone(),
             conv0,
             norm0,
-            blocks,
-            transitions,
+            blocks: Numbered::new("denseblock", 1, blocks),
+            transitions: Numbered::new("transition", 1, transitions),
             norm_final,
             classifier,
             plan_cache: Mutex::new(None),
-        })
+        };
+        nn::name_parameters(&mut model);
+        Ok(model)
     }
 
     /// The configuration.
@@ -138,81 +140,29 @@ impl DenseNet {
         self.config.efficiency = efficiency;
     }
 
-    fn batch_norms(&self) -> Vec<&BatchNorm> {
-        let mut v: Vec<&BatchNorm> = self.norm0.iter().collect();
-        for (b, block) in self.blocks.iter().enumerate() {
-            for l in &block.layers {
-                v.push(&l.norm1);
-                v.push(&l.norm2);
-            }
-            if let Some(t) = self.transitions.get(b) {
-                v.push(&t.norm);
-            }
-        }
-        v.push(&self.norm_final);
-        v
-    }
-
-    /// Every parameter, in torchvision's order.
+    /// Every parameter, in declaration order (the module tree's: [`nn::parameters`]).
     pub fn parameters(&self) -> Vec<&Parameter> {
-        let mut v = vec![&self.conv0.weight];
-        if let Some(n) = &self.norm0 {
-            v.extend([&n.weight, &n.bias]);
-        }
-        for (b, block) in self.blocks.iter().enumerate() {
-            for l in &block.layers {
-                v.extend([&l.norm1.weight, &l.norm1.bias, &l.conv1.weight]);
-                v.extend([&l.norm2.weight, &l.norm2.bias, &l.conv2.weight]);
-            }
-            if let Some(t) = self.transitions.get(b) {
-                v.extend([&t.norm.weight, &t.norm.bias, &t.conv.weight]);
-            }
-        }
-        v.extend([&self.norm_final.weight, &self.norm_final.bias]);
-        v.extend([&self.classifier.weight, &self.classifier.bias]);
-        v
+        nn::parameters(self)
     }
 
     /// Every parameter, mutably (for optimizers and weight loading).
     pub fn parameters_mut(&mut self) -> Vec<&mut Parameter> {
-        let mut v = vec![&mut self.conv0.weight];
-        if let Some(n) = &mut self.norm0 {
-            v.extend([&mut n.weight, &mut n.bias]);
-        }
-        let mut transitions = self.transitions.iter_mut();
-        for block in self.blocks.iter_mut() {
-            for l in &mut block.layers {
-                v.extend([&mut l.norm1.weight, &mut l.norm1.bias, &mut l.conv1.weight]);
-                v.extend([&mut l.norm2.weight, &mut l.norm2.bias, &mut l.conv2.weight]);
-            }
-            if let Some(t) = transitions.next() {
-                v.extend([&mut t.norm.weight, &mut t.norm.bias, &mut t.conv.weight]);
-            }
-        }
-        v.extend([&mut self.norm_final.weight, &mut self.norm_final.bias]);
-        v.extend([&mut self.classifier.weight, &mut self.classifier.bias]);
-        v
+        nn::parameters_mut(self)
     }
 
     /// Number of trainable scalars (PyTorch's `sum(p.numel() for p in model.parameters())`).
     pub fn num_parameters(&self) -> usize {
-        self.parameters().iter().map(|p| p.tensor().numel()).sum()
+        nn::num_parameters(self)
     }
 
     /// Bytes of all parameters.
     pub fn parameter_bytes(&self) -> usize {
-        self.parameters()
-            .iter()
-            .map(|p| p.tensor().size_in_bytes())
-            .sum()
+        nn::parameter_bytes(self)
     }
 
     /// Every batch norm's running statistics, by torchvision buffer prefix.
-    pub fn running_stats(&self) -> Vec<(&str, &tape::ops::RunningStats)> {
-        self.batch_norms()
-            .into_iter()
-            .map(|b| (b.name.as_str(), &b.running))
-            .collect()
+    pub fn running_stats(&self) -> Vec<(String, &RunningStats)> {
+        nn::running_stats(self)
     }
 
     /// The mode of every dense layer for an input of this shape (fixed modes, or the planner's

@@ -1,0 +1,93 @@
+//! [`BatchNorm2d`]: batch normalisation over the channels of `[n, c, h, w]`, alone or fused with
+//! the ReLU that follows it.
+
+use super::Init;
+use crate::error::Result;
+use crate::ops::{self, BatchNormOptions, BlockStorage, RunningStats};
+use crate::param::Parameter;
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+
+/// 2-D batch normalisation with a scale (initialised to 1), a shift (initialised to 0) and
+/// running statistics, PyTorch's `nn.BatchNorm2d(c)`: batch statistics in training (updating
+/// the running ones), running statistics in eval.
+#[derive(Debug)]
+pub struct BatchNorm2d {
+    /// Scale `[c]`.
+    pub weight: Parameter,
+    /// Shift `[c]`.
+    pub bias: Parameter,
+    /// Running mean and variance.
+    pub running: RunningStats,
+    /// Epsilon and momentum (PyTorch's defaults).
+    pub options: BatchNormOptions,
+}
+crate::module!(BatchNorm2d { "weight" => weight, "bias" => bias, "" => running });
+
+impl BatchNorm2d {
+    /// Batch norm over `c` channels.
+    pub fn new(c: usize, init: &mut Init) -> Result<Self> {
+        Ok(BatchNorm2d {
+            weight: Parameter::new("weight", init.ones(&[c])?),
+            bias: Parameter::new("bias", init.zeros(&[c])?),
+            running: RunningStats::new(c, init.dtype, init.device)?,
+            options: BatchNormOptions::default(),
+        })
+    }
+
+    /// Applies batch norm.
+    pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        ops::batch_norm2d(
+            tape,
+            x,
+            self.weight.tensor(),
+            self.bias.tensor(),
+            &self.running,
+            self.options,
+        )
+    }
+
+    /// Batch norm then ReLU, as two ops (the textbook composition: the pre-activation is kept
+    /// for backward).
+    pub fn forward_relu(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        let h = self.forward(tape, x)?;
+        ops::relu(tape, &h)
+    }
+
+    /// ReLU of the batch norm of `x`, as one fused op that does not keep the pre-activation.
+    pub fn forward_relu_fused(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        ops::batch_norm_relu(
+            tape,
+            &[x],
+            self.weight.tensor(),
+            self.bias.tensor(),
+            &self.running,
+            self.options,
+        )
+    }
+
+    /// Batch norm then ReLU over the first `c` channels of `features`: fused, reading them in
+    /// place, or as two ops on a packed copy of them ([`BlockStorage::gather`]).
+    pub fn prefix_forward_relu(
+        &self,
+        tape: &mut Tape,
+        features: &BlockStorage,
+        c: usize,
+        fused: bool,
+    ) -> Result<Tensor> {
+        if fused {
+            ops::batch_norm_relu_prefix(
+                tape,
+                features,
+                c,
+                self.weight.tensor(),
+                self.bias.tensor(),
+                &self.running,
+                self.options,
+            )
+        } else {
+            let x = features.gather(tape, c)?;
+            self.forward_relu(tape, &x)
+        }
+    }
+}

@@ -2,9 +2,9 @@
 //! mode on a small config, with the engine's peak bytes printed beside the times.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use densenet::bench::measure_training_step;
 use densenet::train::{seed_sgd_config, train_step};
 use densenet::{DenseNet, DenseNetConfig, Efficiency};
+use densenet_suite::densenet_bench::measure_training_step;
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
             1,
             1,
         )
-        .map(|r| r.peak_bytes)
+        .map(|r| r.measured.peak_bytes)
         .unwrap_or(0);
         println!("{mode}: engine peak {:.2} MB per step", peak as f64 / 1e6);
         let dev = Device::cpu();

@@ -10,10 +10,11 @@
 //! the engine's peak. `-- --imagenet` adds DenseNet-121 on 224x224 images (batch 64).
 
 use clap::Parser;
-use densenet::bench::{
-    fitted_exponent, measure_training_step, profile_training_step, svg_chart, CaseResult,
-};
 use densenet::{DenseNetConfig, Efficiency};
+use densenet_suite::densenet_bench::{measure_training_step, profile_training_step};
+use harness::{
+    fitted_exponent, open_device, print_case, print_header, print_profile, svg_chart, CaseResult,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tape::Device;
@@ -78,75 +79,6 @@ struct Args {
     profile: bool,
 }
 
-/// A fresh device (its own memory accounting) of the kind `--device` names.
-fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
-    if spec == "cpu" {
-        return Ok(Device::cpu());
-    }
-    let ordinal = match spec {
-        "cuda" => 0,
-        s => s
-            .strip_prefix("cuda:")
-            .and_then(|o| o.parse::<usize>().ok())
-            .ok_or_else(|| format!("unknown device '{s}': use cpu, cuda or cuda:N"))?,
-    };
-    let options = tape::CudaOptions {
-        tf32,
-        ..tape::CudaOptions::default()
-    };
-    Device::cuda_with(ordinal, options).map_err(|e| e.to_string())
-}
-
-/// One case's profile: a table, or one JSON object per row.
-fn print_profile(r: &CaseResult, report: &tape::profile::Report, json: bool) {
-    if !json {
-        println!("profile of one {} step ({}):\n{report}\n", r.mode, r.model);
-        return;
-    }
-    for row in &report.rows {
-        println!(
-            r#"{{"profile":"{}","mode":"{}","op":"{}","pass":"{}","calls":{},"seconds":{:.6}}}"#,
-            r.model, r.mode, row.op, row.pass, row.calls, row.seconds
-        );
-    }
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-fn print_case(r: &CaseResult, json: bool, naive: Option<&CaseResult>) {
-    if json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
-        return;
-    }
-    let (mem_ratio, time_ratio) = naive
-        .map(|n| {
-            (
-                r.peak_bytes as f64 / n.peak_bytes as f64,
-                r.median_s / n.median_s,
-            )
-        })
-        .unwrap_or((1.0, 1.0));
-    println!(
-        "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3} {:>8} {:>7} {:>5}",
-        r.model,
-        r.mode,
-        r.batch,
-        mb(r.peak_bytes),
-        mem_ratio,
-        r.device_used_bytes
-            .or(r.rss_peak_bytes)
-            .map(mb)
-            .unwrap_or_else(|| "-".into()),
-        r.median_s,
-        time_ratio,
-        r.launches,
-        r.allocs,
-        r.syncs
-    );
-}
-
 /// A mode of the main table.
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -182,7 +114,7 @@ impl Table<'_> {
                     let peak = |m: Efficiency| {
                         done.iter()
                             .find(|r| r.mode == m.to_string())
-                            .map(|r| r.peak_bytes)
+                            .map(|r| r.measured.peak_bytes)
                     };
                     match (peak(Efficiency::Layer), peak(Efficiency::Bottleneck)) {
                         (Some(l), Some(b)) => Efficiency::Budget((l + b) / 2),
@@ -212,7 +144,7 @@ impl Table<'_> {
                 let report =
                     profile_training_step(&device()?, self.config, mode, self.batch, self.image)
                         .map_err(|e| e.to_string())?;
-                print_profile(&r, &report, json);
+                print_profile(&r.model, &r.mode, &report, json);
             }
             done.push(r);
         }
@@ -242,23 +174,7 @@ fn run(args: &Args) -> Result<(), String> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let third = if gpu { "GPU used" } else { "peak RSS" };
-    let header = || {
-        println!(
-            "{:<22} {:<16} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7} {:>8} {:>7} {:>5}",
-            "model",
-            "mode",
-            "batch",
-            "peak(eng)",
-            "x naive",
-            third,
-            "median s",
-            "x naive",
-            "launches",
-            "allocs",
-            "syncs"
-        );
-    };
+    let header = || print_header(gpu);
     if !args.json && !args.no_main {
         if gpu {
             println!(
@@ -338,7 +254,7 @@ fn run(args: &Args) -> Result<(), String> {
                 1,
             )
             .map_err(|e| e.to_string())?;
-            points.push((d as f64, r.peak_bytes as f64 / 1e6));
+            points.push((d as f64, r.measured.peak_bytes as f64 / 1e6));
             print_case(&r, args.json, None);
             first.get_or_insert(r);
         }
@@ -359,7 +275,7 @@ fn run(args: &Args) -> Result<(), String> {
     if let Some(dir) = args.svg.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    densenet::weights::write_atomic(&args.svg, svg.as_bytes()).map_err(|e| e.to_string())?;
+    tape::nn::write_atomic(&args.svg, svg.as_bytes()).map_err(|e| e.to_string())?;
     if !args.json {
         println!("chart written to {}", args.svg.display());
     }

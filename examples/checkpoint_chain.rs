@@ -9,7 +9,7 @@
 use checkpoint::planner::{profile_chain, ChainModel, Plan, PlanOptions};
 use checkpoint::{run_plan, Layer, OpKind};
 use clap::Parser;
-use densenet::bench::{median, svg_chart};
+use harness::{median, svg_chart};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;

@@ -1,1 +1,4 @@
-//! Cross-crate examples, benches and tests live in this package.
+//! Cross-crate examples, benches and tests live in this package; its library holds what they
+//! share that belongs to no single crate: DenseNet's benchmark cases on the shared harness.
+
+pub mod densenet_bench;

@@ -6,7 +6,6 @@
 //!   safetensors.
 //! - [`train`]: one training step; [`data`]: CIFAR-10 and synthetic data.
 
-pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -2,9 +2,9 @@
 //! Bottleneck and Layer about linearly, and Layer < Bottleneck < Naive at the largest depth.
 //! A planner budget between Layer and Naive holds.
 
-use densenet::bench::fitted_exponent;
 use densenet::train::forward_backward;
 use densenet::{DenseNet, DenseNetConfig, Efficiency};
+use harness::fitted_exponent;
 use tape::{DType, Device, Tensor};
 
 const BATCH: usize = 4;

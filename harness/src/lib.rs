@@ -1,0 +1,17 @@
+//! `harness`: what every model's benchmark shares, whatever the model. [`measure_steps`] times a
+//! training step closure and reads the memory it took (the engine's accounting, the process's
+//! peak RSS, a GPU's used bytes) and its work counts; [`CaseResult`] is one row of a benchmark
+//! table (printed by [`print_case`], or as one JSON object per row); [`print_front`] prints the
+//! planner's memory-vs-recompute front; [`open_device`] reads a `--device` flag; [`median`],
+//! [`fitted_exponent`] and [`svg_chart`] summarise and draw.
+
+mod measure;
+mod report;
+pub mod rss;
+mod stats;
+mod svg;
+
+pub use measure::{measure_steps, Measurement};
+pub use report::{open_device, print_case, print_front, print_header, print_profile, CaseResult};
+pub use stats::{fitted_exponent, median};
+pub use svg::svg_chart;

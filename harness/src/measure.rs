@@ -1,0 +1,76 @@
+//! [`measure_steps`]: one benchmark case's numbers from a training-step closure.
+
+use crate::{median, rss};
+use std::time::Instant;
+use tape::Device;
+
+/// What [`measure_steps`] read over the measured steps.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Measurement {
+    /// Peak bytes of the engine's accounting over the measured steps (parameters, optimizer
+    /// state, activations, gradients, workspaces).
+    pub peak_bytes: u64,
+    /// The process's peak resident set over the measured steps, if the OS tells.
+    pub rss_peak_bytes: Option<u64>,
+    /// On a GPU: bytes in use on the whole GPU after the measured steps, as `cuMemGetInfo` tells
+    /// (total - free: includes the CUDA context, library workspaces and the memory pool's cached
+    /// blocks, so it is at least the pool's high-water mark). Absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_used_bytes: Option<u64>,
+    /// Bytes the device's allocator holds after the steps, in use or cached for reuse (the host
+    /// cache on the CPU, the memory pool on a GPU; `None` where it cannot say).
+    pub reserved_bytes: Option<u64>,
+    /// Median seconds per step.
+    pub median_s: f64,
+    /// Kernel launches of one step (the last measured one; steady-state steps count the same):
+    /// one per engine kernel call, counted the same way on every device.
+    pub launches: u64,
+    /// Buffers allocated by one step.
+    pub allocs: u64,
+    /// Host synchronisations (reads of tensor values back to the host) of one step.
+    pub syncs: u64,
+    /// Every measured step time.
+    pub times_s: Vec<f64>,
+}
+
+/// Runs `step(i)` for `warmup` unmeasured steps, then `iters` (at least one) measured ones, each
+/// timed to its completion on `dev` (the device is synchronised), with the engine's peak and the
+/// process's peak RSS restarted before them. Pass a fresh device (e.g. `Device::cpu()`) whose
+/// accounting holds this case alone: the model, its optimizer state and its batch.
+pub fn measure_steps<E: From<tape::Error>>(
+    dev: &Device,
+    warmup: usize,
+    iters: usize,
+    mut step: impl FnMut(u64) -> Result<(), E>,
+) -> Result<Measurement, E> {
+    for i in 0..warmup {
+        step(i as u64)?;
+    }
+    dev.synchronize()?;
+    dev.memory().reset_peak();
+    let rss_ok = rss::reset_peak();
+    let mut times = Vec::with_capacity(iters);
+    let mut counts = tape::Counters::default();
+    for i in 0..iters.max(1) {
+        let t0 = Instant::now();
+        let before = dev.counters();
+        step((warmup + i) as u64)?;
+        counts = dev.counters().since(before);
+        dev.synchronize()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let device_used_bytes = dev
+        .mem_get_info()?
+        .map(|(free, total)| total.saturating_sub(free) as u64);
+    Ok(Measurement {
+        peak_bytes: dev.memory().peak() as u64,
+        rss_peak_bytes: if rss_ok { rss::peak_bytes() } else { None },
+        device_used_bytes,
+        reserved_bytes: dev.reserved_bytes().map(|b| b as u64),
+        median_s: median(&times),
+        launches: counts.launches,
+        allocs: counts.allocs,
+        syncs: counts.syncs,
+        times_s: times,
+    })
+}

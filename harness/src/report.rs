@@ -1,0 +1,154 @@
+//! Benchmark rows and how they print: a table for people, one JSON object per row for scripts.
+
+use crate::Measurement;
+use checkpoint::planner::FrontPoint;
+use tape::Device;
+
+/// One measured case: which model, mode, device and batch, and what was measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CaseResult {
+    /// Model name (`densenet_bc_100_k12`, `resnet18_cifar`, `gpt_small`, ...).
+    pub model: String,
+    /// Memory mode (`naive`, `checkpoint`, `budget:...`).
+    pub mode: String,
+    /// Device name.
+    pub device: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Square image size, for image models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<usize>,
+    /// Sequence length, for sequence models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<usize>,
+    /// Depth of the network (layers), where the model has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// The numbers.
+    #[serde(flatten)]
+    pub measured: Measurement,
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// The table header matching [`print_case`]'s rows; the third memory column is the GPU's used
+/// bytes when `gpu`, the process's peak RSS otherwise.
+pub fn print_header(gpu: bool) {
+    println!(
+        "{:<22} {:<16} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7} {:>8} {:>7} {:>5}",
+        "model",
+        "mode",
+        "batch",
+        "peak(eng)",
+        "x naive",
+        if gpu { "GPU used" } else { "peak RSS" },
+        "median s",
+        "x naive",
+        "launches",
+        "allocs",
+        "syncs"
+    );
+}
+
+/// One row: a table line (peak and time also as ratios to `baseline`, the naive row), or the
+/// row as one JSON object when `json`.
+pub fn print_case(r: &CaseResult, json: bool, baseline: Option<&CaseResult>) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let m = &r.measured;
+    let (mem_ratio, time_ratio) = baseline
+        .map(|b| {
+            (
+                m.peak_bytes as f64 / b.measured.peak_bytes as f64,
+                m.median_s / b.measured.median_s,
+            )
+        })
+        .unwrap_or((1.0, 1.0));
+    println!(
+        "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3} {:>8} {:>7} {:>5}",
+        r.model,
+        r.mode,
+        r.batch,
+        mb(m.peak_bytes),
+        mem_ratio,
+        m.device_used_bytes
+            .or(m.rss_peak_bytes)
+            .map(mb)
+            .unwrap_or_else(|| "-".into()),
+        m.median_s,
+        time_ratio,
+        m.launches,
+        m.allocs,
+        m.syncs
+    );
+}
+
+/// One case's profile ([`tape::profile`]): a table, or one JSON object per row.
+pub fn print_profile(model: &str, mode: &str, report: &tape::profile::Report, json: bool) {
+    if !json {
+        println!("profile of one {mode} step ({model}):\n{report}\n");
+        return;
+    }
+    for row in &report.rows {
+        println!(
+            r#"{{"profile":"{model}","mode":"{mode}","op":"{}","pass":"{}","calls":{},"seconds":{:.6}}}"#,
+            row.op, row.pass, row.calls, row.seconds
+        );
+    }
+}
+
+/// The planner's memory-vs-recompute front (the Pareto staircase: each point is the least
+/// recompute for which the predicted peak fits), as a table or one JSON object per point.
+pub fn print_front(model: &str, front: &[FrontPoint], json: bool) {
+    if json {
+        for p in front {
+            println!(
+                r#"{{"front":"{model}","peak_bytes":{},"extra_cost":{:.6},"recomputed_layers":{},"segments":{}}}"#,
+                p.peak,
+                p.extra_cost,
+                p.recomputed_layers,
+                p.plan.segments().len()
+            );
+        }
+        return;
+    }
+    println!("planner front ({model}): predicted peak vs recompute");
+    println!(
+        "  {:>12} {:>12} {:>11} {:>9}",
+        "peak", "extra cost", "recomputed", "segments"
+    );
+    for p in front {
+        println!(
+            "  {:>12} {:>12.4} {:>11} {:>9}",
+            mb(p.peak),
+            p.extra_cost,
+            p.recomputed_layers,
+            p.plan.segments().len()
+        );
+    }
+}
+
+/// A fresh device (its own memory accounting) of the kind a `--device` flag names: `cpu`,
+/// `cuda` or `cuda:N` (a build with the `cuda` feature and an NVIDIA GPU); `tf32` allows
+/// TF32 tensor-core math on the GPU (strict fp32 otherwise).
+pub fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
+    if spec == "cpu" {
+        return Ok(Device::cpu());
+    }
+    let ordinal = match spec {
+        "cuda" => 0,
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|o| o.parse::<usize>().ok())
+            .ok_or_else(|| format!("unknown device '{s}': use cpu, cuda or cuda:N"))?,
+    };
+    let options = tape::CudaOptions {
+        tf32,
+        ..tape::CudaOptions::default()
+    };
+    Device::cuda_with(ordinal, options).map_err(|e| e.to_string())
+}

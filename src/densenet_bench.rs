@@ -1,0 +1,79 @@
+//! DenseNet's benchmark cases on the shared [`harness`]: one fp32 model, the seed's SGD and a
+//! random batch, measured ([`measure_training_step`]) or profiled ([`profile_training_step`]).
+
+use densenet::train::{seed_sgd_config, train_step};
+use densenet::{DenseNet, DenseNetConfig, Efficiency, Result};
+use harness::CaseResult;
+use tape::optim::Sgd;
+use tape::{DType, Device, Tensor};
+
+/// The model (fp32, seed 0), the seed's SGD, one input batch and its labels of a benchmark case.
+fn setup(
+    dev: &Device,
+    config: &DenseNetConfig,
+    mode: Efficiency,
+    batch: usize,
+    image: usize,
+) -> Result<(DenseNet, Sgd, Tensor, Vec<usize>)> {
+    let model = DenseNet::new(config.clone().with_efficiency(mode), DType::F32, dev, 0)?;
+    let opt = Sgd::new(seed_sgd_config())?;
+    let x = Tensor::randn(
+        &[batch, config.in_channels, image, image],
+        DType::F32,
+        dev,
+        1,
+    )?;
+    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
+    Ok((model, opt, x, labels))
+}
+
+/// Profiles one SGD training step of `config` in `mode` on `dev` (after one unprofiled warm-up
+/// step): time per op kind and pass ([`tape::profile`]).
+pub fn profile_training_step(
+    dev: &Device,
+    config: &DenseNetConfig,
+    mode: Efficiency,
+    batch: usize,
+    image: usize,
+) -> Result<tape::profile::Report> {
+    let (mut model, mut opt, x, labels) = setup(dev, config, mode, batch, image)?;
+    train_step(&mut model, &mut opt, &x, &labels, 0)?;
+    dev.synchronize()?;
+    tape::profile::start();
+    let step = train_step(&mut model, &mut opt, &x, &labels, 1);
+    dev.synchronize()?;
+    let report = tape::profile::finish();
+    step?;
+    report.ok_or_else(|| {
+        tape::Error::Backward("the profiler was stopped during the step".into()).into()
+    })
+}
+
+/// Measures `iters` SGD training steps (after `warmup` unmeasured ones) of `config` in `mode` on
+/// `dev` (pass a fresh device, e.g. `Device::cpu()`, so the accounting holds this case alone).
+#[allow(clippy::too_many_arguments)]
+pub fn measure_training_step(
+    dev: &Device,
+    name: &str,
+    config: &DenseNetConfig,
+    mode: Efficiency,
+    batch: usize,
+    image: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<CaseResult> {
+    let (mut model, mut opt, x, labels) = setup(dev, config, mode, batch, image)?;
+    let measured = harness::measure_steps(dev, warmup, iters, |i| {
+        train_step(&mut model, &mut opt, &x, &labels, i).map(|_| ())
+    })?;
+    Ok(CaseResult {
+        model: name.to_string(),
+        mode: mode.to_string(),
+        device: dev.to_string(),
+        batch,
+        image: Some(image),
+        seq_len: None,
+        depth: Some(config.depth()),
+        measured,
+    })
+}

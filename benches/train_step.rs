@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use densenet::train::{seed_sgd_config, train_step};
-use densenet::{DenseNet, DenseNetConfig, Efficiency};
+use densenet::{DenseNet, DenseNetConfig, Memory};
 use densenet_suite::densenet_bench::measure_training_step;
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
@@ -18,7 +18,11 @@ fn config() -> DenseNetConfig {
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step_bc40_k12_b16");
     group.sample_size(10);
-    for mode in [Efficiency::Naive, Efficiency::Bottleneck, Efficiency::Layer] {
+    for mode in [
+        Memory::Naive,
+        Memory::RecomputeBottleneck,
+        Memory::RecomputeLayer,
+    ] {
         let peak = measure_training_step(
             &Device::cpu(),
             "bc-40-k12",
@@ -33,8 +37,9 @@ fn bench(c: &mut Criterion) {
         .unwrap_or(0);
         println!("{mode}: engine peak {:.2} MB per step", peak as f64 / 1e6);
         let dev = Device::cpu();
-        let mut model =
-            DenseNet::new(config().with_efficiency(mode), DType::F32, &dev, 0).expect("model");
+        let mut model = DenseNet::new(config(), DType::F32, &dev, 0)
+            .expect("model")
+            .with_memory(mode);
         let mut opt = Sgd::new(seed_sgd_config()).expect("sgd");
         let x = Tensor::randn(&[BATCH, 3, IMAGE, IMAGE], DType::F32, &dev, 1).expect("input");
         let labels: Vec<usize> = (0..BATCH).map(|i| i % 10).collect();

@@ -10,7 +10,7 @@
 //! the engine's peak. `-- --imagenet` adds DenseNet-121 on 224x224 images (batch 64).
 
 use clap::Parser;
-use densenet::{DenseNetConfig, Efficiency};
+use densenet::{DenseNetConfig, Memory};
 use densenet_suite::densenet_bench::{measure_training_step, profile_training_step};
 use harness::{
     fitted_exponent, open_device, print_case, print_header, print_profile, svg_chart, CaseResult,
@@ -83,7 +83,7 @@ struct Args {
 #[derive(Clone, Copy, Debug)]
 enum Mode {
     /// A fixed efficiency mode.
-    Fixed(Efficiency),
+    Fixed(Memory),
     /// The planner, with a budget halfway between the layer and bottleneck peaks measured
     /// earlier in the same table.
     AutoBudget,
@@ -108,23 +108,24 @@ impl Table<'_> {
     ) -> Result<(), String> {
         let mut done: Vec<CaseResult> = Vec::new();
         for &mode in modes {
-            let mode = match mode {
-                Mode::Fixed(m) => m,
-                Mode::AutoBudget => {
-                    let peak = |m: Efficiency| {
-                        done.iter()
-                            .find(|r| r.mode == m.to_string())
-                            .map(|r| r.measured.peak_bytes)
-                    };
-                    match (peak(Efficiency::Layer), peak(Efficiency::Bottleneck)) {
-                        (Some(l), Some(b)) => Efficiency::Budget((l + b) / 2),
+            let mode =
+                match mode {
+                    Mode::Fixed(m) => m,
+                    Mode::AutoBudget => {
+                        let peak = |m: Memory| {
+                            done.iter()
+                                .find(|r| r.mode == m.to_string())
+                                .map(|r| r.measured.peak_bytes)
+                        };
+                        match (peak(Memory::RecomputeLayer), peak(Memory::RecomputeBottleneck)) {
+                        (Some(l), Some(b)) => Memory::Budget((l + b) / 2),
                         _ => return Err(
                             "budget:auto needs the layer and bottleneck modes measured before it"
                                 .into(),
                         ),
                     }
-                }
-            };
+                    }
+                };
             let r = measure_training_step(
                 &device()?,
                 self.name,
@@ -136,9 +137,7 @@ impl Table<'_> {
                 iters,
             )
             .map_err(|e| e.to_string())?;
-            let naive = done
-                .iter()
-                .find(|r| r.mode == Efficiency::Naive.to_string());
+            let naive = done.iter().find(|r| r.mode == Memory::Naive.to_string());
             print_case(&r, json, naive);
             if profile {
                 let report =
@@ -166,7 +165,7 @@ fn run(args: &Args) -> Result<(), String> {
         .map(|m| match m.as_str() {
             "budget:auto" => Ok(Mode::AutoBudget),
             m => m
-                .parse::<Efficiency>()
+                .parse::<Memory>()
                 .map(Mode::Fixed)
                 .map_err(|e| e.to_string()),
         })
@@ -236,7 +235,11 @@ fn run(args: &Args) -> Result<(), String> {
     if !args.json {
         println!("\ndepth sweep: DenseNet-BC k=12, batch {sweep_batch}, one measured step each");
     }
-    let sweep_modes = [Efficiency::Naive, Efficiency::Bottleneck, Efficiency::Layer];
+    let sweep_modes = [
+        Memory::Naive,
+        Memory::RecomputeBottleneck,
+        Memory::RecomputeLayer,
+    ];
     let mut series = Vec::new();
     for mode in sweep_modes {
         let mut points = Vec::new();

@@ -14,7 +14,7 @@
 use clap::Parser;
 use densenet::one_step::prepare_with;
 use densenet::weights::LoadOptions;
-use densenet::{DenseNetConfig, Efficiency};
+use densenet::{DenseNetConfig, Memory};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tape::DType;
@@ -32,9 +32,9 @@ struct Args {
     /// Batch in safetensors: `input` [n, c, h, w] and `labels` [n] (int64 or float).
     #[arg(long)]
     batch: PathBuf,
-    /// Efficiency mode: naive, bottleneck (alias efficient), layer or budget:BYTES.
+    /// Memory mode: naive, bottleneck (alias efficient), layer or budget:BYTES.
     #[arg(long, default_value = "naive", value_parser = parse_mode)]
-    mode: Efficiency,
+    mode: Memory,
     /// Output safetensors file (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -47,8 +47,8 @@ struct Args {
     lenient: bool,
 }
 
-fn parse_mode(s: &str) -> Result<Efficiency, String> {
-    s.parse::<Efficiency>().map_err(|e| e.to_string())
+fn parse_mode(s: &str) -> Result<Memory, String> {
+    s.parse::<Memory>().map_err(|e| e.to_string())
 }
 
 fn read_config(path: &Path) -> Result<DenseNetConfig, String> {

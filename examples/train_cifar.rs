@@ -15,7 +15,7 @@ use densenet::data::{
     epoch_batches, load_cifar10, synthetic, Augment, Dataset, CIFAR10_MEAN, CIFAR10_STD,
 };
 use densenet::train::{count_correct, predict, train_step_with, StepOptions};
-use densenet::{weights, DenseNet, DenseNetConfig, DenseNetError, Efficiency};
+use densenet::{weights, DenseNet, DenseNetConfig, DenseNetError, Memory};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ struct Args {
     growth: Option<usize>,
     /// Memory mode: naive, bottleneck (the seed's efficient=True), layer, or budget:BYTES.
     #[arg(long, default_value = "bottleneck", value_parser = parse_mode)]
-    mode: Efficiency,
+    mode: Memory,
     /// Epochs [default: 300 like the seed; 2 on synthetic data].
     #[arg(long)]
     epochs: Option<usize>,
@@ -105,8 +105,8 @@ struct Args {
     no_augment: bool,
 }
 
-fn parse_mode(s: &str) -> Result<Efficiency, String> {
-    s.parse::<Efficiency>().map_err(|e| e.to_string())
+fn parse_mode(s: &str) -> Result<Memory, String> {
+    s.parse::<Memory>().map_err(|e| e.to_string())
 }
 
 /// What `DIR/state.json` holds.
@@ -191,7 +191,7 @@ fn model_config(args: &Args, synthetic_run: bool) -> AnyResult<DenseNetConfig> {
     } else {
         DenseNetConfig::densenet_bc_cifar(SYNTH_DEPTH, SYNTH_GROWTH)?
     };
-    Ok(config.with_efficiency(args.mode))
+    Ok(config)
 }
 
 fn load_data(args: &Args) -> AnyResult<(Dataset, Dataset, &'static str)> {
@@ -240,9 +240,9 @@ fn read_state(path: &Path) -> AnyResult<TrainState> {
     })
 }
 
-/// The same architecture, whatever the efficiency mode.
+/// The same architecture (the memory mode is a run option, not part of it).
 fn same_architecture(a: &DenseNetConfig, b: &DenseNetConfig) -> bool {
-    a.clone().with_efficiency(Efficiency::Naive) == b.clone().with_efficiency(Efficiency::Naive)
+    a == b
 }
 
 fn progress_bar(len: u64, prefix: String) -> ProgressBar {
@@ -304,14 +304,15 @@ fn run(args: Args) -> AnyResult<()> {
     }
 
     let device = Device::cpu();
-    let mut model = DenseNet::new(config.clone(), DType::F32, &device, args.seed)?;
+    let mut model =
+        DenseNet::new(config.clone(), DType::F32, &device, args.seed)?.with_memory(args.mode);
     println!(
         "model: DenseNet-BC depth {}, growth {}, blocks {:?}, {} parameters, mode {}, f32 on {}",
         config.depth(),
         config.growth_rate,
         config.block_config,
         model.num_parameters(),
-        config.efficiency,
+        model.memory(),
         device
     );
 

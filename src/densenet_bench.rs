@@ -2,7 +2,7 @@
 //! random batch, measured ([`measure_training_step`]) or profiled ([`profile_training_step`]).
 
 use densenet::train::{seed_sgd_config, train_step};
-use densenet::{DenseNet, DenseNetConfig, Efficiency, Result};
+use densenet::{DenseNet, DenseNetConfig, Memory, Result};
 use harness::CaseResult;
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
@@ -11,11 +11,11 @@ use tape::{DType, Device, Tensor};
 fn setup(
     dev: &Device,
     config: &DenseNetConfig,
-    mode: Efficiency,
+    mode: Memory,
     batch: usize,
     image: usize,
 ) -> Result<(DenseNet, Sgd, Tensor, Vec<usize>)> {
-    let model = DenseNet::new(config.clone().with_efficiency(mode), DType::F32, dev, 0)?;
+    let model = DenseNet::new(config.clone(), DType::F32, dev, 0)?.with_memory(mode);
     let opt = Sgd::new(seed_sgd_config())?;
     let x = Tensor::randn(
         &[batch, config.in_channels, image, image],
@@ -32,7 +32,7 @@ fn setup(
 pub fn profile_training_step(
     dev: &Device,
     config: &DenseNetConfig,
-    mode: Efficiency,
+    mode: Memory,
     batch: usize,
     image: usize,
 ) -> Result<tape::profile::Report> {
@@ -56,7 +56,7 @@ pub fn measure_training_step(
     dev: &Device,
     name: &str,
     config: &DenseNetConfig,
-    mode: Efficiency,
+    mode: Memory,
     batch: usize,
     image: usize,
     warmup: usize,

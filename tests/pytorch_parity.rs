@@ -10,7 +10,7 @@
 
 use densenet::one_step::{load_batch, prepare, Prepared};
 use densenet::weights::{self, load_tensors, save_tensors, Stored};
-use densenet::{DenseNet, DenseNetConfig, DenseNetError, Efficiency, LayerMode};
+use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, DenseNetError, Memory};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tape::nn::StateError;
@@ -57,7 +57,7 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn uniform(modes: &[Vec<LayerMode>]) -> Option<LayerMode> {
+fn uniform(modes: &[Vec<DenseLayerMode>]) -> Option<DenseLayerMode> {
     let first = modes[0][0];
     modes.iter().flatten().all(|&m| m == first).then_some(first)
 }
@@ -67,11 +67,11 @@ fn uniform(modes: &[Vec<LayerMode>]) -> Option<LayerMode> {
 fn budgets(prepared: &mut Prepared) -> (u64, u64) {
     let shape: [usize; 4] = prepared.input.shape().try_into().unwrap();
     let mut plan = |bytes: u64| {
-        prepared.model.set_efficiency(Efficiency::Budget(bytes));
+        prepared.model.set_memory(Memory::Budget(bytes));
         prepared.model.layer_modes(shape).ok()
     };
     let roomy = 1u64 << 40;
-    assert_eq!(uniform(&plan(roomy).unwrap()), Some(LayerMode::Naive));
+    assert_eq!(uniform(&plan(roomy).unwrap()), Some(DenseLayerMode::Keep));
     // Smallest feasible budget, then the smallest all-naive one, by bisection.
     let (mut lo, mut hi) = (0u64, roomy);
     while hi - lo > 1 {
@@ -86,7 +86,7 @@ fn budgets(prepared: &mut Prepared) -> (u64, u64) {
     let (mut lo, mut hi) = (feasible, roomy);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if uniform(&plan(mid).unwrap()) == Some(LayerMode::Naive) {
+        if uniform(&plan(mid).unwrap()) == Some(DenseLayerMode::Keep) {
             hi = mid;
         } else {
             lo = mid;
@@ -98,7 +98,7 @@ fn budgets(prepared: &mut Prepared) -> (u64, u64) {
         .map(|i| feasible + (all_naive - feasible) * i / steps)
         .find(|&b| uniform(&plan(b).unwrap()).is_none())
         .expect("some budget between the feasible floor and all-naive mixes layer modes");
-    prepared.model.set_efficiency(Efficiency::Naive);
+    prepared.model.set_memory(Memory::Naive);
     (roomy, mixed)
 }
 
@@ -178,15 +178,15 @@ fn matches_pytorch_in_every_mode_and_dtype() {
             dir.join("batch.safetensors"),
         );
         for (dtype, tol) in [(DType::F64, TOL_F64), (DType::F32, TOL_F32)] {
-            let mut prepared = prepare(&config, &w, &b, Efficiency::Naive, dtype).unwrap();
+            let mut prepared = prepare(&config, &w, &b, Memory::Naive, dtype).unwrap();
             let (roomy, mixed) = budgets(&mut prepared);
             drop(prepared);
             let modes = [
-                Efficiency::Naive,
-                Efficiency::Bottleneck,
-                Efficiency::Layer,
-                Efficiency::Budget(roomy),
-                Efficiency::Budget(mixed),
+                Memory::Naive,
+                Memory::RecomputeBottleneck,
+                Memory::RecomputeLayer,
+                Memory::Budget(roomy),
+                Memory::Budget(mixed),
             ];
             for mode in modes {
                 let label = format!("{mode} {dtype:?}");
@@ -194,7 +194,7 @@ fn matches_pytorch_in_every_mode_and_dtype() {
                     .unwrap()
                     .run()
                     .unwrap();
-                if mode == Efficiency::Budget(mixed) {
+                if mode == Memory::Budget(mixed) {
                     assert_eq!(
                         uniform(&out.layer_modes),
                         None,
@@ -264,7 +264,7 @@ fn missing_tensor_is_reported_by_name() {
         // The one-step entry point reports it the same way.
         let batch = cases()[0].join("batch.safetensors");
         assert!(matches!(
-            prepare(&config, &path, &batch, Efficiency::Naive, DType::F64),
+            prepare(&config, &path, &batch, Memory::Naive, DType::F64),
             Err(DenseNetError::State(StateError::MissingTensor(n))) if n == victim
         ));
     }

@@ -1,54 +1,9 @@
-//! [`DenseNetConfig`]: the seed project's constructor parameters plus an [`Efficiency`] mode,
-//! validation with clear errors, and the standard presets.
+//! [`DenseNetConfig`]: the seed project's constructor parameters (the architecture only: how
+//! much to recompute is a run option, [`crate::Memory`]), validation with clear errors, and the
+//! standard presets.
 
 use crate::error::{DenseNetError, Result};
 use serde::{Deserialize, Serialize};
-
-/// How much a DenseNet recomputes in backward to save memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Efficiency {
-    /// Record everything: concat, BN and ReLU outputs of every layer are kept (quadratic memory).
-    #[default]
-    Naive,
-    /// Recompute concat + BN + ReLU + 1x1 conv of each dense layer (the seed project's
-    /// "efficient" mode): keeps the bottleneck and the layer output.
-    Bottleneck,
-    /// Recompute the whole dense layer (and transitions and the head's BN-ReLU): keeps only each
-    /// layer's `growth_rate` output channels.
-    Layer,
-    /// Let the checkpoint planner pick a mode per dense layer so the predicted peak stays under
-    /// this many bytes at the least recompute cost.
-    Budget(u64),
-}
-
-impl std::str::FromStr for Efficiency {
-    type Err = DenseNetError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "naive" => Ok(Efficiency::Naive),
-            "bottleneck" | "efficient" => Ok(Efficiency::Bottleneck),
-            "layer" => Ok(Efficiency::Layer),
-            other => match other.strip_prefix("budget:").map(str::parse::<u64>) {
-                Some(Ok(bytes)) => Ok(Efficiency::Budget(bytes)),
-                _ => Err(DenseNetError::Config(format!(
-                    "unknown efficiency mode '{s}' (naive, bottleneck, layer, budget:BYTES)"
-                ))),
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for Efficiency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Efficiency::Naive => write!(f, "naive"),
-            Efficiency::Bottleneck => write!(f, "bottleneck"),
-            Efficiency::Layer => write!(f, "layer"),
-            Efficiency::Budget(b) => write!(f, "budget:{b}"),
-        }
-    }
-}
 
 /// A DenseNet-BC configuration; field names and defaults are the seed project's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,8 +27,6 @@ pub struct DenseNetConfig {
     pub small_inputs: bool,
     /// Input channels (3 for RGB).
     pub in_channels: usize,
-    /// Memory/recompute trade-off.
-    pub efficiency: Efficiency,
 }
 
 impl Default for DenseNetConfig {
@@ -88,7 +41,6 @@ impl Default for DenseNetConfig {
             num_classes: 10,
             small_inputs: true,
             in_channels: 3,
-            efficiency: Efficiency::Naive,
         }
     }
 }
@@ -175,12 +127,6 @@ impl DenseNetConfig {
                 )))
             }
         })
-    }
-
-    /// The same config with another efficiency mode.
-    pub fn with_efficiency(mut self, efficiency: Efficiency) -> Self {
-        self.efficiency = efficiency;
-        self
     }
 
     /// Checks every field; the error says which and why.

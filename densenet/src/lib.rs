@@ -1,7 +1,8 @@
 //! `densenet`: DenseNet-BC on the `tape` engine, naive or memory-efficient through the
 //! `checkpoint` crate.
 //!
-//! - [`DenseNetConfig`]: the seed project's parameters, an [`Efficiency`] mode, presets.
+//! - [`DenseNetConfig`]: the seed project's parameters and presets; [`Memory`]: how much to
+//!   recompute (a run option).
 //! - [`DenseNet`]: the model; torchvision parameter names; [`weights`] saves and loads
 //!   safetensors.
 //! - [`train`]: one training step; [`data`]: CIFAR-10 and synthetic data.
@@ -9,11 +10,13 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod memory;
 pub mod model;
 pub mod one_step;
 pub mod train;
 pub mod weights;
 
-pub use config::{DenseNetConfig, Efficiency};
+pub use config::DenseNetConfig;
 pub use error::{DenseNetError, Result};
-pub use model::{DenseNet, LayerMode};
+pub use memory::Memory;
+pub use model::{DenseLayerMode, DenseNet};

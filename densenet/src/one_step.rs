@@ -14,9 +14,10 @@
 //! have is an error); [`prepare_with`] can load them leniently. Nothing is updated by an
 //! optimizer: the parameters after the call are the loaded ones.
 
-use crate::config::{DenseNetConfig, Efficiency};
+use crate::config::DenseNetConfig;
 use crate::error::{DenseNetError, Result};
-use crate::model::{DenseNet, LayerMode};
+use crate::memory::Memory;
+use crate::model::{DenseLayerMode, DenseNet};
 use crate::train::forward_backward;
 use crate::weights::{load_tensors, save_tensors, LoadOptions, Stored};
 use std::collections::BTreeMap;
@@ -42,8 +43,8 @@ pub struct OneStepOutput {
     /// Mean cross-entropy of the batch.
     pub loss: f64,
     /// Mode each dense layer ran in (per block, per layer): the fixed mode, or the planner's
-    /// choice under [`Efficiency::Budget`].
-    pub layer_modes: Vec<Vec<LayerMode>>,
+    /// choice under [`Memory::Budget`].
+    pub layer_modes: Vec<Vec<DenseLayerMode>>,
     /// Named results: `logits`, `loss`, `grad.<param>`, `<bn>.running_mean`, `<bn>.running_var`.
     pub tensors: Vec<(String, Tensor)>,
 }
@@ -143,21 +144,21 @@ pub fn load_batch(
     Ok((input.to_tensor(dtype, device)?, labels))
 }
 
-/// Builds the model of `config` in `efficiency` mode with parameters of `dtype` on a new CPU
+/// Builds the model of `config` in `memory` mode with parameters of `dtype` on a new CPU
 /// device, loads `weights` into it (strictly: a tensor the model does not have is an error) and
 /// reads `batch`.
 pub fn prepare(
     config: &DenseNetConfig,
     weights: &Path,
     batch: &Path,
-    efficiency: Efficiency,
+    memory: Memory,
     dtype: DType,
 ) -> Result<Prepared> {
     prepare_with(
         config,
         weights,
         batch,
-        efficiency,
+        memory,
         dtype,
         LoadOptions::default(),
     )
@@ -168,17 +169,12 @@ pub fn prepare_with(
     config: &DenseNetConfig,
     weights: &Path,
     batch: &Path,
-    efficiency: Efficiency,
+    memory: Memory,
     dtype: DType,
     load: LoadOptions,
 ) -> Result<Prepared> {
     let device = Device::cpu();
-    let mut model = DenseNet::new(
-        config.clone().with_efficiency(efficiency),
-        dtype,
-        &device,
-        0,
-    )?;
+    let mut model = DenseNet::new(config.clone(), dtype, &device, 0)?.with_memory(memory);
     crate::weights::load_with(&mut model, weights, load)?;
     let (input, labels) = load_batch(batch, config, dtype, &device)?;
     Ok(Prepared {
@@ -224,10 +220,10 @@ pub fn one_step(
     config: &DenseNetConfig,
     weights: &Path,
     batch: &Path,
-    efficiency: Efficiency,
+    memory: Memory,
     dtype: DType,
 ) -> Result<OneStepOutput> {
-    prepare(config, weights, batch, efficiency, dtype)?.run()
+    prepare(config, weights, batch, memory, dtype)?.run()
 }
 
 /// [`one_step`], then writes its tensors to `out` (atomic); returns the output too.
@@ -235,11 +231,11 @@ pub fn one_step_to_file(
     config: &DenseNetConfig,
     weights: &Path,
     batch: &Path,
-    efficiency: Efficiency,
+    memory: Memory,
     dtype: DType,
     out: &Path,
 ) -> Result<OneStepOutput> {
-    let result = one_step(config, weights, batch, efficiency, dtype)?;
+    let result = one_step(config, weights, batch, memory, dtype)?;
     result.save(out)?;
     Ok(result)
 }

@@ -3,18 +3,17 @@
 //! writes NaN or infinity into the parameters; a non-finite gradient is named by parameter.
 
 use densenet::train::{check_finite, forward_backward, train_step, train_step_with, StepOptions};
-use densenet::{DenseNet, DenseNetConfig, DenseNetError, Efficiency};
+use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
 use tape::optim::{Sgd, SgdConfig};
 use tape::{DType, Device, Gradients, Tensor};
 
-fn config(mode: Efficiency) -> DenseNetConfig {
+fn config() -> DenseNetConfig {
     DenseNetConfig {
         growth_rate: 3,
         block_config: vec![2, 2],
         num_init_features: 6,
         bn_size: 2,
         num_classes: 4,
-        efficiency: mode,
         ..DenseNetConfig::default()
     }
 }
@@ -65,17 +64,20 @@ fn poison(model: &mut DenseNet, index: usize) -> String {
 
 #[test]
 fn a_nan_weight_stops_the_step_before_the_update() {
-    for mode in [Efficiency::Naive, Efficiency::Layer] {
+    for mode in [Memory::Naive, Memory::RecomputeLayer] {
         let dev = Device::cpu();
         let (x, labels) = batch(&dev);
         // A NaN classifier weight, and a NaN in the first batch norm's bias: both reach the loss
         // (ReLU propagates NaN, as in PyTorch), which the check names first.
-        let n_params = DenseNet::new(config(mode), DType::F32, &dev, 1)
+        let n_params = DenseNet::new(config(), DType::F32, &dev, 1)
             .unwrap()
+            .with_memory(mode)
             .parameters()
             .len();
         for index in [n_params - 2, 2] {
-            let mut model = DenseNet::new(config(mode), DType::F32, &dev, 1).unwrap();
+            let mut model = DenseNet::new(config(), DType::F32, &dev, 1)
+                .unwrap()
+                .with_memory(mode);
             let mut opt = sgd(0.1);
             // Two healthy steps, then a NaN in one weight.
             for step in 0..2 {
@@ -103,7 +105,9 @@ fn a_nan_weight_stops_the_step_before_the_update() {
 #[test]
 fn a_huge_learning_rate_is_stopped_at_the_step_that_diverges() {
     let dev = Device::cpu();
-    let mut model = DenseNet::new(config(Efficiency::Bottleneck), DType::F32, &dev, 1).unwrap();
+    let mut model = DenseNet::new(config(), DType::F32, &dev, 1)
+        .unwrap()
+        .with_memory(Memory::RecomputeBottleneck);
     let (x, labels) = batch(&dev);
     let mut opt = sgd(1e30);
     let mut failed = None;
@@ -129,7 +133,9 @@ fn a_huge_learning_rate_is_stopped_at_the_step_that_diverges() {
 #[test]
 fn a_non_finite_gradient_is_named_by_parameter() {
     let dev = Device::cpu();
-    let model = DenseNet::new(config(Efficiency::Naive), DType::F32, &dev, 1).unwrap();
+    let model = DenseNet::new(config(), DType::F32, &dev, 1)
+        .unwrap()
+        .with_memory(Memory::Naive);
     let (x, labels) = batch(&dev);
     let mut out = forward_backward(&model, &x, &labels, 0).unwrap();
     check_finite(&model, &out, 7).unwrap();

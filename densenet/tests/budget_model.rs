@@ -1,6 +1,6 @@
 //! The budget model against the engine: the peak the model predicts for a mode assignment
 //! must match the measured peak of a training step (the engine's exact accounting) under that
-//! assignment, for `Efficiency::Layer` and for every plan the planner picks across a range of
+//! assignment, for `Memory::RecomputeLayer` and for every plan the planner picks across a range of
 //! budgets (mixes of Naive, Bottleneck and Layer), on single- and multi-block networks, the
 //! CIFAR and the ImageNet stem, f32 and f64, with and without dropout.
 //!
@@ -18,7 +18,7 @@
 
 use densenet::model::{plan_layer_modes, predicted_peak, BudgetModel};
 use densenet::train::forward_backward;
-use densenet::{DenseNet, DenseNetConfig, Efficiency, LayerMode};
+use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, Memory};
 use tape::{DType, Device, Tensor};
 
 const OVER: f64 = 0.06;
@@ -38,13 +38,15 @@ fn single_block(growth: usize, bn_size: usize, layers: usize, drop_rate: f64) ->
 /// step of `config` in `mode` on one `image` x `image` input.
 fn measure(
     config: &DenseNetConfig,
-    mode: Efficiency,
+    mode: Memory,
     dtype: DType,
     (image, batch): (usize, usize),
 ) -> (u64, u64, u64, String) {
     let shape = [batch, 3, image, image];
     let dev = Device::cpu();
-    let model = DenseNet::new(config.clone().with_efficiency(mode), dtype, &dev, 1).unwrap();
+    let model = DenseNet::new(config.clone(), dtype, &dev, 1)
+        .unwrap()
+        .with_memory(mode);
     let x = Tensor::randn(&shape, dtype, &dev, 2).unwrap();
     let held = dev.memory().current() as u64;
     let modes = model.layer_modes(shape).unwrap();
@@ -57,38 +59,45 @@ fn measure(
         .iter()
         .flatten()
         .map(|m| match m {
-            LayerMode::Naive => 'N',
-            LayerMode::Bottleneck => 'B',
-            LayerMode::Layer => 'L',
+            DenseLayerMode::Keep => 'N',
+            DenseLayerMode::RecomputeBottleneck => 'B',
+            DenseLayerMode::RecomputeLayer => 'L',
         })
         .collect();
     (dev.memory().peak() as u64, predicted, bm.workspace, letters)
 }
 
-/// `Efficiency::Layer`, then one budget per distinct plan the planner picks between the
+/// `Memory::RecomputeLayer`, then one budget per distinct plan the planner picks between the
 /// all-Layer and the all-Naive predictions (in `steps` steps).
 fn modes_to_try(
     config: &DenseNetConfig,
     dtype: DType,
     (image, batch): (usize, usize),
     steps: u64,
-) -> Vec<Efficiency> {
+) -> Vec<Memory> {
     let shape = || [batch, 3, image, image];
     let dev = Device::cpu();
     let model = DenseNet::new(config.clone(), dtype, &dev, 1).unwrap();
     let _x = Tensor::randn(&shape(), dtype, &dev, 2).unwrap();
     let held = dev.memory().current() as u64;
-    let uniform =
-        |m| -> Vec<Vec<LayerMode>> { config.block_config.iter().map(|&n| vec![m; n]).collect() };
-    let lo = predicted_peak(&model, shape(), &uniform(LayerMode::Layer), held).unwrap();
-    let hi = predicted_peak(&model, shape(), &uniform(LayerMode::Naive), held).unwrap();
-    let mut modes = vec![Efficiency::Layer];
+    let uniform = |m| -> Vec<Vec<DenseLayerMode>> {
+        config.block_config.iter().map(|&n| vec![m; n]).collect()
+    };
+    let lo = predicted_peak(
+        &model,
+        shape(),
+        &uniform(DenseLayerMode::RecomputeLayer),
+        held,
+    )
+    .unwrap();
+    let hi = predicted_peak(&model, shape(), &uniform(DenseLayerMode::Keep), held).unwrap();
+    let mut modes = vec![Memory::RecomputeLayer];
     let mut last = None;
     for i in 0..=steps {
         let budget = lo + (hi - lo) * i / steps;
         let plan = plan_layer_modes(&model, shape(), budget, held).unwrap();
         if last.as_ref() != Some(&plan) {
-            modes.push(Efficiency::Budget(budget));
+            modes.push(Memory::Budget(budget));
             last = Some(plan);
         }
     }

@@ -1,6 +1,6 @@
 //! Presets match PyTorch's parameter counts; invalid configs give typed errors.
 
-use densenet::{DenseNet, DenseNetConfig, DenseNetError, Efficiency};
+use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
 use tape::{DType, Device, Tape, Tensor};
 
 fn count(config: DenseNetConfig) -> usize {
@@ -142,20 +142,27 @@ fn image_too_small_for_the_pooling_stack_is_an_error() {
 #[test]
 fn efficiency_modes_parse_and_print() {
     for (s, e) in [
-        ("naive", Efficiency::Naive),
-        ("bottleneck", Efficiency::Bottleneck),
-        ("layer", Efficiency::Layer),
-        ("budget:1000", Efficiency::Budget(1000)),
+        ("naive", Memory::Naive),
+        ("bottleneck", Memory::RecomputeBottleneck),
+        ("layer", Memory::RecomputeLayer),
+        ("budget:1000", Memory::Budget(1000)),
     ] {
-        assert_eq!(s.parse::<Efficiency>().unwrap(), e);
+        assert_eq!(s.parse::<Memory>().unwrap(), e);
         assert_eq!(e.to_string(), s);
     }
-    assert!("fast".parse::<Efficiency>().is_err());
-    let json =
-        serde_json::to_string(&DenseNetConfig::default().with_efficiency(Efficiency::Budget(5)))
-            .unwrap();
+    assert!("fast".parse::<Memory>().is_err());
+    // The memory mode is a run option: a saved config does not carry it, and a config saved
+    // by an earlier version that did still reads.
+    let json = serde_json::to_string(&DenseNetConfig::default()).unwrap();
+    assert!(
+        !json.contains("efficiency") && !json.contains("memory"),
+        "{json}"
+    );
     let back: DenseNetConfig = serde_json::from_str(&json).unwrap();
-    assert_eq!(back.efficiency, Efficiency::Budget(5));
+    assert_eq!(back, DenseNetConfig::default());
+    let old: DenseNetConfig =
+        serde_json::from_str(r#"{"growth_rate": 4, "efficiency": "layer"}"#).unwrap();
+    assert_eq!(old.growth_rate, 4);
     let partial: DenseNetConfig =
         serde_json::from_str(r#"{"growth_rate": 4, "block_config": [2, 3]}"#).unwrap();
     assert_eq!(partial.bn_size, 4);
@@ -167,10 +174,11 @@ fn a_budget_below_the_fixed_bytes_is_an_error() {
     let config = DenseNetConfig {
         growth_rate: 4,
         block_config: vec![2, 2],
-        efficiency: Efficiency::Budget(10),
         ..DenseNetConfig::default()
     };
-    let model = DenseNet::new(config, DType::F32, &dev, 0).unwrap();
+    let model = DenseNet::new(config, DType::F32, &dev, 0)
+        .unwrap()
+        .with_memory(Memory::Budget(10));
     let x = Tensor::zeros(&[2, 3, 8, 8], DType::F32, &dev).unwrap();
     let err = model.forward(&mut Tape::recording(), &x).unwrap_err();
     assert!(err.to_string().contains("budget"), "{err}");

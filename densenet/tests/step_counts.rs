@@ -6,11 +6,11 @@
 use densenet::train::{
     check_finite, forward_backward, seed_sgd_config, train_step, train_step_with, StepOptions,
 };
-use densenet::{DenseNet, DenseNetConfig, Efficiency};
+use densenet::{DenseNet, DenseNetConfig, Memory};
 use tape::optim::{Optimizer, Sgd};
 use tape::{Counters, DType, Device, Gradients, Parameter, Tensor};
 
-fn config(mode: Efficiency) -> DenseNetConfig {
+fn config() -> DenseNetConfig {
     DenseNetConfig {
         growth_rate: 4,
         block_config: vec![2, 3],
@@ -18,12 +18,15 @@ fn config(mode: Efficiency) -> DenseNetConfig {
         bn_size: 2,
         num_classes: 5,
         drop_rate: 0.1,
-        efficiency: mode,
         ..DenseNetConfig::default()
     }
 }
 
-const MODES: [Efficiency; 3] = [Efficiency::Naive, Efficiency::Bottleneck, Efficiency::Layer];
+const MODES: [Memory; 3] = [
+    Memory::Naive,
+    Memory::RecomputeBottleneck,
+    Memory::RecomputeLayer,
+];
 
 fn batch(dev: &Device) -> (Tensor, Vec<usize>) {
     (
@@ -110,7 +113,9 @@ fn one_step(
 fn a_step_reads_nothing_back_before_its_update_is_queued() {
     for mode in MODES {
         let dev = Device::cpu();
-        let mut model = DenseNet::new(config(mode), DType::F32, &dev, 1).unwrap();
+        let mut model = DenseNet::new(config(), DType::F32, &dev, 1)
+            .unwrap()
+            .with_memory(mode);
         let (x, labels) = batch(&dev);
         let mut opt = Spy::new(&dev);
         for step in 0..3 {
@@ -155,9 +160,11 @@ fn a_step_reads_nothing_back_before_its_update_is_queued() {
 
 #[test]
 fn steady_state_steps_count_the_same() {
-    for mode in MODES.into_iter().chain([Efficiency::Budget(400_000)]) {
+    for mode in MODES.into_iter().chain([Memory::Budget(400_000)]) {
         let dev = Device::cpu();
-        let mut model = DenseNet::new(config(mode), DType::F32, &dev, 1).unwrap();
+        let mut model = DenseNet::new(config(), DType::F32, &dev, 1)
+            .unwrap()
+            .with_memory(mode);
         let (x, labels) = batch(&dev);
         let mut opt = Sgd::new(seed_sgd_config()).unwrap();
         let counts: Vec<Counters> = (0..4)
@@ -180,7 +187,9 @@ fn steady_state_steps_count_the_same() {
 #[test]
 fn the_anomaly_check_is_one_launch_and_one_read() {
     let dev = Device::cpu();
-    let model = DenseNet::new(config(Efficiency::Naive), DType::F32, &dev, 1).unwrap();
+    let model = DenseNet::new(config(), DType::F32, &dev, 1)
+        .unwrap()
+        .with_memory(Memory::Naive);
     let (x, labels) = batch(&dev);
     let (out, c) = dev.count(|| forward_backward(&model, &x, &labels, 0).unwrap());
     assert_eq!(c.syncs, 0, "forward and backward read nothing back");
@@ -199,7 +208,9 @@ fn the_anomaly_check_is_one_launch_and_one_read() {
 #[test]
 fn the_correct_count_is_the_top1_hit_count_of_the_logits() {
     let dev = Device::cpu();
-    let model = DenseNet::new(config(Efficiency::Layer), DType::F64, &dev, 3).unwrap();
+    let model = DenseNet::new(config(), DType::F64, &dev, 3)
+        .unwrap()
+        .with_memory(Memory::RecomputeLayer);
     let x = Tensor::randn(&[8, 3, 8, 8], DType::F64, &dev, 9).unwrap();
     let logits = densenet::train::predict(&model, &x).unwrap().to_f64_vec();
     // Labels that make rows 0, 3 and 5 hits: their arg max; the others some other class.
@@ -233,14 +244,16 @@ fn the_correct_count_is_the_top1_hit_count_of_the_logits() {
 
 /// Kernel calls and allocations of one training step (forward, backward, anomaly check and
 /// update) of a single-block network of `layers` dense layers in `mode`.
-fn step_counts(mode: Efficiency, layers: usize) -> Counters {
+fn step_counts(mode: Memory, layers: usize) -> Counters {
     let dev = Device::cpu();
     let cfg = DenseNetConfig {
         block_config: vec![layers],
         drop_rate: 0.0,
-        ..config(mode)
+        ..config()
     };
-    let model = DenseNet::new(cfg, DType::F32, &dev, 3).unwrap();
+    let model = DenseNet::new(cfg, DType::F32, &dev, 3)
+        .unwrap()
+        .with_memory(mode);
     let (x, labels) = batch(&dev);
     let before = dev.counters();
     let out = forward_backward(&model, &x, &labels, 0).unwrap();

@@ -13,7 +13,7 @@
 mod support;
 
 use densenet::train::{seed_sgd_config, train_step};
-use densenet::{DenseNet, DenseNetConfig, Efficiency};
+use densenet::{DenseNet, DenseNetConfig, Memory};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
@@ -37,7 +37,7 @@ fn bits(t: &Tensor) -> Vec<u64> {
 /// pool; `None` for a budget mode of a network under which no budget mixes the modes.
 fn train(
     config: &DenseNetConfig,
-    mode: Efficiency,
+    mode: Memory,
     dtype: DType,
     shape: [usize; 4],
 ) -> Option<Vec<Bits>> {
@@ -48,13 +48,13 @@ fn train(
         .map(|i| (5 * i + 2) % config.num_classes)
         .collect();
     let mode = match mode {
-        Efficiency::Budget(0) => {
+        Memory::Budget(0) => {
             let held = dev.memory().current() as u64 + model.parameter_bytes() as u64;
-            Efficiency::Budget(support::mixing_plan_held(&model, shape, held)?.0)
+            Memory::Budget(support::mixing_plan_held(&model, shape, held)?.0)
         }
         m => m,
     };
-    model.set_efficiency(mode);
+    model.set_memory(mode);
     let mut opt = Sgd::new(seed_sgd_config()).unwrap();
     let steps = (0..STEPS)
         .map(|step| {
@@ -141,10 +141,10 @@ fn training_steps_are_bitwise_the_same_on_1_and_3_threads() {
         (&imagenet, DType::F32, [12, 3, 48, 48]),
     ];
     let modes = [
-        Efficiency::Naive,
-        Efficiency::Bottleneck,
-        Efficiency::Layer,
-        Efficiency::Budget(0),
+        Memory::Naive,
+        Memory::RecomputeBottleneck,
+        Memory::RecomputeLayer,
+        Memory::Budget(0),
     ];
     let mut mixed = 0;
     for (config, dtype, shape) in cases {
@@ -155,7 +155,7 @@ fn training_steps_are_bitwise_the_same_on_1_and_3_threads() {
             };
             let many = in_pool(3, || train(config, mode, dtype, shape)).unwrap();
             assert_same(&one, &many, &what);
-            mixed += usize::from(mode == Efficiency::Budget(0));
+            mixed += usize::from(mode == Memory::Budget(0));
         }
     }
     assert!(mixed >= 2, "only {mixed} networks ran a mixed budget plan");

@@ -5,7 +5,7 @@
 
 use densenet::one_step::{prepare, prepare_with};
 use densenet::weights::{self, load_state_with, save_tensors, LoadOptions, Stored};
-use densenet::{DenseNet, DenseNetConfig, DenseNetError, Efficiency};
+use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tape::nn::StateError;
@@ -300,14 +300,14 @@ fn extra_tensors_are_errors_unless_lenient() {
     )
     .unwrap();
     assert!(matches!(
-        prepare(&config(), &path, &batch, Efficiency::Naive, DType::F64),
+        prepare(&config(), &path, &batch, Memory::Naive, DType::F64),
         Err(DenseNetError::State(StateError::UnexpectedTensors(_)))
     ));
     let prepared = prepare_with(
         &config(),
         &path,
         &batch,
-        Efficiency::Naive,
+        Memory::Naive,
         DType::F64,
         LoadOptions { lenient: true },
     )

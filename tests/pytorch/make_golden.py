@@ -232,7 +232,7 @@ def make_case(case, out_root):
 
     d = os.path.join(out_root, case["name"])
     os.makedirs(d, exist_ok=True)
-    rust_cfg = dict(cfg, efficiency="naive")
+    rust_cfg = dict(cfg)
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(rust_cfg, f, indent=2)
         f.write("\n")

@@ -1,4 +1,4 @@
-//! `Efficiency::Budget`: per dense layer, the checkpoint planner picks Naive, Bottleneck or
+//! `Memory::Budget`: per dense layer, the checkpoint planner picks Naive, Bottleneck or
 //! Layer so that the predicted peak fits the budget at the least recompute FLOPs.
 //!
 //! The memory model follows what each op keeps and allocates, in units of one channel of one
@@ -35,7 +35,7 @@
 //! workspace limit). [`plan_layer_modes`]
 //! minimises the recompute FLOPs under that exactly ([`checkpoint::planner::plan_in_order`]).
 
-use super::{DenseNet, LayerMode};
+use super::{DenseLayerMode, DenseNet};
 use crate::config::DenseNetConfig;
 use crate::error::{DenseNetError, Result};
 use checkpoint::planner::{plan_in_order, Choice};
@@ -56,7 +56,11 @@ pub struct LayerCost {
     pub flops: [f64; 3],
 }
 
-const MODES: [LayerMode; 3] = [LayerMode::Naive, LayerMode::Bottleneck, LayerMode::Layer];
+const MODES: [DenseLayerMode; 3] = [
+    DenseLayerMode::Keep,
+    DenseLayerMode::RecomputeBottleneck,
+    DenseLayerMode::RecomputeLayer,
+];
 
 /// The sizes the model needs, for one input shape and element size.
 struct Shape {
@@ -336,9 +340,9 @@ pub struct BudgetModel {
 }
 
 impl BudgetModel {
-    /// The model of `model` (as [`crate::Efficiency::Budget`] runs it: transitions and head
+    /// The model of `model` (as [`crate::Memory::Budget`] runs it: transitions and head
     /// recomputed, fused concat-BN-ReLU in the Bottleneck and Layer modes;
-    /// [`crate::Efficiency::Layer`] runs exactly as all-Layer) on an input of `input_shape`,
+    /// [`crate::Memory::RecomputeLayer`] runs exactly as all-Layer) on an input of `input_shape`,
     /// when the device holds `held` bytes as forward starts.
     pub fn new(model: &DenseNet, input_shape: [usize; 4], held: u64) -> Self {
         let config = model.config();
@@ -379,7 +383,7 @@ impl BudgetModel {
 
     /// Predicted peak bytes with each dense layer in the mode `modes` gives (per block, per
     /// layer); an error if `modes` does not match the blocks.
-    pub fn predict(&self, modes: &[Vec<LayerMode>]) -> Result<u64> {
+    pub fn predict(&self, modes: &[Vec<DenseLayerMode>]) -> Result<u64> {
         let (layers, modes_len) = (&self.layers, modes.iter().map(Vec::len));
         if modes.len() != layers.len() || modes_len.zip(layers).any(|(m, c)| m != c.len()) {
             return Err(DenseNetError::Config(format!(
@@ -413,7 +417,7 @@ impl BudgetModel {
 pub fn predicted_peak(
     model: &DenseNet,
     input_shape: [usize; 4],
-    modes: &[Vec<LayerMode>],
+    modes: &[Vec<DenseLayerMode>],
     held: u64,
 ) -> Result<u64> {
     BudgetModel::new(model, input_shape, held).predict(modes)
@@ -425,7 +429,7 @@ pub fn plan_layer_modes(
     input_shape: [usize; 4],
     budget: u64,
     held: u64,
-) -> Result<Vec<Vec<LayerMode>>> {
+) -> Result<Vec<Vec<DenseLayerMode>>> {
     let bm = BudgetModel::new(model, input_shape, held);
     let free = budget.checked_sub(bm.fixed).ok_or_else(|| {
         DenseNetError::Config(format!(
@@ -440,7 +444,7 @@ pub fn plan_layer_modes(
             .predict(
                 &bm.layers
                     .iter()
-                    .map(|b| vec![LayerMode::Layer; b.len()])
+                    .map(|b| vec![DenseLayerMode::RecomputeLayer; b.len()])
                     .collect::<Vec<_>>(),
             )
             .unwrap_or(0);
@@ -461,7 +465,7 @@ pub fn plan_layer_modes(
         .map(|block| {
             block
                 .iter()
-                .map(|_| it.next().unwrap_or(LayerMode::Layer))
+                .map(|_| it.next().unwrap_or(DenseLayerMode::RecomputeLayer))
                 .collect()
         })
         .collect())

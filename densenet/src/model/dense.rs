@@ -5,15 +5,15 @@ use tape::nn::{BatchNorm2d, Conv2d, Dropout, Init};
 use tape::ops::BlockStorage;
 use tape::{ops, Result, Tape, Tensor};
 
-/// How one dense layer runs.
+/// How one dense layer runs (what [`crate::Memory`] or the planner chose for it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayerMode {
-    /// Everything recorded.
-    Naive,
+pub enum DenseLayerMode {
+    /// Everything recorded and kept for backward.
+    Keep,
     /// BN + ReLU + 1x1 conv recomputed in backward.
-    Bottleneck,
+    RecomputeBottleneck,
     /// The whole layer recomputed; only its output is kept.
-    Layer,
+    RecomputeLayer,
 }
 
 /// BN -> ReLU -> 1x1 conv -> BN -> ReLU -> 3x3 conv -> dropout over every feature before it
@@ -86,21 +86,21 @@ impl DenseLayer {
         tape: &mut Tape<'a>,
         features: &BlockStorage,
         c: usize,
-        mode: LayerMode,
+        mode: DenseLayerMode,
     ) -> Result<Tensor> {
         let features = features.clone();
         match mode {
-            LayerMode::Naive => {
+            DenseLayerMode::Keep => {
                 let b = self.bottleneck(tape, &features, c, false)?;
                 self.rest(tape, &b, false)
             }
-            LayerMode::Bottleneck => {
+            DenseLayerMode::RecomputeBottleneck => {
                 let b = checkpoint(tape, &[], move |t, _| {
                     self.bottleneck(t, &features, c, true)
                 })?;
                 self.rest(tape, &b, true)
             }
-            LayerMode::Layer => {
+            DenseLayerMode::RecomputeLayer => {
                 let growth = self.conv2.weight.tensor().shape()[0];
                 let options = output_read_back(&features, c, growth);
                 checkpoint_with(tape, &[], options, move |t, _| {

@@ -1,5 +1,5 @@
 //! [`DenseNet`]: DenseNet-BC on the tape engine, with every efficiency mode of
-//! [`crate::Efficiency`]. Parameter and buffer names are torchvision's, so a torchvision
+//! [`crate::Memory`]. Parameter and buffer names are torchvision's, so a torchvision
 //! `state_dict` converts.
 
 mod budget;
@@ -8,10 +8,11 @@ mod dense;
 pub use budget::{
     layer_costs, parameter_bytes, plan_layer_modes, predicted_peak, BudgetModel, LayerCost,
 };
-pub use dense::{DenseLayer, LayerMode, Transition};
+pub use dense::{DenseLayer, DenseLayerMode, Transition};
 
-use crate::config::{DenseNetConfig, Efficiency};
+use crate::config::DenseNetConfig;
 use crate::error::{DenseNetError, Result};
+use crate::memory::Memory;
 use checkpoint::checkpoint;
 use std::sync::Mutex;
 use tape::nn::{self, BatchNorm2d, Conv2d, Init, Linear, Numbered};
@@ -28,6 +29,7 @@ tape::module!(DenseBlock { "" => layers });
 /// DenseNet-BC.
 pub struct DenseNet {
     config: DenseNetConfig,
+    memory: Memory,
     dtype: DType,
     device: Device,
     /// Stem convolution (`features.conv0`).
@@ -57,7 +59,7 @@ tape::module!(DenseNet {
 });
 
 /// Modes of every dense layer, per block.
-type LayerModes = Vec<Vec<LayerMode>>;
+type LayerModes = Vec<Vec<DenseLayerMode>>;
 type PlanKey = ([usize; 4], u64, u64);
 
 impl DenseNet {
@@ -106,6 +108,7 @@ impl DenseNet {
         let classifier = Linear::new(c_final, config.num_classes, &mut init)?;
         let mut model = DenseNet {
             config,
+            memory: Memory::Naive,
             dtype,
             device: device.clone(),
             conv0,
@@ -135,9 +138,20 @@ impl DenseNet {
         &self.device
     }
 
-    /// Switches the efficiency mode (the weights stay).
-    pub fn set_efficiency(&mut self, efficiency: Efficiency) {
-        self.config.efficiency = efficiency;
+    /// Switches the memory mode (the weights stay).
+    pub fn set_memory(&mut self, memory: Memory) {
+        self.memory = memory;
+    }
+
+    /// The model in memory mode `memory` (a run option: the weights are the same).
+    pub fn with_memory(mut self, memory: Memory) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The memory mode (naive unless set).
+    pub fn memory(&self) -> Memory {
+        self.memory
     }
 
     /// Every parameter, in declaration order (the module tree's: [`nn::parameters`]).
@@ -175,11 +189,11 @@ impl DenseNet {
                 .map(|b| vec![m; b.layers.len()])
                 .collect())
         };
-        match self.config.efficiency {
-            Efficiency::Naive => uniform(LayerMode::Naive),
-            Efficiency::Bottleneck => uniform(LayerMode::Bottleneck),
-            Efficiency::Layer => uniform(LayerMode::Layer),
-            Efficiency::Budget(bytes) => {
+        match self.memory {
+            Memory::Naive => uniform(DenseLayerMode::Keep),
+            Memory::RecomputeBottleneck => uniform(DenseLayerMode::RecomputeBottleneck),
+            Memory::RecomputeLayer => uniform(DenseLayerMode::RecomputeLayer),
+            Memory::Budget(bytes) => {
                 let key = (input_shape, bytes, self.device.memory().current() as u64);
                 let mut cache = self.plan_cache.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((k, modes)) = cache.as_ref() {
@@ -208,11 +222,8 @@ impl DenseNet {
         }
         self.config.validate_image(h, w)?;
         let modes = self.layer_modes([n, c, h, w])?;
-        let recompute_glue = !matches!(
-            self.config.efficiency,
-            Efficiency::Naive | Efficiency::Bottleneck
-        );
-        let fused = self.config.efficiency != Efficiency::Naive;
+        let recompute_glue = !matches!(self.memory, Memory::Naive | Memory::RecomputeBottleneck);
+        let fused = self.memory != Memory::Naive;
 
         let mut feat = self.conv0.forward(tape, x)?;
         if let Some(norm0) = &self.norm0 {

@@ -3,9 +3,13 @@
 #![allow(dead_code)]
 
 use densenet::model::BudgetModel;
-use densenet::{DenseNet, LayerMode};
+use densenet::{DenseLayerMode, DenseNet};
 
-const MODES: [LayerMode; 3] = [LayerMode::Naive, LayerMode::Bottleneck, LayerMode::Layer];
+const MODES: [DenseLayerMode; 3] = [
+    DenseLayerMode::Keep,
+    DenseLayerMode::RecomputeBottleneck,
+    DenseLayerMode::RecomputeLayer,
+];
 
 /// A budget under which the exact planner must mix modes, with the modes it must pick; `None`
 /// when no budget can make it mix (a single dense layer, or layers too small to move the peak,
@@ -16,7 +20,7 @@ const MODES: [LayerMode; 3] = [LayerMode::Naive, LayerMode::Bottleneck, LayerMod
 /// programming. A mixed assignment that is strictly cheaper than every other assignment whose
 /// predicted peak is not larger is the planner's unique optimum at a budget equal to its peak.
 /// Networks of more than 10 dense layers are not searched.
-pub fn mixing_plan(model: &DenseNet, shape: [usize; 4]) -> Option<(u64, Vec<Vec<LayerMode>>)> {
+pub fn mixing_plan(model: &DenseNet, shape: [usize; 4]) -> Option<(u64, Vec<Vec<DenseLayerMode>>)> {
     mixing_plan_held(model, shape, model.device().memory().current() as u64)
 }
 
@@ -26,14 +30,14 @@ pub fn mixing_plan_held(
     model: &DenseNet,
     shape: [usize; 4],
     held: u64,
-) -> Option<(u64, Vec<Vec<LayerMode>>)> {
+) -> Option<(u64, Vec<Vec<DenseLayerMode>>)> {
     let bm = BudgetModel::new(model, shape, held);
     let n: usize = bm.layers.iter().map(Vec::len).sum();
     if !(2..=10).contains(&n) {
         return None;
     }
     let digits = |code: usize| (0..n).map(move |i| (code / 3usize.pow(i as u32)) % 3);
-    let modes_of = |code: usize| -> Vec<Vec<LayerMode>> {
+    let modes_of = |code: usize| -> Vec<Vec<DenseLayerMode>> {
         let mut d = digits(code);
         bm.layers
             .iter()

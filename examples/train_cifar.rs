@@ -1,9 +1,11 @@
 //! Trains a DenseNet-BC on CIFAR-10 with the seed project's recipe: SGD with Nesterov momentum
 //! 0.9, weight decay 1e-4, batch 64, learning rate 0.1 divided by 10 at 50% and 75% of the
 //! epochs, 300 epochs, 4-pixel padded random crops and horizontal flips, per-channel
-//! normalisation. Test accuracy is measured after every epoch; with `--out DIR` the weights
-//! (`DIR/model.safetensors`, torchvision names) and `DIR/state.json` are saved atomically after
-//! every epoch, and `--resume` continues from them.
+//! normalisation. The loop is the shared one ([`trainer::fit`]): test accuracy is measured after
+//! every epoch; with `--out DIR` the weights (`DIR/model.safetensors`, torchvision names), the
+//! SGD momentum (`DIR/optimizer.safetensors`) and `DIR/state.json` are saved atomically after
+//! every epoch, and `--resume` continues from them. `--device cuda:0` trains on a GPU (a build
+//! with `--features cuda`).
 //!
 //! ```text
 //! cargo run --release --example train_cifar -- --data ~/cifar-10-batches-bin --out runs/bc100
@@ -15,15 +17,15 @@ use densenet::data::{
     epoch_batches, load_cifar10, synthetic, Augment, Dataset, CIFAR10_MEAN, CIFAR10_STD,
 };
 use densenet::train::{count_correct, predict, train_step_with, StepOptions};
-use densenet::{weights, DenseNet, DenseNetConfig, DenseNetError, Memory};
-use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
+use tape::nn::Module;
 use tape::optim::{Optimizer, Sgd, SgdConfig};
 use tape::rng::mix64;
-use tape::{DType, Device, Tensor};
+use tape::{DType, Device};
+use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -97,6 +99,9 @@ struct Args {
     /// Use only the first N test images.
     #[arg(long, value_name = "N")]
     limit_test: Option<usize>,
+    /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature and an NVIDIA GPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Worker threads of the CPU kernels [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -109,61 +114,13 @@ fn parse_mode(s: &str) -> Result<Memory, String> {
     s.parse::<Memory>().map_err(|e| e.to_string())
 }
 
-/// What `DIR/state.json` holds.
-#[derive(Serialize, Deserialize, Debug)]
-struct TrainState {
-    /// Completed epochs.
-    epoch: usize,
-    /// Planned epochs.
-    epochs: usize,
-    /// Learning rate of the last completed epoch.
-    lr: f64,
-    seed: u64,
-    /// "cifar10" or "synthetic".
-    data: String,
-    train_loss: f64,
-    train_accuracy: f64,
-    test_loss: f64,
-    test_accuracy: f64,
-    /// Whether DIR/optimizer.safetensors holds the SGD momentum buffers.
-    optimizer_state_saved: bool,
-    config: DenseNetConfig,
-}
-
-/// The seed's schedule: `lr` divided by 10 at 50% and again at 75% of `epochs` (0-based epoch).
-fn lr_at(lr: f64, epoch: usize, epochs: usize) -> f64 {
-    let drops = [0.5, 0.75]
-        .iter()
-        .filter(|&&m| epoch as f64 >= m * epochs as f64)
-        .count();
-    lr * 0.1f64.powi(drops as i32)
-}
-
-/// Running sums of an epoch's training steps: loss times batch size, hits, samples.
-#[derive(Default)]
-struct Tally {
-    loss_sum: f64,
-    correct: usize,
-    seen: usize,
-}
-
-impl Tally {
-    /// Reads one step's loss and hit count (device tensors) for a batch of `n` samples.
-    fn add(&mut self, (loss, correct, n): (Tensor, Tensor, usize)) -> AnyResult<()> {
-        self.loss_sum += loss.scalar()? * n as f64;
-        self.correct += correct.scalar()? as usize;
-        self.seen += n;
-        Ok(())
-    }
-}
-
 /// Mean cross-entropy and top-1 accuracy of the model (eval mode) on `ds`, in batches.
 fn evaluate(
     model: &DenseNet,
     ds: &Dataset,
     batch: usize,
     device: &Device,
-) -> AnyResult<(f64, f64)> {
+) -> densenet::Result<(f64, f64)> {
     if ds.is_empty() {
         return Ok((f64::NAN, f64::NAN));
     }
@@ -228,32 +185,86 @@ fn load_data(args: &Args) -> AnyResult<(Dataset, Dataset, &'static str)> {
     Ok((train, test, kind))
 }
 
-fn read_state(path: &Path) -> AnyResult<TrainState> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("--resume: cannot read {}: {e}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        format!(
-            "--resume: {} is not a valid state file: {e}",
-            path.display()
+/// DenseNet on CIFAR-10 (or synthetic data) as the training loop sees it.
+struct CifarTask {
+    model: DenseNet,
+    opt: Sgd,
+    train: Dataset,
+    test: Dataset,
+    batch: usize,
+    augment: Augment,
+    shuffle_seed: u64,
+    seed: u64,
+    device: Device,
+    config: DenseNetConfig,
+}
+
+impl CifarTask {
+    fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        epoch_batches(
+            self.train.len(),
+            self.batch,
+            self.shuffle_seed,
+            epoch as u64,
         )
-        .into()
-    })
-}
-
-/// The same architecture (the memory mode is a run option, not part of it).
-fn same_architecture(a: &DenseNetConfig, b: &DenseNetConfig) -> bool {
-    a == b
-}
-
-fn progress_bar(len: u64, prefix: String) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg}",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
     }
-    pb.set_prefix(prefix);
-    pb
+}
+
+impl Task for CifarTask {
+    type Error = DenseNetError;
+
+    fn steps(&self, _epoch: usize) -> usize {
+        self.train.len().div_ceil(self.batch)
+    }
+
+    fn samples(&self, _epoch: usize) -> usize {
+        self.train.len()
+    }
+
+    fn train_step(&mut self, epoch: usize, step: usize, index: u64) -> densenet::Result<Queued> {
+        let idx = &self.batches(epoch)[step];
+        let batch = self.train.augmented_batch(
+            idx,
+            &self.augment,
+            epoch as u64,
+            DType::F32,
+            &self.device,
+        )?;
+        let step_seed = mix64(self.seed ^ mix64(((epoch as u64) << 32) | step as u64));
+        // The anomaly check (on by default) stops at the first non-finite loss, gradient or
+        // parameter, before the update.
+        let out = train_step_with(
+            &mut self.model,
+            &mut self.opt,
+            &batch.images,
+            &batch.labels,
+            StepOptions::new(index, step_seed),
+        )?;
+        Ok(Queued {
+            loss: out.loss_tensor().clone(),
+            correct: Some(out.correct_tensor().clone()),
+            samples: idx.len(),
+        })
+    }
+
+    fn evaluate(&mut self) -> densenet::Result<Option<Eval>> {
+        if self.test.is_empty() {
+            return Ok(None);
+        }
+        let (loss, accuracy) = evaluate(&self.model, &self.test, self.batch, &self.device)?;
+        Ok(Some(Eval {
+            loss,
+            accuracy: Some(accuracy),
+        }))
+    }
+
+    fn state(&mut self) -> (&mut dyn Module, &mut dyn Optimizer) {
+        (&mut self.model, &mut self.opt)
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "densenet": self.config })
+    }
 }
 
 fn run(args: Args) -> AnyResult<()> {
@@ -303,8 +314,8 @@ fn run(args: Args) -> AnyResult<()> {
         );
     }
 
-    let device = Device::cpu();
-    let mut model =
+    let device = harness::open_device(&args.device, false)?;
+    let model =
         DenseNet::new(config.clone(), DType::F32, &device, args.seed)?.with_memory(args.mode);
     println!(
         "model: DenseNet-BC depth {}, growth {}, blocks {:?}, {} parameters, mode {}, f32 on {}",
@@ -316,84 +327,23 @@ fn run(args: Args) -> AnyResult<()> {
         device
     );
 
-    let out = args.out.clone();
-    if let Some(dir) = &out {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("--out: cannot create {}: {e}", dir.display()))?;
-    }
     let nesterov = args.momentum > 0.0;
-    let mut opt = Sgd::new(SgdConfig {
+    let opt = Sgd::new(SgdConfig {
         lr: args.lr,
         momentum: args.momentum,
         dampening: 0.0,
         nesterov,
         weight_decay: args.wd,
     })?;
-    let mut start_epoch = 0;
-    if args.resume {
-        let dir = out.as_ref().ok_or("--resume needs --out DIR")?;
-        let state = read_state(&dir.join("state.json"))?;
-        if !same_architecture(&state.config, &config) {
-            return Err(format!(
-                "--resume: {} was written for another model ({:?}); pass the same --preset/--depth/--growth",
-                dir.join("state.json").display(),
-                state.config
-            )
-            .into());
-        }
-        weights::load_with(
-            &mut model,
-            &dir.join("model.safetensors"),
-            weights::LoadOptions {
-                lenient: args.lenient,
-            },
-        )?;
-        let opt_path = dir.join("optimizer.safetensors");
-        let momentum = if state.optimizer_state_saved && opt_path.exists() {
-            let stored = weights::load_tensors(&opt_path)?;
-            let tensors = stored
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), v.to_tensor(tape::DType::F64, model.device())?)))
-                .collect::<Result<Vec<_>, tape::Error>>()?;
-            opt.load_state_dict(&model.parameters(), &tensors)?;
-            "SGD momentum restored"
-        } else {
-            "no optimizer state saved: SGD momentum restarts from zero"
-        };
-        start_epoch = state.epoch;
-        println!(
-            "resumed from {} after epoch {} (test accuracy {:.2}%); {momentum}",
-            dir.display(),
-            state.epoch,
-            100.0 * state.test_accuracy
-        );
-        if start_epoch >= epochs {
-            println!("already trained for {start_epoch} of {epochs} epochs: nothing to do (raise --epochs)");
-            return Ok(());
-        }
-    }
-
-    // 1-based epochs where the schedule divides the learning rate by 10.
-    let drops: Vec<String> = (1..epochs)
-        .filter(|&e| lr_at(1.0, e, epochs) < lr_at(1.0, e - 1, epochs))
-        .map(|e| (e + 1).to_string())
-        .collect();
+    let schedule = Schedule::densenet();
     println!(
-        "recipe: SGD{} momentum {}, weight decay {}, batch {}, lr {}{}, {} epochs, {}",
+        "recipe: SGD{} momentum {}, weight decay {}, batch {}, lr {} ({}), {} epochs, {}",
         if nesterov { " Nesterov" } else { "" },
         args.momentum,
         args.wd,
         args.batch,
         args.lr,
-        if drops.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (/10 at the start of epoch{} {})",
-                if drops.len() > 1 { "s" } else { "" },
-                drops.join(" and ")
-            )
-        },
+        schedule.describe(epochs),
         epochs,
         if args.no_augment {
             "no augmentation"
@@ -401,7 +351,6 @@ fn run(args: Args) -> AnyResult<()> {
             "random crop (pad 4) + horizontal flip"
         }
     );
-
     let augment = if args.no_augment {
         Augment {
             pad: 0,
@@ -411,131 +360,38 @@ fn run(args: Args) -> AnyResult<()> {
     } else {
         Augment::cifar(mix64(args.seed ^ 0xA116))
     };
-    let shuffle_seed = mix64(args.seed ^ 0x5A0F);
-    let mut best = (f64::NEG_INFINITY, 0usize);
-    for epoch in start_epoch..epochs {
-        let lr = lr_at(args.lr, epoch, epochs);
-        opt.set_lr(lr);
-        let batches = epoch_batches(train.len(), args.batch, shuffle_seed, epoch as u64);
-        let pb = progress_bar(train.len() as u64, format!("epoch {}/{epochs}", epoch + 1));
-        let log_every = batches.len().div_ceil(10).max(1);
-        let t0 = Instant::now();
-        let mut tally = Tally::default();
-        // The previous step's loss and hit count (device tensors) and batch size: read after the
-        // next step is queued, so the host never waits for the step it has just queued.
-        let mut pending: Option<(Tensor, Tensor, usize)> = None;
-        for (b, idx) in batches.iter().enumerate() {
-            let batch = train.augmented_batch(idx, &augment, epoch as u64, DType::F32, &device)?;
-            let step_seed = mix64(args.seed ^ mix64(((epoch as u64) << 32) | b as u64));
-            // Steps are numbered from 0 over the whole run; the anomaly check (on by default)
-            // stops at the first non-finite loss, gradient or parameter, before the update.
-            let step_index = (epoch * batches.len() + b) as u64;
-            let step = match train_step_with(
-                &mut model,
-                &mut opt,
-                &batch.images,
-                &batch.labels,
-                StepOptions::new(step_index, step_seed),
-            ) {
-                Ok(step) => step,
-                Err(e @ DenseNetError::NonFinite { .. }) => {
-                    pb.abandon();
-                    return Err(format!(
-                        "epoch {} batch {}: {e} (e.g. --lr below {})",
-                        epoch + 1,
-                        b + 1,
-                        args.lr
-                    )
-                    .into());
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let queued = (
-                step.loss_tensor().clone(),
-                step.correct_tensor().clone(),
-                idx.len(),
-            );
-            drop(step);
-            if let Some(p) = pending.replace(queued) {
-                tally.add(p)?;
-            }
-            let seen = tally.seen;
-            let msg = if seen == 0 {
-                "first step queued".to_string()
-            } else {
-                format!(
-                    "loss {:.4} acc {:.2}% {:.1} img/s",
-                    tally.loss_sum / seen as f64,
-                    100.0 * tally.correct as f64 / seen as f64,
-                    seen as f64 / t0.elapsed().as_secs_f64()
-                )
-            };
-            pb.inc(idx.len() as u64);
-            if pb.is_hidden() && ((b + 1) % log_every == 0 || b + 1 == batches.len()) {
-                println!(
-                    "  epoch {}/{epochs} [{seen}/{}] {msg}",
-                    epoch + 1,
-                    train.len()
-                );
-            }
-            pb.set_message(msg);
-        }
-        if let Some(p) = pending.take() {
-            tally.add(p)?;
-        }
-        pb.finish_and_clear();
-        let train_time = t0.elapsed().as_secs_f64();
-        let seen = tally.seen;
-        let (train_loss, train_acc) = (
-            tally.loss_sum / seen as f64,
-            tally.correct as f64 / seen as f64,
-        );
-        let (test_loss, test_acc) = evaluate(&model, &test, args.batch, &device)?;
-        if test_acc > best.0 {
-            best = (test_acc, epoch + 1);
-        }
-        println!(
-            "epoch {:>3}/{epochs}  lr {lr:.4}  train loss {train_loss:.4} acc {:.2}%  test loss {test_loss:.4} acc {:.2}%  {:.1} img/s  {:.1} s",
-            epoch + 1,
-            100.0 * train_acc,
-            100.0 * test_acc,
-            seen as f64 / train_time,
-            t0.elapsed().as_secs_f64()
-        );
-        if let Some(dir) = &out {
-            weights::save(&model, &dir.join("model.safetensors"))?;
-            weights::save_tensors(
-                &dir.join("optimizer.safetensors"),
-                &opt.state_dict(&model.parameters()),
-            )?;
-            let state = TrainState {
-                epoch: epoch + 1,
-                epochs,
-                lr,
-                seed: args.seed,
-                data: data_kind.to_string(),
-                train_loss,
-                train_accuracy: train_acc,
-                test_loss,
-                test_accuracy: test_acc,
-                optimizer_state_saved: true,
-                config: config.clone(),
-            };
-            weights::write_atomic(&dir.join("state.json"), &serde_json::to_vec_pretty(&state)?)?;
-        }
+    let mut task = CifarTask {
+        model,
+        opt,
+        train,
+        test,
+        batch: args.batch,
+        augment,
+        shuffle_seed: mix64(args.seed ^ 0x5A0F),
+        seed: args.seed,
+        device,
+        config,
+    };
+    let options = FitOptions {
+        run_dir: args.out.clone().map(RunDir::new),
+        resume: args.resume,
+        lenient: args.lenient,
+        ..FitOptions::new(epochs, args.lr, schedule)
+    };
+    println!("data: {data_kind}");
+    let reports = fit(&mut task, &options)?;
+    let best = reports
+        .iter()
+        .filter_map(|r| Some((r.eval?.accuracy?, r.epoch)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((acc, epoch)) = best {
+        println!("best test accuracy {:.2}% (epoch {epoch})", 100.0 * acc);
     }
-    if best.0.is_finite() {
-        println!(
-            "best test accuracy {:.2}% (epoch {})",
-            100.0 * best.0,
-            best.1
-        );
-    }
-    if let Some(dir) = &out {
+    if let Some(dir) = &options.run_dir {
         println!(
             "weights: {} (state: {})",
-            dir.join("model.safetensors").display(),
-            dir.join("state.json").display()
+            dir.model_file().display(),
+            dir.state_file().display()
         );
     }
     Ok(())

@@ -1,0 +1,326 @@
+//! [`fit`]: the epoch loop over a [`Task`].
+
+use crate::progress::Progress;
+use crate::run_dir::{RunDir, RunState};
+use crate::schedule::Schedule;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+use tape::nn::{LoadOptions, Module, StateError};
+use tape::optim::Optimizer;
+use tape::Tensor;
+
+/// A queued training step's results, still on the device: read by the loop after the next step
+/// is queued.
+#[derive(Clone, Debug)]
+pub struct Queued {
+    /// The step's mean loss (one element).
+    pub loss: Tensor,
+    /// The step's number of correct predictions (one element), where the task counts them.
+    pub correct: Option<Tensor>,
+    /// Samples in the step's batch.
+    pub samples: usize,
+}
+
+/// An evaluation's results.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Eval {
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy in `[0, 1]`, where the task measures one.
+    pub accuracy: Option<f64>,
+}
+
+/// One model's training, as [`fit`] drives it.
+pub trait Task {
+    /// The task's error (a training step that diverged, a bad batch, ...).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Number of steps (batches) of 0-based `epoch`.
+    fn steps(&self, epoch: usize) -> usize;
+
+    /// Number of training samples of `epoch` (the progress total).
+    fn samples(&self, epoch: usize) -> usize;
+
+    /// Queues training step `step` of `epoch`; `index` numbers the steps of the whole run from
+    /// 0 (a resumed run continues the numbering). The optimizer's learning rate is already set.
+    fn train_step(&mut self, epoch: usize, step: usize, index: u64) -> Result<Queued, Self::Error>;
+
+    /// Evaluates the model in eval mode, or `None` without an evaluation set.
+    fn evaluate(&mut self) -> Result<Option<Eval>, Self::Error>;
+
+    /// The module and the optimizer whose state a run directory saves and restores.
+    fn state(&mut self) -> (&mut dyn Module, &mut dyn Optimizer);
+
+    /// What a run directory records about the task (its model's configuration, say): a run
+    /// resumes only from a directory that records the same.
+    fn describe(&self) -> serde_json::Value;
+}
+
+/// What can stop [`fit`].
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A training step or an evaluation failed (e.g. the loss became non-finite).
+    #[error("epoch {epoch}, step {step}: {source}")]
+    Step {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based step of the epoch (0 for the evaluation after it).
+        step: usize,
+        /// The task's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Saving or restoring the run directory failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The engine failed (reading a queued loss).
+    #[error(transparent)]
+    Engine(#[from] tape::Error),
+    /// `--resume` from a directory written for another task or model.
+    #[error("cannot resume from {dir}: it was written for {saved}, this run is {current}")]
+    OtherRun {
+        /// The run directory.
+        dir: String,
+        /// What it records.
+        saved: String,
+        /// What this task says.
+        current: String,
+    },
+    /// Bad options (zero epochs, a negative learning rate).
+    #[error("{0}")]
+    Options(String),
+}
+
+/// How [`fit`] runs.
+#[derive(Clone, Debug)]
+pub struct FitOptions {
+    /// Epochs of the whole run (a resumed run counts the ones done).
+    pub epochs: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Learning rate per epoch.
+    pub schedule: Schedule,
+    /// Where to save after every epoch, if anywhere.
+    pub run_dir: Option<RunDir>,
+    /// Continue from `run_dir` at the epoch after the one it records.
+    pub resume: bool,
+    /// On resume, ignore tensors of the weights file the model does not have.
+    pub lenient: bool,
+    /// Print a line per epoch (and progress).
+    pub verbose: bool,
+}
+
+impl FitOptions {
+    /// `epochs` epochs at base rate `lr` under `schedule`, nothing saved, printing.
+    pub fn new(epochs: usize, lr: f64, schedule: Schedule) -> Self {
+        FitOptions {
+            epochs,
+            lr,
+            schedule,
+            run_dir: None,
+            resume: false,
+            lenient: false,
+            verbose: true,
+        }
+    }
+}
+
+/// One epoch's results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Its learning rate.
+    pub lr: f64,
+    /// Mean training loss over its samples.
+    pub train_loss: f64,
+    /// Training accuracy, where the task counts hits.
+    pub train_accuracy: Option<f64>,
+    /// Evaluation after it.
+    pub eval: Option<Eval>,
+    /// Training samples per second.
+    pub samples_per_s: f64,
+    /// Seconds for the epoch (training and evaluation).
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for EpochReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lr {:.4}  train loss {:.4}", self.lr, self.train_loss)?;
+        if let Some(a) = self.train_accuracy {
+            write!(f, " acc {:.2}%", 100.0 * a)?;
+        }
+        if let Some(e) = &self.eval {
+            write!(f, "  eval loss {:.4}", e.loss)?;
+            if let Some(a) = e.accuracy {
+                write!(f, " acc {:.2}%", 100.0 * a)?;
+            }
+        }
+        write!(
+            f,
+            "  {:.1} samples/s  {:.1} s",
+            self.samples_per_s, self.seconds
+        )
+    }
+}
+
+/// Sums of read-back step results.
+#[derive(Default)]
+struct Tally {
+    loss_sum: f64,
+    correct: Option<usize>,
+    seen: usize,
+}
+
+impl Tally {
+    fn add(&mut self, q: Queued) -> tape::Result<()> {
+        self.loss_sum += q.loss.scalar()? * q.samples as f64;
+        if let Some(c) = q.correct {
+            *self.correct.get_or_insert(0) += c.scalar()? as usize;
+        }
+        self.seen += q.samples;
+        Ok(())
+    }
+
+    fn loss(&self) -> f64 {
+        self.loss_sum / self.seen.max(1) as f64
+    }
+
+    fn accuracy(&self) -> Option<f64> {
+        self.correct.map(|c| c as f64 / self.seen.max(1) as f64)
+    }
+
+    fn message(&self, t0: Instant) -> String {
+        if self.seen == 0 {
+            return "first step queued".into();
+        }
+        let acc = self
+            .accuracy()
+            .map(|a| format!(" acc {:.2}%", 100.0 * a))
+            .unwrap_or_default();
+        format!(
+            "loss {:.4}{acc} {:.1} samples/s",
+            self.loss(),
+            self.seen as f64 / t0.elapsed().as_secs_f64()
+        )
+    }
+}
+
+fn step_error<E: std::error::Error + Send + Sync + 'static>(
+    epoch: usize,
+    step: usize,
+) -> impl FnOnce(E) -> TrainError {
+    move |e| TrainError::Step {
+        epoch,
+        step,
+        source: Box::new(e),
+    }
+}
+
+/// Trains `task` as `options` say and returns a report per epoch run (none when a resumed run
+/// has nothing left to do).
+pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochReport>, TrainError> {
+    if options.epochs == 0 {
+        return Err(TrainError::Options("epochs must be at least 1".into()));
+    }
+    if !(options.lr.is_finite() && options.lr >= 0.0) {
+        return Err(TrainError::Options(format!(
+            "the learning rate must be finite and >= 0, got {}",
+            options.lr
+        )));
+    }
+    let mut start = 0;
+    if options.resume {
+        let dir = options
+            .run_dir
+            .as_ref()
+            .ok_or_else(|| TrainError::Options("resume needs a run directory".into()))?;
+        let saved = dir.read_state()?;
+        let current = task.describe();
+        if saved.task != current {
+            return Err(TrainError::OtherRun {
+                dir: dir.path().display().to_string(),
+                saved: saved.task.to_string(),
+                current: current.to_string(),
+            });
+        }
+        let (model, opt) = task.state();
+        let load = LoadOptions {
+            lenient: options.lenient,
+        };
+        start = dir.restore(model, opt, load)?.epoch;
+        if options.verbose {
+            println!(
+                "resumed from {} after epoch {start} of {}",
+                dir.path().display(),
+                options.epochs
+            );
+        }
+    }
+    let epochs = options.epochs;
+    let mut index: u64 = (0..start.min(epochs)).map(|e| task.steps(e) as u64).sum();
+    let mut reports = Vec::new();
+    for epoch in start..epochs {
+        let lr = options.schedule.lr_at(options.lr, epoch, epochs);
+        task.state().1.set_lr(lr);
+        let steps = task.steps(epoch);
+        let label = format!("epoch {}/{epochs}", epoch + 1);
+        let progress = Progress::new(label, task.samples(epoch) as u64, steps as u64);
+        let t0 = Instant::now();
+        let mut tally = Tally::default();
+        let mut pending: Option<Queued> = None;
+        for s in 0..steps {
+            let queued = match task.train_step(epoch, s, index) {
+                Ok(q) => q,
+                Err(e) => {
+                    progress.abandon();
+                    return Err(step_error(epoch + 1, s + 1)(e));
+                }
+            };
+            index += 1;
+            let samples = queued.samples as u64;
+            if let Some(p) = pending.replace(queued) {
+                tally.add(p)?;
+            }
+            if options.verbose {
+                progress.step(s as u64, samples, tally.seen as u64, &tally.message(t0));
+            }
+        }
+        if let Some(p) = pending.take() {
+            tally.add(p)?;
+        }
+        progress.finish();
+        let train_s = t0.elapsed().as_secs_f64();
+        let eval = task.evaluate().map_err(step_error(epoch + 1, 0))?;
+        let report = EpochReport {
+            epoch: epoch + 1,
+            lr,
+            train_loss: tally.loss(),
+            train_accuracy: tally.accuracy(),
+            eval,
+            samples_per_s: tally.seen as f64 / train_s.max(1e-9),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if options.verbose {
+            println!("epoch {:>3}/{epochs}  {report}", epoch + 1);
+        }
+        if let Some(dir) = &options.run_dir {
+            let state = RunState {
+                epoch: epoch + 1,
+                epochs,
+                lr,
+                train_loss: report.train_loss,
+                train_accuracy: report.train_accuracy,
+                eval,
+                task: task.describe(),
+            };
+            let (model, opt) = task.state();
+            dir.save(model, opt, &state)?;
+        }
+        reports.push(report);
+    }
+    if options.verbose && start >= epochs {
+        println!("already trained for {start} of {epochs} epochs: nothing to do");
+    }
+    Ok(reports)
+}

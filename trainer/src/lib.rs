@@ -1,0 +1,21 @@
+//! `trainer`: the training loop the workspace's models share. A model's training is a [`Task`]
+//! (queue one step on a batch, evaluate, say which module and optimizer hold its state);
+//! [`fit`] runs it for a number of epochs with a learning-rate [`Schedule`], shows progress
+//! ([`Progress`]: a bar on a terminal, a line every tenth of an epoch otherwise), evaluates after
+//! every epoch, and with a run directory ([`RunDir`]) saves the weights, the optimizer state and
+//! a JSON state file atomically after every epoch, from which a later run resumes at the next
+//! epoch (bit for bit the run it continues, when the task's batches and seeds depend only on the
+//! epoch and batch index).
+//!
+//! Steps are queued without waiting: a step's loss and hit count stay on the device and are read
+//! after the next step is queued, so the host never waits for the step it has just queued.
+
+mod fit;
+mod progress;
+mod run_dir;
+mod schedule;
+
+pub use fit::{fit, EpochReport, Eval, FitOptions, Queued, Task, TrainError};
+pub use progress::Progress;
+pub use run_dir::{RunDir, RunState};
+pub use schedule::Schedule;

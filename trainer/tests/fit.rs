@@ -1,0 +1,225 @@
+//! The training loop on a tiny task (a linear classifier on fixed random data): schedules, the
+//! per-epoch reports, resume continuing a run bit for bit, a diverging step stopping the run
+//! with the epoch and step named, and a run directory written for another task refused.
+
+use std::path::PathBuf;
+use tape::nn::{self, Init, Linear, Module};
+use tape::optim::{Optimizer, Sgd, SgdConfig};
+use tape::{ops, DType, Device, Labels, Tape, Tensor};
+use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task, TrainError};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TaskError(String);
+
+impl From<tape::Error> for TaskError {
+    fn from(e: tape::Error) -> Self {
+        TaskError(e.to_string())
+    }
+}
+
+struct Tiny {
+    dev: Device,
+    model: Linear,
+    opt: Sgd,
+    x: Vec<Tensor>,
+    y: Vec<Vec<usize>>,
+    classes: usize,
+    /// A step index at which the loss is made NaN (a diverging run).
+    poison_at: Option<u64>,
+}
+
+fn tiny(seed: u64, classes: usize) -> Tiny {
+    let dev = Device::cpu();
+    let mut init = Init::new(DType::F64, &dev, seed);
+    let mut model = Linear::new(4, classes, &mut init).unwrap();
+    nn::name_parameters(&mut model);
+    let x = (0..3)
+        .map(|b| Tensor::randn(&[5, 4], DType::F64, &dev, 100 + b).unwrap())
+        .collect();
+    let y = (0..3)
+        .map(|b| (0..5).map(|i| (i + b as usize) % classes).collect())
+        .collect();
+    let opt = Sgd::new(SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: true,
+        ..SgdConfig::default()
+    })
+    .unwrap();
+    Tiny {
+        dev,
+        model,
+        opt,
+        x,
+        y,
+        classes,
+        poison_at: None,
+    }
+}
+
+impl Task for Tiny {
+    type Error = TaskError;
+
+    fn steps(&self, _epoch: usize) -> usize {
+        self.x.len()
+    }
+
+    fn samples(&self, _epoch: usize) -> usize {
+        self.x.len() * 5
+    }
+
+    fn train_step(&mut self, epoch: usize, step: usize, index: u64) -> Result<Queued, TaskError> {
+        // Batches in an order that depends on the epoch only (so a resumed run sees the same).
+        let b = (step + epoch) % self.x.len();
+        let mut tape = Tape::recording();
+        let logits = self.model.forward(&mut tape, &self.x[b])?;
+        let mut loss = ops::cross_entropy(&mut tape, &logits, &self.y[b])?;
+        if self.poison_at == Some(index) {
+            loss = ops::scale(&mut tape, &loss, f64::NAN)?;
+        }
+        let value = loss.scalar()?;
+        if !value.is_finite() {
+            return Err(TaskError(format!("the loss is {value}")));
+        }
+        let grads = tape.backward(&loss)?;
+        self.opt
+            .step(&mut nn::parameters_mut(&mut self.model), &grads)?;
+        let labels = Labels::new(&self.y[b], &self.dev)?;
+        let correct = ops::correct_count(&logits, &labels)?;
+        Ok(Queued {
+            loss,
+            correct: Some(correct),
+            samples: 5,
+        })
+    }
+
+    fn evaluate(&mut self) -> Result<Option<Eval>, TaskError> {
+        let mut tape = Tape::no_grad();
+        let logits = self.model.forward(&mut tape, &self.x[0])?;
+        let loss = ops::cross_entropy(&mut tape, &logits, &self.y[0])?;
+        Ok(Some(Eval {
+            loss: loss.scalar()?,
+            accuracy: None,
+        }))
+    }
+
+    fn state(&mut self) -> (&mut dyn Module, &mut dyn Optimizer) {
+        (&mut self.model, &mut self.opt)
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "model": "linear", "classes": self.classes })
+    }
+}
+
+fn weights(t: &Tiny) -> Vec<Vec<f64>> {
+    nn::parameters(&t.model)
+        .iter()
+        .map(|p| p.tensor().to_f64_vec())
+        .collect()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trainer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn quiet(epochs: usize, schedule: Schedule) -> FitOptions {
+    FitOptions {
+        verbose: false,
+        ..FitOptions::new(epochs, 0.1, schedule)
+    }
+}
+
+#[test]
+fn schedules_give_the_recipes_rates() {
+    let s = Schedule::densenet();
+    let rates: Vec<f64> = (0..8).map(|e| s.lr_at(0.1, e, 8)).collect();
+    assert_eq!(rates[..4], [0.1; 4]);
+    assert!((rates[4] - 0.01).abs() < 1e-15 && (rates[5] - 0.01).abs() < 1e-15);
+    assert!((rates[6] - 0.001).abs() < 1e-15 && (rates[7] - 0.001).abs() < 1e-15);
+    assert_eq!(s.describe(8), "x0.1 at the start of epochs 5 and 7");
+    let c = Schedule::Cosine {
+        warmup: 2,
+        min_factor: 0.1,
+    };
+    assert_eq!(c.lr_at(1.0, 0, 10), 0.5);
+    assert_eq!(c.lr_at(1.0, 1, 10), 1.0);
+    assert_eq!(c.lr_at(1.0, 2, 10), 1.0);
+    assert!((c.lr_at(1.0, 9, 10) - 0.1).abs() < 1e-15);
+    assert_eq!(Schedule::Constant.lr_at(0.3, 7, 8), 0.3);
+}
+
+#[test]
+fn a_run_trains_and_reports_every_epoch() {
+    let mut t = tiny(1, 3);
+    let reports = fit(&mut t, &quiet(4, Schedule::densenet())).unwrap();
+    assert_eq!(reports.len(), 4);
+    assert_eq!(
+        reports.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(reports[2].lr, 0.1 * 0.1);
+    assert!(reports.iter().all(|r| r.train_accuracy.is_some()));
+    let first = reports[0].eval.unwrap().loss;
+    let last = reports[3].eval.unwrap().loss;
+    assert!(last < first, "training lowers the loss: {first} -> {last}");
+    assert!(fit(&mut t, &quiet(0, Schedule::Constant)).is_err());
+}
+
+#[test]
+fn a_resumed_run_continues_bit_for_bit() {
+    let dir = scratch("resume");
+    let mut straight = tiny(7, 3);
+    let opts = quiet(4, Schedule::densenet());
+    let all = fit(&mut straight, &opts).unwrap();
+
+    let mut first = tiny(7, 3);
+    let two = FitOptions {
+        run_dir: Some(RunDir::new(&dir)),
+        ..quiet(4, Schedule::densenet())
+    };
+    // Stop after 2 of 4 epochs: a run of 2 epochs would use another schedule, so run the
+    // 4-epoch run and interrupt it with a step error at the first step of epoch 3.
+    first.poison_at = Some(6);
+    let err = fit(&mut first, &two).unwrap_err();
+    match err {
+        TrainError::Step { epoch, step, .. } => assert_eq!((epoch, step), (3, 1)),
+        other => panic!("expected a step error, got {other}"),
+    }
+    // A fresh process: new model (other initial weights), new optimizer, resumed from disk.
+    let mut resumed = tiny(99, 3);
+    let opts = FitOptions {
+        resume: true,
+        ..two.clone()
+    };
+    let rest = fit(&mut resumed, &opts).unwrap();
+    assert_eq!(rest.len(), 2);
+    for (a, b) in all[2..].iter().zip(&rest) {
+        assert_eq!(
+            (a.epoch, a.lr, a.train_loss, a.train_accuracy, a.eval),
+            (b.epoch, b.lr, b.train_loss, b.train_accuracy, b.eval)
+        );
+    }
+    assert_eq!(weights(&resumed), weights(&straight));
+    // Nothing left to do.
+    assert!(fit(&mut resumed, &opts).unwrap().is_empty());
+    // A directory written for another task is refused.
+    let mut other = tiny(1, 4);
+    assert!(matches!(
+        fit(&mut other, &opts),
+        Err(TrainError::OtherRun { .. })
+    ));
+    let leftovers = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .map(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+                .unwrap_or(false)
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

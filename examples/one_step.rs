@@ -12,9 +12,9 @@
 //! `grad.<param>` for every parameter and the running statistics after the step.
 
 use clap::Parser;
-use densenet::one_step::prepare_with;
 use densenet::weights::LoadOptions;
 use densenet::{DenseNetConfig, Memory};
+use densenet_suite::one_step::prepare_with;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tape::DType;

@@ -8,9 +8,9 @@
 //! f64 and 1e-4 in f32. Also: weights-file errors (missing tensor, wrong shape, truncated file)
 //! and an exact save/load round trip that leaves no temporary file behind.
 
-use densenet::one_step::{load_batch, prepare, Prepared};
 use densenet::weights::{self, load_tensors, save_tensors, Stored};
 use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, DenseNetError, Memory};
+use densenet_suite::one_step::{load_batch, prepare, Prepared};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tape::nn::StateError;

@@ -12,7 +12,6 @@ pub mod data;
 pub mod error;
 pub mod memory;
 pub mod model;
-pub mod one_step;
 pub mod train;
 pub mod weights;
 

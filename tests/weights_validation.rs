@@ -3,9 +3,9 @@
 //! fractional `num_batches_tracked` and tensors the model does not have are typed errors naming
 //! the tensor, and a failed load leaves the model untouched. Extra tensors load only leniently.
 
-use densenet::one_step::{prepare, prepare_with};
 use densenet::weights::{self, load_state_with, save_tensors, LoadOptions, Stored};
 use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
+use densenet_suite::one_step::{prepare, prepare_with};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tape::nn::StateError;

@@ -1,25 +1,22 @@
 //! One training step's forward and backward from files, for parity checks against PyTorch.
 //!
 //! [`prepare`] builds a [`DenseNet`] on a fresh CPU device from a [`DenseNetConfig`], loads a
-//! weights file (torchvision names, see [`crate::weights`]) and a batch file (safetensors with
+//! weights file (torchvision names, see [`densenet::weights`]) and a batch file (safetensors with
 //! `input` `[n, c, h, w]` and `labels` `[n]`, int64 or float); [`Prepared::run`] runs one
-//! training-mode forward + backward ([`crate::train::forward_backward`]) and returns, by name:
+//! training-mode forward + backward ([`densenet::train::forward_backward`]) and returns, by name:
 //!
 //! - `logits` `[n, num_classes]` and `loss` `[1]` (mean cross-entropy);
 //! - `grad.<parameter name>` for every parameter of [`DenseNet::parameters`];
 //! - `<bn>.running_mean` and `<bn>.running_var` of every batch norm after the step.
 //!
 //! [`one_step`] does both; [`one_step_to_file`] also writes the result with
-//! [`crate::weights::save_tensors`] (atomic). Weights load strictly (a tensor the model does not
+//! [`densenet::weights::save_tensors`] (atomic). Weights load strictly (a tensor the model does not
 //! have is an error); [`prepare_with`] can load them leniently. Nothing is updated by an
 //! optimizer: the parameters after the call are the loaded ones.
 
-use crate::config::DenseNetConfig;
-use crate::error::{DenseNetError, Result};
-use crate::memory::Memory;
-use crate::model::{DenseLayerMode, DenseNet};
-use crate::train::forward_backward;
-use crate::weights::{load_tensors, save_tensors, LoadOptions, Stored};
+use densenet::train::forward_backward;
+use densenet::weights::{load_tensors, save_tensors, LoadOptions, Stored};
+use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, DenseNetError, Memory, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tape::{DType, Device, Tensor};
@@ -175,7 +172,7 @@ pub fn prepare_with(
 ) -> Result<Prepared> {
     let device = Device::cpu();
     let mut model = DenseNet::new(config.clone(), dtype, &device, 0)?.with_memory(memory);
-    crate::weights::load_with(&mut model, weights, load)?;
+    densenet::weights::load_with(&mut model, weights, load)?;
     let (input, labels) = load_batch(batch, config, dtype, &device)?;
     Ok(Prepared {
         model,

@@ -20,6 +20,9 @@ pub enum Memory {
     /// Let the checkpoint planner pick a mode per dense layer so the predicted peak stays under
     /// this many bytes at the least recompute cost.
     Budget(u64),
+    /// Run the per-layer modes given with [`crate::DenseNet::with_plan`] (a plan made elsewhere
+    /// or replayed), transitions and head recomputed, as a budget's plan runs.
+    Plan,
 }
 
 impl std::str::FromStr for Memory {
@@ -46,6 +49,7 @@ impl std::fmt::Display for Memory {
             Memory::RecomputeBottleneck => write!(f, "bottleneck"),
             Memory::RecomputeLayer => write!(f, "layer"),
             Memory::Budget(b) => write!(f, "budget:{b}"),
+            Memory::Plan => write!(f, "plan"),
         }
     }
 }

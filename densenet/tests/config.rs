@@ -183,3 +183,36 @@ fn a_budget_below_the_fixed_bytes_is_an_error() {
     let err = model.forward(&mut Tape::recording(), &x).unwrap_err();
     assert!(err.to_string().contains("budget"), "{err}");
 }
+
+/// A plan given with `with_plan` runs as given; one that does not match the blocks, or
+/// `Memory::Plan` without a plan, is a typed error.
+#[test]
+fn a_given_plan_runs_and_a_mismatched_one_is_an_error() {
+    use densenet::DenseLayerMode::{Keep, RecomputeBottleneck, RecomputeLayer};
+    let dev = Device::cpu();
+    let config = DenseNetConfig {
+        growth_rate: 4,
+        block_config: vec![2, 1],
+        ..DenseNetConfig::default()
+    };
+    let plan = vec![vec![Keep, RecomputeLayer], vec![RecomputeBottleneck]];
+    let model = DenseNet::new(config.clone(), DType::F32, &dev, 0)
+        .unwrap()
+        .with_plan(plan.clone())
+        .unwrap();
+    assert_eq!(model.memory(), Memory::Plan);
+    assert_eq!(model.layer_modes([2, 3, 8, 8]).unwrap(), plan);
+    let x = Tensor::zeros(&[2, 3, 8, 8], DType::F32, &dev).unwrap();
+    assert!(model.forward(&mut Tape::recording(), &x).is_ok());
+    let short = DenseNet::new(config.clone(), DType::F32, &dev, 0)
+        .unwrap()
+        .with_plan(vec![vec![Keep, Keep]]);
+    assert!(matches!(short, Err(DenseNetError::Config(_))));
+    let unplanned = DenseNet::new(config, DType::F32, &dev, 0)
+        .unwrap()
+        .with_memory(Memory::Plan);
+    assert!(matches!(
+        unplanned.forward(&mut Tape::recording(), &x),
+        Err(DenseNetError::Config(_))
+    ));
+}

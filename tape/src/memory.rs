@@ -112,3 +112,46 @@ impl Drop for Reservation {
         self.stats.release(self.bytes);
     }
 }
+
+/// The peak bytes of a device over each stretch of a backward pass between the marks a forward
+/// pass put down ([`crate::Tape::mark`]): where in backward the memory peaks, unit by unit.
+/// Backward meets a mark after the backward of everything recorded after it and before the next
+/// mark; it notes the peak since the previous note under the mark's label and restarts the
+/// peak measurement (so the first note, at the last mark, also covers the forward pass).
+#[derive(Clone, Debug)]
+pub struct BackwardPeaks {
+    device: crate::Device,
+    notes: Arc<std::sync::Mutex<Vec<(String, usize)>>>,
+}
+
+impl BackwardPeaks {
+    /// Peaks of `device`'s accounting.
+    pub fn new(device: &crate::Device) -> Self {
+        BackwardPeaks {
+            device: device.clone(),
+            notes: Arc::default(),
+        }
+    }
+
+    /// Notes the peak since the previous note under `label`, then restarts the measurement.
+    pub(crate) fn note(&self, label: String) {
+        let memory = self.device.memory();
+        let peak = memory.peak();
+        memory.reset_peak();
+        self.notes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((label, peak));
+    }
+
+    /// The notes so far, in the order backward met the marks (the reverse of the forward order),
+    /// and clears them.
+    pub fn take(&self) -> Vec<(String, usize)> {
+        std::mem::take(
+            &mut *self
+                .notes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}

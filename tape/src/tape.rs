@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::gradients::Gradients;
+use crate::memory::BackwardPeaks;
 use crate::profile::{self, Pass};
 use crate::tensor::{Tensor, TensorId};
 
@@ -60,6 +61,8 @@ pub struct Tape<'a> {
     ops_started: usize,
     /// An op's output known in advance: (the op's index among the calls, the output).
     known_output: Option<(usize, Tensor)>,
+    /// Where [`Tape::mark`]s note backward's peaks, if anywhere.
+    peaks: Option<BackwardPeaks>,
 }
 
 impl<'a> Tape<'a> {
@@ -97,6 +100,27 @@ impl<'a> Tape<'a> {
             nodes: Vec::new(),
             ops_started: 0,
             known_output: None,
+            peaks: None,
+        }
+    }
+
+    /// Makes [`Tape::mark`] note backward's peak bytes, stretch by stretch, in `peaks`.
+    pub fn watch_backward_peaks(mut self, peaks: BackwardPeaks) -> Self {
+        self.peaks = Some(peaks);
+        self
+    }
+
+    /// Marks the start of a unit of the model (a layer, a block) called `label()`: with
+    /// [`Tape::watch_backward_peaks`] on, backward notes the peak bytes of the unit's backward
+    /// (everything recorded from this mark to the next) when it reaches the mark. Without it,
+    /// or on a tape that does not record, nothing happens and `label` is not called.
+    pub fn mark(&mut self, label: impl FnOnce() -> String) {
+        if let (true, Some(peaks)) = (self.recording, &self.peaks) {
+            let (peaks, label) = (peaks.clone(), label());
+            self.record_effect("mark", move |_| {
+                peaks.note(label);
+                Ok(())
+            });
         }
     }
 

@@ -599,3 +599,41 @@ fn host_cache_reports_reserved_bytes_and_releases() {
             && std::env::var("TAPE_HOST_CACHE").map_or(true, |v| v != "0")
     );
 }
+
+/// Backward-peak marks split backward into the stretches between them: each note is the peak of
+/// its stretch (the first note covers the forward pass too), in the order backward meets them;
+/// without a watcher a mark records nothing and does not call its label.
+#[test]
+fn backward_peaks_are_noted_between_marks() {
+    use tape::{ops, BackwardPeaks, DType, Device, Tape, Tensor};
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[1000], DType::F64, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
+    let peaks = BackwardPeaks::new(&dev);
+    let mut tape = Tape::recording().watch_backward_peaks(peaks.clone());
+    tape.mark(|| "small".into());
+    let small = ops::scale(&mut tape, &x, 2.0).unwrap();
+    let small = ops::sum(&mut tape, &small).unwrap();
+    tape.mark(|| "big".into());
+    // A unit whose backward holds a 10x larger gradient.
+    let wide = ops::reshape(&mut tape, &x, &[1, 1000]).unwrap();
+    let wide = ops::concat(&mut tape, &[&wide; 10]).unwrap();
+    let big = ops::sum(&mut tape, &wide).unwrap();
+    let loss = ops::add(&mut tape, &small, &big).unwrap();
+    drop(wide);
+    let grads = tape.backward(&loss).unwrap();
+    drop(grads);
+    let notes = peaks.take();
+    let labels: Vec<&str> = notes.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["big", "small"]);
+    let (big_peak, small_peak) = (notes[0].1, notes[1].1);
+    assert!(big_peak >= 10 * 8000, "the concat's gradient: {big_peak}");
+    // x, its gradient, and the scale's output and input gradients with their sum.
+    assert!(small_peak < 6 * 8000, "{small_peak}");
+    assert!(big_peak > 2 * small_peak);
+    assert!(peaks.take().is_empty(), "take clears the notes");
+
+    let mut plain = Tape::recording();
+    plain.mark(|| panic!("no watcher: the label is not made"));
+}

@@ -360,10 +360,16 @@ impl BudgetModel {
     /// Every unit in order with its options: the stem, each block's layers (Naive, Bottleneck,
     /// Layer), its transition, ..., the head.
     fn units(&self) -> Vec<Vec<Choice>> {
-        let mut units = vec![vec![self.glue.stem]];
+        self.labelled_units().into_iter().map(|(_, u)| u).collect()
+    }
+
+    /// [`BudgetModel::units`] with each unit's label ([`super::unit_label`], `stem`, `head`).
+    fn labelled_units(&self) -> Vec<(String, Vec<Choice>)> {
+        let mut units = vec![("stem".to_string(), vec![self.glue.stem])];
         for (i, block) in self.layers.iter().enumerate() {
-            for c in block {
-                units.push(
+            for (l, c) in block.iter().enumerate() {
+                units.push((
+                    super::unit_label(i, Some(l)),
                     (0..3)
                         .map(|m| Choice {
                             stored: c.stored[m],
@@ -371,19 +377,29 @@ impl BudgetModel {
                             cost: c.flops[m],
                         })
                         .collect(),
-                );
+                ));
             }
             if let Some(t) = self.glue.transitions.get(i) {
-                units.push(vec![*t]);
+                units.push((super::unit_label(i, None), vec![*t]));
             }
         }
-        units.push(vec![self.glue.head]);
+        units.push(("head".to_string(), vec![self.glue.head]));
         units
     }
 
     /// Predicted peak bytes with each dense layer in the mode `modes` gives (per block, per
     /// layer); an error if `modes` does not match the blocks.
     pub fn predict(&self, modes: &[Vec<DenseLayerMode>]) -> Result<u64> {
+        let peaks = self.unit_peaks(modes)?;
+        Ok(peaks.iter().map(|(_, p)| *p).max().unwrap_or(self.fixed))
+    }
+
+    /// The predicted peak bytes of each unit's backward (the stem, every dense layer in the mode
+    /// `modes` gives, every transition, the head), in forward order, labelled as the model's
+    /// backward-peak marks label them (see [`tape::Tape::mark`]): `fixed`, what the unit and
+    /// everything before it keep, and the unit's transient bytes. The peak of the step is the
+    /// largest.
+    pub fn unit_peaks(&self, modes: &[Vec<DenseLayerMode>]) -> Result<Vec<(String, u64)>> {
         let (layers, modes_len) = (&self.layers, modes.iter().map(Vec::len));
         if modes.len() != layers.len() || modes_len.zip(layers).any(|(m, c)| m != c.len()) {
             return Err(DenseNetError::Config(format!(
@@ -396,17 +412,18 @@ impl BudgetModel {
             .iter()
             .flatten()
             .map(|mode| MODES.iter().position(|x| x == mode).unwrap_or(2));
-        let (mut kept, mut peak) = (0u64, 0u64);
-        for unit in self.units() {
+        let mut kept = 0u64;
+        let mut out = Vec::new();
+        for (label, unit) in self.labelled_units() {
             let c = if unit.len() == 1 {
                 unit[0]
             } else {
                 unit[picks.next().unwrap_or(2)]
             };
             kept += c.stored;
-            peak = peak.max(kept + c.transient);
+            out.push((label, self.fixed + kept + c.transient));
         }
-        Ok(self.fixed + peak)
+        Ok(out)
     }
 }
 

@@ -47,6 +47,8 @@ pub struct DenseNet {
     /// The last budget plan, by (input shape, budget, bytes held): planning is exact but not
     /// free, and a training loop asks for the same plan every step.
     plan_cache: Mutex<Option<(PlanKey, LayerModes)>>,
+    /// The plan [`Memory::Plan`] runs ([`DenseNet::with_plan`]).
+    plan: Option<LayerModes>,
 }
 
 tape::module!(DenseNet {
@@ -57,6 +59,15 @@ tape::module!(DenseNet {
     "features.norm5" => norm_final,
     "classifier" => classifier,
 });
+
+/// The name of a unit of the network in backward-peak notes and the budget model's per-unit
+/// predictions: layer `l` of block `b` (0-based), or with `None` the transition after block `b`.
+pub fn unit_label(b: usize, l: Option<usize>) -> String {
+    match l {
+        Some(l) => format!("features.denseblock{}.denselayer{}", b + 1, l + 1),
+        None => format!("features.transition{}", b + 1),
+    }
+}
 
 /// Modes of every dense layer, per block.
 type LayerModes = Vec<Vec<DenseLayerMode>>;
@@ -118,6 +129,7 @@ impl DenseNet {
             norm_final,
             classifier,
             plan_cache: Mutex::new(None),
+            plan: None,
         };
         nn::name_parameters(&mut model);
         Ok(model)
@@ -147,6 +159,22 @@ impl DenseNet {
     pub fn with_memory(mut self, memory: Memory) -> Self {
         self.memory = memory;
         self
+    }
+
+    /// The model running `plan` (the mode of each dense layer, per block) in [`Memory::Plan`]:
+    /// transitions and head recomputed, as a budget's plan runs. A plan that does not match the
+    /// blocks is a [`DenseNetError::Config`].
+    pub fn with_plan(mut self, plan: Vec<Vec<DenseLayerMode>>) -> Result<Self> {
+        let blocks: Vec<usize> = self.blocks.iter().map(|b| b.layers.len()).collect();
+        if plan.iter().map(Vec::len).collect::<Vec<_>>() != blocks {
+            return Err(DenseNetError::Config(format!(
+                "a plan for blocks of {:?} layers, the model has blocks of {blocks:?}",
+                plan.iter().map(Vec::len).collect::<Vec<_>>()
+            )));
+        }
+        self.plan = Some(plan);
+        self.memory = Memory::Plan;
+        Ok(self)
     }
 
     /// The memory mode (naive unless set).
@@ -205,6 +233,9 @@ impl DenseNet {
                 *cache = Some((key, modes.clone()));
                 Ok(modes)
             }
+            Memory::Plan => self.plan.clone().ok_or_else(|| {
+                DenseNetError::Config("Memory::Plan needs a plan: DenseNet::with_plan".into())
+            }),
         }
     }
 
@@ -225,6 +256,9 @@ impl DenseNet {
         let recompute_glue = !matches!(self.memory, Memory::Naive | Memory::RecomputeBottleneck);
         let fused = self.memory != Memory::Naive;
 
+        // Marks name each unit's stretch of backward for `Tape::watch_backward_peaks`
+        // (the budget model predicts each: `BudgetModel::unit_peaks`).
+        tape.mark(|| "stem".into());
         let mut feat = self.conv0.forward(tape, x)?;
         if let Some(norm0) = &self.norm0 {
             let h = norm0.forward_relu(tape, &feat)?;
@@ -244,12 +278,14 @@ impl DenseNet {
         let last = self.blocks.len() - 1;
         let mut pooled = None;
         for (b, block) in self.blocks.iter().enumerate() {
-            for (layer, &mode) in block.layers.iter().zip(&modes[b]) {
+            for (l, (layer, &mode)) in block.layers.iter().zip(&modes[b]).enumerate() {
+                tape.mark(|| unit_label(b, Some(l)));
                 let c = features.channels();
                 let y = layer.forward(tape, &features, c, mode)?;
                 features.append(tape, &y)?;
             }
             if b < last {
+                tape.mark(|| unit_label(b, None));
                 let t = &self.transitions[b];
                 let [n, _, h, w] = features.dims();
                 let c_next = t.conv.weight.tensor().shape()[0];
@@ -263,6 +299,7 @@ impl DenseNet {
                 next.append(tape, &out)?;
                 features = next;
             } else {
+                tape.mark(|| "head".into());
                 pooled = Some(self.head_features(tape, &features, recompute_glue, fused)?);
             }
         }

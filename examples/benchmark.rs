@@ -13,7 +13,8 @@ use clap::Parser;
 use densenet::{DenseNetConfig, Memory};
 use densenet_suite::densenet_bench::{measure_training_step, profile_training_step};
 use harness::{
-    fitted_exponent, open_device, print_case, print_header, print_profile, svg_chart, CaseResult,
+    fitted_exponent, open_device_with, print_case, print_header, print_profile, svg_chart,
+    CaseResult,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,14 @@ struct Args {
     /// On a GPU, allow TF32 tensor-core math (default: strict fp32).
     #[arg(long)]
     tf32: bool,
+    /// On a GPU, choose convolution algorithms by measuring them (cuDNN's Find, once per shape)
+    /// instead of cuDNN's heuristics.
+    #[arg(long)]
+    cudnn_find: bool,
+    /// On a GPU, give all convolutions one workspace kept for the run (charged once) instead of
+    /// one per call.
+    #[arg(long)]
+    persistent_workspace: bool,
     /// Batch size of the main table.
     #[arg(long)]
     batch: Option<usize>,
@@ -153,10 +162,16 @@ impl Table<'_> {
 
 fn run(args: &Args) -> Result<(), String> {
     // Opened once up front so a missing GPU or library fails before any work.
-    let probe = open_device(&args.device, args.tf32)?;
+    let options = tape::CudaOptions {
+        tf32: args.tf32,
+        measure_conv_algorithms: args.cudnn_find,
+        persistent_workspace: args.persistent_workspace,
+        ..tape::CudaOptions::default()
+    };
+    let probe = open_device_with(&args.device, options)?;
     let gpu = probe.is_cuda();
     drop(probe);
-    let device = || open_device(&args.device, args.tf32);
+    let device = || open_device_with(&args.device, options);
     let batch = args.batch.unwrap_or(if args.quick { 8 } else { 64 });
     let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
     let modes: Vec<Mode> = args

@@ -13,7 +13,9 @@
 #            skips); a failing binary is rerun with --test-threads 1 to attribute the first fault
 #   bench:*  the benchmark on the GPU in three separately capped runs: main (DenseNet-BC-100,
 #            batch 64, every mode), imagenet (DenseNet-121, 224px, batch 64), sweep (BC k=12 at
-#            depths 40/100/190/250, batch 64)
+#            depths 40/100/190/250, batch 64), and find (the main table's naive and layer rows
+#            with convolution algorithms measured by cuDNN's Find and one persistent workspace;
+#            its rows stay in ours_find.jsonl)
 #   torch    PyTorch on the same cases in the same run (naive and torch.utils.checkpoint, fp32,
 #            TF32 off), if a python with CUDA-enabled torch is found (TORCH_PYTHON overrides)
 #   compare  one table, ours vs PyTorch, and a one-line verdict per target
@@ -130,7 +132,8 @@ bench() { # NAME CAP ARGS...
   echo "===== bench $name: $*" >>"$WORK/bench.log"
   timeout "$cap" "$BIN/benchmark" --device cuda --json "$@" >"$WORK/ours_$name.jsonl" 2>>"$WORK/bench.log"
   local rc=$?
-  cat "$WORK/ours_$name.jsonl" >>"$WORK/ours.jsonl"
+  # Variants of the main table (other CUDA options) stay in their own file.
+  case "$name" in find*) ;; *) cat "$WORK/ours_$name.jsonl" >>"$WORK/ours.jsonl" ;; esac
   if [ $rc -eq 0 ]; then
     stage "bench:$name" ok "$(grep -c '"model"' "$WORK/ours_$name.jsonl") cases"
   else
@@ -140,6 +143,8 @@ bench() { # NAME CAP ARGS...
 bench main 70 --batch 64 --iters 5 --no-sweep
 bench imagenet 60 --batch 64 --iters 3 --no-main --no-sweep --imagenet --imagenet-batch 64
 bench sweep 60 --no-main --depths 40,100,190,250 --sweep-batch 64 --iters 3 --svg "$WORK/memory_vs_depth.svg"
+# Convolution algorithms measured by cuDNN's Find, one persistent workspace (issue: conv choice).
+bench find 45 --batch 64 --iters 5 --no-sweep --modes naive,layer --cudnn-find --persistent-workspace
 
 # --- PyTorch reference ---------------------------------------------------------------------------
 py=""

@@ -12,6 +12,8 @@ mod stats;
 mod svg;
 
 pub use measure::{measure_steps, Measurement};
-pub use report::{open_device, print_case, print_front, print_header, print_profile, CaseResult};
+pub use report::{
+    open_device, open_device_with, print_case, print_front, print_header, print_profile, CaseResult,
+};
 pub use stats::{fitted_exponent, median};
 pub use svg::svg_chart;

@@ -136,6 +136,15 @@ pub fn print_front(model: &str, front: &[FrontPoint], json: bool) {
 /// `cuda` or `cuda:N` (a build with the `cuda` feature and an NVIDIA GPU); `tf32` allows
 /// TF32 tensor-core math on the GPU (strict fp32 otherwise).
 pub fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
+    let options = tape::CudaOptions {
+        tf32,
+        ..tape::CudaOptions::default()
+    };
+    open_device_with(spec, options)
+}
+
+/// [`open_device`] with every CUDA option given (ignored for `cpu`).
+pub fn open_device_with(spec: &str, options: tape::CudaOptions) -> Result<Device, String> {
     if spec == "cpu" {
         return Ok(Device::cpu());
     }
@@ -145,10 +154,6 @@ pub fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
             .strip_prefix("cuda:")
             .and_then(|o| o.parse::<usize>().ok())
             .ok_or_else(|| format!("unknown device '{s}': use cpu, cuda or cuda:N"))?,
-    };
-    let options = tape::CudaOptions {
-        tf32,
-        ..tape::CudaOptions::default()
     };
     Device::cuda_with(ordinal, options).map_err(|e| e.to_string())
 }

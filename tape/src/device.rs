@@ -38,6 +38,16 @@ pub struct CudaOptions {
     /// chosen (the smallest-workspace one if none fits). Workspaces count in the device's memory
     /// accounting while they live.
     pub workspace_limit_bytes: usize,
+    /// Choose each convolution direction's algorithm by running them (cuDNN's `Find`, once per
+    /// shape, on the call's own buffers with a workspace of `workspace_limit_bytes`, cached)
+    /// rather than by cuDNN's heuristics: the fastest measured algorithm within the limit.
+    /// Off by default.
+    pub measure_conv_algorithms: bool,
+    /// Give every convolution the same workspace, kept for the device's lifetime and grown to
+    /// the largest any chosen algorithm asked for (at most `workspace_limit_bytes` unless no
+    /// algorithm fits it), and charged to the accounting once, instead of allocating one per
+    /// call. Off by default.
+    pub persistent_workspace: bool,
 }
 
 impl Default for CudaOptions {
@@ -45,6 +55,8 @@ impl Default for CudaOptions {
         CudaOptions {
             tf32: false,
             workspace_limit_bytes: DEFAULT_WORKSPACE_LIMIT,
+            measure_conv_algorithms: false,
+            persistent_workspace: false,
         }
     }
 }

@@ -701,4 +701,66 @@ mod on_gpu {
         let e = rel(&b, &a);
         assert!(e <= 2e-2, "TF32 conv differs by {e:e}");
     }
+
+    /// Algorithms measured with cuDNN's `Find` and one persistent workspace: the same results as
+    /// the CPU (strict fp32 and f64), the workspace charged once and kept (a second pass over
+    /// the same shapes allocates no workspace and leaves the accounting where the first left
+    /// it).
+    #[test]
+    fn conv2d_measured_algorithms_and_persistent_workspace() {
+        let Some(dev) = gpu_with(CudaOptions {
+            measure_conv_algorithms: true,
+            persistent_workspace: true,
+            ..CudaOptions::default()
+        }) else {
+            return;
+        };
+        let cases = [
+            ([4, 16, 12, 12], [8, 16, 3, 3], 1, 1),
+            ([2, 8, 9, 9], [16, 8, 1, 1], 1, 0),
+            ([2, 3, 19, 19], [6, 3, 7, 7], 2, 3),
+        ];
+        for dtype in DTYPES {
+            for (i, &(xs, ws, stride, padding)) in cases.iter().enumerate() {
+                let inputs = [
+                    randn(&xs, dtype, 10 * i as u64 + 1),
+                    randn(&ws, dtype, 10 * i as u64 + 2),
+                ];
+                let opts = Conv2dOptions { stride, padding };
+                let f = move |t: &mut Tape, x: &[Tensor]| ops::conv2d(t, &x[0], &x[1], None, opts);
+                let what = format!("measured conv2d x{xs:?} w{ws:?} {dtype:?}");
+                compare(&dev, &what, &inputs, &[true, true], training(), &f);
+            }
+        }
+        // Every shape is planned and the shared workspace is as large as it gets: another pass
+        // holds nothing more once it is done.
+        let held = dev.memory().current();
+        let x = randn(&cases[0].0, DType::F32, 1).to_device(&dev).unwrap();
+        let w = randn(&cases[0].1, DType::F32, 2)
+            .to_device(&dev)
+            .unwrap()
+            .with_requires_grad(true);
+        let mut tape = Tape::recording();
+        let y = ops::conv2d(
+            &mut tape,
+            &x,
+            &w,
+            None,
+            Conv2dOptions {
+                stride: 1,
+                padding: 1,
+            },
+        )
+        .unwrap();
+        let loss = ops::sum(&mut tape, &y).unwrap();
+        drop(y);
+        drop(tape.backward(&loss).unwrap());
+        drop((loss, x, w));
+        dev.synchronize().unwrap();
+        assert_eq!(
+            dev.memory().current(),
+            held,
+            "the persistent workspace stays as it was"
+        );
+    }
 }

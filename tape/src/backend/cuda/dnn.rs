@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 use cudarc::cudnn::{result, sys};
 use cudarc::driver::CudaStream;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ffi::c_void;
+use std::sync::{Arc, OnceLock};
 
 /// cuDNN's data type of a dtype.
 pub(crate) fn data_type(dtype: DType) -> sys::cudnnDataType_t {
@@ -182,9 +183,196 @@ pub(crate) struct ConvPlan {
     pub(crate) fwd: Choice<sys::cudnnConvolutionFwdAlgo_t>,
     pub(crate) bwd_data: Choice<sys::cudnnConvolutionBwdDataAlgo_t>,
     pub(crate) bwd_filter: Choice<sys::cudnnConvolutionBwdFilterAlgo_t>,
+    /// Each direction's algorithm as cuDNN's `Find` measured it, once asked for
+    /// ([`crate::CudaOptions::measure_conv_algorithms`]).
+    found_fwd: OnceLock<Choice<sys::cudnnConvolutionFwdAlgo_t>>,
+    found_bwd_data: OnceLock<Choice<sys::cudnnConvolutionBwdDataAlgo_t>>,
+    found_bwd_filter: OnceLock<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>>,
+}
+
+/// The buffers of one convolution call, for cuDNN's `Find` to run the algorithms on: the two
+/// operands (x and w forward, w and dy backward-data, x and dy backward-filter), the output it
+/// may overwrite (every call writes it with beta = 0 right after) and a workspace of the limit.
+pub(crate) struct FindArgs {
+    pub(crate) a: *const c_void,
+    pub(crate) b: *const c_void,
+    pub(crate) out: *mut c_void,
+    pub(crate) ws: *mut c_void,
+    pub(crate) ws_bytes: usize,
+}
+
+/// What a `Find` call needs besides the buffers: the handle, the workspace limit and whether
+/// math must be strict fp32.
+#[derive(Clone, Copy)]
+pub(crate) struct FindContext {
+    pub(crate) handle: sys::cudnnHandle_t,
+    pub(crate) limit: usize,
+    pub(crate) strict: bool,
+}
+
+impl FindContext {
+    fn math(&self) -> sys::cudnnMathType_t {
+        if self.strict {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        } else {
+            sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+        }
+    }
+
+    /// The fastest usable measured candidate within the limit, as a [`Choice`].
+    fn choose<A: Copy>(&self, cands: &[Candidate<A>], dir: &str) -> Result<Choice<A>> {
+        let (algo, workspace, m) = pick(cands, self.limit, self.strict).ok_or_else(|| {
+            Error::Backend(format!("cuDNN Find: no usable {dir} convolution algorithm"))
+        })?;
+        let math = if self.strict {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        } else {
+            m
+        };
+        Ok(Choice {
+            algo,
+            math,
+            workspace,
+        })
+    }
 }
 
 impl ConvPlan {
+    /// The forward algorithm cuDNN's `Find` measures fastest on these buffers (run once per
+    /// plan, then cached).
+    pub(crate) fn find_fwd(
+        &self,
+        cx: FindContext,
+        a: &FindArgs,
+    ) -> Result<Choice<sys::cudnnConvolutionFwdAlgo_t>> {
+        if let Some(c) = self.found_fwd.get() {
+            return Ok(*c);
+        }
+        self.set_math(cx.math())?;
+        let requested = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as i32;
+        // SAFETY: an all-zero perf struct is a valid value; the array holds `requested` entries.
+        let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
+            vec![unsafe { std::mem::zeroed() }; requested as usize];
+        let mut returned = 0i32;
+        // SAFETY: the descriptors are alive and match the buffers of `a` (made from the same
+        // shapes); the workspace holds `a.ws_bytes`; the handle is locked by the caller.
+        unsafe {
+            sys::cudnnFindConvolutionForwardAlgorithmEx(
+                cx.handle,
+                self.x.0,
+                a.a,
+                self.w.0,
+                a.b,
+                self.conv.0,
+                self.y.0,
+                a.out,
+                requested,
+                &mut returned,
+                perf.as_mut_ptr(),
+                a.ws,
+                a.ws_bytes,
+            )
+        }
+        .result()
+        .map_err(|e| cudnn_err("cudnnFindConvolutionForwardAlgorithmEx", e))?;
+        let cands: Vec<_> = perf[..returned.clamp(0, requested) as usize]
+            .iter()
+            .map(|p| (p.algo, p.status, p.memory, p.mathType))
+            .collect();
+        let c = cx.choose(&cands, "forward")?;
+        Ok(*self.found_fwd.get_or_init(|| c))
+    }
+
+    /// The backward-data algorithm cuDNN's `Find` measures fastest (`a`: w, `b`: dy, `out`:
+    /// dx), run once per plan.
+    pub(crate) fn find_bwd_data(
+        &self,
+        cx: FindContext,
+        a: &FindArgs,
+    ) -> Result<Choice<sys::cudnnConvolutionBwdDataAlgo_t>> {
+        if let Some(c) = self.found_bwd_data.get() {
+            return Ok(*c);
+        }
+        self.set_math(cx.math())?;
+        let requested =
+            sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as i32;
+        // SAFETY: as in `find_fwd`.
+        let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
+            vec![unsafe { std::mem::zeroed() }; requested as usize];
+        let mut returned = 0i32;
+        // SAFETY: as in `find_fwd`.
+        unsafe {
+            sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                cx.handle,
+                self.w.0,
+                a.a,
+                self.y.0,
+                a.b,
+                self.conv.0,
+                self.x.0,
+                a.out,
+                requested,
+                &mut returned,
+                perf.as_mut_ptr(),
+                a.ws,
+                a.ws_bytes,
+            )
+        }
+        .result()
+        .map_err(|e| cudnn_err("cudnnFindConvolutionBackwardDataAlgorithmEx", e))?;
+        let cands: Vec<_> = perf[..returned.clamp(0, requested) as usize]
+            .iter()
+            .map(|p| (p.algo, p.status, p.memory, p.mathType))
+            .collect();
+        let c = cx.choose(&cands, "backward-data")?;
+        Ok(*self.found_bwd_data.get_or_init(|| c))
+    }
+
+    /// The backward-filter algorithm cuDNN's `Find` measures fastest (`a`: x, `b`: dy, `out`:
+    /// dw), run once per plan.
+    pub(crate) fn find_bwd_filter(
+        &self,
+        cx: FindContext,
+        a: &FindArgs,
+    ) -> Result<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>> {
+        if let Some(c) = self.found_bwd_filter.get() {
+            return Ok(*c);
+        }
+        self.set_math(cx.math())?;
+        let requested =
+            sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT as i32;
+        // SAFETY: as in `find_fwd`.
+        let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
+            vec![unsafe { std::mem::zeroed() }; requested as usize];
+        let mut returned = 0i32;
+        // SAFETY: as in `find_fwd`.
+        unsafe {
+            sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                cx.handle,
+                self.x.0,
+                a.a,
+                self.y.0,
+                a.b,
+                self.conv.0,
+                self.w.0,
+                a.out,
+                requested,
+                &mut returned,
+                perf.as_mut_ptr(),
+                a.ws,
+                a.ws_bytes,
+            )
+        }
+        .result()
+        .map_err(|e| cudnn_err("cudnnFindConvolutionBackwardFilterAlgorithmEx", e))?;
+        let cands: Vec<_> = perf[..returned.clamp(0, requested) as usize]
+            .iter()
+            .map(|p| (p.algo, p.status, p.memory, p.mathType))
+            .collect();
+        let c = cx.choose(&cands, "backward-filter")?;
+        Ok(*self.found_bwd_filter.get_or_init(|| c))
+    }
+
     /// Sets the math type a direction was chosen with on the convolution descriptor (it differs
     /// between directions only with TF32 allowed). Call with the `Dnn` lock held.
     pub(crate) fn set_math(&self, math: sys::cudnnMathType_t) -> Result<()> {
@@ -550,6 +738,9 @@ impl Dnn {
             fwd,
             bwd_data,
             bwd_filter,
+            found_fwd: OnceLock::new(),
+            found_bwd_data: OnceLock::new(),
+            found_bwd_filter: OnceLock::new(),
         })
     }
 }

@@ -18,7 +18,7 @@ mod error;
 mod kernels;
 mod tensor;
 
-pub(crate) use dnn::{ConvKey, Dnn, TensorDesc};
+pub(crate) use dnn::{ConvKey, Dnn, FindArgs, FindContext, TensorDesc};
 pub(crate) use elem::{CudaData, CudaElem};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
 pub(crate) use kernels::{grid, multi_grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};
@@ -77,11 +77,31 @@ impl fmt::Debug for Backend {
     }
 }
 
-/// What a CUDA [`Device`] holds: the shared backend and this handle's options.
+/// What a CUDA [`Device`] holds: the shared backend, this handle's options and, with
+/// [`CudaOptions::persistent_workspace`], its convolutions' shared workspace.
 #[derive(Clone, Debug)]
 pub(crate) struct CudaHandle {
     pub(crate) backend: Arc<Backend>,
     pub(crate) options: CudaOptions,
+    pub(crate) shared_workspace: SharedWorkspace,
+}
+
+/// The one workspace every convolution of a device handle uses under
+/// [`CudaOptions::persistent_workspace`]: grown on demand, kept (and charged to the handle's
+/// accounting) for the handle's lifetime. Safe to reuse between calls: all of a GPU's work runs
+/// on one stream, in order.
+#[derive(Clone, Default)]
+pub(crate) struct SharedWorkspace(Arc<Mutex<Option<Scratch<u8>>>>);
+
+impl fmt::Debug for SharedWorkspace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self
+            .0
+            .lock()
+            .map(|w| w.as_ref().map_or(0, |s| s.buf.len()))
+            .unwrap_or(0);
+        write!(f, "SharedWorkspace({len} bytes)")
+    }
 }
 
 impl CudaHandle {
@@ -121,7 +141,11 @@ impl CudaHandle {
 pub(crate) fn open(ordinal: usize, options: CudaOptions) -> Result<CudaHandle> {
     let backend = Backend::get(ordinal)?;
     backend.bind()?;
-    Ok(CudaHandle { backend, options })
+    Ok(CudaHandle {
+        backend,
+        options,
+        shared_workspace: SharedWorkspace::default(),
+    })
 }
 
 /// The backends opened so far, and the failed attempts (an initialisation that failed once,
@@ -440,12 +464,60 @@ pub(crate) fn scratch<T: DeviceRepr>(device: &Device, len: usize) -> Result<Scra
     })
 }
 
-/// A cuDNN workspace of `bytes` (none for zero): its address and size for the call.
-pub(crate) fn workspace(device: &Device, bytes: usize) -> Result<Option<Scratch<u8>>> {
-    if bytes == 0 {
-        return Ok(None);
+/// A convolution's workspace for one call: none, its own, or the device handle's shared one
+/// (held locked for the call).
+pub(crate) enum Workspace<'a> {
+    /// No workspace (zero bytes).
+    None,
+    /// Allocated for this call, freed after it.
+    Owned(Scratch<u8>),
+    /// The handle's persistent workspace ([`CudaOptions::persistent_workspace`]).
+    Shared(std::sync::MutexGuard<'a, Option<Scratch<u8>>>),
+}
+
+impl Workspace<'_> {
+    /// The address and size to pass to cuDNN.
+    pub(crate) fn ptr(&mut self, be: &Backend) -> (*mut std::ffi::c_void, usize) {
+        let scratch = match self {
+            Workspace::None => None,
+            Workspace::Owned(s) => Some(s),
+            Workspace::Shared(g) => g.as_mut(),
+        };
+        match scratch {
+            Some(w) => {
+                let len = w.buf.len();
+                (mptr(be, &mut w.buf), len)
+            }
+            None => (std::ptr::null_mut(), 0),
+        }
     }
-    scratch::<u8>(device, bytes).map(Some)
+}
+
+/// A workspace of at least `bytes` for one convolution call on `device`: the handle's shared
+/// one (grown to `bytes` if smaller) under [`CudaOptions::persistent_workspace`], else one of its
+/// own.
+pub(crate) fn conv_workspace<'a>(
+    cu: &'a CudaHandle,
+    device: &Device,
+    bytes: usize,
+) -> Result<Workspace<'a>> {
+    if bytes == 0 {
+        return Ok(Workspace::None);
+    }
+    if !cu.options.persistent_workspace {
+        return scratch::<u8>(device, bytes).map(Workspace::Owned);
+    }
+    let mut guard = cu
+        .shared_workspace
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if guard.as_ref().is_none_or(|w| w.buf.len() < bytes) {
+        // Free the smaller one first so the two are never charged at once.
+        *guard = None;
+        *guard = Some(scratch::<u8>(device, bytes)?);
+    }
+    Ok(Workspace::Shared(guard))
 }
 
 /// Class indices (labels) on a GPU, as `i32`, charged to the device while they live.
@@ -504,15 +576,4 @@ pub(crate) fn cptr<T>(be: &Backend, s: &CudaSlice<T>) -> *const std::ffi::c_void
 /// A device address as the `void*` raw cuDNN / cuBLAS calls write through.
 pub(crate) fn mptr<T>(be: &Backend, s: &mut CudaSlice<T>) -> *mut std::ffi::c_void {
     be.ptr(&*s) as *mut std::ffi::c_void
-}
-
-/// The address and size of an optional workspace (null and 0 for none).
-pub(crate) fn ws_ptr(be: &Backend, ws: &mut Option<Scratch<u8>>) -> (*mut std::ffi::c_void, usize) {
-    match ws {
-        Some(w) => {
-            let len = w.buf.len();
-            (mptr(be, &mut w.buf), len)
-        }
-        None => (std::ptr::null_mut(), 0),
-    }
 }

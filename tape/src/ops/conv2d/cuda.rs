@@ -1,12 +1,16 @@
 //! CUDA path of `conv2d`: cuDNN forward, backward-data and backward-filter convolutions with the
-//! algorithm of each direction chosen once per shape (cuDNN's heuristics, within the device's
-//! workspace limit; strict fp32 FMA math unless TF32 was allowed), the bias added and its
-//! gradient taken by cuDNN. Each workspace is charged to the device while the call holds it.
+//! algorithm of each direction chosen once per shape (cuDNN's heuristics, or with
+//! `CudaOptions::measure_conv_algorithms` cuDNN's `Find` run on the first call's buffers; within
+//! the device's workspace limit; strict fp32 FMA math unless TF32 was allowed), the bias added
+//! and its gradient taken by cuDNN. Each workspace is charged to the device while the call holds
+//! it, or once for the device's lifetime with `CudaOptions::persistent_workspace`.
 
 use super::{Conv2dGrads, Conv2dKernels, Geometry, OP};
 use crate::backend::cuda::{
-    cptr, cudnn_err, mptr, workspace, ws_ptr, ConvKey, CudaElem, CudaHandle, CudaKernels,
+    conv_workspace, cptr, cudnn_err, mptr, ConvKey, CudaElem, CudaHandle, CudaKernels, FindArgs,
+    FindContext,
 };
+use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
@@ -27,6 +31,38 @@ fn key(cu: &CudaHandle, geo: &Geometry, dtype: crate::DType) -> ConvKey {
         tf32: cu.options.tf32,
         workspace_limit: cu.options.workspace_limit_bytes,
     }
+}
+
+/// Measures a direction's algorithms with cuDNN's `Find` when the device asks for it
+/// (`measure_conv_algorithms`), on the call's operands `a`, `b` and output `out`, with a
+/// workspace of the limit held for the search only; `None` otherwise (the plan's heuristic
+/// choice stands).
+fn measured<C>(
+    cu: &CudaHandle,
+    dev: &Device,
+    handle: sys::cudnnHandle_t,
+    (a, b, out): (*const c_void, *const c_void, *mut c_void),
+    find: impl FnOnce(FindContext, &FindArgs) -> Result<C>,
+) -> Result<Option<C>> {
+    if !cu.options.measure_conv_algorithms {
+        return Ok(None);
+    }
+    let limit = cu.options.workspace_limit_bytes;
+    let mut ws = conv_workspace(cu, dev, limit)?;
+    let (wsp, wss) = ws.ptr(&cu.backend);
+    let cx = FindContext {
+        handle,
+        limit,
+        strict: !cu.options.tf32,
+    };
+    let args = FindArgs {
+        a,
+        b,
+        out,
+        ws: wsp,
+        ws_bytes: wss,
+    };
+    find(cx, &args).map(Some)
 }
 
 /// Whether cuDNN can take the shapes (it rejects empty dimensions).
@@ -90,14 +126,18 @@ fn forward_t<T: CudaElem>(
     be.bind()?;
     let mut dnn = be.dnn();
     let plan = dnn.conv(key(cu, geo, T::DTYPE))?;
-    let mut ws = workspace(dev, plan.fwd.workspace)?;
-    let (wsp, wss) = ws_ptr(be, &mut ws);
-    plan.set_math(plan.fwd.math)?;
     let (xp, wp) = (
         cptr(be, x.cuda_slice::<T>()?),
         cptr(be, weight.cuda_slice::<T>()?),
     );
     let yp = mptr(be, out.cuda_slice_mut::<T>()?);
+    let choice = measured(cu, dev, dnn.handle, (xp, wp, yp), |cx, a| {
+        plan.find_fwd(cx, a)
+    })?
+    .unwrap_or(plan.fwd);
+    let mut ws = conv_workspace(cu, dev, choice.workspace)?;
+    let (wsp, wss) = ws.ptr(be);
+    plan.set_math(choice.math)?;
     // SAFETY: the plan's descriptors were made from these shapes; the workspace has the size
     // the chosen algorithm asked for; the handle is locked; y is written with beta = 0.
     unsafe {
@@ -109,7 +149,7 @@ fn forward_t<T: CudaElem>(
             plan.w.0,
             wp,
             plan.conv.0,
-            plan.fwd.algo,
+            choice.algo,
             wsp,
             wss,
             void(&zero),
@@ -193,11 +233,15 @@ fn backward_t<T: CudaElem>(
     let gx = match w {
         Some(w) => {
             let mut gx = Tensor::cuda_uninit::<T>(&xshape, dev)?;
-            let mut ws = workspace(dev, plan.bwd_data.workspace)?;
-            let (wsp, wss) = ws_ptr(be, &mut ws);
-            plan.set_math(plan.bwd_data.math)?;
             let wp = cptr(be, w.cuda_slice::<T>()?);
             let dxp = mptr(be, gx.cuda_slice_mut::<T>()?);
+            let choice = measured(cu, dev, dnn.handle, (wp, gp, dxp), |cx, a| {
+                plan.find_bwd_data(cx, a)
+            })?
+            .unwrap_or(plan.bwd_data);
+            let mut ws = conv_workspace(cu, dev, choice.workspace)?;
+            let (wsp, wss) = ws.ptr(be);
+            plan.set_math(choice.math)?;
             // SAFETY: as in `forward_t`; dx is written with beta = 0.
             unsafe {
                 sys::cudnnConvolutionBackwardData(
@@ -208,7 +252,7 @@ fn backward_t<T: CudaElem>(
                     plan.y.0,
                     gp,
                     plan.conv.0,
-                    plan.bwd_data.algo,
+                    choice.algo,
                     wsp,
                     wss,
                     void(&zero),
@@ -225,11 +269,15 @@ fn backward_t<T: CudaElem>(
     let gw = match x {
         Some(x) => {
             let mut gw = Tensor::cuda_uninit::<T>(&wshape, dev)?;
-            let mut ws = workspace(dev, plan.bwd_filter.workspace)?;
-            let (wsp, wss) = ws_ptr(be, &mut ws);
-            plan.set_math(plan.bwd_filter.math)?;
             let xp = cptr(be, x.cuda_slice::<T>()?);
             let dwp = mptr(be, gw.cuda_slice_mut::<T>()?);
+            let choice = measured(cu, dev, dnn.handle, (xp, gp, dwp), |cx, a| {
+                plan.find_bwd_filter(cx, a)
+            })?
+            .unwrap_or(plan.bwd_filter);
+            let mut ws = conv_workspace(cu, dev, choice.workspace)?;
+            let (wsp, wss) = ws.ptr(be);
+            plan.set_math(choice.math)?;
             // SAFETY: as in `forward_t`; dw is written with beta = 0.
             unsafe {
                 sys::cudnnConvolutionBackwardFilter(
@@ -240,7 +288,7 @@ fn backward_t<T: CudaElem>(
                     plan.y.0,
                     gp,
                     plan.conv.0,
-                    plan.bwd_filter.algo,
+                    choice.algo,
                     wsp,
                     wss,
                     void(&zero),

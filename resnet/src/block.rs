@@ -167,6 +167,9 @@ impl Bottleneck {
 }
 
 /// One residual block of either kind.
+// A model holds at most a few dozen blocks, built once: the unboxed variants' size difference
+// (a few hundred bytes of module headers) costs nothing worth an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Block {
     /// ResNet-18/34's.

@@ -270,7 +270,7 @@ impl<'m> Runner<'m> {
     /// cached in the model per input shape and bytes held (so that the plans a budget runner
     /// makes for the same step are the plans of this model).
     pub fn chain_model(&self, x: &Tensor) -> Result<ChainModel> {
-        Ok(self.cached(x, |c| c.chain.clone())?)
+        self.cached(x, |c| c.chain.clone())
     }
 
     /// Runs `f` on the cache entry for `x` now, profiling the chain first if there is none.

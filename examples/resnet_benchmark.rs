@@ -1,0 +1,124 @@
+//! ResNet naive vs memory-efficient: peak bytes (the engine's accounting, process peak RSS
+//! beside it), median seconds per training step (forward + backward + SGD) and the step's work
+//! counts, for every block recorded (naive), every block checkpointed (per-block) and the
+//! planner's plan for a budget halfway between those two measured peaks; then the planner's
+//! memory-vs-recompute front for the same step.
+//!
+//! `cargo run --release --example resnet_benchmark` (ResNet-18, CIFAR stem, 32x32, batch 64, CPU);
+//! `-- --quick` finishes in about a minute on two cores; `-- --depth 50 --stem imagenet` for
+//! ResNet-50 on 224x224 images; `-- --json` prints one JSON object per row. On a GPU (a build with
+//! `--features cuda`): `-- --device cuda`.
+
+use clap::{Parser, ValueEnum};
+use densenet_suite::resnet_bench::{measure_training_step, planner_front};
+use harness::{open_device, print_case, print_front, print_header, CaseResult};
+use resnet::{Memory, ResNetConfig, Stem};
+use std::process::ExitCode;
+
+/// The stem, as the command line names it.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StemArg {
+    /// 3x3 conv, no max pool (32x32 images).
+    Cifar,
+    /// 7x7/2 conv and 3x3/2 max pool (224x224 images).
+    Imagenet,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Naive vs memory-efficient ResNet: peak memory and step time")]
+struct Args {
+    /// Device: cpu, cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// On a GPU, allow TF32 tensor-core math (default: strict fp32).
+    #[arg(long)]
+    tf32: bool,
+    /// 18, 34 or 50.
+    #[arg(long, default_value_t = 18)]
+    depth: usize,
+    /// The stem.
+    #[arg(long, value_enum, default_value = "cifar")]
+    stem: StemArg,
+    /// Width of the stem and first stage.
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    /// Batch size (default 64; 8 with --quick).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Square image size (default 32 for the CIFAR stem, 224 for the ImageNet one; 64 with
+    /// --quick).
+    #[arg(long)]
+    image: Option<usize>,
+    /// Measured steps per case (default 3; 1 with --quick), after two warm-up steps.
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Small batch, one measured step: about a minute on two CPU cores.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object per row instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let probe = open_device(&args.device, args.tf32)?;
+    let gpu = probe.is_cuda();
+    drop(probe);
+    let device = || open_device(&args.device, args.tf32);
+    let (stem, classes, default_image) = match args.stem {
+        StemArg::Cifar => (Stem::Cifar, 10, 32),
+        StemArg::Imagenet => (Stem::ImageNet, 1000, if args.quick { 64 } else { 224 }),
+    };
+    let config = ResNetConfig {
+        depth: args.depth,
+        num_classes: classes,
+        in_channels: 3,
+        stem,
+        width: args.width,
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    let batch = args.batch.unwrap_or(if args.quick { 8 } else { 64 });
+    let image = args.image.unwrap_or(default_image);
+    let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
+    let name = config.name();
+    if !args.json {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        println!(
+            "{name}, {image}x{image} images, batch {batch}, fp32, one SGD step; {}",
+            if gpu {
+                args.device.clone()
+            } else {
+                format!("{threads} CPU threads")
+            }
+        );
+        print_header(gpu);
+    }
+    let measure = |memory: Memory| -> Result<CaseResult, String> {
+        measure_training_step(&device()?, &config, memory, batch, image, iters)
+            .map_err(|e| format!("{memory}: {e}"))
+    };
+    let naive = measure(Memory::Naive)?;
+    print_case(&naive, args.json, Some(&naive));
+    let per_block = measure(Memory::PerBlock)?;
+    print_case(&per_block, args.json, Some(&naive));
+    let budget = (naive.measured.peak_bytes + per_block.measured.peak_bytes) / 2;
+    let budgeted = measure(Memory::Budget(budget))?;
+    print_case(&budgeted, args.json, Some(&naive));
+    if !args.json {
+        println!();
+    }
+    let front = planner_front(&device()?, &config, batch, image).map_err(|e| e.to_string())?;
+    print_front(&name, &front, args.json);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

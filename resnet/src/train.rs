@@ -1,0 +1,128 @@
+//! One training step (forward, cross-entropy, backward, anomaly check, optimizer update) and
+//! prediction in eval mode.
+//!
+//! The anomaly check is one fused reduction ([`ops::non_finite`]) over the loss, every gradient
+//! and every parameter into a device flag; the update is conditional on it on the device
+//! ([`Optimizer::step_if_finite`]), so a diverged step changes neither the parameters nor the
+//! optimizer state, and fails with [`ResNetError::NonFinite`] naming the first culprit.
+
+use crate::error::{ResNetError, Result};
+use crate::memory::Memory;
+use crate::model::ResNet;
+use tape::optim::{Optimizer, SgdConfig};
+use tape::{ops, Gradients, Labels, Tape, Tensor};
+
+/// The usual CIFAR ResNet recipe's optimizer: SGD, lr 0.1, momentum 0.9, weight decay 5e-4.
+pub fn sgd_config() -> SgdConfig {
+    SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        dampening: 0.0,
+        nesterov: false,
+        weight_decay: 5e-4,
+    }
+}
+
+/// What a forward + backward pass produced.
+pub struct StepOutput {
+    /// Logits `[n, classes]`.
+    pub logits: Tensor,
+    /// Gradients of every parameter (by tensor id).
+    pub grads: Gradients,
+    /// Mean cross-entropy of the batch (`[1]`, on the device).
+    pub loss: Tensor,
+}
+
+impl StepOutput {
+    /// The loss, read from the device (one sync).
+    pub fn loss(&self) -> Result<f64> {
+        Ok(self.loss.scalar()?)
+    }
+}
+
+/// Forward and backward of one batch in training mode under `memory`: mean cross-entropy of
+/// `labels` (one per image, each below `num_classes`).
+pub fn forward_backward(
+    model: &ResNet,
+    x: &Tensor,
+    labels: &[usize],
+    memory: Memory,
+) -> Result<StepOutput> {
+    let [n, ..] = model.check_input(x)?;
+    if labels.len() != n {
+        return Err(ResNetError::Input(format!(
+            "{} labels for a batch of {n}",
+            labels.len()
+        )));
+    }
+    let classes = model.config().num_classes;
+    if let Some(l) = labels.iter().find(|&&l| l >= classes) {
+        return Err(ResNetError::Input(format!(
+            "label {l} out of range for {classes} classes"
+        )));
+    }
+    let runner = model.runner(memory);
+    let mut tape = Tape::recording();
+    // The labels are made after the forward, so that a budget plan is made for what the device
+    // holds as the step starts (the model, its optimizer state, the batch).
+    let logits = runner.forward(&mut tape, x)?;
+    let labels = Labels::new(labels, x.device())?;
+    let loss = ops::cross_entropy_labels(&mut tape, &logits, &labels)?;
+    let grads = tape.backward(&loss)?;
+    Ok(StepOutput {
+        logits,
+        grads,
+        loss,
+    })
+}
+
+/// The tensors the anomaly check covers, in the order it names them.
+fn checked<'a>(model: &'a ResNet, out: &'a StepOutput) -> Vec<(String, &'a Tensor)> {
+    let mut list = vec![("the loss".to_string(), &out.loss)];
+    for p in model.parameters() {
+        if let Some(g) = out.grads.get(p.tensor()) {
+            list.push((format!("the gradient of '{}'", p.name()), g));
+        }
+        list.push((format!("the parameter '{}'", p.name()), p.tensor()));
+    }
+    list
+}
+
+/// One optimizer step on a batch under `memory`: forward, backward, the anomaly check, and the
+/// update, which the device skips if anything is not finite (the step then fails with
+/// [`ResNetError::NonFinite`] naming `step`; the batch norms' running statistics have already
+/// seen the batch).
+pub fn train_step(
+    model: &mut ResNet,
+    optimizer: &mut dyn Optimizer,
+    x: &Tensor,
+    labels: &[usize],
+    memory: Memory,
+    step: u64,
+) -> Result<StepOutput> {
+    let out = forward_backward(model, x, labels, memory)?;
+    let flag = {
+        let list = checked(model, &out);
+        let tensors: Vec<&Tensor> = list.iter().map(|(_, t)| *t).collect();
+        ops::non_finite(&tensors)?
+    };
+    if optimizer.step_if_finite(&mut model.parameters_mut(), &out.grads, &flag)? {
+        return Ok(out);
+    }
+    for (what, t) in checked(model, &out) {
+        if t.try_to_f64_vec()?.iter().any(|v| !v.is_finite()) {
+            return Err(ResNetError::NonFinite { step, what });
+        }
+    }
+    Err(ResNetError::NonFinite {
+        step,
+        what: "a gradient or parameter (flagged on the device)".into(),
+    })
+}
+
+/// Logits in eval mode (running statistics), recording nothing.
+pub fn predict(model: &ResNet, x: &Tensor) -> Result<Tensor> {
+    let runner = model.runner(Memory::Naive);
+    let mut tape = Tape::no_grad();
+    runner.forward(&mut tape, x)
+}

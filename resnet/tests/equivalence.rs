@@ -1,0 +1,91 @@
+//! Every memory setting computes what Naive computes, in f64 over random small ResNets: loss,
+//! logits, every parameter gradient and every running statistic after the step. With the CIFAR
+//! stem the budget case uses a budget under which the planner's plan mixes kept and recomputed
+//! segments (asserted). With the ImageNet stem at these tiny sizes the 7x7 convolution's
+//! workspace sets the peak whatever the blocks keep, so no budget mixes (the planner's front has
+//! one point); the budget case then runs the chain at the least feasible peak.
+
+mod support;
+
+use checkpoint::planner::{Plan, PlanOptions};
+use proptest::prelude::*;
+use resnet::{Memory, ResNet, ResNetConfig, Stem};
+use support::{compare, forward_bitwise_equal, step};
+use tape::{DType, Device, Tensor};
+
+/// f64 tolerance: relative to each tensor's (or the step's largest gradient's) magnitude.
+const TOL: f64 = 1e-12;
+
+/// Whether a plan keeps some top-level segments and recomputes others.
+fn mixes(plan: &Plan) -> bool {
+    let s = plan.segments();
+    s.iter().any(|s| s.checkpointed) && s.iter().any(|s| !s.checkpointed)
+}
+
+/// The least-peak budget for `model` on `x` whose plan mixes kept and recomputed segments, and
+/// that plan, from the planner's front (every least-recompute plan per peak); without a mixing
+/// plan on the front, the least feasible peak and its plan.
+fn budget_and_plan(model: &ResNet, x: &Tensor) -> (u64, Plan) {
+    let cm = model.runner(Memory::Naive).chain_model(x).unwrap();
+    let front = cm.front(PlanOptions::default()).unwrap();
+    let point = front.iter().find(|p| mixes(&p.plan)).unwrap_or(&front[0]);
+    (point.peak, cm.plan(point.peak).unwrap())
+}
+
+fn configs() -> impl Strategy<Value = (ResNetConfig, usize, usize, u64)> {
+    (
+        prop::sample::select(vec![18usize, 34, 50]),
+        any::<bool>(),
+        2usize..5,
+        2usize..4,
+        0usize..5,
+        0u64..1 << 62,
+    )
+        .prop_map(|(depth, imagenet, width, batch, extra, seed)| {
+            let (stem, image) = if imagenet {
+                (Stem::ImageNet, 12 + 2 * extra)
+            } else {
+                (Stem::Cifar, 10 + extra)
+            };
+            let config = ResNetConfig {
+                depth,
+                num_classes: 3,
+                in_channels: 3,
+                stem,
+                width,
+            };
+            (config, batch, image, seed)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn every_memory_setting_matches_naive_f64((config, batch, image, seed) in configs()) {
+        let dev = Device::cpu();
+        let x = Tensor::randn(&[batch, 3, image, image], DType::F64, &dev, seed ^ 1).unwrap();
+        let labels: Vec<usize> = (0..batch).map(|i| (i + seed as usize) % 3).collect();
+        let fresh = || ResNet::new(config.clone(), DType::F64, &dev, seed).unwrap();
+
+        let naive = step(&fresh(), &x, &labels, Memory::Naive);
+        let per_block = step(&fresh(), &x, &labels, Memory::PerBlock);
+        compare(&per_block, &naive, TOL, "per-block").map_err(TestCaseError::fail)?;
+        // The forward computes the same numbers in the same order (the fused batch norm + ReLU
+        // included): bitwise equal. Only the gradients' summation orders differ.
+        prop_assert!(forward_bitwise_equal(&per_block, &naive), "per-block forward differs");
+
+        let model = fresh();
+        let (budget, plan) = budget_and_plan(&model, &x);
+        if config.stem == Stem::Cifar {
+            prop_assert!(mixes(&plan), "no budget makes the plan mix: {}", plan);
+        }
+        let memory = Memory::Budget(budget);
+        prop_assert_eq!(model.runner(memory).plan(&x).unwrap(), Some(plan.clone()));
+        let budgeted = step(&model, &x, &labels, memory);
+        // The step ran the mixing plan (the chain was not profiled again).
+        prop_assert_eq!(model.last_plan(), Some(plan));
+        compare(&budgeted, &naive, TOL, &format!("{memory}")).map_err(TestCaseError::fail)?;
+        prop_assert!(forward_bitwise_equal(&budgeted, &naive), "{} forward differs", memory);
+    }
+}

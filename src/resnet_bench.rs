@@ -1,0 +1,74 @@
+//! ResNet's benchmark cases on the shared [`harness`]: one fp32 model, SGD and a random batch,
+//! measured per [`Memory`] setting ([`measure_training_step`]), and the planner's front for the
+//! same step ([`planner_front`]).
+
+use checkpoint::planner::{FrontPoint, PlanOptions};
+use harness::CaseResult;
+use resnet::train::{sgd_config, train_step};
+use resnet::{Memory, ResNet, ResNetConfig, Result};
+use tape::optim::Sgd;
+use tape::{DType, Device, Tensor};
+
+/// Steps run before the measured ones: the first makes the optimizer's state, the second the
+/// budget plan for a device that holds it.
+pub const WARMUP: usize = 2;
+
+/// The model (fp32, seed 0), SGD, one input batch and its labels of a benchmark case.
+fn setup(
+    dev: &Device,
+    config: &ResNetConfig,
+    batch: usize,
+    image: usize,
+) -> Result<(ResNet, Sgd, Tensor, Vec<usize>)> {
+    let model = ResNet::new(config.clone(), DType::F32, dev, 0)?;
+    let opt = Sgd::new(sgd_config())?;
+    let x = Tensor::randn(
+        &[batch, config.in_channels, image, image],
+        DType::F32,
+        dev,
+        1,
+    )?;
+    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
+    Ok((model, opt, x, labels))
+}
+
+/// Measures `iters` SGD training steps (after [`WARMUP`] unmeasured ones) of `config` under
+/// `memory` on `dev` (pass a fresh device so that its accounting holds this case alone).
+pub fn measure_training_step(
+    dev: &Device,
+    config: &ResNetConfig,
+    memory: Memory,
+    batch: usize,
+    image: usize,
+    iters: usize,
+) -> Result<CaseResult> {
+    let (mut model, mut opt, x, labels) = setup(dev, config, batch, image)?;
+    let measured = harness::measure_steps(dev, WARMUP, iters, |i| {
+        train_step(&mut model, &mut opt, &x, &labels, memory, i).map(|_| ())
+    })?;
+    Ok(CaseResult {
+        model: config.name(),
+        mode: memory.to_string(),
+        device: dev.to_string(),
+        batch,
+        image: Some(image),
+        seq_len: None,
+        depth: Some(config.depth),
+        measured,
+    })
+}
+
+/// The planner's memory-vs-recompute front for a training step of `config` on `dev` (after one
+/// step, so that the optimizer's state counts in what the device holds): predicted peak (device
+/// bytes in all) against extra forward cost (seconds, measured in the dry run).
+pub fn planner_front(
+    dev: &Device,
+    config: &ResNetConfig,
+    batch: usize,
+    image: usize,
+) -> Result<Vec<FrontPoint>> {
+    let (mut model, mut opt, x, labels) = setup(dev, config, batch, image)?;
+    train_step(&mut model, &mut opt, &x, &labels, Memory::Naive, 0)?;
+    let chain = model.runner(Memory::Naive).chain_model(&x)?;
+    Ok(chain.front(PlanOptions::default())?)
+}

@@ -98,7 +98,7 @@ impl CausalSelfAttention {
             }
         };
         let nh = self.n_head;
-        if nh == 0 || c % nh != 0 {
+        if nh == 0 || !c.is_multiple_of(nh) {
             return Err(Error::shape(
                 "attention",
                 format!("width {c} is not a multiple of {nh} heads"),

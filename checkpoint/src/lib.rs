@@ -5,18 +5,24 @@
 //! - [`checkpoint_sequential`] and [`run_plan`] apply it to a chain of [`Layer`]s, a checkpointed
 //!   segment's recompute possibly planned in turn (nested checkpoints); a [`Policy`] says which
 //!   ops' outputs to keep.
+//! - [`checkpoint_selective`] runs a segment under a per-op [`SelectivePolicy`] (PyTorch's
+//!   selective activation checkpointing): it keeps the outputs of the ops the policy names
+//!   (matmuls, linear layers) and recomputes only the others in backward.
 //! - [`planner`] predicts a plan's peak by replaying the step event by event on bytes measured in
 //!   a dry run, and picks what to recompute, at how many levels, so that the peak fits a memory
 //!   budget at the least recompute cost (exact dynamic programming over recursive schedules).
 //!
 //! Only `tape`'s public API is used: `Tape::record_always`, `Tape::backward_from`,
-//! `Tape::set_known_output`, `Tape::count_ops_run_elsewhere` and `Gradients::merge`.
+//! `Tape::set_known_output`, `Tape::capture_outputs_of`, `Tape::count_ops_run_elsewhere` and
+//! `Gradients::merge`.
 
 pub mod planner;
 mod segment;
+mod selective;
 mod sequential;
 
 pub use segment::{
     checkpoint, checkpoint_with, CheckpointOptions, Fault, KnownOutput, OutputSource,
 };
+pub use selective::{checkpoint_selective, SelectivePolicy};
 pub use sequential::{checkpoint_sequential, run_plan, run_with_policy, Layer, OpKind, Policy};

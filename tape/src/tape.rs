@@ -12,6 +12,7 @@ use crate::gradients::Gradients;
 use crate::memory::BackwardPeaks;
 use crate::profile::{self, Pass};
 use crate::tensor::{Tensor, TensorId};
+use std::collections::BTreeMap;
 
 /// Which pass of a training step an op runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +60,12 @@ pub struct Tape<'a> {
     nodes: Vec<Node<'a>>,
     /// Forward calls of ops started on this tape so far.
     ops_started: usize,
-    /// An op's output known in advance: (the op's index among the calls, the output).
-    known_output: Option<(usize, Tensor)>,
+    /// Ops' outputs known in advance, by the op's index among the calls.
+    known_outputs: BTreeMap<usize, Tensor>,
+    /// Names of the ops whose outputs [`Tape::record`] captures (none when empty).
+    capture: Vec<&'static str>,
+    /// The outputs captured so far: (the op's index among the calls, the output).
+    captured: Vec<(usize, Tensor)>,
     /// Where [`Tape::mark`]s note backward's peaks, if anywhere.
     peaks: Option<BackwardPeaks>,
 }
@@ -99,7 +104,9 @@ impl<'a> Tape<'a> {
             ctx,
             nodes: Vec::new(),
             ops_started: 0,
-            known_output: None,
+            known_outputs: BTreeMap::new(),
+            capture: Vec::new(),
+            captured: Vec::new(),
             peaks: None,
         }
     }
@@ -186,6 +193,7 @@ impl<'a> Tape<'a> {
         output: Tensor,
         backward: impl FnOnce(&Tensor, &mut Gradients) -> Result<()> + 'a,
     ) -> Tensor {
+        self.capture_output(op, &output);
         if !self.needs_grad(inputs) {
             return output;
         }
@@ -255,23 +263,49 @@ impl<'a> Tape<'a> {
     /// [`Tape::ops_started`] counts) known in advance: that op, if it can (its backward needs
     /// nothing its forward computes besides the output: conv2d, linear, ReLU, pooling, dropout,
     /// add, concat, matmul, softmax, GELU, embedding), records its backward as usual but takes
-    /// `output` (under a new id) instead of computing it. For recomputing a checkpointed segment, whose last output the first pass
-    /// already produced: the caller vouches that it is what the op would compute.
+    /// `output` (under a new id) instead of computing it. For recomputing a checkpointed segment,
+    /// whose last output (or, under a selective policy, whose kept op outputs) the first pass
+    /// already produced: the caller vouches that it is what the op would compute. Several calls
+    /// declare several outputs (one per index; a later call for the same index replaces it).
     pub fn set_known_output(&mut self, index: usize, output: Tensor) {
-        self.known_output = Some((index, output));
+        self.known_outputs.insert(index, output);
     }
 
     /// The known output of the op call now running, if one was declared for it and has `shape`
     /// and `like`'s dtype and device.
     pub(crate) fn take_known_output(&mut self, shape: &[usize], like: &Tensor) -> Option<Tensor> {
-        let fits = matches!(&self.known_output, Some((i, t)) if *i + 1 == self.ops_started
-            && t.shape() == shape
+        let index = self.ops_started.checked_sub(1)?;
+        let fits = matches!(self.known_outputs.get(&index), Some(t) if t.shape() == shape
             && t.dtype() == like.dtype()
             && t.device().same(like.device()));
         if !fits {
             return None;
         }
-        self.known_output.take().map(|(_, t)| t.detach())
+        self.known_outputs.remove(&index).map(|t| t.detach())
+    }
+
+    /// From now on, keeps the output of every op call named in `ops` (names as the ops give
+    /// them to [`Tape::record`] and profiles: `"linear"`, `"matmul"`, `"conv2d"`, ...) with the
+    /// call's index, recording or not, until [`Tape::take_captured_outputs`] takes them: what a
+    /// selective checkpoint's first pass keeps so that its recompute can hand those outputs back
+    /// through [`Tape::set_known_output`]. An empty list stops capturing.
+    pub fn capture_outputs_of(&mut self, ops: &[&'static str]) {
+        self.capture = ops.to_vec();
+    }
+
+    /// The outputs captured so far (see [`Tape::capture_outputs_of`]), in call order, each
+    /// with its op call's index; the tape keeps none of them afterwards.
+    pub fn take_captured_outputs(&mut self) -> Vec<(usize, Tensor)> {
+        std::mem::take(&mut self.captured)
+    }
+
+    /// Keeps `output` of the op call now running if its op is captured.
+    fn capture_output(&mut self, op: &'static str, output: &Tensor) {
+        if self.capture.contains(&op) {
+            if let Some(index) = self.ops_started.checked_sub(1) {
+                self.captured.push((index, output.clone()));
+            }
+        }
     }
 
     /// Number of recorded ops.

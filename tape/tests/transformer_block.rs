@@ -147,3 +147,52 @@ fn ops_whose_backward_needs_only_the_output_take_a_known_output() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+#[test]
+fn captured_op_outputs_come_back_as_several_known_outputs() {
+    // A no-grad pass captures the outputs of its linear and matmul calls; a recording pass
+    // handed all of them back takes each one (same buffers) and gives the same gradients.
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[3, 4], DType::F64, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
+    let w = Tensor::randn(&[4, 4], DType::F64, &dev, 2)
+        .unwrap()
+        .with_requires_grad(true);
+    let f = |t: &mut Tape| {
+        let h = ops::linear(t, &x, &w, None).unwrap();
+        let h = ops::gelu(t, &h).unwrap();
+        let s = ops::matmul_with(
+            t,
+            &h,
+            &h,
+            MatmulOptions {
+                transpose_a: false,
+                transpose_b: true,
+            },
+        )
+        .unwrap();
+        let s = ops::softmax(t, &s).unwrap();
+        ops::scale(t, &s, 2.0).unwrap()
+    };
+    let mut first = Tape::no_grad().training(true);
+    first.capture_outputs_of(&["linear", "matmul"]);
+    f(&mut first);
+    let captured = first.take_captured_outputs();
+    assert_eq!(captured.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 2]);
+    assert!(first.take_captured_outputs().is_empty());
+    let grads = |known: &[(usize, Tensor)]| {
+        let mut tape = Tape::recording();
+        for (i, k) in known {
+            tape.set_known_output(*i, k.clone());
+        }
+        let y = f(&mut tape);
+        let g = tape.backward_from(&y, Tensor::ones(y.shape(), DType::F64, &dev).unwrap());
+        let g = g.unwrap();
+        (y, [&x, &w].map(|p| g.get(p).unwrap().to_f64_vec()))
+    };
+    let (y0, want) = grads(&[]);
+    let (y1, got) = grads(&captured);
+    assert_eq!(got, want);
+    assert_eq!(y0.to_f64_vec(), y1.to_f64_vec());
+}

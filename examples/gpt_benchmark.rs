@@ -1,0 +1,159 @@
+//! The small GPT's memory modes side by side: peak bytes (the engine's accounting, process peak
+//! RSS beside it), median seconds per training step (forward + backward + Adam) and the step's
+//! work counts, for Naive, PerBlock, Selective and a planner budget (halfway between the
+//! chain's least feasible and naive predicted peaks); then the planner's front of predicted
+//! peak against recompute for the block chain. Each case runs on a fresh device.
+//!
+//! `cargo run --release --example gpt_benchmark` (CPU); `-- --quick` finishes in about a minute
+//! on two cores; `-- --json` prints one JSON object per case. On a GPU (a build with
+//! `--features cuda`): `-- --device cuda`.
+
+use checkpoint::planner::{Plan, PlanOptions};
+use clap::Parser;
+use gpt::train::{adam, train_step};
+use gpt::{Gpt, GptConfig, MemoryMode, TokenBatch};
+use harness::{open_device, print_case, print_front, print_header, CaseResult};
+use std::process::ExitCode;
+use tape::{DType, Device};
+
+#[derive(Parser, Debug)]
+#[command(about = "Small GPT: peak memory and step time of each memory mode")]
+struct Args {
+    /// Device: cpu, cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Sequences per batch.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per sequence (also the context length).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Decoder blocks.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Embedding width.
+    #[arg(long, default_value_t = 128)]
+    embd: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Measured steps per case (after one warm-up step).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Small sizes: finishes in about a minute on two CPU cores.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object per case instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+const VOCAB: usize = 96;
+
+fn config(a: &Args, seq: usize, layers: usize) -> GptConfig {
+    GptConfig {
+        vocab_size: VOCAB,
+        block_size: seq,
+        n_layer: layers,
+        n_head: a.heads,
+        n_embd: a.embd,
+        dropout: 0.0,
+    }
+}
+
+fn tokens(batch: usize, seq: usize) -> gpt::Result<TokenBatch> {
+    let ids = |k: usize| (0..batch * seq).map(|i| (i * 31 + k) % VOCAB).collect();
+    TokenBatch::new(ids(0), ids(1), batch, seq)
+}
+
+fn measure(
+    a: &Args,
+    dev: &Device,
+    cfg: &GptConfig,
+    mode: MemoryMode,
+    batch: usize,
+    seq: usize,
+    iters: usize,
+) -> gpt::Result<CaseResult> {
+    let mut model = Gpt::new(cfg.clone(), DType::F32, dev, 0)?.with_memory_mode(mode);
+    let mut opt = adam(1e-3)?;
+    let b = tokens(batch, seq)?;
+    let measured = harness::measure_steps(dev, 1, iters, |i| {
+        train_step(&mut model, &mut opt, &b, i).map(|_| ())
+    })?;
+    let name = match mode {
+        MemoryMode::Naive => "naive".to_string(),
+        MemoryMode::PerBlock => "per-block".to_string(),
+        MemoryMode::Selective => "selective".to_string(),
+        MemoryMode::Budget(bytes) => format!("budget:{:.1}MB", bytes as f64 / 1e6),
+    };
+    let _ = a;
+    Ok(CaseResult {
+        model: format!("gpt_{}x{}", cfg.n_layer, cfg.n_embd),
+        mode: name,
+        device: dev.to_string(),
+        batch,
+        image: None,
+        seq_len: Some(seq),
+        depth: Some(cfg.n_layer),
+        measured,
+    })
+}
+
+fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let batch = a.batch.unwrap_or(if a.quick { 16 } else { 32 });
+    let seq = a.seq.unwrap_or(if a.quick { 128 } else { 256 });
+    let layers = a.layers.unwrap_or(if a.quick { 8 } else { 12 });
+    let iters = a.iters.unwrap_or(if a.quick { 3 } else { 5 });
+    let cfg = config(a, seq, layers);
+    cfg.validate()?;
+    // The budget: halfway between the chain's least feasible peak and its naive peak, as the
+    // planner predicts them on a fresh device (bytes held as the chain starts included).
+    let (front, budget) = {
+        let dev = open_device(&a.device, false)?;
+        let model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?;
+        let cm = model.chain_model(batch, seq)?;
+        let naive = cm.predict(&Plan::keep_all(layers))?.peak;
+        let least = cm.least_peak(PlanOptions::default())?;
+        (
+            cm.front(PlanOptions::default())?,
+            least + (naive - least) / 2,
+        )
+    };
+    if !a.json {
+        println!(
+            "GPT: {layers} blocks, width {}, {} heads, vocab {VOCAB}, batch {batch} x {seq} tokens, f32, Adam; {iters} measured steps",
+            a.embd, a.heads
+        );
+        print_header(a.device != "cpu");
+    }
+    let modes = [
+        MemoryMode::Naive,
+        MemoryMode::PerBlock,
+        MemoryMode::Selective,
+        MemoryMode::Budget(budget),
+    ];
+    let mut rows: Vec<CaseResult> = Vec::new();
+    for mode in modes {
+        let dev = open_device(&a.device, false)?;
+        let r = measure(a, &dev, &cfg, mode, batch, seq, iters)?;
+        print_case(&r, a.json, rows.first());
+        rows.push(r);
+    }
+    if !a.json {
+        println!();
+    }
+    print_front(&format!("gpt_{layers}x{}", a.embd), &front, a.json);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    match run(&a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

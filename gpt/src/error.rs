@@ -1,0 +1,44 @@
+//! The GPT crate's typed error.
+
+/// Everything that can go wrong building, running, training, saving or loading a GPT.
+#[derive(Debug, thiserror::Error)]
+pub enum GptError {
+    /// The configuration is not a valid GPT.
+    #[error("invalid GPT config: {0}")]
+    Config(String),
+    /// A batch does not fit the model: empty, longer than the context, ragged, or holding a
+    /// token id outside the vocabulary.
+    #[error("invalid batch: {0}")]
+    Batch(String),
+    /// The engine refused an operation (shapes, memory, ...).
+    #[error(transparent)]
+    Engine(#[from] tape::Error),
+    /// A weights file is unreadable, or lacks, mis-shapes or holds bad values for a tensor the
+    /// model needs, or holds tensors it does not have.
+    #[error(transparent)]
+    State(#[from] tape::nn::StateError),
+    /// A training step met a loss, gradient or parameter that is NaN or infinite; the step did
+    /// not update the parameters.
+    #[error("training step {step}: {what} is not finite; the step did not update the parameters")]
+    NonFinite {
+        /// The step's index.
+        step: u64,
+        /// What is not finite: `the loss`, `the gradient of '<parameter>'` or `the parameter
+        /// '<parameter>'`.
+        what: String,
+    },
+    /// The text cannot be tokenized or the dataset built.
+    #[error("dataset: {0}")]
+    Data(String),
+    /// A file or folder could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Result type of the GPT crate.
+pub type Result<T> = std::result::Result<T, GptError>;

@@ -1,0 +1,330 @@
+//! [`Gpt`]: embeddings, decoder blocks, final layer norm and language-model head, with the
+//! blocks run under a [`MemoryMode`].
+//!
+//! The blocks run as a chain of [`checkpoint::Layer`]s ([`Gpt::block_layers`]), which the
+//! caller makes before the step's tape (the tape's recorded closures may borrow them):
+//! [`crate::train::forward_backward`] does it all for a training step.
+
+mod block;
+
+pub use block::{Block, CausalSelfAttention, Mlp};
+
+use crate::config::GptConfig;
+use crate::error::{GptError, Result};
+use checkpoint::planner::{profile_chain, ChainModel, Plan};
+use checkpoint::{checkpoint, checkpoint_selective, run_plan, Layer, OpKind, SelectivePolicy};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tape::nn::{self, Dropout, Embedding, Init, LayerNorm, Linear};
+use tape::{ops, DType, Device, Tape, Tensor};
+
+/// How the decoder blocks trade compute for memory in a training step (a run option, not part
+/// of the saved config). Every mode computes the same loss and gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryMode {
+    /// Every activation recorded.
+    Naive,
+    /// Each block a checkpointed segment: only the blocks' inputs are kept, each block is
+    /// recomputed in backward.
+    PerBlock,
+    /// Each block under [`SelectivePolicy::compute_bound`]: the outputs of its linear layers
+    /// and attention matmuls are kept, layer norms, softmax, GELU, reshapes and copies are
+    /// recomputed in backward.
+    Selective,
+    /// The blocks as a chain under the planner's cheapest plan whose predicted peak fits this
+    /// many bytes (the device's bytes held as the chain starts included; the head and the loss
+    /// are not modelled beyond a scalar loss). Planned once per batch shape.
+    Budget(u64),
+}
+
+/// Token ids of a batch, row-major `[batch, seq]`, and the next-token targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBatch {
+    /// Input token ids, `batch * seq` of them.
+    pub inputs: Vec<usize>,
+    /// Target token ids (the next tokens), `batch * seq` of them.
+    pub targets: Vec<usize>,
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+}
+
+impl TokenBatch {
+    /// A batch of `batch` sequences of `seq` tokens; fails unless both lists hold
+    /// `batch * seq > 0` ids.
+    pub fn new(inputs: Vec<usize>, targets: Vec<usize>, batch: usize, seq: usize) -> Result<Self> {
+        let n = batch * seq;
+        if n == 0 || inputs.len() != n || targets.len() != n {
+            return Err(GptError::Batch(format!(
+                "{batch} x {seq} tokens need {n} > 0 inputs and targets, got {} and {}",
+                inputs.len(),
+                targets.len()
+            )));
+        }
+        Ok(TokenBatch {
+            inputs,
+            targets,
+            batch,
+            seq,
+        })
+    }
+}
+
+/// The embeddings, blocks and final norm (nanoGPT's `transformer` ModuleDict).
+#[derive(Debug)]
+struct Transformer {
+    wte: Embedding,
+    wpe: Embedding,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+}
+tape::module!(Transformer { "wte" => wte, "wpe" => wpe, "h" => h, "ln_f" => ln_f });
+
+/// A GPT language model (nanoGPT's `GPT`, head untied), parameters named as its state dict.
+#[derive(Debug)]
+pub struct Gpt {
+    config: GptConfig,
+    transformer: Transformer,
+    lm_head: Linear,
+    drop: Dropout,
+    mode: MemoryMode,
+    /// Plans of [`MemoryMode::Budget`], by (batch, seq, budget).
+    plans: Mutex<HashMap<(usize, usize, u64), Plan>>,
+}
+tape::module!(Gpt { "transformer" => transformer, "lm_head" => lm_head });
+
+impl Gpt {
+    /// A model of `config` (validated) in `dtype` on `device`, initialised as GPT-2 from
+    /// `seed`, in [`MemoryMode::Naive`].
+    pub fn new(config: GptConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut init = Init::new(dtype, device, seed);
+        let c = config.n_embd;
+        let wte = Embedding::new(config.vocab_size, c, 0.02, &mut init)?;
+        let wpe = Embedding::new(config.block_size, c, 0.02, &mut init)?;
+        let h = (0..config.n_layer)
+            .map(|_| Block::new(&config, &mut init))
+            .collect::<tape::Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(c, &mut init)?;
+        let lm_head = Linear::normal(c, config.vocab_size, 0.02, false, &mut init)?;
+        let mut model = Gpt {
+            drop: Dropout::new(config.dropout)?,
+            config,
+            transformer: Transformer { wte, wpe, h, ln_f },
+            lm_head,
+            mode: MemoryMode::Naive,
+            plans: Mutex::new(HashMap::new()),
+        };
+        nn::name_parameters(&mut model);
+        Ok(model)
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// The memory mode training steps run in.
+    pub fn memory_mode(&self) -> MemoryMode {
+        self.mode
+    }
+
+    /// Sets the memory mode.
+    pub fn set_memory_mode(&mut self, mode: MemoryMode) {
+        self.mode = mode;
+    }
+
+    /// The model in `mode`.
+    pub fn with_memory_mode(mut self, mode: MemoryMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The decoder blocks.
+    pub fn blocks(&self) -> &[Block] {
+        &self.transformer.h
+    }
+
+    /// The device of the parameters.
+    pub fn device(&self) -> &Device {
+        self.lm_head.weight.tensor().device()
+    }
+
+    /// The dtype of the parameters.
+    pub fn dtype(&self) -> DType {
+        self.lm_head.weight.tensor().dtype()
+    }
+
+    /// The decoder blocks as a chain of layers (`h.0`, `h.1`, ...) for [`Gpt::forward`] and
+    /// the planner.
+    pub fn block_layers(&self) -> Vec<Layer<'_>> {
+        self.transformer
+            .h
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Layer::new(format!("h.{i}"), OpKind::Other, move |t, x| b.forward(t, x)))
+            .collect()
+    }
+
+    /// Checks that `inputs` (`batch * seq` ids) fit: a nonempty batch, `seq` within the
+    /// context, every id in the vocabulary.
+    pub fn check_tokens(&self, inputs: &[usize], batch: usize, seq: usize) -> Result<()> {
+        if batch == 0 || seq == 0 || inputs.len() != batch * seq {
+            return Err(GptError::Batch(format!(
+                "{batch} x {seq} tokens need {} > 0 ids, got {}",
+                batch * seq,
+                inputs.len()
+            )));
+        }
+        if seq > self.config.block_size {
+            return Err(GptError::Batch(format!(
+                "sequence of {seq} tokens is longer than the context ({})",
+                self.config.block_size
+            )));
+        }
+        if let Some((i, &id)) = inputs
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id >= self.config.vocab_size)
+        {
+            return Err(GptError::Batch(format!(
+                "token id {id} at position {i} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Token plus position embeddings (then dropout): `[batch, seq, C]`.
+    pub fn embed(
+        &self,
+        tape: &mut Tape,
+        inputs: &[usize],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Tensor> {
+        self.check_tokens(inputs, batch, seq)?;
+        let tok = self.transformer.wte.forward(tape, inputs, &[batch, seq])?;
+        let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq).collect();
+        let pos = self
+            .transformer
+            .wpe
+            .forward(tape, &positions, &[batch, seq])?;
+        let x = ops::add(tape, &tok, &pos)?;
+        Ok(self.drop.forward(tape, &x)?)
+    }
+
+    /// The final layer norm and the head: `[.., C] -> [.., vocab]` logits.
+    pub fn head(&self, tape: &mut Tape, h: &Tensor) -> Result<Tensor> {
+        let h = self.transformer.ln_f.forward(tape, h)?;
+        Ok(self.lm_head.forward(tape, &h)?)
+    }
+
+    /// Logits `[batch, seq, vocab]` of `inputs` (`batch * seq` ids, row-major), the blocks run
+    /// as `layers` (this model's [`Gpt::block_layers`]) in the model's memory mode (which
+    /// matters only on a recording tape in training mode).
+    pub fn forward<'a>(
+        &'a self,
+        tape: &mut Tape<'a>,
+        layers: &'a [Layer<'a>],
+        inputs: &[usize],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Tensor> {
+        if layers.len() != self.transformer.h.len() {
+            return Err(GptError::Batch(format!(
+                "{} layers for a model of {} blocks (pass the model's block_layers())",
+                layers.len(),
+                self.transformer.h.len()
+            )));
+        }
+        let mut h = self.embed(tape, inputs, batch, seq)?;
+        match self.mode {
+            MemoryMode::Naive => {
+                for l in layers {
+                    h = l.forward(tape, &h)?;
+                }
+            }
+            MemoryMode::PerBlock => {
+                for l in layers {
+                    h = checkpoint(tape, &[&h], move |t, xs| l.forward(t, &xs[0]))?;
+                }
+            }
+            MemoryMode::Selective => {
+                let policy = SelectivePolicy::compute_bound();
+                for l in layers {
+                    h = checkpoint_selective(tape, &[&h], &policy, move |t, xs| {
+                        l.forward(t, &xs[0])
+                    })?;
+                }
+            }
+            MemoryMode::Budget(bytes) => {
+                let plan = self.budget_plan(tape, layers, &h, bytes)?;
+                h = run_plan(tape, layers, &plan, &h)?;
+            }
+        }
+        self.head(tape, &h)
+    }
+
+    /// Logits `[batch, seq, vocab]` in eval mode without recording (no dropout).
+    pub fn logits(&self, inputs: &[usize], batch: usize, seq: usize) -> Result<Tensor> {
+        let layers = self.block_layers();
+        let mut tape = Tape::no_grad();
+        self.forward(&mut tape, &layers, inputs, batch, seq)
+    }
+
+    /// The plan of [`MemoryMode::Budget`]`(bytes)` for the chain's input `x`, from the cache or
+    /// the planner (profiling the chain on `x`, with what the device holds now as its base).
+    fn budget_plan<'a>(
+        &'a self,
+        tape: &Tape<'a>,
+        layers: &'a [Layer<'a>],
+        x: &Tensor,
+        bytes: u64,
+    ) -> Result<Plan> {
+        let key = (x.shape()[0], x.shape()[1], bytes);
+        if let Some(plan) = self.lock_plans().get(&key) {
+            return Ok(plan.clone());
+        }
+        let base = x.device().memory().current() as u64;
+        let model = profile_chain(tape, layers, x, base)?;
+        let plan = model.plan(bytes)?;
+        self.lock_plans().insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    fn lock_plans(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, usize, u64), Plan>> {
+        self.plans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The plan [`MemoryMode::Budget`] used for batches of `batch x seq`, if one was made.
+    pub fn cached_plan(&self, batch: usize, seq: usize) -> Option<Plan> {
+        let MemoryMode::Budget(bytes) = self.mode else {
+            return None;
+        };
+        self.lock_plans().get(&(batch, seq, bytes)).cloned()
+    }
+
+    /// The planner's model of the block chain for batches of `batch x seq` (profiled on the
+    /// embeddings of token 0 everywhere, with what the device holds as its base): its
+    /// predictions, its front of peak against recompute, its plans for budgets.
+    pub fn chain_model(&self, batch: usize, seq: usize) -> Result<ChainModel> {
+        let layers = self.block_layers();
+        let tape = Tape::recording();
+        let x = self.embed(&mut Tape::no_grad(), &vec![0; batch * seq], batch, seq)?;
+        let x = x.with_requires_grad(true);
+        let base = x.device().memory().current() as u64;
+        Ok(profile_chain(&tape, &layers, &x, base)?)
+    }
+
+    /// Parameters, in state-dict order.
+    pub fn parameters(&self) -> Vec<&tape::Parameter> {
+        nn::parameters(self)
+    }
+
+    /// Parameters, mutable (optimizers, loading), in state-dict order.
+    pub fn parameters_mut(&mut self) -> Vec<&mut tape::Parameter> {
+        nn::parameters_mut(self)
+    }
+}

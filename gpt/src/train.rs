@@ -1,0 +1,106 @@
+//! A training step: forward in the model's memory mode, mean cross-entropy over the next
+//! tokens, backward, a non-finite check over the loss, every gradient and every parameter (one
+//! fused reduction into a device flag), and an optimizer update the device skips when the flag
+//! is set ([`Optimizer::step_if_finite`]).
+
+use crate::error::{GptError, Result};
+use crate::model::{Gpt, TokenBatch};
+use tape::optim::{Adam, AdamConfig, Optimizer};
+use tape::{ops, Gradients, Tape, Tensor};
+
+/// What a forward + backward pass produced.
+pub struct StepOutput {
+    /// Mean cross-entropy, a one-element device tensor.
+    pub loss: Tensor,
+    /// Logits `[batch, seq, vocab]`.
+    pub logits: Tensor,
+    /// Gradients of every parameter (by tensor id).
+    pub grads: Gradients,
+}
+
+impl StepOutput {
+    /// The loss, read from the device.
+    pub fn loss_value(&self) -> Result<f64> {
+        Ok(self.loss.scalar()?)
+    }
+}
+
+/// Adam with nanoGPT's character-level defaults apart from the learning rate: betas (0.9,
+/// 0.99), eps 1e-8, no weight decay.
+pub fn adam(lr: f64) -> Result<Adam> {
+    Ok(Adam::new(AdamConfig {
+        lr,
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    })?)
+}
+
+/// Forward and backward of one batch in training mode in the model's memory mode; `seed`
+/// drives dropout.
+pub fn forward_backward(model: &Gpt, batch: &TokenBatch, seed: u64) -> Result<StepOutput> {
+    model.check_tokens(&batch.targets, batch.batch, batch.seq)?;
+    let layers = model.block_layers();
+    let mut tape = Tape::recording().with_seed(seed);
+    let logits = model.forward(&mut tape, &layers, &batch.inputs, batch.batch, batch.seq)?;
+    let v = model.config().vocab_size;
+    let flat = ops::reshape(&mut tape, &logits, &[batch.batch * batch.seq, v])?;
+    let loss = ops::cross_entropy(&mut tape, &flat, &batch.targets)?;
+    drop(flat);
+    let grads = tape.backward(&loss)?;
+    Ok(StepOutput {
+        loss,
+        logits,
+        grads,
+    })
+}
+
+/// One optimizer step on `batch` (dropout seed and step index `step`): the update is skipped
+/// on the device, and the step fails with [`GptError::NonFinite`], when the loss, a gradient
+/// or a parameter is NaN or infinite.
+pub fn train_step(
+    model: &mut Gpt,
+    optimizer: &mut dyn Optimizer,
+    batch: &TokenBatch,
+    step: u64,
+) -> Result<StepOutput> {
+    let out = forward_backward(model, batch, step)?;
+    let flag = {
+        let mut list = vec![&out.loss];
+        for p in model.parameters() {
+            if let Some(g) = out.grads.get(p.tensor()) {
+                list.push(g);
+            }
+            list.push(p.tensor());
+        }
+        ops::non_finite(&list)?
+    };
+    if optimizer.step_if_finite(&mut model.parameters_mut(), &out.grads, &flag)? {
+        return Ok(out);
+    }
+    Err(GptError::NonFinite {
+        step,
+        what: first_non_finite(model, &out),
+    })
+}
+
+/// Names the first non-finite tensor: the loss, then each parameter's gradient and value.
+fn first_non_finite(model: &Gpt, out: &StepOutput) -> String {
+    let bad = |t: &Tensor| {
+        t.try_to_f64_vec()
+            .map_or(true, |v| v.iter().any(|x| !x.is_finite()))
+    };
+    if bad(&out.loss) {
+        return "the loss".into();
+    }
+    for p in model.parameters() {
+        if out.grads.get(p.tensor()).is_some_and(bad) {
+            return format!("the gradient of '{}'", p.name());
+        }
+        if bad(p.tensor()) {
+            return format!("the parameter '{}'", p.name());
+        }
+    }
+    "a gradient or parameter".into()
+}

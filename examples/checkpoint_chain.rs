@@ -7,7 +7,7 @@
 //! `cargo run --release --example checkpoint_chain [-- --layers 64 --batch 16 --json --svg PATH]`
 
 use checkpoint::planner::{profile_chain, ChainModel, Plan, PlanOptions};
-use checkpoint::{run_plan, Layer, OpKind};
+use checkpoint::{run_plan, OpKind, Stage};
 use clap::Parser;
 use harness::{median, svg_chart};
 use serde::Serialize;
@@ -96,7 +96,7 @@ fn parameters(a: &Args, dev: &Device) -> tape::Result<(Vec<Tensor>, Vec<BatchNor
 }
 
 /// One training step (forward, mean, backward) under `plan`.
-fn step(layers: &[Layer<'_>], plan: &Plan, x: &Tensor) -> tape::Result<()> {
+fn step(layers: &[Stage<'_>], plan: &Plan, x: &Tensor) -> tape::Result<()> {
     let mut tape = Tape::recording();
     let y = run_plan(&mut tape, layers, plan, x)?;
     let loss = ops::mean(&mut tape, &y)?;
@@ -109,7 +109,7 @@ fn step(layers: &[Layer<'_>], plan: &Plan, x: &Tensor) -> tape::Result<()> {
 /// plan once (a busy spell on a shared machine then slows every plan alike).
 fn measure(
     dev: &Device,
-    layers: &[Layer<'_>],
+    layers: &[Stage<'_>],
     plans: &[&Plan],
     x: &Tensor,
     iters: usize,
@@ -194,10 +194,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let dev = Device::cpu();
     let (convs, bns) = parameters(&a, &dev)?;
-    let layers: Vec<Layer> = (0..a.layers)
+    let layers: Vec<Stage> = (0..a.layers)
         .map(|i| {
             let (w, (g, b, rs)) = (&convs[i], &bns[i]);
-            Layer::new(format!("layer{i}"), OpKind::Other, move |t, x| {
+            Stage::new(format!("layer{i}"), OpKind::Other, move |t, x| {
                 let opts = Conv2dOptions {
                     stride: 1,
                     padding: 1,
@@ -296,7 +296,7 @@ fn report(a: &Args, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
 /// Measured peak and recomputed layers of every equal-segment schedule (1 to n segments).
 fn equal_segment_peaks(
     dev: &Device,
-    layers: &[Layer<'_>],
+    layers: &[Stage<'_>],
     x: &Tensor,
     n: usize,
 ) -> tape::Result<Vec<(usize, u64, usize)>> {

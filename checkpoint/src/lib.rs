@@ -2,7 +2,7 @@
 //!
 //! - [`checkpoint`] runs a segment without recording (keeping only its inputs) and re-runs it
 //!   inside backward, in the recompute phase, to get its gradients.
-//! - [`checkpoint_sequential`] and [`run_plan`] apply it to a chain of [`Layer`]s, a checkpointed
+//! - [`checkpoint_sequential`] and [`run_plan`] apply it to a chain of [`Stage`]s, a checkpointed
 //!   segment's recompute possibly planned in turn (nested checkpoints); a [`Policy`] says which
 //!   ops' outputs to keep.
 //! - [`checkpoint_selective`] runs a segment under a per-op [`SelectivePolicy`] (PyTorch's
@@ -25,4 +25,4 @@ pub use segment::{
     checkpoint, checkpoint_with, CheckpointOptions, Fault, KnownOutput, OutputSource,
 };
 pub use selective::{checkpoint_selective, SelectivePolicy};
-pub use sequential::{checkpoint_sequential, run_plan, run_with_policy, Layer, OpKind, Policy};
+pub use sequential::{checkpoint_sequential, run_plan, run_with_policy, OpKind, Policy, Stage};

@@ -27,36 +27,37 @@ pub enum OpKind {
     Other,
 }
 
-/// A layer's forward: works on a tape of any lifetime (the ops it records own what they save).
-type LayerFn<'a> = dyn for<'t> Fn(&mut Tape<'t>, &Tensor) -> Result<Tensor> + 'a;
+/// A stage's forward: works on a tape of any lifetime (the ops it records own what they save).
+type StageFn<'a> = dyn for<'t> Fn(&mut Tape<'t>, &Tensor) -> Result<Tensor> + 'a;
 
-/// One step of a chain: a name, its kind and its forward function.
-pub struct Layer<'a> {
+/// One stage of a chain (a layer, a block: whatever maps one tensor to the next): a name, its
+/// kind and its forward function.
+pub struct Stage<'a> {
     name: String,
     kind: OpKind,
-    forward: Box<LayerFn<'a>>,
+    forward: Box<StageFn<'a>>,
 }
 
-impl<'a> Layer<'a> {
-    /// A layer called `name` of kind `kind` computing `forward`.
+impl<'a> Stage<'a> {
+    /// A stage called `name` of kind `kind` computing `forward`.
     pub fn new(
         name: impl Into<String>,
         kind: OpKind,
         forward: impl for<'t> Fn(&mut Tape<'t>, &Tensor) -> Result<Tensor> + 'a,
     ) -> Self {
-        Layer {
+        Stage {
             name: name.into(),
             kind,
             forward: Box::new(forward),
         }
     }
 
-    /// The layer's name.
+    /// The stage's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The layer's kind.
+    /// The stage's kind.
     pub fn kind(&self) -> OpKind {
         self.kind
     }
@@ -83,7 +84,7 @@ pub enum Policy {
 /// Runs the layers of `range` recorded normally.
 fn run_recorded(
     tape: &mut Tape<'_>,
-    layers: &[Layer<'_>],
+    layers: &[Stage<'_>],
     range: std::ops::Range<usize>,
     x: &Tensor,
 ) -> Result<Tensor> {
@@ -98,7 +99,7 @@ fn run_recorded(
 /// its own plan, or records every layer.
 fn run_segments<'a>(
     tape: &mut Tape<'a>,
-    layers: &'a [Layer<'a>],
+    layers: &'a [Stage<'a>],
     plan: &Plan,
     x: &Tensor,
 ) -> Result<Tensor> {
@@ -129,7 +130,7 @@ fn run_segments<'a>(
 /// than layers.
 pub fn checkpoint_sequential<'a>(
     tape: &mut Tape<'a>,
-    layers: &'a [Layer<'a>],
+    layers: &'a [Stage<'a>],
     segments: usize,
     x: &Tensor,
 ) -> Result<Tensor> {
@@ -158,7 +159,7 @@ pub fn checkpoint_sequential<'a>(
 /// end, as many layers as the chain has, and every nested plan covering its segment likewise.
 pub fn run_plan<'a>(
     tape: &mut Tape<'a>,
-    layers: &'a [Layer<'a>],
+    layers: &'a [Stage<'a>],
     plan: &Plan,
     x: &Tensor,
 ) -> Result<Tensor> {
@@ -169,7 +170,7 @@ pub fn run_plan<'a>(
 /// Runs `layers` under a per-op [`Policy`].
 pub fn run_with_policy<'a>(
     tape: &mut Tape<'a>,
-    layers: &'a [Layer<'a>],
+    layers: &'a [Stage<'a>],
     policy: &Policy,
     x: &Tensor,
 ) -> Result<Tensor> {

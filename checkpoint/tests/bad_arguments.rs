@@ -5,7 +5,7 @@
 //! layer costs the planner cannot sum.
 
 use checkpoint::planner::{ChainModel, LayerProfile, Plan, PlanOptions, Segment};
-use checkpoint::{checkpoint_sequential, run_plan, run_with_policy, Layer, OpKind, Policy};
+use checkpoint::{checkpoint_sequential, run_plan, run_with_policy, OpKind, Policy, Stage};
 use std::cell::Cell;
 use tape::ops;
 use tape::{DType, Device, Error, Tape, Tensor};
@@ -13,10 +13,10 @@ use tape::{DType, Device, Error, Tape, Tensor};
 const N: usize = 6;
 
 /// `N` ReLU layers that count how often any of them runs.
-fn chain(runs: &Cell<usize>) -> Vec<Layer<'_>> {
+fn chain(runs: &Cell<usize>) -> Vec<Stage<'_>> {
     (0..N)
         .map(|i| {
-            Layer::new(format!("relu{i}"), OpKind::Relu, move |t, x| {
+            Stage::new(format!("relu{i}"), OpKind::Relu, move |t, x| {
                 runs.set(runs.get() + 1);
                 ops::relu(t, x)
             })
@@ -234,7 +234,7 @@ fn checkpoint_sequential_rejects_bad_segment_counts() {
 #[test]
 fn empty_chains_are_errors() {
     let x = input();
-    let empty: Vec<Layer> = Vec::new();
+    let empty: Vec<Stage> = Vec::new();
     let mut tape = Tape::recording();
     let msg = invalid(
         checkpoint_sequential(&mut tape, &empty, 1, &x),

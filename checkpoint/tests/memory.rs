@@ -3,7 +3,7 @@
 //! any plan, which nested checkpoints bring below that of any single-level plan.
 
 use checkpoint::planner::{profile_chain, Plan, PlanOptions};
-use checkpoint::{checkpoint_sequential, run_plan, run_with_policy, Layer, OpKind, Policy};
+use checkpoint::{checkpoint_sequential, run_plan, run_with_policy, OpKind, Policy, Stage};
 use tape::ops::{self, BatchNormOptions, Conv2dOptions, RunningStats};
 use tape::{DType, Device, Result, Tape, Tensor};
 
@@ -41,7 +41,7 @@ fn params(n: usize, dev: &Device) -> ChainParams {
 }
 
 /// One layer per conv/BN/ReLU triple, or one layer per op (`fine`).
-fn layers(p: &ChainParams, fine: bool) -> Vec<Layer<'_>> {
+fn layers(p: &ChainParams, fine: bool) -> Vec<Stage<'_>> {
     let conv_opts = Conv2dOptions {
         stride: 1,
         padding: 1,
@@ -51,19 +51,19 @@ fn layers(p: &ChainParams, fine: bool) -> Vec<Layer<'_>> {
         let w = &p.convs[i];
         let (g, b, rs) = &p.bns[i];
         if fine {
-            out.push(Layer::new(format!("conv{i}"), OpKind::Conv, move |t, x| {
+            out.push(Stage::new(format!("conv{i}"), OpKind::Conv, move |t, x| {
                 ops::conv2d(t, x, w, None, conv_opts)
             }));
-            out.push(Layer::new(
+            out.push(Stage::new(
                 format!("bn{i}"),
                 OpKind::BatchNorm,
                 move |t, x| ops::batch_norm2d(t, x, g, b, rs, BatchNormOptions::default()),
             ));
-            out.push(Layer::new(format!("relu{i}"), OpKind::Relu, |t, x| {
+            out.push(Stage::new(format!("relu{i}"), OpKind::Relu, |t, x| {
                 ops::relu(t, x)
             }));
         } else {
-            out.push(Layer::new(
+            out.push(Stage::new(
                 format!("layer{i}"),
                 OpKind::Other,
                 move |t, x| {
@@ -80,7 +80,7 @@ fn layers(p: &ChainParams, fine: bool) -> Vec<Layer<'_>> {
 /// Peak bytes of one training step above what was allocated before it (parameters, input).
 fn step_peak(
     n: usize,
-    run: impl for<'a> Fn(&mut Tape<'a>, &'a [Layer<'a>], &Tensor) -> Result<Tensor>,
+    run: impl for<'a> Fn(&mut Tape<'a>, &'a [Stage<'a>], &Tensor) -> Result<Tensor>,
 ) -> usize {
     let dev = Device::cpu();
     let p = params(n, &dev);

@@ -5,7 +5,7 @@
 //! names each layer so.
 
 use checkpoint::planner::profile_chain;
-use checkpoint::{checkpoint, Layer, OpKind};
+use checkpoint::{checkpoint, OpKind, Stage};
 use tape::{ops, DType, Device, Tape, Tensor};
 
 #[test]
@@ -45,8 +45,8 @@ fn a_segment_whose_output_no_recorded_op_made_leaves_no_gradient_behind() {
 #[test]
 fn layers_report_their_name_and_kind_and_profiles_name_them() {
     let layers = [
-        Layer::new("conv1", OpKind::Conv, |t, x| ops::scale(t, x, 2.0)),
-        Layer::new("relu1", OpKind::Relu, ops::relu),
+        Stage::new("conv1", OpKind::Conv, |t, x| ops::scale(t, x, 2.0)),
+        Stage::new("relu1", OpKind::Relu, ops::relu),
     ];
     assert_eq!(
         (layers[0].name(), layers[0].kind()),

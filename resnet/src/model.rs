@@ -1,13 +1,13 @@
 //! [`ResNet`]: the model on `tape::nn` modules with torchvision's names, and [`Runner`], which
 //! runs it under a [`Memory`] setting (naive, per-block checkpoints, or the planner's plan for a
-//! budget over the network seen as a chain of [`checkpoint::Layer`]s).
+//! budget over the network seen as a chain of [`checkpoint::Stage`]s).
 
 use crate::block::Block;
 use crate::config::{ResNetConfig, Stem};
 use crate::error::{ResNetError, Result};
 use crate::memory::Memory;
 use checkpoint::planner::{profile_chain, ChainModel, Plan};
-use checkpoint::{run_plan, Layer, OpKind};
+use checkpoint::{run_plan, OpKind, Stage};
 use std::sync::Mutex;
 use tape::nn::{self, BatchNorm2d, Conv2d, Init, Linear, Numbered};
 use tape::ops::RunningStats;
@@ -205,16 +205,16 @@ impl ResNet {
 
     /// The network as a chain of layers for the checkpoint planner: `stem`, every block
     /// (`layer1.0`, ...), `head` (pool and classifier). Batch norm and ReLU run fused.
-    pub fn chain(&self) -> Vec<Layer<'_>> {
-        let mut chain = vec![Layer::new("stem", OpKind::Other, move |t, x| {
+    pub fn chain(&self) -> Vec<Stage<'_>> {
+        let mut chain = vec![Stage::new("stem", OpKind::Other, move |t, x| {
             self.stem(t, x, true)
         })];
         for (name, block) in self.blocks() {
-            chain.push(Layer::new(name, OpKind::Other, move |t, x| {
+            chain.push(Stage::new(name, OpKind::Other, move |t, x| {
                 block.run(t, x, true)
             }));
         }
-        chain.push(Layer::new("head", OpKind::Linear, move |t, x| {
+        chain.push(Stage::new("head", OpKind::Linear, move |t, x| {
             self.head(t, x)
         }));
         chain
@@ -242,7 +242,7 @@ impl ResNet {
 pub struct Runner<'m> {
     model: &'m ResNet,
     memory: Memory,
-    chain: Vec<Layer<'m>>,
+    chain: Vec<Stage<'m>>,
 }
 
 impl<'m> Runner<'m> {
@@ -261,7 +261,7 @@ impl<'m> Runner<'m> {
     }
 
     /// The model's chain of layers ([`ResNet::chain`]).
-    pub fn chain(&self) -> &[Layer<'m>] {
+    pub fn chain(&self) -> &[Stage<'m>] {
         &self.chain
     }
 

@@ -2,7 +2,7 @@
 //! device's memory accounting, and each layer's forward time.
 
 use super::{ChainModel, LayerProfile};
-use crate::sequential::Layer;
+use crate::sequential::Stage;
 use std::time::Instant;
 use tape::{Context, Error, MemoryStats, Phase, Result, Tape, Tensor};
 
@@ -24,7 +24,7 @@ const TIMED_RUNS: usize = 3;
 /// Fails with [`Error::InvalidArgument`] for an empty chain, and with any error a layer returns.
 pub fn profile_chain<'a>(
     tape_context: &Tape<'a>,
-    layers: &'a [Layer<'a>],
+    layers: &'a [Stage<'a>],
     x: &Tensor,
     base_bytes: u64,
 ) -> Result<ChainModel> {
@@ -98,7 +98,7 @@ fn peak_above(memory: &MemoryStats, before: usize) -> u64 {
 /// One layer's profile and its output (from a no-grad run).
 fn profile_layer<'a>(
     ctx: Context,
-    layer: &Layer<'a>,
+    layer: &Stage<'a>,
     x: &Tensor,
     memory: &MemoryStats,
 ) -> Result<(LayerProfile, Tensor)> {

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use checkpoint::planner::{profile_chain, ChainModel, Plan};
-use checkpoint::{run_plan, Layer, OpKind};
+use checkpoint::{run_plan, OpKind, Stage};
 use tape::ops::{self, BatchNormOptions, Conv2dOptions, RunningStats};
 use tape::{DType, Device, Result, Tape, Tensor};
 
@@ -147,7 +147,7 @@ impl Chain {
     }
 
     /// The chain's layers.
-    pub fn layers(&self) -> Vec<Layer<'_>> {
+    pub fn layers(&self) -> Vec<Stage<'_>> {
         self.kinds
             .iter()
             .enumerate()
@@ -155,7 +155,7 @@ impl Chain {
                 let (w, bn) = &self.params[i];
                 let w = w.as_ref();
                 let bn = bn.map(|b| &self.bns[b]);
-                Layer::new(format!("{kind:?}#{i}"), OpKind::Other, move |t, x| {
+                Stage::new(format!("{kind:?}#{i}"), OpKind::Other, move |t, x| {
                     forward(kind, w, bn, t, x)
                 })
             })
@@ -163,7 +163,7 @@ impl Chain {
     }
 
     /// The model from a dry run, with the bytes allocated now as the base.
-    pub fn profile(&self, layers: &[Layer<'_>]) -> ChainModel {
+    pub fn profile(&self, layers: &[Stage<'_>]) -> ChainModel {
         let base = self.dev.memory().current() as u64;
         let model = profile_chain(&Tape::recording(), layers, &self.x, base).unwrap();
         assert_eq!(
@@ -177,7 +177,7 @@ impl Chain {
     /// Runs one training step (forward, mean, backward) under `plan`; returns the device's peak
     /// bytes over it, the loss and the gradients of every parameter (conv weights, then batch
     /// norm weights and biases).
-    pub fn step(&self, layers: &[Layer<'_>], plan: &Plan) -> (u64, f64, Vec<Vec<f64>>) {
+    pub fn step(&self, layers: &[Stage<'_>], plan: &Plan) -> (u64, f64, Vec<Vec<f64>>) {
         self.dev.memory().reset_peak();
         let (loss, grads) = {
             let mut tape = Tape::recording();
@@ -200,7 +200,7 @@ impl Chain {
     }
 
     /// The device's peak bytes over one training step under `plan`.
-    pub fn measured_peak(&self, layers: &[Layer<'_>], plan: &Plan) -> u64 {
+    pub fn measured_peak(&self, layers: &[Stage<'_>], plan: &Plan) -> u64 {
         self.step(layers, plan).0
     }
 

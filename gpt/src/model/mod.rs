@@ -1,7 +1,7 @@
 //! [`Gpt`]: embeddings, decoder blocks, final layer norm and language-model head, with the
 //! blocks run under a [`MemoryMode`].
 //!
-//! The blocks run as a chain of [`checkpoint::Layer`]s ([`Gpt::block_layers`]), which the
+//! The blocks run as a chain of [`checkpoint::Stage`]s ([`Gpt::block_layers`]), which the
 //! caller makes before the step's tape (the tape's recorded closures may borrow them):
 //! [`crate::train::forward_backward`] does it all for a training step.
 
@@ -12,7 +12,7 @@ pub use block::{Block, CausalSelfAttention, Mlp};
 use crate::config::GptConfig;
 use crate::error::{GptError, Result};
 use checkpoint::planner::{profile_chain, ChainModel, Plan};
-use checkpoint::{checkpoint, checkpoint_selective, run_plan, Layer, OpKind, SelectivePolicy};
+use checkpoint::{checkpoint, checkpoint_selective, run_plan, OpKind, SelectivePolicy, Stage};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tape::nn::{self, Dropout, Embedding, Init, LayerNorm, Linear};
@@ -158,12 +158,12 @@ impl Gpt {
 
     /// The decoder blocks as a chain of layers (`h.0`, `h.1`, ...) for [`Gpt::forward`] and
     /// the planner.
-    pub fn block_layers(&self) -> Vec<Layer<'_>> {
+    pub fn block_layers(&self) -> Vec<Stage<'_>> {
         self.transformer
             .h
             .iter()
             .enumerate()
-            .map(|(i, b)| Layer::new(format!("h.{i}"), OpKind::Other, move |t, x| b.forward(t, x)))
+            .map(|(i, b)| Stage::new(format!("h.{i}"), OpKind::Other, move |t, x| b.forward(t, x)))
             .collect()
     }
 
@@ -227,7 +227,7 @@ impl Gpt {
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
-        layers: &'a [Layer<'a>],
+        layers: &'a [Stage<'a>],
         inputs: &[usize],
         batch: usize,
         seq: usize,
@@ -279,7 +279,7 @@ impl Gpt {
     fn budget_plan<'a>(
         &'a self,
         tape: &Tape<'a>,
-        layers: &'a [Layer<'a>],
+        layers: &'a [Stage<'a>],
         x: &Tensor,
         bytes: u64,
     ) -> Result<Plan> {

@@ -52,3 +52,16 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> D
         source,
     }
 }
+
+impl From<trainer::anomaly::GuardError> for DenseNetError {
+    fn from(e: trainer::anomaly::GuardError) -> Self {
+        match e {
+            trainer::anomaly::GuardError::NonFinite(n) => DenseNetError::NonFinite {
+                step: n.step,
+                what: n.what,
+                value: n.value,
+            },
+            trainer::anomaly::GuardError::Engine(e) => e.into(),
+        }
+    }
+}

@@ -10,15 +10,16 @@
 //! update is conditional on that flag on the device ([`Optimizer::step_if_finite`]: the fused
 //! update skips itself when the flag is set, so nothing non-finite is spread and the optimizer
 //! state stays as it was), and the host reads the flag once, after the update is queued. When it
-//! is set, the step fails with a [`DenseNetError::NonFinite`] naming the step and what diverged
+//! is set, the step fails with a [`DenseNetError::NonFinite`](crate::DenseNetError::NonFinite) naming the step and what diverged
 //! (found by reading the tensors one by one, on that failure path only). Per step on any device:
 //! one host sync (the flag) and, for SGD, one optimizer launch.
 
-use crate::error::{DenseNetError, Result};
+use crate::error::Result;
 use crate::model::DenseNet;
 use std::sync::OnceLock;
 use tape::optim::{Optimizer, SgdConfig};
 use tape::{ops, Gradients, Labels, Tape, Tensor};
+use trainer::anomaly;
 
 /// The seed project's optimizer: SGD, lr 0.1, Nesterov momentum 0.9, weight decay 1e-4.
 pub fn seed_sgd_config() -> SgdConfig {
@@ -121,7 +122,7 @@ pub fn forward_backward(
 pub struct StepOptions {
     /// Seed of the step's dropout masks.
     pub seed: u64,
-    /// The step's index in the run (named by a [`DenseNetError::NonFinite`] error).
+    /// The step's index in the run (named by a [`DenseNetError::NonFinite`](crate::DenseNetError::NonFinite) error).
     pub step: u64,
     /// Run the anomaly check: the update is conditional on [`non_finite_flag`] (on in
     /// [`StepOptions::new`]).
@@ -139,66 +140,23 @@ impl StepOptions {
     }
 }
 
-/// The tensors the anomaly check covers, in the order it names them: the loss, then for each
-/// of `model`'s parameters ([`DenseNet::parameters`] order) its gradient (if any) and its value.
-fn checked<'a>(model: &'a DenseNet, out: &'a StepOutput) -> Vec<(String, &'a Tensor)> {
-    let mut list = vec![("the loss".to_string(), &out.loss)];
-    for p in model.parameters() {
-        if let Some(g) = out.grads.get(p.tensor()) {
-            list.push((format!("the gradient of '{}'", p.name()), g));
-        }
-        list.push((format!("the parameter '{}'", p.name()), p.tensor()));
-    }
-    list
-}
-
-/// The anomaly check's device flag: a one-element tensor holding 1 if the loss, the gradient of
-/// any of `model`'s parameters or a parameter itself holds a NaN or an infinity, else 0. One
-/// fused kernel call ([`ops::non_finite`]) over all of them; nothing is read back.
-///
-/// Parameters are checked too because a NaN weight does not always reach the loss (a ReLU maps a
-/// NaN batch-norm output to 0) and an update with a finite but huge gradient can overflow a
-/// weight.
+/// The anomaly check's device flag ([`trainer::anomaly::non_finite_flag`]): a one-element
+/// tensor holding 1 if the loss, the gradient of any of `model`'s parameters or a parameter
+/// itself holds a NaN or an infinity, else 0. One fused kernel call; nothing is read back.
 pub fn non_finite_flag(model: &DenseNet, out: &StepOutput) -> Result<Tensor> {
-    let list = checked(model, out);
-    let tensors: Vec<&Tensor> = list.iter().map(|(_, t)| *t).collect();
-    Ok(ops::non_finite(&tensors)?)
+    Ok(anomaly::non_finite_flag(model, &out.loss, &out.grads)?)
 }
 
-/// Fails with [`DenseNetError::NonFinite`] naming `step` if the loss, the gradient of any of
-/// `model`'s parameters or a parameter itself holds a NaN or an infinity: the flag of
-/// [`non_finite_flag`] (one kernel call) read once; only when it is set are the tensors read one
-/// by one to name the first culprit (the loss first, then in [`DenseNet::parameters`] order a
-/// parameter's gradient before its value) and its first non-finite element.
+/// Fails with [`DenseNetError::NonFinite`](crate::DenseNetError::NonFinite) naming `step` if the loss, the gradient of any of
+/// `model`'s parameters or a parameter itself holds a NaN or an infinity
+/// ([`trainer::anomaly::check_finite`]: the flag read once; the culprit named only when it is
+/// set).
 pub fn check_finite(model: &DenseNet, out: &StepOutput, step: u64) -> Result<()> {
-    if non_finite_flag(model, out)?.scalar()? == 0.0 {
-        return Ok(());
-    }
-    Err(non_finite_error(model, out, step))
-}
-
-/// The error of a step whose anomaly flag is set: the first non-finite tensor of [`checked`]
-/// and its first non-finite element (reading each tensor back, on this failure path only).
-fn non_finite_error(model: &DenseNet, out: &StepOutput, step: u64) -> DenseNetError {
-    for (what, t) in checked(model, out) {
-        match t.try_to_f64_vec() {
-            Ok(values) => {
-                if let Some(&value) = values.iter().find(|v| !v.is_finite()) {
-                    return DenseNetError::NonFinite { step, what, value };
-                }
-            }
-            Err(e) => return e.into(),
-        }
-    }
-    DenseNetError::NonFinite {
-        step,
-        what: "a gradient or parameter (the device flagged one; none read back)".into(),
-        value: f64::NAN,
-    }
+    Ok(anomaly::check_finite(model, &out.loss, &out.grads, step)?)
 }
 
 /// One SGD (or other optimizer) step on a batch; returns the loss and logits. `seed` drives
-/// dropout and is also the step index a [`DenseNetError::NonFinite`] error names (a loop that
+/// dropout and is also the step index a [`DenseNetError::NonFinite`](crate::DenseNetError::NonFinite) error names (a loop that
 /// numbers its steps otherwise calls [`train_step_with`]). The anomaly check is on.
 pub fn train_step(
     model: &mut DenseNet,
@@ -214,7 +172,7 @@ pub fn train_step(
 /// With the anomaly check on, the update is conditional on the device flag of
 /// [`non_finite_flag`] ([`Optimizer::step_if_finite`]), which the host reads once, after the
 /// update is queued: a non-finite loss, gradient or parameter fails with
-/// [`DenseNetError::NonFinite`], and the device has skipped the update, so the parameters and
+/// [`DenseNetError::NonFinite`](crate::DenseNetError::NonFinite), and the device has skipped the update, so the parameters and
 /// the optimizer state keep their values (the batch norm running statistics have already seen
 /// the batch in forward).
 pub fn train_step_with(
@@ -229,13 +187,8 @@ pub fn train_step_with(
         optimizer.step(&mut model.parameters_mut(), &out.grads)?;
         return Ok(out);
     }
-    let flag = non_finite_flag(model, &out)?;
-    let applied = optimizer.step_if_finite(&mut model.parameters_mut(), &out.grads, &flag)?;
-    if applied {
-        Ok(out)
-    } else {
-        Err(non_finite_error(model, &out, options.step))
-    }
+    anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, options.step)?;
+    Ok(out)
 }
 
 /// Logits in eval mode without recording (running statistics, no dropout).

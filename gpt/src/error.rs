@@ -17,16 +17,10 @@ pub enum GptError {
     /// model needs, or holds tensors it does not have.
     #[error(transparent)]
     State(#[from] tape::nn::StateError),
-    /// A training step met a loss, gradient or parameter that is NaN or infinite; the step did
-    /// not update the parameters.
-    #[error("training step {step}: {what} is not finite; the step did not update the parameters")]
-    NonFinite {
-        /// The step's index.
-        step: u64,
-        /// What is not finite: `the loss`, `the gradient of '<parameter>'` or `the parameter
-        /// '<parameter>'`.
-        what: String,
-    },
+    /// A training step met a loss, gradient or parameter that is NaN or infinite (the run
+    /// diverged); the step did not update the parameters.
+    #[error(transparent)]
+    NonFinite(#[from] trainer::anomaly::NonFinite),
     /// The text cannot be tokenized or the dataset built.
     #[error("dataset: {0}")]
     Data(String),
@@ -42,3 +36,12 @@ pub enum GptError {
 
 /// Result type of the GPT crate.
 pub type Result<T> = std::result::Result<T, GptError>;
+
+impl From<trainer::anomaly::GuardError> for GptError {
+    fn from(e: trainer::anomaly::GuardError) -> Self {
+        match e {
+            trainer::anomaly::GuardError::NonFinite(n) => n.into(),
+            trainer::anomaly::GuardError::Engine(e) => e.into(),
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! fused reduction into a device flag), and an optimizer update the device skips when the flag
 //! is set ([`Optimizer::step_if_finite`]).
 
-use crate::error::{GptError, Result};
+use crate::error::Result;
 use crate::model::{Gpt, TokenBatch};
 use tape::optim::{Adam, AdamConfig, Optimizer};
 use tape::{ops, Gradients, Tape, Tensor};
@@ -57,7 +57,7 @@ pub fn forward_backward(model: &Gpt, batch: &TokenBatch, seed: u64) -> Result<St
 }
 
 /// One optimizer step on `batch` (dropout seed and step index `step`): the update is skipped
-/// on the device, and the step fails with [`GptError::NonFinite`], when the loss, a gradient
+/// on the device, and the step fails with [`GptError::NonFinite`](crate::GptError::NonFinite), when the loss, a gradient
 /// or a parameter is NaN or infinite.
 pub fn train_step(
     model: &mut Gpt,
@@ -66,41 +66,6 @@ pub fn train_step(
     step: u64,
 ) -> Result<StepOutput> {
     let out = forward_backward(model, batch, step)?;
-    let flag = {
-        let mut list = vec![&out.loss];
-        for p in model.parameters() {
-            if let Some(g) = out.grads.get(p.tensor()) {
-                list.push(g);
-            }
-            list.push(p.tensor());
-        }
-        ops::non_finite(&list)?
-    };
-    if optimizer.step_if_finite(&mut model.parameters_mut(), &out.grads, &flag)? {
-        return Ok(out);
-    }
-    Err(GptError::NonFinite {
-        step,
-        what: first_non_finite(model, &out),
-    })
-}
-
-/// Names the first non-finite tensor: the loss, then each parameter's gradient and value.
-fn first_non_finite(model: &Gpt, out: &StepOutput) -> String {
-    let bad = |t: &Tensor| {
-        t.try_to_f64_vec()
-            .map_or(true, |v| v.iter().any(|x| !x.is_finite()))
-    };
-    if bad(&out.loss) {
-        return "the loss".into();
-    }
-    for p in model.parameters() {
-        if out.grads.get(p.tensor()).is_some_and(bad) {
-            return format!("the gradient of '{}'", p.name());
-        }
-        if bad(p.tensor()) {
-            return format!("the parameter '{}'", p.name());
-        }
-    }
-    "a gradient or parameter".into()
+    trainer::anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, step)?;
+    Ok(out)
 }

@@ -16,16 +16,20 @@ pub enum ResNetError {
     /// the model needs, or holds tensors it does not have.
     #[error(transparent)]
     State(#[from] tape::nn::StateError),
-    /// A training step met a loss, gradient or parameter that is NaN or infinite; the step did
-    /// not update the parameters.
-    #[error("training step {step}: {what} is not finite; the step did not update the parameters")]
-    NonFinite {
-        /// The step's index, as the caller numbers them.
-        step: u64,
-        /// What is not finite: `the loss`, `the gradient of '<name>'` or `the parameter '<name>'`.
-        what: String,
-    },
+    /// A training step met a loss, gradient or parameter that is NaN or infinite (the run
+    /// diverged); the step did not update the parameters.
+    #[error(transparent)]
+    NonFinite(#[from] trainer::anomaly::NonFinite),
 }
 
 /// Result type of the ResNet crate.
 pub type Result<T> = std::result::Result<T, ResNetError>;
+
+impl From<trainer::anomaly::GuardError> for ResNetError {
+    fn from(e: trainer::anomaly::GuardError) -> Self {
+        match e {
+            trainer::anomaly::GuardError::NonFinite(n) => n.into(),
+            trainer::anomaly::GuardError::Engine(e) => e.into(),
+        }
+    }
+}

@@ -1,10 +1,10 @@
 //! One training step (forward, cross-entropy, backward, anomaly check, optimizer update) and
 //! prediction in eval mode.
 //!
-//! The anomaly check is one fused reduction ([`ops::non_finite`]) over the loss, every gradient
-//! and every parameter into a device flag; the update is conditional on it on the device
-//! ([`Optimizer::step_if_finite`]), so a diverged step changes neither the parameters nor the
-//! optimizer state, and fails with [`ResNetError::NonFinite`] naming the first culprit.
+//! The anomaly check is the shared one ([`trainer::anomaly`]): one fused reduction over the loss,
+//! every gradient and every parameter into a device flag; the update is conditional on it on the
+//! device, so a diverged step changes neither the parameters nor the optimizer state, and fails
+//! with [`ResNetError::NonFinite`] naming the first culprit.
 
 use crate::error::{ResNetError, Result};
 use crate::memory::Memory;
@@ -76,18 +76,6 @@ pub fn forward_backward(
     })
 }
 
-/// The tensors the anomaly check covers, in the order it names them.
-fn checked<'a>(model: &'a ResNet, out: &'a StepOutput) -> Vec<(String, &'a Tensor)> {
-    let mut list = vec![("the loss".to_string(), &out.loss)];
-    for p in model.parameters() {
-        if let Some(g) = out.grads.get(p.tensor()) {
-            list.push((format!("the gradient of '{}'", p.name()), g));
-        }
-        list.push((format!("the parameter '{}'", p.name()), p.tensor()));
-    }
-    list
-}
-
 /// One optimizer step on a batch under `memory`: forward, backward, the anomaly check, and the
 /// update, which the device skips if anything is not finite (the step then fails with
 /// [`ResNetError::NonFinite`] naming `step`; the batch norms' running statistics have already
@@ -101,23 +89,8 @@ pub fn train_step(
     step: u64,
 ) -> Result<StepOutput> {
     let out = forward_backward(model, x, labels, memory)?;
-    let flag = {
-        let list = checked(model, &out);
-        let tensors: Vec<&Tensor> = list.iter().map(|(_, t)| *t).collect();
-        ops::non_finite(&tensors)?
-    };
-    if optimizer.step_if_finite(&mut model.parameters_mut(), &out.grads, &flag)? {
-        return Ok(out);
-    }
-    for (what, t) in checked(model, &out) {
-        if t.try_to_f64_vec()?.iter().any(|v| !v.is_finite()) {
-            return Err(ResNetError::NonFinite { step, what });
-        }
-    }
-    Err(ResNetError::NonFinite {
-        step,
-        what: "a gradient or parameter (flagged on the device)".into(),
-    })
+    trainer::anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, step)?;
+    Ok(out)
 }
 
 /// Logits in eval mode (running statistics), recording nothing.

@@ -7,9 +7,14 @@
 //! epoch (bit for bit the run it continues, when the task's batches and seeds depend only on the
 //! epoch and batch index).
 //!
+//! [`anomaly`] is the guarded optimizer update every model's training step uses: the update is
+//! skipped on the device when the loss, a gradient or a parameter is not finite, and the step
+//! fails naming the culprit.
+//!
 //! Steps are queued without waiting: a step's loss and hit count stay on the device and are read
 //! after the next step is queued, so the host never waits for the step it has just queued.
 
+pub mod anomaly;
 mod fit;
 mod progress;
 mod run_dir;

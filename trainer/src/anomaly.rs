@@ -1,0 +1,123 @@
+//! The anomaly check of a training step, for any model built of [`tape::nn`] modules: one fused
+//! reduction ([`ops::non_finite`]) over the loss, every parameter's gradient and every parameter
+//! into a device flag; the optimizer's update is conditional on that flag on the device
+//! ([`Optimizer::step_if_finite`]), so a diverged step changes neither the parameters nor the
+//! optimizer state, and the host reads the flag once, after the update is queued. Only when it
+//! is set are the tensors read back one by one to name the first culprit.
+//!
+//! Parameters are checked too because a NaN weight does not always reach the loss (a ReLU or a
+//! max can hide it for a step) and a finite but huge gradient can overflow a weight.
+
+use tape::nn::{self, Module};
+use tape::optim::Optimizer;
+use tape::{ops, Gradients, Tensor};
+
+/// A loss, gradient or parameter that holds a NaN or an infinity: the run diverged.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error(
+    "training step {step}: {what} is not finite ({value}); the run diverged (try a lower \
+     learning rate) and this step did not update the parameters"
+)]
+pub struct NonFinite {
+    /// The step's index, as the caller numbers them.
+    pub step: u64,
+    /// What is not finite: `the loss`, `the gradient of '<parameter>'` or
+    /// `the parameter '<parameter>'`.
+    pub what: String,
+    /// The first non-finite value found in it (NaN when none could be read back).
+    pub value: f64,
+}
+
+/// What a guarded step can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The step diverged; the update was skipped.
+    #[error(transparent)]
+    NonFinite(#[from] NonFinite),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] tape::Error),
+}
+
+/// The tensors the check covers, in the order it names them: the loss, then for each of
+/// `model`'s parameters (declaration order) its gradient (if any) and its value.
+fn checked<'a, M: Module + ?Sized>(
+    model: &'a M,
+    loss: &'a Tensor,
+    grads: &'a Gradients,
+) -> Vec<(String, &'a Tensor)> {
+    let mut list = vec![("the loss".to_string(), loss)];
+    for p in nn::parameters(model) {
+        if let Some(g) = grads.get(p.tensor()) {
+            list.push((format!("the gradient of '{}'", p.name()), g));
+        }
+        list.push((format!("the parameter '{}'", p.name()), p.tensor()));
+    }
+    list
+}
+
+/// The device flag: a one-element tensor holding 1 if `loss`, the gradient of any of `model`'s
+/// parameters or a parameter itself holds a NaN or an infinity, else 0. One kernel call;
+/// nothing is read back.
+pub fn non_finite_flag<M: Module + ?Sized>(
+    model: &M,
+    loss: &Tensor,
+    grads: &Gradients,
+) -> tape::Result<Tensor> {
+    let list = checked(model, loss, grads);
+    let tensors: Vec<&Tensor> = list.iter().map(|(_, t)| *t).collect();
+    ops::non_finite(&tensors)
+}
+
+/// The first non-finite tensor of the check (the loss first, then in declaration order a
+/// parameter's gradient before its value) and its first non-finite element, read back one by
+/// one: for the failure path.
+pub fn first_non_finite<M: Module + ?Sized>(
+    model: &M,
+    loss: &Tensor,
+    grads: &Gradients,
+    step: u64,
+) -> tape::Result<NonFinite> {
+    for (what, t) in checked(model, loss, grads) {
+        if let Some(&value) = t.try_to_f64_vec()?.iter().find(|v| !v.is_finite()) {
+            return Ok(NonFinite { step, what, value });
+        }
+    }
+    Ok(NonFinite {
+        step,
+        what: "a gradient or parameter (the device flagged one; none read back)".into(),
+        value: f64::NAN,
+    })
+}
+
+/// Fails with [`NonFinite`] naming `step` if the loss, a gradient or a parameter is not finite:
+/// the flag read once (one host sync), the culprit named only when it is set.
+pub fn check_finite<M: Module + ?Sized>(
+    model: &M,
+    loss: &Tensor,
+    grads: &Gradients,
+    step: u64,
+) -> Result<(), GuardError> {
+    if non_finite_flag(model, loss, grads)?.scalar()? == 0.0 {
+        return Ok(());
+    }
+    Err(first_non_finite(model, loss, grads, step)?.into())
+}
+
+/// One optimizer update of `model`'s parameters from `grads`, queued with no host read before
+/// it and skipped on the device when the loss, a gradient or a parameter is not finite; the
+/// flag is read once, after the update is queued. A skipped update fails with [`NonFinite`]
+/// naming `step`, the parameters and the optimizer state as they were.
+pub fn step_if_finite<M: Module + ?Sized>(
+    model: &mut M,
+    optimizer: &mut dyn Optimizer,
+    loss: &Tensor,
+    grads: &Gradients,
+    step: u64,
+) -> Result<(), GuardError> {
+    let flag = non_finite_flag(model, loss, grads)?;
+    if optimizer.step_if_finite(&mut nn::parameters_mut(model), grads, &flag)? {
+        return Ok(());
+    }
+    Err(first_non_finite(model, loss, grads, step)?.into())
+}

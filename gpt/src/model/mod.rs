@@ -89,8 +89,10 @@ pub struct Gpt {
     lm_head: Linear,
     drop: Dropout,
     mode: MemoryMode,
-    /// Plans of [`MemoryMode::Budget`], by (batch, seq, budget).
-    plans: Mutex<HashMap<(usize, usize, u64), Plan>>,
+    /// Plans of [`MemoryMode::Budget`], by (batch, seq, budget), with the bytes the device
+    /// held when each was made (a plan is made again when that changes: the optimizer's state
+    /// appears after the first step).
+    plans: Mutex<HashMap<(usize, usize, u64), (u64, Plan)>>,
 }
 tape::module!(Gpt { "transformer" => transformer, "lm_head" => lm_head });
 
@@ -275,7 +277,9 @@ impl Gpt {
     }
 
     /// The plan of [`MemoryMode::Budget`]`(bytes)` for the chain's input `x`, from the cache or
-    /// the planner (profiling the chain on `x`, with what the device holds now as its base).
+    /// the planner: the chain profiled on `x` with what the device holds now as its base, under
+    /// the budget less [`Gpt::head_bytes`] (what the head and the loss hold on top of the
+    /// chain's output when backward starts).
     fn budget_plan<'a>(
         &'a self,
         tape: &Tape<'a>,
@@ -283,27 +287,44 @@ impl Gpt {
         x: &Tensor,
         bytes: u64,
     ) -> Result<Plan> {
-        let key = (x.shape()[0], x.shape()[1], bytes);
-        if let Some(plan) = self.lock_plans().get(&key) {
-            return Ok(plan.clone());
-        }
+        let (batch, seq) = (x.shape()[0], x.shape()[1]);
+        let key = (batch, seq, bytes);
         let base = x.device().memory().current() as u64;
+        if let Some((held, plan)) = self.lock_plans().get(&key) {
+            if *held == base {
+                return Ok(plan.clone());
+            }
+        }
         let model = profile_chain(tape, layers, x, base)?;
-        let plan = model.plan(bytes)?;
-        self.lock_plans().insert(key, plan.clone());
+        let plan = model.plan(bytes.saturating_sub(self.head_bytes(batch, seq)))?;
+        self.lock_plans().insert(key, (base, plan.clone()));
         Ok(plan)
     }
 
-    fn lock_plans(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, usize, u64), Plan>> {
+    /// Bytes the head and the loss hold beyond the block chain's output at the start of
+    /// backward, for batches of `batch x seq` (an upper bound): the final layer norm's output and
+    /// statistics, the logits, the loss's saved probabilities and the logits' gradient, and the
+    /// head's parameter gradients.
+    pub fn head_bytes(&self, batch: usize, seq: usize) -> u64 {
+        let (c, v) = (self.config.n_embd as u64, self.config.vocab_size as u64);
+        let rows = (batch * seq) as u64;
+        let elem = self.dtype().size_in_bytes() as u64;
+        // Row statistics of the layer norm are kept in f64 on the CPU: 16 bytes a row at most.
+        (rows * (2 * c + 3 * v) + v * c + 2 * c) * elem + 16 * rows
+    }
+
+    fn lock_plans(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, usize, u64), (u64, Plan)>> {
         self.plans.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The plan [`MemoryMode::Budget`] used for batches of `batch x seq`, if one was made.
+    /// The plan [`MemoryMode::Budget`] last used for batches of `batch x seq`, if one was made.
     pub fn cached_plan(&self, batch: usize, seq: usize) -> Option<Plan> {
         let MemoryMode::Budget(bytes) = self.mode else {
             return None;
         };
-        self.lock_plans().get(&(batch, seq, bytes)).cloned()
+        self.lock_plans()
+            .get(&(batch, seq, bytes))
+            .map(|(_, p)| p.clone())
     }
 
     /// The planner's model of the block chain for batches of `batch x seq` (profiled on the

@@ -92,9 +92,13 @@ pub struct Gpt {
     /// Plans of [`MemoryMode::Budget`], by (batch, seq, budget), with the bytes the device
     /// held when each was made (a plan is made again when that changes: the optimizer's state
     /// appears after the first step).
-    plans: Mutex<HashMap<(usize, usize, u64), (u64, Plan)>>,
+    plans: Mutex<PlanCache>,
 }
 tape::module!(Gpt { "transformer" => transformer, "lm_head" => lm_head });
+
+/// Budget plans by (batch, seq, budget): the bytes the device held when each was made, and the
+/// plan.
+type PlanCache = HashMap<(usize, usize, u64), (u64, Plan)>;
 
 impl Gpt {
     /// A model of `config` (validated) in `dtype` on `device`, initialised as GPT-2 from
@@ -313,7 +317,7 @@ impl Gpt {
         (rows * (2 * c + 3 * v) + v * c + 2 * c) * elem + 16 * rows
     }
 
-    fn lock_plans(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, usize, u64), (u64, Plan)>> {
+    fn lock_plans(&self) -> std::sync::MutexGuard<'_, PlanCache> {
         self.plans.lock().unwrap_or_else(|e| e.into_inner())
     }
 

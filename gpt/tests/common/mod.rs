@@ -60,7 +60,8 @@ pub fn mixes(plan: &Plan) -> bool {
 }
 
 /// A budget under which the planner's plan for `model`'s chain mixes kept and recomputed
-/// blocks, searched between the least feasible peak and the naive peak.
+/// blocks, searched between the least feasible peak and the naive peak of the chain, plus what
+/// the model sets aside for the head and the loss ([`Gpt::head_bytes`]).
 pub fn mixing_budget(model: &Gpt, batch: usize, seq: usize) -> Option<u64> {
     let cm = model.chain_model(batch, seq).unwrap();
     let n = model.config().n_layer;
@@ -69,6 +70,7 @@ pub fn mixing_budget(model: &Gpt, batch: usize, seq: usize) -> Option<u64> {
     (1..20)
         .map(|k| least + (naive.saturating_sub(least)) * k / 20)
         .find(|&b| cm.plan(b).map(|p| mixes(&p)).unwrap_or(false))
+        .map(|b| b + model.head_bytes(batch, seq))
 }
 
 pub fn model(config: GptConfig, dtype: DType, seed: u64, mode: MemoryMode) -> Gpt {

@@ -1,18 +1,22 @@
 //! Trains the small GPT on this workspace's own Rust sources (read at run time, character
-//! level), printing the training loss every few steps and the validation loss at the end,
-//! saves the weights atomically, and prints a generated sample.
+//! level) with the shared training loop ([`trainer::fit`]): an "epoch" is `--every` steps, after
+//! which the validation loss is measured and, with `--out DIR`, the weights, the Adam state and
+//! `DIR/state.json` are saved atomically (`--resume` continues from them); then it prints a
+//! generated sample.
 //!
-//! `cargo run --release --example train_gpt [-- --steps 500 --mode selective --out PATH]`
+//! `cargo run --release --example train_gpt [-- --steps 500 --mode selective --out DIR]`
 
 use clap::Parser;
 use gpt::data::{Split, TextDataset};
 use gpt::generate::{generate, Sampling};
-use gpt::train::{adam, forward_backward, train_step};
-use gpt::{Gpt, GptConfig, MemoryMode};
+use gpt::train::{adam, train_step};
+use gpt::{Gpt, GptConfig, GptError, MemoryMode};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
-use tape::DType;
+use tape::nn::Module;
+use tape::optim::{Adam, Optimizer};
+use tape::{ops, DType, Tape};
+use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task};
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a small character-level GPT on this workspace's Rust sources")]
@@ -23,7 +27,8 @@ struct Args {
     /// Training steps.
     #[arg(long, default_value_t = 500)]
     steps: u64,
-    /// Print the training loss every this many steps.
+    /// Steps per "epoch": the training loss is summed and the validation loss measured (and
+    /// the run saved, with --out) every this many steps.
     #[arg(long, default_value_t = 50)]
     every: u64,
     /// Sequences per batch.
@@ -53,9 +58,82 @@ struct Args {
     /// Characters to generate after training.
     #[arg(long, default_value_t = 300)]
     sample: usize,
-    /// Where to save the weights (safetensors).
-    #[arg(long, default_value = "target/train_gpt/gpt.safetensors")]
+    /// Run directory: model.safetensors, optimizer.safetensors and state.json, saved
+    /// atomically every --every steps.
+    #[arg(long, default_value = "target/train_gpt")]
     out: PathBuf,
+    /// Continue from --out's saved state at the next "epoch".
+    #[arg(long)]
+    resume: bool,
+}
+
+/// The GPT on the source text as the training loop sees it.
+struct GptTask {
+    model: Gpt,
+    opt: Adam,
+    data: TextDataset,
+    batch: usize,
+    seq: usize,
+    steps: u64,
+    every: u64,
+    config: GptConfig,
+}
+
+impl Task for GptTask {
+    type Error = GptError;
+
+    fn steps(&self, epoch: usize) -> usize {
+        let start = epoch as u64 * self.every;
+        self.every.min(self.steps.saturating_sub(start)) as usize
+    }
+
+    fn samples(&self, epoch: usize) -> usize {
+        self.steps(epoch) * self.batch * self.seq
+    }
+
+    fn train_step(&mut self, _epoch: usize, _step: usize, index: u64) -> gpt::Result<Queued> {
+        let b = self.data.batch(Split::Train, self.batch, self.seq, index)?;
+        let out = train_step(&mut self.model, &mut self.opt, &b, index)?;
+        Ok(Queued {
+            loss: out.loss.clone(),
+            correct: None,
+            samples: self.batch * self.seq,
+        })
+    }
+
+    fn evaluate(&mut self) -> gpt::Result<Option<Eval>> {
+        let mut loss = 0.0;
+        for k in 0..4 {
+            let b = self
+                .data
+                .batch(Split::Val, self.batch, self.seq, 1_000_000 + k)?;
+            let logits = self.model.logits(&b.inputs, b.batch, b.seq)?;
+            let flat = ops::reshape(
+                &mut Tape::no_grad(),
+                &logits,
+                &[b.batch * b.seq, logits.shape()[2]],
+            )?;
+            loss += ops::cross_entropy(&mut Tape::no_grad(), &flat, &b.targets)?.scalar()? / 4.0;
+        }
+        Ok(Some(Eval {
+            loss,
+            accuracy: None,
+        }))
+    }
+
+    fn state(&mut self) -> (&mut dyn Module, &mut dyn Optimizer) {
+        (&mut self.model, &mut self.opt)
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "vocab_size": self.config.vocab_size,
+            "block_size": self.config.block_size,
+            "n_layer": self.config.n_layer,
+            "n_head": self.config.n_head,
+            "n_embd": self.config.n_embd,
+        })
+    }
 }
 
 fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -84,7 +162,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         dropout: 0.0,
     };
     let dev = harness::open_device(&a.device, false)?;
-    let mut model = Gpt::new(cfg, DType::F32, &dev, 0)?.with_memory_mode(mode);
+    let model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?.with_memory_mode(mode);
     println!(
         "model: {} blocks, width {}, {} heads, {} parameters, mode {mode:?}",
         a.layers,
@@ -92,36 +170,34 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         a.heads,
         tape::nn::num_parameters(&model)
     );
-    let mut opt = adam(a.lr)?;
-    let t0 = Instant::now();
-    for step in 0..a.steps {
-        let b = data.batch(Split::Train, a.batch, a.seq, step)?;
-        let out = train_step(&mut model, &mut opt, &b, step)?;
-        if step % a.every.max(1) == 0 || step + 1 == a.steps {
-            println!(
-                "step {step:>5}  loss {:.4}  ({:.1} s)",
-                out.loss_value()?,
-                t0.elapsed().as_secs_f64()
-            );
-        }
+    if a.every == 0 || a.steps == 0 {
+        return Err("--steps and --every must be at least 1".into());
     }
-    let mut val = 0.0;
-    for k in 0..4 {
-        let b = data.batch(Split::Val, a.batch, a.seq, 1_000_000 + k)?;
-        val += forward_backward(&model, &b, 0)?.loss_value()? / 4.0;
-    }
-    println!("validation loss {val:.4}");
-    if let Some(dir) = a.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    tape::nn::save(&model, &a.out)?;
-    println!("weights saved to {}", a.out.display());
+    let epochs = a.steps.div_ceil(a.every) as usize;
+    let mut task = GptTask {
+        model,
+        opt: adam(a.lr)?,
+        data,
+        batch: a.batch,
+        seq: a.seq,
+        steps: a.steps,
+        every: a.every,
+        config: cfg,
+    };
+    let options = FitOptions {
+        run_dir: Some(RunDir::new(&a.out)),
+        resume: a.resume,
+        ..FitOptions::new(epochs, a.lr, Schedule::Constant)
+    };
+    fit(&mut task, &options)?;
+    println!("run saved in {}", a.out.display());
+    let (model, tok) = (&task.model, &task.data.tokenizer);
     let prompt = tok.encode("fn ")?;
     let sampling = Sampling::Temperature {
         temperature: 0.8,
         seed: 1,
     };
-    let text = tok.decode(&generate(&model, &prompt, a.sample, sampling)?)?;
+    let text = tok.decode(&generate(model, &prompt, a.sample, sampling)?)?;
     println!("sample:\n{text}");
     Ok(())
 }

@@ -60,27 +60,26 @@ impl DenseLayer {
         tape: &mut Tape,
         features: &BlockStorage,
         c: usize,
-        fused: bool,
+        in_place: bool,
     ) -> Result<Tensor> {
-        let h = self.norm1.prefix_forward_relu(tape, features, c, fused)?;
+        let h = self
+            .norm1
+            .prefix_forward_relu(tape, features, c, in_place)?;
         self.conv1.forward(tape, &h)
     }
 
-    fn rest(&self, tape: &mut Tape, bottleneck: &Tensor, fused: bool) -> Result<Tensor> {
-        let h = if fused {
-            self.norm2.forward_relu_fused(tape, bottleneck)?
-        } else {
-            self.norm2.forward_relu(tape, bottleneck)?
-        };
+    fn rest(&self, tape: &mut Tape, bottleneck: &Tensor) -> Result<Tensor> {
+        let h = self.norm2.forward_relu_fused(tape, bottleneck)?;
         let h = self.conv2.forward(tape, &h)?;
         self.dropout.forward(tape, &h)
     }
 
     /// The layer's `growth` new channels from the first `c` channels of its block's storage
-    /// (every feature before it), for the caller to append. The naive mode copies the channels
-    /// out ([`BlockStorage::gather`], the concatenation) and runs batch norm and ReLU as separate
-    /// ops; the others read them in place with the fused op. A recomputed layer's output is read
-    /// back from the storage for its recompute, so the segment keeps no copy of it.
+    /// (every feature before it), for the caller to append. Batch norm and ReLU run as one fused
+    /// op (it keeps its input and its output, as separate ops with an in-place ReLU would). The
+    /// naive mode runs it on a copy of the channels that backward keeps ([`BlockStorage::gather`],
+    /// the concatenation); the others read them in place. A recomputed layer's output is read back
+    /// from the storage for its recompute, so the segment keeps no copy of it.
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
@@ -92,20 +91,20 @@ impl DenseLayer {
         match mode {
             DenseLayerMode::Keep => {
                 let b = self.bottleneck(tape, &features, c, false)?;
-                self.rest(tape, &b, false)
+                self.rest(tape, &b)
             }
             DenseLayerMode::RecomputeBottleneck => {
                 let b = checkpoint(tape, &[], move |t, _| {
                     self.bottleneck(t, &features, c, true)
                 })?;
-                self.rest(tape, &b, true)
+                self.rest(tape, &b)
             }
             DenseLayerMode::RecomputeLayer => {
                 let growth = self.conv2.weight.tensor().shape()[0];
                 let options = output_read_back(&features, c, growth);
                 checkpoint_with(tape, &[], options, move |t, _| {
                     let b = self.bottleneck(t, &features, c, true)?;
-                    self.rest(t, &b, true)
+                    self.rest(t, &b)
                 })
             }
         }
@@ -139,23 +138,23 @@ impl Transition {
         })
     }
 
-    fn run(&self, tape: &mut Tape, features: &BlockStorage, fused: bool) -> Result<Tensor> {
+    fn run(&self, tape: &mut Tape, features: &BlockStorage, in_place: bool) -> Result<Tensor> {
         let c = features.channels();
-        let h = self.norm.prefix_forward_relu(tape, features, c, fused)?;
+        let h = self.norm.prefix_forward_relu(tape, features, c, in_place)?;
         let h = self.conv.forward(tape, &h)?;
         ops::avg_pool2d(tape, &h, 2, 2, 0)
     }
 
     /// The next block's input from all features of this block, for the caller to append to the
     /// next block's storage; `recompute` checkpoints it (its recompute runs the cheap average
-    /// pool again rather than keep a second copy of its output), `fused` runs batch norm and
-    /// ReLU as one op reading the features in place.
+    /// pool again rather than keep a second copy of its output); `in_place` has batch norm and
+    /// ReLU read the features in place rather than from a copy of them.
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
         features: &BlockStorage,
         recompute: bool,
-        fused: bool,
+        in_place: bool,
     ) -> Result<Tensor> {
         if recompute {
             let features = features.clone();
@@ -164,10 +163,10 @@ impl Transition {
                 ..CheckpointOptions::default()
             };
             checkpoint_with(tape, &[], options, move |t, _| {
-                self.run(t, &features, fused)
+                self.run(t, &features, in_place)
             })
         } else {
-            self.run(tape, features, fused)
+            self.run(tape, features, in_place)
         }
     }
 }

@@ -254,7 +254,8 @@ impl DenseNet {
         self.config.validate_image(h, w)?;
         let modes = self.layer_modes([n, c, h, w])?;
         let recompute_glue = !matches!(self.memory, Memory::Naive | Memory::RecomputeBottleneck);
-        let fused = self.memory != Memory::Naive;
+        // The naive mode reads every layer's input from a copy (the concatenation it keeps).
+        let in_place = self.memory != Memory::Naive;
 
         // Marks name each unit's stretch of backward for `Tape::watch_backward_peaks`
         // (the budget model predicts each: `BudgetModel::unit_peaks`).
@@ -295,12 +296,12 @@ impl DenseNet {
                     self.dtype,
                     &self.device,
                 )?;
-                let out = t.forward(tape, &features, recompute_glue, fused)?;
+                let out = t.forward(tape, &features, recompute_glue, in_place)?;
                 next.append(tape, &out)?;
                 features = next;
             } else {
                 tape.mark(|| "head".into());
-                pooled = Some(self.head_features(tape, &features, recompute_glue, fused)?);
+                pooled = Some(self.head_features(tape, &features, recompute_glue, in_place)?);
             }
         }
         let pooled =
@@ -314,14 +315,14 @@ impl DenseNet {
         tape: &mut Tape<'a>,
         features: &BlockStorage,
         recompute: bool,
-        fused: bool,
+        in_place: bool,
     ) -> tape::Result<Tensor> {
         let features = features.clone();
         let c = features.channels();
         let run = move |t: &mut Tape<'a>, _: &[Tensor]| -> tape::Result<Tensor> {
             let h = self
                 .norm_final
-                .prefix_forward_relu(t, &features, c, fused)?;
+                .prefix_forward_relu(t, &features, c, in_place)?;
             ops::global_avg_pool(t, &h)
         };
         if recompute {

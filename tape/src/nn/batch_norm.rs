@@ -66,16 +66,17 @@ impl BatchNorm2d {
         )
     }
 
-    /// Batch norm then ReLU over the first `c` channels of `features`: fused, reading them in
-    /// place, or as two ops on a packed copy of them ([`BlockStorage::gather`]).
+    /// ReLU of the batch norm of the first `c` channels of `features`, as one fused op: reading
+    /// them in place (`in_place`), or on a packed copy of them that backward keeps
+    /// ([`BlockStorage::gather`], a concatenation).
     pub fn prefix_forward_relu(
         &self,
         tape: &mut Tape,
         features: &BlockStorage,
         c: usize,
-        fused: bool,
+        in_place: bool,
     ) -> Result<Tensor> {
-        if fused {
+        if in_place {
             ops::batch_norm_relu_prefix(
                 tape,
                 features,
@@ -87,7 +88,7 @@ impl BatchNorm2d {
             )
         } else {
             let x = features.gather(tape, c)?;
-            self.forward_relu(tape, &x)
+            self.forward_relu_fused(tape, &x)
         }
     }
 }

@@ -17,13 +17,8 @@ fn setup(
 ) -> Result<(DenseNet, Sgd, Tensor, Vec<usize>)> {
     let model = DenseNet::new(config.clone(), DType::F32, dev, 0)?.with_memory(mode);
     let opt = Sgd::new(seed_sgd_config())?;
-    let x = Tensor::randn(
-        &[batch, config.in_channels, image, image],
-        DType::F32,
-        dev,
-        1,
-    )?;
-    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
+    let (x, labels) =
+        harness::image_batch(dev, batch, config.in_channels, image, config.num_classes)?;
     Ok((model, opt, x, labels))
 }
 

@@ -22,13 +22,8 @@ fn setup(
 ) -> Result<(ResNet, Sgd, Tensor, Vec<usize>)> {
     let model = ResNet::new(config.clone(), DType::F32, dev, 0)?;
     let opt = Sgd::new(sgd_config())?;
-    let x = Tensor::randn(
-        &[batch, config.in_channels, image, image],
-        DType::F32,
-        dev,
-        1,
-    )?;
-    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
+    let (x, labels) =
+        harness::image_batch(dev, batch, config.in_channels, image, config.num_classes)?;
     Ok((model, opt, x, labels))
 }
 

@@ -14,6 +14,7 @@ use densenet_suite::one_step::{load_batch, prepare, Prepared};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tape::nn::StateError;
+use tape::testing::rel_diff;
 use tape::{DType, Device, Tensor};
 
 const TOL_F64: f64 = 1e-10;
@@ -100,21 +101,6 @@ fn budgets(prepared: &mut Prepared) -> (u64, u64) {
         .expect("some budget between the feasible floor and all-naive mixes layer modes");
     prepared.model.set_memory(Memory::Naive);
     (roomy, mixed)
-}
-
-/// `max|a - b| / max|b|` (absolute when `b` is all zeros).
-fn rel_diff(got: &[f64], want: &[f64]) -> f64 {
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    let scale = want.iter().map(|b| b.abs()).fold(0.0, f64::max);
-    if scale > 0.0 {
-        diff / scale
-    } else {
-        diff
-    }
 }
 
 /// Compares every expected tensor with the step's; returns the worst relative difference and

@@ -13,6 +13,7 @@ use resnet::{BasicBlock, Block, Bottleneck};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tape::nn::{self, Init, Stored};
+use tape::testing::rel_diff;
 use tape::{ops, DType, Device, Tape, Tensor};
 
 const TOL: f64 = 1e-10;
@@ -21,21 +22,6 @@ fn case_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name)
-}
-
-/// `max|a - b| / max|b|` (absolute when `b` is all zeros).
-fn rel_diff(got: &[f64], want: &[f64]) -> f64 {
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    let scale = want.iter().map(|b| b.abs()).fold(0.0, f64::max);
-    if scale > 0.0 {
-        diff / scale
-    } else {
-        diff
-    }
 }
 
 /// How the block runs.

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use tape::{Error, Phase, Result, Tape, Tensor};
+use tape::{Error, Gradients, Phase, Result, Tape, Tensor};
 
 /// How a segment's recompute gets the first pass's output, which its last op then takes instead
 /// of computing it again (where the op can).
@@ -102,17 +102,12 @@ where
         return segment(tape, &saved);
     }
     let start = tape.context();
-    let mut first = Tape::with_context(false, start);
-    let out = segment(&mut first, &saved)?;
-    tape.set_context(first.context());
-    // Inside an enclosing segment's recompute, its known output's index counts this segment's
-    // ops as its own first pass (a plain call on a no-grad tape) counted them.
-    tape.count_ops_run_elsewhere(first.ops_started());
-    let first_pass = options.verify_determinism.then(|| fingerprint(&out));
+    let (out, first) = first_pass(tape, &saved, &[], &segment)?;
+    let first_print = options.verify_determinism.then(|| fingerprint(&out));
     // The recompute need not run the segment's last op forward again: its output only seeds
     // backward, and the first pass has it (kept alive anyway as the next segment's input). Not
     // under the determinism check, which compares a recomputed output.
-    let known = match (first.ops_started().checked_sub(1), first_pass) {
+    let known = match (first.ops_started().checked_sub(1), first_print) {
         (Some(last), None) => match options.known_output.clone() {
             KnownOutput::Keep => Some((last, Known::Kept(out.clone()))),
             KnownOutput::ReadBack(source) => Some((last, Known::Later(source))),
@@ -139,7 +134,7 @@ where
                 inner.set_known_output(last, output);
             }
             let out = segment(&mut inner, &saved)?;
-            if let Some(expected) = first_pass {
+            if let Some(expected) = first_print {
                 if fingerprint(&out) != expected {
                     return Err(Error::Backward(format!(
                     "checkpoint segment '{}': the recomputed output differs from the first pass \
@@ -148,12 +143,7 @@ where
                 )));
                 }
             }
-            let out_id = out.id();
-            let mut inner_grads = inner.backward_from(&out, grad_out.clone())?;
-            if !saved.iter().any(|t| t.id() == out_id) {
-                // The seed stays behind when the output was produced by no recorded op.
-                inner_grads.take(out_id);
-            }
+            let mut inner_grads = segment_gradients(inner, &out, &saved, grad_out)?;
             if options.fault == Fault::DropParameterGrads {
                 for t in &saved {
                     if let Some(g) = inner_grads.take(t.id()) {
@@ -165,6 +155,45 @@ where
             grads.merge(inner_grads)
         }),
     )
+}
+
+/// A segment's first pass: `segment` on a no-grad tape with `tape`'s context, capturing the
+/// outputs of the ops named in `capture`; `tape`'s context then moves on as the segment moved
+/// it, and inside an enclosing segment's recompute its op count includes this segment's ops (as
+/// the enclosing first pass, a plain call, counted them). Returns the output and the first
+/// tape (with its captured outputs and op count).
+pub(crate) fn first_pass<'a, F>(
+    tape: &mut Tape<'a>,
+    saved: &[Tensor],
+    capture: &[&'static str],
+    segment: &F,
+) -> Result<(Tensor, Tape<'a>)>
+where
+    F: Fn(&mut Tape<'a>, &[Tensor]) -> Result<Tensor>,
+{
+    let mut first = Tape::with_context(false, tape.context());
+    first.capture_outputs_of(capture);
+    let out = segment(&mut first, saved)?;
+    tape.set_context(first.context());
+    tape.count_ops_run_elsewhere(first.ops_started());
+    Ok((out, first))
+}
+
+/// The gradients a recomputed segment adds to the outer ones: backward of `inner` from `out`
+/// seeded with `grad_out`, less the seed itself when no recorded op made `out` (a segment that
+/// returns one of its inputs `saved` passes it on).
+pub(crate) fn segment_gradients(
+    inner: Tape,
+    out: &Tensor,
+    saved: &[Tensor],
+    grad_out: &Tensor,
+) -> Result<Gradients> {
+    let out_id = out.id();
+    let mut grads = inner.backward_from(out, grad_out.clone())?;
+    if !saved.iter().any(|t| t.id() == out_id) {
+        grads.take(out_id);
+    }
+    Ok(grads)
 }
 
 /// The first pass's output, for the recompute: kept, or read back from where it was copied.

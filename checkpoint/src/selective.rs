@@ -24,6 +24,7 @@
 //! outputs are then what the ops would compute, so gradients are bitwise those of a plain
 //! recorded run.
 
+use crate::segment::{first_pass, segment_gradients};
 use tape::{Phase, Result, Tape, Tensor};
 
 /// Which ops' outputs a selective checkpoint keeps, by the names the ops record under
@@ -74,13 +75,8 @@ where
         return segment(tape, &saved);
     }
     let start = tape.context();
-    let mut first = Tape::with_context(false, start);
-    first.capture_outputs_of(policy.kept_ops());
-    let out = segment(&mut first, &saved)?;
+    let (out, mut first) = first_pass(tape, &saved, policy.kept_ops(), &segment)?;
     let mut kept = first.take_captured_outputs();
-    tape.set_context(first.context());
-    // Inside an enclosing segment's recompute, op indices count this segment's ops too.
-    tape.count_ops_run_elsewhere(first.ops_started());
     // The last op takes the output (kept anyway as the next segment's input).
     if let Some(last) = first.ops_started().checked_sub(1) {
         if !kept.iter().any(|(i, _)| *i == last) {
@@ -96,13 +92,7 @@ where
                 inner.set_known_output(index, t);
             }
             let out = segment(&mut inner, &saved)?;
-            let out_id = out.id();
-            let mut inner_grads = inner.backward_from(&out, grad_out.clone())?;
-            if !saved.iter().any(|t| t.id() == out_id) {
-                // The seed stays behind when the output was produced by no recorded op.
-                inner_grads.take(out_id);
-            }
-            grads.merge(inner_grads)
+            grads.merge(segment_gradients(inner, &out, &saved, grad_out)?)
         }),
     )
 }

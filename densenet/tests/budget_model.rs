@@ -34,6 +34,19 @@ fn single_block(growth: usize, bn_size: usize, layers: usize, drop_rate: f64) ->
     }
 }
 
+/// A plan as letters: N(aive), B(ottleneck), L(ayer) per dense layer.
+fn letters(modes: &[Vec<DenseLayerMode>]) -> String {
+    modes
+        .iter()
+        .flatten()
+        .map(|m| match m {
+            DenseLayerMode::Keep => 'N',
+            DenseLayerMode::RecomputeBottleneck => 'B',
+            DenseLayerMode::RecomputeLayer => 'L',
+        })
+        .collect()
+}
+
 /// Measured peak, predicted peak, the workspace room in it and the layer modes of one training
 /// step of `config` in `mode` on one `image` x `image` input.
 fn measure(
@@ -55,15 +68,7 @@ fn measure(
     dev.memory().reset_peak();
     let labels: Vec<usize> = (0..batch).map(|i| (3 + i) % 10).collect();
     drop(forward_backward(&model, &x, &labels, 0).unwrap());
-    let letters = modes
-        .iter()
-        .flatten()
-        .map(|m| match m {
-            DenseLayerMode::Keep => 'N',
-            DenseLayerMode::RecomputeBottleneck => 'B',
-            DenseLayerMode::RecomputeLayer => 'L',
-        })
-        .collect();
+    let letters = letters(&modes);
     (dev.memory().peak() as u64, predicted, bm.workspace, letters)
 }
 
@@ -442,15 +447,7 @@ fn unit_peaks(
     measured.reverse();
     assert_eq!(measured.pop().map(|m| m.0), Some("loss".to_string()));
     assert_eq!(measured.len(), predicted.len());
-    let letters = modes
-        .iter()
-        .flatten()
-        .map(|m| match m {
-            DenseLayerMode::Keep => 'N',
-            DenseLayerMode::RecomputeBottleneck => 'B',
-            DenseLayerMode::RecomputeLayer => 'L',
-        })
-        .collect();
+    let letters = letters(&modes);
     let units = measured
         .into_iter()
         .zip(predicted)

@@ -11,7 +11,7 @@ pub mod rss;
 mod stats;
 mod svg;
 
-pub use measure::{measure_steps, Measurement};
+pub use measure::{image_batch, measure_steps, Measurement};
 pub use report::{
     open_device, open_device_with, print_case, print_front, print_header, print_profile, CaseResult,
 };

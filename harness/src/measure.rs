@@ -74,3 +74,17 @@ pub fn measure_steps<E: From<tape::Error>>(
         times_s: times,
     })
 }
+
+/// A benchmark's input: `batch` random fp32 images of `channels` x `image` x `image` (seed 1)
+/// on `dev` and their labels `0, 1, ..` cycling through `classes`.
+pub fn image_batch(
+    dev: &Device,
+    batch: usize,
+    channels: usize,
+    image: usize,
+    classes: usize,
+) -> tape::Result<(tape::Tensor, Vec<usize>)> {
+    let x = tape::Tensor::randn(&[batch, channels, image, image], tape::DType::F32, dev, 1)?;
+    let labels = (0..batch).map(|i| i % classes.max(1)).collect();
+    Ok((x, labels))
+}

@@ -83,6 +83,25 @@ pub fn rel(a: &[f64], b: &[f64]) -> f64 {
         / scale
 }
 
+/// `max|got - want| / max|want|`, or the absolute difference when `want` is all zeros (a zero
+/// gradient, say); infinite when the lengths differ.
+pub fn rel_diff(got: &[f64], want: &[f64]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let scale = want.iter().map(|b| b.abs()).fold(0.0, f64::max);
+    if scale > 0.0 {
+        diff / scale
+    } else {
+        diff
+    }
+}
+
 /// The GPU-vs-CPU tolerance of a dtype (relative to the largest reference value): `1e-4` for
 /// `f32` (different summation orders), `1e-10` for `f64`.
 pub fn tol(dtype: DType) -> f64 {

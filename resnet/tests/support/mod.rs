@@ -45,20 +45,7 @@ pub fn step(model: &ResNet, x: &Tensor, labels: &[usize], memory: Memory) -> Out
     }
 }
 
-/// `max|a - b| / max|b|` (absolute when `b` is all zeros).
-pub fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let d = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    let s = b.iter().fold(0.0f64, |m, y| m.max(y.abs()));
-    if s > 0.0 {
-        d / s
-    } else {
-        d
-    }
-}
+pub use tape::testing::rel_diff;
 
 /// Loss, logits and running statistics compared tensor by tensor (relative to each tensor's
 /// largest value); gradients relative to the step's largest gradient (some gradients are

@@ -237,50 +237,97 @@ impl FindContext {
     }
 }
 
+/// What a cuDNN `Find` result row carries: the algorithm, its status, workspace and math type
+/// (the three directions' perf structs have the same fields under different types).
+trait FindResult: Copy {
+    type Algo: Copy;
+    fn candidate(&self) -> Candidate<Self::Algo>;
+}
+
+macro_rules! find_result {
+    ($perf:ty, $algo:ty) => {
+        impl FindResult for $perf {
+            type Algo = $algo;
+            fn candidate(&self) -> Candidate<$algo> {
+                (self.algo, self.status, self.memory, self.mathType)
+            }
+        }
+    };
+}
+find_result!(
+    sys::cudnnConvolutionFwdAlgoPerf_t,
+    sys::cudnnConvolutionFwdAlgo_t
+);
+find_result!(
+    sys::cudnnConvolutionBwdDataAlgoPerf_t,
+    sys::cudnnConvolutionBwdDataAlgo_t
+);
+find_result!(
+    sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+    sys::cudnnConvolutionBwdFilterAlgo_t
+);
+
+/// The choice cached in `cell`, or the one a `Find` run makes: `run` fills up to `requested`
+/// results (fastest first) and says how many; the fastest usable within the limit is kept.
+fn found<P: FindResult>(
+    cell: &OnceLock<Choice<P::Algo>>,
+    cx: FindContext,
+    (dir, api, requested): (&str, &'static str, i32),
+    run: impl FnOnce(*mut P, &mut i32) -> sys::cudnnStatus_t,
+) -> Result<Choice<P::Algo>> {
+    if let Some(c) = cell.get() {
+        return Ok(*c);
+    }
+    // SAFETY: an all-zero perf struct is a valid value (algorithm 0, status success, math 0).
+    let mut perf: Vec<P> = vec![unsafe { std::mem::zeroed() }; requested as usize];
+    let mut returned = 0i32;
+    run(perf.as_mut_ptr(), &mut returned)
+        .result()
+        .map_err(|e| cudnn_err(api, e))?;
+    let cands: Vec<_> = perf[..returned.clamp(0, requested) as usize]
+        .iter()
+        .map(FindResult::candidate)
+        .collect();
+    let c = cx.choose(&cands, dir)?;
+    Ok(*cell.get_or_init(|| c))
+}
+
 impl ConvPlan {
-    /// The forward algorithm cuDNN's `Find` measures fastest on these buffers (run once per
-    /// plan, then cached).
+    /// The forward algorithm cuDNN's `Find` measures fastest on these buffers (`a`: x, `b`: w,
+    /// `out`: y), run once per plan.
     pub(crate) fn find_fwd(
         &self,
         cx: FindContext,
         a: &FindArgs,
     ) -> Result<Choice<sys::cudnnConvolutionFwdAlgo_t>> {
-        if let Some(c) = self.found_fwd.get() {
-            return Ok(*c);
-        }
         self.set_math(cx.math())?;
-        let requested = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as i32;
-        // SAFETY: an all-zero perf struct is a valid value; the array holds `requested` entries.
-        let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
-            vec![unsafe { std::mem::zeroed() }; requested as usize];
-        let mut returned = 0i32;
-        // SAFETY: the descriptors are alive and match the buffers of `a` (made from the same
-        // shapes); the workspace holds `a.ws_bytes`; the handle is locked by the caller.
-        unsafe {
-            sys::cudnnFindConvolutionForwardAlgorithmEx(
-                cx.handle,
-                self.x.0,
-                a.a,
-                self.w.0,
-                a.b,
-                self.conv.0,
-                self.y.0,
-                a.out,
-                requested,
-                &mut returned,
-                perf.as_mut_ptr(),
-                a.ws,
-                a.ws_bytes,
-            )
-        }
-        .result()
-        .map_err(|e| cudnn_err("cudnnFindConvolutionForwardAlgorithmEx", e))?;
-        let cands: Vec<_> = perf[..returned.clamp(0, requested) as usize]
-            .iter()
-            .map(|p| (p.algo, p.status, p.memory, p.mathType))
-            .collect();
-        let c = cx.choose(&cands, "forward")?;
-        Ok(*self.found_fwd.get_or_init(|| c))
+        let n = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as i32;
+        let api = "cudnnFindConvolutionForwardAlgorithmEx";
+        // SAFETY (the call): the descriptors are alive and match the buffers of `a` (made from
+        // the same shapes); the workspace holds `a.ws_bytes`; the handle is locked by the caller;
+        // the results array holds `n` entries.
+        found(
+            &self.found_fwd,
+            cx,
+            ("forward", api, n),
+            |perf, returned| unsafe {
+                sys::cudnnFindConvolutionForwardAlgorithmEx(
+                    cx.handle,
+                    self.x.0,
+                    a.a,
+                    self.w.0,
+                    a.b,
+                    self.conv.0,
+                    self.y.0,
+                    a.out,
+                    n,
+                    returned,
+                    perf,
+                    a.ws,
+                    a.ws_bytes,
+                )
+            },
+        )
     }
 
     /// The backward-data algorithm cuDNN's `Find` measures fastest (`a`: w, `b`: dy, `out`:
@@ -290,42 +337,32 @@ impl ConvPlan {
         cx: FindContext,
         a: &FindArgs,
     ) -> Result<Choice<sys::cudnnConvolutionBwdDataAlgo_t>> {
-        if let Some(c) = self.found_bwd_data.get() {
-            return Ok(*c);
-        }
         self.set_math(cx.math())?;
-        let requested =
-            sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as i32;
+        let n = sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as i32;
+        let api = "cudnnFindConvolutionBackwardDataAlgorithmEx";
         // SAFETY: as in `find_fwd`.
-        let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
-            vec![unsafe { std::mem::zeroed() }; requested as usize];
-        let mut returned = 0i32;
-        // SAFETY: as in `find_fwd`.
-        unsafe {
-            sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
-                cx.handle,
-                self.w.0,
-                a.a,
-                self.y.0,
-                a.b,
-                self.conv.0,
-                self.x.0,
-                a.out,
-                requested,
-                &mut returned,
-                perf.as_mut_ptr(),
-                a.ws,
-                a.ws_bytes,
-            )
-        }
-        .result()
-        .map_err(|e| cudnn_err("cudnnFindConvolutionBackwardDataAlgorithmEx", e))?;
-        let cands: Vec<_> = perf[..returned.clamp(0, requested) as usize]
-            .iter()
-            .map(|p| (p.algo, p.status, p.memory, p.mathType))
-            .collect();
-        let c = cx.choose(&cands, "backward-data")?;
-        Ok(*self.found_bwd_data.get_or_init(|| c))
+        found(
+            &self.found_bwd_data,
+            cx,
+            ("backward-data", api, n),
+            |perf, returned| unsafe {
+                sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                    cx.handle,
+                    self.w.0,
+                    a.a,
+                    self.y.0,
+                    a.b,
+                    self.conv.0,
+                    self.x.0,
+                    a.out,
+                    n,
+                    returned,
+                    perf,
+                    a.ws,
+                    a.ws_bytes,
+                )
+            },
+        )
     }
 
     /// The backward-filter algorithm cuDNN's `Find` measures fastest (`a`: x, `b`: dy, `out`:
@@ -335,42 +372,33 @@ impl ConvPlan {
         cx: FindContext,
         a: &FindArgs,
     ) -> Result<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>> {
-        if let Some(c) = self.found_bwd_filter.get() {
-            return Ok(*c);
-        }
         self.set_math(cx.math())?;
-        let requested =
+        let n =
             sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT as i32;
+        let api = "cudnnFindConvolutionBackwardFilterAlgorithmEx";
         // SAFETY: as in `find_fwd`.
-        let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
-            vec![unsafe { std::mem::zeroed() }; requested as usize];
-        let mut returned = 0i32;
-        // SAFETY: as in `find_fwd`.
-        unsafe {
-            sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
-                cx.handle,
-                self.x.0,
-                a.a,
-                self.y.0,
-                a.b,
-                self.conv.0,
-                self.w.0,
-                a.out,
-                requested,
-                &mut returned,
-                perf.as_mut_ptr(),
-                a.ws,
-                a.ws_bytes,
-            )
-        }
-        .result()
-        .map_err(|e| cudnn_err("cudnnFindConvolutionBackwardFilterAlgorithmEx", e))?;
-        let cands: Vec<_> = perf[..returned.clamp(0, requested) as usize]
-            .iter()
-            .map(|p| (p.algo, p.status, p.memory, p.mathType))
-            .collect();
-        let c = cx.choose(&cands, "backward-filter")?;
-        Ok(*self.found_bwd_filter.get_or_init(|| c))
+        found(
+            &self.found_bwd_filter,
+            cx,
+            ("backward-filter", api, n),
+            |perf, returned| unsafe {
+                sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                    cx.handle,
+                    self.x.0,
+                    a.a,
+                    self.y.0,
+                    a.b,
+                    self.conv.0,
+                    self.w.0,
+                    a.out,
+                    n,
+                    returned,
+                    perf,
+                    a.ws,
+                    a.ws_bytes,
+                )
+            },
+        )
     }
 
     /// Sets the math type a direction was chosen with on the convolution descriptor (it differs

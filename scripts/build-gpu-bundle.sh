@@ -3,7 +3,8 @@
 # needed: the CUDA libraries load at run time), into the git-ignored folder .gpu-bin/:
 #   .gpu-bin/bin.tar.xz     packed: tests/<name>, every test binary with GPU tests (stripped:
 #                           the tape library's unit tests, each op's test file, DenseNet's
-#                           equivalence suite), and benchmark, the CUDA-enabled benchmark
+#                           equivalence suite, the ResNet's and the GPT's GPU-vs-CPU step),
+#                           and benchmark, the CUDA-enabled benchmark
 #   .gpu-bin/STAMP          the commit and a hash of the sources it was built from
 #   .gpu-bin/FILES          the files that hash covers (gpu-check.sh refuses a stale bundle)
 # Then carry the repository (with .gpu-bin/) to a machine with an NVIDIA GPU and run
@@ -26,6 +27,8 @@ for t in ["batch_norm", "batch_norm_relu", "block_storage", "concat", "conv2d", 
           "tape_core"]:
     want[("tape", t)] = t
 want[("densenet", "equivalence")] = "densenet_equivalence"
+want[("resnet", "gpu")] = "resnet_gpu"
+want[("gpt", "gpu")] = "gpt_gpu"
 found = {}
 for line in sys.stdin:
     line = line.strip()

@@ -386,6 +386,16 @@ fn errors() {
         Err(Error::InvalidArgument { .. })
     ));
     assert!(bn(&single, &s.w, &s.b, &s.running, opts, false).is_ok());
+    // Two values per channel are enough to train on (the smallest batch PyTorch takes).
+    let pair = Tensor::from_f64(
+        &[1.0, 2.0, 3.0, 5.0, -1.0, 1.0],
+        &[2, 3, 1, 1],
+        DType::F64,
+        &s.dev,
+    )
+    .unwrap();
+    let fresh = RunningStats::new(3, DType::F64, &s.dev).unwrap();
+    assert!(bn(&pair, &s.w, &s.b, &fresh, opts, true).is_ok());
     for bad in [
         BatchNormOptions { eps: -1.0, ..opts },
         BatchNormOptions {

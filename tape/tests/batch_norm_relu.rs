@@ -587,3 +587,66 @@ proptest! {
         prop_assert!(r.max_rel_error <= 1e-6, "{:?}", r);
     }
 }
+
+/// With its affine parameters frozen (no gradient wanted) the fused op still gives its input a
+/// gradient, and with its input frozen the parameters still get theirs: equal to the composition
+/// concat -> batch norm -> ReLU's, for the op over parts and the op over a storage's prefix.
+#[test]
+fn frozen_parameters_or_input_still_get_the_other_gradients() {
+    use tape::ops::BlockStorage;
+    let dev = Device::cpu();
+    let opts = BatchNormOptions::default();
+    for (input_grad, param_grad) in [(true, false), (false, true)] {
+        let x = Tensor::randn(&[3, 4, 2, 2], DType::F64, &dev, 1)
+            .unwrap()
+            .with_requires_grad(input_grad);
+        let (w, b) = affine(4, DType::F64, &dev, 2);
+        let (w, b) = (
+            w.with_requires_grad(param_grad),
+            b.with_requires_grad(param_grad),
+        );
+        let r = Tensor::randn(&[3, 4, 2, 2], DType::F64, &dev, 3).unwrap();
+        // 0: the composition; 1: the fused op over parts; 2: the fused op over a prefix.
+        let grads_of = |how: usize| -> Vec<Vec<f64>> {
+            let rs = RunningStats::new(4, DType::F64, &dev).unwrap();
+            let mut tape = Tape::recording();
+            let storage = BlockStorage::new([3, 6, 2, 2], DType::F64, &dev).unwrap();
+            let y = match how {
+                0 => {
+                    let h = ops::batch_norm2d(&mut tape, &x, &w, &b, &rs, opts).unwrap();
+                    ops::relu(&mut tape, &h).unwrap()
+                }
+                1 => ops::batch_norm_relu(&mut tape, &[&x], &w, &b, &rs, opts).unwrap(),
+                _ => {
+                    storage.append(&mut tape, &x).unwrap();
+                    ops::batch_norm_relu_prefix(&mut tape, &storage, 4, &w, &b, &rs, opts).unwrap()
+                }
+            };
+            let yr = ops::mul(&mut tape, &y, &r).unwrap();
+            let loss = ops::sum(&mut tape, &yr).unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            let wanted: Vec<&Tensor> = match (input_grad, param_grad) {
+                (true, _) => vec![&x],
+                _ => vec![&w, &b],
+            };
+            wanted
+                .into_iter()
+                .map(|t| {
+                    let g = grads.get(t);
+                    assert!(g.is_some(), "way {how}: a wanted gradient is missing");
+                    g.unwrap().to_f64_vec()
+                })
+                .collect()
+        };
+        let want = grads_of(0);
+        for how in [1, 2] {
+            for (got, want) in grads_of(how).iter().zip(&want) {
+                let d = max_rel(got, want);
+                assert!(
+                    d <= 1e-12,
+                    "input {input_grad}, params {param_grad}, way {how}: {d:e}"
+                );
+            }
+        }
+    }
+}

@@ -295,3 +295,25 @@ mod on_gpu {
         }
     }
 }
+
+/// A frozen scale with a trained shift: the shift gets its gradient (the row sums of the output
+/// gradient) and the scale none.
+#[test]
+fn a_frozen_scale_gets_no_gradient_when_the_shift_trains() {
+    use tape::{ops, DType, Device, Tape, Tensor};
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[3, 4], DType::F64, &dev, 1)
+        .unwrap()
+        .with_requires_grad(true);
+    let w = Tensor::randn(&[4], DType::F64, &dev, 2).unwrap();
+    let b = Tensor::randn(&[4], DType::F64, &dev, 3)
+        .unwrap()
+        .with_requires_grad(true);
+    let mut tape = Tape::recording();
+    let y = ops::layer_norm(&mut tape, &x, Some(&w), Some(&b), 1e-5).unwrap();
+    let loss = ops::sum(&mut tape, &y).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    assert!(grads.get(&w).is_none(), "the frozen scale got a gradient");
+    assert_eq!(grads.get(&b).unwrap().to_f64_vec(), vec![3.0; 4]);
+    assert!(grads.get(&x).is_some());
+}

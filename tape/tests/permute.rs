@@ -168,3 +168,21 @@ mod on_gpu {
         }
     }
 }
+
+/// A tensor of exactly the most dimensions permute takes permutes; one more is refused.
+#[test]
+fn the_largest_rank_permutes_and_one_more_is_refused() {
+    let dev = Device::cpu();
+    let mut shape = vec![1; MAX_PERMUTE_DIMS];
+    shape[0] = 2;
+    shape[MAX_PERMUTE_DIMS - 1] = 3;
+    let x = Tensor::randn(&shape, DType::F64, &dev, 1).unwrap();
+    let mut order: Vec<usize> = (0..MAX_PERMUTE_DIMS).collect();
+    order.swap(0, MAX_PERMUTE_DIMS - 1);
+    let y = ops::permute(&mut Tape::no_grad(), &x, &order).unwrap();
+    assert_eq!(y.shape()[0], 3);
+    assert_eq!(y.shape()[MAX_PERMUTE_DIMS - 1], 2);
+    let big = Tensor::zeros(&[1; MAX_PERMUTE_DIMS + 1], DType::F64, &dev).unwrap();
+    let order: Vec<usize> = (0..=MAX_PERMUTE_DIMS).collect();
+    assert!(ops::permute(&mut Tape::no_grad(), &big, &order).is_err());
+}

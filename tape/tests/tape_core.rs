@@ -637,3 +637,18 @@ fn backward_peaks_are_noted_between_marks() {
     let mut plain = Tape::recording();
     plain.mark(|| panic!("no watcher: the label is not made"));
 }
+
+/// The mean is the sum over the count, and its gradient one over the count per element.
+#[test]
+fn mean_and_its_gradient() {
+    use tape::{ops, DType, Device, Tape, Tensor};
+    let dev = Device::cpu();
+    let x = Tensor::from_f64(&[1.0, 2.0, 3.0, 6.0], &[2, 2], DType::F64, &dev)
+        .unwrap()
+        .with_requires_grad(true);
+    let mut tape = Tape::recording();
+    let m = ops::mean(&mut tape, &x).unwrap();
+    assert_eq!(m.to_f64_vec(), vec![3.0]);
+    let grads = tape.backward(&m).unwrap();
+    assert_eq!(grads.get(&x).unwrap().to_f64_vec(), vec![0.25; 4]);
+}

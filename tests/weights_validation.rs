@@ -34,19 +34,7 @@ fn scratch(name: &str) -> PathBuf {
 /// The state of a model of `config()` made from `seed`, by name.
 fn state(seed: u64) -> BTreeMap<String, Stored> {
     let model = DenseNet::new(config(), DType::F64, &Device::cpu(), seed).unwrap();
-    weights::state_dict(&model)
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| {
-            (
-                n,
-                Stored {
-                    shape: t.shape().to_vec(),
-                    values: t.to_f64_vec(),
-                },
-            )
-        })
-        .collect()
+    tape::nn::stored_state_dict(&model).unwrap()
 }
 
 /// Writes `s` as an f64 safetensors file (`num_batches_tracked` as int64, like PyTorch).

@@ -15,17 +15,7 @@ fn on_gpu_a_training_step_matches_the_cpu() {
     let cfg = config(2, 2, 4);
     let mut cpu = Gpt::new(cfg.clone(), DType::F32, &Device::cpu(), 3).unwrap();
     let mut on_gpu = Gpt::new(cfg, DType::F32, &dev, 4).unwrap();
-    let stored = nn::state_dict(&cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| {
-            let s = nn::Stored {
-                shape: t.shape().to_vec(),
-                values: t.to_f64_vec(),
-            };
-            (k, s)
-        })
-        .collect();
+    let stored = nn::stored_state_dict(&cpu).unwrap();
     nn::load_state_dict(&mut on_gpu, &stored, nn::LoadOptions::default()).unwrap();
     let b = batch(11, 2, 8, 1);
     for mode in [

@@ -17,17 +17,7 @@ fn on_gpu_a_training_step_matches_the_cpu() {
     let config = ResNetConfig::cifar(18, 10).with_width(4);
     let on_cpu = ResNet::new(config.clone(), DType::F32, &cpu, 3).unwrap();
     let mut on_gpu = ResNet::new(config, DType::F32, &dev, 4).unwrap();
-    let stored = nn::state_dict(&on_cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| {
-            let s = nn::Stored {
-                shape: t.shape().to_vec(),
-                values: t.to_f64_vec(),
-            };
-            (k, s)
-        })
-        .collect();
+    let stored = nn::stored_state_dict(&on_cpu).unwrap();
     nn::load_state_dict(&mut on_gpu, &stored, nn::LoadOptions::default()).unwrap();
     let x = Tensor::randn(&[4, 3, 16, 16], DType::F32, &cpu, 5).unwrap();
     let labels = [1, 7, 3, 0];

@@ -50,17 +50,7 @@ fn net(seed: u64, dtype: DType) -> Net {
 }
 
 fn stored(m: &Net) -> BTreeMap<String, Stored> {
-    nn::state_dict(m)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| {
-            let s = Stored {
-                shape: t.shape().to_vec(),
-                values: t.to_f64_vec(),
-            };
-            (k, s)
-        })
-        .collect()
+    nn::stored_state_dict(m).unwrap()
 }
 
 #[test]

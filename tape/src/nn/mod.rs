@@ -64,7 +64,9 @@ pub use file::{load, load_tensors, load_with, save, save_tensors, write_atomic};
 pub use init::Init;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
-pub use state::{load_state_dict, state_dict, LoadOptions, StateError, StateResult, Stored};
+pub use state::{
+    load_state_dict, state_dict, stored_state_dict, LoadOptions, StateError, StateResult, Stored,
+};
 
 use crate::ops::RunningStats;
 use crate::param::Parameter;

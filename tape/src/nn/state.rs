@@ -85,6 +85,14 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// The shape and values of `t` (read back from its device).
+    pub fn of(t: &Tensor) -> crate::Result<Self> {
+        Ok(Stored {
+            shape: t.shape().to_vec(),
+            values: t.try_to_f64_vec()?,
+        })
+    }
+
     /// The values as a tensor of `dtype` on `device`.
     pub fn to_tensor(&self, dtype: DType, device: &Device) -> crate::Result<Tensor> {
         Tensor::from_f64(&self.values, &self.shape, dtype, device)
@@ -124,6 +132,15 @@ pub fn state_dict<M: Module + ?Sized>(m: &M) -> crate::Result<Vec<(String, Tenso
         }
     });
     result.map(|()| out)
+}
+
+/// [`state_dict`] read back as stored values, by name: what [`load_state_dict`] takes (to copy
+/// one model's state into another, on another device say).
+pub fn stored_state_dict<M: Module + ?Sized>(m: &M) -> crate::Result<BTreeMap<String, Stored>> {
+    state_dict(m)?
+        .into_iter()
+        .map(|(name, t)| Ok((name, Stored::of(&t)?)))
+        .collect()
 }
 
 fn expect<'s>(

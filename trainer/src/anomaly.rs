@@ -39,19 +39,37 @@ pub enum GuardError {
     Engine(#[from] tape::Error),
 }
 
+/// What a checked tensor is, named only when a culprit is reported (the check itself runs every
+/// step and makes no strings).
+enum What<'a> {
+    Loss,
+    Gradient(&'a str),
+    Parameter(&'a str),
+}
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::Loss => write!(f, "the loss"),
+            What::Gradient(p) => write!(f, "the gradient of '{p}'"),
+            What::Parameter(p) => write!(f, "the parameter '{p}'"),
+        }
+    }
+}
+
 /// The tensors the check covers, in the order it names them: the loss, then for each of
 /// `model`'s parameters (declaration order) its gradient (if any) and its value.
 fn checked<'a, M: Module + ?Sized>(
     model: &'a M,
     loss: &'a Tensor,
     grads: &'a Gradients,
-) -> Vec<(String, &'a Tensor)> {
-    let mut list = vec![("the loss".to_string(), loss)];
+) -> Vec<(What<'a>, &'a Tensor)> {
+    let mut list = vec![(What::Loss, loss)];
     for p in nn::parameters(model) {
         if let Some(g) = grads.get(p.tensor()) {
-            list.push((format!("the gradient of '{}'", p.name()), g));
+            list.push((What::Gradient(p.name()), g));
         }
-        list.push((format!("the parameter '{}'", p.name()), p.tensor()));
+        list.push((What::Parameter(p.name()), p.tensor()));
     }
     list
 }
@@ -80,6 +98,7 @@ pub fn first_non_finite<M: Module + ?Sized>(
 ) -> tape::Result<NonFinite> {
     for (what, t) in checked(model, loss, grads) {
         if let Some(&value) = t.try_to_f64_vec()?.iter().find(|v| !v.is_finite()) {
+            let what = what.to_string();
             return Ok(NonFinite { step, what, value });
         }
     }

@@ -248,7 +248,8 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
         let load = LoadOptions {
             lenient: options.lenient,
         };
-        start = dir.restore(model, opt, load)?.epoch;
+        dir.restore_weights(model, opt, load)?;
+        start = saved.epoch;
         if options.verbose {
             println!(
                 "resumed from {} after epoch {start} of {}",
@@ -264,8 +265,10 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
         let lr = options.schedule.lr_at(options.lr, epoch, epochs);
         task.state().1.set_lr(lr);
         let steps = task.steps(epoch);
-        let label = format!("epoch {}/{epochs}", epoch + 1);
-        let progress = Progress::new(label, task.samples(epoch) as u64, steps as u64);
+        let progress = options.verbose.then(|| {
+            let label = format!("epoch {}/{epochs}", epoch + 1);
+            Progress::new(label, task.samples(epoch) as u64, steps as u64)
+        });
         let t0 = Instant::now();
         let mut tally = Tally::default();
         let mut pending: Option<Queued> = None;
@@ -273,7 +276,9 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
             let queued = match task.train_step(epoch, s, index) {
                 Ok(q) => q,
                 Err(e) => {
-                    progress.abandon();
+                    if let Some(p) = &progress {
+                        p.abandon();
+                    }
                     return Err(step_error(epoch + 1, s + 1)(e));
                 }
             };
@@ -282,14 +287,16 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
             if let Some(p) = pending.replace(queued) {
                 tally.add(p)?;
             }
-            if options.verbose {
-                progress.step(s as u64, samples, tally.seen as u64, &tally.message(t0));
+            if let Some(p) = &progress {
+                p.step(s as u64, samples, tally.seen as u64, &tally.message(t0));
             }
         }
         if let Some(p) = pending.take() {
             tally.add(p)?;
         }
-        progress.finish();
+        if let Some(p) = &progress {
+            p.finish();
+        }
         let train_s = t0.elapsed().as_secs_f64();
         let eval = task.evaluate().map_err(step_error(epoch + 1, 0))?;
         let report = EpochReport {

@@ -105,6 +105,17 @@ impl RunDir {
         options: LoadOptions,
     ) -> StateResult<RunState> {
         let state = self.read_state()?;
+        self.restore_weights(model, optimizer, options)?;
+        Ok(state)
+    }
+
+    /// [`RunDir::restore`] without reading `state.json` (for a caller that has read it).
+    pub fn restore_weights<M: Module + ?Sized>(
+        &self,
+        model: &mut M,
+        optimizer: &mut dyn Optimizer,
+        options: LoadOptions,
+    ) -> StateResult<()> {
         nn::load_with(model, &self.model_file(), options)?;
         let stored = nn::load_tensors(&self.optimizer_file())?;
         let params = nn::parameters(model);
@@ -115,6 +126,6 @@ impl RunDir {
                 .collect::<tape::Result<Vec<_>>>()?;
             optimizer.load_state_dict(&params, &tensors)?;
         }
-        Ok(state)
+        Ok(())
     }
 }

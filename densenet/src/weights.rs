@@ -5,6 +5,7 @@
 
 use crate::error::Result;
 use crate::model::DenseNet;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tape::nn;
@@ -16,16 +17,23 @@ const SEED_NORM_FINAL: &str = "features.norm_final.";
 const NORM_FINAL: &str = "features.norm5.";
 
 /// `stored` with the seed project's `features.norm_final.*` renamed to `features.norm5.*`
-/// (unless the file has both: then both stay, and the strict check names the extra ones).
-fn with_torchvision_names(stored: &BTreeMap<String, Stored>) -> BTreeMap<String, Stored> {
+/// (unless the file has both: then both stay, and the strict check names the extra ones). A
+/// file with torchvision's names is passed on as it is, not copied.
+fn with_torchvision_names(stored: &BTreeMap<String, Stored>) -> Cow<'_, BTreeMap<String, Stored>> {
+    let has_seed = stored.keys().any(|k| k.starts_with(SEED_NORM_FINAL));
     let has_norm5 = stored.keys().any(|k| k.starts_with(NORM_FINAL));
-    stored
-        .iter()
-        .map(|(k, v)| match k.strip_prefix(SEED_NORM_FINAL) {
-            Some(rest) if !has_norm5 => (format!("{NORM_FINAL}{rest}"), v.clone()),
-            _ => (k.clone(), v.clone()),
-        })
-        .collect()
+    if !has_seed || has_norm5 {
+        return Cow::Borrowed(stored);
+    }
+    Cow::Owned(
+        stored
+            .iter()
+            .map(|(k, v)| match k.strip_prefix(SEED_NORM_FINAL) {
+                Some(rest) => (format!("{NORM_FINAL}{rest}"), v.clone()),
+                None => (k.clone(), v.clone()),
+            })
+            .collect(),
+    )
 }
 
 /// Saves the model's state to `path` (atomic).

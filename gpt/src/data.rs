@@ -18,13 +18,12 @@ impl SplitMix64 {
         SplitMix64(seed)
     }
 
-    /// The next 64 random bits.
+    /// The next 64 random bits: the engine's SplitMix64 finaliser ([`tape::rng::mix64`], which
+    /// adds the golden-ratio step itself) of the state, which then moves on by that step.
     pub fn next_u64(&mut self) -> u64 {
+        let z = tape::rng::mix64(self.0);
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        z
     }
 
     /// Uniform in `[0, 1)`.

@@ -204,8 +204,10 @@ fn run(args: &Args) -> Result<(), String> {
             );
         } else {
             println!(
-                "DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {cpus} CPU threads",
-                args.image, args.image
+                "DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {cpus} CPU threads, {} kernels",
+                args.image,
+                args.image,
+                tape::simd::simd_level()
             );
         }
         header();

@@ -88,7 +88,10 @@ fn run(args: &Args) -> Result<(), String> {
             if gpu {
                 args.device.clone()
             } else {
-                format!("{threads} CPU threads")
+                format!(
+                    "{threads} CPU threads, {} kernels",
+                    tape::simd::simd_level()
+                )
             }
         );
         print_header(gpu);

@@ -1,4 +1,6 @@
-//! Training does not depend on the thread count, bit for bit: a few SGD steps (Nesterov momentum,
+//! Training does not depend on the thread count or on the CPU's SIMD level, bit for bit.
+//!
+//! Thread count: a few SGD steps (Nesterov momentum,
 //! weight decay, dropout) of small DenseNets run inside rayon pools of 1 and of 3 threads give
 //! the same loss at every step and the same parameters, gradients and batch norm running
 //! statistics after every step, in every efficiency mode (Naive, Bottleneck, Layer and a budget
@@ -9,11 +11,17 @@
 //! several convolution work chunks, the feature maps exceed the element-wise kernels' `PAR_MIN`
 //! (32768 elements) and the GEMMs the single-thread limit. A kernel that summed per-thread
 //! partials (as the convolution's weight gradient once did) fails here.
+//!
+//! SIMD level: the same steps at every level this CPU supports ([`tape::simd`]: baseline, AVX2,
+//! AVX-512) give the same bits: a wide build that computed an element or a mask differently fails
+//! here. (The `f64` sums of the normalisation kernels are compared bit for bit in `tape`'s own
+//! unit tests: a last-bit difference there is mostly rounded away in an `f32` network.)
 
 mod support;
 
 use densenet::train::{seed_sgd_config, train_step};
 use densenet::{DenseNet, DenseNetConfig, Memory};
+use std::sync::Mutex;
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
@@ -116,8 +124,8 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
-#[test]
-fn training_steps_are_bitwise_the_same_on_1_and_3_threads() {
+/// The networks, dtypes and input shapes both tests train.
+fn cases() -> [(DenseNetConfig, DType, [usize; 4]); 3] {
     let cifar = DenseNetConfig {
         growth_rate: 4,
         block_config: vec![2, 2],
@@ -135,20 +143,31 @@ fn training_steps_are_bitwise_the_same_on_1_and_3_threads() {
     // First-block maps of 5 or 6 x 16 x 24 x 24 >= 46080 elements, one conv work chunk per
     // 24 x 24 image; the ImageNet stem's 7x7 conv makes 12 chunks of one 24 x 24 output, its
     // block 6 chunks of two 12 x 12 maps.
-    let cases = [
-        (&cifar, DType::F32, [6, 3, 24, 24]),
-        (&cifar, DType::F64, [5, 3, 24, 24]),
-        (&imagenet, DType::F32, [12, 3, 48, 48]),
-    ];
-    let modes = [
-        Memory::Naive,
-        Memory::RecomputeBottleneck,
-        Memory::RecomputeLayer,
-        Memory::Budget(0),
-    ];
+    [
+        (cifar.clone(), DType::F32, [6, 3, 24, 24]),
+        (cifar, DType::F64, [5, 3, 24, 24]),
+        (imagenet, DType::F32, [12, 3, 48, 48]),
+    ]
+}
+
+const MODES: [Memory; 4] = [
+    Memory::Naive,
+    Memory::RecomputeBottleneck,
+    Memory::RecomputeLayer,
+    Memory::Budget(0),
+];
+
+/// Held by each test: the SIMD level is process-wide, and one test's level change must not land
+/// in the middle of the other's runs.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+#[test]
+fn training_steps_are_bitwise_the_same_on_1_and_3_threads() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut mixed = 0;
-    for (config, dtype, shape) in cases {
-        for mode in modes {
+    for (config, dtype, shape) in &cases() {
+        let (dtype, shape) = (*dtype, *shape);
+        for mode in MODES {
             let what = format!("{mode} {dtype:?} {shape:?} {:?}", config.block_config);
             let Some(one) = in_pool(1, || train(config, mode, dtype, shape)) else {
                 continue;
@@ -159,4 +178,27 @@ fn training_steps_are_bitwise_the_same_on_1_and_3_threads() {
         }
     }
     assert!(mixed >= 2, "only {mixed} networks ran a mixed budget plan");
+}
+
+#[test]
+fn training_steps_are_bitwise_the_same_at_every_simd_level() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut compared = 0;
+    for (config, dtype, shape) in &cases() {
+        let (dtype, shape) = (*dtype, *shape);
+        for mode in MODES {
+            let what = format!("{mode} {dtype:?} {shape:?} {:?}", config.block_config);
+            let runs = tape::simd::for_each_supported_level(|_| train(config, mode, dtype, shape));
+            let (first, want) = &runs[0];
+            let Some(want) = want else { continue };
+            for (level, got) in &runs[1..] {
+                let got = got.as_ref().expect("the same plan at every level");
+                assert_same(want, got, &format!("{what}: {level} vs {first}"));
+                compared += 1;
+            }
+        }
+    }
+    if compared == 0 {
+        eprintln!("SKIPPED: this CPU has only the baseline SIMD level; nothing to compare");
+    }
 }

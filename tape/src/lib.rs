@@ -53,6 +53,7 @@ pub mod optim;
 pub mod param;
 pub mod profile;
 pub mod rng;
+pub mod simd;
 mod storage;
 pub mod tape;
 pub mod tensor;

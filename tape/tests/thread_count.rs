@@ -1,12 +1,15 @@
-//! Every CPU kernel gives the same bits on any number of threads: each op's forward output and
-//! the gradients of all its inputs, computed inside rayon pools of 1 and of 3 threads, are
-//! bitwise equal. The shapes are large enough to take every parallel path: element-wise and
+//! Every CPU kernel gives the same bits on any number of threads and at every SIMD level: each
+//! op's forward output and the gradients of all its inputs, computed inside rayon pools of 1 and
+//! of 3 threads, and at each level this CPU supports ([`tape::simd`]: baseline, AVX2, AVX-512),
+//! are bitwise equal. The shapes are large enough to take every parallel path: element-wise and
 //! per-plane kernels past `PAR_MIN` (32768 elements), GEMMs past the single-thread limit (2^18
 //! multiply-adds) and the `gemm` crate's own threading threshold (48 * 48 * 256), and
 //! convolution batches of several backward work chunks (at least 256 output positions each), or
 //! of one chunk whose GEMMs run on all threads.
 
+use std::sync::Mutex;
 use tape::ops::{self, BatchNormOptions, Conv2dOptions, RunningStats};
+use tape::simd::for_each_supported_level;
 use tape::{DType, Device, Tape, Tensor};
 
 fn bits(t: &Tensor) -> Vec<u64> {
@@ -21,12 +24,24 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
-/// Runs `f` on 1 and on 3 threads and asserts that the tensors it returns are bitwise equal.
+/// Runs `f` on 1 and on 3 threads, and on 3 threads at every SIMD level this CPU supports, and
+/// asserts that the tensors it returns are bitwise equal.
 fn same_on_1_and_3_threads(what: &str, f: impl Fn() -> Vec<Tensor> + Sync) {
-    let one: Vec<Vec<u64>> = in_pool(1, || f().iter().map(bits).collect());
-    let many: Vec<Vec<u64>> = in_pool(3, || f().iter().map(bits).collect());
-    assert_eq!(one.len(), many.len());
-    for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+    // The SIMD level is process-wide: one comparison at a time, so that no other test's level
+    // change lands in the middle of this one.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let run = || -> Vec<Vec<u64>> { f().iter().map(bits).collect() };
+    let one = in_pool(1, run);
+    assert_same(&format!("{what}, 1 vs 3 threads"), &one, &in_pool(3, run));
+    for (level, got) in for_each_supported_level(|_| in_pool(3, run)) {
+        assert_same(&format!("{what}, {level} vs the default level"), &one, &got);
+    }
+}
+
+fn assert_same(what: &str, want: &[Vec<u64>], got: &[Vec<u64>]) {
+    assert_eq!(want.len(), got.len());
+    for (i, (a, b)) in want.iter().zip(got).enumerate() {
         let differ = a.iter().zip(b).filter(|(x, y)| x != y).count();
         assert!(
             differ == 0 && a.len() == b.len(),

@@ -2,6 +2,7 @@
 
 use crate::dtype::Elem;
 use crate::error::Result;
+use crate::simd::widest_simd;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -9,14 +10,13 @@ use std::mem::MaybeUninit;
 /// Below this many elements, element-wise kernels stay on one thread.
 pub(crate) const PAR_MIN: usize = 1 << 15;
 
+/// Elements per task of the parallel maps.
+const MAP_CHUNK: usize = 1 << 14;
+
 /// `out[i] = f(x[i])` as a new tensor on `x`'s device.
 pub(crate) fn map_unary<T: Elem>(x: &Tensor, f: impl Fn(T) -> T + Sync) -> Result<Tensor> {
     let xs = x.as_slice::<T>()?;
-    let out: Vec<T> = if xs.len() >= PAR_MIN {
-        xs.par_iter().map(|&v| f(v)).collect()
-    } else {
-        xs.iter().map(|&v| f(v)).collect()
-    };
+    let out = mapped(xs.len(), |o, at| map1(o, &xs[at..at + o.len()], &f));
     Tensor::from_vec(out, x.shape(), x.device())
 }
 
@@ -27,12 +27,54 @@ pub(crate) fn map_binary<T: Elem>(
     f: impl Fn(T, T) -> T + Sync,
 ) -> Result<Tensor> {
     let (xs, ys) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
-    let out: Vec<T> = if xs.len() >= PAR_MIN {
-        xs.par_iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
-    } else {
-        xs.iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
-    };
+    let len = xs.len().min(ys.len());
+    let out = mapped(len, |o, at| {
+        let end = at + o.len();
+        map2(o, (&xs[at..end], &ys[at..end]), &f)
+    });
     Tensor::from_vec(out, a.shape(), a.device())
+}
+
+/// A vector of `len` elements written chunk by chunk by `fill(chunk, offset)` (in parallel for
+/// large vectors), with no zero fill first.
+fn mapped<T: Elem>(len: usize, fill: impl Fn(&mut [MaybeUninit<T>], usize) + Sync) -> Vec<T> {
+    // SAFETY: the chunks cover all `len` slots and the map kernels write every slot they get.
+    unsafe {
+        written_vec(len, |slots| {
+            if len >= PAR_MIN {
+                slots
+                    .par_chunks_mut(MAP_CHUNK)
+                    .enumerate()
+                    .for_each(|(i, o)| fill(o, i * MAP_CHUNK));
+            } else {
+                fill(slots, 0);
+            }
+        })
+    }
+}
+
+widest_simd!(
+    /// `out[i] = f(x[i])` over equal-length slices.
+    fn map1<T>(out: &mut [MaybeUninit<T>], x: &[T], f: impl Fn(T) -> T) = map1_body;
+);
+
+#[inline(always)]
+fn map1_body<T: Elem>(out: &mut [MaybeUninit<T>], x: &[T], f: impl Fn(T) -> T) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        o.write(f(v));
+    }
+}
+
+widest_simd!(
+    /// `out[i] = f(a[i], b[i])` over equal-length slices.
+    fn map2<T>(out: &mut [MaybeUninit<T>], ab: (&[T], &[T]), f: impl Fn(T, T) -> T) = map2_body;
+);
+
+#[inline(always)]
+fn map2_body<T: Elem>(out: &mut [MaybeUninit<T>], (a, b): (&[T], &[T]), f: impl Fn(T, T) -> T) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        o.write(f(x, y));
+    }
 }
 
 /// A vector of `len` elements written by `fill`, with no zero fill first (for kernels that

@@ -11,8 +11,10 @@ use super::{
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::{Error, Result};
+use crate::simd::widest_simd;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// An NCHW tensor as the kernels see it: `n` planes of `hw` elements for each of `c` channels.
 #[derive(Clone, Copy, Debug)]
@@ -100,11 +102,22 @@ where
     (mean, sq / m)
 }
 
-/// Writes `out = x * scale + shift` (and with `relu`, `max(., 0)`, NaN passing) plane by plane,
-/// in the tensor's precision.
-fn write_affine<'s, T: Elem>(
+widest_simd!(
+    /// Writes `out = x * scale + shift` (and with `relu`, `max(., 0)`, NaN passing) plane by
+    /// plane, in the tensor's precision.
+    fn write_affine<'s, T>(
+        xs: impl Iterator<Item = &'s [T]>,
+        out: Vec<&mut [MaybeUninit<T>]>,
+        scale: f64,
+        shift: f64,
+        relu: bool,
+    ) = write_affine_body;
+);
+
+#[inline(always)]
+fn write_affine_body<'s, T: Elem>(
     xs: impl Iterator<Item = &'s [T]>,
-    out: Vec<&mut [std::mem::MaybeUninit<T>]>,
+    out: Vec<&mut [MaybeUninit<T>]>,
     scale: f64,
     shift: f64,
     relu: bool,
@@ -133,7 +146,7 @@ pub(crate) fn normalize_by_channel<'s, T: Elem, P>(
 where
     P: Iterator<Item = &'s [T]> + Clone,
 {
-    let f = |ch: usize, out: Vec<&mut [std::mem::MaybeUninit<T>]>| match *how {
+    let f = |ch: usize, out: Vec<&mut [MaybeUninit<T>]>| match *how {
         HostNorm::Batch(w, b, eps) => {
             let (mean, var) = moments(planes(ch), n * hw);
             let [_, scale, shift] = channel_affine(mean, var, w[ch], b[ch], eps);
@@ -154,11 +167,20 @@ where
 /// `out = xs * scale[ch] + shift[ch]` per channel, in the tensor's precision.
 fn affine<T: Elem>(xs: &[T], l: Layout, scale: &[f64], shift: &[f64]) -> Vec<T> {
     map_planes(l, xs, xs, |ch, o, x, _| {
-        let (a, b) = (T::of(scale[ch]), T::of(shift[ch]));
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = x * a + b;
-        }
+        affine_plane(o, x, T::of(scale[ch]), T::of(shift[ch]))
     })
+}
+
+widest_simd!(
+    /// `out = x * a + b`.
+    fn affine_plane<T>(out: &mut [T], x: &[T], a: T, b: T) = affine_plane_body;
+);
+
+#[inline(always)]
+fn affine_plane_body<T: Elem>(out: &mut [T], x: &[T], a: T, b: T) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = x * a + b;
+    }
 }
 
 /// Channel `ch`'s `(sum g, sum g * xhat)` with `xhat = (x - mean) * invstd`; without `xs` only
@@ -201,13 +223,23 @@ struct InputGradCoef {
     mean_gx: f64,
 }
 
-/// Writes channel planes of the training-mode input gradient: `scale * (g - mean_g - xhat *
-/// mean_gx)`, evaluated in the tensor's precision as
-/// `scale * g - scale * mean_g - (scale * invstd * mean_gx) * (x - mean)`.
-fn write_train_grad<'s, T: Elem>(
+widest_simd!(
+    /// Writes channel planes of the training-mode input gradient: `scale * (g - mean_g - xhat *
+    /// mean_gx)`, evaluated in the tensor's precision as
+    /// `scale * g - scale * mean_g - (scale * invstd * mean_gx) * (x - mean)`.
+    fn write_train_grad<'s, T>(
+        g: impl Iterator<Item = &'s [T]>,
+        xs: impl Iterator<Item = &'s [T]>,
+        out: Vec<&mut [MaybeUninit<T>]>,
+        k: InputGradCoef,
+    ) = write_train_grad_body;
+);
+
+#[inline(always)]
+fn write_train_grad_body<'s, T: Elem>(
     g: impl Iterator<Item = &'s [T]>,
     xs: impl Iterator<Item = &'s [T]>,
-    out: Vec<&mut [std::mem::MaybeUninit<T>]>,
+    out: Vec<&mut [MaybeUninit<T>]>,
     k: InputGradCoef,
 ) {
     let a = T::of(k.scale);
@@ -273,7 +305,7 @@ impl BatchNormKernels for Cpu {
             match train_x {
                 Some(x) => {
                     let x = x.as_slice::<T>()?;
-                    let f = |ch: usize, out: Vec<&mut [std::mem::MaybeUninit<T>]>| {
+                    let f = |ch: usize, out: Vec<&mut [MaybeUninit<T>]>| {
                         let (sg, sgx) = channel_grad_sums(gs, xs, l, ch, mean[ch], invstd[ch]);
                         let k = InputGradCoef {
                             scale: weight[ch] * invstd[ch],

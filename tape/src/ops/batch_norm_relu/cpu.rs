@@ -9,6 +9,7 @@ use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;
+use crate::simd::widest_simd;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -90,6 +91,55 @@ enum PlaneOut<'a, T> {
     Add(&'a mut [T]),
 }
 
+/// [`InputCoef`] in the tensor's precision, for one plane.
+#[derive(Clone, Copy)]
+struct PlaneCoef<T> {
+    a: T,
+    k: T,
+    b: T,
+    mean: T,
+}
+
+/// One element of the input gradient: `a * g' + k + b * (x - mean)`, `g' = g` where `y > 0`.
+#[inline(always)]
+fn input_grad<T: Elem>(c: PlaneCoef<T>, g: T, y: T, x: T) -> T {
+    let gm = if y > T::zero() { g } else { T::zero() };
+    c.a * gm + c.k + c.b * (x - c.mean)
+}
+
+/// A plane's `(g, y, x)`.
+type GradPlanes<'a, T> = (&'a [T], &'a [T], &'a [T]);
+
+widest_simd!(
+    /// Writes one plane of a new input gradient.
+    fn write_input_grad<T>(o: &mut [MaybeUninit<T>], p: GradPlanes<'_, T>, c: PlaneCoef<T>) =
+        write_input_grad_body;
+);
+
+#[inline(always)]
+fn write_input_grad_body<T: Elem>(
+    o: &mut [MaybeUninit<T>],
+    (g, y, x): GradPlanes<'_, T>,
+    c: PlaneCoef<T>,
+) {
+    for (((o, &g), &y), &x) in o.iter_mut().zip(g).zip(y).zip(x) {
+        o.write(input_grad(c, g, y, x));
+    }
+}
+
+widest_simd!(
+    /// Adds one plane of the input gradient into an existing gradient.
+    fn add_input_grad<T>(o: &mut [T], p: GradPlanes<'_, T>, c: PlaneCoef<T>) =
+        add_input_grad_body;
+);
+
+#[inline(always)]
+fn add_input_grad_body<T: Elem>(o: &mut [T], (g, y, x): GradPlanes<'_, T>, c: PlaneCoef<T>) {
+    for (((o, &g), &y), &x) in o.iter_mut().zip(g).zip(y).zip(x) {
+        *o += input_grad(c, g, y, x);
+    }
+}
+
 /// The backward pass, channel by channel: for each output channel, the sums
 /// `(sum g', sum g' * (x - mean))` over its planes (`g' = g` where the output is positive, else 0;
 /// the second sum only when `with_x`) and then, while the channel's planes are still in cache,
@@ -166,22 +216,10 @@ fn backward_by_channel<T: Elem>(
             for (i, o) in outs.into_iter().enumerate() {
                 let at = (i * c + ch) * hw;
                 let (gp, yp, xp) = (&g[at..at + hw], &y[at..at + hw], parts.plane(i, ch));
-                // Straight zipped loops (one per destination kind) that the compiler
-                // vectorises; the value is the same expression in both.
-                let zero = T::zero();
+                let coef = PlaneCoef { a, k: kk, b, mean };
                 match o {
-                    PlaneOut::Fresh(o) => {
-                        for (((o, &g), &y), &x) in o.iter_mut().zip(gp).zip(yp).zip(xp) {
-                            let gm = if y > zero { g } else { zero };
-                            o.write(a * gm + kk + b * (x - mean));
-                        }
-                    }
-                    PlaneOut::Add(o) => {
-                        for (((o, &g), &y), &x) in o.iter_mut().zip(gp).zip(yp).zip(xp) {
-                            let gm = if y > zero { g } else { zero };
-                            *o += a * gm + kk + b * (x - mean);
-                        }
-                    }
+                    PlaneOut::Fresh(o) => write_input_grad(o, (gp, yp, xp), coef),
+                    PlaneOut::Add(o) => add_input_grad(o, (gp, yp, xp), coef),
                 }
             }
         }

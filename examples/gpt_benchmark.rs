@@ -1,6 +1,6 @@
 //! The small GPT's memory modes side by side: peak bytes (the engine's accounting, process peak
 //! RSS beside it), median seconds per training step (forward + backward + Adam) and the step's
-//! work counts, for Naive, PerBlock, Selective and a planner budget (halfway between the
+//! work counts, for Naive, PerBlock, Selective, SelectiveLinear and a planner budget (halfway between the
 //! chain's least feasible and naive predicted peaks); then the planner's front of predicted
 //! peak against recompute for the block chain. Each case runs on a fresh device.
 //!
@@ -85,6 +85,7 @@ fn measure(
         MemoryMode::Naive => "naive".to_string(),
         MemoryMode::PerBlock => "per-block".to_string(),
         MemoryMode::Selective => "selective".to_string(),
+        MemoryMode::SelectiveLinear => "selective-linear".to_string(),
         MemoryMode::Budget(bytes) => format!("budget:{:.1}MB", bytes as f64 / 1e6),
     };
     let _ = a;
@@ -131,6 +132,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         MemoryMode::Naive,
         MemoryMode::PerBlock,
         MemoryMode::Selective,
+        MemoryMode::SelectiveLinear,
         MemoryMode::Budget(budget),
     ];
     let mut rows: Vec<CaseResult> = Vec::new();

@@ -49,7 +49,7 @@ struct Args {
     /// Adam learning rate.
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
-    /// Memory mode: naive, per-block or selective.
+    /// Memory mode: naive, per-block, selective or selective-linear.
     #[arg(long, default_value = "selective")]
     mode: String,
     /// Characters of source text to use at most.
@@ -141,7 +141,11 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         "naive" => MemoryMode::Naive,
         "per-block" => MemoryMode::PerBlock,
         "selective" => MemoryMode::Selective,
-        m => return Err(format!("unknown mode '{m}' (naive, per-block, selective)").into()),
+        "selective-linear" => MemoryMode::SelectiveLinear,
+        m => {
+            let known = "naive, per-block, selective, selective-linear";
+            return Err(format!("unknown mode '{m}' ({known})").into());
+        }
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = TextDataset::from_rust_sources(root, a.max_chars)?;

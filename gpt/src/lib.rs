@@ -6,7 +6,8 @@
 //! Memory is a run option ([`MemoryMode`]): every activation recorded ([`MemoryMode::Naive`]),
 //! each block a checkpointed segment ([`MemoryMode::PerBlock`]), each block under the
 //! `checkpoint` crate's selective policy that keeps the matmul outputs and recomputes the rest
-//! ([`MemoryMode::Selective`]), or the blocks as a chain under the planner's plan for a memory
+//! ([`MemoryMode::Selective`]) or only the linear layers' outputs
+//! ([`MemoryMode::SelectiveLinear`]), or the blocks as a chain under the planner's plan for a memory
 //! budget ([`MemoryMode::Budget`]). Every mode computes the same loss and gradients.
 //!
 //! [`train`] has the training step (non-finite check, conditional Adam update), [`generate`]

@@ -27,7 +27,7 @@ proptest! {
         cfg.dropout = dropout;
         let tokens = batch(cfg.vocab_size, b, seq, seed as usize);
         let naive = outcome(&model(cfg.clone(), DType::F64, seed, MemoryMode::Naive), &tokens, seed);
-        for mode in [MemoryMode::PerBlock, MemoryMode::Selective] {
+        for mode in [MemoryMode::PerBlock, MemoryMode::Selective, MemoryMode::SelectiveLinear] {
             let got = outcome(&model(cfg.clone(), DType::F64, seed, mode), &tokens, seed);
             prop_assert_eq!(&got, &naive, "{:?}", mode);
         }

@@ -22,6 +22,7 @@ fn on_gpu_a_training_step_matches_the_cpu() {
         MemoryMode::Naive,
         MemoryMode::PerBlock,
         MemoryMode::Selective,
+        MemoryMode::SelectiveLinear,
     ] {
         cpu.set_memory_mode(mode);
         on_gpu.set_memory_mode(mode);

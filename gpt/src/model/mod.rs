@@ -31,6 +31,11 @@ pub enum MemoryMode {
     /// and attention matmuls are kept, layer norms, softmax, GELU, reshapes and copies are
     /// recomputed in backward.
     Selective,
+    /// Each block under `SelectivePolicy::keep(&["linear"])`: only the linear layers' outputs
+    /// (the projections and the MLP) are kept; the attention matmuls (`q k^T`, `[batch, heads,
+    /// T, T]`, and its product with `v`), softmax and the rest are recomputed in backward. Less
+    /// memory than [`MemoryMode::Selective`] at long sequences, more recompute.
+    SelectiveLinear,
     /// The blocks as a chain under the planner's cheapest plan whose predicted peak fits this
     /// many bytes (the device's bytes held as the chain starts included; the head and the loss
     /// are not modelled beyond a scalar loss). Planned once per batch shape.
@@ -257,8 +262,11 @@ impl Gpt {
                     h = checkpoint(tape, &[&h], move |t, xs| l.forward(t, &xs[0]))?;
                 }
             }
-            MemoryMode::Selective => {
-                let policy = SelectivePolicy::compute_bound();
+            MemoryMode::Selective | MemoryMode::SelectiveLinear => {
+                let policy = match self.mode {
+                    MemoryMode::Selective => SelectivePolicy::compute_bound(),
+                    _ => SelectivePolicy::keep(&["linear"]),
+                };
                 for l in layers {
                     h = checkpoint_selective(tape, &[&h], &policy, move |t, xs| {
                         l.forward(t, &xs[0])

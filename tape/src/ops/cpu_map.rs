@@ -16,7 +16,8 @@ const MAP_CHUNK: usize = 1 << 14;
 /// `out[i] = f(x[i])` as a new tensor on `x`'s device.
 pub(crate) fn map_unary<T: Elem>(x: &Tensor, f: impl Fn(T) -> T + Sync) -> Result<Tensor> {
     let xs = x.as_slice::<T>()?;
-    let out = mapped(xs.len(), |o, at| map1(o, &xs[at..at + o.len()], &f));
+    // SAFETY: `map1` writes every slot of its chunk (its input slice is as long).
+    let out = unsafe { mapped(xs.len(), |o, at| map1(o, &xs[at..at + o.len()], &f)) };
     Tensor::from_vec(out, x.shape(), x.device())
 }
 
@@ -28,17 +29,27 @@ pub(crate) fn map_binary<T: Elem>(
 ) -> Result<Tensor> {
     let (xs, ys) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
     let len = xs.len().min(ys.len());
-    let out = mapped(len, |o, at| {
-        let end = at + o.len();
-        map2(o, (&xs[at..end], &ys[at..end]), &f)
-    });
+    // SAFETY: `map2` writes every slot of its chunk (its input slices are as long).
+    let out = unsafe {
+        mapped(len, |o, at| {
+            let end = at + o.len();
+            map2(o, (&xs[at..end], &ys[at..end]), &f)
+        })
+    };
     Tensor::from_vec(out, a.shape(), a.device())
 }
 
 /// A vector of `len` elements written chunk by chunk by `fill(chunk, offset)` (in parallel for
 /// large vectors), with no zero fill first.
-fn mapped<T: Elem>(len: usize, fill: impl Fn(&mut [MaybeUninit<T>], usize) + Sync) -> Vec<T> {
-    // SAFETY: the chunks cover all `len` slots and the map kernels write every slot they get.
+///
+/// # Safety
+/// `fill` must write every slot of every chunk it is given.
+unsafe fn mapped<T: Elem>(
+    len: usize,
+    fill: impl Fn(&mut [MaybeUninit<T>], usize) + Sync,
+) -> Vec<T> {
+    // SAFETY: the chunks cover all `len` slots, and the caller guarantees that `fill` writes
+    // every slot it gets.
     unsafe {
         written_vec(len, |slots| {
             if len >= PAR_MIN {

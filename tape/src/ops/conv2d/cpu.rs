@@ -491,6 +491,19 @@ pub(super) fn workspace_bytes(geo: &Geometry, elem: usize) -> usize {
     forward.max(backward) * elem
 }
 
+/// The workspace bytes of one pass over `geo` with elements of `elem` bytes: the forward
+/// (`None`) or the backward with the weight's gradient and, when `Some(true)`, the input's.
+pub(super) fn pass_workspace_bytes(geo: &Geometry, elem: usize, backward: Option<bool>) -> usize {
+    let elems = match backward {
+        None => groups(geo.n) * forward_workspace(geo, elem),
+        Some(x) => {
+            let (per, flip) = backward_workspace(geo, Needs { x, w: true }, elem);
+            groups(chunk_ranges(geo).len()) * per + flip
+        }
+    };
+    elems * elem
+}
+
 /// Zero-filled `len` elements of workspace, charged to `x`'s device while the reservation lives.
 fn workspace<T: Elem>(x: &Tensor, len: usize) -> Result<(Vec<T>, crate::Reservation)> {
     let r = x.device().reserve(len * std::mem::size_of::<T>())?;

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
-use tape::ops::{self, conv2d, Conv2dOptions};
+use tape::ops::{self, conv2d, Conv2dOptions, Conv2dPass};
 use tape::{DType, Device, Error, Tape, Tensor};
 
 fn opts(stride: usize, padding: usize) -> Conv2dOptions {
@@ -540,8 +540,10 @@ fn conv_workspace_bytes(
 }
 
 /// The peaks of a conv's forward and backward hold, beyond their inputs, outputs and gradients,
-/// exactly the CPU kernels' workspaces, on 1, 2 and 3 threads: a kernel that runs without
-/// charging its workspace (or charges the wrong size) fails here. Cases: the flipped grad-input
+/// exactly the CPU kernels' workspaces, on 1, 2 and 3 threads, and `conv2d_pass_workspace_bytes`
+/// says how much for each pass (the backward with and without the input's gradient): a kernel
+/// that runs without charging its workspace (or charges the wrong size), or a prediction that
+/// differs, fails here. Cases: the flipped grad-input
 /// path with column blocks of fewer rows than the output (3 and 28 of 32 rows); a strided conv
 /// on the col2im path with several images per work chunk; a pointwise conv.
 #[test]
@@ -561,6 +563,19 @@ fn conv_workspaces_are_charged_exactly() {
             let what = format!("{shape:?} -> {cout} k{k} {o:?} on {threads} threads");
             pool.install(|| {
                 let dev = Device::cpu();
+                let w_shape = [cout, shape[1], k, k];
+                let predicted = |pass| {
+                    ops::conv2d_pass_workspace_bytes(&dev, shape, w_shape, o, DType::F32, pass)
+                        .unwrap()
+                };
+                assert_eq!(predicted(Conv2dPass::Forward), forward, "{what}: forward");
+                let full = Conv2dPass::Backward { input_grad: true };
+                assert_eq!(predicted(full), backward, "{what}: backward");
+                assert_eq!(
+                    ops::conv2d_workspace_bytes(&dev, shape, w_shape, o, DType::F32).unwrap(),
+                    forward.max(backward),
+                    "{what}: the larger pass"
+                );
                 let x = Tensor::randn(&shape, DType::F32, &dev, 1)
                     .unwrap()
                     .with_requires_grad(true);
@@ -587,6 +602,23 @@ fn conv_workspaces_are_charged_exactly() {
                     grad_bytes + backward,
                     "{what}: backward peak = gradients + workspace ({backward} bytes)"
                 );
+                drop(grads);
+
+                // The weight's gradient only (an input image): less workspace, as predicted.
+                let x = x.detach();
+                let mut tape = Tape::recording();
+                let y = conv2d(&mut tape, &x, &w, None, o).unwrap();
+                let gy = Tensor::randn(y.shape(), DType::F32, &dev, 3).unwrap();
+                let before = dev.memory().current();
+                dev.memory().reset_peak();
+                let grads = tape.backward_from(&y, gy).unwrap();
+                let weight_only = predicted(Conv2dPass::Backward { input_grad: false });
+                assert_eq!(
+                    dev.memory().peak() - before,
+                    w.size_in_bytes() + weight_only,
+                    "{what}: weight-only backward peak = its gradient + workspace"
+                );
+                assert!(weight_only <= backward, "{what}");
                 drop(grads);
             });
         }

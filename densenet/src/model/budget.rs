@@ -48,7 +48,7 @@ use super::{DenseLayerMode, DenseNet};
 use crate::config::DenseNetConfig;
 use crate::error::{DenseNetError, Result};
 use checkpoint::planner::{plan_in_order, Choice};
-use tape::ops::{conv2d_pass_workspace_bytes, conv2d_workspace_bytes, Conv2dOptions};
+use tape::ops::{conv2d_pass_workspace_bytes, conv2d_workspace_bytes, Conv2dOptions, Conv2dPass};
 use tape::{DType, Device};
 
 /// Kept bytes, peak bytes and recompute FLOPs of one dense layer under each mode (indexed Naive,
@@ -199,7 +199,7 @@ impl Kernels<'_> {
     /// Forward and backward kernel workspace bytes of `c` (the backward computing the input's
     /// gradient when `input_grad`).
     fn pass(&self, c: ConvShape, input_grad: bool) -> [u64; 2] {
-        [None, Some(input_grad)].map(|pass| {
+        [Conv2dPass::Forward, Conv2dPass::Backward { input_grad }].map(|pass| {
             conv2d_pass_workspace_bytes(self.device, c.x, c.w, c.opts, self.dtype, pass)
                 .unwrap_or(0) as u64
         })

@@ -15,7 +15,7 @@
 //!   flipped, transposed kernel, when that column matrix is the smaller one; otherwise
 //!   `gcol (K x P) = W^T * gout` scattered back by col2im.
 
-use super::{Conv2dGrads, Conv2dKernels, Geometry};
+use super::{Conv2dGrads, Conv2dKernels, Conv2dPass, Geometry};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;
@@ -491,12 +491,11 @@ pub(super) fn workspace_bytes(geo: &Geometry, elem: usize) -> usize {
     forward.max(backward) * elem
 }
 
-/// The workspace bytes of one pass over `geo` with elements of `elem` bytes: the forward
-/// (`None`) or the backward with the weight's gradient and, when `Some(true)`, the input's.
-pub(super) fn pass_workspace_bytes(geo: &Geometry, elem: usize, backward: Option<bool>) -> usize {
-    let elems = match backward {
-        None => groups(geo.n) * forward_workspace(geo, elem),
-        Some(x) => {
+/// The workspace bytes of one pass over `geo` with elements of `elem` bytes.
+pub(super) fn pass_workspace_bytes(geo: &Geometry, elem: usize, pass: Conv2dPass) -> usize {
+    let elems = match pass {
+        Conv2dPass::Forward => groups(geo.n) * forward_workspace(geo, elem),
+        Conv2dPass::Backward { input_grad: x } => {
             let (per, flip) = backward_workspace(geo, Needs { x, w: true }, elem);
             groups(chunk_ranges(geo).len()) * per + flip
         }

@@ -186,25 +186,35 @@ pub fn conv2d_workspace_bytes(
     })
 }
 
-/// The workspace bytes one pass of a [`conv2d`] reserves on `device` beyond its tensors: the
-/// forward (`None`), or the backward computing the weight's gradient and, with
-/// `Some(true)`, the input's (`Some(false)`: the weight's only, as for a network's input
-/// image). On the CPU exact for the current thread count (column blocks and partial weight
-/// gradients per thread group, a flipped kernel); on a GPU cuDNN's workspace limit, the most its
-/// algorithms are given. [`conv2d_workspace_bytes`] is the larger of the forward and the full
-/// backward.
+/// A pass of a [`conv2d`], for [`conv2d_pass_workspace_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conv2dPass {
+    /// The forward.
+    Forward,
+    /// The backward, computing the weight's gradient and, when `input_grad`, the input's (not
+    /// for a network's input image).
+    Backward {
+        /// Whether the input's gradient is computed too.
+        input_grad: bool,
+    },
+}
+
+/// The workspace bytes one pass of a [`conv2d`] reserves on `device` beyond its tensors. On the
+/// CPU exact for the current thread count (column blocks and partial weight gradients per thread
+/// group, a flipped kernel); on a GPU cuDNN's workspace limit, the most its algorithms are
+/// given. [`conv2d_workspace_bytes`] is the larger of the forward and the full backward.
 pub fn conv2d_pass_workspace_bytes(
     device: &Device,
     x_shape: [usize; 4],
     w_shape: [usize; 4],
     opts: Conv2dOptions,
     dtype: DType,
-    backward_input_grad: Option<bool>,
+    pass: Conv2dPass,
 ) -> Result<usize> {
     let geo = Geometry::of_shapes(x_shape, &w_shape, opts)?;
     Ok(match device.cuda_options() {
         Some(options) => options.workspace_limit_bytes,
-        None => cpu::pass_workspace_bytes(&geo, dtype.size_in_bytes(), backward_input_grad),
+        None => cpu::pass_workspace_bytes(&geo, dtype.size_in_bytes(), pass),
     })
 }
 

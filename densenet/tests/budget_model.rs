@@ -323,6 +323,8 @@ fn kept_bytes_are_counted_at_each_blocks_resolution() {
             DType::F32,
             &Device::cpu(),
         );
+        let layers: Vec<usize> = costs.iter().map(Vec::len).collect();
+        assert_eq!(layers, config.block_config, "a cost for every layer");
         let b = (config.bn_size * config.growth_rate) as u64;
         let mut size = first as u64;
         let (ins, _) = config.block_channels();
@@ -391,6 +393,8 @@ fn recompute_flops_count_what_each_mode_runs_again() {
     let costs =
         densenet::model::layer_costs(&config, [n, 3, image, image], DType::F32, &Device::cpu());
     let (k, b) = (8.0, 32.0);
+    let layers: Vec<usize> = costs.iter().map(Vec::len).collect();
+    assert_eq!(layers, config.block_config, "a cost for every layer");
     let (ins, _) = config.block_channels();
     for (i, (block, &c0)) in costs.iter().zip(&ins).enumerate() {
         let side = (image >> i) as f64;
@@ -535,6 +539,31 @@ fn each_units_backward_peak_is_predicted() {
                 bn_size: 4,
                 num_init_features: 198,
                 block_config: vec![1, 2],
+                ..DenseNetConfig::default()
+            },
+            (2, 2),
+        ),
+        // Narrow inputs into a wide bottleneck (`b = 8k`, `c = k`) on a large batch: batch norm
+        // 2's backward (`2b` with its parameter gradients) outgrows conv2's and conv1's steps.
+        (
+            DenseNetConfig {
+                growth_rate: 2,
+                bn_size: 8,
+                num_init_features: 2,
+                block_config: vec![1],
+                ..DenseNetConfig::default()
+            },
+            (16, 32),
+        ),
+        // A thousand classes after a narrow network on 2x2 images: the classifier's backward
+        // (its weight gradient, the pooled features' gradient, the logits') sets the head's peak.
+        (
+            DenseNetConfig {
+                growth_rate: 2,
+                bn_size: 2,
+                num_init_features: 4,
+                block_config: vec![1],
+                num_classes: 1000,
                 ..DenseNetConfig::default()
             },
             (2, 2),

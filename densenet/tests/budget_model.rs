@@ -434,8 +434,8 @@ fn unit_peaks(
     plan: &[Vec<DenseLayerMode>],
     dtype: DType,
     (image, batch): (usize, usize),
-) -> (Vec<(String, u64, u64)>, String, u64) {
-    use tape::{ops, BackwardPeaks, Tape};
+) -> UnitPeakRows {
+    use tape::{ops, Tape, UnitPeaks};
     let shape = [batch, 3, image, image];
     let dev = Device::cpu();
     let model = DenseNet::new(config.clone(), dtype, &dev, 1)
@@ -448,8 +448,9 @@ fn unit_peaks(
     assert_eq!(modes, plan);
     let bm = BudgetModel::new(&model, shape, held);
     let predicted = bm.unit_peaks(&modes).unwrap();
-    let peaks = BackwardPeaks::new(&dev);
-    let mut tape = Tape::recording().watch_backward_peaks(peaks.clone());
+    let bounds = bm.unit_forward_bounds(&modes).unwrap();
+    let peaks = UnitPeaks::new(&dev);
+    let mut tape = Tape::recording().watch_unit_peaks(peaks.clone());
     let labels: Vec<usize> = (0..batch).map(|i| (3 + i) % 10).collect();
     let logits = model.forward(&mut tape, &x).unwrap();
     tape.mark(|| "loss".into());
@@ -457,20 +458,42 @@ fn unit_peaks(
     // The logits stay alive through backward, as in a training step.
     drop(tape.backward(&loss).unwrap());
     drop(logits);
-    let mut measured = peaks.take();
+    let pair = |(label, m): (String, usize), (plabel, p): (String, u64)| {
+        assert_eq!(label, plabel);
+        (label, m as u64, p)
+    };
+    let forward = peaks.take_forward();
+    assert_eq!(forward.len(), bounds.len());
+    let forward = forward
+        .into_iter()
+        .zip(bounds)
+        .map(|(m, p)| pair(m, p))
+        .collect();
+    let mut measured = peaks.take_backward();
     measured.reverse();
     assert_eq!(measured.pop().map(|m| m.0), Some("loss".to_string()));
     assert_eq!(measured.len(), predicted.len());
     let letters = letters(&modes);
-    let units = measured
+    let backward = measured
         .into_iter()
         .zip(predicted)
-        .map(|((label, m), (plabel, p))| {
-            assert_eq!(label, plabel);
-            (label, m as u64, p)
-        })
+        .map(|(m, p)| pair(m, p))
         .collect();
-    (units, letters, bm.workspace)
+    UnitPeakRows {
+        backward,
+        forward,
+        letters,
+        logits_and_loss: bm.fixed - held,
+    }
+}
+
+/// Per unit (label, measured peak, predicted peak) of its backward and of its forward (the bound
+/// the planner charges), the plan as letters, and the bytes of the logits and the loss.
+struct UnitPeakRows {
+    backward: Vec<(String, u64, u64)>,
+    forward: Vec<(String, u64, u64)>,
+    letters: String,
+    logits_and_loss: u64,
 }
 
 /// Every unit's backward, not just the one that sets the step's peak: the peak bytes between
@@ -584,8 +607,26 @@ fn each_units_backward_peak_is_predicted() {
                     .iter()
                     .map(|&l| it.by_ref().take(l).collect())
                     .collect();
-                let (units, letters, ws) = unit_peaks(config, &plan, dtype, *input);
-                for (label, m, p) in units {
+                let rows = unit_peaks(config, &plan, dtype, *input);
+                let letters = &rows.letters;
+                // Forward: the bound the planner charges holds for every unit (the logits and
+                // the loss, counted in it, do not exist yet), and is exact for the stem and
+                // for Naive layers, whose forward keeps everything it makes.
+                let mut layer_modes = plan.iter().flatten();
+                for (label, m, p) in &rows.forward {
+                    let what = format!("{:?} {letters} {dtype:?} {label}", config.block_config);
+                    let m = m + rows.logits_and_loss;
+                    assert!(m <= *p, "{what}: forward bound {p} below the measured {m}");
+                    let exact = match label.as_str() {
+                        "stem" => true,
+                        l if l.contains("denselayer") => layer_modes.next() == Some(&Keep),
+                        _ => false,
+                    };
+                    if exact {
+                        assert_eq!(*p, m, "{what}: forward bound against measured");
+                    }
+                }
+                for (label, m, p) in rows.backward {
                     assert_eq!(
                         p, m,
                         "{:?} {letters} {dtype:?} {label}: predicted against measured",
@@ -593,7 +634,7 @@ fn each_units_backward_peak_is_predicted() {
                     );
                     println!(
                         "{:?} {letters} {dtype:?} {label:<40} measured {m:>8} predicted {p:>8} \
-                         ({:+.2}%) ws {ws}",
+                         ({:+.2}%)",
                         config.block_config,
                         100.0 * (p as f64 / m as f64 - 1.0)
                     );

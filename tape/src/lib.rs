@@ -65,7 +65,7 @@ pub use dtype::{DType, Elem};
 pub use error::{Error, Result};
 pub use gradients::{GradKey, Gradients};
 pub use labels::Labels;
-pub use memory::{BackwardPeaks, MemoryStats, Reservation};
+pub use memory::{MemoryStats, Reservation, UnitPeaks};
 pub use param::Parameter;
 pub use tape::{Context, Phase, Tape};
 pub use tensor::{Tensor, TensorId};

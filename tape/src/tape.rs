@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::gradients::Gradients;
-use crate::memory::BackwardPeaks;
+use crate::memory::UnitPeaks;
 use crate::profile::{self, Pass};
 use crate::tensor::{Tensor, TensorId};
 use std::collections::BTreeMap;
@@ -67,7 +67,7 @@ pub struct Tape<'a> {
     /// The outputs captured so far: (the op's index among the calls, the output).
     captured: Vec<(usize, Tensor)>,
     /// Where [`Tape::mark`]s note backward's peaks, if anywhere.
-    peaks: Option<BackwardPeaks>,
+    peaks: Option<UnitPeaks>,
 }
 
 impl<'a> Tape<'a> {
@@ -111,21 +111,23 @@ impl<'a> Tape<'a> {
         }
     }
 
-    /// Makes [`Tape::mark`] note backward's peak bytes, stretch by stretch, in `peaks`.
-    pub fn watch_backward_peaks(mut self, peaks: BackwardPeaks) -> Self {
+    /// Makes [`Tape::mark`] note the peak bytes of each unit's forward and backward in `peaks`.
+    pub fn watch_unit_peaks(mut self, peaks: UnitPeaks) -> Self {
         self.peaks = Some(peaks);
         self
     }
 
     /// Marks the start of a unit of the model (a layer, a block) called `label()`: with
-    /// [`Tape::watch_backward_peaks`] on, backward notes the peak bytes of the unit's backward
-    /// (everything recorded from this mark to the next) when it reaches the mark. Without it,
-    /// or on a tape that does not record, nothing happens and `label` is not called.
+    /// [`Tape::watch_unit_peaks`] on, the previous unit's forward peak is noted now, and
+    /// backward notes the peak bytes of this unit's backward (everything recorded from this mark
+    /// to the next) when it reaches the mark. Without it, or on a tape that does not record,
+    /// nothing happens and `label` is not called.
     pub fn mark(&mut self, label: impl FnOnce() -> String) {
         if let (true, Some(peaks)) = (self.recording, &self.peaks) {
             let (peaks, label) = (peaks.clone(), label());
+            peaks.note_forward(label.clone());
             self.record_effect("mark", move |_| {
-                peaks.note(label);
+                peaks.note_backward(label);
                 Ok(())
             });
         }

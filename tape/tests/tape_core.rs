@@ -600,18 +600,19 @@ fn host_cache_reports_reserved_bytes_and_releases() {
     );
 }
 
-/// Backward-peak marks split backward into the stretches between them: each note is the peak of
-/// its stretch (the first note covers the forward pass too), in the order backward meets them;
-/// without a watcher a mark records nothing and does not call its label.
+/// Marks split forward and backward into the stretches between them: each forward note is the
+/// peak of the unit that a mark closes (the last unit stays open), each backward note the peak
+/// of its stretch, in the order backward meets them; without a watcher a mark records nothing
+/// and does not call its label.
 #[test]
-fn backward_peaks_are_noted_between_marks() {
-    use tape::{ops, BackwardPeaks, DType, Device, Tape, Tensor};
+fn unit_peaks_are_noted_between_marks() {
+    use tape::{ops, DType, Device, Tape, Tensor, UnitPeaks};
     let dev = Device::cpu();
     let x = Tensor::randn(&[1000], DType::F64, &dev, 1)
         .unwrap()
         .with_requires_grad(true);
-    let peaks = BackwardPeaks::new(&dev);
-    let mut tape = Tape::recording().watch_backward_peaks(peaks.clone());
+    let peaks = UnitPeaks::new(&dev);
+    let mut tape = Tape::recording().watch_unit_peaks(peaks.clone());
     tape.mark(|| "small".into());
     let small = ops::scale(&mut tape, &x, 2.0).unwrap();
     let small = ops::sum(&mut tape, &small).unwrap();
@@ -622,9 +623,14 @@ fn backward_peaks_are_noted_between_marks() {
     let big = ops::sum(&mut tape, &wide).unwrap();
     let loss = ops::add(&mut tape, &small, &big).unwrap();
     drop(wide);
+    // Forward: "small" (closed by the "big" mark) held x, the scaled copy and the sum; "big" is
+    // still open.
+    let forward = peaks.take_forward();
+    assert_eq!(forward.len(), 1, "{forward:?}");
+    assert_eq!(forward[0], ("small".to_string(), 2 * 8000 + 8));
     let grads = tape.backward(&loss).unwrap();
     drop(grads);
-    let notes = peaks.take();
+    let notes = peaks.take_backward();
     let labels: Vec<&str> = notes.iter().map(|(l, _)| l.as_str()).collect();
     assert_eq!(labels, ["big", "small"]);
     let (big_peak, small_peak) = (notes[0].1, notes[1].1);
@@ -632,7 +638,7 @@ fn backward_peaks_are_noted_between_marks() {
     // x, its gradient, and the scale's output and input gradients with their sum.
     assert!(small_peak < 6 * 8000, "{small_peak}");
     assert!(big_peak > 2 * small_peak);
-    assert!(peaks.take().is_empty(), "take clears the notes");
+    assert!(peaks.take_backward().is_empty(), "take clears the notes");
 
     let mut plain = Tape::recording();
     plain.mark(|| panic!("no watcher: the label is not made"));

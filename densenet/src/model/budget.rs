@@ -648,6 +648,21 @@ impl BudgetModel {
         Ok(peak)
     }
 
+    /// The bound of each unit's forward peak bytes that the planner charges (the stem, every
+    /// dense layer in the mode `modes` gives, every transition, the head), in forward order,
+    /// labelled as the model's marks label them: `fixed`, what the unit and everything before
+    /// it keep, and the unit's forward bytes. An upper bound: the unit's own kept bytes are
+    /// counted from its start, the logits and the loss (in `fixed`) before they exist.
+    pub fn unit_forward_bounds(&self, modes: &[Vec<DenseLayerMode>]) -> Result<Vec<(String, u64)>> {
+        let mut kept = 0u64;
+        let mut out = Vec::new();
+        for (unit, o, _) in self.picked(modes)? {
+            kept += o.stored;
+            out.push((unit.label, self.fixed + kept + o.forward));
+        }
+        Ok(out)
+    }
+
     /// The predicted peak bytes of each unit's backward (the stem, every dense layer in the mode
     /// `modes` gives, every transition, the head), in forward order, labelled as the model's
     /// backward-peak marks label them (see [`tape::Tape::mark`]): `fixed`, what the unit and

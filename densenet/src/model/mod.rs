@@ -257,8 +257,8 @@ impl DenseNet {
         // The naive mode reads every layer's input from a copy (the concatenation it keeps).
         let in_place = self.memory != Memory::Naive;
 
-        // Marks name each unit's stretch of backward for `Tape::watch_backward_peaks`
-        // (the budget model predicts each: `BudgetModel::unit_peaks`).
+        // Marks name each unit's stretch of forward and backward for `Tape::watch_unit_peaks`
+        // (the budget model predicts each: `BudgetModel::unit_peaks`, `unit_forward_bounds`).
         tape.mark(|| "stem".into());
         let mut feat = self.conv0.forward(tape, x)?;
         if let Some(norm0) = &self.norm0 {

@@ -643,3 +643,28 @@ fn each_units_backward_peak_is_predicted() {
         }
     }
 }
+
+/// Modes that do not match the blocks (too few blocks, a block with too many layers, too many
+/// blocks) are an error naming both shapes, for every use of the model.
+#[test]
+fn modes_of_the_wrong_shape_are_refused() {
+    let config = DenseNetConfig {
+        block_config: vec![3, 2],
+        ..single_block(4, 2, 1, 0.0)
+    };
+    let model = DenseNet::new(config, DType::F32, &Device::cpu(), 1).unwrap();
+    let bm = BudgetModel::new(&model, [2, 3, 8, 8], 0);
+    use DenseLayerMode::Keep;
+    let wrong = [
+        vec![vec![Keep; 3]],
+        vec![vec![Keep; 3], vec![Keep; 3]],
+        vec![vec![Keep; 3], vec![Keep; 2], vec![]],
+    ];
+    for modes in wrong {
+        let err = bm.predict(&modes).unwrap_err().to_string();
+        assert!(err.contains("[3, 2]"), "{err}");
+        assert!(bm.unit_peaks(&modes).is_err());
+        assert!(bm.unit_forward_bounds(&modes).is_err());
+    }
+    assert!(bm.predict(&[vec![Keep; 3], vec![Keep; 2]]).is_ok());
+}

@@ -46,7 +46,8 @@ status=0
 for part in "${parts[@]}"; do
   case "$part" in
     checkpoint) scope=(-p checkpoint) ;;
-    budget) scope=(-p densenet --file densenet/src/model/budget.rs) ;;
+    # The model against its own test file (one test binary to relink per mutant).
+    budget) scope=(-p densenet --file densenet/src/model/budget.rs --cargo-arg=--test=budget_model) ;;
     backward)
       # Each op's mod.rs against its own test file (minutes instead of hours: one test binary
       # to relink per mutant); ops without a file of their own against the files that test them.

@@ -481,16 +481,6 @@ fn grad_bias<T: Elem>(g: &Geometry, gout: &[T], gb: &mut [T]) {
     }
 }
 
-/// The most workspace bytes a forward or a backward (both gradients wanted) over `geo` with
-/// elements of `elem` bytes reserves, beyond its tensors.
-pub(super) fn workspace_bytes(geo: &Geometry, elem: usize) -> usize {
-    let forward = groups(geo.n) * forward_workspace(geo, elem);
-    let needs = Needs { x: true, w: true };
-    let (per, flip) = backward_workspace(geo, needs, elem);
-    let backward = groups(chunk_ranges(geo).len()) * per + flip;
-    forward.max(backward) * elem
-}
-
 /// The workspace bytes of one pass over `geo` with elements of `elem` bytes.
 pub(super) fn pass_workspace_bytes(geo: &Geometry, elem: usize, pass: Conv2dPass) -> usize {
     let elems = match pass {

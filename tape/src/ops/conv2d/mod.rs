@@ -178,12 +178,8 @@ pub fn conv2d_workspace_bytes(
     opts: Conv2dOptions,
     dtype: DType,
 ) -> Result<usize> {
-    let geo = Geometry::of_shapes(x_shape, &w_shape, opts)?;
-    Ok(match device.cuda_options() {
-        // cuDNN's algorithms are chosen within the limit; what they ask for depends on cuDNN.
-        Some(options) => options.workspace_limit_bytes,
-        None => cpu::workspace_bytes(&geo, dtype.size_in_bytes()),
-    })
+    let pass = |pass| conv2d_pass_workspace_bytes(device, x_shape, w_shape, opts, dtype, pass);
+    Ok(pass(Conv2dPass::Forward)?.max(pass(Conv2dPass::Backward { input_grad: true })?))
 }
 
 /// A pass of a [`conv2d`], for [`conv2d_pass_workspace_bytes`].
@@ -213,6 +209,7 @@ pub fn conv2d_pass_workspace_bytes(
 ) -> Result<usize> {
     let geo = Geometry::of_shapes(x_shape, &w_shape, opts)?;
     Ok(match device.cuda_options() {
+        // cuDNN's algorithms are chosen within the limit; what they ask for depends on cuDNN.
         Some(options) => options.workspace_limit_bytes,
         None => cpu::pass_workspace_bytes(&geo, dtype.size_in_bytes(), pass),
     })

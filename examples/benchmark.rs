@@ -185,9 +185,6 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_err(|e| e.to_string()),
         })
         .collect::<Result<_, _>>()?;
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let header = || print_header(gpu);
     if !args.json && !args.no_main {
         if gpu {
@@ -204,10 +201,10 @@ fn run(args: &Args) -> Result<(), String> {
             );
         } else {
             println!(
-                "DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {cpus} CPU threads, {} kernels",
+                "DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {}",
                 args.image,
                 args.image,
-                tape::simd::simd_level()
+                harness::cpu_label()
             );
         }
         header();
@@ -303,12 +300,5 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    harness::exit_code(run(&Args::parse()))
 }

@@ -82,16 +82,12 @@ fn run(args: &Args) -> Result<(), String> {
     let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
     let name = config.name();
     if !args.json {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         println!(
             "{name}, {image}x{image} images, batch {batch}, fp32, one SGD step; {}",
             if gpu {
                 args.device.clone()
             } else {
-                format!(
-                    "{threads} CPU threads, {} kernels",
-                    tape::simd::simd_level()
-                )
+                harness::cpu_label()
             }
         );
         print_header(gpu);
@@ -116,12 +112,5 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    harness::exit_code(run(&Args::parse()))
 }

@@ -398,11 +398,5 @@ fn run(args: Args) -> AnyResult<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    harness::exit_code(run(Args::parse()))
 }

@@ -2,7 +2,8 @@
 //! training step closure and reads the memory it took (the engine's accounting, the process's
 //! peak RSS, a GPU's used bytes) and its work counts; [`CaseResult`] is one row of a benchmark
 //! table (printed by [`print_case`], or as one JSON object per row); [`print_front`] prints the
-//! planner's memory-vs-recompute front; [`open_device`] reads a `--device` flag; [`median`],
+//! planner's memory-vs-recompute front; [`open_device`] reads a `--device` flag, [`cpu_label`]
+//! names the CPU and [`exit_code`] ends a program with its error; [`median`],
 //! [`fitted_exponent`] and [`svg_chart`] summarise and draw.
 
 mod measure;
@@ -13,7 +14,8 @@ mod svg;
 
 pub use measure::{image_batch, measure_steps, Measurement};
 pub use report::{
-    open_device, open_device_with, print_case, print_front, print_header, print_profile, CaseResult,
+    cpu_label, exit_code, open_device, open_device_with, print_case, print_front, print_header,
+    print_profile, CaseResult,
 };
 pub use stats::{fitted_exponent, median};
 pub use svg::svg_chart;

@@ -157,3 +157,25 @@ pub fn open_device_with(spec: &str, options: tape::CudaOptions) -> Result<Device
     };
     Device::cuda_with(ordinal, options).map_err(|e| e.to_string())
 }
+
+/// The CPU a benchmark runs on, as its title line names it: `"{threads} CPU threads, {level}
+/// kernels"` (the level of [`tape::simd`] in force).
+pub fn cpu_label() -> String {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "{threads} CPU threads, {} kernels",
+        tape::simd::simd_level()
+    )
+}
+
+/// The exit code of a program whose work returned `result`: success, or failure after printing
+/// `error: <the error>` to standard error.
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

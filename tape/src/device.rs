@@ -23,6 +23,9 @@ pub enum DeviceKind {
     Cpu,
     /// An NVIDIA GPU by ordinal: cuDNN, cuBLAS and NVRTC kernels (cargo feature `cuda`).
     Cuda(usize),
+    /// No memory and no arithmetic: tensors have shapes and dtypes but no values, and every op
+    /// charges the accounting as the CPU does without running a kernel ([`Device::meta`]).
+    Meta,
 }
 
 /// Default cap on one cuDNN convolution workspace: 64 MiB.
@@ -109,6 +112,25 @@ impl Device {
         }))
     }
 
+    /// A new meta device with its own accounting: every op checks its arguments, works out its
+    /// shapes, decides what to save, records its backward and charges exactly the bytes (and
+    /// counts the launches and allocations) the CPU would, but runs no kernel and holds no
+    /// values. Its peak is the CPU's peak, found in a fraction of the time; reading a value
+    /// ([`crate::Tensor::scalar`], [`crate::Tensor::to_vec`], ...) is an [`Error::NoValues`].
+    pub fn meta() -> Self {
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let memory = Arc::new(MemoryStats::new(format!("meta#{serial}")));
+        let counters = Arc::new(CounterCells::default());
+        Device(Arc::new(Inner {
+            kind: DeviceKind::Meta,
+            serial,
+            memory,
+            kernels: backend::meta_kernels(counters.clone()),
+            counters,
+            cuda: None,
+        }))
+    }
+
     /// GPU `ordinal` with the default [`CudaOptions`] (strict fp32, no TF32), as a new accounting
     /// domain. Fails with [`Error::Backend`] (never a panic) when the engine was built without
     /// the cargo feature `cuda`, when the NVIDIA driver or a CUDA library (cuBLAS, cuDNN, NVRTC)
@@ -141,7 +163,12 @@ impl Device {
 
     /// Whether this is a CUDA device (always false without the `cuda` feature).
     pub fn is_cuda(&self) -> bool {
-        !matches!(self.0.kind, DeviceKind::Cpu)
+        matches!(self.0.kind, DeviceKind::Cuda(_))
+    }
+
+    /// Whether this is a meta device ([`Device::meta`]): shapes and accounting, no values.
+    pub fn is_meta(&self) -> bool {
+        self.0.kind == DeviceKind::Meta
     }
 
     /// The options of a CUDA device (`None` on the CPU).
@@ -239,6 +266,7 @@ impl fmt::Display for Device {
         match self.0.kind {
             DeviceKind::Cpu => write!(f, "cpu#{}", self.0.serial),
             DeviceKind::Cuda(ordinal) => write!(f, "cuda:{ordinal}#{}", self.0.serial),
+            DeviceKind::Meta => write!(f, "meta#{}", self.0.serial),
         }
     }
 }

@@ -57,6 +57,17 @@ pub enum Error {
         /// The device's limit in bytes.
         limit: usize,
     },
+    /// A value was read from a tensor of a meta device, which has shapes but no values.
+    #[error(
+        "{op}: the tensor lives on {device}, a meta device, which holds shapes and dtypes but no \
+         values; run on a cpu or cuda device to read values"
+    )]
+    NoValues {
+        /// The read that was asked for.
+        op: &'static str,
+        /// The meta device.
+        device: String,
+    },
     /// The backward pass was misused (non-scalar loss, a seed of the wrong shape, ...).
     #[error("backward: {0}")]
     Backward(String),

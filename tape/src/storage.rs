@@ -7,7 +7,7 @@
 use crate::backend::cuda::{self, CudaData};
 use crate::device::{Device, DeviceKind};
 use crate::dtype::{CpuData, DType};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Where a buffer's elements live: host memory, or a GPU.
 #[derive(Debug)]
@@ -16,6 +16,8 @@ pub(crate) enum Storage {
     Cpu(CpuData),
     /// Device memory of a CUDA GPU.
     Cuda(CudaData),
+    /// A meta device's buffer: its dtype, no elements.
+    Meta(DType),
 }
 
 impl Storage {
@@ -23,7 +25,7 @@ impl Storage {
     pub(crate) fn cpu(&self) -> Option<&CpuData> {
         match self {
             Storage::Cpu(d) => Some(d),
-            Storage::Cuda(_) => None,
+            Storage::Cuda(_) | Storage::Meta(_) => None,
         }
     }
 
@@ -31,7 +33,7 @@ impl Storage {
     pub(crate) fn cpu_mut(&mut self) -> Option<&mut CpuData> {
         match self {
             Storage::Cpu(d) => Some(d),
-            Storage::Cuda(_) => None,
+            Storage::Cuda(_) | Storage::Meta(_) => None,
         }
     }
 
@@ -39,6 +41,7 @@ impl Storage {
         match self {
             Storage::Cpu(d) => d.dtype(),
             Storage::Cuda(d) => d.dtype(),
+            Storage::Meta(dtype) => *dtype,
         }
     }
 }
@@ -81,13 +84,20 @@ impl Buffer {
         }
     }
 
-    /// `data` placed on `device`: kept as it is on the CPU, copied to the GPU on a CUDA device.
+    /// `data` placed on `device`: kept as it is on the CPU, copied to the GPU on a CUDA device,
+    /// dropped (only its dtype and length kept) on a meta device.
     pub(crate) fn new(device: &Device, data: CpuData) -> Result<Self> {
         let (dtype, len) = (data.dtype(), data.len());
         Buffer::charged(device, dtype, len, || match device.kind() {
             DeviceKind::Cpu => Ok(Storage::Cpu(data)),
             DeviceKind::Cuda(_) => cuda::upload(device, &data).map(Storage::Cuda),
+            DeviceKind::Meta => Ok(Storage::Meta(dtype)),
         })
+    }
+
+    /// `len` elements of `dtype` on a meta device: charged, no values.
+    pub(crate) fn meta(device: &Device, dtype: DType, len: usize) -> Result<Self> {
+        Buffer::charged(device, dtype, len, || Ok(Storage::Meta(dtype)))
     }
 
     /// A new, separately charged copy (copy-on-write of shared buffers).
@@ -96,6 +106,7 @@ impl Buffer {
             Ok(match &self.data {
                 Storage::Cpu(d) => Storage::Cpu(d.clone()),
                 Storage::Cuda(d) => Storage::Cuda(cuda::copy(&self.device, d, self.len)?),
+                Storage::Meta(dtype) => Storage::Meta(*dtype),
             })
         })
     }
@@ -112,6 +123,10 @@ impl Buffer {
                 self.device.counter_cells().device_read();
                 cuda::download(&self.device, d, self.len)
             }
+            Storage::Meta(_) => Err(Error::NoValues {
+                op: "read",
+                device: self.device.to_string(),
+            }),
         }
     }
 

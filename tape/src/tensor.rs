@@ -89,6 +89,15 @@ impl Tensor {
         })
     }
 
+    /// A tensor of `shape` on a meta device: charged, with no values (what a meta kernel
+    /// returns).
+    pub(crate) fn meta(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self::from_buffer(
+            Buffer::meta(device, dtype, numel_of(shape))?,
+            shape,
+        ))
+    }
+
     /// A tensor from a vector of elements; `data.len()` must equal the shape's element count.
     pub fn from_vec<T: Elem>(data: Vec<T>, shape: &[usize], device: &Device) -> Result<Self> {
         Self::from_data(T::wrap(data), shape, device)
@@ -107,6 +116,9 @@ impl Tensor {
     /// A tensor of zeros in a host buffer backed by huge pages where the OS allows (see
     /// [`crate::host_cache`]); on a GPU a plain [`Tensor::zeros`].
     pub(crate) fn zeros_large(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
+        if device.is_meta() {
+            return Self::meta(shape, dtype, device);
+        }
         if device.is_cuda() {
             return Self::zeros(shape, dtype, device);
         }
@@ -131,6 +143,9 @@ impl Tensor {
 
     /// Standard normal values, reproducible from `seed`.
     pub fn randn(shape: &[usize], dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        if device.is_meta() {
+            return Self::meta(shape, dtype, device);
+        }
         let v: Vec<f64> = (0..numel_of(shape) as u64)
             .map(|i| rng::normal(seed, 0, i))
             .collect();
@@ -146,6 +161,9 @@ impl Tensor {
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
+        if device.is_meta() {
+            return Self::meta(shape, dtype, device);
+        }
         let v: Vec<f64> = (0..numel_of(shape) as u64)
             .map(|i| lo + (hi - lo) * rng::uniform(seed, 1, i))
             .collect();
@@ -241,8 +259,14 @@ impl Tensor {
         }
     }
 
-    /// The error of host access to a tensor that lives on a GPU.
+    /// The error of host access to a tensor that lives on a GPU or a meta device.
     fn not_on_host(&self, op: &'static str) -> Error {
+        if self.device().is_meta() {
+            return Error::NoValues {
+                op,
+                device: self.device().to_string(),
+            };
+        }
         Error::invalid(
             op,
             format!(
@@ -271,7 +295,7 @@ impl Tensor {
     /// Mutable elements, copying the buffer first if it is shared (the id stays). Host
     /// tensors only.
     pub(crate) fn make_mut<T: Elem>(&mut self) -> Result<&mut [T]> {
-        if self.device().is_cuda() {
+        if !matches!(self.device().kind(), crate::DeviceKind::Cpu) {
             return Err(self.not_on_host("make_mut"));
         }
         let got = self.dtype();
@@ -343,8 +367,12 @@ impl Tensor {
     }
 
     /// Overwrites the elements in place with `values` (converted to this dtype; as many as the
-    /// tensor has), copying a shared buffer first; the id stays. Any device.
+    /// tensor has), copying a shared buffer first; the id stays. Any device (a meta device
+    /// keeps no values: only the copy is charged).
     pub(crate) fn overwrite_from_f64(&mut self, values: &[f64]) -> Result<()> {
+        if self.device().is_meta() {
+            return self.buffer_mut().map(|_| ());
+        }
         if self.device().is_cuda() {
             let n = self.numel().min(values.len());
             let device = self.device().clone();
@@ -372,6 +400,9 @@ impl Tensor {
 
     /// A copy in another dtype (a new leaf).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if self.device().is_meta() {
+            return Self::meta(&self.shape, dtype, self.device());
+        }
         Self::from_f64(&self.try_to_f64_vec()?, &self.shape, dtype, self.device())
     }
 

@@ -117,7 +117,7 @@ pub fn check_finite<M: Module + ?Sized>(
     grads: &Gradients,
     step: u64,
 ) -> Result<(), GuardError> {
-    if non_finite_flag(model, loss, grads)?.scalar()? == 0.0 {
+    if !tape::ops::flag_is_set(&non_finite_flag(model, loss, grads)?)? {
         return Ok(());
     }
     Err(first_non_finite(model, loss, grads, step)?.into())

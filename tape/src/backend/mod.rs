@@ -46,6 +46,10 @@ pub(crate) mod cuda;
 /// The CPU backend: host memory, `gemm` + `rayon` kernels.
 pub(crate) struct Cpu;
 
+/// The meta backend: no memory, no arithmetic; each kernel makes its outputs' shapes and
+/// charges what the CPU's kernel would (`ops/<op>/meta.rs`).
+pub(crate) struct Meta;
+
 /// The kernels of `device`'s backend, counting each call in the device's counters.
 pub(crate) fn kernels(device: &Device) -> Result<Arc<dyn Kernels>> {
     Ok(device.kernel_set().clone())
@@ -55,6 +59,14 @@ pub(crate) fn kernels(device: &Device) -> Result<Arc<dyn Kernels>> {
 pub(crate) fn cpu_kernels(counters: Arc<CounterCells>) -> Arc<dyn Kernels> {
     Arc::new(Counted {
         inner: &Cpu,
+        counters,
+    })
+}
+
+/// The kernel set of a new meta device: the meta kernels, counted in `counters`.
+pub(crate) fn meta_kernels(counters: Arc<CounterCells>) -> Arc<dyn Kernels> {
+    Arc::new(Counted {
+        inner: &Meta,
         counters,
     })
 }

@@ -239,7 +239,7 @@ impl Optimizer for Adam {
     ) -> Result<bool> {
         let touched = self.update_all(params, grads, Some(found_inf))?;
         // The one read, after the update is queued.
-        let applied = found_inf.scalar()? == 0.0;
+        let applied = !crate::ops::flag_is_set(found_inf)?;
         if !applied {
             self.undo(&touched);
         }

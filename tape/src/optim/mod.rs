@@ -24,6 +24,7 @@ mod adam;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
@@ -87,7 +88,7 @@ pub trait Optimizer {
         found_inf: &Tensor,
     ) -> Result<bool> {
         check_found_inf("step_if_finite", found_inf, &[])?;
-        if found_inf.scalar()? != 0.0 {
+        if crate::ops::flag_is_set(found_inf)? {
             return Ok(false);
         }
         self.step(params, grads)?;

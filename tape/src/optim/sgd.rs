@@ -231,7 +231,7 @@ impl Optimizer for Sgd {
     ) -> Result<bool> {
         let created = self.update_all(params, grads, Some(found_inf))?;
         // The one read, after the update is queued.
-        let applied = found_inf.scalar()? == 0.0;
+        let applied = !crate::ops::flag_is_set(found_inf)?;
         if !applied {
             // The device skipped the update: buffers made for it must start fresh next time.
             self.forget(&created);

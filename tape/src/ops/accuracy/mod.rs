@@ -11,6 +11,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 /// Device kernels of the accuracy count (labels checked by the caller).
 pub(crate) trait AccuracyKernels {

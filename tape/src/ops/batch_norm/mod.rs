@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub(crate) mod meta;
 
 const OP: &str = "batch_norm2d";
 
@@ -212,6 +213,17 @@ impl RunningStats {
     /// Sets the number of tracked batches (weight loading).
     pub fn set_num_batches_tracked(&self, n: u64) {
         self.lock().num_batches_tracked = n;
+    }
+
+    /// What an update does to the statistics' buffers without values (a meta device): each
+    /// made unique for writing, a shared one copied first.
+    pub(crate) fn touch(&self) -> Result<()> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        s.mean.buffer_mut()?;
+        s.var.buffer_mut()?;
+        s.num_batches_tracked += 1;
+        Ok(())
     }
 
     /// Folds a batch in: `r = (1 - m) * r + m * batch` for the mean and the unbiased variance.

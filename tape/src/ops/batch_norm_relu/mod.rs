@@ -20,6 +20,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 const OP: &str = "batch_norm_relu";
 

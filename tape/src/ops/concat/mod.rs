@@ -12,6 +12,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 const OP: &str = "concat";
 

@@ -484,13 +484,31 @@ fn grad_bias<T: Elem>(g: &Geometry, gout: &[T], gb: &mut [T]) {
 /// The workspace bytes of one pass over `geo` with elements of `elem` bytes.
 pub(super) fn pass_workspace_bytes(geo: &Geometry, elem: usize, pass: Conv2dPass) -> usize {
     let elems = match pass {
-        Conv2dPass::Forward => groups(geo.n) * forward_workspace(geo, elem),
+        Conv2dPass::Forward => forward_workspace_elems(geo, elem),
         Conv2dPass::Backward { input_grad: x } => {
-            let (per, flip) = backward_workspace(geo, Needs { x, w: true }, elem);
-            groups(chunk_ranges(geo).len()) * per + flip
+            let (cols, flipped) = backward_workspace_elems(geo, x, true, elem);
+            cols + flipped
         }
     };
     elems * elem
+}
+
+/// Elements of the forward kernel's workspace (one column block per thread group).
+pub(super) fn forward_workspace_elems(geo: &Geometry, elem: usize) -> usize {
+    groups(geo.n) * forward_workspace(geo, elem)
+}
+
+/// Elements of the backward kernel's two workspaces when it computes the input gradient (`x`)
+/// and the weight gradient (`w`): the thread groups' column blocks and partial weight
+/// gradients, and the flipped kernel.
+pub(super) fn backward_workspace_elems(
+    geo: &Geometry,
+    x: bool,
+    w: bool,
+    elem: usize,
+) -> (usize, usize) {
+    let (per, flipped) = backward_workspace(geo, Needs { x, w }, elem);
+    (groups(chunk_ranges(geo).len()) * per, flipped)
 }
 
 /// Zero-filled `len` elements of workspace, charged to `x`'s device while the reservation lives.
@@ -510,7 +528,7 @@ impl Conv2dKernels for Cpu {
         let shape = [geo.n, geo.cout, geo.hout, geo.wout];
         dispatch_float!(x.dtype(), T => {
             let groups = groups(geo.n);
-            let (mut ws, _reserved) = workspace::<T>(x, groups * forward_workspace(geo, std::mem::size_of::<T>()))?;
+            let (mut ws, _reserved) = workspace::<T>(x, forward_workspace_elems(geo, std::mem::size_of::<T>()))?;
             let b = bias.map(|b| b.as_slice::<T>()).transpose()?;
             let (xs, w) = (x.as_slice::<T>()?, weight.as_slice::<T>()?);
             // SAFETY: `forward` writes every output element.
@@ -548,9 +566,9 @@ impl Conv2dKernels for Cpu {
             false => None,
         };
         dispatch_float!(dtype, T => {
-            let (per, flip_len) = backward_workspace(geo, needs, std::mem::size_of::<T>());
+            let (cols, flip_len) = backward_workspace_elems(geo, needs.x, needs.w, std::mem::size_of::<T>());
             let groups = groups(chunk_ranges(geo).len());
-            let (mut ws, _r1) = workspace::<T>(g, groups * per)?;
+            let (mut ws, _r1) = workspace::<T>(g, cols)?;
             let (mut flip, _r2) = workspace::<T>(g, flip_len)?;
             let xs = match x { Some(x) => x.as_slice::<T>()?, None => &[] };
             let ws_ = match w { Some(w) => w.as_slice::<T>()?, None => &[] };

@@ -5,6 +5,7 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 use super::checks::{accumulate_weighted, check_grad, WeightedOp};
 use crate::backend::kernels;

@@ -13,6 +13,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 /// Device kernels of softmax cross-entropy (labels checked by the caller).
 pub(crate) trait CrossEntropyKernels {

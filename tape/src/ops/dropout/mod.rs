@@ -11,6 +11,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 /// Device kernels of dropout.
 pub(crate) trait DropoutKernels {

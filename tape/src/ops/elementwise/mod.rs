@@ -13,6 +13,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 /// Device kernels of the element-wise ops (arguments checked by the caller).
 pub(crate) trait ElementwiseKernels {

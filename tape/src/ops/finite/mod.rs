@@ -12,6 +12,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 /// Device kernels of the finiteness check (the inputs checked by the caller).
 pub(crate) trait FiniteKernels {
@@ -35,4 +36,13 @@ pub fn non_finite(xs: &[&Tensor]) -> Result<Tensor> {
         first.check_compatible(x, OP)?;
     }
     kernels(first.device())?.non_finite(xs)
+}
+
+/// Whether a flag of [`non_finite`] is set, read on the host (one sync). A meta device holds no
+/// values and nothing on it is ever non-finite: its flag reads as clear, without a read.
+pub fn flag_is_set(flag: &Tensor) -> Result<bool> {
+    if flag.device().is_meta() {
+        return Ok(false);
+    }
+    Ok(flag.scalar()? != 0.0)
 }

@@ -13,6 +13,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 const OP: &str = "gelu";
 

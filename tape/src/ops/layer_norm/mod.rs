@@ -8,6 +8,7 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 use super::checks::{check_grad, check_vector};
 use crate::backend::kernels;

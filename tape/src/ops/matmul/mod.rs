@@ -7,6 +7,7 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 use super::checks::check_grad;
 use crate::backend::kernels;

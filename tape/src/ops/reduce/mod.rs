@@ -10,6 +10,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 /// Device kernels of the full reductions.
 pub(crate) trait ReduceKernels {

@@ -17,6 +17,7 @@ use crate::tensor::Tensor;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod meta;
 
 /// The rows of one softmax: `rows` rows of `d` elements; with `causal > 0`, row `r` keeps only
 /// its first `min(r % causal + 1, d)` elements (`causal` rows per matrix); `log` for

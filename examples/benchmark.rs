@@ -23,9 +23,18 @@ use tape::Device;
 #[derive(Parser, Debug)]
 #[command(about = "Naive vs memory-efficient DenseNet: peak memory and step time")]
 struct Args {
-    /// Device: cpu, cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
+    /// Device: cpu, meta (exact memory without computing: shapes and accounting only, in
+    /// milliseconds), cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The main table's network instead of DenseNet-BC-100 (k=12): densenet121, densenet169,
+    /// densenet201, densenet264, densenet161, densenet_bc_190_k40, ...
+    #[arg(long)]
+    preset: Option<String>,
+    /// Add the planner's run for a memory budget (bytes, or e.g. 480MB, 16GB) to the main table
+    /// and print the plan it chose for each dense block.
+    #[arg(long)]
+    budget: Option<String>,
     /// On a GPU, allow TF32 tensor-core math (default: strict fp32).
     #[arg(long)]
     tf32: bool,
@@ -100,7 +109,7 @@ enum Mode {
 
 /// One model's table: every mode, one training step each.
 struct Table<'c> {
-    name: &'static str,
+    name: &'c str,
     config: &'c DenseNetConfig,
     batch: usize,
     image: usize,
@@ -148,6 +157,9 @@ impl Table<'_> {
             .map_err(|e| e.to_string())?;
             let naive = done.iter().find(|r| r.mode == Memory::Naive.to_string());
             print_case(&r, json, naive);
+            if let (Memory::Budget(_), false) = (mode, json) {
+                print_plan(&device()?, self.config, mode, [self.batch, self.config.in_channels, self.image, self.image])?;
+            }
             if profile {
                 let report =
                     profile_training_step(&device()?, self.config, mode, self.batch, self.image)
@@ -160,6 +172,32 @@ impl Table<'_> {
     }
 }
 
+/// The per-layer modes the planner chose for `mode` (a budget), one line per dense block: how
+/// many layers keep everything (K), recompute the bottleneck (B) or the whole layer (L).
+fn print_plan(
+    dev: &Device,
+    config: &DenseNetConfig,
+    mode: Memory,
+    input: [usize; 4],
+) -> Result<(), String> {
+    let model = densenet::DenseNet::new(config.clone(), tape::DType::F32, dev, 0)
+        .map_err(|e| e.to_string())?
+        .with_memory(mode);
+    let modes = model.layer_modes(input).map_err(|e| e.to_string())?;
+    for (b, block) in modes.iter().enumerate() {
+        let code: String = block
+            .iter()
+            .map(|m| match m {
+                densenet::DenseLayerMode::Keep => 'K',
+                densenet::DenseLayerMode::RecomputeBottleneck => 'B',
+                densenet::DenseLayerMode::RecomputeLayer => 'L',
+            })
+            .collect();
+        println!("    plan, dense block {}: {code}", b + 1);
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<(), String> {
     // Opened once up front so a missing GPU or library fails before any work.
     let options = tape::CudaOptions {
@@ -170,11 +208,10 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let probe = open_device_with(&args.device, options)?;
     let gpu = probe.is_cuda();
-    drop(probe);
     let device = || open_device_with(&args.device, options);
     let batch = args.batch.unwrap_or(if args.quick { 8 } else { 64 });
     let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
-    let modes: Vec<Mode> = args
+    let mut modes: Vec<Mode> = args
         .modes
         .iter()
         .map(|m| match m.as_str() {
@@ -185,11 +222,24 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_err(|e| e.to_string()),
         })
         .collect::<Result<_, _>>()?;
-    let header = || print_header(gpu);
+    if let Some(budget) = &args.budget {
+        modes.push(Mode::Fixed(Memory::Budget(harness::parse_bytes(budget)?)));
+    }
+    let (main_name, main_config) = match &args.preset {
+        Some(name) => (
+            name.clone(),
+            DenseNetConfig::preset(name).map_err(|e| e.to_string())?,
+        ),
+        None => (
+            "densenet_bc_100_k12".to_string(),
+            DenseNetConfig::densenet_bc_100_k12(),
+        ),
+    };
+    let header = || print_header(&probe);
     if !args.json && !args.no_main {
         if gpu {
             println!(
-                "DenseNet-BC-100 (k=12), {}x{} images, {}, one SGD step; {}",
+                "{main_name}, {}x{} images, {}, one SGD step; {}",
                 args.image,
                 args.image,
                 if args.tf32 {
@@ -201,19 +251,18 @@ fn run(args: &Args) -> Result<(), String> {
             );
         } else {
             println!(
-                "DenseNet-BC-100 (k=12), {}x{} images, fp32, one SGD step; {}",
+                "{main_name}, {}x{} images, batch {batch}, fp32, one SGD step; {}",
                 args.image,
                 args.image,
-                harness::cpu_label()
+                harness::device_label(&probe)
             );
         }
         header();
     }
     if !args.no_main {
-        let config = DenseNetConfig::densenet_bc_100_k12();
         let table = Table {
-            name: "densenet_bc_100_k12",
-            config: &config,
+            name: &main_name,
+            config: &main_config,
             batch,
             image: args.image,
         };

@@ -19,7 +19,8 @@ use tape::{DType, Device};
 #[derive(Parser, Debug)]
 #[command(about = "Small GPT: peak memory and step time of each memory mode")]
 struct Args {
-    /// Device: cpu, cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
+    /// Device: cpu, meta (memory without computing), cuda or cuda:N (needs a build with the
+    /// `cuda` feature and an NVIDIA GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Sequences per batch.
@@ -126,7 +127,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             "GPT: {layers} blocks, width {}, {} heads, vocab {VOCAB}, batch {batch} x {seq} tokens, f32, Adam; {iters} measured steps",
             a.embd, a.heads
         );
-        print_header(a.device != "cpu");
+        print_header(&open_device(&a.device, false)?);
     }
     let modes = [
         MemoryMode::Naive,

@@ -27,7 +27,7 @@ enum StemArg {
 #[derive(Parser, Debug)]
 #[command(about = "Naive vs memory-efficient ResNet: peak memory and step time")]
 struct Args {
-    /// Device: cpu, cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
+    /// Device: cpu, meta (memory without computing), cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// On a GPU, allow TF32 tensor-core math (default: strict fp32).
@@ -62,8 +62,6 @@ struct Args {
 
 fn run(args: &Args) -> Result<(), String> {
     let probe = open_device(&args.device, args.tf32)?;
-    let gpu = probe.is_cuda();
-    drop(probe);
     let device = || open_device(&args.device, args.tf32);
     let (stem, classes, default_image) = match args.stem {
         StemArg::Cifar => (Stem::Cifar, 10, 32),
@@ -84,13 +82,9 @@ fn run(args: &Args) -> Result<(), String> {
     if !args.json {
         println!(
             "{name}, {image}x{image} images, batch {batch}, fp32, one SGD step; {}",
-            if gpu {
-                args.device.clone()
-            } else {
-                harness::cpu_label()
-            }
+            harness::device_label(&probe)
         );
-        print_header(gpu);
+        print_header(&probe);
     }
     let measure = |memory: Memory| -> Result<CaseResult, String> {
         measure_training_step(&device()?, &config, memory, batch, image, iters)

@@ -2,8 +2,8 @@
 //! training step closure and reads the memory it took (the engine's accounting, the process's
 //! peak RSS, a GPU's used bytes) and its work counts; [`CaseResult`] is one row of a benchmark
 //! table (printed by [`print_case`], or as one JSON object per row); [`print_front`] prints the
-//! planner's memory-vs-recompute front; [`open_device`] reads a `--device` flag, [`cpu_label`]
-//! names the CPU and [`exit_code`] ends a program with its error; [`median`],
+//! planner's memory-vs-recompute front; [`open_device`] reads a `--device` flag, [`parse_bytes`] a size,
+//! [`cpu_label`] and [`device_label`] name the machine and [`exit_code`] ends a program with its error; [`median`],
 //! [`fitted_exponent`] and [`svg_chart`] summarise and draw.
 
 mod measure;
@@ -14,7 +14,7 @@ mod svg;
 
 pub use measure::{image_batch, measure_steps, Measurement};
 pub use report::{
-    cpu_label, exit_code, open_device, open_device_with, print_case, print_front, print_header,
+    cpu_label, device_label, exit_code, open_device, open_device_with, parse_bytes, print_case, print_front, print_header,
     print_profile, CaseResult,
 };
 pub use stats::{fitted_exponent, median};

@@ -10,7 +10,8 @@ pub struct Measurement {
     /// Peak bytes of the engine's accounting over the measured steps (parameters, optimizer
     /// state, activations, gradients, workspaces).
     pub peak_bytes: u64,
-    /// The process's peak resident set over the measured steps, if the OS tells.
+    /// The process's peak resident set over the measured steps, if the OS tells (none on a
+    /// meta device, which holds nothing).
     pub rss_peak_bytes: Option<u64>,
     /// On a GPU: bytes in use on the whole GPU after the measured steps, as `cuMemGetInfo` tells
     /// (total - free: includes the CUDA context, library workspaces and the memory pool's cached
@@ -20,7 +21,8 @@ pub struct Measurement {
     /// Bytes the device's allocator holds after the steps, in use or cached for reuse (the host
     /// cache on the CPU, the memory pool on a GPU; `None` where it cannot say).
     pub reserved_bytes: Option<u64>,
-    /// Median seconds per step.
+    /// Median seconds per step (on a meta device: the engine's host time alone, no kernel
+    /// running).
     pub median_s: f64,
     /// Kernel launches of one step (the last measured one; steady-state steps count the same):
     /// one per engine kernel call, counted the same way on every device.
@@ -64,7 +66,11 @@ pub fn measure_steps<E: From<tape::Error>>(
         .map(|(free, total)| total.saturating_sub(free) as u64);
     Ok(Measurement {
         peak_bytes: dev.memory().peak() as u64,
-        rss_peak_bytes: if rss_ok { rss::peak_bytes() } else { None },
+        rss_peak_bytes: if rss_ok && !dev.is_meta() {
+            rss::peak_bytes()
+        } else {
+            None
+        },
         device_used_bytes,
         reserved_bytes: dev.reserved_bytes().map(|b| b as u64),
         median_s: median(&times),

@@ -33,9 +33,26 @@ fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-/// The table header matching [`print_case`]'s rows; the third memory column is the GPU's used
-/// bytes when `gpu`, the process's peak RSS otherwise.
-pub fn print_header(gpu: bool) {
+/// The table header matching [`print_case`]'s rows on `device`: the third memory column is the
+/// GPU's used bytes on a GPU, the process's peak RSS on the CPU; a meta device (no kernels run)
+/// has no such column and no step time, but the engine's host time per step and per launch.
+pub fn print_header(device: &Device) {
+    if device.is_meta() {
+        println!(
+            "{:<22} {:<16} {:>5} {:>11} {:>7} {:>10} {:>9} {:>8} {:>7} {:>5}",
+            "model",
+            "mode",
+            "batch",
+            "peak(eng)",
+            "x naive",
+            "host ms",
+            "us/launch",
+            "launches",
+            "allocs",
+            "syncs"
+        );
+        return;
+    }
     println!(
         "{:<22} {:<16} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7} {:>8} {:>7} {:>5}",
         "model",
@@ -43,7 +60,7 @@ pub fn print_header(gpu: bool) {
         "batch",
         "peak(eng)",
         "x naive",
-        if gpu { "GPU used" } else { "peak RSS" },
+        if device.is_cuda() { "GPU used" } else { "peak RSS" },
         "median s",
         "x naive",
         "launches",
@@ -68,6 +85,23 @@ pub fn print_case(r: &CaseResult, json: bool, baseline: Option<&CaseResult>) {
             )
         })
         .unwrap_or((1.0, 1.0));
+    if r.device.starts_with("meta") {
+        let per_launch = m.median_s * 1e6 / m.launches.max(1) as f64;
+        println!(
+            "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>10.2} {:>9.2} {:>8} {:>7} {:>5}",
+            r.model,
+            r.mode,
+            r.batch,
+            mb(m.peak_bytes),
+            mem_ratio,
+            m.median_s * 1e3,
+            per_launch,
+            m.launches,
+            m.allocs,
+            m.syncs
+        );
+        return;
+    }
     println!(
         "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3} {:>8} {:>7} {:>5}",
         r.model,
@@ -133,7 +167,7 @@ pub fn print_front(model: &str, front: &[FrontPoint], json: bool) {
 }
 
 /// A fresh device (its own memory accounting) of the kind a `--device` flag names: `cpu`,
-/// `cuda` or `cuda:N` (a build with the `cuda` feature and an NVIDIA GPU); `tf32` allows
+/// `meta` (shapes and exact accounting, no values: [`Device::meta`]), `cuda` or `cuda:N` (a build with the `cuda` feature and an NVIDIA GPU); `tf32` allows
 /// TF32 tensor-core math on the GPU (strict fp32 otherwise).
 pub fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
     let options = tape::CudaOptions {
@@ -145,17 +179,58 @@ pub fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
 
 /// [`open_device`] with every CUDA option given (ignored for `cpu`).
 pub fn open_device_with(spec: &str, options: tape::CudaOptions) -> Result<Device, String> {
-    if spec == "cpu" {
-        return Ok(Device::cpu());
+    match spec {
+        "cpu" => return Ok(Device::cpu()),
+        "meta" => return Ok(Device::meta()),
+        _ => {}
     }
     let ordinal = match spec {
         "cuda" => 0,
         s => s
             .strip_prefix("cuda:")
             .and_then(|o| o.parse::<usize>().ok())
-            .ok_or_else(|| format!("unknown device '{s}': use cpu, cuda or cuda:N"))?,
+            .ok_or_else(|| format!("unknown device '{s}': use cpu, meta, cuda or cuda:N"))?,
     };
     Device::cuda_with(ordinal, options).map_err(|e| e.to_string())
+}
+
+/// The device a benchmark runs on, as its title line names it: the CPU's [`cpu_label`], a GPU
+/// by its name, or a meta device, which runs no kernel.
+pub fn device_label(device: &Device) -> String {
+    if device.is_meta() {
+        "meta device: shapes and exact accounting, no kernels run (times are host time)".into()
+    } else if device.is_cuda() {
+        device.to_string()
+    } else {
+        cpu_label()
+    }
+}
+
+/// Bytes from a command line: a whole number of bytes, or one with a unit (`kB`, `MB`, `GB`,
+/// `TB` in powers of 1000, `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024; a fraction allowed
+/// before a unit, e.g. `1.5GB`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        u => return Err(format!("'{s}': unknown unit '{u}' (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 480000000, 480MB or 16GB)"))?;
+    Ok((value * scale).round() as u64)
 }
 
 /// The CPU a benchmark runs on, as its title line names it: `"{threads} CPU threads, {level}

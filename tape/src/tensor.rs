@@ -355,6 +355,12 @@ impl Tensor {
         })
     }
 
+    /// A copy in a buffer of its own on the same device (charged; on a meta device only
+    /// charged), as a new leaf: new id, no gradient, same shape, dtype and values.
+    pub fn deep_copy(&self) -> Result<Tensor> {
+        Ok(Self::from_buffer(self.buf.try_clone()?, &self.shape))
+    }
+
     /// A copy on `device` (host to GPU, GPU to host, or between devices), as a new leaf: new
     /// id, no gradient, same shape and dtype.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {

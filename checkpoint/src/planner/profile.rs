@@ -120,8 +120,7 @@ fn profile_layer<'a>(
 
     // A recorded forward on a private copy of the input: what it keeps, and whether dropping
     // the output and then the input frees them.
-    let copy = Tensor::from_f64(&x.try_to_f64_vec()?, x.shape(), x.dtype(), x.device())?
-        .with_requires_grad(x.requires_grad());
+    let copy = x.deep_copy()?.with_requires_grad(x.requires_grad());
     let before = memory.current();
     memory.reset_peak();
     let mut tape = Tape::with_context(true, ctx);

@@ -37,6 +37,9 @@ impl<'d> Init<'d> {
     pub fn normal(&mut self, shape: &[usize], std: f64) -> Result<Tensor> {
         let seed = self.next_seed();
         let w = Tensor::randn(shape, DType::F64, self.device, seed)?;
+        if self.device.is_meta() {
+            return w.to_dtype(self.dtype);
+        }
         let scaled: Vec<f64> = w.to_f64_vec().iter().map(|v| v * std).collect();
         Tensor::from_f64(&scaled, shape, self.dtype, self.device)
     }

@@ -1,0 +1,64 @@
+//! The meta device predicts a GPT training step's memory without running it: two Adam steps on
+//! a meta device charge exactly what the CPU charges (the same peak, byte for byte, and the
+//! same launches and allocations) in every fixed memory mode, with dropout, f32 and f64; a
+//! budget run on meta stays within its budget.
+
+mod common;
+
+use common::batch;
+use gpt::train::{adam, train_step};
+use gpt::{Gpt, GptConfig, MemoryMode};
+use tape::{DType, Device};
+
+/// The second step's peak and counts, and the bytes held after it.
+fn two_steps(dev: &Device, mode: MemoryMode, dtype: DType) -> [u64; 4] {
+    let cfg = GptConfig {
+        vocab_size: 16,
+        block_size: 8,
+        n_layer: 3,
+        n_head: 2,
+        n_embd: 16,
+        dropout: 0.1,
+    };
+    let mut model = Gpt::new(cfg, dtype, dev, 0)
+        .unwrap()
+        .with_memory_mode(mode);
+    let mut opt = adam(1e-3).unwrap();
+    let b = batch(16, 3, 8, 0);
+    train_step(&mut model, &mut opt, &b, 0).unwrap();
+    dev.memory().reset_peak();
+    let before = dev.counters();
+    train_step(&mut model, &mut opt, &b, 1).unwrap();
+    let counts = dev.counters().since(before);
+    [
+        dev.memory().peak() as u64,
+        dev.memory().current() as u64,
+        counts.launches,
+        counts.allocs,
+    ]
+}
+
+#[test]
+fn meta_step_charges_what_the_cpu_step_charges() {
+    for dtype in [DType::F32, DType::F64] {
+        for mode in [
+            MemoryMode::Naive,
+            MemoryMode::PerBlock,
+            MemoryMode::Selective,
+            MemoryMode::SelectiveLinear,
+        ] {
+            let cpu = two_steps(&Device::cpu(), mode, dtype);
+            let meta = two_steps(&Device::meta(), mode, dtype);
+            assert_eq!(meta, cpu, "{mode:?} {dtype:?}");
+        }
+    }
+}
+
+#[test]
+fn a_budget_planned_on_meta_holds_on_meta() {
+    let naive = two_steps(&Device::meta(), MemoryMode::Naive, DType::F32)[0];
+    let per_block = two_steps(&Device::meta(), MemoryMode::PerBlock, DType::F32)[0];
+    let budget = (naive + per_block) / 2;
+    let peak = two_steps(&Device::meta(), MemoryMode::Budget(budget), DType::F32)[0];
+    assert!(peak <= budget, "peak {peak} over budget {budget}");
+}

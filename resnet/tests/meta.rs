@@ -1,0 +1,59 @@
+//! The meta device predicts a ResNet training step's memory without running it: two SGD steps on
+//! a meta device charge exactly what the CPU charges (the same peak, byte for byte, and the
+//! same launches and allocations), naive and per block, both stems, f32 and f64; a budget run
+//! on meta stays within its budget.
+
+use resnet::train::{sgd_config, train_step};
+use resnet::{Memory, ResNet, ResNetConfig};
+use tape::optim::Sgd;
+use tape::{DType, Device, Tensor};
+
+/// The second step's peak and counts, and the bytes held after it.
+fn two_steps(dev: &Device, config: &ResNetConfig, memory: Memory, dtype: DType) -> [u64; 4] {
+    let mut model = ResNet::new(config.clone(), dtype, dev, 1).unwrap();
+    let mut opt = Sgd::new(sgd_config()).unwrap();
+    let x = Tensor::randn(&[4, 3, 16, 16], dtype, dev, 2).unwrap();
+    let labels: Vec<usize> = (0..4).collect();
+    train_step(&mut model, &mut opt, &x, &labels, memory, 0).unwrap();
+    dev.memory().reset_peak();
+    let before = dev.counters();
+    train_step(&mut model, &mut opt, &x, &labels, memory, 1).unwrap();
+    let counts = dev.counters().since(before);
+    [
+        dev.memory().peak() as u64,
+        dev.memory().current() as u64,
+        counts.launches,
+        counts.allocs,
+    ]
+}
+
+fn configs() -> [ResNetConfig; 2] {
+    [
+        ResNetConfig::cifar(18, 10).with_width(4),
+        ResNetConfig::imagenet(50, 7).with_width(4),
+    ]
+}
+
+#[test]
+fn meta_step_charges_what_the_cpu_step_charges() {
+    for config in configs() {
+        for dtype in [DType::F32, DType::F64] {
+            for memory in [Memory::Naive, Memory::PerBlock] {
+                let cpu = two_steps(&Device::cpu(), &config, memory, dtype);
+                let meta = two_steps(&Device::meta(), &config, memory, dtype);
+                assert_eq!(meta, cpu, "{config:?} {memory} {dtype:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_budget_planned_on_meta_holds_on_meta() {
+    let config = &configs()[0];
+    let naive = two_steps(&Device::meta(), config, Memory::Naive, DType::F32)[0];
+    let per_block = two_steps(&Device::meta(), config, Memory::PerBlock, DType::F32)[0];
+    let budget = (naive + per_block) / 2;
+    let peak = two_steps(&Device::meta(), config, Memory::Budget(budget), DType::F32)[0];
+    assert!(peak <= budget, "peak {peak} over budget {budget}");
+    assert!(peak > per_block, "peak {peak} vs per block {per_block}");
+}

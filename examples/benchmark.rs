@@ -11,10 +11,12 @@
 
 use clap::Parser;
 use densenet::{DenseNetConfig, Memory};
-use densenet_suite::densenet_bench::{measure_training_step, profile_training_step};
+use densenet_suite::densenet_bench::{
+    explain_training_step, measure_training_step, profile_training_step,
+};
 use harness::{
-    fitted_exponent, open_device_with, print_case, print_header, print_profile, svg_chart,
-    CaseResult,
+    fitted_exponent, open_device_with, print_case, print_header, print_memory_report,
+    print_profile, svg_chart, CaseResult,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,6 +97,11 @@ struct Args {
     /// backward and optimizer, with call counts and share of the step.
     #[arg(long)]
     profile: bool,
+    /// After each case, explain its peak: every buffer alive at it by role (parameter,
+    /// gradient, optimizer state, activation, recomputed, block storage, workspace), the totals
+    /// per role and the 15 largest buffers with the module that made them.
+    #[arg(long)]
+    explain: bool,
 }
 
 /// A mode of the main table.
@@ -121,7 +128,7 @@ impl Table<'_> {
         modes: &[Mode],
         iters: usize,
         json: bool,
-        profile: bool,
+        (profile, explain): (bool, bool),
         device: &dyn Fn() -> Result<Device, String>,
     ) -> Result<(), String> {
         let mut done: Vec<CaseResult> = Vec::new();
@@ -158,13 +165,24 @@ impl Table<'_> {
             let naive = done.iter().find(|r| r.mode == Memory::Naive.to_string());
             print_case(&r, json, naive);
             if let (Memory::Budget(_), false) = (mode, json) {
-                print_plan(&device()?, self.config, mode, [self.batch, self.config.in_channels, self.image, self.image])?;
+                print_plan(
+                    &device()?,
+                    self.config,
+                    mode,
+                    [self.batch, self.config.in_channels, self.image, self.image],
+                )?;
             }
             if profile {
                 let report =
                     profile_training_step(&device()?, self.config, mode, self.batch, self.image)
                         .map_err(|e| e.to_string())?;
                 print_profile(&r.model, &r.mode, &report, json);
+            }
+            if explain {
+                let report =
+                    explain_training_step(&device()?, self.config, mode, self.batch, self.image)
+                        .map_err(|e| e.to_string())?;
+                print_memory_report(&r.model, &r.mode, &report, 15, json);
             }
             done.push(r);
         }
@@ -266,7 +284,13 @@ fn run(args: &Args) -> Result<(), String> {
             batch,
             image: args.image,
         };
-        table.run(&modes, iters, args.json, args.profile, &device)?;
+        table.run(
+            &modes,
+            iters,
+            args.json,
+            (args.profile, args.explain),
+            &device,
+        )?;
     }
     if args.imagenet {
         if !args.json {
@@ -283,7 +307,13 @@ fn run(args: &Args) -> Result<(), String> {
             batch: args.imagenet_batch,
             image: 224,
         };
-        table.run(&modes, iters, args.json, args.profile, &device)?;
+        table.run(
+            &modes,
+            iters,
+            args.json,
+            (args.profile, args.explain),
+            &device,
+        )?;
     }
     if args.no_sweep {
         return Ok(());

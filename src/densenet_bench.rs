@@ -1,11 +1,12 @@
 //! DenseNet's benchmark cases on the shared [`harness`]: one fp32 model, the seed's SGD and a
-//! random batch, measured ([`measure_training_step`]) or profiled ([`profile_training_step`]).
+//! random batch, measured ([`measure_training_step`]), profiled ([`profile_training_step`]) or
+//! explained ([`explain_training_step`]: what is alive at the peak, and why).
 
 use densenet::train::{seed_sgd_config, train_step};
 use densenet::{DenseNet, DenseNetConfig, Memory, Result};
 use harness::CaseResult;
-use tape::optim::Sgd;
-use tape::{DType, Device, Tensor};
+use tape::optim::{Optimizer, Sgd};
+use tape::{DType, Device, MemoryReport, Role, Tensor};
 
 /// The model (fp32, seed 0), the seed's SGD, one input batch and its labels of a benchmark case.
 fn setup(
@@ -42,6 +43,43 @@ pub fn profile_training_step(
     report.ok_or_else(|| {
         tape::Error::Backward("the profiler was stopped during the step".into()).into()
     })
+}
+
+/// What was alive at the peak of one SGD training step of `config` in `mode` on `dev` (after one
+/// warm-up step), with the parameters, their gradients and the optimizer's state named: the
+/// device records its buffers from before the model is made.
+pub fn explain_training_step(
+    dev: &Device,
+    config: &DenseNetConfig,
+    mode: Memory,
+    batch: usize,
+    image: usize,
+) -> Result<MemoryReport> {
+    dev.memory().start_recording();
+    let (mut model, mut opt, x, labels) = setup(dev, config, mode, batch, image)?;
+    train_step(&mut model, &mut opt, &x, &labels, 0)?;
+    dev.synchronize()?;
+    dev.memory().reset_peak();
+    let out = train_step(&mut model, &mut opt, &x, &labels, 1)?;
+    let mut report = dev.memory().report().ok_or_else(|| {
+        tape::Error::Backward("the device stopped recording during the step".into())
+    })?;
+    dev.memory().stop_recording();
+    let params = model.parameters();
+    report.classify(
+        params.iter().map(|p| (p.name(), p.tensor())),
+        Role::Parameter,
+    );
+    let grads = params
+        .iter()
+        .filter_map(|p| Some((p.name(), out.grads.get(p.tensor())?)));
+    report.classify(grads, Role::ParameterGradient);
+    let state = opt.state_dict(&params);
+    report.classify(
+        state.iter().map(|(n, t)| (n.as_str(), t)),
+        Role::OptimizerState,
+    );
+    Ok(report)
 }
 
 /// Measures `iters` SGD training steps (after `warmup` unmeasured ones) of `config` in `mode` on

@@ -26,8 +26,12 @@ impl Chain {
             let w = Tensor::randn(&[c, c, 3, 3], DType::F32, dev, i as u64).unwrap();
             chain.convs.push(w.with_requires_grad(true));
             chain.norms.push((
-                Tensor::ones(&[c], DType::F32, dev).unwrap().with_requires_grad(true),
-                Tensor::zeros(&[c], DType::F32, dev).unwrap().with_requires_grad(true),
+                Tensor::ones(&[c], DType::F32, dev)
+                    .unwrap()
+                    .with_requires_grad(true),
+                Tensor::zeros(&[c], DType::F32, dev)
+                    .unwrap()
+                    .with_requires_grad(true),
                 RunningStats::new(c, DType::F32, dev).unwrap(),
             ));
         }
@@ -74,13 +78,18 @@ fn profiled_bytes(dev: &Device) -> Vec<String> {
     let held = dev.memory().current() as u64;
     let model = profile_chain(&Tape::recording(), &stages, &x, held).unwrap();
     let keep = model.predict(&Plan::keep_all(LAYERS)).unwrap().peak;
-    let per_layer = model.predict(&Plan::equal_segments(LAYERS, LAYERS)).unwrap();
+    let per_layer = model
+        .predict(&Plan::equal_segments(LAYERS, LAYERS))
+        .unwrap();
     vec![format!("{keep} {}", per_layer.peak)]
 }
 
 #[test]
 fn the_chain_profile_and_every_plan_peak_as_on_the_cpu() {
-    assert_eq!(profiled_bytes(&Device::meta()), profiled_bytes(&Device::cpu()));
+    assert_eq!(
+        profiled_bytes(&Device::meta()),
+        profiled_bytes(&Device::cpu())
+    );
     let cpu = Device::cpu();
     let chain = Chain::new(&cpu);
     let stages = chain.stages();
@@ -95,15 +104,24 @@ fn the_chain_profile_and_every_plan_peak_as_on_the_cpu() {
     let least = model.least_peak(Default::default()).unwrap();
     plans.push(model.plan(least).unwrap());
     plans.push(model.plan((least + naive) / 2).unwrap());
-    let segment = |range, checkpointed| Segment { range, checkpointed };
+    let segment = |range, checkpointed| Segment {
+        range,
+        checkpointed,
+    };
     let inner = Plan::new(vec![segment(0..3, true), segment(3..6, false)]);
     plans.push(Plan::nested(vec![
         (segment(0..6, true), Some(inner)),
         (segment(6..LAYERS, false), None),
     ]));
-    assert!(plans.iter().any(|p| p.depth() > 1), "no nested plan among {plans:?}");
+    assert!(
+        plans.iter().any(|p| p.depth() > 1),
+        "no nested plan among {plans:?}"
+    );
     for plan in &plans {
-        let (on_cpu, on_meta) = (step_peak(&Device::cpu(), plan), step_peak(&Device::meta(), plan));
+        let (on_cpu, on_meta) = (
+            step_peak(&Device::cpu(), plan),
+            step_peak(&Device::meta(), plan),
+        );
         assert_eq!(on_meta, on_cpu, "plan {plan}");
     }
 }

@@ -20,9 +20,7 @@ fn two_steps(dev: &Device, mode: MemoryMode, dtype: DType) -> [u64; 4] {
         n_embd: 16,
         dropout: 0.1,
     };
-    let mut model = Gpt::new(cfg, dtype, dev, 0)
-        .unwrap()
-        .with_memory_mode(mode);
+    let mut model = Gpt::new(cfg, dtype, dev, 0).unwrap().with_memory_mode(mode);
     let mut opt = adam(1e-3).unwrap();
     let b = batch(16, 3, 8, 0);
     train_step(&mut model, &mut opt, &b, 0).unwrap();

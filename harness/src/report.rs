@@ -60,7 +60,11 @@ pub fn print_header(device: &Device) {
         "batch",
         "peak(eng)",
         "x naive",
-        if device.is_cuda() { "GPU used" } else { "peak RSS" },
+        if device.is_cuda() {
+            "GPU used"
+        } else {
+            "peak RSS"
+        },
         "median s",
         "x naive",
         "launches",
@@ -133,6 +137,54 @@ pub fn print_profile(model: &str, mode: &str, report: &tape::profile::Report, js
             row.op, row.pass, row.calls, row.seconds
         );
     }
+}
+
+/// A memory report at a case's peak ([`tape::MemoryReport`]): its text (per-role totals, then
+/// the `largest` entries) or, with `json`, one JSON object with the same content.
+pub fn print_memory_report(
+    model: &str,
+    mode: &str,
+    report: &tape::MemoryReport,
+    largest: usize,
+    json: bool,
+) {
+    if !json {
+        println!(
+            "memory at the peak of one {mode} step ({model}):\n{}",
+            report.render(largest)
+        );
+        return;
+    }
+    let totals: serde_json::Map<String, serde_json::Value> = report
+        .totals()
+        .into_iter()
+        .map(|(role, bytes)| (role.name().to_string(), bytes.into()))
+        .collect();
+    let entries: Vec<serde_json::Value> = report
+        .largest(largest)
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "role": e.role.name(),
+                "scope": e.scope.as_deref(),
+                "op": e.op,
+                "shape": e.shape,
+                "dtype": e.dtype.map(|d| format!("{d:?}").to_lowercase()),
+                "bytes": e.bytes,
+            })
+        })
+        .collect();
+    let row = serde_json::json!({
+        "memory_report": model,
+        "mode": mode,
+        "peak_bytes": report.peak_bytes,
+        "peak_pass": report.phase.map(|(_, pass)| pass.to_string()),
+        "peak_op": report.phase.map(|(op, _)| op),
+        "peak_scope": report.phase_scope.as_deref(),
+        "totals": totals,
+        "largest": entries,
+    });
+    println!("{row}");
 }
 
 /// The planner's memory-vs-recompute front (the Pareto staircase: each point is the least
@@ -225,7 +277,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "tib" => 1024.0f64.powi(4),
-        u => return Err(format!("'{s}': unknown unit '{u}' (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
+        u => {
+            return Err(format!(
+                "'{s}': unknown unit '{u}' (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
     };
     let value: f64 = number
         .parse()

@@ -38,6 +38,7 @@ macro_rules! dispatch_float {
 }
 
 mod backend;
+pub mod context;
 pub mod counters;
 pub mod device;
 pub mod dtype;
@@ -65,7 +66,7 @@ pub use dtype::{DType, Elem};
 pub use error::{Error, Result};
 pub use gradients::{GradKey, Gradients};
 pub use labels::Labels;
-pub use memory::{MemoryStats, Reservation, UnitPeaks};
+pub use memory::{MemoryReport, MemoryStats, Reservation, Role, UnitPeaks};
 pub use param::Parameter;
 pub use tape::{Context, Phase, Tape};
 pub use tensor::{Tensor, TensorId};

@@ -31,6 +31,14 @@ impl Parameter {
         self.name = name;
     }
 
+    /// Opens the memory report's scope of the module that owns this parameter (its name
+    /// without the last part: `features.conv0` for `features.conv0.weight`) until the guard
+    /// drops ([`crate::context::module_scope`]).
+    pub fn module_scope(&self) -> crate::context::ScopeGuard {
+        let module = self.name.rsplit_once('.').map_or(&*self.name, |(m, _)| m);
+        crate::context::module_scope(module)
+    }
+
     /// The current value.
     pub fn tensor(&self) -> &Tensor {
         &self.tensor

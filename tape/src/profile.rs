@@ -22,24 +22,13 @@
 //! under their ops). The profiler records the calling thread's ops (the kernels' own worker
 //! threads are inside those times); when it is off, an op pays one thread-local check.
 
+pub use crate::context::Pass;
+use crate::context::{self, ScopeGuard};
 use crate::tape::Phase;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
-
-/// Which part of a step an op ran in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Pass {
-    /// The forward pass.
-    Forward,
-    /// A checkpointed segment re-run inside backward.
-    Recompute,
-    /// Backward closures.
-    Backward,
-    /// Parameter updates.
-    Optimizer,
-}
 
 impl From<Phase> for Pass {
     fn from(p: Phase) -> Self {
@@ -47,17 +36,6 @@ impl From<Phase> for Pass {
             Phase::Forward => Pass::Forward,
             Phase::Recompute => Pass::Recompute,
         }
-    }
-}
-
-impl fmt::Display for Pass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Pass::Forward => "forward",
-            Pass::Recompute => "recompute",
-            Pass::Backward => "backward",
-            Pass::Optimizer => "optimizer",
-        })
     }
 }
 
@@ -130,6 +108,7 @@ pub(crate) fn scope(op: &'static str, pass: Pass) -> Scope {
         op,
         pass,
         start: active.then(Instant::now),
+        _context: context::enter_op(op, pass),
     }
 }
 
@@ -138,6 +117,8 @@ pub(crate) struct Scope {
     op: &'static str,
     pass: Pass,
     start: Option<Instant>,
+    /// The op's scope in the memory attribution context (closed after the timing).
+    _context: ScopeGuard,
 }
 
 impl Drop for Scope {

@@ -8,6 +8,7 @@ use crate::backend::cuda::{self, CudaData};
 use crate::device::{Device, DeviceKind};
 use crate::dtype::{CpuData, DType};
 use crate::error::{Error, Result};
+use crate::memory::Charge;
 
 /// Where a buffer's elements live: host memory, or a GPU.
 #[derive(Debug)]
@@ -54,6 +55,8 @@ pub(crate) struct Buffer {
     /// Elements (the logical length: a CUDA allocation has at least one element).
     pub(crate) len: usize,
     bytes: usize,
+    /// Names the buffer in the memory record ([`crate::memory::MemoryReport`]).
+    pub(crate) id: u64,
 }
 
 impl Buffer {
@@ -70,11 +73,16 @@ impl Buffer {
         match make() {
             Ok(data) => {
                 device.counter_cells().alloc();
+                let id = crate::memory::charge_id();
+                device
+                    .memory()
+                    .note_alloc(id, bytes, Charge::Buffer(dtype, len));
                 Ok(Buffer {
                     data,
                     device: device.clone(),
                     len,
                     bytes,
+                    id,
                 })
             }
             Err(e) => {
@@ -141,6 +149,7 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        self.device.memory().note_free(self.id);
         self.device.memory().release(self.bytes);
         if let Storage::Cuda(_) = self.data {
             cuda::before_free(&self.device);

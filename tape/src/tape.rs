@@ -7,6 +7,7 @@
 //! it, so a non-leaf gradient lives only until its last consumer has run. Leaf gradients
 //! (parameters, inputs) are what remain in the returned [`Gradients`].
 
+use crate::context;
 use crate::error::{Error, Result};
 use crate::gradients::Gradients;
 use crate::memory::UnitPeaks;
@@ -215,9 +216,11 @@ impl<'a> Tape<'a> {
             return output;
         }
         let output = output.with_requires_grad(true);
+        let scope = context::current_name();
         self.nodes.push(Node::Op {
             output: output.id(),
             backward: Box::new(move |g: &Tensor, grads: &mut Gradients| {
+                let _scope = context::enter_name(scope);
                 profile::timed(op, Pass::Backward, || backward(g, grads))
             }),
         });
@@ -234,8 +237,10 @@ impl<'a> Tape<'a> {
         backward: impl FnOnce(&mut Gradients) -> Result<()> + 'a,
     ) {
         if self.recording {
+            let scope = context::current_name();
             self.nodes
                 .push(Node::Effect(Box::new(move |grads: &mut Gradients| {
+                    let _scope = context::enter_name(scope);
                     profile::timed(op, Pass::Backward, || backward(grads))
                 })));
         }

@@ -65,6 +65,7 @@ impl Tensor {
 
     /// A new tensor (fresh id, no gradient) over `buf`, which holds at least `shape`'s elements.
     pub(crate) fn from_buffer(buf: Buffer, shape: &[usize]) -> Self {
+        buf.device.memory().note_shape(buf.id, shape);
         Tensor {
             id: TensorId::fresh(),
             shape: shape.to_vec(),
@@ -168,6 +169,12 @@ impl Tensor {
             .map(|i| lo + (hi - lo) * rng::uniform(seed, 1, i))
             .collect();
         Self::from_f64(&v, shape, dtype, device)
+    }
+
+    /// The buffer's id (shared by views and clones, new after a copy-on-write): what names a
+    /// buffer in a [`crate::memory::MemoryReport`].
+    pub fn buffer_id(&self) -> u64 {
+        self.buf.id
     }
 
     /// The tensor's id.

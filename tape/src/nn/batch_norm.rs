@@ -37,6 +37,7 @@ impl BatchNorm2d {
 
     /// Applies batch norm.
     pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
         ops::batch_norm2d(
             tape,
             x,
@@ -50,12 +51,14 @@ impl BatchNorm2d {
     /// Batch norm then ReLU, as two ops (the textbook composition: the pre-activation is kept
     /// for backward).
     pub fn forward_relu(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
         let h = self.forward(tape, x)?;
         ops::relu(tape, &h)
     }
 
     /// ReLU of the batch norm of `x`, as one fused op that does not keep the pre-activation.
     pub fn forward_relu_fused(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
         ops::batch_norm_relu(
             tape,
             &[x],
@@ -76,6 +79,7 @@ impl BatchNorm2d {
         c: usize,
         in_place: bool,
     ) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
         if in_place {
             ops::batch_norm_relu_prefix(
                 tape,

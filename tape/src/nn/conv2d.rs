@@ -54,6 +54,7 @@ impl Conv2d {
 
     /// Applies the convolution to `[n, in, h, w]`.
     pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
         let bias = self.bias.as_ref().map(Parameter::tensor);
         ops::conv2d(tape, x, self.weight.tensor(), bias, self.options)
     }

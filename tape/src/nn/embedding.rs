@@ -26,6 +26,7 @@ impl Embedding {
 
     /// The rows at `indices` (one per element of `shape`, row-major), shaped `[shape.., d]`.
     pub fn forward(&self, tape: &mut Tape, indices: &[usize], shape: &[usize]) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
         ops::embedding(tape, self.weight.tensor(), indices, shape)
     }
 }

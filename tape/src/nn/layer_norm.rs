@@ -32,6 +32,7 @@ impl LayerNorm {
 
     /// Normalises `x` over its last dimension.
     pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
         ops::layer_norm(
             tape,
             x,

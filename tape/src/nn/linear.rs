@@ -48,6 +48,7 @@ impl Linear {
 
     /// Applies the layer to `[.., in]` (any leading dimensions), giving `[.., out]`.
     pub fn forward(&self, tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
         let bias = self.bias.as_ref().map(Parameter::tensor);
         let shape = x.shape();
         if shape.len() == 2 {

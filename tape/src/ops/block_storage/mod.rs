@@ -12,6 +12,7 @@
 //! the first channels runs last of all and frees the gradient buffer.
 
 use crate::backend::kernels;
+use crate::context::{self, Pass};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -99,7 +100,10 @@ fn update_grad<R>(
     let mut slot = lock(grad);
     let t = match slot.take() {
         Some(t) => t,
-        None => Tensor::zeros_large(like.0, like.1, like.2)?,
+        None => {
+            let _role = context::enter_op(OP, Pass::Backward);
+            Tensor::zeros_large(like.0, like.1, like.2)?
+        }
     };
     let (t, r) = f(t)?;
     *slot = Some(t);
@@ -110,6 +114,7 @@ impl BlockStorage {
     /// Empty storage for `capacity` channels of `n` images of `h x w`, charged to `device` at
     /// once.
     pub fn new([n, capacity, h, w]: [usize; 4], dtype: DType, device: &Device) -> Result<Self> {
+        let _role = context::enter_op(OP, Pass::Forward);
         let buffer = Tensor::zeros_large(&[n, capacity, h, w], dtype, device)?;
         Ok(BlockStorage {
             features: Arc::new(Mutex::new(Features {

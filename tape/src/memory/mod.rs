@@ -1,10 +1,27 @@
 //! Exact memory accounting. Every buffer and every kernel workspace a device hands out is charged
 //! here while it lives, so `peak()` is the high-water mark of bytes the engine held: the number
-//! the memory benchmarks and tests use.
+//! the memory benchmarks and tests use. A device that records its buffers
+//! ([`MemoryStats::start_recording`]) also says what was alive at the peak and why
+//! ([`MemoryReport`]).
+
+mod record;
+mod report;
+
+pub use report::{Entry, MemoryReport, Role};
 
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+pub(crate) use record::Charge;
+use record::Recorder;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// Ids of charged buffers and workspaces, for the buffer record.
+static NEXT_CHARGE: AtomicU64 = AtomicU64::new(1);
+
+/// A new id for a charged buffer or workspace.
+pub(crate) fn charge_id() -> u64 {
+    NEXT_CHARGE.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Current and peak bytes of one device, with an optional limit that makes allocations fail with
 /// [`Error::OutOfMemory`] (a real limit on a GPU, a simulated one on the CPU).
@@ -15,6 +32,9 @@ pub struct MemoryStats {
     peak: AtomicUsize,
     limit: AtomicUsize,
     allocations: AtomicUsize,
+    /// Whether `recorder` is on (checked before taking its lock).
+    recording: AtomicBool,
+    recorder: Mutex<Option<Recorder>>,
 }
 
 impl MemoryStats {
@@ -25,6 +45,68 @@ impl MemoryStats {
             peak: AtomicUsize::new(0),
             limit: AtomicUsize::new(usize::MAX),
             allocations: AtomicUsize::new(0),
+            recording: AtomicBool::new(false),
+            recorder: Mutex::new(None),
+        }
+    }
+
+    fn recorder(&self) -> MutexGuard<'_, Option<Recorder>> {
+        self.recorder.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts recording every buffer and workspace charged from now on, with the op, the pass
+    /// and the module scope that made it, and the set alive at the peak: what
+    /// [`MemoryStats::report`] returns. Bytes already held are reported as one entry; start
+    /// right after making the device to have them all itemised. Recording costs a lock and a
+    /// map update per buffer (and a copy of the live set at each new peak); without it, one
+    /// atomic load.
+    pub fn start_recording(&self) {
+        let mut r = self.recorder();
+        if r.is_none() {
+            crate::context::set_recording(true);
+        }
+        *r = Some(Recorder::new(self.current()));
+        self.recording.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops recording (the last report is gone with it).
+    pub fn stop_recording(&self) {
+        if self.recorder().take().is_some() {
+            crate::context::set_recording(false);
+        }
+        self.recording.store(false, Ordering::SeqCst);
+    }
+
+    /// Every buffer alive at the peak (since recording started or the last
+    /// [`MemoryStats::reset_peak`]), with why it is held; `None` unless recording.
+    pub fn report(&self) -> Option<MemoryReport> {
+        self.recorder().as_ref().map(Recorder::report)
+    }
+
+    /// Notes a charge of `bytes` for `id` in the record, if recording.
+    pub(crate) fn note_alloc(&self, id: u64, bytes: usize, charge: Charge) {
+        if self.recording.load(Ordering::Relaxed) {
+            if let Some(r) = self.recorder().as_mut() {
+                r.alloc(id, bytes, charge);
+            }
+        }
+    }
+
+    /// Notes the release of `id` in the record, if recording.
+    pub(crate) fn note_free(&self, id: u64) {
+        if self.recording.load(Ordering::Relaxed) {
+            if let Some(r) = self.recorder().as_mut() {
+                r.free(id);
+            }
+        }
+    }
+
+    /// Notes the shape of the tensor made over buffer `id`, if recording.
+    pub(crate) fn note_shape(&self, id: u64, shape: &[usize]) {
+        if self.recording.load(Ordering::Relaxed) {
+            if let Some(r) = self.recorder().as_mut() {
+                r.shape(id, shape);
+            }
         }
     }
 
@@ -41,6 +123,11 @@ impl MemoryStats {
     /// Starts a new peak measurement from the bytes held now.
     pub fn reset_peak(&self) {
         self.peak.store(self.current(), Ordering::SeqCst);
+        if self.recording.load(Ordering::Relaxed) {
+            if let Some(r) = self.recorder().as_mut() {
+                r.reset_peak();
+            }
+        }
     }
 
     /// Number of allocations made so far (buffers and workspaces).
@@ -93,12 +180,15 @@ impl MemoryStats {
 pub struct Reservation {
     stats: Arc<MemoryStats>,
     bytes: usize,
+    id: u64,
 }
 
 impl Reservation {
     pub(crate) fn new(stats: Arc<MemoryStats>, bytes: usize) -> Result<Self> {
         stats.charge(bytes)?;
-        Ok(Reservation { stats, bytes })
+        let id = charge_id();
+        stats.note_alloc(id, bytes, Charge::Workspace);
+        Ok(Reservation { stats, bytes, id })
     }
 
     /// The reserved byte count.
@@ -109,7 +199,14 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        self.stats.note_free(self.id);
         self.stats.release(self.bytes);
+    }
+}
+
+impl Drop for MemoryStats {
+    fn drop(&mut self) {
+        self.stop_recording();
     }
 }
 

@@ -116,6 +116,7 @@ where
         _ => None,
     };
 
+    let out_device = out.device().clone();
     Ok(
         tape.record_always("checkpoint", out, move |grad_out, grads| {
             let mut ctx = start;
@@ -133,7 +134,12 @@ where
                 };
                 inner.set_known_output(last, output);
             }
+            let before = out_device.memory().current();
             let out = segment(&mut inner, &saved)?;
+            if out_device.memory().is_recording() {
+                let recorded = out_device.memory().current().saturating_sub(before);
+                warn_if_saves_nothing(&out_device, &saved, recorded, options.name.as_deref());
+            }
             if let Some(expected) = first_print {
                 if fingerprint(&out) != expected {
                     return Err(Error::Backward(format!(
@@ -194,6 +200,30 @@ pub(crate) fn segment_gradients(
         grads.take(out_id);
     }
     Ok(grads)
+}
+
+/// Warns on `device`'s memory report when the inputs a segment keeps take as many bytes as its
+/// recorded recompute keeps for backward (`recorded`): checkpointing it saved nothing.
+fn warn_if_saves_nothing(
+    device: &tape::Device,
+    kept: &[Tensor],
+    recorded: usize,
+    name: Option<&str>,
+) {
+    let kept_bytes: usize = kept.iter().map(Tensor::size_in_bytes).sum();
+    if kept_bytes > 0 && kept_bytes >= recorded {
+        device.memory().warn(tape::Warning::CheckpointSavesNothing {
+            scope: scope_name(name),
+            kept_bytes,
+            saved_bytes: recorded,
+        });
+    }
+}
+
+/// The name a warning gives a segment: its own, or the module scope it runs in.
+pub(crate) fn scope_name(name: Option<&str>) -> Option<Arc<str>> {
+    name.map(Arc::from)
+        .or_else(|| tape::context::current().name)
 }
 
 /// The first pass's output, for the recompute: kept, or read back from where it was copied.

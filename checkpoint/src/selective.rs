@@ -24,7 +24,7 @@
 //! outputs are then what the ops would compute, so gradients are bitwise those of a plain
 //! recorded run.
 
-use crate::segment::{first_pass, segment_gradients};
+use crate::segment::{first_pass, scope_name, segment_gradients};
 use tape::{Phase, Result, Tape, Tensor};
 
 /// Which ops' outputs a selective checkpoint keeps, by the names the ops record under
@@ -77,6 +77,12 @@ where
     let start = tape.context();
     let (out, mut first) = first_pass(tape, &saved, policy.kept_ops(), &segment)?;
     let mut kept = first.take_captured_outputs();
+    let ops = first.ops_started();
+    if ops > 0 && kept.len() == ops && out.device().memory().is_recording() {
+        let scope = scope_name(None);
+        let warning = tape::Warning::PolicyKeepsEverything { scope, ops };
+        out.device().memory().warn(warning);
+    }
     // The last op takes the output (kept anyway as the next segment's input).
     if let Some(last) = first.ops_started().checked_sub(1) {
         if !kept.iter().any(|(i, _)| *i == last) {

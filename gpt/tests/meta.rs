@@ -60,3 +60,23 @@ fn a_budget_planned_on_meta_holds_on_meta() {
     let peak = two_steps(&Device::meta(), MemoryMode::Budget(budget), DType::F32)[0];
     assert!(peak <= budget, "peak {peak} over budget {budget}");
 }
+
+/// The memory report of a step in every mode adds up to the peak, and none of the GPT's own
+/// checkpointing (per block, selective, budget) draws a warning.
+#[test]
+fn the_gpt_memory_report_adds_up_and_warns_of_nothing() {
+    for mode in [
+        MemoryMode::Naive,
+        MemoryMode::PerBlock,
+        MemoryMode::Selective,
+        MemoryMode::SelectiveLinear,
+    ] {
+        let dev = Device::meta();
+        dev.memory().start_recording();
+        two_steps(&dev, mode, DType::F32);
+        let report = dev.memory().report().unwrap();
+        let sum: usize = report.entries.iter().map(|e| e.bytes).sum();
+        assert_eq!(sum, report.peak_bytes, "{mode:?}");
+        assert_eq!(report.warnings(), vec![], "{mode:?}: {}", report.render(10));
+    }
+}

@@ -69,7 +69,7 @@ pub struct Context {
 }
 
 /// The calling thread's context now (empty unless a device records its buffers).
-pub(crate) fn current() -> Context {
+pub fn current() -> Context {
     if !wanted() {
         return Context::default();
     }

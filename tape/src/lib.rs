@@ -66,7 +66,7 @@ pub use dtype::{DType, Elem};
 pub use error::{Error, Result};
 pub use gradients::{GradKey, Gradients};
 pub use labels::Labels;
-pub use memory::{MemoryReport, MemoryStats, Reservation, Role, UnitPeaks};
+pub use memory::{MemoryReport, MemoryStats, Reservation, Role, UnitPeaks, Warning};
 pub use param::Parameter;
 pub use tape::{Context, Phase, Tape};
 pub use tensor::{Tensor, TensorId};

@@ -6,8 +6,10 @@
 
 mod record;
 mod report;
+mod warning;
 
 pub use report::{Entry, MemoryReport, Role};
+pub use warning::Warning;
 
 use crate::error::{Error, Result};
 pub(crate) use record::Charge;
@@ -81,6 +83,19 @@ impl MemoryStats {
     /// [`MemoryStats::reset_peak`]), with why it is held; `None` unless recording.
     pub fn report(&self) -> Option<MemoryReport> {
         self.recorder().as_ref().map(Recorder::report)
+    }
+
+    /// Whether this device records its buffers ([`MemoryStats::start_recording`]).
+    pub fn is_recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
+    /// Adds `warning` to the report, if recording (once: a repeated warning is kept once).
+    /// What checkpointing code uses to say that it saved nothing.
+    pub fn warn(&self, warning: Warning) {
+        if let Some(r) = self.recorder().as_mut() {
+            r.warn(warning);
+        }
     }
 
     /// Notes a charge of `bytes` for `id` in the record, if recording.

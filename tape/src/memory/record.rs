@@ -4,6 +4,7 @@
 //! highest point is kept.
 
 use super::report::{Entry, MemoryReport, Role};
+use super::Warning;
 use crate::context::{self, Pass};
 use crate::dtype::DType;
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ pub(crate) struct Recorder {
     peak_context: context::Context,
     /// The buffer whose charge set the peak (its shape arrives just after).
     peak_setter: Option<u64>,
+    warnings: Vec<Warning>,
 }
 
 /// The role of a new charge from what the thread is running.
@@ -71,6 +73,7 @@ impl Recorder {
             shape,
             dtype,
             bytes,
+            held_at_report: false,
         };
         self.live.insert(id, entry);
         self.current += bytes;
@@ -113,9 +116,19 @@ impl Recorder {
         self.peak_context = ctx;
     }
 
+    /// Notes `warning` (once).
+    pub(crate) fn warn(&mut self, warning: Warning) {
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
+
     /// The report of the peak so far.
     pub(crate) fn report(&self) -> MemoryReport {
         let mut entries = self.at_peak.clone();
+        for e in &mut entries {
+            e.held_at_report = self.live.contains_key(&e.id);
+        }
         if self.held_before > 0 {
             entries.push(Entry {
                 id: 0,
@@ -125,6 +138,7 @@ impl Recorder {
                 shape: vec![self.held_before],
                 dtype: None,
                 bytes: self.held_before,
+                held_at_report: true,
             });
         }
         entries.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.id.cmp(&b.id)));
@@ -133,6 +147,7 @@ impl Recorder {
             phase: self.peak_context.op,
             phase_scope: self.peak_context.name.clone(),
             entries,
+            noted: self.warnings.clone(),
         }
     }
 }

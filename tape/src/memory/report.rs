@@ -2,6 +2,7 @@
 //! op that made it, its shape, dtype and bytes; totals per role that add up to the peak; and
 //! the point of the step where the peak happened.
 
+use super::Warning;
 use crate::context::Pass;
 use crate::dtype::DType;
 use crate::tensor::Tensor;
@@ -87,6 +88,8 @@ pub struct Entry {
     pub dtype: Option<DType>,
     /// Bytes charged for it.
     pub bytes: usize,
+    /// Whether it was still alive when the report was made.
+    pub held_at_report: bool,
 }
 
 /// Every buffer alive at a device's peak ([`crate::MemoryStats::report`]).
@@ -100,7 +103,13 @@ pub struct MemoryReport {
     pub phase_scope: Option<Arc<str>>,
     /// The buffers alive at the peak, largest first.
     pub entries: Vec<Entry>,
+    /// Warnings noted while recording (checkpointing that saved nothing).
+    pub noted: Vec<Warning>,
 }
+
+/// The smallest share of the peak a tensor held by the caller must have to be warned about
+/// (the logits and the loss a step hands back are far below it).
+pub const HELD_WARNING_SHARE: f64 = 0.01;
 
 impl MemoryReport {
     /// Gives the buffers of the named tensors the role `role` and, where no module scope named
@@ -136,6 +145,25 @@ impl MemoryReport {
             .collect()
     }
 
+    /// Everything the report warns about: the warnings noted while recording, then each
+    /// activation (or recomputed tensor) alive at the peak and still held when the report was
+    /// made, of at least [`HELD_WARNING_SHARE`] of the peak.
+    pub fn warnings(&self) -> Vec<Warning> {
+        let least = (self.peak_bytes as f64 * HELD_WARNING_SHARE) as usize;
+        let held = self.entries.iter().filter(|e| {
+            e.held_at_report
+                && matches!(e.role, Role::Activation | Role::Recomputed)
+                && e.bytes >= least.max(1)
+        });
+        let mut out = self.noted.clone();
+        out.extend(held.map(|e| Warning::HeldByCaller {
+            scope: e.scope.clone(),
+            op: e.op,
+            bytes: e.bytes,
+        }));
+        out
+    }
+
     /// The `n` largest entries.
     pub fn largest(&self, n: usize) -> &[Entry] {
         &self.entries[..n.min(self.entries.len())]
@@ -159,6 +187,9 @@ impl MemoryReport {
         for (role, bytes) in self.totals() {
             let share = 100.0 * bytes as f64 / self.peak_bytes.max(1) as f64;
             out += &format!("  {:<22} {:>11} {:>6.1}%\n", role.name(), mb(bytes), share);
+        }
+        for w in self.warnings() {
+            out += &format!("warning: {w}\n");
         }
         out += &format!("the {} largest:\n", n.min(self.entries.len()));
         for e in self.largest(n) {

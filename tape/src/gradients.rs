@@ -5,7 +5,7 @@
 use crate::backend::kernels;
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorId};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// What a backward closure needs to know about an op input to hand it a gradient: its id, whether
 /// it wants one and its shape. Holding a key does not keep the tensor's buffer alive.
@@ -45,7 +45,7 @@ impl GradKey {
 /// Gradients by tensor id.
 #[derive(Default, Debug)]
 pub struct Gradients {
-    map: HashMap<TensorId, Tensor>,
+    map: FxHashMap<TensorId, Tensor>,
 }
 
 impl Gradients {

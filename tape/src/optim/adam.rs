@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::gradients::Gradients;
 use crate::param::Parameter;
 use crate::tensor::{Tensor, TensorId};
+use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 
 const OP: &str = "Adam";
 
@@ -57,7 +57,7 @@ struct State {
 #[derive(Debug)]
 pub struct Adam {
     cfg: AdamConfig,
-    state: HashMap<TensorId, State>,
+    state: FxHashMap<TensorId, State>,
 }
 
 impl Adam {
@@ -77,7 +77,7 @@ impl Adam {
         }
         Ok(Adam {
             cfg,
-            state: HashMap::new(),
+            state: FxHashMap::default(),
         })
     }
 

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::gradients::Gradients;
 use crate::param::Parameter;
 use crate::tensor::{Tensor, TensorId};
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::HashSet;
 
 mod adam;
 mod cpu;
@@ -220,11 +221,11 @@ fn check_found_inf(op: &'static str, found_inf: &Tensor, devices: &[&Device]) ->
 /// Mutable references to the states of `ids`, in that order (each id once, present in `states`).
 fn states_mut<'s, S>(
     op: &'static str,
-    states: &'s mut HashMap<TensorId, S>,
+    states: &'s mut FxHashMap<TensorId, S>,
     ids: &[TensorId],
 ) -> Result<Vec<&'s mut S>> {
-    let wanted: HashSet<TensorId> = ids.iter().copied().collect();
-    let mut found: HashMap<TensorId, &'s mut S> = states
+    let wanted: FxHashSet<TensorId> = ids.iter().copied().collect();
+    let mut found: FxHashMap<TensorId, &'s mut S> = states
         .iter_mut()
         .filter(|(id, _)| wanted.contains(id))
         .map(|(id, s)| (*id, s))

@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::gradients::Gradients;
 use crate::param::Parameter;
 use crate::tensor::{Tensor, TensorId};
+use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 
 const OP: &str = "Sgd";
 
@@ -49,7 +49,7 @@ impl Default for SgdConfig {
 #[derive(Debug)]
 pub struct Sgd {
     cfg: SgdConfig,
-    buffers: HashMap<TensorId, Tensor>,
+    buffers: FxHashMap<TensorId, Tensor>,
 }
 
 impl Sgd {
@@ -73,7 +73,7 @@ impl Sgd {
         }
         Ok(Sgd {
             cfg,
-            buffers: HashMap::new(),
+            buffers: FxHashMap::default(),
         })
     }
 

@@ -7,7 +7,9 @@
 //!
 //! With the cargo feature `cuda`, `Device::cuda(0)` runs every op on an NVIDIA GPU (cuDNN,
 //! cuBLAS and NVRTC kernels, loaded at run time); without it, `Device::cuda` returns an error
-//! saying so. Ops reach device kernels through one interface (see the `backend` module);
+//! saying so. `Device::meta()` runs no kernel and holds no values, but charges exactly what the
+//! CPU would: a step's memory in milliseconds. [`MemoryStats::start_recording`] and
+//! [`MemoryStats::report`] say what is alive at the peak and why ([`MemoryReport`]). Ops reach device kernels through one interface (see the `backend` module);
 //! tensors move between devices with [`Tensor::to_device`].
 //!
 //! ```

@@ -90,7 +90,9 @@ pub(crate) fn overwrite(device: &Device, buf: &mut Buffer, values: &[f64]) -> Re
             stream.memcpy_htod(&host, &mut s.slice_mut(0..n))
         }
         Storage::Cuda(CudaData::F64(s)) => stream.memcpy_htod(values, &mut s.slice_mut(0..n)),
-        Storage::Cpu(_) => return Err(Error::invalid("overwrite", "not a GPU buffer")),
+        Storage::Cpu(_) | Storage::Meta(_) => {
+            return Err(Error::invalid("overwrite", "not a GPU buffer"))
+        }
     };
     r.map_err(|e| driver_err("cuMemcpyHtoDAsync", e))
 }
@@ -122,7 +124,7 @@ impl Tensor {
                 expected: T::DTYPE,
                 got: self.dtype(),
             }),
-            Storage::Cpu(_) => Err(Error::Device {
+            Storage::Cpu(_) | Storage::Meta(_) => Err(Error::Device {
                 op: "cuda_slice",
                 lhs: self.device().to_string(),
                 rhs: "a CUDA device".into(),
@@ -140,7 +142,7 @@ impl Tensor {
                 expected: T::DTYPE,
                 got: dtype,
             }),
-            Storage::Cpu(_) => Err(Error::Device {
+            Storage::Cpu(_) | Storage::Meta(_) => Err(Error::Device {
                 op: "cuda_slice_mut",
                 lhs: device,
                 rhs: "a CUDA device".into(),

@@ -185,9 +185,9 @@ pub(crate) struct ConvPlan {
     pub(crate) bwd_filter: Choice<sys::cudnnConvolutionBwdFilterAlgo_t>,
     /// Each direction's algorithm as cuDNN's `Find` measured it, once asked for
     /// ([`crate::CudaOptions::measure_conv_algorithms`]).
-    found_fwd: OnceLock<Choice<sys::cudnnConvolutionFwdAlgo_t>>,
-    found_bwd_data: OnceLock<Choice<sys::cudnnConvolutionBwdDataAlgo_t>>,
-    found_bwd_filter: OnceLock<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>>,
+    pub(crate) found_fwd: OnceLock<Choice<sys::cudnnConvolutionFwdAlgo_t>>,
+    pub(crate) found_bwd_data: OnceLock<Choice<sys::cudnnConvolutionBwdDataAlgo_t>>,
+    pub(crate) found_bwd_filter: OnceLock<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>>,
 }
 
 /// The buffers of one convolution call, for cuDNN's `Find` to run the algorithms on: the two

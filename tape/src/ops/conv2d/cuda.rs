@@ -7,8 +7,8 @@
 
 use super::{Conv2dGrads, Conv2dKernels, Geometry, OP};
 use crate::backend::cuda::{
-    conv_workspace, cptr, cudnn_err, mptr, ConvKey, CudaElem, CudaHandle, CudaKernels, FindArgs,
-    FindContext,
+    conv_workspace, cptr, cudnn_err, mptr, scratch, ConvKey, CudaElem, CudaHandle, CudaKernels,
+    FindArgs, FindContext, Workspace,
 };
 use crate::device::Device;
 use crate::error::Result;
@@ -34,21 +34,30 @@ fn key(cu: &CudaHandle, geo: &Geometry, dtype: crate::DType) -> ConvKey {
 }
 
 /// Measures a direction's algorithms with cuDNN's `Find` when the device asks for it
-/// (`measure_conv_algorithms`), on the call's operands `a`, `b` and output `out`, with a
-/// workspace of the limit held for the search only; `None` otherwise (the plan's heuristic
-/// choice stands).
+/// (`measure_conv_algorithms`), on the call's operands `a`, `b` and output `out`; `None`
+/// otherwise (the plan's heuristic choice stands). A choice already made for the plan
+/// (`cached`) comes back with nothing allocated; a search runs once per plan and direction, with
+/// a workspace of the limit of its own, charged to the accounting while the search runs and
+/// freed after it (never the persistent workspace, which would keep the limit for good).
 fn measured<C>(
     cu: &CudaHandle,
     dev: &Device,
     handle: sys::cudnnHandle_t,
     (a, b, out): (*const c_void, *const c_void, *mut c_void),
+    cached: Option<C>,
     find: impl FnOnce(FindContext, &FindArgs) -> Result<C>,
 ) -> Result<Option<C>> {
     if !cu.options.measure_conv_algorithms {
         return Ok(None);
     }
+    if cached.is_some() {
+        return Ok(cached);
+    }
     let limit = cu.options.workspace_limit_bytes;
-    let mut ws = conv_workspace(cu, dev, limit)?;
+    let mut ws = match limit {
+        0 => Workspace::None,
+        bytes => Workspace::Owned(scratch::<u8>(dev, bytes)?),
+    };
     let (wsp, wss) = ws.ptr(&cu.backend);
     let cx = FindContext {
         handle,
@@ -131,7 +140,8 @@ fn forward_t<T: CudaElem>(
         cptr(be, weight.cuda_slice::<T>()?),
     );
     let yp = mptr(be, out.cuda_slice_mut::<T>()?);
-    let choice = measured(cu, dev, dnn.handle, (xp, wp, yp), |cx, a| {
+    let cached = plan.found_fwd.get().copied();
+    let choice = measured(cu, dev, dnn.handle, (xp, wp, yp), cached, |cx, a| {
         plan.find_fwd(cx, a)
     })?
     .unwrap_or(plan.fwd);
@@ -235,7 +245,8 @@ fn backward_t<T: CudaElem>(
             let mut gx = Tensor::cuda_uninit::<T>(&xshape, dev)?;
             let wp = cptr(be, w.cuda_slice::<T>()?);
             let dxp = mptr(be, gx.cuda_slice_mut::<T>()?);
-            let choice = measured(cu, dev, dnn.handle, (wp, gp, dxp), |cx, a| {
+            let cached = plan.found_bwd_data.get().copied();
+            let choice = measured(cu, dev, dnn.handle, (wp, gp, dxp), cached, |cx, a| {
                 plan.find_bwd_data(cx, a)
             })?
             .unwrap_or(plan.bwd_data);
@@ -271,7 +282,8 @@ fn backward_t<T: CudaElem>(
             let mut gw = Tensor::cuda_uninit::<T>(&wshape, dev)?;
             let xp = cptr(be, x.cuda_slice::<T>()?);
             let dwp = mptr(be, gw.cuda_slice_mut::<T>()?);
-            let choice = measured(cu, dev, dnn.handle, (xp, gp, dwp), |cx, a| {
+            let cached = plan.found_bwd_filter.get().copied();
+            let choice = measured(cu, dev, dnn.handle, (xp, gp, dwp), cached, |cx, a| {
                 plan.find_bwd_filter(cx, a)
             })?
             .unwrap_or(plan.bwd_filter);

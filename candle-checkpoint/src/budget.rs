@@ -26,8 +26,9 @@ fn profile_stage(stage: &Stage, x: &Tensor, meter: &CountingAlloc) -> Result<(He
     let cost = start.elapsed().as_secs_f64();
     let forward_peak = meter.peak().saturating_sub(before);
     let kept_bytes = meter.live().saturating_sub(before);
-    let seed = y.ones_like()?;
-    let probe = y.mul(&seed)?.sum_all()?;
+    // The sum's gradient reaches `y` as a broadcast one: the gradient `y` gets is its only
+    // allocation before the stage's own backward (as the next stage's would be in a chain).
+    let probe = y.sum_all()?;
     let ready = meter.live();
     meter.reset_peak();
     let grads = probe.backward()?;

@@ -7,7 +7,7 @@
 //! candle's backward reaches the op with the outputs' gradient `g`, the op runs the segment
 //! again with graph tracking (in the [recompute phase](crate::is_recomputing), with the
 //! [random stream](crate::rng) replayed), backpropagates `g` through it
-//! (`(y * g).sum_all().backward()`, a `GradStore` of its own), detaches every gradient (a
+//! (from a one-element root whose backward hands the outputs `g`: a `GradStore` of its own), detaches every gradient (a
 //! gradient keeps the graph that made it, which would pin the recomputed activations), leaves
 //! the inputs' gradients for the links and stashes those of captured parameters for
 //! [`crate::backward`].
@@ -17,7 +17,7 @@ use crate::grads;
 use crate::link::Link;
 use crate::phase::RecomputePhase;
 use crate::rng::{self, Replay};
-use crate::storage::{cpu_copy, cuda_copy, metal_copy};
+use crate::storage::{cpu_copy, cuda_copy, metal_copy, zero_scalar};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage};
 use candle_core::{Shape, Tensor, Var};
 use std::sync::{Arc, Mutex};
@@ -84,8 +84,13 @@ impl Segment {
         }
         let packed = pack(&outputs)?;
         drop(outputs);
-        let mut store = packed.mul(&g.detach())?.sum_all()?.backward()?;
+        let root = packed.apply_op1(Inject {
+            grad: g.detach(),
+            dtype: self.dtype,
+        })?;
         drop(packed);
+        let mut store = root.backward()?;
+        drop(root);
         let mut mine = Vec::with_capacity(leaves.len());
         for (leaf, &t) in leaves.iter().zip(&self.tracked) {
             mine.push(if t {
@@ -127,6 +132,40 @@ fn unpack(packed: &Tensor, shapes: &[Shape]) -> candle_core::Result<Vec<Tensor>>
         at += n;
     }
     Ok(out)
+}
+
+/// The root of a recompute's backward: a one-element zero made from the packed outputs, whose
+/// backward hands them the outputs' gradient `grad` as it came (candle's backward then starts
+/// from exactly `grad`, with no product of the outputs and a seed to allocate).
+struct Inject {
+    grad: Tensor,
+    dtype: DType,
+}
+
+impl CustomOp1 for Inject {
+    fn name(&self) -> &'static str {
+        "checkpoint-inject"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        zero_scalar(s, self.dtype)
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        zero_scalar(s, self.dtype)
+    }
+
+    fn metal_fwd(
+        &self,
+        s: &MetalStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
+        zero_scalar(s, self.dtype)
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.grad.clone()))
+    }
 }
 
 /// The checkpoint's op: its output is a copy of the first pass's packed outputs; its backward

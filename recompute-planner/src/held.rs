@@ -13,10 +13,9 @@
 //! - **Backward**, in reverse, parameters' gradients `G` accumulating to the end. A recorded
 //!   stage `i` peaks at `A_end + G + backward_peak_i` (its output's gradient, its input's,
 //!   its parameters' and temporaries all in `backward_peak_i`). A checkpointed segment `s..t`
-//!   holds its output's gradient, copies its input, runs its stages again with tracking, keeps
-//!   the product of its output and the gradient, and backpropagates: at stage `i` it peaks at
-//!   `A_end + G + output_{t-1} + input_s + (kept_s + ... + kept_{t-1}) + output_{t-1} +
-//!   (gradients of parameters of i+1..t) + backward_peak_i`.
+//!   holds its output's gradient, copies its input, runs its stages again with tracking and
+//!   backpropagates the gradient: at stage `i` it peaks at `A_end + G + output_{t-1} + input_s +
+//!   (kept_s + ... + kept_{t-1}) + (gradients of parameters of i+1..t) + backward_peak_i`.
 //!
 //! [`HeldChain::predict`] replays exactly that; [`HeldChain::plan`] finds the cheapest plan whose
 //! peak fits a budget, exactly, by a shortest path whose edges are recorded stages and
@@ -118,7 +117,7 @@ impl HeldChain {
             kept_before += s.kept_bytes;
         }
         forward = forward.max(2 * out);
-        let held = out + seg[0].input_bytes + kept_before + out;
+        let held = out + seg[0].input_bytes + kept_before;
         let mut backward = 0;
         let mut inner_grads = 0;
         for s in seg.iter().rev() {

@@ -1,5 +1,5 @@
 //! Training a candle MLP chain (16 blocks of three 1024-wide layers, batch 512: the prototype's
-//! size) and a small candle-nn transformer (8 pre-norm blocks) with and without checkpoints:
+//! size) and a small transformer from candle-nn parts (8 pre-norm blocks) with and without checkpoints:
 //! each mode's step peak (bytes allocated above what was alive as the step began, counted by a
 //! counting global allocator) and median step time, side by side. Modes: `naive` (no
 //! checkpoint), `per_block` (every block but the last checkpointed), `sqrt` (about sqrt(n)
@@ -14,7 +14,7 @@ use candle_checkpoint::planner::{HeldChain, Plan};
 use candle_checkpoint::{backward, run_plan, CountingAlloc, Stage};
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::optim::{Optimizer, SGD};
-use candle_nn::{LayerNorm, Linear};
+use candle_nn::Linear;
 use std::time::Instant;
 
 #[global_allocator]
@@ -93,12 +93,45 @@ fn mlp(blocks: usize, width: usize, vars: &mut Vec<Var>) -> Result<Vec<Stage>> {
         .collect()
 }
 
+/// Layer normalisation over the last dimension from candle ops, with weight and bias.
+/// (candle-nn's `LayerNorm` takes a fused kernel without a backward for contiguous inputs: no
+/// gradient would flow through it.)
+#[derive(Clone)]
+struct Norm {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Norm {
+    fn new(d: usize, vars: &mut Vec<Var>) -> Result<Self> {
+        let w = Var::ones(d, DType::F32, &Device::Cpu)?;
+        let b = Var::zeros(d, DType::F32, &Device::Cpu)?;
+        let n = Norm {
+            w: w.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+        };
+        vars.push(w);
+        vars.push(b);
+        Ok(n)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        centred
+            .broadcast_div(&(var + 1e-5)?.sqrt()?)?
+            .broadcast_mul(&self.w)?
+            .broadcast_add(&self.b)
+    }
+}
+
 /// One pre-norm transformer block from candle-nn parts: causal self-attention and a 4x MLP,
 /// each with a residual.
 #[derive(Clone)]
 struct Block {
-    ln1: LayerNorm,
-    ln2: LayerNorm,
+    ln1: Norm,
+    ln2: Norm,
     qkv: Linear,
     proj: Linear,
     up: Linear,
@@ -108,15 +141,7 @@ struct Block {
 
 impl Block {
     fn new(d: usize, heads: usize, vars: &mut Vec<Var>) -> Result<Self> {
-        let mut norm = || -> Result<LayerNorm> {
-            let w = Var::ones(d, DType::F32, &Device::Cpu)?;
-            let b = Var::zeros(d, DType::F32, &Device::Cpu)?;
-            let ln = LayerNorm::new(w.as_tensor().clone(), b.as_tensor().clone(), 1e-5);
-            vars.push(w);
-            vars.push(b);
-            Ok(ln)
-        };
-        let (ln1, ln2) = (norm()?, norm()?);
+        let (ln1, ln2) = (Norm::new(d, vars)?, Norm::new(d, vars)?);
         Ok(Block {
             ln1,
             ln2,
@@ -203,39 +228,45 @@ struct Row {
     median_s: f64,
 }
 
-/// Runs `plan` for a warm-up step and `iters` timed steps.
-#[allow(clippy::too_many_arguments)]
+/// Runs each plan of `modes` in turn: a warm-up step, then `iters` timed steps; one row per
+/// mode. (Rounds that alternate the modes step by step were tried on the 2-core CPU: per-block
+/// steps then took twice the time they take in a row, not understood; the modes run in turn.)
 fn measure(
     model: &'static str,
-    mode: &'static str,
+    modes: &[(&'static str, &Plan)],
     stages: &[Stage],
-    plan: &Plan,
     chain: &HeldChain,
-    x: &Tensor,
-    target: &Tensor,
+    data: (&Tensor, &Tensor),
     opt: &mut SGD,
     iters: usize,
-) -> candle_checkpoint::Result<Row> {
-    train_step(stages, plan, x, target, opt)?;
-    let mut peak = 0;
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let (p, t) = train_step(stages, plan, x, target, opt)?;
-        peak = peak.max(p);
-        times.push(t);
+) -> candle_checkpoint::Result<Vec<Row>> {
+    let (x, target) = data;
+    let mut peaks = vec![0u64; modes.len()];
+    let mut times = vec![Vec::with_capacity(iters); modes.len()];
+    for (i, (_, plan)) in modes.iter().enumerate() {
+        train_step(stages, plan, x, target, opt)?;
+        for _ in 0..iters {
+            let (p, t) = train_step(stages, plan, x, target, opt)?;
+            peaks[i] = peaks[i].max(p);
+            times[i].push(t);
+        }
     }
-    times.sort_by(f64::total_cmp);
-    // The model predicts absolute bytes; the rows report bytes above the step's start.
-    let predicted = chain.predict(plan)?.saturating_sub(chain.base_bytes);
-    Ok(Row {
-        model,
-        mode,
-        plan: plan.to_string(),
-        recomputed_blocks: plan.recomputed_layers(),
-        predicted_bytes: predicted,
-        peak_bytes: peak,
-        median_s: times[times.len() / 2],
-    })
+    let mut rows = Vec::with_capacity(modes.len());
+    for (i, (mode, plan)) in modes.iter().enumerate() {
+        times[i].sort_by(f64::total_cmp);
+        // The model predicts absolute bytes; the rows report bytes above the step's start.
+        let predicted = chain.predict(plan)?.saturating_sub(chain.base_bytes);
+        rows.push(Row {
+            model,
+            mode,
+            plan: plan.to_string(),
+            recomputed_blocks: plan.recomputed_layers(),
+            predicted_bytes: predicted,
+            peak_bytes: peaks[i],
+            median_s: times[i][times[i].len() / 2],
+        });
+    }
+    Ok(rows)
 }
 
 /// Every mode on one chain; prints its rows.
@@ -265,17 +296,21 @@ fn run_model(
         .map(|k| Plan::equal_segments(n, k))
         .filter(|p| chain.predict(p).is_ok_and(|b| b <= budget))
         .min_by_key(Plan::recomputed_layers);
-    let mut rows = Vec::new();
-    for (mode, plan) in [
+    let modes = [
         ("naive", &naive),
         ("per_block", &per_block),
         ("sqrt", &sqrt),
         ("planner", &planned),
-    ] {
-        rows.push(measure(
-            model, mode, stages, plan, &chain, x, target, &mut opt, a.iters,
-        )?);
-    }
+    ];
+    let rows = measure(
+        model,
+        &modes,
+        stages,
+        &chain,
+        (x, target),
+        &mut opt,
+        a.iters,
+    )?;
     let budget_rel = budget.saturating_sub(chain.base_bytes);
     if a.json {
         for r in &rows {

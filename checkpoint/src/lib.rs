@@ -17,6 +17,7 @@
 //! `Gradients::merge`.
 
 pub mod planner;
+mod profile;
 mod segment;
 mod selective;
 mod sequential;

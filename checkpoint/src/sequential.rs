@@ -6,26 +6,7 @@ use crate::planner::Plan;
 use crate::segment::checkpoint;
 use tape::{Error, Result, Tape, Tensor};
 
-/// What a layer computes, for per-op policies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OpKind {
-    /// Convolution (compute-bound: worth keeping).
-    Conv,
-    /// Fully connected layer (compute-bound).
-    Linear,
-    /// Batch normalisation (memory-bound: cheap to recompute).
-    BatchNorm,
-    /// ReLU (memory-bound).
-    Relu,
-    /// Concatenation (memory-bound).
-    Concat,
-    /// Pooling (memory-bound).
-    Pool,
-    /// Dropout (memory-bound; replays its mask when recomputed).
-    Dropout,
-    /// Anything else, e.g. a whole block.
-    Other,
-}
+pub use recompute_planner::{OpKind, Policy};
 
 /// A stage's forward: works on a tape of any lifetime (the ops it records own what they save).
 type StageFn<'a> = dyn for<'t> Fn(&mut Tape<'t>, &Tensor) -> Result<Tensor> + 'a;
@@ -66,19 +47,6 @@ impl<'a> Stage<'a> {
     pub fn forward(&self, tape: &mut Tape<'_>, x: &Tensor) -> Result<Tensor> {
         (self.forward)(tape, x)
     }
-}
-
-/// Which layer outputs a chain keeps; the others are recomputed in backward.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Policy {
-    /// Record everything (no recompute).
-    KeepAll,
-    /// Keep the outputs of layers of these kinds; each run of other layers up to and including a
-    /// kept layer is one checkpointed segment. `Keep(vec![OpKind::Conv])` is "keep conv outputs,
-    /// recompute batch norm, ReLU and concat".
-    Keep(Vec<OpKind>),
-    /// Keep only the chain's input and output: the whole chain is one segment.
-    RecomputeAll,
 }
 
 /// Runs the layers of `range` recorded normally.

@@ -4,7 +4,7 @@
 //! `checkpoint_sequential` with 0 segments or more segments than layers, empty chains, and
 //! layer costs the planner cannot sum.
 
-use checkpoint::planner::{ChainModel, LayerProfile, Plan, PlanOptions, Segment};
+use checkpoint::planner::{self, ChainModel, LayerProfile, Plan, PlanOptions, Segment};
 use checkpoint::{checkpoint_sequential, run_plan, run_with_policy, OpKind, Policy, Stage};
 use std::cell::Cell;
 use tape::ops;
@@ -170,7 +170,7 @@ fn run_plan_rejects_plans_that_do_not_cover_the_chain() {
             plan.check_covers(N).err(),
         ] {
             match err {
-                Some(Error::InvalidArgument { op: "plan", msg: m }) => assert_eq!(m, msg),
+                Some(planner::Error::InvalidArgument { op: "plan", msg: m }) => assert_eq!(m, msg),
                 other => panic!("{what}: expected the same InvalidArgument, got {other:?}"),
             }
         }
@@ -249,7 +249,7 @@ fn empty_chains_are_errors() {
     );
     assert!(msg.contains("no layers"), "{msg}");
     match profile_model(0).plan(1 << 30) {
-        Err(Error::InvalidArgument { op: "planner", msg }) => {
+        Err(planner::Error::InvalidArgument { op: "planner", msg }) => {
             assert!(msg.contains("no layers"), "{msg}")
         }
         other => panic!("expected InvalidArgument from the planner, got {other:?}"),
@@ -266,7 +266,7 @@ fn bad_costs_are_errors() {
             model.front(PlanOptions::default()).err(),
         ] {
             match result {
-                Some(Error::InvalidArgument { op: "planner", msg }) => {
+                Some(planner::Error::InvalidArgument { op: "planner", msg }) => {
                     assert!(msg.contains("l1") && msg.contains("cost"), "{msg}")
                 }
                 other => panic!("cost {cost}: expected InvalidArgument, got {other:?}"),

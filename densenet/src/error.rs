@@ -65,3 +65,11 @@ impl From<trainer::anomaly::GuardError> for DenseNetError {
         }
     }
 }
+
+/// The checkpoint planner's refusals (a budget nothing fits, a bad plan) are the engine's
+/// invalid arguments.
+impl From<checkpoint::planner::Error> for DenseNetError {
+    fn from(e: checkpoint::planner::Error) -> Self {
+        DenseNetError::Engine(e.into())
+    }
+}

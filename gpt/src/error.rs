@@ -45,3 +45,11 @@ impl From<trainer::anomaly::GuardError> for GptError {
         }
     }
 }
+
+/// The checkpoint planner's refusals (a budget nothing fits, a bad plan) are the engine's
+/// invalid arguments.
+impl From<checkpoint::planner::Error> for GptError {
+    fn from(e: checkpoint::planner::Error) -> Self {
+        GptError::Engine(e.into())
+    }
+}

@@ -33,3 +33,11 @@ impl From<trainer::anomaly::GuardError> for ResNetError {
         }
     }
 }
+
+/// The checkpoint planner's refusals (a budget nothing fits, a bad plan) are the engine's
+/// invalid arguments.
+impl From<checkpoint::planner::Error> for ResNetError {
+    fn from(e: checkpoint::planner::Error) -> Self {
+        ResNetError::Engine(e.into())
+    }
+}

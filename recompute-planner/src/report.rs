@@ -1,8 +1,8 @@
 //! [`ChainModel::report`]: a plan and its prediction in words.
 
-use super::{ChainModel, Plan};
+use crate::error::Result;
+use crate::{ChainModel, Plan};
 use std::fmt::Write;
-use tape::Result;
 
 impl ChainModel {
     /// A human-readable account of `plan`: its segments (nested recompute plans indented), the

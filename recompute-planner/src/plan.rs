@@ -1,10 +1,10 @@
 //! [`Plan`]: which contiguous segments of a chain are recorded and which are recomputed, and, for
 //! a recomputed segment, how its recompute is itself planned (nested checkpoints).
 
-use crate::sequential::{OpKind, Policy};
+use crate::error::{Error, Result};
+use crate::policy::{OpKind, Policy};
 use std::fmt;
 use std::ops::Range;
-use tape::{Error, Result};
 
 /// A contiguous run of layers, recorded normally or checkpointed.
 #[derive(Clone, Debug, PartialEq, Eq)]

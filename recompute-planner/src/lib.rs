@@ -1,17 +1,29 @@
-//! The checkpoint planner: from per-layer memory and cost (measured by a dry run,
-//! [`profile_chain`], or given) and a memory budget, choose what to recompute, at how many levels,
-//! so that the predicted peak fits the budget at the least recompute cost.
+//! `recompute-planner`: an exact planner for gradient checkpointing (segment recompute) of a
+//! chain of layers, independent of any autodiff engine.
+//!
+//! An engine profiles its chain's stages (bytes each keeps, bytes it holds while it runs, cost:
+//! one [`LayerProfile`] per stage, in a [`ChainModel`]), asks for a [`Plan`] that fits a memory
+//! budget at the least recompute cost, and runs the plan its own way. The crate replays a plan's
+//! training step event by event to predict its peak ([`ChainModel::predict`]), computes the
+//! exact Pareto front of (peak, recompute cost) over nested (multi-level) schedules
+//! ([`ChainModel::front`], [`ChainModel::plan`]) and prints a plan's report
+//! ([`ChainModel::report`]). It depends on no engine: the workspace's `checkpoint` crate (over its
+//! own `tape` engine) and `candle-checkpoint` (over candle) both use it.
+//!
+//! [`HeldChain`] is the model of an engine whose graph holds what the forward kept until the end
+//! of backward (candle), for single-level plans.
 //!
 //! # The memory model
 //!
-//! It follows a training step of [`crate::run_plan`] event by event, as the engine frees memory
+//! It follows a training step of a plan run by an engine event by event (the `checkpoint` crate's
+//! `run_plan`, for one), as the engine frees memory
 //! (a tensor lives while anything holds it: a caller, a recorded op's backward closure, a
 //! checkpoint's closure). With `h_i` the input of layer `i` and `δ_i` its gradient:
 //!
 //! - **Forward**, segment by segment. A recorded layer keeps its [`LayerProfile::saved_bytes`],
 //!   its output (if it [keeps it](LayerProfile::keeps_output)) and its input (if it [keeps
 //!   it](LayerProfile::keeps_input)); an input that nothing keeps dies once the layer has run. A
-//!   checkpointed segment runs once on a no-grad tape, each intermediate output dying as the next
+//!   checkpointed segment runs once without recording, each intermediate output dying as the next
 //!   is made, and keeps only its input and its output.
 //! - The loss: the caller drops the chain's output, keeps the loss value
 //!   ([`ChainModel::loss_bytes`]) and the loss's backward makes `δ_n`.
@@ -29,7 +41,8 @@
 //! The peak is the most bytes alive at any moment: [`ChainModel::base_bytes`] (what the device
 //! held when the step started: parameters, input) plus the largest of the per-layer peaks over
 //! what is alive around them ([`ChainModel::predict`] says where it happens). Every quantity comes
-//! from the engine's exact accounting in a dry run on the real tensors, so predictions are exact
+//! from the engine's accounting in a dry run on the real tensors (the `checkpoint` crate's
+//! `profile_chain`), so predictions are exact
 //! up to what the dry run cannot see (a loss that keeps more than its value and `δ_n`).
 //!
 //! # The planner
@@ -52,20 +65,24 @@
 //! whose kept bytes backward frees in reverse (DenseNet's per-layer modes, modelled in order by
 //! `densenet`'s budget mode).
 
+mod error;
+mod held;
 mod optimal;
 pub mod pareto;
 mod plan;
-mod profile;
+mod policy;
 mod report;
 mod simulate;
 
+pub use error::{Error, Result};
+pub use held::{HeldChain, HeldStage};
+
 pub use optimal::{FrontPoint, PlanOptions};
 pub use plan::{Plan, Segment};
-pub use profile::profile_chain;
+pub use policy::{OpKind, Policy};
 pub use simulate::{PeakMoment, Prediction, Step};
 
 use pareto::{cheapest_path, Edge};
-use tape::{Error, Result};
 
 /// What one layer of a chain costs in memory and compute, as the model of the module docs uses
 /// it. Bytes are the engine's accounting; "peak" fields are the most bytes held above what was

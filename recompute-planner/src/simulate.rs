@@ -5,10 +5,10 @@
 //! gradient map) and dies when the count drops to zero; each layer's forward and backward raise
 //! the peak by its measured peak above what was alive as it started.
 
-use super::{ChainModel, LayerProfile, Plan};
+use crate::error::Result;
+use crate::{ChainModel, LayerProfile, Plan};
 use std::fmt;
 use std::ops::Range;
-use tape::Result;
 
 /// What runs at a moment of the step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,7 +365,7 @@ impl<'m> Replay<'m> {
 impl ChainModel {
     /// Predicts the peak bytes and extra cost of a training step under `plan` (the memory
     /// model of the module docs, replayed event by event); fails with
-    /// [`tape::Error::InvalidArgument`] unless the plan covers the chain exactly
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) unless the plan covers the chain exactly
     /// ([`Plan::check_covers`]).
     pub fn predict(&self, plan: &Plan) -> Result<Prediction> {
         plan.check_covers(self.layers.len())?;

@@ -23,9 +23,9 @@
 //! 2^-32 of the chain's forward cost), so that plans of equal cost tie exactly and the one of
 //! lower peak is kept.
 
-use super::{ChainModel, Plan, Segment};
+use crate::error::{Error, Result};
+use crate::{ChainModel, Plan, Segment};
 use std::collections::HashMap;
-use tape::{Error, Result};
 
 /// Options of [`ChainModel::plan_with`] and [`ChainModel::front`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -13,6 +13,9 @@ fn graph(tape: &mut Tape, x: &Tensor, w: &Tensor) -> Tensor {
     ops::sum(tape, &a).unwrap()
 }
 
+/// What the observer saw: (tensor id, the gradient's values) per contribution.
+type Seen = Arc<Mutex<Vec<(TensorId, Vec<f64>)>>>;
+
 fn leaves() -> (Tensor, Tensor) {
     let dev = Device::cpu();
     let x = Tensor::randn(&[3, 4], DType::F64, &dev, 1).unwrap();
@@ -23,7 +26,7 @@ fn leaves() -> (Tensor, Tensor) {
 #[test]
 fn observer_sees_each_contribution_and_the_final_sum() {
     let (x, w) = leaves();
-    let seen: Arc<Mutex<Vec<(TensorId, Vec<f64>)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let log = seen.clone();
     let mut tape = Tape::recording();
     tape.observe_gradients(Box::new(move |id, g| {

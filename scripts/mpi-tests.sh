@@ -22,3 +22,4 @@ run() { # package, test name
 }
 
 run dist mpi_world
+run densenet-suite dist_densenet

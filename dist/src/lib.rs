@@ -30,6 +30,6 @@ pub use ddp::{BucketLaunch, Ddp, DdpOptions, StepComm};
 pub use error::{DistError, Result};
 pub use group::{CommStats, ProcessGroup, ReduceOp};
 pub use join::{join, DistKind};
-pub use module_sync::{broadcast_module, module_fingerprint};
+pub use module_sync::{broadcast_buffers, broadcast_module, module_fingerprint};
 pub use sampler::DistributedSampler;
 pub use transport::{Single, Transport};

@@ -14,8 +14,8 @@ mod svg;
 
 pub use measure::{image_batch, measure_steps, Measurement};
 pub use report::{
-    cpu_label, exit_code, open_device, open_device_with, print_case, print_front, print_header,
-    print_profile, CaseResult,
+    cpu_label, exit_code, exit_or_abort, open_device, open_device_with, print_case, print_front,
+    print_header, print_profile, CaseResult,
 };
 pub use stats::{fitted_exponent, median};
 pub use svg::svg_chart;

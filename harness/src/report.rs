@@ -168,6 +168,26 @@ pub fn cpu_label() -> String {
     )
 }
 
+/// [`exit_code`] for one process of a data-parallel run: in a world of more than one, a failure
+/// prints `rank R of N: error: <the error>` and ends every rank of the job at once
+/// ([`dist::ProcessGroup::abort`], exit code 1), so that no rank waits for this one.
+pub fn exit_or_abort<E: std::fmt::Display>(
+    result: Result<(), E>,
+    group: &dist::ProcessGroup,
+) -> std::process::ExitCode {
+    match result {
+        Err(e) if group.world_size() > 1 => {
+            eprintln!(
+                "rank {} of {}: error: {e}",
+                group.rank(),
+                group.world_size()
+            );
+            group.abort(1)
+        }
+        other => exit_code(other),
+    }
+}
+
 /// The exit code of a program whose work returned `result`: success, or failure after printing
 /// `error: <the error>` to standard error.
 pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {

@@ -8,13 +8,21 @@
 //! two cores; `-- --json` prints one JSON object per case. On a GPU (a build with
 //! `--features cuda`): `-- --device cuda`; the GPU's used bytes (`cuMemGetInfo`) are printed beside
 //! the engine's peak. `-- --imagenet` adds DenseNet-121 on 224x224 images (batch 64).
+//!
+//! Data parallel (a build with `--features mpi`): `mpirun -np 2 target/release/examples/benchmark
+//! --dist mpi --batch 32` measures each rank's step on its shard (`--batch` per process); rank 0
+//! prints one row per rank and the step's communication (bytes all-reduced, buckets, seconds
+//! communicating and seconds exposed after backward). The depth sweep is skipped.
 
 use clap::Parser;
 use densenet::{DenseNetConfig, Memory};
-use densenet_suite::densenet_bench::{measure_training_step, profile_training_step};
+use densenet_suite::densenet_bench::{
+    measure_training_step, measure_training_step_ddp, profile_training_step,
+};
+use dist::{DdpOptions, DistKind, ProcessGroup};
 use harness::{
-    fitted_exponent, open_device_with, print_case, print_header, print_profile, svg_chart,
-    CaseResult,
+    fitted_exponent, open_device_with, print_case, print_dist_cases, print_header, print_profile,
+    svg_chart, CaseResult, DistCaseResult,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +94,14 @@ struct Args {
     /// backward and optimizer, with call counts and share of the step.
     #[arg(long)]
     profile: bool,
+    /// Data parallel: `mpi` joins the world `mpirun -np N` started (a build with `--features
+    /// mpi`); `--batch` is per process.
+    #[arg(long, default_value = "none")]
+    dist: DistKind,
+    /// With --dist: gradient bucket size in MB (the first bucket: at most 1 MiB), as DDP's
+    /// `bucket_cap_mb`.
+    #[arg(long, default_value_t = 25.0)]
+    bucket_mb: f64,
 }
 
 /// A mode of the main table.
@@ -114,8 +130,10 @@ impl Table<'_> {
         json: bool,
         profile: bool,
         device: &dyn Fn() -> Result<Device, String>,
+        group: Option<(&ProcessGroup, DdpOptions)>,
     ) -> Result<(), String> {
         let mut done: Vec<CaseResult> = Vec::new();
+        let mut naive_rows: Vec<DistCaseResult> = Vec::new();
         for &mode in modes {
             let mode =
                 match mode {
@@ -135,6 +153,33 @@ impl Table<'_> {
                     }
                     }
                 };
+            if let Some((group, options)) = group {
+                let (case, comm) = measure_training_step_ddp(
+                    &device()?,
+                    self.name,
+                    self.config,
+                    mode,
+                    self.batch,
+                    self.image,
+                    1,
+                    iters,
+                    group,
+                    options,
+                )
+                .map_err(|e| e.to_string())?;
+                let row = DistCaseResult {
+                    case: case.clone(),
+                    world_size: group.world_size(),
+                    rank: group.rank(),
+                    comm,
+                };
+                let rows = print_dist_cases(group, &row, json, &naive_rows)?;
+                if mode == Memory::Naive {
+                    naive_rows = rows;
+                }
+                done.push(case);
+                continue;
+            }
             let r = measure_training_step(
                 &device()?,
                 self.name,
@@ -160,7 +205,14 @@ impl Table<'_> {
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
+    let root = group.is_none_or(ProcessGroup::is_root);
+    let bucket_bytes = (args.bucket_mb * 1e6) as usize;
+    let ddp_options = DdpOptions {
+        bucket_bytes,
+        first_bucket_bytes: bucket_bytes.min(DdpOptions::default().first_bucket_bytes),
+    };
+    let reducer = group.map(|g| (g, ddp_options));
     // Opened once up front so a missing GPU or library fails before any work.
     let options = tape::CudaOptions {
         tf32: args.tf32,
@@ -186,7 +238,16 @@ fn run(args: &Args) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()?;
     let header = || print_header(gpu);
-    if !args.json && !args.no_main {
+    if !args.json && !args.no_main && root {
+        if let Some(g) = group {
+            println!(
+                "data parallel: {} processes ({}), batch {} per process, {} in all",
+                g.world_size(),
+                g.backend(),
+                batch,
+                batch * g.world_size()
+            );
+        }
         if gpu {
             println!(
                 "DenseNet-BC-100 (k=12), {}x{} images, {}, one SGD step; {}",
@@ -217,10 +278,10 @@ fn run(args: &Args) -> Result<(), String> {
             batch,
             image: args.image,
         };
-        table.run(&modes, iters, args.json, args.profile, &device)?;
+        table.run(&modes, iters, args.json, args.profile, &device, reducer)?;
     }
     if args.imagenet {
-        if !args.json {
+        if !args.json && root {
             println!(
                 "\nImageNet: DenseNet-121 (k=32), 224x224 images, batch {}",
                 args.imagenet_batch
@@ -234,9 +295,9 @@ fn run(args: &Args) -> Result<(), String> {
             batch: args.imagenet_batch,
             image: 224,
         };
-        table.run(&modes, iters, args.json, args.profile, &device)?;
+        table.run(&modes, iters, args.json, args.profile, &device, reducer)?;
     }
-    if args.no_sweep {
+    if args.no_sweep || group.is_some() {
         return Ok(());
     }
 
@@ -300,5 +361,17 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    harness::exit_code(run(&Args::parse()))
+    let args = Args::parse();
+    let group = match args.dist {
+        DistKind::None => None,
+        kind => match dist::join(kind) {
+            Ok(g) => Some(g),
+            Err(e) => return harness::exit_code(Err(e)),
+        },
+    };
+    let result = run(&args, group.as_ref());
+    match &group {
+        Some(g) => harness::exit_or_abort(result, g),
+        None => harness::exit_code(result),
+    }
 }

@@ -73,7 +73,7 @@ fn data_parallel_steps(g: &ProcessGroup, mode: Memory) -> Check {
     model.set_memory(mode);
     let mut reference = DenseNet::new(config(), DType::F64, &dev, 0).map_err(e)?;
     reference.set_memory(mode);
-    let ddp = Ddp::new(g.clone(), &mut model, DdpOptions { bucket_bytes: 4096 }).map_err(e)?;
+    let ddp = Ddp::new(g.clone(), &mut model, DdpOptions::uniform(4096)).map_err(e)?;
     let mut sgd = Sgd::new(seed_sgd_config()).map_err(e)?;
     let shape = [GLOBAL, 3, IMAGE, IMAGE];
     let all = Tensor::randn(&shape, DType::F64, &dev, 8)

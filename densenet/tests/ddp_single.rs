@@ -33,7 +33,7 @@ fn run(mode: Memory, ddp: bool) -> Vec<(String, Vec<u64>)> {
     let mut sgd = Sgd::new(seed_sgd_config()).unwrap();
     let reducer = ddp.then(|| {
         // Small buckets: several launched during backward.
-        let options = DdpOptions { bucket_bytes: 2048 };
+        let options = DdpOptions::uniform(2048);
         Ddp::new(ProcessGroup::single(), &mut model, options).unwrap()
     });
     for step in 0..3u64 {

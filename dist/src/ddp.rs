@@ -1,7 +1,8 @@
 //! [`Ddp`]: data-parallel gradients. Every rank starts from rank 0's parameters and buffers;
 //! after each backward every parameter's gradient is the mean over the ranks.
 //!
-//! Gradients travel in buckets of about [`DdpOptions::bucket_bytes`] (25 MB, as PyTorch's DDP).
+//! Gradients travel in buckets of about [`DdpOptions::bucket_bytes`] (25 MiB, the first one
+//! 1 MiB, as PyTorch's DDP).
 //! A bucket is launched (an all-reduce started on the communication thread) as soon as every
 //! gradient in it is final, while backward goes on. A gradient is final when it has received
 //! all its contributions: the first step counts them per parameter ([`Tape::observe_gradients`]
@@ -26,14 +27,29 @@ use tape::{DType, Device, Gradients, Tape, Tensor, TensorId};
 /// How [`Ddp`] cuts and sends gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DdpOptions {
-    /// A bucket closes when it holds at least this many bytes of gradients (25 MiB by default).
+    /// A bucket closes when it holds at least this many bytes of gradients (25 MiB by default,
+    /// PyTorch DDP's `bucket_cap_mb`).
     pub bucket_bytes: usize,
+    /// The same for the first bucket, the first gradients to become final (1 MiB by default,
+    /// as DDP's first bucket): small, so that communication starts early in backward.
+    pub first_bucket_bytes: usize,
 }
 
 impl Default for DdpOptions {
     fn default() -> Self {
         DdpOptions {
             bucket_bytes: 25 * 1024 * 1024,
+            first_bucket_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl DdpOptions {
+    /// Every bucket, the first included, closing at `bytes`.
+    pub fn uniform(bytes: usize) -> Self {
+        DdpOptions {
+            bucket_bytes: bytes,
+            first_bucket_bytes: bytes,
         }
     }
 }
@@ -284,7 +300,11 @@ impl Ddp {
             place[slot] = (buckets.len(), len);
             current.push(slot);
             len += self.slots[slot].numel;
-            if len * elem >= self.options.bucket_bytes {
+            let cap = match buckets.is_empty() {
+                true => self.options.first_bucket_bytes,
+                false => self.options.bucket_bytes,
+            };
+            if len * elem >= cap {
                 buckets.push(std::mem::take(&mut current));
                 lens.push(std::mem::take(&mut len));
             }

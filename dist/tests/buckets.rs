@@ -42,9 +42,7 @@ fn buckets_follow_readiness_not_declaration_order() {
     let dev = Device::cpu();
     let mut params = model(&dev);
     // One parameter per bucket (N f64 values = 8000 bytes).
-    let options = DdpOptions {
-        bucket_bytes: 8 * N,
-    };
+    let options = DdpOptions::uniform(8 * N);
     let ddp = Ddp::new(ProcessGroup::single(), &mut params, options).unwrap();
     for step in 0..3u64 {
         let x = input(&dev, step);

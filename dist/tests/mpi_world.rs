@@ -89,9 +89,7 @@ fn loss_of(tape: &mut Tape, ps: &[Parameter], x: &Tensor) -> tape::Result<Tensor
 fn data_parallel(g: &ProcessGroup) -> Check {
     let dev = Device::cpu();
     let mut ps = params(&dev, 100 + g.rank() as u64);
-    let options = DdpOptions {
-        bucket_bytes: 8 * N,
-    };
+    let options = DdpOptions::uniform(8 * N);
     let ddp = Ddp::new(g.clone(), &mut ps, options).map_err(e)?;
     let start = module_fingerprint(&ps).map_err(e)?;
     let prints = g.all_gather_f64(&[start as f64]).map_err(e)?;

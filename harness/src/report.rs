@@ -5,7 +5,7 @@ use checkpoint::planner::FrontPoint;
 use tape::Device;
 
 /// One measured case: which model, mode, device and batch, and what was measured.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CaseResult {
     /// Model name (`densenet_bc_100_k12`, `resnet18_cifar`, `gpt_small`, ...).
     pub model: String,

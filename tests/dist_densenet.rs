@@ -2,8 +2,9 @@
 //! (scripts/mpi-tests.sh; run alone, a world of one). In every memory mode, three SGD steps in
 //! f64 on a global batch of 64 split by the distributed sampler: after each step every rank's
 //! averaged gradients equal the mean of one process's gradients on each rank's shard (1e-10
-//! relative, per parameter), and the parameters are the same bits on every rank. Any failure
-//! names the rank and aborts the job.
+//! relative, per parameter), the parameters are the same bits on every rank, and the step makes
+//! no collective call beyond the buffers' broadcast, the gradient buckets and the anomaly flag
+//! (counted: none in forward or in a recompute). Any failure names the rank and aborts the job.
 
 use densenet::data::epoch_order;
 use densenet::train::{forward_backward, seed_sgd_config, train_step_ddp, StepOptions};
@@ -103,7 +104,17 @@ fn data_parallel_steps(g: &ProcessGroup, mode: Memory) -> Check {
         }
         let (x, y) = shard(&all, &labels, &mine, &dev);
         let options = StepOptions::new(step, step);
+        let calls = g.stats().calls;
         let out = train_step_ddp(&mut model, &mut sgd, &x, &y, options, &ddp).map_err(e)?;
+        // The step's collectives: the buffers' broadcast, the buckets, the anomaly flag (and in
+        // the first step the bucket order): forward, backward and every recompute call none.
+        let made = g.stats().calls - calls;
+        let want = 2 + ddp.last_step().buckets as u64 + u64::from(step == 0);
+        if made != want {
+            return Err(format!(
+                "{mode} step {step}: {made} collective calls, {want} expected"
+            ));
+        }
         for (p, m) in model.parameters().iter().zip(&mean) {
             let want: Vec<f64> = m.iter().map(|v| v / world as f64).collect();
             let got = out.grads.get(p.tensor()).ok_or("no gradient")?.to_f64_vec();

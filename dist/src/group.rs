@@ -6,7 +6,6 @@ use crate::error::{DistError, Result};
 use crate::transport::{Single, Transport};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use tape::Tensor;
 
 /// A reduction across ranks.
@@ -217,13 +216,6 @@ impl ProcessGroup {
     /// this rank, so that no other rank waits for it forever.
     pub fn abort(&self, code: i32) -> ! {
         self.transport.abort(code)
-    }
-
-    /// Times `f` (a collective waited for), for callers that report communication time.
-    pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
-        let t0 = Instant::now();
-        let out = f();
-        (out, t0.elapsed().as_secs_f64())
     }
 
     fn count_call(&self) {

@@ -43,13 +43,19 @@ fn buckets_follow_readiness_not_declaration_order() {
     let mut params = model(&dev);
     // One parameter per bucket (N f64 values = 8000 bytes).
     let options = DdpOptions::uniform(8 * N);
-    let ddp = Ddp::new(ProcessGroup::single(), &mut params, options).unwrap();
+    let group = ProcessGroup::single();
+    let ddp = Ddp::new(group.clone(), &mut params, options).unwrap();
     for step in 0..3u64 {
         let x = input(&dev, step);
         let mut tape = Tape::recording();
         let loss = forward(&mut tape, &params, &x);
+        let calls = group.stats().calls;
         let grads = ddp.backward(tape, &loss).unwrap();
         let comm = ddp.last_step();
+        // Backward (its recomputes included) calls no collective but the buckets' all-reduces
+        // (and, in the first step, the broadcast of the bucket order).
+        let learned = u64::from(step == 0);
+        assert_eq!(group.stats().calls - calls, comm.buckets as u64 + learned);
         assert_eq!(comm.contributions, 3);
         let names: Vec<Vec<String>> = comm.launches.iter().map(|l| l.params.clone()).collect();
         let order = vec![vec!["p1".to_string()], vec!["p2".into()], vec!["p0".into()]];

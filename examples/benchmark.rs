@@ -220,10 +220,14 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
         persistent_workspace: args.persistent_workspace,
         ..tape::CudaOptions::default()
     };
-    let probe = open_device_with(&args.device, options)?;
+    let spec = match group {
+        Some(g) => harness::rank_device(&args.device, g),
+        None => args.device.clone(),
+    };
+    let probe = open_device_with(&spec, options)?;
     let gpu = probe.is_cuda();
     drop(probe);
-    let device = || open_device_with(&args.device, options);
+    let device = || open_device_with(&spec, options);
     let batch = args.batch.unwrap_or(if args.quick { 8 } else { 64 });
     let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
     let modes: Vec<Mode> = args

@@ -136,6 +136,10 @@ fn measure(
 }
 
 fn run(a: &Args, group: Option<&ProcessGroup>) -> Result<(), Box<dyn std::error::Error>> {
+    let spec = match group {
+        Some(g) => harness::rank_device(&a.device, g),
+        None => a.device.clone(),
+    };
     let batch = a.batch.unwrap_or(if a.quick { 16 } else { 32 });
     let seq = a.seq.unwrap_or(if a.quick { 128 } else { 256 });
     let layers = a.layers.unwrap_or(if a.quick { 8 } else { 12 });
@@ -145,7 +149,7 @@ fn run(a: &Args, group: Option<&ProcessGroup>) -> Result<(), Box<dyn std::error:
     // The budget: halfway between the chain's least feasible peak and its naive peak, as the
     // planner predicts them on a fresh device (bytes held as the chain starts included).
     let (front, budget) = {
-        let dev = open_device(&a.device, false)?;
+        let dev = open_device(&spec, false)?;
         let model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?;
         let cm = model.chain_model(batch, seq)?;
         let naive = cm.predict(&Plan::keep_all(layers))?.peak;
@@ -179,7 +183,7 @@ fn run(a: &Args, group: Option<&ProcessGroup>) -> Result<(), Box<dyn std::error:
     let mut rows: Vec<CaseResult> = Vec::new();
     let mut naive_rows: Vec<DistCaseResult> = Vec::new();
     for mode in modes {
-        let dev = open_device(&a.device, false)?;
+        let dev = open_device(&spec, false)?;
         let (r, comm) = measure(a, &dev, &cfg, mode, batch, seq, iters, group)?;
         if let Some(g) = group {
             let row = DistCaseResult {

@@ -105,10 +105,14 @@ fn run_dist(
 }
 
 fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
-    let probe = open_device(&args.device, args.tf32)?;
+    let spec = match group {
+        Some(g) => harness::rank_device(&args.device, g),
+        None => args.device.clone(),
+    };
+    let probe = open_device(&spec, args.tf32)?;
     let gpu = probe.is_cuda();
     drop(probe);
-    let device = || open_device(&args.device, args.tf32);
+    let device = || open_device(&spec, args.tf32);
     let (stem, classes, default_image) = match args.stem {
         StemArg::Cifar => (Stem::Cifar, 10, 32),
         StemArg::Imagenet => (Stem::ImageNet, 1000, if args.quick { 64 } else { 224 }),

@@ -104,7 +104,8 @@ struct Args {
     /// Use only the first N test images.
     #[arg(long, value_name = "N")]
     limit_test: Option<usize>,
-    /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature and an NVIDIA GPU).
+    /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature and an NVIDIA GPU); with
+    /// --dist, `cuda` is `cuda:<local rank>`.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Worker threads of the CPU kernels [default: all cores].
@@ -363,7 +364,7 @@ fn run(args: Args, group: ProcessGroup) -> AnyResult<()> {
         );
     }
 
-    let device = harness::open_device(&args.device, false)?;
+    let device = harness::open_device(&harness::rank_device(&args.device, &group), false)?;
     let mut model =
         DenseNet::new(config.clone(), DType::F32, &device, args.seed)?.with_memory(args.mode);
     say!(

@@ -196,7 +196,7 @@ fn run(a: &Args, group: ProcessGroup) -> Result<(), Box<dyn std::error::Error>> 
         n_embd: a.embd,
         dropout: 0.0,
     };
-    let dev = harness::open_device(&a.device, false)?;
+    let dev = harness::open_device(&harness::rank_device(&a.device, &group), false)?;
     let mut model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?.with_memory_mode(mode);
     say!(
         is_root,

@@ -18,7 +18,7 @@ pub use dist_report::{print_dist_cases, DistCaseResult, StepCommStats};
 pub use measure::{image_batch, measure_steps, Measurement};
 pub use report::{
     cpu_label, exit_code, exit_or_abort, open_device, open_device_with, print_case, print_front,
-    print_header, print_profile, CaseResult,
+    print_header, print_profile, rank_device, CaseResult,
 };
 pub use stats::{fitted_exponent, median};
 pub use svg::svg_chart;

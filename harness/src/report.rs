@@ -143,6 +143,16 @@ pub fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
     open_device_with(spec, options)
 }
 
+/// The device spec of this rank of a data-parallel run: plain `cuda` becomes `cuda:<local
+/// rank>` (each process of a machine its own GPU) in a world of more than one; any other spec
+/// stays as given.
+pub fn rank_device(spec: &str, group: &dist::ProcessGroup) -> String {
+    match (spec, group.world_size()) {
+        ("cuda", n) if n > 1 => format!("cuda:{}", group.local_rank()),
+        _ => spec.to_string(),
+    }
+}
+
 /// [`open_device`] with every CUDA option given (ignored for `cpu`).
 pub fn open_device_with(spec: &str, options: tape::CudaOptions) -> Result<Device, String> {
     if spec == "cpu" {

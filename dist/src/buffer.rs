@@ -121,7 +121,10 @@ pub struct Pending<T>(Inner<T>);
 
 enum Inner<T> {
     Done(Result<T>),
-    Running { rx: Receiver<(T, f64)>, rank: usize },
+    Running {
+        rx: Receiver<(Result<T>, f64)>,
+        rank: usize,
+    },
 }
 
 impl<T> Pending<T> {
@@ -132,7 +135,7 @@ impl<T> Pending<T> {
 
     /// A collective whose result, with the seconds it ran, `rx` will receive (from the
     /// communication thread of `rank`).
-    pub fn running(rx: Receiver<(T, f64)>, rank: usize) -> Self {
+    pub fn running(rx: Receiver<(Result<T>, f64)>, rank: usize) -> Self {
         Pending(Inner::Running { rx, rank })
     }
 
@@ -146,7 +149,10 @@ impl<T> Pending<T> {
     pub fn wait_timed(self) -> Result<(T, f64)> {
         match self.0 {
             Inner::Done(r) => r.map(|t| (t, 0.0)),
-            Inner::Running { rx, rank } => rx.recv().map_err(|_| DistError::Stopped { rank }),
+            Inner::Running { rx, rank } => {
+                let (result, secs) = rx.recv().map_err(|_| DistError::Stopped { rank })?;
+                result.map(|t| (t, secs))
+            }
         }
     }
 }

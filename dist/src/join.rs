@@ -12,6 +12,8 @@ pub enum DistKind {
     None,
     /// The world `mpirun` started (without `mpirun`: this process alone, through MPI).
     Mpi,
+    /// The same world, its all-reduces and broadcasts on GPU `local rank` with NCCL.
+    Nccl,
 }
 
 impl FromStr for DistKind {
@@ -21,18 +23,39 @@ impl FromStr for DistKind {
         match s {
             "none" => Ok(DistKind::None),
             "mpi" => Ok(DistKind::Mpi),
-            other => Err(format!("unknown --dist '{other}': expected none or mpi")),
+            "nccl" => Ok(DistKind::Nccl),
+            other => Err(format!(
+                "unknown --dist '{other}': expected none, mpi or nccl"
+            )),
         }
     }
 }
 
-/// Joins the world `kind` names: [`DistKind::Mpi`] needs the cargo feature `mpi` (an error
-/// saying so without it) and can be joined once per process.
+/// Joins the world `kind` names: [`DistKind::Mpi`] needs the cargo feature `mpi`,
+/// [`DistKind::Nccl`] the feature `nccl` (an error saying so without it); either can be joined
+/// once per process.
 pub fn join(kind: DistKind) -> Result<ProcessGroup> {
     match kind {
         DistKind::None => Ok(ProcessGroup::single()),
         DistKind::Mpi => join_mpi(),
+        DistKind::Nccl => join_nccl(),
     }
+}
+
+#[cfg(feature = "nccl")]
+fn join_nccl() -> Result<ProcessGroup> {
+    let mpi = std::sync::Arc::new(crate::mpi_transport::MpiTransport::start()?);
+    let nccl = crate::nccl_transport::NcclTransport::start(mpi)?;
+    Ok(ProcessGroup::over(std::sync::Arc::new(nccl)))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn join_nccl() -> Result<ProcessGroup> {
+    Err(crate::error::DistError::Join(
+        "--dist nccl needs a build with the cargo feature `nccl` (and NCCL and Open MPI \
+         installed)"
+            .into(),
+    ))
 }
 
 #[cfg(feature = "mpi")]

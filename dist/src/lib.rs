@@ -22,6 +22,8 @@ mod join;
 mod module_sync;
 #[cfg(feature = "mpi")]
 mod mpi_transport;
+#[cfg(feature = "nccl")]
+mod nccl_transport;
 mod sampler;
 mod transport;
 

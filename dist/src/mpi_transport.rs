@@ -78,7 +78,7 @@ impl MpiTransport {
         let boxed: Job = Box::new(move |world| {
             let t0 = Instant::now();
             let out = job(world);
-            let _ = tx.send((out, t0.elapsed().as_secs_f64()));
+            let _ = tx.send((Ok(out), t0.elapsed().as_secs_f64()));
         });
         let sent = match self.jobs.lock() {
             Ok(guard) => guard.as_ref().is_some_and(|s| s.send(boxed).is_ok()),

@@ -4,16 +4,20 @@
 //! averaged gradients equal the mean of one process's gradients on each rank's shard (1e-10
 //! relative, per parameter), the parameters are the same bits on every rank, and the step makes
 //! no collective call beyond the buffers' broadcast, the gradient buckets and the anomaly flag
-//! (counted: none in forward or in a recompute). Any failure names the rank and aborts the job.
+//! (counted: none in forward or in a recompute). Then a NaN loss on rank 1 only: every rank
+//! skips the update. Any failure names the rank and aborts the job.
 
 use densenet::data::epoch_order;
-use densenet::train::{forward_backward, seed_sgd_config, train_step_ddp, StepOptions};
+use densenet::train::{
+    forward_backward, forward_backward_ddp, seed_sgd_config, train_step_ddp, StepOptions,
+};
 use densenet::{DenseNet, DenseNetConfig, Memory};
 use dist::{broadcast_buffers, join, Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup};
 use std::hash::{Hash, Hasher};
 use tape::nn::{self, LoadOptions};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
+use trainer::anomaly::{step_if_finite_global, GuardError};
 
 const GLOBAL: usize = 64;
 const IMAGE: usize = 8;
@@ -139,6 +143,51 @@ fn data_parallel_steps(g: &ProcessGroup, mode: Memory) -> Check {
     Ok(())
 }
 
+/// The global anomaly check on a real step: rank 1's loss is NaN (its gradients, averaged with
+/// the others', are finite), and every rank skips the update and fails naming the step; the
+/// parameters stay as they were and equal on every rank.
+fn nan_on_one_rank(g: &ProcessGroup) -> Check {
+    let dev = Device::cpu();
+    let mut model = DenseNet::new(config(), DType::F64, &dev, 7).map_err(e)?;
+    let ddp = Ddp::new(g.clone(), &mut model, DdpOptions::default()).map_err(e)?;
+    let mut sgd = Sgd::new(seed_sgd_config()).map_err(e)?;
+    let x = Tensor::randn(
+        &[4, 3, IMAGE, IMAGE],
+        DType::F64,
+        &dev,
+        30 + g.rank() as u64,
+    )
+    .map_err(e)?;
+    let out = forward_backward_ddp(&model, &x, &[0, 1, 2, 3], 0, &ddp).map_err(e)?;
+    let nan = Tensor::from_f64(&[f64::NAN], &[1], DType::F64, &dev).map_err(e)?;
+    let loss = if g.rank() == 1 {
+        &nan
+    } else {
+        out.loss_tensor()
+    };
+    let before = param_hash(&model);
+    let step = step_if_finite_global(g, &mut model, &mut sgd, loss, &out.grads, 5);
+    let Err(GuardError::NonFinite(n)) = step else {
+        return Err(format!("rank {}: the step was not skipped", g.rank()));
+    };
+    let culprit = if g.rank() == 1 {
+        "the loss"
+    } else {
+        "another rank"
+    };
+    if n.step != 5 || !n.what.contains(culprit) {
+        return Err(format!("rank {}: skipped as {n}", g.rank()));
+    }
+    if param_hash(&model) != before {
+        return Err("the skipped step changed the parameters".into());
+    }
+    let hashes = g.all_gather_f64(&[before as f64]).map_err(e)?;
+    if hashes.iter().any(|h| h != &hashes[0]) {
+        return Err("parameters differ across ranks".into());
+    }
+    Ok(())
+}
+
 fn main() {
     let g = match join(DistKind::Mpi) {
         Ok(g) => g,
@@ -163,6 +212,15 @@ fn main() {
                 "data-parallel DenseNet steps, {mode} ... ok (world size {})",
                 g.world_size()
             );
+        }
+    }
+    if g.world_size() > 1 {
+        if let Err(msg) = nan_on_one_rank(&g) {
+            eprintln!("rank {} of {}: FAILED: {msg}", g.rank(), g.world_size());
+            g.abort(1);
+        }
+        if g.is_root() {
+            println!("a NaN loss on rank 1 skips the step on every rank ... ok");
         }
     }
 }

@@ -3,21 +3,10 @@
 
 use crate::buffer::{Buf, Pending};
 use crate::error::{DistError, Result};
-use crate::transport::{Single, Transport};
+use crate::transport::{ReduceOp, Single, Transport};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tape::Tensor;
-
-/// A reduction across ranks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReduceOp {
-    /// Element-wise sum.
-    Sum,
-    /// Element-wise mean (the sum divided by the world size).
-    Mean,
-    /// Element-wise maximum.
-    Max,
-}
 
 /// What a group's collectives have done so far (this process's view).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

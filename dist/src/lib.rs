@@ -14,6 +14,7 @@
 //!   become final in recompute order: buckets follow readiness, learned in the first step (as
 //!   DDP rebuilds its buckets after its first iteration), not declaration order.
 
+mod bucket_state;
 mod buffer;
 mod ddp;
 mod error;
@@ -27,11 +28,12 @@ mod nccl_transport;
 mod sampler;
 mod transport;
 
+pub use bucket_state::{BucketLaunch, StepComm};
 pub use buffer::{Buf, Pending};
-pub use ddp::{BucketLaunch, Ddp, DdpOptions, StepComm};
+pub use ddp::{Ddp, DdpOptions};
 pub use error::{DistError, Result};
-pub use group::{CommStats, ProcessGroup, ReduceOp};
+pub use group::{CommStats, ProcessGroup};
 pub use join::{join, DistKind};
 pub use module_sync::{broadcast_buffers, broadcast_module, module_fingerprint};
 pub use sampler::DistributedSampler;
-pub use transport::{Single, Transport};
+pub use transport::{ReduceOp, Single, Transport};

@@ -5,8 +5,7 @@
 
 use crate::buffer::{Buf, Pending};
 use crate::error::{DistError, Result};
-use crate::group::ReduceOp;
-use crate::transport::Transport;
+use crate::transport::{ReduceOp, Transport};
 use mpi::collective::SystemOperation;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;

@@ -7,8 +7,7 @@
 
 use crate::buffer::{Buf, Pending};
 use crate::error::{DistError, Result};
-use crate::group::ReduceOp;
-use crate::transport::Transport;
+use crate::transport::{ReduceOp, Transport};
 use cudarc::driver::{CudaContext, DeviceRepr};
 use cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp as NcclOp};
 use std::sync::mpsc::{channel, Sender};

@@ -1,9 +1,19 @@
-//! [`Transport`]: what a backend (the single-process world, MPI) does for a
+//! [`Transport`]: what a backend (the single-process world, MPI, NCCL) does for a
 //! [`ProcessGroup`](crate::ProcessGroup): collectives on host buffers, started now and waited for
 //! later.
 
 use crate::buffer::{Buf, Pending};
-use crate::group::ReduceOp;
+
+/// A reduction across ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Element-wise sum.
+    Sum,
+    /// Element-wise mean (the sum divided by the world size).
+    Mean,
+    /// Element-wise maximum.
+    Max,
+}
 
 /// The collectives of one backend. Calls are matched across ranks by their order, so every
 /// rank starts the same collectives in the same order; a backend runs them in the order

@@ -8,15 +8,21 @@
 //! two cores; `-- --json` prints one JSON object per case. On a GPU (a build with
 //! `--features cuda`): `-- --device cuda`; the GPU's used bytes (`cuMemGetInfo`) are printed beside
 //! the engine's peak. `-- --imagenet` adds DenseNet-121 on 224x224 images (batch 64).
+//!
+//! Data parallel (a build with `--features mpi`): `mpirun -np 2 target/release/examples/benchmark
+//! --dist mpi --batch 32` measures each rank's step on its shard (`--batch` per process); rank 0
+//! prints one row per rank and the step's communication (bytes all-reduced, buckets, seconds
+//! communicating and seconds exposed after backward). The depth sweep is skipped.
 
 use clap::Parser;
 use densenet::{DenseNetConfig, Memory};
 use densenet_suite::densenet_bench::{
-    explain_training_step, measure_training_step, profile_training_step,
+    explain_training_step, measure_training_step, measure_training_step_ddp, profile_training_step,
 };
+use dist::{DdpOptions, DistKind, ProcessGroup};
 use harness::{
-    fitted_exponent, open_device_with, print_case, print_header, print_memory_report,
-    print_profile, svg_chart, CaseResult,
+    fitted_exponent, open_device_with, print_case, print_dist_cases, print_header,
+    print_memory_report, print_profile, svg_chart, CaseResult, DistCaseResult,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,6 +108,14 @@ struct Args {
     /// per role and the 15 largest buffers with the module that made them.
     #[arg(long)]
     explain: bool,
+    /// Data parallel: `mpi` joins the world `mpirun -np N` started (a build with `--features
+    /// mpi`); `--batch` is per process.
+    #[arg(long, default_value = "none")]
+    dist: DistKind,
+    /// With --dist: gradient bucket size in MB (the first bucket: at most 1 MiB), as DDP's
+    /// `bucket_cap_mb`.
+    #[arg(long, default_value_t = 25.0)]
+    bucket_mb: f64,
 }
 
 /// A mode of the main table.
@@ -130,8 +144,10 @@ impl Table<'_> {
         json: bool,
         (profile, explain): (bool, bool),
         device: &dyn Fn() -> Result<Device, String>,
+        group: Option<(&ProcessGroup, DdpOptions)>,
     ) -> Result<(), String> {
         let mut done: Vec<CaseResult> = Vec::new();
+        let mut naive_rows: Vec<DistCaseResult> = Vec::new();
         for &mode in modes {
             let mode =
                 match mode {
@@ -151,6 +167,33 @@ impl Table<'_> {
                     }
                     }
                 };
+            if let Some((group, options)) = group {
+                let (case, comm) = measure_training_step_ddp(
+                    &device()?,
+                    self.name,
+                    self.config,
+                    mode,
+                    self.batch,
+                    self.image,
+                    1,
+                    iters,
+                    group,
+                    options,
+                )
+                .map_err(|e| e.to_string())?;
+                let row = DistCaseResult {
+                    case: case.clone(),
+                    world_size: group.world_size(),
+                    rank: group.rank(),
+                    comm,
+                };
+                let rows = print_dist_cases(group, &row, json, &naive_rows)?;
+                if mode == Memory::Naive {
+                    naive_rows = rows;
+                }
+                done.push(case);
+                continue;
+            }
             let r = measure_training_step(
                 &device()?,
                 self.name,
@@ -216,7 +259,14 @@ fn print_plan(
     Ok(())
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
+    let root = group.is_none_or(ProcessGroup::is_root);
+    let bucket_bytes = (args.bucket_mb * 1e6) as usize;
+    let ddp_options = DdpOptions {
+        bucket_bytes,
+        first_bucket_bytes: bucket_bytes.min(DdpOptions::default().first_bucket_bytes),
+    };
+    let reducer = group.map(|g| (g, ddp_options));
     // Opened once up front so a missing GPU or library fails before any work.
     let options = tape::CudaOptions {
         tf32: args.tf32,
@@ -224,9 +274,13 @@ fn run(args: &Args) -> Result<(), String> {
         persistent_workspace: args.persistent_workspace,
         ..tape::CudaOptions::default()
     };
-    let probe = open_device_with(&args.device, options)?;
+    let spec = match group {
+        Some(g) => harness::rank_device(&args.device, g),
+        None => args.device.clone(),
+    };
+    let probe = open_device_with(&spec, options)?;
     let gpu = probe.is_cuda();
-    let device = || open_device_with(&args.device, options);
+    let device = || open_device_with(&spec, options);
     let batch = args.batch.unwrap_or(if args.quick { 8 } else { 64 });
     let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
     let mut modes: Vec<Mode> = args
@@ -254,7 +308,16 @@ fn run(args: &Args) -> Result<(), String> {
         ),
     };
     let header = || print_header(&probe);
-    if !args.json && !args.no_main {
+    if !args.json && !args.no_main && root {
+        if let Some(g) = group {
+            println!(
+                "data parallel: {} processes ({}), batch {} per process, {} in all",
+                g.world_size(),
+                g.backend(),
+                batch,
+                batch * g.world_size()
+            );
+        }
         if gpu {
             println!(
                 "{main_name}, {}x{} images, {}, one SGD step; {}",
@@ -290,10 +353,11 @@ fn run(args: &Args) -> Result<(), String> {
             args.json,
             (args.profile, args.explain),
             &device,
+            reducer,
         )?;
     }
     if args.imagenet {
-        if !args.json {
+        if !args.json && root {
             println!(
                 "\nImageNet: DenseNet-121 (k=32), 224x224 images, batch {}",
                 args.imagenet_batch
@@ -313,9 +377,10 @@ fn run(args: &Args) -> Result<(), String> {
             args.json,
             (args.profile, args.explain),
             &device,
+            reducer,
         )?;
     }
-    if args.no_sweep {
+    if args.no_sweep || group.is_some() {
         return Ok(());
     }
 
@@ -379,5 +444,17 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    harness::exit_code(run(&Args::parse()))
+    let args = Args::parse();
+    let group = match args.dist {
+        DistKind::None => None,
+        kind => match dist::join(kind) {
+            Ok(g) => Some(g),
+            Err(e) => return harness::exit_code(Err(e)),
+        },
+    };
+    let result = run(&args, group.as_ref());
+    match &group {
+        Some(g) => harness::exit_or_abort(result, g),
+        None => harness::exit_code(result),
+    }
 }

@@ -6,13 +6,19 @@
 //!
 //! `cargo run --release --example gpt_benchmark` (CPU); `-- --quick` finishes in about a minute
 //! on two cores; `-- --json` prints one JSON object per case. On a GPU (a build with
-//! `--features cuda`): `-- --device cuda`.
+//! `--features cuda`): `-- --device cuda`. Data parallel (a build with `--features mpi`):
+//! `mpirun -np 2 target/release/examples/gpt_benchmark --dist mpi --batch 16`, `--batch` per
+//! process (each rank its own tokens); rank 0 prints every rank's row and its communication.
 
 use checkpoint::planner::{Plan, PlanOptions};
 use clap::Parser;
-use gpt::train::{adam, train_step};
+use dist::{Ddp, DdpOptions, DistKind, ProcessGroup};
+use gpt::train::{adam, train_step, train_step_ddp};
 use gpt::{Gpt, GptConfig, MemoryMode, TokenBatch};
-use harness::{open_device, print_case, print_front, print_header, CaseResult};
+use harness::{
+    open_device, print_case, print_dist_cases, print_front, print_header, CaseResult,
+    DistCaseResult, StepCommStats,
+};
 use std::process::ExitCode;
 use tape::{DType, Device};
 
@@ -47,6 +53,10 @@ struct Args {
     /// Print one JSON object per case instead of tables.
     #[arg(long)]
     json: bool,
+    /// Data parallel: `mpi` joins the world `mpirun -np N` started (a build with `--features
+    /// mpi`); `--batch` is per process.
+    #[arg(long, default_value = "none")]
+    dist: DistKind,
 }
 
 const VOCAB: usize = 96;
@@ -62,11 +72,17 @@ fn config(a: &Args, seq: usize, layers: usize) -> GptConfig {
     }
 }
 
-fn tokens(batch: usize, seq: usize) -> gpt::Result<TokenBatch> {
-    let ids = |k: usize| (0..batch * seq).map(|i| (i * 31 + k) % VOCAB).collect();
+/// A batch of tokens; `shard` (a rank) shifts them, so that each rank has its own.
+fn tokens(batch: usize, seq: usize, shard: usize) -> gpt::Result<TokenBatch> {
+    let ids = |k: usize| {
+        (0..batch * seq)
+            .map(|i| (i * 31 + k + 7 * shard) % VOCAB)
+            .collect()
+    };
     TokenBatch::new(ids(0), ids(1), batch, seq)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn measure(
     a: &Args,
     dev: &Device,
@@ -75,12 +91,29 @@ fn measure(
     batch: usize,
     seq: usize,
     iters: usize,
-) -> gpt::Result<CaseResult> {
+    group: Option<&ProcessGroup>,
+) -> gpt::Result<(CaseResult, StepCommStats)> {
     let mut model = Gpt::new(cfg.clone(), DType::F32, dev, 0)?.with_memory_mode(mode);
     let mut opt = adam(1e-3)?;
-    let b = tokens(batch, seq)?;
+    let b = tokens(batch, seq, group.map_or(0, ProcessGroup::rank))?;
+    let ddp = match group {
+        Some(g) => Some(Ddp::new(g.clone(), &mut model, DdpOptions::default())?),
+        None => None,
+    };
+    let mut comms = Vec::new();
     let measured = harness::measure_steps(dev, 1, iters, |i| {
-        train_step(&mut model, &mut opt, &b, i).map(|_| ())
+        match &ddp {
+            Some(ddp) => {
+                train_step_ddp(&mut model, &mut opt, &b, i, ddp)?;
+                if i >= 1 {
+                    comms.push(ddp.last_step());
+                }
+            }
+            None => {
+                train_step(&mut model, &mut opt, &b, i)?;
+            }
+        }
+        Ok::<(), gpt::GptError>(())
     })?;
     let name = match mode {
         MemoryMode::Naive => "naive".to_string(),
@@ -90,7 +123,7 @@ fn measure(
         MemoryMode::Budget(bytes) => format!("budget:{:.1}MB", bytes as f64 / 1e6),
     };
     let _ = a;
-    Ok(CaseResult {
+    let case = CaseResult {
         model: format!("gpt_{}x{}", cfg.n_layer, cfg.n_embd),
         mode: name,
         device: dev.to_string(),
@@ -99,10 +132,15 @@ fn measure(
         seq_len: Some(seq),
         depth: Some(cfg.n_layer),
         measured,
-    })
+    };
+    Ok((case, StepCommStats::mean(&comms)))
 }
 
-fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(a: &Args, group: Option<&ProcessGroup>) -> Result<(), Box<dyn std::error::Error>> {
+    let spec = match group {
+        Some(g) => harness::rank_device(&a.device, g),
+        None => a.device.clone(),
+    };
     let batch = a.batch.unwrap_or(if a.quick { 16 } else { 32 });
     let seq = a.seq.unwrap_or(if a.quick { 128 } else { 256 });
     let layers = a.layers.unwrap_or(if a.quick { 8 } else { 12 });
@@ -112,7 +150,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // The budget: halfway between the chain's least feasible peak and its naive peak, as the
     // planner predicts them on a fresh device (bytes held as the chain starts included).
     let (front, budget) = {
-        let dev = open_device(&a.device, false)?;
+        let dev = open_device(&spec, false)?;
         let model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?;
         let cm = model.chain_model(batch, seq)?;
         let naive = cm.predict(&Plan::keep_all(layers))?.peak;
@@ -122,7 +160,14 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             least + (naive - least) / 2,
         )
     };
-    if !a.json {
+    if !a.json && group.is_none_or(ProcessGroup::is_root) {
+        if let Some(g) = group {
+            println!(
+                "data parallel: {} processes ({}), batch {batch} per process",
+                g.world_size(),
+                g.backend()
+            );
+        }
         println!(
             "GPT: {layers} blocks, width {}, {} heads, vocab {VOCAB}, batch {batch} x {seq} tokens, f32, Adam; {iters} measured steps",
             a.embd, a.heads
@@ -137,11 +182,28 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         MemoryMode::Budget(budget),
     ];
     let mut rows: Vec<CaseResult> = Vec::new();
+    let mut naive_rows: Vec<DistCaseResult> = Vec::new();
     for mode in modes {
-        let dev = open_device(&a.device, false)?;
-        let r = measure(a, &dev, &cfg, mode, batch, seq, iters)?;
+        let dev = open_device(&spec, false)?;
+        let (r, comm) = measure(a, &dev, &cfg, mode, batch, seq, iters, group)?;
+        if let Some(g) = group {
+            let row = DistCaseResult {
+                case: r,
+                world_size: g.world_size(),
+                rank: g.rank(),
+                comm,
+            };
+            let all = print_dist_cases(g, &row, a.json, &naive_rows)?;
+            if naive_rows.is_empty() {
+                naive_rows = all;
+            }
+            continue;
+        }
         print_case(&r, a.json, rows.first());
         rows.push(r);
+    }
+    if group.is_some() {
+        return Ok(());
     }
     if !a.json {
         println!();
@@ -151,5 +213,17 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    harness::exit_code(run(&Args::parse()))
+    let args = Args::parse();
+    let group = match args.dist {
+        DistKind::None => None,
+        kind => match dist::join(kind) {
+            Ok(g) => Some(g),
+            Err(e) => return harness::exit_code(Err(e)),
+        },
+    };
+    let result = run(&args, group.as_ref());
+    match &group {
+        Some(g) => harness::exit_or_abort(result, g),
+        None => harness::exit_code(result),
+    }
 }

@@ -7,11 +7,19 @@
 //! `cargo run --release --example resnet_benchmark` (ResNet-18, CIFAR stem, 32x32, batch 64, CPU);
 //! `-- --quick` finishes in about a minute on two cores; `-- --depth 50 --stem imagenet` for
 //! ResNet-50 on 224x224 images; `-- --json` prints one JSON object per row. On a GPU (a build with
-//! `--features cuda`): `-- --device cuda`.
+//! `--features cuda`): `-- --device cuda`. Data parallel (a build with `--features mpi`):
+//! `mpirun -np 2 target/release/examples/resnet_benchmark --dist mpi --batch 32`, `--batch` per
+//! process; rank 0 prints every rank's row and its communication; no planner front.
 
 use clap::{Parser, ValueEnum};
-use densenet_suite::resnet_bench::{measure_training_step, planner_front};
-use harness::{open_device, print_case, print_front, print_header, CaseResult};
+use densenet_suite::resnet_bench::{
+    measure_training_step, measure_training_step_ddp, planner_front,
+};
+use dist::{DdpOptions, DistKind, ProcessGroup};
+use harness::{
+    open_device, print_case, print_dist_cases, print_front, print_header, CaseResult,
+    DistCaseResult,
+};
 use resnet::{Memory, ResNetConfig, Stem};
 use std::process::ExitCode;
 
@@ -58,11 +66,51 @@ struct Args {
     /// Print one JSON object per row instead of tables.
     #[arg(long)]
     json: bool,
+    /// Data parallel: `mpi` joins the world `mpirun -np N` started (a build with `--features
+    /// mpi`); `--batch` is per process.
+    #[arg(long, default_value = "none")]
+    dist: DistKind,
 }
 
-fn run(args: &Args) -> Result<(), String> {
-    let probe = open_device(&args.device, args.tf32)?;
-    let device = || open_device(&args.device, args.tf32);
+/// The three rows of every rank of a data-parallel run, printed by rank 0.
+fn run_dist(
+    args: &Args,
+    group: &ProcessGroup,
+    measure: &dyn Fn(Memory) -> Result<(CaseResult, harness::StepCommStats), String>,
+) -> Result<(), String> {
+    let row = |memory: Memory| -> Result<DistCaseResult, String> {
+        let (case, comm) = measure(memory)?;
+        Ok(DistCaseResult {
+            case,
+            world_size: group.world_size(),
+            rank: group.rank(),
+            comm,
+        })
+    };
+    let naive = print_dist_cases(group, &row(Memory::Naive)?, args.json, &[])?;
+    let per_block = print_dist_cases(group, &row(Memory::PerBlock)?, args.json, &naive)?;
+    let peak = |rows: &[DistCaseResult]| rows[group.rank()].case.measured.peak_bytes;
+    // Every rank the same budget: rank 0's midpoint.
+    let mut budget = [((peak(&naive) + peak(&per_block)) / 2) as f64];
+    group
+        .broadcast_f64(&mut budget, 0)
+        .map_err(|e| e.to_string())?;
+    print_dist_cases(
+        group,
+        &row(Memory::Budget(budget[0] as u64))?,
+        args.json,
+        &naive,
+    )?;
+    Ok(())
+}
+
+fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
+    let spec = match group {
+        Some(g) => harness::rank_device(&args.device, g),
+        None => args.device.clone(),
+    };
+    let probe = open_device(&spec, args.tf32)?;
+    let device = || open_device(&spec, args.tf32);
     let (stem, classes, default_image) = match args.stem {
         StemArg::Cifar => (Stem::Cifar, 10, 32),
         StemArg::Imagenet => (Stem::ImageNet, 1000, if args.quick { 64 } else { 224 }),
@@ -79,12 +127,28 @@ fn run(args: &Args) -> Result<(), String> {
     let image = args.image.unwrap_or(default_image);
     let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
     let name = config.name();
-    if !args.json {
+    if !args.json && group.is_none_or(ProcessGroup::is_root) {
+        if let Some(g) = group {
+            println!(
+                "data parallel: {} processes ({}), batch {batch} per process",
+                g.world_size(),
+                g.backend()
+            );
+        }
         println!(
             "{name}, {image}x{image} images, batch {batch}, fp32, one SGD step; {}",
             harness::device_label(&probe)
         );
         print_header(&probe);
+    }
+    if let Some(g) = group {
+        let measure = |memory: Memory| {
+            let sizes = (batch, image, iters);
+            let options = DdpOptions::default();
+            measure_training_step_ddp(&device()?, &config, memory, sizes, g, options)
+                .map_err(|e| format!("{memory}: {e}"))
+        };
+        return run_dist(args, g, &measure);
     }
     let measure = |memory: Memory| -> Result<CaseResult, String> {
         measure_training_step(&device()?, &config, memory, batch, image, iters)
@@ -106,5 +170,17 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    harness::exit_code(run(&Args::parse()))
+    let args = Args::parse();
+    let group = match args.dist {
+        DistKind::None => None,
+        kind => match dist::join(kind) {
+            Ok(g) => Some(g),
+            Err(e) => return harness::exit_code(Err(e)),
+        },
+    };
+    let result = run(&args, group.as_ref());
+    match &group {
+        Some(g) => harness::exit_or_abort(result, g),
+        None => harness::exit_code(result),
+    }
 }

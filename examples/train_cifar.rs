@@ -7,17 +7,22 @@
 //! every epoch, and `--resume` continues from them. `--device cuda:0` trains on a GPU (a build
 //! with `--features cuda`).
 //!
+//! With `--dist mpi` (a build with `--features mpi`) it joins the world `mpirun -np N` started:
+//! data-parallel training, `--batch` per process, rank 0 alone printing and writing `--out`.
+//!
 //! ```text
 //! cargo run --release --example train_cifar -- --data ~/cifar-10-batches-bin --out runs/bc100
 //! cargo run --release --example train_cifar            # no data: a quick SYNTHETIC run
+//! mpirun -np 2 target/release/examples/train_cifar --dist mpi --batch 32
 //! ```
 
 use clap::Parser;
 use densenet::data::{
-    epoch_batches, load_cifar10, synthetic, Augment, Dataset, CIFAR10_MEAN, CIFAR10_STD,
+    epoch_order, load_cifar10, synthetic, Augment, Dataset, CIFAR10_MEAN, CIFAR10_STD,
 };
-use densenet::train::{count_correct, predict, train_step_with, StepOptions};
+use densenet::train::{count_correct, predict, train_step_ddp, train_step_with, StepOptions};
 use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
+use dist::{Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -99,7 +104,8 @@ struct Args {
     /// Use only the first N test images.
     #[arg(long, value_name = "N")]
     limit_test: Option<usize>,
-    /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature and an NVIDIA GPU).
+    /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature and an NVIDIA GPU); with
+    /// --dist, `cuda` is `cuda:<local rank>`.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Worker threads of the CPU kernels [default: all cores].
@@ -108,6 +114,23 @@ struct Args {
     /// Train without random crops and flips.
     #[arg(long)]
     no_augment: bool,
+    /// Data-parallel training: `mpi` joins the world `mpirun -np N` started (a build with
+    /// `--features mpi`; without mpirun, a world of one). `--batch` is per process.
+    #[arg(long, default_value = "none")]
+    dist: DistKind,
+    /// Fault injection for tests: RANK:STEP makes that rank's training step STEP (0-based over
+    /// the run) fail as bad data would.
+    #[arg(long, hide = true, value_name = "RANK:STEP")]
+    fail_at: Option<String>,
+}
+
+/// Prints on rank 0 only.
+macro_rules! say {
+    ($root:expr, $($t:tt)*) => {
+        if $root {
+            println!($($t)*);
+        }
+    };
 }
 
 fn parse_mode(s: &str) -> Result<Memory, String> {
@@ -120,13 +143,16 @@ fn evaluate(
     ds: &Dataset,
     batch: usize,
     device: &Device,
+    group: &ProcessGroup,
 ) -> densenet::Result<(f64, f64)> {
     if ds.is_empty() {
         return Ok((f64::NAN, f64::NAN));
     }
     let (mut loss, mut correct) = (0.0, 0usize);
-    let all: Vec<usize> = (0..ds.len()).collect();
-    for idx in all.chunks(batch) {
+    // Each rank evaluates every world-th image; the sums are added over the ranks.
+    let (rank, world) = (group.rank(), group.world_size());
+    let mine: Vec<usize> = (rank..ds.len()).step_by(world).collect();
+    for idx in mine.chunks(batch) {
         let b = ds.batch(idx, DType::F32, device)?;
         let logits = predict(model, &b.images)?;
         correct += count_correct(&logits, &b.labels)?;
@@ -137,7 +163,8 @@ fn evaluate(
             loss += lse - row[label];
         }
     }
-    Ok((loss / ds.len() as f64, correct as f64 / ds.len() as f64))
+    let sums = group.sum_f64(&[loss, correct as f64])?;
+    Ok((sums[0] / ds.len() as f64, sums[1] / ds.len() as f64))
 }
 
 fn model_config(args: &Args, synthetic_run: bool) -> AnyResult<DenseNetConfig> {
@@ -151,12 +178,13 @@ fn model_config(args: &Args, synthetic_run: bool) -> AnyResult<DenseNetConfig> {
     Ok(config)
 }
 
-fn load_data(args: &Args) -> AnyResult<(Dataset, Dataset, &'static str)> {
+fn load_data(args: &Args, root: bool) -> AnyResult<(Dataset, Dataset, &'static str)> {
     let (mut train, mut test, kind) = match &args.data {
         Some(dir) => {
             let t0 = Instant::now();
             let (train, test) = load_cifar10(dir)?;
-            println!(
+            say!(
+                root,
                 "loaded CIFAR-10 from {}: {} train / {} test images in {:.1} s",
                 dir.display(),
                 train.len(),
@@ -166,7 +194,10 @@ fn load_data(args: &Args) -> AnyResult<(Dataset, Dataset, &'static str)> {
             (train, test, "cifar10")
         }
         None => {
-            println!("no --data given: training on a SYNTHETIC dataset (not CIFAR-10)");
+            say!(
+                root,
+                "no --data given: training on a SYNTHETIC dataset (not CIFAR-10)"
+            );
             let n_train = args.limit_train.unwrap_or(SYNTH_TRAIN);
             let n_test = args.limit_test.unwrap_or(SYNTH_TEST);
             let (train, test) = synthetic(n_train, n_test, 10, 32, mix64(args.seed ^ 0x5EED));
@@ -197,16 +228,22 @@ struct CifarTask {
     seed: u64,
     device: Device,
     config: DenseNetConfig,
+    group: ProcessGroup,
+    /// The gradient reducer of a data-parallel run (`--dist`).
+    ddp: Option<Ddp>,
+    /// A step (over the run) at which this rank fails, for fault tests.
+    fail_at: Option<u64>,
 }
 
 impl CifarTask {
+    /// This rank's share of the epoch (the whole epoch in a world of one), in batches.
+    fn sampler(&self) -> DistributedSampler {
+        DistributedSampler::new(self.train.len(), self.group.rank(), self.group.world_size())
+    }
+
     fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
-        epoch_batches(
-            self.train.len(),
-            self.batch,
-            self.shuffle_seed,
-            epoch as u64,
-        )
+        let order = epoch_order(self.train.len(), self.shuffle_seed, epoch as u64);
+        self.sampler().batches(&order, self.batch)
     }
 }
 
@@ -214,14 +251,20 @@ impl Task for CifarTask {
     type Error = DenseNetError;
 
     fn steps(&self, _epoch: usize) -> usize {
-        self.train.len().div_ceil(self.batch)
+        self.sampler().num_samples().div_ceil(self.batch)
     }
 
     fn samples(&self, _epoch: usize) -> usize {
-        self.train.len()
+        self.sampler().num_samples()
     }
 
     fn train_step(&mut self, epoch: usize, step: usize, index: u64) -> densenet::Result<Queued> {
+        if self.fail_at == Some(index) {
+            return Err(DenseNetError::Data(format!(
+                "rank {}: an unreadable batch at step {index} (injected fault)",
+                self.group.rank()
+            )));
+        }
         let idx = &self.batches(epoch)[step];
         let batch = self.train.augmented_batch(
             idx,
@@ -233,13 +276,15 @@ impl Task for CifarTask {
         let step_seed = mix64(self.seed ^ mix64(((epoch as u64) << 32) | step as u64));
         // The anomaly check (on by default) stops at the first non-finite loss, gradient or
         // parameter, before the update.
-        let out = train_step_with(
-            &mut self.model,
-            &mut self.opt,
+        let (x, y, options) = (
             &batch.images,
             &batch.labels,
             StepOptions::new(index, step_seed),
-        )?;
+        );
+        let out = match &self.ddp {
+            Some(ddp) => train_step_ddp(&mut self.model, &mut self.opt, x, y, options, ddp)?,
+            None => train_step_with(&mut self.model, &mut self.opt, x, y, options)?,
+        };
         Ok(Queued {
             loss: out.loss_tensor().clone(),
             correct: Some(out.correct_tensor().clone()),
@@ -251,7 +296,8 @@ impl Task for CifarTask {
         if self.test.is_empty() {
             return Ok(None);
         }
-        let (loss, accuracy) = evaluate(&self.model, &self.test, self.batch, &self.device)?;
+        let (model, test, group) = (&self.model, &self.test, &self.group);
+        let (loss, accuracy) = evaluate(model, test, self.batch, &self.device, group)?;
         Ok(Some(Eval {
             loss,
             accuracy: Some(accuracy),
@@ -267,7 +313,8 @@ impl Task for CifarTask {
     }
 }
 
-fn run(args: Args) -> AnyResult<()> {
+fn run(args: Args, group: ProcessGroup) -> AnyResult<()> {
+    let root = group.is_root();
     if let Some(n) = args.threads {
         if n == 0 {
             return Err("--threads must be at least 1".into());
@@ -287,9 +334,10 @@ fn run(args: Args) -> AnyResult<()> {
     }
 
     let mut config = model_config(&args, synthetic_run)?;
-    let (train, test, data_kind) = load_data(&args)?;
+    let (train, test, data_kind) = load_data(&args, root)?;
     if config.num_classes != train.num_classes() {
-        println!(
+        say!(
+            root,
             "note: the preset has {} classes; using a {}-way classifier for this dataset",
             config.num_classes,
             train.num_classes()
@@ -300,24 +348,27 @@ fn run(args: Args) -> AnyResult<()> {
     config.validate()?;
     config.validate_image(h, w)?;
     if synthetic_run {
-        println!(
+        say!(
+            root,
             "data: synthetic, {} train / {} test images of {c}x{h}x{w}, {} classes (class colour + stripes + noise)",
             train.len(),
             test.len(),
             train.num_classes()
         );
     } else {
-        println!(
+        say!(
+            root,
             "data: CIFAR-10, {} train / {} test images, normalised with mean {CIFAR10_MEAN:?} std {CIFAR10_STD:?}",
             train.len(),
             test.len()
         );
     }
 
-    let device = harness::open_device(&args.device, false)?;
-    let model =
+    let device = harness::open_device(&harness::rank_device(&args.device, &group), false)?;
+    let mut model =
         DenseNet::new(config.clone(), DType::F32, &device, args.seed)?.with_memory(args.mode);
-    println!(
+    say!(
+        root,
         "model: DenseNet-BC depth {}, growth {}, blocks {:?}, {} parameters, mode {}, f32 on {}",
         config.depth(),
         config.growth_rate,
@@ -336,7 +387,8 @@ fn run(args: Args) -> AnyResult<()> {
         weight_decay: args.wd,
     })?;
     let schedule = Schedule::densenet();
-    println!(
+    say!(
+        root,
         "recipe: SGD{} momentum {}, weight decay {}, batch {}, lr {} ({}), {} epochs, {}",
         if nesterov { " Nesterov" } else { "" },
         args.momentum,
@@ -360,6 +412,26 @@ fn run(args: Args) -> AnyResult<()> {
     } else {
         Augment::cifar(mix64(args.seed ^ 0xA116))
     };
+    let ddp = match args.dist {
+        DistKind::None => None,
+        _ => Some(Ddp::new(group.clone(), &mut model, DdpOptions::default())?),
+    };
+    if ddp.is_some() {
+        say!(
+            root,
+            "data parallel: {} processes ({}), batch {} per process, {} in all",
+            group.world_size(),
+            group.backend(),
+            args.batch,
+            args.batch * group.world_size()
+        );
+    }
+    let fail_at = match &args.fail_at {
+        Some(spec) => parse_fail_at(spec)?,
+        None => None,
+    }
+    .filter(|(rank, _)| *rank == group.rank())
+    .map(|(_, step)| step);
     let mut task = CifarTask {
         model,
         opt,
@@ -371,24 +443,33 @@ fn run(args: Args) -> AnyResult<()> {
         seed: args.seed,
         device,
         config,
+        group: group.clone(),
+        ddp,
+        fail_at,
     };
     let options = FitOptions {
         run_dir: args.out.clone().map(RunDir::new),
         resume: args.resume,
         lenient: args.lenient,
+        group: group.clone(),
         ..FitOptions::new(epochs, args.lr, schedule)
     };
-    println!("data: {data_kind}");
+    say!(root, "data: {data_kind}");
     let reports = fit(&mut task, &options)?;
     let best = reports
         .iter()
         .filter_map(|r| Some((r.eval?.accuracy?, r.epoch)))
         .max_by(|a, b| a.0.total_cmp(&b.0));
     if let Some((acc, epoch)) = best {
-        println!("best test accuracy {:.2}% (epoch {epoch})", 100.0 * acc);
+        say!(
+            root,
+            "best test accuracy {:.2}% (epoch {epoch})",
+            100.0 * acc
+        );
     }
     if let Some(dir) = &options.run_dir {
-        println!(
+        say!(
+            root,
             "weights: {} (state: {})",
             dir.model_file().display(),
             dir.state_file().display()
@@ -397,6 +478,20 @@ fn run(args: Args) -> AnyResult<()> {
     Ok(())
 }
 
+/// `RANK:STEP` of `--fail-at`.
+fn parse_fail_at(spec: &str) -> AnyResult<Option<(usize, u64)>> {
+    let (rank, step) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("--fail-at wants RANK:STEP, got '{spec}'"))?;
+    Ok(Some((rank.parse()?, step.parse()?)))
+}
+
 fn main() -> ExitCode {
-    harness::exit_code(run(Args::parse()))
+    let args = Args::parse();
+    let group = match dist::join(args.dist) {
+        Ok(g) => g,
+        Err(e) => return harness::exit_code(Err(e)),
+    };
+    let result = run(args, group.clone());
+    harness::exit_or_abort(result, &group)
 }

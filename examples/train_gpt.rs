@@ -5,11 +5,16 @@
 //! generated sample.
 //!
 //! `cargo run --release --example train_gpt [-- --steps 500 --mode selective --out DIR]`
+//!
+//! Data parallel (a build with `--features mpi`): `mpirun -np 2 target/release/examples/train_gpt
+//! --dist mpi --batch 8`; `--batch` is per process, rank `r` of `N` takes window `index * N + r`
+//! of the text at step `index`, rank 0 alone prints and writes `--out`.
 
 use clap::Parser;
+use dist::{Ddp, DdpOptions, DistKind, ProcessGroup};
 use gpt::data::{Split, TextDataset};
 use gpt::generate::{generate, Sampling};
-use gpt::train::{adam, train_step};
+use gpt::train::{adam, train_step, train_step_ddp};
 use gpt::{Gpt, GptConfig, GptError, MemoryMode};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,6 +70,19 @@ struct Args {
     /// Continue from --out's saved state at the next "epoch".
     #[arg(long)]
     resume: bool,
+    /// Data parallel: `mpi` joins the world `mpirun -np N` started (a build with `--features
+    /// mpi`); `--batch` is per process.
+    #[arg(long, default_value = "none")]
+    dist: DistKind,
+}
+
+/// Prints on rank 0 only.
+macro_rules! say {
+    ($root:expr, $($t:tt)*) => {
+        if $root {
+            println!($($t)*);
+        }
+    };
 }
 
 /// The GPT on the source text as the training loop sees it.
@@ -77,6 +95,9 @@ struct GptTask {
     steps: u64,
     every: u64,
     config: GptConfig,
+    group: ProcessGroup,
+    /// The gradient reducer of a data-parallel run (`--dist`).
+    ddp: Option<Ddp>,
 }
 
 impl Task for GptTask {
@@ -92,8 +113,16 @@ impl Task for GptTask {
     }
 
     fn train_step(&mut self, _epoch: usize, _step: usize, index: u64) -> gpt::Result<Queued> {
-        let b = self.data.batch(Split::Train, self.batch, self.seq, index)?;
-        let out = train_step(&mut self.model, &mut self.opt, &b, index)?;
+        // Each rank its own window of the text: the world's windows of step `index` together.
+        let (rank, world) = (self.group.rank() as u64, self.group.world_size() as u64);
+        let window = index * world + rank;
+        let b = self
+            .data
+            .batch(Split::Train, self.batch, self.seq, window)?;
+        let out = match &self.ddp {
+            Some(ddp) => train_step_ddp(&mut self.model, &mut self.opt, &b, index, ddp)?,
+            None => train_step(&mut self.model, &mut self.opt, &b, index)?,
+        };
         Ok(Queued {
             loss: out.loss.clone(),
             correct: None,
@@ -136,7 +165,8 @@ impl Task for GptTask {
     }
 }
 
-fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(a: &Args, group: ProcessGroup) -> Result<(), Box<dyn std::error::Error>> {
+    let is_root = group.is_root();
     let mode = match a.mode.as_str() {
         "naive" => MemoryMode::Naive,
         "per-block" => MemoryMode::PerBlock,
@@ -150,7 +180,8 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = TextDataset::from_rust_sources(root, a.max_chars)?;
     let tok = &data.tokenizer;
-    println!(
+    say!(
+        is_root,
         "data: {} train / {} val characters of the Rust sources under {}, vocabulary {}",
         data.tokens(Split::Train).len(),
         data.tokens(Split::Val).len(),
@@ -165,9 +196,10 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         n_embd: a.embd,
         dropout: 0.0,
     };
-    let dev = harness::open_device(&a.device, false)?;
-    let model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?.with_memory_mode(mode);
-    println!(
+    let dev = harness::open_device(&harness::rank_device(&a.device, &group), false)?;
+    let mut model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?.with_memory_mode(mode);
+    say!(
+        is_root,
         "model: {} blocks, width {}, {} heads, {} parameters, mode {mode:?}",
         a.layers,
         a.embd,
@@ -178,6 +210,19 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--steps and --every must be at least 1".into());
     }
     let epochs = a.steps.div_ceil(a.every) as usize;
+    let ddp = match a.dist {
+        DistKind::None => None,
+        _ => Some(Ddp::new(group.clone(), &mut model, DdpOptions::default())?),
+    };
+    if ddp.is_some() {
+        say!(
+            is_root,
+            "data parallel: {} processes ({}), batch {} per process",
+            group.world_size(),
+            group.backend(),
+            a.batch
+        );
+    }
     let mut task = GptTask {
         model,
         opt: adam(a.lr)?,
@@ -187,13 +232,19 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         steps: a.steps,
         every: a.every,
         config: cfg,
+        group: group.clone(),
+        ddp,
     };
     let options = FitOptions {
         run_dir: Some(RunDir::new(&a.out)),
         resume: a.resume,
+        group: group.clone(),
         ..FitOptions::new(epochs, a.lr, Schedule::Constant)
     };
     fit(&mut task, &options)?;
+    if !is_root {
+        return Ok(());
+    }
     println!("run saved in {}", a.out.display());
     let (model, tok) = (&task.model, &task.data.tokenizer);
     let prompt = tok.encode("fn ")?;
@@ -207,5 +258,11 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    harness::exit_code(run(&Args::parse()))
+    let args = Args::parse();
+    let group = match dist::join(args.dist) {
+        Ok(g) => g,
+        Err(e) => return harness::exit_code(Err(e)),
+    };
+    let result = run(&args, group.clone());
+    harness::exit_or_abort(result, &group)
 }

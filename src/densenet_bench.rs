@@ -2,9 +2,11 @@
 //! random batch, measured ([`measure_training_step`]), profiled ([`profile_training_step`]) or
 //! explained ([`explain_training_step`]: what is alive at the peak, and why).
 
-use densenet::train::{seed_sgd_config, train_step};
+use densenet::train::{seed_sgd_config, train_step, train_step_ddp, StepOptions};
 use densenet::{DenseNet, DenseNetConfig, Memory, Result};
+use dist::{Ddp, DdpOptions, ProcessGroup};
 use harness::CaseResult;
+use harness::StepCommStats;
 use tape::optim::{Optimizer, Sgd};
 use tape::{DType, Device, MemoryReport, Role, Tensor};
 
@@ -109,4 +111,46 @@ pub fn measure_training_step(
         depth: Some(config.depth()),
         measured,
     })
+}
+
+/// [`measure_training_step`] on one rank of a data-parallel run over `group` (every rank calls
+/// it): `batch` images per process, gradients averaged in buckets ([`Ddp`]), the anomaly check
+/// global. Also returns the step's communication, averaged over the measured steps. The
+/// gradient buckets' host staging buffers (the size of the parameters) are outside the
+/// engine's accounting.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_training_step_ddp(
+    dev: &Device,
+    name: &str,
+    config: &DenseNetConfig,
+    mode: Memory,
+    batch: usize,
+    image: usize,
+    warmup: usize,
+    iters: usize,
+    group: &ProcessGroup,
+    options: DdpOptions,
+) -> Result<(CaseResult, StepCommStats)> {
+    let (mut model, mut opt, x, labels) = setup(dev, config, mode, batch, image)?;
+    let ddp = Ddp::new(group.clone(), &mut model, options)?;
+    let mut comms = Vec::new();
+    let measured = harness::measure_steps(dev, warmup, iters, |i| {
+        let options = StepOptions::new(i, i);
+        train_step_ddp(&mut model, &mut opt, &x, &labels, options, &ddp)?;
+        if i as usize >= warmup {
+            comms.push(ddp.last_step());
+        }
+        Ok::<(), densenet::DenseNetError>(())
+    })?;
+    let case = CaseResult {
+        model: name.to_string(),
+        mode: mode.to_string(),
+        device: dev.to_string(),
+        batch,
+        image: Some(image),
+        seq_len: None,
+        depth: Some(config.depth()),
+        measured,
+    };
+    Ok((case, StepCommStats::mean(&comms)))
 }

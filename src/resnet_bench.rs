@@ -3,8 +3,10 @@
 //! same step ([`planner_front`]).
 
 use checkpoint::planner::{FrontPoint, PlanOptions};
+use dist::{Ddp, DdpOptions, ProcessGroup};
 use harness::CaseResult;
-use resnet::train::{sgd_config, train_step};
+use harness::StepCommStats;
+use resnet::train::{sgd_config, train_step, train_step_ddp};
 use resnet::{Memory, ResNet, ResNetConfig, Result};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
@@ -51,6 +53,40 @@ pub fn measure_training_step(
         depth: Some(config.depth),
         measured,
     })
+}
+
+/// [`measure_training_step`] on one rank of a data-parallel run over `group` (every rank calls
+/// it): `batch` images per process, gradients averaged in buckets ([`Ddp`] with `options`), the
+/// anomaly check global; also the step's communication, averaged over the measured steps.
+pub fn measure_training_step_ddp(
+    dev: &Device,
+    config: &ResNetConfig,
+    memory: Memory,
+    (batch, image, iters): (usize, usize, usize),
+    group: &ProcessGroup,
+    options: DdpOptions,
+) -> Result<(CaseResult, StepCommStats)> {
+    let (mut model, mut opt, x, labels) = setup(dev, config, batch, image)?;
+    let ddp = Ddp::new(group.clone(), &mut model, options)?;
+    let mut comms = Vec::new();
+    let measured = harness::measure_steps(dev, WARMUP, iters, |i| {
+        train_step_ddp(&mut model, &mut opt, &x, &labels, memory, i, &ddp)?;
+        if i as usize >= WARMUP {
+            comms.push(ddp.last_step());
+        }
+        Ok::<(), resnet::ResNetError>(())
+    })?;
+    let case = CaseResult {
+        model: config.name(),
+        mode: memory.to_string(),
+        device: dev.to_string(),
+        batch,
+        image: Some(image),
+        seq_len: None,
+        depth: Some(config.depth),
+        measured,
+    };
+    Ok((case, StepCommStats::mean(&comms)))
 }
 
 /// The planner's memory-vs-recompute front for a training step of `config` on `dev` (after one

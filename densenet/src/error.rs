@@ -9,6 +9,9 @@ pub enum DenseNetError {
     /// The engine refused an operation (shapes, memory, ...).
     #[error(transparent)]
     Engine(#[from] tape::Error),
+    /// A collective across the ranks of a data-parallel run failed.
+    #[error(transparent)]
+    Dist(#[from] dist::DistError),
     /// A weights file is unreadable, or lacks, mis-shapes or holds bad values for a tensor
     /// the model needs, or holds tensors it does not have (each error names the tensor).
     #[error(transparent)]
@@ -62,6 +65,7 @@ impl From<trainer::anomaly::GuardError> for DenseNetError {
                 value: n.value,
             },
             trainer::anomaly::GuardError::Engine(e) => e.into(),
+            trainer::anomaly::GuardError::Dist(e) => e.into(),
         }
     }
 }

@@ -16,6 +16,7 @@
 
 use crate::error::Result;
 use crate::model::DenseNet;
+use dist::Ddp;
 use std::sync::OnceLock;
 use tape::optim::{Optimizer, SgdConfig};
 use tape::{ops, Gradients, Labels, Tape, Tensor};
@@ -108,11 +109,37 @@ pub fn forward_backward(
     labels: &[usize],
     seed: u64,
 ) -> Result<StepOutput> {
+    run_forward_backward(model, x, labels, seed, None)
+}
+
+/// [`forward_backward`] on this rank's shard of a data-parallel batch: the gradients come back
+/// averaged over `ddp`'s ranks (buckets reduced while backward runs); the loss and the correct
+/// count stay this rank's.
+pub fn forward_backward_ddp(
+    model: &DenseNet,
+    x: &Tensor,
+    labels: &[usize],
+    seed: u64,
+    ddp: &Ddp,
+) -> Result<StepOutput> {
+    run_forward_backward(model, x, labels, seed, Some(ddp))
+}
+
+fn run_forward_backward(
+    model: &DenseNet,
+    x: &Tensor,
+    labels: &[usize],
+    seed: u64,
+    ddp: Option<&Ddp>,
+) -> Result<StepOutput> {
     let labels = Labels::new(labels, x.device())?;
     let mut tape = Tape::recording().with_seed(seed);
     let logits = model.forward(&mut tape, x)?;
     let loss = ops::cross_entropy_labels(&mut tape, &logits, &labels)?;
-    let grads = tape.backward(&loss)?;
+    let grads = match ddp {
+        Some(ddp) => ddp.backward(tape, &loss)?,
+        None => tape.backward(&loss)?,
+    };
     let correct = ops::correct_count(&logits, &labels)?;
     Ok(StepOutput::new(loss, logits, grads, correct))
 }
@@ -188,6 +215,30 @@ pub fn train_step_with(
         return Ok(out);
     }
     anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, options.step)?;
+    Ok(out)
+}
+
+/// [`train_step_with`] on this rank's shard of a data-parallel batch: the batch norm running
+/// statistics first taken from rank 0 (as PyTorch's DDP broadcasts buffers before each
+/// forward), gradients averaged over `ddp`'s ranks ([`forward_backward_ddp`]) and the anomaly check global
+/// ([`anomaly::step_if_finite_global`]: a non-finite value on any rank skips the update on
+/// every rank, and every rank fails with [`DenseNetError::NonFinite`](crate::DenseNetError::NonFinite)).
+pub fn train_step_ddp(
+    model: &mut DenseNet,
+    optimizer: &mut dyn Optimizer,
+    x: &Tensor,
+    labels: &[usize],
+    options: StepOptions,
+    ddp: &Ddp,
+) -> Result<StepOutput> {
+    dist::broadcast_buffers(ddp.group(), model, 0)?;
+    let out = forward_backward_ddp(model, x, labels, options.seed, ddp)?;
+    if !options.check_finite {
+        optimizer.step(&mut model.parameters_mut(), &out.grads)?;
+        return Ok(out);
+    }
+    let group = ddp.group();
+    anomaly::step_if_finite_global(group, model, optimizer, &out.loss, &out.grads, options.step)?;
     Ok(out)
 }
 

@@ -5,6 +5,7 @@
 
 use crate::error::Result;
 use crate::model::{Gpt, TokenBatch};
+use dist::Ddp;
 use tape::optim::{Adam, AdamConfig, Optimizer};
 use tape::{ops, Gradients, Tape, Tensor};
 
@@ -40,6 +41,27 @@ pub fn adam(lr: f64) -> Result<Adam> {
 /// Forward and backward of one batch in training mode in the model's memory mode; `seed`
 /// drives dropout.
 pub fn forward_backward(model: &Gpt, batch: &TokenBatch, seed: u64) -> Result<StepOutput> {
+    run_forward_backward(model, batch, seed, None)
+}
+
+/// [`forward_backward`] on this rank's share of a data-parallel batch: the gradients come back
+/// averaged over `ddp`'s ranks (buckets reduced while backward runs); the loss stays this
+/// rank's.
+pub fn forward_backward_ddp(
+    model: &Gpt,
+    batch: &TokenBatch,
+    seed: u64,
+    ddp: &Ddp,
+) -> Result<StepOutput> {
+    run_forward_backward(model, batch, seed, Some(ddp))
+}
+
+fn run_forward_backward(
+    model: &Gpt,
+    batch: &TokenBatch,
+    seed: u64,
+    ddp: Option<&Ddp>,
+) -> Result<StepOutput> {
     model.check_tokens(&batch.targets, batch.batch, batch.seq)?;
     let layers = model.block_layers();
     let mut tape = Tape::recording().with_seed(seed);
@@ -48,7 +70,10 @@ pub fn forward_backward(model: &Gpt, batch: &TokenBatch, seed: u64) -> Result<St
     let flat = ops::reshape(&mut tape, &logits, &[batch.batch * batch.seq, v])?;
     let loss = ops::cross_entropy(&mut tape, &flat, &batch.targets)?;
     drop(flat);
-    let grads = tape.backward(&loss)?;
+    let grads = match ddp {
+        Some(ddp) => ddp.backward(tape, &loss)?,
+        None => tape.backward(&loss)?,
+    };
     Ok(StepOutput {
         loss,
         logits,
@@ -67,5 +92,21 @@ pub fn train_step(
 ) -> Result<StepOutput> {
     let out = forward_backward(model, batch, step)?;
     trainer::anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, step)?;
+    Ok(out)
+}
+
+/// [`train_step`] on this rank's share of a data-parallel batch: gradients averaged over
+/// `ddp`'s ranks and the anomaly check global ([`trainer::anomaly::step_if_finite_global`]: a
+/// non-finite value on any rank skips the update on every rank).
+pub fn train_step_ddp(
+    model: &mut Gpt,
+    optimizer: &mut dyn Optimizer,
+    batch: &TokenBatch,
+    step: u64,
+    ddp: &Ddp,
+) -> Result<StepOutput> {
+    let out = forward_backward_ddp(model, batch, step, ddp)?;
+    let group = ddp.group();
+    trainer::anomaly::step_if_finite_global(group, model, optimizer, &out.loss, &out.grads, step)?;
     Ok(out)
 }

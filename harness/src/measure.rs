@@ -5,7 +5,7 @@ use std::time::Instant;
 use tape::Device;
 
 /// What [`measure_steps`] read over the measured steps.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Measurement {
     /// Peak bytes of the engine's accounting over the measured steps (parameters, optimizer
     /// state, activations, gradients, workspaces).

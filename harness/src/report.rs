@@ -5,7 +5,7 @@ use checkpoint::planner::FrontPoint;
 use tape::Device;
 
 /// One measured case: which model, mode, device and batch, and what was measured.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CaseResult {
     /// Model name (`densenet_bc_100_k12`, `resnet18_cifar`, `gpt_small`, ...).
     pub model: String,
@@ -229,6 +229,16 @@ pub fn open_device(spec: &str, tf32: bool) -> Result<Device, String> {
     open_device_with(spec, options)
 }
 
+/// The device spec of this rank of a data-parallel run: plain `cuda` becomes `cuda:<local
+/// rank>` (each process of a machine its own GPU) in a world of more than one; any other spec
+/// stays as given.
+pub fn rank_device(spec: &str, group: &dist::ProcessGroup) -> String {
+    match (spec, group.world_size()) {
+        ("cuda", n) if n > 1 => format!("cuda:{}", group.local_rank()),
+        _ => spec.to_string(),
+    }
+}
+
 /// [`open_device`] with every CUDA option given (ignored for `cpu`).
 pub fn open_device_with(spec: &str, options: tape::CudaOptions) -> Result<Device, String> {
     match spec {
@@ -297,6 +307,26 @@ pub fn cpu_label() -> String {
         "{threads} CPU threads, {} kernels",
         tape::simd::simd_level()
     )
+}
+
+/// [`exit_code`] for one process of a data-parallel run: in a world of more than one, a failure
+/// prints `rank R of N: error: <the error>` and ends every rank of the job at once
+/// ([`dist::ProcessGroup::abort`], exit code 1), so that no rank waits for this one.
+pub fn exit_or_abort<E: std::fmt::Display>(
+    result: Result<(), E>,
+    group: &dist::ProcessGroup,
+) -> std::process::ExitCode {
+    match result {
+        Err(e) if group.world_size() > 1 => {
+            eprintln!(
+                "rank {} of {}: error: {e}",
+                group.rank(),
+                group.world_size()
+            );
+            group.abort(1)
+        }
+        other => exit_code(other),
+    }
 }
 
 /// The exit code of a program whose work returned `result`: success, or failure after printing

@@ -12,6 +12,9 @@ pub enum ResNetError {
     /// The engine refused an operation (shapes, memory, a budget no plan fits, ...).
     #[error(transparent)]
     Engine(#[from] tape::Error),
+    /// A collective across the ranks of a data-parallel run failed.
+    #[error(transparent)]
+    Dist(#[from] dist::DistError),
     /// A weights file is unreadable, or lacks, mis-shapes or holds bad values for a tensor
     /// the model needs, or holds tensors it does not have.
     #[error(transparent)]
@@ -30,6 +33,7 @@ impl From<trainer::anomaly::GuardError> for ResNetError {
         match e {
             trainer::anomaly::GuardError::NonFinite(n) => n.into(),
             trainer::anomaly::GuardError::Engine(e) => e.into(),
+            trainer::anomaly::GuardError::Dist(e) => e.into(),
         }
     }
 }

@@ -9,6 +9,7 @@
 use crate::error::{ResNetError, Result};
 use crate::memory::Memory;
 use crate::model::ResNet;
+use dist::Ddp;
 use tape::optim::{Optimizer, SgdConfig};
 use tape::{ops, Gradients, Labels, Tape, Tensor};
 
@@ -48,6 +49,29 @@ pub fn forward_backward(
     labels: &[usize],
     memory: Memory,
 ) -> Result<StepOutput> {
+    run_forward_backward(model, x, labels, memory, None)
+}
+
+/// [`forward_backward`] on this rank's shard of a data-parallel batch: the gradients come back
+/// averaged over `ddp`'s ranks (buckets reduced while backward runs); the loss stays this
+/// rank's.
+pub fn forward_backward_ddp(
+    model: &ResNet,
+    x: &Tensor,
+    labels: &[usize],
+    memory: Memory,
+    ddp: &Ddp,
+) -> Result<StepOutput> {
+    run_forward_backward(model, x, labels, memory, Some(ddp))
+}
+
+fn run_forward_backward(
+    model: &ResNet,
+    x: &Tensor,
+    labels: &[usize],
+    memory: Memory,
+    ddp: Option<&Ddp>,
+) -> Result<StepOutput> {
     let [n, ..] = model.check_input(x)?;
     if labels.len() != n {
         return Err(ResNetError::Input(format!(
@@ -68,7 +92,10 @@ pub fn forward_backward(
     let logits = runner.forward(&mut tape, x)?;
     let labels = Labels::new(labels, x.device())?;
     let loss = ops::cross_entropy_labels(&mut tape, &logits, &labels)?;
-    let grads = tape.backward(&loss)?;
+    let grads = match ddp {
+        Some(ddp) => ddp.backward(tape, &loss)?,
+        None => tape.backward(&loss)?,
+    };
     Ok(StepOutput {
         logits,
         grads,
@@ -90,6 +117,27 @@ pub fn train_step(
 ) -> Result<StepOutput> {
     let out = forward_backward(model, x, labels, memory)?;
     trainer::anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, step)?;
+    Ok(out)
+}
+
+/// [`train_step`] on this rank's shard of a data-parallel batch: the batch norms' running
+/// statistics first taken from rank 0 (as PyTorch's DDP broadcasts buffers), gradients
+/// averaged over `ddp`'s ranks, and the anomaly check global
+/// ([`trainer::anomaly::step_if_finite_global`]: a non-finite value on any rank skips the
+/// update on every rank).
+pub fn train_step_ddp(
+    model: &mut ResNet,
+    optimizer: &mut dyn Optimizer,
+    x: &Tensor,
+    labels: &[usize],
+    memory: Memory,
+    step: u64,
+    ddp: &Ddp,
+) -> Result<StepOutput> {
+    dist::broadcast_buffers(ddp.group(), model, 0)?;
+    let out = forward_backward_ddp(model, x, labels, memory, ddp)?;
+    let group = ddp.group();
+    trainer::anomaly::step_if_finite_global(group, model, optimizer, &out.loss, &out.grads, step)?;
     Ok(out)
 }
 

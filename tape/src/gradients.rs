@@ -42,10 +42,25 @@ impl GradKey {
     }
 }
 
+/// Watches the gradients of a backward pass as they are written: called with a tensor's id and
+/// its gradient (the sum so far) after every contribution added into it (see
+/// [`crate::Tape::observe_gradients`]). An error stops backward and is returned by it.
+pub type GradObserver = Box<dyn FnMut(TensorId, &Tensor) -> Result<()> + Send>;
+
 /// Gradients by tensor id.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct Gradients {
     map: FxHashMap<TensorId, Tensor>,
+    observer: Option<GradObserver>,
+}
+
+impl std::fmt::Debug for Gradients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gradients")
+            .field("map", &self.map)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
 }
 
 impl Gradients {
@@ -95,19 +110,33 @@ impl Gradients {
         self.accumulate_id(key.id, grad)
     }
 
-    /// Adds `grad` into the gradient stored under `id`; the first one is stored as it is.
+    /// Adds `grad` into the gradient stored under `id`; the first one is stored as it is. The
+    /// observer, if one is set, then sees the sum.
     pub fn accumulate_id(&mut self, id: TensorId, grad: Tensor) -> Result<()> {
-        match self.map.get_mut(&id) {
-            Some(existing) => {
+        let stored = match self.map.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let existing = e.into_mut();
                 existing.check_compatible(&grad, "accumulate")?;
                 existing.check_same_shape(&grad, "accumulate")?;
-                kernels(existing.device())?.add_assign(existing, &grad)
+                kernels(existing.device())?.add_assign(existing, &grad)?;
+                existing
             }
-            None => {
-                self.map.insert(id, grad);
-                Ok(())
-            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(grad),
+        };
+        match &mut self.observer {
+            Some(observe) => observe(id, stored),
+            None => Ok(()),
         }
+    }
+
+    /// Makes `observer` see every contribution added from now on (replacing any other).
+    pub fn set_observer(&mut self, observer: GradObserver) {
+        self.observer = Some(observer);
+    }
+
+    /// Removes the observer, if one is set, and returns it.
+    pub fn take_observer(&mut self) -> Option<GradObserver> {
+        self.observer.take()
     }
 
     /// Adds every gradient of `other` into `self`.

@@ -66,7 +66,7 @@ pub use counters::Counters;
 pub use device::{CudaOptions, Device, DeviceKind};
 pub use dtype::{DType, Elem};
 pub use error::{Error, Result};
-pub use gradients::{GradKey, Gradients};
+pub use gradients::{GradKey, GradObserver, Gradients};
 pub use labels::Labels;
 pub use memory::{MemoryReport, MemoryStats, Reservation, Role, UnitPeaks, Warning};
 pub use param::Parameter;

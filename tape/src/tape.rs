@@ -9,7 +9,7 @@
 
 use crate::context;
 use crate::error::{Error, Result};
-use crate::gradients::Gradients;
+use crate::gradients::{GradObserver, Gradients};
 use crate::memory::UnitPeaks;
 use crate::profile::{self, Pass};
 use crate::tensor::{Tensor, TensorId};
@@ -69,6 +69,8 @@ pub struct Tape<'a> {
     captured: Vec<(usize, Tensor)>,
     /// Where [`Tape::mark`]s note backward's peaks, if anywhere.
     peaks: Option<UnitPeaks>,
+    /// What watches this tape's backward write its gradients, if anything.
+    observer: Option<GradObserver>,
 }
 
 impl<'a> Tape<'a> {
@@ -109,6 +111,7 @@ impl<'a> Tape<'a> {
             capture: Vec::new(),
             captured: Vec::new(),
             peaks: None,
+            observer: None,
         }
     }
 
@@ -116,6 +119,16 @@ impl<'a> Tape<'a> {
     pub fn watch_unit_peaks(mut self, peaks: UnitPeaks) -> Self {
         self.peaks = Some(peaks);
         self
+    }
+
+    /// Makes this tape's backward call `observer` after every contribution it adds into a
+    /// gradient of the returned [`Gradients`] (with the tensor's id and the sum so far): what a
+    /// data-parallel reducer needs to see parameter gradients become final while backward still
+    /// runs. Only the outermost gradients are seen: a checkpointed segment's recompute adds its
+    /// parameters' gradients in one contribution each when it is done. The observer is removed
+    /// before backward returns.
+    pub fn observe_gradients(&mut self, observer: GradObserver) {
+        self.observer = Some(observer);
     }
 
     /// Marks the start of a unit of the model (a layer, a block) called `label()`: with
@@ -337,8 +350,31 @@ impl<'a> Tape<'a> {
         self.backward_from(loss, seed)
     }
 
+    /// Backpropagates from a scalar loss (seed 1), adding into `grads` (the gradients of earlier
+    /// micro-batches, say) instead of starting from none.
+    pub fn backward_into(self, loss: &Tensor, grads: Gradients) -> Result<Gradients> {
+        if loss.numel() != 1 {
+            return Err(Error::Backward(format!(
+                "the loss must have one element, got shape {:?}",
+                loss.shape()
+            )));
+        }
+        let seed = Tensor::ones(loss.shape(), loss.dtype(), loss.device())?;
+        self.run_backward(loss, seed, grads)
+    }
+
     /// Backpropagates from `output` with the given gradient of it (a segment's outer gradient).
-    pub fn backward_from(mut self, output: &Tensor, seed: Tensor) -> Result<Gradients> {
+    pub fn backward_from(self, output: &Tensor, seed: Tensor) -> Result<Gradients> {
+        self.run_backward(output, seed, Gradients::new())
+    }
+
+    /// Backward from `output` seeded with `seed`, adding into `grads`.
+    fn run_backward(
+        mut self,
+        output: &Tensor,
+        seed: Tensor,
+        mut grads: Gradients,
+    ) -> Result<Gradients> {
         if seed.shape() != output.shape() {
             return Err(Error::Backward(format!(
                 "seed gradient of shape {:?} for an output of shape {:?}",
@@ -347,7 +383,9 @@ impl<'a> Tape<'a> {
             )));
         }
         output.check_compatible(&seed, "backward")?;
-        let mut grads = Gradients::new();
+        if let Some(observer) = self.observer.take() {
+            grads.set_observer(observer);
+        }
         grads.accumulate_id(output.id(), seed)?;
         while let Some(node) = self.nodes.pop() {
             match node {
@@ -359,6 +397,7 @@ impl<'a> Tape<'a> {
                 Node::Effect(effect) => effect(&mut grads)?,
             }
         }
+        grads.take_observer();
         Ok(grads)
     }
 }

@@ -5,6 +5,10 @@
 //! optimizer state, and the host reads the flag once, after the update is queued. Only when it
 //! is set are the tensors read back one by one to name the first culprit.
 //!
+//! In data-parallel training the check is global ([`step_if_finite_global`]): the flag is
+//! all-reduced with max, so a NaN on one rank skips the update on every rank, otherwise the
+//! ranks' parameters would diverge silently.
+//!
 //! Parameters are checked too because a NaN weight does not always reach the loss (a ReLU or a
 //! max can hide it for a step) and a finite but huge gradient can overflow a weight.
 
@@ -37,6 +41,9 @@ pub enum GuardError {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] tape::Error),
+    /// The all-reduce of the flag across ranks failed.
+    #[error(transparent)]
+    Dist(#[from] dist::DistError),
 }
 
 /// What a checked tensor is, named only when a culprit is reported (the check itself runs every
@@ -139,4 +146,35 @@ pub fn step_if_finite<M: Module + ?Sized>(
         return Ok(());
     }
     Err(first_non_finite(model, loss, grads, step)?.into())
+}
+
+/// [`step_if_finite`] across the ranks of `group`: the flag is read (one host sync) and
+/// all-reduced with max before the update, so that every rank skips the update when the loss,
+/// a gradient or a parameter is not finite on any rank. A skipped update fails with
+/// [`NonFinite`] naming `step` on every rank: the culprit on the rank that has it, "another
+/// rank" on the others.
+pub fn step_if_finite_global<M: Module + ?Sized>(
+    group: &dist::ProcessGroup,
+    model: &mut M,
+    optimizer: &mut dyn Optimizer,
+    loss: &Tensor,
+    grads: &Gradients,
+    step: u64,
+) -> Result<(), GuardError> {
+    let flag = non_finite_flag(model, loss, grads)?;
+    let local = flag.scalar()? != 0.0;
+    let any = group.any(local)?;
+    let global = Tensor::full(&[1], f64::from(u8::from(any)), flag.dtype(), flag.device())?;
+    if optimizer.step_if_finite(&mut nn::parameters_mut(model), grads, &global)? {
+        return Ok(());
+    }
+    if local {
+        return Err(first_non_finite(model, loss, grads, step)?.into());
+    }
+    Err(NonFinite {
+        step,
+        what: "the loss, a gradient or a parameter of another rank".into(),
+        value: f64::NAN,
+    }
+    .into())
 }

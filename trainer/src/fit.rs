@@ -86,6 +86,9 @@ pub enum TrainError {
         /// What this task says.
         current: String,
     },
+    /// Summing the epoch's results over the ranks failed.
+    #[error(transparent)]
+    Dist(#[from] dist::DistError),
     /// Bad options (zero epochs, a negative learning rate).
     #[error("{0}")]
     Options(String),
@@ -108,6 +111,10 @@ pub struct FitOptions {
     pub lenient: bool,
     /// Print a line per epoch (and progress).
     pub verbose: bool,
+    /// The processes of a data-parallel run ([`dist::ProcessGroup::single`] by default): only
+    /// rank 0 prints and writes the run directory, every rank resumes from it, and the epoch's
+    /// training loss and accuracy are summed over the ranks.
+    pub group: dist::ProcessGroup,
 }
 
 impl FitOptions {
@@ -121,6 +128,7 @@ impl FitOptions {
             resume: false,
             lenient: false,
             verbose: true,
+            group: dist::ProcessGroup::single(),
         }
     }
 }
@@ -165,7 +173,7 @@ impl std::fmt::Display for EpochReport {
 }
 
 /// Sums of read-back step results.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Tally {
     loss_sum: f64,
     correct: Option<usize>,
@@ -180,6 +188,21 @@ impl Tally {
         }
         self.seen += q.samples;
         Ok(())
+    }
+
+    /// The sums of every rank (one all-reduce; nothing in a world of one).
+    fn global(&self, group: &dist::ProcessGroup) -> Result<Tally, dist::DistError> {
+        if group.world_size() == 1 {
+            return Ok(*self);
+        }
+        let any_correct = group.any(self.correct.is_some())?;
+        let c = self.correct.unwrap_or(0) as f64;
+        let sums = group.sum_f64(&[self.loss_sum, c, self.seen as f64])?;
+        Ok(Tally {
+            loss_sum: sums[0],
+            correct: any_correct.then_some(sums[1] as usize),
+            seen: sums[2] as usize,
+        })
     }
 
     fn loss(&self) -> f64 {
@@ -229,6 +252,7 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
             options.lr
         )));
     }
+    let verbose = options.verbose && options.group.is_root();
     let mut start = 0;
     if options.resume {
         let dir = options
@@ -250,7 +274,7 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
         };
         dir.restore_weights(model, opt, load)?;
         start = saved.epoch;
-        if options.verbose {
+        if verbose {
             println!(
                 "resumed from {} after epoch {start} of {}",
                 dir.path().display(),
@@ -265,7 +289,7 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
         let lr = options.schedule.lr_at(options.lr, epoch, epochs);
         task.state().1.set_lr(lr);
         let steps = task.steps(epoch);
-        let progress = options.verbose.then(|| {
+        let progress = verbose.then(|| {
             let label = format!("epoch {}/{epochs}", epoch + 1);
             Progress::new(label, task.samples(epoch) as u64, steps as u64)
         });
@@ -298,6 +322,7 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
             p.finish();
         }
         let train_s = t0.elapsed().as_secs_f64();
+        let tally = tally.global(&options.group)?;
         let eval = task.evaluate().map_err(step_error(epoch + 1, 0))?;
         let report = EpochReport {
             epoch: epoch + 1,
@@ -308,10 +333,10 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
             samples_per_s: tally.seen as f64 / train_s.max(1e-9),
             seconds: t0.elapsed().as_secs_f64(),
         };
-        if options.verbose {
+        if verbose {
             println!("epoch {:>3}/{epochs}  {report}", epoch + 1);
         }
-        if let Some(dir) = &options.run_dir {
+        if let (Some(dir), true) = (&options.run_dir, options.group.is_root()) {
             let state = RunState {
                 epoch: epoch + 1,
                 epochs,
@@ -326,7 +351,7 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
         }
         reports.push(report);
     }
-    if options.verbose && start >= epochs {
+    if verbose && start >= epochs {
         println!("already trained for {start} of {epochs} epochs: nothing to do");
     }
     Ok(reports)

@@ -27,6 +27,11 @@ struct Tiny {
     classes: usize,
     /// A step index at which the loss is made NaN (a diverging run).
     poison_at: Option<u64>,
+    /// Pick each step's batch from the run's step index (as `train_gpt` picks its batches and
+    /// `train_cifar` its dropout seed) instead of the epoch and step.
+    by_index: bool,
+    /// The step indices `fit` gave, in order.
+    indices: Vec<u64>,
 }
 
 fn tiny(seed: u64, classes: usize) -> Tiny {
@@ -55,6 +60,8 @@ fn tiny(seed: u64, classes: usize) -> Tiny {
         y,
         classes,
         poison_at: None,
+        by_index: false,
+        indices: Vec::new(),
     }
 }
 
@@ -71,7 +78,12 @@ impl Task for Tiny {
 
     fn train_step(&mut self, epoch: usize, step: usize, index: u64) -> Result<Queued, TaskError> {
         // Batches in an order that depends on the epoch only (so a resumed run sees the same).
-        let b = (step + epoch) % self.x.len();
+        let b = match self.by_index {
+            // Not a multiple of the epoch's steps: an index off by one picks another batch.
+            true => (index as usize * 2 + index as usize / 5) % self.x.len(),
+            false => (step + epoch) % self.x.len(),
+        };
+        self.indices.push(index);
         let mut tape = Tape::recording();
         let logits = self.model.forward(&mut tape, &self.x[b])?;
         let mut loss = ops::cross_entropy(&mut tape, &logits, &self.y[b])?;
@@ -167,6 +179,39 @@ fn a_run_trains_and_reports_every_epoch() {
     let last = reports[3].eval.unwrap().loss;
     assert!(last < first, "training lowers the loss: {first} -> {last}");
     assert!(fit(&mut t, &quiet(0, Schedule::Constant)).is_err());
+}
+
+#[test]
+fn a_resumed_run_replays_the_step_indices() {
+    let dir = scratch("resume-index");
+    let mut straight = tiny(7, 3);
+    straight.by_index = true;
+    let all = fit(&mut straight, &quiet(4, Schedule::densenet())).unwrap();
+    let mut first = tiny(7, 3);
+    first.by_index = true;
+    first.poison_at = Some(6);
+    let two = FitOptions {
+        run_dir: Some(RunDir::new(&dir)),
+        ..quiet(4, Schedule::densenet())
+    };
+    assert!(fit(&mut first, &two).is_err());
+    let mut resumed = tiny(99, 3);
+    resumed.by_index = true;
+    let opts = FitOptions {
+        resume: true,
+        ..two
+    };
+    let rest = fit(&mut resumed, &opts).unwrap();
+    assert_eq!(
+        resumed.indices,
+        straight.indices[6..],
+        "resumed steps keep their indices"
+    );
+    for (a, b) in all[2..].iter().zip(&rest) {
+        assert_eq!((a.train_loss, a.eval), (b.train_loss, b.eval));
+    }
+    assert_eq!(weights(&resumed), weights(&straight));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -1,0 +1,256 @@
+//! [`Ddp`]: data-parallel gradients. Every rank starts from rank 0's parameters and buffers;
+//! after each backward every parameter's gradient is the mean over the ranks.
+//!
+//! Gradients travel in buckets of about [`DdpOptions::bucket_bytes`] (25 MiB, the first one
+//! 1 MiB, as PyTorch's DDP).
+//! A bucket is launched (an all-reduce started on the communication thread) as soon as every
+//! gradient in it is final, while backward goes on. A gradient is final when it has received
+//! all its contributions: the first step counts them per parameter ([`Tape::observe_gradients`]
+//! sees each one) and notes the order in which the gradients became final; from then on the
+//! buckets are cut in that order (rank 0's, broadcast, so that every rank has the same buckets)
+//! and a gradient is final at its counted contribution. Under checkpointing a segment's
+//! parameters become final when its recompute is done, in recompute order, whatever their
+//! declaration order: the buckets follow. Buckets are launched in their order on every rank
+//! (collectives are matched by order), a ready bucket waiting for the ones before it. The first
+//! step reduces every bucket after backward.
+
+use crate::bucket_state::{Layout, Slot, StepComm, StepState};
+use crate::error::{DistError, Result};
+use crate::group::ProcessGroup;
+use crate::module_sync::broadcast_module;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tape::nn::{self, Module};
+use tape::{DType, Gradients, Tape, Tensor, TensorId};
+
+/// How [`Ddp`] cuts and sends gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DdpOptions {
+    /// A bucket closes when it holds at least this many bytes of gradients (25 MiB by default,
+    /// PyTorch DDP's `bucket_cap_mb`).
+    pub bucket_bytes: usize,
+    /// The same for the first bucket, the first gradients to become final (1 MiB by default,
+    /// as DDP's first bucket): small, so that communication starts early in backward.
+    pub first_bucket_bytes: usize,
+}
+
+impl Default for DdpOptions {
+    fn default() -> Self {
+        DdpOptions {
+            bucket_bytes: 25 * 1024 * 1024,
+            first_bucket_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl DdpOptions {
+    /// Every bucket, the first included, closing at `bytes`.
+    pub fn uniform(bytes: usize) -> Self {
+        DdpOptions {
+            bucket_bytes: bytes,
+            first_bucket_bytes: bytes,
+        }
+    }
+}
+
+/// Data-parallel gradient averaging over a [`ProcessGroup`] (see the module docs).
+pub struct Ddp {
+    group: ProcessGroup,
+    options: DdpOptions,
+    slots: Arc<Vec<Slot>>,
+    index: Arc<HashMap<TensorId, usize>>,
+    dtype: DType,
+    layout: Mutex<Option<Arc<Layout>>>,
+    last: Mutex<StepComm>,
+}
+
+impl Ddp {
+    /// Reduces `model`'s gradients over `group`; first overwrites its parameters and buffers
+    /// with rank 0's. The parameters must share one dtype.
+    pub fn new<M: Module + ?Sized>(
+        group: ProcessGroup,
+        model: &mut M,
+        options: DdpOptions,
+    ) -> Result<Self> {
+        broadcast_module(&group, model, 0)?;
+        let params = nn::parameters(model);
+        let dtype = params.first().map_or(DType::F32, |p| p.tensor().dtype());
+        if let Some(p) = params.iter().find(|p| p.tensor().dtype() != dtype) {
+            return Err(DistError::Invalid {
+                op: "Ddp::new",
+                msg: format!("parameter '{}' is not {dtype:?} like the first", p.name()),
+            });
+        }
+        let slots: Vec<Slot> = params
+            .iter()
+            .map(|p| Slot {
+                id: p.tensor().id(),
+                name: p.name().to_string(),
+                shape: p.tensor().shape().to_vec(),
+                numel: p.tensor().numel(),
+                device: p.tensor().device().clone(),
+            })
+            .collect();
+        let index = slots.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+        Ok(Ddp {
+            group,
+            options,
+            slots: Arc::new(slots),
+            index: Arc::new(index),
+            dtype,
+            layout: Mutex::new(None),
+            last: Mutex::new(StepComm::default()),
+        })
+    }
+
+    /// The group gradients are averaged over.
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
+    }
+
+    /// Backward from `loss` on `tape`, then every parameter's gradient averaged over the
+    /// ranks (buckets launched as they become final).
+    pub fn backward(&self, tape: Tape, loss: &Tensor) -> Result<Gradients> {
+        self.backward_into(tape, loss, Gradients::new())
+    }
+
+    /// [`Ddp::backward`] adding into `earlier` (the gradients of micro-batches run with
+    /// [`Ddp::backward_no_sync`]): the sum of every micro-batch is averaged over the ranks.
+    pub fn backward_into(
+        &self,
+        mut tape: Tape,
+        loss: &Tensor,
+        earlier: Gradients,
+    ) -> Result<Gradients> {
+        let layout = lock(&self.layout)?.clone();
+        let state = Arc::new(Mutex::new(self.fresh_state(layout)));
+        let (shared, slots, index, group) = (
+            state.clone(),
+            self.slots.clone(),
+            self.index.clone(),
+            self.group.clone(),
+        );
+        tape.observe_gradients(Box::new(move |id, g| {
+            if let Some(&slot) = index.get(&id) {
+                if let Ok(mut st) = shared.lock() {
+                    st.observe(slot, g, &slots, &group);
+                }
+            }
+            Ok(())
+        }));
+        let mut grads = tape.backward_into(loss, earlier)?;
+        let mut st = lock(&state)?;
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        if st.layout.is_none() {
+            let layout = Arc::new(self.learn(&st)?);
+            *lock(&self.layout)? = Some(layout.clone());
+            st.start_step(layout);
+        }
+        let comm = st.finish(&mut grads, &self.slots, &self.group)?;
+        *lock(&self.last)? = comm;
+        Ok(grads)
+    }
+
+    /// Backward from `loss` adding into `earlier` with no communication (a micro-batch of
+    /// gradient accumulation: PyTorch's `no_sync`); the last micro-batch goes through
+    /// [`Ddp::backward_into`].
+    pub fn backward_no_sync(
+        &self,
+        tape: Tape,
+        loss: &Tensor,
+        earlier: Gradients,
+    ) -> Result<Gradients> {
+        Ok(tape.backward_into(loss, earlier)?)
+    }
+
+    /// What the last synchronised backward's reduction did.
+    pub fn last_step(&self) -> StepComm {
+        self.last.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The bucket sizes in elements, once learned (after the first step).
+    pub fn bucket_lens(&self) -> Vec<usize> {
+        match self.layout.lock() {
+            Ok(l) => l.as_ref().map(|l| l.lens.clone()).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn fresh_state(&self, layout: Option<Arc<Layout>>) -> StepState {
+        let n = self.slots.len();
+        let mut st = StepState {
+            layout: None,
+            dtype: self.dtype,
+            seen: vec![0; n],
+            last: vec![0; n],
+            staged_slot: vec![false; n],
+            contributions: 0,
+            remaining: Vec::new(),
+            staged: Vec::new(),
+            next_launch: 0,
+            pending: Vec::new(),
+            launches: Vec::new(),
+            error: None,
+        };
+        if let Some(layout) = layout {
+            st.start_step(layout);
+        }
+        st
+    }
+
+    /// The buckets from the first step: parameters in the order their gradients became final
+    /// (rank 0's order, broadcast), cut at [`DdpOptions::bucket_bytes`].
+    fn learn(&self, st: &StepState) -> Result<Layout> {
+        let n = self.slots.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        // Never-seen parameters last, in reverse declaration order.
+        order.sort_by_key(|&i| (st.seen[i] == 0, st.last[i], n - i));
+        let mut wire: Vec<f64> = order.iter().map(|&i| i as f64).collect();
+        self.group.broadcast_f64(&mut wire, 0)?;
+        let order: Vec<usize> = wire.iter().map(|&v| v as usize).collect();
+        let elem = match self.dtype {
+            DType::F32 => 4,
+            DType::F64 => 8,
+        };
+        let mut buckets: Vec<Vec<usize>> = Vec::new();
+        let mut lens = Vec::new();
+        let mut place = vec![(0, 0); n];
+        let mut current: Vec<usize> = Vec::new();
+        let mut len = 0;
+        for slot in order {
+            if slot >= n {
+                return Err(DistError::Reducer(format!(
+                    "rank 0's bucket order names parameter {slot} of {n}: the ranks' models differ"
+                )));
+            }
+            place[slot] = (buckets.len(), len);
+            current.push(slot);
+            len += self.slots[slot].numel;
+            let cap = match buckets.is_empty() {
+                true => self.options.first_bucket_bytes,
+                false => self.options.bucket_bytes,
+            };
+            if len * elem >= cap {
+                buckets.push(std::mem::take(&mut current));
+                lens.push(std::mem::take(&mut len));
+            }
+        }
+        if !current.is_empty() {
+            buckets.push(current);
+            lens.push(len);
+        }
+        Ok(Layout {
+            buckets,
+            place,
+            lens,
+            counts: st.seen.clone(),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| DistError::Reducer("a lock was poisoned by a panic".into()))
+}

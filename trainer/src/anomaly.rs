@@ -162,7 +162,7 @@ pub fn step_if_finite_global<M: Module + ?Sized>(
     step: u64,
 ) -> Result<(), GuardError> {
     let flag = non_finite_flag(model, loss, grads)?;
-    let local = flag.scalar()? != 0.0;
+    let local = tape::ops::flag_is_set(&flag)?;
     let any = group.any(local)?;
     let global = Tensor::full(&[1], f64::from(u8::from(any)), flag.dtype(), flag.device())?;
     if optimizer.step_if_finite(&mut nn::parameters_mut(model), grads, &global)? {

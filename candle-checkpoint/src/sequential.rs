@@ -2,8 +2,8 @@
 //! checkpointed, like PyTorch's) and [`run_plan`] (a [`Plan`] from the planner, nested
 //! checkpoints included).
 
+use crate::checkpoint::checkpoint;
 use crate::error::{Error, Result};
-use crate::segment::checkpoint;
 use candle_core::{Module, Tensor};
 use recompute_planner::Plan;
 use std::ops::Range;

@@ -1,7 +1,8 @@
 //! Training a candle MLP chain (16 blocks of three 1024-wide layers, batch 512: the prototype's
 //! size) and a small transformer from candle-nn parts (8 pre-norm blocks) with and without checkpoints:
 //! each mode's step peak (bytes allocated above what was alive as the step began, counted by a
-//! counting global allocator) and median step time, side by side. Modes: `naive` (no
+//! counting global allocator) and median step time (wall, and the process's CPU time, which
+//! other programs' load on a shared machine disturbs less), side by side. Modes: `naive` (no
 //! checkpoint), `per_block` (every block but the last checkpointed), `sqrt` (about sqrt(n)
 //! equal segments) and `planner` (the planner's cheapest plan at a budget halfway between the
 //! naive and per-block predicted peaks).
@@ -126,8 +127,8 @@ impl Norm {
     }
 }
 
-/// One pre-norm transformer block from candle-nn parts: causal self-attention and a 4x MLP,
-/// each with a residual.
+/// One pre-norm transformer block from candle-nn parts (linear layers, softmax): causal
+/// self-attention and a 4x MLP, each with a residual.
 #[derive(Clone)]
 struct Block {
     ln1: Norm,
@@ -175,7 +176,8 @@ impl Block {
             })
             .collect();
         let mask = Tensor::from_vec(mask, (t, t), x.device())?;
-        let att = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        // candle-nn's `softmax` from ops: its fused `softmax_last_dim` has no backward.
+        let att = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         let x = (x + self.proj.forward(&y)?)?;
         let h = self.up.forward(&self.ln2.forward(&x)?)?.gelu()?;
@@ -193,17 +195,30 @@ fn transformer(blocks: usize, d: usize, heads: usize, vars: &mut Vec<Var>) -> Re
         .collect()
 }
 
+/// CPU seconds this process has used (user + system, all threads), from `/proc/self/stat`;
+/// `None` where it cannot be read. Less sensitive than wall time to other programs' load on a
+/// shared machine.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// One training step (forward under `plan`, mean-square loss to `target`, backward, SGD);
-/// returns its peak above the bytes alive as it began, and its time.
+/// returns its peak above the bytes alive as it began, its wall time and its CPU time.
 fn train_step(
     stages: &[Stage],
     plan: &Plan,
     x: &Tensor,
     target: &Tensor,
     opt: &mut SGD,
-) -> candle_checkpoint::Result<(u64, f64)> {
+) -> candle_checkpoint::Result<(u64, f64, f64)> {
     let base = ALLOC.live();
     ALLOC.reset_peak();
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let y = run_plan(stages, plan, x)?;
     let loss = (y - target)?.sqr()?.mean_all()?;
@@ -211,10 +226,12 @@ fn train_step(
     drop(loss);
     opt.step(&grads)?;
     drop(grads);
-    Ok((
-        ALLOC.peak().saturating_sub(base),
-        start.elapsed().as_secs_f64(),
-    ))
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = match (cpu, cpu_seconds()) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
+    Ok((ALLOC.peak().saturating_sub(base), wall, cpu))
 }
 
 /// One measured mode.
@@ -226,6 +243,8 @@ struct Row {
     predicted_bytes: u64,
     peak_bytes: u64,
     median_s: f64,
+    /// Median CPU seconds per step (NaN where unreadable).
+    median_cpu_s: f64,
 }
 
 /// Runs each plan of `modes` in turn: a warm-up step, then `iters` timed steps; one row per
@@ -243,17 +262,20 @@ fn measure(
     let (x, target) = data;
     let mut peaks = vec![0u64; modes.len()];
     let mut times = vec![Vec::with_capacity(iters); modes.len()];
+    let mut cpu = vec![Vec::with_capacity(iters); modes.len()];
     for (i, (_, plan)) in modes.iter().enumerate() {
         train_step(stages, plan, x, target, opt)?;
         for _ in 0..iters {
-            let (p, t) = train_step(stages, plan, x, target, opt)?;
+            let (p, t, c) = train_step(stages, plan, x, target, opt)?;
             peaks[i] = peaks[i].max(p);
             times[i].push(t);
+            cpu[i].push(c);
         }
     }
     let mut rows = Vec::with_capacity(modes.len());
     for (i, (mode, plan)) in modes.iter().enumerate() {
         times[i].sort_by(f64::total_cmp);
+        cpu[i].sort_by(f64::total_cmp);
         // The model predicts absolute bytes; the rows report bytes above the step's start.
         let predicted = chain.predict(plan)?.saturating_sub(chain.base_bytes);
         rows.push(Row {
@@ -264,6 +286,7 @@ fn measure(
             predicted_bytes: predicted,
             peak_bytes: peaks[i],
             median_s: times[i][times[i].len() / 2],
+            median_cpu_s: cpu[i][cpu[i].len() / 2],
         });
     }
     Ok(rows)
@@ -315,11 +338,12 @@ fn run_model(
     if a.json {
         for r in &rows {
             println!(
-                "{{\"model\":\"{}\",\"mode\":\"{}\",\"peak_bytes\":{},\"median_s\":{:.4},\"predicted_bytes\":{},\"recomputed_blocks\":{},\"budget_bytes\":{},\"plan\":\"{}\"}}",
+                "{{\"model\":\"{}\",\"mode\":\"{}\",\"peak_bytes\":{},\"median_s\":{:.4},\"median_cpu_s\":{:.2},\"predicted_bytes\":{},\"recomputed_blocks\":{},\"budget_bytes\":{},\"plan\":\"{}\"}}",
                 r.model,
                 r.mode,
                 r.peak_bytes,
                 r.median_s,
+                r.median_cpu_s,
                 r.predicted_bytes,
                 r.recomputed_blocks,
                 if r.mode == "planner" { budget_rel.to_string() } else { "null".into() },
@@ -331,18 +355,29 @@ fn run_model(
     println!("== {model}: {n} blocks (step peak above the bytes alive as the step began)");
     let (p0, t0) = (rows[0].peak_bytes as f64, rows[0].median_s);
     println!(
-        "{:<10} {:>12} {:>12} {:>7} {:>10} {:>6} {:>10}  plan",
-        "mode", "peak MB", "predicted", "peak x", "median s", "time x", "recomputed"
+        "{:<10} {:>10} {:>10} {:>7} {:>9} {:>6} {:>8} {:>6} {:>10}  plan",
+        "mode",
+        "peak MB",
+        "predicted",
+        "peak x",
+        "median s",
+        "time x",
+        "cpu s",
+        "cpu x",
+        "recomputed"
     );
+    let c0 = rows[0].median_cpu_s;
     for r in &rows {
         println!(
-            "{:<10} {:>12.1} {:>12.1} {:>7.3} {:>10.3} {:>6.3} {:>10}  {}",
+            "{:<10} {:>10.1} {:>10.1} {:>7.3} {:>9.3} {:>6.3} {:>8.2} {:>6.3} {:>10}  {}",
             r.mode,
             r.peak_bytes as f64 / 1e6,
             r.predicted_bytes as f64 / 1e6,
             r.peak_bytes as f64 / p0,
             r.median_s,
             r.median_s / t0,
+            r.median_cpu_s,
+            r.median_cpu_s / c0,
             r.recomputed_blocks,
             r.plan
         );

@@ -18,20 +18,25 @@
 
 pub mod alloc;
 pub mod budget;
+mod checkpoint;
 mod error;
 mod grads;
+mod inject;
 mod link;
 pub mod nn;
+mod pack;
 mod phase;
+mod restore;
 pub mod rng;
 mod segment;
 mod sequential;
 mod storage;
 
 pub use alloc::CountingAlloc;
+pub use checkpoint::{checkpoint, checkpoint_arc};
 pub use error::{Error, Result};
 pub use grads::{backward, take_captured};
 pub use phase::is_recomputing;
 pub use recompute_planner as planner;
-pub use segment::{checkpoint, checkpoint_arc, SegmentFn};
+pub use segment::SegmentFn;
 pub use sequential::{checkpoint_sequential, run_plan, Stage};

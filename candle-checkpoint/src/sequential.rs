@@ -2,8 +2,8 @@
 //! checkpointed, like PyTorch's) and [`run_plan`] (a [`Plan`] from the planner, nested
 //! checkpoints included).
 
+use crate::checkpoint::checkpoint;
 use crate::error::{Error, Result};
-use crate::segment::checkpoint;
 use candle_core::{Module, Tensor};
 use recompute_planner::Plan;
 use std::ops::Range;
@@ -67,9 +67,14 @@ fn run_parts(stages: &Arc<Vec<Stage>>, plan: &Plan, x: &Tensor) -> Result<Tensor
             let chain = stages.clone();
             let range = seg.range.clone();
             let inner = plan.inner(i).cloned();
-            let out = checkpoint(&[h], move |xs| match &inner {
-                Some(p) => Ok(vec![run_parts(&chain, p, &xs[0])?]),
-                None => Ok(vec![run_range(&chain, range.clone(), &xs[0])?]),
+            let out = checkpoint(&[h], move |xs| {
+                let x = xs
+                    .first()
+                    .ok_or_else(|| Error::invalid("run_plan", "a segment got no input"))?;
+                match &inner {
+                    Some(p) => Ok(vec![run_parts(&chain, p, x)?]),
+                    None => Ok(vec![run_range(&chain, range.clone(), x)?]),
+                }
             })?;
             out.into_iter()
                 .next()

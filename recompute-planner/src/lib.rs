@@ -66,7 +66,7 @@
 //! `densenet`'s budget mode).
 
 mod error;
-mod held;
+pub mod held;
 mod optimal;
 pub mod pareto;
 mod plan;

@@ -60,7 +60,8 @@ struct Args {
     /// Square image size.
     #[arg(long, default_value_t = 32)]
     image: usize,
-    /// Measured steps per case (after one warm-up step).
+    /// Measured steps per case (default 3 on the CPU, 20 on a GPU; after 1 warm-up step on
+    /// the CPU, 5 on a GPU).
     #[arg(long)]
     iters: Option<usize>,
     /// Small batch and sweep: finishes in about a minute on two CPU cores.
@@ -140,7 +141,7 @@ impl Table<'_> {
     fn run(
         &self,
         modes: &[Mode],
-        iters: usize,
+        (warmup, iters): (usize, usize),
         json: bool,
         (profile, explain): (bool, bool),
         device: &dyn Fn() -> Result<Device, String>,
@@ -175,7 +176,7 @@ impl Table<'_> {
                     mode,
                     self.batch,
                     self.image,
-                    1,
+                    warmup,
                     iters,
                     group,
                     options,
@@ -201,7 +202,7 @@ impl Table<'_> {
                 mode,
                 self.batch,
                 self.image,
-                1,
+                warmup,
                 iters,
             )
             .map_err(|e| e.to_string())?;
@@ -282,7 +283,12 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
     let gpu = probe.is_cuda();
     let device = || open_device_with(&spec, options);
     let batch = args.batch.unwrap_or(if args.quick { 8 } else { 64 });
-    let iters = args.iters.unwrap_or(if args.quick { 1 } else { 3 });
+    // A GPU step is timed as PyTorch benchmarks time it: 5 warm-up steps, then 20.
+    let (warmup, default_iters) = match (gpu, args.quick) {
+        (true, false) => (5, 20),
+        (_, quick) => (1, if quick { 1 } else { 3 }),
+    };
+    let iters = args.iters.unwrap_or(default_iters);
     let mut modes: Vec<Mode> = args
         .modes
         .iter()
@@ -349,7 +355,7 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
         };
         table.run(
             &modes,
-            iters,
+            (warmup, iters),
             args.json,
             (args.profile, args.explain),
             &device,
@@ -373,7 +379,7 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
         };
         table.run(
             &modes,
-            iters,
+            (warmup, iters),
             args.json,
             (args.profile, args.explain),
             &device,

@@ -24,6 +24,10 @@ pub struct Measurement {
     /// Median seconds per step (on a meta device: the engine's host time alone, no kernel
     /// running).
     pub median_s: f64,
+    /// Median seconds until the step's work was queued, before waiting for the device: equal
+    /// to `median_s` on the CPU; on a GPU, a host-bound step shows it close to `median_s`.
+    #[serde(default)]
+    pub median_enqueue_s: f64,
     /// Kernel launches of one step (the last measured one; steady-state steps count the same):
     /// one per engine kernel call, counted the same way on every device.
     pub launches: u64,
@@ -52,12 +56,14 @@ pub fn measure_steps<E: From<tape::Error>>(
     dev.memory().reset_peak();
     let rss_ok = rss::reset_peak();
     let mut times = Vec::with_capacity(iters);
+    let mut enqueued = Vec::with_capacity(iters);
     let mut counts = tape::Counters::default();
     for i in 0..iters.max(1) {
         let t0 = Instant::now();
         let before = dev.counters();
         step((warmup + i) as u64)?;
         counts = dev.counters().since(before);
+        enqueued.push(t0.elapsed().as_secs_f64());
         dev.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
     }
@@ -74,6 +80,7 @@ pub fn measure_steps<E: From<tape::Error>>(
         device_used_bytes,
         reserved_bytes: dev.reserved_bytes().map(|b| b as u64),
         median_s: median(&times),
+        median_enqueue_s: median(&enqueued),
         launches: counts.launches,
         allocs: counts.allocs,
         syncs: counts.syncs,

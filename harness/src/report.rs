@@ -53,8 +53,10 @@ pub fn print_header(device: &Device) {
         );
         return;
     }
+    // On a GPU, the host's time to queue the step beside its completion time.
+    let enqueue = if device.is_cuda() { "  enqueue s" } else { "" };
     println!(
-        "{:<22} {:<16} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7} {:>8} {:>7} {:>5}",
+        "{:<22} {:<16} {:>5} {:>11} {:>7} {:>12} {:>9} {:>7} {:>8} {:>7} {:>5}{enqueue}",
         "model",
         "mode",
         "batch",
@@ -106,8 +108,12 @@ pub fn print_case(r: &CaseResult, json: bool, baseline: Option<&CaseResult>) {
         );
         return;
     }
+    let enqueue = match r.device.starts_with("cuda") {
+        true => format!(" {:>10.3}", m.median_enqueue_s),
+        false => String::new(),
+    };
     println!(
-        "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3} {:>8} {:>7} {:>5}",
+        "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3} {:>8} {:>7} {:>5}{enqueue}",
         r.model,
         r.mode,
         r.batch,

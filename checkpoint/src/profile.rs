@@ -1,8 +1,8 @@
 //! Dry-run profiling of a chain on real tensors: every quantity of a [`LayerProfile`] from the
 //! device's memory accounting, and each layer's forward time.
 
-use crate::planner::{ChainModel, LayerProfile};
 use crate::sequential::Stage;
+use recompute_planner::{ChainModel, LayerProfile};
 use std::time::Instant;
 use tape::{Context, Error, MemoryStats, Phase, Result, Tape, Tensor};
 

@@ -2,8 +2,8 @@
 //! (segments chosen by the planner) and [`run_with_policy`] (a per-op policy such as "keep conv
 //! outputs, recompute batch norm, ReLU and concat").
 
-use crate::planner::Plan;
 use crate::segment::checkpoint;
+use recompute_planner::Plan;
 use tape::{Error, Result, Tape, Tensor};
 
 pub use recompute_planner::{OpKind, Policy};

@@ -142,3 +142,22 @@ pub(crate) fn enter_name(name: Option<Arc<str>>) -> ScopeGuard {
         None => ScopeGuard { pushed: None },
     }
 }
+
+/// Which pass of a training step an op runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The step's one real forward pass: batch norm updates its running statistics here.
+    Forward,
+    /// A checkpointed segment re-run inside backward: batch norm leaves running statistics alone
+    /// and dropout replays its mask.
+    Recompute,
+}
+
+impl From<Phase> for Pass {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Forward => Pass::Forward,
+            Phase::Recompute => Pass::Recompute,
+        }
+    }
+}

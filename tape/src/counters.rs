@@ -8,7 +8,7 @@
 //! - **launches**: one per call of a backend kernel (a method of an op's kernel trait, such as
 //!   `relu_forward`, `conv2d_backward`, the fused optimizer update) made by the engine outside
 //!   any other kernel call. Every kernel call goes through one counting wrapper, the kernel set
-//!   a [`Device`] holds (`backend::Counted`), so no op counts by hand. A kernel that runs
+//!   a [`Device`](crate::Device) holds (`backend::Counted`), so no op counts by hand. A kernel that runs
 //!   others inside it (the CPU's `fill_scaled` making its output with `full`, a CUDA kernel
 //!   zeroing its output first) counts once, so a step counts the same on every device. On a
 //!   GPU one kernel call may be several CUDA launches or library calls (cuDNN's batch norm, a
@@ -24,7 +24,7 @@
 //!   outside kernels (a CPU kernel reading its own inputs is kernel work, not a sync). On a GPU
 //!   such a read is a device-to-host copy, which waits for all queued work: every such copy
 //!   counts, whoever makes it. `Tensor::as_slice` (a borrow of host memory, CPU only) and
-//!   [`Device::synchronize`] (no values read) do not count.
+//!   [`Device::synchronize`](crate::Device::synchronize) (no values read) do not count.
 //!
 //! ```
 //! use tape::{ops, DType, Device, Tape, Tensor};
@@ -37,7 +37,6 @@
 //! assert_eq!((d.launches, d.allocs, d.syncs), (1, 1, 1));
 //! ```
 
-use crate::device::Device;
 use std::cell::Cell;
 use std::fmt;
 use std::ops::Sub;
@@ -148,22 +147,5 @@ impl CounterCells {
     /// Counts a device-to-host copy (always: it waits for the device, whoever asks).
     pub(crate) fn device_read(&self) {
         self.syncs.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl Device {
-    /// A snapshot of this device's work counters: kernel launches, buffers allocated and host
-    /// synchronisations since the device was made (see [`crate::counters`]). Take two and
-    /// subtract ([`Counters::since`]) to count a region, or use [`Device::count`].
-    pub fn counters(&self) -> Counters {
-        self.counter_cells().snapshot()
-    }
-
-    /// Runs `f` and returns its result with what it counted on this device. Work that other
-    /// threads do on the same device meanwhile counts too.
-    pub fn count<R>(&self, f: impl FnOnce() -> R) -> (R, Counters) {
-        let before = self.counters();
-        let r = f();
-        (r, self.counters().since(before))
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::backend::kernels;
 use crate::error::{Error, Result};
+use crate::primitives::PrimitiveKernels;
 use crate::tensor::{Tensor, TensorId};
 use rustc_hash::FxHashMap;
 

@@ -2,7 +2,7 @@
 //! loss, its gradient and the accuracy read them there (one host-to-device copy when made, none
 //! per use, and no synchronisation).
 
-use crate::backend::cuda::{self, Indices};
+use crate::device::cuda::{self, Indices};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use std::fmt;

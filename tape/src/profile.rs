@@ -24,20 +24,10 @@
 
 pub use crate::context::Pass;
 use crate::context::{self, ScopeGuard};
-use crate::tape::Phase;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
-
-impl From<Phase> for Pass {
-    fn from(p: Phase) -> Self {
-        match p {
-            Phase::Forward => Pass::Forward,
-            Phase::Recompute => Pass::Recompute,
-        }
-    }
-}
 
 #[derive(Default)]
 struct State {

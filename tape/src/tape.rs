@@ -8,22 +8,13 @@
 //! (parameters, inputs) are what remain in the returned [`Gradients`].
 
 use crate::context;
+pub use crate::context::Phase;
 use crate::error::{Error, Result};
 use crate::gradients::{GradObserver, Gradients};
-use crate::memory::UnitPeaks;
 use crate::profile::{self, Pass};
 use crate::tensor::{Tensor, TensorId};
+use crate::unit_peaks::UnitPeaks;
 use std::collections::BTreeMap;
-
-/// Which pass of a training step an op runs in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// The step's one real forward pass: batch norm updates its running statistics here.
-    Forward,
-    /// A checkpointed segment re-run inside backward: batch norm leaves running statistics alone
-    /// and dropout replays its mask.
-    Recompute,
-}
 
 /// The step's context, carried by the tape and copied into nested tapes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

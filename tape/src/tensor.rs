@@ -1,12 +1,11 @@
 //! [`Tensor`]: a run-time shaped, run-time typed array on a [`Device`]. Clones are cheap and share
 //! the buffer; every tensor has a unique [`TensorId`] by which the tape keys gradients.
 
-use crate::backend;
+use crate::device::storage::Buffer;
 use crate::device::Device;
 use crate::dtype::{CpuData, DType, Elem};
 use crate::error::{Error, Result};
 use crate::rng;
-use crate::storage::Buffer;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,7 +47,7 @@ impl fmt::Debug for Tensor {
     }
 }
 
-fn numel_of(shape: &[usize]) -> usize {
+pub(crate) fn numel_of(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
@@ -107,39 +106,6 @@ impl Tensor {
     /// A tensor of the given dtype from `f64` values (rounded for `f32`).
     pub fn from_f64(data: &[f64], shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
         dispatch_float!(dtype, T => Self::from_vec(data.iter().map(|&v| T::of(v)).collect::<Vec<T>>(), shape, device))
-    }
-
-    /// A tensor filled with `value`.
-    pub fn full(shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Self> {
-        backend::kernels(device)?.full(shape, value, dtype, device)
-    }
-
-    /// A tensor of zeros in a host buffer backed by huge pages where the OS allows (see
-    /// [`crate::host_cache`]); on a GPU a plain [`Tensor::zeros`].
-    pub(crate) fn zeros_large(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
-        if device.is_meta() {
-            return Self::meta(shape, dtype, device);
-        }
-        if device.is_cuda() {
-            return Self::zeros(shape, dtype, device);
-        }
-        let n = numel_of(shape);
-        dispatch_float!(dtype, T => {
-            let mut v: Vec<T> = Vec::with_capacity(n);
-            crate::host_cache::advise_huge_pages(v.spare_capacity_mut());
-            v.resize(n, T::of(0.0));
-            Self::from_vec(v, shape, device)
-        })
-    }
-
-    /// A tensor of zeros.
-    pub fn zeros(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
-        Self::full(shape, 0.0, dtype, device)
-    }
-
-    /// A tensor of ones.
-    pub fn ones(shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
-        Self::full(shape, 1.0, dtype, device)
     }
 
     /// Standard normal values, reproducible from `seed`.
@@ -389,7 +355,7 @@ impl Tensor {
         if self.device().is_cuda() {
             let n = self.numel().min(values.len());
             let device = self.device().clone();
-            return backend::cuda::overwrite(&device, self.buffer_mut()?, &values[..n]);
+            return crate::device::cuda::overwrite(&device, self.buffer_mut()?, &values[..n]);
         }
         dispatch_float!(self.dtype(), T => {
             let d = self.make_mut::<T>()?;
@@ -440,5 +406,11 @@ impl Tensor {
             });
         }
         self.device().check_same(other.device(), op)
+    }
+}
+
+impl crate::memory::HasBuffer for Tensor {
+    fn buffer_id(&self) -> u64 {
+        Tensor::buffer_id(self)
     }
 }

@@ -1,5 +1,6 @@
 //! [`fit`]: the epoch loop over a [`Task`].
 
+use crate::eval::Eval;
 use crate::progress::Progress;
 use crate::run_dir::{RunDir, RunState};
 use crate::schedule::Schedule;
@@ -19,15 +20,6 @@ pub struct Queued {
     pub correct: Option<Tensor>,
     /// Samples in the step's batch.
     pub samples: usize,
-}
-
-/// An evaluation's results.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Eval {
-    /// Mean loss.
-    pub loss: f64,
-    /// Accuracy in `[0, 1]`, where the task measures one.
-    pub accuracy: Option<f64>,
 }
 
 /// One model's training, as [`fit`] drives it.

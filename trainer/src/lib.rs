@@ -15,12 +15,14 @@
 //! after the next step is queued, so the host never waits for the step it has just queued.
 
 pub mod anomaly;
+mod eval;
 mod fit;
 mod progress;
 mod run_dir;
 mod schedule;
 
-pub use fit::{fit, EpochReport, Eval, FitOptions, Queued, Task, TrainError};
+pub use eval::Eval;
+pub use fit::{fit, EpochReport, FitOptions, Queued, Task, TrainError};
 pub use progress::Progress;
 pub use run_dir::{RunDir, RunState};
 pub use schedule::Schedule;

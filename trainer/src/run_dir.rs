@@ -3,7 +3,7 @@
 //! `state.json` ([`RunState`]), each written atomically; `state.json` is written last, so the
 //! epoch it records is one whose weights are on disk.
 
-use crate::fit::Eval;
+use crate::eval::Eval;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tape::nn::{self, LoadOptions, Module, StateError, StateResult};

@@ -5,7 +5,6 @@
 use super::Warning;
 use crate::context::Pass;
 use crate::dtype::DType;
-use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -74,7 +73,7 @@ impl fmt::Display for Role {
 /// One buffer alive at the peak.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// The buffer (see [`Tensor::buffer_id`]); 0 for the bytes held before recording started.
+    /// The buffer (see [`crate::Tensor::buffer_id`]); 0 for the bytes held before recording started.
     pub id: u64,
     /// Why it is held.
     pub role: Role,
@@ -107,6 +106,13 @@ pub struct MemoryReport {
     pub noted: Vec<Warning>,
 }
 
+/// Anything that names the buffer it holds (a [`crate::Tensor`]), so that a report can say what
+/// the buffer is ([`MemoryReport::classify`]).
+pub trait HasBuffer {
+    /// The buffer's id, as the report's entries carry it.
+    fn buffer_id(&self) -> u64;
+}
+
 /// The smallest share of the peak a tensor held by the caller must have to be warned about
 /// (the logits and the loss a step hands back are far below it).
 pub const HELD_WARNING_SHARE: f64 = 0.01;
@@ -115,9 +121,9 @@ impl MemoryReport {
     /// Gives the buffers of the named tensors the role `role` and, where no module scope named
     /// them, their name (parameters, their gradients and the optimizer's state are known to
     /// the caller, not to the ops that made them).
-    pub fn classify<'t>(
+    pub fn classify<'t, B: HasBuffer + 't>(
         &mut self,
-        tensors: impl IntoIterator<Item = (&'t str, &'t Tensor)>,
+        tensors: impl IntoIterator<Item = (&'t str, &'t B)>,
         role: Role,
     ) {
         let names: HashMap<u64, &str> = tensors

@@ -11,9 +11,6 @@ mod block_storage;
 mod checks;
 mod concat;
 mod conv2d;
-mod cpu_gemm;
-mod cpu_lanes;
-mod cpu_map;
 mod cross_entropy;
 mod dropout;
 mod elementwise;
@@ -63,29 +60,3 @@ pub use matmul::{matmul, matmul_with, MatmulOptions};
 pub use narrow::{narrow, split};
 pub use permute::{permute, transpose, MAX_PERMUTE_DIMS};
 pub use softmax::{log_softmax, log_softmax_with, softmax, softmax_with, SoftmaxOptions};
-
-// The kernel traits the backends implement, and the argument types of their methods (the
-// backend's counting wrapper names them).
-pub(crate) use accuracy::AccuracyKernels;
-pub(crate) use batch_norm::{BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats};
-pub(crate) use batch_norm_relu::{
-    BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads,
-};
-pub(crate) use block_storage::BlockStorageKernels;
-pub(crate) use concat::ConcatKernels;
-pub(crate) use conv2d::{Conv2dGrads, Conv2dKernels, Geometry};
-pub(crate) use cross_entropy::CrossEntropyKernels;
-pub(crate) use dropout::DropoutKernels;
-pub(crate) use elementwise::ElementwiseKernels;
-pub(crate) use embedding::{EmbeddingKernels, Groups};
-pub(crate) use finite::FiniteKernels;
-pub(crate) use gelu::GeluKernels;
-pub(crate) use layer_norm::{LayerNormKernels, LnDims, RowStats};
-pub(crate) use linear::{Dims, LinearKernels};
-pub(crate) use matmul::{MatmulDims, MatmulKernels};
-pub(crate) use narrow::{NarrowKernels, Slice};
-pub(crate) use permute::PermuteKernels;
-pub(crate) use pool::{PoolKernels, PoolMode, Window};
-pub(crate) use reduce::ReduceKernels;
-pub(crate) use relu::ReluKernels;
-pub(crate) use softmax::{Rows, SoftmaxKernels};

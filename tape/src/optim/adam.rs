@@ -3,7 +3,7 @@
 
 use super::{
     by_device_and_dtype, check_non_negative, check_state, gradients_of, states_mut, zeros_like,
-    AdamSlot, Optimizer,
+    AdamSlot, OptimKernels, Optimizer,
 };
 use crate::backend::kernels;
 use crate::dtype::Elem;

@@ -5,9 +5,8 @@
 //! updates. Compiled and checked by NVRTC, but not yet run on a GPU.
 
 use super::{AdamConfig, AdamSlot, OptimKernels, SgdConfig, SgdSlot};
-use crate::backend::cuda::{
-    launch, multi_grid, scratch_from_host, Backend, CudaElem, CudaKernels, K,
-};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{launch, multi_grid, scratch_from_host, Backend, CudaElem, K};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::Result;

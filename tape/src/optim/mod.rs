@@ -12,6 +12,7 @@
 //! conditional on a device flag (the device skips it), so a training step can queue its update
 //! before reading anything back.
 
+use crate::backend::kernel_trait;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -49,24 +50,26 @@ pub(crate) struct AdamSlot<'a> {
     pub(crate) v: &'a mut Tensor,
 }
 
-/// Device kernels of the optimizer updates: every slot (all on this device, of one dtype)
-/// updated in one kernel call, or none of them when `found_inf` (one element, on this device)
-/// holds a non-zero value. Slots that do not fit (dtype, device) are an error before any update.
-pub(crate) trait OptimKernels {
-    /// One SGD update of every slot.
-    fn sgd_multi(
-        &self,
-        cfg: &SgdConfig,
-        slots: &mut [SgdSlot<'_>],
-        found_inf: Option<&Tensor>,
-    ) -> Result<()>;
-    /// One Adam update of every slot.
-    fn adam_multi(
-        &self,
-        cfg: &AdamConfig,
-        slots: &mut [AdamSlot<'_>],
-        found_inf: Option<&Tensor>,
-    ) -> Result<()>;
+kernel_trait! {
+    /// Device kernels of the optimizer updates: every slot (all on this device, of one dtype)
+    /// updated in one kernel call, or none of them when `found_inf` (one element, on this device)
+    /// holds a non-zero value. Slots that do not fit (dtype, device) are an error before any update.
+    pub(crate) trait OptimKernels {
+        /// One SGD update of every slot.
+        fn sgd_multi(
+            &self,
+            cfg: &SgdConfig,
+            slots: &mut [SgdSlot<'_>],
+            found_inf: Option<&Tensor>,
+        ) -> Result<()>;
+        /// One Adam update of every slot.
+        fn adam_multi(
+            &self,
+            cfg: &AdamConfig,
+            slots: &mut [AdamSlot<'_>],
+            found_inf: Option<&Tensor>,
+        ) -> Result<()>;
+    }
 }
 
 /// Updates parameters from their gradients.

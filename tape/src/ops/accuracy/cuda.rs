@@ -3,7 +3,8 @@
 //! yet run on a GPU.
 
 use super::AccuracyKernels;
-use crate::backend::cuda::{launch, per_row, CudaElem, CudaKernels, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{launch, per_row, CudaElem, K};
 use crate::error::Result;
 use crate::labels::Labels;
 use crate::tensor::Tensor;

@@ -2,7 +2,7 @@
 //! their label, as a one-element tensor, so a training step can count its hits without reading
 //! the logits back (read the count when it is wanted).
 
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::labels::Labels;
 use crate::profile::{self, Pass};
@@ -13,11 +13,13 @@ mod cpu;
 mod cuda;
 mod meta;
 
-/// Device kernels of the accuracy count (labels checked by the caller).
-pub(crate) trait AccuracyKernels {
-    /// The number of rows of `logits` (`[n, classes]`, `classes >= 1`) whose top-1 class is
-    /// their label, as a `[1]` tensor of the logits' dtype.
-    fn correct_count(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of the accuracy count (labels checked by the caller).
+    pub(crate) trait AccuracyKernels {
+        /// The number of rows of `logits` (`[n, classes]`, `classes >= 1`) whose top-1 class is
+        /// their label, as a `[1]` tensor of the logits' dtype.
+        fn correct_count(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor>;
+    }
 }
 
 const OP: &str = "correct_count";

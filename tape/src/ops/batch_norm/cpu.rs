@@ -1,13 +1,13 @@
 //! CPU kernels of batch normalisation over NCHW tensors. Per-channel sums are accumulated in `f64`
 //! (statistics in two passes), so `f32` inputs get accurate means and variances.
 
-use super::super::cpu_lanes::{grad_sums, lane_sum};
-use super::super::cpu_map::by_channel;
-use super::super::cpu_map::PAR_MIN;
 use super::{
     channel_affine, host_forward, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats,
     HostNorm, OP,
 };
+use crate::backend::cpu::lanes::{grad_sums, lane_sum};
+use crate::backend::cpu::map::by_channel;
+use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::{Error, Result};

@@ -8,9 +8,8 @@
 use super::{
     BatchNormKernels, BatchNormOptions, BnBackward, BnForward, BnGrads, BnStats, RunningStats, OP,
 };
-use crate::backend::cuda::{
-    cptr, cudnn_err, grid, launch, mptr, per_row, CudaElem, CudaKernels, K,
-};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, per_row, CudaElem, K};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;

@@ -5,7 +5,7 @@
 //! per-channel mean and `invstd` and (for the input gradient) the weight.
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -65,12 +65,14 @@ pub(crate) struct BnBackward<'a> {
 /// The gradients of a batch norm's input, weight and bias (each when wanted).
 pub(crate) type BnGrads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
-/// Device kernels of batch normalisation.
-pub(crate) trait BatchNormKernels {
-    /// The normalised output and, when asked, the statistics backward needs.
-    fn batch_norm_forward(&self, a: &BnForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
-    /// The wanted gradients from the output gradient.
-    fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads>;
+kernel_trait! {
+    /// Device kernels of batch normalisation.
+    pub(crate) trait BatchNormKernels {
+        /// The normalised output and, when asked, the statistics backward needs.
+        fn batch_norm_forward(&self, a: &BnForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
+        /// The wanted gradients from the output gradient.
+        fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads>;
+    }
 }
 
 /// Fails unless training has more than one value per channel (`m` of them).

@@ -3,9 +3,9 @@
 
 use super::super::batch_norm::cpu::normalize_by_channel;
 use super::super::batch_norm::{host_forward, BnStats};
-use super::super::cpu_lanes::{lane_sum2, masked_sums};
-use super::super::cpu_map::PAR_MIN;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
+use crate::backend::cpu::lanes::{lane_sum2, masked_sums};
+use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

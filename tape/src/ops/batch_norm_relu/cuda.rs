@@ -26,14 +26,17 @@
 //!   the call (and the ones it writes copied back).
 
 use super::super::batch_norm::BnStats;
+use super::super::block_storage::BlockStorageKernels;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
-use crate::backend::cuda::{
-    cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem, CudaKernels, Dnn, PartList,
-    Scratch, TensorDesc, K,
+use crate::backend::CudaKernels;
+use crate::device::cuda::{
+    cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem, Dnn, PartList, Scratch,
+    TensorDesc, K,
 };
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{BatchNormOptions, RunningStats};
+use crate::primitives::PrimitiveKernels;
 use crate::tensor::Tensor;
 use cudarc::cudnn::result::CudnnError;
 use cudarc::cudnn::sys;

@@ -2,11 +2,11 @@
 //! order (forward as batch norm's; backward: the given part gradients written in place, the
 //! weight and bias gradients, then a new gradient for each wanted part that came without one).
 
+use super::super::batch_norm::BnStats;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
 use crate::backend::Meta;
 use crate::error::Result;
 use crate::ops::batch_norm::meta::forward;
-use crate::ops::BnStats;
 use crate::tensor::Tensor;
 
 impl BatchNormReluKernels for Meta {

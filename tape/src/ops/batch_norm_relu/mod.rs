@@ -11,7 +11,7 @@
 use super::batch_norm::{check_affine, check_batch, BatchNormOptions, BnStats, RunningStats};
 use super::block_storage::BlockStorage;
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::{Phase, Tape};
@@ -65,19 +65,21 @@ pub(crate) struct BnReluBackward<'a> {
 /// The gradients of the parts, the weight and the bias (each when wanted).
 pub(crate) type BnReluGrads = (Vec<Option<Tensor>>, Option<Tensor>, Option<Tensor>);
 
-/// Device kernels of the fused concat -> batch norm -> ReLU.
-pub(crate) trait BatchNormReluKernels {
-    /// The output `[n, C, h, w]` (packed) and, when asked, the statistics backward needs.
-    fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
-    /// The wanted gradients from the output gradient. `into[k]`, when given, is part `k`'s
-    /// existing gradient, laid out as the part is (`widths[k]` channels per image): its input
-    /// gradient is added into it in place, and it comes back as that part's gradient. A part
-    /// narrower than its buffer always comes with one.
-    fn bn_relu_backward(
-        &self,
-        a: &BnReluBackward<'_>,
-        into: Vec<Option<Tensor>>,
-    ) -> Result<BnReluGrads>;
+kernel_trait! {
+    /// Device kernels of the fused concat -> batch norm -> ReLU.
+    pub(crate) trait BatchNormReluKernels {
+        /// The output `[n, C, h, w]` (packed) and, when asked, the statistics backward needs.
+        fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
+        /// The wanted gradients from the output gradient. `into[k]`, when given, is part `k`'s
+        /// existing gradient, laid out as the part is (`widths[k]` channels per image): its input
+        /// gradient is added into it in place, and it comes back as that part's gradient. A part
+        /// narrower than its buffer always comes with one.
+        fn bn_relu_backward(
+            &self,
+            a: &BnReluBackward<'_>,
+            into: Vec<Option<Tensor>>,
+        ) -> Result<BnReluGrads>;
+    }
 }
 
 /// Where the op's input channels come from.

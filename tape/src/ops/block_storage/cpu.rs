@@ -1,8 +1,8 @@
 //! CPU kernels of [`super::BlockStorage`]: per image, one contiguous run of `k * h * w` elements
 //! at channel `c0` of the wide buffer; images in parallel when large.
 
-use super::super::cpu_map::{write_copy, written_vec, PAR_MIN};
 use super::{channel_runs, BlockStorageKernels};
+use crate::backend::cpu::map::{write_copy, written_vec, PAR_MIN};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

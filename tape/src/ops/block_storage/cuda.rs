@@ -3,7 +3,8 @@
 //! Not yet run on a GPU.
 
 use super::{channel_runs, BlockStorageKernels};
-use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, PartList, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{grid, launch, CudaElem, PartList, K};
 use crate::error::Result;
 use crate::tensor::Tensor;
 

@@ -11,7 +11,7 @@
 //! so its backward runs after all of theirs have added into the gradient buffer. The append of
 //! the first channels runs last of all and frees the gradient buffer.
 
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::context::{self, Pass};
 use crate::device::Device;
 use crate::dtype::DType;
@@ -28,15 +28,17 @@ mod meta;
 
 const OP: &str = "block_storage";
 
-/// Device kernels of [`BlockStorage`]: channel ranges of NCHW buffers (`dst`/`src` of the same
-/// batch and image size).
-pub(crate) trait BlockStorageKernels {
-    /// `dst[:, c0 .. c0 + k] = src` with `src` `[n, k, h, w]` (packed).
-    fn write_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()>;
-    /// `dst[:, c0 .. c0 + k] += src` with `src` `[n, k, h, w]` (packed).
-    fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()>;
-    /// A packed copy of `src[:, c0 .. c0 + k]`.
-    fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of [`BlockStorage`]: channel ranges of NCHW buffers (`dst`/`src` of the same
+    /// batch and image size).
+    pub(crate) trait BlockStorageKernels {
+        /// `dst[:, c0 .. c0 + k] = src` with `src` `[n, k, h, w]` (packed).
+        fn write_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()>;
+        /// `dst[:, c0 .. c0 + k] += src` with `src` `[n, k, h, w]` (packed).
+        fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()>;
+        /// A packed copy of `src[:, c0 .. c0 + k]`.
+        fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor>;
+    }
 }
 
 /// `(images, elements per image of the wide buffer, of the packed tensor, offset of the packed

@@ -1,7 +1,7 @@
 //! CPU kernels of channel concatenation: interleaved row copies, in parallel for large outputs.
 
-use super::super::cpu_map::{write_copy, written_vec, PAR_MIN};
 use super::ConcatKernels;
+use crate::backend::cpu::map::{write_copy, written_vec, PAR_MIN};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

@@ -2,7 +2,8 @@
 //! and offsets passed by value), and the same for the backward split.
 
 use super::ConcatKernels;
-use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, PartList, K, MAX_PARTS};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{grid, launch, CudaElem, PartList, K, MAX_PARTS};
 use crate::error::Result;
 use crate::tensor::Tensor;
 

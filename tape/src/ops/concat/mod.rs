@@ -3,7 +3,7 @@
 //! only the inputs' keys (no buffers).
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -16,29 +16,31 @@ mod meta;
 
 const OP: &str = "concat";
 
-/// Device kernels of concatenation. Rows: the inputs and the output are `outer` rows each; a
-/// row of input `k` has `widths[k]` elements and a row of the output their sum.
-pub(crate) trait ConcatKernels {
-    /// The inputs' rows side by side, as a new tensor of `shape`.
-    fn concat(
-        &self,
-        xs: &[&Tensor],
-        widths: &[usize],
-        outer: usize,
-        shape: &[usize],
-    ) -> Result<Tensor>;
-    /// The pieces of `g` (the output's gradient) for the inputs marked in `wanted`, shaped
-    /// `shapes[k]`; `None` for the others. `into[k]`, when given, is input `k`'s existing
-    /// gradient: its piece is added into it in place, and it comes back as that input's piece.
-    fn concat_split(
-        &self,
-        g: &Tensor,
-        outer: usize,
-        widths: &[usize],
-        shapes: &[&[usize]],
-        wanted: &[bool],
-        into: Vec<Option<Tensor>>,
-    ) -> Result<Vec<Option<Tensor>>>;
+kernel_trait! {
+    /// Device kernels of concatenation. Rows: the inputs and the output are `outer` rows each; a
+    /// row of input `k` has `widths[k]` elements and a row of the output their sum.
+    pub(crate) trait ConcatKernels {
+        /// The inputs' rows side by side, as a new tensor of `shape`.
+        fn concat(
+            &self,
+            xs: &[&Tensor],
+            widths: &[usize],
+            outer: usize,
+            shape: &[usize],
+        ) -> Result<Tensor>;
+        /// The pieces of `g` (the output's gradient) for the inputs marked in `wanted`, shaped
+        /// `shapes[k]`; `None` for the others. `into[k]`, when given, is input `k`'s existing
+        /// gradient: its piece is added into it in place, and it comes back as that input's piece.
+        fn concat_split(
+            &self,
+            g: &Tensor,
+            outer: usize,
+            widths: &[usize],
+            shapes: &[&[usize]],
+            wanted: &[bool],
+            into: Vec<Option<Tensor>>,
+        ) -> Result<Vec<Option<Tensor>>>;
+    }
 }
 
 /// Concatenates `xs` (at least one, rank >= 2, equal in every dim but dim 1, one dtype and

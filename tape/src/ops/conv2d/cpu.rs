@@ -16,11 +16,11 @@
 //!   `gcol (K x P) = W^T * gout` scattered back by col2im.
 
 use super::{Conv2dGrads, Conv2dKernels, Conv2dPass, Geometry};
+use crate::backend::cpu::gemm::{gemm, gemm_ld_uninit, Dst, Mat};
+use crate::backend::cpu::map::{assume_init_mut, write_fill, written_vec, PAR_MIN};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;
-use crate::ops::cpu_gemm::{gemm, gemm_ld_uninit, Dst, Mat};
-use crate::ops::cpu_map::{assume_init_mut, write_fill, written_vec, PAR_MIN};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

@@ -6,9 +6,10 @@
 //! it, or once for the device's lifetime with `CudaOptions::persistent_workspace`.
 
 use super::{Conv2dGrads, Conv2dKernels, Geometry, OP};
-use crate::backend::cuda::{
-    conv_workspace, cptr, cudnn_err, mptr, scratch, ConvKey, CudaElem, CudaHandle, CudaKernels,
-    FindArgs, FindContext, Workspace,
+use crate::backend::CudaKernels;
+use crate::device::cuda::{
+    conv_workspace, cptr, cudnn_err, mptr, scratch, ConvKey, CudaElem, CudaHandle, FindArgs,
+    FindContext, Workspace,
 };
 use crate::device::Device;
 use crate::error::Result;

@@ -8,7 +8,7 @@ mod cuda;
 mod meta;
 
 use super::checks::{accumulate_weighted, check_grad, WeightedOp};
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -20,27 +20,29 @@ const OP: &str = "conv2d";
 /// The gradients of a convolution's input, weight and bias (each when asked for).
 pub(crate) type Conv2dGrads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
-/// Device kernels of `conv2d` (shapes checked by the caller). Kernel workspaces are charged to
-/// the device while they live.
-pub(crate) trait Conv2dKernels {
-    /// The convolution of `x` with `weight`, plus `bias`: `[n, cout, hout, wout]`.
-    fn conv2d_forward(
-        &self,
-        geo: &Geometry,
-        x: &Tensor,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-    ) -> Result<Tensor>;
-    /// From the output gradient `g`: the input gradient when `w` (the weight) is given, the
-    /// weight gradient when `x` (the input) is given, the bias gradient when `want_bias`.
-    fn conv2d_backward(
-        &self,
-        geo: &Geometry,
-        g: &Tensor,
-        x: Option<&Tensor>,
-        w: Option<&Tensor>,
-        want_bias: bool,
-    ) -> Result<Conv2dGrads>;
+kernel_trait! {
+    /// Device kernels of `conv2d` (shapes checked by the caller). Kernel workspaces are charged to
+    /// the device while they live.
+    pub(crate) trait Conv2dKernels {
+        /// The convolution of `x` with `weight`, plus `bias`: `[n, cout, hout, wout]`.
+        fn conv2d_forward(
+            &self,
+            geo: &Geometry,
+            x: &Tensor,
+            weight: &Tensor,
+            bias: Option<&Tensor>,
+        ) -> Result<Tensor>;
+        /// From the output gradient `g`: the input gradient when `w` (the weight) is given, the
+        /// weight gradient when `x` (the input) is given, the bias gradient when `want_bias`.
+        fn conv2d_backward(
+            &self,
+            geo: &Geometry,
+            g: &Tensor,
+            x: Option<&Tensor>,
+            w: Option<&Tensor>,
+            want_bias: bool,
+        ) -> Result<Conv2dGrads>;
+    }
 }
 
 /// Stride and zero padding of a [`conv2d`], the same along height and width.

@@ -3,7 +3,8 @@
 //! ([`Labels`], copied there once when made).
 
 use super::CrossEntropyKernels;
-use crate::backend::cuda::{launch, per_row, scratch, CudaElem, CudaKernels, Scratch, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{launch, per_row, scratch, CudaElem, Scratch, K};
 use crate::error::Result;
 use crate::labels::Labels;
 use crate::tensor::Tensor;

@@ -3,7 +3,7 @@
 //! logits' device ([`Labels`]).
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::labels::Labels;
@@ -15,17 +15,19 @@ mod cpu;
 mod cuda;
 mod meta;
 
-/// Device kernels of softmax cross-entropy (labels checked by the caller).
-pub(crate) trait CrossEntropyKernels {
-    /// The mean over rows of `-log softmax(logits)[label]`, as a `[1]` tensor.
-    fn cross_entropy_forward(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor>;
-    /// `g[0] / n * (softmax(logits) - onehot(labels))`.
-    fn cross_entropy_backward(
-        &self,
-        logits: &Tensor,
-        labels: &Labels,
-        g: &Tensor,
-    ) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of softmax cross-entropy (labels checked by the caller).
+    pub(crate) trait CrossEntropyKernels {
+        /// The mean over rows of `-log softmax(logits)[label]`, as a `[1]` tensor.
+        fn cross_entropy_forward(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor>;
+        /// `g[0] / n * (softmax(logits) - onehot(labels))`.
+        fn cross_entropy_backward(
+            &self,
+            logits: &Tensor,
+            labels: &Labels,
+            g: &Tensor,
+        ) -> Result<Tensor>;
+    }
 }
 
 const OP: &str = "cross_entropy";

@@ -1,7 +1,7 @@
 //! CPU kernel of dropout: the mask is recomputed from the counter-based generator, never stored.
 
-use super::super::cpu_map::PAR_MIN;
 use super::DropoutKernels;
+use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

@@ -2,7 +2,8 @@
 //! `mix64` / `uniform` in `kernels.cu`), so a GPU mask equals the CPU mask element for element.
 
 use super::DropoutKernels;
-use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{grid, launch, CudaElem, K};
 use crate::error::Result;
 use crate::tensor::Tensor;
 

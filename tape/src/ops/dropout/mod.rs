@@ -2,7 +2,7 @@
 //! element index ([`crate::rng::uniform`]), so a recompute under the same context replays it and
 //! backward regenerates it instead of keeping it in memory: the closure saves no buffer.
 
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -13,11 +13,13 @@ mod cpu;
 mod cuda;
 mod meta;
 
-/// Device kernels of dropout.
-pub(crate) trait DropoutKernels {
-    /// `x` with the mask of stream (`seed`, `counter`) applied: `out[i] = x[i] / (1 - p)` where
-    /// `uniform(seed, counter, i) >= p` (the factor rounded to the dtype first), else 0.
-    fn dropout_mask(&self, x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of dropout.
+    pub(crate) trait DropoutKernels {
+        /// `x` with the mask of stream (`seed`, `counter`) applied: `out[i] = x[i] / (1 - p)` where
+        /// `uniform(seed, counter, i) >= p` (the factor rounded to the dtype first), else 0.
+        fn dropout_mask(&self, x: &Tensor, seed: u64, counter: u64, p: f64) -> Result<Tensor>;
+    }
 }
 
 /// Zeroes each element of `x` with probability `p` and scales the kept ones by `1 / (1 - p)`.

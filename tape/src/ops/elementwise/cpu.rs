@@ -1,29 +1,13 @@
 //! CPU kernels of the element-wise ops.
 
-use super::super::cpu_map::{map_binary, map_unary, PAR_MIN};
 use super::ElementwiseKernels;
+use crate::backend::cpu::map::{map_binary, map_unary};
 use crate::backend::Cpu;
-use crate::device::Device;
-use crate::dtype::{DType, Elem};
+use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
-use rayon::prelude::*;
-
-/// `acc[i] += g[i]`, in parallel for large buffers.
-fn add_assign_t<T: Elem>(acc: &mut [T], g: &[T]) {
-    if acc.len() >= PAR_MIN {
-        acc.par_iter_mut().zip(g).for_each(|(a, &b)| *a += b);
-    } else {
-        acc.iter_mut().zip(g).for_each(|(a, &b)| *a += b);
-    }
-}
 
 impl ElementwiseKernels for Cpu {
-    fn full(&self, shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
-        let n = shape.iter().product();
-        dispatch_float!(dtype, T => Tensor::from_vec(vec![T::of(value); n], shape, device))
-    }
-
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         dispatch_float!(a.dtype(), T => map_binary::<T>(a, b, |x, y| x + y))
     }
@@ -34,10 +18,5 @@ impl ElementwiseKernels for Cpu {
 
     fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor> {
         dispatch_float!(x.dtype(), T => { let s = T::of(s); map_unary::<T>(x, |v| v * s) })
-    }
-
-    fn add_assign(&self, acc: &mut Tensor, g: &Tensor) -> Result<()> {
-        dispatch_float!(g.dtype(), T => add_assign_t::<T>(acc.make_mut::<T>()?, g.as_slice::<T>()?));
-        Ok(())
     }
 }

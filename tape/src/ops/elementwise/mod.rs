@@ -1,10 +1,8 @@
-//! Element-wise arithmetic (`add`, `mul`, `scale`), fills and the in-place accumulation that
-//! gradients use. Shapes must match exactly (no broadcasting).
+//! Element-wise arithmetic (`add`, `mul`, `scale`). Shapes must match exactly (no
+//! broadcasting). Fills and gradient accumulation are [`crate::primitives`].
 
 use super::checks::check_pair;
-use crate::backend::kernels;
-use crate::device::Device;
-use crate::dtype::DType;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::Result;
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -15,18 +13,16 @@ mod cpu;
 mod cuda;
 mod meta;
 
-/// Device kernels of the element-wise ops (arguments checked by the caller).
-pub(crate) trait ElementwiseKernels {
-    /// A tensor of `shape` filled with `value` (rounded to `dtype`).
-    fn full(&self, shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor>;
-    /// `a + b`.
-    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
-    /// `a * b`.
-    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
-    /// `s * x`, with `s` rounded to the dtype first.
-    fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor>;
-    /// `acc += g` in place (copy-on-write if `acc`'s buffer is shared; the id stays).
-    fn add_assign(&self, acc: &mut Tensor, g: &Tensor) -> Result<()>;
+kernel_trait! {
+    /// Device kernels of the element-wise ops (arguments checked by the caller).
+    pub(crate) trait ElementwiseKernels {
+        /// `a + b`.
+        fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+        /// `a * b`.
+        fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+        /// `s * x`, with `s` rounded to the dtype first.
+        fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor>;
+    }
 }
 
 /// `a + b` (same shape, dtype and device).

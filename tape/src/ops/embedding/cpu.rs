@@ -2,8 +2,8 @@
 //! grouped scatter-add (weight rows over threads; each row sums its group in order, so the bits
 //! do not depend on the thread count).
 
-use super::super::cpu_map::PAR_MIN;
 use super::{EmbeddingKernels, Groups};
+use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

@@ -6,7 +6,8 @@
 //! Not yet run on a GPU: the kernels compile with NVRTC, nothing more is known.
 
 use super::{EmbeddingKernels, Groups};
-use crate::backend::cuda::{grid, launch, scratch_from_host, CudaElem, CudaKernels, Scratch, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{grid, launch, scratch_from_host, CudaElem, Scratch, K};
 use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;

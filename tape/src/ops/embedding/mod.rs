@@ -13,7 +13,7 @@ mod cuda;
 mod meta;
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -50,24 +50,26 @@ impl Groups {
     }
 }
 
-/// Device kernels of `embedding` (indices checked by the caller).
-pub(crate) trait EmbeddingKernels {
-    /// `out[p] = weight[indices[p]]` row by row, as a tensor of `out_shape`.
-    fn embedding_forward(
-        &self,
-        weight: &Tensor,
-        indices: &[usize],
-        out_shape: &[usize],
-    ) -> Result<Tensor>;
-    /// The weight gradient `[vocab, d]`: row `v` is the sum of the rows of `g` (viewed as
-    /// `[positions, d]`) at the positions of group `v`, in order.
-    fn embedding_backward(
-        &self,
-        g: &Tensor,
-        groups: &Groups,
-        vocab: usize,
-        d: usize,
-    ) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of `embedding` (indices checked by the caller).
+    pub(crate) trait EmbeddingKernels {
+        /// `out[p] = weight[indices[p]]` row by row, as a tensor of `out_shape`.
+        fn embedding_forward(
+            &self,
+            weight: &Tensor,
+            indices: &[usize],
+            out_shape: &[usize],
+        ) -> Result<Tensor>;
+        /// The weight gradient `[vocab, d]`: row `v` is the sum of the rows of `g` (viewed as
+        /// `[positions, d]`) at the positions of group `v`, in order.
+        fn embedding_backward(
+            &self,
+            g: &Tensor,
+            groups: &Groups,
+            vocab: usize,
+            d: usize,
+        ) -> Result<Tensor>;
+    }
 }
 
 /// The rows of `weight` (`[vocab, d]`) at `indices`, shaped `[shape.., d]`: `indices` holds

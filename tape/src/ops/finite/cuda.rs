@@ -2,7 +2,8 @@
 //! and lengths into a zeroed flag, no synchronisation. Compiled by NVRTC, not yet run on a GPU.
 
 use super::FiniteKernels;
-use crate::backend::cuda::{launch, multi_grid, scratch_from_host, CudaElem, CudaKernels, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{launch, multi_grid, scratch_from_host, CudaElem, K};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

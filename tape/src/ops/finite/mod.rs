@@ -4,7 +4,7 @@
 //! optimizer's [`crate::optim::Optimizer::step_if_finite`] reads on the device to skip its
 //! update, and that the host reads once, when it wants to know.
 
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::profile::{self, Pass};
 use crate::tensor::Tensor;
@@ -14,11 +14,13 @@ mod cpu;
 mod cuda;
 mod meta;
 
-/// Device kernels of the finiteness check (the inputs checked by the caller).
-pub(crate) trait FiniteKernels {
-    /// A `[1]` tensor of the inputs' dtype: 1 if any element of any of `xs` (at least one
-    /// tensor, all of one dtype, on this device) is NaN or infinite, else 0.
-    fn non_finite(&self, xs: &[&Tensor]) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of the finiteness check (the inputs checked by the caller).
+    pub(crate) trait FiniteKernels {
+        /// A `[1]` tensor of the inputs' dtype: 1 if any element of any of `xs` (at least one
+        /// tensor, all of one dtype, on this device) is NaN or infinite, else 0.
+        fn non_finite(&self, xs: &[&Tensor]) -> Result<Tensor>;
+    }
 }
 
 const OP: &str = "non_finite";

@@ -1,7 +1,7 @@
 //! CPU kernels of GELU: in `f64` (`libm`'s `erf` for the exact form), rounded once.
 
-use super::super::cpu_map::{map_binary, map_unary};
 use super::{GeluApproximation, GeluKernels};
+use crate::backend::cpu::map::{map_binary, map_unary};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

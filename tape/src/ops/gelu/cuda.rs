@@ -4,7 +4,8 @@
 //! Not yet run on a GPU: the kernels compile with NVRTC, nothing more is known.
 
 use super::{GeluApproximation, GeluKernels};
-use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{grid, launch, CudaElem, K};
 use crate::error::Result;
 use crate::tensor::Tensor;
 

@@ -4,7 +4,7 @@
 //! is not enough to invert GELU).
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -27,12 +27,14 @@ pub enum GeluApproximation {
     Tanh,
 }
 
-/// Device kernels of GELU.
-pub(crate) trait GeluKernels {
-    /// `gelu(x)` in the given form.
-    fn gelu_forward(&self, x: &Tensor, approx: GeluApproximation) -> Result<Tensor>;
-    /// `g * gelu'(x)` from the saved input `x`.
-    fn gelu_backward(&self, g: &Tensor, x: &Tensor, approx: GeluApproximation) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of GELU.
+    pub(crate) trait GeluKernels {
+        /// `gelu(x)` in the given form.
+        fn gelu_forward(&self, x: &Tensor, approx: GeluApproximation) -> Result<Tensor>;
+        /// `g * gelu'(x)` from the saved input `x`.
+        fn gelu_backward(&self, g: &Tensor, x: &Tensor, approx: GeluApproximation) -> Result<Tensor>;
+    }
 }
 
 /// `x Phi(x)` element-wise, `Phi` the standard normal distribution function (the exact GELU).

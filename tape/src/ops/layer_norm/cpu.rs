@@ -3,8 +3,8 @@
 //! (blocks over threads), each column summed over rows in row order, so the result does not
 //! depend on the thread count.
 
-use super::super::cpu_map::PAR_MIN;
 use super::{LayerNormKernels, LnDims, RowStats};
+use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
 use crate::device::Device;
 use crate::dtype::Elem;

@@ -6,7 +6,8 @@
 //! Not yet run on a GPU: the kernels compile with NVRTC, nothing more is known.
 
 use super::{LayerNormKernels, LnDims, RowStats};
-use crate::backend::cuda::{grid, launch, per_row, CudaElem, CudaKernels, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{grid, launch, per_row, CudaElem, K};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

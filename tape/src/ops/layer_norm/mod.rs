@@ -11,7 +11,7 @@ mod cuda;
 mod meta;
 
 use super::checks::{check_grad, check_vector};
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -33,36 +33,38 @@ pub(crate) struct RowStats {
     pub(crate) invstd: Tensor,
 }
 
-/// Device kernels of `layer_norm` (shapes checked by the caller).
-pub(crate) trait LayerNormKernels {
-    /// The normalised rows, scaled by `weight` and shifted by `bias` where given, with the rows'
-    /// statistics.
-    fn layer_norm_forward(
-        &self,
-        x: &Tensor,
-        weight: Option<&Tensor>,
-        bias: Option<&Tensor>,
-        dims: LnDims,
-    ) -> Result<(Tensor, RowStats)>;
-    /// The input gradient: `invstd (gh - mean(gh) - xhat mean(gh xhat))` per row, `gh = g weight`
-    /// (`g` without a weight), `xhat = (x - mean) invstd`.
-    fn layer_norm_grad_input(
-        &self,
-        g: &Tensor,
-        x: &Tensor,
-        stats: &RowStats,
-        weight: Option<&Tensor>,
-        dims: LnDims,
-    ) -> Result<Tensor>;
-    /// The weight gradient `sum over rows of g xhat` (when `x` and its statistics are given) and
-    /// the bias gradient `sum over rows of g` (when `want_bias`), each `[d]`, summed in row order.
-    fn layer_norm_grad_affine(
-        &self,
-        g: &Tensor,
-        x: Option<(&Tensor, &RowStats)>,
-        want_bias: bool,
-        dims: LnDims,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)>;
+kernel_trait! {
+    /// Device kernels of `layer_norm` (shapes checked by the caller).
+    pub(crate) trait LayerNormKernels {
+        /// The normalised rows, scaled by `weight` and shifted by `bias` where given, with the rows'
+        /// statistics.
+        fn layer_norm_forward(
+            &self,
+            x: &Tensor,
+            weight: Option<&Tensor>,
+            bias: Option<&Tensor>,
+            dims: LnDims,
+        ) -> Result<(Tensor, RowStats)>;
+        /// The input gradient: `invstd (gh - mean(gh) - xhat mean(gh xhat))` per row, `gh = g weight`
+        /// (`g` without a weight), `xhat = (x - mean) invstd`.
+        fn layer_norm_grad_input(
+            &self,
+            g: &Tensor,
+            x: &Tensor,
+            stats: &RowStats,
+            weight: Option<&Tensor>,
+            dims: LnDims,
+        ) -> Result<Tensor>;
+        /// The weight gradient `sum over rows of g xhat` (when `x` and its statistics are given) and
+        /// the bias gradient `sum over rows of g` (when `want_bias`), each `[d]`, summed in row order.
+        fn layer_norm_grad_affine(
+            &self,
+            g: &Tensor,
+            x: Option<(&Tensor, &RowStats)>,
+            want_bias: bool,
+            dims: LnDims,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)>;
+    }
 }
 
 /// Normalises `x` (at least one dimension) over its last dimension `d`: each row gets mean 0 and

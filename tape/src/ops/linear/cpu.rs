@@ -1,7 +1,7 @@
-//! CPU kernels of `linear`: GEMMs through [`super::super::cpu_gemm`].
+//! CPU kernels of `linear`: GEMMs through [`crate::backend::cpu::gemm`].
 
-use super::super::cpu_gemm::{gemm, Mat};
 use super::{Dims, LinearKernels};
+use crate::backend::cpu::gemm::{gemm, Mat};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

@@ -4,7 +4,8 @@
 //! was opened with `CudaOptions { tf32: true, .. }`.
 
 use super::{Dims, LinearKernels};
-use crate::backend::cuda::{cublas_err, grid, launch, CudaElem, CudaHandle, CudaKernels, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{cublas_err, grid, launch, CudaElem, CudaHandle, K};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};

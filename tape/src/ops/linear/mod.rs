@@ -7,7 +7,7 @@ mod cuda;
 mod meta;
 
 use super::checks::{accumulate_weighted, check_grad, WeightedOp};
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -17,22 +17,24 @@ const OP: &str = "linear";
 /// `(n, in, out)`: rows, input features, output features.
 pub(crate) type Dims = (usize, usize, usize);
 
-/// Device kernels of `linear` (shapes checked by the caller).
-pub(crate) trait LinearKernels {
-    /// `x w^T + bias` for `x` `[n, in]` and `w` `[out, in]`.
-    fn linear_forward(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        dims: Dims,
-    ) -> Result<Tensor>;
-    /// `g w`: the input gradient `[n, in]`.
-    fn linear_grad_input(&self, g: &Tensor, w: &Tensor, dims: Dims) -> Result<Tensor>;
-    /// `g^T x`: the weight gradient `[out, in]`.
-    fn linear_grad_weight(&self, g: &Tensor, x: &Tensor, dims: Dims) -> Result<Tensor>;
-    /// The bias gradient `[out]`: column sums of `g`, in row order.
-    fn linear_grad_bias(&self, g: &Tensor, dims: Dims) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of `linear` (shapes checked by the caller).
+    pub(crate) trait LinearKernels {
+        /// `x w^T + bias` for `x` `[n, in]` and `w` `[out, in]`.
+        fn linear_forward(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            bias: Option<&Tensor>,
+            dims: Dims,
+        ) -> Result<Tensor>;
+        /// `g w`: the input gradient `[n, in]`.
+        fn linear_grad_input(&self, g: &Tensor, w: &Tensor, dims: Dims) -> Result<Tensor>;
+        /// `g^T x`: the weight gradient `[out, in]`.
+        fn linear_grad_weight(&self, g: &Tensor, x: &Tensor, dims: Dims) -> Result<Tensor>;
+        /// The bias gradient `[out]`: column sums of `g`, in row order.
+        fn linear_grad_bias(&self, g: &Tensor, dims: Dims) -> Result<Tensor>;
+    }
 }
 
 /// `x w^T + bias`: `x` is `[n, in]`, `weight` `[out, in]`, `bias` `[out]`; gives `[n, out]`.

@@ -1,10 +1,10 @@
-//! CPU kernels of `matmul`: one GEMM per batch item through [`super::super::cpu_gemm`], the
+//! CPU kernels of `matmul`: one GEMM per batch item through [`crate::backend::cpu::gemm`], the
 //! items spread over threads when there are several of them and enough work (each GEMM then
 //! runs on one thread), else each GEMM split over threads on its own.
 
-use super::super::cpu_gemm::{gemm_ld_uninit, worth_parallel, Mat};
-use super::super::cpu_map::written_vec;
 use super::{MatmulDims, MatmulKernels};
+use crate::backend::cpu::gemm::{gemm_ld_uninit, worth_parallel, Mat};
+use crate::backend::cpu::map::written_vec;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

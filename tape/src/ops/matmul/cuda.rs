@@ -6,7 +6,8 @@
 //! Not yet run on a GPU: written against cudarc's API and checked to compile only.
 
 use super::{MatmulDims, MatmulKernels};
-use crate::backend::cuda::{cublas_err, CudaElem, CudaKernels};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{cublas_err, CudaElem};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};

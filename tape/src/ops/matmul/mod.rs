@@ -10,7 +10,7 @@ mod cuda;
 mod meta;
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -32,18 +32,20 @@ pub(crate) struct MatmulDims {
     pub(crate) tb: bool,
 }
 
-/// Device kernels of `matmul` (shapes checked by the caller).
-pub(crate) trait MatmulKernels {
-    /// `op(a) * op(b)` for each of `dims.batch` matrix pairs, stored back to back (`a`'s items
-    /// `m * k` elements apart, `b`'s `k * n`), as a new tensor of `out_shape` (`batch * m * n`
-    /// elements, each product row-major).
-    fn matmul_batched(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        dims: MatmulDims,
-        out_shape: &[usize],
-    ) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of `matmul` (shapes checked by the caller).
+    pub(crate) trait MatmulKernels {
+        /// `op(a) * op(b)` for each of `dims.batch` matrix pairs, stored back to back (`a`'s items
+        /// `m * k` elements apart, `b`'s `k * n`), as a new tensor of `out_shape` (`batch * m * n`
+        /// elements, each product row-major).
+        fn matmul_batched(
+            &self,
+            a: &Tensor,
+            b: &Tensor,
+            dims: MatmulDims,
+            out_shape: &[usize],
+        ) -> Result<Tensor>;
+    }
 }
 
 /// Which operands of a [`matmul_with`] are taken transposed (as stored, without a copy).

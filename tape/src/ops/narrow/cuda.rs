@@ -5,7 +5,8 @@
 //! Not yet run on a GPU: written against the existing kernels' argument lists only.
 
 use super::{NarrowKernels, Slice};
-use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, PartList, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{grid, launch, CudaElem, PartList, K};
 use crate::error::Result;
 use crate::tensor::Tensor;
 

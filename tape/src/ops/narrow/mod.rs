@@ -8,7 +8,7 @@ mod cuda;
 mod meta;
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -27,12 +27,14 @@ pub(crate) struct Slice {
     pub(crate) len: usize,
 }
 
-/// Device kernels of `narrow`.
-pub(crate) trait NarrowKernels {
-    /// The slice of `x`, as a tensor of `shape`.
-    fn narrow_forward(&self, x: &Tensor, slice: Slice, shape: &[usize]) -> Result<Tensor>;
-    /// A tensor of `shape` (the input's) that is zero outside the slice and `g` inside it.
-    fn narrow_backward(&self, g: &Tensor, slice: Slice, shape: &[usize]) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of `narrow`.
+    pub(crate) trait NarrowKernels {
+        /// The slice of `x`, as a tensor of `shape`.
+        fn narrow_forward(&self, x: &Tensor, slice: Slice, shape: &[usize]) -> Result<Tensor>;
+        /// A tensor of `shape` (the input's) that is zero outside the slice and `g` inside it.
+        fn narrow_backward(&self, g: &Tensor, slice: Slice, shape: &[usize]) -> Result<Tensor>;
+    }
 }
 
 /// Elements `start..start + len` of dimension `dim` of `x`, as a new tensor (PyTorch's `narrow`,

@@ -1,8 +1,8 @@
 //! CPU kernel of `permute`: a gather, output row by output row (the last output dimension
 //! innermost, rows over threads for large tensors).
 
-use super::super::cpu_map::PAR_MIN;
 use super::{layout, PermuteKernels};
+use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

@@ -9,7 +9,7 @@ mod cuda;
 mod meta;
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -20,11 +20,13 @@ const OP: &str = "permute";
 /// Most dimensions a permuted tensor may have.
 pub const MAX_PERMUTE_DIMS: usize = 8;
 
-/// Device kernels of `permute`.
-pub(crate) trait PermuteKernels {
-    /// `x` with its dimensions reordered: dimension `i` of the result is dimension `perm[i]` of
-    /// `x` (a valid permutation of at most [`MAX_PERMUTE_DIMS`] dimensions, checked by the caller).
-    fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of `permute`.
+    pub(crate) trait PermuteKernels {
+        /// `x` with its dimensions reordered: dimension `i` of the result is dimension `perm[i]` of
+        /// `x` (a valid permutation of at most [`MAX_PERMUTE_DIMS`] dimensions, checked by the caller).
+        fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor>;
+    }
 }
 
 /// `x` with its dimensions reordered, as a new tensor: dimension `i` of the result is dimension

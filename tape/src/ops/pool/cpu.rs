@@ -2,10 +2,10 @@
 //! run their planes in parallel.
 
 use super::{PoolKernels, PoolMode, Window};
+use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::{Error, Result};
-use crate::ops::cpu_map::PAR_MIN;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 

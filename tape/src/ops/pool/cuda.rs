@@ -2,9 +2,8 @@
 //! average pooling with NVRTC kernels (per plane, summed in order like the CPU kernel).
 
 use super::{PoolKernels, PoolMode, Window};
-use crate::backend::cuda::{
-    cptr, cudnn_err, grid, launch, mptr, scratch, CudaElem, CudaKernels, K,
-};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, scratch, CudaElem, K};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
@@ -51,7 +50,7 @@ fn forward_t<T: CudaElem>(
     let mut out = Tensor::cuda_uninit::<T>(&yshape, dev)?;
     be.bind()?;
     let mut dnn = be.dnn();
-    let pd = dnn.pool(op, mode, win.kernel, win.stride, win.padding)?;
+    let pd = dnn.pool(op, cudnn_mode(mode), win.kernel, win.stride, win.padding)?;
     let xd = dnn.tensor(op, T::DTYPE, [n, c, win.h, win.w])?;
     let yd = dnn.tensor(op, T::DTYPE, yshape)?;
     let (one, zero) = (T::of(1.0), T::of(0.0));
@@ -104,7 +103,7 @@ fn backward_t<T: CudaElem>(
     let mut gx = Tensor::cuda_uninit::<T>(xshape, dev)?;
     be.bind()?;
     let mut dnn = be.dnn();
-    let pd = dnn.pool(op, mode, win.kernel, win.stride, win.padding)?;
+    let pd = dnn.pool(op, cudnn_mode(mode), win.kernel, win.stride, win.padding)?;
     let xd = dnn.tensor(op, T::DTYPE, [n, c, win.h, win.w])?;
     let yd = dnn.tensor(op, T::DTYPE, expected)?;
     let (one, zero) = (T::of(1.0), T::of(0.0));
@@ -160,4 +159,13 @@ fn gap_t<T: CudaElem>(k: K, src: &Tensor, hw: usize, out_shape: &[usize]) -> Res
     let o = out.cuda_slice_mut::<T>()?;
     launch!(be, k, T::DTYPE, grid(n); s, o, &planes_u, &hw_u)?;
     Ok(out)
+}
+
+/// cuDNN's pooling mode for `mode` (average counts the padding in, as the CPU does).
+fn cudnn_mode(mode: PoolMode) -> cudarc::cudnn::sys::cudnnPoolingMode_t {
+    use cudarc::cudnn::sys::cudnnPoolingMode_t as M;
+    match mode {
+        PoolMode::Avg => M::CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING,
+        PoolMode::Max => M::CUDNN_POOLING_MAX_DETERMINISTIC,
+    }
 }

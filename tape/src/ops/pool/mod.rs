@@ -8,7 +8,7 @@ mod cuda;
 mod meta;
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -32,24 +32,26 @@ impl PoolMode {
     }
 }
 
-/// Device kernels of pooling (shapes checked by the caller).
-pub(crate) trait PoolKernels {
-    /// Pooling of NCHW `x` over `win`: `[n, c, hout, wout]`.
-    fn pool_forward(&self, mode: PoolMode, x: &Tensor, win: &Window) -> Result<Tensor>;
-    /// The input gradient (shape `x_shape`) from the output gradient `g`. Max pooling gets its
-    /// saved input and output; average pooling reads neither and gets `None`.
-    fn pool_backward(
-        &self,
-        mode: PoolMode,
-        saved: Option<(&Tensor, &Tensor)>,
-        g: &Tensor,
-        win: &Window,
-        x_shape: &[usize],
-    ) -> Result<Tensor>;
-    /// The mean of each plane of `x` (`[n, c, h, w]` with `hw = h * w`) as `[n, c]`.
-    fn global_avg_forward(&self, x: &Tensor, hw: usize) -> Result<Tensor>;
-    /// Each plane of the input gradient (shape `x_shape`) gets its gradient divided by `hw`.
-    fn global_avg_backward(&self, g: &Tensor, hw: usize, x_shape: &[usize]) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of pooling (shapes checked by the caller).
+    pub(crate) trait PoolKernels {
+        /// Pooling of NCHW `x` over `win`: `[n, c, hout, wout]`.
+        fn pool_forward(&self, mode: PoolMode, x: &Tensor, win: &Window) -> Result<Tensor>;
+        /// The input gradient (shape `x_shape`) from the output gradient `g`. Max pooling gets its
+        /// saved input and output; average pooling reads neither and gets `None`.
+        fn pool_backward(
+            &self,
+            mode: PoolMode,
+            saved: Option<(&Tensor, &Tensor)>,
+            g: &Tensor,
+            win: &Window,
+            x_shape: &[usize],
+        ) -> Result<Tensor>;
+        /// The mean of each plane of `x` (`[n, c, h, w]` with `hw = h * w`) as `[n, c]`.
+        fn global_avg_forward(&self, x: &Tensor, hw: usize) -> Result<Tensor>;
+        /// Each plane of the input gradient (shape `x_shape`) gets its gradient divided by `hw`.
+        fn global_avg_backward(&self, g: &Tensor, hw: usize, x_shape: &[usize]) -> Result<Tensor>;
+    }
 }
 
 /// A square pooling window over planes of `h x w`, checked.

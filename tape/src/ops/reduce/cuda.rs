@@ -2,9 +2,8 @@
 //! (per-block partial sums, then one block), and the scalar-times-constant gradient fill.
 
 use super::ReduceKernels;
-use crate::backend::cuda::{
-    grid, launch, per_row, scratch, CudaElem, CudaKernels, K, RBLOCK, SUM_BLOCKS,
-};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{grid, launch, per_row, scratch, CudaElem, K, RBLOCK, SUM_BLOCKS};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::driver::LaunchConfig;

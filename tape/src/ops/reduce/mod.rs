@@ -1,7 +1,7 @@
 //! Full reductions to a one-element tensor: `sum` and `mean` (the usual way to make a scalar loss
 //! in tests and examples). Sums are taken in `f64`.
 
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -12,13 +12,15 @@ mod cpu;
 mod cuda;
 mod meta;
 
-/// Device kernels of the full reductions.
-pub(crate) trait ReduceKernels {
-    /// `sum(x) * factor` (summed in `f64`, rounded once) as a `[1]` tensor.
-    fn sum_all(&self, x: &Tensor, factor: f64) -> Result<Tensor>;
-    /// A tensor of `shape` filled with `g[0] * factor` (`g` has one element; no host round-trip
-    /// where the device can avoid it).
-    fn fill_scaled(&self, shape: &[usize], g: &Tensor, factor: f64) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of the full reductions.
+    pub(crate) trait ReduceKernels {
+        /// `sum(x) * factor` (summed in `f64`, rounded once) as a `[1]` tensor.
+        fn sum_all(&self, x: &Tensor, factor: f64) -> Result<Tensor>;
+        /// A tensor of `shape` filled with `g[0] * factor` (`g` has one element; no host round-trip
+        /// where the device can avoid it).
+        fn fill_scaled(&self, shape: &[usize], g: &Tensor, factor: f64) -> Result<Tensor>;
+    }
 }
 
 /// The sum of all elements, as a `[1]` tensor.

@@ -1,7 +1,7 @@
 //! CPU kernels of ReLU.
 
-use super::super::cpu_map::{map_binary, map_unary};
 use super::ReluKernels;
+use crate::backend::cpu::map::{map_binary, map_unary};
 use crate::backend::Cpu;
 use crate::error::Result;
 use crate::tensor::Tensor;

@@ -2,7 +2,8 @@
 //! (NaN passes through the forward pass).
 
 use super::ReluKernels;
-use crate::backend::cuda::{grid, launch, CudaElem, CudaKernels, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{grid, launch, CudaElem, K};
 use crate::error::Result;
 use crate::tensor::Tensor;
 

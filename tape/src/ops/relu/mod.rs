@@ -2,7 +2,7 @@
 //! the gradient passes where the output is positive.
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -15,12 +15,14 @@ mod meta;
 
 const OP: &str = "relu";
 
-/// Device kernels of ReLU.
-pub(crate) trait ReluKernels {
-    /// `y = x > 0 ? x : (x is NaN ? NaN : 0)`.
-    fn relu_forward(&self, x: &Tensor) -> Result<Tensor>;
-    /// `gx = y > 0 ? g : 0` from the saved output `y`.
-    fn relu_backward(&self, g: &Tensor, y: &Tensor) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of ReLU.
+    pub(crate) trait ReluKernels {
+        /// `y = x > 0 ? x : (x is NaN ? NaN : 0)`.
+        fn relu_forward(&self, x: &Tensor) -> Result<Tensor>;
+        /// `gx = y > 0 ? g : 0` from the saved output `y`.
+        fn relu_backward(&self, g: &Tensor, y: &Tensor) -> Result<Tensor>;
+    }
 }
 
 /// `max(x, 0)`, propagating NaN.

@@ -1,8 +1,8 @@
 //! CPU kernels of softmax and log-softmax: row by row in `f64` (rows over threads for large
 //! tensors), each row's result rounded once.
 
-use super::super::cpu_map::PAR_MIN;
 use super::{Rows, SoftmaxKernels};
+use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;

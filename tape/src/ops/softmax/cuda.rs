@@ -4,7 +4,8 @@
 //! Not yet run on a GPU: the kernels compile with NVRTC, nothing more is known.
 
 use super::{Rows, SoftmaxKernels};
-use crate::backend::cuda::{launch, per_row, CudaElem, CudaKernels, K};
+use crate::backend::CudaKernels;
+use crate::device::cuda::{launch, per_row, CudaElem, K};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

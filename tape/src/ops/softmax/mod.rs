@@ -8,7 +8,7 @@
 //! input gradient 0, as if the scores had been filled with `-inf` first.
 
 use super::checks::check_grad;
-use crate::backend::kernels;
+use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -41,14 +41,16 @@ impl Rows {
     }
 }
 
-/// Device kernels of softmax and log-softmax (shapes checked by the caller).
-pub(crate) trait SoftmaxKernels {
-    /// `softmax(x)` (or `log_softmax(x)` with `rows.log`) of every row, masked entries 0 (or
-    /// `-inf`).
-    fn softmax_forward(&self, x: &Tensor, rows: Rows) -> Result<Tensor>;
-    /// The input gradient from the output gradient `g` and the saved output `y`; 0 at masked
-    /// entries.
-    fn softmax_backward(&self, g: &Tensor, y: &Tensor, rows: Rows) -> Result<Tensor>;
+kernel_trait! {
+    /// Device kernels of softmax and log-softmax (shapes checked by the caller).
+    pub(crate) trait SoftmaxKernels {
+        /// `softmax(x)` (or `log_softmax(x)` with `rows.log`) of every row, masked entries 0 (or
+        /// `-inf`).
+        fn softmax_forward(&self, x: &Tensor, rows: Rows) -> Result<Tensor>;
+        /// The input gradient from the output gradient `g` and the saved output `y`; 0 at masked
+        /// entries.
+        fn softmax_backward(&self, g: &Tensor, y: &Tensor, rows: Rows) -> Result<Tensor>;
+    }
 }
 
 /// Options of [`softmax_with`] and [`log_softmax_with`].

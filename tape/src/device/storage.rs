@@ -1,10 +1,10 @@
 //! Counted buffers: the one place memory is charged to and released from a device, and where
 //! allocations and reads back to the host are counted ([`crate::counters`]). A buffer's
-//! elements live in host memory or on a GPU; the GPU side goes through [`crate::backend::cuda`]
+//! elements live in host memory or on a GPU; the GPU side goes through [`crate::device::cuda`]
 //! (a stub that cannot be reached without the cargo feature `cuda`, since no CUDA device can
 //! then be opened).
 
-use crate::backend::cuda::{self, CudaData};
+use crate::device::cuda::{self, CudaData};
 use crate::device::{Device, DeviceKind};
 use crate::dtype::{CpuData, DType};
 use crate::error::{Error, Result};

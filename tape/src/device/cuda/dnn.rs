@@ -147,8 +147,6 @@ impl FilterDesc {
     }
 }
 
-use crate::ops::PoolMode;
-
 /// One algorithm choice of a convolution direction: the algorithm, the math type to run it
 /// with, and its workspace bytes.
 #[derive(Clone, Copy, Debug)]
@@ -441,7 +439,7 @@ pub(crate) struct Dnn {
     tensors: HashMap<(DType, [usize; 4]), Arc<TensorDesc>>,
     strided: HashMap<(DType, [usize; 4], [usize; 4]), Arc<TensorDesc>>,
     bn: HashMap<(DType, [usize; 4]), Arc<TensorDesc>>,
-    pools: HashMap<(PoolMode, usize, usize, usize), Arc<PoolDesc>>,
+    pools: HashMap<(sys::cudnnPoolingMode_t, usize, usize, usize), Arc<PoolDesc>>,
     convs: HashMap<ConvKey, Arc<ConvPlan>>,
 }
 
@@ -545,7 +543,7 @@ impl Dnn {
     pub(crate) fn pool(
         &mut self,
         op: &'static str,
-        mode: PoolMode,
+        mode: sys::cudnnPoolingMode_t,
         kernel: usize,
         stride: usize,
         padding: usize,
@@ -560,16 +558,12 @@ impl Dnn {
             .result()
             .map_err(|e| cudnn_err("cudnnCreatePoolingDescriptor", e))?;
         let d = PoolDesc(raw);
-        let m = match mode {
-            PoolMode::Avg => sys::cudnnPoolingMode_t::CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING,
-            PoolMode::Max => sys::cudnnPoolingMode_t::CUDNN_POOLING_MAX_DETERMINISTIC,
-        };
         let (k, s, p) = (dim(op, kernel)?, dim(op, stride)?, dim(op, padding)?);
         // SAFETY: `d.0` was just created.
         unsafe {
             sys::cudnnSetPooling2dDescriptor(
                 d.0,
-                m,
+                mode,
                 sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
                 k,
                 k,

@@ -1,16 +1,15 @@
-//! Buffers and tensors on a GPU: what [`crate::storage`] and [`crate::Tensor`] need from the CUDA
-//! side (upload, download, copy, overwrite, free), and the device slices CUDA kernels work on.
+//! Buffers on a GPU: what [`crate::device::storage`] needs from the CUDA side (allocate,
+//! upload, download, copy, overwrite, free).
 
 use super::{alloc_err, driver_err, CudaData, CudaElem};
+use crate::device::storage::{Buffer, Storage};
 use crate::device::Device;
 use crate::dtype::CpuData;
 use crate::error::{Error, Result};
-use crate::storage::{Buffer, Storage};
-use crate::tensor::Tensor;
 use cudarc::driver::CudaSlice;
 
 /// `len` uninitialised elements of `T` from the GPU's pool (not charged: the caller charges).
-fn alloc<T: CudaElem>(device: &Device, len: usize) -> Result<CudaSlice<T>> {
+pub(crate) fn alloc_slice<T: CudaElem>(device: &Device, len: usize) -> Result<CudaSlice<T>> {
     let cu = device.cuda_handle("alloc")?;
     cu.backend
         .alloc::<T>(len)
@@ -18,7 +17,7 @@ fn alloc<T: CudaElem>(device: &Device, len: usize) -> Result<CudaSlice<T>> {
 }
 
 fn upload_t<T: CudaElem>(device: &Device, values: &[T]) -> Result<CudaData> {
-    let mut s = alloc::<T>(device, values.len())?;
+    let mut s = alloc_slice::<T>(device, values.len())?;
     if !values.is_empty() {
         let cu = device.cuda_handle("htod")?;
         cu.backend
@@ -38,7 +37,7 @@ pub(crate) fn upload(device: &Device, data: &CpuData) -> Result<CudaData> {
 }
 
 fn copy_t<T: CudaElem>(device: &Device, src: &CudaSlice<T>, len: usize) -> Result<CudaData> {
-    let mut dst = alloc::<T>(device, len)?;
+    let mut dst = alloc_slice::<T>(device, len)?;
     if len > 0 {
         let cu = device.cuda_handle("dtod")?;
         cu.backend
@@ -102,51 +101,5 @@ pub(crate) fn overwrite(device: &Device, buf: &mut Buffer, values: &[f64]) -> Re
 pub(crate) fn before_free(device: &Device) {
     if let Ok(cu) = device.cuda_handle("drop") {
         cu.backend.bind_quiet();
-    }
-}
-
-impl Tensor {
-    /// A new tensor of `shape` on a CUDA device whose elements are not initialised: the caller's
-    /// kernel must write every one of them.
-    pub(crate) fn cuda_uninit<T: CudaElem>(shape: &[usize], device: &Device) -> Result<Self> {
-        let len = shape.iter().product();
-        let buf = Buffer::charged(device, T::DTYPE, len, || {
-            alloc::<T>(device, len).map(|s| Storage::Cuda(T::wrap_cuda(s)))
-        })?;
-        Ok(Tensor::from_buffer(buf, shape))
-    }
-
-    /// The device slice of a CUDA tensor of `T` (at least one element long, whatever the shape).
-    pub(crate) fn cuda_slice<T: CudaElem>(&self) -> Result<&CudaSlice<T>> {
-        match &self.buffer().data {
-            Storage::Cuda(d) => T::cuda(d).ok_or(Error::DType {
-                op: "cuda_slice",
-                expected: T::DTYPE,
-                got: self.dtype(),
-            }),
-            Storage::Cpu(_) | Storage::Meta(_) => Err(Error::Device {
-                op: "cuda_slice",
-                lhs: self.device().to_string(),
-                rhs: "a CUDA device".into(),
-            }),
-        }
-    }
-
-    /// The mutable device slice of a CUDA tensor, copying the buffer first if it is shared (the
-    /// id stays).
-    pub(crate) fn cuda_slice_mut<T: CudaElem>(&mut self) -> Result<&mut CudaSlice<T>> {
-        let (dtype, device) = (self.dtype(), self.device().to_string());
-        match &mut self.buffer_mut()?.data {
-            Storage::Cuda(d) => T::cuda_mut(d).ok_or(Error::DType {
-                op: "cuda_slice_mut",
-                expected: T::DTYPE,
-                got: dtype,
-            }),
-            Storage::Cpu(_) | Storage::Meta(_) => Err(Error::Device {
-                op: "cuda_slice_mut",
-                lhs: device,
-                rhs: "a CUDA device".into(),
-            }),
-        }
     }
 }

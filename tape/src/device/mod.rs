@@ -5,16 +5,22 @@
 //! `Device::cuda(ordinal)` (and `Device::cuda_with` for options) opens an NVIDIA GPU: every call
 //! is again a new accounting domain, while the CUDA context, stream, library handles and compiled
 //! kernels of one GPU are shared by all of them. A build without the cargo feature `cuda` has the
-//! same API; opening a GPU then fails with a clear error (see [`crate::backend`]).
+//! same API; opening a GPU then fails with a clear error (see `device/cuda_stub.rs`).
 
-use crate::backend::cuda::{self, CudaHandle};
-use crate::backend::{self, Kernels};
-use crate::counters::CounterCells;
+use crate::counters::{CounterCells, Counters};
 use crate::error::{Error, Result};
 use crate::memory::{MemoryStats, Reservation};
+use cuda::CudaHandle;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_stub.rs"]
+pub(crate) mod cuda;
+pub(crate) mod storage;
 
 /// What kind of hardware a device is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,8 +76,6 @@ struct Inner {
     memory: Arc<MemoryStats>,
     /// Launches, allocations and host synchronisations ([`crate::counters`]).
     counters: Arc<CounterCells>,
-    /// The backend's kernels, counted in `counters`.
-    kernels: Arc<dyn Kernels>,
     /// The GPU's shared state and this handle's options (`None` on the CPU).
     cuda: Option<CudaHandle>,
 }
@@ -106,7 +110,6 @@ impl Device {
             kind: DeviceKind::Cpu,
             serial,
             memory,
-            kernels: backend::cpu_kernels(counters.clone()),
             counters,
             cuda: None,
         }))
@@ -125,7 +128,6 @@ impl Device {
             kind: DeviceKind::Meta,
             serial,
             memory,
-            kernels: backend::meta_kernels(counters.clone()),
             counters,
             cuda: None,
         }))
@@ -150,7 +152,6 @@ impl Device {
             kind: DeviceKind::Cuda(ordinal),
             serial,
             memory,
-            kernels: backend::cuda_kernels(counters.clone())?,
             counters,
             cuda: Some(handle),
         })))
@@ -222,13 +223,8 @@ impl Device {
     }
 
     /// This device's work counters (read them with [`Device::counters`]).
-    pub(crate) fn counter_cells(&self) -> &CounterCells {
+    pub(crate) fn counter_cells(&self) -> &Arc<CounterCells> {
         &self.0.counters
-    }
-
-    /// This device's kernels, each call counted ([`crate::backend::kernels`] hands them out).
-    pub(crate) fn kernel_set(&self) -> &Arc<dyn Kernels> {
-        &self.0.kernels
     }
 
     /// Holds `bytes` against this device's accounting until the reservation is dropped.
@@ -268,5 +264,22 @@ impl fmt::Display for Device {
             DeviceKind::Cuda(ordinal) => write!(f, "cuda:{ordinal}#{}", self.0.serial),
             DeviceKind::Meta => write!(f, "meta#{}", self.0.serial),
         }
+    }
+}
+
+impl Device {
+    /// A snapshot of this device's work counters: kernel launches, buffers allocated and host
+    /// synchronisations since the device was made (see [`crate::counters`]). Take two and
+    /// subtract ([`Counters::since`]) to count a region, or use [`Device::count`].
+    pub fn counters(&self) -> Counters {
+        self.counter_cells().snapshot()
+    }
+
+    /// Runs `f` and returns its result with what it counted on this device. Work that other
+    /// threads do on the same device meanwhile counts too.
+    pub fn count<R>(&self, f: impl FnOnce() -> R) -> (R, Counters) {
+        let before = self.counters();
+        let r = f();
+        (r, self.counters().since(before))
     }
 }

@@ -2,14 +2,13 @@
 //! one, but [`open`] fails with a clear error, so no CUDA device, buffer or handle can exist
 //! (their types here have no values) and every other function is unreachable.
 
-use super::Kernels;
+use crate::device::storage::Buffer;
 use crate::device::{CudaOptions, Device};
 use crate::dtype::{CpuData, DType};
 use crate::error::{Error, Result};
-use crate::storage::Buffer;
 
 /// The error of every attempt to use CUDA in this build.
-fn not_built() -> Error {
+pub(crate) fn not_built() -> Error {
     Error::Backend(
         "CUDA: this build of the engine has no CUDA backend (built without the cargo feature \
          `cuda`); rebuild with `--features cuda` on a machine with an NVIDIA GPU"
@@ -51,11 +50,6 @@ impl CudaHandle {
 
 /// Fails: this build has no CUDA backend.
 pub(crate) fn open(_ordinal: usize, _options: CudaOptions) -> Result<CudaHandle> {
-    Err(not_built())
-}
-
-/// Fails: this build has no CUDA kernels.
-pub(crate) fn kernels() -> Result<&'static dyn Kernels> {
     Err(not_built())
 }
 

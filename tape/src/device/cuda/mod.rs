@@ -12,26 +12,17 @@
 //!   release threshold is set to "never", so freed blocks are reused without going back to the
 //!   driver. Every buffer and workspace is charged to its device's [`crate::MemoryStats`].
 
+mod buffer;
 mod dnn;
 mod elem;
 mod error;
 mod kernels;
-mod tensor;
 
+pub(crate) use buffer::{alloc_slice, before_free, copy, download, overwrite, upload};
 pub(crate) use dnn::{ConvKey, Dnn, FindArgs, FindContext, TensorDesc};
 pub(crate) use elem::{CudaData, CudaElem};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
 pub(crate) use kernels::{grid, multi_grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};
-pub(crate) use tensor::{before_free, copy, download, overwrite, upload};
-
-/// The CUDA backend's kernels: each op implements its kernel trait for this type in
-/// `ops/<op>/cuda.rs`.
-pub(crate) struct CudaKernels;
-
-/// The CUDA kernels.
-pub(crate) fn kernels() -> Result<&'static dyn super::Kernels> {
-    Ok(&CudaKernels)
-}
 
 use crate::device::{CudaOptions, Device};
 use crate::error::{Error, Result};
@@ -556,14 +547,14 @@ pub(crate) fn scratch_from_host<T: DeviceRepr>(
 /// `kernels.cu`, in order and with the same types.
 macro_rules! launch {
     ($be:expr, $k:expr, $dtype:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let be: &$crate::backend::cuda::Backend = $be;
+        let be: &$crate::device::cuda::Backend = $be;
         let cfg: cudarc::driver::LaunchConfig = $cfg;
         let mut b = be.stream.launch_builder(be.kernels.get($k, $dtype));
         $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )*
         // SAFETY: the caller passes the kernel's exact argument list (see kernels.cu); buffers
         // are sized from checked shapes and every kernel bounds its indices by the sizes passed.
         let r = unsafe { b.launch(cfg) };
-        r.map(|_| ()).map_err(|e| $crate::backend::cuda::driver_err(concat!("kernel launch ", stringify!($k)), e))
+        r.map(|_| ()).map_err(|e| $crate::device::cuda::driver_err(concat!("kernel launch ", stringify!($k)), e))
     }};
 }
 pub(crate) use launch;

@@ -68,7 +68,7 @@
 mod error;
 pub mod held;
 mod optimal;
-pub mod pareto;
+mod pareto;
 mod plan;
 mod policy;
 mod report;

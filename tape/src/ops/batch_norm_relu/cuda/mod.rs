@@ -25,18 +25,17 @@
 //!   should cuDNN answer "misaligned pointer" they are copied to an aligned scratch buffer for
 //!   the call (and the ones it writes copied back).
 
+mod backward;
+
 use super::super::batch_norm::BnStats;
-use super::super::block_storage::BlockStorageKernels;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
 use crate::backend::CudaKernels;
 use crate::device::cuda::{
-    cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem, Dnn, PartList, Scratch,
-    TensorDesc, K,
+    cudnn_err, grid, launch, scratch, Backend, CudaElem, Dnn, PartList, Scratch, TensorDesc, K,
 };
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{BatchNormOptions, RunningStats};
-use crate::primitives::PrimitiveKernels;
 use crate::tensor::Tensor;
 use cudarc::cudnn::result::CudnnError;
 use cudarc::cudnn::sys;
@@ -302,7 +301,7 @@ impl BatchNormReluKernels for CudaKernels {
     ) -> Result<BnReluGrads> {
         let [n, _, h, w] = a.g.dims4(OP)?;
         let l = Layout::new(n, (a.channels.to_vec(), a.widths.to_vec()), h, w);
-        dispatch_float!(a.g.dtype(), T => backward::<T>(a, &l, into))
+        dispatch_float!(a.g.dtype(), T => backward::backward::<T>(a, &l, into))
     }
 }
 
@@ -621,203 +620,6 @@ where
     list.offset[0] = (l.offsets[k] * hw) as u64;
     let (outer, total) = (l.n as u64, (l.c * hw) as u64);
     launch!(be, K::Concat, T::DTYPE, grid(l.n * width); &out, &list, &outer, &total)
-}
-
-/// The gradients of the parts, weight and bias that want one, from the output gradient; a part's
-/// existing gradient in `into` is added into (by cuDNN itself, `beta = 1`, in training; by an
-/// add after the fact in eval mode).
-fn backward<T: CudaElem>(
-    a: &BnReluBackward<'_>,
-    l: &Layout,
-    mut into: Vec<Option<Tensor>>,
-) -> Result<BnReluGrads> {
-    let (g, training, eps) = (a.g, a.training, a.eps);
-    let (want_w, want_b) = (a.want_weight, a.want_bias);
-    let need_params = want_w || want_b;
-    let count = l.channels.len();
-    let dev = g.device();
-    let be: &Backend = &dev.cuda_handle(OP)?.backend;
-    // cuDNN's backward (training, input gradient wanted) always writes weight and bias
-    // gradients; everything else computes only what is wanted.
-    let cudnn = |k: usize| training && a.want_parts[k] && l.part_len(k) > 0;
-    let any_cudnn = (0..count).any(cudnn);
-    // Parts whose masked gradient goes to scratch (eval mode writes it into the input gradient).
-    let via_scratch = |k: usize| {
-        let dx = a.want_parts[k];
-        // A channel prefix's masked gradient goes to scratch: its input gradient is the
-        // storage's (strided), never a packed buffer to write it into.
-        if dx {
-            training || l.strided(k)
-        } else {
-            need_params
-        }
-    };
-    let scratch_len = (0..count)
-        .filter(|&k| via_scratch(k))
-        .map(|k| l.part_len(k))
-        .max()
-        .unwrap_or(0);
-    let new_c = |wanted: bool| -> Result<Option<Tensor>> {
-        match wanted {
-            true => Tensor::cuda_uninit::<T>(&[l.c], dev).map(Some),
-            false => Ok(None),
-        }
-    };
-    let mut gw = new_c(want_w || any_cudnn)?;
-    let mut gb = new_c(want_b || any_cudnn)?;
-    let gw_ptr = match gw.as_mut() {
-        Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
-        None => 0,
-    };
-    let gb_ptr = match gb.as_mut() {
-        Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
-        None => 0,
-    };
-    let tmp = match scratch_len {
-        0 => None,
-        len => Some(scratch::<T>(dev, len)?),
-    };
-    let tmp_ptr = tmp.as_ref().map(|t| be.ptr(&t.buf)).unwrap_or(0);
-    let (gp, yp) = (
-        be.ptr(g.cuda_slice::<T>()?),
-        be.ptr(a.out.cuda_slice::<T>()?),
-    );
-    let (mp, ip, wp) = (
-        be.ptr(a.stats.mean.cuda_slice::<T>()?),
-        be.ptr(a.stats.invstd.cuda_slice::<T>()?),
-        be.ptr(a.weight.cuda_slice::<T>()?),
-    );
-    let hw = l.hw();
-    let (nu, hwu, totalu) = (l.n as u64, hw as u64, (l.c * hw) as u64);
-    be.bind()?;
-    let mut gparts = Vec::with_capacity(count);
-    for k in 0..count {
-        let need_dx = a.want_parts[k];
-        if !need_dx && !need_params {
-            gparts.push(None);
-            continue;
-        }
-        let (ck, off, len) = (l.channels[k], l.offsets[k], l.part_len(k));
-        // cuDNN adds into an existing gradient itself; the eval-mode kernels write a new one
-        // that is added afterwards.
-        let existing = into.get_mut(k).and_then(Option::take);
-        let accumulate = cudnn(k) && existing.is_some();
-        let (mut dx, add_after) = match (need_dx, existing) {
-            (true, Some(t)) if accumulate => (Some(t), None),
-            (true, existing) => (
-                Some(Tensor::cuda_uninit::<T>(&l.part_dims(k), dev)?),
-                existing,
-            ),
-            (false, _) => (None, None),
-        };
-        if ck > 0 {
-            let dx_ptr = match dx.as_mut() {
-                Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
-                None => 0,
-            };
-            // g' = g where the output is positive, else 0: the part's channels, packed.
-            let masked = if via_scratch(k) { tmp_ptr } else { dx_ptr };
-            if len > 0 {
-                let (width, offset) = ((ck * hw) as u64, (off * hw) as u64);
-                launch!(be, K::ReluMaskPart, T::DTYPE, grid(len);
-                    &masked, &gp, &yp, &nu, &width, &totalu, &offset)?;
-            }
-            let xp = be.ptr(a.parts[k].cuda_slice::<T>()?);
-            let (m, i) = (at::<T>(mp, off), at::<T>(ip, off));
-            if cudnn(k) {
-                let dims = l.part_dims(k);
-                if l.strided(k) && !accumulate {
-                    return Err(crate::Error::Backward(
-                        "batch_norm_relu: a channel prefix's gradient must be added into its \
-                         storage's gradient (engine bug)"
-                            .into(),
-                    ));
-                }
-                let mut dnn = be.dnn();
-                // x and dx as they lie in their buffers (a channel prefix of a block storage
-                // and of its gradient, or packed parts); dy is the packed masked gradient.
-                let xd = l.part_desc(&mut dnn, k, T::DTYPE)?;
-                let dyd = dnn.tensor(OP, T::DTYPE, dims)?;
-                let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
-                let (one, zero) = (T::of(1.0), T::of(0.0));
-                let beta_dx = if accumulate { one } else { zero };
-                let params = [
-                    ParamSlice::input(at::<T>(wp, off)),
-                    ParamSlice::output(at::<T>(gw_ptr, off)),
-                    ParamSlice::output(at::<T>(gb_ptr, off)),
-                    ParamSlice::input(m),
-                    ParamSlice::input(i),
-                ];
-                let h = dnn.handle;
-                // SAFETY: x (the saved part) and dx (the input gradient: new, or the existing
-                // one added into) are NCHW buffers laid out as `xd` describes (packed, or the
-                // first channels of a wider buffer of the same layout), dy (the masked gradient
-                // in scratch) is packed as `dyd` describes; `p` holds the weight, the weight and bias gradients and the saved mean
-                // and invstd (from the forward pass, unchanged since), each `ck` elements of the
-                // data type (`off` elements into its `[C]` buffer, or an aligned copy), covering
-                // the part's channels as `bnd` describes; the outputs are distinct from every
-                // input; the handle is locked.
-                with_aligned_params::<T>(be, dev, ck, &params, |p| unsafe {
-                    sys::cudnnBatchNormalizationBackward(
-                        h,
-                        MODE,
-                        void(&one),
-                        void(&beta_dx),
-                        void(&one),
-                        void(&zero),
-                        xd.0,
-                        xp as *const c_void,
-                        dyd.0,
-                        masked as *const c_void,
-                        xd.0,
-                        dx_ptr as *mut c_void,
-                        bnd.0,
-                        p[0] as *const c_void,
-                        p[1] as *mut c_void,
-                        p[2] as *mut c_void,
-                        eps,
-                        p[3] as *const c_void,
-                        p[4] as *const c_void,
-                    )
-                })
-                .map_err(|status| {
-                    cudnn_err("cudnnBatchNormalizationBackward", CudnnError(status))
-                })?;
-            } else {
-                if need_params {
-                    // sum g' and sum g' * xhat per channel (xhat only for the weight).
-                    let x = if want_w { xp } else { 0 };
-                    let sum_g = if want_b { at::<T>(gb_ptr, off) } else { 0 };
-                    let sum_gx = if want_w { at::<T>(gw_ptr, off) } else { 0 };
-                    let cu = ck as u64;
-                    launch!(be, K::BnSums, T::DTYPE, per_row(ck);
-                        &masked, &x, &m, &i, &nu, &cu, &hwu, &sum_g, &sum_gx)?;
-                }
-                if need_dx && len > 0 {
-                    // Eval mode: dx = g' * weight * invstd, in place.
-                    let (cu, lu) = (ck as u64, len as u64);
-                    let wk = at::<T>(wp, off);
-                    launch!(be, K::BnScaleGrad, T::DTYPE, grid(len);
-                        &dx_ptr, &dx_ptr, &wk, &i, &cu, &hwu, &lu)?;
-                }
-            }
-        }
-        gparts.push(match (add_after, dx) {
-            (Some(mut acc), Some(dx)) => {
-                acc.check_compatible(&dx, OP)?;
-                let k = crate::backend::kernels(dev)?;
-                match acc.shape() == dx.shape() {
-                    true => k.add_assign(&mut acc, &dx)?,
-                    // A block storage's gradient: the part is its first channels.
-                    false => k.add_channels(&mut acc, &dx, 0)?,
-                }
-                Some(acc)
-            }
-            (_, dx) => dx,
-        });
-    }
-    drop(tmp);
-    Ok((gparts, gw.filter(|_| want_w), gb.filter(|_| want_b)))
 }
 
 #[cfg(test)]

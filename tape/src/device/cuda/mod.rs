@@ -19,7 +19,7 @@ mod error;
 mod kernels;
 
 pub(crate) use buffer::{alloc_slice, before_free, copy, download, overwrite, upload};
-pub(crate) use dnn::{ConvKey, Dnn, FindArgs, FindContext, TensorDesc};
+pub(crate) use dnn::{ConvKey, ConvPlan, Dnn, FindArgs, FindContext, TensorDesc};
 pub(crate) use elem::{CudaData, CudaElem};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
 pub(crate) use kernels::{grid, multi_grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};

@@ -8,8 +8,8 @@
 use super::{Conv2dGrads, Conv2dKernels, Geometry, OP};
 use crate::backend::CudaKernels;
 use crate::device::cuda::{
-    conv_workspace, cptr, cudnn_err, mptr, scratch, ConvKey, CudaElem, CudaHandle, FindArgs,
-    FindContext, Workspace,
+    conv_workspace, cptr, cudnn_err, mptr, scratch, ConvKey, ConvPlan, CudaElem, CudaHandle, Dnn,
+    FindArgs, FindContext, Workspace,
 };
 use crate::device::Device;
 use crate::error::Result;
@@ -204,34 +204,13 @@ fn backward_t<T: CudaElem>(
     let be = &cu.backend;
     let xshape = [geo.n, geo.cin, geo.h, geo.w];
     let wshape = [geo.cout, geo.cin, geo.kh, geo.kw];
-    let (one, zero) = (T::of(1.0), T::of(0.0));
     let gp = cptr(be, g.cuda_slice::<T>()?);
     be.bind()?;
     let mut dnn = be.dnn();
     let gb = match (want_bias, g.numel() > 0) {
         (false, _) => None,
         (true, false) => Some(Tensor::zeros(&[geo.cout], T::DTYPE, dev)?),
-        (true, true) => {
-            let yd = dnn.tensor(OP, T::DTYPE, [geo.n, geo.cout, geo.hout, geo.wout])?;
-            let bd = dnn.tensor(OP, T::DTYPE, [1, geo.cout, 1, 1])?;
-            let mut gb = Tensor::cuda_uninit::<T>(&[geo.cout], dev)?;
-            let bp = mptr(be, gb.cuda_slice_mut::<T>()?);
-            // SAFETY: dy is described by `yd`, db by `bd`; handle locked.
-            unsafe {
-                sys::cudnnConvolutionBackwardBias(
-                    dnn.handle,
-                    void(&one),
-                    yd.0,
-                    gp,
-                    void(&zero),
-                    bd.0,
-                    bp,
-                )
-            }
-            .result()
-            .map_err(|e| cudnn_err("cudnnConvolutionBackwardBias", e))?;
-            Some(gb)
-        }
+        (true, true) => Some(bias_grad::<T>(&mut dnn, cu, geo, gp, dev)?),
     };
     if degenerate(geo) {
         // No products: zero gradients for the input and the weight.
@@ -241,79 +220,123 @@ fn backward_t<T: CudaElem>(
         return Ok((gx, gw, gb));
     }
     let plan = dnn.conv(key(cu, geo, T::DTYPE))?;
-    let gx = match w {
-        Some(w) => {
-            let mut gx = Tensor::cuda_uninit::<T>(&xshape, dev)?;
-            let wp = cptr(be, w.cuda_slice::<T>()?);
-            let dxp = mptr(be, gx.cuda_slice_mut::<T>()?);
-            let cached = plan.found_bwd_data.get().copied();
-            let choice = measured(cu, dev, dnn.handle, (wp, gp, dxp), cached, |cx, a| {
-                plan.find_bwd_data(cx, a)
-            })?
-            .unwrap_or(plan.bwd_data);
-            let mut ws = conv_workspace(cu, dev, choice.workspace)?;
-            let (wsp, wss) = ws.ptr(be);
-            plan.set_math(choice.math)?;
-            // SAFETY: as in `forward_t`; dx is written with beta = 0.
-            unsafe {
-                sys::cudnnConvolutionBackwardData(
-                    dnn.handle,
-                    void(&one),
-                    plan.w.0,
-                    wp,
-                    plan.y.0,
-                    gp,
-                    plan.conv.0,
-                    choice.algo,
-                    wsp,
-                    wss,
-                    void(&zero),
-                    plan.x.0,
-                    dxp,
-                )
-            }
-            .result()
-            .map_err(|e| cudnn_err("cudnnConvolutionBackwardData", e))?;
-            Some(gx)
-        }
-        None => None,
+    let run = Backward {
+        cu,
+        dev,
+        handle: dnn.handle,
+        plan: &plan,
+        g: gp,
     };
-    let gw = match x {
-        Some(x) => {
-            let mut gw = Tensor::cuda_uninit::<T>(&wshape, dev)?;
-            let xp = cptr(be, x.cuda_slice::<T>()?);
-            let dwp = mptr(be, gw.cuda_slice_mut::<T>()?);
-            let cached = plan.found_bwd_filter.get().copied();
-            let choice = measured(cu, dev, dnn.handle, (xp, gp, dwp), cached, |cx, a| {
-                plan.find_bwd_filter(cx, a)
-            })?
-            .unwrap_or(plan.bwd_filter);
-            let mut ws = conv_workspace(cu, dev, choice.workspace)?;
-            let (wsp, wss) = ws.ptr(be);
-            plan.set_math(choice.math)?;
-            // SAFETY: as in `forward_t`; dw is written with beta = 0.
-            unsafe {
-                sys::cudnnConvolutionBackwardFilter(
-                    dnn.handle,
-                    void(&one),
-                    plan.x.0,
-                    xp,
-                    plan.y.0,
-                    gp,
-                    plan.conv.0,
-                    choice.algo,
-                    wsp,
-                    wss,
-                    void(&zero),
-                    plan.w.0,
-                    dwp,
-                )
-            }
-            .result()
-            .map_err(|e| cudnn_err("cudnnConvolutionBackwardFilter", e))?;
-            Some(gw)
-        }
-        None => None,
-    };
+    let gx = w.map(|w| data_grad::<T>(&run, w, &xshape)).transpose()?;
+    let gw = x.map(|x| filter_grad::<T>(&run, x, &wshape)).transpose()?;
     Ok((gx, gw, gb))
+}
+
+/// What both gradient directions of one backward call share: the GPU, the locked cuDNN
+/// handle, the shape's plan and the output gradient's address.
+struct Backward<'a> {
+    cu: &'a CudaHandle,
+    dev: &'a Device,
+    handle: sys::cudnnHandle_t,
+    plan: &'a ConvPlan,
+    g: *const c_void,
+}
+
+/// The bias gradient `[cout]`: the output gradient summed over all but the channels.
+fn bias_grad<T: CudaElem>(
+    dnn: &mut Dnn,
+    cu: &CudaHandle,
+    geo: &Geometry,
+    gp: *const c_void,
+    dev: &Device,
+) -> Result<Tensor> {
+    let be = &cu.backend;
+    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let yd = dnn.tensor(OP, T::DTYPE, [geo.n, geo.cout, geo.hout, geo.wout])?;
+    let bd = dnn.tensor(OP, T::DTYPE, [1, geo.cout, 1, 1])?;
+    let mut gb = Tensor::cuda_uninit::<T>(&[geo.cout], dev)?;
+    let bp = mptr(be, gb.cuda_slice_mut::<T>()?);
+    // SAFETY: dy is described by `yd`, db by `bd`; handle locked.
+    unsafe {
+        sys::cudnnConvolutionBackwardBias(dnn.handle, void(&one), yd.0, gp, void(&zero), bd.0, bp)
+    }
+    .result()
+    .map_err(|e| cudnn_err("cudnnConvolutionBackwardBias", e))?;
+    Ok(gb)
+}
+
+/// The input gradient `xshape` from the weight `w` (cuDNN's backward-data).
+fn data_grad<T: CudaElem>(r: &Backward<'_>, w: &Tensor, xshape: &[usize]) -> Result<Tensor> {
+    let (be, plan) = (&r.cu.backend, r.plan);
+    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let mut gx = Tensor::cuda_uninit::<T>(xshape, r.dev)?;
+    let wp = cptr(be, w.cuda_slice::<T>()?);
+    let dxp = mptr(be, gx.cuda_slice_mut::<T>()?);
+    let cached = plan.found_bwd_data.get().copied();
+    let choice = measured(r.cu, r.dev, r.handle, (wp, r.g, dxp), cached, |cx, a| {
+        plan.find_bwd_data(cx, a)
+    })?
+    .unwrap_or(plan.bwd_data);
+    let mut ws = conv_workspace(r.cu, r.dev, choice.workspace)?;
+    let (wsp, wss) = ws.ptr(be);
+    plan.set_math(choice.math)?;
+    // SAFETY: as in `forward_t`; dx is written with beta = 0.
+    unsafe {
+        sys::cudnnConvolutionBackwardData(
+            r.handle,
+            void(&one),
+            plan.w.0,
+            wp,
+            plan.y.0,
+            r.g,
+            plan.conv.0,
+            choice.algo,
+            wsp,
+            wss,
+            void(&zero),
+            plan.x.0,
+            dxp,
+        )
+    }
+    .result()
+    .map_err(|e| cudnn_err("cudnnConvolutionBackwardData", e))?;
+    Ok(gx)
+}
+
+/// The weight gradient `wshape` from the input `x` (cuDNN's backward-filter).
+fn filter_grad<T: CudaElem>(r: &Backward<'_>, x: &Tensor, wshape: &[usize]) -> Result<Tensor> {
+    let (be, plan) = (&r.cu.backend, r.plan);
+    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let mut gw = Tensor::cuda_uninit::<T>(wshape, r.dev)?;
+    let xp = cptr(be, x.cuda_slice::<T>()?);
+    let dwp = mptr(be, gw.cuda_slice_mut::<T>()?);
+    let cached = plan.found_bwd_filter.get().copied();
+    let choice = measured(r.cu, r.dev, r.handle, (xp, r.g, dwp), cached, |cx, a| {
+        plan.find_bwd_filter(cx, a)
+    })?
+    .unwrap_or(plan.bwd_filter);
+    let mut ws = conv_workspace(r.cu, r.dev, choice.workspace)?;
+    let (wsp, wss) = ws.ptr(be);
+    plan.set_math(choice.math)?;
+    // SAFETY: as in `forward_t`; dw is written with beta = 0.
+    unsafe {
+        sys::cudnnConvolutionBackwardFilter(
+            r.handle,
+            void(&one),
+            plan.x.0,
+            xp,
+            plan.y.0,
+            r.g,
+            plan.conv.0,
+            choice.algo,
+            wsp,
+            wss,
+            void(&zero),
+            plan.w.0,
+            dwp,
+        )
+    }
+    .result()
+    .map_err(|e| cudnn_err("cudnnConvolutionBackwardFilter", e))?;
+    Ok(gw)
 }

@@ -2,7 +2,7 @@
 """Checks that every crate's modules import one way: no import circle between the top-level
 modules of a crate (`crate::a` using `crate::b` while `crate::b` uses `crate::a`).
 
-Unit-test modules (`#[cfg(test)] mod`) are left out: tests may use any module. A reference is
+Unit-test modules (`#[cfg(test)] mod`, `#[cfg(all(test, ...))] mod`) are left out: tests may use any module. A reference is
 any `crate::NAME` path (in `use` lines and inline), any `super::NAME` that
 climbs to the crate root, and any `crate::Item` re-exported from the crate root (resolved
 through the root's `pub use` lines). References inside one top-level module are ignored: a
@@ -39,7 +39,7 @@ def top_module(src, path):
 
 def strip_comments(text):
     """The code without comments and without its unit tests (`#[cfg(test)] mod ...`)."""
-    text = re.split(r"#\[cfg\(test\)\]\s*mod\b", text)[0]
+    text = re.split(r"#\[cfg\((?:all\()?test\b[^\]]*\]\s*mod\b", text)[0]
     text = re.sub(r"//[^\n]*", "", text)
     return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
 

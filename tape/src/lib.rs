@@ -40,6 +40,7 @@ macro_rules! dispatch_float {
 }
 
 mod backend;
+pub mod block_storage;
 pub mod context;
 pub mod counters;
 pub mod device;

@@ -7,7 +7,6 @@
 mod accuracy;
 mod batch_norm;
 mod batch_norm_relu;
-mod block_storage;
 mod checks;
 mod concat;
 mod conv2d;
@@ -36,9 +35,9 @@ pub use linear::linear;
 pub use pool::{avg_pool2d, global_avg_pool, max_pool2d};
 
 // batch norm, dropout, concat, cross-entropy:
+pub use crate::block_storage::BlockStorage;
 pub use batch_norm::{batch_norm2d, BatchNormOptions, RunningStats};
 pub use batch_norm_relu::{batch_norm_relu, batch_norm_relu_prefix};
-pub use block_storage::BlockStorage;
 pub use concat::concat;
 pub use cross_entropy::{cross_entropy, cross_entropy_labels};
 pub use dropout::dropout;
@@ -60,3 +59,71 @@ pub use matmul::{matmul, matmul_with, MatmulOptions};
 pub use narrow::{narrow, split};
 pub use permute::{permute, transpose, MAX_PERMUTE_DIMS};
 pub use softmax::{log_softmax, log_softmax_with, softmax, softmax_with, SoftmaxOptions};
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use crate::device::cuda::{compile_cubin, nvrtc_options, Kernel, Program, PRELUDE};
+    use cudarc::nvrtc;
+
+    /// One kernel of every op's NVRTC program.
+    fn programs() -> Vec<&'static Program> {
+        vec![
+            crate::primitives::cuda::K::Fill.program(),
+            crate::block_storage::cuda::K::Concat.program(),
+            crate::ops::elementwise::cuda::K::Add.program(),
+            crate::ops::relu::cuda::K::ReluFwd.program(),
+            crate::ops::batch_norm_relu::cuda::K::ReluMaskPart.program(),
+            crate::ops::reduce::cuda::K::SumFinal.program(),
+            crate::ops::dropout::cuda::K::Dropout.program(),
+            crate::ops::cross_entropy::cuda::K::CeGrad.program(),
+            crate::ops::batch_norm::cuda::K::BnSums.program(),
+            crate::ops::pool::cuda::K::GapFwd.program(),
+            crate::ops::linear::cuda::K::BiasRows.program(),
+            crate::optim::cuda::K::SgdMulti.program(),
+            crate::ops::finite::cuda::K::NonFiniteMulti.program(),
+            crate::ops::accuracy::cuda::K::CorrectCount.program(),
+            crate::ops::softmax::cuda::K::SoftmaxFwd.program(),
+            crate::ops::layer_norm::cuda::K::LnFwd.program(),
+            crate::ops::gelu::cuda::K::GeluFwd.program(),
+            crate::ops::embedding::cuda::K::EmbeddingFwd.program(),
+            crate::ops::permute::cuda::K::Permute.program(),
+        ]
+    }
+
+    /// Every op's program compiles with NVRTC (no GPU needed) after the prelude and exports the
+    /// `_f32` and `_f64` entry point of each kernel its enum names; skipped where libnvrtc
+    /// cannot be loaded.
+    #[test]
+    fn every_program_compiles_and_exports_its_kernels() {
+        // SAFETY: only tries to dlopen libnvrtc.
+        if !unsafe { nvrtc::sys::is_culib_present() } {
+            crate::testing::skipped("no NVRTC", "libnvrtc cannot be loaded");
+            return;
+        }
+        let programs = programs();
+        let mut names: Vec<&str> = programs.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), programs.len(), "program names are unique");
+        for p in programs {
+            let source = format!("{PRELUDE}\n{}", p.source);
+            let opts = nvrtc::CompileOptions {
+                arch: Some("compute_90"),
+                options: nvrtc_options(),
+                ..Default::default()
+            };
+            let ptx = nvrtc::compile_ptx_with_opts(&source, opts)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", p.name))
+                .to_src();
+            for name in p.kernels {
+                for suffix in ["f32", "f64"] {
+                    let entry = format!(".entry {name}_{suffix}(");
+                    assert!(ptx.contains(&entry), "{}: missing {entry}", p.name);
+                }
+            }
+            let cubin =
+                compile_cubin(&source, "sm_90").unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert!(cubin.len() > 1000, "{}", p.name);
+        }
+    }
+}

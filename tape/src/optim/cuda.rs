@@ -6,11 +6,20 @@
 
 use super::{AdamConfig, AdamSlot, OptimKernels, SgdConfig, SgdSlot};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{launch, multi_grid, scratch_from_host, Backend, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{launch, multi_grid, scratch_from_host, Backend, CudaElem};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        SgdMulti = "sgd_multi",
+        AdamMulti = "adam_multi",
+    }
+}
 
 /// The skip flag as the kernels take it: its address (0 for none) and whether it is `f64`.
 pub(crate) fn flag_arg(be: &Backend, found_inf: Option<&Tensor>) -> Result<(u64, i32)> {

@@ -25,7 +25,7 @@ use std::collections::HashSet;
 mod adam;
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod meta;
 mod sgd;
 

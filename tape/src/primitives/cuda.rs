@@ -2,11 +2,20 @@
 
 use super::PrimitiveKernels;
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{grid, launch, CudaElem};
 use crate::device::Device;
 use crate::dtype::{DType, Elem};
 use crate::error::Result;
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        Fill = "fill",
+        AddAssign = "add_assign",
+    }
+}
 
 impl PrimitiveKernels for CudaKernels {
     /// A fill kernel (no host copy).

@@ -10,7 +10,7 @@ use crate::tensor::{numel_of, Tensor};
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod meta;
 
 kernel_trait! {

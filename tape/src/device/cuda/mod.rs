@@ -16,23 +16,31 @@ mod buffer;
 mod dnn;
 mod elem;
 mod error;
-mod kernels;
+mod launch;
+mod nvrtc;
 
 pub(crate) use buffer::{alloc_slice, before_free, copy, download, overwrite, upload};
 pub(crate) use dnn::{ConvKey, ConvPlan, Dnn, FindArgs, FindContext, TensorDesc};
 pub(crate) use elem::{CudaData, CudaElem};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
-pub(crate) use kernels::{grid, multi_grid, per_row, PartList, K, MAX_PARTS, RBLOCK, SUM_BLOCKS};
+pub(crate) use launch::{
+    grid, launch, multi_grid, nvrtc_program, per_row, Kernel, PartList, Program, MAX_PARTS, RBLOCK,
+    SUM_BLOCKS,
+};
+#[cfg(test)]
+pub(crate) use nvrtc::{compile_cubin, options as nvrtc_options, PRELUDE};
 
 use crate::device::{CudaOptions, Device};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::Reservation;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    result as dres, sys as dsys, CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    DriverError,
+    result as dres, sys as dsys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, DriverError,
 };
-use kernels::Kernels;
+use nvrtc::Module;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -52,7 +60,8 @@ pub(crate) struct Backend {
     pub(crate) ctx: Arc<CudaContext>,
     /// The one stream all of this GPU's work runs on.
     pub(crate) stream: Arc<CudaStream>,
-    pub(crate) kernels: Kernels,
+    /// The NVRTC programs compiled for this GPU so far, by program name.
+    modules: Mutex<HashMap<&'static str, Arc<Module>>>,
     blas: Mutex<CudaBlas>,
     dnn: Mutex<Dnn>,
     pool: Option<Pool>,
@@ -62,8 +71,17 @@ impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Backend(cuda:{} \"{}\" sm_{}{}, kernels {})",
-            self.ordinal, self.name, self.cc.0, self.cc.1, self.kernels.build
+            "Backend(cuda:{} \"{}\" sm_{}{}, programs {:?})",
+            self.ordinal,
+            self.name,
+            self.cc.0,
+            self.cc.1,
+            self.modules
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(name, m)| format!("{name}: {}", m.build))
+                .collect::<Vec<_>>()
         )
     }
 }
@@ -314,7 +332,6 @@ impl Backend {
                 eprintln!("tape: warning: cuDNN sub-library check of {lib}: {:?}", e.0);
             }
         }
-        let kernels = Kernels::load(&ctx, cc)?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cublas_err("cublasCreate", e))?;
         let dnn = Dnn::new(&stream)?;
         Ok(Backend {
@@ -323,11 +340,27 @@ impl Backend {
             cc,
             ctx,
             stream,
-            kernels,
+            modules: Mutex::new(HashMap::new()),
             blas: Mutex::new(blas),
             dnn: Mutex::new(dnn),
             pool,
         })
+    }
+
+    /// The entry point of kernel `k` for `dtype`, its program compiled and loaded first if this
+    /// GPU has not run any of its kernels yet (once per program and GPU).
+    pub(crate) fn function<K: Kernel>(&self, k: K, dtype: DType) -> Result<CudaFunction> {
+        let program = k.program();
+        let mut modules = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
+        let module = match modules.get(program.name) {
+            Some(m) => m.clone(),
+            None => {
+                let m = Arc::new(Module::load(&self.ctx, self.cc, program)?);
+                modules.insert(program.name, m.clone());
+                m
+            }
+        };
+        Ok(module.get(k.index(), dtype).clone())
     }
 
     /// Waits for all queued work.
@@ -540,24 +573,6 @@ pub(crate) fn scratch_from_host<T: DeviceRepr>(
     }
     Ok(s)
 }
-
-/// Launches kernel `k` of dtype `dtype` on a backend's stream with the given arguments (each a
-/// reference: `&slice`, `&mut slice`, `&scalar`), mapping a failure to [`Error::Backend`].
-/// Every call site must pass exactly the argument list of the kernel's signature in
-/// `kernels.cu`, in order and with the same types.
-macro_rules! launch {
-    ($be:expr, $k:expr, $dtype:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let be: &$crate::device::cuda::Backend = $be;
-        let cfg: cudarc::driver::LaunchConfig = $cfg;
-        let mut b = be.stream.launch_builder(be.kernels.get($k, $dtype));
-        $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )*
-        // SAFETY: the caller passes the kernel's exact argument list (see kernels.cu); buffers
-        // are sized from checked shapes and every kernel bounds its indices by the sizes passed.
-        let r = unsafe { b.launch(cfg) };
-        r.map(|_| ()).map_err(|e| $crate::device::cuda::driver_err(concat!("kernel launch ", stringify!($k)), e))
-    }};
-}
-pub(crate) use launch;
 
 /// A device address as the `const void*` raw cuDNN / cuBLAS calls take.
 pub(crate) fn cptr<T>(be: &Backend, s: &CudaSlice<T>) -> *const std::ffi::c_void {

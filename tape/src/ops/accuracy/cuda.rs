@@ -4,10 +4,18 @@
 
 use super::AccuracyKernels;
 use crate::backend::CudaKernels;
-use crate::device::cuda::{launch, per_row, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{launch, per_row, CudaElem};
 use crate::error::Result;
 use crate::labels::Labels;
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        CorrectCount = "correct_count",
+    }
+}
 
 fn count<T: CudaElem>(logits: &Tensor, labels: &Labels) -> Result<Tensor> {
     let dev = logits.device();

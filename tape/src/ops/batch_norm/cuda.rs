@@ -9,11 +9,21 @@ use super::{
     BatchNormKernels, BatchNormOptions, BnBackward, BnForward, BnGrads, BnStats, RunningStats, OP,
 };
 use crate::backend::CudaKernels;
-use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, per_row, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, per_row, CudaElem};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
 use std::ffi::c_void;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        BnSums = "bn_sums",
+        BnScaleGrad = "bn_scale_grad",
+        BnInvstd = "bn_invstd",
+    }
+}
 
 const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
 

@@ -9,9 +9,9 @@
 //! gradient added in place into the storage's gradient.
 
 use super::batch_norm::{check_affine, check_batch, BatchNormOptions, BnStats, RunningStats};
-use super::block_storage::BlockStorage;
 use super::checks::check_grad;
 use crate::backend::{kernel_trait, kernels};
+use crate::block_storage::BlockStorage;
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::{Phase, Tape};
@@ -19,7 +19,7 @@ use crate::tensor::Tensor;
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod meta;
 
 const OP: &str = "batch_norm_relu";

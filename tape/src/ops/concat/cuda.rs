@@ -3,7 +3,8 @@
 
 use super::ConcatKernels;
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, CudaElem, PartList, K, MAX_PARTS};
+use crate::block_storage::cuda::K as ChannelK;
+use crate::device::cuda::{grid, launch, CudaElem, PartList, MAX_PARTS};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -66,7 +67,7 @@ fn concat_t<T: CudaElem>(
         }
         let mut cfg = grid(outer * widest);
         cfg.grid_dim.1 = chunk.len() as u32;
-        launch!(be, K::Concat, T::DTYPE, cfg; &mut *o, &list, &outer_u, &total_u)?;
+        launch!(be, ChannelK::Concat, T::DTYPE, cfg; &mut *o, &list, &outer_u, &total_u)?;
     }
     Ok(out)
 }
@@ -105,8 +106,8 @@ fn split_t<T: CudaElem>(
     let gs = g.cuda_slice::<T>()?;
     let chunks = fresh
         .chunks(MAX_PARTS)
-        .map(|c| (K::Split, c))
-        .chain(added.chunks(MAX_PARTS).map(|c| (K::SplitAdd, c)));
+        .map(|c| (ChannelK::Split, c))
+        .chain(added.chunks(MAX_PARTS).map(|c| (ChannelK::SplitAdd, c)));
     for (kernel, chunk) in chunks {
         let mut list = PartList::default();
         let mut widest = 0usize;

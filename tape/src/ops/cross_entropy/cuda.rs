@@ -4,10 +4,20 @@
 
 use super::CrossEntropyKernels;
 use crate::backend::CudaKernels;
-use crate::device::cuda::{launch, per_row, scratch, CudaElem, Scratch, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{launch, per_row, scratch, CudaElem, Scratch};
 use crate::error::Result;
 use crate::labels::Labels;
+use crate::ops::reduce::cuda::K as ReduceK;
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        CeLossRows = "ce_loss_rows",
+        CeGrad = "ce_grad",
+    }
+}
 
 impl CrossEntropyKernels for CudaKernels {
     fn cross_entropy_forward(&self, logits: &Tensor, labels: &Labels) -> Result<Tensor> {
@@ -45,7 +55,7 @@ fn loss<T: CudaElem>(
     let mut out = Tensor::cuda_uninit::<T>(&[1], dev)?;
     let (count, mul, div) = (n as u64, 1.0f64, n as f64);
     let o = out.cuda_slice_mut::<T>()?;
-    launch!(be, K::SumFinal, T::DTYPE, per_row(1); &rows.buf, &count, &mul, &div, o)?;
+    launch!(be, ReduceK::SumFinal, T::DTYPE, per_row(1); &rows.buf, &count, &mul, &div, o)?;
     Ok(out)
 }
 

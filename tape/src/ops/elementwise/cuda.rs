@@ -2,10 +2,20 @@
 
 use super::ElementwiseKernels;
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{grid, launch, CudaElem};
 use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        Add = "add",
+        Mul = "mul",
+        Scale = "scale",
+    }
+}
 
 impl ElementwiseKernels for CudaKernels {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {

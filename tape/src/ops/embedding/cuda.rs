@@ -7,10 +7,19 @@
 
 use super::{EmbeddingKernels, Groups};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, scratch_from_host, CudaElem, Scratch, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{grid, launch, scratch_from_host, CudaElem, Scratch};
 use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        EmbeddingFwd = "embedding_fwd",
+        EmbeddingBwd = "embedding_bwd",
+    }
+}
 
 /// `values` as `u64` in a device buffer.
 fn upload(device: &Device, values: &[usize]) -> Result<Scratch<u64>> {

@@ -3,9 +3,17 @@
 
 use super::FiniteKernels;
 use crate::backend::CudaKernels;
-use crate::device::cuda::{launch, multi_grid, scratch_from_host, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{launch, multi_grid, scratch_from_host, CudaElem};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        NonFiniteMulti = "non_finite_multi",
+    }
+}
 
 fn flag<T: CudaElem>(xs: &[&Tensor]) -> Result<Tensor> {
     let first = xs

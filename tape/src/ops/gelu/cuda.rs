@@ -5,9 +5,18 @@
 
 use super::{GeluApproximation, GeluKernels};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{grid, launch, CudaElem};
 use crate::error::Result;
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        GeluFwd = "gelu_fwd",
+        GeluBwd = "gelu_bwd",
+    }
+}
 
 impl GeluKernels for CudaKernels {
     fn gelu_forward(&self, x: &Tensor, approx: GeluApproximation) -> Result<Tensor> {

@@ -7,9 +7,19 @@
 
 use super::{LayerNormKernels, LnDims, RowStats};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, per_row, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{grid, launch, per_row, CudaElem};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        LnFwd = "ln_fwd",
+        LnBwdInput = "ln_bwd_input",
+        LnBwdAffine = "ln_bwd_affine",
+    }
+}
 
 /// Fails unless one block per row fits a grid.
 fn check_rows(dims: &LnDims) -> Result<()> {

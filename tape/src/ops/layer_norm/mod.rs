@@ -7,7 +7,7 @@
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod meta;
 
 use super::checks::{check_grad, check_vector};

@@ -5,12 +5,21 @@
 
 use super::{Dims, LinearKernels};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{cublas_err, grid, launch, CudaElem, CudaHandle, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{cublas_err, grid, launch, CudaElem, CudaHandle};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::CudaSlice;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        BiasRows = "bias_rows",
+        ColSum = "col_sum",
+    }
+}
 
 const OP: &str = "linear";
 

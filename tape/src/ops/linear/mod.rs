@@ -3,7 +3,7 @@
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod meta;
 
 use super::checks::{accumulate_weighted, check_grad, WeightedOp};

@@ -6,7 +6,8 @@
 
 use super::{NarrowKernels, Slice};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, CudaElem, PartList, K};
+use crate::block_storage::cuda::K as ChannelK;
+use crate::device::cuda::{grid, launch, CudaElem, PartList};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -41,7 +42,7 @@ fn forward<T: CudaElem>(x: &Tensor, s: Slice, shape: &[usize]) -> Result<Tensor>
         list.offset[0] = off;
         let outer = s.outer as u64;
         let xs = x.cuda_slice::<T>()?;
-        launch!(be, K::Split, T::DTYPE, grid(s.outer * s.len * s.inner); xs, &list, &outer, &total)?;
+        launch!(be, ChannelK::Split, T::DTYPE, grid(s.outer * s.len * s.inner); xs, &list, &outer, &total)?;
     }
     Ok(out)
 }
@@ -58,7 +59,7 @@ fn backward<T: CudaElem>(g: &Tensor, s: Slice, shape: &[usize]) -> Result<Tensor
         list.offset[0] = off;
         let outer = s.outer as u64;
         let o = gx.cuda_slice_mut::<T>()?;
-        launch!(be, K::Concat, T::DTYPE, grid(s.outer * s.len * s.inner); o, &list, &outer, &total)?;
+        launch!(be, ChannelK::Concat, T::DTYPE, grid(s.outer * s.len * s.inner); o, &list, &outer, &total)?;
     }
     Ok(gx)
 }

@@ -5,10 +5,18 @@
 
 use super::{layout, PermuteKernels, MAX_PERMUTE_DIMS};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{grid, launch, CudaElem};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::driver::DeviceRepr;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        Permute = "permute",
+    }
+}
 
 /// The output shape and the input stride of each output dimension, padded to [`MAX_PERMUTE_DIMS`]
 /// (the layout of `PermDims` in `kernels.cu`).

@@ -3,10 +3,19 @@
 
 use super::{PoolKernels, PoolMode, Window};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, scratch, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, scratch, CudaElem};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        GapFwd = "gap_fwd",
+        GapBwd = "gap_bwd",
+    }
+}
 
 impl PoolKernels for CudaKernels {
     fn pool_forward(&self, mode: PoolMode, x: &Tensor, win: &Window) -> Result<Tensor> {

@@ -3,10 +3,20 @@
 
 use super::ReduceKernels;
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, per_row, scratch, CudaElem, K, RBLOCK, SUM_BLOCKS};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{grid, launch, per_row, scratch, CudaElem, RBLOCK, SUM_BLOCKS};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::driver::LaunchConfig;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        FillScalar = "fill_scalar",
+        SumPartial = "sum_partial",
+        SumFinal = "sum_final",
+    }
+}
 
 impl ReduceKernels for CudaKernels {
     fn sum_all(&self, x: &Tensor, factor: f64) -> Result<Tensor> {

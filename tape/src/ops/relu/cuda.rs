@@ -3,9 +3,18 @@
 
 use super::ReluKernels;
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{grid, launch, CudaElem};
 use crate::error::Result;
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        ReluFwd = "relu_fwd",
+        ReluBwd = "relu_bwd",
+    }
+}
 
 impl ReluKernels for CudaKernels {
     fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -5,9 +5,18 @@
 
 use super::{Rows, SoftmaxKernels};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{launch, per_row, CudaElem, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{launch, per_row, CudaElem};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        SoftmaxFwd = "softmax_fwd",
+        SoftmaxBwd = "softmax_bwd",
+    }
+}
 
 /// Fails unless one block per row fits a grid.
 fn check_rows(rows: &Rows) -> Result<()> {

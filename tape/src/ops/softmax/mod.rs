@@ -16,7 +16,7 @@ use crate::tensor::Tensor;
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod meta;
 
 /// The rows of one softmax: `rows` rows of `d` elements; with `causal > 0`, row `r` keeps only

@@ -3,12 +3,14 @@
 //! then cuDNN's batch-norm backward from the saved statistics (training, input gradient
 //! wanted) or NVRTC kernels (eval mode; parameter gradients alone).
 
-use super::super::super::block_storage::BlockStorageKernels;
 use super::super::{BnReluBackward, BnReluGrads, OP};
+use super::K;
 use super::{at, void, with_aligned_params, Layout, ParamSlice, MODE};
-use crate::device::cuda::{cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem, K};
+use crate::block_storage::BlockStorageKernels;
+use crate::device::cuda::{cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::ops::batch_norm::cuda::K as BnK;
 use crate::primitives::PrimitiveKernels;
 use crate::tensor::Tensor;
 use cudarc::cudnn::result::CudnnError;
@@ -255,12 +257,12 @@ fn eval_backward<T: CudaElem>(
         let sum_g = if a.want_bias { at::<T>(s.gb, off) } else { 0 };
         let sum_gx = if a.want_weight { at::<T>(s.gw, off) } else { 0 };
         let mean = at::<T>(s.mean, off);
-        launch!(be, K::BnSums, T::DTYPE, per_row(ck);
+        launch!(be, BnK::BnSums, T::DTYPE, per_row(ck);
             &masked, &x, &mean, &invstd, &nu, &cu, &hwu, &sum_g, &sum_gx)?;
     }
     if a.want_parts[k] && len > 0 {
         let (lu, wk) = (len as u64, at::<T>(s.weight, off));
-        launch!(be, K::BnScaleGrad, T::DTYPE, grid(len);
+        launch!(be, BnK::BnScaleGrad, T::DTYPE, grid(len);
             &dx, &dx, &wk, &invstd, &cu, &hwu, &lu)?;
     }
     Ok(())

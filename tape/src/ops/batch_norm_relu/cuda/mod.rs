@@ -30,17 +30,28 @@ mod backward;
 use super::super::batch_norm::BnStats;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
 use crate::backend::CudaKernels;
+use crate::block_storage::cuda::K as ChannelK;
+use crate::device::cuda::nvrtc_program;
 use crate::device::cuda::{
-    cudnn_err, grid, launch, scratch, Backend, CudaElem, Dnn, PartList, Scratch, TensorDesc, K,
+    cudnn_err, grid, launch, scratch, Backend, CudaElem, Dnn, PartList, Scratch, TensorDesc,
 };
 use crate::device::Device;
 use crate::error::Result;
+use crate::ops::batch_norm::cuda::K as BnK;
+use crate::ops::relu::cuda::K as ReluK;
 use crate::ops::{BatchNormOptions, RunningStats};
 use crate::tensor::Tensor;
 use cudarc::cudnn::result::CudnnError;
 use cudarc::cudnn::sys;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("../kernels.cu") => {
+        ReluMaskPart = "relu_mask_part",
+    }
+}
 
 const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
 
@@ -401,7 +412,7 @@ fn forward<T: CudaElem>(a: &Forward<'_>) -> Result<(Tensor, Stats)> {
                 let cu = l.c as u64;
                 let vs = var.cuda_slice::<T>()?;
                 let is = invstd.cuda_slice_mut::<T>()?;
-                launch!(be, K::BnInvstd, T::DTYPE, grid(l.c); vs, &a.opts.eps, &cu, is)?;
+                launch!(be, BnK::BnInvstd, T::DTYPE, grid(l.c); vs, &a.opts.eps, &cu, is)?;
             }
             Some((mean, invstd))
         } else {
@@ -412,7 +423,7 @@ fn forward<T: CudaElem>(a: &Forward<'_>) -> Result<(Tensor, Stats)> {
     if total > 0 {
         // In place: the kernel reads and writes element i in the same thread.
         let nu = total as u64;
-        launch!(be, K::ReluFwd, T::DTYPE, grid(total); &out_ptr, &out_ptr, &nu)?;
+        launch!(be, ReluK::ReluFwd, T::DTYPE, grid(total); &out_ptr, &out_ptr, &nu)?;
     }
     Ok((out, stats))
 }
@@ -619,7 +630,7 @@ where
     list.width[0] = width as u64;
     list.offset[0] = (l.offsets[k] * hw) as u64;
     let (outer, total) = (l.n as u64, (l.c * hw) as u64);
-    launch!(be, K::Concat, T::DTYPE, grid(l.n * width); &out, &list, &outer, &total)
+    launch!(be, ChannelK::Concat, T::DTYPE, grid(l.n * width); &out, &list, &outer, &total)
 }
 
 #[cfg(test)]

@@ -4,9 +4,20 @@
 
 use super::{channel_runs, BlockStorageKernels};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{grid, launch, CudaElem, PartList, K};
+use crate::device::cuda::nvrtc_program;
+use crate::device::cuda::{grid, launch, CudaElem, PartList};
 use crate::error::Result;
 use crate::tensor::Tensor;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu`.
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        Concat = "concat",
+        ConcatAdd = "concat_add",
+        Split = "split",
+        SplitAdd = "split_add",
+    }
+}
 
 /// One launch of `kernel` (concat, concat_add or split) between the wide buffer at `wide` and
 /// the packed one at `packed`.

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod meta;
 
 const OP: &str = "block_storage";

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use densenet::train::{seed_sgd_config, train_step};
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use densenet_suite::densenet_bench::measure_training_step;
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
@@ -19,9 +19,9 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step_bc40_k12_b16");
     group.sample_size(10);
     for mode in [
-        Memory::Naive,
-        Memory::RecomputeBottleneck,
-        Memory::RecomputeLayer,
+        Recompute::Naive,
+        Recompute::Selective(Selective::Bottleneck),
+        Recompute::Selective(Selective::Layer),
     ] {
         let peak = measure_training_step(
             &Device::cpu(),
@@ -39,7 +39,8 @@ fn bench(c: &mut Criterion) {
         let dev = Device::cpu();
         let mut model = DenseNet::new(config(), DType::F32, &dev, 0)
             .expect("model")
-            .with_memory(mode);
+            .with_recompute(mode)
+            .unwrap();
         let mut opt = Sgd::new(seed_sgd_config()).expect("sgd");
         let x = Tensor::randn(&[BATCH, 3, IMAGE, IMAGE], DType::F32, &dev, 1).expect("input");
         let labels: Vec<usize> = (0..BATCH).map(|i| i % 10).collect();

@@ -15,14 +15,14 @@
 //! communicating and seconds exposed after backward). The depth sweep is skipped.
 
 use clap::Parser;
-use densenet::{DenseNetConfig, Memory};
+use densenet::{DenseNetConfig, Recompute, Selective};
 use densenet_suite::densenet_bench::{
     explain_training_step, measure_training_step, measure_training_step_ddp, profile_training_step,
 };
 use dist::{DdpOptions, DistKind, ProcessGroup};
 use harness::{
     fitted_exponent, open_device_with, print_case, print_dist_cases, print_header,
-    print_memory_report, print_profile, svg_chart, CaseResult, DistCaseResult,
+    print_memory_report, print_profile, svg_chart, CaseResult, DistCaseResult, Setting,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,8 +39,9 @@ struct Args {
     /// densenet201, densenet264, densenet161, densenet_bc_190_k40, ...
     #[arg(long)]
     preset: Option<String>,
-    /// Add the planner's run for a memory budget (bytes, or e.g. 480MB, 16GB) to the main table
-    /// and print the plan it chose for each dense block.
+    /// Add the planner's run for a memory budget (bytes, or e.g. 480MB, 16GB: the same as
+    /// `budget:SIZE` in --recompute) to the main table and print the plan it chose for each
+    /// dense block.
     #[arg(long)]
     budget: Option<String>,
     /// On a GPU, allow TF32 tensor-core math (default: strict fp32).
@@ -70,14 +71,16 @@ struct Args {
     /// Print one JSON object per case instead of tables.
     #[arg(long)]
     json: bool,
-    /// Modes of the main table: naive, bottleneck, layer, budget:BYTES, or budget:auto (the
-    /// planner with a budget halfway between the layer and bottleneck peaks measured before it).
+    /// Recompute settings of the main table: naive, bottleneck, layer, budget:SIZE (e.g.
+    /// budget:480MB), or budget:auto (the planner with a budget halfway between the layer and
+    /// bottleneck peaks measured before it).
     #[arg(
         long,
+        visible_alias = "modes",
         value_delimiter = ',',
         default_value = "naive,bottleneck,layer,budget:auto"
     )]
-    modes: Vec<String>,
+    recompute: Vec<Setting>,
     /// Depths of the sweep (CIFAR DenseNet-BC, k=12).
     #[arg(long, value_delimiter = ',')]
     depths: Option<Vec<usize>>,
@@ -119,16 +122,6 @@ struct Args {
     bucket_mb: f64,
 }
 
-/// A mode of the main table.
-#[derive(Clone, Copy, Debug)]
-enum Mode {
-    /// A fixed efficiency mode.
-    Fixed(Memory),
-    /// The planner, with a budget halfway between the layer and bottleneck peaks measured
-    /// earlier in the same table.
-    AutoBudget,
-}
-
 /// One model's table: every mode, one training step each.
 struct Table<'c> {
     name: &'c str,
@@ -140,7 +133,7 @@ struct Table<'c> {
 impl Table<'_> {
     fn run(
         &self,
-        modes: &[Mode],
+        modes: &[Setting],
         (warmup, iters): (usize, usize),
         json: bool,
         (profile, explain): (bool, bool),
@@ -150,24 +143,26 @@ impl Table<'_> {
         let mut done: Vec<CaseResult> = Vec::new();
         let mut naive_rows: Vec<DistCaseResult> = Vec::new();
         for &mode in modes {
-            let mode =
-                match mode {
-                    Mode::Fixed(m) => m,
-                    Mode::AutoBudget => {
-                        let peak = |m: Memory| {
-                            done.iter()
-                                .find(|r| r.mode == m.to_string())
-                                .map(|r| r.measured.peak_bytes)
-                        };
-                        match (peak(Memory::RecomputeLayer), peak(Memory::RecomputeBottleneck)) {
-                        (Some(l), Some(b)) => Memory::Budget((l + b) / 2),
+            let mode = match mode {
+                Setting::Fixed(m) => m,
+                Setting::AutoBudget => {
+                    let peak = |m: Recompute| {
+                        done.iter()
+                            .find(|r| r.mode == m.to_string())
+                            .map(|r| r.measured.peak_bytes)
+                    };
+                    match (
+                        peak(Recompute::Selective(Selective::Layer)),
+                        peak(Recompute::Selective(Selective::Bottleneck)),
+                    ) {
+                        (Some(l), Some(b)) => Recompute::Budget((l + b) / 2),
                         _ => return Err(
                             "budget:auto needs the layer and bottleneck modes measured before it"
                                 .into(),
                         ),
                     }
-                    }
-                };
+                }
+            };
             if let Some((group, options)) = group {
                 let (case, comm) = measure_training_step_ddp(
                     &device()?,
@@ -189,7 +184,7 @@ impl Table<'_> {
                     comm,
                 };
                 let rows = print_dist_cases(group, &row, json, &naive_rows)?;
-                if mode == Memory::Naive {
+                if mode == Recompute::Naive {
                     naive_rows = rows;
                 }
                 done.push(case);
@@ -206,9 +201,9 @@ impl Table<'_> {
                 iters,
             )
             .map_err(|e| e.to_string())?;
-            let naive = done.iter().find(|r| r.mode == Memory::Naive.to_string());
+            let naive = done.iter().find(|r| r.mode == Recompute::Naive.to_string());
             print_case(&r, json, naive);
-            if let (Memory::Budget(_), false) = (mode, json) {
+            if let (Recompute::Budget(_), false) = (mode, json) {
                 print_plan(
                     &device()?,
                     self.config,
@@ -239,12 +234,13 @@ impl Table<'_> {
 fn print_plan(
     dev: &Device,
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     input: [usize; 4],
 ) -> Result<(), String> {
     let model = densenet::DenseNet::new(config.clone(), tape::DType::F32, dev, 0)
         .map_err(|e| e.to_string())?
-        .with_memory(mode);
+        .with_recompute(mode)
+        .map_err(|e| e.to_string())?;
     let modes = model.layer_modes(input).map_err(|e| e.to_string())?;
     for (b, block) in modes.iter().enumerate() {
         let code: String = block
@@ -289,19 +285,10 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
         (_, quick) => (1, if quick { 1 } else { 3 }),
     };
     let iters = args.iters.unwrap_or(default_iters);
-    let mut modes: Vec<Mode> = args
-        .modes
-        .iter()
-        .map(|m| match m.as_str() {
-            "budget:auto" => Ok(Mode::AutoBudget),
-            m => m
-                .parse::<Memory>()
-                .map(Mode::Fixed)
-                .map_err(|e| e.to_string()),
-        })
-        .collect::<Result<_, _>>()?;
+    let mut modes = args.recompute.clone();
     if let Some(budget) = &args.budget {
-        modes.push(Mode::Fixed(Memory::Budget(harness::parse_bytes(budget)?)));
+        let bytes = checkpoint::parse_bytes(budget)?;
+        modes.push(Setting::Fixed(Recompute::Budget(bytes)));
     }
     let (main_name, main_config) = match &args.preset {
         Some(name) => (
@@ -400,9 +387,9 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
         println!("\ndepth sweep: DenseNet-BC k=12, batch {sweep_batch}, one measured step each");
     }
     let sweep_modes = [
-        Memory::Naive,
-        Memory::RecomputeBottleneck,
-        Memory::RecomputeLayer,
+        Recompute::Naive,
+        Recompute::Selective(Selective::Bottleneck),
+        Recompute::Selective(Selective::Layer),
     ];
     let mut series = Vec::new();
     for mode in sweep_modes {

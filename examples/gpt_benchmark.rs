@@ -1,7 +1,8 @@
-//! The small GPT's memory modes side by side: peak bytes (the engine's accounting, process peak
-//! RSS beside it), median seconds per training step (forward + backward + Adam) and the step's
-//! work counts, for Naive, PerBlock, Selective, SelectiveLinear and a planner budget (halfway between the
-//! chain's least feasible and naive predicted peaks); then the planner's front of predicted
+//! The small GPT's recompute settings side by side: peak bytes (the engine's accounting, process
+//! peak RSS beside it), median seconds per training step (forward + backward + Adam) and the
+//! step's work counts, for `naive`, `per-block`, `selective`, `selective-linear` and a planner
+//! budget (`budget:auto`: halfway between the chain's least feasible and naive predicted peaks;
+//! `--recompute` picks the settings); then the planner's front of predicted
 //! peak against recompute for the block chain. Each case runs on a fresh device.
 //!
 //! `cargo run --release --example gpt_benchmark` (CPU); `-- --quick` finishes in about a minute
@@ -14,16 +15,16 @@ use checkpoint::planner::{Plan, PlanOptions};
 use clap::Parser;
 use dist::{Ddp, DdpOptions, DistKind, ProcessGroup};
 use gpt::train::{adam, train_step, train_step_ddp};
-use gpt::{Gpt, GptConfig, MemoryMode, TokenBatch};
+use gpt::{Gpt, GptConfig, Recompute, TokenBatch};
 use harness::{
     open_device, print_case, print_dist_cases, print_front, print_header, CaseResult,
-    DistCaseResult, StepCommStats,
+    DistCaseResult, Setting, StepCommStats,
 };
 use std::process::ExitCode;
 use tape::{DType, Device};
 
 #[derive(Parser, Debug)]
-#[command(about = "Small GPT: peak memory and step time of each memory mode")]
+#[command(about = "Small GPT: peak memory and step time of each recompute setting")]
 struct Args {
     /// Device: cpu, meta (memory without computing), cuda or cuda:N (needs a build with the
     /// `cuda` feature and an NVIDIA GPU).
@@ -53,6 +54,16 @@ struct Args {
     /// Print one JSON object per case instead of tables.
     #[arg(long)]
     json: bool,
+    /// Recompute settings to measure: naive, per-block, selective, selective-linear,
+    /// budget:SIZE (e.g. budget:20MB), or budget:auto (the planner with a budget halfway between
+    /// the chain's least feasible peak and its naive peak, as the planner predicts them).
+    #[arg(
+        long,
+        visible_alias = "modes",
+        value_delimiter = ',',
+        default_value = "naive,per-block,selective,selective-linear,budget:auto"
+    )]
+    recompute: Vec<Setting>,
     /// Data parallel: `mpi` joins the world `mpirun -np N` started (a build with `--features
     /// mpi`); `--batch` is per process.
     #[arg(long, default_value = "none")]
@@ -87,13 +98,13 @@ fn measure(
     a: &Args,
     dev: &Device,
     cfg: &GptConfig,
-    mode: MemoryMode,
+    mode: Recompute,
     batch: usize,
     seq: usize,
     iters: usize,
     group: Option<&ProcessGroup>,
 ) -> gpt::Result<(CaseResult, StepCommStats)> {
-    let mut model = Gpt::new(cfg.clone(), DType::F32, dev, 0)?.with_memory_mode(mode);
+    let mut model = Gpt::new(cfg.clone(), DType::F32, dev, 0)?.with_recompute(mode)?;
     let mut opt = adam(1e-3)?;
     let b = tokens(batch, seq, group.map_or(0, ProcessGroup::rank))?;
     let ddp = match group {
@@ -115,17 +126,10 @@ fn measure(
         }
         Ok::<(), gpt::GptError>(())
     })?;
-    let name = match mode {
-        MemoryMode::Naive => "naive".to_string(),
-        MemoryMode::PerBlock => "per-block".to_string(),
-        MemoryMode::Selective => "selective".to_string(),
-        MemoryMode::SelectiveLinear => "selective-linear".to_string(),
-        MemoryMode::Budget(bytes) => format!("budget:{:.1}MB", bytes as f64 / 1e6),
-    };
     let _ = a;
     let case = CaseResult {
         model: format!("gpt_{}x{}", cfg.n_layer, cfg.n_embd),
-        mode: name,
+        mode: mode.to_string(),
         device: dev.to_string(),
         batch,
         image: None,
@@ -174,13 +178,10 @@ fn run(a: &Args, group: Option<&ProcessGroup>) -> Result<(), Box<dyn std::error:
         );
         print_header(&open_device(&a.device, false)?);
     }
-    let modes = [
-        MemoryMode::Naive,
-        MemoryMode::PerBlock,
-        MemoryMode::Selective,
-        MemoryMode::SelectiveLinear,
-        MemoryMode::Budget(budget),
-    ];
+    let modes = a.recompute.iter().map(|s| match *s {
+        Setting::Fixed(r) => r,
+        Setting::AutoBudget => Recompute::Budget(budget),
+    });
     let mut rows: Vec<CaseResult> = Vec::new();
     let mut naive_rows: Vec<DistCaseResult> = Vec::new();
     for mode in modes {

@@ -3,17 +3,17 @@
 //!
 //! ```text
 //! cargo run --release --example one_step -- --config cfg.json --weights w.safetensors \
-//!     --batch b.safetensors --mode naive|bottleneck|layer|budget:BYTES --out out.safetensors \
+//!     --batch b.safetensors --recompute naive|bottleneck|layer|budget:SIZE --out out.safetensors \
 //!     [--f64] [--lenient]
 //! ```
 //!
 //! The config is a JSON `DenseNetConfig` (its serde field names; missing fields take the seed's
-//! defaults; `--mode` overrides its `efficiency`). The output holds `logits`, `loss`,
+//! defaults; `--recompute` overrides its `efficiency`). The output holds `logits`, `loss`,
 //! `grad.<param>` for every parameter and the running statistics after the step.
 
 use clap::Parser;
 use densenet::weights::LoadOptions;
-use densenet::{DenseNetConfig, Memory};
+use densenet::{DenseNetConfig, Recompute};
 use densenet_suite::one_step::prepare_with;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,9 +32,10 @@ struct Args {
     /// Batch in safetensors: `input` [n, c, h, w] and `labels` [n] (int64 or float).
     #[arg(long)]
     batch: PathBuf,
-    /// Memory mode: naive, bottleneck (alias efficient), layer or budget:BYTES.
-    #[arg(long, default_value = "naive", value_parser = parse_mode)]
-    mode: Memory,
+    /// Recompute setting: naive, bottleneck (alias efficient), layer or budget:SIZE (e.g.
+    /// budget:480MB).
+    #[arg(long, visible_alias = "mode", default_value = "naive")]
+    recompute: Recompute,
     /// Output safetensors file (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -45,10 +46,6 @@ struct Args {
     /// error naming them). Values are checked either way.
     #[arg(long)]
     lenient: bool,
-}
-
-fn parse_mode(s: &str) -> Result<Memory, String> {
-    s.parse::<Memory>().map_err(|e| e.to_string())
 }
 
 fn read_config(path: &Path) -> Result<DenseNetConfig, String> {
@@ -72,10 +69,17 @@ fn run(args: &Args) -> Result<(), String> {
     let load = LoadOptions {
         lenient: args.lenient,
     };
-    let out = prepare_with(&config, &args.weights, &args.batch, args.mode, dtype, load)
-        .and_then(|prepared| prepared.run())
-        .and_then(|out| out.save(&args.out).map(|()| out))
-        .map_err(|e| e.to_string())?;
+    let out = prepare_with(
+        &config,
+        &args.weights,
+        &args.batch,
+        args.recompute,
+        dtype,
+        load,
+    )
+    .and_then(|prepared| prepared.run())
+    .and_then(|out| out.save(&args.out).map(|()| out))
+    .map_err(|e| e.to_string())?;
     let modes: Vec<String> = out
         .layer_modes
         .iter()
@@ -89,7 +93,7 @@ fn run(args: &Args) -> Result<(), String> {
         .collect();
     println!(
         "mode {} ({dtype:?}): loss {:.12}, {} tensors -> {} (layer modes: [{}])",
-        args.mode,
+        args.recompute,
         out.loss,
         out.tensors.len(),
         args.out.display(),

@@ -1,8 +1,9 @@
 //! ResNet naive vs memory-efficient: peak bytes (the engine's accounting, process peak RSS
 //! beside it), median seconds per training step (forward + backward + SGD) and the step's work
-//! counts, for every block recorded (naive), every block checkpointed (per-block) and the
-//! planner's plan for a budget halfway between those two measured peaks; then the planner's
-//! memory-vs-recompute front for the same step.
+//! counts, for every block recorded (`naive`), every block checkpointed (`per-block`) and the
+//! planner's plan for a budget halfway between those two measured peaks (`budget:auto`; the
+//! settings measured are `--recompute`'s); then the planner's memory-vs-recompute front for the
+//! same step.
 //!
 //! `cargo run --release --example resnet_benchmark` (ResNet-18, CIFAR stem, 32x32, batch 64, CPU);
 //! `-- --quick` finishes in about a minute on two cores; `-- --depth 50 --stem imagenet` for
@@ -18,9 +19,9 @@ use densenet_suite::resnet_bench::{
 use dist::{DdpOptions, DistKind, ProcessGroup};
 use harness::{
     open_device, print_case, print_dist_cases, print_front, print_header, CaseResult,
-    DistCaseResult,
+    DistCaseResult, Setting,
 };
-use resnet::{Memory, ResNetConfig, Stem};
+use resnet::{Recompute, ResNetConfig, Stem};
 use std::process::ExitCode;
 
 /// The stem, as the command line names it.
@@ -66,19 +67,38 @@ struct Args {
     /// Print one JSON object per row instead of tables.
     #[arg(long)]
     json: bool,
+    /// Recompute settings to measure: naive, per-block, budget:SIZE (e.g. budget:480MB), or
+    /// budget:auto (the planner with a budget halfway between the naive and per-block peaks
+    /// measured before it).
+    #[arg(
+        long,
+        visible_alias = "modes",
+        value_delimiter = ',',
+        default_value = "naive,per-block,budget:auto"
+    )]
+    recompute: Vec<Setting>,
     /// Data parallel: `mpi` joins the world `mpirun -np N` started (a build with `--features
     /// mpi`); `--batch` is per process.
     #[arg(long, default_value = "none")]
     dist: DistKind,
 }
 
-/// The three rows of every rank of a data-parallel run, printed by rank 0.
+/// `budget:auto`'s budget: halfway between the naive and per-block peaks in `peaks` (by setting).
+fn auto_budget(peaks: &[(Recompute, u64)]) -> Result<u64, String> {
+    let peak = |r: Recompute| peaks.iter().find(|(s, _)| *s == r).map(|(_, p)| *p);
+    match (peak(Recompute::Naive), peak(Recompute::PerBlock)) {
+        (Some(n), Some(p)) => Ok((n + p) / 2),
+        _ => Err("budget:auto needs the naive and per-block settings measured before it".into()),
+    }
+}
+
+/// Every rank's rows of a data-parallel run, printed by rank 0.
 fn run_dist(
     args: &Args,
     group: &ProcessGroup,
-    measure: &dyn Fn(Memory) -> Result<(CaseResult, harness::StepCommStats), String>,
+    measure: &dyn Fn(Recompute) -> Result<(CaseResult, harness::StepCommStats), String>,
 ) -> Result<(), String> {
-    let row = |memory: Memory| -> Result<DistCaseResult, String> {
+    let row = |memory: Recompute| -> Result<DistCaseResult, String> {
         let (case, comm) = measure(memory)?;
         Ok(DistCaseResult {
             case,
@@ -87,20 +107,26 @@ fn run_dist(
             comm,
         })
     };
-    let naive = print_dist_cases(group, &row(Memory::Naive)?, args.json, &[])?;
-    let per_block = print_dist_cases(group, &row(Memory::PerBlock)?, args.json, &naive)?;
-    let peak = |rows: &[DistCaseResult]| rows[group.rank()].case.measured.peak_bytes;
-    // Every rank the same budget: rank 0's midpoint.
-    let mut budget = [((peak(&naive) + peak(&per_block)) / 2) as f64];
-    group
-        .broadcast_f64(&mut budget, 0)
-        .map_err(|e| e.to_string())?;
-    print_dist_cases(
-        group,
-        &row(Memory::Budget(budget[0] as u64))?,
-        args.json,
-        &naive,
-    )?;
+    let mut naive: Vec<DistCaseResult> = Vec::new();
+    let mut peaks = Vec::new();
+    for &setting in &args.recompute {
+        let memory = match setting {
+            Setting::Fixed(r) => r,
+            Setting::AutoBudget => {
+                // Every rank the same budget: rank 0's midpoint.
+                let mut budget = [auto_budget(&peaks)? as f64];
+                group
+                    .broadcast_f64(&mut budget, 0)
+                    .map_err(|e| e.to_string())?;
+                Recompute::Budget(budget[0] as u64)
+            }
+        };
+        let rows = print_dist_cases(group, &row(memory)?, args.json, &naive)?;
+        peaks.push((memory, rows[group.rank()].case.measured.peak_bytes));
+        if memory == Recompute::Naive {
+            naive = rows;
+        }
+    }
     Ok(())
 }
 
@@ -142,7 +168,7 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
         print_header(&probe);
     }
     if let Some(g) = group {
-        let measure = |memory: Memory| {
+        let measure = |memory: Recompute| {
             let sizes = (batch, image, iters);
             let options = DdpOptions::default();
             measure_training_step_ddp(&device()?, &config, memory, sizes, g, options)
@@ -150,17 +176,27 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
         };
         return run_dist(args, g, &measure);
     }
-    let measure = |memory: Memory| -> Result<CaseResult, String> {
+    let measure = |memory: Recompute| -> Result<CaseResult, String> {
         measure_training_step(&device()?, &config, memory, batch, image, iters)
             .map_err(|e| format!("{memory}: {e}"))
     };
-    let naive = measure(Memory::Naive)?;
-    print_case(&naive, args.json, Some(&naive));
-    let per_block = measure(Memory::PerBlock)?;
-    print_case(&per_block, args.json, Some(&naive));
-    let budget = (naive.measured.peak_bytes + per_block.measured.peak_bytes) / 2;
-    let budgeted = measure(Memory::Budget(budget))?;
-    print_case(&budgeted, args.json, Some(&naive));
+    let mut done: Vec<(Recompute, CaseResult)> = Vec::new();
+    for &setting in &args.recompute {
+        let memory = match setting {
+            Setting::Fixed(r) => r,
+            Setting::AutoBudget => {
+                let peaks: Vec<_> = done
+                    .iter()
+                    .map(|(r, c)| (*r, c.measured.peak_bytes))
+                    .collect();
+                Recompute::Budget(auto_budget(&peaks)?)
+            }
+        };
+        let case = measure(memory)?;
+        let naive = done.iter().find(|(r, _)| *r == Recompute::Naive);
+        print_case(&case, args.json, Some(naive.map_or(&case, |(_, c)| c)));
+        done.push((memory, case));
+    }
     if !args.json {
         println!();
     }

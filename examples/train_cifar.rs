@@ -21,7 +21,7 @@ use densenet::data::{
     epoch_order, load_cifar10, synthetic, Augment, Dataset, CIFAR10_MEAN, CIFAR10_STD,
 };
 use densenet::train::{count_correct, predict, train_step_ddp, train_step_with, StepOptions};
-use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
+use densenet::{DenseNet, DenseNetConfig, DenseNetError, Recompute};
 use dist::{Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,9 +66,10 @@ struct Args {
     /// Growth rate k of a CIFAR DenseNet-BC instead of a preset [default: 12].
     #[arg(long)]
     growth: Option<usize>,
-    /// Memory mode: naive, bottleneck (the seed's efficient=True), layer, or budget:BYTES.
-    #[arg(long, default_value = "bottleneck", value_parser = parse_mode)]
-    mode: Memory,
+    /// Recompute setting: naive, bottleneck (the seed's efficient=True), layer, or budget:SIZE
+    /// (e.g. budget:480MB).
+    #[arg(long, visible_alias = "mode", default_value = "bottleneck")]
+    recompute: Recompute,
     /// Epochs [default: 300 like the seed; 2 on synthetic data].
     #[arg(long)]
     epochs: Option<usize>,
@@ -131,10 +132,6 @@ macro_rules! say {
             println!($($t)*);
         }
     };
-}
-
-fn parse_mode(s: &str) -> Result<Memory, String> {
-    s.parse::<Memory>().map_err(|e| e.to_string())
 }
 
 /// Mean cross-entropy and top-1 accuracy of the model (eval mode) on `ds`, in batches.
@@ -365,16 +362,16 @@ fn run(args: Args, group: ProcessGroup) -> AnyResult<()> {
     }
 
     let device = harness::open_device(&harness::rank_device(&args.device, &group), false)?;
-    let mut model =
-        DenseNet::new(config.clone(), DType::F32, &device, args.seed)?.with_memory(args.mode);
+    let mut model = DenseNet::new(config.clone(), DType::F32, &device, args.seed)?
+        .with_recompute(args.recompute)?;
     say!(
         root,
-        "model: DenseNet-BC depth {}, growth {}, blocks {:?}, {} parameters, mode {}, f32 on {}",
+        "model: DenseNet-BC depth {}, growth {}, blocks {:?}, {} parameters, recompute {}, f32 on {}",
         config.depth(),
         config.growth_rate,
         config.block_config,
         model.num_parameters(),
-        model.memory(),
+        model.recompute(),
         device
     );
 

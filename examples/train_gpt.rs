@@ -4,7 +4,7 @@
 //! `DIR/state.json` are saved atomically (`--resume` continues from them); then it prints a
 //! generated sample.
 //!
-//! `cargo run --release --example train_gpt [-- --steps 500 --mode selective --out DIR]`
+//! `cargo run --release --example train_gpt [-- --steps 500 --recompute selective --out DIR]`
 //!
 //! Data parallel (a build with `--features mpi`): `mpirun -np 2 target/release/examples/train_gpt
 //! --dist mpi --batch 8`; `--batch` is per process, rank `r` of `N` takes window `index * N + r`
@@ -15,7 +15,7 @@ use dist::{Ddp, DdpOptions, DistKind, ProcessGroup};
 use gpt::data::{Split, TextDataset};
 use gpt::generate::{generate, Sampling};
 use gpt::train::{adam, train_step, train_step_ddp};
-use gpt::{Gpt, GptConfig, GptError, MemoryMode};
+use gpt::{Gpt, GptConfig, GptError, Recompute};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tape::nn::Module;
@@ -54,9 +54,10 @@ struct Args {
     /// Adam learning rate.
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
-    /// Memory mode: naive, per-block, selective or selective-linear.
-    #[arg(long, default_value = "selective")]
-    mode: String,
+    /// Recompute setting: naive, per-block, selective, selective-linear or budget:SIZE (e.g.
+    /// budget:200MB).
+    #[arg(long, visible_alias = "mode", default_value = "selective")]
+    recompute: Recompute,
     /// Characters of source text to use at most.
     #[arg(long, default_value_t = 1_000_000)]
     max_chars: usize,
@@ -167,16 +168,7 @@ impl Task for GptTask {
 
 fn run(a: &Args, group: ProcessGroup) -> Result<(), Box<dyn std::error::Error>> {
     let is_root = group.is_root();
-    let mode = match a.mode.as_str() {
-        "naive" => MemoryMode::Naive,
-        "per-block" => MemoryMode::PerBlock,
-        "selective" => MemoryMode::Selective,
-        "selective-linear" => MemoryMode::SelectiveLinear,
-        m => {
-            let known = "naive, per-block, selective, selective-linear";
-            return Err(format!("unknown mode '{m}' ({known})").into());
-        }
-    };
+    let mode = a.recompute;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = TextDataset::from_rust_sources(root, a.max_chars)?;
     let tok = &data.tokenizer;
@@ -197,10 +189,10 @@ fn run(a: &Args, group: ProcessGroup) -> Result<(), Box<dyn std::error::Error>> 
         dropout: 0.0,
     };
     let dev = harness::open_device(&harness::rank_device(&a.device, &group), false)?;
-    let mut model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?.with_memory_mode(mode);
+    let mut model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?.with_recompute(mode)?;
     say!(
         is_root,
-        "model: {} blocks, width {}, {} heads, {} parameters, mode {mode:?}",
+        "model: {} blocks, width {}, {} heads, {} parameters, recompute {mode}",
         a.layers,
         a.embd,
         a.heads,

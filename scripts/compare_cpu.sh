@@ -18,7 +18,7 @@ cargo build -q --release --example benchmark
 # between the layer and bottleneck peaks just measured).
 bench() {
   RAYON_NUM_THREADS=$threads ./target/release/examples/benchmark --json --no-sweep \
-    --batch "$batch" --iters "$iters" --modes "$1" >>"$out/ours.jsonl"
+    --batch "$batch" --iters "$iters" --recompute "$1" >>"$out/ours.jsonl"
 }
 for mode in naive bottleneck layer; do bench "$mode"; done
 budget=$(python3 - "$out/ours.jsonl" <<'PY'

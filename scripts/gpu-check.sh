@@ -144,7 +144,7 @@ bench main 70 --batch 64 --iters 5 --no-sweep
 bench imagenet 60 --batch 64 --iters 3 --no-main --no-sweep --imagenet --imagenet-batch 64
 bench sweep 60 --no-main --depths 40,100,190,250 --sweep-batch 64 --iters 3 --svg "$WORK/memory_vs_depth.svg"
 # Convolution algorithms measured by cuDNN's Find, one persistent workspace (issue: conv choice).
-bench find 45 --batch 64 --iters 5 --no-sweep --modes naive,layer --cudnn-find --persistent-workspace
+bench find 45 --batch 64 --iters 5 --no-sweep --recompute naive,layer --cudnn-find --persistent-workspace
 
 # --- PyTorch reference ---------------------------------------------------------------------------
 py=""

@@ -3,7 +3,7 @@
 //! explained ([`explain_training_step`]: what is alive at the peak, and why).
 
 use densenet::train::{seed_sgd_config, train_step, train_step_ddp, StepOptions};
-use densenet::{DenseNet, DenseNetConfig, Memory, Result};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Result};
 use dist::{Ddp, DdpOptions, ProcessGroup};
 use harness::CaseResult;
 use harness::StepCommStats;
@@ -14,11 +14,11 @@ use tape::{DType, Device, MemoryReport, Role, Tensor};
 fn setup(
     dev: &Device,
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     batch: usize,
     image: usize,
 ) -> Result<(DenseNet, Sgd, Tensor, Vec<usize>)> {
-    let model = DenseNet::new(config.clone(), DType::F32, dev, 0)?.with_memory(mode);
+    let model = DenseNet::new(config.clone(), DType::F32, dev, 0)?.with_recompute(mode)?;
     let opt = Sgd::new(seed_sgd_config())?;
     let (x, labels) =
         harness::image_batch(dev, batch, config.in_channels, image, config.num_classes)?;
@@ -30,7 +30,7 @@ fn setup(
 pub fn profile_training_step(
     dev: &Device,
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     batch: usize,
     image: usize,
 ) -> Result<tape::profile::Report> {
@@ -53,7 +53,7 @@ pub fn profile_training_step(
 pub fn explain_training_step(
     dev: &Device,
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     batch: usize,
     image: usize,
 ) -> Result<MemoryReport> {
@@ -91,7 +91,7 @@ pub fn measure_training_step(
     dev: &Device,
     name: &str,
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     batch: usize,
     image: usize,
     warmup: usize,
@@ -123,7 +123,7 @@ pub fn measure_training_step_ddp(
     dev: &Device,
     name: &str,
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     batch: usize,
     image: usize,
     warmup: usize,

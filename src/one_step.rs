@@ -16,7 +16,7 @@
 
 use densenet::train::forward_backward;
 use densenet::weights::{load_tensors, save_tensors, LoadOptions, Stored};
-use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, DenseNetError, Memory, Result};
+use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, DenseNetError, Recompute, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tape::{DType, Device, Tensor};
@@ -40,7 +40,7 @@ pub struct OneStepOutput {
     /// Mean cross-entropy of the batch.
     pub loss: f64,
     /// Mode each dense layer ran in (per block, per layer): the fixed mode, or the planner's
-    /// choice under [`Memory::Budget`].
+    /// choice under [`Recompute::Budget`].
     pub layer_modes: Vec<Vec<DenseLayerMode>>,
     /// Named results: `logits`, `loss`, `grad.<param>`, `<bn>.running_mean`, `<bn>.running_var`.
     pub tensors: Vec<(String, Tensor)>,
@@ -141,14 +141,14 @@ pub fn load_batch(
     Ok((input.to_tensor(dtype, device)?, labels))
 }
 
-/// Builds the model of `config` in `memory` mode with parameters of `dtype` on a new CPU
+/// Builds the model of `config` under the recompute setting `memory` with parameters of `dtype` on a new CPU
 /// device, loads `weights` into it (strictly: a tensor the model does not have is an error) and
 /// reads `batch`.
 pub fn prepare(
     config: &DenseNetConfig,
     weights: &Path,
     batch: &Path,
-    memory: Memory,
+    memory: Recompute,
     dtype: DType,
 ) -> Result<Prepared> {
     prepare_with(
@@ -166,12 +166,12 @@ pub fn prepare_with(
     config: &DenseNetConfig,
     weights: &Path,
     batch: &Path,
-    memory: Memory,
+    memory: Recompute,
     dtype: DType,
     load: LoadOptions,
 ) -> Result<Prepared> {
     let device = Device::cpu();
-    let mut model = DenseNet::new(config.clone(), dtype, &device, 0)?.with_memory(memory);
+    let mut model = DenseNet::new(config.clone(), dtype, &device, 0)?.with_recompute(memory)?;
     densenet::weights::load_with(&mut model, weights, load)?;
     let (input, labels) = load_batch(batch, config, dtype, &device)?;
     Ok(Prepared {
@@ -217,7 +217,7 @@ pub fn one_step(
     config: &DenseNetConfig,
     weights: &Path,
     batch: &Path,
-    memory: Memory,
+    memory: Recompute,
     dtype: DType,
 ) -> Result<OneStepOutput> {
     prepare(config, weights, batch, memory, dtype)?.run()
@@ -228,7 +228,7 @@ pub fn one_step_to_file(
     config: &DenseNetConfig,
     weights: &Path,
     batch: &Path,
-    memory: Memory,
+    memory: Recompute,
     dtype: DType,
     out: &Path,
 ) -> Result<OneStepOutput> {

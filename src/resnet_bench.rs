@@ -1,5 +1,5 @@
 //! ResNet's benchmark cases on the shared [`harness`]: one fp32 model, SGD and a random batch,
-//! measured per [`Memory`] setting ([`measure_training_step`]), and the planner's front for the
+//! measured per [`Recompute`] setting ([`measure_training_step`]), and the planner's front for the
 //! same step ([`planner_front`]).
 
 use checkpoint::planner::{FrontPoint, PlanOptions};
@@ -7,7 +7,7 @@ use dist::{Ddp, DdpOptions, ProcessGroup};
 use harness::CaseResult;
 use harness::StepCommStats;
 use resnet::train::{sgd_config, train_step, train_step_ddp};
-use resnet::{Memory, ResNet, ResNetConfig, Result};
+use resnet::{Recompute, ResNet, ResNetConfig, Result};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
@@ -19,10 +19,11 @@ pub const WARMUP: usize = 2;
 fn setup(
     dev: &Device,
     config: &ResNetConfig,
+    memory: Recompute,
     batch: usize,
     image: usize,
 ) -> Result<(ResNet, Sgd, Tensor, Vec<usize>)> {
-    let model = ResNet::new(config.clone(), DType::F32, dev, 0)?;
+    let model = ResNet::new(config.clone(), DType::F32, dev, 0)?.with_recompute(memory)?;
     let opt = Sgd::new(sgd_config())?;
     let (x, labels) =
         harness::image_batch(dev, batch, config.in_channels, image, config.num_classes)?;
@@ -34,14 +35,14 @@ fn setup(
 pub fn measure_training_step(
     dev: &Device,
     config: &ResNetConfig,
-    memory: Memory,
+    memory: Recompute,
     batch: usize,
     image: usize,
     iters: usize,
 ) -> Result<CaseResult> {
-    let (mut model, mut opt, x, labels) = setup(dev, config, batch, image)?;
+    let (mut model, mut opt, x, labels) = setup(dev, config, memory, batch, image)?;
     let measured = harness::measure_steps(dev, WARMUP, iters, |i| {
-        train_step(&mut model, &mut opt, &x, &labels, memory, i).map(|_| ())
+        train_step(&mut model, &mut opt, &x, &labels, i).map(|_| ())
     })?;
     Ok(CaseResult {
         model: config.name(),
@@ -61,16 +62,16 @@ pub fn measure_training_step(
 pub fn measure_training_step_ddp(
     dev: &Device,
     config: &ResNetConfig,
-    memory: Memory,
+    memory: Recompute,
     (batch, image, iters): (usize, usize, usize),
     group: &ProcessGroup,
     options: DdpOptions,
 ) -> Result<(CaseResult, StepCommStats)> {
-    let (mut model, mut opt, x, labels) = setup(dev, config, batch, image)?;
+    let (mut model, mut opt, x, labels) = setup(dev, config, memory, batch, image)?;
     let ddp = Ddp::new(group.clone(), &mut model, options)?;
     let mut comms = Vec::new();
     let measured = harness::measure_steps(dev, WARMUP, iters, |i| {
-        train_step_ddp(&mut model, &mut opt, &x, &labels, memory, i, &ddp)?;
+        train_step_ddp(&mut model, &mut opt, &x, &labels, i, &ddp)?;
         if i as usize >= WARMUP {
             comms.push(ddp.last_step());
         }
@@ -98,8 +99,8 @@ pub fn planner_front(
     batch: usize,
     image: usize,
 ) -> Result<Vec<FrontPoint>> {
-    let (mut model, mut opt, x, labels) = setup(dev, config, batch, image)?;
-    train_step(&mut model, &mut opt, &x, &labels, Memory::Naive, 0)?;
-    let chain = model.runner(Memory::Naive).chain_model(&x)?;
+    let (mut model, mut opt, x, labels) = setup(dev, config, Recompute::Naive, batch, image)?;
+    train_step(&mut model, &mut opt, &x, &labels, 0)?;
+    let chain = model.runner().chain_model(&x)?;
     Ok(chain.front(PlanOptions::default())?)
 }

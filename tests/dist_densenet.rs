@@ -1,5 +1,5 @@
 //! DenseNet data-parallel steps across real processes: run under `mpirun -np N`
-//! (scripts/mpi-tests.sh; run alone, a world of one). In every memory mode, three SGD steps in
+//! (scripts/mpi-tests.sh; run alone, a world of one). In every recompute setting, three SGD steps in
 //! f64 on a global batch of 64 split by the distributed sampler: after each step every rank's
 //! averaged gradients equal the mean of one process's gradients on each rank's shard (1e-10
 //! relative, per parameter), the parameters are the same bits on every rank, and the step makes
@@ -11,7 +11,7 @@ use densenet::data::epoch_order;
 use densenet::train::{
     forward_backward, forward_backward_ddp, seed_sgd_config, train_step_ddp, StepOptions,
 };
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use dist::{broadcast_buffers, join, Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup};
 use std::hash::{Hash, Hasher};
 use tape::nn::{self, LoadOptions};
@@ -70,14 +70,14 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
     (d / n.max(1e-300)).sqrt()
 }
 
-fn data_parallel_steps(g: &ProcessGroup, mode: Memory) -> Check {
+fn data_parallel_steps(g: &ProcessGroup, mode: Recompute) -> Check {
     let dev = Device::cpu();
     let world = g.world_size();
     // Each rank initialises from its own seed: Ddp::new makes them all rank 0's.
     let mut model = DenseNet::new(config(), DType::F64, &dev, 7 + g.rank() as u64).map_err(e)?;
-    model.set_memory(mode);
+    model.set_recompute(mode).unwrap();
     let mut reference = DenseNet::new(config(), DType::F64, &dev, 0).map_err(e)?;
-    reference.set_memory(mode);
+    reference.set_recompute(mode).unwrap();
     let ddp = Ddp::new(g.clone(), &mut model, DdpOptions::uniform(4096)).map_err(e)?;
     let mut sgd = Sgd::new(seed_sgd_config()).map_err(e)?;
     let shape = [GLOBAL, 3, IMAGE, IMAGE];
@@ -197,10 +197,10 @@ fn main() {
         }
     };
     let modes = [
-        Memory::Naive,
-        Memory::RecomputeBottleneck,
-        Memory::RecomputeLayer,
-        Memory::Budget(1_400_000),
+        Recompute::Naive,
+        Recompute::Selective(Selective::Bottleneck),
+        Recompute::Selective(Selective::Layer),
+        Recompute::Budget(1_400_000),
     ];
     for mode in modes {
         if let Err(msg) = data_parallel_steps(&g, mode) {

@@ -9,7 +9,7 @@
 //! and an exact save/load round trip that leaves no temporary file behind.
 
 use densenet::weights::{self, load_tensors, save_tensors, Stored};
-use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, DenseNetError, Memory};
+use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, DenseNetError, Recompute, Selective};
 use densenet_suite::one_step::{load_batch, prepare, Prepared};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,10 @@ fn uniform(modes: &[Vec<DenseLayerMode>]) -> Option<DenseLayerMode> {
 fn budgets(prepared: &mut Prepared) -> (u64, Option<u64>) {
     let shape: [usize; 4] = prepared.input.shape().try_into().unwrap();
     let mut plan = |bytes: u64| {
-        prepared.model.set_memory(Memory::Budget(bytes));
+        prepared
+            .model
+            .set_recompute(Recompute::Budget(bytes))
+            .unwrap();
         prepared.model.layer_modes(shape).ok()
     };
     let roomy = 1u64 << 40;
@@ -100,7 +103,7 @@ fn budgets(prepared: &mut Prepared) -> (u64, Option<u64>) {
     let mixed = (0..=steps)
         .map(|i| feasible + (all_naive - feasible) * i / steps)
         .find(|&b| uniform(&plan(b).unwrap()).is_none());
-    prepared.model.set_memory(Memory::Naive);
+    prepared.model.set_recompute(Recompute::Naive).unwrap();
     (roomy, mixed)
 }
 
@@ -165,22 +168,22 @@ fn matches_pytorch_in_every_mode_and_dtype() {
             dir.join("batch.safetensors"),
         );
         for (dtype, tol) in [(DType::F64, TOL_F64), (DType::F32, TOL_F32)] {
-            let mut prepared = prepare(&config, &w, &b, Memory::Naive, dtype).unwrap();
+            let mut prepared = prepare(&config, &w, &b, Recompute::Naive, dtype).unwrap();
             let (roomy, mixed) = budgets(&mut prepared);
             drop(prepared);
             // Without a budget that mixes, the same mixed run from a plan given in advance.
-            let mixed = mixed.map_or(Memory::Plan, Memory::Budget);
+            let mixed = mixed.map_or(Recompute::Plan, Recompute::Budget);
             let modes = [
-                Memory::Naive,
-                Memory::RecomputeBottleneck,
-                Memory::RecomputeLayer,
-                Memory::Budget(roomy),
+                Recompute::Naive,
+                Recompute::Selective(Selective::Bottleneck),
+                Recompute::Selective(Selective::Layer),
+                Recompute::Budget(roomy),
                 mixed,
             ];
             for mode in modes {
                 let label = format!("{mode} {dtype:?}");
                 let mut prepared = prepare(&config, &w, &b, mode, dtype).unwrap();
-                if mode == Memory::Plan {
+                if mode == Recompute::Plan {
                     use DenseLayerMode::*;
                     let cycle = [RecomputeLayer, Keep, RecomputeBottleneck];
                     let mut i = 0..;
@@ -262,7 +265,7 @@ fn missing_tensor_is_reported_by_name() {
         // The one-step entry point reports it the same way.
         let batch = cases()[0].join("batch.safetensors");
         assert!(matches!(
-            prepare(&config, &path, &batch, Memory::Naive, DType::F64),
+            prepare(&config, &path, &batch, Recompute::Naive, DType::F64),
             Err(DenseNetError::State(StateError::MissingTensor(n))) if n == victim
         ));
     }

@@ -4,7 +4,7 @@
 //! the tensor, and a failed load leaves the model untouched. Extra tensors load only leniently.
 
 use densenet::weights::{self, load_state_with, save_tensors, LoadOptions, Stored};
-use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
+use densenet::{DenseNet, DenseNetConfig, DenseNetError, Recompute};
 use densenet_suite::one_step::{prepare, prepare_with};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -288,14 +288,14 @@ fn extra_tensors_are_errors_unless_lenient() {
     )
     .unwrap();
     assert!(matches!(
-        prepare(&config(), &path, &batch, Memory::Naive, DType::F64),
+        prepare(&config(), &path, &batch, Recompute::Naive, DType::F64),
         Err(DenseNetError::State(StateError::UnexpectedTensors(_)))
     ));
     let prepared = prepare_with(
         &config(),
         &path,
         &batch,
-        Memory::Naive,
+        Recompute::Naive,
         DType::F64,
         LoadOptions { lenient: true },
     )

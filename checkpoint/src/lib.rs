@@ -11,17 +11,25 @@
 //! - [`planner`] predicts a plan's peak by replaying the step event by event on bytes measured in
 //!   a dry run, and picks what to recompute, at how many levels, so that the peak fits a memory
 //!   budget at the least recompute cost (exact dynamic programming over recursive schedules).
+//! - [`Recompute`] is the one setting every model of the workspace takes (`set_recompute` /
+//!   `with_recompute`): naive, per block, a selective granularity ([`Selective`]), a budget in
+//!   bytes or an explicit plan, spelled the same on every command line; [`PlanCache`] keeps a
+//!   model's budget plans, made again when the bytes the device holds change.
 //!
 //! Only `tape`'s public API is used: `Tape::record_always`, `Tape::backward_from`,
 //! `Tape::set_known_output`, `Tape::capture_outputs_of`, `Tape::count_ops_run_elsewhere` and
 //! `Gradients::merge`.
 
+mod plan_cache;
 pub mod planner;
 mod profile;
+mod recompute;
 mod segment;
 mod selective;
 mod sequential;
 
+pub use plan_cache::PlanCache;
+pub use recompute::{parse_bytes, Recompute, RecomputeError, Selective};
 pub use segment::{
     checkpoint, checkpoint_with, CheckpointOptions, Fault, KnownOutput, OutputSource,
 };

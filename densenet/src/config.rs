@@ -1,5 +1,5 @@
 //! [`DenseNetConfig`]: the seed project's constructor parameters (the architecture only: how
-//! much to recompute is a run option, [`crate::Memory`]), validation with clear errors, and the
+//! much to recompute is a run option, [`crate::Recompute`]), validation with clear errors, and the
 //! standard presets.
 
 use crate::error::{DenseNetError, Result};

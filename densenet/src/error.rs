@@ -6,6 +6,9 @@ pub enum DenseNetError {
     /// The configuration is not a valid DenseNet.
     #[error("invalid DenseNet config: {0}")]
     Config(String),
+    /// A recompute setting that does not parse or that the model does not run.
+    #[error(transparent)]
+    Recompute(#[from] checkpoint::RecomputeError),
     /// The engine refused an operation (shapes, memory, ...).
     #[error(transparent)]
     Engine(#[from] tape::Error),

@@ -3,7 +3,7 @@
 //! writes NaN or infinity into the parameters; a non-finite gradient is named by parameter.
 
 use densenet::train::{check_finite, forward_backward, train_step, train_step_with, StepOptions};
-use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
+use densenet::{DenseNet, DenseNetConfig, DenseNetError, Recompute, Selective};
 use tape::optim::{Sgd, SgdConfig};
 use tape::{DType, Device, Gradients, Tensor};
 
@@ -64,20 +64,22 @@ fn poison(model: &mut DenseNet, index: usize) -> String {
 
 #[test]
 fn a_nan_weight_stops_the_step_before_the_update() {
-    for mode in [Memory::Naive, Memory::RecomputeLayer] {
+    for mode in [Recompute::Naive, Recompute::Selective(Selective::Layer)] {
         let dev = Device::cpu();
         let (x, labels) = batch(&dev);
         // A NaN classifier weight, and a NaN in the first batch norm's bias: both reach the loss
         // (ReLU propagates NaN, as in PyTorch), which the check names first.
         let n_params = DenseNet::new(config(), DType::F32, &dev, 1)
             .unwrap()
-            .with_memory(mode)
+            .with_recompute(mode)
+            .unwrap()
             .parameters()
             .len();
         for index in [n_params - 2, 2] {
             let mut model = DenseNet::new(config(), DType::F32, &dev, 1)
                 .unwrap()
-                .with_memory(mode);
+                .with_recompute(mode)
+                .unwrap();
             let mut opt = sgd(0.1);
             // Two healthy steps, then a NaN in one weight.
             for step in 0..2 {
@@ -107,7 +109,8 @@ fn a_huge_learning_rate_is_stopped_at_the_step_that_diverges() {
     let dev = Device::cpu();
     let mut model = DenseNet::new(config(), DType::F32, &dev, 1)
         .unwrap()
-        .with_memory(Memory::RecomputeBottleneck);
+        .with_recompute(Recompute::Selective(Selective::Bottleneck))
+        .unwrap();
     let (x, labels) = batch(&dev);
     let mut opt = sgd(1e30);
     let mut failed = None;
@@ -135,7 +138,8 @@ fn a_non_finite_gradient_is_named_by_parameter() {
     let dev = Device::cpu();
     let model = DenseNet::new(config(), DType::F32, &dev, 1)
         .unwrap()
-        .with_memory(Memory::Naive);
+        .with_recompute(Recompute::Naive)
+        .unwrap();
     let (x, labels) = batch(&dev);
     let mut out = forward_backward(&model, &x, &labels, 0).unwrap();
     check_finite(&model, &out, 7).unwrap();

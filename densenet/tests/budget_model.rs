@@ -1,6 +1,6 @@
 //! The budget model against the engine: the peak the model predicts for a mode assignment
 //! must match the measured peak of a training step (the engine's exact accounting) under that
-//! assignment, for `Memory::RecomputeLayer` and for every plan the planner picks across a range of
+//! assignment, for the `layer` setting and for every plan the planner picks across a range of
 //! budgets (mixes of Naive, Bottleneck and Layer), on single- and multi-block networks, the
 //! CIFAR and the ImageNet stem, f32 and f64, with and without dropout; and each unit's backward
 //! peak must match the model's prediction for it exactly.
@@ -16,7 +16,7 @@
 
 use densenet::model::{plan_layer_modes, predicted_peak, BudgetModel};
 use densenet::train::forward_backward;
-use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, Recompute, Selective};
 use tape::{DType, Device, Tensor};
 
 const OVER: f64 = 0.05;
@@ -49,7 +49,7 @@ fn letters(modes: &[Vec<DenseLayerMode>]) -> String {
 /// step of `config` in `mode` on one `image` x `image` input.
 fn measure(
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     dtype: DType,
     (image, batch): (usize, usize),
 ) -> (u64, u64, u64, String) {
@@ -57,7 +57,8 @@ fn measure(
     let dev = Device::cpu();
     let model = DenseNet::new(config.clone(), dtype, &dev, 1)
         .unwrap()
-        .with_memory(mode);
+        .with_recompute(mode)
+        .unwrap();
     let x = Tensor::randn(&shape, dtype, &dev, 2).unwrap();
     let held = dev.memory().current() as u64;
     let modes = model.layer_modes(shape).unwrap();
@@ -70,14 +71,14 @@ fn measure(
     (dev.memory().peak() as u64, predicted, bm.workspace, letters)
 }
 
-/// `Memory::RecomputeLayer`, then one budget per distinct plan the planner picks between the
+/// `layer`, then one budget per distinct plan the planner picks between the
 /// all-Layer and the all-Naive predictions (in `steps` steps).
 fn modes_to_try(
     config: &DenseNetConfig,
     dtype: DType,
     (image, batch): (usize, usize),
     steps: u64,
-) -> Vec<Memory> {
+) -> Vec<Recompute> {
     let shape = || [batch, 3, image, image];
     let dev = Device::cpu();
     let model = DenseNet::new(config.clone(), dtype, &dev, 1).unwrap();
@@ -94,13 +95,13 @@ fn modes_to_try(
     )
     .unwrap();
     let hi = predicted_peak(&model, shape(), &uniform(DenseLayerMode::Keep), held).unwrap();
-    let mut modes = vec![Memory::RecomputeLayer];
+    let mut modes = vec![Recompute::Selective(Selective::Layer)];
     let mut last = None;
     for i in 0..=steps {
         let budget = lo + (hi - lo) * i / steps;
         let plan = plan_layer_modes(&model, shape(), budget, held).unwrap();
         if last.as_ref() != Some(&plan) {
-            modes.push(Memory::Budget(budget));
+            modes.push(Recompute::Budget(budget));
             last = Some(plan);
         }
     }

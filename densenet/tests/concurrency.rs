@@ -4,7 +4,7 @@
 //! it allocates and leaves the running statistics alone.
 
 use densenet::train::{predict, seed_sgd_config, train_step};
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
@@ -40,17 +40,18 @@ fn threads_sharing_a_model_predict_like_one_thread() {
     // A roomy budget: the plan depends on what the device holds, which the other threads'
     // activations change, and a tight budget could then plan differently from call to call.
     let modes = [
-        Memory::Naive,
-        Memory::RecomputeBottleneck,
-        Memory::RecomputeLayer,
-        Memory::Budget(1 << 40),
+        Recompute::Naive,
+        Recompute::Selective(Selective::Bottleneck),
+        Recompute::Selective(Selective::Layer),
+        Recompute::Budget(1 << 40),
     ];
     for dtype in [DType::F32, DType::F64] {
         for mode in modes {
             let dev = Device::cpu();
             let mut model = DenseNet::new(config.clone(), dtype, &dev, 3)
                 .unwrap()
-                .with_memory(mode);
+                .with_recompute(mode)
+                .unwrap();
             // One training step first, so the running statistics are not the initial ones.
             let x = Tensor::randn(&shape, dtype, &dev, 4).unwrap();
             let mut opt = Sgd::new(seed_sgd_config()).unwrap();

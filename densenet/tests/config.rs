@@ -1,6 +1,6 @@
 //! Presets match PyTorch's parameter counts; invalid configs give typed errors.
 
-use densenet::{DenseNet, DenseNetConfig, DenseNetError, Memory};
+use densenet::{DenseNet, DenseNetConfig, DenseNetError, Recompute, Selective};
 use tape::{DType, Device, Tape, Tensor};
 
 fn count(config: DenseNetConfig) -> usize {
@@ -142,16 +142,40 @@ fn image_too_small_for_the_pooling_stack_is_an_error() {
 #[test]
 fn efficiency_modes_parse_and_print() {
     for (s, e) in [
-        ("naive", Memory::Naive),
-        ("bottleneck", Memory::RecomputeBottleneck),
-        ("layer", Memory::RecomputeLayer),
-        ("budget:1000", Memory::Budget(1000)),
+        ("naive", Recompute::Naive),
+        ("bottleneck", Recompute::Selective(Selective::Bottleneck)),
+        ("layer", Recompute::Selective(Selective::Layer)),
+        ("budget:1000", Recompute::Budget(1000)),
     ] {
-        assert_eq!(s.parse::<Memory>().unwrap(), e);
+        assert_eq!(s.parse::<Recompute>().unwrap(), e);
         assert_eq!(e.to_string(), s);
     }
-    assert!("fast".parse::<Memory>().is_err());
-    // The memory mode is a run option: a saved config does not carry it, and a config saved
+    assert!("fast".parse::<Recompute>().is_err());
+    assert_eq!(
+        "budget:1.5GB".parse::<Recompute>().unwrap(),
+        Recompute::Budget(1_500_000_000)
+    );
+    assert_eq!(
+        "efficient".parse::<Recompute>().unwrap(),
+        Recompute::Selective(Selective::Bottleneck)
+    );
+    // A setting DenseNet does not run is a typed error naming the ones it does.
+    let mut model =
+        DenseNet::new(DenseNetConfig::default(), DType::F32, &Device::meta(), 0).unwrap();
+    for other in ["per-block", "selective", "selective-linear"] {
+        match model.set_recompute(other.parse().unwrap()) {
+            Err(DenseNetError::Recompute(densenet::RecomputeError::Unsupported {
+                supported,
+                ..
+            })) => assert_eq!(
+                supported,
+                ["naive", "bottleneck", "layer", "budget:SIZE", "plan"]
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(model.recompute(), Recompute::Naive);
+    // The recompute setting is a run option: a saved config does not carry it, and a config saved
     // by an earlier version that did still reads.
     let json = serde_json::to_string(&DenseNetConfig::default()).unwrap();
     assert!(
@@ -178,14 +202,15 @@ fn a_budget_below_the_fixed_bytes_is_an_error() {
     };
     let model = DenseNet::new(config, DType::F32, &dev, 0)
         .unwrap()
-        .with_memory(Memory::Budget(10));
+        .with_recompute(Recompute::Budget(10))
+        .unwrap();
     let x = Tensor::zeros(&[2, 3, 8, 8], DType::F32, &dev).unwrap();
     let err = model.forward(&mut Tape::recording(), &x).unwrap_err();
     assert!(err.to_string().contains("budget"), "{err}");
 }
 
 /// A plan given with `with_plan` runs as given; one that does not match the blocks, or
-/// `Memory::Plan` without a plan, is a typed error.
+/// `Recompute::Plan` without a plan, is a typed error.
 #[test]
 fn a_given_plan_runs_and_a_mismatched_one_is_an_error() {
     use densenet::DenseLayerMode::{Keep, RecomputeBottleneck, RecomputeLayer};
@@ -200,7 +225,7 @@ fn a_given_plan_runs_and_a_mismatched_one_is_an_error() {
         .unwrap()
         .with_plan(plan.clone())
         .unwrap();
-    assert_eq!(model.memory(), Memory::Plan);
+    assert_eq!(model.recompute(), Recompute::Plan);
     assert_eq!(model.layer_modes([2, 3, 8, 8]).unwrap(), plan);
     let x = Tensor::zeros(&[2, 3, 8, 8], DType::F32, &dev).unwrap();
     assert!(model.forward(&mut Tape::recording(), &x).is_ok());
@@ -210,7 +235,8 @@ fn a_given_plan_runs_and_a_mismatched_one_is_an_error() {
     assert!(matches!(short, Err(DenseNetError::Config(_))));
     let unplanned = DenseNet::new(config, DType::F32, &dev, 0)
         .unwrap()
-        .with_memory(Memory::Plan);
+        .with_recompute(Recompute::Plan)
+        .unwrap();
     assert!(matches!(
         unplanned.forward(&mut Tape::recording(), &x),
         Err(DenseNetError::Config(_))

@@ -1,9 +1,9 @@
 //! A data-parallel run in a world of one process is the plain run, bit for bit: three SGD steps
 //! through [`train_step_ddp`] over [`ProcessGroup::single`] against [`train_step_with`], in
-//! every memory mode, f32, comparing every parameter and running statistic's bits.
+//! every recompute setting, f32, comparing every parameter and running statistic's bits.
 
 use densenet::train::{seed_sgd_config, train_step_ddp, train_step_with, StepOptions};
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use dist::{Ddp, DdpOptions, ProcessGroup};
 use tape::nn;
 use tape::optim::Sgd;
@@ -17,7 +17,7 @@ fn bits(model: &DenseNet) -> Vec<(String, Vec<u64>)> {
         .collect()
 }
 
-fn run(mode: Memory, ddp: bool) -> Vec<(String, Vec<u64>)> {
+fn run(mode: Recompute, ddp: bool) -> Vec<(String, Vec<u64>)> {
     let dev = Device::cpu();
     let config = DenseNetConfig {
         growth_rate: 3,
@@ -29,7 +29,7 @@ fn run(mode: Memory, ddp: bool) -> Vec<(String, Vec<u64>)> {
         ..DenseNetConfig::default()
     };
     let mut model = DenseNet::new(config, DType::F32, &dev, 3).unwrap();
-    model.set_memory(mode);
+    model.set_recompute(mode).unwrap();
     let mut sgd = Sgd::new(seed_sgd_config()).unwrap();
     let reducer = ddp.then(|| {
         // Small buckets: several launched during backward.
@@ -51,10 +51,10 @@ fn run(mode: Memory, ddp: bool) -> Vec<(String, Vec<u64>)> {
 #[test]
 fn world_of_one_is_the_plain_run_bit_for_bit() {
     for mode in [
-        Memory::Naive,
-        Memory::RecomputeBottleneck,
-        Memory::RecomputeLayer,
-        Memory::Budget(1 << 40),
+        Recompute::Naive,
+        Recompute::Selective(Selective::Bottleneck),
+        Recompute::Selective(Selective::Layer),
+        Recompute::Budget(1 << 40),
     ] {
         assert_eq!(run(mode, true), run(mode, false), "{mode}");
     }

@@ -6,7 +6,7 @@
 mod support;
 
 use densenet::train::forward_backward;
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use proptest::prelude::*;
 use tape::testing::rel;
 use tape::{DType, Device, Tensor};
@@ -21,7 +21,7 @@ struct Outcome {
 fn run(
     dev: &Device,
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     dtype: DType,
     batch: usize,
     image: usize,
@@ -36,15 +36,15 @@ fn run(
         .map(|i| (i + seed as usize) % config.num_classes)
         .collect();
     let shape = [batch, 3, image, image];
-    if mode == Memory::Budget(0) {
+    if mode == Recompute::Budget(0) {
         // A budget under which the planner must mix modes (`support::mixing_plan`, found
         // exhaustively); none for networks whose layers are too small to move the peak: the
         // case is skipped rather than run with a plan that mixes nothing.
         let (budget, modes) = support::mixing_plan(&model, shape)?;
-        model.set_memory(Memory::Budget(budget));
+        model.set_recompute(Recompute::Budget(budget)).unwrap();
         assert_eq!(model.layer_modes(shape).unwrap(), modes, "budget {budget}");
     } else {
-        model.set_memory(mode);
+        model.set_recompute(mode).unwrap();
     }
     let out = forward_backward(&model, &x, &labels, seed).unwrap();
     Some(Outcome {
@@ -139,11 +139,11 @@ fn configs() -> impl Strategy<Value = (DenseNetConfig, usize, usize, u64)> {
         )
 }
 
-const MODES: [Memory; 4] = [
-    Memory::RecomputeBottleneck,
-    Memory::RecomputeLayer,
-    Memory::Budget(0),
-    Memory::Budget(1 << 40),
+const MODES: [Recompute; 4] = [
+    Recompute::Selective(Selective::Bottleneck),
+    Recompute::Selective(Selective::Layer),
+    Recompute::Budget(0),
+    Recompute::Budget(1 << 40),
 ];
 
 proptest! {
@@ -151,7 +151,7 @@ proptest! {
 
     #[test]
     fn every_mode_matches_naive_f64((config, batch, image, seed) in configs()) {
-        let naive = run(&Device::cpu(), &config, Memory::Naive, DType::F64, batch, image, seed).unwrap();
+        let naive = run(&Device::cpu(), &config, Recompute::Naive, DType::F64, batch, image, seed).unwrap();
         for mode in MODES {
             let Some(other) = run(&Device::cpu(), &config, mode, DType::F64, batch, image, seed) else { continue };
             compare(&other, &naive, 1e-12, &format!("{mode} f64")).map_err(TestCaseError::fail)?;
@@ -160,7 +160,7 @@ proptest! {
 
     #[test]
     fn every_mode_matches_naive_f32((config, batch, image, seed) in configs()) {
-        let naive = run(&Device::cpu(), &config, Memory::Naive, DType::F32, batch, image, seed).unwrap();
+        let naive = run(&Device::cpu(), &config, Recompute::Naive, DType::F32, batch, image, seed).unwrap();
         for mode in MODES {
             let Some(other) = run(&Device::cpu(), &config, mode, DType::F32, batch, image, seed) else { continue };
             compare(&other, &naive, 1e-5, &format!("{mode} f32")).map_err(TestCaseError::fail)?;
@@ -213,7 +213,7 @@ mod on_gpu {
             for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
                 for seed in [3u64, 11] {
                     let naive =
-                        run(&dev, &config, Memory::Naive, dtype, batch, image, seed).unwrap();
+                        run(&dev, &config, Recompute::Naive, dtype, batch, image, seed).unwrap();
                     for mode in MODES {
                         let Some(other) = run(&dev, &config, mode, dtype, batch, image, seed)
                         else {
@@ -236,7 +236,7 @@ mod on_gpu {
         let Some(dev) = gpu() else { return };
         for (config, batch, image) in small_configs() {
             for (dtype, tol) in [(DType::F64, 1e-9), (DType::F32, 1e-3)] {
-                for mode in [Memory::Naive, Memory::RecomputeLayer] {
+                for mode in [Recompute::Naive, Recompute::Selective(Selective::Layer)] {
                     let cpu = run(&Device::cpu(), &config, mode, dtype, batch, image, 5).unwrap();
                     let gpu = run(&dev, &config, mode, dtype, batch, image, 5).unwrap();
                     assert_same(&gpu, &cpu, tol, &format!("GPU vs CPU {mode} ({dtype:?})"));
@@ -253,7 +253,8 @@ mod on_gpu {
         for dev in [Device::cpu(), gpu_dev] {
             let mut model = DenseNet::new(config.clone(), DType::F64, &dev, 1)
                 .unwrap()
-                .with_memory(Memory::RecomputeLayer);
+                .with_recompute(Recompute::Selective(Selective::Layer))
+                .unwrap();
             let mut opt = Sgd::new(SgdConfig {
                 lr: 0.1,
                 momentum: 0.9,

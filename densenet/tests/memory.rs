@@ -3,7 +3,7 @@
 //! A planner budget between Layer and Naive holds.
 
 use densenet::train::forward_backward;
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use harness::fitted_exponent;
 use tape::{DType, Device, Tensor};
 
@@ -18,11 +18,12 @@ fn config(depth: usize) -> DenseNetConfig {
 }
 
 /// Peak bytes of one forward+backward above what was held before it (parameters, input).
-fn peak(depth: usize, mode: Memory) -> u64 {
+fn peak(depth: usize, mode: Recompute) -> u64 {
     let dev = Device::cpu();
     let model = DenseNet::new(config(depth), DType::F32, &dev, 1)
         .unwrap()
-        .with_memory(mode);
+        .with_recompute(mode)
+        .unwrap();
     let x = Tensor::randn(&[BATCH, 3, IMAGE, IMAGE], DType::F32, &dev, 2).unwrap();
     let labels: Vec<usize> = (0..BATCH).collect();
     let before = dev.memory().current();
@@ -38,9 +39,9 @@ fn memory_grows_quadratically_naive_and_linearly_efficient() {
     let mut exps = Vec::new();
     let mut at_max = Vec::new();
     for mode in [
-        Memory::Naive,
-        Memory::RecomputeBottleneck,
-        Memory::RecomputeLayer,
+        Recompute::Naive,
+        Recompute::Selective(Selective::Bottleneck),
+        Recompute::Selective(Selective::Layer),
     ] {
         let points: Vec<(usize, u64)> = depths.iter().map(|&d| (d, peak(d, mode))).collect();
         let xy: Vec<(f64, f64)> = points.iter().map(|&(d, p)| (d as f64, p as f64)).collect();
@@ -62,8 +63,8 @@ fn memory_grows_quadratically_naive_and_linearly_efficient() {
 fn a_budget_between_layer_and_naive_holds() {
     let depth = 40;
     let (naive, layer) = (
-        peak(depth, Memory::Naive),
-        peak(depth, Memory::RecomputeLayer),
+        peak(depth, Recompute::Naive),
+        peak(depth, Recompute::Selective(Selective::Layer)),
     );
     let dev = Device::cpu();
     let model = DenseNet::new(config(depth), DType::F32, &dev, 1).unwrap();
@@ -72,7 +73,7 @@ fn a_budget_between_layer_and_naive_holds() {
     for frac in [0.3, 0.6] {
         let budget = held + layer + ((naive - layer) as f64 * frac) as u64;
         let mut model = DenseNet::new(config(depth), DType::F32, &dev, 1).unwrap();
-        model.set_memory(Memory::Budget(budget));
+        model.set_recompute(Recompute::Budget(budget)).unwrap();
         dev.memory().reset_peak();
         let out = forward_backward(&model, &x, &[0, 1, 2, 3], 0).unwrap();
         drop(out);

@@ -4,16 +4,17 @@
 //! layers, no activation of a dense layer kept); no diagnostic fires on the model's own runs.
 
 use densenet::train::{seed_sgd_config, train_step};
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use tape::optim::{Optimizer, Sgd};
 use tape::{DType, Device, MemoryReport, Role, Tensor};
 
-fn report(dev: &Device, mode: Memory) -> MemoryReport {
+fn report(dev: &Device, mode: Recompute) -> MemoryReport {
     dev.memory().start_recording();
     let config = DenseNetConfig::densenet_bc_cifar(16, 6).unwrap();
     let mut model = DenseNet::new(config, DType::F32, dev, 3)
         .unwrap()
-        .with_memory(mode);
+        .with_recompute(mode)
+        .unwrap();
     let mut opt = Sgd::new(seed_sgd_config()).unwrap();
     let x = Tensor::randn(&[4, 3, 12, 12], DType::F32, dev, 5).unwrap();
     let labels = [0, 1, 2, 3];
@@ -62,9 +63,9 @@ fn total(r: &MemoryReport, role: Role) -> usize {
 #[test]
 fn the_report_adds_up_to_the_peak_and_meta_reports_what_the_cpu_holds() {
     for mode in [
-        Memory::Naive,
-        Memory::RecomputeBottleneck,
-        Memory::RecomputeLayer,
+        Recompute::Naive,
+        Recompute::Selective(Selective::Bottleneck),
+        Recompute::Selective(Selective::Layer),
     ] {
         let cpu = report(&Device::cpu(), mode);
         let sum: usize = cpu.totals().iter().map(|t| t.1).sum();
@@ -86,8 +87,8 @@ fn the_report_adds_up_to_the_peak_and_meta_reports_what_the_cpu_holds() {
 
 #[test]
 fn each_mode_holds_what_it_should_at_its_peak() {
-    let naive = report(&Device::meta(), Memory::Naive);
-    let layer = report(&Device::meta(), Memory::RecomputeLayer);
+    let naive = report(&Device::meta(), Recompute::Naive);
+    let layer = report(&Device::meta(), Recompute::Selective(Selective::Layer));
     // Naive keeps every layer's activations: the largest part of its peak.
     let largest = naive.totals().into_iter().max_by_key(|t| t.1).unwrap();
     assert_eq!(largest.0, Role::Activation, "{}", naive.render(5));

@@ -1,10 +1,10 @@
-//! The meta device predicts a training step's memory without running it: for every memory mode
+//! The meta device predicts a training step's memory without running it: for every recompute setting
 //! (and a budget), three configurations and both dtypes, two SGD steps on a meta device charge
 //! exactly the bytes the CPU charges (the same peak, byte for byte) and count the same kernel
 //! launches and allocations. A value read on meta is an error, and so is mixing devices.
 
 use densenet::train::{seed_sgd_config, train_step};
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use tape::optim::Sgd;
 use tape::{DType, Device, Error, Tensor};
 
@@ -17,10 +17,11 @@ struct Run {
     allocs: u64,
 }
 
-fn two_steps(dev: &Device, config: &DenseNetConfig, mode: Memory, dtype: DType) -> Run {
+fn two_steps(dev: &Device, config: &DenseNetConfig, mode: Recompute, dtype: DType) -> Run {
     let mut model = DenseNet::new(config.clone(), dtype, dev, 3)
         .unwrap()
-        .with_memory(mode);
+        .with_recompute(mode)
+        .unwrap();
     let mut opt = Sgd::new(seed_sgd_config()).unwrap();
     let image = 12;
     let x = Tensor::randn(&[4, config.in_channels, image, image], dtype, dev, 5).unwrap();
@@ -57,13 +58,19 @@ fn configs() -> Vec<DenseNetConfig> {
 fn meta_step_charges_what_the_cpu_step_charges() {
     for config in configs() {
         for dtype in [DType::F32, DType::F64] {
-            let naive = two_steps(&Device::cpu(), &config, Memory::Naive, dtype).peak;
-            let layer = two_steps(&Device::cpu(), &config, Memory::RecomputeLayer, dtype).peak;
-            let budget = Memory::Budget(((naive + layer) / 2) as u64);
+            let naive = two_steps(&Device::cpu(), &config, Recompute::Naive, dtype).peak;
+            let layer = two_steps(
+                &Device::cpu(),
+                &config,
+                Recompute::Selective(Selective::Layer),
+                dtype,
+            )
+            .peak;
+            let budget = Recompute::Budget(((naive + layer) / 2) as u64);
             for mode in [
-                Memory::Naive,
-                Memory::RecomputeBottleneck,
-                Memory::RecomputeLayer,
+                Recompute::Naive,
+                Recompute::Selective(Selective::Bottleneck),
+                Recompute::Selective(Selective::Layer),
                 budget,
             ] {
                 let cpu = two_steps(&Device::cpu(), &config, mode, dtype);

@@ -6,7 +6,7 @@
 use densenet::train::{
     check_finite, forward_backward, seed_sgd_config, train_step, train_step_with, StepOptions,
 };
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use tape::optim::{Optimizer, Sgd};
 use tape::{Counters, DType, Device, Gradients, Parameter, Tensor};
 
@@ -22,10 +22,10 @@ fn config() -> DenseNetConfig {
     }
 }
 
-const MODES: [Memory; 3] = [
-    Memory::Naive,
-    Memory::RecomputeBottleneck,
-    Memory::RecomputeLayer,
+const MODES: [Recompute; 3] = [
+    Recompute::Naive,
+    Recompute::Selective(Selective::Bottleneck),
+    Recompute::Selective(Selective::Layer),
 ];
 
 fn batch(dev: &Device) -> (Tensor, Vec<usize>) {
@@ -115,7 +115,8 @@ fn a_step_reads_nothing_back_before_its_update_is_queued() {
         let dev = Device::cpu();
         let mut model = DenseNet::new(config(), DType::F32, &dev, 1)
             .unwrap()
-            .with_memory(mode);
+            .with_recompute(mode)
+            .unwrap();
         let (x, labels) = batch(&dev);
         let mut opt = Spy::new(&dev);
         for step in 0..3 {
@@ -160,11 +161,12 @@ fn a_step_reads_nothing_back_before_its_update_is_queued() {
 
 #[test]
 fn steady_state_steps_count_the_same() {
-    for mode in MODES.into_iter().chain([Memory::Budget(400_000)]) {
+    for mode in MODES.into_iter().chain([Recompute::Budget(400_000)]) {
         let dev = Device::cpu();
         let mut model = DenseNet::new(config(), DType::F32, &dev, 1)
             .unwrap()
-            .with_memory(mode);
+            .with_recompute(mode)
+            .unwrap();
         let (x, labels) = batch(&dev);
         let mut opt = Sgd::new(seed_sgd_config()).unwrap();
         let counts: Vec<Counters> = (0..4)
@@ -189,7 +191,8 @@ fn the_anomaly_check_is_one_launch_and_one_read() {
     let dev = Device::cpu();
     let model = DenseNet::new(config(), DType::F32, &dev, 1)
         .unwrap()
-        .with_memory(Memory::Naive);
+        .with_recompute(Recompute::Naive)
+        .unwrap();
     let (x, labels) = batch(&dev);
     let (out, c) = dev.count(|| forward_backward(&model, &x, &labels, 0).unwrap());
     assert_eq!(c.syncs, 0, "forward and backward read nothing back");
@@ -210,7 +213,8 @@ fn the_correct_count_is_the_top1_hit_count_of_the_logits() {
     let dev = Device::cpu();
     let model = DenseNet::new(config(), DType::F64, &dev, 3)
         .unwrap()
-        .with_memory(Memory::RecomputeLayer);
+        .with_recompute(Recompute::Selective(Selective::Layer))
+        .unwrap();
     let x = Tensor::randn(&[8, 3, 8, 8], DType::F64, &dev, 9).unwrap();
     let logits = densenet::train::predict(&model, &x).unwrap().to_f64_vec();
     // Labels that make rows 0, 3 and 5 hits: their arg max; the others some other class.
@@ -244,7 +248,7 @@ fn the_correct_count_is_the_top1_hit_count_of_the_logits() {
 
 /// Kernel calls and allocations of one training step (forward, backward, anomaly check and
 /// update) of a single-block network of `layers` dense layers in `mode`.
-fn step_counts(mode: Memory, layers: usize) -> Counters {
+fn step_counts(mode: Recompute, layers: usize) -> Counters {
     let dev = Device::cpu();
     let cfg = DenseNetConfig {
         block_config: vec![layers],
@@ -253,7 +257,8 @@ fn step_counts(mode: Memory, layers: usize) -> Counters {
     };
     let model = DenseNet::new(cfg, DType::F32, &dev, 3)
         .unwrap()
-        .with_memory(mode);
+        .with_recompute(mode)
+        .unwrap();
     let (x, labels) = batch(&dev);
     let before = dev.counters();
     let out = forward_backward(&model, &x, &labels, 0).unwrap();

@@ -8,7 +8,7 @@
 mod support;
 
 use densenet::train::{forward_backward, predict, seed_sgd_config, train_step};
-use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseLayerMode, DenseNet, DenseNetConfig, Recompute, Selective};
 use tape::optim::Sgd;
 use tape::{ops, DType, Device, Tape, Tensor};
 
@@ -126,7 +126,7 @@ fn assert_close(a: &Snapshot, b: &Snapshot, what: &str) {
 /// the optimizer holds its momentum (from the second step on).
 fn train(
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     batch: usize,
     image: usize,
 ) -> (DenseNet, Vec<Snapshot>, Vec<Vec<Vec<DenseLayerMode>>>) {
@@ -139,17 +139,17 @@ fn train(
         .collect();
     let mut mixed = None;
     let mode = match mode {
-        Memory::Budget(0) => {
+        Recompute::Budget(0) => {
             // SGD keeps one momentum buffer per parameter from the first step on.
             let held = dev.memory().current() as u64 + model.parameter_bytes() as u64;
             let (budget, modes) = support::mixing_plan_held(&model, shape, held)
                 .expect("a multi-layer network has a budget that mixes modes");
             mixed = Some(modes);
-            Memory::Budget(budget)
+            Recompute::Budget(budget)
         }
         m => m,
     };
-    model.set_memory(mode);
+    model.set_recompute(mode).unwrap();
     let mut opt = Sgd::new(seed_sgd_config()).unwrap();
     let mut snaps = Vec::new();
     let mut plans = Vec::new();
@@ -165,17 +165,17 @@ fn train(
     (model, snaps, plans)
 }
 
-const MODES: [Memory; 4] = [
-    Memory::RecomputeBottleneck,
-    Memory::RecomputeLayer,
-    Memory::Budget(0),
-    Memory::Budget(1 << 40),
+const MODES: [Recompute; 4] = [
+    Recompute::Selective(Selective::Bottleneck),
+    Recompute::Selective(Selective::Layer),
+    Recompute::Budget(0),
+    Recompute::Budget(1 << 40),
 ];
 
 #[test]
 fn three_sgd_steps_in_every_mode_match_naive() {
     for (config, batch, image) in cases() {
-        let (_, naive, _) = train(&config, Memory::Naive, batch, image);
+        let (_, naive, _) = train(&config, Recompute::Naive, batch, image);
         for mode in MODES {
             let (_, other, plans) = train(&config, mode, batch, image);
             for (step, (a, b)) in other.iter().zip(&naive).enumerate() {
@@ -193,7 +193,7 @@ fn three_sgd_steps_in_every_mode_match_naive() {
 fn eval_mode_in_every_mode_matches_naive() {
     for (config, batch, image) in cases() {
         // Trained first, so that the running statistics are not the initial 0 and 1.
-        let (naive, _, _) = train(&config, Memory::Naive, batch, image);
+        let (naive, _, _) = train(&config, Recompute::Naive, batch, image);
         let dev = naive.device().clone();
         // New data of the training batch's shape (the budget plans for that shape).
         let x = Tensor::randn(&[batch, 3, image, image], DType::F64, &dev, 99).unwrap();

@@ -20,7 +20,7 @@
 mod support;
 
 use densenet::train::{seed_sgd_config, train_step};
-use densenet::{DenseNet, DenseNetConfig, Memory};
+use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use std::sync::Mutex;
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
@@ -45,7 +45,7 @@ fn bits(t: &Tensor) -> Vec<u64> {
 /// pool; `None` for a budget mode of a network under which no budget mixes the modes.
 fn train(
     config: &DenseNetConfig,
-    mode: Memory,
+    mode: Recompute,
     dtype: DType,
     shape: [usize; 4],
 ) -> Option<Vec<Bits>> {
@@ -56,13 +56,13 @@ fn train(
         .map(|i| (5 * i + 2) % config.num_classes)
         .collect();
     let mode = match mode {
-        Memory::Budget(0) => {
+        Recompute::Budget(0) => {
             let held = dev.memory().current() as u64 + model.parameter_bytes() as u64;
-            Memory::Budget(support::mixing_plan_held(&model, shape, held)?.0)
+            Recompute::Budget(support::mixing_plan_held(&model, shape, held)?.0)
         }
         m => m,
     };
-    model.set_memory(mode);
+    model.set_recompute(mode).unwrap();
     let mut opt = Sgd::new(seed_sgd_config()).unwrap();
     let steps = (0..STEPS)
         .map(|step| {
@@ -150,11 +150,11 @@ fn cases() -> [(DenseNetConfig, DType, [usize; 4]); 3] {
     ]
 }
 
-const MODES: [Memory; 4] = [
-    Memory::Naive,
-    Memory::RecomputeBottleneck,
-    Memory::RecomputeLayer,
-    Memory::Budget(0),
+const MODES: [Recompute; 4] = [
+    Recompute::Naive,
+    Recompute::Selective(Selective::Bottleneck),
+    Recompute::Selective(Selective::Layer),
+    Recompute::Budget(0),
 ];
 
 /// Held by each test: the SIMD level is process-wide, and one test's level change must not land
@@ -174,7 +174,7 @@ fn training_steps_are_bitwise_the_same_on_1_and_3_threads() {
             };
             let many = in_pool(3, || train(config, mode, dtype, shape)).unwrap();
             assert_same(&one, &many, &what);
-            mixed += usize::from(mode == Memory::Budget(0));
+            mixed += usize::from(mode == Recompute::Budget(0));
         }
     }
     assert!(mixed >= 2, "only {mixed} networks ran a mixed budget plan");

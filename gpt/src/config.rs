@@ -3,7 +3,7 @@
 use crate::error::{GptError, Result};
 
 /// A GPT's architecture, nanoGPT's `GPTConfig` (biases always on, head untied). The memory
-/// mode is not part of it: it is a run option ([`crate::MemoryMode`]).
+/// mode is not part of it: it is a run option ([`crate::Recompute`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GptConfig {
     /// Vocabulary size.

@@ -10,6 +10,9 @@ pub enum GptError {
     /// token id outside the vocabulary.
     #[error("invalid batch: {0}")]
     Batch(String),
+    /// A recompute setting that does not parse or that the model does not run.
+    #[error(transparent)]
+    Recompute(#[from] checkpoint::RecomputeError),
     /// The engine refused an operation (shapes, memory, ...).
     #[error(transparent)]
     Engine(#[from] tape::Error),

@@ -3,12 +3,12 @@
 //! a GELU MLP), a final layer norm and an untied language-model head, with PyTorch's parameter
 //! names (`transformer.h.0.attn.c_attn.weight`, ...).
 //!
-//! Memory is a run option ([`MemoryMode`]): every activation recorded ([`MemoryMode::Naive`]),
-//! each block a checkpointed segment ([`MemoryMode::PerBlock`]), each block under the
-//! `checkpoint` crate's selective policy that keeps the matmul outputs and recomputes the rest
-//! ([`MemoryMode::Selective`]) or only the linear layers' outputs
-//! ([`MemoryMode::SelectiveLinear`]), or the blocks as a chain under the planner's plan for a memory
-//! budget ([`MemoryMode::Budget`]). Every mode computes the same loss and gradients.
+//! What is recomputed is a run option, the `checkpoint` crate's [`Recompute`] set on the model
+//! ([`Gpt::set_recompute`]): every activation recorded (`naive`), each block a checkpointed
+//! segment (`per-block`), each block under the selective policy that keeps the matmul outputs
+//! and recomputes the rest (`selective`) or only the linear layers' outputs
+//! (`selective-linear`), or the blocks as a chain under the planner's plan for a memory budget
+//! (`budget:SIZE`). Every setting computes the same loss and gradients.
 //!
 //! [`train`] has the training step (non-finite check, conditional Adam update), [`generate`]
 //! greedy or sampled text, and [`data`] a character-level tokenizer and dataset built from
@@ -21,6 +21,7 @@ pub mod generate;
 pub mod model;
 pub mod train;
 
+pub use checkpoint::{Recompute, RecomputeError, Selective};
 pub use config::GptConfig;
 pub use error::{GptError, Result};
-pub use model::{Block, Gpt, MemoryMode, TokenBatch};
+pub use model::{Block, Gpt, TokenBatch};

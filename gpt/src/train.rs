@@ -1,4 +1,4 @@
-//! A training step: forward in the model's memory mode, mean cross-entropy over the next
+//! A training step: forward under the model's recompute setting, mean cross-entropy over the next
 //! tokens, backward, a non-finite check over the loss, every gradient and every parameter (one
 //! fused reduction into a device flag), and an optimizer update the device skips when the flag
 //! is set ([`Optimizer::step_if_finite`]).
@@ -38,7 +38,7 @@ pub fn adam(lr: f64) -> Result<Adam> {
     })?)
 }
 
-/// Forward and backward of one batch in training mode in the model's memory mode; `seed`
+/// Forward and backward of one batch in training mode under the model's recompute setting; `seed`
 /// drives dropout.
 pub fn forward_backward(model: &Gpt, batch: &TokenBatch, seed: u64) -> Result<StepOutput> {
     run_forward_backward(model, batch, seed, None)

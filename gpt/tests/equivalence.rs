@@ -1,4 +1,4 @@
-//! Every memory mode computes what Naive computes, bit for bit in f64 (the recomputes run the
+//! Every recompute setting computes what Naive computes, bit for bit in f64 (the recomputes run the
 //! same kernels on the same values, and kept outputs are the values the ops would compute):
 //! loss, logits and every parameter gradient, over random small configs, with and without
 //! dropout (replayed in recompute); the Budget mode under a budget whose plan mixes kept and
@@ -7,7 +7,7 @@
 mod common;
 
 use common::{batch, config, mixes, mixing_budget, model, outcome};
-use gpt::MemoryMode;
+use gpt::{Recompute, Selective};
 use proptest::prelude::*;
 use tape::DType;
 
@@ -26,14 +26,14 @@ proptest! {
         let mut cfg = config(n_layer, n_head, head_size);
         cfg.dropout = dropout;
         let tokens = batch(cfg.vocab_size, b, seq, seed as usize);
-        let naive = outcome(&model(cfg.clone(), DType::F64, seed, MemoryMode::Naive), &tokens, seed);
-        for mode in [MemoryMode::PerBlock, MemoryMode::Selective, MemoryMode::SelectiveLinear] {
+        let naive = outcome(&model(cfg.clone(), DType::F64, seed, Recompute::Naive), &tokens, seed);
+        for mode in [Recompute::PerBlock, Recompute::Selective(Selective::ComputeBound), Recompute::Selective(Selective::Linear)] {
             let got = outcome(&model(cfg.clone(), DType::F64, seed, mode), &tokens, seed);
             prop_assert_eq!(&got, &naive, "{:?}", mode);
         }
-        let m = model(cfg.clone(), DType::F64, seed, MemoryMode::Naive);
+        let m = model(cfg.clone(), DType::F64, seed, Recompute::Naive);
         if let Some(budget) = mixing_budget(&m, b, seq) {
-            let m = m.with_memory_mode(MemoryMode::Budget(budget));
+            let m = m.with_recompute(Recompute::Budget(budget)).unwrap();
             let got = outcome(&m, &tokens, seed);
             let plan = m.cached_plan(b, seq).expect("the step planned");
             prop_assert!(mixes(&plan), "{}", plan);
@@ -48,13 +48,23 @@ fn a_budget_mixes_kept_and_recomputed_blocks_in_a_deeper_model() {
     let cfg = config(4, 2, 4);
     let tokens = batch(cfg.vocab_size, 2, 8, 1);
     let naive = outcome(
-        &model(cfg.clone(), DType::F64, 3, MemoryMode::Naive),
+        &model(cfg.clone(), DType::F64, 3, Recompute::Naive),
         &tokens,
         1,
     );
-    let m = model(cfg, DType::F64, 3, MemoryMode::Naive);
+    let m = model(cfg.clone(), DType::F64, 3, Recompute::Naive);
     let budget = mixing_budget(&m, 2, 8).expect("a budget that mixes");
-    let m = m.with_memory_mode(MemoryMode::Budget(budget));
+    let m = m.with_recompute(Recompute::Budget(budget)).unwrap();
     assert_eq!(outcome(&m, &tokens, 1), naive);
-    assert!(mixes(&m.cached_plan(2, 8).unwrap()));
+    let plan = m.cached_plan(2, 8).unwrap();
+    assert!(mixes(&plan));
+    // The same plan given explicitly (`plan`) runs the same step.
+    let explicit = model(cfg.clone(), DType::F64, 3, Recompute::Naive)
+        .with_plan(plan)
+        .unwrap();
+    assert_eq!(explicit.recompute(), Recompute::Plan);
+    assert_eq!(outcome(&explicit, &tokens, 1), naive);
+    let short = checkpoint::planner::Plan::keep_all(3);
+    let err = model(cfg, DType::F64, 3, Recompute::Naive).with_plan(short);
+    assert!(matches!(err, Err(gpt::GptError::Engine(_))));
 }

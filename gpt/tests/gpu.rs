@@ -1,11 +1,11 @@
-//! On a GPU: one training step of a small GPT in every memory mode matches the same step on the
+//! On a GPU: one training step of a small GPT in every recompute setting matches the same step on the
 //! CPU (loss, logits and every gradient, f32, relative to each tensor's largest value). Skipped
 //! without a usable GPU; fails instead under `TAPE_EXPECT_GPU=1`.
 
 mod common;
 
 use common::{batch, config, outcome};
-use gpt::{Gpt, MemoryMode};
+use gpt::{Gpt, Recompute, Selective};
 use tape::testing::{gpu, rel_diff, tol};
 use tape::{nn, DType, Device};
 
@@ -19,13 +19,13 @@ fn on_gpu_a_training_step_matches_the_cpu() {
     nn::load_state_dict(&mut on_gpu, &stored, nn::LoadOptions::default()).unwrap();
     let b = batch(11, 2, 8, 1);
     for mode in [
-        MemoryMode::Naive,
-        MemoryMode::PerBlock,
-        MemoryMode::Selective,
-        MemoryMode::SelectiveLinear,
+        Recompute::Naive,
+        Recompute::PerBlock,
+        Recompute::Selective(Selective::ComputeBound),
+        Recompute::Selective(Selective::Linear),
     ] {
-        cpu.set_memory_mode(mode);
-        on_gpu.set_memory_mode(mode);
+        cpu.set_recompute(mode).unwrap();
+        on_gpu.set_recompute(mode).unwrap();
         let (a, c) = (outcome(&on_gpu, &b, 0), outcome(&cpu, &b, 0));
         let tol = 10.0 * tol(DType::F32);
         assert!(rel_diff(&a.loss, &c.loss) <= tol, "{mode:?}: loss");

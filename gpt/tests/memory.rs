@@ -6,10 +6,10 @@ mod common;
 
 use common::{batch, model};
 use gpt::train::forward_backward;
-use gpt::{GptConfig, MemoryMode};
+use gpt::{GptConfig, Recompute, Selective};
 use tape::DType;
 
-fn peak(mode: MemoryMode) -> u64 {
+fn peak(mode: Recompute) -> u64 {
     let cfg = GptConfig {
         vocab_size: 32,
         block_size: 32,
@@ -31,10 +31,10 @@ fn peak(mode: MemoryMode) -> u64 {
 #[test]
 fn per_block_keeps_less_than_selective_which_keeps_less_than_naive() {
     let (naive, per_block, selective, linear) = (
-        peak(MemoryMode::Naive),
-        peak(MemoryMode::PerBlock),
-        peak(MemoryMode::Selective),
-        peak(MemoryMode::SelectiveLinear),
+        peak(Recompute::Naive),
+        peak(Recompute::PerBlock),
+        peak(Recompute::Selective(Selective::ComputeBound)),
+        peak(Recompute::Selective(Selective::Linear)),
     );
     assert!(per_block < linear, "{per_block} vs {linear}");
     assert!(linear < selective, "{linear} vs {selective}");
@@ -60,7 +60,7 @@ fn a_budget_holds_over_training_steps() {
     };
     let b = batch(48, 4, 32, 0);
     // Whole-step peaks (everything the device holds) of naive and per-block training.
-    let total = |mode: MemoryMode| {
+    let total = |mode: Recompute| {
         let mut m = model(cfg.clone(), DType::F32, 0, mode);
         let mut opt = adam(1e-3).unwrap();
         let dev = m.device().clone();
@@ -71,11 +71,11 @@ fn a_budget_holds_over_training_steps() {
         train_step(&mut m, &mut opt, &b, 2).unwrap();
         dev.memory().peak() as u64
     };
-    let (naive, per_block) = (total(MemoryMode::Naive), total(MemoryMode::PerBlock));
+    let (naive, per_block) = (total(Recompute::Naive), total(Recompute::PerBlock));
     assert!(per_block < naive);
     for frac in [0.3, 0.7] {
         let budget = per_block + ((naive - per_block) as f64 * frac) as u64;
-        let mut m = model(cfg.clone(), DType::F32, 0, MemoryMode::Budget(budget));
+        let mut m = model(cfg.clone(), DType::F32, 0, Recompute::Budget(budget));
         let mut opt = adam(1e-3).unwrap();
         let dev = m.device().clone();
         dev.memory().reset_peak();

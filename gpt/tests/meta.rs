@@ -1,17 +1,17 @@
 //! The meta device predicts a GPT training step's memory without running it: two Adam steps on
 //! a meta device charge exactly what the CPU charges (the same peak, byte for byte, and the
-//! same launches and allocations) in every fixed memory mode, with dropout, f32 and f64; a
+//! same launches and allocations) in every fixed recompute setting, with dropout, f32 and f64; a
 //! budget run on meta stays within its budget.
 
 mod common;
 
 use common::batch;
 use gpt::train::{adam, train_step};
-use gpt::{Gpt, GptConfig, MemoryMode};
+use gpt::{Gpt, GptConfig, Recompute, Selective};
 use tape::{DType, Device};
 
 /// The second step's peak and counts, and the bytes held after it.
-fn two_steps(dev: &Device, mode: MemoryMode, dtype: DType) -> [u64; 4] {
+fn two_steps(dev: &Device, mode: Recompute, dtype: DType) -> [u64; 4] {
     let cfg = GptConfig {
         vocab_size: 16,
         block_size: 8,
@@ -20,7 +20,10 @@ fn two_steps(dev: &Device, mode: MemoryMode, dtype: DType) -> [u64; 4] {
         n_embd: 16,
         dropout: 0.1,
     };
-    let mut model = Gpt::new(cfg, dtype, dev, 0).unwrap().with_memory_mode(mode);
+    let mut model = Gpt::new(cfg, dtype, dev, 0)
+        .unwrap()
+        .with_recompute(mode)
+        .unwrap();
     let mut opt = adam(1e-3).unwrap();
     let b = batch(16, 3, 8, 0);
     train_step(&mut model, &mut opt, &b, 0).unwrap();
@@ -40,10 +43,10 @@ fn two_steps(dev: &Device, mode: MemoryMode, dtype: DType) -> [u64; 4] {
 fn meta_step_charges_what_the_cpu_step_charges() {
     for dtype in [DType::F32, DType::F64] {
         for mode in [
-            MemoryMode::Naive,
-            MemoryMode::PerBlock,
-            MemoryMode::Selective,
-            MemoryMode::SelectiveLinear,
+            Recompute::Naive,
+            Recompute::PerBlock,
+            Recompute::Selective(Selective::ComputeBound),
+            Recompute::Selective(Selective::Linear),
         ] {
             let cpu = two_steps(&Device::cpu(), mode, dtype);
             let meta = two_steps(&Device::meta(), mode, dtype);
@@ -54,10 +57,10 @@ fn meta_step_charges_what_the_cpu_step_charges() {
 
 #[test]
 fn a_budget_planned_on_meta_holds_on_meta() {
-    let naive = two_steps(&Device::meta(), MemoryMode::Naive, DType::F32)[0];
-    let per_block = two_steps(&Device::meta(), MemoryMode::PerBlock, DType::F32)[0];
+    let naive = two_steps(&Device::meta(), Recompute::Naive, DType::F32)[0];
+    let per_block = two_steps(&Device::meta(), Recompute::PerBlock, DType::F32)[0];
     let budget = (naive + per_block) / 2;
-    let peak = two_steps(&Device::meta(), MemoryMode::Budget(budget), DType::F32)[0];
+    let peak = two_steps(&Device::meta(), Recompute::Budget(budget), DType::F32)[0];
     assert!(peak <= budget, "peak {peak} over budget {budget}");
 }
 
@@ -66,10 +69,10 @@ fn a_budget_planned_on_meta_holds_on_meta() {
 #[test]
 fn the_gpt_memory_report_adds_up_and_warns_of_nothing() {
     for mode in [
-        MemoryMode::Naive,
-        MemoryMode::PerBlock,
-        MemoryMode::Selective,
-        MemoryMode::SelectiveLinear,
+        Recompute::Naive,
+        Recompute::PerBlock,
+        Recompute::Selective(Selective::ComputeBound),
+        Recompute::Selective(Selective::Linear),
     ] {
         let dev = Device::meta();
         dev.memory().start_recording();

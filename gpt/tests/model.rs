@@ -7,14 +7,14 @@ use common::{batch, config, model};
 use gpt::data::{CharTokenizer, Split, TextDataset};
 use gpt::generate::{generate, Sampling};
 use gpt::train::{adam, forward_backward, train_step};
-use gpt::{Block, Gpt, GptConfig, GptError, MemoryMode, TokenBatch};
+use gpt::{Block, Gpt, GptConfig, GptError, Recompute, Selective, TokenBatch};
 use tape::gradcheck::check_gradients;
 use tape::nn::{self, Init};
 use tape::{DType, Device, Parameter, Tape, Tensor};
 
 #[test]
 fn parameter_names_are_nanogpts() {
-    let m = model(config(2, 2, 4), DType::F32, 0, MemoryMode::Naive);
+    let m = model(config(2, 2, 4), DType::F32, 0, Recompute::Naive);
     let names: Vec<String> = nn::state_dict(&m)
         .unwrap()
         .into_iter()
@@ -56,7 +56,7 @@ fn parameter_names_are_nanogpts() {
         let v = t.to_f64_vec();
         (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt()
     };
-    let big = model(config(2, 4, 16), DType::F64, 0, MemoryMode::Naive);
+    let big = model(config(2, 4, 16), DType::F64, 0, Recompute::Naive);
     let p = big.parameters();
     let (fc, proj) = (std(p[10].tensor()), std(p[12].tensor()));
     assert!((fc - 0.02).abs() < 0.002, "{fc}");
@@ -70,9 +70,9 @@ fn weights_round_trip_through_a_file() {
         .join(format!("gpt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gpt.safetensors");
-    let a = model(config(2, 2, 4), DType::F32, 1, MemoryMode::Naive);
+    let a = model(config(2, 2, 4), DType::F32, 1, Recompute::Naive);
     nn::save(&a, &path).unwrap();
-    let mut b = model(config(2, 2, 4), DType::F32, 2, MemoryMode::Naive);
+    let mut b = model(config(2, 2, 4), DType::F32, 2, Recompute::Naive);
     let tokens = batch(11, 2, 5, 0);
     assert_ne!(
         a.logits(&tokens.inputs, 2, 5).unwrap().to_f64_vec(),
@@ -84,7 +84,7 @@ fn weights_round_trip_through_a_file() {
         b.logits(&tokens.inputs, 2, 5).unwrap().to_f64_vec()
     );
     // Another architecture's file is a typed error and leaves the model untouched.
-    let mut c = model(config(1, 2, 4), DType::F32, 2, MemoryMode::Naive);
+    let mut c = model(config(1, 2, 4), DType::F32, 2, Recompute::Naive);
     let before = c.logits(&tokens.inputs, 2, 5).unwrap().to_f64_vec();
     let err = nn::load(&mut c, &path).map_err(GptError::from).unwrap_err();
     assert!(matches!(err, GptError::State(_)), "{err}");
@@ -135,7 +135,7 @@ fn bad_configs_and_tokens_are_typed_errors() {
             Err(GptError::Config(_))
         ));
     }
-    let m = model(good, DType::F32, 0, MemoryMode::PerBlock);
+    let m = model(good, DType::F32, 0, Recompute::PerBlock);
     let cases = [
         (vec![0; 9], vec![0; 9], 1, 9),  // longer than the context (8)
         (vec![11, 0], vec![0, 0], 1, 2), // input id outside the vocabulary
@@ -243,7 +243,8 @@ fn training_lowers_the_loss_and_generation_is_deterministic() {
     };
     let mut m = Gpt::new(cfg, DType::F32, &Device::cpu(), 0)
         .unwrap()
-        .with_memory_mode(MemoryMode::Selective);
+        .with_recompute(Recompute::Selective(Selective::ComputeBound))
+        .unwrap();
     let mut opt = adam(3e-3).unwrap();
     let val = data.batch(Split::Val, 4, 16, 99).unwrap();
     let before = forward_backward(&m, &val, 0).unwrap().loss_value().unwrap();
@@ -297,4 +298,34 @@ fn the_dataset_reads_this_crates_sources() {
         Err(GptError::Data(_))
     ));
     let _ = CharTokenizer::from_text("x").unwrap();
+}
+
+/// A recompute setting the GPT does not run is a typed error naming the ones it does; the
+/// setting stays as it was.
+#[test]
+fn an_unsupported_recompute_setting_is_a_typed_error() {
+    let mut m = model(config(2, 2, 4), DType::F32, 0, Recompute::PerBlock);
+    for other in ["bottleneck", "layer"] {
+        let err = m.set_recompute(other.parse().unwrap()).unwrap_err();
+        match &err {
+            GptError::Recompute(gpt::RecomputeError::Unsupported { supported, .. }) => {
+                assert_eq!(
+                    supported,
+                    &[
+                        "naive",
+                        "per-block",
+                        "selective",
+                        "selective-linear",
+                        "budget:SIZE",
+                        "plan"
+                    ]
+                )
+            }
+            e => panic!("wrong error {e}"),
+        }
+    }
+    assert_eq!(m.recompute(), Recompute::PerBlock);
+    m.set_recompute(Recompute::Selective(Selective::Linear))
+        .unwrap();
+    assert_eq!(m.recompute().to_string(), "selective-linear");
 }

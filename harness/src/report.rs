@@ -9,7 +9,8 @@ use tape::Device;
 pub struct CaseResult {
     /// Model name (`densenet_bc_100_k12`, `resnet18_cifar`, `gpt_small`, ...).
     pub model: String,
-    /// Memory mode (`naive`, `checkpoint`, `budget:...`).
+    /// Recompute setting, as `checkpoint::Recompute` prints it (`naive`, `per-block`,
+    /// `bottleneck`, `budget:480000000`, ...).
     pub mode: String,
     /// Device name.
     pub device: String,
@@ -272,37 +273,6 @@ pub fn device_label(device: &Device) -> String {
     } else {
         cpu_label()
     }
-}
-
-/// Bytes from a command line: a whole number of bytes, or one with a unit (`kB`, `MB`, `GB`,
-/// `TB` in powers of 1000, `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024; a fraction allowed
-/// before a unit, e.g. `1.5GB`).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024.0f64.powi(4),
-        u => {
-            return Err(format!(
-                "'{s}': unknown unit '{u}' (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
-            ))
-        }
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 480000000, 480MB or 16GB)"))?;
-    Ok((value * scale).round() as u64)
 }
 
 /// The CPU a benchmark runs on, as its title line names it: `"{threads} CPU threads, {level}

@@ -38,7 +38,7 @@ impl BlockKind {
 pub const DEPTHS: [usize; 3] = [18, 34, 50];
 
 /// A ResNet's architecture. Run settings (how much to recompute) are not part of it: see
-/// [`crate::Memory`].
+/// [`crate::Recompute`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ResNetConfig {
     /// 18, 34 or 50.

@@ -9,6 +9,9 @@ pub enum ResNetError {
     /// An input the model cannot take (wrong rank, channels, an empty batch, labels).
     #[error("invalid ResNet input: {0}")]
     Input(String),
+    /// A recompute setting that does not parse or that the model does not run.
+    #[error(transparent)]
+    Recompute(#[from] checkpoint::RecomputeError),
     /// The engine refused an operation (shapes, memory, a budget no plan fits, ...).
     #[error(transparent)]
     Engine(#[from] tape::Error),

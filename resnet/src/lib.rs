@@ -4,19 +4,19 @@
 //! - [`ResNetConfig`]: depth preset, stem (CIFAR or ImageNet), width, classes.
 //! - [`ResNet`]: the model, built of `tape::nn` modules ([`block`] holds the residual blocks);
 //!   weights save and load with [`tape::nn::save`] / [`tape::nn::load`].
-//! - [`Memory`]: a run setting (naive, every block checkpointed, or the planner's plan for a byte
-//!   budget), applied by a [`Runner`].
+//! - [`Recompute`]: the `checkpoint` crate's run setting (`naive`, `per-block`: every block
+//!   checkpointed, or `budget:SIZE`: the planner's plan for a byte budget), set on the model
+//!   ([`ResNet::set_recompute`]) and applied by a [`Runner`].
 //! - [`train`]: one training step and prediction.
 
 pub mod block;
 pub mod config;
 pub mod error;
-pub mod memory;
 pub mod model;
 pub mod train;
 
 pub use block::{BasicBlock, Block, Bottleneck, Downsample};
+pub use checkpoint::{Recompute, RecomputeError};
 pub use config::{BlockKind, ResNetConfig, Stem};
 pub use error::{ResNetError, Result};
-pub use memory::Memory;
 pub use model::{ResNet, Runner};

@@ -1,25 +1,24 @@
 //! [`ResNet`]: the model on `tape::nn` modules with torchvision's names, and [`Runner`], which
-//! runs it under a [`Memory`] setting (naive, per-block checkpoints, or the planner's plan for a
-//! budget over the network seen as a chain of [`checkpoint::Stage`]s).
+//! runs it under the model's [`Recompute`] setting (`naive`, `per-block` checkpoints, or the
+//! planner's plan for a `budget:SIZE` over the network seen as a chain of
+//! [`checkpoint::Stage`]s).
 
 use crate::block::Block;
 use crate::config::{ResNetConfig, Stem};
 use crate::error::{ResNetError, Result};
-use crate::memory::Memory;
 use checkpoint::planner::{profile_chain, ChainModel, Plan};
-use checkpoint::{run_plan, OpKind, Stage};
-use std::sync::Mutex;
+use checkpoint::{run_plan, OpKind, PlanCache, Recompute, Stage};
 use tape::nn::{self, BatchNorm2d, Conv2d, Init, Linear, Numbered};
 use tape::ops::RunningStats;
 use tape::{ops, DType, Device, Parameter, Tape, Tensor};
 
-/// The planner's model of the chain for one input shape and what the device held as the step
-/// started, and the last plan made from it (with its budget).
-struct PlanCache {
-    key: ([usize; 4], u64),
-    chain: ChainModel,
-    plan: Option<(u64, Plan)>,
-}
+/// The settings a ResNet runs.
+const SUPPORTED: [Recompute; 4] = [
+    Recompute::Naive,
+    Recompute::PerBlock,
+    Recompute::Budget(0),
+    Recompute::Plan,
+];
 
 /// A ResNet: stem (`conv1`, `bn1`), four stages of residual blocks (`layer1` .. `layer4`, blocks
 /// numbered from 0), global average pool and classifier (`fc`). Names are torchvision's, so a
@@ -36,9 +35,15 @@ pub struct ResNet {
     pub layers: Numbered<Vec<Block>>,
     /// Classifier.
     pub fc: Linear,
-    /// The chain's profile and last budget plan: planning profiles the chain (a dry run), and a
-    /// training loop asks for the same plan every step.
-    plan_cache: Mutex<Option<PlanCache>>,
+    /// The recompute setting of training steps.
+    recompute: Recompute,
+    /// The chain's profiles by input shape (planning profiles the chain: a dry run), made again
+    /// when the bytes the device holds change.
+    profiles: PlanCache<[usize; 4], ChainModel>,
+    /// Budget plans by (input shape, budget), made again when the bytes held change.
+    plans: PlanCache<([usize; 4], u64), Plan>,
+    /// The plan [`Recompute::Plan`] runs ([`ResNet::with_plan`]).
+    plan: Option<Plan>,
 }
 
 tape::module!(ResNet {
@@ -83,7 +88,10 @@ impl ResNet {
             bn1,
             layers: Numbered::new("layer", 1, stages),
             fc,
-            plan_cache: Mutex::new(None),
+            recompute: Recompute::Naive,
+            profiles: PlanCache::new(),
+            plans: PlanCache::new(),
+            plan: None,
         };
         nn::name_parameters(&mut model);
         Ok(model)
@@ -138,16 +146,42 @@ impl ResNet {
             .collect()
     }
 
-    /// The plan the last budget forward ran (or [`Runner::plan`] made) for the current cached
-    /// chain profile, if any.
+    /// The plan the last budget forward ran (or [`Runner::plan`] made), if any.
     pub fn last_plan(&self) -> Option<Plan> {
-        let cache = self.plan_cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.as_ref()?.plan.as_ref().map(|(_, p)| p.clone())
+        self.plans.last()
     }
 
-    /// A runner of this model under `memory`.
-    pub fn runner(&self, memory: Memory) -> Runner<'_> {
-        Runner::new(self, memory)
+    /// The recompute setting training steps run under (naive unless set).
+    pub fn recompute(&self) -> Recompute {
+        self.recompute
+    }
+
+    /// Sets the recompute setting: `naive`, `per-block`, `budget:SIZE` or `plan` (with a plan
+    /// given by [`ResNet::with_plan`]); any other is a [`ResNetError::Recompute`] naming these.
+    pub fn set_recompute(&mut self, recompute: Recompute) -> Result<()> {
+        self.recompute = recompute.check("ResNet", &SUPPORTED)?;
+        Ok(())
+    }
+
+    /// The model under `recompute` ([`ResNet::set_recompute`]).
+    pub fn with_recompute(mut self, recompute: Recompute) -> Result<Self> {
+        self.set_recompute(recompute)?;
+        Ok(self)
+    }
+
+    /// The model running `plan` over its chain ([`ResNet::chain`]: stem, every block, head) in
+    /// [`Recompute::Plan`] (a plan made elsewhere, or replayed). A plan that does not cover the
+    /// chain is an engine error.
+    pub fn with_plan(mut self, plan: Plan) -> Result<Self> {
+        plan.check_covers(self.chain().len())?;
+        self.plan = Some(plan);
+        self.recompute = Recompute::Plan;
+        Ok(self)
+    }
+
+    /// A runner of this model under its recompute setting.
+    pub fn runner(&self) -> Runner<'_> {
+        Runner::new(self)
     }
 
     /// Checks an input batch: `[n >= 1, in_channels, h >= 1, w >= 1]` of the model's dtype and
@@ -221,18 +255,22 @@ impl ResNet {
     }
 }
 
-/// Runs a [`ResNet`] under a [`Memory`] setting. It holds the model's chain of layers (what a
+/// Runs a [`ResNet`] under its [`Recompute`] setting. It holds the model's chain of layers (what a
 /// budget plan runs), so it lives as long as the tapes it records on:
 ///
 /// ```
-/// use resnet::{Memory, ResNet, ResNetConfig};
+/// use resnet::{Recompute, ResNet, ResNetConfig};
 /// use tape::{ops, DType, Device, Tape, Tensor};
 ///
 /// let dev = Device::cpu();
 /// let config = ResNetConfig::cifar(18, 10).with_width(2);
-/// let model = ResNet::new(config, DType::F32, &dev, 0).unwrap();
+/// let model = ResNet::new(config, DType::F32, &dev, 0)
+///     .unwrap()
+///     .with_recompute("per-block".parse().unwrap())
+///     .unwrap();
 /// let x = Tensor::randn(&[2, 3, 8, 8], DType::F32, &dev, 1).unwrap();
-/// let runner = model.runner(Memory::PerBlock);
+/// assert_eq!(model.recompute(), Recompute::PerBlock);
+/// let runner = model.runner();
 /// let mut tape = Tape::recording();
 /// let logits = runner.forward(&mut tape, &x).unwrap();
 /// let loss = ops::cross_entropy(&mut tape, &logits, &[1, 7]).unwrap();
@@ -241,23 +279,21 @@ impl ResNet {
 /// ```
 pub struct Runner<'m> {
     model: &'m ResNet,
-    memory: Memory,
     chain: Vec<Stage<'m>>,
 }
 
 impl<'m> Runner<'m> {
-    /// A runner of `model` under `memory`.
-    pub fn new(model: &'m ResNet, memory: Memory) -> Self {
+    /// A runner of `model` under its recompute setting.
+    pub fn new(model: &'m ResNet) -> Self {
         Runner {
             model,
-            memory,
             chain: model.chain(),
         }
     }
 
-    /// The memory setting.
-    pub fn memory(&self) -> Memory {
-        self.memory
+    /// The recompute setting (the model's).
+    pub fn recompute(&self) -> Recompute {
+        self.model.recompute
     }
 
     /// The model's chain of layers ([`ResNet::chain`]).
@@ -270,48 +306,35 @@ impl<'m> Runner<'m> {
     /// cached in the model per input shape and bytes held (so that the plans a budget runner
     /// makes for the same step are the plans of this model).
     pub fn chain_model(&self, x: &Tensor) -> Result<ChainModel> {
-        self.cached(x, |c| c.chain.clone())
-    }
-
-    /// Runs `f` on the cache entry for `x` now, profiling the chain first if there is none.
-    fn cached<T>(&self, x: &Tensor, f: impl FnOnce(&mut PlanCache) -> T) -> Result<T> {
         let shape = self.model.check_input(x)?;
         let held = x.device().memory().current() as u64;
-        let key = (shape, held);
-        let mut cache = self
-            .model
-            .plan_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if cache.as_ref().is_none_or(|c| c.key != key) {
-            let chain = profile_chain(&Tape::recording(), &self.chain, x, held)?;
-            *cache = Some(PlanCache {
-                key,
-                chain,
-                plan: None,
-            });
-        }
-        match cache.as_mut() {
-            Some(c) => Ok(f(c)),
-            None => Err(ResNetError::Config("the plan cache is empty".into())),
-        }
+        self.model.profiles.get_or_make(shape, held, || {
+            Ok(profile_chain(&Tape::recording(), &self.chain, x, held)?)
+        })
     }
 
-    /// The plan a [`Memory::Budget`] runner runs for input `x` in a training step starting now:
+    /// The plan a [`Recompute::Budget`] runner runs for input `x` in a training step starting now:
     /// the cheapest plan of [`Runner::chain_model`] whose predicted peak fits the budget (an
-    /// engine error if none does); `None` for the other settings.
+    /// engine error if none does); for [`Recompute::Plan`] the plan given
+    /// ([`ResNet::with_plan`]); `None` for the other settings.
     pub fn plan(&self, x: &Tensor) -> Result<Option<Plan>> {
-        let Memory::Budget(budget) = self.memory else {
-            return Ok(None);
-        };
-        let plan = self.cached(x, |c| match &c.plan {
-            Some((b, plan)) if *b == budget => Ok(plan.clone()),
-            _ => {
-                let plan = c.chain.plan(budget)?;
-                c.plan = Some((budget, plan.clone()));
-                Ok::<_, tape::Error>(plan)
+        let budget = match self.model.recompute {
+            Recompute::Budget(budget) => budget,
+            Recompute::Plan => {
+                return match &self.model.plan {
+                    Some(plan) => Ok(Some(plan.clone())),
+                    None => Err(ResNetError::Config(
+                        "Recompute::Plan needs a plan: ResNet::with_plan".into(),
+                    )),
+                }
             }
-        })??;
+            _ => return Ok(None),
+        };
+        let shape = self.model.check_input(x)?;
+        let held = x.device().memory().current() as u64;
+        let plan = self.model.plans.get_or_make((shape, budget), held, || {
+            Ok::<_, ResNetError>(self.chain_model(x)?.plan(budget)?)
+        })?;
         Ok(Some(plan))
     }
 
@@ -320,20 +343,21 @@ impl<'m> Runner<'m> {
     pub fn forward<'a>(&'a self, tape: &mut Tape<'a>, x: &Tensor) -> Result<Tensor> {
         let m = self.model;
         m.check_input(x)?;
-        let memory = if tape.is_recording() && tape.is_training() {
-            self.memory
+        let recompute = if tape.is_recording() && tape.is_training() {
+            m.recompute
         } else {
-            Memory::Naive
+            Recompute::Naive
         };
-        let checkpointed = match memory {
-            Memory::Naive => false,
-            Memory::PerBlock => true,
-            Memory::Budget(_) => {
+        let checkpointed = match recompute {
+            Recompute::Naive => false,
+            Recompute::PerBlock => true,
+            Recompute::Budget(_) | Recompute::Plan => {
                 let plan = self
                     .plan(x)?
-                    .ok_or_else(|| ResNetError::Config("no plan for a budget".into()))?;
+                    .ok_or_else(|| ResNetError::Config("no plan".into()))?;
                 return Ok(run_plan(tape, &self.chain, &plan, x)?);
             }
+            other => return Err(other.unsupported("ResNet", &SUPPORTED).into()),
         };
         let mut h = m.stem(tape, x, false)?;
         for stage in m.layers.iter() {

@@ -7,7 +7,6 @@
 //! with [`ResNetError::NonFinite`] naming the first culprit.
 
 use crate::error::{ResNetError, Result};
-use crate::memory::Memory;
 use crate::model::ResNet;
 use dist::Ddp;
 use tape::optim::{Optimizer, SgdConfig};
@@ -41,15 +40,10 @@ impl StepOutput {
     }
 }
 
-/// Forward and backward of one batch in training mode under `memory`: mean cross-entropy of
+/// Forward and backward of one batch in training mode under the model's recompute setting: mean cross-entropy of
 /// `labels` (one per image, each below `num_classes`).
-pub fn forward_backward(
-    model: &ResNet,
-    x: &Tensor,
-    labels: &[usize],
-    memory: Memory,
-) -> Result<StepOutput> {
-    run_forward_backward(model, x, labels, memory, None)
+pub fn forward_backward(model: &ResNet, x: &Tensor, labels: &[usize]) -> Result<StepOutput> {
+    run_forward_backward(model, x, labels, None)
 }
 
 /// [`forward_backward`] on this rank's shard of a data-parallel batch: the gradients come back
@@ -59,17 +53,15 @@ pub fn forward_backward_ddp(
     model: &ResNet,
     x: &Tensor,
     labels: &[usize],
-    memory: Memory,
     ddp: &Ddp,
 ) -> Result<StepOutput> {
-    run_forward_backward(model, x, labels, memory, Some(ddp))
+    run_forward_backward(model, x, labels, Some(ddp))
 }
 
 fn run_forward_backward(
     model: &ResNet,
     x: &Tensor,
     labels: &[usize],
-    memory: Memory,
     ddp: Option<&Ddp>,
 ) -> Result<StepOutput> {
     let [n, ..] = model.check_input(x)?;
@@ -85,7 +77,7 @@ fn run_forward_backward(
             "label {l} out of range for {classes} classes"
         )));
     }
-    let runner = model.runner(memory);
+    let runner = model.runner();
     let mut tape = Tape::recording();
     // The labels are made after the forward, so that a budget plan is made for what the device
     // holds as the step starts (the model, its optimizer state, the batch).
@@ -103,7 +95,7 @@ fn run_forward_backward(
     })
 }
 
-/// One optimizer step on a batch under `memory`: forward, backward, the anomaly check, and the
+/// One optimizer step on a batch under the model's recompute setting: forward, backward, the anomaly check, and the
 /// update, which the device skips if anything is not finite (the step then fails with
 /// [`ResNetError::NonFinite`] naming `step`; the batch norms' running statistics have already
 /// seen the batch).
@@ -112,10 +104,9 @@ pub fn train_step(
     optimizer: &mut dyn Optimizer,
     x: &Tensor,
     labels: &[usize],
-    memory: Memory,
     step: u64,
 ) -> Result<StepOutput> {
-    let out = forward_backward(model, x, labels, memory)?;
+    let out = forward_backward(model, x, labels)?;
     trainer::anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, step)?;
     Ok(out)
 }
@@ -130,12 +121,11 @@ pub fn train_step_ddp(
     optimizer: &mut dyn Optimizer,
     x: &Tensor,
     labels: &[usize],
-    memory: Memory,
     step: u64,
     ddp: &Ddp,
 ) -> Result<StepOutput> {
     dist::broadcast_buffers(ddp.group(), model, 0)?;
-    let out = forward_backward_ddp(model, x, labels, memory, ddp)?;
+    let out = forward_backward_ddp(model, x, labels, ddp)?;
     let group = ddp.group();
     trainer::anomaly::step_if_finite_global(group, model, optimizer, &out.loss, &out.grads, step)?;
     Ok(out)
@@ -143,7 +133,8 @@ pub fn train_step_ddp(
 
 /// Logits in eval mode (running statistics), recording nothing.
 pub fn predict(model: &ResNet, x: &Tensor) -> Result<Tensor> {
-    let runner = model.runner(Memory::Naive);
+    // A tape that does not record runs every setting as the plain forward.
+    let runner = model.runner();
     let mut tape = Tape::no_grad();
     runner.forward(&mut tape, x)
 }

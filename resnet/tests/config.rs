@@ -1,7 +1,7 @@
 //! Bad configurations and inputs are typed errors with clear messages, never panics.
 
 use resnet::train::forward_backward;
-use resnet::{Memory, ResNet, ResNetConfig, ResNetError};
+use resnet::{Recompute, RecomputeError, ResNet, ResNetConfig, ResNetError};
 use tape::{DType, Device, Tensor};
 
 fn build(config: ResNetConfig) -> Result<ResNet, ResNetError> {
@@ -56,7 +56,7 @@ fn bad_configs_are_config_errors() {
 #[test]
 fn bad_inputs_are_input_errors() {
     let dev = Device::cpu();
-    let model = ResNet::new(
+    let mut model = ResNet::new(
         ResNetConfig::cifar(18, 4).with_width(2),
         DType::F32,
         &dev,
@@ -82,8 +82,13 @@ fn bad_inputs_are_input_errors() {
         ),
     ];
     for (x, labels, words) in cases {
-        for memory in [Memory::Naive, Memory::PerBlock, Memory::Budget(1 << 40)] {
-            match forward_backward(&model, &x, &labels, memory) {
+        for memory in [
+            Recompute::Naive,
+            Recompute::PerBlock,
+            Recompute::Budget(1 << 40),
+        ] {
+            model.set_recompute(memory).unwrap();
+            match forward_backward(&model, &x, &labels) {
                 Err(ResNetError::Input(msg)) => assert!(msg.contains(words), "{msg}"),
                 Err(e) => panic!("{:?}: wrong error {e}", x.shape()),
                 Ok(_) => panic!("{:?} with {labels:?} was accepted", x.shape()),
@@ -101,9 +106,11 @@ fn a_budget_no_plan_fits_is_an_engine_error() {
         &dev,
         0,
     )
+    .unwrap()
+    .with_recompute(Recompute::Budget(1000))
     .unwrap();
     let x = Tensor::randn(&[2, 3, 8, 8], DType::F32, &dev, 0).unwrap();
-    match forward_backward(&model, &x, &[0, 1], Memory::Budget(1000)) {
+    match forward_backward(&model, &x, &[0, 1]) {
         Err(ResNetError::Engine(e)) => assert!(e.to_string().contains("budget"), "{e}"),
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("a 1000-byte budget was met"),
@@ -112,13 +119,37 @@ fn a_budget_no_plan_fits_is_an_engine_error() {
 
 #[test]
 fn memory_settings_parse_and_print() {
-    for m in [Memory::Naive, Memory::PerBlock, Memory::Budget(12345)] {
-        assert_eq!(m.to_string().parse::<Memory>().unwrap(), m);
+    for m in [
+        Recompute::Naive,
+        Recompute::PerBlock,
+        Recompute::Budget(12345),
+    ] {
+        assert_eq!(m.to_string().parse::<Recompute>().unwrap(), m);
     }
+    assert_eq!(
+        "budget:480MB".parse::<Recompute>().unwrap(),
+        Recompute::Budget(480_000_000)
+    );
     for bad in ["", "budget:", "budget:-1", "per_block", "budget:1e6"] {
-        assert!(
-            matches!(bad.parse::<Memory>(), Err(ResNetError::Config(_))),
-            "{bad}"
-        );
+        assert!(bad.parse::<Recompute>().is_err(), "{bad}");
     }
+    // A setting the model does not run is a typed error naming the ones it does.
+    let mut model = ResNet::new(
+        ResNetConfig::cifar(18, 4).with_width(2),
+        DType::F32,
+        &Device::cpu(),
+        0,
+    )
+    .unwrap();
+    for other in ["selective", "layer", "bottleneck"] {
+        let err = model.set_recompute(other.parse().unwrap()).unwrap_err();
+        match &err {
+            ResNetError::Recompute(RecomputeError::Unsupported { supported, .. }) => {
+                assert_eq!(supported, &["naive", "per-block", "budget:SIZE", "plan"])
+            }
+            e => panic!("wrong error {e}"),
+        }
+        assert!(err.to_string().contains("per-block"), "{err}");
+    }
+    assert_eq!(model.recompute(), Recompute::Naive);
 }

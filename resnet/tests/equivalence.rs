@@ -9,7 +9,7 @@ mod support;
 
 use checkpoint::planner::{Plan, PlanOptions};
 use proptest::prelude::*;
-use resnet::{Memory, ResNet, ResNetConfig, Stem};
+use resnet::{Recompute, ResNet, ResNetConfig, Stem};
 use support::{compare, forward_bitwise_equal, step};
 use tape::{DType, Device, Tensor};
 
@@ -26,7 +26,7 @@ fn mixes(plan: &Plan) -> bool {
 /// that plan, from the planner's front (every least-recompute plan per peak); without a mixing
 /// plan on the front, the least feasible peak and its plan.
 fn budget_and_plan(model: &ResNet, x: &Tensor) -> (u64, Plan) {
-    let cm = model.runner(Memory::Naive).chain_model(x).unwrap();
+    let cm = model.runner().chain_model(x).unwrap();
     let front = cm.front(PlanOptions::default()).unwrap();
     let point = front.iter().find(|p| mixes(&p.plan)).unwrap_or(&front[0]);
     (point.peak, cm.plan(point.peak).unwrap())
@@ -68,21 +68,31 @@ proptest! {
         let labels: Vec<usize> = (0..batch).map(|i| (i + seed as usize) % 3).collect();
         let fresh = || ResNet::new(config.clone(), DType::F64, &dev, seed).unwrap();
 
-        let naive = step(&fresh(), &x, &labels, Memory::Naive);
-        let per_block = step(&fresh(), &x, &labels, Memory::PerBlock);
+        let naive = step(&mut fresh(), &x, &labels, Recompute::Naive);
+        let per_block = step(&mut fresh(), &x, &labels, Recompute::PerBlock);
         compare(&per_block, &naive, TOL, "per-block").map_err(TestCaseError::fail)?;
         // The forward computes the same numbers in the same order (the fused batch norm + ReLU
         // included): bitwise equal. Only the gradients' summation orders differ.
         prop_assert!(forward_bitwise_equal(&per_block, &naive), "per-block forward differs");
 
-        let model = fresh();
+        let mut model = fresh();
         let (budget, plan) = budget_and_plan(&model, &x);
         if config.stem == Stem::Cifar {
             prop_assert!(mixes(&plan), "no budget makes the plan mix: {}", plan);
         }
-        let memory = Memory::Budget(budget);
-        prop_assert_eq!(model.runner(memory).plan(&x).unwrap(), Some(plan.clone()));
-        let budgeted = step(&model, &x, &labels, memory);
+        let memory = Recompute::Budget(budget);
+        model.set_recompute(memory).unwrap();
+        prop_assert_eq!(model.runner().plan(&x).unwrap(), Some(plan.clone()));
+        let budgeted = step(&mut model, &x, &labels, memory);
+        // The same plan given explicitly (`plan`) runs the same step.
+        let replayed = step(
+            &mut fresh().with_plan(plan.clone()).unwrap(),
+            &x,
+            &labels,
+            Recompute::Plan,
+        );
+        compare(&replayed, &naive, TOL, "plan").map_err(TestCaseError::fail)?;
+        prop_assert!(forward_bitwise_equal(&replayed, &naive), "plan forward differs");
         // The step ran the mixing plan (the chain was not profiled again).
         prop_assert_eq!(model.last_plan(), Some(plan));
         compare(&budgeted, &naive, TOL, &format!("{memory}")).map_err(TestCaseError::fail)?;

@@ -4,7 +4,7 @@
 
 use checkpoint::planner::Plan;
 use resnet::train::forward_backward;
-use resnet::{Memory, ResNet, ResNetConfig};
+use resnet::{Recompute, ResNet, ResNetConfig};
 use tape::{DType, Device, Tensor};
 
 const BATCH: usize = 8;
@@ -16,23 +16,26 @@ fn config() -> ResNetConfig {
 
 /// Peak bytes of one forward + backward above what was held before it (parameters, input), and
 /// the plan it ran.
-fn peak(memory: Memory) -> (u64, Option<Plan>) {
+fn peak(memory: Recompute) -> (u64, Option<Plan>) {
     let dev = Device::cpu();
-    let model = ResNet::new(config(), DType::F32, &dev, 1).unwrap();
+    let model = ResNet::new(config(), DType::F32, &dev, 1)
+        .unwrap()
+        .with_recompute(memory)
+        .unwrap();
     let x = Tensor::randn(&[BATCH, 3, IMAGE, IMAGE], DType::F32, &dev, 2).unwrap();
     let labels: Vec<usize> = (0..BATCH).collect();
     // Profile (and plan) first, so that the dry run does not count in the step's peak.
-    let plan = model.runner(memory).plan(&x).unwrap();
+    let plan = model.runner().plan(&x).unwrap();
     let before = dev.memory().current();
     dev.memory().reset_peak();
-    drop(forward_backward(&model, &x, &labels, memory).unwrap());
+    drop(forward_backward(&model, &x, &labels).unwrap());
     ((dev.memory().peak() - before) as u64, plan)
 }
 
 #[test]
 fn per_block_takes_less_memory_than_naive_and_a_budget_lands_between() {
-    let (naive, _) = peak(Memory::Naive);
-    let (per_block, _) = peak(Memory::PerBlock);
+    let (naive, _) = peak(Recompute::Naive);
+    let (per_block, _) = peak(Recompute::PerBlock);
     println!("naive {naive} bytes, per-block {per_block} bytes");
     assert!(
         (per_block as f64) < 0.7 * naive as f64,
@@ -46,7 +49,7 @@ fn per_block_takes_less_memory_than_naive_and_a_budget_lands_between() {
     let held = dev.memory().current() as u64;
     drop((model, x));
     let budget = held + (naive + per_block) / 2;
-    let (mid, plan) = peak(Memory::Budget(budget));
+    let (mid, plan) = peak(Recompute::Budget(budget));
     let plan = plan.unwrap();
     println!("budget {budget}: {mid} bytes above the {held} held, plan {plan}");
     assert!(plan.checkpointed_count() > 0, "{plan}");

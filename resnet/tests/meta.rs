@@ -4,20 +4,23 @@
 //! on meta stays within its budget.
 
 use resnet::train::{sgd_config, train_step};
-use resnet::{Memory, ResNet, ResNetConfig};
+use resnet::{Recompute, ResNet, ResNetConfig};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
 /// The second step's peak and counts, and the bytes held after it.
-fn two_steps(dev: &Device, config: &ResNetConfig, memory: Memory, dtype: DType) -> [u64; 4] {
-    let mut model = ResNet::new(config.clone(), dtype, dev, 1).unwrap();
+fn two_steps(dev: &Device, config: &ResNetConfig, memory: Recompute, dtype: DType) -> [u64; 4] {
+    let mut model = ResNet::new(config.clone(), dtype, dev, 1)
+        .unwrap()
+        .with_recompute(memory)
+        .unwrap();
     let mut opt = Sgd::new(sgd_config()).unwrap();
     let x = Tensor::randn(&[4, 3, 16, 16], dtype, dev, 2).unwrap();
     let labels: Vec<usize> = (0..4).collect();
-    train_step(&mut model, &mut opt, &x, &labels, memory, 0).unwrap();
+    train_step(&mut model, &mut opt, &x, &labels, 0).unwrap();
     dev.memory().reset_peak();
     let before = dev.counters();
-    train_step(&mut model, &mut opt, &x, &labels, memory, 1).unwrap();
+    train_step(&mut model, &mut opt, &x, &labels, 1).unwrap();
     let counts = dev.counters().since(before);
     [
         dev.memory().peak() as u64,
@@ -38,7 +41,7 @@ fn configs() -> [ResNetConfig; 2] {
 fn meta_step_charges_what_the_cpu_step_charges() {
     for config in configs() {
         for dtype in [DType::F32, DType::F64] {
-            for memory in [Memory::Naive, Memory::PerBlock] {
+            for memory in [Recompute::Naive, Recompute::PerBlock] {
                 let cpu = two_steps(&Device::cpu(), &config, memory, dtype);
                 let meta = two_steps(&Device::meta(), &config, memory, dtype);
                 assert_eq!(meta, cpu, "{config:?} {memory} {dtype:?}");
@@ -50,10 +53,15 @@ fn meta_step_charges_what_the_cpu_step_charges() {
 #[test]
 fn a_budget_planned_on_meta_holds_on_meta() {
     let config = &configs()[0];
-    let naive = two_steps(&Device::meta(), config, Memory::Naive, DType::F32)[0];
-    let per_block = two_steps(&Device::meta(), config, Memory::PerBlock, DType::F32)[0];
+    let naive = two_steps(&Device::meta(), config, Recompute::Naive, DType::F32)[0];
+    let per_block = two_steps(&Device::meta(), config, Recompute::PerBlock, DType::F32)[0];
     let budget = (naive + per_block) / 2;
-    let peak = two_steps(&Device::meta(), config, Memory::Budget(budget), DType::F32)[0];
+    let peak = two_steps(
+        &Device::meta(),
+        config,
+        Recompute::Budget(budget),
+        DType::F32,
+    )[0];
     assert!(peak <= budget, "peak {peak} over budget {budget}");
     assert!(peak > per_block, "peak {peak} vs per block {per_block}");
 }

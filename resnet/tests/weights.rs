@@ -3,7 +3,7 @@
 //! file, and predictions equal bit for bit after loading.
 
 use resnet::train::{predict, sgd_config, train_step};
-use resnet::{Memory, ResNet, ResNetConfig, ResNetError, Stem};
+use resnet::{Recompute, ResNet, ResNetConfig, ResNetError, Stem};
 use std::path::PathBuf;
 use tape::nn;
 use tape::optim::Sgd;
@@ -30,7 +30,8 @@ fn save_load_round_trip_is_exact() {
     let mut model = ResNet::new(config(), DType::F32, &dev, 1).unwrap();
     let mut opt = Sgd::new(sgd_config()).unwrap();
     let x = Tensor::randn(&[3, 3, 12, 12], DType::F32, &dev, 2).unwrap();
-    let out = train_step(&mut model, &mut opt, &x, &[0, 4, 2], Memory::PerBlock, 0).unwrap();
+    model.set_recompute(Recompute::PerBlock).unwrap();
+    let out = train_step(&mut model, &mut opt, &x, &[0, 4, 2], 0).unwrap();
     assert!(out.loss().unwrap().is_finite());
 
     let dir = scratch("round-trip");

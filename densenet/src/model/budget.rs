@@ -1,4 +1,4 @@
-//! `Memory::Budget`: per dense layer, the checkpoint planner picks Naive, Bottleneck or
+//! `Recompute::Budget`: per dense layer, the checkpoint planner picks Naive, Bottleneck or
 //! Layer so that the predicted peak fits the budget at the least recompute FLOPs.
 //!
 //! The memory model follows what each op keeps and allocates, in units of one channel of one
@@ -524,9 +524,9 @@ pub struct BudgetModel {
 }
 
 impl BudgetModel {
-    /// The model of `model` (as [`crate::Memory::Budget`] runs it: transitions and head
+    /// The model of `model` (as [`crate::Recompute::Budget`] runs it: transitions and head
     /// recomputed, fused concat-BN-ReLU in the Bottleneck and Layer modes;
-    /// [`crate::Memory::RecomputeLayer`] runs exactly as all-Layer) on an input of `input_shape`,
+    /// `layer` ([`crate::Selective::Layer`]) runs exactly as all-Layer) on an input of `input_shape`,
     /// when the device holds `held` bytes as forward starts.
     pub fn new(model: &DenseNet, input_shape: [usize; 4], held: u64) -> Self {
         let config = model.config();

@@ -5,7 +5,7 @@ use tape::nn::{BatchNorm2d, Conv2d, Dropout, Init};
 use tape::ops::BlockStorage;
 use tape::{ops, Result, Tape, Tensor};
 
-/// How one dense layer runs (what [`crate::Memory`] or the planner chose for it).
+/// How one dense layer runs (what [`crate::Recompute`] or the planner chose for it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenseLayerMode {
     /// Everything recorded and kept for backward.

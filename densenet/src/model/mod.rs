@@ -1,6 +1,17 @@
-//! [`DenseNet`]: DenseNet-BC on the tape engine, with every efficiency mode of
-//! [`crate::Memory`]. Parameter and buffer names are torchvision's, so a torchvision
-//! `state_dict` converts.
+//! [`DenseNet`]: DenseNet-BC on the tape engine, run under the [`Recompute`] settings
+//! `naive`, `bottleneck`, `layer`, `budget:SIZE` and `plan`. Parameter and buffer names are
+//! torchvision's, so a torchvision `state_dict` converts.
+//!
+//! A budget is planned by DenseNet's own exact unit model ([`BudgetModel`]), not by a profile
+//! the checkpoint planner measures on a chain ([`checkpoint::planner::profile_chain`]): the
+//! planner's chain passes one tensor from each stage to the next, while every dense layer reads
+//! all the features of its block from one shared storage that grows in place (the
+//! concatenation is never materialised), so a layer's input is not the previous layer's output
+//! and what a layer keeps depends on the storage's final width; a measured chain would count the
+//! storage once per layer or not at all. The unit model predicts those bytes (the `budget_model`
+//! tests hold it against the engine's measured peaks: each unit's backward peak exactly, the
+//! whole step within 5% above) and plans per dense layer among three modes (keep, recompute the
+//! bottleneck, recompute the layer), which the chain's keep / recompute choice cannot express.
 
 mod budget;
 mod dense;
@@ -12,9 +23,7 @@ pub use dense::{DenseLayer, DenseLayerMode, Transition};
 
 use crate::config::DenseNetConfig;
 use crate::error::{DenseNetError, Result};
-use crate::memory::Memory;
-use checkpoint::checkpoint;
-use std::sync::Mutex;
+use checkpoint::{checkpoint, PlanCache, Recompute, Selective};
 use tape::nn::{self, BatchNorm2d, Conv2d, Init, Linear, Numbered};
 use tape::ops::{BlockStorage, RunningStats};
 use tape::{ops, DType, Device, Parameter, Tape, Tensor};
@@ -29,7 +38,7 @@ tape::module!(DenseBlock { "" => layers });
 /// DenseNet-BC.
 pub struct DenseNet {
     config: DenseNetConfig,
-    memory: Memory,
+    recompute: Recompute,
     dtype: DType,
     device: Device,
     /// Stem convolution (`features.conv0`).
@@ -44,10 +53,10 @@ pub struct DenseNet {
     pub norm_final: BatchNorm2d,
     /// Classifier (`classifier`).
     pub classifier: Linear,
-    /// The last budget plan, by (input shape, budget, bytes held): planning is exact but not
-    /// free, and a training loop asks for the same plan every step.
-    plan_cache: Mutex<Option<(PlanKey, LayerModes)>>,
-    /// The plan [`Memory::Plan`] runs ([`DenseNet::with_plan`]).
+    /// Budget plans by (input shape, budget), made again when the bytes the device holds
+    /// change.
+    plan_cache: PlanCache<([usize; 4], u64), LayerModes>,
+    /// The plan [`Recompute::Plan`] runs ([`DenseNet::with_plan`]).
     plan: Option<LayerModes>,
 }
 
@@ -71,7 +80,15 @@ pub fn unit_label(b: usize, l: Option<usize>) -> String {
 
 /// Modes of every dense layer, per block.
 type LayerModes = Vec<Vec<DenseLayerMode>>;
-type PlanKey = ([usize; 4], u64, u64);
+
+/// The settings a DenseNet runs.
+const SUPPORTED: [Recompute; 5] = [
+    Recompute::Naive,
+    Recompute::Selective(Selective::Bottleneck),
+    Recompute::Selective(Selective::Layer),
+    Recompute::Budget(0),
+    Recompute::Plan,
+];
 
 impl DenseNet {
     /// Builds a DenseNet from `config`, initialised as the seed project does, reproducibly from
@@ -119,7 +136,7 @@ impl DenseNet {
         let classifier = Linear::new(c_final, config.num_classes, &mut init)?;
         let mut model = DenseNet {
             config,
-            memory: Memory::Naive,
+            recompute: Recompute::Naive,
             dtype,
             device: device.clone(),
             conv0,
@@ -128,7 +145,7 @@ impl DenseNet {
             transitions: Numbered::new("transition", 1, transitions),
             norm_final,
             classifier,
-            plan_cache: Mutex::new(None),
+            plan_cache: PlanCache::new(),
             plan: None,
         };
         nn::name_parameters(&mut model);
@@ -150,18 +167,22 @@ impl DenseNet {
         &self.device
     }
 
-    /// Switches the memory mode (the weights stay).
-    pub fn set_memory(&mut self, memory: Memory) {
-        self.memory = memory;
+    /// Switches the recompute setting (the weights stay): `naive`, `bottleneck`, `layer`,
+    /// `budget:SIZE` or `plan` (with a plan given by [`DenseNet::with_plan`]); any other is a
+    /// [`DenseNetError::Recompute`] naming these.
+    pub fn set_recompute(&mut self, recompute: Recompute) -> Result<()> {
+        self.recompute = recompute.check("DenseNet", &SUPPORTED)?;
+        Ok(())
     }
 
-    /// The model in memory mode `memory` (a run option: the weights are the same).
-    pub fn with_memory(mut self, memory: Memory) -> Self {
-        self.memory = memory;
-        self
+    /// The model under `recompute` ([`DenseNet::set_recompute`]; a run option: the weights are
+    /// the same).
+    pub fn with_recompute(mut self, recompute: Recompute) -> Result<Self> {
+        self.set_recompute(recompute)?;
+        Ok(self)
     }
 
-    /// The model running `plan` (the mode of each dense layer, per block) in [`Memory::Plan`]:
+    /// The model running `plan` (the mode of each dense layer, per block) in [`Recompute::Plan`]:
     /// transitions and head recomputed, as a budget's plan runs. A plan that does not match the
     /// blocks is a [`DenseNetError::Config`].
     pub fn with_plan(mut self, plan: Vec<Vec<DenseLayerMode>>) -> Result<Self> {
@@ -173,13 +194,13 @@ impl DenseNet {
             )));
         }
         self.plan = Some(plan);
-        self.memory = Memory::Plan;
+        self.recompute = Recompute::Plan;
         Ok(self)
     }
 
-    /// The memory mode (naive unless set).
-    pub fn memory(&self) -> Memory {
-        self.memory
+    /// The recompute setting (naive unless set).
+    pub fn recompute(&self) -> Recompute {
+        self.recompute
     }
 
     /// Every parameter, in declaration order (the module tree's: [`nn::parameters`]).
@@ -217,25 +238,22 @@ impl DenseNet {
                 .map(|b| vec![m; b.layers.len()])
                 .collect())
         };
-        match self.memory {
-            Memory::Naive => uniform(DenseLayerMode::Keep),
-            Memory::RecomputeBottleneck => uniform(DenseLayerMode::RecomputeBottleneck),
-            Memory::RecomputeLayer => uniform(DenseLayerMode::RecomputeLayer),
-            Memory::Budget(bytes) => {
-                let key = (input_shape, bytes, self.device.memory().current() as u64);
-                let mut cache = self.plan_cache.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((k, modes)) = cache.as_ref() {
-                    if *k == key {
-                        return Ok(modes.clone());
-                    }
-                }
-                let modes = plan_layer_modes(self, input_shape, bytes, key.2)?;
-                *cache = Some((key, modes.clone()));
-                Ok(modes)
+        match self.recompute {
+            Recompute::Naive => uniform(DenseLayerMode::Keep),
+            Recompute::Selective(Selective::Bottleneck) => {
+                uniform(DenseLayerMode::RecomputeBottleneck)
             }
-            Memory::Plan => self.plan.clone().ok_or_else(|| {
-                DenseNetError::Config("Memory::Plan needs a plan: DenseNet::with_plan".into())
+            Recompute::Selective(Selective::Layer) => uniform(DenseLayerMode::RecomputeLayer),
+            Recompute::Budget(bytes) => {
+                let held = self.device.memory().current() as u64;
+                self.plan_cache.get_or_make((input_shape, bytes), held, || {
+                    plan_layer_modes(self, input_shape, bytes, held)
+                })
+            }
+            Recompute::Plan => self.plan.clone().ok_or_else(|| {
+                DenseNetError::Config("Recompute::Plan needs a plan: DenseNet::with_plan".into())
             }),
+            other => Err(other.unsupported("DenseNet", &SUPPORTED).into()),
         }
     }
 
@@ -253,9 +271,12 @@ impl DenseNet {
         }
         self.config.validate_image(h, w)?;
         let modes = self.layer_modes([n, c, h, w])?;
-        let recompute_glue = !matches!(self.memory, Memory::Naive | Memory::RecomputeBottleneck);
+        let recompute_glue = !matches!(
+            self.recompute,
+            Recompute::Naive | Recompute::Selective(Selective::Bottleneck)
+        );
         // The naive mode reads every layer's input from a copy (the concatenation it keeps).
-        let in_place = self.memory != Memory::Naive;
+        let in_place = self.recompute != Recompute::Naive;
 
         // Marks name each unit's stretch of forward and backward for `Tape::watch_unit_peaks`
         // (the budget model predicts each: `BudgetModel::unit_peaks`, `unit_forward_bounds`).

@@ -1,5 +1,5 @@
 //! [`Gpt`]: embeddings, decoder blocks, final layer norm and language-model head, with the
-//! blocks run under a [`MemoryMode`].
+//! blocks run under the model's [`Recompute`] setting.
 //!
 //! The blocks run as a chain of [`checkpoint::Stage`]s ([`Gpt::block_layers`]), which the
 //! caller makes before the step's tape (the tape's recorded closures may borrow them):
@@ -12,35 +12,27 @@ pub use block::{Block, CausalSelfAttention, Mlp};
 use crate::config::GptConfig;
 use crate::error::{GptError, Result};
 use checkpoint::planner::{profile_chain, ChainModel, Plan};
-use checkpoint::{checkpoint, checkpoint_selective, run_plan, OpKind, SelectivePolicy, Stage};
-use std::collections::HashMap;
-use std::sync::Mutex;
+use checkpoint::{checkpoint, checkpoint_selective, run_plan, OpKind, PlanCache, Recompute};
+use checkpoint::{Selective, Stage};
 use tape::nn::{self, Dropout, Embedding, Init, LayerNorm, Linear};
 use tape::{ops, DType, Device, Tape, Tensor};
 
-/// How the decoder blocks trade compute for memory in a training step (a run option, not part
-/// of the saved config). Every mode computes the same loss and gradients.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemoryMode {
-    /// Every activation recorded.
-    Naive,
-    /// Each block a checkpointed segment: only the blocks' inputs are kept, each block is
-    /// recomputed in backward.
-    PerBlock,
-    /// Each block under [`SelectivePolicy::compute_bound`]: the outputs of its linear layers
-    /// and attention matmuls are kept, layer norms, softmax, GELU, reshapes and copies are
-    /// recomputed in backward.
-    Selective,
-    /// Each block under `SelectivePolicy::keep(&["linear"])`: only the linear layers' outputs
-    /// (the projections and the MLP) are kept; the attention matmuls (`q k^T`, `[batch, heads,
-    /// T, T]`, and its product with `v`), softmax and the rest are recomputed in backward. Less
-    /// memory than [`MemoryMode::Selective`] at long sequences, more recompute.
-    SelectiveLinear,
-    /// The blocks as a chain under the planner's cheapest plan whose predicted peak fits this
-    /// many bytes (the device's bytes held as the chain starts included; the head and the loss
-    /// are not modelled beyond a scalar loss). Planned once per batch shape.
-    Budget(u64),
-}
+/// The settings a GPT runs: every activation recorded (`naive`); each block a checkpointed
+/// segment (`per-block`); each block under [`Selective::ComputeBound`] (`selective`: the outputs
+/// of its linear layers and attention matmuls kept, layer norms, softmax, GELU, reshapes and
+/// copies recomputed) or [`Selective::Linear`] (`selective-linear`: only the linear layers'
+/// outputs kept, attention's matmuls recomputed too); the blocks as a chain under the planner's
+/// cheapest plan whose predicted peak fits a budget (`budget:SIZE`: the device's bytes held as
+/// the chain starts included, the head's bytes taken off the budget, [`Gpt::head_bytes`]); the
+/// blocks under a plan given with [`Gpt::with_plan`] (`plan`).
+const SUPPORTED: [Recompute; 6] = [
+    Recompute::Naive,
+    Recompute::PerBlock,
+    Recompute::Selective(Selective::ComputeBound),
+    Recompute::Selective(Selective::Linear),
+    Recompute::Budget(0),
+    Recompute::Plan,
+];
 
 /// Token ids of a batch, row-major `[batch, seq]`, and the next-token targets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,21 +85,18 @@ pub struct Gpt {
     transformer: Transformer,
     lm_head: Linear,
     drop: Dropout,
-    mode: MemoryMode,
-    /// Plans of [`MemoryMode::Budget`], by (batch, seq, budget), with the bytes the device
-    /// held when each was made (a plan is made again when that changes: the optimizer's state
-    /// appears after the first step).
-    plans: Mutex<PlanCache>,
+    recompute: Recompute,
+    /// Plans of [`Recompute::Budget`], by (batch, seq, budget), made again when the bytes the
+    /// device holds change (the optimizer's state appears after the first step).
+    plans: PlanCache<(usize, usize, u64), Plan>,
+    /// The plan [`Recompute::Plan`] runs ([`Gpt::with_plan`]).
+    plan: Option<Plan>,
 }
 tape::module!(Gpt { "transformer" => transformer, "lm_head" => lm_head });
 
-/// Budget plans by (batch, seq, budget): the bytes the device held when each was made, and the
-/// plan.
-type PlanCache = HashMap<(usize, usize, u64), (u64, Plan)>;
-
 impl Gpt {
     /// A model of `config` (validated) in `dtype` on `device`, initialised as GPT-2 from
-    /// `seed`, in [`MemoryMode::Naive`].
+    /// `seed`, in [`Recompute::Naive`].
     pub fn new(config: GptConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
         config.validate()?;
         let mut init = Init::new(dtype, device, seed);
@@ -124,8 +113,9 @@ impl Gpt {
             config,
             transformer: Transformer { wte, wpe, h, ln_f },
             lm_head,
-            mode: MemoryMode::Naive,
-            plans: Mutex::new(HashMap::new()),
+            recompute: Recompute::Naive,
+            plans: PlanCache::new(),
+            plan: None,
         };
         nn::name_parameters(&mut model);
         Ok(model)
@@ -136,20 +126,33 @@ impl Gpt {
         &self.config
     }
 
-    /// The memory mode training steps run in.
-    pub fn memory_mode(&self) -> MemoryMode {
-        self.mode
+    /// The recompute setting training steps run under (naive unless set).
+    pub fn recompute(&self) -> Recompute {
+        self.recompute
     }
 
-    /// Sets the memory mode.
-    pub fn set_memory_mode(&mut self, mode: MemoryMode) {
-        self.mode = mode;
+    /// Sets the recompute setting: `naive`, `per-block`, `selective`, `selective-linear`,
+    /// `budget:SIZE` or `plan` (with a plan given by [`Gpt::with_plan`]); any other is a
+    /// [`GptError::Recompute`] naming these.
+    pub fn set_recompute(&mut self, recompute: Recompute) -> Result<()> {
+        self.recompute = recompute.check("GPT", &SUPPORTED)?;
+        Ok(())
     }
 
-    /// The model in `mode`.
-    pub fn with_memory_mode(mut self, mode: MemoryMode) -> Self {
-        self.mode = mode;
-        self
+    /// The model under `recompute` ([`Gpt::set_recompute`]).
+    pub fn with_recompute(mut self, recompute: Recompute) -> Result<Self> {
+        self.set_recompute(recompute)?;
+        Ok(self)
+    }
+
+    /// The model running `plan` over its blocks ([`Gpt::block_layers`]) in [`Recompute::Plan`]
+    /// (a plan made elsewhere, or replayed). A plan that does not cover the blocks is an engine
+    /// error.
+    pub fn with_plan(mut self, plan: Plan) -> Result<Self> {
+        plan.check_covers(self.transformer.h.len())?;
+        self.plan = Some(plan);
+        self.recompute = Recompute::Plan;
+        Ok(self)
     }
 
     /// The decoder blocks.
@@ -233,7 +236,7 @@ impl Gpt {
     }
 
     /// Logits `[batch, seq, vocab]` of `inputs` (`batch * seq` ids, row-major), the blocks run
-    /// as `layers` (this model's [`Gpt::block_layers`]) in the model's memory mode (which
+    /// as `layers` (this model's [`Gpt::block_layers`]) under the model's recompute setting (which
     /// matters only on a recording tape in training mode).
     pub fn forward<'a>(
         &'a self,
@@ -251,32 +254,38 @@ impl Gpt {
             )));
         }
         let mut h = self.embed(tape, inputs, batch, seq)?;
-        match self.mode {
-            MemoryMode::Naive => {
+        match self.recompute {
+            Recompute::Naive => {
                 for l in layers {
                     h = l.forward(tape, &h)?;
                 }
             }
-            MemoryMode::PerBlock => {
+            Recompute::PerBlock => {
                 for l in layers {
                     h = checkpoint(tape, &[&h], move |t, xs| l.forward(t, &xs[0]))?;
                 }
             }
-            MemoryMode::Selective | MemoryMode::SelectiveLinear => {
-                let policy = match self.mode {
-                    MemoryMode::Selective => SelectivePolicy::compute_bound(),
-                    _ => SelectivePolicy::keep(&["linear"]),
-                };
+            Recompute::Selective(s @ (Selective::ComputeBound | Selective::Linear)) => {
+                let policy = s
+                    .policy()
+                    .ok_or_else(|| Recompute::Selective(s).unsupported("GPT", &SUPPORTED))?;
                 for l in layers {
                     h = checkpoint_selective(tape, &[&h], &policy, move |t, xs| {
                         l.forward(t, &xs[0])
                     })?;
                 }
             }
-            MemoryMode::Budget(bytes) => {
+            Recompute::Budget(bytes) => {
                 let plan = self.budget_plan(tape, layers, &h, bytes)?;
                 h = run_plan(tape, layers, &plan, &h)?;
             }
+            Recompute::Plan => {
+                let plan = self.plan.as_ref().ok_or_else(|| {
+                    GptError::Config("Recompute::Plan needs a plan: Gpt::with_plan".into())
+                })?;
+                h = run_plan(tape, layers, plan, &h)?;
+            }
+            other => return Err(other.unsupported("GPT", &SUPPORTED).into()),
         }
         self.head(tape, &h)
     }
@@ -288,7 +297,7 @@ impl Gpt {
         self.forward(&mut tape, &layers, inputs, batch, seq)
     }
 
-    /// The plan of [`MemoryMode::Budget`]`(bytes)` for the chain's input `x`, from the cache or
+    /// The plan of [`Recompute::Budget`]`(bytes)` for the chain's input `x`, from the cache or
     /// the planner: the chain profiled on `x` with what the device holds now as its base, under
     /// the budget less [`Gpt::head_bytes`] (what the head and the loss hold on top of the
     /// chain's output when backward starts).
@@ -300,17 +309,11 @@ impl Gpt {
         bytes: u64,
     ) -> Result<Plan> {
         let (batch, seq) = (x.shape()[0], x.shape()[1]);
-        let key = (batch, seq, bytes);
         let base = x.device().memory().current() as u64;
-        if let Some((held, plan)) = self.lock_plans().get(&key) {
-            if *held == base {
-                return Ok(plan.clone());
-            }
-        }
-        let model = profile_chain(tape, layers, x, base)?;
-        let plan = model.plan(bytes.saturating_sub(self.head_bytes(batch, seq)))?;
-        self.lock_plans().insert(key, (base, plan.clone()));
-        Ok(plan)
+        self.plans.get_or_make((batch, seq, bytes), base, || {
+            let model = profile_chain(tape, layers, x, base)?;
+            Ok(model.plan(bytes.saturating_sub(self.head_bytes(batch, seq)))?)
+        })
     }
 
     /// Bytes the head and the loss hold beyond the block chain's output at the start of
@@ -325,18 +328,12 @@ impl Gpt {
         (rows * (2 * c + 3 * v) + v * c + 2 * c) * elem + 16 * rows
     }
 
-    fn lock_plans(&self) -> std::sync::MutexGuard<'_, PlanCache> {
-        self.plans.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The plan [`MemoryMode::Budget`] last used for batches of `batch x seq`, if one was made.
+    /// The plan [`Recompute::Budget`] last used for batches of `batch x seq`, if one was made.
     pub fn cached_plan(&self, batch: usize, seq: usize) -> Option<Plan> {
-        let MemoryMode::Budget(bytes) = self.mode else {
+        let Recompute::Budget(bytes) = self.recompute else {
             return None;
         };
-        self.lock_plans()
-            .get(&(batch, seq, bytes))
-            .map(|(_, p)| p.clone())
+        self.plans.get(&(batch, seq, bytes))
     }
 
     /// The planner's model of the block chain for batches of `batch x seq` (profiled on the

@@ -3,7 +3,7 @@
 
 use checkpoint::planner::{Plan, PlanOptions};
 use gpt::train::forward_backward;
-use gpt::{Gpt, GptConfig, MemoryMode, TokenBatch};
+use gpt::{Gpt, GptConfig, Recompute, TokenBatch};
 use tape::DType;
 use tape::Device;
 
@@ -73,8 +73,9 @@ pub fn mixing_budget(model: &Gpt, batch: usize, seq: usize) -> Option<u64> {
         .map(|b| b + model.head_bytes(batch, seq))
 }
 
-pub fn model(config: GptConfig, dtype: DType, seed: u64, mode: MemoryMode) -> Gpt {
+pub fn model(config: GptConfig, dtype: DType, seed: u64, mode: Recompute) -> Gpt {
     Gpt::new(config, dtype, &Device::cpu(), seed)
         .unwrap()
-        .with_memory_mode(mode)
+        .with_recompute(mode)
+        .unwrap()
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use resnet::train::forward_backward;
-use resnet::{Memory, ResNet};
+use resnet::{Recompute, ResNet};
 use tape::Tensor;
 
 /// What one forward + backward produced, read back.
@@ -15,9 +15,11 @@ pub struct Outcome {
     pub running: Vec<(String, Vec<f64>, Vec<f64>)>,
 }
 
-/// One forward + backward of `model` under `memory`.
-pub fn step(model: &ResNet, x: &Tensor, labels: &[usize], memory: Memory) -> Outcome {
-    let out = forward_backward(model, x, labels, memory).unwrap();
+/// One forward + backward of `model` under `memory` (set on the model).
+pub fn step(model: &mut ResNet, x: &Tensor, labels: &[usize], memory: Recompute) -> Outcome {
+    model.set_recompute(memory).unwrap();
+    let model = &*model;
+    let out = forward_backward(model, x, labels).unwrap();
     Outcome {
         loss: out.loss().unwrap(),
         logits: out.logits.try_to_f64_vec().unwrap(),

@@ -23,7 +23,7 @@ pub enum KnownOutput {
     #[default]
     Keep,
     /// The output is read back when the recompute needs it, from where the caller copied it
-    /// (a [`tape::ops::BlockStorage`]), so the segment keeps no second copy.
+    /// (a [`tape::BlockStorage`]), so the segment keeps no second copy.
     ReadBack(OutputSource),
     /// The last op is recomputed too (when it is cheap, an average pool, and keeping its output
     /// is not free).

@@ -40,7 +40,7 @@ macro_rules! dispatch_float {
 }
 
 mod backend;
-pub mod block_storage;
+mod block_storage;
 pub mod context;
 pub mod counters;
 pub mod device;
@@ -64,6 +64,7 @@ pub mod tensor;
 pub mod testing;
 mod unit_peaks;
 
+pub use block_storage::BlockStorage;
 pub use context::Phase;
 pub use counters::Counters;
 pub use device::{CudaOptions, Device, DeviceKind};

@@ -233,7 +233,7 @@ impl<'a> Tape<'a> {
 
     /// Records a backward step that runs unconditionally when backward reaches it (in reverse
     /// order of recording, like every op), for an op whose result no tensor id carries: a write
-    /// into [`crate::ops::BlockStorage`], say, whose gradient lives in the storage. Nothing is
+    /// into [`crate::BlockStorage`], say, whose gradient lives in the storage. Nothing is
     /// recorded on a tape that does not record. `op` names the step in profiles.
     pub fn record_effect(
         &mut self,

@@ -593,7 +593,7 @@ proptest! {
 /// concat -> batch norm -> ReLU's, for the op over parts and the op over a storage's prefix.
 #[test]
 fn frozen_parameters_or_input_still_get_the_other_gradients() {
-    use tape::ops::BlockStorage;
+    use tape::BlockStorage;
     let dev = Device::cpu();
     let opts = BatchNormOptions::default();
     for (input_grad, param_grad) in [(true, false), (false, true)] {

@@ -5,7 +5,8 @@
 
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
-use tape::ops::{self, BatchNormOptions, BlockStorage, RunningStats};
+use tape::ops::{self, BatchNormOptions, RunningStats};
+use tape::BlockStorage;
 use tape::{DType, Device, Error, Tape, Tensor};
 
 fn randn(dev: &Device, shape: &[usize], seed: u64) -> Tensor {
@@ -209,8 +210,9 @@ fn bad_arguments_are_errors() {
 }
 
 mod on_gpu {
-    use tape::ops::{self, BatchNormOptions, BlockStorage};
+    use tape::ops::{self, BatchNormOptions};
     use tape::testing::*;
+    use tape::BlockStorage;
     use tape::DType;
 
     /// Appends, two prefixes through the fused op (cuDNN over a strided channel prefix, its

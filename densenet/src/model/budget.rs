@@ -4,7 +4,7 @@
 //! The memory model follows what each op keeps and allocates, in units of one channel of one
 //! feature map of the block (`n * h * w * dtype bytes`), with `c` input channels, `b = bn_size *
 //! k` bottleneck channels, `k` growth channels and `C` channels in the whole block. Every block's
-//! features live in one [`tape::ops::BlockStorage`] of `C` channels, allocated (by the stem or
+//! features live in one [`tape::BlockStorage`] of `C` channels, allocated (by the stem or
 //! the transition before it) when the block starts; each layer appends its output to it.
 //! Budget mode runs transitions and the head recomputed, and Bottleneck and Layer layers with
 //! the fused batch norm + ReLU reading the storage in place. Batch norm's saved statistics (mean

@@ -2,7 +2,7 @@
 
 use checkpoint::{checkpoint, checkpoint_with, CheckpointOptions, KnownOutput, OutputSource};
 use tape::nn::{BatchNorm2d, Conv2d, Dropout, Init};
-use tape::ops::BlockStorage;
+use tape::BlockStorage;
 use tape::{ops, Result, Tape, Tensor};
 
 /// How one dense layer runs (what [`crate::Recompute`] or the planner chose for it).
@@ -62,9 +62,7 @@ impl DenseLayer {
         c: usize,
         in_place: bool,
     ) -> Result<Tensor> {
-        let h = self
-            .norm1
-            .prefix_forward_relu(tape, features, c, in_place)?;
+        let h = norm_relu_prefix(&self.norm1, tape, features, c, in_place)?;
         self.conv1.forward(tape, &h)
     }
 
@@ -140,7 +138,7 @@ impl Transition {
 
     fn run(&self, tape: &mut Tape, features: &BlockStorage, in_place: bool) -> Result<Tensor> {
         let c = features.channels();
-        let h = self.norm.prefix_forward_relu(tape, features, c, in_place)?;
+        let h = norm_relu_prefix(&self.norm, tape, features, c, in_place)?;
         let h = self.conv.forward(tape, &h)?;
         ops::avg_pool2d(tape, &h, 2, 2, 0)
     }
@@ -168,5 +166,22 @@ impl Transition {
         } else {
             self.run(tape, features, in_place)
         }
+    }
+}
+
+/// ReLU of `norm` over the first `c` channels of `features`: read in place (the efficient
+/// modes), or gathered into a packed copy that backward keeps (naive, as PyTorch's
+/// concatenation).
+pub(super) fn norm_relu_prefix(
+    norm: &BatchNorm2d,
+    tape: &mut Tape,
+    features: &BlockStorage,
+    c: usize,
+    in_place: bool,
+) -> Result<Tensor> {
+    if in_place {
+        norm.forward_relu_prefix(tape, features, c)
+    } else {
+        norm.forward_relu_gathered(tape, features, c)
     }
 }

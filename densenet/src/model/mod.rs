@@ -25,7 +25,8 @@ use crate::config::DenseNetConfig;
 use crate::error::{DenseNetError, Result};
 use checkpoint::{checkpoint, PlanCache, Recompute, Selective};
 use tape::nn::{self, BatchNorm2d, Conv2d, Init, Linear, Numbered};
-use tape::ops::{BlockStorage, RunningStats};
+use tape::ops::RunningStats;
+use tape::BlockStorage;
 use tape::{ops, DType, Device, Parameter, Tape, Tensor};
 
 /// A dense block: its layers in order (`denselayer1`, `denselayer2`, ...).
@@ -341,9 +342,7 @@ impl DenseNet {
         let features = features.clone();
         let c = features.channels();
         let run = move |t: &mut Tape<'a>, _: &[Tensor]| -> tape::Result<Tensor> {
-            let h = self
-                .norm_final
-                .prefix_forward_relu(t, &features, c, in_place)?;
+            let h = dense::norm_relu_prefix(&self.norm_final, t, &features, c, in_place)?;
             ops::global_avg_pool(t, &h)
         };
         if recompute {

@@ -2,8 +2,9 @@
 //! the ReLU that follows it.
 
 use super::Init;
+use crate::block_storage::BlockStorage;
 use crate::error::Result;
-use crate::ops::{self, BatchNormOptions, BlockStorage, RunningStats};
+use crate::ops::{self, BatchNormOptions, RunningStats};
 use crate::param::Parameter;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -69,30 +70,36 @@ impl BatchNorm2d {
         )
     }
 
-    /// ReLU of the batch norm of the first `c` channels of `features`, as one fused op: reading
-    /// them in place (`in_place`), or on a packed copy of them that backward keeps
-    /// ([`BlockStorage::gather`], a concatenation).
-    pub fn prefix_forward_relu(
+    /// ReLU of the batch norm of the first `c` channels of `features`, as one fused op that reads
+    /// them in place (no copy; its backward adds into the storage's gradient).
+    pub fn forward_relu_prefix(
         &self,
         tape: &mut Tape,
         features: &BlockStorage,
         c: usize,
-        in_place: bool,
     ) -> Result<Tensor> {
         let _scope = self.weight.module_scope();
-        if in_place {
-            ops::batch_norm_relu_prefix(
-                tape,
-                features,
-                c,
-                self.weight.tensor(),
-                self.bias.tensor(),
-                &self.running,
-                self.options,
-            )
-        } else {
-            let x = features.gather(tape, c)?;
-            self.forward_relu_fused(tape, &x)
-        }
+        ops::batch_norm_relu_prefix(
+            tape,
+            features,
+            c,
+            self.weight.tensor(),
+            self.bias.tensor(),
+            &self.running,
+            self.options,
+        )
+    }
+
+    /// ReLU of the batch norm of the first `c` channels of `features`, as one fused op on a
+    /// packed copy of them that backward keeps ([`BlockStorage::gather`], a concatenation).
+    pub fn forward_relu_gathered(
+        &self,
+        tape: &mut Tape,
+        features: &BlockStorage,
+        c: usize,
+    ) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
+        let x = features.gather(tape, c)?;
+        self.forward_relu_fused(tape, &x)
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! `cargo run --release --example checkpoint_chain [-- --layers 64 --batch 16 --json --svg PATH]`
 
-use checkpoint::planner::{profile_chain, ChainModel, Plan, PlanOptions};
+use checkpoint::planner::{engine_error, profile_chain, ChainModel, Plan, PlanOptions};
 use checkpoint::{run_plan, OpKind, Stage};
 use clap::Parser;
 use harness::{median, svg_chart};
@@ -154,11 +154,18 @@ fn plans(a: &Args, model: &ChainModel) -> tape::Result<(Vec<Candidate>, Vec<Stri
         };
         out.push((name, "equal segments", None, Plan::equal_segments(n, k)));
     }
-    let naive = model.predict(&Plan::keep_all(n))?.peak;
+    let naive = model
+        .predict(&Plan::keep_all(n))
+        .map_err(engine_error)?
+        .peak;
     let families = [("planner", None), ("planner, single level", Some(1))];
     let mut least = Vec::new();
     for (_, depth) in families {
-        least.push(model.least_peak(PlanOptions { max_depth: depth })?);
+        least.push(
+            model
+                .least_peak(PlanOptions { max_depth: depth })
+                .map_err(engine_error)?,
+        );
     }
     let pct = |b: u64| 100.0 * b as f64 / naive as f64;
     let mut budgets: Vec<(String, u64)> = a
@@ -182,7 +189,9 @@ fn plans(a: &Args, model: &ChainModel) -> tape::Result<(Vec<Candidate>, Vec<Stri
                 ));
                 continue;
             }
-            let plan = model.plan_with(*budget, PlanOptions { max_depth: depth })?;
+            let plan = model
+                .plan_with(*budget, PlanOptions { max_depth: depth })
+                .map_err(engine_error)?;
             let name = format!("{family} at {what}, {mb:.1} MB");
             out.push((name, family, Some(*budget), plan));
         }
@@ -248,7 +257,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fixed = equal_segment_peaks(&dev, &layers, &x, n)?;
     check_fixed_schedules(&a, &rows, &fixed);
     let smallest = a.budgets.iter().copied().fold(f64::INFINITY, f64::min);
-    let naive = model.predict(&Plan::keep_all(n))?.peak;
+    let naive = model
+        .predict(&Plan::keep_all(n))
+        .map_err(engine_error)?
+        .peak;
     if let (false, Ok(plan)) = (a.json, model.plan((naive as f64 * smallest) as u64)) {
         println!(
             "\nthe plan at {:.0}% of the naive peak:\n{}",

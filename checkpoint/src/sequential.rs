@@ -131,7 +131,8 @@ pub fn run_plan<'a>(
     plan: &Plan,
     x: &Tensor,
 ) -> Result<Tensor> {
-    plan.check_covers(layers.len())?;
+    plan.check_covers(layers.len())
+        .map_err(crate::planner::engine_error)?;
     run_segments(tape, layers, plan, x)
 }
 

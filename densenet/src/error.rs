@@ -77,6 +77,6 @@ impl From<trainer::anomaly::GuardError> for DenseNetError {
 /// invalid arguments.
 impl From<checkpoint::planner::Error> for DenseNetError {
     fn from(e: checkpoint::planner::Error) -> Self {
-        DenseNetError::Engine(e.into())
+        DenseNetError::Engine(checkpoint::planner::engine_error(e))
     }
 }

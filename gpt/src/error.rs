@@ -57,6 +57,6 @@ impl From<trainer::anomaly::GuardError> for GptError {
 /// invalid arguments.
 impl From<checkpoint::planner::Error> for GptError {
     fn from(e: checkpoint::planner::Error) -> Self {
-        GptError::Engine(e.into())
+        GptError::Engine(checkpoint::planner::engine_error(e))
     }
 }

@@ -45,6 +45,6 @@ impl From<trainer::anomaly::GuardError> for ResNetError {
 /// invalid arguments.
 impl From<checkpoint::planner::Error> for ResNetError {
     fn from(e: checkpoint::planner::Error) -> Self {
-        ResNetError::Engine(e.into())
+        ResNetError::Engine(checkpoint::planner::engine_error(e))
     }
 }

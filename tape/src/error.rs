@@ -96,15 +96,3 @@ impl Error {
         }
     }
 }
-
-/// The checkpoint planner's errors are bad arguments: the same `op` and message, so that `?`
-/// carries a planner failure into the engine's results.
-impl From<recompute_planner::Error> for Error {
-    fn from(e: recompute_planner::Error) -> Self {
-        match e {
-            recompute_planner::Error::InvalidArgument { op, msg } => {
-                Error::InvalidArgument { op, msg }
-            }
-        }
-    }
-}

@@ -16,9 +16,12 @@
 //!   bytes or an explicit plan, spelled the same on every command line; [`PlanCache`] keeps a
 //!   model's budget plans, made again when the bytes the device holds change.
 //!
-//! Only `tape`'s public API is used: `Tape::record_always`, `Tape::backward_from`,
-//! `Tape::set_known_output`, `Tape::capture_outputs_of`, `Tape::count_ops_run_elsewhere` and
-//! `Gradients::merge`.
+//! Only `tape`'s public API is used. Of the tape: `Tape::record_always`, `backward_from`,
+//! `set_known_output`, `capture_outputs_of`, `take_captured_outputs`, `count_ops_run_elsewhere`,
+//! `ops_started`, `context` / `set_context` / `with_context`, `is_recording`, `is_training`; of
+//! the gradients: `Gradients::merge`, `take`, `get_id`, `accumulate_id`; besides them
+//! `Tensor::deep_copy`, the device's `MemoryStats` (`current`, `peak`,
+//! `reset_peak`, `warn`) and `tape::context::current`.
 
 mod plan_cache;
 pub mod planner;

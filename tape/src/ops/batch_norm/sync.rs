@@ -109,9 +109,9 @@ impl SyncBn {
     ) -> Result<GlobalMoments> {
         let local = sums(None)?;
         let key = key_of(count, &local);
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = || self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         if recompute {
-            return kept
+            return kept()
                 .iter()
                 .rev()
                 .find(|k| k.key == key)
@@ -145,6 +145,8 @@ impl SyncBn {
             var,
             count: total,
         };
+        // Locked only now: no lock is held across a collective.
+        let mut kept = kept();
         if kept.len() == KEPT {
             kept.pop_front();
         }

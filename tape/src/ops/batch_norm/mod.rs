@@ -66,7 +66,6 @@ pub(crate) struct BnBackward<'a> {
     /// Which gradients are wanted: input, weight, bias.
     pub(crate) want: [bool; 3],
     /// A synchronised batch norm's reducer (training): the input gradient's sums are global.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) sync: Option<&'a dyn BatchStatsReducer>,
 }
 

@@ -65,7 +65,6 @@ pub(crate) struct BnReluBackward<'a> {
     pub(crate) want_weight: bool,
     pub(crate) want_bias: bool,
     /// A synchronised layer's reducer (training): the input gradient's sums are global.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) sync: Option<&'a dyn BatchStatsReducer>,
 }
 

@@ -12,7 +12,8 @@
 //! Data parallel (a build with `--features mpi`): `mpirun -np 2 target/release/examples/benchmark
 //! --dist mpi --batch 32` measures each rank's step on its shard (`--batch` per process); rank 0
 //! prints one row per rank and the step's communication (bytes all-reduced, buckets, seconds
-//! communicating and seconds exposed after backward). The depth sweep is skipped.
+//! communicating and seconds exposed after backward). The depth sweep is skipped. `--sync-bn`
+//! synchronises the batch norms (statistics of the global batch).
 
 use clap::Parser;
 use densenet::{DenseNetConfig, Recompute, Selective};
@@ -120,6 +121,11 @@ struct Args {
     /// `bucket_cap_mb`.
     #[arg(long, default_value_t = 25.0)]
     bucket_mb: f64,
+    /// With --dist: synchronised batch norm (statistics of the global batch, reduced once per
+    /// layer in the forward pass and reused by every recompute); without it each rank
+    /// normalises its own shard (PyTorch's default). CPU only for now.
+    #[arg(long)]
+    sync_bn: bool,
 }
 
 /// One model's table: every mode, one training step each.
@@ -262,6 +268,7 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
     let ddp_options = DdpOptions {
         bucket_bytes,
         first_bucket_bytes: bucket_bytes.min(DdpOptions::default().first_bucket_bytes),
+        sync_batch_norm: args.sync_bn,
     };
     let reducer = group.map(|g| (g, ddp_options));
     // Opened once up front so a missing GPU or library fails before any work.

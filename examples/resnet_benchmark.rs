@@ -10,7 +10,8 @@
 //! ResNet-50 on 224x224 images; `-- --json` prints one JSON object per row. On a GPU (a build with
 //! `--features cuda`): `-- --device cuda`. Data parallel (a build with `--features mpi`):
 //! `mpirun -np 2 target/release/examples/resnet_benchmark --dist mpi --batch 32`, `--batch` per
-//! process; rank 0 prints every rank's row and its communication; no planner front.
+//! process; rank 0 prints every rank's row and its communication; no planner front. `--sync-bn`
+//! synchronises the batch norms (statistics of the global batch).
 
 use clap::{Parser, ValueEnum};
 use densenet_suite::resnet_bench::{
@@ -81,6 +82,11 @@ struct Args {
     /// mpi`); `--batch` is per process.
     #[arg(long, default_value = "none")]
     dist: DistKind,
+    /// With --dist: synchronised batch norm (statistics of the global batch, reduced once per
+    /// layer in the forward pass and reused by every recompute); without it each rank
+    /// normalises its own shard (PyTorch's default). CPU only for now.
+    #[arg(long)]
+    sync_bn: bool,
 }
 
 /// `budget:auto`'s budget: halfway between the naive and per-block peaks in `peaks` (by setting).
@@ -170,7 +176,7 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
     if let Some(g) = group {
         let measure = |memory: Recompute| {
             let sizes = (batch, image, iters);
-            let options = DdpOptions::default();
+            let options = DdpOptions::default().with_sync_batch_norm(args.sync_bn);
             measure_training_step_ddp(&device()?, &config, memory, sizes, g, options)
                 .map_err(|e| format!("{memory}: {e}"))
         };

@@ -9,11 +9,13 @@
 //!
 //! With `--dist mpi` (a build with `--features mpi`) it joins the world `mpirun -np N` started:
 //! data-parallel training, `--batch` per process, rank 0 alone printing and writing `--out`.
+//! `--sync-bn` normalises with the global batch's statistics (synchronised batch norm).
 //!
 //! ```text
 //! cargo run --release --example train_cifar -- --data ~/cifar-10-batches-bin --out runs/bc100
 //! cargo run --release --example train_cifar            # no data: a quick SYNTHETIC run
 //! mpirun -np 2 target/release/examples/train_cifar --dist mpi --batch 32
+//! mpirun -np 2 target/release/examples/train_cifar --dist mpi --batch 32 --sync-bn
 //! ```
 
 use clap::Parser;
@@ -119,6 +121,12 @@ struct Args {
     /// `--features mpi`; without mpirun, a world of one). `--batch` is per process.
     #[arg(long, default_value = "none")]
     dist: DistKind,
+    /// With --dist: synchronised batch norm (statistics of the global batch, reduced once per
+    /// layer in the forward pass and reused by every recompute; running statistics the same on
+    /// every rank); without it each rank normalises its own shard (PyTorch's default). CPU only
+    /// for now.
+    #[arg(long)]
+    sync_bn: bool,
     /// Fault injection for tests: RANK:STEP makes that rank's training step STEP (0-based over
     /// the run) fail as bad data would.
     #[arg(long, hide = true, value_name = "RANK:STEP")]
@@ -411,16 +419,23 @@ fn run(args: Args, group: ProcessGroup) -> AnyResult<()> {
     };
     let ddp = match args.dist {
         DistKind::None => None,
-        _ => Some(Ddp::new(group.clone(), &mut model, DdpOptions::default())?),
+        _ => {
+            let options = DdpOptions::default().with_sync_batch_norm(args.sync_bn);
+            Some(Ddp::new(group.clone(), &mut model, options)?)
+        }
     };
     if ddp.is_some() {
         say!(
             root,
-            "data parallel: {} processes ({}), batch {} per process, {} in all",
+            "data parallel: {} processes ({}), batch {} per process, {} in all{}",
             group.world_size(),
             group.backend(),
             args.batch,
-            args.batch * group.world_size()
+            args.batch * group.world_size(),
+            match args.sync_bn {
+                true => ", synchronised batch norm",
+                false => "",
+            }
         );
     }
     let fail_at = match &args.fail_at {

@@ -23,3 +23,4 @@ run() { # package, test name
 
 run dist mpi_world
 run densenet-suite dist_densenet
+run densenet-suite dist_sync_bn

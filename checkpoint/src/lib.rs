@@ -23,6 +23,7 @@
 //! `Tensor::deep_copy`, the device's `MemoryStats` (`current`, `peak`,
 //! `reset_peak`, `warn`) and `tape::context::current`.
 
+mod error;
 mod plan_cache;
 pub mod planner;
 mod profile;

@@ -6,15 +6,6 @@
 //! The planner's functions fail with [`recompute_planner::Error`], which converts into
 //! [`tape::Error::InvalidArgument`] (same `op`, same message) under `?`.
 
+pub use crate::error::engine_error;
 pub use crate::profile::profile_chain;
 pub use recompute_planner::*;
-
-/// A planner error as the engine's: the planner's errors are bad arguments, with the same `op`
-/// and message (the planner crate depends on no engine, so the conversion lives here).
-pub fn engine_error(e: recompute_planner::Error) -> tape::Error {
-    match e {
-        recompute_planner::Error::InvalidArgument { op, msg } => {
-            tape::Error::InvalidArgument { op, msg }
-        }
-    }
-}

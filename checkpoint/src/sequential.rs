@@ -132,7 +132,7 @@ pub fn run_plan<'a>(
     x: &Tensor,
 ) -> Result<Tensor> {
     plan.check_covers(layers.len())
-        .map_err(crate::planner::engine_error)?;
+        .map_err(crate::error::engine_error)?;
     run_segments(tape, layers, plan, x)
 }
 

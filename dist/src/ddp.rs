@@ -18,6 +18,7 @@ use crate::bucket_state::{Layout, Slot, StepComm, StepState};
 use crate::error::{DistError, Result};
 use crate::group::ProcessGroup;
 use crate::module_sync::broadcast_module;
+use crate::sync_bn::{SyncBatchNorm, SyncBnStats};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tape::nn::{self, Module};
@@ -32,6 +33,10 @@ pub struct DdpOptions {
     /// The same for the first bucket, the first gradients to become final (1 MiB by default,
     /// as DDP's first bucket): small, so that communication starts early in backward.
     pub first_bucket_bytes: usize,
+    /// Synchronise the model's batch norms over the group ([`SyncBatchNorm`]: statistics of
+    /// the global batch; `--sync-bn` in the examples). Off by default: each rank normalises
+    /// its own shard, as under PyTorch's DDP.
+    pub sync_batch_norm: bool,
 }
 
 impl Default for DdpOptions {
@@ -39,6 +44,7 @@ impl Default for DdpOptions {
         DdpOptions {
             bucket_bytes: 25 * 1024 * 1024,
             first_bucket_bytes: 1024 * 1024,
+            sync_batch_norm: false,
         }
     }
 }
@@ -49,7 +55,14 @@ impl DdpOptions {
         DdpOptions {
             bucket_bytes: bytes,
             first_bucket_bytes: bytes,
+            sync_batch_norm: false,
         }
+    }
+
+    /// These options with the model's batch norms synchronised (`on`) or not.
+    pub fn with_sync_batch_norm(mut self, on: bool) -> Self {
+        self.sync_batch_norm = on;
+        self
     }
 }
 
@@ -62,11 +75,13 @@ pub struct Ddp {
     dtype: DType,
     layout: Mutex<Option<Arc<Layout>>>,
     last: Mutex<StepComm>,
+    sync_bn: Option<SyncBatchNorm>,
 }
 
 impl Ddp {
     /// Reduces `model`'s gradients over `group`; first overwrites its parameters and buffers
-    /// with rank 0's. The parameters must share one dtype.
+    /// with rank 0's. The parameters must share one dtype. With
+    /// [`DdpOptions::sync_batch_norm`], also synchronises the model's batch norms.
     pub fn new<M: Module + ?Sized>(
         group: ProcessGroup,
         model: &mut M,
@@ -92,6 +107,11 @@ impl Ddp {
             })
             .collect();
         let index = slots.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+        let sync_bn = options.sync_batch_norm.then(|| {
+            let sync = SyncBatchNorm::new(&group);
+            sync.convert(model);
+            sync
+        });
         Ok(Ddp {
             group,
             options,
@@ -100,7 +120,14 @@ impl Ddp {
             dtype,
             layout: Mutex::new(None),
             last: Mutex::new(StepComm::default()),
+            sync_bn,
         })
+    }
+
+    /// What the synchronised batch norms have reduced so far, if they are synchronised
+    /// ([`DdpOptions::sync_batch_norm`]).
+    pub fn sync_batch_norm(&self) -> Option<SyncBnStats> {
+        self.sync_bn.as_ref().map(SyncBatchNorm::stats)
     }
 
     /// The group gradients are averaged over.

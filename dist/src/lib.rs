@@ -13,6 +13,8 @@
 //!   communication thread, overlapping the rest of backward). Under checkpointing gradients
 //!   become final in recompute order: buckets follow readiness, learned in the first step (as
 //!   DDP rebuilds its buckets after its first iteration), not declaration order.
+//! - [`SyncBatchNorm`]: batch norms that train with the global batch's statistics, reduced once
+//!   in the forward pass and reused (not reduced again) by a checkpointed segment's recompute.
 
 mod bucket_state;
 mod buffer;
@@ -26,6 +28,7 @@ mod mpi_transport;
 #[cfg(feature = "nccl")]
 mod nccl_transport;
 mod sampler;
+mod sync_bn;
 mod transport;
 
 pub use bucket_state::{BucketLaunch, StepComm};
@@ -36,4 +39,5 @@ pub use group::{CommStats, ProcessGroup};
 pub use join::{join, DistKind};
 pub use module_sync::{broadcast_buffers, broadcast_module, module_fingerprint};
 pub use sampler::DistributedSampler;
+pub use sync_bn::{SyncBatchNorm, SyncBnStats};
 pub use transport::{ReduceOp, Single, Transport};

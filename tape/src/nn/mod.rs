@@ -216,6 +216,20 @@ pub fn running_stats<M: Module + ?Sized>(m: &M) -> Vec<(String, &RunningStats)> 
     out
 }
 
+/// Synchronises every batch norm of `m` over a data-parallel group through `reducer` (PyTorch's
+/// `SyncBatchNorm.convert_sync_batchnorm`), or with `None` makes each process normalise its own
+/// batch again; returns the number of batch norms changed. See [`RunningStats::set_sync`].
+pub fn set_batch_norm_sync<M: Module + ?Sized>(
+    m: &M,
+    reducer: Option<std::sync::Arc<dyn crate::ops::BatchStatsReducer>>,
+) -> usize {
+    let layers = running_stats(m);
+    for (_, rs) in &layers {
+        rs.set_sync(reducer.clone());
+    }
+    layers.len()
+}
+
 /// Gives every parameter of `m` the name it has in `m`'s state dict (what the optimizers key
 /// saved state by, and what errors name). Model constructors call it once, at the root.
 pub fn name_parameters<M: Module + ?Sized>(m: &mut M) {

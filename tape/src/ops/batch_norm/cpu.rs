@@ -1,6 +1,7 @@
 //! CPU kernels of batch normalisation over NCHW tensors. Per-channel sums are accumulated in `f64`
 //! (statistics in two passes), so `f32` inputs get accurate means and variances.
 
+use super::sync::global_grad_sums;
 use super::{
     channel_affine, host_forward, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats,
     HostNorm, OP,
@@ -87,6 +88,20 @@ fn map_planes<T: Elem>(
             .for_each(body);
     }
     out
+}
+
+/// The sum of the values in `planes` (`center`: `None`) or of their squared deviations from
+/// `center`, exactly as [`moments`] takes each pass: a synchronised batch norm's local sums.
+pub(crate) fn channel_sum<'s, T: Elem, P>(planes: P, center: Option<f64>) -> f64
+where
+    P: Iterator<Item = &'s [T]>,
+{
+    match center {
+        None => planes.map(|p| lane_sum(p, |v| v)).sum(),
+        Some(mean) => planes
+            .map(|p| lane_sum(p, |v| (v - mean) * (v - mean)))
+            .sum(),
+    }
 }
 
 /// `(mean, biased variance)` of the values in `planes` (`m` in all), in two passes in `f64`.
@@ -267,6 +282,12 @@ impl BatchNormKernels for Cpu {
             step,
             l.count(),
             x.device(),
+            |center| {
+                Ok(dispatch_float!(x.dtype(), T => {
+                    let xs = x.as_slice::<T>()?;
+                    per_channel(l, |ch| channel_sum(l.planes(xs, ch), center.map(|c| c[ch])))
+                }))
+            },
             |how| {
                 Ok(dispatch_float!(x.dtype(), T => {
                     let xs = x.as_slice::<T>()?;
@@ -302,8 +323,30 @@ impl BatchNormKernels for Cpu {
         let (gx, sums) = dispatch_float!(g.dtype(), T => {
             let gs = g.as_slice::<T>()?;
             let xs = a.x.map(|x| x.as_slice::<T>()).transpose()?;
-            match train_x {
-                Some(x) => {
+            match (train_x, a.sync) {
+                (Some(x), Some(sync)) => {
+                    // Synchronised: the sums of every channel first, summed over the group,
+                    // then the input gradient from the global sums; the weight's and bias's
+                    // gradients stay local.
+                    let x = x.as_slice::<T>()?;
+                    let local = per_channel(l, |ch| channel_grad_sums(gs, xs, l, ch, mean[ch], invstd[ch]));
+                    let (global, total) = global_grad_sums(sync, &local, l.count())?;
+                    let f = |ch: usize, out: Vec<&mut [MaybeUninit<T>]>| {
+                        let k = InputGradCoef {
+                            scale: weight[ch] * invstd[ch],
+                            mean: mean[ch],
+                            invstd: invstd[ch],
+                            mean_g: global[ch] / total,
+                            mean_gx: global[c + ch] / total,
+                        };
+                        write_train_grad(l.planes(gs, ch), l.planes(x, ch), out, k);
+                    };
+                    // SAFETY: `write_train_grad` writes every element of the `n` planes of `hw`
+                    // elements it gets (the gradient's and the input's planes are `hw` long).
+                    let (v, _) = unsafe { by_channel((n, c, l.hw), l.parallel(), f) };
+                    (Some(Tensor::from_vec(v, g.shape(), g.device())?), local)
+                }
+                (Some(x), None) => {
                     let x = x.as_slice::<T>()?;
                     let f = |ch: usize, out: Vec<&mut [MaybeUninit<T>]>| {
                         let (sg, sgx) = channel_grad_sums(gs, xs, l, ch, mean[ch], invstd[ch]);
@@ -322,7 +365,7 @@ impl BatchNormKernels for Cpu {
                     let (v, sums) = unsafe { by_channel((n, c, l.hw), l.parallel(), f) };
                     (Some(Tensor::from_vec(v, g.shape(), g.device())?), sums)
                 }
-                None => {
+                (None, _) => {
                     let sums = match need_sums {
                         true => per_channel(l, |ch| channel_grad_sums(gs, xs, l, ch, mean[ch], invstd[ch])),
                         false => Vec::new(),

@@ -19,6 +19,11 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub(crate) mod meta;
+pub(crate) mod sync;
+
+use std::sync::Arc;
+use sync::SyncBn;
+pub use sync::{BatchStatsReducer, SyncPass, KEPT as SYNC_KEPT};
 
 const OP: &str = "batch_norm2d";
 
@@ -60,6 +65,8 @@ pub(crate) struct BnBackward<'a> {
     pub(crate) eps: f64,
     /// Which gradients are wanted: input, weight, bias.
     pub(crate) want: [bool; 3],
+    /// A synchronised batch norm's reducer (training): the input gradient's sums are global.
+    pub(crate) sync: Option<&'a dyn BatchStatsReducer>,
 }
 
 /// The gradients of a batch norm's input, weight and bias (each when wanted).
@@ -132,11 +139,15 @@ struct Stats {
 /// The running mean and variance of a batch norm (one value per channel) and the number of
 /// batches folded into them. Updates go through a mutex, so a model borrowed immutably (by the
 /// closures of a tape, say) can still update them.
+///
+/// A layer can be synchronised ([`RunningStats::set_sync`]): in training its batch statistics
+/// are then those of the global batch of a data-parallel group (see [`BatchStatsReducer`]).
 #[derive(Debug)]
 pub struct RunningStats {
     channels: usize,
     device: Device,
     stats: Mutex<Stats>,
+    sync: Mutex<Option<Arc<SyncBn>>>,
 }
 
 impl Clone for RunningStats {
@@ -145,6 +156,7 @@ impl Clone for RunningStats {
             channels: self.channels,
             device: self.device.clone(),
             stats: Mutex::new(self.lock().clone()),
+            sync: Mutex::new(self.sync().map(|s| Arc::new(s.fresh()))),
         }
     }
 }
@@ -160,7 +172,30 @@ impl RunningStats {
                 var: Tensor::ones(&[channels], dtype, device)?,
                 num_batches_tracked: 0,
             }),
+            sync: Mutex::new(None),
         })
+    }
+
+    /// Synchronises the layer's training statistics over a data-parallel group through
+    /// `reducer` (PyTorch's `SyncBatchNorm`), or with `None` goes back to each process's own
+    /// batch. The global statistics of the last few batches are kept so that a checkpointed
+    /// segment's recompute reuses them without communicating. Supported on the CPU; a CUDA
+    /// tensor fails with a typed error.
+    pub fn set_sync(&self, reducer: Option<Arc<dyn BatchStatsReducer>>) {
+        *self.sync.lock().unwrap_or_else(PoisonError::into_inner) =
+            reducer.map(|r| Arc::new(SyncBn::new(r)));
+    }
+
+    /// Whether the layer's training statistics are synchronised ([`RunningStats::set_sync`]).
+    pub fn is_synced(&self) -> bool {
+        self.sync().is_some()
+    }
+
+    pub(crate) fn sync(&self) -> Option<Arc<SyncBn>> {
+        self.sync
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Stats> {
@@ -274,6 +309,24 @@ pub(crate) fn check_affine(
     x.device().check_same(running.device(), op)
 }
 
+/// Fails for a synchronised layer training on a device whose kernels cannot synchronise yet
+/// (CUDA); the CPU synchronises, a meta device (no values) normalises as usual.
+pub(crate) fn check_sync(
+    op: &'static str,
+    training: bool,
+    x: &Tensor,
+    running: &RunningStats,
+) -> Result<()> {
+    if training && x.device().is_cuda() && running.is_synced() {
+        return Err(Error::invalid(
+            op,
+            "synchronised batch norm (--sync-bn) is not supported on cuda yet; train without \
+             it (each process normalises its own shard) or on the CPU",
+        ));
+    }
+    Ok(())
+}
+
 /// One step's per-channel normalisation: `y = x * scale + shift`.
 pub(crate) struct Normalization {
     /// The mean used (batch or running).
@@ -327,6 +380,11 @@ pub(crate) enum HostNorm<'a> {
 /// (with [`HostNorm`]) over `m` values per channel and returns the output and, in training,
 /// each channel's `(mean, biased variance)`; then the running statistics are updated (training,
 /// forward phase) and the statistics backward needs are returned when asked.
+///
+/// A synchronised layer ([`RunningStats::set_sync`]) in training normalises with the global
+/// batch's statistics instead, from the local per-channel sums that `sums` gives (`None`: of
+/// `x`; `Some(mean)`: of `(x - mean)^2`). In training, `update_running` is false exactly in a
+/// recompute, which reuses the statistics the forward pass kept.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn host_forward(
     weight: &Tensor,
@@ -336,11 +394,18 @@ pub(crate) fn host_forward(
     (training, update_running, want_stats): (bool, bool, bool),
     m: usize,
     device: &Device,
+    sums: impl Fn(Option<&[f64]>) -> Result<Vec<f64>>,
     run: impl FnOnce(HostNorm<'_>) -> Result<(Tensor, Vec<(f64, f64)>)>,
 ) -> Result<(Tensor, Option<BnStats>)> {
     let (w, b) = (weight.try_to_f64_vec()?, bias.try_to_f64_vec()?);
     let eps = opts.eps;
-    let (out, norm) = if training {
+    let sync = running.sync().filter(|_| training);
+    let (out, norm) = if let Some(sync) = sync {
+        let g = sync.moments(OP, !update_running, m, sums)?;
+        let norm = Normalization::from_global(g, &w, &b, eps);
+        let (out, _) = run(HostNorm::Running(&norm))?;
+        (out, norm)
+    } else if training {
         let (out, stats) = run(HostNorm::Batch(&w, &b, eps))?;
         (out, Normalization::from_batch(stats, m, &w, &b, eps))
     } else {
@@ -374,6 +439,19 @@ impl Normalization {
         let corr = m as f64 / (m.max(2) - 1) as f64;
         let unbiased = var.iter().map(|v| v * corr).collect();
         Self::from_moments(mean, &var, unbiased, weight, bias, eps)
+    }
+
+    /// A synchronised training step's normalisation, from the global batch's moments (the
+    /// unbiased variance over the global count, as [`Normalization::from_batch`] takes it).
+    pub(crate) fn from_global(
+        g: sync::GlobalMoments,
+        weight: &[f64],
+        bias: &[f64],
+        eps: f64,
+    ) -> Self {
+        let corr = g.count / (g.count.max(2.0) - 1.0);
+        let unbiased = g.var.iter().map(|v| v * corr).collect();
+        Self::from_moments(g.mean, &g.var, unbiased, weight, bias, eps)
     }
 
     /// An eval step's normalisation, from the running statistics.
@@ -424,6 +502,8 @@ struct Saved {
     x: Option<Tensor>,
     stats: BnStats,
     weight: Option<Tensor>,
+    /// A synchronised layer's reducer (training only).
+    sync: Option<Arc<dyn BatchStatsReducer>>,
 }
 
 /// Batch normalisation of an NCHW `x` with per-channel `weight` and `bias` (shape `[C]`).
@@ -431,6 +511,8 @@ struct Saved {
 /// Training (`tape.is_training()`): normalises with the batch mean and biased variance over
 /// `N*H*W` (which must exceed 1) and, in [`Phase::Forward`] only, updates `running` the PyTorch
 /// way (unbiased variance, `momentum`) and counts the batch. Eval: normalises with `running`.
+/// A synchronised layer ([`RunningStats::set_sync`]) trains with the global batch's statistics,
+/// reduced once in the forward pass and reused by a recompute.
 pub fn batch_norm2d(
     tape: &mut Tape,
     x: &Tensor,
@@ -445,6 +527,7 @@ pub fn batch_norm2d(
     check_affine(OP, x, c, weight, bias, running)?;
     let training = tape.is_training();
     check_batch(OP, training, n * h * w)?;
+    check_sync(OP, training, x, running)?;
     let record = tape.needs_grad(&[x, weight, bias]);
     let k = kernels(x.device())?;
     let (out, stats) = k.batch_norm_forward(&BnForward {
@@ -464,6 +547,7 @@ pub fn batch_norm2d(
                 x: needs_xhat.then(|| x.clone()),
                 stats,
                 weight: x.requires_grad().then(|| weight.clone()),
+                sync: running.sync().filter(|_| training).map(|s| s.reducer()),
             })
         }
         _ => None,
@@ -494,6 +578,7 @@ pub fn batch_norm2d(
             training,
             eps: opts.eps,
             want,
+            sync: saved.sync.as_deref(),
         })?;
         for (key, grad) in keys.iter().zip([gx, gw, gb]) {
             if let Some(grad) = grad {

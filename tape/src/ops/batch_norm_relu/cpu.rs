@@ -1,7 +1,8 @@
 //! CPU kernels of the fused concat -> batch norm -> ReLU. Every output plane `(image, channel)`
 //! is computed straight from the part that holds the channel; gradients are written per part.
 
-use super::super::batch_norm::cpu::normalize_by_channel;
+use super::super::batch_norm::cpu::{channel_sum, normalize_by_channel};
+use super::super::batch_norm::sync::global_grad_sums;
 use super::super::batch_norm::{host_forward, BnStats};
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
 use crate::backend::cpu::lanes::{lane_sum2, masked_sums};
@@ -255,6 +256,18 @@ impl BatchNormReluKernels for Cpu {
             step,
             n * hw,
             x0.device(),
+            |center| {
+                Ok(dispatch_float!(x0.dtype(), T => {
+                    let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
+                    let parts = Parts::new(data, (a.channels.to_vec(), a.widths.to_vec()), n, hw);
+                    let sum = |ch: usize| channel_sum(parts.planes(ch), center.map(|c| c[ch]));
+                    if parts.parallel() {
+                        (0..c).into_par_iter().map(sum).collect::<Vec<f64>>()
+                    } else {
+                        (0..c).map(sum).collect::<Vec<f64>>()
+                    }
+                }))
+            },
             |how| {
                 Ok(dispatch_float!(x0.dtype(), T => {
                     let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
@@ -284,21 +297,29 @@ impl BatchNormReluKernels for Cpu {
         let any_x = a.want_parts.iter().any(|&b| b);
         let with_x = a.want_weight || (a.training && any_x);
         let m = (n * hw) as f64;
-        let coef = |ch: usize, (sg, sgx): (f64, f64)| {
-            let a_ = weight[ch] * invstd[ch];
-            if a.training {
-                InputCoef {
-                    a: a_,
-                    b: -a_ * invstd[ch] * (sgx * invstd[ch]) / m,
-                    k: -a_ * sg / m,
-                    mean: mean[ch],
-                }
-            } else {
-                InputCoef {
-                    a: a_,
-                    b: 0.0,
-                    k: 0.0,
-                    mean: 0.0,
+        // A synchronised layer's input gradient takes the group's sums (`global`).
+        let (wr, ir, mr) = (&weight, &invstd, &mean);
+        let coef_with = |global: Option<(Vec<f64>, f64)>| {
+            move |ch: usize, (sg, sgx): (f64, f64)| {
+                let (sg, sgx, m) = match &global {
+                    Some((sums, total)) => (sums[ch], sums[c + ch], *total),
+                    None => (sg, sgx, m),
+                };
+                let a_ = wr[ch] * ir[ch];
+                if a.training {
+                    InputCoef {
+                        a: a_,
+                        b: -a_ * ir[ch] * (sgx * ir[ch]) / m,
+                        k: -a_ * sg / m,
+                        mean: mr[ch],
+                    }
+                } else {
+                    InputCoef {
+                        a: a_,
+                        b: 0.0,
+                        k: 0.0,
+                        mean: 0.0,
+                    }
                 }
             }
         };
@@ -311,6 +332,16 @@ impl BatchNormReluKernels for Cpu {
                 .iter_mut()
                 .map(|t| t.as_mut().map(|t| t.make_mut::<T>()).transpose())
                 .collect::<Result<Vec<_>>>()?;
+            let mut global = None;
+            if let (Some(sync), true) = (a.sync, a.training && any_x) {
+                // The sums of every channel first (no gradient written), summed over the group.
+                let none = vec![false; a.parts.len()];
+                let mut no_adds: Vec<Option<&mut [T]>> = (0..a.parts.len()).map(|_| None).collect();
+                let (local, _) =
+                    backward_by_channel(&parts, (gs, ys), &mean, true, &none, &mut no_adds, coef_with(None));
+                global = Some(global_grad_sums(sync, &local, n * hw)?);
+            }
+            let coef = coef_with(global);
             let (sums, bufs) =
                 backward_by_channel(&parts, (gs, ys), &mean, with_x, a.want_parts, &mut adds, coef);
             if a.want_weight {

@@ -8,7 +8,10 @@
 //! instead: read in place as one part (one call however many tensors were appended), its input
 //! gradient added in place into the storage's gradient.
 
-use super::batch_norm::{check_affine, check_batch, BatchNormOptions, BnStats, RunningStats};
+use super::batch_norm::{
+    check_affine, check_batch, check_sync, BatchNormOptions, BatchStatsReducer, BnStats,
+    RunningStats,
+};
 use super::checks::check_grad;
 use crate::backend::{kernel_trait, kernels};
 use crate::block_storage::BlockStorage;
@@ -16,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::{Phase, Tape};
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 mod cpu;
 #[cfg(feature = "cuda")]
@@ -60,6 +64,8 @@ pub(crate) struct BnReluBackward<'a> {
     pub(crate) want_parts: &'a [bool],
     pub(crate) want_weight: bool,
     pub(crate) want_bias: bool,
+    /// A synchronised layer's reducer (training): the input gradient's sums are global.
+    pub(crate) sync: Option<&'a dyn BatchStatsReducer>,
 }
 
 /// The gradients of the parts, the weight and the bias (each when wanted).
@@ -97,6 +103,8 @@ struct Saved {
     out: Tensor,
     stats: BnStats,
     weight: Tensor,
+    /// A synchronised layer's reducer (training only).
+    sync: Option<Arc<dyn BatchStatsReducer>>,
 }
 
 /// Shapes of the parts: `(n, channels of each part, h, w)`, checked to agree.
@@ -192,6 +200,7 @@ fn fused(
     check_affine(OP, parts[0], c, weight, bias, running)?;
     let training = tape.is_training();
     check_batch(OP, training, n * h * w)?;
+    check_sync(OP, training, parts[0], running)?;
     let k = kernels(parts[0].device())?;
     let (out, stats) = k.bn_relu_forward(&BnReluForward {
         parts,
@@ -218,6 +227,7 @@ fn fused(
         out: out.clone(),
         stats,
         weight: weight.clone(),
+        sync: running.sync().filter(|_| training).map(|s| s.reducer()),
     };
     let (kw, kb) = (GradKey::of(weight), GradKey::of(bias));
     Ok(tape.record_always(OP, out, move |g, grads| {
@@ -236,6 +246,7 @@ fn fused(
                 want_parts,
                 want_weight: kw.requires_grad(),
                 want_bias: kb.requires_grad(),
+                sync: saved.sync.as_deref(),
             };
             k.bn_relu_backward(&args, into)
         };

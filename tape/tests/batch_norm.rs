@@ -66,6 +66,14 @@ fn bn(tape: &mut Tape, x: &Tensor, w: &Tensor, b: &Tensor, running: &RunningStat
     ops::batch_norm2d(tape, x, w, b, running, BatchNormOptions::default()).unwrap()
 }
 
+impl Setup {
+    /// [`normalise`] of `x` with this weight and bias.
+    fn normalised(&self, mean: &[f64], var: &[f64], eps: f64) -> Vec<f64> {
+        let (w, b) = (self.w.to_f64_vec(), self.b.to_f64_vec());
+        normalise(&self.x, mean, var, &w, &b, eps)
+    }
+}
+
 fn setup(shape: [usize; 4], dtype: DType) -> Setup {
     let dev = Device::cpu();
     let c = shape[1];
@@ -131,14 +139,7 @@ fn training_output_uses_batch_statistics() {
     )
     .unwrap();
     let (mean, var): (Vec<f64>, Vec<f64>) = channel_stats(&s.x).into_iter().unzip();
-    let expected = normalise(
-        &s.x,
-        &mean,
-        &var,
-        &s.w.to_f64_vec(),
-        &s.b.to_f64_vec(),
-        opts.eps,
-    );
+    let expected = s.normalised(&mean, &var, opts.eps);
     assert_eq!(y.shape(), s.x.shape());
     assert_close(&y.to_f64_vec(), &expected, 1e-12);
 }
@@ -206,14 +207,7 @@ fn eval_uses_running_stats() {
     s.running.set_num_batches_tracked(5);
     let opts = BatchNormOptions::default();
     let y = ops::batch_norm2d(&mut Tape::no_grad(), &s.x, &s.w, &s.b, &s.running, opts).unwrap();
-    let expected = normalise(
-        &s.x,
-        &rm,
-        &rv,
-        &s.w.to_f64_vec(),
-        &s.b.to_f64_vec(),
-        opts.eps,
-    );
+    let expected = s.normalised(&rm, &rv, opts.eps);
     assert_close(&y.to_f64_vec(), &expected, 1e-12);
     assert_eq!(s.running.num_batches_tracked(), 5);
 }

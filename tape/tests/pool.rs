@@ -174,9 +174,8 @@ fn error_paths() {
         ),
         ("max_pool2d", max_pool2d),
     ] {
-        let invalid = |r: tape::Result<Tensor>| matches!(r, Err(Error::InvalidArgument { op, .. }) if op == name);
-        let shape =
-            |r: tape::Result<Tensor>| matches!(r, Err(Error::Shape { op, .. }) if op == name);
+        let invalid = |r| common::is_invalid_argument(r, name);
+        let shape = |r| common::is_shape_error(r, name);
         // (kernel, stride, padding)
         for (k, s, p, why) in [
             (0, 1, 0, "kernel 0"),

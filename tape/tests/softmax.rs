@@ -16,9 +16,7 @@ proptest! {
 
     #[test]
     fn gradcheck_softmax_and_log_softmax(
-        shape in prop::collection::vec(1usize..5, 1..4),
-        scale in 0.1f64..4.0,
-        seed in 0u64..1 << 62,
+        (shape, scale, seed) in common::shape_scale_seed(),
     ) {
         let x = common::scaled_randn(&shape, scale, seed)?;
         let ctx = Tape::recording().context();

@@ -1,8 +1,8 @@
 //! Helpers shared by the engine's integration tests (each test binary uses some of them).
 #![allow(dead_code)]
 
-use proptest::prelude::ProptestConfig;
-use tape::{ops, Context, DType, Device, Phase, Tape, Tensor};
+use proptest::prelude::*;
+use tape::{ops, Context, DType, Device, Error, Phase, Tape, Tensor};
 
 /// A proptest configuration of `cases` cases that writes no failure-persistence files.
 pub fn config(cases: u32) -> ProptestConfig {
@@ -36,4 +36,24 @@ pub fn scaled_randn(shape: &[usize], scale: f64, seed: u64) -> tape::Result<Tens
 /// `t` (which must have been made) as a leaf that requires a gradient.
 pub fn leaf(t: tape::Result<Tensor>) -> Tensor {
     t.unwrap().with_requires_grad(true)
+}
+
+/// Whether `r` is a shape error of `op`.
+pub fn is_shape_error(r: tape::Result<Tensor>, op: &str) -> bool {
+    matches!(r, Err(Error::Shape { op: o, .. }) if o == op)
+}
+
+/// Whether `r` is an invalid-argument error of `op`.
+pub fn is_invalid_argument(r: tape::Result<Tensor>, op: &str) -> bool {
+    matches!(r, Err(Error::InvalidArgument { op: o, .. }) if o == op)
+}
+
+/// A shape of rank 1 to 3 (sizes 1 to 4), a scale in `[0.1, 4)` and a seed: a scaled random
+/// input (see [`scaled_randn`]).
+pub fn shape_scale_seed() -> impl Strategy<Value = (Vec<usize>, f64, u64)> {
+    (
+        prop::collection::vec(1usize..5, 1..4),
+        0.1f64..4.0,
+        0u64..1 << 62,
+    )
 }

@@ -10,23 +10,16 @@ pub enum Error {
     /// The planner refused a model, a plan or a budget.
     #[error(transparent)]
     Planner(#[from] recompute_planner::Error),
-    /// An argument the adapter cannot work with; `op` names the entry point.
-    #[error("invalid argument to {op}: {msg}")]
-    InvalidArgument {
-        /// The entry point that was called.
-        op: &'static str,
-        /// What was wrong.
-        msg: String,
-    },
+    /// An argument the adapter cannot work with: the planner's [`recompute_planner::Error`]
+    /// type, whose `op` names the adapter's entry point that was called.
+    #[error(transparent)]
+    InvalidArgument(recompute_planner::Error),
 }
 
 impl Error {
     /// An [`Error::InvalidArgument`] from `op`.
     pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            op,
-            msg: msg.into(),
-        }
+        Error::InvalidArgument(recompute_planner::Error::invalid(op, msg))
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use candle_checkpoint::planner::{Plan, Segment};
 use candle_checkpoint::{backward, checkpoint, checkpoint_sequential, run_plan, Stage};
 use candle_core::{DType, Module, Result, Tensor, Var};
-use common::{assert_same_grads, dense, input, Dense};
+use common::{assert_same_grads, dense, input, input_and_layers, Dense};
 use proptest::prelude::*;
 
 const DTYPES: [DType; 2] = [DType::F32, DType::F64];
@@ -59,12 +59,7 @@ fn captured_parameters() -> Result<()> {
         let naive = backward(&run(x.as_tensor())?.sqr()?.sum_all()?)?;
         let y = checkpoint(&[x.as_tensor().clone()], move |a| Ok(vec![run(&a[0])?]))?;
         let ckpt = backward(&y[0].sqr()?.sum_all()?)?;
-        let mut of = vec![("x", x.as_tensor())];
-        for l in &ls {
-            of.push(("w", l.w.as_tensor()));
-            of.push(("b", l.b.as_tensor()));
-        }
-        assert_same_grads(&naive, &ckpt, &of);
+        assert_same_grads(&naive, &ckpt, &input_and_layers(&x, &ls));
     }
     Ok(())
 }
@@ -137,12 +132,7 @@ fn nested_segments() -> Result<()> {
             Ok(h)
         })?;
         let ckpt = backward(&y[0].sqr()?.sum_all()?)?;
-        let mut of = vec![("x", x.as_tensor())];
-        for l in &ls {
-            of.push(("w", l.w.as_tensor()));
-            of.push(("b", l.b.as_tensor()));
-        }
-        assert_same_grads(&naive, &ckpt, &of);
+        assert_same_grads(&naive, &ckpt, &input_and_layers(&x, &ls));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ mod common;
 use candle_checkpoint::nn::{BatchNorm, Dropout};
 use candle_checkpoint::{backward, checkpoint, is_recomputing, rng};
 use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
-use common::{assert_same_grads, bits, input, Dense};
+use common::{assert_same_grads, bits, input, maybe_checkpointed, Dense};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -25,13 +25,7 @@ fn recompute_safe_batch_norm_updates_running_statistics_once() -> Result<()> {
             let (bn2, lin2) = (bn.clone(), lin.clone());
             let seg =
                 move |x: &Tensor| -> Result<Tensor> { bn2.forward(&lin2.forward(x)?)?.relu() };
-            let y = if checkpointed {
-                checkpoint(&[x.as_tensor().clone()], move |a| Ok(vec![seg(&a[0])?]))
-                    .map_err(candle_core::Error::from)?
-                    .remove(0)
-            } else {
-                seg(x.as_tensor())?
-            };
+            let y = maybe_checkpointed(x.as_tensor(), checkpointed, seg)?;
             let g = backward(&y.sqr()?.sum_all()?).map_err(candle_core::Error::from)?;
             let grads = [
                 x.as_tensor(),
@@ -117,13 +111,7 @@ fn dropout_masks_replay() -> Result<()> {
             let seg = move |x: &Tensor| -> Result<Tensor> {
                 drop.forward_t(&lin.forward(x)?.relu()?, true)?.tanh()
             };
-            let y = if checkpointed {
-                checkpoint(&[x.as_tensor().clone()], move |a| Ok(vec![seg(&a[0])?]))
-                    .map_err(candle_core::Error::from)?
-                    .remove(0)
-            } else {
-                seg(x.as_tensor())?
-            };
+            let y = maybe_checkpointed(x.as_tensor(), checkpointed, seg)?;
             // A draw after the segment: the recompute must not shift the stream.
             let after = drop.mask(&y)?;
             let loss = (y.sqr()?.sum_all()? + after.sum_all()?)?;

@@ -25,9 +25,7 @@ fn chain(runs: &Cell<usize>) -> Vec<Stage<'_>> {
 }
 
 fn input() -> Tensor {
-    Tensor::randn(&[2, 3, 4, 4], DType::F64, &Device::cpu(), 1)
-        .unwrap()
-        .with_requires_grad(true)
+    tape::testing::randn_leaf(&[2, 3, 4, 4], DType::F64, &Device::cpu(), 1)
 }
 
 fn seg(range: std::ops::Range<usize>, checkpointed: bool) -> Segment {

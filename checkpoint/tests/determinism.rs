@@ -4,14 +4,12 @@
 
 use checkpoint::{checkpoint, checkpoint_with, CheckpointOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
-use tape::{ops, DType, Device, Error, Tape, Tensor};
+use tape::{ops, DType, Device, Error, Tape};
 
 #[test]
 fn a_segment_that_changes_between_passes_is_named_in_the_error() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[8], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[8], DType::F64, &dev, 1);
     let calls = AtomicU64::new(0);
     let options = CheckpointOptions {
         name: Some("drifting block".into()),
@@ -35,9 +33,7 @@ fn a_segment_that_changes_between_passes_is_named_in_the_error() {
 #[test]
 fn a_deterministic_segment_passes_the_check() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[8], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[8], DType::F64, &dev, 1);
     let options = CheckpointOptions {
         name: Some("steady".into()),
         verify_determinism: true,
@@ -49,17 +45,14 @@ fn a_deterministic_segment_passes_the_check() {
         ops::relu(t, &h)
     })
     .unwrap();
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let grads = tape.backward(&loss).unwrap();
+    let grads = tape::testing::grads_of_sum(tape, &y);
     assert!(grads.get(&x).is_some());
 }
 
 #[test]
 fn no_grad_and_eval_tapes_make_it_a_plain_call() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[8], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[8], DType::F64, &dev, 1);
     let mut no_grad = Tape::no_grad();
     let y = checkpoint(&mut no_grad, &[&x], |t, xs| ops::relu(t, &xs[0])).unwrap();
     assert!(no_grad.is_empty() && !y.requires_grad());
@@ -71,17 +64,14 @@ fn no_grad_and_eval_tapes_make_it_a_plain_call() {
     })
     .unwrap();
     assert_eq!(eval.len(), 2);
-    let loss = ops::sum(&mut eval, &y).unwrap();
-    let g = eval.backward(&loss).unwrap();
+    let g = tape::testing::grads_of_sum(eval, &y);
     assert!(g.get(&x).is_some());
 }
 
 #[test]
 fn a_checkpointed_training_forward_records_one_node_and_keeps_only_inputs() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[1000], DType::F32, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[1000], DType::F32, &dev, 1);
     let mut tape = Tape::recording();
     let before = dev.memory().current();
     let y = checkpoint(&mut tape, &[&x], |t, xs| {
@@ -106,12 +96,8 @@ fn a_checkpointed_training_forward_records_one_node_and_keeps_only_inputs() {
 fn the_recompute_reuses_the_first_pass_output_of_the_last_op() {
     let run = |verify: bool| -> (usize, Vec<f64>, Vec<f64>) {
         let dev = Device::cpu();
-        let x = Tensor::randn(&[1, 3, 8, 8], DType::F64, &dev, 1)
-            .unwrap()
-            .with_requires_grad(true);
-        let w = Tensor::randn(&[4, 3, 3, 3], DType::F64, &dev, 2)
-            .unwrap()
-            .with_requires_grad(true);
+        let x = tape::testing::randn_leaf(&[1, 3, 8, 8], DType::F64, &dev, 1);
+        let w = tape::testing::randn_leaf(&[4, 3, 3, 3], DType::F64, &dev, 2);
         let mut tape = Tape::recording();
         let wc = w.clone();
         let options = CheckpointOptions {

@@ -6,9 +6,7 @@ use checkpoint::{checkpoint, checkpoint_selective, SelectivePolicy};
 use tape::{ops, DType, Device, Tape, Tensor, Warning};
 
 fn input(dev: &Device, shape: &[usize]) -> Tensor {
-    Tensor::randn(shape, DType::F32, dev, 1)
-        .unwrap()
-        .with_requires_grad(true)
+    tape::testing::randn_leaf(shape, DType::F32, dev, 1)
 }
 
 /// The warnings of one step of `program` (its result is held until the report is made).

@@ -18,24 +18,10 @@ struct ChainParams {
 
 fn params(n: usize, dev: &Device) -> ChainParams {
     let convs = (0..n)
-        .map(|i| {
-            Tensor::randn(&[CH, CH, 3, 3], DType::F32, dev, i as u64)
-                .unwrap()
-                .with_requires_grad(true)
-        })
+        .map(|i| tape::testing::randn_leaf(&[CH, CH, 3, 3], DType::F32, dev, i as u64))
         .collect();
     let bns = (0..n)
-        .map(|_| {
-            (
-                Tensor::ones(&[CH], DType::F32, dev)
-                    .unwrap()
-                    .with_requires_grad(true),
-                Tensor::zeros(&[CH], DType::F32, dev)
-                    .unwrap()
-                    .with_requires_grad(true),
-                RunningStats::new(CH, DType::F32, dev).unwrap(),
-            )
-        })
+        .map(|_| tape::testing::batch_norm_params(CH, DType::F32, dev))
         .collect();
     ChainParams { convs, bns }
 }

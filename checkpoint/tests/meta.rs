@@ -25,15 +25,9 @@ impl Chain {
         for i in 0..LAYERS {
             let w = Tensor::randn(&[c, c, 3, 3], DType::F32, dev, i as u64).unwrap();
             chain.convs.push(w.with_requires_grad(true));
-            chain.norms.push((
-                Tensor::ones(&[c], DType::F32, dev)
-                    .unwrap()
-                    .with_requires_grad(true),
-                Tensor::zeros(&[c], DType::F32, dev)
-                    .unwrap()
-                    .with_requires_grad(true),
-                RunningStats::new(c, DType::F32, dev).unwrap(),
-            ));
+            chain
+                .norms
+                .push(tape::testing::batch_norm_params(c, DType::F32, dev));
         }
         chain
     }

@@ -175,10 +175,7 @@ proptest! {
         units in prop::collection::vec(prop::collection::vec((0u64..40, 0u64..40, 0u32..10), 1..4), 1..6),
         free in 0u64..200,
     ) {
-        let units: Vec<Vec<Choice>> = units
-            .iter()
-            .map(|u| u.iter().map(|&(s, t, c)| Choice { stored: s, transient: t, cost: c as f64 }).collect())
-            .collect();
+        let units = choices(&units);
         // Brute force over every combination.
         let mut best = f64::INFINITY;
         let total: usize = units.iter().map(|u| u.len()).product();
@@ -208,6 +205,21 @@ proptest! {
     }
 }
 
+/// Units of choices from `(stored, transient, cost)` triples.
+fn choices(raw: &[Vec<(u64, u64, u32)>]) -> Vec<Vec<Choice>> {
+    raw.iter()
+        .map(|u| {
+            u.iter()
+                .map(|&(s, t, c)| Choice {
+                    stored: s,
+                    transient: t,
+                    cost: c as f64,
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The brute force's enumeration is complete: plans of layers 0..n with any nesting, counted by
 /// hand for small n (1 layer: keep, or checkpoint it; 2 layers: 8; 3 layers: 48).
 #[test]
@@ -224,10 +236,7 @@ proptest! {
         units in prop::collection::vec(prop::collection::vec((0u64..40, 0u64..60, 0u32..10), 1..4), 1..7),
         free in 0u64..250,
     ) {
-        let units: Vec<Vec<Choice>> = units
-            .iter()
-            .map(|u| u.iter().map(|&(s, t, c)| Choice { stored: s, transient: t, cost: c as f64 }).collect())
-            .collect();
+        let units = choices(&units);
         // The peak of a choice: unit i's backward holds what units 0..=i keep plus its transient.
         let peak = |pick: &[usize]| {
             let mut kept = 0;

@@ -11,14 +11,11 @@ use tape::{ops, DType, Device, Tape, Tensor};
 #[test]
 fn a_segment_that_returns_its_input_passes_the_gradient_through() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[5], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[5], DType::F64, &dev, 1);
     let mut tape = Tape::recording();
     let y = checkpoint(&mut tape, &[&x], |_, xs| Ok(xs[0].clone())).unwrap();
     let z = ops::scale(&mut tape, &y, 3.0).unwrap();
-    let loss = ops::sum(&mut tape, &z).unwrap();
-    let grads = tape.backward(&loss).unwrap();
+    let grads = tape::testing::grads_of_sum(tape, &z);
     let gx = grads.get(&x).expect("the input's gradient").to_f64_vec();
     assert_eq!(gx, vec![3.0; 5]);
 }
@@ -26,17 +23,14 @@ fn a_segment_that_returns_its_input_passes_the_gradient_through() {
 #[test]
 fn a_segment_whose_output_no_recorded_op_made_leaves_no_gradient_behind() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[4], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[4], DType::F64, &dev, 1);
     // The segment ignores its input: its output comes from a constant, through an op the
     // recompute does not record.
     let constant = Tensor::randn(&[4], DType::F64, &dev, 2).unwrap();
     let mut tape = Tape::recording();
     let y = checkpoint(&mut tape, &[&x], move |t, _| ops::scale(t, &constant, 2.0)).unwrap();
     let s = ops::add(&mut tape, &y, &x).unwrap();
-    let loss = ops::sum(&mut tape, &s).unwrap();
-    let grads = tape.backward(&loss).unwrap();
+    let grads = tape::testing::grads_of_sum(tape, &s);
     assert_eq!(grads.get(&x).unwrap().to_f64_vec(), vec![1.0; 4]);
     assert!(grads.get(&y).is_none(), "the segment's output gradient");
     assert_eq!(grads.len(), 1, "only the input has a gradient");
@@ -56,9 +50,7 @@ fn layers_report_their_name_and_kind_and_profiles_name_them() {
         (layers[1].name(), layers[1].kind()),
         ("relu1", OpKind::Relu)
     );
-    let x = Tensor::randn(&[3], DType::F64, &Device::cpu(), 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[3], DType::F64, &Device::cpu(), 1);
     let model = profile_chain(&Tape::recording(), &layers, &x, 0).unwrap();
     let names: Vec<&str> = model.layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["conv1", "relu1"]);

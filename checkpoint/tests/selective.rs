@@ -18,11 +18,7 @@ struct Params {
 }
 
 fn params(dev: &Device) -> Params {
-    let p = |shape: &[usize], seed| {
-        Tensor::randn(shape, DType::F64, dev, seed)
-            .unwrap()
-            .with_requires_grad(true)
-    };
+    let p = |shape: &[usize], seed| tape::testing::randn_leaf(shape, DType::F64, dev, seed);
     Params {
         w1: p(&[2 * D, D], 1),
         b1: p(&[2 * D], 2),
@@ -83,9 +79,7 @@ fn run(dev: &Device, p: &Params, x: &Tensor, policy: Option<&SelectivePolicy>) -
 fn selective_checkpoint_keeps_the_kept_ops_outputs_and_recomputes_the_rest() {
     let dev = Device::cpu();
     let p = params(&dev);
-    let x = Tensor::randn(&[N, D], DType::F64, &dev, 4)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[N, D], DType::F64, &dev, 4);
     let plain = run(&dev, &p, &x, None);
     let matmuls = SelectivePolicy::keep(&["linear", "matmul"]);
     let keep = run(&dev, &p, &x, Some(&matmuls));

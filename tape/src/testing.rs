@@ -70,6 +70,11 @@ impl Pick {
     pub fn bool(&mut self) -> bool {
         self.int(0, 1) == 1
     }
+
+    /// `n` values, each in `lo..=hi` (a shape or a list of indices).
+    pub fn ints(&mut self, n: usize, lo: usize, hi: usize) -> Vec<usize> {
+        (0..n).map(|_| self.int(lo, hi)).collect()
+    }
 }
 
 /// `max |a - b| / max |b|`: the error relative to the reference's largest value (0 for two
@@ -119,6 +124,13 @@ pub fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
 /// A training context with a fixed dropout seed.
 pub fn training() -> Context {
     Tape::recording().with_seed(7).context()
+}
+
+/// [`training`]'s context in the recompute phase (a checkpoint's second forward).
+pub fn recompute_mode() -> Context {
+    let mut ctx = training();
+    ctx.phase = crate::Phase::Recompute;
+    ctx
 }
 
 /// An eval-mode context.
@@ -260,4 +272,78 @@ pub fn assert_bn_close(what: &str, got: &BnOutcome, want: &BnOutcome, t: f64) {
     let e = rel(&got.3, &want.3);
     assert!(e <= t, "{what}: running var differs by {e:e}");
     assert_eq!(got.4, want.4, "{what}: batch count");
+}
+
+/// Runs `f(gpu, pick, case, dtype)` on GPU 0 for each of `cases` cases and each of [`DTYPES`]
+/// (in that nesting), with one [`Pick`] seeded with `seed` that every call draws from in turn;
+/// returns at once without a usable GPU (see [`gpu`]).
+pub fn for_gpu_cases(seed: u64, cases: u64, mut f: impl FnMut(&Device, &mut Pick, u64, DType)) {
+    let Some(dev) = gpu() else { return };
+    let mut p = Pick::new(seed);
+    for case in 0..cases {
+        for dtype in DTYPES {
+            f(&dev, &mut p, case, dtype);
+        }
+    }
+}
+
+/// [`compare`] of a one-input op, its input's gradient checked, in [`training`] mode.
+pub fn compare_unary(gpu: &Device, what: &str, x: &Tensor, f: &OpFn<'_>) {
+    compare(gpu, what, std::slice::from_ref(x), &[true], training(), f);
+}
+
+/// [`compare`] of `f(tape, inputs, dtype)` on two inputs of shapes `[3, 2, 4, 4]` and
+/// `[3, 3, 4, 4]` (both gradients checked), for each of [`DTYPES`], in training and in eval
+/// mode; returns at once without a usable GPU (see [`gpu`]).
+pub fn compare_two_parts(what: &str, f: impl Fn(&mut Tape, &[Tensor], DType) -> Result<Tensor>) {
+    let Some(dev) = gpu() else { return };
+    for dtype in DTYPES {
+        for ctx in [training(), eval_mode()] {
+            let inputs = [
+                randn(&[3, 2, 4, 4], dtype, 1),
+                randn(&[3, 3, 4, 4], dtype, 2),
+            ];
+            compare(&dev, what, &inputs, &[true, true], ctx, &|t, x| {
+                f(t, x, dtype)
+            });
+        }
+    }
+}
+
+/// Asserts that backward from `f`'s output (`f64`, recorded on a new tape) with a seed gradient
+/// of the wrong dtype (`f32`) is a typed [`crate::Error::DType`], not a panic.
+pub fn assert_wrong_dtype_seed_fails(f: impl FnOnce(&mut Tape) -> Result<Tensor>) {
+    let mut tape = Tape::recording();
+    let y = f(&mut tape).expect("the op under test");
+    assert_eq!(y.dtype(), DType::F64, "the output under test");
+    let wrong = Tensor::zeros(y.shape(), DType::F32, y.device()).expect("zeros");
+    match tape.backward_from(&y, wrong) {
+        Err(crate::Error::DType { .. }) => {}
+        Err(e) => panic!("expected a dtype error, got {e}"),
+        Ok(_) => panic!("expected a dtype error, backward ran"),
+    }
+}
+
+/// Standard normal values on `dev` that require a gradient (a leaf to run backward to).
+pub fn randn_leaf(shape: &[usize], dtype: DType, dev: &Device, seed: u64) -> Tensor {
+    Tensor::randn(shape, dtype, dev, seed)
+        .expect("randn")
+        .with_requires_grad(true)
+}
+
+/// Fresh batch-norm parameters of `c` channels on `dev`: weight ones and bias zeros (both
+/// leaves that require a gradient) and new running statistics.
+pub fn batch_norm_params(c: usize, dtype: DType, dev: &Device) -> (Tensor, Tensor, RunningStats) {
+    let leaf = |t: Result<Tensor>| t.expect("a parameter").with_requires_grad(true);
+    (
+        leaf(Tensor::ones(&[c], dtype, dev)),
+        leaf(Tensor::zeros(&[c], dtype, dev)),
+        RunningStats::new(c, dtype, dev).expect("running statistics"),
+    )
+}
+
+/// The gradients of `sum(y)`, with `y` recorded on `tape` (which the backward pass consumes).
+pub fn grads_of_sum(mut tape: Tape, y: &Tensor) -> crate::Gradients {
+    let loss = ops::sum(&mut tape, y).expect("sum");
+    tape.backward(&loss).expect("backward")
 }

@@ -1,6 +1,8 @@
 //! Batch norm: gradient checks (training and eval), running statistics the PyTorch way, the
 //! recompute phase leaving them alone, what backward saves, and every error path.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::ops::{self, BatchNormOptions, RunningStats};
@@ -12,13 +14,6 @@ fn ctx(training: bool, phase: Phase) -> Context {
         phase,
         seed: 0,
         counter: 0,
-    }
-}
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(4096)
     }
 }
 
@@ -66,6 +61,19 @@ struct Setup {
     running: RunningStats,
 }
 
+/// Batch norm with the default options (which must succeed).
+fn bn(tape: &mut Tape, x: &Tensor, w: &Tensor, b: &Tensor, running: &RunningStats) -> Tensor {
+    ops::batch_norm2d(tape, x, w, b, running, BatchNormOptions::default()).unwrap()
+}
+
+impl Setup {
+    /// [`normalise`] of `x` with this weight and bias.
+    fn normalised(&self, mean: &[f64], var: &[f64], eps: f64) -> Vec<f64> {
+        let (w, b) = (self.w.to_f64_vec(), self.b.to_f64_vec());
+        normalise(&self.x, mean, var, &w, &b, eps)
+    }
+}
+
 fn setup(shape: [usize; 4], dtype: DType) -> Setup {
     let dev = Device::cpu();
     let c = shape[1];
@@ -83,7 +91,7 @@ fn setup(shape: [usize; 4], dtype: DType) -> Setup {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(4096))]
 
     #[test]
     fn gradcheck_training(n in 1usize..6, c in 1usize..6, h in 1usize..6, w in 1usize..6, seed in 0u64..1 << 62) {
@@ -131,14 +139,7 @@ fn training_output_uses_batch_statistics() {
     )
     .unwrap();
     let (mean, var): (Vec<f64>, Vec<f64>) = channel_stats(&s.x).into_iter().unzip();
-    let expected = normalise(
-        &s.x,
-        &mean,
-        &var,
-        &s.w.to_f64_vec(),
-        &s.b.to_f64_vec(),
-        opts.eps,
-    );
+    let expected = s.normalised(&mean, &var, opts.eps);
     assert_eq!(y.shape(), s.x.shape());
     assert_close(&y.to_f64_vec(), &expected, 1e-12);
 }
@@ -206,14 +207,7 @@ fn eval_uses_running_stats() {
     s.running.set_num_batches_tracked(5);
     let opts = BatchNormOptions::default();
     let y = ops::batch_norm2d(&mut Tape::no_grad(), &s.x, &s.w, &s.b, &s.running, opts).unwrap();
-    let expected = normalise(
-        &s.x,
-        &rm,
-        &rv,
-        &s.w.to_f64_vec(),
-        &s.b.to_f64_vec(),
-        opts.eps,
-    );
+    let expected = s.normalised(&rm, &rv, opts.eps);
     assert_close(&y.to_f64_vec(), &expected, 1e-12);
     assert_eq!(s.running.num_batches_tracked(), 5);
 }
@@ -229,15 +223,7 @@ fn f32_statistics_are_accurate_with_a_large_offset() {
         let w = Tensor::ones(&[2], x.dtype(), &dev).unwrap();
         let b = Tensor::zeros(&[2], x.dtype(), &dev).unwrap();
         let r = RunningStats::new(2, x.dtype(), &dev).unwrap();
-        let y = ops::batch_norm2d(
-            &mut Tape::recording(),
-            x,
-            &w,
-            &b,
-            &r,
-            BatchNormOptions::default(),
-        )
-        .unwrap();
+        let y = bn(&mut Tape::recording(), x, &w, &b, &r);
         (y.to_f64_vec(), r.var().to_f64_vec())
     };
     let (y32, v32) = run(&x32);
@@ -255,15 +241,7 @@ fn backward_keeps_x_only_when_needed() {
     let x = s.x.clone().with_requires_grad(true);
     let x_bytes = x.size_in_bytes();
     let mut tape = Tape::recording().training(false);
-    let y = ops::batch_norm2d(
-        &mut tape,
-        &x,
-        &s.w,
-        &s.b,
-        &s.running,
-        BatchNormOptions::default(),
-    )
-    .unwrap();
+    let y = bn(&mut tape, &x, &s.w, &s.b, &s.running);
     let before = s.dev.memory().current();
     drop((x, s.x));
     assert_eq!(s.dev.memory().current(), before - x_bytes);
@@ -274,15 +252,7 @@ fn backward_keeps_x_only_when_needed() {
     let s = setup([2, 2, 4, 4], DType::F64);
     let x = s.x.clone().with_requires_grad(true);
     let mut tape = Tape::recording();
-    let _y = ops::batch_norm2d(
-        &mut tape,
-        &x,
-        &s.w,
-        &s.b,
-        &s.running,
-        BatchNormOptions::default(),
-    )
-    .unwrap();
+    let _y = bn(&mut tape, &x, &s.w, &s.b, &s.running);
     let before = s.dev.memory().current();
     drop((x, s.x));
     assert_eq!(s.dev.memory().current(), before);
@@ -290,15 +260,7 @@ fn backward_keeps_x_only_when_needed() {
     // Nothing wants a gradient: nothing is recorded.
     let s = setup([2, 2, 4, 4], DType::F64);
     let mut tape = Tape::recording();
-    ops::batch_norm2d(
-        &mut tape,
-        &s.x,
-        &s.w,
-        &s.b,
-        &s.running,
-        BatchNormOptions::default(),
-    )
-    .unwrap();
+    bn(&mut tape, &s.x, &s.w, &s.b, &s.running);
     assert!(tape.is_empty());
 }
 
@@ -307,17 +269,8 @@ fn bias_gradient_is_the_channel_sum() {
     let s = setup([2, 3, 2, 2], DType::F64);
     let b = s.b.clone().with_requires_grad(true);
     let mut tape = Tape::recording();
-    let y = ops::batch_norm2d(
-        &mut tape,
-        &s.x,
-        &s.w,
-        &b,
-        &s.running,
-        BatchNormOptions::default(),
-    )
-    .unwrap();
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let grads = tape.backward(&loss).unwrap();
+    let y = bn(&mut tape, &s.x, &s.w, &b, &s.running);
+    let grads = tape::testing::grads_of_sum(tape, &y);
     assert_eq!(grads.get(&b).unwrap().to_f64_vec(), vec![8.0; 3]);
 }
 
@@ -441,7 +394,7 @@ fn defaults() {
 mod on_gpu {
     use tape::ops::{self, BatchNormOptions};
     use tape::testing::*;
-    use tape::{Context, Device, Phase, Tape, Tensor};
+    use tape::{Context, Device, Tape, Tensor};
 
     /// Batch norm on `dev` in `ctx` from [`running_stats`]'s starting values.
     fn bn_case(dev: &Device, x: &Tensor, ctx: Context, grad_mask: [bool; 3]) -> BnOutcome {
@@ -458,76 +411,70 @@ mod on_gpu {
 
     #[test]
     fn batch_norm_matches_cpu_with_running_stats() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(3);
-        let mut recompute = training();
-        recompute.phase = Phase::Recompute;
-        for case in 0..8 {
-            for dtype in DTYPES {
-                let shape = [p.int(1, 5), p.int(1, 9), p.int(2, 7), p.int(2, 7)];
-                // Per-channel offsets and scales, so the statistics are not trivial (offsets kept
-                // moderate: a float variance of values far from their mean loses digits).
-                let x = randn(&shape, dtype, case + 100);
-                let xv: Vec<f64> = x
-                    .to_f64_vec()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        let ch = (i / (shape[2] * shape[3])) % shape[1];
-                        v * (0.5 + 0.3 * ch as f64) + 0.25 * ch as f64 - 1.0
-                    })
-                    .collect();
-                let x = Tensor::from_f64(&xv, &shape, dtype, &Device::cpu()).unwrap();
-                for (ctx, label) in [
-                    (training(), "train"),
-                    (recompute, "recompute"),
-                    (eval_mode(), "eval"),
+        let recompute = recompute_mode();
+        for_gpu_cases(3, 8, |dev, p, case, dtype| {
+            let shape = [p.int(1, 5), p.int(1, 9), p.int(2, 7), p.int(2, 7)];
+            // Per-channel offsets and scales, so the statistics are not trivial (offsets kept
+            // moderate: a float variance of values far from their mean loses digits).
+            let x = randn(&shape, dtype, case + 100);
+            let xv: Vec<f64> = x
+                .to_f64_vec()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let ch = (i / (shape[2] * shape[3])) % shape[1];
+                    v * (0.5 + 0.3 * ch as f64) + 0.25 * ch as f64 - 1.0
+                })
+                .collect();
+            let x = Tensor::from_f64(&xv, &shape, dtype, &Device::cpu()).unwrap();
+            for (ctx, label) in [
+                (training(), "train"),
+                (recompute, "recompute"),
+                (eval_mode(), "eval"),
+            ] {
+                for mask in [
+                    [true; 3],
+                    [false, true, true],
+                    [false, true, false],
+                    [false, false, true],
+                    [true, false, false],
                 ] {
-                    for mask in [
-                        [true; 3],
-                        [false, true, true],
-                        [false, true, false],
-                        [false, false, true],
-                        [true, false, false],
-                    ] {
-                        let a = bn_case(&Device::cpu(), &x, ctx, mask);
-                        let b = bn_case(&dev, &x, ctx, mask);
-                        let what =
-                            format!("batch_norm2d {label} {shape:?} grads {mask:?} ({dtype:?})");
-                        let t = tol(dtype);
-                        assert!(
-                            rel(&b.0, &a.0) <= t,
-                            "{what}: forward differs by {:e}",
-                            rel(&b.0, &a.0)
-                        );
-                        for (i, (g, h)) in b.1.iter().zip(&a.1).enumerate() {
-                            if let (Some(g), Some(h)) = (g, h) {
-                                assert!(
-                                    rel(g, h) <= t,
-                                    "{what}: gradient {i} differs by {:e}",
-                                    rel(g, h)
-                                );
-                            }
+                    let a = bn_case(&Device::cpu(), &x, ctx, mask);
+                    let b = bn_case(dev, &x, ctx, mask);
+                    let what = format!("batch_norm2d {label} {shape:?} grads {mask:?} ({dtype:?})");
+                    let t = tol(dtype);
+                    assert!(
+                        rel(&b.0, &a.0) <= t,
+                        "{what}: forward differs by {:e}",
+                        rel(&b.0, &a.0)
+                    );
+                    for (i, (g, h)) in b.1.iter().zip(&a.1).enumerate() {
+                        if let (Some(g), Some(h)) = (g, h) {
+                            assert!(
+                                rel(g, h) <= t,
+                                "{what}: gradient {i} differs by {:e}",
+                                rel(g, h)
+                            );
                         }
-                        assert!(
-                            rel(&b.2, &a.2) <= t,
-                            "{what}: running mean differs by {:e}",
-                            rel(&b.2, &a.2)
-                        );
-                        assert!(
-                            rel(&b.3, &a.3) <= t,
-                            "{what}: running var differs by {:e}",
-                            rel(&b.3, &a.3)
-                        );
-                        assert_eq!(b.4, a.4, "{what}: batch count");
-                        if label != "train" {
-                            // Running statistics untouched outside the forward phase of training.
-                            let (m0, _) = running_start(shape[1]);
-                            assert!(rel(&b.2, &m0) <= t, "{what}: running mean changed");
-                        }
+                    }
+                    assert!(
+                        rel(&b.2, &a.2) <= t,
+                        "{what}: running mean differs by {:e}",
+                        rel(&b.2, &a.2)
+                    );
+                    assert!(
+                        rel(&b.3, &a.3) <= t,
+                        "{what}: running var differs by {:e}",
+                        rel(&b.3, &a.3)
+                    );
+                    assert_eq!(b.4, a.4, "{what}: batch count");
+                    if label != "train" {
+                        // Running statistics untouched outside the forward phase of training.
+                        let (m0, _) = running_start(shape[1]);
+                        assert!(rel(&b.2, &m0) <= t, "{what}: running mean changed");
                     }
                 }
             }
-        }
+        });
     }
 }

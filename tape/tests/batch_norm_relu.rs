@@ -2,6 +2,8 @@
 //! gradients, running statistics), passes finite-difference checks, keeps less memory, and
 //! rejects bad inputs.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::ops::{self, BatchNormOptions, RunningStats};
@@ -18,22 +20,14 @@ fn parts(
     channels
         .iter()
         .enumerate()
-        .map(|(i, &c)| {
-            Tensor::randn(&[n, c, hw, hw], dtype, dev, seed + i as u64)
-                .unwrap()
-                .with_requires_grad(true)
-        })
+        .map(|(i, &c)| tape::testing::randn_leaf(&[n, c, hw, hw], dtype, dev, seed + i as u64))
         .collect()
 }
 
 fn affine(c: usize, dtype: DType, dev: &Device, seed: u64) -> (Tensor, Tensor) {
     (
-        Tensor::rand_uniform(&[c], 0.5, 1.5, dtype, dev, seed)
-            .unwrap()
-            .with_requires_grad(true),
-        Tensor::randn(&[c], dtype, dev, seed + 1)
-            .unwrap()
-            .with_requires_grad(true),
+        common::leaf(Tensor::rand_uniform(&[c], 0.5, 1.5, dtype, dev, seed)),
+        tape::testing::randn_leaf(&[c], dtype, dev, seed + 1),
     )
 }
 
@@ -68,8 +62,7 @@ fn run(fused: bool, training: bool, channels: &[usize], seed: u64) -> Vec<Vec<f6
     };
     let r = Tensor::randn(y.shape(), DType::F64, &dev, 99).unwrap();
     let yr = ops::mul(&mut tape, &y, &r).unwrap();
-    let loss = ops::sum(&mut tape, &yr).unwrap();
-    let grads = tape.backward(&loss).unwrap();
+    let grads = tape::testing::grads_of_sum(tape, &yr);
     let mut out = vec![y.to_f64_vec()];
     for p in ps.iter().chain([&w, &b]) {
         out.push(grads.get(p).unwrap().to_f64_vec());
@@ -177,33 +170,18 @@ fn running_stats_update_in_forward_phase_only() {
     let refs: Vec<&Tensor> = ps.iter().collect();
     let fused = RunningStats::new(5, DType::F64, &dev).unwrap();
     let plain = RunningStats::new(5, DType::F64, &dev).unwrap();
+    let opts = BatchNormOptions::default();
     let mut tape = Tape::recording();
-    ops::batch_norm_relu(
-        &mut tape,
-        &refs,
-        &w,
-        &b,
-        &fused,
-        BatchNormOptions::default(),
-    )
-    .unwrap();
+    ops::batch_norm_relu(&mut tape, &refs, &w, &b, &fused, opts).unwrap();
     let x = ops::concat(&mut tape, &refs).unwrap();
-    ops::batch_norm2d(&mut tape, &x, &w, &b, &plain, BatchNormOptions::default()).unwrap();
+    ops::batch_norm2d(&mut tape, &x, &w, &b, &plain, opts).unwrap();
     assert!(max_rel(&fused.mean().to_f64_vec(), &plain.mean().to_f64_vec()) <= 1e-15);
     assert!(max_rel(&fused.var().to_f64_vec(), &plain.var().to_f64_vec()) <= 1e-15);
     assert_eq!(fused.num_batches_tracked(), 1);
     let mut ctx = Tape::recording().context();
     ctx.phase = tape::Phase::Recompute;
     let mut recompute = Tape::with_context(true, ctx);
-    ops::batch_norm_relu(
-        &mut recompute,
-        &refs,
-        &w,
-        &b,
-        &fused,
-        BatchNormOptions::default(),
-    )
-    .unwrap();
+    ops::batch_norm_relu(&mut recompute, &refs, &w, &b, &fused, opts).unwrap();
     assert_eq!(fused.num_batches_tracked(), 1);
 }
 
@@ -255,7 +233,7 @@ fn errors() {
 mod on_gpu {
     use tape::ops::{self, BatchNormOptions, RunningStats};
     use tape::testing::*;
-    use tape::{Context, DType, Device, Error, Phase, Result, Tape, Tensor};
+    use tape::{Context, DType, Device, Error, Result, Tape, Tensor};
 
     /// The fused concat -> batch norm -> ReLU (or, with `fused` false, the composition of concat,
     /// batch norm and ReLU) on `dev` in `ctx`, from [`running_stats`]'s starting values; the
@@ -293,122 +271,96 @@ mod on_gpu {
     /// `beta = 1`) and eval mode (a new gradient added afterwards), against the CPU.
     #[test]
     fn batch_norm_relu_adds_into_existing_gradients_as_the_cpu_does() {
-        let Some(dev) = gpu() else { return };
-        for dtype in [DType::F32, DType::F64] {
-            for ctx in [training(), eval_mode()] {
-                let inputs = [
-                    randn(&[3, 2, 4, 4], dtype, 1),
-                    randn(&[3, 3, 4, 4], dtype, 2),
-                ];
-                compare(
-                    &dev,
-                    "shared fused parts",
-                    &inputs,
-                    &[true, true],
-                    ctx,
-                    &|t, x| {
-                        let c = 5;
-                        let d = x[0].device();
-                        let w = randn(&[c], dtype, 41).to_device(d)?;
-                        let b = randn(&[c], dtype, 42).to_device(d)?;
-                        let rs = running_stats(c, dtype, d);
-                        let opts = BatchNormOptions::default();
-                        let h1 = ops::batch_norm_relu(t, &[&x[0], &x[1]], &w, &b, &rs, opts)?;
-                        let h2 = ops::batch_norm_relu(t, &[&x[1], &x[0]], &w, &b, &rs, opts)?;
-                        ops::concat(t, &[&h2, &h1])
-                    },
-                );
-            }
-        }
+        compare_two_parts("shared fused parts", |t, x, dtype| {
+            let c = 5;
+            let d = x[0].device();
+            let w = randn(&[c], dtype, 41).to_device(d)?;
+            let b = randn(&[c], dtype, 42).to_device(d)?;
+            let rs = running_stats(c, dtype, d);
+            let opts = BatchNormOptions::default();
+            let h1 = ops::batch_norm_relu(t, &[&x[0], &x[1]], &w, &b, &rs, opts)?;
+            let h2 = ops::batch_norm_relu(t, &[&x[1], &x[0]], &w, &b, &rs, opts)?;
+            ops::concat(t, &[&h2, &h1])
+        });
     }
 
     #[test]
     fn batch_norm_relu_matches_cpu_and_the_gpu_composition() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(8);
-        let mut recompute = training();
-        recompute.phase = Phase::Recompute;
-        for case in 0..7u64 {
-            for dtype in DTYPES {
-                // Case 0 is DenseNet-like (a block input and several growth-rate parts); the others
-                // are random, with odd plane sizes so that the parts' slices of the output and of
-                // the parameters start at addresses that are not 16-byte aligned.
-                let (channels, n, h, w) = if case == 0 {
-                    (vec![6, 3, 3, 3, 3, 3], 3, 5, 5)
-                } else {
-                    let k = p.int(1, 4);
-                    let channels: Vec<usize> = (0..k).map(|_| p.int(1, 5)).collect();
-                    let (h, w) = (p.int(1, 6), p.int(1, 6));
-                    // At least 4 values per channel: with 2, the f32 input gradient is rounding
-                    // noise (CPU f32 and f64 differ by 2e-3 relative), whatever the GPU does.
-                    let n = p.int(4usize.div_ceil(h * w), 4);
-                    (channels, n, h, w)
-                };
-                // Per-channel offsets and scales (moderate, as in the batch-norm test), so that the
-                // statistics are not trivial and the ReLU cuts at different places per channel.
-                let mut first = 0;
-                let parts: Vec<Tensor> = channels
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &c)| {
-                        let shape = [n, c, h, w];
-                        let x = randn(&shape, dtype, case * 100 + 200 + i as u64);
-                        let xv: Vec<f64> = x
-                            .to_f64_vec()
-                            .iter()
-                            .enumerate()
-                            .map(|(j, v)| {
-                                let ch = (first + (j / (h * w)) % c) as f64;
-                                v * (0.5 + 0.1 * ch) + 0.1 * ch - 0.5
-                            })
-                            .collect();
-                        first += c;
-                        Tensor::from_f64(&xv, &shape, dtype, &Device::cpu()).unwrap()
-                    })
-                    .collect();
-                let k = parts.len();
-                let masks: Vec<Vec<bool>> = vec![
-                    vec![true; k + 2],
-                    (0..k + 2).map(|i| i >= k).collect(),
-                    (0..k + 2).map(|i| i < k).collect(),
-                    (0..k + 2)
-                        .map(|i| (i < k && i % 2 == 0) || i == k)
-                        .collect(),
-                    (0..k + 2).map(|i| i == k + 1).collect(),
-                ];
-                for (ctx, label) in [
-                    (training(), "train"),
-                    (recompute, "recompute"),
-                    (eval_mode(), "eval"),
-                ] {
-                    for mask in &masks {
-                        let what = format!(
+        let recompute = recompute_mode();
+        for_gpu_cases(8, 7, |dev, p, case, dtype| {
+            // Case 0 is DenseNet-like (a block input and several growth-rate parts); the others
+            // are random, with odd plane sizes so that the parts' slices of the output and of
+            // the parameters start at addresses that are not 16-byte aligned.
+            let (channels, n, h, w) = if case == 0 {
+                (vec![6, 3, 3, 3, 3, 3], 3, 5, 5)
+            } else {
+                let k = p.int(1, 4);
+                let channels = p.ints(k, 1, 5);
+                let (h, w) = (p.int(1, 6), p.int(1, 6));
+                // At least 4 values per channel: with 2, the f32 input gradient is rounding
+                // noise (CPU f32 and f64 differ by 2e-3 relative), whatever the GPU does.
+                let n = p.int(4usize.div_ceil(h * w), 4);
+                (channels, n, h, w)
+            };
+            // Per-channel offsets and scales (moderate, as in the batch-norm test), so that the
+            // statistics are not trivial and the ReLU cuts at different places per channel.
+            let mut first = 0;
+            let parts: Vec<Tensor> = channels
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let shape = [n, c, h, w];
+                    let x = randn(&shape, dtype, case * 100 + 200 + i as u64);
+                    let xv: Vec<f64> = x
+                        .to_f64_vec()
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| {
+                            let ch = (first + (j / (h * w)) % c) as f64;
+                            v * (0.5 + 0.1 * ch) + 0.1 * ch - 0.5
+                        })
+                        .collect();
+                    first += c;
+                    Tensor::from_f64(&xv, &shape, dtype, &Device::cpu()).unwrap()
+                })
+                .collect();
+            let k = parts.len();
+            let masks: Vec<Vec<bool>> = vec![
+                vec![true; k + 2],
+                (0..k + 2).map(|i| i >= k).collect(),
+                (0..k + 2).map(|i| i < k).collect(),
+                (0..k + 2)
+                    .map(|i| (i < k && i % 2 == 0) || i == k)
+                    .collect(),
+                (0..k + 2).map(|i| i == k + 1).collect(),
+            ];
+            for (ctx, label) in [
+                (training(), "train"),
+                (recompute, "recompute"),
+                (eval_mode(), "eval"),
+            ] {
+                for mask in &masks {
+                    let what = format!(
                         "batch_norm_relu {label} parts {channels:?} n{n} {h}x{w} grads {mask:?} \
-                         ({dtype:?})"
+                     ({dtype:?})"
                     );
-                        let cpu = bnr_case(&Device::cpu(), &parts, ctx, mask, true);
-                        let fused = bnr_case(&dev, &parts, ctx, mask, true);
-                        let composed = bnr_case(&dev, &parts, ctx, mask, false);
-                        let t = tol(dtype);
-                        assert_bn_close(&format!("{what} GPU vs CPU"), &fused, &cpu, t);
-                        assert_bn_close(
-                            &format!("{what} GPU vs composition"),
-                            &fused,
-                            &composed,
-                            t,
-                        );
-                        let expected_count = u64::from(label == "train");
-                        assert_eq!(fused.4, expected_count, "{what}: batch count");
-                        if label != "train" {
-                            // Running statistics untouched outside the forward phase of training.
-                            let (m0, v0) = running_start(channels.iter().sum());
-                            assert!(rel(&fused.2, &m0) <= t, "{what}: running mean changed");
-                            assert!(rel(&fused.3, &v0) <= t, "{what}: running var changed");
-                        }
+                    let cpu = bnr_case(&Device::cpu(), &parts, ctx, mask, true);
+                    let fused = bnr_case(dev, &parts, ctx, mask, true);
+                    let composed = bnr_case(dev, &parts, ctx, mask, false);
+                    let t = tol(dtype);
+                    assert_bn_close(&format!("{what} GPU vs CPU"), &fused, &cpu, t);
+                    assert_bn_close(&format!("{what} GPU vs composition"), &fused, &composed, t);
+                    let expected_count = u64::from(label == "train");
+                    assert_eq!(fused.4, expected_count, "{what}: batch count");
+                    if label != "train" {
+                        // Running statistics untouched outside the forward phase of training.
+                        let (m0, v0) = running_start(channels.iter().sum());
+                        assert!(rel(&fused.2, &m0) <= t, "{what}: running mean changed");
+                        assert!(rel(&fused.3, &v0) <= t, "{what}: running var changed");
                     }
                 }
             }
-        }
+        });
     }
 
     #[test]
@@ -422,19 +374,11 @@ mod on_gpu {
             let parts: Vec<Tensor> = channels
                 .iter()
                 .enumerate()
-                .map(|(i, &ci)| {
-                    Tensor::randn(&[n, ci, h, w], dtype, &dev, i as u64)
-                        .unwrap()
-                        .with_requires_grad(true)
-                })
+                .map(|(i, &ci)| tape::testing::randn_leaf(&[n, ci, h, w], dtype, &dev, i as u64))
                 .collect();
             let refs: Vec<&Tensor> = parts.iter().collect();
-            let weight = Tensor::rand_uniform(&[c], 0.5, 1.5, dtype, &dev, 10)
-                .unwrap()
-                .with_requires_grad(true);
-            let bias = Tensor::randn(&[c], dtype, &dev, 11)
-                .unwrap()
-                .with_requires_grad(true);
+            let weight = crate::common::leaf(Tensor::rand_uniform(&[c], 0.5, 1.5, dtype, &dev, 10));
+            let bias = tape::testing::randn_leaf(&[c], dtype, &dev, 11);
             let running = RunningStats::new(c, dtype, &dev).unwrap();
             let opts = BatchNormOptions::default();
             let out_bytes = n * c * h * w * size;
@@ -623,8 +567,7 @@ fn frozen_parameters_or_input_still_get_the_other_gradients() {
                 }
             };
             let yr = ops::mul(&mut tape, &y, &r).unwrap();
-            let loss = ops::sum(&mut tape, &yr).unwrap();
-            let grads = tape.backward(&loss).unwrap();
+            let grads = tape::testing::grads_of_sum(tape, &yr);
             let wanted: Vec<&Tensor> = match (input_grad, param_grad) {
                 (true, _) => vec![&x],
                 _ => vec![&w, &b],

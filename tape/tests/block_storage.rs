@@ -3,6 +3,8 @@
 //! finite-difference checks through appends, prefixes and gathers; the storage's gradient is
 //! freed by the end of backward; bad arguments are errors.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::ops::{self, BatchNormOptions, RunningStats};
@@ -10,9 +12,7 @@ use tape::BlockStorage;
 use tape::{DType, Device, Error, Tape, Tensor};
 
 fn randn(dev: &Device, shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape, DType::F64, dev, seed)
-        .unwrap()
-        .with_requires_grad(true)
+    tape::testing::randn_leaf(shape, DType::F64, dev, seed)
 }
 
 #[test]
@@ -45,9 +45,7 @@ fn prefix_equals_parts_bit_for_bit() {
             randn(&dev, &[3, 1, 3, 3], 3),
         ];
         let c = 6;
-        let w = Tensor::rand_uniform(&[c], 0.5, 1.5, DType::F64, &dev, 4)
-            .unwrap()
-            .with_requires_grad(true);
+        let w = common::leaf(Tensor::rand_uniform(&[c], 0.5, 1.5, DType::F64, &dev, 4));
         let b = randn(&dev, &[c], 5);
         let opts = BatchNormOptions::default();
         let run = |prefix: bool| -> Vec<Vec<f64>> {
@@ -64,8 +62,7 @@ fn prefix_equals_parts_bit_for_bit() {
             };
             let proj = Tensor::randn(out.shape(), DType::F64, &dev, 9).unwrap();
             let weighted = ops::mul(&mut tape, &out, &proj).unwrap();
-            let loss = ops::sum(&mut tape, &weighted).unwrap();
-            let grads = tape.backward(&loss).unwrap();
+            let grads = tape::testing::grads_of_sum(tape, &weighted);
             let mut v = vec![out.to_f64_vec()];
             for t in [&xs[0], &xs[1], &w, &b] {
                 v.push(grads.get(t).unwrap().to_f64_vec());
@@ -145,16 +142,10 @@ proptest! {
 #[test]
 fn storage_and_its_gradient_are_freed_by_the_end_of_backward() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[2, 3, 4, 4], DType::F32, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[2, 3, 4, 4], DType::F32, &dev, 1);
     let (w, b) = (
-        Tensor::ones(&[3], DType::F32, &dev)
-            .unwrap()
-            .with_requires_grad(true),
-        Tensor::zeros(&[3], DType::F32, &dev)
-            .unwrap()
-            .with_requires_grad(true),
+        common::leaf(Tensor::ones(&[3], DType::F32, &dev)),
+        common::leaf(Tensor::zeros(&[3], DType::F32, &dev)),
     );
     let rs = RunningStats::new(3, DType::F32, &dev).unwrap();
     let before = dev.memory().current();
@@ -213,48 +204,29 @@ mod on_gpu {
     use tape::ops::{self, BatchNormOptions};
     use tape::testing::*;
     use tape::BlockStorage;
-    use tape::DType;
+    use tape::Tape;
 
     /// Appends, two prefixes through the fused op (cuDNN over a strided channel prefix, its
     /// input gradient added into the storage's gradient) and a gather, against the CPU.
     #[test]
     fn block_storage_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        for dtype in [DType::F32, DType::F64] {
-            for ctx in [training(), eval_mode()] {
-                let inputs = [
-                    randn(&[3, 2, 4, 4], dtype, 1),
-                    randn(&[3, 3, 4, 4], dtype, 2),
-                ];
-                compare(
-                    &dev,
-                    "block storage",
-                    &inputs,
-                    &[true, true],
-                    ctx,
-                    &|t, x| {
-                        let d = x[0].device();
-                        let opts = BatchNormOptions::default();
-                        let s = BlockStorage::new([3, 6, 4, 4], dtype, d)?;
-                        s.append(t, &x[0])?;
-                        let (w0, b0) = (
-                            randn(&[2], dtype, 41).to_device(d)?,
-                            randn(&[2], dtype, 42).to_device(d)?,
-                        );
-                        let rs0 = running_stats(2, dtype, d);
-                        let h0 = ops::batch_norm_relu_prefix(t, &s, 2, &w0, &b0, &rs0, opts)?;
-                        s.append(t, &x[1])?;
-                        let (w1, b1) = (
-                            randn(&[5], dtype, 43).to_device(d)?,
-                            randn(&[5], dtype, 44).to_device(d)?,
-                        );
-                        let rs1 = running_stats(5, dtype, d);
-                        let h1 = ops::batch_norm_relu_prefix(t, &s, 5, &w1, &b1, &rs1, opts)?;
-                        let all = s.gather(t, 5)?;
-                        ops::concat(t, &[&h1, &all, &h0])
-                    },
-                );
-            }
-        }
+        compare_two_parts("block storage", |t, x, dtype| {
+            let d = x[0].device();
+            let opts = BatchNormOptions::default();
+            let s = BlockStorage::new([3, 6, 4, 4], dtype, d)?;
+            // The fused op over the first `c` channels, its weight and bias from `seed`.
+            let prefix = |t: &mut Tape, c: usize, seed: u64| {
+                let w = randn(&[c], dtype, seed).to_device(d)?;
+                let b = randn(&[c], dtype, seed + 1).to_device(d)?;
+                let rs = running_stats(c, dtype, d);
+                ops::batch_norm_relu_prefix(t, &s, c, &w, &b, &rs, opts)
+            };
+            s.append(t, &x[0])?;
+            let h0 = prefix(t, 2, 41)?;
+            s.append(t, &x[1])?;
+            let h1 = prefix(t, 5, 43)?;
+            let all = s.gather(t, 5)?;
+            ops::concat(t, &[&h1, &all, &h0])
+        });
     }
 }

@@ -1,26 +1,16 @@
 //! Concat along dim 1: values, gradient checks for 1..4 inputs of different channel counts and
 //! ranks, no buffers saved for backward, and every error path.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
-use tape::{ops, Context, DType, Device, Error, Phase, Tape, Tensor};
+use tape::{ops, DType, Device, Error, Tape, Tensor};
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(4096)
-    }
-}
-
-const TRAIN: Context = Context {
-    training: true,
-    phase: Phase::Forward,
-    seed: 0,
-    counter: 0,
-};
+use common::TRAIN;
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(4096))]
 
     #[test]
     fn gradcheck_every_input(
@@ -84,9 +74,7 @@ fn large_inputs_match_a_hand_concat() {
 #[test]
 fn backward_saves_no_buffer_and_skips_inputs_without_grad() {
     let dev = Device::cpu();
-    let a = Tensor::randn(&[2, 3, 4, 4], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let a = tape::testing::randn_leaf(&[2, 3, 4, 4], DType::F64, &dev, 1);
     let b = Tensor::randn(&[2, 5, 4, 4], DType::F64, &dev, 2).unwrap();
     let (a_id, a_bytes) = (a.id(), a.size_in_bytes());
     let mut tape = Tape::recording();
@@ -174,29 +162,25 @@ mod on_gpu {
 
     #[test]
     fn concat_matches_cpu_including_more_than_32_parts() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(5);
-        for case in 0..6 {
-            for dtype in DTYPES {
-                let parts = if case == 0 { 41 } else { p.int(1, 6) };
-                let (n, h, w) = (p.int(1, 4), p.int(1, 5), p.int(1, 5));
-                let inputs: Vec<Tensor> = (0..parts)
-                    .map(|i| randn(&[n, p.int(1, 4), h, w], dtype, case * 100 + i as u64))
-                    .collect();
-                let mask: Vec<bool> = (0..parts).map(|i| i % 3 != 1).collect();
-                compare(
-                    &dev,
-                    &format!("concat of {parts}"),
-                    &inputs,
-                    &mask,
-                    training(),
-                    &|t, x| {
-                        let refs: Vec<&Tensor> = x.iter().collect();
-                        ops::concat(t, &refs)
-                    },
-                );
-            }
-        }
+        for_gpu_cases(5, 6, |dev, p, case, dtype| {
+            let parts = if case == 0 { 41 } else { p.int(1, 6) };
+            let (n, h, w) = (p.int(1, 4), p.int(1, 5), p.int(1, 5));
+            let inputs: Vec<Tensor> = (0..parts)
+                .map(|i| randn(&[n, p.int(1, 4), h, w], dtype, case * 100 + i as u64))
+                .collect();
+            let mask: Vec<bool> = (0..parts).map(|i| i % 3 != 1).collect();
+            compare(
+                dev,
+                &format!("concat of {parts}"),
+                &inputs,
+                &mask,
+                training(),
+                &|t, x| {
+                    let refs: Vec<&Tensor> = x.iter().collect();
+                    ops::concat(t, &refs)
+                },
+            );
+        });
     }
 }
 

@@ -2,6 +2,8 @@
 //! comparison with a naive direct convolution (forward and backward), every error path, and the
 //! memory accounting of the im2col workspace and of saved tensors.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::ops::{self, conv2d, Conv2dOptions, Conv2dPass};
@@ -28,6 +30,24 @@ struct Case {
     h: usize,
     w: usize,
     seed: u64,
+}
+
+impl Case {
+    /// The input's and the weight's shapes.
+    fn shapes(&self) -> ([usize; 4], [usize; 4]) {
+        (
+            [self.n, self.cin, self.h, self.w],
+            [self.cout, self.cin, self.kh, self.kw],
+        )
+    }
+
+    /// Random `f64` input and weight (seeds `seed` and `seed ^ 1`) and the options.
+    fn inputs(&self, dev: &Device) -> (Tensor, Tensor, Conv2dOptions) {
+        let (xs, ws) = self.shapes();
+        let x = Tensor::randn(&xs, DType::F64, dev, self.seed).unwrap();
+        let w = Tensor::randn(&ws, DType::F64, dev, self.seed ^ 1).unwrap();
+        (x, w, opts(self.stride, self.padding))
+    }
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -65,10 +85,8 @@ proptest! {
     #[test]
     fn gradcheck_x_weight_bias(c in case()) {
         let dev = Device::cpu();
-        let x = Tensor::randn(&[c.n, c.cin, c.h, c.w], DType::F64, &dev, c.seed).unwrap();
-        let w = Tensor::randn(&[c.cout, c.cin, c.kh, c.kw], DType::F64, &dev, c.seed ^ 1).unwrap();
+        let (x, w, o) = c.inputs(&dev);
         let b = Tensor::randn(&[c.cout], DType::F64, &dev, c.seed ^ 2).unwrap();
-        let o = opts(c.stride, c.padding);
         let report = check_gradients(&[x, w, b], Tape::recording().context(), |tape, i| {
             conv2d(tape, &i[0], &i[1], Some(&i[2]), o)
         })
@@ -79,9 +97,7 @@ proptest! {
     #[test]
     fn gradcheck_without_bias(c in case()) {
         let dev = Device::cpu();
-        let x = Tensor::randn(&[c.n, c.cin, c.h, c.w], DType::F64, &dev, c.seed).unwrap();
-        let w = Tensor::randn(&[c.cout, c.cin, c.kh, c.kw], DType::F64, &dev, c.seed ^ 1).unwrap();
-        let o = opts(c.stride, c.padding);
+        let (x, w, o) = c.inputs(&dev);
         let report = check_gradients(&[x, w], Tape::recording().context(), |tape, i| {
             conv2d(tape, &i[0], &i[1], None, o)
         })
@@ -93,9 +109,7 @@ proptest! {
     #[test]
     fn partial_gradients_match_full(c in case()) {
         let dev = Device::cpu();
-        let x = Tensor::randn(&[c.n, c.cin, c.h, c.w], DType::F64, &dev, c.seed).unwrap();
-        let w = Tensor::randn(&[c.cout, c.cin, c.kh, c.kw], DType::F64, &dev, c.seed ^ 1).unwrap();
-        let o = opts(c.stride, c.padding);
+        let (x, w, o) = c.inputs(&dev);
         let grads_of = |x: &Tensor, w: &Tensor| {
             let mut tape = Tape::recording();
             let y = conv2d(&mut tape, x, w, None, o).unwrap();
@@ -123,8 +137,7 @@ fn hand_computed_2x2_kernel() {
     let y = conv2d(&mut tape, &x, &w, Some(&b), Conv2dOptions::default()).unwrap();
     assert_eq!(y.shape(), &[1, 1, 2, 2]);
     assert_eq!(y.to_f64_vec(), vec![37.5, 47.5, 67.5, 77.5]);
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let g = tape.backward(&loss).unwrap();
+    let g = tape::testing::grads_of_sum(tape, &y);
     let gx = [1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0];
     assert_eq!(g.get(&x).unwrap().to_f64_vec(), gx);
     assert_eq!(
@@ -228,9 +241,9 @@ proptest! {
     #[test]
     fn f64_matches_naive_reference(c in larger_case()) {
         let dev = Device::cpu();
-        let (xs, ws) = ([c.n, c.cin, c.h, c.w], [c.cout, c.cin, c.kh, c.kw]);
-        let x = Tensor::randn(&xs, DType::F64, &dev, c.seed).unwrap().with_requires_grad(true);
-        let w = Tensor::randn(&ws, DType::F64, &dev, c.seed ^ 1).unwrap().with_requires_grad(true);
+        let (xs, ws) = c.shapes();
+        let x = tape::testing::randn_leaf(&xs, DType::F64, &dev, c.seed);
+        let w = tape::testing::randn_leaf(&ws, DType::F64, &dev, c.seed ^ 1);
         let mut tape = Tape::recording();
         let y = conv2d(&mut tape, &x, &w, None, opts(c.stride, c.padding)).unwrap();
         let gy = Tensor::randn(y.shape(), DType::F64, &dev, c.seed ^ 2).unwrap();
@@ -286,18 +299,13 @@ fn f32_matches_naive_reference() {
     ];
     for (seed, (xs, ws, s, p)) in cases.into_iter().enumerate() {
         let dev = Device::cpu();
-        let x = Tensor::randn(&xs, DType::F32, &dev, seed as u64)
-            .unwrap()
-            .with_requires_grad(true);
-        let w = Tensor::randn(&ws, DType::F32, &dev, 100 + seed as u64)
-            .unwrap()
-            .with_requires_grad(true);
+        let x = tape::testing::randn_leaf(&xs, DType::F32, &dev, seed as u64);
+        let w = tape::testing::randn_leaf(&ws, DType::F32, &dev, 100 + seed as u64);
         let mut tape = Tape::recording();
         let y = conv2d(&mut tape, &x, &w, None, opts(s, p)).unwrap();
         let gy = Tensor::randn(y.shape(), DType::F32, &dev, 200 + seed as u64).unwrap();
         let weighted = ops::mul(&mut tape, &y, &gy).unwrap();
-        let loss = ops::sum(&mut tape, &weighted).unwrap();
-        let grads = tape.backward(&loss).unwrap();
+        let grads = tape::testing::grads_of_sum(tape, &weighted);
         let (ry, rgx, rgw) = reference(
             &x.to_f64_vec(),
             &w.to_f64_vec(),
@@ -324,17 +332,12 @@ fn f32_matches_naive_reference() {
 #[test]
 fn empty_batch_gives_empty_output_and_zero_grads() {
     let dev = Device::cpu();
-    let x = Tensor::zeros(&[0, 2, 4, 4], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
-    let w = Tensor::ones(&[3, 2, 3, 3], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = common::leaf(Tensor::zeros(&[0, 2, 4, 4], DType::F64, &dev));
+    let w = common::leaf(Tensor::ones(&[3, 2, 3, 3], DType::F64, &dev));
     let mut tape = Tape::recording();
     let y = conv2d(&mut tape, &x, &w, None, opts(1, 1)).unwrap();
     assert_eq!(y.shape(), &[0, 3, 4, 4]);
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let g = tape.backward(&loss).unwrap();
+    let g = tape::testing::grads_of_sum(tape, &y);
     assert!(g.get(&w).unwrap().to_f64_vec().iter().all(|&v| v == 0.0));
 }
 
@@ -342,12 +345,8 @@ fn empty_batch_gives_empty_output_and_zero_grads() {
 fn zero_channels_give_bias_and_zero_grads() {
     let dev = Device::cpu();
     // No input channels: the output is the bias alone.
-    let x = Tensor::zeros(&[2, 0, 4, 4], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
-    let w = Tensor::zeros(&[3, 0, 3, 3], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = common::leaf(Tensor::zeros(&[2, 0, 4, 4], DType::F64, &dev));
+    let w = common::leaf(Tensor::zeros(&[3, 0, 3, 3], DType::F64, &dev));
     let b = t(&[1.0, 2.0, 3.0], &[3], &dev).with_requires_grad(true);
     let mut tape = Tape::recording();
     let y = conv2d(&mut tape, &x, &w, Some(&b), opts(1, 1)).unwrap();
@@ -357,17 +356,12 @@ fn zero_channels_give_bias_and_zero_grads() {
     let g = tape.backward(&loss).unwrap();
     assert_eq!(g.get(&b).unwrap().to_f64_vec(), vec![32.0; 3]);
     // No output channels: an empty output.
-    let x = Tensor::ones(&[2, 3, 4, 4], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
-    let w = Tensor::zeros(&[0, 3, 3, 3], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = common::leaf(Tensor::ones(&[2, 3, 4, 4], DType::F64, &dev));
+    let w = common::leaf(Tensor::zeros(&[0, 3, 3, 3], DType::F64, &dev));
     let mut tape = Tape::recording();
     let y = conv2d(&mut tape, &x, &w, None, opts(2, 1)).unwrap();
     assert_eq!(y.shape(), &[2, 0, 2, 2]);
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let g = tape.backward(&loss).unwrap();
+    let g = tape::testing::grads_of_sum(tape, &y);
     assert!(g.get(&x).unwrap().to_f64_vec().iter().all(|&v| v == 0.0));
 }
 
@@ -576,12 +570,8 @@ fn conv_workspaces_are_charged_exactly() {
                     forward.max(backward),
                     "{what}: the larger pass"
                 );
-                let x = Tensor::randn(&shape, DType::F32, &dev, 1)
-                    .unwrap()
-                    .with_requires_grad(true);
-                let w = Tensor::randn(&[cout, shape[1], k, k], DType::F32, &dev, 2)
-                    .unwrap()
-                    .with_requires_grad(true);
+                let x = tape::testing::randn_leaf(&shape, DType::F32, &dev, 1);
+                let w = tape::testing::randn_leaf(&[cout, shape[1], k, k], DType::F32, &dev, 2);
                 let mut tape = Tape::recording();
                 let before = dev.memory().current();
                 dev.memory().reset_peak();
@@ -669,42 +659,37 @@ mod on_gpu {
 
     #[test]
     fn conv2d_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(1);
-        for case in 0..12 {
-            for dtype in DTYPES {
-                let k = [1, 3, 5, 7][p.int(0, 3)];
-                let stride = p.int(1, 2);
-                let padding = p.int(0, k / 2);
-                let (n, cin, cout) = (p.int(1, 4), p.int(1, 9), p.int(1, 9));
-                let h = p.int(k.saturating_sub(2 * padding).max(1), 12);
-                let w = p.int(k.saturating_sub(2 * padding).max(1), 12);
-                let bias = p.bool();
-                let mut inputs = vec![
-                    randn(&[n, cin, h, w], dtype, case * 10 + 1),
-                    randn(&[cout, cin, k, k], dtype, case * 10 + 2),
-                ];
-                if bias {
-                    inputs.push(randn(&[cout], dtype, case * 10 + 3));
-                }
-                let opts = Conv2dOptions { stride, padding };
-                let mask = vec![true; inputs.len()];
-                let f =
-                    move |t: &mut Tape, x: &[Tensor]| ops::conv2d(t, &x[0], &x[1], x.get(2), opts);
-                let what = format!(
-                    "conv2d x{:?} k{k} s{stride} p{padding} cout{cout} bias{bias}",
-                    [n, cin, h, w]
-                );
-                compare(&dev, &what, &inputs, &mask, training(), &f);
-                // Only the weight wants a gradient (grad input skipped), then only the input.
-                let mut only_w = vec![false; inputs.len()];
-                only_w[1] = true;
-                compare(&dev, &what, &inputs, &only_w, training(), &f);
-                let mut only_x = vec![false; inputs.len()];
-                only_x[0] = true;
-                compare(&dev, &what, &inputs, &only_x, training(), &f);
+        for_gpu_cases(1, 12, |dev, p, case, dtype| {
+            let k = [1, 3, 5, 7][p.int(0, 3)];
+            let stride = p.int(1, 2);
+            let padding = p.int(0, k / 2);
+            let (n, cin, cout) = (p.int(1, 4), p.int(1, 9), p.int(1, 9));
+            let h = p.int(k.saturating_sub(2 * padding).max(1), 12);
+            let w = p.int(k.saturating_sub(2 * padding).max(1), 12);
+            let bias = p.bool();
+            let mut inputs = vec![
+                randn(&[n, cin, h, w], dtype, case * 10 + 1),
+                randn(&[cout, cin, k, k], dtype, case * 10 + 2),
+            ];
+            if bias {
+                inputs.push(randn(&[cout], dtype, case * 10 + 3));
             }
-        }
+            let opts = Conv2dOptions { stride, padding };
+            let mask = vec![true; inputs.len()];
+            let f = move |t: &mut Tape, x: &[Tensor]| ops::conv2d(t, &x[0], &x[1], x.get(2), opts);
+            let what = format!(
+                "conv2d x{:?} k{k} s{stride} p{padding} cout{cout} bias{bias}",
+                [n, cin, h, w]
+            );
+            compare(dev, &what, &inputs, &mask, training(), &f);
+            // Only the weight wants a gradient (grad input skipped), then only the input.
+            let mut only_w = vec![false; inputs.len()];
+            only_w[1] = true;
+            compare(dev, &what, &inputs, &only_w, training(), &f);
+            let mut only_x = vec![false; inputs.len()];
+            only_x[0] = true;
+            compare(dev, &what, &inputs, &only_x, training(), &f);
+        });
     }
 
     #[test]
@@ -717,10 +702,7 @@ mod on_gpu {
         };
         let x = randn(&[4, 16, 12, 12], DType::F32, 1);
         let w = randn(&[8, 16, 3, 3], DType::F32, 2);
-        let opts = Conv2dOptions {
-            stride: 1,
-            padding: 1,
-        };
+        let opts = super::opts(1, 1);
         let f = |t: &mut Tape, x: &[Tensor]| ops::conv2d(t, &x[0], &x[1], None, opts);
         let (a, _) = eval(
             &Device::cpu(),
@@ -773,17 +755,7 @@ mod on_gpu {
             .unwrap()
             .with_requires_grad(true);
         let mut tape = Tape::recording();
-        let y = ops::conv2d(
-            &mut tape,
-            &x,
-            &w,
-            None,
-            Conv2dOptions {
-                stride: 1,
-                padding: 1,
-            },
-        )
-        .unwrap();
+        let y = ops::conv2d(&mut tape, &x, &w, None, super::opts(1, 1)).unwrap();
         let loss = ops::sum(&mut tape, &y).unwrap();
         drop(y);
         drop(tape.backward(&loss).unwrap());

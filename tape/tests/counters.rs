@@ -14,9 +14,7 @@ fn counts(launches: u64, allocs: u64, syncs: u64) -> Counters {
 
 /// Counts of the phases of `loss = sum(relu(x * w))`, its backward and two reads, on `dev`.
 fn phases(dev: &Device) -> [Counters; 4] {
-    let x = Tensor::randn(&[2, 3], DType::F32, dev, 0)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[2, 3], DType::F32, dev, 0);
     let w = Tensor::randn(&[2, 3], DType::F32, dev, 1).unwrap();
     let c0 = dev.counters();
     let mut tape = Tape::recording();
@@ -66,9 +64,7 @@ fn counts_are_deterministic_and_per_device() {
 #[test]
 fn a_kernel_inside_a_kernel_and_reads_inside_kernels_count_nothing() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[4, 5], DType::F64, &dev, 3)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[4, 5], DType::F64, &dev, 3);
     // The CPU's sum makes its output with `full` and its gradient fill reads the incoming
     // gradient on the host: both inside the kernel call, so one launch each and no sync.
     let mut tape = Tape::recording();

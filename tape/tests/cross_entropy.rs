@@ -1,26 +1,16 @@
 //! Cross-entropy: hand-computed values and gradients, numerical stability, gradient checks and
 //! every error path.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
-use tape::{ops, Context, DType, Device, Error, Phase, Tape, Tensor};
+use tape::{ops, DType, Device, Error, Tape, Tensor};
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(4096)
-    }
-}
-
-const TRAIN: Context = Context {
-    training: true,
-    phase: Phase::Forward,
-    seed: 0,
-    counter: 0,
-};
+use common::TRAIN;
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(4096))]
 
     #[test]
     fn gradcheck_logits(
@@ -158,23 +148,16 @@ mod on_gpu {
 
     #[test]
     fn cross_entropy_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(6);
-        for case in 0..6 {
-            for dtype in DTYPES {
-                let (n, classes) = (p.int(1, 9), if case == 0 { 1000 } else { p.int(1, 12) });
-                let logits = randn(&[n, classes], dtype, case + 7);
-                let labels: Vec<usize> =
-                    (0..n).map(|i| (i * 7 + case as usize) % classes).collect();
-                compare(
-                    &dev,
-                    &format!("cross_entropy {n}x{classes}"),
-                    &[logits],
-                    &[true],
-                    training(),
-                    &move |t, x| ops::cross_entropy(t, &x[0], &labels),
-                );
-            }
-        }
+        for_gpu_cases(6, 6, |dev, p, case, dtype| {
+            let (n, classes) = (p.int(1, 9), if case == 0 { 1000 } else { p.int(1, 12) });
+            let logits = randn(&[n, classes], dtype, case + 7);
+            let labels: Vec<usize> = (0..n).map(|i| (i * 7 + case as usize) % classes).collect();
+            compare_unary(
+                dev,
+                &format!("cross_entropy {n}x{classes}"),
+                &logits,
+                &move |t, x| ops::cross_entropy(t, &x[0], &labels),
+            );
+        });
     }
 }

@@ -2,6 +2,8 @@
 //! context, changes with the counter, preserves the mean, is the identity in eval mode or with
 //! `p == 0`, saves no buffer for backward, and rejects `p` outside [0, 1).
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::{ops, rng, Context, DType, Device, Error, Phase, Tape, Tensor};
@@ -15,19 +17,12 @@ fn ctx(seed: u64, counter: u64) -> Context {
     }
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(4096)
-    }
-}
-
 fn ones(n: usize, dev: &Device) -> Tensor {
     Tensor::ones(&[n], DType::F64, dev).unwrap()
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(4096))]
 
     #[test]
     fn gradcheck_training(n in 1usize..5, c in 1usize..6, hw in 1usize..8, p in 0.01f64..0.9, seed in 0u64..1 << 62, counter in 0u64..1000) {
@@ -98,9 +93,7 @@ fn different_counter_or_seed_changes_the_mask() {
 #[test]
 fn identity_when_p_is_zero_or_in_eval() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[3, 4], DType::F32, &dev, 2)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[3, 4], DType::F32, &dev, 2);
     let mut tape = Tape::recording().with_seed(9);
     let y = ops::dropout(&mut tape, &x, 0.0).unwrap();
     assert_eq!(y.to_f64_vec(), x.to_f64_vec());
@@ -112,8 +105,7 @@ fn identity_when_p_is_zero_or_in_eval() {
     let loss = ops::sum(&mut eval, &z).unwrap();
     let grads = eval.backward(&loss).unwrap();
     assert!(grads.get(&y).is_some());
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let grads = tape.backward(&loss).unwrap();
+    let grads = tape::testing::grads_of_sum(tape, &y);
     assert_eq!(grads.get(&x).unwrap().to_f64_vec(), vec![1.0; 12]);
 }
 
@@ -136,9 +128,7 @@ fn mean_is_preserved_and_fraction_dropped_is_p() {
 #[test]
 fn backward_regenerates_the_mask_and_saves_no_buffer() {
     let dev = Device::cpu();
-    let x = Tensor::ones(&[64, 64], DType::F32, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = common::leaf(Tensor::ones(&[64, 64], DType::F32, &dev));
     let x_id = x.id();
     let mut tape = Tape::with_context(true, ctx(8, 3));
     let y = ops::dropout(&mut tape, &x, 0.25).unwrap();
@@ -198,9 +188,7 @@ mod on_gpu {
                 assert_eq!(a, b, "dropout mask p={p} seed={seed} {dtype:?}");
             }
             let x = randn(&[4, 6, 5], dtype, 3);
-            compare(&dev, "dropout", &[x], &[true], training(), &|t, x| {
-                ops::dropout(t, &x[0], 0.3)
-            });
+            compare_unary(&dev, "dropout", &x, &|t, x| ops::dropout(t, &x[0], 0.3));
         }
     }
 }

@@ -2,20 +2,15 @@
 //! scatter-add of repeated indices by hand, the same bits on 1 and 3 threads, empty lookups,
 //! and every error path.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::ops::{self, embedding};
-use tape::{DType, Device, Error, Tape, Tensor};
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(1024)
-    }
-}
+use tape::{DType, Device, Tape, Tensor};
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(1024))]
 
     #[test]
     fn gradcheck_weight(
@@ -58,9 +53,7 @@ fn gathers_rows_into_the_index_shape() {
 #[test]
 fn repeated_indices_add_their_gradients() {
     let dev = Device::cpu();
-    let w = Tensor::zeros(&[4, 2], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let w = common::leaf(Tensor::zeros(&[4, 2], DType::F64, &dev));
     let mut tape = Tape::recording();
     let y = embedding(&mut tape, &w, &[1, 3, 1, 1], &[4]).unwrap();
     let seed = Tensor::from_f64(
@@ -88,9 +81,7 @@ fn the_weight_gradient_has_the_same_bits_on_1_and_3_threads() {
             .install(|| {
                 let dev = Device::cpu();
                 let (vocab, d, n) = (50, 64, 4096);
-                let w = Tensor::randn(&[vocab, d], DType::F32, &dev, 1)
-                    .unwrap()
-                    .with_requires_grad(true);
+                let w = tape::testing::randn_leaf(&[vocab, d], DType::F32, &dev, 1);
                 // Skewed indices: a few rows take most positions.
                 let indices: Vec<usize> = (0..n)
                     .map(|i| (i * i / 7 + i) % vocab % (1 + i % 9))
@@ -114,9 +105,7 @@ fn the_weight_gradient_has_the_same_bits_on_1_and_3_threads() {
 #[test]
 fn empty_lookups_and_nothing_saved_without_a_gradient() {
     let dev = Device::cpu();
-    let w = Tensor::randn(&[3, 2], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let w = tape::testing::randn_leaf(&[3, 2], DType::F64, &dev, 1);
     let mut tape = Tape::recording();
     let y = embedding(&mut tape, &w, &[], &[0, 5]).unwrap();
     assert_eq!(y.shape(), &[0, 5, 2]);
@@ -134,39 +123,17 @@ fn error_paths() {
     let z = |s: &[usize]| Tensor::zeros(s, DType::F64, &dev).unwrap();
     let w = z(&[3, 2]);
     let mut tp = Tape::no_grad();
-    let shape = |r| {
-        matches!(
-            r,
-            Err(Error::Shape {
-                op: "embedding",
-                ..
-            })
-        )
-    };
+    let shape = |r| common::is_shape_error(r, "embedding");
     assert!(shape(embedding(&mut tp, &z(&[6]), &[0], &[1])));
     assert!(shape(embedding(&mut tp, &z(&[3, 2, 1]), &[0], &[1])));
     assert!(shape(embedding(&mut tp, &w, &[0, 1], &[3])));
     assert!(shape(embedding(&mut tp, &w, &[0, 1], &[])));
-    let invalid = |r| {
-        matches!(
-            r,
-            Err(Error::InvalidArgument {
-                op: "embedding",
-                ..
-            })
-        )
-    };
+    let invalid = |r| common::is_invalid_argument(r, "embedding");
     assert!(invalid(embedding(&mut tp, &w, &[0, 3], &[2])));
     assert!(invalid(embedding(&mut tp, &z(&[0, 2]), &[0], &[1])));
     // A gradient of the wrong dtype is a typed error, not a panic.
     let wg = w.clone().with_requires_grad(true);
-    let mut tape = Tape::recording();
-    let y = embedding(&mut tape, &wg, &[0, 2], &[2]).unwrap();
-    let wrong = Tensor::zeros(&[2, 2], DType::F32, &dev).unwrap();
-    assert!(matches!(
-        tape.backward_from(&y, wrong),
-        Err(Error::DType { .. })
-    ));
+    tape::testing::assert_wrong_dtype_seed_fails(|t| embedding(t, &wg, &[0, 2], &[2]));
 }
 
 /// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
@@ -177,25 +144,19 @@ mod on_gpu {
 
     #[test]
     fn embedding_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(51);
-        for case in 0..8u64 {
-            for dtype in DTYPES {
-                let (vocab, d) = (p.int(1, 40), p.int(1, 300));
-                let shape = [p.int(0, 5), p.int(1, 30)];
-                let n = shape[0] * shape[1];
-                // Repeats: indices drawn from a small range of the vocabulary.
-                let hot = p.int(1, vocab);
-                let indices: Vec<usize> = (0..n).map(|_| p.int(0, hot - 1)).collect();
-                compare(
-                    &dev,
-                    &format!("embedding {vocab}x{d} {shape:?}"),
-                    &[randn(&[vocab, d], dtype, case + 1)],
-                    &[true],
-                    training(),
-                    &move |t, x| ops::embedding(t, &x[0], &indices, &shape),
-                );
-            }
-        }
+        for_gpu_cases(51, 8, |dev, p, case, dtype| {
+            let (vocab, d) = (p.int(1, 40), p.int(1, 300));
+            let shape = [p.int(0, 5), p.int(1, 30)];
+            let n = shape[0] * shape[1];
+            // Repeats: indices drawn from a small range of the vocabulary.
+            let hot = p.int(1, vocab);
+            let indices = p.ints(n, 0, hot - 1);
+            compare_unary(
+                dev,
+                &format!("embedding {vocab}x{d} {shape:?}"),
+                &randn(&[vocab, d], dtype, case + 1),
+                &move |t, x| ops::embedding(t, &x[0], &indices, &shape),
+            );
+        });
     }
 }

@@ -1,30 +1,21 @@
 //! gelu: finite-difference gradient checks of both forms, values and slopes against PyTorch,
 //! f32 on several threads, what backward keeps, and the error path of a bad gradient.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
-use tape::ops::{self, gelu, gelu_with, GeluApproximation};
-use tape::{DType, Device, Error, Tape, Tensor};
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(1024)
-    }
-}
+use tape::ops::{gelu, gelu_with, GeluApproximation};
+use tape::{DType, Device, Tape, Tensor};
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(1024))]
 
     #[test]
     fn gradcheck_exact_and_tanh(
-        shape in prop::collection::vec(1usize..5, 1..4),
-        scale in 0.1f64..4.0,
-        seed in 0u64..1 << 62,
+        (shape, scale, seed) in common::shape_scale_seed(),
     ) {
-        let dev = Device::cpu();
-        let x = Tensor::randn(&shape, DType::F64, &dev, seed)?;
-        let x = ops::scale(&mut Tape::no_grad(), &x, scale)?;
+        let x = common::scaled_randn(&shape, scale, seed)?;
         let ctx = Tape::recording().context();
         for approx in [GeluApproximation::None, GeluApproximation::Tanh] {
             let report = check_gradients(std::slice::from_ref(&x), ctx, |tape, t| {
@@ -94,15 +85,12 @@ fn pytorch(approx: GeluApproximation) -> ([f64; 7], [f64; 7]) {
 fn values_and_slopes_match_pytorch() {
     let dev = Device::cpu();
     for approx in [GeluApproximation::None, GeluApproximation::Tanh] {
-        let x = Tensor::from_f64(&X, &[7], DType::F64, &dev)
-            .unwrap()
-            .with_requires_grad(true);
+        let x = common::leaf(Tensor::from_f64(&X, &[7], DType::F64, &dev));
         let mut tape = Tape::recording();
         let y = gelu_with(&mut tape, &x, approx).unwrap();
         let (want_y, want_g) = pytorch(approx);
         close(&y.to_f64_vec(), &want_y, 1e-15);
-        let loss = ops::sum(&mut tape, &y).unwrap();
-        let g = tape.backward(&loss).unwrap();
+        let g = tape::testing::grads_of_sum(tape, &y);
         close(&g.get(&x).unwrap().to_f64_vec(), &want_g, 1e-15);
     }
     // The default is the exact form.
@@ -137,13 +125,7 @@ fn saves_nothing_without_a_gradient_and_rejects_a_bad_gradient() {
     gelu(&mut tape, &x).unwrap();
     assert!(tape.is_empty());
     let x = x.with_requires_grad(true);
-    let mut tape = Tape::recording();
-    let y = gelu(&mut tape, &x).unwrap();
-    let wrong = Tensor::zeros(&[2, 3], DType::F32, &dev).unwrap();
-    assert!(matches!(
-        tape.backward_from(&y, wrong),
-        Err(Error::DType { .. })
-    ));
+    tape::testing::assert_wrong_dtype_seed_fails(|t| gelu(t, &x));
 }
 
 /// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
@@ -155,23 +137,17 @@ mod on_gpu {
 
     #[test]
     fn gelu_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(41);
-        for case in 0..6u64 {
-            for dtype in DTYPES {
-                let shape = [p.int(1, 40), p.int(1, 700)];
-                for approx in [GeluApproximation::None, GeluApproximation::Tanh] {
-                    let f = move |t: &mut Tape, x: &[Tensor]| ops::gelu_with(t, &x[0], approx);
-                    compare(
-                        &dev,
-                        &format!("gelu {shape:?} {approx:?}"),
-                        &[randn(&shape, dtype, case + 5)],
-                        &[true],
-                        training(),
-                        &f,
-                    );
-                }
+        for_gpu_cases(41, 6, |dev, p, case, dtype| {
+            let shape = [p.int(1, 40), p.int(1, 700)];
+            for approx in [GeluApproximation::None, GeluApproximation::Tanh] {
+                let f = move |t: &mut Tape, x: &[Tensor]| ops::gelu_with(t, &x[0], approx);
+                compare_unary(
+                    dev,
+                    &format!("gelu {shape:?} {approx:?}"),
+                    &randn(&shape, dtype, case + 5),
+                    &f,
+                );
             }
-        }
+        });
     }
 }

@@ -2,20 +2,15 @@
 //! gradients against PyTorch, normalised rows on several threads, what backward keeps, and
 //! every error path.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::ops::{self, layer_norm};
 use tape::{DType, Device, Error, Tape, Tensor};
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(1024)
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(1024))]
 
     #[test]
     fn gradcheck_x_weight_bias(
@@ -45,11 +40,7 @@ proptest! {
     }
 }
 
-fn t(data: &[f64], shape: &[usize], dev: &Device) -> Tensor {
-    Tensor::from_f64(data, shape, DType::F64, dev)
-        .unwrap()
-        .with_requires_grad(true)
-}
+use common::leaf_f64 as t;
 
 fn close(a: &[f64], b: &[f64], tol: f64) {
     assert_eq!(a.len(), b.len());
@@ -186,15 +177,7 @@ fn error_paths() {
     let z = |s: &[usize]| Tensor::zeros(s, DType::F64, &dev).unwrap();
     let x = z(&[2, 3]);
     let mut tp = Tape::no_grad();
-    let shape = |r| {
-        matches!(
-            r,
-            Err(Error::Shape {
-                op: "layer_norm",
-                ..
-            })
-        )
-    };
+    let shape = |r| common::is_shape_error(r, "layer_norm");
     assert!(shape(layer_norm(&mut tp, &z(&[]), None, None, 1e-5)));
     assert!(shape(layer_norm(&mut tp, &x, Some(&z(&[2])), None, 1e-5)));
     assert!(shape(layer_norm(
@@ -221,36 +204,29 @@ fn error_paths() {
         ));
     }
     let w32 = Tensor::zeros(&[3], DType::F32, &dev).unwrap();
-    assert!(matches!(
-        layer_norm(&mut tp, &x, Some(&w32), None, 1e-5),
-        Err(Error::DType {
-            op: "layer_norm",
-            ..
-        })
-    ));
-    assert!(matches!(
-        layer_norm(&mut tp, &x, None, Some(&w32), 1e-5),
-        Err(Error::DType {
-            op: "layer_norm",
-            ..
-        })
-    ));
     let other = Device::cpu();
     let w_other = Tensor::zeros(&[3], DType::F64, &other).unwrap();
-    assert!(matches!(
-        layer_norm(&mut tp, &x, Some(&w_other), None, 1e-5),
-        Err(Error::Device {
-            op: "layer_norm",
-            ..
-        })
-    ));
-    assert!(matches!(
-        layer_norm(&mut tp, &x, None, Some(&w_other), 1e-5),
-        Err(Error::Device {
-            op: "layer_norm",
-            ..
-        })
-    ));
+    // The weight, then the bias, of the wrong dtype or on another device.
+    for (w, b) in [(Some(&w32), None), (None, Some(&w32))] {
+        let r = layer_norm(&mut tp, &x, w, b, 1e-5);
+        assert!(matches!(
+            r,
+            Err(Error::DType {
+                op: "layer_norm",
+                ..
+            })
+        ));
+    }
+    for (w, b) in [(Some(&w_other), None), (None, Some(&w_other))] {
+        let r = layer_norm(&mut tp, &x, w, b, 1e-5);
+        assert!(matches!(
+            r,
+            Err(Error::Device {
+                op: "layer_norm",
+                ..
+            })
+        ));
+    }
 }
 
 /// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
@@ -262,37 +238,33 @@ mod on_gpu {
 
     #[test]
     fn layer_norm_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(31);
-        for case in 0..8u64 {
-            for dtype in DTYPES {
-                // Rows longer than a block (700) and short ones.
-                let d = if case == 0 { 700 } else { p.int(1, 48) };
-                let shape = [p.int(1, 3), p.int(1, 9), d];
-                let (with_w, with_b) = (p.bool(), p.bool());
-                let mut inputs = vec![randn(&shape, dtype, case + 1)];
-                if with_w {
-                    inputs.push(randn(&[d], dtype, case + 2));
-                }
-                if with_b {
-                    inputs.push(randn(&[d], dtype, case + 3));
-                }
-                let mask = vec![true; inputs.len()];
-                let f = move |t: &mut Tape, x: &[Tensor]| {
-                    let w = with_w.then(|| &x[1]);
-                    let b = with_b.then(|| &x[if with_w { 2 } else { 1 }]);
-                    ops::layer_norm(t, &x[0], w, b, 1e-5)
-                };
-                compare(
-                    &dev,
-                    &format!("layer_norm {shape:?} weight {with_w} bias {with_b}"),
-                    &inputs,
-                    &mask,
-                    training(),
-                    &f,
-                );
+        for_gpu_cases(31, 8, |dev, p, case, dtype| {
+            // Rows longer than a block (700) and short ones.
+            let d = if case == 0 { 700 } else { p.int(1, 48) };
+            let shape = [p.int(1, 3), p.int(1, 9), d];
+            let (with_w, with_b) = (p.bool(), p.bool());
+            let mut inputs = vec![randn(&shape, dtype, case + 1)];
+            if with_w {
+                inputs.push(randn(&[d], dtype, case + 2));
             }
-        }
+            if with_b {
+                inputs.push(randn(&[d], dtype, case + 3));
+            }
+            let mask = vec![true; inputs.len()];
+            let f = move |t: &mut Tape, x: &[Tensor]| {
+                let w = with_w.then(|| &x[1]);
+                let b = with_b.then(|| &x[if with_w { 2 } else { 1 }]);
+                ops::layer_norm(t, &x[0], w, b, 1e-5)
+            };
+            compare(
+                dev,
+                &format!("layer_norm {shape:?} weight {with_w} bias {with_b}"),
+                &inputs,
+                &mask,
+                training(),
+                &f,
+            );
+        });
     }
 }
 
@@ -302,17 +274,12 @@ mod on_gpu {
 fn a_frozen_scale_gets_no_gradient_when_the_shift_trains() {
     use tape::{ops, DType, Device, Tape, Tensor};
     let dev = Device::cpu();
-    let x = Tensor::randn(&[3, 4], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[3, 4], DType::F64, &dev, 1);
     let w = Tensor::randn(&[4], DType::F64, &dev, 2).unwrap();
-    let b = Tensor::randn(&[4], DType::F64, &dev, 3)
-        .unwrap()
-        .with_requires_grad(true);
+    let b = tape::testing::randn_leaf(&[4], DType::F64, &dev, 3);
     let mut tape = Tape::recording();
     let y = ops::layer_norm(&mut tape, &x, Some(&w), Some(&b), 1e-5).unwrap();
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let grads = tape.backward(&loss).unwrap();
+    let grads = tape::testing::grads_of_sum(tape, &y);
     assert!(grads.get(&w).is_none(), "the frozen scale got a gradient");
     assert_eq!(grads.get(&b).unwrap().to_f64_vec(), vec![3.0; 4]);
     assert!(grads.get(&x).is_some());

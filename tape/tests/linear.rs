@@ -1,9 +1,11 @@
 //! linear: finite-difference gradient checks over random sizes, hand-computed values and
 //! gradients, a larger f32 case against a naive product, and every error path.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
-use tape::ops::{self, linear};
+use tape::ops::linear;
 use tape::{DType, Device, Error, Tape, Tensor};
 
 proptest! {
@@ -26,11 +28,7 @@ proptest! {
     }
 }
 
-fn t(data: &[f64], shape: &[usize], dev: &Device) -> Tensor {
-    Tensor::from_f64(data, shape, DType::F64, dev)
-        .unwrap()
-        .with_requires_grad(true)
-}
+use common::leaf_f64 as t;
 
 #[test]
 fn hand_computed_values_and_gradients() {
@@ -42,8 +40,7 @@ fn hand_computed_values_and_gradients() {
     let y = linear(&mut tape, &x, &w, Some(&b)).unwrap();
     assert_eq!(y.shape(), &[2, 3]);
     assert_eq!(y.to_f64_vec(), vec![1.5, 1.0, 5.0, 3.5, 3.0, 9.0]);
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let g = tape.backward(&loss).unwrap();
+    let g = tape::testing::grads_of_sum(tape, &y);
     assert_eq!(g.get(&x).unwrap().to_f64_vec(), vec![2.0; 4]);
     assert_eq!(
         g.get(&w).unwrap().to_f64_vec(),
@@ -59,8 +56,7 @@ fn only_requested_gradients_are_computed() {
     let w = Tensor::from_f64(&[3.0, 4.0], &[1, 2], DType::F64, &dev).unwrap();
     let mut tape = Tape::recording();
     let y = linear(&mut tape, &x, &w, None).unwrap();
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let g = tape.backward(&loss).unwrap();
+    let g = tape::testing::grads_of_sum(tape, &y);
     assert_eq!(g.get(&x).unwrap().to_f64_vec(), vec![3.0, 4.0]);
     assert!(g.get(&w).is_none());
 }
@@ -103,26 +99,18 @@ fn error_paths() {
     assert!(shape(linear(&mut tp, &x, &w, Some(&z(&[3])))));
     assert!(shape(linear(&mut tp, &x, &w, Some(&z(&[4, 1])))));
     let w32 = Tensor::zeros(&[4, 3], DType::F32, &dev).unwrap();
-    assert!(matches!(
-        linear(&mut tp, &x, &w32, None),
-        Err(Error::DType { .. })
-    ));
     let b32 = Tensor::zeros(&[4], DType::F32, &dev).unwrap();
-    assert!(matches!(
-        linear(&mut tp, &x, &w, Some(&b32)),
-        Err(Error::DType { .. })
-    ));
+    for (w, b) in [(&w32, None), (&w, Some(&b32))] {
+        let r = linear(&mut tp, &x, w, b);
+        assert!(matches!(r, Err(Error::DType { .. })));
+    }
     let other = Device::cpu();
     let w_other = Tensor::zeros(&[4, 3], DType::F64, &other).unwrap();
-    assert!(matches!(
-        linear(&mut tp, &x, &w_other, None),
-        Err(Error::Device { .. })
-    ));
     let b_other = Tensor::zeros(&[4], DType::F64, &other).unwrap();
-    assert!(matches!(
-        linear(&mut tp, &x, &w, Some(&b_other)),
-        Err(Error::Device { .. })
-    ));
+    for (w, b) in [(&w_other, None), (&w, Some(&b_other))] {
+        let r = linear(&mut tp, &x, w, b);
+        assert!(matches!(r, Err(Error::Device { .. })));
+    }
 }
 
 /// On a GPU: the same op against the CPU (the reference). Skipped without a usable GPU; fails
@@ -134,30 +122,26 @@ mod on_gpu {
 
     #[test]
     fn linear_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(2);
-        for case in 0..10 {
-            for dtype in DTYPES {
-                let (n, i, o) = (p.int(1, 17), p.int(1, 40), p.int(1, 23));
-                let bias = p.bool();
-                let mut inputs = vec![
-                    randn(&[n, i], dtype, case * 10 + 1),
-                    randn(&[o, i], dtype, case * 10 + 2),
-                ];
-                if bias {
-                    inputs.push(randn(&[o], dtype, case * 10 + 3));
-                }
-                let mask = vec![true; inputs.len()];
-                let f = |t: &mut Tape, x: &[Tensor]| ops::linear(t, &x[0], &x[1], x.get(2));
-                compare(
-                    &dev,
-                    &format!("linear {n}x{i}->{o} bias{bias}"),
-                    &inputs,
-                    &mask,
-                    training(),
-                    &f,
-                );
+        for_gpu_cases(2, 10, |dev, p, case, dtype| {
+            let (n, i, o) = (p.int(1, 17), p.int(1, 40), p.int(1, 23));
+            let bias = p.bool();
+            let mut inputs = vec![
+                randn(&[n, i], dtype, case * 10 + 1),
+                randn(&[o, i], dtype, case * 10 + 2),
+            ];
+            if bias {
+                inputs.push(randn(&[o], dtype, case * 10 + 3));
             }
-        }
+            let mask = vec![true; inputs.len()];
+            let f = |t: &mut Tape, x: &[Tensor]| ops::linear(t, &x[0], &x[1], x.get(2));
+            compare(
+                dev,
+                &format!("linear {n}x{i}->{o} bias{bias}"),
+                &inputs,
+                &mask,
+                training(),
+                &f,
+            );
+        });
     }
 }

@@ -2,17 +2,12 @@
 //! against a naive product (hand-computed for a small case; f32 on several threads, items in
 //! parallel and GEMMs in parallel), empty and zero-inner products, and every error path.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::ops::{self, matmul, matmul_with, MatmulOptions};
 use tape::{DType, Device, Error, Tape, Tensor};
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(1024)
-    }
-}
 
 fn opts(ta: bool, tb: bool) -> MatmulOptions {
     MatmulOptions {
@@ -58,7 +53,7 @@ fn naive(
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(1024))]
 
     #[test]
     fn gradcheck_a_and_b(
@@ -79,11 +74,7 @@ proptest! {
     }
 }
 
-fn t(data: &[f64], shape: &[usize], dev: &Device) -> Tensor {
-    Tensor::from_f64(data, shape, DType::F64, dev)
-        .unwrap()
-        .with_requires_grad(true)
-}
+use common::leaf_f64 as t;
 
 #[test]
 fn hand_computed_values_and_gradients() {
@@ -102,8 +93,7 @@ fn hand_computed_values_and_gradients() {
         y.to_f64_vec(),
         vec![1.0, 2.0, 3.0, 3.0, 4.0, 7.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
     );
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let g = tape.backward(&loss).unwrap();
+    let g = tape::testing::grads_of_sum(tape, &y);
     // d sum / d a = 1 b^T: row sums of b; d sum / d b = a^T 1: column sums of a.
     assert_eq!(
         g.get(&a).unwrap().to_f64_vec(),
@@ -257,30 +247,26 @@ mod on_gpu {
 
     #[test]
     fn matmul_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(11);
-        for case in 0..12u64 {
-            for dtype in DTYPES {
-                let lead: Vec<usize> = (0..p.int(0, 2)).map(|_| p.int(1, 4)).collect();
-                let (m, k, n) = (p.int(1, 33), p.int(1, 40), p.int(1, 29));
-                let (ta, tb) = (p.bool(), p.bool());
-                let [sa, sb] = shapes(&lead, (m, k, n), ta, tb);
-                let inputs = vec![
-                    randn(&sa, dtype, case * 10 + 1),
-                    randn(&sb, dtype, case * 10 + 2),
-                ];
-                let f = move |t: &mut Tape, x: &[Tensor]| {
-                    ops::matmul_with(t, &x[0], &x[1], opts(ta, tb))
-                };
-                compare(
-                    &dev,
-                    &format!("matmul {lead:?} {m}x{k}x{n} ta {ta} tb {tb}"),
-                    &inputs,
-                    &[true, true],
-                    training(),
-                    &f,
-                );
-            }
-        }
+        for_gpu_cases(11, 12, |dev, p, case, dtype| {
+            let rank = p.int(0, 2);
+            let lead = p.ints(rank, 1, 4);
+            let (m, k, n) = (p.int(1, 33), p.int(1, 40), p.int(1, 29));
+            let (ta, tb) = (p.bool(), p.bool());
+            let [sa, sb] = shapes(&lead, (m, k, n), ta, tb);
+            let inputs = vec![
+                randn(&sa, dtype, case * 10 + 1),
+                randn(&sb, dtype, case * 10 + 2),
+            ];
+            let f =
+                move |t: &mut Tape, x: &[Tensor]| ops::matmul_with(t, &x[0], &x[1], opts(ta, tb));
+            compare(
+                dev,
+                &format!("matmul {lead:?} {m}x{k}x{n} ta {ta} tb {tb}"),
+                &inputs,
+                &[true, true],
+                training(),
+                &f,
+            );
+        });
     }
 }

@@ -1,20 +1,15 @@
 //! narrow and split: finite-difference gradient checks, values by hand, split pieces that
 //! concatenate back to the input (and whose gradients add up), and the error paths.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::ops::{self, narrow, split};
 use tape::{DType, Device, Error, Tape, Tensor};
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(1024)
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(1024))]
 
     #[test]
     fn gradcheck_narrow(
@@ -37,9 +32,7 @@ proptest! {
 fn hand_computed_values_and_gradient() {
     let dev = Device::cpu();
     let v: Vec<f64> = (0..24).map(f64::from).collect();
-    let x = Tensor::from_f64(&v, &[2, 3, 4], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = common::leaf(Tensor::from_f64(&v, &[2, 3, 4], DType::F64, &dev));
     let mut tape = Tape::recording();
     let y = narrow(&mut tape, &x, 1, 1, 2).unwrap();
     assert_eq!(y.shape(), &[2, 2, 4]);
@@ -49,8 +42,7 @@ fn hand_computed_values_and_gradient() {
         .map(|i| i as f64)
         .collect();
     assert_eq!(y.to_f64_vec(), want);
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let g = tape.backward(&loss).unwrap();
+    let g = tape::testing::grads_of_sum(tape, &y);
     let gw: Vec<f64> = (0..24)
         .map(|i| if (i / 4) % 3 == 0 { 0.0 } else { 1.0 })
         .collect();
@@ -69,9 +61,7 @@ fn split_pieces_concatenate_back_and_their_gradients_add_up() {
     // q, k, v out of one projection: [n, 3 * d] split along dim 1.
     let dev = Device::cpu();
     let (n, d) = (4, 5);
-    let x = Tensor::randn(&[n, 3 * d], DType::F32, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[n, 3 * d], DType::F32, &dev, 1);
     let mut tape = Tape::recording();
     let parts = split(&mut tape, &x, 1, &[d, d, d]).unwrap();
     assert_eq!(parts.len(), 3);
@@ -121,24 +111,18 @@ mod on_gpu {
 
     #[test]
     fn narrow_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(71);
-        for case in 0..10u64 {
-            for dtype in DTYPES {
-                let rank = p.int(1, 4);
-                let shape: Vec<usize> = (0..rank).map(|_| p.int(1, 9)).collect();
-                let dim = p.int(0, rank - 1);
-                let start = p.int(0, shape[dim]);
-                let len = p.int(0, shape[dim] - start);
-                compare(
-                    &dev,
-                    &format!("narrow {shape:?} dim {dim} {start}+{len}"),
-                    &[randn(&shape, dtype, case + 1)],
-                    &[true],
-                    training(),
-                    &move |t, x| ops::narrow(t, &x[0], dim, start, len),
-                );
-            }
-        }
+        for_gpu_cases(71, 10, |dev, p, case, dtype| {
+            let rank = p.int(1, 4);
+            let shape = p.ints(rank, 1, 9);
+            let dim = p.int(0, rank - 1);
+            let start = p.int(0, shape[dim]);
+            let len = p.int(0, shape[dim] - start);
+            compare_unary(
+                dev,
+                &format!("narrow {shape:?} dim {dim} {start}+{len}"),
+                &randn(&shape, dtype, case + 1),
+                &move |t, x| ops::narrow(t, &x[0], dim, start, len),
+            );
+        });
     }
 }

@@ -310,27 +310,15 @@ fn bad_steps_are_errors() {
     ));
     assert_eq!(p.tensor().to_f64_vec(), P0.to_vec());
 
-    let mut wrong_shape = Gradients::new();
-    wrong_shape
-        .accumulate_id(
-            p.tensor().id(),
-            Tensor::zeros(&[5], DType::F64, &dev).unwrap(),
-        )
-        .unwrap();
-    let mut wrong_dtype = Gradients::new();
-    wrong_dtype
-        .accumulate_id(
-            p.tensor().id(),
-            Tensor::zeros(&[4], DType::F32, &dev).unwrap(),
-        )
-        .unwrap();
-    let mut wrong_device = Gradients::new();
-    wrong_device
-        .accumulate_id(
-            p.tensor().id(),
-            Tensor::zeros(&[4], DType::F64, &Device::cpu()).unwrap(),
-        )
-        .unwrap();
+    // A gradient of `p` that does not fit it.
+    let grad = |g: tape::Result<Tensor>| {
+        let mut grads = Gradients::new();
+        grads.accumulate_id(p.tensor().id(), g.unwrap()).unwrap();
+        grads
+    };
+    let wrong_shape = grad(Tensor::zeros(&[5], DType::F64, &dev));
+    let wrong_dtype = grad(Tensor::zeros(&[4], DType::F32, &dev));
+    let wrong_device = grad(Tensor::zeros(&[4], DType::F64, &Device::cpu()));
     for opt in [
         &mut sgd(0.1, 0.9, 0.0, false, 0.0) as &mut dyn Optimizer,
         &mut Adam::new(AdamConfig::default()).unwrap(),
@@ -431,8 +419,7 @@ mod on_gpu {
             let g = randn(&[5, 7], dtype, 10 + step).to_device(dev).unwrap();
             let mut tape = Tape::recording();
             let y = ops::mul(&mut tape, p.tensor(), &g).unwrap();
-            let loss = ops::sum(&mut tape, &y).unwrap();
-            let grads = tape.backward(&loss).unwrap();
+            let grads = tape::testing::grads_of_sum(tape, &y);
             opt.step(&mut [&mut p], &grads).unwrap();
         }
         let state = opt

@@ -121,19 +121,12 @@ fn grads(ps: &[Parameter], step: u64) -> Gradients {
 }
 
 fn bits(t: &Tensor) -> Vec<u64> {
+    fn of<T: F + tape::Elem>(t: &Tensor) -> Vec<u64> {
+        t.to_vec::<T>().unwrap().iter().map(|v| v.bits()).collect()
+    }
     match t.dtype() {
-        DType::F32 => t
-            .to_vec::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.bits())
-            .collect(),
-        DType::F64 => t
-            .to_vec::<f64>()
-            .unwrap()
-            .iter()
-            .map(|v| v.bits())
-            .collect(),
+        DType::F32 => of::<f32>(t),
+        DType::F64 => of::<f64>(t),
     }
 }
 

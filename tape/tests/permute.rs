@@ -2,17 +2,12 @@
 //! permutations, values against index arithmetic, a head split for attention, and the error
 //! paths.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::ops::{self, permute, transpose, MAX_PERMUTE_DIMS};
 use tape::{DType, Device, Error, Tape, Tensor};
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(1024)
-    }
-}
 
 /// The permutation of `0..rank` that `key` picks (Lehmer code).
 fn nth_permutation(rank: usize, mut key: usize) -> Vec<usize> {
@@ -27,7 +22,7 @@ fn nth_permutation(rank: usize, mut key: usize) -> Vec<usize> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(1024))]
 
     #[test]
     fn gradcheck_permute(
@@ -96,9 +91,7 @@ fn heads_split_and_merge_round_trip_with_gradients() {
     // [batch, seq, heads * dim] -> [batch, heads, seq, dim] and back, as attention does.
     let dev = Device::cpu();
     let (b, s, h, d) = (2, 5, 3, 4);
-    let x = Tensor::randn(&[b, s, h * d], DType::F32, &dev, 2)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[b, s, h * d], DType::F32, &dev, 2);
     let mut tape = Tape::recording();
     let r = ops::reshape(&mut tape, &x, &[b, s, h, d]).unwrap();
     let heads = permute(&mut tape, &r, &[0, 2, 1, 3]).unwrap();
@@ -149,23 +142,17 @@ mod on_gpu {
 
     #[test]
     fn permute_matches_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(61);
-        for case in 0..10u64 {
-            for dtype in DTYPES {
-                let rank = p.int(1, 6);
-                let shape: Vec<usize> = (0..rank).map(|_| p.int(1, 7)).collect();
-                let dims = nth_permutation(rank, p.int(0, 1000));
-                compare(
-                    &dev,
-                    &format!("permute {shape:?} {dims:?}"),
-                    &[randn(&shape, dtype, case + 1)],
-                    &[true],
-                    training(),
-                    &move |t, x| ops::permute(t, &x[0], &dims),
-                );
-            }
-        }
+        for_gpu_cases(61, 10, |dev, p, case, dtype| {
+            let rank = p.int(1, 6);
+            let shape = p.ints(rank, 1, 7);
+            let dims = nth_permutation(rank, p.int(0, 1000));
+            compare_unary(
+                dev,
+                &format!("permute {shape:?} {dims:?}"),
+                &randn(&shape, dtype, case + 1),
+                &move |t, x| ops::permute(t, &x[0], &dims),
+            );
+        });
     }
 }
 

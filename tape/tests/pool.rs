@@ -2,9 +2,11 @@
 //! well-separated values, so the argmax does not move under the finite difference), hand-computed
 //! values and gradients, tie breaking, and every error path.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
-use tape::ops::{self, avg_pool2d, global_avg_pool, max_pool2d};
+use tape::ops::{avg_pool2d, global_avg_pool, max_pool2d};
 use tape::{DType, Device, Error, Tape, Tensor};
 
 /// `(x shape, kernel, stride, padding)` with `padding <= kernel/2` and a window that fits.
@@ -63,17 +65,14 @@ fn seq(shape: &[usize], dev: &Device) -> Tensor {
     let v: Vec<f64> = (1..=shape.iter().product::<usize>())
         .map(|i| i as f64)
         .collect();
-    Tensor::from_f64(&v, shape, DType::F64, dev)
-        .unwrap()
-        .with_requires_grad(true)
+    common::leaf(Tensor::from_f64(&v, shape, DType::F64, dev))
 }
 
 /// Output and gradient of `sum(op(x))`.
 fn run(x: &Tensor, op: impl Fn(&mut Tape, &Tensor) -> tape::Result<Tensor>) -> (Tensor, Vec<f64>) {
     let mut tape = Tape::recording();
     let y = op(&mut tape, x).unwrap();
-    let loss = ops::sum(&mut tape, &y).unwrap();
-    let g = tape.backward(&loss).unwrap();
+    let g = tape::testing::grads_of_sum(tape, &y);
     (y, g.get(x).unwrap().to_f64_vec())
 }
 
@@ -122,9 +121,7 @@ fn max_pool_hand_values() {
 #[test]
 fn max_pool_routes_ties_to_the_first_maximum() {
     let dev = Device::cpu();
-    let x = Tensor::ones(&[1, 1, 2, 4], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = common::leaf(Tensor::ones(&[1, 1, 2, 4], DType::F64, &dev));
     let (y, g) = run(&x, |t, x| max_pool2d(t, x, 2, 2, 0));
     assert_eq!(y.to_f64_vec(), vec![1.0, 1.0]);
     assert_eq!(g, vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
@@ -177,27 +174,23 @@ fn error_paths() {
         ),
         ("max_pool2d", max_pool2d),
     ] {
-        let invalid = |r: tape::Result<Tensor>| matches!(r, Err(Error::InvalidArgument { op, .. }) if op == name);
-        let shape =
-            |r: tape::Result<Tensor>| matches!(r, Err(Error::Shape { op, .. }) if op == name);
-        assert!(invalid(pool(&mut tp, &x, 0, 1, 0)), "{name}: kernel 0");
-        assert!(invalid(pool(&mut tp, &x, 2, 0, 0)), "{name}: stride 0");
-        assert!(
-            invalid(pool(&mut tp, &x, 3, 1, 2)),
-            "{name}: padding > kernel/2"
-        );
-        assert!(
-            invalid(pool(&mut tp, &x, 2, 1, 2)),
-            "{name}: padding > kernel/2"
-        );
-        assert!(
-            shape(pool(&mut tp, &x, 5, 1, 0)),
-            "{name}: kernel larger than the input"
-        );
-        assert!(
-            shape(pool(&mut tp, &x, 7, 1, 1)),
-            "{name}: kernel larger than the padded input"
-        );
+        let invalid = |r| common::is_invalid_argument(r, name);
+        let shape = |r| common::is_shape_error(r, name);
+        // (kernel, stride, padding)
+        for (k, s, p, why) in [
+            (0, 1, 0, "kernel 0"),
+            (2, 0, 0, "stride 0"),
+            (3, 1, 2, "padding > kernel/2"),
+            (2, 1, 2, "padding > kernel/2"),
+        ] {
+            assert!(invalid(pool(&mut tp, &x, k, s, p)), "{name}: {why}");
+        }
+        for (k, s, p, why) in [
+            (5, 1, 0, "kernel larger than the input"),
+            (7, 1, 1, "kernel larger than the padded input"),
+        ] {
+            assert!(shape(pool(&mut tp, &x, k, s, p)), "{name}: {why}");
+        }
         let x3 = Tensor::zeros(&[2, 4, 4], DType::F64, &dev).unwrap();
         assert!(shape(pool(&mut tp, &x3, 2, 2, 0)), "{name}: rank 3");
         assert!(
@@ -232,53 +225,34 @@ mod on_gpu {
 
     #[test]
     fn pooling_matches_cpu() {
+        for_gpu_cases(7, 8, |dev, p, case, dtype| {
+            let kernel = p.int(1, 3);
+            let stride = p.int(1, 2);
+            let padding = p.int(0, kernel / 2);
+            let shape = [p.int(1, 3), p.int(1, 4), p.int(kernel, 9), p.int(kernel, 9)];
+            let x = randn(&shape, dtype, case + 11);
+            let what = format!("pool {shape:?} k{kernel} s{stride} p{padding}");
+            compare_unary(dev, &format!("avg_{what}"), &x, &move |t, x| {
+                ops::avg_pool2d(t, &x[0], kernel, stride, padding)
+            });
+            compare_unary(dev, &format!("max_{what}"), &x, &move |t, x| {
+                ops::max_pool2d(t, &x[0], kernel, stride, padding)
+            });
+            compare_unary(dev, "global_avg_pool", &x, &|t, x| {
+                ops::global_avg_pool(t, &x[0])
+            });
+        });
+    }
+
+    #[test]
+    fn densenet_pooling_shapes_match_cpu() {
         let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(7);
-        for case in 0..8 {
-            for dtype in DTYPES {
-                let kernel = p.int(1, 3);
-                let stride = p.int(1, 2);
-                let padding = p.int(0, kernel / 2);
-                let shape = [p.int(1, 3), p.int(1, 4), p.int(kernel, 9), p.int(kernel, 9)];
-                let x = randn(&shape, dtype, case + 11);
-                let what = format!("pool {shape:?} k{kernel} s{stride} p{padding}");
-                compare(
-                    &dev,
-                    &format!("avg_{what}"),
-                    std::slice::from_ref(&x),
-                    &[true],
-                    training(),
-                    &move |t, x| ops::avg_pool2d(t, &x[0], kernel, stride, padding),
-                );
-                compare(
-                    &dev,
-                    &format!("max_{what}"),
-                    std::slice::from_ref(&x),
-                    &[true],
-                    training(),
-                    &move |t, x| ops::max_pool2d(t, &x[0], kernel, stride, padding),
-                );
-                compare(
-                    &dev,
-                    "global_avg_pool",
-                    &[x],
-                    &[true],
-                    training(),
-                    &|t, x| ops::global_avg_pool(t, &x[0]),
-                );
-            }
-        }
         // DenseNet's shapes: 2x2/2 average (transitions), 3x3/2 pad 1 max (ImageNet stem).
         let x = randn(&[2, 8, 16, 16], DType::F32, 5);
-        compare(
-            &dev,
-            "avg 2x2/2",
-            std::slice::from_ref(&x),
-            &[true],
-            training(),
-            &|t, x| ops::avg_pool2d(t, &x[0], 2, 2, 0),
-        );
-        compare(&dev, "max 3x3/2 p1", &[x], &[true], training(), &|t, x| {
+        compare_unary(&dev, "avg 2x2/2", &x, &|t, x| {
+            ops::avg_pool2d(t, &x[0], 2, 2, 0)
+        });
+        compare_unary(&dev, "max 3x3/2 p1", &x, &|t, x| {
             ops::max_pool2d(t, &x[0], 3, 2, 1)
         });
     }

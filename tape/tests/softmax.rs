@@ -2,32 +2,23 @@
 //! values, numerical stability, the causal mask against `-inf` scores, rows on several threads,
 //! empty rows, and the error paths.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
-use tape::ops::{self, log_softmax, log_softmax_with, softmax, softmax_with, SoftmaxOptions};
+use tape::ops::{log_softmax, log_softmax_with, softmax, softmax_with, SoftmaxOptions};
 use tape::{DType, Device, Error, Tape, Tensor};
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(1024)
-    }
-}
 
 const CAUSAL: SoftmaxOptions = SoftmaxOptions { causal: true };
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::config(1024))]
 
     #[test]
     fn gradcheck_softmax_and_log_softmax(
-        shape in prop::collection::vec(1usize..5, 1..4),
-        scale in 0.1f64..4.0,
-        seed in 0u64..1 << 62,
+        (shape, scale, seed) in common::shape_scale_seed(),
     ) {
-        let dev = Device::cpu();
-        let x = Tensor::randn(&shape, DType::F64, &dev, seed)?;
-        let x = ops::scale(&mut Tape::no_grad(), &x, scale)?;
+        let x = common::scaled_randn(&shape, scale, seed)?;
         let ctx = Tape::recording().context();
         let report =
             check_gradients(std::slice::from_ref(&x), ctx, |tape, t| softmax(tape, &t[0]))?;
@@ -80,9 +71,7 @@ fn hand_computed_values() {
 fn hand_computed_gradients() {
     // softmax of [0, ln 3] is [1/4, 3/4]; with upstream [1, 0]: gx = y (g - y.g) = [3/16, -3/16].
     let dev = Device::cpu();
-    let x = Tensor::from_f64(&[0.0, 3f64.ln()], &[2], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = common::leaf(Tensor::from_f64(&[0.0, 3f64.ln()], &[2], DType::F64, &dev));
     let seed = Tensor::from_f64(&[1.0, 0.0], &[2], DType::F64, &dev).unwrap();
     let mut tape = Tape::recording();
     let y = softmax(&mut tape, &x).unwrap();
@@ -142,9 +131,7 @@ fn causal_mask_equals_minus_infinity_scores() {
     let dev = Device::cpu();
     // Square and non-square matrices (the mask is aligned top-left: row i keeps columns 0..=i).
     for shape in [[2, 4, 4], [2, 3, 5], [1, 5, 3]] {
-        let x = Tensor::randn(&shape, DType::F64, &dev, 3)
-            .unwrap()
-            .with_requires_grad(true);
+        let x = tape::testing::randn_leaf(&shape, DType::F64, &dev, 3);
         let xm = masked(&x).with_requires_grad(true);
         // Upstream gradients, zero at the masked entries for the reference.
         let seed = Tensor::randn(&shape, DType::F64, &dev, 4).unwrap();
@@ -269,16 +256,8 @@ fn error_paths() {
         })
     ));
     // A gradient of the wrong dtype is a typed error, not a panic.
-    let x = Tensor::zeros(&[2, 3], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
-    let mut tape = Tape::recording();
-    let y = softmax(&mut tape, &x).unwrap();
-    let wrong = Tensor::zeros(&[2, 3], DType::F32, &dev).unwrap();
-    assert!(matches!(
-        tape.backward_from(&y, wrong),
-        Err(Error::DType { .. })
-    ));
+    let x = common::leaf(Tensor::zeros(&[2, 3], DType::F64, &dev));
+    tape::testing::assert_wrong_dtype_seed_fails(|t| softmax(t, &x));
 }
 
 /// On a GPU: the same ops against the CPU (the reference). Skipped without a usable GPU; fails
@@ -291,43 +270,37 @@ mod on_gpu {
 
     #[test]
     fn softmax_and_log_softmax_match_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(21);
-        for case in 0..8u64 {
-            for dtype in DTYPES {
-                // Rows longer than a block (1000) and short ones.
-                let d = if case == 0 { 1000 } else { p.int(1, 40) };
-                let shape = [p.int(1, 3), p.int(1, 9), d];
-                let causal = p.bool();
-                let opts = if causal {
-                    CAUSAL
-                } else {
-                    SoftmaxOptions::default()
-                };
-                let x = randn(&shape, dtype, case + 3);
-                for log in [false, true] {
-                    // A causal log-softmax has -inf outputs: see the next test.
-                    if log && causal {
-                        continue;
-                    }
-                    let f = move |t: &mut Tape, x: &[Tensor]| {
-                        if log {
-                            ops::log_softmax_with(t, &x[0], opts)
-                        } else {
-                            ops::softmax_with(t, &x[0], opts)
-                        }
-                    };
-                    compare(
-                        &dev,
-                        &format!("softmax {shape:?} causal {causal} log {log}"),
-                        std::slice::from_ref(&x),
-                        &[true],
-                        training(),
-                        &f,
-                    );
+        for_gpu_cases(21, 8, |dev, p, case, dtype| {
+            // Rows longer than a block (1000) and short ones.
+            let d = if case == 0 { 1000 } else { p.int(1, 40) };
+            let shape = [p.int(1, 3), p.int(1, 9), d];
+            let causal = p.bool();
+            let opts = if causal {
+                CAUSAL
+            } else {
+                SoftmaxOptions::default()
+            };
+            let x = randn(&shape, dtype, case + 3);
+            for log in [false, true] {
+                // A causal log-softmax has -inf outputs: see the next test.
+                if log && causal {
+                    continue;
                 }
+                let f = move |t: &mut Tape, x: &[Tensor]| {
+                    if log {
+                        ops::log_softmax_with(t, &x[0], opts)
+                    } else {
+                        ops::softmax_with(t, &x[0], opts)
+                    }
+                };
+                compare_unary(
+                    dev,
+                    &format!("softmax {shape:?} causal {causal} log {log}"),
+                    &x,
+                    &f,
+                );
             }
-        }
+        });
     }
 
     /// Causal log-softmax (whose masked outputs are `-inf`, which `compare` cannot project):

@@ -190,9 +190,7 @@ fn labels_made_once_serve_the_loss_and_its_gradient() {
     for dtype in DTYPES {
         let dev = Device::cpu();
         let (n, classes) = (6, 4);
-        let x = Tensor::randn(&[n, classes], dtype, &dev, 9)
-            .unwrap()
-            .with_requires_grad(true);
+        let x = tape::testing::randn_leaf(&[n, classes], dtype, &dev, 9);
         let y = labels_for(n, classes);
         let run = |labels: Option<&Labels>| {
             let mut tape = Tape::recording();

@@ -1,6 +1,8 @@
 //! The engine's core: tensors, the tape's memory behaviour during backward, typed errors, and
 //! finite-difference checks of the element-wise ops.
 
+mod common;
+
 use proptest::prelude::*;
 use tape::gradcheck::check_gradients;
 use tape::{ops, Context, DType, Device, Error, Phase, Tape, Tensor};
@@ -63,20 +65,29 @@ fn buffers_are_charged_while_alive_and_shared_by_clones() {
     assert_eq!(dev.memory().peak(), 0);
 }
 
-#[test]
-fn forward_chain_holds_exactly_the_saved_outputs() {
-    let dev = Device::cpu();
-    let x = Tensor::randn(&[N], DType::F32, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
-    let k = 6;
+/// `x` (`N` random `f32` values that require a gradient) through `k` applications of `op` on a
+/// recording tape, then summed: `x`, the tape and the loss (the chain's output dropped).
+fn summed_chain(
+    dev: &Device,
+    k: usize,
+    op: impl Fn(&mut Tape, &Tensor) -> tape::Result<Tensor>,
+) -> (Tensor, Tape<'_>, Tensor) {
+    let x = tape::testing::randn_leaf(&[N], DType::F32, dev, 1);
     let mut tape = Tape::recording();
     let mut h = x.clone();
     for _ in 0..k {
-        h = ops::relu(&mut tape, &h).unwrap(); // each relu saves its output
+        h = op(&mut tape, &h).unwrap();
     }
     let loss = ops::sum(&mut tape, &h).unwrap();
-    drop(h);
+    (x, tape, loss)
+}
+
+#[test]
+fn forward_chain_holds_exactly_the_saved_outputs() {
+    let dev = Device::cpu();
+    let k = 6;
+    // Each relu saves its output.
+    let (_x, tape, loss) = summed_chain(&dev, k, ops::relu);
     // x + k relu outputs + the 1-element loss.
     assert_eq!(dev.memory().current(), 4 * N * (k + 1) + 4);
     let grads = tape.backward(&loss).unwrap();
@@ -88,17 +99,9 @@ fn forward_chain_holds_exactly_the_saved_outputs() {
 #[test]
 fn backward_frees_intermediate_gradients_as_it_goes() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[N], DType::F32, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
     let k = 10;
-    let mut tape = Tape::recording();
-    let mut h = x.clone();
-    for _ in 0..k {
-        h = ops::scale(&mut tape, &h, 0.5).unwrap(); // scale saves nothing
-    }
-    let loss = ops::sum(&mut tape, &h).unwrap();
-    drop(h);
+    // Scale saves nothing.
+    let (x, tape, loss) = summed_chain(&dev, k, |t, h| ops::scale(t, h, 0.5));
     assert_eq!(dev.memory().current(), 4 * N + 4);
     dev.memory().reset_peak();
     let grads = tape.backward(&loss).unwrap();
@@ -121,8 +124,7 @@ fn gradients_accumulate_over_consumers() {
     let a = ops::scale(&mut tape, &x, 2.0).unwrap();
     let b = ops::mul(&mut tape, &x, &x).unwrap();
     let c = ops::add(&mut tape, &a, &b).unwrap();
-    let loss = ops::sum(&mut tape, &c).unwrap();
-    let grads = tape.backward(&loss).unwrap();
+    let grads = tape::testing::grads_of_sum(tape, &c);
     assert_eq!(
         grads.get(&x).unwrap().to_vec::<f64>().unwrap(),
         vec![4.0, -2.0, 8.0]
@@ -132,9 +134,7 @@ fn gradients_accumulate_over_consumers() {
 #[test]
 fn no_grad_tape_records_nothing_and_leaves_nothing() {
     let dev = Device::cpu();
-    let x = Tensor::randn(&[N], DType::F32, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[N], DType::F32, &dev, 1);
     let mut tape = Tape::no_grad();
     let y = ops::relu(&mut tape, &x).unwrap();
     assert!(tape.is_empty());
@@ -169,10 +169,8 @@ fn error_paths() {
     let c = Tensor::zeros(&[2, 3], DType::F64, &dev).unwrap();
     let d = Tensor::zeros(&[2, 3], DType::F32, &other).unwrap();
     let mut tape = Tape::recording();
-    assert!(matches!(
-        ops::add(&mut tape, &a, &b),
-        Err(Error::Shape { .. })
-    ));
+    let shape = |r: tape::Result<Tensor>| matches!(r, Err(Error::Shape { .. }));
+    assert!(shape(ops::add(&mut tape, &a, &b)));
     assert!(matches!(
         ops::add(&mut tape, &a, &c),
         Err(Error::DType { .. })
@@ -181,18 +179,9 @@ fn error_paths() {
         ops::add(&mut tape, &a, &d),
         Err(Error::Device { .. })
     ));
-    assert!(matches!(
-        ops::mul(&mut tape, &a, &b),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        ops::reshape(&mut tape, &a, &[4]),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        Tensor::from_vec(vec![1.0f32; 5], &[2, 3], &dev),
-        Err(Error::Shape { .. })
-    ));
+    assert!(shape(ops::mul(&mut tape, &a, &b)));
+    assert!(shape(ops::reshape(&mut tape, &a, &[4])));
+    assert!(shape(Tensor::from_vec(vec![1.0f32; 5], &[2, 3], &dev)));
     assert!(matches!(a.to_vec::<f64>(), Err(Error::DType { .. })));
     assert!(matches!(a.dims4("test"), Err(Error::Shape { .. })));
     assert!(matches!(a.scalar(), Err(Error::Shape { .. })));
@@ -321,9 +310,12 @@ fn opening_a_gpu_fails_with_a_clear_error_or_succeeds() {
 fn relu_propagates_nan() {
     let dev = Device::cpu();
     for dtype in [DType::F32, DType::F64] {
-        let x = Tensor::from_f64(&[f64::NAN, -1.0, 2.0, 0.0], &[4], dtype, &dev)
-            .unwrap()
-            .with_requires_grad(true);
+        let x = common::leaf(Tensor::from_f64(
+            &[f64::NAN, -1.0, 2.0, 0.0],
+            &[4],
+            dtype,
+            &dev,
+        ));
         let mut tape = Tape::recording();
         let y = ops::relu(&mut tape, &x).unwrap();
         let v = y.to_f64_vec();
@@ -344,79 +336,33 @@ mod on_gpu {
 
     #[test]
     fn elementwise_reduce_reshape_match_cpu() {
-        let Some(dev) = gpu() else { return };
-        let mut p = Pick::new(4);
-        for case in 0..6 {
-            for dtype in DTYPES {
-                let shape = [p.int(1, 6), p.int(1, 7), p.int(1, 9)];
-                let a = randn(&shape, dtype, case * 10 + 1);
-                let b = randn(&shape, dtype, case * 10 + 2);
-                let two = [a.clone(), b.clone()];
-                let m = [true, true];
-                compare(
-                    &dev,
-                    "relu",
-                    std::slice::from_ref(&a),
-                    &[true],
-                    training(),
-                    &|t, x| ops::relu(t, &x[0]),
-                );
-                compare(&dev, "add", &two, &m, training(), &|t, x| {
-                    ops::add(t, &x[0], &x[1])
-                });
-                compare(&dev, "mul", &two, &m, training(), &|t, x| {
-                    ops::mul(t, &x[0], &x[1])
-                });
-                compare(
-                    &dev,
-                    "scale",
-                    std::slice::from_ref(&a),
-                    &[true],
-                    training(),
-                    &|t, x| ops::scale(t, &x[0], -1.75),
-                );
-                compare(
-                    &dev,
-                    "sum",
-                    std::slice::from_ref(&a),
-                    &[true],
-                    training(),
-                    &|t, x| ops::sum(t, &x[0]),
-                );
-                compare(
-                    &dev,
-                    "mean",
-                    std::slice::from_ref(&a),
-                    &[true],
-                    training(),
-                    &|t, x| ops::mean(t, &x[0]),
-                );
-                let n = a.numel();
-                compare(
-                    &dev,
-                    "reshape",
-                    std::slice::from_ref(&a),
-                    &[true],
-                    training(),
-                    &|t, x| {
-                        let y = ops::reshape(t, &x[0], &[n])?;
-                        ops::relu(t, &y)
-                    },
-                );
-                // The same buffer used twice: gradients accumulate (add_assign on the device).
-                compare(
-                    &dev,
-                    "x*x+x",
-                    std::slice::from_ref(&a),
-                    &[true],
-                    training(),
-                    &|t, x| {
-                        let y = ops::mul(t, &x[0], &x[0])?;
-                        ops::add(t, &y, &x[0])
-                    },
-                );
-            }
-        }
+        for_gpu_cases(4, 6, |dev, p, case, dtype| {
+            let shape = [p.int(1, 6), p.int(1, 7), p.int(1, 9)];
+            let a = randn(&shape, dtype, case * 10 + 1);
+            let b = randn(&shape, dtype, case * 10 + 2);
+            let two = [a.clone(), b.clone()];
+            let m = [true, true];
+            compare_unary(dev, "relu", &a, &|t, x| ops::relu(t, &x[0]));
+            compare(dev, "add", &two, &m, training(), &|t, x| {
+                ops::add(t, &x[0], &x[1])
+            });
+            compare(dev, "mul", &two, &m, training(), &|t, x| {
+                ops::mul(t, &x[0], &x[1])
+            });
+            compare_unary(dev, "scale", &a, &|t, x| ops::scale(t, &x[0], -1.75));
+            compare_unary(dev, "sum", &a, &|t, x| ops::sum(t, &x[0]));
+            compare_unary(dev, "mean", &a, &|t, x| ops::mean(t, &x[0]));
+            let n = a.numel();
+            compare_unary(dev, "reshape", &a, &|t, x| {
+                let y = ops::reshape(t, &x[0], &[n])?;
+                ops::relu(t, &y)
+            });
+            // The same buffer used twice: gradients accumulate (add_assign on the device).
+            compare_unary(dev, "x*x+x", &a, &|t, x| {
+                let y = ops::mul(t, &x[0], &x[0])?;
+                ops::add(t, &y, &x[0])
+            });
+        });
     }
 
     #[test]
@@ -606,11 +552,9 @@ fn host_cache_reports_reserved_bytes_and_releases() {
 /// and does not call its label.
 #[test]
 fn unit_peaks_are_noted_between_marks() {
-    use tape::{ops, DType, Device, Tape, Tensor, UnitPeaks};
+    use tape::{ops, DType, Device, Tape, UnitPeaks};
     let dev = Device::cpu();
-    let x = Tensor::randn(&[1000], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[1000], DType::F64, &dev, 1);
     let peaks = UnitPeaks::new(&dev);
     let mut tape = Tape::recording().watch_unit_peaks(peaks.clone());
     tape.mark(|| "small".into());
@@ -649,9 +593,12 @@ fn unit_peaks_are_noted_between_marks() {
 fn mean_and_its_gradient() {
     use tape::{ops, DType, Device, Tape, Tensor};
     let dev = Device::cpu();
-    let x = Tensor::from_f64(&[1.0, 2.0, 3.0, 6.0], &[2, 2], DType::F64, &dev)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = crate::common::leaf(Tensor::from_f64(
+        &[1.0, 2.0, 3.0, 6.0],
+        &[2, 2],
+        DType::F64,
+        &dev,
+    ));
     let mut tape = Tape::recording();
     let m = ops::mean(&mut tape, &x).unwrap();
     assert_eq!(m.to_f64_vec(), vec![3.0]);

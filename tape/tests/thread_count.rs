@@ -10,6 +10,7 @@
 use std::sync::Mutex;
 use tape::ops::{self, BatchNormOptions, Conv2dOptions, RunningStats};
 use tape::simd::for_each_supported_level;
+use tape::testing::randn_leaf;
 use tape::{DType, Device, Tape, Tensor};
 
 fn bits(t: &Tensor) -> Vec<u64> {
@@ -51,12 +52,6 @@ fn assert_same(what: &str, want: &[Vec<u64>], got: &[Vec<u64>]) {
     }
 }
 
-fn leaf(shape: &[usize], dtype: DType, dev: &Device, seed: u64) -> Tensor {
-    Tensor::randn(shape, dtype, dev, seed)
-        .unwrap()
-        .with_requires_grad(true)
-}
-
 /// `op`'s output on `inputs` and the gradients of all inputs for a random output gradient.
 fn forward_backward(
     inputs: &[&Tensor],
@@ -89,9 +84,9 @@ fn conv2d() {
         for dtype in [DType::F32, DType::F64] {
             same_on_1_and_3_threads(&format!("conv2d {n}x{cin}->{cout} k{k} {dtype:?}"), || {
                 let dev = Device::cpu();
-                let x = leaf(&[n, cin, hw, hw], dtype, &dev, 1);
-                let w = leaf(&[cout, cin, k, k], dtype, &dev, 2);
-                let b = leaf(&[cout], dtype, &dev, 3);
+                let x = randn_leaf(&[n, cin, hw, hw], dtype, &dev, 1);
+                let w = randn_leaf(&[cout, cin, k, k], dtype, &dev, 2);
+                let b = randn_leaf(&[cout], dtype, &dev, 3);
                 let opts = Conv2dOptions { stride, padding };
                 let op = |t: &mut Tape| ops::conv2d(t, &x, &w, Some(&b), opts).unwrap();
                 forward_backward(&[&x, &w, &b], op, 4)
@@ -104,9 +99,9 @@ fn conv2d() {
 fn linear() {
     same_on_1_and_3_threads("linear", || {
         let dev = Device::cpu();
-        let x = leaf(&[256, 512], DType::F32, &dev, 1);
-        let w = leaf(&[384, 512], DType::F32, &dev, 2);
-        let b = leaf(&[384], DType::F32, &dev, 3);
+        let x = randn_leaf(&[256, 512], DType::F32, &dev, 1);
+        let w = randn_leaf(&[384, 512], DType::F32, &dev, 2);
+        let b = randn_leaf(&[384], DType::F32, &dev, 3);
         forward_backward(
             &[&x, &w, &b],
             |t| ops::linear(t, &x, &w, Some(&b)).unwrap(),
@@ -120,9 +115,9 @@ fn batch_norm_and_batch_norm_relu() {
     for dtype in [DType::F32, DType::F64] {
         same_on_1_and_3_threads(&format!("batch_norm2d {dtype:?}"), || {
             let dev = Device::cpu();
-            let x = leaf(&[8, 16, 24, 24], dtype, &dev, 1);
-            let w = leaf(&[16], dtype, &dev, 2);
-            let b = leaf(&[16], dtype, &dev, 3);
+            let x = randn_leaf(&[8, 16, 24, 24], dtype, &dev, 1);
+            let w = randn_leaf(&[16], dtype, &dev, 2);
+            let b = randn_leaf(&[16], dtype, &dev, 3);
             let rs = RunningStats::new(16, dtype, &dev).unwrap();
             let opts = BatchNormOptions::default();
             let op = |t: &mut Tape| ops::batch_norm2d(t, &x, &w, &b, &rs, opts).unwrap();
@@ -132,10 +127,10 @@ fn batch_norm_and_batch_norm_relu() {
         });
         same_on_1_and_3_threads(&format!("batch_norm_relu {dtype:?}"), || {
             let dev = Device::cpu();
-            let a = leaf(&[8, 10, 24, 24], dtype, &dev, 1);
-            let c = leaf(&[8, 6, 24, 24], dtype, &dev, 5);
-            let w = leaf(&[16], dtype, &dev, 2);
-            let b = leaf(&[16], dtype, &dev, 3);
+            let a = randn_leaf(&[8, 10, 24, 24], dtype, &dev, 1);
+            let c = randn_leaf(&[8, 6, 24, 24], dtype, &dev, 5);
+            let w = randn_leaf(&[16], dtype, &dev, 2);
+            let b = randn_leaf(&[16], dtype, &dev, 3);
             let rs = RunningStats::new(16, dtype, &dev).unwrap();
             let opts = BatchNormOptions::default();
             let op = |t: &mut Tape| ops::batch_norm_relu(t, &[&a, &c], &w, &b, &rs, opts).unwrap();
@@ -150,7 +145,7 @@ fn batch_norm_and_batch_norm_relu() {
 fn pooling() {
     same_on_1_and_3_threads("pooling", || {
         let dev = Device::cpu();
-        let x = leaf(&[8, 16, 32, 32], DType::F32, &dev, 1);
+        let x = randn_leaf(&[8, 16, 32, 32], DType::F32, &dev, 1);
         let mut out = forward_backward(&[&x], |t| ops::max_pool2d(t, &x, 3, 2, 1).unwrap(), 2);
         out.extend(forward_backward(
             &[&x],
@@ -170,9 +165,9 @@ fn pooling() {
 fn losses_and_reductions() {
     same_on_1_and_3_threads("cross_entropy, sum, mean", || {
         let dev = Device::cpu();
-        let logits = leaf(&[4096, 10], DType::F32, &dev, 1);
+        let logits = randn_leaf(&[4096, 10], DType::F32, &dev, 1);
         let labels: Vec<usize> = (0..4096).map(|i| (7 * i + 3) % 10).collect();
-        let x = leaf(&[8, 16, 32, 32], DType::F32, &dev, 2);
+        let x = randn_leaf(&[8, 16, 32, 32], DType::F32, &dev, 2);
         let mut tape = Tape::recording();
         let ce = ops::cross_entropy(&mut tape, &logits, &labels).unwrap();
         let s = ops::sum(&mut tape, &x).unwrap();
@@ -194,8 +189,8 @@ fn losses_and_reductions() {
 fn element_wise_ops() {
     same_on_1_and_3_threads("dropout, relu, concat, add, mul, scale", || {
         let dev = Device::cpu();
-        let a = leaf(&[4, 16, 32, 32], DType::F32, &dev, 1);
-        let b = leaf(&[4, 16, 32, 32], DType::F32, &dev, 2);
+        let a = randn_leaf(&[4, 16, 32, 32], DType::F32, &dev, 1);
+        let b = randn_leaf(&[4, 16, 32, 32], DType::F32, &dev, 2);
         let op = |t: &mut Tape| {
             let d = ops::dropout(t, &a, 0.3).unwrap();
             let r = ops::relu(t, &b).unwrap();
@@ -215,8 +210,8 @@ fn transformer_ops() {
     for (batch, m, k, n) in [(64, 24, 32, 20), (2, 96, 128, 80)] {
         same_on_1_and_3_threads(&format!("matmul {batch}x{m}x{k}x{n}"), || {
             let dev = Device::cpu();
-            let a = leaf(&[batch, m, k], DType::F32, &dev, 1);
-            let b = leaf(&[batch, n, k], DType::F32, &dev, 2);
+            let a = randn_leaf(&[batch, m, k], DType::F32, &dev, 1);
+            let b = randn_leaf(&[batch, n, k], DType::F32, &dev, 2);
             let opts = ops::MatmulOptions {
                 transpose_a: false,
                 transpose_b: true,
@@ -226,9 +221,9 @@ fn transformer_ops() {
     }
     same_on_1_and_3_threads("softmax, layer_norm, gelu, permute", || {
         let dev = Device::cpu();
-        let x = leaf(&[8, 64, 96], DType::F32, &dev, 1);
-        let w = leaf(&[96], DType::F32, &dev, 2);
-        let b = leaf(&[96], DType::F32, &dev, 3);
+        let x = randn_leaf(&[8, 64, 96], DType::F32, &dev, 1);
+        let w = randn_leaf(&[96], DType::F32, &dev, 2);
+        let b = randn_leaf(&[96], DType::F32, &dev, 3);
         let op = |t: &mut Tape| {
             let causal = ops::SoftmaxOptions { causal: true };
             let s = ops::softmax_with(t, &x, causal).unwrap();
@@ -244,7 +239,7 @@ fn transformer_ops() {
     });
     same_on_1_and_3_threads("embedding", || {
         let dev = Device::cpu();
-        let w = leaf(&[100, 64], DType::F32, &dev, 1);
+        let w = randn_leaf(&[100, 64], DType::F32, &dev, 1);
         let indices: Vec<usize> = (0..2048)
             .map(|i| (i * 37 + i / 5) % 100 % (1 + i % 13))
             .collect();

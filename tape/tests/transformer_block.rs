@@ -95,15 +95,9 @@ fn ops_whose_backward_needs_only_the_output_take_a_known_output() {
     // matmul, softmax, GELU and embedding take a declared output (a recompute's last output)
     // instead of computing it, and their gradients stay the same.
     let dev = Device::cpu();
-    let a = Tensor::randn(&[2, 3, 4], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
-    let b = Tensor::randn(&[2, 4, 5], DType::F64, &dev, 2)
-        .unwrap()
-        .with_requires_grad(true);
-    let w = Tensor::randn(&[3, 5], DType::F64, &dev, 4)
-        .unwrap()
-        .with_requires_grad(true);
+    let a = tape::testing::randn_leaf(&[2, 3, 4], DType::F64, &dev, 1);
+    let b = tape::testing::randn_leaf(&[2, 4, 5], DType::F64, &dev, 2);
+    let w = tape::testing::randn_leaf(&[3, 5], DType::F64, &dev, 4);
     type Op<'a> = Box<dyn Fn(&mut Tape) -> Tensor + 'a>;
     let cases: Vec<(&str, Op, Vec<&Tensor>)> = vec![
         (
@@ -153,12 +147,8 @@ fn captured_op_outputs_come_back_as_several_known_outputs() {
     // A no-grad pass captures the outputs of its linear and matmul calls; a recording pass
     // handed all of them back takes each one (same buffers) and gives the same gradients.
     let dev = Device::cpu();
-    let x = Tensor::randn(&[3, 4], DType::F64, &dev, 1)
-        .unwrap()
-        .with_requires_grad(true);
-    let w = Tensor::randn(&[4, 4], DType::F64, &dev, 2)
-        .unwrap()
-        .with_requires_grad(true);
+    let x = tape::testing::randn_leaf(&[3, 4], DType::F64, &dev, 1);
+    let w = tape::testing::randn_leaf(&[4, 4], DType::F64, &dev, 2);
     let f = |t: &mut Tape| {
         let h = ops::linear(t, &x, &w, None).unwrap();
         let h = ops::gelu(t, &h).unwrap();

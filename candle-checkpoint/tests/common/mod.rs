@@ -34,6 +34,32 @@ impl Dense {
     }
 }
 
+/// `("x", x)` and then each layer's `("w", weight)` and `("b", bias)`: what a chain's gradients
+/// are compared on.
+pub fn input_and_layers<'a>(x: &'a Var, layers: &'a [Dense]) -> Vec<(&'static str, &'a Tensor)> {
+    let mut of = vec![("x", x.as_tensor())];
+    for l in layers {
+        of.push(("w", l.w.as_tensor()));
+        of.push(("b", l.b.as_tensor()));
+    }
+    of
+}
+
+/// `seg` on `x`: under [`candle_checkpoint::checkpoint`] when `checkpointed`, else directly.
+pub fn maybe_checkpointed<F>(x: &Tensor, checkpointed: bool, seg: F) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+{
+    if checkpointed {
+        let mut y =
+            candle_checkpoint::checkpoint(std::slice::from_ref(x), move |a| Ok(vec![seg(&a[0])?]))
+                .map_err(candle_core::Error::from)?;
+        Ok(y.remove(0))
+    } else {
+        seg(x)
+    }
+}
+
 /// `relu(x w^T + b)` with the parameters given.
 pub fn dense(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.matmul(&w.t()?)?.broadcast_add(b)?.relu()

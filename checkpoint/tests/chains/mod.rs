@@ -116,15 +116,7 @@ impl Chain {
         };
         for (i, k) in kinds.iter().enumerate() {
             let mut bn = |c: usize| {
-                bns.push((
-                    Tensor::ones(&[c], dtype, &dev)
-                        .unwrap()
-                        .with_requires_grad(true),
-                    Tensor::zeros(&[c], dtype, &dev)
-                        .unwrap()
-                        .with_requires_grad(true),
-                    RunningStats::new(c, dtype, &dev).unwrap(),
-                ));
+                bns.push(tape::testing::batch_norm_params(c, dtype, &dev));
                 Some(bns.len() - 1)
             };
             params.push(match *k {

@@ -2,8 +2,8 @@
 //! for step.
 
 use super::{
-    by_device_and_dtype, check_non_negative, check_state, gradients_of, states_mut, zeros_like,
-    AdamSlot, OptimKernels, Optimizer,
+    applied_or_else, by_device_and_dtype, check_non_negative, check_state, gradients_of,
+    ids_with_grad, states_mut, zeros_like, AdamSlot, FusedUpdate, OptimKernels, Optimizer,
 };
 use crate::backend::kernels;
 use crate::dtype::Elem;
@@ -186,12 +186,7 @@ impl Adam {
         gs: &[Option<&Tensor>],
         found_inf: Option<&Tensor>,
     ) -> Result<()> {
-        let ids: Vec<TensorId> = params
-            .iter()
-            .zip(gs)
-            .filter(|(_, g)| g.is_some())
-            .map(|(p, _)| p.tensor().id())
-            .collect();
+        let ids = ids_with_grad(params, gs);
         let states = states_mut(OP, &mut self.state, &ids)?;
         let slots: Vec<AdamSlot<'_>> = params
             .iter_mut()
@@ -209,7 +204,7 @@ impl Adam {
         for (device, mut group) in
             by_device_and_dtype(slots, |s| (s.g.device().clone(), s.g.dtype()))
         {
-            kernels(&device)?.adam_multi(&self.cfg, &mut group, found_inf)?;
+            kernels(&device)?.optim_multi(FusedUpdate::Adam(&self.cfg, &mut group), found_inf)?;
         }
         Ok(())
     }
@@ -238,12 +233,7 @@ impl Optimizer for Adam {
         found_inf: &Tensor,
     ) -> Result<bool> {
         let touched = self.update_all(params, grads, Some(found_inf))?;
-        // The one read, after the update is queued.
-        let applied = !crate::ops::flag_is_set(found_inf)?;
-        if !applied {
-            self.undo(&touched);
-        }
-        Ok(applied)
+        applied_or_else(found_inf, || self.undo(&touched))
     }
 
     fn lr(&self) -> f64 {

@@ -3,7 +3,7 @@
 //! element rule (beside each optimizer) as a one-tensor update would, so the results do not
 //! depend on the split or the thread count, bit for bit.
 
-use super::{adam, sgd, AdamConfig, AdamSlot, OptimKernels, SgdConfig, SgdSlot};
+use super::{adam, sgd, AdamConfig, AdamSlot, FusedUpdate, OptimKernels, SgdConfig, SgdSlot};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;
@@ -80,33 +80,18 @@ fn adam_pass<T: Elem>(cfg: &AdamConfig, slots: &mut [AdamSlot<'_>]) -> Result<()
 }
 
 impl OptimKernels for Cpu {
-    fn sgd_multi(
-        &self,
-        cfg: &SgdConfig,
-        slots: &mut [SgdSlot<'_>],
-        found_inf: Option<&Tensor>,
-    ) -> Result<()> {
-        let Some(dtype) = slots.first().map(|s| s.g.dtype()) else {
+    fn optim_multi(&self, update: FusedUpdate<'_, '_>, found_inf: Option<&Tensor>) -> Result<()> {
+        let Some(dtype) = update.first_grad().map(Tensor::dtype) else {
             return Ok(());
         };
         if skip(found_inf)? {
             return Ok(());
         }
-        dispatch_float!(dtype, T => sgd_pass::<T>(cfg, slots))
-    }
-
-    fn adam_multi(
-        &self,
-        cfg: &AdamConfig,
-        slots: &mut [AdamSlot<'_>],
-        found_inf: Option<&Tensor>,
-    ) -> Result<()> {
-        let Some(dtype) = slots.first().map(|s| s.g.dtype()) else {
-            return Ok(());
-        };
-        if skip(found_inf)? {
-            return Ok(());
+        match update {
+            FusedUpdate::Sgd(cfg, slots) => dispatch_float!(dtype, T => sgd_pass::<T>(cfg, slots)),
+            FusedUpdate::Adam(cfg, slots) => {
+                dispatch_float!(dtype, T => adam_pass::<T>(cfg, slots))
+            }
         }
-        dispatch_float!(dtype, T => adam_pass::<T>(cfg, slots))
     }
 }

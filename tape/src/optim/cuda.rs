@@ -4,10 +4,10 @@
 //! `f64` per element, compiled without FMA contraction, so they round exactly like the CPU
 //! updates. Compiled and checked by NVRTC, but not yet run on a GPU.
 
-use super::{AdamConfig, AdamSlot, OptimKernels, SgdConfig, SgdSlot};
+use super::{AdamConfig, AdamSlot, FusedUpdate, OptimKernels, SgdConfig, SgdSlot};
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{launch, multi_grid, scratch_from_host, Backend, CudaElem};
+use crate::device::cuda::{launch, multi_grid, scratch_from_host, Backend, CudaElem, Scratch};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::Result;
@@ -32,6 +32,44 @@ pub(crate) fn flag_arg(be: &Backend, found_inf: Option<&Tensor>) -> Result<(u64,
     })
 }
 
+/// What a launch takes besides its rule's values: the argument list on the device, the longest
+/// tensor's length and the skip flag's arguments (see [`flag_arg`]).
+struct LaunchArgs {
+    list: Scratch<u64>,
+    longest: usize,
+    flag: u64,
+    flag_f64: i32,
+}
+
+/// The argument list `meta` copied to the device, the longest tensor's length (field `lengths`
+/// of `meta`, `count` entries per field) and the skip flag's arguments; `None` when every tensor
+/// is empty (nothing to launch).
+fn launch_args(
+    dev: &Device,
+    be: &Backend,
+    meta: &[u64],
+    count: usize,
+    lengths: usize,
+    found_inf: Option<&Tensor>,
+) -> Result<Option<LaunchArgs>> {
+    let longest = meta[lengths * count..(lengths + 1) * count]
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    if longest == 0 {
+        return Ok(None);
+    }
+    let list = scratch_from_host::<u64>(dev, meta)?;
+    let (flag, flag_f64) = flag_arg(be, found_inf)?;
+    Ok(Some(LaunchArgs {
+        list,
+        longest: longest as usize,
+        flag,
+        flag_f64,
+    }))
+}
+
 /// One SGD update of every slot in one launch. The argument list, `count` entries per field:
 /// parameter addresses, gradient addresses, momentum buffer addresses (0: none), lengths,
 /// whether each buffer is new.
@@ -53,18 +91,17 @@ fn sgd<T: CudaElem>(
         }
         meta[3 * count + i] = s.p.numel() as u64;
     }
-    let longest = meta[3 * count..4 * count]
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(0);
-    if longest == 0 {
+    let Some(LaunchArgs {
+        list,
+        longest,
+        flag,
+        flag_f64,
+    }) = launch_args(dev, be, &meta, count, 3, found_inf)?
+    else {
         return Ok(());
-    }
-    let list = scratch_from_host::<u64>(dev, &meta)?;
-    let (flag, flag_f64) = flag_arg(be, found_inf)?;
+    };
     let (n, nesterov) = (count as u64, i32::from(cfg.nesterov));
-    launch!(be, K::SgdMulti, T::DTYPE, multi_grid(longest as usize, count);
+    launch!(be, K::SgdMulti, T::DTYPE, multi_grid(longest, count);
         &list.buf, &n, &flag, &flag_f64, &cfg.lr, &cfg.momentum, &cfg.dampening, &cfg.weight_decay,
         &nesterov)
 }
@@ -93,45 +130,33 @@ fn adam<T: CudaElem>(
         meta[5 * count + i] = (cfg.lr / bc1).to_bits();
         meta[6 * count + i] = bc2_sqrt.to_bits();
     }
-    let longest = meta[4 * count..5 * count]
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(0);
-    if longest == 0 {
+    let Some(LaunchArgs {
+        list,
+        longest,
+        flag,
+        flag_f64,
+    }) = launch_args(dev, be, &meta, count, 4, found_inf)?
+    else {
         return Ok(());
-    }
-    let list = scratch_from_host::<u64>(dev, &meta)?;
-    let (flag, flag_f64) = flag_arg(be, found_inf)?;
+    };
     let n = count as u64;
-    launch!(be, K::AdamMulti, T::DTYPE, multi_grid(longest as usize, count);
+    launch!(be, K::AdamMulti, T::DTYPE, multi_grid(longest, count);
         &list.buf, &n, &flag, &flag_f64, &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay)
 }
 
 impl OptimKernels for CudaKernels {
-    fn sgd_multi(
-        &self,
-        cfg: &SgdConfig,
-        slots: &mut [SgdSlot<'_>],
-        found_inf: Option<&Tensor>,
-    ) -> Result<()> {
-        let Some(first) = slots.first() else {
+    fn optim_multi(&self, update: FusedUpdate<'_, '_>, found_inf: Option<&Tensor>) -> Result<()> {
+        let Some(first) = update.first_grad() else {
             return Ok(());
         };
-        let (dev, dtype) = (first.g.device().clone(), first.g.dtype());
-        dispatch_float!(dtype, T => sgd::<T>(&dev, cfg, slots, found_inf))
-    }
-
-    fn adam_multi(
-        &self,
-        cfg: &AdamConfig,
-        slots: &mut [AdamSlot<'_>],
-        found_inf: Option<&Tensor>,
-    ) -> Result<()> {
-        let Some(first) = slots.first() else {
-            return Ok(());
-        };
-        let (dev, dtype) = (first.g.device().clone(), first.g.dtype());
-        dispatch_float!(dtype, T => adam::<T>(&dev, cfg, slots, found_inf))
+        let (dev, dtype) = (first.device().clone(), first.dtype());
+        match update {
+            FusedUpdate::Sgd(cfg, slots) => {
+                dispatch_float!(dtype, T => sgd::<T>(&dev, cfg, slots, found_inf))
+            }
+            FusedUpdate::Adam(cfg, slots) => {
+                dispatch_float!(dtype, T => adam::<T>(&dev, cfg, slots, found_inf))
+            }
+        }
     }
 }

@@ -50,25 +50,33 @@ pub(crate) struct AdamSlot<'a> {
     pub(crate) v: &'a mut Tensor,
 }
 
+/// The slots of one fused kernel call (all on one device, of one dtype) with their rule's
+/// hyper-parameters.
+pub(crate) enum FusedUpdate<'s, 'a> {
+    /// One SGD update of every slot.
+    Sgd(&'s SgdConfig, &'s mut [SgdSlot<'a>]),
+    /// One Adam update of every slot.
+    Adam(&'s AdamConfig, &'s mut [AdamSlot<'a>]),
+}
+
+impl FusedUpdate<'_, '_> {
+    /// The first slot's gradient (its device and dtype are every slot's); `None` when there is
+    /// no slot (nothing to do).
+    pub(crate) fn first_grad(&self) -> Option<&Tensor> {
+        match self {
+            FusedUpdate::Sgd(_, slots) => slots.first().map(|s| s.g),
+            FusedUpdate::Adam(_, slots) => slots.first().map(|s| s.g),
+        }
+    }
+}
+
 kernel_trait! {
     /// Device kernels of the optimizer updates: every slot (all on this device, of one dtype)
     /// updated in one kernel call, or none of them when `found_inf` (one element, on this device)
     /// holds a non-zero value. Slots that do not fit (dtype, device) are an error before any update.
     pub(crate) trait OptimKernels {
-        /// One SGD update of every slot.
-        fn sgd_multi(
-            &self,
-            cfg: &SgdConfig,
-            slots: &mut [SgdSlot<'_>],
-            found_inf: Option<&Tensor>,
-        ) -> Result<()>;
-        /// One Adam update of every slot.
-        fn adam_multi(
-            &self,
-            cfg: &AdamConfig,
-            slots: &mut [AdamSlot<'_>],
-            found_inf: Option<&Tensor>,
-        ) -> Result<()>;
+        /// One update of every slot of `update`.
+        fn optim_multi(&self, update: FusedUpdate<'_, '_>, found_inf: Option<&Tensor>) -> Result<()>;
     }
 }
 
@@ -202,6 +210,26 @@ fn gradients_of<'g>(
         check_found_inf(op, flag, &devices)?;
     }
     Ok(out)
+}
+
+/// Whether an update queued with `found_inf` was applied: `found_inf` read once (after the
+/// update is queued), and `undo` called when it is set (the device skipped the update).
+fn applied_or_else(found_inf: &Tensor, undo: impl FnOnce()) -> Result<bool> {
+    let applied = !crate::ops::flag_is_set(found_inf)?;
+    if !applied {
+        undo();
+    }
+    Ok(applied)
+}
+
+/// The ids of the parameters that have a gradient (`gs`: one entry per parameter).
+fn ids_with_grad(params: &[&mut Parameter], gs: &[Option<&Tensor>]) -> Vec<TensorId> {
+    params
+        .iter()
+        .zip(gs)
+        .filter(|(_, g)| g.is_some())
+        .map(|(p, _)| p.tensor().id())
+        .collect()
 }
 
 /// Fails unless `found_inf` has one element and lives on every one of `devices`.

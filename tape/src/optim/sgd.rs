@@ -2,8 +2,8 @@
 //! following `torch.optim.SGD` step for step.
 
 use super::{
-    by_device_and_dtype, check_non_negative, check_state, gradients_of, states_mut, zeros_like,
-    OptimKernels, Optimizer, SgdSlot,
+    applied_or_else, by_device_and_dtype, check_non_negative, check_state, gradients_of,
+    ids_with_grad, states_mut, zeros_like, FusedUpdate, OptimKernels, Optimizer, SgdSlot,
 };
 use crate::backend::kernels;
 use crate::dtype::Elem;
@@ -174,12 +174,7 @@ impl Sgd {
         created: &[TensorId],
         found_inf: Option<&Tensor>,
     ) -> Result<()> {
-        let ids: Vec<TensorId> = params
-            .iter()
-            .zip(gs)
-            .filter(|(_, g)| g.is_some())
-            .map(|(p, _)| p.tensor().id())
-            .collect();
+        let ids = ids_with_grad(params, gs);
         let mut bufs: Vec<Option<&mut Tensor>> = if self.cfg.momentum != 0.0 {
             states_mut(OP, &mut self.buffers, &ids)?
                 .into_iter()
@@ -205,7 +200,7 @@ impl Sgd {
         for (device, mut group) in
             by_device_and_dtype(slots, |s| (s.g.device().clone(), s.g.dtype()))
         {
-            kernels(&device)?.sgd_multi(&self.cfg, &mut group, found_inf)?;
+            kernels(&device)?.optim_multi(FusedUpdate::Sgd(&self.cfg, &mut group), found_inf)?;
         }
         Ok(())
     }
@@ -230,13 +225,8 @@ impl Optimizer for Sgd {
         found_inf: &Tensor,
     ) -> Result<bool> {
         let created = self.update_all(params, grads, Some(found_inf))?;
-        // The one read, after the update is queued.
-        let applied = !crate::ops::flag_is_set(found_inf)?;
-        if !applied {
-            // The device skipped the update: buffers made for it must start fresh next time.
-            self.forget(&created);
-        }
-        Ok(applied)
+        // Should the device skip the update, buffers made for it must start fresh next time.
+        applied_or_else(found_inf, || self.forget(&created))
     }
 
     fn lr(&self) -> f64 {

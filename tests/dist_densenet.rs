@@ -11,7 +11,7 @@ use densenet::data::epoch_order;
 use densenet::train::{
     forward_backward, forward_backward_ddp, seed_sgd_config, train_step_ddp, StepOptions,
 };
-use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
+use densenet::{DenseNet, Recompute, Selective};
 use dist::{broadcast_buffers, join, Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup};
 use std::hash::{Hash, Hasher};
 use tape::nn::{self, LoadOptions};
@@ -19,39 +19,8 @@ use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 use trainer::anomaly::{step_if_finite_global, GuardError};
 
-const GLOBAL: usize = 64;
-const IMAGE: usize = 8;
-const STEPS: u64 = 3;
-const TOL: f64 = 1e-10;
-
-type Check = Result<(), String>;
-
-fn e(err: impl std::fmt::Display) -> String {
-    err.to_string()
-}
-
-fn config() -> DenseNetConfig {
-    DenseNetConfig {
-        growth_rate: 3,
-        block_config: vec![2, 3],
-        bn_size: 2,
-        num_init_features: 6,
-        num_classes: 4,
-        ..DenseNetConfig::default()
-    }
-}
-
-/// The images and labels of `indices` out of the global batch.
-fn shard(all: &[f64], labels: &[usize], indices: &[usize], dev: &Device) -> (Tensor, Vec<usize>) {
-    let plane = 3 * IMAGE * IMAGE;
-    let x: Vec<f64> = indices
-        .iter()
-        .flat_map(|&i| all[i * plane..(i + 1) * plane].iter().copied())
-        .collect();
-    let shape = [indices.len(), 3, IMAGE, IMAGE];
-    let t = Tensor::from_f64(&x, &shape, DType::F64, dev).expect("a shard");
-    (t, indices.iter().map(|&i| labels[i]).collect())
-}
+mod dist_common;
+use dist_common::{config, e, rel, shard, Check, GLOBAL, IMAGE, STEPS, TOL};
 
 /// A hash of the parameters' exact bits.
 fn param_hash(model: &DenseNet) -> u64 {
@@ -62,12 +31,6 @@ fn param_hash(model: &DenseNet) -> u64 {
         }
     }
     h.finish()
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let n: f64 = b.iter().map(|y| y * y).sum();
-    (d / n.max(1e-300)).sqrt()
 }
 
 fn data_parallel_steps(g: &ProcessGroup, mode: Recompute) -> Check {

@@ -10,59 +10,15 @@
 use checkpoint::{Recompute, Selective};
 use densenet::data::epoch_order;
 use densenet::train::{seed_sgd_config, train_step_ddp, train_step_with, StepOptions};
-use densenet::{DenseNet, DenseNetConfig};
+use densenet::DenseNet;
 use dist::{join, Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup, SyncBatchNorm};
 use resnet::{ResNet, ResNetConfig};
 use tape::nn::{self, Module};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
-const GLOBAL: usize = 64;
-const IMAGE: usize = 8;
-const STEPS: u64 = 3;
-/// Why 1e-10 and not bit equality: the group sums each channel's statistics and gradient sums
-/// rank by rank (and the gradients bucket by bucket) where one process sums them in one pass,
-/// so every sum differs from the single process's in the order of its additions: a relative
-/// difference of a few f64 epsilons (2.2e-16) per reduction, grown by the network's depth and
-/// three SGD steps (measured here: below 1e-14 relative per tensor). 1e-10 leaves a wide margin
-/// for other machines and libm's, and is still orders of magnitude below any real error (such
-/// as normalising each shard with its own statistics).
-const TOL: f64 = 1e-10;
-
-type Check = Result<(), String>;
-
-fn e(err: impl std::fmt::Display) -> String {
-    err.to_string()
-}
-
-fn config() -> DenseNetConfig {
-    DenseNetConfig {
-        growth_rate: 3,
-        block_config: vec![2, 3],
-        bn_size: 2,
-        num_init_features: 6,
-        num_classes: 4,
-        ..DenseNetConfig::default()
-    }
-}
-
-/// The images and labels of `indices` out of the global batch.
-fn shard(all: &[f64], labels: &[usize], indices: &[usize], dev: &Device) -> (Tensor, Vec<usize>) {
-    let plane = 3 * IMAGE * IMAGE;
-    let x: Vec<f64> = indices
-        .iter()
-        .flat_map(|&i| all[i * plane..(i + 1) * plane].iter().copied())
-        .collect();
-    let shape = [indices.len(), 3, IMAGE, IMAGE];
-    let t = Tensor::from_f64(&x, &shape, DType::F64, dev).expect("a shard");
-    (t, indices.iter().map(|&i| labels[i]).collect())
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let n: f64 = b.iter().map(|y| y * y).sum();
-    (d / n.max(1e-300)).sqrt()
-}
+mod dist_common;
+use dist_common::{config, e, rel, shard, Check, GLOBAL, IMAGE, STEPS, TOL};
 
 /// Every parameter and running statistic of `model` against `reference`'s.
 fn compare<M: Module>(model: &M, reference: &M, what: &str) -> Check {

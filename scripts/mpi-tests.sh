@@ -21,6 +21,6 @@ run() { # package, test name
   timeout 600 "${MPIRUN[@]}" "$bin"
 }
 
-run dist mpi_world
+run tapegrad-dist mpi_world
 run densenet-suite dist_densenet
 run densenet-suite dist_sync_bn

@@ -61,10 +61,10 @@ for part in "${parts[@]}"; do
           *) tests=(--test "$op") ;;
         esac
         mkdir -p "$out/backward/$op"
-        echo "== backward/$op: cargo mutants -p tape --file tape/src/ops/$op/mod.rs -- ${tests[*]}" >&2
+        echo "== backward/$op: cargo mutants -p tapegrad --file tape/src/ops/$op/mod.rs -- ${tests[*]}" >&2
         profile=()
         [[ -n ${MUTANTS_PROFILE:-} ]] && profile=(--profile "$MUTANTS_PROFILE")
-        cargo mutants -p tape --file "tape/src/ops/$op/mod.rs" "${profile[@]}" --copy-target=true \
+        cargo mutants -p tapegrad --file "tape/src/ops/$op/mod.rs" "${profile[@]}" --copy-target=true \
           --timeout 300 -o "$out/backward/$op" "$@" -- "${tests[@]}" || status=$?
       done
       continue

@@ -107,7 +107,8 @@ struct Args {
     /// Use only the first N test images.
     #[arg(long, value_name = "N")]
     limit_test: Option<usize>,
-    /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature and an NVIDIA GPU); with
+    /// Device: cpu, meta (a dry run: the peaks of one step and one evaluation batch, no values),
+    /// cuda or cuda:N (a build with the `cuda` feature and an NVIDIA GPU); with
     /// --dist, `cuda` is `cuda:<local rank>`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -318,6 +319,23 @@ impl Task for CifarTask {
     }
 }
 
+/// `--device meta`: one training step and one evaluation batch, their peaks printed.
+fn dry_run(task: &mut CifarTask, root: bool) -> AnyResult<()> {
+    let device = task.device.clone();
+    let eval_idx: Vec<usize> = (0..task.batch.min(task.test.len())).collect();
+    let (train_peak, eval_peak) = harness::dry_run_peaks(
+        &device,
+        task,
+        |task| task.train_step(0, 0, 0).map(|_| ()),
+        |task| {
+            let batch = task.test.batch(&eval_idx, DType::F32, &device)?;
+            predict(&task.model, &batch.images).map(|_| ())
+        },
+    )?;
+    say!(root, "{}", harness::dry_run_line(train_peak, eval_peak));
+    Ok(())
+}
+
 fn run(args: Args, group: ProcessGroup) -> AnyResult<()> {
     let root = group.is_root();
     if let Some(n) = args.threads {
@@ -467,6 +485,9 @@ fn run(args: Args, group: ProcessGroup) -> AnyResult<()> {
         ..FitOptions::new(epochs, args.lr, schedule)
     };
     say!(root, "data: {data_kind}");
+    if task.device.is_meta() {
+        return dry_run(&mut task, root);
+    }
     let reports = fit(&mut task, &options)?;
     let best = reports
         .iter()

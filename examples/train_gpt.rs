@@ -26,7 +26,8 @@ use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task};
 #[derive(Parser, Debug)]
 #[command(about = "Train a small character-level GPT on this workspace's Rust sources")]
 struct Args {
-    /// Device: cpu, cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
+    /// Device: cpu, meta (a dry run: the peaks of one step and one evaluation batch, no values),
+    /// cuda or cuda:N (needs a build with the `cuda` feature and an NVIDIA GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Training steps.
@@ -227,6 +228,21 @@ fn run(a: &Args, group: ProcessGroup) -> Result<(), Box<dyn std::error::Error>> 
         group: group.clone(),
         ddp,
     };
+    if dev.is_meta() {
+        let (train_peak, eval_peak) = harness::dry_run_peaks(
+            &dev,
+            &mut task,
+            |task| task.train_step(0, 0, 0).map(|_| ()),
+            |task| {
+                let b = task
+                    .data
+                    .batch(Split::Val, task.batch, task.seq, 1_000_000)?;
+                task.model.logits(&b.inputs, b.batch, b.seq).map(|_| ())
+            },
+        )?;
+        say!(is_root, "{}", harness::dry_run_line(train_peak, eval_peak));
+        return Ok(());
+    }
     let options = FitOptions {
         run_dir: Some(RunDir::new(&a.out)),
         resume: a.resume,

@@ -10,6 +10,7 @@
 //! [`fitted_exponent`] and [`svg_chart`] summarise and draw.
 
 mod dist_report;
+mod dry_run;
 mod measure;
 mod report;
 pub mod rss;
@@ -18,6 +19,7 @@ mod stats;
 mod svg;
 
 pub use dist_report::{print_dist_cases, DistCaseResult, StepCommStats};
+pub use dry_run::{dry_run_line, dry_run_peaks};
 pub use measure::{image_batch, measure_steps, Measurement};
 pub use report::{
     cpu_label, device_label, exit_code, exit_or_abort, open_device, open_device_with, print_case,

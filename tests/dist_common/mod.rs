@@ -40,7 +40,12 @@ pub fn config() -> DenseNetConfig {
 }
 
 /// The images and labels of `indices` out of the global batch.
-pub fn shard(all: &[f64], labels: &[usize], indices: &[usize], dev: &Device) -> (Tensor, Vec<usize>) {
+pub fn shard(
+    all: &[f64],
+    labels: &[usize],
+    indices: &[usize],
+    dev: &Device,
+) -> (Tensor, Vec<usize>) {
     let plane = 3 * IMAGE * IMAGE;
     let x: Vec<f64> = indices
         .iter()

@@ -26,6 +26,7 @@ mod reduce;
 mod relu;
 mod reshape;
 mod softmax;
+mod weighted;
 
 // conv2d, linear, pooling:
 pub use conv2d::{

@@ -7,7 +7,8 @@ mod cpu;
 mod cuda;
 mod meta;
 
-use super::checks::{accumulate_weighted, check_grad, WeightedOp};
+use super::checks::check_grad;
+use super::weighted::{accumulate_weighted, WeightedOp};
 use crate::backend::{kernel_trait, kernels};
 use crate::device::Device;
 use crate::dtype::DType;

@@ -6,7 +6,8 @@ mod cpu;
 pub(crate) mod cuda;
 mod meta;
 
-use super::checks::{accumulate_weighted, check_grad, WeightedOp};
+use super::checks::check_grad;
+use super::weighted::{accumulate_weighted, WeightedOp};
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::tape::Tape;

@@ -8,7 +8,7 @@ mod record;
 mod report;
 mod warning;
 
-pub use report::{Entry, HasBuffer, MemoryReport, Role};
+pub use report::{Entry, HasBuffer, MemoryReport, Role, HELD_WARNING_SHARE};
 pub use warning::Warning;
 
 use crate::error::{Error, Result};

@@ -1,7 +1,8 @@
-//! The ops a CNN needs, forward and backward, one folder each. `mod.rs` holds the op's API, its
-//! checks, what it saves and its backward rule, written once for every device; the arithmetic
-//! runs in device kernels behind the op's kernel trait (`cpu.rs` for the CPU, `cuda.rs` for
-//! CUDA; see [`crate::backend`]). Every op takes the tape explicitly and records its backward
+//! The ops of the CNNs and the transformer, forward and backward, one folder each. `mod.rs`
+//! holds the op's API, its checks, what it saves and its backward rule, written once for every
+//! device; the arithmetic runs in device kernels behind the op's kernel trait, declared there with
+//! `kernel_trait!` and implemented in `cpu.rs`, `meta.rs` and `cuda.rs` (with the op's NVRTC
+//! kernels in `kernels.cu`). Every op takes the tape explicitly and records its backward
 //! closure only when the tape records and an input wants a gradient.
 
 mod accuracy;

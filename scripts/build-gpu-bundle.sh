@@ -50,8 +50,17 @@ for name, path in sorted(found.items()):
     shutil.copy2(path, ".gpu-bin/tests/" + name)
 '
 cp target/release/examples/benchmark .gpu-bin/benchmark
-strip .gpu-bin/benchmark .gpu-bin/tests/* 2>/dev/null || true
-chmod +x .gpu-bin/benchmark .gpu-bin/tests/*
+# The NCCL test (a world of one process): built with the feature `nccl`, which links Open MPI, so
+# the MPI libraries it loads travel beside it (the GPU machine may have none).
+nccl=$(cargo test --release -p tapegrad-dist --features nccl --test nccl_world --no-run 2>&1 \
+  | grep -o 'target/release/deps/nccl_world-[0-9a-f]*' | tail -n1)
+[ -n "$nccl" ] || { echo "build-gpu-bundle: the nccl_world test binary was not built" >&2; exit 1; }
+mkdir -p .gpu-bin/dist/lib
+cp "$nccl" .gpu-bin/dist/nccl_world
+ldd "$nccl" | awk '/=> \// {print $3}' | grep -E 'libmpi|libopen-|libhwloc|libevent|libpmix|libltdl|libz\.|libudev' \
+  | xargs -r -I{} cp -L {} .gpu-bin/dist/lib/
+strip .gpu-bin/benchmark .gpu-bin/tests/* .gpu-bin/dist/nccl_world 2>/dev/null || true
+chmod +x .gpu-bin/benchmark .gpu-bin/tests/* .gpu-bin/dist/nccl_world
 # The stamp: what the bundle was built from.
 git ls-files -- '*.rs' '*.toml' '*.cu' Cargo.lock >.gpu-bin/FILES
 {
@@ -61,7 +70,7 @@ git ls-files -- '*.rs' '*.toml' '*.cu' Cargo.lock >.gpu-bin/FILES
 cat .gpu-bin/STAMP
 # Packed (xz shares the code the test binaries have in common: 86 MB -> 6 MB), so the bundle
 # travels light; gpu-check.sh unpacks it.
-tar -C .gpu-bin -cf - tests benchmark | xz -9 -T0 >.gpu-bin/bin.tar.xz
-rm -rf .gpu-bin/tests .gpu-bin/benchmark
+tar -C .gpu-bin -cf - tests dist benchmark | xz -9 -T0 >.gpu-bin/bin.tar.xz
+rm -rf .gpu-bin/tests .gpu-bin/dist .gpu-bin/benchmark
 du -sh .gpu-bin
 echo "build-gpu-bundle: done; on the GPU machine run scripts/gpu-check.sh from the repository root"

@@ -67,7 +67,7 @@ if [ ! -f "$BIN/STAMP" ] || [ ! -f "$BIN/benchmark" ]; then
   stage bundle FAIL "no bundle in $BIN: run scripts/build-gpu-bundle.sh on a build machine first"
   exit 1
 fi
-chmod +x "$BIN/benchmark" "$BIN"/tests/* 2>/dev/null
+chmod +x "$BIN/benchmark" "$BIN"/tests/* "$BIN"/dist/nccl_world 2>/dev/null
 want=$(grep '^sources ' "$BIN/STAMP" | cut -d' ' -f2)
 have=$(xargs sha256sum <"$BIN/FILES" 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ "$want" != "$have" ]; then
@@ -122,6 +122,24 @@ for t in "$BIN"/tests/*; do
     stage "test:$name" FAIL "exit $rc (124: timed out); first fault on one thread: $first"
   fi
 done
+
+# --- NCCL, a world of one process (issue 18: the NCCL backend on a GPU) --------------------------
+if [ -n "$NO_GPU" ]; then
+  stage test:nccl_world FAIL "no GPU"
+elif [ -x "$BIN/dist/nccl_world" ]; then
+  echo "===== nccl_world" >>"$WORK/tests.log"
+  LD_LIBRARY_PATH="$BIN/dist/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    timeout "$(left 60)" "$BIN/dist/nccl_world" >"$WORK/nccl.log" 2>&1
+  rc=$?
+  cat "$WORK/nccl.log" >>"$WORK/tests.log"
+  if [ $rc -eq 0 ] && ! grep -q SKIPPED "$WORK/nccl.log"; then
+    stage test:nccl_world ok "$(grep -c ' ok' "$WORK/nccl.log") checks (world of one)"
+  else
+    stage test:nccl_world FAIL "exit $rc: $(grep -m1 -iE 'error|panicked|skipped|nccl' "$WORK/nccl.log")"
+  fi
+else
+  stage test:nccl_world FAIL "not in the bundle"
+fi
 
 # --- our benchmark -------------------------------------------------------------------------------
 bench() { # NAME CAP ARGS...

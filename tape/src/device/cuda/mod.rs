@@ -40,7 +40,8 @@ use cudarc::driver::{
     DeviceRepr, DriverError,
 };
 use nvrtc::Module;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -60,8 +61,9 @@ pub(crate) struct Backend {
     pub(crate) ctx: Arc<CudaContext>,
     /// The one stream all of this GPU's work runs on.
     pub(crate) stream: Arc<CudaStream>,
-    /// The NVRTC programs compiled for this GPU so far, by program name.
-    modules: Mutex<HashMap<&'static str, Arc<Module>>>,
+    /// The NVRTC programs compiled for this GPU so far, by the address of their (static)
+    /// [`Program`]: looked up at every launch, so no string is hashed there.
+    modules: Mutex<FxHashMap<usize, Module>>,
     blas: Mutex<CudaBlas>,
     dnn: Mutex<Dnn>,
     pool: Option<Pool>,
@@ -79,8 +81,8 @@ impl fmt::Debug for Backend {
             self.modules
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .map(|(name, m)| format!("{name}: {}", m.build))
+                .values()
+                .map(|m| format!("{}: {}", m.name, m.build))
                 .collect::<Vec<_>>()
         )
     }
@@ -340,7 +342,7 @@ impl Backend {
             cc,
             ctx,
             stream,
-            modules: Mutex::new(HashMap::new()),
+            modules: Mutex::new(FxHashMap::default()),
             blas: Mutex::new(blas),
             dnn: Mutex::new(dnn),
             pool,
@@ -352,13 +354,9 @@ impl Backend {
     pub(crate) fn function<K: Kernel>(&self, k: K, dtype: DType) -> Result<CudaFunction> {
         let program = k.program();
         let mut modules = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
-        let module = match modules.get(program.name) {
-            Some(m) => m.clone(),
-            None => {
-                let m = Arc::new(Module::load(&self.ctx, self.cc, program)?);
-                modules.insert(program.name, m.clone());
-                m
-            }
+        let module = match modules.entry(program as *const Program as usize) {
+            Entry::Occupied(m) => m.into_mut(),
+            Entry::Vacant(v) => v.insert(Module::load(&self.ctx, self.cc, program)?),
         };
         Ok(module.get(k.index(), dtype).clone())
     }

@@ -17,6 +17,8 @@ pub(crate) const PRELUDE: &str = include_str!("prelude.cuh");
 /// One [`Program`] compiled and loaded into a GPU's context.
 #[derive(Debug)]
 pub(crate) struct Module {
+    /// The program's name (for diagnostics).
+    pub(crate) name: &'static str,
     funcs: Vec<CudaFunction>,
     _module: Arc<CudaModule>,
     /// How the module was built (for diagnostics): `cubin sm_90` or `ptx compute_90`.
@@ -56,6 +58,7 @@ impl Module {
             }
         }
         Ok(Module {
+            name: program.name,
             funcs,
             _module: module,
             build,

@@ -12,7 +12,7 @@ use densenet::train::{
     forward_backward, forward_backward_ddp, seed_sgd_config, train_step_ddp, StepOptions,
 };
 use densenet::{DenseNet, Recompute, Selective};
-use dist::{broadcast_buffers, join, Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup};
+use dist::{broadcast_buffers, Ddp, DdpOptions, DistributedSampler, ProcessGroup};
 use std::hash::{Hash, Hasher};
 use tape::nn::{self, LoadOptions};
 use tape::optim::Sgd;
@@ -20,7 +20,7 @@ use tape::{DType, Device, Tensor};
 use trainer::anomaly::{step_if_finite_global, GuardError};
 
 mod dist_common;
-use dist_common::{config, e, rel, shard, Check, GLOBAL, IMAGE, STEPS, TOL};
+use dist_common::{config, e, expect_ok, join_world, rel, shard, Check, GLOBAL, IMAGE, STEPS, TOL};
 
 /// A hash of the parameters' exact bits.
 fn param_hash(model: &DenseNet) -> u64 {
@@ -152,13 +152,7 @@ fn nan_on_one_rank(g: &ProcessGroup) -> Check {
 }
 
 fn main() {
-    let g = match join(DistKind::Mpi) {
-        Ok(g) => g,
-        Err(err) => {
-            eprintln!("cannot join the MPI world: {err}");
-            std::process::exit(1);
-        }
-    };
+    let g = join_world();
     let modes = [
         Recompute::Naive,
         Recompute::Selective(Selective::Bottleneck),
@@ -166,24 +160,16 @@ fn main() {
         Recompute::Budget(1_400_000),
     ];
     for mode in modes {
-        if let Err(msg) = data_parallel_steps(&g, mode) {
-            eprintln!("rank {} of {}: FAILED: {msg}", g.rank(), g.world_size());
-            g.abort(1);
-        }
-        if g.is_root() {
-            println!(
+        expect_ok(&g, data_parallel_steps(&g, mode), || {
+            format!(
                 "data-parallel DenseNet steps, {mode} ... ok (world size {})",
                 g.world_size()
-            );
-        }
+            )
+        });
     }
     if g.world_size() > 1 {
-        if let Err(msg) = nan_on_one_rank(&g) {
-            eprintln!("rank {} of {}: FAILED: {msg}", g.rank(), g.world_size());
-            g.abort(1);
-        }
-        if g.is_root() {
-            println!("a NaN loss on rank 1 skips the step on every rank ... ok");
-        }
+        expect_ok(&g, nan_on_one_rank(&g), || {
+            "a NaN loss on rank 1 skips the step on every rank ... ok".into()
+        });
     }
 }

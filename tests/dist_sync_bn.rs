@@ -11,14 +11,14 @@ use checkpoint::{Recompute, Selective};
 use densenet::data::epoch_order;
 use densenet::train::{seed_sgd_config, train_step_ddp, train_step_with, StepOptions};
 use densenet::DenseNet;
-use dist::{join, Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup, SyncBatchNorm};
+use dist::{Ddp, DdpOptions, DistributedSampler, ProcessGroup, SyncBatchNorm};
 use resnet::{ResNet, ResNetConfig};
 use tape::nn::{self, Module};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
 
 mod dist_common;
-use dist_common::{config, e, rel, shard, Check, GLOBAL, IMAGE, STEPS, TOL};
+use dist_common::{config, e, expect_ok, join_world, rel, shard, Check, GLOBAL, IMAGE, STEPS, TOL};
 
 /// Every parameter and running statistic of `model` against `reference`'s.
 fn compare<M: Module>(model: &M, reference: &M, what: &str) -> Check {
@@ -170,13 +170,7 @@ fn resnet_sync_steps(g: &ProcessGroup, memory: Recompute) -> Check {
 }
 
 fn main() {
-    let g = match join(DistKind::Mpi) {
-        Ok(g) => g,
-        Err(err) => {
-            eprintln!("cannot join the MPI world: {err}");
-            std::process::exit(1);
-        }
-    };
+    let g = join_world();
     let modes = [
         Recompute::Naive,
         Recompute::Selective(Selective::Bottleneck),
@@ -184,25 +178,17 @@ fn main() {
         Recompute::Budget(2_800_000),
     ];
     for mode in modes {
-        if let Err(msg) = sync_steps(&g, mode) {
-            eprintln!("rank {} of {}: FAILED: {msg}", g.rank(), g.world_size());
-            g.abort(1);
-        }
-        if g.is_root() {
-            println!(
+        expect_ok(&g, sync_steps(&g, mode), || {
+            format!(
                 "synchronised batch norm, {mode}: parameters and running statistics match one \
                  process on the global batch; no reduction in a recompute ... ok (world size {})",
                 g.world_size()
-            );
-        }
+            )
+        });
     }
     for memory in [Recompute::Naive, Recompute::PerBlock] {
-        if let Err(msg) = resnet_sync_steps(&g, memory) {
-            eprintln!("rank {} of {}: FAILED: {msg}", g.rank(), g.world_size());
-            g.abort(1);
-        }
-        if g.is_root() {
-            println!("synchronised batch norm, ResNet-18 {memory} ... ok");
-        }
+        expect_ok(&g, resnet_sync_steps(&g, memory), || {
+            format!("synchronised batch norm, ResNet-18 {memory} ... ok")
+        });
     }
 }

@@ -2,6 +2,7 @@
 //! batch, the relative difference and the tolerance.
 
 use densenet::DenseNetConfig;
+use dist::{join, DistKind, ProcessGroup};
 use tape::{DType, Device, Tensor};
 
 /// Images in the global batch.
@@ -61,4 +62,24 @@ pub fn rel(a: &[f64], b: &[f64]) -> f64 {
     let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
     let n: f64 = b.iter().map(|y| y * y).sum();
     (d / n.max(1e-300)).sqrt()
+}
+
+/// The world `mpirun` started (without it: this process alone); exits 1 if it cannot be joined.
+pub fn join_world() -> ProcessGroup {
+    join(DistKind::Mpi).unwrap_or_else(|err| {
+        eprintln!("cannot join the MPI world: {err}");
+        std::process::exit(1)
+    })
+}
+
+/// Ends every rank (non-zero, naming this rank) if `check` failed; otherwise rank 0 prints
+/// `passed`.
+pub fn expect_ok(g: &ProcessGroup, check: Check, passed: impl FnOnce() -> String) {
+    if let Err(msg) = check {
+        eprintln!("rank {} of {}: FAILED: {msg}", g.rank(), g.world_size());
+        g.abort(1);
+    }
+    if g.is_root() {
+        println!("{}", passed());
+    }
 }

@@ -34,8 +34,6 @@ mod sequential;
 
 pub use plan_cache::PlanCache;
 pub use recompute::{parse_bytes, Recompute, RecomputeError, Selective};
-pub use segment::{
-    checkpoint, checkpoint_with, CheckpointOptions, Fault, KnownOutput, OutputSource,
-};
+pub use segment::{checkpoint, checkpoint_with, CheckpointOptions, Fault, KnownOutput};
 pub use selective::{checkpoint_selective, SelectivePolicy};
 pub use sequential::{checkpoint_sequential, run_plan, run_with_policy, OpKind, Policy, Stage};

@@ -9,42 +9,27 @@
 //! and the gradients of its inputs and of every parameter it used are added into the outer
 //! gradients. The inner tape and everything it saved die right after.
 
-use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use tape::{Error, Gradients, Phase, Result, Tape, Tensor};
+use tape::{DType, Device, Error, Gradients, Phase, Result, Tape, Tensor};
 
 /// How a segment's recompute gets the first pass's output, which its last op then takes instead
 /// of computing it again (where the op can).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KnownOutput {
     /// The segment keeps the output (free when the output lives on anyway, as the next
     /// segment's input).
     #[default]
     Keep,
-    /// The output is read back when the recompute needs it, from where the caller copied it
-    /// (a [`tape::BlockStorage`]), so the segment keeps no second copy.
-    ReadBack(OutputSource),
+    /// The last op takes a stand-in without values ([`Tensor::stand_in`]): for a last op whose
+    /// backward reads nothing of its output (conv2d, linear, dropout) when the caller keeps the
+    /// output elsewhere (copied into a [`tape::BlockStorage`]), so the segment keeps no copy and
+    /// its recompute reads none back. A last op whose backward does read its output fails with
+    /// [`tape::Error::NoValues`].
+    StandIn,
     /// The last op is recomputed too (when it is cheap, an average pool, and keeping its output
     /// is not free).
     Recompute,
-}
-
-/// A function that gives back a segment's output (see [`KnownOutput::ReadBack`]).
-#[derive(Clone)]
-pub struct OutputSource(Arc<dyn Fn() -> Result<Tensor> + Send + Sync>);
-
-impl OutputSource {
-    /// The output as `read` gives it back at recompute time.
-    pub fn new(read: impl Fn() -> Result<Tensor> + Send + Sync + 'static) -> Self {
-        OutputSource(Arc::new(read))
-    }
-}
-
-impl fmt::Debug for OutputSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OutputSource(..)")
-    }
 }
 
 /// Options of [`checkpoint_with`].
@@ -110,7 +95,7 @@ where
     let known = match (first.ops_started().checked_sub(1), first_print) {
         (Some(last), None) => match options.known_output.clone() {
             KnownOutput::Keep => Some((last, Known::Kept(out.clone()))),
-            KnownOutput::ReadBack(source) => Some((last, Known::Later(source))),
+            KnownOutput::StandIn => Some((last, Known::StandIn(shape_of(&out)))),
             KnownOutput::Recompute => None,
         },
         _ => None,
@@ -130,7 +115,9 @@ where
             if let Some((last, known)) = known {
                 let output = match known {
                     Known::Kept(t) => t,
-                    Known::Later(source) => (source.0)()?,
+                    Known::StandIn((shape, dtype, device)) => {
+                        Tensor::stand_in(&shape, dtype, &device)
+                    }
                 };
                 inner.set_known_output(last, output);
             }
@@ -226,10 +213,16 @@ pub(crate) fn scope_name(name: Option<&str>) -> Option<Arc<str>> {
         .or_else(|| tape::context::current().name)
 }
 
-/// The first pass's output, for the recompute: kept, or read back from where it was copied.
+/// The first pass's output, for the recompute: kept, or a stand-in of its shape, dtype and
+/// device.
 enum Known {
     Kept(Tensor),
-    Later(OutputSource),
+    StandIn((Vec<usize>, DType, Device)),
+}
+
+/// What a stand-in for `t` needs.
+fn shape_of(t: &Tensor) -> (Vec<usize>, DType, Device) {
+    (t.shape().to_vec(), t.dtype(), t.device().clone())
 }
 
 /// A hash of the shape and the exact bits of every element.

@@ -57,15 +57,17 @@ pub enum Error {
         /// The device's limit in bytes.
         limit: usize,
     },
-    /// A value was read from a tensor of a meta device, which has shapes but no values.
+    /// A value was read from a tensor without values: one of a meta device, which has shapes
+    /// but no values, or a [`crate::Tensor::stand_in`].
     #[error(
-        "{op}: the tensor lives on {device}, a meta device, which holds shapes and dtypes but no \
-         values; run on a cpu or cuda device to read values"
+        "{op}: the tensor on {device} holds a shape and a dtype but no values (a meta device's \
+         tensor, or a stand-in for an output that backward was not to read); run on a cpu or \
+         cuda device to read values"
     )]
     NoValues {
         /// The read that was asked for.
         op: &'static str,
-        /// The meta device.
+        /// The tensor's device.
         device: String,
     },
     /// The backward pass was misused (non-scalar loss, a seed of the wrong shape, ...).

@@ -189,6 +189,27 @@ impl Tensor {
         self
     }
 
+    /// A tensor of `shape`, `dtype` and `device` without values, which takes no memory: the
+    /// output of an op declared known in advance ([`crate::Tape::set_known_output`]) when that
+    /// op's backward reads nothing of its output (conv2d, linear, dropout), so that a recompute
+    /// need not bring the first pass's values back. Every read of its values fails with
+    /// [`crate::Error::NoValues`]; kernels given it as an input fail the same way.
+    pub fn stand_in(shape: &[usize], dtype: DType, device: &Device) -> Tensor {
+        let len = shape.iter().product();
+        Tensor {
+            id: TensorId::fresh(),
+            shape: shape.to_vec(),
+            buf: Arc::new(Buffer::stand_in(device, dtype, len)),
+            requires_grad: false,
+        }
+    }
+
+    /// Whether the tensor holds values: false on a meta device and for a
+    /// [`Tensor::stand_in`].
+    pub fn has_values(&self) -> bool {
+        self.buf.has_values()
+    }
+
     /// The same data as a new leaf: new id, no gradient, shared buffer.
     pub fn detach(&self) -> Self {
         Tensor {
@@ -234,7 +255,7 @@ impl Tensor {
 
     /// The error of host access to a tensor that lives on a GPU or a meta device.
     fn not_on_host(&self, op: &'static str) -> Error {
-        if self.device().is_meta() {
+        if !self.has_values() {
             return Error::NoValues {
                 op,
                 device: self.device().to_string(),

@@ -14,26 +14,25 @@
 //! gradients per thread group and a flipped kernel; on a GPU cuDNN's workspace limit), are
 //! counted where they are alive.
 //!
-//! - Kept through forward: a naive layer keeps its copy of the storage's first `c` channels
-//!   (`c`), ReLU1 (`c`), conv1 (`b`) and ReLU2 (`b`) and both batch norms' statistics;
-//!   Bottleneck keeps `2b` and batch norm 2's statistics; Layer nothing (its recompute reads its
-//!   output back from the storage); the stem and each transition the next block's storage (`C'`
-//!   of the next block; the ImageNet stem also its maps).
-//! - During a layer's backward, beside the block's gradient buffer (`C`, made by the head's or
-//!   the next transition's backward, added into in place by every consumer) and the parameter
-//!   gradients of every later unit, it holds step by step (its kept bytes included): conv2's
-//!   backward (the output's gradient, `k`, conv2's input gradient, `b`, its weight gradient and
-//!   workspace), batch norm 2's (`2b`), then, once what only they needed is freed, conv1's and
-//!   batch norm 1's (naive `2c - 2b` net, Bottleneck `2c` with the recomputed activation and its
-//!   statistics); Layer also holds the output read back and the recomputed activations with
-//!   their statistics (`2k + c + 3b` at conv2's backward, `2k + c + 4b`, `2k + 2c + b`), and
-//!   with dropout its recompute runs conv2's forward again and its conv2 step holds dropout's
-//!   gradient (`k`). The head holds the pooled features, their gradient and their recomputed
-//!   copy, `3C` of the last block (activation, its gradient, the block's gradient buffer) and
-//!   norm5's statistics; a transition its seed and recomputed output (`2c'` of the next block),
-//!   then `3C` of its block or `2C + c'` with its convolution's workspace; the stem block 1's
-//!   gradient buffer with its input's gradient copied out of it, the ImageNet stem's max pool and
-//!   batch norm gradients, and conv0's weight gradient with its workspace.
+//! - Kept through forward: a naive layer keeps its copy of the storage's first `c` channels (`c`),
+//!   ReLU1 (`c`), conv1 (`b`) and ReLU2 (`b`) and both batch norms' statistics; Bottleneck keeps
+//!   `2b` and batch norm 2's statistics; Layer nothing (its recompute's last op takes a stand-in
+//!   for its output, which its backward does not read); the stem and each transition the next
+//!   block's storage (`C'` of the next block; the ImageNet stem also its maps).
+//! - During a layer's backward, beside the block's gradient buffer (`C`, made by the head's or the
+//!   next transition's backward, added into in place by every consumer) and the parameter gradients
+//!   of every later unit, it holds step by step (its kept bytes included): conv2's backward (the
+//!   output's gradient, `k`, conv2's input gradient, `b`, its weight gradient and workspace), batch
+//!   norm 2's (`2b`), then, once what only they needed is freed, conv1's and batch norm 1's (naive
+//!   `2c - 2b` net, Bottleneck `2c` with the recomputed activation and its statistics); Layer also
+//!   holds the recomputed activations with their statistics (`k + c + 3b` at conv2's backward, `k +
+//!   c + 4b`, `k + 2c + b`), and with dropout its recompute runs conv2's forward again and its
+//!   conv2 step holds dropout's gradient (`k`). The head holds the pooled features, their gradient
+//!   and their recomputed copy, `3C` of the last block (activation, its gradient, the block's
+//!   gradient buffer) and norm5's statistics; a transition its seed and recomputed output (`2c'` of
+//!   the next block), then `3C` of its block or `2C + c'` with its convolution's workspace; the
+//!   stem block 1's gradient buffer with its input's gradient copied out of it, the ImageNet stem's
+//!   max pool and batch norm gradients, and conv0's weight gradient with its workspace.
 //!
 //! Backward meets the layers in reverse, each after every later one has freed what it kept, so
 //! `peak = fixed + max over the stem, layers, transitions and head of (bytes kept by it and
@@ -325,7 +324,7 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                     let norm2 = u(2 * b) + p2 + n2;
                     let (d, p21) = (u(drop), p2 + n2 + p1);
                     let recompute_conv2 = if drop > 0 {
-                        u(3 * k + c + 2 * b) + sc + sb + w2f
+                        u(2 * k + c + 2 * b) + sc + sb + w2f
                     } else {
                         0
                     };
@@ -338,11 +337,11 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                         ]),
                         top(&[conv2, norm2, u(2 * c) + sc - sb + p21 + w1b]),
                         top(&[
-                            u(2 * k + c + b) + sc + w1f,
+                            u(k + c + b) + sc + w1f,
                             recompute_conv2,
-                            u(2 * k + c + 3 * b) + d + sc + sb + p2 + w2b,
-                            u(2 * k + c + 4 * b) + sc + sb + p2 + n2,
-                            u(2 * k + 2 * c + b) + sc + p21 + w1b,
+                            u(k + c + 3 * b) + d + sc + sb + p2 + w2b,
+                            u(k + c + 4 * b) + sc + sb + p2 + n2,
+                            u(k + 2 * c + b) + sc + p21 + w1b,
                         ]),
                     ];
                     let backward = own.map(|x| c_block * unit + params[l as usize] + x);

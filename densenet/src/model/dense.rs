@@ -1,6 +1,6 @@
 //! Dense layers and transitions, each runnable naive or with recompute.
 
-use checkpoint::{checkpoint, checkpoint_with, CheckpointOptions, KnownOutput, OutputSource};
+use checkpoint::{checkpoint, checkpoint_with, CheckpointOptions, KnownOutput};
 use tape::nn::{BatchNorm2d, Conv2d, Dropout, Init};
 use tape::BlockStorage;
 use tape::{ops, Result, Tape, Tensor};
@@ -76,8 +76,9 @@ impl DenseLayer {
     /// (every feature before it), for the caller to append. Batch norm and ReLU run as one fused
     /// op (it keeps its input and its output, as separate ops with an in-place ReLU would). The
     /// naive mode runs it on a copy of the channels that backward keeps ([`BlockStorage::gather`],
-    /// the concatenation); the others read them in place. A recomputed layer's output is read back
-    /// from the storage for its recompute, so the segment keeps no copy of it.
+    /// the concatenation); the others read them in place. A recomputed layer's recompute does not run
+    /// its last op's forward again, and keeps no copy of its output (appended to the storage):
+    /// that op's backward reads nothing of it ([`KnownOutput::StandIn`]).
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
@@ -98,24 +99,16 @@ impl DenseLayer {
                 self.rest(tape, &b)
             }
             DenseLayerMode::RecomputeLayer => {
-                let growth = self.conv2.weight.tensor().shape()[0];
-                let options = output_read_back(&features, c, growth);
+                let options = CheckpointOptions {
+                    known_output: KnownOutput::StandIn,
+                    ..CheckpointOptions::default()
+                };
                 checkpoint_with(tape, &[], options, move |t, _| {
                     let b = self.bottleneck(t, &features, c, true)?;
                     self.rest(t, &b)
                 })
             }
         }
-    }
-}
-
-/// Checkpoint options whose recompute reads the segment's output back from channels
-/// `c0 .. c0 + k` of `storage`, where the caller appends it.
-fn output_read_back(storage: &BlockStorage, c0: usize, k: usize) -> CheckpointOptions {
-    let storage = storage.clone();
-    CheckpointOptions {
-        known_output: KnownOutput::ReadBack(OutputSource::new(move || storage.read(c0, k))),
-        ..CheckpointOptions::default()
     }
 }
 

@@ -27,7 +27,11 @@ impl Tensor {
                 expected: T::DTYPE,
                 got: self.dtype(),
             }),
-            Storage::Cpu(_) | Storage::Meta(_) => Err(Error::Device {
+            Storage::Meta(_) => Err(Error::NoValues {
+                op: "cuda_slice",
+                device: self.device().to_string(),
+            }),
+            Storage::Cpu(_) => Err(Error::Device {
                 op: "cuda_slice",
                 lhs: self.device().to_string(),
                 rhs: "a CUDA device".into(),
@@ -45,7 +49,11 @@ impl Tensor {
                 expected: T::DTYPE,
                 got: dtype,
             }),
-            Storage::Cpu(_) | Storage::Meta(_) => Err(Error::Device {
+            Storage::Meta(_) => Err(Error::NoValues {
+                op: "cuda_slice_mut",
+                device,
+            }),
+            Storage::Cpu(_) => Err(Error::Device {
                 op: "cuda_slice_mut",
                 lhs: device,
                 rhs: "a CUDA device".into(),

@@ -108,6 +108,23 @@ impl Buffer {
         Buffer::charged(device, dtype, len, || Ok(Storage::Meta(dtype)))
     }
 
+    /// A buffer with a dtype and a length but no elements and no bytes: neither charged nor
+    /// counted as an allocation (see [`crate::Tensor::stand_in`]).
+    pub(crate) fn stand_in(device: &Device, dtype: DType, len: usize) -> Self {
+        Buffer {
+            data: Storage::Meta(dtype),
+            device: device.clone(),
+            len,
+            bytes: 0,
+            id: crate::memory::charge_id(),
+        }
+    }
+
+    /// Whether the buffer holds values (a meta device's buffer and a stand-in hold none).
+    pub(crate) fn has_values(&self) -> bool {
+        !matches!(self.data, Storage::Meta(_))
+    }
+
     /// A new, separately charged copy (copy-on-write of shared buffers).
     pub(crate) fn try_clone(&self) -> Result<Self> {
         Buffer::charged(&self.device, self.data.dtype(), self.len, || {

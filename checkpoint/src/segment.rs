@@ -93,7 +93,7 @@ where
     // backward, and the first pass has it (kept alive anyway as the next segment's input). Not
     // under the determinism check, which compares a recomputed output.
     let known = match (first.ops_started().checked_sub(1), first_print) {
-        (Some(last), None) => match options.known_output.clone() {
+        (Some(last), None) => match options.known_output {
             KnownOutput::Keep => Some((last, Known::Kept(out.clone()))),
             KnownOutput::StandIn => Some((last, Known::StandIn(shape_of(&out)))),
             KnownOutput::Recompute => None,

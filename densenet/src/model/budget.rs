@@ -24,7 +24,7 @@
 //!   of every later unit, it holds step by step (its kept bytes included): conv2's backward (the
 //!   output's gradient, `k`, conv2's input gradient, `b`, its weight gradient and workspace), batch
 //!   norm 2's (`2b`), then, once what only they needed is freed, conv1's and batch norm 1's (naive
-//!   `2c - 2b` net, Bottleneck `2c` with the recomputed activation and its statistics); Layer also
+//!   `c - 2b` net, its input gradient added into the block's in place; Bottleneck `2c` with the recomputed activation and its statistics); Layer also
 //!   holds the recomputed activations with their statistics (`k + c + 3b` at conv2's backward, `k +
 //!   c + 4b`, `k + 2c + b`), and with dropout its recompute runs conv2's forward again and its
 //!   conv2 step holds dropout's gradient (`k`). The head holds the pooled features, their gradient
@@ -333,7 +333,7 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                             conv2,
                             norm2,
                             u(c) - u(b) - sb + p21 + w1b,
-                            u(2 * c) - u(2 * b) - sb + p21 + n1,
+                            u(c) - u(2 * b) - sb + p21 + n1,
                         ]),
                         top(&[conv2, norm2, u(2 * c) + sc - sb + p21 + w1b]),
                         top(&[

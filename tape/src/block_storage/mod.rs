@@ -231,6 +231,17 @@ impl BlockStorage {
         f(&st.buffer)
     }
 
+    /// A handle on the storage's gradient alone (it does not keep the features alive).
+    pub(crate) fn grad_handle(&self) -> Result<GradHandle> {
+        let st = lock(&self.features);
+        Ok(GradHandle {
+            grad: self.grad.clone(),
+            dims: self.dims,
+            dtype: st.buffer.dtype(),
+            device: st.buffer.device().clone(),
+        })
+    }
+
     /// `f(features, gradient)`: the gradient made (zeros) on first use, handed to `f` to add
     /// into and kept.
     pub(crate) fn with_grad<R>(
@@ -240,6 +251,29 @@ impl BlockStorage {
         let st = lock(&self.features);
         let like = (&self.dims[..], st.buffer.dtype(), st.buffer.device());
         update_grad(&self.grad, like, |grad| f(&st.buffer, grad))
+    }
+}
+
+/// A block storage's gradient without its features ([`BlockStorage::grad_handle`]): for a
+/// backward that adds into the gradient but reads no feature in place.
+#[derive(Clone)]
+pub(crate) struct GradHandle {
+    grad: Grad,
+    dims: [usize; 4],
+    dtype: DType,
+    device: Device,
+}
+
+impl GradHandle {
+    /// `[n, capacity, h, w]` of the storage.
+    pub(crate) fn dims(&self) -> [usize; 4] {
+        self.dims
+    }
+
+    /// `f(gradient)`: the gradient made (zeros) on first use, handed to `f` to add into and
+    /// kept.
+    pub(crate) fn with_grad<R>(&self, f: impl FnOnce(Tensor) -> Result<(Tensor, R)>) -> Result<R> {
+        update_grad(&self.grad, (&self.dims, self.dtype, &self.device), f)
     }
 }
 

@@ -91,7 +91,8 @@ impl BatchNorm2d {
     }
 
     /// ReLU of the batch norm of the first `c` channels of `features`, as one fused op on a
-    /// packed copy of them that backward keeps ([`BlockStorage::gather`], a concatenation).
+    /// packed copy of them that backward keeps (a concatenation), its input gradient added into
+    /// the storage's gradient in place ([`ops::batch_norm_relu_gathered`]).
     pub fn forward_relu_gathered(
         &self,
         tape: &mut Tape,
@@ -99,7 +100,14 @@ impl BatchNorm2d {
         c: usize,
     ) -> Result<Tensor> {
         let _scope = self.weight.module_scope();
-        let x = features.gather(tape, c)?;
-        self.forward_relu_fused(tape, &x)
+        ops::batch_norm_relu_gathered(
+            tape,
+            features,
+            c,
+            self.weight.tensor(),
+            self.bias.tensor(),
+            &self.running,
+            self.options,
+        )
     }
 }

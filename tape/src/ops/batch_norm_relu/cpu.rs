@@ -146,7 +146,8 @@ fn add_input_grad_body<T: Elem>(o: &mut [T], (g, y, x): GradPlanes<'_, T>, c: Pl
 /// the second sum only when `with_x`) and then, while the channel's planes are still in cache,
 /// the input gradient of that channel for the parts that `want` one, with the coefficients
 /// `coef(channel, sums)`: added in place into the part's existing gradient in `adds` where there
-/// is one (no new buffer, no separate add pass), written into a new buffer otherwise. Reading
+/// is one (`add_widths` channels per image, the part's first; no new buffer, no separate add
+/// pass), written into a new buffer otherwise. Reading
 /// `g`, the output `y` and `x` once from memory instead of twice is what makes it faster than
 /// sums-then-gradients (the pass is memory-bound). Each channel is one task, so the sums do not
 /// depend on the thread count.
@@ -156,7 +157,7 @@ fn backward_by_channel<T: Elem>(
     mean: &[f64],
     with_x: bool,
     want: &[bool],
-    adds: &mut [Option<&mut [T]>],
+    (adds, add_widths): (&mut [Option<&mut [T]>], &[usize]),
     coef: impl Fn(usize, (f64, f64)) -> InputCoef + Sync,
 ) -> ChannelBackward<T> {
     let (c, hw, n) = (parts.c(), parts.hw, parts.n);
@@ -171,11 +172,11 @@ fn backward_by_channel<T: Elem>(
     let mut planes: Vec<Vec<PlaneOut<'_, T>>> = (0..c).map(|_| Vec::new()).collect();
     let mut first = 0;
     let targets = bufs.iter_mut().zip(adds.iter_mut()).zip(want);
-    let shapes = parts.channels.iter().zip(&parts.widths).zip(&lens);
+    let shapes = parts.channels.iter().zip(add_widths).zip(&lens);
     for (((buf, add), &w), ((&cp, &width), &len)) in targets.zip(shapes) {
         if hw > 0 {
-            // A new gradient is packed (`cp` planes per image); an existing one has the part's
-            // layout (`width` planes per image, the first `cp` of them the part's channels).
+            // A new gradient is packed (`cp` planes per image); an existing one has `width`
+            // planes per image, the first `cp` of them the part's channels.
             let (outs, per_image): (Box<dyn Iterator<Item = PlaneOut<'_, T>>>, usize) =
                 match (buf, add, w) {
                     (Some(buf), _, _) => {
@@ -337,13 +338,15 @@ impl BatchNormReluKernels for Cpu {
                 // The sums of every channel first (no gradient written), summed over the group.
                 let none = vec![false; a.parts.len()];
                 let mut no_adds: Vec<Option<&mut [T]>> = (0..a.parts.len()).map(|_| None).collect();
+                let adds = (&mut no_adds[..], a.into_widths);
                 let (local, _) =
-                    backward_by_channel(&parts, (gs, ys), &mean, true, &none, &mut no_adds, coef_with(None));
+                    backward_by_channel(&parts, (gs, ys), &mean, true, &none, adds, coef_with(None));
                 global = Some(global_grad_sums(sync, &local, n * hw)?);
             }
             let coef = coef_with(global);
+            let adds = (&mut adds[..], a.into_widths);
             let (sums, bufs) =
-                backward_by_channel(&parts, (gs, ys), &mean, with_x, a.want_parts, &mut adds, coef);
+                backward_by_channel(&parts, (gs, ys), &mean, with_x, a.want_parts, adds, coef);
             if a.want_weight {
                 let sum_gx: Vec<f64> = sums.iter().zip(&invstd).map(|(s, k)| s.1 * k).collect();
                 gw = Some(Tensor::from_f64(&sum_gx, &[c], g.dtype(), g.device())?);

@@ -14,7 +14,7 @@ use super::batch_norm::{
 };
 use super::checks::check_grad;
 use crate::backend::{kernel_trait, kernels};
-use crate::block_storage::BlockStorage;
+use crate::block_storage::{BlockStorage, GradHandle};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::{Phase, Tape};
@@ -53,6 +53,9 @@ pub(crate) struct BnReluBackward<'a> {
     pub(crate) parts: &'a [&'a Tensor],
     pub(crate) channels: &'a [usize],
     pub(crate) widths: &'a [usize],
+    /// Channels per image of each part's existing gradient in `into` (the part's width, or a
+    /// block storage's for a gathered copy of its channels).
+    pub(crate) into_widths: &'a [usize],
     /// The output (its positive elements are the ReLU mask).
     pub(crate) out: &'a Tensor,
     pub(crate) stats: &'a BnStats,
@@ -77,9 +80,9 @@ kernel_trait! {
         /// The output `[n, C, h, w]` (packed) and, when asked, the statistics backward needs.
         fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)>;
         /// The wanted gradients from the output gradient. `into[k]`, when given, is part `k`'s
-        /// existing gradient, laid out as the part is (`widths[k]` channels per image): its input
-        /// gradient is added into it in place, and it comes back as that part's gradient. A part
-        /// narrower than its buffer always comes with one.
+        /// existing gradient, `into_widths[k]` channels per image of which the part's are the
+        /// first: its input gradient is added into it in place, and it comes back as that
+        /// part's gradient. A part narrower than its buffer always comes with one.
         fn bn_relu_backward(
             &self,
             a: &BnReluBackward<'_>,
@@ -95,6 +98,9 @@ enum Input {
     Parts(Vec<Tensor>),
     /// The first channels of a block storage, whose gradient takes the input gradient.
     Prefix(BlockStorage),
+    /// A packed copy of the first channels of a block storage (kept for backward), whose input
+    /// gradient is added into the storage's gradient in place (when the channels want one).
+    Gathered(Tensor, Option<GradHandle>),
 }
 
 /// What backward keeps, on every device.
@@ -183,6 +189,35 @@ pub fn batch_norm_relu_prefix(
     })
 }
 
+/// `relu(batch_norm2d(x))` of a packed copy `x` of the first `channels` channels of `storage`
+/// (a concatenation of everything appended up to them, which backward keeps, as a naive
+/// DenseNet layer's input), its input gradient added in place into the storage's gradient (no
+/// gradient of the copy, no separate add). `weight`, `bias` and `running` cover the `channels`
+/// channels.
+pub fn batch_norm_relu_gathered(
+    tape: &mut Tape,
+    storage: &BlockStorage,
+    channels: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: &RunningStats,
+    opts: BatchNormOptions,
+) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
+    let [n, _, h, w] = storage.dims();
+    let copy = storage.read(0, channels)?;
+    let record =
+        tape.is_recording() && (storage.requires_grad() || tape.needs_grad(&[weight, bias]));
+    let grad = match storage.requires_grad() {
+        true => Some(storage.grad_handle()?),
+        false => None,
+    };
+    let input = Input::Gathered(copy.clone(), grad);
+    let shape = (n, vec![channels], vec![channels], h, w);
+    let affine = (weight, bias, running, opts);
+    fused(tape, &[&copy], shape, input, record, affine)
+}
+
 /// The shapes of a fused op's input: `(n, channels, widths, h, w)`.
 type Shape = (usize, Vec<usize>, Vec<usize>, usize, usize);
 
@@ -220,7 +255,7 @@ fn fused(
     };
     let part_keys: Vec<GradKey> = match &input {
         Input::Parts(ps) => ps.iter().map(GradKey::of).collect(),
-        Input::Prefix(..) => Vec::new(),
+        Input::Prefix(..) | Input::Gathered(..) => Vec::new(),
     };
     let saved = Saved {
         input,
@@ -232,12 +267,13 @@ fn fused(
     let (kw, kb) = (GradKey::of(weight), GradKey::of(bias));
     Ok(tape.record_always(OP, out, move |g, grads| {
         check_grad(OP, g, saved.out.shape(), Some(&saved.out))?;
-        let backward = |parts: &[&Tensor], want_parts: &[bool], into| {
+        let backward = |parts: &[&Tensor], want_parts: &[bool], into, into_widths: &[usize]| {
             let args = BnReluBackward {
                 g,
                 parts,
                 channels: &channels,
                 widths: &widths,
+                into_widths,
                 out: &saved.out,
                 stats: &saved.stats,
                 weight: &saved.weight,
@@ -259,7 +295,7 @@ fn fused(
                     .map(|key| grads.take_for_accumulation(key))
                     .collect();
                 let refs: Vec<&Tensor> = ps.iter().collect();
-                let (gparts, gw, gb) = backward(&refs, &want, into)?;
+                let (gparts, gw, gb) = backward(&refs, &want, into, &widths)?;
                 for (key, gx) in part_keys.iter().zip(gparts) {
                     if let Some(gx) = gx {
                         grads.accumulate(key, gx)?;
@@ -269,17 +305,27 @@ fn fused(
             }
             Input::Prefix(storage) if storage.requires_grad() => {
                 storage.with_grad(|features, grad| {
-                    let (mut gparts, gw, gb) = backward(&[features], &[true], vec![Some(grad)])?;
-                    let grad = gparts.pop().flatten().ok_or_else(|| {
-                        Error::Backward("batch_norm_relu: the storage gradient was lost".into())
-                    })?;
-                    Ok((grad, (gw, gb)))
+                    let into = vec![Some(grad)];
+                    let (gparts, gw, gb) = backward(&[features], &[true], into, &widths)?;
+                    Ok((storage_grad(gparts)?, (gw, gb)))
                 })?
             }
             Input::Prefix(storage) => {
                 let c = channels[0];
-                let (_, gw, gb) = storage
-                    .with_prefix(c, |features| backward(&[features], &[false], vec![None]))?;
+                let (_, gw, gb) = storage.with_prefix(c, |features| {
+                    backward(&[features], &[false], vec![None], &widths)
+                })?;
+                (gw, gb)
+            }
+            Input::Gathered(copy, Some(storage)) => {
+                let wide = [storage.dims()[1]];
+                storage.with_grad(|grad| {
+                    let (gparts, gw, gb) = backward(&[copy], &[true], vec![Some(grad)], &wide)?;
+                    Ok((storage_grad(gparts)?, (gw, gb)))
+                })?
+            }
+            Input::Gathered(copy, _) => {
+                let (_, gw, gb) = backward(&[copy], &[false], vec![None], &widths)?;
                 (gw, gb)
             }
         };
@@ -290,4 +336,12 @@ fn fused(
         }
         Ok(())
     }))
+}
+
+/// The storage's gradient, which the one part's backward added into and handed back.
+fn storage_grad(mut gparts: Vec<Option<Tensor>>) -> Result<Tensor> {
+    gparts
+        .pop()
+        .flatten()
+        .ok_or_else(|| Error::Backward("batch_norm_relu: the storage gradient was lost".into()))
 }

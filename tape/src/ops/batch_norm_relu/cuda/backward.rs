@@ -193,8 +193,13 @@ fn cudnn_backward<T: CudaElem>(
     }
     let mut dnn = be.dnn();
     // x and dx as they lie in their buffers (a channel prefix of a block storage and of its
-    // gradient, or packed parts); dy is the packed masked gradient.
+    // gradient, or packed parts; an existing dx may be wider than x: a block storage's
+    // gradient for a gathered copy of its channels); dy is the packed masked gradient.
     let xd = l.part_desc(&mut dnn, k, T::DTYPE)?;
+    let dxd = match accumulate {
+        true => l.into_desc(&mut dnn, k, T::DTYPE)?,
+        false => dnn.tensor(OP, T::DTYPE, dims)?,
+    };
     let dyd = dnn.tensor(OP, T::DTYPE, dims)?;
     let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
     let (one, zero) = (T::of(1.0), T::of(0.0));
@@ -207,9 +212,9 @@ fn cudnn_backward<T: CudaElem>(
         ParamSlice::input(at::<T>(s.invstd, off)),
     ];
     let (h, eps) = (dnn.handle, s.a.eps);
-    // SAFETY: x (the saved part) and dx (the input gradient: new, or the existing one added
-    // into) are NCHW buffers laid out as `xd` describes (packed, or the first channels of a
-    // wider buffer of the same layout), dy (the masked gradient in scratch) is packed as `dyd`
+    // SAFETY: x (the saved part) and dx (the input gradient: new and packed, or the existing one
+    // added into) are NCHW buffers laid out as `xd` and `dxd` describe (packed, or the first
+    // channels of a wider buffer), dy (the masked gradient in scratch) is packed as `dyd`
     // describes; `p` holds the weight, the weight and bias gradients and the saved mean and
     // invstd (from the forward pass, unchanged since), each `ck` elements of the data type
     // (`off` elements into its `[C]` buffer, or an aligned copy), covering the part's channels
@@ -226,7 +231,7 @@ fn cudnn_backward<T: CudaElem>(
             x as *const c_void,
             dyd.0,
             dy as *const c_void,
-            xd.0,
+            dxd.0,
             dx as *mut c_void,
             bnd.0,
             p[0] as *const c_void,

@@ -195,6 +195,9 @@ struct Layout {
     /// Channels per image in each part's buffer (more than its channels for a channel prefix
     /// of a block storage).
     widths: Vec<usize>,
+    /// Channels per image of each part's existing input gradient (backward; its width, or a
+    /// block storage's for a gathered copy of its channels).
+    into_widths: Vec<usize>,
     offsets: Vec<usize>,
     /// Total channels.
     c: usize,
@@ -216,9 +219,18 @@ impl Layout {
             h,
             w,
             channels,
+            into_widths: widths.clone(),
             widths,
             offsets,
             c,
+        }
+    }
+
+    /// The layout with part `k`'s existing input gradient `into_widths[k]` channels per image.
+    fn with_into_widths(self, into_widths: &[usize]) -> Self {
+        Layout {
+            into_widths: into_widths.to_vec(),
+            ..self
         }
     }
 
@@ -235,10 +247,31 @@ impl Layout {
         k: usize,
         dtype: crate::DType,
     ) -> Result<std::sync::Arc<TensorDesc>> {
+        self.desc_of_width(dnn, k, self.widths[k], dtype)
+    }
+
+    /// The descriptor of part `k`'s existing input gradient as it lies in its buffer.
+    fn into_desc(
+        &self,
+        dnn: &mut Dnn,
+        k: usize,
+        dtype: crate::DType,
+    ) -> Result<std::sync::Arc<TensorDesc>> {
+        self.desc_of_width(dnn, k, self.into_widths[k], dtype)
+    }
+
+    /// The descriptor of part `k`'s channels, the first of `width` per image.
+    fn desc_of_width(
+        &self,
+        dnn: &mut Dnn,
+        k: usize,
+        width: usize,
+        dtype: crate::DType,
+    ) -> Result<std::sync::Arc<TensorDesc>> {
         let dims = self.part_dims(k);
-        if self.strided(k) {
+        if width != self.channels[k] {
             let hw = self.hw();
-            dnn.tensor_strided(OP, dtype, dims, [self.widths[k] * hw, hw, self.w, 1])
+            dnn.tensor_strided(OP, dtype, dims, [width * hw, hw, self.w, 1])
         } else {
             dnn.tensor(OP, dtype, dims)
         }
@@ -311,7 +344,8 @@ impl BatchNormReluKernels for CudaKernels {
         into: Vec<Option<Tensor>>,
     ) -> Result<BnReluGrads> {
         let [n, _, h, w] = a.g.dims4(OP)?;
-        let l = Layout::new(n, (a.channels.to_vec(), a.widths.to_vec()), h, w);
+        let l = Layout::new(n, (a.channels.to_vec(), a.widths.to_vec()), h, w)
+            .with_into_widths(a.into_widths);
         dispatch_float!(a.g.dtype(), T => backward::backward::<T>(a, &l, into))
     }
 }

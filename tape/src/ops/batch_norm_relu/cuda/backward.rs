@@ -197,7 +197,7 @@ fn cudnn_backward<T: CudaElem>(
     // gradient for a gathered copy of its channels); dy is the packed masked gradient.
     let xd = l.part_desc(&mut dnn, k, T::DTYPE)?;
     let dxd = match accumulate {
-        true => l.into_desc(&mut dnn, k, T::DTYPE)?,
+        true => l.grad_desc(&mut dnn, k, T::DTYPE)?,
         false => dnn.tensor(OP, T::DTYPE, dims)?,
     };
     let dyd = dnn.tensor(OP, T::DTYPE, dims)?;

@@ -251,7 +251,7 @@ impl Layout {
     }
 
     /// The descriptor of part `k`'s existing input gradient as it lies in its buffer.
-    fn into_desc(
+    fn grad_desc(
         &self,
         dnn: &mut Dnn,
         k: usize,

@@ -340,8 +340,9 @@ fn kept_bytes_are_counted_at_each_blocks_resolution() {
                     layer.stored,
                     [
                         (2 * c + 2 * b) * unit + stats(c + b),
-                        2 * b * unit + stats(b),
-                        0
+                        // The recomputed batch norms' statistics are kept for the recompute.
+                        2 * b * unit + stats(c + b),
+                        stats(c + b)
                     ],
                     "{at}"
                 );

@@ -16,17 +16,20 @@
 //!
 //! - Kept through forward: a naive layer keeps its copy of the storage's first `c` channels (`c`),
 //!   ReLU1 (`c`), conv1 (`b`) and ReLU2 (`b`) and both batch norms' statistics; Bottleneck keeps
-//!   `2b` and batch norm 2's statistics; Layer nothing (its recompute's last op takes a stand-in
-//!   for its output, which its backward does not read); the stem and each transition the next
-//!   block's storage (`C'` of the next block; the ImageNet stem also its maps).
+//!   `2b` and both batch norms' statistics; Layer both batch norms' statistics and nothing else
+//!   (its recompute's last op takes a stand-in for its output, which its backward does not
+//!   read); the stem and each transition the next block's storage (`C'` of the next block; the
+//!   ImageNet stem also its maps), a transition also its batch norm's statistics, the head
+//!   norm5's. A recomputed batch norm's statistics are kept from the first pass, and its
+//!   recompute normalises with them (no second statistics pass, nothing new allocated).
 //! - During a layer's backward, beside the block's gradient buffer (`C`, made by the head's or the
 //!   next transition's backward, added into in place by every consumer) and the parameter gradients
 //!   of every later unit, it holds step by step (its kept bytes included): conv2's backward (the
 //!   output's gradient, `k`, conv2's input gradient, `b`, its weight gradient and workspace), batch
 //!   norm 2's (`2b`), then, once what only they needed is freed, conv1's and batch norm 1's (naive
-//!   `c - 2b` net, its input gradient added into the block's in place; Bottleneck `2c` with the recomputed activation and its statistics); Layer also
-//!   holds the recomputed activations with their statistics (`k + c + 3b` at conv2's backward, `k +
-//!   c + 4b`, `k + 2c + b`), and with dropout its recompute runs conv2's forward again and its
+//!   `c - 2b` net, its input gradient added into the block's in place; Bottleneck `2c` with the
+//!   recomputed activation); Layer also holds the recomputed activations (`k + c + 3b` at conv2's
+//!   backward, `k + c + 4b`, `k + 2c + b`), and with dropout its recompute runs conv2's forward again and its
 //!   conv2 step holds dropout's gradient (`k`). The head holds the pooled features, their gradient
 //!   and their recomputed copy, `3C` of the last block (activation, its gradient, the block's
 //!   gradient buffer) and norm5's statistics; a transition its seed and recomputed output (`2c'` of
@@ -315,7 +318,7 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                     // The layer's output is appended to the block's storage (kept by whoever
                     // allocated it): a layer keeps only its own intermediates and the batch
                     // norms' statistics of what it keeps.
-                    let stored = [u(2 * c + 2 * b) + sc + sb, u(2 * b) + sb, 0];
+                    let stored = [u(2 * c + 2 * b) + sc + sb, u(2 * b) + sc + sb, sc + sb];
                     // Its backward, beyond what it keeps and the block's gradient buffer, step
                     // by step (see the module docs): conv2's (the output's gradient, the
                     // input's, the weight's and the kernels' workspace), batch norm 2's, then
@@ -324,7 +327,7 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                     let norm2 = u(2 * b) + p2 + n2;
                     let (d, p21) = (u(drop), p2 + n2 + p1);
                     let recompute_conv2 = if drop > 0 {
-                        u(2 * k + c + 2 * b) + sc + sb + w2f
+                        u(2 * k + c + 2 * b) + w2f
                     } else {
                         0
                     };
@@ -335,13 +338,13 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                             u(c) - u(b) - sb + p21 + w1b,
                             u(c) - u(2 * b) - sb + p21 + n1,
                         ]),
-                        top(&[conv2, norm2, u(2 * c) + sc - sb + p21 + w1b]),
+                        top(&[conv2, norm2, u(2 * c) - sb + p21 + w1b]),
                         top(&[
-                            u(k + c + b) + sc + w1f,
+                            u(k + c + b) + w1f,
                             recompute_conv2,
-                            u(k + c + 3 * b) + d + sc + sb + p2 + w2b,
-                            u(k + c + 4 * b) + sc + sb + p2 + n2,
-                            u(k + 2 * c + b) + sc + p21 + w1b,
+                            u(k + c + 3 * b) + d + p2 + w2b,
+                            u(k + c + 4 * b) + p2 + n2,
+                            u(k + 2 * c + b) - sb + p21 + w1b,
                         ]),
                     ];
                     let backward = own.map(|x| c_block * unit + params[l as usize] + x);
@@ -349,12 +352,8 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                     // dropout's), the recomputed modes' batch norm outputs not kept.
                     let forward = [
                         top(&[w1f, u(k) + w2f, 2 * d]),
-                        top(&[u(c) + sc + w1f, u(k) + w2f, 2 * d]),
-                        top(&[
-                            u(c + b) + sc + w1f,
-                            u(c + 2 * b + k) + sc + sb + w2f,
-                            u(c + 2 * b) + 2 * d + sc + sb,
-                        ]),
+                        top(&[u(c) + w1f, u(k) + w2f, 2 * d]),
+                        top(&[u(c + b) + w1f, u(c + 2 * b + k) + w2f, u(c + 2 * b) + 2 * d]),
                     ];
                     // BN and ReLU cost a few FLOPs per element; convs 2 per multiply-add.
                     let head = px * (2.0 * (c * b) as f64 + 8.0 * c as f64);
@@ -404,13 +403,13 @@ fn glue(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Glue {
     let c = s.c_final;
     let (pooled, logits) = (n * c * e, n * classes * e);
     let classifier = (c * classes + classes) * e;
+    // norm5's batch statistics are kept from the forward pass for its recompute.
     let head = GlueUnit {
-        stored: 0,
-        backward: (2 * pooled + logits + classifier)
-            .max(3 * pooled + 3 * c * unit_last + st * c + after),
-        // Forward: the recomputed activation and its statistics, the pooled features, the
-        // loss's saved probabilities and the logits' gradient, the loss's seed.
-        forward: c * unit_last + st * c + pooled + 2 * logits + e,
+        stored: st * c,
+        backward: (2 * pooled + logits + classifier).max(3 * pooled + 3 * c * unit_last + after),
+        // Forward: the activation, the pooled features, the loss's saved probabilities and the
+        // logits' gradient, the loss's seed.
+        forward: c * unit_last + pooled + 2 * logits + e,
     };
     let mut transitions = vec![
         GlueUnit {
@@ -432,7 +431,8 @@ fn glue(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Glue {
             // block's gradient buffer made by batch norm's backward.
             let c_end = c0 + layers * s.k;
             let [wf, wb] = kern.conv(s.block_geo[i], c_end, c_next, 1);
-            let stored = (c_next + layers_next * s.k) * unit_next;
+            // Its batch norm's statistics are kept from the forward pass for its recompute.
+            let stored = (c_next + layers_next * s.k) * unit_next + st * c_end;
             let (seed, h, y) = (c_next * unit_next, c_end * unit, c_next * unit);
             let norm = 2 * c_end * e;
             let alive = (stored + seed)
@@ -442,7 +442,7 @@ fn glue(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Glue {
             transitions[i] = GlueUnit {
                 stored,
                 backward: alive - stored + after,
-                forward: h + st * c_end + y + wf.max(seed),
+                forward: h + y + wf.max(seed),
             };
         }
         after += own_params;

@@ -117,7 +117,8 @@ impl BlockStorage {
     /// once.
     pub fn new([n, capacity, h, w]: [usize; 4], dtype: DType, device: &Device) -> Result<Self> {
         let _role = context::enter_op(OP, Pass::Forward);
-        let buffer = Tensor::zeros_large(&[n, capacity, h, w], dtype, device)?;
+        // Every channel is appended (written) before anything reads it.
+        let buffer = Tensor::unfilled_large(&[n, capacity, h, w], dtype, device)?;
         Ok(BlockStorage {
             features: Arc::new(Mutex::new(Features {
                 buffer,

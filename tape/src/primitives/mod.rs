@@ -47,6 +47,17 @@ impl Tensor {
         })
     }
 
+    /// A large tensor for a caller that writes every element before reading it (a block
+    /// storage's features): on a GPU left unfilled (no memset); in host memory zeros, as
+    /// [`Tensor::zeros_large`] makes them (a host slice must hold initialised values).
+    pub(crate) fn unfilled_large(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if device.is_cuda() {
+            return dispatch_float!(dtype, T => Tensor::cuda_uninit::<T>(shape, device));
+        }
+        Tensor::zeros_large(shape, dtype, device)
+    }
+
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         Tensor::full(shape, 0.0, dtype, device)

@@ -280,6 +280,7 @@ impl BatchNormKernels for Cpu {
             a.running,
             a.opts,
             step,
+            a.given,
             l.count(),
             x.device(),
             |center| {

@@ -9,16 +9,20 @@ use crate::tensor::Tensor;
 
 /// The output `out_shape` of a batch-norm forward over `c` channels, then what the CPU's
 /// shared forward does after it: the running statistics written in place (`update_running`)
-/// and the saved statistics (`want_stats`).
+/// and the saved statistics (`want_stats`; the `given` ones, when a recompute has them).
 pub(crate) fn forward(
     like: &Tensor,
     out_shape: &[usize],
     c: usize,
     running: &RunningStats,
     (update_running, want_stats): (bool, bool),
+    given: Option<&BnStats>,
 ) -> Result<(Tensor, Option<BnStats>)> {
     let (dtype, dev) = (like.dtype(), like.device());
     let out = Tensor::meta(out_shape, dtype, dev)?;
+    if let Some(given) = given {
+        return Ok((out, want_stats.then(|| given.clone())));
+    }
     if update_running {
         running.touch()?;
     }
@@ -37,7 +41,7 @@ impl BatchNormKernels for Meta {
     fn batch_norm_forward(&self, a: &BnForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
         let [_, c, _, _] = a.x.dims4(super::OP)?;
         let step = (a.update_running, a.want_stats);
-        forward(a.x, a.x.shape(), c, a.running, step)
+        forward(a.x, a.x.shape(), c, a.running, step, a.given)
     }
 
     fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads> {

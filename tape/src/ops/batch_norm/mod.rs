@@ -18,9 +18,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub(crate) mod kept;
 pub(crate) mod meta;
 pub(crate) mod sync;
 
+use kept::KeptBatches;
 use std::sync::Arc;
 use sync::SyncBn;
 pub use sync::{BatchStatsReducer, SyncPass, KEPT as SYNC_KEPT};
@@ -30,6 +32,7 @@ const OP: &str = "batch_norm2d";
 /// The per-channel statistics a batch norm's backward reads: the mean used and
 /// `invstd = 1 / sqrt(var + eps)`, each `[C]` (in `f64` on the CPU, in the data's dtype on CUDA,
 /// where cuDNN keeps them).
+#[derive(Clone, Debug)]
 pub(crate) struct BnStats {
     pub(crate) mean: Tensor,
     pub(crate) invstd: Tensor,
@@ -48,6 +51,9 @@ pub(crate) struct BnForward<'a> {
     pub(crate) update_running: bool,
     /// Return the statistics backward needs.
     pub(crate) want_stats: bool,
+    /// The batch statistics to normalise with, kept by the first pass of a recomputed segment
+    /// (training, recompute phase): no statistics pass, the first pass's output bit for bit.
+    pub(crate) given: Option<&'a BnStats>,
 }
 
 /// The arguments of a batch-norm backward kernel.
@@ -148,6 +154,8 @@ pub struct RunningStats {
     device: Device,
     stats: Mutex<Stats>,
     sync: Mutex<Option<Arc<SyncBn>>>,
+    /// Batch statistics kept for a recompute.
+    kept: KeptBatches,
 }
 
 impl Clone for RunningStats {
@@ -157,6 +165,7 @@ impl Clone for RunningStats {
             device: self.device.clone(),
             stats: Mutex::new(self.lock().clone()),
             sync: Mutex::new(self.sync().map(|s| Arc::new(s.fresh()))),
+            kept: KeptBatches::default(),
         }
     }
 }
@@ -173,6 +182,7 @@ impl RunningStats {
                 num_batches_tracked: 0,
             }),
             sync: Mutex::new(None),
+            kept: KeptBatches::default(),
         })
     }
 
@@ -189,6 +199,11 @@ impl RunningStats {
     /// Whether the layer's training statistics are synchronised ([`RunningStats::set_sync`]).
     pub fn is_synced(&self) -> bool {
         self.sync().is_some()
+    }
+
+    /// Batch statistics kept for a recompute ([`kept`]).
+    pub(crate) fn kept(&self) -> &KeptBatches {
+        &self.kept
     }
 
     pub(crate) fn sync(&self) -> Option<Arc<SyncBn>> {
@@ -385,6 +400,9 @@ pub(crate) enum HostNorm<'a> {
 /// batch's statistics instead, from the local per-channel sums that `sums` gives (`None`: of
 /// `x`; `Some(mean)`: of `(x - mean)^2`). In training, `update_running` is false exactly in a
 /// recompute, which reuses the statistics the forward pass kept.
+///
+/// With `given` statistics (a recompute's, [`kept`]) it normalises with them: no statistics
+/// pass, no reduction, the same scale and shift per channel as the pass that computed them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn host_forward(
     weight: &Tensor,
@@ -392,6 +410,7 @@ pub(crate) fn host_forward(
     running: &RunningStats,
     opts: BatchNormOptions,
     (training, update_running, want_stats): (bool, bool, bool),
+    given: Option<&BnStats>,
     m: usize,
     device: &Device,
     sums: impl Fn(Option<&[f64]>) -> Result<Vec<f64>>,
@@ -399,6 +418,11 @@ pub(crate) fn host_forward(
 ) -> Result<(Tensor, Option<BnStats>)> {
     let (w, b) = (weight.try_to_f64_vec()?, bias.try_to_f64_vec()?);
     let eps = opts.eps;
+    if let Some(given) = given {
+        let norm = Normalization::from_saved(given, &w, &b)?;
+        let (out, _) = run(HostNorm::Running(&norm))?;
+        return Ok((out, want_stats.then(|| given.clone())));
+    }
     let sync = running.sync().filter(|_| training);
     let (out, norm) = if let Some(sync) = sync {
         let g = sync.moments(OP, !update_running, m, sums)?;
@@ -452,6 +476,23 @@ impl Normalization {
         let corr = g.count / (g.count.max(2.0) - 1.0);
         let unbiased = g.var.iter().map(|v| v * corr).collect();
         Self::from_moments(g.mean, &g.var, unbiased, weight, bias, eps)
+    }
+
+    /// A recompute's normalisation from the statistics its first pass kept: the scale and
+    /// shift [`channel_affine`] computed there, from the same mean and `invstd`.
+    pub(crate) fn from_saved(stats: &BnStats, weight: &[f64], bias: &[f64]) -> Result<Self> {
+        let (mean, invstd) = (stats.mean.try_to_f64_vec()?, stats.invstd.try_to_f64_vec()?);
+        let scale: Vec<f64> = weight.iter().zip(&invstd).map(|(w, i)| w * i).collect();
+        let shift = (0..mean.len())
+            .map(|ch| bias[ch] - mean[ch] * scale[ch])
+            .collect();
+        Ok(Normalization {
+            mean,
+            unbiased: Vec::new(),
+            invstd,
+            scale,
+            shift,
+        })
     }
 
     /// An eval step's normalisation, from the running statistics.
@@ -530,6 +571,7 @@ pub fn batch_norm2d(
     check_sync(OP, training, x, running)?;
     let record = tape.needs_grad(&[x, weight, bias]);
     let k = kernels(x.device())?;
+    let batch = running.kept().plan(tape, training);
     let (out, stats) = k.batch_norm_forward(&BnForward {
         x,
         weight,
@@ -538,8 +580,10 @@ pub fn batch_norm2d(
         opts,
         training,
         update_running: training && tape.phase() == Phase::Forward,
-        want_stats: record,
+        want_stats: record || batch.keep,
+        given: batch.given.as_ref(),
     })?;
+    running.kept().conclude(&batch, stats.as_ref());
     let saved = match stats {
         Some(stats) if record => {
             let needs_xhat = weight.requires_grad() || (training && x.requires_grad());

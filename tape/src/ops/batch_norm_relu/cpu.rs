@@ -255,6 +255,7 @@ impl BatchNormReluKernels for Cpu {
             a.running,
             a.opts,
             step,
+            a.given,
             n * hw,
             x0.device(),
             |center| {

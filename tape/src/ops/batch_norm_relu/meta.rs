@@ -15,7 +15,7 @@ impl BatchNormReluKernels for Meta {
         let [n, _, h, w] = x0.dims4(OP)?;
         let c = a.channels.iter().sum::<usize>();
         let step = (a.update_running, a.want_stats);
-        forward(x0, &[n, c, h, w], c, a.running, step)
+        forward(x0, &[n, c, h, w], c, a.running, step, a.given)
     }
 
     fn bn_relu_backward(

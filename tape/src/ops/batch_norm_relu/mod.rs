@@ -45,6 +45,9 @@ pub(crate) struct BnReluForward<'a> {
     pub(crate) update_running: bool,
     /// Return the statistics backward needs.
     pub(crate) want_stats: bool,
+    /// The batch statistics to normalise with, kept by the first pass of a recomputed segment
+    /// (training, recompute phase): no statistics pass, the first pass's output bit for bit.
+    pub(crate) given: Option<&'a BnStats>,
 }
 
 /// The arguments of the fused backward kernel: what the op saved, and which gradients it wants.
@@ -237,6 +240,7 @@ fn fused(
     check_batch(OP, training, n * h * w)?;
     check_sync(OP, training, parts[0], running)?;
     let k = kernels(parts[0].device())?;
+    let batch = running.kept().plan(tape, training);
     let (out, stats) = k.bn_relu_forward(&BnReluForward {
         parts,
         channels: &channels,
@@ -247,8 +251,10 @@ fn fused(
         opts,
         training,
         update_running: training && tape.phase() == Phase::Forward,
-        want_stats: record,
+        want_stats: record || batch.keep,
+        given: batch.given.as_ref(),
     })?;
+    running.kept().conclude(&batch, stats.as_ref());
     let stats = match stats {
         Some(stats) if record => stats,
         _ => return Ok(out),

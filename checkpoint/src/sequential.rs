@@ -133,7 +133,21 @@ pub fn run_plan<'a>(
 ) -> Result<Tensor> {
     plan.check_covers(layers.len())
         .map_err(crate::error::engine_error)?;
-    run_segments(tape, layers, plan, x)
+    // The chain model counts no batch statistics kept from a first pass for its recompute: the
+    // plan's recomputes compute them again, as the model predicts.
+    let keep = set_keep_batch_stats(tape, false);
+    let out = run_segments(tape, layers, plan, x);
+    set_keep_batch_stats(tape, keep);
+    out
+}
+
+/// Sets whether batch norm keeps its statistics for a recompute on `tape`, returning what it was.
+fn set_keep_batch_stats(tape: &mut Tape, keep: bool) -> bool {
+    let mut ctx = tape.context();
+    let was = ctx.keep_batch_stats;
+    ctx.keep_batch_stats = keep;
+    tape.set_context(ctx);
+    was
 }
 
 /// Runs `layers` under a per-op [`Policy`].

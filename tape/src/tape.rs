@@ -25,8 +25,15 @@ pub struct Context {
     pub phase: Phase,
     /// Seed of the dropout random stream.
     pub seed: u64,
-    /// Next counter of the dropout random stream; each dropout call takes one.
+    /// Next counter of the random stream; each dropout call takes one, and so does each batch
+    /// norm call in training (the key its statistics are kept under for a recompute).
     pub counter: u64,
+    /// Whether batch norm keeps its batch statistics from a checkpointed segment's first pass
+    /// for the recompute to normalise with (see `ops::batch_norm2d`); on by default. The
+    /// chain planner's runs (`checkpoint::run_plan`) turn it off: their model does not count the
+    /// kept bytes (a synchronised batch norm keeps them all the same, so that its recompute
+    /// does not communicate).
+    pub keep_batch_stats: bool,
 }
 
 type BackwardFn<'a> = Box<dyn FnOnce(&Tensor, &mut Gradients) -> Result<()> + 'a>;
@@ -74,6 +81,7 @@ impl<'a> Tape<'a> {
                 phase: Phase::Forward,
                 seed: 0,
                 counter: 0,
+                keep_batch_stats: true,
             },
         )
     }
@@ -87,6 +95,7 @@ impl<'a> Tape<'a> {
                 phase: Phase::Forward,
                 seed: 0,
                 counter: 0,
+                keep_batch_stats: true,
             },
         )
     }

@@ -14,6 +14,7 @@ fn ctx(training: bool, phase: Phase) -> Context {
         phase,
         seed: 0,
         counter: 0,
+        keep_batch_stats: true,
     }
 }
 
@@ -179,6 +180,7 @@ fn recompute_phase_and_eval_leave_running_stats_alone() {
         phase: Phase::Recompute,
         seed: 0,
         counter: 0,
+        keep_batch_stats: true,
     };
     let mut tape = Tape::with_context(true, recompute);
     let y_re = ops::batch_norm2d(&mut tape, &s.x, &s.w, &s.b, &s.running, opts).unwrap();

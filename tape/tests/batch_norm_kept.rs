@@ -14,6 +14,7 @@ fn tape(phase: Phase, recording: bool) -> Tape<'static> {
         phase,
         seed: 11,
         counter: 0,
+        keep_batch_stats: true,
     };
     Tape::with_context(recording, ctx)
 }
@@ -38,11 +39,26 @@ fn a_recompute_normalises_with_the_first_pass_statistics_bit_for_bit() {
         let x = Tensor::randn(&[4, 3, 5, 5], DType::F32, &dev, 1).unwrap();
         let running = RunningStats::new(3, DType::F32, &dev).unwrap();
         let first = norm(&mut tape(Phase::Forward, false), &x, &running, fused);
-        let (mean, var) = (running.mean().to_vec::<f32>(), running.var().to_vec::<f32>());
+        let (mean, var) = (
+            running.mean().to_vec::<f32>(),
+            running.var().to_vec::<f32>(),
+        );
         let again = norm(&mut tape(Phase::Recompute, true), &x, &running, fused);
-        assert_eq!(again.to_vec::<f32>(), first.to_vec::<f32>(), "fused {fused}");
-        assert_eq!(running.mean().to_vec::<f32>(), mean, "running mean untouched");
-        assert_eq!(running.var().to_vec::<f32>(), var, "running variance untouched");
+        assert_eq!(
+            again.to_vec::<f32>(),
+            first.to_vec::<f32>(),
+            "fused {fused}"
+        );
+        assert_eq!(
+            running.mean().to_vec::<f32>(),
+            mean,
+            "running mean untouched"
+        );
+        assert_eq!(
+            running.var().to_vec::<f32>(),
+            var,
+            "running variance untouched"
+        );
         assert_eq!(running.num_batches_tracked(), 1);
     }
 }
@@ -59,18 +75,18 @@ fn a_recompute_makes_no_statistics_pass() {
         let first = norm(&mut tape(Phase::Forward, false), &x, &running, fused);
         let again = norm(&mut tape(Phase::Recompute, true), &shifted, &running, fused);
         let fresh = norm(&mut tape(Phase::Recompute, true), &shifted, &running, fused);
-        let (f, a, r) = (
-            first.to_f64_vec(),
-            again.to_f64_vec(),
-            fresh.to_f64_vec(),
-        );
+        let (f, a, r) = (first.to_f64_vec(), again.to_f64_vec(), fresh.to_f64_vec());
         assert_ne!(a, r, "the kept statistics were used once (fused {fused})");
         // Normalised with x's batch statistics (mean m, biased variance v), the recompute
         // gives w * (2x - m) / sqrt(v + eps) + b (fused: its ReLU), to f32 rounding of a few
         // operations (a bound of 8 ulp of the result's magnitude plus one of 1).
         let xs = x.to_f64_vec();
-        let w = Tensor::randn(&[3], DType::F32, &dev, 3).unwrap().to_f64_vec();
-        let b = Tensor::randn(&[3], DType::F32, &dev, 4).unwrap().to_f64_vec();
+        let w = Tensor::randn(&[3], DType::F32, &dev, 3)
+            .unwrap()
+            .to_f64_vec();
+        let b = Tensor::randn(&[3], DType::F32, &dev, 4)
+            .unwrap()
+            .to_f64_vec();
         for ch in 0..3 {
             let at: Vec<usize> = (0..xs.len()).filter(|i| (i / 25) % 3 == ch).collect();
             let m = at.iter().map(|&i| xs[i]).sum::<f64>() / at.len() as f64;

@@ -14,6 +14,7 @@ fn ctx(seed: u64, counter: u64) -> Context {
         phase: Phase::Forward,
         seed,
         counter,
+        keep_batch_stats: true,
     }
 }
 

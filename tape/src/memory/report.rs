@@ -20,7 +20,8 @@ pub enum Role {
     /// [`MemoryReport::classify`].
     OptimizerState,
     /// Made by an op in the forward pass and still held: saved for backward by a recorded op,
-    /// kept as a checkpointed segment's input, or held by the caller.
+    /// kept as a checkpointed segment's input (or, for a batch norm in it, its batch statistics,
+    /// for the recompute), or held by the caller.
     Activation,
     /// Made again by the recompute of a checkpointed segment inside backward.
     Recomputed,

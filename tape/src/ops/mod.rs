@@ -37,9 +37,7 @@ pub use linear::linear;
 pub use pool::{avg_pool2d, global_avg_pool, max_pool2d};
 
 // batch norm, dropout, concat, cross-entropy:
-pub use batch_norm::{
-    batch_norm2d, BatchNormOptions, BatchStatsReducer, RunningStats, SyncPass, SYNC_KEPT,
-};
+pub use batch_norm::{batch_norm2d, BatchNormOptions, BatchStatsReducer, RunningStats, SyncPass};
 pub use batch_norm_relu::{batch_norm_relu, batch_norm_relu_gathered, batch_norm_relu_prefix};
 pub use concat::concat;
 pub use cross_entropy::{cross_entropy, cross_entropy_labels};

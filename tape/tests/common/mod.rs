@@ -18,6 +18,7 @@ pub const TRAIN: Context = Context {
     phase: Phase::Forward,
     seed: 0,
     counter: 0,
+    keep_batch_stats: true,
 };
 
 /// An `f64` leaf (requires a gradient) with the values `data`.

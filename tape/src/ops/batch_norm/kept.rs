@@ -36,9 +36,10 @@ impl KeptBatches {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The plan of a call on `tape` (`training`: batch statistics), taking its key from the
-    /// tape's random stream in training.
-    pub(crate) fn plan(&self, tape: &mut Tape, training: bool) -> BatchPlan {
+    /// The plan of a call on `tape` (`training`: batch statistics; `synced`: a synchronised
+    /// layer, which keeps its statistics whatever the context says, so that no recompute
+    /// communicates), taking its key from the tape's random stream in training.
+    pub(crate) fn plan(&self, tape: &mut Tape, training: bool, synced: bool) -> BatchPlan {
         if !training {
             return BatchPlan {
                 key: None,
@@ -48,7 +49,10 @@ impl KeptBatches {
         }
         let key = tape.next_random_stream();
         let (given, keep) = match (tape.phase(), tape.is_recording()) {
-            (Phase::Forward, recording) => (None, !recording),
+            (Phase::Forward, recording) => {
+                let wanted = tape.context().keep_batch_stats || synced;
+                (None, !recording && wanted)
+            }
             (Phase::Recompute, true) => (self.take(key), false),
             (Phase::Recompute, false) => (self.find(key), false),
         };

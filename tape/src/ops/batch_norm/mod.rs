@@ -25,7 +25,7 @@ pub(crate) mod sync;
 use kept::KeptBatches;
 use std::sync::Arc;
 use sync::SyncBn;
-pub use sync::{BatchStatsReducer, SyncPass, KEPT as SYNC_KEPT};
+pub use sync::{BatchStatsReducer, SyncPass};
 
 const OP: &str = "batch_norm2d";
 
@@ -164,7 +164,7 @@ impl Clone for RunningStats {
             channels: self.channels,
             device: self.device.clone(),
             stats: Mutex::new(self.lock().clone()),
-            sync: Mutex::new(self.sync().map(|s| Arc::new(s.fresh()))),
+            sync: Mutex::new(self.sync()),
             kept: KeptBatches::default(),
         }
     }
@@ -188,8 +188,8 @@ impl RunningStats {
 
     /// Synchronises the layer's training statistics over a data-parallel group through
     /// `reducer` (PyTorch's `SyncBatchNorm`), or with `None` goes back to each process's own
-    /// batch. The global statistics of the last few batches are kept so that a checkpointed
-    /// segment's recompute reuses them without communicating. Supported on the CPU; a CUDA
+    /// batch. A checkpointed segment's recompute normalises with the global statistics its first
+    /// pass kept, so it communicates nothing. Supported on the CPU; a CUDA
     /// tensor fails with a typed error.
     pub fn set_sync(&self, reducer: Option<Arc<dyn BatchStatsReducer>>) {
         *self.sync.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -398,8 +398,7 @@ pub(crate) enum HostNorm<'a> {
 ///
 /// A synchronised layer ([`RunningStats::set_sync`]) in training normalises with the global
 /// batch's statistics instead, from the local per-channel sums that `sums` gives (`None`: of
-/// `x`; `Some(mean)`: of `(x - mean)^2`). In training, `update_running` is false exactly in a
-/// recompute, which reuses the statistics the forward pass kept.
+/// `x`; `Some(mean)`: of `(x - mean)^2`).
 ///
 /// With `given` statistics (a recompute's, [`kept`]) it normalises with them: no statistics
 /// pass, no reduction, the same scale and shift per channel as the pass that computed them.
@@ -425,7 +424,7 @@ pub(crate) fn host_forward(
     }
     let sync = running.sync().filter(|_| training);
     let (out, norm) = if let Some(sync) = sync {
-        let g = sync.moments(OP, !update_running, m, sums)?;
+        let g = sync.moments(OP, m, sums)?;
         let norm = Normalization::from_global(g, &w, &b, eps);
         let (out, _) = run(HostNorm::Running(&norm))?;
         (out, norm)
@@ -571,7 +570,7 @@ pub fn batch_norm2d(
     check_sync(OP, training, x, running)?;
     let record = tape.needs_grad(&[x, weight, bias]);
     let k = kernels(x.device())?;
-    let batch = running.kept().plan(tape, training);
+    let batch = running.kept().plan(tape, training, running.is_synced());
     let (out, stats) = k.batch_norm_forward(&BnForward {
         x,
         weight,

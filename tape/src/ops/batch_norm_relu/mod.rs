@@ -240,7 +240,7 @@ fn fused(
     check_batch(OP, training, n * h * w)?;
     check_sync(OP, training, parts[0], running)?;
     let k = kernels(parts[0].device())?;
-    let batch = running.kept().plan(tape, training);
+    let batch = running.kept().plan(tape, training, running.is_synced());
     let (out, stats) = k.bn_relu_forward(&BnReluForward {
         parts,
         channels: &channels,

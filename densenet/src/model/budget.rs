@@ -287,6 +287,9 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
     let (k, b, e) = (s.k, s.b, s.elem);
     let st = i128::from(kern.stats());
     let drop = if config.drop_rate > 0.0 { k } else { 0 };
+    // conv2's output has a buffer of its own only when dropout follows it; otherwise conv2
+    // writes it straight into the block's storage.
+    let out2 = drop;
     // Parameter gradients alive as a layer's backward starts: everything after it.
     let mut after = head_param_bytes(s, config.num_classes as u64);
     let mut params_after = vec![Vec::new(); s.blocks.len()];
@@ -348,12 +351,17 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                         ]),
                     ];
                     let backward = own.map(|x| c_block * unit + params[l as usize] + x);
-                    // Its forward beyond what it keeps: the kernels' workspace, the output (and
-                    // dropout's), the recomputed modes' batch norm outputs not kept.
+                    // Its forward beyond what it keeps: the kernels' workspace, conv2's output
+                    // and dropout's (with dropout), the recomputed modes' batch norm outputs not
+                    // kept.
                     let forward = [
-                        top(&[w1f, u(k) + w2f, 2 * d]),
-                        top(&[u(c) + w1f, u(k) + w2f, 2 * d]),
-                        top(&[u(c + b) + w1f, u(c + 2 * b + k) + w2f, u(c + 2 * b) + 2 * d]),
+                        top(&[w1f, u(out2) + w2f, 2 * d]),
+                        top(&[u(c) + w1f, u(out2) + w2f, 2 * d]),
+                        top(&[
+                            u(c + b) + w1f,
+                            u(c + 2 * b + out2) + w2f,
+                            u(c + 2 * b) + 2 * d,
+                        ]),
                     ];
                     // BN and ReLU cost a few FLOPs per element; convs 2 per multiply-add.
                     let head = px * (2.0 * (c * b) as f64 + 8.0 * c as f64);

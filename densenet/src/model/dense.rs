@@ -66,37 +66,50 @@ impl DenseLayer {
         self.conv1.forward(tape, &h)
     }
 
-    fn rest(&self, tape: &mut Tape, bottleneck: &Tensor) -> Result<Tensor> {
+    /// Whether conv2 writes the layer's output straight into the storage (no dropout after it).
+    fn writes_into_storage(&self) -> bool {
+        self.dropout.p() == 0.0
+    }
+
+    /// Batch norm 2 + ReLU, conv2 and dropout: the layer's output, written into `features` by
+    /// conv2 (a stand-in returned) when no dropout follows it.
+    fn rest(
+        &self,
+        tape: &mut Tape,
+        bottleneck: &Tensor,
+        features: &BlockStorage,
+    ) -> Result<Tensor> {
         let h = self.norm2.forward_relu_fused(tape, bottleneck)?;
+        if self.writes_into_storage() {
+            return self.conv2.forward_into_storage(tape, &h, features);
+        }
         let h = self.conv2.forward(tape, &h)?;
         self.dropout.forward(tape, &h)
     }
 
-    /// The layer's `growth` new channels from the first `c` channels of its block's storage
-    /// (every feature before it), for the caller to append. Batch norm and ReLU run as one fused
-    /// op (it keeps its input and its output, as separate ops with an in-place ReLU would). The
-    /// naive mode runs it on a copy of the channels that backward keeps ([`BlockStorage::gather`],
-    /// the concatenation); the others read them in place. A recomputed layer's recompute does not run
-    /// its last op's forward again, and keeps no copy of its output (appended to the storage):
-    /// that op's backward reads nothing of it ([`KnownOutput::StandIn`]).
+    /// Appends the layer's `growth` new channels, made from every feature before them, to its
+    /// block's storage. Batch norm and ReLU run as one fused op (it keeps its input and its
+    /// output, as separate ops with an in-place ReLU would). The naive mode runs it on a copy of
+    /// the channels that backward keeps (the concatenation); the others read them in place.
+    /// Without dropout conv2 writes its output straight into the storage (no output buffer, no
+    /// copy). A recomputed layer's recompute does not run its last op's forward again, and keeps
+    /// no copy of its output: that op's backward reads nothing of it ([`KnownOutput::StandIn`]).
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
         features: &BlockStorage,
-        c: usize,
         mode: DenseLayerMode,
-    ) -> Result<Tensor> {
-        let features = features.clone();
-        match mode {
+    ) -> Result<()> {
+        let c = features.channels();
+        let storage = features.clone();
+        let y = match mode {
             DenseLayerMode::Keep => {
-                let b = self.bottleneck(tape, &features, c, false)?;
-                self.rest(tape, &b)
+                let b = self.bottleneck(tape, &storage, c, false)?;
+                self.rest(tape, &b, &storage)?
             }
             DenseLayerMode::RecomputeBottleneck => {
-                let b = checkpoint(tape, &[], move |t, _| {
-                    self.bottleneck(t, &features, c, true)
-                })?;
-                self.rest(tape, &b)
+                let b = checkpoint(tape, &[], move |t, _| self.bottleneck(t, &storage, c, true))?;
+                self.rest(tape, &b, features)?
             }
             DenseLayerMode::RecomputeLayer => {
                 let options = CheckpointOptions {
@@ -104,10 +117,16 @@ impl DenseLayer {
                     ..CheckpointOptions::default()
                 };
                 checkpoint_with(tape, &[], options, move |t, _| {
-                    let b = self.bottleneck(t, &features, c, true)?;
-                    self.rest(t, &b)
-                })
+                    let b = self.bottleneck(t, &storage, c, true)?;
+                    self.rest(t, &b, &storage)
+                })?
             }
+        };
+        if self.writes_into_storage() {
+            features.record_appended(tape, &y, c);
+            Ok(())
+        } else {
+            features.append(tape, &y).map(|_| ())
         }
     }
 }

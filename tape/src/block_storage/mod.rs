@@ -151,44 +151,67 @@ impl BlockStorage {
     /// gradient.
     pub fn append(&self, tape: &mut Tape, x: &Tensor) -> Result<usize> {
         let _profile = tape.profile_op("block_append");
+        let c0 = self.write_next(x.dims4(OP)?, x, |buffer, c0| {
+            kernels(x.device())?.write_channels(buffer, x, c0)
+        })?;
+        self.record_appended(tape, x, c0);
+        Ok(c0)
+    }
+
+    /// Has `write(buffer, c0)` fill the next `k` channels of the buffer, `[n, k, h, w]` =
+    /// `dims` (checked against the storage; `like` gives the dtype and device), and returns the
+    /// first of them: for a kernel that writes its output straight into the storage. Record the
+    /// channels' backward with [`BlockStorage::record_appended`].
+    pub(crate) fn write_next(
+        &self,
+        [xn, k, xh, xw]: [usize; 4],
+        like: &Tensor,
+        write: impl FnOnce(&mut Tensor, usize) -> Result<()>,
+    ) -> Result<usize> {
         let [n, capacity, h, w] = self.dims;
-        let [xn, k, xh, xw] = x.dims4(OP)?;
         let mut st = lock(&self.features);
-        st.buffer.check_compatible(x, OP)?;
+        st.buffer.check_compatible(like, OP)?;
         let c0 = st.filled;
         if (xn, xh, xw) != (n, h, w) || c0 + k > capacity {
             return Err(Error::shape(
                 OP,
                 format!(
-                    "cannot append {:?} to storage [{n}, {capacity}, {h}, {w}] holding {c0} \
-                     channels",
-                    x.shape()
+                    "cannot append [{xn}, {k}, {xh}, {xw}] to storage [{n}, {capacity}, {h}, \
+                     {w}] holding {c0} channels"
                 ),
             ));
         }
-        kernels(x.device())?.write_channels(&mut st.buffer, x, c0)?;
+        write(&mut st.buffer, c0)?;
         st.filled = c0 + k;
-        if tape.needs_grad(&[x]) {
-            st.requires_grad = true;
-            let (grad, key) = (self.grad.clone(), GradKey::of(x));
-            tape.record_effect("block_append", move |grads| {
-                let mut slot = lock(&grad);
-                let g = match slot.as_ref() {
-                    Some(g) => Some(kernels(g.device())?.read_channels(g, c0, k)?),
-                    None => None,
-                };
-                if c0 == 0 {
-                    // The first channels' append is the block's last backward step.
-                    *slot = None;
-                }
-                drop(slot);
-                match g {
-                    Some(g) => grads.accumulate(&key, g),
-                    None => Ok(()),
-                }
-            });
-        }
         Ok(c0)
+    }
+
+    /// Records, when `x` wants a gradient, that `x` lies in channels `c0 ..` of the storage
+    /// (appended, or written there by the op that made it): backward reads its gradient from
+    /// those channels of the storage's gradient.
+    pub fn record_appended(&self, tape: &mut Tape, x: &Tensor, c0: usize) {
+        if !tape.needs_grad(&[x]) {
+            return;
+        }
+        lock(&self.features).requires_grad = true;
+        let k = x.shape().get(1).copied().unwrap_or(0);
+        let (grad, key) = (self.grad.clone(), GradKey::of(x));
+        tape.record_effect("block_append", move |grads| {
+            let mut slot = lock(&grad);
+            let g = match slot.as_ref() {
+                Some(g) => Some(kernels(g.device())?.read_channels(g, c0, k)?),
+                None => None,
+            };
+            if c0 == 0 {
+                // The first channels' append is the block's last backward step.
+                *slot = None;
+            }
+            drop(slot);
+            match g {
+                Some(g) => grads.accumulate(&key, g),
+                None => Ok(()),
+            }
+        });
     }
 
     /// A packed copy of the first `c` channels (the concatenation of everything appended up to

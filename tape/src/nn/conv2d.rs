@@ -1,6 +1,7 @@
 //! [`Conv2d`]: a 2-D convolution layer.
 
 use super::Init;
+use crate::block_storage::BlockStorage;
 use crate::error::Result;
 use crate::ops::{self, Conv2dOptions};
 use crate::param::Parameter;
@@ -57,5 +58,19 @@ impl Conv2d {
         let _scope = self.weight.module_scope();
         let bias = self.bias.as_ref().map(Parameter::tensor);
         ops::conv2d(tape, x, self.weight.tensor(), bias, self.options)
+    }
+
+    /// Applies the convolution with its output written straight into the next channels of
+    /// `storage` ([`ops::conv2d_into_storage`]); returns a stand-in for the output, whose
+    /// backward the caller records with [`BlockStorage::record_appended`].
+    pub fn forward_into_storage(
+        &self,
+        tape: &mut Tape,
+        x: &Tensor,
+        storage: &BlockStorage,
+    ) -> Result<Tensor> {
+        let _scope = self.weight.module_scope();
+        let bias = self.bias.as_ref().map(Parameter::tensor);
+        ops::conv2d_into_storage(tape, x, self.weight.tensor(), bias, self.options, storage)
     }
 }

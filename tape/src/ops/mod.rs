@@ -31,7 +31,8 @@ mod weighted;
 
 // conv2d, linear, pooling:
 pub use conv2d::{
-    conv2d, conv2d_pass_workspace_bytes, conv2d_workspace_bytes, Conv2dOptions, Conv2dPass,
+    conv2d, conv2d_into_storage, conv2d_pass_workspace_bytes, conv2d_workspace_bytes,
+    Conv2dOptions, Conv2dPass,
 };
 pub use linear::linear;
 pub use pool::{avg_pool2d, global_avg_pool, max_pool2d};

@@ -299,6 +299,21 @@ fn split<T>(mut buf: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T
     .collect()
 }
 
+/// `n` consecutive slices of `len` elements of `out` (empty ones when `len` is 0).
+fn image_slices<T>(out: &mut [T], len: usize, n: usize) -> Vec<&mut [T]> {
+    match len {
+        0 => (0..n).map(|_| Default::default()).collect(),
+        _ => out.chunks_exact_mut(len).take(n).collect(),
+    }
+}
+
+/// Initialised elements as slots to overwrite.
+fn uninit<T: Copy>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and only initialised values (of a `Copy` type,
+    // nothing to drop) are written through the result.
+    unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
+}
+
 /// `(first image, image count)` of each of `groups` thread groups, splitting the batch evenly.
 fn group_ranges(n: usize, groups: usize) -> Vec<(usize, usize)> {
     let gs = n.div_ceil(groups.max(1));
@@ -315,20 +330,24 @@ fn forward<T: Elem>(
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
-    out: &mut [MaybeUninit<T>],
+    out: Vec<&mut [MaybeUninit<T>]>,
     ws: &mut [T],
 ) {
-    let (xs, os, p, k) = (g.cin * g.h * g.w, g.cout * g.p(), g.p(), g.k());
+    let (xs, p, k) = (g.cin * g.h * g.w, g.p(), g.k());
     let elem = std::mem::size_of::<T>();
     let ranges = group_ranges(g.n, groups);
     let single = ranges.len() == 1;
     let cols = Cols::from_geo(g);
-    let outs = split(out, ranges.iter().map(|r| r.1 * os));
+    let mut images = out.into_iter();
+    let outs: Vec<Vec<_>> = ranges
+        .iter()
+        .map(|r| images.by_ref().take(r.1).collect())
+        .collect();
     let wss = split(ws, ranges.iter().map(|_| forward_workspace(g, elem)));
     let jobs: Vec<_> = ranges.into_iter().zip(outs).zip(wss).collect();
     jobs.into_par_iter()
         .for_each(|(((first, count), out), col)| {
-            for (i, o) in (first..first + count).zip(out.chunks_exact_mut(os.max(1))) {
+            for (i, o) in (first..first + count).zip(out) {
                 let xi = &x[i * xs..(i + 1) * xs];
                 let mut o = match bias {
                     Some(b) => {
@@ -531,10 +550,40 @@ impl Conv2dKernels for Cpu {
             let (mut ws, _reserved) = workspace::<T>(x, forward_workspace_elems(geo, std::mem::size_of::<T>()))?;
             let b = bias.map(|b| b.as_slice::<T>()).transpose()?;
             let (xs, w) = (x.as_slice::<T>()?, weight.as_slice::<T>()?);
-            // SAFETY: `forward` writes every output element.
-            let out = unsafe { written_vec(shape.iter().product(), |o| forward::<T>(geo, groups, xs, w, b, o, &mut ws)) };
+            let os = geo.cout * geo.p();
+            // SAFETY: `forward` writes every output element (each image's `os`).
+            let out = unsafe {
+                written_vec(shape.iter().product(), |o| {
+                    forward::<T>(geo, groups, xs, w, b, image_slices(o, os, geo.n), &mut ws)
+                })
+            };
             Tensor::from_vec(out, &shape, x.device())
         })
+    }
+
+    fn conv2d_forward_into(
+        &self,
+        geo: &Geometry,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        dst: &mut Tensor,
+        c0: usize,
+    ) -> Result<()> {
+        let (wide, os) = (dst.shape()[1] * geo.p(), geo.cout * geo.p());
+        dispatch_float!(x.dtype(), T => {
+            let groups = groups(geo.n);
+            let (mut ws, _reserved) = workspace::<T>(x, forward_workspace_elems(geo, std::mem::size_of::<T>()))?;
+            let b = bias.map(|b| b.as_slice::<T>()).transpose()?;
+            let (xs, w) = (x.as_slice::<T>()?, weight.as_slice::<T>()?);
+            let images = dst
+                .make_mut::<T>()?
+                .chunks_exact_mut(wide.max(1))
+                .map(|image| uninit(&mut image[c0 * geo.p()..c0 * geo.p() + os]))
+                .collect();
+            forward::<T>(geo, groups, xs, w, b, images, &mut ws);
+        });
+        Ok(())
     }
 
     fn conv2d_backward(

@@ -91,6 +91,22 @@ impl Conv2dKernels for CudaKernels {
         dispatch_float!(x.dtype(), T => forward_t::<T>(geo, x, weight, bias))
     }
 
+    /// Computed into a buffer of its own (allocated) and then copied into the storage's
+    /// channels: writing cuDNN's output straight into them (a strided output descriptor) has to
+    /// be checked on a GPU first.
+    fn conv2d_forward_into(
+        &self,
+        geo: &Geometry,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        dst: &mut Tensor,
+        c0: usize,
+    ) -> Result<()> {
+        let out = self.conv2d_forward(geo, x, weight, bias)?;
+        crate::backend::kernels(x.device())?.write_channels(dst, &out, c0)
+    }
+
     fn conv2d_backward(
         &self,
         geo: &Geometry,

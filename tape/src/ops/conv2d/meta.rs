@@ -26,6 +26,23 @@ impl Conv2dKernels for Meta {
         )
     }
 
+    fn conv2d_forward_into(
+        &self,
+        geo: &Geometry,
+        x: &Tensor,
+        _weight: &Tensor,
+        _bias: Option<&Tensor>,
+        dst: &mut Tensor,
+        _c0: usize,
+    ) -> Result<()> {
+        let elem = x.dtype().size_in_bytes();
+        let _workspace = x
+            .device()
+            .reserve(forward_workspace_elems(geo, elem) * elem)?;
+        dst.buffer_mut()?;
+        Ok(())
+    }
+
     fn conv2d_backward(
         &self,
         geo: &Geometry,

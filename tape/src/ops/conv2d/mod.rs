@@ -9,7 +9,8 @@ mod meta;
 
 use super::checks::check_grad;
 use super::weighted::{accumulate_weighted, WeightedOp};
-use crate::backend::{kernel_trait, kernels};
+use crate::backend::{kernel_trait, kernels, Kernels};
+use crate::block_storage::BlockStorage;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -33,6 +34,17 @@ kernel_trait! {
             weight: &Tensor,
             bias: Option<&Tensor>,
         ) -> Result<Tensor>;
+        /// The same convolution written into channels `c0 .. c0 + cout` of `dst`
+        /// (`[n, C, hout, wout]`, checked by the caller) in place: no output buffer.
+        fn conv2d_forward_into(
+            &self,
+            geo: &Geometry,
+            x: &Tensor,
+            weight: &Tensor,
+            bias: Option<&Tensor>,
+            dst: &mut Tensor,
+            c0: usize,
+        ) -> Result<()>;
         /// From the output gradient `g`: the input gradient when `w` (the weight) is given, the
         /// weight gradient when `x` (the input) is given, the bias gradient when `want_bias`.
         fn conv2d_backward(
@@ -161,6 +173,11 @@ impl Geometry {
     }
 
     /// Output positions per image: `hout * wout`.
+    /// `[n, cout, hout, wout]`.
+    pub(crate) fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.cout, self.hout, self.wout]
+    }
+
     pub(crate) fn p(&self) -> usize {
         self.hout * self.wout
     }
@@ -233,11 +250,51 @@ pub fn conv2d(
     let _profile = tape.profile_op(OP);
     let geo = Geometry::new(x, weight, bias, opts)?;
     let k = kernels(x.device())?;
-    let out_shape = [geo.n, geo.cout, geo.hout, geo.wout];
-    let out = match tape.take_known_output(&out_shape, x) {
+    let out = match tape.take_known_output(&geo.out_shape(), x) {
         Some(known) => known,
         None => k.conv2d_forward(&geo, x, weight, bias)?,
     };
+    Ok(record(tape, geo, k, (x, weight, bias), out))
+}
+
+/// [`conv2d`] with its output written straight into the next channels of `storage` (no output
+/// buffer, no copy), which take it as [`BlockStorage::append`] would. Returns a stand-in for
+/// the output ([`Tensor::stand_in`]: its shape, no values): record the channels' backward with
+/// [`BlockStorage::record_appended`] where the output would have been appended. Where the tape
+/// knows the output already (a recompute), nothing is written.
+pub fn conv2d_into_storage(
+    tape: &mut Tape,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: Conv2dOptions,
+    storage: &BlockStorage,
+) -> Result<Tensor> {
+    let _profile = tape.profile_op(OP);
+    let geo = Geometry::new(x, weight, bias, opts)?;
+    let shape = geo.out_shape();
+    let k = kernels(x.device())?;
+    let out = match tape.take_known_output(&shape, x) {
+        Some(known) => known,
+        None => {
+            storage.write_next(shape, x, |dst, c0| {
+                k.conv2d_forward_into(&geo, x, weight, bias, dst, c0)
+            })?;
+            Tensor::stand_in(&shape, x.dtype(), x.device())
+        }
+    };
+    Ok(record(tape, geo, k, (x, weight, bias), out))
+}
+
+/// Records the backward of a convolution of `geo` over `(x, weight, bias)` whose output is
+/// `out`, and returns `out`.
+fn record(
+    tape: &mut Tape,
+    geo: Geometry,
+    k: Kernels,
+    (x, weight, bias): (&Tensor, &Tensor, Option<&Tensor>),
+    out: Tensor,
+) -> Tensor {
     let op = WeightedOp::new(tape, x, weight, bias);
     let want_bias = op.wants_bias_grad();
     let WeightedOp {
@@ -248,11 +305,11 @@ pub fn conv2d(
         saved_x,
         saved_w,
     } = op;
-    Ok(tape.record(OP, &inputs, out, move |g, grads| {
-        let expected = [geo.n, geo.cout, geo.hout, geo.wout];
+    tape.record(OP, &inputs, out, move |g, grads| {
+        let expected = geo.out_shape();
         check_grad(OP, g, &expected, saved_x.as_ref().or(saved_w.as_ref()))?;
         let grads_out =
             k.conv2d_backward(&geo, g, saved_x.as_ref(), saved_w.as_ref(), want_bias)?;
         accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), grads_out)
-    }))
+    })
 }

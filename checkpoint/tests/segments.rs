@@ -81,7 +81,7 @@ fn linear_relu_gradient(relu_last: bool, stand_in: bool) -> tape::Result<Vec<f64
         };
         checkpoint_with(&mut tape, &[&x], options, segment)?
     } else {
-        segment(&mut tape, &[x.clone()])?
+        segment(&mut tape, std::slice::from_ref(&x))?
     };
     let z = ops::scale(&mut tape, &y, 3.0)?;
     let seed = Tensor::full(z.shape(), 1.0, DType::F64, &dev)?;

@@ -308,7 +308,7 @@ impl BatchNormKernels for Cpu {
         let [n, c, h, w] = g.dims4(OP)?;
         let l = Layout { n, c, hw: h * w };
         let [want_x, want_w, want_b] = a.want;
-        let (mean, invstd) = (a.stats.mean.to_f64_vec(), a.stats.invstd.to_f64_vec());
+        let (mean, invstd) = a.stats.values()?;
         let missing =
             || Error::Backward("batch_norm2d: the input gradient needs the weight".into());
         let weight = match want_x {

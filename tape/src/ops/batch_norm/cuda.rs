@@ -43,7 +43,10 @@ impl BatchNormKernels for CudaKernels {
         } else {
             forward_eval::<T>(a.x, a.weight, a.bias, a.running, a.opts, a.want_stats)
         })?;
-        Ok((out, stats.map(|(mean, invstd)| BnStats { mean, invstd })))
+        Ok((
+            out,
+            stats.map(|(mean, invstd)| BnStats::Device { mean, invstd }),
+        ))
     }
 
     fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads> {
@@ -232,8 +235,8 @@ fn backward<T: CudaElem>(a: &BnBackward<'_>) -> Result<BnGrads> {
                 cptr(be, weight.cuda_slice::<T>()?),
             );
             let (mp, ip) = (
-                cptr(be, a.stats.mean.cuda_slice::<T>()?),
-                cptr(be, a.stats.invstd.cuda_slice::<T>()?),
+                cptr(be, a.stats.on_device()?.0.cuda_slice::<T>()?),
+                cptr(be, a.stats.on_device()?.1.cuda_slice::<T>()?),
             );
             let gxp = mptr(be, gx.cuda_slice_mut::<T>()?);
             let gwp = mptr(be, gw.cuda_slice_mut::<T>()?);
@@ -287,8 +290,8 @@ fn backward<T: CudaElem>(a: &BnBackward<'_>) -> Result<BnGrads> {
             let (nu, cu, hwu) = (n as u64, c as u64, (h * w) as u64);
             let gs = g.cuda_slice::<T>()?;
             let (ms, is) = (
-                a.stats.mean.cuda_slice::<T>()?,
-                a.stats.invstd.cuda_slice::<T>()?,
+                a.stats.on_device()?.0.cuda_slice::<T>()?,
+                a.stats.on_device()?.1.cuda_slice::<T>()?,
             );
             let xp = match a.x {
                 Some(x) => be.ptr(x.cuda_slice::<T>()?),
@@ -318,7 +321,7 @@ fn backward<T: CudaElem>(a: &BnBackward<'_>) -> Result<BnGrads> {
         let (gs, ws, is) = (
             g.cuda_slice::<T>()?,
             weight.cuda_slice::<T>()?,
-            a.stats.invstd.cuda_slice::<T>()?,
+            a.stats.on_device()?.1.cuda_slice::<T>()?,
         );
         let o = gx.cuda_slice_mut::<T>()?;
         launch!(be, K::BnScaleGrad, T::DTYPE, grid(total); o, gs, ws, is, &cu, &hwu, &nu)?;

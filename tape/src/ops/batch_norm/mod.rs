@@ -30,12 +30,49 @@ pub use sync::{BatchStatsReducer, SyncPass};
 const OP: &str = "batch_norm2d";
 
 /// The per-channel statistics a batch norm's backward reads: the mean used and
-/// `invstd = 1 / sqrt(var + eps)`, each `[C]` (in `f64` on the CPU, in the data's dtype on CUDA,
-/// where cuDNN keeps them).
+/// `invstd = 1 / sqrt(var + eps)`, `C` values each.
 #[derive(Clone, Debug)]
-pub(crate) struct BnStats {
-    pub(crate) mean: Tensor,
-    pub(crate) invstd: Tensor,
+pub(crate) enum BnStats {
+    /// Computed on the host (the CPU, and a meta device as the CPU would): one `[2, C]` `f64`
+    /// buffer, the means then the `invstd`s.
+    Host(Tensor),
+    /// cuDNN's: two `[C]` buffers of the data's dtype.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Device { mean: Tensor, invstd: Tensor },
+}
+
+impl BnStats {
+    /// Host statistics from per-channel `mean` and `invstd`, in one buffer on `device`.
+    pub(crate) fn host(mut mean: Vec<f64>, invstd: Vec<f64>, device: &Device) -> Result<Self> {
+        let c = mean.len();
+        mean.extend(invstd);
+        Ok(BnStats::Host(Tensor::from_vec(mean, &[2, c], device)?))
+    }
+
+    /// `(mean, invstd)` as host values.
+    pub(crate) fn values(&self) -> Result<(Vec<f64>, Vec<f64>)> {
+        match self {
+            BnStats::Host(t) => {
+                let mut mean = t.try_to_f64_vec()?;
+                let invstd = mean.split_off(mean.len() / 2);
+                Ok((mean, invstd))
+            }
+            BnStats::Device { mean, invstd } => {
+                Ok((mean.try_to_f64_vec()?, invstd.try_to_f64_vec()?))
+            }
+        }
+    }
+
+    /// cuDNN's `(mean, invstd)` buffers.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn on_device(&self) -> Result<(&Tensor, &Tensor)> {
+        match self {
+            BnStats::Device { mean, invstd } => Ok((mean, invstd)),
+            BnStats::Host(_) => Err(Error::Backward(
+                "batch norm statistics made on the host reached a GPU kernel (engine bug)".into(),
+            )),
+        }
+    }
 }
 
 /// The arguments of a batch-norm forward kernel (checked by the caller).
@@ -373,11 +410,7 @@ impl Normalization {
         if !want_stats {
             return Ok(None);
         }
-        let c = self.mean.len();
-        Ok(Some(BnStats {
-            mean: Tensor::from_vec(self.mean, &[c], device)?,
-            invstd: Tensor::from_vec(self.invstd, &[c], device)?,
-        }))
+        Ok(Some(BnStats::host(self.mean, self.invstd, device)?))
     }
 }
 
@@ -480,7 +513,7 @@ impl Normalization {
     /// A recompute's normalisation from the statistics its first pass kept: the scale and
     /// shift [`channel_affine`] computed there, from the same mean and `invstd`.
     pub(crate) fn from_saved(stats: &BnStats, weight: &[f64], bias: &[f64]) -> Result<Self> {
-        let (mean, invstd) = (stats.mean.try_to_f64_vec()?, stats.invstd.try_to_f64_vec()?);
+        let (mean, invstd) = stats.values()?;
         let scale: Vec<f64> = weight.iter().zip(&invstd).map(|(w, i)| w * i).collect();
         let shift = (0..mean.len())
             .map(|ch| bias[ch] - mean[ch] * scale[ch])

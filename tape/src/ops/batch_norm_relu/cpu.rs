@@ -291,10 +291,7 @@ impl BatchNormReluKernels for Cpu {
         let g = a.g;
         let [n, c, h, w] = g.dims4(OP)?;
         let hw = h * w;
-        let (mean, invstd) = (
-            a.stats.mean.try_to_f64_vec()?,
-            a.stats.invstd.try_to_f64_vec()?,
-        );
+        let (mean, invstd) = a.stats.values()?;
         let weight = a.weight.try_to_f64_vec()?;
         let any_x = a.want_parts.iter().any(|&b| b);
         let with_x = a.want_weight || (a.training && any_x);

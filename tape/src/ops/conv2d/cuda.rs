@@ -104,6 +104,7 @@ impl Conv2dKernels for CudaKernels {
         c0: usize,
     ) -> Result<()> {
         let out = self.conv2d_forward(geo, x, weight, bias)?;
+        use crate::block_storage::BlockStorageKernels;
         crate::backend::kernels(x.device())?.write_channels(dst, &out, c0)
     }
 

@@ -100,8 +100,8 @@ pub(super) fn backward<T: CudaElem>(
         tmp: 0,
         g: be.ptr(a.g.cuda_slice::<T>()?),
         y: be.ptr(a.out.cuda_slice::<T>()?),
-        mean: be.ptr(a.stats.mean.cuda_slice::<T>()?),
-        invstd: be.ptr(a.stats.invstd.cuda_slice::<T>()?),
+        mean: be.ptr(a.stats.on_device()?.0.cuda_slice::<T>()?),
+        invstd: be.ptr(a.stats.on_device()?.1.cuda_slice::<T>()?),
         weight: be.ptr(a.weight.cuda_slice::<T>()?),
     };
     let scratch_len = (0..count)

@@ -335,7 +335,10 @@ impl BatchNormReluKernels for CudaKernels {
             record: a.want_stats,
         };
         let (out, stats) = dispatch_float!(dtype, T => forward::<T>(&args))?;
-        Ok((out, stats.map(|(mean, invstd)| BnStats { mean, invstd })))
+        Ok((
+            out,
+            stats.map(|(mean, invstd)| BnStats::Device { mean, invstd }),
+        ))
     }
 
     fn bn_relu_backward(

@@ -9,8 +9,8 @@ use densenet::train::{
 };
 use densenet::{DenseNet, DenseNetConfig, DenseNetError, Recompute, Selective};
 use tape::optim::{Optimizer, Sgd, SgdConfig};
-use trainer::anomaly::AnomalyGuard;
 use tape::{DType, Device, Gradients, Tensor};
+use trainer::anomaly::AnomalyGuard;
 
 fn config() -> DenseNetConfig {
     DenseNetConfig {

@@ -46,8 +46,11 @@ struct Tiny {
     counts: Vec<tape::Counters>,
     /// The weights and the optimizer state (momentum buffers) as each step began, for guarded
     /// runs with a poisoned step.
-    before: Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)>,
+    before: Vec<Snapshot>,
 }
+
+/// The weights and the momentum buffers, as host numbers.
+type Snapshot = (Vec<Vec<f64>>, Vec<Vec<f64>>);
 
 fn tiny(seed: u64, classes: usize) -> Tiny {
     let dev = Device::cpu();

@@ -58,7 +58,8 @@ pub struct Counters {
     pub launches: u64,
     /// Buffers created.
     pub allocs: u64,
-    /// Reads of tensor values into host memory (device-to-host copies on a GPU).
+    /// Reads of tensor values into host memory (device-to-host copies on a GPU); an
+    /// asynchronous read counts only when resolving it had to wait for the device.
     pub syncs: u64,
 }
 

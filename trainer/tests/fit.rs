@@ -389,3 +389,37 @@ fn the_last_step_of_an_epoch_is_checked_before_the_epoch_is_saved() {
     assert_eq!(saved.epoch, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A guarded run saved after epoch 2, stopped by a non-finite step in epoch 3 and resumed gives
+/// the uninterrupted guarded run's weights and optimizer state, bit for bit.
+#[test]
+fn a_guarded_run_resumes_bit_for_bit() {
+    let dir = scratch("guard-resume");
+    let mut straight = tiny(7, 3);
+    straight.guarded = true;
+    let all = fit(&mut straight, &quiet(4, Schedule::densenet())).unwrap();
+    let mut first = tiny(7, 3);
+    first.guarded = true;
+    first.poison_at = Some(6);
+    let two = FitOptions {
+        run_dir: Some(RunDir::new(&dir)),
+        ..quiet(4, Schedule::densenet())
+    };
+    assert!(fit(&mut first, &two).is_err());
+    let mut resumed = tiny(99, 3);
+    resumed.guarded = true;
+    let opts = FitOptions {
+        resume: true,
+        ..two
+    };
+    let rest = fit(&mut resumed, &opts).unwrap();
+    assert_eq!(rest.len(), 2);
+    for (a, b) in all[2..].iter().zip(&rest) {
+        assert_eq!((a.train_loss, a.eval), (b.train_loss, b.eval));
+    }
+    assert_eq!(
+        (weights(&resumed), momentum(&resumed)),
+        (weights(&straight), momentum(&straight))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

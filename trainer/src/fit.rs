@@ -15,7 +15,7 @@ use tape::Tensor;
 
 /// A queued training step's results, still on the device: copied to the host asynchronously
 /// ([`PendingScalar`]) and added up by the loop once there, with no wait (the epoch's end waits
-/// for the last ones).
+/// for the last ones). A meta device holds no values: its results read as 0.
 #[derive(Clone, Debug)]
 pub struct Queued {
     /// The step's mean loss (one element).

@@ -9,7 +9,8 @@
 //!
 //! - **Queued** ([`AnomalyGuard`], what the training loops use): the step's update is queued
 //!   ([`Optimizer::queue_if_finite`]) and its flag copied to the host asynchronously (pinned
-//!   host memory and an event on CUDA); the guard returns without reading it. Step `n`'s flag
+//!   host memory and an event on CUDA, a path that compiles but has not run on a GPU yet); the
+//!   guard returns without reading it. Step `n`'s flag
 //!   is checked when step `n + 1` is about to queue its update (its forward and backward are
 //!   queued by then, so the device has work while the host looks), or when the caller asks
 //!   ([`AnomalyGuard::check_now`], [`AnomalyGuard::finish`]: before saving a checkpoint, at the

@@ -210,6 +210,8 @@ pub fn step_if_finite_global<M: Module + ?Sized>(
 #[derive(Debug, Default)]
 pub struct AnomalyGuard {
     last: Option<QueuedStep>,
+    /// The step of the last non-finite report, until taken.
+    reported: Option<u64>,
 }
 
 /// A queued step whose flag is not checked yet.
@@ -265,7 +267,15 @@ impl AnomalyGuard {
         if last.update.applied()? {
             return Ok(());
         }
+        self.reported = Some(last.step);
         Err(culprit_after(model, &last.loss, last.step)?.into())
+    }
+
+    /// The index of the step the guard last reported as non-finite, taken (a second call
+    /// returns `None`): lets a loop that sees a step fail tell a report of the previous step
+    /// from a failure of the step it ran.
+    pub fn take_reported(&mut self) -> Option<u64> {
+        self.reported.take()
     }
 
     /// [`AnomalyGuard::check_now`] at the end of training, consuming the guard.

@@ -70,10 +70,10 @@ pub enum TrainError {
     Step {
         /// 1-based epoch.
         epoch: usize,
-        /// 1-based step of the epoch at which the failure was found (0 for the evaluation after
-        /// it). A non-finite step of the queued check is found by the next step, or by the
-        /// epoch's end check (then the epoch's last step); the source names the run index of
-        /// the step that diverged.
+        /// 1-based step of the epoch that failed (0 for the evaluation after it). A non-finite
+        /// step of the queued check ([`AnomalyGuard`]) is the step that diverged, although it
+        /// is found when the next step queues its update or at the epoch's end check; the
+        /// source names its run index.
         step: usize,
         /// The task's error.
         #[source]
@@ -353,7 +353,12 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
                     if let Some(p) = &progress {
                         p.abandon();
                     }
-                    return Err(step_error(epoch + 1, s + 1)(e));
+                    // A report of the previous step (1-based `s`) or a failure of this one.
+                    let failed = match guard.take_reported() {
+                        Some(_) => s.max(1),
+                        None => s + 1,
+                    };
+                    return Err(step_error(epoch + 1, failed)(e));
                 }
             };
             index += 1;

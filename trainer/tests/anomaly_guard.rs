@@ -104,6 +104,10 @@ fn a_non_finite_step_fails_at_the_next_step_with_nothing_changed() {
         assert!(e.value.is_nan());
         assert_eq!(guard.unchecked_step(), None);
         assert_eq!(
+            (guard.take_reported(), guard.take_reported()),
+            (Some(3), None)
+        );
+        assert_eq!(
             snapshot(&m, opt.as_ref()),
             before,
             "{name}: after the report"

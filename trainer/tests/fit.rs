@@ -344,14 +344,15 @@ fn a_non_finite_step_of_a_guarded_fit_fails_naming_it_with_nothing_changed() {
     t.guarded = true;
     t.poison_at = Some(4);
     let err = fit(&mut t, &quiet(3, Schedule::Constant)).unwrap_err();
-    // Found when step 5 (epoch 2, step 3) was about to queue its update.
+    // Found when step 5 (epoch 2, step 3) was about to queue its update; named as step 4
+    // (epoch 2, step 2).
     match &err {
         TrainError::Step {
             epoch,
             step,
             source,
         } => {
-            assert_eq!((*epoch, *step), (2, 3));
+            assert_eq!((*epoch, *step), (2, 2));
             let msg = source.to_string();
             assert!(msg.contains("training step 4: the loss"), "{msg}");
         }

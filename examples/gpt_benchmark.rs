@@ -14,7 +14,7 @@
 use checkpoint::planner::{Plan, PlanOptions};
 use clap::Parser;
 use dist::{Ddp, DdpOptions, DistKind, ProcessGroup};
-use gpt::train::{adam, train_step, train_step_ddp};
+use gpt::train::{adam, train_step_ddp, train_step_queued};
 use gpt::{Gpt, GptConfig, Recompute, TokenBatch};
 use harness::{
     open_device, print_case, print_dist_cases, print_front, print_header, CaseResult,
@@ -22,6 +22,7 @@ use harness::{
 };
 use std::process::ExitCode;
 use tape::{DType, Device};
+use trainer::anomaly::AnomalyGuard;
 
 #[derive(Parser, Debug)]
 #[command(about = "Small GPT: peak memory and step time of each recompute setting")]
@@ -112,6 +113,9 @@ fn measure(
         None => None,
     };
     let mut comms = Vec::new();
+    // One process checks for non-finite values as a training loop does (no host sync per step;
+    // the last step after the measured ones); a data-parallel run checks every step at once.
+    let mut guard = AnomalyGuard::new();
     let measured = harness::measure_steps(dev, 1, iters, |i| {
         match &ddp {
             Some(ddp) => {
@@ -121,11 +125,12 @@ fn measure(
                 }
             }
             None => {
-                train_step(&mut model, &mut opt, &b, i)?;
+                train_step_queued(&mut model, &mut opt, &mut guard, &b, i)?;
             }
         }
         Ok::<(), gpt::GptError>(())
     })?;
+    guard.finish(&model).map_err(gpt::GptError::from)?;
     let _ = a;
     let case = CaseResult {
         model: format!("gpt_{}x{}", cfg.n_layer, cfg.n_embd),

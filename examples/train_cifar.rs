@@ -22,7 +22,7 @@ use clap::Parser;
 use densenet::data::{
     epoch_order, load_cifar10, synthetic, Augment, Dataset, CIFAR10_MEAN, CIFAR10_STD,
 };
-use densenet::train::{count_correct, predict, train_step_ddp, train_step_with, StepOptions};
+use densenet::train::{count_correct, predict, train_step_ddp, train_step_queued, StepOptions};
 use densenet::{DenseNet, DenseNetConfig, DenseNetError, Recompute};
 use dist::{Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup};
 use std::path::PathBuf;
@@ -32,6 +32,7 @@ use tape::nn::Module;
 use tape::optim::{Optimizer, Sgd, SgdConfig};
 use tape::rng::mix64;
 use tape::{DType, Device};
+use trainer::anomaly::AnomalyGuard;
 use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -264,7 +265,13 @@ impl Task for CifarTask {
         self.sampler().num_samples()
     }
 
-    fn train_step(&mut self, epoch: usize, step: usize, index: u64) -> densenet::Result<Queued> {
+    fn train_step(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        index: u64,
+        guard: &mut AnomalyGuard,
+    ) -> densenet::Result<Queued> {
         if self.fail_at == Some(index) {
             return Err(DenseNetError::Data(format!(
                 "rank {}: an unreadable batch at step {index} (injected fault)",
@@ -281,15 +288,18 @@ impl Task for CifarTask {
         )?;
         let step_seed = mix64(self.seed ^ mix64(((epoch as u64) << 32) | step as u64));
         // The anomaly check (on by default) stops at the first non-finite loss, gradient or
-        // parameter, before the update.
+        // parameter: its update is skipped on the device. One process checks through the
+        // loop's guard (no host sync; step n is reported when step n + 1 queues its update, or
+        // at the epoch's end); a data-parallel run checks every step at once, across ranks.
         let (x, y, options) = (
             &batch.images,
             &batch.labels,
             StepOptions::new(index, step_seed),
         );
+        let (model, opt) = (&mut self.model, &mut self.opt);
         let out = match &self.ddp {
-            Some(ddp) => train_step_ddp(&mut self.model, &mut self.opt, x, y, options, ddp)?,
-            None => train_step_with(&mut self.model, &mut self.opt, x, y, options)?,
+            Some(ddp) => train_step_ddp(model, opt, x, y, options, ddp)?,
+            None => train_step_queued(model, opt, guard, x, y, options)?,
         };
         Ok(Queued {
             loss: out.loss_tensor().clone(),
@@ -326,7 +336,12 @@ fn dry_run(task: &mut CifarTask, root: bool) -> AnyResult<()> {
     let (train_peak, eval_peak) = harness::dry_run_peaks(
         &device,
         task,
-        |task| task.train_step(0, 0, 0).map(|_| ()),
+        |task| {
+            let mut guard = AnomalyGuard::new();
+            task.train_step(0, 0, 0, &mut guard)?;
+            let model = &task.model;
+            guard.finish(model).map_err(DenseNetError::from)
+        },
         |task| {
             let batch = task.test.batch(&eval_idx, DType::F32, &device)?;
             predict(&task.model, &batch.images).map(|_| ())

@@ -14,13 +14,14 @@ use clap::Parser;
 use dist::{Ddp, DdpOptions, DistKind, ProcessGroup};
 use gpt::data::{Split, TextDataset};
 use gpt::generate::{generate, Sampling};
-use gpt::train::{adam, train_step, train_step_ddp};
+use gpt::train::{adam, train_step_ddp, train_step_queued};
 use gpt::{Gpt, GptConfig, GptError, Recompute};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tape::nn::Module;
 use tape::optim::{Adam, Optimizer};
 use tape::{ops, DType, Tape};
+use trainer::anomaly::AnomalyGuard;
 use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task};
 
 #[derive(Parser, Debug)]
@@ -114,16 +115,25 @@ impl Task for GptTask {
         self.steps(epoch) * self.batch * self.seq
     }
 
-    fn train_step(&mut self, _epoch: usize, _step: usize, index: u64) -> gpt::Result<Queued> {
+    fn train_step(
+        &mut self,
+        _epoch: usize,
+        _step: usize,
+        index: u64,
+        guard: &mut AnomalyGuard,
+    ) -> gpt::Result<Queued> {
         // Each rank its own window of the text: the world's windows of step `index` together.
         let (rank, world) = (self.group.rank() as u64, self.group.world_size() as u64);
         let window = index * world + rank;
         let b = self
             .data
             .batch(Split::Train, self.batch, self.seq, window)?;
+        // One process checks for non-finite values through the loop's guard (no host sync per
+        // step); a data-parallel run checks every step at once, across ranks.
+        let (model, opt) = (&mut self.model, &mut self.opt);
         let out = match &self.ddp {
-            Some(ddp) => train_step_ddp(&mut self.model, &mut self.opt, &b, index, ddp)?,
-            None => train_step(&mut self.model, &mut self.opt, &b, index)?,
+            Some(ddp) => train_step_ddp(model, opt, &b, index, ddp)?,
+            None => train_step_queued(model, opt, guard, &b, index)?,
         };
         Ok(Queued {
             loss: out.loss.clone(),
@@ -232,7 +242,11 @@ fn run(a: &Args, group: ProcessGroup) -> Result<(), Box<dyn std::error::Error>> 
         let (train_peak, eval_peak) = harness::dry_run_peaks(
             &dev,
             &mut task,
-            |task| task.train_step(0, 0, 0).map(|_| ()),
+            |task| {
+                let mut guard = AnomalyGuard::new();
+                task.train_step(0, 0, 0, &mut guard)?;
+                guard.finish(&task.model).map_err(GptError::from)
+            },
             |task| {
                 let b = task
                     .data

@@ -2,13 +2,16 @@
 //! random batch, measured ([`measure_training_step`]), profiled ([`profile_training_step`]) or
 //! explained ([`explain_training_step`]: what is alive at the peak, and why).
 
-use densenet::train::{seed_sgd_config, train_step, train_step_ddp, StepOptions};
+use densenet::train::{
+    seed_sgd_config, train_step, train_step_ddp, train_step_queued, StepOptions,
+};
 use densenet::{DenseNet, DenseNetConfig, Recompute, Result};
 use dist::{Ddp, DdpOptions, ProcessGroup};
 use harness::CaseResult;
 use harness::StepCommStats;
 use tape::optim::{Optimizer, Sgd};
 use tape::{DType, Device, MemoryReport, Role, Tensor};
+use trainer::anomaly::AnomalyGuard;
 
 /// The model (fp32, seed 0), the seed's SGD, one input batch and its labels of a benchmark case.
 fn setup(
@@ -86,6 +89,8 @@ pub fn explain_training_step(
 
 /// Measures `iters` SGD training steps (after `warmup` unmeasured ones) of `config` in `mode` on
 /// `dev` (pass a fresh device, e.g. `Device::cpu()`, so the accounting holds this case alone).
+/// The steps check for non-finite values as a training loop does ([`train_step_queued`]: no
+/// host sync per step), the last one after the measured steps.
 #[allow(clippy::too_many_arguments)]
 pub fn measure_training_step(
     dev: &Device,
@@ -98,9 +103,14 @@ pub fn measure_training_step(
     iters: usize,
 ) -> Result<CaseResult> {
     let (mut model, mut opt, x, labels) = setup(dev, config, mode, batch, image)?;
+    // The training loop's queued anomaly check: no host sync per step; the last step's flag is
+    // checked after the measured steps.
+    let mut guard = AnomalyGuard::new();
     let measured = harness::measure_steps(dev, warmup, iters, |i| {
-        train_step(&mut model, &mut opt, &x, &labels, i).map(|_| ())
+        let options = StepOptions::new(i, i);
+        train_step_queued(&mut model, &mut opt, &mut guard, &x, &labels, options).map(|_| ())
     })?;
+    guard.finish(&model)?;
     Ok(CaseResult {
         model: name.to_string(),
         mode: mode.to_string(),

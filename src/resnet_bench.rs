@@ -6,10 +6,11 @@ use checkpoint::planner::{FrontPoint, PlanOptions};
 use dist::{Ddp, DdpOptions, ProcessGroup};
 use harness::CaseResult;
 use harness::StepCommStats;
-use resnet::train::{sgd_config, train_step, train_step_ddp};
+use resnet::train::{sgd_config, train_step, train_step_ddp, train_step_queued};
 use resnet::{Recompute, ResNet, ResNetConfig, Result};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
+use trainer::anomaly::AnomalyGuard;
 
 /// Steps run before the measured ones: the first makes the optimizer's state, the second the
 /// budget plan for a device that holds it.
@@ -41,9 +42,13 @@ pub fn measure_training_step(
     iters: usize,
 ) -> Result<CaseResult> {
     let (mut model, mut opt, x, labels) = setup(dev, config, memory, batch, image)?;
+    // The training loop's queued anomaly check: no host sync per step; the last step's flag is
+    // checked after the measured steps.
+    let mut guard = AnomalyGuard::new();
     let measured = harness::measure_steps(dev, WARMUP, iters, |i| {
-        train_step(&mut model, &mut opt, &x, &labels, i).map(|_| ())
+        train_step_queued(&mut model, &mut opt, &mut guard, &x, &labels, i).map(|_| ())
     })?;
+    guard.finish(&model)?;
     Ok(CaseResult {
         model: config.name(),
         mode: memory.to_string(),

@@ -7,12 +7,24 @@
 //!
 //! The anomaly check (on by default) is one fused reduction ([`non_finite_flag`]: one kernel
 //! call over the loss, every gradient and every parameter) into a device flag. The optimizer's
-//! update is conditional on that flag on the device ([`Optimizer::step_if_finite`]: the fused
-//! update skips itself when the flag is set, so nothing non-finite is spread and the optimizer
-//! state stays as it was), and the host reads the flag once, after the update is queued. When it
-//! is set, the step fails with a [`DenseNetError::NonFinite`](crate::DenseNetError::NonFinite) naming the step and what diverged
-//! (found by reading the tensors one by one, on that failure path only). Per step on any device:
-//! one host sync (the flag) and, for SGD, one optimizer launch.
+//! update is conditional on that flag on the device (the fused update skips itself when the
+//! flag is set, so nothing non-finite is spread and the optimizer state stays as it was). When
+//! it is set, the step fails with a [`DenseNetError::NonFinite`](crate::DenseNetError::NonFinite)
+//! naming the step and what diverged (found by reading the tensors back, on that failure path
+//! only). Two ways to run it:
+//!
+//! - [`train_step_queued`], a training loop's step: the update is queued through the loop's
+//!   [`AnomalyGuard`] ([`Optimizer::queue_if_finite`]: the flag copied to the host
+//!   asynchronously), with no host sync; a non-finite step `n` is reported when step `n + 1`
+//!   queues its update, or when the loop asks ([`AnomalyGuard::check_now`],
+//!   [`AnomalyGuard::finish`]). Per steady-state step on any device: no host sync and, for SGD,
+//!   one optimizer launch.
+//! - [`train_step`] / [`train_step_with`], the synchronous check
+//!   ([`Optimizer::step_if_finite`]): the flag read once, after the update is queued (one host
+//!   sync per step), a non-finite step reported at once.
+//!
+//! The data-parallel step ([`train_step_ddp`]) keeps its sync: the flag is all-reduced on the
+//! host before any rank queues its update.
 
 use crate::error::Result;
 use crate::model::DenseNet;
@@ -20,7 +32,7 @@ use dist::Ddp;
 use std::sync::OnceLock;
 use tape::optim::{Optimizer, SgdConfig};
 use tape::{ops, Gradients, Labels, Tape, Tensor};
-use trainer::anomaly;
+use trainer::anomaly::{self, AnomalyGuard};
 
 /// The seed project's optimizer: SGD, lr 0.1, Nesterov momentum 0.9, weight decay 1e-4.
 pub fn seed_sgd_config() -> SgdConfig {
@@ -215,6 +227,29 @@ pub fn train_step_with(
         return Ok(out);
     }
     anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, options.step)?;
+    Ok(out)
+}
+
+/// [`train_step_with`] with the queued anomaly check of `guard` ([`AnomalyGuard::step`]): no
+/// host sync. The previous step, if it was not finite, fails here as
+/// [`DenseNetError::NonFinite`](crate::DenseNetError::NonFinite) naming it, with this step's
+/// update not queued (the parameters and the optimizer state are those from before that step);
+/// the last step is checked by [`AnomalyGuard::check_now`] or [`AnomalyGuard::finish`]. With
+/// `options.check_finite` off, the update is unconditional and `guard` is not used.
+pub fn train_step_queued(
+    model: &mut DenseNet,
+    optimizer: &mut dyn Optimizer,
+    guard: &mut AnomalyGuard,
+    x: &Tensor,
+    labels: &[usize],
+    options: StepOptions,
+) -> Result<StepOutput> {
+    let out = forward_backward(model, x, labels, options.seed)?;
+    if !options.check_finite {
+        optimizer.step(&mut model.parameters_mut(), &out.grads)?;
+        return Ok(out);
+    }
+    guard.step(model, optimizer, &out.loss, &out.grads, options.step)?;
     Ok(out)
 }
 

@@ -1,11 +1,16 @@
 //! The training step's anomaly check: a NaN weight or a learning rate that makes the run
 //! diverge stops training with `DenseNetError::NonFinite` naming the step, before the optimizer
 //! writes NaN or infinity into the parameters; a non-finite gradient is named by parameter.
+//! The queued check (`train_step_queued`) reports the same step when the next one queues its
+//! update (or at `finish`), with the parameters and the momentum as before the bad step.
 
-use densenet::train::{check_finite, forward_backward, train_step, train_step_with, StepOptions};
+use densenet::train::{
+    check_finite, forward_backward, train_step, train_step_queued, train_step_with, StepOptions,
+};
 use densenet::{DenseNet, DenseNetConfig, DenseNetError, Recompute, Selective};
-use tape::optim::{Sgd, SgdConfig};
+use tape::optim::{Optimizer, Sgd, SgdConfig};
 use tape::{DType, Device, Gradients, Tensor};
+use trainer::anomaly::AnomalyGuard;
 
 fn config() -> DenseNetConfig {
     DenseNetConfig {
@@ -171,5 +176,57 @@ fn a_non_finite_gradient_is_named_by_parameter() {
             assert_eq!(value, f64::INFINITY);
         }
         other => panic!("expected NonFinite, got {other:?}"),
+    }
+}
+
+/// The momentum buffers' bits (SGD's state).
+fn state_bits(model: &DenseNet, opt: &Sgd) -> Vec<Vec<u64>> {
+    opt.state_dict(&model.parameters())
+        .iter()
+        .map(|(_, t)| t.to_f64_vec().iter().map(|v| v.to_bits()).collect())
+        .collect()
+}
+
+#[test]
+fn a_queued_nan_step_is_reported_by_the_next_step_with_nothing_changed() {
+    let dev = Device::cpu();
+    let (x, labels) = batch(&dev);
+    for report_at_finish in [false, true] {
+        let mut model = DenseNet::new(config(), DType::F32, &dev, 1)
+            .unwrap()
+            .with_recompute(Recompute::Selective(Selective::Layer))
+            .unwrap();
+        let mut opt = Sgd::new(SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            ..SgdConfig::default()
+        })
+        .unwrap();
+        let mut guard = AnomalyGuard::new();
+        for step in 0..2 {
+            let options = StepOptions::new(step, step);
+            train_step_queued(&mut model, &mut opt, &mut guard, &x, &labels, options).unwrap();
+        }
+        let n = model.parameters().len();
+        let name = poison(&mut model, n - 2);
+        let before = (bits(&model), state_bits(&model, &opt));
+        // Step 2 diverges; its update is queued (and skipped), nothing is read back.
+        let options = StepOptions::new(2, 2);
+        train_step_queued(&mut model, &mut opt, &mut guard, &x, &labels, options).unwrap();
+        let reported = if report_at_finish {
+            guard.finish(&model).map_err(DenseNetError::from)
+        } else {
+            let options = StepOptions::new(3, 3);
+            train_step_queued(&mut model, &mut opt, &mut guard, &x, &labels, options).map(|_| ())
+        };
+        match reported {
+            Err(DenseNetError::NonFinite { step, what, .. }) => {
+                assert_eq!(step, 2, "{name}");
+                assert_eq!(what, "the loss", "{name}");
+            }
+            other => panic!("{name}: expected NonFinite, got {other:?}"),
+        }
+        // The poisoned weight is still there (the test put it), nothing else moved.
+        assert_eq!((bits(&model), state_bits(&model, &opt)), before, "{name}");
     }
 }

@@ -1,14 +1,17 @@
 //! A training step's work on its device, counted (launches, allocations, host syncs): no host
 //! sync before the optimizer update is queued, one launch for the update, one sync in all (the
 //! anomaly flag, read after the update is queued), the loss and the hit count read only when
-//! asked, and the same counts in every steady-state step.
+//! asked, and the same counts in every steady-state step. The queued check of a training loop
+//! (`train_step_queued`) makes no host sync at all in a steady-state step, on the CPU and meta.
 
 use densenet::train::{
-    check_finite, forward_backward, seed_sgd_config, train_step, train_step_with, StepOptions,
+    check_finite, forward_backward, seed_sgd_config, train_step, train_step_queued,
+    train_step_with, StepOptions,
 };
 use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use tape::optim::{Optimizer, Sgd};
 use tape::{Counters, DType, Device, Gradients, Parameter, Tensor};
+use trainer::anomaly::AnomalyGuard;
 
 fn config() -> DenseNetConfig {
     DenseNetConfig {
@@ -183,6 +186,55 @@ fn steady_state_steps_count_the_same() {
         assert_eq!(counts[0].allocs, counts[1].allocs + params, "{mode}");
         assert_eq!(counts[1].syncs, 1, "{mode}");
         println!("{mode}: {}", counts[1]);
+    }
+}
+
+/// The queued check: a steady-state step counts the synchronous step's launches and
+/// allocations and no sync, on the CPU and on meta, in every recompute setting; the last step's
+/// check at `finish` waits for nothing either.
+#[test]
+fn queued_steady_state_steps_make_no_host_sync() {
+    for dev in [Device::cpu(), Device::meta()] {
+        for mode in MODES.into_iter().chain([Recompute::Budget(400_000)]) {
+            let make = || {
+                DenseNet::new(config(), DType::F32, &dev, 1)
+                    .unwrap()
+                    .with_recompute(mode)
+                    .unwrap()
+            };
+            let (x, labels) = batch(&dev);
+            let (mut model, mut opt) = (make(), Sgd::new(seed_sgd_config()).unwrap());
+            let mut guard = AnomalyGuard::new();
+            let queued: Vec<Counters> = (0..4)
+                .map(|step| {
+                    let options = StepOptions::new(step, step);
+                    dev.count(|| {
+                        train_step_queued(&mut model, &mut opt, &mut guard, &x, &labels, options)
+                            .unwrap()
+                    })
+                    .1
+                })
+                .collect();
+            let (r, c) = dev.count(|| guard.finish(&model));
+            r.unwrap();
+            assert_eq!(c.syncs, 0, "{dev} {mode}: finish");
+            let (mut model, mut opt) = (make(), Sgd::new(seed_sgd_config()).unwrap());
+            let sync: Vec<Counters> = (0..2)
+                .map(|step| {
+                    dev.count(|| train_step(&mut model, &mut opt, &x, &labels, step).unwrap())
+                        .1
+                })
+                .collect();
+            for (step, q) in queued.iter().enumerate().skip(1) {
+                assert_eq!(q.syncs, 0, "{dev} {mode} step {step}");
+                assert_eq!(
+                    (q.launches, q.allocs),
+                    (sync[1].launches, sync[1].allocs),
+                    "{dev} {mode} step {step}"
+                );
+            }
+            assert_eq!(queued[0].syncs, 0, "{dev} {mode}: the first step");
+        }
     }
 }
 

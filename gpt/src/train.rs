@@ -2,12 +2,18 @@
 //! tokens, backward, a non-finite check over the loss, every gradient and every parameter (one
 //! fused reduction into a device flag), and an optimizer update the device skips when the flag
 //! is set ([`Optimizer::step_if_finite`]).
+//!
+//! [`train_step_queued`] is the step of a training loop: the update is queued through the
+//! loop's [`AnomalyGuard`] with no host sync (a non-finite step is reported when the next step
+//! queues its update, or when the loop asks); [`train_step`] is the synchronous check (one host
+//! sync per step, a non-finite step reported at once).
 
 use crate::error::Result;
 use crate::model::{Gpt, TokenBatch};
 use dist::Ddp;
 use tape::optim::{Adam, AdamConfig, Optimizer};
 use tape::{ops, Gradients, Tape, Tensor};
+use trainer::anomaly::AnomalyGuard;
 
 /// What a forward + backward pass produced.
 pub struct StepOutput {
@@ -92,6 +98,22 @@ pub fn train_step(
 ) -> Result<StepOutput> {
     let out = forward_backward(model, batch, step)?;
     trainer::anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, step)?;
+    Ok(out)
+}
+
+/// [`train_step`] with the queued anomaly check of `guard` ([`AnomalyGuard::step`]): no host
+/// sync. Step `step - 1`, if it was not finite, fails here as
+/// [`GptError::NonFinite`](crate::GptError::NonFinite) naming it, with this step's update not
+/// queued; the last step is checked by [`AnomalyGuard::check_now`] or [`AnomalyGuard::finish`].
+pub fn train_step_queued(
+    model: &mut Gpt,
+    optimizer: &mut dyn Optimizer,
+    guard: &mut AnomalyGuard,
+    batch: &TokenBatch,
+    step: u64,
+) -> Result<StepOutput> {
+    let out = forward_backward(model, batch, step)?;
+    guard.step(model, optimizer, &out.loss, &out.grads, step)?;
     Ok(out)
 }
 

@@ -1,14 +1,16 @@
 //! The meta device predicts a GPT training step's memory without running it: two Adam steps on
 //! a meta device charge exactly what the CPU charges (the same peak, byte for byte, and the
 //! same launches and allocations) in every fixed recompute setting, with dropout, f32 and f64; a
-//! budget run on meta stays within its budget.
+//! budget run on meta stays within its budget. The queued anomaly check (`train_step_queued`)
+//! makes no host sync in a steady-state step, on the CPU and meta.
 
 mod common;
 
 use common::batch;
-use gpt::train::{adam, train_step};
+use gpt::train::{adam, train_step, train_step_queued};
 use gpt::{Gpt, GptConfig, Recompute, Selective};
 use tape::{DType, Device};
+use trainer::anomaly::AnomalyGuard;
 
 /// The second step's peak and counts, and the bytes held after it.
 fn two_steps(dev: &Device, mode: Recompute, dtype: DType) -> [u64; 4] {
@@ -81,5 +83,32 @@ fn the_gpt_memory_report_adds_up_and_warns_of_nothing() {
         let sum: usize = report.entries.iter().map(|e| e.bytes).sum();
         assert_eq!(sum, report.peak_bytes, "{mode:?}");
         assert_eq!(report.warnings(), vec![], "{mode:?}: {}", report.render(10));
+    }
+}
+
+#[test]
+fn queued_steps_make_no_host_sync() {
+    let cfg = GptConfig {
+        vocab_size: 16,
+        block_size: 8,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        dropout: 0.0,
+    };
+    for dev in [Device::cpu(), Device::meta()] {
+        let mut model = Gpt::new(cfg.clone(), DType::F32, &dev, 0).unwrap();
+        let mut opt = adam(1e-3).unwrap();
+        let b = batch(16, 3, 8, 0);
+        let mut guard = AnomalyGuard::new();
+        for step in 0..3 {
+            let (r, c) =
+                dev.count(|| train_step_queued(&mut model, &mut opt, &mut guard, &b, step));
+            r.unwrap();
+            assert_eq!(c.syncs, 0, "{dev} step {step}: {c}");
+        }
+        let (r, c) = dev.count(|| guard.finish(&model));
+        r.unwrap();
+        assert_eq!(c.syncs, 0, "{dev}: finish");
     }
 }

@@ -4,13 +4,17 @@
 //! The anomaly check is the shared one ([`trainer::anomaly`]): one fused reduction over the loss,
 //! every gradient and every parameter into a device flag; the update is conditional on it on the
 //! device, so a diverged step changes neither the parameters nor the optimizer state, and fails
-//! with [`ResNetError::NonFinite`] naming the first culprit.
+//! with [`ResNetError::NonFinite`] naming the first culprit. [`train_step_queued`] checks through
+//! a training loop's [`AnomalyGuard`] with no host sync per step (a non-finite step is reported
+//! when the next one queues its update, or when the loop asks); [`train_step`] is the
+//! synchronous check (one host sync per step).
 
 use crate::error::{ResNetError, Result};
 use crate::model::ResNet;
 use dist::Ddp;
 use tape::optim::{Optimizer, SgdConfig};
 use tape::{ops, Gradients, Labels, Tape, Tensor};
+use trainer::anomaly::AnomalyGuard;
 
 /// The usual CIFAR ResNet recipe's optimizer: SGD, lr 0.1, momentum 0.9, weight decay 5e-4.
 pub fn sgd_config() -> SgdConfig {
@@ -108,6 +112,23 @@ pub fn train_step(
 ) -> Result<StepOutput> {
     let out = forward_backward(model, x, labels)?;
     trainer::anomaly::step_if_finite(model, optimizer, &out.loss, &out.grads, step)?;
+    Ok(out)
+}
+
+/// [`train_step`] with the queued anomaly check of `guard` ([`AnomalyGuard::step`]): no host
+/// sync. Step `step - 1`, if it was not finite, fails here as [`ResNetError::NonFinite`] naming
+/// it, with this step's update not queued; the last step is checked by
+/// [`AnomalyGuard::check_now`] or [`AnomalyGuard::finish`].
+pub fn train_step_queued(
+    model: &mut ResNet,
+    optimizer: &mut dyn Optimizer,
+    guard: &mut AnomalyGuard,
+    x: &Tensor,
+    labels: &[usize],
+    step: u64,
+) -> Result<StepOutput> {
+    let out = forward_backward(model, x, labels)?;
+    guard.step(model, optimizer, &out.loss, &out.grads, step)?;
     Ok(out)
 }
 

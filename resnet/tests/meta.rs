@@ -1,12 +1,14 @@
 //! The meta device predicts a ResNet training step's memory without running it: two SGD steps on
 //! a meta device charge exactly what the CPU charges (the same peak, byte for byte, and the
 //! same launches and allocations), naive and per block, both stems, f32 and f64; a budget run
-//! on meta stays within its budget.
+//! on meta stays within its budget. The queued anomaly check (`train_step_queued`) makes no
+//! host sync in a steady-state step, on the CPU and meta.
 
-use resnet::train::{sgd_config, train_step};
+use resnet::train::{sgd_config, train_step, train_step_queued};
 use resnet::{Recompute, ResNet, ResNetConfig};
 use tape::optim::Sgd;
 use tape::{DType, Device, Tensor};
+use trainer::anomaly::AnomalyGuard;
 
 /// The second step's peak and counts, and the bytes held after it.
 fn two_steps(dev: &Device, config: &ResNetConfig, memory: Recompute, dtype: DType) -> [u64; 4] {
@@ -64,4 +66,25 @@ fn a_budget_planned_on_meta_holds_on_meta() {
     )[0];
     assert!(peak <= budget, "peak {peak} over budget {budget}");
     assert!(peak > per_block, "peak {peak} vs per block {per_block}");
+}
+
+#[test]
+fn queued_steps_make_no_host_sync() {
+    let config = &configs()[0];
+    for dev in [Device::cpu(), Device::meta()] {
+        let mut model = ResNet::new(config.clone(), DType::F32, &dev, 1).unwrap();
+        let mut opt = Sgd::new(sgd_config()).unwrap();
+        let x = Tensor::randn(&[4, 3, 16, 16], DType::F32, &dev, 2).unwrap();
+        let labels: Vec<usize> = (0..4).collect();
+        let mut guard = AnomalyGuard::new();
+        for step in 0..3 {
+            let (r, c) = dev
+                .count(|| train_step_queued(&mut model, &mut opt, &mut guard, &x, &labels, step));
+            r.unwrap();
+            assert_eq!(c.syncs, 0, "{dev} step {step}: {c}");
+        }
+        let (r, c) = dev.count(|| guard.finish(&model));
+        r.unwrap();
+        assert_eq!(c.syncs, 0, "{dev}: finish");
+    }
 }

@@ -25,6 +25,14 @@
 //!   such a read is a device-to-host copy, which waits for all queued work: every such copy
 //!   counts, whoever makes it. `Tensor::as_slice` (a borrow of host memory, CPU only) and
 //!   [`Device::synchronize`](crate::Device::synchronize) (no values read) do not count.
+//!   An asynchronous read ([`ops::PendingScalar`](crate::ops::PendingScalar), which the
+//!   optimizers' [`queue_if_finite`](crate::optim::Optimizer::queue_if_finite) uses for the
+//!   anomaly flag) counts a sync only when resolving it actually had to wait for the device: a
+//!   CUDA copy not yet complete when its value is asked for. A value already on the host when
+//!   asked (a CPU or meta tensor, whose value is there when the kernel returns; a completed CUDA
+//!   copy) counts none, and starting the read counts none. So a GPU run may count fewer syncs
+//!   than the CPU's counts only where the host got ahead of the device and had to wait; the CPU
+//!   counts are the GPU's when the device keeps up.
 //!
 //! ```
 //! use tape::{ops, DType, Device, Tape, Tensor};
@@ -50,7 +58,8 @@ pub struct Counters {
     pub launches: u64,
     /// Buffers created.
     pub allocs: u64,
-    /// Reads of tensor values into host memory (device-to-host copies on a GPU).
+    /// Reads of tensor values into host memory (device-to-host copies on a GPU); an
+    /// asynchronous read counts only when resolving it had to wait for the device.
     pub syncs: u64,
 }
 

@@ -1,7 +1,8 @@
 //! The fused multi-tensor optimizer step: bit for bit the per-tensor update rule (f32 and f64,
 //! tensors longer than a CPU work chunk, parameters without gradient), one kernel launch per
 //! step, and `step_if_finite`: the update skipped on the device when the flag is set, with the
-//! state as if the step had not happened, and the flag read once.
+//! state as if the step had not happened, and the flag read once; `queue_if_finite`: the same
+//! with no host sync, the outcome read later and the state settled before the next update.
 
 use tape::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 use tape::{Counters, DType, Device, Error, Gradients, Parameter, Tensor};
@@ -380,6 +381,125 @@ fn step_if_finite_skips_on_the_device_and_reads_the_flag_once() {
     }
 }
 
+/// `queue_if_finite`: the update queued with no host sync on the CPU and meta; skipped updates
+/// leave no trace (the state reads as before them even unsettled, and settles before the next
+/// update), so the run equals the plain one bit for bit.
+#[test]
+fn queue_if_finite_makes_no_sync_and_settles_before_the_next_update() {
+    for kind in kinds() {
+        for dtype in [DType::F32, DType::F64] {
+            let dev = Device::cpu();
+            let mut ps = params(dtype, &dev);
+            let mut opt = kind.make();
+            let mut step = 0;
+            for round in 0..STEPS + 2 {
+                let skip = round == 0 || round == 3;
+                let g = grads(&ps, step);
+                let set = flag(if skip { 1.0 } else { 0.0 }, &dev);
+                let before = outcome(&ps, opt.as_ref());
+                let mut refs: Vec<&mut Parameter> = ps.iter_mut().collect();
+                let (pending, c) = dev.count(|| opt.queue_if_finite(&mut refs, &g, &set).unwrap());
+                assert_eq!(c.syncs, 0, "{kind:?} round {round}: no sync");
+                if round > 1 {
+                    assert_eq!((c.launches, c.allocs), (1, 0), "{kind:?} round {round}");
+                }
+                assert!(
+                    pending.is_ready().unwrap(),
+                    "on the CPU the flag is on the host"
+                );
+                let (applied, c) = dev.count(|| pending.applied().unwrap());
+                assert_eq!((applied, c.syncs), (!skip, 0), "{kind:?} round {round}");
+                if skip {
+                    assert_eq!(outcome(&ps, opt.as_ref()), before, "{kind:?} round {round}");
+                } else {
+                    step += 1;
+                }
+            }
+            opt.settle().unwrap();
+            assert_eq!(
+                outcome(&ps, opt.as_ref()),
+                fused(dtype, &move || kind.make()),
+                "{kind:?} {dtype:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn queue_if_finite_on_meta_makes_no_sync() {
+    let dev = Device::meta();
+    for kind in kinds() {
+        let mut ps = params(DType::F32, &dev);
+        let mut opt = kind.make();
+        for round in 0..3 {
+            let g = grads(&ps, round);
+            let set = Tensor::zeros(&[1], DType::F32, &dev).unwrap();
+            let mut refs: Vec<&mut Parameter> = ps.iter_mut().collect();
+            let (pending, c) = dev.count(|| opt.queue_if_finite(&mut refs, &g, &set).unwrap());
+            assert_eq!(c.syncs, 0, "{kind:?} round {round}");
+            assert!(pending.applied().unwrap(), "a meta flag is clear");
+        }
+    }
+}
+
+/// The default `queue_if_finite` (an optimizer without the kernel) is the synchronous check.
+#[test]
+fn the_default_queue_if_finite_is_the_synchronous_check() {
+    struct Plain(u32);
+    impl Optimizer for Plain {
+        fn step(&mut self, _: &mut [&mut Parameter], _: &Gradients) -> tape::Result<()> {
+            self.0 += 1;
+            Ok(())
+        }
+        fn lr(&self) -> f64 {
+            0.0
+        }
+        fn set_lr(&mut self, _: f64) {}
+        fn state_dict(&self, _: &[&Parameter]) -> Vec<(String, Tensor)> {
+            Vec::new()
+        }
+        fn load_state_dict(
+            &mut self,
+            _: &[&Parameter],
+            _: &[(String, Tensor)],
+        ) -> tape::Result<()> {
+            Ok(())
+        }
+    }
+    let dev = Device::cpu();
+    let mut opt = Plain(0);
+    let g = Gradients::new();
+    let (p, c) = dev.count(|| opt.queue_if_finite(&mut [], &g, &flag(1.0, &dev)).unwrap());
+    assert_eq!((p.applied().unwrap(), opt.0, c.syncs), (false, 0, 1));
+    let p = opt.queue_if_finite(&mut [], &g, &flag(0.0, &dev)).unwrap();
+    assert_eq!((p.applied().unwrap(), opt.0), (true, 1));
+}
+
+/// `ops::PendingScalar`: a CPU value is read without a sync; a meta one reads 0; more than one
+/// element is an error.
+#[test]
+fn pending_scalars_read_host_values_without_a_sync() {
+    let dev = Device::cpu();
+    let t = Tensor::from_f64(&[2.5], &[1], DType::F32, &dev).unwrap();
+    let (v, c) = dev.count(|| {
+        let p = tape::ops::PendingScalar::start(&t).unwrap();
+        (
+            p.is_ready().unwrap(),
+            p.value().unwrap(),
+            p.is_set().unwrap(),
+        )
+    });
+    assert_eq!((v, c.syncs), ((true, 2.5, true), 0));
+    let meta = Tensor::zeros(&[1], DType::F64, &Device::meta()).unwrap();
+    let p = tape::ops::PendingScalar::start(&meta).unwrap();
+    assert_eq!(p.value().unwrap(), 0.0);
+    let two = Tensor::zeros(&[2], DType::F64, &dev).unwrap();
+    assert!(matches!(
+        tape::ops::PendingScalar::start(&two),
+        Err(Error::Shape { .. })
+    ));
+}
+
 #[test]
 fn a_nan_flag_skips_too() {
     let dev = Device::cpu();
@@ -481,6 +601,28 @@ fn on_gpu() {
         }
         outcome(&ps, opt.as_ref())
     };
+    // The queued update: the flag copied asynchronously (pinned memory and an event), read
+    // after the device is idle: no wait, so no sync.
+    let queued = |dev: &Device, dtype: DType, kind: Kind| -> Outcome {
+        let mut ps = params(dtype, dev);
+        let mut opt = kind.make();
+        for round in 0..STEPS {
+            let g = grads(&ps, round);
+            let set = flag(if round == 2 { 1.0 } else { 0.0 }, dev);
+            let mut refs: Vec<&mut Parameter> = ps.iter_mut().collect();
+            let (pending, c) = dev.count(|| opt.queue_if_finite(&mut refs, &g, &set).unwrap());
+            assert_eq!(c.syncs, 0, "{kind:?} round {round}");
+            dev.synchronize().unwrap();
+            let (applied, c) = dev.count(|| pending.applied().unwrap());
+            assert_eq!(
+                (applied, c.syncs),
+                (round != 2, 0),
+                "{kind:?} round {round}"
+            );
+        }
+        opt.settle().unwrap();
+        outcome(&ps, opt.as_ref())
+    };
     for kind in kinds() {
         for dtype in [DType::F32, DType::F64] {
             // The same f64 arithmetic without FMA contraction: the same bits.
@@ -488,6 +630,11 @@ fn on_gpu() {
                 run(&gpu, dtype, kind),
                 run(&Device::cpu(), dtype, kind),
                 "{kind:?} {dtype:?}"
+            );
+            assert_eq!(
+                queued(&gpu, dtype, kind),
+                run(&Device::cpu(), dtype, kind),
+                "{kind:?} {dtype:?} queued"
             );
         }
     }

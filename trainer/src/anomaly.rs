@@ -2,18 +2,40 @@
 //! reduction ([`ops::non_finite`]) over the loss, every parameter's gradient and every parameter
 //! into a device flag; the optimizer's update is conditional on that flag on the device
 //! ([`Optimizer::step_if_finite`]), so a diverged step changes neither the parameters nor the
-//! optimizer state, and the host reads the flag once, after the update is queued. Only when it
-//! is set are the tensors read back one by one to name the first culprit.
+//! optimizer state. Only when the flag is set are the tensors read back one by one to name the
+//! first culprit.
+//!
+//! Two ways to learn a step's outcome:
+//!
+//! - **Queued** ([`AnomalyGuard`], what the training loops use): the step's update is queued
+//!   ([`Optimizer::queue_if_finite`]) and its flag copied to the host asynchronously (pinned
+//!   host memory and an event on CUDA, a path that compiles but has not run on a GPU yet); the
+//!   guard returns without reading it. Step `n`'s flag
+//!   is checked when step `n + 1` is about to queue its update (its forward and backward are
+//!   queued by then, so the device has work while the host looks), or when the caller asks
+//!   ([`AnomalyGuard::check_now`], [`AnomalyGuard::finish`]: before saving a checkpoint, at the
+//!   end of training). A steady-state step makes no host sync: by the time the next step asks,
+//!   the copy is done (on the CPU, at once). A non-finite step `n` still fails as
+//!   [`NonFinite`] naming step `n`, with the parameters and the optimizer state as they were
+//!   before it (the device skipped the update, and the update of step `n + 1` is never queued).
+//!   The culprit is named from what is still there: the loss (kept), then the parameters (the
+//!   skipped update left them as step `n` saw them); a gradient is named only as "a gradient",
+//!   since step `n`'s gradients are gone by then (the synchronous check names it).
+//! - **Synchronous** ([`step_if_finite`], [`check_finite`]): the flag is read at once (one
+//!   blocking host sync per step) and a non-finite step fails at once, naming the culprit
+//!   exactly, gradient included.
 //!
 //! In data-parallel training the check is global ([`step_if_finite_global`]): the flag is
-//! all-reduced with max, so a NaN on one rank skips the update on every rank, otherwise the
-//! ranks' parameters would diverge silently.
+//! read and all-reduced with max over MPI on the host before the update, so a NaN on one rank
+//! skips the update on every rank, otherwise the ranks' parameters would diverge silently.
+//! That read is a blocking sync per step, which the global check keeps: the all-reduce needs the
+//! value on the host before any rank may queue its update.
 //!
 //! Parameters are checked too because a NaN weight does not always reach the loss (a ReLU or a
 //! max can hide it for a step) and a finite but huge gradient can overflow a weight.
 
 use tape::nn::{self, Module};
-use tape::optim::Optimizer;
+use tape::optim::{Optimizer, PendingUpdate};
 use tape::{ops, Gradients, Tensor};
 
 /// A loss, gradient or parameter that holds a NaN or an infinity: the run diverged.
@@ -177,4 +199,114 @@ pub fn step_if_finite_global<M: Module + ?Sized>(
         value: f64::NAN,
     }
     .into())
+}
+
+/// The queued anomaly check of a training loop (see the [module docs](self)): holds the
+/// outcome of the last queued step until it is checked. Make one per run (or per epoch), pass
+/// every step through [`AnomalyGuard::step`], and call [`AnomalyGuard::check_now`] (or
+/// [`AnomalyGuard::finish`]) before anything that must not follow an unreported non-finite step
+/// (saving a checkpoint, reporting a result) and at the end of training. A guard dropped with a
+/// step unchecked leaves that step unreported (its update, if skipped, still changed nothing).
+#[derive(Debug, Default)]
+pub struct AnomalyGuard {
+    last: Option<QueuedStep>,
+    /// The step of the last non-finite report, until taken.
+    reported: Option<u64>,
+}
+
+/// A queued step whose flag is not checked yet.
+#[derive(Debug)]
+struct QueuedStep {
+    step: u64,
+    loss: Tensor,
+    update: PendingUpdate,
+}
+
+impl AnomalyGuard {
+    /// A guard with no step queued.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The index of the queued step whose check is still to come, if any.
+    pub fn unchecked_step(&self) -> Option<u64> {
+        self.last.as_ref().map(|q| q.step)
+    }
+
+    /// Queues step `step`'s optimizer update of `model`'s parameters from `grads`, skipped on
+    /// the device when the loss, a gradient or a parameter is not finite, and returns without
+    /// reading the flag. First checks the previous step (no wait in steady state): if it was
+    /// not finite, fails with [`NonFinite`] naming it and queues nothing, so the parameters and
+    /// the optimizer state are those from before that step.
+    pub fn step<M: Module + ?Sized>(
+        &mut self,
+        model: &mut M,
+        optimizer: &mut dyn Optimizer,
+        loss: &Tensor,
+        grads: &Gradients,
+        step: u64,
+    ) -> Result<(), GuardError> {
+        self.check_now(model)?;
+        let flag = non_finite_flag(model, loss, grads)?;
+        let update = optimizer.queue_if_finite(&mut nn::parameters_mut(model), grads, &flag)?;
+        self.last = Some(QueuedStep {
+            step,
+            loss: loss.clone(),
+            update,
+        });
+        Ok(())
+    }
+
+    /// Checks the last queued step now, waiting for its flag if it is not on the host yet (one
+    /// sync then, none if it is): fails with [`NonFinite`] naming it if it was not finite (its
+    /// update was skipped). Nothing is left to check afterwards, whatever the outcome.
+    pub fn check_now<M: Module + ?Sized>(&mut self, model: &M) -> Result<(), GuardError> {
+        let Some(last) = self.last.take() else {
+            return Ok(());
+        };
+        if last.update.applied()? {
+            return Ok(());
+        }
+        self.reported = Some(last.step);
+        Err(culprit_after(model, &last.loss, last.step)?.into())
+    }
+
+    /// The index of the step the guard last reported as non-finite, taken (a second call
+    /// returns `None`): lets a loop that sees a step fail tell a report of the previous step
+    /// from a failure of the step it ran.
+    pub fn take_reported(&mut self) -> Option<u64> {
+        self.reported.take()
+    }
+
+    /// [`AnomalyGuard::check_now`] at the end of training, consuming the guard.
+    pub fn finish<M: Module + ?Sized>(mut self, model: &M) -> Result<(), GuardError> {
+        self.check_now(model)
+    }
+}
+
+/// The culprit of a skipped step `step`, found after the fact: its loss (kept), else the first
+/// non-finite parameter (unchanged since: the update was skipped), else its gradients, which
+/// are gone.
+fn culprit_after<M: Module + ?Sized>(
+    model: &M,
+    loss: &Tensor,
+    step: u64,
+) -> tape::Result<NonFinite> {
+    let mut list = vec![(What::Loss, loss)];
+    for p in nn::parameters(model) {
+        list.push((What::Parameter(p.name()), p.tensor()));
+    }
+    for (what, t) in list {
+        if let Some(&value) = t.try_to_f64_vec()?.iter().find(|v| !v.is_finite()) {
+            let what = what.to_string();
+            return Ok(NonFinite { step, what, value });
+        }
+    }
+    Ok(NonFinite {
+        step,
+        what: "a gradient (the step's gradients are no longer held; the synchronous check, \
+               `step_if_finite`, names it)"
+            .into(),
+        value: f64::NAN,
+    })
 }

@@ -1,17 +1,21 @@
 //! [`fit`]: the epoch loop over a [`Task`].
 
+use crate::anomaly::AnomalyGuard;
 use crate::eval::Eval;
 use crate::progress::Progress;
 use crate::run_dir::{RunDir, RunState};
 use crate::schedule::Schedule;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::time::Instant;
 use tape::nn::{LoadOptions, Module, StateError};
+use tape::ops::PendingScalar;
 use tape::optim::Optimizer;
 use tape::Tensor;
 
-/// A queued training step's results, still on the device: read by the loop after the next step
-/// is queued.
+/// A queued training step's results, still on the device: copied to the host asynchronously
+/// ([`PendingScalar`]) and added up by the loop once there, with no wait (the epoch's end waits
+/// for the last ones). A meta device holds no values: its results read as 0.
 #[derive(Clone, Debug)]
 pub struct Queued {
     /// The step's mean loss (one element).
@@ -35,7 +39,17 @@ pub trait Task {
 
     /// Queues training step `step` of `epoch`; `index` numbers the steps of the whole run from
     /// 0 (a resumed run continues the numbering). The optimizer's learning rate is already set.
-    fn train_step(&mut self, epoch: usize, step: usize, index: u64) -> Result<Queued, Self::Error>;
+    /// `guard` is the run's queued anomaly check: pass the step's update through
+    /// [`AnomalyGuard::step`] (then a non-finite step fails when the next one queues its update,
+    /// or at the epoch's end, where [`fit`] checks the last step before evaluating and saving),
+    /// or check synchronously and leave it alone.
+    fn train_step(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        index: u64,
+        guard: &mut AnomalyGuard,
+    ) -> Result<Queued, Self::Error>;
 
     /// Evaluates the model in eval mode, or `None` without an evaluation set.
     fn evaluate(&mut self) -> Result<Option<Eval>, Self::Error>;
@@ -56,7 +70,10 @@ pub enum TrainError {
     Step {
         /// 1-based epoch.
         epoch: usize,
-        /// 1-based step of the epoch (0 for the evaluation after it).
+        /// 1-based step of the epoch that failed (0 for the evaluation after it). A non-finite
+        /// step of the queued check ([`AnomalyGuard`]) is the step that diverged, although it
+        /// is found when the next step queues its update or at the epoch's end check; the
+        /// source names its run index.
         step: usize,
         /// The task's error.
         #[source]
@@ -164,6 +181,33 @@ impl std::fmt::Display for EpochReport {
     }
 }
 
+/// A queued step's results on their way to the host.
+struct InFlight {
+    loss: PendingScalar,
+    correct: Option<PendingScalar>,
+    samples: usize,
+}
+
+impl InFlight {
+    /// Starts the reads of `q`'s results (no wait).
+    fn start(q: &Queued) -> tape::Result<InFlight> {
+        Ok(InFlight {
+            loss: PendingScalar::start(&q.loss)?,
+            correct: q.correct.as_ref().map(PendingScalar::start).transpose()?,
+            samples: q.samples,
+        })
+    }
+
+    /// Whether every value is on the host (no wait).
+    fn is_ready(&self) -> tape::Result<bool> {
+        Ok(self.loss.is_ready()?
+            && match &self.correct {
+                Some(c) => c.is_ready()?,
+                None => true,
+            })
+    }
+}
+
 /// Sums of read-back step results.
 #[derive(Clone, Copy, Default)]
 struct Tally {
@@ -173,12 +217,25 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, q: Queued) -> tape::Result<()> {
-        self.loss_sum += q.loss.scalar()? * q.samples as f64;
-        if let Some(c) = q.correct {
-            *self.correct.get_or_insert(0) += c.scalar()? as usize;
+    fn add(&mut self, q: &InFlight) -> tape::Result<()> {
+        self.loss_sum += q.loss.value()? * q.samples as f64;
+        if let Some(c) = &q.correct {
+            *self.correct.get_or_insert(0) += c.value()? as usize;
         }
         self.seen += q.samples;
+        Ok(())
+    }
+
+    /// Adds the results of `in_flight` (oldest first) that are on the host, stopping at the
+    /// first that is not (no wait); with `wait`, adds them all (waiting where needed).
+    fn drain(&mut self, in_flight: &mut VecDeque<InFlight>, wait: bool) -> tape::Result<()> {
+        while let Some(q) = in_flight.front() {
+            if !wait && !q.is_ready()? {
+                break;
+            }
+            self.add(q)?;
+            in_flight.pop_front();
+        }
         Ok(())
     }
 
@@ -277,6 +334,7 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
     let epochs = options.epochs;
     let mut index: u64 = (0..start.min(epochs)).map(|e| task.steps(e) as u64).sum();
     let mut reports = Vec::new();
+    let mut guard = AnomalyGuard::new();
     for epoch in start..epochs {
         let lr = options.schedule.lr_at(options.lr, epoch, epochs);
         task.state().1.set_lr(lr);
@@ -287,29 +345,40 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
         });
         let t0 = Instant::now();
         let mut tally = Tally::default();
-        let mut pending: Option<Queued> = None;
+        let mut in_flight = VecDeque::new();
         for s in 0..steps {
-            let queued = match task.train_step(epoch, s, index) {
+            let queued = match task.train_step(epoch, s, index, &mut guard) {
                 Ok(q) => q,
                 Err(e) => {
                     if let Some(p) = &progress {
                         p.abandon();
                     }
-                    return Err(step_error(epoch + 1, s + 1)(e));
+                    // A report of the previous step (1-based `s`) or a failure of this one.
+                    let failed = match guard.take_reported() {
+                        Some(_) => s.max(1),
+                        None => s + 1,
+                    };
+                    return Err(step_error(epoch + 1, failed)(e));
                 }
             };
             index += 1;
-            let samples = queued.samples as u64;
-            if let Some(p) = pending.replace(queued) {
-                tally.add(p)?;
-            }
+            in_flight.push_back(InFlight::start(&queued)?);
+            tally.drain(&mut in_flight, false)?;
             if let Some(p) = &progress {
+                let samples = queued.samples as u64;
                 p.step(s as u64, samples, tally.seen as u64, &tally.message(t0));
             }
         }
-        if let Some(p) = pending.take() {
-            tally.add(p)?;
+        // The epoch's last step is checked before anything reads its results, evaluates or
+        // saves: nothing is saved after an unreported non-finite step.
+        let checked = guard.check_now(task.state().0);
+        if let Err(e) = checked {
+            if let Some(p) = &progress {
+                p.abandon();
+            }
+            return Err(step_error(epoch + 1, steps)(e));
         }
+        tally.drain(&mut in_flight, true)?;
         if let Some(p) = &progress {
             p.finish();
         }

@@ -9,10 +9,13 @@
 //!
 //! [`anomaly`] is the guarded optimizer update every model's training step uses: the update is
 //! skipped on the device when the loss, a gradient or a parameter is not finite, and the step
-//! fails naming the culprit.
+//! fails naming the culprit. [`fit`] holds the run's [`anomaly::AnomalyGuard`] and hands it to
+//! every step: a step's flag is checked when the next step queues its update, and the epoch's
+//! last step before the epoch is evaluated and saved.
 //!
-//! Steps are queued without waiting: a step's loss and hit count stay on the device and are read
-//! after the next step is queued, so the host never waits for the step it has just queued.
+//! Steps are queued without waiting: a step's loss and hit count stay on the device, are copied
+//! to the host asynchronously ([`tape::ops::PendingScalar`]) and added up once there, so a
+//! steady-state step makes no host sync (the epoch's end waits for the last ones).
 
 pub mod anomaly;
 mod eval;

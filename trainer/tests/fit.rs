@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use tape::nn::{self, Init, Linear, Module};
 use tape::optim::{Optimizer, Sgd, SgdConfig};
 use tape::{ops, DType, Device, Labels, Tape, Tensor};
+use trainer::anomaly::{AnomalyGuard, GuardError};
 use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task, TrainError};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,12 @@ struct TaskError(String);
 
 impl From<tape::Error> for TaskError {
     fn from(e: tape::Error) -> Self {
+        TaskError(e.to_string())
+    }
+}
+
+impl From<GuardError> for TaskError {
+    fn from(e: GuardError) -> Self {
         TaskError(e.to_string())
     }
 }
@@ -32,7 +39,18 @@ struct Tiny {
     by_index: bool,
     /// The step indices `fit` gave, in order.
     indices: Vec<u64>,
+    /// Queue each update through `fit`'s anomaly guard (no host read per step) instead of
+    /// reading the loss and stepping unconditionally.
+    guarded: bool,
+    /// The device's counters as each step began.
+    counts: Vec<tape::Counters>,
+    /// The weights and the optimizer state (momentum buffers) as each step began, for guarded
+    /// runs with a poisoned step.
+    before: Vec<Snapshot>,
 }
+
+/// The weights and the momentum buffers, as host numbers.
+type Snapshot = (Vec<Vec<f64>>, Vec<Vec<f64>>);
 
 fn tiny(seed: u64, classes: usize) -> Tiny {
     let dev = Device::cpu();
@@ -62,6 +80,9 @@ fn tiny(seed: u64, classes: usize) -> Tiny {
         poison_at: None,
         by_index: false,
         indices: Vec::new(),
+        guarded: false,
+        counts: Vec::new(),
+        before: Vec::new(),
     }
 }
 
@@ -76,7 +97,19 @@ impl Task for Tiny {
         self.x.len() * 5
     }
 
-    fn train_step(&mut self, epoch: usize, step: usize, index: u64) -> Result<Queued, TaskError> {
+    fn train_step(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        index: u64,
+        guard: &mut AnomalyGuard,
+    ) -> Result<Queued, TaskError> {
+        self.counts.push(self.dev.counters());
+        // (Reading them back is a sync: only where a test compares them.)
+        if self.guarded && self.poison_at.is_some() {
+            let before = (weights(self), momentum(self));
+            self.before.push(before);
+        }
         // Batches in an order that depends on the epoch only (so a resumed run sees the same).
         let b = match self.by_index {
             // Not a multiple of the epoch's steps: an index off by one picks another batch.
@@ -89,6 +122,15 @@ impl Task for Tiny {
         let mut loss = ops::cross_entropy(&mut tape, &logits, &self.y[b])?;
         if self.poison_at == Some(index) {
             loss = ops::scale(&mut tape, &loss, f64::NAN)?;
+        }
+        if self.guarded {
+            let grads = tape.backward(&loss)?;
+            guard.step(&mut self.model, &mut self.opt, &loss, &grads, index)?;
+            return Ok(Queued {
+                loss,
+                correct: None,
+                samples: 5,
+            });
         }
         let value = loss.scalar()?;
         if !value.is_finite() {
@@ -129,6 +171,15 @@ fn weights(t: &Tiny) -> Vec<Vec<f64>> {
     nn::parameters(&t.model)
         .iter()
         .map(|p| p.tensor().to_f64_vec())
+        .collect()
+}
+
+/// The momentum buffers' values, in parameter order.
+fn momentum(t: &Tiny) -> Vec<Vec<f64>> {
+    t.opt
+        .state_dict(&nn::parameters(&t.model))
+        .iter()
+        .map(|(_, s)| s.to_f64_vec())
         .collect()
 }
 
@@ -267,4 +318,109 @@ fn a_resumed_run_continues_bit_for_bit() {
         .count();
     assert_eq!(leftovers, 0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_guarded_fit_makes_no_host_sync_per_steady_state_step() {
+    let mut t = tiny(3, 3);
+    t.guarded = true;
+    let reports = fit(&mut t, &quiet(2, Schedule::Constant)).unwrap();
+    assert_eq!(reports.len(), 2);
+    assert!(reports.iter().all(|r| r.train_loss.is_finite()));
+    // Steps 1 -> 2 and 2 -> 3 of each epoch: everything one step asks of the device, the loop's
+    // reads of the previous step's loss and its anomaly check included.
+    for epoch in 0..2 {
+        for s in 1..3 {
+            let i = epoch * 3 + s;
+            let d = t.counts[i].since(t.counts[i - 1]);
+            assert_eq!(d.syncs, 0, "epoch {epoch}, step {s}: {d}");
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_step_of_a_guarded_fit_fails_naming_it_with_nothing_changed() {
+    let mut t = tiny(3, 3);
+    t.guarded = true;
+    t.poison_at = Some(4);
+    let err = fit(&mut t, &quiet(3, Schedule::Constant)).unwrap_err();
+    // Found when step 5 (epoch 2, step 3) was about to queue its update; named as step 4
+    // (epoch 2, step 2).
+    match &err {
+        TrainError::Step {
+            epoch,
+            step,
+            source,
+        } => {
+            assert_eq!((*epoch, *step), (2, 2));
+            let msg = source.to_string();
+            assert!(msg.contains("training step 4: the loss"), "{msg}");
+        }
+        other => panic!("expected a step error, got {other}"),
+    }
+    assert_eq!(t.indices, [0, 1, 2, 3, 4, 5]);
+    assert_eq!((weights(&t), momentum(&t)), t.before[4]);
+}
+
+#[test]
+fn the_last_step_of_an_epoch_is_checked_before_the_epoch_is_saved() {
+    let dir = scratch("guard-save");
+    let mut t = tiny(3, 3);
+    t.guarded = true;
+    t.poison_at = Some(5);
+    let opts = FitOptions {
+        run_dir: Some(RunDir::new(&dir)),
+        ..quiet(3, Schedule::Constant)
+    };
+    let err = fit(&mut t, &opts).unwrap_err();
+    match &err {
+        TrainError::Step {
+            epoch,
+            step,
+            source,
+        } => {
+            assert_eq!((*epoch, *step), (2, 3));
+            assert!(source.to_string().contains("training step 5"), "{source}");
+        }
+        other => panic!("expected a step error, got {other}"),
+    }
+    assert_eq!((weights(&t), momentum(&t)), t.before[5]);
+    // Epoch 1 was saved; epoch 2, whose last step diverged, was not.
+    let saved = RunDir::new(&dir).read_state().unwrap();
+    assert_eq!(saved.epoch, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A guarded run saved after epoch 2, stopped by a non-finite step in epoch 3 and resumed gives
+/// the uninterrupted guarded run's weights and optimizer state, bit for bit.
+#[test]
+fn a_guarded_run_resumes_bit_for_bit() {
+    let dir = scratch("guard-resume");
+    let mut straight = tiny(7, 3);
+    straight.guarded = true;
+    let all = fit(&mut straight, &quiet(4, Schedule::densenet())).unwrap();
+    let mut first = tiny(7, 3);
+    first.guarded = true;
+    first.poison_at = Some(6);
+    let two = FitOptions {
+        run_dir: Some(RunDir::new(&dir)),
+        ..quiet(4, Schedule::densenet())
+    };
+    assert!(fit(&mut first, &two).is_err());
+    let mut resumed = tiny(99, 3);
+    resumed.guarded = true;
+    let opts = FitOptions {
+        resume: true,
+        ..two
+    };
+    let rest = fit(&mut resumed, &opts).unwrap();
+    assert_eq!(rest.len(), 2);
+    for (a, b) in all[2..].iter().zip(&rest) {
+        assert_eq!((a.train_loss, a.eval), (b.train_loss, b.eval));
+    }
+    assert_eq!(
+        (weights(&resumed), momentum(&resumed)),
+        (weights(&straight), momentum(&straight))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -48,7 +48,7 @@ pub use elementwise::{add, mul, scale};
 
 // Not differentiable, no tape: the step's accuracy count and anomaly flag, kept on the device.
 pub use accuracy::correct_count;
-pub use finite::{flag_is_set, non_finite};
+pub use finite::{flag_is_set, non_finite, PendingScalar};
 pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use reshape::reshape;

@@ -2,8 +2,9 @@
 //! for step.
 
 use super::{
-    applied_or_else, by_device_and_dtype, check_non_negative, check_state, gradients_of,
-    ids_with_grad, states_mut, zeros_like, AdamSlot, FusedUpdate, OptimKernels, Optimizer,
+    by_device_and_dtype, check_non_negative, check_state, gradients_of, ids_with_grad,
+    settle_pending, skipped_undo, start_read, states_mut, zeros_like, AdamSlot, FusedUpdate,
+    OptimKernels, Optimizer, PendingUpdate, Unsettled,
 };
 use crate::backend::kernels;
 use crate::dtype::Elem;
@@ -58,6 +59,9 @@ struct State {
 pub struct Adam {
     cfg: AdamConfig,
     state: FxHashMap<TensorId, State>,
+    /// The last update of [`Optimizer::queue_if_finite`] until settled, with the parameters it
+    /// touched and whether it created their state (undone should it turn out skipped).
+    pending: Option<Unsettled<Vec<(TensorId, bool)>>>,
 }
 
 impl Adam {
@@ -78,6 +82,7 @@ impl Adam {
         Ok(Adam {
             cfg,
             state: FxHashMap::default(),
+            pending: None,
         })
     }
 
@@ -223,6 +228,7 @@ impl Adam {
 
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()> {
+        self.settle()?;
         self.update_all(params, grads, None).map(|_| ())
     }
 
@@ -232,8 +238,34 @@ impl Optimizer for Adam {
         grads: &Gradients,
         found_inf: &Tensor,
     ) -> Result<bool> {
+        self.queue_if_finite(params, grads, found_inf)?;
+        // The synchronous check: one blocking read; settling then waits for nothing.
+        let applied = !crate::ops::flag_is_set(found_inf)?;
+        self.settle()?;
+        Ok(applied)
+    }
+
+    fn queue_if_finite(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &Gradients,
+        found_inf: &Tensor,
+    ) -> Result<PendingUpdate> {
+        self.settle()?;
         let touched = self.update_all(params, grads, Some(found_inf))?;
-        applied_or_else(found_inf, || self.undo(&touched))
+        let update = start_read(found_inf)?;
+        self.pending = Some(Unsettled {
+            update: update.clone(),
+            undo: touched,
+        });
+        Ok(update)
+    }
+
+    fn settle(&mut self) -> Result<()> {
+        if let Some(touched) = settle_pending(&mut self.pending)? {
+            self.undo(&touched);
+        }
+        Ok(())
     }
 
     fn lr(&self) -> f64 {
@@ -245,13 +277,24 @@ impl Optimizer for Adam {
     }
 
     fn state_dict(&self, params: &[&Parameter]) -> Vec<(String, Tensor)> {
+        let skipped = skipped_undo(&self.pending).map_or(&[][..], Vec::as_slice);
         let mut out = Vec::new();
         for p in params {
-            let Some(s) = self.state.get(&p.tensor().id()) else {
+            let id = p.tensor().id();
+            let Some(s) = self.state.get(&id) else {
                 continue;
             };
+            // A skipped, unsettled update: state it created is not there yet, and the step it
+            // counted did not happen.
+            let (undo_step, unmade) = match skipped.iter().find(|(t, _)| *t == id) {
+                Some(&(_, created)) => (1, created),
+                None => (0, false),
+            };
+            if unmade {
+                continue;
+            }
             let step = Tensor::from_f64(
-                &[s.step as f64],
+                &[s.step.saturating_sub(undo_step) as f64],
                 &[1],
                 crate::DType::F64,
                 p.tensor().device(),
@@ -266,6 +309,7 @@ impl Optimizer for Adam {
     }
 
     fn load_state_dict(&mut self, params: &[&Parameter], state: &[(String, Tensor)]) -> Result<()> {
+        self.settle()?;
         let mut loaded = Vec::new();
         for p in params {
             let slots = (

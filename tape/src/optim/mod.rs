@@ -11,12 +11,29 @@
 //! per-element rule runs on every element. [`Optimizer::step_if_finite`] makes the update
 //! conditional on a device flag (the device skips it), so a training step can queue its update
 //! before reading anything back.
+//!
+//! Whether such an update was applied is known when the flag reaches the host. Two ways to ask:
+//!
+//! - [`Optimizer::step_if_finite`] reads the flag at once (one blocking sync) and returns it:
+//!   the synchronous check.
+//! - [`Optimizer::queue_if_finite`] returns a [`PendingUpdate`] without reading anything: the
+//!   flag is copied to the host asynchronously ([`crate::ops::PendingScalar`]: pinned host memory
+//!   and an event on CUDA; already on the host on the CPU) and [`PendingUpdate::applied`] reads
+//!   it later, waiting only if the copy is not done yet. The optimizer keeps the update
+//!   *unsettled* until then: host-side state that depends on whether it applied ([`Adam`]'s
+//!   step counts, the momentum buffers an update creates) is put right ([`Optimizer::settle`])
+//!   before the next update is queued at the latest, so a steady-state training step queues
+//!   its update with no host sync at all (the previous step's copy is long done by then). The
+//!   device state (parameters, moments, momentum) needs no undo: a skipped update never
+//!   touched it. [`Optimizer::state_dict`] reports the state as settled (it reads the pending
+//!   flag, waiting if needed).
 
 use crate::backend::kernel_trait;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gradients::Gradients;
+use crate::ops::PendingScalar;
 use crate::param::Parameter;
 use crate::tensor::{Tensor, TensorId};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -88,8 +105,9 @@ pub trait Optimizer {
     /// non-zero value: a one-element tensor on the parameters' device (any dtype), such as
     /// [`crate::ops::non_finite`] makes from the loss and the gradients. [`Sgd`] and [`Adam`]
     /// queue the update with no host round-trip before it, then read `found_inf` once (one
-    /// host sync, after the update is queued) and return whether the update was applied; a
-    /// skipped update leaves the parameters and the optimizer state as they were.
+    /// blocking host sync, after the update is queued: the synchronous check) and return
+    /// whether the update was applied; a skipped update leaves the parameters and the optimizer
+    /// state as they were. [`Optimizer::queue_if_finite`] does the same without the sync.
     ///
     /// The default, for optimizers without such a kernel, reads `found_inf` first and then
     /// calls [`Optimizer::step`] when it is zero.
@@ -106,6 +124,32 @@ pub trait Optimizer {
         self.step(params, grads)?;
         Ok(true)
     }
+    /// [`Optimizer::step_if_finite`] without reading `found_inf`: the update is queued (skipped
+    /// on the device when the flag is set) and the returned [`PendingUpdate`] says later whether
+    /// it was applied. [`Sgd`] and [`Adam`] copy the flag to the host asynchronously and make no
+    /// host sync here; they keep the update unsettled and settle it ([`Optimizer::settle`])
+    /// before their next update, state load or state read, so a skipped update leaves the
+    /// parameters and the optimizer state as they were, as seen by every later call.
+    ///
+    /// The default, for optimizers without such a kernel, is the synchronous
+    /// [`Optimizer::step_if_finite`] with its result wrapped.
+    fn queue_if_finite(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &Gradients,
+        found_inf: &Tensor,
+    ) -> Result<PendingUpdate> {
+        let applied = self.step_if_finite(params, grads, found_inf)?;
+        Ok(PendingUpdate::resolved(applied, found_inf.device()))
+    }
+    /// Settles the last update of [`Optimizer::queue_if_finite`]: reads whether it was applied
+    /// (waiting for its flag only if it is not on the host yet) and, if it was skipped, undoes
+    /// its host-side state. Called by the optimizer itself before its next update; callers need
+    /// it only to have the host-side state settled at a point of their choosing. The default
+    /// has nothing to settle.
+    fn settle(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The learning rate.
     fn lr(&self) -> f64;
     /// Sets the learning rate (a schedule); a negative or non-finite one fails at the next step.
@@ -117,6 +161,80 @@ pub trait Optimizer {
     /// Restores state saved by [`Optimizer::state_dict`] for `params` (matched by name, values
     /// converted to each parameter's dtype); parameters without saved state start fresh.
     fn load_state_dict(&mut self, params: &[&Parameter], state: &[(String, Tensor)]) -> Result<()>;
+}
+
+/// An optimizer update queued by [`Optimizer::queue_if_finite`]: whether it was applied (its
+/// anomaly flag was clear), read when asked. Cheap to clone; clones share the read.
+#[derive(Clone, Debug)]
+pub struct PendingUpdate {
+    flag: PendingScalar,
+}
+
+impl PendingUpdate {
+    /// The update conditional on `found_inf` (one element): its asynchronous read starts now
+    /// ([`PendingScalar::start`]; no sync).
+    pub fn start(found_inf: &Tensor) -> Result<PendingUpdate> {
+        Ok(PendingUpdate {
+            flag: PendingScalar::start(found_inf)?,
+        })
+    }
+
+    /// An update whose outcome is known already (checked synchronously), on `device`.
+    pub fn resolved(applied: bool, device: &Device) -> PendingUpdate {
+        PendingUpdate {
+            flag: PendingScalar::ready(f64::from(u8::from(!applied)), device),
+        }
+    }
+
+    /// Whether the outcome is on the host ([`PendingUpdate::applied`] would not wait). Never
+    /// waits.
+    pub fn is_ready(&self) -> Result<bool> {
+        self.flag.is_ready()
+    }
+
+    /// Whether the update was applied (its flag clear), waiting for the flag if it is not on
+    /// the host yet: then one sync of its device is counted, otherwise none.
+    pub fn applied(&self) -> Result<bool> {
+        Ok(!self.flag.is_set()?)
+    }
+}
+
+/// An update of [`Optimizer::queue_if_finite`] not settled yet, with what undoes its host-side
+/// state should it turn out skipped.
+#[derive(Debug)]
+struct Unsettled<U> {
+    update: PendingUpdate,
+    undo: U,
+}
+
+/// The undo of `pending` if its update was skipped, read without changing anything (for state
+/// reads through `&self`; they wait for the flag if needed). A flag that cannot be read counts
+/// as applied here: the device failed, and the next update or settle reports the error.
+fn skipped_undo<U>(pending: &Option<Unsettled<U>>) -> Option<&U> {
+    let p = pending.as_ref()?;
+    matches!(p.update.applied(), Ok(false)).then_some(&p.undo)
+}
+
+/// Takes `pending` if its update was skipped (to undo it) or drops it if applied; leaves it in
+/// place on an error reading the flag.
+fn settle_pending<U>(pending: &mut Option<Unsettled<U>>) -> Result<Option<U>> {
+    let Some(p) = pending.as_ref() else {
+        return Ok(None);
+    };
+    let applied = p.update.applied()?;
+    Ok(pending.take().filter(|_| !applied).map(|p| p.undo))
+}
+
+/// Starts the read of `found_inf` for an update just queued with it. Should the read fail to
+/// start (a device error), the flag is read at once instead (one sync) so the outcome is known.
+fn start_read(found_inf: &Tensor) -> Result<PendingUpdate> {
+    match PendingUpdate::start(found_inf) {
+        Ok(u) => Ok(u),
+        Err(_) => {
+            let applied = !crate::ops::flag_is_set(found_inf)?;
+            Ok(PendingUpdate::resolved(applied, found_inf.device()))
+        }
+    }
 }
 
 /// Finds `<name>.<slot>` in `state` and converts it to a tensor like `p` (checked shape).
@@ -210,16 +328,6 @@ fn gradients_of<'g>(
         check_found_inf(op, flag, &devices)?;
     }
     Ok(out)
-}
-
-/// Whether an update queued with `found_inf` was applied: `found_inf` read once (after the
-/// update is queued), and `undo` called when it is set (the device skipped the update).
-fn applied_or_else(found_inf: &Tensor, undo: impl FnOnce()) -> Result<bool> {
-    let applied = !crate::ops::flag_is_set(found_inf)?;
-    if !applied {
-        undo();
-    }
-    Ok(applied)
 }
 
 /// The ids of the parameters that have a gradient (`gs`: one entry per parameter).

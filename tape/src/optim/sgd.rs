@@ -2,8 +2,9 @@
 //! following `torch.optim.SGD` step for step.
 
 use super::{
-    applied_or_else, by_device_and_dtype, check_non_negative, check_state, gradients_of,
-    ids_with_grad, states_mut, zeros_like, FusedUpdate, OptimKernels, Optimizer, SgdSlot,
+    by_device_and_dtype, check_non_negative, check_state, gradients_of, ids_with_grad,
+    settle_pending, skipped_undo, start_read, states_mut, zeros_like, FusedUpdate, OptimKernels,
+    Optimizer, PendingUpdate, SgdSlot, Unsettled,
 };
 use crate::backend::kernels;
 use crate::dtype::Elem;
@@ -50,6 +51,9 @@ impl Default for SgdConfig {
 pub struct Sgd {
     cfg: SgdConfig,
     buffers: FxHashMap<TensorId, Tensor>,
+    /// The last update of [`Optimizer::queue_if_finite`] until settled, with the momentum
+    /// buffers it created (dropped should it turn out skipped: they must start fresh).
+    pending: Option<Unsettled<Vec<TensorId>>>,
 }
 
 impl Sgd {
@@ -74,6 +78,7 @@ impl Sgd {
         Ok(Sgd {
             cfg,
             buffers: FxHashMap::default(),
+            pending: None,
         })
     }
 
@@ -215,6 +220,7 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, params: &mut [&mut Parameter], grads: &Gradients) -> Result<()> {
+        self.settle()?;
         self.update_all(params, grads, None).map(|_| ())
     }
 
@@ -224,9 +230,35 @@ impl Optimizer for Sgd {
         grads: &Gradients,
         found_inf: &Tensor,
     ) -> Result<bool> {
+        self.queue_if_finite(params, grads, found_inf)?;
+        // The synchronous check: one blocking read; settling then waits for nothing.
+        let applied = !crate::ops::flag_is_set(found_inf)?;
+        self.settle()?;
+        Ok(applied)
+    }
+
+    fn queue_if_finite(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &Gradients,
+        found_inf: &Tensor,
+    ) -> Result<PendingUpdate> {
+        self.settle()?;
         let created = self.update_all(params, grads, Some(found_inf))?;
-        // Should the device skip the update, buffers made for it must start fresh next time.
-        applied_or_else(found_inf, || self.forget(&created))
+        let update = start_read(found_inf)?;
+        self.pending = Some(Unsettled {
+            update: update.clone(),
+            undo: created,
+        });
+        Ok(update)
+    }
+
+    fn settle(&mut self) -> Result<()> {
+        // Should the device have skipped the update, buffers made for it must start fresh.
+        if let Some(created) = settle_pending(&mut self.pending)? {
+            self.forget(&created);
+        }
+        Ok(())
     }
 
     fn lr(&self) -> f64 {
@@ -238,8 +270,10 @@ impl Optimizer for Sgd {
     }
 
     fn state_dict(&self, params: &[&Parameter]) -> Vec<(String, Tensor)> {
+        let unmade = skipped_undo(&self.pending).map_or(&[][..], Vec::as_slice);
         params
             .iter()
+            .filter(|p| !unmade.contains(&p.tensor().id()))
             .filter_map(|p| {
                 let buf = self.buffers.get(&p.tensor().id())?;
                 Some((format!("{}.momentum_buffer", p.name()), buf.clone()))
@@ -248,6 +282,7 @@ impl Optimizer for Sgd {
     }
 
     fn load_state_dict(&mut self, params: &[&Parameter], state: &[(String, Tensor)]) -> Result<()> {
+        self.settle()?;
         let mut loaded = Vec::new();
         for p in params {
             if let Some(buf) = super::saved_slot(OP, p, "momentum_buffer", state)? {

@@ -2,7 +2,9 @@
 //! of tensors (the loss, every gradient, every parameter) is NaN or infinite, computed in one
 //! kernel call over all of them into a one-element flag that stays on the device: the flag an
 //! optimizer's [`crate::optim::Optimizer::step_if_finite`] reads on the device to skip its
-//! update, and that the host reads once, when it wants to know.
+//! update, and that the host reads when it wants to know: at once ([`flag_is_set`], one sync)
+//! or asynchronously ([`PendingScalar`]: copied to the host while the device runs on, read
+//! later with no wait when the copy is done).
 
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
@@ -13,6 +15,9 @@ mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 mod meta;
+mod pending;
+
+pub use pending::PendingScalar;
 
 kernel_trait! {
     /// Device kernels of the finiteness check (the inputs checked by the caller).
@@ -40,7 +45,8 @@ pub fn non_finite(xs: &[&Tensor]) -> Result<Tensor> {
     kernels(first.device())?.non_finite(xs)
 }
 
-/// Whether a flag of [`non_finite`] is set, read on the host (one sync). A meta device holds no
+/// Whether a flag of [`non_finite`] is set, read on the host now (one sync: the synchronous
+/// check; [`PendingScalar`] reads it without stopping the host). A meta device holds no
 /// values and nothing on it is ever non-finite: its flag reads as clear, without a read.
 pub fn flag_is_set(flag: &Tensor) -> Result<bool> {
     if flag.device().is_meta() {

@@ -247,7 +247,7 @@ fn nested(a: &Dense, b: &Dense, x: &Tensor, ckpt: bool) -> Result<Tensor> {
         })?;
         Ok(vec![la.forward(&h[0])?.relu()?])
     };
-    Ok(checkpoint(&[x.clone()], outer)?.remove(0))
+    Ok(checkpoint(std::slice::from_ref(x), outer)?.remove(0))
 }
 
 #[test]

@@ -84,6 +84,10 @@ fn compare<O: Optimizer>(
     let fused = FusedUpdate::new(&vars(&fused_layers), update)?;
     let x = input(BATCH, WIDTH, dtype, 3)?;
     for step in 1..=STEPS {
+        // A learning-rate schedule: both optimizers scaled alike each step.
+        let lr = fused.learning_rate() * 0.5;
+        opt.set_learning_rate(lr);
+        fused.set_learning_rate(lr);
         let g = loss(&run_plan(&naive, &Plan::keep_all(BLOCKS), &x)?)?.backward()?;
         opt.step(&g)?;
         let s = fused.begin()?;
@@ -125,6 +129,7 @@ fn fused_adamw_matches_candle_adamw_f32_and_f64() -> Result<()> {
 struct MomentumReference {
     vars: Vec<Var>,
     buffers: Vec<Option<Tensor>>,
+    lr: f64,
 }
 
 impl Optimizer for MomentumReference {
@@ -132,7 +137,11 @@ impl Optimizer for MomentumReference {
 
     fn new(vars: Vec<Var>, _: ()) -> candle_core::Result<Self> {
         let buffers = vec![None; vars.len()];
-        Ok(MomentumReference { vars, buffers })
+        Ok(MomentumReference {
+            vars,
+            buffers,
+            lr: 0.05,
+        })
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
@@ -143,17 +152,19 @@ impl Optimizer for MomentumReference {
                 Some(b) => ((b * 0.9)? + g)?,
                 None => g,
             };
-            v.set(&v.sub(&(&b * 0.05)?)?)?;
+            v.set(&v.sub(&(&b * self.lr)?)?)?;
             *buf = Some(b);
         }
         Ok(())
     }
 
     fn learning_rate(&self) -> f64 {
-        0.05
+        self.lr
     }
 
-    fn set_learning_rate(&mut self, _: f64) {}
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
 }
 
 #[test]
@@ -338,6 +349,14 @@ impl ParamUpdate for Recording {
         let inside = candle_checkpoint::is_recomputing();
         self.log.lock().expect("log").push((var.id(), inside));
         self.sgd.update(var, grad)
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.sgd.learning_rate()
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.sgd.set_learning_rate(lr);
     }
 }
 

@@ -203,6 +203,16 @@ impl FusedUpdate {
         })
     }
 
+    /// The optimizer's learning rate.
+    pub fn learning_rate(&self) -> f64 {
+        lock(&self.state).update.learning_rate()
+    }
+
+    /// Sets the optimizer's learning rate (a schedule calls it between steps).
+    pub fn set_learning_rate(&self, lr: f64) {
+        lock(&self.state).update.set_learning_rate(lr);
+    }
+
     /// Begins a step on this thread: call it before the step's forward. Fails with
     /// [`FusedError::StepActive`] while another step is active on this thread.
     pub fn begin(&self) -> Result<FusedStep<'_>> {

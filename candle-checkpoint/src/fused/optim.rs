@@ -18,6 +18,12 @@ pub trait ParamUpdate: Send {
 
     /// Updates `var` from `grad`, its gradient for this step (all contributions summed).
     fn update(&mut self, var: &Var, grad: Tensor) -> Result<()>;
+
+    /// The learning rate.
+    fn learning_rate(&self) -> f64;
+
+    /// Sets the learning rate (for the next updates).
+    fn set_learning_rate(&mut self, lr: f64);
 }
 
 /// Stochastic gradient descent with optional momentum and weight decay, PyTorch's formulation
@@ -84,6 +90,14 @@ impl ParamUpdate for Sgd {
     fn update(&mut self, var: &Var, grad: Tensor) -> Result<()> {
         let g = self.direction(var, grad)?;
         var.set(&var.sub(&(g * self.lr)?)?)
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
     }
 }
 
@@ -156,5 +170,13 @@ impl ParamUpdate for AdamW {
         m.set(&next_m)?;
         v.set(&next_v)?;
         theta.set(&next_theta)
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.params.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.params.lr = lr;
     }
 }

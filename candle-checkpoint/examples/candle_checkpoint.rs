@@ -4,13 +4,18 @@
 //! counting global allocator) and median step time (wall, and the process's CPU time, which
 //! other programs' load on a shared machine disturbs less), side by side. Modes: `naive` (no
 //! checkpoint), `per_block` (every block but the last checkpointed), `sqrt` (about sqrt(n)
-//! equal segments) and `planner` (the planner's cheapest plan at a budget halfway between the
-//! naive and per-block predicted peaks).
+//! equal segments), `planner` (the planner's cheapest plan at a budget halfway between the
+//! naive and per-block predicted peaks) and `per_block+fused` (per block, with the SGD step
+//! fused into backward by [`candle_checkpoint::fused`]: each checkpointed block's parameters
+//! are updated inside its recompute and their gradients dropped there). `above grads` is the
+//! peak less the parameters' gradients (the activation-only view), for the modes that hold
+//! every gradient.
 //!
 //! `cargo run --release -p candle-checkpoint --example candle_checkpoint [-- --json --iters 3
 //! --model mlp|transformer|all --blocks 16 --batch 512 --width 1024]`
 
-use candle_checkpoint::budget::profile_chain;
+use candle_checkpoint::budget::{profile_chain, tensor_bytes};
+use candle_checkpoint::fused::{FusedUpdate, Sgd};
 use candle_checkpoint::planner::{HeldChain, Plan};
 use candle_checkpoint::{backward, run_plan, CountingAlloc, Stage};
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
@@ -207,25 +212,50 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// One training step (forward under `plan`, mean-square loss to `target`, backward, SGD);
-/// returns its peak above the bytes alive as it began, its wall time and its CPU time.
+/// How a step applies SGD: candle-nn's after backward, or fused into backward.
+enum Update<'a> {
+    Store(&'a mut SGD),
+    Fused(&'a FusedUpdate),
+}
+
+/// Forward under `plan`, mean-square loss to `target`, backward and the SGD step.
+fn run_step(
+    stages: &[Stage],
+    plan: &Plan,
+    (x, target): (&Tensor, &Tensor),
+    update: &mut Update,
+) -> candle_checkpoint::Result<()> {
+    match update {
+        Update::Store(opt) => {
+            let y = run_plan(stages, plan, x)?;
+            let loss = (y - target)?.sqr()?.mean_all()?;
+            let grads = backward(&loss)?;
+            drop(loss);
+            opt.step(&grads)?;
+        }
+        Update::Fused(fused) => {
+            let step = fused.begin()?;
+            let y = run_plan(stages, plan, x)?;
+            let loss = (y - target)?.sqr()?.mean_all()?;
+            drop(step.backward(&loss)?);
+        }
+    }
+    Ok(())
+}
+
+/// One training step ([`run_step`]); returns its peak above the bytes alive as it began, its
+/// wall time and its CPU time.
 fn train_step(
     stages: &[Stage],
     plan: &Plan,
-    x: &Tensor,
-    target: &Tensor,
-    opt: &mut SGD,
+    data: (&Tensor, &Tensor),
+    update: &mut Update,
 ) -> candle_checkpoint::Result<(u64, f64, f64)> {
     let base = ALLOC.live();
     ALLOC.reset_peak();
     let cpu = cpu_seconds();
     let start = Instant::now();
-    let y = run_plan(stages, plan, x)?;
-    let loss = (y - target)?.sqr()?.mean_all()?;
-    let grads = backward(&loss)?;
-    drop(loss);
-    opt.step(&grads)?;
-    drop(grads);
+    run_step(stages, plan, data, update)?;
     let wall = start.elapsed().as_secs_f64();
     let cpu = match (cpu, cpu_seconds()) {
         (Some(a), Some(b)) => b - a,
@@ -245,6 +275,8 @@ struct Row {
     median_s: f64,
     /// Median CPU seconds per step (NaN where unreadable).
     median_cpu_s: f64,
+    /// Whether the SGD step was fused into backward.
+    fused: bool,
 }
 
 /// Runs each plan of `modes` in turn: a warm-up step, then `iters` timed steps; one row per
@@ -252,28 +284,31 @@ struct Row {
 /// steps then took twice the time they take in a row, not understood; the modes run in turn.)
 fn measure(
     model: &'static str,
-    modes: &[(&'static str, &Plan)],
+    modes: &[(&'static str, &Plan, bool)],
     stages: &[Stage],
     chain: &HeldChain,
     data: (&Tensor, &Tensor),
-    opt: &mut SGD,
+    (opt, fused): (&mut SGD, &FusedUpdate),
     iters: usize,
 ) -> candle_checkpoint::Result<Vec<Row>> {
-    let (x, target) = data;
     let mut peaks = vec![0u64; modes.len()];
     let mut times = vec![Vec::with_capacity(iters); modes.len()];
     let mut cpu = vec![Vec::with_capacity(iters); modes.len()];
-    for (i, (_, plan)) in modes.iter().enumerate() {
-        train_step(stages, plan, x, target, opt)?;
+    for (i, (_, plan, is_fused)) in modes.iter().enumerate() {
+        let mut update = match is_fused {
+            true => Update::Fused(fused),
+            false => Update::Store(&mut *opt),
+        };
+        train_step(stages, plan, data, &mut update)?;
         for _ in 0..iters {
-            let (p, t, c) = train_step(stages, plan, x, target, opt)?;
+            let (p, t, c) = train_step(stages, plan, data, &mut update)?;
             peaks[i] = peaks[i].max(p);
             times[i].push(t);
             cpu[i].push(c);
         }
     }
     let mut rows = Vec::with_capacity(modes.len());
-    for (i, (mode, plan)) in modes.iter().enumerate() {
+    for (i, (mode, plan, is_fused)) in modes.iter().enumerate() {
         times[i].sort_by(f64::total_cmp);
         cpu[i].sort_by(f64::total_cmp);
         // The model predicts absolute bytes; the rows report bytes above the step's start.
@@ -287,6 +322,7 @@ fn measure(
             peak_bytes: peaks[i],
             median_s: times[i][times[i].len() / 2],
             median_cpu_s: cpu[i][cpu[i].len() / 2],
+            fused: *is_fused,
         });
     }
     Ok(rows)
@@ -302,9 +338,12 @@ fn run_model(
     a: &Args,
 ) -> candle_checkpoint::Result<()> {
     let n = stages.len();
+    let grad_bytes: u64 = vars.iter().map(|v| tensor_bytes(v)).sum();
+    let fused = FusedUpdate::new(&vars, Sgd::new(1e-4))?;
     let mut opt = SGD::new(vars, 1e-4)?;
     // A warm-up step first, so that the profile sees the allocator caches of a running step.
-    train_step(stages, &Plan::keep_all(n), x, target, &mut opt)?;
+    let mut update = Update::Store(&mut opt);
+    train_step(stages, &Plan::keep_all(n), (x, target), &mut update)?;
     let mut chain = profile_chain(stages, x, |y| (y - target)?.sqr()?.mean_all(), &ALLOC)?;
     for s in &mut chain.stages {
         s.cost = 1.0; // identical blocks: cost counts recomputed blocks
@@ -320,10 +359,11 @@ fn run_model(
         .filter(|p| chain.predict(p).is_ok_and(|b| b <= budget))
         .min_by_key(Plan::recomputed_layers);
     let modes = [
-        ("naive", &naive),
-        ("per_block", &per_block),
-        ("sqrt", &sqrt),
-        ("planner", &planned),
+        ("naive", &naive, false),
+        ("per_block", &per_block, false),
+        ("sqrt", &sqrt, false),
+        ("planner", &planned, false),
+        ("per_block+fused", &per_block, true),
     ];
     let rows = measure(
         model,
@@ -331,20 +371,23 @@ fn run_model(
         stages,
         &chain,
         (x, target),
-        &mut opt,
+        (&mut opt, &fused),
         a.iters,
     )?;
     let budget_rel = budget.saturating_sub(chain.base_bytes);
     if a.json {
         for r in &rows {
             println!(
-                "{{\"model\":\"{}\",\"mode\":\"{}\",\"peak_bytes\":{},\"median_s\":{:.4},\"median_cpu_s\":{:.2},\"predicted_bytes\":{},\"recomputed_blocks\":{},\"budget_bytes\":{},\"plan\":\"{}\"}}",
+                "{{\"model\":\"{}\",\"mode\":\"{}\",\"peak_bytes\":{},\"median_s\":{:.4},\"median_cpu_s\":{:.2},\"fused\":{},\"grad_bytes\":{},\"above_grads_bytes\":{},\"predicted_bytes\":{},\"recomputed_blocks\":{},\"budget_bytes\":{},\"plan\":\"{}\"}}",
                 r.model,
                 r.mode,
                 r.peak_bytes,
                 r.median_s,
                 r.median_cpu_s,
-                r.predicted_bytes,
+                r.fused,
+                grad_bytes,
+                above_grads(r, grad_bytes).map_or("null".into(), |b| b.to_string()),
+                if r.fused { "null".into() } else { r.predicted_bytes.to_string() },
                 r.recomputed_blocks,
                 if r.mode == "planner" { budget_rel.to_string() } else { "null".into() },
                 r.plan
@@ -352,36 +395,7 @@ fn run_model(
         }
         return Ok(());
     }
-    println!("== {model}: {n} blocks (step peak above the bytes alive as the step began)");
-    let (p0, t0) = (rows[0].peak_bytes as f64, rows[0].median_s);
-    println!(
-        "{:<10} {:>10} {:>10} {:>7} {:>9} {:>6} {:>8} {:>6} {:>10}  plan",
-        "mode",
-        "peak MB",
-        "predicted",
-        "peak x",
-        "median s",
-        "time x",
-        "cpu s",
-        "cpu x",
-        "recomputed"
-    );
-    let c0 = rows[0].median_cpu_s;
-    for r in &rows {
-        println!(
-            "{:<10} {:>10.1} {:>10.1} {:>7.3} {:>9.3} {:>6.3} {:>8.2} {:>6.3} {:>10}  {}",
-            r.mode,
-            r.peak_bytes as f64 / 1e6,
-            r.predicted_bytes as f64 / 1e6,
-            r.peak_bytes as f64 / p0,
-            r.median_s,
-            r.median_s / t0,
-            r.median_cpu_s,
-            r.median_cpu_s / c0,
-            r.recomputed_blocks,
-            r.plan
-        );
-    }
+    print_table(&format!("{model}: {n} blocks"), &rows, grad_bytes);
     let planner = &rows[3];
     println!(
         "planner budget {:.1} MB: measured {:.1} MB ({}); cheapest equal-segment schedule that fits: {}",
@@ -394,6 +408,57 @@ fn run_model(
         }
     );
     Ok(())
+}
+
+/// A row's peak less the parameters' gradients (`None` for a fused row, which never holds
+/// them all).
+fn above_grads(r: &Row, grad_bytes: u64) -> Option<u64> {
+    (!r.fused).then(|| r.peak_bytes.saturating_sub(grad_bytes))
+}
+
+/// Prints the rows under `title` as a table, ratios against the first (naive) row.
+fn print_table(title: &str, rows: &[Row], grad_bytes: u64) {
+    println!(
+        "== {title} (step peak above the bytes alive as the step began; parameters' gradients {:.1} MB)",
+        grad_bytes as f64 / 1e6
+    );
+    let (p0, t0) = (rows[0].peak_bytes as f64, rows[0].median_s);
+    let a0 = above_grads(&rows[0], grad_bytes).unwrap_or(0) as f64;
+    let mb = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6));
+    let ratio = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.3}", b as f64 / a0));
+    println!(
+        "{:<16} {:>9} {:>10} {:>7} {:>11} {:>7} {:>9} {:>6} {:>8} {:>6} {:>10}  plan",
+        "mode",
+        "peak MB",
+        "predicted",
+        "peak x",
+        "above grads",
+        "x",
+        "median s",
+        "time x",
+        "cpu s",
+        "cpu x",
+        "recomputed"
+    );
+    let c0 = rows[0].median_cpu_s;
+    for r in rows {
+        let above = above_grads(r, grad_bytes);
+        println!(
+            "{:<16} {:>9.1} {:>10} {:>7.3} {:>11} {:>7} {:>9.3} {:>6.3} {:>8.2} {:>6.3} {:>10}  {}",
+            r.mode,
+            r.peak_bytes as f64 / 1e6,
+            mb((!r.fused).then_some(r.predicted_bytes)),
+            r.peak_bytes as f64 / p0,
+            mb(above),
+            ratio(above),
+            r.median_s,
+            r.median_s / t0,
+            r.median_cpu_s,
+            r.median_cpu_s / c0,
+            r.recomputed_blocks,
+            r.plan
+        );
+    }
 }
 
 fn main() -> std::process::ExitCode {

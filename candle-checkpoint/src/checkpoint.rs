@@ -8,6 +8,7 @@
 //! [`Segment`].
 
 use crate::error::{Error, Result};
+use crate::fused;
 use crate::link::Link;
 use crate::pack::{pack, unpack};
 use crate::restore::Restore;
@@ -61,6 +62,9 @@ pub fn checkpoint_arc(inputs: &[Tensor], f: Arc<SegmentFn>) -> Result<Vec<Tensor
         ));
     }
     let captured = outputs.iter().any(Tensor::track_op);
+    if captured {
+        fused::count_uses(&outputs);
+    }
     // Detached copies, and the first pass's graph (if it captured variables) dropped now.
     let outputs: Vec<Tensor> = {
         let tracked_outputs = outputs;

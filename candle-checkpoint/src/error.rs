@@ -14,6 +14,32 @@ pub enum Error {
     /// type, whose `op` names the adapter's entry point that was called.
     #[error(transparent)]
     InvalidArgument(recompute_planner::Error),
+    /// A [fused step](crate::fused) was misused or a parameter's gradients did not add up.
+    #[error(transparent)]
+    Fused(#[from] FusedError),
+}
+
+/// What can go wrong in a [fused step](crate::fused).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FusedError {
+    /// [`crate::fused::FusedUpdate::begin`] was called while a step was active on this thread.
+    #[error("fused update: a step is already active on this thread")]
+    StepActive,
+    /// A parameter received more gradients than the uses counted in the step's forward (a
+    /// segment whose forward ran before the step began): with them it may already have been
+    /// updated from part of its gradient.
+    #[error(
+        "fused update: parameter {param:?} received gradient {arrived} of {uses} counted uses; \
+         begin the step before its forward"
+    )]
+    UncountedUse {
+        /// The parameter's tensor id.
+        param: candle_core::TensorId,
+        /// Uses counted in the step's forward.
+        uses: usize,
+        /// Gradients received, this one included.
+        arrived: usize,
+    },
 }
 
 impl Error {

@@ -13,6 +13,10 @@
 //!   candle-nn's own `BatchNorm` updates its statistics a second time when recomputed, and its
 //!   dropout cannot replay (candle's CPU device cannot be reseeded): use the adapter's inside
 //!   checkpointed segments.
+//! - [`fused`]: the optimizer step fused into backward. A [`fused::FusedUpdate`] updates each
+//!   parameter a checkpointed segment captures inside the segment's recompute ([`fused::Sgd`],
+//!   [`fused::AdamW`] or any [`fused::ParamUpdate`]) and drops its gradient there, so the step
+//!   no longer holds every parameter's gradient to the end of backward.
 //! - [`CountingAlloc`] counts the bytes a program holds (registered as the global allocator of a
 //!   test or example), for the budget mode's profiles and peak measurements.
 
@@ -20,6 +24,7 @@ pub mod alloc;
 pub mod budget;
 mod checkpoint;
 mod error;
+pub mod fused;
 mod grads;
 mod inject;
 mod link;
@@ -34,7 +39,7 @@ mod storage;
 
 pub use alloc::CountingAlloc;
 pub use checkpoint::{checkpoint, checkpoint_arc};
-pub use error::{Error, Result};
+pub use error::{Error, FusedError, Result};
 pub use grads::{backward, take_captured};
 pub use phase::is_recomputing;
 pub use recompute_planner as planner;

@@ -8,6 +8,7 @@
 //! [`crate::backward`].
 
 use crate::error::{Error, Result};
+use crate::fused;
 use crate::grads;
 use crate::inject::Inject;
 use crate::pack::pack;
@@ -93,6 +94,7 @@ impl Segment {
                 None
             });
         }
+        fused::consume(&mut store)?;
         grads::stash(&store)?;
         *self.grads.lock().map_err(poisoned)? = mine;
         Ok(())

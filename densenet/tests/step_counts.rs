@@ -339,3 +339,53 @@ fn calls_and_allocations_per_dense_layer_do_not_grow_with_its_inputs() {
         }
     }
 }
+
+/// DenseNet-BC-100 (k = 12) on 32x32 images, batch 64, one steady-state training step as the
+/// benchmark makes it (queued anomaly check), on a meta device (the CPU counts the same): its
+/// kernel launches, buffer allocations and host syncs, exactly. What each count left behind
+/// (per BC-100 step, before -> now): the naive layer's concatenation gradient added into the
+/// block's gradient in place (no packed copy, no add: -51 launches, -51 allocations), the layer
+/// mode's output stand-in (no read-back: -48, -48), conv2 writing into the block storage
+/// (-48, -48 in every mode), batch norm statistics in one buffer (-99 allocations), the anomaly
+/// flag read without waiting (syncs 1 -> 0). The targets: naive <= 570 launches and
+/// <= 965 allocations, layer <= 620 and <= 1,010, no sync.
+#[test]
+fn bc100_steady_state_step_counts() {
+    let dev = Device::meta();
+    let expected = [
+        (Recompute::Naive, (517, 815)),
+        (Recompute::Selective(Selective::Bottleneck), (514, 812)),
+        (Recompute::Selective(Selective::Layer), (618, 916)),
+    ];
+    for (mode, (launches, allocs)) in expected {
+        let mut model = DenseNet::new(DenseNetConfig::densenet_bc_100_k12(), DType::F32, &dev, 1)
+            .unwrap()
+            .with_recompute(mode)
+            .unwrap();
+        let x = Tensor::randn(&[64, 3, 32, 32], DType::F32, &dev, 5).unwrap();
+        let labels: Vec<usize> = (0..64).map(|i| i % 10).collect();
+        let mut opt = Sgd::new(seed_sgd_config()).unwrap();
+        let mut guard = AnomalyGuard::new();
+        let counts: Vec<Counters> = (0..3)
+            .map(|step| {
+                let options = StepOptions::new(step, step);
+                dev.count(|| {
+                    train_step_queued(&mut model, &mut opt, &mut guard, &x, &labels, options)
+                        .unwrap()
+                })
+                .1
+            })
+            .collect();
+        let c = counts[2];
+        assert_eq!(
+            (c.launches, c.allocs, c.syncs),
+            (launches, allocs, 0),
+            "{mode}"
+        );
+        assert_eq!(
+            (counts[1].launches, counts[1].allocs),
+            (launches, allocs),
+            "{mode}"
+        );
+    }
+}

@@ -32,6 +32,9 @@ fn void<T>(v: &T) -> *const c_void {
 }
 
 impl BatchNormKernels for CudaKernels {
+    /// A recompute's kept statistics (`a.given`) are not used yet: cuDNN's training forward
+    /// computes them again (its output is the first pass's, bit for bit); normalising from them
+    /// in one element-wise kernel waits for a GPU to check it against cuDNN's output.
     fn batch_norm_forward(&self, a: &BnForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
         // cuDNN reads and writes the running statistics in the data's type.
         a.running.check_cuda_dtype(

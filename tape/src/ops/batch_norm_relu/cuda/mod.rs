@@ -315,6 +315,7 @@ fn void<T>(v: &T) -> *const c_void {
 }
 
 impl BatchNormReluKernels for CudaKernels {
+    /// As batch norm's, a recompute's kept statistics (`a.given`) are not used yet on CUDA.
     fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
         let [n, _, h, w] = a.parts[0].dims4(OP)?;
         let dtype = a.parts[0].dtype();

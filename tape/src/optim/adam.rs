@@ -238,11 +238,7 @@ impl Optimizer for Adam {
         grads: &Gradients,
         found_inf: &Tensor,
     ) -> Result<bool> {
-        self.queue_if_finite(params, grads, found_inf)?;
-        // The synchronous check: one blocking read; settling then waits for nothing.
-        let applied = !crate::ops::flag_is_set(found_inf)?;
-        self.settle()?;
-        Ok(applied)
+        super::checked_after_queueing(self, params, grads, found_inf)
     }
 
     fn queue_if_finite(

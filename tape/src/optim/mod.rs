@@ -340,6 +340,21 @@ fn ids_with_grad(params: &[&mut Parameter], gs: &[Option<&Tensor>]) -> Vec<Tenso
         .collect()
 }
 
+/// [`Optimizer::step_if_finite`] of an optimizer whose [`Optimizer::queue_if_finite`] queues
+/// the update: queued, `found_inf` read once (the synchronous check: one blocking read), then
+/// settled (which waits for nothing by then).
+fn checked_after_queueing(
+    opt: &mut dyn Optimizer,
+    params: &mut [&mut Parameter],
+    grads: &Gradients,
+    found_inf: &Tensor,
+) -> Result<bool> {
+    opt.queue_if_finite(params, grads, found_inf)?;
+    let applied = !crate::ops::flag_is_set(found_inf)?;
+    opt.settle()?;
+    Ok(applied)
+}
+
 /// Fails unless `found_inf` has one element and lives on every one of `devices`.
 fn check_found_inf(op: &'static str, found_inf: &Tensor, devices: &[&Device]) -> Result<()> {
     if found_inf.numel() != 1 {

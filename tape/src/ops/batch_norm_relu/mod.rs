@@ -183,8 +183,7 @@ pub fn batch_norm_relu_prefix(
     let _profile = tape.profile_op(OP);
     let [n, width, h, w] = storage.dims();
     let input = Input::Prefix(storage.clone());
-    let record =
-        tape.is_recording() && (storage.requires_grad() || tape.needs_grad(&[weight, bias]));
+    let record = records(tape, storage, [weight, bias]);
     storage.with_prefix(channels, |features| {
         let shape = (n, vec![channels], vec![width], h, w);
         let affine = (weight, bias, running, opts);
@@ -209,8 +208,7 @@ pub fn batch_norm_relu_gathered(
     let _profile = tape.profile_op(OP);
     let [n, _, h, w] = storage.dims();
     let copy = storage.read(0, channels)?;
-    let record =
-        tape.is_recording() && (storage.requires_grad() || tape.needs_grad(&[weight, bias]));
+    let record = records(tape, storage, [weight, bias]);
     let grad = match storage.requires_grad() {
         true => Some(storage.grad_handle()?),
         false => None,
@@ -219,6 +217,11 @@ pub fn batch_norm_relu_gathered(
     let shape = (n, vec![channels], vec![channels], h, w);
     let affine = (weight, bias, running, opts);
     fused(tape, &[&copy], shape, input, record, affine)
+}
+
+/// Whether an op over `storage`'s channels with these parameters records its backward.
+fn records(tape: &Tape, storage: &BlockStorage, params: [&Tensor; 2]) -> bool {
+    tape.is_recording() && (storage.requires_grad() || tape.needs_grad(&params))
 }
 
 /// The shapes of a fused op's input: `(n, channels, widths, h, w)`.

@@ -24,18 +24,20 @@
 //!   recompute normalises with them (no second statistics pass, nothing new allocated).
 //! - During a layer's backward, beside the block's gradient buffer (`C`, made by the head's or the
 //!   next transition's backward, added into in place by every consumer) and the parameter gradients
-//!   of every later unit, it holds step by step (its kept bytes included): conv2's backward (the
-//!   output's gradient, `k`, conv2's input gradient, `b`, its weight gradient and workspace), batch
-//!   norm 2's (`2b`), then, once what only they needed is freed, conv1's and batch norm 1's (naive
-//!   `c - 2b` net, its input gradient added into the block's in place; Bottleneck `2c` with the
-//!   recomputed activation); Layer also holds the recomputed activations (`k + c + 3b` at conv2's
-//!   backward, `k + c + 4b`, `k + 2c + b`), and with dropout its recompute runs conv2's forward again and its
-//!   conv2 step holds dropout's gradient (`k`). The head holds the pooled features, their gradient
-//!   and their recomputed copy, `3C` of the last block (activation, its gradient, the block's
-//!   gradient buffer) and norm5's statistics; a transition its seed and recomputed output (`2c'` of
-//!   the next block), then `3C` of its block or `2C + c'` with its convolution's workspace; the
-//!   stem block 1's gradient buffer with its input's gradient copied out of it, the ImageNet stem's
-//!   max pool and batch norm gradients, and conv0's weight gradient with its workspace.
+//!   of every later unit, it holds step by step (its kept bytes included): conv2's backward
+//!   (conv2's input gradient, `b`, its weight gradient and workspace; it reads the output's
+//!   gradient from the block's gradient buffer in place, but with dropout, which gives that
+//!   gradient a buffer of its own, `k`), batch norm 2's (`2b`), then, once what only they needed is
+//!   freed, conv1's and batch norm 1's (naive `c - 2b` net, its input gradient added into the
+//!   block's in place; Bottleneck `2c` with the recomputed activation); Layer also holds the
+//!   recomputed activations (`c + 3b` at conv2's backward, `c + 4b`, `2c + b`; with dropout `k`
+//!   more), and with dropout its recompute runs conv2's forward again and its conv2 step holds
+//!   dropout's gradient (`k`). The head holds the pooled features, their gradient and their
+//!   recomputed copy, `3C` of the last block (activation, its gradient, the block's gradient
+//!   buffer) and norm5's statistics; a transition its seed and recomputed output (`2c'` of the next
+//!   block), then `3C` of its block or `2C + c'` with its convolution's workspace; the stem block
+//!   1's gradient buffer with its input's gradient copied out of it, the ImageNet stem's max pool
+//!   and batch norm gradients, and conv0's weight gradient with its workspace.
 //!
 //! Backward meets the layers in reverse, each after every later one has freed what it kept, so
 //! `peak = fixed + max over the stem, layers, transitions and head of (bytes kept by it and
@@ -287,8 +289,9 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
     let (k, b, e) = (s.k, s.b, s.elem);
     let st = i128::from(kern.stats());
     let drop = if config.drop_rate > 0.0 { k } else { 0 };
-    // conv2's output has a buffer of its own only when dropout follows it; otherwise conv2
-    // writes it straight into the block's storage.
+    // conv2's output and its gradient have buffers of their own only when dropout follows it;
+    // otherwise conv2 writes the output straight into the block's storage and its backward reads
+    // the gradient from the block's gradient buffer.
     let out2 = drop;
     // Parameter gradients alive as a layer's backward starts: everything after it.
     let mut after = head_param_bytes(s, config.num_classes as u64);
@@ -326,7 +329,7 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                     // by step (see the module docs): conv2's (the output's gradient, the
                     // input's, the weight's and the kernels' workspace), batch norm 2's, then
                     // conv1's and batch norm 1's after what only they needed is freed.
-                    let conv2 = u(k + b) + p2 + w2b;
+                    let conv2 = u(out2 + b) + p2 + w2b;
                     let norm2 = u(2 * b) + p2 + n2;
                     let (d, p21) = (u(drop), p2 + n2 + p1);
                     let recompute_conv2 = if drop > 0 {
@@ -343,11 +346,11 @@ fn layer_costs_of(config: &DenseNetConfig, s: &Shape, kern: &Kernels) -> Vec<Vec
                         ]),
                         top(&[conv2, norm2, u(2 * c) - sb + p21 + w1b]),
                         top(&[
-                            u(k + c + b) + w1f,
+                            u(out2 + c + b) + w1f,
                             recompute_conv2,
-                            u(k + c + 3 * b) + d + p2 + w2b,
-                            u(k + c + 4 * b) + p2 + n2,
-                            u(k + 2 * c + b) - sb + p21 + w1b,
+                            u(out2 + c + 3 * b) + d + p2 + w2b,
+                            u(out2 + c + 4 * b) + p2 + n2,
+                            u(out2 + 2 * c + b) - sb + p21 + w1b,
                         ]),
                     ];
                     let backward = own.map(|x| c_block * unit + params[l as usize] + x);

@@ -71,17 +71,17 @@ impl DenseLayer {
         self.dropout.p() == 0.0
     }
 
-    /// Batch norm 2 + ReLU, conv2 and dropout: the layer's output, written into `features` by
-    /// conv2 (a stand-in returned) when no dropout follows it.
+    /// Batch norm 2 + ReLU, conv2 and dropout: the layer's output, written into channels
+    /// `c0 ..` of `features` by conv2 (a stand-in returned) when no dropout follows it.
     fn rest(
         &self,
         tape: &mut Tape,
         bottleneck: &Tensor,
-        features: &BlockStorage,
+        (features, c0): (&BlockStorage, usize),
     ) -> Result<Tensor> {
         let h = self.norm2.forward_relu_fused(tape, bottleneck)?;
         if self.writes_into_storage() {
-            return self.conv2.forward_into_storage(tape, &h, features);
+            return self.conv2.forward_into_storage(tape, &h, features, c0);
         }
         let h = self.conv2.forward(tape, &h)?;
         self.dropout.forward(tape, &h)
@@ -91,8 +91,9 @@ impl DenseLayer {
     /// block's storage. Batch norm and ReLU run as one fused op (it keeps its input and its
     /// output, as separate ops with an in-place ReLU would). The naive mode runs it on a copy of
     /// the channels that backward keeps (the concatenation); the others read them in place.
-    /// Without dropout conv2 writes its output straight into the storage (no output buffer, no
-    /// copy). A recomputed layer's recompute does not run its last op's forward again, and keeps
+    /// Without dropout conv2 writes its output straight into the storage and its backward reads
+    /// the output's gradient from the storage's gradient (no output buffer, no copy either way).
+    /// A recomputed layer's recompute does not run its last op's forward again, and keeps
     /// no copy of its output: that op's backward reads nothing of it ([`KnownOutput::StandIn`]).
     pub fn forward<'a>(
         &'a self,
@@ -105,11 +106,11 @@ impl DenseLayer {
         let y = match mode {
             DenseLayerMode::Keep => {
                 let b = self.bottleneck(tape, &storage, c, false)?;
-                self.rest(tape, &b, &storage)?
+                self.rest(tape, &b, (&storage, c))?
             }
             DenseLayerMode::RecomputeBottleneck => {
                 let b = checkpoint(tape, &[], move |t, _| self.bottleneck(t, &storage, c, true))?;
-                self.rest(tape, &b, features)?
+                self.rest(tape, &b, (features, c))?
             }
             DenseLayerMode::RecomputeLayer => {
                 let options = CheckpointOptions {
@@ -118,16 +119,20 @@ impl DenseLayer {
                 };
                 checkpoint_with(tape, &[], options, move |t, _| {
                     let b = self.bottleneck(t, &storage, c, true)?;
-                    self.rest(t, &b, &storage)
+                    self.rest(t, &b, (&storage, c))
                 })?
             }
         };
-        if self.writes_into_storage() {
-            features.record_appended(tape, &y, c);
-            Ok(())
-        } else {
-            features.append(tape, &y).map(|_| ())
+        match (self.writes_into_storage(), mode) {
+            // conv2's backward reads its output's gradient from the storage's gradient; a
+            // recomputed layer's segment still needs a (stand-in) gradient to run.
+            (true, DenseLayerMode::RecomputeLayer) => features.record_written(tape, &y),
+            (true, _) => {}
+            (false, _) => {
+                features.append(tape, &y)?;
+            }
         }
+        Ok(())
     }
 }
 

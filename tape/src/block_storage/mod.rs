@@ -160,8 +160,8 @@ impl BlockStorage {
 
     /// Has `write(buffer, c0)` fill the next `k` channels of the buffer, `[n, k, h, w]` =
     /// `dims` (checked against the storage; `like` gives the dtype and device), and returns the
-    /// first of them: for a kernel that writes its output straight into the storage. Record the
-    /// channels' backward with [`BlockStorage::record_appended`].
+    /// first of them: for a kernel that writes its output straight into the storage (its backward
+    /// reads the channels' gradient itself).
     pub(crate) fn write_next(
         &self,
         [xn, k, xh, xw]: [usize; 4],
@@ -186,10 +186,9 @@ impl BlockStorage {
         Ok(c0)
     }
 
-    /// Records, when `x` wants a gradient, that `x` lies in channels `c0 ..` of the storage
-    /// (appended, or written there by the op that made it): backward reads its gradient from
-    /// those channels of the storage's gradient.
-    pub fn record_appended(&self, tape: &mut Tape, x: &Tensor, c0: usize) {
+    /// Records, when `x` wants a gradient, that `x` was appended to channels `c0 ..`: backward
+    /// reads its gradient from those channels of the storage's gradient.
+    fn record_appended(&self, tape: &mut Tape, x: &Tensor, c0: usize) {
         if !tape.needs_grad(&[x]) {
             return;
         }
@@ -255,6 +254,34 @@ impl BlockStorage {
         f(&st.buffer)
     }
 
+    /// Records, when `x` wants a gradient, that `x` stands for channels an op wrote into the
+    /// storage and whose backward reads their gradient from the storage's in place
+    /// ([`crate::ops::conv2d_into_storage`]), as a checkpointed segment's output: backward gives
+    /// `x` a stand-in gradient (no bytes), so that the segment's recompute, and with it that
+    /// op's backward, runs.
+    pub fn record_written(&self, tape: &mut Tape, x: &Tensor) {
+        if !tape.needs_grad(&[x]) {
+            return;
+        }
+        lock(&self.features).requires_grad = true;
+        let (key, shape, dtype, device) = (
+            GradKey::of(x),
+            x.shape().to_vec(),
+            x.dtype(),
+            x.device().clone(),
+        );
+        tape.record_effect("block_written", move |grads| {
+            grads.accumulate(&key, Tensor::stand_in(&shape, dtype, &device))
+        });
+    }
+
+    /// A handle on the storage's gradient for a backward that reads it in place; marks the
+    /// storage as wanting a gradient.
+    pub(crate) fn grad_reader(&self) -> Result<GradHandle> {
+        lock(&self.features).requires_grad = true;
+        self.grad_handle()
+    }
+
     /// A handle on the storage's gradient alone (it does not keep the features alive).
     pub(crate) fn grad_handle(&self) -> Result<GradHandle> {
         let st = lock(&self.features);
@@ -298,6 +325,14 @@ impl GradHandle {
     /// kept.
     pub(crate) fn with_grad<R>(&self, f: impl FnOnce(Tensor) -> Result<(Tensor, R)>) -> Result<R> {
         update_grad(&self.grad, (&self.dims, self.dtype, &self.device), f)
+    }
+
+    /// `f(gradient)` if a backward has made the gradient (`None` otherwise: nothing to read).
+    pub(crate) fn with_existing<R>(
+        &self,
+        f: impl FnOnce(&Tensor) -> Result<R>,
+    ) -> Result<Option<R>> {
+        lock(&self.grad).as_ref().map(f).transpose()
     }
 }
 

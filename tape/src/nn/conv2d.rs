@@ -60,17 +60,18 @@ impl Conv2d {
         ops::conv2d(tape, x, self.weight.tensor(), bias, self.options)
     }
 
-    /// Applies the convolution with its output written straight into the next channels of
-    /// `storage` ([`ops::conv2d_into_storage`]); returns a stand-in for the output, whose
-    /// backward the caller records with [`BlockStorage::record_appended`].
+    /// Applies the convolution with its output written straight into channels `c0 ..` (the
+    /// next ones) of `storage` ([`ops::conv2d_into_storage`]); returns a stand-in for the output.
     pub fn forward_into_storage(
         &self,
         tape: &mut Tape,
         x: &Tensor,
         storage: &BlockStorage,
+        c0: usize,
     ) -> Result<Tensor> {
         let _scope = self.weight.module_scope();
         let bias = self.bias.as_ref().map(Parameter::tensor);
-        ops::conv2d_into_storage(tape, x, self.weight.tensor(), bias, self.options, storage)
+        let operands = (x, self.weight.tensor(), bias);
+        ops::conv2d_into_storage(tape, operands, self.options, storage, c0)
     }
 }

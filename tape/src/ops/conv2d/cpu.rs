@@ -299,6 +299,23 @@ fn split<T>(mut buf: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T
     .collect()
 }
 
+/// A convolution's output gradient as backward reads it: image `i`'s `cout` planes start at
+/// `i * stride + offset` of `data` (packed: `stride` = the planes of one image, `offset` 0; or
+/// a channel window of a wider buffer, such as a block storage's gradient).
+#[derive(Clone, Copy)]
+struct GradOut<'a, T> {
+    data: &'a [T],
+    stride: usize,
+    offset: usize,
+}
+
+impl<'a, T> GradOut<'a, T> {
+    /// Image `i`'s `len` elements.
+    fn image(&self, i: usize, len: usize) -> &'a [T] {
+        &self.data[i * self.stride + self.offset..][..len]
+    }
+}
+
 /// `n` consecutive slices of `len` elements of `out` (empty ones when `len` is 0).
 fn image_slices<T>(out: &mut [T], len: usize, n: usize) -> Vec<&mut [T]> {
     match len {
@@ -380,7 +397,7 @@ fn backward<T: Elem>(
     g: &Geometry,
     groups: usize,
     needs: Needs,
-    gout: &[T],
+    gout: GradOut<'_, T>,
     x: &[T],
     w: &[T],
     gx: &mut [MaybeUninit<T>],
@@ -425,7 +442,7 @@ fn backward<T: Elem>(
                 .for_each(|((&(first, count), gx), ws)| {
                     let (col, partial) = ws.split_at_mut(per - partial_len);
                     for (idx, i) in (first..first + count).enumerate() {
-                        let go = &gout[i * os..(i + 1) * os];
+                        let go = gout.image(i, os);
                         if needs.w {
                             // gW^T (K x cout) += col (K x P) * gout^T: the long output dimension first
                             // runs the GEMM kernel at nearly twice the speed when cout is small.
@@ -490,10 +507,11 @@ fn backward<T: Elem>(
 }
 
 /// `gb[co] = sum over images and positions of gout[., co, ., .]`.
-fn grad_bias<T: Elem>(g: &Geometry, gout: &[T], gb: &mut [T]) {
+fn grad_bias<T: Elem>(g: &Geometry, gout: GradOut<'_, T>, gb: &mut [T]) {
     let p = g.p().max(1);
     gb.fill(T::zero());
-    for img in gout.chunks_exact((g.cout * g.p()).max(1)) {
+    for i in 0..g.n {
+        let img = gout.image(i, g.cout * g.p());
         for (b, plane) in gb.iter_mut().zip(img.chunks_exact(p)) {
             *b += plane.iter().copied().sum::<T>();
         }
@@ -594,41 +612,67 @@ impl Conv2dKernels for Cpu {
         w: Option<&Tensor>,
         want_bias: bool,
     ) -> Result<Conv2dGrads> {
-        let (dtype, dev) = (g.dtype(), g.device());
-        let gb = if want_bias {
-            let mut gb = Tensor::zeros(&[geo.cout], dtype, dev)?;
-            dispatch_float!(dtype, T => grad_bias::<T>(geo, g.as_slice::<T>()?, gb.make_mut::<T>()?));
-            Some(gb)
-        } else {
-            None
-        };
-        let needs = Needs {
-            x: w.is_some(),
-            w: x.is_some(),
-        };
-        let mut gw = match needs.w {
-            true => Some(Tensor::zeros(
-                &[geo.cout, geo.cin, geo.kh, geo.kw],
-                dtype,
-                dev,
-            )?),
-            false => None,
-        };
-        dispatch_float!(dtype, T => {
-            let (cols, flip_len) = backward_workspace_elems(geo, needs.x, needs.w, std::mem::size_of::<T>());
-            let groups = groups(chunk_ranges(geo).len());
-            let (mut ws, _r1) = workspace::<T>(g, cols)?;
-            let (mut flip, _r2) = workspace::<T>(g, flip_len)?;
-            let xs = match x { Some(x) => x.as_slice::<T>()?, None => &[] };
-            let ws_ = match w { Some(w) => w.as_slice::<T>()?, None => &[] };
-            let gws = match gw.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
-            let gs = g.as_slice::<T>()?;
-            let x_shape = [geo.n, geo.cin, geo.h, geo.w];
-            let len = if needs.x { x_shape.iter().product() } else { 0 };
-            // SAFETY: `backward` writes every element of the input gradient when it computes one.
-            let gx = unsafe { written_vec(len, |gxs| backward::<T>(geo, groups, needs, gs, xs, ws_, gxs, gws, &mut ws, &mut flip)) };
-            let gx = needs.x.then(|| Tensor::from_vec(gx, &x_shape, dev)).transpose()?;
-            Ok((gx, gw, gb))
-        })
+        backward_from(geo, (g, 0), x, w, want_bias)
     }
+
+    fn conv2d_backward_window(
+        &self,
+        geo: &Geometry,
+        g: &Tensor,
+        c0: usize,
+        x: Option<&Tensor>,
+        w: Option<&Tensor>,
+        want_bias: bool,
+    ) -> Result<Conv2dGrads> {
+        backward_from(geo, (g, c0), x, w, want_bias)
+    }
+}
+
+/// The backward of a convolution from its output gradient: channels `c0 .. c0 + cout` of
+/// `g` (all of it when it has `cout` channels).
+fn backward_from(
+    geo: &Geometry,
+    (g, c0): (&Tensor, usize),
+    x: Option<&Tensor>,
+    w: Option<&Tensor>,
+    want_bias: bool,
+) -> Result<Conv2dGrads> {
+    let (dtype, dev) = (g.dtype(), g.device());
+    let stride = g.shape().get(1).copied().unwrap_or(geo.cout) * geo.p();
+    let offset = c0 * geo.p();
+    let gb = if want_bias {
+        let mut gb = Tensor::zeros(&[geo.cout], dtype, dev)?;
+        dispatch_float!(dtype, T => grad_bias::<T>(geo, GradOut { data: g.as_slice::<T>()?, stride, offset }, gb.make_mut::<T>()?));
+        Some(gb)
+    } else {
+        None
+    };
+    let needs = Needs {
+        x: w.is_some(),
+        w: x.is_some(),
+    };
+    let mut gw = match needs.w {
+        true => Some(Tensor::zeros(
+            &[geo.cout, geo.cin, geo.kh, geo.kw],
+            dtype,
+            dev,
+        )?),
+        false => None,
+    };
+    dispatch_float!(dtype, T => {
+        let (cols, flip_len) = backward_workspace_elems(geo, needs.x, needs.w, std::mem::size_of::<T>());
+        let groups = groups(chunk_ranges(geo).len());
+        let (mut ws, _r1) = workspace::<T>(g, cols)?;
+        let (mut flip, _r2) = workspace::<T>(g, flip_len)?;
+        let xs = match x { Some(x) => x.as_slice::<T>()?, None => &[] };
+        let ws_ = match w { Some(w) => w.as_slice::<T>()?, None => &[] };
+        let gws = match gw.as_mut() { Some(t) => t.make_mut::<T>()?, None => &mut [] };
+        let gs = GradOut { data: g.as_slice::<T>()?, stride, offset };
+        let x_shape = [geo.n, geo.cin, geo.h, geo.w];
+        let len = if needs.x { x_shape.iter().product() } else { 0 };
+        // SAFETY: `backward` writes every element of the input gradient when it computes one.
+        let gx = unsafe { written_vec(len, |gxs| backward::<T>(geo, groups, needs, gs, xs, ws_, gxs, gws, &mut ws, &mut flip)) };
+        let gx = needs.x.then(|| Tensor::from_vec(gx, &x_shape, dev)).transpose()?;
+        Ok((gx, gw, gb))
+    })
 }

@@ -108,6 +108,22 @@ impl Conv2dKernels for CudaKernels {
         crate::backend::kernels(x.device())?.write_channels(dst, &out, c0)
     }
 
+    /// The window is copied out first (one buffer of its own): reading it in place (a strided
+    /// cuDNN descriptor) has to be checked on a GPU first.
+    fn conv2d_backward_window(
+        &self,
+        geo: &Geometry,
+        g: &Tensor,
+        c0: usize,
+        x: Option<&Tensor>,
+        w: Option<&Tensor>,
+        want_bias: bool,
+    ) -> Result<Conv2dGrads> {
+        use crate::block_storage::BlockStorageKernels;
+        let packed = crate::backend::kernels(g.device())?.read_channels(g, c0, geo.cout)?;
+        self.conv2d_backward(geo, &packed, x, w, want_bias)
+    }
+
     fn conv2d_backward(
         &self,
         geo: &Geometry,

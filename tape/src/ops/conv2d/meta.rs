@@ -8,6 +8,18 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 impl Conv2dKernels for Meta {
+    fn conv2d_backward_window(
+        &self,
+        geo: &Geometry,
+        g: &Tensor,
+        _c0: usize,
+        x: Option<&Tensor>,
+        w: Option<&Tensor>,
+        want_bias: bool,
+    ) -> Result<Conv2dGrads> {
+        self.conv2d_backward(geo, g, x, w, want_bias)
+    }
+
     fn conv2d_forward(
         &self,
         geo: &Geometry,

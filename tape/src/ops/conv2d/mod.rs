@@ -55,6 +55,18 @@ kernel_trait! {
             w: Option<&Tensor>,
             want_bias: bool,
         ) -> Result<Conv2dGrads>;
+        /// [`Conv2dKernels::conv2d_backward`] from the output gradient in channels
+        /// `c0 .. c0 + cout` of a wider `g` (`[n, C, hout, wout]`, checked by the caller), read
+        /// in place: a block storage's gradient.
+        fn conv2d_backward_window(
+            &self,
+            geo: &Geometry,
+            g: &Tensor,
+            c0: usize,
+            x: Option<&Tensor>,
+            w: Option<&Tensor>,
+            want_bias: bool,
+        ) -> Result<Conv2dGrads>;
     }
 }
 
@@ -257,18 +269,18 @@ pub fn conv2d(
     Ok(record(tape, geo, k, (x, weight, bias), out))
 }
 
-/// [`conv2d`] with its output written straight into the next channels of `storage` (no output
-/// buffer, no copy), which take it as [`BlockStorage::append`] would. Returns a stand-in for
-/// the output ([`Tensor::stand_in`]: its shape, no values): record the channels' backward with
-/// [`BlockStorage::record_appended`] where the output would have been appended. Where the tape
-/// knows the output already (a recompute), nothing is written.
+/// [`conv2d`] with its output written straight into channels `c0 ..` of `storage`, the next
+/// ones (no output buffer, no copy), which take it as [`BlockStorage::append`] would; its
+/// backward reads the output's gradient from those channels of the storage's gradient in place.
+/// Returns a stand-in for the output ([`Tensor::stand_in`]: its shape, no values, no gradient of
+/// its own). Where the tape knows the output already (a recompute), nothing is written. As a
+/// checkpointed segment's output, the stand-in takes [`BlockStorage::record_written`].
 pub fn conv2d_into_storage(
     tape: &mut Tape,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
+    (x, weight, bias): (&Tensor, &Tensor, Option<&Tensor>),
     opts: Conv2dOptions,
     storage: &BlockStorage,
+    c0: usize,
 ) -> Result<Tensor> {
     let _profile = tape.profile_op(OP);
     let geo = Geometry::new(x, weight, bias, opts)?;
@@ -277,13 +289,45 @@ pub fn conv2d_into_storage(
     let out = match tape.take_known_output(&shape, x) {
         Some(known) => known,
         None => {
-            storage.write_next(shape, x, |dst, c0| {
-                k.conv2d_forward_into(&geo, x, weight, bias, dst, c0)
+            if storage.channels() != c0 {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "output for channels {c0}.. of a storage holding {}",
+                        storage.channels()
+                    ),
+                ));
+            }
+            storage.write_next(shape, x, |dst, at| {
+                k.conv2d_forward_into(&geo, x, weight, bias, dst, at)
             })?;
             Tensor::stand_in(&shape, x.dtype(), x.device())
         }
     };
-    Ok(record(tape, geo, k, (x, weight, bias), out))
+    let op = WeightedOp::new(tape, x, weight, bias);
+    if !tape.needs_grad(&op.inputs) {
+        return Ok(out);
+    }
+    let want_bias = op.wants_bias_grad();
+    let WeightedOp {
+        kx,
+        kw,
+        kb,
+        saved_x,
+        saved_w,
+        ..
+    } = op;
+    let grad = storage.grad_reader()?;
+    tape.record_effect(OP, move |grads| {
+        let (sx, sw) = (saved_x.as_ref(), saved_w.as_ref());
+        let made =
+            grad.with_existing(|g| k.conv2d_backward_window(&geo, g, c0, sx, sw, want_bias))?;
+        match made {
+            Some(made) => accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), made),
+            None => Ok(()),
+        }
+    });
+    Ok(out)
 }
 
 /// Records the backward of a convolution of `geo` over `(x, weight, bias)` whose output is

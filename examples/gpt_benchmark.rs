@@ -14,11 +14,11 @@
 use checkpoint::planner::{Plan, PlanOptions};
 use clap::Parser;
 use dist::{Ddp, DdpOptions, DistKind, ProcessGroup};
-use gpt::train::{adam, train_step_ddp, train_step_queued};
+use gpt::train::{adam, train_step, train_step_ddp, train_step_queued};
 use gpt::{Gpt, GptConfig, Recompute, TokenBatch};
 use harness::{
-    open_device, print_case, print_dist_cases, print_front, print_header, CaseResult,
-    DistCaseResult, Setting, StepCommStats,
+    open_device, print_case, print_dist_cases, print_front, print_header, print_profile,
+    CaseResult, DistCaseResult, Setting, StepCommStats,
 };
 use std::process::ExitCode;
 use tape::{DType, Device};
@@ -69,6 +69,10 @@ struct Args {
     /// mpi`); `--batch` is per process.
     #[arg(long, default_value = "none")]
     dist: DistKind,
+    /// After each case, profile one more step: time per op kind, split into forward,
+    /// recompute, backward and optimizer, with call counts and share of the step.
+    #[arg(long)]
+    profile: bool,
 }
 
 const VOCAB: usize = 96;
@@ -145,6 +149,20 @@ fn measure(
     Ok((case, StepCommStats::mean(&comms)))
 }
 
+/// Profiles one Adam step of `cfg` under `mode` on `dev` (after one unprofiled warm-up step).
+fn profile(
+    dev: &Device,
+    cfg: &GptConfig,
+    mode: Recompute,
+    batch: usize,
+    seq: usize,
+) -> gpt::Result<tape::profile::Report> {
+    let mut model = Gpt::new(cfg.clone(), DType::F32, dev, 0)?.with_recompute(mode)?;
+    let mut opt = adam(1e-3)?;
+    let b = tokens(batch, seq, 0)?;
+    harness::profile_step(dev, |i| train_step(&mut model, &mut opt, &b, i).map(|_| ()))
+}
+
 fn run(a: &Args, group: Option<&ProcessGroup>) -> Result<(), Box<dyn std::error::Error>> {
     let spec = match group {
         Some(g) => harness::rank_device(&a.device, g),
@@ -206,6 +224,10 @@ fn run(a: &Args, group: Option<&ProcessGroup>) -> Result<(), Box<dyn std::error:
             continue;
         }
         print_case(&r, a.json, rows.first());
+        if a.profile {
+            let report = profile(&open_device(&spec, false)?, &cfg, mode, batch, seq)?;
+            print_profile(&r.model, &r.mode, &report, a.json);
+        }
         rows.push(r);
     }
     if group.is_some() {

@@ -15,12 +15,12 @@
 
 use clap::{Parser, ValueEnum};
 use densenet_suite::resnet_bench::{
-    measure_training_step, measure_training_step_ddp, planner_front,
+    measure_training_step, measure_training_step_ddp, planner_front, profile_training_step,
 };
 use dist::{DdpOptions, DistKind, ProcessGroup};
 use harness::{
-    open_device, print_case, print_dist_cases, print_front, print_header, CaseResult,
-    DistCaseResult, Setting,
+    open_device, print_case, print_dist_cases, print_front, print_header, print_profile,
+    CaseResult, DistCaseResult, Setting,
 };
 use resnet::{Recompute, ResNetConfig, Stem};
 use std::process::ExitCode;
@@ -87,6 +87,10 @@ struct Args {
     /// normalises its own shard (PyTorch's default). CPU only for now.
     #[arg(long)]
     sync_bn: bool,
+    /// After each case, profile one more step: time per op kind, split into forward,
+    /// recompute, backward and optimizer, with call counts and share of the step.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// `budget:auto`'s budget: halfway between the naive and per-block peaks in `peaks` (by setting).
@@ -201,6 +205,11 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
         let case = measure(memory)?;
         let naive = done.iter().find(|(r, _)| *r == Recompute::Naive);
         print_case(&case, args.json, Some(naive.map_or(&case, |(_, c)| c)));
+        if args.profile {
+            let report = profile_training_step(&device()?, &config, memory, batch, image)
+                .map_err(|e| format!("{memory}: {e}"))?;
+            print_profile(&case.model, &case.mode, &report, args.json);
+        }
         done.push((memory, case));
     }
     if !args.json {

@@ -38,15 +38,8 @@ pub fn profile_training_step(
     image: usize,
 ) -> Result<tape::profile::Report> {
     let (mut model, mut opt, x, labels) = setup(dev, config, mode, batch, image)?;
-    train_step(&mut model, &mut opt, &x, &labels, 0)?;
-    dev.synchronize()?;
-    tape::profile::start();
-    let step = train_step(&mut model, &mut opt, &x, &labels, 1);
-    dev.synchronize()?;
-    let report = tape::profile::finish();
-    step?;
-    report.ok_or_else(|| {
-        tape::Error::Backward("the profiler was stopped during the step".into()).into()
+    harness::profile_step(dev, |i| {
+        train_step(&mut model, &mut opt, &x, &labels, i).map(|_| ())
     })
 }
 

@@ -31,6 +31,21 @@ fn setup(
     Ok((model, opt, x, labels))
 }
 
+/// Profiles one SGD training step of `config` under `memory` on `dev` (after one unprofiled
+/// warm-up step): time per op kind and pass ([`tape::profile`]).
+pub fn profile_training_step(
+    dev: &Device,
+    config: &ResNetConfig,
+    memory: Recompute,
+    batch: usize,
+    image: usize,
+) -> Result<tape::profile::Report> {
+    let (mut model, mut opt, x, labels) = setup(dev, config, memory, batch, image)?;
+    harness::profile_step(dev, |i| {
+        train_step(&mut model, &mut opt, &x, &labels, i).map(|_| ())
+    })
+}
+
 /// Measures `iters` SGD training steps (after [`WARMUP`] unmeasured ones) of `config` under
 /// `memory` on `dev` (pass a fresh device so that its accounting holds this case alone).
 pub fn measure_training_step(

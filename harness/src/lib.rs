@@ -20,7 +20,7 @@ mod svg;
 
 pub use dist_report::{print_dist_cases, DistCaseResult, StepCommStats};
 pub use dry_run::{dry_run_line, dry_run_peaks};
-pub use measure::{image_batch, measure_steps, Measurement};
+pub use measure::{image_batch, measure_steps, profile_step, Measurement};
 pub use report::{
     cpu_label, device_label, exit_code, exit_or_abort, open_device, open_device_with, print_case,
     print_front, print_header, print_memory_report, print_profile, rank_device, CaseResult,

@@ -88,6 +88,25 @@ pub fn measure_steps<E: From<tape::Error>>(
     })
 }
 
+/// Profiles one training step: `step(0)` runs unprofiled (the warm-up: optimizer state,
+/// plans), then `step(1)` under [`tape::profile`] (time per op kind and pass), the device
+/// synchronised before and after it.
+pub fn profile_step<E: From<tape::Error>>(
+    dev: &Device,
+    mut step: impl FnMut(u64) -> Result<(), E>,
+) -> Result<tape::profile::Report, E> {
+    step(0)?;
+    dev.synchronize()?;
+    tape::profile::start();
+    let profiled = step(1);
+    dev.synchronize()?;
+    let report = tape::profile::finish();
+    profiled?;
+    report.ok_or_else(|| {
+        tape::Error::Backward("the profiler was stopped during the step".into()).into()
+    })
+}
+
 /// A benchmark's input: `batch` random fp32 images of `channels` x `image` x `image` (seed 1)
 /// on `dev` and their labels `0, 1, ..` cycling through `classes`.
 pub fn image_batch(
@@ -100,4 +119,43 @@ pub fn image_batch(
     let x = tape::Tensor::randn(&[batch, channels, image, image], tape::DType::F32, dev, 1)?;
     let labels = (0..batch).map(|i| i % classes.max(1)).collect();
     Ok((x, labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::profile_step;
+    use tape::profile::Pass;
+    use tape::{ops, DType, Device, Tape, Tensor};
+
+    /// A "step" of `relu` calls on a recording tape: one call at warm-up, two when profiled.
+    fn relu_step(dev: &Device, i: u64) -> tape::Result<()> {
+        let x = Tensor::randn(&[64], DType::F32, dev, 1)?;
+        let mut tape = Tape::recording();
+        for _ in 0..=i {
+            ops::relu(&mut tape, &x)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn profile_step_profiles_the_second_step_only() {
+        let dev = Device::cpu();
+        let report = profile_step(&dev, |i| relu_step(&dev, i)).unwrap();
+        assert_eq!(report.calls("relu", Pass::Forward), 2);
+        assert!(!tape::profile::is_active(), "the profiler is stopped");
+    }
+
+    #[test]
+    fn profile_step_returns_a_failing_steps_error_and_stops_the_profiler() {
+        let dev = Device::cpu();
+        let failing = |i: u64| -> tape::Result<()> {
+            match i {
+                0 => Ok(()),
+                _ => Err(tape::Error::invalid("step", "injected")),
+            }
+        };
+        let err = profile_step(&dev, failing).unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(!tape::profile::is_active());
+    }
 }

@@ -22,7 +22,7 @@ pub(crate) mod kept;
 pub(crate) mod meta;
 pub(crate) mod sync;
 
-use kept::KeptBatches;
+use kept::{BatchPlan, KeptBatches};
 use std::sync::Arc;
 use sync::SyncBn;
 pub use sync::{BatchStatsReducer, SyncPass};
@@ -238,9 +238,15 @@ impl RunningStats {
         self.sync().is_some()
     }
 
-    /// Batch statistics kept for a recompute ([`kept`]).
-    pub(crate) fn kept(&self) -> &KeptBatches {
-        &self.kept
+    /// What a call of this layer on `tape` does with batch statistics kept for a recompute
+    /// ([`kept`]; a synchronised layer keeps them whatever the tape's context says).
+    pub(crate) fn batch_plan(&self, tape: &mut Tape, training: bool) -> BatchPlan {
+        self.kept.plan(tape, training, self.is_synced())
+    }
+
+    /// Keeps `stats` for the recompute when `plan` says to.
+    pub(crate) fn keep_batch(&self, plan: &BatchPlan, stats: Option<&BnStats>) {
+        self.kept.conclude(plan, stats);
     }
 
     pub(crate) fn sync(&self) -> Option<Arc<SyncBn>> {
@@ -603,7 +609,7 @@ pub fn batch_norm2d(
     check_sync(OP, training, x, running)?;
     let record = tape.needs_grad(&[x, weight, bias]);
     let k = kernels(x.device())?;
-    let batch = running.kept().plan(tape, training, running.is_synced());
+    let batch = running.batch_plan(tape, training);
     let (out, stats) = k.batch_norm_forward(&BnForward {
         x,
         weight,
@@ -615,7 +621,7 @@ pub fn batch_norm2d(
         want_stats: record || batch.keep,
         given: batch.given.as_ref(),
     })?;
-    running.kept().conclude(&batch, stats.as_ref());
+    running.keep_batch(&batch, stats.as_ref());
     let saved = match stats {
         Some(stats) if record => {
             let needs_xhat = weight.requires_grad() || (training && x.requires_grad());

@@ -243,7 +243,7 @@ fn fused(
     check_batch(OP, training, n * h * w)?;
     check_sync(OP, training, parts[0], running)?;
     let k = kernels(parts[0].device())?;
-    let batch = running.kept().plan(tape, training, running.is_synced());
+    let batch = running.batch_plan(tape, training);
     let (out, stats) = k.bn_relu_forward(&BnReluForward {
         parts,
         channels: &channels,
@@ -257,7 +257,7 @@ fn fused(
         want_stats: record || batch.keep,
         given: batch.given.as_ref(),
     })?;
-    running.kept().conclude(&batch, stats.as_ref());
+    running.keep_batch(&batch, stats.as_ref());
     let stats = match stats {
         Some(stats) if record => stats,
         _ => return Ok(out),
@@ -326,9 +326,9 @@ fn fused(
                 })?;
                 (gw, gb)
             }
-            Input::Gathered(copy, Some(storage)) => {
-                let wide = [storage.dims()[1]];
-                storage.with_grad(|grad| {
+            Input::Gathered(copy, Some(handle)) => {
+                let wide = [handle.dims()[1]];
+                handle.with_grad(|grad| {
                     let (gparts, gw, gb) = backward(&[copy], &[true], vec![Some(grad)], &wide)?;
                     Ok((storage_grad(gparts)?, (gw, gb)))
                 })?

@@ -554,6 +554,48 @@ fn workspace<T: Elem>(x: &Tensor, len: usize) -> Result<(Vec<T>, crate::Reservat
     Ok((vec![T::zero(); len], r))
 }
 
+/// One forward call's operands as host slices and its workspace, charged to the device while
+/// the call lives (across the output's allocation, as the meta kernel charges it).
+struct ForwardCall<'a, T> {
+    xs: &'a [T],
+    w: &'a [T],
+    b: Option<&'a [T]>,
+    ws: Vec<T>,
+    _reserved: crate::Reservation,
+}
+
+impl<'a, T: Elem> ForwardCall<'a, T> {
+    fn new(
+        geo: &Geometry,
+        x: &'a Tensor,
+        weight: &'a Tensor,
+        bias: Option<&'a Tensor>,
+    ) -> Result<Self> {
+        let (ws, _reserved) =
+            workspace::<T>(x, forward_workspace_elems(geo, std::mem::size_of::<T>()))?;
+        Ok(ForwardCall {
+            xs: x.as_slice::<T>()?,
+            w: weight.as_slice::<T>()?,
+            b: bias.map(|b| b.as_slice::<T>()).transpose()?,
+            ws,
+            _reserved,
+        })
+    }
+
+    /// The convolution into `images` (each image's `cout` output planes).
+    fn run(&mut self, geo: &Geometry, images: Vec<&mut [MaybeUninit<T>]>) {
+        forward::<T>(
+            geo,
+            groups(geo.n),
+            self.xs,
+            self.w,
+            self.b,
+            images,
+            &mut self.ws,
+        );
+    }
+}
+
 impl Conv2dKernels for Cpu {
     fn conv2d_forward(
         &self,
@@ -563,17 +605,12 @@ impl Conv2dKernels for Cpu {
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
         let shape = [geo.n, geo.cout, geo.hout, geo.wout];
+        let os = geo.cout * geo.p();
         dispatch_float!(x.dtype(), T => {
-            let groups = groups(geo.n);
-            let (mut ws, _reserved) = workspace::<T>(x, forward_workspace_elems(geo, std::mem::size_of::<T>()))?;
-            let b = bias.map(|b| b.as_slice::<T>()).transpose()?;
-            let (xs, w) = (x.as_slice::<T>()?, weight.as_slice::<T>()?);
-            let os = geo.cout * geo.p();
+            let mut call = ForwardCall::<T>::new(geo, x, weight, bias)?;
             // SAFETY: `forward` writes every output element (each image's `os`).
             let out = unsafe {
-                written_vec(shape.iter().product(), |o| {
-                    forward::<T>(geo, groups, xs, w, b, image_slices(o, os, geo.n), &mut ws)
-                })
+                written_vec(shape.iter().product(), |o| call.run(geo, image_slices(o, os, geo.n)))
             };
             Tensor::from_vec(out, &shape, x.device())
         })
@@ -589,17 +626,15 @@ impl Conv2dKernels for Cpu {
         c0: usize,
     ) -> Result<()> {
         let (wide, os) = (dst.shape()[1] * geo.p(), geo.cout * geo.p());
+        let at = c0 * geo.p();
         dispatch_float!(x.dtype(), T => {
-            let groups = groups(geo.n);
-            let (mut ws, _reserved) = workspace::<T>(x, forward_workspace_elems(geo, std::mem::size_of::<T>()))?;
-            let b = bias.map(|b| b.as_slice::<T>()).transpose()?;
-            let (xs, w) = (x.as_slice::<T>()?, weight.as_slice::<T>()?);
+            let mut call = ForwardCall::<T>::new(geo, x, weight, bias)?;
             let images = dst
                 .make_mut::<T>()?
                 .chunks_exact_mut(wide.max(1))
-                .map(|image| uninit(&mut image[c0 * geo.p()..c0 * geo.p() + os]))
+                .map(|image| uninit(&mut image[at..at + os]))
                 .collect();
-            forward::<T>(geo, groups, xs, w, b, images, &mut ws);
+            call.run(geo, images);
         });
         Ok(())
     }

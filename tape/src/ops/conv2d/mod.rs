@@ -289,17 +289,14 @@ pub fn conv2d_into_storage(
     let out = match tape.take_known_output(&shape, x) {
         Some(known) => known,
         None => {
-            if storage.channels() != c0 {
-                return Err(Error::invalid(
-                    OP,
-                    format!(
-                        "output for channels {c0}.. of a storage holding {}",
-                        storage.channels()
-                    ),
-                ));
-            }
-            storage.write_next(shape, x, |dst, at| {
-                k.conv2d_forward_into(&geo, x, weight, bias, dst, at)
+            storage.write_next(shape, x, |dst, next| {
+                if next != c0 {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("output for channels {c0}.. of a storage holding {next}"),
+                    ));
+                }
+                k.conv2d_forward_into(&geo, x, weight, bias, dst, c0)
             })?;
             Tensor::stand_in(&shape, x.dtype(), x.device())
         }

@@ -84,14 +84,15 @@ pub(crate) struct StepState {
 
 impl StepState {
     /// Sets up a step over `layout`'s buckets (what has been seen so far stays counted).
-    pub(crate) fn start_step(&mut self, layout: Arc<Layout>) {
+    pub(crate) fn start_step(&mut self, layout: Arc<Layout>) -> Result<()> {
         self.remaining = layout.buckets.iter().map(Vec::len).collect();
         self.staged = layout
             .lens
             .iter()
-            .map(|&len| Some(Buf::zeros(self.dtype, len)))
-            .collect();
+            .map(|&len| Buf::zeros(self.dtype, len).map(Some))
+            .collect::<Result<_>>()?;
         self.layout = Some(layout);
+        Ok(())
     }
 
     /// A contribution to slot `slot`'s gradient, `g` the sum so far.

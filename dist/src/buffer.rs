@@ -44,19 +44,21 @@ impl Buf {
         }
     }
 
-    /// `len` zeros of `dtype`.
-    pub fn zeros(dtype: DType, len: usize) -> Self {
-        match dtype {
+    /// `len` zeros of `dtype` (`F32` or `F64`: gradients are reduced in their master dtype).
+    pub fn zeros(dtype: DType, len: usize) -> Result<Self> {
+        Ok(match dtype {
             DType::F32 => Buf::F32(vec![0.0; len]),
             DType::F64 => Buf::F64(vec![0.0; len]),
-        }
+            DType::BF16 | DType::F16 => return Err(unreduced(dtype)),
+        })
     }
 
-    /// The elements of `t` (read back from its device), in its dtype.
+    /// The elements of `t` (read back from its device), in its dtype (`F32` or `F64`).
     pub fn of(t: &Tensor) -> Result<Self> {
         Ok(match t.dtype() {
             DType::F32 => Buf::F32(t.to_vec::<f32>()?),
             DType::F64 => Buf::F64(t.to_vec::<f64>()?),
+            dtype @ (DType::BF16 | DType::F16) => return Err(unreduced(dtype)),
         })
     }
 
@@ -154,5 +156,14 @@ impl<T> Pending<T> {
                 result.map(|t| (t, secs))
             }
         }
+    }
+}
+
+/// The error for a 16-bit buffer: parameters (and so their gradients) stay in `f32` under
+/// mixed precision, and the reduction runs in their dtype.
+fn unreduced(dtype: DType) -> DistError {
+    DistError::Invalid {
+        op: "Buf",
+        msg: format!("{dtype:?} values are not reduced: keep parameters in F32 (mixed precision keeps master weights in F32)"),
     }
 }

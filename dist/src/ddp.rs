@@ -96,6 +96,12 @@ impl Ddp {
                 msg: format!("parameter '{}' is not {dtype:?} like the first", p.name()),
             });
         }
+        if dtype.is_half() {
+            return Err(DistError::Invalid {
+                op: "Ddp::new",
+                msg: format!("parameters are {dtype:?}: keep them in F32 (master weights) and run the model under a 16-bit precision policy"),
+            });
+        }
         let slots: Vec<Slot> = params
             .iter()
             .map(|p| Slot {
@@ -150,7 +156,7 @@ impl Ddp {
         earlier: Gradients,
     ) -> Result<Gradients> {
         let layout = lock(&self.layout)?.clone();
-        let state = Arc::new(Mutex::new(self.fresh_state(layout)));
+        let state = Arc::new(Mutex::new(self.fresh_state(layout)?));
         let (shared, slots, index, group) = (
             state.clone(),
             self.slots.clone(),
@@ -173,7 +179,7 @@ impl Ddp {
         if st.layout.is_none() {
             let layout = Arc::new(self.learn(&st)?);
             *lock(&self.layout)? = Some(layout.clone());
-            st.start_step(layout);
+            st.start_step(layout)?;
         }
         let comm = st.finish(&mut grads, &self.slots, &self.group)?;
         *lock(&self.last)? = comm;
@@ -205,7 +211,7 @@ impl Ddp {
         }
     }
 
-    fn fresh_state(&self, layout: Option<Arc<Layout>>) -> StepState {
+    fn fresh_state(&self, layout: Option<Arc<Layout>>) -> Result<StepState> {
         let n = self.slots.len();
         let mut st = StepState {
             layout: None,
@@ -222,9 +228,9 @@ impl Ddp {
             error: None,
         };
         if let Some(layout) = layout {
-            st.start_step(layout);
+            st.start_step(layout)?;
         }
-        st
+        Ok(st)
     }
 
     /// The buckets from the first step: parameters in the order their gradients became final
@@ -237,10 +243,7 @@ impl Ddp {
         let mut wire: Vec<f64> = order.iter().map(|&i| i as f64).collect();
         self.group.broadcast_f64(&mut wire, 0)?;
         let order: Vec<usize> = wire.iter().map(|&v| v as usize).collect();
-        let elem = match self.dtype {
-            DType::F32 => 4,
-            DType::F64 => 8,
-        };
+        let elem = self.dtype.size_in_bytes();
         let mut buckets: Vec<Vec<usize>> = Vec::new();
         let mut lens = Vec::new();
         let mut place = vec![(0, 0); n];

@@ -1,6 +1,11 @@
-//! Element types. Tensors carry their dtype at run time; kernels are written once, generic over
-//! [`Elem`], and instantiated for `f32` (training) and `f64` (gradient checks).
+//! Element types. Tensors carry their dtype at run time. Every dtype a tensor can hold is a
+//! [`Scalar`]: `f32`, `f64`, and the 16-bit `bf16` and `f16` (the `half` crate's types) that
+//! mixed precision stores activations in. Kernels are written once, generic over [`Elem`] (the
+//! dtypes arithmetic runs in: `f32` for training, `f64` for gradient checks); a 16-bit tensor
+//! is computed on in `f32` and rounded back (see [`crate::ops::cast`] and
+//! [`crate::context::Precision`]).
 
+pub use half::{bf16, f16};
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{AddAssign, MulAssign, SubAssign};
@@ -12,6 +17,12 @@ pub enum DType {
     F32,
     /// 64-bit IEEE float: used for gradient checks and bit-exact equivalence tests.
     F64,
+    /// bfloat16 (f32's 8 exponent bits, 8 significant bits): activations under
+    /// [`crate::context::Precision::Bf16`].
+    BF16,
+    /// IEEE half precision (5 exponent bits, 11 significant bits): activations under
+    /// [`crate::context::Precision::F16`], with loss scaling against its narrow range.
+    F16,
 }
 
 impl DType {
@@ -20,6 +31,34 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F64 => 8,
+            DType::BF16 | DType::F16 => 2,
+        }
+    }
+
+    /// Whether this is a 16-bit dtype (stored in 16 bits, computed on in `f32`).
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::BF16 | DType::F16)
+    }
+
+    /// The unit roundoff `u`: a value rounded to this dtype (round to nearest) is within a
+    /// relative `u` of the exact one. `2^-p` for `p` significant bits: f64 2^-53, f32 2^-24,
+    /// f16 2^-11, bf16 2^-8. Tests derive their tolerances from it.
+    pub fn unit_roundoff(self) -> f64 {
+        match self {
+            DType::F64 => (2f64).powi(-53),
+            DType::F32 => (2f64).powi(-24),
+            DType::F16 => (2f64).powi(-11),
+            DType::BF16 => (2f64).powi(-8),
+        }
+    }
+
+    /// The name safetensors and PyTorch give this dtype (`F32`, `F64`, `BF16`, `F16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::BF16 => "BF16",
+            DType::F16 => "F16",
         }
     }
 }
@@ -31,6 +70,10 @@ pub enum CpuData {
     F32(Vec<f32>),
     /// `f64` elements.
     F64(Vec<f64>),
+    /// `bf16` elements.
+    BF16(Vec<bf16>),
+    /// `f16` elements.
+    F16(Vec<f16>),
 }
 
 impl CpuData {
@@ -38,6 +81,8 @@ impl CpuData {
         match self {
             CpuData::F32(_) => DType::F32,
             CpuData::F64(_) => DType::F64,
+            CpuData::BF16(_) => DType::BF16,
+            CpuData::F16(_) => DType::F16,
         }
     }
 
@@ -45,7 +90,24 @@ impl CpuData {
         match self {
             CpuData::F32(v) => v.len(),
             CpuData::F64(v) => v.len(),
+            CpuData::BF16(v) => v.len(),
+            CpuData::F16(v) => v.len(),
         }
+    }
+
+    /// Drops the elements past the first `len`.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        match self {
+            CpuData::F32(v) => v.truncate(len),
+            CpuData::F64(v) => v.truncate(len),
+            CpuData::BF16(v) => v.truncate(len),
+            CpuData::F16(v) => v.truncate(len),
+        }
+    }
+
+    /// The first `len` elements converted to `f64` (exact for every dtype).
+    pub(crate) fn to_f64(&self, len: usize) -> Vec<f64> {
+        dispatch_scalar!(self.dtype(), T => <T as sealed::Storable>::slice(self).unwrap_or_default()[..len].iter().map(|&x| x.f64()).collect())
     }
 }
 
@@ -60,30 +122,25 @@ pub(crate) mod sealed {
     }
 }
 
-/// A float element type the engine's kernels are generic over.
-pub trait Elem:
-    num_traits::Float
-    + Send
-    + Sync
-    + Debug
-    + Default
-    + Sum
-    + AddAssign
-    + SubAssign
-    + MulAssign
-    + sealed::Storable
-    + 'static
-{
+/// A type a tensor's elements can have: one per [`DType`].
+pub trait Scalar: Copy + Send + Sync + Debug + Default + sealed::Storable + 'static {
     /// The run-time tag of this type.
     const DTYPE: DType;
-    /// Converts from `f64` (rounding for `f32`).
+    /// Converts from `f64`, rounding to nearest (even).
     fn of(x: f64) -> Self;
     /// Converts to `f64` (exact).
     fn f64(self) -> f64;
+    /// Converts from `f32`, rounding to nearest (even); exact for `f32` and `f64`.
+    fn of_f32(x: f32) -> Self;
+    /// Converts to `f32` (exact for every dtype but `f64`, which rounds).
+    fn f32(self) -> f32;
 }
 
-macro_rules! impl_elem {
-    ($t:ty, $variant:ident) => {
+/// A float element type the engine's kernels compute in (`f32`, `f64`).
+pub trait Elem: Scalar + num_traits::Float + Sum + AddAssign + SubAssign + MulAssign {}
+
+macro_rules! impl_scalar {
+    ($t:ty, $variant:ident, $of:expr, $to:expr, $of32:expr, $to32:expr) => {
         impl sealed::Storable for $t {
             fn slice(data: &CpuData) -> Option<&[Self]> {
                 match data {
@@ -101,16 +158,40 @@ macro_rules! impl_elem {
                 CpuData::$variant(v)
             }
         }
-        impl Elem for $t {
+        impl Scalar for $t {
             const DTYPE: DType = DType::$variant;
             fn of(x: f64) -> Self {
-                x as $t
+                $of(x)
             }
             fn f64(self) -> f64 {
-                self as f64
+                $to(self)
+            }
+            fn of_f32(x: f32) -> Self {
+                $of32(x)
+            }
+            fn f32(self) -> f32 {
+                $to32(self)
             }
         }
     };
 }
-impl_elem!(f32, F32);
-impl_elem!(f64, F64);
+impl_scalar!(f32, F32, |x| x as f32, |x| x as f64, |x| x, |x| x);
+impl_scalar!(f64, F64, |x| x, |x| x, |x| x as f64, |x| x as f32);
+impl_scalar!(
+    bf16,
+    BF16,
+    bf16::from_f64,
+    bf16::to_f64,
+    bf16::from_f32,
+    bf16::to_f32
+);
+impl_scalar!(
+    f16,
+    F16,
+    f16::from_f64,
+    f16::to_f64,
+    f16::from_f32,
+    f16::to_f32
+);
+impl Elem for f32 {}
+impl Elem for f64 {}

@@ -24,6 +24,16 @@ pub enum Error {
         /// The dtype it was given.
         got: DType,
     },
+    /// A kernel that has no implementation for the dtype it was given (a low-precision dtype
+    /// on a backend or op that computes only in `f32`/`f64`: cast first, or use a precision
+    /// policy that keeps the op in `f32`).
+    #[error("{op} has no {dtype:?} kernel on this backend; cast to F32 first (Tensor::to_dtype or ops::cast)")]
+    UnsupportedDType {
+        /// The operation that was called.
+        op: &'static str,
+        /// The dtype it was given.
+        dtype: DType,
+    },
     /// Tensors that live on different devices were combined.
     #[error("device mismatch in {op}: {lhs} vs {rhs}")]
     Device {

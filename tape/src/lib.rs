@@ -23,7 +23,9 @@
 //! assert_eq!(grads.get(&x).unwrap().shape(), &[2, 3]);
 //! ```
 
-/// Runs `$body` with `$T` bound to the Rust element type of `$dtype`.
+/// Runs `$body` with `$T` bound to the Rust element type of `$dtype`, an [`crate::dtype::Elem`] (`f32`
+/// or `f64`); a 16-bit dtype returns [`crate::Error::UnsupportedDType`] from the enclosing
+/// function (ops compute on those in `f32`: see [`crate::ops::cast`]).
 macro_rules! dispatch_float {
     ($dtype:expr, $T:ident => $body:expr) => {
         match $dtype {
@@ -33,6 +35,38 @@ macro_rules! dispatch_float {
             }
             $crate::dtype::DType::F64 => {
                 type $T = f64;
+                $body
+            }
+            dtype @ ($crate::dtype::DType::BF16 | $crate::dtype::DType::F16) => {
+                return Err($crate::error::Error::UnsupportedDType {
+                    op: "an f32/f64 kernel",
+                    dtype,
+                }
+                .into())
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$T` bound to the Rust element type of `$dtype`, a [`crate::dtype::Scalar`] of
+/// any dtype (for kernels that move elements without arithmetic, and for conversions).
+macro_rules! dispatch_scalar {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::dtype::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::dtype::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            $crate::dtype::DType::BF16 => {
+                type $T = $crate::dtype::bf16;
+                $body
+            }
+            $crate::dtype::DType::F16 => {
+                type $T = $crate::dtype::f16;
                 $body
             }
         }
@@ -55,6 +89,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod param;
+pub mod precision;
 mod primitives;
 pub mod profile;
 pub mod rng;
@@ -68,12 +103,13 @@ pub use block_storage::BlockStorage;
 pub use context::Phase;
 pub use counters::Counters;
 pub use device::{CudaOptions, Device, DeviceKind};
-pub use dtype::{DType, Elem};
+pub use dtype::{DType, Elem, Scalar};
 pub use error::{Error, Result};
 pub use gradients::{GradKey, GradObserver, Gradients};
 pub use labels::Labels;
 pub use memory::{MemoryReport, MemoryStats, Reservation, Role, Warning};
 pub use param::Parameter;
+pub use precision::Precision;
 pub use tape::{Context, Tape};
 pub use tensor::{Tensor, TensorId};
 pub use unit_peaks::UnitPeaks;

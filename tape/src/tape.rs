@@ -11,6 +11,7 @@ use crate::context;
 pub use crate::context::Phase;
 use crate::error::{Error, Result};
 use crate::gradients::{GradObserver, Gradients};
+use crate::precision::Precision;
 use crate::profile::{self, Pass};
 use crate::tensor::{Tensor, TensorId};
 use crate::unit_peaks::UnitPeaks;
@@ -34,6 +35,8 @@ pub struct Context {
     /// kept bytes (a synchronised batch norm keeps them all the same, so that its recompute
     /// does not communicate).
     pub keep_batch_stats: bool,
+    /// The precision policy: which dtype each op runs in (see [`crate::precision`]).
+    pub precision: Precision,
 }
 
 type BackwardFn<'a> = Box<dyn FnOnce(&Tensor, &mut Gradients) -> Result<()> + 'a>;
@@ -82,6 +85,7 @@ impl<'a> Tape<'a> {
                 seed: 0,
                 counter: 0,
                 keep_batch_stats: true,
+                precision: Precision::F32,
             },
         )
     }
@@ -96,6 +100,7 @@ impl<'a> Tape<'a> {
                 seed: 0,
                 counter: 0,
                 keep_batch_stats: true,
+                precision: Precision::F32,
             },
         )
     }
@@ -158,6 +163,17 @@ impl<'a> Tape<'a> {
         self.ctx.seed = seed;
         self.ctx.counter = 0;
         self
+    }
+
+    /// Sets the precision policy (see [`crate::precision`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.ctx.precision = precision;
+        self
+    }
+
+    /// The precision policy ops run under.
+    pub fn precision(&self) -> Precision {
+        self.ctx.precision
     }
 
     /// Whether ops are recorded.

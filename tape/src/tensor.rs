@@ -3,7 +3,7 @@
 
 use crate::device::storage::Buffer;
 use crate::device::Device;
-use crate::dtype::{CpuData, DType, Elem};
+use crate::dtype::{CpuData, DType, Scalar};
 use crate::error::{Error, Result};
 use crate::rng;
 use std::fmt;
@@ -99,13 +99,13 @@ impl Tensor {
     }
 
     /// A tensor from a vector of elements; `data.len()` must equal the shape's element count.
-    pub fn from_vec<T: Elem>(data: Vec<T>, shape: &[usize], device: &Device) -> Result<Self> {
+    pub fn from_vec<T: Scalar>(data: Vec<T>, shape: &[usize], device: &Device) -> Result<Self> {
         Self::from_data(T::wrap(data), shape, device)
     }
 
-    /// A tensor of the given dtype from `f64` values (rounded for `f32`).
+    /// A tensor of the given dtype from `f64` values (rounded to nearest for the narrower ones).
     pub fn from_f64(data: &[f64], shape: &[usize], dtype: DType, device: &Device) -> Result<Self> {
-        dispatch_float!(dtype, T => Self::from_vec(data.iter().map(|&v| T::of(v)).collect::<Vec<T>>(), shape, device))
+        dispatch_scalar!(dtype, T => Self::from_vec(data.iter().map(|&v| T::of(v)).collect::<Vec<T>>(), shape, device))
     }
 
     /// Standard normal values, reproducible from `seed`.
@@ -273,7 +273,7 @@ impl Tensor {
 
     /// The elements, if the dtype is `T` and the tensor is in host memory (a CUDA tensor is an
     /// [`Error::InvalidArgument`]: use [`Tensor::to_vec`] or [`Tensor::to_device`]).
-    pub fn as_slice<T: Elem>(&self) -> Result<&[T]> {
+    pub fn as_slice<T: Scalar>(&self) -> Result<&[T]> {
         let data = self
             .buf
             .data
@@ -288,7 +288,7 @@ impl Tensor {
 
     /// Mutable elements, copying the buffer first if it is shared (the id stays). Host
     /// tensors only.
-    pub(crate) fn make_mut<T: Elem>(&mut self) -> Result<&mut [T]> {
+    pub(crate) fn make_mut<T: Scalar>(&mut self) -> Result<&mut [T]> {
         if !matches!(self.device().kind(), crate::DeviceKind::Cpu) {
             return Err(self.not_on_host("make_mut"));
         }
@@ -309,7 +309,7 @@ impl Tensor {
     }
 
     /// A copy of the elements, if the dtype is `T` (from the GPU for a CUDA tensor).
-    pub fn to_vec<T: Elem>(&self) -> Result<Vec<T>> {
+    pub fn to_vec<T: Scalar>(&self) -> Result<Vec<T>> {
         if self.dtype() != T::DTYPE {
             return Err(Error::DType {
                 op: "to_vec",
@@ -343,10 +343,7 @@ impl Tensor {
     /// The elements converted to `f64`, whatever the dtype and device; a failed copy from a GPU
     /// is an error.
     pub fn try_to_f64_vec(&self) -> Result<Vec<f64>> {
-        self.read_host(|d| match d {
-            CpuData::F32(v) => v[..self.numel()].iter().map(|&x| x as f64).collect(),
-            CpuData::F64(v) => v[..self.numel()].to_vec(),
-        })
+        self.read_host(|d| d.to_f64(self.numel()))
     }
 
     /// A copy in a buffer of its own on the same device (charged; on a meta device only
@@ -359,10 +356,7 @@ impl Tensor {
     /// id, no gradient, same shape and dtype.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         let mut data = self.buf.to_host()?;
-        match &mut data {
-            CpuData::F32(v) => v.truncate(self.numel()),
-            CpuData::F64(v) => v.truncate(self.numel()),
-        }
+        data.truncate(self.numel());
         Self::from_data(data, &self.shape, device)
     }
 
@@ -378,7 +372,7 @@ impl Tensor {
             let device = self.device().clone();
             return crate::device::cuda::overwrite(&device, self.buffer_mut()?, &values[..n]);
         }
-        dispatch_float!(self.dtype(), T => {
+        dispatch_scalar!(self.dtype(), T => {
             let d = self.make_mut::<T>()?;
             for (o, &v) in d.iter_mut().zip(values) {
                 *o = T::of(v);

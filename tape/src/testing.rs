@@ -108,11 +108,13 @@ pub fn rel_diff(got: &[f64], want: &[f64]) -> f64 {
 }
 
 /// The GPU-vs-CPU tolerance of a dtype (relative to the largest reference value): `1e-4` for
-/// `f32` (different summation orders), `1e-10` for `f64`.
+/// `f32` (different summation orders), `1e-10` for `f64`; for the 16-bit dtypes, whose values
+/// are f32 results rounded once, two units of roundoff (one rounding on each side) plus f32's.
 pub fn tol(dtype: DType) -> f64 {
     match dtype {
         DType::F32 => 1e-4,
         DType::F64 => 1e-10,
+        DType::BF16 | DType::F16 => 2.0 * dtype.unit_roundoff() + 1e-4,
     }
 }
 

@@ -15,6 +15,7 @@ fn ctx(training: bool, phase: Phase) -> Context {
         seed: 0,
         counter: 0,
         keep_batch_stats: true,
+        precision: tape::Precision::F32,
     }
 }
 
@@ -181,6 +182,7 @@ fn recompute_phase_and_eval_leave_running_stats_alone() {
         seed: 0,
         counter: 0,
         keep_batch_stats: true,
+        precision: tape::Precision::F32,
     };
     let mut tape = Tape::with_context(true, recompute);
     let y_re = ops::batch_norm2d(&mut tape, &s.x, &s.w, &s.b, &s.running, opts).unwrap();

@@ -15,6 +15,7 @@ fn tape(phase: Phase, recording: bool) -> Tape<'static> {
         seed: 11,
         counter: 0,
         keep_batch_stats: true,
+        precision: tape::Precision::F32,
     };
     Tape::with_context(recording, ctx)
 }

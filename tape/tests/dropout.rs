@@ -15,6 +15,7 @@ fn ctx(seed: u64, counter: u64) -> Context {
         seed,
         counter,
         keep_batch_stats: true,
+        precision: tape::Precision::F32,
     }
 }
 

@@ -456,7 +456,7 @@ mod on_gpu {
             // The updates are the CPU's f64 arithmetic, rounded once: equal up to the last bit.
             let t = match dtype {
                 DType::F32 => 1e-6,
-                DType::F64 => 1e-12,
+                _ => 1e-12,
             };
             for cfg in sgds {
                 let make = move || Box::new(Sgd::new(cfg).unwrap()) as Box<dyn Optimizer>;

@@ -76,6 +76,7 @@ fn ctx(phase: Phase) -> Context {
         seed: 0,
         counter: 0,
         keep_batch_stats: true,
+        precision: tape::Precision::F32,
     }
 }
 

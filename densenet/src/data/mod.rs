@@ -19,7 +19,8 @@ pub use cifar::{load_cifar10, load_cifar10_files, parse_cifar10, CIFAR10_MEAN, C
 pub use synthetic::synthetic;
 
 use crate::error::{DenseNetError, Result};
-use tape::{DType, Device, Elem, Tensor};
+use tape::dtype::{bf16, f16};
+use tape::{DType, Device, Scalar, Tensor};
 
 /// Labelled 8-bit images, each stored channel-planar (`C x H x W`, row-major planes), plus the
 /// per-channel mean and standard deviation (of pixel values scaled to `[0, 1]`) used to
@@ -255,13 +256,19 @@ impl Dataset {
             DType::F64 => {
                 Tensor::from_vec(self.normalized::<f64>(indices, augment), &shape, device)?
             }
+            DType::BF16 => {
+                Tensor::from_vec(self.normalized::<bf16>(indices, augment), &shape, device)?
+            }
+            DType::F16 => {
+                Tensor::from_vec(self.normalized::<f16>(indices, augment), &shape, device)?
+            }
         };
         let labels = indices.iter().map(|&i| self.labels[i] as usize).collect();
         Ok(Batch { images, labels })
     }
 
     /// Normalised values of the images at `indices` (already range-checked).
-    fn normalized<T: Elem>(&self, indices: &[usize], augment: Option<(&Augment, u64)>) -> Vec<T> {
+    fn normalized<T: Scalar>(&self, indices: &[usize], augment: Option<(&Augment, u64)>) -> Vec<T> {
         let n = self.image_len();
         let plane = self.height * self.width;
         // A lookup table per channel: 256 values, so each pixel costs one load.

@@ -290,10 +290,12 @@ impl DenseNet {
         // Each block's features live in one storage of its final width: the block input, then
         // every layer's new channels, appended; the transition's output is appended to the next
         // block's storage.
+        // Under a 16-bit precision policy the activations (the stem's output on) are 16-bit.
         let growth = self.config.growth_rate;
+        let act_dtype = feat.dtype();
         let storage_for = |input: &Tensor, layers: usize| -> tape::Result<BlockStorage> {
             let [n, c0, h, w] = input.dims4("densenet")?;
-            BlockStorage::new([n, c0 + layers * growth, h, w], self.dtype, &self.device)
+            BlockStorage::new([n, c0 + layers * growth, h, w], act_dtype, &self.device)
         };
         let mut features = storage_for(&feat, self.blocks[0].layers.len())?;
         features.append(tape, &feat)?;
@@ -313,7 +315,7 @@ impl DenseNet {
                 let next_layers = self.blocks[b + 1].layers.len();
                 let next = BlockStorage::new(
                     [n, c_next + next_layers * growth, h / 2, w / 2],
-                    self.dtype,
+                    act_dtype,
                     &self.device,
                 )?;
                 let out = t.forward(tape, &features, recompute_glue, in_place)?;

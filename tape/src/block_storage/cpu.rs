@@ -4,13 +4,13 @@
 use super::{channel_runs, BlockStorageKernels};
 use crate::backend::cpu::map::{write_copy, written_vec, PAR_MIN};
 use crate::backend::Cpu;
-use crate::dtype::Elem;
+use crate::dtype::{bf16, f16, DType, Scalar};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// `f(wide image, packed image)` for every image, in parallel when large.
-fn per_image<T: Elem>(
+fn per_image<T: Scalar>(
     wide: &mut [T],
     packed: &[T],
     (n, wide_len, run, at): (usize, usize, usize, usize),
@@ -31,11 +31,26 @@ fn per_image<T: Elem>(
     }
 }
 
+/// `dst[:, c0 ..] += src` for a 16-bit dtype: each sum in `f32`, rounded once.
+fn add_half<T: Scalar>(
+    dst: &mut Tensor,
+    src: &Tensor,
+    runs: (usize, usize, usize, usize),
+) -> Result<()> {
+    let s = src.as_slice::<T>()?;
+    per_image(dst.make_mut::<T>()?, s, runs, |d, s| {
+        d.iter_mut()
+            .zip(s)
+            .for_each(|(d, &s)| *d = T::of_f32(d.f32() + s.f32()))
+    });
+    Ok(())
+}
+
 impl BlockStorageKernels for Cpu {
     fn write_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
         let shape = src.dims4("block_storage")?;
         let r = channel_runs(dst, shape, c0)?;
-        dispatch_float!(src.dtype(), T => {
+        dispatch_scalar!(src.dtype(), T => {
             let s = src.as_slice::<T>()?;
             per_image(dst.make_mut::<T>()?, s, r, |d, s| d.copy_from_slice(s));
         });
@@ -45,19 +60,23 @@ impl BlockStorageKernels for Cpu {
     fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
         let shape = src.dims4("block_storage")?;
         let r = channel_runs(dst, shape, c0)?;
-        dispatch_float!(src.dtype(), T => {
-            let s = src.as_slice::<T>()?;
-            per_image(dst.make_mut::<T>()?, s, r, |d, s| {
-                d.iter_mut().zip(s).for_each(|(d, &s)| *d += s)
-            });
-        });
+        match src.dtype() {
+            DType::BF16 => add_half::<bf16>(dst, src, r)?,
+            DType::F16 => add_half::<f16>(dst, src, r)?,
+            _ => dispatch_float!(src.dtype(), T => {
+                let s = src.as_slice::<T>()?;
+                per_image(dst.make_mut::<T>()?, s, r, |d, s| {
+                    d.iter_mut().zip(s).for_each(|(d, &s)| *d += s)
+                });
+            }),
+        }
         Ok(())
     }
 
     fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
         let [n, _, h, w] = src.dims4("block_storage")?;
         let (n, wide_len, run, at) = channel_runs(src, [n, k, h, w], c0)?;
-        dispatch_float!(src.dtype(), T => {
+        dispatch_scalar!(src.dtype(), T => {
             let s = src.as_slice::<T>()?;
             let fill = |(i, out): (usize, &mut [std::mem::MaybeUninit<T>])| {
                 write_copy(out, &s[i * wide_len + at..][..run]);

@@ -5,7 +5,7 @@
 
 use super::state::{load_state_dict, state_dict, LoadOptions, StateError, StateResult, Stored};
 use super::Module;
-use crate::dtype::DType;
+use crate::dtype::{bf16, f16, DType};
 use crate::tensor::Tensor;
 use safetensors::tensor::{Dtype, TensorView, View};
 use std::borrow::Cow;
@@ -56,6 +56,21 @@ fn blob_of(name: &str, t: &Tensor) -> StateResult<Blob> {
         DType::F64 => (
             Dtype::F64,
             values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        // The f64 values of a 16-bit tensor are exact: converting back loses nothing.
+        DType::BF16 => (
+            Dtype::BF16,
+            values
+                .iter()
+                .flat_map(|&v| bf16::from_f64(v).to_le_bytes())
+                .collect(),
+        ),
+        DType::F16 => (
+            Dtype::F16,
+            values
+                .iter()
+                .flat_map(|&v| f16::from_f64(v).to_le_bytes())
+                .collect(),
         ),
     };
     Ok(Blob {
@@ -124,16 +139,24 @@ fn decode(view: &TensorView<'_>, name: &str, path: &Path) -> StateResult<Stored>
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
         Dtype::I64 => data
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
             .collect(),
-        other => {
-            return Err(StateError::File {
-                path: path.display().to_string(),
-                msg: format!("tensor '{name}' has dtype {other:?}; only F32, F64 and I64 are read"),
-            })
-        }
+        other => return Err(StateError::File {
+            path: path.display().to_string(),
+            msg: format!(
+                "tensor '{name}' has dtype {other:?}; only F32, F64, BF16, F16 and I64 are read"
+            ),
+        }),
     };
     Ok(Stored {
         shape: view.shape().to_vec(),

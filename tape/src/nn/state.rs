@@ -174,6 +174,8 @@ fn check_values(name: &str, s: &Stored, dtype: DType, non_negative: bool) -> Sta
     let max = match dtype {
         DType::F32 => f32::MAX as f64,
         DType::F64 => f64::MAX,
+        DType::BF16 => crate::dtype::bf16::MAX.to_f64(),
+        DType::F16 => crate::dtype::f16::MAX.to_f64(),
     };
     for (i, &v) in s.values.iter().enumerate() {
         if !v.is_finite() {

@@ -22,6 +22,22 @@ pub(crate) fn check_vector(
     Ok(())
 }
 
+/// [`check_vector`] for a normalisation's parameter: beside a 16-bit `x` it may be `f32` (mixed
+/// precision's master weights), otherwise it has `x`'s dtype.
+pub(crate) fn check_param(
+    op: &'static str,
+    name: &str,
+    x: &Tensor,
+    v: &Tensor,
+    len: usize,
+) -> Result<()> {
+    if x.dtype().is_half() && v.dtype() == crate::dtype::DType::F32 {
+        x.device().check_same(v.device(), op)?;
+        return check_vector(op, name, v, v, len);
+    }
+    check_vector(op, name, x, v, len)
+}
+
 /// Fails unless `a` and `b` share dtype, device and shape.
 pub(crate) fn check_pair(a: &Tensor, b: &Tensor, op: &'static str) -> Result<()> {
     a.check_compatible(b, op)?;

@@ -6,8 +6,10 @@
 //! closure only when the tape records and an input wants a gradient.
 
 mod accuracy;
+mod autocast;
 mod batch_norm;
 mod batch_norm_relu;
+mod cast;
 mod checks;
 mod concat;
 mod conv2d;
@@ -28,6 +30,7 @@ mod relu;
 mod reshape;
 mod softmax;
 mod weighted;
+mod widen;
 
 // conv2d, linear, pooling:
 pub use conv2d::{
@@ -45,6 +48,9 @@ pub use cross_entropy::{cross_entropy, cross_entropy_labels};
 pub use dropout::dropout;
 
 pub use elementwise::{add, mul, scale};
+
+// mixed precision:
+pub use cast::cast;
 
 // Not differentiable, no tape: the step's accuracy count and anomaly flag, kept on the device.
 pub use accuracy::correct_count;

@@ -1,6 +1,8 @@
 //! What the weighted ops (`y = f(x, weight) + bias`: convolution, linear) record and how their
 //! backward hands its gradients over.
 
+use super::widen::narrow_opt;
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::gradients::GradKey;
 use crate::tape::Tape;
@@ -43,12 +45,19 @@ impl<'t> WeightedOp<'t> {
     }
 }
 
-/// The gradients a weighted op's backward produced, accumulated into `grads` under the op's keys.
+/// The gradients a weighted op's backward produced, accumulated into `grads` under the op's
+/// keys, in `dtype` (the op's: its kernels' `f32` results rounded once for a 16-bit op).
 pub(crate) fn accumulate_weighted(
     grads: &mut crate::Gradients,
     (kx, kw, kb): (&GradKey, &GradKey, Option<&GradKey>),
     (gx, gw, gb): (Option<Tensor>, Option<Tensor>, Option<Tensor>),
+    dtype: DType,
 ) -> Result<()> {
+    let (gx, gw, gb) = (
+        narrow_opt(gx, dtype)?,
+        narrow_opt(gw, dtype)?,
+        narrow_opt(gb, dtype)?,
+    );
     if let Some(gx) = gx {
         grads.accumulate(kx, gx)?;
     }

@@ -28,6 +28,12 @@ pub(crate) fn flag_arg(be: &Backend, found_inf: Option<&Tensor>) -> Result<(u64,
         Some(f) => match f.dtype() {
             DType::F32 => (be.ptr(f.cuda_slice::<f32>()?), 0),
             DType::F64 => (be.ptr(f.cuda_slice::<f64>()?), 1),
+            dtype @ (DType::BF16 | DType::F16) => {
+                return Err(crate::error::Error::UnsupportedDType {
+                    op: "an optimizer's skip flag",
+                    dtype,
+                })
+            }
         },
     })
 }

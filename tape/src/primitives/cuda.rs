@@ -5,7 +5,7 @@ use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
 use crate::device::cuda::{grid, launch, CudaElem};
 use crate::device::Device;
-use crate::dtype::{DType, Elem};
+use crate::dtype::{DType, Scalar};
 use crate::error::Result;
 use crate::tensor::Tensor;
 

@@ -4,7 +4,7 @@
 
 use crate::backend::{kernel_trait, kernels};
 use crate::device::Device;
-use crate::dtype::{DType, Elem};
+use crate::dtype::{DType, Scalar};
 use crate::error::Result;
 use crate::tensor::{numel_of, Tensor};
 
@@ -39,7 +39,7 @@ impl Tensor {
             return Tensor::zeros(shape, dtype, device);
         }
         let n = numel_of(shape);
-        dispatch_float!(dtype, T => {
+        dispatch_scalar!(dtype, T => {
             let mut v: Vec<T> = Vec::with_capacity(n);
             crate::host_cache::advise_huge_pages(v.spare_capacity_mut());
             v.resize(n, T::of(0.0));

@@ -19,6 +19,7 @@ pub const TRAIN: Context = Context {
     seed: 0,
     counter: 0,
     keep_batch_stats: true,
+    precision: tape::Precision::F32,
 };
 
 /// An `f64` leaf (requires a gradient) with the values `data`.

@@ -93,7 +93,7 @@ fn map2_body<T: Elem>(out: &mut [MaybeUninit<T>], (a, b): (&[T], &[T]), f: impl 
 ///
 /// # Safety
 /// `fill` must write every one of the `len` slots it is given.
-pub(crate) unsafe fn written_vec<T: Elem>(
+pub(crate) unsafe fn written_vec<T>(
     len: usize,
     fill: impl FnOnce(&mut [MaybeUninit<T>]),
 ) -> Vec<T> {

@@ -33,6 +33,11 @@ pub(crate) fn upload(device: &Device, data: &CpuData) -> Result<CudaData> {
     match data {
         CpuData::F32(v) => upload_t::<f32>(device, v),
         CpuData::F64(v) => upload_t::<f64>(device, v),
+        // The CUDA backend has no 16-bit buffers yet (its kernels compute in f32 and f64).
+        CpuData::BF16(_) | CpuData::F16(_) => Err(crate::error::Error::UnsupportedDType {
+            op: "a CUDA buffer",
+            dtype: data.dtype(),
+        }),
     }
 }
 

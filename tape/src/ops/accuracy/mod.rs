@@ -2,6 +2,7 @@
 //! their label, as a one-element tensor, so a training step can count its hits without reading
 //! the logits back (read the count when it is wanted).
 
+use super::widen::wide;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::labels::Labels;
@@ -44,5 +45,7 @@ pub fn correct_count(logits: &Tensor, labels: &Labels) -> Result<Tensor> {
         return Err(Error::invalid(OP, "the logits have no class"));
     }
     labels.check(OP, n, classes, logits.device())?;
-    kernels(logits.device())?.correct_count(logits, labels)
+    // 16-bit logits are compared in f32 (exact), and counted in f32 as well (a 16-bit count
+    // would be exact only up to 256 or 2048 rows).
+    kernels(logits.device())?.correct_count(&*wide(logits)?, labels)
 }

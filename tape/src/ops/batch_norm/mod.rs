@@ -5,6 +5,7 @@
 //! per-channel mean and `invstd` and (for the input gradient) the weight.
 
 use super::checks::check_grad;
+use super::widen::{narrow, wide, wide_opt};
 use crate::backend::{kernel_trait, kernels};
 use crate::device::Device;
 use crate::dtype::DType;
@@ -333,7 +334,7 @@ impl RunningStats {
         for (t, batch) in [(&mut s.mean, batch_mean), (&mut s.var, batch_var_unbiased)] {
             dispatch_float!(t.dtype(), T => {
                 for (r, &b) in t.make_mut::<T>()?.iter_mut().zip(batch) {
-                    *r = <T as crate::Elem>::of((1.0 - momentum) * crate::Elem::f64(*r) + momentum * b);
+                    *r = <T as crate::Scalar>::of((1.0 - momentum) * crate::Scalar::f64(*r) + momentum * b);
                 }
             });
         }
@@ -353,7 +354,7 @@ pub(crate) fn check_affine(
     running: &RunningStats,
 ) -> Result<()> {
     for (name, p) in [("weight", weight), ("bias", bias)] {
-        super::checks::check_vector(op, name, x, p, c)?;
+        super::checks::check_param(op, name, x, p, c)?;
     }
     if running.channels() != c {
         return Err(Error::shape(
@@ -610,10 +611,11 @@ pub fn batch_norm2d(
     let record = tape.needs_grad(&[x, weight, bias]);
     let k = kernels(x.device())?;
     let batch = running.batch_plan(tape, training);
+    let (wx, ww, wb) = (wide(x)?, wide(weight)?, wide(bias)?);
     let (out, stats) = k.batch_norm_forward(&BnForward {
-        x,
-        weight,
-        bias,
+        x: &wx,
+        weight: &ww,
+        bias: &wb,
         running,
         opts,
         training,
@@ -621,6 +623,8 @@ pub fn batch_norm2d(
         want_stats: record || batch.keep,
         given: batch.given.as_ref(),
     })?;
+    let out = narrow(out, x.dtype())?;
+    let dtypes = [x.dtype(), weight.dtype(), bias.dtype()];
     running.keep_batch(&batch, stats.as_ref());
     let saved = match stats {
         Some(stats) if record => {
@@ -637,12 +641,14 @@ pub fn batch_norm2d(
     let keys = [GradKey::of(x), GradKey::of(weight), GradKey::of(bias)];
     Ok(tape.record(OP, &[x, weight, bias], out, move |g, grads| {
         let saved = saved.ok_or_else(|| Error::Backward("batch_norm2d saved nothing".into()))?;
-        check_grad(
-            OP,
-            g,
-            keys[0].shape(),
-            saved.x.as_ref().or(saved.weight.as_ref()),
-        )?;
+        check_grad(OP, g, keys[0].shape(), saved.x.as_ref())?;
+        if g.dtype() != dtypes[0] {
+            return Err(Error::Backward(format!(
+                "batch_norm2d: output gradient of dtype {:?}, expected {:?}",
+                g.dtype(),
+                dtypes[0]
+            )));
+        }
         let want = [0, 1, 2].map(|i| keys[i].requires_grad());
         let missing =
             || Error::Backward("batch_norm2d did not save what the gradients need".into());
@@ -652,19 +658,21 @@ pub fn batch_norm2d(
         if want[0] && training && saved.x.is_none() {
             return Err(missing());
         }
+        let (wg, wx) = (wide(g)?, wide_opt(saved.x.as_ref())?);
+        let ww = wide_opt(saved.weight.as_ref())?;
         let (gx, gw, gb) = k.batch_norm_backward(&BnBackward {
-            g,
-            x: saved.x.as_ref(),
-            weight: saved.weight.as_ref(),
+            g: &wg,
+            x: wx.as_deref(),
+            weight: ww.as_deref(),
             stats: &saved.stats,
             training,
             eps: opts.eps,
             want,
             sync: saved.sync.as_deref(),
         })?;
-        for (key, grad) in keys.iter().zip([gx, gw, gb]) {
+        for ((key, grad), dtype) in keys.iter().zip([gx, gw, gb]).zip(dtypes) {
             if let Some(grad) = grad {
-                grads.accumulate(key, grad)?;
+                grads.accumulate(key, narrow(grad, dtype)?)?;
             }
         }
         Ok(())

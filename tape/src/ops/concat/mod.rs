@@ -3,6 +3,7 @@
 //! only the inputs' keys (no buffers).
 
 use super::checks::check_grad;
+use super::widen::{narrow, wide};
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -80,22 +81,33 @@ pub fn concat(tape: &mut Tape, xs: &[&Tensor]) -> Result<Tensor> {
     let k = kernels(first.device())?;
     let out = match tape.take_known_output(&shape, first) {
         Some(known) => known,
+        None if first.dtype().is_half() => {
+            let wides = xs.iter().map(|x| wide(x)).collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&Tensor> = wides.iter().map(|w| w.as_ref()).collect();
+            narrow(k.concat(&refs, &widths, outer, &shape)?, first.dtype())?
+        }
         None => k.concat(xs, &widths, outer, &shape)?,
     };
+    let dtype = first.dtype();
     let keys: Vec<GradKey> = xs.iter().map(|x| GradKey::of(x)).collect();
     Ok(tape.record(OP, xs, out, move |g, grads| {
         check_grad(OP, g, &shape, None)?;
         let shapes: Vec<&[usize]> = keys.iter().map(|k| k.shape()).collect();
         let wanted: Vec<bool> = keys.iter().map(|k| k.requires_grad()).collect();
         // Gradients the inputs already have are added into in place.
+        // (A 16-bit split is made in f32 and rounded, then added as a new contribution.)
         let into = keys
             .iter()
-            .map(|k| grads.take_for_accumulation(k))
+            .map(|k| match dtype.is_half() {
+                true => None,
+                false => grads.take_for_accumulation(k),
+            })
             .collect();
-        let pieces = k.concat_split(g, outer, &widths, &shapes, &wanted, into)?;
+        let g = wide(g)?;
+        let pieces = k.concat_split(&g, outer, &widths, &shapes, &wanted, into)?;
         for (key, piece) in keys.iter().zip(pieces) {
             if let Some(gx) = piece {
-                grads.accumulate(key, gx)?;
+                grads.accumulate(key, narrow(gx, dtype)?)?;
             }
         }
         Ok(())

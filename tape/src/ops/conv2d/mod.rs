@@ -7,10 +7,12 @@ mod cpu;
 mod cuda;
 mod meta;
 
+use super::autocast::{to_low, to_low_opt};
 use super::checks::check_grad;
 use super::weighted::{accumulate_weighted, WeightedOp};
+use super::widen::{narrow, wide, wide_opt};
 use crate::backend::{kernel_trait, kernels, Kernels};
-use crate::block_storage::BlockStorage;
+use crate::block_storage::{BlockStorage, BlockStorageKernels};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -251,7 +253,8 @@ pub fn conv2d_pass_workspace_bytes(
 /// 2-D convolution of `x` (`[n, cin, h, w]`) with `weight` (`[cout, cin, kh, kw]`) plus an
 /// optional `bias` (`[cout]`), giving `[n, cout, (h + 2p - kh)/s + 1, (w + 2p - kw)/s + 1]`.
 /// Gradients flow to each of `x`, `weight` and `bias` that requires one; backward keeps `x` only
-/// if the weight wants a gradient and the weight only if `x` does.
+/// if the weight wants a gradient and the weight only if `x` does. Under a 16-bit precision
+/// policy the `f32` operands are cast down first (see [`crate::precision`]).
 pub fn conv2d(
     tape: &mut Tape,
     x: &Tensor,
@@ -259,14 +262,39 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     opts: Conv2dOptions,
 ) -> Result<Tensor> {
+    let (x, weight) = (to_low(tape, x)?, to_low(tape, weight)?);
+    let bias = to_low_opt(tape, bias)?;
+    let (x, weight, bias) = (x.as_ref(), weight.as_ref(), bias.as_deref());
     let _profile = tape.profile_op(OP);
     let geo = Geometry::new(x, weight, bias, opts)?;
     let k = kernels(x.device())?;
     let out = match tape.take_known_output(&geo.out_shape(), x) {
         Some(known) => known,
-        None => k.conv2d_forward(&geo, x, weight, bias)?,
+        None => forward(&k, &geo, (x, weight, bias))?,
     };
     Ok(record(tape, geo, k, (x, weight, bias), out))
+}
+
+/// The forward kernel on `f32` copies of 16-bit operands, its output rounded to `x`'s dtype.
+fn forward(
+    k: &Kernels,
+    geo: &Geometry,
+    (x, weight, bias): (&Tensor, &Tensor, Option<&Tensor>),
+) -> Result<Tensor> {
+    let (wx, ww, wb) = (wide(x)?, wide(weight)?, wide_opt(bias)?);
+    narrow(k.conv2d_forward(geo, &wx, &ww, wb.as_deref())?, x.dtype())
+}
+
+/// The backward kernel on `f32` copies of 16-bit operands (results rounded by the caller).
+fn backward(
+    k: &Kernels,
+    geo: &Geometry,
+    g: &Tensor,
+    (x, w): (Option<&Tensor>, Option<&Tensor>),
+    want_bias: bool,
+) -> Result<Conv2dGrads> {
+    let (wg, wx, ww) = (wide(g)?, wide_opt(x)?, wide_opt(w)?);
+    k.conv2d_backward(geo, &wg, wx.as_deref(), ww.as_deref(), want_bias)
 }
 
 /// [`conv2d`] with its output written straight into channels `c0 ..` of `storage`, the next
@@ -282,6 +310,9 @@ pub fn conv2d_into_storage(
     storage: &BlockStorage,
     c0: usize,
 ) -> Result<Tensor> {
+    let (x, weight) = (to_low(tape, x)?, to_low(tape, weight)?);
+    let bias = to_low_opt(tape, bias)?;
+    let (x, weight, bias) = (x.as_ref(), weight.as_ref(), bias.as_deref());
     let _profile = tape.profile_op(OP);
     let geo = Geometry::new(x, weight, bias, opts)?;
     let shape = geo.out_shape();
@@ -295,6 +326,11 @@ pub fn conv2d_into_storage(
                         OP,
                         format!("output for channels {c0}.. of a storage holding {next}"),
                     ));
+                }
+                if x.dtype().is_half() {
+                    // The f32 kernels write f32: round a whole output, then copy it in.
+                    let y = forward(&k, &geo, (x, weight, bias))?;
+                    return k.write_channels(dst, &y, c0);
                 }
                 k.conv2d_forward_into(&geo, x, weight, bias, dst, c0)
             })?;
@@ -315,12 +351,19 @@ pub fn conv2d_into_storage(
         ..
     } = op;
     let grad = storage.grad_reader()?;
+    let dtype = x.dtype();
     tape.record_effect(OP, move |grads| {
         let (sx, sw) = (saved_x.as_ref(), saved_w.as_ref());
-        let made =
-            grad.with_existing(|g| k.conv2d_backward_window(&geo, g, c0, sx, sw, want_bias))?;
+        let made = grad.with_existing(|g| {
+            if dtype.is_half() {
+                // The f32 kernels read f32: a packed copy of the output's channels.
+                let g = k.read_channels(g, c0, geo.cout)?;
+                return backward(&k, &geo, &g, (sx, sw), want_bias);
+            }
+            k.conv2d_backward_window(&geo, g, c0, sx, sw, want_bias)
+        })?;
         match made {
-            Some(made) => accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), made),
+            Some(made) => accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), made, dtype),
             None => Ok(()),
         }
     });
@@ -346,11 +389,12 @@ fn record(
         saved_x,
         saved_w,
     } = op;
+    let dtype = x.dtype();
     tape.record(OP, &inputs, out, move |g, grads| {
         let expected = geo.out_shape();
         check_grad(OP, g, &expected, saved_x.as_ref().or(saved_w.as_ref()))?;
-        let grads_out =
-            k.conv2d_backward(&geo, g, saved_x.as_ref(), saved_w.as_ref(), want_bias)?;
-        accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), grads_out)
+        let saved = (saved_x.as_ref(), saved_w.as_ref());
+        let grads_out = backward(&k, &geo, g, saved, want_bias)?;
+        accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), grads_out, dtype)
     })
 }

@@ -2,7 +2,9 @@
 //! (log-sum-exp); backward saves the logits (no new buffer) and the labels, which live on the
 //! logits' device ([`Labels`]).
 
+use super::autocast::to_f32;
 use super::checks::check_grad;
+use super::widen::via_f32;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -42,12 +44,16 @@ pub fn cross_entropy(tape: &mut Tape, logits: &Tensor, labels: &[usize]) -> Resu
 }
 
 /// [`cross_entropy`] with labels already on the logits' device: no host-to-device copy.
+/// Under a 16-bit precision policy 16-bit logits are cast to `f32` first (an `f32` op).
 pub fn cross_entropy_labels(tape: &mut Tape, logits: &Tensor, labels: &Labels) -> Result<Tensor> {
+    let logits = &*to_f32(tape, logits)?;
     let _profile = tape.profile_op(OP);
     let (n, classes) = rows_and_classes(logits)?;
     labels.check(OP, n, classes, logits.device())?;
     let k = kernels(logits.device())?;
-    let out = k.cross_entropy_forward(logits, labels)?;
+    let out = via_f32([logits], logits.dtype(), |[l]| {
+        k.cross_entropy_forward(l, labels)
+    })?;
     let key = GradKey::of(logits);
     let saved = tape
         .needs_grad(&[logits])
@@ -56,7 +62,10 @@ pub fn cross_entropy_labels(tape: &mut Tape, logits: &Tensor, labels: &Labels) -
         let (logits, labels) =
             saved.ok_or_else(|| Error::Backward("cross_entropy saved nothing".into()))?;
         check_grad(OP, g, &[1], Some(&logits))?;
-        grads.accumulate(&key, k.cross_entropy_backward(&logits, &labels, g)?)
+        let gx = via_f32([&logits, g], logits.dtype(), |[l, g]| {
+            k.cross_entropy_backward(l, &labels, g)
+        })?;
+        grads.accumulate(&key, gx)
     }))
 }
 

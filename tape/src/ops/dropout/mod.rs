@@ -2,6 +2,7 @@
 //! element index ([`crate::rng::uniform`]), so a recompute under the same context replays it and
 //! backward regenerates it instead of keeping it in memory: the closure saves no buffer.
 
+use super::widen::via_f32;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -47,9 +48,10 @@ pub fn dropout(tape: &mut Tape, x: &Tensor, p: f64) -> Result<Tensor> {
     let k = kernels(x.device())?;
     let out = match tape.take_known_output(x.shape(), x) {
         Some(known) => known,
-        None => k.dropout_mask(x, seed, counter, p)?,
+        None => via_f32([x], x.dtype(), |[x]| k.dropout_mask(x, seed, counter, p))?,
     };
     Ok(tape.record("dropout", &[x], out, move |g, grads| {
-        grads.accumulate(&kx, k.dropout_mask(g, seed, counter, p)?)
+        let gx = via_f32([g], g.dtype(), |[g]| k.dropout_mask(g, seed, counter, p))?;
+        grads.accumulate(&kx, gx)
     }))
 }

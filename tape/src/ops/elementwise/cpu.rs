@@ -3,7 +3,7 @@
 use super::ElementwiseKernels;
 use crate::backend::cpu::map::{map_binary, map_unary};
 use crate::backend::Cpu;
-use crate::dtype::Elem;
+use crate::dtype::Scalar;
 use crate::error::Result;
 use crate::tensor::Tensor;
 

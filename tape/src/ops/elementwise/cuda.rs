@@ -4,7 +4,7 @@ use super::ElementwiseKernels;
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
 use crate::device::cuda::{grid, launch, CudaElem};
-use crate::dtype::Elem;
+use crate::dtype::Scalar;
 use crate::error::Result;
 use crate::tensor::Tensor;
 

@@ -13,6 +13,7 @@ pub(crate) mod cuda;
 mod meta;
 
 use super::checks::check_grad;
+use super::widen::via_f32;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -109,7 +110,9 @@ pub fn embedding(
     let k = kernels(weight.device())?;
     let out = match tape.take_known_output(&out_shape, weight) {
         Some(known) => known,
-        None => k.embedding_forward(weight, indices, &out_shape)?,
+        None => via_f32([weight], weight.dtype(), |[w]| {
+            k.embedding_forward(w, indices, &out_shape)
+        })?,
     };
     let kw = GradKey::of(weight);
     let saved = tape.needs_grad(&[weight]).then(|| indices.to_vec());
@@ -127,6 +130,7 @@ pub fn embedding(
         }
         device.check_same(g.device(), OP)?;
         let groups = Groups::of(&indices, vocab);
-        grads.accumulate(&kw, k.embedding_backward(g, &groups, vocab, d)?)
+        let gw = via_f32([g], dtype, |[g]| k.embedding_backward(g, &groups, vocab, d))?;
+        grads.accumulate(&kw, gw)
     }))
 }

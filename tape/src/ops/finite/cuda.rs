@@ -100,6 +100,13 @@ fn take_slot(ctx: &Arc<CudaContext>, dtype: DType) -> Result<Pinned> {
     let r = match dtype {
         DType::F32 => unsafe { ctx.alloc_pinned::<f32>(1) }.map(Pinned::F32),
         DType::F64 => unsafe { ctx.alloc_pinned::<f64>(1) }.map(Pinned::F64),
+        // No 16-bit GPU buffer exists to be read (see `device::cuda::buffer::upload`).
+        dtype @ (DType::BF16 | DType::F16) => {
+            return Err(crate::error::Error::UnsupportedDType {
+                op: "a pending read of a CUDA tensor",
+                dtype,
+            })
+        }
     };
     r.map_err(|e| driver_err("cuMemHostAlloc", e))
 }

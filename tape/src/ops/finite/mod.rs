@@ -6,6 +6,7 @@
 //! or asynchronously ([`PendingScalar`]: copied to the host while the device runs on, read
 //! later with no wait when the copy is done).
 
+use super::widen::wide;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::profile::{self, Pass};
@@ -33,7 +34,8 @@ const OP: &str = "non_finite";
 /// A one-element tensor (the inputs' dtype, on their device) holding 1 if any element of any of
 /// `xs` is NaN or infinite, else 0: one kernel call over every tensor (a parallel pass on the
 /// CPU, one launch on a GPU), nothing read back. `xs` must be non-empty, of one dtype and on one
-/// device. Not differentiable: it records nothing.
+/// device; the flag of 16-bit tensors is `f32` (they are checked through `f32` copies, which
+/// keep every infinity and NaN). Not differentiable: it records nothing.
 pub fn non_finite(xs: &[&Tensor]) -> Result<Tensor> {
     let _profile = profile::scope(OP, Pass::Optimizer);
     let first = xs
@@ -42,7 +44,13 @@ pub fn non_finite(xs: &[&Tensor]) -> Result<Tensor> {
     for x in &xs[1..] {
         first.check_compatible(x, OP)?;
     }
-    kernels(first.device())?.non_finite(xs)
+    let k = kernels(first.device())?;
+    if first.dtype().is_half() {
+        let wides = xs.iter().map(|x| wide(x)).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Tensor> = wides.iter().map(|w| w.as_ref()).collect();
+        return k.non_finite(&refs);
+    }
+    k.non_finite(xs)
 }
 
 /// Whether a flag of [`non_finite`] is set, read on the host now (one sync: the synchronous

@@ -116,10 +116,7 @@ impl PendingScalar {
 
 /// The value of a one-element CPU tensor, read from host memory (not a sync: no device waits).
 fn host_value(t: &Tensor) -> Result<f64> {
-    Ok(match t.dtype() {
-        crate::DType::F32 => f64::from(t.as_slice::<f32>()?[0]),
-        crate::DType::F64 => t.as_slice::<f64>()?[0],
-    })
+    Ok(dispatch_scalar!(t.dtype(), T => crate::Scalar::f64(t.as_slice::<T>()?[0])))
 }
 
 /// Queues the copy of a GPU tensor's value.

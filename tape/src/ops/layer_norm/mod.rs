@@ -10,7 +10,9 @@ mod cpu;
 pub(crate) mod cuda;
 mod meta;
 
-use super::checks::{check_grad, check_vector};
+use super::autocast::to_f32;
+use super::checks::{check_grad, check_param};
+use super::widen::{narrow, wide, wide_opt};
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -79,6 +81,7 @@ pub fn layer_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
+    let x = &*to_f32(tape, x)?;
     let _profile = tape.profile_op(OP);
     let d = match x.shape().last() {
         Some(&d) => d,
@@ -96,10 +99,10 @@ pub fn layer_norm(
         ));
     }
     if let Some(w) = weight {
-        check_vector(OP, "weight", x, w, d)?;
+        check_param(OP, "weight", x, w, d)?;
     }
     if let Some(b) = bias {
-        check_vector(OP, "bias", x, b, d)?;
+        check_param(OP, "bias", x, b, d)?;
     }
     let dims = LnDims {
         rows: x.numel().checked_div(d).unwrap_or(0),
@@ -107,7 +110,15 @@ pub fn layer_norm(
         eps,
     };
     let k = kernels(x.device())?;
-    let (out, stats) = k.layer_norm_forward(x, weight, bias, dims)?;
+    let (wx, ww, wb) = (wide(x)?, wide_opt(weight)?, wide_opt(bias)?);
+    let (out, stats) = k.layer_norm_forward(&wx, ww.as_deref(), wb.as_deref(), dims)?;
+    drop((wx, ww, wb));
+    let out = narrow(out, x.dtype())?;
+    let dtypes = (
+        x.dtype(),
+        weight.map(Tensor::dtype),
+        bias.map(Tensor::dtype),
+    );
 
     let mut inputs = vec![x];
     inputs.extend(weight);
@@ -129,8 +140,9 @@ pub fn layer_norm(
         let missing = || Error::Backward("layer_norm: input not saved".into());
         if want_x {
             let (x, stats) = saved_x.as_ref().ok_or_else(missing)?;
-            let gx = k.layer_norm_grad_input(g, x, stats, saved_w.as_ref(), dims)?;
-            grads.accumulate(&kx, gx)?;
+            let (wg, wx, ww) = (wide(g)?, wide(x)?, wide_opt(saved_w.as_ref())?);
+            let gx = k.layer_norm_grad_input(&wg, &wx, stats, ww.as_deref(), dims)?;
+            grads.accumulate(&kx, narrow(gx, dtypes.0)?)?;
         }
         if want_w || want_b {
             let xs = match &saved_x {
@@ -138,12 +150,18 @@ pub fn layer_norm(
                 None if want_w => return Err(missing()),
                 _ => None,
             };
-            let (gw, gb) = k.layer_norm_grad_affine(g, xs, want_b, dims)?;
-            if let (Some(kw), Some(gw)) = (&kw, gw) {
-                grads.accumulate(kw, gw)?;
+            let wg = wide(g)?;
+            let wxs = match xs {
+                Some((x, s)) => Some((wide(x)?, s)),
+                None => None,
+            };
+            let wxs = wxs.as_ref().map(|(x, s)| (x.as_ref(), *s));
+            let (gw, gb) = k.layer_norm_grad_affine(&wg, wxs, want_b, dims)?;
+            if let (Some(kw), Some(gw), Some(d)) = (&kw, gw, dtypes.1) {
+                grads.accumulate(kw, narrow(gw, d)?)?;
             }
-            if let (Some(kb), Some(gb)) = (&kb, gb) {
-                grads.accumulate(kb, gb)?;
+            if let (Some(kb), Some(gb), Some(d)) = (&kb, gb, dtypes.2) {
+                grads.accumulate(kb, narrow(gb, d)?)?;
             }
         }
         Ok(())

@@ -6,8 +6,10 @@ mod cpu;
 pub(crate) mod cuda;
 mod meta;
 
+use super::autocast::{to_low, to_low_opt};
 use super::checks::check_grad;
 use super::weighted::{accumulate_weighted, WeightedOp};
+use super::widen::{narrow, wide, wide_opt};
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::tape::Tape;
@@ -40,20 +42,29 @@ kernel_trait! {
 
 /// `x w^T + bias`: `x` is `[n, in]`, `weight` `[out, in]`, `bias` `[out]`; gives `[n, out]`.
 /// Backward keeps `x` only if the weight wants a gradient and the weight only if `x` does.
+/// Under a 16-bit precision policy the `f32` operands are cast down first (see
+/// [`crate::precision`]).
 pub fn linear(
     tape: &mut Tape,
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let (x, weight) = (to_low(tape, x)?, to_low(tape, weight)?);
+    let bias = to_low_opt(tape, bias)?;
+    let (x, weight, bias) = (x.as_ref(), weight.as_ref(), bias.as_deref());
     let _profile = tape.profile_op(OP);
     let dims = check(x, weight, bias)?;
     let (n, _, o) = dims;
     let k = kernels(x.device())?;
     let out = match tape.take_known_output(&[n, o], x) {
         Some(known) => known,
-        None => k.linear_forward(x, weight, bias, dims)?,
+        None => {
+            let (wx, ww, wb) = (wide(x)?, wide(weight)?, wide_opt(bias)?);
+            narrow(k.linear_forward(&wx, &ww, wb.as_deref(), dims)?, x.dtype())?
+        }
     };
+    let dtype = x.dtype();
     let op = WeightedOp::new(tape, x, weight, bias);
     let want_bias = op.wants_bias_grad();
     let WeightedOp {
@@ -66,14 +77,17 @@ pub fn linear(
     } = op;
     Ok(tape.record(OP, &inputs, out, move |g, grads| {
         check_grad(OP, g, &[n, o], saved_x.as_ref().or(saved_w.as_ref()))?;
-        let gx = saved_w
-            .map(|w| k.linear_grad_input(g, &w, dims))
-            .transpose()?;
-        let gw = saved_x
-            .map(|x| k.linear_grad_weight(g, &x, dims))
-            .transpose()?;
+        let g = &*wide(g)?;
+        let gx = match saved_w {
+            Some(w) => Some(k.linear_grad_input(g, &*wide(&w)?, dims)?),
+            None => None,
+        };
+        let gw = match saved_x {
+            Some(x) => Some(k.linear_grad_weight(g, &*wide(&x)?, dims)?),
+            None => None,
+        };
         let gb = want_bias.then(|| k.linear_grad_bias(g, dims)).transpose()?;
-        accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), (gx, gw, gb))
+        accumulate_weighted(grads, (&kx, &kw, kb.as_ref()), (gx, gw, gb), dtype)
     }))
 }
 

@@ -9,7 +9,9 @@ mod cpu;
 mod cuda;
 mod meta;
 
+use super::autocast::to_low;
 use super::checks::check_grad;
+use super::widen::via_f32;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -74,12 +76,19 @@ pub fn matmul_with(
     b: &Tensor,
     options: MatmulOptions,
 ) -> Result<Tensor> {
+    let (a, b) = (to_low(tape, a)?, to_low(tape, b)?);
+    let (a, b) = (a.as_ref(), b.as_ref());
     let _profile = tape.profile_op(OP);
     let (dims, out_shape) = check(a, b, options)?;
     let k = kernels(a.device())?;
+    let dtype = a.dtype();
+    // The product on f32 copies of 16-bit operands, rounded to the operands' dtype.
+    let product = move |x: &Tensor, y: &Tensor, d: MatmulDims, shape: &[usize]| {
+        via_f32([x, y], dtype, |[x, y]| k.matmul_batched(x, y, d, shape))
+    };
     let out = match tape.take_known_output(&out_shape, a) {
         Some(known) => known,
-        None => k.matmul_batched(a, b, dims, &out_shape)?,
+        None => product(a, b, dims, &out_shape)?,
     };
     let (ka, kb) = (GradKey::of(a), GradKey::of(b));
     let record = tape.needs_grad(&[a, b]);
@@ -110,7 +119,7 @@ pub fn matmul_with(
                     ta: tb,
                     tb: true,
                 };
-                k.matmul_batched(&b, g, d, &a_shape)?
+                product(&b, g, d, &a_shape)?
             } else {
                 let d = MatmulDims {
                     batch,
@@ -120,7 +129,7 @@ pub fn matmul_with(
                     ta: false,
                     tb: !tb,
                 };
-                k.matmul_batched(g, &b, d, &a_shape)?
+                product(g, &b, d, &a_shape)?
             };
             grads.accumulate(&ka, da)?;
         }
@@ -135,7 +144,7 @@ pub fn matmul_with(
                     ta: true,
                     tb: ta,
                 };
-                k.matmul_batched(g, &a, d, &b_shape)?
+                product(g, &a, d, &b_shape)?
             } else {
                 let d = MatmulDims {
                     batch,
@@ -145,7 +154,7 @@ pub fn matmul_with(
                     ta: !ta,
                     tb: false,
                 };
-                k.matmul_batched(&a, g, d, &b_shape)?
+                product(&a, g, d, &b_shape)?
             };
             grads.accumulate(&kb, db)?;
         }

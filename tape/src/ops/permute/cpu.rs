@@ -4,14 +4,14 @@
 use super::{layout, PermuteKernels};
 use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
-use crate::dtype::Elem;
+use crate::dtype::Scalar;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
-fn gather<T: Elem>(x: &[T], shape: &[usize], strides: &[usize]) -> Vec<T> {
+fn gather<T: Scalar>(x: &[T], shape: &[usize], strides: &[usize]) -> Vec<T> {
     let len: usize = shape.iter().product();
-    let mut out = vec![T::zero(); len];
+    let mut out = vec![T::of(0.0); len];
     let Some((&last, outer)) = shape.split_last() else {
         // A 0-d tensor: one element.
         out.copy_from_slice(&x[..len]);
@@ -43,7 +43,7 @@ fn gather<T: Elem>(x: &[T], shape: &[usize], strides: &[usize]) -> Vec<T> {
 impl PermuteKernels for Cpu {
     fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
         let (shape, strides) = layout(x.shape(), perm);
-        dispatch_float!(x.dtype(), T => Tensor::from_vec(
+        dispatch_scalar!(x.dtype(), T => Tensor::from_vec(
             gather::<T>(x.as_slice::<T>()?, &shape, &strides),
             &shape,
             x.device(),

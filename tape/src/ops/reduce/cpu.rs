@@ -2,7 +2,7 @@
 
 use super::ReduceKernels;
 use crate::backend::Cpu;
-use crate::dtype::Elem;
+use crate::dtype::Scalar;
 use crate::error::Result;
 use crate::tensor::Tensor;
 

@@ -1,6 +1,8 @@
 //! Full reductions to a one-element tensor: `sum` and `mean` (the usual way to make a scalar loss
 //! in tests and examples). Sums are taken in `f64`.
 
+use super::autocast::to_f32;
+use super::widen::via_f32;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -33,10 +35,13 @@ pub fn mean(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     reduce(tape, "mean", x, 1.0 / x.numel().max(1) as f64)
 }
 
+/// The scaled sum (in `f32` under a 16-bit precision policy: an `f32` op).
 fn reduce(tape: &mut Tape, op: &'static str, x: &Tensor, factor: f64) -> Result<Tensor> {
+    let x = &*to_f32(tape, x)?;
     let _profile = tape.profile_op(op);
     let k = kernels(x.device())?;
-    let out = k.sum_all(x, factor)?;
+    let out = via_f32([x], x.dtype(), |[x]| k.sum_all(x, factor))?;
+    let dtype = x.dtype();
     let kx = GradKey::of(x);
     Ok(tape.record(op, &[x], out, move |g, grads| {
         if g.numel() != 1 {
@@ -45,6 +50,7 @@ fn reduce(tape: &mut Tape, op: &'static str, x: &Tensor, factor: f64) -> Result<
                 g.shape()
             )));
         }
-        grads.accumulate(&kx, k.fill_scaled(kx.shape(), g, factor)?)
+        let gx = via_f32([g], dtype, |[g]| k.fill_scaled(kx.shape(), g, factor))?;
+        grads.accumulate(&kx, gx)
     }))
 }

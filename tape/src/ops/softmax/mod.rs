@@ -7,7 +7,9 @@
 //! part in its row's normalisation, its output is 0 (softmax) or `-inf` (log-softmax) and its
 //! input gradient 0, as if the scores had been filled with `-inf` first.
 
+use super::autocast::to_f32;
 use super::checks::check_grad;
+use super::widen::via_f32;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -88,6 +90,7 @@ fn run(
     options: SoftmaxOptions,
     log: bool,
 ) -> Result<Tensor> {
+    let x = &*to_f32(tape, x)?;
     let _profile = tape.profile_op(op);
     let shape = x.shape();
     let d = match shape.last() {
@@ -121,13 +124,14 @@ fn run(
     let k = kernels(x.device())?;
     let out = match tape.take_known_output(shape, x) {
         Some(known) => known,
-        None => k.softmax_forward(x, rows)?,
+        None => via_f32([x], x.dtype(), |[x]| k.softmax_forward(x, rows))?,
     };
     let kx = GradKey::of(x);
     let saved = tape.needs_grad(&[x]).then(|| out.clone());
     Ok(tape.record(op, &[x], out, move |g, grads| {
         let y = saved.ok_or_else(|| Error::Backward(format!("{op}: output not saved")))?;
         check_grad(op, g, y.shape(), Some(&y))?;
-        grads.accumulate(&kx, k.softmax_backward(g, &y, rows)?)
+        let gx = via_f32([g, &y], y.dtype(), |[g, y]| k.softmax_backward(g, y, rows))?;
+        grads.accumulate(&kx, gx)
     }))
 }

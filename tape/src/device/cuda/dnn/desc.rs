@@ -11,6 +11,8 @@ pub(crate) fn data_type(dtype: DType) -> sys::cudnnDataType_t {
     match dtype {
         DType::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
         DType::F64 => sys::cudnnDataType_t::CUDNN_DATA_DOUBLE,
+        DType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+        DType::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
     }
 }
 

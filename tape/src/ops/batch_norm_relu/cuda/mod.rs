@@ -716,7 +716,7 @@ mod tests {
                 let (a, b) = (run(false), run(true));
                 let tol = match dtype {
                     DType::F32 => 1e-6,
-                    DType::F64 => 1e-13,
+                    _ => 1e-13,
                 };
                 for (x, y) in [(&a.0, &b.0), (&a.1, &b.1), (&a.2, &b.2)] {
                     let d = x

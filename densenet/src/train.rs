@@ -145,7 +145,9 @@ fn run_forward_backward(
     ddp: Option<&Ddp>,
 ) -> Result<StepOutput> {
     let labels = Labels::new(labels, x.device())?;
-    let mut tape = Tape::recording().with_seed(seed);
+    let mut tape = Tape::recording()
+        .with_seed(seed)
+        .with_precision(model.precision());
     let logits = model.forward(&mut tape, x)?;
     let loss = ops::cross_entropy_labels(&mut tape, &logits, &labels)?;
     let grads = match ddp {

@@ -70,7 +70,9 @@ fn run_forward_backward(
 ) -> Result<StepOutput> {
     model.check_tokens(&batch.targets, batch.batch, batch.seq)?;
     let layers = model.block_layers();
-    let mut tape = Tape::recording().with_seed(seed);
+    let mut tape = Tape::recording()
+        .with_seed(seed)
+        .with_precision(model.precision());
     let logits = model.forward(&mut tape, &layers, &batch.inputs, batch.batch, batch.seq)?;
     let v = model.config().vocab_size;
     let flat = ops::reshape(&mut tape, &logits, &[batch.batch * batch.seq, v])?;

@@ -68,3 +68,32 @@ fn a_budget_mixes_kept_and_recomputed_blocks_in_a_deeper_model() {
     let err = model(cfg, DType::F64, 3, Recompute::Naive).with_plan(short);
     assert!(matches!(err, Err(gpt::GptError::Engine(_))));
 }
+
+/// Under a 16-bit precision policy (f32 weights, 16-bit activations) every recompute setting
+/// still computes what Naive computes bit for bit: the recompute runs under the first pass's
+/// policy (the tape's context, copied into the recompute's tape), so it casts and rounds the
+/// same values. With dropout, replayed; the budget plan mixes.
+#[test]
+fn every_memory_mode_matches_naive_under_bf16_and_f16() {
+    let mut cfg = config(4, 2, 4);
+    cfg.dropout = 0.2;
+    let tokens = batch(cfg.vocab_size, 2, 8, 5);
+    for precision in [tape::Precision::Bf16, tape::Precision::F16] {
+        let make = |mode| model(cfg.clone(), DType::F32, 3, mode).with_precision(precision);
+        let naive = outcome(&make(Recompute::Naive), &tokens, 9);
+        for mode in [
+            Recompute::PerBlock,
+            Recompute::Selective(Selective::ComputeBound),
+            Recompute::Selective(Selective::Linear),
+        ] {
+            assert_eq!(outcome(&make(mode), &tokens, 9), naive, "{mode:?} {precision}");
+        }
+        let m = make(Recompute::Naive);
+        let budget = mixing_budget(&m, 2, 8).expect("a budget that mixes");
+        let m = m.with_recompute(Recompute::Budget(budget)).unwrap();
+        assert_eq!(outcome(&m, &tokens, 9), naive, "budget {precision}");
+        assert!(mixes(&m.cached_plan(2, 8).unwrap()));
+        let f32_run = outcome(&model(cfg.clone(), DType::F32, 3, Recompute::Naive), &tokens, 9);
+        assert_ne!(f32_run, naive, "the policy changed the arithmetic");
+    }
+}

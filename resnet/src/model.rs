@@ -10,7 +10,7 @@ use checkpoint::planner::{profile_chain, ChainModel, Plan};
 use checkpoint::{run_plan, OpKind, PlanCache, Recompute, Stage};
 use tape::nn::{self, BatchNorm2d, Conv2d, Init, Linear, Numbered};
 use tape::ops::RunningStats;
-use tape::{ops, DType, Device, Parameter, Tape, Tensor};
+use tape::{ops, DType, Device, Parameter, Precision, Tape, Tensor};
 
 /// The settings a ResNet runs.
 const SUPPORTED: [Recompute; 4] = [
@@ -26,6 +26,7 @@ const SUPPORTED: [Recompute; 4] = [
 pub struct ResNet {
     config: ResNetConfig,
     dtype: DType,
+    precision: Precision,
     device: Device,
     /// Stem convolution.
     pub conv1: Conv2d,
@@ -91,6 +92,7 @@ impl ResNet {
             recompute: Recompute::Naive,
             profiles: PlanCache::new(),
             plans: PlanCache::new(),
+            precision: Precision::F32,
             plan: None,
         };
         nn::name_parameters(&mut model);
@@ -154,6 +156,27 @@ impl ResNet {
     /// The recompute setting training steps run under (naive unless set).
     pub fn recompute(&self) -> Recompute {
         self.recompute
+    }
+
+    /// The precision policy training steps run under (`f32` unless set): under `bf16`/`f16`
+    /// the parameters stay in their dtype and activations are 16-bit (see
+    /// [`tape::precision`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the precision policy of training steps (the weights stay as they are; budget plans
+    /// are made again).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.profiles = PlanCache::new();
+        self.plans = PlanCache::new();
+    }
+
+    /// The model under `precision` ([`Self::set_precision`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.set_precision(precision);
+        self
     }
 
     /// Sets the recompute setting: `naive`, `per-block`, `budget:SIZE` or `plan` (with a plan
@@ -309,7 +332,8 @@ impl<'m> Runner<'m> {
         let shape = self.model.check_input(x)?;
         let held = x.device().memory().current() as u64;
         self.model.profiles.get_or_make(shape, held, || {
-            Ok(profile_chain(&Tape::recording(), &self.chain, x, held)?)
+            let tape = Tape::recording().with_precision(self.model.precision);
+            Ok(profile_chain(&tape, &self.chain, x, held)?)
         })
     }
 

@@ -82,7 +82,7 @@ fn run_forward_backward(
         )));
     }
     let runner = model.runner();
-    let mut tape = Tape::recording();
+    let mut tape = Tape::recording().with_precision(model.precision());
     // The labels are made after the forward, so that a budget plan is made for what the device
     // holds as the step starts (the model, its optimizer state, the batch).
     let logits = runner.forward(&mut tape, x)?;

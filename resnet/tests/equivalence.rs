@@ -99,3 +99,35 @@ proptest! {
         prop_assert!(forward_bitwise_equal(&budgeted, &naive), "{} forward differs", memory);
     }
 }
+
+/// Under a 16-bit precision policy (f32 weights, 16-bit activations) per-block checkpointing
+/// and a mixing budget compute what Naive computes: the forward bit for bit (the recompute
+/// runs under the first pass's policy and rounds the same values), and the gradients bit for
+/// bit as well.
+#[test]
+fn every_memory_setting_matches_naive_under_bf16_and_f16() {
+    let dev = Device::cpu();
+    let config = ResNetConfig::cifar(18, 3).with_width(4);
+    let x = Tensor::randn(&[3, 3, 12, 12], DType::F32, &dev, 5).unwrap();
+    let labels = [0, 2, 1];
+    for precision in [tape::Precision::Bf16, tape::Precision::F16] {
+        let fresh = || {
+            ResNet::new(config.clone(), DType::F32, &dev, 6)
+                .unwrap()
+                .with_precision(precision)
+        };
+        let naive = step(&mut fresh(), &x, &labels, Recompute::Naive);
+        let per_block = step(&mut fresh(), &x, &labels, Recompute::PerBlock);
+        assert!(forward_bitwise_equal(&per_block, &naive), "{precision} per-block forward");
+        compare(&per_block, &naive, 0.0, &format!("{precision} per-block")).unwrap();
+        let mut model = fresh();
+        let (budget, plan) = budget_and_plan(&model, &x);
+        assert!(mixes(&plan), "{precision}: no budget mixes: {plan}");
+        let budgeted = step(&mut model, &x, &labels, Recompute::Budget(budget));
+        assert!(forward_bitwise_equal(&budgeted, &naive), "{precision} budget forward");
+        compare(&budgeted, &naive, 0.0, &format!("{precision} budget")).unwrap();
+        let plain = ResNet::new(config.clone(), DType::F32, &dev, 6).unwrap();
+        let f32_run = step(&mut { plain }, &x, &labels, Recompute::Naive);
+        assert_ne!(f32_run.loss, naive.loss, "{precision}: the policy changed the arithmetic");
+    }
+}

@@ -27,7 +27,7 @@ use checkpoint::{checkpoint, PlanCache, Recompute, Selective};
 use tape::nn::{self, BatchNorm2d, Conv2d, Init, Linear, Numbered};
 use tape::ops::RunningStats;
 use tape::BlockStorage;
-use tape::{ops, DType, Device, Parameter, Tape, Tensor};
+use tape::{ops, DType, Device, Parameter, Precision, Tape, Tensor};
 
 /// A dense block: its layers in order (`denselayer1`, `denselayer2`, ...).
 pub struct DenseBlock {
@@ -40,6 +40,7 @@ tape::module!(DenseBlock { "" => layers });
 pub struct DenseNet {
     config: DenseNetConfig,
     recompute: Recompute,
+    precision: Precision,
     dtype: DType,
     device: Device,
     /// Stem convolution (`features.conv0`).
@@ -138,6 +139,7 @@ impl DenseNet {
         let mut model = DenseNet {
             config,
             recompute: Recompute::Naive,
+            precision: Precision::F32,
             dtype,
             device: device.clone(),
             conv0,
@@ -202,6 +204,24 @@ impl DenseNet {
     /// The recompute setting (naive unless set).
     pub fn recompute(&self) -> Recompute {
         self.recompute
+    }
+
+    /// The precision policy training steps run under (`f32` unless set): under `bf16`/`f16`
+    /// the parameters stay in their dtype and activations are 16-bit (see
+    /// [`tape::precision`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the precision policy of training steps (the weights stay as they are).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The model under `precision` ([`Self::set_precision`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.set_precision(precision);
+        self
     }
 
     /// Every parameter, in declaration order (the module tree's: [`nn::parameters`]).
@@ -271,6 +291,13 @@ impl DenseNet {
             return Err(DenseNetError::Config("empty batch".into()));
         }
         self.config.validate_image(h, w)?;
+        if tape.precision() != Precision::F32 && matches!(self.recompute, Recompute::Budget(_)) {
+            return Err(DenseNetError::Config(format!(
+                "a memory budget under the {} precision policy: the budget model counts f32 \
+                 activations only; use a fixed mode (naive, bottleneck, layer)",
+                tape.precision()
+            )));
+        }
         let modes = self.layer_modes([n, c, h, w])?;
         let recompute_glue = !matches!(
             self.recompute,

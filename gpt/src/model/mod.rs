@@ -15,7 +15,7 @@ use checkpoint::planner::{profile_chain, ChainModel, Plan};
 use checkpoint::{checkpoint, checkpoint_selective, run_plan, OpKind, PlanCache, Recompute};
 use checkpoint::{Selective, Stage};
 use tape::nn::{self, Dropout, Embedding, Init, LayerNorm, Linear};
-use tape::{ops, DType, Device, Tape, Tensor};
+use tape::{ops, DType, Device, Precision, Tape, Tensor};
 
 /// The settings a GPT runs: every activation recorded (`naive`); each block a checkpointed
 /// segment (`per-block`); each block under [`Selective::ComputeBound`] (`selective`: the outputs
@@ -86,6 +86,7 @@ pub struct Gpt {
     lm_head: Linear,
     drop: Dropout,
     recompute: Recompute,
+    precision: Precision,
     /// Plans of [`Recompute::Budget`], by (batch, seq, budget), made again when the bytes the
     /// device holds change (the optimizer's state appears after the first step).
     plans: PlanCache<(usize, usize, u64), Plan>,
@@ -114,6 +115,7 @@ impl Gpt {
             transformer: Transformer { wte, wpe, h, ln_f },
             lm_head,
             recompute: Recompute::Naive,
+            precision: Precision::F32,
             plans: PlanCache::new(),
             plan: None,
         };
@@ -129,6 +131,26 @@ impl Gpt {
     /// The recompute setting training steps run under (naive unless set).
     pub fn recompute(&self) -> Recompute {
         self.recompute
+    }
+
+    /// The precision policy training steps run under (`f32` unless set): under `bf16`/`f16`
+    /// the parameters stay in their dtype and activations are 16-bit (see
+    /// [`tape::precision`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the precision policy of training steps (the weights stay as they are; budget plans
+    /// are made again).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.plans = PlanCache::new();
+    }
+
+    /// The model under `precision` ([`Self::set_precision`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.set_precision(precision);
+        self
     }
 
     /// Sets the recompute setting: `naive`, `per-block`, `selective`, `selective-linear`,
@@ -341,7 +363,7 @@ impl Gpt {
     /// predictions, its front of peak against recompute, its plans for budgets.
     pub fn chain_model(&self, batch: usize, seq: usize) -> Result<ChainModel> {
         let layers = self.block_layers();
-        let tape = Tape::recording();
+        let tape = Tape::recording().with_precision(self.precision);
         let x = self.embed(&mut Tape::no_grad(), &vec![0; batch * seq], batch, seq)?;
         let x = x.with_requires_grad(true);
         let base = x.device().memory().current() as u64;

@@ -27,7 +27,7 @@ fn bench(c: &mut Criterion) {
             &Device::cpu(),
             "bc-40-k12",
             &config(),
-            mode,
+            densenet_suite::CaseSetting::f32(mode),
             BATCH,
             IMAGE,
             1,

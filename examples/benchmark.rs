@@ -20,6 +20,7 @@ use densenet::{DenseNetConfig, Recompute, Selective};
 use densenet_suite::densenet_bench::{
     explain_training_step, measure_training_step, measure_training_step_ddp, profile_training_step,
 };
+use densenet_suite::CaseSetting;
 use dist::{DdpOptions, DistKind, ProcessGroup};
 use harness::{
     fitted_exponent, open_device_with, print_case, print_dist_cases, print_header,
@@ -27,7 +28,7 @@ use harness::{
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tape::Device;
+use tape::{Device, Precision};
 
 #[derive(Parser, Debug)]
 #[command(about = "Naive vs memory-efficient DenseNet: peak memory and step time")]
@@ -91,6 +92,10 @@ struct Args {
     /// Where to write the memory-vs-depth chart.
     #[arg(long, default_value = "target/benchmark/memory_vs_depth.svg")]
     svg: PathBuf,
+    /// Precision policies of the main table, each with every mode: f32, bf16, f16 (16-bit
+    /// activations and f32 master weights; the ratios are to the f32 naive row when it ran).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    precision: Vec<Precision>,
     /// Skip the depth sweep.
     #[arg(long)]
     no_sweep: bool,
@@ -134,6 +139,7 @@ struct Table<'c> {
     config: &'c DenseNetConfig,
     batch: usize,
     image: usize,
+    precisions: &'c [Precision],
 }
 
 impl Table<'_> {
@@ -148,13 +154,17 @@ impl Table<'_> {
     ) -> Result<(), String> {
         let mut done: Vec<CaseResult> = Vec::new();
         let mut naive_rows: Vec<DistCaseResult> = Vec::new();
-        for &mode in modes {
+        let runs = self
+            .precisions
+            .iter()
+            .flat_map(|&p| modes.iter().map(move |&m| (p, m)));
+        for (precision, mode) in runs {
             let mode = match mode {
                 Setting::Fixed(m) => m,
                 Setting::AutoBudget => {
                     let peak = |m: Recompute| {
                         done.iter()
-                            .find(|r| r.mode == m.to_string())
+                            .find(|r| r.mode == m.to_string() && r.precision == precision.name())
                             .map(|r| r.measured.peak_bytes)
                     };
                     match (
@@ -169,12 +179,19 @@ impl Table<'_> {
                     }
                 }
             };
+            if precision != Precision::F32 && matches!(mode, Recompute::Budget(_)) {
+                if !json {
+                    println!("({mode} under {precision} skipped: the budget model counts f32 activations only)");
+                }
+                continue;
+            }
+            let setting = CaseSetting { mode, precision };
             if let Some((group, options)) = group {
                 let (case, comm) = measure_training_step_ddp(
                     &device()?,
                     self.name,
                     self.config,
-                    mode,
+                    setting,
                     self.batch,
                     self.image,
                     warmup,
@@ -190,7 +207,7 @@ impl Table<'_> {
                     comm,
                 };
                 let rows = print_dist_cases(group, &row, json, &naive_rows)?;
-                if mode == Recompute::Naive {
+                if mode == Recompute::Naive && naive_rows.is_empty() {
                     naive_rows = rows;
                 }
                 done.push(case);
@@ -200,7 +217,7 @@ impl Table<'_> {
                 &device()?,
                 self.name,
                 self.config,
-                mode,
+                setting,
                 self.batch,
                 self.image,
                 warmup,
@@ -219,15 +236,15 @@ impl Table<'_> {
             }
             if profile {
                 let report =
-                    profile_training_step(&device()?, self.config, mode, self.batch, self.image)
+                    profile_training_step(&device()?, self.config, setting, self.batch, self.image)
                         .map_err(|e| e.to_string())?;
-                print_profile(&r.model, &r.mode, &report, json);
+                print_profile(&r.model, &r.label(), &report, json);
             }
             if explain {
                 let report =
-                    explain_training_step(&device()?, self.config, mode, self.batch, self.image)
+                    explain_training_step(&device()?, self.config, setting, self.batch, self.image)
                         .map_err(|e| e.to_string())?;
-                print_memory_report(&r.model, &r.mode, &report, 15, json);
+                print_memory_report(&r.model, &r.label(), &report, 15, json);
             }
             done.push(r);
         }
@@ -332,7 +349,7 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
             );
         } else {
             println!(
-                "{main_name}, {}x{} images, batch {batch}, fp32, one SGD step; {}",
+                "{main_name}, {}x{} images, batch {batch}, fp32 weights, one SGD step; {}",
                 args.image,
                 args.image,
                 harness::device_label(&probe)
@@ -346,6 +363,7 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
             config: &main_config,
             batch,
             image: args.image,
+            precisions: &args.precision,
         };
         table.run(
             &modes,
@@ -370,6 +388,7 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
             config: &config,
             batch: args.imagenet_batch,
             image: 224,
+            precisions: &args.precision,
         };
         table.run(
             &modes,
@@ -408,7 +427,7 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
                 &device()?,
                 &format!("bc-{d}-k12"),
                 &config,
-                mode,
+                CaseSetting::f32(mode),
                 sweep_batch,
                 args.image,
                 1,

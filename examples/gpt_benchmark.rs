@@ -21,7 +21,7 @@ use harness::{
     CaseResult, DistCaseResult, Setting, StepCommStats,
 };
 use std::process::ExitCode;
-use tape::{DType, Device};
+use tape::{DType, Device, Precision};
 use trainer::anomaly::AnomalyGuard;
 
 #[derive(Parser, Debug)]
@@ -65,6 +65,10 @@ struct Args {
         default_value = "naive,per-block,selective,selective-linear,budget:auto"
     )]
     recompute: Vec<Setting>,
+    /// Precision policies, each with every recompute setting: f32, bf16, f16 (16-bit
+    /// activations, f32 master weights; ratios are to the first row).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    precision: Vec<Precision>,
     /// Data parallel: `mpi` joins the world `mpirun -np N` started (a build with `--features
     /// mpi`); `--batch` is per process.
     #[arg(long, default_value = "none")]
@@ -103,13 +107,15 @@ fn measure(
     a: &Args,
     dev: &Device,
     cfg: &GptConfig,
-    mode: Recompute,
+    (mode, precision): (Recompute, Precision),
     batch: usize,
     seq: usize,
     iters: usize,
     group: Option<&ProcessGroup>,
 ) -> gpt::Result<(CaseResult, StepCommStats)> {
-    let mut model = Gpt::new(cfg.clone(), DType::F32, dev, 0)?.with_recompute(mode)?;
+    let mut model = Gpt::new(cfg.clone(), DType::F32, dev, 0)?
+        .with_recompute(mode)?
+        .with_precision(precision);
     let mut opt = adam(1e-3)?;
     let b = tokens(batch, seq, group.map_or(0, ProcessGroup::rank))?;
     let ddp = match group {
@@ -139,6 +145,7 @@ fn measure(
     let case = CaseResult {
         model: format!("gpt_{}x{}", cfg.n_layer, cfg.n_embd),
         mode: mode.to_string(),
+        precision: precision.to_string(),
         device: dev.to_string(),
         batch,
         image: None,
@@ -153,11 +160,13 @@ fn measure(
 fn profile(
     dev: &Device,
     cfg: &GptConfig,
-    mode: Recompute,
+    (mode, precision): (Recompute, Precision),
     batch: usize,
     seq: usize,
 ) -> gpt::Result<tape::profile::Report> {
-    let mut model = Gpt::new(cfg.clone(), DType::F32, dev, 0)?.with_recompute(mode)?;
+    let mut model = Gpt::new(cfg.clone(), DType::F32, dev, 0)?
+        .with_recompute(mode)?
+        .with_precision(precision);
     let mut opt = adam(1e-3)?;
     let b = tokens(batch, seq, 0)?;
     harness::profile_step(dev, |i| train_step(&mut model, &mut opt, &b, i).map(|_| ()))
@@ -196,14 +205,16 @@ fn run(a: &Args, group: Option<&ProcessGroup>) -> Result<(), Box<dyn std::error:
             );
         }
         println!(
-            "GPT: {layers} blocks, width {}, {} heads, vocab {VOCAB}, batch {batch} x {seq} tokens, f32, Adam; {iters} measured steps",
+            "GPT: {layers} blocks, width {}, {} heads, vocab {VOCAB}, batch {batch} x {seq} tokens, f32 weights, Adam; {iters} measured steps",
             a.embd, a.heads
         );
         print_header(&open_device(&a.device, false)?);
     }
-    let modes = a.recompute.iter().map(|s| match *s {
-        Setting::Fixed(r) => r,
-        Setting::AutoBudget => Recompute::Budget(budget),
+    let modes = a.precision.iter().flat_map(|&p| {
+        a.recompute.iter().map(move |s| match *s {
+            Setting::Fixed(r) => (r, p),
+            Setting::AutoBudget => (Recompute::Budget(budget), p),
+        })
     });
     let mut rows: Vec<CaseResult> = Vec::new();
     let mut naive_rows: Vec<DistCaseResult> = Vec::new();
@@ -226,7 +237,7 @@ fn run(a: &Args, group: Option<&ProcessGroup>) -> Result<(), Box<dyn std::error:
         print_case(&r, a.json, rows.first());
         if a.profile {
             let report = profile(&open_device(&spec, false)?, &cfg, mode, batch, seq)?;
-            print_profile(&r.model, &r.mode, &report, a.json);
+            print_profile(&r.model, &r.label(), &report, a.json);
         }
         rows.push(r);
     }

@@ -17,7 +17,7 @@ use densenet::{DenseNetConfig, Recompute};
 use densenet_suite::one_step::prepare_with;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tape::DType;
+use tape::{DType, Precision};
 
 /// One DenseNet training step (forward + backward, no update) from files.
 #[derive(Parser, Debug)]
@@ -42,6 +42,9 @@ struct Args {
     /// Run in f64 instead of f32.
     #[arg(long = "f64")]
     f64: bool,
+    /// Precision policy: f32, bf16 or f16 (16-bit activations, weights as loaded).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Ignore tensors of the weights file that the model does not have (by default they are an
     /// error naming them). Values are checked either way.
     #[arg(long)]
@@ -77,7 +80,7 @@ fn run(args: &Args) -> Result<(), String> {
         dtype,
         load,
     )
-    .and_then(|prepared| prepared.run())
+    .and_then(|prepared| prepared.with_precision(args.precision).run())
     .and_then(|out| out.save(&args.out).map(|()| out))
     .map_err(|e| e.to_string())?;
     let modes: Vec<String> = out
@@ -92,8 +95,9 @@ fn run(args: &Args) -> Result<(), String> {
         })
         .collect();
     println!(
-        "mode {} ({dtype:?}): loss {:.12}, {} tensors -> {} (layer modes: [{}])",
+        "mode {} ({dtype:?}, precision {}): loss {:.12}, {} tensors -> {} (layer modes: [{}])",
         args.recompute,
+        args.precision,
         out.loss,
         out.tensors.len(),
         args.out.display(),

@@ -17,6 +17,7 @@ use clap::{Parser, ValueEnum};
 use densenet_suite::resnet_bench::{
     measure_training_step, measure_training_step_ddp, planner_front, profile_training_step,
 };
+use densenet_suite::CaseSetting;
 use dist::{DdpOptions, DistKind, ProcessGroup};
 use harness::{
     open_device, print_case, print_dist_cases, print_front, print_header, print_profile,
@@ -24,6 +25,7 @@ use harness::{
 };
 use resnet::{Recompute, ResNetConfig, Stem};
 use std::process::ExitCode;
+use tape::Precision;
 
 /// The stem, as the command line names it.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -78,6 +80,11 @@ struct Args {
         default_value = "naive,per-block,budget:auto"
     )]
     recompute: Vec<Setting>,
+    /// Precision policies, each with every recompute setting: f32, bf16, f16 (16-bit
+    /// activations, f32 master weights; ratios are to the first naive row). A data-parallel
+    /// run uses the first.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    precision: Vec<Precision>,
     /// Data parallel: `mpi` joins the world `mpirun -np N` started (a build with `--features
     /// mpi`); `--batch` is per process.
     #[arg(long, default_value = "none")]
@@ -172,45 +179,59 @@ fn run(args: &Args, group: Option<&ProcessGroup>) -> Result<(), String> {
             );
         }
         println!(
-            "{name}, {image}x{image} images, batch {batch}, fp32, one SGD step; {}",
+            "{name}, {image}x{image} images, batch {batch}, fp32 weights, one SGD step; {}",
             harness::device_label(&probe)
         );
         print_header(&probe);
     }
     if let Some(g) = group {
+        let precision = args.precision.first().copied().unwrap_or_default();
         let measure = |memory: Recompute| {
             let sizes = (batch, image, iters);
             let options = DdpOptions::default().with_sync_batch_norm(args.sync_bn);
-            measure_training_step_ddp(&device()?, &config, memory, sizes, g, options)
+            let setting = CaseSetting {
+                mode: memory,
+                precision,
+            };
+            measure_training_step_ddp(&device()?, &config, setting, sizes, g, options)
                 .map_err(|e| format!("{memory}: {e}"))
         };
         return run_dist(args, g, &measure);
     }
-    let measure = |memory: Recompute| -> Result<CaseResult, String> {
-        measure_training_step(&device()?, &config, memory, batch, image, iters)
-            .map_err(|e| format!("{memory}: {e}"))
+    let measure = |setting: CaseSetting| -> Result<CaseResult, String> {
+        measure_training_step(&device()?, &config, setting, batch, image, iters)
+            .map_err(|e| format!("{} {}: {e}", setting.mode, setting.precision))
     };
-    let mut done: Vec<(Recompute, CaseResult)> = Vec::new();
-    for &setting in &args.recompute {
+    let mut done: Vec<(CaseSetting, CaseResult)> = Vec::new();
+    let runs = args
+        .precision
+        .iter()
+        .flat_map(|&p| args.recompute.iter().map(move |&s| (p, s)));
+    for (precision, setting) in runs {
         let memory = match setting {
             Setting::Fixed(r) => r,
             Setting::AutoBudget => {
                 let peaks: Vec<_> = done
                     .iter()
-                    .map(|(r, c)| (*r, c.measured.peak_bytes))
+                    .filter(|(s, _)| s.precision == precision)
+                    .map(|(s, c)| (s.mode, c.measured.peak_bytes))
                     .collect();
                 Recompute::Budget(auto_budget(&peaks)?)
             }
         };
-        let case = measure(memory)?;
-        let naive = done.iter().find(|(r, _)| *r == Recompute::Naive);
+        let setting = CaseSetting {
+            mode: memory,
+            precision,
+        };
+        let case = measure(setting)?;
+        let naive = done.iter().find(|(s, _)| s.mode == Recompute::Naive);
         print_case(&case, args.json, Some(naive.map_or(&case, |(_, c)| c)));
         if args.profile {
-            let report = profile_training_step(&device()?, &config, memory, batch, image)
+            let report = profile_training_step(&device()?, &config, setting, batch, image)
                 .map_err(|e| format!("{memory}: {e}"))?;
-            print_profile(&case.model, &case.mode, &report, args.json);
+            print_profile(&case.model, &case.label(), &report, args.json);
         }
-        done.push((memory, case));
+        done.push((setting, case));
     }
     if !args.json {
         println!();

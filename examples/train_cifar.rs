@@ -31,7 +31,7 @@ use std::time::Instant;
 use tape::nn::Module;
 use tape::optim::{Optimizer, Sgd, SgdConfig};
 use tape::rng::mix64;
-use tape::{DType, Device};
+use tape::{DType, Device, Precision};
 use trainer::anomaly::AnomalyGuard;
 use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task};
 
@@ -73,6 +73,10 @@ struct Args {
     /// (e.g. budget:480MB).
     #[arg(long, visible_alias = "mode", default_value = "bottleneck")]
     recompute: Recompute,
+    /// Precision policy: f32, bf16 or f16 (16-bit activations and f32 master weights; f16
+    /// without a loss scaler can underflow gradients).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Epochs [default: 300 like the seed; 2 on synthetic data].
     #[arg(long)]
     epochs: Option<usize>,
@@ -404,15 +408,17 @@ fn run(args: Args, group: ProcessGroup) -> AnyResult<()> {
 
     let device = harness::open_device(&harness::rank_device(&args.device, &group), false)?;
     let mut model = DenseNet::new(config.clone(), DType::F32, &device, args.seed)?
-        .with_recompute(args.recompute)?;
+        .with_recompute(args.recompute)?
+        .with_precision(args.precision);
     say!(
         root,
-        "model: DenseNet-BC depth {}, growth {}, blocks {:?}, {} parameters, recompute {}, f32 on {}",
+        "model: DenseNet-BC depth {}, growth {}, blocks {:?}, {} parameters, recompute {}, f32 weights, precision {} on {}",
         config.depth(),
         config.growth_rate,
         config.block_config,
         model.num_parameters(),
         model.recompute(),
+        model.precision(),
         device
     );
 

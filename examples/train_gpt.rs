@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tape::nn::Module;
 use tape::optim::{Adam, Optimizer};
-use tape::{ops, DType, Tape};
+use tape::{ops, DType, Precision, Tape};
 use trainer::anomaly::AnomalyGuard;
 use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task};
 
@@ -60,6 +60,9 @@ struct Args {
     /// budget:200MB).
     #[arg(long, visible_alias = "mode", default_value = "selective")]
     recompute: Recompute,
+    /// Precision policy: f32, bf16 or f16 (16-bit activations and f32 master weights).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Characters of source text to use at most.
     #[arg(long, default_value_t = 1_000_000)]
     max_chars: usize,
@@ -200,14 +203,17 @@ fn run(a: &Args, group: ProcessGroup) -> Result<(), Box<dyn std::error::Error>> 
         dropout: 0.0,
     };
     let dev = harness::open_device(&harness::rank_device(&a.device, &group), false)?;
-    let mut model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?.with_recompute(mode)?;
+    let mut model = Gpt::new(cfg.clone(), DType::F32, &dev, 0)?
+        .with_recompute(mode)?
+        .with_precision(a.precision);
     say!(
         is_root,
-        "model: {} blocks, width {}, {} heads, {} parameters, recompute {mode}",
+        "model: {} blocks, width {}, {} heads, {} parameters, recompute {mode}, precision {}",
         a.layers,
         a.embd,
         a.heads,
-        tape::nn::num_parameters(&model)
+        tape::nn::num_parameters(&model),
+        a.precision
     );
     if a.every == 0 || a.steps == 0 {
         return Err("--steps and --every must be at least 1".into());

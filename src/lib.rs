@@ -5,3 +5,22 @@
 pub mod densenet_bench;
 pub mod one_step;
 pub mod resnet_bench;
+
+/// How a benchmark case runs: its recompute setting and its precision policy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CaseSetting {
+    /// The recompute setting.
+    pub mode: checkpoint::Recompute,
+    /// The precision policy.
+    pub precision: tape::Precision,
+}
+
+impl CaseSetting {
+    /// `mode` under the `f32` policy.
+    pub fn f32(mode: checkpoint::Recompute) -> Self {
+        CaseSetting {
+            mode,
+            precision: tape::Precision::F32,
+        }
+    }
+}

@@ -182,6 +182,13 @@ pub fn prepare_with(
 }
 
 impl Prepared {
+    /// The step under `precision` (the model's policy: `f32`, or 16-bit activations with the
+    /// weights as loaded).
+    pub fn with_precision(mut self, precision: tape::Precision) -> Self {
+        self.model.set_precision(precision);
+        self
+    }
+
     /// One training-mode forward + backward; the model's running statistics advance by one
     /// batch, its parameters stay.
     pub fn run(&self) -> Result<OneStepOutput> {

@@ -2,6 +2,7 @@
 //! measured per [`Recompute`] setting ([`measure_training_step`]), and the planner's front for the
 //! same step ([`planner_front`]).
 
+use crate::CaseSetting;
 use checkpoint::planner::{FrontPoint, PlanOptions};
 use dist::{Ddp, DdpOptions, ProcessGroup};
 use harness::CaseResult;
@@ -20,43 +21,45 @@ pub const WARMUP: usize = 2;
 fn setup(
     dev: &Device,
     config: &ResNetConfig,
-    memory: Recompute,
+    setting: CaseSetting,
     batch: usize,
     image: usize,
 ) -> Result<(ResNet, Sgd, Tensor, Vec<usize>)> {
-    let model = ResNet::new(config.clone(), DType::F32, dev, 0)?.with_recompute(memory)?;
+    let model = ResNet::new(config.clone(), DType::F32, dev, 0)?
+        .with_recompute(setting.mode)?
+        .with_precision(setting.precision);
     let opt = Sgd::new(sgd_config())?;
     let (x, labels) =
         harness::image_batch(dev, batch, config.in_channels, image, config.num_classes)?;
     Ok((model, opt, x, labels))
 }
 
-/// Profiles one SGD training step of `config` under `memory` on `dev` (after one unprofiled
+/// Profiles one SGD training step of `config` under `setting` on `dev` (after one unprofiled
 /// warm-up step): time per op kind and pass ([`tape::profile`]).
 pub fn profile_training_step(
     dev: &Device,
     config: &ResNetConfig,
-    memory: Recompute,
+    setting: CaseSetting,
     batch: usize,
     image: usize,
 ) -> Result<tape::profile::Report> {
-    let (mut model, mut opt, x, labels) = setup(dev, config, memory, batch, image)?;
+    let (mut model, mut opt, x, labels) = setup(dev, config, setting, batch, image)?;
     harness::profile_step(dev, |i| {
         train_step(&mut model, &mut opt, &x, &labels, i).map(|_| ())
     })
 }
 
 /// Measures `iters` SGD training steps (after [`WARMUP`] unmeasured ones) of `config` under
-/// `memory` on `dev` (pass a fresh device so that its accounting holds this case alone).
+/// `setting` on `dev` (pass a fresh device so that its accounting holds this case alone).
 pub fn measure_training_step(
     dev: &Device,
     config: &ResNetConfig,
-    memory: Recompute,
+    setting: CaseSetting,
     batch: usize,
     image: usize,
     iters: usize,
 ) -> Result<CaseResult> {
-    let (mut model, mut opt, x, labels) = setup(dev, config, memory, batch, image)?;
+    let (mut model, mut opt, x, labels) = setup(dev, config, setting, batch, image)?;
     // The training loop's queued anomaly check: no host sync per step; the last step's flag is
     // checked after the measured steps.
     let mut guard = AnomalyGuard::new();
@@ -66,7 +69,8 @@ pub fn measure_training_step(
     guard.finish(&model)?;
     Ok(CaseResult {
         model: config.name(),
-        mode: memory.to_string(),
+        mode: setting.mode.to_string(),
+        precision: setting.precision.to_string(),
         device: dev.to_string(),
         batch,
         image: Some(image),
@@ -82,12 +86,12 @@ pub fn measure_training_step(
 pub fn measure_training_step_ddp(
     dev: &Device,
     config: &ResNetConfig,
-    memory: Recompute,
+    setting: CaseSetting,
     (batch, image, iters): (usize, usize, usize),
     group: &ProcessGroup,
     options: DdpOptions,
 ) -> Result<(CaseResult, StepCommStats)> {
-    let (mut model, mut opt, x, labels) = setup(dev, config, memory, batch, image)?;
+    let (mut model, mut opt, x, labels) = setup(dev, config, setting, batch, image)?;
     let ddp = Ddp::new(group.clone(), &mut model, options)?;
     let mut comms = Vec::new();
     let measured = harness::measure_steps(dev, WARMUP, iters, |i| {
@@ -99,7 +103,8 @@ pub fn measure_training_step_ddp(
     })?;
     let case = CaseResult {
         model: config.name(),
-        mode: memory.to_string(),
+        mode: setting.mode.to_string(),
+        precision: setting.precision.to_string(),
         device: dev.to_string(),
         batch,
         image: Some(image),
@@ -119,7 +124,13 @@ pub fn planner_front(
     batch: usize,
     image: usize,
 ) -> Result<Vec<FrontPoint>> {
-    let (mut model, mut opt, x, labels) = setup(dev, config, Recompute::Naive, batch, image)?;
+    let (mut model, mut opt, x, labels) = setup(
+        dev,
+        config,
+        CaseSetting::f32(Recompute::Naive),
+        batch,
+        image,
+    )?;
     train_step(&mut model, &mut opt, &x, &labels, 0)?;
     let chain = model.runner().chain_model(&x)?;
     Ok(chain.front(PlanOptions::default())?)

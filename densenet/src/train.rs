@@ -281,6 +281,6 @@ pub fn train_step_ddp(
 
 /// Logits in eval mode without recording (running statistics, no dropout).
 pub fn predict(model: &DenseNet, x: &Tensor) -> Result<Tensor> {
-    let mut tape = Tape::no_grad();
+    let mut tape = Tape::no_grad().with_precision(model.precision());
     model.forward(&mut tape, x)
 }

@@ -80,5 +80,71 @@ fn a_bf16_step_trains_like_the_f32_step_within_bf16_rounding() {
     // The loss is a mean over 4 images of values of order log(5); activations rounded to bf16
     // (unit roundoff 2^-8) through a dozen layers move it by far less than 5%.
     assert!((a - b).abs() <= 0.05 * a.abs(), "loss {b} vs f32 {a}");
-    assert_ne!(a.to_bits(), b.to_bits(), "the policy changed the arithmetic");
+    assert_ne!(
+        a.to_bits(),
+        b.to_bits(),
+        "the policy changed the arithmetic"
+    );
+}
+
+/// Trains a small DenseNet on synthetic images for three epochs under `precision`; returns the
+/// last epoch's mean training loss and the test accuracy (in percent).
+fn converge(precision: Precision) -> (f64, f64) {
+    use densenet::data::synthetic;
+    use densenet::train::predict;
+    let dev = Device::cpu();
+    let classes = config().num_classes;
+    let (train_set, test_set) = synthetic(384, 400, classes, 8, 11);
+    let mut model = DenseNet::new(config(), DType::F32, &dev, 5)
+        .unwrap()
+        .with_precision(precision);
+    let mut opt = Sgd::new(seed_sgd_config()).unwrap();
+    let batch = 32;
+    let mut last_epoch = Vec::new();
+    for epoch in 0..3 {
+        last_epoch.clear();
+        for b in 0..train_set.len() / batch {
+            let idx: Vec<usize> = (b * batch..(b + 1) * batch).collect();
+            let data = train_set.batch(&idx, DType::F32, &dev).unwrap();
+            let step = (epoch * 100 + b) as u64;
+            let out = train_step(&mut model, &mut opt, &data.images, &data.labels, step).unwrap();
+            last_epoch.push(out.loss().unwrap());
+        }
+    }
+    let idx: Vec<usize> = (0..test_set.len()).collect();
+    let data = test_set.batch(&idx, DType::F32, &dev).unwrap();
+    let logits = predict(&model, &data.images).unwrap().to_f64_vec();
+    let hits = data
+        .labels
+        .iter()
+        .enumerate()
+        .filter(|&(i, &l)| {
+            let row = &logits[i * classes..(i + 1) * classes];
+            let best = (0..classes).max_by(|&a, &b| row[a].total_cmp(&row[b]));
+            best == Some(l)
+        })
+        .count();
+    let loss = last_epoch.iter().sum::<f64>() / last_epoch.len() as f64;
+    (loss, 100.0 * hits as f64 / data.labels.len() as f64)
+}
+
+/// The convergence bar: a bf16 run reaches the f32 run's test accuracy within 1 point
+/// and its final (last-epoch mean) training loss within 3%. The model must actually learn (the
+/// f32 run well above chance, 20%), or the comparison would say nothing.
+#[test]
+fn bf16_training_converges_like_f32() {
+    let (loss32, acc32) = converge(Precision::F32);
+    let (loss16, acc16) = converge(Precision::Bf16);
+    assert!(
+        acc32 >= 60.0,
+        "the f32 run did not learn: {acc32}% test accuracy"
+    );
+    assert!(
+        (acc16 - acc32).abs() <= 1.0,
+        "bf16 test accuracy {acc16}% vs f32 {acc32}%"
+    );
+    assert!(
+        (loss16 - loss32).abs() <= 0.03 * loss32,
+        "bf16 final loss {loss16} vs f32 {loss32}"
+    );
 }

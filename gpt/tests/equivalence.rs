@@ -86,14 +86,22 @@ fn every_memory_mode_matches_naive_under_bf16_and_f16() {
             Recompute::Selective(Selective::ComputeBound),
             Recompute::Selective(Selective::Linear),
         ] {
-            assert_eq!(outcome(&make(mode), &tokens, 9), naive, "{mode:?} {precision}");
+            assert_eq!(
+                outcome(&make(mode), &tokens, 9),
+                naive,
+                "{mode:?} {precision}"
+            );
         }
         let m = make(Recompute::Naive);
         let budget = mixing_budget(&m, 2, 8).expect("a budget that mixes");
         let m = m.with_recompute(Recompute::Budget(budget)).unwrap();
         assert_eq!(outcome(&m, &tokens, 9), naive, "budget {precision}");
         assert!(mixes(&m.cached_plan(2, 8).unwrap()));
-        let f32_run = outcome(&model(cfg.clone(), DType::F32, 3, Recompute::Naive), &tokens, 9);
+        let f32_run = outcome(
+            &model(cfg.clone(), DType::F32, 3, Recompute::Naive),
+            &tokens,
+            9,
+        );
         assert_ne!(f32_run, naive, "the policy changed the arithmetic");
     }
 }

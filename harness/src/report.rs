@@ -12,6 +12,10 @@ pub struct CaseResult {
     /// Recompute setting, as `checkpoint::Recompute` prints it (`naive`, `per-block`,
     /// `bottleneck`, `budget:480000000`, ...).
     pub mode: String,
+    /// Precision policy (`f32`, `bf16`, `f16`: `tape::Precision`); `f32` in rows from before
+    /// it was recorded.
+    #[serde(default = "f32_name")]
+    pub precision: String,
     /// Device name.
     pub device: String,
     /// Batch size.
@@ -28,6 +32,20 @@ pub struct CaseResult {
     /// The numbers.
     #[serde(flatten)]
     pub measured: Measurement,
+}
+
+fn f32_name() -> String {
+    "f32".into()
+}
+
+impl CaseResult {
+    /// The mode column of a table: the mode, and the precision when it is not `f32`.
+    pub fn label(&self) -> String {
+        match self.precision.as_str() {
+            "f32" => self.mode.clone(),
+            p => format!("{} {p}", self.mode),
+        }
+    }
 }
 
 fn mb(bytes: u64) -> String {
@@ -97,7 +115,7 @@ pub fn print_case(r: &CaseResult, json: bool, baseline: Option<&CaseResult>) {
         println!(
             "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>10.2} {:>9.2} {:>8} {:>7} {:>5}",
             r.model,
-            r.mode,
+            r.label(),
             r.batch,
             mb(m.peak_bytes),
             mem_ratio,
@@ -116,7 +134,7 @@ pub fn print_case(r: &CaseResult, json: bool, baseline: Option<&CaseResult>) {
     println!(
         "{:<22} {:<16} {:>5} {:>11} {:>7.3} {:>12} {:>9.3} {:>7.3} {:>8} {:>7} {:>5}{enqueue}",
         r.model,
-        r.mode,
+        r.label(),
         r.batch,
         mb(m.peak_bytes),
         mem_ratio,

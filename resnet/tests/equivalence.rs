@@ -118,16 +118,25 @@ fn every_memory_setting_matches_naive_under_bf16_and_f16() {
         };
         let naive = step(&mut fresh(), &x, &labels, Recompute::Naive);
         let per_block = step(&mut fresh(), &x, &labels, Recompute::PerBlock);
-        assert!(forward_bitwise_equal(&per_block, &naive), "{precision} per-block forward");
+        assert!(
+            forward_bitwise_equal(&per_block, &naive),
+            "{precision} per-block forward"
+        );
         compare(&per_block, &naive, 0.0, &format!("{precision} per-block")).unwrap();
         let mut model = fresh();
         let (budget, plan) = budget_and_plan(&model, &x);
         assert!(mixes(&plan), "{precision}: no budget mixes: {plan}");
         let budgeted = step(&mut model, &x, &labels, Recompute::Budget(budget));
-        assert!(forward_bitwise_equal(&budgeted, &naive), "{precision} budget forward");
+        assert!(
+            forward_bitwise_equal(&budgeted, &naive),
+            "{precision} budget forward"
+        );
         compare(&budgeted, &naive, 0.0, &format!("{precision} budget")).unwrap();
         let plain = ResNet::new(config.clone(), DType::F32, &dev, 6).unwrap();
         let f32_run = step(&mut { plain }, &x, &labels, Recompute::Naive);
-        assert_ne!(f32_run.loss, naive.loss, "{precision}: the policy changed the arithmetic");
+        assert_ne!(
+            f32_run.loss, naive.loss,
+            "{precision}: the policy changed the arithmetic"
+        );
     }
 }

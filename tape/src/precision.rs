@@ -10,9 +10,9 @@
 //!   `linear`, `matmul`, `bmm`, `baddbmm`, `addmm`, ... ; ours are the ones the engine has.)
 //! - **`f32` ops** cast 16-bit inputs to `f32`: [`crate::ops::cross_entropy`],
 //!   [`crate::ops::softmax`], [`crate::ops::log_softmax`], [`crate::ops::sum`],
-//!   [`crate::ops::mean`], [`crate::ops::layer_norm`] (PyTorch's CUDA `fp32` list has
-//!   `softmax`, `log_softmax`, `cross_entropy`/`nll_loss`, `layer_norm`, `sum`, `mean`... ;
-//!   its CPU list has the losses and `layer_norm`'s variants).
+//!   [`crate::ops::mean`], [`crate::ops::layer_norm`]. These follow PyTorch's CUDA `fp32` list
+//!   (`softmax`, `log_softmax`, `cross_entropy`, `layer_norm`, `sum`, ...) on every device; its
+//!   CPU list keeps only the losses in `f32` (`docs/mixed_precision.md` has the comparison).
 //! - **Batch norm** keeps its input's dtype: statistics in `f32` from a 16-bit input, `f32`
 //!   parameters and running statistics, a 16-bit output (PyTorch's cuDNN batch norm does the
 //!   same for half inputs with float weights).

@@ -151,12 +151,14 @@ fn decode(view: &TensorView<'_>, name: &str, path: &Path) -> StateResult<Stored>
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
             .collect(),
-        other => return Err(StateError::File {
-            path: path.display().to_string(),
-            msg: format!(
+        other => {
+            return Err(StateError::File {
+                path: path.display().to_string(),
+                msg: format!(
                 "tensor '{name}' has dtype {other:?}; only F32, F64, BF16, F16 and I64 are read"
             ),
-        }),
+            })
+        }
     };
     Ok(Stored {
         shape: view.shape().to_vec(),

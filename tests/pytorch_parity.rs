@@ -441,3 +441,47 @@ fn save_load_round_trips_exactly_without_temp_files() {
         }
     }
 }
+
+/// PyTorch's CPU autocast (bf16) against our bf16 policy, one step of every case in every
+/// fixed mode (`expected_bf16.safetensors`, made by `make_golden.py` from the committed
+/// weights and batch).
+///
+/// Tolerance, norm-relative (`max|a - b| / max|b|` per tensor): both sides round every
+/// activation to bf16 (unit roundoff `u = 2^-8`) but accumulate in different orders (oneDNN's
+/// blocked GEMMs against ours), so an element can round to a neighbouring bf16 value: one
+/// rounding apart, `2u`, per rounded op it passes. A gradient's path runs through every rounded
+/// op of the forward and the backward: at most `L` of them, 4 per dense layer (batch norm +
+/// ReLU, 1x1 convolution, batch norm + ReLU, 3x3 convolution) times 2 (forward and backward)
+/// plus the stem, transitions and head, rounded up to 10 per layer. First-order propagation
+/// of independent per-op errors gives `2u * L` as the bound. Measured: the CIFAR-stem cases
+/// agree to 2e-7 and 1e-4 (the same roundings on both sides almost everywhere); the ImageNet
+/// stem's batch-norm gradients to 0.23, a sum of 300 products with cancellation after a max
+/// pool, where one-ulp differences in the summands grow by the sum's condition number.
+#[test]
+fn matches_pytorch_autocast_bf16_in_every_fixed_mode() {
+    let u = DType::BF16.unit_roundoff();
+    for dir in cases() {
+        let case = case_name(&dir);
+        let config = read_config(&dir);
+        let layers: usize = config.block_config.iter().sum();
+        let tol = 2.0 * u * (10 * layers + 10) as f64;
+        let expected = load_tensors(&dir.join("expected_bf16.safetensors")).unwrap();
+        let (w, b) = (
+            dir.join("weights.safetensors"),
+            dir.join("batch.safetensors"),
+        );
+        let modes = [
+            Recompute::Naive,
+            Recompute::Selective(Selective::Bottleneck),
+            Recompute::Selective(Selective::Layer),
+        ];
+        for mode in modes {
+            let prepared = prepare(&config, &w, &b, mode, DType::F32)
+                .unwrap()
+                .with_precision(tape::Precision::Bf16);
+            let out = prepared.run().unwrap();
+            let label = format!("{mode} bf16");
+            compare(&case, &label, &out.tensors, &expected, tol);
+        }
+    }
+}

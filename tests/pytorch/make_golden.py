@@ -29,7 +29,10 @@ one forward + backward of the mean cross-entropy. It writes to `<out>/<case>/`:
   num_batches_tracked);
 - `batch.safetensors`: `input` [n, c, h, w] (float64) and `labels` [n] (int64);
 - `expected.safetensors`: `logits`, `loss` (0-d), `grad.<param>` for every parameter, and
-  `<bn>.running_mean` / `<bn>.running_var` after the step.
+  `<bn>.running_mean` / `<bn>.running_var` after the step;
+- `expected_bf16.safetensors`: the same step in float32 under
+  `torch.autocast("cpu", dtype=torch.bfloat16)` (`--bf16-only` writes only these, from the
+  committed weights and batch).
 
 Dropout masks come from different RNGs in PyTorch and in Rust, so every case has drop_rate 0.
 Files are written with a tiny safetensors writer below (little-endian, the format's spec), so the
@@ -244,16 +247,70 @@ def make_case(case, out_root):
           f"{len(expected)} expected tensors -> {d}")
 
 
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "I64": torch.int64}
+
+
+def load_safetensors(path):
+    """The tensors of a safetensors file (F64, F32 and I64 only)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = meta["data_offsets"]
+        dtype = _TORCH_DTYPES[meta["dtype"]]
+        t = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=dtype)
+        out[name] = t.reshape(meta["shape"]).clone()
+    return out
+
+
+def make_bf16_case(case, out_root):
+    """`expected_bf16.safetensors` beside a case's files: the same step from the committed
+    weights and batch, with the model in float32 under `torch.autocast("cpu", torch.bfloat16)`
+    (bf16 convolutions and linear layer, bf16 activations, f32 cross-entropy, f32 master
+    weights). Logits are stored as f32 (their bf16 values, exactly)."""
+    d = os.path.join(out_root, case["name"])
+    state = load_safetensors(os.path.join(d, "weights.safetensors"))
+    batch = load_safetensors(os.path.join(d, "batch.safetensors"))
+    model = DenseNet(**case["config"]).float()
+    model.load_state_dict({k: (v if k.endswith("num_batches_tracked") else v.float())
+                           for k, v in state.items()})
+    model.train()
+    x, labels = batch["input"].float(), batch["labels"].long()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        loss = F.cross_entropy(logits, labels)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    expected = {"logits": logits.detach().float(), "loss": loss.detach()}
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+        expected["grad." + name] = p.grad.detach()
+    for name, t in model.state_dict().items():
+        if name.endswith("running_mean") or name.endswith("running_var"):
+            expected[name] = t
+    save_safetensors(os.path.join(d, "expected_bf16.safetensors"), expected)
+    print(f"{case['name']} (bf16 autocast): loss {loss.item():.8f} -> {d}")
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.normpath(os.path.join(here, "..", "data")),
                     help="output folder (default: tests/data)")
+    ap.add_argument("--bf16-only", action="store_true",
+                    help="only (re)write expected_bf16.safetensors from the committed files")
     args = ap.parse_args()
-    torch.set_default_dtype(torch.float64)
     torch.use_deterministic_algorithms(True)
     for case in CASES:
-        make_case(case, args.out)
+        if not args.bf16_only:
+            torch.set_default_dtype(torch.float64)
+            make_case(case, args.out)
+        torch.set_default_dtype(torch.float32)
+        make_bf16_case(case, args.out)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ pub(crate) type ChannelPlanes<'a, T> = Vec<&'a mut [MaybeUninit<T>]>;
 ///
 /// # Safety
 /// `f` must write every element of every plane it is given.
-pub(crate) unsafe fn by_channel<T: Elem, R: Send>(
+pub(crate) unsafe fn by_channel<T: Send, R: Send>(
     (n, c, hw): (usize, usize, usize),
     parallel: bool,
     f: impl Fn(usize, ChannelPlanes<'_, T>) -> R + Sync,

@@ -10,7 +10,7 @@ use crate::backend::cpu::lanes::{grad_sums, lane_sum};
 use crate::backend::cpu::map::by_channel;
 use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
-use crate::dtype::Elem;
+use crate::dtype::{Elem, Scalar};
 use crate::error::{Error, Result};
 use crate::simd::widest_simd;
 use crate::tensor::Tensor;
@@ -175,6 +175,65 @@ where
     };
     // SAFETY: `write_affine` writes every element of the `n` planes of `hw` elements it gets
     // (each input plane of channel `ch` is `hw` long, as is each output plane).
+    let (v, stats) = unsafe { by_channel((n, c, hw), parallel, f) };
+    (v, stats.into_iter().flatten().collect())
+}
+
+/// `planes` (`n` planes of `hw` 16-bit values, one channel's) converted to `f32` in one buffer.
+pub(crate) fn staged<'s, S: Scalar + 's>(
+    planes: impl Iterator<Item = &'s [S]>,
+    len: usize,
+) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    for p in planes {
+        v.extend(p.iter().map(|x| x.f32()));
+    }
+    v
+}
+
+/// [`normalize_by_channel`] over 16-bit planes: each channel's planes converted to `f32` in a
+/// buffer of the channel's own (the task's, `n * hw` values), normalised exactly as `f32`
+/// planes are, and rounded once into the 16-bit output. No `f32` copy of the tensor.
+pub(crate) fn normalize_by_channel_half<'s, S: Scalar + 's, P>(
+    (n, c, hw): (usize, usize, usize),
+    parallel: bool,
+    planes: impl Fn(usize) -> P + Sync,
+    how: &HostNorm<'_>,
+    relu: bool,
+) -> (Vec<S>, Vec<(f64, f64)>)
+where
+    P: Iterator<Item = &'s [S]>,
+{
+    let f = |ch: usize, out: Vec<&mut [MaybeUninit<S>]>| {
+        let x = staged(planes(ch), n * hw);
+        let xs = || x.chunks(hw.max(1));
+        let mut y: Vec<f32> = Vec::with_capacity(n * hw);
+        let y_planes: Vec<_> = y.spare_capacity_mut()[..n * hw]
+            .chunks_mut(hw.max(1))
+            .collect();
+        let stats = match *how {
+            HostNorm::Batch(w, b, eps) => {
+                let (mean, var) = moments(xs(), n * hw);
+                let [_, scale, shift] = channel_affine(mean, var, w[ch], b[ch], eps);
+                write_affine(xs(), y_planes, scale, shift, relu);
+                Some((mean, var))
+            }
+            HostNorm::Running(norm) => {
+                write_affine(xs(), y_planes, norm.scale[ch], norm.shift[ch], relu);
+                None
+            }
+        };
+        // SAFETY: `write_affine` wrote every one of the `n * hw` values (as in
+        // `normalize_by_channel`).
+        unsafe { y.set_len(n * hw) };
+        for (o, v) in out.into_iter().zip(y.chunks(hw.max(1))) {
+            for (o, &v) in o.iter_mut().zip(v) {
+                o.write(S::of_f32(v));
+            }
+        }
+        stats
+    };
+    // SAFETY: every output plane gets its `hw` values above.
     let (v, stats) = unsafe { by_channel((n, c, hw), parallel, f) };
     (v, stats.into_iter().flatten().collect())
 }

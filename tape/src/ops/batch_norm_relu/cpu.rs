@@ -1,14 +1,16 @@
 //! CPU kernels of the fused concat -> batch norm -> ReLU. Every output plane `(image, channel)`
 //! is computed straight from the part that holds the channel; gradients are written per part.
 
-use super::super::batch_norm::cpu::{channel_sum, normalize_by_channel};
+use super::super::batch_norm::cpu::{
+    channel_sum, normalize_by_channel, normalize_by_channel_half, staged,
+};
 use super::super::batch_norm::sync::global_grad_sums;
 use super::super::batch_norm::{host_forward, BnStats};
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
 use crate::backend::cpu::lanes::{lane_sum2, masked_sums};
 use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
-use crate::dtype::Elem;
+use crate::dtype::{bf16, f16, DType, Elem, Scalar};
 use crate::error::Result;
 use crate::simd::widest_simd;
 use crate::tensor::Tensor;
@@ -28,7 +30,7 @@ struct Parts<'a, T> {
     owner: Vec<(usize, usize)>,
 }
 
-impl<'a, T: Elem> Parts<'a, T> {
+impl<'a, T: Copy> Parts<'a, T> {
     fn new(
         data: Vec<&'a [T]>,
         (channels, widths): (Vec<usize>, Vec<usize>),
@@ -141,38 +143,35 @@ fn add_input_grad_body<T: Elem>(o: &mut [T], (g, y, x): GradPlanes<'_, T>, c: Pl
     }
 }
 
-/// The backward pass, channel by channel: for each output channel, the sums
-/// `(sum g', sum g' * (x - mean))` over its planes (`g' = g` where the output is positive, else 0;
-/// the second sum only when `with_x`) and then, while the channel's planes are still in cache,
-/// the input gradient of that channel for the parts that `want` one, with the coefficients
-/// `coef(channel, sums)`: added in place into the part's existing gradient in `adds` where there
-/// is one (`add_widths` channels per image, the part's first; no new buffer, no separate add
-/// pass), written into a new buffer otherwise. Reading
-/// `g`, the output `y` and `x` once from memory instead of twice is what makes it faster than
-/// sums-then-gradients (the pass is memory-bound). Each channel is one task, so the sums do not
-/// depend on the thread count.
-fn backward_by_channel<T: Elem>(
-    parts: &Parts<'_, T>,
-    (g, y): (&[T], &[T]),
-    mean: &[f64],
-    with_x: bool,
-    want: &[bool],
-    (adds, add_widths): (&mut [Option<&mut [T]>], &[usize]),
-    coef: impl Fn(usize, (f64, f64)) -> InputCoef + Sync,
-) -> ChannelBackward<T> {
-    let (c, hw, n) = (parts.c(), parts.hw, parts.n);
-    let lens: Vec<usize> = parts.channels.iter().map(|&cp| n * cp * hw).collect();
-    let mut bufs: Vec<Option<Vec<T>>> = want
-        .iter()
-        .zip(&lens)
-        .zip(adds.iter())
+/// A new gradient buffer for each part that wants one and has none to add into.
+fn new_grads<T>(want: &[bool], lens: &[usize], adds: &[Option<&mut [T]>]) -> Vec<Option<Vec<T>>> {
+    want.iter()
+        .zip(lens)
+        .zip(adds)
         .map(|((&w, &len), add)| (w && add.is_none()).then(|| Vec::with_capacity(len)))
-        .collect();
-    // Each wanted part's planes, by output channel (image order within a channel).
-    let mut planes: Vec<Vec<PlaneOut<'_, T>>> = (0..c).map(|_| Vec::new()).collect();
+        .collect()
+}
+
+/// Where the part gradients go: new buffers, existing gradients and their widths.
+type GradTargets<'b, 'w, 'x, T> = (
+    &'b mut [Option<Vec<T>>],
+    &'b mut [Option<&'w mut [T]>],
+    &'x [usize],
+);
+
+/// Each wanted part's gradient planes (new in `bufs`, or existing in `adds` with `add_widths`
+/// planes per image, the part's first), by output channel, image order within a channel.
+fn output_planes<'b, T: Copy>(
+    parts: &Parts<'_, T>,
+    lens: &[usize],
+    (bufs, adds, add_widths): GradTargets<'b, '_, '_, T>,
+    want: &[bool],
+) -> Vec<Vec<PlaneOut<'b, T>>> {
+    let (c, hw, n) = (parts.c(), parts.hw, parts.n);
+    let mut planes: Vec<Vec<PlaneOut<'b, T>>> = (0..c).map(|_| Vec::new()).collect();
     let mut first = 0;
     let targets = bufs.iter_mut().zip(adds.iter_mut()).zip(want);
-    let shapes = parts.channels.iter().zip(add_widths).zip(&lens);
+    let shapes = parts.channels.iter().zip(add_widths).zip(lens);
     for (((buf, add), &w), ((&cp, &width), &len)) in targets.zip(shapes) {
         if hw > 0 {
             // A new gradient is packed (`cp` planes per image); an existing one has `width`
@@ -198,34 +197,204 @@ fn backward_by_channel<T: Elem>(
         }
         first += cp;
     }
+    planes
+}
+
+/// The input-gradient coefficients of every channel (see [`InputCoef`]) from the forward's
+/// statistics and the channel's sums `(sum g', sum g' * (x - mean))`; a synchronised layer's
+/// input gradient takes the group's sums (`global`) instead of the local ones.
+struct CoefRule {
+    weight: Vec<f64>,
+    invstd: Vec<f64>,
+    mean: Vec<f64>,
+    training: bool,
+    /// Values per channel (`n * h * w`).
+    m: f64,
+    global: Option<(Vec<f64>, f64)>,
+}
+
+impl CoefRule {
+    /// The rule of channel `ch` alone, as channel 0.
+    fn for_channel(&self, ch: usize) -> CoefRule {
+        let c = self.weight.len();
+        CoefRule {
+            weight: vec![self.weight[ch]],
+            invstd: vec![self.invstd[ch]],
+            mean: vec![self.mean[ch]],
+            training: self.training,
+            m: self.m,
+            global: self
+                .global
+                .as_ref()
+                .map(|(sums, total)| (vec![sums[ch], sums[c + ch]], *total)),
+        }
+    }
+
+    fn at(&self, ch: usize, (sg, sgx): (f64, f64)) -> InputCoef {
+        let c = self.weight.len();
+        let (sg, sgx, m) = match &self.global {
+            Some((sums, total)) => (sums[ch], sums[c + ch], *total),
+            None => (sg, sgx, self.m),
+        };
+        let (ir, a) = (self.invstd[ch], self.weight[ch] * self.invstd[ch]);
+        match self.training {
+            true => InputCoef {
+                a,
+                b: -a * ir * (sgx * ir) / m,
+                k: -a * sg / m,
+                mean: self.mean[ch],
+            },
+            false => InputCoef {
+                a,
+                b: 0.0,
+                k: 0.0,
+                mean: 0.0,
+            },
+        }
+    }
+}
+
+/// What one channel's task reads: the parts, the output gradient `g` and output `y` (NCHW,
+/// packed), the channel, and whether the sums need `x`.
+struct ChannelIn<'t, 'd, T> {
+    parts: &'t Parts<'d, T>,
+    g: &'t [T],
+    y: &'t [T],
+    ch: usize,
+    with_x: bool,
+}
+
+impl<T: Copy> ChannelIn<'_, '_, T> {
+    /// Image `i`'s planes of `g`, `y` and `x`.
+    fn planes(&self, i: usize) -> GradPlanes<'_, T> {
+        let (c, hw) = (self.parts.c(), self.parts.hw);
+        let at = (i * c + self.ch) * hw;
+        (
+            &self.g[at..at + hw],
+            &self.y[at..at + hw],
+            self.parts.plane(i, self.ch),
+        )
+    }
+}
+
+/// One channel's backward in the tensor's own precision: the sums over its planes, then its
+/// input gradient planes `outs` (written or added into) with the coefficients `rule` gives.
+fn native_channel<T: Elem>(
+    a: ChannelIn<'_, '_, T>,
+    outs: Vec<PlaneOut<'_, T>>,
+    rule: &CoefRule,
+) -> (f64, f64) {
+    let m = rule.mean[a.ch];
+    let (mut sg, mut sgx) = (0.0, 0.0);
+    for i in 0..a.parts.n {
+        let (gp, yp, xp) = a.planes(i);
+        if a.with_x {
+            let (s, t) = masked_sums(gp, yp, xp, m);
+            sg += s;
+            sgx += t;
+        } else {
+            sg += lane_sum2(gp, yp, |g, y| if y > 0.0 { g } else { 0.0 });
+        }
+    }
+    if !outs.is_empty() {
+        let k = rule.at(a.ch, (sg, sgx));
+        let (ka, kb, kk, km) = (T::of(k.a), T::of(k.b), T::of(k.k), T::of(k.mean));
+        let coef = PlaneCoef {
+            a: ka,
+            k: kk,
+            b: kb,
+            mean: km,
+        };
+        for (i, o) in outs.into_iter().enumerate() {
+            match o {
+                PlaneOut::Fresh(o) => write_input_grad(o, a.planes(i), coef),
+                PlaneOut::Add(o) => add_input_grad(o, a.planes(i), coef),
+            }
+        }
+    }
+    (sg, sgx)
+}
+
+/// [`native_channel`] for 16-bit tensors: the channel's planes of `g`, `y` and `x` converted to
+/// `f32` in buffers of the task's own, the `f32` pass run on them (the same sums and gradients
+/// as on `f32` copies of the tensors, bit for bit), each gradient element rounded once to the
+/// 16-bit dtype and, where added into an existing gradient, summed in `f32` and rounded again
+/// (as adding a rounded `f32` gradient does).
+fn staged_channel<S: Scalar>(
+    a: ChannelIn<'_, '_, S>,
+    outs: Vec<PlaneOut<'_, S>>,
+    rule: &CoefRule,
+) -> (f64, f64) {
+    let (n, hw) = (a.parts.n, a.parts.hw);
+    let g = staged((0..n).map(|i| a.planes(i).0), n * hw);
+    let y = staged((0..n).map(|i| a.planes(i).1), n * hw);
+    let x = staged((0..n).map(|i| a.planes(i).2), n * hw);
+    let data = vec![x.as_slice()];
+    let (chans, widths) = (vec![1], vec![1]);
+    let one = Parts::new(data, (chans, widths), n, hw);
+    let mut wide: Vec<Vec<f32>> = outs.iter().map(|_| Vec::with_capacity(hw)).collect();
+    let wide_outs = wide
+        .iter_mut()
+        .map(|v| PlaneOut::Fresh(&mut v.spare_capacity_mut()[..hw]))
+        .collect();
+    let f32_in = ChannelIn {
+        parts: &one,
+        g: &g,
+        y: &y,
+        ch: 0,
+        with_x: a.with_x,
+    };
+    let channel_rule = rule.for_channel(a.ch);
+    let sums = native_channel(f32_in, wide_outs, &channel_rule);
+    for (o, mut v) in outs.into_iter().zip(wide) {
+        // SAFETY: `native_channel` wrote every element of each fresh plane it was given.
+        unsafe { v.set_len(hw) };
+        match o {
+            PlaneOut::Fresh(o) => o.iter_mut().zip(&v).for_each(|(o, &v)| {
+                o.write(S::of_f32(v));
+            }),
+            PlaneOut::Add(o) => o.iter_mut().zip(&v).for_each(|(o, &v)| {
+                *o = S::of_f32(o.f32() + S::of_f32(v).f32());
+            }),
+        }
+    }
+    sums
+}
+
+/// The backward pass, channel by channel: for each output channel, the sums
+/// `(sum g', sum g' * (x - mean))` over its planes (`g' = g` where the output is positive, else 0;
+/// the second sum only when `with_x`) and then, while the channel's planes are still in cache,
+/// the input gradient of that channel for the parts that `want` one, with the coefficients
+/// `rule` gives: added in place into the part's existing gradient in `adds` where there
+/// is one (`add_widths` channels per image, the part's first; no new buffer, no separate add
+/// pass), written into a new buffer otherwise. Reading
+/// `g`, the output `y` and `x` once from memory instead of twice is what makes it faster than
+/// sums-then-gradients (the pass is memory-bound). Each channel is one task (`pass`: in the
+/// tensor's precision, or staged in `f32` for 16-bit tensors), so the sums do not depend on the
+/// thread count.
+#[allow(clippy::too_many_arguments)]
+fn backward_by_channel<T: Copy + Send + Sync>(
+    parts: &Parts<'_, T>,
+    (g, y): (&[T], &[T]),
+    with_x: bool,
+    want: &[bool],
+    (adds, add_widths): (&mut [Option<&mut [T]>], &[usize]),
+    rule: &CoefRule,
+    pass: ChannelPass<T>,
+) -> ChannelBackward<T> {
+    let (hw, n) = (parts.hw, parts.n);
+    let lens: Vec<usize> = parts.channels.iter().map(|&cp| n * cp * hw).collect();
+    let mut bufs = new_grads(want, &lens, adds);
+    let planes = output_planes(parts, &lens, (&mut bufs, adds, add_widths), want);
     let per = |(ch, outs): (usize, Vec<PlaneOut<'_, T>>)| -> (f64, f64) {
-        let m = mean[ch];
-        let (mut sg, mut sgx) = (0.0, 0.0);
-        for i in 0..n {
-            let at = (i * c + ch) * hw;
-            let (gp, yp) = (&g[at..at + hw], &y[at..at + hw]);
-            if with_x {
-                let (a, b) = masked_sums(gp, yp, parts.plane(i, ch), m);
-                sg += a;
-                sgx += b;
-            } else {
-                sg += lane_sum2(gp, yp, |g, y| if y > 0.0 { g } else { 0.0 });
-            }
-        }
-        if !outs.is_empty() {
-            let k = coef(ch, (sg, sgx));
-            let (a, b, kk, mean) = (T::of(k.a), T::of(k.b), T::of(k.k), T::of(k.mean));
-            for (i, o) in outs.into_iter().enumerate() {
-                let at = (i * c + ch) * hw;
-                let (gp, yp, xp) = (&g[at..at + hw], &y[at..at + hw], parts.plane(i, ch));
-                let coef = PlaneCoef { a, k: kk, b, mean };
-                match o {
-                    PlaneOut::Fresh(o) => write_input_grad(o, (gp, yp, xp), coef),
-                    PlaneOut::Add(o) => add_input_grad(o, (gp, yp, xp), coef),
-                }
-            }
-        }
-        (sg, sgx)
+        let input = ChannelIn {
+            parts,
+            g,
+            y,
+            ch,
+            with_x,
+        };
+        pass(input, outs, rule)
     };
     let sums: Vec<(f64, f64)> = if parts.parallel() {
         planes.into_par_iter().enumerate().map(per).collect()
@@ -241,6 +410,54 @@ fn backward_by_channel<T: Elem>(
         }
     }
     (sums, bufs)
+}
+
+/// One channel's backward task: [`native_channel`] or [`staged_channel`].
+type ChannelPass<T> =
+    for<'t, 'd, 'o> fn(ChannelIn<'t, 'd, T>, Vec<PlaneOut<'o, T>>, &CoefRule) -> (f64, f64);
+
+/// The parts of a forward as slices of `T`.
+fn forward_parts<'a, T: Scalar>(
+    a: &BnReluForward<'a>,
+    (n, hw): (usize, usize),
+) -> Result<Parts<'a, T>> {
+    let data = a
+        .parts
+        .iter()
+        .map(|p| p.as_slice::<T>())
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Parts::new(
+        data,
+        (a.channels.to_vec(), a.widths.to_vec()),
+        n,
+        hw,
+    ))
+}
+
+/// Each channel's sum by `sum(parts, channel)` (a synchronised layer's statistics pass).
+fn forward_sums<T: Scalar>(
+    a: &BnReluForward<'_>,
+    dims: (usize, usize),
+    sum: impl Fn(&Parts<'_, T>, usize) -> f64 + Sync,
+) -> Result<Vec<f64>> {
+    let parts = forward_parts::<T>(a, dims)?;
+    let one = |ch: usize| sum(&parts, ch);
+    Ok(match parts.parallel() {
+        true => (0..parts.c()).into_par_iter().map(one).collect(),
+        false => (0..parts.c()).map(one).collect(),
+    })
+}
+
+/// The normalised output of shape `shape` by `normalize(parts)`, with its statistics.
+fn forward_normalize<T: Scalar>(
+    a: &BnReluForward<'_>,
+    shape: [usize; 4],
+    normalize: impl FnOnce(&Parts<'_, T>) -> (Vec<T>, Vec<(f64, f64)>),
+) -> Result<(Tensor, Vec<(f64, f64)>)> {
+    let [n, _, h, w] = shape;
+    let parts = forward_parts::<T>(a, (n, h * w))?;
+    let (v, stats) = normalize(&parts);
+    Ok((Tensor::from_vec(v, &shape, a.parts[0].device())?, stats))
 }
 
 impl BatchNormReluKernels for Cpu {
@@ -259,26 +476,44 @@ impl BatchNormReluKernels for Cpu {
             n * hw,
             x0.device(),
             |center| {
-                Ok(dispatch_float!(x0.dtype(), T => {
-                    let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-                    let parts = Parts::new(data, (a.channels.to_vec(), a.widths.to_vec()), n, hw);
-                    let sum = |ch: usize| channel_sum(parts.planes(ch), center.map(|c| c[ch]));
-                    if parts.parallel() {
-                        (0..c).into_par_iter().map(sum).collect::<Vec<f64>>()
-                    } else {
-                        (0..c).map(sum).collect::<Vec<f64>>()
+                let at = |ch: usize| center.map(|c| c[ch]);
+                match x0.dtype() {
+                    DType::BF16 => forward_sums::<bf16>(a, (n, hw), |p, ch| {
+                        channel_sum(staged(p.planes(ch), n * hw).chunks(hw.max(1)), at(ch))
+                    }),
+                    DType::F16 => forward_sums::<f16>(a, (n, hw), |p, ch| {
+                        channel_sum(staged(p.planes(ch), n * hw).chunks(hw.max(1)), at(ch))
+                    }),
+                    _ => {
+                        dispatch_float!(x0.dtype(), T => forward_sums::<T>(a, (n, hw), |p, ch| channel_sum(p.planes(ch), at(ch))))
                     }
-                }))
+                }
             },
             |how| {
-                Ok(dispatch_float!(x0.dtype(), T => {
-                    let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-                    let parts = Parts::new(data, (a.channels.to_vec(), a.widths.to_vec()), n, hw);
-                    let dims = (n, parts.c(), hw);
-                let planes = |ch| parts.planes(ch);
-                let (v, stats) = normalize_by_channel(dims, parts.parallel(), planes, &how, true);
-                    (Tensor::from_vec(v, &[n, c, h, w], x0.device())?, stats)
-                }))
+                let shape = [n, c, h, w];
+                match x0.dtype() {
+                    DType::BF16 => forward_normalize::<bf16>(a, shape, |p| {
+                        normalize_by_channel_half(
+                            (n, c, hw),
+                            p.parallel(),
+                            |ch| p.planes(ch),
+                            &how,
+                            true,
+                        )
+                    }),
+                    DType::F16 => forward_normalize::<f16>(a, shape, |p| {
+                        normalize_by_channel_half(
+                            (n, c, hw),
+                            p.parallel(),
+                            |ch| p.planes(ch),
+                            &how,
+                            true,
+                        )
+                    }),
+                    _ => dispatch_float!(x0.dtype(), T => forward_normalize::<T>(a, shape, |p| {
+                        normalize_by_channel((n, c, hw), p.parallel(), |ch| p.planes(ch), &how, true)
+                    })),
+                }
             },
         )
     }
@@ -286,80 +521,84 @@ impl BatchNormReluKernels for Cpu {
     fn bn_relu_backward(
         &self,
         a: &BnReluBackward<'_>,
-        mut into: Vec<Option<Tensor>>,
+        into: Vec<Option<Tensor>>,
     ) -> Result<BnReluGrads> {
-        let g = a.g;
-        let [n, c, h, w] = g.dims4(OP)?;
-        let hw = h * w;
-        let (mean, invstd) = a.stats.values()?;
-        let weight = a.weight.try_to_f64_vec()?;
-        let any_x = a.want_parts.iter().any(|&b| b);
-        let with_x = a.want_weight || (a.training && any_x);
-        let m = (n * hw) as f64;
-        // A synchronised layer's input gradient takes the group's sums (`global`).
-        let (wr, ir, mr) = (&weight, &invstd, &mean);
-        let coef_with = |global: Option<(Vec<f64>, f64)>| {
-            move |ch: usize, (sg, sgx): (f64, f64)| {
-                let (sg, sgx, m) = match &global {
-                    Some((sums, total)) => (sums[ch], sums[c + ch], *total),
-                    None => (sg, sgx, m),
-                };
-                let a_ = wr[ch] * ir[ch];
-                if a.training {
-                    InputCoef {
-                        a: a_,
-                        b: -a_ * ir[ch] * (sgx * ir[ch]) / m,
-                        k: -a_ * sg / m,
-                        mean: mr[ch],
-                    }
-                } else {
-                    InputCoef {
-                        a: a_,
-                        b: 0.0,
-                        k: 0.0,
-                        mean: 0.0,
-                    }
-                }
-            }
-        };
-        let (mut gparts, mut gw, mut gb) = (Vec::new(), None, None);
-        dispatch_float!(g.dtype(), T => {
-            let data = a.parts.iter().map(|p| p.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
-            let parts = Parts::new(data, (a.channels.to_vec(), a.widths.to_vec()), n, hw);
-            let (gs, ys) = (g.as_slice::<T>()?, a.out.as_slice::<T>()?);
-            let mut adds = into
-                .iter_mut()
-                .map(|t| t.as_mut().map(|t| t.make_mut::<T>()).transpose())
-                .collect::<Result<Vec<_>>>()?;
-            let mut global = None;
-            if let (Some(sync), true) = (a.sync, a.training && any_x) {
-                // The sums of every channel first (no gradient written), summed over the group.
-                let none = vec![false; a.parts.len()];
-                let mut no_adds: Vec<Option<&mut [T]>> = (0..a.parts.len()).map(|_| None).collect();
-                let adds = (&mut no_adds[..], a.into_widths);
-                let (local, _) =
-                    backward_by_channel(&parts, (gs, ys), &mean, true, &none, adds, coef_with(None));
-                global = Some(global_grad_sums(sync, &local, n * hw)?);
-            }
-            let coef = coef_with(global);
-            let adds = (&mut adds[..], a.into_widths);
-            let (sums, bufs) =
-                backward_by_channel(&parts, (gs, ys), &mean, with_x, a.want_parts, adds, coef);
-            if a.want_weight {
-                let sum_gx: Vec<f64> = sums.iter().zip(&invstd).map(|(s, k)| s.1 * k).collect();
-                gw = Some(Tensor::from_f64(&sum_gx, &[c], g.dtype(), g.device())?);
-            }
-            if a.want_bias {
-                let sum_g: Vec<f64> = sums.iter().map(|s| s.0).collect();
-                gb = Some(Tensor::from_f64(&sum_g, &[c], g.dtype(), g.device())?);
-            }
-            for ((buf, part), added) in bufs.into_iter().zip(a.parts).zip(into) {
-                gparts.push(match buf {
-                    Some(v) => Some(Tensor::from_vec(v, part.shape(), g.device())?),
-                    None => added,
-                });
-            }
-        });
-        Ok((gparts, gw, gb))
+        match a.g.dtype() {
+            DType::BF16 => backward_t::<bf16>(a, into, staged_channel::<bf16>),
+            DType::F16 => backward_t::<f16>(a, into, staged_channel::<f16>),
+            _ => dispatch_float!(a.g.dtype(), T => backward_t::<T>(a, into, native_channel::<T>)),
+        }
     }
+}
+
+/// The fused backward over tensors of element type `T`, each channel's task run by `pass`.
+fn backward_t<T: Scalar>(
+    a: &BnReluBackward<'_>,
+    mut into: Vec<Option<Tensor>>,
+    pass: ChannelPass<T>,
+) -> Result<BnReluGrads> {
+    let g = a.g;
+    let [n, c, h, w] = g.dims4(OP)?;
+    let hw = h * w;
+    let (mean, invstd) = a.stats.values()?;
+    let any_x = a.want_parts.iter().any(|&b| b);
+    let with_x = a.want_weight || (a.training && any_x);
+    let mut rule = CoefRule {
+        weight: a.weight.try_to_f64_vec()?,
+        invstd,
+        mean,
+        training: a.training,
+        m: (n * hw) as f64,
+        global: None,
+    };
+    let data = a
+        .parts
+        .iter()
+        .map(|p| p.as_slice::<T>())
+        .collect::<Result<Vec<_>>>()?;
+    let parts = Parts::new(data, (a.channels.to_vec(), a.widths.to_vec()), n, hw);
+    let (gs, ys) = (g.as_slice::<T>()?, a.out.as_slice::<T>()?);
+    let mut adds = into
+        .iter_mut()
+        .map(|t| t.as_mut().map(|t| t.make_mut::<T>()).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    if let (Some(sync), true) = (a.sync, a.training && any_x) {
+        // The sums of every channel first (no gradient written), summed over the group.
+        let none = vec![false; a.parts.len()];
+        let mut no_adds: Vec<Option<&mut [T]>> = (0..a.parts.len()).map(|_| None).collect();
+        let adds = (&mut no_adds[..], a.into_widths);
+        let (local, _) = backward_by_channel(&parts, (gs, ys), true, &none, adds, &rule, pass);
+        rule.global = Some(global_grad_sums(sync, &local, n * hw)?);
+    }
+    let adds = (&mut adds[..], a.into_widths);
+    let (sums, bufs) =
+        backward_by_channel(&parts, (gs, ys), with_x, a.want_parts, adds, &rule, pass);
+    // The parameters' gradients in the parameters' dtype (f32 beside 16-bit activations).
+    let wdtype = a.weight.dtype();
+    let gw = match a.want_weight {
+        true => {
+            let sum_gx: Vec<f64> = sums
+                .iter()
+                .zip(&rule.invstd)
+                .map(|(s, k)| s.1 * k)
+                .collect();
+            Some(Tensor::from_f64(&sum_gx, &[c], wdtype, g.device())?)
+        }
+        false => None,
+    };
+    let gb = match a.want_bias {
+        true => {
+            let sum_g: Vec<f64> = sums.iter().map(|s| s.0).collect();
+            Some(Tensor::from_f64(&sum_g, &[c], wdtype, g.device())?)
+        }
+        false => None,
+    };
+    let mut gparts = Vec::new();
+    for ((buf, part), added) in bufs.into_iter().zip(a.parts).zip(into) {
+        gparts.push(match buf {
+            Some(v) => Some(Tensor::from_vec(v, part.shape(), g.device())?),
+            None => added,
+        });
+    }
+    Ok((gparts, gw, gb))
 }

@@ -28,7 +28,7 @@ impl BatchNormReluKernels for Meta {
         for t in into.iter_mut().flatten() {
             t.buffer_mut()?;
         }
-        let vector = || Tensor::meta(&[c], g.dtype(), g.device());
+        let vector = || Tensor::meta(&[c], a.weight.dtype(), g.device());
         let gw = a.want_weight.then(vector).transpose()?;
         let gb = a.want_bias.then(vector).transpose()?;
         let parts = a.parts.iter().zip(a.want_parts).zip(into);

@@ -13,9 +13,8 @@ use super::batch_norm::{
     RunningStats,
 };
 use super::checks::check_grad;
-use super::widen::{narrow, narrow_opt, wide};
-use crate::backend::{kernel_trait, kernels, Kernels};
-use crate::block_storage::{BlockStorage, BlockStorageKernels, GradHandle};
+use crate::backend::{kernel_trait, kernels};
+use crate::block_storage::{BlockStorage, GradHandle};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
 use crate::tape::{Phase, Tape};
@@ -245,18 +244,12 @@ fn fused(
     check_sync(OP, training, parts[0], running)?;
     let k = kernels(parts[0].device())?;
     let batch = running.batch_plan(tape, training);
-    let dtype = parts[0].dtype();
-    let wide_parts = widened(&k, parts, &channels, &widths)?;
-    let (wide_refs, wide_widths) = match &wide_parts {
-        Some(ps) => (ps.iter().collect(), &channels),
-        None => (parts.to_vec(), &widths),
-    };
     let (out, stats) = k.bn_relu_forward(&BnReluForward {
-        parts: &wide_refs,
+        parts,
         channels: &channels,
-        widths: wide_widths,
-        weight: &*wide(weight)?,
-        bias: &*wide(bias)?,
+        widths: &widths,
+        weight,
+        bias,
         running,
         opts,
         training,
@@ -264,8 +257,6 @@ fn fused(
         want_stats: record || batch.keep,
         given: batch.given.as_ref(),
     })?;
-    drop(wide_parts);
-    let out = narrow(out, dtype)?;
     running.keep_batch(&batch, stats.as_ref());
     let stats = match stats {
         Some(stats) if record => stats,
@@ -286,11 +277,6 @@ fn fused(
     Ok(tape.record_always(OP, out, move |g, grads| {
         check_grad(OP, g, saved.out.shape(), Some(&saved.out))?;
         let backward = |parts: &[&Tensor], want_parts: &[bool], into, into_widths: &[usize]| {
-            if dtype.is_half() {
-                let args = (g, &saved, training, opts.eps);
-                let wants = (want_parts, kw.requires_grad(), kb.requires_grad());
-                return backward_half(&k, args, (parts, &channels, &widths), wants, into);
-            }
             let args = BnReluBackward {
                 g,
                 parts,
@@ -367,80 +353,4 @@ fn storage_grad(mut gparts: Vec<Option<Tensor>>) -> Result<Tensor> {
         .pop()
         .flatten()
         .ok_or_else(|| Error::Backward("batch_norm_relu: the storage gradient was lost".into()))
-}
-
-/// `f32` packed copies of 16-bit parts (of which the first `channels[i]` of `widths[i]` count),
-/// for the `f32` kernels; `None` for `f32`/`f64` parts (the kernels read them as they are).
-fn widened(
-    k: &Kernels,
-    parts: &[&Tensor],
-    channels: &[usize],
-    widths: &[usize],
-) -> Result<Option<Vec<Tensor>>> {
-    if !parts[0].dtype().is_half() {
-        return Ok(None);
-    }
-    let packed = |(p, (&c, &width)): (&&Tensor, (&usize, &usize))| -> Result<Tensor> {
-        let p = match c == width {
-            true => (*p).clone(),
-            false => k.read_channels(p, 0, c)?,
-        };
-        Ok(wide(&p)?.into_owned())
-    };
-    parts
-        .iter()
-        .zip(channels.iter().zip(widths))
-        .map(packed)
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
-}
-
-/// The backward of 16-bit parts: the `f32` kernel on `f32` packed copies (no gradient to add
-/// into: it makes packed `f32` part gradients), whose results are rounded to the parts' dtype
-/// and added into the existing gradients `into` (each with the part's channels first).
-fn backward_half(
-    k: &Kernels,
-    (g, saved, training, eps): (&Tensor, &Saved, bool, f64),
-    (parts, channels, widths): (&[&Tensor], &[usize], &[usize]),
-    (want_parts, want_weight, want_bias): (&[bool], bool, bool),
-    into: Vec<Option<Tensor>>,
-) -> Result<BnReluGrads> {
-    let dtype = parts[0].dtype();
-    let wide_parts = widened(k, parts, channels, widths)?.unwrap_or_default();
-    let refs: Vec<&Tensor> = wide_parts.iter().collect();
-    let (wg, wout, wweight) = (wide(g)?, wide(&saved.out)?, wide(&saved.weight)?);
-    let args = BnReluBackward {
-        g: &wg,
-        parts: &refs,
-        channels,
-        widths: channels,
-        into_widths: channels,
-        out: &wout,
-        stats: &saved.stats,
-        weight: &wweight,
-        training,
-        eps,
-        want_parts,
-        want_weight,
-        want_bias,
-        sync: saved.sync.as_deref(),
-    };
-    let (gparts, gw, gb) = k.bn_relu_backward(&args, vec![None; parts.len()])?;
-    let added = |(gx, acc): (Option<Tensor>, Option<Tensor>)| -> Result<Option<Tensor>> {
-        Ok(match (gx, acc) {
-            (Some(gx), Some(mut acc)) => {
-                k.add_channels(&mut acc, &narrow(gx, dtype)?, 0)?;
-                Some(acc)
-            }
-            (Some(gx), None) => Some(narrow(gx, dtype)?),
-            (None, acc) => acc,
-        })
-    };
-    let gparts = gparts
-        .into_iter()
-        .zip(into)
-        .map(added)
-        .collect::<Result<_>>()?;
-    let wdtype = saved.weight.dtype();
-    Ok((gparts, narrow_opt(gw, wdtype)?, narrow_opt(gb, wdtype)?))
 }

@@ -28,9 +28,9 @@
 //!   touched it. [`Optimizer::state_dict`] reports the state as settled (it reads the pending
 //!   flag, waiting if needed).
 //!
-//! [`LossScaler`] is dynamic loss scaling for low-precision training (PyTorch's `GradScaler`):
-//! backward seeded with a scale, the gradients unscaled and checked, and the update made
-//! conditional on them with [`Optimizer::step_if_finite`].
+//! [`LossScaler`] ([`loss_scale`]) is dynamic loss scaling for low-precision training
+//! (PyTorch's `GradScaler`): backward seeded with a scale, the gradients unscaled and checked,
+//! and the update made conditional on them with [`Optimizer::step_if_finite`].
 
 use crate::backend::kernel_trait;
 use crate::device::Device;
@@ -47,7 +47,7 @@ mod adam;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
-mod loss_scale;
+pub mod loss_scale;
 mod meta;
 mod sgd;
 

@@ -30,7 +30,7 @@ use crate::error::Result;
 use crate::model::DenseNet;
 use dist::Ddp;
 use std::sync::OnceLock;
-use tape::optim::{Optimizer, SgdConfig};
+use tape::optim::{LossScaler, Optimizer, SgdConfig};
 use tape::{ops, Gradients, Labels, Tape, Tensor};
 use trainer::anomaly::{self, AnomalyGuard};
 
@@ -121,7 +121,7 @@ pub fn forward_backward(
     labels: &[usize],
     seed: u64,
 ) -> Result<StepOutput> {
-    run_forward_backward(model, x, labels, seed, None)
+    run_forward_backward(model, x, labels, seed, Backward::Local)
 }
 
 /// [`forward_backward`] on this rank's shard of a data-parallel batch: the gradients come back
@@ -134,7 +134,16 @@ pub fn forward_backward_ddp(
     seed: u64,
     ddp: &Ddp,
 ) -> Result<StepOutput> {
-    run_forward_backward(model, x, labels, seed, Some(ddp))
+    run_forward_backward(model, x, labels, seed, Backward::Ddp(ddp))
+}
+
+/// How a step's backward runs: on this process, data-parallel, or seeded with a loss scaler's
+/// scale.
+#[derive(Clone, Copy)]
+enum Backward<'a> {
+    Local,
+    Ddp(&'a Ddp),
+    Scaled(&'a LossScaler),
 }
 
 fn run_forward_backward(
@@ -142,7 +151,7 @@ fn run_forward_backward(
     x: &Tensor,
     labels: &[usize],
     seed: u64,
-    ddp: Option<&Ddp>,
+    backward: Backward<'_>,
 ) -> Result<StepOutput> {
     let labels = Labels::new(labels, x.device())?;
     let mut tape = Tape::recording()
@@ -150,9 +159,10 @@ fn run_forward_backward(
         .with_precision(model.precision());
     let logits = model.forward(&mut tape, x)?;
     let loss = ops::cross_entropy_labels(&mut tape, &logits, &labels)?;
-    let grads = match ddp {
-        Some(ddp) => ddp.backward(tape, &loss)?,
-        None => tape.backward(&loss)?,
+    let grads = match backward {
+        Backward::Local => tape.backward(&loss)?,
+        Backward::Ddp(ddp) => ddp.backward(tape, &loss)?,
+        Backward::Scaled(scaler) => scaler.backward(tape, &loss)?,
     };
     let correct = ops::correct_count(&logits, &labels)?;
     Ok(StepOutput::new(loss, logits, grads, correct))
@@ -253,6 +263,25 @@ pub fn train_step_queued(
     }
     guard.step(model, optimizer, &out.loss, &out.grads, options.step)?;
     Ok(out)
+}
+
+/// [`train_step`] with dynamic loss scaling (for f16 training; PyTorch's `GradScaler`): backward
+/// seeded with `scaler`'s scale, then [`LossScaler::step`]: the gradients unscaled, the update
+/// skipped on the device when an unscaled gradient is inf or NaN (an overflow, not an error:
+/// the scale backs off) and the scale updated, one host sync per step; `seed` drives dropout. Returns the step's
+/// output (its gradients unscaled) and whether the update was applied. The anomaly check of
+/// [`train_step`] does not run: overflows are the scaler's to handle. Not for data-parallel steps.
+pub fn train_step_scaled(
+    model: &mut DenseNet,
+    optimizer: &mut dyn Optimizer,
+    scaler: &mut LossScaler,
+    x: &Tensor,
+    labels: &[usize],
+    seed: u64,
+) -> Result<(StepOutput, bool)> {
+    let mut out = run_forward_backward(model, x, labels, seed, Backward::Scaled(scaler))?;
+    let applied = scaler.step(optimizer, &mut model.parameters_mut(), &mut out.grads)?;
+    Ok((out, applied))
 }
 
 /// [`train_step_with`] on this rank's shard of a data-parallel batch: the batch norm running

@@ -11,7 +11,7 @@
 use crate::error::Result;
 use crate::model::{Gpt, TokenBatch};
 use dist::Ddp;
-use tape::optim::{Adam, AdamConfig, Optimizer};
+use tape::optim::{Adam, AdamConfig, LossScaler, Optimizer};
 use tape::{ops, Gradients, Tape, Tensor};
 use trainer::anomaly::AnomalyGuard;
 
@@ -47,7 +47,7 @@ pub fn adam(lr: f64) -> Result<Adam> {
 /// Forward and backward of one batch in training mode under the model's recompute setting; `seed`
 /// drives dropout.
 pub fn forward_backward(model: &Gpt, batch: &TokenBatch, seed: u64) -> Result<StepOutput> {
-    run_forward_backward(model, batch, seed, None)
+    run_forward_backward(model, batch, seed, Backward::Local)
 }
 
 /// [`forward_backward`] on this rank's share of a data-parallel batch: the gradients come back
@@ -59,14 +59,23 @@ pub fn forward_backward_ddp(
     seed: u64,
     ddp: &Ddp,
 ) -> Result<StepOutput> {
-    run_forward_backward(model, batch, seed, Some(ddp))
+    run_forward_backward(model, batch, seed, Backward::Ddp(ddp))
+}
+
+/// How a step's backward runs: on this process, data-parallel, or seeded with a loss scaler's
+/// scale.
+#[derive(Clone, Copy)]
+enum Backward<'a> {
+    Local,
+    Ddp(&'a Ddp),
+    Scaled(&'a LossScaler),
 }
 
 fn run_forward_backward(
     model: &Gpt,
     batch: &TokenBatch,
     seed: u64,
-    ddp: Option<&Ddp>,
+    backward: Backward<'_>,
 ) -> Result<StepOutput> {
     model.check_tokens(&batch.targets, batch.batch, batch.seq)?;
     let layers = model.block_layers();
@@ -78,9 +87,10 @@ fn run_forward_backward(
     let flat = ops::reshape(&mut tape, &logits, &[batch.batch * batch.seq, v])?;
     let loss = ops::cross_entropy(&mut tape, &flat, &batch.targets)?;
     drop(flat);
-    let grads = match ddp {
-        Some(ddp) => ddp.backward(tape, &loss)?,
-        None => tape.backward(&loss)?,
+    let grads = match backward {
+        Backward::Local => tape.backward(&loss)?,
+        Backward::Ddp(ddp) => ddp.backward(tape, &loss)?,
+        Backward::Scaled(scaler) => scaler.backward(tape, &loss)?,
     };
     Ok(StepOutput {
         loss,
@@ -117,6 +127,25 @@ pub fn train_step_queued(
     let out = forward_backward(model, batch, step)?;
     guard.step(model, optimizer, &out.loss, &out.grads, step)?;
     Ok(out)
+}
+
+/// [`train_step`] with dynamic loss scaling (for f16 training; PyTorch's `GradScaler`): backward
+/// seeded with `scaler`'s scale, then [`LossScaler::step`]: the gradients unscaled, the update
+/// skipped on the device when an unscaled gradient is inf or NaN (an overflow, not an error:
+/// the scale backs off) and the scale updated, one host sync per step. Returns the step's
+/// output (its gradients unscaled) and whether the update was applied. The anomaly check of
+/// [`train_step`] does not run: overflows are the scaler's to handle. Not for data-parallel steps.
+pub fn train_step_scaled(
+    model: &mut Gpt,
+    optimizer: &mut dyn Optimizer,
+    scaler: &mut LossScaler,
+    batch: &TokenBatch,
+    step: u64,
+) -> Result<(StepOutput, bool)> {
+    let mut out = run_forward_backward(model, batch, step, Backward::Scaled(scaler))?;
+    let params = &mut tape::nn::parameters_mut(model);
+    let applied = scaler.step(optimizer, params, &mut out.grads)?;
+    Ok((out, applied))
 }
 
 /// [`train_step`] on this rank's share of a data-parallel batch: gradients averaged over

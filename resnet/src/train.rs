@@ -12,7 +12,7 @@
 use crate::error::{ResNetError, Result};
 use crate::model::ResNet;
 use dist::Ddp;
-use tape::optim::{Optimizer, SgdConfig};
+use tape::optim::{LossScaler, Optimizer, SgdConfig};
 use tape::{ops, Gradients, Labels, Tape, Tensor};
 use trainer::anomaly::AnomalyGuard;
 
@@ -47,7 +47,7 @@ impl StepOutput {
 /// Forward and backward of one batch in training mode under the model's recompute setting: mean cross-entropy of
 /// `labels` (one per image, each below `num_classes`).
 pub fn forward_backward(model: &ResNet, x: &Tensor, labels: &[usize]) -> Result<StepOutput> {
-    run_forward_backward(model, x, labels, None)
+    run_forward_backward(model, x, labels, Backward::Local)
 }
 
 /// [`forward_backward`] on this rank's shard of a data-parallel batch: the gradients come back
@@ -59,14 +59,23 @@ pub fn forward_backward_ddp(
     labels: &[usize],
     ddp: &Ddp,
 ) -> Result<StepOutput> {
-    run_forward_backward(model, x, labels, Some(ddp))
+    run_forward_backward(model, x, labels, Backward::Ddp(ddp))
+}
+
+/// How a step's backward runs: on this process, data-parallel, or seeded with a loss scaler's
+/// scale.
+#[derive(Clone, Copy)]
+enum Backward<'a> {
+    Local,
+    Ddp(&'a Ddp),
+    Scaled(&'a LossScaler),
 }
 
 fn run_forward_backward(
     model: &ResNet,
     x: &Tensor,
     labels: &[usize],
-    ddp: Option<&Ddp>,
+    backward: Backward<'_>,
 ) -> Result<StepOutput> {
     let [n, ..] = model.check_input(x)?;
     if labels.len() != n {
@@ -88,9 +97,10 @@ fn run_forward_backward(
     let logits = runner.forward(&mut tape, x)?;
     let labels = Labels::new(labels, x.device())?;
     let loss = ops::cross_entropy_labels(&mut tape, &logits, &labels)?;
-    let grads = match ddp {
-        Some(ddp) => ddp.backward(tape, &loss)?,
-        None => tape.backward(&loss)?,
+    let grads = match backward {
+        Backward::Local => tape.backward(&loss)?,
+        Backward::Ddp(ddp) => ddp.backward(tape, &loss)?,
+        Backward::Scaled(scaler) => scaler.backward(tape, &loss)?,
     };
     Ok(StepOutput {
         logits,
@@ -130,6 +140,24 @@ pub fn train_step_queued(
     let out = forward_backward(model, x, labels)?;
     guard.step(model, optimizer, &out.loss, &out.grads, step)?;
     Ok(out)
+}
+
+/// [`train_step`] with dynamic loss scaling (for f16 training; PyTorch's `GradScaler`): backward
+/// seeded with `scaler`'s scale, then [`LossScaler::step`]: the gradients unscaled, the update
+/// skipped on the device when an unscaled gradient is inf or NaN (an overflow, not an error:
+/// the scale backs off) and the scale updated, one host sync per step. Returns the step's
+/// output (its gradients unscaled) and whether the update was applied. The anomaly check of
+/// [`train_step`] does not run: overflows are the scaler's to handle. Not for data-parallel steps.
+pub fn train_step_scaled(
+    model: &mut ResNet,
+    optimizer: &mut dyn Optimizer,
+    scaler: &mut LossScaler,
+    x: &Tensor,
+    labels: &[usize],
+) -> Result<(StepOutput, bool)> {
+    let mut out = run_forward_backward(model, x, labels, Backward::Scaled(scaler))?;
+    let applied = scaler.step(optimizer, &mut model.parameters_mut(), &mut out.grads)?;
+    Ok((out, applied))
 }
 
 /// [`train_step`] on this rank's shard of a data-parallel batch: the batch norms' running

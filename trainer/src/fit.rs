@@ -3,14 +3,14 @@
 use crate::anomaly::AnomalyGuard;
 use crate::eval::Eval;
 use crate::progress::Progress;
-use crate::run_dir::{RunDir, RunState};
+use crate::run_dir::{LossScalerRecord, RunDir, RunState, ScalerStateError};
 use crate::schedule::Schedule;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::time::Instant;
 use tape::nn::{LoadOptions, Module, StateError};
 use tape::ops::PendingScalar;
-use tape::optim::Optimizer;
+use tape::optim::{LossScaler, Optimizer};
 use tape::Tensor;
 
 /// A queued training step's results, still on the device: copied to the host asynchronously
@@ -60,6 +60,14 @@ pub trait Task {
     /// What a run directory records about the task (its model's configuration, say): a run
     /// resumes only from a directory that records the same.
     fn describe(&self) -> serde_json::Value;
+
+    /// The loss scaler the task's steps use ([`LossScaler::backward`] and
+    /// [`LossScaler::step`] in [`Task::train_step`]), if any: a run directory records its
+    /// settings and state after every epoch and a resumed run restores them
+    /// ([`RunDir::restore_loss_scaler`]). The default: none.
+    fn loss_scaler(&mut self) -> Option<&mut LossScaler> {
+        None
+    }
 }
 
 /// What can stop [`fit`].
@@ -95,6 +103,9 @@ pub enum TrainError {
         /// What this task says.
         current: String,
     },
+    /// The run directory's loss scaler entry is missing or bad.
+    #[error(transparent)]
+    LossScaler(#[from] ScalerStateError),
     /// Summing the epoch's results over the ranks failed.
     #[error(transparent)]
     Dist(#[from] dist::DistError),
@@ -317,6 +328,10 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
                 current: current.to_string(),
             });
         }
+        // The scaler first: a missing or bad entry fails before anything is loaded.
+        if let Some(scaler) = task.loss_scaler() {
+            dir.restore_loss_scaler(&saved, scaler)?;
+        }
         let (model, opt) = task.state();
         let load = LoadOptions {
             lenient: options.lenient,
@@ -406,6 +421,7 @@ pub fn fit<T: Task>(task: &mut T, options: &FitOptions) -> Result<Vec<EpochRepor
                 train_accuracy: report.train_accuracy,
                 eval,
                 task: task.describe(),
+                loss_scaler: task.loss_scaler().map(|s| LossScalerRecord::of(s)),
             };
             let (model, opt) = task.state();
             dir.save(model, opt, &state)?;

@@ -16,6 +16,10 @@
 //! Steps are queued without waiting: a step's loss and hit count stay on the device, are copied
 //! to the host asynchronously ([`tape::ops::PendingScalar`]) and added up once there, so a
 //! steady-state step makes no host sync (the epoch's end waits for the last ones).
+//!
+//! A task that trains with dynamic loss scaling ([`tape::optim::LossScaler`], for f16) hands
+//! its scaler to [`fit`] through [`Task::loss_scaler`]: the run directory records the scaler's
+//! settings and state with every epoch and a resumed run restores them.
 
 pub mod anomaly;
 mod eval;
@@ -27,5 +31,5 @@ mod schedule;
 pub use eval::Eval;
 pub use fit::{fit, EpochReport, FitOptions, Queued, Task, TrainError};
 pub use progress::Progress;
-pub use run_dir::{RunDir, RunState};
+pub use run_dir::{LossScalerRecord, RunDir, RunState, ScalerStateError};
 pub use schedule::Schedule;

@@ -27,6 +27,10 @@
 //!   device state (parameters, moments, momentum) needs no undo: a skipped update never
 //!   touched it. [`Optimizer::state_dict`] reports the state as settled (it reads the pending
 //!   flag, waiting if needed).
+//!
+//! [`LossScaler`] ([`loss_scale`]) is dynamic loss scaling for low-precision training
+//! (PyTorch's `GradScaler`): backward seeded with a scale, the gradients unscaled and checked,
+//! and the update made conditional on them with [`Optimizer::step_if_finite`].
 
 use crate::backend::kernel_trait;
 use crate::device::Device;
@@ -43,10 +47,12 @@ mod adam;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub mod loss_scale;
 mod meta;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
+pub use loss_scale::{LossScaleError, LossScaler, LossScalerConfig, LossScalerState};
 pub use sgd::{Sgd, SgdConfig};
 
 /// One parameter of a fused SGD update: the parameter (updated in place, its id stays), its

@@ -22,14 +22,16 @@ use clap::Parser;
 use densenet::data::{
     epoch_order, load_cifar10, synthetic, Augment, Dataset, CIFAR10_MEAN, CIFAR10_STD,
 };
-use densenet::train::{count_correct, predict, train_step_ddp, train_step_queued, StepOptions};
+use densenet::train::{
+    count_correct, predict, train_step_ddp, train_step_queued, train_step_scaled, StepOptions,
+};
 use densenet::{DenseNet, DenseNetConfig, DenseNetError, Recompute};
 use dist::{Ddp, DdpOptions, DistKind, DistributedSampler, ProcessGroup};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 use tape::nn::Module;
-use tape::optim::{Optimizer, Sgd, SgdConfig};
+use tape::optim::{LossScaler, LossScalerConfig, Optimizer, Sgd, SgdConfig};
 use tape::rng::mix64;
 use tape::{DType, Device, Precision};
 use trainer::anomaly::AnomalyGuard;
@@ -74,7 +76,7 @@ struct Args {
     #[arg(long, visible_alias = "mode", default_value = "bottleneck")]
     recompute: Recompute,
     /// Precision policy: f32, bf16 or f16 (16-bit activations and f32 master weights; f16
-    /// without a loss scaler can underflow gradients).
+    /// trains with dynamic loss scaling, its state saved with the run).
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// Epochs [default: 300 like the seed; 2 on synthetic data].
@@ -244,6 +246,8 @@ struct CifarTask {
     ddp: Option<Ddp>,
     /// A step (over the run) at which this rank fails, for fault tests.
     fail_at: Option<u64>,
+    /// Dynamic loss scaling of an f16 run (saved with the run, restored on resume).
+    scaler: Option<LossScaler>,
 }
 
 impl CifarTask {
@@ -301,9 +305,11 @@ impl Task for CifarTask {
             StepOptions::new(index, step_seed),
         );
         let (model, opt) = (&mut self.model, &mut self.opt);
-        let out = match &self.ddp {
-            Some(ddp) => train_step_ddp(model, opt, x, y, options, ddp)?,
-            None => train_step_queued(model, opt, guard, x, y, options)?,
+        let out = match (&self.ddp, &mut self.scaler) {
+            (Some(ddp), _) => train_step_ddp(model, opt, x, y, options, ddp)?,
+            // An f16 step whose gradients overflow is skipped and the scale backs off.
+            (None, Some(scaler)) => train_step_scaled(model, opt, scaler, x, y, step_seed)?.0,
+            (None, None) => train_step_queued(model, opt, guard, x, y, options)?,
         };
         Ok(Queued {
             loss: out.loss_tensor().clone(),
@@ -326,6 +332,10 @@ impl Task for CifarTask {
 
     fn state(&mut self) -> (&mut dyn Module, &mut dyn Optimizer) {
         (&mut self.model, &mut self.opt)
+    }
+
+    fn loss_scaler(&mut self) -> Option<&mut LossScaler> {
+        self.scaler.as_mut()
     }
 
     fn describe(&self) -> serde_json::Value {
@@ -483,6 +493,15 @@ fn run(args: Args, group: ProcessGroup) -> AnyResult<()> {
     }
     .filter(|(rank, _)| *rank == group.rank())
     .map(|(_, step)| step);
+    // f16 trains with dynamic loss scaling (PyTorch's GradScaler defaults); bf16 has f32's
+    // range and needs none.
+    let scaler = match (args.precision, group.world_size()) {
+        (Precision::F16, 1) => Some(LossScaler::new(LossScalerConfig::default())?),
+        (Precision::F16, _) => {
+            return Err("--precision f16 trains with a loss scaler, which data-parallel runs do not have yet: use bf16".into())
+        }
+        _ => None,
+    };
     let mut task = CifarTask {
         model,
         opt,
@@ -497,6 +516,7 @@ fn run(args: Args, group: ProcessGroup) -> AnyResult<()> {
         group: group.clone(),
         ddp,
         fail_at,
+        scaler,
     };
     let options = FitOptions {
         run_dir: args.out.clone().map(RunDir::new),

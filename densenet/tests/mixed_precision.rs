@@ -148,3 +148,79 @@ fn bf16_training_converges_like_f32() {
         "bf16 final loss {loss16} vs f32 {loss32}"
     );
 }
+
+/// f16 training with dynamic loss scaling (PyTorch's `GradScaler` semantics): the f16
+/// activations' narrow range makes the first scaled steps overflow, each such step is skipped
+/// with the parameters unchanged and the scale halved, until the scale fits; then the model
+/// trains (the loss falls), with every gradient arriving in f32.
+#[test]
+fn f16_training_with_a_loss_scaler_backs_off_then_trains() {
+    use densenet::data::synthetic;
+    use densenet::train::train_step_scaled;
+    use tape::optim::{LossScaler, LossScalerConfig};
+    let dev = Device::cpu();
+    let (train_set, _) = synthetic(64, 0, config().num_classes, 8, 3);
+    let mut model = DenseNet::new(config(), DType::F32, &dev, 5)
+        .unwrap()
+        .with_precision(Precision::F16);
+    let mut opt = Sgd::new(seed_sgd_config()).unwrap();
+    // A large initial scale, so that the first steps overflow f16 for sure.
+    let config = LossScalerConfig {
+        init_scale: 2f64.powi(24),
+        ..LossScalerConfig::default()
+    };
+    let mut scaler = LossScaler::new(config).unwrap();
+    let idx: Vec<usize> = (0..32).collect();
+    let data = train_set.batch(&idx, DType::F32, &dev).unwrap();
+    let (mut skipped, mut losses) = (0, Vec::new());
+    for step in 0..20 {
+        let before: Vec<Vec<u64>> = model
+            .parameters()
+            .iter()
+            .map(|p| bits(p.tensor()))
+            .collect();
+        let scale = scaler.scale();
+        let (out, applied) = train_step_scaled(
+            &mut model,
+            &mut opt,
+            &mut scaler,
+            &data.images,
+            &data.labels,
+            step,
+        )
+        .unwrap();
+        let after: Vec<Vec<u64>> = model
+            .parameters()
+            .iter()
+            .map(|p| bits(p.tensor()))
+            .collect();
+        if applied {
+            losses.push(out.loss().unwrap());
+            assert_eq!(
+                scaler.scale(),
+                scale,
+                "step {step}: no growth before the interval"
+            );
+        } else {
+            skipped += 1;
+            assert_eq!(
+                before, after,
+                "step {step}: a skipped update changed the parameters"
+            );
+            assert_eq!(
+                scaler.scale(),
+                scale / 2.0,
+                "step {step}: the scale backs off"
+            );
+        }
+    }
+    assert!(
+        skipped >= 1,
+        "2^24 should overflow f16 activation gradients"
+    );
+    assert!(losses.len() >= 10, "only {} steps applied", losses.len());
+    assert!(
+        losses.last().unwrap() < &(0.5 * losses[0]),
+        "f16 training did not learn: {losses:?}"
+    );
+}

@@ -521,12 +521,36 @@ fn im2col_workspace_is_counted_and_released() {
     );
 }
 
-/// Elements of one im2col column block of `rows` rows over an output of `out_rows x out_cols`,
-/// as `tape/src/ops/conv2d/cpu.rs` sizes it for f32 (`Cols::block_len`): as many whole output
-/// rows as fit in `BLOCK_BYTES` = 256 KiB, at least one, at most all.
-fn column_block(rows: usize, out_rows: usize, out_cols: usize) -> usize {
-    let block_rows = ((256 << 10) / (rows * out_cols * 4)).clamp(1, out_rows);
-    rows * block_rows * out_cols
+/// One im2col column block of `rows` rows over outputs of `out_rows x out_cols` per image, as
+/// `tape/src/ops/conv2d/cpu.rs` sizes it for f32 (`Cols::block_shape`): whole output rows of one
+/// image, at least 256 columns and more when `BLOCK_BYTES` = 256 KiB holds more; or, when two
+/// whole images fit in 256 columns, as many whole images as reach 256 columns, at most `images`.
+/// Returns (elements, images per block, columns).
+fn column_block(
+    rows: usize,
+    out_rows: usize,
+    out_cols: usize,
+    images: usize,
+) -> (usize, usize, usize) {
+    let p = out_rows * out_cols;
+    let (block_rows, images) = if 2 * p <= 256 {
+        (out_rows, 256usize.div_ceil(p).clamp(1, images))
+    } else {
+        let target = ((256 << 10) / (rows * 4)).max(256);
+        (target.div_ceil(out_cols).clamp(1, out_rows), 1)
+    };
+    let cols = block_rows * out_cols * images;
+    (rows * cols, images, cols)
+}
+
+/// Elements a block of several images stages its `channels`-row output in (none for blocks of
+/// one image, computed in place).
+fn staging((_, images, cols): (usize, usize, usize), channels: usize) -> usize {
+    if images > 1 {
+        channels * cols
+    } else {
+        0
+    }
 }
 
 /// Thread groups for `jobs` jobs on `threads` threads (`groups` in the CPU kernels): as many as
@@ -539,13 +563,16 @@ fn thread_groups(jobs: usize, threads: usize) -> usize {
 /// a `[cout, cin, k, k]` kernel, both gradients wanted, on `threads` threads. From
 /// `forward_workspace`, `backward_workspace`, `chunk_images` and `groups` in
 /// `tape/src/ops/conv2d/cpu.rs`, with `K = cin*k*k`:
-/// - forward: one group per thread (at most one per image) holding a column block of `x`
-///   (`K` rows; none for a pointwise conv);
+/// - forward: one group per thread (at most one per job: an image, or the images of one block
+///   when a block holds several) holding a column block of `x` (`K` rows; none for a pointwise
+///   conv) and, when a block holds several images, its `cout`-row output;
 /// - backward: the batch in chunks of `ceil(256 / (hout*wout))` images, one group per thread (at
 ///   most one per chunk) holding the larger of the column blocks of grad weight (`x`'s, `K`
 ///   rows) and grad input (`gout`'s, `cout*k*k` rows over the input's `h x w`, on the flipped
-///   path: stride 1 and `cout < cin`; else `x`'s again) plus a `cout x K` partial weight
-///   gradient; and one flipped kernel (`cin*cout*k*k`) on the flipped path.
+///   path: stride 1 and `cout < cin`; else `x`'s again), the larger of their staging blocks
+///   (the output gradient's `cout` rows, or on the flipped path the input gradient's `cin`
+///   rows), plus a `cout x K` partial weight gradient; and one flipped kernel
+///   (`cin*cout*k*k`) on the flipped path.
 fn conv_workspace_bytes(
     [n, cin, h, w]: [usize; 4],
     cout: usize,
@@ -559,20 +586,30 @@ fn conv_workspace_bytes(
     );
     let kk = cin * k * k;
     let pointwise = k == 1 && o.stride == 1 && o.padding == 0;
-    let xcols = if pointwise {
+    let chunk = 256usize.div_ceil(hout * wout).clamp(1, n);
+    let xb = column_block(kk, hout, wout, chunk);
+    let flipped = !pointwise && o.stride == 1 && cout < cin;
+    let (xcols, xstage) = if pointwise {
+        (0, 0)
+    } else {
+        (xb.0, staging(xb, cout))
+    };
+    let (gcols, gstage) = if flipped {
+        let gb = column_block(cout * k * k, h, w, chunk);
+        (gb.0, staging(gb, cin))
+    } else {
+        (xcols, xstage)
+    };
+    let fb = column_block(kk, hout, wout, n);
+    let units = if pointwise { n } else { n.div_ceil(fb.1) };
+    let fspace = if pointwise {
         0
     } else {
-        column_block(kk, hout, wout)
+        fb.0 + staging(fb, cout)
     };
-    let flipped = !pointwise && o.stride == 1 && cout < cin;
-    let gcols = if flipped {
-        column_block(cout * k * k, h, w)
-    } else {
-        xcols
-    };
-    let forward = thread_groups(n, threads) * xcols;
-    let chunks = n.div_ceil(256usize.div_ceil(hout * wout).clamp(1, n));
-    let per_group = xcols.max(gcols) + cout * kk;
+    let forward = thread_groups(units, threads) * fspace;
+    let chunks = n.div_ceil(chunk);
+    let per_group = xcols.max(gcols) + xstage.max(gstage) + cout * kk;
     let flip = if flipped { cin * cout * k * k } else { 0 };
     let backward = thread_groups(chunks, threads) * per_group + flip;
     (4 * forward, 4 * backward)
@@ -583,14 +620,17 @@ fn conv_workspace_bytes(
 /// says how much for each pass (the backward with and without the input's gradient): a kernel
 /// that runs without charging its workspace (or charges the wrong size), or a prediction that
 /// differs, fails here. Cases: the flipped grad-input
-/// path with column blocks of fewer rows than the output (3 and 28 of 32 rows); a strided conv
-/// on the col2im path with several images per work chunk; a pointwise conv.
+/// path with column blocks of fewer rows than the output; a strided conv on the col2im path
+/// with several images per work chunk; a pointwise conv; blocks of several whole images on the
+/// flipped path (forward jobs of 8 and of 16, 16 and 8 images).
 #[test]
 fn conv_workspaces_are_charged_exactly() {
     let cases = [
         ([3, 64, 32, 32], 8, 3, opts(1, 1)),
         ([6, 4, 20, 20], 8, 3, opts(2, 1)),
         ([5, 16, 12, 12], 8, 1, opts(1, 0)),
+        ([4, 32, 6, 6], 8, 3, opts(1, 1)),
+        ([40, 256, 4, 4], 32, 3, opts(1, 1)),
     ];
     for (shape, cout, k, o) in cases {
         for threads in 1..=3 {

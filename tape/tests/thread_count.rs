@@ -67,6 +67,26 @@ fn forward_backward(
     out
 }
 
+/// Column blocks of several whole 4x4 images (16 per block: three forward jobs of 16, 16 and
+/// 8 images, split over 1 or 3 thread groups; the flipped grad-input path), with a bias.
+#[test]
+fn conv2d_blocks_of_whole_images() {
+    for dtype in [DType::F32, DType::F64] {
+        same_on_1_and_3_threads(&format!("conv2d 40x256->32 4x4 {dtype:?}"), || {
+            let dev = Device::cpu();
+            let x = randn_leaf(&[40, 256, 4, 4], dtype, &dev, 1);
+            let w = randn_leaf(&[32, 256, 3, 3], dtype, &dev, 2);
+            let b = randn_leaf(&[32], dtype, &dev, 3);
+            let opts = Conv2dOptions {
+                stride: 1,
+                padding: 1,
+            };
+            let op = |t: &mut Tape| ops::conv2d(t, &x, &w, Some(&b), opts).unwrap();
+            forward_backward(&[&x, &w, &b], op, 4)
+        });
+    }
+}
+
 #[test]
 fn conv2d() {
     // (batch, cin, cout, kernel, stride, padding, image): 8 chunks of one 16x16 image on the

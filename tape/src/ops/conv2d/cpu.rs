@@ -16,7 +16,7 @@
 //!   `gcol (K x P) = W^T * gout` scattered back by col2im.
 
 use super::{Conv2dGrads, Conv2dKernels, Conv2dPass, Geometry};
-use crate::backend::cpu::gemm::{gemm, gemm_ld_uninit, Dst, Mat};
+use crate::backend::cpu::gemm::{gemm, gemm_ld, gemm_ld_uninit, Dst, Mat};
 use crate::backend::cpu::map::{assume_init_mut, write_fill, written_vec, PAR_MIN};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
@@ -27,6 +27,11 @@ use std::mem::MaybeUninit;
 
 /// Target size of one column block: well inside a core's L2 cache, next to the GEMM's packing.
 const BLOCK_BYTES: usize = 256 << 10;
+
+/// Columns (output positions) one GEMM covers at least: narrower products run the GEMM kernel's
+/// edge cases and pack the weight for little work, so a block holds several whole images when
+/// two or more fit in it.
+const MIN_COLS: usize = 256;
 
 /// Output positions (images times `hout * wout`) one backward work chunk covers at least, so
 /// that adding a chunk's partial weight gradient costs little next to computing it.
@@ -68,6 +73,33 @@ impl Axis {
 /// A `[lo, hi)` range of output positions.
 type Range = (usize, usize);
 
+/// One block of columns: output rows `[y0, y1)` of `images` consecutive images from `first`
+/// (several images only whole ones), side by side.
+#[derive(Clone, Copy)]
+struct Block {
+    first: usize,
+    images: usize,
+    y0: usize,
+    y1: usize,
+}
+
+impl Block {
+    /// Columns of one image in the block.
+    fn image_cols(&self, wo: usize) -> usize {
+        (self.y1 - self.y0) * wo
+    }
+
+    /// Columns of the block.
+    fn cols(&self, wo: usize) -> usize {
+        self.images * self.image_cols(wo)
+    }
+
+    /// The images of the block, in order.
+    fn range(&self) -> std::ops::Range<usize> {
+        self.first..self.first + self.images
+    }
+}
+
 /// The geometry of one im2col: `c` channels of `rows x cols` planes, a `kh x kw` kernel.
 #[derive(Clone, Copy)]
 struct Cols {
@@ -76,9 +108,16 @@ struct Cols {
     kw: usize,
     y: Axis,
     x: Axis,
+    /// The most images one block may hold: the batch, or a backward work chunk.
+    images: usize,
 }
 
 impl Cols {
+    /// The same columns in blocks of at most `images` images.
+    fn within(self, images: usize) -> Self {
+        Cols { images, ..self }
+    }
+
     fn from_geo(g: &Geometry) -> Self {
         let ax = |input, output| Axis {
             input,
@@ -92,6 +131,7 @@ impl Cols {
             kw: g.kw,
             y: ax(g.h, g.hout),
             x: ax(g.w, g.wout),
+            images: g.n,
         }
     }
 
@@ -110,6 +150,7 @@ impl Cols {
             kw: g.kw,
             y: ax(g.hout, g.h, g.kh),
             x: ax(g.wout, g.w, g.kw),
+            images: g.n,
         }
     }
 
@@ -117,23 +158,71 @@ impl Cols {
         self.c * self.kh * self.kw
     }
 
-    /// Output rows per column block: as many as keep a block within [`BLOCK_BYTES`].
-    fn block_rows(&self, elem: usize) -> usize {
-        let per_row = (self.rows() * self.x.output * elem).max(1);
-        (BLOCK_BYTES / per_row).clamp(1, self.y.output.max(1))
+    /// Output positions of one image.
+    fn positions(&self) -> usize {
+        self.y.output * self.x.output
+    }
+
+    /// `(output rows, images)` of a full column block: whole output rows of one image, at least
+    /// [`MIN_COLS`] columns and more when [`BLOCK_BYTES`] holds more; or, when two whole images
+    /// fit in [`MIN_COLS`] columns, as many whole images as reach it (at most `images`).
+    fn block_shape(&self, elem: usize) -> (usize, usize) {
+        let p = self.positions().max(1);
+        if 2 * p <= MIN_COLS {
+            return (
+                self.y.output,
+                MIN_COLS.div_ceil(p).clamp(1, self.images.max(1)),
+            );
+        }
+        let target = (BLOCK_BYTES / (self.rows() * elem).max(1)).max(MIN_COLS);
+        let rows = target.div_ceil(self.x.output.max(1));
+        (rows.clamp(1, self.y.output.max(1)), 1)
+    }
+
+    /// Columns of a full block.
+    fn block_cols(&self, elem: usize) -> usize {
+        let (rows, images) = self.block_shape(elem);
+        rows * self.x.output * images
     }
 
     /// Elements of one column block.
     fn block_len(&self, elem: usize) -> usize {
-        self.rows() * self.block_rows(elem) * self.x.output
+        self.rows() * self.block_cols(elem)
     }
 
-    /// The output-row blocks `[y0, y1)` covering all output rows.
-    fn blocks(&self, elem: usize) -> impl Iterator<Item = (usize, usize)> {
-        let (step, end) = (self.block_rows(elem), self.y.output);
-        (0..end)
-            .step_by(step)
-            .map(move |y0| (y0, (y0 + step).min(end)))
+    /// Elements of the output block that a block of several images computes before its
+    /// images are copied out (none when blocks hold one image, whose rows are computed in
+    /// place): `channels` rows of a block's columns.
+    fn staging_len(&self, elem: usize, channels: usize) -> usize {
+        match self.block_shape(elem).1 {
+            1 => 0,
+            _ => channels * self.block_cols(elem),
+        }
+    }
+
+    /// The blocks covering images `[first, first + count)`, in order.
+    fn blocks(&self, elem: usize, (first, count): (usize, usize)) -> Vec<Block> {
+        let (rows, per) = self.block_shape(elem);
+        let (end, yo) = (first + count, self.y.output);
+        if per > 1 {
+            let block = |f: usize| Block {
+                first: f,
+                images: per.min(end - f),
+                y0: 0,
+                y1: yo,
+            };
+            return (first..end).step_by(per).map(block).collect();
+        }
+        (first..end)
+            .flat_map(|i| {
+                (0..yo).step_by(rows.max(1)).map(move |y0| Block {
+                    first: i,
+                    images: 1,
+                    y0,
+                    y1: (y0 + rows).min(yo),
+                })
+            })
+            .collect()
     }
 
     /// The valid output ranges of every kernel row and column offset ([`Axis::valid`]), computed
@@ -145,11 +234,18 @@ impl Cols {
         )
     }
 
-    /// Fills `col` (`rows() x (y1-y0)*wout`) with the columns of output rows `[y0, y1)` of one
-    /// image `src` (`c x input_y x input_x`).
-    fn im2col<T: Elem>(&self, src: &[T], col: &mut [T], (y0, y1): (usize, usize)) {
+    /// Fills columns `off ..` of `col` (`rows()` rows, `ld` apart) with the columns of output
+    /// rows `[y0, y1)` of one image `src` (`c x input_y x input_x`).
+    fn im2col<T: Elem>(
+        &self,
+        src: &[T],
+        col: &mut [T],
+        (ld, off): (usize, usize),
+        (y0, y1): Range,
+    ) {
         let (wi, wo, plane) = (self.x.input, self.x.output, self.y.input * self.x.input);
-        let mut rows = col.chunks_exact_mut(((y1 - y0) * wo).max(1));
+        let len = (y1 - y0) * wo;
+        let mut rows = col.chunks_mut(ld.max(1)).map(|r| &mut r[off..off + len]);
         let (ys, xs) = self.valid_ranges();
         for ci in 0..self.c {
             let img = &src[ci * plane..(ci + 1) * plane];
@@ -177,11 +273,18 @@ impl Cols {
         }
     }
 
-    /// Adds the columns `col` of output rows `[y0, y1)` back into one image `dst` (the adjoint of
-    /// `im2col`).
-    fn col2im<T: Elem>(&self, col: &[T], dst: &mut [T], (y0, y1): (usize, usize)) {
+    /// Adds columns `off ..` of `col` (rows `ld` apart), output rows `[y0, y1)`, back into one
+    /// image `dst` (the adjoint of `im2col`).
+    fn col2im<T: Elem>(
+        &self,
+        col: &[T],
+        dst: &mut [T],
+        (ld, off): (usize, usize),
+        (y0, y1): Range,
+    ) {
         let (wi, wo, plane) = (self.x.input, self.x.output, self.y.input * self.x.input);
-        let mut rows = col.chunks_exact(((y1 - y0) * wo).max(1));
+        let len = (y1 - y0) * wo;
+        let mut rows = col.chunks(ld.max(1)).map(|r| &r[off..off + len]);
         let (ys, xs) = self.valid_ranges();
         for ci in 0..self.c {
             let img = &mut dst[ci * plane..(ci + 1) * plane];
@@ -253,35 +356,67 @@ struct Needs {
     pub(crate) w: bool,
 }
 
-/// Elements of forward workspace per thread group, for elements of `elem` bytes.
+/// Elements of forward workspace per thread group, for elements of `elem` bytes: a column
+/// block and, when blocks hold several images, their output block.
 fn forward_workspace(g: &Geometry, elem: usize) -> usize {
     if g.pointwise() {
         0
     } else {
-        Cols::from_geo(g).block_len(elem)
+        let cols = Cols::from_geo(g);
+        cols.block_len(elem) + cols.staging_len(elem, g.cout)
     }
 }
 
-/// Elements of backward workspace, for elements of `elem` bytes: (per thread group: a column
-/// block and a partial grad weight of one work chunk; shared: the flipped kernel).
-fn backward_workspace(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize) {
-    let wcols = if needs.w {
-        forward_workspace(g, elem)
-    } else {
-        0
+/// `(first image, image count)` of each forward job, in batch order: one image for a pointwise
+/// conv or when a column block holds part of one image, else the images of one block. Thread
+/// groups take whole jobs, so the blocks are the same whatever the thread count.
+fn forward_units(g: &Geometry, elem: usize) -> Vec<(usize, usize)> {
+    let per = match g.pointwise() {
+        true => 1,
+        false => Cols::from_geo(g).block_shape(elem).1,
     };
-    let xcols = match (needs.x && !g.pointwise(), flipped_path(g)) {
-        (false, _) => 0,
-        (true, true) => Cols::of_output_grad(g).block_len(elem),
-        (true, false) => Cols::from_geo(g).block_len(elem),
-    };
+    (0..g.n)
+        .step_by(per.max(1))
+        .map(|f| (f, per.min(g.n - f)))
+        .collect()
+}
+
+/// Elements of one thread group's backward workspace, for elements of `elem` bytes: (column
+/// block, staged output gradient or input gradient of a block of several images, partial grad
+/// weight of one work chunk).
+fn backward_parts(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize, usize) {
+    let chunk = chunk_images(g);
+    let (xc, gc) = (
+        Cols::from_geo(g).within(chunk),
+        Cols::of_output_grad(g).within(chunk),
+    );
+    let (mut cols, mut staging) = (0, 0);
+    if needs.w && !g.pointwise() {
+        cols = xc.block_len(elem);
+        staging = xc.staging_len(elem, g.cout);
+    }
+    if needs.x && !g.pointwise() {
+        let (c, s) = match flipped_path(g) {
+            true => (gc.block_len(elem), gc.staging_len(elem, g.cin)),
+            false => (xc.block_len(elem), xc.staging_len(elem, g.cout)),
+        };
+        cols = cols.max(c);
+        staging = staging.max(s);
+    }
     let partial = if needs.w { g.cout * g.k() } else { 0 };
+    (cols, staging, partial)
+}
+
+/// Elements of backward workspace, for elements of `elem` bytes: (per thread group:
+/// [`backward_parts`]; shared: the flipped kernel).
+fn backward_workspace(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize) {
+    let (cols, staging, partial) = backward_parts(g, needs, elem);
     let flipped = if needs.x && !g.pointwise() && flipped_path(g) {
         g.cin * g.cout * g.kh * g.kw
     } else {
         0
     };
-    (wcols.max(xcols) + partial, flipped)
+    (cols + staging + partial, flipped)
 }
 
 /// Whether grad input goes through the output gradient's columns (fewer rows when cout < cin).
@@ -339,22 +474,35 @@ fn group_ranges(n: usize, groups: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// A convolution's operands: input, weight and optional bias.
+type Operands<'a, T> = (&'a [T], &'a [T], Option<&'a [T]>);
+
 /// `out = conv(x, w) + bias` for the whole batch, every element of `out` written (no zero fill
 /// needed); `ws` holds `groups` forward workspaces.
 fn forward<T: Elem>(
     g: &Geometry,
     groups: usize,
-    x: &[T],
-    w: &[T],
-    bias: Option<&[T]>,
+    ops: Operands<'_, T>,
     out: Vec<&mut [MaybeUninit<T>]>,
     ws: &mut [T],
 ) {
-    let (xs, p, k) = (g.cin * g.h * g.w, g.p(), g.k());
     let elem = std::mem::size_of::<T>();
-    let ranges = group_ranges(g.n, groups);
-    let single = ranges.len() == 1;
+    let units = forward_units(g, elem);
+    let single = groups <= 1;
     let cols = Cols::from_geo(g);
+    let col_len = if g.pointwise() {
+        0
+    } else {
+        cols.block_len(elem)
+    };
+    let ranges: Vec<(usize, usize)> = group_ranges(units.len(), groups)
+        .into_iter()
+        .map(|(u, c)| {
+            let mine = &units[u.min(units.len())..(u + c).min(units.len())];
+            let first = mine.first().map_or(g.n, |u| u.0);
+            (first, mine.iter().map(|u| u.1).sum())
+        })
+        .collect();
     let mut images = out.into_iter();
     let outs: Vec<Vec<_>> = ranges
         .iter()
@@ -363,30 +511,231 @@ fn forward<T: Elem>(
     let wss = split(ws, ranges.iter().map(|_| forward_workspace(g, elem)));
     let jobs: Vec<_> = ranges.into_iter().zip(outs).zip(wss).collect();
     jobs.into_par_iter()
-        .for_each(|(((first, count), out), col)| {
-            for (i, o) in (first..first + count).zip(out) {
-                let xi = &x[i * xs..(i + 1) * xs];
-                let mut o = match bias {
-                    Some(b) => {
-                        for (row, &bv) in o.chunks_exact_mut(p.max(1)).zip(b) {
-                            write_fill(row, bv);
-                        }
-                        // SAFETY: every row (one per output channel) was just filled.
-                        Dst::Add(unsafe { assume_init_mut(o) })
-                    }
-                    None => Dst::Write(o),
-                };
-                if g.pointwise() {
-                    o.gemm_at(0, p, Mat::n(w), Mat::n(xi), (g.cout, p, k), single);
-                    continue;
+        .for_each(|(((first, count), mut out), ws)| {
+            if g.pointwise() {
+                for (i, o) in (first..first + count).zip(out) {
+                    forward_pointwise(g, ops, i, o, single);
                 }
-                for (y0, y1) in cols.blocks(elem) {
-                    let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
-                    cols.im2col(xi, col, (y0, y1));
-                    o.gemm_at(at, p, Mat::n(w), Mat::n(col), (g.cout, nb, k), single);
-                }
+                return;
+            }
+            let (col, staging) = ws.split_at_mut(col_len);
+            for blk in cols.blocks(elem, (first, count)) {
+                let out = &mut out[blk.first - first..];
+                forward_block(g, &cols, blk, ops, out, (col, &mut *staging), single);
             }
         });
+}
+
+/// Image `i` of a pointwise forward: one GEMM on the image itself.
+fn forward_pointwise<T: Elem>(
+    g: &Geometry,
+    (x, w, bias): Operands<'_, T>,
+    i: usize,
+    o: &mut [MaybeUninit<T>],
+    single: bool,
+) {
+    let (xs, p) = (g.cin * g.h * g.w, g.p());
+    let xi = &x[i * xs..(i + 1) * xs];
+    let mut o = match bias {
+        Some(b) => {
+            for (row, &bv) in o.chunks_exact_mut(p.max(1)).zip(b) {
+                write_fill(row, bv);
+            }
+            // SAFETY: every row (one per output channel) was just filled.
+            Dst::Add(unsafe { assume_init_mut(o) })
+        }
+        None => Dst::Write(o),
+    };
+    o.gemm_at(0, p, Mat::n(w), Mat::n(xi), (g.cout, p, g.k()), single);
+}
+
+/// One column block of the forward into `out` (the images from the block's first): rows of one
+/// image computed in place, or several whole images computed into `staging` and copied out.
+fn forward_block<T: Elem>(
+    g: &Geometry,
+    cols: &Cols,
+    blk: Block,
+    (x, w, bias): Operands<'_, T>,
+    out: &mut [&mut [MaybeUninit<T>]],
+    (col, staging): (&mut [T], &mut [T]),
+    single: bool,
+) {
+    let (xs, p, k, wo) = (g.cin * g.h * g.w, g.p(), g.k(), g.wout);
+    let (nb, per) = (blk.cols(wo), blk.image_cols(wo));
+    for (j, i) in blk.range().enumerate() {
+        let xi = &x[i * xs..(i + 1) * xs];
+        cols.im2col(xi, col, (nb, j * per), (blk.y0, blk.y1));
+    }
+    let (a, b, dims) = (Mat::n(w), Mat::n(&col[..k * nb]), (g.cout, nb, k));
+    if blk.images == 1 {
+        let (o, at) = (&mut *out[0], blk.y0 * wo);
+        let Some(bias) = bias else {
+            return gemm_ld_uninit(&mut o[at..], p, a, b, dims, single);
+        };
+        if blk.y0 == 0 {
+            for (row, &bv) in o.chunks_exact_mut(p.max(1)).zip(bias) {
+                write_fill(row, bv);
+            }
+        }
+        // SAFETY: every row was filled with the bias at the image's first block (y0 = 0), which
+        // this job ran before this one.
+        let o = unsafe { assume_init_mut(o) };
+        return gemm_ld(&mut o[at..], p, a, b, dims, true, single);
+    }
+    gemm(staging, a, b, dims, false, single);
+    for (j, o) in out[..blk.images].iter_mut().enumerate() {
+        for (co, row) in o.chunks_exact_mut(p.max(1)).enumerate() {
+            let src = &staging[co * nb + j * p..][..p];
+            match bias {
+                Some(bias) => row
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(d, &s)| _ = d.write(bias[co] + s)),
+                None => row.iter_mut().zip(src).for_each(|(d, &s)| _ = d.write(s)),
+            }
+        }
+    }
+}
+
+/// Copies the output gradient of a block of whole images into `staging` (`cout x cols`, the
+/// images side by side).
+fn gather<T: Elem>(g: &Geometry, gout: GradOut<'_, T>, blk: Block, staging: &mut [T]) {
+    let (p, nb) = (g.p(), blk.cols(g.wout));
+    for (j, i) in blk.range().enumerate() {
+        let img = gout.image(i, g.cout * p);
+        for (co, src) in img.chunks_exact(p.max(1)).enumerate() {
+            staging[co * nb + j * p..][..p].copy_from_slice(src);
+        }
+    }
+}
+
+/// The per-group buffers of a backward: a column block, a staging block, a partial gW^T.
+type Buffers<'b, T> = (&'b mut [T], &'b mut [T], &'b mut [T]);
+
+/// The weight gradient of the images of one work chunk, summed as gW^T (K x cout) into
+/// `partial`: `col (K x P) * gout^T` block by block, the long output dimension first (it runs
+/// the GEMM kernel at nearly twice the speed when cout is small).
+fn weight_grad_chunk<T: Elem>(
+    g: &Geometry,
+    (first, count): (usize, usize),
+    gout: GradOut<'_, T>,
+    x: &[T],
+    (col, staging, partial): Buffers<'_, T>,
+    single: bool,
+) {
+    let (xs, os, p, k, wo) = (g.cin * g.h * g.w, g.cout * g.p(), g.p(), g.k(), g.wout);
+    if g.pointwise() {
+        for (idx, i) in (first..first + count).enumerate() {
+            let (xi, go) = (&x[i * xs..(i + 1) * xs], gout.image(i, os));
+            gemm(
+                partial,
+                Mat::n(xi),
+                Mat::t(go),
+                (k, g.cout, p),
+                idx > 0,
+                single,
+            );
+        }
+        return;
+    }
+    let cols = Cols::from_geo(g).within(chunk_images(g));
+    let elem = std::mem::size_of::<T>();
+    for (b, blk) in cols.blocks(elem, (first, count)).into_iter().enumerate() {
+        let (nb, per) = (blk.cols(wo), blk.image_cols(wo));
+        for (j, i) in blk.range().enumerate() {
+            let xi = &x[i * xs..(i + 1) * xs];
+            cols.im2col(xi, col, (nb, j * per), (blk.y0, blk.y1));
+        }
+        let gt = if blk.images == 1 {
+            Mat::t(&gout.image(blk.first, os)[blk.y0 * wo..]).ld(p)
+        } else {
+            gather(g, gout, blk, staging);
+            Mat::t(&staging[..g.cout * nb])
+        };
+        let a = Mat::n(&col[..k * nb]);
+        gemm(partial, a, gt, (k, g.cout, nb), b > 0, single);
+    }
+}
+
+/// The input gradient of the images of one work chunk into `gx` (theirs, every element
+/// written). `flip` is the flipped kernel on the flipped path.
+#[allow(clippy::too_many_arguments)]
+fn input_grad_chunk<T: Elem>(
+    g: &Geometry,
+    (first, count): (usize, usize),
+    gout: GradOut<'_, T>,
+    w: &[T],
+    flip: &[T],
+    gx: &mut [MaybeUninit<T>],
+    (col, staging): (&mut [T], &mut [T]),
+    single: bool,
+) {
+    let (xs, os, p, hw) = (g.cin * g.h * g.w, g.cout * g.p(), g.p(), g.h * g.w);
+    let elem = std::mem::size_of::<T>();
+    if g.pointwise() {
+        for (idx, i) in (first..first + count).enumerate() {
+            let (gxi, dims) = (&mut gx[idx * xs..(idx + 1) * xs], (g.cin, p, g.cout));
+            gemm_ld_uninit(gxi, p, Mat::t(w), Mat::n(gout.image(i, os)), dims, single);
+        }
+        return;
+    }
+    if flipped_path(g) {
+        let gc = Cols::of_output_grad(g).within(chunk_images(g));
+        for blk in gc.blocks(elem, (first, count)) {
+            let (nb, per) = (blk.cols(g.w), blk.image_cols(g.w));
+            for (j, i) in blk.range().enumerate() {
+                gc.im2col(gout.image(i, os), col, (nb, j * per), (blk.y0, blk.y1));
+            }
+            let (a, b) = (Mat::n(flip), Mat::n(&col[..gc.rows() * nb]));
+            let dims = (g.cin, nb, gc.rows());
+            let at = (blk.first - first) * xs;
+            if blk.images == 1 {
+                let gxi = &mut gx[at + blk.y0 * g.w..at + xs];
+                gemm_ld_uninit(gxi, hw, a, b, dims, single);
+                continue;
+            }
+            gemm(staging, a, b, dims, false, single);
+            for (j, gxi) in gx[at..at + blk.images * xs]
+                .chunks_exact_mut(xs)
+                .enumerate()
+            {
+                for (ci, row) in gxi.chunks_exact_mut(hw.max(1)).enumerate() {
+                    let src = &staging[ci * nb + j * hw..][..hw];
+                    row.iter_mut().zip(src).for_each(|(d, &s)| _ = d.write(s));
+                }
+            }
+        }
+        return;
+    }
+    let xc = Cols::from_geo(g).within(chunk_images(g));
+    for blk in xc.blocks(elem, (first, count)) {
+        let (nb, per, k) = (blk.cols(g.wout), blk.image_cols(g.wout), g.k());
+        let go = if blk.images == 1 {
+            Mat::n(&gout.image(blk.first, os)[blk.y0 * g.wout..]).ld(p)
+        } else {
+            gather(g, gout, blk, staging);
+            Mat::n(&staging[..g.cout * nb])
+        };
+        gemm(
+            &mut col[..k * nb],
+            Mat::t(w),
+            go,
+            (k, nb, g.cout),
+            false,
+            single,
+        );
+        for (j, i) in blk.range().enumerate() {
+            let gxi = &mut gx[(i - first) * xs..][..xs];
+            // col2im adds into the image: it starts from zeros, filled at its first block.
+            if blk.y0 == 0 {
+                write_fill(gxi, T::zero());
+            }
+            // SAFETY: the image was zero-filled at its first block (y0 = 0), which this chunk
+            // ran before this one.
+            let gxi = unsafe { assume_init_mut(gxi) };
+            xc.col2im(col, gxi, (nb, j * per), (blk.y0, blk.y1));
+        }
+    }
 }
 
 /// The gradients of a conv whose output gradient is `gout`: grad input into `gx` (needs `w`;
@@ -405,12 +754,11 @@ fn backward<T: Elem>(
     ws: &mut [T],
     flip: &mut [T],
 ) {
-    let (xs, os, k, p, hw) = (g.cin * g.h * g.w, g.cout * g.p(), g.k(), g.p(), g.h * g.w);
+    let (xs, k) = (g.cin * g.h * g.w, g.k());
     let elem = std::mem::size_of::<T>();
     let chunks = chunk_ranges(g);
     let single = groups <= 1;
-    let (xcols, gcols, flipped) = (Cols::from_geo(g), Cols::of_output_grad(g), flipped_path(g));
-    if needs.x && flipped && !g.pointwise() {
+    if needs.x && flipped_path(g) && !g.pointwise() {
         // W'[ci][co][i][j] = W[co][ci][kh-1-i][kw-1-j]
         let kk = g.kh * g.kw;
         for (ci, dst) in flip.chunks_exact_mut((g.cout * kk).max(1)).enumerate() {
@@ -423,8 +771,8 @@ fn backward<T: Elem>(
         }
     }
     let flip = &*flip;
-    let (per, _) = backward_workspace(g, needs, elem);
-    let partial_len = if needs.w { g.cout * k } else { 0 };
+    let (cols_len, staging_len, partial_len) = backward_parts(g, needs, elem);
+    let per = cols_len + staging_len + partial_len;
     let gx_lens = chunks.iter().map(|r| if needs.x { r.1 * xs } else { 0 });
     let mut gxs = split(gx, gx_lens);
     let mut wss = split(&mut *ws, (0..groups).map(|_| per));
@@ -438,54 +786,17 @@ fn backward<T: Elem>(
     rayon::scope(|_| {
         for (wave, wave_gx) in waves {
             let jobs: Vec<_> = wave.iter().zip(wave_gx).zip(wss.iter_mut()).collect();
-            jobs.into_par_iter()
-                .for_each(|((&(first, count), gx), ws)| {
-                    let (col, partial) = ws.split_at_mut(per - partial_len);
-                    for (idx, i) in (first..first + count).enumerate() {
-                        let go = gout.image(i, os);
-                        if needs.w {
-                            // gW^T (K x cout) += col (K x P) * gout^T: the long output dimension first
-                            // runs the GEMM kernel at nearly twice the speed when cout is small.
-                            let xi = &x[i * xs..(i + 1) * xs];
-                            if g.pointwise() {
-                                let dims = (k, g.cout, p);
-                                gemm(partial, Mat::n(xi), Mat::t(go), dims, idx > 0, single);
-                            } else {
-                                for (b, (y0, y1)) in xcols.blocks(elem).enumerate() {
-                                    let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
-                                    xcols.im2col(xi, col, (y0, y1));
-                                    let gt = Mat::t(&go[at..]).ld(p);
-                                    let acc = idx > 0 || b > 0;
-                                    gemm(partial, Mat::n(col), gt, (k, g.cout, nb), acc, single);
-                                }
-                            }
-                        }
-                        if needs.x {
-                            let gxi = &mut gx[idx * xs..(idx + 1) * xs];
-                            if g.pointwise() {
-                                let dims = (g.cin, p, g.cout);
-                                gemm_ld_uninit(gxi, p, Mat::t(w), Mat::n(go), dims, single);
-                            } else if flipped {
-                                for (y0, y1) in gcols.blocks(elem) {
-                                    let (at, nb) = (y0 * g.w, (y1 - y0) * g.w);
-                                    gcols.im2col(go, col, (y0, y1));
-                                    let dims = (g.cin, nb, gcols.rows());
-                                    let (a, b) = (Mat::n(flip), Mat::n(&*col));
-                                    gemm_ld_uninit(&mut gxi[at..], hw, a, b, dims, single);
-                                }
-                            } else {
-                                // col2im adds into the image: it starts from zeros.
-                                let gxi = write_fill(gxi, T::zero());
-                                for (y0, y1) in xcols.blocks(elem) {
-                                    let (at, nb) = (y0 * g.wout, (y1 - y0) * g.wout);
-                                    let (a, b) = (Mat::t(w), Mat::n(&go[at..]).ld(p));
-                                    gemm(col, a, b, (k, nb, g.cout), false, single);
-                                    xcols.col2im(col, gxi, (y0, y1));
-                                }
-                            }
-                        }
-                    }
-                });
+            jobs.into_par_iter().for_each(|((&chunk, gx), ws)| {
+                let (col, rest) = ws.split_at_mut(cols_len);
+                let (staging, partial) = rest.split_at_mut(staging_len);
+                if needs.w {
+                    let bufs = (&mut *col, &mut *staging, partial);
+                    weight_grad_chunk(g, chunk, gout, x, bufs, single);
+                }
+                if needs.x {
+                    input_grad_chunk(g, chunk, gout, w, flip, gx, (col, staging), single);
+                }
+            });
             if needs.w {
                 let parts: Vec<&[T]> = wss[..wave.len()]
                     .iter()
@@ -532,7 +843,7 @@ pub(super) fn pass_workspace_bytes(geo: &Geometry, elem: usize, pass: Conv2dPass
 
 /// Elements of the forward kernel's workspace (one column block per thread group).
 pub(super) fn forward_workspace_elems(geo: &Geometry, elem: usize) -> usize {
-    groups(geo.n) * forward_workspace(geo, elem)
+    groups(forward_units(geo, elem).len()) * forward_workspace(geo, elem)
 }
 
 /// Elements of the backward kernel's two workspaces when it computes the input gradient (`x`)
@@ -584,15 +895,8 @@ impl<'a, T: Elem> ForwardCall<'a, T> {
 
     /// The convolution into `images` (each image's `cout` output planes).
     fn run(&mut self, geo: &Geometry, images: Vec<&mut [MaybeUninit<T>]>) {
-        forward::<T>(
-            geo,
-            groups(geo.n),
-            self.xs,
-            self.w,
-            self.b,
-            images,
-            &mut self.ws,
-        );
+        let groups = groups(forward_units(geo, std::mem::size_of::<T>()).len());
+        forward::<T>(geo, groups, (self.xs, self.w, self.b), images, &mut self.ws);
     }
 }
 

@@ -201,7 +201,11 @@ def run_case(args):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        if args.precision == "bf16":
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+        else:
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         return loss
@@ -226,7 +230,8 @@ def run_case(args):
             times.append(time.perf_counter() - t0)
     assert math.isfinite(loss.item()), "loss is not finite"
     rec = dict(
-        model=args.model, mode=args.mode, device=args.device, batch=args.batch, image=args.image,
+        model=args.model, mode=args.mode, precision=args.precision, device=args.device,
+        batch=args.batch, image=args.image,
         threads=args.threads, iters=args.iters, params=sum(p.numel() for p in model.parameters()),
     )
     if dev.type == "cuda":
@@ -253,6 +258,8 @@ def main():
     ap.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: forward and loss under torch.autocast (bfloat16)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--image", type=int, default=32, help="square image side")
     ap.add_argument("--iters", type=int, default=5, help="timed steps per case")
@@ -307,7 +314,8 @@ def main():
         for mode in args.modes:
             cmd = [sys.executable, os.path.abspath(__file__), "--case", "--model", model, "--mode", mode,
                    "--device", args.device, "--threads", str(args.threads), "--batch", str(args.batch),
-                   "--image", str(args.image), "--iters", str(args.iters), "--warmup", str(args.warmup)]
+                   "--image", str(args.image), "--iters", str(args.iters), "--warmup", str(args.warmup),
+                   "--precision", args.precision]
             try:
                 r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    timeout=args.timeout)

@@ -73,6 +73,25 @@ macro_rules! dispatch_scalar {
     };
 }
 
+/// Runs `$half` with `$S` bound to the Rust type of a 16-bit `$dtype` (`bf16`, `f16`), and
+/// [`dispatch_float!`]'s `$float` with `$T` for `f32`/`f64`: for kernels that stage 16-bit
+/// values in `f32` themselves.
+macro_rules! dispatch_split {
+    ($dtype:expr, half $S:ident => $half:expr, float $T:ident => $float:expr) => {
+        match $dtype {
+            $crate::dtype::DType::BF16 => {
+                type $S = $crate::dtype::bf16;
+                $half
+            }
+            $crate::dtype::DType::F16 => {
+                type $S = $crate::dtype::f16;
+                $half
+            }
+            _ => dispatch_float!($dtype, $T => $float),
+        }
+    };
+}
+
 mod backend;
 mod block_storage;
 pub mod context;

@@ -4,7 +4,7 @@
 use super::{channel_runs, BlockStorageKernels};
 use crate::backend::cpu::map::{write_copy, written_vec, PAR_MIN};
 use crate::backend::Cpu;
-use crate::dtype::{bf16, f16, DType, Scalar};
+use crate::dtype::Scalar;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -60,16 +60,14 @@ impl BlockStorageKernels for Cpu {
     fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
         let shape = src.dims4("block_storage")?;
         let r = channel_runs(dst, shape, c0)?;
-        match src.dtype() {
-            DType::BF16 => add_half::<bf16>(dst, src, r)?,
-            DType::F16 => add_half::<f16>(dst, src, r)?,
-            _ => dispatch_float!(src.dtype(), T => {
-                let s = src.as_slice::<T>()?;
-                per_image(dst.make_mut::<T>()?, s, r, |d, s| {
-                    d.iter_mut().zip(s).for_each(|(d, &s)| *d += s)
-                });
-            }),
-        }
+        dispatch_split!(src.dtype(),
+        half S => add_half::<S>(dst, src, r)?,
+        float T => {
+            let s = src.as_slice::<T>()?;
+            per_image(dst.make_mut::<T>()?, s, r, |d, s| {
+                d.iter_mut().zip(s).for_each(|(d, &s)| *d += s)
+            });
+        });
         Ok(())
     }
 

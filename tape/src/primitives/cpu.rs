@@ -4,7 +4,7 @@ use super::PrimitiveKernels;
 use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
 use crate::device::Device;
-use crate::dtype::{bf16, f16, DType, Elem, Scalar};
+use crate::dtype::{DType, Elem, Scalar};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -35,13 +35,9 @@ impl PrimitiveKernels for Cpu {
     }
 
     fn add_assign(&self, acc: &mut Tensor, g: &Tensor) -> Result<()> {
-        match g.dtype() {
-            DType::BF16 => add_assign_half::<bf16>(acc.make_mut()?, g.as_slice()?),
-            DType::F16 => add_assign_half::<f16>(acc.make_mut()?, g.as_slice()?),
-            _ => {
-                dispatch_float!(g.dtype(), T => add_assign_t::<T>(acc.make_mut::<T>()?, g.as_slice::<T>()?))
-            }
-        }
+        dispatch_split!(g.dtype(),
+            half S => add_assign_half::<S>(acc.make_mut()?, g.as_slice()?),
+            float T => add_assign_t::<T>(acc.make_mut::<T>()?, g.as_slice::<T>()?));
         Ok(())
     }
 }

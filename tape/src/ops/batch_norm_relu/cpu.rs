@@ -10,7 +10,7 @@ use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP
 use crate::backend::cpu::lanes::{lane_sum2, masked_sums};
 use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
-use crate::dtype::{bf16, f16, DType, Elem, Scalar};
+use crate::dtype::{Elem, Scalar};
 use crate::error::Result;
 use crate::simd::widest_simd;
 use crate::tensor::Tensor;
@@ -477,43 +477,21 @@ impl BatchNormReluKernels for Cpu {
             x0.device(),
             |center| {
                 let at = |ch: usize| center.map(|c| c[ch]);
-                match x0.dtype() {
-                    DType::BF16 => forward_sums::<bf16>(a, (n, hw), |p, ch| {
+                dispatch_split!(x0.dtype(),
+                    half S => forward_sums::<S>(a, (n, hw), |p, ch| {
                         channel_sum(staged(p.planes(ch), n * hw).chunks(hw.max(1)), at(ch))
                     }),
-                    DType::F16 => forward_sums::<f16>(a, (n, hw), |p, ch| {
-                        channel_sum(staged(p.planes(ch), n * hw).chunks(hw.max(1)), at(ch))
-                    }),
-                    _ => {
-                        dispatch_float!(x0.dtype(), T => forward_sums::<T>(a, (n, hw), |p, ch| channel_sum(p.planes(ch), at(ch))))
-                    }
-                }
+                    float T => forward_sums::<T>(a, (n, hw), |p, ch| channel_sum(p.planes(ch), at(ch))))
             },
             |how| {
                 let shape = [n, c, h, w];
-                match x0.dtype() {
-                    DType::BF16 => forward_normalize::<bf16>(a, shape, |p| {
-                        normalize_by_channel_half(
-                            (n, c, hw),
-                            p.parallel(),
-                            |ch| p.planes(ch),
-                            &how,
-                            true,
-                        )
-                    }),
-                    DType::F16 => forward_normalize::<f16>(a, shape, |p| {
-                        normalize_by_channel_half(
-                            (n, c, hw),
-                            p.parallel(),
-                            |ch| p.planes(ch),
-                            &how,
-                            true,
-                        )
-                    }),
-                    _ => dispatch_float!(x0.dtype(), T => forward_normalize::<T>(a, shape, |p| {
-                        normalize_by_channel((n, c, hw), p.parallel(), |ch| p.planes(ch), &how, true)
-                    })),
-                }
+                dispatch_split!(x0.dtype(),
+                half S => forward_normalize::<S>(a, shape, |p| {
+                    normalize_by_channel_half((n, c, hw), p.parallel(), |ch| p.planes(ch), &how, true)
+                }),
+                float T => forward_normalize::<T>(a, shape, |p| {
+                    normalize_by_channel((n, c, hw), p.parallel(), |ch| p.planes(ch), &how, true)
+                }))
             },
         )
     }
@@ -523,11 +501,9 @@ impl BatchNormReluKernels for Cpu {
         a: &BnReluBackward<'_>,
         into: Vec<Option<Tensor>>,
     ) -> Result<BnReluGrads> {
-        match a.g.dtype() {
-            DType::BF16 => backward_t::<bf16>(a, into, staged_channel::<bf16>),
-            DType::F16 => backward_t::<f16>(a, into, staged_channel::<f16>),
-            _ => dispatch_float!(a.g.dtype(), T => backward_t::<T>(a, into, native_channel::<T>)),
-        }
+        dispatch_split!(a.g.dtype(),
+            half S => backward_t::<S>(a, into, staged_channel::<S>),
+            float T => backward_t::<T>(a, into, native_channel::<T>))
     }
 }
 

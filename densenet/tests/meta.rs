@@ -6,7 +6,7 @@
 use densenet::train::{seed_sgd_config, train_step};
 use densenet::{DenseNet, DenseNetConfig, Recompute, Selective};
 use tape::optim::Sgd;
-use tape::{DType, Device, Error, Tensor};
+use tape::{DType, Device, Error, Precision, Tensor};
 
 /// What one run of two training steps measured: the peak of the second step, and its counts.
 #[derive(Debug, PartialEq, Eq)]
@@ -18,10 +18,20 @@ struct Run {
 }
 
 fn two_steps(dev: &Device, config: &DenseNetConfig, mode: Recompute, dtype: DType) -> Run {
+    two_steps_under(dev, config, mode, (dtype, Precision::F32))
+}
+
+fn two_steps_under(
+    dev: &Device,
+    config: &DenseNetConfig,
+    mode: Recompute,
+    (dtype, precision): (DType, Precision),
+) -> Run {
     let mut model = DenseNet::new(config.clone(), dtype, dev, 3)
         .unwrap()
         .with_recompute(mode)
-        .unwrap();
+        .unwrap()
+        .with_precision(precision);
     let mut opt = Sgd::new(seed_sgd_config()).unwrap();
     let image = 12;
     let x = Tensor::randn(&[4, config.in_channels, image, image], dtype, dev, 5).unwrap();
@@ -76,6 +86,26 @@ fn meta_step_charges_what_the_cpu_step_charges() {
                 let cpu = two_steps(&Device::cpu(), &config, mode, dtype);
                 let meta = two_steps(&Device::meta(), &config, mode, dtype);
                 assert_eq!(meta, cpu, "{config:?} {mode} {dtype:?}");
+            }
+        }
+    }
+}
+
+/// Under a 16-bit precision policy too: the f32 copies the kernels compute on are made by the
+/// cast kernel, which charges them on a meta device as on the CPU.
+#[test]
+fn meta_step_charges_what_the_cpu_step_charges_under_bf16_and_f16() {
+    for config in configs() {
+        for precision in [Precision::Bf16, Precision::F16] {
+            for mode in [
+                Recompute::Naive,
+                Recompute::Selective(Selective::Bottleneck),
+                Recompute::Selective(Selective::Layer),
+            ] {
+                let run =
+                    |dev: &Device| two_steps_under(dev, &config, mode, (DType::F32, precision));
+                let (cpu, meta) = (run(&Device::cpu()), run(&Device::meta()));
+                assert_eq!(meta, cpu, "{config:?} {mode} {precision}");
             }
         }
     }

@@ -285,7 +285,11 @@ fn forward(
     narrow(k.conv2d_forward(geo, &wx, &ww, wb.as_deref())?, x.dtype())
 }
 
-/// The backward kernel on `f32` copies of 16-bit operands (results rounded by the caller).
+/// The backward kernel on `f32` copies of 16-bit operands (results rounded by the caller). For
+/// 16-bit operands the weight's gradient (from a copy of `x`) and the input's (from a copy of
+/// the weight) are two calls, so that the copy of `x` is gone before the input's gradient is
+/// made: the two largest `f32` buffers never live together. Each gradient is the same bit for
+/// bit as from one call.
 fn backward(
     k: &Kernels,
     geo: &Geometry,
@@ -293,8 +297,14 @@ fn backward(
     (x, w): (Option<&Tensor>, Option<&Tensor>),
     want_bias: bool,
 ) -> Result<Conv2dGrads> {
-    let (wg, wx, ww) = (wide(g)?, wide_opt(x)?, wide_opt(w)?);
-    k.conv2d_backward(geo, &wg, wx.as_deref(), ww.as_deref(), want_bias)
+    let wg = wide(g)?;
+    if !g.dtype().is_half() || x.is_none() || w.is_none() {
+        let (wx, ww) = (wide_opt(x)?, wide_opt(w)?);
+        return k.conv2d_backward(geo, &wg, wx.as_deref(), ww.as_deref(), want_bias);
+    }
+    let (_, gw, gb) = k.conv2d_backward(geo, &wg, wide_opt(x)?.as_deref(), None, want_bias)?;
+    let (gx, _, _) = k.conv2d_backward(geo, &wg, None, wide_opt(w)?.as_deref(), false)?;
+    Ok((gx, gw, gb))
 }
 
 /// [`conv2d`] with its output written straight into channels `c0 ..` of `storage`, the next

@@ -16,7 +16,9 @@ self-attention with a fused q/k/v projection `c_attn` and an output projection `
 - `weights.safetensors`: the block's state_dict (`ln_1.weight`, ..., `mlp.c_proj.bias`);
 - `batch.safetensors`: `x` [B, T, C] and `r` [B, T, C];
 - `expected.safetensors`: `out` = block(x), `loss` = sum(out * r) (0-d), `grad.<param>` for
-  every parameter and `grad.x`.
+  every parameter and `grad.x`;
+- `expected_bf16.safetensors`: the same step from the committed weights and batch, the block in
+  float32 under `torch.autocast("cpu", dtype=torch.bfloat16)` (`--bf16-only` writes only it).
 """
 
 import math
@@ -25,7 +27,7 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 B, T, C, N_HEAD = 2, 5, 8, 2
 
@@ -97,5 +99,28 @@ def main():
     print("wrote", out_dir, "loss", loss.item())
 
 
+def bf16():
+    """`expected_bf16.safetensors` from the committed weights and batch, under CPU autocast."""
+    out_dir = os.path.join(os.path.dirname(__file__), "..", "data", "gpt_block")
+    block = Block().float()
+    block.load_state_dict({k: v.float() for k, v in
+                           load_file(os.path.join(out_dir, "weights.safetensors")).items()})
+    batch = load_file(os.path.join(out_dir, "batch.safetensors"))
+    x = batch["x"].float().requires_grad_(True)
+    r = batch["r"].float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+        loss = (out * r).sum()
+    loss.backward()
+    expected = {"out": out.detach().float(), "loss": loss.detach().float(), "grad.x": x.grad}
+    for name, p in block.named_parameters():
+        expected["grad." + name] = p.grad
+    save_file(expected, os.path.join(out_dir, "expected_bf16.safetensors"))
+    print("wrote", out_dir, "bf16 loss", loss.item(), "out dtype", out.dtype)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    if "--bf16-only" not in sys.argv:
+        main()
+    bf16()

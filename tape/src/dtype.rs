@@ -3,7 +3,7 @@
 //! mixed precision stores activations in. Kernels are written once, generic over [`Elem`] (the
 //! dtypes arithmetic runs in: `f32` for training, `f64` for gradient checks); a 16-bit tensor
 //! is computed on in `f32` and rounded back (see [`crate::ops::cast`] and
-//! [`crate::context::Precision`]).
+//! [`crate::precision::Precision`]).
 
 pub use half::{bf16, f16};
 use std::fmt::Debug;
@@ -18,10 +18,10 @@ pub enum DType {
     /// 64-bit IEEE float: used for gradient checks and bit-exact equivalence tests.
     F64,
     /// bfloat16 (f32's 8 exponent bits, 8 significant bits): activations under
-    /// [`crate::context::Precision::Bf16`].
+    /// [`crate::precision::Precision::Bf16`].
     BF16,
     /// IEEE half precision (5 exponent bits, 11 significant bits): activations under
-    /// [`crate::context::Precision::F16`], with loss scaling against its narrow range.
+    /// [`crate::precision::Precision::F16`], with loss scaling against its narrow range.
     F16,
 }
 

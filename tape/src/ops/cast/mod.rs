@@ -1,7 +1,7 @@
 //! Cast: a tensor's values in another dtype, rounded to nearest (ties to even); the gradient is
 //! cast back to the input's dtype. Mixed precision is built on it: a 16-bit activation is an
 //! f32 result cast down once, and an f32 master weight reaches a 16-bit op through a cast whose
-//! backward hands the parameter an f32 gradient (see [`crate::context::Precision`]).
+//! backward hands the parameter an f32 gradient (see [`crate::precision::Precision`]).
 
 use super::checks::check_grad;
 use crate::backend::{kernel_trait, kernels};

@@ -275,14 +275,20 @@ pub fn conv2d(
     Ok(record(tape, geo, k, (x, weight, bias), out))
 }
 
-/// The forward kernel on `f32` copies of 16-bit operands, its output rounded to `x`'s dtype.
+/// The forward kernel; for 16-bit operands on `f32` copies, [`HALF_IMAGES`] images at a time,
+/// each chunk's output rounded into the 16-bit output (see [`in_image_chunks`]).
 fn forward(
     k: &Kernels,
     geo: &Geometry,
     (x, weight, bias): (&Tensor, &Tensor, Option<&Tensor>),
 ) -> Result<Tensor> {
-    let (wx, ww, wb) = (wide(x)?, wide(weight)?, wide_opt(bias)?);
-    narrow(k.conv2d_forward(geo, &wx, &ww, wb.as_deref())?, x.dtype())
+    if !x.dtype().is_half() {
+        return k.conv2d_forward(geo, x, weight, bias);
+    }
+    let (ww, wb) = (wide(weight)?, wide_opt(bias)?);
+    in_image_chunks(k, x, geo.out_shape(), |len, xc| {
+        k.conv2d_forward(&Geometry { n: len, ..*geo }, xc, &ww, wb.as_deref())
+    })
 }
 
 /// The backward kernel on `f32` copies of 16-bit operands (results rounded by the caller). For
@@ -303,8 +309,51 @@ fn backward(
         return k.conv2d_backward(geo, &wg, wx.as_deref(), ww.as_deref(), want_bias);
     }
     let (_, gw, gb) = k.conv2d_backward(geo, &wg, wide_opt(x)?.as_deref(), None, want_bias)?;
-    let (gx, _, _) = k.conv2d_backward(geo, &wg, None, wide_opt(w)?.as_deref(), false)?;
+    drop(wg);
+    let gx = match w {
+        Some(w) => Some(input_grad_half(k, geo, g, w)?),
+        None => None,
+    };
     Ok((gx, gw, gb))
+}
+
+/// Images per kernel call of a 16-bit convolution ([`in_image_chunks`]).
+const HALF_IMAGES: usize = 8;
+
+/// The input gradient of a 16-bit convolution (`g` and `w` 16-bit), by [`in_image_chunks`].
+fn input_grad_half(k: &Kernels, geo: &Geometry, g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let ww = wide(w)?;
+    in_image_chunks(k, g, [geo.n, geo.cin, geo.h, geo.w], |len, gc| {
+        let chunk = Geometry { n: len, ..*geo };
+        let (gx, _, _) = k.conv2d_backward(&chunk, gc, None, Some(&ww), false)?;
+        gx.ok_or_else(|| Error::Backward("conv2d: no input gradient from the kernel".into()))
+    })
+}
+
+/// A per-image map of a 16-bit `src` (`[n, ..]`) into a 16-bit tensor of `out` shape, made
+/// [`HALF_IMAGES`] images at a time: `f(len, chunk)` gets an `f32` copy of `len` images and
+/// returns their `f32` result, which is rounded into the output before the next chunk is made.
+/// So no `f32` copy of the whole input or output exists (they set the peaks of a 16-bit
+/// DenseNet step); each image's result is computed as in a whole-batch call.
+fn in_image_chunks(
+    k: &Kernels,
+    src: &Tensor,
+    out: [usize; 4],
+    f: impl Fn(usize, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let [n, c, h, w] = src.dims4(OP)?;
+    let [_, oc, oh, ow] = out;
+    let mut dst = Tensor::zeros(&[1, n * oc, oh, ow], src.dtype(), src.device())?;
+    let src_flat = src.view_as(&[1, n * c, h, w])?;
+    for i0 in (0..n).step_by(HALF_IMAGES) {
+        let len = HALF_IMAGES.min(n - i0);
+        let chunk = k.read_channels(&src_flat, i0 * c, len * c)?;
+        let wide_chunk = wide(&chunk.view_as(&[len, c, h, w])?)?.into_owned();
+        drop(chunk);
+        let y = narrow(f(len, &wide_chunk)?, src.dtype())?;
+        k.write_channels(&mut dst, &y.view_as(&[1, len * oc, oh, ow])?, i0 * oc)?;
+    }
+    dst.view_as(&out)
 }
 
 /// [`conv2d`] with its output written straight into channels `c0 ..` of `storage`, the next

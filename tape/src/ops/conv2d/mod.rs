@@ -275,7 +275,7 @@ pub fn conv2d(
     Ok(record(tape, geo, k, (x, weight, bias), out))
 }
 
-/// The forward kernel; for 16-bit operands on `f32` copies, [`HALF_IMAGES`] images at a time,
+/// The forward kernel; for 16-bit operands on `f32` copies, a chunk of images at a time,
 /// each chunk's output rounded into the 16-bit output (see [`in_image_chunks`]).
 fn forward(
     k: &Kernels,
@@ -317,8 +317,16 @@ fn backward(
     Ok((gx, gw, gb))
 }
 
-/// Images per kernel call of a 16-bit convolution ([`in_image_chunks`]).
-const HALF_IMAGES: usize = 8;
+/// Output positions (images x their positions) per kernel call of a 16-bit convolution, at
+/// least ([`in_image_chunks`]): 8 images of 32x32; small images go more to a call, so that its
+/// GEMMs stay wide.
+const HALF_CHUNK_POSITIONS: usize = 8 * 32 * 32;
+
+/// Images per kernel call of a 16-bit convolution whose images have `positions` input or
+/// output positions each (the larger).
+fn half_chunk_images(positions: usize) -> usize {
+    HALF_CHUNK_POSITIONS.div_ceil(positions.max(1)).max(1)
+}
 
 /// The input gradient of a 16-bit convolution (`g` and `w` 16-bit), by [`in_image_chunks`].
 fn input_grad_half(k: &Kernels, geo: &Geometry, g: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -331,7 +339,7 @@ fn input_grad_half(k: &Kernels, geo: &Geometry, g: &Tensor, w: &Tensor) -> Resul
 }
 
 /// A per-image map of a 16-bit `src` (`[n, ..]`) into a 16-bit tensor of `out` shape, made
-/// [`HALF_IMAGES`] images at a time: `f(len, chunk)` gets an `f32` copy of `len` images and
+/// [`half_chunk_images`] images at a time: `f(len, chunk)` gets an `f32` copy of `len` images and
 /// returns their `f32` result, which is rounded into the output before the next chunk is made.
 /// So no `f32` copy of the whole input or output exists (they set the peaks of a 16-bit
 /// DenseNet step); each image's result is computed as in a whole-batch call.
@@ -345,8 +353,9 @@ fn in_image_chunks(
     let [_, oc, oh, ow] = out;
     let mut dst = Tensor::zeros(&[1, n * oc, oh, ow], src.dtype(), src.device())?;
     let src_flat = src.view_as(&[1, n * c, h, w])?;
-    for i0 in (0..n).step_by(HALF_IMAGES) {
-        let len = HALF_IMAGES.min(n - i0);
+    let images = half_chunk_images((h * w).max(oh * ow));
+    for i0 in (0..n).step_by(images) {
+        let len = images.min(n - i0);
         let chunk = k.read_channels(&src_flat, i0 * c, len * c)?;
         let wide_chunk = wide(&chunk.view_as(&[len, c, h, w])?)?.into_owned();
         drop(chunk);

@@ -156,7 +156,7 @@ pub fn for_each_supported_level<R>(mut f: impl FnMut(SimdLevel) -> R) -> Vec<(Si
 /// Defines a kernel function that runs its body compiled for the widest [`SimdLevel`] in force.
 ///
 /// `$body` is an `#[inline(always)]` function with the same arguments, generic over lifetimes and
-/// one element type `T: Elem`; the defined function takes the same arguments and calls the AVX-512, the
+/// one element type `T: Elem` (or over lifetimes alone, with no type); the defined function takes the same arguments and calls the AVX-512, the
 /// AVX2 or the baseline build of it. Closures passed in (`impl Fn` arguments) are inlined into
 /// each build.
 macro_rules! widest_simd {
@@ -171,6 +171,32 @@ macro_rules! widest_simd {
                 }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2<$($lt,)* $T: $crate::dtype::Elem>($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                match $crate::simd::simd_level() {
+                    // SAFETY: the level in force never exceeds what the CPU supports
+                    // (`set_simd_level` and the start-up detection check it).
+                    $crate::simd::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::simd::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::simd::SimdLevel::Baseline => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+    // The same for a function with no element type.
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:ident;) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
                 match $crate::simd::simd_level() {

@@ -195,7 +195,11 @@ fn weighted_ops_in_16_bit_are_the_f32_results_rounded_once() {
     check_op("conv2d 1x1", &[&[2, 5, 4, 4], &[3, 5, 1, 1]], |t, x| {
         ops::conv2d(t, &x[0], &x[1], None, Conv2dOptions::default()).unwrap()
     });
-    // 11 images of 32x32: a 16-bit convolution runs 8 images at a time (8 + 3).
+    // 11 images of 32x32: a 16-bit convolution runs 8 images at a time (8 + 3). Its weight
+    // gradient adds the two chunks' f32 sums, an order that differs from the f32 kernel's
+    // image-by-image sum by f32 rounding (2^-24 relative per addition); rounded to 16 bits the
+    // two agree unless a sum lies that close to a 16-bit rounding boundary, which none of
+    // these seeds' sums does.
     let strided = Conv2dOptions {
         stride: 2,
         padding: 1,
@@ -216,6 +220,36 @@ fn weighted_ops_in_16_bit_are_the_f32_results_rounded_once() {
     check_op("matmul", &[&[2, 4, 5], &[2, 5, 3]], |t, x| {
         ops::matmul(t, &x[0], &x[1]).unwrap()
     });
+}
+
+/// A 16-bit convolution's weight gradient is summed over chunks of 8 images (32x32), each from
+/// `f32` copies of that chunk of the input and output gradient: the backward never holds an `f32`
+/// copy of the whole input (which would take `4 * numel(x)` bytes, twice the 16-bit input).
+#[test]
+fn weight_gradient_in_16_bit_never_copies_the_whole_input_to_f32() {
+    let dev = Device::cpu();
+    let (n, cin, cout) = (64, 16, 8);
+    for low in LOW {
+        let x = Tensor::randn(&[n, cin, 32, 32], low, &dev, 1).unwrap();
+        let w = Tensor::randn(&[cout, cin, 1, 1], low, &dev, 2)
+            .unwrap()
+            .with_requires_grad(true);
+        let mut tape = Tape::recording();
+        let y = ops::conv2d(&mut tape, &x, &w, None, Conv2dOptions::default()).unwrap();
+        let g = Tensor::randn(y.shape(), low, &dev, 3).unwrap();
+        let before = dev.memory().current();
+        dev.memory().reset_peak();
+        let grads = tape.backward_from(&y, g).unwrap();
+        assert!(grads.get(&w).is_some(), "{low:?}: weight gradient");
+        let added = dev.memory().peak() - before;
+        let whole_copy = 4 * x.numel();
+        // Per chunk: f32 copies of 8 of 64 images of x and of g (1/8 of each), the kernel's
+        // column-free workspace and a partial gradient: well under a quarter of a whole copy.
+        assert!(
+            added < whole_copy / 4,
+            "{low:?}: backward added {added} bytes; an f32 copy of x alone is {whole_copy}"
+        );
+    }
 }
 
 #[test]

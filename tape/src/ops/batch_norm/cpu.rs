@@ -6,6 +6,7 @@ use super::{
     channel_affine, host_forward, BatchNormKernels, BnBackward, BnForward, BnGrads, BnStats,
     HostNorm, OP,
 };
+use crate::backend::cpu::convert::convert_into;
 use crate::backend::cpu::lanes::{grad_sums, lane_sum};
 use crate::backend::cpu::map::by_channel;
 use crate::backend::cpu::map::PAR_MIN;
@@ -186,7 +187,10 @@ pub(crate) fn staged<'s, S: Scalar + 's>(
 ) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     for p in planes {
-        v.extend(p.iter().map(|x| x.f32()));
+        v.reserve(p.len());
+        convert_into(&mut v.spare_capacity_mut()[..p.len()], p);
+        // SAFETY: `convert_into` wrote the `p.len()` slots after the old length.
+        unsafe { v.set_len(v.len() + p.len()) };
     }
     v
 }
@@ -227,9 +231,7 @@ where
         // `normalize_by_channel`).
         unsafe { y.set_len(n * hw) };
         for (o, v) in out.into_iter().zip(y.chunks(hw.max(1))) {
-            for (o, &v) in o.iter_mut().zip(v) {
-                o.write(S::of_f32(v));
-            }
+            convert_into(o, v);
         }
         stats
     };

@@ -8,14 +8,16 @@ mod cuda;
 mod meta;
 
 use super::autocast::{to_low, to_low_opt};
+use super::cast::CastKernels;
 use super::checks::check_grad;
 use super::weighted::{accumulate_weighted, WeightedOp};
-use super::widen::{narrow, wide, wide_opt};
+use super::widen::{wide, wide_opt};
 use crate::backend::{kernel_trait, kernels, Kernels};
 use crate::block_storage::{BlockStorage, BlockStorageKernels};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::primitives::PrimitiveKernels;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
@@ -292,10 +294,9 @@ fn forward(
 }
 
 /// The backward kernel on `f32` copies of 16-bit operands (results rounded by the caller). For
-/// 16-bit operands the weight's gradient (from a copy of `x`) and the input's (from a copy of
-/// the weight) are two calls, so that the copy of `x` is gone before the input's gradient is
-/// made: the two largest `f32` buffers never live together. Each gradient is the same bit for
-/// bit as from one call.
+/// 16-bit operands both gradients are made a chunk of images at a time ([`half_chunk_images`]):
+/// the weight's (and the bias's) by [`param_grads_half`], then the input's by
+/// [`input_grad_half`], so no `f32` copy of a whole input or output gradient exists.
 fn backward(
     k: &Kernels,
     geo: &Geometry,
@@ -303,18 +304,66 @@ fn backward(
     (x, w): (Option<&Tensor>, Option<&Tensor>),
     want_bias: bool,
 ) -> Result<Conv2dGrads> {
-    let wg = wide(g)?;
-    if !g.dtype().is_half() || x.is_none() || w.is_none() {
+    if !g.dtype().is_half() {
         let (wx, ww) = (wide_opt(x)?, wide_opt(w)?);
-        return k.conv2d_backward(geo, &wg, wx.as_deref(), ww.as_deref(), want_bias);
+        return k.conv2d_backward(geo, g, wx.as_deref(), ww.as_deref(), want_bias);
     }
-    let (_, gw, gb) = k.conv2d_backward(geo, &wg, wide_opt(x)?.as_deref(), None, want_bias)?;
-    drop(wg);
+    let (gw, gb) = match x {
+        Some(x) => param_grads_half(k, geo, g, x, want_bias)?,
+        None if want_bias => {
+            let (_, _, gb) = k.conv2d_backward(geo, &*wide(g)?, None, None, true)?;
+            (None, gb)
+        }
+        None => (None, None),
+    };
     let gx = match w {
         Some(w) => Some(input_grad_half(k, geo, g, w)?),
         None => None,
     };
     Ok((gx, gw, gb))
+}
+
+/// The `f32` weight and bias gradients of a 16-bit convolution: one kernel call per chunk of
+/// [`half_chunk_images`] images (on `f32` copies of that chunk of `x` and `g`), the chunks'
+/// gradients summed in batch order. The order of the sums depends on the geometry alone, so
+/// every memory mode and thread count gives the same bits.
+fn param_grads_half(
+    k: &Kernels,
+    geo: &Geometry,
+    g: &Tensor,
+    x: &Tensor,
+    want_bias: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let images = half_chunk_images((geo.h * geo.w).max(geo.p()));
+    let (mut gw, mut gb): (Option<Tensor>, Option<Tensor>) = (None, None);
+    for i0 in (0..geo.n).step_by(images) {
+        let len = images.min(geo.n - i0);
+        let (xc, gc) = (wide_images(k, x, i0, len)?, wide_images(k, g, i0, len)?);
+        let chunk = Geometry { n: len, ..*geo };
+        let (_, w_part, b_part) = k.conv2d_backward(&chunk, &gc, Some(&xc), None, want_bias)?;
+        add_part(k, &mut gw, w_part)?;
+        add_part(k, &mut gb, b_part)?;
+    }
+    Ok((gw, gb))
+}
+
+/// `acc += part` (`acc` starts as the first part).
+fn add_part(k: &Kernels, acc: &mut Option<Tensor>, part: Option<Tensor>) -> Result<()> {
+    match (acc.as_mut(), part) {
+        (Some(a), Some(p)) => k.add_assign(a, &p),
+        (None, p) => {
+            *acc = p;
+            Ok(())
+        }
+        (Some(_), None) => Ok(()),
+    }
+}
+
+/// An `f32` copy of images `i0 .. i0 + len` of a 16-bit `[n, c, h, w]` tensor, converted
+/// straight from them.
+fn wide_images(k: &Kernels, src: &Tensor, i0: usize, len: usize) -> Result<Tensor> {
+    let [_, c, h, w] = src.dims4(OP)?;
+    k.cast_range(src, i0 * c * h * w, &[len, c, h, w], DType::F32)
 }
 
 /// Output positions (images x their positions) per kernel call of a 16-bit convolution, at
@@ -349,20 +398,16 @@ fn in_image_chunks(
     out: [usize; 4],
     f: impl Fn(usize, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let [n, c, h, w] = src.dims4(OP)?;
+    let [n, _, h, w] = src.dims4(OP)?;
     let [_, oc, oh, ow] = out;
-    let mut dst = Tensor::zeros(&[1, n * oc, oh, ow], src.dtype(), src.device())?;
-    let src_flat = src.view_as(&[1, n * c, h, w])?;
+    let mut dst = Tensor::zeros(&out, src.dtype(), src.device())?;
     let images = half_chunk_images((h * w).max(oh * ow));
     for i0 in (0..n).step_by(images) {
         let len = images.min(n - i0);
-        let chunk = k.read_channels(&src_flat, i0 * c, len * c)?;
-        let wide_chunk = wide(&chunk.view_as(&[len, c, h, w])?)?.into_owned();
-        drop(chunk);
-        let y = narrow(f(len, &wide_chunk)?, src.dtype())?;
-        k.write_channels(&mut dst, &y.view_as(&[1, len * oc, oh, ow])?, i0 * oc)?;
+        let y = f(len, &wide_images(k, src, i0, len)?)?;
+        k.cast_into(&mut dst, i0 * oc * oh * ow, &y)?;
     }
-    dst.view_as(&out)
+    Ok(dst)
 }
 
 /// [`conv2d`] with its output written straight into channels `c0 ..` of `storage`, the next

@@ -1,0 +1,160 @@
+//! Conversions between the dtypes on the CPU, rounded to nearest (ties to even): the cast's
+//! kernel and the 16-bit staging of batch norm use them. `bf16 <-> f32`, the conversions of
+//! every bf16 op, run as branch-free integer arithmetic compiled for the widest SIMD level
+//! (the same bits as the `half` crate's scalar conversions, at every level).
+
+use crate::backend::cpu::map::{written_vec, PAR_MIN};
+use crate::dtype::{bf16, DType, Scalar};
+use crate::simd::widest_simd;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Elements per task of a parallel conversion.
+const CHUNK: usize = 1 << 14;
+
+/// `src` converted element by element, rounded to nearest (ties to even).
+pub(crate) fn converted<S: Scalar, D: Scalar>(src: &[S]) -> Vec<D> {
+    // SAFETY: every chunk of the output is written by `convert_into` from an equal-length
+    // chunk of `src`.
+    unsafe { written_vec(src.len(), |out| convert_par(out, src)) }
+}
+
+/// [`convert_into`], in parallel chunks for long slices.
+pub(crate) fn convert_par<S: Scalar, D: Scalar>(out: &mut [MaybeUninit<D>], src: &[S]) {
+    if src.len() >= PAR_MIN {
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(o, s)| convert_into(o, s));
+    } else {
+        convert_into(out, src);
+    }
+}
+
+/// Writes `src` converted into the slots `out` (equal lengths). Through `f32` when neither side
+/// is `f64` (exact for a 16-bit source, one rounding for a 16-bit destination), else through
+/// `f64` (exact from every dtype, one rounding into the destination).
+pub(crate) fn convert_into<S: Scalar, D: Scalar>(out: &mut [MaybeUninit<D>], src: &[S]) {
+    match (S::DTYPE, D::DTYPE) {
+        // SAFETY (both arms): the dtypes say `S` and `D` are exactly these types.
+        (DType::BF16, DType::F32) => unsafe { return widen_bf16(retype_mut(out), retype(src)) },
+        (DType::F32, DType::BF16) => unsafe { return narrow_bf16(retype_mut(out), retype(src)) },
+        _ => {}
+    }
+    let wide = S::DTYPE == DType::F64 || D::DTYPE == DType::F64;
+    for (o, &v) in out.iter_mut().zip(src) {
+        o.write(if wide {
+            D::of(v.f64())
+        } else {
+            D::of_f32(v.f32())
+        });
+    }
+}
+
+/// `s` as a slice of `B`.
+///
+/// # Safety
+/// `A` and `B` must be the same type.
+unsafe fn retype<A, B>(s: &[A]) -> &[B] {
+    debug_assert_eq!(std::mem::size_of::<A>(), std::mem::size_of::<B>());
+    std::slice::from_raw_parts(s.as_ptr().cast(), s.len())
+}
+
+/// [`retype`] of a mutable slice.
+///
+/// # Safety
+/// As [`retype`].
+unsafe fn retype_mut<A, B>(s: &mut [A]) -> &mut [B] {
+    debug_assert_eq!(std::mem::size_of::<A>(), std::mem::size_of::<B>());
+    std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len())
+}
+
+widest_simd!(
+    /// `bf16` to `f32`: exact, the 16 bits moved to the top of an `f32`; NaNs made quiet, as
+    /// `bf16::to_f32` makes them.
+    fn widen_bf16(out: &mut [MaybeUninit<f32>], src: &[bf16]) = widen_bf16_body;
+);
+
+#[inline(always)]
+fn widen_bf16_body(out: &mut [MaybeUninit<f32>], src: &[bf16]) {
+    for (o, s) in out.iter_mut().zip(src) {
+        let b = s.to_bits();
+        let b = if b & 0x7fff > 0x7f80 { b | 0x40 } else { b };
+        o.write(f32::from_bits(u32::from(b) << 16));
+    }
+}
+
+widest_simd!(
+    /// `f32` to `bf16`, rounded to nearest (ties to even) as `bf16::from_f32` rounds, NaNs kept
+    /// quiet NaNs with their sign and top payload bits: the same bits, in branch-free integer
+    /// arithmetic the compiler vectorises.
+    fn narrow_bf16(out: &mut [MaybeUninit<bf16>], src: &[f32]) = narrow_bf16_body;
+);
+
+#[inline(always)]
+fn narrow_bf16_body(out: &mut [MaybeUninit<bf16>], src: &[f32]) {
+    for (o, s) in out.iter_mut().zip(src) {
+        let x = s.to_bits();
+        let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
+        let quiet_nan = (x >> 16) | 0x40;
+        let bits = if x & 0x7fff_ffff > 0x7f80_0000 {
+            quiet_nan
+        } else {
+            rounded
+        };
+        o.write(bf16::from_bits(bits as u16));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::for_each_supported_level;
+
+    /// `f32` bit patterns: every 4099th of all 2^32 (all exponents, signs and NaN payloads
+    /// show up) and the edges: ties on both sides of even, the largest finite values, the
+    /// infinities, signalling and quiet NaNs, subnormals.
+    fn f32_patterns() -> Vec<f32> {
+        let edges = [
+            0x3f80_8000u32, // 1 + 2^-8: a tie, rounds down to even
+            0x3f81_8000,    // a tie, rounds up to even
+            0x3f80_8001,
+            0x3f80_7fff,
+            0x7f7f_ffff, // the largest f32: rounds up to infinity
+            0x7f7f_7fff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7f80_0001, // a signalling NaN
+            0xffc0_0001,
+            0x0000_0001,
+            0x8000_8000,
+            0x007f_ffff,
+        ];
+        (0..=u32::MAX)
+            .step_by(4099)
+            .chain(edges)
+            .map(f32::from_bits)
+            .collect()
+    }
+
+    #[test]
+    fn bf16_conversions_give_the_half_crates_bits_at_every_simd_level() {
+        let src = f32_patterns();
+        let want: Vec<u16> = src.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+        let all_bf16: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+        let want_wide: Vec<u32> = all_bf16.iter().map(|v| v.to_f32().to_bits()).collect();
+        for_each_supported_level(|level| {
+            let got: Vec<bf16> = converted(&src);
+            let bits: Vec<u16> = got.iter().map(|v| v.to_bits()).collect();
+            assert!(
+                bits == want,
+                "{level}: f32 -> bf16 differs from bf16::from_f32"
+            );
+            let wide: Vec<f32> = converted(&all_bf16);
+            let wide: Vec<u32> = wide.iter().map(|v| v.to_bits()).collect();
+            assert!(
+                wide == want_wide,
+                "{level}: bf16 -> f32 differs from bf16::to_f32"
+            );
+        });
+    }
+}

@@ -293,10 +293,11 @@ fn forward(
     })
 }
 
-/// The backward kernel on `f32` copies of 16-bit operands (results rounded by the caller). For
-/// 16-bit operands both gradients are made a chunk of images at a time ([`half_chunk_images`]):
-/// the weight's (and the bias's) by [`param_grads_half`], then the input's by
-/// [`input_grad_half`], so no `f32` copy of a whole input or output gradient exists.
+/// The backward kernel; for 16-bit operands on `f32` copies, a chunk of
+/// [`half_chunk_images`] images at a time: each chunk's input gradient rounded into the 16-bit
+/// input gradient, its weight and bias gradients (`f32`) summed over the chunks in batch order.
+/// So no `f32` copy of a whole input or output gradient exists; the order of the sums depends
+/// on the geometry alone, so every memory mode and thread count gives the same bits.
 fn backward(
     k: &Kernels,
     geo: &Geometry,
@@ -304,47 +305,32 @@ fn backward(
     (x, w): (Option<&Tensor>, Option<&Tensor>),
     want_bias: bool,
 ) -> Result<Conv2dGrads> {
+    let ww = wide_opt(w)?;
     if !g.dtype().is_half() {
-        let (wx, ww) = (wide_opt(x)?, wide_opt(w)?);
+        let wx = wide_opt(x)?;
         return k.conv2d_backward(geo, g, wx.as_deref(), ww.as_deref(), want_bias);
     }
-    let (gw, gb) = match x {
-        Some(x) => param_grads_half(k, geo, g, x, want_bias)?,
-        None if want_bias => {
-            let (_, _, gb) = k.conv2d_backward(geo, &*wide(g)?, None, None, true)?;
-            (None, gb)
-        }
-        None => (None, None),
-    };
-    let gx = match w {
-        Some(w) => Some(input_grad_half(k, geo, g, w)?),
+    let in_shape = [geo.n, geo.cin, geo.h, geo.w];
+    let mut gx = match w {
+        Some(_) => Some(Tensor::zeros(&in_shape, g.dtype(), g.device())?),
         None => None,
     };
-    Ok((gx, gw, gb))
-}
-
-/// The `f32` weight and bias gradients of a 16-bit convolution: one kernel call per chunk of
-/// [`half_chunk_images`] images (on `f32` copies of that chunk of `x` and `g`), the chunks'
-/// gradients summed in batch order. The order of the sums depends on the geometry alone, so
-/// every memory mode and thread count gives the same bits.
-fn param_grads_half(
-    k: &Kernels,
-    geo: &Geometry,
-    g: &Tensor,
-    x: &Tensor,
-    want_bias: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (mut gw, mut gb) = (None, None);
     let images = half_chunk_images((geo.h * geo.w).max(geo.p()));
-    let (mut gw, mut gb): (Option<Tensor>, Option<Tensor>) = (None, None);
     for i0 in (0..geo.n).step_by(images) {
         let len = images.min(geo.n - i0);
-        let (xc, gc) = (wide_images(k, x, i0, len)?, wide_images(k, g, i0, len)?);
+        let gc = wide_images(k, g, i0, len)?;
+        let xc = x.map(|x| wide_images(k, x, i0, len)).transpose()?;
         let chunk = Geometry { n: len, ..*geo };
-        let (_, w_part, b_part) = k.conv2d_backward(&chunk, &gc, Some(&xc), None, want_bias)?;
+        let (gx_part, w_part, b_part) =
+            k.conv2d_backward(&chunk, &gc, xc.as_ref(), ww.as_deref(), want_bias)?;
+        if let (Some(dst), Some(part)) = (gx.as_mut(), gx_part) {
+            k.cast_into(dst, i0 * geo.cin * geo.h * geo.w, &part)?;
+        }
         add_part(k, &mut gw, w_part)?;
         add_part(k, &mut gb, b_part)?;
     }
-    Ok((gw, gb))
+    Ok((gx, gw, gb))
 }
 
 /// `acc += part` (`acc` starts as the first part).
@@ -375,16 +361,6 @@ const HALF_CHUNK_POSITIONS: usize = 8 * 32 * 32;
 /// output positions each (the larger).
 fn half_chunk_images(positions: usize) -> usize {
     HALF_CHUNK_POSITIONS.div_ceil(positions.max(1)).max(1)
-}
-
-/// The input gradient of a 16-bit convolution (`g` and `w` 16-bit), by [`in_image_chunks`].
-fn input_grad_half(k: &Kernels, geo: &Geometry, g: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let ww = wide(w)?;
-    in_image_chunks(k, g, [geo.n, geo.cin, geo.h, geo.w], |len, gc| {
-        let chunk = Geometry { n: len, ..*geo };
-        let (gx, _, _) = k.conv2d_backward(&chunk, gc, None, Some(&ww), false)?;
-        gx.ok_or_else(|| Error::Backward("conv2d: no input gradient from the kernel".into()))
-    })
 }
 
 /// A per-image map of a 16-bit `src` (`[n, ..]`) into a 16-bit tensor of `out` shape, made

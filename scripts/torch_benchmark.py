@@ -28,7 +28,10 @@ leak between cases. Output: one JSON line per case on stdout:
   cache emptied between cases), which saves a CUDA start-up per case.
 
 Models: `bc40`, `bc100`, `bc190` (k=40), `bc250` (k=24), any CIFAR DenseNet-BC as `bc-DEPTH-kGROWTH`
-(e.g. `bc-190-k12`), and `densenet121` (ImageNet stem, 1000 classes; use `--image 224`).
+(e.g. `bc-190-k12`), `densenet121` (ImageNet stem, 1000 classes; use `--image 224`), and `resnet18`:
+torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 first convolution, no max pool, 10
+classes), the network of the Rust `resnet` crate, trained with its recipe (SGD, momentum 0.9, weight
+decay 5e-4, no Nesterov); naive mode only.
 
 Examples:
 
@@ -38,6 +41,7 @@ Examples:
     python3 scripts/torch_benchmark.py --device cuda --batch 64 --iters 20 --warmup 5
     python3 scripts/torch_benchmark.py --models bc100 bc190 --modes efficient
     python3 scripts/torch_benchmark.py --device cuda --in-process --models densenet121 --image 224
+    python3 scripts/torch_benchmark.py --models resnet18 --modes naive --precision bf16
 """
 
 import argparse
@@ -69,7 +73,9 @@ IMAGENET = {
 
 
 def model_spec(name):
-    """The spec of a model name, or None: MODELS, IMAGENET or `bc-DEPTH-kGROWTH`."""
+    """The spec of a model name, or None: MODELS, IMAGENET, `bc-DEPTH-kGROWTH` or `resnet18`."""
+    if name == "resnet18":
+        return dict(resnet=True)
     if name in MODELS:
         return dict(MODELS[name])
     if name in IMAGENET:
@@ -174,12 +180,27 @@ def build_model(name):
             return self.classifier(torch.flatten(out, 1))
 
     spec = model_spec(name)
+    if spec.get("resnet"):
+        return resnet18_cifar
     k = spec["growth_rate"]
     if spec.get("imagenet"):
         return lambda efficient: DenseNet(k, spec["block_config"], spec["num_init_features"], False, 1000,
                                           efficient)
     n = (spec["depth"] - 4) // 6
     return lambda efficient: DenseNet(k, (n, n, n), 2 * k, True, 10, efficient)
+
+
+def resnet18_cifar(efficient):
+    """torchvision's ResNet-18 with the CIFAR stem (as the Rust `resnet` crate builds it)."""
+    import torch.nn as nn
+    import torchvision
+
+    if efficient:
+        raise ValueError("resnet18 runs in naive mode only")
+    m = torchvision.models.resnet18(num_classes=10)
+    m.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    m.maxpool = nn.Identity()
+    return m
 
 
 def run_case(args):
@@ -195,7 +216,10 @@ def run_case(args):
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = False
     model = build_model(args.model)(args.mode == "efficient").to(dev).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    if model_spec(args.model).get("resnet"):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     x = torch.randn(args.batch, 3, args.image, args.image, device=dev)
     y = torch.randint(0, num_classes(args.model), (args.batch,), device=dev)
 
@@ -249,7 +273,7 @@ def main():
     ap = argparse.ArgumentParser(description="PyTorch DenseNet-BC benchmark: naive vs checkpointed bottleneck",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--models", nargs="+", default=None,
-                    help="models to run: %s, bc-DEPTH-kGROWTH or %s (default: bc100; with --sweep: "
+                    help="models to run: %s, bc-DEPTH-kGROWTH, resnet18 or %s (default: bc100; with --sweep: "
                          "bc40 bc100 bc190 bc250)" % (" ".join(sorted(MODELS)), " ".join(sorted(IMAGENET))))
     ap.add_argument("--in-process", action="store_true",
                     help="run every case in this process (GPU: peak statistics reset between cases) "

@@ -473,7 +473,8 @@ fn max_threads() -> usize {
 #[test]
 fn im2col_workspace_is_counted_and_released() {
     let dev = Device::cpu();
-    let (n, cin, cout, hw) = (8, 16, 4, 12);
+    // 32 output channels: the im2col path (the direct 3x3 kernel takes at most 24).
+    let (n, cin, cout, hw) = (8, 16, 32, 12);
     let x = Tensor::randn(&[n, cin, hw, hw], DType::F32, &dev, 1).unwrap();
     let w = Tensor::randn(&[cout, cin, 3, 3], DType::F32, &dev, 2).unwrap();
     let live = dev.memory().current();
@@ -553,6 +554,20 @@ fn staging((_, images, cols): (usize, usize, usize), channels: usize) -> usize {
     }
 }
 
+/// Elements of the direct 3x3 kernel's workspace for one image of `cin` planes of `h x w` to
+/// `cout` planes: the input zero-padded to `(h + 2) x (w + 2)` planes plus 32 elements of room
+/// for the last vector's reads, and one group's 12 output planes of `h` rows of `w + 2`, in
+/// whole vectors of 16.
+fn direct_workspace(cin: usize, h: usize, w: usize) -> usize {
+    cin * (h + 2) * (w + 2) + 32 + 12 * (h * (w + 2)).next_multiple_of(16)
+}
+
+/// Elements of the direct kernel's packed weights: `cin x 9` per output channel, output
+/// channels in groups of 12 (the last one padded with zeros).
+fn direct_kernel(cin: usize, cout: usize) -> usize {
+    cout.div_ceil(12) * cin * 9 * 12
+}
+
 /// Thread groups for `jobs` jobs on `threads` threads (`groups` in the CPU kernels): as many as
 /// the fewest rounds of one job per thread need.
 fn thread_groups(jobs: usize, threads: usize) -> usize {
@@ -572,7 +587,13 @@ fn thread_groups(jobs: usize, threads: usize) -> usize {
 ///   path: stride 1 and `cout < cin`; else `x`'s again), the larger of their staging blocks
 ///   (the output gradient's `cout` rows, or on the flipped path the input gradient's `cin`
 ///   rows), plus a `cout x K` partial weight gradient; and one flipped kernel
-///   (`cin*cout*k*k`) on the flipped path.
+///   (`cin*cout*k*k`) on the flipped path;
+/// - a 3x3 conv of stride 1 and padding 1 with at most 24 output channels runs the direct kernel
+///   (`tape/src/ops/conv2d/direct.rs`) instead: forward jobs of one image, each group holding
+///   [`direct_workspace`] and the kernel packed in groups of 12 output channels; on the flipped
+///   path its input gradient runs it too (from the output gradient's `cout` channels to
+///   `cin`), its workspace in place of the gradient's column block, no staging, and the
+///   flipped kernel packed the same way in place of the flipped kernel.
 fn conv_workspace_bytes(
     [n, cin, h, w]: [usize; 4],
     cout: usize,
@@ -594,15 +615,24 @@ fn conv_workspace_bytes(
     } else {
         (xb.0, staging(xb, cout))
     };
-    let (gcols, gstage) = if flipped {
+    let direct = k == 3 && o.stride == 1 && o.padding == 1 && cout <= 24;
+    let (gcols, gstage) = if flipped && direct {
+        (direct_workspace(cout, h, w), 0)
+    } else if flipped {
         let gb = column_block(cout * k * k, h, w, chunk);
         (gb.0, staging(gb, cin))
     } else {
         (xcols, xstage)
     };
     let fb = column_block(kk, hout, wout, n);
-    let units = if pointwise { n } else { n.div_ceil(fb.1) };
-    let fspace = if pointwise {
+    let units = if pointwise || direct {
+        n
+    } else {
+        n.div_ceil(fb.1)
+    };
+    let fspace = if direct {
+        direct_workspace(cin, h, w) + direct_kernel(cin, cout)
+    } else if pointwise {
         0
     } else {
         fb.0 + staging(fb, cout)
@@ -610,7 +640,11 @@ fn conv_workspace_bytes(
     let forward = thread_groups(units, threads) * fspace;
     let chunks = n.div_ceil(chunk);
     let per_group = xcols.max(gcols) + xstage.max(gstage) + cout * kk;
-    let flip = if flipped { cin * cout * k * k } else { 0 };
+    let flip = match (flipped, direct) {
+        (true, true) => direct_kernel(cout, cin),
+        (true, false) => cin * cout * k * k,
+        (false, _) => 0,
+    };
     let backward = thread_groups(chunks, threads) * per_group + flip;
     (4 * forward, 4 * backward)
 }
@@ -619,10 +653,10 @@ fn conv_workspace_bytes(
 /// exactly the CPU kernels' workspaces, on 1, 2 and 3 threads, and `conv2d_pass_workspace_bytes`
 /// says how much for each pass (the backward with and without the input's gradient): a kernel
 /// that runs without charging its workspace (or charges the wrong size), or a prediction that
-/// differs, fails here. Cases: the flipped grad-input
-/// path with column blocks of fewer rows than the output; a strided conv on the col2im path
-/// with several images per work chunk; a pointwise conv; blocks of several whole images on the
-/// flipped path (forward jobs of 8 and of 16, 16 and 8 images).
+/// differs, fails here. Cases: the direct 3x3 kernel (forward and input gradient) at 32x32 and
+/// 6x6; a strided conv on the col2im path with several images per work chunk; a pointwise conv;
+/// blocks of several whole images on the flipped path (forward jobs of 16, 16 and 8 images);
+/// the flipped grad-input path with column blocks of fewer rows than the output.
 #[test]
 fn conv_workspaces_are_charged_exactly() {
     let cases = [
@@ -631,6 +665,7 @@ fn conv_workspaces_are_charged_exactly() {
         ([5, 16, 12, 12], 8, 1, opts(1, 0)),
         ([4, 32, 6, 6], 8, 3, opts(1, 1)),
         ([40, 256, 4, 4], 32, 3, opts(1, 1)),
+        ([3, 64, 32, 32], 32, 3, opts(1, 1)),
     ];
     for (shape, cout, k, o) in cases {
         for threads in 1..=3 {

@@ -89,16 +89,18 @@ fn conv2d_blocks_of_whole_images() {
 
 #[test]
 fn conv2d() {
-    // (batch, cin, cout, kernel, stride, padding, image): 8 chunks of one 16x16 image on the
-    // flipped grad-input path; pointwise, 3 chunks of two 12x12 images; stride 2 (col2im), 2
-    // chunks of three 10x10 outputs; one 32x32 image whose GEMMs run on all threads; a batch
-    // larger than the thread count times the chunk.
+    // (batch, cin, cout, kernel, stride, padding, image): 8 chunks of one 16x16 image through
+    // the direct 3x3 kernel in f32 (the flipped grad-input path in f64); pointwise, 3 chunks of
+    // two 12x12 images; stride 2 (col2im), 2 chunks of three 10x10 outputs; one 32x32 image
+    // whose GEMMs run on all threads; a batch larger than the thread count times the chunk
+    // (direct in f32); 4 chunks of one 12x12 image on the flipped grad-input path in f32 too.
     let cases = [
         (8, 16, 8, 3, 1, 1, 16),
         (6, 32, 16, 1, 1, 0, 12),
         (6, 4, 8, 3, 2, 1, 20),
         (1, 64, 64, 3, 1, 1, 32),
         (16, 8, 4, 3, 1, 1, 8),
+        (4, 64, 32, 3, 1, 1, 12),
     ];
     for (n, cin, cout, k, stride, padding, hw) in cases {
         for dtype in [DType::F32, DType::F64] {

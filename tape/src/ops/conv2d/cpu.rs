@@ -15,11 +15,12 @@
 //!   flipped, transposed kernel, when that column matrix is the smaller one; otherwise
 //!   `gcol (K x P) = W^T * gout` scattered back by col2im.
 
+use super::direct::Direct;
 use super::{Conv2dGrads, Conv2dKernels, Conv2dPass, Geometry};
 use crate::backend::cpu::gemm::{gemm, gemm_ld, gemm_ld_uninit, Dst, Mat};
 use crate::backend::cpu::map::{assume_init_mut, write_fill, written_vec, PAR_MIN};
 use crate::backend::Cpu;
-use crate::dtype::Elem;
+use crate::dtype::{DType, Elem};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -359,7 +360,9 @@ struct Needs {
 /// Elements of forward workspace per thread group, for elements of `elem` bytes: a column
 /// block and, when blocks hold several images, their output block.
 fn forward_workspace(g: &Geometry, elem: usize) -> usize {
-    if g.pointwise() {
+    if let Some(d) = Direct::forward(g, elem) {
+        d.workspace_len() + d.packed_len()
+    } else if g.pointwise() {
         0
     } else {
         let cols = Cols::from_geo(g);
@@ -371,7 +374,7 @@ fn forward_workspace(g: &Geometry, elem: usize) -> usize {
 /// conv or when a column block holds part of one image, else the images of one block. Thread
 /// groups take whole jobs, so the blocks are the same whatever the thread count.
 fn forward_units(g: &Geometry, elem: usize) -> Vec<(usize, usize)> {
-    let per = match g.pointwise() {
+    let per = match g.pointwise() || Direct::forward(g, elem).is_some() {
         true => 1,
         false => Cols::from_geo(g).block_shape(elem).1,
     };
@@ -396,9 +399,10 @@ fn backward_parts(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize, usi
         staging = xc.staging_len(elem, g.cout);
     }
     if needs.x && !g.pointwise() {
-        let (c, s) = match flipped_path(g) {
-            true => (gc.block_len(elem), gc.staging_len(elem, g.cin)),
-            false => (xc.block_len(elem), xc.staging_len(elem, g.cout)),
+        let (c, s) = match (flipped_path(g), Direct::input_grad(g, elem)) {
+            (true, Some(d)) => (d.workspace_len(), 0),
+            (true, None) => (gc.block_len(elem), gc.staging_len(elem, g.cin)),
+            (false, _) => (xc.block_len(elem), xc.staging_len(elem, g.cout)),
         };
         cols = cols.max(c);
         staging = staging.max(s);
@@ -411,7 +415,10 @@ fn backward_parts(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize, usi
 /// [`backward_parts`]; shared: the flipped kernel).
 fn backward_workspace(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize) {
     let (cols, staging, partial) = backward_parts(g, needs, elem);
-    let flipped = if needs.x && !g.pointwise() && flipped_path(g) {
+    let direct = Direct::input_grad(g, elem).filter(|_| flipped_path(g));
+    let flipped = if let (true, Some(d)) = (needs.x, direct) {
+        d.packed_len()
+    } else if needs.x && !g.pointwise() && flipped_path(g) {
         g.cin * g.cout * g.kh * g.kw
     } else {
         0
@@ -449,6 +456,27 @@ impl<'a, T> GradOut<'a, T> {
     fn image(&self, i: usize, len: usize) -> &'a [T] {
         &self.data[i * self.stride + self.offset..][..len]
     }
+}
+
+/// `s` as `f32`s: the direct kernel's operands, which [`Direct`] takes only when `T` is `f32`.
+fn as_f32<T: Elem>(s: &[T]) -> &[f32] {
+    assert_eq!(T::DTYPE, DType::F32, "the direct convolution runs in f32");
+    // SAFETY: `T` is `f32` (checked above).
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+/// [`as_f32`] of a mutable slice.
+fn as_f32_mut<T: Elem>(s: &mut [T]) -> &mut [f32] {
+    assert_eq!(T::DTYPE, DType::F32, "the direct convolution runs in f32");
+    // SAFETY: `T` is `f32` (checked above).
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
+}
+
+/// [`as_f32`] of output slots.
+fn as_f32_out<T: Elem>(s: &mut [MaybeUninit<T>]) -> &mut [MaybeUninit<f32>] {
+    assert_eq!(T::DTYPE, DType::F32, "the direct convolution runs in f32");
+    // SAFETY: `T` is `f32` (checked above).
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
 }
 
 /// `n` consecutive slices of `len` elements of `out` (empty ones when `len` is 0).
@@ -490,7 +518,8 @@ fn forward<T: Elem>(
     let units = forward_units(g, elem);
     let single = groups <= 1;
     let cols = Cols::from_geo(g);
-    let col_len = if g.pointwise() {
+    let direct = Direct::forward(g, elem);
+    let col_len = if g.pointwise() || direct.is_some() {
         0
     } else {
         cols.block_len(elem)
@@ -512,6 +541,16 @@ fn forward<T: Elem>(
     let jobs: Vec<_> = ranges.into_iter().zip(outs).zip(wss).collect();
     jobs.into_par_iter()
         .for_each(|(((first, count), mut out), ws)| {
+            if let Some(d) = direct {
+                let (x, w, bias) = (as_f32(ops.0), as_f32(ops.1), ops.2.map(as_f32));
+                let xs = g.cin * g.h * g.w;
+                let (packed, ws) = as_f32_mut(ws).split_at_mut(d.packed_len());
+                d.pack(w, packed);
+                for (i, o) in (first..first + count).zip(out) {
+                    d.image(&x[i * xs..][..xs], packed, bias, as_f32_out(o), ws);
+                }
+                return;
+            }
             if g.pointwise() {
                 for (i, o) in (first..first + count).zip(out) {
                     forward_pointwise(g, ops, i, o, single);
@@ -679,6 +718,19 @@ fn input_grad_chunk<T: Elem>(
         }
         return;
     }
+    if let (true, Some(d)) = (flipped_path(g), Direct::input_grad(g, elem)) {
+        for (idx, i) in (first..first + count).enumerate() {
+            let gxi = as_f32_out(&mut gx[idx * xs..(idx + 1) * xs]);
+            d.image(
+                as_f32(gout.image(i, os)),
+                as_f32(flip),
+                None,
+                gxi,
+                as_f32_mut(col),
+            );
+        }
+        return;
+    }
     if flipped_path(g) {
         let gc = Cols::of_output_grad(g).within(chunk_images(g));
         for blk in gc.blocks(elem, (first, count)) {
@@ -758,7 +810,10 @@ fn backward<T: Elem>(
     let elem = std::mem::size_of::<T>();
     let chunks = chunk_ranges(g);
     let single = groups <= 1;
-    if needs.x && flipped_path(g) && !g.pointwise() {
+    let direct = Direct::input_grad(g, elem).filter(|_| flipped_path(g));
+    if let (true, Some(d)) = (needs.x, direct) {
+        d.pack_flipped(as_f32(w), as_f32_mut(flip));
+    } else if needs.x && flipped_path(g) && !g.pointwise() {
         // W'[ci][co][i][j] = W[co][ci][kh-1-i][kw-1-j]
         let kk = g.kh * g.kw;
         for (ci, dst) in flip.chunks_exact_mut((g.cout * kk).max(1)).enumerate() {

@@ -5,6 +5,7 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod direct;
 mod meta;
 
 use super::autocast::{to_low, to_low_opt};

@@ -562,6 +562,13 @@ fn direct_workspace(cin: usize, h: usize, w: usize) -> usize {
     cin * (h + 2) * (w + 2) + 32 + 12 * (h * (w + 2)).next_multiple_of(16)
 }
 
+/// Elements of the direct kernel's weight-gradient workspace: the padded input (as in
+/// [`direct_workspace`]) and the output gradient transposed onto `h` rows of `w + 2` positions
+/// (whole vectors of 16), 16 channels a position, in groups of 16 channels.
+fn direct_weight_grad_workspace(cin: usize, cout: usize, h: usize, w: usize) -> usize {
+    cin * (h + 2) * (w + 2) + 32 + cout.div_ceil(16) * 16 * (h * (w + 2)).next_multiple_of(16)
+}
+
 /// Elements of the direct kernel's packed weights: `cin x 9` per output channel, output
 /// channels in groups of 12 (the last one padded with zeros).
 fn direct_kernel(cin: usize, cout: usize) -> usize {
@@ -590,7 +597,9 @@ fn thread_groups(jobs: usize, threads: usize) -> usize {
 ///   (`cin*cout*k*k`) on the flipped path;
 /// - a 3x3 conv of stride 1 and padding 1 with at most 24 output channels runs the direct kernel
 ///   (`tape/src/ops/conv2d/direct.rs`) instead: forward jobs of one image, each group holding
-///   [`direct_workspace`] and the kernel packed in groups of 12 output channels; on the flipped
+///   [`direct_workspace`] and the kernel packed in groups of 12 output channels; in backward,
+///   the weight gradient's column block is [`direct_weight_grad_workspace`], with no staging;
+///   on the flipped
 ///   path its input gradient runs it too (from the output gradient's `cout` channels to
 ///   `cin`), its workspace in place of the gradient's column block, no staging, and the
 ///   flipped kernel packed the same way in place of the flipped kernel.
@@ -610,12 +619,14 @@ fn conv_workspace_bytes(
     let chunk = 256usize.div_ceil(hout * wout).clamp(1, n);
     let xb = column_block(kk, hout, wout, chunk);
     let flipped = !pointwise && o.stride == 1 && cout < cin;
-    let (xcols, xstage) = if pointwise {
+    let direct = k == 3 && o.stride == 1 && o.padding == 1 && cout <= 24;
+    let (xcols, xstage) = if direct {
+        (direct_weight_grad_workspace(cin, cout, h, w), 0)
+    } else if pointwise {
         (0, 0)
     } else {
         (xb.0, staging(xb, cout))
     };
-    let direct = k == 3 && o.stride == 1 && o.padding == 1 && cout <= 24;
     let (gcols, gstage) = if flipped && direct {
         (direct_workspace(cout, h, w), 0)
     } else if flipped {

@@ -394,7 +394,9 @@ fn backward_parts(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize, usi
         Cols::of_output_grad(g).within(chunk),
     );
     let (mut cols, mut staging) = (0, 0);
-    if needs.w && !g.pointwise() {
+    if let (true, Some(d)) = (needs.w, Direct::forward(g, elem)) {
+        cols = d.weight_grad_workspace_len();
+    } else if needs.w && !g.pointwise() {
         cols = xc.block_len(elem);
         staging = xc.staging_len(elem, g.cout);
     }
@@ -677,8 +679,15 @@ fn weight_grad_chunk<T: Elem>(
         }
         return;
     }
-    let cols = Cols::from_geo(g).within(chunk_images(g));
     let elem = std::mem::size_of::<T>();
+    if let Some(d) = Direct::forward(g, elem) {
+        for (idx, i) in (first..first + count).enumerate() {
+            let (xi, go) = (as_f32(&x[i * xs..(i + 1) * xs]), as_f32(gout.image(i, os)));
+            d.weight_grad_image(xi, go, as_f32_mut(partial), idx == 0, as_f32_mut(col));
+        }
+        return;
+    }
+    let cols = Cols::from_geo(g).within(chunk_images(g));
     for (b, blk) in cols.blocks(elem, (first, count)).into_iter().enumerate() {
         let (nb, per) = (blk.cols(wo), blk.image_cols(wo));
         for (j, i) in blk.range().enumerate() {

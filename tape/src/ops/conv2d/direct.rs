@@ -134,6 +134,55 @@ impl Direct {
         }
     }
 
+    /// Workspace elements of one image's weight gradient: the padded input and the output
+    /// gradient transposed onto the padded positions (`positions x 16` per group of 16 output
+    /// channels, zeros in the two extra columns of each row and past `cout`).
+    pub(super) fn weight_grad_workspace_len(&self) -> usize {
+        self.input_len() + self.cout.div_ceil(LANES) * self.positions() * LANES
+    }
+
+    /// Adds image `x`'s weight gradient, from its output gradient `g` (`cout x h x w`), into
+    /// `gwt`, the gradient transposed (`gwt[(c * 9 + tap) * cout + o]`); with `overwrite`, writes
+    /// it instead. Each element is one chain of fused multiply-adds over the positions in order
+    /// (the lanes of a vector are 16 output channels). `ws` holds
+    /// [`Direct::weight_grad_workspace_len`] elements.
+    pub(super) fn weight_grad_image(
+        &self,
+        x: &[f32],
+        g: &[f32],
+        gwt: &mut [f32],
+        overwrite: bool,
+        ws: &mut [f32],
+    ) {
+        let (xp, gp) = ws.split_at_mut(self.input_len());
+        self.pad(x, xp);
+        let (hw, pos, w2) = (self.h * self.w, self.positions(), self.w2());
+        gp.fill(0.0);
+        for (o, plane) in g.chunks_exact(hw.max(1)).take(self.cout).enumerate() {
+            let group = &mut gp[o / LANES * pos * LANES..][..pos * LANES];
+            for (y, row) in plane.chunks_exact(self.w).enumerate() {
+                for (xx, &v) in row.iter().enumerate() {
+                    group[(y * w2 + xx) * LANES + o % LANES] = v;
+                }
+            }
+        }
+        let sizes = (self.cin, self.plane(), w2, pos);
+        let mut sums = [[0.0; LANES]; 9];
+        for grp in 0..self.cout.div_ceil(LANES) {
+            let gt = &gp[grp * pos * LANES..][..pos * LANES];
+            let real = LANES.min(self.cout - grp * LANES);
+            for c in 0..self.cin {
+                correlate(&xp[c * self.plane()..], gt, sizes, &mut sums);
+                for (t, s) in sums.iter().enumerate() {
+                    let dst = &mut gwt[(c * 9 + t) * self.cout + grp * LANES..][..real];
+                    for (d, &v) in dst.iter_mut().zip(s) {
+                        *d = if overwrite { v } else { *d + v };
+                    }
+                }
+            }
+        }
+    }
+
     /// `x` into `xp` with a border of zeros (and zeros after the last plane).
     fn pad(&self, x: &[f32], xp: &mut [f32]) {
         xp.fill(0.0);
@@ -200,10 +249,57 @@ fn group(xp: &[f32], wp: &[f32], sizes: Sizes, init: [f32; CO], out: &mut [f32])
     group_portable(xp, wp, sizes, init, out);
 }
 
+/// For each tap `t` of one padded input plane `xc`, the sums over the positions `q` of
+/// `gt[q] * xc[q + offset(t)]`, `gt` holding the output gradient transposed (`positions x 16`,
+/// 16 output channels a row): `sums[t]`, one lane per output channel. The AVX-512 build holds
+/// the 9 accumulators in registers; the others run [`correlate_portable`], the same
+/// operations in the same order.
+fn correlate(xc: &[f32], gt: &[f32], sizes: Sizes, sums: &mut [[f32; LANES]; 9]) {
+    let (_, _, w2, positions) = sizes;
+    assert!(
+        xc.len() >= positions + 2 * w2 + 2 && gt.len() >= positions * LANES,
+        "direct convolution buffers too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
+        // SAFETY: the level in force never exceeds what the CPU supports; the buffers hold
+        // every element the kernel reads (checked above).
+        return unsafe { x86::correlate_avx512(xc, gt, sizes, sums) };
+    }
+    correlate_portable(xc, gt, sizes, sums);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Sizes, CO, LANES};
     use std::arch::x86_64::*;
+
+    /// [`super::correlate`] in AVX-512.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, and the buffers must pass `correlate`'s length check.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn correlate_avx512(
+        xc: &[f32],
+        gt: &[f32],
+        (_, _, w2, positions): Sizes,
+        sums: &mut [[f32; LANES]; 9],
+    ) {
+        let taps: [usize; 9] = [0, 1, 2, w2, w2 + 1, w2 + 2, 2 * w2, 2 * w2 + 1, 2 * w2 + 2];
+        let (xptr, gptr) = (xc.as_ptr(), gt.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 9];
+        for q in 0..positions {
+            // SAFETY (every access): inside the buffers, by the caller's length check.
+            let gv = unsafe { _mm512_loadu_ps(gptr.add(q * LANES)) };
+            for (a, &off) in acc.iter_mut().zip(&taps) {
+                let xv = _mm512_set1_ps(unsafe { *xptr.add(q + off) });
+                *a = _mm512_fmadd_ps(gv, xv, *a);
+            }
+        }
+        for (s, a) in sums.iter_mut().zip(&acc) {
+            unsafe { _mm512_storeu_ps(s.as_mut_ptr(), *a) };
+        }
+    }
 
     /// [`super::group`] in AVX-512: 12 accumulator registers, one input vector load per channel
     /// and tap feeding 12 fused multiply-adds with broadcast weights.
@@ -239,6 +335,29 @@ mod x86 {
             }
             for (co, a) in acc.iter().enumerate() {
                 unsafe { _mm512_storeu_ps(optr.add(co * positions + q0), *a) };
+            }
+        }
+    }
+}
+
+widest_simd!(
+    /// [`correlate`] in portable code, compiled for AVX2 and the baseline.
+    fn correlate_portable(xc: &[f32], gt: &[f32], sizes: Sizes, sums: &mut [[f32; LANES]; 9]) =
+        correlate_body;
+);
+
+#[inline(always)]
+fn correlate_body(xc: &[f32], gt: &[f32], sizes: Sizes, sums: &mut [[f32; LANES]; 9]) {
+    let (_, _, w2, positions) = sizes;
+    *sums = [[0.0; LANES]; 9];
+    for q in 0..positions {
+        let gv: &[f32; LANES] = gt[q * LANES..][..LANES]
+            .try_into()
+            .expect("transposed gradient");
+        for (t, s) in sums.iter_mut().enumerate() {
+            let xv = xc[q + (t / 3) * w2 + t % 3];
+            for (s, &g) in s.iter_mut().zip(gv) {
+                *s = g.mul_add(xv, *s);
             }
         }
     }
@@ -319,6 +438,43 @@ mod tests {
                     for tap in 0..9 {
                         let got = flipped[((o / CO * cout + c) * 9 + tap) * CO + o % CO];
                         assert_eq!(got, wt[(c * cin + o) * 9 + 8 - tap]);
+                    }
+                }
+            }
+            // The weight gradient from the output gradient `g`, added onto 0.5 everywhere.
+            let g: Vec<f32> = (0..cout * h * w)
+                .map(|i| ((i * 29 % 97) as f32 - 48.0) / 30.0)
+                .collect();
+            let mut ws = vec![0.0; d.weight_grad_workspace_len()];
+            let mut gwt = vec![0.5f32; cin * 9 * cout];
+            d.weight_grad_image(&x, &g, &mut gwt, false, &mut ws);
+            for co in 0..cout {
+                for c in 0..cin {
+                    for tap in 0..9 {
+                        let (i, j) = (tap / 3, tap % 3);
+                        let (mut s, mut mag) = (0.0f64, 0.0f64);
+                        for y in 0..h {
+                            for xx in 0..w {
+                                let (yy, xi) = (y + i, xx + j);
+                                if yy < 1 || xi < 1 || yy > h || xi > w {
+                                    continue;
+                                }
+                                let p = g[(co * h + y) * w + xx] as f64
+                                    * x[(c * h + yy - 1) * w + xi - 1] as f64;
+                                s += p;
+                                mag += p.abs();
+                            }
+                        }
+                        let got = gwt[(c * 9 + tap) * cout + co] as f64 - 0.5;
+                        // One rounding per position's FMA (at most `h * (w + 2) + 16`), each
+                        // within 2^-24 of a partial sum's magnitude, plus the final addition
+                        // onto 0.5 (2^-24 of 0.5 + |sum|).
+                        let n = (h * (w + 2) + 16) as f64;
+                        let tol = n * 2f64.powi(-24) * mag + 2f64.powi(-24) * (0.5 + s.abs()) * 2.0;
+                        assert!(
+                            (got - s).abs() <= tol,
+                            "{cin}->{cout} {h}x{w} gw[{co},{c},{tap}]: {got} vs {s}"
+                        );
                     }
                 }
             }

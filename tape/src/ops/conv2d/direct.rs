@@ -50,16 +50,13 @@ impl Direct {
         })
     }
 
-    /// The direct input gradient of `g`, if it takes it: a convolution of the output gradient
-    /// (`cout` channels) with the flipped kernel to `cin` channels, under the same conditions
-    /// on `g` with at most [`MAX_OUT`] output-gradient channels.
+    /// The direct input gradient of `g`, when it takes `g`'s forward: a convolution of the
+    /// output gradient (`cout` channels) with the flipped kernel to `cin` channels.
     pub(super) fn input_grad(g: &Geometry, elem: usize) -> Option<Direct> {
-        let fits = elem == 4 && (g.kh, g.kw, g.stride, g.padding) == (3, 3, 1, 1);
-        (fits && g.cout <= MAX_OUT).then_some(Direct {
-            cin: g.cout,
-            cout: g.cin,
-            h: g.h,
-            w: g.w,
+        Self::forward(g, elem).map(|d| Direct {
+            cin: d.cout,
+            cout: d.cin,
+            ..d
         })
     }
 

@@ -68,6 +68,26 @@ unsafe fn retype_mut<A, B>(s: &mut [A]) -> &mut [B] {
     std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len())
 }
 
+/// The bits of a `bf16` as an `f32`'s: exact; a NaN made quiet, as `bf16::to_f32` makes it.
+#[inline(always)]
+fn widen_bf16_bits(b: u16) -> u32 {
+    let b = if b & 0x7fff > 0x7f80 { b | 0x40 } else { b };
+    u32::from(b) << 16
+}
+
+/// An `f32`'s bits rounded to a `bf16`'s, to nearest (ties to even) as `bf16::from_f32` rounds;
+/// a NaN kept a quiet NaN with its sign and top payload bits.
+#[inline(always)]
+fn narrow_bf16_bits(x: u32) -> u16 {
+    let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
+    let quiet_nan = (x >> 16) | 0x40;
+    (if x & 0x7fff_ffff > 0x7f80_0000 {
+        quiet_nan
+    } else {
+        rounded
+    }) as u16
+}
+
 widest_simd!(
     /// `bf16` to `f32`: exact, the 16 bits moved to the top of an `f32`; NaNs made quiet, as
     /// `bf16::to_f32` makes them.
@@ -77,9 +97,7 @@ widest_simd!(
 #[inline(always)]
 fn widen_bf16_body(out: &mut [MaybeUninit<f32>], src: &[bf16]) {
     for (o, s) in out.iter_mut().zip(src) {
-        let b = s.to_bits();
-        let b = if b & 0x7fff > 0x7f80 { b | 0x40 } else { b };
-        o.write(f32::from_bits(u32::from(b) << 16));
+        o.write(f32::from_bits(widen_bf16_bits(s.to_bits())));
     }
 }
 
@@ -93,15 +111,34 @@ widest_simd!(
 #[inline(always)]
 fn narrow_bf16_body(out: &mut [MaybeUninit<bf16>], src: &[f32]) {
     for (o, s) in out.iter_mut().zip(src) {
-        let x = s.to_bits();
-        let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
-        let quiet_nan = (x >> 16) | 0x40;
-        let bits = if x & 0x7fff_ffff > 0x7f80_0000 {
-            quiet_nan
-        } else {
-            rounded
-        };
-        o.write(bf16::from_bits(bits as u16));
+        o.write(bf16::from_bits(narrow_bf16_bits(s.to_bits())));
+    }
+}
+
+/// `acc[i] = round(acc[i] + round(v[i]))`, the `f32` sum rounded to `acc`'s 16-bit dtype: what
+/// adding the rounded `f32` value `v[i]` into a 16-bit gradient computes (each operand widened
+/// exactly, the sum taken in `f32`, rounded once). Vectorised for bf16.
+pub(crate) fn add_rounded<S: Scalar>(acc: &mut [S], v: &[f32]) {
+    if S::DTYPE == DType::BF16 {
+        // SAFETY: the dtype says `S` is `bf16`.
+        return add_rounded_bf16(unsafe { retype_mut(acc) }, v);
+    }
+    for (a, &v) in acc.iter_mut().zip(v) {
+        *a = S::of_f32(a.f32() + S::of_f32(v).f32());
+    }
+}
+
+widest_simd!(
+    /// [`add_rounded`] for bf16, through [`widen_bf16_bits`] and [`narrow_bf16_bits`].
+    fn add_rounded_bf16(acc: &mut [bf16], v: &[f32]) = add_rounded_bf16_body;
+);
+
+#[inline(always)]
+fn add_rounded_bf16_body(acc: &mut [bf16], v: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(v) {
+        let rounded_v = widen_bf16_bits(narrow_bf16_bits(v.to_bits()));
+        let sum = f32::from_bits(widen_bf16_bits(a.to_bits())) + f32::from_bits(rounded_v);
+        *a = bf16::from_bits(narrow_bf16_bits(sum.to_bits()));
     }
 }
 
@@ -134,6 +171,26 @@ mod tests {
             .chain(edges)
             .map(f32::from_bits)
             .collect()
+    }
+
+    #[test]
+    fn bf16_rounded_add_gives_the_scalar_bits_at_every_simd_level() {
+        let v = f32_patterns();
+        let acc0: Vec<bf16> = v.iter().rev().map(|&x| bf16::from_f32(x * 0.75)).collect();
+        let want: Vec<u16> = acc0
+            .iter()
+            .zip(&v)
+            .map(|(a, &v)| bf16::from_f32(a.to_f32() + bf16::from_f32(v).to_f32()).to_bits())
+            .collect();
+        for_each_supported_level(|level| {
+            let mut acc = acc0.clone();
+            add_rounded(&mut acc, &v);
+            let bits: Vec<u16> = acc.iter().map(|a| a.to_bits()).collect();
+            assert!(
+                bits == want,
+                "{level}: bf16 rounded add differs from the scalar one"
+            );
+        });
     }
 
     #[test]

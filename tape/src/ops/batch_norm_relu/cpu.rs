@@ -7,7 +7,7 @@ use super::super::batch_norm::cpu::{
 use super::super::batch_norm::sync::global_grad_sums;
 use super::super::batch_norm::{host_forward, BnStats};
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
-use crate::backend::cpu::convert::convert_into;
+use crate::backend::cpu::convert::{add_rounded, convert_into};
 use crate::backend::cpu::lanes::{lane_sum2, masked_sums};
 use crate::backend::cpu::map::PAR_MIN;
 use crate::backend::Cpu;
@@ -352,9 +352,7 @@ fn staged_channel<S: Scalar>(
         unsafe { v.set_len(hw) };
         match o {
             PlaneOut::Fresh(o) => convert_into(o, &v),
-            PlaneOut::Add(o) => o.iter_mut().zip(&v).for_each(|(o, &v)| {
-                *o = S::of_f32(o.f32() + S::of_f32(v).f32());
-            }),
+            PlaneOut::Add(o) => add_rounded(o, &v),
         }
     }
     sums

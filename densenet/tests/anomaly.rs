@@ -43,17 +43,7 @@ fn batch(dev: &Device) -> (Tensor, Vec<usize>) {
 
 /// Every parameter's bits, to check that nothing was updated.
 fn bits(model: &DenseNet) -> Vec<Vec<u64>> {
-    model
-        .parameters()
-        .iter()
-        .map(|p| {
-            p.tensor()
-                .to_f64_vec()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        })
-        .collect()
+    tape::testing::parameter_bits(model.parameters())
 }
 
 /// Puts a NaN into element 0 of parameter `index`.

@@ -25,16 +25,7 @@ fn cfg() -> GptConfig {
 }
 
 fn bits(m: &gpt::Gpt) -> Vec<Vec<u64>> {
-    nn::parameters(m)
-        .iter()
-        .map(|p| {
-            p.tensor()
-                .to_f64_vec()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        })
-        .collect()
+    tape::testing::parameter_bits(nn::parameters(m))
 }
 
 #[test]

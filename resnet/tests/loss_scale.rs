@@ -10,16 +10,7 @@ use tape::optim::{LossScaler, LossScalerConfig, Sgd};
 use tape::{DType, Device, Tensor};
 
 fn bits(m: &ResNet) -> Vec<Vec<u64>> {
-    nn::parameters(m)
-        .iter()
-        .map(|p| {
-            p.tensor()
-                .to_f64_vec()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        })
-        .collect()
+    tape::testing::parameter_bits(nn::parameters(m))
 }
 
 fn model(dev: &Device) -> ResNet {

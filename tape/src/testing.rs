@@ -13,6 +13,21 @@
 use crate::ops::{self, RunningStats};
 use crate::{Context, CudaOptions, DType, Device, Result, Tape, Tensor};
 
+/// Every parameter's values as bits (`f64` bits of each element), to check that a step updated
+/// nothing, or that two runs updated the same.
+pub fn parameter_bits<'a>(params: impl IntoIterator<Item = &'a crate::Parameter>) -> Vec<Vec<u64>> {
+    params
+        .into_iter()
+        .map(|p| {
+            p.tensor()
+                .to_f64_vec()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        })
+        .collect()
+}
+
 /// Set to `1` to make a missing GPU fail the tests that want one instead of skipping them.
 pub const EXPECT_GPU_ENV: &str = "TAPE_EXPECT_GPU";
 

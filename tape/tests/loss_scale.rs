@@ -39,16 +39,7 @@ impl Mlp {
     }
 
     fn values(&self) -> Vec<Vec<u64>> {
-        self.params
-            .iter()
-            .map(|p| {
-                p.tensor()
-                    .to_f64_vec()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            })
-            .collect()
+        tape::testing::parameter_bits(&self.params)
     }
 
     /// The tape after forward and the loss: cross entropy of batch `step` times `mult`.

@@ -138,16 +138,7 @@ impl Task for Scaled {
 /// The weights and the momentum buffers, as bits.
 fn bits(t: &Scaled) -> Vec<Vec<u64>> {
     let params = nn::parameters(&t.model);
-    let mut out: Vec<Vec<u64>> = params
-        .iter()
-        .map(|p| {
-            p.tensor()
-                .to_f64_vec()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        })
-        .collect();
+    let mut out = tape::testing::parameter_bits(params.iter().copied());
     for (_, s) in t.opt.state_dict(&params) {
         out.push(s.to_f64_vec().iter().map(|v| v.to_bits()).collect());
     }

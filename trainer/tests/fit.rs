@@ -6,24 +6,12 @@ use std::path::PathBuf;
 use tape::nn::{self, Init, Linear, Module};
 use tape::optim::{Optimizer, Sgd, SgdConfig};
 use tape::{ops, DType, Device, Labels, Tape, Tensor};
-use trainer::anomaly::{AnomalyGuard, GuardError};
+use trainer::anomaly::AnomalyGuard;
 use trainer::{fit, Eval, FitOptions, Queued, RunDir, Schedule, Task, TrainError};
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct TaskError(String);
+mod common;
 
-impl From<tape::Error> for TaskError {
-    fn from(e: tape::Error) -> Self {
-        TaskError(e.to_string())
-    }
-}
-
-impl From<GuardError> for TaskError {
-    fn from(e: GuardError) -> Self {
-        TaskError(e.to_string())
-    }
-}
+use common::{batches, TaskError};
 
 struct Tiny {
     dev: Device,
@@ -57,12 +45,7 @@ fn tiny(seed: u64, classes: usize) -> Tiny {
     let mut init = Init::new(DType::F64, &dev, seed);
     let mut model = Linear::new(4, classes, &mut init).unwrap();
     nn::name_parameters(&mut model);
-    let x = (0..3)
-        .map(|b| Tensor::randn(&[5, 4], DType::F64, &dev, 100 + b).unwrap())
-        .collect();
-    let y = (0..3)
-        .map(|b| (0..5).map(|i| (i + b as usize) % classes).collect())
-        .collect();
+    let (x, y) = batches(DType::F64, &dev, classes);
     let opt = Sgd::new(SgdConfig {
         lr: 0.1,
         momentum: 0.9,

@@ -11,15 +11,9 @@ use trainer::anomaly::AnomalyGuard;
 use trainer::{fit, Eval, FitOptions, Queued, RunDir, ScalerStateError, Schedule, Task};
 use trainer::{LossScalerRecord, TrainError};
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct TaskError(String);
+mod common;
 
-impl From<tape::Error> for TaskError {
-    fn from(e: tape::Error) -> Self {
-        TaskError(e.to_string())
-    }
-}
+use common::{batches, TaskError};
 
 struct Scaled {
     model: Linear,
@@ -40,12 +34,7 @@ fn scaled(seed: u64, scaler: Option<LossScalerConfig>) -> Scaled {
     let mut init = Init::new(DType::F32, &dev, seed);
     let mut model = Linear::new(4, 3, &mut init).unwrap();
     nn::name_parameters(&mut model);
-    let x = (0..3)
-        .map(|b| Tensor::randn(&[5, 4], DType::F32, &dev, 100 + b).unwrap())
-        .collect();
-    let y = (0..3)
-        .map(|b| (0..5).map(|i| (i + b as usize) % 3).collect())
-        .collect();
+    let (x, y) = batches(DType::F32, &dev, 3);
     let opt = Sgd::new(SgdConfig {
         lr: 0.1,
         momentum: 0.9,

@@ -401,10 +401,10 @@ fn backward_parts(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize, usi
         staging = xc.staging_len(elem, g.cout);
     }
     if needs.x && !g.pointwise() {
-        let (c, s) = match (flipped_path(g), Direct::input_grad(g, elem)) {
-            (true, Some(d)) => (d.workspace_len(), 0),
-            (true, None) => (gc.block_len(elem), gc.staging_len(elem, g.cin)),
-            (false, _) => (xc.block_len(elem), xc.staging_len(elem, g.cout)),
+        let (c, s) = match Direct::input_grad(g, elem) {
+            Some(d) => (d.workspace_len(), 0),
+            None if flipped_path(g) => (gc.block_len(elem), gc.staging_len(elem, g.cin)),
+            None => (xc.block_len(elem), xc.staging_len(elem, g.cout)),
         };
         cols = cols.max(c);
         staging = staging.max(s);
@@ -417,8 +417,7 @@ fn backward_parts(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize, usi
 /// [`backward_parts`]; shared: the flipped kernel).
 fn backward_workspace(g: &Geometry, needs: Needs, elem: usize) -> (usize, usize) {
     let (cols, staging, partial) = backward_parts(g, needs, elem);
-    let direct = Direct::input_grad(g, elem).filter(|_| flipped_path(g));
-    let flipped = if let (true, Some(d)) = (needs.x, direct) {
+    let flipped = if let (true, Some(d)) = (needs.x, Direct::input_grad(g, elem)) {
         d.packed_len()
     } else if needs.x && !g.pointwise() && flipped_path(g) {
         g.cin * g.cout * g.kh * g.kw
@@ -727,7 +726,7 @@ fn input_grad_chunk<T: Elem>(
         }
         return;
     }
-    if let (true, Some(d)) = (flipped_path(g), Direct::input_grad(g, elem)) {
+    if let Some(d) = Direct::input_grad(g, elem) {
         for (idx, i) in (first..first + count).enumerate() {
             let gxi = as_f32_out(&mut gx[idx * xs..(idx + 1) * xs]);
             d.image(
@@ -819,8 +818,7 @@ fn backward<T: Elem>(
     let elem = std::mem::size_of::<T>();
     let chunks = chunk_ranges(g);
     let single = groups <= 1;
-    let direct = Direct::input_grad(g, elem).filter(|_| flipped_path(g));
-    if let (true, Some(d)) = (needs.x, direct) {
+    if let (true, Some(d)) = (needs.x, Direct::input_grad(g, elem)) {
         d.pack_flipped(as_f32(w), as_f32_mut(flip));
     } else if needs.x && flipped_path(g) && !g.pointwise() {
         // W'[ci][co][i][j] = W[co][ci][kh-1-i][kw-1-j]

@@ -50,14 +50,18 @@ impl Direct {
         })
     }
 
-    /// The direct input gradient of `g`, when it takes `g`'s forward: a convolution of the
-    /// output gradient (`cout` channels) with the flipped kernel to `cin` channels.
+    /// The direct input gradient of `g`, when it takes `g`'s forward and `g` has fewer output
+    /// than input channels (the CPU kernel's flipped path, whose flipped kernel it reads): a
+    /// convolution of the output gradient (`cout` channels) with the flipped kernel to `cin`.
     pub(super) fn input_grad(g: &Geometry, elem: usize) -> Option<Direct> {
-        Self::forward(g, elem).map(|d| Direct {
-            cin: d.cout,
-            cout: d.cin,
-            ..d
-        })
+        let fewer_out = g.cout < g.cin;
+        Self::forward(g, elem)
+            .filter(|_| fewer_out)
+            .map(|d| Direct {
+                cin: d.cout,
+                cout: d.cin,
+                ..d
+            })
     }
 
     fn w2(&self) -> usize {

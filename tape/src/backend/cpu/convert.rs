@@ -3,7 +3,7 @@
 //! every bf16 op, run as branch-free integer arithmetic compiled for the widest SIMD level
 //! (the same bits as the `half` crate's scalar conversions, at every level).
 
-use crate::backend::cpu::map::{written_vec, PAR_MIN};
+use crate::backend::cpu::map::{as_dtype, as_dtype_mut, as_dtype_slots, written_vec, PAR_MIN};
 use crate::dtype::{bf16, DType, Scalar};
 use crate::simd::widest_simd;
 use rayon::prelude::*;
@@ -36,8 +36,16 @@ pub(crate) fn convert_par<S: Scalar, D: Scalar>(out: &mut [MaybeUninit<D>], src:
 pub(crate) fn convert_into<S: Scalar, D: Scalar>(out: &mut [MaybeUninit<D>], src: &[S]) {
     match (S::DTYPE, D::DTYPE) {
         // SAFETY (both arms): the dtypes say `S` and `D` are exactly these types.
-        (DType::BF16, DType::F32) => unsafe { return widen_bf16(retype_mut(out), retype(src)) },
-        (DType::F32, DType::BF16) => unsafe { return narrow_bf16(retype_mut(out), retype(src)) },
+        (DType::BF16, DType::F32) => {
+            if let (Some(o), Some(s)) = (as_dtype_slots(out), as_dtype(src)) {
+                return widen_bf16(o, s);
+            }
+        }
+        (DType::F32, DType::BF16) => {
+            if let (Some(o), Some(s)) = (as_dtype_slots(out), as_dtype(src)) {
+                return narrow_bf16(o, s);
+            }
+        }
         _ => {}
     }
     let wide = S::DTYPE == DType::F64 || D::DTYPE == DType::F64;
@@ -48,24 +56,6 @@ pub(crate) fn convert_into<S: Scalar, D: Scalar>(out: &mut [MaybeUninit<D>], src
             D::of_f32(v.f32())
         });
     }
-}
-
-/// `s` as a slice of `B`.
-///
-/// # Safety
-/// `A` and `B` must be the same type.
-unsafe fn retype<A, B>(s: &[A]) -> &[B] {
-    debug_assert_eq!(std::mem::size_of::<A>(), std::mem::size_of::<B>());
-    std::slice::from_raw_parts(s.as_ptr().cast(), s.len())
-}
-
-/// [`retype`] of a mutable slice.
-///
-/// # Safety
-/// As [`retype`].
-unsafe fn retype_mut<A, B>(s: &mut [A]) -> &mut [B] {
-    debug_assert_eq!(std::mem::size_of::<A>(), std::mem::size_of::<B>());
-    std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len())
 }
 
 /// The bits of a `bf16` as an `f32`'s: exact; a NaN made quiet, as `bf16::to_f32` makes it.
@@ -119,9 +109,8 @@ fn narrow_bf16_body(out: &mut [MaybeUninit<bf16>], src: &[f32]) {
 /// adding the rounded `f32` value `v[i]` into a 16-bit gradient computes (each operand widened
 /// exactly, the sum taken in `f32`, rounded once). Vectorised for bf16.
 pub(crate) fn add_rounded<S: Scalar>(acc: &mut [S], v: &[f32]) {
-    if S::DTYPE == DType::BF16 {
-        // SAFETY: the dtype says `S` is `bf16`.
-        return add_rounded_bf16(unsafe { retype_mut(acc) }, v);
+    if let Some(acc) = as_dtype_mut(acc) {
+        return add_rounded_bf16(acc, v);
     }
     for (a, &v) in acc.iter_mut().zip(v) {
         *a = S::of_f32(a.f32() + S::of_f32(v).f32());

@@ -146,10 +146,7 @@ pub(crate) fn masked_sums<T: Elem>(g: &[T], y: &[T], x: &[T], mean: f64) -> (f64
 /// The elements of an `f32` slice seen as `f32`, when `T` is `f32`.
 #[cfg(target_arch = "x86_64")]
 fn as_f32<T: Elem>(xs: &[T]) -> Option<&[f32]> {
-    (T::DTYPE == crate::dtype::DType::F32).then(|| {
-        // SAFETY: `Elem` is sealed and `T::DTYPE == F32` only for `f32`, so `xs` is a `[f32]`.
-        unsafe { std::slice::from_raw_parts(xs.as_ptr() as *const f32, xs.len()) }
-    })
+    super::map::as_dtype(xs)
 }
 
 /// The masked sums in x86-64 vector registers. Each accumulates exactly as the portable code's

@@ -1,6 +1,6 @@
 //! Element-wise maps of the CPU kernels: parallel over elements for large buffers.
 
-use crate::dtype::Elem;
+use crate::dtype::{Elem, Scalar};
 use crate::error::Result;
 use crate::simd::widest_simd;
 use crate::tensor::Tensor;
@@ -119,6 +119,38 @@ pub(crate) fn write_fill<T: Copy>(dst: &mut [MaybeUninit<T>], value: T) -> &mut 
     });
     // SAFETY: every slot was just written.
     unsafe { assume_init_mut(dst) }
+}
+
+/// Initialised elements as slots to overwrite (with initialised values only: the result must not
+/// be used to un-initialise them).
+pub(crate) fn as_slots<T: Copy>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and only initialised values (of a `Copy` type,
+    // nothing to drop) are written through the result.
+    unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
+}
+
+/// `s` as a slice of `B` when `A` and `B` are the same dtype (`Scalar` is sealed, one type per
+/// dtype: so the same type), else `None`.
+pub(crate) fn as_dtype<A: Scalar, B: Scalar>(s: &[A]) -> Option<&[B]> {
+    // SAFETY: equal dtypes mean `A` and `B` are one type.
+    (A::DTYPE == B::DTYPE)
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
+}
+
+/// [`as_dtype`] of a mutable slice.
+pub(crate) fn as_dtype_mut<A: Scalar, B: Scalar>(s: &mut [A]) -> Option<&mut [B]> {
+    // SAFETY: as in `as_dtype`.
+    (A::DTYPE == B::DTYPE)
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) })
+}
+
+/// [`as_dtype`] of slots.
+pub(crate) fn as_dtype_slots<A: Scalar, B: Scalar>(
+    s: &mut [MaybeUninit<A>],
+) -> Option<&mut [MaybeUninit<B>]> {
+    // SAFETY: as in `as_dtype`.
+    (A::DTYPE == B::DTYPE)
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) })
 }
 
 /// Initialised slots as elements.

@@ -2,11 +2,11 @@
 
 use super::{check_range, CastKernels};
 use crate::backend::cpu::convert::{convert_par, converted};
+use crate::backend::cpu::map::as_slots;
 use crate::backend::Cpu;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::tensor::{numel_of, Tensor};
-use std::mem::MaybeUninit;
 
 impl CastKernels for Cpu {
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
@@ -35,9 +35,7 @@ impl CastKernels for Cpu {
         check_range(start, src.numel(), dst.numel())?;
         dispatch_scalar!(src.dtype(), S => dispatch_scalar!(dst.dtype(), D => {
             let out = &mut dst.make_mut::<D>()?[start..start + src.numel()];
-            // SAFETY: `MaybeUninit<D>` has `D`'s layout; every slot is written with a valid `D`.
-            let out = unsafe { &mut *(out as *mut [D] as *mut [MaybeUninit<D>]) };
-            convert_par(out, src.as_slice::<S>()?);
+            convert_par(as_slots(out), src.as_slice::<S>()?);
             Ok(())
         }))
     }

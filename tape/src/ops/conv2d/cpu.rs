@@ -18,9 +18,12 @@
 use super::direct::Direct;
 use super::{Conv2dGrads, Conv2dKernels, Conv2dPass, Geometry};
 use crate::backend::cpu::gemm::{gemm, gemm_ld, gemm_ld_uninit, Dst, Mat};
-use crate::backend::cpu::map::{assume_init_mut, write_fill, written_vec, PAR_MIN};
+use crate::backend::cpu::map::{
+    as_dtype, as_dtype_mut, as_dtype_slots, as_slots, assume_init_mut, write_fill, written_vec,
+    PAR_MIN,
+};
 use crate::backend::Cpu;
-use crate::dtype::{DType, Elem};
+use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -459,25 +462,22 @@ impl<'a, T> GradOut<'a, T> {
     }
 }
 
-/// `s` as `f32`s: the direct kernel's operands, which [`Direct`] takes only when `T` is `f32`.
+/// Why [`as_f32`] and its variants cannot fail: [`Direct`] takes only `f32` convolutions.
+const F32_ONLY: &str = "the direct convolution runs in f32";
+
+/// `s` as `f32`s: the direct kernel's operands.
 fn as_f32<T: Elem>(s: &[T]) -> &[f32] {
-    assert_eq!(T::DTYPE, DType::F32, "the direct convolution runs in f32");
-    // SAFETY: `T` is `f32` (checked above).
-    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+    as_dtype(s).expect(F32_ONLY)
 }
 
 /// [`as_f32`] of a mutable slice.
 fn as_f32_mut<T: Elem>(s: &mut [T]) -> &mut [f32] {
-    assert_eq!(T::DTYPE, DType::F32, "the direct convolution runs in f32");
-    // SAFETY: `T` is `f32` (checked above).
-    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
+    as_dtype_mut(s).expect(F32_ONLY)
 }
 
 /// [`as_f32`] of output slots.
 fn as_f32_out<T: Elem>(s: &mut [MaybeUninit<T>]) -> &mut [MaybeUninit<f32>] {
-    assert_eq!(T::DTYPE, DType::F32, "the direct convolution runs in f32");
-    // SAFETY: `T` is `f32` (checked above).
-    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
+    as_dtype_slots(s).expect(F32_ONLY)
 }
 
 /// `n` consecutive slices of `len` elements of `out` (empty ones when `len` is 0).
@@ -486,13 +486,6 @@ fn image_slices<T>(out: &mut [T], len: usize, n: usize) -> Vec<&mut [T]> {
         0 => (0..n).map(|_| Default::default()).collect(),
         _ => out.chunks_exact_mut(len).take(n).collect(),
     }
-}
-
-/// Initialised elements as slots to overwrite.
-fn uninit<T: Copy>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
-    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and only initialised values (of a `Copy` type,
-    // nothing to drop) are written through the result.
-    unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
 /// `(first image, image count)` of each of `groups` thread groups, splitting the batch evenly.
@@ -998,7 +991,7 @@ impl Conv2dKernels for Cpu {
             let images = dst
                 .make_mut::<T>()?
                 .chunks_exact_mut(wide.max(1))
-                .map(|image| uninit(&mut image[at..at + os]))
+                .map(|image| as_slots(&mut image[at..at + os]))
                 .collect();
             call.run(geo, images);
         });

@@ -13,7 +13,7 @@
 //! while running (for comparisons and tests).
 
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// A CPU instruction-set level of the element-wise and reduction kernels, narrowest first.
@@ -151,6 +151,69 @@ pub fn for_each_supported_level<R>(mut f: impl FnMut(SimdLevel) -> R) -> Vec<(Si
         .collect();
     LEVEL.store(restore as u8 + 1, Ordering::Relaxed);
     runs
+}
+
+/// Whether 16-bit (bf16) matrix products run on this CPU's matrix units (Intel AMX: tiles of
+/// bf16 pairs summed into `f32`): the CPU has them (AMX-BF16 with AVX-512), the OS granted
+/// this process their state, `TAPE_CPU_AMX=0` did not switch them off and
+/// [`set_bf16_matrix_units`] did not either. Without them the products of a bf16 policy run on
+/// the `f32` kernels, with the same values but other bits (the sums' order differs).
+pub fn bf16_matrix_units() -> bool {
+    amx_present() && amx_switch().load(Ordering::Relaxed)
+}
+
+/// Lets bf16 matrix products use the matrix units (when present) or not, from now on and in
+/// every thread; returns whether they were in use. For comparisons and tests.
+pub fn set_bf16_matrix_units(on: bool) -> bool {
+    let was = bf16_matrix_units();
+    amx_switch().store(on, Ordering::Relaxed);
+    was
+}
+
+fn amx_switch() -> &'static AtomicBool {
+    static SWITCH: OnceLock<AtomicBool> = OnceLock::new();
+    SWITCH.get_or_init(|| {
+        let off = std::env::var("TAPE_CPU_AMX").is_ok_and(|v| v.trim() == "0");
+        AtomicBool::new(!off)
+    })
+}
+
+/// Whether this CPU has AMX-BF16 tiles (and AVX-512 F and BW, which packing for them uses)
+/// and the OS granted this process their state (checked once).
+fn amx_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(detect_amx)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect_amx() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE (the detection macro has no
+    // stable names for them). Leaf 7 exists on every CPU with AVX-512 F, checked first.
+    let amx = has!("avx512f") && {
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+    };
+    if !(amx && has!("avx512bw")) {
+        return false;
+    }
+    // Linux hands out the tile data state on request only (arch_prctl ARCH_REQ_XCOMP_PERM for
+    // XFEATURE_XTILEDATA), for the whole process.
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: the request reads no memory of ours; failure is reported as a negative result.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect_amx() -> bool {
+    false
 }
 
 /// Defines a kernel function that runs its body compiled for the widest [`SimdLevel`] in force.

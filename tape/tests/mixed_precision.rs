@@ -184,42 +184,143 @@ fn sums_accumulate_in_f32() {
     }
 }
 
-#[test]
-fn weighted_ops_in_16_bit_are_the_f32_results_rounded_once() {
-    let opts = Conv2dOptions {
+/// The CPU's bf16 matrix units are switched process-wide: the tests that switch them hold this.
+static MATRIX_UNITS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` with the bf16 matrix units (where the CPU has them) switched `on`.
+fn with_matrix_units<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let _held = MATRIX_UNITS.lock().unwrap_or_else(|e| e.into_inner());
+    let was = tape::simd::set_bf16_matrix_units(on);
+    let r = f();
+    tape::simd::set_bf16_matrix_units(was);
+    r
+}
+
+/// The convolutions the weighted-op tests run: (name, input shapes, op, the longest sum of
+/// products behind any output or gradient element).
+#[allow(clippy::type_complexity)]
+fn weighted_cases() -> Vec<(
+    &'static str,
+    Vec<Vec<usize>>,
+    Box<dyn Fn(&mut Tape, &[Tensor]) -> Tensor>,
+    usize,
+)> {
+    let pad1 = Conv2dOptions {
         stride: 1,
         padding: 1,
     };
-    check_op("conv2d", &[&[2, 3, 6, 6], &[4, 3, 3, 3], &[4]], |t, x| {
-        ops::conv2d(t, &x[0], &x[1], Some(&x[2]), opts).unwrap()
-    });
-    check_op("conv2d 1x1", &[&[2, 5, 4, 4], &[3, 5, 1, 1]], |t, x| {
-        ops::conv2d(t, &x[0], &x[1], None, Conv2dOptions::default()).unwrap()
-    });
-    // 11 images of 32x32: a 16-bit convolution runs 8 images at a time (8 + 3). Its weight
-    // gradient adds the two chunks' f32 sums, an order that differs from the f32 kernel's
-    // image-by-image sum by f32 rounding (2^-24 relative per addition); rounded to 16 bits the
-    // two agree unless a sum lies that close to a 16-bit rounding boundary, which none of
-    // these seeds' sums does.
     let strided = Conv2dOptions {
         stride: 2,
         padding: 1,
     };
-    check_op(
-        "conv2d 3x3, 11 images",
-        &[&[11, 2, 32, 32], &[3, 2, 3, 3]],
-        |t, x| ops::conv2d(t, &x[0], &x[1], None, strided).unwrap(),
-    );
-    check_op(
-        "conv2d 1x1, 11 images",
-        &[&[11, 3, 32, 32], &[2, 3, 1, 1]],
-        |t, x| ops::conv2d(t, &x[0], &x[1], None, Conv2dOptions::default()).unwrap(),
-    );
+    vec![
+        (
+            "conv2d",
+            vec![vec![2, 3, 6, 6], vec![4, 3, 3, 3], vec![4]],
+            Box::new(move |t, x| ops::conv2d(t, &x[0], &x[1], Some(&x[2]), pad1).unwrap()),
+            2 * 36,
+        ),
+        (
+            "conv2d 1x1",
+            vec![vec![2, 5, 4, 4], vec![3, 5, 1, 1]],
+            Box::new(|t, x| ops::conv2d(t, &x[0], &x[1], None, Conv2dOptions::default()).unwrap()),
+            2 * 16,
+        ),
+        // 11 images of 32x32: a 16-bit convolution runs 8 images at a time (8 + 3).
+        (
+            "conv2d 3x3, 11 images",
+            vec![vec![11, 2, 32, 32], vec![3, 2, 3, 3]],
+            Box::new(move |t, x| ops::conv2d(t, &x[0], &x[1], None, strided).unwrap()),
+            11 * 16 * 16,
+        ),
+        (
+            "conv2d 1x1, 11 images",
+            vec![vec![11, 3, 32, 32], vec![2, 3, 1, 1]],
+            Box::new(|t, x| ops::conv2d(t, &x[0], &x[1], None, Conv2dOptions::default()).unwrap()),
+            11 * 32 * 32,
+        ),
+    ]
+}
+
+#[test]
+fn weighted_ops_in_16_bit_are_the_f32_results_rounded_once() {
+    // On the f32 kernels (matrix units off). A 16-bit convolution's weight gradient adds its
+    // chunks' f32 sums, an order that differs from the f32 kernel's image-by-image sum by f32
+    // rounding (2^-24 relative per addition); rounded to 16 bits the two agree unless a sum
+    // lies that close to a 16-bit rounding boundary, which none of these seeds' sums does.
+    with_matrix_units(false, || {
+        for (name, shapes, f, _) in weighted_cases() {
+            let shapes: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
+            check_op(name, &shapes, f);
+        }
+    });
     check_op("linear", &[&[5, 7], &[3, 7], &[3]], |t, x| {
         ops::linear(t, &x[0], &x[1], Some(&x[2])).unwrap()
     });
     check_op("matmul", &[&[2, 4, 5], &[2, 5, 3]], |t, x| {
         ops::matmul(t, &x[0], &x[1]).unwrap()
+    });
+}
+
+/// On the bf16 matrix units a convolution's f32 sums run in another order than the f32
+/// kernel's, so its bf16 result is the f32 result rounded once only up to that order. The
+/// bound: both orders are within `gamma_K * S` of the exact sum (`S` the sum of the products'
+/// magnitudes, `K` terms, `gamma_K = K u32 / (1 - K u32)`), so they differ by at most
+/// `d = 2 gamma_K S`, and rounding to bf16 adds `u |y|`: `|y16 - y32| <= u |y32| + (1 + u) d`.
+/// `S` comes from the same op on the inputs' magnitudes (its f32 rounding is far below `d`).
+#[test]
+fn weighted_ops_on_bf16_matrix_units_are_within_f32_sum_order_of_the_f32_results() {
+    if !tape::simd::bf16_matrix_units() {
+        eprintln!("skipped: this CPU (or OS) gives no bf16 matrix units (AMX)");
+        return;
+    }
+    let low = DType::BF16;
+    let abs = |t: &Tensor| {
+        let v: Vec<f64> = t.to_f64_vec().iter().map(|v| v.abs()).collect();
+        Tensor::from_f64(&v, t.shape(), DType::F32, &cpu()).unwrap()
+    };
+    with_matrix_units(true, || {
+        for (name, shapes, f, terms) in weighted_cases() {
+            let (mut xs32, mut xs16, mut mags) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, s) in shapes.iter().enumerate() {
+                let (a, b) = pair(s, low, 7 + i as u64);
+                mags.push(abs(&a).with_requires_grad(true));
+                xs32.push(a.with_requires_grad(true));
+                xs16.push(b.with_requires_grad(true));
+            }
+            let (mut t32, mut t16, mut tm) =
+                (Tape::recording(), Tape::recording(), Tape::recording());
+            let (y32, y16, ym) = (f(&mut t32, &xs32), f(&mut t16, &xs16), f(&mut tm, &mags));
+            let (g32, g16) = pair(y32.shape(), low, 99);
+            let gm = abs(&g32);
+            let gamma = terms as f64 * DType::F32.unit_roundoff();
+            let gamma = gamma / (1.0 - gamma);
+            let u = low.unit_roundoff();
+            let check = |what: String, got: &Tensor, want: &Tensor, mag: &Tensor| {
+                let (g, w, m) = (got.to_f64_vec(), want.to_f64_vec(), mag.to_f64_vec());
+                for i in 0..g.len() {
+                    let bound = u * w[i].abs() + (1.0 + u) * 2.0 * gamma * m[i];
+                    assert!(
+                        (g[i] - w[i]).abs() <= bound,
+                        "{what}[{i}]: {} vs f32 {} (bound {bound:e})",
+                        g[i],
+                        w[i]
+                    );
+                }
+            };
+            check(format!("{name} output"), &y16, &y32, &ym);
+            let grads32 = t32.backward_from(&y32, g32).unwrap();
+            let grads16 = t16.backward_from(&y16, g16).unwrap();
+            let gradsm = tm.backward_from(&ym, gm).unwrap();
+            for (i, ((a, b), m)) in xs32.iter().zip(&xs16).zip(&mags).enumerate() {
+                let (ga, gb, gm) = (
+                    grads32.get(a).unwrap(),
+                    grads16.get(b).unwrap(),
+                    gradsm.get(m).unwrap(),
+                );
+                check(format!("{name} grad {i}"), gb, ga, gm);
+            }
+        }
     });
 }
 

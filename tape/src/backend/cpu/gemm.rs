@@ -1,5 +1,6 @@
 //! The safe GEMM wrapper over the `gemm` crate that the CPU kernels of `linear` and `conv2d` share.
 
+use super::map::as_dtype;
 use crate::dtype::Elem;
 use gemm::Parallelism;
 use std::mem::MaybeUninit;
@@ -70,8 +71,29 @@ impl<'s, T> Mat<'s, T> {
     }
 }
 
+/// How a GEMM runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Run {
+    /// Split over the thread pool when big enough (callers already inside a parallel loop say
+    /// no).
+    pub(crate) parallel: bool,
+    /// Both operands hold bf16 values (`f32` copies of bf16 tensors), so that an `f32` product
+    /// may run on the CPU's bf16 matrix units (`amx`) with `f32` sums.
+    pub(crate) bf16: bool,
+}
+
+impl Run {
+    /// A GEMM of any `f32`/`f64` values, split over threads when `parallel`.
+    pub(crate) fn new(parallel: bool) -> Self {
+        Run {
+            parallel,
+            bf16: false,
+        }
+    }
+}
+
 /// Whether a GEMM of `m x n x k` is worth splitting over threads (callers already inside a
-/// parallel loop pass `false` to `gemm` instead).
+/// parallel loop pass a [`Run`] that is not `parallel` instead).
 pub(crate) fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
     m.saturating_mul(n).saturating_mul(k) >= PAR_MIN_MACS
 }
@@ -85,9 +107,9 @@ pub(crate) fn gemm<T: Elem>(
     b: Mat<'_, T>,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
-    parallel: bool,
+    run: Run,
 ) {
-    gemm_ld(dst, n, a, b, (m, n, k), accumulate, parallel);
+    gemm_ld(dst, n, a, b, (m, n, k), accumulate, run);
 }
 
 /// [`gemm`] into a block of a wider matrix whose rows are `dst_ld` elements apart.
@@ -98,7 +120,7 @@ pub(crate) fn gemm_ld<T: Elem>(
     b: Mat<'_, T>,
     dims: (usize, usize, usize),
     accumulate: bool,
-    parallel: bool,
+    run: Run,
 ) {
     let dst_fits = Mat::n(&*dst).ld(dst_ld).fits(dims.0, dims.1);
     // SAFETY: `dst` is initialised, fits the `m x n` block (checked) and is borrowed mutably.
@@ -111,7 +133,7 @@ pub(crate) fn gemm_ld<T: Elem>(
             b,
             dims,
             accumulate,
-            parallel,
+            run,
         )
     }
 }
@@ -124,7 +146,7 @@ pub(crate) fn gemm_ld_uninit<T: Elem>(
     a: Mat<'_, T>,
     b: Mat<'_, T>,
     dims: (usize, usize, usize),
-    parallel: bool,
+    run: Run,
 ) {
     let (m, n) = (dims.0, dims.1);
     let dst_fits = dst_ld >= n && (m == 0 || n == 0 || dst.len() >= (m - 1) * dst_ld + n);
@@ -139,7 +161,7 @@ pub(crate) fn gemm_ld_uninit<T: Elem>(
             b,
             dims,
             false,
-            parallel,
+            run,
         )
     }
 }
@@ -162,11 +184,11 @@ impl<T: Elem> Dst<'_, T> {
         a: Mat<'_, T>,
         b: Mat<'_, T>,
         dims: (usize, usize, usize),
-        parallel: bool,
+        run: Run,
     ) {
         match self {
-            Dst::Add(d) => gemm_ld(&mut d[at..], ld, a, b, dims, true, parallel),
-            Dst::Write(d) => gemm_ld_uninit(&mut d[at..], ld, a, b, dims, parallel),
+            Dst::Add(d) => gemm_ld(&mut d[at..], ld, a, b, dims, true, run),
+            Dst::Write(d) => gemm_ld_uninit(&mut d[at..], ld, a, b, dims, run),
         }
     }
 }
@@ -185,7 +207,7 @@ unsafe fn gemm_raw<T: Elem>(
     b: Mat<'_, T>,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
-    parallel: bool,
+    run: Run,
 ) {
     assert!(
         dst_fits && a.fits(m, k) && b.fits(k, n),
@@ -205,7 +227,23 @@ unsafe fn gemm_raw<T: Elem>(
     }
     let (a_rs, a_cs) = a.strides(m, k);
     let (b_rs, b_cs) = b.strides(k, n);
-    let par = if parallel && worth_parallel(m, n, k) {
+    let parallel = run.parallel && worth_parallel(m, n, k);
+    #[cfg(target_arch = "x86_64")]
+    if run.bf16 && crate::simd::bf16_matrix_units() {
+        if let (Some(ad), Some(bd)) = (as_dtype::<T, f32>(a.data), as_dtype::<T, f32>(b.data)) {
+            let strided = |data, (rs, cs): (isize, isize)| super::amx::Strided {
+                data,
+                rs: rs as usize,
+                cs: cs as usize,
+            };
+            let (a, b) = (strided(ad, (a_rs, a_cs)), strided(bd, (b_rs, b_cs)));
+            // SAFETY: the tiles are enabled (so available); the operands were checked to fit
+            // their strides above and the caller vouches for `dst`, an f32 block as `T` is f32.
+            let dst = dst.cast::<f32>();
+            return unsafe { super::amx::gemm(dst, dst_ld, a, b, (m, n, k), accumulate, parallel) };
+        }
+    }
+    let par = if parallel {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None

@@ -1,5 +1,5 @@
 //! CPU kernels of `conv2d`. Forward splits the batch into one contiguous group of images per
-//! thread; a thread runs single-threaded GEMMs image by image with its own column buffer.
+//! thread; a thread runs run-threaded GEMMs image by image with its own column buffer.
 //! Backward cuts the batch into work chunks of a fixed number of images (set by the geometry
 //! alone, [`chunk_images`]) and runs them in waves of one chunk per thread group; each chunk sums
 //! its weight gradient over its images into a partial, and the partials are added in chunk order,
@@ -16,8 +16,11 @@
 //!   `gcol (K x P) = W^T * gout` scattered back by col2im.
 
 use super::direct::Direct;
+#[cfg(target_arch = "x86_64")]
+use super::tiles;
+use super::tiles::on_tiles;
 use super::{Conv2dGrads, Conv2dKernels, Conv2dPass, Geometry};
-use crate::backend::cpu::gemm::{gemm, gemm_ld, gemm_ld_uninit, Dst, Mat};
+use crate::backend::cpu::gemm::{gemm, gemm_ld, gemm_ld_uninit, Dst, Mat, Run};
 use crate::backend::cpu::map::{
     as_dtype, as_dtype_mut, as_dtype_slots, as_slots, assume_init_mut, write_fill, written_vec,
     PAR_MIN,
@@ -315,7 +318,7 @@ impl Cols {
 /// images of a forward, the work chunks of a backward): at most one per rayon thread and one per
 /// job, and no more than the fewest rounds of one job per thread need. Callers size the
 /// workspaces and run the kernel with one value.
-fn groups(jobs: usize) -> usize {
+pub(super) fn groups(jobs: usize) -> usize {
     let rounds = jobs.div_ceil(rayon::current_num_threads().clamp(1, jobs.max(1)));
     jobs.div_ceil(rounds.max(1))
 }
@@ -510,7 +513,10 @@ fn forward<T: Elem>(
 ) {
     let elem = std::mem::size_of::<T>();
     let units = forward_units(g, elem);
-    let single = groups <= 1;
+    let run = Run {
+        parallel: groups <= 1,
+        bf16: g.bf16_values,
+    };
     let cols = Cols::from_geo(g);
     let direct = Direct::forward(g, elem);
     let col_len = if g.pointwise() || direct.is_some() {
@@ -547,14 +553,14 @@ fn forward<T: Elem>(
             }
             if g.pointwise() {
                 for (i, o) in (first..first + count).zip(out) {
-                    forward_pointwise(g, ops, i, o, single);
+                    forward_pointwise(g, ops, i, o, run);
                 }
                 return;
             }
             let (col, staging) = ws.split_at_mut(col_len);
             for blk in cols.blocks(elem, (first, count)) {
                 let out = &mut out[blk.first - first..];
-                forward_block(g, &cols, blk, ops, out, (col, &mut *staging), single);
+                forward_block(g, &cols, blk, ops, out, (col, &mut *staging), run);
             }
         });
 }
@@ -565,7 +571,7 @@ fn forward_pointwise<T: Elem>(
     (x, w, bias): Operands<'_, T>,
     i: usize,
     o: &mut [MaybeUninit<T>],
-    single: bool,
+    run: Run,
 ) {
     let (xs, p) = (g.cin * g.h * g.w, g.p());
     let xi = &x[i * xs..(i + 1) * xs];
@@ -579,7 +585,7 @@ fn forward_pointwise<T: Elem>(
         }
         None => Dst::Write(o),
     };
-    o.gemm_at(0, p, Mat::n(w), Mat::n(xi), (g.cout, p, g.k()), single);
+    o.gemm_at(0, p, Mat::n(w), Mat::n(xi), (g.cout, p, g.k()), run);
 }
 
 /// One column block of the forward into `out` (the images from the block's first): rows of one
@@ -591,7 +597,7 @@ fn forward_block<T: Elem>(
     (x, w, bias): Operands<'_, T>,
     out: &mut [&mut [MaybeUninit<T>]],
     (col, staging): (&mut [T], &mut [T]),
-    single: bool,
+    run: Run,
 ) {
     let (xs, p, k, wo) = (g.cin * g.h * g.w, g.p(), g.k(), g.wout);
     let (nb, per) = (blk.cols(wo), blk.image_cols(wo));
@@ -603,7 +609,7 @@ fn forward_block<T: Elem>(
     if blk.images == 1 {
         let (o, at) = (&mut *out[0], blk.y0 * wo);
         let Some(bias) = bias else {
-            return gemm_ld_uninit(&mut o[at..], p, a, b, dims, single);
+            return gemm_ld_uninit(&mut o[at..], p, a, b, dims, run);
         };
         if blk.y0 == 0 {
             for (row, &bv) in o.chunks_exact_mut(p.max(1)).zip(bias) {
@@ -613,9 +619,9 @@ fn forward_block<T: Elem>(
         // SAFETY: every row was filled with the bias at the image's first block (y0 = 0), which
         // this job ran before this one.
         let o = unsafe { assume_init_mut(o) };
-        return gemm_ld(&mut o[at..], p, a, b, dims, true, single);
+        return gemm_ld(&mut o[at..], p, a, b, dims, true, run);
     }
-    gemm(staging, a, b, dims, false, single);
+    gemm(staging, a, b, dims, false, run);
     for (j, o) in out[..blk.images].iter_mut().enumerate() {
         for (co, row) in o.chunks_exact_mut(p.max(1)).enumerate() {
             let src = &staging[co * nb + j * p..][..p];
@@ -654,7 +660,7 @@ fn weight_grad_chunk<T: Elem>(
     gout: GradOut<'_, T>,
     x: &[T],
     (col, staging, partial): Buffers<'_, T>,
-    single: bool,
+    run: Run,
 ) {
     let (xs, os, p, k, wo) = (g.cin * g.h * g.w, g.cout * g.p(), g.p(), g.k(), g.wout);
     if g.pointwise() {
@@ -666,7 +672,7 @@ fn weight_grad_chunk<T: Elem>(
                 Mat::t(go),
                 (k, g.cout, p),
                 idx > 0,
-                single,
+                run,
             );
         }
         return;
@@ -693,7 +699,7 @@ fn weight_grad_chunk<T: Elem>(
             Mat::t(&staging[..g.cout * nb])
         };
         let a = Mat::n(&col[..k * nb]);
-        gemm(partial, a, gt, (k, g.cout, nb), b > 0, single);
+        gemm(partial, a, gt, (k, g.cout, nb), b > 0, run);
     }
 }
 
@@ -708,14 +714,14 @@ fn input_grad_chunk<T: Elem>(
     flip: &[T],
     gx: &mut [MaybeUninit<T>],
     (col, staging): (&mut [T], &mut [T]),
-    single: bool,
+    run: Run,
 ) {
     let (xs, os, p, hw) = (g.cin * g.h * g.w, g.cout * g.p(), g.p(), g.h * g.w);
     let elem = std::mem::size_of::<T>();
     if g.pointwise() {
         for (idx, i) in (first..first + count).enumerate() {
             let (gxi, dims) = (&mut gx[idx * xs..(idx + 1) * xs], (g.cin, p, g.cout));
-            gemm_ld_uninit(gxi, p, Mat::t(w), Mat::n(gout.image(i, os)), dims, single);
+            gemm_ld_uninit(gxi, p, Mat::t(w), Mat::n(gout.image(i, os)), dims, run);
         }
         return;
     }
@@ -744,10 +750,10 @@ fn input_grad_chunk<T: Elem>(
             let at = (blk.first - first) * xs;
             if blk.images == 1 {
                 let gxi = &mut gx[at + blk.y0 * g.w..at + xs];
-                gemm_ld_uninit(gxi, hw, a, b, dims, single);
+                gemm_ld_uninit(gxi, hw, a, b, dims, run);
                 continue;
             }
-            gemm(staging, a, b, dims, false, single);
+            gemm(staging, a, b, dims, false, run);
             for (j, gxi) in gx[at..at + blk.images * xs]
                 .chunks_exact_mut(xs)
                 .enumerate()
@@ -775,7 +781,7 @@ fn input_grad_chunk<T: Elem>(
             go,
             (k, nb, g.cout),
             false,
-            single,
+            run,
         );
         for (j, i) in blk.range().enumerate() {
             let gxi = &mut gx[(i - first) * xs..][..xs];
@@ -810,7 +816,10 @@ fn backward<T: Elem>(
     let (xs, k) = (g.cin * g.h * g.w, g.k());
     let elem = std::mem::size_of::<T>();
     let chunks = chunk_ranges(g);
-    let single = groups <= 1;
+    let run = Run {
+        parallel: groups <= 1,
+        bf16: g.bf16_values,
+    };
     if let (true, Some(d)) = (needs.x, Direct::input_grad(g, elem)) {
         d.pack_flipped(as_f32(w), as_f32_mut(flip));
     } else if needs.x && flipped_path(g) && !g.pointwise() {
@@ -846,10 +855,10 @@ fn backward<T: Elem>(
                 let (staging, partial) = rest.split_at_mut(staging_len);
                 if needs.w {
                     let bufs = (&mut *col, &mut *staging, partial);
-                    weight_grad_chunk(g, chunk, gout, x, bufs, single);
+                    weight_grad_chunk(g, chunk, gout, x, bufs, run);
                 }
                 if needs.x {
-                    input_grad_chunk(g, chunk, gout, w, flip, gx, (col, staging), single);
+                    input_grad_chunk(g, chunk, gout, w, flip, gx, (col, staging), run);
                 }
             });
             if needs.w {
@@ -963,6 +972,10 @@ impl Conv2dKernels for Cpu {
         weight: &Tensor,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if on_tiles(geo, x.dtype()) {
+            return tiles::forward(geo, x, weight, bias);
+        }
         let shape = [geo.n, geo.cout, geo.hout, geo.wout];
         let os = geo.cout * geo.p();
         dispatch_float!(x.dtype(), T => {
@@ -1006,6 +1019,10 @@ impl Conv2dKernels for Cpu {
         w: Option<&Tensor>,
         want_bias: bool,
     ) -> Result<Conv2dGrads> {
+        #[cfg(target_arch = "x86_64")]
+        if on_tiles(geo, g.dtype()) {
+            return tiles::backward(geo, g, x, w, want_bias);
+        }
         backward_from(geo, (g, 0), x, w, want_bias)
     }
 

@@ -2,8 +2,10 @@
 //! formulas, held over the same stretch of each kernel), no values.
 
 use super::cpu::{backward_workspace_elems, forward_workspace_elems};
+use super::tiles::{self, on_tiles};
 use super::{Conv2dGrads, Conv2dKernels, Geometry};
 use crate::backend::Meta;
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -28,9 +30,11 @@ impl Conv2dKernels for Meta {
         _bias: Option<&Tensor>,
     ) -> Result<Tensor> {
         let elem = x.dtype().size_in_bytes();
-        let _workspace = x
-            .device()
-            .reserve(forward_workspace_elems(geo, elem) * elem)?;
+        let bytes = match on_tiles(geo, x.dtype()) {
+            true => tiles::forward_workspace_bytes(geo),
+            false => forward_workspace_elems(geo, elem) * elem,
+        };
+        let _workspace = x.device().reserve(bytes)?;
         Tensor::meta(
             &[geo.n, geo.cout, geo.hout, geo.wout],
             x.dtype(),
@@ -64,6 +68,9 @@ impl Conv2dKernels for Meta {
         want_bias: bool,
     ) -> Result<Conv2dGrads> {
         let (dtype, dev) = (g.dtype(), g.device());
+        if on_tiles(geo, dtype) {
+            return tiles_backward(geo, g, x.is_some(), w.is_some(), want_bias);
+        }
         let gb = want_bias
             .then(|| Tensor::meta(&[geo.cout], dtype, dev))
             .transpose()?;
@@ -82,4 +89,27 @@ impl Conv2dKernels for Meta {
             .transpose()?;
         Ok((gx, gw, gb))
     }
+}
+
+/// The backward on the tiles (`tiles::backward`): its workspace, an `f32` bias and weight
+/// gradient, a bf16 input gradient, in its order.
+fn tiles_backward(
+    geo: &Geometry,
+    g: &Tensor,
+    want_w: bool,
+    want_x: bool,
+    want_bias: bool,
+) -> Result<Conv2dGrads> {
+    let dev = g.device();
+    let _workspace = dev.reserve(tiles::backward_workspace_bytes(geo, want_x, want_w))?;
+    let f32_grad = |want: bool, shape: &[usize]| {
+        want.then(|| Tensor::meta(shape, DType::F32, dev))
+            .transpose()
+    };
+    let gb = f32_grad(want_bias, &[geo.cout])?;
+    let gw = f32_grad(want_w, &[geo.cout, geo.cin, 1, 1])?;
+    let gx = want_x
+        .then(|| Tensor::meta(&[geo.n, geo.cin, geo.h, geo.w], g.dtype(), dev))
+        .transpose()?;
+    Ok((gx, gw, gb))
 }

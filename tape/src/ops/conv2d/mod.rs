@@ -7,6 +7,7 @@ mod cpu;
 mod cuda;
 mod direct;
 mod meta;
+mod tiles;
 
 use super::autocast::{to_low, to_low_opt};
 use super::cast::CastKernels;
@@ -108,6 +109,9 @@ pub(crate) struct Geometry {
     pub(crate) padding: usize,
     pub(crate) hout: usize,
     pub(crate) wout: usize,
+    /// The operands are `f32` copies of bf16 tensors (a 16-bit convolution's chunks), so that
+    /// the CPU's products may run on its bf16 matrix units.
+    pub(crate) bf16_values: bool,
 }
 
 impl Geometry {
@@ -181,6 +185,7 @@ impl Geometry {
             padding: opts.padding,
             hout,
             wout,
+            bf16_values: false,
         })
     }
 
@@ -197,6 +202,16 @@ impl Geometry {
 
     pub(crate) fn p(&self) -> usize {
         self.hout * self.wout
+    }
+
+    /// The geometry of a chunk of `n` images of a 16-bit convolution of `dtype`, computed on
+    /// `f32` copies.
+    fn half_chunk(&self, n: usize, dtype: DType) -> Self {
+        Geometry {
+            n,
+            bf16_values: dtype == DType::BF16,
+            ..*self
+        }
     }
 
     /// A 1x1 kernel with stride 1 and no padding: a plain GEMM on the input.
@@ -285,12 +300,12 @@ fn forward(
     geo: &Geometry,
     (x, weight, bias): (&Tensor, &Tensor, Option<&Tensor>),
 ) -> Result<Tensor> {
-    if !x.dtype().is_half() {
+    if !x.dtype().is_half() || tiles::on_tiles(geo, x.dtype()) {
         return k.conv2d_forward(geo, x, weight, bias);
     }
     let (ww, wb) = (wide(weight)?, wide_opt(bias)?);
     in_image_chunks(k, x, geo.out_shape(), |len, xc| {
-        k.conv2d_forward(&Geometry { n: len, ..*geo }, xc, &ww, wb.as_deref())
+        k.conv2d_forward(&geo.half_chunk(len, x.dtype()), xc, &ww, wb.as_deref())
     })
 }
 
@@ -306,6 +321,9 @@ fn backward(
     (x, w): (Option<&Tensor>, Option<&Tensor>),
     want_bias: bool,
 ) -> Result<Conv2dGrads> {
+    if tiles::on_tiles(geo, g.dtype()) {
+        return k.conv2d_backward(geo, g, x, w, want_bias);
+    }
     let ww = wide_opt(w)?;
     if !g.dtype().is_half() {
         let wx = wide_opt(x)?;
@@ -322,7 +340,7 @@ fn backward(
         let len = images.min(geo.n - i0);
         let gc = wide_images(k, g, i0, len)?;
         let xc = x.map(|x| wide_images(k, x, i0, len)).transpose()?;
-        let chunk = Geometry { n: len, ..*geo };
+        let chunk = geo.half_chunk(len, g.dtype());
         let (gx_part, w_part, b_part) =
             k.conv2d_backward(&chunk, &gc, xc.as_ref(), ww.as_deref(), want_bias)?;
         if let (Some(dst), Some(part)) = (gx.as_mut(), gx_part) {

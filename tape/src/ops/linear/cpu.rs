@@ -1,7 +1,7 @@
 //! CPU kernels of `linear`: GEMMs through [`crate::backend::cpu::gemm`].
 
 use super::{Dims, LinearKernels};
-use crate::backend::cpu::gemm::{gemm, Mat};
+use crate::backend::cpu::gemm::{gemm, Mat, Run};
 use crate::backend::Cpu;
 use crate::dtype::Elem;
 use crate::error::Result;
@@ -24,17 +24,24 @@ fn forward<T: Elem>(
         }
         None => false,
     };
-    gemm(out, Mat::n(x), Mat::t(w), (n, o, i), accumulate, true);
+    gemm(
+        out,
+        Mat::n(x),
+        Mat::t(w),
+        (n, o, i),
+        accumulate,
+        Run::new(true),
+    );
 }
 
 /// `gx (n x i) = g (n x o) * w`.
 fn grad_input<T: Elem>(gx: &mut [T], g: &[T], w: &[T], (n, i, o): (usize, usize, usize)) {
-    gemm(gx, Mat::n(g), Mat::n(w), (n, i, o), false, true);
+    gemm(gx, Mat::n(g), Mat::n(w), (n, i, o), false, Run::new(true));
 }
 
 /// `gw (o x i) = g^T (o x n) * x (n x i)`.
 fn grad_weight<T: Elem>(gw: &mut [T], g: &[T], x: &[T], (n, i, o): (usize, usize, usize)) {
-    gemm(gw, Mat::t(g), Mat::n(x), (o, i, n), false, true);
+    gemm(gw, Mat::t(g), Mat::n(x), (o, i, n), false, Run::new(true));
 }
 
 /// `gb[j] = sum over rows of g[., j]`.

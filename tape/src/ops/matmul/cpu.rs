@@ -3,7 +3,7 @@
 //! runs on one thread), else each GEMM split over threads on its own.
 
 use super::{MatmulDims, MatmulKernels};
-use crate::backend::cpu::gemm::{gemm_ld_uninit, worth_parallel, Mat};
+use crate::backend::cpu::gemm::{gemm_ld_uninit, worth_parallel, Mat, Run};
 use crate::backend::cpu::map::written_vec;
 use crate::backend::Cpu;
 use crate::dtype::Elem;
@@ -36,7 +36,7 @@ fn batched<T: Elem>(a: &[T], b: &[T], d: MatmulDims) -> Vec<T> {
     let len = batch * c_len;
     let one = |i: usize, dst: &mut [MaybeUninit<T>], parallel: bool| {
         let (ai, bi) = (operand(a, i, a_len, ta), operand(b, i, b_len, tb));
-        gemm_ld_uninit(dst, n, ai, bi, (m, n, k), parallel);
+        gemm_ld_uninit(dst, n, ai, bi, (m, n, k), Run::new(parallel));
     };
     // Items over threads when there are enough of them to keep the threads busy and the whole
     // is worth it; otherwise each GEMM decides for itself.

@@ -177,10 +177,30 @@ macro_rules! impl_scalar {
 }
 impl_scalar!(f32, F32, |x| x as f32, |x| x as f64, |x| x, |x| x);
 impl_scalar!(f64, F64, |x| x, |x| x, |x| x as f64, |x| x as f32);
+/// `x` rounded to `f32` toward zero, its last bit set when that was inexact ("round to odd"):
+/// rounding this to a format at least two bits narrower gives `x` rounded to nearest once.
+/// (The `half` crate's own `from_f64` rounds some `f64`s that are `f32`s exactly to the wrong
+/// bf16: `-11.781251907` to `-11.75`.)
+fn round_to_odd_f32(x: f64) -> f32 {
+    let f = x as f32;
+    if f as f64 == x || x.is_nan() {
+        return f;
+    }
+    // Inexact: step back toward zero when rounding went away from it (also from infinity to
+    // the largest finite `f32`), then mark the lost bits.
+    let bits = f.to_bits();
+    let toward_zero = if (f as f64).abs() > x.abs() {
+        bits - 1
+    } else {
+        bits
+    };
+    f32::from_bits(toward_zero | 1)
+}
+
 impl_scalar!(
     bf16,
     BF16,
-    bf16::from_f64,
+    |x| bf16::from_f32(round_to_odd_f32(x)),
     bf16::to_f64,
     bf16::from_f32,
     bf16::to_f32
@@ -188,7 +208,7 @@ impl_scalar!(
 impl_scalar!(
     f16,
     F16,
-    f16::from_f64,
+    |x| f16::from_f32(round_to_odd_f32(x)),
     f16::to_f64,
     f16::from_f32,
     f16::to_f32

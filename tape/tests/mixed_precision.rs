@@ -95,6 +95,53 @@ fn dtypes_have_their_sizes_and_are_charged_by_size() {
     }
 }
 
+/// `f64` values (`Tensor::from_f64`, `to_dtype`, the `f64` conversions) round to bf16 and f16
+/// once, to nearest (ties to even), checked against the nearest of the three 16-bit neighbours
+/// of a first guess, chosen by exact `f64` differences. Among the values: `f32`s just past a
+/// 16-bit halfway point (the `half` crate's `bf16::from_f64` rounds `-11.781251907`, bits
+/// `0xc13c8002`, down to `-11.75`), `f32`s on one, and `f64`s with bits below `f32`'s.
+#[test]
+fn f64_values_round_once_to_16_bits() {
+    fn nearest<T: Scalar>(x: f64, bits: impl Fn(T) -> u16, of_bits: impl Fn(u16) -> T) -> u16 {
+        let guess = bits(T::of_f32(x as f32));
+        let cands = [guess.wrapping_sub(1), guess, guess.wrapping_add(1)];
+        let key = |b: u16| ((x - of_bits(b).f64()).abs(), b & 1);
+        cands
+            .into_iter()
+            .filter(|&b| of_bits(b).f64().is_finite() && (of_bits(b).f64() >= 0.0) == (x >= 0.0))
+            .min_by(|&a, &b| key(a).partial_cmp(&key(b)).unwrap())
+            .unwrap()
+    }
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let mut checked = 0;
+    for i in 0..200_000 {
+        let r = next();
+        // |x| in [2^-10, 2^10): normal in both dtypes.
+        let mag = 1.0 + (r >> 12) as f64 / (1u64 << 52) as f64;
+        let x = mag * 2f64.powi((r % 20) as i32 - 10) * if r & 1 == 1 { -1.0 } else { 1.0 };
+        let x = match i % 3 {
+            0 => x,
+            // An f32 just past, or on, a 16-bit halfway point.
+            1 => f32::from_bits(((x as f32).to_bits() & !0xffff) | 0x8000 | (r as u32 & 3)) as f64,
+            _ => x as f32 as f64,
+        };
+        let b = nearest(x, bf16::to_bits, bf16::from_bits);
+        assert_eq!(bf16::of(x).to_bits(), b, "bf16 of {x:e}");
+        let h = nearest(x, f16::to_bits, f16::from_bits);
+        assert_eq!(f16::of(x).to_bits(), h, "f16 of {x:e}");
+        checked += 1;
+    }
+    assert_eq!(checked, 200_000);
+    let t = Tensor::from_f64(&[-11.781251907348633], &[1], DType::BF16, &cpu()).unwrap();
+    assert_eq!(t.to_f64_vec(), vec![-11.8125]);
+}
+
 #[test]
 fn cast_rounds_to_nearest_even_and_its_gradient_comes_back_in_the_source_dtype() {
     let dev = cpu();
@@ -225,6 +272,21 @@ fn weighted_cases() -> Vec<(
             vec![vec![2, 5, 4, 4], vec![3, 5, 1, 1]],
             Box::new(|t, x| ops::conv2d(t, &x[0], &x[1], None, Conv2dOptions::default()).unwrap()),
             2 * 16,
+        ),
+        // 3x3, padding 1 (on the bf16 matrix units: a padded grid 11 wide, an odd count of
+        // channels, so pairs of the sums' terms straddle two taps; 40 output channels, one
+        // and a quarter tile slabs).
+        (
+            "conv2d 3x3, odd grid",
+            vec![vec![3, 21, 9, 9], vec![40, 21, 3, 3], vec![40]],
+            Box::new(move |t, x| ops::conv2d(t, &x[0], &x[1], Some(&x[2]), pad1).unwrap()),
+            3 * 81,
+        ),
+        (
+            "conv2d 3x3, wide",
+            vec![vec![2, 34, 16, 16], vec![48, 34, 3, 3]],
+            Box::new(move |t, x| ops::conv2d(t, &x[0], &x[1], None, pad1).unwrap()),
+            9 * 48,
         ),
         // 11 images of 32x32: a 16-bit convolution runs 8 images at a time (8 + 3).
         (

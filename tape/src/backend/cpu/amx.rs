@@ -28,6 +28,8 @@ const SLAB: usize = 32;
 const STEP: usize = 32;
 /// `u16`s of one slab for one step (two 16 x 32 tiles).
 const STEP_LEN: usize = SLAB * STEP;
+/// Bytes of one step of a packed slab ([`packed_cols`]).
+pub(crate) const SLAB_STEP_BYTES: usize = STEP_LEN * 2;
 /// Slabs a thread packs at a time of the operand it streams.
 const RUN: usize = 16;
 
@@ -64,9 +66,22 @@ impl TileValue for bf16 {
 /// An operand whose element `(r, c)` is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Strided<'a, V> {
-    pub(crate) data: &'a [V],
-    pub(crate) rs: usize,
-    pub(crate) cs: usize,
+    data: &'a [V],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, V> Strided<'a, V> {
+    /// Element `(r, c)` at `data[r * rs + c * cs]`.
+    pub(crate) fn new(data: &'a [V], rs: usize, cs: usize) -> Self {
+        Strided { data, rs, cs }
+    }
+
+    /// Where row `r` starts.
+    #[inline(always)]
+    fn base(&self, r: usize) -> usize {
+        r * self.rs
+    }
 }
 
 /// Two values as one bf16 pair (`lo` in the low half), as tiles take them.
@@ -103,7 +118,7 @@ unsafe fn pack_rows<V: TileValue>(
         out.fill(0);
     }
     for r in 0..rows {
-        let base = (r0 + r) * a.rs;
+        let base = a.base(r0 + r);
         for s in 0..k.div_ceil(STEP) {
             let dst = &mut out[s * STEP_LEN / 2 + r * STEP / 2..][..STEP / 2];
             let k0 = s * STEP;
@@ -153,8 +168,8 @@ unsafe fn pack_cols<V: TileValue>(
         out.fill(0);
     }
     for kk in (0..k).step_by(2) {
-        let lo = &b.data[kk * b.rs + c0..][..cols];
-        let hi = (kk + 1 < k).then(|| &b.data[(kk + 1) * b.rs + c0..][..cols]);
+        let lo = &b.data[b.base(kk) + c0..][..cols];
+        let hi = (kk + 1 < k).then(|| &b.data[b.base(kk + 1) + c0..][..cols]);
         for j0 in (0..cols).step_by(16) {
             let w = 16.min(cols - j0);
             let (t, j) = (j0 / SLAB, j0 % SLAB);
@@ -197,7 +212,8 @@ unsafe fn pack_slab_cols<V: TileValue>(
     }
     // Columns of `b` are contiguous: bf16 pairs are words of memory, 16 columns x 16 pairs
     // transposed at a time.
-    let full = if V::RAW && b.rs == 1 {
+    // (Rows an odd number of values apart are not whole words apart: element by element.)
+    let full = if V::RAW && b.rs == 1 && b.cs.is_multiple_of(2) {
         cols / 16 * 16
     } else {
         0
@@ -295,18 +311,46 @@ static CONFIG: TileConfig = TileConfig({
     c
 });
 
-/// `c = [c +] a * b` for one block at `c` (rows `ldc` elements apart) over `steps` steps of
-/// packed slabs `a` ([`pack_rows`]) and `b` ([`pack_cols`]); `load` keeps `c`'s value. The
-/// block is `32 x 32`, or 16 rows when not `R2` (tiles 2-3 and `a`'s second half unused), or
-/// 16 columns when not `C2` (tiles 1 and 3, `b`'s second half unused).
+/// Where one step's tiles are: the first 16 rows of `a` (16 rows of 64 bytes, `a_stride`
+/// bytes apart) and its second 16 rows `a_half` bytes on; the first 16 columns of `b` (16 rows
+/// of 16 bf16 pairs, `b_stride` apart) and its second 16 columns `b_half` bytes on.
+#[derive(Clone, Copy)]
+pub(crate) struct TileStep {
+    pub(crate) a: *const u8,
+    pub(crate) a_half: usize,
+    pub(crate) a_stride: usize,
+    pub(crate) b: *const u8,
+    pub(crate) b_half: usize,
+    pub(crate) b_stride: usize,
+}
+
+/// The tiles of step `s` of slabs packed by [`pack_rows`] and [`pack_cols`].
+#[inline(always)]
+fn packed_step(a: *const u32, b: *const u32, s: usize) -> TileStep {
+    // SAFETY: only addresses are computed here; `block`'s caller vouches for the slabs.
+    let (a, b) = unsafe { (a.add(s * STEP_LEN / 2), b.add(s * STEP_LEN / 2)) };
+    TileStep {
+        a: a.cast(),
+        a_half: STEP_LEN,
+        a_stride: 64,
+        b: b.cast(),
+        b_half: STEP_LEN,
+        b_stride: 64,
+    }
+}
+
+/// `c = [c +] a * b` for one block at `c` (rows `ldc` elements apart) over `steps` steps whose
+/// tiles `step(s)` gives; `load` keeps `c`'s value. The block is `32 x 32`, or 16 rows when
+/// not `R2` (tiles 2-3 and `a`'s second half unused), or 16 columns when not `C2` (tiles 1 and
+/// 3, `b`'s second half unused).
 ///
 /// # Safety
-/// [`CONFIG`] must be loaded on this thread; `a` and `b` must hold `steps` steps of slabs and
-/// `c` a writable block.
+/// The tile configuration must be loaded on this thread ([`with_tiles`]); every tile `step`
+/// gives must be readable, and `c` a writable block.
+#[inline(always)]
 unsafe fn block<const R2: bool, const C2: bool>(
-    a: *const u32,
-    b: *const u32,
     steps: usize,
+    step: impl Fn(usize) -> TileStep,
     c: *mut f32,
     ldc: usize,
     load: bool,
@@ -332,28 +376,27 @@ unsafe fn block<const R2: bool, const C2: bool>(
     if R2 && C2 {
         on_c!("tileloadd tmm3, [{p} + {sc}*1]", "tilezero tmm3", c11);
     }
-    let row = 64usize;
     for s in 0..steps {
-        let (a0, b0) = (a.add(s * STEP_LEN / 2), b.add(s * STEP_LEN / 2));
-        let (a1, b1) = (a0.add(STEP_LEN / 4), b0.add(STEP_LEN / 4));
+        let t = step(s);
         asm!(
-            "tileloadd tmm4, [{a0} + {row}*1]",
-            "tileloadd tmm6, [{b0} + {row}*1]",
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm6, [{b0} + {sb}*1]",
             "tdpbf16ps tmm0, tmm4, tmm6",
-            a0 = in(reg) a0, b0 = in(reg) b0, row = in(reg) row, options(nostack, readonly),
+            a0 = in(reg) t.a, sa = in(reg) t.a_stride,
+            b0 = in(reg) t.b, sb = in(reg) t.b_stride, options(nostack, readonly),
         );
         if C2 {
             asm!(
-                "tileloadd tmm7, [{b1} + {row}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
-                b1 = in(reg) b1, row = in(reg) row, options(nostack, readonly),
+                b1 = in(reg) t.b.add(t.b_half), sb = in(reg) t.b_stride, options(nostack, readonly),
             );
         }
         if R2 {
             asm!(
-                "tileloadd tmm5, [{a1} + {row}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
-                a1 = in(reg) a1, row = in(reg) row, options(nostack, readonly),
+                a1 = in(reg) t.a.add(t.a_half), sa = in(reg) t.a_stride, options(nostack, readonly),
             );
         }
         if R2 && C2 {
@@ -369,6 +412,27 @@ unsafe fn block<const R2: bool, const C2: bool>(
     }
     if R2 && C2 {
         asm!("tilestored [{p} + {sc}*1], tmm3", p = in(reg) c11, sc = in(reg) sc, options(nostack));
+    }
+}
+
+/// [`block`] of `rows` (16 or 32) by `cols` (16 or 32).
+///
+/// # Safety
+/// As [`block`]'s.
+#[inline(always)]
+pub(crate) unsafe fn block_of(
+    (rows, cols): (usize, usize),
+    steps: usize,
+    step: impl Fn(usize) -> TileStep,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    match (rows > 16, cols > 16) {
+        (true, true) => block::<true, true>(steps, step, c, ldc, load),
+        (false, true) => block::<false, true>(steps, step, c, ldc, load),
+        (true, false) => block::<true, false>(steps, step, c, ldc, load),
+        (false, false) => block::<false, false>(steps, step, c, ldc, load),
     }
 }
 
@@ -398,24 +462,15 @@ impl Out {
         let (h, w) = (SLAB.min(self.rows - r0), SLAB.min(self.cols - c0));
         let at = self.ptr.add(r0 * self.ld + c0);
         let (a, b) = (a.as_ptr(), b.as_ptr());
-        match (h, w) {
-            (32, 32) => return block::<true, true>(a, b, steps, at, self.ld, load),
-            (16, 32) => return block::<false, true>(a, b, steps, at, self.ld, load),
-            (32, 16) => return block::<true, false>(a, b, steps, at, self.ld, load),
-            (16, 16) => return block::<false, false>(a, b, steps, at, self.ld, load),
-            _ => {}
+        let step = |s| packed_step(a, b, s);
+        if matches!(h, 16 | 32) && matches!(w, 16 | 32) {
+            return block_of((h, w), steps, step, at, self.ld, load);
         }
         let mut buf = [0f32; SLAB * SLAB];
         for r in 0..h.min(if load { h } else { 0 }) {
             std::ptr::copy_nonoverlapping(at.add(r * self.ld), buf[r * SLAB..].as_mut_ptr(), w);
         }
-        let p = buf.as_mut_ptr();
-        match (h > 16, w > 16) {
-            (true, true) => block::<true, true>(a, b, steps, p, SLAB, load),
-            (false, true) => block::<false, true>(a, b, steps, p, SLAB, load),
-            (true, false) => block::<true, false>(a, b, steps, p, SLAB, load),
-            (false, false) => block::<false, false>(a, b, steps, p, SLAB, load),
-        }
+        block_of((h, w), steps, step, buf.as_mut_ptr(), SLAB, load);
         for r in 0..h {
             std::ptr::copy_nonoverlapping(buf[r * SLAB..].as_ptr(), at.add(r * self.ld), w);
         }
@@ -493,6 +548,38 @@ pub(crate) unsafe fn gemm<V: TileValue>(
     });
 }
 
+/// Runs `f` with the tile configuration loaded on this thread, and releases the tiles after.
+/// Only where [`bf16_matrix_units`] holds.
+pub(crate) fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
+    debug_assert!(crate::simd::bf16_matrix_units());
+    // SAFETY: the callers run only where the tiles are (`bf16_matrix_units`); CONFIG is a
+    // valid palette-1 configuration.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
+    let r = f();
+    // SAFETY: as above.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    r
+}
+
+/// `b` (`k x n`) packed whole into `out` as slabs of 32 columns ([`pack_cols`]): per slab
+/// `k / 32` steps (rounded up) of [`SLAB_STEP_BYTES`], a step's two `16 x 16` tiles of pairs
+/// half of that apart. `out` holds [`packed_len`]`(k, n)` words.
+pub(crate) fn pack_whole_cols<V: TileValue>(
+    b: Strided<'_, V>,
+    (k, n): (usize, usize),
+    out: &mut [u32],
+) {
+    assert_eq!(out.len(), packed_len(k, n), "packed operand's length");
+    debug_assert!(crate::simd::bf16_matrix_units());
+    // SAFETY: the callers run only where the tiles (and so AVX-512 F and BW) are.
+    unsafe { pack_cols(b, (k, n), (0, n.div_ceil(SLAB)), out) };
+}
+
+/// Words of a `k x n` operand packed by [`pack_whole_cols`].
+pub(crate) fn packed_len(k: usize, n: usize) -> usize {
+    n.div_ceil(SLAB) * k.div_ceil(STEP) * STEP_LEN / 2
+}
+
 /// Runs `work` over `0..slabs` split into ranges, on the thread pool when `parallel`, each
 /// range with the tile configuration loaded on its thread (and released after).
 fn on_tiles(slabs: usize, parallel: bool, work: impl Fn(Range<usize>) + Sync) {
@@ -501,16 +588,7 @@ fn on_tiles(slabs: usize, parallel: bool, work: impl Fn(Range<usize>) + Sync) {
         true => (rayon::current_num_threads() * 4).min(slabs).max(1),
         false => 1,
     };
-    let run = |t: usize| {
-        let range = t * slabs / tasks..(t + 1) * slabs / tasks;
-        // SAFETY: `bf16_matrix_units` held for the caller to get here; CONFIG is a valid palette-1
-        // configuration, and the tiles are released before the thread does anything else.
-        unsafe {
-            asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
-            work(range);
-            asm!("tilerelease", options(nostack, nomem));
-        }
-    };
+    let run = |t: usize| with_tiles(|| work(t * slabs / tasks..(t + 1) * slabs / tasks));
     match tasks {
         1 => run(0),
         _ => (0..tasks).into_par_iter().for_each(run),
@@ -631,7 +709,7 @@ mod tests {
             eprintln!("skipped: this CPU (or OS) gives no AMX-BF16 tiles");
             return;
         }
-        for (m, n, k) in [(40, 48, 1024), (17, 33, 70), (64, 16, 64)] {
+        for (m, n, k) in [(40, 48, 1024), (17, 33, 70), (64, 16, 64), (40, 48, 95)] {
             for (a_rows, b_rows) in [(true, true), (false, true), (true, false)] {
                 let (a, b) = (bf16_values(m * k, 4), bf16_values(k * n, 5));
                 let (a16, b16): (Vec<bf16>, Vec<bf16>) = (
@@ -647,30 +725,11 @@ mod tests {
                     unsafe { super::gemm(c.as_mut_ptr(), n, a, b, (m, n, k), false, true) };
                     c
                 };
-                let want = run(
-                    Strided {
-                        data: &a,
-                        rs: ars,
-                        cs: acs,
-                    },
-                    Strided {
-                        data: &b,
-                        rs: brs,
-                        cs: bcs,
-                    },
-                );
+                let want = run(Strided::new(&a, ars, acs), Strided::new(&b, brs, bcs));
                 let mut got = vec![0f32; m * n];
                 let (sa, sb) = (
-                    Strided {
-                        data: &a16[..],
-                        rs: ars,
-                        cs: acs,
-                    },
-                    Strided {
-                        data: &b16[..],
-                        rs: brs,
-                        cs: bcs,
-                    },
+                    Strided::new(&a16[..], ars, acs),
+                    Strided::new(&b16[..], brs, bcs),
                 );
                 // SAFETY: as above.
                 unsafe { super::gemm(got.as_mut_ptr(), n, sa, sb, (m, n, k), false, true) };

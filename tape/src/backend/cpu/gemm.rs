@@ -231,10 +231,8 @@ unsafe fn gemm_raw<T: Elem>(
     #[cfg(target_arch = "x86_64")]
     if run.bf16 && crate::simd::bf16_matrix_units() {
         if let (Some(ad), Some(bd)) = (as_dtype::<T, f32>(a.data), as_dtype::<T, f32>(b.data)) {
-            let strided = |data, (rs, cs): (isize, isize)| super::amx::Strided {
-                data,
-                rs: rs as usize,
-                cs: cs as usize,
+            let strided = |data, (rs, cs): (isize, isize)| {
+                super::amx::Strided::new(data, rs as usize, cs as usize)
             };
             let (a, b) = (strided(ad, (a_rs, a_cs)), strided(bd, (b_rs, b_cs)));
             // SAFETY: the tiles are enabled (so available); the operands were checked to fit

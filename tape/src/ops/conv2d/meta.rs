@@ -107,7 +107,7 @@ fn tiles_backward(
             .transpose()
     };
     let gb = f32_grad(want_bias, &[geo.cout])?;
-    let gw = f32_grad(want_w, &[geo.cout, geo.cin, 1, 1])?;
+    let gw = f32_grad(want_w, &[geo.cout, geo.cin, geo.kh, geo.kw])?;
     let gx = want_x
         .then(|| Tensor::meta(&[geo.n, geo.cin, geo.h, geo.w], g.dtype(), dev))
         .transpose()?;

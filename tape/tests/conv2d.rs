@@ -746,6 +746,108 @@ fn conv_workspaces_are_charged_exactly() {
     }
 }
 
+/// Bytes of the workspaces of a bf16 conv of `x` `[n, cin, h, w]` with a `[cout, cin, k, k]`
+/// kernel (stride 1, padding `(k - 1) / 2`) on the CPU's bf16 matrix units, on `threads`
+/// threads: (forward, backward with both gradients). From `tape/src/ops/conv2d/tiles.rs`, with
+/// `C32` a channel count rounded up to 32, `T = k * k` taps and the grid `hp = h + k - 1` by
+/// `wp = w + k - 1`, whose products span `cols = round32(h * wp)` columns and whose planes hold
+/// `plane = even(max(hp * wp, cols + (k - 1) * wp + k - 1))` elements:
+/// - forward: the packed kernel (`cout32 * T * cin32` bf16) and per thread group (one per
+///   image, at most one per thread) a batch of images as channel pairs (`cin32 / 2` planes of
+///   words each): as many as fit in 1 MiB, at least one, at most the group's share;
+/// - backward: the same for the input gradient with `cin` and `cout` swapped, after the kernel
+///   flipped and transposed (`cout * cin * T` bf16), and for the
+///   weight gradient, for a chunk of `c = max(4, ceil(4096 / cols))` images (at most `n`),
+///   their plain grids (`cin` rounded up to 16 planes of bf16 each) and packed output gradients
+///   (`cout32 * cols` bf16 each), one output gradient spread on `cols` (`cout * cols` bf16) per
+///   thread group preparing them, and the sums, `T * cin16 * cout32` in f32.
+fn tile_workspace_bytes(
+    [n, cin, h, w]: [usize; 4],
+    cout: usize,
+    k: usize,
+    threads: usize,
+) -> (usize, usize) {
+    let r32 = |c: usize| c.div_ceil(32) * 32;
+    let (wp, hp, taps) = (w + k - 1, h + k - 1, k * k);
+    let cols = r32(h * wp);
+    let plane = (hp * wp).max(cols + (k - 1) * wp + k - 1).div_ceil(2) * 2;
+    let same = |c_in: usize, c_out: usize| {
+        let image = r32(c_in) / 2 * plane * 4;
+        let groups = thread_groups(n, threads);
+        let batch = ((1 << 20) / image).clamp(1, n.div_ceil(groups));
+        r32(c_out) * taps * r32(c_in) * 2 + groups * batch * image
+    };
+    let r16 = |c: usize| c.div_ceil(16) * 16;
+    let images = 4096usize.div_ceil(cols).max(4).min(n);
+    let weight = images * (r16(cin) * plane + r32(cout) * cols) * 2
+        + thread_groups(images, threads) * cout * cols * 2
+        + taps * r16(cin) * r32(cout) * 4;
+    let flipped = cout * cin * taps * 2;
+    (same(cin, cout), flipped + same(cout, cin) + weight)
+}
+
+/// A bf16 conv on the CPU's bf16 matrix units charges exactly its workspaces, on 1, 2 and 3
+/// threads: the forward's peak is its output plus [`tile_workspace_bytes`]'s forward, and
+/// `conv2d_pass_workspace_bytes` says so for each pass; a meta device charges what the CPU
+/// does, forward and backward. Cases: DenseNet's 3x3 48 -> 12 at 32x32; an odd grid with an odd
+/// channel count; a pointwise conv.
+#[test]
+fn tile_workspaces_are_charged_exactly() {
+    if !tape::simd::bf16_matrix_units() {
+        eprintln!("skipped: this CPU (or OS) gives no bf16 matrix units (AMX)");
+        return;
+    }
+    let cases = [
+        ([3, 48, 32, 32], 12, 3),
+        ([5, 21, 9, 9], 40, 3),
+        ([6, 70, 8, 8], 48, 1),
+    ];
+    for (shape, cout, k) in cases {
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (forward, backward) = tile_workspace_bytes(shape, cout, k, threads);
+            let o = opts(1, (k - 1) / 2);
+            let what = format!("bf16 {shape:?} -> {cout} k{k} on {threads} threads");
+            pool.install(|| {
+                let w_shape = [cout, shape[1], k, k];
+                let mut peaks = Vec::new();
+                for dev in [Device::cpu(), Device::meta()] {
+                    let predicted = |pass| {
+                        ops::conv2d_pass_workspace_bytes(&dev, shape, w_shape, o, DType::BF16, pass)
+                            .unwrap()
+                    };
+                    assert_eq!(predicted(Conv2dPass::Forward), forward, "{what}: forward");
+                    let full = Conv2dPass::Backward { input_grad: true };
+                    assert_eq!(predicted(full), backward, "{what}: backward");
+                    let x = tape::testing::randn_leaf(&shape, DType::BF16, &dev, 1);
+                    let w = tape::testing::randn_leaf(&w_shape, DType::BF16, &dev, 2);
+                    let mut tape = Tape::recording();
+                    let before = dev.memory().current();
+                    dev.memory().reset_peak();
+                    let y = conv2d(&mut tape, &x, &w, None, o).unwrap();
+                    let fwd = dev.memory().peak() - before;
+                    assert_eq!(fwd, y.size_in_bytes() + forward, "{what}: forward peak");
+                    let gy = Tensor::zeros(y.shape(), DType::BF16, &dev).unwrap();
+                    let before = dev.memory().current();
+                    dev.memory().reset_peak();
+                    let grads = tape.backward_from(&y, gy).unwrap();
+                    let bwd = dev.memory().peak() - before;
+                    assert!(bwd >= backward, "{what}: backward peak {bwd} < workspace");
+                    peaks.push((fwd, bwd));
+                    drop(grads);
+                }
+                assert_eq!(
+                    peaks[0], peaks[1],
+                    "{what}: CPU vs meta (forward, backward) peaks"
+                );
+            });
+        }
+    }
+}
+
 /// Bytes the device still holds once the caller has dropped its own `x` and `w` handles after a
 /// forward, given which of them want a gradient and whether the tape records.
 fn held_after_forward(x_grad: bool, w_grad: bool, recording: bool) -> (usize, [usize; 3]) {

@@ -71,7 +71,8 @@ fn forward_backward(
 /// 8 images, split over 1 or 3 thread groups; the flipped grad-input path), with a bias.
 #[test]
 fn conv2d_blocks_of_whole_images() {
-    for dtype in [DType::F32, DType::F64] {
+    // bf16: on the CPU's bf16 matrix units where it has them (stride 1, same padding).
+    for dtype in [DType::F32, DType::F64, DType::BF16] {
         same_on_1_and_3_threads(&format!("conv2d 40x256->32 4x4 {dtype:?}"), || {
             let dev = Device::cpu();
             let x = randn_leaf(&[40, 256, 4, 4], dtype, &dev, 1);
@@ -103,7 +104,9 @@ fn conv2d() {
         (4, 64, 32, 3, 1, 1, 12),
     ];
     for (n, cin, cout, k, stride, padding, hw) in cases {
-        for dtype in [DType::F32, DType::F64] {
+        // bf16: the stride-1 convolutions on the bf16 matrix units where the CPU has them
+        // (weight gradients in fixed chunks of 4 images); the strided one on f32 copies.
+        for dtype in [DType::F32, DType::F64, DType::BF16] {
             same_on_1_and_3_threads(&format!("conv2d {n}x{cin}->{cout} k{k} {dtype:?}"), || {
                 let dev = Device::cpu();
                 let x = randn_leaf(&[n, cin, hw, hw], dtype, &dev, 1);

@@ -250,7 +250,8 @@ pub enum Conv2dPass {
 
 /// The workspace bytes one pass of a [`conv2d`] reserves on `device` beyond its tensors. On the
 /// CPU exact for the current thread count (column blocks and partial weight gradients per thread
-/// group, a flipped kernel); on a GPU cuDNN's workspace limit, the most its algorithms are
+/// group, a flipped kernel; for bf16 on the CPU's bf16 matrix units, the padded images and
+/// packed operands of `tiles`); on a GPU cuDNN's workspace limit, the most its algorithms are
 /// given. [`conv2d_workspace_bytes`] is the larger of the forward and the full backward.
 pub fn conv2d_pass_workspace_bytes(
     device: &Device,
@@ -264,6 +265,12 @@ pub fn conv2d_pass_workspace_bytes(
     Ok(match device.cuda_options() {
         // cuDNN's algorithms are chosen within the limit; what they ask for depends on cuDNN.
         Some(options) => options.workspace_limit_bytes,
+        None if tiles::on_tiles(&geo, dtype) => match pass {
+            Conv2dPass::Forward => tiles::forward_workspace_bytes(&geo),
+            Conv2dPass::Backward { input_grad } => {
+                tiles::backward_workspace_bytes(&geo, input_grad, true)
+            }
+        },
         None => cpu::pass_workspace_bytes(&geo, dtype.size_in_bytes(), pass),
     })
 }

@@ -15,9 +15,9 @@
 //! - input gradient: the same product with `W` flipped and transposed (`cin x T * cout`) over
 //!   the padded output gradient;
 //! - weight gradient: `gW^T (K x cout) += rows(x_i) * g_i^T` (`g_i` spread on the grid, zero in
-//!   the dropped columns), summed over the images in batch order (each product split over
-//!   threads by its rows, which leaves every sum's order as it is): the same bits at every
-//!   thread count.
+//!   the dropped columns), the rows of `x_i` read from its plain grid at each tap's offset;
+//!   summed in the tiles over the images of a chunk (a fixed count), chunk after chunk, the
+//!   blocks split over threads: the same bits at every thread count.
 
 use super::cpu::groups;
 use super::Geometry;
@@ -85,12 +85,30 @@ fn whole(c: usize) -> usize {
     c.next_multiple_of(32)
 }
 
+/// Channels of an image's plain grid for the weight gradient: rows are read 16 at a time
+/// (a block's last 16 only where it has more than 16).
+fn tile_rows(c: usize) -> usize {
+    c.next_multiple_of(16)
+}
+
 /// Bytes of a same-size convolution's products from `c_in` to `c_out` channels: the packed
-/// weight, and per thread group an image as channel pairs on the grid.
+/// weight, and per thread group a batch of images as channel pairs on the grid.
 fn same_conv_bytes(geo: &Geometry, (c_in, c_out): (usize, usize)) -> usize {
     let g = Grid::of(geo);
-    let per_group = whole(c_in) / 2 * g.plane * 4;
+    let per_group = batch_images(geo, c_in) * whole(c_in) / 2 * g.plane * 4;
     whole(c_out) * g.taps() * whole(c_in) * 2 + groups(geo.n) * per_group
+}
+
+/// Bytes of channel-pair grids a thread holds at a time in a same-size convolution.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Images a thread takes at a time through a same-size convolution from `c_in` channels: as
+/// many as fit their channel-pair grids in [`BATCH_BYTES`] (at least one, at most its share of
+/// the batch), so that each block of the kernel is read once for all of them.
+fn batch_images(geo: &Geometry, c_in: usize) -> usize {
+    let image = whole(c_in) / 2 * Grid::of(geo).plane * 4;
+    let share = geo.n.div_ceil(groups(geo.n).max(1)).max(1);
+    (BATCH_BYTES / image.max(1)).clamp(1, share)
 }
 
 /// Workspace bytes of a forward on the tiles.
@@ -98,30 +116,38 @@ pub(super) fn forward_workspace_bytes(geo: &Geometry) -> usize {
     same_conv_bytes(geo, (geo.cin, geo.cout))
 }
 
-/// Images per chunk of a weight gradient on the tiles: a chunk sums its images' products
-/// into a partial of its own, and the partials are added in chunk order. Fixed, so the sums'
-/// order depends on the geometry alone, never on the thread count.
-const CHUNK_IMAGES: usize = 4;
+/// Output columns (images times the grid's columns) a weight-gradient chunk covers at least.
+const CHUNK_COLS: usize = 4096;
+
+/// Images per chunk of a weight gradient on the tiles: each block of the sums adds a chunk's
+/// images' products in the tiles (loaded and stored once a chunk), chunk after chunk. Set by
+/// the geometry alone (at least 4 images, more when they are small), so the sums' order never
+/// depends on the thread count.
+fn chunk_images(geo: &Geometry) -> usize {
+    CHUNK_COLS.div_ceil(Grid::of(geo).cols_pad).max(4)
+}
 
 /// `(first image, count)` of each weight-gradient chunk, in batch order.
-fn chunks(n: usize) -> Vec<(usize, usize)> {
-    (0..n)
-        .step_by(CHUNK_IMAGES)
-        .map(|i| (i, CHUNK_IMAGES.min(n - i)))
+fn chunks(geo: &Geometry) -> Vec<(usize, usize)> {
+    let size = chunk_images(geo);
+    (0..geo.n)
+        .step_by(size)
+        .map(|i| (i, size.min(geo.n - i)))
         .collect()
 }
 
-/// Workspace bytes of a backward on the tiles computing the input gradient (`x`: the forward's
-/// products the other way) and the weight gradient (`w`: per thread group an image on the grid,
-/// the output gradient spread on its columns and packed, and a partial `f32` transpose of the
-/// weight gradient; their sum).
+/// Workspace bytes of a backward on the tiles computing the input gradient (`x`: the flipped,
+/// transposed kernel and the forward's products the other way) and the weight gradient (`w`: a chunk's images on the grid and
+/// their output gradients packed, one output gradient spread on the grid's columns per thread
+/// group preparing them, and the `f32` sums of the weight gradient's transpose).
 pub(super) fn backward_workspace_bytes(geo: &Geometry, x: bool, w: bool) -> usize {
     let g = Grid::of(geo);
-    let gx = same_conv_bytes(geo, (geo.cout, geo.cin));
-    let part = g.taps() * whole(geo.cin) * whole(geo.cout) * 4;
-    let per_group =
-        whole(geo.cin) * g.plane * 2 + (geo.cout + whole(geo.cout)) * g.cols_pad * 2 + part;
-    let gw = groups(chunks(geo.n).len()) * per_group + part;
+    let flipped = geo.cout * geo.cin * g.taps() * 2;
+    let gx = flipped + same_conv_bytes(geo, (geo.cout, geo.cin));
+    let images = chunk_images(geo).min(geo.n);
+    let gw = images * (tile_rows(geo.cin) * g.plane + whole(geo.cout) * g.cols_pad) * 2
+        + groups(images) * geo.cout * g.cols_pad * 2
+        + g.taps() * tile_rows(geo.cin) * whole(geo.cout) * 4;
     (if x { gx } else { 0 }) + if w { gw } else { 0 }
 }
 
@@ -131,7 +157,10 @@ pub(super) use cpu::{backward, forward};
 #[cfg(target_arch = "x86_64")]
 mod cpu {
     use super::super::{Conv2dGrads, Geometry};
-    use super::{backward_workspace_bytes, forward_workspace_bytes, groups, whole, Grid};
+    use super::{
+        backward_workspace_bytes, chunk_images, chunks, forward_workspace_bytes, groups, tile_rows,
+        whole, Grid,
+    };
     use crate::backend::cpu::amx::{self, block_of, with_tiles, Strided, TileStep};
     use crate::backend::cpu::convert::convert_into;
     use crate::backend::cpu::map::written_vec;
@@ -239,137 +268,158 @@ mod cpu {
         }
     }
 
-    /// A kernel packed as the products' `a` slabs: row `r` of `rows` (padded to 32), step
-    /// `t * whole(channels) / 32 + c / 32` holding channels `c ..+32` (zeros past `channels`)
-    /// of tap `t`, each value `at(r, t, c)`.
-    fn packed_weights(
-        (rows, channels, taps): (usize, usize, usize),
-        at: impl Fn(usize, usize, usize) -> bf16,
-    ) -> Vec<u32> {
-        let steps = taps * whole(channels) / 32;
+    /// A kernel `w` (`[rows, channels, taps]`) packed as the products' `a` slabs: row `r`
+    /// (`rows` padded to 32), step `t * whole(channels) / 32 + c / 32` holding channels
+    /// `c ..+32` of tap `t` (zeros past `channels`).
+    fn packed_weights(w: &[bf16], (rows, channels, taps): (usize, usize, usize)) -> Vec<u32> {
+        let csteps = whole(channels) / 32;
+        let steps = taps * csteps;
         let mut out = vec![0u32; whole(rows) / 32 * steps * STEP_WORDS];
-        for r in 0..rows {
+        for (r, wr) in w
+            .chunks_exact((channels * taps).max(1))
+            .take(rows)
+            .enumerate()
+        {
+            let row = &mut out[(r / 32) * steps * STEP_WORDS + (r % 32) * 16..];
             for t in 0..taps {
-                for c in (0..channels).step_by(2) {
-                    let s = t * whole(channels) / 32 + c / 32;
-                    let hi = if c + 1 < channels {
-                        at(r, t, c + 1)
-                    } else {
-                        bf16::ZERO
-                    };
-                    out[((r / 32) * steps + s) * STEP_WORDS + (r % 32) * 16 + (c % 32) / 2] =
-                        pair(at(r, t, c), hi);
+                for cs in 0..csteps {
+                    let dst = &mut row[(t * csteps + cs) * STEP_WORDS..][..16];
+                    for (q, d) in dst.iter_mut().enumerate() {
+                        let c = cs * 32 + 2 * q;
+                        let at = |c: usize| {
+                            if c < channels {
+                                wr[c * taps + t]
+                            } else {
+                                bf16::ZERO
+                            }
+                        };
+                        *d = pair(at(c), at(c + 1));
+                    }
                 }
             }
         }
         out
     }
 
-    /// `out (c_out planes of h x w) = weights * image [+ bias]` on the grid, a `32 x 32` block
-    /// at a time, each rounded into `out` while it is in cache: `weights` from
-    /// [`packed_weights`] (`c_out` rows, `c_in` channels), `image` from [`Grid::pairs`].
-    fn same_conv_image(
+    /// The input gradient's kernel from `w` (`[cout, cin, taps]`): `[cin, cout, taps]`, each
+    /// kernel flipped.
+    fn flipped_transpose(w: &[bf16], (cout, cin, taps): (usize, usize, usize)) -> Vec<bf16> {
+        let mut out = vec![bf16::ZERO; w.len()];
+        for (co, wo) in w.chunks_exact((cin * taps).max(1)).enumerate() {
+            for (ci, k) in wo.chunks_exact(taps.max(1)).enumerate() {
+                let dst = &mut out[(ci * cout + co) * taps..][..taps];
+                dst.iter_mut()
+                    .zip(k.iter().rev())
+                    .for_each(|(d, &v)| *d = v);
+            }
+        }
+        out
+    }
+
+    /// `out_j (c_out planes of h x w) = weights * image_j [+ bias]` on the grid for each image
+    /// `j` of `images` (`image_len` words each, from [`Grid::pairs`]), a `32 x 32` block at a
+    /// time, each rounded into its output while it is in cache; each block row of `weights`
+    /// (from [`packed_weights`]: `c_out` rows, `c_in` channels) runs through all the images.
+    fn same_conv_images(
         grid: &Grid,
         (c_in, c_out): (usize, usize),
-        (weights, image, bias): (&[u32], &[u32], Option<&[bf16]>),
-        out: &mut [MaybeUninit<bf16>],
+        (weights, images, bias): (&[u32], &[u32], Option<&[bf16]>),
+        outs: &mut [MaybeUninit<bf16>],
     ) {
         let csteps = whole(c_in) / 32;
         let steps = grid.taps() * csteps;
+        let (image_len, out_len) = (csteps * 16 * grid.plane, c_out * grid.h * grid.w);
         assert!(
             weights.len() >= whole(c_out) / 32 * steps * STEP_WORDS
-                && image.len() >= csteps * 16 * grid.plane
+                && images.len() >= outs.len() / out_len.max(1) * image_len
         );
         with_tiles(|| {
             let mut blk = [0f32; 32 * 32];
             for mb in 0..c_out.div_ceil(32) {
                 let rows = (c_out - mb * 32).min(32);
                 let a0 = weights[mb * steps * STEP_WORDS..].as_ptr();
-                for n0 in (0..grid.cols_pad).step_by(32) {
-                    if let Some(b) = bias {
-                        for (row, &bv) in blk.chunks_exact_mut(32).zip(&b[mb * 32..mb * 32 + rows])
-                        {
-                            row.fill(bv.to_f32());
+                for (image, out) in images
+                    .chunks_exact(image_len)
+                    .zip(outs.chunks_exact_mut(out_len))
+                {
+                    for n0 in (0..grid.cols_pad).step_by(32) {
+                        if let Some(b) = bias {
+                            for (row, &bv) in
+                                blk.chunks_exact_mut(32).zip(&b[mb * 32..mb * 32 + rows])
+                            {
+                                row.fill(bv.to_f32());
+                            }
                         }
+                        let step = |s: usize| {
+                            let (t, cs) = (s / csteps, s % csteps);
+                            TileStep {
+                                a: a0.wrapping_add(s * STEP_WORDS).cast(),
+                                a_half: amx::SLAB_STEP_BYTES / 2,
+                                a_stride: 64,
+                                b: image
+                                    .as_ptr()
+                                    .wrapping_add(cs * 16 * grid.plane + n0 + grid.offset(t))
+                                    .cast(),
+                                b_half: 64,
+                                b_stride: grid.plane * 4,
+                            }
+                        };
+                        // SAFETY: the tiles are loaded (`with_tiles`); `a` reads step `s` of
+                        // slab `mb` of `weights`, `b` 16 pair planes of `image` (both inside,
+                        // asserted) at columns `n0 + offset(t) ..+32`, inside a plane
+                        // (`Grid::plane`); the block is `blk`.
+                        unsafe {
+                            block_of(
+                                (rows, 32),
+                                steps,
+                                step,
+                                blk.as_mut_ptr(),
+                                32,
+                                bias.is_some(),
+                            )
+                        };
+                        grid.emit(&blk, (mb * 32, rows), n0, out);
                     }
-                    let step = |s: usize| {
-                        let (t, cs) = (s / csteps, s % csteps);
-                        TileStep {
-                            a: a0.wrapping_add(s * STEP_WORDS).cast(),
-                            a_half: amx::SLAB_STEP_BYTES / 2,
-                            a_stride: 64,
-                            b: image
-                                .as_ptr()
-                                .wrapping_add(cs * 16 * grid.plane + n0 + grid.offset(t))
-                                .cast(),
-                            b_half: 64,
-                            b_stride: grid.plane * 4,
-                        }
-                    };
-                    // SAFETY: the tiles are loaded (`with_tiles`); `a` reads step `s` of slab
-                    // `mb` of `weights`, `b` 16 pair planes of `image` (both inside, asserted)
-                    // at columns `n0 + offset(t) ..+32`, inside a plane (`Grid::plane`); the
-                    // block is `blk`.
-                    unsafe {
-                        block_of(
-                            (rows, 32),
-                            steps,
-                            step,
-                            blk.as_mut_ptr(),
-                            32,
-                            bias.is_some(),
-                        )
-                    };
-                    grid.emit(&blk, (mb * 32, rows), n0, out);
                 }
             }
         })
     }
 
-    /// `f(i, out_i, image)` for every image `i` of `n`, each output `len` elements, the images
-    /// split into thread groups with one `image` buffer of `image_len` words each; returns the
-    /// output.
-    fn per_image(
-        n: usize,
-        len: usize,
-        image_len: usize,
-        f: impl Fn(usize, &mut [MaybeUninit<bf16>], &mut [u32]) + Sync,
-    ) -> Vec<bf16> {
-        let per = n.div_ceil(groups(n).max(1)).max(1);
-        // SAFETY: every image's `len` elements are written by `f` (each caller's contract).
-        unsafe {
-            written_vec(n * len, |out| {
-                out.par_chunks_mut((per * len).max(1))
-                    .enumerate()
-                    .for_each(|(gi, images)| {
-                        let mut image = vec![0u32; image_len];
-                        for (j, o) in images.chunks_mut(len.max(1)).enumerate() {
-                            f(gi * per + j, o, &mut image);
-                        }
-                    })
-            })
-        }
-    }
-
     /// Every image of `src` (`n` images of `c_in` planes) through `weights` on the grid,
-    /// rounded into bf16 (`n` images of `c_out` planes); `bias` starts each row's sums.
+    /// rounded into bf16 (`n` images of `c_out` planes); `bias` starts each row's sums. One
+    /// contiguous share of the images per thread group, [`batch_images`] at a time.
     fn same_conv(
-        grid: &Grid,
-        (n, c_in, c_out): (usize, usize, usize),
+        geo: &Geometry,
+        (c_in, c_out): (usize, usize),
         src: &[bf16],
         weights: &[u32],
         bias: Option<&[bf16]>,
     ) -> Vec<bf16> {
-        let hw = grid.h * grid.w;
-        per_image(
-            n,
-            c_out * hw,
-            whole(c_in) / 2 * grid.plane,
-            |i, o, image| {
-                grid.pairs(&src[i * c_in * hw..][..c_in * hw], c_in, image);
-                same_conv_image(grid, (c_in, c_out), (weights, image, bias), o);
-            },
-        )
+        let (grid, n, hw) = (Grid::of(geo), geo.n, geo.h * geo.w);
+        let (len, image_len) = (c_out * hw, whole(c_in) / 2 * grid.plane);
+        let share = n.div_ceil(groups(n).max(1)).max(1);
+        let batch = super::batch_images(geo, c_in);
+        // SAFETY: every image's `len` elements are written by `same_conv_images`.
+        unsafe {
+            written_vec(n * len, |out| {
+                out.par_chunks_mut((share * len).max(1))
+                    .enumerate()
+                    .for_each(|(gi, outs)| {
+                        let mut images = vec![0u32; batch * image_len];
+                        for (bi, outs) in outs.chunks_mut((batch * len).max(1)).enumerate() {
+                            let (first, count) = (gi * share + bi * batch, outs.len() / len.max(1));
+                            for (j, image) in
+                                images.chunks_exact_mut(image_len).take(count).enumerate()
+                            {
+                                let i = first + j;
+                                grid.pairs(&src[i * c_in * hw..][..c_in * hw], c_in, image);
+                            }
+                            let images = &images[..count * image_len];
+                            same_conv_images(&grid, (c_in, c_out), (weights, images, bias), outs);
+                        }
+                    })
+            })
+        }
     }
 
     /// The forward: `y = conv(x, w) + bias`, bf16 `[n, cout, h, w]`.
@@ -384,10 +434,8 @@ mod cpu {
         let _workspace = x.device().reserve(forward_workspace_bytes(geo))?;
         let grid = Grid::of(geo);
         let taps = grid.taps();
-        let weights = packed_weights((geo.cout, geo.cin, taps), |co, t, ci| {
-            ws[(co * geo.cin + ci) * taps + t]
-        });
-        let out = same_conv(&grid, (geo.n, geo.cin, geo.cout), xs, &weights, bias);
+        let weights = packed_weights(ws, (geo.cout, geo.cin, taps));
+        let out = same_conv(geo, (geo.cin, geo.cout), xs, &weights, bias);
         Tensor::from_vec(out, &geo.out_shape(), x.device())
     }
 
@@ -425,10 +473,9 @@ mod cpu {
             Some(w) => {
                 let (ws, taps) = (w.as_slice::<bf16>()?, grid.taps());
                 // The input gradient's kernel: transposed and flipped.
-                let weights = packed_weights((geo.cin, geo.cout, taps), |ci, t, co| {
-                    ws[(co * geo.cin + ci) * taps + taps - 1 - t]
-                });
-                let gx = same_conv(&grid, (geo.n, geo.cout, geo.cin), gs, &weights, None);
+                let flipped = flipped_transpose(ws, (geo.cout, geo.cin, taps));
+                let weights = packed_weights(&flipped, (geo.cin, geo.cout, taps));
+                let gx = same_conv(geo, (geo.cout, geo.cin), gs, &weights, None);
                 Some(Tensor::from_vec(gx, &[geo.n, geo.cin, geo.h, geo.w], dev)?)
             }
             None => None,
@@ -437,8 +484,9 @@ mod cpu {
     }
 
     /// `gW` (`f32`, `[cout, cin, kh, kw]`): per tap `t`, `gW_t^T (cin x cout) += rows(x_i) *
-    /// g_i^T`, the rows of `x_i` read from its plain grid at the tap's offset; summed over each
-    /// chunk's images in order into its partial, the partials added in chunk order.
+    /// g_i^T`, the rows of `x_i` read from its plain grid at the tap's offset. The chunks run in
+    /// batch order, each adding into the sums its images' products in order (in the tiles:
+    /// each block loaded and stored once a chunk); a chunk's blocks are split over threads.
     fn weight_grad(
         geo: &Geometry,
         grid: &Grid,
@@ -447,87 +495,155 @@ mod cpu {
         dev: &Device,
     ) -> Result<Tensor> {
         let (taps, ld) = (grid.taps(), whole(geo.cout));
-        let part_len = taps * whole(geo.cin) * ld;
-        let chunks = super::chunks(geo.n);
-        let groups = groups(chunks.len()).max(1);
-        let mut parts = vec![0f32; groups * part_len];
-        let mut total = vec![0f32; part_len];
-        for wave in chunks.chunks(groups) {
-            parts
-                .par_chunks_mut(part_len)
-                .zip(wave)
-                .for_each(|(part, &images)| {
-                    weight_grad_chunk(geo, grid, (gs, xs), images, part);
-                });
-            for part in parts.chunks_exact(part_len).take(wave.len()) {
-                total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
-            }
+        let mut total = vec![0f32; taps * tile_rows(geo.cin) * ld];
+        let images = chunk_images(geo).min(geo.n);
+        let (image_len, packed_len) = (
+            tile_rows(geo.cin) * grid.plane,
+            amx::packed_len(grid.cols_pad, geo.cout),
+        );
+        let mut grids = vec![bf16::ZERO; images * image_len];
+        let mut packed = vec![0u32; images * packed_len];
+        for (c, &(first, count)) in chunks(geo).iter().enumerate() {
+            let operands = (
+                &mut grids[..count * image_len],
+                &mut packed[..count * packed_len],
+            );
+            prepare_chunk(geo, grid, (gs, xs), first, operands);
+            let operands = (&grids[..count * image_len], &packed[..count * packed_len]);
+            weight_grad_blocks(geo, grid, operands, c > 0, &mut total);
         }
-        let gw: Vec<f32> = (0..geo.cout * geo.cin * taps)
-            .map(|e| {
-                let (co, ci, t) = (e / (geo.cin * taps), e / taps % geo.cin, e % taps);
-                total[(t * whole(geo.cin) + ci) * ld + co]
-            })
-            .collect();
-        Tensor::from_vec(gw, &[geo.cout, geo.cin, geo.kh, geo.kw], dev)
-    }
-
-    /// The weight gradient's transpose summed over images `first ..+count` into `part`
-    /// (`(tap, whole(cin)) x whole(cout)`, every element it keeps written).
-    fn weight_grad_chunk(
-        geo: &Geometry,
-        grid: &Grid,
-        (gs, xs): (&[bf16], &[bf16]),
-        (first, count): (usize, usize),
-        part: &mut [f32],
-    ) {
-        let (hw, taps, ld) = (geo.h * geo.w, grid.taps(), whole(geo.cout));
-        let steps = grid.cols_pad / 32;
-        let mut image = vec![bf16::ZERO; whole(geo.cin) * grid.plane];
-        let mut spread = vec![bf16::ZERO; geo.cout * grid.cols_pad];
-        let mut packed = vec![0u32; amx::packed_len(grid.cols_pad, geo.cout)];
-        with_tiles(|| {
-            for (j, i) in (first..first + count).enumerate() {
-                grid.plain(&xs[i * geo.cin * hw..][..geo.cin * hw], geo.cin, &mut image);
-                grid.spread(
-                    &gs[i * geo.cout * hw..][..geo.cout * hw],
-                    geo.cout,
-                    &mut spread,
-                );
-                let g = Strided::new(&spread[..], 1, grid.cols_pad);
-                amx::pack_whole_cols(g, (grid.cols_pad, geo.cout), &mut packed);
+        // gW[co][ci][t] from the sums' rows (t, ci), 16 output channels (a cache line of a
+        // row) at a time, so reads and writes both run along cache lines.
+        let mut gw = vec![0f32; geo.cout * geo.cin * taps];
+        for co0 in (0..geo.cout).step_by(16) {
+            let cos = 16.min(geo.cout - co0);
+            for ci in 0..geo.cin {
                 for t in 0..taps {
-                    for cb in 0..geo.cin.div_ceil(32) {
-                        for ob in 0..geo.cout.div_ceil(32) {
-                            let step = |s: usize| TileStep {
-                                a: image
-                                    .as_ptr()
-                                    .wrapping_add(cb * 32 * grid.plane + s * 32 + grid.offset(t))
-                                    .cast(),
-                                a_half: 16 * grid.plane * 2,
-                                a_stride: grid.plane * 2,
-                                b: packed
-                                    .as_ptr()
-                                    .wrapping_add((ob * steps + s) * STEP_WORDS)
-                                    .cast(),
-                                b_half: amx::SLAB_STEP_BYTES / 2,
-                                b_stride: 64,
-                            };
-                            let (h, w) =
-                                ((geo.cin - cb * 32).min(32), (geo.cout - ob * 32).min(32));
-                            let at = (t * whole(geo.cin) + cb * 32) * ld + ob * 32;
-                            assert!(at + (h.max(16) - 1) * ld + w.max(16) <= part.len());
-                            // SAFETY: the tiles are loaded; `a` reads rows `32 cb ..+32` of the
-                            // image's grid (`whole(cin)` planes) at columns `32 s + offset(t)
-                            // ..+32`, inside a plane (`Grid::plane`); `b` step `s` of slab `ob`
-                            // of `packed`; the block lies inside `part` (asserted).
-                            unsafe {
-                                block_of((h, w), steps, step, part.as_mut_ptr().add(at), ld, j > 0)
-                            };
-                        }
+                    let src = &total[(t * tile_rows(geo.cin) + ci) * ld + co0..][..cos];
+                    for (j, &v) in src.iter().enumerate() {
+                        gw[((co0 + j) * geo.cin + ci) * taps + t] = v;
                     }
                 }
             }
-        })
+        }
+        Tensor::from_vec(gw, &[geo.cout, geo.cin, geo.kh, geo.kw], dev)
+    }
+
+    /// The operands of a chunk of images from `first`, one image per task: each image's plain
+    /// grid into `grids`, its output gradient spread on the grid's columns and packed into
+    /// `packed`.
+    fn prepare_chunk(
+        geo: &Geometry,
+        grid: &Grid,
+        (gs, xs): (&[bf16], &[bf16]),
+        first: usize,
+        (grids, packed): (&mut [bf16], &mut [u32]),
+    ) {
+        let hw = geo.h * geo.w;
+        let count = grids.len() / (tile_rows(geo.cin) * grid.plane).max(1);
+        let per = count.div_ceil(groups(count).max(1)).max(1);
+        grids
+            .par_chunks_mut(per * tile_rows(geo.cin) * grid.plane)
+            .zip(packed.par_chunks_mut(per * amx::packed_len(grid.cols_pad, geo.cout)))
+            .enumerate()
+            .for_each(|(task, (grids, packed))| {
+                let mut spread = vec![bf16::ZERO; geo.cout * grid.cols_pad];
+                let images = grids.chunks_exact_mut(tile_rows(geo.cin) * grid.plane);
+                let packs = packed.chunks_exact_mut(amx::packed_len(grid.cols_pad, geo.cout));
+                for (j, (image, pack)) in images.zip(packs).enumerate() {
+                    let i = first + task * per + j;
+                    grid.plain(&xs[i * geo.cin * hw..][..geo.cin * hw], geo.cin, image);
+                    grid.spread(
+                        &gs[i * geo.cout * hw..][..geo.cout * hw],
+                        geo.cout,
+                        &mut spread,
+                    );
+                    let g = Strided::new(&spread[..], 1, grid.cols_pad);
+                    amx::pack_whole_cols(g, (grid.cols_pad, geo.cout), pack);
+                }
+            });
+    }
+
+    /// Every `32 x 32` block of the weight gradient's transpose `total` (`(tap, tile_rows(cin))
+    /// x whole(cout)`): `[total +]` the chunk's images' products, image by image; the blocks
+    /// split over threads.
+    fn weight_grad_blocks(
+        geo: &Geometry,
+        grid: &Grid,
+        (grids, packed): (&[bf16], &[u32]),
+        load: bool,
+        total: &mut [f32],
+    ) {
+        let (ld, steps) = (whole(geo.cout), grid.cols_pad / 32);
+        let (image_len, packed_len) = (
+            tile_rows(geo.cin) * grid.plane,
+            amx::packed_len(grid.cols_pad, geo.cout),
+        );
+        let count = grids.len() / image_len.max(1);
+        let (cin_blocks, out_blocks) = (geo.cin.div_ceil(32), geo.cout.div_ceil(32));
+        let rows_per_tap = tile_rows(geo.cin);
+        let out = Out(total.as_mut_ptr(), total.len());
+        // Blocks in groups of `OUT_GROUP` output blocks (their packed gradients stay in cache),
+        // all taps and input blocks through each group.
+        let (groups_out, rows) = (out_blocks.div_ceil(OUT_GROUP), grid.taps() * cin_blocks);
+        let blocks = groups_out * rows * OUT_GROUP;
+        let tasks = (rayon::current_num_threads() * 4).min(blocks).max(1);
+        (0..tasks).into_par_iter().for_each(|task| {
+            with_tiles(|| {
+                for b in task * blocks / tasks..(task + 1) * blocks / tasks {
+                    let (og, r, o) = (b / (rows * OUT_GROUP), b / OUT_GROUP % rows, b % OUT_GROUP);
+                    let (t, cb, ob) = (r / cin_blocks, r % cin_blocks, og * OUT_GROUP + o);
+                    if ob >= out_blocks {
+                        continue;
+                    }
+                    let step = |s: usize| {
+                        let (j, s) = (s / steps, s % steps);
+                        let a = j * image_len + cb * 32 * grid.plane + s * 32 + grid.offset(t);
+                        let b = j * packed_len + (ob * steps + s) * STEP_WORDS;
+                        TileStep {
+                            a: grids.as_ptr().wrapping_add(a).cast(),
+                            a_half: 16 * grid.plane * 2,
+                            a_stride: grid.plane * 2,
+                            b: packed.as_ptr().wrapping_add(b).cast(),
+                            b_half: amx::SLAB_STEP_BYTES / 2,
+                            b_stride: 64,
+                        }
+                    };
+                    let (h, w) = ((geo.cin - cb * 32).min(32), (geo.cout - ob * 32).min(32));
+                    let at = (t * rows_per_tap + cb * 32) * ld + ob * 32;
+                    let tiles = |v: usize| if v > 16 { 32 } else { 16 };
+                    assert!(at + (tiles(h) - 1) * ld + tiles(w) <= out.len());
+                    // SAFETY: the tiles are loaded; `a` reads 16 or 32 rows from `32 cb` of
+                    // image `j`'s grid (`tile_rows(cin)` planes) at columns `32 s + offset(t)
+                    // ..+32`, inside a plane (`Grid::plane`); `b` step `s` of slab `ob` of image
+                    // `j`'s packed gradient; the block lies inside `total` (asserted) and is
+                    // this task's alone.
+                    unsafe { block_of((h, w), count * steps, step, out.at(at), ld, load) };
+                }
+            })
+        });
+    }
+
+    /// Output blocks (of 32 columns) of the weight gradient whose packed output gradients a
+    /// thread keeps in cache while it runs all taps and input blocks through them.
+    const OUT_GROUP: usize = 8;
+
+    /// The weight gradient's sums, written by tasks in disjoint blocks.
+    #[derive(Clone, Copy)]
+    struct Out(*mut f32, usize);
+    // SAFETY: the tasks given an `Out` write disjoint blocks of it.
+    unsafe impl Send for Out {}
+    // SAFETY: as above.
+    unsafe impl Sync for Out {}
+
+    impl Out {
+        fn len(&self) -> usize {
+            self.1
+        }
+
+        /// Element `i` (`i < len`).
+        fn at(&self, i: usize) -> *mut f32 {
+            self.0.wrapping_add(i)
+        }
     }
 }

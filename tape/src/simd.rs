@@ -11,6 +11,11 @@
 //! Like PyTorch's `ATEN_CPU_CAPABILITY`, the environment variable `TAPE_CPU_SIMD`
 //! (`baseline`, `avx2` or `avx512`) caps the level for a process; [`set_simd_level`] changes it
 //! while running (for comparisons and tests).
+//!
+//! bf16 convolutions and bf16-valued products run on the CPU's bf16 matrix units (Intel AMX)
+//! where it has them ([`bf16_matrix_units`]), apart from the levels: `TAPE_CPU_AMX=0` or
+//! [`set_bf16_matrix_units`] turns them off. Their sums run in another order than the `f32`
+//! kernels' (the same bits on every thread count, other bits than without the units).
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};

@@ -331,10 +331,16 @@ fn chunk_images(g: &Geometry) -> usize {
 
 /// `(first image, image count)` of each backward work chunk, in batch order.
 fn chunk_ranges(g: &Geometry) -> Vec<(usize, usize)> {
-    let size = chunk_images(g);
-    (0..g.n)
+    image_runs(g.n, chunk_images(g))
+}
+
+/// `(first image, image count)` of `n` images cut into runs of `size` (the last one shorter),
+/// in batch order.
+pub(super) fn image_runs(n: usize, size: usize) -> Vec<(usize, usize)> {
+    let size = size.max(1);
+    (0..n)
         .step_by(size)
-        .map(|first| (first, size.min(g.n - first)))
+        .map(|first| (first, size.min(n - first)))
         .collect()
 }
 

@@ -19,7 +19,7 @@
 //!   summed in the tiles over the images of a chunk (a fixed count), chunk after chunk, the
 //!   blocks split over threads: the same bits at every thread count.
 
-use super::cpu::groups;
+use super::cpu::{groups, image_runs};
 use super::Geometry;
 use crate::dtype::DType;
 
@@ -129,11 +129,7 @@ fn chunk_images(geo: &Geometry) -> usize {
 
 /// `(first image, count)` of each weight-gradient chunk, in batch order.
 fn chunks(geo: &Geometry) -> Vec<(usize, usize)> {
-    let size = chunk_images(geo);
-    (0..geo.n)
-        .step_by(size)
-        .map(|i| (i, size.min(geo.n - i)))
-        .collect()
+    image_runs(geo.n, chunk_images(geo))
 }
 
 /// Workspace bytes of a backward on the tiles computing the input gradient (`x`: the flipped,

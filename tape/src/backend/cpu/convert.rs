@@ -3,9 +3,12 @@
 //! every bf16 op, run as branch-free integer arithmetic compiled for the widest SIMD level
 //! (the same bits as the `half` crate's scalar conversions, at every level).
 
-use crate::backend::cpu::map::{as_dtype, as_dtype_mut, as_dtype_slots, written_vec, PAR_MIN};
-use crate::dtype::{bf16, DType, Scalar};
+use crate::backend::cpu::map::{
+    as_dtype, as_dtype_mut, as_dtype_slots, as_slots, write_copy, written_vec, PAR_MIN,
+};
+use crate::dtype::{bf16, f16, DType, Scalar};
 use crate::simd::widest_simd;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -44,6 +47,16 @@ pub(crate) fn convert_into<S: Scalar, D: Scalar>(out: &mut [MaybeUninit<D>], src
         (DType::F32, DType::BF16) => {
             if let (Some(o), Some(s)) = (as_dtype_slots(out), as_dtype(src)) {
                 return narrow_bf16(o, s);
+            }
+        }
+        (DType::F16, DType::F32) => {
+            if let (Some(o), Some(s)) = (as_dtype_slots(out), as_dtype(src)) {
+                return widen_f16(o, s);
+            }
+        }
+        (DType::F32, DType::F16) => {
+            if let (Some(o), Some(s)) = (as_dtype_slots(out), as_dtype(src)) {
+                return narrow_f16(o, s);
             }
         }
         _ => {}
@@ -105,15 +118,125 @@ fn narrow_bf16_body(out: &mut [MaybeUninit<bf16>], src: &[f32]) {
     }
 }
 
+/// Values per run of the `f16` conversions (a stack buffer each).
+const F16_RUN: usize = 256;
+
+/// `f16` to `f32` (exact): the AVX-512 conversion instruction at that level, else the `half`
+/// crate's slice conversion a run at a time (F16C where the CPU has it); the same bits.
+fn widen_f16(out: &mut [MaybeUninit<f32>], src: &[f16]) {
+    let done = f16_x86::widen(out, src);
+    let mut buf = [0f32; F16_RUN];
+    for (o, s) in out[done..]
+        .chunks_mut(F16_RUN)
+        .zip(src[done..].chunks(F16_RUN))
+    {
+        let b = &mut buf[..s.len()];
+        s.convert_to_f32_slice(b);
+        write_copy(o, b);
+    }
+}
+
+/// `f32` to `f16`, rounded to nearest (ties to even), as [`widen_f16`] converts.
+fn narrow_f16(out: &mut [MaybeUninit<f16>], src: &[f32]) {
+    let done = f16_x86::narrow(out, src);
+    let mut buf = [f16::ZERO; F16_RUN];
+    for (o, s) in out[done..]
+        .chunks_mut(F16_RUN)
+        .zip(src[done..].chunks(F16_RUN))
+    {
+        let b = &mut buf[..s.len()];
+        b.convert_from_f32_slice(s);
+        write_copy(o, b);
+    }
+}
+
+/// The AVX-512 `f16 <-> f32` conversions (`vcvtph2ps`, `vcvtps2ph` rounding to nearest even):
+/// whole vectors of 16, at that SIMD level only; each returns how many it converted.
+mod f16_x86 {
+    use crate::dtype::f16;
+    use std::mem::MaybeUninit;
+
+    /// Converts the first multiple of 16 of `src` into `out` (equal lengths).
+    pub(super) fn widen(out: &mut [MaybeUninit<f32>], src: &[f16]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
+            let n = src.len().min(out.len()) / 16 * 16;
+            // SAFETY: the level says the CPU has AVX-512 F; both slices hold `n` elements.
+            unsafe { x86::widen(out.as_mut_ptr().cast(), src.as_ptr().cast(), n) };
+            return n;
+        }
+        0
+    }
+
+    /// Converts the first multiple of 16 of `src` into `out` (equal lengths).
+    pub(super) fn narrow(out: &mut [MaybeUninit<f16>], src: &[f32]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::simd_level() == crate::simd::SimdLevel::Avx512 {
+            let n = src.len().min(out.len()) / 16 * 16;
+            // SAFETY: as in `widen`.
+            unsafe { x86::narrow(out.as_mut_ptr().cast(), src.as_ptr(), n) };
+            return n;
+        }
+        0
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use std::arch::x86_64::*;
+
+        /// # Safety
+        /// AVX-512 F; `src` and `out` hold `n` (a multiple of 16) elements.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn widen(out: *mut f32, src: *const u16, n: usize) {
+            for i in (0..n).step_by(16) {
+                let v = _mm512_cvtph_ps(_mm256_loadu_si256(src.add(i).cast()));
+                _mm512_storeu_ps(out.add(i), v);
+            }
+        }
+
+        /// # Safety
+        /// As [`widen`].
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn narrow(out: *mut u16, src: *const f32, n: usize) {
+            for i in (0..n).step_by(16) {
+                let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm512_loadu_ps(src.add(i)),
+                );
+                _mm256_storeu_si256(out.add(i).cast(), h);
+            }
+        }
+    }
+}
+
 /// `acc[i] = round(acc[i] + round(v[i]))`, the `f32` sum rounded to `acc`'s 16-bit dtype: what
 /// adding the rounded `f32` value `v[i]` into a 16-bit gradient computes (each operand widened
-/// exactly, the sum taken in `f32`, rounded once). Vectorised for bf16.
+/// exactly, the sum taken in `f32`, rounded once). Vectorised for bf16; for f16 through the
+/// slice conversions a run at a time.
 pub(crate) fn add_rounded<S: Scalar>(acc: &mut [S], v: &[f32]) {
     if let Some(acc) = as_dtype_mut(acc) {
         return add_rounded_bf16(acc, v);
     }
+    if let Some(acc) = as_dtype_mut::<S, f16>(acc) {
+        return add_rounded_f16(acc, v);
+    }
     for (a, &v) in acc.iter_mut().zip(v) {
         *a = S::of_f32(a.f32() + S::of_f32(v).f32());
+    }
+}
+
+/// [`add_rounded`] for f16, through [`widen_f16`] and [`narrow_f16`] a run at a time.
+fn add_rounded_f16(acc: &mut [f16], v: &[f32]) {
+    let (mut sum, mut rounded, mut back) = ([0f32; F16_RUN], [f16::ZERO; F16_RUN], [0f32; F16_RUN]);
+    for (a, v) in acc.chunks_mut(F16_RUN).zip(v.chunks(F16_RUN)) {
+        let n = a.len();
+        widen_f16(as_slots(&mut sum[..n]), a);
+        narrow_f16(as_slots(&mut rounded[..n]), v);
+        widen_f16(as_slots(&mut back[..n]), &rounded[..n]);
+        sum[..n]
+            .iter_mut()
+            .zip(&back[..n])
+            .for_each(|(s, &b)| *s += b);
+        narrow_f16(as_slots(a), &sum[..n]);
     }
 }
 
@@ -178,6 +301,40 @@ mod tests {
             assert!(
                 bits == want,
                 "{level}: bf16 rounded add differs from the scalar one"
+            );
+        });
+    }
+
+    #[test]
+    fn f16_conversions_and_rounded_add_give_the_scalar_bits_at_every_simd_level() {
+        let src = f32_patterns();
+        let want: Vec<u16> = src.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        let want_wide: Vec<u32> = all.iter().map(|v| v.to_f32().to_bits()).collect();
+        let acc0: Vec<f16> = src.iter().rev().map(|&x| f16::from_f32(x * 0.75)).collect();
+        let want_sum: Vec<u16> = acc0
+            .iter()
+            .zip(&src)
+            .map(|(a, &v)| f16::from_f32(a.to_f32() + f16::from_f32(v).to_f32()).to_bits())
+            .collect();
+        for_each_supported_level(|level| {
+            let got: Vec<f16> = converted(&src);
+            assert!(
+                got.iter().map(|v| v.to_bits()).eq(want.iter().copied()),
+                "{level}: f32 -> f16"
+            );
+            let wide: Vec<f32> = converted(&all);
+            assert!(
+                wide.iter()
+                    .map(|v| v.to_bits())
+                    .eq(want_wide.iter().copied()),
+                "{level}: f16 -> f32"
+            );
+            let mut acc = acc0.clone();
+            add_rounded(&mut acc, &src);
+            assert!(
+                acc.iter().map(|a| a.to_bits()).eq(want_sum.iter().copied()),
+                "{level}: f16 rounded add"
             );
         });
     }

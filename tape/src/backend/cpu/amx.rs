@@ -86,7 +86,7 @@ impl<'a, V> Strided<'a, V> {
 
 /// Two values as one bf16 pair (`lo` in the low half), as tiles take them.
 #[inline(always)]
-fn pair<V: TileValue>(lo: V, hi: V) -> u32 {
+pub(crate) fn pair<V: TileValue>(lo: V, hi: V) -> u32 {
     ((hi.bits() as u32) << 16) | lo.bits() as u32
 }
 

@@ -157,7 +157,7 @@ mod cpu {
         backward_workspace_bytes, chunk_images, chunks, forward_workspace_bytes, groups, tile_rows,
         whole, Grid,
     };
-    use crate::backend::cpu::amx::{self, block_of, with_tiles, Strided, TileStep};
+    use crate::backend::cpu::amx::{self, block_of, pair, with_tiles, Strided, TileStep};
     use crate::backend::cpu::convert::convert_into;
     use crate::backend::cpu::map::written_vec;
     use crate::device::Device;
@@ -166,11 +166,6 @@ mod cpu {
     use crate::tensor::Tensor;
     use rayon::prelude::*;
     use std::mem::MaybeUninit;
-
-    /// Two bf16 as one tile pair (`lo` in the low half).
-    fn pair(lo: bf16, hi: bf16) -> u32 {
-        ((hi.to_bits() as u32) << 16) | lo.to_bits() as u32
-    }
 
     /// Words of one step of a packed slab.
     const STEP_WORDS: usize = amx::SLAB_STEP_BYTES / 4;

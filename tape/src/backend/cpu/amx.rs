@@ -1,20 +1,21 @@
-//! Matrix products on Intel AMX tiles for `f32` operands that hold bf16 values: a 16-bit
-//! precision policy's convolutions compute on `f32` copies of bf16 tensors, whose values
-//! `tdpbf16ps` (bf16 pairs into `f32` sums) takes without loss. One tile instruction does
-//! 16x16x32 multiply-adds; on the machine measured a 32x32 block ran ~1 TFLOP/s on one core,
-//! against ~0.18 for the `gemm` crate's `f32` kernel.
+//! Matrix products on Intel AMX tiles for bf16 operands: bf16 tensors themselves (the tile
+//! convolutions of `ops/conv2d/tiles.rs`) or `f32` copies of them (a 16-bit convolution's
+//! GEMMs on `f32` copies), whose values `tdpbf16ps` (bf16 pairs into `f32` sums) takes without
+//! loss. One tile instruction does 16x16x32 multiply-adds; on the machine measured a 32x32
+//! block ran ~1 TFLOP/s on one core, against ~0.18 for the `gemm` crate's `f32` kernel.
 //!
-//! Each `32 x 32` block of the product is four tiles summed over the whole `k`, 32 values of
-//! `k` a step, in a fixed order: the bits depend on the shapes alone, not on the thread count
-//! or the work split. Per step and element the instruction sums the even and the odd products
-//! of the 32 into two `f32` partial sums from zero and adds their sum to the element (round to
+//! Each `32 x 32` block of a product is four tiles summed over the whole `k`, 32 values of `k`
+//! a step, in a fixed order: the bits depend on the shapes alone, not on the thread count or
+//! the work split. Per step and element the instruction sums the even and the odd products of
+//! the 32 into two `f32` partial sums from zero and adds their sum to the element (round to
 //! nearest even; denormal inputs and results are flushed to zero), as Intel's pseudocode says
 //! and `tests::tile_order_is_intels_pseudocode` checks on the hardware.
 //!
-//! One operand (the one with fewer 32-wide slabs) is packed whole into tile layout; the other
-//! is packed a slab at a time by the thread that uses it. The packed copies (bf16, half the
-//! bytes of the `f32` operands) are the kernel's own scratch, as the `gemm` crate's packing
-//! buffers are, and not charged to the device.
+//! [`gemm`] packs one operand (the one with fewer 32-wide slabs) whole into tile layout; the
+//! other is packed a slab at a time by the thread that uses it. Those packed copies (bf16,
+//! half the bytes of `f32` operands) are the kernel's own scratch, as the `gemm` crate's
+//! packing buffers are, and not charged to the device. Callers with a layout of their own
+//! (the tile convolutions) give [`block_of`] each step's tile addresses instead.
 
 use crate::dtype::bf16;
 #[cfg(doc)]
@@ -28,7 +29,7 @@ const SLAB: usize = 32;
 const STEP: usize = 32;
 /// `u16`s of one slab for one step (two 16 x 32 tiles).
 const STEP_LEN: usize = SLAB * STEP;
-/// Bytes of one step of a packed slab ([`packed_cols`]).
+/// Bytes of one step of a packed slab ([`pack_whole_cols`]).
 pub(crate) const SLAB_STEP_BYTES: usize = STEP_LEN * 2;
 /// Slabs a thread packs at a time of the operand it streams.
 const RUN: usize = 16;
@@ -76,12 +77,6 @@ impl<'a, V> Strided<'a, V> {
     pub(crate) fn new(data: &'a [V], rs: usize, cs: usize) -> Self {
         Strided { data, rs, cs }
     }
-
-    /// Where row `r` starts.
-    #[inline(always)]
-    fn base(&self, r: usize) -> usize {
-        r * self.rs
-    }
 }
 
 /// Two values as one bf16 pair (`lo` in the low half), as tiles take them.
@@ -118,7 +113,7 @@ unsafe fn pack_rows<V: TileValue>(
         out.fill(0);
     }
     for r in 0..rows {
-        let base = a.base(r0 + r);
+        let base = (r0 + r) * a.rs;
         for s in 0..k.div_ceil(STEP) {
             let dst = &mut out[s * STEP_LEN / 2 + r * STEP / 2..][..STEP / 2];
             let k0 = s * STEP;
@@ -168,8 +163,8 @@ unsafe fn pack_cols<V: TileValue>(
         out.fill(0);
     }
     for kk in (0..k).step_by(2) {
-        let lo = &b.data[b.base(kk) + c0..][..cols];
-        let hi = (kk + 1 < k).then(|| &b.data[b.base(kk + 1) + c0..][..cols]);
+        let lo = &b.data[kk * b.rs + c0..][..cols];
+        let hi = (kk + 1 < k).then(|| &b.data[(kk + 1) * b.rs + c0..][..cols]);
         for j0 in (0..cols).step_by(16) {
             let w = 16.min(cols - j0);
             let (t, j) = (j0 / SLAB, j0 % SLAB);
@@ -327,8 +322,11 @@ pub(crate) struct TileStep {
 /// The tiles of step `s` of slabs packed by [`pack_rows`] and [`pack_cols`].
 #[inline(always)]
 fn packed_step(a: *const u32, b: *const u32, s: usize) -> TileStep {
-    // SAFETY: only addresses are computed here; `block`'s caller vouches for the slabs.
-    let (a, b) = unsafe { (a.add(s * STEP_LEN / 2), b.add(s * STEP_LEN / 2)) };
+    // Only addresses are computed here; `block`'s caller vouches for the slabs.
+    let (a, b) = (
+        a.wrapping_add(s * STEP_LEN / 2),
+        b.wrapping_add(s * STEP_LEN / 2),
+    );
     TileStep {
         a: a.cast(),
         a_half: STEP_LEN,

@@ -6,18 +6,19 @@
 //! at a time. The meta device charges the workspaces sized here.
 //!
 //! No im2col: each image is copied once into a zero-padded grid (planes of `(h + 2p) x
-//! (w + 2p)`, a few zeros after each) in which every tap `(ky, kx)` of an output position `n`
-//! reads element `n + ky * (w + 2p) + kx` of its channel's plane. So the GEMM's rows are plain
-//! runs of the grid, one per (tap, channel), and its columns are the output positions on the
-//! grid's width (`h x (w + 2p)`; the `2p` extra columns of each row are computed and dropped).
-//! Per image `i`, with `T = kh * kw` taps and `K = T * cin`:
-//! - forward: `y_i (cout x grid) = W (cout x K) * rows(x_i)`, `W` arranged tap-major;
-//! - input gradient: the same product with `W` flipped and transposed (`cin x T * cout`) over
-//!   the padded output gradient;
-//! - weight gradient: `gW^T (K x cout) += rows(x_i) * g_i^T` (`g_i` spread on the grid, zero in
-//!   the dropped columns), the rows of `x_i` read from its plain grid at each tap's offset;
-//!   summed in the tiles over the images of a chunk (a fixed count), chunk after chunk, the
-//!   blocks split over threads: the same bits at every thread count.
+//! (w + 2p)`, zeros after each) in which every tap `(ky, kx)` of an output position `n` reads
+//! element `n + ky * (w + 2p) + kx` of its channel's plane. So a tap's operand is a strided
+//! tile load from that one copy at the tap's offset, and the products' columns are the output
+//! positions on the grid's width (`h x (w + 2p)`; the `2p` extra columns of each row are
+//! computed and dropped). Per image `i`, with `T = kh * kw` taps:
+//! - forward: `y_i (cout x grid) = sum over taps t of W_t (cout x cin) * x_i moved by t`, the
+//!   grid holding pairs of neighbouring channels (the tiles' `b` layout), the kernel packed
+//!   tap-major; each `32 x 32` block rounded into the output while in cache;
+//! - input gradient: the same over the output gradient with the kernel flipped and transposed;
+//! - weight gradient: `gW_t^T (cin x cout) += x_i moved by t * g_i^T`, `x_i` on a plain grid
+//!   (the tiles' `a` layout), `g_i` spread on the grid's columns (zero in the dropped ones) and
+//!   packed once; summed in the tiles over the images of a chunk (a fixed count), chunk after
+//!   chunk, the blocks split over threads: the same bits at every thread count.
 
 use super::cpu::{groups, image_runs};
 use super::Geometry;
@@ -78,6 +79,27 @@ impl Grid {
     fn offset(&self, t: usize) -> usize {
         (t / self.kw) * self.wp + t % self.kw
     }
+
+    /// Words of an image of `channels` as channel pairs on the grid ([`whole`] of them).
+    fn pairs_len(&self, channels: usize) -> usize {
+        whole(channels) / 2 * self.plane
+    }
+
+    /// Elements of an image of `channels` as they are on the grid ([`tile_rows`] of them).
+    fn plain_len(&self, channels: usize) -> usize {
+        tile_rows(channels) * self.plane
+    }
+
+    /// Words of `rows` output-gradient planes spread on the grid's columns and packed as the
+    /// tiles' `b` operand (slabs of 32 rows).
+    fn packed_grad_len(&self, rows: usize) -> usize {
+        whole(rows) * self.cols_pad / 2
+    }
+}
+
+/// Images of `n` each thread group takes (one contiguous share per group).
+fn share(n: usize) -> usize {
+    n.div_ceil(groups(n).max(1)).max(1)
 }
 
 /// `c` rounded up to a whole tile step or block (32).
@@ -95,7 +117,7 @@ fn tile_rows(c: usize) -> usize {
 /// weight, and per thread group a batch of images as channel pairs on the grid.
 fn same_conv_bytes(geo: &Geometry, (c_in, c_out): (usize, usize)) -> usize {
     let g = Grid::of(geo);
-    let per_group = batch_images(geo, c_in) * whole(c_in) / 2 * g.plane * 4;
+    let per_group = batch_images(geo, c_in) * g.pairs_len(c_in) * 4;
     whole(c_out) * g.taps() * whole(c_in) * 2 + groups(geo.n) * per_group
 }
 
@@ -106,9 +128,8 @@ const BATCH_BYTES: usize = 1 << 20;
 /// many as fit their channel-pair grids in [`BATCH_BYTES`] (at least one, at most its share of
 /// the batch), so that each block of the kernel is read once for all of them.
 fn batch_images(geo: &Geometry, c_in: usize) -> usize {
-    let image = whole(c_in) / 2 * Grid::of(geo).plane * 4;
-    let share = geo.n.div_ceil(groups(geo.n).max(1)).max(1);
-    (BATCH_BYTES / image.max(1)).clamp(1, share)
+    let image = Grid::of(geo).pairs_len(c_in) * 4;
+    (BATCH_BYTES / image.max(1)).clamp(1, share(geo.n))
 }
 
 /// Workspace bytes of a forward on the tiles.
@@ -133,15 +154,16 @@ fn chunks(geo: &Geometry) -> Vec<(usize, usize)> {
 }
 
 /// Workspace bytes of a backward on the tiles computing the input gradient (`x`: the flipped,
-/// transposed kernel and the forward's products the other way) and the weight gradient (`w`: a chunk's images on the grid and
-/// their output gradients packed, one output gradient spread on the grid's columns per thread
-/// group preparing them, and the `f32` sums of the weight gradient's transpose).
+/// transposed kernel and the forward's products the other way) and the weight gradient (`w`:
+/// a chunk's images on the grid and their output gradients packed, one output gradient spread
+/// on the grid's columns per thread group preparing them, and the `f32` sums of the weight
+/// gradient's transpose).
 pub(super) fn backward_workspace_bytes(geo: &Geometry, x: bool, w: bool) -> usize {
     let g = Grid::of(geo);
     let flipped = geo.cout * geo.cin * g.taps() * 2;
     let gx = flipped + same_conv_bytes(geo, (geo.cout, geo.cin));
     let images = chunk_images(geo).min(geo.n);
-    let gw = images * (tile_rows(geo.cin) * g.plane + whole(geo.cout) * g.cols_pad) * 2
+    let gw = images * (g.plain_len(geo.cin) * 2 + g.packed_grad_len(geo.cout) * 4)
         + groups(images) * geo.cout * g.cols_pad * 2
         + g.taps() * tile_rows(geo.cin) * whole(geo.cout) * 4;
     (if x { gx } else { 0 }) + if w { gw } else { 0 }
@@ -154,7 +176,7 @@ pub(super) use cpu::{backward, forward};
 mod cpu {
     use super::super::{Conv2dGrads, Geometry};
     use super::{
-        backward_workspace_bytes, chunk_images, chunks, forward_workspace_bytes, groups, tile_rows,
+        backward_workspace_bytes, chunk_images, chunks, forward_workspace_bytes, share, tile_rows,
         whole, Grid,
     };
     use crate::backend::cpu::amx::{self, block_of, pair, with_tiles, Strided, TileStep};
@@ -173,7 +195,7 @@ mod cpu {
     impl Grid {
         /// `channels` planes of `src` (`h x w` each) on the grid as pairs of neighbouring
         /// channels: word `j` of pair plane `q` holds channels `2q, 2q + 1` at grid element
-        /// `j`; zeros elsewhere (`dst`: `whole(channels) / 2` planes).
+        /// `j`; zeros elsewhere (`dst`: [`Grid::pairs_len`] words).
         fn pairs(&self, src: &[bf16], channels: usize, dst: &mut [u32]) {
             dst.fill(0);
             let hw = self.h * self.w;
@@ -201,8 +223,8 @@ mod cpu {
             }
         }
 
-        /// `channels` planes of `src` on the grid as they are (`dst`: `whole(channels)`
-        /// planes, zeros elsewhere).
+        /// `channels` planes of `src` on the grid as they are (`dst`: [`Grid::plain_len`]
+        /// elements, zeros elsewhere).
         fn plain(&self, src: &[bf16], channels: usize, dst: &mut [bf16]) {
             dst.fill(bf16::ZERO);
             let hw = self.h * self.w;
@@ -319,7 +341,7 @@ mod cpu {
     ) {
         let csteps = whole(c_in) / 32;
         let steps = grid.taps() * csteps;
-        let (image_len, out_len) = (csteps * 16 * grid.plane, c_out * grid.h * grid.w);
+        let (image_len, out_len) = (grid.pairs_len(c_in), c_out * grid.h * grid.w);
         assert!(
             weights.len() >= whole(c_out) / 32 * steps * STEP_WORDS
                 && images.len() >= outs.len() / out_len.max(1) * image_len
@@ -387,18 +409,17 @@ mod cpu {
         bias: Option<&[bf16]>,
     ) -> Vec<bf16> {
         let (grid, n, hw) = (Grid::of(geo), geo.n, geo.h * geo.w);
-        let (len, image_len) = (c_out * hw, whole(c_in) / 2 * grid.plane);
-        let share = n.div_ceil(groups(n).max(1)).max(1);
+        let (len, image_len, per) = (c_out * hw, grid.pairs_len(c_in), share(n));
         let batch = super::batch_images(geo, c_in);
         // SAFETY: every image's `len` elements are written by `same_conv_images`.
         unsafe {
             written_vec(n * len, |out| {
-                out.par_chunks_mut((share * len).max(1))
+                out.par_chunks_mut((per * len).max(1))
                     .enumerate()
                     .for_each(|(gi, outs)| {
                         let mut images = vec![0u32; batch * image_len];
                         for (bi, outs) in outs.chunks_mut((batch * len).max(1)).enumerate() {
-                            let (first, count) = (gi * share + bi * batch, outs.len() / len.max(1));
+                            let (first, count) = (gi * per + bi * batch, outs.len() / len.max(1));
                             for (j, image) in
                                 images.chunks_exact_mut(image_len).take(count).enumerate()
                             {
@@ -488,10 +509,7 @@ mod cpu {
         let (taps, ld) = (grid.taps(), whole(geo.cout));
         let mut total = vec![0f32; taps * tile_rows(geo.cin) * ld];
         let images = chunk_images(geo).min(geo.n);
-        let (image_len, packed_len) = (
-            tile_rows(geo.cin) * grid.plane,
-            amx::packed_len(grid.cols_pad, geo.cout),
-        );
+        let (image_len, packed_len) = (grid.plain_len(geo.cin), grid.packed_grad_len(geo.cout));
         let mut grids = vec![bf16::ZERO; images * image_len];
         let mut packed = vec![0u32; images * packed_len];
         for (c, &(first, count)) in chunks(geo).iter().enumerate() {
@@ -531,16 +549,17 @@ mod cpu {
         (grids, packed): (&mut [bf16], &mut [u32]),
     ) {
         let hw = geo.h * geo.w;
-        let count = grids.len() / (tile_rows(geo.cin) * grid.plane).max(1);
-        let per = count.div_ceil(groups(count).max(1)).max(1);
+        let (image_len, packed_len) = (grid.plain_len(geo.cin), grid.packed_grad_len(geo.cout));
+        let count = grids.len() / image_len.max(1);
+        let per = share(count);
         grids
-            .par_chunks_mut(per * tile_rows(geo.cin) * grid.plane)
-            .zip(packed.par_chunks_mut(per * amx::packed_len(grid.cols_pad, geo.cout)))
+            .par_chunks_mut(per * image_len)
+            .zip(packed.par_chunks_mut(per * packed_len))
             .enumerate()
             .for_each(|(task, (grids, packed))| {
                 let mut spread = vec![bf16::ZERO; geo.cout * grid.cols_pad];
-                let images = grids.chunks_exact_mut(tile_rows(geo.cin) * grid.plane);
-                let packs = packed.chunks_exact_mut(amx::packed_len(grid.cols_pad, geo.cout));
+                let images = grids.chunks_exact_mut(image_len);
+                let packs = packed.chunks_exact_mut(packed_len);
                 for (j, (image, pack)) in images.zip(packs).enumerate() {
                     let i = first + task * per + j;
                     grid.plain(&xs[i * geo.cin * hw..][..geo.cin * hw], geo.cin, image);
@@ -566,10 +585,7 @@ mod cpu {
         total: &mut [f32],
     ) {
         let (ld, steps) = (whole(geo.cout), grid.cols_pad / 32);
-        let (image_len, packed_len) = (
-            tile_rows(geo.cin) * grid.plane,
-            amx::packed_len(grid.cols_pad, geo.cout),
-        );
+        let (image_len, packed_len) = (grid.plain_len(geo.cin), grid.packed_grad_len(geo.cout));
         let count = grids.len() / image_len.max(1);
         let (cin_blocks, out_blocks) = (geo.cin.div_ceil(32), geo.cout.div_ceil(32));
         let rows_per_tap = tile_rows(geo.cin);

@@ -285,79 +285,75 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn bf16_rounded_add_gives_the_scalar_bits_at_every_simd_level() {
-        let v = f32_patterns();
-        let acc0: Vec<bf16> = v.iter().rev().map(|&x| bf16::from_f32(x * 0.75)).collect();
-        let want: Vec<u16> = acc0
+    /// A 16-bit dtype's bit pattern.
+    trait Bits: Scalar {
+        fn bits(self) -> u16;
+        fn of_bits(b: u16) -> Self;
+    }
+
+    impl Bits for bf16 {
+        fn bits(self) -> u16 {
+            self.to_bits()
+        }
+        fn of_bits(b: u16) -> Self {
+            bf16::from_bits(b)
+        }
+    }
+
+    impl Bits for f16 {
+        fn bits(self) -> u16 {
+            self.to_bits()
+        }
+        fn of_bits(b: u16) -> Self {
+            f16::from_bits(b)
+        }
+    }
+
+    /// At every SIMD level, for the 16-bit dtype `S`: `f32` to `S` gives the `half` crate's
+    /// scalar `from_f32` bits for [`f32_patterns`], every `S` to `f32` its `to_f32` bits, and
+    /// [`add_rounded`] the bits of the same sum through the scalar conversions.
+    fn conversions_give_the_scalar_bits<S: Bits>() {
+        let name = S::DTYPE;
+        let src = f32_patterns();
+        let want: Vec<u16> = src.iter().map(|&v| S::of_f32(v).bits()).collect();
+        let all: Vec<S> = (0..=u16::MAX).map(S::of_bits).collect();
+        let want_wide: Vec<u32> = all.iter().map(|v| v.f32().to_bits()).collect();
+        let acc0: Vec<S> = src.iter().rev().map(|&x| S::of_f32(x * 0.75)).collect();
+        let want_sum: Vec<u16> = acc0
             .iter()
-            .zip(&v)
-            .map(|(a, &v)| bf16::from_f32(a.to_f32() + bf16::from_f32(v).to_f32()).to_bits())
+            .zip(&src)
+            .map(|(a, &v)| S::of_f32(a.f32() + S::of_f32(v).f32()).bits())
             .collect();
         for_each_supported_level(|level| {
-            let mut acc = acc0.clone();
-            add_rounded(&mut acc, &v);
-            let bits: Vec<u16> = acc.iter().map(|a| a.to_bits()).collect();
+            let got: Vec<S> = converted(&src);
+            let bits: Vec<u16> = got.iter().map(|v| v.bits()).collect();
             assert!(
                 bits == want,
-                "{level}: bf16 rounded add differs from the scalar one"
+                "{level}: f32 -> {name:?} differs from the scalar one"
+            );
+            let wide: Vec<f32> = converted(&all);
+            let wide: Vec<u32> = wide.iter().map(|v| v.to_bits()).collect();
+            assert!(
+                wide == want_wide,
+                "{level}: {name:?} -> f32 differs from the scalar one"
+            );
+            let mut acc = acc0.clone();
+            add_rounded(&mut acc, &src);
+            let bits: Vec<u16> = acc.iter().map(|a| a.bits()).collect();
+            assert!(
+                bits == want_sum,
+                "{level}: {name:?} rounded add differs from the scalar one"
             );
         });
+    }
+
+    #[test]
+    fn bf16_conversions_and_rounded_add_give_the_scalar_bits_at_every_simd_level() {
+        conversions_give_the_scalar_bits::<bf16>();
     }
 
     #[test]
     fn f16_conversions_and_rounded_add_give_the_scalar_bits_at_every_simd_level() {
-        let src = f32_patterns();
-        let want: Vec<u16> = src.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
-        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
-        let want_wide: Vec<u32> = all.iter().map(|v| v.to_f32().to_bits()).collect();
-        let acc0: Vec<f16> = src.iter().rev().map(|&x| f16::from_f32(x * 0.75)).collect();
-        let want_sum: Vec<u16> = acc0
-            .iter()
-            .zip(&src)
-            .map(|(a, &v)| f16::from_f32(a.to_f32() + f16::from_f32(v).to_f32()).to_bits())
-            .collect();
-        for_each_supported_level(|level| {
-            let got: Vec<f16> = converted(&src);
-            assert!(
-                got.iter().map(|v| v.to_bits()).eq(want.iter().copied()),
-                "{level}: f32 -> f16"
-            );
-            let wide: Vec<f32> = converted(&all);
-            assert!(
-                wide.iter()
-                    .map(|v| v.to_bits())
-                    .eq(want_wide.iter().copied()),
-                "{level}: f16 -> f32"
-            );
-            let mut acc = acc0.clone();
-            add_rounded(&mut acc, &src);
-            assert!(
-                acc.iter().map(|a| a.to_bits()).eq(want_sum.iter().copied()),
-                "{level}: f16 rounded add"
-            );
-        });
-    }
-
-    #[test]
-    fn bf16_conversions_give_the_half_crates_bits_at_every_simd_level() {
-        let src = f32_patterns();
-        let want: Vec<u16> = src.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
-        let all_bf16: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
-        let want_wide: Vec<u32> = all_bf16.iter().map(|v| v.to_f32().to_bits()).collect();
-        for_each_supported_level(|level| {
-            let got: Vec<bf16> = converted(&src);
-            let bits: Vec<u16> = got.iter().map(|v| v.to_bits()).collect();
-            assert!(
-                bits == want,
-                "{level}: f32 -> bf16 differs from bf16::from_f32"
-            );
-            let wide: Vec<f32> = converted(&all_bf16);
-            let wide: Vec<u32> = wide.iter().map(|v| v.to_bits()).collect();
-            assert!(
-                wide == want_wide,
-                "{level}: bf16 -> f32 differs from bf16::to_f32"
-            );
-        });
+        conversions_give_the_scalar_bits::<f16>();
     }
 }

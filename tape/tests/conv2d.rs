@@ -163,48 +163,6 @@ fn default_options_are_stride_1_padding_0() {
     assert_eq!(Conv2dOptions::default(), opts(1, 0));
 }
 
-/// Naive direct convolution and its gradients (of `sum(y * gy)`), in f64.
-fn reference(
-    x: &[f64],
-    w: &[f64],
-    gy: &[f64],
-    [n, ci, h, wd]: [usize; 4],
-    [co, _, kh, kw]: [usize; 4],
-    (s, p): (usize, usize),
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (ho, wo) = ((h + 2 * p - kh) / s + 1, (wd + 2 * p - kw) / s + 1);
-    let mut y = vec![0.0; n * co * ho * wo];
-    let (mut gx, mut gw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-    for b in 0..n {
-        for o in 0..co {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let yi = ((b * co + o) * ho + oy) * wo + ox;
-                    for c in 0..ci {
-                        for i in 0..kh {
-                            for j in 0..kw {
-                                let (iy, ix) = (
-                                    (oy * s + i) as isize - p as isize,
-                                    (ox * s + j) as isize - p as isize,
-                                );
-                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
-                                    continue;
-                                }
-                                let xi = ((b * ci + c) * h + iy as usize) * wd + ix as usize;
-                                let wi = ((o * ci + c) * kh + i) * kw + j;
-                                y[yi] += x[xi] * w[wi];
-                                gx[xi] += gy[yi] * w[wi];
-                                gw[wi] += gy[yi] * x[xi];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    (y, gx, gw)
-}
-
 /// Geometries of up to 8 images of up to 20x20 with strides 1 and 2: the larger ones span
 /// several backward work chunks (256 output positions each), so the chunks' partial weight
 /// gradients are summed; cout both below and above cin (the two grad-input paths).
@@ -252,9 +210,10 @@ fn check_against_reference(c: &Case) -> Result<(), TestCaseError> {
     let grads = tape.backward_from(&y, gy.clone()).unwrap();
     let (xv, wv, gyv) = (x.to_f64_vec(), w.to_f64_vec(), gy.to_f64_vec());
     let geometry = (c.stride, c.padding);
-    let (ry, rgx, rgw) = reference(&xv, &wv, &gyv, xs, ws, geometry);
+    let (ry, rgx, rgw) = common::conv2d_reference(&xv, &wv, &gyv, xs, ws, geometry);
     let abs = |v: &[f64]| v.iter().map(|a| a.abs()).collect::<Vec<_>>();
-    let (by, bgx, bgw) = reference(&abs(&xv), &abs(&wv), &abs(&gyv), xs, ws, geometry);
+    let (by, bgx, bgw) =
+        common::conv2d_reference(&abs(&xv), &abs(&wv), &abs(&gyv), xs, ws, geometry);
     let [_, _, ho, wo] = *y.shape() else {
         unreachable!()
     };
@@ -351,7 +310,7 @@ fn f32_matches_naive_reference() {
         let gy = Tensor::randn(y.shape(), DType::F32, &dev, 200 + seed as u64).unwrap();
         let weighted = ops::mul(&mut tape, &y, &gy).unwrap();
         let grads = tape::testing::grads_of_sum(tape, &weighted);
-        let (ry, rgx, rgw) = reference(
+        let (ry, rgx, rgw) = common::conv2d_reference(
             &x.to_f64_vec(),
             &w.to_f64_vec(),
             &gy.to_f64_vec(),
@@ -595,6 +554,9 @@ fn thread_groups(jobs: usize, threads: usize) -> usize {
 ///   (the output gradient's `cout` rows, or on the flipped path the input gradient's `cin`
 ///   rows), plus a `cout x K` partial weight gradient; and one flipped kernel
 ///   (`cin*cout*k*k`) on the flipped path;
+/// - a 3x3 conv of stride 1 and padding 1 with at least 32 channels on both sides runs
+///   Winograd's F(2x2, 3x3) instead, one workspace whatever the thread count
+///   ([`common::winograd_workspace_bytes`]);
 /// - a 3x3 conv of stride 1 and padding 1 with at most 24 output channels runs the direct kernel
 ///   (`tape/src/ops/conv2d/direct.rs`) instead: forward jobs of one image, each group holding
 ///   [`direct_workspace`] and the kernel packed in groups of 12 output channels; in backward,
@@ -610,6 +572,10 @@ fn conv_workspace_bytes(
     o: Conv2dOptions,
     threads: usize,
 ) -> (usize, usize) {
+    if k == 3 && (o.stride, o.padding) == (1, 1) && cin.min(cout) >= 32 {
+        let bytes = common::winograd_workspace_bytes([n, cin, h, w], cout);
+        return (bytes, bytes);
+    }
     let (hout, wout) = (
         (h + 2 * o.padding - k) / o.stride + 1,
         (w + 2 * o.padding - k) / o.stride + 1,
@@ -667,7 +633,9 @@ fn conv_workspace_bytes(
 /// differs, fails here. Cases: the direct 3x3 kernel (forward and input gradient) at 32x32 and
 /// 6x6; a strided conv on the col2im path with several images per work chunk; a pointwise conv;
 /// blocks of several whole images on the flipped path (forward jobs of 16, 16 and 8 images);
-/// the flipped grad-input path with column blocks of fewer rows than the output.
+/// the flipped grad-input path with column blocks of fewer rows than the output (31 output
+/// channels keep these two off Winograd's path); Winograd over two chunks with fewer outputs
+/// than inputs, and over odd planes with more.
 #[test]
 fn conv_workspaces_are_charged_exactly() {
     let cases = [
@@ -675,8 +643,10 @@ fn conv_workspaces_are_charged_exactly() {
         ([6, 4, 20, 20], 8, 3, opts(2, 1)),
         ([5, 16, 12, 12], 8, 1, opts(1, 0)),
         ([4, 32, 6, 6], 8, 3, opts(1, 1)),
-        ([40, 256, 4, 4], 32, 3, opts(1, 1)),
-        ([3, 64, 32, 32], 32, 3, opts(1, 1)),
+        ([40, 256, 4, 4], 31, 3, opts(1, 1)),
+        ([3, 64, 32, 32], 31, 3, opts(1, 1)),
+        ([13, 40, 9, 9], 33, 3, opts(1, 1)),
+        ([2, 32, 7, 5], 48, 3, opts(1, 1)),
     ];
     for (shape, cout, k, o) in cases {
         for threads in 1..=3 {

@@ -68,16 +68,17 @@ fn forward_backward(
 }
 
 /// Column blocks of several whole 4x4 images (16 per block: three forward jobs of 16, 16 and
-/// 8 images, split over 1 or 3 thread groups; the flipped grad-input path), with a bias.
+/// 8 images, split over 1 or 3 thread groups; the flipped grad-input path; 31 output channels
+/// keep `f32` off Winograd's path), with a bias.
 #[test]
 fn conv2d_blocks_of_whole_images() {
     // bf16: on the CPU's bf16 matrix units where it has them (stride 1, same padding).
     for dtype in [DType::F32, DType::F64, DType::BF16] {
-        same_on_1_and_3_threads(&format!("conv2d 40x256->32 4x4 {dtype:?}"), || {
+        same_on_1_and_3_threads(&format!("conv2d 40x256->31 4x4 {dtype:?}"), || {
             let dev = Device::cpu();
             let x = randn_leaf(&[40, 256, 4, 4], dtype, &dev, 1);
-            let w = randn_leaf(&[32, 256, 3, 3], dtype, &dev, 2);
-            let b = randn_leaf(&[32], dtype, &dev, 3);
+            let w = randn_leaf(&[31, 256, 3, 3], dtype, &dev, 2);
+            let b = randn_leaf(&[31], dtype, &dev, 3);
             let opts = Conv2dOptions {
                 stride: 1,
                 padding: 1,
@@ -93,15 +94,17 @@ fn conv2d() {
     // (batch, cin, cout, kernel, stride, padding, image): 8 chunks of one 16x16 image through
     // the direct 3x3 kernel in f32 (the flipped grad-input path in f64); pointwise, 3 chunks of
     // two 12x12 images; stride 2 (col2im), 2 chunks of three 10x10 outputs; one 32x32 image
-    // whose GEMMs run on all threads; a batch larger than the thread count times the chunk
-    // (direct in f32); 4 chunks of one 12x12 image on the flipped grad-input path in f32 too.
+    // whose GEMMs run on all threads (Winograd in f32); a batch larger than the thread count
+    // times the chunk (direct in f32); 4 chunks of one 12x12 image on the flipped grad-input
+    // path in f32 too; Winograd over two chunks (11 and 2 images of 9x9) in f32.
     let cases = [
         (8, 16, 8, 3, 1, 1, 16),
         (6, 32, 16, 1, 1, 0, 12),
         (6, 4, 8, 3, 2, 1, 20),
         (1, 64, 64, 3, 1, 1, 32),
         (16, 8, 4, 3, 1, 1, 8),
-        (4, 64, 32, 3, 1, 1, 12),
+        (4, 64, 31, 3, 1, 1, 12),
+        (13, 40, 33, 3, 1, 1, 9),
     ];
     for (n, cin, cout, k, stride, padding, hw) in cases {
         // bf16: the stride-1 convolutions on the bf16 matrix units where the CPU has them

@@ -59,3 +59,58 @@ pub fn shape_scale_seed() -> impl Strategy<Value = (Vec<usize>, f64, u64)> {
         0u64..1 << 62,
     )
 }
+
+/// Naive direct convolution of `x` by `w` (stride `s`, padding `p`) and its gradients (of
+/// `sum(y * gy)`), in f64: `(y, gx, gw)`.
+pub fn conv2d_reference(
+    x: &[f64],
+    w: &[f64],
+    gy: &[f64],
+    [n, ci, h, wd]: [usize; 4],
+    [co, _, kh, kw]: [usize; 4],
+    (s, p): (usize, usize),
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (ho, wo) = ((h + 2 * p - kh) / s + 1, (wd + 2 * p - kw) / s + 1);
+    let mut y = vec![0.0; n * co * ho * wo];
+    let (mut gx, mut gw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+    for b in 0..n {
+        for o in 0..co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let yi = ((b * co + o) * ho + oy) * wo + ox;
+                    for c in 0..ci {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let (iy, ix) = (
+                                    (oy * s + i) as isize - p as isize,
+                                    (ox * s + j) as isize - p as isize,
+                                );
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xi = ((b * ci + c) * h + iy as usize) * wd + ix as usize;
+                                let wi = ((o * ci + c) * kh + i) * kw + j;
+                                y[yi] += x[xi] * w[wi];
+                                gx[xi] += gy[yi] * w[wi];
+                                gw[wi] += gy[yi] * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, gx, gw)
+}
+
+/// The bytes the Winograd kernel reserves for any pass, `f32`: the transformed kernel
+/// (`16 cin cout`) and, for one chunk of images, the transformed input (`16 cin cols`) and the
+/// products (`16 cout cols`). A chunk holds enough images of `tiles = ceil(h/2) ceil(w/2)` tiles
+/// for `max(256, 8 MiB / (64 (cin + cout)))` tiles, at least one and at most `n`. From
+/// `tape/src/ops/conv2d/winograd.rs`.
+pub fn winograd_workspace_bytes([n, cin, h, w]: [usize; 4], cout: usize) -> usize {
+    let tiles = h.div_ceil(2) * w.div_ceil(2);
+    let wanted = ((8 << 20) / (64 * (cin + cout))).max(256);
+    let cols = wanted.div_ceil(tiles).clamp(1, n.max(1)) * tiles;
+    4 * 16 * (cin * cout + (cin + cout) * cols)
+}

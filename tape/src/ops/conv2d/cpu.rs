@@ -19,6 +19,7 @@ use super::direct::Direct;
 #[cfg(target_arch = "x86_64")]
 use super::tiles;
 use super::tiles::on_tiles;
+use super::winograd::Winograd;
 use super::{Conv2dGrads, Conv2dKernels, Conv2dPass, Geometry};
 use crate::backend::cpu::gemm::{gemm, gemm_ld, gemm_ld_uninit, Dst, Mat, Run};
 use crate::backend::cpu::map::{
@@ -518,6 +519,11 @@ fn forward<T: Elem>(
     ws: &mut [T],
 ) {
     let elem = std::mem::size_of::<T>();
+    if let Some(wg) = Winograd::of(g, elem) {
+        let (x, w, bias) = (as_f32(ops.0), as_f32(ops.1), ops.2.map(as_f32));
+        let out = out.into_iter().map(as_f32_out).collect();
+        return wg.forward(x, w, bias, out, as_f32_mut(ws));
+    }
     let units = forward_units(g, elem);
     let run = Run {
         parallel: groups <= 1,
@@ -821,6 +827,21 @@ fn backward<T: Elem>(
 ) {
     let (xs, k) = (g.cin * g.h * g.w, g.k());
     let elem = std::mem::size_of::<T>();
+    if let Some(wg) = Winograd::of(g, elem) {
+        let os = g.cout * g.p();
+        let go = |i: usize| as_f32(gout.image(i, os));
+        if needs.w {
+            wg.weight_grad(as_f32(x), &go, as_f32_mut(gw), as_f32_mut(ws));
+        }
+        if needs.x {
+            let gx = image_slices(gx, xs, g.n)
+                .into_iter()
+                .map(as_f32_out)
+                .collect();
+            wg.input_grad(&go, as_f32(w), gx, as_f32_mut(ws));
+        }
+        return;
+    }
     let chunks = chunk_ranges(g);
     let run = Run {
         parallel: groups <= 1,
@@ -913,6 +934,9 @@ pub(super) fn pass_workspace_bytes(geo: &Geometry, elem: usize, pass: Conv2dPass
 
 /// Elements of the forward kernel's workspace (one column block per thread group).
 pub(super) fn forward_workspace_elems(geo: &Geometry, elem: usize) -> usize {
+    if let Some(wg) = Winograd::of(geo, elem) {
+        return wg.workspace_len();
+    }
     groups(forward_units(geo, elem).len()) * forward_workspace(geo, elem)
 }
 
@@ -925,6 +949,9 @@ pub(super) fn backward_workspace_elems(
     w: bool,
     elem: usize,
 ) -> (usize, usize) {
+    if let (true, Some(wg)) = (x || w, Winograd::of(geo, elem)) {
+        return (wg.workspace_len(), 0);
+    }
     let (per, flipped) = backward_workspace(geo, Needs { x, w }, elem);
     (groups(chunk_ranges(geo).len()) * per, flipped)
 }

@@ -8,6 +8,7 @@ mod cuda;
 mod direct;
 mod meta;
 mod tiles;
+mod winograd;
 
 use super::autocast::{to_low, to_low_opt};
 use super::cast::CastKernels;

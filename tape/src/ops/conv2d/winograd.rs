@@ -1,0 +1,518 @@
+//! Winograd's minimal filtering F(2x2, 3x3) on the CPU, for `f32` 3x3 convolutions with stride 1
+//! and padding 1 and many channels on both sides (ResNet's stages): each 2x2 tile of outputs
+//! costs 16 multiplies per channel pair instead of 36, so the GEMMs do 2.25x less work than
+//! im2col's.
+//!
+//! With `d` a 4x4 input tile (zero past the image), `g` a 3x3 kernel and `dY` a 2x2 tile of the
+//! output gradient (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks"):
+//! - forward: `Y = Aᵀ [ Σ_c (G g Gᵀ) ⊙ (Bᵀ d B) ] A`: the sum over input channels is, for each
+//!   of the 16 transformed positions `ξ`, one GEMM `M[ξ] (cout x tiles) = U[ξ] (cout x cin) ·
+//!   V[ξ] (cin x tiles)`;
+//! - input gradient: the same convolution of the output gradient with the flipped, transposed
+//!   kernel (stride 1, padding 1 again);
+//! - weight gradient: `dU[ξ] (cout x cin) = Σ_tiles (A dY Aᵀ)[ξ] · V[ξ]ᵀ`, 16 GEMMs over the
+//!   tiles, then `dg = Gᵀ dU G`.
+//!
+//! The batch runs in chunks of whole images ([`Winograd::chunk`], set by the geometry alone),
+//! one after the other; inside a chunk the transforms split over channels and the 16 GEMMs over
+//! threads, each GEMM on one thread, and the weight gradient adds chunk after chunk. So every
+//! element is computed by the same operations in the same order whatever the thread count: the
+//! same bits. The transforms add and subtract (and halve, exactly) only; their rounding bound is
+//! derived in the tests (`tape/tests/conv2d.rs`).
+
+use super::Geometry;
+use crate::backend::cpu::gemm::{gemm, Mat, Run};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Transformed positions of a tile (4 x 4), and so GEMMs per chunk.
+const XI: usize = 16;
+
+/// Tiles (GEMM columns) one chunk of images covers at least.
+const CHUNK_TILES: usize = 256;
+
+/// Bytes of transformed tiles (inputs and products) one chunk aims at: wide GEMMs where the
+/// channels are few (64 channels: 1024 tiles), no more where they are many.
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// Fewest input and output channels Winograd takes: below, the transforms cost more than the
+/// GEMM work they save.
+const MIN_CHANNELS: usize = 32;
+
+/// Each GEMM runs on the thread that takes its position `ξ`.
+const ONE_THREAD: Run = Run {
+    parallel: false,
+    bf16: false,
+};
+
+/// The sizes of one Winograd convolution: `n` images of `cin` planes of `h x w` to `cout`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Winograd {
+    n: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+}
+
+/// A transform of one plane's tiles into 16 rows `ld` apart, with scratch rows
+/// ([`Winograd::scratch_len`]).
+type TileRows = fn(&Winograd, &[f32], &mut [f32], usize, &mut [f32]);
+
+/// One transformed convolution of a chunk: source channels to destination channels.
+struct Pass<'a> {
+    /// Channels read.
+    src: usize,
+    /// Channels written.
+    dst: usize,
+    /// The transformed kernel, `[dst][ξ][src]`.
+    u: &'a [f32],
+    /// Added to each destination channel.
+    bias: Option<&'a [f32]>,
+}
+
+impl Winograd {
+    /// The Winograd convolution of `g`, if it takes it: 3x3, stride 1, padding 1, at least
+    /// [`MIN_CHANNELS`] channels on both sides, `f32` (`elem` 4 bytes; also the `f32` copies of
+    /// a 16-bit convolution, which reach here when the bf16 matrix units do not take it).
+    pub(super) fn of(g: &Geometry, elem: usize) -> Option<Winograd> {
+        let fits = elem == 4 && (g.kh, g.kw, g.stride, g.padding) == (3, 3, 1, 1);
+        (fits && g.cin.min(g.cout) >= MIN_CHANNELS).then_some(Winograd {
+            n: g.n,
+            cin: g.cin,
+            cout: g.cout,
+            h: g.h,
+            w: g.w,
+        })
+    }
+
+    /// Tile rows and tile columns of an image.
+    fn grid(&self) -> (usize, usize) {
+        (self.h.div_ceil(2), self.w.div_ceil(2))
+    }
+
+    /// Tiles of one image.
+    fn tiles(&self) -> usize {
+        let (th, tw) = self.grid();
+        th * tw
+    }
+
+    /// Images per chunk: enough for [`CHUNK_BYTES`] of transformed tiles and at least
+    /// [`CHUNK_TILES`] tiles, at most the batch.
+    fn chunk(&self) -> usize {
+        let per_tile = XI * (self.cin + self.cout) * 4;
+        let tiles = (CHUNK_BYTES / per_tile.max(1)).max(CHUNK_TILES);
+        tiles.div_ceil(self.tiles().max(1)).clamp(1, self.n.max(1))
+    }
+
+    /// `(first image, image count)` of each chunk, in batch order.
+    fn chunks(&self) -> Vec<(usize, usize)> {
+        super::cpu::image_runs(self.n, self.chunk())
+    }
+
+    /// Workspace elements of any pass: a transformed kernel (or its gradient), one chunk's
+    /// transformed input and its GEMM products.
+    pub(super) fn workspace_len(&self) -> usize {
+        let cols = self.chunk() * self.tiles();
+        XI * (self.cin * self.cout + (self.cin + self.cout) * cols)
+    }
+
+    /// `out[i] (cout x h x w) = conv(x[i], weight) + bias` for every image, every element
+    /// written; `ws` holds [`Winograd::workspace_len`] elements.
+    pub(super) fn forward(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        out: Vec<&mut [MaybeUninit<f32>]>,
+        ws: &mut [f32],
+    ) {
+        let (u, ws) = ws.split_at_mut(XI * self.cin * self.cout);
+        u.par_chunks_mut(XI * self.cin)
+            .enumerate()
+            .for_each(|(co, dst)| {
+                for (ci, src) in weight[co * self.cin * 9..]
+                    .chunks_exact(9)
+                    .take(self.cin)
+                    .enumerate()
+                {
+                    scatter(&kernel_tile(src), dst, ci, self.cin);
+                }
+            });
+        let xs = self.cin * self.h * self.w;
+        let pass = Pass {
+            src: self.cin,
+            dst: self.cout,
+            u,
+            bias,
+        };
+        self.convolve(&pass, &|i| &x[i * xs..][..xs], out, ws);
+    }
+
+    /// `gx[i] (cin x h x w)`, the input gradient from the output gradients `g(i)` (`cout x h x
+    /// w` each), every element written; `ws` holds [`Winograd::workspace_len`] elements.
+    pub(super) fn input_grad<'g>(
+        &self,
+        g: &(dyn Fn(usize) -> &'g [f32] + Sync),
+        weight: &[f32],
+        gx: Vec<&mut [MaybeUninit<f32>]>,
+        ws: &mut [f32],
+    ) {
+        let (u, ws) = ws.split_at_mut(XI * self.cin * self.cout);
+        u.par_chunks_mut(XI * self.cout)
+            .enumerate()
+            .for_each(|(ci, dst)| {
+                for co in 0..self.cout {
+                    let mut flipped = [0.0; 9];
+                    let src = &weight[(co * self.cin + ci) * 9..][..9];
+                    flipped
+                        .iter_mut()
+                        .zip(src.iter().rev())
+                        .for_each(|(d, &s)| *d = s);
+                    scatter(&kernel_tile(&flipped), dst, co, self.cout);
+                }
+            });
+        let pass = Pass {
+            src: self.cout,
+            dst: self.cin,
+            u,
+            bias: None,
+        };
+        self.convolve(&pass, g, gx, ws);
+    }
+
+    /// `gw (cout x cin x 3 x 3)`, the weight gradient summed over the batch, from the inputs
+    /// `x` and the output gradients `g(i)`; `ws` holds [`Winograd::workspace_len`] elements.
+    pub(super) fn weight_grad<'g>(
+        &self,
+        x: &[f32],
+        g: &(dyn Fn(usize) -> &'g [f32] + Sync),
+        gw: &mut [f32],
+        ws: &mut [f32],
+    ) {
+        let (du, ws) = ws.split_at_mut(XI * self.cin * self.cout);
+        let (xs, plane, tiles) = (self.cin * self.h * self.w, self.h * self.w, self.tiles());
+        for (c, &(first, count)) in self.chunks().iter().enumerate() {
+            let cols = count * tiles;
+            let (v, rest) = ws.split_at_mut(XI * self.cin * cols);
+            let dy = &mut rest[..XI * self.cout * cols];
+            self.transform(
+                v,
+                cols,
+                |ch, j| &x[(first + j) * xs + ch * plane..][..plane],
+                input_tiles,
+            );
+            self.transform(
+                dy,
+                cols,
+                |ch, j| &g(first + j)[ch * plane..][..plane],
+                grad_tiles,
+            );
+            let (v, dy) = (&*v, &*dy);
+            du.par_chunks_mut(self.cout * self.cin)
+                .enumerate()
+                .for_each(|(xi, du)| {
+                    let a = Mat::n(&dy[xi * cols..]).ld(XI * cols);
+                    let b = Mat::t(&v[xi * cols..]).ld(XI * cols);
+                    gemm(du, a, b, (self.cout, self.cin, cols), c > 0, ONE_THREAD);
+                });
+        }
+        let du = &*du;
+        let pairs = self.cout * self.cin;
+        gw.par_chunks_mut(self.cin * 9)
+            .enumerate()
+            .for_each(|(co, dst)| {
+                for (ci, gk) in dst.chunks_exact_mut(9).enumerate() {
+                    let mut t = [0.0; XI];
+                    for (xi, v) in t.iter_mut().enumerate() {
+                        *v = du[xi * pairs + co * self.cin + ci];
+                    }
+                    gk.copy_from_slice(&kernel_grad(&t));
+                }
+            });
+    }
+
+    /// `pass` over the batch, chunk by chunk: the sources' tiles transformed, 16 GEMMs, the
+    /// products transformed back into `out` (one slice per image).
+    fn convolve<'s>(
+        &self,
+        pass: &Pass<'_>,
+        src: &(dyn Fn(usize) -> &'s [f32] + Sync),
+        out: Vec<&mut [MaybeUninit<f32>]>,
+        ws: &mut [f32],
+    ) {
+        let (plane, tiles) = (self.h * self.w, self.tiles());
+        let mut images = out.into_iter();
+        for (first, count) in self.chunks() {
+            let cols = count * tiles;
+            let (v, rest) = ws.split_at_mut(XI * pass.src * cols);
+            let m = &mut rest[..XI * pass.dst * cols];
+            self.transform(
+                v,
+                cols,
+                |ch, j| &src(first + j)[ch * plane..][..plane],
+                input_tiles,
+            );
+            let v = &*v;
+            m.par_chunks_mut(pass.dst * cols)
+                .enumerate()
+                .for_each(|(xi, m)| {
+                    let a = Mat::n(&pass.u[xi * pass.src..]).ld(XI * pass.src);
+                    let b = Mat::n(&v[xi * cols..]).ld(XI * cols);
+                    gemm(m, a, b, (pass.dst, cols, pass.src), false, ONE_THREAD);
+                });
+            // The chunk's output planes, channel by channel: [channel][image].
+            let mut planes: Vec<Vec<&mut [MaybeUninit<f32>]>> =
+                (0..pass.dst).map(|_| Vec::new()).collect();
+            for img in images.by_ref().take(count) {
+                for (ch, p) in img
+                    .chunks_exact_mut(plane.max(1))
+                    .take(pass.dst)
+                    .enumerate()
+                {
+                    planes[ch].push(p);
+                }
+            }
+            let m = &*m;
+            planes.into_par_iter().enumerate().for_each(|(ch, outs)| {
+                let b = pass.bias.map_or(0.0, |b| b[ch]);
+                let mut scratch = vec![0.0; self.scratch_len()];
+                for (j, o) in outs.into_iter().enumerate() {
+                    let rows = |xi: usize| &m[(xi * pass.dst + ch) * cols + j * tiles..][..tiles];
+                    self.output_tiles(&rows, b, o, &mut scratch);
+                }
+            });
+        }
+    }
+
+    /// Fills `dst` (`[channel][ξ][cols]`) with the tiles of each channel's plane of each image
+    /// of the chunk (`plane(channel, image)`), through `tile_rows`.
+    fn transform<'p>(
+        &self,
+        dst: &mut [f32],
+        cols: usize,
+        plane: impl Fn(usize, usize) -> &'p [f32] + Sync,
+        tile_rows: TileRows,
+    ) {
+        let (tiles, images) = (self.tiles(), cols / self.tiles().max(1));
+        dst.par_chunks_mut(XI * cols)
+            .enumerate()
+            .for_each(|(ch, d)| {
+                let mut scratch = vec![0.0; self.scratch_len()];
+                for j in 0..images {
+                    tile_rows(self, plane(ch, j), &mut d[j * tiles..], cols, &mut scratch);
+                }
+            });
+    }
+
+    /// Elements of the scratch rows a transform of one plane works in.
+    fn scratch_len(&self) -> usize {
+        XI * (self.grid().1 + 1)
+    }
+
+    /// Writes one output plane (`h x w`) plus `bias` from its 16 rows of GEMM products
+    /// (`rows(ξ)`, one element per tile): `Y = Aᵀ m A` per tile, cut at the plane's edges.
+    fn output_tiles<'m>(
+        &self,
+        rows: &dyn Fn(usize) -> &'m [f32],
+        bias: f32,
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
+        let (th, tw) = self.grid();
+        let w = self.w;
+        let (s, rest) = scratch.split_at_mut(8 * tw);
+        let (even, rest) = rest.split_at_mut(tw);
+        let odd = &mut rest[..tw];
+        for ty in 0..th {
+            let m = |i: usize, j: usize| &rows(4 * i + j)[ty * tw..][..tw];
+            // Aᵀ over the tile's rows: s[a][j] for output row a and transformed column j.
+            for j in 0..4 {
+                let (m0, m1, m2, m3) = (m(0, j), m(1, j), m(2, j), m(3, j));
+                let (s0, s1) = s.split_at_mut(4 * tw);
+                let (s0, s1) = (&mut s0[j * tw..][..tw], &mut s1[j * tw..][..tw]);
+                for t in 0..tw {
+                    s0[t] = m0[t] + m1[t] + m2[t];
+                    s1[t] = m1[t] - m2[t] - m3[t];
+                }
+            }
+            for a in 0..2 {
+                let y = 2 * ty + a;
+                if y >= self.h {
+                    break;
+                }
+                let sa = |j: usize| &s[(4 * a + j) * tw..][..tw];
+                let (c0, c1, c2, c3) = (sa(0), sa(1), sa(2), sa(3));
+                for t in 0..tw {
+                    even[t] = c0[t] + c1[t] + c2[t] + bias;
+                    odd[t] = c1[t] - c2[t] - c3[t] + bias;
+                }
+                let mut pairs = out[y * w..][..w].chunks_exact_mut(2);
+                for ((pair, &e), &o) in (&mut pairs).zip(even.iter()).zip(odd.iter()) {
+                    pair[0].write(e);
+                    pair[1].write(o);
+                }
+                if let [last] = pairs.into_remainder() {
+                    last.write(even[tw - 1]);
+                }
+            }
+        }
+    }
+}
+
+/// The 16 transformed rows of one plane's tiles, `Bᵀ d B` for each 4x4 input tile `d` (rows
+/// and columns `2t - 1 .. 2t + 3`, zeros past the plane): row `ξ` at `out[ξ * ld ..]`, one
+/// element per tile.
+fn input_tiles(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, scratch: &mut [f32]) {
+    let (th, tw) = wg.grid();
+    let (h, w) = (wg.h, wg.w);
+    // Each input row split into its columns 2t - 1 (`e[t]`) and 2t (`o[t]`), t = 0..=tw; `be`
+    // and `bo` the same after Bᵀ over the tile's rows.
+    let len = 4 * (tw + 1);
+    let (e, rest) = scratch.split_at_mut(len);
+    let (o, rest) = rest.split_at_mut(len);
+    let (be, bo) = rest.split_at_mut(len);
+    for ty in 0..th {
+        for k in 0..4 {
+            let (ek, ok) = (
+                &mut e[k * (tw + 1)..][..tw + 1],
+                &mut o[k * (tw + 1)..][..tw + 1],
+            );
+            ek.fill(0.0);
+            ok.fill(0.0);
+            let r = 2 * ty + k;
+            if r == 0 || r > h {
+                continue;
+            }
+            split_columns(&plane[(r - 1) * w..][..w], ok, &mut ek[1..]);
+        }
+        rows_bt(e, be, tw + 1);
+        rows_bt(o, bo, tw + 1);
+        for i in 0..4 {
+            let (e, o) = (&be[i * (tw + 1)..][..tw + 1], &bo[i * (tw + 1)..][..tw + 1]);
+            let at = |j: usize| (4 * i + j) * ld + ty * tw;
+            let r = &mut out[at(0)..][..tw];
+            (0..tw).for_each(|t| r[t] = e[t] - e[t + 1]);
+            let r = &mut out[at(1)..][..tw];
+            (0..tw).for_each(|t| r[t] = o[t] + e[t + 1]);
+            let r = &mut out[at(2)..][..tw];
+            (0..tw).for_each(|t| r[t] = e[t + 1] - o[t]);
+            let r = &mut out[at(3)..][..tw];
+            (0..tw).for_each(|t| r[t] = o[t] - o[t + 1]);
+        }
+    }
+}
+
+/// `Bᵀ` over four rows of `len` (`d`, row `k` at `k * len`) into `out`: `d0 - d2`, `d1 + d2`,
+/// `d2 - d1`, `d1 - d3`.
+fn rows_bt(d: &[f32], out: &mut [f32], len: usize) {
+    let r = |k: usize| &d[k * len..][..len];
+    let (d0, d1, d2, d3) = (r(0), r(1), r(2), r(3));
+    let (o01, o23) = out.split_at_mut(2 * len);
+    let (o0, o1) = o01.split_at_mut(len);
+    let (o2, o3) = o23.split_at_mut(len);
+    for t in 0..len {
+        o0[t] = d0[t] - d2[t];
+        o1[t] = d1[t] + d2[t];
+        o2[t] = d2[t] - d1[t];
+        o3[t] = d1[t] - d3[t];
+    }
+}
+
+/// The 16 transformed rows of one output-gradient plane's tiles, `A dY Aᵀ` for each 2x2 tile
+/// `dY` (zeros past the plane): row `ξ` at `out[ξ * ld ..]`, one element per tile.
+fn grad_tiles(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, scratch: &mut [f32]) {
+    let (th, tw) = wg.grid();
+    let (h, w) = (wg.h, wg.w);
+    // Rows 2t and 2t + 1 split into their even (`e`) and odd (`o`) columns.
+    let (e, rest) = scratch.split_at_mut(2 * tw);
+    let (o, rest) = rest.split_at_mut(2 * tw);
+    for ty in 0..th {
+        for a in 0..2 {
+            let (ea, oa) = (&mut e[a * tw..][..tw], &mut o[a * tw..][..tw]);
+            ea.fill(0.0);
+            oa.fill(0.0);
+            let y = 2 * ty + a;
+            if y >= h {
+                continue;
+            }
+            split_columns(&plane[y * w..][..w], ea, oa);
+        }
+        // A over the rows (r0, r0 + r1, r0 - r1, -r1), then over the columns the same.
+        for i in 0..4 {
+            let (qe, qo) = rest[2 * tw..].split_at_mut(tw);
+            rows_a(i, e, qe, tw);
+            rows_a(i, o, &mut qo[..tw], tw);
+            let at = |j: usize| (4 * i + j) * ld + ty * tw;
+            out[at(0)..][..tw].copy_from_slice(qe);
+            let r = &mut out[at(1)..][..tw];
+            (0..tw).for_each(|t| r[t] = qe[t] + qo[t]);
+            let r = &mut out[at(2)..][..tw];
+            (0..tw).for_each(|t| r[t] = qe[t] - qo[t]);
+            let r = &mut out[at(3)..][..tw];
+            (0..tw).for_each(|t| r[t] = -qo[t]);
+        }
+    }
+}
+
+/// Row `i` of `A` over two rows of `len` (`r`, row `a` at `a * len`) into `out`: `r0`,
+/// `r0 + r1`, `r0 - r1` or `-r1`.
+fn rows_a(i: usize, r: &[f32], out: &mut [f32], len: usize) {
+    let (r0, r1) = (&r[..len], &r[len..2 * len]);
+    let out = &mut out[..len];
+    match i {
+        0 => out.copy_from_slice(r0),
+        1 => (0..len).for_each(|t| out[t] = r0[t] + r1[t]),
+        2 => (0..len).for_each(|t| out[t] = r0[t] - r1[t]),
+        _ => (0..len).for_each(|t| out[t] = -r1[t]),
+    }
+}
+
+/// A row's even columns into `even` and odd ones into `odd` (a last odd column past an
+/// odd-length row stays as it was).
+fn split_columns(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let pairs = row.chunks_exact(2);
+    if let [last] = pairs.remainder() {
+        even[row.len() / 2] = *last;
+    }
+    for ((pair, e), o) in pairs.zip(even.iter_mut()).zip(odd.iter_mut()) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+}
+
+/// `G g Gᵀ` of a 3x3 kernel `g` (row-major): the 4x4 transformed kernel, row-major.
+fn kernel_tile(g: &[f32]) -> [f32; XI] {
+    let g4 = |a: f32, b: f32, c: f32| [a, (a + b + c) * 0.5, (a - b + c) * 0.5, c];
+    let cols: [[f32; 4]; 3] = [0, 1, 2].map(|r| g4(g[3 * r], g[3 * r + 1], g[3 * r + 2]));
+    let mut t = [0.0; XI];
+    for j in 0..4 {
+        let c = g4(cols[0][j], cols[1][j], cols[2][j]);
+        for i in 0..4 {
+            t[4 * i + j] = c[i];
+        }
+    }
+    t
+}
+
+/// `Gᵀ t G` of a 4x4 transformed gradient `t` (row-major): the 3x3 kernel gradient.
+fn kernel_grad(t: &[f32; XI]) -> [f32; 9] {
+    let g3 = |a: f32, b: f32, c: f32, d: f32| [a + (b + c) * 0.5, (b - c) * 0.5, (b + c) * 0.5 + d];
+    let rows: [[f32; 3]; 4] =
+        [0, 1, 2, 3].map(|r| g3(t[4 * r], t[4 * r + 1], t[4 * r + 2], t[4 * r + 3]));
+    let mut k = [0.0; 9];
+    for j in 0..3 {
+        let c = g3(rows[0][j], rows[1][j], rows[2][j], rows[3][j]);
+        for i in 0..3 {
+            k[3 * i + j] = c[i];
+        }
+    }
+    k
+}
+
+/// One channel pair's transformed kernel `t` into `dst` (`[ξ][width]`) at column `at`.
+fn scatter(t: &[f32; XI], dst: &mut [f32], at: usize, width: usize) {
+    for (xi, &v) in t.iter().enumerate() {
+        dst[xi * width + at] = v;
+    }
+}

@@ -106,11 +106,11 @@ pub fn conv2d_reference(
 /// The bytes the Winograd kernel reserves for any pass, `f32`: the transformed kernel
 /// (`16 cin cout`) and, for one chunk of images, the transformed input (`16 cin cols`) and the
 /// products (`16 cout cols`). A chunk holds enough images of `tiles = ceil(h/2) ceil(w/2)` tiles
-/// for `max(256, 8 MiB / (64 (cin + cout)))` tiles, at least one and at most `n`. From
+/// for `max(64, 8 MiB / (64 (cin + cout)))` tiles, at least one and at most `n`. From
 /// `tape/src/ops/conv2d/winograd.rs`.
 pub fn winograd_workspace_bytes([n, cin, h, w]: [usize; 4], cout: usize) -> usize {
     let tiles = h.div_ceil(2) * w.div_ceil(2);
-    let wanted = ((8 << 20) / (64 * (cin + cout))).max(256);
+    let wanted = ((8 << 20) / (64 * (cin + cout))).max(64);
     let cols = wanted.div_ceil(tiles).clamp(1, n.max(1)) * tiles;
     4 * 16 * (cin * cout + (cin + cout) * cols)
 }

@@ -22,6 +22,7 @@
 
 use super::Geometry;
 use crate::backend::cpu::gemm::{gemm, Mat, Run};
+use crate::simd::widest_simd;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -29,10 +30,12 @@ use std::mem::MaybeUninit;
 const XI: usize = 16;
 
 /// Tiles (GEMM columns) one chunk of images covers at least.
-const CHUNK_TILES: usize = 256;
+const CHUNK_TILES: usize = 64;
 
 /// Bytes of transformed tiles (inputs and products) one chunk aims at: wide GEMMs where the
-/// channels are few (64 channels: 1024 tiles), no more where they are many.
+/// channels are few (64 channels: 1024 tiles), no more where they are many (512 channels: 128
+/// tiles, which keeps the whole workspace under glibc's 32 MiB mmap threshold, see
+/// `host_cache`: above it every call would map fresh pages and fault them in).
 const CHUNK_BYTES: usize = 8 << 20;
 
 /// Fewest input and output channels Winograd takes: below, the transforms cost more than the
@@ -278,8 +281,13 @@ impl Winograd {
                 let b = pass.bias.map_or(0.0, |b| b[ch]);
                 let mut scratch = vec![0.0; self.scratch_len()];
                 for (j, o) in outs.into_iter().enumerate() {
-                    let rows = |xi: usize| &m[(xi * pass.dst + ch) * cols + j * tiles..][..tiles];
-                    self.output_tiles(&rows, b, o, &mut scratch);
+                    let at = ch * cols + j * tiles;
+                    let products = Products {
+                        data: m,
+                        stride: pass.dst * cols,
+                        at,
+                    };
+                    output_tiles(self, products, b, o, &mut scratch);
                 }
             });
         }
@@ -305,171 +313,205 @@ impl Winograd {
             });
     }
 
-    /// Elements of the scratch rows a transform of one plane works in.
+    /// Elements of the scratch rows a transform of one plane works in: the input's padded rows
+    /// split in two and four rows after `Bᵀ`, each split in two ([`input_tiles`]), the most.
     fn scratch_len(&self) -> usize {
-        XI * (self.grid().1 + 1)
+        let (th, tw) = self.grid();
+        (2 * (2 * th + 2) + 8) * (tw + 1)
     }
+}
 
-    /// Writes one output plane (`h x w`) plus `bias` from its 16 rows of GEMM products
-    /// (`rows(ξ)`, one element per tile): `Y = Aᵀ m A` per tile, cut at the plane's edges.
-    fn output_tiles<'m>(
-        &self,
-        rows: &dyn Fn(usize) -> &'m [f32],
+/// Where one plane's 16 rows of GEMM products lie: row `ξ` at `data[ξ * stride + at ..]`, one
+/// element per tile.
+#[derive(Clone, Copy)]
+struct Products<'m> {
+    data: &'m [f32],
+    stride: usize,
+    at: usize,
+}
+
+widest_simd!(
+    /// One output plane (`h x w`) plus `bias` from its products: `Y = Aᵀ m A` per tile, cut at
+    /// the plane's edges; every element of `out` written.
+    fn output_tiles(
+        wg: &Winograd,
+        m: Products<'_>,
         bias: f32,
         out: &mut [MaybeUninit<f32>],
         scratch: &mut [f32],
-    ) {
-        let (th, tw) = self.grid();
-        let w = self.w;
-        let (s, rest) = scratch.split_at_mut(8 * tw);
-        let (even, rest) = rest.split_at_mut(tw);
-        let odd = &mut rest[..tw];
-        for ty in 0..th {
-            let m = |i: usize, j: usize| &rows(4 * i + j)[ty * tw..][..tw];
-            // Aᵀ over the tile's rows: s[a][j] for output row a and transformed column j.
-            for j in 0..4 {
-                let (m0, m1, m2, m3) = (m(0, j), m(1, j), m(2, j), m(3, j));
-                let (s0, s1) = s.split_at_mut(4 * tw);
-                let (s0, s1) = (&mut s0[j * tw..][..tw], &mut s1[j * tw..][..tw]);
-                for t in 0..tw {
-                    s0[t] = m0[t] + m1[t] + m2[t];
-                    s1[t] = m1[t] - m2[t] - m3[t];
-                }
+    ) = output_tiles_body;
+);
+
+#[inline(always)]
+fn output_tiles_body(
+    wg: &Winograd,
+    m: Products<'_>,
+    bias: f32,
+    out: &mut [MaybeUninit<f32>],
+    scratch: &mut [f32],
+) {
+    let ((th, tw), w) = (wg.grid(), wg.w);
+    let (s, rest) = scratch.split_at_mut(8 * tw);
+    let (even, rest) = rest.split_at_mut(tw);
+    let odd = &mut rest[..tw];
+    for ty in 0..th {
+        let row = |i: usize, j: usize| &m.data[(4 * i + j) * m.stride + m.at + ty * tw..][..tw];
+        // Aᵀ over the tile's rows: s[a][j] for output row a and transformed column j.
+        let (s0, s1) = s.split_at_mut(4 * tw);
+        for (j, (s0, s1)) in s0
+            .chunks_exact_mut(tw)
+            .zip(s1.chunks_exact_mut(tw))
+            .enumerate()
+        {
+            let (m0, m1, m2, m3) = (row(0, j), row(1, j), row(2, j), row(3, j));
+            zip3(s0, m0, m1, m2, |a, b, c| a + b + c);
+            zip3(s1, m1, m2, m3, |a, b, c| a - b - c);
+        }
+        for a in 0..2 {
+            let y = 2 * ty + a;
+            if y >= wg.h {
+                break;
             }
-            for a in 0..2 {
-                let y = 2 * ty + a;
-                if y >= self.h {
-                    break;
-                }
-                let sa = |j: usize| &s[(4 * a + j) * tw..][..tw];
-                let (c0, c1, c2, c3) = (sa(0), sa(1), sa(2), sa(3));
-                for t in 0..tw {
-                    even[t] = c0[t] + c1[t] + c2[t] + bias;
-                    odd[t] = c1[t] - c2[t] - c3[t] + bias;
-                }
-                let mut pairs = out[y * w..][..w].chunks_exact_mut(2);
-                for ((pair, &e), &o) in (&mut pairs).zip(even.iter()).zip(odd.iter()) {
-                    pair[0].write(e);
-                    pair[1].write(o);
-                }
-                if let [last] = pairs.into_remainder() {
-                    last.write(even[tw - 1]);
-                }
+            let c = |j: usize| &s[(4 * a + j) * tw..][..tw];
+            zip3(even, c(0), c(1), c(2), |a, b, c| a + b + c + bias);
+            zip3(odd, c(1), c(2), c(3), |a, b, c| a - b - c + bias);
+            let mut pairs = out[y * w..][..w].chunks_exact_mut(2);
+            for ((pair, &e), &o) in (&mut pairs).zip(even.iter()).zip(odd.iter()) {
+                pair[0].write(e);
+                pair[1].write(o);
+            }
+            if let [last] = pairs.into_remainder() {
+                last.write(even[tw - 1]);
             }
         }
     }
 }
 
-/// The 16 transformed rows of one plane's tiles, `Bᵀ d B` for each 4x4 input tile `d` (rows
-/// and columns `2t - 1 .. 2t + 3`, zeros past the plane): row `ξ` at `out[ξ * ld ..]`, one
-/// element per tile.
-fn input_tiles(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, scratch: &mut [f32]) {
-    let (th, tw) = wg.grid();
-    let (h, w) = (wg.h, wg.w);
-    // Each input row split into its columns 2t - 1 (`e[t]`) and 2t (`o[t]`), t = 0..=tw; `be`
-    // and `bo` the same after Bᵀ over the tile's rows.
-    let len = 4 * (tw + 1);
-    let (e, rest) = scratch.split_at_mut(len);
-    let (o, rest) = rest.split_at_mut(len);
-    let (be, bo) = rest.split_at_mut(len);
+widest_simd!(
+    /// The 16 transformed rows of one plane's tiles, `Bᵀ d B` for each 4x4 input tile `d`
+    /// (rows and columns `2t - 1 .. 2t + 3`, zeros past the plane): row `ξ` at `out[ξ * ld
+    /// ..]`, one element per tile.
+    fn input_tiles(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, scratch: &mut [f32]) =
+        input_tiles_body;
+);
+
+#[inline(always)]
+fn input_tiles_body(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, scratch: &mut [f32]) {
+    let ((th, tw), w) = (wg.grid(), wg.w);
+    let len = tw + 1;
+    // The zero-padded plane's rows (row r = input row r - 1), each split into its columns
+    // 2t - 1 (`e[t]`) and 2t (`o[t]`), t = 0..=tw; `be` and `bo` one tile row after Bᵀ.
+    let rows = 2 * th + 2;
+    let (e, rest) = scratch.split_at_mut(rows * len);
+    let (o, rest) = rest.split_at_mut(rows * len);
+    let (be, rest) = rest.split_at_mut(4 * len);
+    let bo = &mut rest[..4 * len];
+    e.fill(0.0);
+    o.fill(0.0);
+    for (y, src) in plane.chunks_exact(w).take(wg.h).enumerate() {
+        let r = (y + 1) * len;
+        split_columns(src, &mut o[r..r + len], &mut e[r + 1..r + len]);
+    }
     for ty in 0..th {
-        for k in 0..4 {
-            let (ek, ok) = (
-                &mut e[k * (tw + 1)..][..tw + 1],
-                &mut o[k * (tw + 1)..][..tw + 1],
-            );
-            ek.fill(0.0);
-            ok.fill(0.0);
-            let r = 2 * ty + k;
-            if r == 0 || r > h {
-                continue;
-            }
-            split_columns(&plane[(r - 1) * w..][..w], ok, &mut ek[1..]);
-        }
-        rows_bt(e, be, tw + 1);
-        rows_bt(o, bo, tw + 1);
-        for i in 0..4 {
-            let (e, o) = (&be[i * (tw + 1)..][..tw + 1], &bo[i * (tw + 1)..][..tw + 1]);
+        let rows = 2 * ty * len..(2 * ty + 4) * len;
+        rows_bt(&e[rows.clone()], be, len);
+        rows_bt(&o[rows], bo, len);
+        for (i, (e, o)) in be.chunks_exact(len).zip(bo.chunks_exact(len)).enumerate() {
             let at = |j: usize| (4 * i + j) * ld + ty * tw;
-            let r = &mut out[at(0)..][..tw];
-            (0..tw).for_each(|t| r[t] = e[t] - e[t + 1]);
-            let r = &mut out[at(1)..][..tw];
-            (0..tw).for_each(|t| r[t] = o[t] + e[t + 1]);
-            let r = &mut out[at(2)..][..tw];
-            (0..tw).for_each(|t| r[t] = e[t + 1] - o[t]);
-            let r = &mut out[at(3)..][..tw];
-            (0..tw).for_each(|t| r[t] = o[t] - o[t + 1]);
+            let (e0, e1, o0, o1) = (&e[..tw], &e[1..], &o[..tw], &o[1..]);
+            zip2(&mut out[at(0)..][..tw], e0, e1, |a, b| a - b);
+            zip2(&mut out[at(1)..][..tw], o0, e1, |a, b| a + b);
+            zip2(&mut out[at(2)..][..tw], e1, o0, |a, b| a - b);
+            zip2(&mut out[at(3)..][..tw], o0, o1, |a, b| a - b);
         }
     }
 }
 
 /// `Bᵀ` over four rows of `len` (`d`, row `k` at `k * len`) into `out`: `d0 - d2`, `d1 + d2`,
 /// `d2 - d1`, `d1 - d3`.
+#[inline(always)]
 fn rows_bt(d: &[f32], out: &mut [f32], len: usize) {
     let r = |k: usize| &d[k * len..][..len];
     let (d0, d1, d2, d3) = (r(0), r(1), r(2), r(3));
-    let (o01, o23) = out.split_at_mut(2 * len);
-    let (o0, o1) = o01.split_at_mut(len);
-    let (o2, o3) = o23.split_at_mut(len);
-    for t in 0..len {
-        o0[t] = d0[t] - d2[t];
-        o1[t] = d1[t] + d2[t];
-        o2[t] = d2[t] - d1[t];
-        o3[t] = d1[t] - d3[t];
-    }
+    let mut rows = out.chunks_exact_mut(len);
+    let mut next = || rows.next().unwrap_or_default();
+    zip2(next(), d0, d2, |a, b| a - b);
+    zip2(next(), d1, d2, |a, b| a + b);
+    zip2(next(), d2, d1, |a, b| a - b);
+    zip2(next(), d1, d3, |a, b| a - b);
 }
 
-/// The 16 transformed rows of one output-gradient plane's tiles, `A dY Aᵀ` for each 2x2 tile
-/// `dY` (zeros past the plane): row `ξ` at `out[ξ * ld ..]`, one element per tile.
-fn grad_tiles(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, scratch: &mut [f32]) {
-    let (th, tw) = wg.grid();
-    let (h, w) = (wg.h, wg.w);
-    // Rows 2t and 2t + 1 split into their even (`e`) and odd (`o`) columns.
+widest_simd!(
+    /// The 16 transformed rows of one output-gradient plane's tiles, `A dY Aᵀ` for each 2x2
+    /// tile `dY` (zeros past the plane): row `ξ` at `out[ξ * ld ..]`, one element per tile.
+    fn grad_tiles(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, scratch: &mut [f32]) =
+        grad_tiles_body;
+);
+
+#[inline(always)]
+fn grad_tiles_body(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, scratch: &mut [f32]) {
+    let ((th, tw), (h, w)) = (wg.grid(), (wg.h, wg.w));
+    // Rows 2t and 2t + 1 split into their even (`e`) and odd (`o`) columns; `qe`, `qo` one row
+    // of A over them.
     let (e, rest) = scratch.split_at_mut(2 * tw);
     let (o, rest) = rest.split_at_mut(2 * tw);
+    let (qe, rest) = rest.split_at_mut(tw);
+    let qo = &mut rest[..tw];
     for ty in 0..th {
         for a in 0..2 {
             let (ea, oa) = (&mut e[a * tw..][..tw], &mut o[a * tw..][..tw]);
             ea.fill(0.0);
             oa.fill(0.0);
             let y = 2 * ty + a;
-            if y >= h {
-                continue;
+            if y < h {
+                split_columns(&plane[y * w..][..w], ea, oa);
             }
-            split_columns(&plane[y * w..][..w], ea, oa);
         }
         // A over the rows (r0, r0 + r1, r0 - r1, -r1), then over the columns the same.
         for i in 0..4 {
-            let (qe, qo) = rest[2 * tw..].split_at_mut(tw);
             rows_a(i, e, qe, tw);
-            rows_a(i, o, &mut qo[..tw], tw);
+            rows_a(i, o, qo, tw);
             let at = |j: usize| (4 * i + j) * ld + ty * tw;
             out[at(0)..][..tw].copy_from_slice(qe);
-            let r = &mut out[at(1)..][..tw];
-            (0..tw).for_each(|t| r[t] = qe[t] + qo[t]);
-            let r = &mut out[at(2)..][..tw];
-            (0..tw).for_each(|t| r[t] = qe[t] - qo[t]);
-            let r = &mut out[at(3)..][..tw];
-            (0..tw).for_each(|t| r[t] = -qo[t]);
+            zip2(&mut out[at(1)..][..tw], qe, qo, |a, b| a + b);
+            zip2(&mut out[at(2)..][..tw], qe, qo, |a, b| a - b);
+            zip2(&mut out[at(3)..][..tw], qo, qo, |_, b| -b);
         }
     }
 }
 
 /// Row `i` of `A` over two rows of `len` (`r`, row `a` at `a * len`) into `out`: `r0`,
 /// `r0 + r1`, `r0 - r1` or `-r1`.
+#[inline(always)]
 fn rows_a(i: usize, r: &[f32], out: &mut [f32], len: usize) {
     let (r0, r1) = (&r[..len], &r[len..2 * len]);
-    let out = &mut out[..len];
     match i {
-        0 => out.copy_from_slice(r0),
-        1 => (0..len).for_each(|t| out[t] = r0[t] + r1[t]),
-        2 => (0..len).for_each(|t| out[t] = r0[t] - r1[t]),
-        _ => (0..len).for_each(|t| out[t] = -r1[t]),
+        0 => out[..len].copy_from_slice(r0),
+        1 => zip2(out, r0, r1, |a, b| a + b),
+        2 => zip2(out, r0, r1, |a, b| a - b),
+        _ => zip2(out, r1, r1, |_, b| -b),
+    }
+}
+
+/// `out[t] = f(a[t], b[t])` over the shortest of the three.
+#[inline(always)]
+fn zip2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = f(a, b);
+    }
+}
+
+/// `out[t] = f(a[t], b[t], c[t])` over the shortest of the four.
+#[inline(always)]
+fn zip3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
+        *o = f(a, b, c);
     }
 }
 
 /// A row's even columns into `even` and odd ones into `odd` (a last odd column past an
 /// odd-length row stays as it was).
+#[inline(always)]
 fn split_columns(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let pairs = row.chunks_exact(2);
     if let [last] = pairs.remainder() {

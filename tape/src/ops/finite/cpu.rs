@@ -21,7 +21,7 @@ fn any_non_finite<T: Elem>(xs: &[&Tensor]) -> Result<bool> {
 /// Lanes of [`all_finite`]'s sums.
 const LANES: usize = 16;
 
-/// Whether every element of `c` is finite: `v - v` is 0 for a finite `v` and NaN for an infinity
+/// Whether every element of `c` is finite: `v * 0` is 0 for a finite `v` and NaN for an infinity
 /// or a NaN, so sums of it (in lanes, without an early exit, so that they vectorise) stay 0
 /// exactly when no element is either.
 fn all_finite<T: Elem>(c: &[T]) -> bool {
@@ -30,7 +30,7 @@ fn all_finite<T: Elem>(c: &[T]) -> bool {
     let tail = whole.remainder();
     for block in whole {
         for (s, &v) in lanes.iter_mut().zip(block) {
-            *s += v - v;
+            *s += v * T::zero();
         }
     }
     tail.iter().chain(&lanes).all(|v| v.is_finite())

@@ -286,8 +286,9 @@ fn f32_matches_naive_reference() {
     // (flipped grad-input path) and cout > cin (col2im path), strided, rectangular kernels; the
     // next three have columns wider than one cache block (256 KiB), so im2col runs in several
     // blocks of output rows on each path; the last three span 2 or 3 backward work chunks (256
-    // output positions each) on the flipped, pointwise and col2im paths.
-    let cases: [([usize; 4], [usize; 4], usize, usize); 12] = [
+    // output positions each) on the flipped, pointwise and col2im paths; then 512 output
+    // channels, whose weight gradient is summed untransposed, over two work chunks.
+    let cases: [([usize; 4], [usize; 4], usize, usize); 13] = [
         ([5, 8, 6, 6], [4, 8, 1, 1], 1, 0),
         ([5, 8, 7, 7], [4, 8, 3, 3], 1, 1),
         ([3, 3, 9, 8], [6, 3, 3, 3], 1, 1),
@@ -300,6 +301,7 @@ fn f32_matches_naive_reference() {
         ([6, 4, 12, 12], [3, 4, 3, 3], 1, 1),
         ([5, 6, 10, 10], [4, 6, 1, 1], 1, 0),
         ([4, 3, 20, 20], [5, 3, 3, 3], 2, 1),
+        ([40, 3, 6, 5], [512, 3, 3, 3], 2, 1),
     ];
     for (seed, (xs, ws, s, p)) in cases.into_iter().enumerate() {
         let dev = Device::cpu();

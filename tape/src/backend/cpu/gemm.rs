@@ -36,6 +36,14 @@ impl<'s, T> Mat<'s, T> {
         }
     }
 
+    /// The same stored data read as the operand's transpose.
+    pub(crate) fn transpose(self) -> Self {
+        Mat {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
     /// The stored rows are `ld` elements apart (a block of a wider matrix).
     pub(crate) fn ld(self, ld: usize) -> Self {
         Mat {

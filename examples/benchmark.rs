@@ -179,12 +179,6 @@ impl Table<'_> {
                     }
                 }
             };
-            if precision != Precision::F32 && matches!(mode, Recompute::Budget(_)) {
-                if !json {
-                    println!("({mode} under {precision} skipped: the budget model counts f32 activations only)");
-                }
-                continue;
-            }
             let setting = CaseSetting { mode, precision };
             if let Some((group, options)) = group {
                 let (case, comm) = measure_training_step_ddp(

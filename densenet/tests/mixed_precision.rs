@@ -224,3 +224,76 @@ fn f16_training_with_a_loss_scaler_backs_off_then_trains() {
         "f16 training did not learn: {losses:?}"
     );
 }
+
+/// The peak bytes of one forward and backward of `model` on `x` (what the device holds before
+/// it, `x` and the parameters, included).
+fn step_peak(model: &DenseNet, x: &Tensor, labels: &[usize]) -> u64 {
+    let memory = x.device().memory();
+    memory.reset_peak();
+    drop(densenet::train::forward_backward(model, x, labels, 0).unwrap());
+    memory.peak() as u64
+}
+
+/// Under bf16 and f16 a memory budget is planned on the meta device: every budget from the
+/// all-Layer plan's peak to naive's is met by the real step (its peak at most the budget), the
+/// plans in between mix modes, each trains like naive bit for bit (three SGD steps, with room
+/// for the optimizer's state), and a budget below every plan is a typed error.
+#[test]
+fn budgets_under_16_bit_are_met_and_train_like_naive() {
+    let dev = Device::cpu();
+    let x = Tensor::randn(&[4, 3, 8, 8], DType::F32, &dev, 4).unwrap();
+    // Bytes the device holds beside the model (the probe on the meta device must count them).
+    let _ballast = Tensor::zeros(&[20_000], DType::F32, &dev).unwrap();
+    let labels = [0, 3, 1, 4];
+    let all = |m| -> Vec<Vec<densenet::DenseLayerMode>> {
+        config().block_config.iter().map(|&n| vec![m; n]).collect()
+    };
+    for precision in [Precision::Bf16, Precision::F16] {
+        let model = |mode| {
+            DenseNet::new(config(), DType::F32, &dev, 3)
+                .unwrap()
+                .with_recompute(mode)
+                .unwrap()
+                .with_precision(precision)
+        };
+        let layer = DenseNet::new(config(), DType::F32, &dev, 3)
+            .unwrap()
+            .with_plan(all(densenet::DenseLayerMode::RecomputeLayer))
+            .unwrap()
+            .with_precision(precision);
+        // One model on the device at a time: what it holds is part of every peak.
+        let lo = step_peak(&layer, &x, &labels);
+        drop(layer);
+        let hi = step_peak(&model(Recompute::Naive), &x, &labels);
+        assert!(lo < hi, "{precision}: all-Layer {lo} below naive {hi}");
+        let naive = train(Recompute::Naive, precision);
+        let mut mixed = false;
+        for i in 0..=4 {
+            let budget = lo + (hi - lo) * i / 4;
+            let m = model(Recompute::Budget(budget));
+            let plan = m.layer_modes([4, 3, 8, 8]).unwrap();
+            let first = plan[0][0];
+            mixed |= plan.iter().flatten().any(|&m| m != first);
+            let peak = step_peak(&m, &x, &labels);
+            assert!(
+                peak <= budget,
+                "{precision} budget {budget}: peak {peak} ({plan:?})"
+            );
+            let state = (m.parameter_bytes() + x.size_in_bytes()) as u64;
+            drop(m);
+            // Training holds more from the second step: the momentum buffers, and `train`'s own
+            // copy of the input beside this test's.
+            let run = train(Recompute::Budget(budget + state), precision);
+            assert!(
+                run == naive,
+                "{precision} budget {budget}: not naive's bits"
+            );
+        }
+        assert!(mixed, "{precision}: no budget mixed modes");
+        let too_small = model(Recompute::Budget(lo - 1));
+        let Err(err) = densenet::train::forward_backward(&too_small, &x, &labels, 0) else {
+            panic!("{precision}: a budget below the all-Layer plan's peak was met");
+        };
+        assert!(err.to_string().contains("cannot be met"), "{err}");
+    }
+}

@@ -15,6 +15,7 @@
 
 mod budget;
 mod dense;
+mod measured;
 
 pub use budget::{
     layer_costs, parameter_bytes, plan_layer_modes, predicted_peak, BudgetModel, LayerCost,
@@ -189,6 +190,12 @@ impl DenseNet {
     /// transitions and head recomputed, as a budget's plan runs. A plan that does not match the
     /// blocks is a [`DenseNetError::Config`].
     pub fn with_plan(mut self, plan: Vec<Vec<DenseLayerMode>>) -> Result<Self> {
+        self.set_plan(plan)?;
+        Ok(self)
+    }
+
+    /// [`DenseNet::with_plan`] in place.
+    fn set_plan(&mut self, plan: Vec<Vec<DenseLayerMode>>) -> Result<()> {
         let blocks: Vec<usize> = self.blocks.iter().map(|b| b.layers.len()).collect();
         if plan.iter().map(Vec::len).collect::<Vec<_>>() != blocks {
             return Err(DenseNetError::Config(format!(
@@ -198,7 +205,7 @@ impl DenseNet {
         }
         self.plan = Some(plan);
         self.recompute = Recompute::Plan;
-        Ok(self)
+        Ok(())
     }
 
     /// The recompute setting (naive unless set).
@@ -215,6 +222,8 @@ impl DenseNet {
 
     /// Sets the precision policy of training steps (the weights stay as they are).
     pub fn set_precision(&mut self, precision: Precision) {
+        // A budget's plans were made for the old policy's bytes.
+        self.plan_cache.clear();
         self.precision = precision;
     }
 
@@ -267,9 +276,11 @@ impl DenseNet {
             Recompute::Selective(Selective::Layer) => uniform(DenseLayerMode::RecomputeLayer),
             Recompute::Budget(bytes) => {
                 let held = self.device.memory().current() as u64;
-                self.plan_cache.get_or_make((input_shape, bytes), held, || {
-                    plan_layer_modes(self, input_shape, bytes, held)
-                })
+                self.plan_cache
+                    .get_or_make((input_shape, bytes), held, || match self.precision {
+                        Precision::F32 => plan_layer_modes(self, input_shape, bytes, held),
+                        _ => measured::plan_measured(self, input_shape, bytes, held),
+                    })
             }
             Recompute::Plan => self.plan.clone().ok_or_else(|| {
                 DenseNetError::Config("Recompute::Plan needs a plan: DenseNet::with_plan".into())
@@ -291,13 +302,6 @@ impl DenseNet {
             return Err(DenseNetError::Config("empty batch".into()));
         }
         self.config.validate_image(h, w)?;
-        if tape.precision() != Precision::F32 && matches!(self.recompute, Recompute::Budget(_)) {
-            return Err(DenseNetError::Config(format!(
-                "a memory budget under the {} precision policy: the budget model counts f32 \
-                 activations only; use a fixed mode (naive, bottleneck, layer)",
-                tape.precision()
-            )));
-        }
         let modes = self.layer_modes([n, c, h, w])?;
         let recompute_glue = !matches!(
             self.recompute,

@@ -224,7 +224,7 @@ impl Table<'_> {
                 print_plan(
                     &device()?,
                     self.config,
-                    mode,
+                    setting,
                     [self.batch, self.config.in_channels, self.image, self.image],
                 )?;
             }
@@ -246,18 +246,20 @@ impl Table<'_> {
     }
 }
 
-/// The per-layer modes the planner chose for `mode` (a budget), one line per dense block: how
-/// many layers keep everything (K), recompute the bottleneck (B) or the whole layer (L).
+/// The per-layer modes the planner chose for `setting` (a budget, under its precision policy),
+/// one line per dense block: how many layers keep everything (K), recompute the bottleneck (B)
+/// or the whole layer (L).
 fn print_plan(
     dev: &Device,
     config: &DenseNetConfig,
-    mode: Recompute,
+    setting: CaseSetting,
     input: [usize; 4],
 ) -> Result<(), String> {
     let model = densenet::DenseNet::new(config.clone(), tape::DType::F32, dev, 0)
         .map_err(|e| e.to_string())?
-        .with_recompute(mode)
-        .map_err(|e| e.to_string())?;
+        .with_recompute(setting.mode)
+        .map_err(|e| e.to_string())?
+        .with_precision(setting.precision);
     let modes = model.layer_modes(input).map_err(|e| e.to_string())?;
     for (b, block) in modes.iter().enumerate() {
         let code: String = block

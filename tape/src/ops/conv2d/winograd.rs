@@ -131,17 +131,9 @@ impl Winograd {
         ws: &mut [f32],
     ) {
         let (u, ws) = ws.split_at_mut(XI * self.cin * self.cout);
-        u.par_chunks_mut(XI * self.cin)
-            .enumerate()
-            .for_each(|(co, dst)| {
-                for (ci, src) in weight[co * self.cin * 9..]
-                    .chunks_exact(9)
-                    .take(self.cin)
-                    .enumerate()
-                {
-                    scatter(&kernel_tile(src), dst, ci, self.cin);
-                }
-            });
+        transform_kernels(u, (self.cout, self.cin), |co, ci| {
+            taps(weight, co * self.cin + ci)
+        });
         let xs = self.cin * self.h * self.w;
         let pass = Pass {
             src: self.cin,
@@ -162,19 +154,12 @@ impl Winograd {
         ws: &mut [f32],
     ) {
         let (u, ws) = ws.split_at_mut(XI * self.cin * self.cout);
-        u.par_chunks_mut(XI * self.cout)
-            .enumerate()
-            .for_each(|(ci, dst)| {
-                for co in 0..self.cout {
-                    let mut flipped = [0.0; 9];
-                    let src = &weight[(co * self.cin + ci) * 9..][..9];
-                    flipped
-                        .iter_mut()
-                        .zip(src.iter().rev())
-                        .for_each(|(d, &s)| *d = s);
-                    scatter(&kernel_tile(&flipped), dst, co, self.cout);
-                }
-            });
+        // The flipped kernel W'[ci][co] = W[co][ci] rotated by 180 degrees.
+        transform_kernels(u, (self.cin, self.cout), |ci, co| {
+            let mut k = taps(weight, co * self.cin + ci);
+            k.reverse();
+            k
+        });
         let pass = Pass {
             src: self.cout,
             dst: self.cin,
@@ -552,9 +537,28 @@ fn kernel_grad(t: &[f32; XI]) -> [f32; 9] {
     k
 }
 
-/// One channel pair's transformed kernel `t` into `dst` (`[ξ][width]`) at column `at`.
-fn scatter(t: &[f32; XI], dst: &mut [f32], at: usize, width: usize) {
-    for (xi, &v) in t.iter().enumerate() {
-        dst[xi * width + at] = v;
-    }
+/// Fills `u` (`[row][ξ][col]`) with the transformed `rows x cols` kernels `kernel(row, col)`
+/// (each 3x3, row-major).
+fn transform_kernels(
+    u: &mut [f32],
+    (rows, cols): (usize, usize),
+    kernel: impl Fn(usize, usize) -> [f32; 9] + Sync,
+) {
+    u.par_chunks_mut(XI * cols)
+        .take(rows)
+        .enumerate()
+        .for_each(|(r, dst)| {
+            for c in 0..cols {
+                for (xi, v) in kernel_tile(&kernel(r, c)).into_iter().enumerate() {
+                    dst[xi * cols + c] = v;
+                }
+            }
+        });
+}
+
+/// The 3x3 taps of kernel `pair` (`co * cin + ci`) of `weight`.
+fn taps(weight: &[f32], pair: usize) -> [f32; 9] {
+    let mut k = [0.0; 9];
+    k.copy_from_slice(&weight[pair * 9..][..9]);
+    k
 }

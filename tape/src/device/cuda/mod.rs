@@ -21,14 +21,14 @@ mod nvrtc;
 
 pub(crate) use buffer::{alloc_slice, before_free, copy, download, overwrite, upload};
 pub(crate) use dnn::{ConvKey, ConvPlan, Dnn, FindArgs, FindContext, TensorDesc};
-pub(crate) use elem::{CudaData, CudaElem};
+pub(crate) use elem::{with_cuda_slice, CudaData, CudaElem, CudaScalar};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
 pub(crate) use launch::{
     grid, launch, multi_grid, nvrtc_program, per_row, Kernel, PartList, Program, MAX_PARTS, RBLOCK,
     SUM_BLOCKS,
 };
 #[cfg(test)]
-pub(crate) use nvrtc::{compile_cubin, options as nvrtc_options, PRELUDE};
+pub(crate) use nvrtc::{compile_cubin, options as nvrtc_options, PRELUDE, SUFFIXES};
 
 use crate::device::{CudaOptions, Device};
 use crate::dtype::DType;

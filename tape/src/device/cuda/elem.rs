@@ -71,6 +71,12 @@ pub(crate) trait CudaScalar: Scalar + DeviceRepr + ValidAsZeroBits + CudnnDataTy
     fn cuda_mut(data: &mut CudaData) -> Option<&mut CudaSlice<Self>>;
     /// Tags a slice.
     fn wrap_cuda(s: CudaSlice<Self>) -> CudaData;
+
+    /// `v` as a cuDNN scaling factor (alpha, beta) for data of this type: `f64` for `f64`
+    /// data, `f32` for the others (the 16-bit types included).
+    fn scaling(v: f64) -> <Self as CudnnDataType>::Scalar {
+        Self::of(v).into_scaling_parameter()
+    }
 }
 
 /// An element type the CUDA kernels written with [`Elem`] arithmetic take (`f32`, `f64`).

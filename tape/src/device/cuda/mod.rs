@@ -434,6 +434,23 @@ impl Backend {
     }
 }
 
+/// Sets the math mode of the next cuBLAS GEMMs on `blas` (locked by the caller) for operands of
+/// `dtype`: TF32 tensor-op math for `f32` where `tf32` allows it; for bf16 / f16 (cublasGemmEx
+/// with `CUBLAS_COMPUTE_32F`) every reduction in `f32`, split-K ones included
+/// (`CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION`); cuBLAS's default math otherwise.
+pub(crate) fn set_gemm_math(blas: &CudaBlas, tf32: bool, dtype: DType) -> Result<()> {
+    use cudarc::cublas::sys::cublasMath_t as M;
+    let math = match dtype {
+        DType::F32 if tf32 => M::CUBLAS_TF32_TENSOR_OP_MATH,
+        DType::BF16 | DType::F16 => M::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+        DType::F32 | DType::F64 => M::CUBLAS_DEFAULT_MATH,
+    };
+    // SAFETY: the handle is locked by the caller; the math mode is a host-side setting of it.
+    unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), math) }
+        .result()
+        .map_err(|e| cublas_err("cublasSetMathMode", e))
+}
+
 /// The error of a failed allocation of `bytes` on `device`: [`Error::OutOfMemory`] for an
 /// out-of-memory status (with the GPU's free memory in the device name), else the status.
 pub(crate) fn alloc_err(device: &Device, backend: &Backend, bytes: usize, e: DriverError) -> Error {

@@ -24,8 +24,14 @@
 //!   the start); per-part parameter slices at odd channel offsets are only element-aligned, and
 //!   should cuDNN answer "misaligned pointer" they are copied to an aligned scratch buffer for
 //!   the call (and the ones it writes copied back).
+//! - 16-bit parts (bf16, f16) run this `f32` path on `f32` copies of the parts, the output
+//!   gradient, the saved output and the gradients added into ([`half`]), each result rounded
+//!   once into the 16-bit dtype: the CPU's values, but not yet its memory behaviour (the copies
+//!   are whole buffers, charged while the call runs; cuDNN's 16-bit batch norm with `f32`
+//!   statistics would need none).
 
 mod backward;
+mod half;
 
 use super::super::batch_norm::BnStats;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
@@ -317,6 +323,9 @@ fn void<T>(v: &T) -> *const c_void {
 impl BatchNormReluKernels for CudaKernels {
     /// As batch norm's, a recompute's kept statistics (`a.given`) are not used yet on CUDA.
     fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
+        if a.parts[0].dtype().is_half() {
+            return half::forward(self, a);
+        }
         let [n, _, h, w] = a.parts[0].dims4(OP)?;
         let dtype = a.parts[0].dtype();
         a.running.check_cuda_dtype(
@@ -347,6 +356,9 @@ impl BatchNormReluKernels for CudaKernels {
         a: &BnReluBackward<'_>,
         into: Vec<Option<Tensor>>,
     ) -> Result<BnReluGrads> {
+        if a.g.dtype().is_half() {
+            return half::backward(self, a, into);
+        }
         let [n, _, h, w] = a.g.dims4(OP)?;
         let l = Layout::new(n, (a.channels.to_vec(), a.widths.to_vec()), h, w)
             .with_into_widths(a.into_widths);

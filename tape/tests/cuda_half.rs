@@ -157,19 +157,39 @@ mod on_gpu {
                 2.0,
                 &|t, x| ops::mul(t, &x[0], &x[1]),
             );
-            check(dev, "scale", &[a.clone()], &[true], 2.0, &|t, x| {
-                ops::scale(t, &x[0], 0.7)
-            });
-            check(dev, "relu", &[a.clone()], &[true], 2.0, &|t, x| {
-                ops::relu(t, &x[0])
-            });
-            check(dev, "gelu", &[a.clone()], &[true], 2.0, &|t, x| {
-                ops::gelu(t, &x[0])
-            });
+            check(
+                dev,
+                "scale",
+                std::slice::from_ref(&a),
+                &[true],
+                2.0,
+                &|t, x| ops::scale(t, &x[0], 0.7),
+            );
+            check(
+                dev,
+                "relu",
+                std::slice::from_ref(&a),
+                &[true],
+                2.0,
+                &|t, x| ops::relu(t, &x[0]),
+            );
+            check(
+                dev,
+                "gelu",
+                std::slice::from_ref(&a),
+                &[true],
+                2.0,
+                &|t, x| ops::gelu(t, &x[0]),
+            );
             // The same counter-based mask on both devices: the kept values scaled once.
-            check(dev, "dropout", &[a.clone()], &[true], 2.0, &|t, x| {
-                ops::dropout(t, &x[0], 0.3)
-            });
+            check(
+                dev,
+                "dropout",
+                std::slice::from_ref(&a),
+                &[true],
+                2.0,
+                &|t, x| ops::dropout(t, &x[0], 0.3),
+            );
         });
     }
 
@@ -179,25 +199,55 @@ mod on_gpu {
             let x = randn(&[6, 19], dtype, 4);
             // softmax reads its rounded output in backward: forward rounding, the output
             // gradient's, its own (k = 3).
-            check(dev, "softmax", &[x.clone()], &[true], 3.0, &|t, x| {
-                ops::softmax(t, &x[0])
-            });
-            check(dev, "log_softmax", &[x.clone()], &[true], 3.0, &|t, x| {
-                ops::log_softmax(t, &x[0])
-            });
-            check(dev, "layer_norm", &[x.clone()], &[true], 3.0, &|t, x| {
-                ops::layer_norm(t, &x[0], None, None, 1e-5)
-            });
-            check(dev, "sum", &[x.clone()], &[true], 2.0, &|t, x| {
-                ops::sum(t, &x[0])
-            });
-            check(dev, "mean", &[x.clone()], &[true], 2.0, &|t, x| {
-                ops::mean(t, &x[0])
-            });
+            check(
+                dev,
+                "softmax",
+                std::slice::from_ref(&x),
+                &[true],
+                3.0,
+                &|t, x| ops::softmax(t, &x[0]),
+            );
+            check(
+                dev,
+                "log_softmax",
+                std::slice::from_ref(&x),
+                &[true],
+                3.0,
+                &|t, x| ops::log_softmax(t, &x[0]),
+            );
+            check(
+                dev,
+                "layer_norm",
+                std::slice::from_ref(&x),
+                &[true],
+                3.0,
+                &|t, x| ops::layer_norm(t, &x[0], None, None, 1e-5),
+            );
+            check(
+                dev,
+                "sum",
+                std::slice::from_ref(&x),
+                &[true],
+                2.0,
+                &|t, x| ops::sum(t, &x[0]),
+            );
+            check(
+                dev,
+                "mean",
+                std::slice::from_ref(&x),
+                &[true],
+                2.0,
+                &|t, x| ops::mean(t, &x[0]),
+            );
             let labels = [0, 5, 18, 3, 3, 7];
-            check(dev, "cross_entropy", &[x.clone()], &[true], 2.0, &|t, x| {
-                ops::cross_entropy(t, &x[0], &labels)
-            });
+            check(
+                dev,
+                "cross_entropy",
+                std::slice::from_ref(&x),
+                &[true],
+                2.0,
+                &|t, x| ops::cross_entropy(t, &x[0], &labels),
+            );
         });
     }
 
@@ -249,16 +299,26 @@ mod on_gpu {
         each_half(|dev, dtype| {
             let x = randn(&[2, 3, 9, 9], dtype, 13);
             // Max pooling selects (exact); the averages sum in f32 and round once (k = 2).
-            check(dev, "max_pool2d", &[x.clone()], &[true], 2.0, &|t, x| {
-                ops::max_pool2d(t, &x[0], 3, 2, 1)
-            });
-            check(dev, "avg_pool2d", &[x.clone()], &[true], 2.0, &|t, x| {
-                ops::avg_pool2d(t, &x[0], 2, 2, 0)
-            });
+            check(
+                dev,
+                "max_pool2d",
+                std::slice::from_ref(&x),
+                &[true],
+                2.0,
+                &|t, x| ops::max_pool2d(t, &x[0], 3, 2, 1),
+            );
+            check(
+                dev,
+                "avg_pool2d",
+                std::slice::from_ref(&x),
+                &[true],
+                2.0,
+                &|t, x| ops::avg_pool2d(t, &x[0], 2, 2, 0),
+            );
             check(
                 dev,
                 "global_avg_pool",
-                &[x.clone()],
+                std::slice::from_ref(&x),
                 &[true],
                 2.0,
                 &|t, x| ops::global_avg_pool(t, &x[0]),
@@ -323,12 +383,22 @@ mod on_gpu {
                 1.0,
                 &|t, x| ops::concat(t, &[&x[0], &x[1]]),
             );
-            check(dev, "narrow", &[b.clone()], &[true], 1.0, &|t, x| {
-                ops::narrow(t, &x[0], 1, 1, 3)
-            });
-            check(dev, "permute", &[a.clone()], &[true], 1.0, &|t, x| {
-                ops::permute(t, &x[0], &[0, 2, 3, 1])
-            });
+            check(
+                dev,
+                "narrow",
+                std::slice::from_ref(&b),
+                &[true],
+                1.0,
+                &|t, x| ops::narrow(t, &x[0], 1, 1, 3),
+            );
+            check(
+                dev,
+                "permute",
+                std::slice::from_ref(&a),
+                &[true],
+                1.0,
+                &|t, x| ops::permute(t, &x[0], &[0, 2, 3, 1]),
+            );
             let table = randn(&[11, 6], dtype, 23);
             let idx = [3, 0, 10, 3, 7, 3];
             check(dev, "embedding", &[table], &[true], 1.0, &|t, x| {

@@ -55,10 +55,10 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
-    /// Whether the backend's convolution, linear, matrix-product and pooling kernels take 16-bit
-    /// operands as they are (CUDA: cuDNN and cuBLAS with bf16 / f16 descriptors and `f32`
-    /// compute, NVRTC kernels that compute in `f32` and round once), where the other backends
-    /// get `f32` copies from the op (`ops::widen`).
+    /// Whether the backend's convolution, linear, matrix-product, pooling and batch-norm kernels
+    /// take 16-bit operands as they are (CUDA: cuDNN and cuBLAS with bf16 / f16 descriptors and
+    /// `f32` compute, NVRTC kernels that compute in `f32` and round once), where the other
+    /// backends get `f32` copies from the op (`ops::widen`).
     pub(crate) fn takes_half_operands(&self) -> bool {
         match self.backend {
             Backend::Cpu | Backend::Meta => false,

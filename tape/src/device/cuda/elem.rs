@@ -65,6 +65,11 @@ impl CudaData {
 /// An element type a CUDA buffer holds (every dtype): its slice in a [`CudaData`], and what
 /// cuDNN needs of it (its data type; scaling factors are `f32` for the 16-bit types).
 pub(crate) trait CudaScalar: Scalar + DeviceRepr + ValidAsZeroBits + CudnnDataType {
+    /// The element type of cuDNN's batch-norm scale, bias and statistics for data of this type
+    /// (the type `cudnnDeriveBNTensorDescriptor` gives): `f32` for the 16-bit types, the type
+    /// itself otherwise.
+    type Param: CudaElem;
+
     /// The slice, if `data` holds this type.
     fn cuda(data: &CudaData) -> Option<&CudaSlice<Self>>;
     /// The mutable slice, if `data` holds this type.
@@ -85,8 +90,10 @@ impl CudaElem for f32 {}
 impl CudaElem for f64 {}
 
 macro_rules! impl_cuda_scalar {
-    ($t:ty, $variant:ident) => {
+    ($t:ty, $variant:ident, $param:ty) => {
         impl CudaScalar for $t {
+            type Param = $param;
+
             fn cuda(data: &CudaData) -> Option<&CudaSlice<Self>> {
                 match data {
                     CudaData::$variant(s) => Some(s),
@@ -105,7 +112,7 @@ macro_rules! impl_cuda_scalar {
         }
     };
 }
-impl_cuda_scalar!(f32, F32);
-impl_cuda_scalar!(f64, F64);
-impl_cuda_scalar!(bf16, BF16);
-impl_cuda_scalar!(f16, F16);
+impl_cuda_scalar!(f32, F32, f32);
+impl_cuda_scalar!(f64, F64, f64);
+impl_cuda_scalar!(bf16, BF16, f32);
+impl_cuda_scalar!(f16, F16, f32);

@@ -55,8 +55,8 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
-    /// Whether the backend's convolution, linear, matrix-product, pooling and batch-norm kernels
-    /// take 16-bit operands as they are (CUDA: cuDNN and cuBLAS with bf16 / f16 descriptors and
+    /// Whether the backend's convolution, linear, matrix-product, pooling, batch-norm, `add`,
+    /// `mul`, ReLU and GELU kernels take 16-bit operands as they are (CUDA: cuDNN and cuBLAS with bf16 / f16 descriptors and
     /// `f32` compute, NVRTC kernels that compute in `f32` and round once), where the other
     /// backends get `f32` copies from the op (`ops::widen`).
     pub(crate) fn takes_half_operands(&self) -> bool {

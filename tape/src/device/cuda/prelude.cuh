@@ -13,9 +13,8 @@ typedef unsigned long long u64;
 // ---------------------------------------------------------------------------------------------
 // Element types. The 16-bit types are their bits (NVRTC is given no CUDA headers, so no
 // __half / __nv_bfloat16): a kernel loads every element to its arithmetic type with ld()
-// (exact: float for the 16-bit types) and rounds once on store with st<T>() (to nearest, ties to
-// even), as the CPU computes a 16-bit op: in f32, its result rounded once. A double rounds to a
-// 16-bit type through float rounded to odd, so once as well (the CPU's `Scalar::of`).
+// (exact: float for the 16-bit types) and rounds on store with st<T>() (to nearest, ties to
+// even), as the CPU computes a 16-bit op: in f32, its result rounded once (Round below).
 
 struct bf16_t { unsigned short bits; };
 struct f16_t { unsigned short bits; };
@@ -62,23 +61,31 @@ __device__ __forceinline__ f16_t f16_of(float v) {
     return r;
 }
 
-// Rounding of a float or double result to T (st<T>(v)).
+// Rounding to T. st<T>(v) stores a kernel's result as the CPU computes a 16-bit op: a float
+// result rounded once; a double result (the f32 / f64 kernels compute some values in double)
+// rounded to float first, as the f32 kernel stores it, then to T (the CPU's f32 kernel and
+// narrowing). Round<T>::once(d) rounds a double to T once (a cast from f64: through float
+// rounded to odd, as the CPU's `Scalar::of`).
 template <typename T> struct Round;
 template <> struct Round<float> {
     static __device__ __forceinline__ float of(float v) { return v; }
     static __device__ __forceinline__ float of(double v) { return (float)v; }
+    static __device__ __forceinline__ float once(double v) { return (float)v; }
 };
 template <> struct Round<double> {
     static __device__ __forceinline__ double of(float v) { return (double)v; }
     static __device__ __forceinline__ double of(double v) { return v; }
+    static __device__ __forceinline__ double once(double v) { return v; }
 };
 template <> struct Round<bf16_t> {
     static __device__ __forceinline__ bf16_t of(float v) { return bf16_of(v); }
-    static __device__ __forceinline__ bf16_t of(double v) { return bf16_of(round_to_odd(v)); }
+    static __device__ __forceinline__ bf16_t of(double v) { return bf16_of((float)v); }
+    static __device__ __forceinline__ bf16_t once(double v) { return bf16_of(round_to_odd(v)); }
 };
 template <> struct Round<f16_t> {
     static __device__ __forceinline__ f16_t of(float v) { return f16_of(v); }
-    static __device__ __forceinline__ f16_t of(double v) { return f16_of(round_to_odd(v)); }
+    static __device__ __forceinline__ f16_t of(double v) { return f16_of((float)v); }
+    static __device__ __forceinline__ f16_t once(double v) { return f16_of(round_to_odd(v)); }
 };
 template <typename T, typename V> __device__ __forceinline__ T st(V v) { return Round<T>::of(v); }
 

@@ -1,10 +1,11 @@
 // CUDA kernels of the cast between any two dtypes (NVRTC; after tape/src/device/cuda/prelude.cuh).
 // The suffix names the source type; the kernel name the destination.
 
-// out[i] = x[i] in D: through double (exact from every type), then st<D> rounds once, to nearest
-// even (a 16-bit destination through float rounded to odd), as the CPU's conversions do.
+// out[i] = x[i] in D: through double (exact from every type), then rounded once to nearest even
+// (Round<D>::once: a 16-bit destination through float rounded to odd), as the CPU's
+// conversions do.
 template <typename D, typename S> __device__ void cast_impl(D* out, const S* x, u64 n) {
-    GRID_STRIDE(i, n) out[i] = st<D>((double)ld(x[i]));
+    GRID_STRIDE(i, n) out[i] = Round<D>::once((double)ld(x[i]));
 }
 
 #define KERNELS(T, S) \

@@ -96,6 +96,7 @@ mod tests {
             crate::ops::embedding::cuda::K::EmbeddingFwd.program(),
             crate::ops::permute::cuda::K::Permute.program(),
             crate::ops::cast::cuda::K::ToF32.program(),
+            crate::ops::conv2d::cuda::K::BiasAdd.program(),
         ]
     }
 

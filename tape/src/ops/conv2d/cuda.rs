@@ -9,19 +9,28 @@
 //! `f32` compute type (cuDNN's "pseudo half" configurations: products and sums in `f32`, each
 //! output rounded once), tensor-core math allowed (it loses nothing more on 16-bit operands); the
 //! weight and bias gradients come back in the operands' dtype. A combination cuDNN refuses
-//! (bf16 before Ampere, say) is its status as an error.
+//! (bf16 before Ampere, say) is its status as an error. Their bias is added, and its gradient
+//! summed, by NVRTC kernels (`kernels.cu`) rather than cuDNN's tensor ops.
 
 use super::{Conv2dGrads, Conv2dKernels, Geometry, OP};
 use crate::backend::CudaKernels;
 use crate::device::cuda::{
-    conv_workspace, cptr, cudnn_err, mptr, scratch, ConvKey, ConvPlan, CudaHandle, CudaScalar, Dnn,
-    FindArgs, FindContext, Workspace,
+    conv_workspace, cptr, cudnn_err, grid, launch, mptr, nvrtc_program, per_row, scratch, ConvKey,
+    ConvPlan, CudaHandle, CudaScalar, Dnn, FindArgs, FindContext, TensorDesc, Workspace,
 };
 use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
 use std::ffi::c_void;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu` (the bias of 16-bit convolutions).
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        BiasAdd = "conv_bias_add",
+        BiasGrad = "conv_bias_grad",
+    }
+}
 
 fn void<T>(v: &T) -> *const c_void {
     v as *const T as *const c_void
@@ -163,12 +172,7 @@ fn forward_t<T: CudaScalar>(
             let mut dnn = be.dnn();
             let yd = dnn.tensor(OP, T::DTYPE, yshape)?;
             let bd = dnn.tensor(OP, T::DTYPE, [1, geo.cout, 1, 1])?;
-            let bp = cptr(be, b.cuda_slice::<T>()?);
-            let yp = mptr(be, out.cuda_slice_mut::<T>()?);
-            // SAFETY: descriptors match the buffers; the handle is locked.
-            unsafe { sys::cudnnAddTensor(dnn.handle, void(&one), bd.0, bp, void(&one), yd.0, yp) }
-                .result()
-                .map_err(|e| cudnn_err("cudnnAddTensor", e))?;
+            add_bias::<T>(cu, &dnn, (&bd, &yd), b, &mut out)?;
         }
         return Ok(out);
     }
@@ -216,23 +220,37 @@ fn forward_t<T: CudaScalar>(
     .result()
     .map_err(|e| cudnn_err("cudnnConvolutionForward", e))?;
     if let Some(b) = bias {
-        let bp = cptr(be, b.cuda_slice::<T>()?);
-        // SAFETY: `[1, cout, 1, 1]` broadcast over y; handle locked.
-        unsafe {
-            sys::cudnnAddTensor(
-                dnn.handle,
-                void(&one),
-                plan.bias.0,
-                bp,
-                void(&one),
-                plan.y.0,
-                yp,
-            )
-        }
-        .result()
-        .map_err(|e| cudnn_err("cudnnAddTensor", e))?;
+        add_bias::<T>(cu, &dnn, (&plan.bias, &plan.y), b, &mut out)?;
     }
     Ok(out)
+}
+
+/// `y += bias` broadcast over the channels of `y` (`descs`: the bias's `[1, cout, 1, 1]` and y's
+/// descriptors): cuDNN's `cudnnAddTensor` for `f32` / `f64`, the `conv_bias_add` kernel (the
+/// sum in `f32`, rounded once) for 16-bit tensors. Call with the `Dnn` lock held.
+fn add_bias<T: CudaScalar>(
+    cu: &CudaHandle,
+    dnn: &Dnn,
+    (bd, yd): (&TensorDesc, &TensorDesc),
+    b: &Tensor,
+    y: &mut Tensor,
+) -> Result<()> {
+    let be = &cu.backend;
+    if T::DTYPE.is_half() {
+        let [n, c, h, w] = y.dims4(OP)?;
+        let (cu64, hw, len) = ((c as u64), (h * w) as u64, (n * c * h * w) as u64);
+        let bs = b.cuda_slice::<T>()?;
+        let ys = y.cuda_slice_mut::<T>()?;
+        return launch!(be, K::BiasAdd, T::DTYPE, grid(len as usize); ys, bs, &cu64, &hw, &len);
+    }
+    let one = T::scaling(1.0);
+    let bp = cptr(be, b.cuda_slice::<T>()?);
+    let yp = mptr(be, y.cuda_slice_mut::<T>()?);
+    // SAFETY: `[1, cout, 1, 1]` broadcast over y, each buffer described by its descriptor; the
+    // handle is locked by the caller.
+    unsafe { sys::cudnnAddTensor(dnn.handle, void(&one), bd.0, bp, void(&one), yd.0, yp) }
+        .result()
+        .map_err(|e| cudnn_err("cudnnAddTensor", e))
 }
 
 /// Grad input (when the weight was saved), grad weight (when the input was saved) and grad bias
@@ -300,6 +318,14 @@ fn bias_grad<T: CudaScalar>(
     let yd = dnn.tensor(OP, T::DTYPE, [geo.n, geo.cout, geo.hout, geo.wout])?;
     let bd = dnn.tensor(OP, T::DTYPE, [1, geo.cout, 1, 1])?;
     let mut gb = Tensor::cuda_uninit::<T>(&[geo.cout], dev)?;
+    if T::DTYPE.is_half() {
+        // The sum in double, in a fixed order, rounded once (no cuDNN tensor op on 16 bits).
+        let (n, c, hw) = (geo.n as u64, geo.cout as u64, (geo.hout * geo.wout) as u64);
+        let gs = gp as u64;
+        let o = gb.cuda_slice_mut::<T>()?;
+        launch!(be, K::BiasGrad, T::DTYPE, per_row(geo.cout); &gs, o, &n, &c, &hw)?;
+        return Ok(gb);
+    }
     let bp = mptr(be, gb.cuda_slice_mut::<T>()?);
     // SAFETY: dy is described by `yd`, db by `bd`; handle locked.
     unsafe {

@@ -4,7 +4,7 @@
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod direct;
 mod meta;
 mod tiles;

@@ -16,7 +16,8 @@
 
 mod on_gpu {
     use tape::ops::{self, BatchNormOptions, Conv2dOptions, RunningStats};
-    use tape::testing::{eval, gpu, randn, rel, training};
+    use tape::testing::{eval, eval_mode, gpu, randn, rel, training};
+    use tape::Context;
     use tape::{DType, Device, Tape, Tensor};
 
     /// The 16-bit dtypes, in the order the tests try them.
@@ -37,21 +38,22 @@ mod on_gpu {
         grad_stages: f64,
         f: &dyn Fn(&mut Tape, &[Tensor]) -> tape::Result<Tensor>,
     ) {
-        check_stages(gpu, what, inputs, mask, (1.0, grad_stages), f);
+        check_stages(gpu, what, inputs, mask, (1.0, grad_stages), training(), f);
     }
 
-    /// [`check`] with the forward's stage count given too: `(forward, gradients)`.
+    /// [`check`] with the forward's stage count `(forward, gradients)` and the context given.
     fn check_stages(
         gpu: &Device,
         what: &str,
         inputs: &[Tensor],
         mask: &[bool],
         (fwd_stages, grad_stages): (f64, f64),
+        ctx: Context,
         f: &dyn Fn(&mut Tape, &[Tensor]) -> tape::Result<Tensor>,
     ) {
         let dtype = inputs[0].dtype();
-        let (yc, gc) = eval(&Device::cpu(), inputs, mask, training(), f);
-        let (yg, gg) = eval(gpu, inputs, mask, training(), f);
+        let (yc, gc) = eval(&Device::cpu(), inputs, mask, ctx, f);
+        let (yg, gg) = eval(gpu, inputs, mask, ctx, f);
         let e = rel(&yg, &yc);
         let t = bound(dtype, fwd_stages);
         assert!(
@@ -283,6 +285,7 @@ mod on_gpu {
                     &inputs,
                     &[true, true, true],
                     (2.0, 2.0),
+                    training(),
                     &|t, x| ops::conv2d(t, &x[0], &x[1], Some(&x[2]), opts),
                 );
             }
@@ -352,34 +355,40 @@ mod on_gpu {
             let opts = BatchNormOptions::default();
             // Statistics in f32, y rounded once; the input gradient combines g, x and the
             // saved statistics: one more stage than element-wise (k = 3).
-            check(
-                dev,
-                "batch_norm2d",
-                &inputs,
-                &[true, true, true],
-                3.0,
-                &|t, x| {
-                    let running = RunningStats::new(3, DType::F32, x[0].device())?;
-                    ops::batch_norm2d(t, &x[0], &x[1], &x[2], &running, opts)
-                },
-            );
+            let bn = |t: &mut Tape, x: &[Tensor]| {
+                let running = RunningStats::new(3, DType::F32, x[0].device())?;
+                ops::batch_norm2d(t, &x[0], &x[1], &x[2], &running, opts)
+            };
+            let three = [true, true, true];
+            check(dev, "batch_norm2d", &inputs, &three, 3.0, &bn);
+            // Eval mode: cuDNN's inference forward, the NVRTC backward on f32 copies.
+            let what = "batch_norm2d (eval)";
+            check_stages(dev, what, &inputs, &three, (1.0, 3.0), eval_mode(), &bn);
             let parts = [
                 randn(&[4, 2, 5, 5], dtype, 17),
                 randn(&[4, 1, 5, 5], dtype, 18),
                 randn(&[3], DType::F32, 19),
                 randn(&[3], DType::F32, 20),
             ];
+            let fused = |t: &mut Tape, x: &[Tensor]| {
+                let running = RunningStats::new(3, DType::F32, x[0].device())?;
+                ops::batch_norm_relu(t, &[&x[0], &x[1]], &x[2], &x[3], &running, opts)
+            };
+            let all = [true, true, true, true];
+            check(dev, "batch_norm_relu", &parts, &all, 3.0, &fused);
+            // The other backward paths (f32 copies on the GPU): the parameters' gradients
+            // alone, and eval mode (normalised by the running statistics).
+            let params_only = [false, false, true, true];
             check(
                 dev,
-                "batch_norm_relu",
+                "batch_norm_relu (params)",
                 &parts,
-                &[true, true, true, true],
+                &params_only,
                 3.0,
-                &|t, x| {
-                    let running = RunningStats::new(3, DType::F32, x[0].device())?;
-                    ops::batch_norm_relu(t, &[&x[0], &x[1]], &x[2], &x[3], &running, opts)
-                },
+                &fused,
             );
+            let what = "batch_norm_relu (eval)";
+            check_stages(dev, what, &parts, &all, (1.0, 3.0), eval_mode(), &fused);
         });
     }
 

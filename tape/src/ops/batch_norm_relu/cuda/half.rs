@@ -1,14 +1,16 @@
-//! 16-bit parts of the fused batch norm + ReLU on CUDA: the `f32` path on `f32` copies (made
-//! and rounded back by the cast kernel), so every value is the `f32` result rounded once, as on
-//! the CPU. The statistics stay `f32` (the policy's running statistics and parameters).
+//! 16-bit parts of the fused batch norm + ReLU on CUDA. The forward pass and the training
+//! backward of parts that all want their gradient run natively (cuDNN with 16-bit data and
+//! `f32` parameters and statistics); the other backward passes (eval mode, parameter gradients
+//! alone), whose NVRTC kernels take one dtype, run the `f32` path on `f32` copies made and
+//! rounded back by the cast kernel, so every value is the `f32` result rounded once, as on the
+//! CPU.
 
-use super::super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads};
+use super::super::{BatchNormReluKernels, BnReluBackward, BnReluGrads};
 use crate::backend::CudaKernels;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::batch_norm::BnStats;
 use crate::ops::cast::cast_values;
-use crate::ops::widen::{narrow, narrow_opt, wide};
+use crate::ops::widen::{narrow_opt, wide};
 use crate::tensor::Tensor;
 use std::borrow::Cow;
 
@@ -17,19 +19,14 @@ fn wides<'a>(ts: &[&'a Tensor]) -> Result<Vec<Cow<'a, Tensor>>> {
     ts.iter().map(|t| wide(t)).collect()
 }
 
-/// The forward pass of 16-bit parts: the `f32` pass on copies, its output rounded once.
-pub(super) fn forward(k: &CudaKernels, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
-    let dtype = a.parts[0].dtype();
-    let parts = wides(a.parts)?;
-    let refs: Vec<&Tensor> = parts.iter().map(|p| p.as_ref()).collect();
-    let (weight, bias) = (wide(a.weight)?, wide(a.bias)?);
-    let (out, stats) = k.bn_relu_forward(&BnReluForward {
-        parts: &refs,
-        weight: &weight,
-        bias: &bias,
-        ..*a
-    })?;
-    Ok((narrow(out, dtype)?, stats))
+/// Whether the native backward serves `a`: training, and every part with channels wants its
+/// gradient (cuDNN's backward then runs for each part; no NVRTC path is needed).
+pub(super) fn native_backward(a: &BnReluBackward<'_>) -> bool {
+    a.training
+        && a.want_parts
+            .iter()
+            .zip(a.channels)
+            .all(|(&want, &c)| want || c == 0)
 }
 
 /// The backward pass of 16-bit parts: the `f32` pass on copies (the gradients to add into

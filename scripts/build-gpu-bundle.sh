@@ -21,7 +21,7 @@ cargo test --release --workspace --features cuda --no-run --message-format=json 
 import json, shutil, sys
 # (package, target) -> bundle name
 want = {("tape", "tape"): "tape_lib"}
-for t in ["batch_norm", "batch_norm_relu", "block_storage", "concat", "conv2d", "counters",
+for t in ["batch_norm", "batch_norm_relu", "block_storage", "concat", "conv2d", "counters", "cuda_half",
           "cross_entropy", "dropout", "embedding", "gelu", "layer_norm", "linear", "matmul",
           "narrow", "optim", "optim_fused", "permute", "pool", "softmax", "step_ops",
           "tape_core"]:

@@ -1,7 +1,7 @@
 //! Tensors on a GPU as CUDA kernels see them: new uninitialised outputs and the device slices
 //! of inputs and outputs.
 
-use crate::device::cuda::{alloc_slice, CudaElem};
+use crate::device::cuda::{alloc_slice, CudaScalar};
 use crate::device::storage::{Buffer, Storage};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -11,7 +11,7 @@ use cudarc::driver::CudaSlice;
 impl Tensor {
     /// A new tensor of `shape` on a CUDA device whose elements are not initialised: the caller's
     /// kernel must write every one of them.
-    pub(crate) fn cuda_uninit<T: CudaElem>(shape: &[usize], device: &Device) -> Result<Self> {
+    pub(crate) fn cuda_uninit<T: CudaScalar>(shape: &[usize], device: &Device) -> Result<Self> {
         let len = shape.iter().product();
         let buf = Buffer::charged(device, T::DTYPE, len, || {
             alloc_slice::<T>(device, len).map(|s| Storage::Cuda(T::wrap_cuda(s)))
@@ -20,7 +20,7 @@ impl Tensor {
     }
 
     /// The device slice of a CUDA tensor of `T` (at least one element long, whatever the shape).
-    pub(crate) fn cuda_slice<T: CudaElem>(&self) -> Result<&CudaSlice<T>> {
+    pub(crate) fn cuda_slice<T: CudaScalar>(&self) -> Result<&CudaSlice<T>> {
         match &self.buffer().data {
             Storage::Cuda(d) => T::cuda(d).ok_or(Error::DType {
                 op: "cuda_slice",
@@ -41,7 +41,7 @@ impl Tensor {
 
     /// The mutable device slice of a CUDA tensor, copying the buffer first if it is shared (the
     /// id stays).
-    pub(crate) fn cuda_slice_mut<T: CudaElem>(&mut self) -> Result<&mut CudaSlice<T>> {
+    pub(crate) fn cuda_slice_mut<T: CudaScalar>(&mut self) -> Result<&mut CudaSlice<T>> {
         let (dtype, device) = (self.dtype(), self.device().to_string());
         match &mut self.buffer_mut()?.data {
             Storage::Cuda(d) => T::cuda_mut(d).ok_or(Error::DType {

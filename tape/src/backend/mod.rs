@@ -54,6 +54,20 @@ pub(crate) struct Kernels {
     pub(crate) counters: Arc<CounterCells>,
 }
 
+impl Kernels {
+    /// Whether the backend's convolution, linear, matrix-product, pooling, batch-norm, `add`,
+    /// `mul`, ReLU and GELU kernels take 16-bit operands as they are (CUDA: cuDNN and cuBLAS with bf16 / f16 descriptors and
+    /// `f32` compute, NVRTC kernels that compute in `f32` and round once), where the other
+    /// backends get `f32` copies from the op (`ops::widen`).
+    pub(crate) fn takes_half_operands(&self) -> bool {
+        match self.backend {
+            Backend::Cpu | Backend::Meta => false,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => true,
+        }
+    }
+}
+
 /// The kernels of `device`'s backend, counting each call in the device's counters.
 pub(crate) fn kernels(device: &Device) -> Result<Kernels> {
     let backend = match device.kind() {

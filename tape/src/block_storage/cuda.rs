@@ -5,7 +5,7 @@
 use super::{channel_runs, BlockStorageKernels};
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{grid, launch, CudaElem, PartList};
+use crate::device::cuda::{grid, launch, CudaScalar, PartList};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -21,7 +21,7 @@ nvrtc_program! {
 
 /// One launch of `kernel` (concat, concat_add or split) between the wide buffer at `wide` and
 /// the packed one at `packed`.
-fn launch_rows<T: CudaElem>(
+fn launch_rows<T: CudaScalar>(
     dev: &crate::Device,
     kernel: K,
     wide: u64,
@@ -40,7 +40,7 @@ fn launch_rows<T: CudaElem>(
     launch!(be, kernel, T::DTYPE, grid(n * run); &wide, &list, &outer, &total)
 }
 
-fn write_t<T: CudaElem>(dst: &mut Tensor, src: &Tensor, c0: usize, kernel: K) -> Result<()> {
+fn write_t<T: CudaScalar>(dst: &mut Tensor, src: &Tensor, c0: usize, kernel: K) -> Result<()> {
     let r = channel_runs(dst, src.dims4("block_storage")?, c0)?;
     let dev = src.device().clone();
     let be = &dev.cuda_handle("block_storage")?.backend;
@@ -49,7 +49,7 @@ fn write_t<T: CudaElem>(dst: &mut Tensor, src: &Tensor, c0: usize, kernel: K) ->
     launch_rows::<T>(&dev, kernel, d, s, r)
 }
 
-fn read_t<T: CudaElem>(src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
+fn read_t<T: CudaScalar>(src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
     let [n, _, h, w] = src.dims4("block_storage")?;
     let r = channel_runs(src, [n, k, h, w], c0)?;
     let dev = src.device();
@@ -63,14 +63,14 @@ fn read_t<T: CudaElem>(src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
 
 impl BlockStorageKernels for CudaKernels {
     fn write_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
-        dispatch_float!(src.dtype(), T => write_t::<T>(dst, src, c0, K::Concat))
+        dispatch_scalar!(src.dtype(), T => write_t::<T>(dst, src, c0, K::Concat))
     }
 
     fn add_channels(&self, dst: &mut Tensor, src: &Tensor, c0: usize) -> Result<()> {
-        dispatch_float!(src.dtype(), T => write_t::<T>(dst, src, c0, K::ConcatAdd))
+        dispatch_scalar!(src.dtype(), T => write_t::<T>(dst, src, c0, K::ConcatAdd))
     }
 
     fn read_channels(&self, src: &Tensor, c0: usize, k: usize) -> Result<Tensor> {
-        dispatch_float!(src.dtype(), T => read_t::<T>(src, c0, k))
+        dispatch_scalar!(src.dtype(), T => read_t::<T>(src, c0, k))
     }
 }

@@ -9,7 +9,8 @@ template <typename T, bool ADD> __device__ void concat_impl(T* out, PartList par
     if (w == 0) return;
     GRID_STRIDE(i, outer * w) {
         u64 o = i / w, j = i - o * w;
-        if (ADD) out[o * total + off + j] += src[i]; else out[o * total + off + j] = src[i];
+        T* at = out + o * total + off + j;
+        *at = ADD ? st<T>(ld(*at) + ld(src[i])) : src[i];
     }
 }
 
@@ -23,7 +24,7 @@ template <typename T, bool ADD> __device__ void split_impl(const T* g, PartList 
     GRID_STRIDE(i, outer * w) {
         u64 o = i / w, j = i - o * w;
         T v = g[o * total + off + j];
-        if (ADD) dst[i] += v; else dst[i] = v;
+        dst[i] = ADD ? st<T>(ld(dst[i]) + ld(v)) : v;
     }
 }
 
@@ -37,5 +38,4 @@ extern "C" __global__ void split_##S(const T* g, PartList parts, u64 outer, u64 
 extern "C" __global__ void split_add_##S(const T* g, PartList parts, u64 outer, u64 total) {            \
     split_impl<T, true>(g, parts, outer, total); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

@@ -70,7 +70,7 @@ pub use softmax::{log_softmax, log_softmax_with, softmax, softmax_with, SoftmaxO
 
 #[cfg(all(test, feature = "cuda"))]
 mod tests {
-    use crate::device::cuda::{compile_cubin, nvrtc_options, Kernel, Program, PRELUDE};
+    use crate::device::cuda::{compile_cubin, nvrtc_options, Kernel, Program, PRELUDE, SUFFIXES};
     use cudarc::nvrtc;
 
     /// One kernel of every op's NVRTC program.
@@ -95,11 +95,13 @@ mod tests {
             crate::ops::gelu::cuda::K::GeluFwd.program(),
             crate::ops::embedding::cuda::K::EmbeddingFwd.program(),
             crate::ops::permute::cuda::K::Permute.program(),
+            crate::ops::cast::cuda::K::ToF32.program(),
+            crate::ops::conv2d::cuda::K::BiasAdd.program(),
         ]
     }
 
     /// Every op's program compiles with NVRTC (no GPU needed) after the prelude and exports the
-    /// `_f32` and `_f64` entry point of each kernel its enum names; skipped where libnvrtc
+    /// `_f32`, `_f64`, `_bf16` and `_f16` entry points of each kernel its enum names; skipped where libnvrtc
     /// cannot be loaded.
     #[test]
     fn every_program_compiles_and_exports_its_kernels() {
@@ -130,7 +132,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: {e:?}", p.name))
                 .to_src();
             for name in p.kernels {
-                for suffix in ["f32", "f64"] {
+                for (_, suffix) in SUFFIXES {
                     let entry = format!(".entry {name}_{suffix}(");
                     assert!(ptx.contains(&entry), "{}: missing {entry}", p.name);
                 }

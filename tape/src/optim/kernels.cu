@@ -12,15 +12,15 @@ __device__ __forceinline__ bool flag_set(const void* flag, int is_f64) {
 template <typename T> __device__ void sgd_impl(T* p, const T* g, T* buf, u64 n, double lr, double momentum,
                                                double dampening, double wd, int nesterov, int first) {
     GRID_STRIDE(i, n) {
-        double d = (double)g[i];
-        if (wd != 0.0) d += wd * (double)p[i];
+        double d = (double)ld(g[i]);
+        if (wd != 0.0) d += wd * (double)ld(p[i]);
         if (buf) {
-            double b = first ? d : momentum * (double)buf[i] + (1.0 - dampening) * d;
-            buf[i] = (T)b;
-            b = (double)buf[i];
+            double b = first ? d : momentum * (double)ld(buf[i]) + (1.0 - dampening) * d;
+            buf[i] = st<T>(b);
+            b = (double)ld(buf[i]);
             d = nesterov ? d + momentum * b : b;
         }
-        p[i] = (T)((double)p[i] - lr * d);
+        p[i] = st<T>((double)ld(p[i]) - lr * d);
     }
 }
 
@@ -28,12 +28,12 @@ template <typename T> __device__ void sgd_impl(T* p, const T* g, T* buf, u64 n, 
 template <typename T> __device__ void adam_impl(T* p, const T* g, T* m, T* v, u64 n, double beta1, double beta2,
                                                 double eps, double wd, double step_size, double bc2_sqrt) {
     GRID_STRIDE(i, n) {
-        double gd = (double)g[i];
-        if (wd != 0.0) gd += wd * (double)p[i];
-        m[i] = (T)(beta1 * (double)m[i] + (1.0 - beta1) * gd);
-        v[i] = (T)(beta2 * (double)v[i] + (1.0 - beta2) * gd * gd);
-        double denom = sqrt((double)v[i]) / bc2_sqrt + eps;
-        p[i] = (T)((double)p[i] - step_size * ((double)m[i] / denom));
+        double gd = (double)ld(g[i]);
+        if (wd != 0.0) gd += wd * (double)ld(p[i]);
+        m[i] = st<T>(beta1 * (double)ld(m[i]) + (1.0 - beta1) * gd);
+        v[i] = st<T>(beta2 * (double)ld(v[i]) + (1.0 - beta2) * gd * gd);
+        double denom = sqrt((double)ld(v[i])) / bc2_sqrt + eps;
+        p[i] = st<T>((double)ld(p[i]) - step_size * ((double)ld(m[i]) / denom));
     }
 }
 
@@ -72,5 +72,4 @@ extern "C" __global__ void adam_multi_##S(const u64* list, u64 count, const void
                                           double wd) {                                                  \
     adam_multi_impl<T>(list, count, found_inf, found_inf_f64, beta1, beta2, eps, wd); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

@@ -3,7 +3,7 @@
 use super::PrimitiveKernels;
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{grid, launch, CudaElem};
+use crate::device::cuda::{grid, launch, CudaScalar};
 use crate::device::Device;
 use crate::dtype::{DType, Scalar};
 use crate::error::Result;
@@ -20,15 +20,15 @@ nvrtc_program! {
 impl PrimitiveKernels for CudaKernels {
     /// A fill kernel (no host copy).
     fn full(&self, shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
-        dispatch_float!(dtype, T => full_t::<T>(shape, T::of(value), device))
+        dispatch_scalar!(dtype, T => full_t::<T>(shape, T::of(value), device))
     }
 
     fn add_assign(&self, acc: &mut Tensor, g: &Tensor) -> Result<()> {
-        dispatch_float!(g.dtype(), T => add_assign_t::<T>(acc, g))
+        dispatch_scalar!(g.dtype(), T => add_assign_t::<T>(acc, g))
     }
 }
 
-fn full_t<T: CudaElem>(shape: &[usize], value: T, device: &Device) -> Result<Tensor> {
+fn full_t<T: CudaScalar>(shape: &[usize], value: T, device: &Device) -> Result<Tensor> {
     let cu = device.cuda_handle("full")?;
     let mut out = Tensor::cuda_uninit::<T>(shape, device)?;
     let n = out.numel() as u64;
@@ -40,7 +40,7 @@ fn full_t<T: CudaElem>(shape: &[usize], value: T, device: &Device) -> Result<Ten
 }
 
 /// `acc += g` in place (copy-on-write if `acc`'s buffer is shared).
-fn add_assign_t<T: CudaElem>(acc: &mut Tensor, g: &Tensor) -> Result<()> {
+fn add_assign_t<T: CudaScalar>(acc: &mut Tensor, g: &Tensor) -> Result<()> {
     let device = acc.device().clone();
     let cu = device.cuda_handle("accumulate")?;
     let n = g.numel() as u64;

@@ -53,7 +53,7 @@ impl Tensor {
     pub(crate) fn unfilled_large(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if device.is_cuda() {
-            return dispatch_float!(dtype, T => Tensor::cuda_uninit::<T>(shape, device));
+            return dispatch_scalar!(dtype, T => Tensor::cuda_uninit::<T>(shape, device));
         }
         Tensor::zeros_large(shape, dtype, device)
     }

@@ -1,22 +1,23 @@
 //! Buffers on a GPU: what [`crate::device::storage`] needs from the CUDA side (allocate,
 //! upload, download, copy, overwrite, free).
 
-use super::{alloc_err, driver_err, CudaData, CudaElem};
+use super::{alloc_err, driver_err, with_cuda_slice, CudaData, CudaScalar};
 use crate::device::storage::{Buffer, Storage};
 use crate::device::Device;
-use crate::dtype::CpuData;
+use crate::dtype::sealed::Storable;
+use crate::dtype::{CpuData, Scalar};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaSlice;
 
 /// `len` uninitialised elements of `T` from the GPU's pool (not charged: the caller charges).
-pub(crate) fn alloc_slice<T: CudaElem>(device: &Device, len: usize) -> Result<CudaSlice<T>> {
+pub(crate) fn alloc_slice<T: CudaScalar>(device: &Device, len: usize) -> Result<CudaSlice<T>> {
     let cu = device.cuda_handle("alloc")?;
     cu.backend
         .alloc::<T>(len)
         .map_err(|e| alloc_err(device, &cu.backend, len * std::mem::size_of::<T>(), e))
 }
 
-fn upload_t<T: CudaElem>(device: &Device, values: &[T]) -> Result<CudaData> {
+fn upload_t<T: CudaScalar>(device: &Device, values: &[T]) -> Result<CudaData> {
     let mut s = alloc_slice::<T>(device, values.len())?;
     if !values.is_empty() {
         let cu = device.cuda_handle("htod")?;
@@ -31,17 +32,14 @@ fn upload_t<T: CudaElem>(device: &Device, values: &[T]) -> Result<CudaData> {
 /// Host data copied to a new GPU allocation.
 pub(crate) fn upload(device: &Device, data: &CpuData) -> Result<CudaData> {
     match data {
-        CpuData::F32(v) => upload_t::<f32>(device, v),
-        CpuData::F64(v) => upload_t::<f64>(device, v),
-        // The CUDA backend has no 16-bit buffers yet (its kernels compute in f32 and f64).
-        CpuData::BF16(_) | CpuData::F16(_) => Err(crate::error::Error::UnsupportedDType {
-            op: "a CUDA buffer",
-            dtype: data.dtype(),
-        }),
+        CpuData::F32(v) => upload_t(device, v),
+        CpuData::F64(v) => upload_t(device, v),
+        CpuData::BF16(v) => upload_t(device, v),
+        CpuData::F16(v) => upload_t(device, v),
     }
 }
 
-fn copy_t<T: CudaElem>(device: &Device, src: &CudaSlice<T>, len: usize) -> Result<CudaData> {
+fn copy_t<T: CudaScalar>(device: &Device, src: &CudaSlice<T>, len: usize) -> Result<CudaData> {
     let mut dst = alloc_slice::<T>(device, len)?;
     if len > 0 {
         let cu = device.cuda_handle("dtod")?;
@@ -55,13 +53,10 @@ fn copy_t<T: CudaElem>(device: &Device, src: &CudaSlice<T>, len: usize) -> Resul
 
 /// The first `len` elements of `data` copied to a new GPU allocation.
 pub(crate) fn copy(device: &Device, data: &CudaData, len: usize) -> Result<CudaData> {
-    match data {
-        CudaData::F32(s) => copy_t(device, s, len),
-        CudaData::F64(s) => copy_t(device, s, len),
-    }
+    with_cuda_slice!(data, s: T => copy_t(device, s, len))
 }
 
-fn download_t<T: CudaElem>(device: &Device, s: &CudaSlice<T>, len: usize) -> Result<Vec<T>> {
+fn download_t<T: CudaScalar>(device: &Device, s: &CudaSlice<T>, len: usize) -> Result<Vec<T>> {
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -74,10 +69,7 @@ fn download_t<T: CudaElem>(device: &Device, s: &CudaSlice<T>, len: usize) -> Res
 
 /// The first `len` elements of `data` copied to host memory.
 pub(crate) fn download(device: &Device, data: &CudaData, len: usize) -> Result<CpuData> {
-    Ok(match data {
-        CudaData::F32(s) => CpuData::F32(download_t(device, s, len)?),
-        CudaData::F64(s) => CpuData::F64(download_t(device, s, len)?),
-    })
+    with_cuda_slice!(data, s: T => Ok(<T as Storable>::wrap(download_t(device, s, len)?)))
 }
 
 /// Overwrites the first `values.len()` elements of a GPU buffer (converted to its dtype).
@@ -89,11 +81,11 @@ pub(crate) fn overwrite(device: &Device, buf: &mut Buffer, values: &[f64]) -> Re
     let n = values.len();
     let stream = &cu.backend.stream;
     let r = match &mut buf.data {
-        Storage::Cuda(CudaData::F32(s)) => {
-            let host: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        // Each value rounded once (to nearest even) from f64, as the CPU's `Scalar::of`.
+        Storage::Cuda(data) => with_cuda_slice!(data, s: T => {
+            let host: Vec<T> = values.iter().map(|&v| T::of(v)).collect();
             stream.memcpy_htod(&host, &mut s.slice_mut(0..n))
-        }
-        Storage::Cuda(CudaData::F64(s)) => stream.memcpy_htod(values, &mut s.slice_mut(0..n)),
+        }),
         Storage::Cpu(_) | Storage::Meta(_) => {
             return Err(Error::invalid("overwrite", "not a GPU buffer"))
         }

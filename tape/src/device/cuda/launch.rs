@@ -6,8 +6,8 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 /// One op's NVRTC program: its CUDA source (compiled after `prelude.cuh`) and the names of its
-/// kernels (each with the entry points `NAME_f32` and `NAME_f64`), compiled once per GPU at the
-/// first launch of one of them.
+/// kernels (each with the entry points `NAME_f32`, `NAME_f64`, `NAME_bf16` and `NAME_f16`),
+/// compiled once per GPU at the first launch of one of them.
 #[derive(Debug)]
 pub(crate) struct Program {
     /// A name unique in the process (the declaring module and type).
@@ -38,7 +38,7 @@ macro_rules! nvrtc_program {
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         #[allow(clippy::enum_variant_names)]
         $vis enum $k {
-            $(#[doc = concat!("`", $name, "_f32` / `", $name, "_f64`.")] $id,)*
+            $(#[doc = concat!("`", $name, "_f32` / `_f64` / `_bf16` / `_f16`.")] $id,)*
         }
 
         impl $crate::device::cuda::Kernel for $k {

@@ -21,14 +21,14 @@ mod nvrtc;
 
 pub(crate) use buffer::{alloc_slice, before_free, copy, download, overwrite, upload};
 pub(crate) use dnn::{ConvKey, ConvPlan, Dnn, FindArgs, FindContext, TensorDesc};
-pub(crate) use elem::{CudaData, CudaElem};
+pub(crate) use elem::{with_cuda_slice, CudaData, CudaElem, CudaScalar};
 pub(crate) use error::{cublas_err, cudnn_err, driver_err};
 pub(crate) use launch::{
     grid, launch, multi_grid, nvrtc_program, per_row, Kernel, PartList, Program, MAX_PARTS, RBLOCK,
     SUM_BLOCKS,
 };
 #[cfg(test)]
-pub(crate) use nvrtc::{compile_cubin, options as nvrtc_options, PRELUDE};
+pub(crate) use nvrtc::{compile_cubin, options as nvrtc_options, PRELUDE, SUFFIXES};
 
 use crate::device::{CudaOptions, Device};
 use crate::dtype::DType;
@@ -432,6 +432,23 @@ impl Backend {
         let (p, _guard) = s.device_ptr(&self.stream);
         p
     }
+}
+
+/// Sets the math mode of the next cuBLAS GEMMs on `blas` (locked by the caller) for operands of
+/// `dtype`: TF32 tensor-op math for `f32` where `tf32` allows it; for bf16 / f16 (cublasGemmEx
+/// with `CUBLAS_COMPUTE_32F`) every reduction in `f32`, split-K ones included
+/// (`CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION`); cuBLAS's default math otherwise.
+pub(crate) fn set_gemm_math(blas: &CudaBlas, tf32: bool, dtype: DType) -> Result<()> {
+    use cudarc::cublas::sys::cublasMath_t as M;
+    let math = match dtype {
+        DType::F32 if tf32 => M::CUBLAS_TF32_TENSOR_OP_MATH,
+        DType::BF16 | DType::F16 => M::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+        DType::F32 | DType::F64 => M::CUBLAS_DEFAULT_MATH,
+    };
+    // SAFETY: the handle is locked by the caller; the math mode is a host-side setting of it.
+    unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), math) }
+        .result()
+        .map_err(|e| cublas_err("cublasSetMathMode", e))
 }
 
 /// The error of a failed allocation of `bytes` on `device`: [`Error::OutOfMemory`] for an

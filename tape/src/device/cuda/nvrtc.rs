@@ -10,9 +10,30 @@ use cudarc::nvrtc;
 use std::ffi::{c_char, CString};
 use std::sync::Arc;
 
-/// What every program starts with: integer types, grid-stride loops, block reductions, the
+/// What every program starts with: the 16-bit types and their load / store conversions, the
+/// per-dtype instantiation, integer types, grid-stride loops, block reductions, the
 /// concatenation part list, multi-tensor loops.
 pub(crate) const PRELUDE: &str = include_str!("prelude.cuh");
+
+/// Every dtype's entry-point suffix, in the order [`Module`] keeps each kernel's entry points:
+/// `NAME_f32`, `NAME_f64`, `NAME_bf16`, `NAME_f16` (the instantiations `FOR_EACH_DTYPE` in
+/// `prelude.cuh` makes, in the same order).
+pub(crate) const SUFFIXES: [(DType, &str); 4] = [
+    (DType::F32, "f32"),
+    (DType::F64, "f64"),
+    (DType::BF16, "bf16"),
+    (DType::F16, "f16"),
+];
+
+/// The position of `dtype` in [`SUFFIXES`].
+fn slot(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 0,
+        DType::F64 => 1,
+        DType::BF16 => 2,
+        DType::F16 => 3,
+    }
+}
 
 /// One [`Program`] compiled and loaded into a GPU's context.
 #[derive(Debug)]
@@ -47,9 +68,9 @@ impl Module {
                 Error::Backend(format!("{p} (CUBIN for {sm} failed too: {cubin_err})"))
             })?,
         };
-        let mut funcs = Vec::with_capacity(2 * program.kernels.len());
+        let mut funcs = Vec::with_capacity(SUFFIXES.len() * program.kernels.len());
         for name in program.kernels {
-            for suffix in ["f32", "f64"] {
+            for (_, suffix) in SUFFIXES {
                 let full = format!("{name}_{suffix}");
                 let f = module
                     .load_function(&full)
@@ -67,7 +88,7 @@ impl Module {
 
     /// The entry point of the program's kernel `index` for `dtype`.
     pub(crate) fn get(&self, index: usize, dtype: DType) -> &CudaFunction {
-        &self.funcs[2 * index + usize::from(dtype == DType::F64)]
+        &self.funcs[SUFFIXES.len() * index + slot(dtype)]
     }
 }
 

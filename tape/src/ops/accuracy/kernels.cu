@@ -17,7 +17,7 @@ template <typename T> __device__ void correct_count_impl(const T* logits, const 
         long long best_key = 0;
         u64 best = 0;
         for (u64 j = 0; j < classes; ++j) {
-            long long k = total_key((double)row[j]);
+            long long k = total_key((double)ld(row[j]));
             if (j == 0 || k >= best_key) {
                 best_key = k;
                 best = j;
@@ -26,7 +26,7 @@ template <typename T> __device__ void correct_count_impl(const T* logits, const 
         if (classes > 0 && labels[r] >= 0 && best == (u64)labels[r]) hits += 1.0;
     }
     double total = block_sum(hits, sh);
-    if (threadIdx.x == 0) out[0] = (T)total;
+    if (threadIdx.x == 0) out[0] = st<T>(total);
 }
 
 #define KERNELS(T, S) \
@@ -34,5 +34,4 @@ extern "C" __global__ void correct_count_##S(const T* logits, const int* labels,
                                              T* out) {                                                  \
     correct_count_impl<T>(logits, labels, n, classes, out); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

@@ -4,14 +4,22 @@
 //! [`Phase::Forward`] only (null running-stat pointers otherwise); eval: the running statistics)
 //! and for the training backward pass; NVRTC kernels for the eval-mode backward and for the
 //! parameter gradients when the input needs none.
+//!
+//! 16-bit data (bf16, f16) goes to cuDNN as it is: bf16 / f16 x and y descriptors, and the
+//! scale, bias and statistics `f32` (the parameter descriptor cuDNN derives for 16-bit data is
+//! float; [`CudaScalar::Param`]), which is the policy's dtype of the parameters and running
+//! statistics anyway. The two NVRTC paths (eval-mode input gradient, parameter gradients alone)
+//! run on `f32` copies of a 16-bit g and x and round the input gradient once, as the CPU does.
 
 use super::{
     BatchNormKernels, BatchNormOptions, BnBackward, BnForward, BnGrads, BnStats, RunningStats, OP,
 };
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, per_row, CudaElem};
+use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, per_row, CudaElem, CudaScalar};
+use crate::dtype::Scalar;
 use crate::error::{Error, Result};
+use crate::ops::widen::{narrow_opt, wide, wide_opt};
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
 use std::ffi::c_void;
@@ -36,15 +44,17 @@ impl BatchNormKernels for CudaKernels {
     /// computes them again (its output is the first pass's, bit for bit); normalising from them
     /// in one element-wise kernel waits for a GPU to check it against cuDNN's output.
     fn batch_norm_forward(&self, a: &BnForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
-        // cuDNN reads and writes the running statistics in the data's type.
-        a.running.check_cuda_dtype(
-            a.x.dtype(),
-            "batch_norm2d (CUDA: running statistics must have the input's dtype)",
-        )?;
-        let (out, stats) = dispatch_float!(a.x.dtype(), T => if a.training {
-            forward_train::<T>(a.x, a.weight, a.bias, a.running, a.opts, a.update_running, a.want_stats)
-        } else {
-            forward_eval::<T>(a.x, a.weight, a.bias, a.running, a.opts, a.want_stats)
+        let (out, stats) = dispatch_scalar!(a.x.dtype(), T => {
+            // cuDNN reads and writes the running statistics in the parameters' type.
+            a.running.check_cuda_dtype(
+                <T as CudaScalar>::Param::DTYPE,
+                "batch_norm2d (CUDA: running statistics must be f32 for 16-bit inputs, else of the input's dtype)",
+            )?;
+            if a.training {
+                forward_train::<T>(a.x, a.weight, a.bias, a.running, a.opts, a.update_running, a.want_stats)
+            } else {
+                forward_eval::<T>(a.x, a.weight, a.bias, a.running, a.opts, a.want_stats)
+            }
         })?;
         Ok((
             out,
@@ -53,13 +63,29 @@ impl BatchNormKernels for CudaKernels {
     }
 
     fn batch_norm_backward(&self, a: &BnBackward<'_>) -> Result<BnGrads> {
-        dispatch_float!(a.g.dtype(), T => backward::<T>(a))
+        if a.g.dtype().is_half() && !(a.training && a.want[0]) {
+            return backward_widened(a);
+        }
+        dispatch_scalar!(a.g.dtype(), T => backward::<T>(a))
     }
 }
 
 type Stats = Option<(Tensor, Tensor)>;
 
-fn forward_train<T: CudaElem>(
+/// The NVRTC paths of the backward pass (eval-mode input gradient, parameter gradients alone)
+/// for a 16-bit g: on `f32` copies of g and x, the input gradient rounded once to g's dtype.
+fn backward_widened(a: &BnBackward<'_>) -> Result<BnGrads> {
+    let (g, x) = (wide(a.g)?, wide_opt(a.x)?);
+    let (gx, gw, gb) = backward::<f32>(&BnBackward {
+        g: &g,
+        x: x.as_deref(),
+        ..*a
+    })?;
+    Ok((narrow_opt(gx, a.g.dtype())?, gw, gb))
+}
+
+/// The training forward pass of data `T` (parameters and statistics `T::Param`).
+fn forward_train<T: CudaScalar>(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -75,8 +101,8 @@ fn forward_train<T: CudaElem>(
     let mut out = Tensor::cuda_uninit::<T>(x.shape(), dev)?;
     let mut stats = if record {
         Some((
-            Tensor::cuda_uninit::<T>(&[c], dev)?,
-            Tensor::cuda_uninit::<T>(&[c], dev)?,
+            Tensor::cuda_uninit::<T::Param>(&[c], dev)?,
+            Tensor::cuda_uninit::<T::Param>(&[c], dev)?,
         ))
     } else {
         None
@@ -86,8 +112,8 @@ fn forward_train<T: CudaElem>(
     let st = &mut *guard;
     let (rm, rv, factor) = if update_running {
         (
-            mptr(be, st.mean.cuda_slice_mut::<T>()?),
-            mptr(be, st.var.cuda_slice_mut::<T>()?),
+            mptr(be, st.mean.cuda_slice_mut::<T::Param>()?),
+            mptr(be, st.var.cuda_slice_mut::<T::Param>()?),
             opts.momentum,
         )
     } else {
@@ -95,25 +121,25 @@ fn forward_train<T: CudaElem>(
     };
     let (sm, si) = match stats.as_mut() {
         Some((m, i)) => (
-            mptr(be, m.cuda_slice_mut::<T>()?),
-            mptr(be, i.cuda_slice_mut::<T>()?),
+            mptr(be, m.cuda_slice_mut::<T::Param>()?),
+            mptr(be, i.cuda_slice_mut::<T::Param>()?),
         ),
         None => (std::ptr::null_mut(), std::ptr::null_mut()),
     };
     let mut dnn = be.dnn();
     let xd = dnn.tensor(OP, T::DTYPE, dims)?;
     let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
-    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
     let (xp, wp, bp) = (
         cptr(be, x.cuda_slice::<T>()?),
-        cptr(be, weight.cuda_slice::<T>()?),
-        cptr(be, bias.cuda_slice::<T>()?),
+        cptr(be, weight.cuda_slice::<T::Param>()?),
+        cptr(be, bias.cuda_slice::<T::Param>()?),
     );
     let yp = mptr(be, out.cuda_slice_mut::<T>()?);
     // SAFETY: x and y are NCHW buffers described by `xd`; weight, bias, the running statistics
-    // and the saved statistics are `[C]` buffers of the same dtype described by `bnd`; the
-    // running pointers are both null or both valid, and so are the saved ones; the handle is
-    // locked; alpha/beta point to scalars of the data type.
+    // and the saved statistics are `[C]` buffers of the parameter type described by `bnd` (the
+    // descriptor cuDNN derives from `xd`); the running pointers are both null or both valid, and
+    // so are the saved ones; the handle is locked; alpha/beta point to cuDNN's scaling type.
     unsafe {
         sys::cudnnBatchNormalizationForwardTraining(
             dnn.handle,
@@ -143,7 +169,8 @@ fn forward_train<T: CudaElem>(
     Ok((out, stats))
 }
 
-fn forward_eval<T: CudaElem>(
+/// The eval-mode forward pass of data `T` (parameters and statistics `T::Param`).
+fn forward_eval<T: CudaScalar>(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -162,15 +189,15 @@ fn forward_eval<T: CudaElem>(
         let mut dnn = be.dnn();
         let xd = dnn.tensor(OP, T::DTYPE, dims)?;
         let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
-        let (one, zero) = (T::of(1.0), T::of(0.0));
+        let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
         let (xp, wp, bp) = (
             cptr(be, x.cuda_slice::<T>()?),
-            cptr(be, weight.cuda_slice::<T>()?),
-            cptr(be, bias.cuda_slice::<T>()?),
+            cptr(be, weight.cuda_slice::<T::Param>()?),
+            cptr(be, bias.cuda_slice::<T::Param>()?),
         );
         let (mp, vp) = (
-            cptr(be, mean.cuda_slice::<T>()?),
-            cptr(be, var.cuda_slice::<T>()?),
+            cptr(be, mean.cuda_slice::<T::Param>()?),
+            cptr(be, var.cuda_slice::<T::Param>()?),
         );
         let yp = mptr(be, out.cuda_slice_mut::<T>()?);
         // SAFETY: as in `forward_train`; the running statistics are read only.
@@ -198,18 +225,20 @@ fn forward_eval<T: CudaElem>(
     if !record {
         return Ok((out, None));
     }
-    let mut invstd = Tensor::cuda_uninit::<T>(&[c], dev)?;
+    let mut invstd = Tensor::cuda_uninit::<T::Param>(&[c], dev)?;
     let cu = c as u64;
     if c > 0 {
-        let vs = var.cuda_slice::<T>()?;
-        let is = invstd.cuda_slice_mut::<T>()?;
-        launch!(be, K::BnInvstd, T::DTYPE, grid(c); vs, &opts.eps, &cu, is)?;
+        let vs = var.cuda_slice::<T::Param>()?;
+        let is = invstd.cuda_slice_mut::<T::Param>()?;
+        launch!(be, K::BnInvstd, T::Param::DTYPE, grid(c); vs, &opts.eps, &cu, is)?;
     }
     Ok((out, Some((mean, invstd))))
 }
 
-/// The gradients of `x`, `weight` and `bias` from the output gradient `g`.
-fn backward<T: CudaElem>(a: &BnBackward<'_>) -> Result<BnGrads> {
+/// The gradients of `x`, `weight` and `bias` from the output gradient `g` of data `T`
+/// (parameters and statistics `T::Param`); the NVRTC paths take `T == T::Param` only (a 16-bit
+/// g goes through [`backward_widened`] there).
+fn backward<T: CudaScalar>(a: &BnBackward<'_>) -> Result<BnGrads> {
     let g = a.g;
     let dims = g.dims4(OP)?;
     let [n, c, h, w] = dims;
@@ -224,26 +253,26 @@ fn backward<T: CudaElem>(a: &BnBackward<'_>) -> Result<BnGrads> {
         let x = a.x.ok_or_else(missing)?;
         let weight = a.weight.ok_or_else(missing)?;
         let mut gx = Tensor::cuda_uninit::<T>(g.shape(), dev)?;
-        let mut gw = Tensor::cuda_uninit::<T>(&[c], dev)?;
-        let mut gb = Tensor::cuda_uninit::<T>(&[c], dev)?;
+        let mut gw = Tensor::cuda_uninit::<T::Param>(&[c], dev)?;
+        let mut gb = Tensor::cuda_uninit::<T::Param>(&[c], dev)?;
         be.bind()?;
         {
             let mut dnn = be.dnn();
             let xd = dnn.tensor(OP, T::DTYPE, dims)?;
             let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
-            let (one, zero) = (T::of(1.0), T::of(0.0));
+            let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
             let (xp, gp, wp) = (
                 cptr(be, x.cuda_slice::<T>()?),
                 cptr(be, g.cuda_slice::<T>()?),
-                cptr(be, weight.cuda_slice::<T>()?),
+                cptr(be, weight.cuda_slice::<T::Param>()?),
             );
             let (mp, ip) = (
-                cptr(be, a.stats.on_device()?.0.cuda_slice::<T>()?),
-                cptr(be, a.stats.on_device()?.1.cuda_slice::<T>()?),
+                cptr(be, a.stats.on_device()?.0.cuda_slice::<T::Param>()?),
+                cptr(be, a.stats.on_device()?.1.cuda_slice::<T::Param>()?),
             );
             let gxp = mptr(be, gx.cuda_slice_mut::<T>()?);
-            let gwp = mptr(be, gw.cuda_slice_mut::<T>()?);
-            let gbp = mptr(be, gb.cuda_slice_mut::<T>()?);
+            let gwp = mptr(be, gw.cuda_slice_mut::<T::Param>()?);
+            let gbp = mptr(be, gb.cuda_slice_mut::<T::Param>()?);
             // SAFETY: as in `forward_train`; x, weight and the saved statistics are those of
             // the forward pass (unchanged since); every output is a distinct new buffer.
             unsafe {
@@ -273,6 +302,12 @@ fn backward<T: CudaElem>(a: &BnBackward<'_>) -> Result<BnGrads> {
             .map_err(|e| cudnn_err("cudnnBatchNormalizationBackward", e))?;
         }
         return Ok((Some(gx), want_w.then_some(gw), want_b.then_some(gb)));
+    }
+    if T::DTYPE != T::Param::DTYPE {
+        return Err(Error::UnsupportedDType {
+            op: "batch_norm2d (CUDA: a 16-bit gradient outside cuDNN's backward; engine bug)",
+            dtype: T::DTYPE,
+        });
     }
     // Parameter gradients from per-channel sums: sum g, and sum g * xhat when x was kept.
     let (mut gw, mut gb) = (None, None);

@@ -7,20 +7,20 @@ template <typename T> __device__ void bn_sums_impl(const T* g, const T* x, const
                                                    u64 n, u64 c, u64 hw, T* sum_g, T* sum_gx) {
     __shared__ double sh[RBLOCK];
     u64 ch = blockIdx.x;
-    double mu = x ? (double)mean[ch] : 0.0, is = x ? (double)invstd[ch] : 0.0;
+    double mu = x ? (double)ld(mean[ch]) : 0.0, is = x ? (double)ld(invstd[ch]) : 0.0;
     double ag = 0.0, agx = 0.0;
     for (u64 k = threadIdx.x; k < n * hw; k += RBLOCK) {
         u64 img = k / hw, pos = k - img * hw;
         u64 idx = (img * c + ch) * hw + pos;
-        double gv = (double)g[idx];
+        double gv = (double)ld(g[idx]);
         ag += gv;
-        if (x) agx += gv * (((double)x[idx] - mu) * is);
+        if (x) agx += gv * (((double)ld(x[idx]) - mu) * is);
     }
     double sg = block_sum(ag, sh);
     double sgx = block_sum(agx, sh);
     if (threadIdx.x == 0) {
-        if (sum_g) sum_g[ch] = (T)sg;
-        if (sum_gx) sum_gx[ch] = (T)sgx;
+        if (sum_g) sum_g[ch] = st<T>(sg);
+        if (sum_gx) sum_gx[ch] = st<T>(sgx);
     }
 }
 
@@ -29,14 +29,14 @@ template <typename T> __device__ void bn_scale_grad_impl(T* gx, const T* g, cons
                                                          u64 c, u64 hw, u64 n) {
     GRID_STRIDE(i, n) {
         u64 ch = (i / hw) % c;
-        double a = (double)weight[ch] * (double)invstd[ch];
-        gx[i] = (T)((double)g[i] * a + 0.0);
+        double a = (double)ld(weight[ch]) * (double)ld(invstd[ch]);
+        gx[i] = st<T>((double)ld(g[i]) * a + 0.0);
     }
 }
 
 // invstd = 1 / sqrt(var + eps), per channel.
 template <typename T> __device__ void bn_invstd_impl(const T* var, double eps, u64 c, T* out) {
-    GRID_STRIDE(i, c) out[i] = (T)(1.0 / sqrt((double)var[i] + eps));
+    GRID_STRIDE(i, c) out[i] = st<T>(1.0 / sqrt((double)ld(var[i]) + eps));
 }
 
 #define KERNELS(T, S) \
@@ -49,5 +49,4 @@ extern "C" __global__ void bn_scale_grad_##S(T* gx, const T* g, const T* weight,
 extern "C" __global__ void bn_invstd_##S(const T* var, double eps, u64 c, T* out) {                     \
     bn_invstd_impl<T>(var, eps, c, out); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

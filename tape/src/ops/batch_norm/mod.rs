@@ -5,7 +5,7 @@
 //! per-channel mean and `invstd` and (for the input gradient) the weight.
 
 use super::checks::check_grad;
-use super::widen::{narrow, wide, wide_opt};
+use super::widen::{narrow, wide, wide_for, wide_opt, wide_opt_for};
 use crate::backend::{kernel_trait, kernels};
 use crate::device::Device;
 use crate::dtype::DType;
@@ -611,7 +611,8 @@ pub fn batch_norm2d(
     let record = tape.needs_grad(&[x, weight, bias]);
     let k = kernels(x.device())?;
     let batch = running.batch_plan(tape, training);
-    let (wx, ww, wb) = (wide(x)?, wide(weight)?, wide(bias)?);
+    // 16-bit x as it is where the kernels take it (cuDNN: f32 parameters), else an f32 copy.
+    let (wx, ww, wb) = (wide_for(&k, x)?, wide(weight)?, wide(bias)?);
     let (out, stats) = k.batch_norm_forward(&BnForward {
         x: &wx,
         weight: &ww,
@@ -658,7 +659,7 @@ pub fn batch_norm2d(
         if want[0] && training && saved.x.is_none() {
             return Err(missing());
         }
-        let (wg, wx) = (wide(g)?, wide_opt(saved.x.as_ref())?);
+        let (wg, wx) = (wide_for(&k, g)?, wide_opt_for(&k, saved.x.as_ref())?);
         let ww = wide_opt(saved.weight.as_ref())?;
         let (gx, gw, gb) = k.batch_norm_backward(&BnBackward {
             g: &wg,

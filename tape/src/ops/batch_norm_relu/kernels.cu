@@ -7,7 +7,7 @@ template <typename T> __device__ void relu_mask_part_impl(T* out, const T* g, co
     GRID_STRIDE(i, outer * width) {
         u64 o = i / width, j = i - o * width;
         u64 at = o * total + offset + j;
-        out[i] = y[at] > (T)0 ? g[at] : (T)0;
+        out[i] = ld(y[at]) > 0.0f ? g[at] : st<T>(0.0f);
     }
 }
 
@@ -16,5 +16,4 @@ extern "C" __global__ void relu_mask_part_##S(T* out, const T* g, const T* y, u6
                                               u64 total, u64 offset) {                                  \
     relu_mask_part_impl<T>(out, g, y, outer, width, total, offset); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

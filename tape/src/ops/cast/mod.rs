@@ -13,7 +13,7 @@ use crate::tensor::Tensor;
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod meta;
 
 const OP: &str = "cast";

@@ -4,18 +4,33 @@
 //! the device's workspace limit; strict fp32 FMA math unless TF32 was allowed), the bias added
 //! and its gradient taken by cuDNN. Each workspace is charged to the device while the call holds
 //! it, or once for the device's lifetime with `CudaOptions::persistent_workspace`.
+//!
+//! 16-bit tensors (bf16, f16) go to cuDNN as they are: bf16 / f16 x, w and y descriptors with an
+//! `f32` compute type (cuDNN's "pseudo half" configurations: products and sums in `f32`, each
+//! output rounded once), tensor-core math allowed (it loses nothing more on 16-bit operands); the
+//! weight and bias gradients come back in the operands' dtype. A combination cuDNN refuses
+//! (bf16 before Ampere, say) is its status as an error. Their bias is added, and its gradient
+//! summed, by NVRTC kernels (`kernels.cu`) rather than cuDNN's tensor ops.
 
 use super::{Conv2dGrads, Conv2dKernels, Geometry, OP};
 use crate::backend::CudaKernels;
 use crate::device::cuda::{
-    conv_workspace, cptr, cudnn_err, mptr, scratch, ConvKey, ConvPlan, CudaElem, CudaHandle, Dnn,
-    FindArgs, FindContext, Workspace,
+    conv_workspace, cptr, cudnn_err, grid, launch, mptr, nvrtc_program, per_row, scratch, ConvKey,
+    ConvPlan, CudaHandle, CudaScalar, Dnn, FindArgs, FindContext, TensorDesc, Workspace,
 };
 use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
 use std::ffi::c_void;
+
+nvrtc_program! {
+    /// The NVRTC kernels of this folder's `kernels.cu` (the bias of 16-bit convolutions).
+    pub(crate) enum K from include_str!("kernels.cu") => {
+        BiasAdd = "conv_bias_add",
+        BiasGrad = "conv_bias_grad",
+    }
+}
 
 fn void<T>(v: &T) -> *const c_void {
     v as *const T as *const c_void
@@ -40,10 +55,11 @@ fn key(cu: &CudaHandle, geo: &Geometry, dtype: crate::DType) -> ConvKey {
 /// (`cached`) comes back with nothing allocated; a search runs once per plan and direction, with
 /// a workspace of the limit of its own, charged to the accounting while the search runs and
 /// freed after it (never the persistent workspace, which would keep the limit for good).
+/// `strict`: the plan's [`ConvPlan::strict`].
 fn measured<C>(
     cu: &CudaHandle,
     dev: &Device,
-    handle: sys::cudnnHandle_t,
+    (handle, strict): (sys::cudnnHandle_t, bool),
     (a, b, out): (*const c_void, *const c_void, *mut c_void),
     cached: Option<C>,
     find: impl FnOnce(FindContext, &FindArgs) -> Result<C>,
@@ -63,7 +79,7 @@ fn measured<C>(
     let cx = FindContext {
         handle,
         limit,
-        strict: !cu.options.tf32,
+        strict,
     };
     let args = FindArgs {
         a,
@@ -88,7 +104,7 @@ impl Conv2dKernels for CudaKernels {
         weight: &Tensor,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
-        dispatch_float!(x.dtype(), T => forward_t::<T>(geo, x, weight, bias))
+        dispatch_scalar!(x.dtype(), T => forward_t::<T>(geo, x, weight, bias))
     }
 
     /// Computed into a buffer of its own (allocated) and then copied into the storage's
@@ -132,12 +148,12 @@ impl Conv2dKernels for CudaKernels {
         w: Option<&Tensor>,
         want_bias: bool,
     ) -> Result<Conv2dGrads> {
-        dispatch_float!(g.dtype(), T => backward_t::<T>(geo, g, x, w, want_bias))
+        dispatch_scalar!(g.dtype(), T => backward_t::<T>(geo, g, x, w, want_bias))
     }
 }
 
 /// The convolution of `x` with `weight` plus `bias`.
-fn forward_t<T: CudaElem>(
+fn forward_t<T: CudaScalar>(
     geo: &Geometry,
     x: &Tensor,
     weight: &Tensor,
@@ -147,7 +163,7 @@ fn forward_t<T: CudaElem>(
     let cu = dev.cuda_handle(OP)?;
     let be = &cu.backend;
     let yshape = [geo.n, geo.cout, geo.hout, geo.wout];
-    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
     if degenerate(geo) {
         // No products: the output is the bias (or zeros).
         let mut out = Tensor::zeros(&yshape, T::DTYPE, dev)?;
@@ -156,12 +172,7 @@ fn forward_t<T: CudaElem>(
             let mut dnn = be.dnn();
             let yd = dnn.tensor(OP, T::DTYPE, yshape)?;
             let bd = dnn.tensor(OP, T::DTYPE, [1, geo.cout, 1, 1])?;
-            let bp = cptr(be, b.cuda_slice::<T>()?);
-            let yp = mptr(be, out.cuda_slice_mut::<T>()?);
-            // SAFETY: descriptors match the buffers; the handle is locked.
-            unsafe { sys::cudnnAddTensor(dnn.handle, void(&one), bd.0, bp, void(&one), yd.0, yp) }
-                .result()
-                .map_err(|e| cudnn_err("cudnnAddTensor", e))?;
+            add_bias::<T>(cu, &dnn, (&bd, &yd), b, &mut out)?;
         }
         return Ok(out);
     }
@@ -175,9 +186,14 @@ fn forward_t<T: CudaElem>(
     );
     let yp = mptr(be, out.cuda_slice_mut::<T>()?);
     let cached = plan.found_fwd.get().copied();
-    let choice = measured(cu, dev, dnn.handle, (xp, wp, yp), cached, |cx, a| {
-        plan.find_fwd(cx, a)
-    })?
+    let choice = measured(
+        cu,
+        dev,
+        (dnn.handle, plan.strict),
+        (xp, wp, yp),
+        cached,
+        |cx, a| plan.find_fwd(cx, a),
+    )?
     .unwrap_or(plan.fwd);
     let mut ws = conv_workspace(cu, dev, choice.workspace)?;
     let (wsp, wss) = ws.ptr(be);
@@ -204,28 +220,42 @@ fn forward_t<T: CudaElem>(
     .result()
     .map_err(|e| cudnn_err("cudnnConvolutionForward", e))?;
     if let Some(b) = bias {
-        let bp = cptr(be, b.cuda_slice::<T>()?);
-        // SAFETY: `[1, cout, 1, 1]` broadcast over y; handle locked.
-        unsafe {
-            sys::cudnnAddTensor(
-                dnn.handle,
-                void(&one),
-                plan.bias.0,
-                bp,
-                void(&one),
-                plan.y.0,
-                yp,
-            )
-        }
-        .result()
-        .map_err(|e| cudnn_err("cudnnAddTensor", e))?;
+        add_bias::<T>(cu, &dnn, (&plan.bias, &plan.y), b, &mut out)?;
     }
     Ok(out)
 }
 
+/// `y += bias` broadcast over the channels of `y` (`descs`: the bias's `[1, cout, 1, 1]` and y's
+/// descriptors): cuDNN's `cudnnAddTensor` for `f32` / `f64`, the `conv_bias_add` kernel (the
+/// sum in `f32`, rounded once) for 16-bit tensors. Call with the `Dnn` lock held.
+fn add_bias<T: CudaScalar>(
+    cu: &CudaHandle,
+    dnn: &Dnn,
+    (bd, yd): (&TensorDesc, &TensorDesc),
+    b: &Tensor,
+    y: &mut Tensor,
+) -> Result<()> {
+    let be = &cu.backend;
+    if T::DTYPE.is_half() {
+        let [n, c, h, w] = y.dims4(OP)?;
+        let (cu64, hw, len) = ((c as u64), (h * w) as u64, (n * c * h * w) as u64);
+        let bs = b.cuda_slice::<T>()?;
+        let ys = y.cuda_slice_mut::<T>()?;
+        return launch!(be, K::BiasAdd, T::DTYPE, grid(len as usize); ys, bs, &cu64, &hw, &len);
+    }
+    let one = T::scaling(1.0);
+    let bp = cptr(be, b.cuda_slice::<T>()?);
+    let yp = mptr(be, y.cuda_slice_mut::<T>()?);
+    // SAFETY: `[1, cout, 1, 1]` broadcast over y, each buffer described by its descriptor; the
+    // handle is locked by the caller.
+    unsafe { sys::cudnnAddTensor(dnn.handle, void(&one), bd.0, bp, void(&one), yd.0, yp) }
+        .result()
+        .map_err(|e| cudnn_err("cudnnAddTensor", e))
+}
+
 /// Grad input (when the weight was saved), grad weight (when the input was saved) and grad bias
 /// (when asked for) from the output gradient `g` (its shape checked by the caller).
-fn backward_t<T: CudaElem>(
+fn backward_t<T: CudaScalar>(
     geo: &Geometry,
     g: &Tensor,
     x: Option<&Tensor>,
@@ -276,7 +306,7 @@ struct Backward<'a> {
 }
 
 /// The bias gradient `[cout]`: the output gradient summed over all but the channels.
-fn bias_grad<T: CudaElem>(
+fn bias_grad<T: CudaScalar>(
     dnn: &mut Dnn,
     cu: &CudaHandle,
     geo: &Geometry,
@@ -284,10 +314,18 @@ fn bias_grad<T: CudaElem>(
     dev: &Device,
 ) -> Result<Tensor> {
     let be = &cu.backend;
-    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
     let yd = dnn.tensor(OP, T::DTYPE, [geo.n, geo.cout, geo.hout, geo.wout])?;
     let bd = dnn.tensor(OP, T::DTYPE, [1, geo.cout, 1, 1])?;
     let mut gb = Tensor::cuda_uninit::<T>(&[geo.cout], dev)?;
+    if T::DTYPE.is_half() {
+        // The sum in double, in a fixed order, rounded once (no cuDNN tensor op on 16 bits).
+        let (n, c, hw) = (geo.n as u64, geo.cout as u64, (geo.hout * geo.wout) as u64);
+        let gs = gp as u64;
+        let o = gb.cuda_slice_mut::<T>()?;
+        launch!(be, K::BiasGrad, T::DTYPE, per_row(geo.cout); &gs, o, &n, &c, &hw)?;
+        return Ok(gb);
+    }
     let bp = mptr(be, gb.cuda_slice_mut::<T>()?);
     // SAFETY: dy is described by `yd`, db by `bd`; handle locked.
     unsafe {
@@ -299,16 +337,21 @@ fn bias_grad<T: CudaElem>(
 }
 
 /// The input gradient `xshape` from the weight `w` (cuDNN's backward-data).
-fn data_grad<T: CudaElem>(r: &Backward<'_>, w: &Tensor, xshape: &[usize]) -> Result<Tensor> {
+fn data_grad<T: CudaScalar>(r: &Backward<'_>, w: &Tensor, xshape: &[usize]) -> Result<Tensor> {
     let (be, plan) = (&r.cu.backend, r.plan);
-    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
     let mut gx = Tensor::cuda_uninit::<T>(xshape, r.dev)?;
     let wp = cptr(be, w.cuda_slice::<T>()?);
     let dxp = mptr(be, gx.cuda_slice_mut::<T>()?);
     let cached = plan.found_bwd_data.get().copied();
-    let choice = measured(r.cu, r.dev, r.handle, (wp, r.g, dxp), cached, |cx, a| {
-        plan.find_bwd_data(cx, a)
-    })?
+    let choice = measured(
+        r.cu,
+        r.dev,
+        (r.handle, plan.strict),
+        (wp, r.g, dxp),
+        cached,
+        |cx, a| plan.find_bwd_data(cx, a),
+    )?
     .unwrap_or(plan.bwd_data);
     let mut ws = conv_workspace(r.cu, r.dev, choice.workspace)?;
     let (wsp, wss) = ws.ptr(be);
@@ -337,16 +380,21 @@ fn data_grad<T: CudaElem>(r: &Backward<'_>, w: &Tensor, xshape: &[usize]) -> Res
 }
 
 /// The weight gradient `wshape` from the input `x` (cuDNN's backward-filter).
-fn filter_grad<T: CudaElem>(r: &Backward<'_>, x: &Tensor, wshape: &[usize]) -> Result<Tensor> {
+fn filter_grad<T: CudaScalar>(r: &Backward<'_>, x: &Tensor, wshape: &[usize]) -> Result<Tensor> {
     let (be, plan) = (&r.cu.backend, r.plan);
-    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
     let mut gw = Tensor::cuda_uninit::<T>(wshape, r.dev)?;
     let xp = cptr(be, x.cuda_slice::<T>()?);
     let dwp = mptr(be, gw.cuda_slice_mut::<T>()?);
     let cached = plan.found_bwd_filter.get().copied();
-    let choice = measured(r.cu, r.dev, r.handle, (xp, r.g, dwp), cached, |cx, a| {
-        plan.find_bwd_filter(cx, a)
-    })?
+    let choice = measured(
+        r.cu,
+        r.dev,
+        (r.handle, plan.strict),
+        (xp, r.g, dwp),
+        cached,
+        |cx, a| plan.find_bwd_filter(cx, a),
+    )?
     .unwrap_or(plan.bwd_filter);
     let mut ws = conv_workspace(r.cu, r.dev, choice.workspace)?;
     let (wsp, wss) = ws.ptr(be);

@@ -4,7 +4,7 @@
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod direct;
 mod meta;
 mod tiles;
@@ -302,13 +302,14 @@ pub fn conv2d(
 }
 
 /// The forward kernel; for 16-bit operands on `f32` copies, a chunk of images at a time,
-/// each chunk's output rounded into the 16-bit output (see [`in_image_chunks`]).
+/// each chunk's output rounded into the 16-bit output (see [`in_image_chunks`]), unless the
+/// kernel takes them as they are (the AMX tiles, cuDNN).
 fn forward(
     k: &Kernels,
     geo: &Geometry,
     (x, weight, bias): (&Tensor, &Tensor, Option<&Tensor>),
 ) -> Result<Tensor> {
-    if !x.dtype().is_half() || tiles::on_tiles(geo, x.dtype()) {
+    if !x.dtype().is_half() || tiles::on_tiles(geo, x.dtype()) || k.takes_half_operands() {
         return k.conv2d_forward(geo, x, weight, bias);
     }
     let (ww, wb) = (wide(weight)?, wide_opt(bias)?);
@@ -321,7 +322,8 @@ fn forward(
 /// [`half_chunk_images`] images at a time: each chunk's input gradient rounded into the 16-bit
 /// input gradient, its weight and bias gradients (`f32`) summed over the chunks in batch order.
 /// So no `f32` copy of a whole input or output gradient exists; the order of the sums depends
-/// on the geometry alone, so every memory mode and thread count gives the same bits.
+/// on the geometry alone, so every memory mode and thread count gives the same bits. A kernel
+/// that takes 16-bit operands as they are (the AMX tiles, cuDNN) gets them so.
 fn backward(
     k: &Kernels,
     geo: &Geometry,
@@ -329,7 +331,7 @@ fn backward(
     (x, w): (Option<&Tensor>, Option<&Tensor>),
     want_bias: bool,
 ) -> Result<Conv2dGrads> {
-    if tiles::on_tiles(geo, g.dtype()) {
+    if tiles::on_tiles(geo, g.dtype()) || k.takes_half_operands() {
         return k.conv2d_backward(geo, g, x, w, want_bias);
     }
     let ww = wide_opt(w)?;

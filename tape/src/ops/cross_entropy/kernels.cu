@@ -6,12 +6,12 @@ template <typename T> __device__ void ce_loss_rows_impl(const T* logits, const i
     u64 row = blockIdx.x;
     const T* r = logits + row * classes;
     double m = __longlong_as_double(0xFFF0000000000000LL);
-    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) m = fmax(m, (double)r[j]);
+    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) m = fmax(m, (double)ld(r[j]));
     double mx = block_max(m, sh);
     double acc = 0.0;
-    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) acc += exp((double)r[j] - mx);
+    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) acc += exp((double)ld(r[j]) - mx);
     double sum = block_sum(acc, sh);
-    if (threadIdx.x == 0) row_loss[row] = mx + log(sum) - (double)r[labels[row]];
+    if (threadIdx.x == 0) row_loss[row] = mx + log(sum) - (double)ld(r[labels[row]]);
 }
 
 // One block per row: out = (g[0] / n) * (softmax(row) - onehot(label)).
@@ -20,17 +20,17 @@ template <typename T> __device__ void ce_grad_impl(const T* logits, const int* l
     u64 row = blockIdx.x;
     const T* r = logits + row * classes;
     T* o = out + row * classes;
-    double factor = (double)g[0] / n;
+    double factor = (double)ld(g[0]) / n;
     double m = __longlong_as_double(0xFFF0000000000000LL);
-    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) m = fmax(m, (double)r[j]);
+    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) m = fmax(m, (double)ld(r[j]));
     double mx = block_max(m, sh);
     double acc = 0.0;
-    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) acc += exp((double)r[j] - mx);
+    for (u64 j = threadIdx.x; j < classes; j += RBLOCK) acc += exp((double)ld(r[j]) - mx);
     double lse = log(block_sum(acc, sh));
     int y = labels[row];
     for (u64 j = threadIdx.x; j < classes; j += RBLOCK) {
-        double p = exp((double)r[j] - mx - lse);
-        o[j] = (T)(factor * (p - ((u64)y == j ? 1.0 : 0.0)));
+        double p = exp((double)ld(r[j]) - mx - lse);
+        o[j] = st<T>(factor * (p - ((u64)y == j ? 1.0 : 0.0)));
     }
 }
 
@@ -42,5 +42,4 @@ extern "C" __global__ void ce_grad_##S(const T* logits, const int* labels, const
                                        double n, T* out) {                                              \
     ce_grad_impl<T>(logits, labels, g, classes, n, out); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

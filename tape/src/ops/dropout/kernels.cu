@@ -19,12 +19,11 @@ __device__ __forceinline__ double uniform01(u64 seed, u64 counter, u64 index) {
 
 // Dropout: keep element i iff uniform(seed, counter, i) >= p; kept ones are scaled.
 template <typename T> __device__ void dropout_impl(T* out, const T* x, u64 n, u64 seed, u64 counter, double p, T scale) {
-    GRID_STRIDE(i, n) out[i] = uniform01(seed, counter, i) >= p ? x[i] * scale : (T)0;
+    GRID_STRIDE(i, n) out[i] = uniform01(seed, counter, i) >= p ? st<T>(ld(x[i]) * ld(scale)) : st<T>(0.0f);
 }
 
 #define KERNELS(T, S) \
 extern "C" __global__ void dropout_##S(T* out, const T* x, u64 n, u64 seed, u64 counter, double p,      \
                                        T scale) { dropout_impl<T>(out, x, n, seed, counter, p, scale); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

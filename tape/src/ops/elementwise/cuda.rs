@@ -3,7 +3,7 @@
 use super::ElementwiseKernels;
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{grid, launch, CudaElem};
+use crate::device::cuda::{grid, launch, CudaElem, CudaScalar};
 use crate::dtype::Scalar;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -19,11 +19,11 @@ nvrtc_program! {
 
 impl ElementwiseKernels for CudaKernels {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        dispatch_float!(a.dtype(), T => binary_t::<T>(K::Add, a, b))
+        dispatch_scalar!(a.dtype(), T => binary_t::<T>(K::Add, a, b))
     }
 
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        dispatch_float!(a.dtype(), T => binary_t::<T>(K::Mul, a, b))
+        dispatch_scalar!(a.dtype(), T => binary_t::<T>(K::Mul, a, b))
     }
 
     fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor> {
@@ -31,8 +31,9 @@ impl ElementwiseKernels for CudaKernels {
     }
 }
 
-/// `k(a, b)` element-wise (`add`, `mul`) into a new tensor shaped like `a`.
-fn binary_t<T: CudaElem>(k: K, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `k(a, b)` element-wise (`add`, `mul`) into a new tensor shaped like `a` (any dtype: a 16-bit
+/// result is the `f32` one rounded once).
+fn binary_t<T: CudaScalar>(k: K, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let cu = a.device().cuda_handle("elementwise")?;
     let mut out = Tensor::cuda_uninit::<T>(a.shape(), a.device())?;
     let n = a.numel() as u64;

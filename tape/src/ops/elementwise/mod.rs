@@ -3,7 +3,7 @@
 
 use super::autocast::promoted;
 use super::checks::check_pair;
-use super::widen::via_f32;
+use super::widen::{via_f32, via_f32_for};
 use crate::backend::{kernel_trait, kernels};
 use crate::error::Result;
 use crate::gradients::GradKey;
@@ -37,7 +37,7 @@ pub fn add(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Some(known) => known,
         None => {
             let k = kernels(a.device())?;
-            via_f32([a, b], a.dtype(), |[a, b]| k.add(a, b))?
+            via_f32_for(&k, [a, b], a.dtype(), |[a, b]| k.add(a, b))?
         }
     };
     let (ka, kb) = (GradKey::of(a), GradKey::of(b));
@@ -55,7 +55,7 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let _profile = tape.profile_op("mul");
     check_pair(a, b, "mul")?;
     let k = kernels(a.device())?;
-    let out = via_f32([a, b], a.dtype(), |[a, b]| k.mul(a, b))?;
+    let out = via_f32_for(&k, [a, b], a.dtype(), |[a, b]| k.mul(a, b))?;
     let (ka, kb) = (GradKey::of(a), GradKey::of(b));
     let (sa, sb) = (
         b.requires_grad().then(|| a.clone()),
@@ -64,11 +64,17 @@ pub fn mul(tape: &mut Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(tape.record("mul", &[a, b], out, move |g, grads| {
         if let Some(b) = sb {
             check_pair(g, &b, "mul")?;
-            grads.accumulate(&ka, via_f32([g, &b], b.dtype(), |[g, b]| k.mul(g, b))?)?;
+            grads.accumulate(
+                &ka,
+                via_f32_for(&k, [g, &b], b.dtype(), |[g, b]| k.mul(g, b))?,
+            )?;
         }
         if let Some(a) = sa {
             check_pair(g, &a, "mul")?;
-            grads.accumulate(&kb, via_f32([g, &a], a.dtype(), |[g, a]| k.mul(g, a))?)?;
+            grads.accumulate(
+                &kb,
+                via_f32_for(&k, [g, &a], a.dtype(), |[g, a]| k.mul(g, a))?,
+            )?;
         }
         Ok(())
     }))

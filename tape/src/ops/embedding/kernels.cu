@@ -16,8 +16,8 @@ template <typename T> __device__ void embedding_bwd_impl(T* gw, const T* g, cons
     GRID_STRIDE(i, vocab * d) {
         u64 v = i / d, j = i - v * d;
         double acc = 0.0;
-        for (u64 q = offsets[v]; q < offsets[v + 1]; ++q) acc += (double)g[positions[q] * d + j];
-        gw[i] = (T)acc;
+        for (u64 q = offsets[v]; q < offsets[v + 1]; ++q) acc += (double)ld(g[positions[q] * d + j]);
+        gw[i] = st<T>(acc);
     }
 }
 
@@ -28,5 +28,4 @@ extern "C" __global__ void embedding_bwd_##S(T* gw, const T* g, const u64* offse
                                              u64 vocab, u64 d) {                                        \
     embedding_bwd_impl<T>(gw, g, offsets, positions, vocab, d); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

@@ -7,7 +7,7 @@ use crate::backend::CudaKernels;
 use crate::device::cuda::driver_err;
 use crate::device::cuda::nvrtc_program;
 use crate::device::cuda::{launch, multi_grid, scratch_from_host, CudaElem};
-use crate::dtype::DType;
+use crate::dtype::{DType, Scalar};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::driver::{CudaContext, CudaEvent, PinnedHostSlice};
@@ -53,26 +53,51 @@ impl FiniteKernels for CudaKernels {
     }
 }
 
-/// A page-locked host slot of one element, of a flag's dtype.
+/// A page-locked host slot of one element, of a flag's dtype (any dtype: a pending read may be
+/// of any one-element tensor).
 #[derive(Debug)]
 enum Pinned {
     F32(PinnedHostSlice<f32>),
     F64(PinnedHostSlice<f64>),
+    BF16(PinnedHostSlice<crate::dtype::bf16>),
+    F16(PinnedHostSlice<crate::dtype::f16>),
+}
+
+/// Runs `$body` with `$p` bound to the slot of a [`Pinned`] and `$T` to its element type.
+macro_rules! with_pinned {
+    ($slot:expr, $p:ident: $T:ident => $body:expr) => {
+        match $slot {
+            Pinned::F32($p) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $body
+            }
+            Pinned::F64($p) => {
+                #[allow(dead_code)]
+                type $T = f64;
+                $body
+            }
+            Pinned::BF16($p) => {
+                #[allow(dead_code)]
+                type $T = crate::dtype::bf16;
+                $body
+            }
+            Pinned::F16($p) => {
+                #[allow(dead_code)]
+                type $T = crate::dtype::f16;
+                $body
+            }
+        }
+    };
 }
 
 impl Pinned {
     fn context(&self) -> &Arc<CudaContext> {
-        match self {
-            Pinned::F32(p) => p.context(),
-            Pinned::F64(p) => p.context(),
-        }
+        with_pinned!(self, p: T => p.context())
     }
 
     fn dtype(&self) -> DType {
-        match self {
-            Pinned::F32(_) => DType::F32,
-            Pinned::F64(_) => DType::F64,
-        }
+        with_pinned!(self, _p: T => <T as Scalar>::DTYPE)
     }
 }
 
@@ -98,15 +123,10 @@ fn take_slot(ctx: &Arc<CudaContext>, dtype: DType) -> Result<Pinned> {
     // SAFETY: the slot is written by the device-to-host copy before it is read (the read waits
     // for the event recorded after the copy).
     let r = match dtype {
-        DType::F32 => unsafe { ctx.alloc_pinned::<f32>(1) }.map(Pinned::F32),
-        DType::F64 => unsafe { ctx.alloc_pinned::<f64>(1) }.map(Pinned::F64),
-        // No 16-bit GPU buffer exists to be read (see `device::cuda::buffer::upload`).
-        dtype @ (DType::BF16 | DType::F16) => {
-            return Err(crate::error::Error::UnsupportedDType {
-                op: "a pending read of a CUDA tensor",
-                dtype,
-            })
-        }
+        DType::F32 => unsafe { ctx.alloc_pinned(1) }.map(Pinned::F32),
+        DType::F64 => unsafe { ctx.alloc_pinned(1) }.map(Pinned::F64),
+        DType::BF16 => unsafe { ctx.alloc_pinned(1) }.map(Pinned::BF16),
+        DType::F16 => unsafe { ctx.alloc_pinned(1) }.map(Pinned::F16),
     };
     r.map_err(|e| driver_err("cuMemHostAlloc", e))
 }
@@ -125,14 +145,9 @@ impl PendingCopy {
         let be = &t.device().cuda_handle("PendingScalar")?.backend;
         be.bind()?;
         let mut slot = take_slot(&be.ctx, t.dtype())?;
-        let copied = match &mut slot {
-            Pinned::F32(p) => be
-                .stream
-                .memcpy_dtoh(&t.cuda_slice::<f32>()?.slice(0..1), p),
-            Pinned::F64(p) => be
-                .stream
-                .memcpy_dtoh(&t.cuda_slice::<f64>()?.slice(0..1), p),
-        };
+        let copied = with_pinned!(&mut slot, p: T => be
+            .stream
+            .memcpy_dtoh(&t.cuda_slice::<T>()?.slice(0..1), p));
         let event = copied
             .and_then(|()| be.stream.record_event(None))
             .map_err(|e| driver_err("cuMemcpyDtoHAsync", e));
@@ -164,8 +179,7 @@ impl PendingCopy {
                 .map_err(|e| driver_err("cuEventSynchronize", e))?;
         }
         let v = match &self.slot {
-            Some(Pinned::F32(p)) => p.as_slice().map(|s| f64::from(s[0])),
-            Some(Pinned::F64(p)) => p.as_slice().map(|s| s[0]),
+            Some(slot) => with_pinned!(slot, p: T => p.as_slice().map(|s| Scalar::f64(s[0]))),
             None => {
                 return Err(Error::Backend(
                     "PendingScalar: read twice (engine bug)".into(),

@@ -7,7 +7,7 @@ template <typename T> __device__ void non_finite_multi_impl(const u64* list, u64
         const T* x = (const T*)list[t];
         u64 n = list[count + t];
         GRID_STRIDE(i, n) {
-            if (!isfinite((double)x[i])) flag[0] = (T)1;
+            if (!isfinite((double)ld(x[i]))) flag[0] = st<T>(1.0f);
         }
     }
 }
@@ -16,5 +16,4 @@ template <typename T> __device__ void non_finite_multi_impl(const u64* list, u64
 extern "C" __global__ void non_finite_multi_##S(const u64* list, u64 count, T* flag) {                  \
     non_finite_multi_impl<T>(list, count, flag); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

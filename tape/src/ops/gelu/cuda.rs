@@ -6,7 +6,7 @@
 use super::{GeluApproximation, GeluKernels};
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{grid, launch, CudaElem};
+use crate::device::cuda::{grid, launch, CudaScalar};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -20,11 +20,11 @@ nvrtc_program! {
 
 impl GeluKernels for CudaKernels {
     fn gelu_forward(&self, x: &Tensor, approx: GeluApproximation) -> Result<Tensor> {
-        dispatch_float!(x.dtype(), T => forward::<T>(x, approx))
+        dispatch_scalar!(x.dtype(), T => forward::<T>(x, approx))
     }
 
     fn gelu_backward(&self, g: &Tensor, x: &Tensor, approx: GeluApproximation) -> Result<Tensor> {
-        dispatch_float!(g.dtype(), T => backward::<T>(g, x, approx))
+        dispatch_scalar!(g.dtype(), T => backward::<T>(g, x, approx))
     }
 }
 
@@ -32,7 +32,7 @@ fn tanh_flag(approx: GeluApproximation) -> i32 {
     i32::from(approx == GeluApproximation::Tanh)
 }
 
-fn forward<T: CudaElem>(x: &Tensor, approx: GeluApproximation) -> Result<Tensor> {
+fn forward<T: CudaScalar>(x: &Tensor, approx: GeluApproximation) -> Result<Tensor> {
     let cu = x.device().cuda_handle("gelu")?;
     let mut out = Tensor::cuda_uninit::<T>(x.shape(), x.device())?;
     let n = x.numel() as u64;
@@ -45,7 +45,7 @@ fn forward<T: CudaElem>(x: &Tensor, approx: GeluApproximation) -> Result<Tensor>
     Ok(out)
 }
 
-fn backward<T: CudaElem>(g: &Tensor, x: &Tensor, approx: GeluApproximation) -> Result<Tensor> {
+fn backward<T: CudaScalar>(g: &Tensor, x: &Tensor, approx: GeluApproximation) -> Result<Tensor> {
     let cu = g.device().cuda_handle("gelu")?;
     let mut gx = Tensor::cuda_uninit::<T>(g.shape(), g.device())?;
     let n = g.numel() as u64;

@@ -18,11 +18,11 @@ __device__ __forceinline__ double gelu_slope(double x, int th) {
 }
 
 template <typename T> __device__ void gelu_fwd_impl(T* y, const T* x, u64 n, int th) {
-    GRID_STRIDE(i, n) y[i] = (T)gelu_value((double)x[i], th);
+    GRID_STRIDE(i, n) y[i] = st<T>(gelu_value((double)ld(x[i]), th));
 }
 
 template <typename T> __device__ void gelu_bwd_impl(T* gx, const T* g, const T* x, u64 n, int th) {
-    GRID_STRIDE(i, n) gx[i] = (T)((double)g[i] * gelu_slope((double)x[i], th));
+    GRID_STRIDE(i, n) gx[i] = st<T>((double)ld(g[i]) * gelu_slope((double)ld(x[i]), th));
 }
 
 #define KERNELS(T, S) \
@@ -30,5 +30,4 @@ extern "C" __global__ void gelu_fwd_##S(T* y, const T* x, u64 n, int th) { gelu_
 extern "C" __global__ void gelu_bwd_##S(T* gx, const T* g, const T* x, u64 n, int th) {                 \
     gelu_bwd_impl<T>(gx, g, x, n, th); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

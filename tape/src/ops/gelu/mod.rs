@@ -4,7 +4,7 @@
 //! is not enough to invert GELU).
 
 use super::checks::check_grad;
-use super::widen::via_f32;
+use super::widen::via_f32_for;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -49,14 +49,16 @@ pub fn gelu_with(tape: &mut Tape, x: &Tensor, approx: GeluApproximation) -> Resu
     let k = kernels(x.device())?;
     let out = match tape.take_known_output(x.shape(), x) {
         Some(known) => known,
-        None => via_f32([x], x.dtype(), |[x]| k.gelu_forward(x, approx))?,
+        None => via_f32_for(&k, [x], x.dtype(), |[x]| k.gelu_forward(x, approx))?,
     };
     let kx = GradKey::of(x);
     let saved = tape.needs_grad(&[x]).then(|| x.clone());
     Ok(tape.record(OP, &[x], out, move |g, grads| {
         let x = saved.ok_or_else(|| Error::Backward("gelu: input not saved".into()))?;
         check_grad(OP, g, x.shape(), Some(&x))?;
-        let gx = via_f32([g, &x], x.dtype(), |[g, x]| k.gelu_backward(g, x, approx))?;
+        let gx = via_f32_for(&k, [g, &x], x.dtype(), |[g, x]| {
+            k.gelu_backward(g, x, approx)
+        })?;
         grads.accumulate(&kx, gx)
     }))
 }

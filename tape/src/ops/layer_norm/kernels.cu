@@ -9,19 +9,19 @@ template <typename T> __device__ void ln_fwd_impl(const T* x, const T* w, const 
     const T* r = x + row * d;
     T* o = y + row * d;
     double acc = 0.0;
-    for (u64 j = threadIdx.x; j < d; j += RBLOCK) acc += (double)r[j];
+    for (u64 j = threadIdx.x; j < d; j += RBLOCK) acc += (double)ld(r[j]);
     double mu = block_sum(acc, sh) / (double)d;
     acc = 0.0;
-    for (u64 j = threadIdx.x; j < d; j += RBLOCK) { double c = (double)r[j] - mu; acc += c * c; }
+    for (u64 j = threadIdx.x; j < d; j += RBLOCK) { double c = (double)ld(r[j]) - mu; acc += c * c; }
     double var = block_sum(acc, sh) / (double)d;
     double is = 1.0 / sqrt(var + eps);
     for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
-        double h = ((double)r[j] - mu) * is;
-        if (w) h *= (double)w[j];
-        if (b) h += (double)b[j];
-        o[j] = (T)h;
+        double h = ((double)ld(r[j]) - mu) * is;
+        if (w) h *= (double)ld(w[j]);
+        if (b) h += (double)ld(b[j]);
+        o[j] = st<T>(h);
     }
-    if (threadIdx.x == 0) { mean[row] = (T)mu; invstd[row] = (T)is; }
+    if (threadIdx.x == 0) { mean[row] = st<T>(mu); invstd[row] = st<T>(is); }
 }
 
 // Layer norm's input gradient, one block per row: gh = g [* w], xhat = (x - mean) invstd,
@@ -33,19 +33,19 @@ template <typename T> __device__ void ln_bwd_input_impl(const T* g, const T* x, 
     const T* gr = g + row * d;
     const T* xr = x + row * d;
     T* o = gx + row * d;
-    double mu = (double)mean[row], is = (double)invstd[row];
+    double mu = (double)ld(mean[row]), is = (double)ld(invstd[row]);
     double a1 = 0.0, a2 = 0.0;
     for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
-        double gh = w ? (double)gr[j] * (double)w[j] : (double)gr[j];
+        double gh = w ? (double)ld(gr[j]) * (double)ld(w[j]) : (double)ld(gr[j]);
         a1 += gh;
-        a2 += gh * (((double)xr[j] - mu) * is);
+        a2 += gh * (((double)ld(xr[j]) - mu) * is);
     }
     double a = block_sum(a1, sh) / (double)d;
     double c = block_sum(a2, sh) / (double)d;
     for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
-        double gh = w ? (double)gr[j] * (double)w[j] : (double)gr[j];
-        double xh = ((double)xr[j] - mu) * is;
-        o[j] = (T)(is * (gh - a - xh * c));
+        double gh = w ? (double)ld(gr[j]) * (double)ld(w[j]) : (double)ld(gr[j]);
+        double xh = ((double)ld(xr[j]) - mu) * is;
+        o[j] = st<T>(is * (gh - a - xh * c));
     }
 }
 
@@ -57,12 +57,12 @@ template <typename T> __device__ void ln_bwd_affine_impl(const T* g, const T* x,
     GRID_STRIDE(j, d) {
         double aw = 0.0, ab = 0.0;
         for (u64 r = 0; r < rows; ++r) {
-            double gv = (double)g[r * d + j];
-            if (gw) aw += gv * (((double)x[r * d + j] - (double)mean[r]) * (double)invstd[r]);
+            double gv = (double)ld(g[r * d + j]);
+            if (gw) aw += gv * (((double)ld(x[r * d + j]) - (double)ld(mean[r])) * (double)ld(invstd[r]));
             ab += gv;
         }
-        if (gw) gw[j] = (T)aw;
-        if (gb) gb[j] = (T)ab;
+        if (gw) gw[j] = st<T>(aw);
+        if (gb) gb[j] = st<T>(ab);
     }
 }
 
@@ -77,5 +77,4 @@ extern "C" __global__ void ln_bwd_affine_##S(const T* g, const T* x, const T* me
                                              T* gw, T* gb, u64 rows, u64 d) {                           \
     ln_bwd_affine_impl<T>(g, x, mean, invstd, gw, gb, rows, d); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

@@ -6,10 +6,10 @@
 use super::{Dims, LinearKernels};
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{cublas_err, grid, launch, CudaElem, CudaHandle};
+use crate::device::cuda::{cublas_err, grid, launch, set_gemm_math, CudaHandle, CudaScalar};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};
+use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::CudaSlice;
 
@@ -30,7 +30,7 @@ fn int(v: usize) -> Result<i32> {
 
 /// `C (m x n, column-major) = alpha * op(A) * op(B) + beta * C` on the device's stream.
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: CudaElem>(
+fn gemm<T: CudaScalar>(
     cu: &CudaHandle,
     (ta, tb): (bool, bool),
     (m, n, k): (usize, usize, usize),
@@ -66,15 +66,7 @@ where
     };
     cu.backend.bind()?;
     let blas = cu.backend.blas();
-    let math = if cu.options.tf32 {
-        cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-    } else {
-        cublasMath_t::CUBLAS_DEFAULT_MATH
-    };
-    // SAFETY: the handle is locked; setting the math mode is a host-side setting of it.
-    unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), math) }
-        .result()
-        .map_err(|e| cublas_err("cublasSetMathMode", e))?;
+    set_gemm_math(&blas, cu.options.tf32, T::DTYPE)?;
     // SAFETY: the callers size every operand from checked shapes so that, with the leading
     // dimensions given, op(A) is m x k, op(B) is k x n and C is m x n inside their buffers.
     unsafe { blas.gemm(cfg, a, b, c) }.map_err(|e| cublas_err("gemm", e))
@@ -88,24 +80,24 @@ impl LinearKernels for CudaKernels {
         bias: Option<&Tensor>,
         dims: Dims,
     ) -> Result<Tensor> {
-        dispatch_float!(x.dtype(), T => forward_t::<T>(x, w, bias, dims))
+        dispatch_scalar!(x.dtype(), T => forward_t::<T>(x, w, bias, dims))
     }
 
     fn linear_grad_input(&self, g: &Tensor, w: &Tensor, dims: Dims) -> Result<Tensor> {
-        dispatch_float!(g.dtype(), T => grad_input_t::<T>(g, w, dims))
+        dispatch_scalar!(g.dtype(), T => grad_input_t::<T>(g, w, dims))
     }
 
     fn linear_grad_weight(&self, g: &Tensor, x: &Tensor, dims: Dims) -> Result<Tensor> {
-        dispatch_float!(g.dtype(), T => grad_weight_t::<T>(g, x, dims))
+        dispatch_scalar!(g.dtype(), T => grad_weight_t::<T>(g, x, dims))
     }
 
     fn linear_grad_bias(&self, g: &Tensor, (n, _, o): Dims) -> Result<Tensor> {
-        dispatch_float!(g.dtype(), T => grad_bias_t::<T>(g, n, o))
+        dispatch_scalar!(g.dtype(), T => grad_bias_t::<T>(g, n, o))
     }
 }
 
 /// `x w^T + bias` for `x` `[n, i]`, `w` `[o, i]`.
-fn forward_t<T: CudaElem>(
+fn forward_t<T: CudaScalar>(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
@@ -147,7 +139,7 @@ where
 }
 
 /// `g w`: the input gradient `[n, i]`.
-fn grad_input_t<T: CudaElem>(
+fn grad_input_t<T: CudaScalar>(
     g: &Tensor,
     w: &Tensor,
     (n, i, o): (usize, usize, usize),
@@ -179,7 +171,7 @@ where
 }
 
 /// `g^T x`: the weight gradient `[o, i]`.
-fn grad_weight_t<T: CudaElem>(
+fn grad_weight_t<T: CudaScalar>(
     g: &Tensor,
     x: &Tensor,
     (n, i, o): (usize, usize, usize),
@@ -211,7 +203,7 @@ where
 }
 
 /// The bias gradient `[o]`: column sums of `g` in row order.
-fn grad_bias_t<T: CudaElem>(g: &Tensor, n: usize, o: usize) -> Result<Tensor> {
+fn grad_bias_t<T: CudaScalar>(g: &Tensor, n: usize, o: usize) -> Result<Tensor> {
     let dev = g.device();
     let cu = dev.cuda_handle(OP)?;
     let mut gb = Tensor::cuda_uninit::<T>(&[o], dev)?;

@@ -9,7 +9,7 @@ mod meta;
 use super::autocast::{to_low, to_low_opt};
 use super::checks::check_grad;
 use super::weighted::{accumulate_weighted, WeightedOp};
-use super::widen::{narrow, wide, wide_opt};
+use super::widen::{narrow, wide_for, wide_opt_for};
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::tape::Tape;
@@ -60,7 +60,11 @@ pub fn linear(
     let out = match tape.take_known_output(&[n, o], x) {
         Some(known) => known,
         None => {
-            let (wx, ww, wb) = (wide(x)?, wide(weight)?, wide_opt(bias)?);
+            let (wx, ww, wb) = (
+                wide_for(&k, x)?,
+                wide_for(&k, weight)?,
+                wide_opt_for(&k, bias)?,
+            );
             narrow(k.linear_forward(&wx, &ww, wb.as_deref(), dims)?, x.dtype())?
         }
     };
@@ -77,13 +81,13 @@ pub fn linear(
     } = op;
     Ok(tape.record(OP, &inputs, out, move |g, grads| {
         check_grad(OP, g, &[n, o], saved_x.as_ref().or(saved_w.as_ref()))?;
-        let g = &*wide(g)?;
+        let g = &*wide_for(&k, g)?;
         let gx = match saved_w {
-            Some(w) => Some(k.linear_grad_input(g, &*wide(&w)?, dims)?),
+            Some(w) => Some(k.linear_grad_input(g, &*wide_for(&k, &w)?, dims)?),
             None => None,
         };
         let gw = match saved_x {
-            Some(x) => Some(k.linear_grad_weight(g, &*wide(&x)?, dims)?),
+            Some(x) => Some(k.linear_grad_weight(g, &*wide_for(&k, &x)?, dims)?),
             None => None,
         };
         let gb = want_bias.then(|| k.linear_grad_bias(g, dims)).transpose()?;

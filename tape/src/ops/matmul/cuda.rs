@@ -7,10 +7,10 @@
 
 use super::{MatmulDims, MatmulKernels};
 use crate::backend::CudaKernels;
-use crate::device::cuda::{cublas_err, CudaElem};
+use crate::device::cuda::{cublas_err, set_gemm_math, CudaScalar};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};
+use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 
 const OP: &str = "matmul";
@@ -39,11 +39,11 @@ impl MatmulKernels for CudaKernels {
         dims: MatmulDims,
         out_shape: &[usize],
     ) -> Result<Tensor> {
-        dispatch_float!(a.dtype(), T => batched_t::<T>(a, b, dims, out_shape))
+        dispatch_scalar!(a.dtype(), T => batched_t::<T>(a, b, dims, out_shape))
     }
 }
 
-fn batched_t<T: CudaElem>(
+fn batched_t<T: CudaScalar>(
     a: &Tensor,
     b: &Tensor,
     d: MatmulDims,
@@ -91,15 +91,7 @@ where
     let (bs, as_) = (b.cuda_slice::<T>()?, a.cuda_slice::<T>()?);
     let os = out.cuda_slice_mut::<T>()?;
     let blas = cu.backend.blas();
-    let math = if cu.options.tf32 {
-        cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-    } else {
-        cublasMath_t::CUBLAS_DEFAULT_MATH
-    };
-    // SAFETY: the handle is locked; setting the math mode is a host-side setting of it.
-    unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), math) }
-        .result()
-        .map_err(|e| cublas_err("cublasSetMathMode", e))?;
+    set_gemm_math(&blas, cu.options.tf32, T::DTYPE)?;
     // SAFETY: the operands hold `batch` items of `k * n` (B), `m * k` (A) and `m * n` (C)
     // elements back to back, sized from checked shapes; with the leading dimensions above each
     // item's op(B)^T is n x k, op(A)^T k x m and C^T n x m inside its item.

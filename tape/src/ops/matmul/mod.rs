@@ -11,7 +11,7 @@ mod meta;
 
 use super::autocast::to_low;
 use super::checks::check_grad;
-use super::widen::via_f32;
+use super::widen::via_f32_for;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -82,9 +82,10 @@ pub fn matmul_with(
     let (dims, out_shape) = check(a, b, options)?;
     let k = kernels(a.device())?;
     let dtype = a.dtype();
-    // The product on f32 copies of 16-bit operands, rounded to the operands' dtype.
+    // The product on f32 copies of 16-bit operands, rounded to the operands' dtype (on the
+    // operands themselves where the kernel takes them: cuBLAS with f32 compute).
     let product = move |x: &Tensor, y: &Tensor, d: MatmulDims, shape: &[usize]| {
-        via_f32([x, y], dtype, |[x, y]| k.matmul_batched(x, y, d, shape))
+        via_f32_for(&k, [x, y], dtype, |[x, y]| k.matmul_batched(x, y, d, shape))
     };
     let out = match tape.take_known_output(&out_shape, a) {
         Some(known) => known,

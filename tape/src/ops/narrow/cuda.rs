@@ -7,17 +7,17 @@
 use super::{NarrowKernels, Slice};
 use crate::backend::CudaKernels;
 use crate::block_storage::cuda::K as ChannelK;
-use crate::device::cuda::{grid, launch, CudaElem, PartList};
+use crate::device::cuda::{grid, launch, CudaScalar, PartList};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
 impl NarrowKernels for CudaKernels {
     fn narrow_forward(&self, x: &Tensor, slice: Slice, shape: &[usize]) -> Result<Tensor> {
-        dispatch_float!(x.dtype(), T => forward::<T>(x, slice, shape))
+        dispatch_scalar!(x.dtype(), T => forward::<T>(x, slice, shape))
     }
 
     fn narrow_backward(&self, g: &Tensor, slice: Slice, shape: &[usize]) -> Result<Tensor> {
-        dispatch_float!(g.dtype(), T => backward::<T>(g, slice, shape))
+        dispatch_scalar!(g.dtype(), T => backward::<T>(g, slice, shape))
     }
 }
 
@@ -30,7 +30,7 @@ fn part(s: Slice) -> (u64, u64, u64) {
     )
 }
 
-fn forward<T: CudaElem>(x: &Tensor, s: Slice, shape: &[usize]) -> Result<Tensor> {
+fn forward<T: CudaScalar>(x: &Tensor, s: Slice, shape: &[usize]) -> Result<Tensor> {
     let dev = x.device();
     let be = &dev.cuda_handle("narrow")?.backend;
     let mut out = Tensor::cuda_uninit::<T>(shape, dev)?;
@@ -47,7 +47,7 @@ fn forward<T: CudaElem>(x: &Tensor, s: Slice, shape: &[usize]) -> Result<Tensor>
     Ok(out)
 }
 
-fn backward<T: CudaElem>(g: &Tensor, s: Slice, shape: &[usize]) -> Result<Tensor> {
+fn backward<T: CudaScalar>(g: &Tensor, s: Slice, shape: &[usize]) -> Result<Tensor> {
     let dev = g.device();
     let be = &dev.cuda_handle("narrow")?.backend;
     let mut gx = Tensor::zeros(shape, T::DTYPE, dev)?;

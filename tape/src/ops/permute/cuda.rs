@@ -6,7 +6,7 @@
 use super::{layout, PermuteKernels, MAX_PERMUTE_DIMS};
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{grid, launch, CudaElem};
+use crate::device::cuda::{grid, launch, CudaScalar};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::driver::DeviceRepr;
@@ -33,11 +33,11 @@ unsafe impl DeviceRepr for PermDims {}
 
 impl PermuteKernels for CudaKernels {
     fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
-        dispatch_float!(x.dtype(), T => permute_t::<T>(x, perm))
+        dispatch_scalar!(x.dtype(), T => permute_t::<T>(x, perm))
     }
 }
 
-fn permute_t<T: CudaElem>(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+fn permute_t<T: CudaScalar>(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     let dev = x.device();
     let cu = dev.cuda_handle("permute")?;
     let (shape, strides) = layout(x.shape(), perm);

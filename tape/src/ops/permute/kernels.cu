@@ -26,5 +26,4 @@ template <typename T> __device__ void permute_impl(T* out, const T* x, PermDims 
 extern "C" __global__ void permute_##S(T* out, const T* x, PermDims dims, u64 rank, u64 n) {            \
     permute_impl<T>(out, x, dims, rank, n); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

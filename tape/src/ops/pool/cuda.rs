@@ -1,10 +1,12 @@
 //! CUDA kernels of pooling: average and max pooling with cuDNN (forward and backward), global
-//! average pooling with NVRTC kernels (per plane, summed in order like the CPU kernel).
+//! average pooling with NVRTC kernels (per plane, summed in order like the CPU kernel). Every
+//! dtype: bf16 / f16 tensors go to cuDNN and the kernels as they are (the global average summed
+//! in `f32` and rounded once, as the CPU's `f32` kernel on their copies).
 
 use super::{PoolKernels, PoolMode, Window};
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, scratch, CudaElem};
+use crate::device::cuda::{cptr, cudnn_err, grid, launch, mptr, scratch, CudaScalar};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::cudnn::sys;
@@ -19,7 +21,7 @@ nvrtc_program! {
 
 impl PoolKernels for CudaKernels {
     fn pool_forward(&self, mode: PoolMode, x: &Tensor, win: &Window) -> Result<Tensor> {
-        dispatch_float!(x.dtype(), T => forward_t::<T>(mode.op(), mode, x, win))
+        dispatch_scalar!(x.dtype(), T => forward_t::<T>(mode.op(), mode, x, win))
     }
 
     fn pool_backward(
@@ -30,20 +32,20 @@ impl PoolKernels for CudaKernels {
         win: &Window,
         x_shape: &[usize],
     ) -> Result<Tensor> {
-        dispatch_float!(g.dtype(), T => backward_t::<T>(mode.op(), mode, saved, g, win, x_shape))
+        dispatch_scalar!(g.dtype(), T => backward_t::<T>(mode.op(), mode, saved, g, win, x_shape))
     }
 
     fn global_avg_forward(&self, x: &Tensor, hw: usize) -> Result<Tensor> {
         let out_shape = [x.shape()[0], x.shape()[1]];
-        dispatch_float!(x.dtype(), T => gap_t::<T>(K::GapFwd, x, hw, &out_shape))
+        dispatch_scalar!(x.dtype(), T => gap_t::<T>(K::GapFwd, x, hw, &out_shape))
     }
 
     fn global_avg_backward(&self, g: &Tensor, hw: usize, x_shape: &[usize]) -> Result<Tensor> {
-        dispatch_float!(g.dtype(), T => gap_t::<T>(K::GapBwd, g, hw, x_shape))
+        dispatch_scalar!(g.dtype(), T => gap_t::<T>(K::GapBwd, g, hw, x_shape))
     }
 }
 
-fn forward_t<T: CudaElem>(
+fn forward_t<T: CudaScalar>(
     op: &'static str,
     mode: PoolMode,
     x: &Tensor,
@@ -62,19 +64,19 @@ fn forward_t<T: CudaElem>(
     let pd = dnn.pool(op, cudnn_mode(mode), win.kernel, win.stride, win.padding)?;
     let xd = dnn.tensor(op, T::DTYPE, [n, c, win.h, win.w])?;
     let yd = dnn.tensor(op, T::DTYPE, yshape)?;
-    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
     let xp = cptr(be, x.cuda_slice::<T>()?);
     let yp = mptr(be, out.cuda_slice_mut::<T>()?);
     // SAFETY: descriptors describe the buffers (shapes from the checked window); the handle is
-    // locked; alpha/beta point to scalars of the data type, as cuDNN requires for float/double.
+    // locked; alpha/beta point to cuDNN's scaling type of the data (double for double, else float).
     unsafe {
         sys::cudnnPoolingForward(
             dnn.handle,
             pd.0,
-            &one as *const T as *const std::ffi::c_void,
+            &one as *const _ as *const std::ffi::c_void,
             xd.0,
             xp,
-            &zero as *const T as *const std::ffi::c_void,
+            &zero as *const _ as *const std::ffi::c_void,
             yd.0,
             yp,
         )
@@ -88,7 +90,7 @@ fn forward_t<T: CudaElem>(
 /// Average pooling reads neither, but cuDNN's API takes both: `y` is stood in for by the output
 /// gradient (same shape, read only) and `x` by a separate scratch buffer of `x`'s shape (never
 /// by `dx`, which cuDNN writes).
-fn backward_t<T: CudaElem>(
+fn backward_t<T: CudaScalar>(
     op: &'static str,
     mode: PoolMode,
     saved: Option<(&Tensor, &Tensor)>,
@@ -115,7 +117,7 @@ fn backward_t<T: CudaElem>(
     let pd = dnn.pool(op, cudnn_mode(mode), win.kernel, win.stride, win.padding)?;
     let xd = dnn.tensor(op, T::DTYPE, [n, c, win.h, win.w])?;
     let yd = dnn.tensor(op, T::DTYPE, expected)?;
-    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
     let gp = cptr(be, g.cuda_slice::<T>()?);
     let gxp = mptr(be, gx.cuda_slice_mut::<T>()?);
     let stand_in;
@@ -136,14 +138,14 @@ fn backward_t<T: CudaElem>(
         sys::cudnnPoolingBackward(
             dnn.handle,
             pd.0,
-            &one as *const T as *const std::ffi::c_void,
+            &one as *const _ as *const std::ffi::c_void,
             yd.0,
             yp,
             yd.0,
             gp,
             xd.0,
             xp,
-            &zero as *const T as *const std::ffi::c_void,
+            &zero as *const _ as *const std::ffi::c_void,
             xd.0,
             gxp,
         )
@@ -154,7 +156,7 @@ fn backward_t<T: CudaElem>(
 }
 
 /// The plane means (`GapFwd`) or their gradient (`GapBwd`) of `src`, as `out_shape`.
-fn gap_t<T: CudaElem>(k: K, src: &Tensor, hw: usize, out_shape: &[usize]) -> Result<Tensor> {
+fn gap_t<T: CudaScalar>(k: K, src: &Tensor, hw: usize, out_shape: &[usize]) -> Result<Tensor> {
     let dev = src.device();
     let be = &dev.cuda_handle("global_avg_pool")?.backend;
     let mut out = Tensor::cuda_uninit::<T>(out_shape, dev)?;

@@ -8,7 +8,7 @@ pub(crate) mod cuda;
 mod meta;
 
 use super::checks::check_grad;
-use super::widen::via_f32;
+use super::widen::via_f32_for;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -148,7 +148,7 @@ fn pool(
     let k = kernels(x.device())?;
     let out = match tape.take_known_output(&[dims[0], dims[1], win.hout, win.wout], x) {
         Some(known) => known,
-        None => via_f32([x], x.dtype(), |[x]| k.pool_forward(mode, x, &win))?,
+        None => via_f32_for(&k, [x], x.dtype(), |[x]| k.pool_forward(mode, x, &win))?,
     };
     let kx = GradKey::of(x);
     let saved = (mode == PoolMode::Max && tape.needs_grad(&[x])).then(|| (x.clone(), out.clone()));
@@ -159,10 +159,10 @@ fn pool(
             return Err(Error::Backward(format!("{op}: input not saved")));
         }
         let gx = match &saved {
-            Some((x, y)) => via_f32([g, x, y], g.dtype(), |[g, x, y]| {
+            Some((x, y)) => via_f32_for(&k, [g, x, y], g.dtype(), |[g, x, y]| {
                 k.pool_backward(mode, Some((x, y)), g, &win, kx.shape())
             })?,
-            None => via_f32([g], g.dtype(), |[g]| {
+            None => via_f32_for(&k, [g], g.dtype(), |[g]| {
                 k.pool_backward(mode, None, g, &win, kx.shape())
             })?,
         };
@@ -181,11 +181,11 @@ pub fn global_avg_pool(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
         ));
     }
     let k = kernels(x.device())?;
-    let out = via_f32([x], x.dtype(), |[x]| k.global_avg_forward(x, h * w))?;
+    let out = via_f32_for(&k, [x], x.dtype(), |[x]| k.global_avg_forward(x, h * w))?;
     let kx = GradKey::of(x);
     Ok(tape.record("global_avg_pool", &[x], out, move |g, grads| {
         check_grad("global_avg_pool", g, &[n, c], None)?;
-        let gx = via_f32([g], g.dtype(), |[g]| {
+        let gx = via_f32_for(&k, [g], g.dtype(), |[g]| {
             k.global_avg_backward(g, h * w, kx.shape())
         })?;
         grads.accumulate(&kx, gx)

@@ -1,10 +1,10 @@
 //! CUDA kernels of ReLU (NVRTC, `kernels.cu`): the same comparisons as the CPU kernel
-//! (NaN passes through the forward pass).
+//! (NaN passes through the forward pass), for every dtype.
 
 use super::ReluKernels;
 use crate::backend::CudaKernels;
 use crate::device::cuda::nvrtc_program;
-use crate::device::cuda::{grid, launch, CudaElem};
+use crate::device::cuda::{grid, launch, CudaScalar};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -18,15 +18,15 @@ nvrtc_program! {
 
 impl ReluKernels for CudaKernels {
     fn relu_forward(&self, x: &Tensor) -> Result<Tensor> {
-        dispatch_float!(x.dtype(), T => forward::<T>(x))
+        dispatch_scalar!(x.dtype(), T => forward::<T>(x))
     }
 
     fn relu_backward(&self, g: &Tensor, y: &Tensor) -> Result<Tensor> {
-        dispatch_float!(g.dtype(), T => backward::<T>(g, y))
+        dispatch_scalar!(g.dtype(), T => backward::<T>(g, y))
     }
 }
 
-fn forward<T: CudaElem>(x: &Tensor) -> Result<Tensor> {
+fn forward<T: CudaScalar>(x: &Tensor) -> Result<Tensor> {
     let cu = x.device().cuda_handle("relu")?;
     let mut out = Tensor::cuda_uninit::<T>(x.shape(), x.device())?;
     let n = x.numel() as u64;
@@ -38,7 +38,7 @@ fn forward<T: CudaElem>(x: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-fn backward<T: CudaElem>(g: &Tensor, y: &Tensor) -> Result<Tensor> {
+fn backward<T: CudaScalar>(g: &Tensor, y: &Tensor) -> Result<Tensor> {
     let cu = g.device().cuda_handle("relu")?;
     let mut gx = Tensor::cuda_uninit::<T>(g.shape(), g.device())?;
     let n = g.numel() as u64;

@@ -2,7 +2,7 @@
 //! the gradient passes where the output is positive.
 
 use super::checks::check_grad;
-use super::widen::via_f32;
+use super::widen::via_f32_for;
 use crate::backend::{kernel_trait, kernels};
 use crate::error::{Error, Result};
 use crate::gradients::GradKey;
@@ -32,14 +32,14 @@ pub fn relu(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     let k = kernels(x.device())?;
     let out = match tape.take_known_output(x.shape(), x) {
         Some(known) => known,
-        None => via_f32([x], x.dtype(), |[x]| k.relu_forward(x))?,
+        None => via_f32_for(&k, [x], x.dtype(), |[x]| k.relu_forward(x))?,
     };
     let kx = GradKey::of(x);
     let saved = tape.needs_grad(&[x]).then(|| out.clone());
     Ok(tape.record(OP, &[x], out, move |g, grads| {
         let y = saved.ok_or_else(|| Error::Backward("relu: output not saved".into()))?;
         check_grad(OP, g, y.shape(), Some(&y))?;
-        let gx = via_f32([g, &y], y.dtype(), |[g, y]| k.relu_backward(g, y))?;
+        let gx = via_f32_for(&k, [g, &y], y.dtype(), |[g, y]| k.relu_backward(g, y))?;
         grads.accumulate(&kx, gx)
     }))
 }

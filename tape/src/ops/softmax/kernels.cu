@@ -12,16 +12,16 @@ template <typename T> __device__ void softmax_fwd_impl(const T* x, T* y, u64 d, 
     T* o = y + row * d;
     double ninf = __longlong_as_double(0xFFF0000000000000LL);
     double m = ninf;
-    for (u64 j = threadIdx.x; j < valid; j += RBLOCK) m = fmax(m, (double)r[j]);
+    for (u64 j = threadIdx.x; j < valid; j += RBLOCK) m = fmax(m, (double)ld(r[j]));
     double mx = block_max(m, sh);
     double acc = 0.0;
-    for (u64 j = threadIdx.x; j < valid; j += RBLOCK) acc += exp((double)r[j] - mx);
+    for (u64 j = threadIdx.x; j < valid; j += RBLOCK) acc += exp((double)ld(r[j]) - mx);
     double sum = block_sum(acc, sh);
     double lse = log(sum);
     for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
-        double s = (double)r[j] - mx;
-        if (j < valid) o[j] = (T)(lg ? s - lse : exp(s) / sum);
-        else o[j] = lg ? (T)ninf : (T)0;
+        double s = (double)ld(r[j]) - mx;
+        if (j < valid) o[j] = st<T>(lg ? s - lse : exp(s) / sum);
+        else o[j] = st<T>(lg ? ninf : 0.0);
     }
 }
 
@@ -37,14 +37,14 @@ template <typename T> __device__ void softmax_bwd_impl(const T* g, const T* y, T
     T* o = gx + row * d;
     double acc = 0.0;
     for (u64 j = threadIdx.x; j < valid; j += RBLOCK)
-        acc += lg ? (double)gr[j] : (double)gr[j] * (double)yr[j];
+        acc += lg ? (double)ld(gr[j]) : (double)ld(gr[j]) * (double)ld(yr[j]);
     double s = block_sum(acc, sh);
     for (u64 j = threadIdx.x; j < d; j += RBLOCK) {
         if (j < valid) {
-            double gv = (double)gr[j], yv = (double)yr[j];
-            o[j] = (T)(lg ? gv - exp(yv) * s : yv * (gv - s));
+            double gv = (double)ld(gr[j]), yv = (double)ld(yr[j]);
+            o[j] = st<T>(lg ? gv - exp(yv) * s : yv * (gv - s));
         } else {
-            o[j] = (T)0;
+            o[j] = st<T>(0.0);
         }
     }
 }
@@ -55,5 +55,4 @@ extern "C" __global__ void softmax_fwd_##S(const T* x, T* y, u64 d, u64 causal, 
 extern "C" __global__ void softmax_bwd_##S(const T* g, const T* y, T* gx, u64 d, u64 causal, int lg) {  \
     softmax_bwd_impl<T>(g, y, gx, d, causal, lg); }
 
-KERNELS(float, f32)
-KERNELS(double, f64)
+FOR_EACH_DTYPE(KERNELS)

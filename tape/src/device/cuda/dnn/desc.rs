@@ -16,6 +16,15 @@ pub(crate) fn data_type(dtype: DType) -> sys::cudnnDataType_t {
     }
 }
 
+/// The type cuDNN computes a convolution of `dtype` data in: `f64` for `f64`, `f32` for the
+/// others (for bf16 / f16 data: products and sums in `f32`, cuDNN's "pseudo half" configs).
+pub(crate) fn compute_type(dtype: DType) -> sys::cudnnDataType_t {
+    match dtype {
+        DType::F64 => sys::cudnnDataType_t::CUDNN_DATA_DOUBLE,
+        DType::F32 | DType::BF16 | DType::F16 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+    }
+}
+
 /// A dimension as cuDNN's `int`, or an error for a tensor too large for cuDNN.
 pub(super) fn dim(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v)
@@ -148,8 +157,8 @@ impl FilterDesc {
 }
 
 impl ConvDesc {
-    /// The descriptor of a 2-d cross-correlation with `padding` and `stride` on both axes,
-    /// computing in `dtype`, with math type `math`.
+    /// The descriptor of a 2-d cross-correlation with `padding` and `stride` on both axes, of
+    /// `dtype` data (computing in [`compute_type`]), with math type `math`.
     pub(super) fn new(
         op: &'static str,
         dtype: DType,
@@ -172,7 +181,7 @@ impl ConvDesc {
                 1,
                 1,
                 sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                data_type(dtype),
+                compute_type(dtype),
             )
         }
         .map_err(|e| cudnn_err("cudnnSetConvolution2dDescriptor", e))?;

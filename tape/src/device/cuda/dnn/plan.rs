@@ -31,6 +31,15 @@ pub(crate) struct ConvKey {
     pub(crate) workspace_limit: usize,
 }
 
+impl ConvKey {
+    /// Whether the calls must run strict fp32 math (FMA, no tensor-op math): `f32` and `f64`
+    /// data without TF32 allowed. 16-bit data never is: tensor cores multiply 16-bit operands
+    /// exactly and sum in `f32`, which is the precision the compute type asks for anyway.
+    pub(crate) fn strict(&self) -> bool {
+        !self.tf32 && !self.dtype.is_half()
+    }
+}
+
 /// The descriptors and algorithms of one convolution shape (cached per [`ConvKey`]).
 #[derive(Debug)]
 pub(crate) struct ConvPlan {
@@ -40,6 +49,8 @@ pub(crate) struct ConvPlan {
     /// `[1, cout, 1, 1]`: the bias, broadcast over the output.
     pub(crate) bias: TensorDesc,
     pub(crate) conv: ConvDesc,
+    /// Whether calls run strict fp32 math ([`ConvKey::strict`]).
+    pub(crate) strict: bool,
     pub(crate) fwd: Choice<sys::cudnnConvolutionFwdAlgo_t>,
     pub(crate) bwd_data: Choice<sys::cudnnConvolutionBwdDataAlgo_t>,
     pub(crate) bwd_filter: Choice<sys::cudnnConvolutionBwdFilterAlgo_t>,
@@ -108,7 +119,7 @@ pub(super) fn pick<A: Copy>(
 
 impl ConvPlan {
     /// The descriptors of `key`'s shapes and each direction's algorithm as cuDNN's heuristics
-    /// rank them, within the workspace limit (strict fp32 unless `key.tf32`).
+    /// rank them, within the workspace limit (strict fp32 where [`ConvKey::strict`]).
     pub(super) fn new(handle: sys::cudnnHandle_t, key: ConvKey) -> Result<ConvPlan> {
         const OP: &str = "conv2d";
         use sys::cudnnConvolutionBwdDataAlgo_t as D;
@@ -122,7 +133,7 @@ impl ConvPlan {
             OP,
             key.dtype,
             (key.padding, key.stride),
-            strict_math(!key.tf32),
+            strict_math(key.strict()),
         )?;
         let (h, c) = (handle, conv.0);
         // SAFETY (the six calls below): every descriptor is alive, `perf` holds `n` entries and
@@ -190,6 +201,7 @@ impl ConvPlan {
             y,
             bias,
             conv,
+            strict: key.strict(),
             fwd,
             bwd_data,
             bwd_filter,
@@ -230,7 +242,7 @@ fn heuristic<P: FindResult>(
         impl FnOnce(P::Algo, &mut usize) -> sys::cudnnStatus_t,
     ),
 ) -> Result<Choice<P::Algo>> {
-    let strict = !key.tf32;
+    let strict = key.strict();
     // SAFETY: an all-zero perf struct is a valid value (algorithm 0, status success, math 0).
     let mut perf: Vec<P> = vec![unsafe { std::mem::zeroed() }; requested as usize];
     let mut returned = 0i32;

@@ -7,8 +7,9 @@ use super::super::{BnReluBackward, BnReluGrads, OP};
 use super::K;
 use super::{at, void, with_aligned_params, Layout, ParamSlice, MODE};
 use crate::block_storage::BlockStorageKernels;
-use crate::device::cuda::{cudnn_err, grid, launch, per_row, scratch, Backend, CudaElem};
+use crate::device::cuda::{cudnn_err, grid, launch, per_row, scratch, Backend, CudaScalar};
 use crate::device::Device;
+use crate::dtype::Scalar;
 use crate::error::{Error, Result};
 use crate::ops::batch_norm::cuda::K as BnK;
 use crate::primitives::PrimitiveKernels;
@@ -62,7 +63,7 @@ impl Shared<'_> {
 }
 
 /// The device address of a tensor's buffer, or 0 without one.
-fn ptr_of<T: CudaElem>(be: &Backend, t: Option<&mut Tensor>) -> Result<u64> {
+fn ptr_of<T: CudaScalar>(be: &Backend, t: Option<&mut Tensor>) -> Result<u64> {
     Ok(match t {
         Some(t) => be.ptr(&*t.cuda_slice_mut::<T>()?),
         None => 0,
@@ -72,7 +73,7 @@ fn ptr_of<T: CudaElem>(be: &Backend, t: Option<&mut Tensor>) -> Result<u64> {
 /// The gradients of the parts, weight and bias that want one, from the output gradient; a part's
 /// existing gradient in `into` is added into (by cuDNN itself, `beta = 1`, in training; by an
 /// add after the fact in eval mode).
-pub(super) fn backward<T: CudaElem>(
+pub(super) fn backward<T: CudaScalar>(
     a: &BnReluBackward<'_>,
     l: &Layout,
     mut into: Vec<Option<Tensor>>,
@@ -84,7 +85,7 @@ pub(super) fn backward<T: CudaElem>(
     let any_cudnn = (0..count).any(|k| a.training && a.want_parts[k] && l.part_len(k) > 0);
     let new_c = |wanted: bool| -> Result<Option<Tensor>> {
         match wanted {
-            true => Tensor::cuda_uninit::<T>(&[l.c], dev).map(Some),
+            true => Tensor::cuda_uninit::<T::Param>(&[l.c], dev).map(Some),
             false => Ok(None),
         }
     };
@@ -95,14 +96,14 @@ pub(super) fn backward<T: CudaElem>(
         l,
         dev,
         be,
-        gw: ptr_of::<T>(be, gw.as_mut())?,
-        gb: ptr_of::<T>(be, gb.as_mut())?,
+        gw: ptr_of::<T::Param>(be, gw.as_mut())?,
+        gb: ptr_of::<T::Param>(be, gb.as_mut())?,
         tmp: 0,
         g: be.ptr(a.g.cuda_slice::<T>()?),
         y: be.ptr(a.out.cuda_slice::<T>()?),
-        mean: be.ptr(a.stats.on_device()?.0.cuda_slice::<T>()?),
-        invstd: be.ptr(a.stats.on_device()?.1.cuda_slice::<T>()?),
-        weight: be.ptr(a.weight.cuda_slice::<T>()?),
+        mean: be.ptr(a.stats.on_device()?.0.cuda_slice::<T::Param>()?),
+        invstd: be.ptr(a.stats.on_device()?.1.cuda_slice::<T::Param>()?),
+        weight: be.ptr(a.weight.cuda_slice::<T::Param>()?),
     };
     let scratch_len = (0..count)
         .filter(|&k| s.via_scratch(k))
@@ -126,7 +127,7 @@ pub(super) fn backward<T: CudaElem>(
 
 /// Part `k`'s input gradient (when wanted; added into `existing` when given) and its share of
 /// the weight and bias gradients.
-fn part_backward<T: CudaElem>(
+fn part_backward<T: CudaScalar>(
     s: &Shared<'_>,
     k: usize,
     existing: Option<Tensor>,
@@ -175,7 +176,7 @@ fn part_backward<T: CudaElem>(
 /// cuDNN's batch-norm backward of part `k` from the saved statistics: input gradient (added
 /// into the existing one with `beta = 1` when `accumulate`), weight and bias gradients, in one
 /// pass. `x`, `dy` (the masked gradient) and `dx` are device addresses.
-fn cudnn_backward<T: CudaElem>(
+fn cudnn_backward<T: CudaScalar>(
     s: &Shared<'_>,
     k: usize,
     (x, dy, dx): (u64, u64, u64),
@@ -202,24 +203,24 @@ fn cudnn_backward<T: CudaElem>(
     };
     let dyd = dnn.tensor(OP, T::DTYPE, dims)?;
     let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
-    let (one, zero) = (T::of(1.0), T::of(0.0));
-    let beta_dx = if accumulate { one } else { zero };
+    let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
+    let beta_dx = T::scaling(if accumulate { 1.0 } else { 0.0 });
     let params = [
-        ParamSlice::input(at::<T>(s.weight, off)),
-        ParamSlice::output(at::<T>(s.gw, off)),
-        ParamSlice::output(at::<T>(s.gb, off)),
-        ParamSlice::input(at::<T>(s.mean, off)),
-        ParamSlice::input(at::<T>(s.invstd, off)),
+        ParamSlice::input(at::<T::Param>(s.weight, off)),
+        ParamSlice::output(at::<T::Param>(s.gw, off)),
+        ParamSlice::output(at::<T::Param>(s.gb, off)),
+        ParamSlice::input(at::<T::Param>(s.mean, off)),
+        ParamSlice::input(at::<T::Param>(s.invstd, off)),
     ];
     let (h, eps) = (dnn.handle, s.a.eps);
     // SAFETY: x (the saved part) and dx (the input gradient: new and packed, or the existing one
     // added into) are NCHW buffers laid out as `xd` and `dxd` describe (packed, or the first
     // channels of a wider buffer), dy (the masked gradient in scratch) is packed as `dyd`
     // describes; `p` holds the weight, the weight and bias gradients and the saved mean and
-    // invstd (from the forward pass, unchanged since), each `ck` elements of the data type
+    // invstd (from the forward pass, unchanged since), each `ck` elements of the parameter type
     // (`off` elements into its `[C]` buffer, or an aligned copy), covering the part's channels
     // as `bnd` describes; the outputs are distinct from every input; the handle is locked.
-    with_aligned_params::<T>(be, s.dev, ck, &params, |p| unsafe {
+    with_aligned_params::<T::Param>(be, s.dev, ck, &params, |p| unsafe {
         sys::cudnnBatchNormalizationBackward(
             h,
             MODE,
@@ -246,12 +247,20 @@ fn cudnn_backward<T: CudaElem>(
 }
 
 /// Part `k`'s backward by NVRTC kernels: the per-channel sums of `g'` and `g' * xhat` for the
-/// wanted parameter gradients, and in eval mode `dx = g' * weight * invstd` in place.
-fn eval_backward<T: CudaElem>(
+/// wanted parameter gradients, and in eval mode `dx = g' * weight * invstd` in place. The
+/// kernels take one dtype: data of the parameters' dtype only (16-bit data takes the `f32`
+/// copies of `half` for this path).
+fn eval_backward<T: CudaScalar>(
     s: &Shared<'_>,
     k: usize,
     (x, masked, dx): (u64, u64, u64),
 ) -> Result<()> {
+    if T::DTYPE != T::Param::DTYPE {
+        return Err(Error::UnsupportedDType {
+            op: "batch_norm_relu (CUDA: a 16-bit part outside cuDNN's backward; engine bug)",
+            dtype: T::DTYPE,
+        });
+    }
     let (a, l, be) = (s.a, s.l, s.be);
     let (ck, off, len) = (l.channels[k], l.offsets[k], l.part_len(k));
     let (nu, hwu, cu) = (l.n as u64, l.hw() as u64, ck as u64);

@@ -24,8 +24,14 @@
 //!   the start); per-part parameter slices at odd channel offsets are only element-aligned, and
 //!   should cuDNN answer "misaligned pointer" they are copied to an aligned scratch buffer for
 //!   the call (and the ones it writes copied back).
+//! - 16-bit parts (bf16, f16): the same calls with 16-bit data descriptors and `f32` weight,
+//!   bias and statistics (the parameter type cuDNN derives for 16-bit data;
+//!   [`CudaScalar::Param`]), the forward pass and the training backward of parts that all want
+//!   their gradient; the other backward passes (eval mode, parameter gradients alone) run the
+//!   `f32` path on `f32` copies ([`half`]), each result rounded once.
 
 mod backward;
+mod half;
 
 use super::super::batch_norm::BnStats;
 use super::{BatchNormReluKernels, BnReluBackward, BnReluForward, BnReluGrads, OP};
@@ -33,9 +39,11 @@ use crate::backend::CudaKernels;
 use crate::block_storage::cuda::K as ChannelK;
 use crate::device::cuda::nvrtc_program;
 use crate::device::cuda::{
-    cudnn_err, grid, launch, scratch, Backend, CudaElem, Dnn, PartList, Scratch, TensorDesc,
+    cudnn_err, grid, launch, scratch, Backend, CudaElem, CudaScalar, Dnn, PartList, Scratch,
+    TensorDesc,
 };
 use crate::device::Device;
+use crate::dtype::Scalar;
 use crate::error::Result;
 use crate::ops::batch_norm::cuda::K as BnK;
 use crate::ops::relu::cuda::K as ReluK;
@@ -319,10 +327,6 @@ impl BatchNormReluKernels for CudaKernels {
     fn bn_relu_forward(&self, a: &BnReluForward<'_>) -> Result<(Tensor, Option<BnStats>)> {
         let [n, _, h, w] = a.parts[0].dims4(OP)?;
         let dtype = a.parts[0].dtype();
-        a.running.check_cuda_dtype(
-            dtype,
-            "batch_norm_relu (CUDA: running statistics must have the inputs' dtype)",
-        )?;
         let l = Layout::new(n, (a.channels.to_vec(), a.widths.to_vec()), h, w);
         let args = Forward {
             parts: a.parts,
@@ -335,7 +339,14 @@ impl BatchNormReluKernels for CudaKernels {
             update_running: a.update_running,
             record: a.want_stats,
         };
-        let (out, stats) = dispatch_float!(dtype, T => forward::<T>(&args))?;
+        let (out, stats) = dispatch_scalar!(dtype, T => {
+            // cuDNN reads and writes the running statistics in the parameters' type.
+            a.running.check_cuda_dtype(
+                <T as CudaScalar>::Param::DTYPE,
+                "batch_norm_relu (CUDA: running statistics must be f32 for 16-bit inputs, else of the inputs' dtype)",
+            )?;
+            forward::<T>(&args)
+        })?;
         Ok((
             out,
             stats.map(|(mean, invstd)| BnStats::Device { mean, invstd }),
@@ -347,10 +358,13 @@ impl BatchNormReluKernels for CudaKernels {
         a: &BnReluBackward<'_>,
         into: Vec<Option<Tensor>>,
     ) -> Result<BnReluGrads> {
+        if a.g.dtype().is_half() && !half::native_backward(a) {
+            return half::backward(self, a, into);
+        }
         let [n, _, h, w] = a.g.dims4(OP)?;
         let l = Layout::new(n, (a.channels.to_vec(), a.widths.to_vec()), h, w)
             .with_into_widths(a.into_widths);
-        dispatch_float!(a.g.dtype(), T => backward::backward::<T>(a, &l, into))
+        dispatch_scalar!(a.g.dtype(), T => backward::backward::<T>(a, &l, into))
     }
 }
 
@@ -386,7 +400,8 @@ enum Norm {
     Eval { mean: u64, var: u64 },
 }
 
-fn forward<T: CudaElem>(a: &Forward<'_>) -> Result<(Tensor, Stats)> {
+/// The forward pass of data `T` (any dtype), its parameters and statistics `T::Param`.
+fn forward<T: CudaScalar>(a: &Forward<'_>) -> Result<(Tensor, Stats)> {
     let l = a.l;
     let dev = a.parts[0].device();
     let be: &Backend = &dev.cuda_handle(OP)?.backend;
@@ -400,23 +415,23 @@ fn forward<T: CudaElem>(a: &Forward<'_>) -> Result<(Tensor, Stats)> {
     let ptrs = Ptrs {
         xs,
         out: out_ptr,
-        weight: be.ptr(a.weight.cuda_slice::<T>()?),
-        bias: be.ptr(a.bias.cuda_slice::<T>()?),
+        weight: be.ptr(a.weight.cuda_slice::<T::Param>()?),
+        bias: be.ptr(a.bias.cuda_slice::<T::Param>()?),
     };
     be.bind()?;
     let stats = if a.training {
         let mut stats = if a.record {
             Some((
-                Tensor::cuda_uninit::<T>(&[l.c], dev)?,
-                Tensor::cuda_uninit::<T>(&[l.c], dev)?,
+                Tensor::cuda_uninit::<T::Param>(&[l.c], dev)?,
+                Tensor::cuda_uninit::<T::Param>(&[l.c], dev)?,
             ))
         } else {
             None
         };
         let (save_mean, save_invstd) = match stats.as_mut() {
             Some((m, i)) => (
-                be.ptr(&*m.cuda_slice_mut::<T>()?),
-                be.ptr(&*i.cuda_slice_mut::<T>()?),
+                be.ptr(&*m.cuda_slice_mut::<T::Param>()?),
+                be.ptr(&*i.cuda_slice_mut::<T::Param>()?),
             ),
             None => (0, 0),
         };
@@ -432,7 +447,7 @@ fn forward<T: CudaElem>(a: &Forward<'_>) -> Result<(Tensor, Stats)> {
         };
         if a.update_running {
             a.running
-                .update_on_device::<T>(|rm, rv| train(rm, rv, a.opts.momentum))?;
+                .update_on_device::<T::Param>(|rm, rv| train(rm, rv, a.opts.momentum))?;
         } else {
             train(0, 0, 0.0)?;
         }
@@ -440,17 +455,17 @@ fn forward<T: CudaElem>(a: &Forward<'_>) -> Result<(Tensor, Stats)> {
     } else {
         let (mean, var) = (a.running.mean(), a.running.var());
         let norm = Norm::Eval {
-            mean: be.ptr(mean.cuda_slice::<T>()?),
-            var: be.ptr(var.cuda_slice::<T>()?),
+            mean: be.ptr(mean.cuda_slice::<T::Param>()?),
+            var: be.ptr(var.cuda_slice::<T::Param>()?),
         };
         normalize_parts::<T>(be, dev, l, &ptrs, norm, a.opts.eps)?;
         if a.record {
-            let mut invstd = Tensor::cuda_uninit::<T>(&[l.c], dev)?;
+            let mut invstd = Tensor::cuda_uninit::<T::Param>(&[l.c], dev)?;
             if l.c > 0 {
                 let cu = l.c as u64;
-                let vs = var.cuda_slice::<T>()?;
-                let is = invstd.cuda_slice_mut::<T>()?;
-                launch!(be, BnK::BnInvstd, T::DTYPE, grid(l.c); vs, &a.opts.eps, &cu, is)?;
+                let vs = var.cuda_slice::<T::Param>()?;
+                let is = invstd.cuda_slice_mut::<T::Param>()?;
+                launch!(be, BnK::BnInvstd, T::Param::DTYPE, grid(l.c); vs, &a.opts.eps, &cu, is)?;
             }
             Some((mean, invstd))
         } else {
@@ -475,7 +490,7 @@ struct Ptrs {
 }
 
 /// Batch norm of every part into its channel slice of the output (before the ReLU).
-fn normalize_parts<T: CudaElem>(
+fn normalize_parts<T: CudaScalar>(
     be: &Backend,
     dev: &Device,
     l: &Layout,
@@ -487,7 +502,7 @@ fn normalize_parts<T: CudaElem>(
         return Ok(());
     }
     let mut tmp: Option<Scratch<T>> = None;
-    let (one, zero) = (T::of(1.0), T::of(0.0));
+    let (one, zero) = (T::scaling(1.0), T::scaling(0.0));
     for k in 0..l.channels.len() {
         if l.channels[k] == 0 {
             continue;
@@ -498,7 +513,7 @@ fn normalize_parts<T: CudaElem>(
         let xd = l.part_desc(&mut dnn, k, T::DTYPE)?;
         let bnd = dnn.bn_param(OP, T::DTYPE, dims)?;
         let x = p.xs[k] as *const c_void;
-        let (w, b) = (at::<T>(p.weight, off), at::<T>(p.bias, off));
+        let (w, b) = (at::<T::Param>(p.weight, off), at::<T::Param>(p.bias, off));
         match norm {
             Norm::Train {
                 running_mean,
@@ -510,10 +525,10 @@ fn normalize_parts<T: CudaElem>(
                 let params = [
                     ParamSlice::input(w),
                     ParamSlice::input(b),
-                    ParamSlice::in_out(at::<T>(running_mean, off)),
-                    ParamSlice::in_out(at::<T>(running_var, off)),
-                    ParamSlice::output(at::<T>(save_mean, off)),
-                    ParamSlice::output(at::<T>(save_invstd, off)),
+                    ParamSlice::in_out(at::<T::Param>(running_mean, off)),
+                    ParamSlice::in_out(at::<T::Param>(running_var, off)),
+                    ParamSlice::output(at::<T::Param>(save_mean, off)),
+                    ParamSlice::output(at::<T::Param>(save_invstd, off)),
                 ];
                 into_slice::<T, _>(
                     be,
@@ -528,10 +543,10 @@ fn normalize_parts<T: CudaElem>(
                     // SAFETY: x is the part (a packed NCHW buffer described by `xd`); y is the
                     // buffer `yd` describes (see `into_slice`); `p` holds weight, bias and the
                     // running and saved statistics, each `off` elements into its `[C]` buffer of
-                    // the data type or an aligned copy of that slice, so each covers the part's
+                    // the parameter type or an aligned copy of that slice, so each covers the part's
                     // `c` channels as `bnd` describes; the running
                     // pointers are both null or both valid, and so are the saved ones; the
-                    // handle is locked; alpha/beta point to scalars of the data type.
+                    // handle is locked; alpha/beta point to cuDNN's scaling type.
                     |h, yd, y, p| unsafe {
                         sys::cudnnBatchNormalizationForwardTraining(
                             h,
@@ -559,8 +574,8 @@ fn normalize_parts<T: CudaElem>(
                 let params = [
                     ParamSlice::input(w),
                     ParamSlice::input(b),
-                    ParamSlice::input(at::<T>(mean, off)),
-                    ParamSlice::input(at::<T>(var, off)),
+                    ParamSlice::input(at::<T::Param>(mean, off)),
+                    ParamSlice::input(at::<T::Param>(var, off)),
                 ];
                 into_slice::<T, _>(
                     be,
@@ -603,7 +618,7 @@ fn normalize_parts<T: CudaElem>(
 /// where cuDNN rejects that, into `tmp` (a scratch buffer of the largest part, made on first
 /// use and reused) and then copied into the slice.
 #[allow(clippy::too_many_arguments)]
-fn into_slice<T: CudaElem, F>(
+fn into_slice<T: CudaScalar, F>(
     be: &Backend,
     dnn: &mut Dnn,
     dev: &Device,
@@ -626,7 +641,7 @@ where
     let dims = l.part_dims(k);
     let h = dnn.handle;
     let run = |yd: sys::cudnnTensorDescriptor_t, y: *mut c_void| {
-        with_aligned_params::<T>(be, dev, l.channels[k], params, |p| bn(h, yd, y, p))
+        with_aligned_params::<T::Param>(be, dev, l.channels[k], params, |p| bn(h, yd, y, p))
     };
     let mut rejected = None;
     if strided_y() {

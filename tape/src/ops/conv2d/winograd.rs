@@ -279,7 +279,8 @@ impl Winograd {
     }
 
     /// Fills `dst` (`[channel][ξ][cols]`) with the tiles of each channel's plane of each image
-    /// of the chunk (`plane(channel, image)`), through `tile_rows`.
+    /// of the chunk (`plane(channel, image)`), through `tile_rows` (whose scratch starts zeroed
+    /// for each channel and serves all its planes).
     fn transform<'p>(
         &self,
         dst: &mut [f32],
@@ -375,7 +376,8 @@ fn output_tiles_body(
 widest_simd!(
     /// The 16 transformed rows of one plane's tiles, `Bᵀ d B` for each 4x4 input tile `d`
     /// (rows and columns `2t - 1 .. 2t + 3`, zeros past the plane): row `ξ` at `out[ξ * ld
-    /// ..]`, one element per tile.
+    /// ..]`, one element per tile. `scratch` holds zeros where the padded plane's padding goes:
+    /// zeroed before the first plane, left so by every call.
     fn input_tiles(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, scratch: &mut [f32]) =
         input_tiles_body;
 );
@@ -385,14 +387,14 @@ fn input_tiles_body(wg: &Winograd, plane: &[f32], out: &mut [f32], ld: usize, sc
     let ((th, tw), w) = (wg.grid(), wg.w);
     let len = tw + 1;
     // The zero-padded plane's rows (row r = input row r - 1), each split into its columns
-    // 2t - 1 (`e[t]`) and 2t (`o[t]`), t = 0..=tw; `be` and `bo` one tile row after Bᵀ.
+    // 2t - 1 (`e[t]`) and 2t (`o[t]`), t = 0..=tw; `be` and `bo` one tile row after Bᵀ. Every
+    // plane writes the same positions of `e` and `o`: the padding, never written, stays zero
+    // from the scratch's start.
     let rows = 2 * th + 2;
     let (e, rest) = scratch.split_at_mut(rows * len);
     let (o, rest) = rest.split_at_mut(rows * len);
     let (be, rest) = rest.split_at_mut(4 * len);
     let bo = &mut rest[..4 * len];
-    e.fill(0.0);
-    o.fill(0.0);
     for (y, src) in plane.chunks_exact(w).take(wg.h).enumerate() {
         let r = (y + 1) * len;
         split_columns(src, &mut o[r..r + len], &mut e[r + 1..r + len]);

@@ -228,8 +228,9 @@ impl Block {
         }
     }
 
-    /// Runs the block, recorded (`checkpointed = false`, two-op batch norm + ReLU) or as one
-    /// checkpointed segment (only its input is kept; it runs again, fused, in backward).
+    /// Runs the block, recorded (`checkpointed = false`) or as one checkpointed segment (only
+    /// its input is kept; it runs again in backward); batch norm and ReLU as one fused op either
+    /// way (a pass fewer than the two ops: ResNet-18's naive step 0.97-1.03 -> 0.94-0.97 s).
     pub fn forward<'a>(
         &'a self,
         tape: &mut Tape<'a>,
@@ -239,7 +240,7 @@ impl Block {
         if checkpointed {
             checkpoint(tape, &[x], move |t, xs| self.run(t, &xs[0], true))
         } else {
-            self.run(tape, x, false)
+            self.run(tape, x, true)
         }
     }
 }

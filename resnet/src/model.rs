@@ -241,13 +241,9 @@ impl ResNet {
     }
 
     /// conv1 -> bn1 -> ReLU (-> 3x3/2 max pool for the ImageNet stem).
-    fn stem(&self, tape: &mut Tape, x: &Tensor, fused: bool) -> tape::Result<Tensor> {
+    fn stem(&self, tape: &mut Tape, x: &Tensor) -> tape::Result<Tensor> {
         let h = self.conv1.forward(tape, x)?;
-        let h = if fused {
-            self.bn1.forward_relu_fused(tape, &h)?
-        } else {
-            self.bn1.forward_relu(tape, &h)?
-        };
+        let h = self.bn1.forward_relu_fused(tape, &h)?;
         match self.config.stem {
             Stem::Cifar => Ok(h),
             Stem::ImageNet => ops::max_pool2d(tape, &h, 3, 2, 1),
@@ -264,7 +260,7 @@ impl ResNet {
     /// (`layer1.0`, ...), `head` (pool and classifier). Batch norm and ReLU run fused.
     pub fn chain(&self) -> Vec<Stage<'_>> {
         let mut chain = vec![Stage::new("stem", OpKind::Other, move |t, x| {
-            self.stem(t, x, true)
+            self.stem(t, x)
         })];
         for (name, block) in self.blocks() {
             chain.push(Stage::new(name, OpKind::Other, move |t, x| {
@@ -383,7 +379,7 @@ impl<'m> Runner<'m> {
             }
             other => return Err(other.unsupported("ResNet", &SUPPORTED).into()),
         };
-        let mut h = m.stem(tape, x, false)?;
+        let mut h = m.stem(tape, x)?;
         for stage in m.layers.iter() {
             for block in stage {
                 h = block.forward(tape, &h, checkpointed)?;

@@ -1,6 +1,9 @@
-//! 2-D convolution (cross-correlation, as in PyTorch) over NCHW images: pointwise convs as one
-//! GEMM per image, larger kernels as im2col + GEMM. Kernel workspaces are charged to the device
-//! while they live, and backward keeps only the tensors the requested gradients need.
+//! 2-D convolution (cross-correlation, as in PyTorch) over NCHW images. On the CPU: pointwise
+//! convs as one GEMM per image, larger kernels as im2col + GEMM (`cpu`); 3x3 stride-1 `f32`
+//! convs with few output channels as a direct kernel (`direct`), with many channels on both
+//! sides through Winograd's F(2x2, 3x3) (`winograd`); bf16 stride-1 same-padding convs on AMX
+//! tiles (`tiles`). Kernel workspaces are charged to the device while they live, and backward
+//! keeps only the tensors the requested gradients need.
 
 mod cpu;
 #[cfg(feature = "cuda")]

@@ -338,13 +338,16 @@ fn f32_matches_naive_reference() {
 #[test]
 fn empty_batch_gives_empty_output_and_zero_grads() {
     let dev = Device::cpu();
-    let x = common::leaf(Tensor::zeros(&[0, 2, 4, 4], DType::F64, &dev));
-    let w = common::leaf(Tensor::ones(&[3, 2, 3, 3], DType::F64, &dev));
-    let mut tape = Tape::recording();
-    let y = conv2d(&mut tape, &x, &w, None, opts(1, 1)).unwrap();
-    assert_eq!(y.shape(), &[0, 3, 4, 4]);
-    let g = tape::testing::grads_of_sum(tape, &y);
-    assert!(g.get(&w).unwrap().to_f64_vec().iter().all(|&v| v == 0.0));
+    // The im2col path (f64), and Winograd's (f32, 32 channels on both sides).
+    for (dtype, cin, cout) in [(DType::F64, 2, 3), (DType::F32, 32, 32)] {
+        let x = common::leaf(Tensor::zeros(&[0, cin, 4, 4], dtype, &dev));
+        let w = common::leaf(Tensor::ones(&[cout, cin, 3, 3], dtype, &dev));
+        let mut tape = Tape::recording();
+        let y = conv2d(&mut tape, &x, &w, None, opts(1, 1)).unwrap();
+        assert_eq!(y.shape(), &[0, cout, 4, 4]);
+        let g = tape::testing::grads_of_sum(tape, &y);
+        assert!(g.get(&w).unwrap().to_f64_vec().iter().all(|&v| v == 0.0));
+    }
 }
 
 #[test]

@@ -37,29 +37,13 @@ pub(crate) fn convert_par<S: Scalar, D: Scalar>(out: &mut [MaybeUninit<D>], src:
 /// is `f64` (exact for a 16-bit source, one rounding for a 16-bit destination), else through
 /// `f64` (exact from every dtype, one rounding into the destination).
 pub(crate) fn convert_into<S: Scalar, D: Scalar>(out: &mut [MaybeUninit<D>], src: &[S]) {
-    match (S::DTYPE, D::DTYPE) {
-        // SAFETY (both arms): the dtypes say `S` and `D` are exactly these types.
-        (DType::BF16, DType::F32) => {
-            if let (Some(o), Some(s)) = (as_dtype_slots(out), as_dtype(src)) {
-                return widen_bf16(o, s);
-            }
-        }
-        (DType::F32, DType::BF16) => {
-            if let (Some(o), Some(s)) = (as_dtype_slots(out), as_dtype(src)) {
-                return narrow_bf16(o, s);
-            }
-        }
-        (DType::F16, DType::F32) => {
-            if let (Some(o), Some(s)) = (as_dtype_slots(out), as_dtype(src)) {
-                return widen_f16(o, s);
-            }
-        }
-        (DType::F32, DType::F16) => {
-            if let (Some(o), Some(s)) = (as_dtype_slots(out), as_dtype(src)) {
-                return narrow_f16(o, s);
-            }
-        }
-        _ => {}
+    // The vectorised 16-bit <-> f32 conversions, where the dtypes are theirs.
+    if typed(out, src, widen_bf16)
+        || typed(out, src, narrow_bf16)
+        || typed(out, src, widen_f16)
+        || typed(out, src, narrow_f16)
+    {
+        return;
     }
     let wide = S::DTYPE == DType::F64 || D::DTYPE == DType::F64;
     for (o, &v) in out.iter_mut().zip(src) {
@@ -68,6 +52,22 @@ pub(crate) fn convert_into<S: Scalar, D: Scalar>(out: &mut [MaybeUninit<D>], src
         } else {
             D::of_f32(v.f32())
         });
+    }
+}
+
+/// Runs `f` on `out` and `src` when they hold exactly its element types (`D = B`, `S = A`);
+/// says whether it ran.
+fn typed<S: Scalar, D: Scalar, A: Scalar, B: Scalar>(
+    out: &mut [MaybeUninit<D>],
+    src: &[S],
+    f: fn(&mut [MaybeUninit<B>], &[A]),
+) -> bool {
+    match (as_dtype_slots(out), as_dtype(src)) {
+        (Some(o), Some(s)) => {
+            f(o, s);
+            true
+        }
+        _ => false,
     }
 }
 

@@ -6,8 +6,8 @@ use checkpoint::checkpoint;
 use tape::nn::{BatchNorm2d, Conv2d, Entry, EntryMut, Init, Module};
 use tape::{ops, Result, Tape, Tensor};
 
-/// Batch norm then ReLU: two ops (the pre-activation kept for backward), or one fused op that
-/// keeps less (`fused`, what recomputed segments use).
+/// Batch norm then ReLU: two ops (the pre-activation kept for backward), or one fused op
+/// (`fused`, what the model runs, recorded or recomputed; the two ops serve the parity tests).
 fn bn_relu(bn: &BatchNorm2d, tape: &mut Tape, x: &Tensor, fused: bool) -> Result<Tensor> {
     if fused {
         bn.forward_relu_fused(tape, x)

@@ -18,7 +18,7 @@
 //! threads, each GEMM on one thread, and the weight gradient adds chunk after chunk. So every
 //! element is computed by the same operations in the same order whatever the thread count: the
 //! same bits. The transforms add and subtract (and halve, exactly) only; their rounding bound is
-//! derived in the tests (`tape/tests/conv2d.rs`).
+//! derived in the tests (`tape/tests/conv2d_winograd.rs`).
 
 use super::Geometry;
 use crate::backend::cpu::gemm::{gemm, Mat, Run};

@@ -560,7 +560,7 @@ fn thread_groups(jobs: usize, threads: usize) -> usize {
 ///   rows), plus a `cout x K` partial weight gradient; and one flipped kernel
 ///   (`cin*cout*k*k`) on the flipped path;
 /// - a 3x3 conv of stride 1 and padding 1 with at least 32 channels on both sides runs
-///   Winograd's F(2x2, 3x3) instead, one workspace whatever the thread count
+///   Winograd's F(2x2, 3x3) instead, one workspace per thread group where blocks of images fit
 ///   ([`common::winograd_workspace_bytes`]);
 /// - a 3x3 conv of stride 1 and padding 1 with at most 24 output channels runs the direct kernel
 ///   (`tape/src/ops/conv2d/direct.rs`) instead: forward jobs of one image, each group holding
@@ -578,7 +578,7 @@ fn conv_workspace_bytes(
     threads: usize,
 ) -> (usize, usize) {
     if k == 3 && (o.stride, o.padding) == (1, 1) && cin.min(cout) >= 32 {
-        let bytes = common::winograd_workspace_bytes([n, cin, h, w], cout);
+        let bytes = common::winograd_workspace_bytes([n, cin, h, w], cout, threads);
         return (bytes, bytes);
     }
     let (hout, wout) = (
@@ -639,8 +639,9 @@ fn conv_workspace_bytes(
 /// 6x6; a strided conv on the col2im path with several images per work chunk; a pointwise conv;
 /// blocks of several whole images on the flipped path (forward jobs of 16, 16 and 8 images);
 /// the flipped grad-input path with column blocks of fewer rows than the output (31 output
-/// channels keep these two off Winograd's path); Winograd over two chunks with fewer outputs
-/// than inputs, and over odd planes with more.
+/// channels keep these two off Winograd's path); Winograd in per-thread blocks of images with fewer
+/// outputs than inputs, over odd planes with more, and over chunks one after the
+/// other (too many channels for a block).
 #[test]
 fn conv_workspaces_are_charged_exactly() {
     let cases = [
@@ -652,6 +653,7 @@ fn conv_workspaces_are_charged_exactly() {
         ([3, 64, 32, 32], 31, 3, opts(1, 1)),
         ([13, 40, 9, 9], 33, 3, opts(1, 1)),
         ([2, 32, 7, 5], 48, 3, opts(1, 1)),
+        ([400, 192, 2, 2], 192, 3, opts(1, 1)),
     ];
     for (shape, cout, k, o) in cases {
         for threads in 1..=3 {

@@ -177,11 +177,13 @@ fn gamma32(k: usize) -> f64 {
 /// The f64 reference itself errs by at most `γ^f64_K` times the direct magnitudes, added.
 #[test]
 fn winograd_matches_naive_reference_within_its_bound() {
-    // (x shape, cout, bias): two chunks of 11 and 2 images of 9x9 with fewer outputs than inputs;
-    // odd rectangular planes (partial tiles on both edges) with more outputs; 1x1 images (one
-    // tile, padding only); a 2x18 strip.
-    let cases: [([usize; 4], usize); 4] = [
+    // (x shape, cout): per-thread blocks of 6, 6 and 1 images of 9x9 with fewer outputs than
+    // inputs; odd rectangular planes (partial tiles on both edges) with more outputs; 1x1
+    // images (one tile, padding only); a 2x18 strip; channels too many for a block of 128
+    // tiles in 3 MiB, so two chunks one after the other (341 and 59 images of one tile).
+    let cases: [([usize; 4], usize); 5] = [
         ([13, 40, 9, 9], 33),
+        ([400, 192, 2, 2], 192),
         ([2, 32, 7, 5], 48),
         ([3, 33, 1, 1], 32),
         ([1, 32, 2, 18], 32),
@@ -202,7 +204,7 @@ fn winograd_matches_naive_reference_within_its_bound() {
             let bytes = ops::conv2d_pass_workspace_bytes(&dev, xs, ws, opts, DType::F32, pass);
             assert_eq!(
                 bytes.unwrap(),
-                common::winograd_workspace_bytes(xs, cout),
+                common::winograd_workspace_bytes(xs, cout, rayon::current_num_threads()),
                 "{what}: {pass:?}"
             );
         }

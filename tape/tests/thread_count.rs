@@ -94,10 +94,13 @@ fn conv2d() {
     // (batch, cin, cout, kernel, stride, padding, image): 8 chunks of one 16x16 image through
     // the direct 3x3 kernel in f32 (the flipped grad-input path in f64); pointwise, 3 chunks of
     // two 12x12 images; stride 2 (col2im), 2 chunks of three 10x10 outputs; one 32x32 image
-    // whose GEMMs run on all threads (Winograd in f32); a batch larger than the thread count
-    // times the chunk (direct in f32); 4 chunks of one 12x12 image on the flipped grad-input
-    // path in f32 too; Winograd over two chunks (11 and 2 images of 9x9) in f32; 512 output
-    // channels (the weight gradient summed untransposed) over two chunks of 29 and 11 images.
+    // (Winograd in f32, one block on one thread); a batch larger than the thread count times
+    // the chunk (direct in f32); 4 chunks of one 12x12 image on the flipped grad-input path in
+    // f32 too; Winograd in per-thread blocks of 6, 6 and 1 images of 9x9 in f32 (one wave of
+    // blocks on 3 threads, three on 1); 512 output channels (the weight gradient summed
+    // untransposed) over two chunks of 29 and 11 images; Winograd over two chunks (341 and 59
+    // images of one tile) whose GEMMs run on all threads, 192 channels being too many for a
+    // block.
     let cases = [
         (8, 16, 8, 3, 1, 1, 16),
         (6, 32, 16, 1, 1, 0, 12),
@@ -107,6 +110,7 @@ fn conv2d() {
         (4, 64, 31, 3, 1, 1, 12),
         (13, 40, 33, 3, 1, 1, 9),
         (40, 3, 512, 3, 2, 1, 6),
+        (400, 192, 192, 3, 1, 1, 2),
     ];
     for (n, cin, cout, k, stride, padding, hw) in cases {
         // bf16: the stride-1 convolutions on the bf16 matrix units where the CPU has them

@@ -103,14 +103,34 @@ pub fn conv2d_reference(
     (y, gx, gw)
 }
 
-/// The bytes the Winograd kernel reserves for any pass, `f32`: the transformed kernel
-/// (`16 cin cout`) and, for one chunk of images, the transformed input (`16 cin cols`) and the
-/// products (`16 cout cols`). A chunk holds enough images of `tiles = ceil(h/2) ceil(w/2)` tiles
-/// for `max(64, 8 MiB / (64 (cin + cout)))` tiles, at least one and at most `n`. From
-/// `tape/src/ops/conv2d/winograd.rs`.
-pub fn winograd_workspace_bytes([n, cin, h, w]: [usize; 4], cout: usize) -> usize {
+/// The bytes the Winograd kernel reserves for any pass, `f32`, on `threads` threads. Each
+/// channel's (or transformed kernel row's) 16 rows of `c` values take `16 c + 16` elements (a
+/// cache line of padding). The transformed kernels: `max(cin, cout)` rows of `min(cin, cout)`.
+/// Then the larger of two paths' needs:
+/// - chunks of images, one after the other: the transformed input and the products of one
+///   chunk, `(cin + cout)` rows of its tiles; a chunk holds enough images of `tiles =
+///   ceil(h/2) ceil(w/2)` tiles for `max(64, 8 MiB / (64 (cin + cout)))` tiles, at least one
+///   and at most `n`;
+/// - blocks of images, one per thread group, when a block fits: `ceil(128 / tiles)` images (at
+///   most `n`) whose `(cin + cout)` rows take at most 3 MiB: per group, those rows plus a
+///   partial weight gradient (`16 cin cout`); groups as the conv tests count them, over
+///   `ceil(n / images)` blocks.
+///
+/// From `tape/src/ops/conv2d/winograd.rs`.
+pub fn winograd_workspace_bytes([n, cin, h, w]: [usize; 4], cout: usize, threads: usize) -> usize {
+    let rows = |c: usize| 16 * c + 16;
     let tiles = h.div_ceil(2) * w.div_ceil(2);
+    let kernels = cin.max(cout) * rows(cin.min(cout));
     let wanted = ((8 << 20) / (64 * (cin + cout))).max(64);
-    let cols = wanted.div_ceil(tiles).clamp(1, n.max(1)) * tiles;
-    4 * 16 * (cin * cout + (cin + cout) * cols)
+    let chunk_cols = wanted.div_ceil(tiles).clamp(1, n.max(1)) * tiles;
+    let chunked = (cin + cout) * rows(chunk_cols);
+    let block = |per: usize| (cin + cout) * rows(per * tiles);
+    let per =
+        Some(128usize.div_ceil(tiles).clamp(1, n.max(1))).filter(|&p| 4 * block(p) <= 3 << 20);
+    let blocks = per.map_or(0, |per| {
+        let jobs = n.div_ceil(per);
+        let groups = jobs.div_ceil(jobs.div_ceil(threads.clamp(1, jobs.max(1))).max(1));
+        groups * (block(per) + 16 * cin * cout)
+    });
+    4 * (kernels + chunked.max(blocks))
 }

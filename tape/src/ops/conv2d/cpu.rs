@@ -353,7 +353,7 @@ pub(super) fn image_runs(n: usize, size: usize) -> Vec<(usize, usize)> {
 
 /// `acc += parts[0]`, then `+= parts[1]`, ...: every element sums the parts in their order
 /// (split over threads by element when large, which leaves each element's sum unchanged).
-fn add_partials<T: Elem>(acc: &mut [T], parts: &[&[T]]) {
+pub(super) fn add_partials<T: Elem>(acc: &mut [T], parts: &[&[T]]) {
     let body = |(i, a): (usize, &mut [T])| {
         for part in parts {
             let p = &part[i * ADD_CHUNK..];

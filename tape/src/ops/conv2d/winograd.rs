@@ -303,19 +303,12 @@ impl Winograd {
                     let cols = count * tiles;
                     let (vdy, partial) = ws.split_at_mut(block);
                     let (v, dy) = vdy.split_at_mut(self.cin * stride(cols));
+                    let dy = &mut dy[..self.cout * stride(cols)];
                     let mut scratch = vec![0.0; self.scratch_len()];
-                    for (ch, d) in v.chunks_mut(stride(cols)).take(self.cin).enumerate() {
-                        for j in 0..count {
-                            let p = self.x_plane(x, first + j, ch);
-                            input_tiles(self, p, &mut d[j * tiles..], cols, &mut scratch);
-                        }
-                    }
-                    for (ch, d) in dy.chunks_mut(stride(cols)).take(self.cout).enumerate() {
-                        for j in 0..count {
-                            let p = self.g_plane(g, first + j, ch);
-                            grad_tiles(self, p, &mut d[j * tiles..], cols, &mut scratch);
-                        }
-                    }
+                    let xp = |ch, j| self.x_plane(x, first + j, ch);
+                    self.transform_here(v, (cols, count), xp, input_tiles, &mut scratch);
+                    let gp = |ch, j| self.g_plane(g, first + j, ch);
+                    self.transform_here(dy, (cols, count), gp, grad_tiles, &mut scratch);
                     for (xi, part) in partial[..XI * pairs].chunks_mut(pairs).enumerate() {
                         self.weight_gemm(part, (dy, v), xi, cols, false);
                     }
@@ -469,12 +462,8 @@ impl Winograd {
         let cols = count * tiles;
         let (v, rest) = ws.split_at_mut(pass.src * stride(cols));
         let m = &mut rest[..XI * pass.dst * cols];
-        for (ch, d) in v.chunks_mut(stride(cols)).take(pass.src).enumerate() {
-            for j in 0..count {
-                let p = &src(first + j)[ch * plane..][..plane];
-                input_tiles(self, p, &mut d[j * tiles..], cols, &mut scratch.input);
-            }
-        }
+        let sp = |ch, j| &src(first + j)[ch * plane..][..plane];
+        self.transform_here(v, (cols, count), sp, input_tiles, &mut scratch.input);
         for (xi, m) in m.chunks_mut(pass.dst * cols).enumerate() {
             let a = Mat::n(&pass.u[xi * pass.src..]).ld(stride(pass.src));
             let b = Mat::n(&v[xi * cols..]).ld(stride(cols));
@@ -512,6 +501,25 @@ impl Winograd {
                     tile_rows(self, plane(ch, j), &mut d[j * tiles..], cols, &mut scratch);
                 }
             });
+    }
+
+    /// [`Winograd::transform`] on this thread, every channel of `dst` (`count` images of
+    /// `cols` tiles) through one `scratch` (zeroed before the first plane: the input
+    /// transform's padding stays so).
+    fn transform_here<'p>(
+        &self,
+        dst: &mut [f32],
+        (cols, count): (usize, usize),
+        plane: impl Fn(usize, usize) -> &'p [f32],
+        tile_rows: TileRows,
+        scratch: &mut [f32],
+    ) {
+        let tiles = self.tiles();
+        for (ch, d) in dst.chunks_mut(stride(cols)).enumerate() {
+            for j in 0..count {
+                tile_rows(self, plane(ch, j), &mut d[j * tiles..], cols, scratch);
+            }
+        }
     }
 
     /// Elements of the scratch rows a transform of one plane works in: the input's padded rows

@@ -96,8 +96,9 @@ fn conv2d() {
     // two 12x12 images; stride 2 (col2im), 2 chunks of three 10x10 outputs; one 32x32 image
     // (Winograd in f32, one block on one thread); a batch larger than the thread count times
     // the chunk (direct in f32); 4 chunks of one 12x12 image on the flipped grad-input path in
-    // f32 too; Winograd in per-thread blocks of 6, 6 and 1 images of 9x9 in f32 (one wave of
-    // blocks on 3 threads, three on 1); 512 output channels (the weight gradient summed
+    // f32 too; Winograd in per-thread blocks of 6 images of 9x9 in f32, the weight gradient
+    // summed in runs of 24, 24 and 2 images (one wave of runs on 3 threads, three on 1); 512
+    // output channels (the weight gradient summed
     // untransposed) over two chunks of 29 and 11 images; Winograd over two chunks (341 and 59
     // images of one tile) whose GEMMs run on all threads, 192 channels being too many for a
     // block.
@@ -108,7 +109,7 @@ fn conv2d() {
         (1, 64, 64, 3, 1, 1, 32),
         (16, 8, 4, 3, 1, 1, 8),
         (4, 64, 31, 3, 1, 1, 12),
-        (13, 40, 33, 3, 1, 1, 9),
+        (50, 40, 33, 3, 1, 1, 9),
         (40, 3, 512, 3, 2, 1, 6),
         (400, 192, 192, 3, 1, 1, 2),
     ];

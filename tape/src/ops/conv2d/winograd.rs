@@ -57,6 +57,11 @@ const CHUNK_BYTES: usize = 8 << 20;
 /// transformed kernel for too little work.
 const BLOCK_TILES: usize = 128;
 
+/// Tiles one partial weight gradient of the per-thread path sums at least (whole blocks, one
+/// after another on one thread), so that adding the partials costs little next to computing
+/// them.
+const PARTIAL_TILES: usize = 512;
+
 /// Most bytes of one block's transformed tiles and products for the per-thread path: about a
 /// core's L2 cache, so that a block's tiles are transformed, multiplied and transformed back
 /// without leaving it.
@@ -148,8 +153,10 @@ impl Winograd {
         image_runs(self.n, self.chunk())
     }
 
-    /// Workspace elements of any pass: a transformed kernel (or its gradient), one chunk's
-    /// transformed input and its GEMM products.
+    /// Workspace elements of any pass: a transformed kernel (or its gradient), then either one
+    /// chunk's transformed input and its GEMM products, or, per thread group of the blocks,
+    /// one block's and a partial weight gradient (the weight gradient's runs of blocks are
+    /// fewer jobs, so take no more groups).
     pub(super) fn workspace_len(&self) -> usize {
         let cols = self.chunk() * self.tiles();
         let chunked = (self.cin + self.cout) * stride(cols);
@@ -277,10 +284,11 @@ impl Winograd {
         }
     }
 
-    /// `du` as [`Winograd::weight_grad_chunks`] has it, in blocks of `per` images: each block
-    /// on one thread (transforms and 16 GEMMs in its own workspace) into a partial of its own;
-    /// the partials of each wave of blocks are added to `du` in batch order, so that every
-    /// element is the same sum whatever the thread count.
+    /// `du` as [`Winograd::weight_grad_chunks`] has it, in blocks of `per` images: runs of
+    /// blocks ([`Winograd::partial_images`]) each on one thread, block after block
+    /// (transforms and 16 GEMMs in its own workspace) into a partial of its own; the partials
+    /// of each wave of runs are added to `du` in batch order, so that every element is the same
+    /// sum whatever the thread count.
     fn weight_grad_blocks<'g>(
         &self,
         x: &[f32],
@@ -289,28 +297,21 @@ impl Winograd {
         ws: &mut [f32],
         per: usize,
     ) {
-        let blocks = image_runs(self.n, per);
-        let groups = super::cpu::groups(blocks.len()).max(1);
-        let (tiles, pairs) = (self.tiles(), self.cin * self.cout);
+        let runs = image_runs(self.n, self.partial_images(per));
+        let groups = super::cpu::groups(runs.len()).max(1);
+        let pairs = self.cin * self.cout;
         let (block, each) = (self.block_len(per), self.block_len(per) + XI * pairs);
         let mut wss: Vec<&mut [f32]> = ws.chunks_mut(each.max(1)).take(groups).collect();
         du.fill(0.0);
         // The waves run from a pool thread, as `cpu::backward`'s do.
         rayon::scope(|_| {
-            for wave in blocks.chunks(groups) {
+            for wave in runs.chunks(groups) {
                 let jobs: Vec<_> = wave.iter().zip(wss.iter_mut()).collect();
                 jobs.into_par_iter().for_each(|(&(first, count), ws)| {
-                    let cols = count * tiles;
                     let (vdy, partial) = ws.split_at_mut(block);
-                    let (v, dy) = vdy.split_at_mut(self.cin * stride(cols));
-                    let dy = &mut dy[..self.cout * stride(cols)];
-                    let mut scratch = vec![0.0; self.scratch_len()];
-                    let xp = |ch, j| self.x_plane(x, first + j, ch);
-                    self.transform_here(v, (cols, count), xp, input_tiles, &mut scratch);
-                    let gp = |ch, j| self.g_plane(g, first + j, ch);
-                    self.transform_here(dy, (cols, count), gp, grad_tiles, &mut scratch);
-                    for (xi, part) in partial[..XI * pairs].chunks_mut(pairs).enumerate() {
-                        self.weight_gemm(part, (dy, v), xi, cols, false);
+                    for (b, &(at, images)) in image_runs(count, per).iter().enumerate() {
+                        let images = (first + at, images);
+                        self.weight_block(x, g, images, vdy, &mut partial[..XI * pairs], b > 0);
                     }
                 });
                 let parts: Vec<&[f32]> = wss[..wave.len()]
@@ -320,6 +321,39 @@ impl Winograd {
                 super::cpu::add_partials(du, &parts);
             }
         });
+    }
+
+    /// Images whose blocks one partial weight gradient sums ([`Winograd::weight_grad_blocks`]):
+    /// whole blocks of `per` images for at least [`PARTIAL_TILES`] tiles, at most the batch.
+    fn partial_images(&self, per: usize) -> usize {
+        let blocks = PARTIAL_TILES.div_ceil((per * self.tiles()).max(1));
+        (blocks * per).clamp(1, self.n.max(1))
+    }
+
+    /// One block's transformed weight gradient, images `first .. first + count`, into
+    /// `partial` (`[ξ][cout][cin]`; added to it with `add`), through the block's workspace
+    /// `vdy`.
+    fn weight_block<'g>(
+        &self,
+        x: &[f32],
+        g: &(dyn Fn(usize) -> &'g [f32] + Sync),
+        (first, count): (usize, usize),
+        vdy: &mut [f32],
+        partial: &mut [f32],
+        add: bool,
+    ) {
+        let cols = count * self.tiles();
+        let (v, dy) = vdy.split_at_mut(self.cin * stride(cols));
+        let dy = &mut dy[..self.cout * stride(cols)];
+        let mut scratch = vec![0.0; self.scratch_len()];
+        let xp = |ch, j| self.x_plane(x, first + j, ch);
+        self.transform_here(v, (cols, count), xp, input_tiles, &mut scratch);
+        let gp = |ch, j| self.g_plane(g, first + j, ch);
+        self.transform_here(dy, (cols, count), gp, grad_tiles, &mut scratch);
+        let pairs = self.cin * self.cout;
+        for (xi, part) in partial.chunks_mut(pairs).enumerate() {
+            self.weight_gemm(part, (dy, v), xi, cols, add);
+        }
     }
 
     /// `du[ξ] (cout x cin) [+]= dy[ξ] · v[ξ]ᵀ` over `cols` tiles, on this thread.

@@ -16,11 +16,13 @@
 //! Where a block of whole images of 128 tiles ([`Winograd::block`]) fits in about a core's L2
 //! cache with its transformed tiles and products (few channels, large images: ResNet-18's
 //! 64- and 128-channel stages), each thread takes blocks from sources to outputs on its own:
-//! transforms, 16 GEMMs, the transform back, all in cache; the weight gradient sums one partial
-//! per block, added in batch order. Measured at 64 channels 32x32, batch 64, 2 threads, fastest
-//! of 5 alternating runs against the chunked path: forward 20.5 -> 17.5 ms, input gradient
-//! 20.8 -> 17.8, weight gradient 24.3 -> 20.4 (128 channels 16x16: 14.4 -> 13.4, 15.4 -> 13.4,
-//! weight gradient unchanged; blocks of 64 tiles at 256 channels were slower, 14.1 -> 15.5).
+//! transforms, 16 GEMMs, the transform back, all in cache; the weight gradient sums runs of
+//! blocks ([`PARTIAL_TILES`]) into one partial each, added in batch order. Measured at 64
+//! channels 32x32, batch 64, 2 threads, fastest of 5 alternating runs against the chunked path:
+//! forward 20.5 -> 17.5 ms, input gradient 20.8 -> 17.8, weight gradient 24.3 -> 20.4 (one
+//! partial per block; runs of blocks then took it 22.9 -> 21.9 in a slower sitting, and 19.0 ->
+//! 17.1 at 128 channels 16x16, whose forward and input gradient went 14.4 -> 13.4 and 15.4 ->
+//! 13.4; blocks of 64 tiles at 256 channels were slower, 14.1 -> 15.5).
 //! Otherwise the batch runs in chunks of whole images ([`Winograd::chunk`]) one after the
 //! other; inside a chunk the transforms split over channels and the 16 GEMMs over threads,
 //! each GEMM on one thread, and the weight gradient adds chunk after chunk. Blocks and chunks

@@ -248,8 +248,8 @@ fn affine<T: Elem>(xs: &[T], l: Layout, scale: &[f64], shift: &[f64]) -> Vec<T> 
 }
 
 widest_simd!(
-    /// `out = x * a + b`.
-    fn affine_plane<T>(out: &mut [T], x: &[T], a: T, b: T) = affine_plane_body;
+    /// `out = x * a + b`: the expression of the forward's [`write_affine`], so the same values.
+    pub(crate) fn affine_plane<T>(out: &mut [T], x: &[T], a: T, b: T) = affine_plane_body;
 );
 
 #[inline(always)]

@@ -63,6 +63,9 @@ pub(crate) struct BnReluBackward<'a> {
     pub(crate) out: &'a Tensor,
     pub(crate) stats: &'a BnStats,
     pub(crate) weight: &'a Tensor,
+    /// The forward's bias: with the weight and the statistics, the forward's shift, from which
+    /// the CPU recomputes the ReLU mask of `f32`/`f64` outputs instead of reading `out`.
+    pub(crate) bias: &'a Tensor,
     pub(crate) training: bool,
     /// The forward pass's `eps` (cuDNN asks for it again).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -112,6 +115,7 @@ struct Saved {
     out: Tensor,
     stats: BnStats,
     weight: Tensor,
+    bias: Tensor,
     /// A synchronised layer's reducer (training only).
     sync: Option<Arc<dyn BatchStatsReducer>>,
 }
@@ -271,6 +275,7 @@ fn fused(
         out: out.clone(),
         stats,
         weight: weight.clone(),
+        bias: bias.clone(),
         sync: running.sync().filter(|_| training).map(|s| s.reducer()),
     };
     let (kw, kb) = (GradKey::of(weight), GradKey::of(bias));
@@ -286,6 +291,7 @@ fn fused(
                 out: &saved.out,
                 stats: &saved.stats,
                 weight: &saved.weight,
+                bias: &saved.bias,
                 training,
                 eps: opts.eps,
                 want_parts,

@@ -110,6 +110,16 @@ struct Pass<'a> {
     bias: Option<&'a [f32]>,
 }
 
+impl Pass<'_> {
+    /// `m[ξ] (dst x cols) = u[ξ] · v[ξ]`, the sources' transformed tiles `v` (`[src][ξ][cols]`)
+    /// summed over the source channels, on this thread.
+    fn gemm(&self, m: &mut [f32], v: &[f32], xi: usize, cols: usize) {
+        let a = Mat::n(&self.u[xi * self.src..]).ld(stride(self.src));
+        let b = Mat::n(&v[xi * cols..]).ld(stride(cols));
+        gemm(m, a, b, (self.dst, cols, self.src), false, ONE_THREAD);
+    }
+}
+
 impl Winograd {
     /// The Winograd convolution of `g`, if it takes it: 3x3, stride 1, padding 1, at least
     /// [`MIN_CHANNELS`] channels on both sides, `f32` (`elem` 4 bytes; also the `f32` copies of
@@ -278,7 +288,12 @@ impl Winograd {
             let (v, rest) = ws.split_at_mut(self.cin * stride(cols));
             let dy = &mut rest[..self.cout * stride(cols)];
             self.transform(v, cols, |ch, j| self.x_plane(x, first + j, ch), input_tiles);
-            self.transform(dy, cols, |ch, j| self.g_plane(g, first + j, ch), grad_tiles);
+            self.transform(
+                dy,
+                cols,
+                |ch, j| self.source_plane(g, first + j, ch),
+                grad_tiles,
+            );
             let (v, dy) = (&*v, &*dy);
             du.par_chunks_mut(self.cout * self.cin)
                 .enumerate()
@@ -350,7 +365,7 @@ impl Winograd {
         let mut scratch = vec![0.0; self.scratch_len()];
         let xp = |ch, j| self.x_plane(x, first + j, ch);
         self.transform_here(v, (cols, count), xp, input_tiles, &mut scratch);
-        let gp = |ch, j| self.g_plane(g, first + j, ch);
+        let gp = |ch, j| self.source_plane(g, first + j, ch);
         self.transform_here(dy, (cols, count), gp, grad_tiles, &mut scratch);
         let pairs = self.cin * self.cout;
         for (xi, part) in partial.chunks_mut(pairs).enumerate() {
@@ -378,8 +393,8 @@ impl Winograd {
         &x[(i * self.cin + ch) * plane..][..plane]
     }
 
-    /// Channel `ch` of image `i`'s output gradient.
-    fn g_plane<'g>(
+    /// Channel `ch` of image `i` of a source given image by image (an output gradient).
+    fn source_plane<'g>(
         &self,
         g: &(dyn Fn(usize) -> &'g [f32] + Sync),
         i: usize,
@@ -401,26 +416,18 @@ impl Winograd {
         if let Some(per) = self.block() {
             return self.convolve_blocks(pass, src, out, ws, per);
         }
-        let (plane, tiles) = (self.h * self.w, self.tiles());
+        let plane = self.h * self.w;
         let mut images = out.into_iter();
         for (first, count) in self.chunks() {
-            let cols = count * tiles;
+            let cols = count * self.tiles();
             let (v, rest) = ws.split_at_mut(pass.src * stride(cols));
             let m = &mut rest[..XI * pass.dst * cols];
-            self.transform(
-                v,
-                cols,
-                |ch, j| &src(first + j)[ch * plane..][..plane],
-                input_tiles,
-            );
+            let sp = |ch, j| self.source_plane(src, first + j, ch);
+            self.transform(v, cols, sp, input_tiles);
             let v = &*v;
             m.par_chunks_mut(pass.dst * cols)
                 .enumerate()
-                .for_each(|(xi, m)| {
-                    let a = Mat::n(&pass.u[xi * pass.src..]).ld(stride(pass.src));
-                    let b = Mat::n(&v[xi * cols..]).ld(stride(cols));
-                    gemm(m, a, b, (pass.dst, cols, pass.src), false, ONE_THREAD);
-                });
+                .for_each(|(xi, m)| pass.gemm(m, v, xi, cols));
             // The chunk's output planes, channel by channel: [channel][image].
             let mut planes: Vec<Vec<&mut [MaybeUninit<f32>]>> =
                 (0..pass.dst).map(|_| Vec::new()).collect();
@@ -435,16 +442,9 @@ impl Winograd {
             }
             let m = &*m;
             planes.into_par_iter().enumerate().for_each(|(ch, outs)| {
-                let b = pass.bias.map_or(0.0, |b| b[ch]);
                 let mut scratch = vec![0.0; self.scratch_len()];
                 for (j, o) in outs.into_iter().enumerate() {
-                    let at = ch * cols + j * tiles;
-                    let products = Products {
-                        data: m,
-                        stride: pass.dst * cols,
-                        at,
-                    };
-                    output_tiles(self, products, b, o, &mut scratch);
+                    self.output_plane(pass, (m, cols), (ch, j), o, &mut scratch);
                 }
             });
         }
@@ -494,28 +494,39 @@ impl Winograd {
         ws: &mut [f32],
         scratch: &mut Scratch,
     ) {
-        let (plane, tiles) = (self.h * self.w, self.tiles());
-        let cols = count * tiles;
+        let plane = self.h * self.w;
+        let cols = count * self.tiles();
         let (v, rest) = ws.split_at_mut(pass.src * stride(cols));
         let m = &mut rest[..XI * pass.dst * cols];
-        let sp = |ch, j| &src(first + j)[ch * plane..][..plane];
+        let sp = |ch, j| self.source_plane(src, first + j, ch);
         self.transform_here(v, (cols, count), sp, input_tiles, &mut scratch.input);
         for (xi, m) in m.chunks_mut(pass.dst * cols).enumerate() {
-            let a = Mat::n(&pass.u[xi * pass.src..]).ld(stride(pass.src));
-            let b = Mat::n(&v[xi * cols..]).ld(stride(cols));
-            gemm(m, a, b, (pass.dst, cols, pass.src), false, ONE_THREAD);
+            pass.gemm(m, v, xi, cols);
         }
         for (j, o) in outs.iter_mut().enumerate() {
             for (ch, p) in o.chunks_exact_mut(plane.max(1)).take(pass.dst).enumerate() {
-                let products = Products {
-                    data: m,
-                    stride: pass.dst * cols,
-                    at: ch * cols + j * tiles,
-                };
-                let b = pass.bias.map_or(0.0, |b| b[ch]);
-                output_tiles(self, products, b, p, &mut scratch.output);
+                self.output_plane(pass, (m, cols), (ch, j), p, &mut scratch.output);
             }
         }
+    }
+
+    /// Output channel `ch` of the `j`-th image of a chunk or block from its products `m`
+    /// (`[ξ][dst][cols]`), plus the channel's bias: `Aᵀ m A` per tile.
+    fn output_plane(
+        &self,
+        pass: &Pass<'_>,
+        (m, cols): (&[f32], usize),
+        (ch, j): (usize, usize),
+        out: &mut [MaybeUninit<f32>],
+        scratch: &mut [f32],
+    ) {
+        let products = Products {
+            data: m,
+            stride: pass.dst * cols,
+            at: ch * cols + j * self.tiles(),
+        };
+        let b = pass.bias.map_or(0.0, |b| b[ch]);
+        output_tiles(self, products, b, out, scratch);
     }
 
     /// Fills `dst` (`[channel][ξ][cols]`) with the tiles of each channel's plane of each image
@@ -528,14 +539,13 @@ impl Winograd {
         plane: impl Fn(usize, usize) -> &'p [f32] + Sync,
         tile_rows: TileRows,
     ) {
-        let (tiles, images) = (self.tiles(), cols / self.tiles().max(1));
+        let images = cols / self.tiles().max(1);
         dst.par_chunks_mut(stride(cols))
             .enumerate()
             .for_each(|(ch, d)| {
                 let mut scratch = vec![0.0; self.scratch_len()];
-                for j in 0..images {
-                    tile_rows(self, plane(ch, j), &mut d[j * tiles..], cols, &mut scratch);
-                }
+                let one = |_, j| plane(ch, j);
+                self.transform_here(d, (cols, images), one, tile_rows, &mut scratch);
             });
     }
 
